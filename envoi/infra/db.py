@@ -1,0 +1,46 @@
+"""Postgres access: one pool per process, transactions as context managers.
+
+Stores take a connection and run SQL on it; callers own the transaction so several stores can
+commit together (intake writes the message, its recipients and its events in one commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+Connection = psycopg.Connection
+IntegrityError = psycopg.errors.UniqueViolation
+Jsonb = psycopg.types.json.Jsonb
+
+
+class Database:
+    """A region's Postgres: a small pool, handing out connections that return dict rows."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10):
+        self.dsn = dsn
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+            open=True,
+        )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """Yield a connection inside a transaction; commit on success, roll back on error."""
+        with self.pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def connect(dsn: str, autocommit: bool = True) -> psycopg.Connection:
+    """A single connection outside the pool, for migrations and admin tools."""
+    return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row)

@@ -1,0 +1,143 @@
+"""Settings: read once from the environment at an entry point, then passed down frozen.
+
+Every key is documented here with its default; nothing below the entry points reads os.environ.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+REGIONS = ("eu", "us")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed."""
+
+
+def _seconds(value: str) -> float:
+    """Parse '300', '300s', '5m', '2h', '5d' into seconds."""
+    value = value.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value and value[-1] in units:
+        return float(value[:-1]) * units[value[-1]]
+    return float(value)
+
+
+def _host_port(value: str, default_port: int) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host:
+        return value, default_port
+    return host, int(port)
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: ENVOI_REGION: the region this process serves; it only ever touches that region's stores.
+    region: str = "eu"
+    #: ENVOI_DATABASE_URL_EU / _US, falling back to DATABASE_URL: Postgres DSN of this region.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/envoi"
+    #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: ENVOI_SECRET_KEY: base64 of 32 bytes; encrypts DKIM keys and message bodies at rest.
+    secret_key: bytes = field(default=b"\0" * 32, repr=False)
+    #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
+    public_url: str = "http://127.0.0.1:8025"
+    #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
+    region_urls: Mapping[str, str] = field(default_factory=dict)
+    #: ENVOI_DNS_RESOLVER: "host:port" of the resolver for MX lookups; empty = system resolver.
+    dns_resolver: tuple[str, int] | None = None
+    #: ENVOI_SMTP_ROUTE: "host:port" that receives ALL outbound mail (dev sink); empty = real MX.
+    smtp_route: tuple[str, int] | None = None
+    #: ENVOI_SMTP_PORT: the remote port used when delivering to an MX (25 in production).
+    remote_smtp_port: int = 25
+    #: ENVOI_HELO_NAME: name announced in EHLO when the egress IP has none of its own.
+    helo_name: str = "localhost"
+    #: ENVOI_RETRY_SCHEDULE: comma list of delays between attempts; the last one repeats.
+    retry_schedule: tuple[float, ...] = (60, 300, 600, 1800, 3600, 7200, 14400)
+    #: ENVOI_MESSAGE_LIFETIME: give up on a recipient after this long in the queue (default 5 days).
+    message_lifetime: float = 5 * 86400
+    #: ENVOI_RELAY_BATCH: recipients claimed from Postgres per relay round.
+    relay_batch: int = 500
+    #: ENVOI_RELAY_CONNECTIONS: concurrent outbound SMTP sessions per relay.
+    relay_connections: int = 50
+    #: ENVOI_SMTP_TIMEOUT: seconds to wait on a remote SMTP server per command.
+    smtp_timeout: float = 60.0
+    #: ENVOI_BODY_RETENTION: how long message bodies are kept (default 3 days).
+    body_retention: float = 3 * 86400
+    #: ENVOI_EVENT_RETENTION: how long events are kept (default 30 days).
+    event_retention: float = 30 * 86400
+    #: ENVOI_MAX_MESSAGE_BYTES: largest accepted message (Mailgun: 25 MB).
+    max_message_bytes: int = 25 * 1024 * 1024
+    #: ENVOI_METRICS: expose /metrics (default on).
+    metrics_enabled: bool = True
+
+    @property
+    def redis_wakeup_key(self) -> str:
+        return f"envoi:{self.region}:relay:wakeup"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        region = env.get("ENVOI_REGION", "eu").lower()
+        if region not in REGIONS:
+            raise SettingsError(f"ENVOI_REGION must be one of {REGIONS}, not {region!r}")
+        up = region.upper()
+        values: dict = {"region": region}
+
+        def pick(*names: str) -> str | None:
+            for name in names:
+                if env.get(name):
+                    return env[name]
+            return None
+
+        if v := pick(f"ENVOI_DATABASE_URL_{up}", "DATABASE_URL"):
+            values["database_url"] = v
+        if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
+            values["redis_url"] = v
+        if v := env.get("ENVOI_SECRET_KEY"):
+            key = base64.b64decode(v)
+            if len(key) != 32:
+                raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
+            values["secret_key"] = key
+        if v := env.get("ENVOI_PUBLIC_URL"):
+            values["public_url"] = v.rstrip("/")
+        if v := env.get("ENVOI_OTHER_REGION_URLS"):
+            values["region_urls"] = dict(item.split("=", 1) for item in v.split(",") if "=" in item)
+        if v := env.get("ENVOI_DNS_RESOLVER"):
+            values["dns_resolver"] = _host_port(v, 53)
+        if v := env.get("ENVOI_SMTP_ROUTE"):
+            values["smtp_route"] = _host_port(v, 25)
+        if v := env.get("ENVOI_SMTP_PORT"):
+            values["remote_smtp_port"] = int(v)
+        if v := env.get("ENVOI_HELO_NAME"):
+            values["helo_name"] = v
+        if v := env.get("ENVOI_RETRY_SCHEDULE"):
+            values["retry_schedule"] = tuple(_seconds(x) for x in v.split(",") if x.strip())
+        if v := env.get("ENVOI_MESSAGE_LIFETIME"):
+            values["message_lifetime"] = _seconds(v)
+        if v := env.get("ENVOI_RELAY_BATCH"):
+            values["relay_batch"] = int(v)
+        if v := env.get("ENVOI_RELAY_CONNECTIONS"):
+            values["relay_connections"] = int(v)
+        if v := env.get("ENVOI_SMTP_TIMEOUT"):
+            values["smtp_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_BODY_RETENTION"):
+            values["body_retention"] = _seconds(v)
+        if v := env.get("ENVOI_EVENT_RETENTION"):
+            values["event_retention"] = _seconds(v)
+        if v := env.get("ENVOI_MAX_MESSAGE_BYTES"):
+            values["max_message_bytes"] = int(v)
+        if v := env.get("ENVOI_METRICS"):
+            values["metrics_enabled"] = _bool(v)
+        return cls(**values)
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
