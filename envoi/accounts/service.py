@@ -1,0 +1,277 @@
+"""Accounts, sending domains (with DKIM keys and DNS records), API keys and SMTP credentials."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from envoi.accounts import store
+from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
+from envoi.infra import crypto, ids
+from envoi.infra.db import Connection, Database, IntegrityError
+
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+KEY_RE = re.compile(r"^key-(eu|us)-[A-Za-z0-9_-]{20,}$")
+ROLES = ("admin", "sending", "operator")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from an API key or SMTP credential."""
+
+    key_id: str | None
+    account_id: int | None
+    role: str  # admin | sending | operator
+    domain: str | None = None  # set for domain sending keys and SMTP logins
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+    def may_send_as(self, domain: str) -> bool:
+        return self.role in ("admin", "sending") and (self.domain is None or self.domain == domain)
+
+
+def key_region(secret: str) -> str | None:
+    """The region a key was issued in, read from its prefix (keys are region-bound)."""
+    match = KEY_RE.match(secret)
+    return match.group(1) if match else None
+
+
+class Accounts:
+    def __init__(self, db: Database, sealer: crypto.Sealer, region: str):
+        self.db = db
+        self.sealer = sealer
+        self.region = region
+
+    # accounts ---------------------------------------------------------------------------------
+    def create_account(self, name: str, plan: str = "free") -> dict:
+        with self.db.transaction() as conn:
+            return store.insert_account(conn, name, self.region, plan)
+
+    def list_accounts(self) -> list[dict]:
+        with self.db.transaction() as conn:
+            return store.list_accounts(conn)
+
+    def get_account(self, account_id: int) -> dict:
+        with self.db.transaction() as conn:
+            row = store.get_account(conn, account_id)
+        if not row:
+            raise NotFound(f"Account not found: {account_id}")
+        return row
+
+    # domains ----------------------------------------------------------------------------------
+    def add_domain(
+        self,
+        account_id: int,
+        name: str,
+        *,
+        dkim_selector: str | None = None,
+        dkim_key_size: int = 2048,
+        spam_action: str = "disabled",
+        wildcard: bool = False,
+        web_prefix: str = "email",
+        web_scheme: str = "http",
+        require_tls: bool = False,
+        skip_verification: bool = False,
+    ) -> dict:
+        name = name.strip().lower().rstrip(".")
+        if not DOMAIN_RE.match(name):
+            raise InvalidInput(f"'{name}' is not a valid domain name")
+        if dkim_key_size not in (1024, 2048, 4096):
+            raise InvalidInput("dkim_key_size must be 1024, 2048 or 4096")
+        if web_scheme not in ("http", "https"):
+            raise InvalidInput("web_scheme must be http or https")
+        if spam_action not in ("disabled", "block", "tag"):
+            raise InvalidInput("spam_action must be disabled, block or tag")
+        selector = dkim_selector or "envoi"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", selector):
+            raise InvalidInput("dkim_selector is not valid")
+        private_pem, public_b64 = crypto.generate_rsa_keypair(dkim_key_size)
+        try:
+            with self.db.transaction() as conn:
+                self._account(conn, account_id)
+                return store.insert_domain(
+                    conn,
+                    account_id=account_id,
+                    name=name,
+                    dkim_selector=selector,
+                    dkim_private_key=self.sealer.seal(private_pem, b"dkim:" + name.encode()),
+                    dkim_public_key=public_b64,
+                    dkim_key_size=dkim_key_size,
+                    spam_action=spam_action,
+                    wildcard=wildcard,
+                    web_prefix=web_prefix,
+                    web_scheme=web_scheme,
+                    require_tls=require_tls,
+                    skip_verification=skip_verification,
+                )
+        except IntegrityError as ex:
+            raise AlreadyExists(f"Domain {name} already exists") from ex
+
+    def get_domain(self, name: str, account_id: int | None = None) -> dict:
+        with self.db.transaction() as conn:
+            row = store.get_domain(conn, name, account_id)
+        if not row:
+            raise NotFound(f"Domain not found: {name}")
+        return row
+
+    def get_domain_by_id(self, domain_id: int) -> dict:
+        with self.db.transaction() as conn:
+            row = store.get_domain_by_id(conn, domain_id)
+        if not row:
+            raise NotFound(f"Domain not found: {domain_id}")
+        return row
+
+    def list_domains(self, account_id: int, state: str | None = None, limit: int = 100, skip: int = 0):
+        with self.db.transaction() as conn:
+            return store.list_domains(conn, account_id, state, limit, skip)
+
+    def delete_domain(self, account_id: int, name: str) -> None:
+        with self.db.transaction() as conn:
+            row = store.get_domain(conn, name, account_id)
+            if not row:
+                raise NotFound(f"Domain not found: {name}")
+            store.delete_domain(conn, row["id"])
+
+    def set_domain_state(self, domain_id: int, state: str) -> None:
+        with self.db.transaction() as conn:
+            store.set_domain_state(conn, domain_id, state)
+
+    def dkim_private_key(self, domain: dict) -> bytes:
+        return self.sealer.open(domain["dkim_private_key"], b"dkim:" + domain["name"].encode())
+
+    # API keys ---------------------------------------------------------------------------------
+    def create_key(
+        self,
+        account_id: int | None,
+        role: str = "admin",
+        domain: str | None = None,
+        description: str = "",
+    ) -> tuple[dict, str]:
+        """Create a key; return (row, secret). The secret is shown once and stored only hashed."""
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+        if (role == "operator") != (account_id is None):
+            raise InvalidInput("operator keys belong to no account; customer keys need one")
+        if role == "sending" and not domain:
+            raise InvalidInput("a sending key needs a domain")
+        secret = f"key-{self.region}-{ids.token(24)}"
+        with self.db.transaction() as conn:
+            domain_id = None
+            if account_id is not None:
+                self._account(conn, account_id)
+            if domain:
+                row = store.get_domain(conn, domain, account_id)
+                if not row:
+                    raise NotFound(f"Domain not found: {domain}")
+                domain_id = row["id"]
+            key = store.insert_api_key(
+                conn,
+                id=ids.token(9),
+                account_id=account_id,
+                domain_id=domain_id,
+                role=role,
+                secret_hash=crypto.token_hash(secret),
+                hint=secret[-4:],
+                description=description,
+            )
+        return key, secret
+
+    def authenticate_key(self, secret: str) -> Principal | None:
+        with self.db.transaction() as conn:
+            row = store.find_api_key(conn, crypto.token_hash(secret))
+        if not row:
+            return None
+        return Principal(row["id"], row["account_id"], row["role"], row["domain_name"])
+
+    def list_keys(self, account_id: int) -> list[dict]:
+        with self.db.transaction() as conn:
+            return store.list_api_keys(conn, account_id)
+
+    def delete_key(self, account_id: int, key_id: str) -> None:
+        with self.db.transaction() as conn:
+            if not store.delete_api_key(conn, account_id, key_id):
+                raise NotFound("Key not found")
+
+    # SMTP credentials -------------------------------------------------------------------------
+    def create_credential(self, account_id: int, domain: str, login: str, password: str) -> dict:
+        login = login.strip().lower()
+        if "@" not in login:
+            login = f"{login}@{domain}"
+        if not login.endswith("@" + domain):
+            raise InvalidInput(f"login must be an address at {domain}")
+        if not 5 <= len(password) <= 32:
+            raise InvalidInput("Password length must be between 5 and 32 characters")
+        try:
+            with self.db.transaction() as conn:
+                row = store.get_domain(conn, domain, account_id)
+                if not row:
+                    raise NotFound(f"Domain not found: {domain}")
+                return store.insert_credential(conn, row["id"], login, crypto.hash_password(password))
+        except IntegrityError as ex:
+            raise AlreadyExists(f"Credentials for {login} already exist") from ex
+
+    def list_credentials(self, account_id: int, domain: str) -> list[dict]:
+        with self.db.transaction() as conn:
+            row = store.get_domain(conn, domain, account_id)
+            if not row:
+                raise NotFound(f"Domain not found: {domain}")
+            return store.list_credentials(conn, row["id"])
+
+    def change_credential_password(self, account_id: int, domain: str, login: str, password: str) -> None:
+        if not 5 <= len(password) <= 32:
+            raise InvalidInput("Password length must be between 5 and 32 characters")
+        login = login if "@" in login else f"{login}@{domain}"
+        with self.db.transaction() as conn:
+            row = store.get_domain(conn, domain, account_id)
+            if not row or not store.update_credential_password(
+                conn, row["id"], login, crypto.hash_password(password)
+            ):
+                raise NotFound("Credentials not found")
+
+    def delete_credential(self, account_id: int, domain: str, login: str) -> None:
+        login = login if "@" in login else f"{login}@{domain}"
+        with self.db.transaction() as conn:
+            row = store.get_domain(conn, domain, account_id)
+            if not row or not store.delete_credential(conn, row["id"], login):
+                raise NotFound("Credentials not found")
+
+    def authenticate_smtp(self, login: str, password: str) -> Principal | None:
+        with self.db.transaction() as conn:
+            row = store.find_credential(conn, login)
+        # NOTE: a missing login still pays for one hash, so timing does not reveal which logins exist.
+        stored = row["password_hash"] if row else _DUMMY_HASH
+        if not crypto.verify_password(stored, password) or not row:
+            return None
+        return Principal(None, row["account_id"], "sending", row["domain_name"])
+
+    @staticmethod
+    def _account(conn: Connection, account_id: int) -> dict:
+        row = store.get_account(conn, account_id)
+        if not row:
+            raise NotFound(f"Account not found: {account_id}")
+        return row
+
+
+_DUMMY_HASH = crypto.hash_password("not-a-real-password")
+
+
+def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tracking_target: str) -> dict:
+    """The records a customer publishes, in Mailgun's sending/receiving_dns_records shape."""
+    name = domain["name"]
+
+    def record(rtype: str, rname: str, value: str, priority: str | None = None) -> dict:
+        item = {"record_type": rtype, "name": rname, "value": value, "valid": "unknown",
+                "is_active": True, "cached": []}
+        if priority is not None:
+            item["priority"] = priority
+        return item
+
+    sending = [
+        record("TXT", name, f"v=spf1 include:{spf_include} ~all"),
+        record("TXT", f"{domain['dkim_selector']}._domainkey.{name}", f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"),
+        record("CNAME", f"{domain['web_prefix']}.{name}", tracking_target),
+    ]
+    receiving = [record("MX", name, host, "10") for host in mx_hosts]
+    return {"sending_dns_records": sending, "receiving_dns_records": receiving}

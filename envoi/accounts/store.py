@@ -1,0 +1,129 @@
+"""SQL for accounts, domains, API keys and SMTP credentials."""
+
+from __future__ import annotations
+
+from envoi.infra.db import Connection
+
+DOMAIN_COLUMNS = (
+    "d.id, d.account_id, d.name, d.state, d.type, d.dkim_selector, d.dkim_private_key, d.dkim_public_key,"
+    " d.dkim_key_size, d.spam_action, d.wildcard, d.web_prefix, d.web_scheme, d.require_tls,"
+    " d.skip_verification, extract(epoch from d.message_ttl) AS message_ttl, d.created_at"
+)
+
+
+def insert_account(conn: Connection, name: str, region: str, plan: str) -> dict:
+    return conn.execute(
+        "INSERT INTO accounts (name, region, plan) VALUES (%s, %s, %s) RETURNING *", (name, region, plan)
+    ).fetchone()
+
+
+def get_account(conn: Connection, account_id: int) -> dict | None:
+    return conn.execute("SELECT * FROM accounts WHERE id = %s", (account_id,)).fetchone()
+
+
+def list_accounts(conn: Connection) -> list[dict]:
+    return conn.execute("SELECT * FROM accounts ORDER BY id").fetchall()
+
+
+def insert_domain(conn: Connection, **row) -> dict:
+    cols = ", ".join(row)
+    marks = ", ".join(["%s"] * len(row))
+    conn.execute(f"INSERT INTO domains ({cols}) VALUES ({marks})", tuple(row.values()))
+    return get_domain(conn, row["name"])
+
+
+def get_domain(conn: Connection, name: str, account_id: int | None = None) -> dict | None:
+    sql = f"SELECT {DOMAIN_COLUMNS} FROM domains d WHERE d.name = %s"
+    args: tuple = (name.lower(),)
+    if account_id is not None:
+        sql += " AND d.account_id = %s"
+        args += (account_id,)
+    return conn.execute(sql, args).fetchone()
+
+
+def get_domain_by_id(conn: Connection, domain_id: int) -> dict | None:
+    return conn.execute(f"SELECT {DOMAIN_COLUMNS} FROM domains d WHERE d.id = %s", (domain_id,)).fetchone()
+
+
+def list_domains(conn: Connection, account_id: int, state: str | None, limit: int, skip: int) -> tuple[int, list]:
+    where = "d.account_id = %s" + (" AND d.state = %s" if state else "")
+    args: tuple = (account_id, state) if state else (account_id,)
+    total = conn.execute(f"SELECT count(*) AS n FROM domains d WHERE {where}", args).fetchone()["n"]
+    rows = conn.execute(
+        f"SELECT {DOMAIN_COLUMNS} FROM domains d WHERE {where} ORDER BY d.created_at, d.id LIMIT %s OFFSET %s",
+        args + (limit, skip),
+    ).fetchall()
+    return total, rows
+
+
+def set_domain_state(conn: Connection, domain_id: int, state: str) -> None:
+    conn.execute("UPDATE domains SET state = %s WHERE id = %s", (state, domain_id))
+
+
+def delete_domain(conn: Connection, domain_id: int) -> None:
+    conn.execute("DELETE FROM domains WHERE id = %s", (domain_id,))
+
+
+def insert_api_key(conn: Connection, **row) -> dict:
+    cols = ", ".join(row)
+    marks = ", ".join(["%s"] * len(row))
+    return conn.execute(
+        f"INSERT INTO api_keys ({cols}) VALUES ({marks}) RETURNING *", tuple(row.values())
+    ).fetchone()
+
+
+def find_api_key(conn: Connection, secret_hash: bytes) -> dict | None:
+    return conn.execute(
+        "SELECT k.*, d.name AS domain_name FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id"
+        " WHERE k.secret_hash = %s AND NOT k.is_disabled AND (k.expires_at IS NULL OR k.expires_at > now())",
+        (secret_hash,),
+    ).fetchone()
+
+
+def list_api_keys(conn: Connection, account_id: int) -> list[dict]:
+    return conn.execute(
+        "SELECT k.*, d.name AS domain_name FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id"
+        " WHERE k.account_id = %s ORDER BY k.created_at",
+        (account_id,),
+    ).fetchall()
+
+
+def delete_api_key(conn: Connection, account_id: int, key_id: str) -> bool:
+    cur = conn.execute("DELETE FROM api_keys WHERE id = %s AND account_id = %s", (key_id, account_id))
+    return cur.rowcount > 0
+
+
+def insert_credential(conn: Connection, domain_id: int, login: str, password_hash: str) -> dict:
+    return conn.execute(
+        "INSERT INTO smtp_credentials (domain_id, login, password_hash) VALUES (%s, %s, %s) RETURNING *",
+        (domain_id, login, password_hash),
+    ).fetchone()
+
+
+def find_credential(conn: Connection, login: str) -> dict | None:
+    return conn.execute(
+        "SELECT c.*, d.name AS domain_name, d.account_id FROM smtp_credentials c"
+        " JOIN domains d ON d.id = c.domain_id WHERE c.login = %s",
+        (login.lower(),),
+    ).fetchone()
+
+
+def list_credentials(conn: Connection, domain_id: int) -> list[dict]:
+    return conn.execute(
+        "SELECT * FROM smtp_credentials WHERE domain_id = %s ORDER BY created_at", (domain_id,)
+    ).fetchall()
+
+
+def update_credential_password(conn: Connection, domain_id: int, login: str, password_hash: str) -> bool:
+    cur = conn.execute(
+        "UPDATE smtp_credentials SET password_hash = %s WHERE domain_id = %s AND login = %s",
+        (password_hash, domain_id, login.lower()),
+    )
+    return cur.rowcount > 0
+
+
+def delete_credential(conn: Connection, domain_id: int, login: str) -> bool:
+    cur = conn.execute(
+        "DELETE FROM smtp_credentials WHERE domain_id = %s AND login = %s", (domain_id, login.lower())
+    )
+    return cur.rowcount > 0

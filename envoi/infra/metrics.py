@@ -1,0 +1,35 @@
+"""Prometheus metrics: one registry per process, names ending in _total or _seconds."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter("envoi_messages_accepted_total", "Recipients accepted into the queue",
+                                ["method"], registry=r)
+        self.delivered = Counter("envoi_messages_delivered_total", "Recipients delivered", registry=r)
+        self.failed = Counter("envoi_messages_failed_total", "Delivery failures by severity and bounce class",
+                              ["severity", "bounce_class"], registry=r)
+        self.latency = Histogram("envoi_accept_to_delivered_seconds", "Time from accept to delivery",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.dkim_seconds = Histogram("envoi_dkim_sign_seconds", "Time to DKIM-sign one message",
+                                      buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1), registry=r)
+        self.queue_scheduled = Gauge("envoi_queue_scheduled", "Recipients queued (due or not)", registry=r)
+        self.queue_due = Gauge("envoi_queue_due", "Recipients due for an attempt now", registry=r)
+        self.queue_ready = Gauge("envoi_queue_ready", "Deliveries waiting in the relay's ready queues", registry=r)
+        self.connections = Gauge("envoi_smtp_connections", "Open outbound SMTP sessions", ["destination"],
+                                 registry=r)
+
+    def observe_delivered(self, seconds: float) -> None:
+        self.delivered.inc()
+        self.latency.observe(max(seconds, 0.0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,382 @@
+"""Build RFC 5322 messages from Mailgun's send fields, and read options from raw MIME.
+
+Everything that reaches a header is checked for CR, LF and other control characters first: a
+field with one is refused, never folded or stripped, so no header or recipient can be injected.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.policy
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime, getaddresses, parsedate_to_datetime
+
+from email_validator import EmailNotValidError, validate_email
+
+from envoi.infra import ids
+from envoi.mta.errors import InvalidMessage, InvalidRecipient
+
+MAX_RECIPIENTS = 1000
+MAX_TAGS = 3
+MAX_SCHEDULE_AHEAD = 3 * 86400
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
+# Headers whose value we own: a caller may not override them through h:.
+RESERVED_HEADERS = {"message-id", "date", "mime-version", "content-type", "content-transfer-encoding",
+                    "dkim-signature", "from", "to", "cc", "bcc", "subject"}
+SMTP_POLICY = email.policy.SMTP.clone(max_line_length=998)
+YES = {"yes", "true", "1", "on"}
+NO = {"no", "false", "0", "off"}
+
+
+@dataclass
+class Upload:
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class Composed:
+    """One stored copy: its envelope recipients and MIME (batch sends make one copy per recipient)."""
+
+    recipients: list[str]
+    mime: bytes
+    headers: dict
+
+
+@dataclass
+class Draft:
+    """A message ready for intake, whichever edge it came from."""
+
+    domain: str
+    mail_from: str
+    copies: list[Composed]
+    message_id: str
+    tags: list[str] = field(default_factory=list)
+    user_variables: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    attachments: list[dict] = field(default_factory=list)
+    method: str = "http"
+    deliver_at: float | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(len(c.mime) for c in self.copies)
+
+
+def check_header_value(name: str, value: str) -> str:
+    if CONTROL.search(value):
+        raise InvalidMessage(f"{name} contains a control character (CR, LF or NUL are not allowed)")
+    return value
+
+
+def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]:
+    """Parse repeated or comma-separated address fields into (display name, address) pairs."""
+    pairs: list[tuple[str, str]] = []
+    for raw in values:
+        check_header_value(field_name, raw)
+        for name, addr in getaddresses([raw]):
+            if not addr and not name:
+                continue
+            pairs.append((name, normalize_address(addr, field_name)))
+    return pairs
+
+
+def normalize_address(addr: str, field_name: str = "to") -> str:
+    addr = addr.strip()
+    try:
+        result = validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as ex:
+        raise InvalidRecipient(f"{field_name} parameter is not a valid address. please check documentation") from ex
+    local, _, domain = result.normalized.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def flag(value: str | None, name: str) -> bool | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in YES:
+        return True
+    if v in NO:
+        return False
+    if name == "tracking-clicks" and v == "htmlonly":
+        return True
+    raise InvalidMessage(f"o:{name} must be yes or no")
+
+
+def parse_delivery_time(value: str) -> float:
+    value = value.strip()
+    try:
+        when = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError) as ex:
+            raise InvalidMessage(f"o:deliverytime '{value}' is not a valid RFC 2822 date") from ex
+    if when > time.time() + MAX_SCHEDULE_AHEAD:
+        raise InvalidMessage("o:deliverytime can't be more than 3 days in the future")
+    return when
+
+
+def read_options(fields: dict[str, list[str]]) -> tuple[list[str], dict, dict, float | None]:
+    """The o:, v: and tag fields shared by /messages and /messages.mime."""
+    tags = []
+    for tag in fields.get("o:tag", []):
+        check_header_value("o:tag", tag)
+        if not tag.isascii() or len(tag) > 128:
+            raise InvalidMessage("o:tag must be ASCII and at most 128 characters")
+        if tag.lower() not in (t.lower() for t in tags):
+            tags.append(tag)
+    tags = tags[:MAX_TAGS]  # Mailgun drops tags past the third
+
+    def last(name: str) -> str | None:
+        values = fields.get(name)
+        return values[-1] if values else None
+
+    options: dict = {}
+    for name in ("testmode", "tracking", "tracking-clicks", "tracking-opens", "require-tls",
+                 "skip-verification", "dkim"):
+        value = flag(last(f"o:{name}"), name)
+        if value is not None:
+            options[name.replace("-", "_")] = value
+    if (v := last("o:tracking-clicks")) and v.strip().lower() == "htmlonly":
+        options["tracking_clicks"] = "htmlonly"
+    for name in ("sending-ip", "sending-ip-pool"):
+        if v := last(f"o:{name}"):
+            options[name.replace("-", "_")] = check_header_value(f"o:{name}", v.strip())
+    deliver_at = parse_delivery_time(v) if (v := last("o:deliverytime")) else None
+
+    variables: dict = {}
+    for key, values in fields.items():
+        if key.startswith("v:") and values:
+            name = key[2:]
+            check_header_value(key, name)
+            raw = values[-1]
+            try:
+                variables[name] = json.loads(raw) if raw[:1] in "{[" else raw
+            except ValueError:
+                variables[name] = raw
+    return tags, variables, options, deliver_at
+
+
+def compose(
+    domain: str,
+    fields: dict[str, list[str]],
+    attachments: list[Upload],
+    inlines: list[Upload],
+) -> Draft:
+    """Build the message(s) for POST /v3/{domain}/messages."""
+    froms = parse_addresses("from", fields.get("from", []))
+    if not fields.get("from"):
+        raise InvalidMessage("from parameter is missing")
+    if not froms:
+        raise InvalidRecipient("from parameter is not a valid address. please check documentation")
+    to = parse_addresses("to", fields.get("to", []))
+    cc = parse_addresses("cc", fields.get("cc", []))
+    bcc = parse_addresses("bcc", fields.get("bcc", []))
+    if not fields.get("to"):
+        raise InvalidMessage("to parameter is missing")
+    if not to:
+        raise InvalidRecipient("to parameter is not a valid address. please check documentation")
+    text, html, amp = (fields.get(k, [None])[-1] for k in ("text", "html", "amp-html"))
+    if not (text or html or amp):
+        raise InvalidMessage("Need at least one of 'text' or 'html' parameters specified")
+    subject = check_header_value("subject", fields.get("subject", [""])[-1])
+    envelope = _unique([addr for _, addr in to + cc + bcc])
+    if len(envelope) > MAX_RECIPIENTS:
+        raise InvalidMessage(f"Too many recipients, max is {MAX_RECIPIENTS}")
+
+    extra_headers = []
+    for key, values in fields.items():
+        if key.startswith("h:") and values:
+            name = key[2:]
+            if not HEADER_NAME.match(name) or not name.isascii():
+                raise InvalidMessage(f"header name '{name}' is not valid")
+            if name.lower() in RESERVED_HEADERS:
+                continue  # these are built from their own fields
+            extra_headers.append((name, check_header_value(key, values[-1])))
+
+    tags, variables, options, deliver_at = read_options(fields)
+    recipient_variables = _recipient_variables(fields)
+    message_id = ids.message_id(domain)
+    kept_attachments = [a for a in attachments if a.filename]  # Mailgun drops unnamed attachments
+    for upload in kept_attachments + inlines:
+        check_header_value("attachment filename", upload.filename or "")
+
+    def build(to_pairs: list[tuple[str, str]], substitute) -> bytes:
+        msg = EmailMessage(policy=SMTP_POLICY)
+        msg["From"] = ", ".join(_format(n, a) for n, a in froms)
+        msg["To"] = ", ".join(_format(n, a) for n, a in to_pairs)
+        if cc and recipient_variables is None:
+            msg["Cc"] = ", ".join(_format(n, a) for n, a in cc)
+        msg["Subject"] = substitute(subject)
+        msg["Date"] = format_datetime(_now_local())
+        msg["Message-ID"] = f"<{message_id}>"
+        for name, value in extra_headers:
+            msg[name] = substitute(value)
+        if tags:
+            msg["X-Mailgun-Tag"] = ", ".join(tags)
+        if variables:
+            msg["X-Mailgun-Variables"] = json.dumps(variables)
+        _set_body(msg, substitute(text) if text else None, substitute(html) if html else None,
+                  substitute(amp) if amp else None, inlines)
+        for upload in kept_attachments:
+            maintype, _, subtype = (upload.content_type or "application/octet-stream").partition("/")
+            msg.add_attachment(upload.data, maintype=maintype, subtype=subtype or "octet-stream",
+                               filename=upload.filename)
+        return msg.as_bytes(policy=SMTP_POLICY)
+
+    headers = {
+        "from": ", ".join(_format(n, a) for n, a in froms),
+        "to": ", ".join(_format(n, a) for n, a in to),
+        "subject": subject,
+        "message-id": message_id,
+    }
+    if recipient_variables is None:
+        copies = [Composed(envelope, build(to, lambda s: s), headers)]
+    else:
+        # Batch send: each To recipient gets its own copy showing only itself (Mailgun semantics).
+        copies = []
+        for name, addr in to:
+            rv = recipient_variables.get(addr, {})
+            copies.append(Composed([addr], build([(name, addr)], _substituter(addr, rv)),
+                                   dict(headers, to=_format(name, addr))))
+        extras = _unique([a for _, a in cc + bcc if a not in {x for _, x in to}])
+        if extras:
+            copies.append(Composed(extras, build(to, _substituter(None, {})), headers))
+
+    return Draft(
+        domain=domain,
+        mail_from=froms[0][1],
+        copies=copies,
+        message_id=message_id,
+        tags=tags,
+        user_variables=variables,
+        options=options,
+        attachments=[{"filename": a.filename, "content-type": a.content_type, "size": len(a.data)}
+                     for a in kept_attachments],
+        deliver_at=deliver_at,
+    )
+
+
+def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str, list[str]], method: str) -> Draft:
+    """Prepare a caller-built MIME message (messages.mime and SMTP): add Message-ID/Date if absent."""
+    mime = _crlf(mime)
+    head_end = mime.find(b"\r\n\r\n")
+    if head_end < 0:
+        raise InvalidMessage("message has no header/body separator")
+    parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(mime[: head_end + 4])
+    if not parsed.keys():
+        raise InvalidMessage("message has no headers")
+    prepend = []
+    message_id = (parsed.get("Message-ID") or "").strip().strip("<>")
+    if not message_id:
+        message_id = ids.message_id(domain)
+        prepend.append(f"Message-ID: <{message_id}>\r\n".encode())
+    if not parsed.get("Date"):
+        prepend.append(f"Date: {format_datetime(_now_local())}\r\n".encode())
+    mime = b"".join(prepend) + mime
+    envelope = _unique([normalize_address(r) for r in recipients])
+    if not envelope:
+        raise InvalidMessage("to parameter is missing")
+    if len(envelope) > MAX_RECIPIENTS:
+        raise InvalidMessage(f"Too many recipients, max is {MAX_RECIPIENTS}")
+    from_header = _decode(parsed.get("From", ""))
+    senders = getaddresses([from_header])
+    mail_from = senders[0][1] if senders and senders[0][1] else f"postmaster@{domain}"
+    headers = {"from": from_header, "to": _decode(parsed.get("To", "")),
+               "subject": _decode(parsed.get("Subject", "")), "message-id": message_id}
+    tags, variables, options, deliver_at = read_options(fields)
+    return Draft(domain=domain, mail_from=mail_from, copies=[Composed(envelope, mime, headers)],
+                 message_id=message_id, tags=tags, user_variables=variables, options=options,
+                 method=method, deliver_at=deliver_at)
+
+
+def _crlf(data: bytes) -> bytes:
+    """Normalise line endings to CRLF (bare LF/CR never leave this system)."""
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+
+
+def _decode(value) -> str:
+    return str(email.header.make_header(email.header.decode_header(str(value)))) if value else ""
+
+
+def _format(name: str, addr: str) -> str:
+    if not name:
+        return addr
+    local, _, domain = addr.rpartition("@")
+    return str(Address(display_name=name, username=local, domain=domain))
+
+
+def _unique(items: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(item, None)
+    return list(seen)
+
+
+def _now_local() -> datetime:
+    return datetime.now(UTC)
+
+
+def _set_body(msg: EmailMessage, text, html, amp, inlines: list[Upload]) -> None:
+    if text is not None:
+        msg.set_content(text)
+        if amp is not None:
+            msg.add_alternative(amp, subtype="x-amp-html")
+        if html is not None:
+            msg.add_alternative(html, subtype="html")
+    elif amp is not None:
+        msg.set_content(amp, subtype="x-amp-html")
+        if html is not None:
+            msg.add_alternative(html, subtype="html")
+    else:
+        msg.set_content(html, subtype="html")
+    if inlines:
+        html_part = msg.get_body(("html",)) if html is not None else None
+        target = html_part if html_part is not None else msg
+        for upload in inlines:
+            maintype, _, subtype = (upload.content_type or "application/octet-stream").partition("/")
+            name = upload.filename or ids.token(6)
+            # The filename doubles as the Content-ID, as in Mailgun: <img src="cid:logo.png">.
+            target.add_related(upload.data, maintype=maintype, subtype=subtype or "octet-stream",
+                               cid=f"<{name}>", filename=name, disposition="inline")
+
+
+def _recipient_variables(fields: dict[str, list[str]]) -> dict | None:
+    raw = fields.get("recipient-variables")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw[-1])
+    except ValueError as ex:
+        raise InvalidMessage("'recipient-variables' parameter is not a valid JSON") from ex
+    if not isinstance(value, dict):
+        raise InvalidMessage("'recipient-variables' parameter is not a valid JSON")
+    return value
+
+
+def _substituter(address: str | None, variables: dict):
+    def substitute(text: str) -> str:
+        if not text or "%recipient" not in text:
+            return text
+        text = text.replace("%recipient%", address or "")
+
+        def one(match: re.Match) -> str:
+            value = variables.get(match.group(1), "")
+            return str(value)
+
+        return re.sub(r"%recipient\.([A-Za-z0-9_\-:]+)%", one, text)
+
+    return substitute

@@ -1,0 +1,175 @@
+"""One outbound SMTP session (aiosmtplib), reused for many messages to the same destination."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome, from_reply
+
+
+@dataclass(frozen=True)
+class Egress:
+    """The source address to bind and the name to announce in EHLO."""
+
+    address: str | None
+    helo: str
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+VERIFYING = _tls_context(True)
+NOT_VERIFYING = _tls_context(False)
+
+
+class SessionError(Exception):
+    """The session could not be set up or broke; carries the outcome for every recipient in flight."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+class Session:
+    def __init__(self, host: str, address: str, port: int, egress: Egress, timeout: float):
+        self.host = host  # the MX name, for delivery-status
+        self.address = address
+        self.port = port
+        self.egress = egress
+        self.timeout = timeout
+        self.tls = False
+        self.certificate_verified = False
+        self.messages_sent = 0
+        self.smtp: aiosmtplib.SMTP | None = None
+        self.opened_at = 0.0
+
+    def _context(self) -> dict:
+        return {"mx_host": self.host, "tls": self.tls, "certificate_verified": self.certificate_verified,
+                "sending_ip": self.egress.address or ""}
+
+    def _client(self) -> aiosmtplib.SMTP:
+        return aiosmtplib.SMTP(
+            hostname=self.address, port=self.port, local_hostname=self.egress.helo,
+            source_address=(self.egress.address, 0) if self.egress.address else None,
+            timeout=self.timeout, start_tls=False,
+        )
+
+    async def open(self, *, require_tls: bool = False, verify_tls: bool = False) -> None:
+        self.opened_at = time.monotonic()
+        self.smtp = self._client()
+        try:
+            await self.smtp.connect()
+            await self.smtp.ehlo()
+            if self.smtp.supports_extension("starttls"):
+                await self._starttls(verify_tls)
+            elif require_tls:
+                raise SessionError(Outcome(Kind.RETRY, 421, "TLS required but the server does not offer STARTTLS",
+                                           enhanced_code="4.7.10", bounce_class=BounceClass.POLICY,
+                                           **self._context()))
+        except SessionError:
+            await self.close()
+            raise
+        except aiosmtplib.SMTPResponseException as ex:
+            await self.close()
+            raise SessionError(from_reply(ex.code, ex.message, **self._context())) from ex
+        except (aiosmtplib.SMTPException, OSError) as ex:
+            await self.close()
+            raise SessionError(connection_failure(str(ex) or type(ex).__name__, self._context())) from ex
+
+    async def _starttls(self, verify: bool) -> None:
+        try:
+            await self.smtp.starttls(tls_context=VERIFYING, server_hostname=self.host)
+            self.certificate_verified = True
+        except (ssl.SSLCertVerificationError, aiosmtplib.SMTPException) as ex:
+            if verify or not _is_verification_error(ex):
+                raise
+            # Opportunistic TLS: an unverifiable certificate still beats plaintext (Postfix "may").
+            await self.close()
+            self.smtp = self._client()
+            await self.smtp.connect()
+            await self.smtp.ehlo()
+            await self.smtp.starttls(tls_context=NOT_VERIFYING, server_hostname=self.host)
+            self.certificate_verified = False
+        self.tls = True
+
+    async def send(self, mail_from: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
+        """One transaction; return an outcome per recipient. Raises SessionError if the session broke."""
+        smtp = self.smtp
+        started = time.monotonic()
+        outcomes: dict[str, Outcome] = {}
+        try:
+            try:
+                await smtp.mail(mail_from)
+            except aiosmtplib.SMTPResponseException as ex:
+                outcome = from_reply(ex.code, ex.message, **self._context())
+                await self._reset()
+                return dict.fromkeys(recipients, outcome)
+            accepted = []
+            for rcpt in recipients:
+                try:
+                    await smtp.rcpt(rcpt)
+                    accepted.append(rcpt)
+                except aiosmtplib.SMTPResponseException as ex:
+                    outcomes[rcpt] = from_reply(ex.code, ex.message, **self._context())
+            if not accepted:
+                await self._reset()
+                return outcomes
+            try:
+                response = await smtp.data(data)
+                result = from_reply(response.code, response.message, **self._context())
+            except aiosmtplib.SMTPResponseException as ex:
+                result = from_reply(ex.code, ex.message, **self._context())
+            result.session_seconds = round(time.monotonic() - started, 3)
+            for rcpt in accepted:
+                outcomes[rcpt] = result
+            self.messages_sent += 1
+            return outcomes
+        except (aiosmtplib.SMTPException, OSError) as ex:
+            await self.close()
+            # NOTE: a disconnect after the final "." may mean the remote got the message; the retry
+            # that follows is the one place duplicates can come from (counted by the relay).
+            outcome = connection_failure(str(ex) or type(ex).__name__, self._context())
+            raise SessionError(outcome) from ex
+
+    async def _reset(self) -> None:
+        try:
+            await self.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            await self.close()
+
+    @property
+    def usable(self) -> bool:
+        return self.smtp is not None and self.smtp.is_connected
+
+    async def close(self) -> None:
+        smtp, self.smtp = self.smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.is_connected:
+                await smtp.quit(timeout=5)
+        except (aiosmtplib.SMTPException, OSError):
+            smtp.close()
+
+
+def connection_failure(message: str, context: dict) -> Outcome:
+    return Outcome(Kind.RETRY, 421, message, enhanced_code="4.4.2", bounce_class=BounceClass.CONNECTION,
+                   description="connection failure", **context)
+
+
+def _is_verification_error(ex: BaseException) -> bool:
+    seen = ex
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -1,0 +1,110 @@
+"""accept(): the one door into the queue, shared by the HTTP API and SMTP submission.
+
+It stores the message, its recipients' schedule and their `accepted` events in one transaction and
+returns only after the commit, so a 200 or a 250 always means the message is durable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from envoi.accounts.errors import NotFound
+from envoi.accounts.service import Accounts, Principal
+from envoi.events.service import Events, NewEvent, item
+from envoi.infra import ids
+from envoi.infra.crypto import Sealer
+from envoi.infra.db import Database
+from envoi.infra.settings import Settings
+from envoi.mta import store
+from envoi.mta.compose import Draft
+from envoi.mta.errors import DomainNotFound, MessageTooLarge, NotAllowed
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        accounts: Accounts,
+        sealer: Sealer,
+        on_commit: Callable[[list[dict]], None] = lambda events: None,
+        on_accepted: Callable[[int], None] = lambda count: None,
+    ):
+        self.settings = settings
+        self.db = db
+        self.accounts = accounts
+        self.sealer = sealer
+        self.on_commit = on_commit  # wakes the relay, feeds the live stream; never fails the accept
+        self.on_accepted = on_accepted
+
+    def domain_for(self, principal: Principal, domain_name: str) -> dict:
+        """The caller's sending domain, or DomainNotFound (also for another tenant's domain)."""
+        domain_name = domain_name.lower()
+        if not principal.may_send_as(domain_name) or principal.account_id is None:
+            raise DomainNotFound(f"Domain not found: {domain_name}")
+        try:
+            domain = self.accounts.get_domain(domain_name, principal.account_id)
+        except NotFound as ex:
+            raise DomainNotFound(f"Domain not found: {domain_name}") from ex
+        if domain["state"] == "disabled":
+            raise NotAllowed(f"Domain {domain_name} is not allowed to send: domain is disabled")
+        return domain
+
+    def accept(self, principal: Principal, domain: dict, draft: Draft) -> str:
+        """Commit the draft to the queue; return its Message-ID in angle brackets."""
+        if draft.size > self.settings.max_message_bytes:
+            raise MessageTooLarge("message size exceeds the 25 MB limit")
+        now = time.time()
+        due = datetime.fromtimestamp(max(now, draft.deliver_at or now), UTC)
+        lifetime = domain.get("message_ttl") or self.settings.message_lifetime
+        expires = due + timedelta(seconds=float(lifetime))
+        body_expires = datetime.fromtimestamp(now, UTC) + timedelta(seconds=self.settings.body_retention)
+        method = draft.method
+        recorded: list[dict] = []
+        with self.db.transaction() as conn:
+            for copy in draft.copies:
+                message = {
+                    "headers": copy.headers,
+                    "tags": draft.tags,
+                    "user_variables": draft.user_variables,
+                    "options": draft.options,
+                    "attachments": draft.attachments,
+                    "size": len(copy.mime),
+                }
+                key = ids.storage_key()
+                message_pk = store.insert_message(
+                    conn,
+                    account_id=domain["account_id"],
+                    domain_id=domain["id"],
+                    message_id=draft.message_id,
+                    storage_key=key,
+                    mail_from=draft.mail_from,
+                    method=method,
+                    body=self.sealer.seal(copy.mime, key.encode()),
+                    body_expires_at=body_expires,
+                    **message,
+                )
+                store.insert_recipients(
+                    conn,
+                    [
+                        (message_pk, domain["account_id"], domain["id"], rcpt, rcpt.rpartition("@")[2], due, expires)
+                        for rcpt in copy.recipients
+                    ],
+                )
+                storage = {"url": f"{self.settings.public_url}/v3/domains/{domain['name']}/messages/{key}",
+                           "key": key, "region": self.settings.region}
+                events = [
+                    NewEvent(domain["account_id"], domain["id"], message_pk, item(
+                        "accepted", message=message, recipient=rcpt, ts=now, method=method,
+                        envelope={"sender": draft.mail_from, "targets": rcpt, "transport": "smtp"},
+                        storage=storage,
+                    ))
+                    for rcpt in copy.recipients
+                ]
+                Events.record(conn, events)
+                recorded.extend(ev.data for ev in events)
+        self.on_accepted(len(recorded))
+        self.on_commit(recorded)
+        return f"<{draft.message_id}>"

@@ -1,0 +1,231 @@
+"""DKIM signing (RFC 6376, RFC 8463): dkimpy for parsing and canonicalisation, OpenSSL for the maths.
+
+dkimpy's own RSA is pure Python (~160 signatures/s with a 2048-bit key); `cryptography` calls
+OpenSSL and is ~20x faster. We reuse dkimpy's message parser, relaxed canonicalisation and
+header hashing (so what we hash is exactly what dkimpy's verifier hashes), then sign the digest
+with `cryptography`.
+
+Policy: relaxed/relaxed, no `l=` (it lets anyone append content), only present headers are
+signed, and the ones an attacker would most like to add a second copy of are oversigned.
+
+The signature covers `normalize_crlf(message)`: the caller must send exactly
+`header + normalize_crlf(message)` (aiosmtplib normalises line endings the same way).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim import hash_headers, rfc822_parse
+from dkim.canonicalization import Relaxed
+
+#: Headers signed when present, in h= order. dkimpy's default list lacks List-Unsubscribe-Post,
+#: which RFC 8058 requires to be signed.
+SIGNED_HEADERS: tuple[str, ...] = (
+    "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id",
+    "in-reply-to", "references", "mime-version", "content-type", "content-transfer-encoding",
+    "list-id", "list-unsubscribe", "list-unsubscribe-post", "feedback-id",
+)  # fmt: skip
+
+#: Listed once more than they occur, so a copy added in transit breaks the signature.
+OVERSIGNED_HEADERS: frozenset[str] = frozenset({
+    "from", "reply-to", "to", "cc", "subject", "date", "message-id",
+    "list-unsubscribe", "list-unsubscribe-post",
+})  # fmt: skip
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # the same rule as aiosmtplib's
+_MAX_LINE = 78
+_NAME = b"DKIM-Signature"
+
+
+def normalize_crlf(message: bytes) -> bytes:
+    """Turn bare LF and bare CR into CRLF and end with CRLF: the bytes that go on the wire."""
+    message = _LINE_ENDINGS.sub(b"\r\n", message)
+    return message if message.endswith(b"\r\n") else message + b"\r\n"
+
+
+def generate_ed25519_key() -> tuple[bytes, str]:
+    """Return (private key as PKCS#8 PEM, public key base64 for the TXT record `k=ed25519; p=`)."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    raw_public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return pem, base64.b64encode(raw_public).decode("ascii")
+
+
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    size: int
+
+
+class DkimSigner:
+    """Signs messages; parsed private keys are kept in an LRU cache. Thread-safe."""
+
+    def __init__(self, cache_size: int = 1024):
+        self._cache_size = cache_size
+        self._keys: OrderedDict[tuple[str, str, bytes], object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = 0
+
+    def sign(
+        self,
+        message: bytes,
+        *,
+        domain: str,
+        selector: str,
+        private_key_pem: bytes,
+        ed25519: tuple[str, bytes] | None = None,
+    ) -> bytes:
+        """Return the DKIM-Signature header field(s) (bytes, each ending CRLF) to prepend to message.
+
+        ed25519 = optional (selector, raw-or-PEM ed25519 private key) for a second signature
+        (RFC 8463); the RSA one comes first. The signatures cover normalize_crlf(message), which
+        is what must be sent. Raises ValueError for a message without From or an unusable key.
+        """
+        headers, body = rfc822_parse(normalize_crlf(message))
+        canonical = Relaxed.canonicalize_headers(headers)
+        include = _include_headers(canonical)
+        # Both signatures use relaxed body canonicalisation and SHA-256: hash the body once.
+        body_hash = base64.b64encode(hashlib.sha256(Relaxed.canonicalize_body(body)).digest())
+        common = _Common(
+            domain=domain.encode("idna").lower(),
+            timestamp=str(int(time.time())).encode("ascii"),
+            include=include,
+            body_hash=body_hash,
+            headers=canonical,
+        )
+
+        rsa_key = self._key(domain, selector, private_key_pem, _load_rsa)
+        fields = [
+            _signature(
+                common,
+                b"rsa-sha256",
+                selector,
+                lambda digest: rsa_key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256())),
+            )
+        ]
+        if ed25519 is not None:
+            ed_selector, ed_key_data = ed25519
+            ed_key = self._key(domain, ed_selector, ed_key_data, _load_ed25519)
+            # RFC 8463: Ed25519 signs the SHA-256 digest of the header data.
+            fields.append(_signature(common, b"ed25519-sha256", ed_selector, ed_key.sign))
+        return b"".join(fields)
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._keys))
+
+    def _key(self, domain: str, selector: str, data: bytes, load: Callable[[bytes], object]):
+        # Hash of the key material in the cache key: a rotated key under the same selector is
+        # picked up at once, and the PEM itself is not kept as a dictionary key.
+        cache_key = (domain.lower(), selector, hashlib.sha256(data).digest())
+        with self._lock:
+            key = self._keys.get(cache_key)
+            if key is not None:
+                self._keys.move_to_end(cache_key)
+                self._hits += 1
+                return key
+            self._misses += 1
+        key = load(data)  # parse outside the lock; a rare duplicate parse is harmless
+        with self._lock:
+            self._keys[cache_key] = key
+            while len(self._keys) > self._cache_size:
+                self._keys.popitem(last=False)
+        return key
+
+
+class _Common(NamedTuple):
+    domain: bytes
+    timestamp: bytes
+    include: list[bytes]
+    body_hash: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+def _include_headers(canonical: list[tuple[bytes, bytes]]) -> list[bytes]:
+    counts = Counter(name for name, _ in canonical)  # names are lower-case after canonicalisation
+    if not counts[b"from"]:
+        raise ValueError("message has no From header; DKIM requires signing it")
+    include = []
+    for name in SIGNED_HEADERS:
+        n = counts[name.encode("ascii")]
+        if n:
+            include += [name.encode("ascii")] * (n + (name in OVERSIGNED_HEADERS))
+    return include
+
+
+def _signature(common: _Common, algorithm: bytes, selector: str, sign: Callable[[bytes], bytes]) -> bytes:
+    """Build one DKIM-Signature field: hash it with an empty b=, then append the folded b= value."""
+    pieces = [
+        (b" ", b"v=1;"),
+        (b" ", b"a=" + algorithm + b";"),
+        (b" ", b"c=relaxed/relaxed;"),
+        (b" ", b"d=" + common.domain + b";"),
+        (b" ", b"s=" + selector.encode("ascii") + b";"),
+        (b" ", b"t=" + common.timestamp + b";"),
+    ]
+    names = [b"h=" + common.include[0]] + [b":" + name for name in common.include[1:]]
+    names[-1] += b";"
+    pieces += [(b" ", names[0])] + [(b"", name) for name in names[1:]]
+    pieces += [(b" ", b"bh=" + common.body_hash + b";"), (b" ", b"b=")]
+
+    # Folding only ever adds whitespace where the grammar allows it (between tags, before a colon
+    # in h=, inside b=). Since b= comes last, the unsigned field folds exactly like the signed
+    # one up to "b=", which is all that the verifier hashes of it.
+    hasher = hashlib.sha256()
+    hash_headers(hasher, Relaxed, common.headers, common.include, (_NAME, _fold(pieces)), None)
+    b64 = base64.b64encode(sign(hasher.digest()))
+    pieces += [(b"", b64[i : i + 4]) for i in range(0, len(b64), 4)]
+    return _NAME + b":" + _fold(pieces) + b"\r\n"
+
+
+def _fold(pieces: list[tuple[bytes, bytes]]) -> bytes:
+    """Join (separator, text) pieces, breaking lines at piece boundaries to stay within 78 columns."""
+    out = []
+    column = len(_NAME) + 1
+    for separator, text in pieces:
+        if column > 1 and column + len(separator) + len(text) > _MAX_LINE:
+            out.append(b"\r\n ")
+            column = 1
+        else:
+            out.append(separator)
+            column += len(separator)
+        out.append(text)
+        column += len(text)
+    return b"".join(out)
+
+
+def _load_rsa(pem: bytes) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("DKIM key is not an RSA private key")
+    if key.key_size < 1024:  # RFC 8301: verifiers reject shorter keys
+        raise ValueError(f"RSA key of {key.key_size} bits is too short for DKIM")
+    return key
+
+
+def _load_ed25519(data: bytes) -> Ed25519PrivateKey:
+    """Accept PEM, the raw 32-byte seed, or the seed in base64 (dkimpy's format)."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        key = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("DKIM key is not an Ed25519 private key")
+        return key
+    if len(data) != 32:
+        data = base64.b64decode(data, validate=True)
+    if len(data) != 32:
+        raise ValueError("an Ed25519 private key is 32 bytes")
+    return Ed25519PrivateKey.from_private_bytes(data)

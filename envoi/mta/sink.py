@@ -1,0 +1,468 @@
+"""Dev/test sink MX: accepts any recipient, keeps what it receives, replies as scripted.
+
+Used as the catch-all destination of `envoi sink` / `envoi up`, as a scriptable remote MX in
+integration and end-to-end tests, and as a fast null destination for benchmarks.
+
+    with Sink().start() as sink:
+        ...deliver to ("127.0.0.1", sink.smtp_port)...
+        [msg] = sink.wait_for(1)
+
+Each stored message is a dict::
+
+    {"id": int, "mail_from": str, "rcpt_tos": [str], "data": str, "peer": "127.0.0.3",
+     "helo": str, "tls": bool, "received_at": float}
+
+`data` is the raw MIME decoded as UTF-8 with surrogateescape, so
+``data.encode("utf-8", "surrogateescape")`` gives back the exact bytes received.
+
+Script (`set_script()` or ``POST /script``; unknown keys are rejected so typos fail loudly):
+
+* ``rcpt``: {address or "*@domain" or "*": reply line}, applied at RCPT, e.g. "550 5.1.1 No such user".
+* ``data``: reply lines consumed in order by successive DATA commands across all connections,
+  e.g. ["451 4.3.0 Try again", "250 OK"]; then ``default_data`` applies.
+* ``default_data``: reply once ``data`` is exhausted (default "250 2.0.0 OK").
+* ``data_delay``: seconds to wait before answering each DATA (a slow destination).
+
+Special DATA replies: "defer-forever" answers 451 (handy as ``default_data``); "drop" reads the
+message up to the final "." and closes the connection without replying. A dropped message IS
+stored and counted: the remote did receive it, and the sender cannot know -- this is the
+"lost 250" window in which a retry produces a duplicate, which is what tests want to observe.
+Messages answered 4xx/5xx are not stored; every DATA is counted in ``attempts`` so retries show.
+
+HTTP: GET / (HTML list), GET /messages[?to=addr&since_id=N], GET /messages/{id},
+GET /messages/{id}/raw, DELETE /messages, GET /stats, GET|POST|DELETE /script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import html
+import json
+import logging
+import re
+import signal
+import socket
+import ssl
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from email import policy
+from email.parser import HeaderParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiosmtpd.smtp import SMTP
+
+DEFAULT_DATA_REPLY = "250 2.0.0 OK"
+DROP = "drop"
+DEFER_FOREVER = "defer-forever"
+DEFER_FOREVER_REPLY = "451 4.3.0 Deferred by sink script"
+DATA_SIZE_LIMIT = 50 * 1024 * 1024
+
+_REPLY_LINE = re.compile(r"[2-5][0-9][0-9]( [^\r\n]*)?")
+
+
+def _reply(value: Any, specials: tuple[str, ...] = ()) -> str:
+    if isinstance(value, str) and (value in specials or _REPLY_LINE.fullmatch(value)):
+        return value
+    raise ValueError(f"not an SMTP reply line: {value!r}")
+
+
+@dataclass
+class _Script:
+    rcpt: dict[str, str] = field(default_factory=dict)
+    data: collections.deque[str] = field(default_factory=collections.deque)
+    default_data: str = DEFAULT_DATA_REPLY
+    data_delay: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any]) -> _Script:
+        if not isinstance(spec, dict):
+            raise ValueError("script must be a JSON object")
+        unknown = set(spec) - {"rcpt", "data", "default_data", "data_delay"}
+        if unknown:
+            raise ValueError(f"unknown script keys: {sorted(unknown)}")
+        rcpt = spec.get("rcpt") or {}
+        data = spec.get("data") or []
+        if not isinstance(rcpt, dict) or not isinstance(data, list):
+            raise ValueError("rcpt must be an object and data a list")
+        delay = spec.get("data_delay", 0.0)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise ValueError(f"data_delay must be a number >= 0: {delay!r}")
+        specials = (DROP, DEFER_FOREVER)
+        return cls(
+            rcpt={str(k).lower(): _reply(v) for k, v in rcpt.items()},
+            data=collections.deque(_reply(v, specials) for v in data),
+            default_data=_reply(spec.get("default_data", DEFAULT_DATA_REPLY), specials),
+            data_delay=float(delay),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rcpt": dict(self.rcpt), "data": list(self.data),
+                "default_data": self.default_data, "data_delay": self.data_delay}
+
+
+class _Handler:
+    """aiosmtpd hooks. Kept apart from Sink because aiosmtpd introspects the handler per connection."""
+
+    def __init__(self, sink: Sink):
+        self._sink = sink
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self._sink._rcpt_reply(address) or "250 2.1.5 OK"
+        if reply[0] == "2":
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply
+
+    async def handle_DATA(self, server, session, envelope):
+        reply, delay = self._sink._next_data_reply()
+        if delay:
+            await asyncio.sleep(delay)
+        if reply == DROP:
+            self._sink._record(session, envelope)
+            server.transport.close()
+            # connection_lost() cancels this task, so aiosmtpd never writes a reply.
+            await asyncio.Event().wait()
+        if reply[0] == "2":
+            self._sink._record(session, envelope)
+        return reply
+
+
+class Sink:
+    """An SMTP sink (own thread and event loop) plus its HTTP inspection server (own threads)."""
+
+    def __init__(self, smtp_host: str = "127.0.0.1", smtp_port: int = 0, http_host: str = "127.0.0.1",
+                 http_port: int = 0, *, store: bool = True, max_messages: int = 10_000,
+                 tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
+                 hostname: str = "sink.envoi.test"):
+        self.smtp_host, self.smtp_port = smtp_host, smtp_port
+        self.http_host, self.http_port = http_host, http_port
+        self._store = store
+        self._tls_context = tls_context
+        self._require_starttls = require_starttls
+        self._hostname = hostname  # fixed: aiosmtpd would call socket.getfqdn() per connection
+        # One condition guards the store, the counters and the script; wait_for() waits on it.
+        self._cond = threading.Condition()
+        self._messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_messages)
+        self._last_id = 0
+        self._reset_counters()
+        self._script = _Script()
+        self._handler = _Handler(self)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._smtp_thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._conns: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._http: _HTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Sink:
+        try:
+            self._loop = asyncio.new_event_loop()
+            self._smtp_thread = threading.Thread(target=self._loop.run_forever, name="envoi-sink-smtp",
+                                                 daemon=True)
+            self._smtp_thread.start()
+            self._server = asyncio.run_coroutine_threadsafe(
+                self._loop.create_server(self._new_connection, self.smtp_host, self.smtp_port), self._loop
+            ).result(10)
+            self.smtp_port = self._server.sockets[0].getsockname()[1]
+            self._http = _HTTPServer((self.http_host, self.http_port), self)
+            self.http_port = self._http.server_address[1]
+            self._http_thread = threading.Thread(target=self._http.serve_forever, name="envoi-sink-http",
+                                                 daemon=True)
+            self._http_thread.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._http is not None:
+            if self._http_thread is not None:
+                self._http.shutdown()
+                self._http_thread.join()
+            self._http.server_close()
+            self._http = self._http_thread = None
+        if self._loop is not None:
+            if self._smtp_thread is not None:
+                asyncio.run_coroutine_threadsafe(self._close_smtp(), self._loop).result(10)
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._smtp_thread.join()
+            self._loop.close()
+            self._loop = self._smtp_thread = self._server = None
+
+    async def _close_smtp(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Abort live sessions (a client may keep one open) so no task outlives the loop.
+        for conn in list(self._conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # let the aborted transports' connection_lost() callbacks run
+
+    def _new_connection(self) -> SMTP:
+        conn = SMTP(self._handler, hostname=self._hostname, ident="Envoi sink",
+                    data_size_limit=DATA_SIZE_LIMIT, enable_SMTPUTF8=True, decode_data=False,
+                    tls_context=self._tls_context, require_starttls=self._require_starttls,
+                    loop=self._loop)
+        self._conns.add(conn)
+        return conn
+
+    def __enter__(self) -> Sink:
+        return self if self._loop is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+    # -- store and counters ---------------------------------------------------------------------
+
+    def _reset_counters(self) -> None:
+        self._n_messages = self._n_recipients = self._n_attempts = 0
+        self._per_peer: dict[str, int] = {}
+
+    def _record(self, session, envelope) -> None:
+        peer = session.peer[0] if session.peer else ""
+        msg = None
+        if self._store:
+            msg = {"id": 0, "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
+                   "data": envelope.original_content.decode("utf-8", "surrogateescape"),
+                   "peer": peer, "helo": session.host_name or "", "tls": session.ssl is not None,
+                   "received_at": time.time()}
+        with self._cond:
+            self._n_messages += 1
+            self._n_recipients += len(envelope.rcpt_tos)
+            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+            if msg is not None:
+                self._last_id += 1
+                msg["id"] = self._last_id
+                self._messages.append(msg)
+            self._cond.notify_all()
+
+    def messages(self, to: str | None = None, since_id: int | None = None) -> list[dict[str, Any]]:
+        """Stored messages, oldest first; optionally only those for recipient `to` / with id > since_id."""
+        with self._cond:
+            items = list(self._messages)
+        if since_id is not None:
+            items = [m for m in items if m["id"] > since_id]
+        if to is not None:
+            to = to.lower()
+            items = [m for m in items if any(r.lower() == to for r in m["rcpt_tos"])]
+        return [dict(m) for m in items]
+
+    def message(self, msg_id: int) -> dict[str, Any] | None:
+        with self._cond:
+            for m in self._messages:
+                if m["id"] == msg_id:
+                    return dict(m)
+        return None
+
+    def clear(self) -> int:
+        """Forget stored messages and zero the counters (ids keep increasing); returns how many were held."""
+        with self._cond:
+            n = len(self._messages)
+            self._messages.clear()
+            self._reset_counters()
+            return n
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {"messages": self._n_messages, "recipients": self._n_recipients,
+                    "attempts": self._n_attempts, "stored": len(self._messages),
+                    "per_peer": dict(self._per_peer)}
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """Block until `count` messages were accepted since the last clear(); returns the stored ones.
+
+        Counts accepted messages rather than stored ones, so it also works with store=False.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._n_messages < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"sink got {self._n_messages} of {count} messages in {timeout}s")
+                self._cond.wait(remaining)
+        return self.messages()
+
+    # -- script ---------------------------------------------------------------------------------
+
+    def set_script(self, spec: dict[str, Any]) -> None:
+        """Replace the whole script (see module docstring); raises ValueError on a malformed one."""
+        script = _Script.parse(spec)
+        with self._cond:
+            self._script = script
+
+    def reset_script(self) -> None:
+        with self._cond:
+            self._script = _Script()
+
+    def script(self) -> dict[str, Any]:
+        with self._cond:
+            return self._script.as_dict()
+
+    def _rcpt_reply(self, address: str) -> str | None:
+        rules = self._script.rcpt  # replaced wholesale, never mutated: no lock needed
+        if not rules:
+            return None
+        address = address.lower()
+        return rules.get(address) or rules.get("*@" + address.rpartition("@")[2]) or rules.get("*")
+
+    def _next_data_reply(self) -> tuple[str, float]:
+        with self._cond:
+            self._n_attempts += 1
+            script = self._script
+            reply = script.data.popleft() if script.data else script.default_data
+        return (DEFER_FOREVER_REPLY if reply == DEFER_FOREVER else reply), script.data_delay
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], sink: Sink):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.sink = sink
+        super().__init__(address, _HTTPHandler)
+
+
+class _HTTPHandler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "EnvoiSink"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests and benchmarks poll a lot; request logs would only be noise
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, obj: Any, status: int = 200) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _not_found(self) -> None:
+        self._json({"error": "not found"}, 404)
+
+    def _route(self) -> tuple[list[str], dict[str, str]]:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        return [p for p in url.path.split("/") if p], query
+
+    def do_GET(self) -> None:
+        sink = self.server.sink
+        parts, query = self._route()
+        if not parts:
+            self._send(200, _render_index(sink), "text/html; charset=utf-8")
+        elif parts == ["messages"]:
+            try:
+                since_id = int(query["since_id"]) if "since_id" in query else None
+            except ValueError:
+                return self._json({"error": "since_id must be an integer"}, 400)
+            items = sink.messages(to=query.get("to"), since_id=since_id)
+            self._json({"items": items, "total": len(items)})
+        elif parts[0] == "messages" and len(parts) in (2, 3) and parts[1].isdigit():
+            msg = sink.message(int(parts[1]))
+            if msg is None or (len(parts) == 3 and parts[2] != "raw"):
+                self._not_found()
+            elif len(parts) == 3:
+                self._send(200, msg["data"].encode("utf-8", "surrogateescape"), "message/rfc822")
+            else:
+                self._json(msg)
+        elif parts == ["stats"]:
+            self._json(sink.stats())
+        elif parts == ["script"]:
+            self._json(sink.script())
+        else:
+            self._not_found()
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        if self._route()[0] != ["script"]:
+            return self._not_found()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            self.server.sink.set_script(json.loads(body or b"{}"))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            return self._json({"error": str(exc)}, 400)
+        self._json(self.server.sink.script())
+
+    def do_DELETE(self) -> None:
+        parts = self._route()[0]
+        if parts == ["messages"]:
+            self._json({"deleted": self.server.sink.clear()})
+        elif parts == ["script"]:
+            self.server.sink.reset_script()
+            self._json(self.server.sink.script())
+        else:
+            self._not_found()
+
+
+def _subject(data: str) -> str:
+    head = data.partition("\r\n\r\n")[0]  # parse headers only: bodies may be megabytes
+    try:
+        return str(HeaderParser(policy=policy.default).parsestr(head).get("subject", ""))
+    except Exception:  # a malformed header must not break the page
+        return ""
+
+
+def _render_index(sink: Sink, limit: int = 200) -> bytes:
+    e = html.escape
+    stats = sink.stats()
+    rows = []
+    for m in reversed(sink.messages()[-limit:]):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["received_at"]))
+        rows.append(
+            f"<tr><td>{m['id']}</td><td>{e(when)}</td><td>{e(m['mail_from'] or '<>')}</td>"
+            f"<td>{e(', '.join(m['rcpt_tos']))}</td><td>{e(_subject(m['data']))}</td>"
+            f"<td>{e(m['peer'])}{' (TLS)' if m['tls'] else ''}</td>"
+            f"<td><a href=\"/messages/{m['id']}/raw\">raw</a></td></tr>"
+        )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>Envoi sink</title>
+<style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}}</style>
+</head><body><h1>Envoi sink</h1>
+<p>{stats['messages']} messages, {stats['recipients']} recipients, {stats['attempts']} DATA attempts;
+showing the latest {len(rows)}. <a href="/messages">JSON</a> · <a href="/stats">stats</a></p>
+<table><tr><th>#</th><th>Received</th><th>From</th><th>To</th><th>Subject</th><th>Peer</th><th></th></tr>
+{''.join(rows)}
+</table></body></html>
+"""
+    # Headers may carry undecodable bytes (surrogates); never fail the page for them.
+    return page.encode("utf-8", "replace")
+
+
+def serve(smtp_host: str, smtp_port: int, http_host: str, http_port: int, **kw: Any) -> None:
+    """Run a sink until SIGINT/SIGTERM (for `envoi sink`). Must be called from the main thread."""
+    # aiosmtpd logs every command at INFO, which would drown the console under `envoi up`.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with Sink(smtp_host, smtp_port, http_host, http_port, **kw) as sink:
+            print(f"envoi sink: SMTP {smtp_host}:{sink.smtp_port}, HTTP {sink.url}", flush=True)
+            while not stopping.wait(0.5):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

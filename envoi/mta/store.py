@@ -1,0 +1,106 @@
+"""SQL for messages and the per-recipient delivery schedule."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from envoi.infra.db import Connection, Jsonb
+
+
+def insert_message(conn: Connection, **row) -> int:
+    row = {k: Jsonb(v) if isinstance(v, dict | list) and k != "tags" else v for k, v in row.items()}
+    cols = ", ".join(row)
+    marks = ", ".join(["%s"] * len(row))
+    return conn.execute(
+        f"INSERT INTO messages ({cols}) VALUES ({marks}) RETURNING id", tuple(row.values())
+    ).fetchone()["id"]
+
+
+def insert_recipients(conn: Connection, rows: list[tuple]) -> list[int]:
+    """rows: (message_pk, account_id, domain_id, address, rcpt_domain, next_attempt_at, expires_at)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO recipients (message_pk, account_id, domain_id, address, rcpt_domain,"
+            " next_attempt_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            rows,
+            returning=True,
+        )
+        ids = []
+        while True:
+            ids.append(cur.fetchone()["id"])
+            if not cur.nextset():
+                break
+        return ids
+
+
+def claim_due(conn: Connection, limit: int, lease_seconds: float) -> list[dict]:
+    """Lease up to `limit` due recipients. A crashed relay's lease simply runs out, so nothing is lost."""
+    return conn.execute(
+        """
+        WITH due AS (
+            SELECT id FROM recipients
+            WHERE status = 'queued' AND next_attempt_at <= now()
+              AND (leased_until IS NULL OR leased_until < now())
+            ORDER BY next_attempt_at
+            LIMIT %s
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE recipients r SET leased_until = now() + make_interval(secs => %s)
+        FROM due WHERE r.id = due.id
+        RETURNING r.id, r.message_pk, r.account_id, r.domain_id, r.address, r.rcpt_domain, r.attempts,
+                  r.expires_at
+        """,
+        (limit, lease_seconds),
+    ).fetchall()
+
+
+def load_messages(conn: Connection, message_pks: list[int]) -> list[dict]:
+    return conn.execute(
+        "SELECT id, account_id, domain_id, message_id, storage_key, mail_from, headers, tags,"
+        " user_variables, options, attachments, method, size, body, dkim_signature,"
+        " extract(epoch from created_at) AS created_ts"
+        " FROM messages WHERE id = ANY(%s)",
+        (message_pks,),
+    ).fetchall()
+
+
+def save_dkim_signature(conn: Connection, message_pk: int, signature: str) -> None:
+    conn.execute(
+        "UPDATE messages SET dkim_signature = %s WHERE id = %s AND dkim_signature IS NULL",
+        (signature, message_pk),
+    )
+
+
+def finish(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (recipient_id, status, code, message) for final outcomes."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE recipients SET status = %s, last_code = %s, last_message = %s, attempts = attempts + 1,"
+            " leased_until = NULL, updated_at = now() WHERE id = %s",
+            [(status, code, message, rid) for rid, status, code, message in rows],
+        )
+
+
+def reschedule(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (recipient_id, next_attempt_at, code, message, count_attempt)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE recipients SET next_attempt_at = %s, last_code = %s, last_message = %s,"
+            " attempts = attempts + %s, leased_until = NULL, updated_at = now() WHERE id = %s",
+            [(when, code, message, 1 if counted else 0, rid) for rid, when, code, message, counted in rows],
+        )
+
+
+def queue_depth(conn: Connection) -> dict:
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,"
+        " count(*) AS scheduled FROM recipients WHERE status = 'queued'"
+    ).fetchone()
+    return dict(row)
+
+
+def next_due_at(conn: Connection) -> datetime | None:
+    row = conn.execute(
+        "SELECT min(next_attempt_at) AS at FROM recipients WHERE status = 'queued'"
+    ).fetchone()
+    return row["at"]
