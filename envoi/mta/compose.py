@@ -93,7 +93,11 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
 def normalize_address(addr: str, field_name: str = "to") -> str:
     addr = addr.strip()
     try:
-        result = validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+        # .test is allowed: dev stacks and tests address mail to it (RFC 6761 reserves it for that).
+        result = validate_email(addr, check_deliverability=False, allow_smtputf8=True,
+                                globally_deliverable=False, test_environment=True)
+        if "." not in result.domain:
+            raise EmailNotValidError("domain has no dot")
     except EmailNotValidError as ex:
         raise InvalidRecipient(f"{field_name} parameter is not a valid address. please check documentation") from ex
     local, _, domain = result.normalized.rpartition("@")

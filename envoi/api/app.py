@@ -1,0 +1,41 @@
+"""The falcon application: create_app(settings, services) wires resources to services."""
+
+from __future__ import annotations
+
+import falcon
+
+from envoi.api import errors, forms
+from envoi.api.auth import AuthMiddleware
+from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
+from envoi.api.resources.events import EventList
+from envoi.api.resources.messages import Messages
+from envoi.api.resources.system import Health, MetricsEndpoint
+
+
+def create_app(settings, services) -> falcon.App:
+    app = falcon.App(middleware=[AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
+    app.req_options.strip_url_path_trailing_slash = True
+    forms.configure(app)
+    errors.install(app)
+    dns = {"spf_include": f"{settings.region}.envoi.local", "mx_hosts": (f"mx.{settings.region}.envoi.local",),
+           "tracking_target": f"track.{settings.region}.envoi.local"}
+
+    messages = Messages(services.intake)
+    app.add_route("/v3/{domain}/messages", messages)
+    app.add_route("/v3/{domain}/messages.mime", messages, suffix="mime")
+
+    events = EventList(services.accounts, services.events)
+    app.add_route("/v3/{domain}/events", events)
+    app.add_route("/v3/{domain}/events/{token}", events, suffix="page")
+
+    app.add_route("/v4/domains", DomainCollection(services.accounts, dns))
+    domain_item = DomainItem(services.accounts, dns)
+    app.add_route("/v4/domains/{domain}", domain_item)
+    app.add_route("/v3/domains/{domain}", domain_item)
+    credentials = Credentials(services.accounts)
+    app.add_route("/v3/domains/{domain}/credentials", credentials)
+    app.add_route("/v3/domains/{domain}/credentials/{login}", credentials, suffix="item")
+
+    app.add_route("/healthz", Health())
+    app.add_route("/metrics", MetricsEndpoint(services.metrics))
+    return app

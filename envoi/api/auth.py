@@ -1,0 +1,59 @@
+"""HTTP Basic auth with `api:KEY`, resolved to a Principal. Keys are bound to their region."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import falcon
+
+from envoi.accounts.service import key_region
+from envoi.api.errors import forbidden
+
+PUBLIC = "public"
+OPERATOR = "operator"
+CUSTOMER = "customer"  # admin or sending keys (sending keys are further limited to /messages)
+
+
+class AuthMiddleware:
+    def __init__(self, accounts, region: str, region_urls: dict[str, str]):
+        self.accounts = accounts
+        self.region = region
+        self.region_urls = region_urls
+
+    def process_resource(self, req: falcon.Request, resp, resource, params) -> None:
+        if resource is None:
+            return
+        needs = getattr(resource, "auth", CUSTOMER)
+        if needs == PUBLIC:
+            return
+        secret = _basic_password(req.get_header("Authorization"))
+        if not secret:
+            raise forbidden()
+        region = key_region(secret)
+        if region and region != self.region:
+            url = self.region_urls.get(region, f"the {region.upper()} region's API")
+            raise forbidden(
+                f"This API key belongs to the {region.upper()} region; send this request to {url} instead"
+            )
+        principal = self.accounts.authenticate_key(secret)
+        if principal is None:
+            raise forbidden()
+        if needs == OPERATOR and not principal.is_operator:
+            raise forbidden()
+        if needs == CUSTOMER and principal.is_operator and not getattr(resource, "operator_too", False):
+            raise forbidden("Operator keys cannot act for a customer")
+        if principal.role == "sending" and not getattr(resource, "sending_keys", False):
+            raise forbidden()
+        req.context.principal = principal
+
+
+def _basic_password(header: str | None) -> str | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return password if sep and user == "api" else None

@@ -1,0 +1,12 @@
+"""gunicorn entry point: `gunicorn 'envoi.wsgi:get_app()'`. Reads the environment once."""
+
+from __future__ import annotations
+
+from envoi import runtime
+from envoi.api.app import create_app
+from envoi.infra.settings import Settings
+
+
+def get_app():
+    settings = Settings.from_env()
+    return create_app(settings, runtime.build(settings))

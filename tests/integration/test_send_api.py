@@ -1,0 +1,180 @@
+"""The send API over falcon's in-process client against real Postgres: shapes, errors, storage."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from urllib.parse import urlencode
+
+import pytest
+from falcon import testing
+
+from envoi.api.app import create_app
+from tests.conftest import basic
+
+
+@pytest.fixture
+def client(settings, services):
+    return testing.TestClient(create_app(settings, services))
+
+
+def post_form(client, url, key=None, params=None):
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if key:
+        headers.update(basic(key))
+    return client.simulate_post(url, body=urlencode(params or {}, doseq=True), headers=headers)
+
+
+def count(db, table, domain) -> int:
+    return db.execute(f"SELECT count(*) AS n FROM {table} WHERE domain_id = %s", (domain["id"],)).fetchone()["n"]
+
+
+def stored_mime(services, db, message_id) -> email.message.EmailMessage:
+    row = db.execute("SELECT body, storage_key FROM messages WHERE message_id = %s", (message_id,)).fetchone()
+    raw = services.sealer.open(row["body"], row["storage_key"].encode())
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def test_send_stores_message_recipients_and_accepted_events(client, api_key, domain, db, services):
+    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key, {"from": f"Sender <sender@{domain['name']}>", "to": ["a@one.test, b@two.test"],
+                "cc": "c@three.test", "subject": "Hello", "text": "Body text", "o:tag": ["t1", "t2"],
+                "v:order": "42", "h:Reply-To": "reply@x.test"})
+    assert resp.status_code == 200, resp.text
+    assert set(resp.json) == {"id", "message"} and resp.json["message"] == "Queued. Thank you."
+    message_id = resp.json["id"].strip("<>")
+    rcpts = db.execute("SELECT address, status FROM recipients r JOIN messages m ON m.id = r.message_pk"
+                       " WHERE m.message_id = %s ORDER BY address", (message_id,)).fetchall()
+    assert [r["address"] for r in rcpts] == ["a@one.test", "b@two.test", "c@three.test"]
+    assert all(r["status"] == "queued" for r in rcpts)
+    events = db.execute("SELECT event, recipient, data FROM events WHERE message_id = %s", (message_id,)).fetchall()
+    assert sorted(e["recipient"] for e in events) == ["a@one.test", "b@two.test", "c@three.test"]
+    assert {e["event"] for e in events} == {"accepted"}
+    assert events[0]["data"]["tags"] == ["t1", "t2"] and events[0]["data"]["user-variables"] == {"order": "42"}
+    msg = stored_mime(services, db, message_id)
+    assert msg["Subject"] == "Hello" and msg["Reply-To"] == "reply@x.test"
+    assert msg["Message-ID"] == f"<{message_id}>"
+    assert msg.get_body(("plain",)).get_content().strip() == "Body text"
+    # body at rest is sealed: the plaintext does not appear in the row
+    raw = db.execute("SELECT body FROM messages WHERE message_id = %s", (message_id,)).fetchone()["body"]
+    assert b"Body text" not in bytes(raw)
+
+
+def test_multipart_with_attachment_and_inline(client, api_key, domain, db, services):
+    body, headers = _multipart(
+        [("from", f"s@{domain['name']}"), ("to", "x@y.test"), ("subject", "files"),
+         ("html", '<p>hi <img src="cid:logo.png"></p>'), ("text", "hi")],
+        [("attachment", "report.pdf", "application/pdf", b"%PDF-1.4 data"),
+         ("inline", "logo.png", "image/png", b"\x89PNG fake"),
+         ("attachment", None, "text/plain", b"no name is dropped")],
+    )
+    headers.update(basic(api_key))
+    resp = client.simulate_post(f"/v3/{domain['name']}/messages", body=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    msg = stored_mime(services, db, resp.json["id"].strip("<>"))
+    attachments = [(p.get_filename(), p.get_content()) for p in msg.iter_attachments()]
+    assert ("report.pdf", b"%PDF-1.4 data") in attachments
+    assert all(name is not None for name, _ in attachments)
+    inline = [p for p in msg.walk() if p.get("Content-ID") == "<logo.png>"]
+    assert inline and inline[0].get_content() == b"\x89PNG fake"
+
+
+def _multipart(fields, files):
+    boundary = "envoiboundary123"
+    out = []
+    for name, value in fields:
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, filename, ctype, data in files:
+        fn = f'; filename="{filename}"' if filename else ""
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{fn}\r\n'
+                   f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "message"),
+    [
+        ({"to": "a@b.test", "text": "x"}, 400, "from parameter is missing"),
+        ({"from": "s@{d}", "text": "x"}, 400, "to parameter is missing"),
+        ({"from": "s@{d}", "to": "not an address", "text": "x"}, 400,
+         "to parameter is not a valid address. please check documentation"),
+        ({"from": "s@{d}", "to": "a@b.test"}, 400, "Need at least one of 'text' or 'html' parameters specified"),
+        ({"from": "s@{d}", "to": "a@b.test", "text": "x", "subject": "hi\r\nBcc: victim@evil.test"}, 400,
+         "subject contains a control character (CR, LF or NUL are not allowed)"),
+        ({"from": "s@{d}", "to": "a@b.test", "text": "x", "h:X-Custom": "v\nBcc: v@evil.test"}, 400,
+         "h:X-Custom contains a control character (CR, LF or NUL are not allowed)"),
+        ({"from": "s@{d}", "to": "a@b.test", "text": "x", "recipient-variables": "{nope"}, 400,
+         "'recipient-variables' parameter is not a valid JSON"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_stored(client, api_key, domain, db, params, status, message):
+    params = {k: v.replace("{d}", domain["name"]) for k, v in params.items()}
+    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key, params)
+    assert resp.status_code == status
+    assert resp.json == {"message": message}
+    assert count(db, "messages", domain) == 0
+    assert count(db, "events", domain) == 0
+
+
+def test_too_many_recipients(client, api_key, domain, db):
+    to = ",".join(f"r{i}@x.test" for i in range(1001))
+    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key, {"from": f"s@{domain['name']}", "to": to, "text": "x"})
+    assert resp.status_code == 400 and resp.json == {"message": "Too many recipients, max is 1000"}
+    assert count(db, "messages", domain) == 0
+
+
+def test_auth_failures_and_tenant_isolation(client, services, api_key, domain, db):
+    params = {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "x"}
+    url = f"/v3/{domain['name']}/messages"
+    assert post_form(client, url, None, params).json == {"message": "Forbidden"}
+    resp = client.simulate_post(url, params=params, headers=basic("key-eu-" + "x" * 32))
+    assert resp.status_code == 401 and resp.json == {"message": "Forbidden"}
+    # a key from the other region gets a 401 naming that region's base URL
+    resp = client.simulate_post(url, params=params, headers=basic("key-us-" + "x" * 32))
+    assert resp.status_code == 401 and "https://api.us.envoi.test" in resp.json["message"]
+    # another account's key on this domain: 404, as if the domain did not exist
+    other = services.accounts.create_account("other")
+    _, other_key = services.accounts.create_key(other["id"], "admin")
+    resp = post_form(client, url, other_key, params)
+    assert resp.status_code == 404 and resp.json == {"message": f"Domain not found: {domain['name']}"}
+    assert client.simulate_get(f"/v3/{domain['name']}/events", headers=basic(other_key)).status_code == 404
+    assert count(db, "messages", domain) == 0
+
+
+def test_sending_key_can_only_send(client, services, account, domain, db):
+    _, sending = services.accounts.create_key(account["id"], "sending", domain=domain["name"])
+    params = {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "x"}
+    assert post_form(client, f"/v3/{domain['name']}/messages", sending, params).status_code == 200
+    assert client.simulate_get(f"/v3/{domain['name']}/events", headers=basic(sending)).status_code == 401
+    assert client.simulate_get("/v4/domains", headers=basic(sending)).status_code == 401
+
+
+def test_messages_mime(client, api_key, domain, db, services):
+    mime = (f"From: s@{domain['name']}\nTo: a@b.test\nSubject: raw\n\nraw body line\n").encode()
+    body, headers = _multipart([("to", "a@b.test"), ("to", "c@d.test")], [("message", "m.eml", "message/rfc822", mime)])
+    headers.update(basic(api_key))
+    resp = client.simulate_post(f"/v3/{domain['name']}/messages.mime", body=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    message_id = resp.json["id"].strip("<>")
+    msg = stored_mime(services, db, message_id)
+    assert msg["Subject"] == "raw" and msg["Message-ID"] == f"<{message_id}>" and msg["Date"]
+    row = db.execute("SELECT body, storage_key FROM messages WHERE message_id = %s", (message_id,)).fetchone()
+    raw = services.sealer.open(row["body"], row["storage_key"].encode())
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")  # no bare LF is stored
+    assert count(db, "recipients", domain) == 2
+
+
+def test_domains_api(client, api_key, domain):
+    resp = client.simulate_get("/v4/domains", headers=basic(api_key))
+    assert resp.status_code == 200 and resp.json["total_count"] == 1
+    assert resp.json["items"][0]["name"] == domain["name"]
+    resp = client.simulate_get(f"/v4/domains/{domain['name']}", headers=basic(api_key))
+    records = resp.json["sending_dns_records"]
+    dkim = [r for r in records if "_domainkey" in r["name"]][0]
+    assert dkim["value"] == f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"
+    assert any(r["record_type"] == "MX" for r in resp.json["receiving_dns_records"])
+    resp = post_form(client, "/v4/domains", api_key, {"name": "new-domain.test"})
+    assert resp.status_code == 200 and resp.json["domain"]["name"] == "new-domain.test"
+    assert client.simulate_get("/v4/domains", headers=basic(api_key)).json["total_count"] == 2
+    resp = post_form(client, "/v4/domains", api_key, {"name": "bad_domain!"})
+    assert resp.status_code == 400 and "not a valid domain" in resp.json["message"]
