@@ -44,3 +44,17 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_accepted=lambda count: metrics.accepted.labels("http").inc(count),
     )
     return Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics)
+
+
+def build_relay(services: Services):
+    """The delivery engine for this region, sharing the services' database and metrics."""
+    from envoi.mta.delivery.engine import Relay
+    from envoi.mta.delivery.mx import MxResolver
+
+    settings = services.settings
+    return Relay(
+        settings, services.db, services.accounts, services.sealer,
+        resolver=MxResolver(settings.dns_resolver),
+        wait_for_work=services.doorbell.wait,
+        metrics=services.metrics,
+    )

@@ -84,6 +84,7 @@ class Relay:
         self.results: list[tuple[dict, dict, Outcome]] = []
         self.signatures: dict[int, str] = {}
         self._domains: dict[int, tuple[float, dict, bytes]] = {}
+        self._workers: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._flushed = asyncio.Event()
 
@@ -95,7 +96,11 @@ class Relay:
         finally:
             self._stopping.set()
             await self._drain()
+            for task in list(self._workers):
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
             flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
             await self._flush()
 
     def stop(self) -> None:
@@ -190,7 +195,9 @@ class Relay:
         dest.queue.put_nowait(delivery)
         if dest.workers < self.max_connections_per_destination and dest.queue.qsize() > dest.workers - 1:
             dest.workers += 1
-            asyncio.create_task(self._worker(dest))
+            task = asyncio.create_task(self._worker(dest))
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
 
     async def _worker(self, dest: Destination) -> None:
         session: Session | None = None

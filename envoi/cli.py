@@ -1,0 +1,186 @@
+"""The `envoi` command: run the region's processes and administer accounts, domains and keys.
+
+Settings are read from the environment here, once, and passed down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+import click
+
+from envoi.infra.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _services(pool_size: int = 4):
+    from envoi import runtime
+
+    return runtime.build(_settings(), pool_size=pool_size)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
+def main(verbose: bool) -> None:
+    """Envoi: a self-hosted transactional email platform with a Mailgun-compatible API."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (idempotent)."""
+    from envoi.infra.migrate import ensure_database
+    from envoi.infra.migrate import migrate as run
+
+    settings = _settings()
+    ensure_database(settings.database_url)
+    applied = run(settings.database_url)
+    click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8025", show_default=True)
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--threads", default=4, show_default=True, type=int)
+def api(bind: str, workers: int, threads: int) -> None:
+    """Serve the HTTP API with gunicorn."""
+    argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads",
+            str(threads), "--worker-class", "gthread", "--access-logfile", "-", "--log-level", "warning",
+            "envoi.wsgi:get_app()"]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--metrics-port", default=9125, show_default=True, type=int, help="0 disables /metrics.")
+def relay(metrics_port: int) -> None:
+    """Run the delivery engine: due recipients -> DKIM -> MX -> SMTP."""
+    from envoi import runtime
+
+    services = _services(pool_size=6)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
+    engine = runtime.build_relay(services)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, engine.stop)
+        await engine.run()
+
+    click.echo(f"relay: region {services.settings.region}, delivering"
+               + (f" via {services.settings.smtp_route[0]}:{services.settings.smtp_route[1]}"
+                  if services.settings.smtp_route else " to MX hosts"))
+    asyncio.run(run())
+    services.close()
+
+
+@main.command()
+@click.option("--smtp", "smtp_addr", default="127.0.0.1:2525", show_default=True, help="SMTP listen host:port")
+@click.option("--http", "http_addr", default="127.0.0.1:8026", show_default=True, help="web/JSON host:port")
+def sink(smtp_addr: str, http_addr: str) -> None:
+    """Run the dev sink: a catch-all MX that keeps what it receives (JSON at /messages)."""
+    from envoi.mta.sink import serve
+
+    smtp_host, _, smtp_port = smtp_addr.rpartition(":")
+    http_host, _, http_port = http_addr.rpartition(":")
+    serve(smtp_host, int(smtp_port), http_host, int(http_port))
+
+
+@main.command()
+@click.option("--var", "var_dir", default="var", show_default=True, help="Where private state lives.")
+@click.option("--api-port", default=8025, show_default=True, type=int)
+@click.option("--sink-smtp-port", default=2525, show_default=True, type=int)
+@click.option("--sink-http-port", default=8026, show_default=True, type=int)
+def up(var_dir: str, api_port: int, sink_smtp_port: int, sink_http_port: int) -> None:
+    """Start a whole region for development, with all mail routed to the dev sink."""
+    from envoi.devup import run_up
+
+    sys.exit(run_up(var_dir, api_port=api_port, sink_smtp_port=sink_smtp_port, sink_http_port=sink_http_port))
+
+
+# administration -------------------------------------------------------------------------------
+@main.group()
+def accounts() -> None:
+    """Manage accounts."""
+
+
+@accounts.command("create")
+@click.argument("name")
+@click.option("--plan", default="free", show_default=True)
+def accounts_create(name: str, plan: str) -> None:
+    row = _services().accounts.create_account(name, plan)
+    click.echo(json.dumps({"id": row["id"], "name": row["name"], "region": row["region"]}))
+
+
+@accounts.command("list")
+def accounts_list() -> None:
+    for row in _services().accounts.list_accounts():
+        click.echo(f"{row['id']}\t{row['name']}\t{row['region']}\t{row['plan']}")
+
+
+@main.group()
+def domains() -> None:
+    """Manage sending domains."""
+
+
+@domains.command("add")
+@click.argument("account_id", type=int)
+@click.argument("name")
+@click.option("--selector", default=None, help="DKIM selector (default: envoi)")
+@click.option("--key-size", default=2048, show_default=True, type=int)
+def domains_add(account_id: int, name: str, selector: str | None, key_size: int) -> None:
+    from envoi.accounts.service import dns_records
+
+    services = _services()
+    row = services.accounts.add_domain(account_id, name, dkim_selector=selector, dkim_key_size=key_size)
+    region = services.settings.region
+    records = dns_records(row, spf_include=f"{region}.envoi.local", mx_hosts=(f"mx.{region}.envoi.local",),
+                          tracking_target=f"track.{region}.envoi.local")
+    click.echo(f"domain {row['name']} added to account {account_id}; publish these records:")
+    for rec in records["sending_dns_records"] + records["receiving_dns_records"]:
+        click.echo(f"  {rec['record_type']:5} {rec['name']}  {rec.get('priority', '')} {rec['value']}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (the secret is shown once)."""
+
+
+@keys.command("create")
+@click.argument("account_id", type=int, required=False)
+@click.option("--role", type=click.Choice(["admin", "sending", "operator"]), default="admin", show_default=True)
+@click.option("--domain", default=None, help="Limit a sending key to this domain.")
+@click.option("--description", default="")
+def keys_create(account_id: int | None, role: str, domain: str | None, description: str) -> None:
+    key, secret = _services().accounts.create_key(account_id, role, domain, description)
+    click.echo(json.dumps({"id": key["id"], "role": key["role"], "secret": secret}))
+
+
+@main.group()
+def credentials() -> None:
+    """Manage SMTP credentials."""
+
+
+@credentials.command("create")
+@click.argument("account_id", type=int)
+@click.argument("domain")
+@click.argument("login")
+@click.password_option()
+def credentials_create(account_id: int, domain: str, login: str, password: str) -> None:
+    row = _services().accounts.create_credential(account_id, domain, login, password)
+    click.echo(f"created SMTP login {row['login']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""`envoi up`: a whole region on one machine, with all outbound mail routed to the dev sink."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sys
+import urllib.request
+from pathlib import Path
+
+from envoi import devstack
+from envoi.infra.migrate import ensure_database, migrate
+from envoi.infra.settings import Settings
+
+DEMO_DOMAIN = "demo.envoi.test"
+
+
+def _secret_key(var: Path) -> str:
+    path = var / "secret.key"
+    if not path.exists():
+        path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _demo(settings: Settings, var: Path) -> dict:
+    """Create (or find again) the demo account, domain, API key and SMTP login."""
+    from envoi import runtime
+    from envoi.accounts.errors import NotFound
+
+    env_file = var / "demo.env"
+    previous = _read_env(env_file)
+    services = runtime.build(settings, pool_size=2)
+    try:
+        key = previous.get("ENVOI_API_KEY")
+        principal = services.accounts.authenticate_key(key) if key else None
+        try:
+            domain = services.accounts.get_domain(DEMO_DOMAIN)
+        except NotFound:
+            domain = None
+        if principal is None or domain is None or domain["account_id"] != principal.account_id:
+            account = services.accounts.create_account("demo")
+            if domain is not None:
+                services.accounts.delete_domain(domain["account_id"], DEMO_DOMAIN)
+            domain = services.accounts.add_domain(account["id"], DEMO_DOMAIN)
+            _, key = services.accounts.create_key(account["id"], "admin", description="envoi up demo")
+            password = secrets.token_urlsafe(12)[:16]
+            services.accounts.create_credential(account["id"], DEMO_DOMAIN, f"postmaster@{DEMO_DOMAIN}", password)
+        else:
+            password = previous.get("ENVOI_SMTP_PASSWORD", "")
+        return {"ENVOI_API_KEY": key, "ENVOI_DOMAIN": DEMO_DOMAIN, "ENVOI_SMTP_USER": f"postmaster@{DEMO_DOMAIN}",
+                "ENVOI_SMTP_PASSWORD": password, "ENVOI_ACCOUNT_ID": str(domain["account_id"])}
+    finally:
+        services.close()
+
+
+def _read_env(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: int) -> int:
+    var = Path(var_dir).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    sup = devstack.Supervisor()
+    try:
+        pg = devstack.postgres_service(var, os.environ)
+        rd = devstack.redis_service(var, os.environ)
+        for service in (pg, rd):
+            if service.process is not None:
+                sup.adopt(service.name, service.process)
+        api_url = f"http://127.0.0.1:{api_port}"
+        sink_url = f"http://127.0.0.1:{sink_http_port}"
+        env = {
+            "ENVOI_REGION": os.environ.get("ENVOI_REGION", "eu"),
+            "DATABASE_URL": pg.url,
+            "REDIS_URL": rd.url,
+            "ENVOI_SECRET_KEY": _secret_key(var),
+            "ENVOI_PUBLIC_URL": api_url,
+            "ENVOI_SMTP_ROUTE": f"127.0.0.1:{sink_smtp_port}",
+        }
+        settings = Settings.from_env(env)
+        ensure_database(settings.database_url)
+        migrate(settings.database_url)
+        demo = _demo(settings, var)
+
+        envoi = [sys.executable, "-m", "envoi.cli"]
+        sup.start("sink", envoi + ["sink", "--smtp", f"127.0.0.1:{sink_smtp_port}",
+                                   "--http", f"127.0.0.1:{sink_http_port}"],
+                  env=env, ready=lambda: _http_ok(f"{sink_url}/stats"))
+        sup.start("api", envoi + ["api", "--bind", f"127.0.0.1:{api_port}"], env=env,
+                  ready=lambda: _http_ok(f"{api_url}/healthz"))
+        sup.start("relay", envoi + ["relay"], env=env)
+
+        values = {"ENVOI_API_URL": api_url, **demo, "ENVOI_SINK_URL": sink_url}
+        (var / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        print(_banner(values), flush=True)
+        return sup.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sup.stop()
+
+
+def _banner(v: dict) -> str:
+    curl = (f"curl -s --user 'api:{v['ENVOI_API_KEY']}' {v['ENVOI_API_URL']}/v3/{v['ENVOI_DOMAIN']}/messages "
+            f"-F from='Demo <hello@{v['ENVOI_DOMAIN']}>' -F to=someone@example.test "
+            f"-F subject='Hello from Envoi' -F text='It works.'")
+    return "\n".join([
+        "",
+        f"Envoi is up (region {os.environ.get('ENVOI_REGION', 'eu')}). Everything it sends lands in the dev sink.",
+        f"  API       {v['ENVOI_API_URL']}   key {v['ENVOI_API_KEY']}",
+        f"  domain    {v['ENVOI_DOMAIN']}",
+        f"  dev sink  {v['ENVOI_SINK_URL']}  (received mail; JSON at /messages)",
+        "  settings  var/demo.env",
+        "",
+        "Send a message:",
+        f"  {curl}",
+        "See it:",
+        f"  curl -s {v['ENVOI_SINK_URL']}/messages | python3 -m json.tool | head -40",
+        f"  curl -s --user 'api:{v['ENVOI_API_KEY']}' {v['ENVOI_API_URL']}/v3/{v['ENVOI_DOMAIN']}/events",
+        "",
+        "Ctrl-C stops everything.",
+    ])

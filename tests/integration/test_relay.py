@@ -1,0 +1,150 @@
+"""The relay against a real sink MX and a real DNS server on loopback."""
+
+from __future__ import annotations
+
+import time
+
+import dkim
+import pytest
+
+from envoi.mta.compose import compose
+from envoi.mta.sink import Sink
+from tests.support.dns_server import DnsServer
+from tests.support.relay import RelayThread, wait_until
+
+
+@pytest.fixture
+def sink():
+    with Sink() as s:
+        yield s
+
+
+@pytest.fixture
+def dns(domain):
+    with DnsServer() as server:
+        server.add(domain["name"] + "", "TXT", "v=spf1 -all")
+        server.add(f"{domain['dkim_selector']}._domainkey.{domain['name']}", "TXT",
+                   f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}")
+        yield server
+
+
+@pytest.fixture
+def relay(services, settings, sink, dns):
+    relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
+                                      smtp_timeout=5)
+    with RelayThread(services, relay_settings) as thread:
+        yield thread
+
+
+def send(services, account_id, domain, to, **fields):
+    from envoi.accounts.service import Principal
+
+    principal = Principal(None, account_id, "admin")
+    values = {"from": [f"Sender <s@{domain['name']}>"], "to": [to], "subject": ["Hi"], "text": ["body"]}
+    values.update({k.replace("_", ":", 1) if k.startswith(("o_", "h_", "v_")) else k: [v]
+                   for k, v in fields.items()})
+    draft = compose(domain["name"], values, [], [])
+    return services.intake.accept(principal, domain, draft).strip("<>")
+
+
+def events_of(db, message_id):
+    return db.execute("SELECT event, severity, data FROM events WHERE message_id = %s ORDER BY id",
+                      (message_id,)).fetchall()
+
+
+def route(dns, rcpt_domain):
+    dns.add(rcpt_domain, "MX", f"10 mx.{rcpt_domain}.")
+    dns.add(f"mx.{rcpt_domain}", "A", "127.0.0.1")
+
+
+def test_delivers_signed_message_and_records_events(services, account, domain, db, sink, dns, relay):
+    route(dns, "dest.test")
+    message_id = send(services, account["id"], domain, "rcpt@dest.test")
+    [received] = sink.wait_for(1)
+    assert received["rcpt_tos"] == ["rcpt@dest.test"]
+    raw = received["data"].encode("utf-8", "surrogateescape")
+    assert f"Message-ID: <{message_id}>".encode() in raw
+
+    def dnsfunc(name, timeout=5):
+        assert name == f"{domain['dkim_selector']}._domainkey.{domain['name']}.".encode()
+        return f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}".encode()
+
+    assert dkim.verify(raw, dnsfunc=dnsfunc)
+    events = wait_until(lambda: (e := events_of(db, message_id)) and len(e) == 2 and e)
+    assert [e["event"] for e in events] == ["accepted", "delivered"]
+    status = events[1]["data"]["delivery-status"]
+    assert status["code"] == 250 and status["attempt-no"] == 1 and status["mx-host"] == "mx.dest.test"
+    assert status["tls"] is False
+    row = db.execute("SELECT status, attempts FROM recipients WHERE address = 'rcpt@dest.test'"
+                     " AND message_pk = (SELECT id FROM messages WHERE message_id = %s)", (message_id,)).fetchone()
+    assert row == {"status": "delivered", "attempts": 1}
+
+
+def test_temporary_failure_is_retried_then_delivered(services, account, domain, db, sink, dns, relay):
+    route(dns, "retry.test")
+    sink.set_script({"data": ["451 4.3.0 Try again later"]})
+    message_id = send(services, account["id"], domain, "r@retry.test")
+    events = wait_until(lambda: (e := events_of(db, message_id)) and e[-1]["event"] == "delivered" and e, 20)
+    assert [(e["event"], e["severity"]) for e in events] == [
+        ("accepted", None), ("failed", "temporary"), ("delivered", None)]
+    assert events[1]["data"]["delivery-status"]["code"] == 451
+    assert events[2]["data"]["delivery-status"]["attempt-no"] == 2
+    assert len(sink.messages()) == 1
+
+
+def test_permanent_failure_is_not_retried(services, account, domain, db, sink, dns, relay):
+    route(dns, "hard.test")
+    sink.set_script({"rcpt": {"gone@hard.test": "550 5.1.1 No such user"}})
+    message_id = send(services, account["id"], domain, "gone@hard.test")
+    events = wait_until(lambda: (e := events_of(db, message_id)) and len(e) == 2 and e)
+    failed = events[1]
+    assert failed["event"] == "failed" and failed["severity"] == "permanent"
+    assert failed["data"]["reason"] == "bounce"
+    assert failed["data"]["delivery-status"]["enhanced-code"] == "5.1.1"
+    assert failed["data"]["delivery-status"]["bounce-class"] == "invalid-recipient"
+    time.sleep(2.5)  # longer than the retry schedule: nothing more happens
+    assert len(events_of(db, message_id)) == 2 and sink.messages() == []
+
+
+def test_null_mx_fails_without_connecting(services, account, domain, db, sink, dns, relay):
+    dns.add("nullmx.test", "MX", "0 .")
+    message_id = send(services, account["id"], domain, "x@nullmx.test")
+    events = wait_until(lambda: (e := events_of(db, message_id)) and len(e) == 2 and e)
+    assert events[1]["severity"] == "permanent"
+    assert events[1]["data"]["delivery-status"]["enhanced-code"] == "5.1.10"
+    assert sink.stats()["attempts"] == 0
+
+
+def test_dns_servfail_defers(services, account, domain, db, sink, dns, relay):
+    dns.servfail("broken.test")
+    message_id = send(services, account["id"], domain, "x@broken.test")
+    events = wait_until(lambda: (e := events_of(db, message_id)) and len(e) >= 2 and e)
+    assert events[1]["event"] == "failed" and events[1]["severity"] == "temporary"
+    row = db.execute("SELECT status FROM recipients WHERE address = 'x@broken.test'").fetchone()
+    assert row["status"] == "queued"
+
+
+def test_test_mode_records_650_and_sends_nothing(services, account, domain, db, sink, dns, relay):
+    route(dns, "tm.test")
+    message_id = send(services, account["id"], domain, "t@tm.test", o_testmode="yes")
+    events = wait_until(lambda: (e := events_of(db, message_id)) and len(e) == 2 and e)
+    assert events[1]["event"] == "delivered" and events[1]["data"]["delivery-status"]["code"] == 650
+    assert events[1]["data"]["flags"]["is-test-mode"] is True
+    assert sink.messages() == []
+
+
+def test_gives_up_after_lifetime(services, settings, account, domain, db, sink, dns):
+    route(dns, "slow.test")
+    sink.set_script({"default_data": "451 4.7.1 Greylisted, try again"})
+    short = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
+                             message_lifetime=2.5, retry_schedule=(1,))
+    services.intake.settings = short
+    try:
+        message_id = send(services, account["id"], domain, "x@slow.test")
+    finally:
+        services.intake.settings = settings
+    with RelayThread(services, short):
+        events = wait_until(lambda: (e := events_of(db, message_id)) and e[-1]["severity"] == "permanent" and e, 20)
+    assert events[-1]["data"]["reason"] == "old"
+    assert events[-1]["data"]["delivery-status"]["message"] == "Too old"
+    assert sum(1 for e in events if e["severity"] == "temporary") >= 2

@@ -1,0 +1,46 @@
+"""Run the real relay engine in a background thread for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from envoi.mta.delivery.engine import Relay
+from envoi.mta.delivery.mx import MxResolver
+
+
+class RelayThread:
+    def __init__(self, services, settings):
+        self.services = services
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.relay: Relay | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.relay = Relay(self.settings, self.services.db, self.services.accounts, self.services.sealer,
+                           resolver=MxResolver(self.settings.dns_resolver, timeout=2.0),
+                           metrics=self.services.metrics)
+        self.loop.run_until_complete(self.relay.run())
+
+    def __enter__(self) -> RelayThread:
+        self.thread.start()
+        while self.relay is None:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.relay.stop)
+        self.thread.join(timeout=30)
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
