@@ -185,15 +185,21 @@ def _signature(common: _Common, algorithm: bytes, selector: str, sign: Callable[
     # Folding only ever adds whitespace where the grammar allows it (between tags, before a colon
     # in h=, inside b=). Since b= comes last, the unsigned field folds exactly like the signed
     # one up to "b=", which is all that the verifier hashes of it.
+    unsigned, column = _fold(pieces)
     hasher = hashlib.sha256()
-    hash_headers(hasher, Relaxed, common.headers, common.include, (_NAME, _fold(pieces)), None)
+    hash_headers(hasher, Relaxed, common.headers, common.include, (_NAME, unsigned), None)
     b64 = base64.b64encode(sign(hasher.digest()))
-    pieces += [(b"", b64[i : i + 4]) for i in range(0, len(b64), 4)]
-    return _NAME + b":" + _fold(pieces) + b"\r\n"
+    # Fill the rest of the line, then whole continuation lines (" " + 77 characters).
+    first = max(0, _MAX_LINE - column)
+    lines = [b64[:first]] + [b64[i : i + _MAX_LINE - 1] for i in range(first, len(b64), _MAX_LINE - 1)]
+    return _NAME + b":" + unsigned + b"\r\n ".join(lines) + b"\r\n"
 
 
-def _fold(pieces: list[tuple[bytes, bytes]]) -> bytes:
-    """Join (separator, text) pieces, breaking lines at piece boundaries to stay within 78 columns."""
+def _fold(pieces: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
+    """Join (separator, text) pieces, breaking lines between pieces to stay within 78 columns.
+
+    Returns the folded bytes and the column where the last line ends.
+    """
     out = []
     column = len(_NAME) + 1
     for separator, text in pieces:
@@ -205,7 +211,7 @@ def _fold(pieces: list[tuple[bytes, bytes]]) -> bytes:
             column += len(separator)
         out.append(text)
         column += len(text)
-    return b"".join(out)
+    return b"".join(out), column
 
 
 def _load_rsa(pem: bytes) -> rsa.RSAPrivateKey:

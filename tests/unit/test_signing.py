@@ -1,0 +1,200 @@
+"""DKIM signing: every signature is checked with dkimpy's own verifier."""
+
+import base64
+import re
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from envoi.mta.signing import (
+    OVERSIGNED_HEADERS,
+    SIGNED_HEADERS,
+    DkimSigner,
+    generate_ed25519_key,
+    normalize_crlf,
+)
+
+MESSAGE = (
+    b"From: Alice <alice@example.com>\r\n"
+    b"To: bob@example.org\r\n"
+    b"Subject: Your receipt\r\n"
+    b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+    b"Message-ID: <1@example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"List-Unsubscribe: <https://example.com/u/abc>\r\n"
+    b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    b"X-Mailer: envoi\r\n"
+    b"\r\n"
+    b"Thanks for your order.\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem, base64.b64encode(public).decode()
+
+
+@pytest.fixture(scope="module")
+def dns(rsa_key):
+    """TXT records as dkimpy's dnsfunc sees them."""
+    records = {"s1._domainkey.example.com.": f"v=DKIM1; k=rsa; p={rsa_key[1]}"}
+
+    def dnsfunc(name, timeout=5):
+        value = records.get(name.decode())
+        return value.encode() if value else None
+
+    dnsfunc.records = records
+    return dnsfunc
+
+
+def sign(rsa_key, message=MESSAGE, signer=None, **kwargs):
+    signer = signer or DkimSigner()
+    return signer.sign(message, domain="example.com", selector="s1", private_key_pem=rsa_key[0], **kwargs)
+
+
+def tags(header: bytes) -> dict[str, str]:
+    unfolded = re.sub(rb"\r\n[ \t]", b" ", header).decode()
+    value = unfolded.split(":", 1)[1]
+    return {k.strip(): v.strip() for k, v in (t.split("=", 1) for t in value.split(";") if t.strip())}
+
+
+def test_signature_verifies_with_dkimpy(rsa_key, dns):
+    header = sign(rsa_key)
+    assert header.startswith(b"DKIM-Signature:") and header.endswith(b"\r\n")
+    assert dkim.verify(header + MESSAGE, dnsfunc=dns)
+
+
+def test_signature_tags(rsa_key):
+    t = tags(sign(rsa_key))
+    assert t["a"] == "rsa-sha256"
+    assert t["c"] == "relaxed/relaxed"
+    assert t["d"] == "example.com" and t["s"] == "s1"
+    assert "l" not in t  # a body length would let anyone append content
+    h = [name.strip() for name in t["h"].split(":")]
+    assert "list-unsubscribe-post" in h  # RFC 8058; not in dkimpy's defaults
+    for name in OVERSIGNED_HEADERS & {"from", "to", "subject", "date", "message-id", "list-unsubscribe"}:
+        assert h.count(name) == 2, name
+    assert "cc" not in h and "reply-to" not in h  # absent headers are not signed
+    assert "x-mailer" not in h and "x-mailer" not in SIGNED_HEADERS
+
+
+def test_header_lines_are_folded(rsa_key):
+    header = sign(rsa_key)
+    assert all(len(line) <= 78 for line in header.split(b"\r\n"))
+
+
+def test_tampered_subject_fails(rsa_key, dns):
+    signed = sign(rsa_key) + MESSAGE
+    assert not dkim.verify(signed.replace(b"Your receipt", b"Your invoice"), dnsfunc=dns)
+
+
+@pytest.mark.parametrize("where", ["top", "bottom"])
+def test_added_from_fails(rsa_key, dns, where):
+    header = sign(rsa_key)
+    extra = b"From: Mallory <ceo@example.com>\r\n"
+    head, body = MESSAGE.split(b"\r\n\r\n", 1)
+    tampered = extra + MESSAGE if where == "top" else head + b"\r\n" + extra + b"\r\n" + body
+    assert not dkim.verify(header + tampered, dnsfunc=dns)
+
+
+def test_added_list_unsubscribe_post_fails(rsa_key, dns):
+    header = sign(rsa_key)
+    tampered = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" + MESSAGE
+    assert not dkim.verify(header + tampered, dnsfunc=dns)
+
+
+def test_changed_body_fails(rsa_key, dns):
+    signed = sign(rsa_key) + MESSAGE
+    assert not dkim.verify(signed + b"P.S. click here\r\n", dnsfunc=dns)
+
+
+def test_relaxed_canonicalisation_tolerates_refolding(rsa_key, dns):
+    signed = sign(rsa_key) + MESSAGE
+    refolded = signed.replace(b"Subject: Your receipt", b"Subject:   Your\r\n\treceipt")
+    assert dkim.verify(refolded, dnsfunc=dns)
+
+
+def test_pem_parsed_once(rsa_key, dns):
+    signer = DkimSigner()
+    for _ in range(3):
+        assert dkim.verify(sign(rsa_key, signer=signer) + MESSAGE, dnsfunc=dns)
+    info = signer.cache_info()
+    assert (info.misses, info.hits, info.size) == (1, 2, 1)
+
+
+def test_key_cache_is_bounded_and_follows_key_rotation(rsa_key):
+    signer = DkimSigner(cache_size=1)
+    pem, _ = rsa_key
+    pkcs8 = serialization.load_pem_private_key(pem, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    signer.sign(MESSAGE, domain="example.com", selector="s1", private_key_pem=pem)
+    signer.sign(MESSAGE, domain="example.com", selector="s1", private_key_pem=pkcs8)  # new material
+    assert signer.cache_info().misses == 2
+    assert signer.cache_info().size == 1
+
+
+def test_ed25519_second_signature_verifies(rsa_key, dns):
+    pytest.importorskip("nacl", reason="dkimpy verifies ed25519 with pynacl")
+    private_pem, public_b64 = generate_ed25519_key()
+    dns.records["ed1._domainkey.example.com."] = f"v=DKIM1; k=ed25519; p={public_b64}"
+
+    headers = sign(rsa_key, ed25519=("ed1", private_pem))
+    first, second = re.split(rb"\r\n(?=DKIM-Signature:)", headers)
+    assert b"a=rsa-sha256" in first and b"a=ed25519-sha256" in second
+
+    verifier = dkim.DKIM(headers + MESSAGE)
+    assert verifier.verify(idx=0, dnsfunc=dns)
+    assert verifier.verify(idx=1, dnsfunc=dns)
+    tampered = dkim.DKIM(headers + MESSAGE.replace(b"receipt", b"invoice"))
+    assert not tampered.verify(idx=1, dnsfunc=dns)
+
+
+def test_ed25519_key_formats(rsa_key, dns):
+    pytest.importorskip("nacl", reason="dkimpy verifies ed25519 with pynacl")
+    key = Ed25519PrivateKey.generate()
+    seed = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    dns.records["ed2._domainkey.example.com."] = f"v=DKIM1; k=ed25519; p={base64.b64encode(public).decode()}"
+    for form in (seed, base64.b64encode(seed)):  # raw seed, and dkimpy's base64 seed
+        headers = sign(rsa_key, ed25519=("ed2", form))
+        assert dkim.DKIM(headers + MESSAGE).verify(idx=1, dnsfunc=dns)
+
+
+def test_bare_lf_message_signs_after_normalisation(rsa_key, dns):
+    lf_message = MESSAGE.replace(b"\r\n", b"\n")
+    header = sign(rsa_key, message=lf_message)
+    wire = normalize_crlf(lf_message)
+    assert wire == MESSAGE
+    assert dkim.verify(header + wire, dnsfunc=dns)
+
+
+def test_normalize_crlf():
+    assert normalize_crlf(b"a\nb\rc\r\nd") == b"a\r\nb\r\nc\r\nd\r\n"
+    assert normalize_crlf(b"a\r\n") == b"a\r\n"
+
+
+def test_message_without_from_is_refused(rsa_key):
+    with pytest.raises(ValueError, match="From"):
+        sign(rsa_key, message=b"To: bob@example.org\r\nSubject: x\r\n\r\nbody\r\n")
+
+
+def test_non_rsa_key_is_refused():
+    ed_pem, _ = generate_ed25519_key()
+    with pytest.raises(ValueError, match="RSA"):
+        DkimSigner().sign(MESSAGE, domain="example.com", selector="s1", private_key_pem=ed_pem)
