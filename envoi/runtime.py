@@ -39,9 +39,9 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     accounts = Accounts(db, sealer, settings.region)
     events = Events(db, settings.public_url)
     intake = Intake(
-        settings, db, accounts, sealer,
-        on_commit=lambda recorded: doorbell.ring(),
-        on_accepted=lambda count: metrics.accepted.labels("http").inc(count),
+        settings, db, accounts, events, sealer,
+        on_commit=doorbell.ring,
+        on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
     return Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics)
 
@@ -54,6 +54,7 @@ def build_relay(services: Services):
     settings = services.settings
     return Relay(
         settings, services.db, services.accounts, services.sealer,
+        events=services.events,
         resolver=MxResolver(settings.dns_resolver),
         wait_for_work=services.doorbell.wait,
         metrics=services.metrics,

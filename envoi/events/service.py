@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -17,6 +19,7 @@ from envoi.events import store
 from envoi.infra import ids
 from envoi.infra.db import Connection, Database
 
+log = logging.getLogger(__name__)
 MAX_LIMIT = 300
 DEFAULT_LIMIT = 100
 FILTER_COLUMNS = {"event": "event", "recipient": "recipient", "message-id": "message_id", "severity": "severity"}
@@ -68,9 +71,28 @@ class Events:
     def __init__(self, db: Database, public_url: str):
         self.db = db
         self.public_url = public_url
+        # Writers run inside the recording transaction (e.g. the webhook outbox, stats rollups), so
+        # they commit or roll back with the events. Listeners run after commit (live stream).
+        self.writers: list[Callable[[Connection, list[NewEvent]], None]] = []
+        self.listeners: list[Callable[[list[NewEvent]], None]] = []
+
+    def record(self, conn: Connection, events: list[NewEvent]) -> None:
+        """Store events in the caller's transaction; call committed() once it has committed."""
+        if not events:
+            return
+        self._insert(conn, events)
+        for writer in self.writers:
+            writer(conn, events)
+
+    def committed(self, events: list[NewEvent]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(events)
+            except Exception:  # a listener (live stream, wake-up) must never fail the write path
+                log.exception("event listener failed")
 
     @staticmethod
-    def record(conn: Connection, events: list[NewEvent]) -> None:
+    def _insert(conn: Connection, events: list[NewEvent]) -> None:
         rows = []
         for ev in events:
             data = ev.data

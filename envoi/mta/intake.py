@@ -28,16 +28,21 @@ class Intake:
         settings: Settings,
         db: Database,
         accounts: Accounts,
+        events: Events,
         sealer: Sealer,
-        on_commit: Callable[[list[dict]], None] = lambda events: None,
-        on_accepted: Callable[[int], None] = lambda count: None,
+        on_commit: Callable[[], None] = lambda: None,
+        on_accepted: Callable[[int, str], None] = lambda count, method: None,
     ):
         self.settings = settings
         self.db = db
         self.accounts = accounts
+        self.events = events
         self.sealer = sealer
-        self.on_commit = on_commit  # wakes the relay, feeds the live stream; never fails the accept
+        self.on_commit = on_commit  # rings the relay's doorbell; never fails the accept
         self.on_accepted = on_accepted
+        # Renderers rewrite a draft before it is stored (tracking links, unsubscribe headers); each
+        # takes (domain row, draft) and returns the draft.
+        self.renderers: list[Callable[[dict, Draft], Draft]] = []
 
     def domain_for(self, principal: Principal, domain_name: str) -> dict:
         """The caller's sending domain, or DomainNotFound (also for another tenant's domain)."""
@@ -61,8 +66,10 @@ class Intake:
         lifetime = domain.get("message_ttl") or self.settings.message_lifetime
         expires = due + timedelta(seconds=float(lifetime))
         body_expires = datetime.fromtimestamp(now, UTC) + timedelta(seconds=self.settings.body_retention)
+        for render in self.renderers:
+            draft = render(domain, draft)
         method = draft.method
-        recorded: list[dict] = []
+        recorded: list[NewEvent] = []
         with self.db.transaction() as conn:
             for copy in draft.copies:
                 message = {
@@ -103,8 +110,9 @@ class Intake:
                     ))
                     for rcpt in copy.recipients
                 ]
-                Events.record(conn, events)
-                recorded.extend(ev.data for ev in events)
-        self.on_accepted(len(recorded))
-        self.on_commit(recorded)
+                self.events.record(conn, events)
+                recorded.extend(events)
+        self.events.committed(recorded)
+        self.on_accepted(len(recorded), method)
+        self.on_commit()
         return f"<{draft.message_id}>"

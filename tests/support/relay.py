@@ -21,6 +21,7 @@ class RelayThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.relay = Relay(self.settings, self.services.db, self.services.accounts, self.services.sealer,
+                           events=self.services.events,
                            resolver=MxResolver(self.settings.dns_resolver, timeout=2.0),
                            metrics=self.services.metrics)
         self.loop.run_until_complete(self.relay.run())

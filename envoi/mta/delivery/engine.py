@@ -61,11 +61,13 @@ class Relay:
         accounts: Accounts,
         sealer: Sealer,
         *,
+        events: Events,
         resolver: MxResolver,
         signer: DkimSigner | None = None,
         wait_for_work: Callable[[float], bool] | None = None,
         metrics=None,
-        on_commit: Callable[[list[dict]], None] = lambda events: None,
+        suppressions=None,
+        egress: Callable[[dict, dict], Egress] | None = None,
     ):
         self.settings = settings
         self.db = db
@@ -75,7 +77,11 @@ class Relay:
         self.signer = signer or DkimSigner()
         self.wait_for_work = wait_for_work  # blocking doorbell wait, run in a thread
         self.metrics = metrics
-        self.on_commit = on_commit
+        self.events = events
+        # suppressions: blocked(account_id, domain_id, addresses) -> {address: reason} before sending,
+        # and record_failures(conn, [(message, address, outcome)]) for recipient-class hard bounces.
+        self.suppressions = suppressions
+        self.choose_egress = egress
         self.destinations: dict[tuple, Destination] = {}
         self.inflight = 0
         self.capacity = max(settings.relay_batch * 2, 100)
@@ -177,6 +183,8 @@ class Relay:
 
     def egress_for(self, message: dict, domain: dict) -> Egress:
         """Which source address sends this message. Decided at delivery time, not at accept."""
+        if self.choose_egress is not None:
+            return self.choose_egress(message, domain)
         return Egress(None, self.settings.helo_name)
 
     # dispatch ---------------------------------------------------------------------------------
@@ -331,9 +339,9 @@ class Relay:
             self.inflight -= len(results)
             return
         self.inflight -= len(results)
-        self.on_commit(events)
+        self.events.committed(events)
 
-    def _record(self, results: list[tuple[Delivery, dict, Outcome]], signatures: dict[int, str]) -> list[dict]:
+    def _record(self, results: list[tuple[Delivery, dict, Outcome]], signatures: dict[int, str]) -> list[NewEvent]:
         now = time.time()
         now_dt = datetime.fromtimestamp(now, UTC)
         finished, rescheduled, new_events = [], [], []
@@ -381,8 +389,12 @@ class Relay:
                 store.finish(conn, finished)
             if rescheduled:
                 store.reschedule(conn, rescheduled)
-            Events.record(conn, new_events)
-        return [ev.data for ev in new_events]
+            self.events.record(conn, new_events)
+            if self.suppressions is not None:
+                hard = [(d.message, r["address"], o) for d, r, o in results if o.recipient_class]
+                if hard:
+                    self.suppressions.record_failures(conn, hard)
+        return new_events
 
 
 def delivery_status(outcome: Outcome, attempt_no: int) -> dict:
