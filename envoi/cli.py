@@ -182,5 +182,15 @@ def credentials_create(account_id: int, domain: str, login: str, password: str) 
     click.echo(f"created SMTP login {row['login']}")
 
 
+def _register_feature_commands() -> None:
+    from envoi.commands import delivery, events_out, ips, logs
+
+    for module in (logs, events_out, ips, delivery):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register_feature_commands()
+
 if __name__ == "__main__":
     main()

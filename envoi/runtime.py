@@ -12,6 +12,9 @@ from envoi.infra.db import Database
 from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings
 from envoi.mta.intake import Intake
+from envoi.wiring import delivery, events_out, ips, logs
+
+FEATURES = (logs, events_out, ips, delivery)
 
 
 @dataclass
@@ -25,6 +28,14 @@ class Services:
     events: Events
     intake: Intake
     metrics: Metrics
+    # Set by envoi.wiring.* (one module per feature); None when a feature is not wired.
+    suppressions: object | None = None
+    webhooks: object | None = None
+    tracking: object | None = None
+    ips: object | None = None
+    stream: object | None = None
+    stats: object | None = None
+    submission: object | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -43,7 +54,10 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
-    return Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics)
+    services = Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics)
+    for feature in FEATURES:
+        feature.wire(services)
+    return services
 
 
 def build_relay(services: Services):
@@ -52,10 +66,14 @@ def build_relay(services: Services):
     from envoi.mta.delivery.mx import MxResolver
 
     settings = services.settings
+    options: dict = {}
+    for feature in FEATURES:
+        options.update(feature.relay_options(services))
     return Relay(
         settings, services.db, services.accounts, services.sealer,
         events=services.events,
         resolver=MxResolver(settings.dns_resolver),
         wait_for_work=services.doorbell.wait,
         metrics=services.metrics,
+        **options,
     )

@@ -10,6 +10,10 @@ from envoi.api.resources.domains import Credentials, DomainCollection, DomainIte
 from envoi.api.resources.events import EventList
 from envoi.api.resources.messages import Messages
 from envoi.api.resources.system import Health, MetricsEndpoint
+from envoi.api.routes import delivery as routes_delivery
+from envoi.api.routes import events_out as routes_events_out
+from envoi.api.routes import ips as routes_ips
+from envoi.api.routes import logs as routes_logs
 
 
 def create_app(settings, services) -> falcon.App:
@@ -35,6 +39,10 @@ def create_app(settings, services) -> falcon.App:
     credentials = Credentials(services.accounts)
     app.add_route("/v3/domains/{domain}/credentials", credentials)
     app.add_route("/v3/domains/{domain}/credentials/{login}", credentials, suffix="item")
+
+    # Feature routes: one module per feature adds its own.
+    for feature in (routes_logs, routes_events_out, routes_ips, routes_delivery):
+        feature.add_routes(app, settings, services)
 
     app.add_route("/healthz", Health())
     app.add_route("/metrics", MetricsEndpoint(services.metrics))

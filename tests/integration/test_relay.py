@@ -137,7 +137,7 @@ def test_gives_up_after_lifetime(services, settings, account, domain, db, sink, 
     route(dns, "slow.test")
     sink.set_script({"default_data": "451 4.7.1 Greylisted, try again"})
     short = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                             message_lifetime=2.5, retry_schedule=(1,))
+                             message_lifetime=4, retry_schedule=(1,))
     services.intake.settings = short
     try:
         message_id = send(services, account["id"], domain, "x@slow.test")

@@ -1,0 +1,1 @@
+"""Per-feature route tables: each module has add_routes(app, settings, services)."""

@@ -1,0 +1,1 @@
+"""Per-feature CLI commands, registered on the `envoi` group in envoi.cli."""
