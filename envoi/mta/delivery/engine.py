@@ -147,11 +147,19 @@ class Relay:
         stopper.cancel()
 
     async def _claim(self, limit: int) -> int:
-        rows, messages = await asyncio.to_thread(self._claim_sync, limit)
+        rows, messages, blocked = await asyncio.to_thread(self._claim_sync, limit)
         if not rows:
             return 0
         groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
         for row in rows:
+            reason = blocked.get(row["id"])
+            if reason is not None:
+                # Suppressed: a permanent failure that says why, and nothing is sent.
+                message = messages[row["message_pk"]]
+                domain, _ = self._domain(message["domain_id"])
+                self.inflight += 1
+                self._result(Delivery(message, domain, [row], Egress(None, "")), row, suppressed(reason))
+                continue
             groups[(row["message_pk"], row["rcpt_domain"])].append(row)
         for (message_pk, rcpt_domain), recipients in groups.items():
             message = messages[message_pk]
@@ -161,12 +169,19 @@ class Relay:
             self._dispatch(delivery, rcpt_domain)
         return len(rows)
 
-    def _claim_sync(self, limit: int) -> tuple[list[dict], dict[int, dict]]:
+    def _claim_sync(self, limit: int) -> tuple[list[dict], dict[int, dict], dict[int, str]]:
+        blocked: dict[int, str] = {}
         with self.db.transaction() as conn:
             rows = store.claim_due(conn, limit, LEASE_SECONDS)
             if not rows:
-                return [], {}
+                return [], {}, {}
             messages = {m["id"]: m for m in store.load_messages(conn, list({r["message_pk"] for r in rows}))}
+            if self.suppressions is not None:
+                checks = [(r["account_id"], r["domain_id"], r["address"], messages[r["message_pk"]]["tags"])
+                          for r in rows]
+                for row, reason in zip(rows, self.suppressions.blocked(conn, checks), strict=True):
+                    if reason:
+                        blocked[row["id"]] = reason
             missing: set[int] = set()
             stale = {d for d, (at, _, _) in self._domains.items() if time.monotonic() - at > 60}
             for m in messages.values():
@@ -175,7 +190,7 @@ class Relay:
         for domain_id in missing:
             domain = self.accounts.get_domain_by_id(domain_id)
             self._domains[domain_id] = (time.monotonic(), domain, self.accounts.dkim_private_key(domain))
-        return rows, messages
+        return rows, messages, blocked
 
     def _domain(self, domain_id: int) -> tuple[dict, bytes]:
         _, domain, pem = self._domains[domain_id]
@@ -414,7 +429,22 @@ def delivery_status(outcome: Outcome, attempt_no: int) -> dict:
 
 
 def failure_reason(outcome: Outcome) -> str:
+    if reason := outcome.extra.get("reason"):
+        return reason
     return "bounce" if outcome.code >= 500 else "generic"
+
+
+# Mailgun's codes for sends to suppressed addresses (605 previously bounced, 607 complained).
+SUPPRESSION_CODES = {"suppress-bounce": 605, "suppress-unsubscribe": 606, "suppress-complaint": 607}
+
+
+def suppressed(reason: str) -> Outcome:
+    descriptions = {"suppress-bounce": "Not delivering to previously bounced address",
+                    "suppress-unsubscribe": "Not delivering to unsubscribed address",
+                    "suppress-complaint": "Not delivering to a user who marked your messages as spam"}
+    text = descriptions.get(reason, "Not delivering to suppressed address")
+    return Outcome(Kind.FAILED, SUPPRESSION_CODES.get(reason, 605), text, description=text,
+                   extra={"reason": reason})
 
 
 def dns_outcome(ex: Exception) -> Outcome:
