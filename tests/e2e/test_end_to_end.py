@@ -1,0 +1,109 @@
+"""The whole path with real processes: Mailgun SDK -> gunicorn API -> relay -> DNS -> DKIM -> sink MX."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import sys
+import time
+import urllib.request
+
+import dkim
+import pytest
+from mailgun.client import Client
+
+from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def stack(tmp_path, settings, services, account, domain, api_key):
+    api_port, sink_smtp, sink_http, dns_port = free_port(), free_port(), free_port(), free_port()
+    zone = [
+        ["inbox.test", "MX", "10 mx.inbox.test."],
+        ["mx.inbox.test", "A", "127.0.0.1"],
+        [f"{domain['dkim_selector']}._domainkey.{domain['name']}", "TXT",
+         f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"],
+    ]
+    (tmp_path / "zone.json").write_text(json.dumps(zone))
+    api_url = f"http://127.0.0.1:{api_port}"
+    env = process_env(settings, ENVOI_PUBLIC_URL=api_url, ENVOI_DNS_RESOLVER=f"127.0.0.1:{dns_port}",
+                      ENVOI_SMTP_PORT=sink_smtp)
+    procs = []
+    try:
+        dns = Proc("dns", [sys.executable, "-m", "tests.support.dns_server", "--port", str(dns_port),
+                           "--zone", str(tmp_path / "zone.json")], env, tmp_path)
+        procs.append(dns)
+        sink = Proc("sink", envoi("sink", "--smtp", f"127.0.0.1:{sink_smtp}", "--http", f"127.0.0.1:{sink_http}"),
+                    env, tmp_path)
+        procs.append(sink)
+        api = Proc("api", envoi("api", "--bind", f"127.0.0.1:{api_port}", "--workers", "1"), env, tmp_path)
+        procs.append(api)
+        relay = Proc("relay", envoi("relay", "--metrics-port", "0"), env, tmp_path)
+        procs.append(relay)
+        sink.wait_ready(lambda: http_ok(f"http://127.0.0.1:{sink_http}/stats"))
+        api.wait_ready(lambda: http_ok(f"{api_url}/healthz"))
+        dns.wait_ready(lambda: "listening" in dns.output())
+        yield {"api_url": api_url, "sink_url": f"http://127.0.0.1:{sink_http}", "domain": domain,
+               "key": api_key, "dkim_txt": zone[2][2], "procs": procs}
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def sink_messages(sink_url: str) -> list[dict]:
+    with urllib.request.urlopen(f"{sink_url}/messages") as resp:
+        return json.load(resp)["items"]
+
+
+def test_mailgun_sdk_send_is_delivered_signed_and_logged(stack):
+    domain = stack["domain"]["name"]
+    client = Client(auth=("api", stack["key"]), api_url=stack["api_url"])
+    response = client.messages.create(
+        domain=domain,
+        data={"from": f"Envoi Test <hello@{domain}>", "to": "Reader <reader@inbox.test>",
+              "subject": "End to end", "text": "Plain body", "html": "<p>HTML body</p>", "o:tag": "e2e",
+              "h:X-Campaign": "launch"},
+        files=[("attachment", ("report.csv", b"a,b\n1,2\n"))],
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["message"] == "Queued. Thank you." and body["id"].startswith("<")
+    message_id = body["id"].strip("<>")
+
+    deadline = time.monotonic() + 30
+    received = []
+    while time.monotonic() < deadline and not received:
+        received = [m for m in sink_messages(stack["sink_url"]) if message_id in m["data"]]
+        time.sleep(0.2)
+    assert received, "the sink never received the message:\n" + "\n".join(p.output() for p in stack["procs"])
+    raw = received[0]["data"].encode("utf-8", "surrogateescape")
+    assert received[0]["rcpt_tos"] == ["reader@inbox.test"]
+
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == "End to end" and msg["X-Campaign"] == "launch"
+    assert msg["To"] == "Reader <reader@inbox.test>" and msg["Message-ID"] == f"<{message_id}>"
+    assert msg.get_body(("plain",)).get_content().strip() == "Plain body"
+    assert msg.get_body(("html",)).get_content().strip() == "<p>HTML body</p>"
+    [attachment] = list(msg.iter_attachments())
+    assert attachment.get_filename() == "report.csv" and attachment.get_content() in (b"a,b\n1,2\n", "a,b\n1,2\n")
+
+    txt = stack["dkim_txt"].encode()
+    assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: txt), "DKIM signature does not verify"
+    assert b"d=" + domain.encode() in raw.split(b"\r\n\r\n")[0]
+
+    deadline = time.monotonic() + 15
+    events = []
+    while time.monotonic() < deadline:
+        resp = client.events.get(domain=domain, filters={"message-id": message_id, "ascending": "yes"})
+        events = [item["event"] for item in resp.json()["items"]]
+        if "delivered" in events:
+            break
+        time.sleep(0.3)
+    assert events == ["accepted", "delivered"]
+    delivered = resp.json()["items"][1]
+    assert delivered["delivery-status"]["code"] == 250
+    assert delivered["delivery-status"]["mx-host"] == "mx.inbox.test"
+    assert delivered["recipient"] == "reader@inbox.test" and delivered["tags"] == ["e2e"]
