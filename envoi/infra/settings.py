@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -78,6 +79,14 @@ class Settings:
     max_message_bytes: int = 25 * 1024 * 1024
     #: ENVOI_METRICS: expose /metrics (default on).
     metrics_enabled: bool = True
+    #: ENVOI_RELAY_HOST: the host this relay runs on; it only binds egress IPs of this host (hostname).
+    relay_host: str = field(default_factory=socket.gethostname)
+    #: ENVOI_WARMUP_POLICY: when every warming IP is at its daily cap: overflow (to the shared pool) or wait.
+    warmup_policy: str = "overflow"
+    #: ENVOI_WARMUP_PLAN: warm-up stages "DAYSxCAP,…" (daily caps rising over 30 days by default).
+    warmup_plan: str = "2x50,2x100,2x300,2x500,2x1000,2x2000,2x5000,3x10000,3x20000,3x40000,3x70000,4x100000"
+    #: ENVOI_IPS_REFRESH: seconds between refreshes of a relay's in-memory IP inventory and warm-up quota (5).
+    ips_refresh: float = 5.0
 
     @property
     def redis_wakeup_key(self) -> str:
@@ -137,6 +146,14 @@ class Settings:
             values["max_message_bytes"] = int(v)
         if v := env.get("ENVOI_METRICS"):
             values["metrics_enabled"] = _bool(v)
+        if v := env.get("ENVOI_RELAY_HOST"):
+            values["relay_host"] = v
+        if v := env.get("ENVOI_WARMUP_POLICY"):
+            values["warmup_policy"] = v.strip().lower()
+        if v := env.get("ENVOI_WARMUP_PLAN"):
+            values["warmup_plan"] = v
+        if v := env.get("ENVOI_IPS_REFRESH"):
+            values["ips_refresh"] = _seconds(v)
         return cls(**values)
 
     def replace(self, **changes) -> Settings:
