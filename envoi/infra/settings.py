@@ -87,6 +87,16 @@ class Settings:
     warmup_plan: str = "2x50,2x100,2x300,2x500,2x1000,2x2000,2x5000,3x10000,3x20000,3x40000,3x70000,4x100000"
     #: ENVOI_IPS_REFRESH: seconds between refreshes of a relay's in-memory IP inventory and warm-up quota (5).
     ips_refresh: float = 5.0
+    #: ENVOI_WEBHOOK_ALLOW: comma list of CIDRs/hosts webhooks may reach despite the SSRF guard (none).
+    webhook_allow: tuple[str, ...] = ()
+    #: ENVOI_WEBHOOK_RETRY_SCHEDULE: delays between webhook attempts; the last repeats (5m,10m,15m,1h,2h,4h).
+    webhook_retry_schedule: tuple[float, ...] = (300, 600, 900, 3600, 7200, 14400)
+    #: ENVOI_WEBHOOK_RETRY_FOR: keep retrying a failing webhook at least this long (8h).
+    webhook_retry_for: float = 8 * 3600
+    #: ENVOI_WEBHOOK_TIMEOUT: seconds to wait for a webhook endpoint (connect + response) (10).
+    webhook_timeout: float = 10.0
+    #: ENVOI_WEBHOOK_PER_ENDPOINT: webhook deliveries in flight at once per endpoint URL (4).
+    webhook_per_endpoint: int = 4
 
     @property
     def redis_wakeup_key(self) -> str:
@@ -154,6 +164,16 @@ class Settings:
             values["warmup_plan"] = v
         if v := env.get("ENVOI_IPS_REFRESH"):
             values["ips_refresh"] = _seconds(v)
+        if v := env.get("ENVOI_WEBHOOK_ALLOW"):
+            values["webhook_allow"] = tuple(x.strip() for x in v.split(",") if x.strip())
+        if v := env.get("ENVOI_WEBHOOK_RETRY_SCHEDULE"):
+            values["webhook_retry_schedule"] = tuple(_seconds(x) for x in v.split(",") if x.strip())
+        if v := env.get("ENVOI_WEBHOOK_RETRY_FOR"):
+            values["webhook_retry_for"] = _seconds(v)
+        if v := env.get("ENVOI_WEBHOOK_TIMEOUT"):
+            values["webhook_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_WEBHOOK_PER_ENDPOINT"):
+            values["webhook_per_endpoint"] = int(v)
         return cls(**values)
 
     def replace(self, **changes) -> Settings:
