@@ -53,6 +53,15 @@ def migrate() -> None:
 @click.option("--threads", default=4, show_default=True, type=int)
 def api(bind: str, workers: int, threads: int) -> None:
     """Serve the HTTP API with gunicorn."""
+    import shutil
+    import tempfile
+
+    # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
+    # (the library reads the variable itself, so it must be set before the workers start).
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="envoi-metrics-")
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads",
             str(threads), "--worker-class", "gthread", "--access-logfile", "-", "--log-level", "warning",
             "envoi.wsgi:get_app()"]

@@ -46,7 +46,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     redis = redis_infra.client(settings.redis_url)
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = Sealer(settings.secret_key)
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
     accounts = Accounts(db, sealer, settings.region)
     events = Events(db, settings.public_url)
     intake = Intake(

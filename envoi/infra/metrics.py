@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    """Process metrics. With `multiprocess_dir` (gunicorn's several workers), values live in files
+    there and render() aggregates every worker's, so /metrics is the same whichever worker answers."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess_dir: str | None = None):
+        self.multiprocess_dir = multiprocess_dir
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.accepted = Counter("envoi_messages_accepted_total", "Recipients accepted into the queue",
@@ -32,4 +36,8 @@ class Metrics:
         self.latency.observe(max(seconds, 0.0))
 
     def render(self) -> bytes:
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -79,6 +79,8 @@ class Settings:
     max_message_bytes: int = 25 * 1024 * 1024
     #: ENVOI_METRICS: expose /metrics (default on).
     metrics_enabled: bool = True
+    #: PROMETHEUS_MULTIPROC_DIR: set by `envoi api` so gunicorn workers share their metrics.
+    metrics_multiprocess_dir: str | None = None
     #: ENVOI_RELAY_HOST: the host this relay runs on; it only binds egress IPs of this host (hostname).
     relay_host: str = field(default_factory=socket.gethostname)
     #: ENVOI_WARMUP_POLICY: when every warming IP is at its daily cap: overflow (to the shared pool) or wait.
@@ -156,6 +158,8 @@ class Settings:
             values["max_message_bytes"] = int(v)
         if v := env.get("ENVOI_METRICS"):
             values["metrics_enabled"] = _bool(v)
+        if v := env.get("PROMETHEUS_MULTIPROC_DIR"):
+            values["metrics_multiprocess_dir"] = v
         if v := env.get("ENVOI_RELAY_HOST"):
             values["relay_host"] = v
         if v := env.get("ENVOI_WARMUP_POLICY"):

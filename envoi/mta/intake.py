@@ -60,7 +60,8 @@ class Intake:
     def accept(self, principal: Principal, domain: dict, draft: Draft) -> str:
         """Commit the draft to the queue; return its Message-ID in angle brackets."""
         if draft.size > self.settings.max_message_bytes:
-            raise MessageTooLarge("message size exceeds the 25 MB limit")
+            raise MessageTooLarge(
+                f"message size {draft.size} bytes exceeds the limit of {self.settings.max_message_bytes} bytes")
         now = time.time()
         due = datetime.fromtimestamp(max(now, draft.deliver_at or now), UTC)
         lifetime = domain.get("message_ttl") or self.settings.message_lifetime

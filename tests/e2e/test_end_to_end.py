@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def stack(tmp_path, settings, services, account, domain, api_key):
-    api_port, sink_smtp, sink_http, dns_port = free_port(), free_port(), free_port(), free_port()
+    api_port, sink_smtp, sink_http, dns_port, relay_metrics = (free_port() for _ in range(5))
     zone = [
         ["inbox.test", "MX", "10 mx.inbox.test."],
         ["mx.inbox.test", "A", "127.0.0.1"],
@@ -39,15 +39,16 @@ def stack(tmp_path, settings, services, account, domain, api_key):
         sink = Proc("sink", envoi("sink", "--smtp", f"127.0.0.1:{sink_smtp}", "--http", f"127.0.0.1:{sink_http}"),
                     env, tmp_path)
         procs.append(sink)
-        api = Proc("api", envoi("api", "--bind", f"127.0.0.1:{api_port}", "--workers", "1"), env, tmp_path)
+        api = Proc("api", envoi("api", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"), env, tmp_path)
         procs.append(api)
-        relay = Proc("relay", envoi("relay", "--metrics-port", "0"), env, tmp_path)
+        relay = Proc("relay", envoi("relay", "--metrics-port", str(relay_metrics)), env, tmp_path)
         procs.append(relay)
         sink.wait_ready(lambda: http_ok(f"http://127.0.0.1:{sink_http}/stats"))
         api.wait_ready(lambda: http_ok(f"{api_url}/healthz"))
         dns.wait_ready(lambda: "listening" in dns.output())
         yield {"api_url": api_url, "sink_url": f"http://127.0.0.1:{sink_http}", "domain": domain,
-               "key": api_key, "dkim_txt": zone[2][2], "procs": procs}
+               "key": api_key, "dkim_txt": zone[2][2], "procs": procs,
+               "relay_metrics": f"http://127.0.0.1:{relay_metrics}/metrics"}
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -107,3 +108,10 @@ def test_mailgun_sdk_send_is_delivered_signed_and_logged(stack):
     assert delivered["delivery-status"]["code"] == 250
     assert delivered["delivery-status"]["mx-host"] == "mx.inbox.test"
     assert delivered["recipient"] == "reader@inbox.test" and delivered["tags"] == ["e2e"]
+
+    # metrics: the API counted the accept (whichever gunicorn worker answers), the relay the delivery
+    api_metrics = urllib.request.urlopen(f"{stack['api_url']}/metrics").read().decode()
+    assert 'envoi_messages_accepted_total{method="http"} 1.0' in api_metrics
+    relay_metrics = urllib.request.urlopen(stack["relay_metrics"]).read().decode()
+    assert "envoi_messages_delivered_total 1.0" in relay_metrics
+    assert "envoi_accept_to_delivered_seconds_count 1.0" in relay_metrics

@@ -178,3 +178,23 @@ def test_domains_api(client, api_key, domain):
     assert client.simulate_get("/v4/domains", headers=basic(api_key)).json["total_count"] == 2
     resp = post_form(client, "/v4/domains", api_key, {"name": "bad_domain!"})
     assert resp.status_code == 400 and "not a valid domain" in resp.json["message"]
+
+
+def test_oversized_request_is_413_and_stores_nothing(client, api_key, domain, db):
+    big = b"x" * (53 * 1024 * 1024)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **basic(api_key)}
+    resp = client.simulate_post(f"/v3/{domain['name']}/messages", body=b"text=" + big, headers=headers)
+    assert resp.status_code == 413 and resp.json == {"message": "request size exceeds 52.4MiB limit"}
+    assert count(db, "messages", domain) == 0
+
+
+def test_message_over_size_limit_is_413(settings, services, api_key, domain, db):
+    small = testing.TestClient(create_app(settings, services))
+    services.intake.settings = settings.replace(max_message_bytes=10_000)
+    try:
+        resp = post_form(small, f"/v3/{domain['name']}/messages", api_key,
+                         {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "y" * 20_000})
+    finally:
+        services.intake.settings = settings
+    assert resp.status_code == 413 and "exceeds the limit of 10000 bytes" in resp.json["message"]
+    assert count(db, "messages", domain) == 0
