@@ -95,6 +95,40 @@ def relay(metrics_port: int) -> None:
 
 
 @main.command()
+@click.option("--once", is_flag=True, help="Run every task once and exit.")
+def scheduler(once: bool) -> None:
+    """Run periodic jobs: retention purges, partition upkeep, sweepers."""
+    import time
+
+    from envoi import runtime
+
+    services = _services(pool_size=2)
+    tasks = runtime.periodic_tasks(services)
+    due = {task.name: 0.0 for task in tasks}
+    log = logging.getLogger("envoi.scheduler")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        while not stopping:
+            now = time.monotonic()
+            for task in tasks:
+                if due[task.name] <= now:
+                    try:
+                        result = task.run()
+                        log.info("%s: %s", task.name, result)
+                    except Exception:  # one failing job must not stop the others
+                        log.exception("%s failed", task.name)
+                    due[task.name] = now + task.every_seconds
+            if once:
+                break
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.close()
+
+
+@main.command()
 @click.option("--smtp", "smtp_addr", default="127.0.0.1:2525", show_default=True, help="SMTP listen host:port")
 @click.option("--http", "http_addr", default="127.0.0.1:8026", show_default=True, help="web/JSON host:port")
 def sink(smtp_addr: str, http_addr: str) -> None:

@@ -102,6 +102,7 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
         sup.start("api", envoi + ["api", "--bind", f"127.0.0.1:{api_port}"], env=env,
                   ready=lambda: _http_ok(f"{api_url}/healthz"))
         sup.start("relay", envoi + ["relay"], env=env)
+        sup.start("scheduler", envoi + ["scheduler"], env=env)
 
         values = {"ENVOI_API_URL": api_url, **demo, "ENVOI_SINK_URL": sink_url}
         (var / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))

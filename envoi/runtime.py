@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from envoi.accounts.service import Accounts
@@ -12,6 +13,7 @@ from envoi.infra.db import Database
 from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings
 from envoi.mta.intake import Intake
+from envoi.mta.storage import StoredMessages
 from envoi.wiring import delivery, events_out, ips, logs
 
 FEATURES = (logs, events_out, ips, delivery)
@@ -28,6 +30,7 @@ class Services:
     events: Events
     intake: Intake
     metrics: Metrics
+    storage: StoredMessages
     # Set by envoi.wiring.* (one module per feature); None when a feature is not wired.
     suppressions: object | None = None
     webhooks: object | None = None
@@ -54,7 +57,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
-    services = Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics)
+    services = Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics,
+                        StoredMessages(db, sealer))
     for feature in FEATURES:
         feature.wire(services)
     return services
@@ -77,3 +81,20 @@ def build_relay(services: Services):
         metrics=services.metrics,
         **options,
     )
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    name: str
+    every_seconds: float
+    run: Callable[[], object]
+
+
+def periodic_tasks(services: Services) -> list[PeriodicTask]:
+    """What `envoi scheduler` runs: retention purges and each feature's housekeeping."""
+    tasks = [PeriodicTask("purge expired message bodies", 600, services.storage.purge_expired)]
+    for feature in FEATURES:
+        extra = getattr(feature, "periodic", None)
+        if extra is not None:
+            tasks.extend(PeriodicTask(name, every, fn) for name, every, fn in extra(services))
+    return tasks

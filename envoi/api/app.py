@@ -9,6 +9,7 @@ from envoi.api.auth import AuthMiddleware
 from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList
 from envoi.api.resources.messages import Messages
+from envoi.api.resources.stored import StoredMessage
 from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.routes import delivery as routes_delivery
 from envoi.api.routes import events_out as routes_events_out
@@ -36,6 +37,7 @@ def create_app(settings, services) -> falcon.App:
     domain_item = DomainItem(services.accounts, dns)
     app.add_route("/v4/domains/{domain}", domain_item)
     app.add_route("/v3/domains/{domain}", domain_item)
+    app.add_route("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(services.accounts, services.storage))
     credentials = Credentials(services.accounts)
     app.add_route("/v3/domains/{domain}/credentials", credentials)
     app.add_route("/v3/domains/{domain}/credentials/{login}", credentials, suffix="item")

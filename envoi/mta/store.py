@@ -104,3 +104,32 @@ def next_due_at(conn: Connection) -> datetime | None:
         "SELECT min(next_attempt_at) AS at FROM recipients WHERE status = 'queued'"
     ).fetchone()
     return row["at"]
+
+
+def stored_message(conn: Connection, domain_id: int, storage_key: str) -> dict | None:
+    return conn.execute(
+        "SELECT m.id, m.storage_key, m.mail_from, m.headers, m.body, m.attachments,"
+        " array(SELECT r.address FROM recipients r WHERE r.message_pk = m.id ORDER BY r.id) AS recipients"
+        " FROM messages m WHERE m.domain_id = %s AND m.storage_key = %s",
+        (domain_id, storage_key),
+    ).fetchone()
+
+
+def purge_expired_bodies(conn: Connection, limit: int) -> int:
+    """Drop message bodies past their retention; the rows stay for events and the schedule.
+
+    A body still needed by a queued recipient is kept until that recipient finishes.
+    """
+    cur = conn.execute(
+        """
+        UPDATE messages SET body = NULL, dkim_signature = NULL
+        WHERE id IN (
+            SELECT m.id FROM messages m
+            WHERE m.body IS NOT NULL AND m.body_expires_at < now()
+              AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_pk = m.id AND r.status = 'queued')
+            LIMIT %s FOR UPDATE SKIP LOCKED
+        )
+        """,
+        (limit,),
+    )
+    return cur.rowcount
