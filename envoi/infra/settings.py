@@ -99,6 +99,27 @@ class Settings:
     webhook_timeout: float = 10.0
     #: ENVOI_WEBHOOK_PER_ENDPOINT: webhook deliveries in flight at once per endpoint URL (4).
     webhook_per_endpoint: int = 4
+    #: ENVOI_SMTP_BIND: address `envoi smtp` listens on for submission (127.0.0.1; 0.0.0.0 in production).
+    smtp_bind: str = "127.0.0.1"
+    #: ENVOI_SMTP_SUBMISSION_PORT: SMTP submission port with STARTTLS (587; 0 disables).
+    smtp_submission_port: int = 587
+    #: ENVOI_SMTPS_PORT: SMTP submission port with implicit TLS (465; 0 disables).
+    smtps_port: int = 465
+    #: ENVOI_TLS_CERT / ENVOI_TLS_KEY: PEM certificate chain and key for submission TLS (unset: dev cert).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: ENVOI_SMTP_HOSTNAME: name in the submission greeting and EHLO reply (default: ENVOI_HELO_NAME).
+    smtp_hostname: str | None = None
+    #: ENVOI_SMTP_MAX_RECIPIENTS: recipients per submitted message; more get 452 4.5.3 (1000).
+    smtp_max_recipients: int = 1000
+    #: ENVOI_SMTP_AUTH_MAX_FAILURES: failed AUTHs per login per window before 454 throttling (5).
+    smtp_auth_max_failures: int = 5
+    #: ENVOI_SMTP_AUTH_MAX_FAILURES_IP: failed AUTHs per client IP per window before throttling (20).
+    smtp_auth_max_failures_ip: int = 20
+    #: ENVOI_SMTP_AUTH_WINDOW: the failed-AUTH counting window (15m).
+    smtp_auth_window: float = 900.0
+    #: ENVOI_SMTP_ALLOW_FOREIGN_FROM: let SMTP logins send From addresses outside their domain (off).
+    smtp_allow_foreign_from: bool = False
 
     @property
     def redis_wakeup_key(self) -> str:
@@ -178,6 +199,28 @@ class Settings:
             values["webhook_timeout"] = _seconds(v)
         if v := env.get("ENVOI_WEBHOOK_PER_ENDPOINT"):
             values["webhook_per_endpoint"] = int(v)
+        if v := env.get("ENVOI_SMTP_BIND"):
+            values["smtp_bind"] = v
+        if v := env.get("ENVOI_SMTP_SUBMISSION_PORT"):
+            values["smtp_submission_port"] = int(v)
+        if v := env.get("ENVOI_SMTPS_PORT"):
+            values["smtps_port"] = int(v)
+        if v := env.get("ENVOI_TLS_CERT"):
+            values["tls_cert"] = v
+        if v := env.get("ENVOI_TLS_KEY"):
+            values["tls_key"] = v
+        if v := env.get("ENVOI_SMTP_HOSTNAME"):
+            values["smtp_hostname"] = v
+        if v := env.get("ENVOI_SMTP_MAX_RECIPIENTS"):
+            values["smtp_max_recipients"] = int(v)
+        if v := env.get("ENVOI_SMTP_AUTH_MAX_FAILURES"):
+            values["smtp_auth_max_failures"] = int(v)
+        if v := env.get("ENVOI_SMTP_AUTH_MAX_FAILURES_IP"):
+            values["smtp_auth_max_failures_ip"] = int(v)
+        if v := env.get("ENVOI_SMTP_AUTH_WINDOW"):
+            values["smtp_auth_window"] = _seconds(v)
+        if v := env.get("ENVOI_SMTP_ALLOW_FOREIGN_FROM"):
+            values["smtp_allow_foreign_from"] = _bool(v)
         return cls(**values)
 
     def replace(self, **changes) -> Settings:
