@@ -11,9 +11,10 @@ from envoi.mta.delivery.mx import MxResolver
 
 
 class RelayThread:
-    def __init__(self, services, settings):
+    def __init__(self, services, settings, **relay_kwargs):
         self.services = services
         self.settings = settings
+        self.relay_kwargs = relay_kwargs  # hooks (egress=, suppressions=, …) passed to the Relay
         self.loop = asyncio.new_event_loop()
         self.relay: Relay | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -23,7 +24,7 @@ class RelayThread:
         self.relay = Relay(self.settings, self.services.db, self.services.accounts, self.services.sealer,
                            events=self.services.events,
                            resolver=MxResolver(self.settings.dns_resolver, timeout=2.0),
-                           metrics=self.services.metrics)
+                           metrics=self.services.metrics, **self.relay_kwargs)
         self.loop.run_until_complete(self.relay.run())
 
     def __enter__(self) -> RelayThread:
