@@ -5,6 +5,11 @@ from __future__ import annotations
 
 def wire(services) -> None:
     """Attach this feature's services to `services` (called once by runtime.build)."""
+    from envoi.mta.submission.server import Submission
+
+    # SMTP submission (envoi smtp): listeners are opened by the command, not here.
+    services.submission = Submission.from_settings(services.settings, services.intake, services.accounts,
+                                                   services.redis)
 
 
 def relay_options(services) -> dict:

@@ -1,0 +1,137 @@
+"""X-Mailgun-* option headers of SMTP submission: read them into send fields, strip them from the MIME.
+
+Mailgun lets SMTP senders set the send API's o:/v: options with headers. They are read from the
+raw header block (bytes, so folded headers, odd spacing and non-UTF-8 values are handled without a
+re-serialisation that could change the message) and removed from what is stored and delivered:
+they are instructions to us, not part of the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.header
+import json
+import re
+
+from envoi.mta.compose import CONTROL
+from envoi.mta.errors import InvalidMessage
+
+PREFIX = b"x-mailgun-"
+# Header name (lower case, without the prefix) -> send field. X-Mailgun-Tag may repeat and may hold a
+# comma list; the others keep their last value, like repeated form fields.
+OPTION_FIELDS = {
+    "tag": "o:tag",
+    "dkim": "o:dkim",
+    "deliver-by": "o:deliverytime",
+    "drop-message": "o:testmode",
+    "track": "o:tracking",
+    "track-clicks": "o:tracking-clicks",
+    "track-opens": "o:tracking-opens",
+    "sending-ip": "o:sending-ip",
+    "sending-ip-pool": "o:sending-ip-pool",
+    "require-tls": "o:require-tls",
+    "skip-verification": "o:skip-verification",
+}
+_FOLD = re.compile(rb"\r\n(?=[ \t])")
+
+
+def split_head(mime: bytes) -> tuple[bytes, bytes]:
+    """(header block including its last CRLF, the rest from the blank line on). CRLF input only."""
+    if mime.startswith(b"\r\n"):
+        return b"", mime
+    end = mime.find(b"\r\n\r\n")
+    if end < 0:
+        # Headers only: add the blank line a message needs so downstream parsing stays simple.
+        head = mime if mime.endswith(b"\r\n") else mime + b"\r\n"
+        return head, b"\r\n"
+    return mime[: end + 2], mime[end + 2 :]
+
+
+def header_fields(head: bytes) -> list[bytes]:
+    """The header block as raw fields, each with its folded continuation lines and no final CRLF."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    return fields
+
+
+def _name(field: bytes) -> bytes:
+    return field.split(b":", 1)[0].strip().lower() if b":" in field else b""
+
+
+def _value(field: bytes) -> str:
+    raw = _FOLD.sub(b"", field.split(b":", 1)[1]).strip()  # unfold: drop CRLF, keep the whitespace
+    text = raw.decode("utf-8", "replace")
+    if "=?" in text:
+        with contextlib.suppress(ValueError, LookupError):
+            text = str(email.header.make_header(email.header.decode_header(text)))
+    return text
+
+
+def extract(mime: bytes) -> tuple[bytes, dict[str, list[str]], dict | None]:
+    """Strip every X-Mailgun-* header; return (mime, send fields, recipient variables or None).
+
+    Raises InvalidMessage for option values that cannot be honoured (bad JSON, control characters).
+    """
+    head, rest = split_head(mime)
+    kept: list[bytes] = []
+    fields: dict[str, list[str]] = {}
+    recipient_variables: dict | None = None
+    for field in header_fields(head):
+        name = _name(field)
+        if not name.startswith(PREFIX):
+            kept.append(field)
+            continue
+        option = name[len(PREFIX):].decode("ascii", "replace")
+        value = _value(field)
+        if option == "variables":
+            for key, val in _json_object(value, "X-Mailgun-Variables").items():
+                fields.setdefault(f"v:{key}", []).append(val if isinstance(val, str) else json.dumps(val))
+        elif option == "recipient-variables":
+            recipient_variables = _json_object(value, "X-Mailgun-Recipient-Variables")
+            for address, variables in recipient_variables.items():
+                if not isinstance(variables, dict):
+                    raise InvalidMessage(f"X-Mailgun-Recipient-Variables: value for {address} is not an object")
+        elif option == "tag":
+            fields.setdefault("o:tag", []).extend(t.strip() for t in value.split(",") if t.strip())
+        elif option in OPTION_FIELDS:
+            fields.setdefault(OPTION_FIELDS[option], []).append(value)
+        # Any other X-Mailgun-* header (Template-Variables, Deliver-Within, ...) is dropped unread.
+    stripped = b"".join(f + b"\r\n" for f in kept) + rest
+    return stripped, fields, recipient_variables
+
+
+def _json_object(value: str, header: str) -> dict:
+    try:
+        parsed = json.loads(value)
+    except ValueError as ex:
+        raise InvalidMessage(f"{header} is not valid JSON") from ex
+    if not isinstance(parsed, dict):
+        raise InvalidMessage(f"{header} must be a JSON object")
+    return parsed
+
+
+def substitute(mime: bytes, address: str, variables: dict) -> bytes:
+    """Batch sending over SMTP: fill %recipient% and %recipient.KEY% in one recipient's copy.
+
+    Works on the raw bytes, so placeholders inside base64 or quoted-printable-encoded parts are not
+    seen (as with Mailgun, senders keep them in 7bit/8bit parts). Values may not carry control
+    characters: a placeholder in a header must not be able to add a header.
+    """
+    if b"%recipient" not in mime:
+        return mime
+
+    def one(match: re.Match) -> bytes:
+        key = match.group(1)
+        if key is None:
+            return address.encode()
+        value = variables.get(key.decode("utf-8", "replace"), "")
+        text = value if isinstance(value, str) else json.dumps(value)
+        if CONTROL.search(text):
+            raise InvalidMessage("X-Mailgun-Recipient-Variables values may not contain control characters")
+        return text.encode()
+
+    return re.sub(rb"%recipient(?:\.([A-Za-z0-9_\-:]+))?%", one, mime)

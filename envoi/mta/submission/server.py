@@ -1,0 +1,434 @@
+"""SMTP submission (RFC 6409): aiosmtpd on 587 (STARTTLS) and 465 (implicit TLS).
+
+A client must use TLS, then AUTH PLAIN or LOGIN with one of its domain's SMTP credentials
+(/v3/domains/{d}/credentials), then may send as that domain. Each message goes through the same
+intake.accept() as the HTTP API and the 250 is written only after that commit returned, so a 250
+always means the message is durable.
+
+Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 18):
+
+* AUTH only after TLS; MAIL/RCPT/DATA only after AUTH; on 587 every command but EHLO, NOOP,
+  STARTTLS and QUIT needs STARTTLS first. Commands pipelined before the TLS handshake are
+  discarded by aiosmtpd (>= 1.4.6).
+* Failed AUTH is throttled per client IP and per login (AuthThrottle); while throttled even the
+  right password gets 454 4.7.0. A wrong login and a wrong password get the same 535 5.7.8, after
+  the same argon2 work.
+* DATA ends only on CRLF.CRLF (aiosmtpd >= 1.4.5) and a message with a bare CR or bare LF anywhere
+  is refused (550 5.6.0): SMTP smuggling needs one, and so nothing smuggled is ever queued.
+* Size limit (552 5.3.4, data discarded while reading so memory stays bounded), recipients per
+  message (452 4.5.3), line length 1000 octets, per-connection command budgets.
+* The sending domain is the credential's domain. MAIL FROM and the From header must be at that
+  domain or one of its subdomains (553/550 5.7.1) unless foreign senders are allowed by setting.
+* X-Mailgun-* headers are read as send options and removed from the stored message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import email.policy
+import logging
+import re
+import ssl
+import threading
+import weakref
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+
+from envoi.accounts.service import Accounts, Principal
+from envoi.mta import compose
+from envoi.mta.errors import IntakeError, InvalidMessage, NotAllowed
+from envoi.mta.intake import Intake
+from envoi.mta.submission import headers
+from envoi.mta.submission.throttle import AuthThrottle
+
+log = logging.getLogger(__name__)
+
+BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
+AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
+TEMPFAIL = "451 4.3.0 Temporary server error, please try again later"
+# Per-connection budgets (aiosmtpd answers 421 4.7.0 and closes past them). Generous for MAIL/RCPT/
+# DATA so one connection can carry many messages; tight for what only a probe repeats.
+COMMAND_LIMITS = {"AUTH": 5, "STARTTLS": 2, "EHLO": 10, "HELO": 10, "NOOP": 100, "VRFY": 5, "EXPN": 5,
+                  "HELP": 10, "MAIL": 100_000, "RCPT": 1_000_000, "DATA": 100_000, "RSET": 100_000,
+                  "QUIT": 1, "*": 10}
+_DEFERRED = "deferred"  # marks an AuthResult whose credentials still need checking off the loop
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    hostname: str = "localhost"
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_recipients: int = 1000
+    allow_foreign_from: bool = False
+    auth_failure_delay: float = 0.5  # seconds a failed AUTH waits before its 535
+    timeout: float = 300.0  # idle seconds before a connection is closed
+    workers: int = 8  # threads running intake (argon2, Postgres); size the db pool to match
+
+
+class Submission:
+    """The submission service: checks, option headers, intake. Listeners come from listen()."""
+
+    def __init__(self, intake: Intake, accounts: Accounts, throttle: AuthThrottle, config: SubmissionConfig):
+        self.intake = intake
+        self.accounts = accounts
+        self.throttle = throttle
+        self.config = config
+        self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="envoi-submit")
+        self.connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    @classmethod
+    def from_settings(cls, settings, intake: Intake, accounts: Accounts, redis, **overrides) -> Submission:
+        throttle = AuthThrottle(redis, f"envoi:{settings.region}:smtp-auth-failures",
+                                max_per_login=settings.smtp_auth_max_failures,
+                                max_per_ip=settings.smtp_auth_max_failures_ip, window=settings.smtp_auth_window)
+        config = SubmissionConfig(
+            hostname=settings.smtp_hostname or settings.helo_name,
+            max_message_bytes=settings.max_message_bytes,
+            max_recipients=settings.smtp_max_recipients,
+            allow_foreign_from=settings.smtp_allow_foreign_from,
+        )
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        return cls(intake, accounts, throttle, config)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=False)
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # listeners ---------------------------------------------------------------------------------
+    async def listen(self, host: str, port: int, tls_context: ssl.SSLContext, *, implicit_tls: bool):
+        """Start one listener: STARTTLS required (587) or TLS from the first byte (465)."""
+        loop = asyncio.get_running_loop()
+        handler = _Handler(self)
+
+        def factory() -> SMTP:
+            conn = _SubmissionSMTP(
+                handler,
+                hostname=self.config.hostname,
+                ident="Envoi ESMTP",
+                data_size_limit=self.config.max_message_bytes,
+                enable_SMTPUTF8=False,
+                decode_data=False,
+                tls_context=None if implicit_tls else tls_context,
+                require_starttls=not implicit_tls,
+                auth_required=True,
+                auth_require_tls=True,
+                auth_exclude_mechanism=(),
+                command_call_limit=COMMAND_LIMITS,
+                timeout=self.config.timeout,
+                loop=loop,
+            )
+            self.connections.add(conn)
+            return conn
+
+        return await loop.create_server(factory, host, port, ssl=tls_context if implicit_tls else None,
+                                        reuse_address=True, ssl_handshake_timeout=30 if implicit_tls else None)
+
+    # checks (run in worker threads) ------------------------------------------------------------
+    def authenticate(self, ip: str, login: str, password: str) -> Principal | str:
+        """A Principal, or the reply to send: throttled and invalid answers name no reason."""
+        if self.throttle.blocked(ip, login):
+            return AUTH_THROTTLED
+        principal = self.accounts.authenticate_smtp(login, password)
+        if principal is None:
+            self.throttle.failed(ip, login)
+            return AUTH_INVALID
+        return principal
+
+    def sender_allowed(self, principal: Principal, address: str) -> bool:
+        if self.config.allow_foreign_from:
+            return True
+        own = (principal.domain or "").lower()
+        domain = address.rpartition("@")[2].lower().rstrip(".")
+        return bool(own) and (domain == own or domain.endswith("." + own))
+
+    def submit(self, principal: Principal, data: bytes, recipients: list[str]) -> str:
+        """Check, read options, strip them, and commit through intake; return the Message-ID."""
+        if BARE_CR_OR_LF.search(data):
+            raise InvalidMessage("Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
+        mime, fields, recipient_variables = headers.extract(data)
+        head, _ = headers.split_head(mime)
+        parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n")
+        froms = parsed.get_all("From") or []
+        addresses = [addr for _, addr in getaddresses([str(v) for v in froms]) if addr]
+        if not addresses:
+            raise InvalidMessage("Message has no From header")
+        for address in addresses:
+            if not self.sender_allowed(principal, address):
+                raise NotAllowed(f"From address {address} is not allowed for the domain {principal.domain}")
+        domain = self.intake.domain_for(principal, principal.domain or "")
+        draft = compose.from_mime(domain["name"], mime, recipients, fields, method="smtp")
+        if recipient_variables is not None:
+            draft.copies = [
+                compose.Composed([rcpt], headers.substitute(copy.mime, rcpt, recipient_variables.get(rcpt, {})),
+                                 copy.headers)
+                for copy in draft.copies for rcpt in copy.recipients
+            ]
+        return self.intake.accept(principal, domain, draft)
+
+
+class _Session(Session):
+    # aiosmtpd logs a deprecation warning on every login_data write; we never read it.
+    @property
+    def login_data(self):
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value) -> None:
+        self._login_data = value
+
+
+class _ImplicitTLS:
+    """Stands in for aiosmtpd's STARTTLS protocol object on 465, where TLS precedes the greeting."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+# aiosmtpd replies that carry no enhanced status code (we advertise ENHANCEDSTATUSCODES).
+_REWRITE = {
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds the maximum message size",
+    "552 Error: message size exceeds fixed maximum message size":
+        "552 5.3.4 Message size exceeds the maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)",
+    "500 Command line too long": "500 5.5.2 Command line too long",
+    "500 Error: bad syntax": "500 5.5.2 Syntax error",
+    "500 Error: strict ASCII mode": "500 5.5.2 Non-ASCII data is not accepted (no SMTPUTF8)",
+    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command first",
+    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command first",
+    "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
+    "503 Error: send HELO first": "503 5.5.1 Send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
+    "555 MAIL FROM parameters not recognized or not implemented":
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
+    "555 RCPT TO parameters not recognized or not implemented":
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented",
+    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+    "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",
+}
+
+
+class _SubmissionSMTP(SMTP):
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+    def connection_made(self, transport) -> None:
+        implicit = self._original_transport is None and transport.get_extra_info("ssl_object") is not None
+        super().connection_made(transport)
+        if implicit:
+            # aiosmtpd only knows STARTTLS: tell it this connection is already encrypted, so AUTH is
+            # offered and allowed (auth_require_tls stays on).
+            self._tls_protocol = _ImplicitTLS()
+            self.session.ssl = {"implicit": True, "cipher": transport.get_extra_info("cipher")}
+
+    async def push(self, status) -> None:
+        if isinstance(status, str):
+            if status.startswith("501 ") and status[4:5].isalpha():
+                status = "501 5.5.4 " + status[4:]
+            elif status.startswith("500 Error: command"):
+                status = "500 5.5.1 " + status[11:]
+            else:
+                status = _REWRITE.get(status, status)
+        await super().push(status)
+
+    # AUTH: aiosmtpd parses PLAIN/LOGIN and calls a synchronous authenticator. Checking a password
+    # (argon2 + Postgres) must not block the loop, so the authenticator only captures the
+    # credentials and the check runs in a worker thread here.
+    def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
+        return AuthResult(success=False, handled=False, message=_DEFERRED, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _, args) -> AuthResult:
+        return await self._check(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _, args) -> AuthResult:
+        return await self._check(await super().auth_LOGIN(_, args))
+
+    async def _check(self, result: AuthResult) -> AuthResult:
+        if result.message != _DEFERRED or not isinstance(result.auth_data, LoginPassword):
+            return result
+        submission: Submission = self.event_handler.submission
+        ip = self.session.peer[0] if self.session.peer else "?"
+        login = result.auth_data.login.decode("utf-8", "surrogateescape")
+        password = result.auth_data.password.decode("utf-8", "surrogateescape")
+        try:
+            outcome = await submission.run(submission.authenticate, ip, login, password)
+        except Exception:
+            log.exception("submission: AUTH check failed")
+            return AuthResult(success=False, handled=False, message=AUTH_TEMPFAIL)
+        if isinstance(outcome, Principal):
+            log.info("submission: %s authenticated as %s", ip, login)
+            return AuthResult(success=True, auth_data=outcome, message=AUTH_OK)
+        log.info("submission: AUTH refused for %r from %s (%s)", login, ip, outcome[:3])
+        if outcome == AUTH_INVALID and submission.config.auth_failure_delay:
+            await asyncio.sleep(submission.config.auth_failure_delay)
+        return AuthResult(success=False, handled=False, message=outcome)
+
+
+class _Handler:
+    def __init__(self, submission: Submission):
+        self.submission = submission
+
+    async def handle_EHLO(self, server, session, envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]) -> str:
+        principal: Principal = session.auth_data
+        try:
+            address = compose.normalize_address(address, "from")
+        except IntakeError:
+            return "553 5.1.7 Sender address is not valid"
+        if not self.submission.sender_allowed(principal, address):
+            return f"553 5.7.1 Sender address {address} is not allowed for the domain {principal.domain}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        try:
+            address = compose.normalize_address(address)
+        except IntakeError:
+            return "553 5.1.3 Recipient address is not valid"
+        if address in envelope.rcpt_tos:
+            return "250 2.1.5 Recipient OK"
+        if len(envelope.rcpt_tos) >= self.submission.config.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.submission.config.max_recipients} per message)"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        principal: Principal = session.auth_data
+        data: bytes = envelope.original_content or b""
+        try:
+            message_id = await self.submission.run(self.submission.submit, principal, data, list(envelope.rcpt_tos))
+        except IntakeError as ex:
+            log.info("submission: refused from %s: %s %s", principal.domain, ex.smtp_reply, ex.message)
+            return f"{ex.smtp_reply} {_one_line(ex.message)}"
+        except Exception:
+            log.exception("submission: intake failed")
+            return TEMPFAIL
+        return f"250 2.0.0 Ok: queued as {message_id}"
+
+    async def handle_RSET(self, server, session, envelope) -> str:
+        return "250 2.0.0 OK"
+
+    async def handle_NOOP(self, server, session, envelope, arg) -> str:
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server, session, envelope) -> str:
+        return "221 2.0.0 Bye"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("submission: session error", exc_info=error)
+        return "451 4.3.0 Temporary server error"
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"[\r\n]+", " ", text)[:400]
+
+
+class SubmissionServer:
+    """Runs a Submission's listeners: in the current loop (serve()) or in a thread (start()/stop()).
+
+    Port 0 picks a free port (tests); `ports` holds the bound ones after start.
+    """
+
+    def __init__(self, submission: Submission, tls_context: ssl.SSLContext, *, host: str = "127.0.0.1",
+                 port: int | None = 0, smtps_port: int | None = 0):
+        self.submission = submission
+        self.tls_context = tls_context
+        self.host = host
+        self.requested = {"submission": port, "smtps": smtps_port}
+        self.ports: dict[str, int] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def port(self) -> int:
+        return self.ports["submission"]
+
+    @property
+    def smtps_port(self) -> int:
+        return self.ports["smtps"]
+
+    async def open(self) -> None:
+        for name, port in self.requested.items():
+            if port is None:
+                continue
+            server = await self.submission.listen(self.host, port, self.tls_context, implicit_tls=name == "smtps")
+            self._servers.append(server)
+            self.ports[name] = server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        # Abort live sessions (a client may keep one open) so no task outlives the loop. A session
+        # waiting on intake keeps its thread: the commit either happened or did not; no 250 is sent.
+        for conn in list(self.submission.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.sleep(0)
+        self._servers.clear()
+
+    async def serve(self) -> None:
+        """Listen until stop() (or a signal handler calling it) ends the loop's wait."""
+        self._stopped = asyncio.Event()
+        await self.open()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.close()
+
+    def request_stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    # thread mode (tests, benchmarks) -----------------------------------------------------------
+    def start(self) -> SubmissionServer:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="envoi-submission", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.open(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(10)
+            self._loop.close()
+            self._loop = self._thread = None
+
+    async def _close_all(self) -> None:
+        await self.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)
+
+    def __enter__(self) -> SubmissionServer:
+        return self if self._loop is not None else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

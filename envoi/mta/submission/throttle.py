@@ -1,0 +1,82 @@
+"""Failed-AUTH throttling for SMTP submission, per client IP and per login.
+
+Counters are fixed windows in Redis, shared by every `envoi smtp` process of the region. If Redis is
+unreachable the process falls back to its own in-memory counters, so brute force never gets a free
+pass while Redis is down. Logins are hashed in the key names: no address is written to Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+
+from envoi.infra.redis import RedisError
+
+log = logging.getLogger(__name__)
+
+
+class AuthThrottle:
+    def __init__(self, redis, prefix: str, *, max_per_login: int = 5, max_per_ip: int = 20,
+                 window: float = 900.0):
+        self.redis = redis
+        self.prefix = prefix
+        self.max_per_login = max_per_login
+        self.max_per_ip = max_per_ip
+        self.window = max(int(window), 1)
+        self._local: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def _keys(self, ip: str, login: str) -> tuple[str, str]:
+        digest = hashlib.sha256(login.strip().lower().encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        return f"{self.prefix}:ip:{ip}", f"{self.prefix}:login:{digest}"
+
+    def blocked(self, ip: str, login: str) -> bool:
+        """True while this IP or this login has used up its failures for the window (blocking call)."""
+        ip_key, login_key = self._keys(ip, login)
+        counts = self._get([ip_key, login_key])
+        return counts[0] >= self.max_per_ip or counts[1] >= self.max_per_login
+
+    def failed(self, ip: str, login: str) -> None:
+        """Count one failed attempt against both the IP and the login (blocking call)."""
+        for key in self._keys(ip, login):
+            self._incr(key)
+
+    def reset(self) -> None:
+        """Forget all local counters (tests, and operators via a restart)."""
+        with self._lock:
+            self._local.clear()
+
+    # storage -----------------------------------------------------------------------------------
+    def _get(self, keys: list[str]) -> list[int]:
+        if self.redis is not None:
+            try:
+                values = self.redis.mget(keys)
+                remote = [int(v) if v is not None else 0 for v in values]
+                return [max(r, self._local_get(k)) for r, k in zip(remote, keys, strict=True)]
+            except RedisError as ex:
+                log.warning("auth throttle: redis unavailable (%s); using local counters", ex)
+        return [self._local_get(k) for k in keys]
+
+    def _incr(self, key: str) -> None:
+        if self.redis is not None:
+            try:
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.incr(key)
+                pipe.expire(key, self.window, nx=True)
+                pipe.execute()
+                return
+            except RedisError as ex:
+                log.warning("auth throttle: redis unavailable (%s); using local counters", ex)
+        now = time.monotonic()
+        with self._lock:
+            count, until = self._local.get(key, (0, 0.0))
+            if until <= now:
+                count, until = 0, now + self.window
+            self._local[key] = (count + 1, until)
+
+    def _local_get(self, key: str) -> int:
+        with self._lock:
+            count, until = self._local.get(key, (0, 0.0))
+            return count if until > time.monotonic() else 0

@@ -1,0 +1,350 @@
+"""SMTP submission on real TLS listeners (587 STARTTLS, 465 implicit TLS) with smtplib and aiosmtplib."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email
+import email.policy
+import smtplib
+import ssl
+
+import aiosmtplib
+import pytest
+import trustme
+
+from envoi.mta.sink import Sink
+from envoi.mta.submission.server import Submission, SubmissionServer
+from envoi.mta.submission.throttle import AuthThrottle
+from tests.support.dns_server import DnsServer
+from tests.support.relay import RelayThread, wait_until
+
+PASSWORD = "correct-horse-9"
+SMALL_LIMIT = 200_000  # the test server's size limit, so the oversize case stays fast
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def client_ctx(ca):
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def server(services, settings, ca):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis,
+                                          auth_failure_delay=0, max_message_bytes=SMALL_LIMIT, workers=4)
+    with SubmissionServer(submission, ctx) as srv:
+        yield srv
+    submission.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_throttle(services):
+    yield
+    for key in services.redis.scan_iter("envoi:*:smtp-auth-failures:*"):
+        services.redis.delete(key)
+
+
+@pytest.fixture
+def login(services, account, domain, db):
+    services.accounts.create_credential(account["id"], domain["name"], "app", PASSWORD)
+    yield f"app@{domain['name']}"
+    # Nothing here is meant to be delivered (except by the end-to-end test, which is done by now):
+    # keep these recipients away from relays started by other tests in this session.
+    db.execute("UPDATE recipients SET status = 'failed' WHERE domain_id = %s AND status = 'queued'",
+               (domain["id"],))
+
+
+def mime(domain, subject="Hello", extra="", body="Body line\r\n", sender=None, to="rcpt@dest.test") -> bytes:
+    sender = sender or f"App <app@{domain['name']}>"
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}").encode()
+
+
+def starttls_client(server, client_ctx, login=None) -> smtplib.SMTP:
+    c = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+    c.starttls(context=client_ctx)
+    if login:
+        c.login(login, PASSWORD)
+    return c
+
+
+def messages_of(db, domain):
+    return db.execute("SELECT * FROM messages WHERE domain_id = %s ORDER BY id", (domain["id"],)).fetchall()
+
+
+def stored(services, row) -> bytes:
+    return services.sealer.open(row["body"], row["storage_key"].encode())
+
+
+def queued_id(reply: bytes | str) -> str:
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    return text.rsplit("queued as ", 1)[1].strip().strip("<>")
+
+
+def test_starttls_submission_applies_and_strips_mailgun_headers(server, client_ctx, login, domain, db, services):
+    extra = ("X-Mailgun-Tag: newsletter, weekly\r\nX-Mailgun-TAG:\r\n  folded-tag\r\n"
+             "X-Mailgun-Drop-Message: yes\r\nX-Mailgun-Variables: {\"order\": \"42\",\r\n \"vip\": true}\r\n"
+             "X-Mailgun-Track: no\r\nX-Mailgun-Require-TLS: yes\r\nX-Mailgun-Unknown-Thing: x\r\n"
+             "X-Other: kept\r\n")
+    with starttls_client(server, client_ctx, login) as c:
+        code, reply = c.ehlo()
+        assert b"PIPELINING" in reply and b"AUTH LOGIN PLAIN" in reply and b"SIZE 200000" in reply
+        c.sendmail(login, ["rcpt@dest.test", "two@dest.test"], mime(domain, extra=extra))
+    [row] = messages_of(db, domain)
+    assert row["method"] == "smtp" and row["mail_from"] == login
+    assert row["tags"] == ["newsletter", "weekly", "folded-tag"]
+    assert row["options"]["testmode"] is True and row["options"]["tracking"] is False
+    assert row["options"]["require_tls"] is True
+    assert row["user_variables"] == {"order": "42", "vip": "true"}
+    rcpts = db.execute("SELECT address, status FROM recipients WHERE message_pk = %s ORDER BY address",
+                       (row["id"],)).fetchall()
+    assert rcpts == [{"address": "rcpt@dest.test", "status": "queued"}, {"address": "two@dest.test", "status": "queued"}]
+    events = db.execute("SELECT event, data FROM events WHERE message_id = %s", (row["message_id"],)).fetchall()
+    assert [e["event"] for e in events] == ["accepted", "accepted"]
+    assert events[0]["data"]["method"] == "smtp"
+    assert events[0]["data"]["tags"] == ["newsletter", "weekly", "folded-tag"]
+    raw = stored(services, row)
+    assert b"x-mailgun" not in raw.lower() and b"folded-tag" not in raw
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == "Hello" and msg["X-Other"] == "kept" and msg["Message-ID"]
+    assert msg.get_content().strip() == "Body line"
+
+
+def test_implicit_tls_465(server, client_ctx, login, domain, db):
+    with smtplib.SMTP_SSL("127.0.0.1", server.smtps_port, context=client_ctx, timeout=10) as c:
+        code, reply = c.ehlo()
+        assert b"AUTH" in reply and b"STARTTLS" not in reply
+        c.login(login, PASSWORD)
+        c.sendmail(login, ["rcpt@dest.test"], mime(domain, subject="over 465"))
+    [row] = messages_of(db, domain)
+    assert row["headers"]["subject"] == "over 465" and row["method"] == "smtp"
+
+
+def test_aiosmtplib_many_messages_per_connection(server, client_ctx, login, domain, db):
+    async def run():
+        replies = []
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, start_tls=True,
+                                   tls_context=client_ctx) as c:
+            await c.login(login, PASSWORD)
+            for n in range(3):
+                _, reply = await c.sendmail(login, [f"r{n}@dest.test"], mime(domain, subject=f"m{n}"))
+                replies.append(reply)
+            await c.rset()
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=server.smtps_port, use_tls=True,
+                                   tls_context=client_ctx) as c:
+            await c.login(login, PASSWORD)
+            _, reply = await c.sendmail(login, ["r9@dest.test"], mime(domain, subject="m9"))
+            replies.append(reply)
+        return replies
+
+    replies = asyncio.run(run())
+    rows = messages_of(db, domain)
+    assert [r["headers"]["subject"] for r in rows] == ["m0", "m1", "m2", "m9"]
+    # each 250 names the committed message
+    assert [queued_id(r) for r in replies] == [r["message_id"] for r in rows]
+
+
+def test_auth_before_starttls_is_refused(server, domain, login, db):
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as c:
+        code, reply = c.ehlo()
+        assert b"STARTTLS" in reply and b"AUTH" not in reply
+        token = base64.b64encode(f"\0{login}\0{PASSWORD}".encode()).decode()
+        code, reply = c.docmd("AUTH", f"PLAIN {token}")
+        assert (code, reply) == (530, b"5.7.0 Must issue a STARTTLS command first")
+        code, _ = c.docmd("MAIL", f"FROM:<{login}>")
+        assert code == 530
+    assert messages_of(db, domain) == []
+
+
+def test_mail_without_auth_is_refused(server, client_ctx, domain, db):
+    with starttls_client(server, client_ctx) as c:
+        c.ehlo()
+        code, reply = c.mail(f"app@{domain['name']}")
+        assert (code, reply) == (530, b"5.7.0 Authentication required")
+        code, _ = c.rcpt("someone@external.test")
+        assert code == 530
+    assert messages_of(db, domain) == []
+
+
+def test_wrong_password_and_unknown_login_get_the_same_error_then_throttle(server, client_ctx, login):
+    def plain(c, user, password):
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return c.docmd("AUTH", f"PLAIN {token}")
+
+    with starttls_client(server, client_ctx) as c:
+        c.ehlo()
+        bad_password = plain(c, login, "wrong-password")
+        unknown_user = plain(c, "nobody@nowhere.test", "wrong-password")
+        assert bad_password == unknown_user == (535, b"5.7.8 Authentication credentials invalid")
+    # 5 failures per login per window (the first one above counted): 4 more, over two connections
+    # because each connection allows only 5 AUTH commands.
+    for _ in range(2):
+        with starttls_client(server, client_ctx) as c:
+            c.ehlo()
+            for _ in range(2):
+                assert plain(c, login, "wrong-password")[0] == 535
+    with starttls_client(server, client_ctx) as c:
+        c.ehlo()
+        code, reply = plain(c, login, PASSWORD)  # the right password, but throttled
+        assert (code, reply) == (454, b"4.7.0 Too many failed authentication attempts, try again later")
+        code, _ = c.mail(login)
+        assert code == 530
+
+
+def test_auth_throttle_per_ip_and_login_without_redis():
+    throttle = AuthThrottle(None, "t", max_per_login=2, max_per_ip=3, window=60)
+    throttle.failed("10.0.0.1", "a@x.test")
+    assert not throttle.blocked("10.0.0.1", "a@x.test")
+    throttle.failed("10.0.0.1", "A@x.test ")  # same login, differently spelled
+    assert throttle.blocked("10.0.0.1", "a@x.test") and not throttle.blocked("10.0.0.1", "b@x.test")
+    throttle.failed("10.0.0.1", "c@x.test")
+    assert throttle.blocked("10.0.0.1", "b@x.test")  # the IP is out of attempts for every login
+    assert not throttle.blocked("10.0.0.2", "b@x.test")
+
+
+def test_foreign_sender_is_refused_subdomain_allowed(server, client_ctx, login, domain, db):
+    with starttls_client(server, client_ctx, login) as c:
+        code, reply = c.mail("ceo@bank.test")
+        assert code == 553 and reply.startswith(b"5.7.1")
+        c.rset()
+        c.mail(login)
+        c.rcpt("rcpt@dest.test")
+        code, reply = c.data(mime(domain, sender="CEO <ceo@bank.test>"))
+        assert code == 550 and reply.startswith(b"5.7.1")
+        c.rset()
+        c.sendmail(login, ["rcpt@dest.test"], mime(domain, sender=f"News <news@mail.{domain['name']}>"))
+    [row] = messages_of(db, domain)
+    assert row["headers"]["from"] == f"News <news@mail.{domain['name']}>"
+
+
+def _raw_data(c: smtplib.SMTP, payload: bytes) -> tuple[int, bytes]:
+    c.putcmd("data")
+    code, _ = c.getreply()
+    assert code == 354
+    c.send(payload)
+    return c.getreply()
+
+
+@pytest.mark.parametrize("smuggle", [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r"])
+def test_bare_lf_smuggling_is_rejected(server, client_ctx, login, domain, db, smuggle):
+    head = mime(domain, subject="outer", body="")
+    smuggled = (b"MAIL FROM:<" + login.encode() + b">\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\n"
+                b"From: ceo@bank.test\r\nSubject: smuggled\r\n\r\nevil\r\n")
+    with starttls_client(server, client_ctx, login) as c:
+        c.ehlo()
+        c.mail(login)
+        c.rcpt("rcpt@dest.test")
+        code, reply = _raw_data(c, head + b"Hello" + smuggle + smuggled + b".\r\n")
+        assert code == 550 and reply.startswith(b"5.6.0") and b"bare CR or LF" in reply
+        # the session is still in sync: a clean message goes through afterwards
+        assert c.noop()[0] == 250
+        c.sendmail(login, ["rcpt@dest.test"], mime(domain, subject="clean"))
+    rows = messages_of(db, domain)
+    assert [r["headers"]["subject"] for r in rows] == ["clean"]
+    assert not db.execute("SELECT 1 FROM recipients WHERE domain_id = %s AND address = 'victim@dest.test'",
+                          (domain["id"],)).fetchall()
+
+
+def test_oversize_message_is_refused_and_nothing_stored(server, client_ctx, login, domain, db):
+    big = mime(domain, body=("x" * 998 + "\r\n") * (SMALL_LIMIT // 1000 + 10))
+    with starttls_client(server, client_ctx, login) as c:
+        code, reply = c.mail(login, [f"SIZE={len(big)}"])
+        assert code == 552 and reply.startswith(b"5.3.4")
+        c.mail(login)
+        c.rcpt("rcpt@dest.test")
+        code, reply = c.data(big)
+        assert code == 552 and reply.startswith(b"5.3.4")
+        c.sendmail(login, ["rcpt@dest.test"], mime(domain, subject="small"))  # connection still usable
+    assert [r["headers"]["subject"] for r in messages_of(db, domain)] == ["small"]
+
+
+def test_long_line_is_refused(server, client_ctx, login, domain, db):
+    with starttls_client(server, client_ctx, login) as c:
+        c.mail(login)
+        c.rcpt("rcpt@dest.test")
+        code, reply = c.data(mime(domain, body="y" * 1200 + "\r\n"))
+        assert code == 500 and reply.startswith(b"5.5.2")
+    assert messages_of(db, domain) == []
+
+
+def test_recipient_limit(server, client_ctx, login, domain, db):
+    with starttls_client(server, client_ctx, login) as c:
+        c.mail(login)
+        for n in range(1000):
+            assert c.rcpt(f"r{n}@dest.test")[0] == 250
+        code, reply = c.rcpt("r1000@dest.test")
+        assert code == 452 and reply.startswith(b"4.5.3")
+        code, _ = c.data(mime(domain))
+        assert code == 250
+    [row] = messages_of(db, domain)
+    n = db.execute("SELECT count(*) AS n FROM recipients WHERE message_pk = %s", (row["id"],)).fetchone()["n"]
+    assert n == 1000
+
+
+def test_recipient_variables_make_one_copy_per_recipient(server, client_ctx, login, domain, db, services):
+    extra = 'X-Mailgun-Recipient-Variables: {"a@dest.test": {"name": "Ann"}, "b@dest.test": {"name": "Bob"}}\r\n'
+    with starttls_client(server, client_ctx, login) as c:
+        c.sendmail(login, ["a@dest.test", "b@dest.test"],
+                   mime(domain, subject="Hi %recipient.name%", extra=extra, body="Dear %recipient.name% (%recipient%)\r\n"))
+    rows = messages_of(db, domain)
+    bodies = sorted(stored(services, r) for r in rows)
+    assert len(rows) == 2 and len({r["message_id"] for r in rows}) == 1
+    assert b"Subject: Hi Ann" in bodies[0] and b"Dear Ann (a@dest.test)" in bodies[0]
+    assert b"Subject: Hi Bob" in bodies[1] and b"Dear Bob (b@dest.test)" in bodies[1]
+    assert all(b"x-mailgun" not in b.lower() for b in bodies)
+
+
+def test_bad_option_header_is_refused(server, client_ctx, login, domain, db):
+    with starttls_client(server, client_ctx, login) as c:
+        c.mail(login)
+        c.rcpt("rcpt@dest.test")
+        code, reply = c.data(mime(domain, extra="X-Mailgun-Variables: {not json\r\n"))
+        assert code == 550 and reply.startswith(b"5.6.0")
+    assert messages_of(db, domain) == []
+
+
+def test_disabled_domain_is_refused(server, client_ctx, login, domain, db, services):
+    services.accounts.set_domain_state(domain["id"], "disabled")
+    with starttls_client(server, client_ctx, login) as c:
+        c.mail(login)
+        c.rcpt("rcpt@dest.test")
+        code, reply = c.data(mime(domain))
+        assert code == 550 and reply.startswith(b"5.7.1")
+    assert messages_of(db, domain) == []
+
+
+def test_submission_is_delivered_end_to_end(server, client_ctx, login, domain, db, services, settings):
+    with Sink() as sink, DnsServer() as dns:
+        dns.add("submit-e2e.test", "MX", "10 mx.submit-e2e.test.")
+        dns.add("mx.submit-e2e.test", "A", "127.0.0.1")
+        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
+                                          smtp_timeout=5)
+        with RelayThread(services, relay_settings):
+            with starttls_client(server, client_ctx, login) as c:
+                c.sendmail(login, ["rcpt@submit-e2e.test"],
+                           mime(domain, subject="e2e", extra="X-Mailgun-Tag: e2e\r\n"))
+            [received] = wait_until(lambda: sink.messages(to="rcpt@submit-e2e.test"))
+            [row] = messages_of(db, domain)
+            wait_until(lambda: db.execute("SELECT status FROM recipients WHERE message_pk = %s",
+                                          (row["id"],)).fetchone()["status"] == "delivered")
+    raw = received["data"].encode("utf-8", "surrogateescape")
+    assert received["rcpt_tos"] == ["rcpt@submit-e2e.test"]
+    assert b"Subject: e2e" in raw and b"X-Mailgun-Tag" not in raw and b"DKIM-Signature" in raw
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_default_limits_follow_settings(services, settings):
+    submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis)
+    assert submission.config.max_message_bytes == 25 * 1024 * 1024
+    assert submission.config.max_recipients == 1000
+    assert not submission.config.allow_foreign_from
+    submission.close()
