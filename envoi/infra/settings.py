@@ -120,6 +120,17 @@ class Settings:
     smtp_auth_window: float = 900.0
     #: ENVOI_SMTP_ALLOW_FOREIGN_FROM: let SMTP logins send From addresses outside their domain (off).
     smtp_allow_foreign_from: bool = False
+    #: ENVOI_INBOUND_BIND: address `envoi inbound` (DSN/ARF listener) listens on (127.0.0.1; 0.0.0.0 in prod).
+    inbound_bind: str = "127.0.0.1"
+    #: ENVOI_INBOUND_PORT: port of the inbound bounce/FBL listener (2526; 25 behind the domains' MX).
+    inbound_port: int = 2526
+    #: ENVOI_FBL_ADDRESSES: comma list where ARF reports arrive: "fbl" = fbl@ any of our domains, or full
+    #: addresses (fbl@envoi.example) (default "fbl").
+    fbl_addresses: tuple[str, ...] = ("fbl",)
+    #: ENVOI_BOUNCE_DOMAIN: domain of VERP return paths instead of each sending domain (unset).
+    bounce_domain: str | None = None
+    #: ENVOI_INBOUND_MAX_BYTES: largest DSN/ARF accepted by the inbound listener (32 MB).
+    inbound_max_bytes: int = 32 * 1024 * 1024
 
     @property
     def redis_wakeup_key(self) -> str:
@@ -221,6 +232,16 @@ class Settings:
             values["smtp_auth_window"] = _seconds(v)
         if v := env.get("ENVOI_SMTP_ALLOW_FOREIGN_FROM"):
             values["smtp_allow_foreign_from"] = _bool(v)
+        if v := env.get("ENVOI_INBOUND_BIND"):
+            values["inbound_bind"] = v
+        if v := env.get("ENVOI_INBOUND_PORT"):
+            values["inbound_port"] = int(v)
+        if v := env.get("ENVOI_FBL_ADDRESSES"):
+            values["fbl_addresses"] = tuple(x.strip().lower() for x in v.split(",") if x.strip())
+        if v := env.get("ENVOI_BOUNCE_DOMAIN"):
+            values["bounce_domain"] = v.strip().lower()
+        if v := env.get("ENVOI_INBOUND_MAX_BYTES"):
+            values["inbound_max_bytes"] = int(v)
         return cls(**values)
 
     def replace(self, **changes) -> Settings:
