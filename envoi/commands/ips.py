@@ -1,5 +1,302 @@
-"""CLI commands of the ips feature."""
+"""CLI commands of the ips feature: `envoi ips …` (inventory, assignment, pools, warm-up, audit, export).
+
+Every change is audited with the actor "cli:<login user>".
+"""
 
 from __future__ import annotations
 
-COMMANDS: list = []  # click commands/groups added to `envoi`
+import contextlib
+import functools
+import getpass
+import json
+import sys
+
+import click
+
+from envoi.accounts.errors import NotFound as AccountNotFound
+from envoi.dedicated_ip.errors import IpError
+from envoi.dedicated_ip.service import SHARED, ip_json
+
+
+def _services():
+    from envoi import runtime
+    from envoi.infra.settings import Settings
+
+    return runtime.build(Settings.from_env(), pool_size=2)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name (containers)
+        return "cli:unknown"
+
+
+def _run(fn):
+    """Give the command the region's services; report domain errors as clean CLI errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        services = _services()
+        try:
+            return fn(services, *args, **kwargs)
+        except (IpError, AccountNotFound) as ex:
+            raise click.ClickException(getattr(ex, "message", None) or str(ex)) from ex
+        finally:
+            with contextlib.suppress(Exception):
+                services.close()
+
+    return wrapper
+
+
+def _echo(value) -> None:
+    click.echo(json.dumps(value, default=str, indent=2))
+
+
+@click.group("ips")
+def ips() -> None:
+    """IP inventory, dedicated assignment, pools, warm-up (operator)."""
+
+
+@ips.command("list")
+@click.option("--account", "account_id", type=int, default=None, help="Only this account's dedicated IPs.")
+@click.option("--dedicated/--shared", default=None, help="Only dedicated or only shared IPs.")
+@_run
+def ips_list(services, account_id, dedicated) -> None:
+    """List the region's IPs."""
+    for row in services.ips.list_ips(account_id, dedicated):
+        kind = "dedicated" if row["dedicated"] else "shared"
+        click.echo("\t".join([row["address"], row["host"], row["helo"], kind,
+                              "enabled" if row["enabled"] else "disabled",
+                              f"account={row['account_id']}" if row["account_id"] else "-",
+                              "warmup" if row["is_on_warmup"] else "-"]))
+
+
+@ips.command("show")
+@click.argument("ip")
+@_run
+def ips_show(services, ip) -> None:
+    row = services.ips.get_ip(ip)
+    _echo(ip_json(row, admin=True, pools=row["pools"]))
+
+
+@ips.command("add")
+@click.argument("ip")
+@click.option("--helo", required=True, help="EHLO name of this IP (its A record and PTR should match).")
+@click.option("--ptr", default="", help="Reverse DNS name the IP should have (default: the HELO name).")
+@click.option("--host", default=None, help="Relay host the IP lives on (default: ENVOI_RELAY_HOST).")
+@click.option("--dedicated", is_flag=True, help="A dedicated IP (default: shared pool).")
+@click.option("--disabled", is_flag=True)
+@_run
+def ips_add(services, ip, helo, ptr, host, dedicated, disabled) -> None:
+    """Add an IP to the inventory."""
+    row = services.ips.add_ip(_actor(), ip, host=host, helo=helo, ptr=ptr, dedicated=dedicated,
+                              enabled=not disabled)
+    _echo(ip_json(row, admin=True))
+
+
+@ips.command("update")
+@click.argument("ip")
+@click.option("--helo", default=None)
+@click.option("--ptr", default=None)
+@click.option("--host", default=None)
+@click.option("--enable/--disable", "enabled", default=None)
+@click.option("--dedicated/--shared", default=None)
+@_run
+def ips_update(services, ip, helo, ptr, host, enabled, dedicated) -> None:
+    row = services.ips.update_ip(_actor(), ip, helo=helo, ptr=ptr, host=host, enabled=enabled, dedicated=dedicated)
+    _echo(ip_json(row, admin=True))
+
+
+@ips.command("remove")
+@click.argument("ip")
+@_run
+def ips_remove(services, ip) -> None:
+    """Remove an (unassigned) IP from the inventory."""
+    services.ips.delete_ip(_actor(), ip)
+    click.echo(f"removed {ip}")
+
+
+@ips.command("assign")
+@click.argument("ip")
+@click.argument("account_id", type=int)
+@_run
+def ips_assign(services, ip, account_id) -> None:
+    """Make a dedicated IP an account's own."""
+    services.ips.assign_ip(_actor(), ip, account_id)
+    click.echo(f"{ip} assigned to account {account_id}")
+
+
+@ips.command("unassign")
+@click.argument("ip")
+@_run
+def ips_unassign(services, ip) -> None:
+    """Take a dedicated IP back (also off the account's domains and pools)."""
+    services.ips.unassign_ip(_actor(), ip)
+    click.echo(f"{ip} unassigned")
+
+
+@ips.command("export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file (default: stdout).")
+@_run
+def ips_export(services, output) -> None:
+    """CSV of dedicated IP assignments (IP, customer, assigned since) for the IP registry."""
+    text = services.ips.export_csv()
+    if output:
+        with open(output, "w", newline="", encoding="utf-8") as fh:
+            fh.write(text)
+        click.echo(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@ips.command("audit")
+@click.option("--ip", default=None)
+@click.option("--limit", default=50, show_default=True, type=int)
+@_run
+def ips_audit(services, ip, limit) -> None:
+    """Who changed which assignment, when."""
+    for row in services.ips.audit_log(ip, limit):
+        target = " ".join(f"{k}={row[k]}" for k in ("address", "account_id", "domain", "pool_id") if row[k])
+        click.echo(f"{row['at'].isoformat()}\t{row['actor']}\t{row['action']}\t{target}"
+                   + (f"\t{json.dumps(row['detail'])}" if row["detail"] else ""))
+
+
+# domains ---------------------------------------------------------------------------------------
+@ips.group("domain")
+def domain_group() -> None:
+    """A domain's dedicated IPs and linked pool."""
+
+
+@domain_group.command("list")
+@click.argument("domain")
+@_run
+def domain_list(services, domain) -> None:
+    _echo(services.ips.domain_ips(services.accounts.get_domain(domain)))
+
+
+@domain_group.command("add")
+@click.argument("domain")
+@click.argument("ip")
+@_run
+def domain_add(services, domain, ip) -> None:
+    """Send the domain's mail over this dedicated IP (assigns it to the domain's account)."""
+    services.ips.add_domain_ip(_actor(), services.accounts.get_domain(domain), ip)
+    click.echo(f"{ip} added to {domain}")
+
+
+@domain_group.command("remove")
+@click.argument("domain")
+@click.argument("ip")
+@_run
+def domain_remove(services, domain, ip) -> None:
+    services.ips.remove_domain_ip(_actor(), services.accounts.get_domain(domain), ip)
+    click.echo(f"{ip} removed from {domain}")
+
+
+@domain_group.command("link")
+@click.argument("domain")
+@click.argument("pool_id")
+@_run
+def domain_link(services, domain, pool_id) -> None:
+    """Send the domain's mail over an IP pool."""
+    services.ips.link_pool(_actor(), services.accounts.get_domain(domain), pool_id)
+    click.echo(f"{domain} linked to pool {pool_id}")
+
+
+@domain_group.command("unlink")
+@click.argument("domain")
+@_run
+def domain_unlink(services, domain) -> None:
+    services.ips.unlink_pool(_actor(), services.accounts.get_domain(domain))
+    click.echo(f"{domain} unlinked from its pool")
+
+
+# pools -----------------------------------------------------------------------------------------
+@ips.group("pool")
+def pool_group() -> None:
+    """IP pools (of dedicated IPs)."""
+
+
+@pool_group.command("create")
+@click.argument("name")
+@click.option("--description", default="")
+@click.option("--ip", "addresses", multiple=True, help="A dedicated IP to put in the pool (repeatable).")
+@click.option("--account", "account_id", type=int, default=None, help="The account that owns the pool.")
+@_run
+def pool_create(services, name, description, addresses, account_id) -> None:
+    pool = services.ips.create_pool(_actor(), name, description, list(addresses), account_id)
+    click.echo(json.dumps({"pool_id": pool["id"]}))
+
+
+@pool_group.command("list")
+@click.option("--account", "account_id", type=int, default=None)
+@_run
+def pool_list(services, account_id) -> None:
+    for pool in services.ips.list_pools(account_id):
+        click.echo("\t".join([pool["id"], pool["name"], ",".join(pool["ips"]) or "-",
+                              f"account={pool['account_id']}" if pool["account_id"] else "-",
+                              "linked" if pool["is_linked"] else "-"]))
+
+
+@pool_group.command("add")
+@click.argument("pool_id")
+@click.argument("ip")
+@_run
+def pool_add(services, pool_id, ip) -> None:
+    services.ips.update_pool(_actor(), pool_id, add_ips=[ip])
+    click.echo(f"{ip} added to pool {pool_id}")
+
+
+@pool_group.command("remove")
+@click.argument("pool_id")
+@click.argument("ip")
+@_run
+def pool_remove(services, pool_id, ip) -> None:
+    services.ips.update_pool(_actor(), pool_id, remove_ips=[ip])
+    click.echo(f"{ip} removed from pool {pool_id}")
+
+
+@pool_group.command("delete")
+@click.argument("pool_id")
+@click.option("--replacement-ip", default=None, help=f"Dedicated IP (or '{SHARED}') for the linked domains.")
+@click.option("--replacement-pool", default=None, help="Pool for the linked domains.")
+@_run
+def pool_delete(services, pool_id, replacement_ip, replacement_pool) -> None:
+    services.ips.delete_pool(_actor(), pool_id, ip=replacement_ip, replacement_pool=replacement_pool)
+    click.echo(f"pool {pool_id} deleted")
+
+
+# warm-up ---------------------------------------------------------------------------------------
+@ips.group("warmup")
+def warmup_group() -> None:
+    """IP warm-up: daily caps rising stage by stage."""
+
+
+@warmup_group.command("start")
+@click.argument("ip")
+@click.option("--plan", default=None, help="DAYSxCAP,… (default: ENVOI_WARMUP_PLAN).")
+@_run
+def warmup_start(services, ip, plan) -> None:
+    services.ips.start_warmup(_actor(), ip, plan)
+    click.echo(f"warm-up of {ip} started")
+
+
+@warmup_group.command("stop")
+@click.argument("ip")
+@_run
+def warmup_stop(services, ip) -> None:
+    services.ips.stop_warmup(_actor(), ip)
+    click.echo(f"warm-up of {ip} stopped")
+
+
+@warmup_group.command("show")
+@click.argument("ip", required=False)
+@_run
+def warmup_show(services, ip) -> None:
+    """Progress of one IP's warm-up (or all)."""
+    _echo(services.ips.warmup(ip) if ip else services.ips.warmups())
+
+
+COMMANDS: list = [ips]  # click commands/groups added to `envoi`

@@ -1,12 +1,64 @@
-"""Wiring for the ips feature (see its issue)."""
+"""Wiring for the ips feature: services.ips, the accept-time IP check and the relay's egress hook."""
 
 from __future__ import annotations
+
+import logging
+
+from envoi.dedicated_ip.errors import IpNotAllowed, NoEgressAvailable  # noqa: F401 (re-exported for the relay)
+from envoi.dedicated_ip.service import Ips
+from envoi.mta.delivery.session import Egress
+from envoi.mta.errors import NotAllowed
+
+log = logging.getLogger("envoi.ips")
 
 
 def wire(services) -> None:
     """Attach this feature's services to `services` (called once by runtime.build)."""
+    settings = services.settings
+    services.ips = Ips(services.db, default_plan=settings.warmup_plan, relay_host=settings.relay_host)
+    services.intake.renderers.append(sending_ip_check(services.ips))
+
+
+def sending_ip_check(ips: Ips):
+    """An intake renderer: o:sending-ip(-pool) must name the account's own IP or pool (Mailgun's 403)."""
+
+    def check(domain: dict, draft):
+        options = draft.options or {}
+        if options.get("sending_ip") or options.get("sending_ip_pool"):
+            try:
+                ips.check_sending(domain["account_id"], options)
+            except IpNotAllowed as ex:
+                raise NotAllowed(ex.message) from ex
+        return draft
+
+    return check
+
+
+def egress_hook(view):
+    """Adapt an EgressView to the relay's egress(message_row, domain_row) -> Egress contract.
+
+    Raises NoEgressAvailable(retry_after) when no IP may send now (see the ips report for the
+    engine change that honours it)."""
+
+    def egress(message: dict, domain: dict) -> Egress:
+        choice = view.choose(message, domain)
+        return Egress(choice.address, choice.helo)
+
+    egress.view = view
+    return egress
+
+
+def make_egress(services, **overrides):
+    """Start an egress view for this relay host (loads the inventory now) and return the hook."""
+    settings = services.settings
+    options = {"host": settings.relay_host, "policy": settings.warmup_policy, "refresh": settings.ips_refresh,
+               "default_helo": settings.helo_name}
+    options.update(overrides)
+    return egress_hook(services.ips.egress_view(**options).start())
 
 
 def relay_options(services) -> dict:
     """Extra keyword arguments for the relay engine (hooks this feature plugs in)."""
-    return {}
+    if services.ips is None:
+        return {}
+    return {"egress": make_egress(services)}
