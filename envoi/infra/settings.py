@@ -75,6 +75,13 @@ class Settings:
     body_retention: float = 3 * 86400
     #: ENVOI_EVENT_RETENTION: how long events are kept (default 30 days).
     event_retention: float = 30 * 86400
+    #: ENVOI_EVENT_RETENTION_PLANS: per-plan event retention "plan=30d,..." over the built-in
+    #: trial=3d, scale=60d, enterprise=90d; other plans keep ENVOI_EVENT_RETENTION.
+    event_retention_plans: Mapping[str, float] = field(default_factory=dict)
+    #: ENVOI_STREAM_MAX_CLIENTS: live event streams (SSE) one API process serves at once (default 12).
+    stream_max_clients: int = 12
+    #: ENVOI_STREAM_MAX_SECONDS: a live stream response ends after this long; clients resume (300).
+    stream_max_seconds: float = 300.0
     #: ENVOI_MAX_MESSAGE_BYTES: largest accepted message (Mailgun: 25 MB).
     max_message_bytes: int = 25 * 1024 * 1024
     #: ENVOI_METRICS: expose /metrics (default on).
@@ -186,6 +193,13 @@ class Settings:
             values["body_retention"] = _seconds(v)
         if v := env.get("ENVOI_EVENT_RETENTION"):
             values["event_retention"] = _seconds(v)
+        if v := env.get("ENVOI_EVENT_RETENTION_PLANS"):
+            values["event_retention_plans"] = {p.split("=", 1)[0].strip(): _seconds(p.split("=", 1)[1])
+                                               for p in v.split(",") if "=" in p}
+        if v := env.get("ENVOI_STREAM_MAX_CLIENTS"):
+            values["stream_max_clients"] = int(v)
+        if v := env.get("ENVOI_STREAM_MAX_SECONDS"):
+            values["stream_max_seconds"] = _seconds(v)
         if v := env.get("ENVOI_MAX_MESSAGE_BYTES"):
             values["max_message_bytes"] = int(v)
         if v := env.get("ENVOI_METRICS"):
