@@ -1,0 +1,83 @@
+"""Egress binding end to end: the real relay binds 127.0.0.x source addresses; the sink sees the peer."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+
+from envoi.mta.sink import Sink
+from envoi.wiring import ips as ips_wiring
+from tests.integration.test_relay import route, send
+from tests.support.dns_server import DnsServer
+from tests.support.relay import RelayThread, wait_until
+
+HELO = {f"127.0.0.{n}": f"o{n}.mta.test" for n in range(2, 10)}
+
+
+@pytest.fixture
+def clean_ips(db):
+    def wipe():
+        db.execute("DELETE FROM ip_pools")
+        db.execute("DELETE FROM ips")
+        db.execute("DELETE FROM ip_audit")
+
+    wipe()
+    yield
+    wipe()
+
+
+def add_ip(services, address, dedicated=False):
+    services.ips.add_ip("test", address, host=services.settings.relay_host, helo=HELO[address], dedicated=dedicated)
+
+
+def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, settings, account, domain, db,
+                                                                      clean_ips):
+    new_domain = lambda label: services.accounts.add_domain(  # noqa: E731
+        account["id"], f"{uuid.uuid4().hex[:8]}.{label}.test", dkim_key_size=1024)
+    pooled, plain, warming = new_domain("pooled"), new_domain("plain"), new_domain("warming")
+    for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.7"):
+        add_ip(services, address, dedicated=True)
+    for address in ("127.0.0.5", "127.0.0.6"):
+        add_ip(services, address)
+    services.ips.add_domain_ip("test", domain, "127.0.0.2")
+    pool = services.ips.create_pool("test", "pool", ips=["127.0.0.3", "127.0.0.4"])
+    services.ips.link_pool("test", pooled, pool["id"])
+    services.ips.add_domain_ip("test", warming, "127.0.0.7")
+    services.ips.start_warmup("test", "127.0.0.7", "3x2")  # 2 messages a day
+
+    with Sink() as sink, DnsServer() as dns:
+        route(dns, "dest.test")
+        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
+                                          smtp_timeout=5)
+        egress = ips_wiring.make_egress(services, refresh=0.2, policy="overflow")
+        try:
+            with RelayThread(services, relay_settings, egress=egress):
+                counts = {domain["name"]: 3, pooled["name"]: 6, plain["name"]: 6, warming["name"]: 5}
+                for row in (domain, pooled, plain, warming):
+                    for n in range(counts[row["name"]]):
+                        send(services, account["id"], row, f"r{n}@dest.test")
+                received = sink.wait_for(sum(counts.values()), timeout=20)
+        finally:
+            egress.view.stop()
+
+    by_domain: dict[str, Counter] = {}
+    for message in received:
+        assert message["helo"] == HELO[message["peer"]]  # each IP announces its own HELO name
+        by_domain.setdefault(message["mail_from"].rpartition("@")[2], Counter())[message["peer"]] += 1
+    assert by_domain[domain["name"]] == Counter({"127.0.0.2": 3})
+    assert set(by_domain[pooled["name"]]) == {"127.0.0.3", "127.0.0.4"}
+    assert sum(by_domain[pooled["name"]].values()) == 6
+    assert set(by_domain[plain["name"]]) == {"127.0.0.5", "127.0.0.6"}
+    warm = by_domain[warming["name"]]
+    assert warm["127.0.0.7"] == 2 and sum(warm.values()) == 5
+    assert set(warm) - {"127.0.0.7"} <= {"127.0.0.5", "127.0.0.6"}  # the overflow went to the shared pool
+    assert sum(1 for m in received if m["peer"] == "127.0.0.7") == 2
+    usage = db.execute("SELECT reserved, used FROM ip_warmup_usage WHERE address = '127.0.0.7'").fetchone()
+    assert usage == {"reserved": 2, "used": 2}
+    # The events name the egress IP too.
+    ips_in_events = wait_until(lambda: (rows := db.execute(
+        "SELECT data->'envelope'->>'sending-ip' AS ip FROM events WHERE event = 'delivered' AND domain_id = %s",
+        (domain["id"],)).fetchall()) and len(rows) == 3 and rows)
+    assert {r["ip"] for r in ips_in_events} == {"127.0.0.2"}
