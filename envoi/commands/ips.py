@@ -163,6 +163,21 @@ def ips_audit(services, ip, limit) -> None:
                    + (f"\t{json.dumps(row['detail'])}" if row["detail"] else ""))
 
 
+@ips.command("check")
+@click.argument("ip", required=False)
+@_run
+def ips_check(services, ip) -> None:
+    """Check each IP's reverse DNS (PTR) and that its HELO name resolves back to it."""
+    bad = 0
+    for row in services.ips.dns_check(ip, services.settings.dns_resolver):
+        ok = row["ptr_ok"] and row["helo_ok"]
+        bad += not ok
+        click.echo(f"{row['ip']}\t{'ok' if ok else 'MISMATCH'}\tptr={','.join(row['ptr_found']) or '-'}"
+                   f" (want {row['ptr_expected']})\thelo {row['helo']} -> {','.join(row['helo_resolves_to']) or '-'}")
+    if bad:
+        raise click.ClickException(f"{bad} IP(s) with DNS that does not match")
+
+
 # domains ---------------------------------------------------------------------------------------
 @ips.group("domain")
 def domain_group() -> None:

@@ -354,6 +354,42 @@ class Ips:
                              else ""])
         return out.getvalue()
 
+    def dns_check(self, address: str | None = None, nameserver: tuple[str, int] | None = None,
+                  timeout: float = 3.0) -> list[dict]:
+        """For each IP: does its PTR name the expected host, and does its HELO name resolve back to it?
+        (Forward-confirmed reverse DNS, which receivers check.)"""
+        import dns.exception
+        import dns.resolver
+        import dns.reversename
+
+        resolver = dns.resolver.Resolver(configure=nameserver is None)
+        if nameserver is not None:
+            resolver.nameservers, resolver.port = [nameserver[0]], nameserver[1]
+        resolver.lifetime = timeout
+
+        def lookup(name, rdtype) -> list[str]:
+            try:
+                return sorted(r.to_text().rstrip(".").lower() for r in resolver.resolve(name, rdtype))
+            except (dns.exception.DNSException, OSError):
+                return []
+
+        rows = self.list_ips()
+        if address:
+            address = normalize_ip(address)
+            rows = [r for r in rows if r["address"] == address]
+            if not rows:
+                raise NotFound(f"IP {address} not found")
+        out = []
+        for row in rows:
+            version = ipaddress.ip_address(row["address"]).version
+            ptr = lookup(dns.reversename.from_address(row["address"]), "PTR")
+            forward = lookup(row["helo"], "A" if version == 4 else "AAAA")
+            expected = row["ptr"] or row["helo"]
+            out.append({"ip": row["address"], "helo": row["helo"], "ptr_expected": expected, "ptr_found": ptr,
+                        "ptr_ok": expected in ptr, "helo_resolves_to": forward,
+                        "helo_ok": row["address"] in forward})
+        return out
+
     def egress_view(self, *, host: str, policy: str, refresh: float, default_helo: str) -> EgressView:
         return EgressView(self.db, host=host, policy=policy, refresh=refresh, default_helo=default_helo)
 

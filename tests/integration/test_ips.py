@@ -405,3 +405,19 @@ def test_relay_options_provide_an_egress_hook(services, clean_ips):
         assert egress.address is None and egress.helo == services.settings.helo_name
     finally:
         hook.view.stop()
+
+
+def test_dns_check_confirms_ptr_and_helo(services, clean_ips):
+    from tests.support.dns_server import DnsServer
+
+    add_ip(services, "127.0.0.2", helo="o2.mta.test")
+    add_ip(services, "127.0.0.3", helo="o3.mta.test")
+    with DnsServer() as dns:
+        dns.add("2.0.0.127.in-addr.arpa", "PTR", "o2.mta.test.")
+        dns.add("o2.mta.test", "A", "127.0.0.2")
+        dns.add("3.0.0.127.in-addr.arpa", "PTR", "wrong.mta.test.")
+        dns.add("o3.mta.test", "A", "127.0.0.9")
+        rows = {r["ip"]: r for r in services.ips.dns_check(nameserver=("127.0.0.1", dns.port))}
+    assert rows["127.0.0.2"]["ptr_ok"] and rows["127.0.0.2"]["helo_ok"]
+    assert rows["127.0.0.3"]["ptr_found"] == ["wrong.mta.test"] and not rows["127.0.0.3"]["ptr_ok"]
+    assert rows["127.0.0.3"]["helo_resolves_to"] == ["127.0.0.9"] and not rows["127.0.0.3"]["helo_ok"]
