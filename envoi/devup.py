@@ -14,6 +14,7 @@ from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
 
 DEMO_DOMAIN = "demo.envoi.test"
+SMTP_DEV_PORT, SMTPS_DEV_PORT = 2587, 2465  # `envoi smtp --dev`
 
 
 def _secret_key(var: Path) -> str:
@@ -22,6 +23,16 @@ def _secret_key(var: Path) -> str:
         path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _http_ok(url: str) -> bool:
@@ -103,8 +114,12 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
                   ready=lambda: _http_ok(f"{api_url}/healthz"))
         sup.start("relay", envoi + ["relay"], env=env)
         sup.start("scheduler", envoi + ["scheduler"], env=env)
+        # SMTP submission on the dev ports, with a self-signed certificate made under var/.
+        sup.start("smtp", envoi + ["smtp", "--dev", "--bind", "127.0.0.1", "--var", str(var)], env=env,
+                  ready=lambda: _port_open(SMTP_DEV_PORT))
 
-        values = {"ENVOI_API_URL": api_url, **demo, "ENVOI_SINK_URL": sink_url}
+        values = {"ENVOI_API_URL": api_url, **demo, "ENVOI_SINK_URL": sink_url,
+                  "ENVOI_SMTP_HOST": "127.0.0.1", "ENVOI_SMTP_PORT": str(SMTP_DEV_PORT)}
         (var / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         print(_banner(values), flush=True)
         return sup.wait()
@@ -124,6 +139,8 @@ def _banner(v: dict) -> str:
         f"  API       {v['ENVOI_API_URL']}   key {v['ENVOI_API_KEY']}",
         f"  domain    {v['ENVOI_DOMAIN']}",
         f"  dev sink  {v['ENVOI_SINK_URL']}  (received mail; JSON at /messages)",
+        f"  SMTP      {v['ENVOI_SMTP_HOST']}:{v['ENVOI_SMTP_PORT']} (STARTTLS), :{SMTPS_DEV_PORT} (TLS)"
+        f"   login {v['ENVOI_SMTP_USER']}  password {v['ENVOI_SMTP_PASSWORD']}",
         "  settings  var/demo.env",
         "",
         "Send a message:",

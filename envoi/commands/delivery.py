@@ -2,4 +2,69 @@
 
 from __future__ import annotations
 
+import click
+
 COMMANDS: list = []  # click commands/groups added to `envoi`
+
+
+# SMTP submission ------------------------------------------------------------------------------
+@click.command("smtp")
+@click.option("--bind", default=None, help="Listen address [ENVOI_SMTP_BIND, 127.0.0.1].")
+@click.option("--port", type=int, default=None,
+              help="STARTTLS submission port [ENVOI_SMTP_SUBMISSION_PORT, 587; --dev 2587]; 0 disables.")
+@click.option("--smtps-port", type=int, default=None,
+              help="Implicit-TLS port [ENVOI_SMTPS_PORT, 465; --dev 2465]; 0 disables.")
+@click.option("--dev", is_flag=True, help="Use the dev ports 2587/2465 (a dev certificate is made if none is set).")
+@click.option("--cert", default=None, help="PEM certificate chain [ENVOI_TLS_CERT].")
+@click.option("--key", default=None, help="PEM private key [ENVOI_TLS_KEY].")
+@click.option("--var", "var_dir", default="var", show_default=True,
+              help="Where a self-signed dev certificate is kept when no certificate is configured.")
+@click.option("--metrics-port", default=0, type=int, help="Serve /metrics on 127.0.0.1:PORT (0: off).")
+def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port) -> None:
+    """Run SMTP submission: 587 with STARTTLS and 465 with implicit TLS, AUTH with domain credentials."""
+    import asyncio
+    import logging
+    import signal
+
+    from envoi import runtime
+    from envoi.infra.settings import Settings
+    from envoi.mta.submission.server import SubmissionServer
+    from envoi.mta.submission.tls import dev_certificate, server_context
+
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command (addresses) at INFO
+    settings = Settings.from_env()
+    cert, key = cert or settings.tls_cert, key or settings.tls_key
+    if bool(cert) != bool(key):
+        raise click.UsageError("set both a certificate and its key (--cert/--key or ENVOI_TLS_CERT/ENVOI_TLS_KEY)")
+    if not cert:
+        cert, key = dev_certificate(var_dir, settings.smtp_hostname or settings.helo_name)
+        click.echo(f"smtp: no certificate configured; using the self-signed dev certificate {cert}")
+    port = port if port is not None else (2587 if dev else settings.smtp_submission_port)
+    smtps_port = smtps_port if smtps_port is not None else (2465 if dev else settings.smtps_port)
+    bind = bind or settings.smtp_bind
+    services = runtime.build(settings, pool_size=10)  # intake runs in submission.config.workers (8) threads
+    submission = services.submission
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
+    server = SubmissionServer(submission, server_context(cert, key), host=bind,
+                              port=port or None, smtps_port=smtps_port or None)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_stop)
+        await server.serve(on_ready=lambda: click.echo(
+            f"smtp: region {settings.region}, listening: "
+            + ", ".join(f"{name} {bind}:{p}" for name, p in server.ports.items())))
+
+    try:
+        asyncio.run(run())
+    finally:
+        submission.close()
+        services.close()
+
+
+COMMANDS.append(smtp)

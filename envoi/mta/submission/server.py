@@ -386,10 +386,12 @@ class SubmissionServer:
         await asyncio.sleep(0)
         self._servers.clear()
 
-    async def serve(self) -> None:
-        """Listen until stop() (or a signal handler calling it) ends the loop's wait."""
+    async def serve(self, on_ready=None) -> None:
+        """Listen until request_stop() (e.g. from a signal handler)."""
         self._stopped = asyncio.Event()
         await self.open()
+        if on_ready is not None:
+            on_ready()
         try:
             await self._stopped.wait()
         finally:
