@@ -1,5 +1,57 @@
-"""CLI commands of the events_out feature."""
+"""CLI commands of the events_out feature: `envoi worker` (webhook delivery)."""
 
 from __future__ import annotations
 
-COMMANDS: list = []  # click commands/groups added to `envoi`
+import click
+
+
+@click.command("worker")
+@click.option("--processes", default=2, show_default=True, type=int,
+              help="RQ worker processes for the webhook queue (keep above ENVOI_WEBHOOK_PER_ENDPOINT "
+                   "so one slow endpoint can never hold every worker).")
+@click.option("--no-dispatch", is_flag=True, help="Only run jobs; another process runs the dispatcher.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty (one dispatch round first).")
+def worker(processes: int, no_dispatch: bool, burst: bool) -> None:
+    """Run RQ workers delivering webhooks, plus the dispatcher that feeds them from the Postgres outbox.
+
+    The dispatcher leases due outbox rows (at most ENVOI_WEBHOOK_PER_ENDPOINT in flight per URL) and
+    enqueues one job each; it also re-enqueues rows whose job was lost (Redis flushed, worker killed).
+    """
+    import subprocess
+    import sys
+    import threading
+
+    from envoi import runtime
+    from envoi.infra.settings import Settings
+    from envoi.webhooks import jobs
+
+    settings = Settings.from_env()
+    services = runtime.build(settings, pool_size=3)
+    connection = jobs.worker_connection(settings.redis_url)
+    children = []
+    if processes > 1:
+        argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1", "--no-dispatch"]
+        children = [subprocess.Popen(argv + (["--burst"] if burst else [])) for _ in range(processes - 1)]
+    dispatcher = None
+    if not no_dispatch:
+        dispatcher = jobs.Dispatcher(services.webhooks, connection)
+        if burst:
+            dispatcher.run_once()
+        else:
+            threading.Thread(target=dispatcher.run, name="webhook-dispatcher", daemon=True).start()
+    click.echo(f"worker: region {settings.region}, queue {services.webhooks.queue_name}, "
+               f"{processes} process(es){'' if no_dispatch else ' + dispatcher'}")
+    try:
+        jobs.worker(services.webhooks, connection).work(burst=burst, logging_level="INFO",
+                                                        with_scheduler=False)
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=30)
+        services.close()
+
+
+COMMANDS: list = [worker]  # click commands/groups added to `envoi`

@@ -1,0 +1,122 @@
+"""Tracking: per-domain settings (/v3/domains/{d}/tracking) and the public open/click/unsubscribe endpoints."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import falcon
+
+from envoi.api.auth import PUBLIC
+from envoi.api.errors import ApiError
+from envoi.api.forms import read_form
+from envoi.api.resources.events import DomainScoped
+from envoi.mta.tracking import InvalidToken, TrackingSettingsError
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<title>{title}</title></head><body style="font-family:sans-serif;max-width:32em;margin:4em auto">
+{body}</body></html>"""
+
+
+class TrackingSettings(DomainScoped):
+    def __init__(self, accounts, tracking):
+        super().__init__(accounts)
+        self.tracking = tracking
+
+    def on_get(self, req, resp, domain: str) -> None:
+        resp.media = self.tracking.settings_json(self.domain(req, domain))
+
+    def on_put_item(self, req, resp, domain: str, kind: str) -> None:
+        row = self.domain(req, domain)
+        fields, _ = read_form(req)
+        try:
+            resp.media = self.tracking.update_settings(row, kind, {k: v[-1] for k, v in fields.items() if v})
+        except TrackingSettingsError as ex:
+            raise ApiError(400, str(ex)) from ex
+
+
+def _client(req) -> tuple[str, str | None]:
+    return req.get_header("User-Agent") or "", req.remote_addr
+
+
+def _nothing_here(resp) -> None:
+    raise ApiError(404, "Not found")
+
+
+class Open:
+    auth = PUBLIC
+
+    def __init__(self, tracking):
+        self.tracking = tracking
+
+    def on_get(self, req, resp, token: str) -> None:
+        ua, ip = _client(req)
+        try:
+            self.tracking.hit("o", token, user_agent=ua, ip=ip)
+        except InvalidToken:
+            _nothing_here(resp)
+        resp.content_type = "image/gif"
+        resp.set_header("Cache-Control", "no-store, max-age=0")
+        resp.data = PIXEL
+
+
+class Click:
+    auth = PUBLIC
+
+    def __init__(self, tracking):
+        self.tracking = tracking
+
+    def on_get(self, req, resp, token: str) -> None:
+        ua, ip = _client(req)
+        try:
+            data = self.tracking.hit("c", token, user_agent=ua, ip=ip)
+        except InvalidToken:
+            _nothing_here(resp)  # never a redirect to anything unsigned
+        resp.status = falcon.HTTP_302
+        resp.set_header("Location", data["extra"])
+        resp.set_header("Cache-Control", "no-store")
+        resp.set_header("Referrer-Policy", "no-referrer")
+
+
+class Unsubscribe:
+    """GET shows a confirmation form (link scanners must not unsubscribe anyone); POST unsubscribes.
+
+    POST is also the RFC 8058 one-click endpoint: no cookie, no auth, the token is the credential.
+    """
+
+    auth = PUBLIC
+
+    def __init__(self, tracking):
+        self.tracking = tracking
+
+    def on_get(self, req, resp, token: str) -> None:
+        try:
+            data = self.tracking.verify("u", token)
+        except InvalidToken:
+            _nothing_here(resp)
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = PAGE.format(title="Unsubscribe", body=(
+            f"<p>Unsubscribe <b>{html.escape(data['recipient'])}</b> from these emails?</p>"
+            f'<form method="post" action="{html.escape(req.path)}">'
+            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form>'))
+
+    def on_post(self, req, resp, token: str) -> None:
+        ua, ip = _client(req)
+        try:
+            data = self.tracking.hit("u", token, user_agent=ua, ip=ip)
+        except InvalidToken:
+            _nothing_here(resp)
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = PAGE.format(title="Unsubscribed", body=(
+            f"<p><b>{html.escape(data['recipient'])}</b> has been unsubscribed.</p>"))
+
+
+def add_routes(app: falcon.App, accounts, tracking) -> None:
+    settings = TrackingSettings(accounts, tracking)
+    app.add_route("/v3/domains/{domain}/tracking", settings)
+    app.add_route("/v3/domains/{domain}/tracking/{kind}", settings, suffix="item")
+    app.add_route("/o/{token}", Open(tracking))
+    app.add_route("/c/{token}", Click(tracking))
+    app.add_route("/u/{token}", Unsubscribe(tracking))

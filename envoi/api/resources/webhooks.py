@@ -1,0 +1,96 @@
+"""Webhooks: v3 per event type, v4 URL-centric, the account signing key, and delivery attempts."""
+
+from __future__ import annotations
+
+import falcon
+
+from envoi.api.errors import ApiError
+from envoi.api.forms import read_form
+from envoi.api.resources.events import DomainScoped
+
+
+def _urls(fields: dict[str, list[str]]) -> list[str]:
+    return [u for u in fields.get("url", []) if u.strip()]
+
+
+class WebhooksV3(DomainScoped):
+    def __init__(self, accounts, webhooks):
+        super().__init__(accounts)
+        self.webhooks = webhooks
+
+    def on_get(self, req, resp, domain: str) -> None:
+        resp.media = self.webhooks.all(self.domain(req, domain))
+
+    def on_post(self, req, resp, domain: str) -> None:
+        row = self.domain(req, domain)
+        fields, _ = read_form(req)
+        name = (fields.get("id") or [""])[-1]
+        if not name:
+            raise ApiError(400, "id parameter is missing")
+        resp.media = self.webhooks.create(row, name, _urls(fields))
+
+    def on_get_item(self, req, resp, domain: str, name: str) -> None:
+        resp.media = self.webhooks.get(self.domain(req, domain), name)
+
+    def on_put_item(self, req, resp, domain: str, name: str) -> None:
+        row = self.domain(req, domain)
+        fields, _ = read_form(req)
+        resp.media = self.webhooks.update(row, name, _urls(fields))
+
+    def on_delete_item(self, req, resp, domain: str, name: str) -> None:
+        resp.media = self.webhooks.delete(self.domain(req, domain), name)
+
+    # GET /v3/domains/{d}/webhooks/{name}/attempts and /v3/domains/{d}/webhooks/attempts
+    def on_get_attempts(self, req, resp, domain: str, name: str | None = None) -> None:
+        params = {k: req.get_param(k) for k in ("limit", "before", "url") if req.get_param(k)}
+        resp.media = self.webhooks.attempts(self.domain(req, domain), name, params)
+
+
+class WebhooksV4(DomainScoped):
+    def __init__(self, accounts, webhooks):
+        super().__init__(accounts)
+        self.webhooks = webhooks
+
+    def on_get(self, req, resp, domain: str) -> None:
+        resp.media = self.webhooks.all(self.domain(req, domain))
+
+    def _add(self, req, resp, domain: str, replace: bool) -> None:
+        row = self.domain(req, domain)
+        fields, _ = read_form(req)
+        url = (fields.get("url") or [""])[-1]
+        types = [t for v in fields.get("event_types", []) for t in v.split(",")]
+        resp.media = self.webhooks.v4_add(row, url, types, replace=replace)
+
+    def on_post(self, req, resp, domain: str) -> None:
+        self._add(req, resp, domain, replace=False)
+
+    def on_put(self, req, resp, domain: str) -> None:
+        self._add(req, resp, domain, replace=True)
+
+    def on_delete(self, req, resp, domain: str) -> None:
+        row = self.domain(req, domain)
+        raw = req.get_param("url") or ""
+        resp.media = self.webhooks.v4_delete(row, raw.split(","))
+
+
+class SigningKey:
+    def __init__(self, webhooks):
+        self.webhooks = webhooks
+
+    def on_get(self, req, resp) -> None:
+        key = self.webhooks.signing_key(req.context.principal.account_id)
+        resp.media = {"message": "success", "http_signing_key": key}
+
+    def on_post(self, req, resp) -> None:
+        key = self.webhooks.regenerate_signing_key(req.context.principal.account_id)
+        resp.media = {"message": "success", "http_signing_key": key}
+
+
+def add_routes(app: falcon.App, accounts, webhooks) -> None:
+    v3 = WebhooksV3(accounts, webhooks)
+    app.add_route("/v3/domains/{domain}/webhooks", v3)
+    app.add_route("/v3/domains/{domain}/webhooks/attempts", v3, suffix="attempts")
+    app.add_route("/v3/domains/{domain}/webhooks/{name}", v3, suffix="item")
+    app.add_route("/v3/domains/{domain}/webhooks/{name}/attempts", v3, suffix="attempts")
+    app.add_route("/v4/domains/{domain}/webhooks", WebhooksV4(accounts, webhooks))
+    app.add_route("/v5/accounts/http_signing_key", SigningKey(webhooks))

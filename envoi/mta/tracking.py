@@ -1,0 +1,315 @@
+"""Open/click/unsubscribe tracking: per-domain settings, signed tokens, rendering, and recording hits.
+
+Rendering is an intake renderer: before a message is stored, its HTML links are rewritten to signed
+click URLs, an open pixel is added, `%unsubscribe_url%` / `%tag_unsubscribe_url%` are substituted, the
+domain's unsubscribe footer is appended, and `List-Unsubscribe` (https + mailto) with
+`List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058) is added to the header, so the relay's
+DKIM signature covers both. Tracking URLs are per recipient, so a copy addressed to several
+recipients is split into one copy per recipient (as batch sends are).
+
+Tokens are `base64url(json payload) "." base64url(HMAC-SHA256[:16])` with a key derived from the
+region's secret key. The payload binds kind, account, domain, Message-ID, recipient and (clicks) the
+target URL, so a tampered, foreign or re-targeted token fails verification and gets a 4xx: the click
+endpoint only ever redirects to a URL this system signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import hashlib
+import hmac
+import html
+import json
+import re
+import time
+from dataclasses import replace
+from email.parser import BytesParser
+from urllib.parse import quote, urlsplit
+
+import user_agents
+
+from envoi.events.service import Events, NewEvent, item
+from envoi.infra.db import Connection, Database
+from envoi.mta.compose import SMTP_POLICY, Composed, Draft
+
+KINDS = {"o": "opened", "c": "clicked", "u": "unsubscribed"}
+HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
+TEXT_URL = re.compile(r"""https?://[^\s<>"'\])]+""")
+PLACEHOLDERS = ("%unsubscribe_url%", "%tag_unsubscribe_url%")
+DEFAULT_HTML_FOOTER = '<p style="font-size:small">To unsubscribe click: <a href="%unsubscribe_url%">here</a></p>'
+DEFAULT_TEXT_FOOTER = "\n\nTo unsubscribe click: <%unsubscribe_url%>\n"
+PARSE_POLICY = email.policy.default.clone(linesep="\r\n")
+
+
+class InvalidToken(ValueError):
+    """A tracking token that is malformed, tampered with, or not ours."""
+
+
+class TrackingSettingsError(ValueError):
+    """Bad input to the tracking settings API."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def client_info(user_agent: str) -> dict:
+    ua = user_agents.parse(user_agent or "")
+    lowered = (user_agent or "").lower()
+    bot = ""
+    if "googleimageproxy" in lowered:
+        bot = "gmail"
+    elif ua.is_bot:
+        bot = "generic"
+    if ua.is_bot:
+        client_type = "robot"
+    elif ua.is_email_client:
+        client_type = "email client"
+    elif ua.is_mobile or ua.is_tablet:
+        client_type = "mobile browser"
+    elif ua.browser.family != "Other":
+        client_type = "browser"
+    else:
+        client_type = "unknown"
+    device = "mobile" if ua.is_mobile else "tablet" if ua.is_tablet else "desktop" if ua.is_pc else "unknown"
+    return {"client-type": client_type, "client-os": ua.os.family, "device-type": device,
+            "client-name": ua.browser.family, "user-agent": user_agent or "", "bot": bot}
+
+
+class Tracking:
+    def __init__(self, db: Database, events: Events, secret_key: bytes, public_url: str, suppressions=None):
+        self.db = db
+        self.events = events
+        self.public_url = public_url.rstrip("/")
+        self.suppressions = suppressions
+        self._key = hmac.new(secret_key, b"envoi:tracking-token:v1", hashlib.sha256).digest()
+
+    # settings ---------------------------------------------------------------------------------
+    def settings_for(self, domain_id: int, conn: Connection | None = None) -> dict:
+        def read(c):
+            return c.execute("SELECT * FROM tracking_settings WHERE domain_id = %s", (domain_id,)).fetchone()
+
+        if conn is not None:
+            row = read(conn)
+        else:
+            with self.db.transaction() as c:
+                row = read(c)
+        return row or {"domain_id": domain_id, "open": False, "click": "no", "unsubscribe": False,
+                       "html_footer": "", "text_footer": ""}
+
+    def settings_json(self, domain: dict) -> dict:
+        s = self.settings_for(domain["id"])
+        click = s["click"]
+        return {"tracking": {
+            "open": {"active": s["open"]},
+            "click": {"active": "htmlonly" if click == "htmlonly" else click == "yes"},
+            "unsubscribe": {"active": s["unsubscribe"], "html_footer": s["html_footer"] or DEFAULT_HTML_FOOTER,
+                            "text_footer": s["text_footer"] or DEFAULT_TEXT_FOOTER},
+        }}
+
+    def update_settings(self, domain: dict, kind: str, fields: dict[str, str]) -> dict:
+        if kind not in ("open", "click", "unsubscribe"):
+            raise TrackingSettingsError("tracking type must be open, click or unsubscribe")
+        raw = (fields.get("active") or "").strip().lower()
+        if raw in ("yes", "true", "1", "on"):
+            active = "yes"
+        elif raw in ("no", "false", "0", "off"):
+            active = "no"
+        elif raw == "htmlonly" and kind == "click":
+            active = "htmlonly"
+        else:
+            raise TrackingSettingsError("active must be yes or no" + (" or htmlonly" if kind == "click" else ""))
+        columns: dict = {}
+        if kind == "open":
+            columns["open"] = active == "yes"
+        elif kind == "click":
+            columns["click"] = active
+        else:
+            columns["unsubscribe"] = active == "yes"
+            for name in ("html_footer", "text_footer"):
+                if name in fields:
+                    if len(fields[name]) > 10_000:
+                        raise TrackingSettingsError(f"{name} is too long")
+                    columns[name] = fields[name]
+        names = list(columns)
+        with self.db.transaction() as conn:
+            conn.execute(
+                f"INSERT INTO tracking_settings (domain_id, {', '.join(names)}) VALUES (%s, {', '.join(['%s'] * len(names))})"
+                f" ON CONFLICT (domain_id) DO UPDATE SET {', '.join(f'{n} = EXCLUDED.{n}' for n in names)},"
+                " updated_at = now()", [domain["id"], *columns.values()])
+        current = self.settings_json(domain)["tracking"][kind]
+        return {"message": "Domain tracking settings have been updated", kind: current}
+
+    # tokens -----------------------------------------------------------------------------------
+    def sign(self, kind: str, account_id: int, domain_id: int, message_id: str, recipient: str, extra=None) -> str:
+        payload = _b64(json.dumps([1, kind, account_id, domain_id, message_id, recipient, extra],
+                                  separators=(",", ":")).encode())
+        mac = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16]
+        return f"{payload}.{_b64(mac)}"
+
+    def verify(self, kind: str, token: str) -> dict:
+        try:
+            payload, _, mac = token.partition(".")
+            expected = _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16])
+            if not mac or not hmac.compare_digest(mac, expected):
+                raise InvalidToken("bad signature")
+            version, got_kind, account_id, domain_id, message_id, recipient, extra = json.loads(_unb64(payload))
+        except InvalidToken:
+            raise
+        except Exception as ex:
+            raise InvalidToken("malformed token") from ex
+        if version != 1 or got_kind != kind:
+            raise InvalidToken("wrong token kind")
+        return {"account_id": account_id, "domain_id": domain_id, "message_id": message_id,
+                "recipient": recipient, "extra": extra}
+
+    def url(self, kind: str, token: str) -> str:
+        return f"{self.public_url}/{kind}/{token}"
+
+    # rendering (an intake renderer) -----------------------------------------------------------
+    def render(self, domain: dict, draft: Draft) -> Draft:
+        options = draft.options or {}
+        settings = None
+
+        def domain_settings():
+            nonlocal settings
+            if settings is None:
+                settings = self.settings_for(domain["id"])
+            return settings
+
+        opens = options.get("tracking_opens", options.get("tracking"))
+        clicks = options.get("tracking_clicks", options.get("tracking"))
+        if opens is None:
+            opens = domain_settings()["open"]
+        if clicks is None:
+            clicks = domain_settings()["click"]
+        clicks = "htmlonly" if clicks == "htmlonly" else "yes" if clicks in (True, "yes") else "no"
+        footer = bool(domain_settings()["unsubscribe"])
+        if not (opens or clicks != "no" or footer) and not any(
+            b"%unsub" in c.mime or b"be_url%" in c.mime for c in draft.copies
+        ):
+            return draft  # nothing to track and no placeholder: the message is stored as composed
+        copies: list[Composed] = []
+        for copy in draft.copies:
+            for rcpt in copy.recipients:
+                mime = self._render_one(domain, draft, copy.mime, rcpt, opens=bool(opens), clicks=clicks,
+                                        footer=footer, settings=domain_settings() if footer else None)
+                copies.append(Composed([rcpt], mime, copy.headers))
+        return replace(draft, copies=copies)
+
+    def _render_one(self, domain: dict, draft: Draft, mime: bytes, rcpt: str, *, opens: bool, clicks: str,
+                    footer: bool, settings: dict | None) -> bytes:
+        ids = (domain["account_id"], domain["id"], draft.message_id, rcpt)
+        unsub_all = self.url("u", self.sign("u", *ids, ["*"]))
+        unsub_tag = self.url("u", self.sign("u", *ids, sorted(draft.tags))) if draft.tags else unsub_all
+        msg = BytesParser(policy=PARSE_POLICY).parsebytes(mime)
+
+        def substitute(text: str) -> str:
+            return text.replace("%tag_unsubscribe_url%", unsub_tag).replace("%unsubscribe_url%", unsub_all)
+
+        def click(url: str) -> str:
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                return url
+            if url.startswith(self.public_url + "/"):
+                return url  # our own (unsubscribe) links
+            return self.url("c", self.sign("c", *ids, url))
+
+        uses_placeholder = False
+        for part in msg.walk():
+            if part.is_multipart() or part.is_attachment():
+                continue
+            ctype = part.get_content_type()
+            if ctype not in ("text/html", "text/plain"):
+                continue
+            try:
+                text = part.get_content()
+            except (LookupError, UnicodeError):
+                continue
+            original = text
+            if any(p in text for p in PLACEHOLDERS):
+                uses_placeholder = True
+            if ctype == "text/html":
+                if footer:
+                    text = _before_body_end(text, settings["html_footer"] or DEFAULT_HTML_FOOTER)
+                text = substitute(text)
+                if clicks != "no":
+                    text = HREF.sub(lambda m: m.group(1) + m.group(2) + html.escape(
+                        click(html.unescape(m.group(3))), quote=True) + m.group(2), text)
+                if opens:
+                    pixel = (f'<img src="{html.escape(self.url("o", self.sign("o", *ids)))}" width="1" height="1"'
+                             ' alt="" style="display:none !important" />')
+                    text = _before_body_end(text, pixel)
+            else:
+                if footer:
+                    text = text + (settings["text_footer"] or DEFAULT_TEXT_FOOTER)
+                text = substitute(text)
+                if clicks == "yes":
+                    text = TEXT_URL.sub(lambda m: click(m.group(0)), text)
+            if text != original:
+                _set_text(part, text, ctype.split("/")[1])
+        if (footer or uses_placeholder) and "List-Unsubscribe" not in msg:
+            mailto = f"mailto:unsubscribe@{domain['name']}?subject={quote('unsubscribe ' + unsub_all.rsplit('/', 1)[1])}"
+            msg["List-Unsubscribe"] = f"<{unsub_all}>, <{mailto}>"
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return msg.as_bytes(policy=SMTP_POLICY)
+
+    # hits -------------------------------------------------------------------------------------
+    def hit(self, kind: str, token: str, *, user_agent: str = "", ip: str | None = None) -> dict:
+        """Record an open ('o'), click ('c') or unsubscribe ('u'); return the verified payload.
+
+        The unsubscribe lands in the suppression list in the same transaction as its event, before
+        the caller answers.
+        """
+        data = self.verify(kind, token)
+        if kind == "c":
+            target = data["extra"]
+            parts = urlsplit(target) if isinstance(target, str) else None
+            if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise InvalidToken("not a web link")
+        with self.db.transaction() as conn:
+            domain = conn.execute("SELECT id, account_id FROM domains WHERE id = %s", (data["domain_id"],)).fetchone()
+            if domain is None or domain["account_id"] != data["account_id"]:
+                raise InvalidToken("unknown domain")
+            message = conn.execute(
+                "SELECT m.* FROM messages m JOIN recipients r ON r.message_pk = m.id"
+                " WHERE m.domain_id = %s AND m.message_id = %s AND r.address = %s ORDER BY m.id LIMIT 1",
+                (data["domain_id"], data["message_id"], data["recipient"])).fetchone()
+            if message is None:
+                raise InvalidToken("unknown message")
+            fields = {"ip": ip, "client_info": client_info(user_agent), "geolocation":
+                      {"country": "Unknown", "region": "Unknown", "city": "Unknown"}}
+            if kind == "c":
+                fields["url"] = data["extra"]
+            event = NewEvent(message["account_id"], message["domain_id"], message["id"],
+                             item(KINDS[kind], message=message, recipient=data["recipient"], ts=time.time(),
+                                  **fields))
+            self.events.record(conn, [event])
+            if kind == "u" and self.suppressions is not None:
+                self.suppressions.add_unsubscribe(conn, message["domain_id"], data["recipient"],
+                                                  data["extra"] or ["*"])
+        self.events.committed([event])
+        return data
+
+
+def _before_body_end(text: str, snippet: str) -> str:
+    index = text.lower().rfind("</body>")
+    return text + snippet if index < 0 else text[:index] + snippet + text[index:]
+
+
+def _set_text(part, text: str, subtype: str) -> None:
+    charset = "utf-8"
+    had_version = "MIME-Version" in part
+    other = {k: v for k, v in part.items() if k.lower() not in ("content-type", "content-transfer-encoding",
+                                                                 "mime-version")}
+    part.set_content(text, subtype=subtype, charset=charset)
+    for name, value in other.items():
+        if name not in part:
+            part[name] = value
+    if not had_version:  # set_content adds one; a subpart doesn't need it
+        del part["MIME-Version"]

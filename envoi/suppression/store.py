@@ -1,0 +1,117 @@
+"""SQL for the suppression lists (bounces, unsubscribes, complaints, whitelists)."""
+
+from __future__ import annotations
+
+from envoi.infra.db import Connection
+
+#: list name -> (table, key column)
+TABLES = {
+    "bounces": ("suppress_bounces", "address"),
+    "unsubscribes": ("suppress_unsubscribes", "address"),
+    "complaints": ("suppress_complaints", "address"),
+    "whitelists": ("suppress_whitelists", "value"),
+}
+
+
+def page(conn: Connection, kind: str, domain_id: int, *, pivot: str | None, ascending: bool,
+         limit: int) -> list[dict]:
+    """Alphabetical page: after `pivot` (ascending) or before it (descending)."""
+    table, key = TABLES[kind]
+    where, args = ["domain_id = %s"], [domain_id]
+    if pivot is not None:
+        where.append(f"{key} > %s" if ascending else f"{key} < %s")
+        args.append(pivot)
+    order = "ASC" if ascending else "DESC"
+    args.append(limit)
+    return conn.execute(f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY {key} {order} LIMIT %s",
+                        args).fetchall()
+
+
+def get(conn: Connection, kind: str, domain_id: int, value: str) -> dict | None:
+    table, key = TABLES[kind]
+    return conn.execute(f"SELECT * FROM {table} WHERE domain_id = %s AND {key} = %s", (domain_id, value)).fetchone()
+
+
+def delete(conn: Connection, kind: str, domain_id: int, value: str) -> bool:
+    table, key = TABLES[kind]
+    return conn.execute(f"DELETE FROM {table} WHERE domain_id = %s AND {key} = %s", (domain_id, value)).rowcount > 0
+
+
+def delete_all(conn: Connection, kind: str, domain_id: int) -> int:
+    table, _ = TABLES[kind]
+    return conn.execute(f"DELETE FROM {table} WHERE domain_id = %s", (domain_id,)).rowcount
+
+
+def upsert_bounces(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (domain_id, address, code, error, created_at or None)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO suppress_bounces (domain_id, address, code, error, created_at)"
+            " VALUES (%s, %s, %s, %s, coalesce(%s, now()))"
+            " ON CONFLICT (domain_id, address) DO UPDATE SET code = EXCLUDED.code, error = EXCLUDED.error,"
+            " created_at = EXCLUDED.created_at", rows)
+
+
+def upsert_unsubscribes(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (domain_id, address, tags, created_at or None). Tags are merged; '*' absorbs the rest."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO suppress_unsubscribes (domain_id, address, tags, created_at)"
+            " VALUES (%s, %s, %s, coalesce(%s, now()))"
+            " ON CONFLICT (domain_id, address) DO UPDATE SET tags = CASE"
+            "   WHEN '*' = ANY(suppress_unsubscribes.tags) OR '*' = ANY(EXCLUDED.tags) THEN '{*}'::text[]"
+            "   ELSE ARRAY(SELECT DISTINCT unnest(suppress_unsubscribes.tags || EXCLUDED.tags) ORDER BY 1) END",
+            rows)
+
+
+def remove_unsubscribe_tag(conn: Connection, domain_id: int, address: str, tag: str) -> bool:
+    row = conn.execute("UPDATE suppress_unsubscribes SET tags = array_remove(tags, %s)"
+                       " WHERE domain_id = %s AND address = %s AND %s = ANY(tags) RETURNING tags",
+                       (tag, domain_id, address, tag)).fetchone()
+    if row is None:
+        return False
+    if not row["tags"]:
+        delete(conn, "unsubscribes", domain_id, address)
+    return True
+
+
+def upsert_complaints(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (domain_id, address, created_at or None)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO suppress_complaints (domain_id, address, created_at) VALUES (%s, %s, coalesce(%s, now()))"
+            " ON CONFLICT (domain_id, address) DO UPDATE SET created_at = EXCLUDED.created_at", rows)
+
+
+def upsert_whitelists(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (domain_id, value, type, reason)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO suppress_whitelists (domain_id, value, type, reason) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (domain_id, value) DO UPDATE SET type = EXCLUDED.type, reason = EXCLUDED.reason",
+            rows)
+
+
+def matches(conn: Connection, pairs: list[tuple[int, str]]) -> dict[str, dict[tuple[int, str], object]]:
+    """For (domain_id, address) pairs, what each list holds: one query per list, batched."""
+    domain_ids = [d for d, _ in pairs]
+    addresses = [a for _, a in pairs]
+    rcpt_domains = [a.rpartition("@")[2] for a in addresses]
+    found: dict[str, dict] = {"bounces": {}, "unsubscribes": {}, "complaints": {}, "whitelists": {}}
+    pairs_sql = "SELECT * FROM unnest(%s::bigint[], %s::text[]) AS p(domain_id, address)"
+    for kind, column in (("bounces", "1"), ("unsubscribes", "t.tags"), ("complaints", "1")):
+        table, _ = TABLES[kind]
+        for row in conn.execute(
+            f"SELECT t.domain_id, t.address, {column} AS v FROM {table} t"
+            f" JOIN ({pairs_sql}) p ON p.domain_id = t.domain_id AND p.address = t.address",
+            (domain_ids, addresses),
+        ):
+            found[kind][(row["domain_id"], row["address"])] = row["v"]
+    for row in conn.execute(
+        "SELECT p.domain_id, p.address FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS p(domain_id, address, d)"
+        " JOIN suppress_whitelists w ON w.domain_id = p.domain_id"
+        "  AND ((w.type = 'address' AND w.value = p.address) OR (w.type = 'domain' AND w.value = p.d))",
+        (domain_ids, addresses, rcpt_domains),
+    ):
+        found["whitelists"][(row["domain_id"], row["address"])] = True
+    return found

@@ -1,0 +1,263 @@
+"""Webhooks: Mailgun-compatible endpoint management, signing keys, the outbox and one delivery attempt.
+
+Flow: an events writer inserts one outbox row per (event, subscribed URL) inside the transaction that
+records the events, so a webhook exists exactly when its event was committed. After commit a listener
+rings a Redis doorbell; the dispatcher (`envoi worker`) leases due rows from Postgres and enqueues one
+RQ job per row; a job makes one signed POST and stores the attempt. Postgres is the truth: a lost RQ
+job or a lost ring only delays a delivery until its lease runs out and the dispatcher takes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+
+from envoi.accounts.errors import InvalidInput, NotFound
+from envoi.events.service import NewEvent
+from envoi.infra.crypto import Sealer, hmac_sha256_hex
+from envoi.infra.db import Connection, Database
+from envoi.infra.redis import Doorbell
+from envoi.infra.settings import Settings
+from envoi.webhooks import ssrf, store
+
+log = logging.getLogger("envoi.webhooks")
+EVENT_TYPES = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained",
+               "permanent_fail", "temporary_fail")
+MAX_URLS = 3
+LEASE_SECONDS = 300.0
+
+
+def event_type_of(data: dict) -> str | None:
+    event = data.get("event")
+    if event == "failed":
+        return "permanent_fail" if data.get("severity") == "permanent" else "temporary_fail"
+    return event if event in EVENT_TYPES else None
+
+
+def signature(key: str, timestamp: str, token: str) -> str:
+    """Mailgun's algorithm: hex HMAC-SHA256 keyed with the signing key over timestamp + token."""
+    return hmac_sha256_hex(key.encode(), (timestamp + token).encode())
+
+
+class Webhooks:
+    def __init__(self, settings: Settings, db: Database, sealer: Sealer, redis=None):
+        self.settings = settings
+        self.db = db
+        self.sealer = sealer
+        self.allow = ssrf.Allow.parse(settings.webhook_allow)
+        self.doorbell = Doorbell(redis, f"envoi:{settings.region}:webhooks:wakeup") if redis is not None else None
+        self.queue_name = f"envoi-{settings.region}-webhooks"
+        self._pending: set[str] = set()  # event ids with outbox rows written, not yet rung for
+        self._lock = threading.Lock()
+        self.lease_seconds = LEASE_SECONDS  # how long a queued job owns its row before the sweeper retakes it
+
+    # management (v3: per event type) ----------------------------------------------------------
+    def _check_type(self, name: str) -> str:
+        if name not in EVENT_TYPES:
+            raise InvalidInput(f"Invalid webhook name '{name}': use one of {', '.join(EVENT_TYPES)}")
+        return name
+
+    def _check_urls(self, urls: list[str]) -> list[str]:
+        urls = list(dict.fromkeys(u.strip() for u in urls if u and u.strip()))
+        if not urls:
+            raise InvalidInput("url parameter is missing")
+        if len(urls) > MAX_URLS:
+            raise InvalidInput(f"at most {MAX_URLS} URLs per webhook")
+        for url in urls:
+            try:
+                ssrf.check(url, self.allow)
+            except ssrf.UnsafeURL as ex:
+                raise InvalidInput(f"Invalid url {url!r}: {ex}") from ex
+        return urls
+
+    def all(self, domain: dict) -> dict:
+        with self.db.transaction() as conn:
+            rows = store.list_urls(conn, domain["id"])
+        hooks: dict[str, dict] = {}
+        for row in rows:
+            hooks.setdefault(row["event_type"], {"urls": []})["urls"].append(row["url"])
+        return {"webhooks": hooks}
+
+    def get(self, domain: dict, name: str) -> dict:
+        self._check_type(name)
+        with self.db.transaction() as conn:
+            urls = store.urls_for(conn, domain["id"], name)
+        if not urls:
+            raise NotFound("Webhook not found")
+        return {"webhook": {"urls": urls}}
+
+    def create(self, domain: dict, name: str, urls: list[str]) -> dict:
+        self._check_type(name)
+        urls = self._check_urls(urls)
+        with self.db.transaction() as conn:
+            store.lock_domain(conn, domain["id"])
+            if store.urls_for(conn, domain["id"], name):
+                raise InvalidInput(f"Webhook {name} already exists: use PUT to change its urls")
+            store.set_urls(conn, domain["account_id"], domain["id"], name, urls)
+        return {"message": "Webhook has been created", "webhook": {"urls": urls}}
+
+    def update(self, domain: dict, name: str, urls: list[str]) -> dict:
+        self._check_type(name)
+        urls = self._check_urls(urls)
+        with self.db.transaction() as conn:
+            store.lock_domain(conn, domain["id"])
+            if not store.urls_for(conn, domain["id"], name):
+                raise NotFound("Webhook not found")
+            store.set_urls(conn, domain["account_id"], domain["id"], name, urls)
+        return {"message": "Webhook has been updated", "webhook": {"urls": urls}}
+
+    def delete(self, domain: dict, name: str) -> dict:
+        self._check_type(name)
+        with self.db.transaction() as conn:
+            store.lock_domain(conn, domain["id"])
+            urls = store.urls_for(conn, domain["id"], name)
+            if not urls:
+                raise NotFound("Webhook not found")
+            store.set_urls(conn, domain["account_id"], domain["id"], name, [])
+        return {"message": "Webhook has been deleted", "webhook": {"urls": urls}}
+
+    # management (v4: URL-centric) -------------------------------------------------------------
+    def v4_add(self, domain: dict, url: str, event_types: list[str], *, replace: bool) -> dict:
+        [url] = self._check_urls([url])
+        types = list(dict.fromkeys(self._check_type(t.strip()) for t in event_types if t.strip()))
+        if not types:
+            raise InvalidInput("event_types parameter is missing")
+        with self.db.transaction() as conn:
+            store.lock_domain(conn, domain["id"])
+            for name in EVENT_TYPES:
+                current = store.urls_for(conn, domain["id"], name)
+                if name in types and url not in current:
+                    if len(current) >= MAX_URLS:
+                        raise InvalidInput(f"webhook {name} already has {MAX_URLS} urls")
+                    store.set_urls(conn, domain["account_id"], domain["id"], name, current + [url])
+                elif replace and name not in types and url in current:
+                    store.set_urls(conn, domain["account_id"], domain["id"], name,
+                                   [u for u in current if u != url])
+        return self.all(domain)
+
+    def v4_delete(self, domain: dict, urls: list[str]) -> dict:
+        urls = [u.strip() for u in urls if u.strip()]
+        if not urls:
+            raise InvalidInput("url parameter is missing")
+        with self.db.transaction() as conn:
+            store.lock_domain(conn, domain["id"])
+            store.delete_urls(conn, domain["id"], urls)
+        return self.all(domain)
+
+    # signing key ------------------------------------------------------------------------------
+    def _context(self, account_id: int) -> bytes:
+        return f"webhook-signing-key:{account_id}".encode()
+
+    def signing_key(self, account_id: int) -> str:
+        with self.db.transaction() as conn:
+            sealed = store.get_signing_key(conn, account_id)
+            if sealed is None:
+                sealed = store.insert_signing_key(conn, account_id, self._new_key(account_id))
+        return self.sealer.open(sealed, self._context(account_id)).decode()
+
+    def regenerate_signing_key(self, account_id: int) -> str:
+        with self.db.transaction() as conn:
+            store.replace_signing_key(conn, account_id, self._new_key(account_id))
+        return self.signing_key(account_id)
+
+    def _new_key(self, account_id: int) -> bytes:
+        return self.sealer.seal(secrets.token_hex(16).encode(), self._context(account_id))
+
+    # outbox -----------------------------------------------------------------------------------
+    def events_writer(self, conn: Connection, events: list[NewEvent]) -> None:
+        """Inside the events' transaction: one outbox row per (event, subscribed URL)."""
+        typed = [(ev, t) for ev in events if (t := event_type_of(ev.data))]
+        if not typed:
+            return
+        subs: dict[tuple[int, str], list[str]] = {}
+        for row in store.subscriptions(conn, list({ev.domain_id for ev, _ in typed})):
+            subs.setdefault((row["domain_id"], row["event_type"]), []).append(row["url"])
+        if not subs:
+            return
+        rows = []
+        for ev, event_type in typed:
+            for url in subs.get((ev.domain_id, event_type), ()):
+                rows.append((ev.account_id, ev.domain_id, event_type, url, ev.data["id"], ev.data))
+        if rows:
+            store.insert_deliveries(conn, rows)
+            with self._lock:
+                if len(self._pending) > 100_000:  # rolled-back batches leave ids behind: stay bounded
+                    self._pending.clear()
+                self._pending.update(r[4] for r in rows)
+
+    def events_listener(self, events: list[NewEvent]) -> None:
+        """After commit: wake the dispatcher if this batch made webhook deliveries."""
+        with self._lock:
+            hit = False
+            for ev in events:
+                if ev.data["id"] in self._pending:
+                    self._pending.discard(ev.data["id"])
+                    hit = True
+        if hit and self.doorbell is not None:
+            self.doorbell.ring()
+
+    def claim_due(self, limit: int = 500) -> list[int]:
+        with self.db.transaction() as conn:
+            return store.claim_due(conn, self.settings.webhook_per_endpoint, limit, self.lease_seconds)
+
+    # one attempt ------------------------------------------------------------------------------
+    def deliver(self, delivery_id: int) -> str:
+        """Make one attempt for an outbox row and record it. Returns the outcome."""
+        timeout = self.settings.webhook_timeout
+        with self.db.transaction() as conn:
+            row = store.start(conn, delivery_id, timeout * 2 + 5)  # None: done, running or not due yet
+        if row is None:
+            return "skipped"
+        key = self.signing_key(row["account_id"])
+        timestamp, token = str(int(time.time())), secrets.token_hex(25)
+        body = json.dumps({"signature": {"timestamp": timestamp, "token": token,
+                                         "signature": signature(key, timestamp, token)},
+                           "event-data": row["payload"]}, separators=(",", ":")).encode()
+        response = ssrf.post(row["url"], body, self.allow, timeout)
+        attempt_no = row["attempts"] + 1
+        status = response.status
+        next_in = None
+        if status is not None and 200 <= status < 300:
+            outcome = state = "delivered"
+        elif status == 406:
+            outcome = state = "rejected"  # Mailgun: 406 means "stop retrying"
+        elif time.time() - row["created_at"].timestamp() >= self.settings.webhook_retry_for:
+            outcome = state = "failed"
+        else:
+            outcome, state = "retry", "pending"
+            schedule = self.settings.webhook_retry_schedule or (300,)
+            next_in = schedule[min(attempt_no - 1, len(schedule) - 1)]
+        with self.db.transaction() as conn:
+            store.insert_attempt(conn, delivery_id, row["domain_id"], attempt_no, status, response.error,
+                                 response.latency_ms, response.excerpt, outcome)
+            store.finish(conn, delivery_id, status=state, attempts=attempt_no, last_status=status,
+                         next_in=next_in)
+        if outcome != "delivered":
+            log.info("webhook %s to %s: %s (%s)", delivery_id, row["url"], outcome, status or response.error)
+        return outcome
+
+    def attempts(self, domain: dict, name: str | None, params: dict) -> dict:
+        if name is not None:
+            self._check_type(name)
+        try:
+            limit = int(params.get("limit") or 100)
+            before = int(params["before"]) if params.get("before") else None
+        except ValueError as ex:
+            raise InvalidInput("limit and before must be integers") from ex
+        if not 1 <= limit <= 300:
+            raise InvalidInput("limit must be between 1 and 300")
+        with self.db.transaction() as conn:
+            rows = store.attempts(conn, domain["id"], name, params.get("url"), before, limit)
+        items = [{
+            "id": r["id"], "delivery_id": r["delivery_id"], "webhook": r["event_type"], "url": r["url"],
+            "event_id": r["event_id"], "attempt": r["attempt_no"], "status": r["status_code"],
+            "error": r["error"], "latency_ms": r["latency_ms"], "response": r["response"], "outcome": r["outcome"],
+            "delivery_status": r["delivery_status"], "timestamp": r["attempted_at"].timestamp(),
+        } for r in rows]
+        base = f"{self.settings.public_url}/v3/domains/{domain['name']}/webhooks"
+        base += f"/{name}/attempts" if name else "/attempts"
+        paging = {"next": f"{base}?limit={limit}&before={rows[-1]['id']}"} if len(rows) == limit else {}
+        return {"items": items, "paging": paging}

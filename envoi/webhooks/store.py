@@ -1,0 +1,152 @@
+"""SQL for webhooks: endpoints, signing keys, the delivery outbox and its attempts."""
+
+from __future__ import annotations
+
+from envoi.infra.db import Connection, Jsonb
+
+CLAIM_LOCK = 0x77686B73  # "whks": one dispatcher claims at a time (others simply skip a round)
+
+
+# endpoints ----------------------------------------------------------------------------------------
+def list_urls(conn: Connection, domain_id: int) -> list[dict]:
+    return conn.execute("SELECT event_type, url FROM webhooks WHERE domain_id = %s ORDER BY event_type, id",
+                        (domain_id,)).fetchall()
+
+
+def urls_for(conn: Connection, domain_id: int, event_type: str) -> list[str]:
+    rows = conn.execute("SELECT url FROM webhooks WHERE domain_id = %s AND event_type = %s ORDER BY id",
+                        (domain_id, event_type)).fetchall()
+    return [r["url"] for r in rows]
+
+
+def lock_domain(conn: Connection, domain_id: int) -> None:
+    """Serialise edits of one domain's webhooks (so the 3-URL limit holds under concurrency)."""
+    conn.execute("SELECT id FROM domains WHERE id = %s FOR UPDATE", (domain_id,))
+
+
+def set_urls(conn: Connection, account_id: int, domain_id: int, event_type: str, urls: list[str]) -> None:
+    conn.execute("DELETE FROM webhooks WHERE domain_id = %s AND event_type = %s AND NOT (url = ANY(%s))",
+                 (domain_id, event_type, urls))
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO webhooks (account_id, domain_id, event_type, url) VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT DO NOTHING", [(account_id, domain_id, event_type, u) for u in urls])
+
+
+def delete_urls(conn: Connection, domain_id: int, urls: list[str]) -> int:
+    return conn.execute("DELETE FROM webhooks WHERE domain_id = %s AND url = ANY(%s)", (domain_id, urls)).rowcount
+
+
+def subscriptions(conn: Connection, domain_ids: list[int]) -> list[dict]:
+    return conn.execute("SELECT domain_id, event_type, url FROM webhooks WHERE domain_id = ANY(%s)",
+                        (domain_ids,)).fetchall()
+
+
+# signing keys -------------------------------------------------------------------------------------
+def get_signing_key(conn: Connection, account_id: int) -> bytes | None:
+    row = conn.execute("SELECT key_sealed FROM webhook_signing_keys WHERE account_id = %s", (account_id,)).fetchone()
+    return bytes(row["key_sealed"]) if row else None
+
+
+def insert_signing_key(conn: Connection, account_id: int, sealed: bytes) -> bytes:
+    """Insert unless one exists; return the stored one (first writer wins)."""
+    conn.execute("INSERT INTO webhook_signing_keys (account_id, key_sealed) VALUES (%s, %s)"
+                 " ON CONFLICT (account_id) DO NOTHING", (account_id, sealed))
+    return get_signing_key(conn, account_id)
+
+
+def replace_signing_key(conn: Connection, account_id: int, sealed: bytes) -> None:
+    conn.execute("INSERT INTO webhook_signing_keys (account_id, key_sealed) VALUES (%s, %s)"
+                 " ON CONFLICT (account_id) DO UPDATE SET key_sealed = EXCLUDED.key_sealed, created_at = now()",
+                 (account_id, sealed))
+
+
+# outbox -------------------------------------------------------------------------------------------
+def insert_deliveries(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (account_id, domain_id, event_type, url, event_id, payload dict)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, event_id, payload)"
+            " VALUES (%s, %s, %s, %s, %s, %s)", [r[:5] + (Jsonb(r[5]),) for r in rows])
+
+
+def claim_due(conn: Connection, per_endpoint: int, limit: int, lease_seconds: float) -> list[int]:
+    """Lease due deliveries, at most `per_endpoint` in flight per URL, round-robin across URLs.
+
+    A row is in flight while leased (queued in RQ or running). Rows whose lease ran out (Redis lost the
+    job, a worker died) are due again: this is also the sweeper.
+    """
+    if not conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (CLAIM_LOCK,)).fetchone()["ok"]:
+        return []
+    rows = conn.execute(
+        """
+        WITH busy AS (
+            SELECT url, count(*) AS n FROM webhook_deliveries
+            WHERE status = 'pending' AND (leased_until > now() OR running_until > now())
+            GROUP BY url
+        ), due AS (
+            SELECT id, url, row_number() OVER (PARTITION BY url ORDER BY next_attempt_at, id) AS rank
+            FROM webhook_deliveries
+            WHERE status = 'pending' AND next_attempt_at <= now()
+              AND (leased_until IS NULL OR leased_until <= now())
+              AND (running_until IS NULL OR running_until <= now())
+        )
+        SELECT due.id FROM due LEFT JOIN busy USING (url)
+        WHERE due.rank <= %s - coalesce(busy.n, 0)
+        ORDER BY due.rank, due.id
+        LIMIT %s
+        """, (per_endpoint, limit)).fetchall()
+    ids = [r["id"] for r in rows]
+    if ids:
+        conn.execute("UPDATE webhook_deliveries SET leased_until = now() + make_interval(secs => %s)"
+                     " WHERE id = ANY(%s)", (lease_seconds, ids))
+    return ids
+
+
+def start(conn: Connection, delivery_id: int, run_seconds: float) -> dict | None:
+    """Mark a delivery as being sent now; None if it is finished or another job is on it."""
+    return conn.execute(
+        "UPDATE webhook_deliveries SET running_until = now() + make_interval(secs => %s)"
+        " WHERE id = %s AND status = 'pending' AND (running_until IS NULL OR running_until <= now())"
+        " AND next_attempt_at <= now() + interval '1 second'"
+        " RETURNING *", (run_seconds, delivery_id)).fetchone()
+
+
+def finish(conn: Connection, delivery_id: int, *, status: str, attempts: int, last_status: int | None,
+           next_in: float | None) -> None:
+    if status == "pending":
+        conn.execute(
+            "UPDATE webhook_deliveries SET attempts = %s, last_status = %s, leased_until = NULL,"
+            " running_until = NULL, next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s",
+            (attempts, last_status, next_in, delivery_id))
+    else:
+        conn.execute(
+            "UPDATE webhook_deliveries SET status = %s, attempts = %s, last_status = %s, leased_until = NULL,"
+            " running_until = NULL, finished_at = now() WHERE id = %s",
+            (status, attempts, last_status, delivery_id))
+
+
+def insert_attempt(conn: Connection, delivery_id: int, domain_id: int, attempt_no: int, status_code, error,
+                   latency_ms: int, response: str, outcome: str) -> None:
+    conn.execute(
+        "INSERT INTO webhook_attempts (delivery_id, domain_id, attempt_no, status_code, error, latency_ms,"
+        " response, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (delivery_id, domain_id, attempt_no, status_code, error, latency_ms, response, outcome))
+
+
+def attempts(conn: Connection, domain_id: int, event_type: str | None, url: str | None, before: int | None,
+             limit: int) -> list[dict]:
+    where, args = ["a.domain_id = %s"], [domain_id]
+    if event_type:
+        where.append("d.event_type = %s")
+        args.append(event_type)
+    if url:
+        where.append("d.url = %s")
+        args.append(url)
+    if before:
+        where.append("a.id < %s")
+        args.append(before)
+    args.append(limit)
+    return conn.execute(
+        "SELECT a.*, d.url, d.event_type, d.event_id, d.status AS delivery_status, d.attempts AS delivery_attempts"
+        " FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id"
+        f" WHERE {' AND '.join(where)} ORDER BY a.id DESC LIMIT %s", args).fetchall()

@@ -1,0 +1,225 @@
+"""Webhooks end to end: API -> events outbox -> dispatcher -> real RQ worker -> real HTTP receiver."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+import pytest
+from falcon import testing
+from rq import Queue
+
+from envoi import runtime
+from envoi.accounts.service import Principal
+from envoi.api.app import create_app
+from envoi.mta.compose import compose
+from envoi.webhooks import jobs
+from envoi.webhooks.service import Webhooks
+from tests.conftest import basic
+from tests.support.webhook_receiver import Receiver
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture(scope="module")
+def hook_settings(settings):
+    # Tests allowlist their receiver on 127.0.0.1 and use short retry delays.
+    return settings.replace(webhook_allow=("127.0.0.1/32",), webhook_retry_schedule=(0.3,),
+                            webhook_retry_for=3600, webhook_timeout=3, webhook_per_endpoint=2)
+
+
+@pytest.fixture(scope="module")
+def hook_services(hook_settings):
+    svc = runtime.build(hook_settings, pool_size=3)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def client(hook_settings, hook_services):
+    return testing.TestClient(create_app(hook_settings, hook_services))
+
+
+@pytest.fixture(scope="module")
+def rq_conn(hook_settings):
+    return jobs.worker_connection(hook_settings.redis_url)
+
+
+@pytest.fixture
+def receiver():
+    with Receiver() as r:
+        yield r
+
+
+def pump(services, rq_conn, rounds: int = 1) -> None:
+    """One dispatcher round, then a real RQ worker (in-process, burst) runs what was enqueued."""
+    for _ in range(rounds):
+        jobs.Dispatcher(services.webhooks, rq_conn).run_once()
+        jobs.worker(services.webhooks, rq_conn).work(burst=True)
+
+
+def post(client, path, key, **params):
+    return client.simulate_post(path, body=urlencode(params, doseq=True), headers={**FORM, **basic(key)})
+
+
+def send(services, domain, to="rcpt@dest.test"):
+    draft = compose(domain["name"], {"from": [f"s@{domain['name']}"], "to": [to], "subject": ["Hi"],
+                                     "text": ["body"]}, [], [])
+    return services.intake.accept(Principal(None, domain["account_id"], "admin"), domain, draft).strip("<>")
+
+
+def signing_key(client, key) -> str:
+    resp = client.simulate_get("/v5/accounts/http_signing_key", headers=basic(key))
+    assert resp.status_code == 200
+    return resp.json["http_signing_key"]
+
+
+def test_signed_webhook_carries_the_events_api_item(client, hook_services, rq_conn, receiver, domain, api_key, db):
+    receiver.signing_key = signing_key(client, api_key)
+    sealed = db.execute("SELECT key_sealed FROM webhook_signing_keys WHERE account_id = %s",
+                        (domain["account_id"],)).fetchone()["key_sealed"]
+    assert receiver.signing_key.encode() not in bytes(sealed)  # not stored in the clear
+    resp = post(client, f"/v3/domains/{domain['name']}/webhooks", api_key, id="accepted", url=receiver.url("/ok"))
+    assert resp.status_code == 200, resp.text
+    assert resp.json == {"message": "Webhook has been created", "webhook": {"urls": [receiver.url("/ok")]}}
+
+    message_id = send(hook_services, domain)
+    pump(hook_services, rq_conn)
+    [got] = receiver.got("/ok")
+    assert got["valid"] and got["content_type"] == "application/json"
+    assert len(got["payload"]["signature"]["token"]) == 50
+    events = client.simulate_get(f"/v3/{domain['name']}/events", params={"event": "accepted"},
+                                 headers=basic(api_key)).json["items"]
+    [item] = [e for e in events if e["message"]["headers"]["message-id"] == message_id]
+    assert got["payload"]["event-data"] == item
+
+    attempts = client.simulate_get(f"/v3/domains/{domain['name']}/webhooks/accepted/attempts",
+                                   headers=basic(api_key)).json["items"]
+    assert [(a["status"], a["outcome"], a["attempt"]) for a in attempts] == [(200, "delivered", 1)]
+    assert len(attempts[0]["response"]) <= 1024 and attempts[0]["latency_ms"] >= 0
+
+    # Regenerating the key changes what the receiver must verify with.
+    new = client.simulate_post("/v5/accounts/http_signing_key", headers=basic(api_key)).json["http_signing_key"]
+    assert new != receiver.signing_key and signing_key(client, api_key) == new
+
+
+def test_failing_endpoint_is_retried_and_406_is_not(client, hook_services, rq_conn, receiver, domain, api_key, db):
+    receiver.signing_key = signing_key(client, api_key)
+    receiver.script = {"/flaky": [500, 200], "/reject": [406]}
+    resp = post(client, f"/v3/domains/{domain['name']}/webhooks", api_key, id="accepted",
+                url=[receiver.url("/flaky"), receiver.url("/reject")])
+    assert resp.status_code == 200, resp.text
+    send(hook_services, domain)
+    pump(hook_services, rq_conn)
+    assert [r["status"] for r in receiver.got("/flaky")] == [500]
+    assert [r["status"] for r in receiver.got("/reject")] == [406]
+
+    time.sleep(0.4)  # the retry delay is 0.3 s in these settings
+    pump(hook_services, rq_conn)
+    time.sleep(0.4)
+    pump(hook_services, rq_conn)
+    flaky = receiver.got("/flaky")
+    assert [r["status"] for r in flaky] == [500, 200]
+    assert all(r["valid"] for r in flaky)
+    assert flaky[0]["payload"]["event-data"]["id"] == flaky[1]["payload"]["event-data"]["id"]  # stable event id
+    assert len(receiver.got("/reject")) == 1  # 406: never retried
+    rows = db.execute("SELECT url, status, attempts FROM webhook_deliveries WHERE domain_id = %s ORDER BY url",
+                      (domain["id"],)).fetchall()
+    assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 2), ("rejected", 1)]
+    attempts = client.simulate_get(f"/v3/domains/{domain['name']}/webhooks/attempts",
+                                   params={"url": receiver.url("/flaky")}, headers=basic(api_key)).json["items"]
+    assert [(a["status"], a["outcome"]) for a in attempts] == [(200, "delivered"), (500, "retry")]
+
+
+def test_slow_endpoint_does_not_hold_up_another_tenant(client, hook_services, rq_conn, receiver, services):
+    slow_account = services.accounts.create_account("slow")
+    slow = services.accounts.add_domain(slow_account["id"], f"slow{time.monotonic_ns()}.example.test",
+                                        dkim_key_size=1024)
+    fast_account = services.accounts.create_account("fast")
+    fast = services.accounts.add_domain(fast_account["id"], f"fast{time.monotonic_ns()}.example.test",
+                                        dkim_key_size=1024)
+    hook_services.webhooks.create(slow, "accepted", [receiver.url("/slow")])
+    hook_services.webhooks.create(fast, "accepted", [receiver.url("/fast")])
+    receiver.delay = {"/slow": 0.3}
+    for n in range(5):
+        send(hook_services, slow, f"r{n}@dest.test")
+    send(hook_services, fast)  # queued last
+    jobs.Dispatcher(hook_services.webhooks, rq_conn).run_once()
+    # At most 2 (ENVOI_WEBHOOK_PER_ENDPOINT) of the slow endpoint's deliveries were handed out.
+    queued = Queue(hook_services.webhooks.queue_name, connection=rq_conn).count
+    assert queued == 3
+    jobs.worker(hook_services.webhooks, rq_conn).work(burst=True)
+    order = [r["path"] for r in receiver.requests]
+    assert order.index("/fast") <= 1, order  # not behind the slow backlog
+    pump(hook_services, rq_conn, rounds=2)
+    assert len(receiver.got("/slow")) == 5
+
+
+def test_lost_rq_jobs_are_swept_back_from_postgres(client, hook_services, rq_conn, receiver, domain, api_key):
+    hook_services.webhooks.create(domain, "accepted", [receiver.url("/ok")])
+    send(hook_services, domain)
+    webhooks = hook_services.webhooks
+    webhooks.lease_seconds = 0.3
+    try:
+        assert jobs.Dispatcher(webhooks, rq_conn).run_once() == 1
+        Queue(webhooks.queue_name, connection=rq_conn).empty()  # Redis lost the job
+        assert jobs.Dispatcher(webhooks, rq_conn).run_once() == 0  # still leased
+        time.sleep(0.4)
+        pump(hook_services, rq_conn)
+    finally:
+        webhooks.lease_seconds = 300
+    assert len(receiver.got("/ok")) == 1
+
+
+def test_ssrf_refused_at_save_and_at_dial(client, services, settings, hook_services, rq_conn, receiver, domain,
+                                          api_key, db):
+    plain = testing.TestClient(create_app(settings, services))  # no allowlist
+    for url in (receiver.url("/x"), "http://169.254.169.254/latest/meta-data", "http://[::ffff:127.0.0.1]/",
+                "http://2130706433/", "http://0x7f.0.0.1/", "http://10.0.0.1/", "http://100.64.0.1/",
+                "http://[fd00::1]/", "http://localhost:1/", "gopher://example.com/", "javascript:alert(1)"):
+        resp = post(plain, f"/v3/domains/{domain['name']}/webhooks", api_key, id="delivered", url=url)
+        assert resp.status_code == 400, url
+        assert "url" in resp.json["message"].lower()
+    assert db.execute("SELECT count(*) AS n FROM webhooks WHERE domain_id = %s", (domain["id"],)).fetchone()["n"] == 0
+
+    # Saved while allowed (e.g. DNS said public then), but at dial time the address is refused.
+    hook_services.webhooks.create(domain, "accepted", [receiver.url("/dial")])
+    send(hook_services, domain)
+    strict = Webhooks(settings, hook_services.db, hook_services.sealer, None)
+    [delivery_id] = hook_services.webhooks.claim_due()
+    assert strict.deliver(delivery_id) == "retry"
+    assert receiver.got("/dial") == []
+    attempt = db.execute("SELECT status_code, error FROM webhook_attempts WHERE delivery_id = %s",
+                         (delivery_id,)).fetchone()
+    assert attempt["status_code"] is None and attempt["error"].startswith("refused")
+
+
+def test_v3_and_v4_management(client, hook_services, services, receiver, domain, api_key, db):
+    base = f"/v3/domains/{domain['name']}/webhooks"
+    urls = [receiver.url(f"/{n}") for n in range(4)]
+    assert post(client, base, api_key, id="clicked", url=urls).status_code == 400  # more than 3
+    assert post(client, base, api_key, id="bogus", url=urls[0]).status_code == 400
+    assert db.execute("SELECT count(*) AS n FROM webhooks WHERE domain_id = %s", (domain["id"],)).fetchone()["n"] == 0
+    assert post(client, base, api_key, id="clicked", url=urls[:2]).status_code == 200
+    assert post(client, base, api_key, id="clicked", url=urls[0]).status_code == 400  # already exists
+    resp = client.simulate_put(f"{base}/clicked", body=urlencode({"url": urls[2]}), headers={**FORM, **basic(api_key)})
+    assert resp.json == {"message": "Webhook has been updated", "webhook": {"urls": [urls[2]]}}
+    assert client.simulate_get(f"{base}/clicked", headers=basic(api_key)).json == {"webhook": {"urls": [urls[2]]}}
+
+    v4 = f"/v4/domains/{domain['name']}/webhooks"
+    resp = post(client, v4, api_key, url=urls[3], event_types=["delivered", "opened"])
+    assert resp.json["webhooks"] == {"clicked": {"urls": [urls[2]]}, "delivered": {"urls": [urls[3]]},
+                                     "opened": {"urls": [urls[3]]}}
+    resp = client.simulate_put(v4, body=urlencode({"url": urls[3], "event_types": "permanent_fail"}),
+                               headers={**FORM, **basic(api_key)})
+    assert resp.json["webhooks"] == {"clicked": {"urls": [urls[2]]}, "permanent_fail": {"urls": [urls[3]]}}
+    resp = client.simulate_delete(v4, params={"url": f"{urls[3]},{urls[2]}"}, headers=basic(api_key))
+    assert resp.json["webhooks"] == {}
+    assert client.simulate_get(f"{base}/clicked", headers=basic(api_key)).status_code == 404
+
+    # Another tenant's key sees nothing of this domain.
+    other = services.accounts.create_account("other")
+    _, other_key = services.accounts.create_key(other["id"], "admin")
+    assert client.simulate_get(base, headers=basic(other_key)).status_code == 404
+    assert post(client, base, other_key, id="opened", url=urls[0]).status_code == 404
+    assert db.execute("SELECT count(*) AS n FROM webhooks WHERE domain_id = %s", (domain["id"],)).fetchone()["n"] == 0
