@@ -70,7 +70,7 @@ def mime(domain, subject="Hello", extra="", body="Body line\r\n", sender=None, t
 
 
 def starttls_client(server, client_ctx, login=None) -> smtplib.SMTP:
-    c = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+    c = smtplib.SMTP("127.0.0.1", server.port, timeout=10, local_hostname="app.client.test")
     c.starttls(context=client_ctx)
     if login:
         c.login(login, PASSWORD)
@@ -116,6 +116,8 @@ def test_starttls_submission_applies_and_strips_mailgun_headers(server, client_c
     assert b"x-mailgun" not in raw.lower() and b"folded-tag" not in raw
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Subject"] == "Hello" and msg["X-Other"] == "kept" and msg["Message-ID"]
+    assert msg["Received"].startswith("from app.client.test by localhost (Envoi) with ESMTPSA;")
+    assert "127.0.0.1" not in msg["Received"]  # the client's address is not disclosed
     assert msg.get_content().strip() == "Body line"
 
 
@@ -163,6 +165,22 @@ def test_auth_before_starttls_is_refused(server, domain, login, db):
         code, _ = c.docmd("MAIL", f"FROM:<{login}>")
         assert code == 530
     assert messages_of(db, domain) == []
+
+
+def test_commands_pipelined_with_starttls_are_discarded(server, client_ctx):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        raw.sendall(b"EHLO client.test\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"STARTTLS\r\nQUIT\r\n")  # the QUIT is plaintext injected before the handshake
+        assert reader.readline().startswith(b"220 ")
+        with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"NOOP\r\n")
+            assert tls.recv(100) == b"250 2.0.0 OK\r\n"  # not 221: the injected QUIT was dropped
 
 
 def test_mail_without_auth_is_refused(server, client_ctx, domain, db):

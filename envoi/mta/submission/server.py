@@ -34,8 +34,9 @@ import ssl
 import threading
 import weakref
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
-from email.utils import getaddresses
+from email.utils import format_datetime, getaddresses
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
@@ -49,6 +50,7 @@ from envoi.mta.submission.throttle import AuthThrottle
 log = logging.getLogger(__name__)
 
 BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
@@ -152,11 +154,16 @@ class Submission:
         domain = address.rpartition("@")[2].lower().rstrip(".")
         return bool(own) and (domain == own or domain.endswith("." + own))
 
-    def submit(self, principal: Principal, data: bytes, recipients: list[str]) -> str:
+    def submit(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> str:
         """Check, read options, strip them, and commit through intake; return the Message-ID."""
         if BARE_CR_OR_LF.search(data):
             raise InvalidMessage("Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
         mime, fields, recipient_variables = headers.extract(data)
+        # Trace header (RFC 5321 4.4, RFC 3848 ESMTPSA). The client's IP is left out on purpose:
+        # recipients need not learn where the sending application runs.
+        helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
+        mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
+                f"\t{format_datetime(datetime.now(UTC))}\r\n").encode() + mime
         head, _ = headers.split_head(mime)
         parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n")
         froms = parsed.get_all("From") or []
@@ -314,7 +321,8 @@ class _Handler:
         principal: Principal = session.auth_data
         data: bytes = envelope.original_content or b""
         try:
-            message_id = await self.submission.run(self.submission.submit, principal, data, list(envelope.rcpt_tos))
+            message_id = await self.submission.run(self.submission.submit, principal, data,
+                                                   list(envelope.rcpt_tos), session.host_name or "")
         except IntakeError as ex:
             log.info("submission: refused from %s: %s %s", principal.domain, ex.smtp_reply, ex.message)
             return f"{ex.smtp_reply} {_one_line(ex.message)}"
