@@ -1,0 +1,136 @@
+"""The inbound SMTP listener for asynchronous bounces (DSN) and feedback-loop reports (ARF).
+
+Runs as `envoi inbound` (ENVOI_INBOUND_BIND:ENVOI_INBOUND_PORT, port 25 behind the MX of the
+sending domains or of ENVOI_BOUNCE_DOMAIN). Replies:
+
+* RCPT: 250 for a valid VERP address, an FBL address or postmaster@ one of our domains;
+  550 5.1.1 for anything else, including a VERP address whose HMAC does not verify (forged).
+* DATA: 250 once the report is recorded, or dropped because it matched nothing / was not a
+  permanent failure or a complaint (logged); 451 4.3.0 if Postgres is unavailable, so the sender
+  retries; 552 above ENVOI_INBOUND_MAX_BYTES (aiosmtpd's SIZE limit).
+
+Parsing and database work run in a worker thread, never in the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from aiosmtpd.smtp import SMTP
+
+from envoi.mta.bounces.service import Bounces
+
+log = logging.getLogger("envoi.inbound")
+MAX_RECIPIENTS = 20
+
+
+class _Handler:
+    def __init__(self, bounces: Bounces):
+        self.bounces = bounces
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        try:
+            refusal = await asyncio.to_thread(self.bounces.check_recipient, address)
+        except Exception:
+            log.exception("checking recipient %r failed", address)
+            return "451 4.3.0 Temporary failure, please try again later"
+        if refusal:
+            log.info("refused RCPT %r from %s", address, session.peer)
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        raw = envelope.original_content if envelope.original_content is not None else envelope.content
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        try:
+            report = await asyncio.to_thread(self.bounces.process, list(envelope.rcpt_tos), raw or b"")
+        except Exception:
+            log.exception("processing a report from %s failed; asking the sender to retry", session.peer)
+            return "451 4.3.0 Temporary failure, please try again later"
+        if report.recorded:
+            log.info("%s from %s: recorded %s", report.kind, session.peer,
+                     ", ".join(f"{event} {address}" for event, address, _ in report.recorded))
+        else:
+            log.info("%s from %s to %s dropped: %s", report.kind, session.peer, envelope.rcpt_tos, report.note)
+        return "250 2.0.0 OK"
+
+
+class InboundServer:
+    """The listener. `start()` runs it on its own loop thread (tests); `serve()` in the caller's loop."""
+
+    def __init__(self, bounces: Bounces, host: str = "127.0.0.1", port: int = 0, *, hostname: str = "localhost",
+                 max_bytes: int = 32 * 1024 * 1024, timeout: float = 60.0):
+        self.bounces = bounces
+        self.host, self.port = host, port
+        self.hostname = hostname
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.handler = _Handler(bounces)
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _factory(self) -> SMTP:
+        return SMTP(self.handler, hostname=self.hostname, data_size_limit=self.max_bytes, decode_data=False,
+                    enable_SMTPUTF8=True, ident="Envoi inbound", timeout=self.timeout)
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._factory, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Listen until `stop` is set (the `envoi inbound` command)."""
+        await self.open()
+        try:
+            await stop.wait()
+        finally:
+            self._server.close()
+            await self._server.wait_closed()
+
+    # thread mode (tests, embedding) ------------------------------------------------------------
+    def start(self) -> InboundServer:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="envoi-inbound", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.open(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        async def close() -> None:
+            self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._loop = None
+
+    def __enter__(self) -> InboundServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def from_services(services, host: str | None = None, port: int | None = None) -> InboundServer:
+    """The listener for a region's services (settings, db, events, suppressions hook if wired)."""
+    from envoi.mta.bounces import verp
+
+    settings = services.settings
+    bounces = Bounces(services.db, services.events, verp_key=verp.key_from_secret(settings.secret_key),
+                      fbl_addresses=settings.fbl_addresses, bounce_domain=settings.bounce_domain,
+                      suppressions=getattr(services, "suppressions", None))
+    return InboundServer(bounces, settings.inbound_bind if host is None else host,
+                         settings.inbound_port if port is None else port,
+                         hostname=getattr(settings, "smtp_hostname", None) or settings.helo_name,
+                         max_bytes=settings.inbound_max_bytes)
