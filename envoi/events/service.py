@@ -9,20 +9,23 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
-from envoi.events import store
+from envoi.events import filters, store
 from envoi.infra import ids
 from envoi.infra.db import Connection, Database
 
 log = logging.getLogger(__name__)
 MAX_LIMIT = 300
 DEFAULT_LIMIT = 100
-FILTER_COLUMNS = {"event": "event", "recipient": "recipient", "message-id": "message_id", "severity": "severity"}
+FILTER_FIELDS = tuple(filters.FIELDS)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY = 86400.0
 LOG_LEVELS = {"accepted": "info", "delivered": "info", "opened": "info", "clicked": "info",
               "unsubscribed": "info", "stored": "info", "complained": "warn", "rejected": "warn"}
 
@@ -67,6 +70,25 @@ def item(event: str, *, message: dict, recipient: str | None, ts: float | None =
     return data
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long events are kept, per account plan; plans not listed keep `default` seconds."""
+
+    default: float = 30 * DAY
+    plans: Mapping[str, float] = field(default_factory=dict)
+
+    def seconds(self, plan: str | None) -> float:
+        return self.plans.get(plan or "", self.default)
+
+    def longest(self, plans: list[str]) -> float:
+        return max([self.default] + [self.seconds(p) for p in plans])
+
+
+#: Plan -> event retention, before ENVOI_EVENT_RETENTION_PLANS overrides; other plans (free, ...)
+#: keep ENVOI_EVENT_RETENTION (30 days).
+PLAN_RETENTION = {"trial": 3 * DAY, "scale": 60 * DAY, "enterprise": 90 * DAY}
+
+
 class Events:
     def __init__(self, db: Database, public_url: str):
         self.db = db
@@ -75,11 +97,18 @@ class Events:
         # they commit or roll back with the events. Listeners run after commit (live stream).
         self.writers: list[Callable[[Connection, list[NewEvent]], None]] = []
         self.listeners: list[Callable[[list[NewEvent]], None]] = []
+        self.retention = Retention(plans=PLAN_RETENTION)
+        self.partition_days_ahead = 3
+        self.maintain_every = 3600.0
+        self._known_days: set[date] = set()
+        self._last_maintenance = 0.0
+        self._maintaining = threading.Lock()
 
     def record(self, conn: Connection, events: list[NewEvent]) -> None:
         """Store events in the caller's transaction; call committed() once it has committed."""
         if not events:
             return
+        _add_methods(conn, events)
         self._insert(conn, events)
         for writer in self.writers:
             writer(conn, events)
@@ -98,7 +127,7 @@ class Events:
             data = ev.data
             rows.append((
                 data["id"], ev.account_id, ev.domain_id, ev.message_pk, data["event"], data.get("severity"),
-                data.get("recipient"), data["message"]["headers"].get("message-id"),
+                data.get("recipient"), (data["message"]["headers"].get("message-id") or "").strip("<>") or None,
                 datetime.fromtimestamp(data["timestamp"], UTC), data,
             ))
         store.insert_many(conn, rows)
@@ -107,39 +136,219 @@ class Events:
     def search(self, domain: dict, params: dict[str, list[str]]) -> dict:
         """Run GET /v3/{domain}/events with Mailgun's parameters; return items and paging URLs."""
         query = _parse_query(params)
-        return self._page(domain, query)
+        return self._page(domain, query, None, previous=False, inclusive=False)
 
     def page(self, domain: dict, token: str) -> dict:
-        return self._page(domain, _decode_token(token))
+        token_data = _decode_token(token)
+        return self._page(domain, token_data["q"], token_data["c"], previous=token_data["p"],
+                          inclusive=token_data["i"])
 
-    def _page(self, domain: dict, query: dict) -> dict:
-        after = (datetime.fromtimestamp(query["after"][0], UTC), query["after"][1]) if query.get("after") else None
+    def _page(self, domain: dict, query: dict, cursor: list | None, *, previous: bool, inclusive: bool) -> dict:
+        conditions = [filters.to_sql(name, filters.parse_values(name, values))
+                      for name, values in query["filters"].items()]
+        ascending = query["ascending"] != previous
+        after = (_from_us(cursor[0]), cursor[1]) if cursor else None
         with self.db.transaction() as conn:
+            begin = self._retention_floor(conn, domain, _dt(query.get("begin")))
             rows = store.query(
                 conn,
                 domain["id"],
-                begin=_dt(query.get("begin")),
+                begin=begin,
                 end=_dt(query.get("end")),
-                ascending=query["ascending"],
-                filters={FILTER_COLUMNS[k]: v for k, v in query["filters"].items()},
+                ascending=ascending,
+                conditions=conditions,
                 after=after,
                 limit=query["limit"],
+                inclusive=inclusive,
             )
-        items = [row["data"] for row in rows]
+        if previous:
+            rows.reverse()
         base = f"{self.public_url}/v3/{domain['name']}/events"
-        cursor = [rows[-1]["ts"].timestamp(), rows[-1]["id"]] if rows else query.get("after")
-        next_q = dict(query, after=cursor)
-        first = [rows[0]["ts"].timestamp(), rows[0]["id"]] if rows else query.get("after")
-        prev_q = dict(query, after=first, ascending=not query["ascending"])
+
+        def url(c, p=False, i=False):
+            return f"{base}/{_encode_token({'q': query, 'c': c, 'p': p, 'i': i})}"
+
+        if rows:
+            first, last = _cursor(rows[0]), _cursor(rows[-1])
+            next_url, prev_url = url(last), url(first, p=True)
+        elif previous:
+            # Nothing before the cursor: the next page starts at it.
+            next_url, prev_url = url(cursor, i=bool(cursor)), url(cursor, p=True, i=inclusive)
+        else:
+            # The end, for now: next stays put so polling it finds new events; previous includes the cursor.
+            next_url, prev_url = url(cursor, i=inclusive), url(cursor, p=True, i=bool(cursor))
         return {
-            "items": items,
-            "paging": {
-                "first": f"{base}/{_encode_token(dict(query, after=None))}",
-                "next": f"{base}/{_encode_token(next_q)}",
-                "previous": f"{base}/{_encode_token(prev_q)}",
-                "last": f"{base}/{_encode_token(dict(query, after=None, ascending=not query['ascending']))}",
-            },
+            "items": [row["data"] for row in rows],
+            "paging": {"first": url(None), "next": next_url, "previous": prev_url, "last": url(None, p=True)},
         }
+
+    def _retention_floor(self, conn: Connection, domain: dict, begin: datetime | None) -> datetime:
+        """Events older than the account's retention are not served, even before the purge runs."""
+        keep = self.retention.seconds(store.account_plan(conn, domain["account_id"]))
+        floor = datetime.now(UTC) - timedelta(seconds=keep)
+        return floor if begin is None or begin < floor else begin
+
+    # message trace ----------------------------------------------------------------------------
+    def trace(self, domain: dict, message_id: str) -> dict | None:
+        """Every attempt for every recipient of one message, from its events; None if unknown."""
+        message_id = message_id.strip().strip("<>")
+        with self.db.transaction() as conn:
+            since = self._retention_floor(conn, domain, None)
+            rows = store.message_events(conn, domain["id"], message_id, since)
+        if not rows:
+            return None
+        return build_trace(domain, message_id, rows)
+
+    # partitions and retention -----------------------------------------------------------------
+    def maintain(self, now: float | None = None, *, wait: bool = True) -> dict | None:
+        """Create upcoming daily partitions, empty the default partition into real ones, drop
+        partitions past the longest retention and delete rows past each plan's retention.
+
+        Returns what was done, or None if another process holds the maintenance lock (wait=False).
+        """
+        now_dt = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+        report = {"created": [], "dropped": [], "deleted": 0}
+        with self.db.transaction() as conn:
+            conn.commit()
+            got = store.maintenance_lock(conn, wait)
+            conn.commit()
+            if not got:
+                return None
+            try:
+                plans = store.plans_in_use(conn)
+                longest = self.retention.longest(plans)
+                cutoff = now_dt - timedelta(seconds=longest)
+                today = now_dt.date()
+                existing = store.partitions(conn)
+                wanted = {today + timedelta(days=d) for d in range(-1, self.partition_days_ahead + 1)}
+                wanted |= {d for d in store.default_days(conn) if store.day_bounds(d)[1] > cutoff}
+                for day in sorted(wanted - existing.keys()):
+                    store.create_partition(conn, day)
+                    conn.commit()
+                    report["created"].append(store.partition_name(day))
+                for day in sorted(existing):
+                    if store.day_bounds(day)[1] <= cutoff:
+                        store.drop_partition(conn, day)
+                        conn.commit()
+                        report["dropped"].append(store.partition_name(day))
+                report["deleted"] += store.delete_default_before(conn, cutoff)
+                conn.commit()
+                for plan in plans:
+                    keep = self.retention.seconds(plan)
+                    if keep >= longest:
+                        continue
+                    domain_ids = store.domains_of_plan(conn, plan)
+                    if domain_ids:
+                        report["deleted"] += store.delete_domain_events_before(
+                            conn, domain_ids, now_dt - timedelta(seconds=keep), cutoff)
+                        conn.commit()
+                self._known_days = set(store.partitions(conn))
+                self._last_maintenance = time.monotonic()
+            finally:
+                conn.rollback()
+                store.maintenance_unlock(conn)
+                conn.commit()
+        return report
+
+    def maintain_soon(self, events: list[NewEvent]) -> None:
+        """Listener: run maintenance in the background when an event's day has no partition yet
+        (its row waits in the default partition meanwhile) or when the last run is old."""
+        missing = any(datetime.fromtimestamp(ev.data["timestamp"], UTC).date() not in self._known_days
+                      for ev in events)
+        due = time.monotonic() - self._last_maintenance > self.maintain_every if self._last_maintenance else True
+        if not (missing or due) or not self._maintaining.acquire(blocking=False):
+            return
+        self._last_maintenance = time.monotonic()  # one attempt per interval even if it fails
+
+        def run() -> None:
+            try:
+                self.maintain(wait=False)
+            except Exception:
+                log.exception("events partition maintenance failed")
+            finally:
+                self._maintaining.release()
+
+        threading.Thread(target=run, name="events-maintenance", daemon=True).start()
+
+
+def _add_methods(conn: Connection, events: list[NewEvent]) -> None:
+    """Delivery events carry the message's submission method (http|smtp), as Mailgun's do."""
+    missing = {ev.message_pk for ev in events if "method" not in ev.data and ev.message_pk is not None}
+    if not missing:
+        return
+    methods = store.message_methods(conn, sorted(missing))
+    for ev in events:
+        if "method" not in ev.data and ev.message_pk in methods:
+            ev.data["method"] = methods[ev.message_pk]
+
+
+def build_trace(domain: dict, message_id: str, rows: list[dict]) -> dict:
+    first = rows[0]["data"]
+    headers = first["message"]["headers"]
+    accepted_at: dict[str, float] = {}
+    recipients: dict[str, dict] = {}
+    for row in rows:
+        data = row["data"]
+        rcpt = row["recipient"] or ""
+        entry = recipients.setdefault(rcpt, {"recipient": rcpt, "status": "queued", "accepted-at": None,
+                                             "attempts": [], "final-at": None, "next-attempt-at": None})
+        ts = data["timestamp"]
+        if row["event"] == "accepted":
+            entry["accepted-at"] = accepted_at[rcpt] = ts
+            continue
+        if row["event"] not in ("delivered", "failed"):
+            continue  # opens, clicks, ... are not attempts
+        status = data.get("delivery-status") or {}
+        envelope = data.get("envelope") or {}
+        since = accepted_at.get(rcpt)
+        entry["attempts"].append({
+            "attempt-no": status.get("attempt-no"),
+            "timestamp": ts,
+            "event": row["event"],
+            "severity": row["severity"],
+            "reason": data.get("reason"),
+            "mx-host": status.get("mx-host"),
+            "tls": status.get("tls"),
+            "certificate-verified": status.get("certificate-verified"),
+            "egress-ip": envelope.get("sending-ip") or None,
+            "smtp": {"code": status.get("code"), "enhanced-code": status.get("enhanced-code"),
+                     "message": status.get("message"), "description": status.get("description")},
+            "bounce-class": status.get("bounce-class") or None,
+            "session-seconds": status.get("session-seconds"),
+            "retry-seconds": status.get("retry-seconds"),
+            "seconds-since-accepted": round(ts - since, 3) if since is not None else None,
+        })
+        if row["event"] == "delivered":
+            entry["status"], entry["final-at"], entry["next-attempt-at"] = "delivered", ts, None
+        elif row["severity"] == "permanent":
+            entry["status"], entry["final-at"], entry["next-attempt-at"] = "failed", ts, None
+        else:
+            entry["status"] = "queued"
+            retry = status.get("retry-seconds")
+            entry["next-attempt-at"] = ts + retry if retry is not None else None
+    return {
+        "message-id": message_id,
+        "domain": domain["name"],
+        "from": headers.get("from"),
+        "subject": headers.get("subject"),
+        "size": first["message"].get("size"),
+        "tags": first.get("tags") or [],
+        "method": first.get("method"),
+        "accepted-at": min(accepted_at.values()) if accepted_at else None,
+        "recipients": sorted(recipients.values(), key=lambda r: r["recipient"]),
+    }
+
+
+def _cursor(row: dict) -> list:
+    return [_to_us(row["ts"]), row["id"]]
+
+
+def _to_us(ts: datetime) -> int:
+    return (ts - EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -168,6 +377,28 @@ def _yes(value: str) -> bool:
     raise EventQueryError("ascending must be yes or no")
 
 
+def parse_filters(params: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The filter parameters of a request, validated (EventQueryError on a bad expression)."""
+    out = {}
+    for name in FILTER_FIELDS:
+        values = [v for v in params.get(name) or [] if v.strip()]
+        if values:
+            try:
+                filters.parse_values(name, values)
+            except filters.FilterError as ex:
+                raise EventQueryError(str(ex)) from ex
+            out[name] = values
+    return out
+
+
+def compile_filters(query_filters: dict[str, list[str]]) -> list[tuple[str, object]]:
+    return [(name, filters.parse_values(name, values)) for name, values in query_filters.items()]
+
+
+def matches(compiled: list[tuple[str, object]], data: dict) -> bool:
+    return all(filters.matches(name, node, data) for name, node in compiled)
+
+
 def _parse_query(params: dict[str, list[str]]) -> dict:
     def one(name: str) -> str | None:
         values = params.get(name)
@@ -189,27 +420,29 @@ def _parse_query(params: dict[str, list[str]]) -> dict:
         raise EventQueryError("limit must be an integer") from ex
     if not 1 <= limit <= MAX_LIMIT:
         raise EventQueryError(f"limit must be between 1 and {MAX_LIMIT}")
-    filters = {}
-    for name in FILTER_COLUMNS:
-        if name in params:
-            values = [x.strip().strip("<>") if name == "message-id" else x.strip()
-                      for v in params[name] for x in v.split(" OR ") if x.strip()]
-            filters[name] = values
-    return {"begin": begin, "end": end, "ascending": ascending, "limit": limit, "filters": filters, "after": None}
+    return {"begin": begin, "end": end, "ascending": ascending, "limit": limit, "filters": parse_filters(params)}
 
 
-def _encode_token(query: dict) -> str:
-    raw = json.dumps(query, separators=(",", ":")).encode()
+def _encode_token(token: dict) -> str:
+    raw = json.dumps(token, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_token(token: str) -> dict:
     try:
-        query = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        query = data["q"]
         assert isinstance(query, dict) and {"ascending", "limit", "filters"} <= query.keys()
-        for name in query["filters"]:
-            if name not in FILTER_COLUMNS:
-                raise ValueError(name)
-        return query
+        assert isinstance(query["ascending"], bool) and 1 <= int(query["limit"]) <= MAX_LIMIT
+        for key in ("begin", "end"):
+            assert query.get(key) is None or isinstance(query[key], int | float)
+        assert isinstance(query["filters"], dict)
+        for name, values in query["filters"].items():
+            assert name in filters.FIELDS and isinstance(values, list)
+            filters.parse_values(name, [str(v) for v in values])
+        cursor = data.get("c")
+        if cursor is not None:
+            assert isinstance(cursor, list) and len(cursor) == 2 and all(isinstance(x, int) for x in cursor)
+        return {"q": query, "c": cursor, "p": bool(data.get("p")), "i": bool(data.get("i"))}
     except Exception as ex:
         raise EventQueryError("invalid page token") from ex

@@ -1,21 +1,35 @@
-"""SQL for the events table."""
+"""SQL for the events table (partitioned by UTC day), its partitions, and the stats/tag rollups."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, date, datetime, time, timedelta
+
+from psycopg import sql
 
 from envoi.infra.db import Connection, Jsonb
 
 INSERT = (
     "INSERT INTO events (event_id, account_id, domain_id, message_pk, event, severity, recipient,"
-    " message_id, ts, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " message_id, ts, data, sender, subject, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+PARTITION = re.compile(r"^events_p(\d{8})$")
+MAINTENANCE_LOCK = 0x656E766F6C6F67  # "envolog": one partition maintainer at a time
 
 
 def insert_many(conn: Connection, rows: list[tuple]) -> None:
-    """rows: (event_id, account_id, domain_id, message_pk, event, severity, recipient, message_id, ts, data)."""
+    """rows: (event_id, account_id, domain_id, message_pk, event, severity, recipient, message_id, ts, data).
+
+    sender, subject and tags are copied out of data into their own columns for filtering.
+    """
+    params = []
+    for row in rows:
+        data = row[9]
+        headers = (data.get("message") or {}).get("headers") or {}
+        params.append(row[:9] + (Jsonb(data), headers.get("from"), headers.get("subject"),
+                                 [str(t) for t in data.get("tags") or []]))
     with conn.cursor() as cur:
-        cur.executemany(INSERT, [row[:-1] + (Jsonb(row[-1]),) for row in rows])
+        cur.executemany(INSERT, params)
 
 
 def query(
@@ -25,10 +39,13 @@ def query(
     begin: datetime | None,
     end: datetime | None,
     ascending: bool,
-    filters: dict[str, list[str]],
+    conditions: list[tuple[str, list]],
     after: tuple[datetime, int] | None,
     limit: int,
+    inclusive: bool = False,
 ) -> list[dict]:
+    """One page in (ts, id) order; `after` is the keyset cursor in the page's direction (exclusive
+    unless `inclusive`)."""
     where = ["domain_id = %s"]
     args: list = [domain_id]
     if begin is not None:
@@ -37,16 +54,192 @@ def query(
     if end is not None:
         where.append("ts <= %s")
         args.append(end)
-    for column, values in filters.items():
-        where.append(f"{column} = ANY(%s)")
-        args.append(values)
+    for condition, values in conditions:
+        where.append(condition)
+        args.extend(values)
     if after is not None:
-        where.append("(ts, id) > (%s, %s)" if ascending else "(ts, id) < (%s, %s)")
+        op = (">" if ascending else "<") + ("=" if inclusive else "")
+        where.append(f"(ts, id) {op} (%s, %s)")
         args.extend(after)
     order = "ASC" if ascending else "DESC"
-    sql = (
-        f"SELECT id, ts, data FROM events WHERE {' AND '.join(where)}"
-        f" ORDER BY ts {order}, id {order} LIMIT %s"
-    )
     args.append(limit)
-    return conn.execute(sql, args).fetchall()
+    return conn.execute(
+        f"SELECT id, ts, data FROM events WHERE {' AND '.join(where)} ORDER BY ts {order}, id {order} LIMIT %s",
+        args,
+    ).fetchall()
+
+
+def message_events(conn: Connection, domain_id: int, message_id: str, since: datetime | None) -> list[dict]:
+    text = "SELECT id, ts, event, severity, recipient, data FROM events WHERE domain_id = %s AND message_id = %s"
+    args: list = [domain_id, message_id]
+    if since is not None:
+        text += " AND ts >= %s"
+        args.append(since)
+    return conn.execute(text + " ORDER BY ts, id", args).fetchall()
+
+
+def message_methods(conn: Connection, message_pks: list[int]) -> dict[int, str]:
+    rows = conn.execute("SELECT id, method FROM messages WHERE id = ANY(%s)", (message_pks,)).fetchall()
+    return {r["id"]: r["method"] for r in rows}
+
+
+def account_plan(conn: Connection, account_id: int) -> str | None:
+    row = conn.execute("SELECT plan FROM accounts WHERE id = %s", (account_id,)).fetchone()
+    return row["plan"] if row else None
+
+
+# partitions ---------------------------------------------------------------------------------------
+def partition_name(day: date) -> str:
+    return f"events_p{day:%Y%m%d}"
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time(0), UTC)
+    return start, start + timedelta(days=1)
+
+
+def partitions(conn: Connection) -> dict[date, str]:
+    """The daily partitions that exist now (the default partition is not listed)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'events'::regclass"
+    ).fetchall()
+    out = {}
+    for row in rows:
+        if m := PARTITION.match(row["relname"]):
+            out[datetime.strptime(m.group(1), "%Y%m%d").date()] = row["relname"]
+    return out
+
+
+def maintenance_lock(conn: Connection, wait: bool) -> bool:
+    """A session-level lock: one maintainer at a time across processes."""
+    if wait:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MAINTENANCE_LOCK,))
+        return True
+    return conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (MAINTENANCE_LOCK,)).fetchone()["ok"]
+
+
+def maintenance_unlock(conn: Connection) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTENANCE_LOCK,))
+
+
+def default_days(conn: Connection) -> list[date]:
+    """Days that have rows waiting in the default partition."""
+    rows = conn.execute(
+        "SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS day FROM events_default ORDER BY 1"
+    ).fetchall()
+    return [r["day"] for r in rows]
+
+
+def create_partition(conn: Connection, day: date) -> None:
+    """Create the partition of `day`, moving any of its rows out of the default partition first."""
+    name = partition_name(day)
+    start, end = day_bounds(day)
+    conn.execute("SET LOCAL lock_timeout = '10s'")
+    conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+    conn.execute(
+        f"WITH moved AS (DELETE FROM events_default WHERE ts >= %s AND ts < %s RETURNING *)"
+        f" INSERT INTO {name} SELECT * FROM moved", (start, end))
+    conn.execute(sql.SQL("ALTER TABLE events ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+        sql.Identifier(name), sql.Literal(start), sql.Literal(end)))
+
+
+def drop_partition(conn: Connection, day: date) -> None:
+    conn.execute("SET LOCAL lock_timeout = '10s'")
+    conn.execute(f"DROP TABLE IF EXISTS {partition_name(day)}")
+
+
+def delete_default_before(conn: Connection, cutoff: datetime) -> int:
+    return conn.execute("DELETE FROM events_default WHERE ts < %s", (cutoff,)).rowcount
+
+
+def plans_in_use(conn: Connection) -> list[str]:
+    return [r["plan"] for r in conn.execute("SELECT DISTINCT plan FROM accounts").fetchall()]
+
+
+def domains_of_plan(conn: Connection, plan: str) -> list[int]:
+    rows = conn.execute(
+        "SELECT d.id FROM domains d JOIN accounts a ON a.id = d.account_id WHERE a.plan = %s", (plan,)
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def delete_domain_events_before(conn: Connection, domain_ids: list[int], cutoff: datetime,
+                                not_before: datetime | None) -> int:
+    text = "DELETE FROM events WHERE domain_id = ANY(%s) AND ts < %s"
+    args: list = [domain_ids, cutoff]
+    if not_before is not None:
+        text += " AND ts >= %s"
+        args.append(not_before)
+    return conn.execute(text, args).rowcount
+
+
+# rollups ------------------------------------------------------------------------------------------
+def add_stats(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (domain_id, account_id, tag, hour, event, severity, reason, method, count), sorted."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO event_stats_hourly (domain_id, account_id, tag, hour, event, severity, reason,"
+            " method, count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (domain_id, tag, hour, event, severity, reason, method)"
+            " DO UPDATE SET count = event_stats_hourly.count + EXCLUDED.count",
+            rows,
+        )
+
+
+def touch_tags(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (domain_id, account_id, tag, first_seen, last_seen), sorted."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO event_tags (domain_id, account_id, tag, first_seen, last_seen)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain_id, tag) DO UPDATE SET"
+            " first_seen = LEAST(event_tags.first_seen, EXCLUDED.first_seen),"
+            " last_seen = GREATEST(event_tags.last_seen, EXCLUDED.last_seen)",
+            rows,
+        )
+
+
+def stats(conn: Connection, domain_id: int, tag: str, events: list[str], start: datetime, end: datetime,
+          resolution: str) -> list[dict]:
+    return conn.execute(
+        "SELECT date_trunc(%s, hour AT TIME ZONE 'UTC') AS bucket, event, severity, reason, method,"
+        " sum(count)::bigint AS count FROM event_stats_hourly"
+        " WHERE domain_id = %s AND tag = %s AND event = ANY(%s) AND hour >= %s AND hour < %s"
+        " GROUP BY 1, 2, 3, 4, 5",
+        (resolution, domain_id, tag, events, start, end),
+    ).fetchall()
+
+
+def list_tags(conn: Connection, domain_id: int, *, prefix: str, after: str | None, before: str | None,
+              limit: int) -> list[dict]:
+    where = ["domain_id = %s"]
+    args: list = [domain_id]
+    if prefix:
+        where.append("tag LIKE %s")
+        args.append(prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    if after is not None:
+        where.append("tag > %s")
+        args.append(after)
+    if before is not None:
+        where.append("tag < %s")
+        args.append(before)
+    order = "DESC" if before is not None else "ASC"
+    rows = conn.execute(
+        f"SELECT tag, description, first_seen, last_seen FROM event_tags WHERE {' AND '.join(where)}"
+        f" ORDER BY tag {order} LIMIT %s", args + [limit]).fetchall()
+    return rows[::-1] if before is not None else rows
+
+
+def get_tag(conn: Connection, domain_id: int, tag: str) -> dict | None:
+    return conn.execute("SELECT tag, description, first_seen, last_seen FROM event_tags"
+                        " WHERE domain_id = %s AND tag = %s", (domain_id, tag)).fetchone()
+
+
+def set_tag_description(conn: Connection, domain_id: int, tag: str, description: str) -> bool:
+    return conn.execute("UPDATE event_tags SET description = %s WHERE domain_id = %s AND tag = %s",
+                        (description, domain_id, tag)).rowcount > 0
+
+
+def delete_tag(conn: Connection, domain_id: int, tag: str) -> bool:
+    conn.execute("DELETE FROM event_stats_hourly WHERE domain_id = %s AND tag = %s", (domain_id, tag))
+    return conn.execute("DELETE FROM event_tags WHERE domain_id = %s AND tag = %s", (domain_id, tag)).rowcount > 0

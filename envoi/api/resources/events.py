@@ -1,8 +1,21 @@
-"""GET /v3/{domain}/events and its paging URLs."""
+"""Delivery logs: the events API and its paging URLs, the live stream (SSE), message trace, stats, tags."""
 
 from __future__ import annotations
 
 import falcon
+
+from envoi.api.errors import ApiError
+from envoi.api.forms import read_form
+from envoi.events.service import compile_filters, matches, parse_filters
+from envoi.events.stream import TooManyStreams
+
+
+def query_params(req: falcon.Request) -> dict[str, list[str]]:
+    """Query parameters as lists, without splitting values on commas (filters may contain them)."""
+    out: dict[str, list[str]] = {}
+    for key, value in req.params.items():
+        out[key] = list(value) if isinstance(value, list) else [value]
+    return out
 
 
 class DomainScoped:
@@ -21,11 +34,114 @@ class EventList(DomainScoped):
         self.events = events
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        params = {}
-        for key in req.params:
-            value = req.get_param_as_list(key) or []
-            params[key] = value
-        resp.media = self.events.search(self.domain(req, domain), params)
+        resp.media = self.events.search(self.domain(req, domain), query_params(req))
 
     def on_get_page(self, req: falcon.Request, resp: falcon.Response, domain: str, token: str) -> None:
         resp.media = self.events.page(self.domain(req, domain), token)
+
+
+class LiveEvents(DomainScoped):
+    """GET /v3/{domain}/events/live and GET /v3/events/live (every domain of the account) as SSE.
+
+    Same filters as the events API; resumable with Last-Event-ID (header, or `last_event_id` in the
+    query for clients that cannot set headers); `timeout` shortens the response (seconds, capped by
+    the server's maximum); the client reconnects when it ends.
+    """
+
+    def __init__(self, accounts, stream):
+        super().__init__(accounts)
+        self.stream = stream
+        self._names: dict[int, str] = {}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str | None = None) -> None:
+        principal = req.context.principal
+        domain_id = self.domain(req, domain)["id"] if domain is not None else None
+        params = query_params(req)
+        compiled = compile_filters(parse_filters(params))
+        last_event_id = req.get_header("Last-Event-ID") or req.get_param("last_event_id") or None
+        timeout = None
+        if (value := req.get_param("timeout")) is not None:
+            try:
+                timeout = float(value)
+            except ValueError as ex:
+                raise ApiError(400, "timeout must be a number of seconds") from ex
+            if timeout <= 0:
+                raise ApiError(400, "timeout must be a number of seconds")
+        try:
+            body = self.stream.open(
+                principal.account_id, domain_id=domain_id, matches=lambda data: matches(compiled, data),
+                last_event_id=last_event_id, max_seconds=timeout,
+                decorate=self._with_domain if domain is None else None)
+        except TooManyStreams as ex:
+            raise ApiError(429, str(ex), headers={"Retry-After": "5"}) from ex
+        except ValueError as ex:
+            raise ApiError(400, str(ex)) from ex
+        resp.content_type = "text/event-stream"
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+        resp.stream = body
+
+    def _with_domain(self, domain_id: int, data: dict) -> dict:
+        name = self._names.get(domain_id)
+        if name is None:
+            name = self._names[domain_id] = self.accounts.get_domain_by_id(domain_id)["name"]
+        return dict(data, domain={"name": name})
+
+
+class MessageTrace(DomainScoped):
+    """GET /v3/{domain}/messages/{message_id}/trace: every attempt for every recipient."""
+
+    def __init__(self, accounts, events):
+        super().__init__(accounts)
+        self.events = events
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str, message_id: str) -> None:
+        trace = self.events.trace(self.domain(req, domain), message_id)
+        if trace is None:
+            raise ApiError(404, "Message not found")
+        resp.media = trace
+
+
+class StatsTotal(DomainScoped):
+    def __init__(self, accounts, stats):
+        super().__init__(accounts)
+        self.stats = stats
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        resp.media = self.stats.total(self.domain(req, domain), query_params(req))
+
+
+class Tags(DomainScoped):
+    def __init__(self, accounts, stats, public_url: str):
+        super().__init__(accounts)
+        self.stats = stats
+        self.public_url = public_url
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        row = self.domain(req, domain)
+        resp.media = self.stats.list_tags(row, query_params(req), f"{self.public_url}/v3/{row['name']}/tags")
+
+    def on_get_item(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
+        found = self.stats.get_tag(self.domain(req, domain), tag)
+        if found is None:
+            raise ApiError(404, "tag not found")
+        resp.media = found
+
+    def on_put_item(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
+        fields, _ = read_form(req)
+        description = (fields.get("description") or [""])[-1]
+        if not self.stats.describe_tag(self.domain(req, domain), tag, description):
+            raise ApiError(404, "tag not found")
+        resp.media = {"message": "Tag updated"}
+
+    def on_delete_item(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
+        if not self.stats.delete_tag(self.domain(req, domain), tag):
+            raise ApiError(404, "tag not found")
+        resp.media = {"message": "Tag deleted"}
+
+    def on_get_stats(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
+        row = self.domain(req, domain)
+        if self.stats.get_tag(row, tag) is None:
+            raise ApiError(404, "tag not found")
+        result = self.stats.total(row, query_params(req), tag=tag)
+        resp.media = dict(result, tag=tag)

@@ -1,0 +1,155 @@
+"""The live stream of events: a Redis Stream per account, fed after commit, read as Server-Sent Events.
+
+`publish` is an events listener: once a transaction that recorded events has committed, each event
+is XADDed to its account's stream (capped with MAXLEN, so Redis memory stays bounded). A reader
+XREADs from the last id it saw, so a client that reconnects with `Last-Event-ID` misses nothing
+that is still in the stream. Postgres stays the source of truth: the stream is only the fast path,
+and an event trimmed away (or lost with Redis) is still in the events API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from envoi.infra.redis import RedisError
+
+log = logging.getLogger(__name__)
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+class TooManyStreams(RuntimeError):
+    """This process already serves as many live streams as it may."""
+
+
+class LiveStream:
+    #: Seconds between keep-alive comments when no event flows (proxies close idle connections).
+    heartbeat = 15.0
+    #: Seconds one XREAD blocks; below the Redis client's socket timeout (5 s).
+    block = 2.0
+    #: Events read per XREAD.
+    batch = 200
+
+    def __init__(self, redis, region: str, *, maxlen: int = 10_000, max_clients: int = 12,
+                 max_seconds: float = 300.0):
+        self.redis = redis
+        self.region = region
+        self.maxlen = maxlen
+        self.max_seconds = max_seconds
+        self.max_clients = max_clients
+        self._slots = threading.BoundedSemaphore(max_clients)
+
+    def key(self, account_id: int) -> str:
+        return f"envoi:{self.region}:events:live:{account_id}"
+
+    # writing --------------------------------------------------------------------------------------
+    def publish(self, events: list) -> None:
+        """Events listener (after commit): append each event to its account's stream."""
+        if not events:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for ev in events:
+                pipe.xadd(self.key(ev.account_id), {"d": ev.domain_id, "e": json.dumps(ev.data)},
+                          maxlen=self.maxlen, approximate=True)
+            pipe.execute()
+        except RedisError as ex:
+            log.warning("live stream: %s (events are in Postgres; live readers miss them)", ex)
+
+    # reading --------------------------------------------------------------------------------------
+    def latest(self, account_id: int) -> str:
+        entries = self.redis.xrevrange(self.key(account_id), count=1)
+        return _text(entries[0][0]) if entries else "0-0"
+
+    def read(self, account_id: int, last_id: str, block: float | None = None) -> list[tuple[str, int, dict]]:
+        """Entries after last_id as (id, domain_id, event item); waits up to `block` seconds."""
+        timeout = self.block if block is None else block
+        answer = self.redis.xread({self.key(account_id): last_id}, count=self.batch,
+                                  block=max(1, int(timeout * 1000)))
+        out = []
+        for _, entries in answer or []:
+            for entry_id, fields in entries:
+                fields = {_text(k): v for k, v in fields.items()}
+                out.append((_text(entry_id), int(fields["d"]), json.loads(fields["e"])))
+        return out
+
+    def open(self, account_id: int, *, domain_id: int | None, matches: Callable[[dict], bool],
+             last_event_id: str | None, max_seconds: float | None = None,
+             decorate: Callable[[int, dict], dict] | None = None) -> SseBody:
+        """An SSE response body for one client; raises TooManyStreams when the process is full."""
+        if last_event_id is not None and not STREAM_ID.match(last_event_id):
+            raise ValueError("Last-Event-ID is not an id this stream gave out")
+        if not self._slots.acquire(blocking=False):
+            raise TooManyStreams(f"this server already serves {self.max_clients} live streams; retry shortly")
+        try:
+            start = last_event_id or self.latest(account_id)
+        except Exception:
+            self._slots.release()
+            raise
+        limit = self.max_seconds if max_seconds is None else min(max_seconds, self.max_seconds)
+        body = self._events(account_id, domain_id, matches, start, limit, decorate)
+        return SseBody(body, self._slots.release)
+
+    def _events(self, account_id, domain_id, matches, last_id, max_seconds, decorate) -> Iterator[bytes]:
+        deadline = time.monotonic() + max_seconds
+        # Tell EventSource how soon to reconnect once this response ends at its maximum duration.
+        yield b"retry: 1000\n: connected\n\n"
+        quiet_since = time.monotonic()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                entries = self.read(account_id, last_id, min(self.block, left))
+            except RedisError as ex:
+                log.warning("live stream read: %s", ex)
+                time.sleep(min(1.0, max(left, 0)))
+                entries = []
+            chunks = []
+            for entry_id, entry_domain, data in entries:
+                last_id = entry_id
+                if domain_id is not None and entry_domain != domain_id:
+                    continue
+                if not matches(data):
+                    continue
+                if decorate is not None:
+                    data = decorate(entry_domain, data)
+                chunks.append(f"id: {entry_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n")
+            if chunks:
+                quiet_since = time.monotonic()
+                yield "".join(chunks).encode()
+            elif time.monotonic() - quiet_since >= self.heartbeat:
+                quiet_since = time.monotonic()
+                # An id without data moves the client's Last-Event-ID past events filtered out.
+                yield f": keep-alive\nid: {last_id}\n\n".encode()
+
+
+class SseBody:
+    """A WSGI response iterable that frees its stream slot when the server closes it."""
+
+    def __init__(self, events: Iterator[bytes], release: Callable[[], None]):
+        self._events = events
+        self._release = release
+        self._released = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._events)
+
+    def close(self) -> None:
+        try:
+            self._events.close()
+        finally:
+            if not self._released:
+                self._released = True
+                self._release()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
