@@ -68,3 +68,9 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port) -> None:
 
 
 COMMANDS.append(smtp)
+
+
+# inbound bounces and complaints (DSN / ARF) ----------------------------------------------------
+from envoi.commands.bounces import inbound  # noqa: E402
+
+COMMANDS.append(inbound)

@@ -85,9 +85,11 @@ class InboundServer:
         self._server = await loop.create_server(self._factory, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Listen until `stop` is set (the `envoi inbound` command)."""
+    async def serve(self, stop: asyncio.Event, on_ready=None) -> None:
+        """Listen until `stop` is set (the `envoi inbound` command); on_ready() once listening."""
         await self.open()
+        if on_ready is not None:
+            on_ready()
         try:
             await stop.wait()
         finally:

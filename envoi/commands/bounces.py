@@ -1,0 +1,39 @@
+"""`envoi inbound`: the listener for asynchronous bounces (DSN) and feedback-loop complaints (ARF)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("inbound")
+@click.option("--bind", default=None, help="Listen address [ENVOI_INBOUND_BIND, 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Listen port [ENVOI_INBOUND_PORT, 2526; 25 in production].")
+def inbound(bind: str | None, port: int | None) -> None:
+    """Receive DSNs at VERP bounce addresses and ARF reports at the FBL addresses; record events."""
+    import asyncio
+    import logging
+    import signal
+
+    from envoi import runtime
+    from envoi.infra.settings import Settings
+    from envoi.mta.bounces.inbound import from_services
+
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
+    settings = Settings.from_env()
+    services = runtime.build(settings, pool_size=6)
+    server = from_services(services, host=bind, port=port)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.serve(stop, on_ready=lambda: click.echo(
+            f"inbound: region {settings.region}, listening on {server.host}:{server.port} "
+            f"(VERP bounce+…@, FBL {', '.join(settings.fbl_addresses)}, postmaster@)"))
+
+    try:
+        asyncio.run(run())
+    finally:
+        services.close()
