@@ -71,6 +71,10 @@ class Settings:
     relay_connections: int = 50
     #: ENVOI_SMTP_TIMEOUT: seconds to wait on a remote SMTP server per command.
     smtp_timeout: float = 60.0
+    #: ENVOI_SHAPING_FILE: TOML of per-destination shaping rules (default: envoi/mta/delivery/shaping.toml).
+    shaping_file: str | None = None
+    #: ENVOI_TLS_CA_FILE: CA bundle the relay verifies MX certificates against (default: system CAs).
+    tls_ca_file: str | None = None
     #: ENVOI_BODY_RETENTION: how long message bodies are kept (default 3 days).
     body_retention: float = 3 * 86400
     #: ENVOI_EVENT_RETENTION: how long events are kept (default 30 days).
@@ -189,6 +193,10 @@ class Settings:
             values["relay_connections"] = int(v)
         if v := env.get("ENVOI_SMTP_TIMEOUT"):
             values["smtp_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_SHAPING_FILE"):
+            values["shaping_file"] = v
+        if v := env.get("ENVOI_TLS_CA_FILE"):
+            values["tls_ca_file"] = v
         if v := env.get("ENVOI_BODY_RETENTION"):
             values["body_retention"] = _seconds(v)
         if v := env.get("ENVOI_EVENT_RETENTION"):
