@@ -212,3 +212,23 @@ def test_unmatched_and_garbage_reports_are_accepted_and_dropped(services, accoun
     deliver_report(inbound, f"postmaster@{domain['name']}", b"Subject: hi\r\n\r\nhi\r\n")
     assert db.execute("SELECT count(*) AS n FROM events WHERE domain_id = %s AND event IN"
                       " ('failed', 'complained')", (domain["id"],)).fetchone()["n"] == 0
+
+
+def test_plain_text_bounce_with_per_recipient_verp(services, account, domain, db, inbound, key):
+    rcpt = f"olduser-{uuid.uuid4().hex[:6]}@{RCPT_DOMAIN}"
+    message_id = send(services, account["id"], domain, [rcpt])
+    [row] = rows_of(db, message_id)
+    return_path = verp.return_path(domain["name"], row["message_pk"], row["id"], key)
+    raw = (FIXTURES / "qmail_bounce.eml").read_text().replace("olduser@example.info", rcpt)
+    deliver_report(inbound, return_path, raw.replace(FIXTURE_VERP, return_path).encode())
+    [failed] = events_of(db, message_id, "failed")
+    assert failed["recipient"] == rcpt and failed["data"]["delivery-status"]["enhanced-code"] == "5.1.1"
+
+
+def test_envoi_inbound_command_is_registered():
+    from click.testing import CliRunner
+
+    from envoi.cli import main
+
+    result = CliRunner().invoke(main, ["inbound", "--help"])
+    assert result.exit_code == 0 and "--port" in result.output
