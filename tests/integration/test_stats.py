@@ -1,0 +1,182 @@
+"""Stats and tags from the rollups, and retention: partitions created, dropped and purged per plan."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+import pytest
+from falcon import testing
+
+from envoi.api.app import create_app
+from envoi.events import store
+from envoi.events.service import Retention
+from tests.conftest import basic
+from tests.support.events import record
+
+DAY = 86400
+
+
+@pytest.fixture
+def client(settings, services):
+    return testing.TestClient(create_app(settings, services))
+
+
+def test_stats_total_counts_match_events(client, services, api_key, domain, db):
+    now = time.time()
+    hour_ago = now - 3600
+    for _ in range(3):
+        record(services, domain, "accepted", method="http", tags=["news"])
+    record(services, domain, "accepted", method="smtp", ts=hour_ago)
+    record(services, domain, "delivered", method="http", tags=["news"])
+    record(services, domain, "delivered", method="smtp", ts=hour_ago)
+    record(services, domain, "failed", severity="permanent", reason="bounce")
+    record(services, domain, "failed", severity="permanent", reason="suppress-bounce")
+    record(services, domain, "failed", severity="temporary", reason="generic",
+           delivery_status={"code": 421, "bounce-class": "spam-block"})
+    record(services, domain, "failed", severity="temporary", reason="generic", delivery_status={"code": 451})
+    record(services, domain, "opened")
+
+    resp = client.simulate_get(f"/v3/{domain['name']}/stats/total", headers=basic(api_key), query_string=urlencode(
+        [("event", "accepted"), ("event", "delivered"), ("event", "failed"), ("event", "opened"),
+         ("duration", "1d"), ("resolution", "day")]))
+    assert resp.status_code == 200, resp.text
+    body = resp.json
+    assert body["resolution"] == "day" and body["start"].endswith("00:00:00 UTC")
+    totals = {"accepted": 0, "delivered": 0, "failed": 0, "opened": 0}
+    for bucket in body["stats"]:
+        for event in ("accepted", "delivered", "opened"):
+            totals[event] += bucket[event]["total"]
+        totals["failed"] += bucket["failed"]["permanent"]["total"] + bucket["failed"]["temporary"]["total"]
+    stored = {r["event"]: r["n"] for r in db.execute(
+        "SELECT event, count(*) AS n FROM events WHERE domain_id = %s GROUP BY event", (domain["id"],))}
+    assert totals == stored == {"accepted": 4, "delivered": 2, "failed": 4, "opened": 1}
+
+    hourly = client.simulate_get(f"/v3/{domain['name']}/stats/total", headers=basic(api_key), query_string=urlencode(
+        [("event", "accepted"), ("event", "delivered"), ("event", "failed"), ("duration", "3h"),
+         ("resolution", "hour")])).json
+    assert len(hourly["stats"]) == 4 and hourly["stats"][0]["time"].endswith(":00:00 UTC")
+    summed = {"smtp": 0, "http": 0}
+    failed = {"bounce": 0, "suppress-bounce": 0, "permanent": 0, "espblock": 0, "temporary": 0}
+    accepted = 0
+    for bucket in hourly["stats"]:
+        accepted += bucket["accepted"]["outgoing"]
+        summed["smtp"] += bucket["delivered"]["smtp"]
+        summed["http"] += bucket["delivered"]["http"]
+        perm, temp = bucket["failed"]["permanent"], bucket["failed"]["temporary"]
+        failed["bounce"] += perm["bounce"]
+        failed["suppress-bounce"] += perm["suppress-bounce"]
+        failed["permanent"] += perm["total"]
+        failed["espblock"] += temp["espblock"]
+        failed["temporary"] += temp["total"]
+    assert accepted == 4 and summed == {"smtp": 1, "http": 1}
+    assert failed == {"bounce": 1, "suppress-bounce": 1, "permanent": 2, "espblock": 1, "temporary": 2}
+    # the hour before holds the older events
+    by_time = {b["time"]: b for b in hourly["stats"]}
+    older = datetime.fromtimestamp(hour_ago - hour_ago % 3600, UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
+    assert by_time[older]["accepted"]["total"] == 1 and by_time[older]["delivered"]["smtp"] == 1
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("", "event is required"),
+    ("event=bogus", "not a valid event type"),
+    ("event=accepted&resolution=week", "resolution must be one of"),
+    ("event=accepted&duration=3y", "not a valid duration"),
+    ("event=accepted&resolution=hour&duration=2000d", "more than"),
+])
+def test_stats_bad_input(client, api_key, domain, query, message):
+    resp = client.simulate_get(f"/v3/{domain['name']}/stats/total", headers=basic(api_key), query_string=query)
+    assert resp.status_code == 400 and message in resp.json["message"]
+
+
+def test_tags_rollup_and_api(client, services, api_key, domain, db):
+    first = time.time() - 7200
+    record(services, domain, "accepted", tags=["alpha", "beta"], ts=first)
+    record(services, domain, "delivered", tags=["alpha"])
+    record(services, domain, "accepted", tags=["gamma"])
+    url = f"/v3/{domain['name']}/tags"
+    resp = client.simulate_get(url, headers=basic(api_key), query_string="limit=2")
+    assert resp.status_code == 200
+    assert [t["tag"] for t in resp.json["items"]] == ["alpha", "beta"]
+    alpha = resp.json["items"][0]
+    assert alpha["first-seen"] == datetime.fromtimestamp(first, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert alpha["last-seen"] > alpha["first-seen"]
+    nxt = resp.json["paging"]["next"].split("?", 1)[1]
+    assert [t["tag"] for t in client.simulate_get(url, headers=basic(api_key), query_string=nxt).json["items"]] == [
+        "gamma"]
+    assert [t["tag"] for t in client.simulate_get(url, headers=basic(api_key),
+                                                  query_string="prefix=g").json["items"]] == ["gamma"]
+
+    resp = client.simulate_put(f"{url}/alpha", headers={**basic(api_key),
+                                                        "Content-Type": "application/x-www-form-urlencoded"},
+                               body="description=Signup+button")
+    assert resp.status_code == 200
+    assert client.simulate_get(f"{url}/alpha", headers=basic(api_key)).json["description"] == "Signup button"
+
+    stats = client.simulate_get(f"{url}/alpha/stats", headers=basic(api_key),
+                                query_string="event=accepted&event=delivered&duration=1d").json
+    assert stats["tag"] == "alpha"
+    assert sum(b["accepted"]["total"] for b in stats["stats"]) == 1
+    assert sum(b["delivered"]["total"] for b in stats["stats"]) == 1
+
+    assert client.simulate_delete(f"{url}/beta", headers=basic(api_key)).status_code == 200
+    assert db.execute("SELECT count(*) AS n FROM event_tags WHERE domain_id = %s AND tag = 'beta'",
+                      (domain["id"],)).fetchone()["n"] == 0
+    assert db.execute("SELECT count(*) AS n FROM event_stats_hourly WHERE domain_id = %s AND tag = 'beta'",
+                      (domain["id"],)).fetchone()["n"] == 0
+    assert client.simulate_get(f"{url}/beta", headers=basic(api_key)).status_code == 404
+
+
+def partition_names(db) -> set[str]:
+    return {r["relname"] for r in db.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'events'::regclass")}
+
+
+def test_partitions_and_retention_purge(services, db):
+    events = services.events
+    saved = events.retention
+    free = services.accounts.create_account("free-acct", "free")
+    trial = services.accounts.create_account("trial-acct", "trial")
+    free_domain = services.accounts.add_domain(free["id"], f"f{time.time_ns()}.example.test", dkim_key_size=1024)
+    trial_domain = services.accounts.add_domain(trial["id"], f"t{time.time_ns()}.example.test", dkim_key_size=1024)
+    now = time.time()
+    assert events._maintaining.acquire(timeout=30)  # no background run races this test's explicit ones
+    try:
+        # Rows whose day has no partition wait in the default partition; never lost.
+        events.retention = Retention(60 * DAY, {"trial": 3 * DAY})
+        ancient = record(services, free_domain, "delivered", ts=now - 35 * DAY)
+        free_old = record(services, free_domain, "delivered", ts=now - 10 * DAY)
+        trial_old = record(services, trial_domain, "delivered", ts=now - 10 * DAY)
+        trial_new = record(services, trial_domain, "delivered")
+        in_default = {r["event_id"] for r in db.execute("SELECT event_id FROM events_default")}
+        assert {ancient["id"], free_old["id"], trial_old["id"]} <= in_default
+
+        report = events.maintain()
+        old_day = datetime.fromtimestamp(now - 35 * DAY, UTC).date()
+        ten_day = datetime.fromtimestamp(now - 10 * DAY, UTC).date()
+        assert store.partition_name(old_day) in report["created"]
+        assert store.partition_name(ten_day) in report["created"]
+        ahead = (datetime.now(UTC) + timedelta(days=3)).date()
+        assert {store.partition_name(old_day), store.partition_name(ten_day),
+                store.partition_name(ahead)} <= partition_names(db)
+        assert db.execute("SELECT count(*) AS n FROM events_default WHERE event_id = ANY(%s)",
+                          ([ancient["id"], free_old["id"]],)).fetchone()["n"] == 0
+        remaining = {r["event_id"] for r in db.execute("SELECT event_id FROM events WHERE domain_id = ANY(%s)",
+                                                       ([free_domain["id"], trial_domain["id"]],))}
+        # trial keeps 3 days: its 10-day-old event is purged; free (60 days here) keeps both
+        assert remaining == {ancient["id"], free_old["id"], trial_new["id"]}
+
+        # Back to 30 days: the 35-day-old partition is dropped whole.
+        events.retention = Retention(30 * DAY, {"trial": 3 * DAY})
+        report = events.maintain()
+        assert store.partition_name(old_day) in report["dropped"]
+        assert store.partition_name(old_day) not in partition_names(db)
+        remaining = {r["event_id"] for r in db.execute("SELECT event_id FROM events WHERE domain_id = ANY(%s)",
+                                                       ([free_domain["id"], trial_domain["id"]],))}
+        assert remaining == {free_old["id"], trial_new["id"]}
+        assert events.maintain() == {"created": [], "dropped": [], "deleted": 0}  # idempotent
+    finally:
+        events.retention = saved
+        events._maintaining.release()
