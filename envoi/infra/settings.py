@@ -108,8 +108,10 @@ class Settings:
     webhook_retry_for: float = 8 * 3600
     #: ENVOI_WEBHOOK_TIMEOUT: seconds to wait for a webhook endpoint (connect + response) (10).
     webhook_timeout: float = 10.0
-    #: ENVOI_WEBHOOK_PER_ENDPOINT: webhook deliveries in flight at once per endpoint URL (4).
-    webhook_per_endpoint: int = 4
+    #: ENVOI_WEBHOOK_PER_ENDPOINT: webhook deliveries in flight at once per endpoint host (2).
+    webhook_per_endpoint: int = 2
+    #: ENVOI_WEBHOOK_PER_ACCOUNT: webhook deliveries in flight at once per account, all hosts (4).
+    webhook_per_account: int = 4
     #: ENVOI_SMTP_BIND: address `envoi smtp` listens on for submission (127.0.0.1; 0.0.0.0 in production).
     smtp_bind: str = "127.0.0.1"
     #: ENVOI_SMTP_SUBMISSION_PORT: SMTP submission port with STARTTLS (587; 0 disables).
@@ -232,6 +234,8 @@ class Settings:
             values["webhook_timeout"] = _seconds(v)
         if v := env.get("ENVOI_WEBHOOK_PER_ENDPOINT"):
             values["webhook_per_endpoint"] = int(v)
+        if v := env.get("ENVOI_WEBHOOK_PER_ACCOUNT"):
+            values["webhook_per_account"] = int(v)
         if v := env.get("ENVOI_SMTP_BIND"):
             values["smtp_bind"] = v
         if v := env.get("ENVOI_SMTP_SUBMISSION_PORT"):
