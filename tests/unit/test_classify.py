@@ -125,3 +125,14 @@ def test_retry_hint():
     assert from_reply(451, "4.7.1 Please try again in 120 seconds").retry_after == 120
     assert from_reply(451, "4.7.1 retry in 5 minutes").retry_after == 300
     assert from_reply(550, "5.1.1 try again in 5 minutes").retry_after is None
+
+
+def test_rule_patterns_are_lower_case():
+    # The rules run on lower-cased text without re.I: an upper-case literal would never match.
+    import re
+
+    from envoi.mta.delivery import outcome
+
+    for _, pattern in outcome.STRONG_RULES + outcome.WEAK_RULES:
+        literal = re.sub(r"\\[A-Za-z]", "", pattern.pattern)
+        assert literal == literal.lower(), pattern.pattern

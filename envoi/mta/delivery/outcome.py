@@ -95,7 +95,9 @@ def reply_code(text: str) -> int | None:
 
 # -- the rule tables ------------------------------------------------------------------------------
 def _rx(*alternatives: str) -> re.Pattern:
-    return re.compile("|".join(f"(?:{a})" for a in alternatives), re.I)
+    """One pattern from alternatives (write them lower-case: they run on lower-cased text, which is
+    several times cheaper than re.I)."""
+    return re.compile("|".join(f"(?:{a})" for a in alternatives))
 
 
 #: Texts that override whatever the codes say. Order matters: first match wins.
@@ -114,7 +116,7 @@ STRONG_RULES: tuple[tuple[BounceClass, re.Pattern], ...] = (
     (BounceClass.SPAM_BLOCK, _rx(
         r"spamhaus", r"spamcop", r"barracuda", r"sorbs", r"\bsurbl\b", r"\buribl\b", r"\bdnsbl\b", r"\brbl\b",
         r"block ?list", r"black ?list", r"listed (?:at|in|on|by)", r"blocked using",
-        r"reputation", r"unsolicited", r"\bspam\b", r"junk mail", r"\bUCE\b", r"bulk mail",
+        r"reputation", r"unsolicited", r"\bspam\b", r"junk mail", r"\buce\b", r"bulk mail",
         r"part of their network is on our block")),
     (BounceClass.INACTIVE_MAILBOX, _rx(
         r"(?:mailbox|account|user) (?:is |has been )?(?:disabled|deactivated|suspended|inactive|expired|closed)",
@@ -188,7 +190,7 @@ def bounce_class(code: int, enhanced: str, message: str) -> BounceClass:
     """Classify a non-2xx reply; see the module docstring for the order of the rules."""
     if code < 400:
         return BounceClass.NONE
-    text = " ".join((message or "").split())
+    text = " ".join((message or "").split()).lower()
     for klass, pattern in STRONG_RULES:
         if pattern.search(text):
             return klass
