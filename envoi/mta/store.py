@@ -33,7 +33,7 @@ def insert_recipients(conn: Connection, rows: list[tuple]) -> list[int]:
         return ids
 
 
-def claim_due(conn: Connection, limit: int, lease_seconds: float) -> list[dict]:
+def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None) -> list[dict]:
     """Lease up to `limit` due recipients. A crashed relay's lease simply runs out, so nothing is lost."""
     return conn.execute(
         """
@@ -45,13 +45,46 @@ def claim_due(conn: Connection, limit: int, lease_seconds: float) -> list[dict]:
             LIMIT %s
             FOR UPDATE SKIP LOCKED
         )
-        UPDATE recipients r SET leased_until = now() + make_interval(secs => %s)
+        UPDATE recipients r SET leased_until = now() + make_interval(secs => %s), lease_owner = %s
         FROM due WHERE r.id = due.id
         RETURNING r.id, r.message_pk, r.account_id, r.domain_id, r.address, r.rcpt_domain, r.attempts,
                   r.expires_at
         """,
-        (limit, lease_seconds),
+        (limit, lease_seconds, owner),
     ).fetchall()
+
+
+def release_leases(conn: Connection, owner: str) -> int:
+    """Give back every lease `owner` holds (its relay restarted: nothing it held is in flight)."""
+    return conn.execute(
+        "UPDATE recipients SET leased_until = NULL, lease_owner = NULL"
+        " WHERE status = 'queued' AND lease_owner = %s AND leased_until > now()",
+        (owner,),
+    ).rowcount
+
+
+def renew_leases(conn: Connection, ids: list[int], owner: str, lease_seconds: float) -> None:
+    conn.execute(
+        "UPDATE recipients SET leased_until = now() + make_interval(secs => %s)"
+        " WHERE id = ANY(%s) AND status = 'queued' AND lease_owner = %s AND leased_until IS NOT NULL",
+        (lease_seconds, ids, owner),
+    )
+
+
+def domain_ed25519(conn: Connection, domain_id: int) -> dict | None:
+    return conn.execute(
+        "SELECT dkim_ed25519_selector AS selector, dkim_ed25519_key AS key, dkim_ed25519_public_key AS public_key"
+        " FROM domains WHERE id = %s AND dkim_ed25519_key IS NOT NULL",
+        (domain_id,),
+    ).fetchone()
+
+
+def set_domain_ed25519(conn: Connection, domain_id: int, selector: str, sealed_key: bytes, public_key: str) -> None:
+    conn.execute(
+        "UPDATE domains SET dkim_ed25519_selector = %s, dkim_ed25519_key = %s, dkim_ed25519_public_key = %s"
+        " WHERE id = %s",
+        (selector, sealed_key, public_key, domain_id),
+    )
 
 
 def load_messages(conn: Connection, message_pks: list[int]) -> list[dict]:
@@ -73,22 +106,31 @@ def save_dkim_signature(conn: Connection, message_pk: int, signature: str) -> No
 
 def finish(conn: Connection, rows: list[tuple]) -> None:
     """rows: (recipient_id, status, code, message) for final outcomes."""
-    with conn.cursor() as cur:
-        cur.executemany(
-            "UPDATE recipients SET status = %s, last_code = %s, last_message = %s, attempts = attempts + 1,"
-            " leased_until = NULL, updated_at = now() WHERE id = %s",
-            [(status, code, message, rid) for rid, status, code, message in rows],
-        )
+    if not rows:
+        return
+    ids, statuses, codes, messages = (list(col) for col in zip(*rows, strict=True))
+    conn.execute(
+        "UPDATE recipients r SET status = v.status, last_code = v.code, last_message = v.message,"
+        " attempts = r.attempts + 1, leased_until = NULL, updated_at = now()"
+        " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[]) AS v(id, status, code, message)"
+        " WHERE r.id = v.id",
+        (ids, statuses, codes, messages),
+    )
 
 
 def reschedule(conn: Connection, rows: list[tuple]) -> None:
-    """rows: (recipient_id, next_attempt_at, code, message, count_attempt)."""
-    with conn.cursor() as cur:
-        cur.executemany(
-            "UPDATE recipients SET next_attempt_at = %s, last_code = %s, last_message = %s,"
-            " attempts = attempts + %s, leased_until = NULL, updated_at = now() WHERE id = %s",
-            [(when, code, message, 1 if counted else 0, rid) for rid, when, code, message, counted in rows],
-        )
+    """rows: (recipient_id, next_attempt_at, code, message, count_attempt); code None keeps the last one."""
+    if not rows:
+        return
+    ids, whens, codes, messages, counted = (list(col) for col in zip(*rows, strict=True))
+    conn.execute(
+        "UPDATE recipients r SET next_attempt_at = v.at, last_code = coalesce(v.code, r.last_code),"
+        " last_message = coalesce(v.message, r.last_message), attempts = r.attempts + v.counted,"
+        " leased_until = NULL, updated_at = now()"
+        " FROM unnest(%s::bigint[], %s::timestamptz[], %s::int[], %s::text[], %s::int[])"
+        " AS v(id, at, code, message, counted) WHERE r.id = v.id",
+        (ids, whens, codes, messages, [1 if c else 0 for c in counted]),
+    )
 
 
 def queue_depth(conn: Connection) -> dict:

@@ -19,20 +19,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from envoi.accounts.service import Accounts
+from envoi.dedicated_ip.errors import NoEgressAvailable
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.settings import Settings
 from envoi.mta import store
+from envoi.mta.bounces import verp
 from envoi.mta.delivery import retry
-from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxResolver
+from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxHost, MxResolver
 from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome
 from envoi.mta.delivery.session import Egress, Session, SessionError, connection_failure
+from envoi.mta.delivery.shaping import RateLimiter, Rule, Shaping
 from envoi.mta.signing import DkimSigner
 
 log = logging.getLogger("envoi.relay")
-LEASE_SECONDS = 600
+# A lease is renewed while the relay holds the recipient, so a live relay never loses one; a relay
+# killed on another host leaves leases that run out after LEASE_SECONDS. A relay restarted on the
+# same host releases its own host's leases at once (one relay per host: DESIGN.md).
+LEASE_SECONDS = 120
+RENEW_SECONDS = 30
 IDLE_SECONDS = 5.0
+GAUGE_SECONDS = 10.0
 
 
 @dataclass
@@ -48,9 +56,18 @@ class Delivery:
 
 @dataclass
 class Destination:
-    key: tuple[str | None, str]  # (egress address, recipient domain)
+    """A ready queue: deliveries for one (egress address, MX site); workers hold reused sessions."""
+
+    key: tuple[str | None, tuple[str, ...]]  # (egress address, MX site = sorted MX host names)
+    mx: list[MxHost] | None  # in preference order; None: settings.smtp_route
+    rule: Rule
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     workers: int = 0
+    limiter: RateLimiter | None = None
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.key[1])[:200]
 
 
 class Relay:
@@ -68,6 +85,7 @@ class Relay:
         metrics=None,
         suppressions=None,
         egress: Callable[[dict, dict], Egress] | None = None,
+        shaping: Shaping | None = None,
     ):
         self.settings = settings
         self.db = db
@@ -82,29 +100,37 @@ class Relay:
         # and record_failures(conn, [(message, address, outcome)]) for recipient-class hard bounces.
         self.suppressions = suppressions
         self.choose_egress = egress
+        self.shaping = shaping or Shaping.load(settings.shaping_file)
+        self.owner = settings.relay_host  # lease owner: this host's relay
+        self.verp_key = verp.key_from_secret(settings.secret_key)
         self.destinations: dict[tuple, Destination] = {}
+        self.paused: dict[tuple, float] = {}  # destination key -> monotonic time it may be tried again
         self.inflight = 0
         self.capacity = max(settings.relay_batch * 2, 100)
-        self.max_connections_per_destination = max(1, min(settings.relay_connections, 20))
         self.connections = asyncio.Semaphore(settings.relay_connections)
-        self.results: list[tuple[dict, dict, Outcome]] = []
+        self.results: list[tuple[Delivery, dict, Outcome]] = []
+        self.deferrals: list[tuple[dict, float]] = []  # (recipient row, seconds): put back, no attempt counted
+        self.leased: set[int] = set()  # recipient ids this relay holds leases on
         self.signatures: dict[int, str] = {}
-        self._domains: dict[int, tuple[float, dict, bytes]] = {}
+        self._domains: dict[int, tuple[float, dict, bytes, tuple[str, bytes] | None]] = {}
         self._workers: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._flushed = asyncio.Event()
 
     # lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
+        await asyncio.to_thread(self._release_own_leases)
         flusher = asyncio.create_task(self._flush_loop())
+        keeper = asyncio.create_task(self._housekeeping())
         try:
             await self._claim_loop()
         finally:
             self._stopping.set()
             await self._drain()
-            for task in list(self._workers):
+            for task in list(self._workers) + list(self._tasks) + [keeper]:
                 task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
+            await asyncio.gather(*self._workers, *self._tasks, keeper, return_exceptions=True)
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._flush()
@@ -116,6 +142,41 @@ class Relay:
         deadline = time.monotonic() + timeout
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+    def _release_own_leases(self) -> None:
+        with self.db.transaction() as conn:
+            released = store.release_leases(conn, self.owner)
+        if released:
+            log.warning("released %d leases left by a previous relay on %s", released, self.owner)
+
+    async def _housekeeping(self) -> None:
+        """Renew the leases this relay holds and refresh the queue gauges."""
+        renewed = gauged = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if self.metrics:
+                self.metrics.queue_ready.set(sum(d.queue.qsize() for d in self.destinations.values()))
+            try:
+                if now - renewed >= RENEW_SECONDS and self.leased:
+                    ids = list(self.leased)
+                    await asyncio.to_thread(self._renew, ids)
+                    renewed = now
+                if self.metrics and now - gauged >= GAUGE_SECONDS:
+                    gauged = now
+                    depth = await asyncio.to_thread(self._depth)
+                    self.metrics.queue_scheduled.set(depth["scheduled"])
+                    self.metrics.queue_due.set(depth["due"])
+            except Exception:
+                log.exception("relay housekeeping failed; retrying")
+
+    def _renew(self, ids: list[int]) -> None:
+        with self.db.transaction() as conn:
+            store.renew_leases(conn, ids, self.owner, LEASE_SECONDS)
+
+    def _depth(self) -> dict:
+        with self.db.transaction() as conn:
+            return store.queue_depth(conn)
 
     # claiming ---------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
@@ -140,7 +201,8 @@ class Relay:
         if self.wait_for_work is None:
             await asyncio.sleep(0.5)
             return
-        # The doorbell only shortens the wait; the poll every second is what guarantees progress.
+        # The doorbell only shortens the wait; the poll every second is what guarantees progress
+        # (it is the sweeper: Postgres is the queue, so a Redis FLUSHALL loses nothing).
         waiter = asyncio.create_task(asyncio.to_thread(self.wait_for_work, 1.0))
         stopper = asyncio.create_task(self._stopping.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -150,29 +212,35 @@ class Relay:
         rows, messages, blocked = await asyncio.to_thread(self._claim_sync, limit)
         if not rows:
             return 0
+        self.inflight += len(rows)
+        self.leased.update(r["id"] for r in rows)
         groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
         for row in rows:
             reason = blocked.get(row["id"])
             if reason is not None:
                 # Suppressed: a permanent failure that says why, and nothing is sent.
                 message = messages[row["message_pk"]]
-                domain, _ = self._domain(message["domain_id"])
-                self.inflight += 1
+                domain = self._domain(message["domain_id"])[0]
                 self._result(Delivery(message, domain, [row], Egress(None, "")), row, suppressed(reason))
                 continue
             groups[(row["message_pk"], row["rcpt_domain"])].append(row)
         for (message_pk, rcpt_domain), recipients in groups.items():
             message = messages[message_pk]
-            domain, _ = self._domain(message["domain_id"])
-            delivery = Delivery(message, domain, recipients, self.egress_for(message, domain))
-            self.inflight += len(recipients)
-            self._dispatch(delivery, rcpt_domain)
+            domain = self._domain(message["domain_id"])[0]
+            try:
+                egress = self.egress_for(message, domain)
+            except NoEgressAvailable as ex:
+                # Not this relay's turn to send it (warm-up caps, IPs elsewhere): put it back unattempted.
+                for rcpt in recipients:
+                    self._defer(rcpt, ex.retry_after)
+                continue
+            self._dispatch(Delivery(message, domain, recipients, egress), rcpt_domain)
         return len(rows)
 
     def _claim_sync(self, limit: int) -> tuple[list[dict], dict[int, dict], dict[int, str]]:
         blocked: dict[int, str] = {}
         with self.db.transaction() as conn:
-            rows = store.claim_due(conn, limit, LEASE_SECONDS)
+            rows = store.claim_due(conn, limit, LEASE_SECONDS, self.owner)
             if not rows:
                 return [], {}, {}
             messages = {m["id"]: m for m in store.load_messages(conn, list({r["message_pk"] for r in rows}))}
@@ -183,18 +251,23 @@ class Relay:
                     if reason:
                         blocked[row["id"]] = reason
             missing: set[int] = set()
-            stale = {d for d, (at, _, _) in self._domains.items() if time.monotonic() - at > 60}
+            stale = {d for d, (at, *_) in self._domains.items() if time.monotonic() - at > 60}
             for m in messages.values():
                 if m["domain_id"] not in self._domains or m["domain_id"] in stale:
                     missing.add(m["domain_id"])
         for domain_id in missing:
             domain = self.accounts.get_domain_by_id(domain_id)
-            self._domains[domain_id] = (time.monotonic(), domain, self.accounts.dkim_private_key(domain))
+            with self.db.transaction() as conn:
+                ed = store.domain_ed25519(conn, domain_id)
+            ed25519 = None
+            if ed is not None:
+                ed25519 = (ed["selector"], self.sealer.open(ed["key"], ed25519_context(domain["name"])))
+            self._domains[domain_id] = (time.monotonic(), domain, self.accounts.dkim_private_key(domain), ed25519)
         return rows, messages, blocked
 
-    def _domain(self, domain_id: int) -> tuple[dict, bytes]:
-        _, domain, pem = self._domains[domain_id]
-        return domain, pem
+    def _domain(self, domain_id: int) -> tuple[dict, bytes, tuple[str, bytes] | None]:
+        _, domain, pem, ed25519 = self._domains[domain_id]
+        return domain, pem, ed25519
 
     def egress_for(self, message: dict, domain: dict) -> Egress:
         """Which source address sends this message. Decided at delivery time, not at accept."""
@@ -211,16 +284,57 @@ class Relay:
             for rcpt in delivery.recipients:
                 self._result(delivery, rcpt, outcome)
             return
-        key = (delivery.egress.address, rcpt_domain)
+        if self.settings.smtp_route:
+            host, port = self.settings.smtp_route
+            self._enqueue(delivery, (f"{host}:{port}",), None)
+            return
+        task = asyncio.create_task(self._route(delivery, rcpt_domain))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _route(self, delivery: Delivery, rcpt_domain: str) -> None:
+        """Resolve the MX set (cached by TTL) and queue the delivery on that MX site's destination."""
+        try:
+            hosts = await self.resolver.mx(rcpt_domain)
+        except (DnsTemporaryError, DnsPermanentError) as ex:
+            self._fail_delivery(delivery, dns_outcome(ex))
+            return
+        except Exception as ex:  # never lose a claimed recipient to a bug: retry it
+            log.exception("MX lookup crashed")
+            self._fail_delivery(delivery, dns_outcome(DnsTemporaryError(str(ex))))
+            return
+        self._enqueue(delivery, tuple(sorted({h.host for h in hosts})), hosts)
+
+    def _enqueue(self, delivery: Delivery, site: tuple[str, ...], mx: list[MxHost] | None) -> None:
+        key = (delivery.egress.address, site)
+        until = self.paused.get(key)
+        if until is not None:
+            if until > time.monotonic():
+                # The destination asked us to back off (421): put it back unattempted until then.
+                for rcpt in delivery.recipients:
+                    self._defer(rcpt, until - time.monotonic())
+                return
+            del self.paused[key]
         dest = self.destinations.get(key)
         if dest is None:
-            dest = self.destinations[key] = Destination(key)
+            rule = self.shaping.for_site(site) if mx is not None else self.shaping.default
+            limiter = RateLimiter(rule.messages_per_minute) if rule.messages_per_minute else None
+            dest = self.destinations[key] = Destination(key, mx, rule, limiter=limiter)
         dest.queue.put_nowait(delivery)
-        if dest.workers < self.max_connections_per_destination and dest.queue.qsize() > dest.workers - 1:
+        if dest.workers < dest.rule.max_connections and dest.queue.qsize() > dest.workers - 1:
             dest.workers += 1
             task = asyncio.create_task(self._worker(dest))
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
+
+    def _pause(self, dest: Destination, outcome: Outcome) -> None:
+        """421 or "try again in N seconds": close, stop sending to this destination for a while."""
+        seconds = outcome.retry_after or dest.rule.pause_seconds
+        self.paused[dest.key] = time.monotonic() + seconds
+        log.info("destination %s paused for %.0fs: %s %s", dest.label, seconds, outcome.code, outcome.message)
+        while not dest.queue.empty():
+            for rcpt in dest.queue.get_nowait().recipients:
+                self._defer(rcpt, seconds)
 
     async def _worker(self, dest: Destination) -> None:
         session: Session | None = None
@@ -231,33 +345,63 @@ class Relay:
                         delivery = await asyncio.wait_for(dest.queue.get(), IDLE_SECONDS)
                     except TimeoutError:
                         return
+                    until = self.paused.get(dest.key)
+                    if until is not None and until > time.monotonic():
+                        for rcpt in delivery.recipients:
+                            self._defer(rcpt, until - time.monotonic())
+                        continue
+                    if dest.limiter is not None and (wait := dest.limiter.delay()):
+                        await asyncio.sleep(wait)
+                    if session is not None and session.messages_sent >= dest.rule.messages_per_connection:
+                        await self._close(dest, session)
+                        session = None
                     if session is None or not session.usable:
+                        if session is not None:
+                            await self._close(dest, session)
                         try:
                             session = await self._connect(dest, delivery)
                         except SessionError as ex:
                             session = None
-                            # The destination is unreachable: what is queued for it shares the fate.
                             self._fail_delivery(delivery, ex.outcome)
-                            self._fail_queued(dest, ex.outcome)
+                            if ex.outcome.code == 421 or ex.outcome.retry_after:
+                                self._pause(dest, ex.outcome)
+                            else:
+                                # The destination is unreachable: what is queued for it shares the fate.
+                                self._fail_queued(dest, ex.outcome)
                             continue
                         except (DnsTemporaryError, DnsPermanentError) as ex:
                             self._fail_delivery(delivery, dns_outcome(ex))
                             self._fail_queued(dest, dns_outcome(ex))
                             continue
                     try:
-                        await self._send(session, delivery)
+                        outcomes = await self._send(session, delivery)
                     except SessionError as ex:  # the session broke mid-transaction: only this one retries
+                        await self._close(dest, session)
                         session = None
                         self._fail_delivery(delivery, ex.outcome)
+                        continue
                     except Exception as ex:  # never lose a claimed recipient to a bug: retry it
                         log.exception("delivery crashed")
                         self._fail_delivery(delivery, connection_failure(f"internal error: {ex}", {}))
+                        continue
+                    throttled = next((o for o in outcomes if o.code == 421), None)
+                    if throttled is not None:
+                        await self._close(dest, session)
+                        session = None
+                        self._pause(dest, throttled)
         finally:
             dest.workers -= 1
             if session is not None:
-                await session.close()
+                await self._close(dest, session)
             if dest.workers == 0 and dest.queue.empty():
                 self.destinations.pop(dest.key, None)
+
+    async def _close(self, dest: Destination, session: Session) -> None:
+        if session.counted:
+            session.counted = False
+            if self.metrics:
+                self.metrics.connections.labels(dest.label).dec()
+        await session.close()
 
     def _fail_queued(self, dest: Destination, outcome: Outcome) -> None:
         while not dest.queue.empty():
@@ -268,42 +412,61 @@ class Relay:
             self._result(delivery, rcpt, outcome)
 
     async def _connect(self, dest: Destination, delivery: Delivery) -> Session:
-        domain = dest.key[1]
-        options = delivery.message["options"] or {}
-        require_tls = bool(options.get("require_tls", delivery.domain.get("require_tls")))
-        verify = require_tls and not options.get("skip_verification", delivery.domain.get("skip_verification"))
-        if self.settings.smtp_route:
+        """Try the MX hosts in preference order (and each one's addresses); the next on failure."""
+        if dest.mx is None:
             host, port = self.settings.smtp_route
-            targets = [(host, host, port)]
+            targets = [(host, [host], port)]
         else:
-            targets = []
-            for mx in await self.resolver.mx(domain):
-                try:
-                    for address in await self.resolver.addresses(mx.host):
-                        targets.append((mx.host, address, self.settings.remote_smtp_port))
-                except DnsTemporaryError:
-                    continue
-            if not targets:
-                raise DnsTemporaryError(f"no address found for any MX of {domain}")
+            targets = [(mx.host, None, self.settings.remote_smtp_port) for mx in dest.mx]
         last: SessionError | None = None
-        for mx_host, address, port in targets:
-            session = Session(mx_host, address, port, delivery.egress, self.settings.smtp_timeout)
-            try:
-                await session.open(require_tls=require_tls, verify_tls=verify)
+        for mx_host, addresses, port in targets:
+            if addresses is None:
+                try:
+                    addresses = await self.resolver.addresses(mx_host)
+                except (DnsTemporaryError, DnsPermanentError) as ex:
+                    last = SessionError(dns_outcome(DnsTemporaryError(str(ex))))
+                    continue
+            for address in addresses:
+                session = Session(mx_host, address, port, delivery.egress, self.settings.smtp_timeout,
+                                  ca_file=self.settings.tls_ca_file)
+                try:
+                    await session.open()
+                except SessionError as ex:
+                    last = ex
+                    if ex.outcome.kind is Kind.FAILED and ex.outcome.code >= 500 and ex.outcome.code != 554:
+                        raise
+                    continue
+                session.counted = True
+                if self.metrics:
+                    self.metrics.connections.labels(dest.label).inc()
                 return session
-            except SessionError as ex:
-                last = ex
-                if ex.outcome.kind is Kind.FAILED and ex.outcome.code >= 500 and ex.outcome.code != 554:
-                    break
+        if last is None:
+            raise DnsTemporaryError(f"no address found for any MX of {dest.label}")
         raise last
 
-    async def _send(self, session: Session, delivery: Delivery) -> None:
+    async def _send(self, session: Session, delivery: Delivery) -> list[Outcome]:
         message = delivery.message
+        options = message["options"] or {}
+        require_tls = bool(options.get("require_tls", delivery.domain.get("require_tls")))
+        skip = options.get("skip_verification", delivery.domain.get("skip_verification"))
+        refusal = session.policy_refusal(require_tls, not skip)
+        if refusal is not None:
+            self._fail_delivery(delivery, refusal)
+            return [refusal]
         data = self._signed(message, delivery.domain)
         addresses = [r["address"] for r in delivery.recipients]
-        outcomes = await session.send(message["mail_from"], addresses, data)
+        outcomes = await session.send(self._mail_from(delivery), addresses, data)
         for rcpt in delivery.recipients:
             self._result(delivery, rcpt, outcomes[rcpt["address"]])
+        return list(outcomes.values())
+
+    def _mail_from(self, delivery: Delivery) -> str:
+        """The envelope sender: a VERP return path naming the message (and the recipient if alone)."""
+        message = delivery.message
+        if self.verp_key is None or not message["mail_from"]:
+            return message["mail_from"]
+        domain = self.settings.bounce_domain or delivery.domain["name"]
+        return verp.envelope_sender(domain, message["id"], [r["id"] for r in delivery.recipients], self.verp_key)
 
     def _signed(self, message: dict, domain: dict) -> bytes:
         body = self.sealer.open(message["body"], message["storage_key"].encode())
@@ -311,10 +474,10 @@ class Relay:
             return body
         signature = message["dkim_signature"] or self.signatures.get(message["id"])
         if signature is None:
-            _, pem = self._domain(domain["id"])
+            _, pem, ed25519 = self._domain(domain["id"])
             started = time.perf_counter()
             signature = self.signer.sign(body, domain=domain["name"], selector=domain["dkim_selector"],
-                                         private_key_pem=pem).decode()
+                                         private_key_pem=pem, ed25519=ed25519).decode()
             if self.metrics:
                 self.metrics.dkim_seconds.observe(time.perf_counter() - started)
             # Signed once per message: the header is stored with the outcome and reused on retries.
@@ -328,6 +491,12 @@ class Relay:
         if len(self.results) >= 200:
             self._flushed.set()
 
+    def _defer(self, rcpt: dict, seconds: float) -> None:
+        """Put a recipient back for later without an attempt or an event (throttled, no egress)."""
+        self.deferrals.append((rcpt, max(seconds, 1.0)))
+        if len(self.deferrals) >= 200:
+            self._flushed.set()
+
     async def _flush_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -336,13 +505,14 @@ class Relay:
             await self._flush()
 
     async def _flush(self) -> None:
-        if not self.results:
+        if not self.results and not self.deferrals:
             return
         results, self.results = self.results, []
+        deferrals, self.deferrals = self.deferrals, []
         signatures, self.signatures = self.signatures, {}
         for attempt in range(10):
             try:
-                events = await asyncio.to_thread(self._record, results, signatures)
+                events = await asyncio.to_thread(self._record, results, signatures, deferrals)
                 break
             except Exception:
                 # Postgres is away: keep the outcomes and try again; the leases keep others off them.
@@ -351,15 +521,20 @@ class Relay:
         else:
             log.error("dropping %d outcomes after retries; their leases will expire and they will be retried",
                       len(results))
-            self.inflight -= len(results)
-            return
-        self.inflight -= len(results)
-        self.events.committed(events)
+            events = []
+        self.inflight -= len(results) + len(deferrals)
+        self.leased.difference_update(r["id"] for _, r, _ in results)
+        self.leased.difference_update(r["id"] for r, _ in deferrals)
+        if events:
+            self.events.committed(events)
 
-    def _record(self, results: list[tuple[Delivery, dict, Outcome]], signatures: dict[int, str]) -> list[NewEvent]:
+    def _record(self, results: list[tuple[Delivery, dict, Outcome]], signatures: dict[int, str],
+                deferrals: list[tuple[dict, float]] = ()) -> list[NewEvent]:
         now = time.time()
         now_dt = datetime.fromtimestamp(now, UTC)
         finished, rescheduled, new_events = [], [], []
+        for rcpt, seconds in deferrals:
+            rescheduled.append((rcpt["id"], now_dt + timedelta(seconds=seconds), None, None, False))
         for delivery, rcpt, outcome in results:
             message = delivery.message
             attempt_no = rcpt["attempts"] + 1
@@ -400,11 +575,10 @@ class Relay:
         with self.db.transaction() as conn:
             for message_pk, signature in signatures.items():
                 store.save_dkim_signature(conn, message_pk, signature)
-            if finished:
-                store.finish(conn, finished)
-            if rescheduled:
-                store.reschedule(conn, rescheduled)
-            self.events.record(conn, new_events)
+            store.finish(conn, finished)
+            store.reschedule(conn, rescheduled)
+            if new_events:
+                self.events.record(conn, new_events)
             if self.suppressions is not None:
                 hard = [(d.message, r["address"], o) for d, r, o in results if o.recipient_class]
                 if hard:
@@ -459,3 +633,8 @@ def dns_outcome(ex: Exception) -> Outcome:
 def _event_message(message: dict) -> dict:
     return {"headers": message["headers"], "tags": message["tags"], "user_variables": message["user_variables"],
             "options": message["options"], "attachments": message["attachments"], "size": message["size"]}
+
+
+def ed25519_context(domain_name: str) -> bytes:
+    """Sealing context of a domain's ed25519 DKIM key (bound to the domain like the RSA one)."""
+    return b"dkim-ed25519:" + domain_name.encode()

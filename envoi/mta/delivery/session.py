@@ -19,8 +19,8 @@ class Egress:
     helo: str
 
 
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
+def _tls_context(verify: bool, cafile: str | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cafile)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -29,6 +29,16 @@ def _tls_context(verify: bool) -> ssl.SSLContext:
 
 VERIFYING = _tls_context(True)
 NOT_VERIFYING = _tls_context(False)
+_VERIFYING_WITH: dict[str, ssl.SSLContext] = {}
+
+
+def verifying_context(cafile: str | None) -> ssl.SSLContext:
+    """The context that checks MX certificates: system CAs, or the bundle in ENVOI_TLS_CA_FILE."""
+    if not cafile:
+        return VERIFYING
+    if cafile not in _VERIFYING_WITH:
+        _VERIFYING_WITH[cafile] = _tls_context(True, cafile)
+    return _VERIFYING_WITH[cafile]
 
 
 class SessionError(Exception):
@@ -40,7 +50,8 @@ class SessionError(Exception):
 
 
 class Session:
-    def __init__(self, host: str, address: str, port: int, egress: Egress, timeout: float):
+    def __init__(self, host: str, address: str, port: int, egress: Egress, timeout: float,
+                 ca_file: str | None = None):
         self.host = host  # the MX name, for delivery-status
         self.address = address
         self.port = port
@@ -51,6 +62,8 @@ class Session:
         self.messages_sent = 0
         self.smtp: aiosmtplib.SMTP | None = None
         self.opened_at = 0.0
+        self.ca_file = ca_file
+        self.counted = False  # counted in the open-connections gauge
 
     def _context(self) -> dict:
         return {"mx_host": self.host, "tls": self.tls, "certificate_verified": self.certificate_verified,
@@ -63,18 +76,17 @@ class Session:
             timeout=self.timeout, start_tls=False,
         )
 
-    async def open(self, *, require_tls: bool = False, verify_tls: bool = False) -> None:
+    async def open(self) -> None:
+        """Connect, EHLO and STARTTLS when offered (opportunistic). Per-message TLS policy
+        (o:require-tls, o:skip-verification) is checked against `tls` / `certificate_verified`
+        before each transaction, so one session serves messages with and without the requirement."""
         self.opened_at = time.monotonic()
         self.smtp = self._client()
         try:
             await self.smtp.connect()
             await self.smtp.ehlo()
             if self.smtp.supports_extension("starttls"):
-                await self._starttls(verify_tls)
-            elif require_tls:
-                raise SessionError(Outcome(Kind.RETRY, 421, "TLS required but the server does not offer STARTTLS",
-                                           enhanced_code="4.7.10", bounce_class=BounceClass.POLICY,
-                                           **self._context()))
+                await self._starttls()
         except SessionError:
             await self.close()
             raise
@@ -85,12 +97,12 @@ class Session:
             await self.close()
             raise SessionError(connection_failure(str(ex) or type(ex).__name__, self._context())) from ex
 
-    async def _starttls(self, verify: bool) -> None:
+    async def _starttls(self) -> None:
         try:
-            await self.smtp.starttls(tls_context=VERIFYING, server_hostname=self.host)
+            await self.smtp.starttls(tls_context=verifying_context(self.ca_file), server_hostname=self.host)
             self.certificate_verified = True
         except (ssl.SSLCertVerificationError, aiosmtplib.SMTPException) as ex:
-            if verify or not _is_verification_error(ex):
+            if not _is_verification_error(ex):
                 raise
             # Opportunistic TLS: an unverifiable certificate still beats plaintext (Postfix "may").
             await self.close()
@@ -100,6 +112,21 @@ class Session:
             await self.smtp.starttls(tls_context=NOT_VERIFYING, server_hostname=self.host)
             self.certificate_verified = False
         self.tls = True
+
+    def policy_refusal(self, require_tls: bool, verify: bool) -> Outcome | None:
+        """Why this session may not carry a message with these TLS requirements, or None."""
+        if require_tls and not self.tls:
+            return Outcome(Kind.FAILED, 550, "TLS required but the server does not offer STARTTLS",
+                           enhanced_code="5.7.10", bounce_class=BounceClass.POLICY,
+                           description="o:require-tls: the receiving server does not support TLS",
+                           extra={"reason": "generic"}, **self._context())
+        if require_tls and verify and not self.certificate_verified:
+            return Outcome(Kind.FAILED, 550, "TLS required but the server certificate could not be verified",
+                           enhanced_code="5.7.10", bounce_class=BounceClass.POLICY,
+                           description="o:require-tls: certificate verification failed"
+                                       " (o:skip-verification allows unverified certificates)",
+                           extra={"reason": "generic"}, **self._context())
+        return None
 
     async def send(self, mail_from: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
         """One transaction; return an outcome per recipient. Raises SessionError if the session broke."""
