@@ -70,9 +70,9 @@ def _original(parts: list[Message]) -> Message | None:
     return None
 
 
-def parse(raw: bytes | str) -> Arf:
+def parse(raw: bytes | str | Message) -> Arf:
     """Parse one feedback report. Garbage gives an empty Arf (is_report False), never an exception."""
-    message = mime.parse_message(raw)
+    message = raw if isinstance(raw, Message) else mime.parse_message(raw)
     if message is None:
         return Arf()
     try:

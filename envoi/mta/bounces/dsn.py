@@ -127,9 +127,9 @@ def _heuristic(message: Message, parts: list[Message]) -> list[DsnRecipient]:
                          status=status, diagnostic_code=diagnostic, heuristic=True)]
 
 
-def parse(raw: bytes | str) -> Dsn:
+def parse(raw: bytes | str | Message) -> Dsn:
     """Parse one inbound bounce. Garbage gives an empty Dsn (no recipients), never an exception."""
-    message = mime.parse_message(raw)
+    message = raw if isinstance(raw, Message) else mime.parse_message(raw)
     if message is None:
         return Dsn()
     try:

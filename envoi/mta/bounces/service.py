@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra.db import Connection, Database
-from envoi.mta.bounces import arf, dsn, verp
+from envoi.mta.bounces import arf, dsn, mime, verp
 from envoi.mta.bounces import store as bstore
 from envoi.mta.delivery.outcome import Kind, Outcome, classify_reply
 
@@ -127,11 +127,13 @@ class Bounces:
     # DATA ------------------------------------------------------------------------------------
     def process(self, rcpt_tos: list[str], raw: bytes) -> Report:
         targets = [t for t in (self._target(a) for a in rcpt_tos) if t is not None]
-        complaint = arf.parse(raw)
+        message = mime.parse_message(raw)  # parsed once, read by both parsers
+        if message is None:
+            return Report("other", note="unparseable")
+        complaint = arf.parse(message)
         if complaint.is_report:
             return self._complaint(targets, complaint)
-        report = dsn.parse(raw)
-        return self._bounce(targets, report)
+        return self._bounce(targets, dsn.parse(message))
 
     def _verp_of(self, targets: list[_Target], extra: list[str]) -> tuple[int, int | None] | None:
         for target in targets:
