@@ -8,7 +8,8 @@ import click
 @click.command("inbound")
 @click.option("--bind", default=None, help="Listen address [ENVOI_INBOUND_BIND, 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Listen port [ENVOI_INBOUND_PORT, 2526; 25 in production].")
-def inbound(bind: str | None, port: int | None) -> None:
+@click.option("--metrics-port", default=0, type=int, help="Serve /metrics on 127.0.0.1:PORT (0: off).")
+def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
     """Receive DSNs at VERP bounce addresses and ARF reports at the FBL addresses; record events."""
     import asyncio
     import logging
@@ -23,6 +24,10 @@ def inbound(bind: str | None, port: int | None) -> None:
     settings = Settings.from_env()
     services = runtime.build(settings, pool_size=6)
     server = from_services(services, host=bind, port=port)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -30,6 +30,9 @@ class Metrics:
         self.queue_ready = Gauge("envoi_queue_ready", "Deliveries waiting in the relay's ready queues", registry=r)
         self.connections = Gauge("envoi_smtp_connections", "Open outbound SMTP sessions", ["destination"],
                                  registry=r)
+        self.inbound_reports = Counter("envoi_inbound_reports_total", "Inbound DSN/ARF reports by kind"
+                                       " (dsn|arf|other) and result (recorded|dropped|error)",
+                                       ["kind", "result"], registry=r)
 
     def observe_delivered(self, seconds: float) -> None:
         self.delivered.inc()

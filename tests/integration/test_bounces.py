@@ -232,3 +232,11 @@ def test_envoi_inbound_command_is_registered():
 
     result = CliRunner().invoke(main, ["inbound", "--help"])
     assert result.exit_code == 0 and "--port" in result.output
+
+
+def test_reports_are_counted_in_metrics(services, domain, inbound, key):
+    counter = services.metrics.inbound_reports
+    before = counter.labels("dsn", "dropped")._value.get()
+    deliver_report(inbound, verp.return_path(domain["name"], 2**41, None, key),
+                   (FIXTURES / "delayed_dsn.eml").read_bytes())
+    assert counter.labels("dsn", "dropped")._value.get() == before + 1

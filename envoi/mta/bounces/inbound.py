@@ -27,8 +27,13 @@ MAX_RECIPIENTS = 20
 
 
 class _Handler:
-    def __init__(self, bounces: Bounces):
+    def __init__(self, bounces: Bounces, metrics=None):
         self.bounces = bounces
+        self.metrics = metrics  # envoi.infra.metrics.Metrics (inbound_reports counter) or None
+
+    def _count(self, kind: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inbound_reports.labels(kind, result).inc()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
@@ -52,7 +57,9 @@ class _Handler:
             report = await asyncio.to_thread(self.bounces.process, list(envelope.rcpt_tos), raw or b"")
         except Exception:
             log.exception("processing a report from %s failed; asking the sender to retry", session.peer)
+            self._count("other", "error")
             return "451 4.3.0 Temporary failure, please try again later"
+        self._count(report.kind, "recorded" if report.recorded else "dropped")
         if report.recorded:
             log.info("%s from %s: recorded %s", report.kind, session.peer,
                      ", ".join(f"{event} {address}" for event, address, _ in report.recorded))
@@ -65,13 +72,13 @@ class InboundServer:
     """The listener. `start()` runs it on its own loop thread (tests); `serve()` in the caller's loop."""
 
     def __init__(self, bounces: Bounces, host: str = "127.0.0.1", port: int = 0, *, hostname: str = "localhost",
-                 max_bytes: int = 32 * 1024 * 1024, timeout: float = 60.0):
+                 max_bytes: int = 32 * 1024 * 1024, timeout: float = 60.0, metrics=None):
         self.bounces = bounces
         self.host, self.port = host, port
         self.hostname = hostname
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self.handler = _Handler(bounces)
+        self.handler = _Handler(bounces, metrics)
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -135,4 +142,4 @@ def from_services(services, host: str | None = None, port: int | None = None) ->
     return InboundServer(bounces, settings.inbound_bind if host is None else host,
                          settings.inbound_port if port is None else port,
                          hostname=getattr(settings, "smtp_hostname", None) or settings.helo_name,
-                         max_bytes=settings.inbound_max_bytes)
+                         max_bytes=settings.inbound_max_bytes, metrics=getattr(services, "metrics", None))
