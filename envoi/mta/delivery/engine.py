@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from envoi.accounts.service import Accounts
@@ -101,6 +101,8 @@ class Relay:
         self.suppressions = suppressions
         self.choose_egress = egress
         self.shaping = shaping or Shaping.load(settings.shaping_file)
+        # ENVOI_SMTP_ROUTE (a smarthost or the dev sink) is one destination that takes everything.
+        self.route_rule = replace(self.shaping.default, name="route", max_connections=settings.relay_connections)
         self.owner = settings.relay_host  # lease owner: this host's relay
         self.verp_key = verp.key_from_secret(settings.secret_key)
         self.destinations: dict[tuple, Destination] = {}
@@ -317,7 +319,7 @@ class Relay:
             del self.paused[key]
         dest = self.destinations.get(key)
         if dest is None:
-            rule = self.shaping.for_site(site) if mx is not None else self.shaping.default
+            rule = self.shaping.for_site(site) if mx is not None else self.route_rule
             limiter = RateLimiter(rule.messages_per_minute) if rule.messages_per_minute else None
             dest = self.destinations[key] = Destination(key, mx, rule, limiter=limiter)
         dest.queue.put_nowait(delivery)
