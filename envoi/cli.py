@@ -90,7 +90,12 @@ def relay(metrics_port: int) -> None:
     click.echo(f"relay: region {services.settings.region}, delivering"
                + (f" via {services.settings.smtp_route[0]}:{services.settings.smtp_route[1]}"
                   if services.settings.smtp_route else " to MX hosts"))
-    asyncio.run(run())
+    try:
+        import uvloop  # a faster event loop for the relay's many sessions, when installed
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
     services.close()
 
 
