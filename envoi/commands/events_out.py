@@ -6,15 +6,16 @@ import click
 
 
 @click.command("worker")
-@click.option("--processes", default=2, show_default=True, type=int,
-              help="RQ worker processes for the webhook queue (keep above ENVOI_WEBHOOK_PER_ENDPOINT "
-                   "so one slow endpoint can never hold every worker).")
+@click.option("--processes", default=6, show_default=True, type=int,
+              help="RQ worker processes for the webhook queue (keep above ENVOI_WEBHOOK_PER_ACCOUNT "
+                   "so one slow tenant can never hold every worker).")
 @click.option("--no-dispatch", is_flag=True, help="Only run jobs; another process runs the dispatcher.")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty (one dispatch round first).")
 def worker(processes: int, no_dispatch: bool, burst: bool) -> None:
     """Run RQ workers delivering webhooks, plus the dispatcher that feeds them from the Postgres outbox.
 
-    The dispatcher leases due outbox rows (at most ENVOI_WEBHOOK_PER_ENDPOINT in flight per URL) and
+    The dispatcher leases due outbox rows (at most ENVOI_WEBHOOK_PER_ENDPOINT in flight per host and
+    ENVOI_WEBHOOK_PER_ACCOUNT per account) and
     enqueues one job each; it also re-enqueues rows whose job was lost (Redis flushed, worker killed).
     """
     import subprocess

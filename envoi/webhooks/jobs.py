@@ -1,10 +1,11 @@
 """RQ side of webhooks: the dispatcher (Postgres outbox -> RQ jobs) and the job itself.
 
-Fairness: the dispatcher never lets more than ENVOI_WEBHOOK_PER_ENDPOINT deliveries of one URL be in
-flight (queued or running), and it hands out due rows round-robin by URL. So the queue never holds a
-backlog of one endpoint in front of others: a slow or dead endpoint occupies at most that many worker
-slots for at most ENVOI_WEBHOOK_TIMEOUT each, and every other tenant's webhooks keep flowing through
-the remaining workers (run more workers than the per-endpoint cap: `envoi worker --processes N`).
+Fairness: the dispatcher never lets more than ENVOI_WEBHOOK_PER_ENDPOINT deliveries to one endpoint
+host, nor more than ENVOI_WEBHOOK_PER_ACCOUNT deliveries of one account, be in flight (queued in RQ or
+running), and it hands out due rows round-robin across accounts. So the queue never holds a backlog
+of one tenant in front of others: a slow or dead endpoint occupies at most that many worker slots,
+for at most ENVOI_WEBHOOK_TIMEOUT each, and every other tenant's webhooks keep flowing through the
+remaining workers (run more worker processes than the per-account cap: `envoi worker --processes N`).
 """
 
 from __future__ import annotations

@@ -201,7 +201,8 @@ class Webhooks:
 
     def claim_due(self, limit: int = 500) -> list[int]:
         with self.db.transaction() as conn:
-            return store.claim_due(conn, self.settings.webhook_per_endpoint, limit, self.lease_seconds)
+            return store.claim_due(conn, self.settings.webhook_per_endpoint, self.settings.webhook_per_account, limit,
+                                   self.lease_seconds)
 
     # one attempt ------------------------------------------------------------------------------
     def deliver(self, delivery_id: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from envoi.infra.db import Connection, Jsonb
 
 CLAIM_LOCK = 0x77686B73  # "whks": one dispatcher claims at a time (others simply skip a round)
@@ -61,40 +63,59 @@ def replace_signing_key(conn: Connection, account_id: int, sealed: bytes) -> Non
 
 
 # outbox -------------------------------------------------------------------------------------------
+def endpoint_of(url: str) -> str:
+    """scheme://host:port, the unit of per-endpoint fairness."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
+
+
 def insert_deliveries(conn: Connection, rows: list[tuple]) -> None:
     """rows: (account_id, domain_id, event_type, url, event_id, payload dict)."""
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, event_id, payload)"
-            " VALUES (%s, %s, %s, %s, %s, %s)", [r[:5] + (Jsonb(r[5]),) for r in rows])
+            "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, endpoint, event_id, payload)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [r[:4] + (endpoint_of(r[3]), r[4], Jsonb(r[5])) for r in rows])
 
 
-def claim_due(conn: Connection, per_endpoint: int, limit: int, lease_seconds: float) -> list[int]:
-    """Lease due deliveries, at most `per_endpoint` in flight per URL, round-robin across URLs.
+def claim_due(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[int]:
+    """Lease due deliveries fairly; return their ids.
 
-    A row is in flight while leased (queued in RQ or running). Rows whose lease ran out (Redis lost the
-    job, a worker died) are due again: this is also the sweeper.
+    A row is in flight while leased (queued in RQ) or running. At most `per_endpoint` rows per endpoint
+    host and `per_account` rows per account are in flight at once, and due rows are handed out
+    round-robin (first each account's oldest, then their second, ...), so a backlog never queues in
+    front of another tenant. Rows whose lease ran out (Redis lost the job, a worker died) are due
+    again: this is also the sweeper.
     """
     if not conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (CLAIM_LOCK,)).fetchone()["ok"]:
         return []
     rows = conn.execute(
         """
-        WITH busy AS (
-            SELECT url, count(*) AS n FROM webhook_deliveries
+        WITH inflight AS (
+            SELECT endpoint, account_id FROM webhook_deliveries
             WHERE status = 'pending' AND (leased_until > now() OR running_until > now())
-            GROUP BY url
+        ), busy_endpoint AS (
+            SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
+        ), busy_account AS (
+            SELECT account_id, count(*) AS n FROM inflight GROUP BY account_id
         ), due AS (
-            SELECT id, url, row_number() OVER (PARTITION BY url ORDER BY next_attempt_at, id) AS rank
+            SELECT id, endpoint, account_id,
+                   row_number() OVER (PARTITION BY endpoint ORDER BY next_attempt_at, id) AS endpoint_rank
             FROM webhook_deliveries
             WHERE status = 'pending' AND next_attempt_at <= now()
               AND (leased_until IS NULL OR leased_until <= now())
               AND (running_until IS NULL OR running_until <= now())
+        ), endpoint_ok AS (
+            SELECT due.id, due.account_id, due.endpoint_rank,
+                   row_number() OVER (PARTITION BY due.account_id ORDER BY due.endpoint_rank, due.id) AS account_rank
+            FROM due LEFT JOIN busy_endpoint b USING (endpoint)
+            WHERE due.endpoint_rank <= %s - coalesce(b.n, 0)
         )
-        SELECT due.id FROM due LEFT JOIN busy USING (url)
-        WHERE due.rank <= %s - coalesce(busy.n, 0)
-        ORDER BY due.rank, due.id
+        SELECT e.id FROM endpoint_ok e LEFT JOIN busy_account b USING (account_id)
+        WHERE e.account_rank <= %s - coalesce(b.n, 0)
+        ORDER BY e.account_rank, e.id
         LIMIT %s
-        """, (per_endpoint, limit)).fetchall()
+        """, (per_endpoint, per_account, limit)).fetchall()
     ids = [r["id"] for r in rows]
     if ids:
         conn.execute("UPDATE webhook_deliveries SET leased_until = now() + make_interval(secs => %s)"

@@ -73,7 +73,8 @@ def test_tracked_mail_end_to_end(client, services, account, domain, api_key, db,
     message_id = send(services, account["id"], domain, "ann@dest.test, bob@dest.test", html=HTML,
                       text="see https://shop.example/t")
     # Per-recipient links: the copy for two recipients was split into one copy each.
-    received = {m["rcpt_tos"][0]: m for m in sink.wait_for(2)}
+    received = wait_until(lambda: (got := {m["rcpt_tos"][0]: m for m in sink.messages() if message_id in m["data"]})
+                          and len(got) == 2 and got)
     assert set(received) == {"ann@dest.test", "bob@dest.test"}
     raw = received["ann@dest.test"]["data"].encode("utf-8", "surrogateescape")
 
@@ -129,7 +130,7 @@ def test_tracked_mail_end_to_end(client, services, account, domain, api_key, db,
 
 def test_forged_tokens_get_4xx_and_record_nothing(client, services, settings, account, domain, db):
     tracking = services.tracking
-    message_id = send(services, account["id"], domain, "eve@dest.test")
+    message_id = send(services, account["id"], domain, "eve@dest.test", o_testmode="yes")
     ids = (account["id"], domain["id"], message_id, "eve@dest.test")
     good = tracking.sign("c", *ids, "https://ok.example/")
     payload, mac = good.split(".")
@@ -156,7 +157,8 @@ def test_per_message_options_and_placeholders(client, services, account, domain,
     put(client, f"{base}/click", api_key, active="yes")
     # o:tracking-clicks=no wins over the domain setting; %unsubscribe_url% still works without the footer.
     message_id = send(services, account["id"], domain, "pat@dest.test", html=HTML.replace(
-        "</p>", ' <a href="%tag_unsubscribe_url%">stop news</a></p>'), o_tag="news", **{"o_tracking-clicks": "no"})
+        "</p>", ' <a href="%tag_unsubscribe_url%">stop news</a></p>'), o_tag="news", o_testmode="yes",
+        **{"o_tracking-clicks": "no"})
     msg = stored(services, db, message_id)["pat@dest.test"]
     body = html_of(msg)
     assert 'href="https://shop.example/item?id=7&amp;ref=mail"' in body and "/c/" not in body
@@ -170,7 +172,8 @@ def test_per_message_options_and_placeholders(client, services, account, domain,
 
     # Nothing active and no placeholder: the message is stored exactly as composed (one copy, no headers).
     put(client, f"{base}/click", api_key, active="no")
-    message_id = send(services, account["id"], domain, "a@dest.test, b@dest.test", html=HTML)
+    message_id = send(services, account["id"], domain, "a@dest.test, b@dest.test", html=HTML,
+                      o_testmode="yes")
     copies = stored(services, db, message_id)
     assert db.execute("SELECT count(*) AS n FROM messages WHERE message_id = %s", (message_id,)).fetchone()["n"] == 1
     assert "List-Unsubscribe" not in copies["a@dest.test"]

@@ -47,7 +47,7 @@ class Receiver:
                 except (ValueError, KeyError, TypeError):
                     payload, valid = None, False
                 with receiver.lock:
-                    receiver.requests.append({"path": self.path, "payload": payload, "valid": valid,
+                    receiver.requests.append({"path": self.path, "at": time.monotonic(), "payload": payload, "valid": valid,
                                               "status": status, "content_type": self.headers.get("Content-Type")})
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
