@@ -36,15 +36,20 @@ def worker(processes: int, no_dispatch: bool, burst: bool) -> None:
     dispatcher = None
     if not no_dispatch:
         dispatcher = jobs.Dispatcher(services.webhooks, connection)
-        if burst:
-            dispatcher.run_once()
-        else:
+        if not burst:
             threading.Thread(target=dispatcher.run, name="webhook-dispatcher", daemon=True).start()
     click.echo(f"worker: region {settings.region}, queue {services.webhooks.queue_name}, "
                f"{processes} process(es){'' if no_dispatch else ' + dispatcher'}")
     try:
-        jobs.worker(services.webhooks, connection).work(burst=burst, logging_level="INFO",
-                                                        with_scheduler=False)
+        if burst:
+            # Until nothing is due: dispatch a round (fairness caps apply), run it, repeat.
+            while True:
+                dispatched = dispatcher.run_once() if dispatcher is not None else 0
+                jobs.worker(services.webhooks, connection).work(burst=True, logging_level="WARNING")
+                if not dispatched:
+                    break
+        else:
+            jobs.worker(services.webhooks, connection).work(logging_level="INFO", with_scheduler=False)
     finally:
         if dispatcher is not None:
             dispatcher.stop()
