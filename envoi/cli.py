@@ -50,7 +50,8 @@ def migrate() -> None:
 @main.command()
 @click.option("--bind", default="127.0.0.1:8025", show_default=True)
 @click.option("--workers", default=2, show_default=True, type=int)
-@click.option("--threads", default=4, show_default=True, type=int)
+@click.option("--threads", default=16, show_default=True, type=int,
+              help="Threads per worker; a live event stream holds one (at most ENVOI_STREAM_MAX_CLIENTS).")
 def api(bind: str, workers: int, threads: int) -> None:
     """Serve the HTTP API with gunicorn."""
     import shutil
