@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -138,3 +139,20 @@ def test_cli_follow_prints_events_as_they_happen(server, services, domain, api_k
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_streams_are_capped_so_the_api_keeps_threads(server, services, domain, api_key, monkeypatch):
+    monkeypatch.setattr(services.stream, "_slots", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(services.stream, "max_clients", 1)
+    url = f"{server.url}/v3/{domain['name']}/events/live?timeout=1"
+    _, thread = start_reader(url, api_key)
+    with pytest.raises(OSError, match="429"):  # the follower treats 429 as "retry shortly"
+        list(sse_events(url, api_key))
+    # ordinary requests are still served meanwhile
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as resp:
+        assert resp.status == 200
+    thread.join(5)
+    # the slot is free again once the first stream ended
+    results, thread = start_reader(url, api_key)
+    thread.join(5)
+    assert not [r for r in results if r[0] == "error"]
