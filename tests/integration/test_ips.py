@@ -273,7 +273,8 @@ def test_sending_ip_of_another_account_is_refused_with_403(client, services, db,
     pool = services.ips.create_pool("test", "theirs", account_id=other_domain["account_id"])
 
     def send(**extra):
-        fields = {"from": f"a@{domain['name']}", "to": "b@dest.test", "subject": "s", "text": "t", **extra}
+        fields = {"from": f"a@{domain['name']}", "to": "b@ips-403.invalid.test", "subject": "s", "text": "t",
+                  **extra}
         return post(client, f"/v3/{domain['name']}/messages", basic(api_key), **fields)
 
     def stored():
@@ -290,6 +291,7 @@ def test_sending_ip_of_another_account_is_refused_with_403(client, services, db,
     assert stored() == 1
     options = db.execute("SELECT options FROM messages WHERE domain_id = %s", (domain["id"],)).fetchone()["options"]
     assert options["sending_ip"] == "127.0.0.2"
+    db.execute("DELETE FROM messages WHERE domain_id = %s", (domain["id"],))  # leave no queued mail behind
 
 
 # egress selection (in memory, no SMTP) ---------------------------------------------------------

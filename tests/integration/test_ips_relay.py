@@ -48,7 +48,8 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
     services.ips.start_warmup("test", "127.0.0.7", "3x2")  # 2 messages a day
 
     with Sink() as sink, DnsServer() as dns:
-        route(dns, "dest.test")
+        rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"  # only this test's mail is routed to the sink
+        route(dns, rcpt_domain)
         relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
                                           smtp_timeout=5)
         egress = ips_wiring.make_egress(services, refresh=0.2, policy="overflow")
@@ -57,8 +58,9 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
                 counts = {domain["name"]: 3, pooled["name"]: 6, plain["name"]: 6, warming["name"]: 5}
                 for row in (domain, pooled, plain, warming):
                     for n in range(counts[row["name"]]):
-                        send(services, account["id"], row, f"r{n}@dest.test")
+                        send(services, account["id"], row, f"r{n}@{rcpt_domain}")
                 received = sink.wait_for(sum(counts.values()), timeout=20)
+                assert all(m["rcpt_tos"][0].endswith("@" + rcpt_domain) for m in received)
         finally:
             egress.view.stop()
 
