@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from envoi.dedicated_ip import store, warmup
 from envoi.dedicated_ip.errors import NoEgressAvailable
-from envoi.infra.db import Database
+from envoi.infra.db import Database, connect
 
 log = logging.getLogger("envoi.ips")
 
@@ -114,7 +114,7 @@ class EgressView:
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
-            self._flush(release=release)
+            self._flush(release=release, direct=True)
         except Exception:
             log.exception("ips: could not record warm-up usage at stop")
 
@@ -271,7 +271,7 @@ class EgressView:
             self._exhausted &= live
         self.inventory = inv
 
-    def _flush(self, release: bool = False) -> None:
+    def _flush(self, release: bool = False, direct: bool = False) -> None:
         with self._lock:
             spent, self._spent = self._spent, defaultdict(int)
             unspent = dict(self._quota) if release else {}
@@ -281,7 +281,8 @@ class EgressView:
         if not keys:
             return
         try:
-            with self.db.transaction() as conn:
+            # At exit the services' pool may already be closed: stop() uses a connection of its own.
+            with (connect(self.db.dsn, autocommit=False) if direct else self.db.transaction()) as conn:
                 for address, day in sorted(keys):
                     store.spend(conn, address, day, spent.get((address, day), 0), unspent.get((address, day), 0))
         except Exception:

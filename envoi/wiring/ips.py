@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 
 from envoi.dedicated_ip.errors import IpNotAllowed, NoEgressAvailable  # noqa: F401 (re-exported for the relay)
@@ -54,7 +55,9 @@ def make_egress(services, **overrides):
     options = {"host": settings.relay_host, "policy": settings.warmup_policy, "refresh": settings.ips_refresh,
                "default_helo": settings.helo_name}
     options.update(overrides)
-    return egress_hook(services.ips.egress_view(**options).start())
+    view = services.ips.egress_view(**options).start()
+    atexit.register(view.stop)  # record usage and hand back unspent warm-up quota when the relay exits
+    return egress_hook(view)
 
 
 def relay_options(services) -> dict:

@@ -423,3 +423,16 @@ def test_dns_check_confirms_ptr_and_helo(services, clean_ips):
     assert rows["127.0.0.2"]["ptr_ok"] and rows["127.0.0.2"]["helo_ok"]
     assert rows["127.0.0.3"]["ptr_found"] == ["wrong.mta.test"] and not rows["127.0.0.3"]["ptr_ok"]
     assert rows["127.0.0.3"]["helo_resolves_to"] == ["127.0.0.9"] and not rows["127.0.0.3"]["helo_ok"]
+
+
+def test_stopping_a_view_records_usage_and_returns_unspent_quota(services, db, account, domain, clean_ips):
+    add_ip(services, "127.0.0.2", dedicated=True)
+    services.ips.add_domain_ip("test", domain, "127.0.0.2")
+    services.ips.start_warmup("test", "127.0.0.2", "1x100")
+    view = services.ips.egress_view(host=services.settings.relay_host, policy="wait", refresh=60, default_helo="x")
+    view.sync()
+    assert db.execute("SELECT reserved, used FROM ip_warmup_usage").fetchone() == {"reserved": 25, "used": 0}
+    for _ in range(3):
+        assert view.choose(message(account["id"]), domain).address == "127.0.0.2"
+    view.stop()
+    assert db.execute("SELECT reserved, used FROM ip_warmup_usage").fetchone() == {"reserved": 3, "used": 3}
