@@ -162,10 +162,10 @@ class EgressView:
             if self.policy == "wait":
                 raise NoEgressAvailable(self._retry_after(inv, usable, now),
                                         "the domain's IPs are at their warm-up cap" if usable
-                                        else "the domain's IPs are not on this relay's host")
+                                        else "the domain's IPs are disabled or not on this relay's host")
             if not usable:
-                self._warn_once(f"domain:{domain['id']}", "domain %s: its IPs are not on host %s; using the"
-                                " shared pool", domain.get("name"), self.host)
+                self._warn_once(f"domain:{domain['id']}", "domain %s: its IPs are disabled or not on host %s;"
+                                " using the shared pool", domain.get("name"), self.host)
         address = self._pick(inv, inv.shared, "shared", now)
         if address is not None:
             return Choice(address, inv.ips[address]["helo"])

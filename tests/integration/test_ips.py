@@ -436,3 +436,28 @@ def test_stopping_a_view_records_usage_and_returns_unspent_quota(services, db, a
         assert view.choose(message(account["id"]), domain).address == "127.0.0.2"
     view.stop()
     assert db.execute("SELECT reserved, used FROM ip_warmup_usage").fetchone() == {"reserved": 3, "used": 3}
+
+
+def test_put_assigns_and_unassigns_taking_the_ip_off_domains_and_pools(client, services, db, operator, account,
+                                                                       domain):
+    add_ip(services, "127.0.0.2", dedicated=True)
+    headers = operator["headers"]
+    r = client.simulate_put("/v3/ips/127.0.0.2", headers=headers,
+                            body=urlencode({"account_id": account["id"], "enabled": "maybe"}))
+    assert r.status_code == 400  # validated before anything changes
+    assert db.execute("SELECT account_id FROM ips").fetchone()["account_id"] is None
+    r = client.simulate_put("/v3/ips/127.0.0.2", headers=headers,
+                            body=urlencode({"account_id": account["id"], "helo": "New.Mta.Test."}))
+    assert r.status_code == 200, r.text
+    assert r.json["ip"]["account_id"] == account["id"] and r.json["ip"]["helo"] == "new.mta.test"
+    services.ips.add_domain_ip("test", domain, "127.0.0.2")
+    pool = services.ips.create_pool("test", "p", ips=["127.0.0.2"], account_id=account["id"])
+    r = client.simulate_put("/v3/ips/127.0.0.2", headers=headers, body=urlencode({"account_id": ""}))
+    assert r.status_code == 200, r.text
+    assert db.execute("SELECT account_id, assigned_at FROM ips").fetchone() == {"account_id": None,
+                                                                                "assigned_at": None}
+    assert db.execute("SELECT count(*) AS n FROM domain_ips").fetchone()["n"] == 0
+    assert db.execute("SELECT count(*) AS n FROM ip_pool_members WHERE pool_id = %s",
+                      (pool["id"],)).fetchone()["n"] == 0
+    tail = [r["action"] for r in db.execute("SELECT action FROM ip_audit ORDER BY id DESC LIMIT 3").fetchall()]
+    assert tail == ["ip.unassign", "pool.ip.remove", "domain.ip.remove"]

@@ -126,6 +126,8 @@ class IpItem(Base):
     def on_put(self, req, resp, ip: str) -> None:
         operator_only(req)
         f = params(req)
+        changes = {"host": one(f, "host"), "helo": one(f, "helo"), "ptr": one(f, "ptr"),
+                   "enabled": boolean(f, "enabled"), "dedicated": boolean(f, "dedicated")}  # validated first
         if "account_id" in f:
             value = (one(f, "account_id") or "").strip().lower()
             if value in ("", "none", "null"):
@@ -135,8 +137,7 @@ class IpItem(Base):
                     self.ips.assign_ip(actor(req), ip, int(value))
                 except ValueError as ex:
                     raise ApiError(400, "account_id must be a number") from ex
-        row = self.ips.update_ip(actor(req), ip, host=one(f, "host"), helo=one(f, "helo"), ptr=one(f, "ptr"),
-                                 enabled=boolean(f, "enabled"), dedicated=boolean(f, "dedicated"))
+        row = self.ips.update_ip(actor(req), ip, **changes)
         resp.media = {"message": "success", "ip": ip_json(row, admin=True)}
 
     def on_delete(self, req, resp, ip: str) -> None:
