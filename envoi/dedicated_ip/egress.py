@@ -37,6 +37,7 @@ class Choice:
 
     address: str | None
     helo: str
+    via: str = "default"  # sending-ip | sending-ip-pool | domain-ip | domain-pool | shared | overflow | default
 
 
 @dataclass
@@ -140,25 +141,27 @@ class EgressView:
         account_id = message["account_id"]
         chosen: list[str] | None = None
         key: object = None
+        via = "shared"
         if ip := options.get("sending_ip"):
             row = inv.ips.get(ip)
             if row and row["dedicated"] and row["account_id"] == account_id:
-                chosen, key = [ip], ("ip", ip)
+                chosen, key, via = [ip], ("ip", ip), "sending-ip"
         elif pool_id := options.get("sending_ip_pool"):
             pool = inv.pools.get(pool_id)
             if pool and pool[0] == account_id:
-                chosen, key = pool[1], ("pool", pool_id)
+                chosen, key, via = pool[1], ("pool", pool_id), "sending-ip-pool"
         if chosen is None:
             if own := inv.domain_ips.get(domain["id"]):
-                chosen, key = own, ("domain", domain["id"])
+                chosen, key, via = own, ("domain", domain["id"]), "domain-ip"
             elif (pool_id := inv.domain_pool.get(domain["id"])) and pool_id in inv.pools:
-                chosen, key = inv.pools[pool_id][1], ("pool", pool_id)
+                chosen, key, via = inv.pools[pool_id][1], ("pool", pool_id), "domain-pool"
         now = time.time() + inv.clock_skew
         if chosen:
             usable = [a for a in chosen if a in inv.local]
             address = self._pick(inv, usable, key, now)
             if address is not None:
-                return Choice(address, inv.ips[address]["helo"])
+                return Choice(address, inv.ips[address]["helo"], via)
+            via = "overflow"
             if self.policy == "wait":
                 raise NoEgressAvailable(self._retry_after(inv, usable, now),
                                         "the domain's IPs are at their warm-up cap" if usable
@@ -168,7 +171,7 @@ class EgressView:
                                 " using the shared pool", domain.get("name"), self.host)
         address = self._pick(inv, inv.shared, "shared", now)
         if address is not None:
-            return Choice(address, inv.ips[address]["helo"])
+            return Choice(address, inv.ips[address]["helo"], via)
         if inv.shared or chosen:
             raise NoEgressAvailable(self._retry_after(inv, inv.shared or chosen, now),
                                     "every IP that may carry this message is at its warm-up cap")

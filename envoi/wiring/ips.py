@@ -5,7 +5,9 @@ from __future__ import annotations
 import atexit
 import logging
 
-from envoi.dedicated_ip.errors import IpNotAllowed, NoEgressAvailable  # noqa: F401 (re-exported for the relay)
+from prometheus_client import Counter
+
+from envoi.dedicated_ip.errors import IpNotAllowed, NoEgressAvailable
 from envoi.dedicated_ip.service import Ips
 from envoi.mta.delivery.session import Egress
 from envoi.mta.errors import NotAllowed
@@ -17,6 +19,13 @@ def wire(services) -> None:
     """Attach this feature's services to `services` (called once by runtime.build)."""
     settings = services.settings
     services.ips = Ips(services.db, default_plan=settings.warmup_plan, relay_host=settings.relay_host)
+    services.ips.egress_counter = Counter(
+        "envoi_egress_deliveries_total", "Deliveries per egress IP and why that IP was chosen (sending-ip,"
+        " sending-ip-pool, domain-ip, domain-pool, shared, overflow = past a warm-up cap, default = OS address)",
+        ["ip", "via"], registry=services.metrics.registry)
+    services.ips.egress_waits = Counter(
+        "envoi_egress_unavailable_total", "Deliveries for which no egress IP could send now", [],
+        registry=services.metrics.registry)
     services.intake.renderers.append(sending_ip_check(services.ips))
 
 
@@ -35,14 +44,21 @@ def sending_ip_check(ips: Ips):
     return check
 
 
-def egress_hook(view):
+def egress_hook(view, counter=None, waits=None):
     """Adapt an EgressView to the relay's egress(message_row, domain_row) -> Egress contract.
 
     Raises NoEgressAvailable(retry_after) when no IP may send now (see the ips report for the
     engine change that honours it)."""
 
     def egress(message: dict, domain: dict) -> Egress:
-        choice = view.choose(message, domain)
+        try:
+            choice = view.choose(message, domain)
+        except NoEgressAvailable:
+            if waits is not None:
+                waits.inc()
+            raise
+        if counter is not None:
+            counter.labels(choice.address or "", choice.via).inc()
         return Egress(choice.address, choice.helo)
 
     egress.view = view
@@ -57,7 +73,7 @@ def make_egress(services, **overrides):
     options.update(overrides)
     view = services.ips.egress_view(**options).start()
     atexit.register(view.stop)  # record usage and hand back unspent warm-up quota when the relay exits
-    return egress_hook(view)
+    return egress_hook(view, services.ips.egress_counter, services.ips.egress_waits)
 
 
 def relay_options(services) -> dict:

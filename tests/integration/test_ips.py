@@ -320,13 +320,14 @@ def test_egress_order_pools_hosts_and_owned_overrides(services, account, domain,
     view.sync()
     acct = account["id"]
     choice = view.choose(message(acct), domain)
-    assert (choice.address, choice.helo) == ("127.0.0.2", "o2.mta.test")
+    assert (choice.address, choice.helo, choice.via) == ("127.0.0.2", "o2.mta.test", "domain-ip")
     assert {view.choose(message(acct), pooled).address for _ in range(4)} == {"127.0.0.3", "127.0.0.4"}
     assert {view.choose(message(acct), plain).address for _ in range(6)} == {"127.0.0.5", "127.0.0.6"}
     # Dedicated IPs on another host: this relay never binds them; overflow sends via its shared pool.
     assert view.choose(message(acct), elsewhere).address in {"127.0.0.5", "127.0.0.6"}
     # Owned o:sending-ip / o:sending-ip-pool win over the domain's own setting.
-    assert view.choose(message(acct, sending_ip="127.0.0.3"), domain).address == "127.0.0.3"
+    choice = view.choose(message(acct, sending_ip="127.0.0.3"), domain)
+    assert (choice.address, choice.helo, choice.via) == ("127.0.0.3", "o3.mta.test", "sending-ip")
     assert view.choose(message(acct, sending_ip_pool=pool["id"]), plain).address in {"127.0.0.3", "127.0.0.4"}
     # An IP not owned by the account (refused at accept; revoked since) is ignored.
     assert view.choose(message(acct + 1000, sending_ip="127.0.0.2"), plain).address in {"127.0.0.5", "127.0.0.6"}

@@ -52,6 +52,11 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
         route(dns, rcpt_domain)
         relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
                                           smtp_timeout=5)
+        def metric(ip, via):
+            return services.metrics.registry.get_sample_value("envoi_egress_deliveries_total",
+                                                              {"ip": ip, "via": via}) or 0
+
+        before = {(ip, via): metric(ip, via) for ip, via in [("127.0.0.7", "domain-ip"), ("127.0.0.2", "domain-ip")]}
         egress = ips_wiring.make_egress(services, refresh=0.2, policy="overflow")
         try:
             with RelayThread(services, relay_settings, egress=egress):
@@ -76,6 +81,9 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
     assert warm["127.0.0.7"] == 2 and sum(warm.values()) == 5
     assert set(warm) - {"127.0.0.7"} <= {"127.0.0.5", "127.0.0.6"}  # the overflow went to the shared pool
     assert sum(1 for m in received if m["peer"] == "127.0.0.7") == 2
+    assert metric("127.0.0.7", "domain-ip") - before[("127.0.0.7", "domain-ip")] == 2
+    assert metric("127.0.0.2", "domain-ip") - before[("127.0.0.2", "domain-ip")] == 3
+    assert metric("127.0.0.5", "overflow") + metric("127.0.0.6", "overflow") >= 3
     usage = db.execute("SELECT reserved, used FROM ip_warmup_usage WHERE address = '127.0.0.7'").fetchone()
     assert usage == {"reserved": 2, "used": 2}
     # The events name the egress IP too.
