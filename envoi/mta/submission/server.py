@@ -164,12 +164,7 @@ class Submission:
         helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
         mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
                 f"\t{format_datetime(datetime.now(UTC))}\r\n").encode() + mime
-        head, _ = headers.split_head(mime)
-        parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n")
-        froms = parsed.get_all("From") or []
-        addresses = [addr for _, addr in getaddresses([str(v) for v in froms]) if addr]
-        if not addresses:
-            raise InvalidMessage("Message has no From header")
+        addresses = _from_addresses(headers.split_head(mime)[0])
         for address in addresses:
             if not self.sender_allowed(principal, address):
                 raise NotAllowed(f"From address {address} is not allowed for the domain {principal.domain}")
@@ -182,6 +177,26 @@ class Submission:
                 for copy in draft.copies for rcpt in copy.recipients
             ]
         return self.intake.accept(principal, domain, draft)
+
+
+def _from_addresses(head: bytes) -> list[str]:
+    """The From addresses, read by both of CPython's address parsers, which must agree.
+
+    Parser differentials are how a From is made to show one domain to a mail reader and another to
+    a check like ours (CVE-2023-27043): anything the two parsers read differently is refused.
+    """
+    legacy = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n").get_all("From") or []
+    addresses = [addr for _, addr in getaddresses([str(v) for v in legacy]) if addr]
+    if not addresses:
+        raise InvalidMessage("Message has no From header")
+    try:
+        modern = BytesHeaderParser(policy=email.policy.default).parsebytes(head + b"\r\n").get_all("From") or []
+        strict = [a.addr_spec for h in modern for a in h.addresses]
+    except (ValueError, IndexError, AttributeError, TypeError) as ex:
+        raise InvalidMessage("From header could not be parsed") from ex
+    if sorted(a.lower() for a in strict) != sorted(a.lower() for a in addresses):
+        raise InvalidMessage("From header is ambiguous")
+    return addresses
 
 
 class _Session(Session):
