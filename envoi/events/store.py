@@ -136,6 +136,8 @@ def create_partition(conn: Connection, day: date) -> None:
     name = partition_name(day)
     start, end = day_bounds(day)
     conn.execute("SET LOCAL lock_timeout = '10s'")
+    # Inserts routed to the default partition wait (briefly) so none slips in between move and attach.
+    conn.execute("LOCK TABLE events_default IN ACCESS EXCLUSIVE MODE")
     conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     conn.execute(
         f"WITH moved AS (DELETE FROM events_default WHERE ts >= %s AND ts < %s RETURNING *)"

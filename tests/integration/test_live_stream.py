@@ -156,3 +156,15 @@ def test_streams_are_capped_so_the_api_keeps_threads(server, services, domain, a
     results, thread = start_reader(url, api_key)
     thread.join(5)
     assert not [r for r in results if r[0] == "error"]
+
+
+def test_cli_lists_recent_events(server, services, domain, api_key):
+    record(services, domain, "accepted", recipient="one@dest.test")
+    record(services, domain, "failed", severity="permanent", recipient="two@dest.test", reason="bounce")
+    env = dict(os.environ, ENVOI_API_URL=server.url, ENVOI_API_KEY=api_key)
+    out = subprocess.run([sys.executable, "-m", "envoi.cli", "logs", "--domain", domain["name"], "--limit", "5"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and "one@dest.test" in lines[0] and "failed/permanent" in lines[1]
+    assert "reason=bounce" in lines[1]
