@@ -196,18 +196,21 @@ class Tracking:
             return draft  # nothing to track and no placeholder: the message is stored as composed
         copies: list[Composed] = []
         for copy in draft.copies:
+            # Parse once per copy; per recipient only the text parts are re-encoded.
+            msg = BytesParser(policy=PARSE_POLICY).parsebytes(copy.mime)
+            parts = _text_parts(msg)
+            theirs = "List-Unsubscribe" in msg  # a caller-set header is kept as it is
             for rcpt in copy.recipients:
-                mime = self._render_one(domain, draft, copy.mime, rcpt, opens=bool(opens), clicks=clicks,
+                mime = self._render_one(domain, draft, msg, parts, theirs, rcpt, opens=bool(opens), clicks=clicks,
                                         footer=footer, settings=domain_settings() if footer else None)
                 copies.append(Composed([rcpt], mime, copy.headers))
         return replace(draft, copies=copies)
 
-    def _render_one(self, domain: dict, draft: Draft, mime: bytes, rcpt: str, *, opens: bool, clicks: str,
-                    footer: bool, settings: dict | None) -> bytes:
+    def _render_one(self, domain: dict, draft: Draft, msg, parts: list, theirs: bool, rcpt: str, *, opens: bool,
+                    clicks: str, footer: bool, settings: dict | None) -> bytes:
         ids = (domain["account_id"], domain["id"], draft.message_id, rcpt)
         unsub_all = self.url("u", self.sign("u", *ids, ["*"]))
         unsub_tag = self.url("u", self.sign("u", *ids, sorted(draft.tags))) if draft.tags else unsub_all
-        msg = BytesParser(policy=PARSE_POLICY).parsebytes(mime)
 
         def substitute(text: str) -> str:
             return text.replace("%tag_unsubscribe_url%", unsub_tag).replace("%unsubscribe_url%", unsub_all)
@@ -221,20 +224,11 @@ class Tracking:
             return self.url("c", self.sign("c", *ids, url))
 
         uses_placeholder = False
-        for part in msg.walk():
-            if part.is_multipart() or part.is_attachment():
-                continue
-            ctype = part.get_content_type()
-            if ctype not in ("text/html", "text/plain"):
-                continue
-            try:
-                text = part.get_content()
-            except (LookupError, UnicodeError):
-                continue
-            original = text
+        for part, subtype, original, other, had_version in parts:
+            text = original
             if any(p in text for p in PLACEHOLDERS):
                 uses_placeholder = True
-            if ctype == "text/html":
+            if subtype == "html":
                 if footer:
                     text = _before_body_end(text, settings["html_footer"] or DEFAULT_HTML_FOOTER)
                 text = substitute(text)
@@ -252,9 +246,10 @@ class Tracking:
                 if clicks == "yes":
                     text = TEXT_URL.sub(lambda m: click(m.group(0)), text)
             if text != original:
-                _set_text(part, text, ctype.split("/")[1])
-        if (footer or uses_placeholder) and "List-Unsubscribe" not in msg:
+                _set_text(part, text, subtype, other, had_version)
+        if (footer or uses_placeholder) and not theirs:
             mailto = f"mailto:unsubscribe@{domain['name']}?subject={quote('unsubscribe ' + unsub_all.rsplit('/', 1)[1])}"
+            del msg["List-Unsubscribe"], msg["List-Unsubscribe-Post"]
             msg["List-Unsubscribe"] = f"<{unsub_all}>, <{mailto}>"
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return msg.as_bytes(policy=SMTP_POLICY)
@@ -302,14 +297,28 @@ def _before_body_end(text: str, snippet: str) -> str:
     return text + snippet if index < 0 else text[:index] + snippet + text[index:]
 
 
-def _set_text(part, text: str, subtype: str) -> None:
-    charset = "utf-8"
-    had_version = "MIME-Version" in part
-    other = {k: v for k, v in part.items() if k.lower() not in ("content-type", "content-transfer-encoding",
-                                                                 "mime-version")}
-    part.set_content(text, subtype=subtype, charset=charset)
-    for name, value in other.items():
-        if name not in part:
-            part[name] = value
+def _text_parts(msg) -> list[tuple]:
+    """The text/html and text/plain body parts: (part, subtype, decoded text, other headers, had MIME-Version)."""
+    found = []
+    for part in msg.walk():
+        if part.is_multipart() or part.is_attachment():
+            continue
+        ctype = part.get_content_type()
+        if ctype not in ("text/html", "text/plain"):
+            continue
+        try:
+            text = part.get_content()
+        except (LookupError, UnicodeError):
+            continue
+        other = [(k, v) for k, v in part.items() if k.lower().startswith("content-")
+                 and k.lower() not in ("content-type", "content-transfer-encoding")]
+        found.append((part, ctype.split("/")[1], text, other, "MIME-Version" in part))
+    return found
+
+
+def _set_text(part, text: str, subtype: str, other: list, had_version: bool) -> None:
+    part.set_content(text, subtype=subtype, charset="utf-8")  # drops every Content-* header
+    for name, value in other:  # Content-Disposition, Content-ID, ... come back
+        part[name] = value
     if not had_version:  # set_content adds one; a subpart doesn't need it
         del part["MIME-Version"]

@@ -210,9 +210,13 @@ class Webhooks:
         timeout = self.settings.webhook_timeout
         with self.db.transaction() as conn:
             row = store.start(conn, delivery_id, timeout * 2 + 5)  # None: done, running or not due yet
+            sealed = store.get_signing_key(conn, row["account_id"]) if row is not None else None
         if row is None:
             return "skipped"
-        key = self.signing_key(row["account_id"])
+        if sealed is None:
+            key = self.signing_key(row["account_id"])
+        else:
+            key = self.sealer.open(sealed, self._context(row["account_id"])).decode()
         timestamp, token = str(int(time.time())), secrets.token_hex(25)
         body = json.dumps({"signature": {"timestamp": timestamp, "token": token,
                                          "signature": signature(key, timestamp, token)},
