@@ -91,3 +91,33 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
         "SELECT data->'envelope'->>'sending-ip' AS ip FROM events WHERE event = 'delivered' AND domain_id = %s",
         (domain["id"],)).fetchall()) and len(rows) == 3 and rows)
     assert {r["ip"] for r in ips_in_events} == {"127.0.0.2"}
+
+
+def test_wait_policy_holds_mail_past_the_cap_unattempted(services, settings, account, domain, db, clean_ips):
+    add_ip(services, "127.0.0.2", dedicated=True)
+    add_ip(services, "127.0.0.5")  # a shared pool exists, but "wait" does not overflow into it
+    services.ips.add_domain_ip("test", domain, "127.0.0.2")
+    services.ips.start_warmup("test", "127.0.0.2", "3x2")
+    with Sink() as sink, DnsServer() as dns:
+        rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
+        route(dns, rcpt_domain)
+        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
+                                          smtp_timeout=5)
+        egress = ips_wiring.make_egress(services, refresh=0.2, policy="wait")
+        try:
+            with RelayThread(services, relay_settings, egress=egress):
+                ids = [send(services, account["id"], domain, f"w{n}@{rcpt_domain}") for n in range(5)]
+                sink.wait_for(2)
+                held = wait_until(lambda: (rows := db.execute(
+                    "SELECT r.attempts FROM recipients r JOIN messages m ON m.id = r.message_pk"
+                    " WHERE m.message_id = ANY(%s) AND r.status = 'queued' AND r.leased_until IS NULL"
+                    " AND r.next_attempt_at > now() + interval '1 hour'", (ids,)).fetchall()) and len(rows) == 3
+                    and rows, 15)
+        finally:
+            egress.view.stop()
+    assert [m["peer"] for m in sink.messages()] == ["127.0.0.2", "127.0.0.2"]
+    assert all(r["attempts"] == 0 for r in held)  # held back, not attempted
+    events = db.execute("SELECT event FROM events WHERE message_id = ANY(%s)", (ids,)).fetchall()
+    assert sorted(e["event"] for e in events) == ["accepted"] * 5 + ["delivered"] * 2
+    assert db.execute("SELECT used FROM ip_warmup_usage WHERE address = '127.0.0.2'").fetchone()["used"] == 2
+    db.execute("DELETE FROM messages WHERE message_id = ANY(%s)", (ids,))  # leave no queued mail behind
