@@ -62,7 +62,11 @@ def main() -> None:
             while jobs.Dispatcher(svc.webhooks, conn).run_once():
                 jobs.worker(svc.webhooks, conn).work(burst=True, logging_level="WARNING")
             elapsed = time.perf_counter() - started
-            assert len(receiver.requests) == n and all(r["valid"] for r in receiver.requests)
+            with svc.db.transaction() as c:
+                states = c.execute("SELECT status, attempts, count(*) AS n FROM webhook_deliveries"
+                                   " GROUP BY 1, 2").fetchall()
+                errors = c.execute("SELECT error, count(*) AS n FROM webhook_attempts GROUP BY 1").fetchall()
+            assert len(receiver.requests) == n and all(r["valid"] for r in receiver.requests), (states, errors)
         print(f"webhooks: {n} signed deliveries by 1 worker process in {elapsed:.2f} s = {n / elapsed:.0f}/s")
 
         # 2. Fair claim with a backlog: 20,000 due rows over 200 endpoints of 50 accounts.

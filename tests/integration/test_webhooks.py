@@ -25,7 +25,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 def hook_settings(settings):
     # Tests allowlist their receiver on 127.0.0.1 and use short retry delays.
     return settings.replace(webhook_allow=("127.0.0.1/32",), webhook_retry_schedule=(0.3,),
-                            webhook_retry_for=3600, webhook_timeout=3, webhook_per_endpoint=2)
+                            webhook_retry_for=3600, webhook_timeout=10, webhook_per_endpoint=2)
 
 
 @pytest.fixture(scope="module")
