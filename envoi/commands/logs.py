@@ -219,6 +219,8 @@ def purge(every: float) -> None:
     try:
         while True:
             report = services.events.maintain()
+            if services.stats is not None:
+                services.stats.fold()
             click.echo(f"partitions created: {', '.join(report['created']) or '-'}; "
                        f"dropped: {', '.join(report['dropped']) or '-'}; rows deleted: {report['deleted']}")
             if every <= 0:

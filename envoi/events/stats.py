@@ -1,14 +1,21 @@
 """Stats and tags, served from rollups kept current as events are recorded.
 
-`rollup` is an events writer: in the recording transaction it adds each event to the hourly counter
-of (domain, tag, hour, event, severity, reason, method), once with tag '' for the domain total and
-once per tag, and notes first/last-seen of each tag. Rows are upserted in a fixed (sorted) order so
-concurrent writers never deadlock on them.
+`rollup` is an events writer: in the recording transaction it appends the batch's counts per
+(domain, tag, hour, event, severity, reason, method) -- once with tag '' for the domain total and
+once per tag -- to event_stats_pending, and inserts tags not seen before. Appending (instead of
+upserting one counter row per domain and hour) keeps concurrent senders to one domain from queueing
+on the same row lock until each other's commit (measured: 5x fewer events/s with 10 writers).
+`fold` moves pending counts into event_stats_hourly every few seconds (a listener triggers it, and
+partition maintenance runs it too); stats queries read both tables, so they are always current.
+A tag's last-seen moves forward at each fold.
 """
 
 from __future__ import annotations
 
 import calendar
+import logging
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +31,7 @@ ESP_BLOCK = ("spam-block", "rate-limit")
 PERMANENT_REASONS = ("suppress-bounce", "suppress-unsubscribe", "suppress-complaint", "bounce",
                      "delayed-bounce", "webhook", "optimized")
 MAX_TAG_LENGTH = 256
+log = logging.getLogger(__name__)
 
 
 def _hour(ts: float) -> datetime:
@@ -46,27 +54,57 @@ def dimensions(data: dict) -> tuple[str, str, str, str]:
 
 
 class Stats:
+    #: Seconds between folds of pending counts into the hourly rollup (stats read both anyway).
+    fold_every = 2.0
+
     def __init__(self, db: Database):
         self.db = db
+        self._last_fold = 0.0
+        self._folding = threading.Lock()
 
     # writer -----------------------------------------------------------------------------------
     def rollup(self, conn: Connection, events: list) -> None:
+        """Events writer: append this batch's counts (no shared row is locked) and new tags."""
         counts: Counter = Counter()
+        last: dict[tuple, datetime] = {}
         tags: dict[tuple[int, str], list] = {}
         for ev in events:
             data = ev.data
+            ts = datetime.fromtimestamp(data["timestamp"], UTC)
             hour = _hour(data["timestamp"])
             dims = dimensions(data)
-            counts[(ev.domain_id, ev.account_id, "", hour) + dims] += 1
-            for tag in {str(t)[:MAX_TAG_LENGTH] for t in data.get("tags") or []}:
-                counts[(ev.domain_id, ev.account_id, tag, hour) + dims] += 1
-                ts = datetime.fromtimestamp(data["timestamp"], UTC)
-                seen = tags.setdefault((ev.domain_id, tag), [ev.account_id, ts, ts])
-                seen[1], seen[2] = min(seen[1], ts), max(seen[2], ts)
+            for tag in {""} | {str(t)[:MAX_TAG_LENGTH] for t in data.get("tags") or []}:
+                key = (ev.domain_id, ev.account_id, tag, hour) + dims
+                counts[key] += 1
+                last[key] = max(last.get(key, ts), ts)
+                if tag:
+                    seen = tags.setdefault((ev.domain_id, tag), [ev.account_id, ts])
+                    seen[1] = min(seen[1], ts)
         if counts:
-            store.add_stats(conn, sorted(k + (n,) for k, n in counts.items()))
+            store.add_stats(conn, sorted(k + (n, last[k]) for k, n in counts.items()))
         if tags:
-            store.touch_tags(conn, sorted((d, a, t, first, last) for (d, t), (a, first, last) in tags.items()))
+            store.add_tags(conn, sorted((d, a, t, first) for (d, t), (a, first) in tags.items()))
+
+    def fold(self) -> int | None:
+        """Move pending counts into the hourly rollup; None if another process is at it."""
+        with self.db.transaction() as conn:
+            return store.fold_stats(conn)
+
+    def fold_soon(self, events: list) -> None:
+        """Listener: fold in the background at most every `fold_every` seconds."""
+        if time.monotonic() - self._last_fold < self.fold_every or not self._folding.acquire(blocking=False):
+            return
+        self._last_fold = time.monotonic()
+
+        def run() -> None:
+            try:
+                self.fold()
+            except Exception:
+                log.exception("folding event stats failed")
+            finally:
+                self._folding.release()
+
+        threading.Thread(target=run, name="stats-fold", daemon=True).start()
 
     # GET /v3/{domain}/stats/total -----------------------------------------------------------------
     def total(self, domain: dict, params: dict[str, list[str]], tag: str = "") -> dict:

@@ -178,37 +178,63 @@ def delete_domain_events_before(conn: Connection, domain_ids: list[int], cutoff:
 
 # rollups ------------------------------------------------------------------------------------------
 def add_stats(conn: Connection, rows: list[tuple]) -> None:
-    """rows: (domain_id, account_id, tag, hour, event, severity, reason, method, count), sorted."""
+    """rows: (domain_id, account_id, tag, hour, event, severity, reason, method, count, last_ts).
+
+    Appends only: concurrent recorders never wait on each other's counters (see fold_stats)."""
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO event_stats_hourly (domain_id, account_id, tag, hour, event, severity, reason,"
-            " method, count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (domain_id, tag, hour, event, severity, reason, method)"
-            " DO UPDATE SET count = event_stats_hourly.count + EXCLUDED.count",
+            "INSERT INTO event_stats_pending (domain_id, account_id, tag, hour, event, severity, reason,"
+            " method, count, last_ts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             rows,
         )
 
 
-def touch_tags(conn: Connection, rows: list[tuple]) -> None:
-    """rows: (domain_id, account_id, tag, first_seen, last_seen), sorted."""
+def add_tags(conn: Connection, rows: list[tuple]) -> None:
+    """rows: (domain_id, account_id, tag, seen). A known tag is left alone (no row lock is taken);
+    its last-seen moves forward when the pending counts are folded."""
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO event_tags (domain_id, account_id, tag, first_seen, last_seen)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain_id, tag) DO UPDATE SET"
-            " first_seen = LEAST(event_tags.first_seen, EXCLUDED.first_seen),"
-            " last_seen = GREATEST(event_tags.last_seen, EXCLUDED.last_seen)",
-            rows,
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain_id, tag) DO NOTHING",
+            [(d, a, t, seen, seen) for d, a, t, seen in rows],
         )
+
+
+STATS_FOLD_LOCK = 0x656E7673746174  # "envstat"
+
+
+def fold_stats(conn: Connection) -> int | None:
+    """Move pending counts into the hourly rollup (and tags' last-seen); None if another process
+    is folding right now. Returns the number of hourly rows touched."""
+    if not conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (STATS_FOLD_LOCK,)).fetchone()["ok"]:
+        return None
+    return conn.execute(
+        "WITH moved AS (DELETE FROM event_stats_pending RETURNING *),"
+        " agg AS (SELECT domain_id, max(account_id) AS account_id, tag, hour, event, severity, reason, method,"
+        "   sum(count) AS count FROM moved GROUP BY domain_id, tag, hour, event, severity, reason, method),"
+        " ins AS (INSERT INTO event_stats_hourly (domain_id, account_id, tag, hour, event, severity, reason,"
+        "   method, count) SELECT * FROM agg ORDER BY domain_id, tag, hour, event, severity, reason, method"
+        "   ON CONFLICT (domain_id, tag, hour, event, severity, reason, method)"
+        "   DO UPDATE SET count = event_stats_hourly.count + EXCLUDED.count RETURNING 1),"
+        " seen AS (UPDATE event_tags t SET last_seen = GREATEST(t.last_seen, m.last_ts)"
+        "   FROM (SELECT domain_id, tag, max(last_ts) AS last_ts FROM moved WHERE tag <> ''"
+        "         GROUP BY domain_id, tag) m"
+        "   WHERE t.domain_id = m.domain_id AND t.tag = m.tag RETURNING 1)"
+        " SELECT (SELECT count(*) FROM ins) + 0 * (SELECT count(*) FROM seen) AS n"
+    ).fetchone()["n"]
 
 
 def stats(conn: Connection, domain_id: int, tag: str, events: list[str], start: datetime, end: datetime,
           resolution: str) -> list[dict]:
+    where = "domain_id = %s AND tag = %s AND event = ANY(%s) AND hour >= %s AND hour < %s"
+    args = (domain_id, tag, events, start, end)
     return conn.execute(
         "SELECT date_trunc(%s, hour AT TIME ZONE 'UTC') AS bucket, event, severity, reason, method,"
-        " sum(count)::bigint AS count FROM event_stats_hourly"
-        " WHERE domain_id = %s AND tag = %s AND event = ANY(%s) AND hour >= %s AND hour < %s"
-        " GROUP BY 1, 2, 3, 4, 5",
-        (resolution, domain_id, tag, events, start, end),
+        " sum(count)::bigint AS count FROM ("
+        f" SELECT hour, event, severity, reason, method, count FROM event_stats_hourly WHERE {where}"
+        f" UNION ALL SELECT hour, event, severity, reason, method, count FROM event_stats_pending WHERE {where}"
+        ") s GROUP BY 1, 2, 3, 4, 5",
+        (resolution, *args, *args),
     ).fetchall()
 
 
@@ -244,4 +270,5 @@ def set_tag_description(conn: Connection, domain_id: int, tag: str, description:
 
 def delete_tag(conn: Connection, domain_id: int, tag: str) -> bool:
     conn.execute("DELETE FROM event_stats_hourly WHERE domain_id = %s AND tag = %s", (domain_id, tag))
+    conn.execute("DELETE FROM event_stats_pending WHERE domain_id = %s AND tag = %s", (domain_id, tag))
     return conn.execute("DELETE FROM event_tags WHERE domain_id = %s AND tag = %s", (domain_id, tag)).rowcount > 0

@@ -14,6 +14,7 @@ def wire(services) -> None:
     events.retention = Retention(settings.event_retention, {**PLAN_RETENTION, **dict(settings.event_retention_plans)})
     services.stats = Stats(services.db)
     events.writers.append(services.stats.rollup)  # same transaction as the events
+    events.listeners.append(services.stats.fold_soon)  # pending counts -> hourly rollup, every 2 s
     services.stream = LiveStream(services.redis, settings.region, max_clients=settings.stream_max_clients,
                                  max_seconds=settings.stream_max_seconds)
     events.listeners.append(services.stream.publish)  # after commit
