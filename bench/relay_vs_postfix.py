@@ -1,0 +1,121 @@
+"""End-to-end relay throughput: Postfix + OpenDKIM against Envoi (SMTP submission and HTTP API).
+
+    sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--sessions 20] [--skip-postfix]
+
+Self-contained: installs Debian's postfix and opendkim if missing; starts Postfix's `smtp-sink`
+(counting) as the one sink; configures Postfix (relayhost = the sink) with an OpenDKIM milter
+(RSA-2048, unix socket); starts a private Envoi region (own database and Redis db; `envoi relay`
+with ENVOI_SMTP_ROUTE = the sink, `envoi smtp`, `envoi api`; domain key RSA-2048). The same N
+messages (~5 KB, 1,000 recipient domains) go (a) into Postfix over SMTP, (b) into Envoi over SMTP
+submission (STARTTLS + AUTH), (c) into Envoi's HTTP API (/messages.mime); each phase is timed from
+the first injection until the sink has counted every message. Prints msg/s and the ratios, then
+the accept->delivered p50/p99 of (c) at half its measured rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relay_vs_postfix_lib import (  # noqa: E402
+    EnvoiStack,
+    PostfixStack,
+    SmtpSink,
+    cpu_seconds,
+    inject_http,
+    inject_smtp,
+    log,
+    make_messages,
+    percentile,
+)
+
+
+def phase(name: str, sink: SmtpSink, n: int, inject) -> dict:
+    base = sink.count()
+    log(f"{name}: injecting {n} messages")
+    t0 = time.time()
+    inject_seconds = inject()
+    t1 = sink.wait_count(base + n)
+    e2e = t1 - t0
+    result = {"name": name, "n": n, "inject_s": inject_seconds, "e2e_s": e2e, "rate": n / e2e,
+              "accept_rate": n / inject_seconds}
+    log(f"{name}: accepted in {inject_seconds:.1f}s ({n / inject_seconds:.0f} msg/s), "
+        f"end to end {e2e:.1f}s ({n / e2e:.0f} msg/s)")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--sessions", type=int, default=20, help="SMTP injection sessions")
+    parser.add_argument("--http-concurrency", type=int, default=16)
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--skip-postfix", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="envoi-bench-"))
+    sink = SmtpSink(workdir).start()
+    results = []
+    try:
+        if not args.skip_postfix:
+            postfix = PostfixStack(workdir, sink.port).start()
+            try:
+                messages = make_messages(args.n, f"pf-{uuid.uuid4().hex[:6]}")
+                results.append(phase("postfix+opendkim (smtp)", sink, args.n,
+                                     lambda: inject_smtp(postfix.port, messages, args.sessions)))
+            finally:
+                postfix.stop()
+        envoi = EnvoiStack(workdir, sink.port, api_workers=args.api_workers, api_threads=args.api_threads)
+        envoi.setup().start()
+        try:
+            pids = [p.pid for p in envoi.procs.values()]
+            messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}")
+            cpu0 = cpu_seconds(pids)
+            results.append(phase("envoi (smtp submission)", sink, args.n, lambda: inject_smtp(
+                envoi.smtp_port, messages, args.sessions, auth=(envoi.smtp_login, envoi.smtp_password),
+                starttls=True)))
+            results[-1]["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / args.n
+            run = f"http-{uuid.uuid4().hex[:6]}"
+            messages = make_messages(args.n, run)
+            cpu0 = cpu_seconds(pids)
+            results.append(phase("envoi (http api)", sink, args.n,
+                                 lambda: inject_http(envoi.api_port, envoi.api_key, messages,
+                                                     args.http_concurrency)[0]))
+            results[-1]["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / args.n
+            lat = envoi.latencies(run)
+            results[-1]["p50"], results[-1]["p99"] = percentile(lat, 50), percentile(lat, 99)
+            if not args.skip_latency:
+                rate = results[-1]["rate"] / 2
+                n = min(args.n, max(2000, int(rate * 20)))
+                run = f"half-{uuid.uuid4().hex[:6]}"
+                messages = make_messages(n, run)
+                log(f"latency at half the maximum rate: {n} messages at {rate:.0f} msg/s")
+                res = phase(f"envoi (http api) paced at {rate:.0f} msg/s", sink, n, lambda: inject_http(
+                    envoi.api_port, envoi.api_key, messages, args.http_concurrency, rate=rate)[0])
+                lat = envoi.latencies(run)
+                res["p50"], res["p99"] = percentile(lat, 50), percentile(lat, 99)
+                results.append(res)
+        finally:
+            envoi.stop()
+    finally:
+        sink.stop()
+    print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} SMTP sessions, "
+          f"http concurrency {args.http_concurrency}, DKIM RSA-2048 everywhere")
+    print(f"{'system':45} {'accept msg/s':>12} {'e2e msg/s':>10} {'cpu ms/msg':>10} {'p50 s':>7} {'p99 s':>7}")
+    for r in results:
+        print(f"{r['name']:45} {r['accept_rate']:12.0f} {r['rate']:10.0f} {r.get('cpu_ms', float('nan')):10.2f} "
+              f"{r.get('p50', float('nan')):7.3f} {r.get('p99', float('nan')):7.3f}")
+    if not args.skip_postfix and len(results) >= 3:
+        base = results[0]["rate"]
+        print(f"RATIO envoi-smtp/postfix+opendkim = {results[1]['rate'] / base:.2f}")
+        print(f"RATIO envoi-http/postfix+opendkim = {results[2]['rate'] / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Relay engine details: MX fallback, TLS policy, 421 back-off, shaping, MX sites, ed25519, metrics."""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import dkim
+import pytest
+import trustme
+from prometheus_client import generate_latest
+
+from envoi.mta import store
+from envoi.mta.delivery.engine import ed25519_context
+from envoi.mta.delivery.shaping import RateLimiter, Shaping, ShapingError
+from envoi.mta.signing import generate_ed25519_key
+from envoi.mta.sink import Sink
+from tests.integration.test_relay import events_of, send
+from tests.support.dns_server import DnsServer
+from tests.support.relay import RelayThread, wait_until
+
+
+@pytest.fixture
+def dns():
+    with DnsServer() as server:
+        yield server
+
+
+def relay_settings(settings, sink, dns, **extra):
+    return settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
+                            smtp_timeout=5, **extra)
+
+
+def final(db, message_id, timeout=15):
+    return wait_until(lambda: (e := events_of(db, message_id)) and e[-1]["severity"] != "temporary"
+                      and e[-1]["event"] != "accepted" and e, timeout)
+
+
+def test_mx_fallback_to_next_host_on_connection_failure(services, settings, account, domain, db, dns):
+    dns.add("fallback.test", "MX", "10 mx1.fallback.test.")
+    dns.add("fallback.test", "MX", "20 mx2.fallback.test.")
+    dns.add("mx1.fallback.test", "A", "127.0.0.2")  # nothing listens there: connection refused
+    dns.add("mx2.fallback.test", "A", "127.0.0.1")
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+        message_id = send(services, account["id"], domain, "a@fallback.test")
+        events = final(db, message_id)
+    assert [e["event"] for e in events] == ["accepted", "delivered"]
+    assert events[1]["data"]["delivery-status"]["mx-host"] == "mx2.fallback.test"
+    assert sink.messages()[0]["rcpt_tos"] == ["a@fallback.test"]
+
+
+def test_implicit_mx_and_shared_mx_site(services, settings, account, domain, db, dns):
+    dns.add("implicit.test", "A", "127.0.0.1")  # no MX: the domain is its own mail host
+    for name in ("one.test", "two.test"):  # two domains at one provider share one MX site
+        dns.add(name, "MX", "10 mx.provider.test.")
+    dns.add("mx.provider.test", "A", "127.0.0.1")
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns)) as thread:
+        ids = [send(services, account["id"], domain, to) for to in ("i@implicit.test", "a@one.test", "b@two.test")]
+        for message_id in ids:
+            assert final(db, message_id)[-1]["event"] == "delivered"
+        sites = {key[1] for key in thread.relay.destinations}
+    assert events_of(db, ids[0])[-1]["data"]["delivery-status"]["mx-host"] == "implicit.test"
+    assert sites <= {("implicit.test",), ("mx.provider.test",)}
+    assert len(sink.messages()) == 3
+
+
+def test_require_tls_without_starttls_is_not_delivered(services, settings, account, domain, db, dns):
+    dns.add("plain.test", "MX", "10 mx.plain.test.")
+    dns.add("mx.plain.test", "A", "127.0.0.1")
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+        message_id = send(services, account["id"], domain, "x@plain.test", **{"o:require-tls": "yes"})
+        plain_id = send(services, account["id"], domain, "y@plain.test")  # same session, no requirement
+        events = final(db, message_id)
+        assert final(db, plain_id)[-1]["event"] == "delivered"
+    failed = events[-1]
+    assert failed["event"] == "failed" and failed["severity"] == "permanent"
+    status = failed["data"]["delivery-status"]
+    assert status["enhanced-code"] == "5.7.10" and status["tls"] is False
+    assert "TLS" in status["message"]
+    assert [m["rcpt_tos"] for m in sink.messages()] == [["y@plain.test"]]
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+def tls_sink(ca, host):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host).configure_cert(context)
+    return Sink(tls_context=context)
+
+
+def test_opportunistic_tls_records_tls_and_unverified_certificate(services, settings, account, domain, db, dns,
+                                                                  ca):
+    dns.add("tls.test", "MX", "10 mx.tls.test.")
+    dns.add("mx.tls.test", "A", "127.0.0.1")
+    with tls_sink(ca, "mx.tls.test") as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+        plain = send(services, account["id"], domain, "a@tls.test")
+        strict = send(services, account["id"], domain, "b@tls.test", **{"o:require-tls": "yes"})
+        skipping = send(services, account["id"], domain, "c@tls.test",
+                        **{"o:require-tls": "yes", "o:skip-verification": "yes"})
+        results = {mid: final(db, mid)[-1] for mid in (plain, strict, skipping)}
+    status = results[plain]["data"]["delivery-status"]
+    assert results[plain]["event"] == "delivered" and status["tls"] is True
+    assert status["certificate-verified"] is False
+    assert results[strict]["event"] == "failed"  # the CA is not trusted: require-tls verifies by default
+    assert results[strict]["data"]["delivery-status"]["enhanced-code"] == "5.7.10"
+    assert results[skipping]["event"] == "delivered"
+    assert sorted(r for m in sink.messages() for r in m["rcpt_tos"]) == ["a@tls.test", "c@tls.test"]
+    assert all(m["tls"] for m in sink.messages())
+
+
+def test_trusted_ca_gives_verified_certificate(services, settings, account, domain, db, dns, ca, tmp_path):
+    dns.add("vtls.test", "MX", "10 mx.vtls.test.")
+    dns.add("mx.vtls.test", "A", "127.0.0.1")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with tls_sink(ca, "mx.vtls.test") as sink, RelayThread(
+            services, relay_settings(settings, sink, dns, tls_ca_file=str(ca_file))):
+        message_id = send(services, account["id"], domain, "a@vtls.test", **{"o:require-tls": "yes"})
+        event = final(db, message_id)[-1]
+    assert event["event"] == "delivered"
+    status = event["data"]["delivery-status"]
+    assert status["tls"] is True and status["certificate-verified"] is True
+    assert sink.messages()[0]["tls"] is True
+
+
+def test_421_pauses_the_destination_and_honours_the_hint(services, settings, account, domain, db, dns):
+    dns.add("busy.test", "MX", "10 mx.busy.test.")
+    dns.add("mx.busy.test", "A", "127.0.0.1")
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+        sink.set_script({"data": ["421 4.7.0 Too many connections, try again in 3 seconds"]})
+        first = send(services, account["id"], domain, "a@busy.test")
+        wait_until(lambda: sink.stats()["attempts"] >= 1)
+        refused_at = time.time()
+        others = [send(services, account["id"], domain, f"{x}@busy.test") for x in "bc"]
+        time.sleep(1.0)
+        assert sink.stats()["attempts"] == 1  # paused: nothing else is tried
+        events = {mid: final(db, mid, 20) for mid in [first, *others]}
+    assert [e["event"] for e in events[first]] == ["accepted", "failed", "delivered"]
+    assert events[first][1]["data"]["delivery-status"]["code"] == 421
+    for mid in others:  # put back without an attempt or an event while the destination rested
+        assert [e["event"] for e in events[mid]] == ["accepted", "delivered"]
+        assert events[mid][1]["data"]["delivery-status"]["attempt-no"] == 1
+    assert min(m["received_at"] for m in sink.messages()) >= refused_at + 2.5
+    assert sink.stats()["attempts"] == 4
+
+
+def test_messages_per_connection_and_ed25519_second_signature(services, settings, account, domain, db, dns,
+                                                             tmp_path):
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('[default]\nmax_connections = 1\nmessages_per_connection = 2\n'
+                       '[[rule]]\nname = "limited"\nmx_suffixes = ["shaped.test"]\nmessages_per_minute = 6000\n')
+    dns.add("shaped.test", "MX", "10 mx.shaped.test.")
+    dns.add("mx.shaped.test", "A", "127.0.0.1")
+    private, public = generate_ed25519_key()
+    store.set_domain_ed25519(db, domain["id"], "ed", services.sealer.seal(private, ed25519_context(domain["name"])),
+                             public)
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns, shaping_file=str(shaping))) as t:
+        ids = [send(services, account["id"], domain, f"u{i}@shaped.test") for i in range(5)]
+        for mid in ids:
+            assert final(db, mid)[-1]["event"] == "delivered"
+        rule = t.relay.shaping.for_site(("mx.shaped.test",))
+        text = generate_latest(services.metrics.registry).decode()
+    assert (rule.name, rule.max_connections, rule.messages_per_connection) == ("limited", 1, 2)
+    assert len(sink.messages()) == 5
+    assert 'envoi_smtp_connections{destination="mx.shaped.test"}' in text
+    assert "envoi_dkim_sign_seconds_count" in text and "envoi_queue_ready" in text
+    raw = sink.messages()[0]["data"].encode("utf-8", "surrogateescape")
+    assert raw.count(b"DKIM-Signature:") == 2 and b"a=ed25519-sha256" in raw
+
+    def dnsfunc(name, timeout=5):
+        if name.startswith(b"ed."):
+            return f"v=DKIM1; k=ed25519; p={public}".encode()
+        return f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}".encode()
+
+    assert dkim.verify(raw, dnsfunc=dnsfunc)
+    assert dkim.DKIM(raw).verify(idx=1, dnsfunc=dnsfunc)  # the ed25519 one
+
+
+def test_shaping_file_rules_and_errors(tmp_path):
+    shaping = Shaping.load()
+    assert shaping.for_site(("alt1.gmail-smtp-in.l.google.com", "gmail-smtp-in.l.google.com")).name == "gmail"
+    assert shaping.for_site(("example-com.mail.protection.outlook.com",)).name == "outlook"
+    assert shaping.for_site(("mta5.am0.yahoodns.net",)).name == "yahoo"
+    assert shaping.for_site(("mx.example.net",)).name == "default"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[default]\nmax_connections = 0\n")
+    with pytest.raises(ShapingError, match="max_connections"):
+        Shaping.load(bad)
+    bad.write_text('[[rule]]\nname = "x"\n')
+    with pytest.raises(ShapingError, match="mx_suffixes"):
+        Shaping.load(bad)
+    limiter = RateLimiter(120)  # 2 a second, burst 2
+    assert [limiter.delay() == 0 for _ in range(2)] == [True, True]
+    assert 0.3 < limiter.delay() <= 0.5
