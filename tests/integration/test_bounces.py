@@ -37,6 +37,14 @@ def relay(services, settings, sink):
                                           smtp_timeout=5)
         with RelayThread(services, relay_settings) as thread:
             yield thread
+            # Leave nothing queued behind for the relays of later test modules.
+            wait_until(lambda: _queued(services) == 0, 20)
+
+
+def _queued(services) -> int:
+    with services.db.transaction() as conn:
+        return conn.execute("SELECT count(*) AS n FROM recipients WHERE status = 'queued' AND rcpt_domain = %s",
+                            (RCPT_DOMAIN,)).fetchone()["n"]
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +222,7 @@ def test_unmatched_and_garbage_reports_are_accepted_and_dropped(services, accoun
                       " ('failed', 'complained')", (domain["id"],)).fetchone()["n"] == 0
 
 
-def test_plain_text_bounce_with_per_recipient_verp(services, account, domain, db, inbound, key):
+def test_plain_text_bounce_with_per_recipient_verp(services, account, domain, db, relay, inbound, key):
     rcpt = f"olduser-{uuid.uuid4().hex[:6]}@{RCPT_DOMAIN}"
     message_id = send(services, account["id"], domain, [rcpt])
     [row] = rows_of(db, message_id)
