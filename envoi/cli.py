@@ -237,6 +237,8 @@ def _register_feature_commands() -> None:
     for module in (logs, events_out, ips, delivery):
         for command in module.COMMANDS:
             main.add_command(command)
+        for command in getattr(module, "DOMAIN_COMMANDS", []):
+            domains.add_command(command)
 
 
 _register_feature_commands()

@@ -195,3 +195,22 @@ def test_shaping_file_rules_and_errors(tmp_path):
     limiter = RateLimiter(120)  # 2 a second, burst 2
     assert [limiter.delay() == 0 for _ in range(2)] == [True, True]
     assert 0.3 < limiter.delay() <= 0.5
+
+
+def test_domains_ed25519_command_stores_a_sealed_key(settings, services, domain, db, monkeypatch):
+    import base64
+
+    from click.testing import CliRunner
+
+    from envoi.cli import main
+
+    for name, value in {"ENVOI_REGION": settings.region, "DATABASE_URL": settings.database_url,
+                        "REDIS_URL": settings.redis_url,
+                        "ENVOI_SECRET_KEY": base64.b64encode(settings.secret_key).decode()}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["domains", "ed25519", domain["name"], "--selector", "ed1"])
+    assert result.exit_code == 0, result.output
+    row = store.domain_ed25519(db, domain["id"])
+    assert row["selector"] == "ed1" and f"p={row['public_key']}" in result.output
+    key = services.sealer.open(row["key"], ed25519_context(domain["name"]))
+    assert b"PRIVATE KEY" in key or len(key) == 32
