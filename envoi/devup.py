@@ -100,6 +100,8 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
             "ENVOI_SECRET_KEY": _secret_key(var),
             "ENVOI_PUBLIC_URL": api_url,
             "ENVOI_SMTP_ROUTE": f"127.0.0.1:{sink_smtp_port}",
+            # Dev only: webhooks may reach receivers on this machine (the SSRF guard refuses loopback).
+            "ENVOI_WEBHOOK_ALLOW": os.environ.get("ENVOI_WEBHOOK_ALLOW", "127.0.0.0/8,::1/128"),
         }
         settings = Settings.from_env(env)
         ensure_database(settings.database_url)
@@ -114,6 +116,7 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
                   ready=lambda: _http_ok(f"{api_url}/healthz"))
         sup.start("relay", envoi + ["relay"], env=env)
         sup.start("scheduler", envoi + ["scheduler"], env=env)
+        sup.start("worker", envoi + ["worker", "--processes", "2"], env=env)  # webhooks
         # SMTP submission on the dev ports, with a self-signed certificate made under var/.
         sup.start("smtp", envoi + ["smtp", "--dev", "--bind", "127.0.0.1", "--var", str(var)], env=env,
                   ready=lambda: _port_open(SMTP_DEV_PORT))
