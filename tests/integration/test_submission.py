@@ -121,14 +121,19 @@ def test_starttls_submission_applies_and_strips_mailgun_headers(server, client_c
     assert msg.get_content().strip() == "Body line"
 
 
-def test_implicit_tls_465(server, client_ctx, login, domain, db):
+def test_implicit_tls_465_with_auth_login(server, client_ctx, login, domain, db, services):
+    accepted = services.metrics.accepted.labels("smtp")
+    before = accepted._value.get()
     with smtplib.SMTP_SSL("127.0.0.1", server.smtps_port, context=client_ctx, timeout=10) as c:
         code, reply = c.ehlo()
         assert b"AUTH" in reply and b"STARTTLS" not in reply
-        c.login(login, PASSWORD)
-        c.sendmail(login, ["rcpt@dest.test"], mime(domain, subject="over 465"))
+        c.user, c.password = login, PASSWORD
+        code, reply = c.auth("LOGIN", c.auth_login)
+        assert (code, reply) == (235, b"2.7.0 Authentication successful")
+        c.sendmail(login, ["rcpt@dest.test", "two@dest.test"], mime(domain, subject="over 465"))
     [row] = messages_of(db, domain)
     assert row["headers"]["subject"] == "over 465" and row["method"] == "smtp"
+    assert accepted._value.get() == before + 2  # envoi_messages_accepted_total{method="smtp"}
 
 
 def test_aiosmtplib_many_messages_per_connection(server, client_ctx, login, domain, db):
