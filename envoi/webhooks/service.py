@@ -244,6 +244,16 @@ class Webhooks:
             log.info("webhook %s to %s: %s (%s)", delivery_id, row["url"], outcome, status or response.error)
         return outcome
 
+    def purge_expired(self) -> int:
+        """Webhook payloads are event data: they go when the events do (ENVOI_EVENT_RETENTION)."""
+        total = 0
+        while True:
+            with self.db.transaction() as conn:
+                n = store.purge(conn, self.settings.event_retention)
+            total += n
+            if n < 5000:
+                return total
+
     def attempts(self, domain: dict, name: str | None, params: dict) -> dict:
         if name is not None:
             self._check_type(name)

@@ -176,3 +176,10 @@ def attempts(conn: Connection, domain_id: int, event_type: str | None, url: str 
         "SELECT a.*, d.url, d.event_type, d.event_id, d.status AS delivery_status, d.attempts AS delivery_attempts"
         " FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id"
         f" WHERE {' AND '.join(where)} ORDER BY a.id DESC LIMIT %s", args).fetchall()
+
+
+def purge(conn: Connection, older_than_seconds: float, batch: int = 5000) -> int:
+    """Delete deliveries (and, by cascade, their attempts) older than the event retention."""
+    return conn.execute(
+        "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
+        " WHERE created_at < now() - make_interval(secs => %s) LIMIT %s)", (older_than_seconds, batch)).rowcount

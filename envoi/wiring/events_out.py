@@ -25,3 +25,8 @@ def wire(services) -> None:
 def relay_options(services) -> dict:
     """Extra keyword arguments for the relay engine (hooks this feature plugs in)."""
     return {"suppressions": services.suppressions}
+
+
+def periodic(services) -> list[tuple]:
+    """Housekeeping for `envoi scheduler`: (name, every seconds, function)."""
+    return [("purge expired webhook deliveries", 3600, services.webhooks.purge_expired)]

@@ -226,3 +226,19 @@ def test_v3_and_v4_management(client, hook_services, services, receiver, domain,
     assert client.simulate_get(base, headers=basic(other_key)).status_code == 404
     assert post(client, base, other_key, id="opened", url=urls[0]).status_code == 404
     assert db.execute("SELECT count(*) AS n FROM webhooks WHERE domain_id = %s", (domain["id"],)).fetchone()["n"] == 0
+
+
+def test_expired_deliveries_and_attempts_are_purged(hook_services, rq_conn, receiver, domain, db):
+    hook_services.webhooks.create(domain, "accepted", [receiver.url("/ok")])
+    send(hook_services, domain)
+    send(hook_services, domain)
+    pump(hook_services, rq_conn)
+    [old, new] = [r["id"] for r in db.execute("SELECT id FROM webhook_deliveries WHERE domain_id = %s ORDER BY id",
+                                               (domain["id"],))]
+    db.execute("UPDATE webhook_deliveries SET created_at = now() - interval '31 days' WHERE id = %s", (old,))
+    assert hook_services.webhooks.purge_expired() >= 1
+    left = db.execute("SELECT d.id, count(a.id) AS attempts FROM webhook_deliveries d LEFT JOIN webhook_attempts a"
+                      " ON a.delivery_id = d.id WHERE d.domain_id = %s GROUP BY d.id", (domain["id"],)).fetchall()
+    assert left == [{"id": new, "attempts": 1}]
+    assert db.execute("SELECT count(*) AS n FROM webhook_attempts WHERE delivery_id = %s", (old,)).fetchone()["n"] == 0
+    assert any(t.name == "purge expired webhook deliveries" for t in runtime.periodic_tasks(hook_services))
