@@ -160,6 +160,33 @@ def test_aiosmtplib_many_messages_per_connection(server, client_ctx, login, doma
     assert [queued_id(r) for r in replies] == [r["message_id"] for r in rows]
 
 
+def test_pipelined_commands_two_messages_one_write_each(server, client_ctx, login, domain, db):
+    import socket
+
+    def replies(reader, n: int) -> list[bytes]:
+        out = []
+        while len(out) < n:
+            line = reader.readline()
+            if line[3:4] != b"-":
+                out.append(line[:3])
+        return out
+
+    token = base64.b64encode(f"\0{login}\0{PASSWORD}".encode())
+    envelope = f"MAIL FROM:<{login}>\r\nRCPT TO:<p1@dest.test>\r\nRCPT TO:<p2@dest.test>\r\nDATA\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.smtps_port), timeout=10) as raw, \
+            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        reader = tls.makefile("rb")
+        assert replies(reader, 1) == [b"220"]
+        tls.sendall(b"EHLO c.test\r\nAUTH PLAIN " + token + b"\r\n" + envelope)
+        assert replies(reader, 6) == [b"250", b"235", b"250", b"250", b"250", b"354"]
+        tls.sendall(mime(domain, subject="p1") + b".\r\nRSET\r\n" + envelope)
+        assert replies(reader, 6) == [b"250", b"250", b"250", b"250", b"250", b"354"]
+        tls.sendall(mime(domain, subject="p2") + b".\r\nQUIT\r\n")
+        assert replies(reader, 2) == [b"250", b"221"]
+    rows = messages_of(db, domain)
+    assert [r["headers"]["subject"] for r in rows] == ["p1", "p2"]
+
+
 def test_auth_before_starttls_is_refused(server, domain, login, db):
     with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as c:
         code, reply = c.ehlo()
