@@ -227,8 +227,8 @@ class Webhooks:
         next_in = None
         if status is not None and 200 <= status < 300:
             outcome = state = "delivered"
-        elif status == 406:
-            outcome = state = "rejected"  # Mailgun: 406 means "stop retrying"
+        elif status in (406, 410):
+            outcome = state = "rejected"  # Mailgun: 406 means "stop retrying"; 410 Gone says the same
         elif time.time() - row["created_at"].timestamp() >= self.settings.webhook_retry_for:
             outcome = state = "failed"
         else:

@@ -177,3 +177,14 @@ def test_per_message_options_and_placeholders(client, services, account, domain,
     copies = stored(services, db, message_id)
     assert db.execute("SELECT count(*) AS n FROM messages WHERE message_id = %s", (message_id,)).fetchone()["n"] == 1
     assert "List-Unsubscribe" not in copies["a@dest.test"]
+
+
+def test_a_client_forging_tokens_is_turned_away(client, services, account, domain, db):
+    message_id = send(services, account["id"], domain, "kim@dest.test", o_testmode="yes")
+    good = services.tracking.sign("c", account["id"], domain["id"], message_id, "kim@dest.test", "https://ok.example/")
+    for n in range(30):
+        assert client.simulate_get(f"/c/x{n}.y", remote_addr="10.9.9.9").status_code == 404
+    resp = client.simulate_get(f"/c/{good}", remote_addr="10.9.9.9")
+    assert resp.status_code == 429 and "location" not in resp.headers
+    assert client.simulate_get(f"/c/{good}", remote_addr="10.9.9.8").status_code == 302  # others unaffected
+    assert [e["event"] for e in events_of(db, message_id)] == ["accepted", "clicked"]

@@ -106,9 +106,9 @@ def test_signed_webhook_carries_the_events_api_item(client, hook_services, rq_co
 
 def test_failing_endpoint_is_retried_and_406_is_not(client, hook_services, rq_conn, receiver, domain, api_key, db):
     receiver.signing_key = signing_key(client, api_key)
-    receiver.script = {"/flaky": [500, 200], "/reject": [406]}
+    receiver.script = {"/flaky": [500, 200], "/reject": [406], "/gone": [410]}
     resp = post(client, f"/v3/domains/{domain['name']}/webhooks", api_key, id="accepted",
-                url=[receiver.url("/flaky"), receiver.url("/reject")])
+                url=[receiver.url("/flaky"), receiver.url("/reject"), receiver.url("/gone")])
     assert resp.status_code == 200, resp.text
     send(hook_services, domain)
     pump(hook_services, rq_conn)
@@ -124,9 +124,10 @@ def test_failing_endpoint_is_retried_and_406_is_not(client, hook_services, rq_co
     assert all(r["valid"] for r in flaky)
     assert flaky[0]["payload"]["event-data"]["id"] == flaky[1]["payload"]["event-data"]["id"]  # stable event id
     assert len(receiver.got("/reject")) == 1  # 406: never retried
+    assert len(receiver.got("/gone")) == 1  # nor 410
     rows = db.execute("SELECT url, status, attempts FROM webhook_deliveries WHERE domain_id = %s ORDER BY url",
                       (domain["id"],)).fetchall()
-    assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 2), ("rejected", 1)]
+    assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 2), ("rejected", 1), ("rejected", 1)]
     attempts = client.simulate_get(f"/v3/domains/{domain['name']}/webhooks/attempts",
                                    params={"url": receiver.url("/flaky")}, headers=basic(api_key)).json["items"]
     assert [(a["status"], a["outcome"]) for a in attempts] == [(200, "delivered"), (500, "retry")]

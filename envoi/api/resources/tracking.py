@@ -36,26 +36,58 @@ class TrackingSettings(DomainScoped):
             raise ApiError(400, str(ex)) from ex
 
 
+BAD_TOKENS_PER_MINUTE = 30  # per client IP; past it, every tracking request from that IP gets 429
+
+
+class Guard:
+    """Counts invalid tokens per client IP in Redis and turns a forging client away for a minute."""
+
+    def __init__(self, redis, region: str):
+        self.redis = redis
+        self.prefix = f"envoi:{region}:tracking:bad:"
+
+    def check(self, req) -> None:
+        if self.redis is None:
+            return
+        try:
+            count = int(self.redis.get(self.prefix + (req.remote_addr or "-")) or 0)
+        except Exception:  # Redis away: tracking keeps working, unguarded
+            return
+        if count >= BAD_TOKENS_PER_MINUTE:
+            raise ApiError(429, "Too many invalid tracking links from this address; try again later",
+                           headers={"Retry-After": "60"})
+
+    def bad(self, req) -> None:
+        if self.redis is not None:
+            key = self.prefix + (req.remote_addr or "-")
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.incr(key)
+                pipe.expire(key, 60, nx=True)
+                pipe.execute()
+            except Exception:
+                pass
+        raise ApiError(404, "Not found")
+
+
 def _client(req) -> tuple[str, str | None]:
     return req.get_header("User-Agent") or "", req.remote_addr
-
-
-def _nothing_here(resp) -> None:
-    raise ApiError(404, "Not found")
 
 
 class Open:
     auth = PUBLIC
 
-    def __init__(self, tracking):
+    def __init__(self, tracking, guard: Guard):
         self.tracking = tracking
+        self.guard = guard
 
     def on_get(self, req, resp, token: str) -> None:
+        self.guard.check(req)
         ua, ip = _client(req)
         try:
             self.tracking.hit("o", token, user_agent=ua, ip=ip)
         except InvalidToken:
-            _nothing_here(resp)
+            self.guard.bad(req)
         resp.content_type = "image/gif"
         resp.set_header("Cache-Control", "no-store, max-age=0")
         resp.data = PIXEL
@@ -64,15 +96,17 @@ class Open:
 class Click:
     auth = PUBLIC
 
-    def __init__(self, tracking):
+    def __init__(self, tracking, guard: Guard):
         self.tracking = tracking
+        self.guard = guard
 
     def on_get(self, req, resp, token: str) -> None:
+        self.guard.check(req)
         ua, ip = _client(req)
         try:
             data = self.tracking.hit("c", token, user_agent=ua, ip=ip)
         except InvalidToken:
-            _nothing_here(resp)  # never a redirect to anything unsigned
+            self.guard.bad(req)  # never a redirect to anything unsigned
         resp.status = falcon.HTTP_302
         resp.set_header("Location", data["extra"])
         resp.set_header("Cache-Control", "no-store")
@@ -87,14 +121,16 @@ class Unsubscribe:
 
     auth = PUBLIC
 
-    def __init__(self, tracking):
+    def __init__(self, tracking, guard: Guard):
         self.tracking = tracking
+        self.guard = guard
 
     def on_get(self, req, resp, token: str) -> None:
+        self.guard.check(req)
         try:
             data = self.tracking.verify("u", token)
         except InvalidToken:
-            _nothing_here(resp)
+            self.guard.bad(req)
         resp.content_type = falcon.MEDIA_HTML
         resp.text = PAGE.format(title="Unsubscribe", body=(
             f"<p>Unsubscribe <b>{html.escape(data['recipient'])}</b> from these emails?</p>"
@@ -103,20 +139,22 @@ class Unsubscribe:
             '<button type="submit">Unsubscribe</button></form>'))
 
     def on_post(self, req, resp, token: str) -> None:
+        self.guard.check(req)
         ua, ip = _client(req)
         try:
             data = self.tracking.hit("u", token, user_agent=ua, ip=ip)
         except InvalidToken:
-            _nothing_here(resp)
+            self.guard.bad(req)
         resp.content_type = falcon.MEDIA_HTML
         resp.text = PAGE.format(title="Unsubscribed", body=(
             f"<p><b>{html.escape(data['recipient'])}</b> has been unsubscribed.</p>"))
 
 
-def add_routes(app: falcon.App, accounts, tracking) -> None:
+def add_routes(app: falcon.App, accounts, tracking, redis=None, region: str = "eu") -> None:
     settings = TrackingSettings(accounts, tracking)
     app.add_route("/v3/domains/{domain}/tracking", settings)
     app.add_route("/v3/domains/{domain}/tracking/{kind}", settings, suffix="item")
-    app.add_route("/o/{token}", Open(tracking))
-    app.add_route("/c/{token}", Click(tracking))
-    app.add_route("/u/{token}", Unsubscribe(tracking))
+    guard = Guard(redis, region)
+    app.add_route("/o/{token}", Open(tracking, guard))
+    app.add_route("/c/{token}", Click(tracking, guard))
+    app.add_route("/u/{token}", Unsubscribe(tracking, guard))

@@ -12,4 +12,4 @@ def add_routes(app, settings, services) -> None:
     if services.webhooks is not None:
         webhooks.add_routes(app, services.accounts, services.webhooks)
     if services.tracking is not None:
-        tracking.add_routes(app, services.accounts, services.tracking)
+        tracking.add_routes(app, services.accounts, services.tracking, services.redis, settings.region)
