@@ -50,6 +50,8 @@ from envoi.mta.submission.throttle import AuthThrottle
 log = logging.getLogger(__name__)
 
 BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDR = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>([^()]*)")
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
@@ -246,6 +248,14 @@ _REWRITE = {
 class _SubmissionSMTP(SMTP):
     def _create_session(self) -> Session:
         return _Session(self.loop)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # Fast path for plain <local@domain> (as in the sink): the stock parser runs email's header
+        # parser and builds a class per call. Anything unusual still goes to the stock parser.
+        m = _PLAIN_ADDR.fullmatch(arg)
+        if m is None:
+            return super()._getaddr(arg)
+        return m[1], m[2].lstrip()
 
     def connection_made(self, transport) -> None:
         implicit = self._original_transport is None and transport.get_extra_info("ssl_object") is not None
