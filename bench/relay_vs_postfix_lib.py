@@ -78,14 +78,15 @@ def make_messages(n: int, run: str, size: int = 5000) -> list[tuple[str, str, by
 class SmtpSink:
     """Postfix's smtp-sink counting messages (-c); count() reads its running total."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, extra: tuple[str, ...] = ()):
         self.port = port or free_port()
-        self.out = workdir / "sink.out"
+        self.out = workdir / f"sink-{uuid.uuid4().hex[:6]}.out"
+        self.extra = extra  # e.g. ("-r", "rcpt"): answer RCPT with 4xx
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> SmtpSink:
         binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-        self.proc = subprocess.Popen([binary, "-u", "nobody", "-c", f"127.0.0.1:{self.port}", "1024"],
+        self.proc = subprocess.Popen([binary, "-u", "nobody", "-c", *self.extra, f"127.0.0.1:{self.port}", "1024"],
                                      stdout=self.out.open("wb"), stderr=subprocess.STDOUT)
         wait_port(self.port, proc=self.proc)
         return self

@@ -29,7 +29,13 @@ from envoi.mta.bounces import verp
 from envoi.mta.delivery import retry
 from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxHost, MxResolver
 from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome
-from envoi.mta.delivery.session import Egress, Session, SessionError, connection_failure
+from envoi.mta.delivery.session import (
+    Egress,
+    Session,
+    SessionError,
+    connection_failure,
+    is_connection_failure,
+)
 from envoi.mta.delivery.shaping import RateLimiter, Rule, Shaping
 from envoi.mta.signing import DkimSigner
 
@@ -365,7 +371,8 @@ class Relay:
                         except SessionError as ex:
                             session = None
                             self._fail_delivery(delivery, ex.outcome)
-                            if ex.outcome.code == 421 or ex.outcome.retry_after:
+                            if not is_connection_failure(ex.outcome) and (
+                                    ex.outcome.code == 421 or ex.outcome.retry_after):
                                 self._pause(dest, ex.outcome)
                             else:
                                 # The destination is unreachable: what is queued for it shares the fate.
@@ -386,7 +393,7 @@ class Relay:
                         log.exception("delivery crashed")
                         self._fail_delivery(delivery, connection_failure(f"internal error: {ex}", {}))
                         continue
-                    throttled = next((o for o in outcomes if o.code == 421), None)
+                    throttled = next((o for o in outcomes if o.code == 421 and not is_connection_failure(o)), None)
                     if throttled is not None:
                         await self._close(dest, session)
                         session = None

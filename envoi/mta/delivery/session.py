@@ -193,6 +193,11 @@ def connection_failure(message: str, context: dict) -> Outcome:
                    description="connection failure", **context)
 
 
+def is_connection_failure(outcome: Outcome) -> bool:
+    """True for our own "could not talk to it" outcome (421 by convention), not a remote's 421 reply."""
+    return outcome.description == "connection failure" and outcome.enhanced_code == "4.4.2"
+
+
 def _is_verification_error(ex: BaseException) -> bool:
     seen = ex
     while seen is not None:
