@@ -7,10 +7,11 @@ domain's unsubscribe footer is appended, and `List-Unsubscribe` (https + mailto)
 DKIM signature covers both. Tracking URLs are per recipient, so a copy addressed to several
 recipients is split into one copy per recipient (as batch sends are).
 
-Tokens are `base64url(json payload) "." base64url(HMAC-SHA256[:16])` with a key derived from the
-region's secret key. The payload binds kind, account, domain, Message-ID, recipient and (clicks) the
-target URL, so a tampered, foreign or re-targeted token fails verification and gets a 4xx: the click
-endpoint only ever redirects to a URL this system signed.
+Tokens are opaque: base64url(version + nonce + AES-GCM-SIV(payload)) under a key derived from the
+region's secret key, with the kind (o/c/u) as associated data. The payload binds account, domain,
+Message-ID, recipient and (clicks) the target URL, so a tampered, foreign or re-targeted token fails
+authentication and gets a 4xx (the click endpoint only ever redirects to a URL this system sealed),
+and no address or URL can be read from a link.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import hmac
 import html
 import json
+import os
 import re
 import time
 from dataclasses import replace
@@ -28,6 +30,7 @@ from email.parser import BytesParser
 from urllib.parse import quote, urlsplit
 
 import user_agents
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra.db import Connection, Database
@@ -40,6 +43,7 @@ PLACEHOLDERS = ("%unsubscribe_url%", "%tag_unsubscribe_url%")
 DEFAULT_HTML_FOOTER = '<p style="font-size:small">To unsubscribe click: <a href="%unsubscribe_url%">here</a></p>'
 DEFAULT_TEXT_FOOTER = "\n\nTo unsubscribe click: <%unsubscribe_url%>\n"
 PARSE_POLICY = email.policy.default.clone(linesep="\r\n")
+TOKEN_VERSION = b"\x02"
 
 
 class InvalidToken(ValueError):
@@ -87,7 +91,7 @@ class Tracking:
         self.events = events
         self.public_url = public_url.rstrip("/")
         self.suppressions = suppressions
-        self._key = hmac.new(secret_key, b"envoi:tracking-token:v1", hashlib.sha256).digest()
+        self._aead = AESGCMSIV(hmac.new(secret_key, b"envoi:tracking-token:v2", hashlib.sha256).digest())
 
     # settings ---------------------------------------------------------------------------------
     def settings_for(self, domain_id: int, conn: Connection | None = None) -> dict:
@@ -147,24 +151,22 @@ class Tracking:
 
     # tokens -----------------------------------------------------------------------------------
     def sign(self, kind: str, account_id: int, domain_id: int, message_id: str, recipient: str, extra=None) -> str:
-        payload = _b64(json.dumps([1, kind, account_id, domain_id, message_id, recipient, extra],
-                                  separators=(",", ":")).encode())
-        mac = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16]
-        return f"{payload}.{_b64(mac)}"
+        """An opaque, authenticated token: AES-GCM-SIV over the payload, the kind bound as associated data."""
+        payload = json.dumps([account_id, domain_id, message_id, recipient, extra], separators=(",", ":")).encode()
+        nonce = os.urandom(12)  # SIV: a repeated nonce would leak only equality, never the key stream
+        return _b64(TOKEN_VERSION + nonce + self._aead.encrypt(nonce, payload, b"envoi-tracking:" + kind.encode()))
 
     def verify(self, kind: str, token: str) -> dict:
         try:
-            payload, _, mac = token.partition(".")
-            expected = _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16])
-            if not mac or not hmac.compare_digest(mac, expected):
-                raise InvalidToken("bad signature")
-            version, got_kind, account_id, domain_id, message_id, recipient, extra = json.loads(_unb64(payload))
+            raw = _unb64(token)
+            if raw[:1] != TOKEN_VERSION or len(raw) < 1 + 12 + 16:
+                raise InvalidToken("unknown token version")
+            payload = self._aead.decrypt(raw[1:13], raw[13:], b"envoi-tracking:" + kind.encode())
+            account_id, domain_id, message_id, recipient, extra = json.loads(payload)
         except InvalidToken:
             raise
-        except Exception as ex:
-            raise InvalidToken("malformed token") from ex
-        if version != 1 or got_kind != kind:
-            raise InvalidToken("wrong token kind")
+        except Exception as ex:  # bad base64, wrong key, tampered, or another kind's token
+            raise InvalidToken("invalid token") from ex
         return {"account_id": account_id, "domain_id": domain_id, "message_id": message_id,
                 "recipient": recipient, "extra": extra}
 
