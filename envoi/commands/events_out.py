@@ -10,8 +10,10 @@ import click
               help="RQ worker processes for the webhook queue (keep above ENVOI_WEBHOOK_PER_ACCOUNT "
                    "so one slow tenant can never hold every worker).")
 @click.option("--no-dispatch", is_flag=True, help="Only run jobs; another process runs the dispatcher.")
-@click.option("--burst", is_flag=True, help="Exit when the queue is empty (one dispatch round first).")
-def worker(processes: int, no_dispatch: bool, burst: bool) -> None:
+@click.option("--burst", is_flag=True, help="Exit when nothing is due (dispatch and run rounds until then).")
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics on 127.0.0.1:PORT (each extra process on the next port); 0: off.")
+def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) -> None:
     """Run RQ workers delivering webhooks, plus the dispatcher that feeds them from the Postgres outbox.
 
     The dispatcher leases due outbox rows (at most ENVOI_WEBHOOK_PER_ENDPOINT in flight per host and
@@ -29,15 +31,23 @@ def worker(processes: int, no_dispatch: bool, burst: bool) -> None:
     settings = Settings.from_env()
     services = runtime.build(settings, pool_size=3)
     connection = jobs.worker_connection(settings.redis_url)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
     children = []
-    if processes > 1:
+    for n in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1", "--no-dispatch"]
-        children = [subprocess.Popen(argv + (["--burst"] if burst else [])) for _ in range(processes - 1)]
+        argv += ["--burst"] if burst else []
+        argv += ["--metrics-port", str(metrics_port + n)] if metrics_port else []
+        children.append(subprocess.Popen(argv))
     dispatcher = None
     if not no_dispatch:
         dispatcher = jobs.Dispatcher(services.webhooks, connection)
         if not burst:
-            threading.Thread(target=dispatcher.run, name="webhook-dispatcher", daemon=True).start()
+            gauge = services.webhooks.backlog_gauge
+            threading.Thread(target=dispatcher.run, kwargs={"on_backlog": gauge.set if gauge else None},
+                             name="webhook-dispatcher", daemon=True).start()
     click.echo(f"worker: region {settings.region}, queue {services.webhooks.queue_name}, "
                f"{processes} process(es){'' if no_dispatch else ' + dispatcher'}")
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 from rq import Queue, SimpleWorker
@@ -60,9 +61,14 @@ class Dispatcher:
                 return n
         return len(ids)
 
-    def run(self, poll: float = 1.0) -> None:
+    def run(self, poll: float = 1.0, on_backlog=None) -> None:
+        """Dispatch until stopped; `on_backlog(n)` gets the count of due rows about every 10 s."""
+        measured = 0.0
         while not self._stop.is_set():
             try:
+                if on_backlog is not None and time.monotonic() - measured > 10:
+                    measured = time.monotonic()
+                    on_backlog(self.service.backlog())
                 if self.run_once():
                     continue
             except Exception:

@@ -52,6 +52,8 @@ class Webhooks:
         self.queue_name = f"envoi-{settings.region}-webhooks"
         self._pending: set[str] = set()  # event ids with outbox rows written, not yet rung for
         self._lock = threading.Lock()
+        self.observe = None  # fn(outcome, seconds) per attempt, set by the wiring (Prometheus)
+        self.backlog_gauge = None  # a Gauge the dispatcher sets, set by the wiring
         self.lease_seconds = LEASE_SECONDS  # how long a queued job owns its row before the sweeper retakes it
 
     # management (v3: per event type) ----------------------------------------------------------
@@ -240,9 +242,16 @@ class Webhooks:
                                  response.latency_ms, response.excerpt, outcome)
             store.finish(conn, delivery_id, status=state, attempts=attempt_no, last_status=status,
                          next_in=next_in)
+        if self.observe is not None:
+            self.observe(outcome, response.latency_ms / 1000)
         if outcome != "delivered":
             log.info("webhook %s to %s: %s (%s)", delivery_id, row["url"], outcome, status or response.error)
         return outcome
+
+    def backlog(self) -> int:
+        """Deliveries due now and not in flight (for the backlog gauge)."""
+        with self.db.transaction() as conn:
+            return store.backlog(conn)
 
     def purge_expired(self) -> int:
         """Webhook payloads are event data: they go when the events do (ENVOI_EVENT_RETENTION)."""

@@ -183,3 +183,9 @@ def purge(conn: Connection, older_than_seconds: float, batch: int = 5000) -> int
     return conn.execute(
         "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
         " WHERE created_at < now() - make_interval(secs => %s) LIMIT %s)", (older_than_seconds, batch)).rowcount
+
+
+def backlog(conn: Connection) -> int:
+    return conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'"
+                        " AND next_attempt_at <= now() AND (leased_until IS NULL OR leased_until <= now())"
+                        ).fetchone()["n"]

@@ -20,6 +20,25 @@ def wire(services) -> None:
     # After commit: wake the webhook dispatcher.
     services.events.listeners.append(services.webhooks.events_listener)
     services.intake.renderers.append(services.tracking.render)
+    _metrics(services)
+
+
+def _metrics(services) -> None:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    registry = services.metrics.registry
+    attempts = Counter("envoi_webhook_attempts_total", "Webhook delivery attempts by outcome"
+                       " (delivered|retry|rejected|failed)", ["outcome"], registry=registry)
+    seconds = Histogram("envoi_webhook_attempt_seconds", "Time of one webhook POST",
+                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=registry)
+    services.webhooks.backlog_gauge = Gauge("envoi_webhook_backlog", "Webhook deliveries due and not in flight",
+                                     registry=registry)
+
+    def observe(outcome: str, duration: float) -> None:
+        attempts.labels(outcome).inc()
+        seconds.observe(duration)
+
+    services.webhooks.observe = observe
 
 
 def relay_options(services) -> dict:

@@ -131,6 +131,10 @@ def test_failing_endpoint_is_retried_and_406_is_not(client, hook_services, rq_co
     attempts = client.simulate_get(f"/v3/domains/{domain['name']}/webhooks/attempts",
                                    params={"url": receiver.url("/flaky")}, headers=basic(api_key)).json["items"]
     assert [(a["status"], a["outcome"]) for a in attempts] == [(200, "delivered"), (500, "retry")]
+    registry = hook_services.metrics.registry
+    assert registry.get_sample_value("envoi_webhook_attempts_total", {"outcome": "retry"}) >= 1
+    assert registry.get_sample_value("envoi_webhook_attempts_total", {"outcome": "rejected"}) >= 2
+    assert isinstance(hook_services.webhooks.backlog(), int)
 
 
 def test_slow_endpoint_does_not_hold_up_another_tenant(client, hook_services, rq_conn, receiver, services):
