@@ -8,9 +8,11 @@ from urllib.parse import urlencode
 import pytest
 from falcon import testing
 
+from envoi.accounts.errors import InvalidInput
 from envoi.api.app import create_app
 from envoi.events.service import NewEvent, item
 from envoi.mta.sink import Sink
+from envoi.suppression.service import MAX_CSV_BYTES
 from tests.conftest import basic
 from tests.integration.test_relay import events_of, route, send
 from tests.support.dns_server import DnsServer
@@ -87,6 +89,8 @@ def test_bad_input_changes_nothing(client, domain, api_key, db, services):
     resp = client.simulate_post(f"{base}/import", body=_multipart(csv),
                                 headers={"Content-Type": "multipart/form-data; boundary=XyZ", **basic(api_key)})
     assert resp.status_code == 400
+    with pytest.raises(InvalidInput, match="25 MB"):
+        services.suppressions.import_csv(domain, "bounces", b"address\n" + b"x" * MAX_CSV_BYTES)
     assert count(db, "suppress_bounces", domain) == 0
 
     # Another tenant cannot see or change this domain's lists.
