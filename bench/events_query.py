@@ -3,8 +3,8 @@
 Loads N events (default 10,000,000) across 1,000 domains spread over the last 29 days into a
 separate benchmark database (INSERT ... SELECT generate_series, one statement per million rows,
 indexes built after the load), then times the common queries through Events.search()/page()
-(the code behind GET /v3/{domain}/events, including retention floor, filter compilation and
-paging tokens; HTTP framing excluded):
+(search_json/page_json: the code behind GET /v3/{domain}/events producing its JSON body, including
+the retention floor, filter compilation and paging tokens; HTTP framing excluded):
 
   by recipient        recipient=<addr>, newest first, default limit 100, no time range
   by message id       message-id=<id>
@@ -17,6 +17,7 @@ Usage: .venv/bin/python bench/events_query.py [--events N] [--domains 1000] [--s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -186,39 +187,43 @@ def main() -> None:
 
     def by_recipient():
         s = next(it)
-        result = events.search(by_id[s["domain_id"]], {"recipient": [s["recipient"]]})
-        assert result["items"], s
+        body = events.search_json(by_id[s["domain_id"]], {"recipient": [s["recipient"]]})
+        assert not body.startswith('{"items":[]'), s
 
     def by_message():
         s = next(it)
-        result = events.search(by_id[s["domain_id"]], {"message-id": [s["message_id"]]})
-        assert result["items"], s
+        body = events.search_json(by_id[s["domain_id"]], {"message-id": [s["message_id"]]})
+        assert not body.startswith('{"items":[]'), s
 
     def by_event_day():
         s = next(it)
         day = s["ts"].replace(hour=0, minute=0, second=0, microsecond=0)
-        result = events.search(by_id[s["domain_id"]], {
+        body = events.search_json(by_id[s["domain_id"]], {
             "event": ["delivered"], "begin": [str(day.timestamp())], "end": [str(day.timestamp() + 86400)],
             "ascending": ["yes"], "limit": ["300"]})
-        assert result["items"], s
+        assert not body.startswith('{"items":[]'), s
 
     page_ms: list[float] = []
     walk_ms: list[float] = []
 
     def paging():
+        """Walk one domain's events 300 at a time; each page is timed alone (the JSON body as the API
+        sends it), decoding the body to find the next URL is not."""
         domain = random.choice(domains)
-        t_walk = time.perf_counter()
         t = time.perf_counter()
-        result = events.search(domain, {"limit": ["300"]})
-        page_ms.append((time.perf_counter() - t) * 1000)
+        body = events.search_json(domain, {"limit": ["300"]})
+        walk = [(time.perf_counter() - t) * 1000]
+        result = json.loads(body)
         seen = len(result["items"])
         while seen < 10_000 and result["items"]:
             token = result["paging"]["next"].rsplit("/", 1)[1]
             t = time.perf_counter()
-            result = events.page(domain, token)
-            page_ms.append((time.perf_counter() - t) * 1000)
+            body = events.page_json(domain, token)
+            walk.append((time.perf_counter() - t) * 1000)
+            result = json.loads(body)
             seen += len(result["items"])
-        walk_ms.append((time.perf_counter() - t_walk) * 1000)
+        page_ms.extend(walk)
+        walk_ms.append(sum(walk))
         return seen
 
     cases = {}
@@ -235,7 +240,7 @@ def main() -> None:
         print(f"| {name} | {pct(values, 50):.1f} | {pct(values, 99):.1f} | {max(values):.1f} |")
     print(f"| paging, per page of 300 ({len(page_ms)} pages) | {pct(page_ms, 50):.1f} | {pct(page_ms, 99):.1f} "
           f"| {max(page_ms):.1f} |")
-    print(f"| paging through {min(read):,}+ events (whole walk, {walks} walks) | {pct(walk_ms, 50):.0f} "
+    print(f"| paging through {min(read):,}+ events (sum of its pages, {walks} walks) | {pct(walk_ms, 50):.0f} "
           f"| {pct(walk_ms, 99):.0f} | {max(walk_ms):.0f} |")
     services.close()
 

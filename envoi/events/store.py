@@ -44,8 +44,8 @@ def query(
     limit: int,
     inclusive: bool = False,
 ) -> list[dict]:
-    """One page in (ts, id) order; `after` is the keyset cursor in the page's direction (exclusive
-    unless `inclusive`)."""
+    """One page in (ts, id) order, `data` as JSON text; `after` is the keyset cursor in the page's
+    direction (exclusive unless `inclusive`)."""
     where = ["domain_id = %s"]
     args: list = [domain_id]
     if begin is not None:
@@ -64,7 +64,8 @@ def query(
     order = "ASC" if ascending else "DESC"
     args.append(limit)
     return conn.execute(
-        f"SELECT id, ts, data FROM events WHERE {' AND '.join(where)} ORDER BY ts {order}, id {order} LIMIT %s",
+        f"SELECT id, ts, data::text AS data FROM events WHERE {' AND '.join(where)}"
+        f" ORDER BY ts {order}, id {order} LIMIT %s",
         args,
     ).fetchall()
 

@@ -34,10 +34,12 @@ class EventList(DomainScoped):
         self.events = events
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        resp.media = self.events.search(self.domain(req, domain), query_params(req))
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = self.events.search_json(self.domain(req, domain), query_params(req))
 
     def on_get_page(self, req: falcon.Request, resp: falcon.Response, domain: str, token: str) -> None:
-        resp.media = self.events.page(self.domain(req, domain), token)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = self.events.page_json(self.domain(req, domain), token)
 
 
 class LiveEvents(DomainScoped):
