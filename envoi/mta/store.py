@@ -91,16 +91,25 @@ def load_messages(conn: Connection, message_pks: list[int]) -> list[dict]:
     return conn.execute(
         "SELECT id, account_id, domain_id, message_id, storage_key, mail_from, headers, tags,"
         " user_variables, options, attachments, method, size, body, dkim_signature,"
-        " extract(epoch from created_at) AS created_ts"
-        " FROM messages WHERE id = ANY(%s)",
+        " extract(epoch from created_at) AS created_ts,"
+        " (SELECT count(*) FROM recipients r WHERE r.message_pk = m.id) AS recipient_count"
+        " FROM messages m WHERE id = ANY(%s)",
         (message_pks,),
     ).fetchall()
 
 
 def save_dkim_signature(conn: Connection, message_pk: int, signature: str) -> None:
+    save_dkim_signatures(conn, {message_pk: signature})
+
+
+def save_dkim_signatures(conn: Connection, signatures: dict[int, str]) -> None:
+    """Store each message's DKIM-Signature once (retries reuse it); one statement for the batch."""
+    if not signatures:
+        return
     conn.execute(
-        "UPDATE messages SET dkim_signature = %s WHERE id = %s AND dkim_signature IS NULL",
-        (signature, message_pk),
+        "UPDATE messages m SET dkim_signature = v.sig FROM unnest(%s::bigint[], %s::text[]) AS v(id, sig)"
+        " WHERE m.id = v.id AND m.dkim_signature IS NULL",
+        (list(signatures), list(signatures.values())),
     )
 
 

@@ -214,3 +214,22 @@ def test_domains_ed25519_command_stores_a_sealed_key(settings, services, domain,
     assert row["selector"] == "ed1" and f"p={row['public_key']}" in result.output
     key = services.sealer.open(row["key"], ed25519_context(domain["name"]))
     assert b"PRIVATE KEY" in key or len(key) == 32
+
+
+def test_signed_once_and_the_signature_is_reused_on_retry(services, settings, account, domain, db, dns):
+    dns.add("again.test", "MX", "10 mx.again.test.")
+    dns.add("mx.again.test", "A", "127.0.0.1")
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+        sink.set_script({"data": ["451 4.3.0 Try again later"]})
+        retried = send(services, account["id"], domain, "a@again.test")
+        events = final(db, retried, 20)
+        once = send(services, account["id"], domain, "b@again.test")
+        final(db, once)
+    assert [e["event"] for e in events] == ["accepted", "failed", "delivered"]
+    stored = db.execute("SELECT message_id, dkim_signature FROM messages WHERE message_id = ANY(%s)",
+                        ([retried, once],)).fetchall()
+    signature = {r["message_id"]: r["dkim_signature"] for r in stored}
+    # Kept for the retry, and what was finally sent carries exactly that signature ...
+    assert signature[retried] and sink.messages()[0]["data"].startswith(signature[retried])
+    # ... while a message delivered at its first attempt never needed to keep one.
+    assert signature[once] is None

@@ -581,9 +581,13 @@ class Relay:
                     if self.metrics:
                         self.metrics.failed.labels("temporary", outcome.bounce_class or "other").inc()
             new_events.append(NewEvent(message["account_id"], message["domain_id"], message["id"], data))
+        finished_ids = {rid for rid, *_ in finished}
+        pending = {d.message["id"] for d, r, _ in results if r["id"] not in finished_ids}
+        pending.update(r["message_pk"] for r, _ in deferrals)
+        pending.update(d.message["id"] for d, _, _ in results if d.message.get("recipient_count", 2) > 1)
         with self.db.transaction() as conn:
-            for message_pk, signature in signatures.items():
-                store.save_dkim_signature(conn, message_pk, signature)
+            # Only messages that will be sent again need their signature kept.
+            store.save_dkim_signatures(conn, {pk: sig for pk, sig in signatures.items() if pk in pending})
             store.finish(conn, finished)
             store.reschedule(conn, rescheduled)
             if new_events:
