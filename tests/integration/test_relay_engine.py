@@ -233,3 +233,26 @@ def test_signed_once_and_the_signature_is_reused_on_retry(services, settings, ac
     assert signature[retried] and sink.messages()[0]["data"].startswith(signature[retried])
     # ... while a message delivered at its first attempt never needed to keep one.
     assert signature[once] is None
+
+
+def test_no_egress_available_defers_without_an_attempt(services, settings, account, domain, db, dns):
+    from envoi.dedicated_ip.errors import NoEgressAvailable
+    from envoi.mta.delivery.session import Egress
+
+    dns.add("wait.test", "MX", "10 mx.wait.test.")
+    dns.add("mx.wait.test", "A", "127.0.0.1")
+    calls = []
+
+    def egress(message, domain_row):
+        calls.append(time.time())
+        if len(calls) == 1:
+            raise NoEgressAvailable(2, "warm-up cap reached")
+        return Egress(None, "relay.test")
+
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns), egress=egress):
+        message_id = send(services, account["id"], domain, "a@wait.test")
+        events = final(db, message_id, 20)
+    assert [e["event"] for e in events] == ["accepted", "delivered"]
+    assert events[1]["data"]["delivery-status"]["attempt-no"] == 1
+    assert len(calls) == 2 and calls[1] - calls[0] >= 1.5
+    assert sink.stats()["attempts"] == 1
