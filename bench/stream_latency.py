@@ -82,15 +82,21 @@ def main() -> None:
         sent: dict[str, float] = {}
         received: list[dict[str, float]] = [{} for _ in range(args.clients)]
         opened = [threading.Event() for _ in range(args.clients)]
-        duration = args.events / args.rate + 10
+        duration = args.events / min(args.rate, 200) + 30
 
         def reader(i: int) -> None:
+            """Like `envoi logs --follow`: when a response ends, reconnect with Last-Event-ID."""
             path = "/v3/events/live" if i == 0 else f"/v3/{domain['name']}/events/live"
-            for _, data in sse_events(f"{url}{path}?timeout={duration}", api_key, opened=opened[i].set):
-                if data is not None:
-                    received[i][data["id"]] = time.perf_counter()
-                if len(received[i]) >= args.events:
-                    return
+            last_id = None
+            stop_at = time.monotonic() + duration
+            while len(received[i]) < args.events and time.monotonic() < stop_at:
+                for event_id, data in sse_events(f"{url}{path}?timeout=20", api_key, last_event_id=last_id,
+                                                 opened=opened[i].set):
+                    last_id = event_id
+                    if data is not None:
+                        received[i][data["id"]] = time.perf_counter()
+                    if len(received[i]) >= args.events:
+                        return
 
         threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(args.clients)]
         for t in threads:
