@@ -26,6 +26,10 @@ class TooManyStreams(RuntimeError):
     """This process already serves as many live streams as it may."""
 
 
+class StreamUnavailable(RuntimeError):
+    """Redis cannot be reached: the live stream is down (the events API still works)."""
+
+
 class LiveStream:
     #: Seconds between keep-alive comments when no event flows (proxies close idle connections).
     heartbeat = 15.0
@@ -87,6 +91,9 @@ class LiveStream:
             raise TooManyStreams(f"this server already serves {self.max_clients} live streams; retry shortly")
         try:
             start = last_event_id or self.latest(account_id)
+        except RedisError as ex:
+            self._slots.release()
+            raise StreamUnavailable("the live stream is unavailable right now; the events API has every event") from ex
         except Exception:
             self._slots.release()
             raise

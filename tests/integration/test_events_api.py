@@ -9,6 +9,7 @@ import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
+from envoi.events.service import compile_filters, matches, parse_filters
 from envoi.mta.sink import Sink
 from tests.conftest import basic
 from tests.integration.test_relay import route, send
@@ -72,6 +73,10 @@ def test_filter_expressions(client, api_key, domain, sample, params, expected):
     resp = get(client, f"/v3/{domain['name']}/events", api_key, **params)
     by_id = {v["id"]: k for k, v in sample.items()}
     assert {by_id[i] for i in ids(resp)} == expected
+    # the live stream's Python matcher agrees with the SQL
+    query = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
+    compiled = compile_filters(parse_filters(query))
+    assert {k for k, data in sample.items() if matches(compiled, data)} == expected
 
 
 @pytest.mark.parametrize(("params", "message"), [

@@ -168,3 +168,17 @@ def test_cli_lists_recent_events(server, services, domain, api_key):
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and "one@dest.test" in lines[0] and "failed/permanent" in lines[1]
     assert "reason=bounce" in lines[1]
+
+
+def test_redis_down_never_fails_the_write_path_and_the_stream_says_so():
+    from envoi.events.service import NewEvent
+    from envoi.events.stream import LiveStream, StreamUnavailable
+    from envoi.infra.redis import client
+
+    stream = LiveStream(client("redis://127.0.0.1:1/0"), "eu", max_clients=1)
+    stream.publish([NewEvent(1, 1, None, {"event": "accepted", "id": "x", "timestamp": 1.0})])  # logged, not raised
+    with pytest.raises(StreamUnavailable):
+        stream.open(1, domain_id=None, matches=lambda data: True, last_event_id=None)
+    assert stream._slots.acquire(blocking=False)  # the slot was given back
+    with pytest.raises(ValueError):
+        stream.open(1, domain_id=None, matches=lambda data: True, last_event_id="not-an-id")

@@ -7,7 +7,7 @@ import falcon
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.events.service import compile_filters, matches, parse_filters
-from envoi.events.stream import TooManyStreams
+from envoi.events.stream import StreamUnavailable, TooManyStreams
 
 
 def query_params(req: falcon.Request) -> dict[str, list[str]]:
@@ -76,6 +76,8 @@ class LiveEvents(DomainScoped):
                 decorate=self._with_domain if domain is None else None)
         except TooManyStreams as ex:
             raise ApiError(429, str(ex), headers={"Retry-After": "5"}) from ex
+        except StreamUnavailable as ex:
+            raise ApiError(503, str(ex), headers={"Retry-After": "5"}) from ex
         except ValueError as ex:
             raise ApiError(400, str(ex)) from ex
         resp.content_type = "text/event-stream"
