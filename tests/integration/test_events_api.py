@@ -68,6 +68,8 @@ def sample(services, domain):
     ({"tags": "welcome AND NOT promo"}, {"del"}),
     ({"tags": "promo OR nothing"}, {"acc"}),
     ({"message-id": "<inv-1@corp.test>"}, {"perm"}),
+    ({"size": ">1000 <2000"}, {"acc", "del", "tmp", "perm"}),
+    ({"size": ">=1235", "event": "NOT failed"}, set()),
 ])
 def test_filter_expressions(client, api_key, domain, sample, params, expected):
     resp = get(client, f"/v3/{domain['name']}/events", api_key, **params)
@@ -85,6 +87,7 @@ def test_filter_expressions(client, api_key, domain, sample, params, expected):
     ({"event": "failed OR"}, "a term is missing"),
     ({"limit": "301"}, "limit must be between 1 and 300"),
     ({"begin": "yesterday"}, "not a valid date"),
+    ({"size": "big"}, "not a number"),
 ])
 def test_bad_queries_get_400(client, api_key, domain, params, message):
     resp = get(client, f"/v3/{domain['name']}/events", api_key, **params)
