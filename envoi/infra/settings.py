@@ -61,8 +61,8 @@ class Settings:
     remote_smtp_port: int = 25
     #: ENVOI_HELO_NAME: name announced in EHLO when the egress IP has none of its own.
     helo_name: str = "localhost"
-    #: ENVOI_RETRY_SCHEDULE: comma list of delays between attempts; the last one repeats.
-    retry_schedule: tuple[float, ...] = (60, 300, 600, 1800, 3600, 7200, 14400)
+    #: ENVOI_RETRY_SCHEDULE: comma list of delays between attempts (±10% jitter); the last repeats (hourly).
+    retry_schedule: tuple[float, ...] = (60, 300, 600, 1200, 1800, 3600)
     #: ENVOI_MESSAGE_LIFETIME: give up on a recipient after this long in the queue (default 5 days).
     message_lifetime: float = 5 * 86400
     #: ENVOI_RELAY_BATCH: recipients claimed from Postgres per relay round.
