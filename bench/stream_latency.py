@@ -82,14 +82,13 @@ def main() -> None:
         sent: dict[str, float] = {}
         received: list[dict[str, float]] = [{} for _ in range(args.clients)]
         opened = [threading.Event() for _ in range(args.clients)]
-        duration = args.events / min(args.rate, 200) + 30
+        done_at: list[float | None] = [None]  # readers give up 15 s after the last event was recorded
 
         def reader(i: int) -> None:
             """Like `envoi logs --follow`: when a response ends, reconnect with Last-Event-ID."""
             path = "/v3/events/live" if i == 0 else f"/v3/{domain['name']}/events/live"
             last_id = None
-            stop_at = time.monotonic() + duration
-            while len(received[i]) < args.events and time.monotonic() < stop_at:
+            while len(received[i]) < args.events and (done_at[0] is None or time.monotonic() < done_at[0] + 15):
                 for event_id, data in sse_events(f"{url}{path}?timeout=20", api_key, last_event_id=last_id,
                                                  opened=opened[i].set):
                     last_id = event_id
@@ -118,8 +117,9 @@ def main() -> None:
             if pause > 0:
                 time.sleep(pause)
         record_s = time.perf_counter() - t0
+        done_at[0] = time.monotonic()
         for t in threads:
-            t.join(15)
+            t.join(40)
         latencies = [(got[i] - sent[i]) * 1000 for got in received for i in got if i in sent]
         lost = args.events * args.clients - len(latencies)
         print(f"{args.events} events at {args.events / record_s:.0f}/s to {args.clients} SSE clients "

@@ -1,7 +1,8 @@
 """The live stream of events: a Redis Stream per account, fed after commit, read as Server-Sent Events.
 
-`publish` is an events listener: once a transaction that recorded events has committed, each event
-is XADDed to its account's stream (capped with MAXLEN, so Redis memory stays bounded). A reader
+`publish` is an events listener: once a transaction that recorded events has committed, a publisher
+thread XADDs each event to its account's stream (capped with MAXLEN, so Redis memory stays bounded);
+the recording process never waits on Redis. A reader
 XREADs from the last id it saw, so a client that reconnects with `Last-Event-ID` misses nothing
 that is still in the stream. Postgres stays the source of truth: the stream is only the fast path,
 and an event trimmed away (or lost with Redis) is still in the events API.
@@ -37,6 +38,8 @@ class LiveStream:
     block = 2.0
     #: Events read per XREAD.
     batch = 200
+    #: Events waiting for the publisher thread before new ones are dropped (Redis slow or down).
+    outbox_max = 50_000
 
     def __init__(self, redis, region: str, *, maxlen: int = 10_000, max_clients: int = 12,
                  max_seconds: float = 300.0):
@@ -46,23 +49,57 @@ class LiveStream:
         self.max_seconds = max_seconds
         self.max_clients = max_clients
         self._slots = threading.BoundedSemaphore(max_clients)
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._outbox: list = []
+        self._dropped = 0
+        self._publisher: threading.Thread | None = None
 
     def key(self, account_id: int) -> str:
         return f"envoi:{self.region}:events:live:{account_id}"
 
     # writing --------------------------------------------------------------------------------------
     def publish(self, events: list) -> None:
-        """Events listener (after commit): append each event to its account's stream."""
+        """Events listener (after commit): hand the events to the publisher thread and return.
+
+        The caller (an API request, the relay's event loop) never waits on Redis, and a Redis outage
+        costs it nothing: the publisher logs, drops what it cannot send (it is in Postgres) and
+        carries on."""
         if not events:
             return
+        with self._lock:
+            if len(self._outbox) >= self.outbox_max:
+                self._dropped += len(events)
+                return
+            self._outbox.extend(events)
+            if self._publisher is None or not self._publisher.is_alive():
+                self._publisher = threading.Thread(target=self._publish_loop, name="live-stream", daemon=True)
+                self._publisher.start()
+            self._wakeup.notify()
+
+    def _publish_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._outbox:
+                    self._wakeup.wait()
+                batch, self._outbox = self._outbox[:500], self._outbox[500:]
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                log.warning("live stream: dropped %d events (publisher behind; they are in Postgres)", dropped)
+            self.publish_now(batch)
+
+    def publish_now(self, events: list) -> bool:
+        """XADD events to their accounts' streams in one round trip; False if Redis failed."""
         try:
             pipe = self.redis.pipeline(transaction=False)
             for ev in events:
                 pipe.xadd(self.key(ev.account_id), {"d": ev.domain_id, "e": json.dumps(ev.data)},
                           maxlen=self.maxlen, approximate=True)
             pipe.execute()
+            return True
         except RedisError as ex:
             log.warning("live stream: %s (events are in Postgres; live readers miss them)", ex)
+            return False
 
     # reading --------------------------------------------------------------------------------------
     def latest(self, account_id: int) -> str:

@@ -176,7 +176,11 @@ def test_redis_down_never_fails_the_write_path_and_the_stream_says_so():
     from envoi.infra.redis import client
 
     stream = LiveStream(client("redis://127.0.0.1:1/0"), "eu", max_clients=1)
-    stream.publish([NewEvent(1, 1, None, {"event": "accepted", "id": "x", "timestamp": 1.0})])  # logged, not raised
+    event = NewEvent(1, 1, None, {"event": "accepted", "id": "x", "timestamp": 1.0})
+    started = time.monotonic()
+    stream.publish([event])  # hands over to the publisher thread: returns at once
+    assert time.monotonic() - started < 0.05
+    assert stream.publish_now([event]) is False  # the failure is logged, not raised
     with pytest.raises(StreamUnavailable):
         stream.open(1, domain_id=None, matches=lambda data: True, last_event_id=None)
     assert stream._slots.acquire(blocking=False)  # the slot was given back
