@@ -101,7 +101,8 @@ class Events:
         self.partition_days_ahead = 3
         self.maintain_every = 3600.0
         self._known_days: set[date] = set()
-        self._last_maintenance = 0.0
+        self._last_maintenance = 0.0  # monotonic time of the last successful maintain()
+        self._last_attempt = -1e9
         self._maintaining = threading.Lock()
 
     def record(self, conn: Connection, events: list[NewEvent]) -> None:
@@ -257,14 +258,21 @@ class Events:
         return report
 
     def maintain_soon(self, events: list[NewEvent]) -> None:
-        """Listener: run maintenance in the background when an event's day has no partition yet
-        (its row waits in the default partition meanwhile) or when the last run is old."""
-        missing = any(datetime.fromtimestamp(ev.data["timestamp"], UTC).date() not in self._known_days
-                      for ev in events)
-        due = time.monotonic() - self._last_maintenance > self.maintain_every if self._last_maintenance else True
-        if not (missing or due) or not self._maintaining.acquire(blocking=False):
+        """Listener: run maintenance in the background when a recent event's day has no partition
+        yet (its row waits in the default partition meanwhile; retried at most every 10 s), or
+        when the last successful run is older than `maintain_every`."""
+        now = time.monotonic()
+        recent = datetime.now(UTC).date() - timedelta(days=1)
+        missing = any(day >= recent and day not in self._known_days
+                      for day in {datetime.fromtimestamp(ev.data["timestamp"], UTC).date() for ev in events})
+        if missing:
+            due = now - self._last_attempt > 10
+        else:
+            due = not self._last_maintenance or now - self._last_maintenance > self.maintain_every
+            due = due and now - self._last_attempt > 60
+        if not due or not self._maintaining.acquire(blocking=False):
             return
-        self._last_maintenance = time.monotonic()  # one attempt per interval even if it fails
+        self._last_attempt = now
 
         def run() -> None:
             try:

@@ -14,6 +14,7 @@ from envoi.events import store
 from envoi.events.service import Retention
 from tests.conftest import basic
 from tests.support.events import record
+from tests.support.relay import wait_until
 
 DAY = 86400
 
@@ -189,3 +190,22 @@ def test_partitions_and_retention_purge(services, db):
     finally:
         events.retention = saved
         events._maintaining.release()
+
+
+def test_missing_partition_is_created_on_write(services, domain, db):
+    """An event whose day has no partition is kept in the default partition, and recording it
+    makes the process create that day's partition in the background and move the row there."""
+    ts = time.time() + 10 * DAY
+    name = store.partition_name(datetime.fromtimestamp(ts, UTC).date())
+    assert name not in partition_names(db)
+    data = record(services, domain, "accepted", ts=ts)
+
+    def moved():
+        if name not in partition_names(db):
+            services.events._last_attempt = -1e9  # let the next write trigger again if this one was busy
+            record(services, domain, "accepted", ts=ts)
+            return False
+        return db.execute(f"SELECT count(*) AS n FROM {name} WHERE event_id = %s", (data["id"],)).fetchone()["n"]
+
+    wait_until(moved, 15, 0.2)
+    assert db.execute("SELECT count(*) AS n FROM events_default WHERE event_id = %s", (data["id"],)).fetchone()["n"] == 0
