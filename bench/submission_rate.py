@@ -1,6 +1,6 @@
 """SMTP submission throughput: messages/s accepted over STARTTLS+AUTH, each committed to Postgres.
 
-    .venv/bin/python bench/submission_rate.py [--connections 10] [--messages 3000] [--recipients 1] [--no-intake]
+    .venv/bin/python bench/submission_rate.py [--connections 10] [--messages 3000] [--recipients 1] [--processes 1] [--no-intake]
 
 A private database is created (and dropped afterwards) on ENVOI_TEST_PG's server (default the local
 Postgres), with one account, domain and SMTP login. `envoi smtp`'s server runs in a child process
@@ -47,22 +47,32 @@ def message(domain: str, n: int, recipients: list[str]) -> bytes:
             + "Hello from the submission benchmark.\r\n" * 40).encode()
 
 
-def _server(dsn: str, redis_url: str, secret: bytes, cert_dir: str, conn, stop, intake: bool) -> None:
+def _setup(dsn: str, redis_url: str, secret: bytes) -> str:
     from envoi import runtime
     from envoi.infra.settings import Settings
-    from envoi.mta.submission.server import SubmissionServer
-    from envoi.mta.submission.tls import dev_certificate, server_context
 
-    settings = Settings(database_url=dsn, redis_url=redis_url, secret_key=secret)
-    services = runtime.build(settings, pool_size=10)
+    services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret), pool_size=1)
     account = services.accounts.create_account("bench")
     domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024)
     services.accounts.create_credential(account["id"], domain["name"], "bench", PASSWORD)
-    cert, key = dev_certificate(cert_dir)
+    services.submission.close()
+    services.close()
+    return domain["name"]
+
+
+def _server(dsn: str, redis_url: str, secret: bytes, cert: str, key: str, port: int, conn, stop,
+            intake: bool, reuse_port: bool) -> None:
+    from envoi import runtime
+    from envoi.infra.settings import Settings
+    from envoi.mta.submission.server import SubmissionServer
+    from envoi.mta.submission.tls import server_context
+
+    services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret), pool_size=10)
     if not intake:  # measure the SMTP layer alone: answer 250 without committing anything
         services.submission.submit = lambda *args: "<bench@bench.example.test>"
-    with SubmissionServer(services.submission, server_context(cert, key), smtps_port=None) as server:
-        conn.send((server.port, domain["name"], str(cert)))
+    with SubmissionServer(services.submission, server_context(cert, key), port=port, smtps_port=None,
+                          reuse_port=reuse_port) as server:
+        conn.send(server.port)
         cpu = time.process_time()
         stop.wait()
         conn.send(time.process_time() - cpu)
@@ -88,6 +98,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--recipients", type=int, default=1, help="recipients per message")
+    parser.add_argument("--processes", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--no-intake", action="store_true",
                         help="SMTP layer only: the server answers 250 without calling intake (nothing stored)")
     args = parser.parse_args()
@@ -99,15 +110,24 @@ def main() -> None:
     ensure_database(dsn)
     migrate(dsn)
     redis_url = _free_redis_db()
+    secret = secrets.token_bytes(32)
+    domain = _setup(dsn, redis_url, secret)
     mp = multiprocessing.get_context("spawn")
-    here, there = mp.Pipe()
     stop = mp.Event()
     try:
         with tempfile.TemporaryDirectory() as cert_dir:
-            proc = mp.Process(target=_server, args=(dsn, redis_url, secrets.token_bytes(32), cert_dir, there, stop,
-                                                          not args.no_intake))
-            proc.start()
-            port, domain, cert = here.recv()
+            from envoi.mta.submission.tls import dev_certificate
+
+            cert, key = (str(p) for p in dev_certificate(cert_dir))
+            pipes, procs, port = [], [], 0
+            for _ in range(args.processes):  # the first binds a free port, the others share it
+                here, there = mp.Pipe()
+                proc = mp.Process(target=_server, args=(dsn, redis_url, secret, cert, key, port, there, stop,
+                                                        not args.no_intake, args.processes > 1))
+                proc.start()
+                port = here.recv()
+                pipes.append(here)
+                procs.append(proc)
             ctx = ssl.create_default_context(cafile=cert)
             latencies: list[float] = []
             per_conn = args.messages // args.connections
@@ -120,21 +140,23 @@ def main() -> None:
             asyncio.run(run())
             wall = time.perf_counter() - started
             stop.set()
-            server_cpu = here.recv()
-            proc.join(30)
+            server_cpu = sum(pipe.recv() for pipe in pipes)
+            for proc in procs:
+                proc.join(30)
         with psycopg.connect(dsn) as conn:
             stored = conn.execute("SELECT count(*) FROM messages WHERE method = 'smtp'").fetchone()[0]
             events = conn.execute("SELECT count(*) FROM events WHERE event = 'accepted'").fetchone()[0]
         sent = per_conn * args.connections
         latencies.sort()
-        print(f"connections {args.connections}, messages {sent}, recipients/message {args.recipients}, "
+        print(f"server processes {args.processes}, connections {args.connections}, messages {sent}, "
+              f"recipients/message {args.recipients}, "
               f"size {len(message(domain, 0, ['r0-0@dest.test']))} bytes")
         print(f"accepted and committed: {stored} messages, {events} accepted events")
         print(f"wall clock: {wall:.2f} s -> {sent / wall:,.0f} msg/s")
         print(f"DATA->250 latency: p50 {statistics.median(latencies) * 1000:.1f} ms, "
               f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms")
         print(f"server CPU: {server_cpu:.2f} s -> {server_cpu / sent * 1000:.2f} ms/message "
-              f"({sent / server_cpu:,.0f} msg/s per server core)")
+              f"({sent / server_cpu:,.0f} msg/s per server core, all server processes together)")
         assert stored == (0 if args.no_intake else sent), "every 250 must be a committed message"
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:

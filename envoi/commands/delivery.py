@@ -19,17 +19,20 @@ COMMANDS: list = []  # click commands/groups added to `envoi`
 @click.option("--key", default=None, help="PEM private key [ENVOI_TLS_KEY].")
 @click.option("--var", "var_dir", default="var", show_default=True,
               help="Where a self-signed dev certificate is kept when no certificate is configured.")
-@click.option("--metrics-port", default=0, type=int, help="Serve /metrics on 127.0.0.1:PORT (0: off).")
-def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port) -> None:
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics on 127.0.0.1:PORT (0: off); with --processes N, PORT..PORT+N-1.")
+@click.option("--processes", default=1, show_default=True, type=int,
+              help="Server processes sharing the ports (SO_REUSEPORT), e.g. one per core.")
+def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processes) -> None:
     """Run SMTP submission: 587 with STARTTLS and 465 with implicit TLS, AUTH with domain credentials."""
-    import asyncio
+    import contextlib
     import logging
+    import os
     import signal
+    import sys
 
-    from envoi import runtime
     from envoi.infra.settings import Settings
-    from envoi.mta.submission.server import SubmissionServer
-    from envoi.mta.submission.tls import dev_certificate, server_context
+    from envoi.mta.submission.tls import dev_certificate
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command (addresses) at INFO
@@ -43,6 +46,49 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port) -> None:
     port = port if port is not None else (2587 if dev else settings.smtp_submission_port)
     smtps_port = smtps_port if smtps_port is not None else (2465 if dev else settings.smtps_port)
     bind = bind or settings.smtp_bind
+    if processes <= 1:
+        _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_port, reuse_port=False)
+        return
+    # Fork before anything opens a pool, a socket or a thread; each child is a whole server.
+    children = []
+    for n in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_port + n if metrics_port else 0,
+                            reuse_port=True)
+            except BaseException:
+                logging.getLogger("envoi.smtp").exception("smtp: server process failed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum, frame) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    failed = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        failed |= os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM)
+    sys.exit(1 if failed else 0)
+
+
+def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key: str, metrics_port: int, *,
+                reuse_port: bool) -> None:
+    import asyncio
+    import signal
+
+    from envoi import runtime
+    from envoi.mta.submission.server import SubmissionServer
+    from envoi.mta.submission.tls import server_context
+
     services = runtime.build(settings, pool_size=10)  # intake runs in submission.config.workers (8) threads
     submission = services.submission
     if metrics_port:
@@ -50,7 +96,7 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port) -> None:
 
         start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
     server = SubmissionServer(submission, server_context(cert, key), host=bind,
-                              port=port or None, smtps_port=smtps_port or None)
+                              port=port or None, smtps_port=smtps_port or None, reuse_port=reuse_port)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -110,8 +110,12 @@ class Submission:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # listeners ---------------------------------------------------------------------------------
-    async def listen(self, host: str, port: int, tls_context: ssl.SSLContext, *, implicit_tls: bool):
-        """Start one listener: STARTTLS required (587) or TLS from the first byte (465)."""
+    async def listen(self, host: str, port: int, tls_context: ssl.SSLContext, *, implicit_tls: bool,
+                     reuse_port: bool = False):
+        """Start one listener: STARTTLS required (587) or TLS from the first byte (465).
+
+        reuse_port lets several processes share the port (SO_REUSEPORT; the kernel spreads connections).
+        """
         loop = asyncio.get_running_loop()
         handler = _Handler(self)
 
@@ -136,7 +140,8 @@ class Submission:
             return conn
 
         return await loop.create_server(factory, host, port, ssl=tls_context if implicit_tls else None,
-                                        reuse_address=True, ssl_handshake_timeout=30 if implicit_tls else None)
+                                        reuse_address=True, reuse_port=reuse_port or None,
+                                        ssl_handshake_timeout=30 if implicit_tls else None)
 
     # checks (run in worker threads) ------------------------------------------------------------
     def authenticate(self, ip: str, login: str, password: str) -> Principal | str:
@@ -381,8 +386,9 @@ class SubmissionServer:
     """
 
     def __init__(self, submission: Submission, tls_context: ssl.SSLContext, *, host: str = "127.0.0.1",
-                 port: int | None = 0, smtps_port: int | None = 0):
+                 port: int | None = 0, smtps_port: int | None = 0, reuse_port: bool = False):
         self.submission = submission
+        self.reuse_port = reuse_port
         self.tls_context = tls_context
         self.host = host
         self.requested = {"submission": port, "smtps": smtps_port}
@@ -404,7 +410,8 @@ class SubmissionServer:
         for name, port in self.requested.items():
             if port is None:
                 continue
-            server = await self.submission.listen(self.host, port, self.tls_context, implicit_tls=name == "smtps")
+            server = await self.submission.listen(self.host, port, self.tls_context, implicit_tls=name == "smtps",
+                                                  reuse_port=self.reuse_port)
             self._servers.append(server)
             self.ports[name] = server.sockets[0].getsockname()[1]
 
