@@ -30,6 +30,7 @@ from relay_vs_postfix_lib import (  # noqa: E402
     NDOMAINS,
     EnvoiStack,
     SmtpSink,
+    cpu_seconds,
     ensure_postfix,
     inject_http,
     log,
@@ -98,11 +99,12 @@ def main() -> None:
     parser.add_argument("--per-message", type=int, default=100)
     parser.add_argument("--refuse-seconds", type=float, default=60)
     parser.add_argument("--drain-seconds", type=float, default=90)
+    parser.add_argument("--relay-connections", type=int, default=20)
     args = parser.parse_args()
     ensure_postfix()
     workdir = Path(tempfile.mkdtemp(prefix="envoi-backlog-"))
     refusing = SmtpSink(workdir, extra=("-r", "rcpt")).start()
-    envoi = EnvoiStack(workdir, refusing.port, processes=("relay", "api"),
+    envoi = EnvoiStack(workdir, refusing.port, processes=("relay", "api"), relay_connections=args.relay_connections,
                        extra_env={"ENVOI_RETRY_SCHEDULE": "600"})
     try:
         envoi.setup()
@@ -131,12 +133,14 @@ def main() -> None:
         with envoi.connect() as conn:
             conn.execute("UPDATE recipients SET next_attempt_at = now() WHERE status = 'queued'")
         before = queued(envoi)
+        cpu0 = cpu_seconds([relay])
         t0 = time.monotonic()
         drain_rss = []
         while time.monotonic() - t0 < args.drain_seconds and sink.count() < before:
             drain_rss.append(rss_mb(relay))
             time.sleep(1)
         drained, seconds = sink.count(), time.monotonic() - t0
+        relay_cpu = cpu_seconds([relay]) - cpu0
         left = queued(envoi)
     finally:
         envoi.stop()
@@ -149,7 +153,8 @@ def main() -> None:
           f"tried={tried} api_posts={len(api_ms)} api_errors={len(api_ms) - len(ok)} "
           f"api_p50_ms={statistics.median(ok):.0f} api_max_ms={max(ok):.0f}")
     print(f"drain: delivered={drained} in {seconds:.0f}s rate_msg_per_s={drained / seconds:.0f} "
-          f"relay_rss_max_mb={max(drain_rss or [0]):.0f} still_queued={left}")
+          f"relay_rss_max_mb={max(drain_rss or [0]):.0f} still_queued={left} "
+          f"relay_cpu_ms_per_msg={relay_cpu * 1000 / max(drained, 1):.2f}")
 
 
 if __name__ == "__main__":

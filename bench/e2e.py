@@ -50,13 +50,13 @@ def main() -> None:
         run = f"e2e-{uuid.uuid4().hex[:6]}"
         messages = make_messages(args.n, run)
         pids = [p.pid for p in envoi.procs.values()]
-        cpu0 = cpu_seconds(pids)
+        cpu0, pg0 = cpu_seconds(pids), envoi.postgres_cpu()
         log(f"posting {args.n} messages, concurrency {args.concurrency}"
             + (f", paced at {args.rate:.0f} msg/s" if args.rate else ""))
         t0 = time.time()
         seconds, errors = inject_http(envoi.api_port, envoi.api_key, messages, args.concurrency, args.rate)
         t1 = sink.wait_count(args.n)
-        cpu = cpu_seconds(pids) - cpu0
+        cpu, pg = cpu_seconds(pids) - cpu0, envoi.postgres_cpu() - pg0
         lat = envoi.latencies(run)
     finally:
         envoi.stop()
@@ -66,7 +66,7 @@ def main() -> None:
           f"DKIM RSA-2048" + (f", paced at {args.rate:.0f} msg/s" if args.rate else ""))
     print(f"accepted_msg_per_s={args.n / seconds:.0f} delivered_msg_per_s={args.n / (t1 - t0):.0f} "
           f"errors={errors} p50_s={percentile(lat, 50):.3f} p99_s={percentile(lat, 99):.3f} "
-          f"envoi_cpu_ms_per_msg={cpu * 1000 / args.n:.2f}")
+          f"envoi_cpu_ms_per_msg={cpu * 1000 / args.n:.2f} postgres_cpu_ms_per_msg={pg * 1000 / args.n:.2f}")
 
 
 if __name__ == "__main__":

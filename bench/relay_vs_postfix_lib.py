@@ -381,6 +381,13 @@ class EnvoiStack:
 
         return psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row)
 
+    def postgres_cpu(self) -> float:
+        """CPU seconds used so far by the Postgres backends serving this region's database."""
+        with self.connect() as conn:
+            pids = [r["pid"] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
+                                                   (self.dbname,)).fetchall()]
+        return cpu_seconds(pids)
+
     def latencies(self, run: str) -> list[float]:
         """accept -> delivered seconds of the recipients of this run (messages.created_at: the accept
         transaction; recipients.updated_at: the commit that recorded the delivery)."""
@@ -495,10 +502,16 @@ def cpu_seconds(pids: list[int]) -> float:
     """user+system CPU seconds of these processes and their children so far (from /proc)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
+    pids, todo = set(), list(pids)
+    while todo:  # the processes and their live descendants (gunicorn's workers)
+        pid = todo.pop()
+        pids.add(pid)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15]) / tick
+            total += sum(int(x) for x in fields[11:13]) / tick
     return total
 
 
