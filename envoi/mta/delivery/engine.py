@@ -123,6 +123,8 @@ class Relay:
         self._domains: dict[int, tuple[float, dict, bytes, tuple[str, bytes] | None]] = {}
         self._workers: set[asyncio.Task] = set()
         self._tasks: set[asyncio.Task] = set()
+        # For the periodic "relay: ..." log line: where the time goes.
+        self.stats = {"claims": 0, "claim_s": 0.0, "claimed": 0, "flushes": 0, "flush_s": 0.0, "outcomes": 0}
         self._stopping = asyncio.Event()
         self._flushed = asyncio.Event()
 
@@ -159,10 +161,13 @@ class Relay:
 
     async def _housekeeping(self) -> None:
         """Renew the leases this relay holds and refresh the queue gauges."""
-        renewed = gauged = time.monotonic()
+        renewed = gauged = logged = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            if now - logged >= 10:
+                self._log_stats(now - logged)
+                logged = now
             if self.metrics:
                 self.metrics.queue_ready.set(sum(d.queue.qsize() for d in self.destinations.values()))
             try:
@@ -177,6 +182,16 @@ class Relay:
                     self.metrics.queue_due.set(depth["due"])
             except Exception:
                 log.exception("relay housekeeping failed; retrying")
+
+    def _log_stats(self, seconds: float) -> None:
+        st, self.stats = self.stats, dict.fromkeys(self.stats, 0)
+        if st["claimed"] or st["outcomes"]:
+            log.info("relay: %.0f outcomes/s; %d claims (%.0f ms avg, %.0f rows avg), %d flushes (%.0f ms avg,"
+                     " %.0f outcomes avg); in flight %d, ready %d, destinations %d", st["outcomes"] / seconds,
+                     st["claims"], 1000 * st["claim_s"] / max(st["claims"], 1), st["claimed"] / max(st["claims"], 1),
+                     st["flushes"], 1000 * st["flush_s"] / max(st["flushes"], 1),
+                     st["outcomes"] / max(st["flushes"], 1), self.inflight,
+                     sum(d.queue.qsize() for d in self.destinations.values()), len(self.destinations))
 
     def _renew(self, ids: list[int]) -> None:
         with self.db.transaction() as conn:
@@ -217,7 +232,11 @@ class Relay:
         stopper.cancel()
 
     async def _claim(self, limit: int) -> int:
+        started = time.monotonic()
         rows, messages, blocked = await asyncio.to_thread(self._claim_sync, limit)
+        self.stats["claims"] += 1
+        self.stats["claim_s"] += time.monotonic() - started
+        self.stats["claimed"] += len(rows)
         if not rows:
             return 0
         self.inflight += len(rows)
@@ -519,9 +538,13 @@ class Relay:
         results, self.results = self.results, []
         deferrals, self.deferrals = self.deferrals, []
         signatures, self.signatures = self.signatures, {}
+        started = time.monotonic()
         for attempt in range(10):
             try:
                 events = await asyncio.to_thread(self._record, results, signatures, deferrals)
+                self.stats["flushes"] += 1
+                self.stats["flush_s"] += time.monotonic() - started
+                self.stats["outcomes"] += len(results) + len(deferrals)
                 break
             except Exception:
                 # Postgres is away: keep the outcomes and try again; the leases keep others off them.
