@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import falcon
 
+from envoi.accounts.errors import NotFound
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.events.service import compile_filters, matches, parse_filters
@@ -88,7 +89,10 @@ class LiveEvents(DomainScoped):
     def _with_domain(self, domain_id: int, data: dict) -> dict:
         name = self._names.get(domain_id)
         if name is None:
-            name = self._names[domain_id] = self.accounts.get_domain_by_id(domain_id)["name"]
+            try:
+                name = self._names[domain_id] = self.accounts.get_domain_by_id(domain_id)["name"]
+            except NotFound:  # deleted since the event was recorded
+                name = None
         return dict(data, domain={"name": name})
 
 
