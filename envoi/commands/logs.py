@@ -31,9 +31,11 @@ def _request(url: str, key: str, headers: dict | None = None) -> urllib.request.
 
 
 def sse_events(url: str, key: str, *, last_event_id: str | None = None, timeout: float = 45.0,
-               opened: Callable[[], None] | None = None) -> Iterator[tuple[str | None, dict | None]]:
+               opened: Callable[[], None] | None = None,
+               on_gap: Callable[[dict], None] | None = None) -> Iterator[tuple[str | None, dict | None]]:
     """One SSE connection: yields (last event id, event item) per event, and (id, None) when a
-    keep-alive moves the position. Ends when the server ends the response."""
+    keep-alive moves the position; a `gap` notice (events trimmed off the stream while away) goes
+    to on_gap. Ends when the server ends the response."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
@@ -50,15 +52,18 @@ def sse_events(url: str, key: str, *, last_event_id: str | None = None, timeout:
     if opened is not None:
         opened()
     with resp:
-        event_id, data = last_event_id, []
+        event_id, data, kind = last_event_id, [], "message"
         for raw in resp:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if not line:
-                if data:
+                if data and kind == "gap":
+                    if on_gap is not None:
+                        on_gap(json.loads("\n".join(data)))
+                elif data:
                     yield event_id, json.loads("\n".join(data))
                 elif event_id != last_event_id:
                     yield event_id, None
-                last_event_id, data = event_id, []
+                last_event_id, data, kind = event_id, [], "message"
                 continue
             if line.startswith(":"):
                 continue
@@ -68,15 +73,18 @@ def sse_events(url: str, key: str, *, last_event_id: str | None = None, timeout:
                 event_id = value
             elif name == "data":
                 data.append(value)
+            elif name == "event":
+                kind = value
 
 
 def follow(url: str, key: str, on_event: Callable[[dict], None], *, last_event_id: str | None = None,
-           stop: Callable[[], bool] = lambda: False, on_retry: Callable[[str], None] | None = None) -> None:
+           stop: Callable[[], bool] = lambda: False, on_retry: Callable[[str], None] | None = None,
+           on_gap: Callable[[dict], None] | None = None) -> None:
     """Read the stream for ever, reconnecting with Last-Event-ID when a response ends or breaks."""
     backoff = 0.5
     while not stop():
         try:
-            for event_id, data in sse_events(url, key, last_event_id=last_event_id):
+            for event_id, data in sse_events(url, key, last_event_id=last_event_id, on_gap=on_gap):
                 last_event_id = event_id
                 backoff = 0.5
                 if data is not None:
@@ -205,7 +213,12 @@ def logs(ctx, follow: bool, domain: str | None, event: tuple[str, ...], recipien
 
 
 def follow_stream(url: str, key: str, show: Callable[[dict], None]) -> None:
-    follow(url, key, show, on_retry=lambda msg: click.echo(click.style(msg, dim=True), err=True))
+    def gap(notice: dict) -> None:
+        window = f"{datetime.fromtimestamp(notice['begin']):%H:%M:%S}-{datetime.fromtimestamp(notice['end']):%H:%M:%S}"
+        click.echo(click.style(f"some events of {window} were missed while reconnecting; "
+                               "`envoi logs --domain D` (events API) has them", fg="yellow"), err=True)
+
+    follow(url, key, show, on_retry=lambda msg: click.echo(click.style(msg, dim=True), err=True), on_gap=gap)
 
 
 @logs.command("purge")

@@ -38,6 +38,8 @@ class LiveStream:
     block = 2.0
     #: Events read per XREAD.
     batch = 200
+    #: Trim to exactly maxlen (tests); by default Redis trims in whole nodes (`MAXLEN ~`), cheaper.
+    trim_exact = False
     #: Events waiting for the publisher thread before new ones are dropped (Redis slow or down).
     outbox_max = 50_000
 
@@ -94,7 +96,7 @@ class LiveStream:
             pipe = self.redis.pipeline(transaction=False)
             for ev in events:
                 pipe.xadd(self.key(ev.account_id), {"d": ev.domain_id, "e": json.dumps(ev.data)},
-                          maxlen=self.maxlen, approximate=True)
+                          maxlen=self.maxlen, approximate=not self.trim_exact)
             pipe.execute()
             return True
         except RedisError as ex:
@@ -102,6 +104,19 @@ class LiveStream:
             return False
 
     # reading --------------------------------------------------------------------------------------
+    def gap(self, account_id: int, last_id: str) -> dict | None:
+        """When a client resumes from an id that was trimmed off the stream (MAXLEN), the events it
+        may have missed, as a time window for the events API; None when nothing was missed."""
+        key = self.key(account_id)
+        first = self.redis.xrange(key, count=1)
+        if not first or _id(_text(first[0][0])) <= _id(last_id) or self.redis.xrange(key, last_id, last_id):
+            return None
+        first_id = _text(first[0][0])
+        return {"message": "events recorded while you were away were trimmed from the live stream;"
+                           " fetch them from the events API (begin/end below)",
+                "last-event-id": last_id, "resumed-at": first_id,
+                "begin": _id(last_id)[0] / 1000 - 1, "end": _id(first_id)[0] / 1000 + 1}
+
     def latest(self, account_id: int) -> str:
         entries = self.redis.xrevrange(self.key(account_id), count=1)
         return _text(entries[0][0]) if entries else "0-0"
@@ -128,6 +143,7 @@ class LiveStream:
             raise TooManyStreams(f"this server already serves {self.max_clients} live streams; retry shortly")
         try:
             start = last_event_id or self.latest(account_id)
+            gap = self.gap(account_id, last_event_id) if last_event_id else None
         except RedisError as ex:
             self._slots.release()
             raise StreamUnavailable("the live stream is unavailable right now; the events API has every event") from ex
@@ -135,13 +151,16 @@ class LiveStream:
             self._slots.release()
             raise
         limit = self.max_seconds if max_seconds is None else min(max_seconds, self.max_seconds)
-        body = self._events(account_id, domain_id, matches, start, limit, decorate)
+        body = self._events(account_id, domain_id, matches, start, limit, decorate, gap)
         return SseBody(body, self._slots.release)
 
-    def _events(self, account_id, domain_id, matches, last_id, max_seconds, decorate) -> Iterator[bytes]:
+    def _events(self, account_id, domain_id, matches, last_id, max_seconds, decorate, gap) -> Iterator[bytes]:
         deadline = time.monotonic() + max_seconds
         # Tell EventSource how soon to reconnect once this response ends at its maximum duration.
         yield b"retry: 1000\n: connected\n\n"
+        if gap is not None:
+            # A named event: EventSource's onmessage ignores it, addEventListener("gap", ...) gets it.
+            yield f"event: gap\ndata: {json.dumps(gap)}\n\n".encode()
         quiet_since = time.monotonic()
         while True:
             left = deadline - time.monotonic()
@@ -193,6 +212,11 @@ class SseBody:
             if not self._released:
                 self._released = True
                 self._release()
+
+
+def _id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -186,3 +187,32 @@ def test_redis_down_never_fails_the_write_path_and_the_stream_says_so():
     assert stream._slots.acquire(blocking=False)  # the slot was given back
     with pytest.raises(ValueError):
         stream.open(1, domain_id=None, matches=lambda data: True, last_event_id="not-an-id")
+
+
+def test_resuming_after_the_stream_was_trimmed_reports_the_gap(server, services, domain, api_key, monkeypatch):
+    stream = services.stream
+    monkeypatch.setattr(stream, "maxlen", 3)
+    monkeypatch.setattr(stream, "trim_exact", True)
+    key = stream.key(domain["account_id"])
+
+    def last_entry_is(event_id):
+        entries = stream.redis.xrevrange(key, count=1)
+        return entries and json.loads(entries[0][1][b"e"])["id"] == event_id
+
+    first = record(services, domain, "delivered")
+    wait_until(lambda: last_entry_is(first["id"]), 5)
+    first_stream_id = stream.latest(domain["account_id"])
+    later = [record(services, domain, "delivered") for _ in range(5)]
+    wait_until(lambda: last_entry_is(later[-1]["id"]), 5)
+    gaps: list[dict] = []
+    got = [data for _, data in sse_events(f"{server.url}/v3/{domain['name']}/events/live?timeout=1", api_key,
+                                          last_event_id=first_stream_id, on_gap=gaps.append) if data]
+    assert [d["id"] for d in got] == [e["id"] for e in later[-3:]]  # what the stream still has
+    [gap] = gaps
+    assert gap["last-event-id"] == first_stream_id
+    assert gap["begin"] <= later[0]["timestamp"] <= gap["end"]  # the window holding the trimmed ones
+    # resuming from an id still in the stream reports no gap
+    gaps.clear()
+    list(sse_events(f"{server.url}/v3/{domain['name']}/events/live?timeout=0.5", api_key,
+                    last_event_id=stream.latest(domain["account_id"]), on_gap=gaps.append))
+    assert gaps == []
