@@ -99,13 +99,14 @@ def main() -> None:
     parser.add_argument("--per-message", type=int, default=100)
     parser.add_argument("--refuse-seconds", type=float, default=60)
     parser.add_argument("--drain-seconds", type=float, default=90)
-    parser.add_argument("--relay-connections", type=int, default=20)
+    parser.add_argument("--relay-connections", type=int, default=50)
+    parser.add_argument("--signers", type=int, default=1, help="ENVOI_RELAY_SIGNERS")
     args = parser.parse_args()
     ensure_postfix()
     workdir = Path(tempfile.mkdtemp(prefix="envoi-backlog-"))
     refusing = SmtpSink(workdir, extra=("-r", "rcpt")).start()
     envoi = EnvoiStack(workdir, refusing.port, processes=("relay", "api"), relay_connections=args.relay_connections,
-                       extra_env={"ENVOI_RETRY_SCHEDULE": "600"})
+                       extra_env={"ENVOI_RETRY_SCHEDULE": "600", "ENVOI_RELAY_SIGNERS": str(args.signers)})
     try:
         envoi.setup()
         log(f"queueing {args.n} recipients with SQL")

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="pace the requests at this many msg/s")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
-    parser.add_argument("--relay-connections", type=int, default=20)
+    parser.add_argument("--relay-connections", type=int, default=50)
     args = parser.parse_args()
     ensure_postfix()  # for smtp-sink
     workdir = Path(tempfile.mkdtemp(prefix="envoi-e2e-"))

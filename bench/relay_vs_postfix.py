@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--http-concurrency", type=int, default=16)
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=50,
+                        help="sessions to the sink for both relays (Envoi ENVOI_RELAY_CONNECTIONS; Postfix"
+                             " default_destination_concurrency_limit)")
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
@@ -64,14 +67,15 @@ def main() -> None:
     results = []
     try:
         if not args.skip_postfix:
-            postfix = PostfixStack(workdir, sink.port).start()
+            postfix = PostfixStack(workdir, sink.port, concurrency=args.connections).start()
             try:
                 messages = make_messages(args.n, f"pf-{uuid.uuid4().hex[:6]}")
                 results.append(phase("postfix+opendkim (smtp)", sink, args.n,
                                      lambda: inject_smtp(postfix.port, messages, args.sessions)))
             finally:
                 postfix.stop()
-        envoi = EnvoiStack(workdir, sink.port, api_workers=args.api_workers, api_threads=args.api_threads)
+        envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
+                           api_threads=args.api_threads)
         envoi.setup().start()
         try:
             pids = [p.pid for p in envoi.procs.values()]
@@ -105,7 +109,8 @@ def main() -> None:
             envoi.stop()
     finally:
         sink.stop()
-    print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} SMTP sessions, "
+    print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} injection sessions, "
+          f"{args.connections} relay sessions, "
           f"http concurrency {args.http_concurrency}, DKIM RSA-2048 everywhere")
     print(f"{'system':45} {'accept msg/s':>12} {'e2e msg/s':>10} {'cpu ms/msg':>10} {'p50 s':>7} {'p99 s':>7}")
     for r in results:

@@ -133,7 +133,9 @@ def ensure_postfix() -> None:
 class PostfixStack:
     """Postfix listening on 127.0.0.1:port, relayhost = the sink, OpenDKIM milter on a unix socket."""
 
-    def __init__(self, workdir: Path, sink_port: int, port: int | None = None, dkim: bool = True):
+    def __init__(self, workdir: Path, sink_port: int, port: int | None = None, dkim: bool = True,
+                 concurrency: int = 50):
+        self.concurrency = concurrency  # sessions to the sink: the same as Envoi's relay gets
         self.workdir = workdir / "postfix"
         self.sink_port = sink_port
         self.port = port or free_port()
@@ -159,6 +161,7 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 relayhost = [127.0.0.1]:{self.sink_port}
+default_destination_concurrency_limit = {self.concurrency}
 smtp_dns_support_level = disabled
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
@@ -274,7 +277,7 @@ class EnvoiStack:
 
     workdir: Path
     sink_port: int
-    relay_connections: int = 20
+    relay_connections: int = 50
     api_workers: int = 2
     api_threads: int = 8
     processes: tuple[str, ...] = ("relay", "smtp", "api")

@@ -31,7 +31,18 @@ from envoi.infra.migrate import ensure_database, migrate  # noqa: E402
 from envoi.infra.settings import Settings  # noqa: E402
 
 DSN = os.environ.get("ENVOI_BENCH_STREAM_DSN", "postgresql://postgres@127.0.0.1:5432/envoi_bench_stream")
-REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
+REDIS_BASE = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379")
+
+
+def free_redis_db() -> str:
+    """An empty Redis db number, claimed like the test suite does (so a test run never shares it)."""
+    import redis
+
+    for number in range(1, 16):
+        conn = redis.Redis.from_url(f"{REDIS_BASE}/{number}")
+        if conn.dbsize() == 0 and conn.set("envoi:test:claim", "bench", nx=True, ex=3600):
+            return f"{REDIS_BASE}/{number}"
+    raise RuntimeError("no empty Redis database")
 
 
 def free_port() -> int:
@@ -54,16 +65,17 @@ def main() -> None:
 
     ensure_database(DSN)
     migrate(DSN)
+    redis_url = free_redis_db()
     key = secrets.token_bytes(32)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = Settings(database_url=DSN, redis_url=REDIS, secret_key=key, public_url=url)
+    settings = Settings(database_url=DSN, redis_url=redis_url, secret_key=key, public_url=url)
     services = runtime.build(settings, pool_size=2)
     account = services.accounts.create_account("stream-bench")
     domain = services.accounts.add_domain(account["id"], f"s{time.time_ns()}.bench", dkim_key_size=1024)
     _, api_key = services.accounts.create_key(account["id"], "admin")
 
-    env = dict(os.environ, ENVOI_DATABASE_URL_EU=DSN, REDIS_URL=REDIS, ENVOI_PUBLIC_URL=url,
+    env = dict(os.environ, ENVOI_DATABASE_URL_EU=DSN, REDIS_URL=redis_url, ENVOI_PUBLIC_URL=url,
                ENVOI_SECRET_KEY=base64.b64encode(key).decode())
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "16",
@@ -135,6 +147,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(5)
+        services.redis.flushdb()
         services.close()
 
 

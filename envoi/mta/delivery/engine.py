@@ -37,6 +37,7 @@ from envoi.mta.delivery.session import (
     is_connection_failure,
 )
 from envoi.mta.delivery.shaping import RateLimiter, Rule, Shaping
+from envoi.mta.delivery.signer_pool import SignerPool
 from envoi.mta.signing import DkimSigner
 
 log = logging.getLogger("envoi.relay")
@@ -99,6 +100,9 @@ class Relay:
         self.sealer = sealer
         self.resolver = resolver
         self.signer = signer or DkimSigner()
+        # Signing off the event loop (spawned lazily on the first signature); None: sign inline.
+        self.sign_pool = SignerPool(settings.relay_signers) if settings.relay_signers > 0 and signer is None else None
+        self._signing: dict[int, asyncio.Future] = {}  # message pk -> signature being computed
         self.wait_for_work = wait_for_work  # blocking doorbell wait, run in a thread
         self.metrics = metrics
         self.events = events
@@ -144,6 +148,8 @@ class Relay:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._flush()
+            if self.sign_pool is not None:
+                self.sign_pool.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -481,7 +487,7 @@ class Relay:
         if refusal is not None:
             self._fail_delivery(delivery, refusal)
             return [refusal]
-        data = self._signed(message, delivery.domain)
+        data = await self._signed(message, delivery.domain)
         addresses = [r["address"] for r in delivery.recipients]
         outcomes = await session.send(self._mail_from(delivery), addresses, data)
         for rcpt in delivery.recipients:
@@ -496,22 +502,42 @@ class Relay:
         domain = self.settings.bounce_domain or delivery.domain["name"]
         return verp.envelope_sender(domain, message["id"], [r["id"] for r in delivery.recipients], self.verp_key)
 
-    def _signed(self, message: dict, domain: dict) -> bytes:
+    async def _signed(self, message: dict, domain: dict) -> bytes:
         body = self.sealer.open(message["body"], message["storage_key"].encode())
         if (message["options"] or {}).get("dkim") is False:
             return body
         signature = message["dkim_signature"] or self.signatures.get(message["id"])
         if signature is None:
-            _, pem, ed25519 = self._domain(domain["id"])
-            started = time.perf_counter()
-            signature = self.signer.sign(body, domain=domain["name"], selector=domain["dkim_selector"],
-                                         private_key_pem=pem, ed25519=ed25519).decode()
-            if self.metrics:
-                self.metrics.dkim_seconds.observe(time.perf_counter() - started)
+            pending = self._signing.get(message["id"])
+            if pending is None:  # one signature per message, even for deliveries in flight together
+                pending = self._signing[message["id"]] = asyncio.ensure_future(self._sign(body, domain))
+                pending.add_done_callback(lambda _: self._signing.pop(message["id"], None))
+            signature = await asyncio.shield(pending)
             # Signed once per message: the header is stored with the outcome and reused on retries.
             self.signatures[message["id"]] = signature
             message["dkim_signature"] = signature
         return signature.encode() + body
+
+    async def _sign(self, body: bytes, domain: dict) -> str:
+        _, pem, ed25519 = self._domain(domain["id"])
+        kwargs = {"domain": domain["name"], "selector": domain["dkim_selector"], "private_key_pem": pem,
+                  "ed25519": ed25519}
+        signature = None
+        if self.sign_pool is not None:
+            try:
+                signature, seconds = await self.sign_pool.sign(body, **kwargs)
+            except (ValueError, TypeError):
+                raise
+            except Exception:  # a broken pool (worker killed): sign here rather than fail the delivery
+                log.exception("signing process failed; signing in the relay")
+                self.sign_pool = None
+        if signature is None:
+            started = time.perf_counter()
+            signature = self.signer.sign(body, **kwargs)
+            seconds = time.perf_counter() - started
+        if self.metrics:
+            self.metrics.dkim_seconds.observe(seconds)
+        return signature.decode()
 
     # outcomes ---------------------------------------------------------------------------------
     def _result(self, delivery: Delivery, rcpt: dict, outcome: Outcome) -> None:
