@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 MAX_EXPRESSION = 1000
 MAX_TERMS = 50
+MAX_DEPTH = 20
 
 
 class FilterError(ValueError):
@@ -104,6 +105,7 @@ class _Parser:
         self.tokens = _tokens(text)
         self.pos = 0
         self.terms = 0
+        self.depth = 0
 
     def error(self, what: str) -> FilterError:
         return FilterError(f"invalid filter expression for '{self.field.name}': {what} in {self.text!r}")
@@ -141,12 +143,19 @@ class _Parser:
 
     def parse_unary(self):
         kind = self.peek()
+        if kind in ("NOT", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.error(f"nested deeper than {MAX_DEPTH}")
         if kind == "NOT":
             self.take()
-            return Not(self.parse_unary())
+            node = Not(self.parse_unary())
+            self.depth -= 1
+            return node
         if kind == "(":
             self.take()
             node = self.parse_or()
+            self.depth -= 1
             if self.peek() != ")":
                 raise self.error("missing ')'")
             self.take()

@@ -88,6 +88,8 @@ def test_filter_expressions(client, api_key, domain, sample, params, expected):
     ({"limit": "301"}, "limit must be between 1 and 300"),
     ({"begin": "yesterday"}, "not a valid date"),
     ({"size": "big"}, "not a number"),
+    ({"event": "(" * 400 + "failed" + ")" * 400}, "nested deeper than 20"),
+    ({"event": "NOT " * 200 + "failed"}, "nested deeper than 20"),
 ])
 def test_bad_queries_get_400(client, api_key, domain, params, message):
     resp = get(client, f"/v3/{domain['name']}/events", api_key, **params)
