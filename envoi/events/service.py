@@ -373,13 +373,15 @@ def parse_time(value: str) -> float:
     """Mailgun accepts RFC 2822 dates or epoch seconds."""
     value = value.strip()
     try:
-        return float(value)
+        epoch = float(value)
     except ValueError:
-        pass
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError) as ex:
-        raise EventQueryError(f"'{value}' is not a valid date: use RFC 2822 or epoch seconds") from ex
+        try:
+            epoch = parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, OverflowError) as ex:
+            raise EventQueryError(f"'{value}' is not a valid date: use RFC 2822 or epoch seconds") from ex
+    if not 0 <= epoch < 32503680000:  # 1970 .. 3000, and not NaN
+        raise EventQueryError(f"'{value}' is not a valid date: use RFC 2822 or epoch seconds")
+    return epoch
 
 
 def _yes(value: str) -> bool:

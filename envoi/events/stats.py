@@ -282,7 +282,7 @@ def _minus_duration(end: datetime, value: str) -> datetime:
     except ValueError as ex:
         raise EventQueryError(f"'{value}' is not a valid duration: use e.g. 24h, 7d or 2m") from ex
     unit = value[-1]
-    if amount < 0 or unit not in "hdm":
+    if not 0 <= amount <= 100_000 or unit not in "hdm":
         raise EventQueryError(f"'{value}' is not a valid duration: use e.g. 24h, 7d or 2m")
     if unit == "h":
         return end - timedelta(hours=amount)

@@ -87,6 +87,8 @@ def test_filter_expressions(client, api_key, domain, sample, params, expected):
     ({"event": "failed OR"}, "a term is missing"),
     ({"limit": "301"}, "limit must be between 1 and 300"),
     ({"begin": "yesterday"}, "not a valid date"),
+    ({"begin": "1e300"}, "not a valid date"),
+    ({"end": "nan"}, "not a valid date"),
     ({"size": "big"}, "not a number"),
     ({"event": "(" * 400 + "failed" + ")" * 400}, "nested deeper than 20"),
     ({"event": "NOT " * 200 + "failed"}, "nested deeper than 20"),

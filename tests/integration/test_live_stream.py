@@ -80,6 +80,11 @@ def test_stream_filters_and_tenant_isolation(server, services, account, domain, 
         list(sse_events(f"{server.url}/v3/{domain['name']}/events/live?timeout=1", other_key))
     with pytest.raises(StreamError, match="400"):
         list(sse_events(f"{server.url}/v3/{domain['name']}/events/live?event=(failed", api_key))
+    for bad in ("nan", "inf", "-1", "soon"):
+        with pytest.raises(StreamError, match="timeout must be a number of seconds"):
+            list(sse_events(f"{server.url}/v3/{domain['name']}/events/live?timeout={bad}", api_key))
+    with pytest.raises(StreamError, match="Last-Event-ID"):
+        list(sse_events(f"{server.url}/v3/{domain['name']}/events/live", api_key, last_event_id="nope"))
 
 
 def test_account_wide_stream_names_the_domain(server, services, account, domain, api_key):

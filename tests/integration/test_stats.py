@@ -92,6 +92,8 @@ def test_stats_total_counts_match_events(client, services, api_key, domain, db):
     ("event=bogus", "not a valid event type"),
     ("event=accepted&resolution=week", "resolution must be one of"),
     ("event=accepted&duration=3y", "not a valid duration"),
+    ("event=accepted&duration=99999999999d", "not a valid duration"),
+    ("event=accepted&end=1e300", "not a valid date"),
     ("event=accepted&resolution=hour&duration=2000d", "more than"),
 ])
 def test_stats_bad_input(client, api_key, domain, query, message):

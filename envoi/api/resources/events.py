@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import falcon
 
 from envoi.accounts.errors import NotFound
@@ -68,7 +70,7 @@ class LiveEvents(DomainScoped):
                 timeout = float(value)
             except ValueError as ex:
                 raise ApiError(400, "timeout must be a number of seconds") from ex
-            if timeout <= 0:
+            if not math.isfinite(timeout) or timeout <= 0:
                 raise ApiError(400, "timeout must be a number of seconds")
         try:
             body = self.stream.open(
