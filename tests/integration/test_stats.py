@@ -211,3 +211,23 @@ def test_missing_partition_is_created_on_write(services, domain, db):
 
     wait_until(moved, 15, 0.2)
     assert db.execute("SELECT count(*) AS n FROM events_default WHERE event_id = %s", (data["id"],)).fetchone()["n"] == 0
+
+
+def test_official_mailgun_sdk_reads_events_stats_and_tags(settings, services, domain, api_key):
+    from mailgun.client import Client
+
+    from envoi.api.app import create_app
+    from tests.support.events import AppServer
+
+    accepted = record(services, domain, "accepted", tags=["sdk"], method="http")
+    record(services, domain, "delivered", tags=["sdk"], method="http")
+    with AppServer(create_app(settings, services)) as srv:
+        client = Client(auth=("api", api_key), api_url=srv.url)
+        events = client.events.get(domain=domain["name"], filters={"event": "accepted OR rejected"})
+        assert events.status_code == 200 and [e["id"] for e in events.json()["items"]] == [accepted["id"]]
+        stats = client.stats_total.get(domain=domain["name"],
+                                       filters={"event": ["accepted", "delivered"], "duration": "1d"}).json()
+        assert sum(b["accepted"]["outgoing"] for b in stats["stats"]) == 1
+        assert sum(b["delivered"]["http"] for b in stats["stats"]) == 1
+        tags = client.tags.get(domain=domain["name"]).json()
+        assert [t["tag"] for t in tags["items"]] == ["sdk"]
