@@ -9,12 +9,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 from envoi.mta.signing import DkimSigner
 
 _signer: DkimSigner | None = None
+
+
+def _watch_parent() -> None:
+    """In a worker: exit when the relay that started us is gone (even after a SIGKILL)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _sign(body: bytes, domain: str, selector: str, pem: bytes, ed25519) -> tuple[bytes, float]:
@@ -29,7 +43,8 @@ def _sign(body: bytes, domain: str, selector: str, pem: bytes, ed25519) -> tuple
 class SignerPool:
     def __init__(self, processes: int):
         # spawn, not fork: the relay has threads (database pool, doorbell) that fork would copy mid-state.
-        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_watch_parent)
 
     async def sign(self, body: bytes, *, domain: str, selector: str, private_key_pem: bytes,
                    ed25519=None) -> tuple[bytes, float]:
@@ -39,4 +54,4 @@ class SignerPool:
                                                                        private_key_pem, ed25519))
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
