@@ -251,6 +251,13 @@ RequireSafeKeys false
         wait_port(self.port)
         return self
 
+    def pids(self) -> list[int]:
+        """Postfix's master (its children: smtpd, cleanup, qmgr, smtp) and OpenDKIM."""
+        pids = [self.opendkim.pid] if self.opendkim else []
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0]))
+        return pids
+
     def stop(self) -> None:
         subprocess.run(["postfix", "stop"], capture_output=True)
         if self.opendkim and self.opendkim.poll() is None:
