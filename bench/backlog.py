@@ -132,7 +132,7 @@ def main() -> None:
         refusing.stop()
         sink = SmtpSink(workdir, port=refusing.port).start()
         with envoi.connect() as conn:
-            conn.execute("UPDATE recipients SET next_attempt_at = now() WHERE status = 'queued'")
+            conn.execute("UPDATE recipients SET next_attempt_at = now() WHERE status = 'queued' AND attempts > 0")
         before = queued(envoi)
         cpu0 = cpu_seconds([relay])
         t0 = time.monotonic()
