@@ -1,0 +1,54 @@
+"""Settings: parsing from the environment, and docs/settings.md kept in step with the code."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from envoi.infra.settings import Settings, SettingsError, documentation
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_docs_settings_is_current():
+    assert (ROOT / "docs/settings.md").read_text() == documentation(), (
+        "run: python -m envoi.infra.settings > docs/settings.md")
+
+
+def test_every_field_is_documented():
+    import inspect
+
+    source = inspect.getsource(Settings).splitlines()
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    undocumented = []
+    for i, line in enumerate(source):
+        name = line.strip().split(":", 1)[0]
+        if name in fields and ":" in line and not line.strip().startswith("#"):
+            if not source[i - 1].strip().startswith("#:"):
+                undocumented.append(name)
+    assert undocumented == []
+
+
+def test_region_selects_its_own_stores():
+    env = {"ENVOI_REGION": "us", "ENVOI_DATABASE_URL_EU": "postgresql://eu/db",
+           "ENVOI_DATABASE_URL_US": "postgresql://us/db", "DATABASE_URL": "postgresql://fallback/db",
+           "ENVOI_REDIS_URL_US": "redis://us:6379/0"}
+    settings = Settings.from_env(env)
+    assert settings.region == "us"
+    assert settings.database_url == "postgresql://us/db" and settings.redis_url == "redis://us:6379/0"
+    assert Settings.from_env({"ENVOI_REGION": "eu", "DATABASE_URL": "postgresql://x/y"}).database_url == \
+        "postgresql://x/y"
+
+
+def test_durations_and_bad_values():
+    settings = Settings.from_env({"ENVOI_MESSAGE_LIFETIME": "2d", "ENVOI_RETRY_SCHEDULE": "30s,5m,1h"})
+    assert settings.message_lifetime == 2 * 86400 and settings.retry_schedule == (30, 300, 3600)
+    with pytest.raises(SettingsError):
+        Settings.from_env({"ENVOI_REGION": "mars"})
+    with pytest.raises(SettingsError):
+        Settings.from_env({"ENVOI_SECRET_KEY": base64.b64encode(b"short").decode()})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.region = "us"
