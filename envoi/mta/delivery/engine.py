@@ -267,6 +267,11 @@ class Relay:
                 for rcpt in recipients:
                     self._defer(rcpt, ex.retry_after)
                 continue
+            except Exception as ex:  # never strand a claimed recipient: a failing hook means retry later
+                log.exception("choosing the egress failed")
+                self._fail_delivery(Delivery(message, domain, recipients, Egress(None, "")),
+                                    connection_failure(f"internal error: {ex}", {}))
+                continue
             self._dispatch(Delivery(message, domain, recipients, egress), rcpt_domain)
         return len(rows)
 
