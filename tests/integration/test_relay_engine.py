@@ -256,3 +256,15 @@ def test_no_egress_available_defers_without_an_attempt(services, settings, accou
     assert events[1]["data"]["delivery-status"]["attempt-no"] == 1
     assert len(calls) == 2 and calls[1] - calls[0] >= 1.5
     assert sink.stats()["attempts"] == 1
+
+
+def test_dns_timeout_defers_never_bounces(services, settings, account, domain, db, dns):
+    dns.drop("silent.test")  # the resolver never answers: a timeout
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+        message_id = send(services, account["id"], domain, "x@silent.test")
+        events = wait_until(lambda: (e := events_of(db, message_id)) and len(e) >= 2 and e, 20)
+    assert events[1]["event"] == "failed" and events[1]["severity"] == "temporary"
+    assert events[1]["data"]["delivery-status"]["bounce-class"] == "dns"
+    row = db.execute("SELECT status FROM recipients WHERE message_pk = (SELECT id FROM messages"
+                     " WHERE message_id = %s)", (message_id,)).fetchone()
+    assert row["status"] == "queued" and sink.stats()["attempts"] == 0
