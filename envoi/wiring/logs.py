@@ -26,3 +26,9 @@ def wire(services) -> None:
 def relay_options(services) -> dict:
     """Extra keyword arguments for the relay engine (hooks this feature plugs in)."""
     return {}
+
+
+def periodic(services) -> list[tuple]:
+    """Jobs for `envoi scheduler`: partitions ahead, retention purge, stats folding."""
+    return [("events: partitions and retention", 3600, services.events.maintain),
+            ("stats: fold pending rollups", 60, services.stats.fold)]
