@@ -57,7 +57,7 @@ class Settings:
     dns_resolver: tuple[str, int] | None = None
     #: ENVOI_SMTP_ROUTE: "host:port" that receives ALL outbound mail (dev sink); empty = real MX.
     smtp_route: tuple[str, int] | None = None
-    #: ENVOI_SMTP_PORT: the remote port used when delivering to an MX (25 in production).
+    #: ENVOI_MX_PORT: the remote port used when delivering to an MX (25 in production).
     remote_smtp_port: int = 25
     #: ENVOI_HELO_NAME: name announced in EHLO when the egress IP has none of its own.
     helo_name: str = "localhost"
@@ -184,7 +184,7 @@ class Settings:
             values["dns_resolver"] = _host_port(v, 53)
         if v := env.get("ENVOI_SMTP_ROUTE"):
             values["smtp_route"] = _host_port(v, 25)
-        if v := env.get("ENVOI_SMTP_PORT"):
+        if v := env.get("ENVOI_MX_PORT"):
             values["remote_smtp_port"] = int(v)
         if v := env.get("ENVOI_HELO_NAME"):
             values["helo_name"] = v

@@ -30,7 +30,7 @@ def stack(tmp_path, settings, services, account, domain, api_key):
     (tmp_path / "zone.json").write_text(json.dumps(zone))
     api_url = f"http://127.0.0.1:{api_port}"
     env = process_env(settings, ENVOI_PUBLIC_URL=api_url, ENVOI_DNS_RESOLVER=f"127.0.0.1:{dns_port}",
-                      ENVOI_SMTP_PORT=sink_smtp)
+                      ENVOI_MX_PORT=sink_smtp)
     procs = []
     try:
         dns = Proc("dns", [sys.executable, "-m", "tests.support.dns_server", "--port", str(dns_port),
