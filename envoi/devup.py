@@ -117,6 +117,7 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
         sup.start("relay", envoi + ["relay"], env=env)
         sup.start("scheduler", envoi + ["scheduler"], env=env)
         sup.start("worker", envoi + ["worker", "--processes", "2"], env=env)  # webhooks
+        sup.start("inbound", envoi + ["inbound", "--port", "2526", "--metrics-port", "0"], env=env)  # DSN/ARF
         # SMTP submission on the dev ports, with a self-signed certificate made under var/.
         sup.start("smtp", envoi + ["smtp", "--dev", "--bind", "127.0.0.1", "--var", str(var)], env=env,
                   ready=lambda: _port_open(SMTP_DEV_PORT))
