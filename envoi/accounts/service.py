@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from envoi.accounts import store
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
 from envoi.infra import crypto, ids
+from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database, IntegrityError
 
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
@@ -43,6 +44,20 @@ class Accounts:
         self.db = db
         self.sealer = sealer
         self.region = region
+        # PERF: the sending domain is read for every accepted message; changes made in this process
+        # (delete, state) drop the entry at once, other processes see them within the TTL.
+        self._sending_domains = TTLCache(ttl=5.0)
+
+    def sending_domain(self, name: str, account_id: int) -> dict:
+        """get_domain() for the send path, cached briefly."""
+        row = self._sending_domains.get((name.lower(), account_id), lambda: self._find_domain(name, account_id))
+        if row is None:
+            raise NotFound(f"Domain not found: {name}")
+        return row
+
+    def _find_domain(self, name: str, account_id: int) -> dict | None:
+        with self.db.transaction() as conn:
+            return store.get_domain(conn, name, account_id)
 
     # accounts ---------------------------------------------------------------------------------
     def create_account(self, name: str, plan: str = "free") -> dict:
@@ -133,10 +148,12 @@ class Accounts:
             if not row:
                 raise NotFound(f"Domain not found: {name}")
             store.delete_domain(conn, row["id"])
+        self._sending_domains.forget()
 
     def set_domain_state(self, domain_id: int, state: str) -> None:
         with self.db.transaction() as conn:
             store.set_domain_state(conn, domain_id, state)
+        self._sending_domains.forget()
 
     def dkim_private_key(self, domain: dict) -> bytes:
         return self.sealer.open(domain["dkim_private_key"], b"dkim:" + domain["name"].encode())

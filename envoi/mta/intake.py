@@ -50,7 +50,7 @@ class Intake:
         if not principal.may_send_as(domain_name) or principal.account_id is None:
             raise DomainNotFound(f"Domain not found: {domain_name}")
         try:
-            domain = self.accounts.get_domain(domain_name, principal.account_id)
+            domain = self.accounts.sending_domain(domain_name, principal.account_id)
         except NotFound as ex:
             raise DomainNotFound(f"Domain not found: {domain_name}") from ex
         if domain["state"] == "disabled":

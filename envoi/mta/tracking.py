@@ -33,6 +33,7 @@ import user_agents
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from envoi.events.service import Events, NewEvent, item
+from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database
 from envoi.mta.compose import SMTP_POLICY, Composed, Draft
 
@@ -92,9 +93,16 @@ class Tracking:
         self.public_url = public_url.rstrip("/")
         self.suppressions = suppressions
         self._aead = AESGCMSIV(hmac.new(secret_key, b"envoi:tracking-token:v2", hashlib.sha256).digest())
+        self._settings_cache = TTLCache(ttl=5.0)
 
     # settings ---------------------------------------------------------------------------------
     def settings_for(self, domain_id: int, conn: Connection | None = None) -> dict:
+        if conn is None:
+            # PERF: read on every accepted message; cached briefly, dropped on update_settings.
+            return self._settings_cache.get(domain_id, lambda: self._settings_for(domain_id, None))
+        return self._settings_for(domain_id, conn)
+
+    def _settings_for(self, domain_id: int, conn: Connection | None) -> dict:
         def read(c):
             return c.execute("SELECT * FROM tracking_settings WHERE domain_id = %s", (domain_id,)).fetchone()
 
@@ -146,6 +154,7 @@ class Tracking:
                 f"INSERT INTO tracking_settings (domain_id, {', '.join(names)}) VALUES (%s, {', '.join(['%s'] * len(names))})"
                 f" ON CONFLICT (domain_id) DO UPDATE SET {', '.join(f'{n} = EXCLUDED.{n}' for n in names)},"
                 " updated_at = now()", [domain["id"], *columns.values()])
+        self._settings_cache.forget(domain["id"])
         current = self.settings_json(domain)["tracking"][kind]
         return {"message": "Domain tracking settings have been updated", kind: current}
 
