@@ -26,9 +26,9 @@ def test_every_field_is_documented():
     undocumented = []
     for i, line in enumerate(source):
         name = line.strip().split(":", 1)[0]
-        if name in fields and ":" in line and not line.strip().startswith("#"):
-            if not source[i - 1].strip().startswith("#:"):
-                undocumented.append(name)
+        is_field = name in fields and ":" in line and not line.strip().startswith("#")
+        if is_field and not source[i - 1].strip().startswith("#:"):
+            undocumented.append(name)
     assert undocumented == []
 
 
