@@ -231,6 +231,26 @@ def credentials_create(account_id: int, domain: str, login: str, password: str) 
     click.echo(f"created SMTP login {row['login']}")
 
 
+@main.group()
+def privacy() -> None:
+    """Data-subject requests: export or erase everything held about an address."""
+
+
+@privacy.command("export")
+@click.argument("account_id", type=int)
+@click.argument("address")
+def privacy_export(account_id: int, address: str) -> None:
+    click.echo(json.dumps(_services().privacy.export(account_id, address), indent=2, default=str))
+
+
+@privacy.command("erase")
+@click.argument("account_id", type=int)
+@click.argument("address")
+@click.confirmation_option(prompt="Erase this address's messages, events and webhook payloads?")
+def privacy_erase(account_id: int, address: str) -> None:
+    click.echo(json.dumps(_services().privacy.erase(account_id, address), indent=2))
+
+
 def _register_feature_commands() -> None:
     from envoi.commands import delivery, events_out, ips, logs
 

@@ -14,6 +14,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings
 from envoi.mta.intake import Intake
 from envoi.mta.storage import StoredMessages
+from envoi.privacy.service import Privacy
 from envoi.wiring import delivery, events_out, ips, logs
 
 FEATURES = (logs, events_out, ips, delivery)
@@ -31,6 +32,7 @@ class Services:
     intake: Intake
     metrics: Metrics
     storage: StoredMessages
+    privacy: Privacy
     # Set by envoi.wiring.* (one module per feature); None when a feature is not wired.
     suppressions: object | None = None
     webhooks: object | None = None
@@ -58,7 +60,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
     services = Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics,
-                        StoredMessages(db, sealer))
+                        StoredMessages(db, sealer), Privacy(db))
     for feature in FEATURES:
         feature.wire(services)
     return services

@@ -9,6 +9,7 @@ from envoi.api.auth import AuthMiddleware
 from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList
 from envoi.api.resources.messages import Messages
+from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.stored import StoredMessage
 from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.routes import delivery as routes_delivery
@@ -38,6 +39,7 @@ def create_app(settings, services) -> falcon.App:
     app.add_route("/v4/domains/{domain}", domain_item)
     app.add_route("/v3/domains/{domain}", domain_item)
     app.add_route("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(services.accounts, services.storage))
+    app.add_route("/v3/privacy/addresses/{address}", AddressData(services.privacy))
     credentials = Credentials(services.accounts)
     app.add_route("/v3/domains/{domain}/credentials", credentials)
     app.add_route("/v3/domains/{domain}/credentials/{login}", credentials, suffix="item")

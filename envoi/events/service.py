@@ -122,6 +122,14 @@ class Events:
                 log.exception("event listener failed")
 
     @staticmethod
+    def for_recipient(conn: Connection, account_id: int, address: str) -> list[dict]:
+        return store.for_recipient(conn, account_id, address)
+
+    @staticmethod
+    def erase_recipient(conn: Connection, account_id: int, address: str) -> int:
+        return store.erase_recipient(conn, account_id, address)
+
+    @staticmethod
     def _insert(conn: Connection, events: list[NewEvent]) -> None:
         rows = []
         for ev in events:

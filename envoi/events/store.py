@@ -273,3 +273,14 @@ def delete_tag(conn: Connection, domain_id: int, tag: str) -> bool:
     conn.execute("DELETE FROM event_stats_hourly WHERE domain_id = %s AND tag = %s", (domain_id, tag))
     conn.execute("DELETE FROM event_stats_pending WHERE domain_id = %s AND tag = %s", (domain_id, tag))
     return conn.execute("DELETE FROM event_tags WHERE domain_id = %s AND tag = %s", (domain_id, tag)).rowcount > 0
+
+
+def for_recipient(conn: Connection, account_id: int, address: str) -> list[dict]:
+    return [r["data"] for r in conn.execute(
+        "SELECT data FROM events WHERE account_id = %s AND lower(recipient) = %s ORDER BY ts, id",
+        (account_id, address))]
+
+
+def erase_recipient(conn: Connection, account_id: int, address: str) -> int:
+    return conn.execute("DELETE FROM events WHERE account_id = %s AND lower(recipient) = %s",
+                        (account_id, address)).rowcount

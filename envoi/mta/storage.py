@@ -23,6 +23,14 @@ class StoredMessages:
             return None
         return row, self.sealer.open(row["body"], row["storage_key"].encode())
 
+    @staticmethod
+    def messages_to(conn, account_id: int, address: str) -> list[dict]:
+        return store.messages_to(conn, account_id, address)
+
+    @staticmethod
+    def erase_recipient(conn, account_id: int, address: str) -> dict:
+        return store.erase_recipient(conn, account_id, address)
+
     def purge_expired(self, batch: int = 1000) -> int:
         total = 0
         while True:

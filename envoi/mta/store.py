@@ -184,3 +184,26 @@ def purge_expired_bodies(conn: Connection, limit: int) -> int:
         (limit,),
     )
     return cur.rowcount
+
+
+def messages_to(conn: Connection, account_id: int, address: str) -> list[dict]:
+    """What was sent to an address (metadata, no bodies), for a data-subject export."""
+    return conn.execute(
+        "SELECT m.message_id, m.headers, m.tags, m.method, m.size, m.created_at, r.status, r.attempts,"
+        " r.last_code, r.last_message FROM recipients r JOIN messages m ON m.id = r.message_pk"
+        " WHERE r.account_id = %s AND lower(r.address) = %s ORDER BY m.created_at",
+        (account_id, address),
+    ).fetchall()
+
+
+def erase_recipient(conn: Connection, account_id: int, address: str) -> dict:
+    """Remove an address from the schedule (queued mail to it is cancelled) and delete the messages
+    that were addressed to it alone, bodies included."""
+    pks = [r["message_pk"] for r in conn.execute(
+        "DELETE FROM recipients WHERE account_id = %s AND lower(address) = %s RETURNING message_pk",
+        (account_id, address))]
+    deleted = conn.execute(
+        "DELETE FROM messages m WHERE m.id = ANY(%s)"
+        " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_pk = m.id)",
+        (list(set(pks)),)).rowcount
+    return {"recipients": len(pks), "messages": deleted}

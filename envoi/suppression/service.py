@@ -77,6 +77,10 @@ class Suppressions:
         self.public_url = public_url
 
     # the relay's hooks --------------------------------------------------------------------------
+    @staticmethod
+    def entries_for(conn: Connection, account_id: int, address: str) -> list[dict]:
+        return store.entries_for(conn, account_id, address)
+
     def blocked(self, conn: Connection, checks: list[tuple]) -> list[str | None]:
         """[(account_id, domain_id, address, tags)] -> suppress-* reason or None, in order."""
         if not checks:

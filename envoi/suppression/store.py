@@ -115,3 +115,17 @@ def matches(conn: Connection, pairs: list[tuple[int, str]]) -> dict[str, dict[tu
     ):
         found["whitelists"][(row["domain_id"], row["address"])] = True
     return found
+
+
+def entries_for(conn: Connection, account_id: int, address: str) -> list[dict]:
+    """Every suppression entry of an account's domains naming this address."""
+    rows = []
+    for kind, table, column in (("bounces", "suppress_bounces", "address"),
+                                ("unsubscribes", "suppress_unsubscribes", "address"),
+                                ("complaints", "suppress_complaints", "address"),
+                                ("whitelists", "suppress_whitelists", "value")):
+        for row in conn.execute(
+            f"SELECT s.*, d.name AS domain FROM {table} s JOIN domains d ON d.id = s.domain_id"
+            f" WHERE d.account_id = %s AND s.{column} = %s", (account_id, address)):
+            rows.append({"list": kind, **row})
+    return rows

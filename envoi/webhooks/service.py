@@ -57,6 +57,11 @@ class Webhooks:
         self.lease_seconds = LEASE_SECONDS  # how long a queued job owns its row before the sweeper retakes it
 
     # management (v3: per event type) ----------------------------------------------------------
+    @staticmethod
+    def erase_recipient(conn: Connection, account_id: int, address: str) -> int:
+        """Drop queued and past webhook payloads about this address (erasure request)."""
+        return store.erase_recipient(conn, account_id, address)
+
     def _check_type(self, name: str) -> str:
         if name not in EVENT_TYPES:
             raise InvalidInput(f"Invalid webhook name '{name}': use one of {', '.join(EVENT_TYPES)}")

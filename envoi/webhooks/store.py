@@ -189,3 +189,9 @@ def backlog(conn: Connection) -> int:
     return conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'"
                         " AND next_attempt_at <= now() AND (leased_until IS NULL OR leased_until <= now())"
                         ).fetchone()["n"]
+
+
+def erase_recipient(conn: Connection, account_id: int, address: str) -> int:
+    """Webhook deliveries (and their attempts) whose event is about this address."""
+    return conn.execute("DELETE FROM webhook_deliveries WHERE account_id = %s AND lower(payload->>'recipient') = %s",
+                        (account_id, address)).rowcount

@@ -1,0 +1,1 @@
+"""Data-subject requests: export and erasure of everything held about one address."""

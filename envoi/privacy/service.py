@@ -1,0 +1,54 @@
+"""Export (GDPR Art. 20) and erasure (Art. 17) of one address's data within one account.
+
+Erasure runs in one transaction across the stores that hold the address: the delivery schedule
+(queued mail to it is cancelled), messages sent to it alone (bodies included), its events, and the
+webhook payloads about it. Suppression entries are kept on purpose: they are what guarantees the
+address is never mailed again after an unsubscribe or complaint; the suppressions API deletes them
+if the person asks for that too. Aggregated stats hold no address and are kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+from envoi.events.service import Events
+from envoi.infra.db import Database
+from envoi.mta.compose import normalize_address
+from envoi.mta.storage import StoredMessages
+from envoi.suppression.service import Suppressions
+from envoi.webhooks.service import Webhooks
+
+
+class Privacy:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def export(self, account_id: int, address: str) -> dict:
+        address = _canonical(address)
+        with self.db.transaction() as conn:
+            messages = StoredMessages.messages_to(conn, account_id, address)
+            events = Events.for_recipient(conn, account_id, address)
+            suppressions = Suppressions.entries_for(conn, account_id, address)
+        return {
+            "address": address,
+            "exported_at": time.time(),
+            "messages": [{**m, "created_at": m["created_at"].isoformat()} for m in messages],
+            "events": events,
+            "suppressions": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()
+                              if k != "domain_id"} for row in suppressions],
+        }
+
+    def erase(self, account_id: int, address: str) -> dict:
+        address = _canonical(address)
+        with self.db.transaction() as conn:
+            removed = StoredMessages.erase_recipient(conn, account_id, address)
+            removed["events"] = Events.erase_recipient(conn, account_id, address)
+            removed["webhook_deliveries"] = Webhooks.erase_recipient(conn, account_id, address)
+        return {"address": address, "erased": removed,
+                "kept": "suppression entries (so the address is never mailed again); delete them through"
+                        " the suppressions API if asked"}
+
+
+def _canonical(address: str) -> str:
+    # A person's request covers every spelling of their address: matched without regard to case.
+    return normalize_address(address, "address").lower()

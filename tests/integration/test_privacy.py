@@ -1,0 +1,74 @@
+"""Data-subject export and erasure, on real Postgres, through the HTTP API."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+from falcon import testing
+
+from envoi.api.app import create_app
+from tests.conftest import basic
+
+
+@pytest.fixture
+def client(settings, services):
+    return testing.TestClient(create_app(settings, services))
+
+
+def send(client, key, domain, to, text="hello"):
+    resp = client.simulate_post(
+        f"/v3/{domain['name']}/messages",
+        body=urlencode({"from": f"s@{domain['name']}", "to": to, "subject": "Hi", "text": text}, doseq=True),
+        headers={"Content-Type": "application/x-www-form-urlencoded", **basic(key)})
+    assert resp.status_code == 200
+    return resp.json["id"].strip("<>")
+
+
+def test_export_lists_messages_events_and_suppressions(client, services, api_key, domain):
+    message_id = send(client, api_key, domain, "person@example.test")
+    client.simulate_post(f"/v3/{domain['name']}/unsubscribes",
+                         body=urlencode({"address": "person@example.test", "tag": "*"}),
+                         headers={"Content-Type": "application/x-www-form-urlencoded", **basic(api_key)})
+    resp = client.simulate_get("/v3/privacy/addresses/Person@Example.test", headers=basic(api_key))
+    assert resp.status_code == 200
+    data = resp.json
+    assert data["address"] == "person@example.test"
+    assert [m["message_id"] for m in data["messages"]] == [message_id]
+    assert {e["event"] for e in data["events"]} == {"accepted"}
+    assert [s["list"] for s in data["suppressions"]] == ["unsubscribes"]
+
+
+def test_erase_removes_the_address_everywhere_but_keeps_opt_outs(client, services, api_key, domain, db):
+    alone = send(client, api_key, domain, "gone@example.test", text="private words")
+    shared = send(client, api_key, domain, "gone@example.test, stays@example.test")
+    services.suppressions.add(domain, "unsubscribes", {"address": "gone@example.test"})
+
+    resp = client.simulate_delete("/v3/privacy/addresses/gone@example.test", headers=basic(api_key))
+    assert resp.status_code == 200 and resp.json["erased"]["recipients"] == 2
+
+    assert db.execute("SELECT count(*) AS n FROM recipients WHERE address = 'gone@example.test'").fetchone()["n"] == 0
+    assert db.execute("SELECT count(*) AS n FROM events WHERE recipient = 'gone@example.test'").fetchone()["n"] == 0
+    # the message sent to the address alone is gone with its body; the shared one stays for the other
+    assert db.execute("SELECT count(*) AS n FROM messages WHERE message_id = %s", (alone,)).fetchone()["n"] == 0
+    left = db.execute("SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message_pk"
+                      " WHERE m.message_id = %s", (shared,)).fetchall()
+    assert [r["address"] for r in left] == ["stays@example.test"]
+    # the opt-out survives, so the address is never mailed again
+    assert services.suppressions.get(domain, "unsubscribes", "gone@example.test")["address"] == "gone@example.test"
+    export = client.simulate_get("/v3/privacy/addresses/gone@example.test", headers=basic(api_key)).json
+    assert export["messages"] == [] and export["events"] == []
+
+
+def test_erasure_is_scoped_to_the_callers_account(client, services, api_key, domain, db):
+    send(client, api_key, domain, "both@example.test")
+    other = services.accounts.create_account("other-tenant")
+    _, other_key = services.accounts.create_key(other["id"], "admin")
+    resp = client.simulate_delete("/v3/privacy/addresses/both@example.test", headers=basic(other_key))
+    assert resp.status_code == 200 and resp.json["erased"]["recipients"] == 0
+    assert db.execute("SELECT count(*) AS n FROM recipients WHERE address = 'both@example.test'").fetchone()["n"] == 1
+
+
+def test_bad_address_is_a_400(client, api_key):
+    resp = client.simulate_get("/v3/privacy/addresses/not-an-address", headers=basic(api_key))
+    assert resp.status_code == 400 and "not a valid address" in resp.json["message"]
