@@ -14,7 +14,7 @@ from envoi.mta.bounces.inbound import from_services
 from envoi.mta.compose import compose
 from envoi.mta.sink import Sink
 from tests.support.dns_server import DnsServer
-from tests.support.relay import RelayThread, wait_until
+from tests.support.relay import RelayThread, relay_settings, wait_until
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bounces"
 RCPT_DOMAIN = "bounced.test"
@@ -33,9 +33,8 @@ def relay(services, settings, sink):
     with DnsServer() as dns:
         dns.add(RCPT_DOMAIN, "MX", f"10 mx.{RCPT_DOMAIN}.")
         dns.add(f"mx.{RCPT_DOMAIN}", "A", "127.0.0.1")
-        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                                          smtp_timeout=5)
-        with RelayThread(services, relay_settings) as thread:
+        relay_cfg = relay_settings(settings, sink, dns)
+        with RelayThread(services, relay_cfg) as thread:
             yield thread
             # Leave nothing queued behind for the relays of later test modules.
             wait_until(lambda: _queued(services) == 0, 20)

@@ -15,7 +15,7 @@ from tests.conftest import basic
 from tests.integration.test_relay import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.events import record
-from tests.support.relay import RelayThread, wait_until
+from tests.support.relay import RelayThread, relay_settings, wait_until
 
 
 @pytest.fixture
@@ -182,9 +182,8 @@ def test_retention_hides_events_older_than_the_plan_keeps(client, services, api_
 @pytest.fixture
 def relay_env(services, settings, domain):
     with Sink() as sink, DnsServer() as dns:
-        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                                          smtp_timeout=5)
-        with RelayThread(services, relay_settings):
+        relay_cfg = relay_settings(settings, sink, dns)
+        with RelayThread(services, relay_cfg):
             yield sink, dns
 
 

@@ -11,7 +11,7 @@ from envoi.mta.sink import Sink
 from envoi.wiring import ips as ips_wiring
 from tests.integration.test_relay import route, send
 from tests.support.dns_server import DnsServer
-from tests.support.relay import RelayThread, wait_until
+from tests.support.relay import RelayThread, relay_settings, wait_until
 
 HELO = {f"127.0.0.{n}": f"o{n}.mta.test" for n in range(2, 10)}
 
@@ -50,8 +50,7 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
     with Sink() as sink, DnsServer() as dns:
         rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"  # only this test's mail is routed to the sink
         route(dns, rcpt_domain)
-        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                                          smtp_timeout=5)
+        relay_cfg = relay_settings(settings, sink, dns)
         def metric(ip, via):
             return services.metrics.registry.get_sample_value("envoi_egress_deliveries_total",
                                                               {"ip": ip, "via": via}) or 0
@@ -59,7 +58,7 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
         before = {(ip, via): metric(ip, via) for ip, via in [("127.0.0.7", "domain-ip"), ("127.0.0.2", "domain-ip")]}
         egress = ips_wiring.make_egress(services, refresh=0.2, policy="overflow")
         try:
-            with RelayThread(services, relay_settings, egress=egress):
+            with RelayThread(services, relay_cfg, egress=egress):
                 counts = {domain["name"]: 3, pooled["name"]: 6, plain["name"]: 6, warming["name"]: 5}
                 for row in (domain, pooled, plain, warming):
                     for n in range(counts[row["name"]]):
@@ -101,11 +100,10 @@ def test_wait_policy_holds_mail_past_the_cap_unattempted(services, settings, acc
     with Sink() as sink, DnsServer() as dns:
         rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
         route(dns, rcpt_domain)
-        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                                          smtp_timeout=5)
+        relay_cfg = relay_settings(settings, sink, dns)
         egress = ips_wiring.make_egress(services, refresh=0.2, policy="wait")
         try:
-            with RelayThread(services, relay_settings, egress=egress):
+            with RelayThread(services, relay_cfg, egress=egress):
                 ids = [send(services, account["id"], domain, f"w{n}@{rcpt_domain}") for n in range(5)]
                 sink.wait_for(2)
                 held = wait_until(lambda: (rows := db.execute(

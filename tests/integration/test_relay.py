@@ -10,7 +10,7 @@ import pytest
 from envoi.mta.compose import compose
 from envoi.mta.sink import Sink
 from tests.support.dns_server import DnsServer
-from tests.support.relay import RelayThread, wait_until
+from tests.support.relay import RelayThread, relay_settings, wait_until
 
 
 @pytest.fixture
@@ -30,9 +30,8 @@ def dns(domain):
 
 @pytest.fixture
 def relay(services, settings, sink, dns):
-    relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                                      smtp_timeout=5)
-    with RelayThread(services, relay_settings) as thread:
+    relay_cfg = relay_settings(settings, sink, dns)
+    with RelayThread(services, relay_cfg) as thread:
         yield thread
 
 
@@ -136,8 +135,7 @@ def test_test_mode_records_650_and_sends_nothing(services, account, domain, db, 
 def test_gives_up_after_lifetime(services, settings, account, domain, db, sink, dns):
     route(dns, "slow.test")
     sink.set_script({"default_data": "451 4.7.1 Greylisted, try again"})
-    short = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                             message_lifetime=4, retry_schedule=(1,))
+    short = relay_settings(settings, sink, dns, message_lifetime=4, retry_schedule=(1,))
     services.intake.settings = short
     try:
         message_id = send(services, account["id"], domain, "x@slow.test")

@@ -17,18 +17,13 @@ from envoi.mta.signing import generate_ed25519_key
 from envoi.mta.sink import Sink
 from tests.integration.test_relay import events_of, send
 from tests.support.dns_server import DnsServer
-from tests.support.relay import RelayThread, wait_until
+from tests.support.relay import RelayThread, relay_settings, wait_until
 
 
 @pytest.fixture
 def dns():
     with DnsServer() as server:
         yield server
-
-
-def relay_settings(settings, sink, dns, **extra):
-    return settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                            smtp_timeout=5, **extra)
 
 
 def final(db, message_id, timeout=15):

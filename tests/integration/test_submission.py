@@ -17,7 +17,7 @@ from envoi.mta.sink import Sink
 from envoi.mta.submission.server import Submission, SubmissionServer
 from envoi.mta.submission.throttle import AuthThrottle
 from tests.support.dns_server import DnsServer
-from tests.support.relay import RelayThread, wait_until
+from tests.support.relay import RelayThread, relay_settings, wait_until
 
 PASSWORD = "correct-horse-9"
 SMALL_LIMIT = 200_000  # the test server's size limit, so the oversize case stays fast
@@ -382,9 +382,8 @@ def test_submission_is_delivered_end_to_end(server, client_ctx, login, domain, d
     with Sink() as sink, DnsServer() as dns:
         dns.add("submit-e2e.test", "MX", "10 mx.submit-e2e.test.")
         dns.add("mx.submit-e2e.test", "A", "127.0.0.1")
-        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                                          smtp_timeout=5)
-        with RelayThread(services, relay_settings):
+        relay_cfg = relay_settings(settings, sink, dns)
+        with RelayThread(services, relay_cfg):
             with starttls_client(server, client_ctx, login) as c:
                 c.sendmail(login, ["rcpt@submit-e2e.test"],
                            mime(domain, subject="e2e", extra="X-Mailgun-Tag: e2e\r\n"))

@@ -16,7 +16,7 @@ from envoi.suppression.service import MAX_CSV_BYTES
 from tests.conftest import basic
 from tests.integration.test_relay import events_of, route, send
 from tests.support.dns_server import DnsServer
-from tests.support.relay import RelayThread, wait_until
+from tests.support.relay import RelayThread, relay_settings, wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -143,9 +143,8 @@ def sink():
 def relay(services, settings, sink, domain):
     with DnsServer() as dns:
         route(dns, "dest.test")
-        relay_settings = settings.replace(remote_smtp_port=sink.smtp_port, dns_resolver=("127.0.0.1", dns.port),
-                                          smtp_timeout=5)
-        with RelayThread(services, relay_settings, suppressions=services.suppressions) as thread:
+        relay_cfg = relay_settings(settings, sink, dns)
+        with RelayThread(services, relay_cfg, suppressions=services.suppressions) as thread:
             yield thread
 
 

@@ -46,3 +46,9 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def relay_settings(settings, sink, dns, **changes):
+    """Settings for a relay that finds MX hosts on the test DNS server and delivers to the sink."""
+    return settings.replace(**{"remote_smtp_port": sink.smtp_port, "dns_resolver": ("127.0.0.1", dns.port),
+                               "smtp_timeout": 5, **changes})

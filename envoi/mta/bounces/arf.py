@@ -53,23 +53,6 @@ class Arf:
         return [self.original_to] if self.original_to else []
 
 
-def _original(parts: list[Message]) -> Message | None:
-    for part in parts:
-        kind = mime.content_type(part)
-        if kind in ("message/rfc822", "message/global"):
-            try:
-                payload = part.get_payload()
-                if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-                    return payload[0]
-            except Exception:
-                continue
-        if kind in ("text/rfc822-headers", "message/rfc822-headers", "message/global-headers"):
-            parsed = mime.parse_message(mime.part_text(part).lstrip("\r\n").encode("utf-8", "replace"))
-            if parsed is not None:
-                return parsed
-    return None
-
-
 def parse(raw: bytes | str | Message) -> Arf:
     """Parse one feedback report. Garbage gives an empty Arf (is_report False), never an exception."""
     message = raw if isinstance(raw, Message) else mime.parse_message(raw)
@@ -101,7 +84,7 @@ def _parse(message: Message) -> Arf:
         arf.arrival_date = fields.get("arrival-date", fields.get("received-date", ""))[:100]
         arf.source_ip = fields.get("source-ip", "").split(",")[0].strip()[:64]
         arf.reported_domain = fields.get("reported-domain", "").strip().lower()[:255]
-    original = _original(parts)
+    original = mime.original_message(parts)
     if original is not None:
         arf.original_message_id = mime.message_id_of(mime.header(original, "message-id"))
         arf.original_to = mime.address_of(mime.header(original, "to"))

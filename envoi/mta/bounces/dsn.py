@@ -89,23 +89,6 @@ def _recipient(block: dict[str, str]) -> DsnRecipient:
     )
 
 
-def _original_headers(parts: list[Message]) -> Message | None:
-    for part in parts:
-        kind = mime.content_type(part)
-        if kind in ("message/rfc822", "message/global"):
-            try:
-                payload = part.get_payload()
-                if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-                    return payload[0]
-            except Exception:
-                continue
-        if kind in ("text/rfc822-headers", "message/rfc822-headers", "message/global-headers"):
-            parsed = mime.parse_message(mime.part_text(part).lstrip("\r\n").encode("utf-8", "replace"))
-            if parsed is not None:
-                return parsed
-    return None
-
-
 def _heuristic(message: Message, parts: list[Message]) -> list[DsnRecipient]:
     text = ""
     for part in parts:
@@ -160,7 +143,7 @@ def _parse(message: Message) -> Dsn:
                 dsn.recipients.append(_recipient(block))
     else:
         dsn.recipients = _heuristic(message, parts)
-    original = _original_headers(parts)
+    original = mime.original_message(parts)
     if original is not None:
         dsn.original_message_id = mime.message_id_of(mime.header(original, "message-id"))
         dsn.original_to = mime.header(original, "to")[:1000]

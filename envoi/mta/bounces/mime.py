@@ -163,3 +163,21 @@ def message_id_of(value: str) -> str:
     if match:
         return match.group(1)[:500]
     return value.split()[0][:500] if value.split() else ""
+
+
+def original_message(parts: list[Message]) -> Message | None:
+    """The returned message (or just its headers) inside a DSN or ARF report."""
+    for part in parts:
+        kind = content_type(part)
+        if kind in ("message/rfc822", "message/global"):
+            try:
+                payload = part.get_payload()
+                if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                    return payload[0]
+            except Exception:
+                continue
+        if kind in ("text/rfc822-headers", "message/rfc822-headers", "message/global-headers"):
+            parsed = parse_message(part_text(part).lstrip("\r\n").encode("utf-8", "replace"))
+            if parsed is not None:
+                return parsed
+    return None
