@@ -118,8 +118,11 @@ def format_event(data: dict, *, colour: bool = True) -> str:
         parts.append(f"[{domain}]")
     parts.append(data.get("recipient") or "-")
     if status.get("code") is not None:
-        reply = " ".join(str(x) for x in (status.get("code"), status.get("enhanced-code") or "",
-                                           status.get("message") or "") if x != "").strip()
+        message = status.get("message") or ""
+        enhanced = status.get("enhanced-code") or ""
+        if enhanced and message.startswith(enhanced):
+            enhanced = ""  # the reply text already starts with it
+        reply = " ".join(str(x) for x in (status.get("code"), enhanced, message) if x != "").strip()
         parts.append(f"{reply[:80]}")
         where = [x for x in (status.get("mx-host"), "TLS" if status.get("tls") else None,
                              (data.get("envelope") or {}).get("sending-ip") or None) if x]
