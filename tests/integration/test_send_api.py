@@ -144,9 +144,14 @@ def test_auth_failures_and_tenant_isolation(client, services, api_key, domain, d
 def test_sending_key_can_only_send(client, services, account, domain, db):
     _, sending = services.accounts.create_key(account["id"], "sending", domain=domain["name"])
     params = {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "x"}
-    assert post_form(client, f"/v3/{domain['name']}/messages", sending, params).status_code == 200
-    assert client.simulate_get(f"/v3/{domain['name']}/events", headers=basic(sending)).status_code == 401
-    assert client.simulate_get("/v4/domains", headers=basic(sending)).status_code == 401
+    resp = post_form(client, f"/v3/{domain['name']}/messages", sending, params)
+    assert resp.status_code == 200
+    stored = db.execute("SELECT count(*) AS n FROM messages WHERE message_id = %s",
+                        (resp.json["id"].strip("<>"),)).fetchone()["n"]
+    assert stored == 1
+    for path in (f"/v3/{domain['name']}/events", "/v4/domains"):
+        resp = client.simulate_get(path, headers=basic(sending))
+        assert resp.status_code == 401 and resp.json == {"message": "Forbidden"}  # nothing read back
 
 
 def test_messages_mime(client, api_key, domain, db, services):

@@ -45,7 +45,9 @@ def test_other_tenant_cannot_read_a_stored_message(client, services, api_key, do
     path = storage_path(db, send(client, api_key, domain))
     other = services.accounts.create_account("nosy")
     _, other_key = services.accounts.create_key(other["id"], "admin")
-    assert client.simulate_get(path, headers=basic(other_key)).status_code == 404
+    resp = client.simulate_get(path, headers=basic(other_key))
+    assert resp.status_code == 404 and resp.json == {"message": f"Domain not found: {domain['name']}"}
+    assert "plain part" not in resp.text and "Stored" not in resp.text
 
 
 def test_expired_bodies_are_purged_but_queued_ones_kept(client, services, api_key, domain, db):
