@@ -74,56 +74,47 @@ def _client(req) -> tuple[str, str | None]:
     return req.get_header("User-Agent") or "", req.remote_addr
 
 
-class Open:
+class _TokenEndpoint:
+    """A public link from a sent message: rate-guarded, the token is the only credential."""
+
     auth = PUBLIC
 
     def __init__(self, tracking, guard: Guard):
         self.tracking = tracking
         self.guard = guard
 
-    def on_get(self, req, resp, token: str) -> None:
+    def _hit(self, req, kind: str, token: str) -> dict:
+        """Record the hit; a bad token counts against the caller and ends in guard.bad's 4xx."""
         self.guard.check(req)
         ua, ip = _client(req)
         try:
-            self.tracking.hit("o", token, user_agent=ua, ip=ip)
+            return self.tracking.hit(kind, token, user_agent=ua, ip=ip)
         except InvalidToken:
             self.guard.bad(req)
+
+
+class Open(_TokenEndpoint):
+    def on_get(self, req, resp, token: str) -> None:
+        self._hit(req, "o", token)
         resp.content_type = "image/gif"
         resp.set_header("Cache-Control", "no-store, max-age=0")
         resp.data = PIXEL
 
 
-class Click:
-    auth = PUBLIC
-
-    def __init__(self, tracking, guard: Guard):
-        self.tracking = tracking
-        self.guard = guard
-
+class Click(_TokenEndpoint):
     def on_get(self, req, resp, token: str) -> None:
-        self.guard.check(req)
-        ua, ip = _client(req)
-        try:
-            data = self.tracking.hit("c", token, user_agent=ua, ip=ip)
-        except InvalidToken:
-            self.guard.bad(req)  # never a redirect to anything unsigned
+        data = self._hit(req, "c", token)  # a bad token never gets a redirect to anything unsigned
         resp.status = falcon.HTTP_302
         resp.set_header("Location", data["extra"])
         resp.set_header("Cache-Control", "no-store")
         resp.set_header("Referrer-Policy", "no-referrer")
 
 
-class Unsubscribe:
+class Unsubscribe(_TokenEndpoint):
     """GET shows a confirmation form (link scanners must not unsubscribe anyone); POST unsubscribes.
 
     POST is also the RFC 8058 one-click endpoint: no cookie, no auth, the token is the credential.
     """
-
-    auth = PUBLIC
-
-    def __init__(self, tracking, guard: Guard):
-        self.tracking = tracking
-        self.guard = guard
 
     def on_get(self, req, resp, token: str) -> None:
         self.guard.check(req)
@@ -139,12 +130,7 @@ class Unsubscribe:
             '<button type="submit">Unsubscribe</button></form>'))
 
     def on_post(self, req, resp, token: str) -> None:
-        self.guard.check(req)
-        ua, ip = _client(req)
-        try:
-            data = self.tracking.hit("u", token, user_agent=ua, ip=ip)
-        except InvalidToken:
-            self.guard.bad(req)
+        data = self._hit(req, "u", token)
         resp.content_type = falcon.MEDIA_HTML
         resp.text = PAGE.format(title="Unsubscribed", body=(
             f"<p><b>{html.escape(data['recipient'])}</b> has been unsubscribed.</p>"))
