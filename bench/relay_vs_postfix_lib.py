@@ -85,6 +85,7 @@ class SmtpSink:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> SmtpSink:
+        ensure_postfix()  # smtp-sink comes with Debian's postfix package
         binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         self.proc = subprocess.Popen([binary, "-u", "nobody", "-c", *self.extra, f"127.0.0.1:{self.port}", "1024"],
                                      stdout=self.out.open("wb"), stderr=subprocess.STDOUT)

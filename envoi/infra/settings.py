@@ -65,6 +65,8 @@ class Settings:
     retry_schedule: tuple[float, ...] = (60, 300, 600, 1200, 1800, 3600)
     #: ENVOI_MESSAGE_LIFETIME: give up on a recipient after this long in the queue (default 5 days).
     message_lifetime: float = 5 * 86400
+    #: ENVOI_INTAKE_BATCH: most accepted messages that share one intake transaction (group commit).
+    intake_batch: int = 64
     #: ENVOI_RELAY_BATCH: recipients claimed from Postgres per relay round.
     relay_batch: int = 500
     #: ENVOI_RELAY_CONNECTIONS: concurrent outbound SMTP sessions per relay.
@@ -192,6 +194,8 @@ class Settings:
             values["retry_schedule"] = tuple(_seconds(x) for x in v.split(",") if x.strip())
         if v := env.get("ENVOI_MESSAGE_LIFETIME"):
             values["message_lifetime"] = _seconds(v)
+        if v := env.get("ENVOI_INTAKE_BATCH"):
+            values["intake_batch"] = int(v)
         if v := env.get("ENVOI_RELAY_BATCH"):
             values["relay_batch"] = int(v)
         if v := env.get("ENVOI_RELAY_CONNECTIONS"):

@@ -1,7 +1,7 @@
 """DKIM signing (RFC 6376, RFC 8463): dkimpy for parsing and canonicalisation, OpenSSL for the maths.
 
 dkimpy's own RSA is pure Python (~160 signatures/s with a 2048-bit key); `cryptography` calls
-OpenSSL and is ~20x faster. We reuse dkimpy's message parser, relaxed canonicalisation and
+OpenSSL and is ~20x faster. We reuse dkimpy's message parser, relaxed header canonicalisation and
 header hashing (so what we hash is exactly what dkimpy's verifier hashes), then sign the digest
 with `cryptography`.
 
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim import hash_headers, rfc822_parse
-from dkim.canonicalization import Relaxed
+from dkim.canonicalization import Relaxed, correct_empty_body, strip_trailing_lines
 
 #: Headers signed when present, in h= order. dkimpy's default list lacks List-Unsubscribe-Post,
 #: which RFC 8058 requires to be signed.
@@ -45,14 +45,31 @@ OVERSIGNED_HEADERS: frozenset[str] = frozenset({
 })  # fmt: skip
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # the same rule as aiosmtplib's
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_TO_COLLAPSE = re.compile(rb"[\t ]{2,}|\t")  # runs that relaxed canonicalisation changes
 _MAX_LINE = 78
 _NAME = b"DKIM-Signature"
 
 
 def normalize_crlf(message: bytes) -> bytes:
     """Turn bare LF and bare CR into CRLF and end with CRLF: the bytes that go on the wire."""
-    message = _LINE_ENDINGS.sub(b"\r\n", message)
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:  # counting is C-fast; sub is not
+        message = _LINE_ENDINGS.sub(b"\r\n", message)
     return message if message.endswith(b"\r\n") else message + b"\r\n"
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 relaxed body canonicalisation, byte for byte what dkimpy's Relaxed produces.
+
+    dkimpy rewrites every single space with a regex (a substitution per word); here the
+    substitutions run only where something changes, which made signing a 5 KB message ~3x cheaper.
+    """
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body or b"  " in body:
+        body = _WSP_TO_COLLAPSE.sub(b" ", body)
+    return correct_empty_body(strip_trailing_lines(body))
 
 
 def generate_ed25519_key() -> tuple[bytes, str]:
@@ -99,7 +116,7 @@ class DkimSigner:
         canonical = Relaxed.canonicalize_headers(headers)
         include = _include_headers(canonical)
         # Both signatures use relaxed body canonicalisation and SHA-256: hash the body once.
-        body_hash = base64.b64encode(hashlib.sha256(Relaxed.canonicalize_body(body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         common = _Common(
             domain=domain.encode("idna").lower(),
             timestamp=str(int(time.time())).encode("ascii"),

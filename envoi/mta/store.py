@@ -7,30 +7,40 @@ from datetime import datetime
 from envoi.infra.db import Connection, Jsonb
 
 
-def insert_message(conn: Connection, **row) -> int:
-    row = {k: Jsonb(v) if isinstance(v, dict | list) and k != "tags" else v for k, v in row.items()}
-    cols = ", ".join(row)
-    marks = ", ".join(["%s"] * len(row))
-    return conn.execute(
-        f"INSERT INTO messages ({cols}) VALUES ({marks}) RETURNING id", tuple(row.values())
-    ).fetchone()["id"]
+def insert_messages(conn: Connection, rows: list[dict]) -> list[int]:
+    """Insert message rows (all with the same columns) in one pipeline; return their ids in order."""
+    if not rows:
+        return []
+    cols = list(rows[0])
+    params = [tuple(Jsonb(v) if isinstance(v, dict | list) and k != "tags" else v for k, v in row.items())
+              for row in rows]
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id",
+            params,
+            returning=True,
+        )
+        return _returned_ids(cur)
 
 
-def insert_recipients(conn: Connection, rows: list[tuple]) -> list[int]:
+def insert_recipients(conn: Connection, rows: list[tuple]) -> None:
     """rows: (message_pk, account_id, domain_id, address, rcpt_domain, next_attempt_at, expires_at)."""
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO recipients (message_pk, account_id, domain_id, address, rcpt_domain,"
-            " next_attempt_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            " next_attempt_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             rows,
-            returning=True,
         )
-        ids = []
-        while True:
-            ids.append(cur.fetchone()["id"])
-            if not cur.nextset():
-                break
-        return ids
+
+
+def _returned_ids(cur) -> list[int]:
+    """The ids RETURNING gave for each statement of an executemany(returning=True), in order."""
+    ids = []
+    while True:
+        ids.append(cur.fetchone()["id"])
+        if not cur.nextset():
+            break
+    return ids
 
 
 def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None) -> list[dict]:

@@ -203,3 +203,34 @@ def test_message_over_size_limit_is_413(settings, services, api_key, domain, db)
         services.intake.settings = settings
     assert resp.status_code == 413 and "exceeds the limit of 10000 bytes" in resp.json["message"]
     assert count(db, "messages", domain) == 0
+
+
+def test_concurrent_sends_share_commits_and_each_is_stored(client, services, api_key, domain, db):
+    """Group commit: 40 sends from 10 threads land in fewer transactions, and each 200 is durable."""
+    import threading
+
+    intake = services.intake
+    batches0, items0 = intake._commits.batches, intake._commits.items
+    ids, lock = [], threading.Lock()
+
+    def send(n):
+        for i in range(4):
+            resp = post_form(client, f"/v3/{domain['name']}/messages", api_key, {
+                "from": f"s@{domain['name']}", "to": f"r{n}-{i}@group.test", "subject": f"g{n}-{i}", "text": "x"})
+            assert resp.status_code == 200, resp.text
+            with lock:
+                ids.append(resp.json["id"].strip("<>"))
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(ids) == 40
+    rows = db.execute("SELECT m.message_id, r.address, (SELECT count(*) FROM events e WHERE e.message_id ="
+                      " m.message_id AND e.event = 'accepted') AS accepted FROM messages m JOIN recipients r"
+                      " ON r.message_pk = m.id WHERE m.message_id = ANY(%s)", (ids,)).fetchall()
+    assert sorted(r["message_id"] for r in rows) == sorted(ids)
+    assert all(r["accepted"] == 1 for r in rows)
+    assert intake._commits.items - items0 == 40
+    assert intake._commits.batches - batches0 < 40  # some sends shared a transaction

@@ -15,6 +15,7 @@ from envoi.mta.signing import (
     DkimSigner,
     generate_ed25519_key,
     normalize_crlf,
+    relaxed_body,
 )
 
 MESSAGE = (
@@ -187,6 +188,34 @@ def test_bare_lf_message_signs_after_normalisation(rsa_key, dns):
 def test_normalize_crlf():
     assert normalize_crlf(b"a\nb\rc\r\nd") == b"a\r\nb\r\nc\r\nd\r\n"
     assert normalize_crlf(b"a\r\n") == b"a\r\n"
+
+
+BODIES = [
+    b"", b"\r\n", b"\r\n\r\n", b"a", b"a\r\n", b"a \r\n", b"a\t\r\n", b"a  b\r\n", b"a\tb\r\n",
+    b" \t a \t \r\n\r\n \r\n", b"x\r\n\r\n\r\n", b"one two  three\t\tfour \r\n \r\nend", b"\t\r\n",
+    b"trailing spaces   ", b"line\r\n   \r\n\t\r\n",
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_relaxed_body_matches_dkimpy(body):
+    assert relaxed_body(body) == dkim.canonicalization.Relaxed.canonicalize_body(body)
+
+
+def test_relaxed_body_matches_dkimpy_on_random_bodies():
+    import random
+
+    rng = random.Random(6376)
+    for _ in range(2000):
+        body = b"".join(rng.choice([b" ", b"\t", b"\r\n", b"a", b"bc", b"  ", b"\r\n\r\n"])
+                        for _ in range(rng.randrange(0, 30)))
+        assert relaxed_body(body) == dkim.canonicalization.Relaxed.canonicalize_body(body), body
+
+
+def test_normalize_crlf_keeps_clean_messages_and_fixes_mixed_ones():
+    assert normalize_crlf(MESSAGE) is MESSAGE
+    assert normalize_crlf(b"a\r\nb\nc") == b"a\r\nb\r\nc\r\n"
+    assert normalize_crlf(b"a\r\nb\rc\r\n") == b"a\r\nb\r\nc\r\n"
 
 
 def test_message_without_from_is_refused(rsa_key):

@@ -1,0 +1,91 @@
+"""Group commit: concurrent callers share batches, each gets its own result, a bad item fails alone."""
+
+import threading
+import time
+
+import pytest
+
+from envoi.infra.group_commit import GroupCommit
+
+
+def run_threads(n, target):
+    results, errors = [None] * n, [None] * n
+
+    def call(i):
+        try:
+            results[i] = target(i)
+        except Exception as ex:  # collected and asserted by the test
+            errors[i] = ex
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results, errors
+
+
+def test_concurrent_items_share_batches_and_get_their_own_results():
+    written = []
+
+    def write(items):
+        time.sleep(0.01)  # a commit takes a while: callers arriving meanwhile wait for the next batch
+        written.append(list(items))
+        return [i * 10 for i in items]
+
+    group = GroupCommit(write, max_batch=16)
+    results, errors = run_threads(40, group.submit)
+    assert errors == [None] * 40
+    assert results == [i * 10 for i in range(40)]
+    assert sorted(i for batch in written for i in batch) == list(range(40))  # each written exactly once
+    assert len(written) < 40 and max(len(b) for b in written) > 1
+    assert max(len(b) for b in written) <= 16
+
+
+def test_a_lone_caller_writes_at_once():
+    group = GroupCommit(lambda items: [x + 1 for x in items])
+    assert group.submit(1) == 2
+    assert (group.batches, group.items) == (1, 1)
+
+
+def test_a_failing_item_fails_only_its_own_caller():
+    gate = threading.Event()
+
+    def write(items):
+        gate.wait(1)
+        if 13 in items:
+            raise ValueError("bad item 13")
+        return items
+
+    group = GroupCommit(write)
+    holder = threading.Thread(target=group.submit, args=(-1,))
+    holder.start()  # leads the first batch and holds it until the others queue behind it
+    time.sleep(0.05)
+    results_errors = {}
+
+    def submit(i):
+        try:
+            results_errors[i] = group.submit(i)
+        except ValueError as ex:
+            results_errors[i] = ex
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(10, 20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    gate.set()
+    for t in threads + [holder]:
+        t.join(10)
+    assert isinstance(results_errors.pop(13), ValueError)
+    assert results_errors == {i: i for i in range(10, 20) if i != 13}
+
+
+def test_an_error_for_everyone_reaches_everyone():
+    def write(items):
+        raise ConnectionError("database away")
+
+    group = GroupCommit(write)
+    _, errors = run_threads(8, group.submit)
+    assert all(isinstance(e, ConnectionError) for e in errors)
+    with pytest.raises(ConnectionError):
+        group.submit(1)  # and the group is usable (no leader left stuck) afterwards
