@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--refuse-seconds", type=float, default=60)
     parser.add_argument("--drain-seconds", type=float, default=90)
     parser.add_argument("--relay-connections", type=int, default=50)
-    parser.add_argument("--signers", type=int, default=1, help="ENVOI_RELAY_SIGNERS")
+    parser.add_argument("--signers", type=int, default=2, help="ENVOI_RELAY_SIGNERS (signing threads)")
     args = parser.parse_args()
     ensure_postfix()
     workdir = Path(tempfile.mkdtemp(prefix="envoi-backlog-"))

@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--http-concurrency", type=int, default=16)
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--smtp-processes", type=int, default=2, help="envoi smtp --processes")
     parser.add_argument("--connections", type=int, default=50,
                         help="sessions to the sink for both relays (Envoi ENVOI_RELAY_CONNECTIONS; Postfix"
                              " default_destination_concurrency_limit)")
@@ -77,7 +78,7 @@ def main() -> None:
             finally:
                 postfix.stop()
         envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
-                           api_threads=args.api_threads)
+                           api_threads=args.api_threads, smtp_processes=args.smtp_processes)
         envoi.setup().start()
         try:
             pids = [p.pid for p in envoi.procs.values()]

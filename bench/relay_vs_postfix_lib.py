@@ -288,6 +288,7 @@ class EnvoiStack:
     relay_connections: int = 50
     api_workers: int = 2
     api_threads: int = 8
+    smtp_processes: int = 2  # `envoi smtp --processes`: one server per core, like the API's workers
     processes: tuple[str, ...] = ("relay", "smtp", "api")
     extra_env: dict = field(default_factory=dict)
     dbname: str = field(default_factory=lambda: f"envoi_bench_{uuid.uuid4().hex[:8]}")
@@ -347,7 +348,8 @@ class EnvoiStack:
         commands = {
             "relay": [py, "-m", "envoi.cli", "relay", "--metrics-port", "0"],
             "smtp": [py, "-m", "envoi.cli", "smtp", "--port", str(self.smtp_port), "--smtps-port",
-                     str(self.smtps_port), "--var", str(self.workdir / "var")],
+                     str(self.smtps_port), "--var", str(self.workdir / "var"), "--processes",
+                     str(self.smtp_processes)],
             "api": [py, "-m", "envoi.cli", "api", "--bind", f"127.0.0.1:{self.api_port}", "--workers",
                     str(self.api_workers), "--threads", str(self.api_threads)],
         }

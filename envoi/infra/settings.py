@@ -73,8 +73,8 @@ class Settings:
     relay_connections: int = 50
     #: ENVOI_SMTP_TIMEOUT: seconds to wait on a remote SMTP server per command.
     smtp_timeout: float = 60.0
-    #: ENVOI_RELAY_SIGNERS: processes that DKIM-sign for the relay (0: sign in the relay's event loop) (1).
-    relay_signers: int = 1
+    #: ENVOI_RELAY_SIGNERS: threads that DKIM-sign for the relay (0: sign in the relay's event loop).
+    relay_signers: int = 2
     #: ENVOI_SHAPING_FILE: TOML of per-destination shaping rules (default: envoi/mta/delivery/shaping.toml).
     shaping_file: str | None = None
     #: ENVOI_TLS_CA_FILE: CA bundle the relay verifies MX certificates against (default: system CAs).

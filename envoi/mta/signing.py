@@ -59,6 +59,16 @@ def normalize_crlf(message: bytes) -> bytes:
     return message if message.endswith(b"\r\n") else message + b"\r\n"
 
 
+def _split(message: bytes) -> tuple[list, bytes]:
+    """dkimpy's rfc822_parse, but only the head goes through its line split (it splits and rejoins
+    the whole body otherwise); the body is everything after the first empty line, as there."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        return rfc822_parse(message)
+    headers, _ = rfc822_parse(message[: end + 4])
+    return headers, message[end + 4 :]
+
+
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 relaxed body canonicalisation, byte for byte what dkimpy's Relaxed produces.
 
@@ -112,7 +122,7 @@ class DkimSigner:
         (RFC 8463); the RSA one comes first. The signatures cover normalize_crlf(message), which
         is what must be sent. Raises ValueError for a message without From or an unusable key.
         """
-        headers, body = rfc822_parse(normalize_crlf(message))
+        headers, body = _split(normalize_crlf(message))
         canonical = Relaxed.canonicalize_headers(headers)
         include = _include_headers(canonical)
         # Both signatures use relaxed body canonicalisation and SHA-256: hash the body once.

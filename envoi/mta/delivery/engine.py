@@ -15,6 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -37,7 +38,6 @@ from envoi.mta.delivery.session import (
     is_connection_failure,
 )
 from envoi.mta.delivery.shaping import RateLimiter, Rule, Shaping
-from envoi.mta.delivery.signer_pool import SignerPool
 from envoi.mta.signing import DkimSigner
 
 log = logging.getLogger("envoi.relay")
@@ -100,8 +100,10 @@ class Relay:
         self.sealer = sealer
         self.resolver = resolver
         self.signer = signer or DkimSigner()
-        # Signing off the event loop (spawned lazily on the first signature); None: sign inline.
-        self.sign_pool = SignerPool(settings.relay_signers) if settings.relay_signers > 0 and signer is None else None
+        # Signing off the event loop: OpenSSL's RSA releases the GIL, so threads sign in parallel with
+        # the loop (a process pool cost more in pickling than it saved). None: sign inline.
+        self.sign_pool = (ThreadPoolExecutor(settings.relay_signers, thread_name_prefix="dkim")
+                          if settings.relay_signers > 0 else None)
         self._signing: dict[int, asyncio.Future] = {}  # message pk -> signature being computed
         self.wait_for_work = wait_for_work  # blocking doorbell wait, run in a thread
         self.metrics = metrics
@@ -149,7 +151,7 @@ class Relay:
             await asyncio.gather(flusher, return_exceptions=True)
             await self._flush()
             if self.sign_pool is not None:
-                self.sign_pool.close()
+                self.sign_pool.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -527,22 +529,18 @@ class Relay:
         _, pem, ed25519 = self._domain(domain["id"])
         kwargs = {"domain": domain["name"], "selector": domain["dkim_selector"], "private_key_pem": pem,
                   "ed25519": ed25519}
-        signature = None
         if self.sign_pool is not None:
-            try:
-                signature, seconds = await self.sign_pool.sign(body, **kwargs)
-            except (ValueError, TypeError):
-                raise
-            except Exception:  # a broken pool (worker killed): sign here rather than fail the delivery
-                log.exception("signing process failed; signing in the relay")
-                self.sign_pool = None
-        if signature is None:
-            started = time.perf_counter()
-            signature = self.signer.sign(body, **kwargs)
-            seconds = time.perf_counter() - started
+            loop = asyncio.get_running_loop()
+            signature, seconds = await loop.run_in_executor(self.sign_pool, self._timed_sign, body, kwargs)
+        else:
+            signature, seconds = self._timed_sign(body, kwargs)
         if self.metrics:
             self.metrics.dkim_seconds.observe(seconds)
         return signature.decode()
+
+    def _timed_sign(self, body: bytes, kwargs: dict) -> tuple[bytes, float]:
+        started = time.perf_counter()
+        return self.signer.sign(body, **kwargs), time.perf_counter() - started
 
     # outcomes ---------------------------------------------------------------------------------
     def _result(self, delivery: Delivery, rcpt: dict, outcome: Outcome) -> None:
