@@ -74,6 +74,7 @@ def api(bind: str, workers: int, threads: int) -> None:
 def relay(metrics_port: int) -> None:
     """Run the delivery engine: due recipients -> DKIM -> MX -> SMTP."""
     from envoi import runtime
+    from envoi.infra import aio
 
     services = _services(pool_size=6)
     if metrics_port:
@@ -91,12 +92,7 @@ def relay(metrics_port: int) -> None:
     click.echo(f"relay: region {services.settings.region}, delivering"
                + (f" via {services.settings.smtp_route[0]}:{services.settings.smtp_route[1]}"
                   if services.settings.smtp_route else " to MX hosts"))
-    try:
-        import uvloop  # a faster event loop for the relay's many sessions, when installed
-    except ImportError:
-        asyncio.run(run())
-    else:
-        uvloop.run(run())
+    aio.run(run())
     services.close()
 
 

@@ -86,6 +86,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
     import signal
 
     from envoi import runtime
+    from envoi.infra import aio
     from envoi.mta.submission.server import SubmissionServer
     from envoi.mta.submission.tls import server_context
 
@@ -107,7 +108,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
             + ", ".join(f"{name} {bind}:{p}" for name, p in server.ports.items())))
 
     try:
-        asyncio.run(run())
+        aio.run(run())
     finally:
         submission.close()
         services.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.header
 import email.policy
+import functools
 import json
 import re
 import time
@@ -90,6 +91,7 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
     return pairs
 
 
+@functools.lru_cache(maxsize=16384)  # senders repeat on every message; validation is ~50 µs
 def normalize_address(addr: str, field_name: str = "to") -> str:
     addr = addr.strip()
     try:
@@ -313,11 +315,19 @@ def _crlf(data: bytes) -> bytes:
     """Normalise line endings to CRLF (bare LF/CR never leave this system)."""
     if b"\r" not in data:
         return data.replace(b"\n", b"\r\n")
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
+        return data  # already CRLF throughout (the usual case): counting is far cheaper than sub
     return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
 
 
 def _decode(value) -> str:
-    return str(email.header.make_header(email.header.decode_header(str(value)))) if value else ""
+    if not value:
+        return ""
+    value = str(value)
+    if "=?" not in value:  # no encoded words: decode_header would hand it back as is
+        return value
+    return str(email.header.make_header(email.header.decode_header(value)))
 
 
 def _header(name: str, value: str) -> bytes:

@@ -215,6 +215,13 @@ def test_commands_pipelined_with_starttls_are_discarded(server, client_ctx):
             assert tls.recv(100) == b"250 2.0.0 OK\r\n"  # not 221: the injected QUIT was dropped
 
 
+def test_starttls_inside_tls_is_refused_and_the_session_goes_on(server, client_ctx):
+    with starttls_client(server, client_ctx) as c:
+        c.ehlo()
+        assert c.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
+        assert c.noop()[0] == 250
+
+
 def test_mail_without_auth_is_refused(server, client_ctx, domain, db):
     with starttls_client(server, client_ctx) as c:
         c.ehlo()

@@ -6,6 +6,7 @@ import pytest
 
 from envoi.mta.errors import InvalidMessage
 from envoi.mta.submission.headers import extract, substitute
+from envoi.mta.submission.server import _from_addresses, has_bare_cr_or_lf
 
 BODY = b"\r\nline one\r\nX-Mailgun-Tag: not-a-header (body)\r\n"
 
@@ -50,3 +51,36 @@ def test_recipient_substitution_refuses_control_characters():
     assert substitute(mime, "a@b.test", {"name": "Ann", "n": 7}) == b"Subject: Hi Ann\r\n\r\na@b.test 7\r\n"
     with pytest.raises(InvalidMessage):
         substitute(mime, "a@b.test", {"name": "x\r\nBcc: victim@c.test"})
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (b"From: Bench <bench@x.test>", ["bench@x.test"]),
+    (b"From: a@x.test, b@y.test", ["a@x.test", "b@y.test"]),
+    (b'From: "alice@x.test" <bob@evil.test>', ["bob@evil.test"]),
+    (b"From: =?utf-8?q?Ann?= <a@x.test>", ["a@x.test"]),
+    (b"Subject: s\r\nFrom: a@x.test\r\n\t(folded comment)", ["a@x.test"]),
+])
+def test_from_addresses_as_both_parsers_read_them(head, expected):
+    assert _from_addresses(head) == expected
+
+
+@pytest.mark.parametrize("head", [
+    b"From: alice@example.org)<bob@evil.test>",  # CVE-2023-27043: the parsers disagree
+    b"From: alice@x.test <bob@evil.test>",
+])
+def test_from_read_differently_by_the_parsers_is_refused(head):
+    with pytest.raises(InvalidMessage, match="ambiguous"):
+        _from_addresses(head)
+
+
+def test_message_without_from_is_refused():
+    with pytest.raises(InvalidMessage, match="no From"):
+        _from_addresses(b"Subject: nothing\r\nTo: a@x.test")
+
+
+@pytest.mark.parametrize(("data", "bare"), [
+    (b"a\r\nb\r\n", False), (b"", False), (b"a\nb\r\n", True), (b"a\rb\r\n", True), (b"a\r\r\n", True),
+    (b"a\n\r\n", True), (b"\r\n\r\n.\r\n", False), (b"a\r", True), (b"\n", True),
+])
+def test_bare_cr_or_lf(data, bare):
+    assert has_bare_cr_or_lf(data) is bare

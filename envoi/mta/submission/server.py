@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 
 from envoi.accounts.service import Accounts, Principal
 from envoi.mta import compose
@@ -49,7 +49,15 @@ from envoi.mta.submission.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
 
-BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def has_bare_cr_or_lf(data: bytes) -> bool:
+    """A CR not followed by LF or an LF not preceded by CR (SMTP smuggling material).
+
+    Counting is three C-speed scans; the equivalent regex (lookbehind at every LF) cost ~5% of
+    the server's CPU per message."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDR = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>([^()]*)")
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
@@ -163,7 +171,7 @@ class Submission:
 
     def submit(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> str:
         """Check, read options, strip them, and commit through intake; return the Message-ID."""
-        if BARE_CR_OR_LF.search(data):
+        if has_bare_cr_or_lf(data):
             raise InvalidMessage("Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
         mime, fields, recipient_variables = headers.extract(data)
         # Trace header (RFC 5321 4.4, RFC 3848 ESMTPSA). The client's IP is left out on purpose:
@@ -192,12 +200,16 @@ def _from_addresses(head: bytes) -> list[str]:
     Parser differentials are how a From is made to show one domain to a mail reader and another to
     a check like ours (CVE-2023-27043): anything the two parsers read differently is refused.
     """
-    legacy = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n").get_all("From") or []
+    parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n")
+    legacy = parsed.get_all("From") or []
     addresses = [addr for _, addr in getaddresses([str(v) for v in legacy]) if addr]
     if not addresses:
         raise InvalidMessage("Message has no From header")
     try:
-        modern = BytesHeaderParser(policy=email.policy.default).parsebytes(head + b"\r\n").get_all("From") or []
+        # Both policies split the head into the same raw fields (header_source_parse is shared);
+        # they differ in how a field is read, so the modern reading starts from those raw values.
+        modern = [email.policy.default.header_fetch_parse(name, value)
+                  for name, value in parsed.raw_items() if name.lower() == "from"]
         strict = [a.addr_spec for h in modern for a in h.addresses]
     except (ValueError, IndexError, AttributeError, TypeError) as ex:
         raise InvalidMessage("From header could not be parsed") from ex
@@ -215,6 +227,18 @@ class _Session(Session):
     @login_data.setter
     def login_data(self, value) -> None:
         self._login_data = value
+
+
+class _StartedTLS:
+    """Stands in for aiosmtpd's SSLProtocol after STARTTLS through loop.start_tls: truthy, with the
+    `_extra` connection details aiosmtpd copies into session.ssl."""
+
+    def __init__(self, transport):
+        self._extra = {"ssl_object": transport.get_extra_info("ssl_object"),
+                       "cipher": transport.get_extra_info("cipher"), "peercert": transport.get_extra_info("peercert")}
+
+    def __bool__(self) -> bool:
+        return True
 
 
 class _ImplicitTLS:
@@ -270,6 +294,37 @@ class _SubmissionSMTP(SMTP):
             # offered and allowed (auth_require_tls stays on).
             self._tls_protocol = _ImplicitTLS()
             self.session.ssl = {"implicit": True, "cipher": transport.get_extra_info("cipher")}
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd wires asyncio's pure-Python SSLProtocol in by hand; loop.start_tls gives the
+        # running loop's own TLS (uvloop's is compiled), which roughly halves the CPU per message.
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        if not self.tls_context:
+            await self.push("454 TLS not available")
+            return
+        if self._tls_protocol:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        # Plaintext pipelined behind STARTTLS is dropped (RFC 3207 4.2; the CVE-2011-0411 injection).
+        self._reader._buffer.clear()
+        await self.push("220 Ready to start TLS")
+        plain = self.transport
+        try:
+            encrypted = await self.loop.start_tls(plain, self, self.tls_context, server_side=True,
+                                                  ssl_handshake_timeout=30)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
+        self._original_transport = plain
+        self._tls_protocol = _StartedTLS(encrypted)
+        # aiosmtpd's STARTTLS branch (fresh session state over TLS) also empties the read buffer;
+        # by now it can only hold what the client sent over TLS, so that is kept.
+        received = bytes(self._reader._buffer)
+        self.connection_made(encrypted)
+        self._reader._buffer.extend(received)
 
     async def push(self, status) -> None:
         if isinstance(status, str):
