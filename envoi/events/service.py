@@ -7,6 +7,7 @@ an event exists exactly when the state change it describes was committed.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import threading
@@ -40,6 +41,12 @@ class NewEvent:
     domain_id: int
     message_pk: int | None
     data: dict
+
+    @functools.cached_property
+    def json(self) -> str:
+        """data serialised once, for Postgres and for the live stream alike (read it after recording:
+        record() may still add fields)."""
+        return json.dumps(self.data, separators=(",", ":"))
 
 
 def item(event: str, *, message: dict, recipient: str | None, ts: float | None = None, **fields) -> dict:
@@ -137,7 +144,7 @@ class Events:
             rows.append((
                 data["id"], ev.account_id, ev.domain_id, ev.message_pk, data["event"], data.get("severity"),
                 data.get("recipient"), (data["message"]["headers"].get("message-id") or "").strip("<>") or None,
-                datetime.fromtimestamp(data["timestamp"], UTC), data,
+                datetime.fromtimestamp(data["timestamp"], UTC), data, ev.json,
             ))
         store.insert_many(conn, rows)
 

@@ -7,18 +7,19 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from psycopg import sql
 
-from envoi.infra.db import Connection, Jsonb
+from envoi.infra.db import Connection
 
 INSERT = (
     "INSERT INTO events (event_id, account_id, domain_id, message_pk, event, severity, recipient,"
-    " message_id, ts, data, sender, subject, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " message_id, ts, data, sender, subject, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)"
 )
 PARTITION = re.compile(r"^events_p(\d{8})$")
 MAINTENANCE_LOCK = 0x656E766F6C6F67  # "envolog": one partition maintainer at a time
 
 
 def insert_many(conn: Connection, rows: list[tuple]) -> None:
-    """rows: (event_id, account_id, domain_id, message_pk, event, severity, recipient, message_id, ts, data).
+    """rows: (event_id, account_id, domain_id, message_pk, event, severity, recipient, message_id, ts, data,
+    data as JSON text).
 
     sender, subject and tags are copied out of data into their own columns for filtering.
     """
@@ -26,7 +27,7 @@ def insert_many(conn: Connection, rows: list[tuple]) -> None:
     for row in rows:
         data = row[9]
         headers = (data.get("message") or {}).get("headers") or {}
-        params.append(row[:9] + (Jsonb(data), headers.get("from"), headers.get("subject"),
+        params.append(row[:9] + (row[10], headers.get("from"), headers.get("subject"),
                                  [str(t) for t in data.get("tags") or []]))
     with conn.cursor() as cur:
         cur.executemany(INSERT, params)

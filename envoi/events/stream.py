@@ -95,7 +95,7 @@ class LiveStream:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for ev in events:
-                pipe.xadd(self.key(ev.account_id), {"d": ev.domain_id, "e": json.dumps(ev.data)},
+                pipe.xadd(self.key(ev.account_id), {"d": ev.domain_id, "e": ev.json},
                           maxlen=self.maxlen, approximate=not self.trim_exact)
             pipe.execute()
             return True
