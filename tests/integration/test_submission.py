@@ -339,6 +339,20 @@ def test_long_line_is_refused(server, client_ctx, login, domain, db):
     assert messages_of(db, domain) == []
 
 
+def test_data_is_unstuffed_and_kept_whole_across_reads(server, client_ctx, login, domain, db, services):
+    """Dot-stuffed lines, the longest allowed line, and a body bigger than one read of the server."""
+    lines = [".hidden", "..two dots", ".", "x" * 998, "last"] + [f"filler {i:06d} " + "z" * 80 for i in range(1500)]
+    body = "\r\n".join(lines) + "\r\n"
+    with starttls_client(server, client_ctx, login) as c:
+        c.sendmail(login, ["rcpt@dest.test"], mime(domain, subject="dots", body=body))  # smtplib stuffs dots
+        c.sendmail(login, ["rcpt@dest.test"], mime(domain, subject="empty", body=""))
+    rows = messages_of(db, domain)
+    assert [r["headers"]["subject"] for r in rows] == ["dots", "empty"]
+    assert stored(services, rows[0]).endswith(("\r\n\r\n" + body).encode())
+    assert len(stored(services, rows[0])) > 140_000
+    assert stored(services, rows[1]).endswith(b"charset=utf-8\r\n\r\n")
+
+
 def test_recipient_limit(server, client_ctx, login, domain, db):
     with starttls_client(server, client_ctx, login) as c:
         c.mail(login)

@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import email.policy
+import functools
 import logging
 import re
 import ssl
@@ -38,7 +39,7 @@ from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
 
 from envoi.accounts.service import Accounts, Principal
 from envoi.mta import compose
@@ -49,6 +50,7 @@ from envoi.mta.submission.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
 
+_DATA_CHUNK = 256 * 1024
 
 
 def has_bare_cr_or_lf(data: bytes) -> bool:
@@ -82,7 +84,7 @@ class SubmissionConfig:
     allow_foreign_from: bool = False
     auth_failure_delay: float = 0.5  # seconds a failed AUTH waits before its 535
     timeout: float = 300.0  # idle seconds before a connection is closed
-    workers: int = 8  # threads running intake (argon2, Postgres); size the db pool to match
+    workers: int = 32  # threads running intake (argon2, Postgres): enough for sessions to share commits
 
 
 class Submission:
@@ -201,15 +203,19 @@ def _from_addresses(head: bytes) -> list[str]:
     a check like ours (CVE-2023-27043): anything the two parsers read differently is refused.
     """
     parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n")
-    legacy = parsed.get_all("From") or []
-    addresses = [addr for _, addr in getaddresses([str(v) for v in legacy]) if addr]
+    # Both policies split the head into the same raw fields (header_source_parse is shared); they
+    # differ in how a field is read, so both readings start from these raw values.
+    return list(_agreed_from(tuple(value for name, value in parsed.raw_items() if name.lower() == "from")))
+
+
+@functools.lru_cache(maxsize=4096)  # an application sends from the same few From fields; ~150 µs each
+def _agreed_from(raw_values: tuple[str, ...]) -> tuple[str, ...]:
+    legacy = [str(email.policy.compat32.header_fetch_parse("From", value)) for value in raw_values]
+    addresses = tuple(addr for _, addr in getaddresses(legacy) if addr)
     if not addresses:
         raise InvalidMessage("Message has no From header")
     try:
-        # Both policies split the head into the same raw fields (header_source_parse is shared);
-        # they differ in how a field is read, so the modern reading starts from those raw values.
-        modern = [email.policy.default.header_fetch_parse(name, value)
-                  for name, value in parsed.raw_items() if name.lower() == "from"]
+        modern = [email.policy.default.header_fetch_parse("From", value) for value in raw_values]
         strict = [a.addr_spec for h in modern for a in h.addresses]
     except (ValueError, IndexError, AttributeError, TypeError) as ex:
         raise InvalidMessage("From header could not be parsed") from ex
@@ -294,6 +300,60 @@ class _SubmissionSMTP(SMTP):
             # offered and allowed (auth_require_tls stays on).
             self._tls_protocol = _ImplicitTLS()
             self.session.ssl = {"implicit": True, "cipher": transport.get_extra_info("cipher")}
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the body in chunks instead of one await per line (that loop was a
+        sixth of the server's CPU). Same rules: the body ends at CRLF "." CRLF, dots are unstuffed,
+        too much data (552) or a line over 1,000 octets (500) is answered after the final dot, and
+        bytes pipelined behind the dot stay for the next command."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.data_size_limit
+        data = bytearray(b"\r\n")  # a virtual CRLF: an empty body is "." CRLF at once
+        dropped = 0  # bytes discarded past the size limit
+        while True:
+            try:
+                chunk = await self._reader.read(_DATA_CHUNK)
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            if not chunk:  # EOF: eof_received cancels this coroutine; nothing is accepted
+                return
+            search_from = max(0, len(data) - 4)
+            data += chunk
+            end = data.find(b"\r\n.\r\n", search_from)
+            if end >= 0:
+                self._reader._buffer[:0] = data[end + 5 :]  # pipelined commands: not ours to eat
+                del data[end + 2 :]
+                break
+            if limit and len(data) - 2 > limit:
+                dropped += len(data) - 6
+                del data[:-4]  # keep what a terminator split across reads needs
+        if dropped or (limit and len(data) - 2 > limit):
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        body = bytes(data[2:])
+        if body and max(map(len, body.split(b"\r\n"))) > self.line_length_limit - 2:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        body = body.replace(b"\r\n.", b"\r\n")
+        if body.startswith(b"."):
+            body = body[1:]
+        self.envelope.content = self.envelope.original_content = body
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         # aiosmtpd wires asyncio's pure-Python SSLProtocol in by hand; loop.start_tls gives the
