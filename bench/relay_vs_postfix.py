@@ -96,6 +96,7 @@ def main() -> None:
                 results[-1]["pg_ms"] = (envoi.postgres_cpu() - pg0) * 1000 / args.n
                 results[-1]["split"] = {name: (cpu_seconds([p.pid]) - split0[name]) * 1000 / args.n
                                         for name, p in envoi.procs.items()}
+            envoi.vacuum()
             run = f"http-{uuid.uuid4().hex[:6]}"
             messages = make_messages(args.n, run)
             split0 = {name: cpu_seconds([p.pid]) for name, p in envoi.procs.items()}
@@ -112,6 +113,7 @@ def main() -> None:
             if not args.skip_latency:
                 rate = results[-1]["rate"] / 2
                 n = min(args.n, max(2000, int(rate * 20)))
+                envoi.vacuum()
                 run = f"half-{uuid.uuid4().hex[:6]}"
                 messages = make_messages(n, run)
                 log(f"latency at half the maximum rate: {n} messages at {rate:.0f} msg/s")

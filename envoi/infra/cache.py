@@ -1,4 +1,4 @@
-"""A small time-bounded cache for hot per-request lookups (domain rows, per-domain settings)."""
+"""A small time-bounded cache for hot per-request lookups (API keys, domain rows, per-domain settings)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ class TTLCache:
         self._data: dict[Hashable, tuple[float, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+    def get(self, key: Hashable, load: Callable[[], Any], keep: Callable[[Any], bool] | None = None) -> Any:
+        """The cached value, or load() (kept for `ttl` unless keep(value) says no)."""
         now = time.monotonic()
         entry = self._data.get(key, _MISSING)
         if entry is not _MISSING and entry[0] > now:
             return entry[1]
         value = load()
+        if keep is not None and not keep(value):
+            return value
         with self._lock:
             if len(self._data) >= self.max_size:
                 self._data.clear()

@@ -234,3 +234,19 @@ def test_concurrent_sends_share_commits_and_each_is_stored(client, services, api
     assert all(r["accepted"] == 1 for r in rows)
     assert intake._commits.items - items0 == 40
     assert intake._commits.batches - batches0 < 40  # some sends shared a transaction
+
+
+def test_api_keys_are_cached_briefly_and_forgotten_on_delete(services, account, db):
+    accounts = services.accounts
+    key, secret = accounts.create_key(account["id"], "admin")
+    assert accounts.authenticate_key(secret).account_id == account["id"]
+    # Disabled behind this process's back (another process): still honoured within the TTL...
+    db.execute("UPDATE api_keys SET is_disabled = true WHERE id = %s", (key["id"],))
+    assert accounts.authenticate_key(secret) is not None
+    accounts._keys.forget()  # ...and refused once it runs out (forget() stands in for the 3 s)
+    assert accounts.authenticate_key(secret) is None
+    # A refusal is never cached: the key works again as soon as it is enabled.
+    db.execute("UPDATE api_keys SET is_disabled = false WHERE id = %s", (key["id"],))
+    assert accounts.authenticate_key(secret) is not None
+    accounts.delete_key(account["id"], key["id"])
+    assert accounts.authenticate_key(secret) is None  # deleting in this process forgets at once
