@@ -4,43 +4,26 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from envoi.infra.db import Connection, Jsonb
+from envoi.infra.db import Connection, Jsonb, insert_rows
 
 
 def insert_messages(conn: Connection, rows: list[dict]) -> list[int]:
-    """Insert message rows (all with the same columns) in one pipeline; return their ids in order."""
+    """Insert message rows (all with the same columns) in one statement; return their ids in order."""
     if not rows:
         return []
     cols = list(rows[0])
     params = [tuple(Jsonb(v) if isinstance(v, dict | list) and k != "tags" else v for k, v in row.items())
               for row in rows]
-    with conn.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id",
-            params,
-            returning=True,
-        )
-        return _returned_ids(cur)
+    # Matched by storage key rather than trusting the order of RETURNING.
+    ids = {r["storage_key"]: r["id"] for r in insert_rows(conn, "messages", cols, params,
+                                                           returning="id, storage_key")}
+    return [ids[row["storage_key"]] for row in rows]
 
 
 def insert_recipients(conn: Connection, rows: list[tuple]) -> None:
     """rows: (message_pk, account_id, domain_id, address, rcpt_domain, next_attempt_at, expires_at)."""
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO recipients (message_pk, account_id, domain_id, address, rcpt_domain,"
-            " next_attempt_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            rows,
-        )
-
-
-def _returned_ids(cur) -> list[int]:
-    """The ids RETURNING gave for each statement of an executemany(returning=True), in order."""
-    ids = []
-    while True:
-        ids.append(cur.fetchone()["id"])
-        if not cur.nextset():
-            break
-    return ids
+    insert_rows(conn, "recipients", ["message_pk", "account_id", "domain_id", "address", "rcpt_domain",
+                                     "next_attempt_at", "expires_at"], rows)
 
 
 def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None) -> list[dict]:
