@@ -602,7 +602,8 @@ class Relay:
             status = delivery_status(outcome, attempt_no)
             common = {"message": _event_message(message), "recipient": rcpt["address"], "ts": now,
                       "envelope": {"sender": message["mail_from"], "targets": rcpt["address"],
-                                   "transport": "smtp", "sending-ip": outcome.sending_ip}}
+                                   "transport": "smtp", "sending-ip": outcome.sending_ip},
+                      "method": message["method"]}  # known here: spares Events.record a lookup
             if outcome.kind is Kind.DELIVERED:
                 finished.append((rcpt["id"], "delivered", outcome.code, outcome.message))
                 data = item("delivered", delivery_status=status, **common)
