@@ -15,6 +15,11 @@ from psycopg_pool import ConnectionPool
 
 Connection = psycopg.Connection
 IntegrityError = psycopg.errors.UniqueViolation
+
+
+def is_data_error(error: BaseException) -> bool:
+    """Postgres refused the values themselves (SQLSTATE classes 22 and 23), not the connection."""
+    return isinstance(error, psycopg.DataError | psycopg.IntegrityError)
 Jsonb = psycopg.types.json.Jsonb
 
 

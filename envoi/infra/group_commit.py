@@ -6,7 +6,10 @@ the next waiter if more arrived meanwhile. Under load the batch grows by itself;
 writes its own item at once, so the latency of a quiet system is unchanged.
 
 Nothing is acknowledged before its batch committed: a failed batch raises in every caller of it.
-A batch that fails is retried item by item, so one bad item cannot fail its neighbours.
+A batch that fails because of its content (`isolate(error)` says so: a value the database refused)
+is retried item by item, so one bad item cannot fail its neighbours. Other failures (the database
+went away, possibly mid-commit) are not retried here: the callers get the error, as they would
+without batching.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ class _Waiter(Generic[T]):
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, write_batch: Callable[[list[T]], Sequence[R]], max_batch: int = 64):
+    def __init__(self, write_batch: Callable[[list[T]], Sequence[R]], max_batch: int = 64,
+                 isolate: Callable[[BaseException], bool] = lambda error: False):
         self.write_batch = write_batch  # items -> one result per item, in order; commits before returning
         self.max_batch = max_batch
+        self.isolate = isolate
         self._lock = threading.Lock()
         self._waiting: list[_Waiter[T]] = []
         self._busy = False  # a leader is writing (or has been promoted)
@@ -74,11 +79,12 @@ class GroupCommit(Generic[T, R]):
             for waiter, result in zip(batch, results, strict=True):
                 waiter.result = result
         except BaseException as ex:
-            if len(batch) > 1:
+            if len(batch) > 1 and self.isolate(ex):
                 for waiter in batch:  # isolate the bad item: the others may be fine alone
                     self._write([waiter])
                 return
-            batch[0].error = ex
+            for waiter in batch:
+                waiter.error = ex
         finally:
             for waiter in batch:
                 waiter.lead = False

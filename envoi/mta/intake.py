@@ -8,6 +8,7 @@ for the whole group instead of a handful per message.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from envoi.accounts.service import Accounts, Principal
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra import ids
 from envoi.infra.crypto import Sealer
-from envoi.infra.db import Database
+from envoi.infra.db import Database, is_data_error
 from envoi.infra.group_commit import GroupCommit
 from envoi.infra.settings import Settings
 from envoi.mta import store
 from envoi.mta.compose import Draft
 from envoi.mta.errors import DomainNotFound, MessageTooLarge, NotAllowed
+
+log = logging.getLogger(__name__)
 
 
 class Intake:
@@ -47,7 +50,7 @@ class Intake:
         # Renderers rewrite a draft before it is stored (tracking links, unsubscribe headers); each
         # takes (domain row, draft) and returns the draft.
         self.renderers: list[Callable[[dict, Draft], Draft]] = []
-        self._commits = GroupCommit(self._write, max_batch=settings.intake_batch)
+        self._commits = GroupCommit(self._write, max_batch=settings.intake_batch, isolate=is_data_error)
 
     def domain_for(self, principal: Principal, domain_name: str) -> dict:
         """The caller's sending domain, or DomainNotFound (also for another tenant's domain)."""
@@ -114,8 +117,12 @@ class Intake:
                 recorded += [NewEvent(account_id, domain_id, pk, data) for data in m.events]
             store.insert_recipients(conn, recipients)
             self.events.record(conn, recorded)
+        # Committed: nothing below may fail the batch (a retry would store the messages twice).
         self.events.committed(recorded)
-        self.on_commit()
+        try:
+            self.on_commit()
+        except Exception:
+            log.exception("waking the relay failed; it finds the messages on its next poll")
         return [None] * len(batch)
 
 

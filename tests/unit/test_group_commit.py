@@ -57,7 +57,7 @@ def test_a_failing_item_fails_only_its_own_caller():
             raise ValueError("bad item 13")
         return items
 
-    group = GroupCommit(write)
+    group = GroupCommit(write, isolate=lambda error: isinstance(error, ValueError))
     holder = threading.Thread(target=group.submit, args=(-1,))
     holder.start()  # leads the first batch and holds it until the others queue behind it
     time.sleep(0.05)
@@ -80,12 +80,17 @@ def test_a_failing_item_fails_only_its_own_caller():
     assert results_errors == {i: i for i in range(10, 20) if i != 13}
 
 
-def test_an_error_for_everyone_reaches_everyone():
-    def write(items):
-        raise ConnectionError("database away")
+def test_an_error_for_everyone_reaches_everyone_and_is_not_retried():
+    calls = []
 
-    group = GroupCommit(write)
+    def write(items):
+        calls.append(len(items))
+        time.sleep(0.01)
+        raise ConnectionError("database away")  # maybe mid-commit: retrying could store twice
+
+    group = GroupCommit(write, isolate=lambda error: isinstance(error, ValueError))
     _, errors = run_threads(8, group.submit)
     assert all(isinstance(e, ConnectionError) for e in errors)
+    assert sum(calls) == 8  # each item written once, none retried alone
     with pytest.raises(ConnectionError):
         group.submit(1)  # and the group is usable (no leader left stuck) afterwards
