@@ -131,14 +131,21 @@ def main() -> None:
         log(f"refusing phase: {tried} recipients tried and rescheduled; relay RSS max {max(rss):.0f} MB")
         refusing.stop()
         sink = SmtpSink(workdir, port=refusing.port).start()
+        # Refused recipients are due again at once. Those in flight at the switch get their 4xx
+        # recorded a moment later (rescheduled by ENVOI_RETRY_SCHEDULE): the drain loop keeps
+        # making them due, so the drain is not cut short by the refusal's tail.
+        due_again = ("UPDATE recipients SET next_attempt_at = now() WHERE status = 'queued' AND attempts > 0"
+                     " AND next_attempt_at > now()")
         with envoi.connect() as conn:
-            conn.execute("UPDATE recipients SET next_attempt_at = now() WHERE status = 'queued' AND attempts > 0")
+            conn.execute(due_again)
         before = queued(envoi)
         cpu0 = cpu_seconds([relay])
         t0 = time.monotonic()
         drain_rss = []
         while time.monotonic() - t0 < args.drain_seconds and sink.count() < before:
             drain_rss.append(rss_mb(relay))
+            with envoi.connect() as conn:
+                conn.execute(due_again)
             time.sleep(1)
         drained, seconds = sink.count(), time.monotonic() - t0
         relay_cpu = cpu_seconds([relay]) - cpu0
