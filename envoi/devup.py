@@ -112,7 +112,7 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
         sup.start("sink", envoi + ["sink", "--smtp", f"127.0.0.1:{sink_smtp_port}",
                                    "--http", f"127.0.0.1:{sink_http_port}"],
                   env=env, ready=lambda: _http_ok(f"{sink_url}/stats"))
-        sup.start("api", envoi + ["api", "--bind", f"127.0.0.1:{api_port}"], env=env,
+        sup.start("api", envoi + ["api", "--bind", f"127.0.0.1:{api_port}", "--access-log"], env=env,
                   ready=lambda: _http_ok(f"{api_url}/healthz"))
         sup.start("relay", envoi + ["relay"], env=env)
         sup.start("scheduler", envoi + ["scheduler"], env=env)

@@ -91,17 +91,20 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
     return pairs
 
 
-@functools.lru_cache(maxsize=16384)  # senders repeat on every message; validation is ~50 µs
 def normalize_address(addr: str, field_name: str = "to") -> str:
-    addr = addr.strip()
     try:
-        # .test is allowed: dev stacks and tests address mail to it (RFC 6761 reserves it for that).
-        result = validate_email(addr, check_deliverability=False, allow_smtputf8=True,
-                                globally_deliverable=False, test_environment=True)
-        if "." not in result.domain:
-            raise EmailNotValidError("domain has no dot")
+        return _normalized(addr.strip())
     except EmailNotValidError as ex:
         raise InvalidRecipient(f"{field_name} parameter is not a valid address. please check documentation") from ex
+
+
+@functools.lru_cache(maxsize=16384)  # senders repeat on every message, recipients are checked twice
+def _normalized(addr: str) -> str:
+    # .test is allowed: dev stacks and tests address mail to it (RFC 6761 reserves it for that).
+    result = validate_email(addr, check_deliverability=False, allow_smtputf8=True,
+                            globally_deliverable=False, test_environment=True)
+    if "." not in result.domain:
+        raise EmailNotValidError("domain has no dot")
     local, _, domain = result.normalized.rpartition("@")
     return f"{local}@{domain.lower()}"
 
