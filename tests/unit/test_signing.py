@@ -16,6 +16,7 @@ from envoi.mta.signing import (
     generate_ed25519_key,
     normalize_crlf,
     relaxed_body,
+    relaxed_headers,
 )
 
 MESSAGE = (
@@ -210,6 +211,18 @@ def test_relaxed_body_matches_dkimpy_on_random_bodies():
         body = b"".join(rng.choice([b" ", b"\t", b"\r\n", b"a", b"bc", b"  ", b"\r\n\r\n"])
                         for _ in range(rng.randrange(0, 30)))
         assert relaxed_body(body) == dkim.canonicalization.Relaxed.canonicalize_body(body), body
+
+
+def test_relaxed_headers_match_dkimpy():
+    import random
+
+    rng = random.Random(5322)
+    pieces = [b" ", b"\t", b"\r\n ", b"\r\n\t", b"a", b"Bc", b"  ", b"\n ", b"x\r"]
+    for _ in range(2000):
+        headers = [[rng.choice([b"From", b"SUBJECT ", b"x-Tag", b"to"]),
+                    b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 12))) + b"\r\n"]
+                   for _ in range(rng.randrange(1, 5))]
+        assert relaxed_headers(headers) == dkim.canonicalization.Relaxed.canonicalize_headers(headers), headers
 
 
 def test_normalize_crlf_keeps_clean_messages_and_fixes_mixed_ones():
