@@ -7,11 +7,10 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from psycopg import sql
 
-from envoi.infra.db import Connection, insert_rows
+from envoi.infra.db import Connection, copy_rows
 
 COLUMNS = ["event_id", "account_id", "domain_id", "message_pk", "event", "severity", "recipient", "message_id",
            "ts", "data", "sender", "subject", "tags"]
-PLACEHOLDERS = ["%s"] * 9 + ["%s::jsonb", "%s", "%s", "%s"]
 PARTITION = re.compile(r"^events_p(\d{8})$")
 MAINTENANCE_LOCK = 0x656E766F6C6F67  # "envolog": one partition maintainer at a time
 
@@ -28,7 +27,7 @@ def insert_many(conn: Connection, rows: list[tuple]) -> None:
         headers = (data.get("message") or {}).get("headers") or {}
         params.append(row[:9] + (row[10], headers.get("from"), headers.get("subject"),
                                  [str(t) for t in data.get("tags") or []]))
-    insert_rows(conn, "events", COLUMNS, params, placeholders=PLACEHOLDERS)
+    copy_rows(conn, "events", COLUMNS, params)
 
 
 def query(
@@ -181,8 +180,8 @@ def add_stats(conn: Connection, rows: list[tuple]) -> None:
     """rows: (domain_id, account_id, tag, hour, event, severity, reason, method, count, last_ts).
 
     Appends only: concurrent recorders never wait on each other's counters (see fold_stats)."""
-    insert_rows(conn, "event_stats_pending", ["domain_id", "account_id", "tag", "hour", "event", "severity",
-                                              "reason", "method", "count", "last_ts"], rows)
+    copy_rows(conn, "event_stats_pending", ["domain_id", "account_id", "tag", "hour", "event", "severity",
+                                            "reason", "method", "count", "last_ts"], rows)
 
 
 def add_tags(conn: Connection, rows: list[tuple]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from envoi.infra.db import Connection, Jsonb, insert_rows
+from envoi.infra.db import Connection, Jsonb, copy_rows, insert_rows
 
 
 def insert_messages(conn: Connection, rows: list[dict]) -> list[int]:
@@ -22,8 +22,8 @@ def insert_messages(conn: Connection, rows: list[dict]) -> list[int]:
 
 def insert_recipients(conn: Connection, rows: list[tuple]) -> None:
     """rows: (message_pk, account_id, domain_id, address, rcpt_domain, next_attempt_at, expires_at)."""
-    insert_rows(conn, "recipients", ["message_pk", "account_id", "domain_id", "address", "rcpt_domain",
-                                     "next_attempt_at", "expires_at"], rows)
+    copy_rows(conn, "recipients", ["message_pk", "account_id", "domain_id", "address", "rcpt_domain",
+                                   "next_attempt_at", "expires_at"], rows)
 
 
 def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None) -> list[dict]:
