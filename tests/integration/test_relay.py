@@ -79,6 +79,23 @@ def test_delivers_signed_message_and_records_events(services, account, domain, d
     assert row == {"status": "delivered", "attempts": 1}
 
 
+def test_lines_starting_with_a_dot_arrive_intact_and_the_signature_holds(services, account, domain, db, sink,
+                                                                         dns, relay):
+    route(dns, "dest.test")
+    body = ".starts with a dot\r\n..two dots\r\n.\r\nmiddle\r\n."
+    message_id = send(services, account["id"], domain, "dots@dest.test", text=body)
+    [received] = sink.wait_for(1)
+    raw = received["data"].encode("utf-8", "surrogateescape")
+    assert f"Message-ID: <{message_id}>".encode() in raw
+    assert b"\r\n\r\n.starts with a dot\r\n..two dots\r\n.\r\nmiddle\r\n.\r\n" in raw.replace(b"\n", b"\r\n").replace(
+        b"\r\r\n", b"\r\n")  # the sink un-stuffs: what arrives is the body as sent
+
+    def dnsfunc(name, timeout=5):
+        return f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}".encode()
+
+    assert dkim.verify(raw, dnsfunc=dnsfunc)
+
+
 def test_temporary_failure_is_retried_then_delivered(services, account, domain, db, sink, dns, relay):
     route(dns, "retry.test")
     sink.set_script({"data": ["451 4.3.0 Try again later"]})

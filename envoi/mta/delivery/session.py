@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome, from_reply
+from envoi.mta.signing import normalize_crlf
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class Session:
                 await self._reset()
                 return outcomes
             try:
-                response = await smtp.data(data)
+                response = await self._data(data)
                 result = from_reply(response.code, response.message, **self._context())
             except aiosmtplib.SMTPResponseException as ex:
                 result = from_reply(ex.code, ex.message, **self._context())
@@ -166,6 +167,23 @@ class Session:
             # that follows is the one place duplicates can come from (counted by the relay).
             outcome = connection_failure(str(ex) or type(ex).__name__, self._context())
             raise SessionError(outcome) from ex
+
+    async def _data(self, data: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA and the message. aiosmtplib's data() runs two regex passes over every message (line
+        endings, dot-stuffing) — ~8% of the relay's CPU; the message is normally CRLF already (intake
+        stored it so, and the signature covers exactly that), so here both are C-speed bytes checks."""
+        response = await self.smtp.execute_command(b"DATA")
+        if response.code != 354:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        data = normalize_crlf(data)
+        if data.startswith(b"."):
+            data = b"." + data
+        protocol = self.smtp.protocol
+        protocol.write(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        response = await protocol.read_response(timeout=self.timeout)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     async def _reset(self) -> None:
         try:
