@@ -113,6 +113,7 @@ class Session:
             await self.smtp.starttls(tls_context=NOT_VERIFYING, server_hostname=self.host)
             self.certificate_verified = False
         self.tls = True
+        await self.smtp.ehlo()  # RFC 3207: the session starts over after STARTTLS
 
     def policy_refusal(self, require_tls: bool, verify: bool) -> Outcome | None:
         """Why this session may not carry a message with these TLS requirements, or None."""
@@ -135,19 +136,21 @@ class Session:
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
         try:
-            try:
-                await smtp.mail(mail_from)
-            except aiosmtplib.SMTPResponseException as ex:
-                outcome = from_reply(ex.code, ex.message, **self._context())
+            # execute_command rather than mail()/rcpt(): those re-parse every address with
+            # email.utils; ours were validated at intake (or built by VERP), and execute_command
+            # still refuses control characters.
+            response = await smtp.execute_command(b"MAIL", b"FROM:" + _path(mail_from))
+            if response.code != 250:
+                outcome = from_reply(response.code, response.message, **self._context())
                 await self._reset()
                 return dict.fromkeys(recipients, outcome)
             accepted = []
             for rcpt in recipients:
-                try:
-                    await smtp.rcpt(rcpt)
+                response = await smtp.execute_command(b"RCPT", b"TO:" + _path(rcpt))
+                if response.code in (250, 251):
                     accepted.append(rcpt)
-                except aiosmtplib.SMTPResponseException as ex:
-                    outcomes[rcpt] = from_reply(ex.code, ex.message, **self._context())
+                else:
+                    outcomes[rcpt] = from_reply(response.code, response.message, **self._context())
             if not accepted:
                 await self._reset()
                 return outcomes
@@ -204,6 +207,11 @@ class Session:
                 await smtp.quit(timeout=5)
         except (aiosmtplib.SMTPException, OSError):
             smtp.close()
+
+
+def _path(address: str) -> bytes:
+    """An address as an SMTP path (<a@b>, or <> for the null sender); ASCII only (no SMTPUTF8 yet)."""
+    return b"<" + address.encode("ascii") + b">"
 
 
 def connection_failure(message: str, context: dict) -> Outcome:
