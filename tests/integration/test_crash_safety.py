@@ -74,11 +74,11 @@ def test_sigkill_mid_run_loses_nothing(services, settings, account, domain, db, 
         wait_until(lambda: sink.stats()["messages"] >= N // 4, timeout=40, interval=0.02)
         relay.popen.send_signal(signal.SIGKILL)
         relay.popen.wait(10)
-        killed_at = time.time()
         at_kill = sink.stats()["messages"]
         assert at_kill < N, "the run finished before the kill: nothing was tested"
     finally:
         relay.stop()
+    restarted_at = time.time()
     relay = start_relay(settings, sink, tmp_path, "relay2", host)
     try:
         wait_until(lambda: expected <= set(received(sink)), timeout=40, interval=0.2)
@@ -88,14 +88,17 @@ def test_sigkill_mid_run_loses_nothing(services, settings, account, domain, db, 
     seen = received(sink)
     assert set(seen) == expected  # every message delivered, nothing else
     duplicated = {k for k, n in seen.items() if n > 1}
-    # A duplicate is a message the sink took (after its final ".") before the kill whose outcome the
-    # relay had not committed yet: at most what one relay holds in flight, and none after the restart.
+    # A duplicate is a message the killed relay had sent (its final "." written) but whose outcome it
+    # had not committed: at most what one relay holds in flight. Its first copy came from the killed
+    # relay, so the sink had it before the second relay started (the sink may stamp it a moment after
+    # the kill: it is still reading what the dead relay wrote), and the second relay sends it once.
     assert len(duplicated) <= 2 * BATCH
+    assert all(n <= 2 for n in seen.values())
     first_copy = {}
     for m in sink.messages():
         key = (MESSAGE_ID.search(m["data"]).group(1), m["rcpt_tos"][0])
         first_copy.setdefault(key, m["received_at"])
-    assert all(first_copy[k] <= killed_at for k in duplicated)
+    assert all(first_copy[k] < restarted_at for k in duplicated)
     print(f"\nSIGKILL after {at_kill}/{N} delivered: {len(duplicated)} duplicates")
 
 
