@@ -142,13 +142,12 @@ class PostfixStack:
         self.port = port or free_port()
         self.dkim = dkim
         self.opendkim: subprocess.Popen | None = None
-        self.saved: dict[str, bytes] = {}
+        self.saved: dict[str, bytes | None] = {}  # None: the file did not exist before
 
     def _write_config(self) -> None:
         etc = Path("/etc/postfix")
         for name in ("main.cf", "master.cf"):
-            if (etc / name).exists():
-                self.saved[name] = (etc / name).read_bytes()
+            self.saved[name] = (etc / name).read_bytes() if (etc / name).exists() else None
         sock = self.workdir / "milter" / "opendkim.sock"
         main = f"""# written by envoi bench/relay_vs_postfix (restored at exit)
 compatibility_level = 3.6
@@ -265,7 +264,10 @@ RequireSafeKeys false
             self.opendkim.terminate()
             self.opendkim.wait(10)
         for name, data in self.saved.items():
-            Path("/etc/postfix", name).write_bytes(data)
+            if data is None:
+                Path("/etc/postfix", name).unlink(missing_ok=True)
+            else:
+                Path("/etc/postfix", name).write_bytes(data)
 
 
 # Envoi ---------------------------------------------------------------------------------------
