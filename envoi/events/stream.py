@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from envoi.infra.redis import RedisError
+from envoi.infra.threads import kept_alive
 
 log = logging.getLogger(__name__)
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -74,9 +75,7 @@ class LiveStream:
                 self._dropped += len(events)
                 return
             self._outbox.extend(events)
-            if self._publisher is None or not self._publisher.is_alive():
-                self._publisher = threading.Thread(target=self._publish_loop, name="live-stream", daemon=True)
-                self._publisher.start()
+            self._publisher = kept_alive(self._publisher, self._publish_loop, "live-stream")
             self._wakeup.notify()
 
     def _publish_loop(self) -> None:

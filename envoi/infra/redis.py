@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import redis
+
+from envoi.infra.threads import kept_alive
 
 log = logging.getLogger(__name__)
 RedisError = redis.RedisError
@@ -15,13 +18,33 @@ def client(url: str) -> redis.Redis:
 
 
 class Doorbell:
-    """Tells the relay that new work is due. Losing a ring only delays work until the next poll."""
+    """Tells the relay that new work is due. Losing a ring only delays work until the next poll.
+
+    ring() never waits on Redis: a ringer thread does, and rings asked for while one is on its way
+    become one (under load, each intake commit used to pay a Redis round trip: ~4% of its CPU)."""
 
     def __init__(self, conn: redis.Redis, key: str):
         self.conn = conn
         self.key = key
+        self._cond = threading.Condition()
+        self._wanted = False
+        self._ringer: threading.Thread | None = None
 
     def ring(self) -> None:
+        with self._cond:
+            self._wanted = True
+            self._ringer = kept_alive(self._ringer, self._ring_loop, "doorbell")
+            self._cond.notify()
+
+    def _ring_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._wanted:
+                    self._cond.wait()
+                self._wanted = False
+            self.ring_now()
+
+    def ring_now(self) -> None:
         try:
             pipe = self.conn.pipeline(transaction=False)
             pipe.lpush(self.key, 1)
