@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim import hash_headers, rfc822_parse
-from dkim.canonicalization import Relaxed, correct_empty_body, strip_trailing_lines
+from dkim import rfc822_parse
+from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 
 #: Headers signed when present, in h= order. dkimpy's default list lacks List-Unsubscribe-Post,
 #: which RFC 8058 requires to be signed.
@@ -228,12 +228,31 @@ def _signature(common: _Common, algorithm: bytes, selector: str, sign: Callable[
     # one up to "b=", which is all that the verifier hashes of it.
     unsigned, column = _fold(pieces)
     hasher = hashlib.sha256()
-    hash_headers(hasher, Relaxed, common.headers, common.include, (_NAME, unsigned), None)
+    _hash_header_fields(hasher, common.headers, common.include, unsigned)
     b64 = base64.b64encode(sign(hasher.digest()))
     # Fill the rest of the line, then whole continuation lines (" " + 77 characters).
     first = max(0, _MAX_LINE - column)
     lines = [b64[:first]] + [b64[i : i + _MAX_LINE - 1] for i in range(first, len(b64), _MAX_LINE - 1)]
     return _NAME + b":" + unsigned + b"\r\n ".join(lines) + b"\r\n"
+
+
+def _hash_header_fields(hasher, canonical: list[tuple[bytes, bytes]], include: list[bytes],
+                        unsigned: bytes) -> None:
+    """dkimpy's hash_headers for relaxed fields, without its per-call regexes (~4% of the relay's
+    CPU): each name in h= takes the next field of that name from the bottom up (RFC 6376 5.4.2; an
+    oversigned name finds none the extra time), then the signature field itself, relaxed and
+    without its CRLF. test_signing checks the result against dkimpy's verifier."""
+    last: dict[bytes, int] = {}
+    for name in include:
+        i = last.get(name, len(canonical))
+        while i > 0:
+            i -= 1
+            if canonical[i][0] == name:
+                hasher.update(name + b":" + canonical[i][1])
+                break
+        last[name] = i
+    ((name, value),) = relaxed_headers([(_NAME, unsigned)])
+    hasher.update(name + b":" + value.rstrip())
 
 
 def _fold(pieces: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:

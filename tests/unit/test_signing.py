@@ -225,6 +225,27 @@ def test_relaxed_headers_match_dkimpy():
         assert relaxed_headers(headers) == dkim.canonicalization.Relaxed.canonicalize_headers(headers), headers
 
 
+def test_header_hash_matches_dkimpy_with_repeated_and_oversigned_names():
+    import hashlib
+    import random
+
+    from envoi.mta.signing import _hash_header_fields, _include_headers
+
+    rng = random.Random(6376_5)
+    names = [b"From", b"To", b"Subject", b"Date", b"Reply-To", b"X-Other", b"List-Unsubscribe"]
+    for _ in range(1000):
+        headers = [(rng.choice(names), b" v%d\r\n" % i) for i in range(rng.randrange(1, 8))] + [(b"From", b" a\r\n")]
+        rng.shuffle(headers)
+        canonical = relaxed_headers(headers)
+        include = _include_headers(canonical)
+        unsigned = b" v=1; a=rsa-sha256; h=" + b":".join(include) + b";\r\n\tbh=abc; b="
+        ours, theirs = hashlib.sha256(), hashlib.sha256()
+        _hash_header_fields(ours, canonical, include, unsigned)
+        dkim.hash_headers(theirs, dkim.canonicalization.Relaxed, canonical, include,
+                          (b"DKIM-Signature", unsigned), None)
+        assert ours.digest() == theirs.digest(), headers
+
+
 def test_normalize_crlf_keeps_clean_messages_and_fixes_mixed_ones():
     assert normalize_crlf(MESSAGE) is MESSAGE
     assert normalize_crlf(b"a\r\nb\nc") == b"a\r\nb\r\nc\r\n"
