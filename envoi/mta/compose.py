@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, formataddr, getaddresses, parsedate_to_datetime
 
@@ -98,8 +98,20 @@ def normalize_address(addr: str, field_name: str = "to") -> str:
         raise InvalidRecipient(f"{field_name} parameter is not a valid address. please check documentation") from ex
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# The everyday address (ASCII dot-atom at LDH labels and an alphabetic TLD) in one regex match:
+# email_validator costs ~0.1 ms per address (~6% of the SMTP server's CPU). Everything else (quoted
+# or UTF-8 local parts, IDNA, hyphen pairs, long parts) still goes to email_validator; a test checks
+# on many generated addresses that what the fast path accepts, email_validator accepts identically.
+_EVERYDAY_ADDRESS = re.compile(rf"({_ATEXT}(?:\.{_ATEXT})*)@((?:{_LABEL}\.)+[A-Za-z]{{2,63}})")
+
+
 @functools.lru_cache(maxsize=16384)  # senders repeat on every message, recipients are checked twice
 def _normalized(addr: str) -> str:
+    m = _EVERYDAY_ADDRESS.fullmatch(addr)
+    if m is not None and len(m[1]) <= 64 and len(addr) <= 254 and "--" not in m[2]:
+        return f"{m[1]}@{m[2].lower()}"
     # .test is allowed: dev stacks and tests address mail to it (RFC 6761 reserves it for that).
     result = validate_email(addr, check_deliverability=False, allow_smtputf8=True,
                             globally_deliverable=False, test_environment=True)
@@ -281,13 +293,21 @@ def compose(
     )
 
 
-def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str, list[str]], method: str) -> Draft:
-    """Prepare a caller-built MIME message (messages.mime and SMTP): add Message-ID/Date if absent."""
-    mime = _crlf(mime)
+def parse_head(mime: bytes) -> Message:
+    """The header block of a CRLF message, parsed (compat32: the raw field values)."""
     head_end = mime.find(b"\r\n\r\n")
     if head_end < 0:
         raise InvalidMessage("message has no header/body separator")
-    parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(mime[: head_end + 4])
+    return BytesHeaderParser(policy=email.policy.compat32).parsebytes(mime[: head_end + 4])
+
+
+def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str, list[str]], method: str,
+              head: Message | None = None) -> Draft:
+    """Prepare a caller-built MIME message (messages.mime and SMTP): add Message-ID/Date if absent.
+
+    head: parse_head(mime) when the caller already has it (SMTP reads From from it first)."""
+    mime = _crlf(mime)
+    parsed = head if head is not None else parse_head(mime)
     if not parsed.keys():
         raise InvalidMessage("message has no headers")
     prepend = []

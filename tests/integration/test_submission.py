@@ -8,6 +8,7 @@ import email
 import email.policy
 import smtplib
 import ssl
+import time
 
 import aiosmtplib
 import pytest
@@ -423,4 +424,25 @@ def test_default_limits_follow_settings(services, settings):
     assert submission.config.max_message_bytes == 25 * 1024 * 1024
     assert submission.config.max_recipients == 1000
     assert not submission.config.allow_foreign_from
+    submission.close()
+
+
+def test_idle_connections_are_closed_and_active_ones_are_not(services, settings, ca, client_ctx):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis,
+                                          timeout=0.6, workers=1)
+    with SubmissionServer(submission, ctx) as srv:
+        active = smtplib.SMTP("127.0.0.1", srv.port, timeout=10)
+        idle = smtplib.SMTP("127.0.0.1", srv.port, timeout=10)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # well past the timeout, a command every 0.2 s
+            assert active.noop()[0] == 250
+            time.sleep(0.2)
+        assert active.noop()[0] == 250  # every command moved the deadline
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            idle.noop()  # closed after 0.6 s without a command
+        time.sleep(1.0)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            active.noop()  # and the active one too, once it fell silent
     submission.close()

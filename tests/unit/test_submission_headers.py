@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from envoi.mta.compose import parse_head
 from envoi.mta.errors import InvalidMessage
 from envoi.mta.submission.headers import extract, substitute
 from envoi.mta.submission.server import _from_addresses, has_bare_cr_or_lf
@@ -61,7 +62,7 @@ def test_recipient_substitution_refuses_control_characters():
     (b"Subject: s\r\nFrom: a@x.test\r\n\t(folded comment)", ["a@x.test"]),
 ])
 def test_from_addresses_as_both_parsers_read_them(head, expected):
-    assert _from_addresses(head) == expected
+    assert _from_addresses(parse_head(head + b"\r\n\r\n")) == expected
 
 
 @pytest.mark.parametrize("head", [
@@ -70,12 +71,12 @@ def test_from_addresses_as_both_parsers_read_them(head, expected):
 ])
 def test_from_read_differently_by_the_parsers_is_refused(head):
     with pytest.raises(InvalidMessage, match="ambiguous"):
-        _from_addresses(head)
+        _from_addresses(parse_head(head + b"\r\n\r\n"))
 
 
 def test_message_without_from_is_refused():
     with pytest.raises(InvalidMessage, match="no From"):
-        _from_addresses(b"Subject: nothing\r\nTo: a@x.test")
+        _from_addresses(parse_head(b"Subject: nothing\r\nTo: a@x.test\r\n\r\n"))
 
 
 @pytest.mark.parametrize(("data", "bare"), [

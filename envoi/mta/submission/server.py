@@ -36,7 +36,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.parser import BytesHeaderParser
+from email.message import Message
 from email.utils import format_datetime, getaddresses
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
@@ -181,12 +181,12 @@ class Submission:
         helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
         mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
                 f"\t{format_datetime(datetime.now(UTC))}\r\n").encode() + mime
-        addresses = _from_addresses(headers.split_head(mime)[0])
-        for address in addresses:
+        head = compose.parse_head(mime)  # once, for the From check and for composing
+        for address in _from_addresses(head):
             if not self.sender_allowed(principal, address):
                 raise NotAllowed(f"From address {address} is not allowed for the domain {principal.domain}")
         domain = self.intake.domain_for(principal, principal.domain or "")
-        draft = compose.from_mime(domain["name"], mime, recipients, fields, method="smtp")
+        draft = compose.from_mime(domain["name"], mime, recipients, fields, method="smtp", head=head)
         if recipient_variables is not None:
             draft.copies = [
                 compose.Composed([rcpt], headers.substitute(copy.mime, rcpt, recipient_variables.get(rcpt, {})),
@@ -196,16 +196,15 @@ class Submission:
         return self.intake.accept(principal, domain, draft)
 
 
-def _from_addresses(head: bytes) -> list[str]:
+def _from_addresses(head: Message) -> list[str]:
     """The From addresses, read by both of CPython's address parsers, which must agree.
 
     Parser differentials are how a From is made to show one domain to a mail reader and another to
     a check like ours (CVE-2023-27043): anything the two parsers read differently is refused.
     """
-    parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n")
     # Both policies split the head into the same raw fields (header_source_parse is shared); they
     # differ in how a field is read, so both readings start from these raw values.
-    return list(_agreed_from(tuple(value for name, value in parsed.raw_items() if name.lower() == "from")))
+    return list(_agreed_from(tuple(value for name, value in head.raw_items() if name.lower() == "from")))
 
 
 @functools.lru_cache(maxsize=4096)  # an application sends from the same few From fields; ~150 µs each
@@ -291,6 +290,23 @@ class _SubmissionSMTP(SMTP):
         if m is None:
             return super()._getaddr(arg)
         return m[1], m[2].lstrip()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Idle timeout with one timer per connection: aiosmtpd cancels and re-creates a timer at every
+        command (~2% of the server's CPU). Each command moves a deadline; the timer, when it fires,
+        closes the connection only if the deadline has passed, and otherwise waits out the rest."""
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+        else:
+            self._timeout_cb()
 
     def connection_made(self, transport) -> None:
         implicit = self._original_transport is None and transport.get_extra_info("ssl_object") is not None

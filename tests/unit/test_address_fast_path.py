@@ -1,0 +1,71 @@
+"""The everyday-address fast path must agree with email_validator wherever it answers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from email_validator import EmailNotValidError, validate_email
+
+from envoi.mta import compose
+from envoi.mta.errors import InvalidRecipient
+
+
+def _reference(addr: str) -> str | None:
+    """What _normalized answered before the fast path: email_validator with our settings."""
+    try:
+        result = validate_email(addr, check_deliverability=False, allow_smtputf8=True,
+                                globally_deliverable=False, test_environment=True)
+    except EmailNotValidError:
+        return None
+    if "." not in result.domain:
+        return None
+    local, _, domain = result.normalized.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def _ours(addr: str) -> str | None:
+    compose._normalized.cache_clear()
+    try:
+        return compose.normalize_address(addr)
+    except InvalidRecipient:
+        return None
+
+
+def _random_address(rng: random.Random) -> str:
+    """Mostly well-formed addresses, perturbed now and then: the cases where the two could differ."""
+    odd = "\"() ,;:<>[]\\@é\t"
+    def chars(alphabet, n):
+        return "".join(rng.choice(odd if rng.random() < 0.02 else alphabet) for _ in range(n))
+    atoms = [chars("abcXYZ0189!#$%&'*+/=?^_`{|}~-", rng.choice([0, 1, 2, 8, 20, 40]))
+             for _ in range(rng.choice([1, 1, 2, 3]))]
+    labels = [chars("abcxyzABC0189-", rng.choice([0, 1, 2, 3, 10, 62, 63, 64]))
+              for _ in range(rng.choice([1, 1, 2, 3]))]
+    tld = rng.choice(["com", "test", "io", "c", "123", "x1", "COM", "museum", "a" * 63, "a" * 64, "xn--p1ai",
+                      "com-", ""])
+    addr = f"{'.'.join(atoms)}@{'.'.join(labels + [tld])}"
+    if rng.random() < 0.05:
+        addr = "a" * rng.choice([180, 200, 240, 250]) + addr
+    return addr
+
+
+def test_fast_path_agrees_with_email_validator_on_generated_addresses():
+    rng = random.Random(1234)
+    fast = 0
+    for _ in range(20000):
+        addr = _random_address(rng)
+        if compose._EVERYDAY_ADDRESS.fullmatch(addr):
+            fast += 1
+        assert _ours(addr) == _reference(addr.strip()), addr  # normalize_address strips first
+    assert fast > 1000  # the comparison really exercised the fast path
+
+
+@pytest.mark.parametrize("addr", [
+    "John.Doe@Example.COM", "a@b.co", "x+tag@mail.example.org", "o'brien@example.ie",
+    "a-b@xn--p1ai.example.com", "a@ab--cd.example.com", "a@-bad.example.com", "a@bad-.example.com",
+    "a..b@example.com", ".a@example.com", "a.@example.com", "a@example.123", "a@example", "a@example.com.",
+    "\"quoted\"@example.com", "josé@example.com", "a@exämple.com", "a" * 65 + "@example.com",
+    "a@" + "b" * 64 + ".com", "user@[127.0.0.1]", "a@b.c",
+])
+def test_fast_path_agrees_with_email_validator_on_edge_cases(addr):
+    assert _ours(addr) == _reference(addr.strip())
