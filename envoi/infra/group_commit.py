@@ -5,6 +5,11 @@ A caller that finds nobody writing becomes the leader: it takes everything waiti
 the next waiter if more arrived meanwhile. Under load the batch grows by itself; alone, a caller
 writes its own item at once, so the latency of a quiet system is unchanged.
 
+Under load, a leader first waits `delay` seconds for company (Postgres's commit_delay): a batch
+costs ~2 ms of client and database CPU whatever its size, so eight accepts in one batch cost about
+a quarter of what four batches of two do. It waits only while the previous batch had company, so
+a lone caller on a quiet system still writes at once.
+
 Nothing is acknowledged before its batch committed: a failed batch raises in every caller of it.
 A batch that fails because of its content (`isolate(error)` says so: a value the database refused)
 is retried item by item, so one bad item cannot fail its neighbours. Other failures (the database
@@ -15,6 +20,7 @@ without batching.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -35,10 +41,12 @@ class _Waiter(Generic[T]):
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, write_batch: Callable[[list[T]], Sequence[R]], max_batch: int = 64,
-                 isolate: Callable[[BaseException], bool] = lambda error: False):
+                 isolate: Callable[[BaseException], bool] = lambda error: False, delay: float = 0.0):
         self.write_batch = write_batch  # items -> one result per item, in order; commits before returning
         self.max_batch = max_batch
         self.isolate = isolate
+        self.delay = delay
+        self._last_batch = 1
         self._lock = threading.Lock()
         self._waiting: list[_Waiter[T]] = []
         self._busy = False  # a leader is writing (or has been promoted)
@@ -56,8 +64,11 @@ class GroupCommit(Generic[T, R]):
             me.done.wait()
             if not me.lead:
                 return self._outcome(me)
+        if self.delay and self._last_batch > 1 and len(self._waiting) < self.max_batch:
+            time.sleep(self.delay)  # under load: let the accepts being prepared now join this batch
         with self._lock:
             batch = self._waiting[: self.max_batch]
+            self._last_batch = len(batch)
             del self._waiting[: self.max_batch]
         try:
             self._write(batch)

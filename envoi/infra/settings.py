@@ -67,8 +67,14 @@ class Settings:
     message_lifetime: float = 5 * 86400
     #: ENVOI_INTAKE_BATCH: most accepted messages that share one intake transaction (group commit).
     intake_batch: int = 64
+    #: ENVOI_INTAKE_COMMIT_DELAY: under load, seconds an intake commit waits for more accepts to join
+    #: it (like Postgres's commit_delay; a quiet system commits at once).
+    intake_commit_delay: float = 0.005
     #: ENVOI_RELAY_BATCH: recipients claimed from Postgres per relay round.
     relay_batch: int = 500
+    #: ENVOI_RELAY_CLAIM_INTERVAL: while mail trickles in, seconds between claims (lets a claim gather
+    #: more than one commit's recipients); an idle relay still claims at once when rung.
+    relay_claim_interval: float = 0.05
     #: ENVOI_RELAY_CONNECTIONS: concurrent outbound SMTP sessions per relay.
     relay_connections: int = 50
     #: ENVOI_SMTP_TIMEOUT: seconds to wait on a remote SMTP server per command.
@@ -196,8 +202,12 @@ class Settings:
             values["message_lifetime"] = _seconds(v)
         if v := env.get("ENVOI_INTAKE_BATCH"):
             values["intake_batch"] = int(v)
+        if v := env.get("ENVOI_INTAKE_COMMIT_DELAY"):
+            values["intake_commit_delay"] = _seconds(v)
         if v := env.get("ENVOI_RELAY_BATCH"):
             values["relay_batch"] = int(v)
+        if v := env.get("ENVOI_RELAY_CLAIM_INTERVAL"):
+            values["relay_claim_interval"] = _seconds(v)
         if v := env.get("ENVOI_RELAY_CONNECTIONS"):
             values["relay_connections"] = int(v)
         if v := env.get("ENVOI_SMTP_TIMEOUT"):

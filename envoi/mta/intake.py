@@ -50,7 +50,8 @@ class Intake:
         # Renderers rewrite a draft before it is stored (tracking links, unsubscribe headers); each
         # takes (domain row, draft) and returns the draft.
         self.renderers: list[Callable[[dict, Draft], Draft]] = []
-        self._commits = GroupCommit(self._write, max_batch=settings.intake_batch, isolate=is_data_error)
+        self._commits = GroupCommit(self._write, max_batch=settings.intake_batch, isolate=is_data_error,
+                                   delay=settings.intake_commit_delay)
 
     def domain_for(self, principal: Principal, domain_name: str) -> dict:
         """The caller's sending domain, or DomainNotFound (also for another tenant's domain)."""

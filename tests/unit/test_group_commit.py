@@ -94,3 +94,38 @@ def test_an_error_for_everyone_reaches_everyone_and_is_not_retried():
     assert sum(calls) == 8  # each item written once, none retried alone
     with pytest.raises(ConnectionError):
         group.submit(1)  # and the group is usable (no leader left stuck) afterwards
+
+
+def test_under_load_the_leader_waits_for_company_and_alone_it_does_not():
+    written = []
+
+    def write(items):
+        written.append(list(items))
+        return items
+
+    group = GroupCommit(write, max_batch=64, delay=0.05)
+    started = time.monotonic()
+    assert group.submit(0) == 0  # alone (the last batch had no company): no wait
+    assert time.monotonic() - started < 0.04
+    group._last_batch = 2  # as after a batch that had company
+
+    def late(i):  # callers arriving within the delay join the leader's batch
+        time.sleep(0 if i == 0 else 0.01)
+        return group.submit(i)
+
+    results, errors = run_threads(8, late)
+    assert errors == [None] * 8 and results == list(range(8))
+    assert len(written) == 2 and sorted(written[1]) == list(range(8))  # the leader waited: one batch
+
+
+def test_without_a_delay_late_callers_make_their_own_batches():
+    written = []
+    group = GroupCommit(lambda items: written.append(list(items)) or items, delay=0.0)
+    group._last_batch = 2
+
+    def late(i):
+        time.sleep(0 if i == 0 else 0.01)
+        return group.submit(i)
+
+    run_threads(8, late)
+    assert len(written) > 1
