@@ -230,6 +230,27 @@ def test_signed_once_and_the_signature_is_reused_on_retry(services, settings, ac
     assert signature[once] is None
 
 
+def test_signature_survives_outcomes_recorded_while_its_message_is_in_flight(services, settings, account, domain,
+                                                                                db, dns):
+    """Signing happens at claim time; other outcomes recorded meanwhile must not drop the signature
+    of a message whose attempt is still running (its retry would be signed a second time)."""
+    dns.add("slow.test", "MX", "10 mx.slow.test.")
+    dns.add("mx.slow.test", "A", "127.0.0.1")
+    services.suppressions.add(domain, "bounces", {"address": "gone@slow.test"})
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns),
+                                     suppressions=services.suppressions):
+        sink.set_script({"data": ["451 4.3.0 Try again later"], "data_delay": 1.0})
+        slow = send(services, account["id"], domain, "a@slow.test")
+        wait_until(lambda: sink.stats()["attempts"] >= 1)  # its DATA is being answered, slowly
+        blocked = send(services, account["id"], domain, "gone@slow.test")  # an outcome recorded meanwhile
+        assert final(db, blocked)[-1]["event"] == "failed"
+        sink.set_script({})
+        events = final(db, slow, 20)
+    assert [e["event"] for e in events] == ["accepted", "failed", "delivered"]
+    stored = db.execute("SELECT dkim_signature FROM messages WHERE message_id = %s", (slow,)).fetchone()
+    assert stored["dkim_signature"] and sink.messages()[0]["data"].startswith(stored["dkim_signature"])
+
+
 def test_no_egress_available_defers_without_an_attempt(services, settings, account, domain, db, dns):
     from envoi.dedicated_ip.errors import NoEgressAvailable
     from envoi.mta.delivery.session import Egress
@@ -263,3 +284,25 @@ def test_dns_timeout_defers_never_bounces(services, settings, account, domain, d
     row = db.execute("SELECT status FROM recipients WHERE message_pk = (SELECT id FROM messages"
                      " WHERE message_id = %s)", (message_id,)).fetchone()
     assert row["status"] == "queued" and sink.stats()["attempts"] == 0
+
+
+def test_a_server_that_stops_answering_times_out_and_is_retried(services, settings, account, domain, db, dns):
+    dns.add("stall.test", "MX", "10 mx.stall.test.")
+    dns.add("mx.stall.test", "A", "127.0.0.1")
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns, smtp_timeout=0.5)):
+        sink.set_script({"data_delay": 10})  # the final "." is never answered in time
+        started = time.monotonic()
+        stalled = send(services, account["id"], domain, "a@stall.test")
+        events = wait_until(lambda: (e := events_of(db, stalled)) and len(e) >= 2 and e, 15)
+        waited = time.monotonic() - started
+        sink.reset_script()
+        after = send(services, account["id"], domain, "b@stall.test")  # a new session works
+        assert final(db, after)[-1]["event"] == "delivered"
+    failed = events[1]
+    assert failed["event"] == "failed" and failed["severity"] == "temporary"
+    status = failed["data"]["delivery-status"]
+    assert status["code"] == 421 and "timed out" in status["message"]
+    assert 1.0 < waited < 8  # the transaction's deadline (4 x 0.5 s), not the sink's 10 s
+    row = db.execute("SELECT status FROM recipients WHERE message_pk = (SELECT id FROM messages"
+                     " WHERE message_id = %s)", (stalled,)).fetchone()
+    assert row["status"] == "queued"  # deferred for a retry, not failed

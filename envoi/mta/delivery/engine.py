@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -104,7 +104,6 @@ class Relay:
         # the loop (a process pool cost more in pickling than it saved). None: sign inline.
         self.sign_pool = (ThreadPoolExecutor(settings.relay_signers, thread_name_prefix="dkim")
                           if settings.relay_signers > 0 else None)
-        self._signing: dict[int, asyncio.Future] = {}  # message pk -> signature being computed
         self.wait_for_work = wait_for_work  # blocking doorbell wait, run in a thread
         self.metrics = metrics
         self.events = events
@@ -125,7 +124,10 @@ class Relay:
         self.results: list[tuple[Delivery, dict, Outcome]] = []
         self.deferrals: list[tuple[dict, float]] = []  # (recipient row, seconds): put back, no attempt counted
         self.leased: set[int] = set()  # recipient ids this relay holds leases on
+        # Signatures made here and not yet stored, kept while this relay holds recipients of their
+        # message (_holding counts them): a retry, or a recipient claimed later, reuses the signature.
         self.signatures: dict[int, str] = {}
+        self._holding: Counter[int] = Counter()
         self._domains: dict[int, tuple[float, dict, bytes, tuple[str, bytes] | None]] = {}
         self._workers: set[asyncio.Task] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -225,6 +227,10 @@ class Relay:
                 await asyncio.sleep(0)  # more is due right now: claim again at once
             elif room <= 0:
                 await asyncio.sleep(0.02)
+            elif claimed:
+                # A trickle: wait a moment so the next claim takes several commits' recipients at
+                # once (claims of 5 rows at every doorbell cost ~0.25 ms of CPU per message).
+                await asyncio.sleep(self.settings.relay_claim_interval)
             else:
                 await self._idle_wait()
 
@@ -249,6 +255,7 @@ class Relay:
             return 0
         self.inflight += len(rows)
         self.leased.update(r["id"] for r in rows)
+        self._holding.update(r["message_pk"] for r in rows)
         groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
         for row in rows:
             reason = blocked.get(row["id"])
@@ -259,6 +266,7 @@ class Relay:
                 self._result(Delivery(message, domain, [row], Egress(None, "")), row, suppressed(reason))
                 continue
             groups[(row["message_pk"], row["rcpt_domain"])].append(row)
+        await self._prepare([messages[pk] for pk in {pk for pk, _ in groups}])
         for (message_pk, rcpt_domain), recipients in groups.items():
             message = messages[message_pk]
             domain = self._domain(message["domain_id"])[0]
@@ -497,7 +505,7 @@ class Relay:
         if refusal is not None:
             self._fail_delivery(delivery, refusal)
             return [refusal]
-        data = await self._signed(message, delivery.domain)
+        data = self._signed(message)
         addresses = [r["address"] for r in delivery.recipients]
         outcomes = await session.send(self._mail_from(delivery), addresses, data)
         for rcpt in delivery.recipients:
@@ -512,38 +520,57 @@ class Relay:
         domain = self.settings.bounce_domain or delivery.domain["name"]
         return verp.envelope_sender(domain, message["id"], [r["id"] for r in delivery.recipients], self.verp_key)
 
-    async def _signed(self, message: dict, domain: dict) -> bytes:
-        body = self.sealer.open(message["body"], message["storage_key"].encode())
-        if (message["options"] or {}).get("dkim") is False:
-            return body
-        signature = message["dkim_signature"] or self.signatures.get(message["id"])
-        if signature is None:
-            pending = self._signing.get(message["id"])
-            if pending is None:  # one signature per message, even for deliveries in flight together
-                pending = self._signing[message["id"]] = asyncio.ensure_future(self._sign(body, domain))
-                pending.add_done_callback(lambda _: self._signing.pop(message["id"], None))
-            signature = await asyncio.shield(pending)
-            # Signed once per message: the header is stored with the outcome and reused on retries.
-            self.signatures[message["id"]] = signature
-            message["dkim_signature"] = signature
-        return signature.encode() + body
-
-    async def _sign(self, body: bytes, domain: dict) -> str:
-        _, pem, ed25519 = self._domain(domain["id"])
-        kwargs = {"domain": domain["name"], "selector": domain["dkim_selector"], "private_key_pem": pem,
-                  "ed25519": ed25519}
-        if self.sign_pool is not None:
-            loop = asyncio.get_running_loop()
-            signature, seconds = await loop.run_in_executor(self.sign_pool, self._timed_sign, body, kwargs)
+    async def _prepare(self, messages: list[dict]) -> None:
+        """Open and sign the claimed messages off the event loop: a thread hop per claim and signer
+        rather than one per message (those hops were ~8% of the relay's CPU). OpenSSL's RSA releases
+        the GIL, so the signers run beside the loop. A message that cannot be prepared carries the
+        error to its delivery, which fails (and is retried) like any other crash."""
+        todo = [m for m in messages if "data" not in m and not (m["options"] or {}).get("testmode")]
+        if not todo:
+            return
+        if self.sign_pool is None:
+            signed = self._prepare_sync(todo)
         else:
-            signature, seconds = self._timed_sign(body, kwargs)
-        if self.metrics:
-            self.metrics.dkim_seconds.observe(seconds)
-        return signature.decode()
+            loop = asyncio.get_running_loop()
+            n = self.settings.relay_signers
+            parts = await asyncio.gather(*(loop.run_in_executor(self.sign_pool, self._prepare_sync, todo[i::n])
+                                           for i in range(min(n, len(todo)))))
+            signed = {pk: sig for part in parts for pk, sig in part.items()}
+        # Signed once per message: kept with the outcome (for retries) and for deliveries in flight.
+        self.signatures.update(signed)
 
-    def _timed_sign(self, body: bytes, kwargs: dict) -> tuple[bytes, float]:
+    def _prepare_sync(self, messages: list[dict]) -> dict[int, str]:
+        signed = {}
+        for message in messages:
+            try:
+                body = self.sealer.open(message["body"], message["storage_key"].encode())
+                message["body"] = None  # the sealed copy is not needed any more
+                if (message["options"] or {}).get("dkim") is False:
+                    message["data"] = body
+                    continue
+                signature = message["dkim_signature"] or self.signatures.get(message["id"])
+                if signature is None:
+                    signature = signed[message["id"]] = self._sign(body, self._domain(message["domain_id"]))
+                    message["dkim_signature"] = signature
+                message["data"] = signature.encode() + body
+            except Exception as ex:
+                message["data"] = ex
+        return signed
+
+    def _signed(self, message: dict) -> bytes:
+        data = message["data"]
+        if isinstance(data, Exception):
+            raise data
+        return data
+
+    def _sign(self, body: bytes, domain_keys: tuple[dict, bytes, tuple[str, bytes] | None]) -> str:
+        domain, pem, ed25519 = domain_keys
         started = time.perf_counter()
-        return self.signer.sign(body, **kwargs), time.perf_counter() - started
+        signature = self.signer.sign(body, domain=domain["name"], selector=domain["dkim_selector"],
+                                     private_key_pem=pem, ed25519=ed25519)
+        if self.metrics:
+            self.metrics.dkim_seconds.observe(time.perf_counter() - started)
+        return signature.decode()
 
     # outcomes ---------------------------------------------------------------------------------
     def _result(self, delivery: Delivery, rcpt: dict, outcome: Outcome) -> None:
@@ -569,7 +596,8 @@ class Relay:
             return
         results, self.results = self.results, []
         deferrals, self.deferrals = self.deferrals, []
-        signatures, self.signatures = self.signatures, {}
+        held = [r["message_pk"] for _, r, _ in results] + [r["message_pk"] for r, _ in deferrals]
+        signatures = {pk: self.signatures[pk] for pk in set(held) if pk in self.signatures}
         started = time.monotonic()
         for attempt in range(10):
             try:
@@ -587,6 +615,11 @@ class Relay:
                       len(results))
             events = []
         self.inflight -= len(results) + len(deferrals)
+        for pk in held:
+            self._holding[pk] -= 1
+            if self._holding[pk] <= 0:  # nothing of this message left here: its signature is not needed
+                del self._holding[pk]
+                self.signatures.pop(pk, None)
         self.leased.difference_update(r["id"] for _, r, _ in results)
         self.leased.difference_update(r["id"] for r, _ in deferrals)
         if events:
