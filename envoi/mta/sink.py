@@ -10,11 +10,13 @@ integration and end-to-end tests, and as a fast null destination for benchmarks.
 Each stored message is a dict::
 
     {"id": int, "mail_from": str, "rcpt_tos": [str], "data": str, "peer": "127.0.0.3",
-     "helo": str, "tls": bool, "received_at": float}
+     "helo": str, "tls": bool, "connected_at": float, "received_at": float}
 
 `mail_from` is "" for the null reverse-path (MAIL FROM:<>). `data` is the raw MIME decoded as
 UTF-8 with surrogateescape, so ``data.encode("utf-8", "surrogateescape")`` gives back the exact
 bytes received. `peer` is the client's source IP: tests use it to see which egress IP delivered.
+`connected_at` is when the sink accepted the connection that carried the message: it tells which
+client process sent it even when the sink reads a message some time after it was written.
 
 Counters (`stats()`, GET /stats): messages and recipients accepted, DATA attempts (including
 refused ones), messages held, and accepted messages per peer IP. store=False keeps only these.
@@ -124,6 +126,10 @@ class _SMTP(SMTP):
         if m is None or self.local_part_limit:
             return super()._getaddr(arg)
         return m[1], m[2].lstrip()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.session.connected_at = time.time()
 
 
 class _Handler:
@@ -265,7 +271,7 @@ class Sink:
             msg = {"id": 0, "mail_from": mail_from, "rcpt_tos": list(envelope.rcpt_tos),
                    "data": envelope.original_content.decode("utf-8", "surrogateescape"),
                    "peer": peer, "helo": session.host_name or "", "tls": session.ssl is not None,
-                   "received_at": time.time()}
+                   "connected_at": getattr(session, "connected_at", 0.0), "received_at": time.time()}
         with self._cond:
             self._n_messages += 1
             self._n_recipients += len(envelope.rcpt_tos)

@@ -45,6 +45,7 @@ def test_stores_envelope_raw_data_and_peer(sink):
     assert msg["helo"] == "client.test"
     assert msg["tls"] is False
     assert abs(msg["received_at"] - time.time()) < 10
+    assert 0 < msg["connected_at"] <= msg["received_at"]
     assert sink.stats() == {"messages": 1, "recipients": 2, "attempts": 1, "stored": 1,
                             "per_peer": {"127.0.0.1": 1}}
 
