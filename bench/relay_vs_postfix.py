@@ -1,6 +1,6 @@
 """End-to-end relay throughput: Postfix + OpenDKIM against Envoi (SMTP submission and HTTP API).
 
-    sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--sessions 20] [--skip-postfix]
+    sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 1] [--sessions 20] [--skip-postfix]
 
 Self-contained: installs Debian's postfix and opendkim if missing; starts Postfix's `smtp-sink`
 (counting) as the one sink; configures Postfix (relayhost = the sink) with an OpenDKIM milter
@@ -9,12 +9,16 @@ with ENVOI_SMTP_ROUTE = the sink, `envoi smtp`, `envoi api`; domain key RSA-2048
 messages (~5 KB, 1,000 recipient domains) go (a) into Postfix over SMTP, (b) into Envoi over SMTP
 submission (STARTTLS + AUTH), (c) into Envoi's HTTP API (/messages.mime); each phase is timed from
 the first injection until the sink has counted every message. Prints msg/s and the ratios, then
-the accept->delivered p50/p99 of (c) at half its measured rate.
+the accept->delivered p50/p99 of (c) at half its measured rate. With --rounds N the three phases
+run N times (Postfix restarted each round, Envoi kept running) and the median ratios are printed:
+this machine drifts, so one round is one sample.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import statistics
 import sys
 import tempfile
 import time
@@ -51,9 +55,36 @@ def phase(name: str, sink: SmtpSink, n: int, inject) -> dict:
     return result
 
 
+def postfix_phase(args, workdir: Path, sink: SmtpSink, name: str) -> dict:
+    postfix = PostfixStack(workdir, sink.port, concurrency=args.connections).start()
+    try:
+        messages = make_messages(args.n, f"pf-{uuid.uuid4().hex[:6]}")
+        cpu0 = cpu_seconds(postfix.pids())
+        result = phase(name, sink, args.n, lambda: inject_smtp(postfix.port, messages, args.sessions))
+        result["cpu_ms"] = (cpu_seconds(postfix.pids()) - cpu0) * 1000 / args.n
+        return result
+    finally:
+        postfix.stop()
+
+
+def envoi_phase(envoi: EnvoiStack, sink: SmtpSink, name: str, n: int, inject) -> dict:
+    """phase() plus the CPU per message of each Envoi process and of its Postgres backends."""
+    envoi.vacuum()
+    pids = [p.pid for p in envoi.procs.values()]
+    split0 = {proc: cpu_seconds([p.pid]) for proc, p in envoi.procs.items()}
+    cpu0, pg0 = cpu_seconds(pids), envoi.postgres_cpu()
+    result = phase(name, sink, n, inject)
+    result["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / n
+    result["pg_ms"] = (envoi.postgres_cpu() - pg0) * 1000 / n
+    result["split"] = {proc: (cpu_seconds([p.pid]) - split0[proc]) * 1000 / n for proc, p in envoi.procs.items()}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the three phases; ratios are per round, and their medians are printed")
     parser.add_argument("--sessions", type=int, default=20, help="SMTP injection sessions")
     parser.add_argument("--http-concurrency", type=int, default=16)
     parser.add_argument("--api-workers", type=int, default=2)
@@ -68,63 +99,47 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="envoi-bench-"))
     sink = SmtpSink(workdir).start()
-    results = []
+    results, rounds = [], []
+    envoi = None
     try:
-        if not args.skip_postfix:
-            postfix = PostfixStack(workdir, sink.port, concurrency=args.connections).start()
-            try:
-                messages = make_messages(args.n, f"pf-{uuid.uuid4().hex[:6]}")
-                cpu0 = cpu_seconds(postfix.pids())
-                results.append(phase("postfix+opendkim (smtp)", sink, args.n,
-                                     lambda: inject_smtp(postfix.port, messages, args.sessions)))
-                results[-1]["cpu_ms"] = (cpu_seconds(postfix.pids()) - cpu0) * 1000 / args.n
-            finally:
-                postfix.stop()
-        envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
-                           api_threads=args.api_threads, smtp_processes=args.smtp_processes)
-        envoi.setup().start()
-        try:
-            pids = [p.pid for p in envoi.procs.values()]
+        for number in range(1, args.rounds + 1):
+            label = f"r{number} " if args.rounds > 1 else ""
+            this = {}
+            if not args.skip_postfix:
+                this["postfix"] = postfix_phase(args, workdir, sink, f"{label}postfix+opendkim (smtp)")
+            if envoi is None:  # started after the first Postfix phase, as it always was
+                envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections,
+                                   api_workers=args.api_workers, api_threads=args.api_threads,
+                                   smtp_processes=args.smtp_processes)
+                envoi.setup().start()
             if not args.skip_smtp:
                 messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}")
-                split0 = {name: cpu_seconds([p.pid]) for name, p in envoi.procs.items()}
-                cpu0, pg0 = cpu_seconds(pids), envoi.postgres_cpu()
-                results.append(phase("envoi (smtp submission)", sink, args.n, lambda: inject_smtp(
-                    envoi.smtp_port, messages, args.sessions, auth=(envoi.smtp_login, envoi.smtp_password),
-                    starttls=True)))
-                results[-1]["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / args.n
-                results[-1]["pg_ms"] = (envoi.postgres_cpu() - pg0) * 1000 / args.n
-                results[-1]["split"] = {name: (cpu_seconds([p.pid]) - split0[name]) * 1000 / args.n
-                                        for name, p in envoi.procs.items()}
-            envoi.vacuum()
+                this["smtp"] = envoi_phase(envoi, sink, f"{label}envoi (smtp submission)", args.n, functools.partial(
+                    inject_smtp, envoi.smtp_port, messages, args.sessions,
+                    auth=(envoi.smtp_login, envoi.smtp_password), starttls=True))
             run = f"http-{uuid.uuid4().hex[:6]}"
             messages = make_messages(args.n, run)
-            split0 = {name: cpu_seconds([p.pid]) for name, p in envoi.procs.items()}
-            cpu0, pg0 = cpu_seconds(pids), envoi.postgres_cpu()
-            results.append(phase("envoi (http api)", sink, args.n,
-                                 lambda: inject_http(envoi.api_port, envoi.api_key, messages,
-                                                     args.http_concurrency)[0]))
-            results[-1]["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / args.n
-            results[-1]["pg_ms"] = (envoi.postgres_cpu() - pg0) * 1000 / args.n
-            results[-1]["split"] = {name: (cpu_seconds([p.pid]) - split0[name]) * 1000 / args.n
-                                    for name, p in envoi.procs.items()}
+            this["http"] = envoi_phase(envoi, sink, f"{label}envoi (http api)", args.n, lambda e=envoi, m=messages:
+                                       inject_http(e.api_port, e.api_key, m, args.http_concurrency)[0])
             lat = envoi.latencies(run)
-            results[-1]["p50"], results[-1]["p99"] = percentile(lat, 50), percentile(lat, 99)
-            if not args.skip_latency:
-                rate = results[-1]["rate"] / 2
-                n = min(args.n, max(2000, int(rate * 20)))
-                envoi.vacuum()
-                run = f"half-{uuid.uuid4().hex[:6]}"
-                messages = make_messages(n, run)
-                log(f"latency at half the maximum rate: {n} messages at {rate:.0f} msg/s")
-                res = phase(f"envoi (http api) paced at {rate:.0f} msg/s", sink, n, lambda: inject_http(
-                    envoi.api_port, envoi.api_key, messages, args.http_concurrency, rate=rate)[0])
-                lat = envoi.latencies(run)
-                res["p50"], res["p99"] = percentile(lat, 50), percentile(lat, 99)
-                results.append(res)
-        finally:
-            envoi.stop()
+            this["http"]["p50"], this["http"]["p99"] = percentile(lat, 50), percentile(lat, 99)
+            results += list(this.values())
+            rounds.append(this)
+        if not args.skip_latency:
+            rate = statistics.median(r["http"]["rate"] for r in rounds) / 2
+            n = min(args.n, max(2000, int(rate * 20)))
+            envoi.vacuum()
+            run = f"half-{uuid.uuid4().hex[:6]}"
+            messages = make_messages(n, run)
+            log(f"latency at half the maximum rate: {n} messages at {rate:.0f} msg/s")
+            res = phase(f"envoi (http api) paced at {rate:.0f} msg/s", sink, n, lambda: inject_http(
+                envoi.api_port, envoi.api_key, messages, args.http_concurrency, rate=rate)[0])
+            lat = envoi.latencies(run)
+            res["p50"], res["p99"] = percentile(lat, 50), percentile(lat, 99)
+            results.append(res)
     finally:
+        if envoi is not None:
+            envoi.stop()
         sink.stop()
     print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} injection sessions, "
           f"{args.connections} relay sessions, "
@@ -143,10 +158,13 @@ def main() -> None:
     for r in results:
         print(f"injector cpu ms/msg, {r['name']}: {r['injector_ms']:.2f}")
     if not args.skip_postfix:
-        base = results[0]["rate"]
-        for r in results[1:]:
-            if "paced" not in r["name"]:
-                print(f"RATIO {r['name']} / postfix+opendkim = {r['rate'] / base:.2f}")
+        for kind in ("smtp", "http"):
+            ratios = [r[kind]["rate"] / r["postfix"]["rate"] for r in rounds if kind in r]
+            for r, ratio in zip((r for r in rounds if kind in r), ratios, strict=True):
+                print(f"RATIO {r[kind]['name']} / postfix+opendkim = {ratio:.2f}")
+            if len(ratios) > 1:
+                print(f"MEDIAN RATIO {kind} / postfix+opendkim = {statistics.median(ratios):.2f}"
+                      f" over {len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 if __name__ == "__main__":
