@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, date, datetime, time, timedelta
 
 from psycopg import sql
 
-from envoi.infra.db import Connection, copy_rows
+from envoi.infra.db import Connection, insert_columns
 
-COLUMNS = ["event_id", "account_id", "domain_id", "message_pk", "event", "severity", "recipient", "message_id",
-           "ts", "data", "sender", "subject", "tags"]
+_EVENT_COLUMNS = (("event_id", "text"), ("account_id", "bigint"), ("domain_id", "bigint"), ("message_pk", "bigint"),
+                  ("event", "text"), ("severity", "text"), ("recipient", "text"), ("message_id", "text"),
+                  ("ts", "timestamptz"), ("data", "text"), ("sender", "text"), ("subject", "text"), ("tags", "jsonb"))
+_EVENT_EXPRESSIONS = {"data": "u.data::jsonb", "tags": "ARRAY(SELECT jsonb_array_elements_text(u.tags))"}
 PARTITION = re.compile(r"^events_p(\d{8})$")
 MAINTENANCE_LOCK = 0x656E766F6C6F67  # "envolog": one partition maintainer at a time
 
@@ -26,8 +29,8 @@ def insert_many(conn: Connection, rows: list[tuple]) -> None:
         data = row[9]
         headers = (data.get("message") or {}).get("headers") or {}
         params.append(row[:9] + (row[10], headers.get("from"), headers.get("subject"),
-                                 [str(t) for t in data.get("tags") or []]))
-    copy_rows(conn, "events", COLUMNS, params)
+                                 json.dumps([str(t) for t in data.get("tags") or []])))
+    insert_columns(conn, "events", _EVENT_COLUMNS, params, expressions=_EVENT_EXPRESSIONS)
 
 
 def query(
@@ -180,8 +183,10 @@ def add_stats(conn: Connection, rows: list[tuple]) -> None:
     """rows: (domain_id, account_id, tag, hour, event, severity, reason, method, count, last_ts).
 
     Appends only: concurrent recorders never wait on each other's counters (see fold_stats)."""
-    copy_rows(conn, "event_stats_pending", ["domain_id", "account_id", "tag", "hour", "event", "severity",
-                                            "reason", "method", "count", "last_ts"], rows)
+    insert_columns(conn, "event_stats_pending", (("domain_id", "bigint"), ("account_id", "bigint"), ("tag", "text"),
+                                                 ("hour", "timestamptz"), ("event", "text"), ("severity", "text"),
+                                                 ("reason", "text"), ("method", "text"), ("count", "bigint"),
+                                                 ("last_ts", "timestamptz")), rows)
 
 
 def add_tags(conn: Connection, rows: list[tuple]) -> None:

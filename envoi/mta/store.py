@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
-from envoi.infra.db import Connection, Jsonb, copy_rows, insert_rows
+from envoi.infra.db import Connection, insert_columns
+
+MESSAGE_COLUMNS = (("account_id", "bigint"), ("domain_id", "bigint"), ("message_id", "text"), ("storage_key", "text"),
+                   ("mail_from", "text"), ("method", "text"), ("body", "bytea"), ("body_expires_at", "timestamptz"),
+                   ("headers", "text"), ("tags", "jsonb"), ("user_variables", "text"), ("options", "text"),
+                   ("attachments", "text"), ("size", "int"))
+_JSON_TEXT = ("headers", "user_variables", "options", "attachments")
+_MESSAGE_EXPRESSIONS = {**{name: f"u.{name}::jsonb" for name in _JSON_TEXT},
+                        "tags": "ARRAY(SELECT jsonb_array_elements_text(u.tags))"}
 
 
 def insert_messages(conn: Connection, rows: list[dict]) -> list[int]:
-    """Insert message rows (all with the same columns) in one statement; return their ids in order."""
+    """Insert message rows (MESSAGE_COLUMNS; JSON columns and tags as Python values); return their ids."""
     if not rows:
         return []
-    cols = list(rows[0])
-    params = [tuple(Jsonb(v) if isinstance(v, dict | list) and k != "tags" else v for k, v in row.items())
-              for row in rows]
+    params = [tuple(json.dumps(row[name]) if name in _JSON_TEXT or name == "tags" else row[name]
+                    for name, _ in MESSAGE_COLUMNS) for row in rows]
+    cur = insert_columns(conn, "messages", MESSAGE_COLUMNS, params, expressions=_MESSAGE_EXPRESSIONS,
+                         returning="id, storage_key")
     # Matched by storage key rather than trusting the order of RETURNING.
-    ids = {r["storage_key"]: r["id"] for r in insert_rows(conn, "messages", cols, params,
-                                                           returning="id, storage_key")}
+    ids = {r["storage_key"]: r["id"] for r in cur.fetchall()}
     return [ids[row["storage_key"]] for row in rows]
 
 
 def insert_recipients(conn: Connection, rows: list[tuple]) -> None:
     """rows: (message_pk, account_id, domain_id, address, rcpt_domain, next_attempt_at, expires_at)."""
-    copy_rows(conn, "recipients", ["message_pk", "account_id", "domain_id", "address", "rcpt_domain",
-                                   "next_attempt_at", "expires_at"], rows)
+    insert_columns(conn, "recipients", (("message_pk", "bigint"), ("account_id", "bigint"), ("domain_id", "bigint"),
+                                        ("address", "text"), ("rcpt_domain", "text"),
+                                        ("next_attempt_at", "timestamptz"), ("expires_at", "timestamptz")), rows)
 
 
 def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None) -> list[dict]:
