@@ -42,6 +42,15 @@ class Database:
         with self.pool.connection() as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[psycopg.Connection]:
+        """transaction() in pipeline mode: statements go out without waiting for each other's results,
+        so a batch waits on Postgres only where it reads a result, and once more at commit. COPY is not
+        available inside (insert_columns is)."""
+        with self.pool.connection() as conn, conn.pipeline():
+            yield conn
+            conn.commit()
+
     def close(self) -> None:
         self.pool.close()
 

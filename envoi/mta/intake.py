@@ -109,9 +109,9 @@ class Intake:
         """One transaction for every accept waiting: messages, their recipients, their events."""
         stored = [m for accepted in batch for m in accepted]
         recorded: list[NewEvent] = []
-        # Pipelined: the statements go out together and the transaction waits on the database about
-        # three times (message ids, the webhook subscriptions, the commit) instead of once per statement.
-        with self.db.transaction() as conn, conn.pipeline():
+        # Pipelined: the transaction waits on the database about three times (message ids, the webhook
+        # subscriptions, the commit) instead of once per statement.
+        with self.db.pipelined() as conn:
             pks = store.insert_messages(conn, [m.row for m in stored])
             recipients = []
             for pk, m in zip(pks, stored, strict=True):
@@ -120,7 +120,6 @@ class Intake:
                 recorded += [NewEvent(account_id, domain_id, pk, data) for data in m.events]
             store.insert_recipients(conn, recipients)
             self.events.record(conn, recorded)
-            conn.commit()
         # Committed: nothing below may fail the batch (a retry would store the messages twice).
         self.events.committed(recorded)
         try:

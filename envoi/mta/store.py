@@ -20,8 +20,8 @@ def insert_messages(conn: Connection, rows: list[dict]) -> list[int]:
     """Insert message rows (MESSAGE_COLUMNS; JSON columns and tags as Python values); return their ids."""
     if not rows:
         return []
-    params = [tuple(json.dumps(row[name]) if name in _JSON_TEXT or name == "tags" else row[name]
-                    for name, _ in MESSAGE_COLUMNS) for row in rows]
+    params = [tuple(json.dumps(row[name]) if name in _JSON_TEXT else json.dumps(row[name] or []) if name == "tags"
+                    else row[name] for name, _ in MESSAGE_COLUMNS) for row in rows]
     cur = insert_columns(conn, "messages", MESSAGE_COLUMNS, params, expressions=_MESSAGE_EXPRESSIONS,
                          returning="id, storage_key")
     # Matched by storage key rather than trusting the order of RETURNING.

@@ -674,7 +674,7 @@ class Relay:
         pending = {d.message["id"] for d, r, _ in results if r["id"] not in finished_ids}
         pending.update(r["message_pk"] for r, _ in deferrals)
         pending.update(d.message["id"] for d, _, _ in results if d.message.get("recipient_count", 2) > 1)
-        with self.db.transaction() as conn:
+        with self.db.pipelined() as conn:
             # Only messages that will be sent again need their signature kept.
             store.save_dkim_signatures(conn, {pk: sig for pk, sig in signatures.items() if pk in pending})
             store.finish(conn, finished)
