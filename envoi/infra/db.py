@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 Connection = psycopg.Connection
+Cursor = psycopg.Cursor
 IntegrityError = psycopg.errors.UniqueViolation
 
 

@@ -50,8 +50,9 @@ class Webhooks:
         self.allow = ssrf.Allow.parse(settings.webhook_allow)
         self.doorbell = Doorbell(redis, f"envoi:{settings.region}:webhooks:wakeup") if redis is not None else None
         self.queue_name = f"envoi-{settings.region}-webhooks"
-        self._pending: set[str] = set()  # event ids with outbox rows written, not yet rung for
-        self._lock = threading.Lock()
+        # Per thread: the outbox statement of the transaction being written, read by events_listener
+        # once that transaction has committed.
+        self._written = threading.local()
         self.observe = None  # fn(outcome, seconds) per attempt, set by the wiring (Prometheus)
         self.backlog_gauge = None  # a Gauge the dispatcher sets, set by the wiring
         self.lease_seconds = LEASE_SECONDS  # how long a queued job owns its row before the sweeper retakes it
@@ -175,35 +176,17 @@ class Webhooks:
 
     # outbox -----------------------------------------------------------------------------------
     def events_writer(self, conn: Connection, events: list[NewEvent]) -> None:
-        """Inside the events' transaction: one outbox row per (event, subscribed URL)."""
-        typed = [(ev, t) for ev in events if (t := event_type_of(ev.data))]
-        if not typed:
-            return
-        subs: dict[tuple[int, str], list[str]] = {}
-        for row in store.subscriptions(conn, list({ev.domain_id for ev, _ in typed})):
-            subs.setdefault((row["domain_id"], row["event_type"]), []).append(row["url"])
-        if not subs:
-            return
-        rows = []
-        for ev, event_type in typed:
-            for url in subs.get((ev.domain_id, event_type), ()):
-                rows.append((ev.account_id, ev.domain_id, event_type, url, ev.data["id"], ev.data))
-        if rows:
-            store.insert_deliveries(conn, rows)
-            with self._lock:
-                if len(self._pending) > 100_000:  # rolled-back batches leave ids behind: stay bounded
-                    self._pending.clear()
-                self._pending.update(r[4] for r in rows)
+        """Inside the events' transaction: one outbox row per (event, subscribed URL), matched in SQL."""
+        self._written.outbox = None
+        typed = [(ev.account_id, ev.domain_id, t, ev.data["id"], ev.json) for ev in events
+                 if (t := event_type_of(ev.data))]
+        if typed:
+            self._written.outbox = store.enqueue_for_events(conn, typed)
 
     def events_listener(self, events: list[NewEvent]) -> None:
-        """After commit: wake the dispatcher if this batch made webhook deliveries."""
-        with self._lock:
-            hit = False
-            for ev in events:
-                if ev.data["id"] in self._pending:
-                    self._pending.discard(ev.data["id"])
-                    hit = True
-        if hit and self.doorbell is not None:
+        """After commit (same thread): wake the dispatcher if this batch made webhook deliveries."""
+        outbox, self._written.outbox = getattr(self._written, "outbox", None), None
+        if outbox is not None and outbox.rowcount > 0 and self.doorbell is not None:
             self.doorbell.ring()
 
     def claim_due(self, limit: int = 500) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from envoi.infra.db import Connection, Jsonb
+from envoi.infra.db import Connection, Cursor, Jsonb
 
 CLAIM_LOCK = 0x77686B73  # "whks": one dispatcher claims at a time (others simply skip a round)
 
@@ -30,17 +30,13 @@ def set_urls(conn: Connection, account_id: int, domain_id: int, event_type: str,
     conn.execute("DELETE FROM webhooks WHERE domain_id = %s AND event_type = %s AND NOT (url = ANY(%s))",
                  (domain_id, event_type, urls))
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO webhooks (account_id, domain_id, event_type, url) VALUES (%s, %s, %s, %s)"
-                        " ON CONFLICT DO NOTHING", [(account_id, domain_id, event_type, u) for u in urls])
+        cur.executemany("INSERT INTO webhooks (account_id, domain_id, event_type, url, endpoint)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(account_id, domain_id, event_type, u, endpoint_of(u)) for u in urls])
 
 
 def delete_urls(conn: Connection, domain_id: int, urls: list[str]) -> int:
     return conn.execute("DELETE FROM webhooks WHERE domain_id = %s AND url = ANY(%s)", (domain_id, urls)).rowcount
-
-
-def subscriptions(conn: Connection, domain_ids: list[int]) -> list[dict]:
-    return conn.execute("SELECT domain_id, event_type, url FROM webhooks WHERE domain_id = ANY(%s)",
-                        (domain_ids,)).fetchall()
 
 
 # signing keys -------------------------------------------------------------------------------------
@@ -67,6 +63,24 @@ def endpoint_of(url: str) -> str:
     """scheme://host:port, the unit of per-endpoint fairness."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
+
+
+def enqueue_for_events(conn: Connection, events: list[tuple]) -> Cursor:
+    """events: (account_id, domain_id, event_type, event_id, payload as JSON text). Makes one outbox row
+    per (event, URL subscribed to its type on its domain), matched in the database: the writing
+    transaction never waits to read the subscriptions first. The cursor's rowcount is the number of
+    rows made (in pipeline mode, once the transaction has synced)."""
+    cur = conn.cursor()
+    cur.execute(
+        "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, endpoint, event_id, payload)"
+        " SELECT u.account_id, u.domain_id, u.event_type, w.url, w.endpoint, u.event_id, u.payload::jsonb"
+        " FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY"
+        " AS u(account_id, domain_id, event_type, event_id, payload, n)"
+        " JOIN webhooks w ON w.domain_id = u.domain_id AND w.event_type = u.event_type"
+        " ORDER BY u.n, w.id",  # outbox ids in event order, then in the order the URLs were set
+        [list(column) for column in zip(*events, strict=True)],
+    )
+    return cur
 
 
 def insert_deliveries(conn: Connection, rows: list[tuple]) -> None:

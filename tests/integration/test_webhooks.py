@@ -247,3 +247,19 @@ def test_expired_deliveries_and_attempts_are_purged(hook_services, rq_conn, rece
     assert left == [{"id": new, "attempts": 1}]
     assert db.execute("SELECT count(*) AS n FROM webhook_attempts WHERE delivery_id = %s", (old,)).fetchone()["n"] == 0
     assert any(t.name == "purge expired webhook deliveries" for t in runtime.periodic_tasks(hook_services))
+
+
+def test_endpoint_backfill_matches_endpoint_of(db):
+    """Migration 0055 fills webhooks.endpoint in SQL for URLs set before it: the same as endpoint_of."""
+    from pathlib import Path
+
+    from envoi.webhooks.store import endpoint_of
+
+    migration = Path(__file__).parents[2] / "envoi/infra/migrations/0055_webhook_url_endpoint.sql"
+    update = next(s for s in migration.read_text().split(";") if "UPDATE webhooks" in s)
+    expression = update.split("SET endpoint =", 1)[1]
+    urls = ["https://hooks.example.com/a?b=1", "HTTP://User:Pw@Hooks.Example.COM:8080/x#f", "http://127.0.0.1:9/",
+            "https://h.example"]
+    rows = db.execute(f"SELECT url, {expression} AS endpoint FROM unnest(%s::text[]) AS webhooks(url)",
+                      (urls,)).fetchall()
+    assert {r["url"]: r["endpoint"] for r in rows} == {u: endpoint_of(u) for u in urls}
