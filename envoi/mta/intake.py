@@ -8,7 +8,9 @@ for the whole group instead of a handful per message.
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from envoi.mta.compose import Draft
 from envoi.mta.errors import DomainNotFound, MessageTooLarge, NotAllowed
 
 log = logging.getLogger(__name__)
+MESSAGE_ID_BLOCK = 256  # message ids reserved per round trip
 
 
 class Intake:
@@ -50,6 +53,8 @@ class Intake:
         # Renderers rewrite a draft before it is stored (tracking links, unsubscribe headers); each
         # takes (domain row, draft) and returns the draft.
         self.renderers: list[Callable[[dict, Draft], Draft]] = []
+        self._message_ids: collections.deque[int] = collections.deque()
+        self._message_ids_lock = threading.Lock()
         self._commits = GroupCommit(self._write, max_batch=settings.intake_batch, isolate=is_data_error,
                                    delay=settings.intake_commit_delay)
 
@@ -108,16 +113,17 @@ class Intake:
     def _write(self, batch: list[list[_Stored]]) -> list[None]:
         """One transaction for every accept waiting: messages, their recipients, their events."""
         stored = [m for accepted in batch for m in accepted]
+        pks = self._reserve_ids(len(stored))
         recorded: list[NewEvent] = []
-        # Pipelined: the transaction waits on the database about three times (message ids, the webhook
-        # subscriptions, the commit) instead of once per statement.
+        recipients = []
+        for pk, m in zip(pks, stored, strict=True):
+            account_id, domain_id = m.row["account_id"], m.row["domain_id"]
+            recipients += [(pk, account_id, domain_id, *r) for r in m.recipients]
+            recorded += [NewEvent(account_id, domain_id, pk, data) for data in m.events]
+        # Pipelined, with the message ids known beforehand: the transaction waits on the database once,
+        # at commit, instead of once per statement.
         with self.db.pipelined() as conn:
-            pks = store.insert_messages(conn, [m.row for m in stored])
-            recipients = []
-            for pk, m in zip(pks, stored, strict=True):
-                account_id, domain_id = m.row["account_id"], m.row["domain_id"]
-                recipients += [(pk, account_id, domain_id, *r) for r in m.recipients]
-                recorded += [NewEvent(account_id, domain_id, pk, data) for data in m.events]
+            store.insert_messages(conn, [{**m.row, "id": pk} for pk, m in zip(pks, stored, strict=True)])
             store.insert_recipients(conn, recipients)
             self.events.record(conn, recorded)
         # Committed: nothing below may fail the batch (a retry would store the messages twice).
@@ -127,6 +133,14 @@ class Intake:
         except Exception:
             log.exception("waking the relay failed; it finds the messages on its next poll")
         return [None] * len(batch)
+
+    def _reserve_ids(self, n: int) -> list[int]:
+        """Message ids from a block this process reserved (ids stay unique; a restart leaves a gap)."""
+        with self._message_ids_lock:
+            if len(self._message_ids) < n:
+                with self.db.transaction() as conn:
+                    self._message_ids.extend(store.reserve_message_ids(conn, max(n, MESSAGE_ID_BLOCK)))
+            return [self._message_ids.popleft() for _ in range(n)]
 
 
 @dataclass

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from envoi.infra.db import Connection, insert_columns
 
-MESSAGE_COLUMNS = (("account_id", "bigint"), ("domain_id", "bigint"), ("message_id", "text"), ("storage_key", "text"),
+MESSAGE_COLUMNS = (("id", "bigint"), ("account_id", "bigint"), ("domain_id", "bigint"), ("message_id", "text"), ("storage_key", "text"),
                    ("mail_from", "text"), ("method", "text"), ("body", "bytea"), ("body_expires_at", "timestamptz"),
                    ("headers", "text"), ("tags", "jsonb"), ("user_variables", "text"), ("options", "text"),
                    ("attachments", "text"), ("size", "int"))
@@ -16,17 +16,18 @@ _MESSAGE_EXPRESSIONS = {**{name: f"u.{name}::jsonb" for name in _JSON_TEXT},
                         "tags": "ARRAY(SELECT jsonb_array_elements_text(u.tags))"}
 
 
-def insert_messages(conn: Connection, rows: list[dict]) -> list[int]:
-    """Insert message rows (MESSAGE_COLUMNS; JSON columns and tags as Python values); return their ids."""
-    if not rows:
-        return []
+def reserve_message_ids(conn: Connection, n: int) -> list[int]:
+    """n ids from the messages sequence, for rows inserted later with insert_messages."""
+    return [r["id"] for r in conn.execute("SELECT nextval('messages_id_seq') AS id FROM generate_series(1, %s)",
+                                          (n,)).fetchall()]
+
+
+def insert_messages(conn: Connection, rows: list[dict]) -> None:
+    """Insert message rows (MESSAGE_COLUMNS, ids from reserve_message_ids; JSON columns and tags as
+    Python values) in one statement that needs no reply: it can be pipelined."""
     params = [tuple(json.dumps(row[name]) if name in _JSON_TEXT else json.dumps(row[name] or []) if name == "tags"
                     else row[name] for name, _ in MESSAGE_COLUMNS) for row in rows]
-    cur = insert_columns(conn, "messages", MESSAGE_COLUMNS, params, expressions=_MESSAGE_EXPRESSIONS,
-                         returning="id, storage_key")
-    # Matched by storage key rather than trusting the order of RETURNING.
-    ids = {r["storage_key"]: r["id"] for r in cur.fetchall()}
-    return [ids[row["storage_key"]] for row in rows]
+    insert_columns(conn, "messages", MESSAGE_COLUMNS, params, expressions=_MESSAGE_EXPRESSIONS)
 
 
 def insert_recipients(conn: Connection, rows: list[tuple]) -> None:

@@ -18,7 +18,7 @@ def message_by_message_id(conn: Connection, domain_ids: list[int], message_id: s
         return None
     return conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE domain_id = ANY(%s) AND message_id = %s"
-        " ORDER BY id DESC LIMIT 1",
+        " ORDER BY created_at DESC, id DESC LIMIT 1",  # ids come in per-process blocks: not in time order
         (domain_ids, message_id),
     ).fetchone()
 
