@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--http-concurrency", type=int, default=16)
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
-    parser.add_argument("--smtp-processes", type=int, default=2, help="envoi smtp --processes")
+    parser.add_argument("--smtp-processes", type=int, default=1, help="envoi smtp --processes")
     parser.add_argument("--connections", type=int, default=50,
                         help="sessions to the sink for both relays (Envoi ENVOI_RELAY_CONNECTIONS; Postfix"
                              " default_destination_concurrency_limit)")

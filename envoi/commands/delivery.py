@@ -90,7 +90,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
     from envoi.mta.submission.server import SubmissionServer
     from envoi.mta.submission.tls import server_context
 
-    services = runtime.build(settings, pool_size=10)  # intake runs in submission.config.workers (8) threads
+    services = runtime.build(settings, pool_size=10)  # the commit stage, AUTH threads, stats folding
     submission = services.submission
     if metrics_port:
         from prometheus_client import start_http_server

@@ -84,16 +84,12 @@ class GroupCommit(Generic[T, R]):
 
     def _write(self, batch: list[_Waiter[T]]) -> None:
         try:
-            results = self.write_batch([w.item for w in batch])
+            outcomes = write_isolated(self.write_batch, [w.item for w in batch], self.isolate)
             self.batches += 1
             self.items += len(batch)
-            for waiter, result in zip(batch, results, strict=True):
-                waiter.result = result
+            for waiter, (result, error) in zip(batch, outcomes, strict=True):
+                waiter.result, waiter.error = result, error
         except BaseException as ex:
-            if len(batch) > 1 and self.isolate(ex):
-                for waiter in batch:  # isolate the bad item: the others may be fine alone
-                    self._write([waiter])
-                return
             for waiter in batch:
                 waiter.error = ex
         finally:
@@ -106,3 +102,24 @@ class GroupCommit(Generic[T, R]):
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+
+def write_isolated(write_batch: Callable[[list[T]], Sequence[R]], items: list[T],
+                   isolate: Callable[[BaseException], bool]) -> list[tuple[R | None, BaseException | None]]:
+    """write_batch(items) as one batch; (result, None) per item, in order. If the batch fails because of
+    its content (isolate(error)), each item is written alone so one bad item cannot fail the others,
+    and gets (None, its error) if it fails again. Any other failure of the batch is raised: it
+    concerns them all."""
+    try:
+        return [(result, None) for result in write_batch(items)]
+    except BaseException as ex:
+        if len(items) < 2 or not isolate(ex):
+            raise
+    outcomes: list[tuple[R | None, BaseException | None]] = []
+    for item in items:
+        try:
+            [result] = write_batch([item])
+            outcomes.append((result, None))
+        except BaseException as ex:  # this item alone: the ones already written stay written
+            outcomes.append((None, ex))
+    return outcomes

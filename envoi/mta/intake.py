@@ -22,7 +22,7 @@ from envoi.events.service import Events, NewEvent, item
 from envoi.infra import ids
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database, is_data_error
-from envoi.infra.group_commit import GroupCommit
+from envoi.infra.group_commit import GroupCommit, write_isolated
 from envoi.infra.settings import Settings
 from envoi.mta import store
 from envoi.mta.compose import Draft
@@ -76,15 +76,32 @@ class Intake:
 
         Concurrent accepts share a transaction (group commit); each returns only after the commit
         that holds its message."""
+        accepted = self.prepare(domain, draft)
+        self._commits.submit(accepted.stored)
+        self._count(accepted)
+        return accepted.message_id
+
+    def prepare(self, domain: dict, draft: Draft) -> Accepted:
+        """The first half of accept(): checks and renders the draft and builds its rows (no I/O)."""
         if draft.size > self.settings.max_message_bytes:
             raise MessageTooLarge(
                 f"message size {draft.size} bytes exceeds the limit of {self.settings.max_message_bytes} bytes")
         for render in self.renderers:
             draft = render(domain, draft)
-        accepted = self._prepare(domain, draft)
-        self._commits.submit(accepted)
-        self.on_accepted(sum(len(m.recipients) for m in accepted), draft.method)
-        return f"<{draft.message_id}>"
+        return Accepted(f"<{draft.message_id}>", draft.method, self._prepare(domain, draft))
+
+    def commit(self, batch: list[Accepted]) -> list[BaseException | None]:
+        """The second half of accept() for a caller that batches accepts itself (the SMTP server's
+        commit stage): one transaction now; None per accept committed, or what refused it (a value
+        the database refused fails only its own accept). Raises if the transaction failed as a whole."""
+        outcomes = write_isolated(self._write, [accepted.stored for accepted in batch], is_data_error)
+        for accepted, (_, error) in zip(batch, outcomes, strict=True):
+            if error is None:
+                self._count(accepted)
+        return [error for _, error in outcomes]
+
+    def _count(self, accepted: Accepted) -> None:
+        self.on_accepted(sum(len(m.recipients) for m in accepted.stored), accepted.method)
 
     def _prepare(self, domain: dict, draft: Draft) -> list[_Stored]:
         """Everything the transaction writes for this draft, built before taking a connection."""
@@ -141,6 +158,15 @@ class Intake:
                 with self.db.transaction() as conn:
                     self._message_ids.extend(store.reserve_message_ids(conn, max(n, MESSAGE_ID_BLOCK)))
             return [self._message_ids.popleft() for _ in range(n)]
+
+
+@dataclass
+class Accepted:
+    """A draft ready to commit: its Message-ID (in angle brackets), how it came in, its rows."""
+
+    message_id: str
+    method: str
+    stored: list[_Stored]
 
 
 @dataclass

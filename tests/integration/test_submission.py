@@ -161,6 +161,44 @@ def test_aiosmtplib_many_messages_per_connection(server, client_ctx, login, doma
     assert [queued_id(r) for r in replies] == [r["message_id"] for r in rows]
 
 
+def test_concurrent_sessions_share_commits_and_a_refused_message_fails_alone(
+        server, client_ctx, login, account, domain, db, services):
+    # A second domain of the account, disabled: its messages are refused in the commit stage, in the
+    # middle of the batches of the first domain's messages, which must all be committed.
+    other = services.accounts.add_domain(account["id"], f"off-{domain['name']}", dkim_key_size=1024)
+    services.accounts.create_credential(account["id"], other["name"], "app", PASSWORD)
+    services.accounts.set_domain_state(other["id"], "disabled")
+    other_login = f"app@{other['name']}"
+
+    async def session(user, dom, n, tag):
+        replies = []
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, start_tls=True,
+                                   tls_context=client_ctx) as c:
+            await c.login(user, PASSWORD)
+            for i in range(n):
+                try:
+                    _, reply = await c.sendmail(user, [f"r{i}@dest.test"], mime(dom, subject=f"{tag}-{i}",
+                                                                                  sender=user))
+                    replies.append(("ok", reply))
+                except aiosmtplib.SMTPDataError as ex:
+                    replies.append((ex.code, ex.message))
+        return replies
+
+    async def run():
+        return await asyncio.gather(*[session(login, domain, 5, f"s{k}") for k in range(12)],
+                                    *[session(other_login, other, 5, f"x{k}") for k in range(2)])
+
+    results = asyncio.run(run())
+    accepted = [queued_id(reply) for replies in results[:12] for kind, reply in replies if kind == "ok"]
+    refused = [(kind, reply) for replies in results[12:] for kind, reply in replies]
+    assert len(accepted) == 60 and all(kind == 550 and reply.startswith("5.7.1") for kind, reply in refused)
+    rows = db.execute("SELECT message_id, xmin::text AS tx FROM messages WHERE domain_id = %s",
+                      (domain["id"],)).fetchall()
+    assert sorted(r["message_id"] for r in rows) == sorted(accepted)  # every 250 names a committed message
+    assert len({r["tx"] for r in rows}) < len(rows)  # sessions shared transactions
+    assert messages_of(db, other) == []
+
+
 def test_pipelined_commands_two_messages_one_write_each(server, client_ctx, login, domain, db):
     import socket
 

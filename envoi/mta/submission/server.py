@@ -44,8 +44,9 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLS
 from envoi.accounts.service import Accounts, Principal
 from envoi.mta import compose
 from envoi.mta.errors import IntakeError, InvalidMessage, NotAllowed
-from envoi.mta.intake import Intake
+from envoi.mta.intake import Accepted, Intake
 from envoi.mta.submission import headers
+from envoi.mta.submission.stage import CommitStage
 from envoi.mta.submission.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class SubmissionConfig:
     allow_foreign_from: bool = False
     auth_failure_delay: float = 0.5  # seconds a failed AUTH waits before its 535
     timeout: float = 300.0  # idle seconds before a connection is closed
-    workers: int = 32  # threads running intake (argon2, Postgres): enough for sessions to share commits
+    workers: int = 4  # threads checking AUTH (argon2, Postgres); messages go through the commit stage
 
 
 class Submission:
@@ -114,6 +115,8 @@ class Submission:
         return cls(intake, accounts, throttle, config)
 
     def close(self) -> None:
+        if "stage" in self.__dict__:
+            self.stage.close()
         self._executor.shutdown(wait=True, cancel_futures=False)
 
     async def run(self, fn, *args):
@@ -173,6 +176,12 @@ class Submission:
 
     def submit(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> str:
         """Check, read options, strip them, and commit through intake; return the Message-ID."""
+        draft = self.compose(principal, data, recipients, helo)
+        return self.intake.accept(principal, self.intake.domain_for(principal, principal.domain or ""), draft)
+
+    def compose(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> compose.Draft:
+        """The message as a draft: checks, options read and stripped, trace header. Pure CPU (the server
+        runs it on its event loop); the sending domain is checked when the draft is prepared."""
         if has_bare_cr_or_lf(data):
             raise InvalidMessage("Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
         mime, fields, recipient_variables = headers.extract(data)
@@ -185,15 +194,23 @@ class Submission:
         for address in _from_addresses(head):
             if not self.sender_allowed(principal, address):
                 raise NotAllowed(f"From address {address} is not allowed for the domain {principal.domain}")
-        domain = self.intake.domain_for(principal, principal.domain or "")
-        draft = compose.from_mime(domain["name"], mime, recipients, fields, method="smtp", head=head)
+        draft = compose.from_mime((principal.domain or "").lower(), mime, recipients, fields, method="smtp",
+                                  head=head)
         if recipient_variables is not None:
             draft.copies = [
                 compose.Composed([rcpt], headers.substitute(copy.mime, rcpt, recipient_variables.get(rcpt, {})),
                                  copy.headers)
                 for copy in draft.copies for rcpt in copy.recipients
             ]
-        return self.intake.accept(principal, domain, draft)
+        return draft
+
+    @functools.cached_property
+    def stage(self) -> CommitStage:
+        """The commit stage of this process's SMTP sessions (started on first use)."""
+        return CommitStage(self._prepare, self.intake.commit, max_batch=self.intake.settings.intake_batch)
+
+    def _prepare(self, principal: Principal, draft: compose.Draft) -> Accepted:
+        return self.intake.prepare(self.intake.domain_for(principal, principal.domain or ""), draft)
 
 
 def _from_addresses(head: Message) -> list[str]:
@@ -482,8 +499,8 @@ class _Handler:
         principal: Principal = session.auth_data
         data: bytes = envelope.original_content or b""
         try:
-            message_id = await self.submission.run(self.submission.submit, principal, data,
-                                                   list(envelope.rcpt_tos), session.host_name or "")
+            draft = self.submission.compose(principal, data, list(envelope.rcpt_tos), session.host_name or "")
+            message_id = await self.submission.stage.submit(principal, draft)
         except IntakeError as ex:
             log.info("submission: refused from %s: %s %s", principal.domain, ex.smtp_reply, ex.message)
             return f"{ex.smtp_reply} {_one_line(ex.message)}"

@@ -1,0 +1,106 @@
+"""Intake.commit and the SMTP server's CommitStage against the real database: batches commit together,
+and what fails fails alone (a refused draft, a value Postgres refuses), or all together (the
+transaction itself failed) without any message being reported as accepted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from envoi.accounts.service import Principal
+from envoi.mta.compose import compose
+from envoi.mta.errors import DomainNotFound
+from envoi.mta.submission.stage import CommitStage
+
+
+def draft(domain, subject: str):
+    values = {"from": [f"s@{domain['name']}"], "to": ["r@dest.test"], "subject": [subject], "text": ["hi"]}
+    return compose(domain["name"], values, [], [])
+
+
+def stored_subjects(db, domain) -> list[str]:
+    rows = db.execute("SELECT headers->>'subject' AS s FROM messages WHERE domain_id = %s", (domain["id"],))
+    return sorted(r["s"] for r in rows.fetchall())
+
+
+@pytest.fixture
+def queued_away(db, domain):
+    yield
+    db.execute("UPDATE recipients SET status = 'failed' WHERE domain_id = %s AND status = 'queued'", (domain["id"],))
+
+
+def test_commit_isolates_a_value_postgres_refuses(services, domain, db, queued_away):
+    intake = services.intake
+    good, bad, other = (intake.prepare(domain, draft(domain, s)) for s in ("good", "bad", "other"))
+    bad.stored[0].row["mail_from"] = "nul\x00byte@example.test"  # text cannot hold NUL: a DataError
+    errors = intake.commit([good, bad, other])
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], psycopg.DataError)
+    assert stored_subjects(db, domain) == ["good", "other"]
+    rcpts = db.execute("SELECT count(*) AS n FROM recipients WHERE domain_id = %s", (domain["id"],)).fetchone()
+    assert rcpts["n"] == 2
+
+
+def test_stage_resolves_each_session_and_a_refused_draft_fails_alone(services, account, domain, db, queued_away):
+    principal = Principal(None, account["id"], "admin")
+    intake = services.intake
+
+    def prepare(dom, d):
+        return intake.prepare(intake.domain_for(principal, dom), d)
+
+    stage = CommitStage(prepare, intake.commit)
+    try:
+        async def run():
+            futures = [stage.submit(domain["name"], draft(domain, f"m{i}")) for i in range(10)]
+            futures.append(stage.submit("not-mine.example.test", draft(domain, "foreign")))
+            return await asyncio.gather(*futures, return_exceptions=True)
+
+        results = asyncio.run(run())
+    finally:
+        stage.close()
+    assert isinstance(results[-1], DomainNotFound)
+    assert stored_subjects(db, domain) == sorted(f"m{i}" for i in range(10))
+    rows = db.execute("SELECT message_id FROM messages WHERE domain_id = %s", (domain["id"],)).fetchall()
+    assert sorted(f"<{r['message_id']}>" for r in rows) == sorted(results[:-1])
+
+
+def test_stage_reports_a_failed_transaction_to_every_session_of_the_batch(services, domain, db, queued_away):
+    intake = services.intake
+
+    def failing_commit(batch):
+        raise psycopg.OperationalError("the database went away")
+
+    stage = CommitStage(lambda d: intake.prepare(domain, d), failing_commit)
+    try:
+        async def run():
+            return await asyncio.gather(*[stage.submit(draft(domain, f"m{i}")) for i in range(5)],
+                                        return_exceptions=True)
+
+        results = asyncio.run(run())
+    finally:
+        stage.close()
+    assert all(isinstance(r, psycopg.OperationalError) for r in results)
+    assert stored_subjects(db, domain) == []
+
+
+def test_closing_the_stage_commits_what_is_waiting(services, domain, db, queued_away):
+    intake = services.intake
+    stage = CommitStage(lambda d: intake.prepare(domain, d), intake.commit)
+
+    async def run():
+        futures = [stage.submit(draft(domain, f"m{i}")) for i in range(20)]
+        await asyncio.get_running_loop().run_in_executor(None, stage.close)
+        return await asyncio.gather(*futures)
+
+    results = asyncio.run(run())
+    assert len(results) == 20
+    assert stored_subjects(db, domain) == sorted(f"m{i}" for i in range(20))
+    with pytest.raises(RuntimeError):
+        asyncio.run(_submit_after_close(stage, domain))
+
+
+async def _submit_after_close(stage, domain):
+    return stage.submit(draft(domain, "late"))
+
