@@ -61,14 +61,19 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
 
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
     # (the library reads the variable itself, so it must be set before the workers start).
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="envoi-metrics-")
+    from envoi.gunicorn_conf import OWNED_METRICS_DIR
+
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:  # ours alone: gunicorn removes it when it exits (envoi.gunicorn_conf)
+        metrics_dir = tempfile.mkdtemp(prefix="envoi-metrics-")
+        os.environ[OWNED_METRICS_DIR] = "1"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # Off by default: a request log is personal data (addresses, customers' domains) kept wherever
     # stdout goes, and formatting it was ~6% of the API's CPU per send. Events are the audit trail.
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads",
-            str(threads), "--worker-class", "gthread", "--log-level", "warning",
+            str(threads), "--worker-class", "gthread", "--log-level", "warning", "-c", "python:envoi.gunicorn_conf",
             *(["--access-logfile", "-"] if access_log else []), "envoi.wsgi:get_app()"]
     os.execv(sys.executable, argv)
 

@@ -115,3 +115,24 @@ def test_mailgun_sdk_send_is_delivered_signed_and_logged(stack):
     relay_metrics = urllib.request.urlopen(stack["relay_metrics"]).read().decode()
     assert "envoi_messages_delivered_total 1.0" in relay_metrics
     assert "envoi_accept_to_delivered_seconds_count 1.0" in relay_metrics
+
+
+def test_api_removes_the_metrics_directory_it_made_and_keeps_a_given_one(tmp_path, settings, services):
+    port = free_port()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    given = tmp_path / "given-metrics"
+    for name, extra in (("own", {"TMPDIR": str(scratch)}),
+                        ("given", {"TMPDIR": str(scratch), "PROMETHEUS_MULTIPROC_DIR": str(given)})):
+        api = Proc(f"api-{name}", envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "2"),
+                   process_env(settings, **extra), tmp_path)
+        try:
+            api.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"))
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read()
+            made = given if name == "given" else next(scratch.glob("envoi-metrics-*"))
+            assert any(made.glob("*.db"))  # the workers write their values there
+        finally:
+            api.stop()
+        time.sleep(0.2)
+        assert made.exists() == (name == "given")
+    assert not any(scratch.iterdir())
