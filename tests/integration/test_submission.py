@@ -419,6 +419,23 @@ def test_recipient_variables_make_one_copy_per_recipient(server, client_ctx, log
     assert all(b"x-mailgun" not in b.lower() for b in bodies)
 
 
+def test_big_message_to_many_recipients_is_composed_off_the_loop_and_stored(server, client_ctx, login, domain, db,
+                                                                           services):
+    # 120 KB to 12 recipients with recipient-variables: over the size the server composes on its event
+    # loop, so it is composed in a worker thread; the result must be the same kind of copies.
+    rcpts = [f"p{i}@dest.test" for i in range(12)]
+    variables = ", ".join(f'"{r}": {{"n": "N{i}"}}' for i, r in enumerate(rcpts))
+    extra = f"X-Mailgun-Recipient-Variables: {{{variables}}}\r\n"
+    body = "Hello %recipient.n%\r\n" + ("x" * 998 + "\r\n") * 120
+    with starttls_client(server, client_ctx, login) as c:
+        c.sendmail(login, rcpts, mime(domain, extra=extra, body=body))
+    rows = messages_of(db, domain)
+    assert len(rows) == 12
+    bodies = sorted(stored(services, r) for r in rows)
+    assert sorted(b.split(b"Hello ", 1)[1].split(b"\r\n", 1)[0] for b in bodies) == sorted(f"N{i}".encode() for i in range(12))
+    assert all(len(b) > 120_000 for b in bodies)
+
+
 def test_bad_option_header_is_refused(server, client_ctx, login, domain, db):
     with starttls_client(server, client_ctx, login) as c:
         c.mail(login)
