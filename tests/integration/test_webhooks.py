@@ -16,6 +16,7 @@ from envoi.mta.compose import compose
 from envoi.webhooks import jobs
 from envoi.webhooks.service import Webhooks
 from tests.conftest import basic
+from tests.support.relay import wait_until
 from tests.support.webhook_receiver import Receiver
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -263,3 +264,19 @@ def test_endpoint_backfill_matches_endpoint_of(db):
     rows = db.execute(f"SELECT url, {expression} AS endpoint FROM unnest(%s::text[]) AS webhooks(url)",
                       (urls,)).fetchall()
     assert {r["url"]: r["endpoint"] for r in rows} == {u: endpoint_of(u) for u in urls}
+
+
+def test_dispatcher_doorbell_rings_only_for_batches_that_made_deliveries(client, hook_services, receiver, domain,
+                                                                        api_key, db):
+    doorbell = hook_services.webhooks.doorbell
+    doorbell.conn.delete(doorbell.key)
+    send(hook_services, domain)  # no webhook on this domain yet: no outbox row, no ring
+    time.sleep(0.3)  # the ring, if any, goes out from the doorbell's own thread
+    assert doorbell.conn.llen(doorbell.key) == 0
+    resp = post(client, f"/v3/domains/{domain['name']}/webhooks", api_key, id="accepted", url=receiver.url("/bell"))
+    assert resp.status_code == 200, resp.text
+    send(hook_services, domain)
+    wait_until(lambda: doorbell.conn.llen(doorbell.key) == 1, timeout=5)
+    made = db.execute("SELECT endpoint, count(*) AS n FROM webhook_deliveries WHERE domain_id = %s AND url = %s"
+                      " GROUP BY endpoint", (domain["id"], receiver.url("/bell"))).fetchall()
+    assert [(r["endpoint"], r["n"]) for r in made] == [(receiver.url("/bell").rsplit("/", 1)[0], 1)]
