@@ -7,7 +7,8 @@ upserting one counter row per domain and hour) keeps concurrent senders to one d
 on the same row lock until each other's commit (measured: 5x fewer events/s with 10 writers).
 `fold` moves pending counts into event_stats_hourly every few seconds (a listener triggers it, and
 partition maintenance runs it too); stats queries read both tables, so they are always current.
-A tag's last-seen moves forward at each fold.
+A tag's last-seen moves forward at each fold. `coarsen` (envoi scheduler, daily) keeps Mailgun's
+retention: hourly buckets for 2 months, daily ones for a year, monthly ones after that.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ ESP_BLOCK = ("spam-block", "rate-limit")
 PERMANENT_REASONS = ("suppress-bounce", "suppress-unsubscribe", "suppress-complaint", "bounce",
                      "delayed-bounce", "webhook", "optimized")
 MAX_TAG_LENGTH = 256
+HOURLY_KEPT = timedelta(days=61)  # Mailgun: hourly stats 2 months, daily 1 year, monthly forever
+DAILY_KEPT = timedelta(days=366)
 log = logging.getLogger(__name__)
 
 
@@ -89,6 +92,15 @@ class Stats:
         """Move pending counts into the hourly rollup; None if another process is at it."""
         with self.db.transaction() as conn:
             return store.fold_stats(conn)
+
+    def coarsen(self, now: float | None = None) -> dict:
+        """Mailgun's stats retention: hourly buckets for 2 months, then daily for a year, then monthly.
+        Old hours are merged into their day, old days into their month; no count is lost."""
+        now_dt = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+        with self.db.transaction() as conn:
+            days = store.coarsen_stats(conn, "day", now_dt - HOURLY_KEPT)
+            months = store.coarsen_stats(conn, "month", now_dt - DAILY_KEPT)
+        return {"merged into days": days, "merged into months": months}
 
     def fold_soon(self, events: list) -> None:
         """Listener: fold in the background at most every `fold_every` seconds."""

@@ -224,6 +224,26 @@ def fold_stats(conn: Connection) -> int | None:
     ).fetchone()["n"]
 
 
+def coarsen_stats(conn: Connection, unit: str, before: datetime) -> int:
+    """Merge the rollup rows of buckets that start before `before` into `unit` ('day' or 'month')
+    buckets (the hour column then holds the UTC start of the day or month); returns rows merged away.
+    Day and month totals are unchanged: each count moves within its own day and month."""
+    if unit not in ("day", "month"):
+        raise ValueError(unit)
+    bucket = f"date_trunc('{unit}', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    return conn.execute(
+        f"WITH old AS (DELETE FROM event_stats_hourly WHERE hour < %s AND hour <> {bucket} RETURNING *),"
+        f" ins AS (INSERT INTO event_stats_hourly (domain_id, account_id, tag, hour, event, severity, reason,"
+        f"   method, count) SELECT domain_id, max(account_id), tag, {bucket}, event, severity, reason, method,"
+        f"   sum(count) FROM old GROUP BY domain_id, tag, {bucket}, event, severity, reason, method"
+        "   ORDER BY 1, 3, 4, 5, 6, 7, 8"
+        "   ON CONFLICT (domain_id, tag, hour, event, severity, reason, method)"
+        "   DO UPDATE SET count = event_stats_hourly.count + EXCLUDED.count RETURNING 1)"
+        " SELECT (SELECT count(*) FROM old) - (SELECT count(*) FROM ins) AS n",
+        (before,),
+    ).fetchone()["n"]
+
+
 def stats(conn: Connection, domain_id: int, tag: str, events: list[str], start: datetime, end: datetime,
           resolution: str) -> list[dict]:
     where = "domain_id = %s AND tag = %s AND event = ANY(%s) AND hour >= %s AND hour < %s"

@@ -29,6 +29,7 @@ def relay_options(services) -> dict:
 
 
 def periodic(services) -> list[tuple]:
-    """Jobs for `envoi scheduler`: partitions ahead, retention purge, stats folding."""
+    """Jobs for `envoi scheduler`: partitions ahead, retention purge, stats folding and coarsening."""
     return [("events: partitions and retention", 3600, services.events.maintain),
-            ("stats: fold pending rollups", 60, services.stats.fold)]
+            ("stats: fold pending rollups", 60, services.stats.fold),
+            ("stats: hourly buckets into days, daily into months", 86400, services.stats.coarsen)]

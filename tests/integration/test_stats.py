@@ -231,3 +231,50 @@ def test_official_mailgun_sdk_reads_events_stats_and_tags(settings, services, do
         assert sum(b["delivered"]["http"] for b in stats["stats"]) == 1
         tags = client.tags.get(domain=domain["name"]).json()
         assert [t["tag"] for t in tags["items"]] == ["sdk"]
+
+
+def test_old_hours_become_days_and_old_days_months_with_the_same_totals(client, services, api_key, domain, db):
+    def at(day: datetime, hour: int) -> float:
+        return day.replace(hour=hour, minute=7, second=0, microsecond=0).timestamp()
+
+    recent_old = datetime.now(UTC) - timedelta(days=70)  # past the 2 months of hourly buckets
+    a_year_ago = (datetime.now(UTC) - timedelta(days=430)).replace(day=1)  # past the year of daily ones
+    for hour in (1, 5, 23):
+        record(services, domain, "accepted", method="http", tags=["old"], ts=at(recent_old, hour))
+    record(services, domain, "delivered", method="http", ts=at(recent_old, 5))
+    for day, hour in ((3, 10), (3, 14), (20, 9)):
+        record(services, domain, "accepted", method="smtp", ts=at(a_year_ago.replace(day=day), hour))
+    services.stats.fold()
+
+    def served(start: datetime, end: datetime, resolution: str, tag: str = "") -> list[tuple]:
+        path = f"/v3/{domain['name']}/tags/{tag}/stats" if tag else f"/v3/{domain['name']}/stats/total"
+        resp = client.simulate_get(path, headers=basic(api_key), query_string=urlencode(
+            [("event", "accepted"), ("event", "delivered"), ("start", str(int(start.timestamp()))),
+             ("end", str(int(end.timestamp()))), ("resolution", resolution)]))
+        assert resp.status_code == 200, resp.text
+        return [(b["time"], b["accepted"]["total"], b["delivered"]["total"]) for b in resp.json["stats"]
+                if b["accepted"]["total"] or b["delivered"]["total"]]
+
+    day_start = recent_old.replace(hour=0, minute=0, second=0, microsecond=0)
+    month_start = a_year_ago.replace(hour=0, minute=0, second=0, microsecond=0)
+    month_end = (month_start + timedelta(days=32)).replace(day=1) - timedelta(seconds=1)
+    queries = [(day_start, day_start + timedelta(hours=23, minutes=59), "day", ""),
+               (day_start, day_start + timedelta(hours=23, minutes=59), "day", "old"),
+               (month_start, month_end, "month", "")]
+    before = [served(*q) for q in queries]
+    assert [sum(n for _, n, _ in rows) for rows in before] == [3, 3, 3]
+
+    def rows_of(start, end) -> int:
+        return db.execute("SELECT count(*) AS n FROM event_stats_hourly WHERE domain_id = %s AND hour >= %s"
+                          " AND hour < %s", (domain["id"], start, end)).fetchone()["n"]
+
+    assert rows_of(day_start, day_start + timedelta(days=1)) == 2 * 3 + 1  # per hour: total and tag rows
+    report = services.stats.coarsen()
+    assert report["merged into days"] >= 4 and report["merged into months"] >= 1
+    assert [served(*q) for q in queries] == before  # day and month totals unchanged
+    assert rows_of(day_start, day_start + timedelta(days=1)) == 3  # accepted, accepted/old, delivered
+    assert rows_of(month_start, month_end) == 1
+    hours = db.execute("SELECT DISTINCT hour FROM event_stats_hourly WHERE domain_id = %s AND hour < %s",
+                       (domain["id"], day_start + timedelta(days=1))).fetchall()
+    assert {r["hour"].astimezone(UTC) for r in hours} == {day_start, month_start}
+    assert services.stats.coarsen() == {"merged into days": 0, "merged into months": 0}  # idempotent
