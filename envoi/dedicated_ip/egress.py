@@ -38,6 +38,7 @@ class Choice:
     address: str | None
     helo: str
     via: str = "default"  # sending-ip | sending-ip-pool | domain-ip | domain-pool | shared | overflow | default
+    recipients: int = 1  # how many of the recipients asked for this address may carry (warm-up quota)
 
 
 @dataclass
@@ -131,13 +132,15 @@ class EgressView:
                 log.exception("ips: refreshing the egress inventory failed; keeping the last one")
 
     # the hot path (event loop; memory only) -----------------------------------------------------
-    def choose(self, message: dict, domain: dict) -> Choice:
+    def choose(self, message: dict, domain: dict, recipients: int = 1) -> Choice:
+        """The address for (the first Choice.recipients of) `recipients` recipients of this message at
+        one destination: warm-up quota counts recipients, so an IP near its cap may carry only some."""
         inv = self.inventory
         if not inv.local:
-            return Choice(None, self.default_helo)  # no inventory on this host: OS default address
+            return Choice(None, self.default_helo, recipients=recipients)  # no inventory here: OS default
         options = message.get("options") or {}
         if options.get("testmode"):
-            return Choice(None, self.default_helo)  # never sent: spends no quota
+            return Choice(None, self.default_helo, recipients=recipients)  # never sent: spends no quota
         account_id = message["account_id"]
         chosen: list[str] | None = None
         key: object = None
@@ -158,9 +161,9 @@ class EgressView:
         now = time.time() + inv.clock_skew
         if chosen:
             usable = [a for a in chosen if a in inv.local]
-            address = self._pick(inv, usable, key, now)
+            address, granted = self._pick(inv, usable, key, now, recipients)
             if address is not None:
-                return Choice(address, inv.ips[address]["helo"], via)
+                return Choice(address, inv.ips[address]["helo"], via, granted)
             via = "overflow"
             if self.policy == "wait":
                 raise NoEgressAvailable(self._retry_after(inv, usable, now),
@@ -169,46 +172,48 @@ class EgressView:
             if not usable:
                 self._warn_once(f"domain:{domain['id']}", "domain %s: its IPs are disabled or not on host %s;"
                                 " using the shared pool", domain.get("name"), self.host)
-        address = self._pick(inv, inv.shared, "shared", now)
+        address, granted = self._pick(inv, inv.shared, "shared", now, recipients)
         if address is not None:
-            return Choice(address, inv.ips[address]["helo"], via)
+            return Choice(address, inv.ips[address]["helo"], via, granted)
         if inv.shared or chosen:
             raise NoEgressAvailable(self._retry_after(inv, inv.shared or chosen, now),
                                     "every IP that may carry this message is at its warm-up cap")
         self._warn_once("no-shared", "no shared IPs on host %s: sending from the OS default address", self.host)
-        return Choice(None, self.default_helo)
+        return Choice(None, self.default_helo, recipients=recipients)
 
-    def _pick(self, inv: Inventory, addresses: list[str], key: object, now: float) -> str | None:
+    def _pick(self, inv: Inventory, addresses: list[str], key: object, now: float,
+              units: int = 1) -> tuple[str | None, int]:
+        """The next address in turn with quota left, and how many of `units` recipients it may carry."""
         count = len(addresses)
-        if not count:
-            return None
         start = self._turn[key]
         for step in range(count):
             address = addresses[(start + step) % count]
-            if self._take(inv, address, now):
+            if granted := self._take(inv, address, now, units):
                 self._turn[key] = (start + step + 1) % count
-                return address
-        return None
+                return address, granted
+        return None, 0
 
-    def _take(self, inv: Inventory, address: str, now: float) -> bool:
-        """Spend one unit of the address's warm-up quota; True if it may send (or has no cap)."""
+    def _take(self, inv: Inventory, address: str, now: float, units: int = 1) -> int:
+        """Spend up to `units` of the address's warm-up quota (one per recipient); return how many it
+        may send (all of them when it has no cap, 0 when its quota is spent)."""
         warm = inv.warm.get(address)
         if warm is None:
-            return True
+            return units
         started, plan = warm
         day = max(0, int((now - started) // warmup.DAY))
         if warmup.stage_on(plan, day) is None:
-            return True  # warm-up complete
+            return units  # warm-up complete
         key = (address, day)
         with self._lock:
             left = self._quota.get(key, 0)
             if left <= 0:
                 if key not in self._exhausted:
                     self._wake.set()  # the refresher reserves more now
-                return False
-            self._quota[key] = left - 1
-            self._spent[key] += 1
-        return True
+                return 0
+            granted = min(left, units)
+            self._quota[key] = left - granted
+            self._spent[key] += granted
+        return granted
 
     def _retry_after(self, inv: Inventory, addresses: list[str], now: float) -> float:
         waits = []

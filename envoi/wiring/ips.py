@@ -45,21 +45,22 @@ def sending_ip_check(ips: Ips):
 
 
 def egress_hook(view, counter=None, waits=None):
-    """Adapt an EgressView to the relay's egress(message_row, domain_row) -> Egress contract.
+    """Adapt an EgressView to the relay's egress(message_row, domain_row, recipients) -> (Egress, how many
+    of the recipients it carries) contract.
 
     Raises NoEgressAvailable(retry_after) when no IP may send now (see the ips report for the
     engine change that honours it)."""
 
-    def egress(message: dict, domain: dict) -> Egress:
+    def egress(message: dict, domain: dict, recipients: int = 1) -> tuple[Egress, int]:
         try:
-            choice = view.choose(message, domain)
+            choice = view.choose(message, domain, recipients)
         except NoEgressAvailable:
             if waits is not None:
                 waits.inc()
             raise
         if counter is not None:
             counter.labels(choice.address or "", choice.via).inc()
-        return Egress(choice.address, choice.helo)
+        return Egress(choice.address, choice.helo), choice.recipients
 
     egress.view = view
     return egress

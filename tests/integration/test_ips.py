@@ -404,8 +404,8 @@ def test_two_relays_on_one_host_share_the_cap(services, db, account, domain, cle
 def test_relay_options_provide_an_egress_hook(services, clean_ips):
     hook = ips_wiring.relay_options(services)["egress"]
     try:
-        egress = hook({"account_id": 1, "options": {}}, {"id": 1, "name": "x.test"})
-        assert egress.address is None and egress.helo == services.settings.helo_name
+        egress, carried = hook({"account_id": 1, "options": {}}, {"id": 1, "name": "x.test"}, 3)
+        assert egress.address is None and egress.helo == services.settings.helo_name and carried == 3
     finally:
         hook.view.stop()
 

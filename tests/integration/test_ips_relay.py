@@ -119,3 +119,32 @@ def test_wait_policy_holds_mail_past_the_cap_unattempted(services, settings, acc
     assert sorted(e["event"] for e in events) == ["accepted"] * 5 + ["delivered"] * 2
     assert db.execute("SELECT used FROM ip_warmup_usage WHERE address = '127.0.0.2'").fetchone()["used"] == 2
     db.execute("DELETE FROM messages WHERE message_id = ANY(%s)", (ids,))  # leave no queued mail behind
+
+
+def test_warmup_quota_counts_recipients_and_splits_a_transaction_at_the_cap(services, settings, account, domain, db,
+                                                                            clean_ips):
+    # One message to five recipients at one destination, on an IP allowed 2 a day: two recipients go
+    # (one transaction from that IP), three wait unattempted. Counting transactions would send all five.
+    add_ip(services, "127.0.0.2", dedicated=True)
+    services.ips.add_domain_ip("test", domain, "127.0.0.2")
+    services.ips.start_warmup("test", "127.0.0.2", "3x2")
+    with Sink() as sink, DnsServer() as dns:
+        rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
+        route(dns, rcpt_domain)
+        egress = ips_wiring.make_egress(services, refresh=0.2, policy="wait")
+        try:
+            with RelayThread(services, relay_settings(settings, sink, dns), egress=egress):
+                message_id = send(services, account["id"], domain, ", ".join(f"m{n}@{rcpt_domain}" for n in range(5)))
+                sink.wait_for(1)
+                held = wait_until(lambda: (rows := db.execute(
+                    "SELECT r.attempts FROM recipients r JOIN messages m ON m.id = r.message_pk"
+                    " WHERE m.message_id = %s AND r.status = 'queued' AND r.leased_until IS NULL"
+                    " AND r.next_attempt_at > now() + interval '1 hour'", (message_id,)).fetchall())
+                    and len(rows) == 3 and rows, 15)
+        finally:
+            egress.view.stop()
+    [sent] = sink.messages()
+    assert sent["peer"] == "127.0.0.2" and len(sent["rcpt_tos"]) == 2
+    assert all(r["attempts"] == 0 for r in held)
+    assert db.execute("SELECT used FROM ip_warmup_usage WHERE address = '127.0.0.2'").fetchone()["used"] == 2
+    db.execute("DELETE FROM messages WHERE message_id = %s", (message_id,))  # leave no queued mail behind

@@ -259,11 +259,11 @@ def test_no_egress_available_defers_without_an_attempt(services, settings, accou
     dns.add("mx.wait.test", "A", "127.0.0.1")
     calls = []
 
-    def egress(message, domain_row):
+    def egress(message, domain_row, recipients):
         calls.append(time.time())
         if len(calls) == 1:
             raise NoEgressAvailable(2, "warm-up cap reached")
-        return Egress(None, "relay.test")
+        return Egress(None, "relay.test"), recipients
 
     with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns), egress=egress):
         message_id = send(services, account["id"], domain, "a@wait.test")

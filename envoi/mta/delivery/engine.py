@@ -91,7 +91,7 @@ class Relay:
         wait_for_work: Callable[[float], bool] | None = None,
         metrics=None,
         suppressions=None,
-        egress: Callable[[dict, dict], Egress] | None = None,
+        egress: Callable[[dict, dict, int], tuple[Egress, int]] | None = None,
         shaping: Shaping | None = None,
     ):
         self.settings = settings
@@ -270,19 +270,23 @@ class Relay:
         for (message_pk, rcpt_domain), recipients in groups.items():
             message = messages[message_pk]
             domain = self._domain(message["domain_id"])[0]
-            try:
-                egress = self.egress_for(message, domain)
-            except NoEgressAvailable as ex:
-                # Not this relay's turn to send it (warm-up caps, IPs elsewhere): put it back unattempted.
-                for rcpt in recipients:
-                    self._defer(rcpt, ex.retry_after)
-                continue
-            except Exception as ex:  # never strand a claimed recipient: a failing hook means retry later
-                log.exception("choosing the egress failed")
-                self._fail_delivery(Delivery(message, domain, recipients, Egress(None, "")),
-                                    connection_failure(f"internal error: {ex}", {}))
-                continue
-            self._dispatch(Delivery(message, domain, recipients, egress), rcpt_domain)
+            while recipients:
+                try:
+                    egress, carried = self.egress_for(message, domain, len(recipients))
+                except NoEgressAvailable as ex:
+                    # Not this relay's turn to send it (warm-up caps, IPs elsewhere): put it back unattempted.
+                    for rcpt in recipients:
+                        self._defer(rcpt, ex.retry_after)
+                    break
+                except Exception as ex:  # never strand a claimed recipient: a failing hook means retry later
+                    log.exception("choosing the egress failed")
+                    self._fail_delivery(Delivery(message, domain, recipients, Egress(None, "")),
+                                        connection_failure(f"internal error: {ex}", {}))
+                    break
+                # An IP near its warm-up cap may carry only some recipients: the rest look for another.
+                carried = max(1, min(carried, len(recipients)))
+                self._dispatch(Delivery(message, domain, recipients[:carried], egress), rcpt_domain)
+                recipients = recipients[carried:]
         return len(rows)
 
     def _claim_sync(self, limit: int) -> tuple[list[dict], dict[int, dict], dict[int, str]]:
@@ -317,11 +321,12 @@ class Relay:
         _, domain, pem, ed25519 = self._domains[domain_id]
         return domain, pem, ed25519
 
-    def egress_for(self, message: dict, domain: dict) -> Egress:
-        """Which source address sends this message. Decided at delivery time, not at accept."""
+    def egress_for(self, message: dict, domain: dict, recipients: int = 1) -> tuple[Egress, int]:
+        """Which source address sends this message to (the first how many of) `recipients` recipients.
+        Decided at delivery time, not at accept."""
         if self.choose_egress is not None:
-            return self.choose_egress(message, domain)
-        return Egress(None, self.settings.helo_name)
+            return self.choose_egress(message, domain, recipients)
+        return Egress(None, self.settings.helo_name), recipients
 
     # dispatch ---------------------------------------------------------------------------------
     def _dispatch(self, delivery: Delivery, rcpt_domain: str) -> None:
