@@ -18,7 +18,7 @@ import time
 from envoi.accounts.errors import InvalidInput, NotFound
 from envoi.events.service import NewEvent
 from envoi.infra.crypto import Sealer, hmac_sha256_hex
-from envoi.infra.db import Connection, Database
+from envoi.infra.db import Connection, Cursor, Database
 from envoi.infra.redis import Doorbell
 from envoi.infra.settings import Settings
 from envoi.webhooks import ssrf, store
@@ -50,9 +50,10 @@ class Webhooks:
         self.allow = ssrf.Allow.parse(settings.webhook_allow)
         self.doorbell = Doorbell(redis, f"envoi:{settings.region}:webhooks:wakeup") if redis is not None else None
         self.queue_name = f"envoi-{settings.region}-webhooks"
-        # Per thread: the outbox statement of the transaction being written, read by events_listener
-        # once that transaction has committed.
-        self._written = threading.local()
+        # The outbox statement of each events batch being written (by id of the batch's list, which
+        # Events hands to the writers and, once committed, to the listeners), until the listener reads it.
+        self._outboxes: dict[int, Cursor] = {}
+        self._lock = threading.Lock()
         self.observe = None  # fn(outcome, seconds) per attempt, set by the wiring (Prometheus)
         self.backlog_gauge = None  # a Gauge the dispatcher sets, set by the wiring
         self.lease_seconds = LEASE_SECONDS  # how long a queued job owns its row before the sweeper retakes it
@@ -177,15 +178,20 @@ class Webhooks:
     # outbox -----------------------------------------------------------------------------------
     def events_writer(self, conn: Connection, events: list[NewEvent]) -> None:
         """Inside the events' transaction: one outbox row per (event, subscribed URL), matched in SQL."""
-        self._written.outbox = None
         typed = [(ev.account_id, ev.domain_id, t, ev.data["id"], ev.json) for ev in events
                  if (t := event_type_of(ev.data))]
         if typed:
-            self._written.outbox = store.enqueue_for_events(conn, typed)
+            outbox = store.enqueue_for_events(conn, typed)
+            with self._lock:
+                if len(self._outboxes) > 10_000:  # rolled-back batches leave entries behind: stay bounded
+                    self._outboxes.clear()
+                self._outboxes[id(events)] = outbox
 
     def events_listener(self, events: list[NewEvent]) -> None:
-        """After commit (same thread): wake the dispatcher if this batch made webhook deliveries."""
-        outbox, self._written.outbox = getattr(self._written, "outbox", None), None
+        """After commit: wake the dispatcher if this batch's outbox statement made rows (it has run by
+        now: its row count is known, whichever thread asks)."""
+        with self._lock:
+            outbox = self._outboxes.pop(id(events), None)
         if outbox is not None and outbox.rowcount > 0 and self.doorbell is not None:
             self.doorbell.ring()
 

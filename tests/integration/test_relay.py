@@ -163,3 +163,25 @@ def test_gives_up_after_lifetime(services, settings, account, domain, db, sink, 
     assert events[-1]["data"]["reason"] == "old"
     assert events[-1]["data"]["delivery-status"]["message"] == "Too old"
     assert sum(1 for e in events if e["severity"] == "temporary") >= 2
+
+
+def test_a_delivered_event_with_a_webhook_wakes_the_dispatcher(services, account, domain, db, sink, dns, relay):
+    # The relay records outcomes in a worker thread and runs the after-commit listeners on its event
+    # loop: the webhook dispatcher's doorbell must still ring for the outbox rows the batch made.
+    from envoi.webhooks import store as webhook_store
+
+    route(dns, "dest.test")
+    with services.db.transaction() as conn:
+        webhook_store.set_urls(conn, account["id"], domain["id"], "delivered", ["https://hooks.example.test/d"])
+    doorbell = services.webhooks.doorbell
+    doorbell.conn.delete(doorbell.key)
+    try:
+        message_id = send(services, account["id"], domain, "hook@dest.test")
+        wait_until(lambda: (e := events_of(db, message_id)) and e[-1]["event"] == "delivered")
+        wait_until(lambda: doorbell.conn.llen(doorbell.key) == 1, timeout=5)
+        rows = db.execute("SELECT event_type, payload->>'event' AS event FROM webhook_deliveries"
+                          " WHERE domain_id = %s", (domain["id"],)).fetchall()
+        assert [(r["event_type"], r["event"]) for r in rows] == [("delivered", "delivered")]
+    finally:
+        db.execute("DELETE FROM webhook_deliveries WHERE domain_id = %s", (domain["id"],))
+        db.execute("DELETE FROM webhooks WHERE domain_id = %s", (domain["id"],))
