@@ -87,12 +87,13 @@ def test_stage_reports_a_failed_transaction_to_every_session_of_the_batch(servic
 
 def test_closing_the_stage_commits_what_is_waiting(services, domain, db, queued_away):
     intake = services.intake
-    stage = CommitStage(lambda d: intake.prepare(domain, d), intake.commit)
+    stage = CommitStage(lambda d: intake.prepare(domain, d), intake.commit, max_batch=5)
 
     async def run():
-        futures = [stage.submit(draft(domain, f"m{i}")) for i in range(20)]
+        futures = [stage.submit(draft(domain, f"m{i}")) for i in range(20)]  # four batches still queued
         await asyncio.get_running_loop().run_in_executor(None, stage.close)
-        return await asyncio.gather(*futures)
+        # A close that dropped what was waiting would leave these futures pending: fail, do not hang.
+        return await asyncio.wait_for(asyncio.gather(*futures), 10)
 
     results = asyncio.run(run())
     assert len(results) == 20
