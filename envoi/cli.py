@@ -198,8 +198,8 @@ def domains_add(account_id: int, name: str, selector: str | None, key_size: int,
     services = _services()
     row = services.accounts.add_domain(account_id, name, dkim_selector=selector, dkim_key_size=key_size,
                                        verified=verified)
-    click.echo(f"domain {row['name']} added to account {account_id} ({row['state']}); publish these records"
-               f" then run `envoi domains verify {row['name']}`:")
+    then = "" if row["state"] == "active" else f", then run `envoi domains verify {row['name']}`"
+    click.echo(f"domain {row['name']} added to account {account_id} ({row['state']}); publish these records{then}:")
     records = _domain_records(services, row)
     for rec in records["sending_dns_records"] + records["receiving_dns_records"]:
         click.echo(f"  {rec['record_type']:5} {rec['name']}  {rec.get('priority', '')} {rec['value']}")
