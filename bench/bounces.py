@@ -79,7 +79,7 @@ def _server(dsn_url: str, redis_url: str, secret: bytes, count: int, conn, stop)
     settings = Settings(database_url=dsn_url, redis_url=redis_url, secret_key=secret)
     services = runtime.build(settings, pool_size=10)
     account = services.accounts.create_account("bench")
-    domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024)
+    domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024, verified=True)
     key = verp.key_from_secret(secret)
     targets = []
     for n in range(count):

@@ -46,7 +46,7 @@ def main() -> None:
     svc = runtime.build(settings, pool_size=4)
     try:
         acct = svc.accounts.create_account("bench")
-        dom = svc.accounts.add_domain(acct["id"], "bench.example.test", dkim_key_size=1024)
+        dom = svc.accounts.add_domain(acct["id"], "bench.example.test", dkim_key_size=1024, verified=True)
         principal = Principal(None, acct["id"], "admin")
         conn = jobs.worker_connection(redis_url)
 

@@ -334,7 +334,7 @@ class EnvoiStack:
         try:
             accounts = services.accounts
             account = accounts.create_account("bench")
-            self.domain = accounts.add_domain(account["id"], DOMAIN, dkim_key_size=2048)
+            self.domain = accounts.add_domain(account["id"], DOMAIN, dkim_key_size=2048, verified=True)
             accounts.set_domain_state(self.domain["id"], "active")
             _, self.api_key = accounts.create_key(account["id"], "admin")
             self.smtp_login, self.smtp_password = f"bench@{DOMAIN}", secrets.token_urlsafe(16)

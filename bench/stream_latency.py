@@ -72,7 +72,7 @@ def main() -> None:
     settings = Settings(database_url=DSN, redis_url=redis_url, secret_key=key, public_url=url)
     services = runtime.build(settings, pool_size=2)
     account = services.accounts.create_account("stream-bench")
-    domain = services.accounts.add_domain(account["id"], f"s{time.time_ns()}.bench", dkim_key_size=1024)
+    domain = services.accounts.add_domain(account["id"], f"s{time.time_ns()}.bench", dkim_key_size=1024, verified=True)
     _, api_key = services.accounts.create_key(account["id"], "admin")
 
     env = dict(os.environ, ENVOI_DATABASE_URL_EU=DSN, REDIS_URL=redis_url, ENVOI_PUBLIC_URL=url,

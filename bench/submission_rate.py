@@ -53,7 +53,7 @@ def _setup(dsn: str, redis_url: str, secret: bytes) -> str:
 
     services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret), pool_size=1)
     account = services.accounts.create_account("bench")
-    domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024)
+    domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024, verified=True)
     services.accounts.create_credential(account["id"], domain["name"], "bench", PASSWORD)
     services.submission.close()
     services.close()

@@ -193,17 +193,41 @@ def domains() -> None:
 @click.argument("name")
 @click.option("--selector", default=None, help="DKIM selector (default: envoi)")
 @click.option("--key-size", default=2048, show_default=True, type=int)
-def domains_add(account_id: int, name: str, selector: str | None, key_size: int) -> None:
-    from envoi.accounts.service import dns_records
-
+@click.option("--verified", is_flag=True, help="The operator vouches for the domain: it may send at once.")
+def domains_add(account_id: int, name: str, selector: str | None, key_size: int, verified: bool) -> None:
     services = _services()
-    row = services.accounts.add_domain(account_id, name, dkim_selector=selector, dkim_key_size=key_size)
-    region = services.settings.region
-    records = dns_records(row, spf_include=f"{region}.envoi.local", mx_hosts=(f"mx.{region}.envoi.local",),
-                          tracking_target=f"track.{region}.envoi.local")
-    click.echo(f"domain {row['name']} added to account {account_id}; publish these records:")
+    row = services.accounts.add_domain(account_id, name, dkim_selector=selector, dkim_key_size=key_size,
+                                       verified=verified)
+    then = "" if row["state"] == "active" else f", then run `envoi domains verify {row['name']}`"
+    click.echo(f"domain {row['name']} added to account {account_id} ({row['state']}); publish these records{then}:")
+    records = _domain_records(services, row)
     for rec in records["sending_dns_records"] + records["receiving_dns_records"]:
         click.echo(f"  {rec['record_type']:5} {rec['name']}  {rec.get('priority', '')} {rec['value']}")
+
+
+@domains.command("verify")
+@click.argument("name")
+@click.option("--account", "account_id", type=int, default=None, help="The account holding it (default: any).")
+@click.option("--trust", is_flag=True, help="Mark it verified without a DNS lookup (the operator vouches).")
+def domains_verify(name: str, account_id: int | None, trust: bool) -> None:
+    """Look the domain's SPF and DKIM records up in DNS; when found, the domain may send to anyone."""
+    services = _services()
+    row = services.accounts.get_domain(name, account_id)
+    row, records = services.accounts.verify_domain(row["account_id"], name, _domain_records(services, row),
+                                                   services.settings.dns_resolver, trust=trust)
+    for rec in records["sending_dns_records"] + records["receiving_dns_records"]:
+        click.echo(f"  {rec['valid']:8} {rec['record_type']:5} {rec['name']}")
+    click.echo(f"domain {row['name']} (account {row['account_id']}): {row['state']}")
+    if row["state"] != "active":
+        sys.exit(1)
+
+
+def _domain_records(services, row: dict) -> dict:
+    from envoi.accounts.service import dns_records
+
+    region = services.settings.region
+    return dns_records(row, spf_include=f"{region}.envoi.local", mx_hosts=(f"mx.{region}.envoi.local",),
+                       tracking_target=f"track.{region}.envoi.local")
 
 
 @main.group()

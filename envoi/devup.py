@@ -62,12 +62,15 @@ def _demo(settings: Settings, var: Path) -> dict:
             account = services.accounts.create_account("demo")
             if domain is not None:
                 services.accounts.delete_domain(domain["account_id"], DEMO_DOMAIN)
-            domain = services.accounts.add_domain(account["id"], DEMO_DOMAIN)
+            # Verified at once: its DNS is this machine's and every message goes to the dev sink.
+            domain = services.accounts.add_domain(account["id"], DEMO_DOMAIN, verified=True)
             _, key = services.accounts.create_key(account["id"], "admin", description="envoi up demo")
             password = secrets.token_urlsafe(12)[:16]
             services.accounts.create_credential(account["id"], DEMO_DOMAIN, f"postmaster@{DEMO_DOMAIN}", password)
         else:
             password = previous.get("ENVOI_SMTP_PASSWORD", "")
+            if domain["state"] == "unverified":
+                services.accounts.set_domain_state(domain["id"], "active")
         return {"ENVOI_API_KEY": key, "ENVOI_DOMAIN": DEMO_DOMAIN, "ENVOI_SMTP_USER": f"postmaster@{DEMO_DOMAIN}",
                 "ENVOI_SMTP_PASSWORD": password, "ENVOI_ACCOUNT_ID": str(domain["account_id"])}
     finally:

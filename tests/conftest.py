@@ -75,7 +75,7 @@ def account(services):
 @pytest.fixture
 def domain(services, account):
     return services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test",
-                                        dkim_key_size=1024)
+                                        dkim_key_size=1024, verified=True)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from envoi.accounts import store
+from envoi.accounts import dnscheck, store
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
 from envoi.infra import crypto, ids
 from envoi.infra.cache import TTLCache
@@ -14,6 +14,8 @@ from envoi.infra.db import Connection, Database, IntegrityError
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
 KEY_RE = re.compile(r"^key-(eu|us)-[A-Za-z0-9_-]{20,}$")
 ROLES = ("admin", "sending", "operator")
+ADDRESS_RE = re.compile(r"^[^@\s]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+$")
+MAX_AUTHORIZED_RECIPIENTS = 5  # Mailgun's limit
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,13 @@ class Accounts:
 
     def _find_domain(self, name: str, account_id: int) -> dict | None:
         with self.db.transaction() as conn:
-            return store.get_domain(conn, name, account_id)
+            row = store.get_domain(conn, name, account_id)
+            if row is not None and row["state"] == "unverified":
+                # What intake needs to hold an unverified domain to its test recipients, cached with
+                # the row: no extra query per message.
+                row["authorized_recipients"] = frozenset(
+                    r["address"] for r in store.authorized_recipients(conn, account_id))
+            return row
 
     # accounts ---------------------------------------------------------------------------------
     def create_account(self, name: str, plan: str = "free") -> dict:
@@ -93,7 +101,12 @@ class Accounts:
         web_scheme: str = "http",
         require_tls: bool = False,
         skip_verification: bool = False,
+        verified: bool = False,
     ) -> dict:
+        """Add a sending domain. It starts unverified (it sends only to the account's authorised
+        recipients) until verify_domain() finds its records in DNS. verified=True is for the operator
+        vouching for a domain (`envoi domains add --verified`, `envoi up`'s local demo domain); the
+        HTTP API never passes it."""
         name = name.strip().lower().rstrip(".")
         if not DOMAIN_RE.match(name):
             raise InvalidInput(f"'{name}' is not a valid domain name")
@@ -110,10 +123,13 @@ class Accounts:
         try:
             with self.db.transaction() as conn:
                 self._account(conn, account_id)
+                if store.active_elsewhere(conn, name, account_id):
+                    raise AlreadyExists(f"Domain {name} already exists")
                 return store.insert_domain(
                     conn,
                     account_id=account_id,
                     name=name,
+                    state="active" if verified else "unverified",
                     dkim_selector=selector,
                     dkim_private_key=self.sealer.seal(private_pem, b"dkim:" + name.encode()),
                     dkim_public_key=public_b64,
@@ -158,6 +174,53 @@ class Accounts:
     def set_domain_state(self, domain_id: int, state: str) -> None:
         with self.db.transaction() as conn:
             store.set_domain_state(conn, domain_id, state)
+        self._sending_domains.forget()
+
+    def verify_domain(self, account_id: int | None, name: str, records: dict,
+                      nameserver: tuple[str, int] | None = None, *, trust: bool = False) -> tuple[dict, dict]:
+        """Look the domain's records up in DNS (Mailgun's PUT /v4/domains/{d}/verify); when its SPF and
+        DKIM records are there, the domain becomes active and the same name held unverified by other
+        accounts is released. Returns (domain row, records with `valid` filled in).
+
+        records: dns_records(row, ...) for this row. account_id None: an operator, by name.
+        trust: the operator vouches for the domain without a lookup (`envoi domains verify --trust`)."""
+        row = self.get_domain(name, account_id)
+        checked = {key: (rows if trust else dnscheck.check(rows, nameserver)) for key, rows in records.items()}
+        proven = trust or all(r["valid"] == "valid" for r in checked["sending_dns_records"]
+                              if r["record_type"] == "TXT")
+        if proven and row["state"] == "unverified":
+            try:
+                with self.db.transaction() as conn:
+                    if store.active_elsewhere(conn, row["name"], row["account_id"]):
+                        raise AlreadyExists(f"Domain {row['name']} is already verified by another account")
+                    store.activate_domain(conn, row["id"])
+            except IntegrityError as ex:  # verified elsewhere at the same moment
+                raise AlreadyExists(f"Domain {row['name']} is already verified by another account") from ex
+            self._sending_domains.forget()
+            self._keys.forget()
+            row = self.get_domain_by_id(row["id"])
+        return row, checked
+
+    # authorised recipients (what unverified domains may send to) -------------------------------
+    def authorized_recipients(self, account_id: int) -> list[dict]:
+        with self.db.transaction() as conn:
+            return store.authorized_recipients(conn, account_id)
+
+    def add_authorized_recipient(self, account_id: int, address: str) -> str:
+        address = (address or "").strip().lower()
+        if len(address) > 254 or not ADDRESS_RE.match(address):
+            raise InvalidInput("email parameter is not a valid address")
+        with self.db.transaction() as conn:
+            self._account(conn, account_id)
+            if not store.add_authorized_recipient(conn, account_id, address, MAX_AUTHORIZED_RECIPIENTS):
+                raise InvalidInput(f"You can have at most {MAX_AUTHORIZED_RECIPIENTS} authorized recipients")
+        self._sending_domains.forget()
+        return address
+
+    def delete_authorized_recipient(self, account_id: int, address: str) -> None:
+        with self.db.transaction() as conn:
+            if not store.delete_authorized_recipient(conn, account_id, (address or "").strip().lower()):
+                raise NotFound("Authorized recipient not found")
         self._sending_domains.forget()
 
     def dkim_private_key(self, domain: dict) -> bytes:

@@ -29,16 +29,71 @@ def insert_domain(conn: Connection, **row) -> dict:
     cols = ", ".join(row)
     marks = ", ".join(["%s"] * len(row))
     conn.execute(f"INSERT INTO domains ({cols}) VALUES ({marks})", tuple(row.values()))
-    return get_domain(conn, row["name"])
+    return get_domain(conn, row["name"], row["account_id"])
 
 
 def get_domain(conn: Connection, name: str, account_id: int | None = None) -> dict | None:
+    """An account's domain; without an account (operator tools), the name's active row if any, else
+    its newest (several accounts may hold a name unverified)."""
     sql = f"SELECT {DOMAIN_COLUMNS} FROM domains d WHERE d.name = %s"
     args: tuple = (name.lower(),)
     if account_id is not None:
         sql += " AND d.account_id = %s"
         args += (account_id,)
-    return conn.execute(sql, args).fetchone()
+    return conn.execute(sql + " ORDER BY d.state = 'active' DESC, d.id DESC LIMIT 1", args).fetchone()
+
+
+def active_elsewhere(conn: Connection, name: str, account_id: int) -> bool:
+    """Another account holds this name verified."""
+    return conn.execute(
+        "SELECT 1 FROM domains WHERE name = %s AND state = 'active' AND account_id <> %s", (name, account_id)
+    ).fetchone() is not None
+
+
+def activate_domain(conn: Connection, domain_id: int) -> list[int]:
+    """Mark a domain verified and release the same name held unverified by other accounts (their rows
+    are disabled and their SMTP logins, which would block the owner's, deleted). Returns the released
+    ids. The unique index on active names refuses a second active row (IntegrityError)."""
+    released = [r["id"] for r in conn.execute(
+        "UPDATE domains o SET state = 'disabled' FROM domains d"
+        " WHERE d.id = %s AND o.name = d.name AND o.account_id <> d.account_id AND o.state = 'unverified'"
+        " RETURNING o.id",
+        (domain_id,),
+    ).fetchall()]
+    if released:
+        conn.execute("DELETE FROM smtp_credentials WHERE domain_id = ANY(%s)", (released,))
+    conn.execute("UPDATE domains SET state = 'active' WHERE id = %s", (domain_id,))
+    return released
+
+
+def authorized_recipients(conn: Connection, account_id: int) -> list[dict]:
+    return conn.execute(
+        "SELECT address, created_at FROM authorized_recipients WHERE account_id = %s ORDER BY created_at, address",
+        (account_id,),
+    ).fetchall()
+
+
+def add_authorized_recipient(conn: Connection, account_id: int, address: str, limit: int) -> bool:
+    """Add (idempotent) unless the account already has `limit` others; False when full."""
+    conn.execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account_id,))  # serialise the count
+    row = conn.execute(
+        "INSERT INTO authorized_recipients (account_id, address)"
+        " SELECT %s, %s WHERE (SELECT count(*) FROM authorized_recipients WHERE account_id = %s) < %s"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        (account_id, address, account_id, limit),
+    ).fetchone()
+    if row is not None:
+        return True
+    return conn.execute(
+        "SELECT 1 FROM authorized_recipients WHERE account_id = %s AND address = %s", (account_id, address)
+    ).fetchone() is not None
+
+
+def delete_authorized_recipient(conn: Connection, account_id: int, address: str) -> bool:
+    cur = conn.execute(
+        "DELETE FROM authorized_recipients WHERE account_id = %s AND address = %s", (account_id, address)
+    )
+    return cur.rowcount > 0
 
 
 def get_domain_by_id(conn: Connection, domain_id: int) -> dict | None:

@@ -10,6 +10,7 @@ from envoi.api.resources.domains import Credentials, DomainCollection, DomainIte
 from envoi.api.resources.events import EventList
 from envoi.api.resources.messages import Messages
 from envoi.api.resources.privacy import AddressData
+from envoi.api.resources.sandbox import AuthorizedRecipients
 from envoi.api.resources.stored import StoredMessage
 from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.routes import delivery as routes_delivery
@@ -35,9 +36,14 @@ def create_app(settings, services) -> falcon.App:
     app.add_route("/v3/{domain}/events/{token}", events, suffix="page")
 
     app.add_route("/v4/domains", DomainCollection(services.accounts, dns))
-    domain_item = DomainItem(services.accounts, dns)
+    domain_item = DomainItem(services.accounts, dns, settings.dns_resolver)
     app.add_route("/v4/domains/{domain}", domain_item)
     app.add_route("/v3/domains/{domain}", domain_item)
+    app.add_route("/v4/domains/{domain}/verify", domain_item, suffix="verify")
+    app.add_route("/v3/domains/{domain}/verify", domain_item, suffix="verify")
+    recipients = AuthorizedRecipients(services.accounts)
+    app.add_route("/v5/sandbox/auth_recipients", recipients)
+    app.add_route("/v5/sandbox/auth_recipients/{email}", recipients, suffix="item")
     app.add_route("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(services.accounts, services.storage))
     app.add_route("/v3/privacy/addresses/{address}", AddressData(services.privacy))
     credentials = Credentials(services.accounts)

@@ -53,7 +53,8 @@ class Settings:
     public_url: str = "http://127.0.0.1:8025"
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
     region_urls: Mapping[str, str] = field(default_factory=dict)
-    #: ENVOI_DNS_RESOLVER: "host:port" of the resolver for MX lookups; empty = system resolver.
+    #: ENVOI_DNS_RESOLVER: "host:port" of the resolver for MX lookups and domain verification; empty =
+    #: system resolver.
     dns_resolver: tuple[str, int] | None = None
     #: ENVOI_SMTP_ROUTE: "host:port" that receives ALL outbound mail (dev sink); empty = real MX.
     smtp_route: tuple[str, int] | None = None
@@ -143,8 +144,9 @@ class Settings:
     smtp_auth_max_failures_ip: int = 20
     #: ENVOI_SMTP_AUTH_WINDOW: the failed-AUTH counting window (15m).
     smtp_auth_window: float = 900.0
-    #: ENVOI_SMTP_ALLOW_FOREIGN_FROM: let SMTP logins send From addresses outside their domain (off).
-    smtp_allow_foreign_from: bool = False
+    #: ENVOI_ALLOW_FOREIGN_FROM (older name ENVOI_SMTP_ALLOW_FOREIGN_FROM): let the API and SMTP send
+    #: From addresses outside the sending domain and its subdomains, as Mailgun does (off).
+    allow_foreign_from: bool = False
     #: ENVOI_INBOUND_BIND: address `envoi inbound` (DSN/ARF listener) listens on (127.0.0.1; 0.0.0.0 in prod).
     inbound_bind: str = "127.0.0.1"
     #: ENVOI_INBOUND_PORT: port of the inbound bounce/FBL listener (2526; 25 behind the domains' MX).
@@ -276,8 +278,8 @@ class Settings:
             values["smtp_auth_max_failures_ip"] = int(v)
         if v := env.get("ENVOI_SMTP_AUTH_WINDOW"):
             values["smtp_auth_window"] = _seconds(v)
-        if v := env.get("ENVOI_SMTP_ALLOW_FOREIGN_FROM"):
-            values["smtp_allow_foreign_from"] = _bool(v)
+        if v := env.get("ENVOI_ALLOW_FOREIGN_FROM", env.get("ENVOI_SMTP_ALLOW_FOREIGN_FROM")):
+            values["allow_foreign_from"] = _bool(v)
         if v := env.get("ENVOI_INBOUND_BIND"):
             values["inbound_bind"] = v
         if v := env.get("ENVOI_INBOUND_PORT"):

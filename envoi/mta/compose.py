@@ -23,6 +23,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from envoi.infra import ids
 from envoi.mta.errors import InvalidMessage, InvalidRecipient
+from envoi.mta.senders import from_addresses as read_from_addresses
 
 MAX_RECIPIENTS = 1000
 MAX_TAGS = 3
@@ -67,6 +68,7 @@ class Draft:
     attachments: list[dict] = field(default_factory=list)
     method: str = "http"
     deliver_at: float | None = None
+    from_addresses: list[str] = field(default_factory=list)  # checked against the sending domain
 
     @property
     def size(self) -> int:
@@ -290,6 +292,7 @@ def compose(
         attachments=[{"filename": a.filename, "content-type": a.content_type, "size": len(a.data)}
                      for a in kept_attachments],
         deliver_at=deliver_at,
+        from_addresses=[addr for _, addr in froms],
     )
 
 
@@ -310,6 +313,7 @@ def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str,
     parsed = head if head is not None else parse_head(mime)
     if not parsed.keys():
         raise InvalidMessage("message has no headers")
+    from_addresses = read_from_addresses(parsed)
     prepend = []
     message_id = (parsed.get("Message-ID") or "").strip().strip("<>")
     if not message_id:
@@ -331,7 +335,7 @@ def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str,
     tags, variables, options, deliver_at = read_options(fields)
     return Draft(domain=domain, mail_from=mail_from, copies=[Composed(envelope, mime, headers)],
                  message_id=message_id, tags=tags, user_variables=variables, options=options,
-                 method=method, deliver_at=deliver_at)
+                 method=method, deliver_at=deliver_at, from_addresses=from_addresses)
 
 
 def _crlf(data: bytes) -> bytes:

@@ -24,7 +24,7 @@ from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database, is_data_error
 from envoi.infra.group_commit import GroupCommit, write_isolated
 from envoi.infra.settings import Settings
-from envoi.mta import store
+from envoi.mta import senders, store
 from envoi.mta.compose import Draft
 from envoi.mta.errors import DomainNotFound, MessageTooLarge, NotAllowed
 
@@ -86,9 +86,27 @@ class Intake:
         if draft.size > self.settings.max_message_bytes:
             raise MessageTooLarge(
                 f"message size {draft.size} bytes exceeds the limit of {self.settings.max_message_bytes} bytes")
+        if not self.settings.allow_foreign_from:
+            senders.check(domain["name"], draft.from_addresses or [draft.mail_from])
+        if domain["state"] == "unverified":
+            self._check_test_recipients(domain, draft)
         for render in self.renderers:
             draft = render(domain, draft)
         return Accepted(f"<{draft.message_id}>", draft.method, self._prepare(domain, draft))
+
+    @staticmethod
+    def _check_test_recipients(domain: dict, draft: Draft) -> None:
+        """An unverified domain sends only to its account's authorised recipients (Mailgun's sandbox
+        rule): proof of control of a domain comes before mail in its name reaches strangers. The
+        list comes cached with the domain row (Accounts.sending_domain), so this reads no database."""
+        allowed = domain.get("authorized_recipients") or frozenset()
+        for copy in draft.copies:
+            for rcpt in copy.recipients:
+                if rcpt.lower() not in allowed:
+                    raise NotAllowed(
+                        f"Domain {domain['name']} is not allowed to send: Unverified domains are for test purposes"
+                        " only. Please verify the domain or add the address to authorized recipients in"
+                        " Account Settings.")
 
     def commit(self, batch: list[Accepted]) -> list[BaseException | None]:
         """The second half of accept() for a caller that batches accepts itself (the SMTP server's

@@ -193,7 +193,7 @@ def test_arf_for_another_tenants_message_id_is_dropped(services, account, domain
     # Message-ID lookups are scoped to the domain the report was sent to: B's FBL address cannot
     # complain about A's message.
     tenant = services.accounts.create_account(f"other-{uuid.uuid4().hex[:6]}")
-    other = services.accounts.add_domain(tenant["id"], f"{uuid.uuid4().hex[:8]}.other.test", dkim_key_size=1024)
+    other = services.accounts.add_domain(tenant["id"], f"{uuid.uuid4().hex[:8]}.other.test", dkim_key_size=1024, verified=True)
     rcpt = f"x-{uuid.uuid4().hex[:6]}@{RCPT_DOMAIN}"
     message_id = send(services, account["id"], domain, [rcpt])
     raw = report("yahoo_arf.eml", rcpt=rcpt, message_id=message_id, return_path="x")

@@ -54,7 +54,7 @@ def add_ip(services, address, *, dedicated=False, host=None, helo=None):
 
 def other_customer(services):
     account = services.accounts.create_account(f"other-{uuid.uuid4().hex[:6]}")
-    domain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.other.test", dkim_key_size=1024)
+    domain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.other.test", dkim_key_size=1024, verified=True)
     _, secret = services.accounts.create_key(account["id"], "admin")
     return account, domain, secret
 
@@ -309,11 +309,11 @@ def test_egress_order_pools_hosts_and_owned_overrides(services, account, domain,
     add_ip(services, "127.0.0.7", host="another-relay")  # shared, but on another host
     add_ip(services, "127.0.0.8", dedicated=True, host="another-relay")
     services.ips.add_domain_ip("test", domain, "127.0.0.2")
-    pooled = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.pooled.test", dkim_key_size=1024)
+    pooled = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.pooled.test", dkim_key_size=1024, verified=True)
     pool = services.ips.create_pool("test", "p", ips=["127.0.0.3", "127.0.0.4"])
     services.ips.link_pool("test", pooled, pool["id"])
-    plain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.plain.test", dkim_key_size=1024)
-    elsewhere = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.far.test", dkim_key_size=1024)
+    plain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.plain.test", dkim_key_size=1024, verified=True)
+    elsewhere = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.far.test", dkim_key_size=1024, verified=True)
     services.ips.add_domain_ip("test", elsewhere, "127.0.0.8")
 
     view = services.ips.egress_view(host=host, policy="overflow", refresh=60, default_helo="relay.test")
@@ -352,7 +352,7 @@ def test_warmup_cap_is_never_exceeded_overflow_and_wait(services, db, account, d
     add_ip(services, "127.0.0.2", dedicated=True)
     add_ip(services, "127.0.0.3", dedicated=True)
     add_ip(services, "127.0.0.5")
-    pooled = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.pooled.test", dkim_key_size=1024)
+    pooled = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.pooled.test", dkim_key_size=1024, verified=True)
     pool = services.ips.create_pool("test", "p", ips=["127.0.0.2", "127.0.0.3"])
     services.ips.link_pool("test", pooled, pool["id"])
     services.ips.start_warmup("test", "127.0.0.2", "2x3")

@@ -35,7 +35,7 @@ def add_ip(services, address, dedicated=False):
 def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, settings, account, domain, db,
                                                                       clean_ips):
     new_domain = lambda label: services.accounts.add_domain(  # noqa: E731
-        account["id"], f"{uuid.uuid4().hex[:8]}.{label}.test", dkim_key_size=1024)
+        account["id"], f"{uuid.uuid4().hex[:8]}.{label}.test", dkim_key_size=1024, verified=True)
     pooled, plain, warming = new_domain("pooled"), new_domain("plain"), new_domain("warming")
     for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.7"):
         add_ip(services, address, dedicated=True)

@@ -69,7 +69,7 @@ def test_stream_filters_and_tenant_isolation(server, services, account, domain, 
     results, thread = start_reader(url, api_key)
     record(services, domain, "accepted")
     wanted = record(services, domain, "failed", severity="permanent")
-    other_domain = services.accounts.add_domain(account["id"], f"x{time.time_ns()}.example.test", dkim_key_size=1024)
+    other_domain = services.accounts.add_domain(account["id"], f"x{time.time_ns()}.example.test", dkim_key_size=1024, verified=True)
     record(services, other_domain, "failed", severity="permanent")  # same account, other domain
     thread.join(5)
     assert [d["id"] for d in items(results)] == [wanted["id"]]
@@ -88,12 +88,12 @@ def test_stream_filters_and_tenant_isolation(server, services, account, domain, 
 
 
 def test_account_wide_stream_names_the_domain(server, services, account, domain, api_key):
-    second = services.accounts.add_domain(account["id"], f"y{time.time_ns()}.example.test", dkim_key_size=1024)
+    second = services.accounts.add_domain(account["id"], f"y{time.time_ns()}.example.test", dkim_key_size=1024, verified=True)
     results, thread = start_reader(f"{server.url}/v3/events/live?timeout=3", api_key)
     a = record(services, domain, "delivered")
     b = record(services, second, "delivered")
     other = services.accounts.create_account("other-wide")
-    other_domain = services.accounts.add_domain(other["id"], f"z{time.time_ns()}.example.test", dkim_key_size=1024)
+    other_domain = services.accounts.add_domain(other["id"], f"z{time.time_ns()}.example.test", dkim_key_size=1024, verified=True)
     record(services, other_domain, "delivered")  # another tenant: never on this stream
     thread.join(5)
     got = items(results)

@@ -151,8 +151,8 @@ def test_partitions_and_retention_purge(services, db):
     saved = events.retention
     free = services.accounts.create_account("free-acct", "free")
     trial = services.accounts.create_account("trial-acct", "trial")
-    free_domain = services.accounts.add_domain(free["id"], f"f{time.time_ns()}.example.test", dkim_key_size=1024)
-    trial_domain = services.accounts.add_domain(trial["id"], f"t{time.time_ns()}.example.test", dkim_key_size=1024)
+    free_domain = services.accounts.add_domain(free["id"], f"f{time.time_ns()}.example.test", dkim_key_size=1024, verified=True)
+    trial_domain = services.accounts.add_domain(trial["id"], f"t{time.time_ns()}.example.test", dkim_key_size=1024, verified=True)
     now = time.time()
     assert events._maintaining.acquire(timeout=30)  # no background run races this test's explicit ones
     try:

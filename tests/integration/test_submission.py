@@ -165,7 +165,7 @@ def test_concurrent_sessions_share_commits_and_a_refused_message_fails_alone(
         server, client_ctx, login, account, domain, db, services):
     # A second domain of the account, disabled: its messages are refused in the commit stage, in the
     # middle of the batches of the first domain's messages, which must all be committed.
-    other = services.accounts.add_domain(account["id"], f"off-{domain['name']}", dkim_key_size=1024)
+    other = services.accounts.add_domain(account["id"], f"off-{domain['name']}", dkim_key_size=1024, verified=True)
     services.accounts.create_credential(account["id"], other["name"], "app", PASSWORD)
     services.accounts.set_domain_state(other["id"], "disabled")
     other_login = f"app@{other['name']}"

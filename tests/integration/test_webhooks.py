@@ -141,10 +141,10 @@ def test_failing_endpoint_is_retried_and_406_is_not(client, hook_services, rq_co
 def test_slow_endpoint_does_not_hold_up_another_tenant(client, hook_services, rq_conn, receiver, services):
     slow_account = services.accounts.create_account("slow")
     slow = services.accounts.add_domain(slow_account["id"], f"slow{time.monotonic_ns()}.example.test",
-                                        dkim_key_size=1024)
+                                        dkim_key_size=1024, verified=True)
     fast_account = services.accounts.create_account("fast")
     fast = services.accounts.add_domain(fast_account["id"], f"fast{time.monotonic_ns()}.example.test",
-                                        dkim_key_size=1024)
+                                        dkim_key_size=1024, verified=True)
     with Receiver() as other:
         hook_services.webhooks.create(slow, "accepted", [receiver.url("/slow")])
         hook_services.webhooks.create(fast, "accepted", [other.url("/fast")])

@@ -6,8 +6,9 @@ import pytest
 
 from envoi.mta.compose import parse_head
 from envoi.mta.errors import InvalidMessage
+from envoi.mta.senders import from_addresses as _from_addresses
 from envoi.mta.submission.headers import extract, substitute
-from envoi.mta.submission.server import _from_addresses, has_bare_cr_or_lf
+from envoi.mta.submission.server import has_bare_cr_or_lf
 
 BODY = b"\r\nline one\r\nX-Mailgun-Tag: not-a-header (body)\r\n"
 

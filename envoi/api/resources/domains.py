@@ -78,13 +78,21 @@ class DomainCollection:
 
 
 class DomainItem(DomainScoped):
-    def __init__(self, accounts, dns_settings: dict):
+    def __init__(self, accounts, dns_settings: dict, nameserver: tuple[str, int] | None = None):
         super().__init__(accounts)
         self.dns_settings = dns_settings
+        self.nameserver = nameserver  # ENVOI_DNS_RESOLVER, for verification lookups
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         row = self.domain(req, domain)
         resp.media = {"domain": domain_json(row), **dns_records(row, **self.dns_settings)}
+
+    def on_put_verify(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        """PUT /v4|v3/domains/{d}/verify: look the records up now; found SPF and DKIM make it active."""
+        row = self.domain(req, domain)
+        row, records = self.accounts.verify_domain(row["account_id"], row["name"],
+                                                   dns_records(row, **self.dns_settings), self.nameserver)
+        resp.media = {"message": "Domain DNS records have been updated", "domain": domain_json(row), **records}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         self.accounts.delete_domain(req.context.principal.account_id, domain)

@@ -18,7 +18,8 @@ Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 1
 * Size limit (552 5.3.4, data discarded while reading so memory stays bounded), recipients per
   message (452 4.5.3), line length 1000 octets, per-connection command budgets.
 * The sending domain is the credential's domain. MAIL FROM and the From header must be at that
-  domain or one of its subdomains (553/550 5.7.1) unless foreign senders are allowed by setting.
+  domain or one of its subdomains (553/550 5.7.1) unless foreign senders are allowed by setting: the
+  same rule as the HTTP API's (envoi.mta.senders, applied to the From header by intake).
 * X-Mailgun-* headers are read as send options and removed from the stored message.
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import email.policy
 import functools
 import logging
 import re
@@ -36,14 +36,13 @@ import threading
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import Message
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
 
 from envoi.accounts.service import Accounts, Principal
-from envoi.mta import compose
-from envoi.mta.errors import IntakeError, InvalidMessage, NotAllowed
+from envoi.mta import compose, senders
+from envoi.mta.errors import IntakeError, InvalidMessage
 from envoi.mta.intake import Accepted, Intake
 from envoi.mta.submission import headers
 from envoi.mta.submission.stage import CommitStage
@@ -111,7 +110,7 @@ class Submission:
             hostname=settings.smtp_hostname or settings.helo_name,
             max_message_bytes=settings.max_message_bytes,
             max_recipients=settings.smtp_max_recipients,
-            allow_foreign_from=settings.smtp_allow_foreign_from,
+            allow_foreign_from=settings.allow_foreign_from,
         )
         if overrides:
             config = dataclasses.replace(config, **overrides)
@@ -171,11 +170,8 @@ class Submission:
         return principal
 
     def sender_allowed(self, principal: Principal, address: str) -> bool:
-        if self.config.allow_foreign_from:
-            return True
-        own = (principal.domain or "").lower()
-        domain = address.rpartition("@")[2].lower().rstrip(".")
-        return bool(own) and (domain == own or domain.endswith("." + own))
+        """MAIL FROM: the rule intake applies to the From header (envoi.mta.senders)."""
+        return self.config.allow_foreign_from or senders.allowed(principal.domain or "", address)
 
     def submit(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> str:
         """Check, read options, strip them, and commit through intake; return the Message-ID."""
@@ -193,10 +189,9 @@ class Submission:
         helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
         mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
                 f"\t{format_datetime(datetime.now(UTC))}\r\n").encode() + mime
-        head = compose.parse_head(mime)  # once, for the From check and for composing
-        for address in _from_addresses(head):
-            if not self.sender_allowed(principal, address):
-                raise NotAllowed(f"From address {address} is not allowed for the domain {principal.domain}")
+        head = compose.parse_head(mime)  # once, for the From addresses and for composing
+        # from_mime reads the From addresses (refusing a missing or ambiguous From); intake checks
+        # them against the sending domain, as for the HTTP API.
         draft = compose.from_mime((principal.domain or "").lower(), mime, recipients, fields, method="smtp",
                                   head=head)
         if recipient_variables is not None:
@@ -214,33 +209,6 @@ class Submission:
 
     def _prepare(self, principal: Principal, draft: compose.Draft) -> Accepted:
         return self.intake.prepare(self.intake.domain_for(principal, principal.domain or ""), draft)
-
-
-def _from_addresses(head: Message) -> list[str]:
-    """The From addresses, read by both of CPython's address parsers, which must agree.
-
-    Parser differentials are how a From is made to show one domain to a mail reader and another to
-    a check like ours (CVE-2023-27043): anything the two parsers read differently is refused.
-    """
-    # Both policies split the head into the same raw fields (header_source_parse is shared); they
-    # differ in how a field is read, so both readings start from these raw values.
-    return list(_agreed_from(tuple(value for name, value in head.raw_items() if name.lower() == "from")))
-
-
-@functools.lru_cache(maxsize=4096)  # an application sends from the same few From fields; ~150 µs each
-def _agreed_from(raw_values: tuple[str, ...]) -> tuple[str, ...]:
-    legacy = [str(email.policy.compat32.header_fetch_parse("From", value)) for value in raw_values]
-    addresses = tuple(addr for _, addr in getaddresses(legacy) if addr)
-    if not addresses:
-        raise InvalidMessage("Message has no From header")
-    try:
-        modern = [email.policy.default.header_fetch_parse("From", value) for value in raw_values]
-        strict = [a.addr_spec for h in modern for a in h.addresses]
-    except (ValueError, IndexError, AttributeError, TypeError) as ex:
-        raise InvalidMessage("From header could not be parsed") from ex
-    if sorted(a.lower() for a in strict) != sorted(a.lower() for a in addresses):
-        raise InvalidMessage("From header is ambiguous")
-    return addresses
 
 
 class _Session(Session):
