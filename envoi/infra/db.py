@@ -145,6 +145,9 @@ STATEMENT_BYTES = 16 << 20  # text and bytes per insert_columns statement (one r
 
 def _chunks(rows: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
     """rows in runs of at most STATEMENT_BYTES of str/bytes values (at least one row each)."""
+    if len(rows) < 2:  # nothing to split (and nothing to measure on a lone accept's rows)
+        yield rows
+        return
     start, size = 0, 0
     for i, row in enumerate(rows):
         n = sum(len(v) for v in row if isinstance(v, str | bytes))
