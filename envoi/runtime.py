@@ -47,7 +47,8 @@ class Services:
 
 
 def build(settings: Settings, *, pool_size: int = 10) -> Services:
-    db = Database(settings.database_url, max_size=pool_size)
+    db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
+                  statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = Sealer(settings.secret_key)

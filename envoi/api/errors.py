@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import falcon
 
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
 from envoi.events.service import EventQueryError
+from envoi.infra.db import DatabaseUnavailable
+from envoi.infra.group_commit import CommitTimeout
 from envoi.mta.errors import IntakeError
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = "Service temporarily unavailable: the database is not answering, please retry later"
 
 
 class ApiError(falcon.HTTPError):
@@ -41,8 +48,15 @@ def _intake(req, resp, ex: IntakeError, params):
     raise ApiError(ex.http_status, ex.message)
 
 
+def _unavailable(req, resp, ex, params):
+    # Postgres restarting, unreachable or stuck: the client may retry (Mailgun's SDKs retry 503s).
+    log.warning("%s %s: database unavailable: %s", req.method, req.path, ex)
+    raise ApiError(503, UNAVAILABLE, headers={"Retry-After": "5"})
+
+
 def install(app: falcon.App) -> None:
     app.set_error_serializer(serialize_error)
+    app.add_error_handler((DatabaseUnavailable, CommitTimeout), _unavailable)
     app.add_error_handler(IntakeError, _intake)
     app.add_error_handler(NotFound, _handle(404))
     app.add_error_handler(InvalidInput, _handle(400))

@@ -10,8 +10,11 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import psycopg
+from psycopg.generators import send
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
+
+from envoi.infra.deadlines import Deadlines
 
 Connection = psycopg.Connection
 Cursor = psycopg.Cursor
@@ -22,35 +25,88 @@ def is_data_error(error: BaseException) -> bool:
     """Postgres refused the values themselves (SQLSTATE classes 22 and 23), not the connection."""
     return isinstance(error, psycopg.DataError | psycopg.IntegrityError)
 Jsonb = psycopg.types.json.Jsonb
+# The database is down, restarting, unreachable, out of connections (pool timeout), cancelled a
+# statement (statement_timeout) or missed a write deadline: nothing is wrong with the request, it
+# may be retried. The edges answer 503 / 451 for it.
+DatabaseUnavailable = psycopg.OperationalError
+
+
+class Unavailable(psycopg.OperationalError):
+    """A transaction outlived its deadline; its connection was broken (and is discarded)."""
 
 
 class Database:
     """A region's Postgres: a small pool, handing out connections that return dict rows."""
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10):
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, write_deadline: float = 0.0,
+                 statement_timeout: float = 0.0, pool_timeout: float = 30.0):
         self.dsn = dsn
+        self.write_deadline = write_deadline  # seconds; 0 = none (see bounded())
+        kwargs: dict = {"row_factory": dict_row, "autocommit": False}
+        if statement_timeout:
+            # Set at connect (startup packet): no statement, no round trip per transaction.
+            kwargs["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
         self.pool = ConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "autocommit": False},
+            kwargs=kwargs,
+            configure=self._configure if write_deadline else None,
+            timeout=pool_timeout,
             open=True,
         )
+        self._deadlines = Deadlines()
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection) -> None:
+        """Once per new connection. When a deadline broke a connection whose statement is still waiting
+        in the server (on a lock, say), the backend must notice its client left and abort rather than
+        go on and commit what the caller was told failed (Postgres 14+ polls the socket for that)."""
+        if conn.info.server_version >= 140000:
+            conn.execute("SET client_connection_check_interval = 500")
+            conn.commit()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection]:
-        """Yield a connection inside a transaction; commit on success, roll back on error."""
-        with self.pool.connection() as conn:
+    def transaction(self, *, bounded: bool = False) -> Iterator[psycopg.Connection]:
+        """Yield a connection inside a transaction; commit on success, roll back on error.
+        bounded: fail with Unavailable past the write deadline (see bounded())."""
+        with self.pool.connection() as conn, self.bounded(conn, bounded):
             yield conn
 
     @contextlib.contextmanager
     def pipelined(self) -> Iterator[psycopg.Connection]:
         """transaction() in pipeline mode: statements go out without waiting for each other's results,
         so a batch waits on Postgres only where it reads a result, and once more at commit. COPY is not
-        available inside (insert_columns is)."""
-        with self.pool.connection() as conn, conn.pipeline():
+        available inside (insert_columns is). Always bounded by the write deadline."""
+        with self.pool.connection() as conn, self.bounded(conn), conn.pipeline():
             yield conn
+            # psycopg's commit in a pipeline sends what it can without blocking, then only waits to
+            # read: a statement bigger than the socket buffers (~10 MB on loopback) stays half sent
+            # and both sides wait for ever (Postgres in ClientRead; psycopg issue #685). Send it all
+            # first (a no-op when it went out already): no round trip.
+            conn.wait(send(conn.pgconn))
             conn.commit()
+
+    @contextlib.contextmanager
+    def bounded(self, conn: psycopg.Connection, bounded: bool = True) -> Iterator[None]:
+        """Break `conn` (shut its socket) if the block is still running after the write deadline;
+        the error raised in the block is then Unavailable, and the connection is closed so the pool
+        replaces it. A stuck database or network cannot hold a writer, nor the callers queued
+        behind it, for ever."""
+        if not bounded or not self.write_deadline:
+            yield
+            return
+        key, watch = self._deadlines.watch(conn.pgconn.socket, self.write_deadline)
+        try:
+            yield
+        except psycopg.Error as ex:
+            if watch.fired:
+                raise Unavailable(f"the database did not answer within {self.write_deadline:g} s") from ex
+            raise
+        finally:
+            self._deadlines.release(key)
+            if watch.fired:
+                conn.close()  # even if it completed just in time: its socket is shut
 
     def close(self) -> None:
         self.pool.close()
@@ -66,6 +122,10 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     connection; arrays go in binary, bodies unescaped; and unlike COPY it needs one round trip and
     runs inside a pipeline. Returns the cursor: its RETURNING rows are there once fetched (in a
     pipeline, after the next sync). Match them to `rows` by a key: SQL does not promise their order.
+
+    Without `returning`, rows carrying more than STATEMENT_BYTES of text and bytes go in several
+    statements: a backend holds a statement's arrays whole (and refuses one over 1 GB), so a batch
+    of big messages must not become one giant statement.
     """
     expressions = expressions or {}
     names = [name for name, _ in columns]
@@ -73,10 +133,29 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     values = ", ".join(expressions.get(name, f"u.{name}") for name in names)
     query = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {values} FROM unnest({arrays}) AS u({', '.join(names)})"
              + (f" RETURNING {returning}" if returning else ""))
-    params = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in names]
     cur = conn.cursor()
-    cur.execute(query, params)
+    for chunk in ([rows] if returning else _chunks(rows)):
+        params = [list(column) for column in zip(*chunk, strict=True)] if chunk else [[] for _ in names]
+        cur.execute(query, params)
     return cur
+
+
+STATEMENT_BYTES = 16 << 20  # text and bytes per insert_columns statement (one row may carry more)
+
+
+def _chunks(rows: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
+    """rows in runs of at most STATEMENT_BYTES of str/bytes values (at least one row each)."""
+    if len(rows) < 2:  # nothing to split (and nothing to measure on a lone accept's rows)
+        yield rows
+        return
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        n = sum(len(v) for v in row if isinstance(v, str | bytes))
+        if size + n > STATEMENT_BYTES and i > start:
+            yield rows[start:i]
+            start, size = i, 0
+        size += n
+    yield rows[start:]
 
 
 def connect(dsn: str, autocommit: bool = True) -> psycopg.Connection:

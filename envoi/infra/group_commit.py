@@ -15,6 +15,10 @@ A batch that fails because of its content (`isolate(error)` says so: a value the
 is retried item by item, so one bad item cannot fail its neighbours. Other failures (the database
 went away, possibly mid-commit) are not retried here: the callers get the error, as they would
 without batching.
+
+No caller waits for ever (`timeout`): one still queued when it runs out leaves the queue unwritten
+and raises CommitTimeout; one whose batch is being written waits for that batch (which its writer
+bounds) up to `timeout` more.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class CommitTimeout(TimeoutError):
+    """The write did not happen (or its outcome is unknown) in the time allowed."""
 
 
 class _Waiter(Generic[T]):
@@ -41,9 +49,11 @@ class _Waiter(Generic[T]):
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, write_batch: Callable[[list[T]], Sequence[R]], max_batch: int = 64,
-                 isolate: Callable[[BaseException], bool] = lambda error: False, delay: float = 0.0):
+                 isolate: Callable[[BaseException], bool] = lambda error: False, delay: float = 0.0,
+                 timeout: float | None = None):
         self.write_batch = write_batch  # items -> one result per item, in order; commits before returning
         self.max_batch = max_batch
+        self.timeout = timeout  # seconds a caller waits behind other writers; None = no limit
         self.isolate = isolate
         self.delay = delay
         self._last_batch = 1
@@ -61,7 +71,7 @@ class GroupCommit(Generic[T, R]):
             leading = not self._busy
             self._busy = True
         if not leading:
-            me.done.wait()
+            self._wait(me)
             if not me.lead:
                 return self._outcome(me)
         if self.delay and self._last_batch > 1 and len(self._waiting) < self.max_batch:
@@ -96,6 +106,19 @@ class GroupCommit(Generic[T, R]):
             for waiter in batch:
                 waiter.lead = False
                 waiter.done.set()
+
+    def _wait(self, me: _Waiter[T]) -> None:
+        """Until `me` is written or promoted; CommitTimeout past the timeout (see the module doc)."""
+        if me.done.wait(self.timeout):
+            return
+        with self._lock:
+            if me.done.is_set():  # written or promoted meanwhile (a promoted waiter must lead)
+                return
+            if me in self._waiting:  # never taken into a batch: nothing of it is written
+                self._waiting.remove(me)
+                raise CommitTimeout(f"not written within {self.timeout:g} s: the database is busy or not answering")
+        if not me.done.wait(self.timeout):
+            raise CommitTimeout(f"no outcome within {2 * self.timeout:g} s: the database is not answering")
 
     @staticmethod
     def _outcome(waiter: _Waiter[T]):

@@ -45,6 +45,16 @@ class Settings:
     region: str = "eu"
     #: ENVOI_DATABASE_URL_EU / _US, falling back to DATABASE_URL: Postgres DSN of this region.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/envoi"
+    #: ENVOI_DB_WRITE_DEADLINE: seconds an intake or relay-outcome transaction may take once it has its
+    #: connection; past it the connection is broken (its socket shut) and the write fails, so a request
+    #: answers 503 / 451 instead of waiting forever on a stuck database or network. 0 = no deadline.
+    db_write_deadline: float = 15.0
+    #: ENVOI_DB_STATEMENT_TIMEOUT: Postgres statement_timeout of this process's pooled connections
+    #: (a statement waiting on a lock or running away is cancelled). 0 = none.
+    db_statement_timeout: float = 60.0
+    #: ENVOI_DB_POOL_TIMEOUT: seconds a request waits for a pooled connection (e.g. while Postgres
+    #: restarts) before it fails with a 503 / 451.
+    db_pool_timeout: float = 10.0
     #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: ENVOI_SECRET_KEY: base64 of 32 bytes; encrypts DKIM keys and message bodies at rest.
@@ -180,6 +190,12 @@ class Settings:
 
         if v := pick(f"ENVOI_DATABASE_URL_{up}", "DATABASE_URL"):
             values["database_url"] = v
+        if v := env.get("ENVOI_DB_WRITE_DEADLINE"):
+            values["db_write_deadline"] = _seconds(v)
+        if v := env.get("ENVOI_DB_STATEMENT_TIMEOUT"):
+            values["db_statement_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_DB_POOL_TIMEOUT"):
+            values["db_pool_timeout"] = _seconds(v)
         if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
             values["redis_url"] = v
         if v := env.get("ENVOI_SECRET_KEY"):

@@ -55,8 +55,11 @@ class Intake:
         self.renderers: list[Callable[[dict, Draft], Draft]] = []
         self._message_ids: collections.deque[int] = collections.deque()
         self._message_ids_lock = threading.Lock()
+        # A caller queued behind a writer waits at most for one writer (a pool connection, then the
+        # write deadline): a stuck database answers 503, not never.
+        wait = settings.db_pool_timeout + settings.db_write_deadline if settings.db_write_deadline else None
         self._commits = GroupCommit(self._write, max_batch=settings.intake_batch, isolate=is_data_error,
-                                   delay=settings.intake_commit_delay)
+                                   delay=settings.intake_commit_delay, timeout=wait)
 
     def domain_for(self, principal: Principal, domain_name: str) -> dict:
         """The caller's sending domain, or DomainNotFound (also for another tenant's domain)."""
@@ -173,7 +176,7 @@ class Intake:
         """Message ids from a block this process reserved (ids stay unique; a restart leaves a gap)."""
         with self._message_ids_lock:
             if len(self._message_ids) < n:
-                with self.db.transaction() as conn:
+                with self.db.transaction(bounded=True) as conn:
                     self._message_ids.extend(store.reserve_message_ids(conn, max(n, MESSAGE_ID_BLOCK)))
             return [self._message_ids.popleft() for _ in range(n)]
 

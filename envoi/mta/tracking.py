@@ -321,8 +321,10 @@ def _text_parts(msg) -> list[tuple]:
             text = part.get_content()
         except (LookupError, UnicodeError):
             continue
-        other = [(k, v) for k, v in part.items() if k.lower().startswith("content-")
-                 and k.lower() not in ("content-type", "content-transfer-encoding")]
+        # Names first: parsing every header's value (items()) costs ~40 ms for a 5 KB variables header,
+        # per copy, and only the Content-* ones are needed.
+        other = [(k, v) for k in dict.fromkeys(part.keys()) if k.lower().startswith("content-")
+                 and k.lower() not in ("content-type", "content-transfer-encoding") for v in part.get_all(k)]
         found.append((part, ctype.split("/")[1], text, other, "MIME-Version" in part))
     return found
 

@@ -4,11 +4,14 @@ Database.pipelined (a transaction in pipeline mode)."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 import pytest
 
-from envoi.infra.db import Database, insert_columns
+from envoi.infra import db as db_module
+from envoi.infra.db import Database, Unavailable, insert_columns
+from tests.support.relay import wait_until
 
 COLUMNS = (("n", "bigint"), ("label", "text"), ("at", "timestamptz"), ("body", "bytea"), ("doc", "text"),
            ("tags", "jsonb"), ("small", "int"))
@@ -72,3 +75,64 @@ def test_pipelined_rolls_back_everything_when_a_statement_fails(database, db, ta
         insert_columns(conn, table, COLUMNS, [(2, "bad", at, b"x", "not json", "[]", 1)], expressions=EXPRESSIONS)
     assert "json" in str(failure.value).lower()
     assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_commits_a_statement_bigger_than_the_socket_buffers(database, db, table):
+    # One 40 MB statement: psycopg's commit in a pipeline used to leave most of it unsent and wait to
+    # read, Postgres waiting for the rest (ClientRead): a hang only SIGKILL ended.
+    at = datetime.now(UTC)
+    body = b"x" * (40 << 20)
+    with database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, [(1, "big", at, body, "{}", "[]", 1)], expressions=EXPRESSIONS)
+    row = db.execute(f"SELECT length(body) AS n FROM {table}").fetchone()
+    assert row["n"] == len(body)
+
+
+def test_insert_columns_splits_rows_into_statements_of_bounded_size(db, table, monkeypatch):
+    monkeypatch.setattr(db_module, "STATEMENT_BYTES", 1000)
+    at = datetime.now(UTC)
+    rows = [(n, f"row {n}", at, b"y" * 400, "{}", "[]", n) for n in range(10)]  # ~2 rows per statement
+    insert_columns(db, table, COLUMNS, rows, expressions=EXPRESSIONS)
+    stored = db.execute(f"SELECT n, length(body) AS size FROM {table} ORDER BY n").fetchall()
+    assert [(r["n"], r["size"]) for r in stored] == [(n, 400) for n in range(10)]
+    assert list(db_module._chunks(rows)) == [rows[i:i + 2] for i in range(0, 10, 2)]
+
+
+@pytest.fixture
+def bounded(services):
+    database = Database(services.settings.database_url, max_size=1, write_deadline=1.0)
+    yield database
+    database.close()
+
+
+def test_a_write_stuck_on_the_database_fails_at_its_deadline_and_the_next_one_succeeds(bounded, db, table):
+    at = datetime.now(UTC)
+    row = (1, "stuck", at, b"x", "{}", "[]", 1)
+    with bounded.pipelined() as conn:  # the pool's one connection, warm
+        insert_columns(conn, table, COLUMNS, [row], expressions=EXPRESSIONS)
+    db.execute("BEGIN")
+    db.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # the INSERT waits on it
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unavailable, match="did not answer within 1 s"), bounded.pipelined() as conn:
+            insert_columns(conn, table, COLUMNS, [row], expressions=EXPRESSIONS)
+        assert time.monotonic() - started < 3
+        time.sleep(1)  # the server notices its client left (client_connection_check_interval)
+    finally:
+        db.execute("ROLLBACK")
+    with bounded.pipelined() as conn:  # a new connection: the broken one was discarded
+        insert_columns(conn, table, COLUMNS, [row], expressions=EXPRESSIONS)
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 2
+    # The broken connection's backend went away: nothing of it is left waiting on the table.
+    assert wait_until(lambda: db.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                         " AND datname = current_database()").fetchone()["n"] == 0, timeout=5)
+
+
+def test_statement_timeout_is_set_on_pooled_connections(services):
+    database = Database(services.settings.database_url, max_size=1, statement_timeout=1.5)
+    try:
+        with database.transaction() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "1500ms"
+    finally:
+        database.close()

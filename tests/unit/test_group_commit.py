@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from envoi.infra.group_commit import GroupCommit
+from envoi.infra.group_commit import CommitTimeout, GroupCommit
 
 
 def run_threads(n, target):
@@ -129,3 +129,27 @@ def test_without_a_delay_late_callers_make_their_own_batches():
 
     run_threads(8, late)
     assert len(written) > 1
+
+
+def test_a_caller_queued_behind_a_stuck_writer_gives_up_unwritten_and_the_group_goes_on():
+    written, release = [], threading.Event()
+
+    def write(items):
+        if "stuck" in items:
+            release.wait(10)  # a database that does not answer
+        written.append(list(items))
+        return list(items)
+
+    group = GroupCommit(write, timeout=0.3)
+    leader = threading.Thread(target=group.submit, args=("stuck",))
+    leader.start()
+    while not group._busy:
+        time.sleep(0.001)
+    started = time.monotonic()
+    with pytest.raises(CommitTimeout, match="not written"):
+        group.submit("queued")
+    assert time.monotonic() - started < 2
+    release.set()
+    leader.join(5)
+    assert group.submit("later") == "later"  # the lead was not lost with the caller that gave up
+    assert written == [["stuck"], ["later"]]  # the one that gave up was never written
