@@ -5,6 +5,10 @@ them into deliveries (one message to the recipients it has at one domain), and h
 ready queue of its destination. Per destination, up to N workers hold SMTP sessions open and send
 delivery after delivery over them. Outcomes are written back in batches, each batch one commit that
 updates the schedule and records the events together.
+
+At-least-once: a message the remote has (its final "." sent) is re-sent if the relay dies before its
+outcome is committed. Those are bounded: a delivery is sent only with one of UNRECORDED_PER_CONNECTION x
+ENVOI_RELAY_CONNECTIONS slots, freed when its outcome is committed, so a crash re-sends at most that many.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ LEASE_SECONDS = 120
 RENEW_SECONDS = 30
 IDLE_SECONDS = 5.0
 GAUGE_SECONDS = 10.0
+# Deliveries sent and not yet recorded, per connection: one on the wire, one in the next group commit.
+# Sending waits only when recording falls behind.
+UNRECORDED_PER_CONNECTION = 2
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Delivery:
     recipients: list[dict]  # recipient rows
     egress: Egress
     claimed_at: float = field(default_factory=time.monotonic)
+    unrecorded: bool = False  # holds a slot of Relay.unrecorded until its outcome is committed
 
 
 @dataclass
@@ -120,6 +128,7 @@ class Relay:
         self.inflight = 0
         self.capacity = max(settings.relay_batch * 2, 100)
         self.connections = asyncio.Semaphore(settings.relay_connections)
+        self.unrecorded = asyncio.Semaphore(UNRECORDED_PER_CONNECTION * settings.relay_connections)
         self.results: list[tuple[Delivery, dict, Outcome]] = []
         self.deferrals: list[tuple[dict, float]] = []  # (recipient row, seconds): put back, no attempt counted
         self.leased: set[int] = set()  # recipient ids this relay holds leases on
@@ -429,6 +438,9 @@ class Relay:
                             self._fail_delivery(delivery, dns_outcome(ex))
                             self._fail_queued(dest, dns_outcome(ex))
                             continue
+                    if not delivery.unrecorded:
+                        await self.unrecorded.acquire()
+                        delivery.unrecorded = True
                     try:
                         outcomes = await self._send(session, delivery)
                     except SessionError as ex:  # the session broke mid-transaction: only this one retries
@@ -619,6 +631,10 @@ class Relay:
             log.error("dropping %d outcomes after retries; their leases will expire and they will be retried",
                       len(results))
             events = []
+        for delivery, _, _ in results:
+            if delivery.unrecorded:
+                delivery.unrecorded = False
+                self.unrecorded.release()
         self.inflight -= len(results) + len(deferrals)
         for pk in held:
             self._holding[pk] -= 1
