@@ -602,7 +602,7 @@ class Relay:
         # Group commit: an outcome is written as soon as the flusher is free, and what comes in while
         # a write is under way goes into the next one, so batches grow with the rate by themselves. A
         # message the remote accepted is re-sent if the relay dies before its outcome is committed:
-        # that window is now one or two writes, not a fixed interval plus a write (~50 copies a kill).
+        # that window is one or two writes long, not a fixed interval plus a write.
         while True:
             await self._flushed.wait()
             self._flushed.clear()
