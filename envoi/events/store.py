@@ -138,7 +138,11 @@ def create_partition(conn: Connection, day: date) -> None:
     name = partition_name(day)
     start, end = day_bounds(day)
     conn.execute("SET LOCAL lock_timeout = '10s'")
-    # Inserts routed to the default partition wait (briefly) so none slips in between move and attach.
+    # Writers wait (briefly) at the parent until the partition is attached. Locking only the default
+    # partition is not enough: Postgres routes a row with the partition list read when the INSERT starts,
+    # and once it gets the default partition's lock rechecks its (now narrower) constraint, failing the
+    # writer's whole transaction. SHARE blocks inserts, not reads.
+    conn.execute("LOCK TABLE events IN SHARE MODE")
     conn.execute("LOCK TABLE events_default IN ACCESS EXCLUSIVE MODE")
     conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     conn.execute(

@@ -20,6 +20,8 @@ client process sent it even when the sink reads a message some time after it was
 
 Counters (`stats()`, GET /stats): messages and recipients accepted, DATA attempts (including
 refused ones), messages held, and accepted messages per peer IP. store=False keeps only these.
+`cut_after_data()` counts connections that ended with nothing said after the sink's 250 to a DATA
+(no MAIL, RSET or QUIT): a client killed there may not have read that 250 (crash tests).
 
 Script (`set_script()` or ``POST /script``; unknown keys are rejected so typos fail loudly):
 
@@ -60,7 +62,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 DEFAULT_DATA_REPLY = "250 2.0.0 OK"
 DROP = "drop"
@@ -130,6 +132,27 @@ class _SMTP(SMTP):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.session.connected_at = time.time()
+        self.session.after_data = False  # the last thing on this connection was our 250 to a DATA
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")  # as aiosmtpd's, for HELP
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.session.after_data = False
+        await super().smtp_MAIL(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        self.session.after_data = False
+        await super().smtp_RSET(arg)
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        self.session.after_data = False
+        await super().smtp_QUIT(arg)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if getattr(self.session, "after_data", False):
+            self.event_handler._sink._cut_after_data()
+        super().connection_lost(error)
 
 
 class _Handler:
@@ -156,6 +179,7 @@ class _Handler:
             await asyncio.Event().wait()
         if reply[0] == "2":
             self._sink._record(session, envelope)
+            session.after_data = True
         return reply
 
 
@@ -259,7 +283,7 @@ class Sink:
     # -- store and counters ---------------------------------------------------------------------
 
     def _reset_counters(self) -> None:
-        self._n_messages = self._n_recipients = self._n_attempts = 0
+        self._n_messages = self._n_recipients = self._n_attempts = self._n_cut_after_data = 0
         self._per_peer: dict[str, int] = {}
 
     def _record(self, session, envelope) -> None:
@@ -313,6 +337,15 @@ class Sink:
             return {"messages": self._n_messages, "recipients": self._n_recipients,
                     "attempts": self._n_attempts, "stored": len(self._messages),
                     "per_peer": dict(self._per_peer)}
+
+    def cut_after_data(self) -> int:
+        """Connections that ended right after a 250 to DATA, with no command after it (see module doc)."""
+        with self._cond:
+            return self._n_cut_after_data
+
+    def _cut_after_data(self) -> None:
+        with self._cond:
+            self._n_cut_after_data += 1
 
     def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         """Block until `count` messages were accepted since the last clear(); returns the stored ones.

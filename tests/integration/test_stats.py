@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -211,6 +212,41 @@ def test_missing_partition_is_created_on_write(services, domain, db):
 
     wait_until(moved, 15, 0.2)
     assert db.execute("SELECT count(*) AS n FROM events_default WHERE event_id = %s", (data["id"],)).fetchone()["n"] == 0
+
+
+def test_write_while_its_partition_is_created_waits_and_lands_there(services, domain, db):
+    """A write for a day whose partition is being created (the default partition still holds that day
+    when the write starts) waits for the new partition instead of failing its whole transaction:
+    Postgres routes the row to the default partition, then rechecks that partition's (now narrower)
+    constraint once it gets the lock."""
+    ts = time.time() + 13 * DAY
+    day = datetime.fromtimestamp(ts, UTC).date()
+    outcome: dict = {}
+
+    def write() -> None:
+        try:
+            outcome["data"] = record(services, domain, "accepted", ts=ts)
+        except Exception as exc:  # the assertion below shows it
+            outcome["error"] = exc
+
+    def waiting_on_a_lock() -> int:
+        return db.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+                          " AND wait_event_type = 'Lock'").fetchone()["n"]
+
+    assert services.events._maintaining.acquire(timeout=30)  # no background maintenance meanwhile
+    try:
+        with services.db.transaction() as maintainer:
+            store.create_partition(maintainer, day)
+            writer = threading.Thread(target=write)
+            writer.start()
+            wait_until(waiting_on_a_lock, 10, 0.02)
+            maintainer.commit()
+        writer.join(15)
+    finally:
+        services.events._maintaining.release()
+    assert "error" not in outcome, outcome.get("error")
+    assert db.execute(f"SELECT count(*) AS n FROM {store.partition_name(day)} WHERE event_id = %s",
+                      (outcome["data"]["id"],)).fetchone()["n"] == 1
 
 
 def test_official_mailgun_sdk_reads_events_stats_and_tags(settings, services, domain, api_key):

@@ -5,12 +5,15 @@ them into deliveries (one message to the recipients it has at one domain), and h
 ready queue of its destination. Per destination, up to N workers hold SMTP sessions open and send
 delivery after delivery over them. Outcomes are written back in batches, each batch one commit that
 updates the schedule and records the events together.
+
+At-least-once: a message the remote has (its final "." sent) is re-sent if the relay dies before its
+outcome is committed. Those are bounded: a delivery is sent only with one of UNRECORDED_PER_CONNECTION x
+ENVOI_RELAY_CONNECTIONS slots, freed when its outcome is committed, so a crash re-sends at most that many.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -48,6 +51,9 @@ LEASE_SECONDS = 120
 RENEW_SECONDS = 30
 IDLE_SECONDS = 5.0
 GAUGE_SECONDS = 10.0
+# Deliveries sent and not yet recorded, per connection: one on the wire, one in the next group commit.
+# Sending waits only when recording falls behind.
+UNRECORDED_PER_CONNECTION = 2
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Delivery:
     recipients: list[dict]  # recipient rows
     egress: Egress
     claimed_at: float = field(default_factory=time.monotonic)
+    unrecorded: bool = False  # holds a slot of Relay.unrecorded until its outcome is committed
 
 
 @dataclass
@@ -121,6 +128,7 @@ class Relay:
         self.inflight = 0
         self.capacity = max(settings.relay_batch * 2, 100)
         self.connections = asyncio.Semaphore(settings.relay_connections)
+        self.unrecorded = asyncio.Semaphore(UNRECORDED_PER_CONNECTION * settings.relay_connections)
         self.results: list[tuple[Delivery, dict, Outcome]] = []
         self.deferrals: list[tuple[dict, float]] = []  # (recipient row, seconds): put back, no attempt counted
         self.leased: set[int] = set()  # recipient ids this relay holds leases on
@@ -430,6 +438,9 @@ class Relay:
                             self._fail_delivery(delivery, dns_outcome(ex))
                             self._fail_queued(dest, dns_outcome(ex))
                             continue
+                    if not delivery.unrecorded:
+                        await self.unrecorded.acquire()
+                        delivery.unrecorded = True
                     try:
                         outcomes = await self._send(session, delivery)
                     except SessionError as ex:  # the session broke mid-transaction: only this one retries
@@ -580,19 +591,20 @@ class Relay:
     # outcomes ---------------------------------------------------------------------------------
     def _result(self, delivery: Delivery, rcpt: dict, outcome: Outcome) -> None:
         self.results.append((delivery, rcpt, outcome))
-        if len(self.results) >= 200:
-            self._flushed.set()
+        self._flushed.set()
 
     def _defer(self, rcpt: dict, seconds: float) -> None:
         """Put a recipient back for later without an attempt or an event (throttled, no egress)."""
         self.deferrals.append((rcpt, max(seconds, 1.0)))
-        if len(self.deferrals) >= 200:
-            self._flushed.set()
+        self._flushed.set()
 
     async def _flush_loop(self) -> None:
+        # Group commit: an outcome is written as soon as the flusher is free, and what comes in while
+        # a write is under way goes into the next one, so batches grow with the rate by themselves. A
+        # message the remote accepted is re-sent if the relay dies before its outcome is committed:
+        # that window is one or two writes long, not a fixed interval plus a write.
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flushed.wait(), 0.05)
+            await self._flushed.wait()
             self._flushed.clear()
             await self._flush()
 
@@ -619,6 +631,10 @@ class Relay:
             log.error("dropping %d outcomes after retries; their leases will expire and they will be retried",
                       len(results))
             events = []
+        for delivery, _, _ in results:
+            if delivery.unrecorded:
+                delivery.unrecorded = False
+                self.unrecorded.release()
         self.inflight -= len(results) + len(deferrals)
         for pk in held:
             self._holding[pk] -= 1
