@@ -92,12 +92,19 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
 
 
 def normalize_address(addr: str, field_name: str = "to") -> str:
+    """The address as stored and compared (the API's fields and SMTP's MAIL/RCPT both come here)."""
+    addr = addr.strip()
+    if addr.startswith('"'):
+        # RFC 5321 4.1.2: "quoted"@x is the mailbox quoted@x; SMTP's path parser already reads it
+        # so. Quoted parts that need their quotes (spaces, "..") are still refused, at both edges.
+        addr = _QUOTED_LOCAL.sub(r"\1@", addr, count=1)
     try:
-        return _normalized(addr.strip())
+        return _normalized(addr)
     except EmailNotValidError as ex:
         raise InvalidRecipient(f"{field_name} parameter is not a valid address. please check documentation") from ex
 
 
+_QUOTED_LOCAL = re.compile(r'^"([^"\\]*)"@')
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # The everyday address (ASCII dot-atom at LDH labels and an alphabetic TLD) in one regex match:

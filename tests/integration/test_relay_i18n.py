@@ -13,7 +13,7 @@ import aiosmtplib
 import pytest
 
 from envoi.accounts.service import Principal
-from envoi.mta.compose import compose
+from envoi.mta.compose import compose, from_mime
 from envoi.mta.delivery import session as session_module
 from envoi.mta.sink import Sink
 from tests.support.dns_server import DnsServer
@@ -117,6 +117,19 @@ def test_utf8_local_part_without_smtputf8_fails_clearly_and_other_tenants_mail_f
     received = sorted(r for m in sink.messages() for r in m["rcpt_tos"])
     assert len(received) == 105 and not any("ü" in r for r in received)
     assert sink.stats()["attempts"] == 105  # every DATA was a success: no 503 along the way
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_utf8_in_the_header_asks_for_smtputf8_where_offered(services, settings, account, domain, db, dns, offered):
+    """RFC 6532 headers (as SMTP submission may bring them): SMTPUTF8 where offered, else sent as before."""
+    route(dns, "hdr.test")
+    mime = (f"From: Jürgen <s@{domain['name']}>\r\nTo: a@hdr.test\r\nSubject: Grüße\r\n\r\nbody\r\n").encode()
+    draft = from_mime(domain["name"], mime, ["a@hdr.test"], {}, method="smtp")
+    with Sink(smtputf8=offered) as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+        message_id = services.intake.accept(Principal(None, account["id"], "admin"), domain, draft).strip("<>")
+        assert settled(db, message_id, 1)["a@hdr.test"]["event"] == "delivered"
+    [received] = sink.messages()
+    assert received["smtputf8"] is offered and "Subject: Grüße" in received["data"]
 
 
 def test_idn_domain_is_sent_and_looked_up_as_its_a_label(services, settings, account, domain, db, dns):

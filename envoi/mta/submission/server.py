@@ -20,6 +20,8 @@ Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 1
 * The sending domain is the credential's domain. MAIL FROM and the From header must be at that
   domain or one of its subdomains (553/550 5.7.1) unless foreign senders are allowed by setting.
 * X-Mailgun-* headers are read as send options and removed from the stored message.
+* SMTPUTF8 (RFC 6531) is offered. MAIL FROM and RCPT TO addresses are checked by the same
+  compose.normalize_address as the API's; a non-ASCII one needs SMTPUTF8 on MAIL FROM (553 5.6.7).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import email.parser
 import email.policy
 import functools
 import logging
@@ -42,7 +45,7 @@ from email.utils import format_datetime, getaddresses
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
 
 from envoi.accounts.service import Accounts, Principal
-from envoi.mta import compose
+from envoi.mta import compose, idn
 from envoi.mta.errors import IntakeError, InvalidMessage, NotAllowed
 from envoi.mta.intake import Accepted, Intake
 from envoi.mta.submission import headers
@@ -72,6 +75,8 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
 TEMPFAIL = "451 4.3.0 Temporary server error, please try again later"
+# RFC 6531 3.4: a non-ASCII address (UTF-8 local part or U-labels) only in a SMTPUTF8 transaction.
+SMTPUTF8_NEEDED = "553 5.6.7 A non-ASCII address needs SMTPUTF8 on MAIL FROM (RFC 6531)"
 # Per-connection budgets (aiosmtpd answers 421 4.7.0 and closes past them). Generous for MAIL/RCPT/
 # DATA so one connection can carry many messages; tight for what only a probe repeats.
 COMMAND_LIMITS = {"AUTH": 5, "STARTTLS": 2, "EHLO": 10, "HELO": 10, "NOOP": 100, "VRFY": 5, "EXPN": 5,
@@ -141,7 +146,7 @@ class Submission:
                 hostname=self.config.hostname,
                 ident="Envoi ESMTP",
                 data_size_limit=self.config.max_message_bytes,
-                enable_SMTPUTF8=False,
+                enable_SMTPUTF8=True,  # addresses are checked as the API checks them (compose)
                 decode_data=False,
                 tls_context=None if implicit_tls else tls_context,
                 require_starttls=not implicit_tls,
@@ -175,6 +180,10 @@ class Submission:
             return True
         own = (principal.domain or "").lower()
         domain = address.rpartition("@")[2].lower().rstrip(".")
+        try:  # domains are registered in A-labels; addresses are normalised to U-labels
+            domain = idn.ascii_domain(domain)
+        except idn.AddressError:
+            return False
         return bool(own) and (domain == own or domain.endswith("." + own))
 
     def submit(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> str:
@@ -193,7 +202,7 @@ class Submission:
         helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
         mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
                 f"\t{format_datetime(datetime.now(UTC))}\r\n").encode() + mime
-        head = compose.parse_head(mime)  # once, for the From check and for composing
+        head = _parse_head(mime)  # once, for the From check and for composing
         for address in _from_addresses(head):
             if not self.sender_allowed(principal, address):
                 raise NotAllowed(f"From address {address} is not allowed for the domain {principal.domain}")
@@ -214,6 +223,17 @@ class Submission:
 
     def _prepare(self, principal: Principal, draft: compose.Draft) -> Accepted:
         return self.intake.prepare(self.intake.domain_for(principal, principal.domain or ""), draft)
+
+
+def _parse_head(mime: bytes) -> Message:
+    """compose.parse_head, reading UTF-8 in header fields (RFC 6532, sent under SMTPUTF8) as text:
+    parsed as bytes it would be undecodable escapes, which the From parsers read differently."""
+    head = compose.parse_head(mime)
+    end = mime.find(b"\r\n\r\n")
+    if mime[:end].isascii():
+        return head
+    return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(
+        mime[: end + 4].decode("utf-8", "surrogateescape"))
 
 
 def _from_addresses(head: Message) -> list[str]:
@@ -475,6 +495,8 @@ class _Handler:
 
     async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]) -> str:
         principal: Principal = session.auth_data
+        if not (envelope.smtp_utf8 or address.isascii()):
+            return SMTPUTF8_NEEDED
         try:
             address = compose.normalize_address(address, "from")
         except IntakeError:
@@ -486,6 +508,8 @@ class _Handler:
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        if not (envelope.smtp_utf8 or address.isascii()):
+            return SMTPUTF8_NEEDED
         try:
             address = compose.normalize_address(address)
         except IntakeError:
