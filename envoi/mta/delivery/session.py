@@ -201,7 +201,7 @@ class Session:
             return None
         # UTF-8 in the header alone (RFC 6532) asks for SMTPUTF8 where offered; where it is not, the
         # message still goes (as before, and as Postfix does for mail not flagged SMTPUTF8).
-        if smtputf8 and not utf8:
+        if smtputf8 and not utf8 and not data.isascii():  # most messages are ASCII: one C-speed scan
             end = data.find(b"\r\n\r\n")
             utf8 = not (data[:end] if end >= 0 else data).isascii()
         return b"FROM:" + _path(sender) + (b" SMTPUTF8" if utf8 and smtputf8 else b""), paths
