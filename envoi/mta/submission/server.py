@@ -229,6 +229,8 @@ def _parse_head(mime: bytes) -> Message:
     """compose.parse_head, reading UTF-8 in header fields (RFC 6532, sent under SMTPUTF8) as text:
     parsed as bytes it would be undecodable escapes, which the From parsers read differently."""
     head = compose.parse_head(mime)
+    if mime.isascii():  # the usual case: one C-speed scan
+        return head
     end = mime.find(b"\r\n\r\n")
     if mime[:end].isascii():
         return head
