@@ -244,11 +244,11 @@ def compose(
         # PERF: the header block is written directly (values were checked above); building it through
         # EmailMessage re-parses every value with the header registry, which was most of compose's time.
         head = [
-            _header("From", _address_list(froms)),
-            _header("To", _address_list(to_pairs)),
+            _address_header("From", froms),
+            _address_header("To", to_pairs),
         ]
         if cc and recipient_variables is None:
-            head.append(_header("Cc", _address_list(cc)))
+            head.append(_address_header("Cc", cc))
         head.append(_header("Subject", substitute(subject)))
         head.append(_header("Date", format_datetime(_now_local())))
         head.append(_header("Message-ID", f"<{message_id}>"))
@@ -369,9 +369,26 @@ def _header(name: str, value: str) -> bytes:
     return f"{name}: {folded}\r\n".encode()
 
 
+def _address_header(name: str, pairs: list[tuple[str, str]]) -> bytes:
+    """From/To/Cc. An address with UTF-8 in it is written as it is (RFC 6532; the relay then asks
+    for SMTPUTF8): an encoded word may stand for a display name, never for an address."""
+    value = _address_list(pairs)
+    if value.isascii():
+        return _header(name, value)
+    items = [_one_address(n, addr) if n else addr for n, addr in pairs]
+    return (f"{name}: " + ",\r\n ".join(items) + "\r\n").encode()  # folded between addresses
+
+
 def _address_list(pairs: list[tuple[str, str]]) -> str:
     """Addresses for a header; non-ASCII display names become encoded words, not the address."""
-    return ", ".join(formataddr((name, addr), charset="utf-8") if name else addr for name, addr in pairs)
+    return ", ".join(_one_address(name, addr) if name else addr for name, addr in pairs)
+
+
+def _one_address(name: str, addr: str) -> str:
+    if addr.isascii():
+        return formataddr((name, addr), charset="utf-8")
+    # formataddr refuses a UTF-8 address: the name is quoted or encoded by it all the same.
+    return formataddr((name, "a@b"), charset="utf-8")[: -len("<a@b>")] + f"<{addr}>"
 
 
 def _format(name: str, addr: str) -> str:

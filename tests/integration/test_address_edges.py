@@ -3,6 +3,9 @@ and store an accepted one identically (compose.normalize_address behind both).""
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+
 import pytest
 from falcon import testing
 
@@ -125,3 +128,19 @@ def test_smtp_refuses_invalid_utf8_in_an_address(server, client_ctx, login):
         smtp.send(b"RCPT TO:<\xff\xfe@dest.test>\r\n")
         code, reply = smtp.getreply()
     assert (code, reply[:5]) == (553, b"5.1.3")
+
+
+def test_api_writes_utf8_addresses_into_the_header_as_they_are(client, api_key, domain, db, services):
+    """RFC 6532: display names may be encoded words; an address never is (readers could not use it)."""
+    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key,
+                     {"from": f"Jürgen <ü@{domain['name']}>", "to": ["Zoë <user@bücher.dest.test>, ü@dest.test"],
+                      "cc": '"Doe, Ünal" <c@dest.test>', "subject": "Hi", "text": "body"})
+    assert resp.status_code == 200, resp.text
+    row = db.execute("SELECT body, storage_key FROM messages WHERE message_id = %s",
+                     (resp.json["id"].strip("<>"),)).fetchone()
+    raw = services.sealer.open(row["body"], row["storage_key"].encode())
+    head = email.parser.Parser(policy=email.policy.default).parsestr(raw.decode(), headersonly=True)
+    assert [(a.display_name, a.addr_spec) for a in head["From"].addresses] == [("Jürgen", f"ü@{domain['name']}")]
+    assert [(a.display_name, a.addr_spec) for a in head["To"].addresses] == [
+        ("Zoë", "user@bücher.dest.test"), ("", "ü@dest.test")]
+    assert [(a.display_name, a.addr_spec) for a in head["Cc"].addresses] == [("Doe, Ünal", "c@dest.test")]
