@@ -22,6 +22,7 @@ from email.utils import format_datetime, formataddr, getaddresses, parsedate_to_
 from email_validator import EmailNotValidError, validate_email
 
 from envoi.infra import ids
+from envoi.mta import idn
 from envoi.mta.errors import InvalidMessage, InvalidRecipient
 
 MAX_RECIPIENTS = 1000
@@ -372,19 +373,20 @@ def _header(name: str, value: str) -> bytes:
 def _address_header(name: str, pairs: list[tuple[str, str]]) -> bytes:
     """From/To/Cc. An address with UTF-8 in it is written as it is (RFC 6532; the relay then asks
     for SMTPUTF8): an encoded word may stand for a display name, never for an address."""
-    value = _address_list(pairs)
+    items = [_one_address(n, addr) for n, addr in pairs]
+    value = ", ".join(items)
     if value.isascii():
         return _header(name, value)
-    items = [_one_address(n, addr) if n else addr for n, addr in pairs]
     return (f"{name}: " + ",\r\n ".join(items) + "\r\n").encode()  # folded between addresses
 
 
-def _address_list(pairs: list[tuple[str, str]]) -> str:
-    """Addresses for a header; non-ASCII display names become encoded words, not the address."""
-    return ", ".join(_one_address(name, addr) if name else addr for name, addr in pairs)
-
-
 def _one_address(name: str, addr: str) -> str:
+    if not addr.isascii():
+        # Only the domain international: A-labels keep the header ASCII (no SMTPUTF8 needed to send it).
+        wire, utf8_local = idn.wire_address(addr)
+        addr = addr if utf8_local else wire
+    if not name:
+        return addr
     if addr.isascii():
         return formataddr((name, addr), charset="utf-8")
     # formataddr refuses a UTF-8 address: the name is quoted or encoded by it all the same.
