@@ -370,14 +370,18 @@ def _header(name: str, value: str) -> bytes:
     return f"{name}: {folded}\r\n".encode()
 
 
+def _address_list(pairs: list[tuple[str, str]]) -> str:
+    """Addresses for a header; non-ASCII display names become encoded words, not the address."""
+    return ", ".join(_one_address(name, addr) for name, addr in pairs)
+
+
 def _address_header(name: str, pairs: list[tuple[str, str]]) -> bytes:
     """From/To/Cc. An address with UTF-8 in it is written as it is (RFC 6532; the relay then asks
     for SMTPUTF8): an encoded word may stand for a display name, never for an address."""
-    items = [_one_address(n, addr) for n, addr in pairs]
-    value = ", ".join(items)
+    value = _address_list(pairs)
     if value.isascii():
         return _header(name, value)
-    return (f"{name}: " + ",\r\n ".join(items) + "\r\n").encode()  # folded between addresses
+    return (f"{name}: " + ",\r\n ".join(_one_address(n, addr) for n, addr in pairs) + "\r\n").encode()
 
 
 def _one_address(name: str, addr: str) -> str:

@@ -75,8 +75,6 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
 TEMPFAIL = "451 4.3.0 Temporary server error, please try again later"
-# RFC 6531 3.4: a non-ASCII address (UTF-8 local part or U-labels) only in a SMTPUTF8 transaction.
-SMTPUTF8_NEEDED = "553 5.6.7 A non-ASCII address needs SMTPUTF8 on MAIL FROM (RFC 6531)"
 # Per-connection budgets (aiosmtpd answers 421 4.7.0 and closes past them). Generous for MAIL/RCPT/
 # DATA so one connection can carry many messages; tight for what only a probe repeats.
 COMMAND_LIMITS = {"AUTH": 5, "STARTTLS": 2, "EHLO": 10, "HELO": 10, "NOOP": 100, "VRFY": 5, "EXPN": 5,
@@ -485,6 +483,10 @@ class _SubmissionSMTP(SMTP):
         if outcome == AUTH_INVALID and submission.config.auth_failure_delay:
             await asyncio.sleep(submission.config.auth_failure_delay)
         return AuthResult(success=False, handled=False, message=outcome)
+
+
+# RFC 6531 3.4: a non-ASCII address (UTF-8 local part or U-labels) only in a SMTPUTF8 transaction.
+SMTPUTF8_NEEDED = "553 5.6.7 A non-ASCII address needs SMTPUTF8 on MAIL FROM (RFC 6531)"
 
 
 class _Handler:
