@@ -22,6 +22,7 @@ from email.utils import format_datetime, formataddr, getaddresses, parsedate_to_
 from email_validator import EmailNotValidError, validate_email
 
 from envoi.infra import ids
+from envoi.mta import idn
 from envoi.mta.errors import InvalidMessage, InvalidRecipient
 from envoi.mta.senders import from_addresses as read_from_addresses
 
@@ -94,12 +95,19 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
 
 
 def normalize_address(addr: str, field_name: str = "to") -> str:
+    """The address as stored and compared (the API's fields and SMTP's MAIL/RCPT both come here)."""
+    addr = addr.strip()
+    if addr.startswith('"'):
+        # RFC 5321 4.1.2: "quoted"@x is the mailbox quoted@x; SMTP's path parser already reads it
+        # so. Quoted parts that need their quotes (spaces, "..") are still refused, at both edges.
+        addr = _QUOTED_LOCAL.sub(r"\1@", addr, count=1)
     try:
-        return _normalized(addr.strip())
+        return _normalized(addr)
     except EmailNotValidError as ex:
         raise InvalidRecipient(f"{field_name} parameter is not a valid address. please check documentation") from ex
 
 
+_QUOTED_LOCAL = re.compile(r'^"([^"\\]*)"@')
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # The everyday address (ASCII dot-atom at LDH labels and an alphabetic TLD) in one regex match:
@@ -239,11 +247,11 @@ def compose(
         # PERF: the header block is written directly (values were checked above); building it through
         # EmailMessage re-parses every value with the header registry, which was most of compose's time.
         head = [
-            _header("From", _address_list(froms)),
-            _header("To", _address_list(to_pairs)),
+            _address_header("From", froms),
+            _address_header("To", to_pairs),
         ]
         if cc and recipient_variables is None:
-            head.append(_header("Cc", _address_list(cc)))
+            head.append(_address_header("Cc", cc))
         head.append(_header("Subject", substitute(subject)))
         head.append(_header("Date", format_datetime(_now_local())))
         head.append(_header("Message-ID", f"<{message_id}>"))
@@ -385,7 +393,29 @@ def _fold_ascii(name: str, value: str) -> bytes | None:
 
 def _address_list(pairs: list[tuple[str, str]]) -> str:
     """Addresses for a header; non-ASCII display names become encoded words, not the address."""
-    return ", ".join(formataddr((name, addr), charset="utf-8") if name else addr for name, addr in pairs)
+    return ", ".join(_one_address(name, addr) for name, addr in pairs)
+
+
+def _address_header(name: str, pairs: list[tuple[str, str]]) -> bytes:
+    """From/To/Cc. An address with UTF-8 in it is written as it is (RFC 6532; the relay then asks
+    for SMTPUTF8): an encoded word may stand for a display name, never for an address."""
+    value = _address_list(pairs)
+    if value.isascii():
+        return _header(name, value)
+    return (f"{name}: " + ",\r\n ".join(_one_address(n, addr) for n, addr in pairs) + "\r\n").encode()
+
+
+def _one_address(name: str, addr: str) -> str:
+    if not addr.isascii():
+        # Only the domain international: A-labels keep the header ASCII (no SMTPUTF8 needed to send it).
+        wire, utf8_local = idn.wire_address(addr)
+        addr = addr if utf8_local else wire
+    if not name:
+        return addr
+    if addr.isascii():
+        return formataddr((name, addr), charset="utf-8")
+    # formataddr refuses a UTF-8 address: the name is quoted or encoded by it all the same.
+    return formataddr((name, "a@b"), charset="utf-8")[: -len("<a@b>")] + f"<{addr}>"
 
 
 def _format(name: str, addr: str) -> str:

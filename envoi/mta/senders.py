@@ -14,6 +14,7 @@ import functools
 from email.message import Message
 from email.utils import getaddresses
 
+from envoi.mta import idn
 from envoi.mta.errors import InvalidMessage, NotAllowed
 
 
@@ -21,6 +22,10 @@ def allowed(sending_domain: str, address: str) -> bool:
     """address is at sending_domain or a subdomain of it."""
     own = sending_domain.lower().rstrip(".")
     domain = address.rpartition("@")[2].lower().rstrip(".")
+    try:  # domains are registered in A-labels; addresses are normalised to U-labels
+        domain = idn.ascii_domain(domain)
+    except idn.AddressError:
+        return False
     return bool(own) and (domain == own or domain.endswith("." + own))
 
 

@@ -10,13 +10,18 @@ integration and end-to-end tests, and as a fast null destination for benchmarks.
 Each stored message is a dict::
 
     {"id": int, "mail_from": str, "rcpt_tos": [str], "data": str, "peer": "127.0.0.3",
-     "helo": str, "tls": bool, "connected_at": float, "received_at": float}
+     "helo": str, "tls": bool, "smtputf8": bool, "connected_at": float, "received_at": float}
 
 `mail_from` is "" for the null reverse-path (MAIL FROM:<>). `data` is the raw MIME decoded as
 UTF-8 with surrogateescape, so ``data.encode("utf-8", "surrogateescape")`` gives back the exact
 bytes received. `peer` is the client's source IP: tests use it to see which egress IP delivered.
 `connected_at` is when the sink accepted the connection that carried the message: it tells which
 client process sent it even when the sink reads a message some time after it was written.
+`smtputf8` is whether MAIL FROM carried the SMTPUTF8 parameter (RFC 6531).
+
+SMTPUTF8 is offered unless ``Sink(smtputf8=False)`` (a server without it: non-ASCII commands are
+refused). Like a real server, the sink refuses a non-ASCII address in a transaction whose MAIL FROM
+did not ask for SMTPUTF8 (553 5.6.7).
 
 Counters (`stats()`, GET /stats): messages and recipients accepted, DATA attempts (including
 refused ones), messages held, and accepted messages per peer IP. store=False keeps only these.
@@ -162,6 +167,8 @@ class _Handler:
         self._sink = sink
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if not envelope.smtp_utf8 and not (address.isascii() and envelope.mail_from.isascii()):
+            return "553 5.6.7 Non-ASCII address without SMTPUTF8"  # RFC 6531 3.4
         reply = self._sink._rcpt_reply(address) or "250 2.1.5 OK"
         if reply[0] == "2":
             envelope.rcpt_tos.append(address)
@@ -189,8 +196,9 @@ class Sink:
     def __init__(self, smtp_host: str = "127.0.0.1", smtp_port: int = 0, http_host: str = "127.0.0.1",
                  http_port: int = 0, *, store: bool = True, max_messages: int = 10_000,
                  tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
-                 hostname: str = "sink.envoi.test"):
+                 hostname: str = "sink.envoi.test", smtputf8: bool = True):
         self.smtp_host, self.smtp_port = smtp_host, smtp_port
+        self._smtputf8 = smtputf8
         self.http_host, self.http_port = http_host, http_port
         self._store = store
         self._tls_context = tls_context
@@ -263,7 +271,7 @@ class Sink:
 
     def _new_connection(self) -> SMTP:
         conn = _SMTP(self._handler, hostname=self._hostname, ident="Envoi sink",
-                     data_size_limit=DATA_SIZE_LIMIT, enable_SMTPUTF8=True, decode_data=False,
+                     data_size_limit=DATA_SIZE_LIMIT, enable_SMTPUTF8=self._smtputf8, decode_data=False,
                      tls_context=self._tls_context, require_starttls=self._require_starttls,
                      loop=self._loop)
         self._conns.add(conn)
@@ -295,6 +303,7 @@ class Sink:
             msg = {"id": 0, "mail_from": mail_from, "rcpt_tos": list(envelope.rcpt_tos),
                    "data": envelope.original_content.decode("utf-8", "surrogateescape"),
                    "peer": peer, "helo": session.host_name or "", "tls": session.ssl is not None,
+                   "smtputf8": bool(envelope.smtp_utf8),
                    "connected_at": getattr(session, "connected_at", 0.0), "received_at": time.time()}
         with self._cond:
             self._n_messages += 1

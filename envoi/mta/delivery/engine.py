@@ -448,9 +448,10 @@ class Relay:
                         session = None
                         self._fail_delivery(delivery, ex.outcome)
                         continue
-                    except Exception as ex:  # never lose a claimed recipient to a bug: retry it
-                        log.exception("delivery crashed")
-                        self._fail_delivery(delivery, connection_failure(f"internal error: {ex}", {}))
+                    except Exception as ex:  # a bug or a message that cannot be sent; Session.send left
+                        log.exception("delivery crashed")  # the session clean (reset or closed)
+                        for rcpt in delivery.recipients:
+                            self._result(delivery, rcpt, internal_error(ex, rcpt["attempts"] + 1, session.host))
                         continue
                     throttled = next((o for o in outcomes if o.code == 421 and not is_connection_failure(o)), None)
                     if throttled is not None:
@@ -723,6 +724,23 @@ def delivery_status(outcome: Outcome, attempt_no: int) -> dict:
         "utf8": True,
         "bounce-class": str(outcome.bounce_class),
     }
+
+
+#: A delivery that keeps raising inside the relay fails at this attempt instead of retrying for days.
+INTERNAL_ERROR_ATTEMPTS = 3
+
+
+def internal_error(ex: Exception, attempt_no: int, mx_host: str = "") -> Outcome:
+    """The outcome of an exception while sending one delivery: retried like a deferral (it may have
+    been passing), then failed for good, so one poison message never cycles until it expires."""
+    text = f"internal error: {type(ex).__name__}: {ex}"[:500]
+    if attempt_no >= INTERNAL_ERROR_ATTEMPTS:
+        return Outcome(Kind.FAILED, 554, text, enhanced_code="5.3.0", bounce_class=BounceClass.OTHER,
+                       mx_host=mx_host, extra={"reason": "generic"},
+                       description=f"the relay could not send this message (attempt {attempt_no}); not retried")
+    return Outcome(Kind.RETRY, 451, text, enhanced_code="4.3.0", bounce_class=BounceClass.OTHER, mx_host=mx_host,
+                   description=f"the relay could not send this message; retried (at most {INTERNAL_ERROR_ATTEMPTS}"
+                               " attempts)")
 
 
 def failure_reason(outcome: Outcome) -> str:

@@ -21,6 +21,8 @@ import dns.rdata
 import dns.rdatatype
 import dns.resolver
 
+from envoi.mta import idn
+
 
 @dataclass(frozen=True)
 class MxHost:
@@ -186,8 +188,10 @@ def _parse(domain: str) -> dns.name.Name:
     if not text:
         raise DnsPermanentError("5.1.2", "empty domain name")
     try:
-        return dns.name.from_text(text, origin=dns.name.root)
-    except (dns.exception.DNSException, UnicodeError) as e:
+        # A-labels by IDNA 2008 (as the envelope and intake's validation have them): dnspython alone
+        # would apply IDNA 2003, which turns "straße" into another domain ("strasse").
+        return dns.name.from_text(idn.ascii_domain(text), origin=dns.name.root)
+    except (dns.exception.DNSException, UnicodeError, idn.AddressError) as e:
         raise DnsPermanentError("5.1.2", f"{domain!r}: not a valid domain name ({e})") from e
 
 

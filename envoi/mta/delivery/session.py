@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
+from envoi.mta import idn
 from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome, from_reply
 from envoi.mta.signing import normalize_crlf
 
@@ -66,6 +67,7 @@ class Session:
         self.opened_at = 0.0
         self.ca_file = ca_file
         self.counted = False  # counted in the open-connections gauge
+        self.in_data = False  # DATA was accepted and the final reply not read yet: RSET would be data
 
     def _context(self) -> dict:
         return {"mx_host": self.host, "tls": self.tls, "certificate_verified": self.certificate_verified,
@@ -132,41 +134,117 @@ class Session:
         return None
 
     async def send(self, mail_from: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
-        """One transaction; return an outcome per recipient. Raises SessionError if the session broke."""
+        """One transaction; return an outcome per recipient. Raises SessionError if the session broke.
+
+        Whatever else raises inside the transaction (a bug, a hook) leaves the session clean: reset
+        (RSET) before DATA, closed after it, so it can never turn the next message's MAIL into a
+        "503 nested MAIL". The exception then goes to the caller, which decides that message's fate."""
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
+        envelope = self._envelope(mail_from, recipients, data, outcomes)
+        if envelope is None:
+            return outcomes
         try:
             # One deadline for the transaction (each step's allowance summed) instead of aiosmtplib's
             # wait_for per reply: a timer per transaction rather than a future, a timer and an extra
             # wake-up per reply (~4% of the relay's CPU). A timeout is an OSError: handled below.
             async with asyncio.timeout(self.timeout * (3 + len(recipients))):
-                return await self._transaction(mail_from, recipients, data, started, outcomes)
+                return await self._transaction(*envelope, data, started, outcomes)
         except (aiosmtplib.SMTPException, OSError) as ex:
-            if isinstance(ex, TimeoutError):
-                self.abort()  # a reply may still come: never pair it with a later command
-                message = "timed out waiting for the server's reply"
+            if isinstance(ex, TimeoutError) or self.in_data:
+                # A reply may still come (never pair it with a later command), or the server is
+                # still reading message data (a QUIT would be text): drop the connection.
+                self.in_data = False
+                self.abort()
             else:
                 await self.close()
-                message = str(ex) or type(ex).__name__
+            message = "timed out waiting for the server's reply" if isinstance(ex, TimeoutError) else (
+                str(ex) or type(ex).__name__)
             # NOTE: a disconnect after the final "." may mean the remote got the message; the retry
             # that follows is the one place duplicates can come from (counted by the relay).
             outcome = connection_failure(message, self._context())
             raise SessionError(outcome) from ex
+        except Exception:
+            await self._recover()
+            raise
+        except BaseException:  # cancelled: no more commands on this connection
+            self.abort()
+            raise
 
-    async def _transaction(self, mail_from: str, recipients: list[str], data: bytes, started: float,
-                           outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
+    def _envelope(self, mail_from: str, recipients: list[str], data: bytes,
+                  outcomes: dict[str, Outcome]) -> tuple[bytes, list[tuple[str, bytes]]] | None:
+        """The MAIL FROM argument and the RCPT paths, decided before any command is sent: IDN domains
+        as A-labels, SMTPUTF8 when an address or the header needs it and the server offers it. A
+        recipient this server cannot take gets its outcome here (None: nobody is left to send to)."""
+        smtputf8 = self.smtp.supports_extension("smtputf8")
+        try:
+            sender, utf8 = idn.wire_address(mail_from)
+        except idn.AddressError as ex:
+            outcomes.update(dict.fromkeys(recipients, self._unsendable(f"sender {ex}", "5.1.7")))
+            return None
+        if utf8 and not smtputf8:
+            outcomes.update(dict.fromkeys(recipients, self._no_smtputf8("sender")))
+            return None
+        paths = []
+        for rcpt in recipients:
+            try:
+                path, needs = idn.wire_address(rcpt)
+            except idn.AddressError as ex:
+                outcomes[rcpt] = self._unsendable(f"recipient {ex}", "5.1.3")
+                continue
+            if needs and not smtputf8:
+                outcomes[rcpt] = self._no_smtputf8("recipient")
+                continue
+            utf8 = utf8 or needs
+            paths.append((rcpt, _path(path)))
+        if not paths:
+            return None
+        # UTF-8 in the header alone (RFC 6532) asks for SMTPUTF8 where offered; where it is not, the
+        # message still goes (as before, and as Postfix does for mail not flagged SMTPUTF8).
+        if smtputf8 and not utf8 and not data.isascii():  # most messages are ASCII: one C-speed scan
+            end = data.find(b"\r\n\r\n")
+            utf8 = not (data[:end] if end >= 0 else data).isascii()
+        return b"FROM:" + _path(sender) + (b" SMTPUTF8" if utf8 and smtputf8 else b""), paths
+
+    def _no_smtputf8(self, which: str) -> Outcome:
+        return Outcome(Kind.FAILED, 553, "SMTPUTF8 not supported by the receiving server", enhanced_code="5.6.7",
+                       bounce_class=BounceClass.MESSAGE,
+                       description=f"the {which} address has a UTF-8 local part and the receiving server does"
+                                   " not offer SMTPUTF8 (RFC 6531), so it cannot take this message",
+                       extra={"reason": "generic"}, **self._context())
+
+    def _unsendable(self, message: str, enhanced_code: str) -> Outcome:
+        return Outcome(Kind.FAILED, 553, message, enhanced_code=enhanced_code, bounce_class=BounceClass.OTHER,
+                       description="the address cannot be written in an SMTP envelope",
+                       extra={"reason": "generic"}, **self._context())
+
+    async def _recover(self) -> None:
+        """After an unexpected exception inside a transaction: RSET if the server is still in the
+        envelope, close if it may be reading message data (there RSET would be taken as text)."""
+        if self.in_data or self.smtp is None:
+            self.in_data = False
+            self.abort()
+            return
+        try:
+            await self._reset()  # closes the session if RSET fails
+        except Exception:
+            self.abort()
+
+    async def _transaction(self, mail_from: bytes, recipients: list[tuple[str, bytes]], data: bytes,
+                           started: float, outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
         smtp = self.smtp
         # execute_command rather than mail()/rcpt(): those re-parse every address with
         # email.utils; ours were validated at intake (or built by VERP), and execute_command
         # still refuses control characters.
-        response = await smtp.execute_command(b"MAIL", b"FROM:" + _path(mail_from), timeout=None)
+        response = await smtp.execute_command(b"MAIL", mail_from, timeout=None)
         if response.code != 250:
             outcome = from_reply(response.code, response.message, **self._context())
             await self._reset()
-            return dict.fromkeys(recipients, outcome)
+            outcomes.update((rcpt, outcome) for rcpt, _ in recipients)
+            return outcomes
         accepted = []
-        for rcpt in recipients:
-            response = await smtp.execute_command(b"RCPT", b"TO:" + _path(rcpt), timeout=None)
+        for rcpt, path in recipients:
+            response = await smtp.execute_command(b"RCPT", b"TO:" + path, timeout=None)
             if response.code in (250, 251):
                 accepted.append(rcpt)
             else:
@@ -189,8 +267,10 @@ class Session:
         """DATA and the message. aiosmtplib's data() runs two regex passes over every message (line
         endings, dot-stuffing) — ~8% of the relay's CPU; the message is normally CRLF already (intake
         stored it so, and the signature covers exactly that), so here both are C-speed bytes checks."""
+        self.in_data = True
         response = await self.smtp.execute_command(b"DATA", timeout=None)
         if response.code != 354:
+            self.in_data = False
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         data = normalize_crlf(data)
         if data.startswith(b"."):
@@ -198,6 +278,7 @@ class Session:
         protocol = self.smtp.protocol
         protocol.write(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
         response = await protocol.read_response(timeout=None)
+        self.in_data = False
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
@@ -229,8 +310,8 @@ class Session:
 
 
 def _path(address: str) -> bytes:
-    """An address as an SMTP path (<a@b>, or <> for the null sender); ASCII only (no SMTPUTF8 yet)."""
-    return b"<" + address.encode("ascii") + b">"
+    """An address as an SMTP path (<a@b>, or <> for the null sender); UTF-8 only under SMTPUTF8."""
+    return b"<" + address.encode() + b">"
 
 
 def connection_failure(message: str, context: dict) -> Outcome:

@@ -21,6 +21,8 @@ Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 1
   domain or one of its subdomains (553/550 5.7.1) unless foreign senders are allowed by setting: the
   same rule as the HTTP API's (envoi.mta.senders, applied to the From header by intake).
 * X-Mailgun-* headers are read as send options and removed from the stored message.
+* SMTPUTF8 (RFC 6531) is offered. MAIL FROM and RCPT TO addresses are checked by the same
+  compose.normalize_address as the API's; a non-ASCII one needs SMTPUTF8 on MAIL FROM (553 5.6.7).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import email.parser
+import email.policy
 import functools
 import logging
 import re
@@ -36,6 +40,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import Message
 from email.utils import format_datetime
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
@@ -142,7 +147,7 @@ class Submission:
                 hostname=self.config.hostname,
                 ident="Envoi ESMTP",
                 data_size_limit=self.config.max_message_bytes,
-                enable_SMTPUTF8=False,
+                enable_SMTPUTF8=True,  # addresses are checked as the API checks them (compose)
                 decode_data=False,
                 tls_context=None if implicit_tls else tls_context,
                 require_starttls=not implicit_tls,
@@ -191,7 +196,7 @@ class Submission:
         helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
         mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
                 f"\t{format_datetime(datetime.now(UTC))}\r\n").encode() + mime
-        head = compose.parse_head(mime)  # once, for the From addresses and for composing
+        head = _parse_head(mime)  # once, for the From addresses and for composing
         # from_mime reads the From addresses (refusing a missing or ambiguous From); intake checks
         # them against the sending domain, as for the HTTP API.
         draft = compose.from_mime((principal.domain or "").lower(), mime, recipients, fields, method="smtp",
@@ -211,6 +216,19 @@ class Submission:
 
     def _prepare(self, principal: Principal, draft: compose.Draft) -> Accepted:
         return self.intake.prepare(self.intake.domain_for(principal, principal.domain or ""), draft)
+
+
+def _parse_head(mime: bytes) -> Message:
+    """compose.parse_head, reading UTF-8 in header fields (RFC 6532, sent under SMTPUTF8) as text:
+    parsed as bytes it would be undecodable escapes, which the From parsers read differently."""
+    head = compose.parse_head(mime)
+    if mime.isascii():  # the usual case: one C-speed scan
+        return head
+    end = mime.find(b"\r\n\r\n")
+    if mime[:end].isascii():
+        return head
+    return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(
+        mime[: end + 4].decode("utf-8", "surrogateescape"))
 
 
 class _Session(Session):
@@ -435,6 +453,10 @@ class _SubmissionSMTP(SMTP):
         return AuthResult(success=False, handled=False, message=outcome)
 
 
+# RFC 6531 3.4: a non-ASCII address (UTF-8 local part or U-labels) only in a SMTPUTF8 transaction.
+SMTPUTF8_NEEDED = "553 5.6.7 A non-ASCII address needs SMTPUTF8 on MAIL FROM (RFC 6531)"
+
+
 class _Handler:
     def __init__(self, submission: Submission):
         self.submission = submission
@@ -445,6 +467,8 @@ class _Handler:
 
     async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]) -> str:
         principal: Principal = session.auth_data
+        if not (envelope.smtp_utf8 or address.isascii()):
+            return SMTPUTF8_NEEDED
         try:
             address = compose.normalize_address(address, "from")
         except IntakeError:
@@ -456,6 +480,8 @@ class _Handler:
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        if not (envelope.smtp_utf8 or address.isascii()):
+            return SMTPUTF8_NEEDED
         try:
             address = compose.normalize_address(address)
         except IntakeError:
