@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import falcon
 
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
 from envoi.events.service import EventQueryError
+from envoi.infra.db import DataError
 from envoi.mta.errors import IntakeError
 
 
@@ -41,6 +44,16 @@ def _intake(req, resp, ex: IntakeError, params):
     raise ApiError(ex.http_status, ex.message)
 
 
+log = logging.getLogger(__name__)
+
+
+def _data(req, resp, ex: DataError, params):
+    # A value from the request that no parameter reader caught (params.py and the readers check them
+    # first): the database refused it, so it is the request's fault. Logged so the missing check is found.
+    log.warning("database refused a value from %s %s: %s", req.method, req.path, ex)
+    raise ApiError(400, "a parameter value is invalid or out of range")
+
+
 def install(app: falcon.App) -> None:
     app.set_error_serializer(serialize_error)
     app.add_error_handler(IntakeError, _intake)
@@ -48,3 +61,4 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(InvalidInput, _handle(400))
     app.add_error_handler(AlreadyExists, _handle(400))
     app.add_error_handler(EventQueryError, _handle(400))
+    app.add_error_handler(DataError, _data)

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs
 import falcon
 
 from envoi.api.errors import ApiError
+from envoi.api.params import check_fields
 from envoi.mta.compose import Upload
 
 MAX_REQUEST_BYTES = int(52.4 * 1024 * 1024)
@@ -46,6 +47,7 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
             raise ApiError(400, "request body is not valid UTF-8") from ex
     else:
         raise ApiError(400, f"unsupported content type {req.content_type}; use multipart/form-data or urlencoded")
+    check_fields(fields)
     return fields, files
 
 
