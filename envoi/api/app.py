@@ -19,7 +19,8 @@ from envoi.api.routes import logs as routes_logs
 
 
 def create_app(settings, services) -> falcon.App:
-    app = falcon.App(middleware=[params.InputGuard(), AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
+    app = falcon.App(middleware=[params.InputGuard(), forms.ReleaseMemory(),
+                                 AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
     app.req_options.strip_url_path_trailing_slash = True
     forms.configure(app)
     errors.install(app)

@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import tempfile
 from urllib.parse import parse_qs
 
 import falcon
 
 from envoi.api.errors import ApiError
 from envoi.api.params import check_fields
+from envoi.infra import memory
 from envoi.mta.compose import Upload
 
 MAX_REQUEST_BYTES = int(52.4 * 1024 * 1024)
+SPOOL_BYTES = 256 * 1024  # an upload past this waits on disk, not in the worker's memory, until composed
+LARGE_REQUEST_BYTES = 1024 * 1024
+CHUNK = 64 * 1024
+
+
+def _spool(stream, limit: int | None = None) -> tuple[tempfile.SpooledTemporaryFile, int]:
+    # Closed (and its unlinked file freed) when the request drops the Upload.
+    spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+    size = 0
+    while chunk := stream.read(CHUNK):
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ApiError(413, "request size exceeds 52.4MiB limit")
+        spooled.write(chunk)
+    spooled.seek(0)
+    return spooled, size
+
+
+def _chunked(req: falcon.Request) -> bool:
+    """A body sent with Transfer-Encoding: chunked has no Content-Length; the server (gunicorn)
+    de-chunks it, and falcon's bounded stream would read it as empty."""
+    return req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
 
 
 def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list[Upload]]]:
@@ -22,12 +46,16 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
     files: dict[str, list[Upload]] = {}
     if content_type.startswith("multipart/form-data"):
         try:
-            form = req.get_media()
+            if _chunked(req):  # falcon's multipart parser needs the length: spool the body first
+                body, size = _spool(req.stream, MAX_REQUEST_BYTES)
+                form = req.options.media_handlers[falcon.MEDIA_MULTIPART].deserialize(body, req.content_type, size)
+            else:
+                form = req.get_media()
             for part in form:
                 if part.filename is not None or part.name in ("attachment", "inline", "message", "file"):
-                    data = part.stream.read()
+                    spooled, size = _spool(part.stream)
                     files.setdefault(part.name, []).append(
-                        Upload(part.filename or None, part.content_type or "application/octet-stream", data)
+                        Upload(part.filename or None, part.content_type or "application/octet-stream", spooled, size)
                     )
                 else:
                     fields.setdefault(part.name, []).append(part.get_text() or "")
@@ -38,7 +66,7 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
                 raise ApiError(413, "request size exceeds 52.4MiB limit") from ex
             raise ApiError(400, ex.description or ex.title) from ex
     elif content_type.startswith("application/x-www-form-urlencoded") or not content_type:
-        body = req.bounded_stream.read(MAX_REQUEST_BYTES + 1)
+        body = (req.stream if _chunked(req) else req.bounded_stream).read(MAX_REQUEST_BYTES + 1)
         if len(body) > MAX_REQUEST_BYTES:
             raise ApiError(413, "request size exceeds 52.4MiB limit")
         try:
@@ -49,6 +77,14 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
         raise ApiError(400, f"unsupported content type {req.content_type}; use multipart/form-data or urlencoded")
     check_fields(fields)
     return fields, files
+
+
+class ReleaseMemory:
+    """Middleware: after a large request, give the memory its body and message took back to the OS."""
+
+    def process_response(self, req: falcon.Request, resp, resource, req_succeeded: bool) -> None:
+        if req.method in ("POST", "PUT", "PATCH") and (req.content_length or LARGE_REQUEST_BYTES) >= LARGE_REQUEST_BYTES:
+            memory.trim()
 
 
 def configure(app: falcon.App) -> None:
