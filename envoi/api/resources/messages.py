@@ -10,7 +10,7 @@ import falcon
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.mta.compose import compose, from_mime, parse_addresses
-from envoi.mta.errors import MessageTooLarge
+from envoi.mta.errors import IntakeError, MessageTooLarge
 
 QUEUED = "Queued. Thank you."
 LARGE_BYTES = 4 * 1024 * 1024  # a request this large composes into several copies of tens of MB
@@ -48,13 +48,30 @@ class Messages:
         self.large = LargeSlots()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        fields, files = read_form(req)  # uploads wait on disk
+        # A refusal is raised from here, not from inside: the traceback of an error raised in
+        # compose() keeps its frames, and so the request's fields (up to 50 MB), alive in the thread.
+        if (error := self._post(req, resp, domain)) is not None:
+            raise error
+
+    def _post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> ApiError | None:
+        try:
+            if (req.content_type or "").lower().startswith("multipart/"):
+                fields, files = read_form(req)  # uploads wait on disk: a slow upload holds no slot
+                with self.large.hold(req):
+                    self._send(req, resp, domain, fields, files)
+            else:
+                with self.large.hold(req):  # an urlencoded body is in memory from the start
+                    self._send(req, resp, domain, *read_form(req))
+        except IntakeError as ex:
+            return ApiError(ex.http_status, ex.message)
+        return None
+
+    def _send(self, req: falcon.Request, resp: falcon.Response, domain: str, fields: dict, files: dict) -> None:
         domain_row = self.intake.domain_for(req.context.principal, domain)
-        with self.large.hold(req):
-            draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
-                            max_bytes=self.intake.settings.max_message_bytes)
-            draft.method = "http"
-            message_id = self.intake.accept(req.context.principal, domain_row, draft)
+        draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
+                        max_bytes=self.intake.settings.max_message_bytes)
+        draft.method = "http"
+        message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}
 
     def on_post_mime(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
