@@ -50,21 +50,17 @@ class Messages:
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         # A refusal is raised from here, not from inside: the traceback of an error raised in
         # compose() keeps its frames, and so the request's fields (up to 50 MB), alive in the thread.
-        if (error := self._post(req, resp, domain)) is not None:
+        if (error := _refusal(self._post, req, resp, domain)) is not None:
             raise error
 
-    def _post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> ApiError | None:
-        try:
-            if (req.content_type or "").lower().startswith("multipart/"):
-                fields, files = read_form(req)  # uploads wait on disk: a slow upload holds no slot
-                with self.large.hold(req):
-                    self._send(req, resp, domain, fields, files)
-            else:
-                with self.large.hold(req):  # an urlencoded body is in memory from the start
-                    self._send(req, resp, domain, *read_form(req))
-        except IntakeError as ex:
-            return ApiError(ex.http_status, ex.message)
-        return None
+    def _post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        if (req.content_type or "").lower().startswith("multipart/"):
+            fields, files = read_form(req)  # uploads wait on disk: a slow upload holds no slot
+            with self.large.hold(req):
+                self._send(req, resp, domain, fields, files)
+        else:
+            with self.large.hold(req):  # an urlencoded body is in memory from the start
+                self._send(req, resp, domain, *read_form(req))
 
     def _send(self, req: falcon.Request, resp: falcon.Response, domain: str, fields: dict, files: dict) -> None:
         domain_row = self.intake.domain_for(req.context.principal, domain)
@@ -75,6 +71,10 @@ class Messages:
         resp.media = {"id": message_id, "message": QUEUED}
 
     def on_post_mime(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        if (error := _refusal(self._post_mime, req, resp, domain)) is not None:
+            raise error
+
+    def _post_mime(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         fields, files = read_form(req)
         domain_row = self.intake.domain_for(req.context.principal, domain)
         uploads = files.get("message") or []
@@ -91,3 +91,12 @@ class Messages:
             draft = from_mime(domain_row["name"], mime, recipients, fields, method="http")
             message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}
+
+
+def _refusal(handler, *args) -> ApiError | None:
+    """Run handler; return the API error for an intake refusal instead of letting it propagate."""
+    try:
+        handler(*args)
+    except IntakeError as ex:
+        return ApiError(ex.http_status, ex.message)
+    return None
