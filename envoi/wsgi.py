@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from envoi import runtime
 from envoi.api.app import create_app
+from envoi.infra import memory
 from envoi.infra.settings import Settings
 
 
 def get_app():
+    memory.release_large_buffers()  # each worker loads the app itself (no preload)
     settings = Settings.from_env()
     return create_app(settings, runtime.build(settings))

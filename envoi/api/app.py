@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from envoi.api import errors, forms
+from envoi.api import errors, forms, params
 from envoi.api.auth import AuthMiddleware
 from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList
@@ -20,7 +20,8 @@ from envoi.api.routes import logs as routes_logs
 
 
 def create_app(settings, services) -> falcon.App:
-    app = falcon.App(middleware=[AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
+    app = falcon.App(middleware=[params.InputGuard(), forms.ReleaseMemory(),
+                                 AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
     app.req_options.strip_url_path_trailing_slash = True
     forms.configure(app)
     errors.install(app)

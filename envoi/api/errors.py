@@ -8,7 +8,7 @@ import falcon
 
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
 from envoi.events.service import EventQueryError
-from envoi.infra.db import DatabaseUnavailable
+from envoi.infra.db import DatabaseUnavailable, DataError
 from envoi.infra.group_commit import CommitTimeout
 from envoi.mta.errors import IntakeError
 
@@ -54,6 +54,13 @@ def _unavailable(req, resp, ex, params):
     raise ApiError(503, UNAVAILABLE, headers={"Retry-After": "5"})
 
 
+def _data(req, resp, ex: DataError, params):
+    # A value from the request that no parameter reader caught (params.py and the readers check them
+    # first): the database refused it, so it is the request's fault. Logged so the missing check is found.
+    log.warning("database refused a value from %s %s: %s", req.method, req.path, ex)
+    raise ApiError(400, "a parameter value is invalid or out of range")
+
+
 def install(app: falcon.App) -> None:
     app.set_error_serializer(serialize_error)
     app.add_error_handler((DatabaseUnavailable, CommitTimeout), _unavailable)
@@ -62,3 +69,4 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(InvalidInput, _handle(400))
     app.add_error_handler(AlreadyExists, _handle(400))
     app.add_error_handler(EventQueryError, _handle(400))
+    app.add_error_handler(DataError, _data)

@@ -2,14 +2,81 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
+import tempfile
+from urllib.parse import unquote_to_bytes
 
 import falcon
 
 from envoi.api.errors import ApiError
+from envoi.api.params import check_fields
+from envoi.infra import memory
 from envoi.mta.compose import Upload
 
 MAX_REQUEST_BYTES = int(52.4 * 1024 * 1024)
+SPOOL_BYTES = 256 * 1024  # an upload past this waits on disk, not in the worker's memory, until composed
+LARGE_REQUEST_BYTES = 1024 * 1024
+CHUNK = 64 * 1024
+
+
+def _spool(stream, limit: int | None = None) -> tuple[tempfile.SpooledTemporaryFile, int]:
+    # Closed (and its unlinked file freed) when the request drops the Upload.
+    spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+    size = 0
+    while chunk := stream.read(CHUNK):
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ApiError(413, "request size exceeds 52.4MiB limit")
+        spooled.write(chunk)
+    spooled.seek(0)
+    return spooled, size
+
+
+def _read_all(stream) -> bytearray:
+    """The body in small reads: one large read makes the server (gunicorn) buffer it twice or more."""
+    body = bytearray()
+    while chunk := stream.read(CHUNK):
+        body += chunk
+        if len(body) > MAX_REQUEST_BYTES:
+            raise ApiError(413, "request size exceeds 52.4MiB limit")
+    return body
+
+
+def _parse_urlencoded(pairs: list[bytes]) -> dict[str, list[str]]:
+    """parse_qs(keep_blank_values=True) for a body of up to 52 MB, holding about two copies of one
+    field at a time: parse_qs keeps several copies of the whole body, and unquoting a percent-encoded
+    field splits it into one object per escape (~30x its size)."""
+    fields: dict[str, list[str]] = {}
+    for i in range(len(pairs)):
+        pair, pairs[i] = pairs[i], b""
+        if not pair:
+            continue
+        name, _, value = pair.partition(b"=")
+        del pair
+        fields.setdefault(_unquote(name), []).append(_unquote(value))
+    return fields
+
+
+def _unquote(raw: bytes) -> str:
+    raw = raw.replace(b"+", b" ")
+    if b"%" not in raw:
+        return raw.decode("utf-8", "replace")
+    out = bytearray()
+    start = 0
+    while start < len(raw):
+        end = min(start + CHUNK, len(raw))
+        cut = raw.rfind(b"%", max(start + 1, end - 2), end)  # do not split a %XX escape
+        if cut != -1 and end < len(raw):
+            end = cut
+        out += unquote_to_bytes(bytes(raw[start:end]))  # it looks escapes up in a dict: bytes, not bytearray
+        start = end
+    del raw
+    return out.decode("utf-8", "replace")
+
+
+def _chunked(req: falcon.Request) -> bool:
+    """A body sent with Transfer-Encoding: chunked has no Content-Length; the server (gunicorn)
+    de-chunks it, and falcon's bounded stream would read it as empty."""
+    return req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
 
 
 def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list[Upload]]]:
@@ -21,12 +88,16 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
     files: dict[str, list[Upload]] = {}
     if content_type.startswith("multipart/form-data"):
         try:
-            form = req.get_media()
+            if _chunked(req):  # falcon's multipart parser needs the length: spool the body first
+                body, size = _spool(req.stream, MAX_REQUEST_BYTES)
+                form = req.options.media_handlers[falcon.MEDIA_MULTIPART].deserialize(body, req.content_type, size)
+            else:
+                form = req.get_media()
             for part in form:
                 if part.filename is not None or part.name in ("attachment", "inline", "message", "file"):
-                    data = part.stream.read()
+                    spooled, size = _spool(part.stream)
                     files.setdefault(part.name, []).append(
-                        Upload(part.filename or None, part.content_type or "application/octet-stream", data)
+                        Upload(part.filename or None, part.content_type or "application/octet-stream", spooled, size)
                     )
                 else:
                     fields.setdefault(part.name, []).append(part.get_text() or "")
@@ -37,16 +108,22 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
                 raise ApiError(413, "request size exceeds 52.4MiB limit") from ex
             raise ApiError(400, ex.description or ex.title) from ex
     elif content_type.startswith("application/x-www-form-urlencoded") or not content_type:
-        body = req.bounded_stream.read(MAX_REQUEST_BYTES + 1)
-        if len(body) > MAX_REQUEST_BYTES:
-            raise ApiError(413, "request size exceeds 52.4MiB limit")
-        try:
-            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError as ex:
-            raise ApiError(400, "request body is not valid UTF-8") from ex
+        body = _read_all(req.stream if _chunked(req) else req.bounded_stream)
+        pairs = body.split(b"&")
+        del body  # one copy of a large body at a time
+        fields = _parse_urlencoded(pairs)
     else:
         raise ApiError(400, f"unsupported content type {req.content_type}; use multipart/form-data or urlencoded")
+    check_fields(fields)
     return fields, files
+
+
+class ReleaseMemory:
+    """Middleware: after a large request, give the memory its body and message took back to the OS."""
+
+    def process_response(self, req: falcon.Request, resp, resource, req_succeeded: bool) -> None:
+        if req.method in ("POST", "PUT", "PATCH") and (req.content_length or LARGE_REQUEST_BYTES) >= LARGE_REQUEST_BYTES:
+            memory.trim()
 
 
 def configure(app: falcon.App) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 MAX_EXPRESSION = 1000
 MAX_TERMS = 50
 MAX_DEPTH = 20
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class FilterError(ValueError):
@@ -189,6 +190,8 @@ def parse(name: str, text: str):
         raise FilterError(f"'{name}' is not a filter field")
     if len(text) > MAX_EXPRESSION:
         raise FilterError(f"filter expression for '{name}' is longer than {MAX_EXPRESSION} characters")
+    if _UNSTORABLE.search(text):  # Postgres refuses NUL in text; a lone surrogate is not UTF-8
+        raise FilterError(f"filter expression for '{name}' contains a NUL character or a lone surrogate")
     return _Parser(field, text).parse()
 
 

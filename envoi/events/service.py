@@ -27,6 +27,7 @@ DEFAULT_LIMIT = 100
 FILTER_FIELDS = tuple(filters.FIELDS)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAY = 86400.0
+MAX_EPOCH = 32503680000  # year 3000: later dates are refused (and NaN, and inf)
 LOG_LEVELS = {"accepted": "info", "delivered": "info", "opened": "info", "clicked": "info",
               "unsubscribed": "info", "stored": "info", "complained": "warn", "rejected": "warn"}
 
@@ -394,7 +395,7 @@ def parse_time(value: str) -> float:
             epoch = parsedate_to_datetime(value).timestamp()
         except (TypeError, ValueError, OverflowError) as ex:
             raise EventQueryError(f"'{value}' is not a valid date: use RFC 2822 or epoch seconds") from ex
-    if not 0 <= epoch < 32503680000:  # 1970 .. 3000, and not NaN
+    if not 0 <= epoch < MAX_EPOCH:  # 1970 .. 3000, and not NaN
         raise EventQueryError(f"'{value}' is not a valid date: use RFC 2822 or epoch seconds")
     return epoch
 
@@ -460,20 +461,33 @@ def _encode_token(token: dict) -> str:
 
 
 def _decode_token(token: str) -> dict:
+    """A paging token, checked as hostile input: it comes back from the client, who may forge it."""
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         query = data["q"]
-        assert isinstance(query, dict) and {"ascending", "limit", "filters"} <= query.keys()
-        assert isinstance(query["ascending"], bool) and 1 <= int(query["limit"]) <= MAX_LIMIT
+        _require(isinstance(query, dict) and {"ascending", "limit", "filters"} <= query.keys())
+        _require(isinstance(query["ascending"], bool) and _is_int(query["limit"]) and 1 <= query["limit"] <= MAX_LIMIT)
         for key in ("begin", "end"):
-            assert query.get(key) is None or isinstance(query[key], int | float)
-        assert isinstance(query["filters"], dict)
+            value = query.get(key)
+            _require(value is None or (isinstance(value, int | float) and not isinstance(value, bool)
+                                       and 0 <= value < MAX_EPOCH))  # NaN fails the comparison too
+        _require(isinstance(query["filters"], dict))
         for name, values in query["filters"].items():
-            assert name in filters.FIELDS and isinstance(values, list)
-            filters.parse_values(name, [str(v) for v in values])
+            _require(name in filters.FIELDS and isinstance(values, list) and all(isinstance(v, str) for v in values))
+            filters.parse_values(name, values)
         cursor = data.get("c")
         if cursor is not None:
-            assert isinstance(cursor, list) and len(cursor) == 2 and all(isinstance(x, int) for x in cursor)
+            _require(isinstance(cursor, list) and len(cursor) == 2 and all(_is_int(x) for x in cursor))
+            _require(0 <= cursor[0] < MAX_EPOCH * 1_000_000 and 0 <= cursor[1] < 2**63)  # a timestamp, a bigint id
         return {"q": query, "c": cursor, "p": bool(data.get("p")), "i": bool(data.get("i"))}
     except Exception as ex:
         raise EventQueryError("invalid page token") from ex
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(condition: bool) -> None:
+    if not condition:
+        raise ValueError("invalid page token")

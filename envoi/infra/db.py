@@ -19,6 +19,8 @@ from envoi.infra.deadlines import Deadlines
 Connection = psycopg.Connection
 Cursor = psycopg.Cursor
 IntegrityError = psycopg.errors.UniqueViolation
+#: Postgres (or the driver) refused a value itself: NUL in text, a number out of range (SQLSTATE class 22).
+DataError = psycopg.DataError
 
 
 def is_data_error(error: BaseException) -> bool:

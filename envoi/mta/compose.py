@@ -18,12 +18,13 @@ from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, formataddr, getaddresses, parsedate_to_datetime
+from typing import BinaryIO
 
 from email_validator import EmailNotValidError, validate_email
 
 from envoi.infra import ids
 from envoi.mta import idn
-from envoi.mta.errors import InvalidMessage, InvalidRecipient
+from envoi.mta.errors import InvalidMessage, InvalidRecipient, MessageTooLarge
 from envoi.mta.senders import from_addresses as read_from_addresses
 
 MAX_RECIPIENTS = 1000
@@ -41,9 +42,23 @@ NO = {"no", "false", "0", "off"}
 
 @dataclass
 class Upload:
+    """An uploaded file: bytes, or (when large) a file spooled to disk and read only when composing."""
+
     filename: str | None
     content_type: str
-    data: bytes
+    source: bytes | BinaryIO
+    size: int = -1
+
+    def __post_init__(self):
+        if self.size < 0:
+            self.size = len(self.source) if isinstance(self.source, bytes) else -1
+
+    @property
+    def data(self) -> bytes:
+        if isinstance(self.source, bytes):
+            return self.source
+        self.source.seek(0)
+        return self.source.read()
 
 
 @dataclass
@@ -204,8 +219,9 @@ def compose(
     fields: dict[str, list[str]],
     attachments: list[Upload],
     inlines: list[Upload],
+    max_bytes: int | None = None,
 ) -> Draft:
-    """Build the message(s) for POST /v3/{domain}/messages."""
+    """Build the message(s) for POST /v3/{domain}/messages (refused unbuilt if they must exceed max_bytes)."""
     froms = parse_addresses("from", fields.get("from", []))
     if not fields.get("from"):
         raise InvalidMessage("from parameter is missing")
@@ -225,6 +241,8 @@ def compose(
     envelope = _unique([addr for _, addr in to + cc + bcc])
     if len(envelope) > MAX_RECIPIENTS:
         raise InvalidMessage(f"Too many recipients, max is {MAX_RECIPIENTS}")
+    if max_bytes is not None:
+        check_size(fields, len(to), attachments, inlines, max_bytes)
 
     extra_headers = []
     for key, values in fields.items():
@@ -297,11 +315,31 @@ def compose(
         tags=tags,
         user_variables=variables,
         options=options,
-        attachments=[{"filename": a.filename, "content-type": a.content_type, "size": len(a.data)}
+        attachments=[{"filename": a.filename, "content-type": a.content_type, "size": a.size}
                      for a in kept_attachments],
         deliver_at=deliver_at,
         from_addresses=[addr for _, addr in froms],
     )
+
+
+_PLACEHOLDER = re.compile(r"%recipient[^%\s]{0,200}%")
+
+
+def check_size(fields: dict[str, list[str]], to_count: int, attachments: list[Upload], inlines: list[Upload],
+               max_bytes: int) -> None:
+    """Refuse, before building anything, a draft that cannot fit in max_bytes: the copies' sizes are
+    estimated from below (bodies with their placeholders left out, uploads base64-encoded), so a
+    message that would fit is never refused here; intake checks the exact size afterwards."""
+    body = 0
+    for name in ("text", "html", "amp-html"):
+        if values := fields.get(name):
+            text = values[-1]
+            body += len(text) - sum(len(m) for m in _PLACEHOLDER.findall(text)) if "%recipient" in text else len(text)
+    uploads = [a for a in attachments if a.filename] + inlines
+    body += sum(4 * -(-max(u.size, 0) // 3) for u in uploads)
+    copies = to_count if fields.get("recipient-variables") else 1  # a batch send makes one copy per To
+    if body * copies > max_bytes:
+        raise MessageTooLarge(f"message size at least {body * copies} bytes exceeds the limit of {max_bytes} bytes")
 
 
 def parse_head(mime: bytes) -> Message:

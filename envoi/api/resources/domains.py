@@ -10,6 +10,7 @@ from envoi.api.forms import read_form
 from envoi.api.resources.events import DomainScoped
 
 TRUE = {"true", "yes", "1"}
+MAX_SKIP = 2**31 - 1  # Postgres takes OFFSET as bigint; no account has more domains than this
 
 
 def rfc2822(dt) -> str:
@@ -41,7 +42,7 @@ class DomainCollection:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000) or 100
-        skip = req.get_param_as_int("skip", min_value=0) or 0
+        skip = req.get_param_as_int("skip", min_value=0, max_value=MAX_SKIP) or 0
         total, rows = self.accounts.list_domains(req.context.principal.account_id, req.get_param("state"),
                                                  limit, skip)
         resp.media = {"total_count": total, "items": [domain_json(r) for r in rows]}

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import falcon
 
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.mta.compose import compose, from_mime, parse_addresses
+from envoi.mta.errors import IntakeError, MessageTooLarge
 
 QUEUED = "Queued. Thank you."
+LARGE_BYTES = 4 * 1024 * 1024  # a request this large composes into several copies of tens of MB
+LARGE_AT_ONCE = 2  # per worker process: bounds its memory (README "Limits")
+LARGE_WAIT_SECONDS = 60.0
+
+
+class LargeSlots:
+    """At most LARGE_AT_ONCE large messages are composed and committed at once in this process; the
+    others wait their turn (up to LARGE_WAIT_SECONDS, then 503). Small messages never wait."""
+
+    def __init__(self, slots: int = LARGE_AT_ONCE, wait: float = LARGE_WAIT_SECONDS):
+        self._slots = threading.BoundedSemaphore(slots)
+        self._wait = wait
+
+    @contextlib.contextmanager
+    def hold(self, req: falcon.Request):
+        if req.content_length is not None and req.content_length < LARGE_BYTES:
+            yield
+            return
+        if not self._slots.acquire(timeout=self._wait):
+            raise ApiError(503, "too many large messages are being accepted; retry shortly",
+                           headers={"Retry-After": "10"})
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 class Messages:
@@ -16,28 +45,58 @@ class Messages:
 
     def __init__(self, intake):
         self.intake = intake
+        self.large = LargeSlots()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        fields, files = read_form(req)
+        # A refusal is raised from here, not from inside: the traceback of an error raised in
+        # compose() keeps its frames, and so the request's fields (up to 50 MB), alive in the thread.
+        if (error := _refusal(self._post, req, resp, domain)) is not None:
+            raise error
+
+    def _post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        if (req.content_type or "").lower().startswith("multipart/"):
+            fields, files = read_form(req)  # uploads wait on disk: a slow upload holds no slot
+            with self.large.hold(req):
+                self._send(req, resp, domain, fields, files)
+        else:
+            with self.large.hold(req):  # an urlencoded body is in memory from the start
+                self._send(req, resp, domain, *read_form(req))
+
+    def _send(self, req: falcon.Request, resp: falcon.Response, domain: str, fields: dict, files: dict) -> None:
         domain_row = self.intake.domain_for(req.context.principal, domain)
-        draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []))
+        draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
+                        max_bytes=self.intake.settings.max_message_bytes)
         draft.method = "http"
         message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}
 
     def on_post_mime(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        if (error := _refusal(self._post_mime, req, resp, domain)) is not None:
+            raise error
+
+    def _post_mime(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         fields, files = read_form(req)
         domain_row = self.intake.domain_for(req.context.principal, domain)
         uploads = files.get("message") or []
-        if uploads:
-            mime = uploads[0].data
-        elif fields.get("message"):
-            mime = fields["message"][-1].encode()
-        else:
+        if not uploads and not fields.get("message"):
             raise ApiError(400, "message parameter is missing")
         if not fields.get("to"):
             raise ApiError(400, "to parameter is missing")
+        if uploads and uploads[0].size > self.intake.settings.max_message_bytes:  # refused before it is read
+            raise MessageTooLarge(f"message size {uploads[0].size} bytes exceeds the limit of "
+                                  f"{self.intake.settings.max_message_bytes} bytes")
         recipients = [addr for _, addr in parse_addresses("to", fields["to"])]
-        draft = from_mime(domain_row["name"], mime, recipients, fields, method="http")
-        message_id = self.intake.accept(req.context.principal, domain_row, draft)
+        with self.large.hold(req):
+            mime = uploads[0].data if uploads else fields["message"][-1].encode()
+            draft = from_mime(domain_row["name"], mime, recipients, fields, method="http")
+            message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}
+
+
+def _refusal(handler, *args) -> ApiError | None:
+    """Run handler; return the API error for an intake refusal instead of letting it propagate."""
+    try:
+        handler(*args)
+    except IntakeError as ex:
+        return ApiError(ex.http_status, ex.message)
+    return None

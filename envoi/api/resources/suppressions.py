@@ -6,6 +6,7 @@ import falcon
 
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
+from envoi.api.params import check_json
 from envoi.api.resources.events import DomainScoped
 
 
@@ -26,6 +27,7 @@ class SuppressionList(DomainScoped):
                 entries = req.get_media()
             except falcon.MediaMalformedError as ex:
                 raise ApiError(400, "request body is not valid JSON") from ex
+            check_json(entries)
             resp.media = self.suppressions.add_batch(row, self.kind, entries)
             return
         fields, _ = read_form(req)
