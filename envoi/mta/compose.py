@@ -2,14 +2,23 @@
 
 Everything that reaches a header is checked for CR, LF and other control characters first: a
 field with one is refused, never folded or stripped, so no header or recipient can be injected.
+Recipient-variables are filled in by envoi.mta.substitution, which refuses such values in headers.
+
+Long headers are folded (RFC 5322: no line over 998 octets): at white space, or as RFC 2047 encoded
+words when there is none to fold at. Limits refused at accept, so nothing accepted is undeliverable:
+a Subject over 998 characters (no reader shows more; Postmark allows 2,000) and any other header
+but To/Cc over 32 KB once encoded (Gmail refuses a message with such a header). NUL and lone
+surrogates, which Postgres cannot store and no mail may carry, are refused in every field.
 """
 
 from __future__ import annotations
 
+import base64
 import email.header
 import email.policy
 import functools
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,15 +32,19 @@ from typing import BinaryIO
 from email_validator import EmailNotValidError, validate_email
 
 from envoi.infra import ids
-from envoi.mta import idn
+from envoi.mta import idn, jsonvalues, substitution
 from envoi.mta.errors import InvalidMessage, InvalidRecipient, MessageTooLarge
 from envoi.mta.senders import from_addresses as read_from_addresses
 
 MAX_RECIPIENTS = 1000
 MAX_TAGS = 3
 MAX_SCHEDULE_AHEAD = 3 * 86400
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
+CONTROL = substitution.HEADER_UNSAFE
+# Control characters, and lone surrogates (a \ud800 JSON escape; not encodable, not storable).
+_HEADER_REFUSED = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+HEADER_NAME = re.compile(r"^[!-9;-~]{1,100}$")  # RFC 5322 ftext; a name must leave room on its line
+MAX_SUBJECT = 998  # characters
+MAX_HEADER_BYTES = 32 * 1024  # one header field once encoded and folded (Gmail's limit per header)
 # Headers whose value we own: a caller may not override them through h:.
 RESERVED_HEADERS = {"message-id", "date", "mime-version", "content-type", "content-transfer-encoding",
                     "dkim-signature", "from", "to", "cc", "bcc", "subject"}
@@ -92,7 +105,9 @@ class Draft:
 
 
 def check_header_value(name: str, value: str) -> str:
-    if CONTROL.search(value):
+    if (m := _HEADER_REFUSED.search(value)) is not None:
+        if m.group() >= "\ud800":
+            raise InvalidMessage(f"{name} contains invalid Unicode (a lone surrogate)")
         raise InvalidMessage(f"{name} contains a control character (CR, LF or NUL are not allowed)")
     return value
 
@@ -163,6 +178,8 @@ def parse_delivery_time(value: str) -> float:
     value = value.strip()
     try:
         when = float(value)
+        if not math.isfinite(when):
+            raise ValueError(value)
     except ValueError:
         try:
             when = parsedate_to_datetime(value).timestamp()
@@ -206,11 +223,11 @@ def read_options(fields: dict[str, list[str]]) -> tuple[list[str], dict, dict, f
         if key.startswith("v:") and values:
             name = key[2:]
             check_header_value(key, name)
-            raw = values[-1]
+            raw = jsonvalues.check_text(values[-1], key)
             try:
-                variables[name] = json.loads(raw) if raw[:1] in "{[" else raw
+                variables[name] = jsonvalues.loads(raw, key) if raw[:1] in "{[" else raw
             except ValueError:
-                variables[name] = raw
+                variables[name] = raw  # not JSON: kept as the string it is
     return tags, variables, options, deliver_at
 
 
@@ -237,7 +254,10 @@ def compose(
     text, html, amp = (fields.get(k, [None])[-1] for k in ("text", "html", "amp-html"))
     if not (text or html or amp):
         raise InvalidMessage("Need at least one of 'text' or 'html' parameters specified")
-    subject = check_header_value("subject", fields.get("subject", [""])[-1])
+    for name, body_text in (("text", text), ("html", html), ("amp-html", amp)):
+        if body_text:
+            jsonvalues.check_text(body_text, name)
+    subject = _check_subject(check_header_value("subject", fields.get("subject", [""])[-1]))
     envelope = _unique([addr for _, addr in to + cc + bcc])
     if len(envelope) > MAX_RECIPIENTS:
         raise InvalidMessage(f"Too many recipients, max is {MAX_RECIPIENTS}")
@@ -249,7 +269,7 @@ def compose(
         if key.startswith("h:") and values:
             name = key[2:]
             if not HEADER_NAME.match(name) or not name.isascii():
-                raise InvalidMessage(f"header name '{name}' is not valid")
+                raise InvalidMessage(f"header name '{name[:100]}' is not valid")
             if name.lower() in RESERVED_HEADERS:
                 continue  # these are built from their own fields
             extra_headers.append((name, check_header_value(key, values[-1])))
@@ -261,7 +281,7 @@ def compose(
     for upload in kept_attachments + inlines:
         check_header_value("attachment filename", upload.filename or "")
 
-    def build(to_pairs: list[tuple[str, str]], substitute) -> bytes:
+    def build(to_pairs: list[tuple[str, str]], sub: substitution.Substituter) -> bytes:
         # PERF: the header block is written directly (values were checked above); building it through
         # EmailMessage re-parses every value with the header registry, which was most of compose's time.
         head = [
@@ -270,20 +290,20 @@ def compose(
         ]
         if cc and recipient_variables is None:
             head.append(_address_header("Cc", cc))
-        head.append(_header("Subject", substitute(subject)))
+        head.append(_header("Subject", _check_subject(sub.header("Subject", subject))))
         head.append(_header("Date", format_datetime(_now_local())))
         head.append(_header("Message-ID", f"<{message_id}>"))
         for name, value in extra_headers:
-            head.append(_header(name, substitute(value)))
+            head.append(_header(name, sub.header(name, value)))
         if tags:
             head.append(_header("X-Mailgun-Tag", ", ".join(tags)))
         if variables:
             head.append(_header("X-Mailgun-Variables", json.dumps(variables)))
         body = EmailMessage(policy=SMTP_POLICY)
-        _set_body(body, substitute(text) if text else None, substitute(html) if html else None,
-                  substitute(amp) if amp else None, inlines)
+        _set_body(body, sub.body(text) if text else None, sub.body(html) if html else None,
+                  sub.body(amp) if amp else None, inlines)
         for upload in kept_attachments:
-            maintype, _, subtype = (upload.content_type or "application/octet-stream").partition("/")
+            maintype, _, subtype = _content_type(upload)
             body.add_attachment(upload.data, maintype=maintype, subtype=subtype or "octet-stream",
                                 filename=upload.filename)
         return b"".join(head) + body.as_bytes(policy=SMTP_POLICY)
@@ -295,17 +315,17 @@ def compose(
         "message-id": message_id,
     }
     if recipient_variables is None:
-        copies = [Composed(envelope, build(to, lambda s: s), headers)]
+        copies = [Composed(envelope, build(to, substitution.Unchanged()), headers)]
     else:
         # Batch send: each To recipient gets its own copy showing only itself (Mailgun semantics).
         copies = []
         for name, addr in to:
             rv = recipient_variables.get(addr, {})
-            copies.append(Composed([addr], build([(name, addr)], _substituter(addr, rv)),
+            copies.append(Composed([addr], build([(name, addr)], substitution.Substituter(addr, rv)),
                                    dict(headers, to=_format(name, addr))))
         extras = _unique([a for _, a in cc + bcc if a not in {x for _, x in to}])
         if extras:
-            copies.append(Composed(extras, build(to, _substituter(None, {})), headers))
+            copies.append(Composed(extras, build(to, substitution.Substituter(None, {})), headers))
 
     return Draft(
         domain=domain,
@@ -378,6 +398,10 @@ def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str,
     mail_from = senders[0][1] if senders and senders[0][1] else f"postmaster@{domain}"
     headers = {"from": from_header, "to": _decode(parsed.get("To", "")),
                "subject": _decode(parsed.get("Subject", "")), "message-id": message_id}
+    for key, value in headers.items():
+        # Metadata for events only (the message itself is the caller's): what Postgres cannot store
+        # (an encoded NUL, a UTF-7 surrogate) is replaced rather than failing the accept.
+        headers[key] = jsonvalues.UNSTORABLE.sub("\ufffd", value)
     tags, variables, options, deliver_at = read_options(fields)
     return Draft(domain=domain, mail_from=mail_from, copies=[Composed(envelope, mime, headers)],
                  message_id=message_id, tags=tags, user_variables=variables, options=options,
@@ -404,29 +428,54 @@ def _decode(value) -> str:
 
 
 def _header(name: str, value: str) -> bytes:
-    """One header field: RFC 2047 encoded words when not ASCII; ASCII is folded only past 998 octets."""
+    """One header field, never a line over 998 octets: ASCII as is, folded at white space past that;
+    RFC 2047 encoded words (which may be split anywhere) when not ASCII or when it cannot be folded."""
+    if _HEADER_REFUSED.search(value):  # every caller checked already; this writer must never add a line
+        check_header_value(name, value)
     if value.isascii() and len(name) + len(value) < 996:
         return f"{name}: {value}\r\n".encode()
-    if value.isascii() and (folded := _fold_ascii(name, value)):
-        return folded
-    charset = "us-ascii" if value.isascii() else "utf-8"
-    folded = email.header.Header(value, charset, header_name=name).encode(linesep="\r\n")
-    return f"{name}: {folded}\r\n".encode()
+    field = None
+    if value.isascii():
+        try:
+            field = substitution.fold(f"{name}: {value}".encode(), len(name) + 2)
+        except InvalidMessage:
+            field = None  # a run too long to fold at white space: encoded words below
+    if field is None:
+        field = f"{name}: {_encoded_words(value)}".encode()
+    if len(field) > MAX_HEADER_BYTES and name not in ("To", "Cc"):
+        raise InvalidMessage(f"the {name} header is too long ({len(field)} octets encoded; at most {MAX_HEADER_BYTES})")
+    return field + b"\r\n"
 
 
-def _fold_ascii(name: str, value: str) -> bytes | None:
-    """A long ASCII field folded at its spaces into lines of about 78 characters (Header() does the
-    same at ~15 ms for a 5 KB value, per copy); None if a run without spaces would pass 998 octets."""
-    lines, line = [], f"{name}:"
-    for word in value.split(" "):
-        if len(line) + 1 + len(word) > 78 and line.strip():
-            lines.append(line)
-            line = ""
-        line += " " + word
-    lines.append(line)
-    if max(map(len, lines)) > 996:
-        return None
-    return ("\r\n".join(lines) + "\r\n").encode()
+def _encoded_words(value: str) -> str:
+    """RFC 2047 B encoded words of at most 72 characters, one per line, each whole characters.
+
+    Not email.header.Header: it splits on what str.splitlines() calls a line break and so drops
+    U+0085 and U+2028 from values."""
+    data = value.encode()
+    words = []
+    start = 0
+    while start < len(data):
+        end = min(start + 45, len(data))  # 45 octets: 60 base64 characters
+        while start < end < len(data) and 0x80 <= data[end] < 0xC0:  # not inside a UTF-8 sequence
+            end -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[start:end]).decode()}?=")
+        start = end
+    return "\r\n ".join(words)
+
+
+def _check_subject(subject: str) -> str:
+    if len(subject) > MAX_SUBJECT:
+        raise InvalidMessage(f"subject is too long ({len(subject)} characters; at most {MAX_SUBJECT})")
+    return subject
+
+
+def _content_type(upload: Upload) -> tuple[str, str, str]:
+    """The upload's declared type, or application/octet-stream when it could not be a header value."""
+    value = upload.content_type or ""
+    if not value.isascii() or "/" not in value or _HEADER_REFUSED.search(value):
+        value = "application/octet-stream"
+    return value.partition("/")
 
 
 def _address_list(pairs: list[tuple[str, str]]) -> str:
@@ -491,7 +540,7 @@ def _set_body(msg: EmailMessage, text, html, amp, inlines: list[Upload]) -> None
         html_part = msg.get_body(("html",)) if html is not None else None
         target = html_part if html_part is not None else msg
         for upload in inlines:
-            maintype, _, subtype = (upload.content_type or "application/octet-stream").partition("/")
+            maintype, _, subtype = _content_type(upload)
             name = upload.filename or ids.token(6)
             # The filename doubles as the Content-ID, as in Mailgun: <img src="cid:logo.png">.
             target.add_related(upload.data, maintype=maintype, subtype=subtype or "octet-stream",
@@ -502,25 +551,4 @@ def _recipient_variables(fields: dict[str, list[str]]) -> dict | None:
     raw = fields.get("recipient-variables")
     if not raw:
         return None
-    try:
-        value = json.loads(raw[-1])
-    except ValueError as ex:
-        raise InvalidMessage("'recipient-variables' parameter is not a valid JSON") from ex
-    if not isinstance(value, dict):
-        raise InvalidMessage("'recipient-variables' parameter is not a valid JSON")
-    return value
-
-
-def _substituter(address: str | None, variables: dict):
-    def substitute(text: str) -> str:
-        if not text or "%recipient" not in text:
-            return text
-        text = text.replace("%recipient%", address or "")
-
-        def one(match: re.Match) -> str:
-            value = variables.get(match.group(1), "")
-            return str(value)
-
-        return re.sub(r"%recipient\.([A-Za-z0-9_\-:]+)%", one, text)
-
-    return substitute
+    return substitution.load(raw[-1], "'recipient-variables' parameter")

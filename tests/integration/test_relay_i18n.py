@@ -66,7 +66,8 @@ def settled(db, message_id, recipients: int, timeout=20) -> dict[str, dict]:
 
 def other_tenant(services):
     account = services.accounts.create_account(f"acct-{uuid.uuid4().hex[:6]}")
-    domain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test", dkim_key_size=1024)
+    domain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test", dkim_key_size=1024,
+                                          verified=True)
     return account, domain
 
 

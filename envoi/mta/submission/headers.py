@@ -13,7 +13,7 @@ import email.header
 import json
 import re
 
-from envoi.mta.compose import CONTROL
+from envoi.mta import jsonvalues, substitution
 from envoi.mta.errors import InvalidMessage
 
 PREFIX = b"x-mailgun-"
@@ -91,10 +91,7 @@ def extract(mime: bytes) -> tuple[bytes, dict[str, list[str]], dict | None]:
             for key, val in _json_object(value, "X-Mailgun-Variables").items():
                 fields.setdefault(f"v:{key}", []).append(val if isinstance(val, str) else json.dumps(val))
         elif option == "recipient-variables":
-            recipient_variables = _json_object(value, "X-Mailgun-Recipient-Variables")
-            for address, variables in recipient_variables.items():
-                if not isinstance(variables, dict):
-                    raise InvalidMessage(f"X-Mailgun-Recipient-Variables: value for {address} is not an object")
+            recipient_variables = substitution.load(value, "X-Mailgun-Recipient-Variables")
         elif option == "tag":
             fields.setdefault("o:tag", []).extend(t.strip() for t in value.split(",") if t.strip())
         elif option in OPTION_FIELDS:
@@ -106,32 +103,9 @@ def extract(mime: bytes) -> tuple[bytes, dict[str, list[str]], dict | None]:
 
 def _json_object(value: str, header: str) -> dict:
     try:
-        parsed = json.loads(value)
+        parsed = jsonvalues.loads(value, header)
     except ValueError as ex:
         raise InvalidMessage(f"{header} is not valid JSON") from ex
     if not isinstance(parsed, dict):
         raise InvalidMessage(f"{header} must be a JSON object")
     return parsed
-
-
-def substitute(mime: bytes, address: str, variables: dict) -> bytes:
-    """Batch sending over SMTP: fill %recipient% and %recipient.KEY% in one recipient's copy.
-
-    Works on the raw bytes, so placeholders inside base64 or quoted-printable-encoded parts are not
-    seen (as with Mailgun, senders keep them in 7bit/8bit parts). Values may not carry control
-    characters: a placeholder in a header must not be able to add a header.
-    """
-    if b"%recipient" not in mime:
-        return mime
-
-    def one(match: re.Match) -> bytes:
-        key = match.group(1)
-        if key is None:
-            return address.encode()
-        value = variables.get(key.decode("utf-8", "replace"), "")
-        text = value if isinstance(value, str) else json.dumps(value)
-        if CONTROL.search(text):
-            raise InvalidMessage("X-Mailgun-Recipient-Variables values may not contain control characters")
-        return text.encode()
-
-    return re.sub(rb"%recipient(?:\.([A-Za-z0-9_\-:]+))?%", one, mime)

@@ -53,6 +53,7 @@ from envoi.mta.intake import Accepted, Intake
 from envoi.mta.submission import headers
 from envoi.mta.submission.stage import CommitStage
 from envoi.mta.submission.throttle import AuthThrottle
+from envoi.mta.substitution import substitute_mime
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class Submission:
                                   head=head)
         if recipient_variables is not None:
             draft.copies = [
-                compose.Composed([rcpt], headers.substitute(copy.mime, rcpt, recipient_variables.get(rcpt, {})),
+                compose.Composed([rcpt], substitute_mime(copy.mime, rcpt, recipient_variables.get(rcpt, {})),
                                  copy.headers)
                 for copy in draft.copies for rcpt in copy.recipients
             ]
