@@ -35,6 +35,21 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+def _secret_key(value: str | None) -> bytes:
+    # No default: a well-known key would make every sealed body, DKIM key and signed link readable or
+    # forgeable by anyone who has read this code.
+    if not value:
+        raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes, "
+                            "e.g. `openssl rand -base64 32`, the same for every process of the region)")
+    try:
+        key = base64.b64decode(value, validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
+    return key
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -47,8 +62,10 @@ class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/envoi"
     #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: ENVOI_SECRET_KEY: base64 of 32 bytes; encrypts DKIM keys and message bodies at rest.
-    secret_key: bytes = field(default=b"\0" * 32, repr=False)
+    #: ENVOI_SECRET_KEY: base64 of 32 bytes (`openssl rand -base64 32`); seals message bodies, DKIM keys and
+    #: webhook URL passwords, signs tracking links and VERP addresses. Required: processes refuse to start
+    #: without it (`envoi up` makes one under var/ and keeps it).
+    secret_key: bytes = field(default=b"", repr=False)
     #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
     public_url: str = "http://127.0.0.1:8025"
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
@@ -180,11 +197,7 @@ class Settings:
             values["database_url"] = v
         if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
             values["redis_url"] = v
-        if v := env.get("ENVOI_SECRET_KEY"):
-            key = base64.b64decode(v)
-            if len(key) != 32:
-                raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
-            values["secret_key"] = key
+        values["secret_key"] = _secret_key(env.get("ENVOI_SECRET_KEY"))
         if v := env.get("ENVOI_PUBLIC_URL"):
             values["public_url"] = v.rstrip("/")
         if v := env.get("ENVOI_OTHER_REGION_URLS"):
