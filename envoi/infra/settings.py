@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -48,6 +49,17 @@ def _secret_key(value: str | None) -> bytes:
     if len(key) != 32:
         raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
     return key
+
+
+def _networks(name: str, value: str) -> tuple[str, ...]:
+    out = []
+    for item in (x.strip() for x in value.split(",")):
+        if item:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError as ex:
+                raise SettingsError(f"{name}: {item!r} is not an IP address or CIDR") from ex
+    return tuple(out)
 
 
 def _bool(value: str) -> bool:
@@ -110,6 +122,10 @@ class Settings:
     #: ENVOI_EVENT_RETENTION_PLANS: per-plan event retention "plan=30d,..." over the built-in
     #: trial=3d, scale=60d, enterprise=90d; other plans keep ENVOI_EVENT_RETENTION.
     event_retention_plans: Mapping[str, float] = field(default_factory=dict)
+    #: ENVOI_TRUSTED_PROXIES: comma list of CIDRs of this region's reverse proxies; a request from one of them is
+    #: taken to come from the right-most untrusted address of its X-Forwarded-For (tracking links' rate
+    #: limit and recorded IP). Empty (default): X-Forwarded-For is ignored.
+    trusted_proxies: tuple[str, ...] = ()
     #: ENVOI_STREAM_MAX_CLIENTS: live event streams (SSE) one API process serves at once (default 12).
     stream_max_clients: int = 12
     #: ENVOI_STREAM_MAX_SECONDS: a live stream response ends after this long; clients resume (300).
@@ -239,6 +255,8 @@ class Settings:
         if v := env.get("ENVOI_EVENT_RETENTION_PLANS"):
             values["event_retention_plans"] = {p.split("=", 1)[0].strip(): _seconds(p.split("=", 1)[1])
                                                for p in v.split(",") if "=" in p}
+        if v := env.get("ENVOI_TRUSTED_PROXIES"):
+            values["trusted_proxies"] = _networks("ENVOI_TRUSTED_PROXIES", v)
         if v := env.get("ENVOI_STREAM_MAX_CLIENTS"):
             values["stream_max_clients"] = int(v)
         if v := env.get("ENVOI_STREAM_MAX_SECONDS"):
