@@ -170,12 +170,22 @@ class Settings:
     smtp_hostname: str | None = None
     #: ENVOI_SMTP_MAX_RECIPIENTS: recipients per submitted message; more get 452 4.5.3 (1000).
     smtp_max_recipients: int = 1000
-    #: ENVOI_SMTP_AUTH_MAX_FAILURES: failed AUTHs per login per window before 454 throttling (5).
+    #: ENVOI_SMTP_AUTH_MAX_FAILURES: failed AUTHs per (client address, login) pair per window before that
+    #: address gets 454 for that login; other addresses still log in (5).
     smtp_auth_max_failures: int = 5
-    #: ENVOI_SMTP_AUTH_MAX_FAILURES_IP: failed AUTHs per client IP per window before throttling (20).
+    #: ENVOI_SMTP_AUTH_MAX_FAILURES_IP: failed AUTHs per client address (IPv6: per /64), any login, per window
+    #: before that address gets 454 for every login (20).
     smtp_auth_max_failures_ip: int = 20
     #: ENVOI_SMTP_AUTH_WINDOW: the failed-AUTH counting window (15m).
     smtp_auth_window: float = 900.0
+    #: ENVOI_SMTP_MAX_CONNECTIONS: open submission connections per `envoi smtp` process; more get 421 (2000).
+    smtp_max_connections: int = 2000
+    #: ENVOI_SMTP_MAX_CONNECTIONS_PER_IP: open connections per client address (IPv6: per /64) per process (50).
+    smtp_max_connections_per_ip: int = 50
+    #: ENVOI_SMTP_PREAUTH_TIMEOUT: idle seconds before a connection that has not authenticated is closed (30).
+    smtp_preauth_timeout: float = 30.0
+    #: ENVOI_SMTP_IDLE_TIMEOUT: idle seconds before an authenticated connection is closed (300, RFC 5321 4.5.3.2.7).
+    smtp_idle_timeout: float = 300.0
     #: ENVOI_SMTP_ALLOW_FOREIGN_FROM: let SMTP logins send From addresses outside their domain (off).
     smtp_allow_foreign_from: bool = False
     #: ENVOI_INBOUND_BIND: address `envoi inbound` (DSN/ARF listener) listens on (127.0.0.1; 0.0.0.0 in prod).
@@ -307,6 +317,14 @@ class Settings:
             values["smtp_auth_max_failures_ip"] = int(v)
         if v := env.get("ENVOI_SMTP_AUTH_WINDOW"):
             values["smtp_auth_window"] = _seconds(v)
+        if v := env.get("ENVOI_SMTP_MAX_CONNECTIONS"):
+            values["smtp_max_connections"] = int(v)
+        if v := env.get("ENVOI_SMTP_MAX_CONNECTIONS_PER_IP"):
+            values["smtp_max_connections_per_ip"] = int(v)
+        if v := env.get("ENVOI_SMTP_PREAUTH_TIMEOUT"):
+            values["smtp_preauth_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_SMTP_IDLE_TIMEOUT"):
+            values["smtp_idle_timeout"] = _seconds(v)
         if v := env.get("ENVOI_SMTP_ALLOW_FOREIGN_FROM"):
             values["smtp_allow_foreign_from"] = _bool(v)
         if v := env.get("ENVOI_INBOUND_BIND"):
