@@ -9,6 +9,9 @@ Uses a throw-away database on DATABASE_URL's server (default postgres@127.0.0.1)
 from __future__ import annotations
 
 import argparse
+import base64
+import os
+import secrets
 import time
 import uuid
 
@@ -35,7 +38,8 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
-    base = Settings.from_env()
+    # A throwaway database: any key will do when none is given.
+    base = Settings.from_env({"ENVOI_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(), **os.environ})
     name = f"envoi_bench_{uuid.uuid4().hex[:8]}"
     dsn = psycopg.conninfo.make_conninfo(base.database_url, dbname=name)
     ensure_database(dsn)

@@ -14,11 +14,22 @@ import sys
 
 import click
 
-from envoi.infra.settings import Settings
+from envoi.infra.settings import Settings, SettingsError
 
 
 def _settings() -> Settings:
     return Settings.from_env()
+
+
+class _Main(click.Group):
+    """Every command reads settings at its start: a missing or bad one ends it with one clear line
+    (click prints "Error: ..." and exits 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SettingsError as ex:
+            raise click.ClickException(str(ex)) from None
 
 
 def _services(pool_size: int = 4):
@@ -27,7 +38,7 @@ def _services(pool_size: int = 4):
     return runtime.build(_settings(), pool_size=pool_size)
 
 
-@click.group()
+@click.group(cls=_Main)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
 def main(verbose: bool) -> None:
     """Envoi: a self-hosted transactional email platform with a Mailgun-compatible API."""
@@ -43,7 +54,7 @@ def migrate() -> None:
 
     settings = _settings()
     ensure_database(settings.database_url)
-    applied = run(settings.database_url)
+    applied = run(settings.database_url, settings.secret_key)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
 
@@ -59,6 +70,7 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
     import shutil
     import tempfile
 
+    _settings()  # refuse to start (one line, exit 1) before gunicorn's workers would fail one by one
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
     # (the library reads the variable itself, so it must be set before the workers start).
     from envoi.gunicorn_conf import OWNED_METRICS_DIR

@@ -11,7 +11,7 @@ from envoi.infra import redis as redis_infra
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.metrics import Metrics
-from envoi.infra.settings import Settings
+from envoi.infra.settings import Settings, SettingsError
 from envoi.mta.intake import Intake
 from envoi.mta.storage import StoredMessages
 from envoi.privacy.service import Privacy
@@ -47,6 +47,8 @@ class Services:
 
 
 def build(settings: Settings, *, pool_size: int = 10) -> Services:
+    if len(settings.secret_key) != 32:  # Settings made in code without one (from_env already refuses)
+        raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes)")
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)

@@ -92,6 +92,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
 
     services = runtime.build(settings, pool_size=10)  # the commit stage, AUTH threads, stats folding
     submission = services.submission
+    _raise_fd_limit(settings.smtp_max_connections + 256)  # each connection is a descriptor; leave room
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -112,6 +113,20 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
     finally:
         submission.close()
         services.close()
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """Lift the soft open-files limit (often 1024) toward `wanted`, as far as the hard limit allows."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        logging.getLogger("envoi.smtp").warning(
+            "smtp: open-files limit %d is below ENVOI_SMTP_MAX_CONNECTIONS + 256 (%d)", target, wanted)
 
 
 COMMANDS.append(smtp)

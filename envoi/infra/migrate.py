@@ -1,4 +1,9 @@
-"""Versioned SQL migrations: files NNNN_name.sql applied in order, each recorded once."""
+"""Versioned migrations: files NNNN_name.sql applied in order, each recorded once.
+
+A migration that must change data with the region key (seal what was stored in the clear) is a
+NNNN_name.py defining `apply(conn, sealer)`; `sealer` is None when the caller has no key, and the
+migration must then refuse if it has anything to seal (a fresh database never has).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,17 @@ from importlib import resources
 
 import psycopg
 
+from envoi.infra.crypto import Sealer
 from envoi.infra.db import connect
 
 LOCK_ID = 0x656E766F69  # "envoi": serialises concurrent `envoi migrate` runs
 
 
-def available() -> list[tuple[str, str]]:
+def available() -> list[tuple[str, str, str]]:
+    """(version, source, "sql" or "py") in order."""
     files = resources.files("envoi.infra") / "migrations"
-    found = sorted(f.name for f in files.iterdir() if f.name.endswith(".sql"))
-    return [(name.removesuffix(".sql"), (files / name).read_text()) for name in found]
+    found = sorted(f.name for f in files.iterdir() if f.name.endswith((".sql", ".py")))
+    return [(name.rpartition(".")[0], (files / name).read_text(), name.rpartition(".")[2]) for name in found]
 
 
 def ensure_database(dsn: str) -> None:
@@ -30,8 +37,10 @@ def ensure_database(dsn: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def migrate(dsn: str) -> list[str]:
-    """Apply every migration not yet recorded; return the names applied. Idempotent."""
+def migrate(dsn: str, secret_key: bytes | None = None) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied. Idempotent.
+
+    secret_key (ENVOI_SECRET_KEY) is needed only by migrations that seal existing data."""
     applied_now = []
     with connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
@@ -41,13 +50,22 @@ def migrate(dsn: str) -> list[str]:
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, sql in available():
+            for version, sql, kind in available():
                 if version in done:
                     continue
                 with conn.transaction():
-                    conn.execute(sql)
+                    if kind == "py":
+                        _apply_python(conn, version, sql, Sealer(secret_key) if secret_key else None)
+                    else:
+                        conn.execute(sql)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 applied_now.append(version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
     return applied_now
+
+
+def _apply_python(conn, version: str, source: str, sealer: Sealer | None) -> None:
+    namespace: dict = {"__name__": f"envoi.infra.migrations.m{version}"}
+    exec(compile(source, f"{version}.py", "exec"), namespace)  # our own package file, like the .sql ones
+    namespace["apply"](conn, sealer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -35,6 +36,32 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+def _secret_key(value: str | None) -> bytes:
+    # No default: a well-known key would make every sealed body, DKIM key and signed link readable or
+    # forgeable by anyone who has read this code.
+    if not value:
+        raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes, "
+                            "e.g. `openssl rand -base64 32`, the same for every process of the region)")
+    try:
+        key = base64.b64decode(value, validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
+    return key
+
+
+def _networks(name: str, value: str) -> tuple[str, ...]:
+    out = []
+    for item in (x.strip() for x in value.split(",")):
+        if item:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError as ex:
+                raise SettingsError(f"{name}: {item!r} is not an IP address or CIDR") from ex
+    return tuple(out)
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -57,8 +84,10 @@ class Settings:
     db_pool_timeout: float = 10.0
     #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: ENVOI_SECRET_KEY: base64 of 32 bytes; encrypts DKIM keys and message bodies at rest.
-    secret_key: bytes = field(default=b"\0" * 32, repr=False)
+    #: ENVOI_SECRET_KEY: base64 of 32 bytes (`openssl rand -base64 32`); seals message bodies, DKIM keys and
+    #: webhook URL passwords, signs tracking links and VERP addresses. Required: processes refuse to start
+    #: without it (`envoi up` makes one under var/ and keeps it).
+    secret_key: bytes = field(default=b"", repr=False)
     #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
     public_url: str = "http://127.0.0.1:8025"
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
@@ -104,6 +133,10 @@ class Settings:
     #: ENVOI_EVENT_RETENTION_PLANS: per-plan event retention "plan=30d,..." over the built-in
     #: trial=3d, scale=60d, enterprise=90d; other plans keep ENVOI_EVENT_RETENTION.
     event_retention_plans: Mapping[str, float] = field(default_factory=dict)
+    #: ENVOI_TRUSTED_PROXIES: comma list of CIDRs of this region's reverse proxies; a request from one of them is
+    #: taken to come from the right-most untrusted address of its X-Forwarded-For (tracking links' rate
+    #: limit and recorded IP). Empty (default): X-Forwarded-For is ignored.
+    trusted_proxies: tuple[str, ...] = ()
     #: ENVOI_STREAM_MAX_CLIENTS: live event streams (SSE) one API process serves at once (default 12).
     stream_max_clients: int = 12
     #: ENVOI_STREAM_MAX_SECONDS: a live stream response ends after this long; clients resume (300).
@@ -148,15 +181,25 @@ class Settings:
     smtp_hostname: str | None = None
     #: ENVOI_SMTP_MAX_RECIPIENTS: recipients per submitted message; more get 452 4.5.3 (1000).
     smtp_max_recipients: int = 1000
-    #: ENVOI_SMTP_AUTH_MAX_FAILURES: failed AUTHs per login per window before 454 throttling (5).
+    #: ENVOI_SMTP_AUTH_MAX_FAILURES: failed AUTHs per (client address, login) pair per window before that
+    #: address gets 454 for that login; other addresses still log in (5).
     smtp_auth_max_failures: int = 5
-    #: ENVOI_SMTP_AUTH_MAX_FAILURES_IP: failed AUTHs per client IP per window before throttling (20).
+    #: ENVOI_SMTP_AUTH_MAX_FAILURES_IP: failed AUTHs per client address (IPv6: per /64), any login, per window
+    #: before that address gets 454 for every login (20).
     smtp_auth_max_failures_ip: int = 20
     #: ENVOI_SMTP_AUTH_WINDOW: the failed-AUTH counting window (15m).
     smtp_auth_window: float = 900.0
     #: ENVOI_ALLOW_FOREIGN_FROM (older name ENVOI_SMTP_ALLOW_FOREIGN_FROM): let the API and SMTP send
     #: From addresses outside the sending domain and its subdomains, as Mailgun does (off).
     allow_foreign_from: bool = False
+    #: ENVOI_SMTP_MAX_CONNECTIONS: open submission connections per `envoi smtp` process; more get 421 (2000).
+    smtp_max_connections: int = 2000
+    #: ENVOI_SMTP_MAX_CONNECTIONS_PER_IP: open connections per client address (IPv6: per /64) per process (50).
+    smtp_max_connections_per_ip: int = 50
+    #: ENVOI_SMTP_PREAUTH_TIMEOUT: idle seconds before a connection that has not authenticated is closed (30).
+    smtp_preauth_timeout: float = 30.0
+    #: ENVOI_SMTP_IDLE_TIMEOUT: idle seconds before an authenticated connection is closed (300, RFC 5321 4.5.3.2.7).
+    smtp_idle_timeout: float = 300.0
     #: ENVOI_INBOUND_BIND: address `envoi inbound` (DSN/ARF listener) listens on (127.0.0.1; 0.0.0.0 in prod).
     inbound_bind: str = "127.0.0.1"
     #: ENVOI_INBOUND_PORT: port of the inbound bounce/FBL listener (2526; 25 behind the domains' MX).
@@ -198,11 +241,7 @@ class Settings:
             values["db_pool_timeout"] = _seconds(v)
         if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
             values["redis_url"] = v
-        if v := env.get("ENVOI_SECRET_KEY"):
-            key = base64.b64decode(v)
-            if len(key) != 32:
-                raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
-            values["secret_key"] = key
+        values["secret_key"] = _secret_key(env.get("ENVOI_SECRET_KEY"))
         if v := env.get("ENVOI_PUBLIC_URL"):
             values["public_url"] = v.rstrip("/")
         if v := env.get("ENVOI_OTHER_REGION_URLS"):
@@ -244,6 +283,8 @@ class Settings:
         if v := env.get("ENVOI_EVENT_RETENTION_PLANS"):
             values["event_retention_plans"] = {p.split("=", 1)[0].strip(): _seconds(p.split("=", 1)[1])
                                                for p in v.split(",") if "=" in p}
+        if v := env.get("ENVOI_TRUSTED_PROXIES"):
+            values["trusted_proxies"] = _networks("ENVOI_TRUSTED_PROXIES", v)
         if v := env.get("ENVOI_STREAM_MAX_CLIENTS"):
             values["stream_max_clients"] = int(v)
         if v := env.get("ENVOI_STREAM_MAX_SECONDS"):
@@ -296,6 +337,14 @@ class Settings:
             values["smtp_auth_window"] = _seconds(v)
         if v := env.get("ENVOI_ALLOW_FOREIGN_FROM", env.get("ENVOI_SMTP_ALLOW_FOREIGN_FROM")):
             values["allow_foreign_from"] = _bool(v)
+        if v := env.get("ENVOI_SMTP_MAX_CONNECTIONS"):
+            values["smtp_max_connections"] = int(v)
+        if v := env.get("ENVOI_SMTP_MAX_CONNECTIONS_PER_IP"):
+            values["smtp_max_connections_per_ip"] = int(v)
+        if v := env.get("ENVOI_SMTP_PREAUTH_TIMEOUT"):
+            values["smtp_preauth_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_SMTP_IDLE_TIMEOUT"):
+            values["smtp_idle_timeout"] = _seconds(v)
         if v := env.get("ENVOI_INBOUND_BIND"):
             values["inbound_bind"] = v
         if v := env.get("ENVOI_INBOUND_PORT"):

@@ -48,7 +48,11 @@ TOKEN_VERSION = b"\x02"
 
 
 class InvalidToken(ValueError):
-    """A tracking token that is malformed, tampered with, or not ours."""
+    """A tracking token that cannot be honoured: forged, or ours but for something gone or unusable."""
+
+
+class ForgedToken(InvalidToken):
+    """A token that fails authentication: malformed, tampered with, another kind's, or not ours."""
 
 
 class TrackingSettingsError(ValueError):
@@ -169,13 +173,13 @@ class Tracking:
         try:
             raw = _unb64(token)
             if raw[:1] != TOKEN_VERSION or len(raw) < 1 + 12 + 16:
-                raise InvalidToken("unknown token version")
+                raise ForgedToken("unknown token version")
             payload = self._aead.decrypt(raw[1:13], raw[13:], b"envoi-tracking:" + kind.encode())
             account_id, domain_id, message_id, recipient, extra = json.loads(payload)
-        except InvalidToken:
+        except ForgedToken:
             raise
         except Exception as ex:  # bad base64, wrong key, tampered, or another kind's token
-            raise InvalidToken("invalid token") from ex
+            raise ForgedToken("invalid token") from ex
         return {"account_id": account_id, "domain_id": domain_id, "message_id": message_id,
                 "recipient": recipient, "extra": extra}
 

@@ -21,7 +21,7 @@ from envoi.infra.crypto import Sealer, hmac_sha256_hex
 from envoi.infra.db import Connection, Cursor, Database
 from envoi.infra.redis import Doorbell
 from envoi.infra.settings import Settings
-from envoi.webhooks import ssrf, store
+from envoi.webhooks import secret_url, ssrf, store
 
 log = logging.getLogger("envoi.webhooks")
 EVENT_TYPES = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained",
@@ -70,7 +70,8 @@ class Webhooks:
         return name
 
     def _check_urls(self, urls: list[str]) -> list[str]:
-        urls = list(dict.fromkeys(u.strip() for u in urls if u and u.strip()))
+        """The URLs, checked, one per masked form (the last of any that differ only in password)."""
+        urls = list({secret_url.redact(u): u for u in (u.strip() for u in urls if u and u.strip())}.values())
         if not urls:
             raise InvalidInput("url parameter is missing")
         if len(urls) > MAX_URLS:
@@ -79,8 +80,15 @@ class Webhooks:
             try:
                 ssrf.check(url, self.allow)
             except ssrf.UnsafeURL as ex:
-                raise InvalidInput(f"Invalid url {url!r}: {ex}") from ex
+                raise InvalidInput(f"Invalid url {secret_url.redact(url)!r}: {secret_url.scrub(str(ex), url)}") from ex
         return urls
+
+    def _stored(self, domain: dict, url: str) -> tuple[str, bytes | None]:
+        """(url with its password masked, the full url sealed, or None without a password)."""
+        shown, password = secret_url.split(url)
+        if password is None:
+            return url, None
+        return shown, self.sealer.seal(url.encode(), secret_url.context(domain["id"]))
 
     def all(self, domain: dict) -> dict:
         with self.db.transaction() as conn:
@@ -105,8 +113,8 @@ class Webhooks:
             store.lock_domain(conn, domain["id"])
             if store.urls_for(conn, domain["id"], name):
                 raise InvalidInput(f"Webhook {name} already exists: use PUT to change its urls")
-            store.set_urls(conn, domain["account_id"], domain["id"], name, urls)
-        return {"message": "Webhook has been created", "webhook": {"urls": urls}}
+            store.set_urls(conn, domain["account_id"], domain["id"], name, [self._stored(domain, u) for u in urls])
+        return {"message": "Webhook has been created", "webhook": {"urls": [secret_url.redact(u) for u in urls]}}
 
     def update(self, domain: dict, name: str, urls: list[str]) -> dict:
         self._check_type(name)
@@ -115,8 +123,8 @@ class Webhooks:
             store.lock_domain(conn, domain["id"])
             if not store.urls_for(conn, domain["id"], name):
                 raise NotFound("Webhook not found")
-            store.set_urls(conn, domain["account_id"], domain["id"], name, urls)
-        return {"message": "Webhook has been updated", "webhook": {"urls": urls}}
+            store.set_urls(conn, domain["account_id"], domain["id"], name, [self._stored(domain, u) for u in urls])
+        return {"message": "Webhook has been updated", "webhook": {"urls": [secret_url.redact(u) for u in urls]}}
 
     def delete(self, domain: dict, name: str) -> dict:
         self._check_type(name)
@@ -134,21 +142,21 @@ class Webhooks:
         types = list(dict.fromkeys(self._check_type(t.strip()) for t in event_types if t.strip()))
         if not types:
             raise InvalidInput("event_types parameter is missing")
+        shown, sealed = self._stored(domain, url)
         with self.db.transaction() as conn:
             store.lock_domain(conn, domain["id"])
             for name in EVENT_TYPES:
                 current = store.urls_for(conn, domain["id"], name)
-                if name in types and url not in current:
-                    if len(current) >= MAX_URLS:
+                if name in types:
+                    if shown not in current and len(current) >= MAX_URLS:
                         raise InvalidInput(f"webhook {name} already has {MAX_URLS} urls")
-                    store.set_urls(conn, domain["account_id"], domain["id"], name, current + [url])
-                elif replace and name not in types and url in current:
-                    store.set_urls(conn, domain["account_id"], domain["id"], name,
-                                   [u for u in current if u != url])
+                    store.add_url(conn, domain["account_id"], domain["id"], name, shown, sealed)
+                elif replace and shown in current:
+                    store.remove_url(conn, domain["id"], name, shown)
         return self.all(domain)
 
     def v4_delete(self, domain: dict, urls: list[str]) -> dict:
-        urls = [u.strip() for u in urls if u.strip()]
+        urls = [secret_url.redact(u.strip()) for u in urls if u.strip()]  # with or without the password
         if not urls:
             raise InvalidInput("url parameter is missing")
         with self.db.transaction() as conn:
@@ -217,7 +225,11 @@ class Webhooks:
         body = json.dumps({"signature": {"timestamp": timestamp, "token": token,
                                          "signature": signature(key, timestamp, token)},
                            "event-data": row["payload"]}, separators=(",", ":")).encode()
-        response = ssrf.post(row["url"], body, self.allow, timeout)
+        # row["url"] has any password masked; the full URL is sealed beside it.
+        target = row["url"] if row["url_sealed"] is None else self.sealer.open(
+            row["url_sealed"], secret_url.context(row["domain_id"])).decode()
+        response = ssrf.post(target, body, self.allow, timeout)
+        response.error = secret_url.scrub(response.error, target)
         attempt_no = row["attempts"] + 1
         status = response.status
         next_in = None
@@ -268,7 +280,8 @@ class Webhooks:
         if not 1 <= limit <= 300:
             raise InvalidInput("limit must be between 1 and 300")
         with self.db.transaction() as conn:
-            rows = store.attempts(conn, domain["id"], name, params.get("url"), before, limit)
+            url = secret_url.redact(params["url"]) if params.get("url") else None
+            rows = store.attempts(conn, domain["id"], name, url, before, limit)
         items = [{
             "id": r["id"], "delivery_id": r["delivery_id"], "webhook": r["event_type"], "url": r["url"],
             "event_id": r["event_id"], "attempt": r["attempt_no"], "status": r["status_code"],

@@ -26,13 +26,30 @@ def lock_domain(conn: Connection, domain_id: int) -> None:
     conn.execute("SELECT id FROM domains WHERE id = %s FOR UPDATE", (domain_id,))
 
 
-def set_urls(conn: Connection, account_id: int, domain_id: int, event_type: str, urls: list[str]) -> None:
+# A URL is stored as (url, url_sealed): the URL with any password masked, which is its identity, and
+# the full URL sealed when it has a password (webhooks.secret_url). Setting the same masked URL again
+# replaces the sealed one: that is how a password is rotated.
+_UPSERT = ("INSERT INTO webhooks (account_id, domain_id, event_type, url, url_sealed, endpoint)"
+           " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (domain_id, event_type, url)"
+           " DO UPDATE SET url_sealed = EXCLUDED.url_sealed")
+
+
+def set_urls(conn: Connection, account_id: int, domain_id: int, event_type: str,
+             urls: list[tuple[str, bytes | None]]) -> None:
+    """Make (url, url_sealed) pairs the event type's whole list."""
     conn.execute("DELETE FROM webhooks WHERE domain_id = %s AND event_type = %s AND NOT (url = ANY(%s))",
-                 (domain_id, event_type, urls))
+                 (domain_id, event_type, [u for u, _ in urls]))
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO webhooks (account_id, domain_id, event_type, url, endpoint)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        [(account_id, domain_id, event_type, u, endpoint_of(u)) for u in urls])
+        cur.executemany(_UPSERT, [(account_id, domain_id, event_type, u, sealed, endpoint_of(u)) for u, sealed in urls])
+
+
+def add_url(conn: Connection, account_id: int, domain_id: int, event_type: str, url: str, sealed: bytes | None) -> None:
+    conn.execute(_UPSERT, (account_id, domain_id, event_type, url, sealed, endpoint_of(url)))
+
+
+def remove_url(conn: Connection, domain_id: int, event_type: str, url: str) -> None:
+    conn.execute("DELETE FROM webhooks WHERE domain_id = %s AND event_type = %s AND url = %s",
+                 (domain_id, event_type, url))
 
 
 def delete_urls(conn: Connection, domain_id: int, urls: list[str]) -> int:
@@ -72,8 +89,9 @@ def enqueue_for_events(conn: Connection, events: list[tuple]) -> Cursor:
     rows made (in pipeline mode, once the transaction has synced)."""
     cur = conn.cursor()
     cur.execute(
-        "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, endpoint, event_id, payload)"
-        " SELECT u.account_id, u.domain_id, u.event_type, w.url, w.endpoint, u.event_id, u.payload::jsonb"
+        "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, url_sealed, endpoint, event_id,"
+        " payload)"
+        " SELECT u.account_id, u.domain_id, u.event_type, w.url, w.url_sealed, w.endpoint, u.event_id, u.payload::jsonb"
         " FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY"
         " AS u(account_id, domain_id, event_type, event_id, payload, n)"
         " JOIN webhooks w ON w.domain_id = u.domain_id AND w.event_type = u.event_type"

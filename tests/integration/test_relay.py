@@ -172,7 +172,7 @@ def test_a_delivered_event_with_a_webhook_wakes_the_dispatcher(services, account
 
     route(dns, "dest.test")
     with services.db.transaction() as conn:
-        webhook_store.set_urls(conn, account["id"], domain["id"], "delivered", ["https://hooks.example.test/d"])
+        webhook_store.set_urls(conn, account["id"], domain["id"], "delivered", [("https://hooks.example.test/d", None)])
     doorbell = services.webhooks.doorbell
     doorbell.conn.delete(doorbell.key)
     try:

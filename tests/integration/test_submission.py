@@ -296,15 +296,102 @@ def test_wrong_password_and_unknown_login_get_the_same_error_then_throttle(serve
         assert code == 530
 
 
-def test_auth_throttle_per_ip_and_login_without_redis():
+def test_auth_throttle_per_address_and_login_without_redis():
     throttle = AuthThrottle(None, "t", max_per_login=2, max_per_ip=3, window=60)
-    throttle.failed("10.0.0.1", "a@x.test")
+    assert throttle.failed("10.0.0.1", "a@x.test") == 1
     assert not throttle.blocked("10.0.0.1", "a@x.test")
-    throttle.failed("10.0.0.1", "A@x.test ")  # same login, differently spelled
+    assert throttle.failed("10.0.0.1", "A@x.test ") == 2  # same login, differently spelled
     assert throttle.blocked("10.0.0.1", "a@x.test") and not throttle.blocked("10.0.0.1", "b@x.test")
+    assert not throttle.blocked("10.0.0.2", "a@x.test")  # the login itself is not locked out elsewhere
     throttle.failed("10.0.0.1", "c@x.test")
-    assert throttle.blocked("10.0.0.1", "b@x.test")  # the IP is out of attempts for every login
+    assert throttle.blocked("10.0.0.1", "b@x.test")  # the address is out of attempts for every login
     assert not throttle.blocked("10.0.0.2", "b@x.test")
+    throttle.failed("2001:db8::1", "v6@x.test")
+    throttle.failed("2001:db8::2", "v6@x.test")  # the same /64: one client
+    assert throttle.blocked("2001:db8::ffff", "v6@x.test") and not throttle.blocked("2001:db8:0:1::1", "v6@x.test")
+    assert [AuthThrottle.backoff(0.5, n) for n in (1, 2, 3, 4, 5, 9)] == [0.5, 1, 2, 4, 8, 8]
+    assert AuthThrottle.backoff(0, 4) == 0
+
+
+def _plain(c, user, password):
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    return c.docmd("AUTH", f"PLAIN {token}")
+
+
+def test_brute_force_from_one_address_does_not_lock_the_login_out_from_another(server, client_ctx, login, domain,
+                                                                                 db):
+    for _ in range(2):  # 10 wrong passwords (5 AUTH commands per connection), from 127.0.0.1
+        with starttls_client(server, client_ctx) as c:
+            c.ehlo()
+            for _ in range(5):
+                assert _plain(c, login, "guess")[0] in (535, 454)
+    with starttls_client(server, client_ctx) as c:
+        c.ehlo()
+        assert _plain(c, login, PASSWORD)[0] == 454  # that address stays throttled for that login
+    other = smtplib.SMTP("127.0.0.1", server.port, timeout=10, source_address=("127.0.0.2", 0))
+    with other as c:
+        c.starttls(context=client_ctx)
+        c.ehlo()
+        assert _plain(c, login, PASSWORD) == (235, b"2.7.0 Authentication successful")
+        c.sendmail(login, ["rcpt@dest.test"], mime(domain, subject="from elsewhere"))
+    assert [r["headers"]["subject"] for r in messages_of(db, domain)] == ["from elsewhere"]
+
+
+@pytest.fixture
+def limited(services, settings, ca):
+    """A server with small connection caps and a short idle time before AUTH."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis,
+                                          auth_failure_delay=0, workers=1, max_connections_per_ip=3,
+                                          max_connections=6, preauth_timeout=0.6, timeout=30)
+    with SubmissionServer(submission, ctx) as srv:
+        yield srv
+    submission.close()
+
+
+def _connect(srv, source: str) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", srv.port, timeout=10, source_address=(source, 0))
+
+
+def test_connection_caps_per_address_and_in_total(limited):
+    held = [_connect(limited, "127.0.0.1") for _ in range(3)]
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        _connect(limited, "127.0.0.1")
+    assert refused.value.smtp_code == 421 and refused.value.smtp_error.startswith(b"4.7.0 Too many connections")
+    held.append(_connect(limited, "127.0.0.2"))  # another address is still served
+    assert held[-1].noop()[0] == 250
+    held[0].quit()  # a slot comes back when its connection ends
+    wait_until(lambda: limited.submission.limit.held_by("127.0.0.1") == 2)
+    held[0] = _connect(limited, "127.0.0.1")
+    held += [_connect(limited, "127.0.0.3"), _connect(limited, "127.0.0.3")]  # 6 open: the total cap
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        _connect(limited, "127.0.0.4")
+    assert refused.value.smtp_code == 421
+    for c in held:
+        c.close()
+    wait_until(lambda: limited.submission.limit.open == 0)
+
+
+def test_idle_connection_is_closed_sooner_before_auth(limited, client_ctx, login):
+    stranger = _connect(limited, "127.0.0.5")
+    stranger.ehlo()
+    customer = starttls_client(limited, client_ctx, login)
+    time.sleep(1.2)  # twice the pre-AUTH idle time
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        stranger.noop()
+    assert customer.noop()[0] == 250  # authenticated: the long idle time applies
+    customer.quit()
+
+
+def test_nul_byte_in_data_is_refused_and_nothing_stored(server, client_ctx, login, domain, db):
+    with starttls_client(server, client_ctx, login) as c:
+        c.mail(login)
+        c.rcpt("rcpt@dest.test")
+        code, reply = c.data(mime(domain, body="before\0after\r\n"))
+        assert code == 550 and reply.startswith(b"5.6.0") and b"NUL" in reply
+        assert c.noop()[0] == 250  # the session goes on
+    assert messages_of(db, domain) == []
 
 
 def test_foreign_sender_is_refused_subdomain_allowed(server, client_ctx, login, domain, db):

@@ -179,12 +179,48 @@ def test_per_message_options_and_placeholders(client, services, account, domain,
     assert "List-Unsubscribe" not in copies["a@dest.test"]
 
 
-def test_a_client_forging_tokens_is_turned_away(client, services, account, domain, db):
+def test_forged_tokens_are_turned_away_but_never_a_genuine_hit(client, services, account, domain, db):
     message_id = send(services, account["id"], domain, "kim@dest.test", o_testmode="yes")
-    good = services.tracking.sign("c", account["id"], domain["id"], message_id, "kim@dest.test", "https://ok.example/")
-    for n in range(30):
-        assert client.simulate_get(f"/c/x{n}.y", remote_addr="10.9.9.9").status_code == 404
-    resp = client.simulate_get(f"/c/{good}", remote_addr="10.9.9.9")
-    assert resp.status_code == 429 and "location" not in resp.headers
+    ids = (account["id"], domain["id"], message_id, "kim@dest.test")
+    good = services.tracking.sign("c", *ids, "https://ok.example/")
+    replies = [client.simulate_get(f"/c/x{n}.y", remote_addr="10.9.9.9").status_code for n in range(50)]
+    assert replies == [404] * 30 + [429] * 20  # only forged tokens are counted, and only they refused
+    resp = client.simulate_get(f"/c/{good}", remote_addr="10.9.9.9")  # a real reader behind the same address
+    assert resp.status_code == 302 and resp.headers["location"] == "https://ok.example/"
+    assert client.simulate_get(f"/o/{services.tracking.sign('o', *ids)}", remote_addr="10.9.9.9").status_code == 200
+    unsub = services.tracking.sign("u", *ids)
+    assert client.simulate_get(f"/u/{unsub}", remote_addr="10.9.9.9").status_code == 200  # the confirmation page
+    resp = client.simulate_post(f"/u/{unsub}", body="List-Unsubscribe=One-Click", headers=FORM,
+                                remote_addr="10.9.9.9")  # RFC 8058 one-click, as a mailbox provider sends it
+    assert resp.status_code == 200
     assert client.simulate_get(f"/c/{good}", remote_addr="10.9.9.8").status_code == 302  # others unaffected
-    assert [e["event"] for e in events_of(db, message_id)] == ["accepted", "clicked"]
+    events = events_of(db, message_id)
+    assert [e["event"] for e in events] == ["accepted", "clicked", "opened", "unsubscribed", "clicked"]
+    assert events[1]["data"]["ip"] == "10.9.9.9"
+    with services.db.transaction() as conn:
+        assert services.suppressions.blocked(conn, [(account["id"], domain["id"], "kim@dest.test", [])]) == \
+            ["suppress-unsubscribe"]
+
+
+def test_a_trusted_proxy_forwards_the_client_address(services, settings, account, domain, db):
+    proxied = testing.TestClient(create_app(settings.replace(trusted_proxies=("10.77.0.0/16",)), services))
+    message_id = send(services, account["id"], domain, "lou@dest.test", o_testmode="yes")
+    good = services.tracking.sign("c", account["id"], domain["id"], message_id, "lou@dest.test", "https://ok.example/")
+
+    def click(token, peer, forwarded=None):
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        return proxied.simulate_get(f"/c/{token}", remote_addr=peer, headers=headers).status_code
+
+    # Through the proxy: the forwarded client is limited, not the proxy (its other clients go on), and the
+    # right-most untrusted hop counts, whatever the client wrote to its left.
+    assert [click(f"f{n}.x", "10.77.0.5", f"1.2.3.{n}, 203.0.113.7, 10.77.0.9") for n in range(31)] == \
+        [404] * 30 + [429]
+    assert click("g.x", "10.77.0.5", "203.0.113.8") == 404
+    assert click(good, "10.77.0.5", "203.0.113.7") == 302
+    assert events_of(db, message_id)[-1]["data"]["ip"] == "203.0.113.7"
+    # An untrusted peer's X-Forwarded-For is ignored: it can neither pose as another client nor spread its
+    # forgeries over made-up addresses.
+    assert click("h.x", "198.51.100.9", "203.0.113.7") == 404
+    assert [click(f"s{n}.x", "198.51.100.9", f"192.0.2.{n}") for n in range(30)] == [404] * 29 + [429]
+    assert click(good, "198.51.100.9", "203.0.113.99") == 302
+    assert events_of(db, message_id)[-1]["data"]["ip"] == "198.51.100.9"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from urllib.parse import urlencode
 
@@ -280,3 +281,77 @@ def test_dispatcher_doorbell_rings_only_for_batches_that_made_deliveries(client,
     made = db.execute("SELECT endpoint, count(*) AS n FROM webhook_deliveries WHERE domain_id = %s AND url = %s"
                       " GROUP BY endpoint", (domain["id"], receiver.url("/bell"))).fetchall()
     assert [(r["endpoint"], r["n"]) for r in made] == [(receiver.url("/bell").rsplit("/", 1)[0], 1)]
+
+
+SECRET = "s3cret-Pa55word"
+
+
+def test_a_url_password_is_sent_but_never_shown_logged_or_stored_in_the_clear(client, hook_services, rq_conn,
+                                                                             receiver, domain, api_key, db, caplog):
+    receiver.signing_key = signing_key(client, api_key)
+    receiver.script = {"/auth": [500, 200]}
+    url = f"http://hook-user:{SECRET}@127.0.0.1:{receiver.port}/auth"
+    shown = f"http://hook-user:***@127.0.0.1:{receiver.port}/auth"
+    base = f"/v3/domains/{domain['name']}/webhooks"
+    resp = post(client, base, api_key, id="accepted", url=url)
+    assert resp.status_code == 200 and resp.json["webhook"] == {"urls": [shown]}
+    for path in (base, f"{base}/accepted", f"/v4/domains/{domain['name']}/webhooks"):
+        resp = client.simulate_get(path, headers=basic(api_key))
+        assert resp.status_code == 200 and shown in resp.text and SECRET not in resp.text, path
+    [row] = db.execute("SELECT url, url_sealed FROM webhooks WHERE domain_id = %s", (domain["id"],)).fetchall()
+    assert row["url"] == shown and SECRET.encode() not in bytes(row["url_sealed"])
+
+    send(hook_services, domain)
+    with caplog.at_level("DEBUG"):
+        pump(hook_services, rq_conn)  # 500: a failed attempt, logged
+        time.sleep(0.4)
+        pump(hook_services, rq_conn)
+    assert f"to {shown}: retry (500)" in caplog.text and SECRET not in caplog.text
+    got = receiver.got("/auth")
+    assert [r["status"] for r in got] == [500, 200] and all(r["valid"] for r in got)
+    assert {r["authorization"] for r in got} == {"Basic " + base64.b64encode(f"hook-user:{SECRET}".encode()).decode()}
+    for filter_url in (url, shown):  # the attempts of a URL, named with or without its password
+        resp = client.simulate_get(f"{base}/attempts", params={"url": filter_url}, headers=basic(api_key))
+        assert [(a["status"], a["url"]) for a in resp.json["items"]] == [(200, shown), (500, shown)]
+        assert SECRET not in resp.text
+    stored = db.execute("SELECT d.url, d.url_sealed, a.error, a.response FROM webhook_deliveries d"
+                        " JOIN webhook_attempts a ON a.delivery_id = d.id WHERE d.domain_id = %s",
+                        (domain["id"],)).fetchall()
+    assert len(stored) == 2 and all(SECRET not in repr(r) for r in stored)
+
+    # A new password for the same URL replaces the old one (the webhook stays one URL).
+    resp = client.simulate_put(f"{base}/accepted", body=urlencode({"url": url.replace(SECRET, "rotated-pw")}),
+                               headers={**FORM, **basic(api_key)})
+    assert resp.json["webhook"] == {"urls": [shown]}
+    send(hook_services, domain)
+    pump(hook_services, rq_conn)
+    assert receiver.got("/auth")[-1]["authorization"] == "Basic " + base64.b64encode(b"hook-user:rotated-pw").decode()
+
+
+def test_a_refused_url_is_named_without_its_password(client, domain, api_key):
+    resp = post(client, f"/v3/domains/{domain['name']}/webhooks", api_key, id="opened",
+                url=f"http://hook-user:{SECRET}@10.1.2.3/private")
+    assert resp.status_code == 400 and "hook-user:***@10.1.2.3" in resp.json["message"] and SECRET not in resp.text
+
+
+def test_migration_0065_seals_passwords_stored_in_the_clear(hook_services, hook_settings, rq_conn, receiver, domain,
+                                                            db):
+    from envoi.infra.migrate import migrate
+
+    url = f"http://old:{SECRET}@127.0.0.1:{receiver.port}/legacy"
+    shown = f"http://old:***@127.0.0.1:{receiver.port}/legacy"
+    db.execute("INSERT INTO webhooks (account_id, domain_id, event_type, url, endpoint) VALUES (%s, %s, 'accepted', %s,"
+               " %s)", (domain["account_id"], domain["id"], url, f"http://127.0.0.1:{receiver.port}"))
+    send(hook_services, domain)  # an outbox row made before the migration: it carries the plain URL
+    assert db.execute("SELECT url FROM webhook_deliveries WHERE domain_id = %s", (domain["id"],)).fetchone()["url"] == url
+    db.execute("DELETE FROM schema_migrations WHERE version LIKE '0065%%'")
+    with pytest.raises(RuntimeError, match="region key"):
+        migrate(hook_settings.database_url)  # without the key it cannot seal, and changes nothing
+    assert db.execute("SELECT url FROM webhooks WHERE domain_id = %s", (domain["id"],)).fetchone()["url"] == url
+    assert migrate(hook_settings.database_url, hook_settings.secret_key) == ["0065_seal_webhook_url_passwords"]
+    for table in ("webhooks", "webhook_deliveries"):
+        [row] = db.execute(f"SELECT url, url_sealed FROM {table} WHERE domain_id = %s", (domain["id"],)).fetchall()
+        assert row["url"] == shown and row["url_sealed"] is not None and SECRET.encode() not in bytes(row["url_sealed"])
+    pump(hook_services, rq_conn)  # the pending delivery still dials with the password
+    [got] = receiver.got("/legacy")
+    assert got["authorization"] == "Basic " + base64.b64encode(f"old:{SECRET}".encode()).decode()

@@ -48,7 +48,8 @@ class Receiver:
                     payload, valid = None, False
                 with receiver.lock:
                     receiver.requests.append({"path": self.path, "at": time.monotonic(), "payload": payload, "valid": valid,
-                                              "status": status, "content_type": self.headers.get("Content-Type")})
+                                              "status": status, "content_type": self.headers.get("Content-Type"),
+                                              "authorization": self.headers.get("Authorization")})
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()

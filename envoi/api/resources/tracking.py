@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import html
+import ipaddress
+from typing import NoReturn
 
 import falcon
 
 from envoi.api.auth import PUBLIC
+from envoi.api.client_address import ClientAddress
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.api.resources.events import DomainScoped
-from envoi.mta.tracking import InvalidToken, TrackingSettingsError
+from envoi.mta.tracking import ForgedToken, InvalidToken, TrackingSettingsError
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">
@@ -36,61 +39,70 @@ class TrackingSettings(DomainScoped):
             raise ApiError(400, str(ex)) from ex
 
 
-BAD_TOKENS_PER_MINUTE = 30  # per client IP; past it, every tracking request from that IP gets 429
+BAD_TOKENS_PER_MINUTE = 30  # per client address; past it, that address's forged tokens get 429
 
 
 class Guard:
-    """Counts invalid tokens per client IP in Redis and turns a forging client away for a minute."""
+    """Counts forged tokens per client address in Redis and answers a forging client 429 for a minute.
+
+    Only tokens that fail authentication count and only they are refused: a genuine open, click or
+    one-click unsubscribe is never held back by what others sent from the same address (a shared NAT,
+    a mail provider's image proxy, a link scanner). So a valid token costs no Redis call at all."""
 
     def __init__(self, redis, region: str):
         self.redis = redis
         self.prefix = f"envoi:{region}:tracking:bad:"
 
-    def check(self, req) -> None:
-        if self.redis is None:
-            return
-        try:
-            count = int(self.redis.get(self.prefix + (req.remote_addr or "-")) or 0)
-        except Exception:  # Redis away: tracking keeps working, unguarded
-            return
-        if count >= BAD_TOKENS_PER_MINUTE:
-            raise ApiError(429, "Too many invalid tracking links from this address; try again later",
-                           headers={"Retry-After": "60"})
-
-    def bad(self, req) -> None:
+    def bad(self, client: str) -> NoReturn:
+        count = 0
         if self.redis is not None:
-            key = self.prefix + (req.remote_addr or "-")
+            # An IPv6 client holds a whole /64: counted per address it could forge from a fresh one each time.
+            key = self.prefix + (_v6_prefix(client) if ":" in client else client or "-")
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.incr(key)
                 pipe.expire(key, 60, nx=True)
-                pipe.execute()
-            except Exception:
+                count = pipe.execute()[0]
+            except Exception:  # Redis away: forged tokens still get their 404, unthrottled
                 pass
+        if count > BAD_TOKENS_PER_MINUTE:
+            raise ApiError(429, "Too many invalid tracking links from this address; try again later",
+                           headers={"Retry-After": "60"})
         raise ApiError(404, "Not found")
 
 
-def _client(req) -> tuple[str, str | None]:
-    return req.get_header("User-Agent") or "", req.remote_addr
+def _v6_prefix(address: str) -> str:
+    try:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    except ValueError:
+        return address
 
 
 class _TokenEndpoint:
-    """A public link from a sent message: rate-guarded, the token is the only credential."""
+    """A public link from a sent message: the token is the only credential; forging is rate-guarded."""
 
     auth = PUBLIC
 
-    def __init__(self, tracking, guard: Guard):
+    def __init__(self, tracking, guard: Guard, client_address: ClientAddress):
         self.tracking = tracking
         self.guard = guard
+        self.client_address = client_address
 
     def _hit(self, req, kind: str, token: str) -> dict:
-        """Record the hit; a bad token counts against the caller and ends in guard.bad's 4xx."""
-        self.guard.check(req)
-        ua, ip = _client(req)
+        """Record the hit; a forged token counts against the caller and ends in guard.bad's 4xx."""
+        client = self.client_address(req)
         try:
-            return self.tracking.hit(kind, token, user_agent=ua, ip=ip)
-        except InvalidToken:
-            self.guard.bad(req)
+            return self.tracking.hit(kind, token, user_agent=req.get_header("User-Agent") or "", ip=client)
+        except ForgedToken:
+            self.guard.bad(client)
+        except InvalidToken as ex:  # ours, but its message is gone (erased, expired) or unusable
+            raise ApiError(404, "Not found") from ex
+
+    def _verify(self, req, kind: str, token: str) -> dict:
+        try:
+            return self.tracking.verify(kind, token)
+        except ForgedToken:
+            self.guard.bad(self.client_address(req))
 
 
 class Open(_TokenEndpoint):
@@ -117,11 +129,7 @@ class Unsubscribe(_TokenEndpoint):
     """
 
     def on_get(self, req, resp, token: str) -> None:
-        self.guard.check(req)
-        try:
-            data = self.tracking.verify("u", token)
-        except InvalidToken:
-            self.guard.bad(req)
+        data = self._verify(req, "u", token)
         resp.content_type = falcon.MEDIA_HTML
         resp.text = PAGE.format(title="Unsubscribe", body=(
             f"<p>Unsubscribe <b>{html.escape(data['recipient'])}</b> from these emails?</p>"
@@ -136,11 +144,12 @@ class Unsubscribe(_TokenEndpoint):
             f"<p><b>{html.escape(data['recipient'])}</b> has been unsubscribed.</p>"))
 
 
-def add_routes(app: falcon.App, accounts, tracking, redis=None, region: str = "eu") -> None:
+def add_routes(app: falcon.App, accounts, tracking, redis=None, region: str = "eu",
+               trusted_proxies: tuple[str, ...] = ()) -> None:
     settings = TrackingSettings(accounts, tracking)
     app.add_route("/v3/domains/{domain}/tracking", settings)
     app.add_route("/v3/domains/{domain}/tracking/{kind}", settings, suffix="item")
-    guard = Guard(redis, region)
-    app.add_route("/o/{token}", Open(tracking, guard))
-    app.add_route("/c/{token}", Click(tracking, guard))
-    app.add_route("/u/{token}", Unsubscribe(tracking, guard))
+    guard, client_address = Guard(redis, region), ClientAddress(trusted_proxies)
+    app.add_route("/o/{token}", Open(tracking, guard, client_address))
+    app.add_route("/c/{token}", Click(tracking, guard, client_address))
+    app.add_route("/u/{token}", Unsubscribe(tracking, guard, client_address))

@@ -12,4 +12,5 @@ def add_routes(app, settings, services) -> None:
     if services.webhooks is not None:
         webhooks.add_routes(app, services.accounts, services.webhooks)
     if services.tracking is not None:
-        tracking.add_routes(app, services.accounts, services.tracking, services.redis, settings.region)
+        tracking.add_routes(app, services.accounts, services.tracking, services.redis, settings.region,
+                            settings.trusted_proxies)

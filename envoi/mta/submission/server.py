@@ -10,11 +10,15 @@ Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 1
 * AUTH only after TLS; MAIL/RCPT/DATA only after AUTH; on 587 every command but EHLO, NOOP,
   STARTTLS and QUIT needs STARTTLS first. Commands pipelined before the TLS handshake are
   discarded by aiosmtpd (>= 1.4.6).
-* Failed AUTH is throttled per client IP and per login (AuthThrottle); while throttled even the
-  right password gets 454 4.7.0. A wrong login and a wrong password get the same 535 5.7.8, after
-  the same argon2 work.
+* Failed AUTH is throttled per (client address, login) pair, with a growing delay before each 535,
+  and more loosely per client address (AuthThrottle); while throttled even the right password gets
+  454 4.7.0 from that address, never from another. A wrong login and a wrong password get the same
+  535 5.7.8, after the same argon2 work.
+* Connections are capped per client address and in total (ConnectionLimit: 421 4.7.0 and close);
+  a connection that has not authenticated is closed after a shorter idle time than one that has.
 * DATA ends only on CRLF.CRLF (aiosmtpd >= 1.4.5) and a message with a bare CR or bare LF anywhere
-  is refused (550 5.6.0): SMTP smuggling needs one, and so nothing smuggled is ever queued.
+  is refused (550 5.6.0): SMTP smuggling needs one, and so nothing smuggled is ever queued. So is a
+  NUL byte (550 5.6.0; RFC 5322 2.3), which downstream MTAs and parsers treat inconsistently.
 * Size limit (552 5.3.4, data discarded while reading so memory stays bounded), recipients per
   message (452 4.5.3), line length 1000 octets, per-connection command budgets.
 * The sending domain is the credential's domain. MAIL FROM and the From header must be at that
@@ -51,6 +55,7 @@ from envoi.mta import compose, senders
 from envoi.mta.errors import IntakeError, InvalidMessage
 from envoi.mta.intake import Accepted, Intake
 from envoi.mta.submission import headers
+from envoi.mta.submission.limits import TOO_MANY, ConnectionLimit
 from envoi.mta.submission.stage import CommitStage
 from envoi.mta.submission.throttle import AuthThrottle
 from envoi.mta.substitution import substitute_mime
@@ -93,8 +98,11 @@ class SubmissionConfig:
     max_message_bytes: int = 25 * 1024 * 1024
     max_recipients: int = 1000
     allow_foreign_from: bool = False
-    auth_failure_delay: float = 0.5  # seconds a failed AUTH waits before its 535
-    timeout: float = 300.0  # idle seconds before a connection is closed
+    auth_failure_delay: float = 0.5  # seconds the first failed AUTH of a pair waits before its 535 (then doubling)
+    timeout: float = 300.0  # idle seconds before an authenticated connection is closed
+    preauth_timeout: float = 30.0  # idle seconds before a connection that has not authenticated is closed
+    max_connections: int = 2000  # open connections per server process (0: no cap)
+    max_connections_per_ip: int = 50  # open connections per client address (IPv6: per /64) (0: no cap)
     workers: int = 4  # threads checking AUTH (argon2, Postgres); messages go through the commit stage
 
 
@@ -108,6 +116,7 @@ class Submission:
         self.config = config
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="envoi-submit")
         self.connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self.limit = ConnectionLimit(config.max_connections, config.max_connections_per_ip)
 
     @classmethod
     def from_settings(cls, settings, intake: Intake, accounts: Accounts, redis, **overrides) -> Submission:
@@ -119,6 +128,10 @@ class Submission:
             max_message_bytes=settings.max_message_bytes,
             max_recipients=settings.smtp_max_recipients,
             allow_foreign_from=settings.allow_foreign_from,
+            timeout=settings.smtp_idle_timeout,
+            preauth_timeout=settings.smtp_preauth_timeout,
+            max_connections=settings.smtp_max_connections,
+            max_connections_per_ip=settings.smtp_max_connections_per_ip,
         )
         if overrides:
             config = dataclasses.replace(config, **overrides)
@@ -159,6 +172,7 @@ class Submission:
                 timeout=self.config.timeout,
                 loop=loop,
             )
+            conn.preauth_timeout = min(self.config.preauth_timeout, self.config.timeout)
             self.connections.add(conn)
             return conn
 
@@ -167,14 +181,15 @@ class Submission:
                                         ssl_handshake_timeout=30 if implicit_tls else None)
 
     # checks (run in worker threads) ------------------------------------------------------------
-    def authenticate(self, ip: str, login: str, password: str) -> Principal | str:
-        """A Principal, or the reply to send: throttled and invalid answers name no reason."""
+    def authenticate(self, ip: str, login: str, password: str) -> Principal | tuple[str, float]:
+        """A Principal, or (the reply to send, seconds to wait before it): throttled and invalid answers
+        name no reason."""
         if self.throttle.blocked(ip, login):
-            return AUTH_THROTTLED
+            return AUTH_THROTTLED, 0.0
         principal = self.accounts.authenticate_smtp(login, password)
         if principal is None:
-            self.throttle.failed(ip, login)
-            return AUTH_INVALID
+            failures = self.throttle.failed(ip, login)
+            return AUTH_INVALID, self.throttle.backoff(self.config.auth_failure_delay, failures)
         return principal
 
     def sender_allowed(self, principal: Principal, address: str) -> bool:
@@ -191,6 +206,8 @@ class Submission:
         runs it on its event loop); the sending domain is checked when the draft is prepared."""
         if has_bare_cr_or_lf(data):
             raise InvalidMessage("Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
+        if b"\0" in data:
+            raise InvalidMessage("Message contains a NUL byte, which is not allowed in a message (RFC 5322 2.3)")
         mime, fields, recipient_variables = headers.extract(data)
         # Trace header (RFC 5321 4.4, RFC 3848 ESMTPSA). The client's IP is left out on purpose:
         # recipients need not learn where the sending application runs.
@@ -289,6 +306,10 @@ _REWRITE = {
 
 
 class _SubmissionSMTP(SMTP):
+    preauth_timeout: float | None = None  # set by the listener's factory
+    _slot: str | None = None  # the ConnectionLimit key this connection holds
+    _refused = False  # over a connection cap: answered 421 and closed; no SMTP session at all
+
     def _create_session(self) -> Session:
         return _Session(self.loop)
 
@@ -303,8 +324,13 @@ class _SubmissionSMTP(SMTP):
     def _reset_timeout(self, duration: float | None = None) -> None:
         """Idle timeout with one timer per connection: aiosmtpd cancels and re-creates a timer at every
         command (~2% of the server's CPU). Each command moves a deadline; the timer, when it fires,
-        closes the connection only if the deadline has passed, and otherwise waits out the rest."""
-        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        closes the connection only if the deadline has passed, and otherwise waits out the rest.
+        Until the client has authenticated the shorter preauth_timeout applies: an idle stranger holds a
+        file descriptor for less time than a customer's pooled connection."""
+        if not duration:
+            authenticated = self.session is not None and self.session.authenticated
+            duration = self._timeout_duration if authenticated else (self.preauth_timeout or self._timeout_duration)
+        self._idle_deadline = self.loop.time() + duration
         handle = self._timeout_handle
         if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
             if handle is not None:
@@ -318,6 +344,14 @@ class _SubmissionSMTP(SMTP):
             self._timeout_cb()
 
     def connection_made(self, transport) -> None:
+        if self._original_transport is None and self._slot is None:  # a new connection (not STARTTLS's second call)
+            peer = transport.get_extra_info("peername")
+            self._slot = self.event_handler.submission.limit.admit(peer[0] if peer else "?")
+            if self._slot is None:
+                self._refused = True
+                transport.write(TOO_MANY)
+                transport.close()
+                return
         implicit = self._original_transport is None and transport.get_extra_info("ssl_object") is not None
         super().connection_made(transport)
         if implicit:
@@ -325,6 +359,20 @@ class _SubmissionSMTP(SMTP):
             # offered and allowed (auth_require_tls stays on).
             self._tls_protocol = _ImplicitTLS()
             self.session.ssl = {"implicit": True, "cipher": transport.get_extra_info("cipher")}
+
+    def connection_lost(self, error) -> None:
+        if self._slot is not None:
+            self.event_handler.submission.limit.release(self._slot)
+            self._slot = None
+        if not self._refused:
+            super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self):
+        return False if self._refused else super().eof_received()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -447,11 +495,13 @@ class _SubmissionSMTP(SMTP):
             return AuthResult(success=False, handled=False, message=AUTH_TEMPFAIL)
         if isinstance(outcome, Principal):
             log.info("submission: %s authenticated as %s", ip, login)
+            self._reset_timeout(self._timeout_duration)  # from here on the (longer) authenticated idle timeout
             return AuthResult(success=True, auth_data=outcome, message=AUTH_OK)
-        log.info("submission: AUTH refused for %r from %s (%s)", login, ip, outcome[:3])
-        if outcome == AUTH_INVALID and submission.config.auth_failure_delay:
-            await asyncio.sleep(submission.config.auth_failure_delay)
-        return AuthResult(success=False, handled=False, message=outcome)
+        reply, delay = outcome
+        log.info("submission: AUTH refused for %r from %s (%s)", login, ip, reply[:3])
+        if delay:
+            await asyncio.sleep(delay)
+        return AuthResult(success=False, handled=False, message=reply)
 
 
 # RFC 6531 3.4: a non-ASCII address (UTF-8 local part or U-labels) only in a SMTPUTF8 transaction.
