@@ -6,13 +6,11 @@ open, nothing answers) or takes down (as in a restart)."""
 from __future__ import annotations
 
 import smtplib
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
-import trustme
 from falcon import testing
 from psycopg.conninfo import conninfo_to_dict
 
@@ -23,6 +21,7 @@ from envoi.mta.submission.server import DB_TEMPFAIL, Submission, SubmissionServe
 from tests.conftest import basic
 from tests.support.relay import wait_until
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.tls import loopback_contexts
 
 DEADLINE = 2.0  # the write deadline and pool timeout of the services behind the proxy
 PASSWORD = "correct-horse-9"
@@ -100,11 +99,7 @@ def test_database_down_answers_503_then_recovers(proxied, proxy, domain, api_key
 
 @pytest.fixture
 def smtp_server(proxied):
-    ca = trustme.CA()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    ctx, client_ctx = loopback_contexts()
     submission = Submission.from_settings(proxied.settings, proxied.intake, proxied.accounts, proxied.redis,
                                           auth_failure_delay=0)
     with SubmissionServer(submission, ctx) as srv:

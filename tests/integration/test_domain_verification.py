@@ -7,12 +7,10 @@ verification looks records up on, the relay delivering to the dev sink.
 from __future__ import annotations
 
 import smtplib
-import ssl
 import uuid
 from urllib.parse import quote, urlencode
 
 import pytest
-import trustme
 from falcon import testing
 
 from envoi.api.app import create_app
@@ -21,6 +19,7 @@ from envoi.mta.submission.server import Submission, SubmissionServer
 from tests.conftest import basic
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
+from tests.support.tls import loopback_contexts
 
 PASSWORD = "test-pass-123"
 REFUSED = ("is not allowed to send: Unverified domains are for test purposes only. Please verify the domain"
@@ -55,11 +54,7 @@ def relay(services, settings, sink, dns):
 
 @pytest.fixture(scope="module")
 def smtp(services, settings):
-    ca = trustme.CA()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    ctx, client_ctx = loopback_contexts()
     submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis,
                                           auth_failure_delay=0, workers=2)
     with SubmissionServer(submission, ctx, smtps_port=None) as srv:

@@ -60,16 +60,16 @@ def test_body_substitution_keeps_newlines(client, api_key, domain, db, services)
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"v:x": "a\x00b"}, "v:x contains a NUL character"),
+    ({"v:x": "a\x00b"}, "'v:x' contains a NUL character"),
     ({"v:x": '{"a": "\\u0000"}'}, "v:x contains a NUL character"),
     ({"v:x": '{"a": "\\ud800"}'}, "invalid Unicode"),
     ({"v:x": "[" * 100_000}, "nested too deeply"),
     ({"v:x": "[" * 50 + "]" * 50}, "nested too deeply"),
-    ({"text": "a\x00b"}, "text contains a NUL character"),
-    ({"html": "<p>a\x00b</p>"}, "html contains a NUL character"),
-    ({"subject": "a\x00b"}, "subject contains a control character"),
-    ({"from": "Ann\x00 <s@{d}>"}, "from contains a control character"),
-    ({"o:tag": "t\x00"}, "o:tag contains a control character"),
+    ({"text": "a\x00b"}, "'text' contains a NUL character"),
+    ({"html": "<p>a\x00b</p>"}, "'html' contains a NUL character"),
+    ({"subject": "a\x00b"}, "'subject' contains a NUL character"),
+    ({"from": "Ann\x00 <s@{d}>"}, "'from' contains a NUL character"),
+    ({"o:tag": "t\x00"}, "'o:tag' contains a NUL character"),
     ({"recipient-variables": '{"r@x.test": {"n": "\\ud800"}}', "subject": "%recipient.n%"}, "invalid Unicode"),
     ({"recipient-variables": '{"r@x.test": {"n": "\\u0000"}}', "text": "%recipient.n%"}, "NUL character"),
     ({"recipient-variables": '{"r@x.test": ' + "[" * 100_000 + "}"}, "nested too deeply"),

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import smtplib
-import ssl
 
 import pytest
-import trustme
 
 from envoi.mta.submission.server import Submission, SubmissionServer
+from tests.support.tls import loopback_contexts
 
 PASSWORD = "correct-horse-9"
 
 
 @pytest.fixture(scope="module")
 def tls(services):
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = loopback_contexts()
     return server_ctx, client_ctx
 
 
