@@ -189,6 +189,8 @@ def parse(name: str, text: str):
         raise FilterError(f"'{name}' is not a filter field")
     if len(text) > MAX_EXPRESSION:
         raise FilterError(f"filter expression for '{name}' is longer than {MAX_EXPRESSION} characters")
+    if "\x00" in text:  # no event holds one, and Postgres refuses it in a text parameter (a 500)
+        raise FilterError(f"filter expression for '{name}' contains a NUL character")
     return _Parser(field, text).parse()
 
 
