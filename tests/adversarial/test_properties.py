@@ -277,3 +277,10 @@ def test_arf_parser_never_raises(raw):
         _strings_bounded(arf._parse(message))
     assert isinstance(arf.parse(raw), arf.Arf)
     assert time.monotonic() - started < 2
+
+
+def test_nul_in_an_events_filter_is_a_400_not_a_500(http):
+    """Found by schemathesis: the NUL reached Postgres as a text parameter (DataError, a 500)."""
+    client, domain, headers = http
+    resp = client.simulate_get(f"/v3/{domain}/events", query_string="subject=a%00b", headers=headers)
+    assert resp.status_code == 400 and "NUL" in resp.json["message"], resp.text
