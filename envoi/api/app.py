@@ -6,6 +6,7 @@ import falcon
 
 from envoi.api import errors, forms, params
 from envoi.api.auth import AuthMiddleware
+from envoi.api.openapi import OpenApiDocument
 from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList
 from envoi.api.resources.messages import Messages
@@ -57,4 +58,5 @@ def create_app(settings, services) -> falcon.App:
 
     app.add_route("/healthz", Health())
     app.add_route("/metrics", MetricsEndpoint(services.metrics))
+    app.add_route("/openapi.json", OpenApiDocument())
     return app

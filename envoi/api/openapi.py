@@ -1,0 +1,354 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at GET /openapi.json.
+
+It is the source for docs/api.md (`python -m envoi.api.openapi --markdown`). A test checks that
+every route of the falcon app is described here and that nothing else is, so it cannot drift; the
+adversarial suite fuzzes the app from it (schemathesis) and checks the responses against it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import falcon
+
+from envoi.api.auth import PUBLIC
+
+# schemas -------------------------------------------------------------------------------------------
+STR = {"type": "string"}
+INT = {"type": "integer"}
+BOOL = {"type": "boolean"}
+OBJ = {"type": "object"}
+YESNO = {"type": "string", "enum": ["yes", "no", "true", "false"]}
+ERROR = {"type": "object", "required": ["message"], "properties": {"message": STR}}
+MESSAGE = ERROR  # {"message": "..."} is also the shape of most successes
+LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array"}}}
+PAGED = {"type": "object", "required": ["items", "paging"],
+         "properties": {"items": {"type": "array", "items": OBJ}, "paging": OBJ}}
+DOMAIN = {"type": "object", "required": ["id", "name", "state"],
+          "properties": {"id": STR, "name": STR, "state": STR, "type": STR, "is_disabled": BOOL,
+                         "created_at": STR, "smtp_login": STR, "require_tls": BOOL, "skip_verification": BOOL}}
+DNS_RECORDS = {"sending_dns_records": {"type": "array", "items": OBJ},
+               "receiving_dns_records": {"type": "array", "items": OBJ}}
+QUEUED = {"type": "object", "required": ["id", "message"], "properties": {"id": STR, "message": STR}}
+IP = {"type": "object", "required": ["ip"], "properties": {"ip": STR, "dedicated": BOOL, "rdns": STR}}
+POOL = {"type": "object", "required": ["pool_id", "name"],
+        "properties": {"pool_id": STR, "name": STR, "description": STR, "ips": {"type": "array", "items": STR},
+                       "is_linked": BOOL}}
+STATS = {"type": "object", "required": ["stats"], "properties": {"stats": {"type": "array", "items": OBJ},
+                                                                   "start": STR, "end": STR, "resolution": STR}}
+SUPPRESSION_KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
+EVENT_FILTERS = ("event", "recipient", "message-id", "severity", "tags", "from", "subject", "size")
+# Bounded so a fuzzer's inputs stay the size real callers send (the API's own limits are far larger).
+SHORT = {"type": "string", "maxLength": 200}
+
+
+def _q(name: str, schema=SHORT, description: str = "", required: bool = False) -> dict:
+    out = {"name": name, "in": "query", "schema": schema, "required": required}
+    if description:
+        out["description"] = description
+    return out
+
+
+def _p(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+
+
+def _form(fields: dict, required: tuple = (), files: tuple = (), json_body: dict | None = None) -> dict:
+    """A body of form fields: multipart (with `files` as uploads) or urlencoded (unless it needs a file)."""
+    def schema(props: dict) -> dict:
+        out = {"type": "object", "properties": props}
+        if required:
+            out["required"] = list(required)
+        return out
+
+    uploads = {f: {"type": "string", "format": "binary"} for f in files}
+    content = {"multipart/form-data": {"schema": schema({**fields, **uploads})}}
+    if "file" not in files:
+        content["application/x-www-form-urlencoded"] = {"schema": schema(dict(fields))}
+    if json_body is not None:
+        content["application/json"] = {"schema": json_body}
+    return {"required": bool(required) or "file" in files, "content": content}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*extra: int) -> dict:
+    out = {"4XX": _json(ERROR, "Mailgun error: bad input (400), bad key (401), not found (404), too large (413)")}
+    for code in extra:
+        out[str(code)] = _json(ERROR, {503: "Service unavailable"}.get(code, "Error"))
+    return out
+
+
+def op(summary: str, ok: dict | None, *, params: list | None = None, body: dict | None = None,
+       public: bool = False, tag: str = "", responses: dict | None = None) -> dict:
+    out: dict = {"summary": summary, "responses": {}}
+    if tag:
+        out["tags"] = [tag]
+    if params:
+        out["parameters"] = params
+    if body:
+        out["requestBody"] = body
+    if ok is not None:
+        out["responses"]["200"] = ok
+    out["responses"].update(responses or {})
+    if public:
+        out["security"] = []
+    else:
+        out["responses"].update(_errors())
+    return out
+
+
+# operations ----------------------------------------------------------------------------------------
+SEND_OPTIONS = {
+    "o:tag": {"type": "array", "items": SHORT, "maxItems": 5, "description": "up to 3 tags are kept"},
+    "o:testmode": YESNO, "o:deliverytime": SHORT, "o:tracking": YESNO, "o:tracking-clicks": SHORT,
+    "o:tracking-opens": YESNO, "o:require-tls": YESNO, "o:skip-verification": YESNO, "o:sending-ip": SHORT,
+    "o:sending-ip-pool": SHORT, "o:dkim": YESNO,
+}
+SEND_FIELDS = {
+    "from": SHORT, "to": {"type": "array", "items": SHORT, "maxItems": 5}, "cc": SHORT, "bcc": SHORT,
+    "subject": SHORT, "text": {"type": "string", "maxLength": 2000}, "html": {"type": "string", "maxLength": 2000},
+    "amp-html": SHORT, "recipient-variables": SHORT, "h:Reply-To": SHORT, "v:my-var": SHORT, **SEND_OPTIONS,
+}
+
+
+def _paths() -> dict:
+    d, token = _p("domain"), _p("token")
+    paths: dict[str, dict] = {}
+
+    def add(path: str, method: str, operation: dict) -> None:
+        paths.setdefault(path, {})[method] = operation
+
+    # messages
+    add("/v3/{domain}/messages", "post", op(
+        "Send a message built from form fields (h:* headers, v:* variables, o:* options)", _json(QUEUED),
+        params=[d], body=_form(SEND_FIELDS, ("from", "to"), files=("attachment", "inline")), tag="messages"))
+    add("/v3/{domain}/messages.mime", "post", op(
+        "Send a caller-built MIME message to the `to` recipients", _json(QUEUED), params=[d],
+        body=_form({"to": {"type": "array", "items": SHORT, "maxItems": 5}, "message": {"type": "string", "maxLength": 4000},
+                    **SEND_OPTIONS}, ("to", "message")), tag="messages"))
+    # events and logs
+    filters = [_q(f, description="filter expression") for f in EVENT_FILTERS]
+    query = [_q("begin"), _q("end"), _q("ascending", YESNO), _q("limit", {"type": "integer"}), *filters]
+    add("/v3/{domain}/events", "get", op("Query events", _json(PAGED), params=[d, *query], tag="events"))
+    add("/v3/{domain}/events/{token}", "get", op("A page of a previous events query (opaque token)",
+                                                  _json(PAGED), params=[d, token], tag="events"))
+    live = [_q("timeout", description="seconds"), _q("last_event_id"), *filters]
+    sse = {"description": "server-sent events", "content": {"text/event-stream": {"schema": STR}}}
+    add("/v3/{domain}/events/live", "get", op("Live events (SSE)", sse, params=[d, *live], tag="events",
+                                               responses=_errors(503)))
+    add("/v3/events/live", "get", op("Live events of every domain of the account (SSE)", sse, params=live,
+                                     tag="events", responses=_errors(503)))
+    add("/v3/{domain}/messages/{message_id}/trace", "get", op(
+        "Every attempt for every recipient of a message", _json(OBJ), params=[d, _p("message_id")], tag="events"))
+    stats_q = [_q("event", description="required: accepted, delivered, failed, …"), _q("start"), _q("end"),
+               _q("resolution"), _q("duration")]
+    add("/v3/{domain}/stats/total", "get", op("Totals per event type", _json(STATS), params=[d, *stats_q],
+                                              tag="stats"))
+    add("/v3/{domain}/tags", "get", op("Tags", _json(PAGED), params=[d, _q("limit", INT), _q("page"),
+                                                                      _q("tag"), _q("prefix")], tag="stats"))
+    tag_p = _p("tag")
+    add("/v3/{domain}/tags/{tag}", "get", op("A tag", _json(OBJ), params=[d, tag_p], tag="stats"))
+    add("/v3/{domain}/tags/{tag}", "put", op("Describe a tag", _json(MESSAGE), params=[d, tag_p],
+                                             body=_form({"description": SHORT}), tag="stats"))
+    add("/v3/{domain}/tags/{tag}", "delete", op("Delete a tag", _json(MESSAGE), params=[d, tag_p], tag="stats"))
+    add("/v3/{domain}/tags/{tag}/stats", "get", op("Totals of a tag", _json(STATS), params=[d, tag_p, *stats_q],
+                                                   tag="stats"))
+    # domains and credentials
+    add("/v4/domains", "get", op("List domains", _json({"type": "object", "required": ["total_count", "items"],
+                                                        "properties": {"total_count": INT, "items": {"type": "array", "items": DOMAIN}}}),
+                                 params=[_q("limit", INT), _q("skip", INT), _q("state")], tag="domains"))
+    domain_fields = {"name": SHORT, "dkim_selector": SHORT, "dkim_key_size": {"type": "string", "enum": ["1024", "2048"]},
+                     "spam_action": SHORT, "wildcard": YESNO, "web_prefix": SHORT, "web_scheme": SHORT,
+                     "require_tls": YESNO, "skip_verification": YESNO, "smtp_password": SHORT}
+    one_domain = {"type": "object", "required": ["domain"], "properties": {"domain": DOMAIN, **DNS_RECORDS}}
+    add("/v4/domains", "post", op("Add a domain; returns its DNS records", _json(one_domain),
+                                  body=_form(domain_fields, ("name",)), tag="domains"))
+    for path in ("/v4/domains/{domain}", "/v3/domains/{domain}"):
+        add(path, "get", op("A domain and its DNS records", _json(one_domain), params=[d], tag="domains"))
+        add(path, "delete", op("Delete a domain", _json(MESSAGE), params=[d], tag="domains"))
+    add("/v3/domains/{domain}/messages/{storage_key}", "get", op(
+        "A stored message (the storage.url of its events); Accept: message/rfc2822 for the MIME",
+        _json(OBJ), params=[d, _p("storage_key")], tag="messages"))
+    add("/v3/domains/{domain}/credentials", "get", op("SMTP credentials", _json(
+        {"type": "object", "required": ["total_count", "items"], "properties": {"total_count": INT, "items": {"type": "array"}}}),
+        params=[d], tag="domains"))
+    add("/v3/domains/{domain}/credentials", "post", op("Create SMTP credentials", _json(MESSAGE), params=[d],
+                                                       body=_form({"login": SHORT, "password": SHORT}, ("login", "password")),
+                                                       tag="domains"))
+    login = _p("login")
+    add("/v3/domains/{domain}/credentials/{login}", "put", op(
+        "Change an SMTP password", _json(MESSAGE), params=[d, login], body=_form({"password": SHORT}, ("password",)),
+        tag="domains"))
+    add("/v3/domains/{domain}/credentials/{login}", "delete", op("Delete SMTP credentials", _json(MESSAGE),
+                                                                 params=[d, login], tag="domains"))
+    address = _p("address")
+    add("/v3/privacy/addresses/{address}", "get", op("Export what is held on an address", _json(OBJ),
+                                                     params=[address], tag="privacy"))
+    add("/v3/privacy/addresses/{address}", "delete", op("Erase what is held on an address", _json(MESSAGE),
+                                                        params=[address], tag="privacy"))
+    # suppressions
+    for kind in SUPPRESSION_KINDS:
+        base = f"/v3/{{domain}}/{kind}"
+        entry = {"address": SHORT, "code": SHORT, "error": SHORT, "tag": SHORT, "created_at": SHORT, "domain": SHORT}
+        add(base, "get", op(f"List {kind}", _json(PAGED), params=[d, _q("limit", INT), _q("page"), _q("address")],
+                            tag="suppressions"))
+        add(base, "post", op(f"Add to {kind} (form: one; JSON: an array)", _json(MESSAGE), params=[d],
+                             body=_form(entry, json_body={"type": "array", "items": {"type": "object", "properties": entry},
+                                                          "maxItems": 5}),
+                             tag="suppressions"))
+        add(base, "delete", op(f"Clear {kind}", _json(MESSAGE), params=[d], tag="suppressions"))
+        add(f"{base}/import", "post", op(f"Import {kind} from a CSV upload", _json(MESSAGE), params=[d],
+                                         body=_form({}, files=("file",)), tag="suppressions"))
+        add(f"{base}/{{address}}", "get", op(f"One address in {kind}", _json(OBJ), params=[d, address],
+                                             tag="suppressions"))
+        add(f"{base}/{{address}}", "delete", op(f"Remove an address from {kind}", _json(MESSAGE),
+                                                params=[d, address, _q("tag")], tag="suppressions"))
+    # webhooks
+    hooks = "/v3/domains/{domain}/webhooks"
+    name = _p("name")
+    attempts_q = [_q("limit", INT), _q("before"), _q("url")]
+    add(hooks, "get", op("Webhooks by event type", _json({"type": "object", "required": ["webhooks"]}), params=[d],
+                         tag="webhooks"))
+    add(hooks, "post", op("Create a webhook", _json(MESSAGE), params=[d],
+                          body=_form({"id": SHORT, "url": {"type": "array", "items": SHORT, "maxItems": 3}}, ("id",)),
+                          tag="webhooks"))
+    add(f"{hooks}/attempts", "get", op("Webhook delivery attempts", _json(LIST), params=[d, *attempts_q],
+                                       tag="webhooks"))
+    add(f"{hooks}/{{name}}", "get", op("A webhook", _json(OBJ), params=[d, name], tag="webhooks"))
+    add(f"{hooks}/{{name}}", "put", op("Replace a webhook's URLs", _json(MESSAGE), params=[d, name],
+                                       body=_form({"url": {"type": "array", "items": SHORT, "maxItems": 3}}),
+                                       tag="webhooks"))
+    add(f"{hooks}/{{name}}", "delete", op("Delete a webhook", _json(MESSAGE), params=[d, name], tag="webhooks"))
+    add(f"{hooks}/{{name}}/attempts", "get", op("Delivery attempts of a webhook", _json(LIST),
+                                                params=[d, name, *attempts_q], tag="webhooks"))
+    v4 = {"url": SHORT, "event_types": {"type": "array", "items": SHORT, "maxItems": 5}}
+    add("/v4/domains/{domain}/webhooks", "get", op("Webhooks (URL-centric)", _json(OBJ), params=[d], tag="webhooks"))
+    add("/v4/domains/{domain}/webhooks", "post", op("Add a URL for event types", _json(OBJ), params=[d],
+                                                    body=_form(v4, ("url",)), tag="webhooks"))
+    add("/v4/domains/{domain}/webhooks", "put", op("Replace a URL's event types", _json(OBJ), params=[d],
+                                                   body=_form(v4, ("url",)), tag="webhooks"))
+    add("/v4/domains/{domain}/webhooks", "delete", op("Remove URLs", _json(OBJ), params=[d, _q("url")],
+                                                      tag="webhooks"))
+    key = _json({"type": "object", "required": ["http_signing_key"], "properties": {"http_signing_key": STR}})
+    add("/v5/accounts/http_signing_key", "get", op("The account's webhook signing key", key, tag="webhooks"))
+    add("/v5/accounts/http_signing_key", "post", op("Regenerate the webhook signing key", key, tag="webhooks"))
+    # tracking
+    add("/v3/domains/{domain}/tracking", "get", op("Tracking settings", _json({"type": "object", "required": ["tracking"]}),
+                                                   params=[d], tag="tracking"))
+    add("/v3/domains/{domain}/tracking/{kind}", "put", op(
+        "Change open, click or unsubscribe tracking", _json(OBJ),
+        params=[d, {"name": "kind", "in": "path", "required": True, "schema": {"type": "string", "enum": ["open", "click", "unsubscribe"]}}],
+        body=_form({"active": SHORT, "html_footer": SHORT, "text_footer": SHORT}), tag="tracking"))
+    public_errors = {"404": _json(ERROR, "Unknown or forged token"),
+                     "429": _json(ERROR, "Too many invalid tokens from this address")}
+    add("/o/{token}", "get", op("Open-tracking pixel (public)", {"description": "a 1x1 GIF", "content": {
+        "image/gif": {"schema": {"type": "string", "format": "binary"}}}}, params=[token], public=True,
+        responses=public_errors, tag="tracking"))
+    add("/c/{token}", "get", op("Click-tracking redirect (public)", None, params=[token], public=True, tag="tracking",
+                                responses={"302": {"description": "redirect to the signed URL"}, **public_errors}))
+    page = {"description": "HTML page", "content": {"text/html": {"schema": STR}}}
+    add("/u/{token}", "get", op("Unsubscribe confirmation page (public)", page, params=[token], public=True,
+                                responses=public_errors, tag="tracking"))
+    add("/u/{token}", "post", op("Unsubscribe, RFC 8058 one-click (public)", page, params=[token], public=True,
+                                 responses=public_errors, tag="tracking"))
+    # IPs, pools, warm-ups
+    ip = _p("ip")
+    ip_fields = {"ip": SHORT, "host": SHORT, "helo": SHORT, "ptr": SHORT, "dedicated": YESNO, "enabled": YESNO}
+    add("/v3/ips", "get", op("IPs (customers: their dedicated IPs)", _json({"type": "object", "required": ["items", "total_count"]}),
+                             params=[_q("dedicated", YESNO)], tag="ips"))
+    add("/v3/ips", "post", op("Add an IP (operator)", _json({"type": "object", "required": ["ip"], "properties": {"ip": IP}}),
+                              body=_form(ip_fields, ("ip",)), tag="ips"))
+    add("/v3/ips/export", "get", op("Dedicated IP assignments as CSV (operator)", {"description": "CSV", "content": {
+        "text/csv": {"schema": STR}}}, tag="ips"))
+    add("/v3/ips/audit", "get", op("IP audit log (operator)", _json({"type": "object", "required": ["items"]}),
+                                   params=[_q("ip"), _q("limit", INT)], tag="ips"))
+    add("/v3/ips/{ip}", "get", op("An IP", _json(IP), params=[ip], tag="ips"))
+    add("/v3/ips/{ip}", "put", op("Change or assign an IP (operator)", _json(OBJ), params=[ip],
+                                  body=_form({**ip_fields, "account_id": SHORT}), tag="ips"))
+    add("/v3/ips/{ip}", "delete", op("Remove an IP (operator)", _json(MESSAGE), params=[ip], tag="ips"))
+    add("/v3/domains/{domain}/ips", "get", op("A domain's IPs", _json({"type": "object", "required": ["items"]}),
+                                              params=[d], tag="ips"))
+    add("/v3/domains/{domain}/ips", "post", op("Give a domain an IP or link a pool (operator)", _json(MESSAGE),
+                                               params=[d], body=_form({"ip": SHORT, "pool_id": SHORT}), tag="ips"))
+    add("/v3/domains/{domain}/ips/{ip}", "delete", op("Take an IP (or `ip_pool`) from a domain (operator)",
+                                                      _json(MESSAGE), params=[d, ip], tag="ips"))
+    pool_id = _p("pool_id")
+    pool_fields = {"name": SHORT, "description": SHORT, "ips": SHORT, "ip": SHORT, "account_id": SHORT}
+    for version in ("v1", "v3"):
+        base = f"/{version}/ip_pools"
+        add(base, "get", op("IP pools", _json({"type": "object", "required": ["ip_pools"], "properties": {
+            "ip_pools": {"type": "array", "items": POOL}}}), tag="ips"))
+        add(base, "post", op("Create an IP pool (operator)", _json({"type": "object", "required": ["pool_id"]}),
+                             body=_form(pool_fields), tag="ips"))
+        add(f"{base}/{{pool_id}}", "get", op("An IP pool", _json(POOL), params=[pool_id], tag="ips"))
+        add(f"{base}/{{pool_id}}", "patch", op("Change an IP pool (operator)", _json(MESSAGE), params=[pool_id],
+                                               body=_form({"name": SHORT, "description": SHORT, "add_ip": SHORT,
+                                                           "remove_ip": SHORT}), tag="ips"))
+        add(f"{base}/{{pool_id}}", "delete", op("Delete an IP pool (operator)", _json(MESSAGE),
+                                                params=[pool_id, _q("ip"), _q("pool_id")], tag="ips"))
+    add("/v3/ip_warmups", "get", op("Warm-ups", _json({"type": "object", "required": ["items"]}), tag="ips"))
+    add("/v3/ip_warmups/{ip}", "get", op("An IP's warm-up", _json(OBJ), params=[ip], tag="ips"))
+    add("/v3/ip_warmups/{ip}", "post", op("Start a warm-up (operator)", _json(MESSAGE), params=[ip],
+                                          body=_form({"plan": SHORT}), tag="ips"))
+    add("/v3/ip_warmups/{ip}", "delete", op("Stop a warm-up (operator)", _json(MESSAGE), params=[ip], tag="ips"))
+    # system
+    add("/healthz", "get", op("Health", _json({"type": "object", "required": ["status"]}), public=True, tag="system"))
+    add("/metrics", "get", op("Prometheus metrics", {"description": "text exposition format", "content": {
+        "text/plain": {"schema": STR}}}, public=True, tag="system"))
+    add("/openapi.json", "get", op("This description", _json({"type": "object", "required": ["openapi", "paths"]}),
+                                   public=True, tag="system"))
+    return paths
+
+
+def document() -> dict:
+    """The whole OpenAPI document (a fresh copy each call: callers may change it)."""
+    return copy.deepcopy(_DOCUMENT)
+
+
+_DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {"title": "Envoi HTTP API", "version": "3",
+             "description": "Mailgun-compatible transactional email API. Basic auth `api:KEY`; every error "
+                            "is `{\"message\": \"...\"}`."},
+    "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+                   "schemas": {"Error": ERROR}},
+    "security": [{"basic": []}],
+    "paths": _paths(),
+}
+_BODY = json.dumps(_DOCUMENT).encode()
+
+
+class OpenApiDocument:
+    """GET /openapi.json: public, like the docs it feeds."""
+
+    auth = PUBLIC
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = _BODY
+
+
+def markdown(doc: dict | None = None) -> str:
+    """A route table for docs/api.md, generated from the description."""
+    doc = doc or _DOCUMENT
+    lines = ["# HTTP API", "", "Generated from `envoi/api/openapi.py` (served at `GET /openapi.json`) by",
+             "`python -m envoi.api.openapi --markdown > docs/api.md`. Errors are `{\"message\": \"...\"}`.", "",
+             "| method | path | what | parameters |", "| --- | --- | --- | --- |"]
+    for path, methods in doc["paths"].items():
+        for method, operation in methods.items():
+            names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            body = operation.get("requestBody", {}).get("content", {})
+            fields = sorted({f for c in body.values() for f in c["schema"].get("properties", {})})
+            listed = ", ".join(f"`{n}`" for n in names + fields)
+            public = " (no auth)" if operation.get("security") == [] else ""
+            lines.append(f"| {method.upper()} | `{path}` | {operation['summary']}{public} | {listed} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown() if "--markdown" in sys.argv else json.dumps(_DOCUMENT, indent=2) + "\n")

@@ -1,0 +1,58 @@
+"""The OpenAPI description matches the falcon app route for route, and is served at /openapi.json."""
+
+from __future__ import annotations
+
+import falcon.inspect
+import pytest
+from falcon import testing
+
+from envoi.api import openapi
+from envoi.api.app import create_app
+
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.fixture(scope="module")
+def app(settings, services):
+    return create_app(settings, services)
+
+
+def routes_of(app) -> set[tuple[str, str]]:
+    out = set()
+    for route in falcon.inspect.inspect_routes(app):
+        for m in route.methods:
+            if not m.internal and m.method.lower() in METHODS:
+                out.add((route.path, m.method.lower()))
+    return out
+
+
+def test_every_route_is_described_and_nothing_else(app, services):
+    for feature in ("suppressions", "webhooks", "tracking", "ips", "stream", "stats"):
+        assert getattr(services, feature) is not None, f"{feature} not wired: its routes would go unchecked"
+    described = {(path, method) for path, methods in openapi.document()["paths"].items() for method in methods}
+    routes = routes_of(app)
+    assert len(routes) > 90
+    assert routes - described == set(), "routes missing from envoi/api/openapi.py"
+    assert described - routes == set(), "described in envoi/api/openapi.py but not routed"
+
+
+def test_path_parameters_match_the_template():
+    for path, methods in openapi.document()["paths"].items():
+        in_path = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+        for method, operation in methods.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == in_path, (method, path)
+            assert "200" in operation["responses"] or "302" in operation["responses"], (method, path)
+
+
+def test_served_without_auth(app):
+    resp = testing.TestClient(app).simulate_get("/openapi.json")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/json")
+    assert resp.json["openapi"] == "3.1.0" and resp.json["paths"] == openapi.document()["paths"]
+
+
+def test_docs_api_md_is_generated_from_it():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+    assert path.read_text() == openapi.markdown(), "regenerate: python -m envoi.api.openapi --markdown > docs/api.md"
