@@ -171,6 +171,21 @@ def _paths() -> dict:
     for path in ("/v4/domains/{domain}", "/v3/domains/{domain}"):
         add(path, "get", op("A domain and its DNS records", _json(one_domain), params=[d], tag="domains"))
         add(path, "delete", op("Delete a domain", _json(MESSAGE), params=[d], tag="domains"))
+        add(f"{path}/verify", "put", op(
+            "Look the domain's DNS records up now; found SPF and DKIM make it active (each record's `valid`)",
+            _json({"type": "object", "required": ["message", "domain"],
+                   "properties": {"message": STR, "domain": DOMAIN, **DNS_RECORDS}}), params=[d], tag="domains"))
+    recipient = {"type": "object", "required": ["email", "activated"], "properties": {"email": STR, "activated": BOOL}}
+    add("/v5/sandbox/auth_recipients", "get", op(
+        "Authorised recipients: the only addresses unverified domains may send to", _json(
+            {"type": "object", "required": ["recipients"], "properties": {"recipients": {"type": "array", "items": recipient}}}),
+        tag="domains"))
+    add("/v5/sandbox/auth_recipients", "post", op(
+        "Add an authorised recipient (at most 5)", _json(
+            {"type": "object", "required": ["recipient"], "properties": {"recipient": recipient}}),
+        params=[_q("email")], body=_form({"email": SHORT}), tag="domains"))
+    add("/v5/sandbox/auth_recipients/{email}", "delete", op("Remove an authorised recipient", _json(MESSAGE),
+                                                            params=[_p("email")], tag="domains"))
     add("/v3/domains/{domain}/messages/{storage_key}", "get", op(
         "A stored message (the storage.url of its events); Accept: message/rfc2822 for the MIME",
         _json(OBJ), params=[d, _p("storage_key")], tag="messages"))
