@@ -11,8 +11,8 @@ import falcon
 from envoi.api.auth import CUSTOMER
 from envoi.api.errors import ApiError, unauthorized
 from envoi.api.forms import read_form
-from envoi.dedicated_ip.errors import IpError
-from envoi.dedicated_ip.service import SHARED, ip_json
+from envoi.ips.errors import IpError
+from envoi.ips.service import SHARED, ip_json
 
 TRUE = {"true", "yes", "1", "on"}
 FALSE = {"false", "no", "0", "off"}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from envoi.accounts.service import Accounts
-from envoi.dedicated_ip.errors import NoEgressAvailable
+from envoi.ips.errors import NoEgressAvailable
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
