@@ -13,7 +13,7 @@ from envoi.infra.db import Database
 from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.mta.intake import Intake
-from envoi.mta.storage import StoredMessages
+from envoi.mta.stored_messages import StoredMessages
 from envoi.privacy.service import Privacy
 from envoi.wiring import delivery, events_out, ips, logs
 

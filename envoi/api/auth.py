@@ -8,7 +8,7 @@ import binascii
 import falcon
 
 from envoi.accounts.service import key_region
-from envoi.api.errors import forbidden
+from envoi.api.errors import unauthorized
 
 PUBLIC = "public"
 OPERATOR = "operator"
@@ -29,22 +29,22 @@ class AuthMiddleware:
             return
         secret = _basic_password(req.get_header("Authorization"))
         if not secret:
-            raise forbidden()
+            raise unauthorized()
         region = key_region(secret)
         if region and region != self.region:
             url = self.region_urls.get(region, f"the {region.upper()} region's API")
-            raise forbidden(
+            raise unauthorized(
                 f"This API key belongs to the {region.upper()} region; send this request to {url} instead"
             )
         principal = self.accounts.authenticate_key(secret)
         if principal is None:
-            raise forbidden()
+            raise unauthorized()
         if needs == OPERATOR and not principal.is_operator:
-            raise forbidden()
+            raise unauthorized()
         if needs == CUSTOMER and principal.is_operator and not getattr(resource, "operator_too", False):
-            raise forbidden("Operator keys cannot act for a customer")
+            raise unauthorized("Operator keys cannot act for a customer")
         if principal.role == "sending" and not getattr(resource, "sending_keys", False):
-            raise forbidden()
+            raise unauthorized()
         req.context.principal = principal
 
 

@@ -27,7 +27,8 @@ class ApiError(falcon.HTTPError):
         return obj_type(message=self.message)
 
 
-def forbidden(message: str = "Forbidden") -> ApiError:
+def unauthorized(message: str = "Forbidden") -> ApiError:
+    """401 with a Basic challenge; the body says "Forbidden" as Mailgun's does."""
     return ApiError(401, message, headers={"WWW-Authenticate": 'Basic realm="MG API"'})
 
 

@@ -14,8 +14,8 @@ import sys
 import click
 
 from envoi.accounts.errors import NotFound as AccountNotFound
-from envoi.dedicated_ip.errors import IpError
-from envoi.dedicated_ip.service import SHARED, ip_json
+from envoi.ips.errors import IpError
+from envoi.ips.service import SHARED, ip_json
 
 
 def _services():

@@ -291,7 +291,7 @@ def compose(
         if cc and recipient_variables is None:
             head.append(_address_header("Cc", cc))
         head.append(_header("Subject", _check_subject(sub.header("Subject", subject))))
-        head.append(_header("Date", format_datetime(_now_local())))
+        head.append(_header("Date", format_datetime(_now_utc())))
         head.append(_header("Message-ID", f"<{message_id}>"))
         for name, value in extra_headers:
             head.append(_header(name, sub.header(name, value)))
@@ -386,7 +386,7 @@ def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str,
         message_id = ids.message_id(domain)
         prepend.append(f"Message-ID: <{message_id}>\r\n".encode())
     if not parsed.get("Date"):
-        prepend.append(f"Date: {format_datetime(_now_local())}\r\n".encode())
+        prepend.append(f"Date: {format_datetime(_now_utc())}\r\n".encode())
     mime = b"".join(prepend) + mime
     envelope = _unique([normalize_address(r) for r in recipients])
     if not envelope:
@@ -519,7 +519,7 @@ def _unique(items: list[str]) -> list[str]:
     return list(seen)
 
 
-def _now_local() -> datetime:
+def _now_utc() -> datetime:
     return datetime.now(UTC)
 
 

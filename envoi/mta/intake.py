@@ -95,7 +95,7 @@ class Intake:
             self._check_test_recipients(domain, draft)
         for render in self.renderers:
             draft = render(domain, draft)
-        return Accepted(f"<{draft.message_id}>", draft.method, self._prepare(domain, draft))
+        return Accepted(f"<{draft.message_id}>", draft.method, self._rows_for(domain, draft))
 
     @staticmethod
     def _check_test_recipients(domain: dict, draft: Draft) -> None:
@@ -124,7 +124,7 @@ class Intake:
     def _count(self, accepted: Accepted) -> None:
         self.on_accepted(sum(len(m.recipients) for m in accepted.stored), accepted.method)
 
-    def _prepare(self, domain: dict, draft: Draft) -> list[_Stored]:
+    def _rows_for(self, domain: dict, draft: Draft) -> list[_Stored]:
         """Everything the transaction writes for this draft, built before taking a connection."""
         now = time.time()
         due = datetime.fromtimestamp(max(now, draft.deliver_at or now), UTC)

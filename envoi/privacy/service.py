@@ -14,7 +14,7 @@ import time
 from envoi.events.service import Events
 from envoi.infra.db import Database
 from envoi.mta.compose import normalize_address
-from envoi.mta.storage import StoredMessages
+from envoi.mta.stored_messages import StoredMessages
 from envoi.suppression.service import Suppressions
 from envoi.webhooks.service import Webhooks
 

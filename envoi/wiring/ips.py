@@ -7,8 +7,8 @@ import logging
 
 from prometheus_client import Counter
 
-from envoi.dedicated_ip.errors import IpNotAllowed, NoEgressAvailable
-from envoi.dedicated_ip.service import Ips
+from envoi.ips.errors import IpNotAllowed, NoEgressAvailable
+from envoi.ips.service import Ips
 from envoi.mta.delivery.session import Egress
 from envoi.mta.errors import NotAllowed
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import falcon
 
 from envoi.api.auth import CUSTOMER
-from envoi.api.errors import ApiError, forbidden
+from envoi.api.errors import ApiError, unauthorized
 from envoi.api.forms import read_form
-from envoi.dedicated_ip.errors import IpError
-from envoi.dedicated_ip.service import SHARED, ip_json
+from envoi.ips.errors import IpError
+from envoi.ips.service import SHARED, ip_json
 
 TRUE = {"true", "yes", "1", "on"}
 FALSE = {"false", "no", "0", "off"}
@@ -66,7 +66,7 @@ def scope(req: falcon.Request) -> int | None:
 
 def operator_only(req: falcon.Request) -> None:
     if not is_operator(req):
-        raise forbidden()
+        raise unauthorized()
 
 
 def handle_ip_error(req, resp, ex: IpError, params) -> None:

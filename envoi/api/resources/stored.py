@@ -6,7 +6,7 @@ import falcon
 
 from envoi.api.errors import ApiError
 from envoi.api.resources.events import DomainScoped
-from envoi.mta.storage import parsed
+from envoi.mta.stored_messages import parsed
 
 
 class StoredMessage(DomainScoped):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups, handle_ip_error
-from envoi.dedicated_ip.errors import IpError
+from envoi.ips.errors import IpError
 
 
 def add_routes(app, settings, services) -> None:

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from envoi.accounts.service import Accounts
-from envoi.dedicated_ip.errors import NoEgressAvailable
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.settings import Settings
+from envoi.ips.errors import NoEgressAvailable
 from envoi.mta import store
 from envoi.mta.bounces import verp
 from envoi.mta.delivery import retry
@@ -274,7 +274,7 @@ class Relay:
                 self._result(Delivery(message, domain, [row], Egress(None, "")), row, suppressed(reason))
                 continue
             groups[(row["message_pk"], row["rcpt_domain"])].append(row)
-        await self._prepare([messages[pk] for pk in {pk for pk, _ in groups}])
+        await self._open_and_sign([messages[pk] for pk in {pk for pk, _ in groups}])
         for (message_pk, rcpt_domain), recipients in groups.items():
             message = messages[message_pk]
             domain = self._domain(message["domain_id"])[0]
@@ -537,7 +537,7 @@ class Relay:
         domain = self.settings.bounce_domain or delivery.domain["name"]
         return verp.envelope_sender(domain, message["id"], [r["id"] for r in delivery.recipients], self.verp_key)
 
-    async def _prepare(self, messages: list[dict]) -> None:
+    async def _open_and_sign(self, messages: list[dict]) -> None:
         """Open and sign the claimed messages off the event loop: a thread hop per claim and signer
         rather than one per message (those hops were ~8% of the relay's CPU). OpenSSL's RSA releases
         the GIL, so the signers run beside the loop. A message that cannot be prepared carries the
@@ -546,17 +546,17 @@ class Relay:
         if not todo:
             return
         if self.sign_pool is None:
-            signed = self._prepare_sync(todo)
+            signed = self._open_and_sign_sync(todo)
         else:
             loop = asyncio.get_running_loop()
             n = self.settings.relay_signers
-            parts = await asyncio.gather(*(loop.run_in_executor(self.sign_pool, self._prepare_sync, todo[i::n])
+            parts = await asyncio.gather(*(loop.run_in_executor(self.sign_pool, self._open_and_sign_sync, todo[i::n])
                                            for i in range(min(n, len(todo)))))
             signed = {pk: sig for part in parts for pk, sig in part.items()}
         # Signed once per message: kept with the outcome (for retries) and for deliveries in flight.
         self.signatures.update(signed)
 
-    def _prepare_sync(self, messages: list[dict]) -> dict[int, str]:
+    def _open_and_sign_sync(self, messages: list[dict]) -> dict[int, str]:
         signed = {}
         for message in messages:
             try:

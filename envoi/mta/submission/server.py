@@ -230,9 +230,9 @@ class Submission:
     @functools.cached_property
     def stage(self) -> CommitStage:
         """The commit stage of this process's SMTP sessions (started on first use)."""
-        return CommitStage(self._prepare, self.intake.commit, max_batch=self.intake.settings.intake_batch)
+        return CommitStage(self._checked_draft, self.intake.commit, max_batch=self.intake.settings.intake_batch)
 
-    def _prepare(self, principal: Principal, draft: compose.Draft) -> Accepted:
+    def _checked_draft(self, principal: Principal, draft: compose.Draft) -> Accepted:
         return self.intake.prepare(self.intake.domain_for(principal, principal.domain or ""), draft)
 
 

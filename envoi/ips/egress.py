@@ -24,9 +24,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from envoi.dedicated_ip import store, warmup
-from envoi.dedicated_ip.errors import NoEgressAvailable
 from envoi.infra.db import Database, connect
+from envoi.ips import store, warmup
+from envoi.ips.errors import NoEgressAvailable
 
 log = logging.getLogger("envoi.ips")
 

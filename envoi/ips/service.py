@@ -11,11 +11,11 @@ import io
 import ipaddress
 from datetime import UTC, datetime
 
-from envoi.dedicated_ip import store, warmup
-from envoi.dedicated_ip.egress import EgressView
-from envoi.dedicated_ip.errors import Conflict, InvalidInput, IpNotAllowed, NotFound
 from envoi.infra import ids
 from envoi.infra.db import Database
+from envoi.ips import store, warmup
+from envoi.ips.egress import EgressView
+from envoi.ips.errors import Conflict, InvalidInput, IpNotAllowed, NotFound
 
 SHARED = "shared"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from envoi.dedicated_ip.errors import InvalidInput
+from envoi.ips.errors import InvalidInput
 
 DAY = 86400
 
