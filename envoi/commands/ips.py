@@ -13,8 +13,6 @@ import sys
 
 import click
 
-from envoi.accounts.errors import NotFound as AccountNotFound
-from envoi.dedicated_ip.errors import IpError
 from envoi.dedicated_ip.service import SHARED, ip_json
 
 
@@ -33,15 +31,13 @@ def _actor() -> str:
 
 
 def _run(fn):
-    """Give the command the region's services; report domain errors as clean CLI errors."""
+    """Give the command the region's services (its errors become one line at the CLI edge, envoi.cli)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         services = _services()
         try:
             return fn(services, *args, **kwargs)
-        except (IpError, AccountNotFound) as ex:
-            raise click.ClickException(getattr(ex, "message", None) or str(ex)) from ex
         finally:
             with contextlib.suppress(Exception):
                 services.close()
@@ -53,7 +49,7 @@ def _echo(value) -> None:
     click.echo(json.dumps(value, default=str, indent=2))
 
 
-@click.group("ips")
+@click.group("ips", short_help="IP inventory, dedicated IPs, pools, warm-up (operator).")
 def ips() -> None:
     """IP inventory, dedicated assignment, pools, warm-up (operator)."""
 
