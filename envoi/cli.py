@@ -82,7 +82,10 @@ class _Main(click.Group):
 def _services(pool_size: int = 4):
     from envoi import runtime
 
-    return runtime.build(_settings(), pool_size=pool_size)
+    services = runtime.build(_settings(), pool_size=pool_size)
+    # Closed when the command ends, error or not (a pool left to the garbage collector warns).
+    click.get_current_context().call_on_close(services.close)
+    return services
 
 
 @click.group(cls=_Main)
