@@ -6,6 +6,7 @@ Settings are read from the environment here, once, and passed down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ def _user_error(ex: Exception) -> str | None:
     database down), or None for a bug (which keeps its traceback). The CLI's only translation."""
     from envoi.accounts.errors import AccountsError
     from envoi.dedicated_ip.errors import IpError
-    from envoi.infra.db import DatabaseUnavailable
+    from envoi.infra.db import DatabaseUnavailable, NoConnection
     from envoi.mta.errors import IntakeError
 
     if isinstance(ex, SettingsError | AccountsError):
@@ -43,7 +44,8 @@ def _user_error(ex: Exception) -> str | None:
     if isinstance(ex, DatabaseUnavailable):
         # psycopg's messages run over several lines (server address, hints): the first says what failed.
         first = next((line.strip() for line in str(ex).splitlines() if line.strip()), type(ex).__name__)
-        return f"database unavailable: {first}"
+        why = " (envoi -v logs why)" if isinstance(ex, NoConnection) else ""
+        return f"database unavailable: {first}{why}"
     return None
 
 
@@ -91,10 +93,16 @@ def _services(pool_size: int = 4):
 @click.group(cls=_Main)
 @click.version_option(package_name="envoi", prog_name="envoi", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Envoi: a self-hosted transactional email platform with a Mailgun-compatible API."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand in ADMINISTRATION and not verbose:
+        # The pool logs every failed connection attempt: an admin command reports the outage once.
+        pool_log = logging.getLogger("psycopg.pool")
+        ctx.call_on_close(functools.partial(pool_log.setLevel, pool_log.level))
+        pool_log.setLevel(logging.ERROR)
 
 
 @main.command()

@@ -4,6 +4,7 @@ and a user error as one `Error: ...` line with a non-zero exit (never a tracebac
 from __future__ import annotations
 
 import base64
+import logging
 from importlib.metadata import version
 
 import click
@@ -87,12 +88,14 @@ def test_invalid_domain_name_is_one_line(cli_env, account):
     _assert_one_line_error(result, "is not a valid domain name")
 
 
-def test_unreachable_database_is_one_line(cli_env, settings):
+def test_unreachable_database_is_one_line(cli_env, settings, caplog):
     # Port 1 on loopback refuses at once; the pool gives up after half a second.
     cli_env.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", "postgresql://postgres@127.0.0.1:1/envoi")
     cli_env.setenv("ENVOI_DB_POOL_TIMEOUT", "0.5")
-    result = CliRunner().invoke(main, ["accounts", "list"])
-    _assert_one_line_error(result, "database unavailable")
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        result = CliRunner().invoke(main, ["accounts", "list"])
+    _assert_one_line_error(result, "database unavailable", "envoi -v")
+    assert "error connecting" not in caplog.text  # the outage is reported once, not per attempt
     result = CliRunner().invoke(main, ["migrate"])
     _assert_one_line_error(result, "database unavailable")
 
