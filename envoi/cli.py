@@ -6,6 +6,7 @@ Settings are read from the environment here, once, and passed down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -21,29 +22,87 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+#: `envoi --help` lists the commands in two sections: the long-running processes a region runs, and
+#: the operator's administration commands (one group per noun). A command in neither shows under
+#: "Other commands" (a test keeps that section empty).
+PROCESSES = ("api", "relay", "smtp", "inbound", "worker", "scheduler", "up", "sink")
+ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs")
+
+
+def _user_error(ex: Exception) -> str | None:
+    """The one line to print for an error the operator can act on (bad input, something missing, the
+    database down), or None for a bug (which keeps its traceback). The CLI's only translation."""
+    from envoi.accounts.errors import AccountsError
+    from envoi.infra.db import DatabaseUnavailable, NoConnection
+    from envoi.ips.errors import IpError
+    from envoi.mta.errors import IntakeError
+
+    if isinstance(ex, SettingsError | AccountsError):
+        return str(ex)
+    if isinstance(ex, IntakeError | IpError):
+        return ex.message
+    if isinstance(ex, DatabaseUnavailable):
+        # psycopg's messages run over several lines (server address, hints): the first says what failed.
+        first = next((line.strip() for line in str(ex).splitlines() if line.strip()), type(ex).__name__)
+        why = " (envoi -v logs why)" if isinstance(ex, NoConnection) else ""
+        return f"database unavailable: {first}{why}"
+    return None
+
+
 class _Main(click.Group):
-    """Every command reads settings at its start: a missing or bad one ends it with one clear line
-    (click prints "Error: ..." and exits 1) instead of a traceback."""
+    """Every command's known errors end it with one clear line (click prints "Error: ..." and exits 1)
+    instead of a traceback; `--help` groups the commands into processes and administration."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except SettingsError as ex:
-            raise click.ClickException(str(ex)) from None
+        except Exception as ex:
+            message = _user_error(ex)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        order = {name: i for i, name in enumerate(PROCESSES + ADMINISTRATION)}
+        return sorted(self.commands, key=lambda name: (order.get(name, len(order)), name))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = [(name, command) for name in self.list_commands(ctx)
+                    if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        limit = formatter.width - 4 - max((len(name) for name, _ in commands), default=0)  # one line each
+        sections: dict[str, list[tuple[str, str]]] = {"Processes": [], "Administration": [], "Other commands": []}
+        for name, command in commands:
+            section = "Processes" if name in PROCESSES else "Administration" if name in ADMINISTRATION \
+                else "Other commands"
+            sections[section].append((name, command.get_short_help_str(limit)))
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
 
 def _services(pool_size: int = 4):
     from envoi import runtime
 
-    return runtime.build(_settings(), pool_size=pool_size)
+    services = runtime.build(_settings(), pool_size=pool_size)
+    # Closed when the command ends, error or not (a pool left to the garbage collector warns).
+    click.get_current_context().call_on_close(services.close)
+    return services
 
 
 @click.group(cls=_Main)
+@click.version_option(package_name="envoi", prog_name="envoi", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Envoi: a self-hosted transactional email platform with a Mailgun-compatible API."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand in ADMINISTRATION and not verbose:
+        # The pool logs every failed connection attempt: an admin command reports the outage once.
+        pool_log = logging.getLogger("psycopg.pool")
+        ctx.call_on_close(functools.partial(pool_log.setLevel, pool_log.level))
+        pool_log.setLevel(logging.ERROR)
 
 
 @main.command()
@@ -59,8 +118,8 @@ def migrate() -> None:
 
 
 @main.command()
-@click.option("--bind", default="127.0.0.1:8025", show_default=True)
-@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--bind", default="127.0.0.1:8025", show_default=True, help="Listen host:port.")
+@click.option("--workers", default=2, show_default=True, type=int, help="Gunicorn worker processes.")
 @click.option("--threads", default=16, show_default=True, type=int,
               help="Threads per worker; a live event stream holds one (at most ENVOI_STREAM_MAX_CLIENTS).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
@@ -117,7 +176,7 @@ def relay(metrics_port: int) -> None:
     services.close()
 
 
-@main.command()
+@main.command(short_help="Run periodic jobs: purges, partition upkeep, sweepers.")
 @click.option("--once", is_flag=True, help="Run every task once and exit.")
 def scheduler(once: bool) -> None:
     """Run periodic jobs: retention purges, partition upkeep, sweepers."""
@@ -151,7 +210,7 @@ def scheduler(once: bool) -> None:
         services.close()
 
 
-@main.command()
+@main.command(short_help="Run the dev sink: a catch-all MX keeping what it receives.")
 @click.option("--smtp", "smtp_addr", default="127.0.0.1:2525", show_default=True, help="SMTP listen host:port")
 @click.option("--http", "http_addr", default="127.0.0.1:8026", show_default=True, help="web/JSON host:port")
 def sink(smtp_addr: str, http_addr: str) -> None:
@@ -163,11 +222,11 @@ def sink(smtp_addr: str, http_addr: str) -> None:
     serve(smtp_host, int(smtp_port), http_host, int(http_port))
 
 
-@main.command()
+@main.command(short_help="Start a whole dev region, all mail routed to the dev sink.")
 @click.option("--var", "var_dir", default="var", show_default=True, help="Where private state lives.")
-@click.option("--api-port", default=8025, show_default=True, type=int)
-@click.option("--sink-smtp-port", default=2525, show_default=True, type=int)
-@click.option("--sink-http-port", default=8026, show_default=True, type=int)
+@click.option("--api-port", default=8025, show_default=True, type=int, help="Port of the HTTP API.")
+@click.option("--sink-smtp-port", default=2525, show_default=True, type=int, help="SMTP port of the dev sink.")
+@click.option("--sink-http-port", default=8026, show_default=True, type=int, help="Web/JSON port of the dev sink.")
 def up(var_dir: str, api_port: int, sink_smtp_port: int, sink_http_port: int) -> None:
     """Start a whole region for development, with all mail routed to the dev sink."""
     from envoi.devup import run_up
@@ -183,14 +242,16 @@ def accounts() -> None:
 
 @accounts.command("create")
 @click.argument("name")
-@click.option("--plan", default="free", show_default=True)
+@click.option("--plan", default="free", show_default=True, help="Billing plan of the account.")
 def accounts_create(name: str, plan: str) -> None:
+    """Create an account called NAME in this region; prints its id as JSON."""
     row = _services().accounts.create_account(name, plan)
     click.echo(json.dumps({"id": row["id"], "name": row["name"], "region": row["region"]}))
 
 
 @accounts.command("list")
 def accounts_list() -> None:
+    """List the region's accounts: id, name, region, plan."""
     for row in _services().accounts.list_accounts():
         click.echo(f"{row['id']}\t{row['name']}\t{row['region']}\t{row['plan']}")
 
@@ -204,9 +265,10 @@ def domains() -> None:
 @click.argument("account_id", type=int)
 @click.argument("name")
 @click.option("--selector", default=None, help="DKIM selector (default: envoi)")
-@click.option("--key-size", default=2048, show_default=True, type=int)
+@click.option("--key-size", default=2048, show_default=True, type=int, help="RSA DKIM key bits: 1024, 2048 or 4096.")
 @click.option("--verified", is_flag=True, help="The operator vouches for the domain: it may send at once.")
 def domains_add(account_id: int, name: str, selector: str | None, key_size: int, verified: bool) -> None:
+    """Add the sending domain NAME to account ACCOUNT_ID and print the DNS records to publish."""
     services = _services()
     row = services.accounts.add_domain(account_id, name, dkim_selector=selector, dkim_key_size=key_size,
                                        verified=verified)
@@ -249,10 +311,12 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("account_id", type=int, required=False)
-@click.option("--role", type=click.Choice(["admin", "sending", "operator"]), default="admin", show_default=True)
+@click.option("--role", type=click.Choice(["admin", "sending", "operator"]), default="admin", show_default=True,
+              help="admin: the whole account; sending: one domain's sends; operator: no account, runs the platform (IPs).")
 @click.option("--domain", default=None, help="Limit a sending key to this domain.")
-@click.option("--description", default="")
+@click.option("--description", default="", help="A note to recognise the key by.")
 def keys_create(account_id: int | None, role: str, domain: str | None, description: str) -> None:
+    """Create an API key for account ACCOUNT_ID (none for an operator key); prints the secret once."""
     key, secret = _services().accounts.create_key(account_id, role, domain, description)
     click.echo(json.dumps({"id": key["id"], "role": key["role"], "secret": secret}))
 
@@ -266,13 +330,14 @@ def credentials() -> None:
 @click.argument("account_id", type=int)
 @click.argument("domain")
 @click.argument("login")
-@click.password_option()
+@click.password_option(help="The SMTP password (5 to 32 characters); asked for when not given.")
 def credentials_create(account_id: int, domain: str, login: str, password: str) -> None:
+    """Create the SMTP login LOGIN (an address at DOMAIN) for account ACCOUNT_ID."""
     row = _services().accounts.create_credential(account_id, domain, login, password)
     click.echo(f"created SMTP login {row['login']}")
 
 
-@main.group()
+@main.group(short_help="Data-subject requests: export or erase an address.")
 def privacy() -> None:
     """Data-subject requests: export or erase everything held about an address."""
 
@@ -281,6 +346,7 @@ def privacy() -> None:
 @click.argument("account_id", type=int)
 @click.argument("address")
 def privacy_export(account_id: int, address: str) -> None:
+    """Print as JSON everything account ACCOUNT_ID holds about ADDRESS."""
     click.echo(json.dumps(_services().privacy.export(account_id, address), indent=2, default=str))
 
 
@@ -289,6 +355,7 @@ def privacy_export(account_id: int, address: str) -> None:
 @click.argument("address")
 @click.confirmation_option(prompt="Erase this address's messages, events and webhook payloads?")
 def privacy_erase(account_id: int, address: str) -> None:
+    """Erase ADDRESS from account ACCOUNT_ID's messages, events and webhook payloads."""
     click.echo(json.dumps(_services().privacy.erase(account_id, address), indent=2))
 
 

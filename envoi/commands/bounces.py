@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 
-@click.command("inbound")
+@click.command("inbound", short_help="Receive bounces (DSNs) and complaints (ARF reports).")
 @click.option("--bind", default=None, help="Listen address [ENVOI_INBOUND_BIND, 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Listen port [ENVOI_INBOUND_PORT, 2526; 25 in production].")
 @click.option("--metrics-port", default=0, type=int, help="Serve /metrics on 127.0.0.1:PORT (0: off).")

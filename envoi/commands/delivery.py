@@ -8,7 +8,7 @@ COMMANDS: list = []  # click commands/groups added to `envoi`
 
 
 # SMTP submission ------------------------------------------------------------------------------
-@click.command("smtp")
+@click.command("smtp", short_help="Run SMTP submission (587 STARTTLS, 465 implicit TLS).")
 @click.option("--bind", default=None, help="Listen address [ENVOI_SMTP_BIND, 127.0.0.1].")
 @click.option("--port", type=int, default=None,
               help="STARTTLS submission port [ENVOI_SMTP_SUBMISSION_PORT, 587; --dev 2587]; 0 disables.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 
-@click.command("worker")
+@click.command("worker", short_help="Deliver webhooks: RQ workers and the outbox dispatcher.")
 @click.option("--processes", default=6, show_default=True, type=int,
               help="RQ worker processes for the webhook queue (keep above ENVOI_WEBHOOK_PER_ACCOUNT "
                    "so one slow tenant can never hold every worker).")

@@ -13,8 +13,6 @@ import sys
 
 import click
 
-from envoi.accounts.errors import NotFound as AccountNotFound
-from envoi.ips.errors import IpError
 from envoi.ips.service import SHARED, ip_json
 
 
@@ -33,15 +31,13 @@ def _actor() -> str:
 
 
 def _run(fn):
-    """Give the command the region's services; report domain errors as clean CLI errors."""
+    """Give the command the region's services (its errors become one line at the CLI edge, envoi.cli)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         services = _services()
         try:
             return fn(services, *args, **kwargs)
-        except (IpError, AccountNotFound) as ex:
-            raise click.ClickException(getattr(ex, "message", None) or str(ex)) from ex
         finally:
             with contextlib.suppress(Exception):
                 services.close()
@@ -53,7 +49,7 @@ def _echo(value) -> None:
     click.echo(json.dumps(value, default=str, indent=2))
 
 
-@click.group("ips")
+@click.group("ips", short_help="IP inventory, dedicated IPs, pools, warm-up (operator).")
 def ips() -> None:
     """IP inventory, dedicated assignment, pools, warm-up (operator)."""
 
@@ -76,6 +72,7 @@ def ips_list(services, account_id, dedicated) -> None:
 @click.argument("ip")
 @_run
 def ips_show(services, ip) -> None:
+    """Show one IP: its names, state, account and pools (JSON)."""
     row = services.ips.get_ip(ip)
     _echo(ip_json(row, admin=True, pools=row["pools"]))
 
@@ -86,7 +83,7 @@ def ips_show(services, ip) -> None:
 @click.option("--ptr", default="", help="Reverse DNS name the IP should have (default: the HELO name).")
 @click.option("--host", default=None, help="Relay host the IP lives on (default: ENVOI_RELAY_HOST).")
 @click.option("--dedicated", is_flag=True, help="A dedicated IP (default: shared pool).")
-@click.option("--disabled", is_flag=True)
+@click.option("--disabled", is_flag=True, help="Add it disabled: no mail goes out over it yet.")
 @_run
 def ips_add(services, ip, helo, ptr, host, dedicated, disabled) -> None:
     """Add an IP to the inventory."""
@@ -97,13 +94,14 @@ def ips_add(services, ip, helo, ptr, host, dedicated, disabled) -> None:
 
 @ips.command("update")
 @click.argument("ip")
-@click.option("--helo", default=None)
-@click.option("--ptr", default=None)
-@click.option("--host", default=None)
-@click.option("--enable/--disable", "enabled", default=None)
-@click.option("--dedicated/--shared", default=None)
+@click.option("--helo", default=None, help="New EHLO name.")
+@click.option("--ptr", default=None, help="New expected reverse DNS name.")
+@click.option("--host", default=None, help="New relay host the IP lives on.")
+@click.option("--enable/--disable", "enabled", default=None, help="Send over it, or not.")
+@click.option("--dedicated/--shared", default=None, help="Make it dedicated, or return it to the shared pool.")
 @_run
 def ips_update(services, ip, helo, ptr, host, enabled, dedicated) -> None:
+    """Change an IP's names, host, state or kind (only the options given)."""
     row = services.ips.update_ip(_actor(), ip, helo=helo, ptr=ptr, host=host, enabled=enabled, dedicated=dedicated)
     _echo(ip_json(row, admin=True))
 
@@ -152,8 +150,8 @@ def ips_export(services, output) -> None:
 
 
 @ips.command("audit")
-@click.option("--ip", default=None)
-@click.option("--limit", default=50, show_default=True, type=int)
+@click.option("--ip", default=None, help="Only changes to this IP.")
+@click.option("--limit", default=50, show_default=True, type=int, help="Newest entries shown.")
 @_run
 def ips_audit(services, ip, limit) -> None:
     """Who changed which assignment, when."""
@@ -188,6 +186,7 @@ def domain_group() -> None:
 @click.argument("domain")
 @_run
 def domain_list(services, domain) -> None:
+    """Show the domain's dedicated IPs and linked pool (JSON)."""
     _echo(services.ips.domain_ips(services.accounts.get_domain(domain)))
 
 
@@ -206,6 +205,7 @@ def domain_add(services, domain, ip) -> None:
 @click.argument("ip")
 @_run
 def domain_remove(services, domain, ip) -> None:
+    """Stop sending the domain's mail over this dedicated IP."""
     services.ips.remove_domain_ip(_actor(), services.accounts.get_domain(domain), ip)
     click.echo(f"{ip} removed from {domain}")
 
@@ -224,6 +224,7 @@ def domain_link(services, domain, pool_id) -> None:
 @click.argument("domain")
 @_run
 def domain_unlink(services, domain) -> None:
+    """Stop sending the domain's mail over its linked pool."""
     services.ips.unlink_pool(_actor(), services.accounts.get_domain(domain))
     click.echo(f"{domain} unlinked from its pool")
 
@@ -236,19 +237,21 @@ def pool_group() -> None:
 
 @pool_group.command("create")
 @click.argument("name")
-@click.option("--description", default="")
+@click.option("--description", default="", help="A note about the pool.")
 @click.option("--ip", "addresses", multiple=True, help="A dedicated IP to put in the pool (repeatable).")
 @click.option("--account", "account_id", type=int, default=None, help="The account that owns the pool.")
 @_run
 def pool_create(services, name, description, addresses, account_id) -> None:
+    """Create an IP pool called NAME (prints it as JSON)."""
     pool = services.ips.create_pool(_actor(), name, description, list(addresses), account_id)
     click.echo(json.dumps({"pool_id": pool["id"]}))
 
 
 @pool_group.command("list")
-@click.option("--account", "account_id", type=int, default=None)
+@click.option("--account", "account_id", type=int, default=None, help="Only this account's pools.")
 @_run
 def pool_list(services, account_id) -> None:
+    """List the IP pools: id, name, IPs, owner, whether linked."""
     for pool in services.ips.list_pools(account_id):
         click.echo("\t".join([pool["id"], pool["name"], ",".join(pool["ips"]) or "-",
                               f"account={pool['account_id']}" if pool["account_id"] else "-",
@@ -260,6 +263,7 @@ def pool_list(services, account_id) -> None:
 @click.argument("ip")
 @_run
 def pool_add(services, pool_id, ip) -> None:
+    """Put a dedicated IP in the pool."""
     services.ips.update_pool(_actor(), pool_id, add_ips=[ip])
     click.echo(f"{ip} added to pool {pool_id}")
 
@@ -269,6 +273,7 @@ def pool_add(services, pool_id, ip) -> None:
 @click.argument("ip")
 @_run
 def pool_remove(services, pool_id, ip) -> None:
+    """Take an IP out of the pool."""
     services.ips.update_pool(_actor(), pool_id, remove_ips=[ip])
     click.echo(f"{ip} removed from pool {pool_id}")
 
@@ -279,6 +284,7 @@ def pool_remove(services, pool_id, ip) -> None:
 @click.option("--replacement-pool", default=None, help="Pool for the linked domains.")
 @_run
 def pool_delete(services, pool_id, replacement_ip, replacement_pool) -> None:
+    """Delete a pool; its linked domains move to the replacement given."""
     services.ips.delete_pool(_actor(), pool_id, ip=replacement_ip, replacement_pool=replacement_pool)
     click.echo(f"pool {pool_id} deleted")
 
@@ -294,6 +300,7 @@ def warmup_group() -> None:
 @click.option("--plan", default=None, help="DAYSxCAP,… (default: ENVOI_WARMUP_PLAN).")
 @_run
 def warmup_start(services, ip, plan) -> None:
+    """Start warming IP up: its daily cap rises stage by stage."""
     services.ips.start_warmup(_actor(), ip, plan)
     click.echo(f"warm-up of {ip} started")
 
@@ -302,6 +309,7 @@ def warmup_start(services, ip, plan) -> None:
 @click.argument("ip")
 @_run
 def warmup_stop(services, ip) -> None:
+    """Stop the IP's warm-up (no cap from now on)."""
     services.ips.stop_warmup(_actor(), ip)
     click.echo(f"warm-up of {ip} stopped")
 

@@ -169,7 +169,7 @@ def _filters(event: tuple[str, ...], recipient: str | None) -> dict:
     return query
 
 
-@click.group("logs", invoke_without_command=True)
+@click.group("logs", invoke_without_command=True, short_help="Show a domain's recent events, or --follow them live.")
 @click.option("-f", "--follow", is_flag=True, help="Stream events live as they happen (SSE).")
 @click.option("--domain", default=None, help="Only this domain (default: every domain of the account when following).")
 @click.option("--event", multiple=True, help="Only these event types (repeatable), e.g. --event failed.")

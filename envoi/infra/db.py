@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import psycopg
 from psycopg.generators import send
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from envoi.infra.deadlines import Deadlines
 
@@ -31,6 +31,8 @@ Jsonb = psycopg.types.json.Jsonb
 # statement (statement_timeout) or missed a write deadline: nothing is wrong with the request, it
 # may be retried. The edges answer 503 / 451 for it.
 DatabaseUnavailable = psycopg.OperationalError
+#: No connection within the pool's timeout (a DatabaseUnavailable): the pool logs each failed attempt's cause.
+NoConnection = PoolTimeout
 
 
 class Unavailable(psycopg.OperationalError):

@@ -1,0 +1,111 @@
+"""The `envoi` command as an operator meets it: help in two sections, help text everywhere, the version,
+and a user error as one `Error: ...` line with a non-zero exit (never a traceback)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from importlib.metadata import version
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from envoi.cli import ADMINISTRATION, PROCESSES, main
+
+
+def _walk(command: click.Command, path: str = "envoi"):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, f"{path} {name}")
+
+
+@pytest.fixture
+def cli_env(settings, monkeypatch):
+    """The region's settings as the CLI reads them: from ENVOI_* variables."""
+    monkeypatch.setenv("ENVOI_REGION", settings.region)
+    monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
+    monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
+    monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
+    return monkeypatch
+
+
+def _assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output and result.exc_info[0] is SystemExit, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    for fragment in fragments:
+        assert fragment in errors[0], result.output
+
+
+def test_help_lists_processes_and_administration_in_two_sections():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Processes:" in out and "Administration:" in out and "Other commands:" not in out
+    processes, administration = out.split("Processes:")[1].split("Administration:")
+
+    def names(section: str) -> list[str]:  # a command's row starts at the section's indent
+        return [line.split()[0] for line in section.splitlines() if line[:2] == "  " and line[2:3] != " "]
+
+    assert names(processes) == list(PROCESSES)
+    assert names(administration) == list(ADMINISTRATION)
+    assert set(main.commands) == set(PROCESSES) | set(ADMINISTRATION)  # nothing left out of both sections
+
+
+def test_every_command_and_option_has_help_text():
+    missing = []
+    for path, command in _walk(main):
+        if not (command.help or command.short_help or "").strip():
+            missing.append(path)
+        for param in command.params:
+            if isinstance(param, click.Option) and not (param.help or "").strip():
+                missing.append(f"{path} {param.opts[-1]}")
+    assert not missing, "no help text: " + ", ".join(missing)
+
+
+def test_version_prints_the_package_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"envoi {version('envoi')}"
+
+
+def test_domain_for_a_missing_account_is_one_line(cli_env, db):
+    result = CliRunner().invoke(main, ["domains", "add", "999999", "missing-account.cli.test"])
+    _assert_one_line_error(result, "Account not found: 999999")
+    assert db.execute("SELECT 1 FROM domains WHERE name = 'missing-account.cli.test'").fetchone() is None
+
+
+def test_unknown_key_role_is_a_usage_error():
+    result = CliRunner().invoke(main, ["keys", "create", "--role", "bogus"])
+    assert result.exit_code == 2
+    _assert_one_line_error(result, "'bogus'")
+
+
+def test_invalid_domain_name_is_one_line(cli_env, account):
+    result = CliRunner().invoke(main, ["domains", "add", str(account["id"]), "not a domain"])
+    _assert_one_line_error(result, "is not a valid domain name")
+
+
+def test_unreachable_database_is_one_line(cli_env, settings, caplog):
+    # Port 1 on loopback refuses at once; the pool gives up after half a second.
+    cli_env.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", "postgresql://postgres@127.0.0.1:1/envoi")
+    cli_env.setenv("ENVOI_DB_POOL_TIMEOUT", "0.5")
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        result = CliRunner().invoke(main, ["accounts", "list"])
+    _assert_one_line_error(result, "database unavailable", "envoi -v")
+    assert "error connecting" not in caplog.text  # the outage is reported once, not per attempt
+    result = CliRunner().invoke(main, ["migrate"])
+    _assert_one_line_error(result, "database unavailable")
+
+
+def test_missing_secret_key_is_one_line(cli_env):
+    cli_env.delenv("ENVOI_SECRET_KEY")
+    result = CliRunner().invoke(main, ["accounts", "list"])
+    _assert_one_line_error(result, "ENVOI_SECRET_KEY")
+
+
+def test_unknown_ip_is_one_line(cli_env, domain):
+    result = CliRunner().invoke(main, ["ips", "domain", "add", domain["name"], "127.0.0.250"])
+    _assert_one_line_error(result, "not found")
