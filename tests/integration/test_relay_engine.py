@@ -15,7 +15,7 @@ from envoi.mta.delivery.engine import ed25519_context
 from envoi.mta.delivery.shaping import RateLimiter, Shaping, ShapingError
 from envoi.mta.signing import generate_ed25519_key
 from envoi.mta.sink import Sink
-from tests.integration.test_relay import events_of, send
+from tests.support.delivery import events_of, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
