@@ -13,12 +13,12 @@ import uuid
 from collections import Counter
 
 import pytest
-import redis
 
 from envoi.accounts.service import Principal
 from envoi.mta.compose import compose
 from envoi.mta.delivery.engine import UNRECORDED_PER_CONNECTION
 from envoi.mta.sink import Sink
+from tests.conftest import flush_redis
 from tests.support.processes import Proc, envoi, process_env
 from tests.support.relay import wait_until
 
@@ -147,10 +147,10 @@ def test_redis_flushall_mid_run_loses_nothing(services, settings, account, domai
     relay = start_relay(settings, sink, tmp_path, "relay", f"flush-{uuid.uuid4().hex[:6]}")
     try:
         wait_until(lambda: sink.stats()["messages"] >= N // 8, timeout=40, interval=0.02)
-        redis.Redis.from_url(settings.redis_url).flushdb()  # the doorbell and everything else in Redis
+        flush_redis(settings.redis_url)  # the doorbell and everything else in Redis
         assert sink.stats()["messages"] < N // 2
         more = enqueue(services, account, domain, N // 2, "flush2")  # rings into a flushed Redis too
-        redis.Redis.from_url(settings.redis_url).flushdb()
+        flush_redis(settings.redis_url)
         wait_until(lambda: (expected | more) <= set(received(sink)), timeout=40, interval=0.2)
         wait_until(lambda: delivered_rows(db, domain) == N, timeout=20)
     finally:
