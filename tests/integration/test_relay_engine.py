@@ -260,6 +260,8 @@ def test_no_egress_available_defers_without_an_attempt(services, settings, accou
     calls = []
 
     def egress(message, domain_row, recipients):
+        if domain_row["id"] != domain["id"]:  # mail other tests left queued
+            return Egress(None, "relay.test"), recipients
         calls.append(time.time())
         if len(calls) == 1:
             raise NoEgressAvailable(2, "warm-up cap reached")

@@ -146,6 +146,9 @@ def test_slow_endpoint_does_not_hold_up_another_tenant(client, hook_services, rq
     fast_account = services.accounts.create_account("fast")
     fast = services.accounts.add_domain(fast_account["id"], f"fast{time.monotonic_ns()}.example.test",
                                         dkim_key_size=1024, verified=True)
+    # Settle webhook deliveries other tests left pending first: the dispatcher serves every tenant.
+    jobs.Dispatcher(hook_services.webhooks, rq_conn).run_once()
+    jobs.worker(hook_services.webhooks, rq_conn).work(burst=True)
     with Receiver() as other:
         hook_services.webhooks.create(slow, "accepted", [receiver.url("/slow")])
         hook_services.webhooks.create(fast, "accepted", [other.url("/fast")])
