@@ -15,15 +15,20 @@ from envoi import runtime
 from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
 
+# Fixtures shared by several test modules live in tests/support and are registered here, so that no test
+# module imports another.
+pytest_plugins = ["tests.support.delivery", "tests.support.submission"]
+
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
+CLAIM = "envoi:test:claim"
 
 
 def _free_redis_db() -> int:
     # Like rq's find_empty_redis_database(): use a db nobody else is using, flush it after.
     for number in range(15, 0, -1):
         conn = redis.Redis.from_url(f"{REDIS_BASE}/{number}")
-        if conn.dbsize() == 0 and conn.set("envoi:test:claim", "1", nx=True, ex=3600):
+        if conn.dbsize() == 0 and conn.set(CLAIM, "1", nx=True, ex=3600):
             return number
     raise RuntimeError("no empty Redis database for the tests")
 
@@ -37,6 +42,11 @@ def database_url():
     yield dsn
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def flush_redis(url: str) -> None:
+    """FLUSHDB this run's Redis db but keep the claim (in the same MULTI), so a parallel run can't take it."""
+    redis.Redis.from_url(url).pipeline(transaction=True).flushdb().set(CLAIM, "1", ex=3600).execute()
 
 
 @pytest.fixture(scope="session")

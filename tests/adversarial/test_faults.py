@@ -25,10 +25,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 import requests
 
 from envoi.mta.sink import Sink
+from tests.conftest import flush_redis
 from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
 from tests.support.relay import wait_until
 
@@ -236,6 +236,6 @@ def test_redis_flushed_mid_load(stack, sender, settings):
     load = start_load(stack, sender, 300, "http", "flush")
     wait_until(lambda: len(load.accepted) >= 80, timeout=40, interval=0.02)
     # FLUSHDB of the test's own Redis db: the Redis server is shared with other test runs on this machine.
-    redis.Redis.from_url(settings.redis_url).flushdb()
+    flush_redis(settings.redis_url)
     report("Redis flushed", stack, load)
 

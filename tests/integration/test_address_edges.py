@@ -10,13 +10,11 @@ import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
-from tests.integration import test_submission as submission_tests
-from tests.integration.test_send_api import post_form
-from tests.integration.test_submission import mime, queued_id, starttls_client
+from tests.support.api import post_form
+from tests.support.submission import mime, queued_id, starttls_client
 
-# The submission tests' server and login fixtures, reused here.
-ca, client_ctx, server = submission_tests.ca, submission_tests.client_ctx, submission_tests.server
-login, clean_throttle = submission_tests.login, submission_tests.clean_throttle
+# The TLS submission server and its login come from tests/support/submission.py (one server per module).
+pytestmark = pytest.mark.usefixtures("clean_throttle")
 
 # (address as given, address stored) -- None: refused by both edges.
 RECIPIENTS = [

@@ -18,7 +18,6 @@ from falcon import testing
 from envoi.api.app import create_app
 from envoi.mta.submission.server import Submission, SubmissionServer
 from tests.conftest import basic
-from tests.integration.test_suppressions import relay, sink  # noqa: F401  (fixtures)
 from tests.support.tls import loopback_contexts
 
 N = 1000

@@ -12,7 +12,7 @@ from envoi.api.app import create_app
 from envoi.events.service import compile_filters, matches, parse_filters
 from envoi.mta.sink import Sink
 from tests.conftest import basic
-from tests.integration.test_relay import route, send
+from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.events import record
 from tests.support.relay import RelayThread, relay_settings, wait_until

@@ -11,13 +11,11 @@ import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
-from tests.integration import test_submission as smtp_tests
-from tests.integration.test_send_api import post_form, stored_mime
-from tests.integration.test_submission import messages_of, mime, starttls_client, stored
+from tests.support.api import post_form, stored_mime
+from tests.support.submission import messages_of, mime, starttls_client, stored
 
-# The TLS submission server and its login, from the SMTP tests (module fixtures, one server here).
-ca, client_ctx, clean_throttle, login, server = (smtp_tests.ca, smtp_tests.client_ctx, smtp_tests.clean_throttle,
-                                                 smtp_tests.login, smtp_tests.server)
+# The TLS submission server and its login come from tests/support/submission.py (one server per module).
+pytestmark = pytest.mark.usefixtures("clean_throttle")
 
 INJECTIONS = ["x\r\nBcc: spy@evil.test", "x\r\nFrom: ceo@bank.test", "x\r\n\r\nA replaced body", "x\nBcc: spy@evil.test"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from envoi.mta.sink import Sink
 from envoi.wiring import ips as ips_wiring
-from tests.integration.test_relay import route, send
+from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 

@@ -7,8 +7,8 @@ import time
 import dkim
 import pytest
 
-from envoi.mta.compose import compose
 from envoi.mta.sink import Sink
+from tests.support.delivery import events_of, route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
@@ -33,27 +33,6 @@ def relay(services, settings, sink, dns):
     relay_cfg = relay_settings(settings, sink, dns)
     with RelayThread(services, relay_cfg) as thread:
         yield thread
-
-
-def send(services, account_id, domain, to, **fields):
-    from envoi.accounts.service import Principal
-
-    principal = Principal(None, account_id, "admin")
-    values = {"from": [f"Sender <s@{domain['name']}>"], "to": [to], "subject": ["Hi"], "text": ["body"]}
-    values.update({k.replace("_", ":", 1) if k.startswith(("o_", "h_", "v_")) else k: [v]
-                   for k, v in fields.items()})
-    draft = compose(domain["name"], values, [], [])
-    return services.intake.accept(principal, domain, draft).strip("<>")
-
-
-def events_of(db, message_id):
-    return db.execute("SELECT event, severity, data FROM events WHERE message_id = %s ORDER BY id",
-                      (message_id,)).fetchall()
-
-
-def route(dns, rcpt_domain):
-    dns.add(rcpt_domain, "MX", f"10 mx.{rcpt_domain}.")
-    dns.add(f"mx.{rcpt_domain}", "A", "127.0.0.1")
 
 
 def test_delivers_signed_message_and_records_events(services, account, domain, db, sink, dns, relay):

@@ -15,7 +15,7 @@ from envoi.mta.delivery.engine import ed25519_context
 from envoi.mta.delivery.shaping import RateLimiter, Shaping, ShapingError
 from envoi.mta.signing import generate_ed25519_key
 from envoi.mta.sink import Sink
-from tests.integration.test_relay import events_of, send
+from tests.support.delivery import events_of, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
@@ -260,6 +260,8 @@ def test_no_egress_available_defers_without_an_attempt(services, settings, accou
     calls = []
 
     def egress(message, domain_row, recipients):
+        if domain_row["id"] != domain["id"]:  # mail other tests left queued
+            return Egress(None, "relay.test"), recipients
         calls.append(time.time())
         if len(calls) == 1:
             raise NoEgressAvailable(2, "warm-up cap reached")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
-from urllib.parse import urlencode
-
 import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
 from tests.conftest import basic
+from tests.support.api import post_form, stored_mime
 
 
 @pytest.fixture
@@ -18,21 +15,8 @@ def client(settings, services):
     return testing.TestClient(create_app(settings, services))
 
 
-def post_form(client, url, key=None, params=None):
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    if key:
-        headers.update(basic(key))
-    return client.simulate_post(url, body=urlencode(params or {}, doseq=True), headers=headers)
-
-
 def count(db, table, domain) -> int:
     return db.execute(f"SELECT count(*) AS n FROM {table} WHERE domain_id = %s", (domain["id"],)).fetchone()["n"]
-
-
-def stored_mime(services, db, message_id) -> email.message.EmailMessage:
-    row = db.execute("SELECT body, storage_key FROM messages WHERE message_id = %s", (message_id,)).fetchone()
-    raw = services.sealer.open(row["body"], row["storage_key"].encode())
-    return email.message_from_bytes(raw, policy=email.policy.default)
 
 
 def test_send_stores_message_recipients_and_accepted_events(client, api_key, domain, db, services):

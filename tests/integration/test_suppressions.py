@@ -11,12 +11,10 @@ from falcon import testing
 from envoi.accounts.errors import InvalidInput
 from envoi.api.app import create_app
 from envoi.events.service import NewEvent, item
-from envoi.mta.sink import Sink
 from envoi.suppression.service import MAX_CSV_BYTES
 from tests.conftest import basic
-from tests.integration.test_relay import events_of, route, send
-from tests.support.dns_server import DnsServer
-from tests.support.relay import RelayThread, relay_settings, wait_until
+from tests.support.delivery import events_of, send
+from tests.support.relay import wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -133,21 +131,6 @@ def test_csv_import_unsubscribes_tags_whitelists_complaints(client, domain, api_
     assert count(db, "suppress_complaints", domain) == 1
 
 
-@pytest.fixture
-def sink():
-    with Sink() as s:
-        yield s
-
-
-@pytest.fixture
-def relay(services, settings, sink, domain):
-    with DnsServer() as dns:
-        route(dns, "dest.test")
-        relay_cfg = relay_settings(settings, sink, dns)
-        with RelayThread(services, relay_cfg, suppressions=services.suppressions) as thread:
-            yield thread
-
-
 def test_suppressed_recipients_fail_with_reason_and_nothing_is_sent(services, account, domain, db, sink, relay):
     supp = services.suppressions
     supp.add(domain, "bounces", {"address": ["bounced@dest.test"]})
@@ -197,9 +180,7 @@ def test_hard_bounces_join_the_list_unless_whitelisted(services, account, domain
 
 
 def test_complained_event_adds_a_complaint(services, account, domain, db):
-    from tests.integration.test_relay import send as send_only
-
-    message_id = send_only(services, account["id"], domain, "angry@dest.test", o_testmode="yes")
+    message_id = send(services, account["id"], domain, "angry@dest.test", o_testmode="yes")
     message = db.execute("SELECT * FROM messages WHERE message_id = %s", (message_id,)).fetchone()
     with services.db.transaction() as conn:
         services.events.record(conn, [NewEvent(account["id"], domain["id"], message["id"],

@@ -15,8 +15,7 @@ from falcon import testing
 from envoi.api.app import create_app
 from envoi.mta.tracking import Tracking, _unb64
 from tests.conftest import basic
-from tests.integration.test_relay import events_of, send
-from tests.integration.test_suppressions import relay, sink  # noqa: F401  (fixtures)
+from tests.support.delivery import events_of, send
 from tests.support.relay import wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
