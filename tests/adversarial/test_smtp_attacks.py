@@ -9,69 +9,16 @@ from __future__ import annotations
 import base64
 import smtplib
 import socket
-import ssl
 import time
 
 import pytest
-import trustme
 
-from envoi.mta.submission.server import Submission, SubmissionServer
+from tests.support.submission import PASSWORD, SMALL_LIMIT, mime
+from tests.support.submission import starttls_client as client
 
-pytestmark = pytest.mark.attack
-PASSWORD = "correct-horse-9"
-LIMIT = 200_000
+pytestmark = [pytest.mark.attack, pytest.mark.usefixtures("clean_throttle")]
+LIMIT = SMALL_LIMIT  # the shared test server's size limit
 OTHER_IP = "127.0.0.2"  # a second client address on loopback
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def client_ctx(ca):
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
-
-
-@pytest.fixture(scope="module")
-def server(services, settings, ca):
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
-    submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis,
-                                          auth_failure_delay=0, max_message_bytes=LIMIT, workers=4)
-    with SubmissionServer(submission, ctx) as srv:
-        yield srv
-    submission.close()
-
-
-@pytest.fixture(autouse=True)
-def clean_throttle(services):
-    yield
-    for key in services.redis.scan_iter("envoi:*:smtp-auth-failures:*"):
-        services.redis.delete(key)
-
-
-@pytest.fixture
-def login(services, account, domain, db):
-    services.accounts.create_credential(account["id"], domain["name"], "app", PASSWORD)
-    yield f"app@{domain['name']}"
-    db.execute("UPDATE recipients SET status = 'failed' WHERE domain_id = %s AND status = 'queued'", (domain["id"],))
-
-
-def mime(domain, subject="Hello", body="Body line\r\n") -> bytes:
-    return (f"From: App <app@{domain['name']}>\r\nTo: rcpt@dest.test\r\nSubject: {subject}\r\n"
-            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}").encode()
-
-
-def client(server, client_ctx, login=None, source: str | None = None) -> smtplib.SMTP:
-    c = smtplib.SMTP("127.0.0.1", server.port, timeout=10, local_hostname="client.test",
-                     source_address=(source, 0) if source else None)
-    c.starttls(context=client_ctx)
-    if login:
-        c.login(login, PASSWORD)
-    return c
 
 
 def raw_data(c: smtplib.SMTP, payload: bytes) -> tuple[int, bytes]:

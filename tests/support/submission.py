@@ -64,8 +64,10 @@ def mime(domain, subject="Hello", extra="", body="Body line\r\n", sender=None, t
             f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}").encode()
 
 
-def starttls_client(server, client_ctx, login=None) -> smtplib.SMTP:
-    c = smtplib.SMTP("127.0.0.1", server.port, timeout=10, local_hostname="app.client.test")
+def starttls_client(server, client_ctx, login=None, source: str | None = None) -> smtplib.SMTP:
+    """A client past STARTTLS (and AUTH with `login`), connecting from loopback address `source` if given."""
+    c = smtplib.SMTP("127.0.0.1", server.port, timeout=10, local_hostname="app.client.test",
+                     source_address=(source, 0) if source else None)
     c.starttls(context=client_ctx)
     if login:
         c.login(login, PASSWORD)
