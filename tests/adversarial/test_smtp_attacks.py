@@ -13,21 +13,12 @@ import time
 
 import pytest
 
-from tests.support.submission import PASSWORD, SMALL_LIMIT, mime
+from tests.support.submission import PASSWORD, SMALL_LIMIT, mime, raw_data
 from tests.support.submission import starttls_client as client
 
 pytestmark = [pytest.mark.attack, pytest.mark.usefixtures("clean_throttle")]
 LIMIT = SMALL_LIMIT  # the shared test server's size limit
 OTHER_IP = "127.0.0.2"  # a second client address on loopback
-
-
-def raw_data(c: smtplib.SMTP, payload: bytes) -> tuple[int, bytes]:
-    """DATA with the payload sent byte for byte (smtplib would fix line endings and dot-stuff)."""
-    c.putcmd("DATA")
-    code, _ = c.getreply()
-    assert code == 354
-    c.send(payload)
-    return c.getreply()
 
 
 def subjects(db, domain) -> list[str]:

@@ -74,6 +74,15 @@ def starttls_client(server, client_ctx, login=None, source: str | None = None) -
     return c
 
 
+def raw_data(c: smtplib.SMTP, payload: bytes) -> tuple[int, bytes]:
+    """DATA with the payload sent byte for byte (smtplib would fix line endings and dot-stuff)."""
+    c.putcmd("DATA")
+    code, _ = c.getreply()
+    assert code == 354
+    c.send(payload)
+    return c.getreply()
+
+
 def messages_of(db, domain):
     return db.execute("SELECT * FROM messages WHERE domain_id = %s ORDER BY id", (domain["id"],)).fetchall()
 
