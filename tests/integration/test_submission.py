@@ -355,6 +355,7 @@ def test_foreign_sender_is_refused_subdomain_allowed(server, client_ctx, login, 
     assert row["headers"]["from"] == f"News <news@mail.{domain['name']}>"
 
 
+@pytest.mark.parametrize("smuggle", [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r"])
 def test_bare_lf_smuggling_is_rejected(server, client_ctx, login, domain, db, smuggle):
     head = mime(domain, subject="outer", body="")
     smuggled = (b"MAIL FROM:<" + login.encode() + b">\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\n"
