@@ -45,6 +45,17 @@ def loads(raw: str, what: str):
     return value
 
 
+def load_object(raw: str, what: str, shape: str = "an object") -> dict:
+    """loads() for a value that must be a JSON object; InvalidMessage (Mailgun's wording) if not."""
+    try:
+        value = loads(raw, what)
+    except ValueError as ex:
+        raise InvalidMessage(f"{what} is not a valid JSON") from ex
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"{what} is not a valid JSON: it must be {shape}")
+    return value
+
+
 def check_text(value: str, what: str) -> str:
     """Refuse a string Postgres cannot store (NUL, lone surrogates)."""
     if UNSTORABLE.search(value):

@@ -42,12 +42,7 @@ def render(value) -> str:
 
 def load(raw: str, what: str) -> dict[str, dict]:
     """Parse recipient-variables: a JSON object whose every value is an object. InvalidMessage if not."""
-    try:
-        value = jsonvalues.loads(raw, what)
-    except ValueError as ex:
-        raise InvalidMessage(f"{what} is not a valid JSON") from ex
-    if not isinstance(value, dict):
-        raise InvalidMessage(f"{what} is not a valid JSON: it must be an object keyed by recipient address")
+    value = jsonvalues.load_object(raw, what, "an object keyed by recipient address")
     for address, variables in value.items():
         if not isinstance(variables, dict):
             raise InvalidMessage(f"{what} is not a valid JSON: the value for {address[:254]!r} must be an object")

@@ -14,7 +14,6 @@ import json
 import re
 
 from envoi.mta import jsonvalues, substitution
-from envoi.mta.errors import InvalidMessage
 
 PREFIX = b"x-mailgun-"
 # Header name (lower case, without the prefix) -> send field. X-Mailgun-Tag may repeat and may hold a
@@ -88,7 +87,7 @@ def extract(mime: bytes) -> tuple[bytes, dict[str, list[str]], dict | None]:
         option = name[len(PREFIX):].decode("ascii", "replace")
         value = _value(field)
         if option == "variables":
-            for key, val in _json_object(value, "X-Mailgun-Variables").items():
+            for key, val in jsonvalues.load_object(value, "X-Mailgun-Variables").items():
                 fields.setdefault(f"v:{key}", []).append(val if isinstance(val, str) else json.dumps(val))
         elif option == "recipient-variables":
             recipient_variables = substitution.load(value, "X-Mailgun-Recipient-Variables")
@@ -100,12 +99,3 @@ def extract(mime: bytes) -> tuple[bytes, dict[str, list[str]], dict | None]:
     stripped = b"".join(f + b"\r\n" for f in kept) + rest
     return stripped, fields, recipient_variables
 
-
-def _json_object(value: str, header: str) -> dict:
-    try:
-        parsed = jsonvalues.loads(value, header)
-    except ValueError as ex:
-        raise InvalidMessage(f"{header} is not valid JSON") from ex
-    if not isinstance(parsed, dict):
-        raise InvalidMessage(f"{header} must be a JSON object")
-    return parsed
