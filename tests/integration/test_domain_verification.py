@@ -14,7 +14,6 @@ import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
-from envoi.mta.sink import Sink
 from envoi.mta.submission.server import Submission, SubmissionServer
 from tests.conftest import basic
 from tests.support.dns_server import DnsServer
@@ -38,12 +37,6 @@ def dns():
 @pytest.fixture
 def client(settings, services, dns):
     return testing.TestClient(create_app(settings.replace(dns_resolver=("127.0.0.1", dns.port)), services))
-
-
-@pytest.fixture
-def sink():
-    with Sink() as s:
-        yield s
 
 
 @pytest.fixture
