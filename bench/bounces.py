@@ -73,7 +73,6 @@ def _server(dsn_url: str, redis_url: str, secret: bytes, count: int, conn, stop)
     from envoi.accounts.service import Principal
     from envoi.infra.settings import Settings
     from envoi.mta.bounces import verp
-    from envoi.mta.bounces.inbound import from_services
     from envoi.mta.compose import compose
 
     settings = Settings(database_url=dsn_url, redis_url=redis_url, secret_key=secret)
@@ -91,7 +90,7 @@ def _server(dsn_url: str, redis_url: str, secret: bytes, count: int, conn, stop)
             row = c.execute("SELECT r.id, r.message_pk FROM recipients r JOIN messages m ON m.id = r.message_pk"
                             " WHERE m.message_id = %s", (message_id,)).fetchone()
         targets.append((rcpt, message_id, verp.return_path(domain["name"], row["message_pk"], row["id"], key)))
-    server = from_services(services, host="127.0.0.1", port=0).start()
+    server = runtime.build_inbound(services, host="127.0.0.1", port=0).start()
     conn.send((server.port, targets))
     stop.wait()
     server.stop()

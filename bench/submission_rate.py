@@ -55,7 +55,6 @@ def _setup(dsn: str, redis_url: str, secret: bytes) -> str:
     account = services.accounts.create_account("bench")
     domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024, verified=True)
     services.accounts.create_credential(account["id"], domain["name"], "bench", PASSWORD)
-    services.submission.close()
     services.close()
     return domain["name"]
 
@@ -68,15 +67,16 @@ def _server(dsn: str, redis_url: str, secret: bytes, cert: str, key: str, port: 
     from envoi.mta.submission.tls import server_context
 
     services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret), pool_size=10)
+    submission = runtime.build_submission(services)
     if not intake:  # measure the SMTP layer alone: answer 250 without committing anything
-        services.submission.submit = lambda *args: "<bench@bench.example.test>"
-    with SubmissionServer(services.submission, server_context(cert, key), port=port, smtps_port=None,
+        submission.submit = lambda *args: "<bench@bench.example.test>"
+    with SubmissionServer(submission, server_context(cert, key), port=port, smtps_port=None,
                           reuse_port=reuse_port) as server:
         conn.send(server.port)
         cpu = time.process_time()
         stop.wait()
         conn.send(time.process_time() - cpu)
-    services.submission.close()
+    submission.close()
     services.close()
 
 

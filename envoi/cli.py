@@ -359,17 +359,17 @@ def privacy_erase(account_id: int, address: str) -> None:
     click.echo(json.dumps(_services().privacy.erase(account_id, address), indent=2))
 
 
-def _register_feature_commands() -> None:
-    from envoi.commands import delivery, events_out, ips, logs
+def _register_commands() -> None:
+    from envoi.commands import bounces, dkim, ips, logs, smtp, webhooks
 
-    for module in (logs, events_out, ips, delivery):
+    for module in (smtp, bounces, webhooks, ips, logs):
         for command in module.COMMANDS:
             main.add_command(command)
-        for command in getattr(module, "DOMAIN_COMMANDS", []):
-            domains.add_command(command)
+    for command in dkim.DOMAIN_COMMANDS:
+        domains.add_command(command)
 
 
-_register_feature_commands()
+_register_commands()
 
 if __name__ == "__main__":
     main()

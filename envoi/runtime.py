@@ -1,46 +1,61 @@
-"""Build a region's services from Settings: the one place that wires packages together."""
+"""Build a region's services from Settings: the one place that wires packages together.
+
+build() makes the services every process shares, in dependency order; build_relay(),
+build_submission() and build_inbound() add what one process (the relay, `envoi smtp`,
+`envoi inbound`) runs on top of them, and periodic_tasks() lists what `envoi scheduler` runs.
+"""
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from envoi.accounts.service import Accounts
-from envoi.events.service import Events
+from envoi.events.service import PLAN_RETENTION, Events, Retention
+from envoi.events.stats import Stats
+from envoi.events.stream import LiveStream
 from envoi.infra import redis as redis_infra
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
+from envoi.ips.service import Ips
 from envoi.mta.intake import Intake
+from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
+from envoi.mta.tracking import Tracking
 from envoi.privacy.service import Privacy
-from envoi.wiring import delivery, events_out, ips, logs
+from envoi.suppression.service import Suppressions
+from envoi.webhooks.service import Webhooks
 
-FEATURES = (logs, events_out, ips, delivery)
+if TYPE_CHECKING:  # process-specific parts, imported when a process builds them
+    from envoi.mta.bounces.inbound import InboundServer
+    from envoi.mta.delivery.egress import IpEgress
+    from envoi.mta.delivery.engine import Relay
+    from envoi.mta.submission.server import Submission
 
 
 @dataclass
 class Services:
     settings: Settings
     db: Database
-    redis: object
+    redis: redis_infra.Redis
     doorbell: redis_infra.Doorbell
     sealer: Sealer
-    accounts: Accounts
-    events: Events
-    intake: Intake
     metrics: Metrics
+    accounts: Accounts
+    suppressions: Suppressions
+    webhooks: Webhooks
+    stats: Stats
+    stream: LiveStream
+    events: Events
+    tracking: Tracking
+    ips: Ips
+    intake: Intake
     storage: StoredMessages
     privacy: Privacy
-    # Set by envoi.wiring.* (one module per feature); None when a feature is not wired.
-    suppressions: object | None = None
-    webhooks: object | None = None
-    tracking: object | None = None
-    ips: object | None = None
-    stream: object | None = None
-    stats: object | None = None
-    submission: object | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -49,6 +64,7 @@ class Services:
 def build(settings: Settings, *, pool_size: int = 10) -> Services:
     if len(settings.secret_key) != 32:  # Settings made in code without one (from_env already refuses)
         raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes)")
+    # Infrastructure.
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
@@ -56,36 +72,92 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     sealer = Sealer(settings.secret_key)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
     accounts = Accounts(db, sealer, settings.region)
-    events = Events(db, settings.public_url)
+
+    # What recording an event feeds.
+    suppressions = Suppressions(db, settings.public_url)
+    webhooks = Webhooks(settings, db, sealer, redis, metrics)
+    stats = Stats(db)
+    stream = LiveStream(redis, settings.region, max_clients=settings.stream_max_clients,
+                        max_seconds=settings.stream_max_seconds)
+    events = Events(
+        db, settings.public_url,
+        retention=Retention(settings.event_retention, {**PLAN_RETENTION, **dict(settings.event_retention_plans)}),
+        # In the events' transaction: hourly rollup counts, webhook outbox rows, complaint suppressions.
+        writers=[stats.rollup, webhooks.events_writer, suppressions.events_writer],
+        # After commit: fold pending counts (every 2 s), publish to the live stream, wake the dispatcher.
+        listeners=[stats.fold_soon, stream.publish, webhooks.events_listener],
+    )
+
+    tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions)
+    ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host)
     intake = Intake(
         settings, db, accounts, events, sealer,
+        checks=[SendingIpCheck(ips)],
+        renderers=[tracking.render],
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
-    services = Services(settings, db, redis, doorbell, sealer, accounts, events, intake, metrics,
-                        StoredMessages(db, sealer), Privacy(db))
-    for feature in FEATURES:
-        feature.wire(services)
-    return services
+    return Services(
+        settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
+        accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
+        events=events, tracking=tracking, ips=ips, intake=intake,
+        storage=StoredMessages(db, sealer), privacy=Privacy(db),
+    )
 
 
-def build_relay(services: Services):
+def build_relay(services: Services) -> Relay:
     """The delivery engine for this region, sharing the services' database and metrics."""
     from envoi.mta.delivery.engine import Relay
     from envoi.mta.delivery.mx import MxResolver
 
     settings = services.settings
-    options: dict = {}
-    for feature in FEATURES:
-        options.update(feature.relay_options(services))
     return Relay(
         settings, services.db, services.accounts, services.sealer,
         events=services.events,
         resolver=MxResolver(settings.dns_resolver),
         wait_for_work=services.doorbell.wait,
         metrics=services.metrics,
-        **options,
+        suppressions=services.suppressions,
+        egress=start_egress(services),
     )
+
+
+def start_egress(services: Services, **overrides) -> IpEgress:
+    """The relay's egress chooser for this relay host (loads the IP inventory now); `overrides` replace
+    its view's options (host, policy, refresh, default_helo)."""
+    from envoi.mta.delivery.egress import IpEgress
+
+    settings = services.settings
+    options = {"host": settings.relay_host, "policy": settings.warmup_policy, "refresh": settings.ips_refresh,
+               "default_helo": settings.helo_name, **overrides}
+    egress = IpEgress(services.ips.egress_view(**options).start(), services.metrics)
+    atexit.register(egress.stop)  # record usage and hand back unspent warm-up quota when the relay exits
+    return egress
+
+
+def build_submission(services: Services, **overrides) -> Submission:
+    """SMTP submission for `envoi smtp` (its listeners are opened by the command); `overrides` replace
+    fields of its SubmissionConfig."""
+    from envoi.mta.submission.server import Submission
+
+    return Submission.from_settings(services.settings, services.intake, services.accounts, services.redis,
+                                    **overrides)
+
+
+def build_inbound(services: Services, host: str | None = None, port: int | None = None) -> InboundServer:
+    """The listener for bounces (DSN) and complaints (ARF) of `envoi inbound`."""
+    from envoi.mta.bounces import verp
+    from envoi.mta.bounces.inbound import InboundServer
+    from envoi.mta.bounces.service import Bounces
+
+    settings = services.settings
+    bounces = Bounces(services.db, services.events, verp_key=verp.key_from_secret(settings.secret_key),
+                      fbl_addresses=settings.fbl_addresses, bounce_domain=settings.bounce_domain,
+                      suppressions=services.suppressions)
+    return InboundServer(bounces, settings.inbound_bind if host is None else host,
+                         settings.inbound_port if port is None else port,
+                         hostname=settings.smtp_hostname or settings.helo_name,
+                         max_bytes=settings.inbound_max_bytes, metrics=services.metrics)
 
 
 @dataclass(frozen=True)
@@ -96,10 +168,11 @@ class PeriodicTask:
 
 
 def periodic_tasks(services: Services) -> list[PeriodicTask]:
-    """What `envoi scheduler` runs: retention purges and each feature's housekeeping."""
-    tasks = [PeriodicTask("purge expired message bodies", 600, services.storage.purge_expired)]
-    for feature in FEATURES:
-        extra = getattr(feature, "periodic", None)
-        if extra is not None:
-            tasks.extend(PeriodicTask(name, every, fn) for name, every, fn in extra(services))
-    return tasks
+    """What `envoi scheduler` runs: retention purges, partition upkeep, stats folding."""
+    return [
+        PeriodicTask("purge expired message bodies", 600, services.storage.purge_expired),
+        PeriodicTask("events: partitions and retention", 3600, services.events.maintain),
+        PeriodicTask("stats: fold pending rollups", 60, services.stats.fold),
+        PeriodicTask("stats: hourly buckets into days, daily into months", 86400, services.stats.coarsen),
+        PeriodicTask("purge expired webhook deliveries", 3600, services.webhooks.purge_expired),
+    ]

@@ -1,4 +1,5 @@
-"""The falcon application: create_app(settings, services) wires resources to services."""
+"""The falcon application: create_app(settings, services) serves the routes of routes(), the one table
+of every URL the API answers (envoi/api/openapi.py describes each; a test keeps the two equal)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,24 @@ import falcon
 
 from envoi.api import errors, forms, params
 from envoi.api.auth import AuthMiddleware
+from envoi.api.client_address import ClientAddress
 from envoi.api.openapi import OpenApiDocument
 from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
-from envoi.api.resources.events import EventList
+from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
+from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups, handle_ip_error
 from envoi.api.resources.messages import Messages
 from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.sandbox import AuthorizedRecipients
+from envoi.api.resources.stats import StatsTotal, Tags
 from envoi.api.resources.stored import StoredMessage
+from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
-from envoi.api.routes import delivery as routes_delivery
-from envoi.api.routes import events_out as routes_events_out
-from envoi.api.routes import ips as routes_ips
-from envoi.api.routes import logs as routes_logs
+from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
+from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
+from envoi.ips.errors import IpError
+
+#: (URI template, resource, suffix): the suffix picks the resource's on_<method>_<suffix> responders.
+Route = tuple[str, object, str | None]
 
 
 def create_app(settings, services) -> falcon.App:
@@ -26,37 +33,94 @@ def create_app(settings, services) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     forms.configure(app)
     errors.install(app)
+    app.add_error_handler(IpError, handle_ip_error)
+    for template, resource, suffix in routes(settings, services):
+        app.add_route(template, resource, suffix=suffix)
+    return app
+
+
+def routes(settings, services) -> list[Route]:
+    """Every route of the API, grouped by what it serves."""
+    accounts = services.accounts
     dns = {"spf_include": f"{settings.region}.envoi.local", "mx_hosts": (f"mx.{settings.region}.envoi.local",),
            "tracking_target": f"track.{settings.region}.envoi.local"}
-
     messages = Messages(services.intake)
-    app.add_route("/v3/{domain}/messages", messages)
-    app.add_route("/v3/{domain}/messages.mime", messages, suffix="mime")
+    suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
+                    for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}
+    events = EventList(accounts, services.events)
+    live = LiveEvents(accounts, services.stream)
+    tags = Tags(accounts, services.stats, settings.public_url)
+    domain_item = DomainItem(accounts, dns, settings.dns_resolver)
+    recipients = AuthorizedRecipients(accounts)
+    credentials = Credentials(accounts)
+    webhooks_v3 = WebhooksV3(accounts, services.webhooks)
+    tracking_settings = TrackingSettings(accounts, services.tracking)
+    guard, client_address = Guard(services.redis, settings.region), ClientAddress(settings.trusted_proxies)
+    ips = IpCollection(services.ips, accounts)
+    domain_ips = DomainIps(services.ips, accounts)
+    pools = Pools(services.ips, accounts)
+    warmups = Warmups(services.ips, accounts)
+    return [
+        # sending and stored messages
+        ("/v3/{domain}/messages", messages, None),
+        ("/v3/{domain}/messages.mime", messages, "mime"),
+        ("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(accounts, services.storage), None),
+        # events: the log and its paging URLs, the live stream, message trace
+        ("/v3/{domain}/events", events, None),
+        ("/v3/{domain}/events/{token}", events, "page"),
+        ("/v3/{domain}/events/live", live, None),
+        ("/v3/events/live", live, None),  # every domain of the caller's account
+        ("/v3/{domain}/messages/{message_id}/trace", MessageTrace(accounts, services.events), None),
+        # stats and tags
+        ("/v3/{domain}/stats/total", StatsTotal(accounts, services.stats), None),
+        ("/v3/{domain}/tags", tags, None),
+        ("/v3/{domain}/tags/{tag}", tags, "item"),
+        ("/v3/{domain}/tags/{tag}/stats", tags, "stats"),
+        # domains, their SMTP credentials, the sandbox's authorised recipients
+        ("/v4/domains", DomainCollection(accounts, dns), None),
+        ("/v4/domains/{domain}", domain_item, None),
+        ("/v3/domains/{domain}", domain_item, None),
+        ("/v4/domains/{domain}/verify", domain_item, "verify"),
+        ("/v3/domains/{domain}/verify", domain_item, "verify"),
+        ("/v3/domains/{domain}/credentials", credentials, None),
+        ("/v3/domains/{domain}/credentials/{login}", credentials, "item"),
+        ("/v5/sandbox/auth_recipients", recipients, None),
+        ("/v5/sandbox/auth_recipients/{email}", recipients, "item"),
+        # suppression lists
+        *((f"/v3/{{domain}}/{kind}{path}", resource, suffix)
+          for kind, resource in suppressions.items()
+          for path, suffix in (("", None), ("/import", "import"), ("/{address}", "item"))),
+        # webhooks
+        ("/v3/domains/{domain}/webhooks", webhooks_v3, None),
+        ("/v3/domains/{domain}/webhooks/attempts", webhooks_v3, "attempts"),
+        ("/v3/domains/{domain}/webhooks/{name}", webhooks_v3, "item"),
+        ("/v3/domains/{domain}/webhooks/{name}/attempts", webhooks_v3, "attempts"),
+        ("/v4/domains/{domain}/webhooks", WebhooksV4(accounts, services.webhooks), None),
+        ("/v5/accounts/http_signing_key", SigningKey(services.webhooks), None),
+        # tracking: per-domain settings and the public open/click/unsubscribe links
+        ("/v3/domains/{domain}/tracking", tracking_settings, None),
+        ("/v3/domains/{domain}/tracking/{kind}", tracking_settings, "item"),
+        ("/o/{token}", Open(services.tracking, guard, client_address), None),
+        ("/c/{token}", Click(services.tracking, guard, client_address), None),
+        ("/u/{token}", Unsubscribe(services.tracking, guard, client_address), None),
+        # IPs, domain IPs, IP pools (Mailgun documents /v1/ip_pools; its Python SDK maps v3), warm-ups
+        ("/v3/ips", ips, None),
+        ("/v3/ips/export", ips, "export"),  # CSV of dedicated assignments
+        ("/v3/ips/audit", ips, "audit"),
+        ("/v3/ips/{ip}", IpItem(services.ips, accounts), None),
+        ("/v3/domains/{domain}/ips", domain_ips, None),
+        ("/v3/domains/{domain}/ips/{ip}", domain_ips, "item"),
+        ("/v1/ip_pools", pools, None),
+        ("/v1/ip_pools/{pool_id}", pools, "item"),
+        ("/v3/ip_pools", pools, None),
+        ("/v3/ip_pools/{pool_id}", pools, "item"),
+        ("/v3/ip_warmups", warmups, None),
+        ("/v3/ip_warmups/{ip}", warmups, "item"),
+        # privacy: a data subject's export and erasure
+        ("/v3/privacy/addresses/{address}", AddressData(services.privacy), None),
+        # the process itself
+        ("/healthz", Health(), None),
+        ("/metrics", MetricsEndpoint(services.metrics), None),
+        ("/openapi.json", OpenApiDocument(), None),
+    ]
 
-    events = EventList(services.accounts, services.events)
-    app.add_route("/v3/{domain}/events", events)
-    app.add_route("/v3/{domain}/events/{token}", events, suffix="page")
-
-    app.add_route("/v4/domains", DomainCollection(services.accounts, dns))
-    domain_item = DomainItem(services.accounts, dns, settings.dns_resolver)
-    app.add_route("/v4/domains/{domain}", domain_item)
-    app.add_route("/v3/domains/{domain}", domain_item)
-    app.add_route("/v4/domains/{domain}/verify", domain_item, suffix="verify")
-    app.add_route("/v3/domains/{domain}/verify", domain_item, suffix="verify")
-    recipients = AuthorizedRecipients(services.accounts)
-    app.add_route("/v5/sandbox/auth_recipients", recipients)
-    app.add_route("/v5/sandbox/auth_recipients/{email}", recipients, suffix="item")
-    app.add_route("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(services.accounts, services.storage))
-    app.add_route("/v3/privacy/addresses/{address}", AddressData(services.privacy))
-    credentials = Credentials(services.accounts)
-    app.add_route("/v3/domains/{domain}/credentials", credentials)
-    app.add_route("/v3/domains/{domain}/credentials/{login}", credentials, suffix="item")
-
-    # Feature routes: one module per feature adds its own.
-    for feature in (routes_logs, routes_events_out, routes_ips, routes_delivery):
-        feature.add_routes(app, settings, services)
-
-    app.add_route("/healthz", Health())
-    app.add_route("/metrics", MetricsEndpoint(services.metrics))
-    app.add_route("/openapi.json", OpenApiDocument())
-    return app

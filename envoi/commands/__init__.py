@@ -1,1 +1,1 @@
-"""Per-feature CLI commands, registered on the `envoi` group in envoi.cli."""
+"""CLI commands beyond envoi.cli's own, one module per process or noun, registered on the `envoi` group there."""

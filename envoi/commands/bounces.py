@@ -17,13 +17,12 @@ def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
 
     from envoi import runtime
     from envoi.infra.settings import Settings
-    from envoi.mta.bounces.inbound import from_services
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     settings = Settings.from_env()
     services = runtime.build(settings, pool_size=6)
-    server = from_services(services, host=bind, port=port)
+    server = runtime.build_inbound(services, host=bind, port=port)
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -42,3 +41,6 @@ def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
         asyncio.run(run())
     finally:
         services.close()
+
+
+COMMANDS: list = [inbound]  # click commands/groups added to `envoi`

@@ -1,4 +1,4 @@
-"""CLI commands of the ips feature: `envoi ips …` (inventory, assignment, pools, warm-up, audit, export).
+"""`envoi ips …`: the IP inventory, assignment, pools, warm-up, audit and export (operator).
 
 Every change is audited with the actor "cli:<login user>".
 """

@@ -1,4 +1,4 @@
-"""CLI commands of the logs feature: `envoi logs [--follow]` and `envoi logs purge`."""
+"""`envoi logs [--follow]`: a domain's recent events or their live stream; `envoi logs purge`: event upkeep."""
 
 from __future__ import annotations
 
@@ -235,8 +235,7 @@ def purge(every: float) -> None:
     try:
         while True:
             report = services.events.maintain()
-            if services.stats is not None:
-                services.stats.fold()
+            services.stats.fold()
             click.echo(f"partitions created: {', '.join(report['created']) or '-'}; "
                        f"dropped: {', '.join(report['dropped']) or '-'}; rows deleted: {report['deleted']}")
             if every <= 0:

@@ -12,10 +12,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 from envoi.events import filters, store
 from envoi.infra import ids
@@ -97,15 +98,29 @@ class Retention:
 PLAN_RETENTION = {"trial": 3 * DAY, "scale": 60 * DAY, "enterprise": 90 * DAY}
 
 
+class EventWriter(Protocol):
+    """Runs inside the transaction that records a batch of events (the webhook outbox, stats rollups,
+    complaint suppressions), so what it writes commits or rolls back with them."""
+
+    def __call__(self, conn: Connection, events: list[NewEvent], /) -> None: ...
+
+
+class EventListener(Protocol):
+    """Runs after the batch committed (the live stream, wake-ups); a failure is logged, never raised."""
+
+    def __call__(self, events: list[NewEvent], /) -> None: ...
+
+
 class Events:
-    def __init__(self, db: Database, public_url: str):
+    def __init__(self, db: Database, public_url: str, *, retention: Retention | None = None,
+                 writers: Sequence[EventWriter] = (), listeners: Sequence[EventListener] = ()):
         self.db = db
         self.public_url = public_url
-        # Writers run inside the recording transaction (e.g. the webhook outbox, stats rollups), so
-        # they commit or roll back with the events. Listeners run after commit (live stream).
-        self.writers: list[Callable[[Connection, list[NewEvent]], None]] = []
-        self.listeners: list[Callable[[list[NewEvent]], None]] = []
-        self.retention = Retention(plans=PLAN_RETENTION)
+        self.writers = tuple(writers)
+        # Then partition upkeep: create a missing day's partition (its rows wait in the default
+        # partition meanwhile) and purge past retention at most hourly, from whichever process records.
+        self.listeners = (*listeners, self.maintain_soon)
+        self.retention = retention or Retention(plans=PLAN_RETENTION)
         self.partition_days_ahead = 3
         self.maintain_every = 3600.0
         self._known_days: set[date] = set()

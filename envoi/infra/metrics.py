@@ -35,10 +35,26 @@ class Metrics:
         self.inbound_reports = Counter("envoi_inbound_reports_total", "Inbound DSN/ARF reports by kind"
                                        " (dsn|arf|other) and result (recorded|dropped|error)",
                                        ["kind", "result"], registry=r)
+        self.webhook_attempts = Counter("envoi_webhook_attempts_total", "Webhook delivery attempts by outcome"
+                                        " (delivered|retry|rejected|failed)", ["outcome"], registry=r)
+        self.webhook_seconds = Histogram("envoi_webhook_attempt_seconds", "Time of one webhook POST",
+                                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r)
+        self.webhook_backlog = Gauge("envoi_webhook_backlog", "Webhook deliveries due and not in flight",
+                                     registry=r)
+        self.egress_deliveries = Counter(
+            "envoi_egress_deliveries_total", "Deliveries per egress IP and why that IP was chosen (sending-ip,"
+            " sending-ip-pool, domain-ip, domain-pool, shared, overflow = past a warm-up cap, default = OS address)",
+            ["ip", "via"], registry=r)
+        self.egress_unavailable = Counter("envoi_egress_unavailable_total",
+                                          "Deliveries for which no egress IP could send now", [], registry=r)
 
     def observe_delivered(self, seconds: float) -> None:
         self.delivered.inc()
         self.latency.observe(max(seconds, 0.0))
+
+    def observe_webhook(self, outcome: str, seconds: float) -> None:
+        self.webhook_attempts.labels(outcome).inc()
+        self.webhook_seconds.observe(seconds)
 
     def render(self) -> bytes:
         if self.multiprocess_dir:

@@ -11,6 +11,7 @@ from envoi.infra.threads import kept_alive
 
 log = logging.getLogger(__name__)
 RedisError = redis.RedisError
+Redis = redis.Redis  # the client type, for annotations outside infra
 
 
 def client(url: str) -> redis.Redis:

@@ -43,8 +43,6 @@ class Ips:
         self.db = db
         self.default_plan = warmup.parse_plan(default_plan)
         self.relay_host = relay_host
-        self.egress_counter = None  # prometheus counters, set by the wiring
-        self.egress_waits = None
 
     # inventory ---------------------------------------------------------------------------------
     def add_ip(self, actor: str, address: str, *, host: str | None = None, helo: str = "", ptr: str = "",

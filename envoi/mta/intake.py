@@ -12,9 +12,10 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from envoi.accounts.errors import NotFound
 from envoi.accounts.service import Accounts, Principal
@@ -32,6 +33,19 @@ log = logging.getLogger(__name__)
 MESSAGE_ID_BLOCK = 256  # message ids reserved per round trip
 
 
+class AcceptCheck(Protocol):
+    """Refuses a draft before anything is stored by raising an IntakeError (e.g. o:sending-ip naming
+    another account's IP)."""
+
+    def __call__(self, domain: dict, draft: Draft, /) -> None: ...
+
+
+class Renderer(Protocol):
+    """Rewrites an accepted draft before it is stored (tracking links, unsubscribe headers)."""
+
+    def __call__(self, domain: dict, draft: Draft, /) -> Draft: ...
+
+
 class Intake:
     def __init__(
         self,
@@ -40,6 +54,9 @@ class Intake:
         accounts: Accounts,
         events: Events,
         sealer: Sealer,
+        *,
+        checks: Sequence[AcceptCheck] = (),
+        renderers: Sequence[Renderer] = (),
         on_commit: Callable[[], None] = lambda: None,
         on_accepted: Callable[[int, str], None] = lambda count, method: None,
     ):
@@ -48,11 +65,11 @@ class Intake:
         self.accounts = accounts
         self.events = events
         self.sealer = sealer
+        # After the built-in checks (size, sender, sandbox): the checks, then the renderers, in order.
+        self.checks = tuple(checks)
+        self.renderers = tuple(renderers)
         self.on_commit = on_commit  # rings the relay's doorbell; never fails the accept
         self.on_accepted = on_accepted
-        # Renderers rewrite a draft before it is stored (tracking links, unsubscribe headers); each
-        # takes (domain row, draft) and returns the draft.
-        self.renderers: list[Callable[[dict, Draft], Draft]] = []
         self._message_ids: collections.deque[int] = collections.deque()
         self._message_ids_lock = threading.Lock()
         # A caller queued behind a writer waits at most for one writer (a pool connection, then the
@@ -93,6 +110,8 @@ class Intake:
             senders.check(domain["name"], draft.from_addresses or [draft.mail_from])
         if domain["state"] == "unverified":
             self._check_test_recipients(domain, draft)
+        for check in self.checks:
+            check(domain, draft)
         for render in self.renderers:
             draft = render(domain, draft)
         return Accepted(f"<{draft.message_id}>", draft.method, self._rows_for(domain, draft))

@@ -19,6 +19,7 @@ from envoi.accounts.errors import InvalidInput, NotFound
 from envoi.events.service import NewEvent
 from envoi.infra.crypto import Sealer, hmac_sha256_hex
 from envoi.infra.db import Connection, Cursor, Database
+from envoi.infra.metrics import Metrics
 from envoi.infra.redis import Doorbell
 from envoi.infra.settings import Settings
 from envoi.webhooks import secret_url, ssrf, store
@@ -43,7 +44,7 @@ def signature(key: str, timestamp: str, token: str) -> str:
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, db: Database, sealer: Sealer, redis=None):
+    def __init__(self, settings: Settings, db: Database, sealer: Sealer, redis=None, metrics: Metrics | None = None):
         self.settings = settings
         self.db = db
         self.sealer = sealer
@@ -54,8 +55,7 @@ class Webhooks:
         # Events hands to the writers and, once committed, to the listeners), until the listener reads it.
         self._outboxes: dict[int, Cursor] = {}
         self._lock = threading.Lock()
-        self.observe = None  # fn(outcome, seconds) per attempt, set by the wiring (Prometheus)
-        self.backlog_gauge = None  # a Gauge the dispatcher sets, set by the wiring
+        self.metrics = metrics  # attempts by outcome and their duration
         self.lease_seconds = LEASE_SECONDS  # how long a queued job owns its row before the sweeper retakes it
 
     # management (v3: per event type) ----------------------------------------------------------
@@ -248,8 +248,8 @@ class Webhooks:
                                  response.latency_ms, response.excerpt, outcome)
             store.finish(conn, delivery_id, status=state, attempts=attempt_no, last_status=status,
                          next_in=next_in)
-        if self.observe is not None:
-            self.observe(outcome, response.latency_ms / 1000)
+        if self.metrics is not None:
+            self.metrics.observe_webhook(outcome, response.latency_ms / 1000)
         if outcome != "delivered":
             log.info("webhook %s to %s: %s (%s)", delivery_id, row["url"], outcome, status or response.error)
         return outcome

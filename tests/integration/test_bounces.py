@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from envoi import runtime
 from envoi.mta.bounces import verp
-from envoi.mta.bounces.inbound import from_services
 from envoi.mta.compose import compose
 from envoi.mta.sink import Sink
 from tests.support.dns_server import DnsServer
@@ -48,7 +48,7 @@ def _queued(services) -> int:
 
 @pytest.fixture(scope="module")
 def inbound(services):
-    with from_services(services, host="127.0.0.1", port=0) as server:
+    with runtime.build_inbound(services, host="127.0.0.1", port=0) as server:
         yield server
 
 
@@ -126,8 +126,7 @@ def test_dsn_after_delivery_records_delayed_bounce_and_suppresses(services, acco
     assert data["message"]["headers"]["message-id"] == message_id
     assert rows_of(db, message_id)[0]["status"] == "delivered"  # the row keeps its status, as Mailgun
     assert len(events_of(db, message_id, "failed")) == 1
-    if services.suppressions is not None:
-        assert bounce_listed(db, domain, rcpt)
+    assert bounce_listed(db, domain, rcpt)
 
 
 def test_mailbox_full_dsn_fails_but_does_not_suppress(services, account, domain, db, relay, inbound, key):
@@ -168,8 +167,7 @@ def test_message_verp_finds_the_recipient_from_the_dsn(services, account, domain
     [failed] = events_of(db, message_id, "failed")
     assert failed["recipient"] == second
     assert failed["data"]["delivery-status"]["enhanced-code"] == "5.1.10"
-    if services.suppressions is not None:
-        assert bounce_listed(db, domain, second) and not bounce_listed(db, domain, first)
+    assert bounce_listed(db, domain, second) and not bounce_listed(db, domain, first)
 
 
 def test_arf_complaint_by_message_id_records_complained(services, account, domain, db, relay, inbound):
@@ -184,9 +182,8 @@ def test_arf_complaint_by_message_id_records_complained(services, account, domai
     deliver_report(inbound, f"fbl@{domain['name']}", raw, mail_from="feedback@arf.mail.yahoo.com")
     [complained] = events_of(db, message_id, "complained")
     assert complained["recipient"] == rcpt and complained["data"]["log-level"] == "warn"
-    if services.suppressions is not None:
-        assert db.execute("SELECT 1 FROM suppress_complaints WHERE domain_id = %s AND address = %s",
-                          (domain["id"], rcpt)).fetchone()
+    assert db.execute("SELECT 1 FROM suppress_complaints WHERE domain_id = %s AND address = %s",
+                      (domain["id"], rcpt)).fetchone()
 
 
 def test_arf_for_another_tenants_message_id_is_dropped(services, account, domain, db, relay, inbound):

@@ -12,9 +12,9 @@ import falcon.testing
 import pytest
 from click.testing import CliRunner
 
+from envoi import runtime
 from envoi.api.app import create_app
 from envoi.ips.errors import NoEgressAvailable
-from envoi.wiring import ips as ips_wiring
 from tests.conftest import basic
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -403,8 +403,10 @@ def test_two_relays_on_one_host_share_the_cap(services, db, account, domain, cle
     assert db.execute("SELECT used FROM ip_warmup_usage").fetchone()["used"] == 40
 
 
-def test_relay_options_provide_an_egress_hook(services, clean_ips):
-    hook = ips_wiring.relay_options(services)["egress"]
+def test_the_relay_is_built_with_the_egress_chooser_and_suppressions(services, clean_ips):
+    relay = runtime.build_relay(services)
+    hook = relay.choose_egress
+    assert relay.suppressions is services.suppressions
     try:
         egress, carried = hook({"account_id": 1, "options": {}}, {"id": 1, "name": "x.test"}, 3)
         assert egress.address is None and egress.helo == services.settings.helo_name and carried == 3

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from envoi import runtime
 from envoi.mta.sink import Sink
-from envoi.wiring import ips as ips_wiring
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
@@ -56,7 +56,7 @@ def test_dedicated_pooled_shared_and_warmup_overflow_by_peer_address(services, s
                                                               {"ip": ip, "via": via}) or 0
 
         before = {(ip, via): metric(ip, via) for ip, via in [("127.0.0.7", "domain-ip"), ("127.0.0.2", "domain-ip")]}
-        egress = ips_wiring.make_egress(services, refresh=0.2, policy="overflow")
+        egress = runtime.start_egress(services, refresh=0.2, policy="overflow")
         try:
             with RelayThread(services, relay_cfg, egress=egress):
                 counts = {domain["name"]: 3, pooled["name"]: 6, plain["name"]: 6, warming["name"]: 5}
@@ -101,7 +101,7 @@ def test_wait_policy_holds_mail_past_the_cap_unattempted(services, settings, acc
         rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
         route(dns, rcpt_domain)
         relay_cfg = relay_settings(settings, sink, dns)
-        egress = ips_wiring.make_egress(services, refresh=0.2, policy="wait")
+        egress = runtime.start_egress(services, refresh=0.2, policy="wait")
         try:
             with RelayThread(services, relay_cfg, egress=egress):
                 ids = [send(services, account["id"], domain, f"w{n}@{rcpt_domain}") for n in range(5)]
@@ -131,7 +131,7 @@ def test_warmup_quota_counts_recipients_and_splits_a_transaction_at_the_cap(serv
     with Sink() as sink, DnsServer() as dns:
         rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
         route(dns, rcpt_domain)
-        egress = ips_wiring.make_egress(services, refresh=0.2, policy="wait")
+        egress = runtime.start_egress(services, refresh=0.2, policy="wait")
         try:
             with RelayThread(services, relay_settings(settings, sink, dns), egress=egress):
                 message_id = send(services, account["id"], domain, ", ".join(f"m{n}@{rcpt_domain}" for n in range(5)))

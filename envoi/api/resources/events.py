@@ -1,4 +1,4 @@
-"""Delivery logs: the events API and its paging URLs, the live stream (SSE), message trace, stats, tags."""
+"""Delivery logs: the events API and its paging URLs, the live stream (SSE), message trace."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import falcon
 
 from envoi.accounts.errors import NotFound
 from envoi.api.errors import ApiError
-from envoi.api.forms import read_form
 from envoi.events.service import compile_filters, matches, parse_filters
 from envoi.events.stream import StreamUnavailable, TooManyStreams
 
@@ -110,48 +109,3 @@ class MessageTrace(DomainScoped):
         if trace is None:
             raise ApiError(404, "Message not found")
         resp.media = trace
-
-
-class StatsTotal(DomainScoped):
-    def __init__(self, accounts, stats):
-        super().__init__(accounts)
-        self.stats = stats
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        resp.media = self.stats.total(self.domain(req, domain), query_params(req))
-
-
-class Tags(DomainScoped):
-    def __init__(self, accounts, stats, public_url: str):
-        super().__init__(accounts)
-        self.stats = stats
-        self.public_url = public_url
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        row = self.domain(req, domain)
-        resp.media = self.stats.list_tags(row, query_params(req), f"{self.public_url}/v3/{row['name']}/tags")
-
-    def on_get_item(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
-        found = self.stats.get_tag(self.domain(req, domain), tag)
-        if found is None:
-            raise ApiError(404, "tag not found")
-        resp.media = found
-
-    def on_put_item(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
-        fields, _ = read_form(req)
-        description = (fields.get("description") or [""])[-1]
-        if not self.stats.describe_tag(self.domain(req, domain), tag, description):
-            raise ApiError(404, "tag not found")
-        resp.media = {"message": "Tag updated"}
-
-    def on_delete_item(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
-        if not self.stats.delete_tag(self.domain(req, domain), tag):
-            raise ApiError(404, "tag not found")
-        resp.media = {"message": "Tag deleted"}
-
-    def on_get_stats(self, req: falcon.Request, resp: falcon.Response, domain: str, tag: str) -> None:
-        row = self.domain(req, domain)
-        if self.stats.get_tag(row, tag) is None:
-            raise ApiError(404, "tag not found")
-        result = self.stats.total(row, query_params(req), tag=tag)
-        resp.media = dict(result, tag=tag)

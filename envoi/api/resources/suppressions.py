@@ -56,11 +56,3 @@ class SuppressionList(DomainScoped):
         if not uploads:
             raise ApiError(400, "file parameter is missing: upload the CSV as multipart field 'file'")
         resp.media = self.suppressions.import_csv(row, self.kind, uploads[0].data)
-
-
-def add_routes(app: falcon.App, accounts, suppressions) -> None:
-    for kind in ("bounces", "unsubscribes", "complaints", "whitelists"):
-        resource = SuppressionList(accounts, suppressions, kind)
-        app.add_route(f"/v3/{{domain}}/{kind}", resource)
-        app.add_route(f"/v3/{{domain}}/{kind}/import", resource, suffix="import")
-        app.add_route(f"/v3/{{domain}}/{kind}/{{address}}", resource, suffix="item")

@@ -142,14 +142,3 @@ class Unsubscribe(_TokenEndpoint):
         resp.content_type = falcon.MEDIA_HTML
         resp.text = PAGE.format(title="Unsubscribed", body=(
             f"<p><b>{html.escape(data['recipient'])}</b> has been unsubscribed.</p>"))
-
-
-def add_routes(app: falcon.App, accounts, tracking, redis=None, region: str = "eu",
-               trusted_proxies: tuple[str, ...] = ()) -> None:
-    settings = TrackingSettings(accounts, tracking)
-    app.add_route("/v3/domains/{domain}/tracking", settings)
-    app.add_route("/v3/domains/{domain}/tracking/{kind}", settings, suffix="item")
-    guard, client_address = Guard(redis, region), ClientAddress(trusted_proxies)
-    app.add_route("/o/{token}", Open(tracking, guard, client_address))
-    app.add_route("/c/{token}", Click(tracking, guard, client_address))
-    app.add_route("/u/{token}", Unsubscribe(tracking, guard, client_address))

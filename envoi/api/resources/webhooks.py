@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import falcon
-
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.api.resources.events import DomainScoped
@@ -84,13 +82,3 @@ class SigningKey:
     def on_post(self, req, resp) -> None:
         key = self.webhooks.regenerate_signing_key(req.context.principal.account_id)
         resp.media = {"message": "success", "http_signing_key": key}
-
-
-def add_routes(app: falcon.App, accounts, webhooks) -> None:
-    v3 = WebhooksV3(accounts, webhooks)
-    app.add_route("/v3/domains/{domain}/webhooks", v3)
-    app.add_route("/v3/domains/{domain}/webhooks/attempts", v3, suffix="attempts")
-    app.add_route("/v3/domains/{domain}/webhooks/{name}", v3, suffix="item")
-    app.add_route("/v3/domains/{domain}/webhooks/{name}/attempts", v3, suffix="attempts")
-    app.add_route("/v4/domains/{domain}/webhooks", WebhooksV4(accounts, webhooks))
-    app.add_route("/v5/accounts/http_signing_key", SigningKey(webhooks))

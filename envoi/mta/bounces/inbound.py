@@ -129,17 +129,3 @@ class InboundServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def from_services(services, host: str | None = None, port: int | None = None) -> InboundServer:
-    """The listener for a region's services (settings, db, events, suppressions hook if wired)."""
-    from envoi.mta.bounces import verp
-
-    settings = services.settings
-    bounces = Bounces(services.db, services.events, verp_key=verp.key_from_secret(settings.secret_key),
-                      fbl_addresses=settings.fbl_addresses, bounce_domain=settings.bounce_domain,
-                      suppressions=getattr(services, "suppressions", None))
-    return InboundServer(bounces, settings.inbound_bind if host is None else host,
-                         settings.inbound_port if port is None else port,
-                         hostname=getattr(settings, "smtp_hostname", None) or settings.helo_name,
-                         max_bytes=settings.inbound_max_bytes, metrics=getattr(services, "metrics", None))

@@ -1,4 +1,4 @@
-"""CLI commands of the events_out feature: `envoi worker` (webhook delivery)."""
+"""`envoi worker`: webhook delivery (RQ workers and the outbox dispatcher)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
     if not no_dispatch:
         dispatcher = jobs.Dispatcher(services.webhooks, connection)
         if not burst:
-            gauge = services.webhooks.backlog_gauge
-            threading.Thread(target=dispatcher.run, kwargs={"on_backlog": gauge.set if gauge else None},
+            threading.Thread(target=dispatcher.run, kwargs={"on_backlog": services.metrics.webhook_backlog.set},
                              name="webhook-dispatcher", daemon=True).start()
     click.echo(f"worker: region {settings.region}, queue {services.webhooks.queue_name}, "
                f"{processes} process(es){'' if no_dispatch else ' + dispatcher'}")

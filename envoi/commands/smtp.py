@@ -1,13 +1,10 @@
-"""CLI commands of the delivery feature."""
+"""`envoi smtp`: SMTP submission (587 STARTTLS, 465 implicit TLS), one or several server processes."""
 
 from __future__ import annotations
 
 import click
 
-COMMANDS: list = []  # click commands/groups added to `envoi`
 
-
-# SMTP submission ------------------------------------------------------------------------------
 @click.command("smtp", short_help="Run SMTP submission (587 STARTTLS, 465 implicit TLS).")
 @click.option("--bind", default=None, help="Listen address [ENVOI_SMTP_BIND, 127.0.0.1].")
 @click.option("--port", type=int, default=None,
@@ -91,7 +88,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
     from envoi.mta.submission.tls import server_context
 
     services = runtime.build(settings, pool_size=10)  # the commit stage, AUTH threads, stats folding
-    submission = services.submission
+    submission = runtime.build_submission(services)
     _raise_fd_limit(settings.smtp_max_connections + 256)  # each connection is a descriptor; leave room
     if metrics_port:
         from prometheus_client import start_http_server
@@ -129,42 +126,4 @@ def _raise_fd_limit(wanted: int) -> None:
             "smtp: open-files limit %d is below ENVOI_SMTP_MAX_CONNECTIONS + 256 (%d)", target, wanted)
 
 
-COMMANDS.append(smtp)
-
-
-# inbound bounces and complaints (DSN / ARF) ----------------------------------------------------
-from envoi.commands.bounces import inbound  # noqa: E402
-
-COMMANDS.append(inbound)
-
-
-# Relay: an optional ed25519 DKIM key per domain ----------------------------------------------
-DOMAIN_COMMANDS: list = []  # added to the `envoi domains` group
-
-
-@click.command("ed25519")
-@click.argument("domain")
-@click.option("--selector", default="ed", show_default=True, help="DKIM selector of the ed25519 key.")
-def domains_ed25519(domain: str, selector: str) -> None:
-    """Give DOMAIN an ed25519 DKIM key: the relay adds a second signature (ed25519-sha256, RFC 8463)
-    next to the RSA one, within a minute. Prints the TXT record to publish. Re-running replaces it."""
-    from envoi import runtime
-    from envoi.infra.settings import Settings
-    from envoi.mta import store
-    from envoi.mta.delivery.engine import ed25519_context
-    from envoi.mta.signing import generate_ed25519_key
-
-    services = runtime.build(Settings.from_env(), pool_size=1)
-    try:
-        row = services.accounts.get_domain(domain)
-        private, public = generate_ed25519_key()
-        with services.db.transaction() as conn:
-            store.set_domain_ed25519(conn, row["id"], selector,
-                                     services.sealer.seal(private, ed25519_context(row["name"])), public)
-    finally:
-        services.close()
-    click.echo(f"domain {row['name']}: ed25519 DKIM key set; publish:")
-    click.echo(f"  TXT   {selector}._domainkey.{row['name']}  v=DKIM1; k=ed25519; p={public}")
-
-
-DOMAIN_COMMANDS.append(domains_ed25519)
+COMMANDS: list = [smtp]  # click commands/groups added to `envoi`

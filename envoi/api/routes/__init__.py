@@ -1,1 +1,0 @@
-"""Per-feature route tables: each module has add_routes(app, settings, services)."""

@@ -1,0 +1,34 @@
+"""The relay's egress chooser over the IP inventory: which source address and EHLO name a delivery uses."""
+
+from __future__ import annotations
+
+from envoi.infra.metrics import Metrics
+from envoi.ips.egress import EgressView
+from envoi.ips.errors import NoEgressAvailable
+from envoi.mta.delivery.session import Egress
+
+
+class IpEgress:
+    """Adapts an EgressView to the relay's egress(message_row, domain_row, recipients) -> (Egress, how
+    many of the recipients it carries) contract, counting each choice per IP and reason.
+
+    Raises NoEgressAvailable(retry_after) when no IP may send now: the relay puts the delivery back."""
+
+    def __init__(self, view: EgressView, metrics: Metrics | None = None):
+        self.view = view
+        self.metrics = metrics
+
+    def __call__(self, message: dict, domain: dict, recipients: int = 1) -> tuple[Egress, int]:
+        try:
+            choice = self.view.choose(message, domain, recipients)
+        except NoEgressAvailable:
+            if self.metrics is not None:
+                self.metrics.egress_unavailable.inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.egress_deliveries.labels(choice.address or "", choice.via).inc()
+        return Egress(choice.address, choice.helo), choice.recipients
+
+    def stop(self) -> None:
+        """Record usage and hand back unspent warm-up quota (the relay is exiting)."""
+        self.view.stop()

@@ -1,1 +1,0 @@
-"""Per-feature wiring: each module attaches its services to the region\x27s Services."""
