@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 from envoi.events import filters, store
+from envoi.events.errors import EventQueryError
 from envoi.infra import ids
 from envoi.infra.db import Connection, Database
 
@@ -30,10 +31,6 @@ DAY = 86400.0
 MAX_EPOCH = 32503680000  # year 3000: later dates are refused (and NaN, and inf)
 LOG_LEVELS = {"accepted": "info", "delivered": "info", "opened": "info", "clicked": "info",
               "unsubscribed": "info", "stored": "info", "complained": "warn", "rejected": "warn"}
-
-
-class EventQueryError(ValueError):
-    """A malformed events query (bad date, limit, filter or page token)."""
 
 
 @dataclass(frozen=True)

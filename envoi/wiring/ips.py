@@ -7,10 +7,9 @@ import logging
 
 from prometheus_client import Counter
 
-from envoi.ips.errors import IpNotAllowed, NoEgressAvailable
+from envoi.ips.errors import NoEgressAvailable
 from envoi.ips.service import Ips
 from envoi.mta.delivery.session import Egress
-from envoi.mta.errors import NotAllowed
 
 log = logging.getLogger("envoi.ips")
 
@@ -35,10 +34,7 @@ def sending_ip_check(ips: Ips):
     def check(domain: dict, draft):
         options = draft.options or {}
         if options.get("sending_ip") or options.get("sending_ip_pool"):
-            try:
-                ips.check_sending(domain["account_id"], options)
-            except IpNotAllowed as ex:
-                raise NotAllowed(ex.message) from ex
+            ips.check_sending(domain["account_id"], options)  # IpNotAllowed: 403 / 550 5.7.1
         return draft
 
     return check

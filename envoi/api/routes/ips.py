@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups, handle_ip_error
-from envoi.ips.errors import IpError
+from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
 
 
 def add_routes(app, settings, services) -> None:
     """Register this feature's resources on the falcon app."""
     if services.ips is None:
         return
-    app.add_error_handler(IpError, handle_ip_error)
     ips, accounts = services.ips, services.accounts
     collection = IpCollection(ips, accounts)
     app.add_route("/v3/ips", collection)
