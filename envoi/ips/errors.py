@@ -31,17 +31,3 @@ class IpNotAllowed(IpError):
 
     http_status = 403
     smtp_code, smtp_enhanced = 550, "5.7.1"
-
-
-class NoEgressAvailable(Exception):  # noqa: N818 (named by the relay contract)
-    """No egress IP may send this delivery now (warm-up caps, "wait" policy, or IPs on another host).
-
-    The relay should put the delivery back (reschedule the recipients `retry_after` seconds later,
-    without counting an attempt or recording a failure event) instead of sending it. A signal to
-    the relay, never seen by a caller: not an EnvoiError.
-    """
-
-    def __init__(self, retry_after: float, reason: str = "no egress IP available"):
-        super().__init__(f"{reason}; retry in {retry_after:.0f}s")
-        self.retry_after = retry_after
-        self.reason = reason

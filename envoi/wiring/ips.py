@@ -7,7 +7,7 @@ import logging
 
 from prometheus_client import Counter
 
-from envoi.ips.errors import NoEgressAvailable
+from envoi.ips.egress import NoEgressAvailable
 from envoi.ips.service import Ips
 from envoi.mta.delivery.session import Egress
 

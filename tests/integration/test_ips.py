@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from envoi.api.app import create_app
-from envoi.ips.errors import NoEgressAvailable
+from envoi.ips.egress import NoEgressAvailable
 from envoi.wiring import ips as ips_wiring
 from tests.conftest import basic
 
