@@ -9,6 +9,7 @@ import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
+from envoi.api.auth import PUBLIC
 from tests.conftest import basic
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -52,3 +53,20 @@ def test_a_bad_last_event_id_is_a_400_from_the_events_package(client, services, 
     resp = client.simulate_get(f"/v3/{domain['name']}/events/live", headers={**basic(api_key), "Last-Event-ID": "x"})
     assert resp.status_code == 400
     assert resp.json == {"message": "Last-Event-ID is not an id this stream gave out"}
+
+
+def test_a_value_postgres_refuses_is_a_logged_400_with_a_fixed_message(settings, services, caplog):
+    class Refused:  # a value no parameter reader checked: Postgres is the one to refuse it
+        auth = PUBLIC
+
+        def on_get(self, req, resp):
+            with services.db.transaction() as conn:
+                conn.execute("SELECT %s::int", (req.get_param("n"),))
+
+    app = create_app(settings, services)
+    app.add_route("/test/refused", Refused())
+    with caplog.at_level("WARNING", logger="envoi.api.errors"):
+        resp = testing.TestClient(app).simulate_get("/test/refused", params={"n": "twelve"})
+    assert resp.status_code == 400
+    assert resp.json == {"message": "a parameter value is invalid or out of range"}  # not the driver's text
+    assert "twelve" in caplog.text  # the driver's text is in the log, so the missing check is found
