@@ -6,9 +6,6 @@ from envoi.infra.errors import EnvoiError
 class AccountsError(EnvoiError):
     """Base class."""
 
-    def __init__(self, message: str):
-        super().__init__(message)
-
 
 class NotFound(AccountsError):
     http_status = 404

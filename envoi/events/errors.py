@@ -7,9 +7,6 @@ from envoi.infra.errors import EnvoiError, TemporaryFailure
 class EventsError(EnvoiError):
     """Base class."""
 
-    def __init__(self, message: str):
-        super().__init__(message)
-
 
 class EventQueryError(EventsError):
     """A malformed events query (bad date, limit, filter, page token or Last-Event-ID)."""

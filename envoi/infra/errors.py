@@ -33,6 +33,8 @@ class EnvoiError(Exception):
         and the CLI, when it must not reach the caller (a driver's text)."""
         if message is not None:
             self.message = message
+        elif not self.message:
+            raise TypeError(f"{type(self).__name__} needs a message")
         super().__init__(detail if detail is not None else self.message)
 
     def smtp_reply(self) -> str:

@@ -8,9 +8,6 @@ from envoi.infra.errors import EnvoiError
 class IpError(EnvoiError):
     http_status = 400
 
-    def __init__(self, message: str):
-        super().__init__(message)
-
 
 class InvalidInput(IpError):
     http_status = 400

@@ -10,9 +10,6 @@ class IntakeError(EnvoiError):
     http_status = 400
     smtp_code, smtp_enhanced = 550, "5.6.0"
 
-    def __init__(self, message: str):
-        super().__init__(message)
-
 
 class InvalidMessage(IntakeError):
     http_status = 400
@@ -43,6 +40,3 @@ class TrackingSettingsError(EnvoiError):
     """Bad input to the tracking settings API."""
 
     http_status = 400
-
-    def __init__(self, message: str):
-        super().__init__(message)

@@ -6,9 +6,6 @@ from envoi.infra.errors import EnvoiError
 class SuppressionError(EnvoiError):
     """Base class."""
 
-    def __init__(self, message: str):
-        super().__init__(message)
-
 
 class NotFound(SuppressionError):
     http_status = 404

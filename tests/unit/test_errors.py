@@ -89,6 +89,8 @@ def test_the_smtp_reply_is_code_enhanced_code_and_one_line_of_the_message():
     assert IpNotAllowed("x" * 1000).smtp_reply() == "550 5.7.1 " + "x" * 400  # under SMTP's 512-octet line
     error = IpNotAllowed("no such pool")
     assert (error.http_status, error.message, str(error)) == (403, "no such pool", "no such pool")
+    with pytest.raises(TypeError):
+        IpNotAllowed()  # a caller is always told why
 
 
 def test_a_database_outage_is_a_temporary_failure_at_both_edges_and_still_the_drivers_error():
