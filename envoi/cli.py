@@ -32,20 +32,18 @@ ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips"
 def _user_error(ex: Exception) -> str | None:
     """The one line to print for an error the operator can act on (bad input, something missing, the
     database down), or None for a bug (which keeps its traceback). The CLI's only translation."""
-    from envoi.accounts.errors import AccountsError
-    from envoi.infra.db import DatabaseUnavailable, NoConnection
-    from envoi.ips.errors import IpError
-    from envoi.mta.errors import IntakeError
+    from envoi.infra.db import NoConnection, is_unavailable
+    from envoi.infra.errors import EnvoiError
 
-    if isinstance(ex, SettingsError | AccountsError):
+    if isinstance(ex, SettingsError):
         return str(ex)
-    if isinstance(ex, IntakeError | IpError):
-        return ex.message
-    if isinstance(ex, DatabaseUnavailable):
+    if is_unavailable(ex):
         # psycopg's messages run over several lines (server address, hints): the first says what failed.
         first = next((line.strip() for line in str(ex).splitlines() if line.strip()), type(ex).__name__)
         why = " (envoi -v logs why)" if isinstance(ex, NoConnection) else ""
         return f"database unavailable: {first}{why}"
+    if isinstance(ex, EnvoiError):
+        return ex.message
     return None
 
 

@@ -11,7 +11,7 @@ from envoi.api.client_address import ClientAddress
 from envoi.api.openapi import OpenApiDocument
 from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
-from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups, handle_ip_error
+from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
 from envoi.api.resources.messages import Messages
 from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.sandbox import AuthorizedRecipients
@@ -21,7 +21,6 @@ from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
 from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
-from envoi.ips.errors import IpError
 
 #: (URI template, resource, suffix): the suffix picks the resource's on_<method>_<suffix> responders.
 Route = tuple[str, object, str | None]
@@ -33,7 +32,6 @@ def create_app(settings, services) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     forms.configure(app)
     errors.install(app)
-    app.add_error_handler(IpError, handle_ip_error)
     for template, resource, suffix in routes(settings, services):
         app.add_route(template, resource, suffix=suffix)
     return app

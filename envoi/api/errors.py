@@ -1,4 +1,7 @@
-"""Map domain errors to HTTP once, with Mailgun's {"message": ...} body."""
+"""Map domain errors to HTTP once, by class, with Mailgun's {"message": ...} body.
+
+Every package's errors derive from EnvoiError, which carries its HTTP status: one handler renders
+them all (falcon picks the handler of the nearest class in the error's MRO)."""
 
 from __future__ import annotations
 
@@ -6,14 +9,10 @@ import logging
 
 import falcon
 
-from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
-from envoi.events.service import EventQueryError
-from envoi.infra.db import DatabaseUnavailable, DataError
-from envoi.infra.group_commit import CommitTimeout
-from envoi.mta.errors import IntakeError
+from envoi.infra.errors import EnvoiError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
-UNAVAILABLE = "Service temporarily unavailable: the database is not answering, please retry later"
+UNAVAILABLE = ServiceUnavailable.message
 
 
 class ApiError(falcon.HTTPError):
@@ -38,36 +37,18 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, exception: falco
     resp.content_type = falcon.MEDIA_JSON
 
 
-def _handle(status: int):
-    def handler(req, resp, ex, params):
-        raise ApiError(status, getattr(ex, "message", None) or str(ex))
-
-    return handler
-
-
-def _intake(req, resp, ex: IntakeError, params):
-    raise ApiError(ex.http_status, ex.message)
+def http_error(req: falcon.Request, ex: EnvoiError) -> ApiError:
+    """The reply for a domain error: its class's status, its message, Retry-After if it says."""
+    if ex.logged:  # an outage, or a value no parameter reader checked before the database refused it
+        log.warning("%s %s: %s: %s", req.method, req.path, type(ex).__name__, ex)
+    headers = {"Retry-After": str(ex.retry_after)} if ex.retry_after is not None else None
+    return ApiError(ex.http_status, ex.message, headers=headers)
 
 
-def _unavailable(req, resp, ex, params):
-    # Postgres restarting, unreachable or stuck: the client may retry (Mailgun's SDKs retry 503s).
-    log.warning("%s %s: database unavailable: %s", req.method, req.path, ex)
-    raise ApiError(503, UNAVAILABLE, headers={"Retry-After": "5"})
-
-
-def _data(req, resp, ex: DataError, params):
-    # A value from the request that no parameter reader caught (params.py and the readers check them
-    # first): the database refused it, so it is the request's fault. Logged so the missing check is found.
-    log.warning("database refused a value from %s %s: %s", req.method, req.path, ex)
-    raise ApiError(400, "a parameter value is invalid or out of range")
+def _handle(req, resp, ex: EnvoiError, params):
+    raise http_error(req, ex)
 
 
 def install(app: falcon.App) -> None:
     app.set_error_serializer(serialize_error)
-    app.add_error_handler((DatabaseUnavailable, CommitTimeout), _unavailable)
-    app.add_error_handler(IntakeError, _intake)
-    app.add_error_handler(NotFound, _handle(404))
-    app.add_error_handler(InvalidInput, _handle(400))
-    app.add_error_handler(AlreadyExists, _handle(400))
-    app.add_error_handler(EventQueryError, _handle(400))
-    app.add_error_handler(DataError, _data)
+    app.add_error_handler(EnvoiError, _handle)

@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 from envoi.events import filters, store
+from envoi.events.errors import EventQueryError
 from envoi.infra import ids
 from envoi.infra.db import Connection, Database
 
@@ -31,10 +32,6 @@ DAY = 86400.0
 MAX_EPOCH = 32503680000  # year 3000: later dates are refused (and NaN, and inf)
 LOG_LEVELS = {"accepted": "info", "delivered": "info", "opened": "info", "clicked": "info",
               "unsubscribed": "info", "stored": "info", "complained": "warn", "rejected": "warn"}
-
-
-class EventQueryError(ValueError):
-    """A malformed events query (bad date, limit, filter or page token)."""
 
 
 @dataclass(frozen=True)

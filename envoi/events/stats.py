@@ -21,7 +21,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from envoi.events import store
-from envoi.events.service import EventQueryError, parse_time
+from envoi.events.errors import EventQueryError
+from envoi.events.service import parse_time
 from envoi.infra.db import Connection, Database
 
 STAT_EVENTS = ("accepted", "delivered", "failed", "opened", "clicked", "unsubscribed", "complained",

@@ -17,19 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from envoi.events.errors import EventQueryError, StreamUnavailable, TooManyStreams
 from envoi.infra.redis import RedisError
 from envoi.infra.threads import kept_alive
 
 log = logging.getLogger(__name__)
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-
-class TooManyStreams(RuntimeError):
-    """This process already serves as many live streams as it may."""
-
-
-class StreamUnavailable(RuntimeError):
-    """Redis cannot be reached: the live stream is down (the events API still works)."""
 
 
 class LiveStream:
@@ -137,7 +130,7 @@ class LiveStream:
              decorate: Callable[[int, dict], dict] | None = None) -> SseBody:
         """An SSE response body for one client; raises TooManyStreams when the process is full."""
         if last_event_id is not None and not STREAM_ID.match(last_event_id):
-            raise ValueError("Last-Event-ID is not an id this stream gave out")
+            raise EventQueryError("Last-Event-ID is not an id this stream gave out")
         if not self._slots.acquire(blocking=False):
             raise TooManyStreams(f"this server already serves {self.max_clients} live streams; retry shortly")
         try:

@@ -15,28 +15,64 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from envoi.infra.deadlines import Deadlines
+from envoi.infra.errors import EnvoiError, ServiceUnavailable
 
 Connection = psycopg.Connection
 Cursor = psycopg.Cursor
 IntegrityError = psycopg.errors.UniqueViolation
-#: Postgres (or the driver) refused a value itself: NUL in text, a number out of range (SQLSTATE class 22).
-DataError = psycopg.DataError
+
+
+class DataError(EnvoiError, psycopg.DataError):
+    """Postgres (or the driver) refused a value itself: NUL in text, a number out of range (SQLSTATE
+    class 22). A value from the request that no parameter reader caught (params.py and the readers
+    check them first), so the request's fault; logged, so the missing check is found. Still a
+    psycopg.DataError for whoever tells data errors apart (group commit's isolation)."""
+
+    message = "a parameter value is invalid or out of range"
+    logged = True
+
+    def __init__(self, detail: str):
+        super().__init__(detail=detail)
 
 
 def is_data_error(error: BaseException) -> bool:
     """Postgres refused the values themselves (SQLSTATE classes 22 and 23), not the connection."""
     return isinstance(error, psycopg.DataError | psycopg.IntegrityError)
 Jsonb = psycopg.types.json.Jsonb
-# The database is down, restarting, unreachable, out of connections (pool timeout), cancelled a
-# statement (statement_timeout) or missed a write deadline: nothing is wrong with the request, it
-# may be retried. The edges answer 503 / 451 for it.
-DatabaseUnavailable = psycopg.OperationalError
-#: No connection within the pool's timeout (a DatabaseUnavailable): the pool logs each failed attempt's cause.
-NoConnection = PoolTimeout
 
 
-class Unavailable(psycopg.OperationalError):
+class DatabaseUnavailable(ServiceUnavailable, psycopg.OperationalError):
+    """The database is down, restarting, unreachable, out of connections (pool timeout), cancelled a
+    statement (statement_timeout) or missed a write deadline: nothing is wrong with the request, it
+    may be retried (503 / 451). str() is the driver's account of it."""
+
+
+class NoConnection(DatabaseUnavailable):
+    """No connection within the pool's timeout: the pool logs each failed attempt's cause."""
+
+
+class Unavailable(DatabaseUnavailable):
     """A transaction outlived its deadline; its connection was broken (and is discarded)."""
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """A DatabaseUnavailable, or the driver's own from a connection made outside a Database (migrate)."""
+    return isinstance(error, psycopg.OperationalError)
+
+
+@contextlib.contextmanager
+def _ours() -> Iterator[None]:
+    """Raise the driver's unavailable and data errors as this package's (same text, the driver's as cause)."""
+    try:
+        yield
+    except EnvoiError:
+        raise
+    except PoolTimeout as ex:
+        raise NoConnection(str(ex)) from ex
+    except psycopg.OperationalError as ex:
+        raise DatabaseUnavailable(str(ex)) from ex
+    except psycopg.DataError as ex:
+        raise DataError(str(ex)) from ex
 
 
 class Database:
@@ -74,7 +110,7 @@ class Database:
     def transaction(self, *, bounded: bool = False) -> Iterator[psycopg.Connection]:
         """Yield a connection inside a transaction; commit on success, roll back on error.
         bounded: fail with Unavailable past the write deadline (see bounded())."""
-        with self.pool.connection() as conn, self.bounded(conn, bounded):
+        with _ours(), self.pool.connection() as conn, self.bounded(conn, bounded):
             yield conn
 
     @contextlib.contextmanager
@@ -82,7 +118,7 @@ class Database:
         """transaction() in pipeline mode: statements go out without waiting for each other's results,
         so a batch waits on Postgres only where it reads a result, and once more at commit. COPY is not
         available inside (insert_columns is). Always bounded by the write deadline."""
-        with self.pool.connection() as conn, self.bounded(conn), conn.pipeline():
+        with _ours(), self.pool.connection() as conn, self.bounded(conn), conn.pipeline():
             yield conn
             # psycopg's commit in a pipeline sends what it can without blocking, then only waits to
             # read: a statement bigger than the socket buffers (~10 MB on loopback) stays half sent

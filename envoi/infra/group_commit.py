@@ -28,12 +28,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from envoi.infra.errors import ServiceUnavailable
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class CommitTimeout(TimeoutError):
-    """The write did not happen (or its outcome is unknown) in the time allowed."""
+class CommitTimeout(ServiceUnavailable, TimeoutError):
+    """The write did not happen (or its outcome is unknown) in the time allowed: the database is busy
+    or not answering (503 / 451, as for DatabaseUnavailable)."""
 
 
 class _Waiter(Generic[T]):

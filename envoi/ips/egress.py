@@ -26,9 +26,22 @@ from dataclasses import dataclass, field
 
 from envoi.infra.db import Database, connect
 from envoi.ips import store, warmup
-from envoi.ips.errors import NoEgressAvailable
 
 log = logging.getLogger("envoi.ips")
+
+
+class NoEgressAvailable(Exception):  # noqa: N818 (named by the relay contract)
+    """No egress IP may send this delivery now (warm-up caps, "wait" policy, or IPs on another host).
+
+    The relay should put the delivery back (reschedule the recipients `retry_after` seconds later,
+    without counting an attempt or recording a failure event) instead of sending it. A signal of
+    the egress view to the relay, never seen by a caller: not an EnvoiError, so not in errors.py.
+    """
+
+    def __init__(self, retry_after: float, reason: str = "no egress IP available"):
+        super().__init__(f"{reason}; retry in {retry_after:.0f}s")
+        self.retry_after = retry_after
+        self.reason = reason
 
 
 @dataclass(frozen=True)

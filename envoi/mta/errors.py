@@ -1,37 +1,42 @@
-"""Errors raised by intake; the HTTP edge maps them to Mailgun's statuses, SMTP to reply codes."""
+"""Errors of the mta package: intake's refusals (the message was not accepted and nothing was stored)
+and bad tracking settings. The edges render them by class (see envoi.infra.errors)."""
+
+from envoi.infra.errors import EnvoiError
 
 
-class IntakeError(Exception):
-    """Base class: the message was not accepted and nothing was stored."""
+class IntakeError(EnvoiError):
+    """Base class of the mta package's errors."""
 
     http_status = 400
-    smtp_reply = "550 5.6.0"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+    smtp_code, smtp_enhanced = 550, "5.6.0"
 
 
 class InvalidMessage(IntakeError):
     http_status = 400
-    smtp_reply = "550 5.6.0"
+    smtp_code, smtp_enhanced = 550, "5.6.0"
 
 
 class InvalidRecipient(IntakeError):
     http_status = 400
-    smtp_reply = "553 5.1.3"
+    smtp_code, smtp_enhanced = 553, "5.1.3"
 
 
 class DomainNotFound(IntakeError):
     http_status = 404
-    smtp_reply = "550 5.7.1"
+    smtp_code, smtp_enhanced = 550, "5.7.1"
 
 
 class NotAllowed(IntakeError):
     http_status = 403
-    smtp_reply = "550 5.7.1"
+    smtp_code, smtp_enhanced = 550, "5.7.1"
 
 
 class MessageTooLarge(IntakeError):
     http_status = 413
-    smtp_reply = "552 5.3.4"
+    smtp_code, smtp_enhanced = 552, "5.3.4"
+
+
+class TrackingSettingsError(EnvoiError):
+    """Bad input to the tracking settings API."""
+
+    http_status = 400

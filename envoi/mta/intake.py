@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from envoi.accounts.errors import NotFound
 from envoi.accounts.service import Accounts, Principal
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra import ids
@@ -81,12 +80,10 @@ class Intake:
     def domain_for(self, principal: Principal, domain_name: str) -> dict:
         """The caller's sending domain, or DomainNotFound (also for another tenant's domain)."""
         domain_name = domain_name.lower()
-        if not principal.may_send_as(domain_name) or principal.account_id is None:
+        allowed = principal.may_send_as(domain_name) and principal.account_id is not None
+        domain = self.accounts.sending_domain(domain_name, principal.account_id) if allowed else None
+        if domain is None:
             raise DomainNotFound(f"Domain not found: {domain_name}")
-        try:
-            domain = self.accounts.sending_domain(domain_name, principal.account_id)
-        except NotFound as ex:
-            raise DomainNotFound(f"Domain not found: {domain_name}") from ex
         if domain["state"] == "disabled":
             raise NotAllowed(f"Domain {domain_name} is not allowed to send: domain is disabled")
         return domain

@@ -36,6 +36,7 @@ from envoi.events.service import Events, NewEvent, item
 from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database
 from envoi.mta.compose import SMTP_POLICY, Composed, Draft
+from envoi.mta.errors import TrackingSettingsError
 
 KINDS = {"o": "opened", "c": "clicked", "u": "unsubscribed"}
 HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
@@ -53,10 +54,6 @@ class InvalidToken(ValueError):
 
 class ForgedToken(InvalidToken):
     """A token that fails authentication: malformed, tampered with, another kind's, or not ours."""
-
-
-class TrackingSettingsError(ValueError):
-    """Bad input to the tracking settings API."""
 
 
 def _b64(data: bytes) -> str:

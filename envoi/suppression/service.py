@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlencode
 
-from envoi.accounts.errors import InvalidInput, NotFound
 from envoi.events.service import NewEvent
 from envoi.infra.db import Connection, Database
 from envoi.suppression import store
+from envoi.suppression.errors import InvalidInput, NotFound
 
 KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
 MAX_LIMIT = 1000

@@ -15,7 +15,6 @@ import secrets
 import threading
 import time
 
-from envoi.accounts.errors import InvalidInput, NotFound
 from envoi.events.service import NewEvent
 from envoi.infra.crypto import Sealer, hmac_sha256_hex
 from envoi.infra.db import Connection, Cursor, Database
@@ -23,6 +22,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.redis import Doorbell
 from envoi.infra.settings import Settings
 from envoi.webhooks import secret_url, ssrf, store
+from envoi.webhooks.errors import InvalidInput, NotFound
 
 log = logging.getLogger("envoi.webhooks")
 EVENT_TYPES = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained",

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from envoi import runtime
 from envoi.api.app import create_app
-from envoi.ips.errors import NoEgressAvailable
+from envoi.ips.egress import NoEgressAvailable
 from tests.conftest import basic
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -177,8 +177,9 @@ def test_cli_lists_recent_events(server, services, domain, api_key):
 
 
 def test_redis_down_never_fails_the_write_path_and_the_stream_says_so():
+    from envoi.events.errors import EventQueryError, StreamUnavailable
     from envoi.events.service import NewEvent
-    from envoi.events.stream import LiveStream, StreamUnavailable
+    from envoi.events.stream import LiveStream
     from envoi.infra.redis import client
 
     stream = LiveStream(client("redis://127.0.0.1:1/0"), "eu", max_clients=1)
@@ -190,7 +191,7 @@ def test_redis_down_never_fails_the_write_path_and_the_stream_says_so():
     with pytest.raises(StreamUnavailable):
         stream.open(1, domain_id=None, matches=lambda data: True, last_event_id=None)
     assert stream._slots.acquire(blocking=False)  # the slot was given back
-    with pytest.raises(ValueError):
+    with pytest.raises(EventQueryError):  # a 400 at the HTTP edge
         stream.open(1, domain_id=None, matches=lambda data: True, last_event_id="not-an-id")
 
 

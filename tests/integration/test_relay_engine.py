@@ -252,7 +252,7 @@ def test_signature_survives_outcomes_recorded_while_its_message_is_in_flight(ser
 
 
 def test_no_egress_available_defers_without_an_attempt(services, settings, account, domain, db, dns):
-    from envoi.ips.errors import NoEgressAvailable
+    from envoi.ips.egress import NoEgressAvailable
     from envoi.mta.delivery.session import Egress
 
     dns.add("wait.test", "MX", "10 mx.wait.test.")

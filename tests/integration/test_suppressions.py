@@ -8,9 +8,9 @@ from urllib.parse import urlencode
 import pytest
 from falcon import testing
 
-from envoi.accounts.errors import InvalidInput
 from envoi.api.app import create_app
 from envoi.events.service import NewEvent, item
+from envoi.suppression.errors import InvalidInput
 from envoi.suppression.service import MAX_CSV_BYTES
 from tests.conftest import basic
 from tests.support.delivery import events_of, send

@@ -9,7 +9,6 @@ import falcon
 from envoi.accounts.errors import NotFound
 from envoi.api.errors import ApiError
 from envoi.events.service import compile_filters, matches, parse_filters
-from envoi.events.stream import StreamUnavailable, TooManyStreams
 
 
 def query_params(req: falcon.Request) -> dict[str, list[str]]:
@@ -71,17 +70,9 @@ class LiveEvents(DomainScoped):
                 raise ApiError(400, "timeout must be a number of seconds") from ex
             if not math.isfinite(timeout) or timeout <= 0:
                 raise ApiError(400, "timeout must be a number of seconds")
-        try:
-            body = self.stream.open(
-                principal.account_id, domain_id=domain_id, matches=lambda data: matches(compiled, data),
-                last_event_id=last_event_id, max_seconds=timeout,
-                decorate=self._with_domain if domain is None else None)
-        except TooManyStreams as ex:
-            raise ApiError(429, str(ex), headers={"Retry-After": "5"}) from ex
-        except StreamUnavailable as ex:
-            raise ApiError(503, str(ex), headers={"Retry-After": "5"}) from ex
-        except ValueError as ex:
-            raise ApiError(400, str(ex)) from ex
+        body = self.stream.open(
+            principal.account_id, domain_id=domain_id, matches=lambda data: matches(compiled, data),
+            last_event_id=last_event_id, max_seconds=timeout, decorate=self._with_domain if domain is None else None)
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream

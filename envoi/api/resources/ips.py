@@ -11,7 +11,6 @@ import falcon
 from envoi.api.auth import CUSTOMER
 from envoi.api.errors import ApiError, unauthorized
 from envoi.api.forms import read_form
-from envoi.ips.errors import IpError
 from envoi.ips.service import SHARED, ip_json
 
 TRUE = {"true", "yes", "1", "on"}
@@ -67,10 +66,6 @@ def scope(req: falcon.Request) -> int | None:
 def operator_only(req: falcon.Request) -> None:
     if not is_operator(req):
         raise unauthorized()
-
-
-def handle_ip_error(req, resp, ex: IpError, params) -> None:
-    raise ApiError(ex.http_status, ex.message)
 
 
 class Base:

@@ -7,10 +7,11 @@ import threading
 
 import falcon
 
-from envoi.api.errors import ApiError
+from envoi.api.errors import ApiError, http_error
 from envoi.api.forms import read_form
+from envoi.infra.errors import EnvoiError
 from envoi.mta.compose import compose, from_mime, parse_addresses
-from envoi.mta.errors import IntakeError, MessageTooLarge
+from envoi.mta.errors import MessageTooLarge
 
 QUEUED = "Queued. Thank you."
 LARGE_BYTES = 4 * 1024 * 1024  # a request this large composes into several copies of tens of MB
@@ -93,10 +94,10 @@ class Messages:
         resp.media = {"id": message_id, "message": QUEUED}
 
 
-def _refusal(handler, *args) -> ApiError | None:
-    """Run handler; return the API error for an intake refusal instead of letting it propagate."""
+def _refusal(handler, req: falcon.Request, *args) -> ApiError | None:
+    """Run handler; return the API error for a refusal instead of letting it propagate."""
     try:
-        handler(*args)
-    except IntakeError as ex:
-        return ApiError(ex.http_status, ex.message)
+        handler(req, *args)
+    except EnvoiError as ex:
+        return http_error(req, ex)
     return None

@@ -14,7 +14,7 @@ from envoi.api.client_address import ClientAddress
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.api.resources.events import DomainScoped
-from envoi.mta.tracking import ForgedToken, InvalidToken, TrackingSettingsError
+from envoi.mta.tracking import ForgedToken, InvalidToken
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">
@@ -33,10 +33,7 @@ class TrackingSettings(DomainScoped):
     def on_put_item(self, req, resp, domain: str, kind: str) -> None:
         row = self.domain(req, domain)
         fields, _ = read_form(req)
-        try:
-            resp.media = self.tracking.update_settings(row, kind, {k: v[-1] for k, v in fields.items() if v})
-        except TrackingSettingsError as ex:
-            raise ApiError(400, str(ex)) from ex
+        resp.media = self.tracking.update_settings(row, kind, {k: v[-1] for k, v in fields.items() if v})
 
 
 BAD_TOKENS_PER_MINUTE = 30  # per client address; past it, that address's forged tokens get 429

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from envoi.infra.metrics import Metrics
-from envoi.ips.egress import EgressView
-from envoi.ips.errors import NoEgressAvailable
+from envoi.ips.egress import EgressView, NoEgressAvailable
 from envoi.mta.delivery.session import Egress
 
 

@@ -27,7 +27,7 @@ from envoi.events.service import Events, NewEvent, item
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.settings import Settings
-from envoi.ips.errors import NoEgressAvailable
+from envoi.ips.egress import NoEgressAvailable
 from envoi.mta import store
 from envoi.mta.bounces import verp
 from envoi.mta.delivery import retry

@@ -50,7 +50,7 @@ from email.utils import format_datetime
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
 
 from envoi.accounts.service import Accounts, Principal
-from envoi.infra.db import DatabaseUnavailable
+from envoi.infra.errors import EnvoiError, ServiceUnavailable
 from envoi.mta import compose, senders
 from envoi.mta.errors import IntakeError, InvalidMessage
 from envoi.mta.intake import Accepted, Intake
@@ -83,7 +83,7 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
 TEMPFAIL = "451 4.3.0 Temporary server error, please try again later"
-DB_TEMPFAIL = "451 4.3.0 Queue temporarily unavailable: the database is not answering, please try again later"
+DB_TEMPFAIL = ServiceUnavailable().smtp_reply()  # a database outage's reply
 # Per-connection budgets (aiosmtpd answers 421 4.7.0 and closes past them). Generous for MAIL/RCPT/
 # DATA so one connection can carry many messages; tight for what only a probe repeats.
 COMMAND_LIMITS = {"AUTH": 5, "STARTTLS": 2, "EHLO": 10, "HELO": 10, "NOOP": 100, "VRFY": 5, "EXPN": 5,
@@ -555,12 +555,11 @@ class _Handler:
             else:  # big, or possibly one copy per recipient (recipient-variables): keep the loop free
                 draft = await self.submission.run(self.submission.compose, *args)
             message_id = await self.submission.stage.submit(principal, draft)
-        except IntakeError as ex:
-            log.info("submission: refused from %s: %s %s", principal.domain, ex.smtp_reply, ex.message)
-            return f"{ex.smtp_reply} {_one_line(ex.message)}"
-        except DatabaseUnavailable as ex:
-            log.warning("submission: database unavailable: %s", ex)
-            return DB_TEMPFAIL
+        except EnvoiError as ex:  # mapped by class: each says its own reply (a database outage: 451 4.3.0)
+            reply = ex.smtp_reply()
+            log.log(logging.WARNING if ex.logged else logging.INFO, "submission: refused from %s: %s (%s)",
+                    principal.domain, reply[:9], ex)
+            return reply
         except Exception:
             log.exception("submission: intake failed")
             return TEMPFAIL
@@ -578,10 +577,6 @@ class _Handler:
     async def handle_exception(self, error: Exception) -> str:
         log.exception("submission: session error", exc_info=error)
         return "451 4.3.0 Temporary server error"
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"[\r\n]+", " ", text)[:400]
 
 
 class SubmissionServer:
