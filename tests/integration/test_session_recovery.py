@@ -6,37 +6,23 @@ from __future__ import annotations
 
 import asyncio
 
-import aiosmtplib
 import pytest
 
 from envoi.mta.delivery import session as session_module
 from envoi.mta.delivery.outcome import Kind
 from envoi.mta.delivery.session import Egress, Session
 from envoi.mta.sink import Sink
+from tests.support import faults
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: s\r\n\r\nbody\r\n"
 
 
 def fail_in_rcpt(monkeypatch):
-    original = aiosmtplib.SMTP.execute_command
-
-    async def execute_command(self, *args, **kwargs):
-        if args[0] == b"RCPT" and b"boom" in args[1]:
-            raise RuntimeError("injected after MAIL FROM")
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(aiosmtplib.SMTP, "execute_command", execute_command)
+    faults.raise_in_rcpt(monkeypatch, b"boom")
 
 
 def fail_in_data(monkeypatch):
-    original = session_module.normalize_crlf
-
-    def normalize_crlf(data: bytes) -> bytes:
-        if b"boom" in data:
-            raise RuntimeError("injected after DATA's 354")
-        return original(data)
-
-    monkeypatch.setattr(session_module, "normalize_crlf", normalize_crlf)
+    faults.raise_in_data(monkeypatch, b"boom")
 
 
 def fail_after_final_reply(monkeypatch):
