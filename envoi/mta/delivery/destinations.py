@@ -86,7 +86,7 @@ class Destinations:
         options = delivery.message["options"] or {}
         if options.get("testmode"):
             # Test mode: accepted and recorded as delivered with Mailgun's code 650, never sent.
-            self.recorder.fail(delivery, Outcome(Kind.DELIVERED, 650, "Test mode", description="test mode"))
+            self.recorder.result_each(delivery, Outcome(Kind.DELIVERED, 650, "Test mode", description="test mode"))
             return
         if self.settings.smtp_route:
             host, port = self.settings.smtp_route
@@ -101,11 +101,11 @@ class Destinations:
         try:
             hosts = await self.resolver.mx(rcpt_domain)
         except (DnsTemporaryError, DnsPermanentError) as ex:
-            self.recorder.fail(delivery, dns_outcome(ex))
+            self.recorder.result_each(delivery, dns_outcome(ex))
             return
         except Exception as ex:  # never lose a claimed recipient to a bug: retry it
             log.exception("MX lookup crashed")
-            self.recorder.fail(delivery, dns_outcome(DnsTemporaryError(str(ex))))
+            self.recorder.result_each(delivery, dns_outcome(DnsTemporaryError(str(ex))))
             return
         self._enqueue(delivery, tuple(sorted({h.host for h in hosts})), hosts)
 
@@ -140,7 +140,7 @@ class Destinations:
 
     def _fail_queued(self, dest: Destination, outcome: Outcome) -> None:
         while not dest.queue.empty():
-            self.recorder.fail(dest.queue.get_nowait(), outcome)
+            self.recorder.result_each(dest.queue.get_nowait(), outcome)
 
     async def _worker(self, dest: Destination) -> None:
         session: Session | None = None
@@ -171,7 +171,7 @@ class Destinations:
                             session = await self._connect(dest, delivery)
                         except SessionError as ex:
                             session = None
-                            recorder.fail(delivery, ex.outcome)
+                            recorder.result_each(delivery, ex.outcome)
                             if not is_connection_failure(ex.outcome) and (
                                     ex.outcome.code == 421 or ex.outcome.retry_after):
                                 self._pause(dest, ex.outcome)
@@ -180,7 +180,7 @@ class Destinations:
                                 self._fail_queued(dest, ex.outcome)
                             continue
                         except (DnsTemporaryError, DnsPermanentError) as ex:
-                            recorder.fail(delivery, dns_outcome(ex))
+                            recorder.result_each(delivery, dns_outcome(ex))
                             self._fail_queued(dest, dns_outcome(ex))
                             continue
                     if not delivery.unrecorded:
@@ -191,7 +191,7 @@ class Destinations:
                     except SessionError as ex:  # the session broke mid-transaction: only this one retries
                         await self._close(dest, session)
                         session = None
-                        recorder.fail(delivery, ex.outcome)
+                        recorder.result_each(delivery, ex.outcome)
                         continue
                     except Exception as ex:  # a bug or a message that cannot be sent; Session.send left
                         log.exception("delivery crashed")  # the session clean (reset or closed)
@@ -257,7 +257,7 @@ class Destinations:
         skip = options.get("skip_verification", delivery.domain.get("skip_verification"))
         refusal = session.policy_refusal(require_tls, not skip)
         if refusal is not None:
-            self.recorder.fail(delivery, refusal)
+            self.recorder.result_each(delivery, refusal)
             return [refusal]
         data = prepared(message)
         addresses = [r["address"] for r in delivery.recipients]

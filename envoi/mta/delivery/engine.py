@@ -1,10 +1,11 @@
 """The relay: takes due recipients from Postgres and delivers them over reused SMTP sessions.
 
-Flow: a claimer leases due recipients (Postgres is the queue; Redis only rings a doorbell), groups
-them into deliveries (one message to the recipients it has at one domain), and hands each to the
-ready queue of its destination. Per destination, up to N workers hold SMTP sessions open and send
-delivery after delivery over them. Outcomes are written back in batches, each batch one commit that
-updates the schedule and records the events together.
+Flow, one module per stage (like Postal's message_dequeuer): `claim` leases due recipients (Postgres
+is the queue; Redis only rings a doorbell) with their domains' DKIM keys; `prepare` opens and signs
+their messages; this loop groups them into deliveries (one message to the recipients it has at one
+domain) and hands each to `destinations`, the ready queue of its destination, where up to N workers
+hold SMTP sessions open and send delivery after delivery over them; `record` turns the outcomes into
+a plan (finish, reschedule, events) and writes it back in batches, each batch one commit.
 
 At-least-once: a message the remote has (its final "." sent) is re-sent if the relay dies before its
 outcome is committed. Those are bounded: a delivery is sent only with one of UNRECORDED_PER_CONNECTION x
@@ -213,7 +214,7 @@ class Relay:
                     break
                 except Exception as ex:  # never strand a claimed recipient: a failing hook means retry later
                     log.exception("choosing the egress failed")
-                    recorder.fail(Delivery(message, domain, recipients, Egress(None, "")),
+                    recorder.result_each(Delivery(message, domain, recipients, Egress(None, "")),
                                   connection_failure(f"internal error: {ex}", {}))
                     break
                 # An IP near its warm-up cap may carry only some recipients: the rest look for another.

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra.db import Database
@@ -24,7 +25,7 @@ from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome
 log = logging.getLogger("envoi.relay")
 
 
-class Attempted:
+class Attempted(Protocol):
     """What plan() reads of a delivery: its message (the relay's Delivery is one)."""
 
     message: dict
@@ -150,7 +151,7 @@ class Recorder:
         self.results.append((delivery, rcpt, outcome))
         self._wake.set()
 
-    def fail(self, delivery, outcome: Outcome) -> None:
+    def result_each(self, delivery, outcome: Outcome) -> None:
         """The same outcome for every recipient of a delivery."""
         for rcpt in delivery.recipients:
             self.result(delivery, rcpt, outcome)
