@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 
 from envoi.infra.dkim_keys import ed25519_context, generate_ed25519
 from envoi.mta import store
+from envoi.mta.delivery.session import Session
 from envoi.mta.delivery.shaping import RateLimiter, Shaping, ShapingError
 from envoi.mta.sink import Sink
 from tests.support.delivery import events_of, send
@@ -307,3 +308,26 @@ def test_a_server_that_stops_answering_times_out_and_is_retried(services, settin
     row = db.execute("SELECT status FROM recipients WHERE message_pk = (SELECT id FROM messages"
                      " WHERE message_id = %s)", (stalled,)).fetchone()
     assert row["status"] == "queued"  # deferred for a retry, not failed
+
+
+def test_a_crash_while_connecting_retries_the_delivery_and_the_worker_carries_on(
+        services, settings, account, domain, db, dns, monkeypatch):
+    dns.add("opencrash.test", "MX", "10 mx.opencrash.test.")
+    dns.add("mx.opencrash.test", "A", "127.0.0.1")
+    original, crashed = Session.open, []
+
+    async def open_once_crashing(self):
+        if not crashed:
+            crashed.append(self)
+            await original(self)  # connected: the crash must not leave this socket behind
+            raise RuntimeError("injected failure while opening the session")
+        await original(self)
+
+    monkeypatch.setattr(Session, "open", open_once_crashing)
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns, retry_schedule=(0.5,))):
+        message_id = send(services, account["id"], domain, "a@opencrash.test")
+        events = final(db, message_id)
+    assert [(e["event"], e["severity"]) for e in events[1:]] == [("failed", "temporary"), ("delivered", None)]
+    assert "internal error" in events[1]["data"]["delivery-status"]["message"]
+    assert crashed[0].smtp is None  # closed, not leaked
+    assert [m["rcpt_tos"] for m in sink.messages()] == [["a@opencrash.test"]]

@@ -183,6 +183,12 @@ class Destinations:
                             recorder.result_each(delivery, dns_outcome(ex))
                             self._fail_queued(dest, dns_outcome(ex))
                             continue
+                        except Exception as ex:  # a bug while connecting: retry this delivery, carry on
+                            log.exception("connecting crashed")
+                            session = None
+                            for rcpt in delivery.recipients:
+                                recorder.result(delivery, rcpt, internal_error(ex, rcpt["attempts"] + 1))
+                            continue
                     if not delivery.unrecorded:
                         await self.unrecorded.acquire()
                         delivery.unrecorded = True
@@ -242,6 +248,9 @@ class Destinations:
                     if ex.outcome.kind is Kind.FAILED and ex.outcome.code >= 500 and ex.outcome.code != 554:
                         raise
                     continue
+                except BaseException:
+                    session.abort()  # a bug or a cancellation while opening: never leave the socket behind
+                    raise
                 session.counted = True
                 if self.metrics:
                     self.metrics.connections.labels(dest.label).inc()
