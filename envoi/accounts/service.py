@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from envoi.accounts import dnscheck, store
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
-from envoi.infra import crypto, ids
+from envoi.infra import crypto, dkim_keys, ids
 from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database, IntegrityError
 
@@ -108,7 +108,7 @@ class Accounts:
         name = name.strip().lower().rstrip(".")
         if not DOMAIN_RE.match(name):
             raise InvalidInput(f"'{name}' is not a valid domain name")
-        if dkim_key_size not in (1024, 2048, 4096):
+        if dkim_key_size not in dkim_keys.RSA_KEY_SIZES:
             raise InvalidInput("dkim_key_size must be 1024, 2048 or 4096")
         if web_scheme not in ("http", "https"):
             raise InvalidInput("web_scheme must be http or https")
@@ -117,7 +117,7 @@ class Accounts:
         selector = dkim_selector or "envoi"
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", selector):
             raise InvalidInput("dkim_selector is not valid")
-        private_pem, public_b64 = crypto.generate_rsa_keypair(dkim_key_size)
+        private_pem, public_b64 = dkim_keys.generate_rsa(dkim_key_size)
         try:
             with self.db.transaction() as conn:
                 self._account(conn, account_id)
@@ -129,7 +129,7 @@ class Accounts:
                     name=name,
                     state="active" if verified else "unverified",
                     dkim_selector=selector,
-                    dkim_private_key=self.sealer.seal(private_pem, b"dkim:" + name.encode()),
+                    dkim_private_key=dkim_keys.seal_rsa(self.sealer, name, private_pem),
                     dkim_public_key=public_b64,
                     dkim_key_size=dkim_key_size,
                     spam_action=spam_action,
@@ -222,7 +222,7 @@ class Accounts:
         self._sending_domains.forget()
 
     def dkim_private_key(self, domain: dict) -> bytes:
-        return self.sealer.open(domain["dkim_private_key"], b"dkim:" + domain["name"].encode())
+        return dkim_keys.open_rsa(self.sealer, domain["name"], domain["dkim_private_key"])
 
     # API keys ---------------------------------------------------------------------------------
     def create_key(

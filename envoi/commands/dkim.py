@@ -12,18 +12,17 @@ def domains_ed25519(domain: str, selector: str) -> None:
     """Give DOMAIN an ed25519 DKIM key: the relay adds a second signature (ed25519-sha256, RFC 8463)
     next to the RSA one, within a minute. Prints the TXT record to publish. Re-running replaces it."""
     from envoi import runtime
+    from envoi.infra import dkim_keys
     from envoi.infra.settings import Settings
     from envoi.mta import store
-    from envoi.mta.delivery.engine import ed25519_context
-    from envoi.mta.signing import generate_ed25519_key
 
     services = runtime.build(Settings.from_env(), pool_size=1)
     try:
         row = services.accounts.get_domain(domain)
-        private, public = generate_ed25519_key()
+        private, public = dkim_keys.generate_ed25519()
         with services.db.transaction() as conn:
             store.set_domain_ed25519(conn, row["id"], selector,
-                                     services.sealer.seal(private, ed25519_context(row["name"])), public)
+                                     dkim_keys.seal_ed25519(services.sealer, row["name"], private), public)
     finally:
         services.close()
     click.echo(f"domain {row['name']}: ed25519 DKIM key set; publish:")

@@ -17,18 +17,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim import rfc822_parse
 from dkim.canonicalization import correct_empty_body, strip_trailing_lines
+
+from envoi.infra.dkim_keys import CacheInfo, ParsedKeys
 
 #: Headers signed when present, in h= order. dkimpy's default list lacks List-Unsubscribe-Post,
 #: which RFC 8058 requires to be signed.
@@ -96,30 +96,11 @@ def relaxed_body(body: bytes) -> bytes:
     return correct_empty_body(strip_trailing_lines(body))
 
 
-def generate_ed25519_key() -> tuple[bytes, str]:
-    """Return (private key as PKCS#8 PEM, public key base64 for the TXT record `k=ed25519; p=`)."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    raw_public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return pem, base64.b64encode(raw_public).decode("ascii")
-
-
-class CacheInfo(NamedTuple):
-    hits: int
-    misses: int
-    size: int
-
-
 class DkimSigner:
-    """Signs messages; parsed private keys are kept in an LRU cache. Thread-safe."""
+    """Signs messages with keys parsed once (envoi.infra.dkim_keys keeps them). Thread-safe."""
 
     def __init__(self, cache_size: int = 1024):
-        self._cache_size = cache_size
-        self._keys: OrderedDict[tuple[str, str, bytes], object] = OrderedDict()
-        self._lock = threading.Lock()
-        self._hits = self._misses = 0
+        self.keys = ParsedKeys(cache_size)
 
     def sign(
         self,
@@ -149,7 +130,7 @@ class DkimSigner:
             headers=canonical,
         )
 
-        rsa_key = self._key(domain, selector, private_key_pem, _load_rsa)
+        rsa_key = self.keys.rsa(domain, selector, private_key_pem)
         fields = [
             _signature(
                 common,
@@ -160,32 +141,13 @@ class DkimSigner:
         ]
         if ed25519 is not None:
             ed_selector, ed_key_data = ed25519
-            ed_key = self._key(domain, ed_selector, ed_key_data, _load_ed25519)
+            ed_key = self.keys.ed25519(domain, ed_selector, ed_key_data)
             # RFC 8463: Ed25519 signs the SHA-256 digest of the header data.
             fields.append(_signature(common, b"ed25519-sha256", ed_selector, ed_key.sign))
         return b"".join(fields)
 
     def cache_info(self) -> CacheInfo:
-        with self._lock:
-            return CacheInfo(self._hits, self._misses, len(self._keys))
-
-    def _key(self, domain: str, selector: str, data: bytes, load: Callable[[bytes], object]):
-        # Hash of the key material in the cache key: a rotated key under the same selector is
-        # picked up at once, and the PEM itself is not kept as a dictionary key.
-        cache_key = (domain.lower(), selector, hashlib.sha256(data).digest())
-        with self._lock:
-            key = self._keys.get(cache_key)
-            if key is not None:
-                self._keys.move_to_end(cache_key)
-                self._hits += 1
-                return key
-            self._misses += 1
-        key = load(data)  # parse outside the lock; a rare duplicate parse is harmless
-        with self._lock:
-            self._keys[cache_key] = key
-            while len(self._keys) > self._cache_size:
-                self._keys.popitem(last=False)
-        return key
+        return self.keys.info()
 
 
 class _Common(NamedTuple):
@@ -272,26 +234,3 @@ def _fold(pieces: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
         out.append(text)
         column += len(text)
     return b"".join(out), column
-
-
-def _load_rsa(pem: bytes) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("DKIM key is not an RSA private key")
-    if key.key_size < 1024:  # RFC 8301: verifiers reject shorter keys
-        raise ValueError(f"RSA key of {key.key_size} bits is too short for DKIM")
-    return key
-
-
-def _load_ed25519(data: bytes) -> Ed25519PrivateKey:
-    """Accept PEM, the raw 32-byte seed, or the seed in base64 (dkimpy's format)."""
-    if data.lstrip().startswith(b"-----BEGIN"):
-        key = serialization.load_pem_private_key(data, password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError("DKIM key is not an Ed25519 private key")
-        return key
-    if len(data) != 32:
-        data = base64.b64decode(data, validate=True)
-    if len(data) != 32:
-        raise ValueError("an Ed25519 private key is 32 bytes")
-    return Ed25519PrivateKey.from_private_bytes(data)

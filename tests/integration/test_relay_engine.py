@@ -10,10 +10,10 @@ import pytest
 import trustme
 from prometheus_client import generate_latest
 
+from envoi.infra.dkim_keys import ed25519_context, generate_ed25519
 from envoi.mta import store
-from envoi.mta.delivery.engine import ed25519_context
+from envoi.mta.delivery.session import Session
 from envoi.mta.delivery.shaping import RateLimiter, Shaping, ShapingError
-from envoi.mta.signing import generate_ed25519_key
 from envoi.mta.sink import Sink
 from tests.support.delivery import events_of, send
 from tests.support.dns_server import DnsServer
@@ -53,7 +53,7 @@ def test_implicit_mx_and_shared_mx_site(services, settings, account, domain, db,
         ids = [send(services, account["id"], domain, to) for to in ("i@implicit.test", "a@one.test", "b@two.test")]
         for message_id in ids:
             assert final(db, message_id)[-1]["event"] == "delivered"
-        sites = {key[1] for key in thread.relay.destinations}
+        sites = {key[1] for key in thread.relay.destinations.by_key}
     assert events_of(db, ids[0])[-1]["data"]["delivery-status"]["mx-host"] == "implicit.test"
     assert sites <= {("implicit.test",), ("mx.provider.test",)}
     assert len(sink.messages()) == 3
@@ -149,14 +149,14 @@ def test_messages_per_connection_and_ed25519_second_signature(services, settings
                        '[[rule]]\nname = "limited"\nmx_suffixes = ["shaped.test"]\nmessages_per_minute = 6000\n')
     dns.add("shaped.test", "MX", "10 mx.shaped.test.")
     dns.add("mx.shaped.test", "A", "127.0.0.1")
-    private, public = generate_ed25519_key()
+    private, public = generate_ed25519()
     store.set_domain_ed25519(db, domain["id"], "ed", services.sealer.seal(private, ed25519_context(domain["name"])),
                              public)
     with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns, shaping_file=str(shaping))) as t:
         ids = [send(services, account["id"], domain, f"u{i}@shaped.test") for i in range(5)]
         for mid in ids:
             assert final(db, mid)[-1]["event"] == "delivered"
-        rule = t.relay.shaping.for_site(("mx.shaped.test",))
+        rule = t.relay.destinations.shaping.for_site(("mx.shaped.test",))
         text = generate_latest(services.metrics.registry).decode()
     assert (rule.name, rule.max_connections, rule.messages_per_connection) == ("limited", 1, 2)
     assert len(sink.messages()) == 5
@@ -308,3 +308,26 @@ def test_a_server_that_stops_answering_times_out_and_is_retried(services, settin
     row = db.execute("SELECT status FROM recipients WHERE message_pk = (SELECT id FROM messages"
                      " WHERE message_id = %s)", (stalled,)).fetchone()
     assert row["status"] == "queued"  # deferred for a retry, not failed
+
+
+def test_a_crash_while_connecting_retries_the_delivery_and_the_worker_carries_on(
+        services, settings, account, domain, db, dns, monkeypatch):
+    dns.add("opencrash.test", "MX", "10 mx.opencrash.test.")
+    dns.add("mx.opencrash.test", "A", "127.0.0.1")
+    original, crashed = Session.open, []
+
+    async def open_once_crashing(self):
+        if not crashed:
+            crashed.append(self)
+            await original(self)  # connected: the crash must not leave this socket behind
+            raise RuntimeError("injected failure while opening the session")
+        await original(self)
+
+    monkeypatch.setattr(Session, "open", open_once_crashing)
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns, retry_schedule=(0.5,))):
+        message_id = send(services, account["id"], domain, "a@opencrash.test")
+        events = final(db, message_id)
+    assert [(e["event"], e["severity"]) for e in events[1:]] == [("failed", "temporary"), ("delivered", None)]
+    assert "internal error" in events[1]["data"]["delivery-status"]["message"]
+    assert crashed[0].smtp is None  # closed, not leaked
+    assert [m["rcpt_tos"] for m in sink.messages()] == [["a@opencrash.test"]]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import uuid
 
-import aiosmtplib
 import pytest
 
 from envoi.accounts.service import Principal
 from envoi.mta.compose import compose, from_mime
-from envoi.mta.delivery import session as session_module
 from envoi.mta.sink import Sink
+from tests.support import faults
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
@@ -152,27 +151,13 @@ def test_idn_domain_is_sent_and_looked_up_as_its_a_label(services, settings, acc
 @pytest.fixture
 def raise_in_rcpt(monkeypatch):
     """RCPT TO for a "boom" address raises inside the transaction (after MAIL FROM was accepted)."""
-    original = aiosmtplib.SMTP.execute_command
-
-    async def execute_command(self, *args, **kwargs):
-        if args[0] == b"RCPT" and b"boom" in args[1]:
-            raise RuntimeError("injected failure while sending RCPT")
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(aiosmtplib.SMTP, "execute_command", execute_command)
+    faults.raise_in_rcpt(monkeypatch, b"boom")
 
 
 @pytest.fixture
 def raise_in_data(monkeypatch):
     """A message whose text says BOOM raises after the server's 354, while the body is being sent."""
-    original = session_module.normalize_crlf
-
-    def normalize_crlf(data: bytes) -> bytes:
-        if b"BOOM" in data:
-            raise RuntimeError("injected failure while sending the message")
-        return original(data)
-
-    monkeypatch.setattr(session_module, "normalize_crlf", normalize_crlf)
+    faults.raise_in_data(monkeypatch, b"BOOM")
 
 
 def _crash_then_next(services, account, domain, db, sink, poison_to, poison_text):

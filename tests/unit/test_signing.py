@@ -9,11 +9,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from envoi.infra.dkim_keys import generate_ed25519
 from envoi.mta.signing import (
     OVERSIGNED_HEADERS,
     SIGNED_HEADERS,
     DkimSigner,
-    generate_ed25519_key,
     normalize_crlf,
     relaxed_body,
     relaxed_headers,
@@ -151,7 +151,7 @@ def test_key_cache_is_bounded_and_follows_key_rotation(rsa_key):
 
 def test_ed25519_second_signature_verifies(rsa_key, dns):
     pytest.importorskip("nacl", reason="dkimpy verifies ed25519 with pynacl")
-    private_pem, public_b64 = generate_ed25519_key()
+    private_pem, public_b64 = generate_ed25519()
     dns.records["ed1._domainkey.example.com."] = f"v=DKIM1; k=ed25519; p={public_b64}"
 
     headers = sign(rsa_key, ed25519=("ed1", private_pem))
@@ -258,6 +258,6 @@ def test_message_without_from_is_refused(rsa_key):
 
 
 def test_non_rsa_key_is_refused():
-    ed_pem, _ = generate_ed25519_key()
+    ed_pem, _ = generate_ed25519()
     with pytest.raises(ValueError, match="RSA"):
         DkimSigner().sign(MESSAGE, domain="example.com", selector="s1", private_key_pem=ed_pem)

@@ -253,3 +253,33 @@ def from_reply(code: int, message: str, **context) -> Outcome:
         kind = Kind.FAILED
     return Outcome(kind, code, message, enhanced_code=enhanced, bounce_class=bounce_class(code, enhanced, message),
                    retry_after=retry_hint(message) if kind is Kind.RETRY else None, **context)
+
+
+#: A delivery that keeps raising inside the relay fails at this attempt instead of retrying for days.
+INTERNAL_ERROR_ATTEMPTS = 3
+
+
+def internal_error(ex: Exception, attempt_no: int, mx_host: str = "") -> Outcome:
+    """The outcome of an exception while sending one delivery: retried like a deferral (it may have
+    been passing), then failed for good, so one poison message never cycles until it expires."""
+    text = f"internal error: {type(ex).__name__}: {ex}"[:500]
+    if attempt_no >= INTERNAL_ERROR_ATTEMPTS:
+        return Outcome(Kind.FAILED, 554, text, enhanced_code="5.3.0", bounce_class=BounceClass.OTHER,
+                       mx_host=mx_host, extra={"reason": "generic"},
+                       description=f"the relay could not send this message (attempt {attempt_no}); not retried")
+    return Outcome(Kind.RETRY, 451, text, enhanced_code="4.3.0", bounce_class=BounceClass.OTHER, mx_host=mx_host,
+                   description=f"the relay could not send this message; retried (at most {INTERNAL_ERROR_ATTEMPTS}"
+                               " attempts)")
+
+
+# Mailgun's codes for sends to suppressed addresses (605 previously bounced, 607 complained).
+SUPPRESSION_CODES = {"suppress-bounce": 605, "suppress-unsubscribe": 606, "suppress-complaint": 607}
+
+
+def suppressed(reason: str) -> Outcome:
+    descriptions = {"suppress-bounce": "Not delivering to previously bounced address",
+                    "suppress-unsubscribe": "Not delivering to unsubscribed address",
+                    "suppress-complaint": "Not delivering to a user who marked your messages as spam"}
+    text = descriptions.get(reason, "Not delivering to suppressed address")
+    return Outcome(Kind.FAILED, SUPPRESSION_CODES.get(reason, 605), text, description=text,
+                   extra={"reason": reason})

@@ -1,0 +1,31 @@
+"""Failures injected inside an outbound SMTP transaction (monkeypatch), for the session-recovery tests."""
+
+from __future__ import annotations
+
+import aiosmtplib
+
+from envoi.mta.delivery import session as session_module
+
+
+def raise_in_rcpt(monkeypatch, marker: bytes = b"boom") -> None:
+    """RCPT TO for an address containing `marker` raises (after MAIL FROM was accepted)."""
+    original = aiosmtplib.SMTP.execute_command
+
+    async def execute_command(self, *args, **kwargs):
+        if args[0] == b"RCPT" and marker in args[1]:
+            raise RuntimeError("injected failure while sending RCPT")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiosmtplib.SMTP, "execute_command", execute_command)
+
+
+def raise_in_data(monkeypatch, marker: bytes = b"BOOM") -> None:
+    """A message containing `marker` raises after the server's 354, while the body is being sent."""
+    original = session_module.normalize_crlf
+
+    def normalize_crlf(data: bytes) -> bytes:
+        if marker in data:
+            raise RuntimeError("injected failure while sending the message")
+        return original(data)
+
+    monkeypatch.setattr(session_module, "normalize_crlf", normalize_crlf)
