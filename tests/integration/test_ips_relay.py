@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from envoi.mta.sink import Sink
+from envoi.dev.sink import Sink
 from envoi.wiring import ips as ips_wiring
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer

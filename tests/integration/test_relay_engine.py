@@ -10,11 +10,11 @@ import pytest
 import trustme
 from prometheus_client import generate_latest
 
+from envoi.dev.sink import Sink
 from envoi.mta import store
 from envoi.mta.delivery.engine import ed25519_context
 from envoi.mta.delivery.shaping import RateLimiter, Shaping, ShapingError
 from envoi.mta.signing import generate_ed25519_key
-from envoi.mta.sink import Sink
 from tests.support.delivery import events_of, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until

@@ -13,9 +13,9 @@ import aiosmtplib
 import pytest
 
 from envoi.accounts.service import Principal
+from envoi.dev.sink import Sink
 from envoi.mta.compose import compose, from_mime
 from envoi.mta.delivery import session as session_module
-from envoi.mta.sink import Sink
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 

@@ -16,7 +16,8 @@ import requests
 import trustme
 from aiosmtpd.smtp import SMTP
 
-from envoi.mta.sink import _SMTP, Sink
+from envoi.dev.sink import Sink
+from envoi.mta.listener import Connection
 
 RAW = b"From: a@sender.test\r\nTo: b@rcpt.test\r\nSubject: Hello\r\n\r\nBody line\r\n.leading dot\r\n8bit \xe9\xff\r\n"
 
@@ -257,13 +258,13 @@ def test_wait_for_times_out(sink):
     "<@route:a@b.test>",
 ])
 def test_fast_address_parsing_agrees_with_aiosmtpd(arg):
-    smtp = _SMTP.__new__(_SMTP)  # _getaddr only needs local_part_limit
+    smtp = Connection.__new__(Connection)  # _getaddr only needs local_part_limit
     smtp.local_part_limit = 0
     assert smtp._getaddr(arg) == SMTP._getaddr(smtp, arg)
 
 
 def test_serve_prints_addresses_and_stops_on_sigterm():
-    code = "from envoi.mta.sink import serve; serve('127.0.0.1', 0, '127.0.0.1', 0)"
+    code = "from envoi.dev.sink import serve; serve('127.0.0.1', 0, '127.0.0.1', 0)"
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
         try:
             line = proc.stdout.readline()  # "envoi sink: SMTP 127.0.0.1:PORT, HTTP http://…"
