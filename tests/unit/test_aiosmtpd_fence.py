@@ -147,7 +147,11 @@ def test_private_names_the_listener_uses_still_exist(name, instance):
 
 def test_the_stream_buffer_the_listener_edits_is_still_a_bytearray():
     # smtp_DATA puts bytes pipelined behind the final dot back, and STARTTLS clears plaintext, in it.
-    assert isinstance(asyncio.StreamReader()._buffer, bytearray)
+    loop = asyncio.new_event_loop()
+    try:
+        assert isinstance(asyncio.StreamReader(loop=loop)._buffer, bytearray)
+    finally:
+        loop.close()
 
 
 def test_session_login_data_is_still_a_property():
