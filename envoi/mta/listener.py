@@ -160,7 +160,7 @@ class Connection(SMTP):
             # offered and allowed (auth_require_tls stays on).
             self._tls_protocol = _ImplicitTLS()
             self.session.ssl = {"implicit": True, "cipher": transport.get_extra_info("cipher")}
-        if new and self._on_connect is not None:
+        if self._on_connect is not None:  # a fresh session: a new connection, or TLS after STARTTLS
             self._on_connect(self.session)
 
     def connection_lost(self, error) -> None:
@@ -340,7 +340,8 @@ class Listener:
     `ports` maps a name to the port to bind (0: a free one; None: not opened); the names in
     `implicit_tls` speak TLS from the first byte (465), the others offer STARTTLS when
     options.tls_context is set. `ports` holds the bound ones after open(). The handler may also
-    define on_connect(session) and on_disconnect(session).
+    define on_connect(session), called with each fresh session (at connection and again after
+    STARTTLS, as aiosmtpd starts a new one), and on_disconnect(session).
     """
 
     def __init__(self, handler: Any, options: SessionOptions, *, host: str = "127.0.0.1",

@@ -205,7 +205,10 @@ def test_starttls():
             client.ehlo()
             assert client.has_extn("starttls")
             client.sendmail("a@sender.test", ["b@rcpt.test"], RAW)  # STARTTLS is optional
-        assert [m["tls"] for m in sink.wait_for(2)] == [True, False]
+        messages = sink.wait_for(2)
+        assert [m["tls"] for m in messages] == [True, False]
+        # The session after STARTTLS is a fresh one: it still knows when its connection came.
+        assert all(m["connected_at"] > 0 for m in messages)
 
 
 def test_many_messages_in_one_session(sink):
