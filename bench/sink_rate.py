@@ -16,7 +16,7 @@ import time
 
 import aiosmtplib
 
-from envoi.mta.sink import Sink
+from envoi.dev.sink import Sink
 
 MESSAGE = (
     b"From: bench@sender.test\r\nTo: rcpt@sink.test\r\nSubject: bench\r\n"

@@ -213,7 +213,7 @@ def scheduler(once: bool) -> None:
 @click.option("--http", "http_addr", default="127.0.0.1:8026", show_default=True, help="web/JSON host:port")
 def sink(smtp_addr: str, http_addr: str) -> None:
     """Run the dev sink: a catch-all MX that keeps what it receives (JSON at /messages)."""
-    from envoi.mta.sink import serve
+    from envoi.dev.sink import serve
 
     smtp_host, _, smtp_port = smtp_addr.rpartition(":")
     http_host, _, http_port = http_addr.rpartition(":")
@@ -227,7 +227,7 @@ def sink(smtp_addr: str, http_addr: str) -> None:
 @click.option("--sink-http-port", default=8026, show_default=True, type=int, help="Web/JSON port of the dev sink.")
 def up(var_dir: str, api_port: int, sink_smtp_port: int, sink_http_port: int) -> None:
     """Start a whole region for development, with all mail routed to the dev sink."""
-    from envoi.devup import run_up
+    from envoi.dev.up import run_up
 
     sys.exit(run_up(var_dir, api_port=api_port, sink_smtp_port=sink_smtp_port, sink_http_port=sink_http_port))
 

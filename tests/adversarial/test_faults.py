@@ -27,7 +27,7 @@ import psycopg
 import pytest
 import requests
 
-from envoi.mta.sink import Sink
+from envoi.dev.sink import Sink
 from tests.conftest import flush_redis
 from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
 from tests.support.relay import wait_until

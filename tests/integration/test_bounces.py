@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from envoi import runtime
+from envoi.dev.sink import Sink
 from envoi.mta.bounces import verp
 from envoi.mta.compose import compose
-from envoi.mta.sink import Sink
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 

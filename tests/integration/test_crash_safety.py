@@ -15,9 +15,9 @@ from collections import Counter
 import pytest
 
 from envoi.accounts.service import Principal
+from envoi.dev.sink import Sink
 from envoi.mta.compose import compose
 from envoi.mta.delivery.engine import UNRECORDED_PER_CONNECTION
-from envoi.mta.sink import Sink
 from tests.conftest import flush_redis
 from tests.support.processes import Proc, envoi, process_env
 from tests.support.relay import wait_until

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 import redis
 
-from envoi import devstack
-from envoi.devstack import Supervisor
+from envoi.dev import stack as devstack
+from envoi.dev.stack import Supervisor
 
 SYSTEM_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 SLEEPER = [sys.executable, "-c", "import time; print('up'); time.sleep(60)"]
@@ -78,7 +78,7 @@ def test_postgres_service_uses_reachable_database_url(var_dir):
 
 def test_postgres_service_falls_back_to_private(var_dir, sup, caplog):
     dead = f"postgresql://postgres:secret@127.0.0.1:{devstack.free_port()}/envoi"
-    with caplog.at_level(logging.WARNING, logger="envoi.devstack"):
+    with caplog.at_level(logging.WARNING, logger="envoi.dev.stack"):
         service = devstack.postgres_service(var_dir, {"DATABASE_URL": dead}, port=devstack.free_port())
     sup.adopt("postgres", service.process)
     assert service.process is not None and service.url != dead

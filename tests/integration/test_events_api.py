@@ -9,8 +9,8 @@ import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
+from envoi.dev.sink import Sink
 from envoi.events.service import compile_filters, matches, parse_filters
-from envoi.mta.sink import Sink
 from tests.conftest import basic
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from envoi import runtime
-from envoi.mta.sink import Sink
+from envoi.dev.sink import Sink
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until

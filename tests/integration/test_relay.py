@@ -7,7 +7,7 @@ import time
 import dkim
 import pytest
 
-from envoi.mta.sink import Sink
+from envoi.dev.sink import Sink
 from tests.support.delivery import events_of, route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until

@@ -10,11 +10,11 @@ import pytest
 import trustme
 from prometheus_client import generate_latest
 
+from envoi.dev.sink import Sink
 from envoi.infra.dkim_keys import ed25519_context, generate_ed25519
 from envoi.mta import store
 from envoi.mta.delivery.session import Session
 from envoi.mta.delivery.shaping import RateLimiter, Shaping, ShapingError
-from envoi.mta.sink import Sink
 from tests.support.delivery import events_of, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until

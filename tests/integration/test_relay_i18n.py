@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from envoi.accounts.service import Principal
+from envoi.dev.sink import Sink
 from envoi.mta.compose import compose, from_mime
-from envoi.mta.sink import Sink
 from tests.support import faults
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until

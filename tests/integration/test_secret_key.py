@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from envoi import devup, runtime
+from envoi import runtime
+from envoi.dev import up as devup
 from envoi.infra.settings import Settings, SettingsError
 
 

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
+from envoi.dev.sink import Sink
 from envoi.mta.delivery import session as session_module
 from envoi.mta.delivery.outcome import Kind
 from envoi.mta.delivery.session import Egress, Session
-from envoi.mta.sink import Sink
 from tests.support import faults
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: s\r\n\r\nbody\r\n"

@@ -16,7 +16,8 @@ import requests
 import trustme
 from aiosmtpd.smtp import SMTP
 
-from envoi.mta.sink import _SMTP, Sink
+from envoi.dev.sink import Sink
+from envoi.mta.listener import Connection
 
 RAW = b"From: a@sender.test\r\nTo: b@rcpt.test\r\nSubject: Hello\r\n\r\nBody line\r\n.leading dot\r\n8bit \xe9\xff\r\n"
 
@@ -204,7 +205,10 @@ def test_starttls():
             client.ehlo()
             assert client.has_extn("starttls")
             client.sendmail("a@sender.test", ["b@rcpt.test"], RAW)  # STARTTLS is optional
-        assert [m["tls"] for m in sink.wait_for(2)] == [True, False]
+        messages = sink.wait_for(2)
+        assert [m["tls"] for m in messages] == [True, False]
+        # The session after STARTTLS is a fresh one: it still knows when its connection came.
+        assert all(m["connected_at"] > 0 for m in messages)
 
 
 def test_many_messages_in_one_session(sink):
@@ -257,13 +261,13 @@ def test_wait_for_times_out(sink):
     "<@route:a@b.test>",
 ])
 def test_fast_address_parsing_agrees_with_aiosmtpd(arg):
-    smtp = _SMTP.__new__(_SMTP)  # _getaddr only needs local_part_limit
+    smtp = Connection.__new__(Connection)  # _getaddr only needs local_part_limit
     smtp.local_part_limit = 0
     assert smtp._getaddr(arg) == SMTP._getaddr(smtp, arg)
 
 
 def test_serve_prints_addresses_and_stops_on_sigterm():
-    code = "from envoi.mta.sink import serve; serve('127.0.0.1', 0, '127.0.0.1', 0)"
+    code = "from envoi.dev.sink import serve; serve('127.0.0.1', 0, '127.0.0.1', 0)"
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
         try:
             line = proc.stdout.readline()  # "envoi sink: SMTP 127.0.0.1:PORT, HTTP http://…"

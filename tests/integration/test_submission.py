@@ -13,7 +13,7 @@ import time
 import aiosmtplib
 import pytest
 
-from envoi.mta.sink import Sink
+from envoi.dev.sink import Sink
 from envoi.mta.submission.server import Submission, SubmissionServer
 from envoi.mta.submission.throttle import AuthThrottle
 from tests.support.dns_server import DnsServer

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from envoi.dev.sink import Sink
 from envoi.mta.compose import compose
-from envoi.mta.sink import Sink
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings
 

@@ -26,7 +26,7 @@ INFRA_HOMES = {"envoi.infra.db", "envoi.infra.group_commit"}
 #: Modules that may import a package's errors: the edges that map them (HTTP, SMTP), and the
 #: commands above every package that run a package and report its errors.
 EDGES = ("envoi.api", "envoi.mta.submission.server", "envoi.mta.bounces.inbound", "envoi.cli", "envoi.commands",
-         "envoi.devup")
+         "envoi.dev")
 ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")  # RFC 3463 class.subject.detail
 
 

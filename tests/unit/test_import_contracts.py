@@ -57,6 +57,9 @@ def test_the_real_tree_keeps_every_contract():
     # a late import inside a function counts too
     ({"envoi/events/planted.py": "def f():\n    import aiosmtplib\n"},
      "SMTP, DKIM and address libraries only in envoi.mta", "envoi.events.planted -> aiosmtplib"),
+    # the SMTP server library: its own module only, not the rest of envoi.mta
+    ({"envoi/mta/planted.py": "from aiosmtpd.smtp import SMTP\n"},
+     "aiosmtpd only in envoi.mta.listener", "envoi.mta.planted -> aiosmtpd"),
 ])
 def test_a_planted_import_breaks_the_contract_that_names_it(tmp_path, planted, contract, illegal):
     result = lint_imports(copy_with(tmp_path, planted))

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-
-from aiosmtpd.smtp import SMTP
 
 from envoi.mta.bounces.service import Bounces
+from envoi.mta.listener import Listener, SessionOptions
 
 log = logging.getLogger("envoi.inbound")
 MAX_RECIPIENTS = 20
@@ -68,64 +66,13 @@ class _Handler:
         return "250 2.0.0 OK"
 
 
-class InboundServer:
+class InboundServer(Listener):
     """The listener. `start()` runs it on its own loop thread (tests); `serve()` in the caller's loop."""
 
     def __init__(self, bounces: Bounces, host: str = "127.0.0.1", port: int = 0, *, hostname: str = "localhost",
                  max_bytes: int = 32 * 1024 * 1024, timeout: float = 60.0, metrics=None):
         self.bounces = bounces
-        self.host, self.port = host, port
-        self.hostname = hostname
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-        self.handler = _Handler(bounces, metrics)
-        self._server: asyncio.AbstractServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        options = SessionOptions(hostname=hostname, ident="Envoi inbound", data_size_limit=max_bytes, timeout=timeout)
+        super().__init__(_Handler(bounces, metrics), options, host=host, ports={"smtp": port},
+                         thread_name="envoi-inbound")
 
-    def _factory(self) -> SMTP:
-        return SMTP(self.handler, hostname=self.hostname, data_size_limit=self.max_bytes, decode_data=False,
-                    enable_SMTPUTF8=True, ident="Envoi inbound", timeout=self.timeout)
-
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._factory, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def serve(self, stop: asyncio.Event, on_ready=None) -> None:
-        """Listen until `stop` is set (the `envoi inbound` command); on_ready() once listening."""
-        await self.open()
-        if on_ready is not None:
-            on_ready()
-        try:
-            await stop.wait()
-        finally:
-            self._server.close()
-            await self._server.wait_closed()
-
-    # thread mode (tests, embedding) ------------------------------------------------------------
-    def start(self) -> InboundServer:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="envoi-inbound", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.open(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-
-        async def close() -> None:
-            self._server.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> InboundServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

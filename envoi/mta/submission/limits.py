@@ -23,6 +23,8 @@ def address_key(ip: str) -> str:
 
 
 class ConnectionLimit:
+    REFUSAL = TOO_MANY  # what the listener writes before closing a connection over a cap
+
     def __init__(self, total: int, per_address: int):
         self.total = total
         self.per_address = per_address

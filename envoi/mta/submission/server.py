@@ -40,29 +40,25 @@ import functools
 import logging
 import re
 import ssl
-import threading
-import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import format_datetime
-
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
 
 from envoi.accounts.service import Accounts, Principal
 from envoi.infra.errors import EnvoiError, ServiceUnavailable
 from envoi.mta import compose, senders
 from envoi.mta.errors import IntakeError, InvalidMessage
 from envoi.mta.intake import Accepted, Intake
+from envoi.mta.listener import Listener, SessionOptions
 from envoi.mta.submission import headers
-from envoi.mta.submission.limits import TOO_MANY, ConnectionLimit
+from envoi.mta.submission.limits import ConnectionLimit
 from envoi.mta.submission.stage import CommitStage
 from envoi.mta.submission.throttle import AuthThrottle
 from envoi.mta.substitution import substitute_mime
 
 log = logging.getLogger(__name__)
 
-_DATA_CHUNK = 256 * 1024
 # Composing costs ~0.1 ms per 5 KB message: cheaper on the event loop than a thread hand-off, up to
 # this much message (times its recipients, as recipient-variables make a copy per recipient).
 _COMPOSE_ON_LOOP_BYTES = 1024 * 1024
@@ -75,8 +71,6 @@ def has_bare_cr_or_lf(data: bytes) -> bool:
     the server's CPU per message."""
     crlf = data.count(b"\r\n")
     return data.count(b"\r") != crlf or data.count(b"\n") != crlf
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_ADDR = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>([^()]*)")
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
@@ -89,7 +83,6 @@ DB_TEMPFAIL = ServiceUnavailable().smtp_reply()  # a database outage's reply
 COMMAND_LIMITS = {"AUTH": 5, "STARTTLS": 2, "EHLO": 10, "HELO": 10, "NOOP": 100, "VRFY": 5, "EXPN": 5,
                   "HELP": 10, "MAIL": 100_000, "RCPT": 1_000_000, "DATA": 100_000, "RSET": 100_000,
                   "QUIT": 1, "*": 10}
-_DEFERRED = "deferred"  # marks an AuthResult whose credentials still need checking off the loop
 
 
 @dataclass(frozen=True)
@@ -107,7 +100,7 @@ class SubmissionConfig:
 
 
 class Submission:
-    """The submission service: checks, option headers, intake. Listeners come from listen()."""
+    """The submission service: checks, option headers, intake. SubmissionServer runs its listeners."""
 
     def __init__(self, intake: Intake, accounts: Accounts, throttle: AuthThrottle, config: SubmissionConfig):
         self.intake = intake
@@ -115,7 +108,6 @@ class Submission:
         self.throttle = throttle
         self.config = config
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="envoi-submit")
-        self.connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.limit = ConnectionLimit(config.max_connections, config.max_connections_per_ip)
 
     @classmethod
@@ -145,40 +137,40 @@ class Submission:
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    # listeners ---------------------------------------------------------------------------------
-    async def listen(self, host: str, port: int, tls_context: ssl.SSLContext, *, implicit_tls: bool,
-                     reuse_port: bool = False):
-        """Start one listener: STARTTLS required (587) or TLS from the first byte (465).
+    async def check_login(self, ip: str, login: str, password: str) -> tuple[Principal | None, str]:
+        """AUTH for the listener: the Principal and 235, or None and the reply (after any throttling
+        delay). The check (argon2, Postgres) runs in a worker thread, never on the event loop."""
+        try:
+            outcome = await self.run(self.authenticate, ip, login, password)
+        except Exception:
+            log.exception("submission: AUTH check failed")
+            return None, AUTH_TEMPFAIL
+        if isinstance(outcome, Principal):
+            log.info("submission: %s authenticated as %s", ip, login)
+            return outcome, AUTH_OK
+        reply, delay = outcome
+        log.info("submission: AUTH refused for %r from %s (%s)", login, ip, reply[:3])
+        if delay:
+            await asyncio.sleep(delay)
+        return None, reply
 
-        reuse_port lets several processes share the port (SO_REUSEPORT; the kernel spreads connections).
-        """
-        loop = asyncio.get_running_loop()
-        handler = _Handler(self)
-
-        def factory() -> SMTP:
-            conn = _SubmissionSMTP(
-                handler,
-                hostname=self.config.hostname,
-                ident="Envoi ESMTP",
-                data_size_limit=self.config.max_message_bytes,
-                enable_SMTPUTF8=True,  # addresses are checked as the API checks them (compose)
-                decode_data=False,
-                tls_context=None if implicit_tls else tls_context,
-                require_starttls=not implicit_tls,
-                auth_required=True,
-                auth_require_tls=True,
-                auth_exclude_mechanism=(),
-                command_call_limit=COMMAND_LIMITS,
-                timeout=self.config.timeout,
-                loop=loop,
-            )
-            conn.preauth_timeout = min(self.config.preauth_timeout, self.config.timeout)
-            self.connections.add(conn)
-            return conn
-
-        return await loop.create_server(factory, host, port, ssl=tls_context if implicit_tls else None,
-                                        reuse_address=True, reuse_port=reuse_port or None,
-                                        ssl_handshake_timeout=30 if implicit_tls else None)
+    def session_options(self, tls_context: ssl.SSLContext) -> SessionOptions:
+        """What each connection of the listeners gets: STARTTLS required (587) or TLS from the first byte
+        (465), AUTH required, enhanced status codes, caps and budgets."""
+        return SessionOptions(
+            hostname=self.config.hostname,
+            ident="Envoi ESMTP",
+            data_size_limit=self.config.max_message_bytes,
+            smtputf8=True,  # addresses are checked as the API checks them (compose)
+            tls_context=tls_context,
+            require_starttls=True,
+            timeout=self.config.timeout,
+            preauth_timeout=self.config.preauth_timeout,
+            command_limits=COMMAND_LIMITS,
+            enhanced_status_codes=True,
+            check_login=self.check_login,
+            limit=self.limit,
+        )
 
     # checks (run in worker threads) ------------------------------------------------------------
     def authenticate(self, ip: str, login: str, password: str) -> Principal | tuple[str, float]:
@@ -247,261 +239,6 @@ def _parse_head(mime: bytes) -> Message:
         return head
     return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(
         mime[: end + 4].decode("utf-8", "surrogateescape"))
-
-
-class _Session(Session):
-    # aiosmtpd logs a deprecation warning on every login_data write; we never read it.
-    @property
-    def login_data(self):
-        return self._login_data
-
-    @login_data.setter
-    def login_data(self, value) -> None:
-        self._login_data = value
-
-
-class _StartedTLS:
-    """Stands in for aiosmtpd's SSLProtocol after STARTTLS through loop.start_tls: truthy, with the
-    `_extra` connection details aiosmtpd copies into session.ssl."""
-
-    def __init__(self, transport):
-        self._extra = {"ssl_object": transport.get_extra_info("ssl_object"),
-                       "cipher": transport.get_extra_info("cipher"), "peercert": transport.get_extra_info("peercert")}
-
-    def __bool__(self) -> bool:
-        return True
-
-
-class _ImplicitTLS:
-    """Stands in for aiosmtpd's STARTTLS protocol object on 465, where TLS precedes the greeting."""
-
-    def __bool__(self) -> bool:
-        return True
-
-
-# aiosmtpd replies that carry no enhanced status code (we advertise ENHANCEDSTATUSCODES).
-_REWRITE = {
-    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
-    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds the maximum message size",
-    "552 Error: message size exceeds fixed maximum message size":
-        "552 5.3.4 Message size exceeds the maximum message size",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)",
-    "500 Command line too long": "500 5.5.2 Command line too long",
-    "500 Error: bad syntax": "500 5.5.2 Syntax error",
-    "500 Error: strict ASCII mode": "500 5.5.2 Non-ASCII data is not accepted (no SMTPUTF8)",
-    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command first",
-    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command first",
-    "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
-    "503 Error: send HELO first": "503 5.5.1 Send HELO first",
-    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
-    "503 Already authenticated": "503 5.5.1 Already authenticated",
-    "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
-    "555 MAIL FROM parameters not recognized or not implemented":
-        "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
-    "555 RCPT TO parameters not recognized or not implemented":
-        "555 5.5.4 RCPT TO parameters not recognized or not implemented",
-    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
-    "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",
-}
-
-
-class _SubmissionSMTP(SMTP):
-    preauth_timeout: float | None = None  # set by the listener's factory
-    _slot: str | None = None  # the ConnectionLimit key this connection holds
-    _refused = False  # over a connection cap: answered 421 and closed; no SMTP session at all
-
-    def _create_session(self) -> Session:
-        return _Session(self.loop)
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # Fast path for plain <local@domain> (as in the sink): the stock parser runs email's header
-        # parser and builds a class per call. Anything unusual still goes to the stock parser.
-        m = _PLAIN_ADDR.fullmatch(arg)
-        if m is None:
-            return super()._getaddr(arg)
-        return m[1], m[2].lstrip()
-
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        """Idle timeout with one timer per connection: aiosmtpd cancels and re-creates a timer at every
-        command (~2% of the server's CPU). Each command moves a deadline; the timer, when it fires,
-        closes the connection only if the deadline has passed, and otherwise waits out the rest.
-        Until the client has authenticated the shorter preauth_timeout applies: an idle stranger holds a
-        file descriptor for less time than a customer's pooled connection."""
-        if not duration:
-            authenticated = self.session is not None and self.session.authenticated
-            duration = self._timeout_duration if authenticated else (self.preauth_timeout or self._timeout_duration)
-        self._idle_deadline = self.loop.time() + duration
-        handle = self._timeout_handle
-        if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
-            if handle is not None:
-                handle.cancel()
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
-
-    def _idle_check(self) -> None:
-        if self.loop.time() < self._idle_deadline:
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
-        else:
-            self._timeout_cb()
-
-    def connection_made(self, transport) -> None:
-        if self._original_transport is None and self._slot is None:  # a new connection (not STARTTLS's second call)
-            peer = transport.get_extra_info("peername")
-            self._slot = self.event_handler.submission.limit.admit(peer[0] if peer else "?")
-            if self._slot is None:
-                self._refused = True
-                transport.write(TOO_MANY)
-                transport.close()
-                return
-        implicit = self._original_transport is None and transport.get_extra_info("ssl_object") is not None
-        super().connection_made(transport)
-        if implicit:
-            # aiosmtpd only knows STARTTLS: tell it this connection is already encrypted, so AUTH is
-            # offered and allowed (auth_require_tls stays on).
-            self._tls_protocol = _ImplicitTLS()
-            self.session.ssl = {"implicit": True, "cipher": transport.get_extra_info("cipher")}
-
-    def connection_lost(self, error) -> None:
-        if self._slot is not None:
-            self.event_handler.submission.limit.release(self._slot)
-            self._slot = None
-        if not self._refused:
-            super().connection_lost(error)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
-
-    def eof_received(self):
-        return False if self._refused else super().eof_received()
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reading the body in chunks instead of one await per line (that loop was a
-        sixth of the server's CPU). Same rules: the body ends at CRLF "." CRLF, dots are unstuffed,
-        too much data (552) or a line over 1,000 octets (500) is answered after the final dot, and
-        bytes pipelined behind the dot stay for the next command."""
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        limit = self.data_size_limit
-        data = bytearray(b"\r\n")  # a virtual CRLF: an empty body is "." CRLF at once
-        dropped = 0  # bytes discarded past the size limit
-        while True:
-            try:
-                chunk = await self._reader.read(_DATA_CHUNK)
-            except asyncio.CancelledError:
-                log.info("connection lost during DATA")
-                self._writer.close()
-                raise
-            if not chunk:  # EOF: eof_received cancels this coroutine; nothing is accepted
-                return
-            search_from = max(0, len(data) - 4)
-            data += chunk
-            end = data.find(b"\r\n.\r\n", search_from)
-            if end >= 0:
-                self._reader._buffer[:0] = data[end + 5 :]  # pipelined commands: not ours to eat
-                del data[end + 2 :]
-                break
-            if limit and len(data) - 2 > limit:
-                dropped += len(data) - 6
-                del data[:-4]  # keep what a terminator split across reads needs
-        if dropped or (limit and len(data) - 2 > limit):
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()
-            return
-        body = bytes(data[2:])
-        if body and max(map(len, body.split(b"\r\n"))) > self.line_length_limit - 2:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()
-            return
-        body = body.replace(b"\r\n.", b"\r\n")
-        if body.startswith(b"."):
-            body = body[1:]
-        self.envelope.content = self.envelope.original_content = body
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
-
-    async def smtp_STARTTLS(self, arg: str) -> None:
-        # aiosmtpd wires asyncio's pure-Python SSLProtocol in by hand; loop.start_tls gives the
-        # running loop's own TLS (uvloop's is compiled), which roughly halves the CPU per message.
-        if arg:
-            await self.push("501 Syntax: STARTTLS")
-            return
-        if not self.tls_context:
-            await self.push("454 TLS not available")
-            return
-        if self._tls_protocol:
-            await self.push("503 5.5.1 TLS already active")
-            return
-        # Plaintext pipelined behind STARTTLS is dropped (RFC 3207 4.2; the CVE-2011-0411 injection).
-        self._reader._buffer.clear()
-        await self.push("220 Ready to start TLS")
-        plain = self.transport
-        try:
-            encrypted = await self.loop.start_tls(plain, self, self.tls_context, server_side=True,
-                                                  ssl_handshake_timeout=30)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            raise TLSSetupException() from error
-        self._original_transport = plain
-        self._tls_protocol = _StartedTLS(encrypted)
-        # aiosmtpd's STARTTLS branch (fresh session state over TLS) also empties the read buffer;
-        # by now it can only hold what the client sent over TLS, so that is kept.
-        received = bytes(self._reader._buffer)
-        self.connection_made(encrypted)
-        self._reader._buffer.extend(received)
-
-    async def push(self, status) -> None:
-        if isinstance(status, str):
-            if status.startswith("501 ") and status[4:5].isalpha():
-                status = "501 5.5.4 " + status[4:]
-            elif status.startswith("500 Error: command"):
-                status = "500 5.5.1 " + status[11:]
-            else:
-                status = _REWRITE.get(status, status)
-        await super().push(status)
-
-    # AUTH: aiosmtpd parses PLAIN/LOGIN and calls a synchronous authenticator. Checking a password
-    # (argon2 + Postgres) must not block the loop, so the authenticator only captures the
-    # credentials and the check runs in a worker thread here.
-    def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
-        return AuthResult(success=False, handled=False, message=_DEFERRED, auth_data=auth_data)
-
-    async def auth_PLAIN(self, _, args) -> AuthResult:
-        return await self._check(await super().auth_PLAIN(_, args))
-
-    async def auth_LOGIN(self, _, args) -> AuthResult:
-        return await self._check(await super().auth_LOGIN(_, args))
-
-    async def _check(self, result: AuthResult) -> AuthResult:
-        if result.message != _DEFERRED or not isinstance(result.auth_data, LoginPassword):
-            return result
-        submission: Submission = self.event_handler.submission
-        ip = self.session.peer[0] if self.session.peer else "?"
-        login = result.auth_data.login.decode("utf-8", "surrogateescape")
-        password = result.auth_data.password.decode("utf-8", "surrogateescape")
-        try:
-            outcome = await submission.run(submission.authenticate, ip, login, password)
-        except Exception:
-            log.exception("submission: AUTH check failed")
-            return AuthResult(success=False, handled=False, message=AUTH_TEMPFAIL)
-        if isinstance(outcome, Principal):
-            log.info("submission: %s authenticated as %s", ip, login)
-            self._reset_timeout(self._timeout_duration)  # from here on the (longer) authenticated idle timeout
-            return AuthResult(success=True, auth_data=outcome, message=AUTH_OK)
-        reply, delay = outcome
-        log.info("submission: AUTH refused for %r from %s (%s)", login, ip, reply[:3])
-        if delay:
-            await asyncio.sleep(delay)
-        return AuthResult(success=False, handled=False, message=reply)
 
 
 # RFC 6531 3.4: a non-ASCII address (UTF-8 local part or U-labels) only in a SMTPUTF8 transaction.
@@ -579,24 +316,16 @@ class _Handler:
         return "451 4.3.0 Temporary server error"
 
 
-class SubmissionServer:
-    """Runs a Submission's listeners: in the current loop (serve()) or in a thread (start()/stop()).
-
-    Port 0 picks a free port (tests); `ports` holds the bound ones after start.
-    """
+class SubmissionServer(Listener):
+    """A Submission's listeners: 587 (STARTTLS) and 465 (implicit TLS). Port 0 picks a free port
+    (tests), None leaves it closed; `ports` holds the bound ones after start."""
 
     def __init__(self, submission: Submission, tls_context: ssl.SSLContext, *, host: str = "127.0.0.1",
                  port: int | None = 0, smtps_port: int | None = 0, reuse_port: bool = False):
         self.submission = submission
-        self.reuse_port = reuse_port
-        self.tls_context = tls_context
-        self.host = host
-        self.requested = {"submission": port, "smtps": smtps_port}
-        self.ports: dict[str, int] = {}
-        self._servers: list[asyncio.base_events.Server] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
+        super().__init__(_Handler(submission), submission.session_options(tls_context), host=host,
+                         ports={"submission": port, "smtps": smtps_port}, implicit_tls=frozenset({"smtps"}),
+                         reuse_port=reuse_port, thread_name="envoi-submission")
 
     @property
     def port(self) -> int:
@@ -605,72 +334,3 @@ class SubmissionServer:
     @property
     def smtps_port(self) -> int:
         return self.ports["smtps"]
-
-    async def open(self) -> None:
-        for name, port in self.requested.items():
-            if port is None:
-                continue
-            server = await self.submission.listen(self.host, port, self.tls_context, implicit_tls=name == "smtps",
-                                                  reuse_port=self.reuse_port)
-            self._servers.append(server)
-            self.ports[name] = server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        # Abort live sessions (a client may keep one open) so no task outlives the loop. A session
-        # waiting on intake keeps its thread: the commit either happened or did not; no 250 is sent.
-        for conn in list(self.submission.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-        await asyncio.sleep(0)
-        self._servers.clear()
-
-    async def serve(self, on_ready=None) -> None:
-        """Listen until request_stop() (e.g. from a signal handler)."""
-        self._stopped = asyncio.Event()
-        await self.open()
-        if on_ready is not None:
-            on_ready()
-        try:
-            await self._stopped.wait()
-        finally:
-            await self.close()
-
-    def request_stop(self) -> None:
-        if self._stopped is not None:
-            self._stopped.set()
-
-    # thread mode (tests, benchmarks) -----------------------------------------------------------
-    def start(self) -> SubmissionServer:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="envoi-submission", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.open(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(10)
-            self._loop.close()
-            self._loop = self._thread = None
-
-    async def _close_all(self) -> None:
-        await self.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.sleep(0)
-
-    def __enter__(self) -> SubmissionServer:
-        return self if self._loop is not None else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

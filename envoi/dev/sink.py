@@ -59,7 +59,6 @@ import socket
 import ssl
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import HeaderParser
@@ -67,7 +66,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aiosmtpd.smtp import SMTP, syntax
+from envoi.mta.listener import Listener, SessionOptions
 
 DEFAULT_DATA_REPLY = "250 2.0.0 OK"
 DROP = "drop"
@@ -76,9 +75,6 @@ DEFER_FOREVER_REPLY = "451 4.3.0 Deferred by sink script"
 DATA_SIZE_LIMIT = 50 * 1024 * 1024
 
 _REPLY_LINE = re.compile(r"[2-5][0-9][0-9]( [^\r\n]*)?")
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-# "<local@domain> params" with dot-atom parts only: what real senders use, and what needs no parser.
-_PLAIN_ADDR = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>([^()]*)")
 
 
 def _reply(value: Any, specials: tuple[str, ...] = ()) -> str:
@@ -121,50 +117,35 @@ class _Script:
                 "default_data": self.default_data, "data_delay": self.data_delay}
 
 
-class _SMTP(SMTP):
-    """aiosmtpd's SMTP with a fast path for plain addresses in MAIL/RCPT.
-
-    The stock _getaddr() runs email's header parser and defines a class on every call: it was the
-    largest per-message cost in the benchmark. Anything unusual still goes to the stock parser.
-    """
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        m = _PLAIN_ADDR.fullmatch(arg)
-        if m is None or self.local_part_limit:
-            return super()._getaddr(arg)
-        return m[1], m[2].lstrip()
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.session.connected_at = time.time()
-        self.session.after_data = False  # the last thing on this connection was our 250 to a DATA
-
-    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")  # as aiosmtpd's, for HELP
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        self.session.after_data = False
-        await super().smtp_MAIL(arg)
-
-    @syntax("RSET")
-    async def smtp_RSET(self, arg: str) -> None:
-        self.session.after_data = False
-        await super().smtp_RSET(arg)
-
-    @syntax("QUIT")
-    async def smtp_QUIT(self, arg: str) -> None:
-        self.session.after_data = False
-        await super().smtp_QUIT(arg)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if getattr(self.session, "after_data", False):
-            self.event_handler._sink._cut_after_data()
-        super().connection_lost(error)
-
-
 class _Handler:
-    """aiosmtpd hooks. Kept apart from Sink because aiosmtpd introspects the handler per connection."""
+    """The listener's hooks. Kept apart from Sink because aiosmtpd introspects the handler per connection.
+
+    session.after_data: the last thing on this connection was our 250 to a DATA (cut_after_data())."""
 
     def __init__(self, sink: Sink):
         self._sink = sink
+
+    def on_connect(self, session) -> None:
+        session.connected_at = time.time()
+        session.after_data = False
+
+    def on_disconnect(self, session) -> None:
+        if getattr(session, "after_data", False):
+            self._sink._cut_after_data()
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        session.after_data = False
+        envelope.mail_from = address  # what the listener does without this hook
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RSET(self, server, session, envelope):
+        session.after_data = False
+        return "250 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        session.after_data = False
+        return "221 Bye"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if not envelope.smtp_utf8 and not (address.isascii() and envelope.mail_from.isascii()):
@@ -203,7 +184,7 @@ class Sink:
         self._store = store
         self._tls_context = tls_context
         self._require_starttls = require_starttls
-        self._hostname = hostname  # fixed: aiosmtpd would call socket.getfqdn() per connection
+        self._hostname = hostname
         # One condition guards the store, the counters and the script; wait_for() waits on it.
         self._cond = threading.Condition()
         self._messages: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_messages)
@@ -211,10 +192,7 @@ class Sink:
         self._reset_counters()
         self._script = _Script()
         self._handler = _Handler(self)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._smtp_thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
-        self._conns: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._smtp: Listener | None = None
         self._http: _HTTPServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -222,14 +200,12 @@ class Sink:
 
     def start(self) -> Sink:
         try:
-            self._loop = asyncio.new_event_loop()
-            self._smtp_thread = threading.Thread(target=self._loop.run_forever, name="envoi-sink-smtp",
-                                                 daemon=True)
-            self._smtp_thread.start()
-            self._server = asyncio.run_coroutine_threadsafe(
-                self._loop.create_server(self._new_connection, self.smtp_host, self.smtp_port), self._loop
-            ).result(10)
-            self.smtp_port = self._server.sockets[0].getsockname()[1]
+            options = SessionOptions(hostname=self._hostname, ident="Envoi sink", data_size_limit=DATA_SIZE_LIMIT,
+                                     smtputf8=self._smtputf8, tls_context=self._tls_context,
+                                     require_starttls=self._require_starttls)
+            self._smtp = Listener(self._handler, options, host=self.smtp_host, ports={"smtp": self.smtp_port},
+                                  thread_name="envoi-sink-smtp").start()
+            self.smtp_port = self._smtp.port
             self._http = _HTTPServer((self.http_host, self.http_port), self)
             self.http_port = self._http.server_address[1]
             # A short poll interval makes stop() quick: tests start and stop many sinks.
@@ -248,37 +224,12 @@ class Sink:
                 self._http_thread.join()
             self._http.server_close()
             self._http = self._http_thread = None
-        if self._loop is not None:
-            if self._smtp_thread is not None:
-                asyncio.run_coroutine_threadsafe(self._close_smtp(), self._loop).result(10)
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._smtp_thread.join()
-            self._loop.close()
-            self._loop = self._smtp_thread = self._server = None
-
-    async def _close_smtp(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Abort live sessions (a client may keep one open) so no task outlives the loop.
-        for conn in list(self._conns):
-            if conn.transport is not None:
-                conn.transport.abort()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.sleep(0)  # let the aborted transports' connection_lost() callbacks run
-
-    def _new_connection(self) -> SMTP:
-        conn = _SMTP(self._handler, hostname=self._hostname, ident="Envoi sink",
-                     data_size_limit=DATA_SIZE_LIMIT, enable_SMTPUTF8=self._smtputf8, decode_data=False,
-                     tls_context=self._tls_context, require_starttls=self._require_starttls,
-                     loop=self._loop)
-        self._conns.add(conn)
-        return conn
+        if self._smtp is not None:
+            self._smtp.stop()
+            self._smtp = None
 
     def __enter__(self) -> Sink:
-        return self if self._loop is not None else self.start()
+        return self if self._smtp is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from envoi import devstack
+from envoi.dev import stack
 from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
 
@@ -87,10 +87,10 @@ def _read_env(path: Path) -> dict:
 def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: int) -> int:
     var = Path(var_dir).resolve()
     var.mkdir(parents=True, exist_ok=True)
-    sup = devstack.Supervisor()
+    sup = stack.Supervisor()
     try:
-        pg = devstack.postgres_service(var, os.environ)
-        rd = devstack.redis_service(var, os.environ)
+        pg = stack.postgres_service(var, os.environ)
+        rd = stack.redis_service(var, os.environ)
         for service in (pg, rd):
             if service.process is not None:
                 sup.adopt(service.name, service.process)

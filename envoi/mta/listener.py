@@ -1,0 +1,471 @@
+"""The SMTP listener: the one place Envoi meets aiosmtpd (submission, inbound bounces, the dev sink).
+
+aiosmtpd parses the protocol and calls a handler's hooks (handle_RCPT, handle_DATA, ...); the
+services keep only those hooks and their policy. This module owns everything else, and every use of
+aiosmtpd's private API, so an aiosmtpd upgrade has one place to check (tests/unit/test_aiosmtpd_fence.py
+fails when a private name relied on here changes upstream):
+
+* `Connection`, aiosmtpd's SMTP with fast paths measured on the submission and sink benchmarks:
+  plain addresses parsed without email's header parser, DATA read in chunks, one idle timer per
+  connection, STARTTLS through the loop's own TLS (uvloop's is compiled).
+* What the services need from a connection: connection caps (421 before any TLS or SMTP), implicit
+  TLS (465), a shorter idle timeout before AUTH, AUTH checked off the loop, enhanced status codes on
+  aiosmtpd's own replies, and on_connect/on_disconnect handler hooks.
+* `Listener`, the controller: opens the ports, runs in the caller's loop (serve()) or on its own
+  thread (start()/stop()), and closes live sessions when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
+
+log = logging.getLogger(__name__)
+
+_DATA_CHUNK = 256 * 1024
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# "<local@domain> params" with dot-atom parts only: what real senders use, and what needs no parser.
+_PLAIN_ADDR = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>([^()]*)")
+_DEFERRED = "deferred"  # marks an AuthResult whose credentials still need checking off the loop
+
+#: (client IP, login, password) -> (what session.auth_data becomes, or None when refused; the reply).
+CheckLogin = Callable[[str, str, str], Awaitable[tuple[Any, str]]]
+
+
+class Limit(Protocol):
+    """Connection caps (envoi.mta.submission.limits.ConnectionLimit)."""
+
+    REFUSAL: bytes
+
+    def admit(self, ip: str) -> str | None: ...
+
+    def release(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What every connection of a listener gets."""
+
+    hostname: str  # fixed: aiosmtpd would call socket.getfqdn() per connection
+    ident: str
+    data_size_limit: int
+    smtputf8: bool = True
+    tls_context: ssl.SSLContext | None = None  # STARTTLS on plain ports; the certificate of implicit-TLS ports
+    require_starttls: bool = False
+    timeout: float = 300.0  # idle seconds before a connection is closed
+    preauth_timeout: float | None = None  # idle seconds before AUTH (None: timeout)
+    command_limits: Mapping[str, int] | None = None  # per-connection budgets (aiosmtpd: 421 past them)
+    enhanced_status_codes: bool = False  # rewrite aiosmtpd's own replies (for ENHANCEDSTATUSCODES)
+    check_login: CheckLogin | None = None  # AUTH PLAIN/LOGIN, required before MAIL, only over TLS
+    limit: Limit | None = None
+
+
+class _Session(Session):
+    # aiosmtpd logs a deprecation warning on every login_data write; we never read it.
+    @property
+    def login_data(self):
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value) -> None:
+        self._login_data = value
+
+
+class _StartedTLS:
+    """Stands in for aiosmtpd's SSLProtocol after STARTTLS through loop.start_tls: truthy, with the
+    `_extra` connection details aiosmtpd copies into session.ssl."""
+
+    def __init__(self, transport):
+        self._extra = {"ssl_object": transport.get_extra_info("ssl_object"),
+                       "cipher": transport.get_extra_info("cipher"), "peercert": transport.get_extra_info("peercert")}
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _ImplicitTLS:
+    """Stands in for aiosmtpd's STARTTLS protocol object on 465, where TLS precedes the greeting."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class Connection(SMTP):
+    """One SMTP connection: aiosmtpd's SMTP with Envoi's fast paths (see the module docstring)."""
+
+    preauth_timeout: float | None = None
+    _limit: Limit | None = None
+    _check_login: CheckLogin | None = None
+    _on_connect: Callable[[Session], None] | None = None
+    _on_disconnect: Callable[[Session], None] | None = None
+    _slot: str | None = None  # the Limit key this connection holds
+    _refused = False  # over a connection cap: answered 421 and closed; no SMTP session at all
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The stock parser runs email's header parser and builds a class per call (the largest
+        # per-message cost in the sink benchmark). Anything unusual still goes to the stock parser.
+        m = _PLAIN_ADDR.fullmatch(arg)
+        if m is None or self.local_part_limit:
+            return super()._getaddr(arg)
+        return m[1], m[2].lstrip()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Idle timeout with one timer per connection: aiosmtpd cancels and re-creates a timer at every
+        command (~2% of the submission server's CPU). Each command moves a deadline; the timer, when it
+        fires, closes the connection only if the deadline has passed, and otherwise waits out the rest.
+        Until the client has authenticated the shorter preauth_timeout applies: an idle stranger holds
+        a file descriptor for less time than a customer's pooled connection."""
+        if not duration:
+            authenticated = self.session is not None and self.session.authenticated
+            duration = self._timeout_duration if authenticated else (self.preauth_timeout or self._timeout_duration)
+        self._idle_deadline = self.loop.time() + duration
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+        else:
+            self._timeout_cb()
+
+    def connection_made(self, transport) -> None:
+        new = self._original_transport is None  # not STARTTLS's second call
+        if new and self._limit is not None:
+            peer = transport.get_extra_info("peername")
+            self._slot = self._limit.admit(peer[0] if peer else "?")
+            if self._slot is None:
+                self._refused = True
+                transport.write(self._limit.REFUSAL)
+                transport.close()
+                return
+        implicit = new and transport.get_extra_info("ssl_object") is not None
+        super().connection_made(transport)
+        if implicit:
+            # aiosmtpd only knows STARTTLS: tell it this connection is already encrypted, so AUTH is
+            # offered and allowed (auth_require_tls stays on).
+            self._tls_protocol = _ImplicitTLS()
+            self.session.ssl = {"implicit": True, "cipher": transport.get_extra_info("cipher")}
+        if self._on_connect is not None:  # a fresh session: a new connection, or TLS after STARTTLS
+            self._on_connect(self.session)
+
+    def connection_lost(self, error) -> None:
+        if self._slot is not None:
+            self._limit.release(self._slot)
+            self._slot = None
+        if self._refused:
+            return
+        if self._on_disconnect is not None:
+            self._on_disconnect(self.session)
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self):
+        return False if self._refused else super().eof_received()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the body in chunks instead of one await per line (that loop was a
+        sixth of the submission server's CPU). Same rules: the body ends at CRLF "." CRLF, dots are
+        unstuffed, too much data (552) or a line over 1,000 octets (500) is answered after the final
+        dot, and bytes pipelined behind the dot stay for the next command. Bodies stay bytes
+        (decode_data is always off)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.data_size_limit
+        data = bytearray(b"\r\n")  # a virtual CRLF: an empty body is "." CRLF at once
+        dropped = 0  # bytes discarded past the size limit
+        while True:
+            try:
+                chunk = await self._reader.read(_DATA_CHUNK)
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            if not chunk:  # EOF: eof_received cancels this coroutine; nothing is accepted
+                return
+            search_from = max(0, len(data) - 4)
+            data += chunk
+            end = data.find(b"\r\n.\r\n", search_from)
+            if end >= 0:
+                self._reader._buffer[:0] = data[end + 5 :]  # pipelined commands: not ours to eat
+                del data[end + 2 :]
+                break
+            if limit and len(data) - 2 > limit:
+                dropped += len(data) - 6
+                del data[:-4]  # keep what a terminator split across reads needs
+        if dropped or (limit and len(data) - 2 > limit):
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        body = bytes(data[2:])
+        if body and max(map(len, body.split(b"\r\n"))) > self.line_length_limit - 2:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        body = body.replace(b"\r\n.", b"\r\n")
+        if body.startswith(b"."):
+            body = body[1:]
+        self.envelope.content = self.envelope.original_content = body
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd wires asyncio's pure-Python SSLProtocol in by hand; loop.start_tls gives the
+        # running loop's own TLS (uvloop's is compiled), which roughly halves the CPU per message.
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        if not self.tls_context:
+            await self.push("454 TLS not available")
+            return
+        if self._tls_protocol:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        # Plaintext pipelined behind STARTTLS is dropped (RFC 3207 4.2; the CVE-2011-0411 injection).
+        self._reader._buffer.clear()
+        await self.push("220 Ready to start TLS")
+        plain = self.transport
+        try:
+            encrypted = await self.loop.start_tls(plain, self, self.tls_context, server_side=True,
+                                                  ssl_handshake_timeout=30)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
+        self._original_transport = plain
+        self._tls_protocol = _StartedTLS(encrypted)
+        # aiosmtpd's STARTTLS branch (fresh session state over TLS) also empties the read buffer;
+        # by now it can only hold what the client sent over TLS, so that is kept.
+        received = bytes(self._reader._buffer)
+        self.connection_made(encrypted)
+        self._reader._buffer.extend(received)
+
+    # AUTH: aiosmtpd parses PLAIN/LOGIN and calls a synchronous authenticator. Checking a password
+    # (argon2 + Postgres) must not block the loop, so the authenticator only captures the
+    # credentials and check_login runs here, awaited.
+    def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
+        if self._check_login is None:
+            return super()._authenticate(mechanism, auth_data)
+        return AuthResult(success=False, handled=False, message=_DEFERRED, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _, args) -> AuthResult:
+        return await self._check(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _, args) -> AuthResult:
+        return await self._check(await super().auth_LOGIN(_, args))
+
+    async def _check(self, result: AuthResult) -> AuthResult:
+        if result.message != _DEFERRED or not isinstance(result.auth_data, LoginPassword):
+            return result
+        ip = self.session.peer[0] if self.session.peer else "?"
+        login = result.auth_data.login.decode("utf-8", "surrogateescape")
+        password = result.auth_data.password.decode("utf-8", "surrogateescape")
+        auth_data, reply = await self._check_login(ip, login, password)
+        if auth_data is None:
+            return AuthResult(success=False, handled=False, message=reply)
+        self._reset_timeout(self._timeout_duration)  # from here on the (longer) authenticated idle timeout
+        return AuthResult(success=True, auth_data=auth_data, message=reply)
+
+
+# aiosmtpd replies that carry no enhanced status code (for servers advertising ENHANCEDSTATUSCODES).
+_REWRITE = {
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds the maximum message size",
+    "552 Error: message size exceeds fixed maximum message size":
+        "552 5.3.4 Message size exceeds the maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)",
+    "500 Command line too long": "500 5.5.2 Command line too long",
+    "500 Error: bad syntax": "500 5.5.2 Syntax error",
+    "500 Error: strict ASCII mode": "500 5.5.2 Non-ASCII data is not accepted (no SMTPUTF8)",
+    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command first",
+    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command first",
+    "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
+    "503 Error: send HELO first": "503 5.5.1 Send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
+    "555 MAIL FROM parameters not recognized or not implemented":
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
+    "555 RCPT TO parameters not recognized or not implemented":
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented",
+    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+    "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",
+}
+
+
+class EnhancedConnection(Connection):
+    """A Connection whose replies from aiosmtpd itself carry enhanced status codes (RFC 2034)."""
+
+    async def push(self, status) -> None:
+        if isinstance(status, str):
+            if status.startswith("501 ") and status[4:5].isalpha():
+                status = "501 5.5.4 " + status[4:]
+            elif status.startswith("500 Error: command"):
+                status = "500 5.5.1 " + status[11:]
+            else:
+                status = _REWRITE.get(status, status)
+        await super().push(status)
+
+
+class Listener:
+    """Serves a handler's hooks on one or more ports: in the current loop (serve()) or on a thread of
+    its own (start()/stop(), for tests, benchmarks and the dev sink).
+
+    `ports` maps a name to the port to bind (0: a free one; None: not opened); the names in
+    `implicit_tls` speak TLS from the first byte (465), the others offer STARTTLS when
+    options.tls_context is set. `ports` holds the bound ones after open(). The handler may also
+    define on_connect(session), called with each fresh session (at connection and again after
+    STARTTLS, as aiosmtpd starts a new one), and on_disconnect(session).
+    """
+
+    def __init__(self, handler: Any, options: SessionOptions, *, host: str = "127.0.0.1",
+                 ports: Mapping[str, int | None] | None = None, implicit_tls: frozenset[str] = frozenset(),
+                 reuse_port: bool = False, thread_name: str = "envoi-smtp"):
+        self.handler = handler
+        self.options = options
+        self.host = host
+        self.requested = dict(ports if ports is not None else {"smtp": 0})
+        self.implicit_tls = implicit_tls
+        self.reuse_port = reuse_port  # several processes share the port (SO_REUSEPORT; the kernel spreads connections)
+        self.thread_name = thread_name
+        self.ports: dict[str, int] = {}
+        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def port(self) -> int:
+        """The first bound port."""
+        return next(iter(self.ports.values()))
+
+    def _factory(self, loop: asyncio.AbstractEventLoop, implicit_tls: bool) -> Callable[[], Connection]:
+        o = self.options
+        cls = EnhancedConnection if o.enhanced_status_codes else Connection
+        kwargs: dict[str, Any] = dict(
+            hostname=o.hostname, ident=o.ident, data_size_limit=o.data_size_limit, enable_SMTPUTF8=o.smtputf8,
+            decode_data=False, tls_context=None if implicit_tls else o.tls_context,
+            require_starttls=o.require_starttls and not implicit_tls,
+            command_call_limit=dict(o.command_limits) if o.command_limits is not None else None,
+            timeout=o.timeout, loop=loop)
+        if o.check_login is not None:
+            kwargs.update(auth_required=True, auth_require_tls=True, auth_exclude_mechanism=())
+        preauth_timeout = min(o.preauth_timeout, o.timeout) if o.preauth_timeout else None
+        on_connect = getattr(self.handler, "on_connect", None)
+        on_disconnect = getattr(self.handler, "on_disconnect", None)
+
+        def factory() -> Connection:
+            conn = cls(self.handler, **kwargs)
+            conn.preauth_timeout = preauth_timeout
+            conn._limit = o.limit
+            conn._check_login = o.check_login
+            conn._on_connect = on_connect
+            conn._on_disconnect = on_disconnect
+            self.connections.add(conn)
+            return conn
+
+        return factory
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name, port in self.requested.items():
+            if port is None:
+                continue
+            implicit = name in self.implicit_tls
+            server = await loop.create_server(
+                self._factory(loop, implicit), self.host, port, ssl=self.options.tls_context if implicit else None,
+                reuse_address=True, reuse_port=self.reuse_port or None,
+                ssl_handshake_timeout=30 if implicit else None)
+            self._servers.append(server)
+            self.ports[name] = server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        # Abort live sessions (a client may keep one open) so no task outlives the loop. A session
+        # waiting on its handler keeps its thread: the handler's work happened or did not; no reply is sent.
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.sleep(0)
+        self._servers.clear()
+
+    async def serve(self, stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
+        """Listen until `stop` is set or request_stop() is called (e.g. from a signal handler)."""
+        self._stopped = stop or asyncio.Event()
+        await self.open()
+        if on_ready is not None:
+            on_ready()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.close()
+
+    def request_stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    # thread mode (tests, benchmarks, the dev sink) ---------------------------------------------
+    def start(self):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=self.thread_name, daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.open(), self._loop).result(10)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(10)
+            self._loop.close()
+            self._loop = self._thread = None
+
+    async def _close_all(self) -> None:
+        await self.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # let the aborted transports' connection_lost() callbacks run
+
+    def __enter__(self):
+        return self if self._loop is not None else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
