@@ -14,6 +14,7 @@ ENVOI_RELAY_CONNECTIONS slots, freed when its outcome is committed, so a crash r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -142,7 +143,8 @@ class Relay:
         # For the periodic "relay: ..." log line: where the time goes.
         self.stats = {"claims": 0, "claim_s": 0.0, "claimed": 0, "flushes": 0, "flush_s": 0.0, "outcomes": 0}
         self._stopping = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._flushed = asyncio.Event()  # an outcome waits to be written
+        self._full = asyncio.Event()  # one outcome per connection waits: write without delay
 
     # lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -592,24 +594,45 @@ class Relay:
     # outcomes ---------------------------------------------------------------------------------
     def _result(self, delivery: Delivery, rcpt: dict, outcome: Outcome) -> None:
         self.results.append((delivery, rcpt, outcome))
-        self._flushed.set()
+        self._outcome_waits()
 
     def _defer(self, rcpt: dict, seconds: float) -> None:
         """Put a recipient back for later without an attempt or an event (throttled, no egress)."""
         self.deferrals.append((rcpt, max(seconds, 1.0)))
+        self._outcome_waits()
+
+    def _outcome_waits(self) -> None:
         self._flushed.set()
+        if len(self.results) + len(self.deferrals) >= self.settings.relay_connections:
+            self._full.set()
 
     async def _flush_loop(self) -> None:
-        # Group commit: an outcome is written as soon as the flusher is free, and what comes in while
-        # a write is under way goes into the next one, so batches grow with the rate by themselves. A
-        # message the remote accepted is re-sent if the relay dies before its outcome is committed:
-        # that window is one or two writes long, not a fixed interval plus a write.
+        # Group commit with a floor between writes: while outcomes keep coming, a write starts at most
+        # every ENVOI_RELAY_FLUSH_DELAY (sooner once one outcome per connection waits), and what came
+        # in meanwhile goes with it; an outcome after a quiet spell is written at once. A write costs
+        # ~1 ms of the relay's CPU and ~0.6 ms of Postgres's whatever its size, an outcome ~0.1 ms in
+        # all: writing each outcome as soon as the flusher was free made writes of 1-3 outcomes on a
+        # quiet machine (fast commits) and doubled the relay's CPU per message. Senders never wait on
+        # the delay for a slot: with no write under way, all slots taken means at least one outcome
+        # per connection waits. A message the remote accepted is re-sent if the relay dies before its
+        # outcome is committed: at most the unrecorded slots (UNRECORDED_PER_CONNECTION x
+        # connections), whatever the delay.
+        loop = asyncio.get_running_loop()
+        last_write = float("-inf")
         while True:
             await self._flushed.wait()
             self._flushed.clear()
+            self._full.clear()
+            wait = last_write + self.settings.relay_flush_delay - loop.time()
+            if wait > 0 and len(self.results) + len(self.deferrals) < self.settings.relay_connections:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), wait)
+                self._flushed.clear()
+            last_write = loop.time()
             await self._flush()
 
     async def _flush(self) -> None:
+        """Write the waiting outcomes and deferrals in one transaction."""
         if not self.results and not self.deferrals:
             return
         results, self.results = self.results, []
