@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import sys
 import tempfile
@@ -73,10 +74,12 @@ def envoi_phase(envoi: EnvoiStack, sink: SmtpSink, name: str, n: int, inject) ->
     envoi.vacuum()
     pids = [p.pid for p in envoi.procs.values()]
     split0 = {proc: cpu_seconds([p.pid]) for proc, p in envoi.procs.items()}
+    xacts0 = envoi.transactions()
     cpu0, pg0 = cpu_seconds(pids), envoi.postgres_cpu()
     result = phase(name, sink, n, inject)
     result["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / n
     result["pg_ms"] = (envoi.postgres_cpu() - pg0) * 1000 / n
+    result["xacts"] = (envoi.transactions() - xacts0) / n
     result["split"] = {proc: (cpu_seconds([p.pid]) - split0[proc]) * 1000 / n for proc, p in envoi.procs.items()}
     return result
 
@@ -98,6 +101,9 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-smtp", action="store_true", help="leave out Envoi's SMTP submission phase")
     args = parser.parse_args()
+    # Envoi's CPU per message depends on how many messages share a transaction, which depends on how
+    # fast commits return: say what machine, and how busy, this run had.
+    log(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     workdir = Path(tempfile.mkdtemp(prefix="envoi-bench-"))
     sink = SmtpSink(workdir).start()
     results, rounds = [], []
@@ -153,6 +159,7 @@ def main() -> None:
           f"{args.connections} relay sessions, "
           f"http concurrency {args.http_concurrency}, DKIM RSA-2048 everywhere")
     print("(cpu ms/msg: the system's own processes; pg: its Postgres backends; injector and sink not counted)")
+    print(f"machine: {os.cpu_count()} cores, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'system':45} {'accept msg/s':>12} {'e2e msg/s':>10} {'cpu ms/msg':>10} {'pg ms/msg':>9} "
           f"{'p50 s':>7} {'p99 s':>7}")
     nan = float("nan")
@@ -162,7 +169,8 @@ def main() -> None:
     for r in results:
         if "split" in r:
             print(f"cpu ms/msg by process, {r['name']}: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()) + f", postgres {r['pg_ms']:.2f}")
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()) + f", postgres {r['pg_ms']:.2f}"
+                  + f"; postgres transactions/msg {r['xacts']:.3f}")
     for r in results:
         print(f"injector cpu ms/msg, {r['name']}: {r['injector_ms']:.2f}")
     if not args.skip_postfix:

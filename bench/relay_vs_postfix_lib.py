@@ -402,6 +402,15 @@ class EnvoiStack:
         with self.connect() as conn:
             conn.execute("VACUUM (ANALYZE) recipients, messages")
 
+    def transactions(self) -> int:
+        """Transactions committed in this region's database so far (counted work: a group commit that
+        carries fewer messages shows as more transactions per message). Backends report their counts
+        within a second of going idle."""
+        time.sleep(1.2)
+        with self.connect() as conn:
+            return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                                (self.dbname,)).fetchone()["xact_commit"]
+
     def postgres_cpu(self) -> float:
         """CPU seconds used so far by the Postgres backends serving this region's database."""
         with self.connect() as conn:
