@@ -1,6 +1,7 @@
 """End-to-end relay throughput: Postfix + OpenDKIM against Envoi (SMTP submission and HTTP API).
 
     sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 1] [--sessions 20] [--skip-postfix]
+        [--baseline CHECKOUT]
 
 Self-contained: installs Debian's postfix and opendkim if missing; starts Postfix's `smtp-sink`
 (counting) as the one sink; configures Postfix (relayhost = the sink) with an OpenDKIM milter
@@ -12,13 +13,17 @@ the first injection until the sink has counted every message. Prints msg/s and t
 the accept->delivered p50/p99 of (c) at half its measured rate. With --rounds N the three phases
 run N times (Postfix restarted each round, Envoi kept running) and the median ratios are printed:
 this machine drifts, so one round is one sample. Envoi is warmed with 1,000 messages (and its queue
-tables analyzed, as before every phase) before the first measurement.
+tables analyzed, as before every phase) before the first measurement. With --baseline CHECKOUT (a
+checkout of another revision, e.g. `git worktree add /tmp/envoi-base HEAD~1`) a second region runs that
+revision's code (its processes and its setup import that tree) through the same phases in every round,
+the two taking turns going first, and its ratios against the same Postfix phase are printed too.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relay_vs_postfix_lib import (  # noqa: E402
+    ROOT,
     EnvoiStack,
     PostfixStack,
     SmtpSink,
@@ -73,12 +79,46 @@ def envoi_phase(envoi: EnvoiStack, sink: SmtpSink, name: str, n: int, inject) ->
     envoi.vacuum()
     pids = [p.pid for p in envoi.procs.values()]
     split0 = {proc: cpu_seconds([p.pid]) for proc, p in envoi.procs.items()}
+    xacts0 = envoi.transactions()
     cpu0, pg0 = cpu_seconds(pids), envoi.postgres_cpu()
     result = phase(name, sink, n, inject)
     result["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / n
     result["pg_ms"] = (envoi.postgres_cpu() - pg0) * 1000 / n
+    result["xacts"] = (envoi.transactions() - xacts0) / n
     result["split"] = {proc: (cpu_seconds([p.pid]) - split0[proc]) * 1000 / n for proc, p in envoi.procs.items()}
     return result
+
+
+def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
+    envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
+                       api_threads=args.api_threads, smtp_processes=args.smtp_processes, root=root)
+    envoi.setup().start()
+    # Warm-up: a fresh database's first plans are made for empty tables (a sequential scan of messages
+    # per foreign-key check); in production autovacuum's ANALYZE replaces them within a minute, but
+    # this machine runs Postgres with autovacuum off, so fill and analyze first.
+    base = sink.count()
+    inject_http(envoi.api_port, envoi.api_key, make_messages(1000, f"warm-{uuid.uuid4().hex[:6]}"),
+                args.http_concurrency)
+    sink.wait_count(base + 1000)
+    return envoi
+
+
+def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: str) -> dict:
+    """The SMTP submission and HTTP API phases of one region; keys "smtp"/"http", "baseline smtp"/…"""
+    key = "" if system == "envoi" else f"{system} "
+    this = {}
+    if not args.skip_smtp:
+        messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}")
+        this[f"{key}smtp"] = envoi_phase(envoi, sink, f"{label} (smtp submission)", args.n, functools.partial(
+            inject_smtp, envoi.smtp_port, messages, args.sessions,
+            auth=(envoi.smtp_login, envoi.smtp_password), starttls=True))
+    run = f"http-{uuid.uuid4().hex[:6]}"
+    messages = make_messages(args.n, run)
+    this[f"{key}http"] = result = envoi_phase(envoi, sink, f"{label} (http api)", args.n, lambda: inject_http(
+        envoi.api_port, envoi.api_key, messages, args.http_concurrency)[0])
+    lat = envoi.latencies(run)
+    result["p50"], result["p99"] = percentile(lat, 50), percentile(lat, 99)
+    return this
 
 
 def main() -> None:
@@ -97,42 +137,35 @@ def main() -> None:
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-smtp", action="store_true", help="leave out Envoi's SMTP submission phase")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also run Envoi from this checkout of another revision (e.g. a git worktree of the"
+                             " previous commit) in every round, against the same Postfix phase; the two take"
+                             " turns going first, and both sets of ratios are printed")
     args = parser.parse_args()
+    # Envoi's CPU per message depends on how many messages share a transaction, which depends on how
+    # fast commits return: say what machine, and how busy, this run had.
+    log(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     workdir = Path(tempfile.mkdtemp(prefix="envoi-bench-"))
     sink = SmtpSink(workdir).start()
     results, rounds = [], []
-    envoi = None
+    stacks: dict[str, EnvoiStack] = {}  # "envoi": this checkout; "baseline": --baseline's
     try:
         for number in range(1, args.rounds + 1):
             label = f"r{number} " if args.rounds > 1 else ""
             this = {}
             if not args.skip_postfix:
                 this["postfix"] = postfix_phase(args, workdir, sink, f"{label}postfix+opendkim (smtp)")
-            if envoi is None:  # started after the first Postfix phase, as it always was
-                envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections,
-                                   api_workers=args.api_workers, api_threads=args.api_threads,
-                                   smtp_processes=args.smtp_processes)
-                envoi.setup().start()
-                # Warm-up: a fresh database's first plans are made for empty tables (a sequential scan of
-                # messages per foreign-key check); in production autovacuum's ANALYZE replaces them within a
-                # minute, but this machine runs Postgres with autovacuum off, so fill and analyze first.
-                base = sink.count()
-                inject_http(envoi.api_port, envoi.api_key, make_messages(1000, f"warm-{uuid.uuid4().hex[:6]}"),
-                            args.http_concurrency)
-                sink.wait_count(base + 1000)
-            if not args.skip_smtp:
-                messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}")
-                this["smtp"] = envoi_phase(envoi, sink, f"{label}envoi (smtp submission)", args.n, functools.partial(
-                    inject_smtp, envoi.smtp_port, messages, args.sessions,
-                    auth=(envoi.smtp_login, envoi.smtp_password), starttls=True))
-            run = f"http-{uuid.uuid4().hex[:6]}"
-            messages = make_messages(args.n, run)
-            this["http"] = envoi_phase(envoi, sink, f"{label}envoi (http api)", args.n, lambda e=envoi, m=messages:
-                                       inject_http(e.api_port, e.api_key, m, args.http_concurrency)[0])
-            lat = envoi.latencies(run)
-            this["http"]["p50"], this["http"]["p99"] = percentile(lat, 50), percentile(lat, 99)
+            if not stacks:  # started after the first Postfix phase, as it always was
+                roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+                for system, root in roots.items():
+                    stacks[system] = start_envoi(args, workdir / system, sink, root)
+            # With a baseline, the two take turns going first, round by round (the machine drifts).
+            order = list(stacks) if number % 2 else list(reversed(stacks))
+            for system in order:
+                this.update(envoi_phases(args, stacks[system], sink, f"{label}{system}", system))
             results += list(this.values())
             rounds.append(this)
+        envoi = stacks["envoi"]
         if not args.skip_latency:
             rate = statistics.median(r["http"]["rate"] for r in rounds) / 2
             n = min(args.n, max(2000, int(rate * 20)))
@@ -146,13 +179,14 @@ def main() -> None:
             res["p50"], res["p99"] = percentile(lat, 50), percentile(lat, 99)
             results.append(res)
     finally:
-        if envoi is not None:
-            envoi.stop()
+        for stack in stacks.values():
+            stack.stop()
         sink.stop()
     print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} injection sessions, "
           f"{args.connections} relay sessions, "
           f"http concurrency {args.http_concurrency}, DKIM RSA-2048 everywhere")
     print("(cpu ms/msg: the system's own processes; pg: its Postgres backends; injector and sink not counted)")
+    print(f"machine: {os.cpu_count()} cores, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'system':45} {'accept msg/s':>12} {'e2e msg/s':>10} {'cpu ms/msg':>10} {'pg ms/msg':>9} "
           f"{'p50 s':>7} {'p99 s':>7}")
     nan = float("nan")
@@ -162,11 +196,12 @@ def main() -> None:
     for r in results:
         if "split" in r:
             print(f"cpu ms/msg by process, {r['name']}: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()) + f", postgres {r['pg_ms']:.2f}")
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()) + f", postgres {r['pg_ms']:.2f}"
+                  + f"; postgres transactions/msg {r['xacts']:.3f}")
     for r in results:
         print(f"injector cpu ms/msg, {r['name']}: {r['injector_ms']:.2f}")
     if not args.skip_postfix:
-        for kind in ("smtp", "http"):
+        for kind in [f"{system}{kind}" for system in ("", "baseline ") for kind in ("smtp", "http")]:
             ratios = [r[kind]["rate"] / r["postfix"]["rate"] for r in rounds if kind in r]
             for r, ratio in zip((r for r in rounds if kind in r), ratios, strict=True):
                 print(f"RATIO {r[kind]['name']} / postfix+opendkim = {ratio:.2f}")

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import http.client
+import json
 import os
 import re
 import secrets
@@ -293,6 +294,7 @@ class EnvoiStack:
     smtp_processes: int = 1  # `envoi smtp --processes` (one process and its commit stage beat two on 2 cores)
     processes: tuple[str, ...] = ("relay", "smtp", "api")
     extra_env: dict = field(default_factory=dict)
+    root: Path = ROOT  # the checkout whose envoi this region runs (another revision for an A/B run)
     dbname: str = field(default_factory=lambda: f"envoi_bench_{uuid.uuid4().hex[:8]}")
     procs: dict = field(default_factory=dict)
 
@@ -315,6 +317,8 @@ class EnvoiStack:
             "ENVOI_RELAY_CONNECTIONS": str(self.relay_connections),
             "ENVOI_PUBLIC_URL": f"http://127.0.0.1:{self.api_port}", "PYTHONUNBUFFERED": "1",
         })
+        if self.root != ROOT:
+            env["PYTHONPATH"] = str(self.root)
         env.update(self.extra_env)
         return env
 
@@ -325,23 +329,17 @@ class EnvoiStack:
                         secret_key=self.secret_key)
 
     def setup(self) -> EnvoiStack:
-        from envoi import runtime
-        from envoi.infra.migrate import ensure_database, migrate
-
-        ensure_database(self.database_url)
-        migrate(self.database_url)
-        services = runtime.build(self.settings(), pool_size=2)
-        try:
-            accounts = services.accounts
-            account = accounts.create_account("bench")
-            self.domain = accounts.add_domain(account["id"], DOMAIN, dkim_key_size=2048, verified=True)
-            accounts.set_domain_state(self.domain["id"], "active")
-            _, self.api_key = accounts.create_key(account["id"], "admin")
-            self.smtp_login, self.smtp_password = f"bench@{DOMAIN}", secrets.token_urlsafe(16)
-            accounts.create_credential(account["id"], DOMAIN, "bench", self.smtp_password)
-            self.account = account
-        finally:
-            services.close()
+        """Database, account, verified domain (RSA-2048), API key and SMTP login, made by the region's
+        own code: in this process, or for another checkout in a child process importing that one."""
+        secret = base64.b64encode(self.secret_key).decode()
+        if self.root == ROOT:
+            made = _setup_region(self.database_url, self.redis_url, secret)
+        else:
+            out = subprocess.run([sys.executable, __file__, "--setup", self.database_url, self.redis_url, secret],
+                                 env=self.env(), cwd=self.root, capture_output=True, text=True, check=True)
+            made = json.loads(out.stdout.strip().splitlines()[-1])
+        self.domain, self.api_key, self.account = made["domain"], made["api_key"], made["account"]
+        self.smtp_login, self.smtp_password = made["smtp_login"], made["smtp_password"]
         return self
 
     def start(self) -> EnvoiStack:
@@ -356,7 +354,7 @@ class EnvoiStack:
                     str(self.api_workers), "--threads", str(self.api_threads)],
         }
         for name in self.processes:
-            self.procs[name] = subprocess.Popen(commands[name], env=self.env(), cwd=ROOT,
+            self.procs[name] = subprocess.Popen(commands[name], env=self.env(), cwd=self.root,
                                                 stdout=(self.workdir / f"{name}.log").open("wb"),
                                                 stderr=subprocess.STDOUT, start_new_session=True)
         if "smtp" in self.procs:
@@ -402,6 +400,15 @@ class EnvoiStack:
         with self.connect() as conn:
             conn.execute("VACUUM (ANALYZE) recipients, messages")
 
+    def transactions(self) -> int:
+        """Transactions committed in this region's database so far (counted work: a group commit that
+        carries fewer messages shows as more transactions per message). Backends report their counts
+        within a second of going idle."""
+        time.sleep(1.2)
+        with self.connect() as conn:
+            return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                                (self.dbname,)).fetchone()["xact_commit"]
+
     def postgres_cpu(self) -> float:
         """CPU seconds used so far by the Postgres backends serving this region's database."""
         with self.connect() as conn:
@@ -419,6 +426,32 @@ class EnvoiStack:
                 (f"{run}.%",),
             ).fetchall()
         return [float(r["s"]) for r in rows]
+
+
+def _setup_region(database_url: str, redis_url: str, secret: str) -> dict:
+    from envoi import runtime
+    from envoi.infra.migrate import ensure_database, migrate
+    from envoi.infra.settings import Settings
+
+    ensure_database(database_url)
+    migrate(database_url)
+    services = runtime.build(Settings(region="eu", database_url=database_url, redis_url=redis_url,
+                                      secret_key=base64.b64decode(secret)), pool_size=2)
+    try:
+        accounts = services.accounts
+        account = accounts.create_account("bench")
+        try:
+            domain = accounts.add_domain(account["id"], DOMAIN, dkim_key_size=2048, verified=True)
+        except TypeError:  # a revision from before domain verification
+            domain = accounts.add_domain(account["id"], DOMAIN, dkim_key_size=2048)
+        accounts.set_domain_state(domain["id"], "active")
+        _, api_key = accounts.create_key(account["id"], "admin")
+        password = secrets.token_urlsafe(16)
+        accounts.create_credential(account["id"], DOMAIN, "bench", password)
+    finally:
+        services.close()
+    return {"domain": domain, "account": account, "api_key": api_key, "smtp_login": f"bench@{DOMAIN}",
+            "smtp_password": password}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -541,3 +574,7 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--setup"]:  # EnvoiStack.setup() for another checkout
+    print(json.dumps(_setup_region(*sys.argv[2:5]), default=str))

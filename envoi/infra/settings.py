@@ -116,6 +116,11 @@ class Settings:
     #: ENVOI_RELAY_CLAIM_INTERVAL: while mail trickles in, seconds between claims (lets a claim gather
     #: more than one commit's recipients); an idle relay still claims at once when rung.
     relay_claim_interval: float = 0.05
+    #: ENVOI_RELAY_FLUSH_DELAY: while delivery outcomes keep coming, the relay writes them at most once
+    #: per this many seconds (sooner when one per connection waits; an outcome after a quiet spell is
+    #: written at once). Longer: fewer, larger transactions; a crash still re-sends at most
+    #: 2 x ENVOI_RELAY_CONNECTIONS messages. 0 = write whenever the writer is free.
+    relay_flush_delay: float = 0.02
     #: ENVOI_RELAY_CONNECTIONS: concurrent outbound SMTP sessions per relay.
     relay_connections: int = 50
     #: ENVOI_SMTP_TIMEOUT: seconds to wait on a remote SMTP server per command.
@@ -266,6 +271,8 @@ class Settings:
             values["relay_batch"] = int(v)
         if v := env.get("ENVOI_RELAY_CLAIM_INTERVAL"):
             values["relay_claim_interval"] = _seconds(v)
+        if v := env.get("ENVOI_RELAY_FLUSH_DELAY"):
+            values["relay_flush_delay"] = _seconds(v)
         if v := env.get("ENVOI_RELAY_CONNECTIONS"):
             values["relay_connections"] = int(v)
         if v := env.get("ENVOI_SMTP_TIMEOUT"):

@@ -76,7 +76,8 @@ class Relay:
         self.preparer = Preparer(sealer, self.claimer.keys, signers=settings.relay_signers, signer=signer,
                                  metrics=metrics)
         self.recorder = Recorder(db, events, settings.retry_schedule, signatures=self.preparer.signatures,
-                                 settled=self._settled, suppressions=suppressions, metrics=metrics)
+                                 settled=self._settled, flush_delay=settings.relay_flush_delay,
+                                 full_at=settings.relay_connections, suppressions=suppressions, metrics=metrics)
         self.unrecorded = asyncio.Semaphore(UNRECORDED_PER_CONNECTION * settings.relay_connections)
         self.destinations = Destinations(settings, resolver, shaping or Shaping.load(settings.shaping_file),
                                          self.recorder, connections=asyncio.Semaphore(settings.relay_connections),

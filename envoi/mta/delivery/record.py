@@ -9,6 +9,7 @@ finished, which are tried again when, which events say so and which messages wil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -127,14 +128,17 @@ def _event_message(message: dict) -> dict:
 
 
 class Recorder:
-    """Collects outcomes and writes them by group commit: as soon as the writer is free, everything
-    that came in meanwhile in one commit that updates the schedule and records the events together.
+    """Collects outcomes and writes them by group commit: everything that came in since the last write
+    in one commit that updates the schedule and records the events together, at most one write per
+    `flush_delay` while outcomes keep coming (at once after a quiet spell, or when `full_at` wait).
     `settled(results, deferrals)` is called once they are committed (or given up on)."""
 
     def __init__(self, db: Database, events: Events, retry_schedule: Sequence[float], *,
                  signatures: dict[int, str], settled: Callable[[list[Result], list[Deferral]], None],
-                 suppressions=None, metrics=None):
+                 flush_delay: float = 0.0, full_at: int = 1, suppressions=None, metrics=None):
         self.db = db
+        self.flush_delay = flush_delay
+        self.full_at = full_at  # one outcome per connection: write without waiting out the delay
         self.events = events
         self.retry_schedule = retry_schedule
         self.signatures = signatures  # message pk -> DKIM signature not stored yet (the preparer's)
@@ -145,11 +149,17 @@ class Recorder:
         self.results: list[Result] = []
         self.deferrals: list[Deferral] = []
         self.stats = {"flushes": 0, "flush_s": 0.0, "outcomes": 0}
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # an outcome waits to be written
+        self._full = asyncio.Event()  # full_at outcomes wait: write without delay
 
     def result(self, delivery: Attempted, rcpt: dict, outcome: Outcome) -> None:
         self.results.append((delivery, rcpt, outcome))
+        self._waiting()
+
+    def _waiting(self) -> None:
         self._wake.set()
+        if len(self.results) + len(self.deferrals) >= self.full_at:
+            self._full.set()
 
     def result_each(self, delivery, outcome: Outcome) -> None:
         """The same outcome for every recipient of a delivery."""
@@ -160,16 +170,30 @@ class Recorder:
         """Put recipients back for later without an attempt or an event (throttled, no egress)."""
         seconds = max(seconds, 1.0)
         self.deferrals.extend((rcpt, seconds) for rcpt in rcpts)
-        self._wake.set()
+        self._waiting()
 
     async def run(self) -> None:
-        # Group commit: an outcome is written as soon as the writer is free, and what comes in while
-        # a write is under way goes into the next one, so batches grow with the rate by themselves. A
+        # Group commit with a floor between writes: while outcomes keep coming, a write starts at most
+        # every flush_delay (sooner once one outcome per connection waits), and what came in meanwhile
+        # goes with it; an outcome after a quiet spell is written at once. A write costs ~1 ms of the
+        # relay's CPU and ~0.6 ms of Postgres's whatever its size, an outcome ~0.1 ms in all: writing
+        # each outcome as soon as the writer was free made writes of 1-3 outcomes on a quiet machine
+        # (fast commits) and doubled the relay's CPU per message. Senders never wait on the delay for
+        # a slot: with no write under way, all slots taken means one outcome per connection waits. A
         # message the remote accepted is re-sent if the relay dies before its outcome is committed:
-        # that window is one or two writes long, not a fixed interval plus a write.
+        # at most the unrecorded slots, whatever the delay.
+        loop = asyncio.get_running_loop()
+        last_write = float("-inf")
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._full.clear()
+            wait = last_write + self.flush_delay - loop.time()
+            if wait > 0 and len(self.results) + len(self.deferrals) < self.full_at:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), wait)
+                self._wake.clear()
+            last_write = loop.time()
             await self.flush()
 
     async def flush(self) -> None:
