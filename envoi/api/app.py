@@ -9,14 +9,12 @@ from envoi.api import errors, forms, params
 from envoi.api.auth import AuthMiddleware
 from envoi.api.client_address import ClientAddress
 from envoi.api.openapi import OpenApiDocument
-from envoi.api.resources.domains import Credentials, DomainCollection, DomainItem
+from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
-from envoi.api.resources.messages import Messages
+from envoi.api.resources.messages import Messages, StoredMessage
 from envoi.api.resources.privacy import AddressData
-from envoi.api.resources.sandbox import AuthorizedRecipients
 from envoi.api.resources.stats import StatsTotal, Tags
-from envoi.api.resources.stored import StoredMessage
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe

@@ -7,7 +7,7 @@ import falcon
 from envoi.accounts.service import dns_records
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
-from envoi.api.resources.events import DomainScoped
+from envoi.api.scope import DomainScoped
 
 TRUE = {"true", "yes", "1"}
 MAX_SKIP = 2**31 - 1  # Postgres takes OFFSET as bigint; no account has more domains than this
@@ -124,3 +124,31 @@ class Credentials(DomainScoped):
     def on_delete_item(self, req: falcon.Request, resp: falcon.Response, domain: str, login: str) -> None:
         self.accounts.delete_credential(req.context.principal.account_id, domain, login)
         resp.media = {"message": "Credentials have been deleted", "spec": login}
+
+
+def _recipient_json(address: str) -> dict:
+    return {"email": address, "activated": True}
+
+
+class AuthorizedRecipients:
+    """Authorised recipients (Mailgun's /v5/sandbox/auth_recipients): the only addresses an account's
+    unverified domains may send to, at most 5. Mailgun asks each recipient to confirm by email first;
+    Envoi lists them at once (it has no platform sending domain to send the invitation from)."""
+
+    def __init__(self, accounts):
+        self.accounts = accounts
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        rows = self.accounts.authorized_recipients(req.context.principal.account_id)
+        resp.media = {"recipients": [_recipient_json(r["address"]) for r in rows]}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        email = req.get_param("email") or (read_form(req)[0].get("email") or [""])[-1]
+        if not email:
+            raise ApiError(400, "email parameter is missing")
+        address = self.accounts.add_authorized_recipient(req.context.principal.account_id, email)
+        resp.media = {"recipient": _recipient_json(address)}
+
+    def on_delete_item(self, req: falcon.Request, resp: falcon.Response, email: str) -> None:
+        self.accounts.delete_authorized_recipient(req.context.principal.account_id, email)
+        resp.media = {"message": "Authorized recipient has been removed"}

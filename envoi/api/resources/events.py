@@ -8,25 +8,8 @@ import falcon
 
 from envoi.accounts.errors import NotFound
 from envoi.api.errors import ApiError
+from envoi.api.scope import DomainScoped, query_params
 from envoi.events.service import compile_filters, matches, parse_filters
-
-
-def query_params(req: falcon.Request) -> dict[str, list[str]]:
-    """Query parameters as lists, without splitting values on commas (filters may contain them)."""
-    out: dict[str, list[str]] = {}
-    for key, value in req.params.items():
-        out[key] = list(value) if isinstance(value, list) else [value]
-    return out
-
-
-class DomainScoped:
-    """Resolves {domain} within the caller's account; another tenant's domain is a 404."""
-
-    def __init__(self, accounts):
-        self.accounts = accounts
-
-    def domain(self, req: falcon.Request, name: str) -> dict:
-        return self.accounts.get_domain(name, req.context.principal.account_id)
 
 
 class EventList(DomainScoped):

@@ -9,9 +9,11 @@ import falcon
 
 from envoi.api.errors import ApiError, http_error
 from envoi.api.forms import read_form
+from envoi.api.scope import DomainScoped
 from envoi.infra.errors import EnvoiError
 from envoi.mta.compose import compose, from_mime, parse_addresses
 from envoi.mta.errors import MessageTooLarge
+from envoi.mta.stored_messages import parsed
 
 QUEUED = "Queued. Thank you."
 LARGE_BYTES = 4 * 1024 * 1024  # a request this large composes into several copies of tens of MB
@@ -101,3 +103,21 @@ def _refusal(handler, req: falcon.Request, *args) -> ApiError | None:
     except EnvoiError as ex:
         return http_error(req, ex)
     return None
+
+
+class StoredMessage(DomainScoped):
+    """GET /v3/domains/{d}/messages/{storage_key}: a stored message, while retention keeps it."""
+
+    def __init__(self, accounts, storage):
+        super().__init__(accounts)
+        self.storage = storage
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
+        found = self.storage.get(self.domain(req, domain)["id"], storage_key)
+        if found is None:
+            raise ApiError(404, "Message not found")
+        row, mime = found
+        if "message/rfc2822" in (req.get_header("Accept") or ""):
+            resp.media = {"body-mime": mime.decode("utf-8", "replace"), "recipients": ",".join(row["recipients"])}
+            return
+        resp.media = parsed(row, mime)

@@ -6,7 +6,7 @@ import falcon
 
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
-from envoi.api.resources.events import DomainScoped, query_params
+from envoi.api.scope import DomainScoped, query_params
 
 
 class StatsTotal(DomainScoped):

@@ -7,7 +7,7 @@ import falcon
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.api.params import check_json
-from envoi.api.resources.events import DomainScoped
+from envoi.api.scope import DomainScoped
 
 
 class SuppressionList(DomainScoped):

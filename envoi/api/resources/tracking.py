@@ -13,7 +13,7 @@ from envoi.api.auth import PUBLIC
 from envoi.api.client_address import ClientAddress
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
-from envoi.api.resources.events import DomainScoped
+from envoi.api.scope import DomainScoped
 from envoi.mta.tracking import ForgedToken, InvalidToken
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")

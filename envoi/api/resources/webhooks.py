@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
-from envoi.api.resources.events import DomainScoped
+from envoi.api.scope import DomainScoped
 
 
 def _urls(fields: dict[str, list[str]]) -> list[str]:
