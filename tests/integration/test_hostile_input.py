@@ -86,11 +86,6 @@ def encode(value: str) -> str:
     return quote(value.encode("utf-8", "surrogatepass"), safe="%" if value == "%" else "")
 
 
-@pytest.fixture(scope="module")
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
-
-
 @pytest.fixture
 def world(services, client, account, domain, api_key):
     """A domain with an event, a suppression and a tag, and a real paging token for it."""

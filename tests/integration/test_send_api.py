@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from falcon import testing
 
-from envoi.api.app import create_app
 from tests.conftest import basic
 from tests.support.api import post_form, stored_mime
-
-
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
 
 
 def count(db, table, domain) -> int:
@@ -177,14 +170,10 @@ def test_oversized_request_is_413_and_stores_nothing(client, api_key, domain, db
     assert count(db, "messages", domain) == 0
 
 
-def test_message_over_size_limit_is_413(settings, services, api_key, domain, db):
-    small = testing.TestClient(create_app(settings, services))
-    services.intake.settings = settings.replace(max_message_bytes=10_000)
-    try:
-        resp = post_form(small, f"/v3/{domain['name']}/messages", api_key,
-                         {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "y" * 20_000})
-    finally:
-        services.intake.settings = settings
+def test_message_over_size_limit_is_413(client, settings, services, api_key, domain, db, monkeypatch):
+    monkeypatch.setattr(services.intake, "settings", settings.replace(max_message_bytes=10_000))
+    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key,
+                     {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "y" * 20_000})
     assert resp.status_code == 413 and "exceeds the limit of 10000 bytes" in resp.json["message"]
     assert count(db, "messages", domain) == 0
 

@@ -9,7 +9,6 @@ import secrets
 from urllib.parse import urlencode, urlsplit
 
 import dkim
-import pytest
 from falcon import testing
 
 from envoi.api.app import create_app
@@ -22,11 +21,6 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
           "Version/17.0 Mobile/15E148 Safari/604.1")
 HTML = '<html><body><p>Hi</p><a href="https://shop.example/item?id=7&amp;ref=mail">buy</a></body></html>'
-
-
-@pytest.fixture(scope="module")
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
 
 
 def put(client, path, key, **params):

@@ -1,19 +1,79 @@
-"""Helpers for tests that call the HTTP API through falcon's in-process client."""
+"""The HTTP API through falcon's in-process client: the shared `client` fixture and the send helpers.
+
+The fixtures are registered as a plugin in tests/conftest.py. `client` serves `create_app(api_settings,
+services)`; a module that needs other settings overrides `api_settings` (tests/integration/
+test_domain_verification.py), one that needs other services overrides `services`
+(tests/integration/test_webhooks.py), and the shared client picks them up.
+"""
 
 from __future__ import annotations
 
 import email
 import email.policy
+from typing import NamedTuple
 from urllib.parse import urlencode
 
+import pytest
+from falcon import testing
+
+from envoi.api.app import create_app
 from tests.conftest import basic
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+def api_settings(services):
+    """The settings the API under test runs with: the services' own unless a module overrides this."""
+    return services.settings
+
+
+@pytest.fixture
+def client(api_settings, services) -> testing.TestClient:
+    return testing.TestClient(create_app(api_settings, services))
+
+
+class Sent(NamedTuple):
+    json: dict
+    message_id: str  # without the angle brackets
 
 
 def post_form(client, url, key=None, params=None):
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    headers = dict(FORM)
     if key:
         headers.update(basic(key))
     return client.simulate_post(url, body=urlencode(params or {}, doseq=True), headers=headers)
+
+
+def send_form(client, key, domain, **fields):
+    """POST /v3/<domain>/messages as a form with the domain's key; `fields` add to or replace a minimal
+    valid message (pass Mailgun's `o:`/`h:`/`v:` names as `**{"o:tag": ...}`). `domain` is the domain's
+    row or its name. Returns the response."""
+    name = domain_name(domain)
+    params = {"from": f"s@{name}", "to": "rcpt@dest.test", "subject": "Hi", "text": "body", **fields}
+    return post_form(client, f"/v3/{name}/messages", key, params)
+
+
+def send_mime(client, key, domain, mime: str, to: str = "rcpt@dest.test", **fields):
+    """POST /v3/<domain>/messages.mime with the whole message as the `message` form field."""
+    return post_form(client, f"/v3/{domain_name(domain)}/messages.mime", key, {"to": to, "message": mime, **fields})
+
+
+def domain_name(domain) -> str:
+    return domain if isinstance(domain, str) else domain["name"]
+
+
+def accepted(resp) -> Sent:
+    assert resp.status_code == 200, resp.text
+    return Sent(resp.json, resp.json["id"].strip("<>"))
+
+
+@pytest.fixture
+def send(client, api_key, domain):
+    """Send over the API as the test's `domain` with its `api_key`; asserts the 200 and returns Sent."""
+    def send(**fields) -> Sent:
+        return accepted(send_form(client, api_key, domain, **fields))
+    return send
 
 
 def stored_mime(services, db, message_id) -> email.message.EmailMessage:
