@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import uuid
 from typing import NamedTuple
 from urllib.parse import urlencode
 
@@ -61,6 +62,20 @@ def send_mime(client, key, domain, mime: str, to: str = "rcpt@dest.test", **fiel
 
 def domain_name(domain) -> str:
     return domain if isinstance(domain, str) else domain["name"]
+
+
+def multipart(fields, files=()) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type. `fields`: (name, value) pairs (a dict's items()
+    will do); `files`: (name, filename or None, content type, bytes)."""
+    boundary = uuid.uuid4().hex  # random, so that no file's bytes can contain it by chance
+    out = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+           for name, value in fields]
+    for name, filename, ctype, data in files:
+        fn = f'; filename="{filename}"' if filename else ""
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{fn}\r\n'
+                   f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
 
 
 def accepted(resp) -> Sent:
