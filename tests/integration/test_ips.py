@@ -8,21 +8,22 @@ import io
 import uuid
 from urllib.parse import urlencode
 
-import falcon.testing
 import pytest
 from click.testing import CliRunner
 
-from envoi.api.app import create_app
 from envoi.ips.errors import NoEgressAvailable
 from envoi.wiring import ips as ips_wiring
 from tests.conftest import basic
+from tests.support.api import send_form
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TEST_IPS = [f"127.0.0.{n}" for n in range(2, 10)]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def clean_ips(services, db):
+    """The IP inventory is one for the region, not a tenant's: each test here starts from an empty one
+    and leaves it empty."""
     def wipe():
         db.execute("DELETE FROM ip_pools")
         db.execute("DELETE FROM ips")
@@ -31,11 +32,6 @@ def clean_ips(services, db):
     wipe()
     yield
     wipe()
-
-
-@pytest.fixture
-def client(settings, services, clean_ips):
-    return falcon.testing.TestClient(create_app(settings, services))
 
 
 @pytest.fixture
@@ -275,9 +271,7 @@ def test_sending_ip_of_another_account_is_refused_with_403(client, services, db,
     pool = services.ips.create_pool("test", "theirs", account_id=other_domain["account_id"])
 
     def send(**extra):
-        fields = {"from": f"a@{domain['name']}", "to": "b@ips-403.invalid.test", "subject": "s", "text": "t",
-                  **extra}
-        return post(client, f"/v3/{domain['name']}/messages", basic(api_key), **fields)
+        return send_form(client, api_key, domain, to="b@ips-403.invalid.test", **extra)
 
     def stored():
         return db.execute("SELECT count(*) AS n FROM messages WHERE domain_id = %s", (domain["id"],)).fetchone()["n"]

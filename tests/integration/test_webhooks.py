@@ -11,12 +11,11 @@ from falcon import testing
 from rq import Queue
 
 from envoi import runtime
-from envoi.accounts.service import Principal
 from envoi.api.app import create_app
-from envoi.mta.compose import compose
 from envoi.webhooks import jobs
 from envoi.webhooks.service import Webhooks
 from tests.conftest import basic
+from tests.support.delivery import send as queue_message
 from tests.support.relay import wait_until
 from tests.support.webhook_receiver import Receiver
 
@@ -38,8 +37,9 @@ def hook_services(hook_settings):
 
 
 @pytest.fixture(scope="module")
-def client(hook_settings, hook_services):
-    return testing.TestClient(create_app(hook_settings, hook_services))
+def api_services(hook_services):
+    """The shared `client` serves these services and their settings."""
+    return hook_services
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,7 @@ def post(client, path, key, **params):
 
 def send(services, domain, to="rcpt@webhooks.test"):
     # Test mode: a relay running in a later test records these as delivered without sending them.
-    draft = compose(domain["name"], {"from": [f"s@{domain['name']}"], "to": [to], "subject": ["Hi"],
-                                     "text": ["body"], "o:testmode": ["yes"]}, [], [])
-    return services.intake.accept(Principal(None, domain["account_id"], "admin"), domain, draft).strip("<>")
+    return queue_message(services, domain["account_id"], domain, to, o_testmode="yes")
 
 
 def signing_key(client, key) -> str:

@@ -1,8 +1,8 @@
 """The HTTP API through falcon's in-process client: the shared `client` fixture and the send helpers.
 
 The fixtures are registered as a plugin in tests/conftest.py. `client` serves `create_app(api_settings,
-services)`; a module that needs other settings overrides `api_settings` (tests/integration/
-test_domain_verification.py), one that needs other services overrides `services`
+api_services)`; a module that needs other settings overrides `api_settings` (tests/integration/
+test_domain_verification.py), one that needs other services overrides `api_services`
 (tests/integration/test_webhooks.py), and the shared client picks them up.
 """
 
@@ -24,14 +24,20 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture
-def api_settings(services):
-    """The settings the API under test runs with: the services' own unless a module overrides this."""
-    return services.settings
+def api_services(services):
+    """The services the API under test runs on: the session's unless a module overrides this."""
+    return services
 
 
 @pytest.fixture
-def client(api_settings, services) -> testing.TestClient:
-    return testing.TestClient(create_app(api_settings, services))
+def api_settings(api_services):
+    """The settings the API under test runs with: its services' own unless a module overrides this."""
+    return api_services.settings
+
+
+@pytest.fixture
+def client(api_settings, api_services) -> testing.TestClient:
+    return testing.TestClient(create_app(api_settings, api_services))
 
 
 class Sent(NamedTuple):
