@@ -18,20 +18,7 @@ from tests.support.api import send_form
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TEST_IPS = [f"127.0.0.{n}" for n in range(2, 10)]
-
-
-@pytest.fixture(autouse=True)
-def clean_ips(services, db):
-    """The IP inventory is one for the region, not a tenant's: each test here starts from an empty one
-    and leaves it empty."""
-    def wipe():
-        db.execute("DELETE FROM ip_pools")
-        db.execute("DELETE FROM ips")
-        db.execute("DELETE FROM ip_audit")
-
-    wipe()
-    yield
-    wipe()
+pytestmark = pytest.mark.usefixtures("clean_ips")  # every test here manages the IP inventory
 
 
 @pytest.fixture
