@@ -13,9 +13,10 @@ import aiosmtplib
 import pytest
 
 from envoi.accounts.service import Principal
-from envoi.mta.compose import compose, from_mime
+from envoi.mta.compose import from_mime
 from envoi.mta.delivery import session as session_module
 from envoi.mta.sink import Sink
+from tests.support.delivery import send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
@@ -37,12 +38,6 @@ def one_connection(tmp_path):
 def route(dns, name):
     dns.add(name, "MX", f"10 mx.{name}.")
     dns.add(f"mx.{name}", "A", "127.0.0.1")
-
-
-def send(services, account_id, domain, to: list[str], text="body") -> str:
-    values = {"from": [f"s@{domain['name']}"], "to": to, "subject": ["Hi"], "text": [text]}
-    draft = compose(domain["name"], values, [], [])
-    return services.intake.accept(Principal(None, account_id, "admin"), domain, draft).strip("<>")
 
 
 def outcomes(db, message_id) -> dict[str, list[dict]]:
