@@ -16,7 +16,7 @@ from envoi.accounts.service import Principal
 from envoi.mta.compose import from_mime
 from envoi.mta.delivery import session as session_module
 from envoi.mta.sink import Sink
-from tests.support.delivery import send
+from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
@@ -33,11 +33,6 @@ def one_connection(tmp_path):
     path = tmp_path / "shaping.toml"
     path.write_text("[default]\nmax_connections = 1\n")
     return str(path)
-
-
-def route(dns, name):
-    dns.add(name, "MX", f"10 mx.{name}.")
-    dns.add(f"mx.{name}", "A", "127.0.0.1")
 
 
 def outcomes(db, message_id) -> dict[str, list[dict]]:
