@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
@@ -59,9 +60,31 @@ class Metrics:
     def render(self) -> bytes:
         if self.multiprocess_dir:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            StartedWorkersCollector(registry, path=self.multiprocess_dir)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class StartedWorkersCollector(multiprocess.MultiProcessCollector):
+    """Reads every worker's files except one still being created: prometheus-client opens a file
+    empty and only then sizes it, and reading it in between fails the whole scrape (a /metrics 500
+    while a gunicorn worker starts). A file's size only goes from 0 to its final size, so skipping
+    empty ones leaves no window."""
+
+    def __init__(self, registry: CollectorRegistry, path: str):
+        self.path = path  # before registering: a registry may collect at once
+        super().__init__(registry, path=path)
+
+    def collect(self):
+        files = [f for f in glob.glob(os.path.join(self.path, "*.db")) if _size(f) > 0]
+        return self.merge(files, accumulate=True)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:  # a dead worker's live gauges, removed by forget_process()
+        return 0
 
 
 def forget_process(pid: int) -> None:

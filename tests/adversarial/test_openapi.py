@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import falcon.inspect
-import pytest
-from falcon import testing
 
 from envoi.api import openapi
-from envoi.api.app import create_app
 
 METHODS = {"get", "post", "put", "patch", "delete"}
-
-
-@pytest.fixture(scope="module")
-def app(settings, services):
-    return create_app(settings, services)
 
 
 def routes_of(app) -> set[tuple[str, str]]:
@@ -26,9 +18,9 @@ def routes_of(app) -> set[tuple[str, str]]:
     return out
 
 
-def test_every_route_is_described_and_nothing_else(app):
+def test_every_route_is_described_and_nothing_else(client):
     described = {(path, method) for path, methods in openapi.document()["paths"].items() for method in methods}
-    routes = routes_of(app)
+    routes = routes_of(client.app)
     assert len(routes) > 90
     assert routes - described == set(), "routes missing from envoi/api/openapi.py"
     assert described - routes == set(), "described in envoi/api/openapi.py but not routed"
@@ -43,8 +35,8 @@ def test_path_parameters_match_the_template():
             assert "200" in operation["responses"] or "302" in operation["responses"], (method, path)
 
 
-def test_served_without_auth(app):
-    resp = testing.TestClient(app).simulate_get("/openapi.json")
+def test_served_without_auth(client):
+    resp = client.simulate_get("/openapi.json")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/json")
     assert resp.json["openapi"] == "3.1.0" and resp.json["paths"] == openapi.document()["paths"]
 

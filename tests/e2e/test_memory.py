@@ -18,12 +18,12 @@ import http.client
 import os
 import secrets
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.support.api import multipart
 from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +33,7 @@ MB = 1024 * 1024
 # after them (README "Limits"), with room over the figures above.
 MAX_PEAK_GROWTH_REFUSED = 100 * MB  # 8 x 50 MB requests whose message cannot fit (413)
 MAX_PEAK_GROWTH_ACCEPTED = 400 * MB  # 8 x the largest message that is accepted (25 MB)
+OCTETS = "application/octet-stream"
 MAX_PEAK_GROWTH_URLENCODED = 400 * MB  # 8 x 50 MB urlencoded text (413): read in memory
 MAX_KEPT = 80 * MB  # RSS over baseline once the requests are done
 
@@ -68,20 +69,6 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
-def multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, filename, data in files:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode())
-        parts.append(data)
-        parts.append(b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
 def post(api, body: bytes, content_type: str, chunked: bool = False) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", api["port"], timeout=120)
     auth = base64.b64encode(f"api:{api['key']}".encode()).decode()
@@ -105,7 +92,7 @@ def fields(api) -> dict[str, str]:
 def load(api, body: bytes, content_type: str, n: int = 8) -> tuple[list, int, int, int]:
     """Send n copies at once; return (statuses, baseline, peak, after) RSS of the worker."""
     pid = worker_pid(api["proc"].popen.pid)
-    post(api, *multipart(fields(api), [("attachment", "warm.bin", b"x" * 2 * MB)]))  # warm the code paths
+    post(api, *multipart(fields(api).items(), [("attachment", "warm.bin", OCTETS, b"x" * 2 * MB)]))  # warm the code paths
     time.sleep(0.5)
     baseline = rss(pid)
     reset_peak(pid)
@@ -120,7 +107,7 @@ def load(api, body: bytes, content_type: str, n: int = 8) -> tuple[list, int, in
 
 
 def test_eight_concurrent_50mb_requests_keep_the_worker_small(api):
-    body, content_type = multipart(fields(api), [("attachment", "big.bin", os.urandom(50 * MB))])
+    body, content_type = multipart(fields(api).items(), [("attachment", "big.bin", OCTETS, os.urandom(50 * MB))])
     results, baseline, peak, after = load(api, body, content_type)
     measured = f"MEASURED baseline {baseline / MB:.0f} MB, peak +{(peak - baseline) / MB:.0f} MB, " \
                f"after +{(after - baseline) / MB:.0f} MB"
@@ -132,7 +119,7 @@ def test_eight_concurrent_50mb_requests_keep_the_worker_small(api):
 
 def test_eight_concurrent_largest_accepted_messages_then_memory_goes_back(api):
     data = secrets.token_bytes(18 * MB)  # base64 makes it ~24.6 MB: just under the 25 MB limit
-    body, content_type = multipart(fields(api), [("attachment", "big.bin", data)])
+    body, content_type = multipart(fields(api).items(), [("attachment", "big.bin", OCTETS, data)])
     results, baseline, peak, after = load(api, body, content_type)
     measured = f"MEASURED baseline {baseline / MB:.0f} MB, peak +{(peak - baseline) / MB:.0f} MB, " \
                f"after +{(after - baseline) / MB:.0f} MB"
@@ -143,7 +130,7 @@ def test_eight_concurrent_largest_accepted_messages_then_memory_goes_back(api):
 
 
 def test_a_chunked_multipart_request_is_read_not_a_500(api):
-    body, content_type = multipart(fields(api), [("attachment", "a.txt", b"hello")])
+    body, content_type = multipart(fields(api).items(), [("attachment", "a.txt", OCTETS, b"hello")])
     status, text = post(api, body, content_type, chunked=True)
     assert status == 200, text + api["proc"].output()
     status, text = post(api, b"--x\r\ngarbage", "multipart/form-data; boundary=x", chunked=True)

@@ -7,10 +7,8 @@ import email.parser
 import email.policy
 
 import pytest
-from falcon import testing
 
-from envoi.api.app import create_app
-from tests.support.api import post_form
+from tests.support.api import send_form
 from tests.support.submission import mime, queued_id, starttls_client
 
 # The TLS submission server and its login come from tests/support/submission.py (one server per module).
@@ -38,11 +36,6 @@ RECIPIENTS = [
 ]
 
 
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
-
-
 def stored_recipients(db, message_id):
     return [r["address"] for r in db.execute(
         "SELECT address FROM recipients r JOIN messages m ON m.id = r.message_pk WHERE m.message_id = %s",
@@ -50,8 +43,7 @@ def stored_recipients(db, message_id):
 
 
 def over_api(client, api_key, domain, db, to):
-    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key,
-                     {"from": f"app@{domain['name']}", "to": to, "subject": "Hi", "text": "body"})
+    resp = send_form(client, api_key, domain, to=to)
     if resp.status_code != 200:
         assert resp.status_code == 400 and "not a valid address" in resp.json["message"], resp.text
         return None
@@ -89,8 +81,7 @@ def test_api_and_smtp_agree_on_senders(client, api_key, domain, db, server, clie
     with starttls_client(server, client_ctx, login) as smtp:
         for local in ("user", "ü", "Über", "a..b", "a b", '"quoted"'):
             sender = f"{local}@{domain['name']}"
-            resp = post_form(client, f"/v3/{domain['name']}/messages", api_key,
-                             {"from": sender, "to": "rcpt@dest.test", "subject": "Hi", "text": "body"})
+            resp = send_form(client, api_key, domain, **{"from": sender})
             smtp.rset()
             smtp.command_encoding = "utf-8"
             code, reply = smtp.docmd("MAIL", f"FROM:<{sender}>" + ("" if sender.isascii() else " SMTPUTF8"))
@@ -130,9 +121,9 @@ def test_smtp_refuses_invalid_utf8_in_an_address(server, client_ctx, login):
 
 def test_api_writes_utf8_addresses_into_the_header_as_they_are(client, api_key, domain, db, services):
     """RFC 6532: display names may be encoded words; an address never is (readers could not use it)."""
-    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key,
-                     {"from": f"Jürgen <ü@{domain['name']}>", "to": ["Zoë <user@bücher.dest.test>, ü@dest.test"],
-                      "cc": '"Doe, Ünal" <c@dest.test>', "subject": "Hi", "text": "body"})
+    resp = send_form(client, api_key, domain, **{"from": f"Jürgen <ü@{domain['name']}>",
+                                                 "to": ["Zoë <user@bücher.dest.test>, ü@dest.test"],
+                                                 "cc": '"Doe, Ünal" <c@dest.test>'})
     assert resp.status_code == 200, resp.text
     row = db.execute("SELECT body, storage_key FROM messages WHERE message_id = %s",
                      (resp.json["id"].strip("<>"),)).fetchone()

@@ -12,7 +12,7 @@ import pytest
 from envoi import runtime
 from envoi.dev.sink import Sink
 from envoi.mta.bounces import verp
-from envoi.mta.compose import compose
+from tests.support.delivery import send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
@@ -55,15 +55,6 @@ def inbound(services):
 @pytest.fixture
 def key(settings):
     return verp.key_from_secret(settings.secret_key)
-
-
-def send(services, account_id, domain, to: list[str]) -> str:
-    from envoi.accounts.service import Principal
-
-    values = {"from": [f"Shop <shop@{domain['name']}>"], "to": to, "subject": ["Your receipt"],
-              "text": ["Thanks for your order."]}
-    draft = compose(domain["name"], values, [], [])
-    return services.intake.accept(Principal(None, account_id, "admin"), domain, draft).strip("<>")
 
 
 def rows_of(db, message_id):

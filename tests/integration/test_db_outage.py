@@ -8,17 +8,15 @@ from __future__ import annotations
 import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlencode
 
 import pytest
-from falcon import testing
 from psycopg.conninfo import conninfo_to_dict
 
 from envoi import runtime
-from envoi.api.app import create_app
 from envoi.api.errors import UNAVAILABLE
 from envoi.mta.submission.server import DB_TEMPFAIL, Submission, SubmissionServer
 from tests.conftest import basic
+from tests.support.api import send_form
 from tests.support.relay import wait_until
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.tls import loopback_contexts
@@ -44,6 +42,12 @@ def proxied(settings, proxy):
     svc.close()
 
 
+@pytest.fixture
+def api_services(proxied):
+    """The shared `client` serves the services behind the proxy."""
+    return proxied
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_queued(domain, db):
     yield
@@ -53,14 +57,12 @@ def nothing_left_queued(domain, db):
 
 def send(client, domain, key, to="rcpt@dest.test"):
     started = time.monotonic()
-    resp = client.simulate_post(f"/v3/{domain['name']}/messages", headers={
-        "Content-Type": "application/x-www-form-urlencoded", **basic(key)},
-        body=urlencode({"from": f"s@{domain['name']}", "to": to, "subject": "Hi", "text": "body"}))
+    resp = send_form(client, key, domain, to=to)
     return resp, time.monotonic() - started
 
 
-def test_stuck_database_answers_503_within_seconds_and_later_requests_succeed(proxied, proxy, domain, api_key, db):
-    client = testing.TestClient(create_app(proxied.settings, proxied))
+def test_stuck_database_answers_503_within_seconds_and_later_requests_succeed(client, proxied, proxy, domain,
+                                                                              api_key, db):
     resp, _ = send(client, domain, api_key)  # warms the key and domain caches: only the write is left
     assert resp.status_code == 200, resp.text
     proxy.freeze()
@@ -79,8 +81,7 @@ def test_stuck_database_answers_503_within_seconds_and_later_requests_succeed(pr
     assert db.execute("SELECT count(*) AS n FROM messages WHERE message_id = %s", (message_id,)).fetchone()["n"] == 1
 
 
-def test_database_down_answers_503_then_recovers(proxied, proxy, domain, api_key, db):
-    client = testing.TestClient(create_app(proxied.settings, proxied))
+def test_database_down_answers_503_then_recovers(client, proxied, proxy, domain, api_key, db):
     assert send(client, domain, api_key)[0].status_code == 200
     proxy.down()  # Postgres restarting: connections dropped, nothing listening
     for _ in range(3):  # broken pooled connections, then no connection at all (pool timeout)

@@ -11,11 +11,10 @@ import uuid
 from urllib.parse import quote, urlencode
 
 import pytest
-from falcon import testing
 
-from envoi.api.app import create_app
 from envoi.mta.submission.server import Submission, SubmissionServer
 from tests.conftest import basic
+from tests.support.api import send_form, send_mime
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 from tests.support.tls import loopback_contexts
@@ -35,8 +34,9 @@ def dns():
 
 
 @pytest.fixture
-def client(settings, services, dns):
-    return testing.TestClient(create_app(settings.replace(dns_resolver=("127.0.0.1", dns.port)), services))
+def api_settings(settings, dns):
+    """The shared `client` resolves DKIM/SPF records against this module's DNS server."""
+    return settings.replace(dns_resolver=("127.0.0.1", dns.port))
 
 
 @pytest.fixture
@@ -64,11 +64,6 @@ def new_account(services) -> tuple[dict, str]:
 def form(client, method, url, key, params=None):
     headers = {"Content-Type": "application/x-www-form-urlencoded", **basic(key)}
     return client.simulate_request(method, url, body=urlencode(params or {}, doseq=True), headers=headers)
-
-
-def send(client, key, domain, to, sender=None):
-    return form(client, "POST", f"/v3/{domain}/messages", key,
-                {"from": sender or f"App <app@{domain}>", "to": to, "subject": "Hi", "text": "body"})
 
 
 def stored(db, name) -> int:
@@ -101,7 +96,7 @@ def test_an_unverified_domain_sends_only_to_authorized_recipients(client, servic
     assert resp.status_code == 200, resp.text
     assert resp.json["domain"]["state"] == "unverified"
 
-    resp = send(client, key, "gmail.com", "stranger@dest.test", sender="Security <security@gmail.com>")
+    resp = send_form(client, key, "gmail.com", to="stranger@dest.test", **{"from": "Security <security@gmail.com>"})
     assert resp.status_code == 403
     assert resp.json == {"message": f"Domain gmail.com {REFUSED}"}
     assert stored(db, "gmail.com") == 0
@@ -114,9 +109,9 @@ def test_an_unverified_domain_sends_only_to_authorized_recipients(client, servic
     assert resp.json == {"recipients": [{"email": "me@inbox.test", "activated": True}]}
 
     # one stranger among the recipients refuses the whole message
-    assert send(client, key, "gmail.com", ["me@inbox.test", "stranger@dest.test"]).status_code == 403
+    assert send_form(client, key, "gmail.com", to=["me@inbox.test", "stranger@dest.test"]).status_code == 403
     assert stored(db, "gmail.com") == 0
-    resp = send(client, key, "gmail.com", "Me <me@inbox.test>")
+    resp = send_form(client, key, "gmail.com", to="Me <me@inbox.test>")
     assert resp.status_code == 200, resp.text
 
     # the same rule over SMTP
@@ -138,7 +133,7 @@ def test_an_unverified_domain_sends_only_to_authorized_recipients(client, servic
     assert resp.status_code == 400 and "at most 5" in resp.json["message"]
     assert client.simulate_delete(f"/v5/sandbox/auth_recipients/{quote('me@inbox.test')}",
                                   headers=basic(key)).status_code == 200
-    assert send(client, key, "gmail.com", "me@inbox.test").status_code == 403
+    assert send_form(client, key, "gmail.com", to="me@inbox.test").status_code == 403
 
 
 def test_verification_finds_the_records_in_dns_and_the_domain_then_sends(client, services, db, dns, sink, relay):
@@ -153,7 +148,7 @@ def test_verification_finds_the_records_in_dns_and_the_domain_then_sends(client,
     assert resp.json["domain"]["state"] == "unverified"
     assert valid_of(resp)[("TXT", name)] == "invalid"
     assert valid_of(resp)[("TXT", f"envoi._domainkey.{name}")] == "invalid"
-    assert send(client, key, name, "someone@dest.test").status_code == 403
+    assert send_form(client, key, name, to="someone@dest.test").status_code == 403
 
     # a DNS server that fails: unknown, not invalid, and nothing changes
     dns.servfail(name)
@@ -188,7 +183,7 @@ def test_verification_finds_the_records_in_dns_and_the_domain_then_sends(client,
                                headers=basic(key)).json["items"][0]["name"] == name
 
     stranger = f"someone-{uuid.uuid4().hex[:6]}@dest.test"
-    resp = send(client, key, name, stranger)
+    resp = send_form(client, key, name, to=stranger)
     assert resp.status_code == 200, resp.text
     [received] = wait_until(lambda: sink.messages(to=stranger))
     assert f"d={name}" in received["data"]
@@ -201,7 +196,7 @@ def test_a_verified_owner_claims_a_name_held_unverified_by_another_account(clien
     assert form(client, "POST", "/v4/domains", squatter_key, {"name": name, "dkim_key_size": "1024"}).status_code == 200
     services.accounts.create_credential(squatter["id"], name, "postmaster", PASSWORD)
     form(client, "POST", "/v5/sandbox/auth_recipients", squatter_key, {"email": "friend@inbox.test"})
-    assert send(client, squatter_key, name, "friend@inbox.test").status_code == 200
+    assert send_form(client, squatter_key, name, to="friend@inbox.test").status_code == 200
 
     # the squatter's unverified row does not keep the owner out
     resp = form(client, "POST", "/v4/domains", owner_key, {"name": name, "dkim_key_size": "1024"})
@@ -220,10 +215,10 @@ def test_a_verified_owner_claims_a_name_held_unverified_by_another_account(clien
     # released: the squatter's row is disabled, its login gone, its sends refused
     assert services.accounts.get_domain(name, squatter["id"])["state"] == "disabled"
     assert services.accounts.authenticate_smtp(f"postmaster@{name}", PASSWORD) is None
-    resp = send(client, squatter_key, name, "friend@inbox.test")
+    resp = send_form(client, squatter_key, name, to="friend@inbox.test")
     assert resp.status_code == 403 and "disabled" in resp.json["message"]
     # the owner sends to anyone and may now take the postmaster login
-    assert send(client, owner_key, name, "anyone@dest.test").status_code == 200
+    assert send_form(client, owner_key, name, to="anyone@dest.test").status_code == 200
     services.accounts.create_credential(owner["id"], name, "postmaster", PASSWORD)
     # a verified name is taken
     _, third_key = new_account(services)
@@ -236,15 +231,13 @@ def test_a_verified_owner_claims_a_name_held_unverified_by_another_account(clien
 def test_a_foreign_from_is_refused_alike_over_http_and_smtp(client, services, account, domain, api_key, db, smtp):
     name = domain["name"]
     expected = f"From address ceo@bank.test is not allowed for the domain {name}"
-    resp = send(client, api_key, name, "someone@dest.test", sender="CEO <ceo@bank.test>")
+    resp = send_form(client, api_key, name, to="someone@dest.test", **{"from": "CEO <ceo@bank.test>"})
     assert resp.status_code == 403 and resp.json == {"message": expected}
     # a From listing the own domain first and a foreign one after is refused too
-    resp = send(client, api_key, name, "someone@dest.test", sender=f"me@{name}, ceo@bank.test")
+    resp = send_form(client, api_key, name, to="someone@dest.test", **{"from": f"me@{name}, ceo@bank.test"})
     assert resp.status_code == 403 and resp.json == {"message": expected}
     mime = "From: ceo@bank.test\r\nTo: someone@dest.test\r\nSubject: x\r\n\r\nbody\r\n"
-    headers = {"Content-Type": "application/x-www-form-urlencoded", **basic(api_key)}
-    resp = client.simulate_post(f"/v3/{name}/messages.mime", headers=headers,
-                                body=urlencode({"to": "someone@dest.test", "message": mime}))
+    resp = send_mime(client, api_key, name, mime, to="someone@dest.test")
     assert resp.status_code == 403 and resp.json == {"message": expected}
     assert stored(db, name) == 0
 
@@ -254,7 +247,7 @@ def test_a_foreign_from_is_refused_alike_over_http_and_smtp(client, services, ac
     assert stored(db, name) == 0
 
     # the domain's subdomains are its own
-    assert send(client, api_key, name, "someone@dest.test", sender=f"News <news@mail.{name}>").status_code == 200
+    assert send_form(client, api_key, name, to="someone@dest.test", **{"from": f"News <news@mail.{name}>"}).status_code == 200
     code, _ = smtp_send(smtp, f"app@{name}", "someone@dest.test", f"news@mail.{name}")
     assert code == 250
     db.execute("UPDATE recipients SET status = 'failed' WHERE domain_id = %s AND status = 'queued'", (domain["id"],))

@@ -6,9 +6,7 @@ import time
 from urllib.parse import quote, urlsplit
 
 import pytest
-from falcon import testing
 
-from envoi.api.app import create_app
 from envoi.dev.sink import Sink
 from envoi.events.service import compile_filters, matches, parse_filters
 from tests.conftest import basic
@@ -16,11 +14,6 @@ from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.events import record
 from tests.support.relay import RelayThread, relay_settings, wait_until
-
-
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
 
 
 def get(client, url, key, **params):

@@ -8,26 +8,14 @@ import email.policy
 import json
 
 import pytest
-from falcon import testing
 
-from envoi.api.app import create_app
-from tests.support.api import post_form, stored_mime
+from tests.support.api import send_form, stored_mime
 from tests.support.submission import messages_of, mime, starttls_client, stored
 
 # The TLS submission server and its login come from tests/support/submission.py (one server per module).
 pytestmark = pytest.mark.usefixtures("clean_throttle")
 
 INJECTIONS = ["x\r\nBcc: spy@evil.test", "x\r\nFrom: ceo@bank.test", "x\r\n\r\nA replaced body", "x\nBcc: spy@evil.test"]
-
-
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
-
-
-def send(client, api_key, domain, **fields):
-    params = {"from": f"s@{domain['name']}", "to": "r@x.test", "subject": "s", "text": "t", **fields}
-    return post_form(client, f"/v3/{domain['name']}/messages", api_key, params)
 
 
 def nothing_stored(db, domain) -> bool:
@@ -40,7 +28,7 @@ def nothing_stored(db, domain) -> bool:
 def test_recipient_variable_with_crlf_in_a_header_is_refused_and_nothing_stored(client, api_key, domain, db,
                                                                                field, value):
     variables = json.dumps({"r@x.test": {"v": value}, "ok@x.test": {"v": "fine"}})
-    resp = send(client, api_key, domain, to=["r@x.test", "ok@x.test"], **{field: "Hi %recipient.v%",
+    resp = send_form(client, api_key, domain, to=["r@x.test", "ok@x.test"], **{field: "Hi %recipient.v%",
                 "recipient-variables": variables})
     assert resp.status_code == 400, resp.text
     assert "contains a control character" in resp.json["message"] and set(resp.json) == {"message"}
@@ -49,8 +37,9 @@ def test_recipient_variable_with_crlf_in_a_header_is_refused_and_nothing_stored(
 
 def test_body_substitution_keeps_newlines(client, api_key, domain, db, services):
     variables = json.dumps({"r@x.test": {"addr": "1 Main St\nSpringfield\r\nUSA", "name": "Ann"}})
-    resp = send(client, api_key, domain, subject="For %recipient.name%", text="Ship to:\n%recipient.addr%\n",
-                html="<p>%recipient.addr%</p>", **{"recipient-variables": variables})
+    resp = send_form(client, api_key, domain, to="r@x.test", subject="For %recipient.name%",
+                     text="Ship to:\n%recipient.addr%\n",
+                     html="<p>%recipient.addr%</p>", **{"recipient-variables": variables})
     assert resp.status_code == 200, resp.text
     msg = stored_mime(services, db, resp.json["id"].strip("<>"))
     assert msg["Subject"] == "For Ann" and msg["Bcc"] is None
@@ -83,7 +72,7 @@ def test_body_substitution_keeps_newlines(client, api_key, domain, db, services)
 ])
 def test_fuzzed_fields_get_a_clear_400_and_store_nothing(client, api_key, domain, db, fields, message):
     fields = {k: v.replace("{d}", domain["name"]) for k, v in fields.items()}
-    resp = send(client, api_key, domain, **fields)
+    resp = send_form(client, api_key, domain, to="r@x.test", **fields)
     assert resp.status_code == 400, resp.text
     assert message in resp.json["message"]
     assert nothing_stored(db, domain)
@@ -91,7 +80,7 @@ def test_fuzzed_fields_get_a_clear_400_and_store_nothing(client, api_key, domain
 
 def test_long_header_is_folded_within_the_line_limit_and_intact(client, api_key, domain, db, services):
     long_words, long_token = "word " * 1000, "t" * 3000
-    resp = send(client, api_key, domain, **{"h:X-Words": long_words, "h:X-Token": long_token,
+    resp = send_form(client, api_key, domain, **{"h:X-Words": long_words, "h:X-Token": long_token,
                                             "subject": "é" * 998})
     assert resp.status_code == 200, resp.text
     row = db.execute("SELECT body, storage_key FROM messages WHERE message_id = %s",
@@ -110,7 +99,7 @@ TEMPLATE = "%recipient.a% %recipient.b% %recipient.c% %recipient.d%"
 
 def test_values_render_the_same_over_the_api_and_smtp(server, client_ctx, login, client, api_key, domain, db,
                                                        services):
-    resp = send(client, api_key, domain, to="r@dest.test", subject=TEMPLATE,
+    resp = send_form(client, api_key, domain, to="r@dest.test", subject=TEMPLATE,
                 **{"recipient-variables": json.dumps(RV)})
     assert resp.status_code == 200, resp.text
     api_subject = stored_mime(services, db, resp.json["id"].strip("<>"))["Subject"]

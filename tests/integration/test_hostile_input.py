@@ -86,14 +86,10 @@ def encode(value: str) -> str:
     return quote(value.encode("utf-8", "surrogatepass"), safe="%" if value == "%" else "")
 
 
-@pytest.fixture(scope="module")
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
-
-
 @pytest.fixture
-def world(services, client, account, domain, api_key):
-    """A domain with an event, a suppression and a tag, and a real paging token for it."""
+def world(services, client, account, domain, api_key, clean_ips):
+    """A domain with an event, a suppression and a tag, and a real paging token for it. The operator's
+    sweep creates IP pools in the region's inventory: clean_ips leaves none behind."""
     record(services, domain, "accepted", recipient="ann@one.test", tags=["t"])
     services.suppressions.add(domain, "bounces", {"address": ["ann@one.test"]})
     _, operator = services.accounts.create_key(None, "operator")

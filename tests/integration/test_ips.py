@@ -8,34 +8,17 @@ import io
 import uuid
 from urllib.parse import urlencode
 
-import falcon.testing
 import pytest
 from click.testing import CliRunner
 
 from envoi import runtime
-from envoi.api.app import create_app
 from envoi.ips.egress import NoEgressAvailable
 from tests.conftest import basic
+from tests.support.api import send_form
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TEST_IPS = [f"127.0.0.{n}" for n in range(2, 10)]
-
-
-@pytest.fixture
-def clean_ips(services, db):
-    def wipe():
-        db.execute("DELETE FROM ip_pools")
-        db.execute("DELETE FROM ips")
-        db.execute("DELETE FROM ip_audit")
-
-    wipe()
-    yield
-    wipe()
-
-
-@pytest.fixture
-def client(settings, services, clean_ips):
-    return falcon.testing.TestClient(create_app(settings, services))
+pytestmark = pytest.mark.usefixtures("clean_ips")  # every test here manages the IP inventory
 
 
 @pytest.fixture
@@ -275,9 +258,7 @@ def test_sending_ip_of_another_account_is_refused_with_403(client, services, db,
     pool = services.ips.create_pool("test", "theirs", account_id=other_domain["account_id"])
 
     def send(**extra):
-        fields = {"from": f"a@{domain['name']}", "to": "b@ips-403.invalid.test", "subject": "s", "text": "t",
-                  **extra}
-        return post(client, f"/v3/{domain['name']}/messages", basic(api_key), **fields)
+        return send_form(client, api_key, domain, to="b@ips-403.invalid.test", **extra)
 
     def stored():
         return db.execute("SELECT count(*) AS n FROM messages WHERE domain_id = %s", (domain["id"],)).fetchone()["n"]
@@ -406,7 +387,7 @@ def test_two_relays_on_one_host_share_the_cap(services, db, account, domain, cle
 def test_the_relay_is_built_with_the_egress_chooser_and_suppressions(services, clean_ips):
     relay = runtime.build_relay(services)
     hook = relay.choose_egress
-    assert relay.suppressions is services.suppressions
+    assert relay.claimer.suppressions is services.suppressions and relay.recorder.suppressions is services.suppressions
     try:
         egress, carried = hook({"account_id": 1, "options": {}}, {"id": 1, "name": "x.test"}, 3)
         assert egress.address is None and egress.helo == services.settings.helo_name and carried == 3

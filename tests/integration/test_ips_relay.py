@@ -5,8 +5,6 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
-import pytest
-
 from envoi import runtime
 from envoi.dev.sink import Sink
 from tests.support.delivery import route, send
@@ -14,18 +12,6 @@ from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
 HELO = {f"127.0.0.{n}": f"o{n}.mta.test" for n in range(2, 10)}
-
-
-@pytest.fixture
-def clean_ips(db):
-    def wipe():
-        db.execute("DELETE FROM ip_pools")
-        db.execute("DELETE FROM ips")
-        db.execute("DELETE FROM ip_audit")
-
-    wipe()
-    yield
-    wipe()
 
 
 def add_ip(services, address, dedicated=False):

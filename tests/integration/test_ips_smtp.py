@@ -27,15 +27,6 @@ def server(services, settings, tls):
     submission.close()
 
 
-@pytest.fixture
-def clean_ips(db):
-    db.execute("DELETE FROM ip_pools")
-    db.execute("DELETE FROM ips")
-    yield
-    db.execute("DELETE FROM ip_pools")
-    db.execute("DELETE FROM ips")
-
-
 def test_sending_ip_header_must_name_an_owned_ip(services, server, tls, account, domain, db, clean_ips):
     for address in ("127.0.0.2", "127.0.0.3"):
         services.ips.add_ip("test", address, host=services.settings.relay_host, helo=f"{address}.mta.test",

@@ -4,29 +4,11 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-import pytest
-from falcon import testing
-
-from envoi.api.app import create_app
 from tests.conftest import basic
 
 
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
-
-
-def send(client, key, domain, to, text="hello"):
-    resp = client.simulate_post(
-        f"/v3/{domain['name']}/messages",
-        body=urlencode({"from": f"s@{domain['name']}", "to": to, "subject": "Hi", "text": text}, doseq=True),
-        headers={"Content-Type": "application/x-www-form-urlencoded", **basic(key)})
-    assert resp.status_code == 200
-    return resp.json["id"].strip("<>")
-
-
-def test_export_lists_messages_events_and_suppressions(client, services, api_key, domain):
-    message_id = send(client, api_key, domain, "person@example.test")
+def test_export_lists_messages_events_and_suppressions(client, send, services, api_key, domain):
+    message_id = send(to="person@example.test").message_id
     client.simulate_post(f"/v3/{domain['name']}/unsubscribes",
                          body=urlencode({"address": "person@example.test", "tag": "*"}),
                          headers={"Content-Type": "application/x-www-form-urlencoded", **basic(api_key)})
@@ -39,9 +21,9 @@ def test_export_lists_messages_events_and_suppressions(client, services, api_key
     assert [s["list"] for s in data["suppressions"]] == ["unsubscribes"]
 
 
-def test_erase_removes_the_address_everywhere_but_keeps_opt_outs(client, services, api_key, domain, db):
-    alone = send(client, api_key, domain, "gone@example.test", text="private words")
-    shared = send(client, api_key, domain, "gone@example.test, stays@example.test")
+def test_erase_removes_the_address_everywhere_but_keeps_opt_outs(client, send, services, api_key, domain, db):
+    alone = send(to="gone@example.test", text="private words").message_id
+    shared = send(to="gone@example.test, stays@example.test").message_id
     services.suppressions.add(domain, "unsubscribes", {"address": "gone@example.test"})
 
     resp = client.simulate_delete("/v3/privacy/addresses/gone@example.test", headers=basic(api_key))
@@ -60,8 +42,8 @@ def test_erase_removes_the_address_everywhere_but_keeps_opt_outs(client, service
     assert export["messages"] == [] and export["events"] == []
 
 
-def test_erasure_is_scoped_to_the_callers_account(client, services, api_key, domain, db):
-    send(client, api_key, domain, "both@example.test")
+def test_erasure_is_scoped_to_the_callers_account(client, send, services, api_key, domain, db):
+    send(to="both@example.test")
     other = services.accounts.create_account("other-tenant")
     _, other_key = services.accounts.create_key(other["id"], "admin")
     resp = client.simulate_delete("/v3/privacy/addresses/both@example.test", headers=basic(other_key))

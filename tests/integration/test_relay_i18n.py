@@ -13,8 +13,9 @@ import pytest
 
 from envoi.accounts.service import Principal
 from envoi.dev.sink import Sink
-from envoi.mta.compose import compose, from_mime
+from envoi.mta.compose import from_mime
 from tests.support import faults
+from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
@@ -31,17 +32,6 @@ def one_connection(tmp_path):
     path = tmp_path / "shaping.toml"
     path.write_text("[default]\nmax_connections = 1\n")
     return str(path)
-
-
-def route(dns, name):
-    dns.add(name, "MX", f"10 mx.{name}.")
-    dns.add(f"mx.{name}", "A", "127.0.0.1")
-
-
-def send(services, account_id, domain, to: list[str], text="body") -> str:
-    values = {"from": [f"s@{domain['name']}"], "to": to, "subject": ["Hi"], "text": [text]}
-    draft = compose(domain["name"], values, [], [])
-    return services.intake.accept(Principal(None, account_id, "admin"), domain, draft).strip("<>")
 
 
 def outcomes(db, message_id) -> dict[str, list[dict]]:

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from falcon import testing
 
-from envoi.api.app import create_app
 from tests.conftest import basic
-from tests.support.api import post_form, stored_mime
-
-
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
+from tests.support.api import multipart, post_form, stored_mime
 
 
 def count(db, table, domain) -> int:
@@ -44,14 +37,14 @@ def test_send_stores_message_recipients_and_accepted_events(client, api_key, dom
 
 
 def test_multipart_with_attachment_and_inline(client, api_key, domain, db, services):
-    body, headers = _multipart(
+    body, content_type = multipart(
         [("from", f"s@{domain['name']}"), ("to", "x@y.test"), ("subject", "files"),
          ("html", '<p>hi <img src="cid:logo.png"></p>'), ("text", "hi")],
         [("attachment", "report.pdf", "application/pdf", b"%PDF-1.4 data"),
          ("inline", "logo.png", "image/png", b"\x89PNG fake"),
          ("attachment", None, "text/plain", b"no name is dropped")],
     )
-    headers.update(basic(api_key))
+    headers = {"Content-Type": content_type, **basic(api_key)}
     resp = client.simulate_post(f"/v3/{domain['name']}/messages", body=body, headers=headers)
     assert resp.status_code == 200, resp.text
     msg = stored_mime(services, db, resp.json["id"].strip("<>"))
@@ -60,19 +53,6 @@ def test_multipart_with_attachment_and_inline(client, api_key, domain, db, servi
     assert all(name is not None for name, _ in attachments)
     inline = [p for p in msg.walk() if p.get("Content-ID") == "<logo.png>"]
     assert inline and inline[0].get_content() == b"\x89PNG fake"
-
-
-def _multipart(fields, files):
-    boundary = "envoiboundary123"
-    out = []
-    for name, value in fields:
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, filename, ctype, data in files:
-        fn = f'; filename="{filename}"' if filename else ""
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{fn}\r\n'
-                   f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 @pytest.mark.parametrize(
@@ -140,8 +120,9 @@ def test_sending_key_can_only_send(client, services, account, domain, db):
 
 def test_messages_mime(client, api_key, domain, db, services):
     mime = (f"From: s@{domain['name']}\nTo: a@b.test\nSubject: raw\n\nraw body line\n").encode()
-    body, headers = _multipart([("to", "a@b.test"), ("to", "c@d.test")], [("message", "m.eml", "message/rfc822", mime)])
-    headers.update(basic(api_key))
+    body, content_type = multipart([("to", "a@b.test"), ("to", "c@d.test")],
+                                   [("message", "m.eml", "message/rfc822", mime)])
+    headers = {"Content-Type": content_type, **basic(api_key)}
     resp = client.simulate_post(f"/v3/{domain['name']}/messages.mime", body=body, headers=headers)
     assert resp.status_code == 200, resp.text
     message_id = resp.json["id"].strip("<>")
@@ -177,14 +158,10 @@ def test_oversized_request_is_413_and_stores_nothing(client, api_key, domain, db
     assert count(db, "messages", domain) == 0
 
 
-def test_message_over_size_limit_is_413(settings, services, api_key, domain, db):
-    small = testing.TestClient(create_app(settings, services))
-    services.intake.settings = settings.replace(max_message_bytes=10_000)
-    try:
-        resp = post_form(small, f"/v3/{domain['name']}/messages", api_key,
-                         {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "y" * 20_000})
-    finally:
-        services.intake.settings = settings
+def test_message_over_size_limit_is_413(client, settings, services, api_key, domain, db, monkeypatch):
+    monkeypatch.setattr(services.intake, "settings", settings.replace(max_message_bytes=10_000))
+    resp = post_form(client, f"/v3/{domain['name']}/messages", api_key,
+                     {"from": f"s@{domain['name']}", "to": "a@b.test", "text": "y" * 20_000})
     assert resp.status_code == 413 and "exceeds the limit of 10000 bytes" in resp.json["message"]
     assert count(db, "messages", domain) == 0
 

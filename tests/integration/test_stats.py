@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import pytest
-from falcon import testing
 
 from envoi.api.app import create_app
 from envoi.events import store
@@ -18,11 +17,6 @@ from tests.support.events import record
 from tests.support.relay import wait_until
 
 DAY = 86400
-
-
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
 
 
 def test_stats_total_counts_match_events(client, services, api_key, domain, db):
@@ -252,7 +246,6 @@ def test_write_while_its_partition_is_created_waits_and_lands_there(services, do
 def test_official_mailgun_sdk_reads_events_stats_and_tags(settings, services, domain, api_key):
     from mailgun.client import Client
 
-    from envoi.api.app import create_app
     from tests.support.events import AppServer
 
     accepted = record(services, domain, "accepted", tags=["sdk"], method="http")

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlparse
 
-import pytest
-from falcon import testing
-
-from envoi.api.app import create_app
 from tests.conftest import basic
 
-
-@pytest.fixture
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
-
-
-def send(client, key, domain, **extra):
-    params = {"from": f"s@{domain['name']}", "to": "a@b.test", "subject": "Stored", "text": "plain part",
-              "html": "<b>html part</b>", **extra}
-    resp = client.simulate_post(f"/v3/{domain['name']}/messages", body=urlencode(params, doseq=True),
-                                headers={"Content-Type": "application/x-www-form-urlencoded", **basic(key)})
-    assert resp.status_code == 200
-    return resp.json["id"].strip("<>")
+STORED = {"to": "a@b.test", "subject": "Stored", "text": "plain part", "html": "<b>html part</b>"}
 
 
 def storage_path(db, message_id) -> str:
@@ -30,8 +14,8 @@ def storage_path(db, message_id) -> str:
     return urlparse(row["data"]["storage"]["url"]).path
 
 
-def test_storage_url_returns_the_message(client, api_key, domain, db):
-    message_id = send(client, api_key, domain)
+def test_storage_url_returns_the_message(client, send, api_key, domain, db):
+    message_id = send(**STORED).message_id
     path = storage_path(db, message_id)
     resp = client.simulate_get(path, headers=basic(api_key))
     assert resp.status_code == 200
@@ -41,8 +25,8 @@ def test_storage_url_returns_the_message(client, api_key, domain, db):
     assert f"Message-ID: <{message_id}>" in mime
 
 
-def test_other_tenant_cannot_read_a_stored_message(client, services, api_key, domain, db):
-    path = storage_path(db, send(client, api_key, domain))
+def test_other_tenant_cannot_read_a_stored_message(client, send, services, api_key, domain, db):
+    path = storage_path(db, send(**STORED).message_id)
     other = services.accounts.create_account("nosy")
     _, other_key = services.accounts.create_key(other["id"], "admin")
     resp = client.simulate_get(path, headers=basic(other_key))
@@ -50,9 +34,9 @@ def test_other_tenant_cannot_read_a_stored_message(client, services, api_key, do
     assert "plain part" not in resp.text and "Stored" not in resp.text
 
 
-def test_expired_bodies_are_purged_but_queued_ones_kept(client, services, api_key, domain, db):
-    delivered = send(client, api_key, domain)
-    queued = send(client, api_key, domain)
+def test_expired_bodies_are_purged_but_queued_ones_kept(client, send, services, api_key, domain, db):
+    delivered = send(**STORED).message_id
+    queued = send(**STORED).message_id
     db.execute("UPDATE messages SET body_expires_at = now() - interval '1 second' WHERE message_id = ANY(%s)",
                ([delivered, queued],))
     db.execute("UPDATE recipients SET status = 'delivered' WHERE message_pk ="

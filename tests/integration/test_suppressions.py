@@ -6,9 +6,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
-from falcon import testing
 
-from envoi.api.app import create_app
 from envoi.events.service import NewEvent, item
 from envoi.suppression.errors import InvalidInput
 from envoi.suppression.service import MAX_CSV_BYTES
@@ -17,11 +15,6 @@ from tests.support.delivery import events_of, send
 from tests.support.relay import wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-@pytest.fixture(scope="module")
-def client(settings, services):
-    return testing.TestClient(create_app(settings, services))
 
 
 def post(client, path, key, **params):

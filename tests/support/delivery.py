@@ -14,11 +14,13 @@ from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings
 
 
-def send(services, account_id, domain, to, **fields):
+def send(services, account_id, domain, to: str | list[str], **fields) -> str:
+    """Queue a message through intake (no HTTP) as the account's admin; returns its message id."""
     from envoi.accounts.service import Principal
 
     principal = Principal(None, account_id, "admin")
-    values = {"from": [f"Sender <s@{domain['name']}>"], "to": [to], "subject": ["Hi"], "text": ["body"]}
+    values = {"from": [f"Sender <s@{domain['name']}>"], "to": [to] if isinstance(to, str) else list(to),
+              "subject": ["Hi"], "text": ["body"]}
     values.update({k.replace("_", ":", 1) if k.startswith(("o_", "h_", "v_")) else k: [v]
                    for k, v in fields.items()})
     draft = compose(domain["name"], values, [], [])

@@ -1,0 +1,25 @@
+"""/metrics in gunicorn's multiprocess mode while a worker is still starting."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client.mmap_dict import MmapedDict
+
+from envoi.infra.metrics import Metrics
+
+
+def test_a_worker_still_creating_its_metrics_file_does_not_break_the_scrape(tmp_path):
+    # A started worker's counter file, as prometheus-client writes it.
+    started = MmapedDict(str(tmp_path / "counter_101.db"))
+    key = json.dumps(("envoi_messages_delivered", "envoi_messages_delivered_total", {}, "Recipients delivered"))
+    started.write_value(key, 3.0, 0.0)
+    started.close()
+    # Another worker has opened its file but not yet sized it (prometheus-client opens, then truncates
+    # to its initial size): the file is empty for that moment. Seen as a 500 from /metrics right
+    # after `envoi api` answered /healthz (tests/e2e/test_end_to_end.py under load).
+    (tmp_path / "counter_102.db").touch()
+
+    text = Metrics(multiprocess_dir=str(tmp_path)).render().decode()
+
+    assert "envoi_messages_delivered_total 3.0" in text
