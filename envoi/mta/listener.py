@@ -2,7 +2,7 @@
 
 aiosmtpd parses the protocol and calls a handler's hooks (handle_RCPT, handle_DATA, ...); the
 services keep only those hooks and their policy. This module owns everything else, and every use of
-aiosmtpd's private API, so an aiosmtpd upgrade has one place to check (tests/unit/test_aiosmtpd_fence.py
+aiosmtpd's private API, so an aiosmtpd upgrade has one place to check (tests/unit/mta/test_listener_fence.py
 fails when a private name relied on here changes upstream):
 
 * `Connection`, aiosmtpd's SMTP with fast paths measured on the submission and sink benchmarks:

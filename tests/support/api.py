@@ -3,7 +3,7 @@
 The fixtures are registered as a plugin in tests/conftest.py. `client` serves `create_app(api_settings,
 api_services)`; a module that needs other settings overrides `api_settings` (tests/integration/
 test_domain_verification.py), one that needs other services overrides `api_services`
-(tests/integration/test_webhooks.py), and the shared client picks them up.
+(tests/integration/webhooks/test_webhooks.py), and the shared client picks them up.
 """
 
 from __future__ import annotations

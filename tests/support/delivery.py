@@ -1,7 +1,7 @@
 """Helpers and fixtures for tests that queue mail and watch the relay deliver it to a sink on loopback.
 
 The fixtures are registered as a plugin in tests/conftest.py; a module defining its own `relay` or `sink`
-(tests/integration/test_relay.py) overrides them.
+(tests/integration/mta/delivery/test_relay.py) overrides them.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def test_forged_tokens_get_4xx_and_record_nothing(client, services, settings, ac
         "nonsense",
     ]
     # From an address of its own: forged tokens count per client address for a minute, and other tests
-    # forge plenty from the in-process client's default 127.0.0.1 (tests/integration/test_hostile_input.py).
+    # forge plenty from the in-process client's default 127.0.0.1 (tests/integration/api/test_hostile_input.py).
     peer = "192.0.2.47"
     for token in forged:
         resp = client.simulate_get(f"/c/{token}", remote_addr=peer)

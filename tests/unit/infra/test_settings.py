@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 from envoi.infra.settings import Settings, SettingsError, documentation
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 def test_docs_settings_is_current():

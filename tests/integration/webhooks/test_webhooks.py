@@ -15,6 +15,7 @@ from envoi.api.app import create_app
 from envoi.webhooks import jobs
 from envoi.webhooks.service import Webhooks
 from tests.conftest import basic
+from tests.support import paths
 from tests.support.delivery import send as queue_message
 from tests.support.relay import wait_until
 from tests.support.webhook_receiver import Receiver
@@ -265,11 +266,10 @@ def test_expired_deliveries_and_attempts_are_purged(hook_services, rq_conn, rece
 
 def test_endpoint_backfill_matches_endpoint_of(db):
     """Migration 0055 fills webhooks.endpoint in SQL for URLs set before it: the same as endpoint_of."""
-    from pathlib import Path
 
     from envoi.webhooks.store import endpoint_of
 
-    migration = Path(__file__).parents[2] / "envoi/infra/migrations/0055_webhook_url_endpoint.sql"
+    migration = paths.ROOT / "envoi/infra/migrations/0055_webhook_url_endpoint.sql"
     update = next(s for s in migration.read_text().split(";") if "UPDATE webhooks" in s)
     expression = update.split("SET endpoint =", 1)[1]
     urls = ["https://hooks.example.com/a?b=1", "HTTP://User:Pw@Hooks.Example.COM:8080/x#f", "http://127.0.0.1:9/",

@@ -20,8 +20,8 @@ import pytest
 from aiosmtpd import smtp as upstream
 
 from envoi.mta import listener
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SMTP = upstream.SMTP
 
 # Upstream methods the listener overrides or copies, with the sha256 of their source in the tested
@@ -34,7 +34,7 @@ COPIED = {
     "_reset_timeout": ("fef19b94d28dff31", "Connection._reset_timeout keeps one timer per connection; "
                                            "_timeout_handle and _timeout_cb must mean the same"),
     "_getaddr": ("0aeb21c56ac1260e", "Connection._getaddr's fast path must still agree with it "
-                                     "(tests/integration/test_sink.py)"),
+                                     "(tests/integration/dev/test_sink.py)"),
     "connection_made": ("77a45df5065bba34", "Connection.connection_made: the STARTTLS second call (reads "
                                             "_tls_protocol._extra) and the implicit-TLS marking"),
     "connection_lost": ("d3bf6349bc3c25c1", "Connection.connection_lost releases the cap slot before it"),

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import smtplib
 import uuid
-from pathlib import Path
 
 import pytest
 
 from envoi import runtime
 from envoi.dev.sink import Sink
 from envoi.mta.bounces import verp
+from tests.support import paths
 from tests.support.delivery import send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bounces"
+FIXTURES = paths.FIXTURES / "bounces"
 RCPT_DOMAIN = "bounced.test"
 FIXTURE_VERP = "bounce+aaaq.aaaae.abcdefgh@mg.example.com"
 FIXTURE_MESSAGE_ID = "20261123164011.1.DEADBEEF@mg.example.com"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 import pytest
 
 from envoi.mta.bounces import arf, dsn, mime, verp
+from tests.support import paths
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bounces"
+FIXTURES = paths.FIXTURES / "bounces"
 KEY = b"k" * 32
 
 
