@@ -155,15 +155,6 @@ def test_command_line_over_1000_octets_is_refused(server, client_ctx, login, dom
     assert subjects(db, domain) == ["after"]
 
 
-def test_data_line_over_1000_octets_is_refused(server, client_ctx, login, domain, db):
-    with client(server, client_ctx, login) as c:
-        c.mail(login)
-        c.rcpt("rcpt@dest.test")
-        code, reply = c.data(mime(domain, body="y" * 5000 + "\r\n"))
-        assert code == 500 and reply.startswith(b"5.5.2")
-    assert subjects(db, domain) == []
-
-
 # NUL bytes ---------------------------------------------------------------------------------------------
 def test_nul_byte_in_data_is_refused(server, client_ctx, login, domain, db):
     with client(server, client_ctx, login) as c:

@@ -388,11 +388,12 @@ def test_oversize_message_is_refused_and_nothing_stored(server, client_ctx, logi
     assert [r["headers"]["subject"] for r in messages_of(db, domain)] == ["small"]
 
 
-def test_long_line_is_refused(server, client_ctx, login, domain, db):
+@pytest.mark.parametrize("octets", [1200, 5000])
+def test_long_line_is_refused(server, client_ctx, login, domain, db, octets):
     with starttls_client(server, client_ctx, login) as c:
         c.mail(login)
         c.rcpt("rcpt@dest.test")
-        code, reply = c.data(mime(domain, body="y" * 1200 + "\r\n"))
+        code, reply = c.data(mime(domain, body="y" * octets + "\r\n"))
         assert code == 500 and reply.startswith(b"5.5.2")
     assert messages_of(db, domain) == []
 
