@@ -55,7 +55,7 @@ def rate(fn, seconds: float = 1.5) -> float:
 def cpu_figures() -> None:
     from envoi.mta.bounces import arf, dsn
     from envoi.mta.delivery.outcome import from_reply
-    from tests.unit.test_classify import CORPUS
+    from tests.unit.mta.delivery.test_outcome import CORPUS
 
     replies = [(code, text) for code, text, _, _ in CORPUS]
     per_round = len(replies)
