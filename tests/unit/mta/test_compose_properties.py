@@ -75,4 +75,7 @@ def test_header_block_is_exactly_what_was_asked(variables, subject, foo, body):
         assert field_value(msg["To"]) == address
         for name, tmpl in (("Subject", subject), ("X-Foo", foo)):
             want = expected_value(tmpl, address, variables[address])
-            assert field_value(msg[name]) in (want, want.lstrip(" \t")), name
+            # A value that itself looks like an encoded word ('["=?utf-8?q?x?="]') is written as given:
+            # then the unfolded raw text is what was asked, and decoding it would not be.
+            written = {field_value(msg[name]), msg[name].replace("\r\n", "")}
+            assert written & {want, want.lstrip(" \t")}, name
