@@ -293,11 +293,13 @@ class Accounts:
             return None
         return Principal(row["id"], row["account_id"], row["role"], row["domain_name"])
 
-    def list_keys(self, account_id: int) -> list[dict]:
+    def list_keys(self, account_id: int | None) -> list[dict]:
+        """An account's keys (None: the operator's); the rows hold only hashes of the secrets."""
         with self.db.transaction() as conn:
             return store.list_api_keys(conn, account_id)
 
-    def delete_key(self, account_id: int, key_id: str) -> None:
+    def delete_key(self, account_id: int | None, key_id: str) -> None:
+        """Revoke a key of this account (None: any, for the operator); it stops working at once."""
         with self.db.transaction() as conn:
             if not store.delete_api_key(conn, account_id, key_id):
                 raise NotFound("Key not found")
