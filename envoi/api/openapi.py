@@ -38,9 +38,11 @@ POOL = {"type": "object", "required": ["pool_id", "name"],
                        "is_linked": BOOL}}
 STATS = {"type": "object", "required": ["stats"], "properties": {"stats": {"type": "array", "items": OBJ},
                                                                    "start": STR, "end": STR, "resolution": STR}}
+NULLABLE = {"type": ["string", "null"]}
 KEY = {"type": "object", "required": ["id", "kind", "role", "created_at"],
-       "properties": {"id": STR, "description": STR, "kind": STR, "role": STR, "domain_name": STR,
-                      "is_disabled": BOOL, "expires_at": STR, "created_at": STR, "updated_at": STR, "hint": STR}}
+       "properties": {"id": STR, "description": STR, "kind": STR, "role": STR, "domain_name": NULLABLE,
+                      "requestor": NULLABLE, "user_name": NULLABLE, "user_id": NULLABLE, "is_disabled": BOOL,
+                      "expires_at": NULLABLE, "created_at": STR, "updated_at": STR, "hint": STR}}
 SUPPRESSION_KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
 EVENT_FILTERS = ("event", "recipient", "message-id", "severity", "tags", "from", "subject", "size")
 # Bounded so a fuzzer's inputs stay the size real callers send (the API's own limits are far larger).
