@@ -133,3 +133,33 @@ def test_tenant_isolation(client, services, api_key, domain, db):
     # nor can a key be scoped to another tenant's domain
     resp = post_form(client, "/v1/keys", intruder_key, {"role": "sending", "domain_name": domain["name"]})
     assert resp.status_code == 404 and resp.json == {"message": f"Domain not found: {domain['name']}"}
+
+
+def test_official_mailgun_sdk_manages_keys(settings, services, api_key, domain):
+    from mailgun.client import Client
+
+    from tests.support.events import AppServer
+
+    with AppServer(create_app(settings, services)) as srv:
+        sdk = Client(auth=("api", api_key), api_url=srv.url)
+        created = sdk.keys.create(data={"role": "sending", "kind": "domain", "domain_name": domain["name"],
+                                        "description": "from the sdk"})
+        assert created.status_code == 200, created.text
+        key = created.json()["key"]
+        listed = sdk.keys.get(filters={"domain_name": domain["name"], "kind": "domain"}).json()
+        assert [k["id"] for k in listed["items"]] == [key["id"]] and "secret" not in listed["items"][0]
+        assert sdk.keys.delete(key_id=key["id"]).json() == {"message": "key deleted"}
+    assert services.accounts.authenticate_key(key["secret"]) is None
+
+
+def test_without_redis_keys_are_read_from_postgres_every_time(services, account):
+    """When Redis cannot tell about revocations, no cached key is trusted: a revocation still holds."""
+    from envoi.accounts.service import Accounts
+    from envoi.infra import redis as redis_infra
+
+    down = redis_infra.Generation(redis_infra.client("redis://127.0.0.1:1/0"), "envoi:eu:keys:revoked")
+    blind = Accounts(services.db, services.sealer, services.settings.region, key_revocations=down)
+    key, secret = services.accounts.create_key(account["id"], "basic")
+    assert blind.authenticate_key(secret).key_id == key["id"]
+    services.accounts.delete_key(account["id"], key["id"])
+    assert blind.authenticate_key(secret) is None
