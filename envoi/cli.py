@@ -294,6 +294,27 @@ def domains_verify(name: str, account_id: int | None, trust: bool) -> None:
         sys.exit(1)
 
 
+@domains.command("list")
+@click.option("--account-id", type=int, required=True, help="The account whose domains to list.")
+def domains_list(account_id: int) -> None:
+    """List an account's sending domains: name, state, creation time."""
+    services = _services()
+    services.accounts.get_account(account_id)  # a missing account is an error, not an empty list
+    _, rows = services.accounts.list_domains(account_id, limit=2**31 - 1)
+    for row in rows:
+        click.echo(f"{row['name']}\t{row['state']}\t{row['created_at']:%Y-%m-%d %H:%M}")
+
+
+@domains.command("remove")
+@click.argument("name")
+@click.option("--account-id", type=int, required=True, help="The account holding the domain.")
+@click.confirmation_option(prompt="Remove the domain with its SMTP logins and domain keys?")
+def domains_remove(name: str, account_id: int) -> None:
+    """Remove the sending domain NAME: its SMTP logins and domain-scoped keys stop working at once."""
+    _services().accounts.delete_domain(account_id, name)
+    click.echo(f"domain {name} removed from account {account_id}")
+
+
 def _domain_records(services, row: dict) -> dict:
     from envoi.accounts.service import dns_records
 
@@ -309,14 +330,34 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("account_id", type=int, required=False)
-@click.option("--role", type=click.Choice(["admin", "sending", "operator"]), default="admin", show_default=True,
-              help="admin: the whole account; sending: one domain's sends; operator: no account, runs the platform (IPs).")
-@click.option("--domain", default=None, help="Limit a sending key to this domain.")
+@click.option("--role", type=click.Choice(["admin", "developer", "sending", "basic", "operator"]), default="admin",
+              show_default=True, help="admin: the whole account; developer: all but keys; basic: read-only; "
+              "sending: one domain's sends; operator: no account, runs the platform (IPs).")
+@click.option("--domain", default=None, help="Limit the key to this domain (a sending key needs one).")
 @click.option("--description", default="", help="A note to recognise the key by.")
 def keys_create(account_id: int | None, role: str, domain: str | None, description: str) -> None:
     """Create an API key for account ACCOUNT_ID (none for an operator key); prints the secret once."""
     key, secret = _services().accounts.create_key(account_id, role, domain, description)
     click.echo(json.dumps({"id": key["id"], "role": key["role"], "secret": secret}))
+
+
+@keys.command("list")
+@click.option("--account-id", type=int, default=None, help="The account whose keys to list (default: the operator keys).")
+def keys_list(account_id: int | None) -> None:
+    """List API keys: id, role, domain, last 4 characters, description (never the secret)."""
+    services = _services()
+    if account_id is not None:
+        services.accounts.get_account(account_id)
+    for row in services.accounts.list_keys(account_id):
+        click.echo(f"{row['id']}\t{row['role']}\t{row['domain_name'] or '-'}\t...{row['hint']}\t{row['description']}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke the API key KEY_ID: every process refuses it from the next request on."""
+    _services().accounts.delete_key(None, key_id)
+    click.echo(f"key {key_id} revoked")
 
 
 @main.group()
@@ -333,6 +374,25 @@ def credentials_create(account_id: int, domain: str, login: str, password: str) 
     """Create the SMTP login LOGIN (an address at DOMAIN) for account ACCOUNT_ID."""
     row = _services().accounts.create_credential(account_id, domain, login, password)
     click.echo(f"created SMTP login {row['login']}")
+
+
+@credentials.command("list")
+@click.option("--account-id", type=int, required=True, help="The account holding the domain.")
+@click.option("--domain", required=True, help="The sending domain whose SMTP logins to list.")
+def credentials_list(account_id: int, domain: str) -> None:
+    """List a domain's SMTP logins and when each was created."""
+    for row in _services().accounts.list_credentials(account_id, domain):
+        click.echo(f"{row['login']}\t{row['created_at']:%Y-%m-%d %H:%M}")
+
+
+@credentials.command("delete")
+@click.argument("login")
+@click.option("--account-id", type=int, required=True, help="The account holding the domain.")
+@click.option("--domain", required=True, help="The sending domain of the login.")
+def credentials_delete(login: str, account_id: int, domain: str) -> None:
+    """Delete the SMTP login LOGIN (an address at the domain, or its local part)."""
+    _services().accounts.delete_credential(account_id, domain, login)
+    click.echo(f"deleted SMTP login {login if '@' in login else f'{login}@{domain}'}")
 
 
 @main.group(short_help="Data-subject requests: export or erase an address.")

@@ -71,7 +71,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = Sealer(settings.secret_key)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
-    accounts = Accounts(db, sealer, settings.region)
+    accounts = Accounts(db, sealer, settings.region,
+                        key_revocations=redis_infra.Generation(redis, f"envoi:{settings.region}:keys:revoked"))
 
     # What recording an event feeds.
     suppressions = Suppressions(db, settings.public_url)

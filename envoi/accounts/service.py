@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from envoi.accounts import dnscheck, store
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
 from envoi.infra import crypto, dkim_keys, ids
 from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database, IntegrityError
+from envoi.infra.redis import Generation
 
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
 KEY_RE = re.compile(r"^key-(eu|us)-[A-Za-z0-9_-]{20,}$")
-ROLES = ("admin", "sending", "operator")
+ROLES = ("admin", "developer", "sending", "basic", "operator")  # what each may do: envoi/api/roles.py
 ADDRESS_RE = re.compile(r"^[^@\s]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+$")
 MAX_AUTHORIZED_RECIPIENTS = 5  # Mailgun's limit
+MAX_KEY_LIFETIME = 10 * 365 * 86400  # seconds; beyond this `expiration` is surely a mistake
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Principal:
 
     key_id: str | None
     account_id: int | None
-    role: str  # admin | sending | operator
+    role: str  # one of ROLES
     domain: str | None = None  # set for domain sending keys and SMTP logins
 
     @property
@@ -32,7 +35,7 @@ class Principal:
         return self.role == "operator"
 
     def may_send_as(self, domain: str) -> bool:
-        return self.role in ("admin", "sending") and (self.domain is None or self.domain == domain)
+        return self.role in ("admin", "developer", "sending") and (self.domain is None or self.domain == domain)
 
 
 def key_region(secret: str) -> str | None:
@@ -42,16 +45,18 @@ def key_region(secret: str) -> str | None:
 
 
 class Accounts:
-    def __init__(self, db: Database, sealer: crypto.Sealer, region: str):
+    def __init__(self, db: Database, sealer: crypto.Sealer, region: str, key_revocations: Generation):
         self.db = db
         self.sealer = sealer
         self.region = region
+        self.key_revocations = key_revocations
         # PERF: the sending domain is read for every accepted message; changes made in this process
         # (delete, state) drop the entry at once, other processes see them within the TTL.
         self._sending_domains = TTLCache(ttl=5.0)
         # PERF: the API key is checked on every request (a Postgres round trip was ~10% of a send's
-        # CPU). Only valid keys are kept; deleting a key here forgets at once, elsewhere (and expiry)
-        # takes effect within 3 s.
+        # CPU). Only valid keys are kept, filed under the revocation generation they were read in:
+        # revoking a key bumps it, so every process reads Postgres again on its next request (a
+        # revocation takes effect at once everywhere). Expiry takes effect within 3 s.
         self._keys = TTLCache(ttl=3.0)
 
     def sending_domain(self, name: str, account_id: int) -> dict | None:
@@ -167,7 +172,7 @@ class Accounts:
                 raise NotFound(f"Domain not found: {name}")
             store.delete_domain(conn, row["id"])
         self._sending_domains.forget()
-        self._keys.forget()  # its domain-scoped sending keys went with it
+        self._keys_changed()  # its domain-scoped keys went with it
 
     def set_domain_state(self, domain_id: int, state: str) -> None:
         with self.db.transaction() as conn:
@@ -195,7 +200,7 @@ class Accounts:
             except IntegrityError as ex:  # verified elsewhere at the same moment
                 raise AlreadyExists(f"Domain {row['name']} is already verified by another account") from ex
             self._sending_domains.forget()
-            self._keys.forget()
+            self._keys_changed()
             row = self.get_domain_by_id(row["id"])
         return row, checked
 
@@ -231,24 +236,28 @@ class Accounts:
         role: str = "admin",
         domain: str | None = None,
         description: str = "",
+        expires_in: int | None = None,
     ) -> tuple[dict, str]:
-        """Create a key; return (row, secret). The secret is shown once and stored only hashed."""
+        """Create a key; return (row, secret). The secret is shown once and stored only hashed.
+        domain: the key acts on that domain only. expires_in: seconds until it stops working."""
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
         if (role == "operator") != (account_id is None):
             raise InvalidInput("operator keys belong to no account; customer keys need one")
         if role == "sending" and not domain:
             raise InvalidInput("a sending key needs a domain")
+        if expires_in is not None and not 0 < expires_in <= MAX_KEY_LIFETIME:
+            raise InvalidInput(f"expiration must be between 1 and {MAX_KEY_LIFETIME} seconds")
         secret = f"key-{self.region}-{ids.token(24)}"
         with self.db.transaction() as conn:
-            domain_id = None
+            domain_id = domain_name = None
             if account_id is not None:
                 self._account(conn, account_id)
             if domain:
                 row = store.get_domain(conn, domain, account_id)
                 if not row:
                     raise NotFound(f"Domain not found: {domain}")
-                domain_id = row["id"]
+                domain_id, domain_name = row["id"], row["name"]
             key = store.insert_api_key(
                 conn,
                 id=ids.token(9),
@@ -258,12 +267,24 @@ class Accounts:
                 secret_hash=crypto.token_hash(secret),
                 hint=secret[-4:],
                 description=description,
+                expires_at=None if expires_in is None else datetime.now(UTC) + timedelta(seconds=expires_in),
             )
-        return key, secret
+        return {**key, "domain_name": domain_name}, secret
 
     def authenticate_key(self, secret: str) -> Principal | None:
         digest = crypto.token_hash(secret)
-        return self._keys.get(digest, lambda: self._find_key(digest), keep=lambda found: found is not None)
+        # Read before the lookup: a key read under generation g and revoked meanwhile is filed under g,
+        # which no later request asks for.
+        generation = self.key_revocations.current()
+        if generation is None:  # Redis cannot tell us about revocations: trust only Postgres
+            return self._find_key(digest)
+        return self._keys.get((generation, digest), lambda: self._find_key(digest),
+                              keep=lambda found: found is not None)
+
+    def _keys_changed(self) -> None:
+        """Keys were revoked (deleted, or their domain went): every process stops accepting them now."""
+        self.key_revocations.bump()
+        self._keys.forget()
 
     def _find_key(self, digest: str) -> Principal | None:
         with self.db.transaction() as conn:
@@ -272,15 +293,17 @@ class Accounts:
             return None
         return Principal(row["id"], row["account_id"], row["role"], row["domain_name"])
 
-    def list_keys(self, account_id: int) -> list[dict]:
+    def list_keys(self, account_id: int | None) -> list[dict]:
+        """An account's keys (None: the operator's); the rows hold only hashes of the secrets."""
         with self.db.transaction() as conn:
             return store.list_api_keys(conn, account_id)
 
-    def delete_key(self, account_id: int, key_id: str) -> None:
+    def delete_key(self, account_id: int | None, key_id: str) -> None:
+        """Revoke a key of this account (None: any, for the operator); it stops working at once."""
         with self.db.transaction() as conn:
             if not store.delete_api_key(conn, account_id, key_id):
                 raise NotFound("Key not found")
-        self._keys.forget()
+        self._keys_changed()
 
     # SMTP credentials -------------------------------------------------------------------------
     def create_credential(self, account_id: int, domain: str, login: str, password: str) -> dict:

@@ -138,13 +138,15 @@ def find_api_key(conn: Connection, secret_hash: bytes) -> dict | None:
 def list_api_keys(conn: Connection, account_id: int) -> list[dict]:
     return conn.execute(
         "SELECT k.*, d.name AS domain_name FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id"
-        " WHERE k.account_id = %s ORDER BY k.created_at",
+        " WHERE k.account_id IS NOT DISTINCT FROM %s ORDER BY k.created_at",
         (account_id,),
     ).fetchall()
 
 
-def delete_api_key(conn: Connection, account_id: int, key_id: str) -> bool:
-    cur = conn.execute("DELETE FROM api_keys WHERE id = %s AND account_id = %s", (key_id, account_id))
+def delete_api_key(conn: Connection, account_id: int | None, key_id: str) -> bool:
+    """account_id None: whoever holds it (the operator revoking by id)."""
+    cur = conn.execute("DELETE FROM api_keys WHERE id = %s AND (%s::bigint IS NULL OR account_id = %s)",
+                       (key_id, account_id, account_id))
     return cur.rowcount > 0
 
 

@@ -12,6 +12,7 @@ from envoi.api.openapi import OpenApiDocument
 from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
+from envoi.api.resources.keys import Keys
 from envoi.api.resources.messages import Messages, StoredMessage
 from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.stats import StatsTotal, Tags
@@ -56,6 +57,7 @@ def routes(settings, services) -> list[Route]:
     domain_ips = DomainIps(services.ips, accounts)
     pools = Pools(services.ips, accounts)
     warmups = Warmups(services.ips, accounts)
+    keys = Keys(accounts)
     return [
         # sending and stored messages
         ("/v3/{domain}/messages", messages, None),
@@ -118,5 +120,8 @@ def routes(settings, services) -> list[Route]:
         ("/healthz", Health(), None),
         ("/metrics", MetricsEndpoint(services.metrics), None),
         ("/openapi.json", OpenApiDocument(), None),
+        # API keys (Mailgun's /v1/keys)
+        ("/v1/keys", keys, None),
+        ("/v1/keys/{key_id}", keys, "item"),
     ]
 

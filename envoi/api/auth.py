@@ -8,11 +8,12 @@ import binascii
 import falcon
 
 from envoi.accounts.service import key_region
-from envoi.api.errors import unauthorized
+from envoi.api import roles
+from envoi.api.errors import ApiError, unauthorized
 
 PUBLIC = "public"
 OPERATOR = "operator"
-CUSTOMER = "customer"  # admin or sending keys (sending keys are further limited to /messages)
+CUSTOMER = "customer"  # any customer key, within what its role allows (envoi/api/roles.py)
 
 
 class AuthMiddleware:
@@ -43,9 +44,22 @@ class AuthMiddleware:
             raise unauthorized()
         if needs == CUSTOMER and principal.is_operator and not getattr(resource, "operator_too", False):
             raise unauthorized("Operator keys cannot act for a customer")
-        if principal.role == "sending" and not getattr(resource, "sending_keys", False):
-            raise unauthorized()
+        if not principal.is_operator:
+            if not roles.allows(principal.role, resource, req.method):
+                raise unauthorized()
+            _within_scope(principal, params)
         req.context.principal = principal
+
+
+def _within_scope(principal, params: dict) -> None:
+    """A key scoped to one domain acts on that domain only: another domain is a 404 (as another tenant's
+    would be), an account-wide resource is refused."""
+    if principal.domain is None:
+        return
+    if "domain" not in params:
+        raise unauthorized("This API key is limited to one domain")
+    if params["domain"].strip().lower().rstrip(".") != principal.domain:
+        raise ApiError(404, f"Domain not found: {params['domain']}")
 
 
 def _basic_password(header: str | None) -> str | None:

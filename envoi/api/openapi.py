@@ -38,6 +38,11 @@ POOL = {"type": "object", "required": ["pool_id", "name"],
                        "is_linked": BOOL}}
 STATS = {"type": "object", "required": ["stats"], "properties": {"stats": {"type": "array", "items": OBJ},
                                                                    "start": STR, "end": STR, "resolution": STR}}
+NULLABLE = {"type": ["string", "null"]}
+KEY = {"type": "object", "required": ["id", "kind", "role", "created_at"],
+       "properties": {"id": STR, "description": STR, "kind": STR, "role": STR, "domain_name": NULLABLE,
+                      "requestor": NULLABLE, "user_name": NULLABLE, "user_id": NULLABLE, "is_disabled": BOOL,
+                      "expires_at": NULLABLE, "created_at": STR, "updated_at": STR, "hint": STR}}
 SUPPRESSION_KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
 EVENT_FILTERS = ("event", "recipient", "message-id", "severity", "tags", "from", "subject", "size")
 # Bounded so a fuzzer's inputs stay the size real callers send (the API's own limits are far larger).
@@ -317,6 +322,19 @@ def _paths() -> dict:
         "text/plain": {"schema": STR}}}, public=True, tag="system"))
     add("/openapi.json", "get", op("This description", _json({"type": "object", "required": ["openapi", "paths"]}),
                                    public=True, tag="system"))
+    # API keys (admin keys only)
+    add("/v1/keys", "get", op("List the account's API keys (never their secrets)", _json(
+        {"type": "object", "required": ["total_count", "items"],
+         "properties": {"total_count": INT, "items": {"type": "array", "items": KEY}}}),
+        params=[_q("domain_name"), _q("kind", {"type": "string", "enum": ["domain", "user"]})], tag="keys"))
+    add("/v1/keys", "post", op("Create an API key; the reply holds its secret, shown this once", _json(
+        {"type": "object", "required": ["key"], "properties": {"message": STR, "key": {
+            **KEY, "required": [*KEY["required"], "secret"], "properties": {**KEY["properties"], "secret": STR}}}}),
+        body=_form({"role": {"type": "string", "enum": ["admin", "developer", "sending", "basic"]},
+                    "kind": {"type": "string", "enum": ["domain", "user"]}, "domain_name": SHORT,
+                    "description": SHORT, "expiration": SHORT}, ("role",)), tag="keys"))
+    add("/v1/keys/{key_id}", "delete", op("Delete an API key: it stops working at once", _json(MESSAGE),
+                                          params=[_p("key_id")], tag="keys"))
     return paths
 
 

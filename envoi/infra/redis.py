@@ -60,3 +60,27 @@ class Doorbell:
         except redis.RedisError as ex:
             log.warning("doorbell: %s", ex)
             return False
+
+
+class Generation:
+    """A counter every process reads and any process bumps: how a change made in one process (a revoked
+    API key) reaches the caches of all the others on their very next read, not within a TTL.
+
+    current() is None when Redis cannot say: callers then skip their cache rather than trust it."""
+
+    def __init__(self, conn: redis.Redis, key: str):
+        self.conn = conn
+        self.key = key
+
+    def current(self) -> int | None:
+        try:
+            return int(self.conn.get(self.key) or 0)
+        except redis.RedisError as ex:
+            log.warning("generation %s: %s (reading through)", self.key, ex)
+            return None
+
+    def bump(self) -> None:
+        try:
+            self.conn.incr(self.key)
+        except redis.RedisError as ex:
+            log.warning("generation %s: %s (other processes' caches expire on their own)", self.key, ex)

@@ -109,3 +109,48 @@ def test_missing_secret_key_is_one_line(cli_env):
 def test_unknown_ip_is_one_line(cli_env, domain):
     result = CliRunner().invoke(main, ["ips", "domain", "add", domain["name"], "127.0.0.250"])
     _assert_one_line_error(result, "not found")
+
+
+def test_keys_list_and_revoke(cli_env, services, account, domain, db):
+    key, secret = services.accounts.create_key(account["id"], "developer", domain["name"], "deploys")
+    assert services.accounts.authenticate_key(secret) is not None  # now in this process's cache
+    result = CliRunner().invoke(main, ["keys", "list", "--account-id", str(account["id"])])
+    assert result.exit_code == 0, result.output
+    assert f"{key['id']}\tdeveloper\t{domain['name']}\t...{secret[-4:]}\tdeploys" in result.output
+    assert secret not in result.output
+    result = CliRunner().invoke(main, ["keys", "revoke", key["id"]])
+    assert result.exit_code == 0 and f"key {key['id']} revoked" in result.output, result.output
+    assert db.execute("SELECT 1 FROM api_keys WHERE id = %s", (key["id"],)).fetchone() is None
+    assert services.accounts.authenticate_key(secret) is None  # the CLI's revocation reached this process
+    _assert_one_line_error(CliRunner().invoke(main, ["keys", "revoke", key["id"]]), "Key not found")
+    _assert_one_line_error(CliRunner().invoke(main, ["keys", "list", "--account-id", "999999"]),
+                           "Account not found: 999999")
+
+
+def test_domains_list_and_remove(cli_env, services, account, domain, db):
+    result = CliRunner().invoke(main, ["domains", "list", "--account-id", str(account["id"])])
+    assert result.exit_code == 0 and result.output.startswith(f"{domain['name']}\tactive\t"), result.output
+    _, scoped = services.accounts.create_key(account["id"], "sending", domain["name"])
+    result = CliRunner().invoke(main, ["domains", "remove", domain["name"], "--account-id", str(account["id"]),
+                                       "--yes"])
+    assert result.exit_code == 0, result.output
+    assert db.execute("SELECT 1 FROM domains WHERE id = %s", (domain["id"],)).fetchone() is None
+    assert services.accounts.authenticate_key(scoped) is None
+    result = CliRunner().invoke(main, ["domains", "remove", domain["name"], "--account-id", str(account["id"]),
+                                       "--yes"])
+    _assert_one_line_error(result, f"Domain not found: {domain['name']}")
+
+
+def test_credentials_list_and_delete(cli_env, services, account, domain, db):
+    services.accounts.create_credential(account["id"], domain["name"], "app", "secret-pass")
+    where = ["--account-id", str(account["id"]), "--domain", domain["name"]]
+    result = CliRunner().invoke(main, ["credentials", "list", *where])
+    assert result.exit_code == 0 and result.output.startswith(f"app@{domain['name']}\t"), result.output
+    result = CliRunner().invoke(main, ["credentials", "delete", "app", *where])
+    assert result.exit_code == 0 and f"deleted SMTP login app@{domain['name']}" in result.output, result.output
+    assert services.accounts.authenticate_smtp(f"app@{domain['name']}", "secret-pass") is None
+    _assert_one_line_error(CliRunner().invoke(main, ["credentials", "delete", "app", *where]),
+                           "Credentials not found")
+    _assert_one_line_error(CliRunner().invoke(main, ["credentials", "list", "--account-id", str(account["id"]),
+                                                     "--domain", "nope.example.test"]),
+                           "Domain not found: nope.example.test")

@@ -7,6 +7,7 @@ import threading
 
 import falcon
 
+from envoi.api import roles
 from envoi.api.errors import ApiError, http_error
 from envoi.api.forms import read_form
 from envoi.api.scope import DomainScoped
@@ -44,7 +45,7 @@ class LargeSlots:
 
 
 class Messages:
-    sending_keys = True
+    key_access = roles.SENDING
 
     def __init__(self, intake):
         self.intake = intake
