@@ -4,6 +4,8 @@ ending in '.'), `actor`. The caller's role must allow read_audit_log (envoi.acco
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import falcon
 
 from envoi.accounts import roles
@@ -34,5 +36,6 @@ class AuditLog:
         rows = self.audit.list(principal.account_id, filters, limit=limit, before=before)
         paging = {}
         if len(rows) == limit:
-            paging["next"] = f"{req.path}?limit={limit}&before={rows[-1]['id']}"
+            query = {"limit": limit, "before": rows[-1]["id"], "action": filters.action, "actor": filters.actor}
+            paging["next"] = f"{req.path}?{urlencode({k: v for k, v in query.items() if v})}"
         resp.media = {"items": [entry_json(r) for r in rows], "paging": paging}
