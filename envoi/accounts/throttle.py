@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-import time
 
 from envoi.accounts.errors import LoginThrottled
+from envoi.infra.local_counters import LocalCounters
 from envoi.infra.redis import RedisError
 
 log = logging.getLogger(__name__)
@@ -28,8 +27,7 @@ class LoginThrottle:
         self.max_per_email = max_per_email
         self.max_per_ip = max_per_ip
         self.window = max(int(window), 1)
-        self._local: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
+        self._local = LocalCounters(self.window)
 
     def _keys(self, email: str, ip: str | None) -> tuple[str, str]:
         digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
@@ -49,15 +47,14 @@ class LoginThrottle:
     def succeeded(self, email: str) -> None:
         """A right password clears the email's count (the address's stays: it may be trying many)."""
         key = self._keys(email, None)[0]
-        with self._lock:
-            self._local.pop(key, None)
+        self._local.forget(key)
         try:
             self.redis.delete(key)
         except RedisError as ex:
             log.warning("login throttle: redis unavailable (%s)", ex)
 
     def _get(self, keys: list[str]) -> list[int]:
-        local = [self._local_get(k) for k in keys]
+        local = [self._local.get(k) for k in keys]
         try:
             remote = [int(v) if v is not None else 0 for v in self.redis.mget(keys)]
         except RedisError as ex:
@@ -74,14 +71,4 @@ class LoginThrottle:
             return
         except RedisError as ex:
             log.warning("login throttle: redis unavailable (%s); using local counters", ex)
-        now = time.monotonic()
-        with self._lock:
-            count, until = self._local.get(key, (0, 0.0))
-            if until <= now:
-                count, until = 0, now + self.window
-            self._local[key] = (count + 1, until)
-
-    def _local_get(self, key: str) -> int:
-        with self._lock:
-            count, until = self._local.get(key, (0, 0.0))
-            return count if until > time.monotonic() else 0
+        self._local.incr(key)
