@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 
@@ -22,11 +23,22 @@ def code(secret: str, at: float | None = None, *, digits: int = 6, digest: str =
 
 
 def verify(secret: str, submitted: str, at: float | None = None) -> bool:
+    return matching_step(secret, submitted, at) is not None
+
+
+def matching_step(secret: str, submitted: str, at: float | None = None) -> int | None:
+    """The 30-second time step whose code `submitted` is (within DRIFT_STEPS of now), else None. The
+    caller keeps the last step used so one code cannot sign in twice (RFC 6238 section 5.2)."""
     submitted = submitted.strip().replace(" ", "")
     if not submitted.isdigit():
-        return False
-    return _totp(secret, 6, "sha1").verify(submitted, for_time=int(time.time() if at is None else at),
-                                           valid_window=DRIFT_STEPS)
+        return None
+    otp = _totp(secret, 6, "sha1")
+    now = int(time.time() if at is None else at)
+    for offset in range(-DRIFT_STEPS, DRIFT_STEPS + 1):
+        moment = now + offset * otp.interval
+        if hmac.compare_digest(otp.at(moment), submitted):
+            return moment // otp.interval
+    return None
 
 
 def provisioning_uri(secret: str, email: str, issuer: str = "Envoi") -> str:

@@ -175,8 +175,12 @@ class Users:
     def _second_factor(self, conn: Connection, user: dict, code: str) -> str | None:
         """'totp' or 'recovery code' when the code is right (a recovery code is used up), else None."""
         secret = self.sealer.open(user["totp_secret"], _totp_context(user["id"])).decode()
-        if totp.verify(secret, code):
-            return "totp"
+        step = totp.matching_step(secret, code)
+        if step is not None:
+            fresh = conn.execute(
+                "UPDATE users SET totp_last_step = %s WHERE id = %s"
+                " AND (totp_last_step IS NULL OR totp_last_step < %s) RETURNING 1", (step, user["id"], step)).fetchone()
+            return "totp" if fresh else None  # a replayed code (an onlooker's, or one phished) is refused
         used = conn.execute(
             "UPDATE user_recovery_codes SET used_at = now()"
             " WHERE user_id = %s AND code_hash = %s AND used_at IS NULL RETURNING 1",
@@ -205,7 +209,7 @@ class Users:
             raise InvalidInput("The one-time code does not match; check the authenticator app's clock")
         codes = totp.new_recovery_codes()
         with self.db.transaction() as conn:
-            conn.execute("UPDATE users SET totp_secret = %s WHERE id = %s",
+            conn.execute("UPDATE users SET totp_secret = %s, totp_last_step = NULL WHERE id = %s",
                          (self.sealer.seal(secret.encode(), _totp_context(user["id"])), user["id"]))
             conn.execute("DELETE FROM user_recovery_codes WHERE user_id = %s", (user["id"],))
             conn.cursor().executemany("INSERT INTO user_recovery_codes (user_id, code_hash) VALUES (%s, %s)",

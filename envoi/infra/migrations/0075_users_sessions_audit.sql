@@ -7,6 +7,7 @@ CREATE TABLE users (
     password_hash  text NOT NULL,                 -- argon2
     role           text NOT NULL CHECK (role IN ('admin', 'developer', 'support', 'analyst', 'billing', 'operator')),
     totp_secret    bytea,                         -- sealed with the region key; NULL = no second factor
+    totp_last_step bigint,                        -- the last code's time step: a code signs in once
     created_at     timestamptz NOT NULL DEFAULT now(),
     CHECK ((account_id IS NULL) = (role = 'operator'))
 );

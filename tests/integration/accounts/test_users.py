@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import uuid
 
 import pytest
@@ -115,8 +116,12 @@ def test_totp_is_required_once_enabled_and_recovery_codes_work_once(services, ac
     with pytest.raises(InvalidLogin):
         services.users.login(user["email"], PASSWORD, code="000000" if totp.code(secret) != "000000" else "111111",
                              ip=ip)
-    _, session = services.users.login(user["email"], PASSWORD, code=totp.code(secret), ip=ip)
+    now = int(time.time())
+    _, session = services.users.login(user["email"], PASSWORD, code=totp.code(secret, now + 30), ip=ip)
     assert services.sessions.resolve(session)["user_id"] == user["id"]
+    for replayed in (totp.code(secret, now + 30), totp.code(secret, now)):  # used, or older than the used one
+        with pytest.raises(InvalidLogin):
+            services.users.login(user["email"], PASSWORD, code=replayed, ip=ip)
 
     services.users.login(user["email"], PASSWORD, code=codes[3].upper(), ip=ip)
     with pytest.raises(InvalidLogin):
