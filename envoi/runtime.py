@@ -187,4 +187,5 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("stats: fold pending rollups", 60, services.stats.fold),
         PeriodicTask("stats: hourly buckets into days, daily into months", 86400, services.stats.coarsen),
         PeriodicTask("purge expired webhook deliveries", 3600, services.webhooks.purge_expired),
+        PeriodicTask("purge expired dashboard sessions", 3600, services.sessions.purge_expired),
     ]

@@ -198,3 +198,15 @@ def test_audit_log_api_pages_and_exports(settings, services, account):
 
     bad = client.simulate_get("/v3/audit-log", params={"format": "xml"}, headers=basic(key))
     assert bad.status_code == 400
+
+
+def test_the_scheduler_purges_expired_sessions(services, account, db):
+    from envoi import runtime
+
+    user = _user(services, account)
+    token = services.users.login(user["email"], PASSWORD, ip=_ip())[1]
+    db.execute("UPDATE user_sessions SET expires_at = now() - interval '1 second' WHERE user_id = %s", (user["id"],))
+    purge = next(t for t in runtime.periodic_tasks(services) if t.name == "purge expired dashboard sessions")
+    purge.run()
+    assert db.execute("SELECT count(*) AS n FROM user_sessions WHERE user_id = %s", (user["id"],)).fetchone()["n"] == 0
+    assert services.sessions.resolve(token) is None
