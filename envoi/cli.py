@@ -26,7 +26,7 @@ def _settings() -> Settings:
 #: the operator's administration commands (one group per noun). A command in neither shows under
 #: "Other commands" (a test keeps that section empty).
 PROCESSES = ("api", "relay", "smtp", "inbound", "worker", "scheduler", "up", "sink")
-ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs")
+ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users")
 
 
 def _user_error(ex: Exception) -> str | None:
@@ -418,9 +418,9 @@ def privacy_erase(account_id: int, address: str) -> None:
 
 
 def _register_commands() -> None:
-    from envoi.commands import bounces, dkim, ips, logs, smtp, webhooks
+    from envoi.commands import bounces, dkim, ips, logs, smtp, users, webhooks
 
-    for module in (smtp, bounces, webhooks, ips, logs):
+    for module in (smtp, bounces, webhooks, ips, logs, users):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:

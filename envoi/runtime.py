@@ -12,7 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from envoi.accounts.audit import Audit
 from envoi.accounts.service import Accounts
+from envoi.accounts.sessions import Sessions
+from envoi.accounts.throttle import LoginThrottle
+from envoi.accounts.users import Users
 from envoi.events.service import PLAN_RETENTION, Events, Retention
 from envoi.events.stats import Stats
 from envoi.events.stream import LiveStream
@@ -56,6 +60,9 @@ class Services:
     intake: Intake
     storage: StoredMessages
     privacy: Privacy
+    audit: Audit
+    sessions: Sessions
+    users: Users
 
     def close(self) -> None:
         self.db.close()
@@ -98,11 +105,16 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
+    # Dashboard users: their sessions, failed-login throttle and the account audit log.
+    audit = Audit(db)
+    sessions = Sessions(db)
+    users = Users(db, sealer, sessions, audit, LoginThrottle(redis, f"envoi:{settings.region}:login-failures"))
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, ips=ips, intake=intake,
         storage=StoredMessages(db, sealer), privacy=Privacy(db),
+        audit=audit, sessions=sessions, users=users,
     )
 
 
@@ -176,4 +188,5 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("stats: fold pending rollups", 60, services.stats.fold),
         PeriodicTask("stats: hourly buckets into days, daily into months", 86400, services.stats.coarsen),
         PeriodicTask("purge expired webhook deliveries", 3600, services.webhooks.purge_expired),
+        PeriodicTask("purge expired dashboard sessions", 3600, services.sessions.purge_expired),
     ]

@@ -18,3 +18,34 @@ class AlreadyExists(AccountsError):
 
 class InvalidInput(AccountsError):
     http_status = 400
+
+
+class Forbidden(AccountsError):
+    """The caller is known but their role does not allow the action."""
+
+    http_status = 403
+
+
+class InvalidLogin(AccountsError):
+    """Wrong email, password or code: the same words whichever it was, so nobody learns which emails exist."""
+
+    http_status = 401
+    message = "Invalid email, password or code"
+
+
+class SecondFactorRequired(AccountsError):
+    http_status = 401
+    message = "A one-time code (or a recovery code) is required"
+
+
+class LoginThrottled(AccountsError):
+    """Too many failed logins for this email or from this address; said the same way for unknown emails."""
+
+    http_status = 429
+    retry_after = 900
+    message = "Too many failed logins; try again later"
+
+
+class InvitationInvalid(AccountsError):
+    http_status = 400
+    message = "This invitation is unknown, used or expired"

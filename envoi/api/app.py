@@ -9,6 +9,7 @@ from envoi.api import errors, forms, params
 from envoi.api.auth import AuthMiddleware
 from envoi.api.client_address import ClientAddress
 from envoi.api.openapi import OpenApiDocument
+from envoi.api.resources.audit import AuditLog
 from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
@@ -116,6 +117,8 @@ def routes(settings, services) -> list[Route]:
         ("/v3/ip_warmups/{ip}", warmups, "item"),
         # privacy: a data subject's export and erasure
         ("/v3/privacy/addresses/{address}", AddressData(services.privacy), None),
+        # the account's audit log
+        ("/v3/audit-log", AuditLog(services.audit), None),
         # the process itself
         ("/healthz", Health(), None),
         ("/metrics", MetricsEndpoint(services.metrics), None),

@@ -316,6 +316,15 @@ def _paths() -> dict:
     add("/v3/ip_warmups/{ip}", "post", op("Start a warm-up (operator)", _json(MESSAGE), params=[ip],
                                           body=_form({"plan": SHORT}), tag="ips"))
     add("/v3/ip_warmups/{ip}", "delete", op("Stop a warm-up (operator)", _json(MESSAGE), params=[ip], tag="ips"))
+    # the account's audit log (users, invitations, sessions, second factor)
+    add("/v3/audit-log", "get", op(
+        "The account's audit log, newest first; `format=csv` or `jsonl` downloads all of it",
+        {"description": "entries, or the export", "content": {
+            "application/json": {"schema": {"type": "object", "required": ["items", "paging"]}},
+            "text/csv": {"schema": STR}, "application/x-ndjson": {"schema": STR}}},
+        params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}), _q("before", {"type": "integer", "minimum": 1}),
+                _q("action"), _q("actor"), _q("format", {"type": "string", "enum": ["json", "csv", "jsonl"]})],
+        tag="accounts"))
     # system
     add("/healthz", "get", op("Health", _json({"type": "object", "required": ["status"]}), public=True, tag="system"))
     add("/metrics", "get", op("Prometheus metrics", {"description": "text exposition format", "content": {

@@ -154,3 +154,39 @@ def test_credentials_list_and_delete(cli_env, services, account, domain, db):
     _assert_one_line_error(CliRunner().invoke(main, ["credentials", "list", "--account-id", str(account["id"]),
                                                      "--domain", "nope.example.test"]),
                            "Domain not found: nope.example.test")
+
+
+def test_users_invite_list_and_create_operator(cli_env, services, account):
+    import json
+    import uuid
+
+    email = f"cli-{uuid.uuid4().hex[:6]}@people.example.test"
+    result = CliRunner().invoke(main, ["users", "invite", email, "--account-id", str(account["id"]), "--role", "analyst"])
+    assert result.exit_code == 0, result.output
+    token = json.loads(result.output)["token"]
+    services.users.accept_invitation(token, "a long enough password")
+    result = CliRunner().invoke(main, ["users", "list", "--account-id", str(account["id"])])
+    assert result.exit_code == 0 and f"\t{email}\tanalyst\t-" in result.output, result.output
+
+    operator = f"op-{uuid.uuid4().hex[:6]}@platform.example.test"
+    result = CliRunner().invoke(main, ["users", "create-operator", operator])
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.output)
+    assert created["role"] == "operator" and len(created["password"]) >= 20
+    user, _ = services.users.login(operator, created["password"], ip="192.0.2.99")
+    assert user["account_id"] is None
+    result = CliRunner().invoke(main, ["users", "create-operator", f"x{operator}", "--password-stdin"],
+                                input="typed password here\n")
+    assert result.exit_code == 0 and "password" not in json.loads(result.output), result.output
+    services.users.login(f"x{operator}", "typed password here", ip="192.0.2.99")
+    assert operator in CliRunner().invoke(main, ["users", "list"]).output
+
+
+def test_users_errors_are_one_line(cli_env, account):
+    result = CliRunner().invoke(main, ["users", "invite", "not-an-email", "--account-id", str(account["id"])])
+    _assert_one_line_error(result, "Not an email address")
+    result = CliRunner().invoke(main, ["users", "invite", "a@people.example.test", "--account-id", "999999999"])
+    _assert_one_line_error(result, "Account not found")
+    result = CliRunner().invoke(main, ["users", "create-operator", "b@platform.example.test", "--password-stdin"],
+                                input="short\n")
+    _assert_one_line_error(result, "Password length")

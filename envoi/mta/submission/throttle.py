@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-import time
 
+from envoi.infra.local_counters import LocalCounters
 from envoi.infra.redis import RedisError
 from envoi.mta.submission.limits import address_key
 
@@ -32,8 +31,7 @@ class AuthThrottle:
         self.max_per_login = max_per_login  # per (client address, login) pair
         self.max_per_ip = max_per_ip
         self.window = max(int(window), 1)
-        self._local: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
+        self._local = LocalCounters(self.window)
 
     def _keys(self, ip: str, login: str) -> tuple[str, str]:
         digest = hashlib.sha256(login.strip().lower().encode("utf-8", "surrogateescape")).hexdigest()[:24]
@@ -59,8 +57,7 @@ class AuthThrottle:
 
     def reset(self) -> None:
         """Forget all local counters (tests, and operators via a restart)."""
-        with self._lock:
-            self._local.clear()
+        self._local.forget()
 
     # storage -----------------------------------------------------------------------------------
     def _get(self, keys: list[str]) -> list[int]:
@@ -68,10 +65,10 @@ class AuthThrottle:
             try:
                 values = self.redis.mget(keys)
                 remote = [int(v) if v is not None else 0 for v in values]
-                return [max(r, self._local_get(k)) for r, k in zip(remote, keys, strict=True)]
+                return [max(r, self._local.get(k)) for r, k in zip(remote, keys, strict=True)]
             except RedisError as ex:
                 log.warning("auth throttle: redis unavailable (%s); using local counters", ex)
-        return [self._local_get(k) for k in keys]
+        return [self._local.get(k) for k in keys]
 
     def _incr(self, key: str) -> int:
         if self.redis is not None:
@@ -82,15 +79,4 @@ class AuthThrottle:
                 return int(pipe.execute()[0])
             except RedisError as ex:
                 log.warning("auth throttle: redis unavailable (%s); using local counters", ex)
-        now = time.monotonic()
-        with self._lock:
-            count, until = self._local.get(key, (0, 0.0))
-            if until <= now:
-                count, until = 0, now + self.window
-            self._local[key] = (count + 1, until)
-            return count + 1
-
-    def _local_get(self, key: str) -> int:
-        with self._lock:
-            count, until = self._local.get(key, (0, 0.0))
-            return count if until > time.monotonic() else 0
+        return self._local.incr(key)

@@ -1,0 +1,243 @@
+"""People who use the dashboard: account users (invited by an admin, with one of Mailgun's roles) and
+operators (no account: they run the platform and never act for a customer). Passwords are argon2,
+an optional TOTP second factor has ten single-use recovery codes, and every change is in the audit log.
+
+Login goes: throttle check (before anything about the email is read), password, second factor, then a
+server-side session (envoi.accounts.sessions). Wrong email, wrong password and wrong code all fail
+with the same InvalidLogin, and an unknown email costs the same argon2 work as a known one.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import timedelta
+from functools import cached_property
+
+from envoi.accounts import roles, totp
+from envoi.accounts.audit import Audit
+from envoi.accounts.errors import (
+    AlreadyExists,
+    InvalidInput,
+    InvalidLogin,
+    InvitationInvalid,
+    NotFound,
+    SecondFactorRequired,
+)
+from envoi.accounts.sessions import Sessions
+from envoi.accounts.throttle import LoginThrottle
+from envoi.infra import crypto
+from envoi.infra.db import Connection, Database, IntegrityError
+
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{2,}$")
+MIN_PASSWORD, MAX_PASSWORD = 10, 256
+INVITATION_TTL = timedelta(days=7)
+USER_COLUMNS = "id, account_id, email, role, totp_secret IS NOT NULL AS totp_enabled, created_at"
+
+
+def actor_of(user: dict) -> str:
+    """The audit actor naming a user: `user:<id>`, or `operator:<id>` for a platform admin."""
+    return f"{'operator' if user['account_id'] is None else 'user'}:{user['id']}"
+
+
+class Users:
+    def __init__(self, db: Database, sealer: crypto.Sealer, sessions: Sessions, audit: Audit,
+                 throttle: LoginThrottle, *, invitation_ttl: timedelta = INVITATION_TTL):
+        self.db = db
+        self.sealer = sealer
+        self.sessions = sessions
+        self.audit = audit
+        self.throttle = throttle
+        self.invitation_ttl = invitation_ttl
+
+    # creating users ---------------------------------------------------------------------------
+    def create_operator(self, email: str, password: str, *, actor: str = "cli", ip: str | None = None) -> dict:
+        """A platform admin (no account)."""
+        with self.db.transaction() as conn:
+            user = self._insert(conn, None, email, password, "operator")
+            self.audit.record(None, actor, "operator.created", user["email"], ip=ip, conn=conn)
+        return user
+
+    def invite(self, account_id: int, email: str, role: str, *, actor: str, actor_role: str | None = None,
+               ip: str | None = None) -> tuple[dict, str]:
+        """Invite EMAIL into the account with ROLE; returns (invitation, token). The token is shown once
+        (the dashboard mails it as a link) and stored hashed. `actor_role` None = an operator or the CLI."""
+        if actor_role is not None:
+            roles.require(actor_role, "manage_users")
+        email = _email(email)
+        if role not in roles.ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(roles.ROLES)}")
+        token = secrets.token_urlsafe(32)
+        with self.db.transaction() as conn:
+            if conn.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,)).fetchone() is None:
+                raise NotFound(f"Account not found: {account_id}")
+            if conn.execute("SELECT 1 FROM users WHERE account_id = %s AND lower(email) = lower(%s)",
+                            (account_id, email)).fetchone():
+                raise AlreadyExists(f"{email} is already a user of this account")
+            invitation = conn.execute(
+                "INSERT INTO user_invitations (account_id, email, role, token_hash, invited_by, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s, now() + %s)"
+                " RETURNING id, account_id, email, role, invited_by, created_at, expires_at",
+                (account_id, email, role, crypto.token_hash(token), actor, self.invitation_ttl)).fetchone()
+            self.audit.record(account_id, actor, "user.invited", email, ip=ip, details={"role": role}, conn=conn)
+        return invitation, token
+
+    def accept_invitation(self, token: str, password: str, *, ip: str | None = None) -> dict:
+        """Set the invited person's password: creates the user; the token cannot be used again."""
+        with self.db.transaction() as conn:
+            invitation = conn.execute(
+                "UPDATE user_invitations SET accepted_at = now()"
+                " WHERE token_hash = %s AND accepted_at IS NULL AND expires_at > now()"
+                " RETURNING account_id, email, role, invited_by", (crypto.token_hash(token),)).fetchone()
+            if invitation is None:
+                raise InvitationInvalid()
+            user = self._insert(conn, invitation["account_id"], invitation["email"], password, invitation["role"])
+            self.audit.record(user["account_id"], actor_of(user), "user.created", user["email"], ip=ip,
+                              details={"role": user["role"], "invited_by": invitation["invited_by"]}, conn=conn)
+        return user
+
+    def _insert(self, conn: Connection, account_id: int | None, email: str, password: str, role: str) -> dict:
+        email = _email(email)
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise InvalidInput(f"Password length must be between {MIN_PASSWORD} and {MAX_PASSWORD} characters")
+        try:
+            with conn.transaction():
+                return conn.execute(
+                    f"INSERT INTO users (account_id, email, password_hash, role) VALUES (%s, %s, %s, %s)"
+                    f" RETURNING {USER_COLUMNS}",
+                    (account_id, email, crypto.hash_password(password), role)).fetchone()
+        except IntegrityError:
+            raise AlreadyExists(f"{email} is already a user here") from None
+
+    # reading ----------------------------------------------------------------------------------
+    def list_users(self, account_id: int | None) -> list[dict]:
+        """An account's users; None lists the operators."""
+        where = "account_id IS NULL" if account_id is None else "account_id = %s"
+        with self.db.transaction() as conn:
+            return conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE {where} ORDER BY id",
+                                () if account_id is None else (account_id,)).fetchall()
+
+    def get_user(self, account_id: int | None, user_id: int) -> dict:
+        where = "account_id IS NULL" if account_id is None else "account_id = %s"
+        with self.db.transaction() as conn:
+            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = %s AND {where}",
+                               (user_id,) if account_id is None else (user_id, account_id)).fetchone()
+        if row is None:
+            raise NotFound("User not found")
+        return row
+
+    # signing in and out -----------------------------------------------------------------------
+    def login(self, email: str, password: str, *, code: str | None = None, account_id: int | None = None,
+              ip: str | None = None, user_agent: str = "") -> tuple[dict, str]:
+        """Check the password (and the second factor when the user has one); returns (user, session token).
+        `account_id` picks among accounts where one email is a user of several (default: the first match)."""
+        self.throttle.check(email, ip)
+        user = self._password_match(email.strip(), password, account_id)
+        if user is None:
+            self.throttle.failed(email, ip)
+            raise InvalidLogin()
+        with self.db.transaction() as conn:
+            if user["totp_secret"] is None:
+                how = "password"
+            else:
+                how = self._second_factor(conn, user, code) if code else None
+            if how is not None:
+                token = self.sessions.start(user["id"], ip=ip, user_agent=user_agent, conn=conn)
+                self.audit.record(user["account_id"], actor_of(user), "session.created", user["email"], ip=ip,
+                                  details={"second_factor": how, "user_agent": user_agent[:200]}, conn=conn)
+        if how is None:
+            if not code:
+                raise SecondFactorRequired()
+            self.throttle.failed(email, ip)
+            self.audit.record(user["account_id"], actor_of(user), "login.failed", user["email"], ip=ip,
+                              details={"reason": "second factor"})
+            raise InvalidLogin()
+        self.throttle.succeeded(email)
+        return _public(user), token
+
+    def _password_match(self, email: str, password: str, account_id: int | None) -> dict | None:
+        sql = "SELECT *, totp_secret IS NOT NULL AS totp_enabled FROM users WHERE lower(email) = lower(%s)"
+        args: tuple = (email,)
+        if account_id is not None:
+            sql += " AND account_id = %s"
+            args += (account_id,)
+        with self.db.transaction() as conn:
+            candidates = conn.execute(sql + " ORDER BY id LIMIT 5", args).fetchall()
+        if not candidates:
+            crypto.verify_password(self._decoy_hash, password)  # the same argon2 work as a known email
+            return None
+        return next((u for u in candidates if crypto.verify_password(u["password_hash"], password)), None)
+
+    @cached_property
+    def _decoy_hash(self) -> str:
+        return crypto.hash_password(secrets.token_urlsafe(16))
+
+    def _second_factor(self, conn: Connection, user: dict, code: str) -> str | None:
+        """'totp' or 'recovery code' when the code is right (a recovery code is used up), else None."""
+        secret = self.sealer.open(user["totp_secret"], _totp_context(user["id"])).decode()
+        step = totp.matching_step(secret, code)
+        if step is not None:
+            fresh = conn.execute(
+                "UPDATE users SET totp_last_step = %s WHERE id = %s"
+                " AND (totp_last_step IS NULL OR totp_last_step < %s) RETURNING 1", (step, user["id"], step)).fetchone()
+            return "totp" if fresh else None  # a replayed code (an onlooker's, or one phished) is refused
+        used = conn.execute(
+            "UPDATE user_recovery_codes SET used_at = now()"
+            " WHERE user_id = %s AND code_hash = %s AND used_at IS NULL RETURNING 1",
+            (user["id"], crypto.token_hash(totp.normalise_recovery_code(code)))).fetchone()
+        return "recovery code" if used else None
+
+    def logout(self, token: str, *, ip: str | None = None) -> None:
+        ended = self.sessions.end(token)
+        if ended is not None:
+            self.audit.record(ended["account_id"], _actor(ended["account_id"], ended["user_id"]), "session.ended",
+                              ip=ip)
+
+    def logout_everywhere(self, user: dict, *, actor: str, ip: str | None = None) -> int:
+        """End every session of the user (theirs, or an admin's action); returns how many ended."""
+        with self.db.transaction() as conn:
+            count = self.sessions.logout_everywhere(user["id"], conn=conn)
+            self.audit.record(user["account_id"], actor, "session.all_ended", user["email"], ip=ip,
+                              details={"sessions": count}, conn=conn)
+        return count
+
+    # second factor ----------------------------------------------------------------------------
+    def enable_totp(self, user: dict, secret: str, code: str, *, ip: str | None = None) -> list[str]:
+        """Turn TOTP on with a secret the user's app now holds (from totp.new_secret()), once they prove
+        it with a current code; returns the ten recovery codes, shown once."""
+        if not totp.verify(secret, code):
+            raise InvalidInput("The one-time code does not match; check the authenticator app's clock")
+        codes = totp.new_recovery_codes()
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE users SET totp_secret = %s, totp_last_step = NULL WHERE id = %s",
+                         (self.sealer.seal(secret.encode(), _totp_context(user["id"])), user["id"]))
+            conn.execute("DELETE FROM user_recovery_codes WHERE user_id = %s", (user["id"],))
+            conn.cursor().executemany("INSERT INTO user_recovery_codes (user_id, code_hash) VALUES (%s, %s)",
+                                      [(user["id"], crypto.token_hash(c)) for c in codes])
+            self.audit.record(user["account_id"], actor_of(user), "totp.enabled", user["email"], ip=ip, conn=conn)
+        return codes
+
+    def disable_totp(self, user: dict, *, actor: str, ip: str | None = None) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE users SET totp_secret = NULL WHERE id = %s", (user["id"],))
+            conn.execute("DELETE FROM user_recovery_codes WHERE user_id = %s", (user["id"],))
+            self.audit.record(user["account_id"], actor, "totp.disabled", user["email"], ip=ip, conn=conn)
+
+
+def _email(email: str) -> str:
+    email = email.strip()
+    if not EMAIL_RE.match(email):
+        raise InvalidInput(f"Not an email address: {email!r}")
+    return email
+
+
+def _actor(account_id: int | None, user_id: int) -> str:
+    return actor_of({"account_id": account_id, "id": user_id})
+
+
+def _totp_context(user_id: int) -> bytes:
+    return f"totp:{user_id}".encode()
+
+
+def _public(user: dict) -> dict:
+    return {k: user[k] for k in ("id", "account_id", "email", "role", "totp_enabled", "created_at")}

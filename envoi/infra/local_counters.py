@@ -1,0 +1,38 @@
+"""Fixed-window counters kept in this process: what a Redis-backed throttle counts with while Redis is
+unreachable, so an outage never gives brute force a free pass (envoi.mta.submission.throttle,
+envoi.accounts.throttle)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class LocalCounters:
+    def __init__(self, window: float):
+        self.window = window
+        self._counts: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def incr(self, key: str) -> int:
+        """Count one against `key` (a new window when the last one ran out); return the window's count."""
+        now = time.monotonic()
+        with self._lock:
+            count, until = self._counts.get(key, (0, 0.0))
+            if until <= now:
+                count, until = 0, now + self.window
+            self._counts[key] = (count + 1, until)
+            return count + 1
+
+    def get(self, key: str) -> int:
+        with self._lock:
+            count, until = self._counts.get(key, (0, 0.0))
+            return count if until > time.monotonic() else 0
+
+    def forget(self, key: str | None = None) -> None:
+        """Drop one key's count, or every count."""
+        with self._lock:
+            if key is None:
+                self._counts.clear()
+            else:
+                self._counts.pop(key, None)
