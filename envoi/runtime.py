@@ -78,8 +78,10 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = Sealer(settings.secret_key)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
+    audit = Audit(db)  # the account audit log: key, user and session actions
     accounts = Accounts(db, sealer, settings.region,
-                        key_revocations=redis_infra.Generation(redis, f"envoi:{settings.region}:keys:revoked"))
+                        key_revocations=redis_infra.Generation(redis, f"envoi:{settings.region}:keys:revoked"),
+                        audit=audit)
 
     # What recording an event feeds.
     suppressions = Suppressions(db, settings.public_url)
@@ -106,7 +108,6 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
     # Dashboard users: their sessions, failed-login throttle and the account audit log.
-    audit = Audit(db)
     sessions = Sessions(db)
     users = Users(db, sealer, sessions, audit, LoginThrottle(redis, f"envoi:{settings.region}:login-failures"))
     return Services(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from envoi.accounts import dnscheck, store
+from envoi.accounts.audit import Audit
 from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
 from envoi.infra import crypto, dkim_keys, ids
 from envoi.infra.cache import TTLCache
@@ -45,8 +46,10 @@ def key_region(secret: str) -> str | None:
 
 
 class Accounts:
-    def __init__(self, db: Database, sealer: crypto.Sealer, region: str, key_revocations: Generation):
+    def __init__(self, db: Database, sealer: crypto.Sealer, region: str, key_revocations: Generation,
+                 audit: Audit):
         self.db = db
+        self.audit = audit  # key creation and revocation are account actions
         self.sealer = sealer
         self.region = region
         self.key_revocations = key_revocations
@@ -237,6 +240,9 @@ class Accounts:
         domain: str | None = None,
         description: str = "",
         expires_in: int | None = None,
+        *,
+        actor: str = "cli",
+        ip: str | None = None,
     ) -> tuple[dict, str]:
         """Create a key; return (row, secret). The secret is shown once and stored only hashed.
         domain: the key acts on that domain only. expires_in: seconds until it stops working."""
@@ -269,6 +275,8 @@ class Accounts:
                 description=description,
                 expires_at=None if expires_in is None else datetime.now(UTC) + timedelta(seconds=expires_in),
             )
+            self.audit.record(account_id, actor, "key.create", key["id"], ip=ip,
+                              details={"role": role, "domain": domain_name}, conn=conn)
         return {**key, "domain_name": domain_name}, secret
 
     def authenticate_key(self, secret: str) -> Principal | None:
@@ -298,11 +306,14 @@ class Accounts:
         with self.db.transaction() as conn:
             return store.list_api_keys(conn, account_id)
 
-    def delete_key(self, account_id: int | None, key_id: str) -> None:
+    def delete_key(self, account_id: int | None, key_id: str, *, actor: str = "cli", ip: str | None = None) -> None:
         """Revoke a key of this account (None: any, for the operator); it stops working at once."""
         with self.db.transaction() as conn:
-            if not store.delete_api_key(conn, account_id, key_id):
+            deleted = store.delete_api_key(conn, account_id, key_id)
+            if deleted is None:
                 raise NotFound("Key not found")
+            self.audit.record(deleted["account_id"], actor, "key.revoke", key_id, ip=ip,
+                              details={"role": deleted["role"]}, conn=conn)
         self._keys_changed()
 
     # SMTP credentials -------------------------------------------------------------------------

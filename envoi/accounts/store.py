@@ -143,11 +143,11 @@ def list_api_keys(conn: Connection, account_id: int) -> list[dict]:
     ).fetchall()
 
 
-def delete_api_key(conn: Connection, account_id: int | None, key_id: str) -> bool:
-    """account_id None: whoever holds it (the operator revoking by id)."""
-    cur = conn.execute("DELETE FROM api_keys WHERE id = %s AND (%s::bigint IS NULL OR account_id = %s)",
-                       (key_id, account_id, account_id))
-    return cur.rowcount > 0
+def delete_api_key(conn: Connection, account_id: int | None, key_id: str) -> dict | None:
+    """account_id None: whoever holds it (the operator revoking by id). The deleted row's account and
+    role, or None when there was no such key."""
+    return conn.execute("DELETE FROM api_keys WHERE id = %s AND (%s::bigint IS NULL OR account_id = %s)"
+                        " RETURNING account_id, role", (key_id, account_id, account_id)).fetchone()
 
 
 def insert_credential(conn: Connection, domain_id: int, login: str, password_hash: str) -> dict:

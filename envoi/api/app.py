@@ -58,7 +58,7 @@ def routes(settings, services) -> list[Route]:
     domain_ips = DomainIps(services.ips, accounts)
     pools = Pools(services.ips, accounts)
     warmups = Warmups(services.ips, accounts)
-    keys = Keys(accounts)
+    keys = Keys(accounts, client_address)
     return [
         # sending and stored messages
         ("/v3/{domain}/messages", messages, None),

@@ -41,8 +41,9 @@ def key_json(row: dict) -> dict:
 class Keys:
     key_access = roles.KEYS
 
-    def __init__(self, accounts):
+    def __init__(self, accounts, client_address):
         self.accounts = accounts
+        self.client_address = client_address  # who did it, for the audit log
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         domain, kind = req.get_param("domain_name"), req.get_param("kind")
@@ -67,11 +68,15 @@ class Keys:
         expiration = fields.get("expiration") or None
         if expiration is not None and not expiration.isdigit():
             raise ApiError(400, "expiration must be a number of seconds")
+        principal = req.context.principal
         row, secret = self.accounts.create_key(
-            req.context.principal.account_id, role, domain, fields.get("description", ""),
-            expires_in=None if expiration is None else int(expiration))
+            principal.account_id, role, domain, fields.get("description", ""),
+            expires_in=None if expiration is None else int(expiration),
+            actor=f"key:{principal.key_id}", ip=self.client_address(req))
         resp.media = {"message": "great success", "key": {**key_json(row), "secret": secret}}
 
     def on_delete_item(self, req: falcon.Request, resp: falcon.Response, key_id: str) -> None:
-        self.accounts.delete_key(req.context.principal.account_id, key_id)
+        principal = req.context.principal
+        self.accounts.delete_key(principal.account_id, key_id, actor=f"key:{principal.key_id}",
+                                 ip=self.client_address(req))
         resp.media = {"message": "key deleted"}

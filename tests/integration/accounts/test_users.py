@@ -167,7 +167,7 @@ def test_tenants_never_see_each_others_users_or_audit_entries(settings, services
     client = testing.TestClient(create_app(settings, services))
     _, key = services.accounts.create_key(other["id"], "admin")
     body = client.simulate_get("/v3/audit-log", headers=basic(key)).json
-    assert {e["target"] for e in body["items"]} == {theirs["email"]}
+    assert {e["target"] for e in body["items"] if e["action"].startswith("user.")} == {theirs["email"]}
     assert mine["email"] not in client.simulate_get("/v3/audit-log", params={"format": "jsonl"},
                                                     headers=basic(key)).text
 

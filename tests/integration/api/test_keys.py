@@ -158,8 +158,24 @@ def test_without_redis_keys_are_read_from_postgres_every_time(services, account)
     from envoi.infra import redis as redis_infra
 
     down = redis_infra.Generation(redis_infra.client("redis://127.0.0.1:1/0"), "envoi:eu:keys:revoked")
-    blind = Accounts(services.db, services.sealer, services.settings.region, key_revocations=down)
+    blind = Accounts(services.db, services.sealer, services.settings.region, key_revocations=down,
+                     audit=services.audit)
     key, secret = services.accounts.create_key(account["id"], "basic")
     assert blind.authenticate_key(secret).key_id == key["id"]
     services.accounts.delete_key(account["id"], key["id"])
     assert blind.authenticate_key(secret) is None
+
+
+def test_key_creation_and_revocation_are_in_the_audit_log(client, services, account, api_key, db):
+    admin = services.accounts.authenticate_key(api_key)
+    key = create(client, api_key, role="basic", description="audited")
+    resp = client.simulate_delete(f"/v1/keys/{key['id']}", headers=basic(api_key), remote_addr="198.51.100.9")
+    assert resp.status_code == 200
+    rows = db.execute("SELECT account_id, actor, action, target, ip, details FROM audit_log"
+                      " WHERE target = %s ORDER BY id", (key["id"],)).fetchall()
+    assert [(r["account_id"], r["actor"], r["action"]) for r in rows] == [
+        (account["id"], f"key:{admin.key_id}", "key.create"), (account["id"], f"key:{admin.key_id}", "key.revoke")]
+    assert rows[0]["details"]["role"] == "basic" and str(rows[1]["ip"]) == "198.51.100.9"
+    listed = client.simulate_get("/v3/audit-log", params={"action": "key."}, headers=basic(api_key)).json
+    assert {(e["action"], e["target"]) for e in listed["items"]} >= {("key.create", key["id"]),
+                                                                    ("key.revoke", key["id"])}
