@@ -156,9 +156,7 @@ def relay(metrics_port: int) -> None:
 
     services = _services(pool_size=6)
     if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
+        services.metrics.serve(metrics_port)
     engine = runtime.build_relay(services)
 
     async def run() -> None:

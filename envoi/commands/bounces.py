@@ -24,9 +24,7 @@ def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
     services = runtime.build(settings, pool_size=6)
     server = runtime.build_inbound(services, host=bind, port=port)
     if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
+        services.metrics.serve(metrics_port)
 
     async def run() -> None:
         stop = asyncio.Event()

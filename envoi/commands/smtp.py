@@ -91,9 +91,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
     submission = runtime.build_submission(services)
     _raise_fd_limit(settings.smtp_max_connections + 256)  # each connection is a descriptor; leave room
     if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
+        services.metrics.serve(metrics_port)
     server = SubmissionServer(submission, server_context(cert, key), host=bind,
                               port=port or None, smtps_port=smtps_port or None, reuse_port=reuse_port)
 

@@ -32,9 +32,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
     services = runtime.build(settings, pool_size=3)
     connection = jobs.worker_connection(settings.redis_url)
     if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
+        services.metrics.serve(metrics_port)
     children = []
     for n in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1", "--no-dispatch"]

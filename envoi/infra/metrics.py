@@ -6,7 +6,15 @@ import glob
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
@@ -56,6 +64,10 @@ class Metrics:
     def observe_webhook(self, outcome: str, seconds: float) -> None:
         self.webhook_attempts.labels(outcome).inc()
         self.webhook_seconds.observe(seconds)
+
+    def serve(self, port: int) -> None:
+        """This process's /metrics on 127.0.0.1:`port` (a scrape target beside the relay, smtp and worker)."""
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
     def render(self) -> bytes:
         if self.multiprocess_dir:

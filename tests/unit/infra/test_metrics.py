@@ -23,3 +23,17 @@ def test_a_worker_still_creating_its_metrics_file_does_not_break_the_scrape(tmp_
     text = Metrics(multiprocess_dir=str(tmp_path)).render().decode()
 
     assert "envoi_messages_delivered_total 3.0" in text
+
+
+def test_serve_exposes_the_process_metrics_on_loopback():
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics = Metrics()
+    metrics.accepted.labels("smtp").inc(3)
+    metrics.serve(port)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'envoi_messages_accepted_total{method="smtp"} 3.0' in body.splitlines()
