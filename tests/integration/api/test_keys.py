@@ -179,3 +179,13 @@ def test_key_creation_and_revocation_are_in_the_audit_log(client, services, acco
     listed = client.simulate_get("/v3/audit-log", params={"action": "key."}, headers=basic(api_key)).json
     assert {(e["action"], e["target"]) for e in listed["items"]} >= {("key.create", key["id"]),
                                                                     ("key.revoke", key["id"])}
+
+
+@pytest.mark.parametrize("role", ["developer", "basic"])
+def test_only_admin_keys_read_the_audit_log(client, services, account, api_key, role):
+    _, secret = services.accounts.create_key(account["id"], role)
+    resp = client.simulate_get("/v3/audit-log", headers=basic(secret))
+    assert resp.status_code == 403 and "audit log" in resp.json["message"] and "items" not in resp.json
+    exported = client.simulate_get("/v3/audit-log", params={"format": "csv"}, headers=basic(secret))
+    assert exported.status_code == 403 and "key.create" not in exported.text
+    assert client.simulate_get("/v3/audit-log", headers=basic(api_key)).status_code == 200
