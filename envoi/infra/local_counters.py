@@ -9,8 +9,9 @@ import time
 
 
 class LocalCounters:
-    def __init__(self, window: float):
+    def __init__(self, window: float, max_keys: int = 100_000):
         self.window = window
+        self.max_keys = max_keys  # an outage under a spray of addresses must not grow memory for ever
         self._counts: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
@@ -21,6 +22,8 @@ class LocalCounters:
             count, until = self._counts.get(key, (0, 0.0))
             if until <= now:
                 count, until = 0, now + self.window
+                if len(self._counts) >= self.max_keys:
+                    self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
             self._counts[key] = (count + 1, until)
             return count + 1
 

@@ -16,3 +16,16 @@ def test_counts_per_key_and_restart_after_the_window():
     counters.incr("b")
     counters.forget()
     assert counters.get("b") == 0
+
+
+def test_expired_counts_are_dropped_once_the_table_is_full(monkeypatch):
+    import envoi.infra.local_counters as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    counters = module.LocalCounters(window=60, max_keys=3)
+    for key in ("a", "b", "c"):
+        counters.incr(key)
+    now[0] += 61  # every window has run out
+    counters.incr("d")
+    assert set(counters._counts) == {"d"} and counters.get("a") == 0
