@@ -8,6 +8,8 @@ import falcon
 from envoi.api import errors, forms, params
 from envoi.api.auth import AuthMiddleware
 from envoi.api.client_address import ClientAddress
+from envoi.api.dashboard import routes as dashboard
+from envoi.api.dashboard.gate import PageGate
 from envoi.api.openapi import OpenApiDocument
 from envoi.api.resources.audit import AuditLog
 from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
@@ -16,7 +18,7 @@ from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warm
 from envoi.api.resources.keys import Keys
 from envoi.api.resources.messages import Messages, StoredMessage
 from envoi.api.resources.privacy import AddressData
-from envoi.api.resources.stats import StatsTotal, Tags
+from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
@@ -28,7 +30,8 @@ Route = tuple[str, object, str | None]
 
 def create_app(settings, services) -> falcon.App:
     app = falcon.App(middleware=[params.InputGuard(), forms.ReleaseMemory(),
-                                 AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
+                                 AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls)),
+                                 PageGate(services.sessions)])
     app.req_options.strip_url_path_trailing_slash = True
     forms.configure(app)
     errors.install(app)
@@ -72,6 +75,7 @@ def routes(settings, services) -> list[Route]:
         ("/v3/{domain}/messages/{message_id}/trace", MessageTrace(accounts, services.events), None),
         # stats and tags
         ("/v3/{domain}/stats/total", StatsTotal(accounts, services.stats), None),
+        ("/v3/stats/total", AccountStatsTotal(services.stats), None),
         ("/v3/{domain}/tags", tags, None),
         ("/v3/{domain}/tags/{tag}", tags, "item"),
         ("/v3/{domain}/tags/{tag}/stats", tags, "stats"),
@@ -126,5 +130,7 @@ def routes(settings, services) -> list[Route]:
         # API keys (Mailgun's /v1/keys)
         ("/v1/keys", keys, None),
         ("/v1/keys/{key_id}", keys, "item"),
+        # the web dashboard (envoi/api/dashboard)
+        *dashboard.routes(settings, services),
     ]
 

@@ -12,6 +12,7 @@ from envoi.api import roles
 from envoi.api.errors import ApiError, unauthorized
 
 PUBLIC = "public"
+SESSION = "session"  # a dashboard page: envoi.api.dashboard.gate signs it in with the session cookie
 OPERATOR = "operator"
 CUSTOMER = "customer"  # any customer key, within what its role allows (envoi/api/roles.py)
 
@@ -26,7 +27,7 @@ class AuthMiddleware:
         if resource is None:
             return
         needs = getattr(resource, "auth", CUSTOMER)
-        if needs == PUBLIC:
+        if needs in (PUBLIC, SESSION):
             return
         secret = _basic_password(req.get_header("Authorization"))
         if not secret:

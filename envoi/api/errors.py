@@ -32,6 +32,10 @@ def unauthorized(message: str = "Forbidden") -> ApiError:
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, exception: falcon.HTTPError) -> None:
+    render_page = getattr(req.context, "render_error", None)  # the dashboard's errors are HTML pages
+    if render_page is not None:
+        render_page(req, resp, exception)
+        return
     message = getattr(exception, "message", None) or exception.description or exception.title
     resp.media = {"message": message}
     resp.content_type = falcon.MEDIA_JSON

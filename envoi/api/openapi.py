@@ -154,6 +154,8 @@ def _paths() -> dict:
                _q("resolution"), _q("duration")]
     add("/v3/{domain}/stats/total", "get", op("Totals per event type", _json(STATS), params=[d, *stats_q],
                                               tag="stats"))
+    add("/v3/stats/total", "get", op("Totals per event type over every domain of the account", _json(STATS),
+                                     params=stats_q, tag="stats"))
     add("/v3/{domain}/tags", "get", op("Tags", _json(PAGED), params=[d, _q("limit", INT), _q("page"),
                                                                       _q("tag"), _q("prefix")], tag="stats"))
     tag_p = _p("tag")

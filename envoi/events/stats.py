@@ -121,6 +121,15 @@ class Stats:
 
     # GET /v3/{domain}/stats/total -----------------------------------------------------------------
     def total(self, domain: dict, params: dict[str, list[str]], tag: str = "") -> dict:
+        return self._total([domain["id"]], params, tag)
+
+    def account_total(self, account_id: int, params: dict[str, list[str]]) -> dict:
+        """GET /v3/stats/total: the same, summed over every domain of the account."""
+        with self.db.transaction() as conn:
+            ids = [r["id"] for r in conn.execute("SELECT id FROM domains WHERE account_id = %s", (account_id,))]
+        return self._total(ids, params, "")
+
+    def _total(self, domain_ids: list[int], params: dict[str, list[str]], tag: str) -> dict:
         def one(name: str) -> str | None:
             values = [v for v in params.get(name) or [] if v.strip()]
             return values[-1].strip() if values else None
@@ -152,7 +161,7 @@ class Stats:
         start = _floor(start, resolution)
         buckets = _buckets(start, end, resolution)
         with self.db.transaction() as conn:
-            rows = store.stats(conn, domain["id"], tag, events, start, end + timedelta(microseconds=1), resolution)
+            rows = store.stats(conn, domain_ids, tag, events, start, end + timedelta(microseconds=1), resolution)
         by_bucket: dict[datetime, list[dict]] = {}
         for row in rows:
             by_bucket.setdefault(row["bucket"].replace(tzinfo=UTC), []).append(row)

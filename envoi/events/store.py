@@ -248,10 +248,10 @@ def coarsen_stats(conn: Connection, unit: str, before: datetime) -> int:
     ).fetchone()["n"]
 
 
-def stats(conn: Connection, domain_id: int, tag: str, events: list[str], start: datetime, end: datetime,
+def stats(conn: Connection, domain_ids: list[int], tag: str, events: list[str], start: datetime, end: datetime,
           resolution: str) -> list[dict]:
-    where = "domain_id = %s AND tag = %s AND event = ANY(%s) AND hour >= %s AND hour < %s"
-    args = (domain_id, tag, events, start, end)
+    where = "domain_id = ANY(%s) AND tag = %s AND event = ANY(%s) AND hour >= %s AND hour < %s"
+    args = (domain_ids, tag, events, start, end)
     return conn.execute(
         "SELECT date_trunc(%s, hour AT TIME ZONE 'UTC') AS bucket, event, severity, reason, method,"
         " sum(count)::bigint AS count FROM ("

@@ -12,6 +12,8 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 def routes_of(app) -> set[tuple[str, str]]:
     out = set()
     for route in falcon.inspect.inspect_routes(app):
+        if route.path.startswith("/dashboard"):
+            continue  # the web dashboard's pages are not part of the API
         for m in route.methods:
             if not m.internal and m.method.lower() in METHODS:
                 out.add((route.path, m.method.lower()))

@@ -18,6 +18,16 @@ class StatsTotal(DomainScoped):
         resp.media = self.stats.total(self.domain(req, domain), query_params(req))
 
 
+class AccountStatsTotal:
+    """GET /v3/stats/total: Mailgun's account-level totals (every domain of the caller's account)."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.stats.account_total(req.context.principal.account_id, query_params(req))
+
+
 class Tags(DomainScoped):
     def __init__(self, accounts, stats, public_url: str):
         super().__init__(accounts)

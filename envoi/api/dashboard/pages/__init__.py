@@ -1,0 +1,1 @@
+"""Dashboard pages, one module per area; each reads the same services as the API resources."""
