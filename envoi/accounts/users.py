@@ -109,6 +109,15 @@ class Users:
         except IntegrityError:
             raise AlreadyExists(f"{email} is already a user here") from None
 
+    def set_password(self, user: dict, password: str, *, actor: str, ip: str | None = None) -> None:
+        """A new password for the user; every session of theirs ends (whoever held one must sign in again)."""
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise InvalidInput(f"Password length must be between {MIN_PASSWORD} and {MAX_PASSWORD} characters")
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (crypto.hash_password(password), user["id"]))
+            self.sessions.logout_everywhere(user["id"], conn=conn)
+            self.audit.record(user["account_id"], actor, "user.password_set", user["email"], ip=ip, conn=conn)
+
     # reading ----------------------------------------------------------------------------------
     def list_users(self, account_id: int | None) -> list[dict]:
         """An account's users; None lists the operators."""

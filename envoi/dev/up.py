@@ -14,6 +14,8 @@ from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
 
 DEMO_DOMAIN = "demo.envoi.test"
+DEMO_ADMIN = f"admin@{DEMO_DOMAIN}"
+DEMO_OPERATOR = "operator@envoi.test"
 SMTP_DEV_PORT, SMTPS_DEV_PORT = 2587, 2465  # `envoi smtp --dev`
 
 
@@ -71,10 +73,30 @@ def _demo(settings: Settings, var: Path) -> dict:
             password = previous.get("ENVOI_SMTP_PASSWORD", "")
             if domain["state"] == "unverified":
                 services.accounts.set_domain_state(domain["id"], "active")
+        people = _demo_people(services, domain["account_id"], previous)
         return {"ENVOI_API_KEY": key, "ENVOI_DOMAIN": DEMO_DOMAIN, "ENVOI_SMTP_USER": f"postmaster@{DEMO_DOMAIN}",
-                "ENVOI_SMTP_PASSWORD": password, "ENVOI_ACCOUNT_ID": str(domain["account_id"])}
+                "ENVOI_SMTP_PASSWORD": password, "ENVOI_ACCOUNT_ID": str(domain["account_id"]), **people}
     finally:
         services.close()
+
+
+def _demo_people(services, account_id: int, previous: dict) -> dict:
+    """The dashboard's demo sign-ins: an admin of the demo account and a platform operator. A password
+    kept in var/demo.env is reused; a lost one is replaced (the person stays, their sessions end)."""
+    people = {}
+    for prefix, email, account in (("ENVOI_DASHBOARD", DEMO_ADMIN, account_id), ("ENVOI_OPERATOR", DEMO_OPERATOR, None)):
+        password = previous.get(f"{prefix}_PASSWORD") or secrets.token_urlsafe(12)
+        existing = next((u for u in services.users.list_users(account) if u["email"] == email), None)
+        if existing is None:
+            if account is None:
+                services.users.create_operator(email, password, actor="envoi up")
+            else:
+                _, token = services.users.invite(account, email, "admin", actor="envoi up")
+                services.users.accept_invitation(token, password)
+        elif not previous.get(f"{prefix}_PASSWORD"):
+            services.users.set_password(existing, password, actor="envoi up")
+        people |= {f"{prefix}_EMAIL": email, f"{prefix}_PASSWORD": password}
+    return people
 
 
 def _read_env(path: Path) -> dict:
@@ -145,6 +167,9 @@ def _banner(v: dict) -> str:
         f"Envoi is up (region {os.environ.get('ENVOI_REGION', 'eu')}). Everything it sends lands in the dev sink.",
         f"  API       {v['ENVOI_API_URL']}   key {v['ENVOI_API_KEY']}",
         f"  domain    {v['ENVOI_DOMAIN']}",
+        f"  dashboard {v['ENVOI_API_URL']}/dashboard   sign in as {v['ENVOI_DASHBOARD_EMAIL']}"
+        f"  password {v['ENVOI_DASHBOARD_PASSWORD']}",
+        f"            operator {v['ENVOI_OPERATOR_EMAIL']}  password {v['ENVOI_OPERATOR_PASSWORD']}",
         f"  dev sink  {v['ENVOI_SINK_URL']}  (received mail; JSON at /messages)",
         f"  SMTP      {v['ENVOI_SMTP_HOST']}:{v['ENVOI_SMTP_PORT']} (STARTTLS), :{SMTPS_DEV_PORT} (TLS)"
         f"   login {v['ENVOI_SMTP_USER']}  password {v['ENVOI_SMTP_PASSWORD']}",
