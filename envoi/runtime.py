@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from envoi.accounts.audit import Audit
@@ -108,8 +109,11 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
     )
     # Dashboard users: their sessions, failed-login throttle and the account audit log.
-    sessions = Sessions(db)
-    users = Users(db, sealer, sessions, audit, LoginThrottle(redis, f"envoi:{settings.region}:login-failures"))
+    sessions = Sessions(db, idle=timedelta(seconds=settings.session_idle),
+                        absolute=timedelta(seconds=settings.session_max))
+    throttle = LoginThrottle(redis, f"envoi:{settings.region}:login-failures", max_per_email=settings.login_max_failures,
+                             max_per_ip=settings.login_max_failures_ip, window=settings.login_window)
+    users = Users(db, sealer, sessions, audit, throttle)
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,

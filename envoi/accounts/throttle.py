@@ -13,6 +13,7 @@ import hashlib
 import logging
 
 from envoi.accounts.errors import LoginThrottled
+from envoi.infra.client_unit import client_unit
 from envoi.infra.local_counters import LocalCounters
 from envoi.infra.redis import RedisError
 
@@ -31,7 +32,7 @@ class LoginThrottle:
 
     def _keys(self, email: str, ip: str | None) -> tuple[str, str]:
         digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
-        return f"{self.prefix}:email:{digest}", f"{self.prefix}:ip:{ip or '-'}"
+        return f"{self.prefix}:email:{digest}", f"{self.prefix}:ip:{client_unit(ip)}"  # IPv6: per /64
 
     def check(self, email: str, ip: str | None) -> None:
         """Raise LoginThrottled while this email or this address has used up its failures."""

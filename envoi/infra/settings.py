@@ -194,6 +194,17 @@ class Settings:
     smtp_auth_max_failures_ip: int = 20
     #: ENVOI_SMTP_AUTH_WINDOW: the failed-AUTH counting window (15m).
     smtp_auth_window: float = 900.0
+    #: ENVOI_SESSION_IDLE: a dashboard session ends after this long without a request (30m).
+    session_idle: float = 1800.0
+    #: ENVOI_SESSION_MAX: a dashboard session ends this long after sign-in, however busy (12h).
+    session_max: float = 43200.0
+    #: ENVOI_LOGIN_MAX_FAILURES: failed dashboard sign-ins per email per window before that email gets 429 (5).
+    login_max_failures: int = 5
+    #: ENVOI_LOGIN_MAX_FAILURES_IP: failed dashboard sign-ins per client address (IPv6: per /64) per window,
+    #: any email, before that address gets 429 (20).
+    login_max_failures_ip: int = 20
+    #: ENVOI_LOGIN_WINDOW: the failed sign-in counting window (15m).
+    login_window: float = 900.0
     #: ENVOI_ALLOW_FOREIGN_FROM (older name ENVOI_SMTP_ALLOW_FOREIGN_FROM): let the API and SMTP send
     #: From addresses outside the sending domain and its subdomains, as Mailgun does (off).
     allow_foreign_from: bool = False
@@ -342,6 +353,16 @@ class Settings:
             values["smtp_auth_max_failures_ip"] = int(v)
         if v := env.get("ENVOI_SMTP_AUTH_WINDOW"):
             values["smtp_auth_window"] = _seconds(v)
+        if v := env.get("ENVOI_SESSION_IDLE"):
+            values["session_idle"] = _seconds(v)
+        if v := env.get("ENVOI_SESSION_MAX"):
+            values["session_max"] = _seconds(v)
+        if v := env.get("ENVOI_LOGIN_MAX_FAILURES"):
+            values["login_max_failures"] = int(v)
+        if v := env.get("ENVOI_LOGIN_MAX_FAILURES_IP"):
+            values["login_max_failures_ip"] = int(v)
+        if v := env.get("ENVOI_LOGIN_WINDOW"):
+            values["login_window"] = _seconds(v)
         if v := env.get("ENVOI_ALLOW_FOREIGN_FROM", env.get("ENVOI_SMTP_ALLOW_FOREIGN_FROM")):
             values["allow_foreign_from"] = _bool(v)
         if v := env.get("ENVOI_SMTP_MAX_CONNECTIONS"):

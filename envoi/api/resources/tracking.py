@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import ipaddress
 from typing import NoReturn
 
 import falcon
@@ -14,6 +13,7 @@ from envoi.api.client_address import ClientAddress
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.api.scope import DomainScoped
+from envoi.infra.client_unit import client_unit
 from envoi.mta.tracking import ForgedToken, InvalidToken
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -54,7 +54,7 @@ class Guard:
         count = 0
         if self.redis is not None:
             # An IPv6 client holds a whole /64: counted per address it could forge from a fresh one each time.
-            key = self.prefix + (_v6_prefix(client) if ":" in client else client or "-")
+            key = self.prefix + client_unit(client)
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.incr(key)
@@ -66,13 +66,6 @@ class Guard:
             raise ApiError(429, "Too many invalid tracking links from this address; try again later",
                            headers={"Retry-After": "60"})
         raise ApiError(404, "Not found")
-
-
-def _v6_prefix(address: str) -> str:
-    try:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    except ValueError:
-        return address
 
 
 class _TokenEndpoint:

@@ -7,19 +7,9 @@ any TLS or SMTP work. Used only from the server's event loop, so plain counters 
 
 from __future__ import annotations
 
-import ipaddress
+from envoi.infra.client_unit import client_unit
 
 TOO_MANY = b"421 4.7.0 Too many connections, try again later\r\n"
-
-
-def address_key(ip: str) -> str:
-    """The unit a client is counted by: its IPv4 address, or its IPv6 /64 (one subscriber's share)."""
-    if ":" not in ip:
-        return ip
-    try:
-        return str(ipaddress.ip_network(f"{ip.partition('%')[0]}/64", strict=False))
-    except ValueError:
-        return ip
 
 
 class ConnectionLimit:
@@ -33,7 +23,7 @@ class ConnectionLimit:
 
     def admit(self, ip: str) -> str | None:
         """Take a slot for a new connection from `ip`; the key to release(), or None when over a cap."""
-        key = address_key(ip)
+        key = client_unit(ip)
         held = self._by_address.get(key, 0)
         if (self.total and self.open >= self.total) or (self.per_address and held >= self.per_address):
             return None
@@ -48,4 +38,4 @@ class ConnectionLimit:
             self._by_address[key] = held
 
     def held_by(self, ip: str) -> int:
-        return self._by_address.get(address_key(ip), 0)
+        return self._by_address.get(client_unit(ip), 0)

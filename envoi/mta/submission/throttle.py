@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from envoi.infra.client_unit import client_unit
 from envoi.infra.local_counters import LocalCounters
 from envoi.infra.redis import RedisError
-from envoi.mta.submission.limits import address_key
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 8.0  # seconds: the longest a failed AUTH waits before its 535
@@ -35,7 +35,7 @@ class AuthThrottle:
 
     def _keys(self, ip: str, login: str) -> tuple[str, str]:
         digest = hashlib.sha256(login.strip().lower().encode("utf-8", "surrogateescape")).hexdigest()[:24]
-        address = address_key(ip)
+        address = client_unit(ip)
         return f"{self.prefix}:ip:{address}", f"{self.prefix}:pair:{address}:{digest}"
 
     def blocked(self, ip: str, login: str) -> bool:

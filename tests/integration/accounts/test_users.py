@@ -210,3 +210,19 @@ def test_the_scheduler_purges_expired_sessions(services, account, db):
     purge.run()
     assert db.execute("SELECT count(*) AS n FROM user_sessions WHERE user_id = %s", (user["id"],)).fetchone()["n"] == 0
     assert services.sessions.resolve(token) is None
+
+
+def test_session_lengths_and_login_limits_come_from_settings(settings):
+    import dataclasses
+    from datetime import timedelta
+
+    from envoi import runtime
+
+    built = runtime.build(dataclasses.replace(settings, session_idle=60, session_max=600, login_max_failures=2,
+                                              login_max_failures_ip=7, login_window=30), pool_size=1)
+    try:
+        assert (built.sessions.idle, built.sessions.absolute) == (timedelta(seconds=60), timedelta(seconds=600))
+        throttle = built.users.throttle
+        assert (throttle.max_per_email, throttle.max_per_ip, throttle.window) == (2, 7, 30)
+    finally:
+        built.close()
