@@ -29,9 +29,9 @@ Route = tuple[str, object, str | None]
 
 
 def create_app(settings, services) -> falcon.App:
-    app = falcon.App(middleware=[params.InputGuard(), forms.ReleaseMemory(),
-                                 AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls)),
-                                 PageGate(services.sessions)])
+    # PageGate first: a dashboard request refused by any later middleware still gets an HTML page.
+    app = falcon.App(middleware=[PageGate(services.sessions), params.InputGuard(), forms.ReleaseMemory(),
+                                 AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
     app.req_options.strip_url_path_trailing_slash = True
     forms.configure(app)
     errors.install(app)

@@ -51,7 +51,8 @@ class Page:
         return {sessions.COOKIE_NAME: self.token}
 
     def get(self, path: str, **params):
-        return self.client.simulate_get(path, params=params or None, cookies=self.cookies)
+        query = urlencode(params, doseq=True, encoding="utf-8", errors="surrogatepass") if params else None
+        return self.client.simulate_get(path, query_string=query, cookies=self.cookies)
 
     def post(self, path: str, data: dict | None = None, *, csrf: bool = True, origin: str | None = ORIGIN,
              **kwargs):
@@ -61,7 +62,7 @@ class Page:
         headers = {"Content-Type": "application/x-www-form-urlencoded", **kwargs.pop("headers", {})}
         if origin is not None:
             headers["Origin"] = origin
-        return self.client.simulate_post(path, body=urlencode(fields, doseq=True), headers=headers,
+        return self.client.simulate_post(path, body=urlencode(fields, doseq=True, encoding="utf-8", errors="surrogatepass"), headers=headers,
                                          cookies=self.cookies, **kwargs)
 
 
