@@ -111,7 +111,7 @@ class Intake:
             self._check_test_recipients(domain, draft)
         for check in self.checks:
             check(domain, draft)
-        for render in self.renderers:
+        for render in () if draft.rendered else self.renderers:
             draft = render(domain, draft)
         return Accepted(f"<{draft.message_id}>", draft.method, self._rows_for(domain, draft))
 
