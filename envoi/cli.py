@@ -279,11 +279,14 @@ def accounts_reinstate(account_id: int) -> None:
 @click.option("--yes", is_flag=True, help="Confirm: closing is final.")
 def accounts_close(account_id: int, yes: bool) -> None:
     """Close ACCOUNT_ID for good (the customer deleted it): its keys, SMTP logins and users stop working at
-    once. Its data is kept until the purge (issue 15)."""
+    once and its mail still waiting is cancelled. Its data is kept until the purge (issue 15)."""
     if not yes:
         raise click.UsageError("closing an account is final: pass --yes")
-    row = _services().accounts.close(account_id, actor="cli")
-    click.echo(json.dumps({"id": row["id"], "state": row["state"], "closed_at": row["closed_at"].isoformat()}))
+    services = _services()
+    row = services.accounts.close(account_id, actor="cli")
+    cancelled = services.storage.cancel_account_queue(account_id)
+    click.echo(json.dumps({"id": row["id"], "state": row["state"], "closed_at": row["closed_at"].isoformat(),
+                           "cancelled_recipients": cancelled}))
 
 
 @main.group()

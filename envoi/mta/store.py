@@ -228,15 +228,20 @@ def lock_message_recipients(conn: Connection, domain_id: int, storage_key: str) 
         " ORDER BY id FOR UPDATE", (message["id"],)).fetchall()
 
 
-def lock_queued_of_domain(conn: Connection, domain_id: int, limit: int) -> list[dict]:
-    """Up to `limit` queued recipients of the domain that no relay holds, locked (skipping rows a relay is
-    claiming right now: those are in flight), with their messages' metadata for the events."""
+def lock_queued(conn: Connection, limit: int, *, domain_id: int | None = None,
+                account_id: int | None = None) -> list[dict]:
+    """Up to `limit` queued recipients of the domain (or of the whole account) that no relay holds, locked
+    (skipping rows a relay is claiming right now: those are in flight), with their messages' metadata for
+    the events. Rare operator/customer actions: they read the queued rows' index, not a per-domain one."""
+    column, value = ("domain_id", domain_id) if domain_id is not None else ("account_id", account_id)
+    if value is None:
+        raise ValueError("lock_queued needs a domain or an account")
     return conn.execute(
         "SELECT r.id, r.address, m.id AS message_pk, m.account_id, m.domain_id, m.message_id, m.mail_from,"
         " m.headers, m.tags, m.user_variables, m.options, m.attachments, m.size, m.method"
         " FROM recipients r JOIN messages m ON m.id = r.message_pk"
-        " WHERE r.domain_id = %s AND r.status = 'queued' AND (r.leased_until IS NULL OR r.leased_until < now())"
-        " ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED", (domain_id, limit)).fetchall()
+        f" WHERE r.{column} = %s AND r.status = 'queued' AND (r.leased_until IS NULL OR r.leased_until < now())"
+        " ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED", (value, limit)).fetchall()
 
 
 def cancel_recipients(conn: Connection, ids: list[int], reason: str) -> None:

@@ -74,10 +74,18 @@ class StoredMessages:
         """Mailgun's DELETE /v3/{domain}/envelopes: cancel every recipient of the domain still waiting
         (as cancel() does, in transactions of CANCEL_BATCH); those a relay holds right now go on. Returns
         how many were cancelled."""
+        return self._cancel_all(domain_id=domain["id"])
+
+    def cancel_account_queue(self, account_id: int) -> int:
+        """cancel_queue() for every domain of the account: what closing an account does to its mail still
+        waiting (call it after Accounts.close, as `envoi accounts close` does)."""
+        return self._cancel_all(account_id=account_id)
+
+    def _cancel_all(self, **scope: int) -> int:
         total = 0
         while True:
             with self.db.transaction() as conn:
-                rows = store.lock_queued_of_domain(conn, domain["id"], CANCEL_BATCH)
+                rows = store.lock_queued(conn, CANCEL_BATCH, **scope)
                 events = self._cancel(conn, [(r, {**r, "id": r["message_pk"]}) for r in rows])
             self.events.committed(events)
             total += len(rows)

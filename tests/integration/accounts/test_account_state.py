@@ -120,6 +120,8 @@ def test_closed_account_keys_logins_and_users_stop_working(client, server, clien
     with pytest.raises(AccountClosed):
         services.users.login(email, PASSWORD)
     assert services.sessions.resolve(session) is None  # signed out everywhere
+    user_id = db.execute("SELECT id FROM users WHERE email = %s", (email,)).fetchone()["id"]
+    assert services.sessions.resolve(services.sessions.start(user_id, ip=None)) is None  # a login racing the close
     assert messages_of(db, domain) == []
     with pytest.raises(InvalidInput):  # final: neither reinstated nor suspended
         services.accounts.reinstate(account["id"])
@@ -142,7 +144,6 @@ def test_suspended_users_still_sign_in_and_see_why(services, account):
 
 def test_list_accounts_shows_state_and_counts(client, services, account, domain, api_key, queued_cleanup):
     accepted(send_form(client, api_key, domain, to="a@dest.test, b@dest.test"))
-    services.stats.fold()
     services.accounts.suspend(account["id"], "review")
     row = next(r for r in services.accounts.list_accounts("suspended") if r["id"] == account["id"])
     assert (row["state"], row["state_reason"], row["domains"], row["users"], row["accepted_30d"]) == (
@@ -162,3 +163,47 @@ def test_bad_state_changes_change_nothing(services, account, db):
     assert services.accounts.get_account(account["id"])["state"] == "active"
     assert db.execute("SELECT count(*) AS n FROM audit_log WHERE account_id = %s AND action LIKE 'account.%%'",
                       (account["id"],)).fetchone()["n"] == 0
+
+
+@pytest.fixture
+def cli_env(settings, monkeypatch):
+    """The region's settings as the CLI reads them: from ENVOI_* variables."""
+    import base64
+
+    monkeypatch.setenv("ENVOI_REGION", settings.region)
+    monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
+    monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
+    monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
+    return monkeypatch
+
+
+def test_cli_suspends_lists_reinstates_and_closes(cli_env, client, services, account, domain, api_key, db):
+    from click.testing import CliRunner
+
+    from envoi.cli import main
+
+    assert services.accounts.authenticate_key(api_key).account_state == "active"  # cached in this process
+    result = CliRunner().invoke(main, ["accounts", "suspend", str(account["id"]), "--reason", "chargeback"])
+    assert result.exit_code == 0, result.output
+    assert services.accounts.authenticate_key(api_key).account_state == "suspended"  # the CLI's change reached us
+    assert send_form(client, api_key, domain).status_code == 403
+    listed = CliRunner().invoke(main, ["accounts", "list", "--state", "suspended"]).output
+    assert f"{account['id']}\t{account['name']}\teu\tfree\tsuspended\t1\t0\t0\tchargeback" in listed.splitlines()
+    assert CliRunner().invoke(main, ["accounts", "reinstate", str(account["id"])]).exit_code == 0
+    later = accepted(send_form(client, api_key, domain))
+    db.execute("UPDATE recipients SET next_attempt_at = now() + interval '1 hour' WHERE domain_id = %s",
+               (domain["id"],))  # waiting, as if scheduled
+
+    result = CliRunner().invoke(main, ["accounts", "close", str(account["id"])])
+    assert result.exit_code == 2 and services.accounts.get_account(account["id"])["state"] == "active"
+    result = CliRunner().invoke(main, ["accounts", "close", str(account["id"]), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert '"cancelled_recipients": 1' in result.output
+    assert services.accounts.authenticate_key(api_key) is None
+    assert db.execute("SELECT r.status, r.last_message FROM recipients r JOIN messages m ON m.id = r.message_pk"
+                      " WHERE m.message_id = %s", (later.message_id,)).fetchone() == {
+        "status": "failed", "last_message": "cancelled"}
+    result = CliRunner().invoke(main, ["accounts", "reinstate", str(account["id"])])
+    assert result.exit_code == 1 and f"Error: Account {account['id']} is closed" in result.output
+    actions = [e["action"] for e in services.audit.list(account["id"]) if e["action"].startswith("account.")]
+    assert actions == ["account.closed", "account.reinstated", "account.suspended"]  # newest first
