@@ -159,3 +159,15 @@ def test_envelopes_delete_clears_the_domains_waiting_mail(client, api_key, domai
     assert [statuses(db, m)[0][1:] for m in ids] == [("failed", "cancelled"), ("failed", "cancelled"), ("queued", None)]
     assert all(any(e["data"].get("reason") == "cancelled" for e in events_of(db, m)) for m in ids[:2])
     db.execute("UPDATE recipients SET status = 'failed' WHERE domain_id = %s AND status = 'queued'", (domain["id"],))
+
+
+def test_a_tracked_message_is_resent_as_stored_not_tracked_twice(client, api_key, domain, db, sink, relay):
+    html = '<p>Hello <a href="https://shop.example/order/42">your order</a></p>'
+    first = accepted(send_form(client, api_key, domain, to="first@dest.test", html=html,
+                               **{"o:tracking-clicks": "yes", "o:tracking-opens": "yes"}))
+    [original] = sink.wait_for(1)
+    assert "shop.example/order/42" not in original["data"]  # the link was rewritten once, at the first accept
+    resp = post_form(client, storage_path(db, first.message_id), api_key, {"to": "second@dest.test"})
+    assert resp.status_code == 200, resp.text
+    again = wait_until(lambda: sink.messages(to="second@dest.test"))[0]
+    assert body_of(again) == body_of(original)
