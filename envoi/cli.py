@@ -246,10 +246,47 @@ def accounts_create(name: str, plan: str) -> None:
 
 
 @accounts.command("list")
-def accounts_list() -> None:
-    """List the region's accounts: id, name, region, plan."""
-    for row in _services().accounts.list_accounts():
-        click.echo(f"{row['id']}\t{row['name']}\t{row['region']}\t{row['plan']}")
+@click.option("--state", type=click.Choice(["active", "suspended", "closed"]), default=None,
+              help="Only the accounts in this state.")
+def accounts_list(state: str | None) -> None:
+    """List the region's accounts: id, name, region, plan, state, domains, users, recipients accepted in
+    the last 30 days, and the suspension reason."""
+    for row in _services().accounts.list_accounts(state):
+        click.echo(f"{row['id']}\t{row['name']}\t{row['region']}\t{row['plan']}\t{row['state']}\t"
+                   f"{row['domains']}\t{row['users']}\t{row['accepted_30d']}\t{row['state_reason']}")
+
+
+@accounts.command("suspend")
+@click.argument("account_id", type=int)
+@click.option("--reason", required=True, help="Why: shown to the account's users in the dashboard.")
+def accounts_suspend(account_id: int, reason: str) -> None:
+    """Stop ACCOUNT_ID sending (API 403, SMTP 550 5.7.1) at once in every process; its keys still read and
+    its users still sign in. Mail it already queued is delivered."""
+    row = _services().accounts.suspend(account_id, reason, actor="cli")
+    click.echo(json.dumps({"id": row["id"], "state": row["state"], "reason": row["state_reason"]}))
+
+
+@accounts.command("reinstate")
+@click.argument("account_id", type=int)
+def accounts_reinstate(account_id: int) -> None:
+    """Let a suspended ACCOUNT_ID send again."""
+    row = _services().accounts.reinstate(account_id, actor="cli")
+    click.echo(json.dumps({"id": row["id"], "state": row["state"]}))
+
+
+@accounts.command("close")
+@click.argument("account_id", type=int)
+@click.option("--yes", is_flag=True, help="Confirm: closing is final.")
+def accounts_close(account_id: int, yes: bool) -> None:
+    """Close ACCOUNT_ID for good (the customer deleted it): its keys, SMTP logins and users stop working at
+    once and its mail still waiting is cancelled. Its data is kept until the purge (issue 15)."""
+    if not yes:
+        raise click.UsageError("closing an account is final: pass --yes")
+    services = _services()
+    row = services.accounts.close(account_id, actor="cli")
+    cancelled = services.storage.cancel_account_queue(account_id)
+    click.echo(json.dumps({"id": row["id"], "state": row["state"], "closed_at": row["closed_at"].isoformat(),
+                           "cancelled_recipients": cancelled}))
 
 
 @main.group()

@@ -49,3 +49,22 @@ class LoginThrottled(AccountsError):
 class InvitationInvalid(AccountsError):
     http_status = 400
     message = "This invitation is unknown, used or expired"
+
+
+class AccountSuspended(AccountsError):
+    """The account may not send: an operator (or billing) suspended it. Its keys still read, its users
+    still sign in (to see why). 403 as Mailgun refuses a disabled domain ("Domain X is not allowed to
+    send: ..."); over SMTP 550 5.7.1 (RFC 3463: delivery not authorized, message refused)."""
+
+    http_status = 403
+    smtp_code, smtp_enhanced = 550, "5.7.1"
+
+
+class AccountClosed(AccountsError):
+    """The account was closed (deleted by its customer): nothing it holds works any more. Its API keys
+    are simply unknown (401); this is what a dashboard login or an SMTP session opened before the
+    closing is told."""
+
+    http_status = 403
+    smtp_code, smtp_enhanced = 550, "5.7.1"
+    message = "This account is closed"

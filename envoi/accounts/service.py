@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from envoi.accounts import dnscheck, store
 from envoi.accounts.audit import Audit
-from envoi.accounts.errors import AlreadyExists, InvalidInput, NotFound
+from envoi.accounts.errors import AccountClosed, AccountSuspended, AlreadyExists, InvalidInput, NotFound
 from envoi.infra import crypto, dkim_keys, ids
 from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database, IntegrityError
@@ -20,6 +20,8 @@ ROLES = ("admin", "developer", "sending", "basic", "operator")  # what each may 
 ADDRESS_RE = re.compile(r"^[^@\s]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+$")
 MAX_AUTHORIZED_RECIPIENTS = 5  # Mailgun's limit
 MAX_KEY_LIFETIME = 10 * 365 * 86400  # seconds; beyond this `expiration` is surely a mistake
+ACCOUNT_STATES = ("active", "suspended", "closed")
+MAX_REASON = 500
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Principal:
     account_id: int | None
     role: str  # one of ROLES
     domain: str | None = None  # set for domain sending keys and SMTP logins
+    account_state: str = "active"  # as read with the key or login (see Accounts.refresh)
 
     @property
     def is_operator(self) -> bool:
@@ -52,6 +55,8 @@ class Accounts:
         self.audit = audit  # key creation and revocation are account actions
         self.sealer = sealer
         self.region = region
+        # Bumped when keys are revoked and when an account changes state: either way every process's
+        # cached principals and account states are stale at once (see authenticate_key).
         self.key_revocations = key_revocations
         # PERF: the sending domain is read for every accepted message; changes made in this process
         # (delete, state) drop the entry at once, other processes see them within the TTL.
@@ -61,6 +66,7 @@ class Accounts:
         # revoking a key bumps it, so every process reads Postgres again on its next request (a
         # revocation takes effect at once everywhere). Expiry takes effect within 3 s.
         self._keys = TTLCache(ttl=3.0)
+        self._states = TTLCache(ttl=3.0)  # account id -> state, filed under the same generation
 
     def sending_domain(self, name: str, account_id: int) -> dict | None:
         """get_domain() for the send path, cached briefly; None if the account has no such domain
@@ -82,9 +88,87 @@ class Accounts:
         with self.db.transaction() as conn:
             return store.insert_account(conn, name, self.region, plan)
 
-    def list_accounts(self) -> list[dict]:
+    def list_accounts(self, state: str | None = None) -> list[dict]:
+        """Every account of the region (or those in `state`), oldest first, with its state, state_reason,
+        state_changed_at, closed_at and the counts an operator page shows: domains, users, accepted_30d
+        (recipients accepted in the last 30 days)."""
+        if state is not None and state not in ACCOUNT_STATES:
+            raise InvalidInput(f"state must be one of {', '.join(ACCOUNT_STATES)}")
         with self.db.transaction() as conn:
-            return store.list_accounts(conn)
+            return store.list_accounts(conn, state)
+
+    # account state ----------------------------------------------------------------------------
+    # Suspending, reinstating and closing take effect at once in every process: the change bumps the
+    # generation that cached principals and account states are filed under (authenticate_key), so no
+    # send pays a Postgres round trip to learn it. Mail already queued is left to the relay (as Mailgun
+    # leaves what a disabled domain had accepted); the API's DELETE /v3/{domain}/envelopes clears it.
+    def suspend(self, account_id: int, reason: str, *, actor: str = "cli", ip: str | None = None) -> dict:
+        """Stop the account sending (API and SMTP refuse with AccountSuspended); its keys still read and
+        its users still sign in, to see `reason`. Suspending again replaces the reason. Returns the row."""
+        reason = " ".join((reason or "").split())
+        if not 0 < len(reason) <= MAX_REASON:
+            raise InvalidInput(f"a suspension needs a reason (at most {MAX_REASON} characters)")
+        return self._change_state(account_id, "suspended", reason, "account.suspended", actor, ip)
+
+    def reinstate(self, account_id: int, *, actor: str = "cli", ip: str | None = None) -> dict:
+        """Let a suspended account send again. A closed account cannot be reinstated."""
+        return self._change_state(account_id, "active", "", "account.reinstated", actor, ip)
+
+    def close(self, account_id: int, *, actor: str = "cli", ip: str | None = None) -> dict:
+        """The customer deleted the account: from now its API keys are unknown (401), its SMTP logins fail,
+        its users cannot sign in and their sessions end. Final. closed_at is recorded; purging the
+        account's data within 90 days of it is issue 15's (not done here: the rows stay until then)."""
+        return self._change_state(account_id, "closed", "", "account.closed", actor, ip)
+
+    def _change_state(self, account_id: int, state: str, reason: str, action: str, actor: str,
+                      ip: str | None) -> dict:
+        with self.db.transaction() as conn:
+            before = store.set_account_state(conn, account_id, state, reason)
+            if before is None:
+                raise NotFound(f"Account not found: {account_id}")
+            if before["state"] == "closed":
+                raise InvalidInput(f"Account {account_id} is closed")
+            if state == "active" and before["state"] == "active":
+                raise InvalidInput(f"Account {account_id} is not suspended")
+            if state == "closed":
+                store.end_account_sessions(conn, account_id)
+            self.audit.record(account_id, actor, action, str(account_id), ip=ip, conn=conn,
+                              details={"from": before["state"], "to": state, **({"reason": reason} if reason else {})})
+            row = store.get_account(conn, account_id)
+        self._keys_changed()  # every process: cached principals and states are stale now
+        self._sending_domains.forget()
+        return row
+
+    def account_state(self, account_id: int) -> str:
+        """The account's state ('active', 'suspended', 'closed'; a missing account reads as closed),
+        cached under the generation a state change bumps: current in every process, with no Postgres
+        round trip while it holds."""
+        generation = self.key_revocations.current()
+        if generation is None:  # Redis cannot say: trust only Postgres
+            return self._read_state(account_id)
+        return self._states.get((generation, account_id), lambda: self._read_state(account_id))
+
+    def _read_state(self, account_id: int) -> str:
+        with self.db.transaction() as conn:
+            row = store.account_state(conn, account_id)
+        return row["state"] if row else "closed"
+
+    def refresh(self, principal: Principal) -> Principal:
+        """The principal with its account's current state (a long SMTP session's login was read once)."""
+        if principal.account_id is None:
+            return principal
+        state = self.account_state(principal.account_id)
+        return principal if state == principal.account_state else replace(principal, account_state=state)
+
+    @staticmethod
+    def ensure_may_send(principal: Principal, domain_name: str) -> None:
+        """Refuse a send from a suspended or closed account (in Mailgun's words for a domain that may not
+        send). Reads only the principal: authenticate_key and refresh keep its state current."""
+        if principal.account_state == "suspended":
+            raise AccountSuspended(f"Domain {domain_name} is not allowed to send: the account is suspended;"
+                                   " its users can see why in the dashboard")
+        if principal.account_state == "closed":
+            raise AccountClosed()
 
     def get_account(self, account_id: int) -> dict:
         with self.db.transaction() as conn:
@@ -290,16 +374,18 @@ class Accounts:
                               keep=lambda found: found is not None)
 
     def _keys_changed(self) -> None:
-        """Keys were revoked (deleted, or their domain went): every process stops accepting them now."""
+        """Keys were revoked (deleted, or their domain went) or an account changed state: every process
+        rereads keys and states from Postgres on its next request."""
         self.key_revocations.bump()
         self._keys.forget()
+        self._states.forget()
 
     def _find_key(self, digest: str) -> Principal | None:
         with self.db.transaction() as conn:
             row = store.find_api_key(conn, digest)
         if not row:
             return None
-        return Principal(row["id"], row["account_id"], row["role"], row["domain_name"])
+        return Principal(row["id"], row["account_id"], row["role"], row["domain_name"], row["account_state"])
 
     def list_keys(self, account_id: int | None) -> list[dict]:
         """An account's keys (None: the operator's); the rows hold only hashes of the secrets."""
@@ -366,7 +452,7 @@ class Accounts:
         stored = row["password_hash"] if row else _DUMMY_HASH
         if not crypto.verify_password(stored, password) or not row:
             return None
-        return Principal(None, row["account_id"], "sending", row["domain_name"])
+        return Principal(None, row["account_id"], "sending", row["domain_name"], row["account_state"])
 
     @staticmethod
     def _account(conn: Connection, account_id: int) -> dict:

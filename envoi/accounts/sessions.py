@@ -62,12 +62,14 @@ class Sessions:
 
     def resolve(self, token: str) -> dict | None:
         """The live session's user (id, account_id, email, role) and the session's times, touching
-        last_seen; None when unknown, idle too long or past its absolute limit."""
+        last_seen; None when unknown, idle too long, past its absolute limit or its account closed."""
         with self.db.transaction() as conn:
             return conn.execute(
                 "UPDATE user_sessions s SET last_seen_at = now() FROM users u"
                 " WHERE s.token_hash = %s AND u.id = s.user_id"
                 "   AND s.expires_at > now() AND s.last_seen_at > now() - %s"
+                # closing an account ends its sessions; this also refuses one a login racing the close made
+                "   AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = u.account_id AND a.state = 'closed')"
                 " RETURNING u.id AS user_id, u.account_id, u.email, u.role, s.created_at, s.ip",
                 (crypto.token_hash(token), self.idle)).fetchone()
 

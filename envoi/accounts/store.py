@@ -21,8 +21,45 @@ def get_account(conn: Connection, account_id: int) -> dict | None:
     return conn.execute("SELECT * FROM accounts WHERE id = %s", (account_id,)).fetchone()
 
 
-def list_accounts(conn: Connection) -> list[dict]:
-    return conn.execute("SELECT * FROM accounts ORDER BY id").fetchall()
+def list_accounts(conn: Connection, state: str | None = None) -> list[dict]:
+    """Every account (or those in `state`) with what an operator's page shows beside it: its domains,
+    its dashboard users and the recipients it had accepted in the last 30 days (from the stats rollup
+    and its few seconds of counts not yet folded, as the stats API reads them: a few hundred rows per
+    domain at most, never the messages table)."""
+    where, args = ("WHERE a.state = %s", (state,)) if state else ("", ())
+    return conn.execute(
+        "SELECT a.*,"
+        " (SELECT count(*) FROM domains d WHERE d.account_id = a.id) AS domains,"
+        " (SELECT count(*) FROM users u WHERE u.account_id = a.id) AS users,"
+        " ((SELECT coalesce(sum(s.count), 0) FROM event_stats_hourly s JOIN domains d ON d.id = s.domain_id"
+        "   WHERE d.account_id = a.id AND s.tag = '' AND s.event = 'accepted'"
+        "   AND s.hour >= now() - interval '30 days')"
+        "  + (SELECT coalesce(sum(p.count), 0) FROM event_stats_pending p"
+        "   WHERE p.account_id = a.id AND p.tag = '' AND p.event = 'accepted'))::bigint AS accepted_30d"
+        f" FROM accounts a {where} ORDER BY a.id", args).fetchall()
+
+
+def set_account_state(conn: Connection, account_id: int, state: str, reason: str) -> dict | None:
+    """Move the account to `state`; returns the row as it was before (None: no such account). A closed
+    account stays closed."""
+    before = conn.execute("SELECT * FROM accounts WHERE id = %s FOR UPDATE", (account_id,)).fetchone()
+    if before is None or before["state"] == "closed":
+        return before
+    conn.execute(
+        "UPDATE accounts SET state = %s, state_reason = %s, state_changed_at = now(),"
+        " closed_at = CASE WHEN %s = 'closed' THEN now() END WHERE id = %s",
+        (state, reason, state, account_id))
+    return before
+
+
+def end_account_sessions(conn: Connection, account_id: int) -> int:
+    """Sign every user of the account out (it was closed)."""
+    return conn.execute("DELETE FROM user_sessions s USING users u WHERE u.id = s.user_id AND u.account_id = %s",
+                        (account_id,)).rowcount
+
+
+def account_state(conn: Connection, account_id: int) -> dict | None:
+    return conn.execute("SELECT state, state_reason FROM accounts WHERE id = %s", (account_id,)).fetchone()
 
 
 def insert_domain(conn: Connection, **row) -> dict:
@@ -129,8 +166,10 @@ def insert_api_key(conn: Connection, **row) -> dict:
 
 def find_api_key(conn: Connection, secret_hash: bytes) -> dict | None:
     return conn.execute(
-        "SELECT k.*, d.name AS domain_name FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id"
-        " WHERE k.secret_hash = %s AND NOT k.is_disabled AND (k.expires_at IS NULL OR k.expires_at > now())",
+        "SELECT k.*, d.name AS domain_name, coalesce(a.state, 'active') AS account_state"
+        " FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id LEFT JOIN accounts a ON a.id = k.account_id"
+        " WHERE k.secret_hash = %s AND NOT k.is_disabled AND (k.expires_at IS NULL OR k.expires_at > now())"
+        " AND a.state IS DISTINCT FROM 'closed'",
         (secret_hash,),
     ).fetchone()
 
@@ -159,8 +198,9 @@ def insert_credential(conn: Connection, domain_id: int, login: str, password_has
 
 def find_credential(conn: Connection, login: str) -> dict | None:
     return conn.execute(
-        "SELECT c.*, d.name AS domain_name, d.account_id FROM smtp_credentials c"
-        " JOIN domains d ON d.id = c.domain_id WHERE c.login = %s",
+        "SELECT c.*, d.name AS domain_name, d.account_id, a.state AS account_state FROM smtp_credentials c"
+        " JOIN domains d ON d.id = c.domain_id JOIN accounts a ON a.id = d.account_id"
+        " WHERE c.login = %s AND a.state <> 'closed'",
         (login.lower(),),
     ).fetchone()
 

@@ -17,6 +17,7 @@ from functools import cached_property
 from envoi.accounts import roles, totp
 from envoi.accounts.audit import Audit
 from envoi.accounts.errors import (
+    AccountClosed,
     AlreadyExists,
     InvalidInput,
     InvalidLogin,
@@ -139,12 +140,18 @@ class Users:
     def login(self, email: str, password: str, *, code: str | None = None, account_id: int | None = None,
               ip: str | None = None, user_agent: str = "") -> tuple[dict, str]:
         """Check the password (and the second factor when the user has one); returns (user, session token).
-        `account_id` picks among accounts where one email is a user of several (default: the first match)."""
+        `account_id` picks among accounts where one email is a user of several (default: the first match).
+        A closed account's users are refused (AccountClosed, after the password); a suspended one's sign
+        in (the user dict says account_state 'suspended' and the reason)."""
         self.throttle.check(email, ip)
         user = self._password_match(email.strip(), password, account_id)
         if user is None:
             self.throttle.failed(email, ip)
             raise InvalidLogin()
+        if user["account_state"] == "closed":  # said only to whoever knows the password
+            self.audit.record(user["account_id"], actor_of(user), "login.failed", user["email"], ip=ip,
+                              details={"reason": "account closed"})
+            raise AccountClosed()
         with self.db.transaction() as conn:
             if user["totp_secret"] is None:
                 how = "password"
@@ -165,13 +172,16 @@ class Users:
         return _public(user), token
 
     def _password_match(self, email: str, password: str, account_id: int | None) -> dict | None:
-        sql = "SELECT *, totp_secret IS NOT NULL AS totp_enabled FROM users WHERE lower(email) = lower(%s)"
+        sql = ("SELECT u.*, u.totp_secret IS NOT NULL AS totp_enabled, a.state AS account_state,"
+               " a.state_reason AS account_state_reason"
+               " FROM users u LEFT JOIN accounts a ON a.id = u.account_id WHERE lower(u.email) = lower(%s)")
         args: tuple = (email,)
         if account_id is not None:
-            sql += " AND account_id = %s"
+            sql += " AND u.account_id = %s"
             args += (account_id,)
         with self.db.transaction() as conn:
-            candidates = conn.execute(sql + " ORDER BY id LIMIT 5", args).fetchall()
+            # An email that is a user of several accounts signs in to an open one before a closed one.
+            candidates = conn.execute(sql + " ORDER BY a.state = 'closed', u.id LIMIT 5", args).fetchall()
         if not candidates:
             crypto.verify_password(self._decoy_hash, password)  # the same argon2 work as a known email
             return None
@@ -249,4 +259,7 @@ def _totp_context(user_id: int) -> bytes:
 
 
 def _public(user: dict) -> dict:
-    return {k: user[k] for k in ("id", "account_id", "email", "role", "totp_enabled", "created_at")}
+    """What login returns about the user; account_state and account_state_reason (None for an operator)
+    let the dashboard tell a suspended account's users why it cannot send."""
+    return {k: user.get(k) for k in ("id", "account_id", "email", "role", "totp_enabled", "created_at",
+                                     "account_state", "account_state_reason")}

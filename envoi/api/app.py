@@ -16,7 +16,7 @@ from envoi.api.resources.domains import AuthorizedRecipients, Credentials, Domai
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
 from envoi.api.resources.keys import Keys
-from envoi.api.resources.messages import Messages, StoredMessage
+from envoi.api.resources.messages import Envelopes, Messages, StoredMessage
 from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
@@ -66,7 +66,9 @@ def routes(settings, services) -> list[Route]:
         # sending and stored messages
         ("/v3/{domain}/messages", messages, None),
         ("/v3/{domain}/messages.mime", messages, "mime"),
-        ("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(accounts, services.storage), None),
+        ("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(accounts, services.storage, services.intake),
+         None),  # GET, POST (resend), DELETE (cancel while it waits)
+        ("/v3/{domain}/envelopes", Envelopes(accounts, services.storage), None),  # DELETE: clear the queue
         # events: the log and its paging URLs, the live stream, message trace
         ("/v3/{domain}/events", events, None),
         ("/v3/{domain}/events/{token}", events, "page"),

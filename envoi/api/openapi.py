@@ -196,6 +196,22 @@ def _paths() -> dict:
     add("/v3/domains/{domain}/messages/{storage_key}", "get", op(
         "A stored message (the storage.url of its events); Accept: message/rfc2822 for the MIME",
         _json(OBJ), params=[d, _p("storage_key")], tag="messages"))
+    cancelled = {"type": "object", "required": ["message", "cancelled_recipients"],
+                 "properties": {"message": STR, "cancelled_recipients": INT}}
+    add("/v3/domains/{domain}/messages/{storage_key}", "post", op(
+        "Resend a stored message to the `to` recipients (a new message: new Message-ID, sent now)", _json(QUEUED),
+        params=[d, _p("storage_key")], body=_form({"to": {"type": "array", "items": SHORT, "maxItems": 5}}, ("to",)),
+        tag="messages"))
+    add("/v3/domains/{domain}/messages/{storage_key}", "delete", op(
+        "Envoi extension: cancel a message still waiting (scheduled with o:deliverytime, or queued for a"
+        " retry). Its waiting recipients get a permanent `failed` event with reason `cancelled`; 409 when"
+        " it was already delivered or failed, or a relay is delivering it right now",
+        _json(cancelled), params=[d, _p("storage_key")], tag="messages",
+        responses={"409": _json(ERROR, "Nothing of the message is waiting any more")}))
+    add("/v3/{domain}/envelopes", "delete", op(
+        "Delete the domain's scheduled and undelivered mail (each waiting recipient gets a permanent"
+        " `failed` event with reason `cancelled`; what a relay is delivering right now goes on)",
+        _json(cancelled), params=[d], tag="messages"))
     add("/v3/domains/{domain}/credentials", "get", op("SMTP credentials", _json(
         {"type": "object", "required": ["total_count", "items"], "properties": {"total_count": INT, "items": {"type": "array"}}}),
         params=[d], tag="domains"))

@@ -98,6 +98,7 @@ class Draft:
     method: str = "http"
     deliver_at: float | None = None
     from_addresses: list[str] = field(default_factory=list)  # checked against the sending domain
+    rendered: bool = False  # already rendered once (a resent stored copy): intake skips the renderers
 
     @property
     def size(self) -> int:

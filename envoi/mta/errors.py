@@ -40,3 +40,19 @@ class TrackingSettingsError(EnvoiError):
     """Bad input to the tracking settings API."""
 
     http_status = 400
+
+
+class MessageNotFound(IntakeError):
+    """No stored message with that storage key in this domain (or its body is past retention)."""
+
+    http_status = 404
+    smtp_code, smtp_enhanced = 550, "5.7.1"
+    message = "Message not found"
+
+
+class NotCancellable(IntakeError):
+    """Nothing of the message is waiting any more: every recipient was delivered, failed, or is being
+    delivered by a relay right now."""
+
+    http_status = 409
+    smtp_code, smtp_enhanced = 550, "5.7.1"

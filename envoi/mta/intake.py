@@ -78,12 +78,14 @@ class Intake:
                                    delay=settings.intake_commit_delay, timeout=wait)
 
     def domain_for(self, principal: Principal, domain_name: str) -> dict:
-        """The caller's sending domain, or DomainNotFound (also for another tenant's domain)."""
+        """The caller's sending domain, or DomainNotFound (also for another tenant's domain); refused
+        for a suspended or closed account (the principal carries its account's current state)."""
         domain_name = domain_name.lower()
         allowed = principal.may_send_as(domain_name) and principal.account_id is not None
         domain = self.accounts.sending_domain(domain_name, principal.account_id) if allowed else None
         if domain is None:
             raise DomainNotFound(f"Domain not found: {domain_name}")
+        self.accounts.ensure_may_send(principal, domain_name)  # suspended or closed (no I/O)
         if domain["state"] == "disabled":
             raise NotAllowed(f"Domain {domain_name} is not allowed to send: domain is disabled")
         return domain
@@ -109,7 +111,7 @@ class Intake:
             self._check_test_recipients(domain, draft)
         for check in self.checks:
             check(domain, draft)
-        for render in self.renderers:
+        for render in () if draft.rendered else self.renderers:
             draft = render(domain, draft)
         return Accepted(f"<{draft.message_id}>", draft.method, self._rows_for(domain, draft))
 

@@ -163,7 +163,8 @@ def next_due_at(conn: Connection) -> datetime | None:
 
 def stored_message(conn: Connection, domain_id: int, storage_key: str) -> dict | None:
     return conn.execute(
-        "SELECT m.id, m.storage_key, m.mail_from, m.headers, m.body, m.attachments,"
+        "SELECT m.id, m.storage_key, m.mail_from, m.headers, m.body, m.attachments, m.tags, m.user_variables,"
+        " m.options, m.size, m.account_id, m.domain_id, m.method,"
         " array(SELECT r.address FROM recipients r WHERE r.message_pk = m.id ORDER BY r.id) AS recipients"
         " FROM messages m WHERE m.domain_id = %s AND m.storage_key = %s",
         (domain_id, storage_key),
@@ -211,3 +212,39 @@ def erase_recipient(conn: Connection, account_id: int, address: str) -> dict:
         " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_pk = m.id)",
         (list(set(pks)),)).rowcount
     return {"recipients": len(pks), "messages": deleted}
+
+
+def lock_message_recipients(conn: Connection, domain_id: int, storage_key: str) -> tuple[dict | None, list[dict]]:
+    """The message (metadata, no body) and its recipients, locked against the relay's claim until the
+    transaction ends; (None, []) when the domain has no such message."""
+    message = conn.execute(
+        "SELECT id, account_id, domain_id, message_id, mail_from, headers, tags, user_variables, options,"
+        " attachments, size, method FROM messages WHERE domain_id = %s AND storage_key = %s",
+        (domain_id, storage_key)).fetchone()
+    if message is None:
+        return None, []
+    return message, conn.execute(
+        "SELECT id, address, status, leased_until > now() AS leased FROM recipients WHERE message_pk = %s"
+        " ORDER BY id FOR UPDATE", (message["id"],)).fetchall()
+
+
+def lock_queued(conn: Connection, limit: int, *, domain_id: int | None = None,
+                account_id: int | None = None) -> list[dict]:
+    """Up to `limit` queued recipients of the domain (or of the whole account) that no relay holds, locked
+    (skipping rows a relay is claiming right now: those are in flight), with their messages' metadata for
+    the events. Rare operator/customer actions: they read the queued rows' index, not a per-domain one."""
+    column, value = ("domain_id", domain_id) if domain_id is not None else ("account_id", account_id)
+    if value is None:
+        raise ValueError("lock_queued needs a domain or an account")
+    return conn.execute(
+        "SELECT r.id, r.address, m.id AS message_pk, m.account_id, m.domain_id, m.message_id, m.mail_from,"
+        " m.headers, m.tags, m.user_variables, m.options, m.attachments, m.size, m.method"
+        " FROM recipients r JOIN messages m ON m.id = r.message_pk"
+        f" WHERE r.{column} = %s AND r.status = 'queued' AND (r.leased_until IS NULL OR r.leased_until < now())"
+        " ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED", (value, limit)).fetchall()
+
+
+def cancel_recipients(conn: Connection, ids: list[int], reason: str) -> None:
+    """Take queued recipients out of the schedule as failed (the relay claims only queued ones)."""
+    conn.execute("UPDATE recipients SET status = 'failed', last_message = %s, leased_until = NULL,"
+                 " lease_owner = NULL, updated_at = now() WHERE id = ANY(%s) AND status = 'queued'", (reason, ids))

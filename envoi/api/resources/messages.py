@@ -107,11 +107,13 @@ def _refusal(handler, req: falcon.Request, *args) -> ApiError | None:
 
 
 class StoredMessage(DomainScoped):
-    """GET /v3/domains/{d}/messages/{storage_key}: a stored message, while retention keeps it."""
+    """/v3/domains/{d}/messages/{storage_key}: GET a stored message (while retention keeps it), POST to
+    resend it (Mailgun's resend, `to` required), DELETE to cancel it while it waits (an Envoi extension)."""
 
-    def __init__(self, accounts, storage):
+    def __init__(self, accounts, storage, intake):
         super().__init__(accounts)
         self.storage = storage
+        self.intake = intake
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
         found = self.storage.get(self.domain(req, domain)["id"], storage_key)
@@ -122,3 +124,29 @@ class StoredMessage(DomainScoped):
             resp.media = {"body-mime": mime.decode("utf-8", "replace"), "recipients": ",".join(row["recipients"])}
             return
         resp.media = parsed(row, mime)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
+        fields, _ = read_form(req)
+        if not fields.get("to"):
+            raise ApiError(400, "to parameter is missing")
+        domain_row = self.intake.domain_for(req.context.principal, domain)  # may it send (state, tenant)
+        recipients = [addr for _, addr in parse_addresses("to", fields["to"])]
+        draft = self.storage.resend_draft(domain_row, storage_key, recipients)
+        message_id = self.intake.accept(req.context.principal, domain_row, draft)
+        resp.media = {"id": message_id, "message": QUEUED}
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
+        cancelled = self.storage.cancel(self.domain(req, domain), storage_key)
+        resp.media = {"message": "Message cancelled", "cancelled_recipients": cancelled}
+
+
+class Envelopes(DomainScoped):
+    """DELETE /v3/{d}/envelopes: Mailgun's "delete scheduled and undelivered mail" of the domain."""
+
+    def __init__(self, accounts, storage):
+        super().__init__(accounts)
+        self.storage = storage
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        cancelled = self.storage.cancel_queue(self.domain(req, domain))
+        resp.media = {"message": "done", "cancelled_recipients": cancelled}

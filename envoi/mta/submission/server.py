@@ -24,6 +24,9 @@ Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 1
 * The sending domain is the credential's domain. MAIL FROM and the From header must be at that
   domain or one of its subdomains (553/550 5.7.1) unless foreign senders are allowed by setting: the
   same rule as the HTTP API's (envoi.mta.senders, applied to the From header by intake).
+* A closed account's logins fail AUTH like a wrong password (535 5.7.8). A suspended (or, since AUTH,
+  closed) account is refused at each MAIL with 550 5.7.1, its state read as the HTTP API reads it
+  (Accounts.refresh: cached under the generation a state change bumps, so it holds at once).
 * X-Mailgun-* headers are read as send options and removed from the stored message.
 * SMTPUTF8 (RFC 6531) is offered. MAIL FROM and RCPT TO addresses are checked by the same
   compose.normalize_address as the API's; a non-ASCII one needs SMTPUTF8 on MAIL FROM (553 5.6.7).
@@ -255,6 +258,14 @@ class _Handler:
 
     async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]) -> str:
         principal: Principal = session.auth_data
+        # The login's account may have been suspended or closed since AUTH: its current state (cached
+        # under the generation a change bumps; a worker thread, as it may read Redis) before each
+        # message. The commit stage checks the principal again (Intake.domain_for).
+        try:
+            principal = session.auth_data = await self.submission.run(self.submission.accounts.refresh, principal)
+            self.submission.accounts.ensure_may_send(principal, principal.domain or "")
+        except EnvoiError as ex:
+            return ex.smtp_reply()
         if not (envelope.smtp_utf8 or address.isascii()):
             return SMTPUTF8_NEEDED
         try:
