@@ -42,15 +42,22 @@ stored and counted: the remote did receive it, and the sender cannot know -- thi
 "lost 250" window in which a retry produces a duplicate, which is what tests want to observe.
 Messages answered 4xx/5xx are not stored; every DATA is counted in ``attempts`` so retries show.
 
-HTTP: GET / (HTML list), GET /messages[?to=addr&since_id=N], GET /messages/{id},
-GET /messages/{id}/raw, DELETE /messages, GET /stats, GET|POST|DELETE /script.
+HTTP (JSON): GET /messages[?to=addr&since_id=N], GET /messages/{id}, GET /messages/{id}/raw,
+DELETE /messages, GET /stats, GET|POST|DELETE /script.
+
+HTTP (pages, a mail catcher; rendering in sink_pages.py): GET /[?q=text] the list, newest first,
+searched over from/to/subject; GET /view/{id} one message (headers, text, HTML in a sandboxed iframe
+from /view/{id}/html[?images=1], attachments at /view/{id}/attachments/{n}, raw at /view/{id}/raw);
+POST /view/{id}/delete and POST /delete-all (forms). Every response has a strict CSP and nosniff.
+When bound to loopback, requests with a foreign Host header (DNS rebinding) and cross-origin POST or
+DELETE requests (another site's form) are refused with 403.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import html
+import ipaddress
 import json
 import logging
 import re
@@ -60,12 +67,11 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from email import policy
-from email.parser import HeaderParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
+from envoi.dev import sink_pages as pages
 from envoi.mta.listener import Listener, SessionOptions
 
 DEFAULT_DATA_REPLY = "250 2.0.0 OK"
@@ -284,6 +290,15 @@ class Sink:
                     return dict(m)
         return None
 
+    def delete(self, msg_id: int) -> bool:
+        """Forget one stored message (counters unchanged); False if it is not held."""
+        with self._cond:
+            for m in self._messages:
+                if m["id"] == msg_id:
+                    self._messages.remove(m)
+                    return True
+        return False
+
     def clear(self) -> int:
         """Forget stored messages and zero the counters (ids keep increasing); returns how many were held."""
         with self._cond:
@@ -362,6 +377,7 @@ class _HTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.sink = sink
+        self.summaries: dict[int, pages.Summary] = {}  # the list's view of each message, by id
         super().__init__(address, _HTTPHandler)
 
 
@@ -372,16 +388,37 @@ class _HTTPHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # tests and benchmarks poll a lot; request logs would only be noise
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, csp: str = pages.PAGE_CSP,
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", csp)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def _json(self, obj: Any, status: int = 200) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _html(self, body: bytes) -> None:
+        self._send(200, body, "text/html; charset=utf-8")
+
+    def _download(self, body: bytes, content_type: str, filename: str) -> None:
+        # RFC 6266: an ASCII fallback name plus the exact one percent-encoded (RFC 5987).
+        fallback = re.sub(r'[^A-Za-z0-9._ -]', "_", filename) or "download"
+        disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+        self._send(200, body, content_type, pages.DOWNLOAD_CSP, (("Content-Disposition", disposition),))
+
+    def _see_other(self, location: str) -> None:
+        self.send_response(303)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _not_found(self) -> None:
         self._json({"error": "not found"}, 404)
@@ -391,11 +428,35 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         return [p for p in url.path.split("/") if p], query
 
+    def _refused(self) -> bool:
+        """Answer 403 to requests a web page elsewhere could make through the user's browser.
+
+        A loopback sink is reachable from any site the developer visits: by DNS rebinding (a foreign
+        Host header) it could read the mail, and by a cross-site form it could delete it or set the script.
+        """
+        host = self.headers.get("Host")
+        if host is not None and _is_loopback(self.server.sink.http_host) and \
+                not _is_loopback(urlsplit("//" + host).hostname or ""):
+            self._json({"error": "unexpected Host header"}, 403)
+            return True
+        origin = self.headers.get("Origin")
+        if self.command in ("POST", "DELETE") and origin is not None and \
+                origin != f"http://{self.headers.get('Host', '')}":
+            self._json({"error": "cross-origin request refused"}, 403)
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._refused():
+            return
         sink = self.server.sink
         parts, query = self._route()
         if not parts:
-            self._send(200, _render_index(sink), "text/html; charset=utf-8")
+            self._html(pages.list_page(sink.messages(), self.server.summaries, query.get("q", "").strip()))
+        elif parts[0] == "view" and len(parts) >= 2 and parts[1].isdigit():
+            self._view(int(parts[1]), parts[2:], query)
+        elif parts[0] == "static" and len(parts) == 2 and (found := pages.static_file(parts[1])):
+            self._send(200, found[0], found[1], headers=(("Cache-Control", "no-cache"),))
         elif parts == ["messages"]:
             try:
                 since_id = int(query["since_id"]) if "since_id" in query else None
@@ -408,7 +469,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
             if msg is None or (len(parts) == 3 and parts[2] != "raw"):
                 self._not_found()
             elif len(parts) == 3:
-                self._send(200, msg["data"].encode("utf-8", "surrogateescape"), "message/rfc822")
+                self._send(200, _raw(msg), "message/rfc822")
             else:
                 self._json(msg)
         elif parts == ["stats"]:
@@ -420,17 +481,49 @@ class _HTTPHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def _view(self, msg_id: int, rest: list[str], query: dict[str, str]) -> None:
+        msg = self.server.sink.message(msg_id)
+        if msg is None:
+            return self._not_found()
+        if rest == ["raw"]:
+            return self._download(_raw(msg), "message/rfc822", f"message-{msg_id}.eml")
+        mail = pages.Mail.parse(_raw(msg))
+        images = query.get("images") == "1"
+        if not rest:
+            self._html(pages.render_view(msg, mail, images=images))
+        elif rest == ["html"] and mail.html is not None:
+            csp = pages.MAIL_HTML_IMAGES_CSP if images else pages.MAIL_HTML_CSP
+            self._send(200, pages.mail_html(mail), "text/html; charset=utf-8", csp)
+        elif len(rest) == 2 and rest[0] == "attachments" and rest[1].isdigit() \
+                and int(rest[1]) < len(mail.attachments):
+            attachment = mail.attachments[int(rest[1])]
+            self._download(attachment.payload, attachment.content_type, attachment.filename)
+        else:
+            self._not_found()
+
     def do_POST(self) -> None:
-        if self._route()[0] != ["script"]:
+        if self._refused():
+            return
+        sink = self.server.sink
+        parts = self._route()[0]
+        # The pages' forms: act, then back to the list (303, so a reload does not post again).
+        if parts == ["delete-all"]:
+            sink.clear()
+            return self._see_other("/")
+        if len(parts) == 3 and parts[0] == "view" and parts[1].isdigit() and parts[2] == "delete":
+            return self._see_other("/") if sink.delete(int(parts[1])) else self._not_found()
+        if parts != ["script"]:
             return self._not_found()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
-            self.server.sink.set_script(json.loads(body or b"{}"))
+            sink.set_script(json.loads(body or b"{}"))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError too
             return self._json({"error": str(exc)}, 400)
-        self._json(self.server.sink.script())
+        self._json(sink.script())
 
     def do_DELETE(self) -> None:
+        if self._refused():
+            return
         parts = self._route()[0]
         if parts == ["messages"]:
             self._json({"deleted": self.server.sink.clear()})
@@ -441,38 +534,15 @@ class _HTTPHandler(BaseHTTPRequestHandler):
             self._not_found()
 
 
-def _subject(data: str) -> str:
-    head = data.partition("\r\n\r\n")[0]  # parse headers only: bodies may be megabytes
+def _is_loopback(host: str) -> bool:
     try:
-        return str(HeaderParser(policy=policy.default).parsestr(head).get("subject", ""))
-    except Exception:  # a malformed header must not break the page
-        return ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def _render_index(sink: Sink, limit: int = 200) -> bytes:
-    e = html.escape
-    stats = sink.stats()
-    rows = []
-    for m in reversed(sink.messages()[-limit:]):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["received_at"]))
-        rows.append(
-            f"<tr><td>{m['id']}</td><td>{e(when)}</td><td>{e(m['mail_from'] or '<>')}</td>"
-            f"<td>{e(', '.join(m['rcpt_tos']))}</td><td>{e(_subject(m['data']))}</td>"
-            f"<td>{e(m['peer'])}{' (TLS)' if m['tls'] else ''}</td>"
-            f"<td><a href=\"/messages/{m['id']}/raw\">raw</a></td></tr>"
-        )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>Envoi sink</title>
-<style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}}</style>
-</head><body><h1>Envoi sink</h1>
-<p>{stats['messages']} messages, {stats['recipients']} recipients, {stats['attempts']} DATA attempts;
-showing the latest {len(rows)}. <a href="/messages">JSON</a> · <a href="/stats">stats</a></p>
-<table><tr><th>#</th><th>Received</th><th>From</th><th>To</th><th>Subject</th><th>Peer</th><th></th></tr>
-{''.join(rows)}
-</table></body></html>
-"""
-    # Headers may carry undecodable bytes (surrogates); never fail the page for them.
-    return page.encode("utf-8", "replace")
+def _raw(msg: dict[str, Any]) -> bytes:
+    return msg["data"].encode("utf-8", "surrogateescape")
 
 
 def serve(smtp_host: str, smtp_port: int, http_host: str, http_port: int, **kw: Any) -> None:
