@@ -20,8 +20,9 @@ from email.parser import BytesParser, HeaderParser
 from pathlib import Path
 from typing import Any
 
-PAGE_CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; frame-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# connect-src: the list's "new mail" notice asks the sink's JSON API (sink_static/sink.js).
+PAGE_CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+            "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 MAIL_HTML_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAIL_HTML_IMAGES_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: https: http:"
 DOWNLOAD_CSP = "sandbox; default-src 'none'"  # should a browser show a download inline anyway
@@ -246,7 +247,7 @@ def mail_html(mail: Mail) -> bytes:
 def _page(title: str, body: str) -> bytes:
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title><link rel="stylesheet" href="/static/sink.css"><script src="/static/sink.js" defer></script>
+<title>{e(title)}</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/static/sink.css"><script src="/static/sink.js" defer></script>
 </head><body>
 {body}
 </body></html>
