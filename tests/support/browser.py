@@ -4,7 +4,8 @@ Fixtures (registered in tests/conftest.py):
 
 * ``browser``: a headless Chromium, one per test module (see below why not per session).
 * ``page``: a fresh browser context and page per test; when the test fails, a full-page screenshot is
-  saved to ``test-screenshots/<test name>.png`` and its path is printed with the failure.
+  saved to ``test-screenshots/<test name>.png`` (or $ENVOI_TEST_SCREENSHOTS) and its path is shown
+  with the failure.
 
 Helper: ``axe_violations(page, impact=("critical",))`` runs axe-core in the page and returns the
 violations of those impacts (each a dict with "id", "impact", "help", "nodes").
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +28,7 @@ import pytest
 from tests.support.paths import ROOT
 
 CHROMIUM = os.environ.get("ENVOI_TEST_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = ROOT / "test-screenshots"
+SCREENSHOTS = Path(os.environ.get("ENVOI_TEST_SCREENSHOTS", ROOT / "test-screenshots"))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def page(browser, request):
         report = getattr(request.node, "rep_call", None)  # set by tests/conftest.py's makereport hook
         if report is not None and report.failed:
             path = screenshot_path(request.node.name)
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(path), full_page=True)
             print(f"screenshot: {path}")
             # The call's report is the one shown under FAILURES: name the file there too.
@@ -61,7 +63,7 @@ def page(browser, request):
         context.close()
 
 
-def screenshot_path(test_name: str):
+def screenshot_path(test_name: str) -> Path:
     return SCREENSHOTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name) + ".png")
 
 
