@@ -81,6 +81,7 @@ DEFER_FOREVER_REPLY = "451 4.3.0 Deferred by sink script"
 DATA_SIZE_LIMIT = 50 * 1024 * 1024
 
 _REPLY_LINE = re.compile(r"[2-5][0-9][0-9]( [^\r\n]*)?")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*", re.ASCII)
 
 
 def _reply(value: Any, specials: tuple[str, ...] = ()) -> str:
@@ -412,6 +413,8 @@ class _HTTPHandler(BaseHTTPRequestHandler):
     def _download(self, body: bytes, content_type: str, filename: str) -> None:
         # RFC 6266: an ASCII fallback name plus the exact one percent-encoded (RFC 5987).
         fallback = re.sub(r'[^A-Za-z0-9._ -]', "_", filename) or "download"
+        if not _MEDIA_TYPE.fullmatch(content_type):  # the mail's own word: keep only a plain type/subtype
+            content_type = "application/octet-stream"
         disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
         self._send(200, body, content_type, pages.DOWNLOAD_CSP, (("Content-Disposition", disposition),))
 
@@ -436,8 +439,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         Host header) it could read the mail, and by a cross-site form it could delete it or set the script.
         """
         host = self.headers.get("Host")
-        if host is not None and _is_loopback(self.server.sink.http_host) and \
-                not _is_loopback(urlsplit("//" + host).hostname or ""):
+        if host is not None and _is_loopback(self.server.sink.http_host) and not _is_loopback(_hostname(host)):
             self._json({"error": "unexpected Host header"}, 403)
             return True
         origin = self.headers.get("Origin")
@@ -454,7 +456,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         parts, query = self._route()
         if not parts:
             self._html(pages.list_page(sink.messages(), self.server.summaries, query.get("q", "").strip()))
-        elif parts[0] == "view" and len(parts) >= 2 and parts[1].isdigit():
+        elif parts[0] == "view" and len(parts) >= 2 and _is_number(parts[1]):
             self._view(int(parts[1]), parts[2:], query)
         elif parts[0] == "static" and len(parts) == 2 and (found := pages.static_file(parts[1])):
             self._send(200, found[0], found[1], headers=(("Cache-Control", "no-cache"),))
@@ -465,7 +467,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
                 return self._json({"error": "since_id must be an integer"}, 400)
             items = sink.messages(to=query.get("to"), since_id=since_id)
             self._json({"items": items, "total": len(items)})
-        elif parts[0] == "messages" and len(parts) in (2, 3) and parts[1].isdigit():
+        elif parts[0] == "messages" and len(parts) in (2, 3) and _is_number(parts[1]):
             msg = sink.message(int(parts[1]))
             if msg is None or (len(parts) == 3 and parts[2] != "raw"):
                 self._not_found()
@@ -495,7 +497,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         elif rest == ["html"] and mail.html is not None:
             csp = pages.MAIL_HTML_IMAGES_CSP if images else pages.MAIL_HTML_CSP
             self._send(200, pages.mail_html(mail), "text/html; charset=utf-8", csp)
-        elif len(rest) == 2 and rest[0] == "attachments" and rest[1].isdigit() \
+        elif len(rest) == 2 and rest[0] == "attachments" and _is_number(rest[1]) \
                 and int(rest[1]) < len(mail.attachments):
             attachment = mail.attachments[int(rest[1])]
             self._download(attachment.payload, attachment.content_type, attachment.filename)
@@ -511,7 +513,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         if parts == ["delete-all"]:
             sink.clear()
             return self._see_other("/")
-        if len(parts) == 3 and parts[0] == "view" and parts[1].isdigit() and parts[2] == "delete":
+        if len(parts) == 3 and parts[0] == "view" and _is_number(parts[1]) and parts[2] == "delete":
             return self._see_other("/") if sink.delete(int(parts[1])) else self._not_found()
         if parts != ["script"]:
             return self._not_found()
@@ -535,11 +537,22 @@ class _HTTPHandler(BaseHTTPRequestHandler):
             self._not_found()
 
 
+def _hostname(host_header: str) -> str:
+    try:
+        return urlsplit("//" + host_header).hostname or ""
+    except ValueError:  # e.g. an unclosed "[::1"
+        return ""
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_number(part: str) -> bool:
+    return part.isascii() and part.isdigit()  # "²".isdigit() too, and int() refuses it
 
 
 def _raw(msg: dict[str, Any]) -> bytes:
