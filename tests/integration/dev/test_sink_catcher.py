@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import smtplib
+import socket
 import threading
 from email import policy
 from email.message import EmailMessage
@@ -267,6 +268,7 @@ def test_foreign_host_and_cross_origin_forms_are_refused(sink):
     rebound = requests.get(f"{sink.url}/view/{msg['id']}/raw", headers={"Host": "evil.test"}, timeout=5)
     assert rebound.status_code == 403 and b"Private" not in rebound.content
     assert requests.get(f"{sink.url}/messages", headers={"Host": "evil.test:80"}, timeout=5).status_code == 403
+    assert requests.get(f"{sink.url}/messages", headers={"Host": "[::1"}, timeout=5).status_code == 403
     # Another site's form posting to the sink.
     for path in ("/delete-all", f"/view/{msg['id']}/delete"):
         reply = requests.post(sink.url + path, headers={"Origin": "http://evil.test"}, timeout=5)
@@ -284,6 +286,10 @@ def test_view_of_unknown_message_is_404(sink):
     for path in ("/view/999", "/view/999/html", "/view/999/raw", "/view/999/attachments/0", "/view/x"):
         assert requests.get(sink.url + path, timeout=5).status_code == 404
     assert requests.post(sink.url + "/view/999/delete", timeout=5).status_code == 404
+    for path in ("/view/\xb2", "/messages/\xb2"):  # a raw byte: "²" to the server, a digit to str.isdigit()
+        with socket.create_connection(("127.0.0.1", sink.http_port), timeout=5) as conn:
+            conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode("latin-1"))
+            assert conn.recv(100).startswith(b"HTTP/1.0 404 ")
     for path in ("/static/../sink.py", "/static/sink.py", "/static/nope.css"):
         assert requests.get(sink.url + path, timeout=5).status_code == 404
     assert requests.get(sink.url + "/static/sink.css", timeout=5).headers["Content-Type"].startswith("text/css")
