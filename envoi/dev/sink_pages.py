@@ -204,7 +204,16 @@ def render_view(msg: dict[str, Any], mail: Mail, *, images: bool) -> bytes:
                 ("Client", f"{msg['peer']} (HELO {msg['helo']})" + (", TLS" if msg["tls"] else "")),
                 ("Received", _time(msg["received_at"], plain=True))]
     envelope_rows = "".join(f"<tr><th scope=\"row\">{e(k)}</th><td>{e(v)}</td></tr>" for k, v in envelope)
+    first = {k.lower(): v for k, v in reversed(mail.headers)}
+    byline = " · ".join(f"<strong>{label}</strong> {e(first[name])}" for name, label in
+                        (("from", "From"), ("to", "To"), ("cc", "Cc"), ("date", "Date")) if first.get(name))
     sections = []
+    if mail.attachments:
+        items = "".join(
+            f"<li><a href=\"/view/{mid}/attachments/{n}\" download>{e(a.filename)}</a> "
+            f"<span class=\"muted\">{e(a.content_type)}, {e(_size(len(a.payload)))}</span></li>"
+            for n, a in enumerate(mail.attachments))
+        sections.append(f'<section aria-labelledby="h-att"><h2 id="h-att">Attachments</h2><ul>{items}</ul></section>')
     if mail.html is not None:
         if images:
             switch = f'Remote images are shown. <a href="/view/{mid}">Block remote images</a>'
@@ -216,22 +225,17 @@ def render_view(msg: dict[str, Any], mail: Mail, *, images: bool) -> bytes:
     if mail.text is not None:
         sections.append(f'<section aria-labelledby="h-text"><h2 id="h-text">Text</h2>'
                         f'<pre class="mail-text">{e(mail.text)}</pre></section>')
-    if mail.attachments:
-        items = "".join(
-            f"<li><a href=\"/view/{mid}/attachments/{n}\" download>{e(a.filename)}</a> "
-            f"<span class=\"muted\">{e(a.content_type)}, {e(_size(len(a.payload)))}</span></li>"
-            for n, a in enumerate(mail.attachments))
-        sections.append(f'<section aria-labelledby="h-att"><h2 id="h-att">Attachments</h2><ul>{items}</ul></section>')
     body = f"""<header><a href="/">All messages</a><h1>{e(subject)}</h1></header>
 <div class="toolbar"><a href="/view/{mid}/raw" download="message-{mid}.eml">Download raw</a>
 <form method="post" action="/view/{mid}/delete" data-confirm="Delete this message?">
 <button type="submit" class="danger">Delete</button></form></div>
+<p class="byline">{byline}</p>
 <main>
+{''.join(sections)}
 <section aria-labelledby="h-headers"><h2 id="h-headers">Headers</h2>
 <table class="headers"><tbody>{headers}</tbody></table></section>
 <section aria-labelledby="h-envelope"><h2 id="h-envelope">Envelope</h2>
 <table class="headers"><tbody>{envelope_rows}</tbody></table></section>
-{''.join(sections)}
 </main>"""
     return _page(f"{subject} - Envoi sink", body)
 

@@ -140,6 +140,7 @@ def test_view_shows_headers_text_and_html_in_a_sandbox_without_scripts_or_remote
     expect(page).to_have_url(f"{sink.url}/view/{msg['id']}")
     page.wait_for_load_state("load")  # the window's load waits for the iframe and its images
     expect(page.get_by_role("heading", level=1)).to_have_text("Spring sale")
+    expect(page.locator(".byline")).to_contain_text("From Alice <alice@sender.test> · To bob@rcpt.test")
     headers = page.locator("table.headers").first
     expect(headers.locator("tr", has=page.locator("th", has_text="X-Campaign"))).to_contain_text(
         "spring <sale> & more")
