@@ -17,11 +17,23 @@ from envoi.infra.settings import Settings
 
 # Fixtures shared by several test modules live in tests/support and are registered here, so that no test
 # module imports another.
-pytest_plugins = ["tests.support.api", "tests.support.dashboard", "tests.support.delivery", "tests.support.ips", "tests.support.submission"]
+pytest_plugins = [
+    "tests.support.api", "tests.support.browser", "tests.support.dashboard", "tests.support.delivery",
+    "tests.support.ips", "tests.support.submission",
+]
 
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
 CLAIM = "envoi:test:claim"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Keep each phase's report on the item (item.rep_setup, rep_call, rep_teardown): fixtures such as
+    # tests/support/browser.py's `page` look at it in their teardown to act on a failed test.
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 def _free_redis_db() -> int:

@@ -42,30 +42,31 @@ stored and counted: the remote did receive it, and the sender cannot know -- thi
 "lost 250" window in which a retry produces a duplicate, which is what tests want to observe.
 Messages answered 4xx/5xx are not stored; every DATA is counted in ``attempts`` so retries show.
 
-HTTP: GET / (HTML list), GET /messages[?to=addr&since_id=N], GET /messages/{id},
-GET /messages/{id}/raw, DELETE /messages, GET /stats, GET|POST|DELETE /script.
+HTTP (JSON): GET /messages[?to=addr&since_id=N], GET /messages/{id}, GET /messages/{id}/raw,
+DELETE /messages, GET /stats, GET|POST|DELETE /script.
+
+HTTP (served by sink_http.py; the pages, a mail catcher, are rendered by sink_pages.py): GET /[?q=text] the list, newest first,
+searched over from/to/subject; GET /view/{id} one message (headers, text, HTML in a sandboxed iframe
+from /view/{id}/html[?images=1], attachments at /view/{id}/attachments/{n}, raw at /view/{id}/raw);
+POST /view/{id}/delete and POST /delete-all (forms). Every response has a strict CSP and nosniff.
+When bound to loopback, requests with a foreign Host header (DNS rebinding) and cross-origin POST or
+DELETE requests (another site's form) are refused with 403.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import html
-import json
 import logging
 import re
 import signal
-import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from email import policy
-from email.parser import HeaderParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from envoi.dev.sink_http import SinkHTTPServer
 from envoi.mta.listener import Listener, SessionOptions
 
 DEFAULT_DATA_REPLY = "250 2.0.0 OK"
@@ -193,7 +194,7 @@ class Sink:
         self._script = _Script()
         self._handler = _Handler(self)
         self._smtp: Listener | None = None
-        self._http: _HTTPServer | None = None
+        self._http: SinkHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class Sink:
             self._smtp = Listener(self._handler, options, host=self.smtp_host, ports={"smtp": self.smtp_port},
                                   thread_name="envoi-sink-smtp").start()
             self.smtp_port = self._smtp.port
-            self._http = _HTTPServer((self.http_host, self.http_port), self)
+            self._http = SinkHTTPServer((self.http_host, self.http_port), self)
             self.http_port = self._http.server_address[1]
             # A short poll interval makes stop() quick: tests start and stop many sinks.
             self._http_thread = threading.Thread(target=self._http.serve_forever, args=(0.05,),
@@ -284,6 +285,15 @@ class Sink:
                     return dict(m)
         return None
 
+    def delete(self, msg_id: int) -> bool:
+        """Forget one stored message (counters unchanged); False if it is not held."""
+        with self._cond:
+            for m in self._messages:
+                if m["id"] == msg_id:
+                    self._messages.remove(m)
+                    return True
+        return False
+
     def clear(self) -> int:
         """Forget stored messages and zero the counters (ids keep increasing); returns how many were held."""
         with self._cond:
@@ -350,129 +360,6 @@ class Sink:
             script = self._script
             reply = script.data.popleft() if script.data else script.default_data
         return (DEFER_FOREVER_REPLY if reply == DEFER_FOREVER else reply), script.data_delay
-
-
-# -- HTTP -----------------------------------------------------------------------------------------
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], sink: Sink):
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.sink = sink
-        super().__init__(address, _HTTPHandler)
-
-
-class _HTTPHandler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    server_version = "EnvoiSink"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # tests and benchmarks poll a lot; request logs would only be noise
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, obj: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
-
-    def _not_found(self) -> None:
-        self._json({"error": "not found"}, 404)
-
-    def _route(self) -> tuple[list[str], dict[str, str]]:
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        return [p for p in url.path.split("/") if p], query
-
-    def do_GET(self) -> None:
-        sink = self.server.sink
-        parts, query = self._route()
-        if not parts:
-            self._send(200, _render_index(sink), "text/html; charset=utf-8")
-        elif parts == ["messages"]:
-            try:
-                since_id = int(query["since_id"]) if "since_id" in query else None
-            except ValueError:
-                return self._json({"error": "since_id must be an integer"}, 400)
-            items = sink.messages(to=query.get("to"), since_id=since_id)
-            self._json({"items": items, "total": len(items)})
-        elif parts[0] == "messages" and len(parts) in (2, 3) and parts[1].isdigit():
-            msg = sink.message(int(parts[1]))
-            if msg is None or (len(parts) == 3 and parts[2] != "raw"):
-                self._not_found()
-            elif len(parts) == 3:
-                self._send(200, msg["data"].encode("utf-8", "surrogateescape"), "message/rfc822")
-            else:
-                self._json(msg)
-        elif parts == ["stats"]:
-            self._json(sink.stats())
-        elif parts == ["script"]:
-            self._json(sink.script())
-        else:
-            self._not_found()
-
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
-        if self._route()[0] != ["script"]:
-            return self._not_found()
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            self.server.sink.set_script(json.loads(body or b"{}"))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-            return self._json({"error": str(exc)}, 400)
-        self._json(self.server.sink.script())
-
-    def do_DELETE(self) -> None:
-        parts = self._route()[0]
-        if parts == ["messages"]:
-            self._json({"deleted": self.server.sink.clear()})
-        elif parts == ["script"]:
-            self.server.sink.reset_script()
-            self._json(self.server.sink.script())
-        else:
-            self._not_found()
-
-
-def _subject(data: str) -> str:
-    head = data.partition("\r\n\r\n")[0]  # parse headers only: bodies may be megabytes
-    try:
-        return str(HeaderParser(policy=policy.default).parsestr(head).get("subject", ""))
-    except Exception:  # a malformed header must not break the page
-        return ""
-
-
-def _render_index(sink: Sink, limit: int = 200) -> bytes:
-    e = html.escape
-    stats = sink.stats()
-    rows = []
-    for m in reversed(sink.messages()[-limit:]):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["received_at"]))
-        rows.append(
-            f"<tr><td>{m['id']}</td><td>{e(when)}</td><td>{e(m['mail_from'] or '<>')}</td>"
-            f"<td>{e(', '.join(m['rcpt_tos']))}</td><td>{e(_subject(m['data']))}</td>"
-            f"<td>{e(m['peer'])}{' (TLS)' if m['tls'] else ''}</td>"
-            f"<td><a href=\"/messages/{m['id']}/raw\">raw</a></td></tr>"
-        )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>Envoi sink</title>
-<style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}}</style>
-</head><body><h1>Envoi sink</h1>
-<p>{stats['messages']} messages, {stats['recipients']} recipients, {stats['attempts']} DATA attempts;
-showing the latest {len(rows)}. <a href="/messages">JSON</a> · <a href="/stats">stats</a></p>
-<table><tr><th>#</th><th>Received</th><th>From</th><th>To</th><th>Subject</th><th>Peer</th><th></th></tr>
-{''.join(rows)}
-</table></body></html>
-"""
-    # Headers may carry undecodable bytes (surrogates); never fail the page for them.
-    return page.encode("utf-8", "replace")
 
 
 def serve(smtp_host: str, smtp_port: int, http_host: str, http_port: int, **kw: Any) -> None:

@@ -181,16 +181,21 @@ def test_http_script(sink):
     assert len(sink.wait_for(1)) == 1
 
 
-def test_html_page_escapes_everything(sink):
-    data = b"From: x@sender.test\r\nSubject: <script>alert(1)</script>\r\n\r\nhi\r\n"
+def test_html_pages_escape_everything(sink):
+    data = b"From: x&y@sender.test\r\nSubject: <script>alert(1)</script>\r\n\r\nhi <b>\r\n"
     asend(sink, data=data, sender="a&b@sender.test")
     [msg] = sink.wait_for(1)
     page = requests.get(sink.url + "/", timeout=5)
     assert page.headers["Content-Type"].startswith("text/html")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "<script>" not in page.text
-    assert "a&amp;b@sender.test" in page.text
-    assert f'href="/messages/{msg["id"]}/raw"' in page.text
+    assert "x&amp;y@sender.test" in page.text
+    assert f'href="/view/{msg["id"]}"' in page.text
+    view = requests.get(f"{sink.url}/view/{msg['id']}", timeout=5)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in view.text
+    assert "<script>" not in view.text
+    assert "a&amp;b@sender.test" in view.text  # the envelope
+    assert "hi &lt;b&gt;" in view.text and "<b>" not in view.text
 
 
 def test_starttls():
