@@ -100,3 +100,12 @@ def live_url(api_settings, api_services):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def sign_in(page, base_url: str, email: str, password: str, *, then: str = "/dashboard") -> None:
+    """Sign in through the login form in a real browser page (Playwright), landing on THEN."""
+    page.goto(f"{base_url}/dashboard/login?next={then}")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("main button[type=submit]")
+    page.wait_for_load_state()
