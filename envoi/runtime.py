@@ -27,6 +27,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
 from envoi.mta.intake import Intake
+from envoi.mta.queue import Queue
 from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
 from envoi.mta.tracking import Tracking
@@ -58,6 +59,7 @@ class Services:
     tracking: Tracking
     ips: Ips
     intake: Intake
+    queue: Queue
     storage: StoredMessages
     privacy: Privacy
     audit: Audit
@@ -113,7 +115,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
-        events=events, tracking=tracking, ips=ips, intake=intake,
+        events=events, tracking=tracking, ips=ips, intake=intake, queue=Queue(db),
         storage=StoredMessages(db, sealer), privacy=Privacy(db),
         audit=audit, sessions=sessions, users=users,
     )
