@@ -114,6 +114,8 @@ def test_an_ip_assigned_to_a_domain_on_the_page_is_the_apis_assignment_with_its_
 
     api = client.simulate_get("/v3/ips/127.0.0.2", headers=operator_key).json
     assert api["account_id"] == account["id"] and api["assigned_at"]
+    listed = client.simulate_get("/v3/ips", headers=operator_key).json["details"]
+    assert [(d["ip"], d["account_id"]) for d in listed] == [("127.0.0.2", account["id"]), ("127.0.0.3", None)]
     assert client.simulate_get(f"/v3/domains/{domain['name']}/ips", headers=operator_key).json["items"] == ["127.0.0.2"]
     assert db.execute("SELECT address FROM domain_ips WHERE domain_id = %s", (domain["id"],)).fetchall() == [
         {"address": "127.0.0.2"}]
