@@ -115,9 +115,10 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
-        events=events, tracking=tracking, ips=ips, intake=intake, queue=Queue(db),
+        events=events, tracking=tracking, ips=ips, intake=intake,
         storage=StoredMessages(db, sealer), privacy=Privacy(db),
         audit=audit, sessions=sessions, users=users,
+        queue=Queue(db),
     )
 
 
