@@ -261,4 +261,3 @@ def erase_recipient(conn: Connection, account_id: int, address: str) -> dict:
         " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_pk = m.id)",
         (list(set(pks)),)).rowcount
     return {"recipients": len(pks), "messages": deleted}
-
