@@ -43,6 +43,8 @@ def operator_routes(services, client_address) -> list[tuple[str, object, str | N
         (f"{op}/pools", inventory, "pools"),
         (f"{op}/pools/{{pool_id}}/add", inventory, "pool_add"),
         (f"{op}/pools/{{pool_id}}/remove", inventory, "pool_remove"),
+        (f"{op}/pools/{{pool_id}}/link", inventory, "pool_link"),
+        (f"{op}/pools/{{pool_id}}/unlink", inventory, "pool_unlink"),
         (f"{op}/ips/{{ip}}", one_ip, None),
         (f"{op}/ips/{{ip}}/unassign", one_ip, "unassign"),
         (f"{op}/ips/{{ip}}/domains/remove", one_ip, "remove_domain"),

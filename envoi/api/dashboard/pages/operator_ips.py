@@ -17,6 +17,7 @@ from envoi.infra.errors import EnvoiError
 DONE = {"assigned": "The IP is assigned.", "unassigned": "The IP is back in the free inventory.",
         "domain-added": "The domain now sends over the IP.", "domain-removed": "The domain no longer sends over the IP.",
         "pool-created": "The pool is created.", "pool-changed": "The pool is changed.",
+        "pool-linked": "The domain now sends over the pool.", "pool-unlinked": "The domain no longer sends over the pool.",
         "warmup-started": "The warm-up has started.", "warmup-stopped": "The warm-up is stopped."}
 
 
@@ -49,7 +50,8 @@ def account_id_of(req: falcon.Request, *, required: bool) -> int | None:
 class OperatorIps:
     """/dashboard/operator/ips (the inventory and pools) and its forms:
     POST .../ips/assign (ip, account_id), .../ips/assign-domain (ip, domain), .../pools (name,
-    description, account_id, ips), .../pools/{pool_id}/add and .../remove (ip)."""
+    description, account_id, ips), .../pools/{pool_id}/add and .../remove (ip), .../pools/{pool_id}/link
+    and .../unlink (domain)."""
     auth, audience = SESSION, OPERATOR
 
     def __init__(self, ips, accounts):
@@ -71,12 +73,8 @@ class OperatorIps:
             actor(req), field(req, "ip"), account_id_of(req, required=True)))
 
     def on_post_assign_domain(self, req: falcon.Request, resp: falcon.Response) -> None:
-        def assign():
-            name = field(req, "domain")
-            if not name:
-                raise FormError("domain is required")
-            self.ips.add_domain_ip(actor(req), self.accounts.get_domain(name, None), field(req, "ip"))
-        self._do(req, resp, "domain-added", assign)
+        self._do(req, resp, "domain-added", lambda: self.ips.add_domain_ip(actor(req), self._domain(req),
+                                                                           field(req, "ip")))
 
     def on_post_pools(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._do(req, resp, "pool-created", lambda: self.ips.create_pool(
@@ -90,6 +88,23 @@ class OperatorIps:
     def on_post_pool_remove(self, req: falcon.Request, resp: falcon.Response, pool_id: str) -> None:
         self._do(req, resp, "pool-changed", lambda: self.ips.update_pool(actor(req), pool_id,
                                                                          remove_ips=[field(req, "ip")]))
+
+    def on_post_pool_link(self, req: falcon.Request, resp: falcon.Response, pool_id: str) -> None:
+        self._do(req, resp, "pool-linked", lambda: self.ips.link_pool(actor(req), self._domain(req), pool_id))
+
+    def on_post_pool_unlink(self, req: falcon.Request, resp: falcon.Response, pool_id: str) -> None:
+        def unlink():
+            domain = self._domain(req)
+            if self.ips.domain_ips(domain)["pool_id"] != pool_id:
+                raise FormError(f"{domain['name']} is not linked to this pool")
+            self.ips.unlink_pool(actor(req), domain)
+        self._do(req, resp, "pool-unlinked", unlink)
+
+    def _domain(self, req: falcon.Request) -> dict:
+        name = field(req, "domain")
+        if not name:
+            raise FormError("domain is required")
+        return self.accounts.get_domain(name, None)
 
     def _do(self, req: falcon.Request, resp: falcon.Response, done: str, change) -> None:
         """Run a change; a refusal re-renders the page with the service's words (nothing was changed:

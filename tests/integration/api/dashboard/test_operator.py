@@ -194,6 +194,19 @@ def test_pools_are_created_and_their_members_change_on_the_page(operator, client
     row = row_of(operator.get("/dashboard/operator/ips").text, "data-pool", pool_id)
     assert "bulk" in row and "127.0.0.3" in row and "127.0.0.4" in row and "newsletters" in row
 
+    # A domain of the pool's account sends over it once linked; another account's domain cannot.
+    domain = new_domain(services, account, "pooled")
+    stranger = new_domain(services, services.accounts.create_account(f"s-{uuid.uuid4().hex[:6]}"), "stranger")
+    resp = operator.post(f"/dashboard/operator/pools/{pool_id}/link", {"domain": stranger["name"]})
+    assert resp.status_code == 400 and "belongs to another account" in error_of(resp.text)
+    assert operator.post(f"/dashboard/operator/pools/{pool_id}/link", {"domain": domain["name"]}).status_code == 303
+    assert client.simulate_get(f"/v3/domains/{domain['name']}/ips", headers=operator_key).json["pool_id"] == pool_id
+    assert domain["name"] in row_of(operator.get("/dashboard/operator/ips").text, "data-pool", pool_id)
+    resp = operator.post(f"/dashboard/operator/pools/{pool_id}/unlink", {"domain": stranger["name"]})
+    assert resp.status_code == 400 and "not linked to this pool" in error_of(resp.text)
+    assert operator.post(f"/dashboard/operator/pools/{pool_id}/unlink", {"domain": domain["name"]}).status_code == 303
+    assert client.simulate_get(f"/v3/domains/{domain['name']}/ips", headers=operator_key).json["pool_id"] is None
+
     resp = operator.post(f"/dashboard/operator/pools/{pool_id}/remove", {"ip": "127.0.0.2"})
     assert resp.status_code == 404 and "is not in pool" in error_of(resp.text)
     resp = operator.post("/dashboard/operator/pools/nosuchpool/add", {"ip": "127.0.0.2"})
@@ -311,6 +324,8 @@ def test_a_customer_admin_gets_a_404_on_every_operator_page_and_form_and_nothing
         ("/dashboard/operator/ips/assign-domain", {"ip": "127.0.0.2", "domain": domain["name"]}),
         ("/dashboard/operator/pools", {"name": "mine", "ips": "127.0.0.2"}),
         (f"/dashboard/operator/pools/{pool['id']}/remove", {"ip": "127.0.0.2"}),
+        (f"/dashboard/operator/pools/{pool['id']}/link", {"domain": domain["name"]}),
+        (f"/dashboard/operator/pools/{pool['id']}/unlink", {"domain": domain["name"]}),
         ("/dashboard/operator/ips/127.0.0.2/unassign", {}),
         ("/dashboard/operator/ips/127.0.0.2/domains/remove", {"domain": domain["name"]}),
         ("/dashboard/operator/ips/127.0.0.2/warmup", {"plan": "1x10"}),
@@ -321,6 +336,7 @@ def test_a_customer_admin_gets_a_404_on_every_operator_page_and_form_and_nothing
     assert db.execute("SELECT count(*) AS n FROM ip_audit").fetchone()["n"] == before
     assert services.ips.get_ip("127.0.0.2")["account_id"] is None
     assert db.execute("SELECT count(*) AS n FROM ip_pools").fetchone()["n"] == 1
+    assert db.execute("SELECT 1 FROM domain_ip_pools").fetchone() is None
     assert db.execute("SELECT 1 FROM ip_warmups").fetchone() is None
     assert services.accounts.get_account(account["id"]).get("state", "active") == "active"
 
