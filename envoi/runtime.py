@@ -28,6 +28,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
 from envoi.mta.intake import Intake
+from envoi.mta.queue import Queue
 from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
 from envoi.mta.tracking import Tracking
@@ -59,6 +60,7 @@ class Services:
     tracking: Tracking
     ips: Ips
     intake: Intake
+    queue: Queue
     storage: StoredMessages
     privacy: Privacy
     audit: Audit
@@ -120,6 +122,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         events=events, tracking=tracking, ips=ips, intake=intake,
         storage=StoredMessages(db, sealer, events), privacy=Privacy(db),
         audit=audit, sessions=sessions, users=users,
+        queue=Queue(db),
     )
 
 

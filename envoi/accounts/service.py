@@ -170,6 +170,12 @@ class Accounts:
         if principal.account_state == "closed":
             raise AccountClosed()
 
+    def overview(self, limit: int = 100, skip: int = 0) -> tuple[int, list[dict]]:
+        """For the operator: (number of accounts, a page of them by id, each with `domain_count` and
+        `user_count`)."""
+        with self.db.transaction() as conn:
+            return store.account_overview(conn, limit, skip)
+
     def get_account(self, account_id: int) -> dict:
         with self.db.transaction() as conn:
             row = store.get_account(conn, account_id)

@@ -62,6 +62,16 @@ def account_state(conn: Connection, account_id: int) -> dict | None:
     return conn.execute("SELECT state, state_reason FROM accounts WHERE id = %s", (account_id,)).fetchone()
 
 
+def account_overview(conn: Connection, limit: int, skip: int) -> tuple[int, list[dict]]:
+    """(number of accounts, a page of them by id with their counts of domains and users)."""
+    total = conn.execute("SELECT count(*) AS n FROM accounts").fetchone()["n"]
+    rows = conn.execute(
+        "SELECT a.*, (SELECT count(*) FROM domains d WHERE d.account_id = a.id) AS domain_count,"
+        " (SELECT count(*) FROM users u WHERE u.account_id = a.id) AS user_count"
+        " FROM accounts a ORDER BY a.id LIMIT %s OFFSET %s", (limit, skip)).fetchall()
+    return total, rows
+
+
 def insert_domain(conn: Connection, **row) -> dict:
     cols = ", ".join(row)
     marks = ", ".join(["%s"] * len(row))

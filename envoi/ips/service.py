@@ -317,6 +317,68 @@ class Ips:
             now = conn.execute("SELECT now() AS now").fetchone()["now"]
             return warmup.progress(address, row, store.usage(conn, address), now, details=True)
 
+    def warmup_days(self, address: str) -> dict:
+        """A warm-up day by day, for its chart: {"started_at", "today", "days": [{"day", "cap" (the plan's
+        daily limit), "sent" (what the relays spent of it)}]} over the whole plan."""
+        address = normalize_ip(address)
+        with self.db.transaction() as conn:
+            row = store.get_warmup(conn, address)
+            if row is None:
+                raise NotFound(f"IP {address} is not warming up")
+            used = {u["day_no"]: u["used"] for u in store.usage(conn, address)}
+            now = conn.execute("SELECT now() AS now").fetchone()["now"]
+        days = [{"day": stage.first_day + n, "cap": stage.cap, "sent": used.get(stage.first_day + n, 0)}
+                for stage in warmup.stages(row["plan"]) for n in range(stage.days)]
+        return {"started_at": row["started_at"], "today": warmup.day_no(row["started_at"], now), "days": days}
+
+    # the operator's view ------------------------------------------------------------------------
+    def inventory(self) -> dict:
+        """Everything the operator's IP page shows, in one read: {"ips": rows of list_ips with "pools",
+        "domains" (names of the domains sending over it, directly or through a pool), "account_name"
+        and "warmup" (progress or None)}, "pools": list_pools rows with "domains"}."""
+        with self.db.transaction() as conn:
+            ips = store.list_ips(conn)
+            pools = store.list_pools(conn)
+            direct = store.domain_assignments(conn)
+            links = store.pool_links(conn)
+            names = store.account_names(conn, sorted({r["account_id"] for r in ips + pools
+                                                      if r["account_id"] is not None}))
+            now = conn.execute("SELECT now() AS now").fetchone()["now"]
+            warm = {w["address"]: warmup.progress(w["address"], w, store.usage(conn, w["address"]), now)
+                    for w in store.list_warmups(conn)}
+        pool_domains: dict[str, list[str]] = {}
+        for link in links:
+            pool_domains.setdefault(link["pool_id"], []).append(link["name"])
+        out_pools = [{**p, "account_name": names.get(p["account_id"]), "domains": pool_domains.get(p["id"], [])}
+                     for p in pools]
+        out_ips = []
+        for row in ips:
+            member_of = [p for p in pools if row["address"] in p["ips"]]
+            domains = sorted({d["name"] for d in direct if d["address"] == row["address"]}
+                             | {name for p in member_of for name in pool_domains.get(p["id"], [])})
+            out_ips.append({**row, "pools": [{"id": p["id"], "name": p["name"]} for p in member_of],
+                            "domains": domains, "account_name": names.get(row["account_id"]),
+                            "warmup": warm.get(row["address"])})
+        return {"ips": out_ips, "pools": out_pools}
+
+    def recent_use(self, address: str, *, hours: float = 24, scan: int = 5000, limit: int = 20) -> dict:
+        """Which mail left over this IP lately: {"last_used_at", "deliveries": delivered events (ts, domain,
+        recipient, message_id)}, from the delivered events of the domains that send over it (directly or
+        through a pool), the last `scan` of each within `hours`. A shared IP serves any domain: its use is
+        not looked up (that would read every domain's events)."""
+        address = normalize_ip(address)
+        with self.db.transaction() as conn:
+            if store.get_ip(conn, address) is None:
+                raise NotFound(f"IP {address} not found")
+            domain_ids = {d["id"] for d in store.domains_using_ip(conn, address)}
+            for pool in store.list_pools(conn):
+                if address in pool["ips"]:
+                    domain_ids |= {d["id"] for d in store.domains_linked_to(conn, pool["id"])}
+            deliveries = store.recent_deliveries(conn, address, sorted(domain_ids), hours, scan, limit) \
+                if domain_ids else []
+        return {"last_used_at": deliveries[0]["ts"] if deliveries else None, "deliveries": deliveries,
+                "hours": hours, "domains": len(domain_ids)}
+
     # accept-time check, audit, export ---------------------------------------------------------
     def check_sending(self, account_id: int, options: dict) -> None:
         """Raise IpNotAllowed unless the account owns the o:sending-ip / o:sending-ip-pool it names."""

@@ -232,3 +232,42 @@ def audit_log(conn: Connection, address: str | None = None, limit: int = 100) ->
 def assignments(conn: Connection) -> list[dict]:
     return conn.execute("SELECT i.address, i.account_id, a.name AS account_name, i.assigned_at FROM ips i"
                         " JOIN accounts a ON a.id = i.account_id WHERE i.dedicated ORDER BY i.address").fetchall()
+
+
+# the operator's inventory page ------------------------------------------------------------------
+def domain_assignments(conn: Connection) -> list[dict]:
+    """Every (address, domain) of domain_ips, with the domain's name and account."""
+    return conn.execute("SELECT x.address, d.id AS domain_id, d.name, d.account_id FROM domain_ips x"
+                        " JOIN domains d ON d.id = x.domain_id ORDER BY x.address, d.name").fetchall()
+
+
+def pool_links(conn: Connection) -> list[dict]:
+    """Every (pool, domain) of domain_ip_pools, with the domain's name and account."""
+    return conn.execute("SELECT l.pool_id, d.id AS domain_id, d.name, d.account_id FROM domain_ip_pools l"
+                        " JOIN domains d ON d.id = l.domain_id ORDER BY l.pool_id, d.name").fetchall()
+
+
+def account_names(conn: Connection, account_ids: list[int]) -> dict[int, str]:
+    rows = conn.execute("SELECT id, name FROM accounts WHERE id = ANY(%s)", (account_ids,)).fetchall()
+    return {r["id"]: r["name"] for r in rows}
+
+
+def recent_deliveries(conn: Connection, address: str, domain_ids: list[int], hours: float, scan: int,
+                      limit: int) -> list[dict]:
+    """Delivered events whose egress IP was `address`, newest first, among the last `scan` delivered
+    events of each domain in `domain_ids` within `hours` (the events_domain_event index, read backwards
+    from now and cut at `scan` per domain: bounded however busy a domain is)."""
+    return conn.execute(
+        """
+        SELECT e.ts, e.recipient, e.message_id, d.name AS domain
+        FROM unnest(%(domains)s::bigint[]) AS x(id)
+        JOIN domains d ON d.id = x.id
+        CROSS JOIN LATERAL (
+            SELECT ts, recipient, message_id, data FROM events
+            WHERE domain_id = x.id AND event = 'delivered' AND ts > now() - make_interval(secs => %(seconds)s)
+            ORDER BY ts DESC, id DESC LIMIT %(scan)s
+        ) e
+        WHERE e.data->'envelope'->>'sending-ip' = %(address)s
+        ORDER BY e.ts DESC LIMIT %(limit)s
+        """, {"domains": domain_ids, "seconds": hours * 3600, "scan": scan, "address": address,
+              "limit": limit}).fetchall()

@@ -161,6 +161,56 @@ def next_due_at(conn: Connection) -> datetime | None:
     return row["at"]
 
 
+# The operator's queue page. The queue can hold millions of recipients: each figure below reads
+# either one end of the recipients_due index (next_attempt_at WHERE status = 'queued') or a bounded
+# "head" of it, the `scan` queued rows that are due soonest, never the whole queue.
+def oldest_due(conn: Connection) -> datetime | None:
+    """When the most overdue queued recipient became due (the first entry of recipients_due)."""
+    row = conn.execute("SELECT next_attempt_at AS at FROM recipients WHERE status = 'queued'"
+                       " ORDER BY next_attempt_at LIMIT 1").fetchone()
+    return row["at"] if row else None
+
+
+_HEAD = ("WITH head AS (SELECT rcpt_domain, next_attempt_at, leased_until, lease_owner, attempts, message_pk"
+         " FROM recipients WHERE status = 'queued' ORDER BY next_attempt_at LIMIT %(scan)s)")
+
+
+def queue_by_destination(conn: Connection, limit: int, scan: int) -> list[dict]:
+    """The `limit` busiest recipient domains among the `scan` queued recipients due soonest: queued,
+    due now, in flight (leased by a relay), retrying (attempted before), the earliest due time and when
+    the oldest of their messages was accepted. Cost: an index range scan of `scan` rows + one
+    hash aggregate + `limit` primary-key lookups in messages."""
+    return conn.execute(
+        _HEAD + """,
+        grouped AS (
+            SELECT rcpt_domain, count(*) AS queued,
+                   count(*) FILTER (WHERE next_attempt_at <= now()) AS due,
+                   count(*) FILTER (WHERE leased_until > now()) AS in_flight,
+                   count(*) FILTER (WHERE attempts > 0) AS retrying,
+                   min(next_attempt_at) AS first_due_at, min(message_pk) AS oldest_message
+            FROM head GROUP BY rcpt_domain ORDER BY count(*) DESC, rcpt_domain LIMIT %(limit)s
+        )
+        SELECT g.rcpt_domain AS destination, g.queued, g.due, g.in_flight, g.retrying, g.first_due_at,
+               m.created_at AS oldest_accepted_at
+        FROM grouped g LEFT JOIN messages m ON m.id = g.oldest_message
+        ORDER BY g.queued DESC, g.rcpt_domain
+        """, {"scan": scan, "limit": limit}).fetchall()
+
+
+def queue_by_relay_host(conn: Connection, scan: int) -> list[dict]:
+    """Per relay host (lease_owner, i.e. ENVOI_RELAY_HOST) among the `scan` queued recipients due
+    soonest: what it holds leased now (in flight) and what it tried last and must retry. Rows no relay
+    has touched yet are under host NULL."""
+    return conn.execute(
+        _HEAD + """
+        SELECT lease_owner AS relay_host, count(*) AS queued,
+               count(*) FILTER (WHERE leased_until > now()) AS in_flight,
+               count(*) FILTER (WHERE attempts > 0 AND (leased_until IS NULL OR leased_until <= now())) AS to_retry,
+               min(next_attempt_at) AS first_due_at
+        FROM head GROUP BY lease_owner ORDER BY count(*) DESC, lease_owner NULLS LAST
+        """, {"scan": scan}).fetchall()
+
+
 def stored_message(conn: Connection, domain_id: int, storage_key: str) -> dict | None:
     return conn.execute(
         "SELECT m.id, m.storage_key, m.mail_from, m.headers, m.body, m.attachments, m.tags, m.user_variables,"

@@ -29,6 +29,7 @@ EVENT_TYPES = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "co
                "permanent_fail", "temporary_fail")
 MAX_URLS = 3
 LEASE_SECONDS = 300.0
+BACKLOG_SCAN = 20_000  # pending deliveries the operator's per-account backlog looks at (the soonest due)
 
 
 def event_type_of(data: dict) -> str | None:
@@ -258,6 +259,14 @@ class Webhooks:
         """Deliveries due now and not in flight (for the backlog gauge)."""
         with self.db.transaction() as conn:
             return store.backlog(conn)
+
+    def backlog_overview(self, *, limit: int = 20, scan: int = BACKLOG_SCAN) -> dict:
+        """For the operator: {"due" (exact, as the gauge), "oldest_due_at", "accounts": top `limit` by
+        due deliveries, counted over the `scan` due soonest, "scanned", "complete"}."""
+        with self.db.transaction() as conn:
+            due = store.backlog(conn)
+            head = store.backlog_head(conn, limit, scan)
+        return {"due": due, **head, "scanned": min(due, scan), "complete": due <= scan}
 
     def purge_expired(self) -> int:
         """Webhook payloads are event data: they go when the events do (ENVOI_EVENT_RETENTION)."""

@@ -223,6 +223,29 @@ def backlog(conn: Connection) -> int:
                         ).fetchone()["n"]
 
 
+def backlog_head(conn: Connection, limit: int, scan: int) -> dict:
+    """The backlog for the operator's page, over the `scan` pending deliveries due soonest (a range of
+    the webhook_deliveries_due index, never the whole outbox): the oldest due time, and the `limit`
+    accounts with the most due deliveries not in flight, each with its oldest due time and when its
+    oldest event was queued."""
+    oldest = conn.execute("SELECT next_attempt_at AS at FROM webhook_deliveries WHERE status = 'pending'"
+                          " AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 1").fetchone()
+    accounts = conn.execute(
+        """
+        WITH head AS (
+            SELECT account_id, next_attempt_at, created_at, leased_until, running_until FROM webhook_deliveries
+            WHERE status = 'pending' AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT %(scan)s
+        )
+        SELECT h.account_id, a.name AS account_name,
+               count(*) FILTER (WHERE (h.leased_until IS NULL OR h.leased_until <= now())) AS due,
+               count(*) FILTER (WHERE h.leased_until > now() OR h.running_until > now()) AS in_flight,
+               min(h.next_attempt_at) AS first_due_at, min(h.created_at) AS oldest_created_at
+        FROM head h LEFT JOIN accounts a ON a.id = h.account_id
+        GROUP BY h.account_id, a.name ORDER BY 3 DESC, h.account_id LIMIT %(limit)s
+        """, {"scan": scan, "limit": limit}).fetchall()
+    return {"oldest_due_at": oldest["at"] if oldest else None, "accounts": accounts}
+
+
 def erase_recipient(conn: Connection, account_id: int, address: str) -> int:
     """Webhook deliveries (and their attempts) whose event is about this address."""
     return conn.execute("DELETE FROM webhook_deliveries WHERE account_id = %s AND lower(payload->>'recipient') = %s",

@@ -39,10 +39,12 @@ def nice_ceiling(value: float) -> int:
         step *= 10
 
 
-def line_chart(title: str, labels: list[str], values: dict[str, list[int]], *, label_every: int | None = None) -> Chart:
-    """One line per name in VALUES (each as long as LABELS), on a shared y axis from 0."""
+def line_chart(title: str, labels: list[str], values: dict[str, list[int | None]], *,
+               label_every: int | None = None) -> Chart:
+    """One line per name in VALUES (each as long as LABELS), on a shared y axis from 0. A None value is
+    no point (a day still to come): the line leaves it out."""
     right, bottom = WIDTH - RIGHT, HEIGHT - BOTTOM
-    top = max((max(v) for v in values.values() if v), default=0)
+    top = max((v for points in values.values() for v in points if v is not None), default=0)
     step = nice_ceiling(top / 4)  # four round steps up the y axis
     ceiling = step * 4
     n = max(len(labels), 1)
@@ -54,8 +56,9 @@ def line_chart(title: str, labels: list[str], values: dict[str, list[int]], *, l
     def y(v: float) -> float:
         return round(bottom - (bottom - TOP) * v / ceiling, 1)
 
-    series = [Series(name, COLOURS[i % len(COLOURS)], " ".join(f"{x(j)},{y(v)}" for j, v in enumerate(points)),
-                     sum(points))
+    series = [Series(name, COLOURS[i % len(COLOURS)],
+                     " ".join(f"{x(j)},{y(v)}" for j, v in enumerate(points) if v is not None),
+                     sum(v for v in points if v is not None))
               for i, (name, points) in enumerate(values.items())]
     every = label_every or max(1, n // 8)
     return Chart(title, WIDTH, HEIGHT, series,

@@ -5,6 +5,9 @@ from __future__ import annotations
 from envoi.api.client_address import ClientAddress
 from envoi.api.dashboard.gate import PREFIX
 from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
+from envoi.api.dashboard.pages.operator import AccountState, OperatorAccounts
+from envoi.api.dashboard.pages.operator_ips import OperatorIp, OperatorIps
+from envoi.api.dashboard.pages.operator_queues import OperatorQueues
 from envoi.api.dashboard.pages.overview import Overview
 from envoi.api.dashboard.static import StaticFiles
 
@@ -21,4 +24,31 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         (f"{PREFIX}/join", Join(users, client_address), None),
         # customer pages
         (f"{PREFIX}/overview", Overview(accounts, services.stats), None),
+        # operator pages
+        *operator_routes(services, client_address),
+    ]
+
+
+def operator_routes(services, client_address) -> list[tuple[str, object, str | None]]:
+    accounts, ips = services.accounts, services.ips
+    op = f"{PREFIX}/operator"
+    state, inventory, one_ip = AccountState(accounts, client_address), OperatorIps(ips, accounts), OperatorIp(ips, accounts)
+    return [
+        (op, OperatorAccounts(accounts), None),
+        (f"{op}/accounts/{{account_id:int}}/suspend", state, "suspend"),
+        (f"{op}/accounts/{{account_id:int}}/reinstate", state, "reinstate"),
+        (f"{op}/ips", inventory, None),
+        (f"{op}/ips/assign", inventory, "assign"),
+        (f"{op}/ips/assign-domain", inventory, "assign_domain"),
+        (f"{op}/pools", inventory, "pools"),
+        (f"{op}/pools/{{pool_id}}/add", inventory, "pool_add"),
+        (f"{op}/pools/{{pool_id}}/remove", inventory, "pool_remove"),
+        (f"{op}/pools/{{pool_id}}/link", inventory, "pool_link"),
+        (f"{op}/pools/{{pool_id}}/unlink", inventory, "pool_unlink"),
+        (f"{op}/ips/{{ip}}", one_ip, None),
+        (f"{op}/ips/{{ip}}/unassign", one_ip, "unassign"),
+        (f"{op}/ips/{{ip}}/domains/remove", one_ip, "remove_domain"),
+        (f"{op}/ips/{{ip}}/warmup", one_ip, "warmup"),
+        (f"{op}/ips/{{ip}}/warmup/stop", one_ip, "warmup_stop"),
+        (f"{op}/queues", OperatorQueues(services.queue, services.webhooks), None),
     ]

@@ -1,0 +1,81 @@
+"""Operator pages (platform admins, users with no account): the accounts list with suspend / reinstate.
+The IP pages are in operator_ips.py, the queues in operator_queues.py. Every class here has
+`audience = OPERATOR`: the gate answers 404 to anyone else, for GET and POST alike."""
+
+from __future__ import annotations
+
+import falcon
+
+from envoi.api.auth import SESSION
+from envoi.api.dashboard.gate import OPERATOR, PREFIX
+from envoi.api.dashboard.templating import render
+from envoi.api.errors import ApiError
+from envoi.infra.errors import EnvoiError
+
+PAGE_SIZE = 100
+DONE = {"suspended": "The account is suspended: it cannot send until it is reinstated.",
+        "reinstated": "The account is reinstated: it can send again."}
+
+
+def actor(req: falcon.Request) -> str:
+    """The audit actor of an operator's change, as envoi.accounts.users.actor_of names it."""
+    return f"operator:{req.context.user.id}"
+
+
+def done_notice(req: falcon.Request, texts: dict[str, str]) -> str:
+    """A fixed confirmation chosen by ?done=<code> (never text from the URL)."""
+    return texts.get(req.get_param("done") or "", "")
+
+
+class OperatorAccounts:
+    """/dashboard/operator: every account of the region with its domains and users."""
+    auth, audience = SESSION, OPERATOR
+
+    def __init__(self, accounts):
+        self.accounts = accounts
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.show(req, resp)
+
+    def show(self, req: falcon.Request, resp: falcon.Response, *, error: str | None = None, status: int = 200) -> None:
+        page = req.get_param_as_int("page", min_value=1) or 1
+        total, rows = self.accounts.overview(limit=PAGE_SIZE, skip=(page - 1) * PAGE_SIZE)
+        render(req, resp, "operator_accounts.html", status=status, accounts=rows, total=total, page=page,
+               pages=max(1, -(-total // PAGE_SIZE)), can_change_state=_can_change_state(self.accounts),
+               error=error, notice=done_notice(req, DONE))
+
+
+def _can_change_state(accounts) -> bool:
+    """Suspension arrives with the account lifecycle (Accounts.suspend / reinstate); until the service
+    has it, the page shows no buttons and the form answers 501."""
+    return hasattr(accounts, "suspend") and hasattr(accounts, "reinstate")
+
+
+class AccountState:
+    """POST /dashboard/operator/accounts/{id}/suspend (with a reason) and .../reinstate."""
+    auth, audience = SESSION, OPERATOR
+
+    def __init__(self, accounts, client_address):
+        self.accounts = accounts
+        self.client_address = client_address
+        self.listing = OperatorAccounts(accounts)
+
+    def on_post_suspend(self, req: falcon.Request, resp: falcon.Response, account_id: int) -> None:
+        self._change(req, resp, "suspended", lambda: self.accounts.suspend(
+            account_id, req.context.form.get("reason", ""), actor=actor(req), ip=self.client_address(req)))
+
+    def on_post_reinstate(self, req: falcon.Request, resp: falcon.Response, account_id: int) -> None:
+        self._change(req, resp, "reinstated", lambda: self.accounts.reinstate(
+            account_id, actor=actor(req), ip=self.client_address(req)))
+
+    def _change(self, req: falcon.Request, resp: falcon.Response, done: str, change) -> None:
+        if not _can_change_state(self.accounts):
+            raise ApiError(501, "Suspending and reinstating accounts is not available in this version of Envoi")
+        try:
+            change()
+        except EnvoiError as ex:
+            if ex.http_status == 404:
+                raise
+            self.listing.show(req, resp, error=ex.message, status=ex.http_status)
+            return
+        raise falcon.HTTPSeeOther(f"{PREFIX}/operator?done={done}")
