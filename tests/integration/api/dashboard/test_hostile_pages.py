@@ -5,6 +5,7 @@ covered without editing this file; customer pages run as an account admin, opera
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import pytest
 
@@ -27,9 +28,9 @@ def templates(settings, services) -> list[tuple[str, object]]:
 def fill(template: str, domain: str, value: str | None = None) -> str:
     def one(match):
         if value is not None:
-            return value.replace("/", "%2F").replace("?", "%3F").replace("#", "%23")
+            return quote(value, safe="", errors="surrogatepass")
         return domain if match.group(1) == "domain" else "1"
-    return re.sub(r"{(\w+)}", one, template)
+    return re.sub(r"{(\w+)(?::\w+)?}", one, template)
 
 
 def check(resp, what: str, failures: list) -> None:
