@@ -190,3 +190,19 @@ def test_deleting_needs_the_typed_name_and_answers_501_until_accounts_close_exis
     resp = page.post("/dashboard/account/delete", {"confirm_name": account["name"]})
     assert resp.status_code == 303 and resp.headers["location"] == "/dashboard/login"
     assert calls and calls[0][0] == account["id"] and calls[0][1]["actor"].startswith("user:")
+
+
+def test_the_people_pages_carry_the_strict_policy_and_no_inline_code(client, services, account, domain, page_as):
+    from envoi.api.dashboard import security
+
+    page = page_as("admin")
+    responses = [page.get(path) for path in ("/dashboard/keys", "/dashboard/users", "/dashboard/audit",
+                                             "/dashboard/account")]
+    responses += [page.post("/dashboard/keys", {"role": "basic"}), page.post("/dashboard/account/totp/start"),
+                  page.post("/dashboard/users", {"email": "csp@people.test", "role": "analyst"})]
+    for resp in responses:
+        assert resp.status_code == 200
+        assert resp.headers["content-security-policy"] == security.PAGE_POLICY
+        assert resp.headers["cache-control"] == "no-store"  # a secret shown once is not kept by the browser
+        assert not re.search(r"<script(?![^>]*\bsrc=)", resp.text) and " style=" not in resp.text
+        assert not re.search(r"\son[a-z]+=", resp.text)
