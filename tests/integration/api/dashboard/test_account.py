@@ -126,6 +126,7 @@ def test_the_export_holds_the_accounts_data_and_no_secret(client, services, acco
     key, key_secret = services.accounts.create_key(account["id"], "sending", domain["name"], "export me")
     services.suppressions.add(domain, "bounces", {"address": "gone@example.org", "code": "550", "error": "no"})
     services.suppressions.add(domain, "unsubscribes", {"address": "bye@example.org"})
+    services.webhooks.create(domain, "delivered", ["https://hook:hunter2hunter2@1.1.1.1/in"])
     totp_user, totp_password = user_of(services, account, "analyst")
     totp_page = signed_in(client, services, totp_user, totp_password)
     totp_secret, codes = enable_totp(totp_page)
@@ -149,13 +150,16 @@ def test_the_export_holds_the_accounts_data_and_no_secret(client, services, acco
     assert any(a["action"] == "totp.enabled" for a in by_type["audit"])
     assert [(b["domain"], b["address"]) for b in by_type["bounce"]] == [(domain["name"], "gone@example.org")]
     assert [u["address"] for u in by_type["unsubscribe"]] == ["bye@example.org"]
+    assert [(w["event_type"], w["url"]) for w in by_type["webhook"]] == [
+        ("delivered", "https://hook:***@1.1.1.1/in")]
     hashes = db.execute("SELECT password_hash, totp_secret FROM users WHERE account_id = %s", (account["id"],)).fetchall()
     for forbidden in [key_secret, totp_secret, *codes, *(h["password_hash"] for h in hashes), "password_hash",
-                      "totp_secret", "secret_hash", "dkim_private_key", "BEGIN", PASSWORD]:
+                      "totp_secret", "secret_hash", "dkim_private_key", "BEGIN", PASSWORD, "hunter2"]:
         assert forbidden not in resp.text, forbidden
     exported = db.execute("SELECT actor FROM audit_log WHERE account_id = %s AND action = 'account.exported'",
                           (account["id"],)).fetchone()
     assert exported is not None
+    assert list(services.privacy.export_account(10**12)) == []  # no such account: nothing, not an error
 
 
 @pytest.mark.parametrize("role", ["developer", "support", "analyst", "billing"])
