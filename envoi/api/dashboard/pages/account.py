@@ -11,6 +11,7 @@ from envoi.accounts.errors import AccountsError, InvalidLogin
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX, SIGNED_IN
 from envoi.api.dashboard.pages.keys import page_actor
+from envoi.api.dashboard.qr import qr_svg
 from envoi.api.dashboard.templating import render
 from envoi.api.errors import ApiError
 
@@ -59,8 +60,9 @@ class TotpStart(_Page):
         self.setup(req, resp, totp.new_secret())
 
     def setup(self, req, resp, secret: str, *, status: int = 200, error: str | None = None) -> None:
-        render(req, resp, "account_totp.html", status=status, secret=secret,
-               uri=totp.provisioning_uri(secret, req.context.user.email), error=error, codes=None)
+        uri = totp.provisioning_uri(secret, req.context.user.email)
+        render(req, resp, "account_totp.html", status=status, secret=secret, uri=uri, error=error, codes=None,
+               qr=qr_svg(uri, title="QR code for your authenticator app"))
 
 
 class TotpConfirm(TotpStart):
@@ -77,7 +79,7 @@ class TotpConfirm(TotpStart):
         except AccountsError as ex:
             self.setup(req, resp, secret, status=ex.http_status, error=ex.message)
             return
-        render(req, resp, "account_totp.html", secret="", uri="", error=None, codes=codes)
+        render(req, resp, "account_totp.html", secret="", uri="", error=None, codes=codes, qr="")
 
 
 class TotpDisable(_Page):

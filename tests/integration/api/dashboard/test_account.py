@@ -4,6 +4,7 @@ secrets) and the deletion form (Accounts.close is the lifecycle branch's: 501 un
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -15,6 +16,7 @@ from envoi.accounts import totp
 from envoi.accounts.errors import InvalidLogin, SecondFactorRequired
 from envoi.api.dashboard.gate import SIGNED_IN
 from envoi.api.dashboard.pages.account import AccountPage
+from envoi.api.dashboard.qr import qr_svg
 from tests.support.dashboard import ORIGIN, PASSWORD, operator_of, signed_in, user_of
 
 
@@ -31,7 +33,9 @@ def enable_totp(page) -> tuple[str, list[str]]:
     setup = page.post("/dashboard/account/totp/start")
     assert setup.status_code == 200
     secret = secret_on(setup.text)
-    assert "otpauth://totp/" in setup.text
+    uri = html.unescape(re.search(r'<a href="(otpauth://totp/[^"]+)" id="otpauth-uri">', setup.text).group(1))
+    assert f"secret={secret}" in uri
+    assert qr_svg(uri, title="QR code for your authenticator app") in setup.text  # the QR holds that link
     done = page.post("/dashboard/account/totp/confirm", {"secret": secret, "code": totp.code(secret)})
     assert done.status_code == 200, done.text
     return secret, recovery_codes(done.text)
