@@ -36,7 +36,7 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         # people and access
         (f"{PREFIX}/keys", ApiKeys(accounts, client_address), None),
         (f"{PREFIX}/keys/{{key_id}}/delete", ApiKey(accounts, client_address), None),
-        (f"{PREFIX}/users", UserList(users, client_address), None),
+        (f"{PREFIX}/users", UserList(users, client_address, settings.public_url), None),
         (f"{PREFIX}/users/{{user_id:int}}/role", user_actions := UserActions(users, client_address), "role"),
         (f"{PREFIX}/users/{{user_id:int}}/remove", user_actions, "remove"),
         (f"{PREFIX}/users/{{user_id:int}}/sessions", user_actions, "sessions"),

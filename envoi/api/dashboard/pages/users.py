@@ -32,9 +32,10 @@ class UserList:
     """/dashboard/users: GET lists users and invitations, POST invites."""
     auth, reads, writes = SESSION, "manage_users", "manage_users"
 
-    def __init__(self, users, client_address):
+    def __init__(self, users, client_address, public_url: str):
         self.users = users
         self.client_address = client_address
+        self.public_url = public_url  # the link's base: the configured address, never the request's Host
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._page(req, resp, notice=DONE.get(req.get_param("done") or "", ""))
@@ -49,7 +50,7 @@ class UserList:
             self._page(req, resp, status=ex.http_status, error=ex.message, form=form)
             return
         # The link is in this response only (status 200): the token is stored hashed.
-        link = f"{req.prefix}{PREFIX}/join?token={token}"
+        link = f"{self.public_url}{PREFIX}/join?token={token}"
         self._page(req, resp, invited={**invitation, "link": link})
 
     def _page(self, req, resp, *, status: int = 200, error: str | None = None, form: dict | None = None,

@@ -26,7 +26,10 @@ def test_an_invitation_link_is_shown_once_and_joining_creates_the_user_with_the_
     resp = admin.post("/dashboard/users", {"email": "new.person@people.test", "role": "support"})
     assert resp.status_code == 200 and "does not send email" in resp.text
     link = invite_link(resp.text)
-    assert "/dashboard/join?token=" in link
+    assert link.startswith(f"{services.settings.public_url}/dashboard/join?token=")
+    forged = admin.post("/dashboard/users", {"email": "other@people.test", "role": "support"},
+                        headers={"Host": "evil.test"}, origin="http://evil.test")
+    assert "evil.test" not in invite_link(forged.text)  # the link's host is configured, not the request's
     token = link.split("token=", 1)[1]
     listing = admin.get("/dashboard/users").text
     assert token not in listing and "new.person@people.test" in listing  # pending, link not repeated
