@@ -70,6 +70,9 @@ def test_a_key_made_in_the_browser_works_until_it_is_deleted(browser, live_url, 
         for path in ("/dashboard/users", "/dashboard/audit", "/dashboard/account"):
             page.goto(live_url + path)
             assert critical(page) == [], path
+        page.click("button:has-text('Set up two-factor')")
+        assert page.locator(".qr svg.qr-code").is_visible()
+        assert critical(page) == []
     except Exception:
         SHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{request.node.name}.png"), full_page=True)

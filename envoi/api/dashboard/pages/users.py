@@ -72,17 +72,18 @@ class UserActions:
 
     def on_post_role(self, req: falcon.Request, resp: falcon.Response, user_id: int) -> None:
         self._do(req, resp, lambda account_id, **who: self.users.change_role(
-            account_id, user_id, req.context.form.get("role", ""), **who), "role")
+            account_id, user_id, req.context.form.get("role", ""), **who), "role", user_id)
 
     def on_post_remove(self, req: falcon.Request, resp: falcon.Response, user_id: int) -> None:
-        self._do(req, resp, lambda account_id, **who: self.users.remove(account_id, user_id, **who), "removed")
+        self._do(req, resp, lambda account_id, **who: self.users.remove(account_id, user_id, **who), "removed",
+                 user_id)
 
     def on_post_sessions(self, req: falcon.Request, resp: falcon.Response, user_id: int) -> None:
         def end(account_id, **who):
             self.users.logout_everywhere(self.users.get_user(account_id, user_id), **who)
-        self._do(req, resp, end, "sessions")
+        self._do(req, resp, end, "sessions", user_id)
 
-    def _do(self, req, resp, action, done: str) -> None:
+    def _do(self, req, resp, action, done: str, user_id: int) -> None:
         account_id = req.context.user.account_id
         try:
             action(account_id, actor=page_actor(req), ip=self.client_address(req))
@@ -93,6 +94,8 @@ class UserActions:
                    invitations=self.users.list_invitations(account_id), roles=roles.ROLES, role_help=ROLE_HELP,
                    error=ex.message, form={}, invited=None, notice="")
             return
+        if user_id == req.context.user.id:
+            raise falcon.HTTPSeeOther(PREFIX)  # my own role or sessions changed: this page may be gone for me
         raise falcon.HTTPSeeOther(f"{PREFIX}/users?done={done}")
 
 

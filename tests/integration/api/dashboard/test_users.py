@@ -110,7 +110,9 @@ def test_the_last_admin_can_neither_be_demoted_nor_removed(client, services, pag
     assert resp.status_code == 400 and "last admin" in resp.text
     assert db.execute("SELECT role FROM users WHERE id = %s", (my_id,)).fetchone() == {"role": "admin"}
     second = page_as("admin", of=lonely)
-    assert second.post(f"/dashboard/users/{my_id}/role", {"role": "developer"}).status_code == 303
+    resp = admin.post(f"/dashboard/users/{my_id}/role", {"role": "developer"})  # another admin now exists
+    assert resp.status_code == 303 and resp.headers["location"] == "/dashboard"  # users page is no longer mine
+    assert admin.get("/dashboard/users").status_code == 403
     with pytest.raises(InvalidInput, match="last admin"):
         services.users.remove(lonely["id"], me(services, second)["user_id"], actor="test")
 
