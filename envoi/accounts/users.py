@@ -136,6 +136,72 @@ class Users:
             raise NotFound("User not found")
         return row
 
+    def list_invitations(self, account_id: int) -> list[dict]:
+        """The account's pending invitations (neither accepted nor expired), newest first."""
+        with self.db.transaction() as conn:
+            return conn.execute(
+                "SELECT id, account_id, email, role, invited_by, created_at, expires_at FROM user_invitations"
+                " WHERE account_id = %s AND accepted_at IS NULL AND expires_at > now() ORDER BY id DESC",
+                (account_id,)).fetchall()
+
+    # an admin's changes to the account's people ----------------------------------------------
+    def revoke_invitation(self, account_id: int, invitation_id: int, *, actor: str, ip: str | None = None) -> None:
+        """Withdraw a pending invitation: its link stops working. Another account's is NotFound."""
+        with self.db.transaction() as conn:
+            gone = conn.execute(
+                "DELETE FROM user_invitations WHERE id = %s AND account_id = %s AND accepted_at IS NULL"
+                " RETURNING email, role", (invitation_id, account_id)).fetchone()
+            if gone is None:
+                raise NotFound("Invitation not found")
+            self.audit.record(account_id, actor, "user.invitation_revoked", gone["email"], ip=ip,
+                              details={"role": gone["role"]}, conn=conn)
+
+    def change_role(self, account_id: int, user_id: int, role: str, *, actor: str,
+                    ip: str | None = None) -> dict:
+        """Give a user of the account another role; it applies to their next request (sessions read
+        the role live). The account's last admin cannot be demoted: nobody could manage users then."""
+        if role not in roles.ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(roles.ROLES)}")
+        with self.db.transaction() as conn:
+            user = self._lock_user(conn, account_id, user_id)
+            if user["role"] == "admin" and role != "admin":
+                self._keep_an_admin(conn, account_id, "demote")
+            updated = conn.execute(f"UPDATE users SET role = %s WHERE id = %s RETURNING {USER_COLUMNS}",
+                                   (role, user_id)).fetchone()
+            self.audit.record(account_id, actor, "user.role_changed", user["email"], ip=ip,
+                              details={"from": user["role"], "to": role}, conn=conn)
+        return updated
+
+    def remove(self, account_id: int, user_id: int, *, actor: str, ip: str | None = None) -> None:
+        """Delete a user of the account; their sessions end with them (the rows cascade). The account's
+        last admin cannot be removed."""
+        with self.db.transaction() as conn:
+            user = self._lock_user(conn, account_id, user_id)
+            if user["role"] == "admin":
+                self._keep_an_admin(conn, account_id, "remove")
+            conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+            self.audit.record(account_id, actor, "user.removed", user["email"], ip=ip,
+                              details={"role": user["role"]}, conn=conn)
+
+    @staticmethod
+    def _lock_user(conn: Connection, account_id: int, user_id: int) -> dict:
+        # Locks every admin of the account as well, so two admins demoting each other at the same moment
+        # cannot both pass the last-admin check.
+        conn.execute("SELECT id FROM users WHERE account_id = %s AND role = 'admin' ORDER BY id FOR UPDATE",
+                     (account_id,))
+        user = conn.execute("SELECT id, account_id, email, role FROM users WHERE id = %s AND account_id = %s"
+                            " FOR UPDATE", (user_id, account_id)).fetchone()
+        if user is None:
+            raise NotFound("User not found")
+        return user
+
+    @staticmethod
+    def _keep_an_admin(conn: Connection, account_id: int, verb: str) -> None:
+        admins = conn.execute("SELECT count(*) AS n FROM users WHERE account_id = %s AND role = 'admin'",
+                              (account_id,)).fetchone()["n"]
+        if admins <= 1:
+            raise InvalidInput(f"Cannot {verb} the account's last admin: make another user admin first")
+
     # signing in and out -----------------------------------------------------------------------
     def login(self, email: str, password: str, *, code: str | None = None, account_id: int | None = None,
               ip: str | None = None, user_agent: str = "") -> tuple[dict, str]:
@@ -235,6 +301,19 @@ class Users:
                                       [(user["id"], crypto.token_hash(c)) for c in codes])
             self.audit.record(user["account_id"], actor_of(user), "totp.enabled", user["email"], ip=ip, conn=conn)
         return codes
+
+    def reauthenticate(self, user_id: int, *, password: str = "", code: str = "") -> None:
+        """Prove it is still the signed-in person before a sensitive change (turning the second factor
+        off): their password, or a current one-time code. InvalidLogin otherwise."""
+        with self.db.transaction() as conn:
+            user = conn.execute("SELECT * FROM users WHERE id = %s", (user_id,)).fetchone()
+            if user is None:
+                raise NotFound("User not found")
+            if password and crypto.verify_password(user["password_hash"], password):
+                return
+            if code and user["totp_secret"] is not None and self._second_factor(conn, user, code):
+                return
+        raise InvalidLogin()
 
     def disable_totp(self, user: dict, *, actor: str, ip: str | None = None) -> None:
         with self.db.transaction() as conn:

@@ -49,6 +49,25 @@ def users_list(account_id: int | None) -> None:
         click.echo(f"{row['id']}\t{row['email']}\t{row['role']}\t{'totp' if row['totp_enabled'] else '-'}")
 
 
+@users.command("set-role")
+@click.argument("user_id", type=int)
+@click.argument("role", type=click.Choice(ROLES))
+@click.option("--account-id", type=int, required=True, help="The account the user belongs to.")
+def users_set_role(user_id: int, role: str, account_id: int) -> None:
+    """Give USER_ID of the account another ROLE (the account's last admin stays admin)."""
+    user = _services().users.change_role(account_id, user_id, role, actor=ACTOR)
+    click.echo(json.dumps({"id": user["id"], "email": user["email"], "role": user["role"]}))
+
+
+@users.command("remove")
+@click.argument("user_id", type=int)
+@click.option("--account-id", type=int, required=True, help="The account the user belongs to.")
+def users_remove(user_id: int, account_id: int) -> None:
+    """Remove USER_ID from the account; their sessions end (the account's last admin stays)."""
+    _services().users.remove(account_id, user_id, actor=ACTOR)
+    click.echo(json.dumps({"id": user_id, "removed": True}))
+
+
 @users.command("create-operator")
 @click.argument("email")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of "

@@ -182,6 +182,29 @@ def test_users_invite_list_and_create_operator(cli_env, services, account):
     assert operator in CliRunner().invoke(main, ["users", "list"]).output
 
 
+def test_users_set_role_and_remove(cli_env, services, account, db):
+    import json
+
+    from tests.support.dashboard import user_of
+
+    admin, _ = user_of(services, account, "admin")
+    email, _ = user_of(services, account, "support")
+    ids = {u["email"]: u["id"] for u in services.users.list_users(account["id"])}
+    account_id = str(account["id"])
+    result = CliRunner().invoke(main, ["users", "set-role", str(ids[email]), "analyst", "--account-id", account_id])
+    assert result.exit_code == 0 and json.loads(result.output)["role"] == "analyst", result.output
+    result = CliRunner().invoke(main, ["users", "remove", str(ids[admin]), "--account-id", account_id])
+    _assert_one_line_error(result, "last admin")
+    result = CliRunner().invoke(main, ["users", "remove", str(ids[email]), "--account-id", account_id])
+    assert result.exit_code == 0, result.output
+    assert [u["email"] for u in services.users.list_users(account["id"])] == [admin]
+    actions = [r["action"] for r in db.execute("SELECT action FROM audit_log WHERE account_id = %s AND actor = 'cli'"
+                                                  " ORDER BY id", (account["id"],)).fetchall()]
+    assert actions == ["user.role_changed", "user.removed"]
+    result = CliRunner().invoke(main, ["users", "remove", str(ids[admin]), "--account-id", "999999999"])
+    _assert_one_line_error(result, "User not found")
+
+
 def test_users_errors_are_one_line(cli_env, account):
     result = CliRunner().invoke(main, ["users", "invite", "not-an-email", "--account-id", str(account["id"])])
     _assert_one_line_error(result, "Not an email address")

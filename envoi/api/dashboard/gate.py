@@ -1,6 +1,7 @@
 """PageGate: the middleware every dashboard request passes.
 
-A page resource says who may see it (`audience`: anyone, customers or operators) and, for customers,
+A page resource says who may see it (`audience`: anyone, customers, operators or
+any signed-in person) and, for customers,
 which permission its reads and its writes need (`reads`, `writes`: actions of envoi.accounts.roles).
 The gate resolves the session cookie, sends strangers to the login page, refuses a role that lacks the
 permission, and for every unsafe method checks that the request comes from the dashboard itself (Origin
@@ -28,6 +29,7 @@ PREFIX = "/dashboard"
 ANYONE = "anyone"        # login, invitation: no session needed
 CUSTOMER = "customer"    # a user of an account
 OPERATOR = "operator"    # a platform admin
+SIGNED_IN = "signed-in"  # anybody with a session, customer or operator (their own account page)
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from envoi.api.client_address import ClientAddress
 from envoi.api.dashboard.gate import PREFIX
+from envoi.api.dashboard.pages.account import (
+    AccountDelete,
+    AccountExport,
+    AccountPage,
+    SignOutEverywhere,
+    TotpConfirm,
+    TotpDisable,
+    TotpStart,
+)
+from envoi.api.dashboard.pages.audit import AuditExport, AuditPage
 from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
+from envoi.api.dashboard.pages.keys import ApiKey, ApiKeys
 from envoi.api.dashboard.pages.operator import AccountState, OperatorAccounts
 from envoi.api.dashboard.pages.operator_ips import OperatorIp, OperatorIps
 from envoi.api.dashboard.pages.operator_queues import OperatorQueues
 from envoi.api.dashboard.pages.overview import Overview
+from envoi.api.dashboard.pages.users import Invitation, UserActions, UserList
 from envoi.api.dashboard.static import StaticFiles
 
 
@@ -24,6 +36,21 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         (f"{PREFIX}/join", Join(users, client_address), None),
         # customer pages
         (f"{PREFIX}/overview", Overview(accounts, services.stats), None),
+        # people and access
+        (f"{PREFIX}/keys", ApiKeys(accounts, client_address), None),
+        (f"{PREFIX}/keys/{{key_id}}/delete", ApiKey(accounts, client_address), None),
+        (f"{PREFIX}/users", UserList(users, client_address, settings.public_url), None),
+        (f"{PREFIX}/users/{{user_id:int}}/role", user_actions := UserActions(users, client_address), "role"),
+        (f"{PREFIX}/users/{{user_id:int}}/remove", user_actions, "remove"),
+        (f"{PREFIX}/users/{{user_id:int}}/sessions", user_actions, "sessions"),
+        (f"{PREFIX}/users/invitations/{{invitation_id:int}}/revoke", Invitation(users, client_address), None),
+        (f"{PREFIX}/audit", AuditPage(services.audit), None),
+        (f"{PREFIX}/audit/export", AuditExport(services.audit), None),
+        # my account (customers and operators)
+        *((f"{PREFIX}/account{path}", page(users, accounts, services.privacy, services.audit, client_address), None)
+          for path, page in (("", AccountPage), ("/totp/start", TotpStart), ("/totp/confirm", TotpConfirm),
+                             ("/totp/disable", TotpDisable), ("/sessions", SignOutEverywhere),
+                             ("/export", AccountExport), ("/delete", AccountDelete))),
         # operator pages
         *operator_routes(services, client_address),
     ]

@@ -226,3 +226,63 @@ def test_session_lengths_and_login_limits_come_from_settings(settings):
         assert (throttle.max_per_email, throttle.max_per_ip, throttle.window) == (2, 7, 30)
     finally:
         built.close()
+
+
+def test_an_admin_changes_roles_and_removes_users_but_the_last_admin_stays(services, account, db):
+    from envoi.accounts.errors import InvalidInput, NotFound
+
+    first, second = _user(services, account, "admin"), _user(services, account, "developer")
+    _, token = services.users.login(second["email"], PASSWORD, ip=_ip())
+    changed = services.users.change_role(account["id"], second["id"], "admin", actor=f"user:{first['id']}")
+    assert changed["role"] == "admin" and services.sessions.resolve(token)["role"] == "admin"  # live
+    with pytest.raises(InvalidInput, match="role must be"):
+        services.users.change_role(account["id"], second["id"], "operator", actor="cli")
+    services.users.change_role(account["id"], first["id"], "analyst", actor="cli")  # another admin is left
+    with pytest.raises(InvalidInput, match="last admin"):
+        services.users.change_role(account["id"], second["id"], "billing", actor="cli")
+    with pytest.raises(InvalidInput, match="last admin"):
+        services.users.remove(account["id"], second["id"], actor="cli")
+    services.users.remove(account["id"], first["id"], actor="cli")
+    assert [u["id"] for u in services.users.list_users(account["id"])] == [second["id"]]
+    stranger = services.accounts.create_account("stranger")
+    for call in (lambda: services.users.remove(stranger["id"], second["id"], actor="cli"),
+                 lambda: services.users.change_role(stranger["id"], second["id"], "billing", actor="cli")):
+        with pytest.raises(NotFound):
+            call()
+    assert services.sessions.resolve(token) is not None
+    actions = [e["action"] for e in services.audit.list(account["id"], limit=4)]
+    assert actions == ["user.removed", "user.role_changed", "user.role_changed", "session.created"]
+
+
+def test_pending_invitations_are_listed_and_can_be_withdrawn(services, account):
+    from envoi.accounts.errors import NotFound
+
+    invitation, token = services.users.invite(account["id"], _email(), "support", actor="cli")
+    accepted, used = services.users.invite(account["id"], _email(), "support", actor="cli")
+    services.users.accept_invitation(used, PASSWORD)
+    assert [i["id"] for i in services.users.list_invitations(account["id"])] == [invitation["id"]]
+    stranger = services.accounts.create_account("stranger")
+    with pytest.raises(NotFound):
+        services.users.revoke_invitation(stranger["id"], invitation["id"], actor="cli")
+    with pytest.raises(NotFound):
+        services.users.revoke_invitation(account["id"], accepted["id"], actor="cli")  # already a user
+    services.users.revoke_invitation(account["id"], invitation["id"], actor="cli")
+    assert services.users.list_invitations(account["id"]) == []
+    with pytest.raises(InvitationInvalid):
+        services.users.accept_invitation(token, PASSWORD)
+    assert services.audit.list(account["id"], limit=1)[0]["action"] == "user.invitation_revoked"
+
+
+def test_reauthenticate_takes_the_password_or_a_fresh_code(services, account):
+    user = _user(services, account)
+    services.users.reauthenticate(user["id"], password=PASSWORD)
+    for wrong in ({"password": "nope nope nope"}, {"code": "123456"}, {}):
+        with pytest.raises(InvalidLogin):
+            services.users.reauthenticate(user["id"], **wrong)
+    secret = totp.new_secret()
+    services.users.enable_totp(user, secret, totp.code(secret))
+    code = totp.code(secret, time.time() + 30)
+    services.users.reauthenticate(user["id"], code=code)
+    with pytest.raises(InvalidLogin):
+        services.users.reauthenticate(user["id"], code=code)  # a code proves it once
+
