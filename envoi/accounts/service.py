@@ -379,6 +379,13 @@ class Accounts:
 _DUMMY_HASH = crypto.hash_password("not-a-real-password")
 
 
+def dns_targets(region: str) -> dict:
+    """What a region's domains point their records at: dns_records()' keyword arguments, the one
+    place they are made (the API and the dashboard show the same records)."""
+    return {"spf_include": f"{region}.envoi.local", "mx_hosts": (f"mx.{region}.envoi.local",),
+            "tracking_target": f"track.{region}.envoi.local"}
+
+
 def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tracking_target: str) -> dict:
     """The records a customer publishes, in Mailgun's sending/receiving_dns_records shape."""
     name = domain["name"]

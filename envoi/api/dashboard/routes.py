@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from envoi.accounts.service import dns_targets
 from envoi.api.client_address import ClientAddress
 from envoi.api.dashboard.gate import PREFIX
 from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
+from envoi.api.dashboard.pages.domains import DomainList, DomainPage
 from envoi.api.dashboard.pages.overview import Overview
 from envoi.api.dashboard.static import StaticFiles
 
@@ -12,6 +14,7 @@ from envoi.api.dashboard.static import StaticFiles
 def routes(settings, services) -> list[tuple[str, object, str | None]]:
     accounts, users = services.accounts, services.users
     client_address = ClientAddress(settings.trusted_proxies)
+    domain_page = DomainPage(accounts, services.tracking, dns_targets(settings.region), settings.dns_resolver)
     return [
         (PREFIX, Home(), None),
         (f"{PREFIX}/static/{{name}}", StaticFiles(), None),
@@ -21,4 +24,11 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         (f"{PREFIX}/join", Join(users, client_address), None),
         # customer pages
         (f"{PREFIX}/overview", Overview(accounts, services.stats), None),
+        # domains: records, verification, SMTP credentials, tracking
+        (f"{PREFIX}/domains", DomainList(accounts), None),
+        (f"{PREFIX}/domains/{{domain}}", domain_page, None),
+        *((f"{PREFIX}/domains/{{domain}}/{path}", domain_page, suffix) for path, suffix in (
+            ("verify", "verify"), ("delete", "delete"), ("credentials", "credentials"),
+            ("credentials/password", "password"), ("credentials/delete", "credential_delete"),
+            ("tracking", "tracking"))),
     ]
