@@ -8,12 +8,14 @@ from envoi.api.dashboard.gate import PREFIX
 from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
 from envoi.api.dashboard.pages.domains import DomainList, DomainPage
 from envoi.api.dashboard.pages.overview import Overview
+from envoi.api.dashboard.pages.suppressions import SuppressionsPage
 from envoi.api.dashboard.static import StaticFiles
 
 
 def routes(settings, services) -> list[tuple[str, object, str | None]]:
     accounts, users = services.accounts, services.users
     client_address = ClientAddress(settings.trusted_proxies)
+    suppressions = SuppressionsPage(accounts, services.suppressions)
     domain_page = DomainPage(accounts, services.tracking, dns_targets(settings.region), settings.dns_resolver)
     return [
         (PREFIX, Home(), None),
@@ -31,4 +33,8 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
             ("verify", "verify"), ("delete", "delete"), ("credentials", "credentials"),
             ("credentials/password", "password"), ("credentials/delete", "credential_delete"),
             ("tracking", "tracking"))),
+        # suppression lists: browse, search, add, remove, CSV import and export
+        (f"{PREFIX}/suppressions", suppressions, None),
+        *((f"{PREFIX}/suppressions/{action}", suppressions, action) for action in ("add", "delete", "import",
+                                                                                   "export")),
     ]
