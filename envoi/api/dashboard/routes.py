@@ -9,12 +9,14 @@ from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
 from envoi.api.dashboard.pages.domains import DomainList, DomainPage
 from envoi.api.dashboard.pages.overview import Overview
 from envoi.api.dashboard.pages.suppressions import SuppressionsPage
+from envoi.api.dashboard.pages.webhooks import WebhooksPage
 from envoi.api.dashboard.static import StaticFiles
 
 
 def routes(settings, services) -> list[tuple[str, object, str | None]]:
     accounts, users = services.accounts, services.users
     client_address = ClientAddress(settings.trusted_proxies)
+    webhooks = WebhooksPage(accounts, services.webhooks)
     suppressions = SuppressionsPage(accounts, services.suppressions)
     domain_page = DomainPage(accounts, services.tracking, dns_targets(settings.region), settings.dns_resolver)
     return [
@@ -37,4 +39,8 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         (f"{PREFIX}/suppressions", suppressions, None),
         *((f"{PREFIX}/suppressions/{action}", suppressions, action) for action in ("add", "delete", "import",
                                                                                    "export")),
+        # webhooks: URLs per event type, test sends, attempts, the signing key
+        (f"{PREFIX}/webhooks", webhooks, None),
+        *((f"{PREFIX}/webhooks/{path}", webhooks, path.replace("-", "_"))
+          for path in ("set", "delete", "test", "signing-key")),
     ]
