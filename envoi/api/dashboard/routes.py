@@ -34,7 +34,7 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         *((f"{PREFIX}/domains/{{domain}}/{path}", domain_page, suffix) for path, suffix in (
             ("verify", "verify"), ("delete", "delete"), ("credentials", "credentials"),
             ("credentials/password", "password"), ("credentials/delete", "credential_delete"),
-            ("tracking", "tracking"))),
+            ("tracking", "tracking"), ("dkim/rotate", "rotate"))),
         # suppression lists: browse, search, add, remove, CSV import and export
         (f"{PREFIX}/suppressions", suppressions, None),
         *((f"{PREFIX}/suppressions/{action}", suppressions, action) for action in ("add", "delete", "import",

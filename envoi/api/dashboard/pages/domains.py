@@ -22,6 +22,7 @@ DONE = {  # ?done= codes -> the fixed confirmation shown (never free text from t
     "deleted": "The domain was deleted.",
     "credential-deleted": "The SMTP credential was deleted.",
     "tracking": "Tracking settings were saved.",
+    "rotation": "A new DKIM key was made. Publish its record, then Verify now: signing moves to it once found.",
 }
 TRACKING_KINDS = ("open", "click", "unsubscribe")
 
@@ -84,9 +85,11 @@ class DomainPage:
         records = records or dns_records(row, **self.dns_settings)
         credentials = self.accounts.list_credentials(row["account_id"], row["name"])
         tracking = self.tracking.settings_json(row)["tracking"]
-        dkim = next(r for r in records["sending_dns_records"] if "._domainkey." in r["name"])
+        keys = [r for r in records["sending_dns_records"] if "._domainkey." in r["name"]]
+        dkim = next(r for r in keys if not r.get("pending"))
+        pending = next((r for r in keys if r.get("pending")), None)
         render(req, resp, "domain.html", status=status, domain=row, records=records, checked=checked,
-               credentials=credentials, tracking=tracking, dkim=dkim, error=error, secret=secret,
+               credentials=credentials, tracking=tracking, dkim=dkim, pending_dkim=pending, error=error, secret=secret,
                notice=notice or _done(req))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
@@ -104,6 +107,11 @@ class DomainPage:
         state = "The domain is verified." if row["state"] == "active" else (
             "Not verified yet: the SPF and DKIM records must both be found.")
         self._render(req, resp, row, records=records, checked=True, notice=f"Records checked. {state}")
+
+    def on_post_rotate(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        """A new DKIM key, pending until its record is found (Accounts.rotate_dkim_key)."""
+        row = self.accounts.rotate_dkim_key(req.context.user.account_id, self._domain(req, domain)["name"])
+        raise falcon.HTTPSeeOther(f"{PREFIX}/domains/{row['name']}?done=rotation")
 
     def on_post_delete(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         self.accounts.delete_domain(req.context.user.account_id, self._domain(req, domain)["name"])

@@ -3,12 +3,16 @@ server; SMTP credentials; tracking settings. Same services as /v4/domains; roles
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from envoi.accounts.service import dns_records, dns_targets
+from envoi.infra import dkim_keys
+from tests.conftest import basic
 from tests.support.dns_server import DnsServer
 
 
@@ -164,3 +168,46 @@ def test_another_accounts_user_gets_404_everywhere_and_changes_nothing(page_as, 
     assert services.accounts.authenticate_smtp(f"owner@{name}", "owner-secret") is not None
     assert [c["login"] for c in services.accounts.list_credentials(account["id"], name)] == [f"owner@{name}"]
     assert services.tracking.settings_json(domain)["tracking"]["open"]["active"] is False
+
+
+def test_a_dkim_rotation_signs_with_the_new_key_only_once_its_record_is_found(page_as, services, account, dns,
+                                                                             client, settings):
+    row = services.accounts.add_domain(account["id"], new_name(), dkim_key_size=1024, verified=True)
+    name, old_selector, old_public = row["name"], row["dkim_selector"], row["dkim_public_key"]
+    page = page_as("admin")
+    resp = page.post(f"/dashboard/domains/{name}/dkim/rotate")
+    assert resp.status_code == 303 and resp.headers["Location"] == f"/dashboard/domains/{name}?done=rotation"
+    pending = services.accounts.get_domain(name, account["id"])
+    new_selector = pending["dkim_pending_selector"]
+    assert new_selector and new_selector != old_selector
+    assert (pending["dkim_selector"], pending["dkim_public_key"]) == (old_selector, old_public)  # still signing old
+    html = page.get(f"/dashboard/domains/{name}").text
+    assert f"{new_selector}._domainkey.{name}" in html and pending["dkim_pending_public_key"] in html
+    # the API lists the next key's record too, so it can be published before the switch
+    _, key = services.accounts.create_key(account["id"], "admin")
+    api = client.simulate_get(f"/v4/domains/{name}", headers=basic(key)).json
+    assert f"{new_selector}._domainkey.{name}" in [r["name"] for r in api["sending_dns_records"]]
+
+    html = page.post(f"/dashboard/domains/{name}/verify").text  # not published yet: nothing switches
+    assert valid_of(html, "TXT", f"{new_selector}._domainkey.{name}") == "invalid"
+    assert services.accounts.get_domain(name, account["id"])["dkim_selector"] == old_selector
+
+    dns.add(f"{new_selector}._domainkey.{name}", "TXT", f"v=DKIM1; k=rsa; p={pending['dkim_pending_public_key']}")
+    page.post(f"/dashboard/domains/{name}/verify")
+    switched = services.accounts.get_domain(name, account["id"])
+    assert (switched["dkim_selector"], switched["dkim_public_key"]) == (new_selector,
+                                                                        pending["dkim_pending_public_key"])
+    assert switched["dkim_pending_selector"] is None and switched["dkim_rotated_at"] is not None
+    # the relay's signing key is the new private key: it matches the published public key
+    private = dkim_keys.load_rsa(services.accounts.dkim_private_key(switched))
+    der = private.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert base64.b64encode(der).decode() == switched["dkim_public_key"]
+    html = page.get(f"/dashboard/domains/{name}").text
+    assert f'<dd class="mono" id="dkim-selector">{new_selector}</dd>' in html and 'id="pending-dkim"' not in html
+
+
+def test_another_account_cannot_rotate_the_key(page_as, services, domain, account):
+    other = page_as("admin", of=services.accounts.create_account("other"))
+    assert other.post(f"/dashboard/domains/{domain['name']}/dkim/rotate").status_code == 404
+    assert services.accounts.get_domain(domain["name"], account["id"])["dkim_pending_selector"] is None
