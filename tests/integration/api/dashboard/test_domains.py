@@ -211,3 +211,16 @@ def test_another_account_cannot_rotate_the_key(page_as, services, domain, accoun
     other = page_as("admin", of=services.accounts.create_account("other"))
     assert other.post(f"/dashboard/domains/{domain['name']}/dkim/rotate").status_code == 404
     assert services.accounts.get_domain(domain["name"], account["id"])["dkim_pending_selector"] is None
+
+
+def test_the_pages_carry_the_strict_policy_and_no_inline_script_style_or_handlers(page_as, domain):
+    from envoi.api.dashboard import security
+
+    page = page_as("admin")
+    for path in ("/dashboard/domains", f"/dashboard/domains/{domain['name']}", "/dashboard/suppressions",
+                 "/dashboard/suppressions?kind=whitelists", "/dashboard/webhooks"):
+        resp = page.get(path)
+        assert resp.status_code == 200, path
+        assert resp.headers["content-security-policy"] == security.PAGE_POLICY, path
+        assert not re.search(r"<script(?![^>]*\bsrc=)", resp.text), path
+        assert " style=" not in resp.text and not re.search(r"\son[a-z]+=", resp.text), path
