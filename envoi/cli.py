@@ -351,11 +351,9 @@ def domains_remove(name: str, account_id: int) -> None:
 
 
 def _domain_records(services, row: dict) -> dict:
-    from envoi.accounts.service import dns_records
+    from envoi.accounts.service import dns_records, dns_targets
 
-    region = services.settings.region
-    return dns_records(row, spf_include=f"{region}.envoi.local", mx_hosts=(f"mx.{region}.envoi.local",),
-                       tracking_target=f"track.{region}.envoi.local")
+    return dns_records(row, **dns_targets(services.settings.region))
 
 
 @main.group()

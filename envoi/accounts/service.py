@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -283,7 +284,7 @@ class Accounts:
         row = self.get_domain(name, account_id)
         checked = {key: (rows if trust else dnscheck.check(rows, nameserver)) for key, rows in records.items()}
         proven = trust or all(r["valid"] == "valid" for r in checked["sending_dns_records"]
-                              if r["record_type"] == "TXT")
+                              if r["record_type"] == "TXT" and not r.get("pending"))
         if proven and row["state"] == "unverified":
             try:
                 with self.db.transaction() as conn:
@@ -295,7 +296,35 @@ class Accounts:
             self._sending_domains.forget()
             self._keys_changed()
             row = self.get_domain_by_id(row["id"])
+        if not trust:
+            row = self._promote_dkim(row, checked)
         return row, checked
+
+    def rotate_dkim_key(self, account_id: int | None, name: str, key_size: int | None = None) -> dict:
+        """Make the domain's next DKIM key, under a new selector, and keep it pending: the relay goes
+        on signing with the current key until verify_domain() finds the new key's record in DNS, and
+        switches then. Rotating again before that replaces the pending key. Returns the domain row."""
+        row = self.get_domain(name, account_id)
+        key_size = key_size or row["dkim_key_size"]
+        if key_size not in dkim_keys.RSA_KEY_SIZES:
+            raise InvalidInput("dkim_key_size must be 1024, 2048 or 4096")
+        selector = f"envoi-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(2)}"  # never the current one
+        private_pem, public_b64 = dkim_keys.generate_rsa(key_size)
+        with self.db.transaction() as conn:
+            store.set_pending_dkim(conn, row["id"], selector, dkim_keys.seal_rsa(self.sealer, row["name"], private_pem),
+                                   public_b64, key_size)
+        return self.get_domain_by_id(row["id"])
+
+    def _promote_dkim(self, row: dict, checked: dict) -> dict:
+        """verify_domain's part of a rotation: the pending key's record was found, so sign with it."""
+        selector = row.get("dkim_pending_selector")
+        pending = f"{selector}._domainkey.{row['name']}"
+        if selector and any(r["name"] == pending and r["valid"] == "valid" for r in checked["sending_dns_records"]):
+            with self.db.transaction() as conn:
+                store.promote_pending_dkim(conn, row["id"], selector)
+            self._sending_domains.forget()
+            return self.get_domain_by_id(row["id"])
+        return row
 
     # authorised recipients (what unverified domains may send to) -------------------------------
     def authorized_recipients(self, account_id: int) -> list[dict]:
@@ -471,6 +500,13 @@ class Accounts:
 _DUMMY_HASH = crypto.hash_password("not-a-real-password")
 
 
+def dns_targets(region: str) -> dict:
+    """What a region's domains point their records at: dns_records()' keyword arguments, the one
+    place they are made (the API and the dashboard show the same records)."""
+    return {"spf_include": f"{region}.envoi.local", "mx_hosts": (f"mx.{region}.envoi.local",),
+            "tracking_target": f"track.{region}.envoi.local"}
+
+
 def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tracking_target: str) -> dict:
     """The records a customer publishes, in Mailgun's sending/receiving_dns_records shape."""
     name = domain["name"]
@@ -487,5 +523,8 @@ def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tr
         record("TXT", f"{domain['dkim_selector']}._domainkey.{name}", f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"),
         record("CNAME", f"{domain['web_prefix']}.{name}", tracking_target),
     ]
+    if domain.get("dkim_pending_selector"):  # a rotation: the next key, to publish before signing moves to it
+        sending.append({**record("TXT", f"{domain['dkim_pending_selector']}._domainkey.{name}",
+                                 f"v=DKIM1; k=rsa; p={domain['dkim_pending_public_key']}"), "pending": True})
     receiving = [record("MX", name, host, "10") for host in mx_hosts]
     return {"sending_dns_records": sending, "receiving_dns_records": receiving}

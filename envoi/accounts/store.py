@@ -7,7 +7,9 @@ from envoi.infra.db import Connection
 DOMAIN_COLUMNS = (
     "d.id, d.account_id, d.name, d.state, d.type, d.dkim_selector, d.dkim_private_key, d.dkim_public_key,"
     " d.dkim_key_size, d.spam_action, d.wildcard, d.web_prefix, d.web_scheme, d.require_tls,"
-    " d.skip_verification, extract(epoch from d.message_ttl) AS message_ttl, d.created_at"
+    " d.skip_verification, extract(epoch from d.message_ttl) AS message_ttl, d.created_at,"
+    " d.dkim_pending_selector, d.dkim_pending_private_key, d.dkim_pending_public_key, d.dkim_pending_key_size,"
+    " d.dkim_rotated_at"
 )
 
 
@@ -156,6 +158,23 @@ def list_domains(conn: Connection, account_id: int, state: str | None, limit: in
         args + (limit, skip),
     ).fetchall()
     return total, rows
+
+
+def set_pending_dkim(conn: Connection, domain_id: int, selector: str, sealed: bytes, public: str,
+                     key_size: int) -> None:
+    conn.execute("UPDATE domains SET dkim_pending_selector = %s, dkim_pending_private_key = %s,"
+                 " dkim_pending_public_key = %s, dkim_pending_key_size = %s WHERE id = %s",
+                 (selector, sealed, public, key_size, domain_id))
+
+
+def promote_pending_dkim(conn: Connection, domain_id: int, selector: str) -> bool:
+    """The pending key (if it is still the one with SELECTOR) becomes the signing key, in one update."""
+    return conn.execute(
+        "UPDATE domains SET dkim_selector = dkim_pending_selector, dkim_private_key = dkim_pending_private_key,"
+        " dkim_public_key = dkim_pending_public_key, dkim_key_size = dkim_pending_key_size,"
+        " dkim_pending_selector = NULL, dkim_pending_private_key = NULL, dkim_pending_public_key = NULL,"
+        " dkim_pending_key_size = NULL, dkim_rotated_at = now() WHERE id = %s AND dkim_pending_selector = %s",
+        (domain_id, selector)).rowcount > 0
 
 
 def set_domain_state(conn: Connection, domain_id: int, state: str) -> None:

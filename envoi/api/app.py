@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import falcon
 
+from envoi.accounts.service import dns_targets
 from envoi.api import errors, forms, params
 from envoi.api.auth import AuthMiddleware
 from envoi.api.client_address import ClientAddress
@@ -43,8 +44,7 @@ def create_app(settings, services) -> falcon.App:
 def routes(settings, services) -> list[Route]:
     """Every route of the API, grouped by what it serves."""
     accounts = services.accounts
-    dns = {"spf_include": f"{settings.region}.envoi.local", "mx_hosts": (f"mx.{settings.region}.envoi.local",),
-           "tracking_target": f"track.{settings.region}.envoi.local"}
+    dns = dns_targets(settings.region)
     messages = Messages(services.intake)
     suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
                     for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}

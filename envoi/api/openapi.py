@@ -233,8 +233,8 @@ def _paths() -> dict:
     for kind in SUPPRESSION_KINDS:
         base = f"/v3/{{domain}}/{kind}"
         entry = {"address": SHORT, "code": SHORT, "error": SHORT, "tag": SHORT, "created_at": SHORT, "domain": SHORT}
-        add(base, "get", op(f"List {kind}", _json(PAGED), params=[d, _q("limit", INT), _q("page"), _q("address")],
-                            tag="suppressions"))
+        add(base, "get", op(f"List {kind} (term: only values starting with it)", _json(PAGED),
+                            params=[d, _q("limit", INT), _q("page"), _q("address"), _q("term")], tag="suppressions"))
         add(base, "post", op(f"Add to {kind} (form: one; JSON: an array)", _json(MESSAGE), params=[d],
                              body=_form(entry, json_body={"type": "array", "items": {"type": "object", "properties": entry},
                                                           "maxItems": 5}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlencode
@@ -134,17 +135,23 @@ class Suppressions:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
         which = (params.get("page") or "first").lower()
         pivot = (params.get("address") or "").lower() or None
+        term = (params.get("term") or "").strip().lower() or None  # Mailgun's `term`: values starting with it
         if which not in ("first", "next", "previous", "prev", "last"):
             raise InvalidInput("page must be first, next, previous or last")
+        if term is not None and len(term) > 320:
+            raise InvalidInput("term is too long")
         with self.db.transaction() as conn:
+            def rows_of(pivot, ascending):
+                return store.page(conn, kind, domain["id"], pivot=pivot, ascending=ascending, limit=limit,
+                                  prefix=term)
             if which == "first":
-                rows = store.page(conn, kind, domain["id"], pivot=None, ascending=True, limit=limit)
+                rows = rows_of(None, True)
             elif which == "next":
-                rows = store.page(conn, kind, domain["id"], pivot=pivot, ascending=True, limit=limit)
+                rows = rows_of(pivot, True)
             elif which in ("previous", "prev"):
-                rows = store.page(conn, kind, domain["id"], pivot=pivot, ascending=False, limit=limit)[::-1]
+                rows = rows_of(pivot, False)[::-1]
             else:
-                rows = store.page(conn, kind, domain["id"], pivot=None, ascending=False, limit=limit)[::-1]
+                rows = rows_of(None, False)[::-1]
         key = store.TABLES[kind][1]
         base = f"{self.public_url}/v3/{domain['name']}/{kind}"
 
@@ -152,6 +159,8 @@ class Suppressions:
             query = {"page": page, "limit": limit}
             if address is not None:
                 query["address"] = address
+            if term is not None:
+                query["term"] = term
             return f"{base}?{urlencode(query)}"
 
         first_key = rows[0][key] if rows else (pivot or "")
@@ -161,6 +170,19 @@ class Suppressions:
             "paging": {"first": url("first"), "next": url("next", last_key),
                        "previous": url("previous", first_key), "last": url("last")},
         }
+
+    def export(self, domain: dict, kind: str, chunk: int = MAX_LIMIT) -> Iterator[dict]:
+        """Every entry of the list in the API's item shape, alphabetically, read a page at a time (one
+        short transaction each) so a long list streams without holding a connection."""
+        key = store.TABLES[kind][1]
+        pivot = None
+        while True:
+            with self.db.transaction() as conn:
+                rows = store.page(conn, kind, domain["id"], pivot=pivot, ascending=True, limit=chunk)
+            yield from (item_json(kind, r) for r in rows)
+            if len(rows) < chunk:
+                return
+            pivot = rows[-1][key]
 
     def get(self, domain: dict, kind: str, value: str) -> dict:
         with self.db.transaction() as conn:

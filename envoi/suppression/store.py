@@ -14,10 +14,14 @@ TABLES = {
 
 
 def page(conn: Connection, kind: str, domain_id: int, *, pivot: str | None, ascending: bool,
-         limit: int) -> list[dict]:
-    """Alphabetical page: after `pivot` (ascending) or before it (descending)."""
+         limit: int, prefix: str | None = None) -> list[dict]:
+    """Alphabetical page: after `pivot` (ascending) or before it (descending); only values that start
+    with `prefix` if given."""
     table, key = TABLES[kind]
     where, args = ["domain_id = %s"], [domain_id]
+    if prefix:
+        where.append(f"starts_with({key}, %s)")
+        args.append(prefix)
     if pivot is not None:
         where.append(f"{key} > %s" if ascending else f"{key} < %s")
         args.append(pivot)

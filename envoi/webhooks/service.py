@@ -44,6 +44,15 @@ def signature(key: str, timestamp: str, token: str) -> str:
     return hmac_sha256_hex(key.encode(), (timestamp + token).encode())
 
 
+def sample_event(name: str, domain: str) -> dict:
+    """The event-data of a test webhook: an event of type NAME about a made-up recipient."""
+    event = {"event": "failed", "severity": name.split("_")[0]} if name.endswith("_fail") else {"event": name}
+    return {**event, "id": f"test-{secrets.token_hex(11)}", "timestamp": time.time(),
+            "recipient": "alice@example.com", "tags": [], "user-variables": {}, "test": True,
+            "message": {"headers": {"to": "alice@example.com", "from": f"test@{domain}",
+                                    "subject": "Envoi test webhook", "message-id": f"test@{domain}"}}}
+
+
 class Webhooks:
     def __init__(self, settings: Settings, db: Database, sealer: Sealer, redis=None, metrics: Metrics | None = None):
         self.settings = settings
@@ -210,8 +219,9 @@ class Webhooks:
                                    self.lease_seconds)
 
     # one attempt ------------------------------------------------------------------------------
-    def deliver(self, delivery_id: int) -> str:
-        """Make one attempt for an outbox row and record it. Returns the outcome."""
+    def deliver(self, delivery_id: int, *, retry: bool = True) -> str:
+        """Make one attempt for an outbox row and record it. Returns the outcome. retry=False: a failed
+        attempt is final (a test sends once)."""
         timeout = self.settings.webhook_timeout
         with self.db.transaction() as conn:
             row = store.start(conn, delivery_id, timeout * 2 + 5)  # None: done, running or not due yet
@@ -238,7 +248,7 @@ class Webhooks:
             outcome = state = "delivered"
         elif status in (406, 410):
             outcome = state = "rejected"  # Mailgun: 406 means "stop retrying"; 410 Gone says the same
-        elif time.time() - row["created_at"].timestamp() >= self.settings.webhook_retry_for:
+        elif not retry or time.time() - row["created_at"].timestamp() >= self.settings.webhook_retry_for:
             outcome = state = "failed"
         else:
             outcome, state = "retry", "pending"
@@ -254,6 +264,24 @@ class Webhooks:
         if outcome != "delivered":
             log.info("webhook %s to %s: %s (%s)", delivery_id, row["url"], outcome, status or response.error)
         return outcome
+
+    def send_test(self, domain: dict, name: str) -> list[dict]:
+        """POST a sample event of type NAME to each of the domain's URLs for it, now, through the worker's
+        own path (signed with the account's key, the SSRF guard, recorded in the attempts log), once.
+        Returns per URL: {url, outcome, status, error, response, latency_ms}."""
+        self._check_type(name)
+        payload = sample_event(name, domain["name"])
+        with self.db.transaction() as conn:
+            ids = store.insert_test_deliveries(conn, domain["account_id"], domain["id"], name,
+                                               payload["id"], payload)
+        if not ids:
+            raise NotFound("Webhook not found")
+        for delivery_id in ids:
+            self.deliver(delivery_id, retry=False)
+        with self.db.transaction() as conn:
+            rows = store.last_attempts(conn, ids)
+        return [{"url": r["url"], "outcome": r["outcome"], "status": r["status_code"], "error": r["error"],
+                 "response": r["response"], "latency_ms": r["latency_ms"]} for r in rows]
 
     def backlog(self) -> int:
         """Deliveries due now and not in flight (for the backlog gauge)."""
@@ -296,6 +324,7 @@ class Webhooks:
             "event_id": r["event_id"], "attempt": r["attempt_no"], "status": r["status_code"],
             "error": r["error"], "latency_ms": r["latency_ms"], "response": r["response"], "outcome": r["outcome"],
             "delivery_status": r["delivery_status"], "timestamp": r["attempted_at"].timestamp(),
+            "event-data": r["payload"],  # what was sent (the body's event-data; the signature is not kept)
         } for r in rows]
         base = f"{self.settings.public_url}/v3/domains/{domain['name']}/webhooks"
         base += f"/{name}/attempts" if name else "/attempts"

@@ -110,6 +110,26 @@ def insert_deliveries(conn: Connection, rows: list[tuple]) -> None:
             [r[:4] + (endpoint_of(r[3]), r[4], Jsonb(r[5])) for r in rows])
 
 
+def insert_test_deliveries(conn: Connection, account_id: int, domain_id: int, event_type: str, event_id: str,
+                           payload: dict) -> list[int]:
+    """One outbox row per URL of the webhook, for a test sent at once by the caller: leased for an
+    hour so the dispatcher leaves it alone."""
+    rows = conn.execute(
+        "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, url_sealed, endpoint, event_id,"
+        " payload, leased_until)"
+        " SELECT %s, domain_id, event_type, url, url_sealed, endpoint, %s, %s, now() + interval '1 hour'"
+        " FROM webhooks WHERE domain_id = %s AND event_type = %s ORDER BY id RETURNING id",
+        (account_id, event_id, Jsonb(payload), domain_id, event_type)).fetchall()
+    return [r["id"] for r in rows]
+
+
+def last_attempts(conn: Connection, delivery_ids: list[int]) -> list[dict]:
+    """The latest attempt of each delivery, in delivery order."""
+    return conn.execute(
+        "SELECT DISTINCT ON (d.id) a.*, d.url FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id"
+        " WHERE d.id = ANY(%s) ORDER BY d.id, a.id DESC", (delivery_ids,)).fetchall()
+
+
 def claim_due(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[int]:
     """Lease due deliveries fairly; return their ids.
 
@@ -205,7 +225,8 @@ def attempts(conn: Connection, domain_id: int, event_type: str | None, url: str 
         args.append(before)
     args.append(limit)
     return conn.execute(
-        "SELECT a.*, d.url, d.event_type, d.event_id, d.status AS delivery_status, d.attempts AS delivery_attempts"
+        "SELECT a.*, d.url, d.event_type, d.event_id, d.payload, d.status AS delivery_status,"
+        " d.attempts AS delivery_attempts"
         " FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id"
         f" WHERE {' AND '.join(where)} ORDER BY a.id DESC LIMIT %s", args).fetchall()
 

@@ -17,7 +17,7 @@ class SuppressionList(DomainScoped):
         self.kind = kind
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        params = {k: req.get_param(k) for k in ("limit", "page", "address") if req.get_param(k) is not None}
+        params = {k: req.get_param(k) for k in ("limit", "page", "address", "term") if req.get_param(k) is not None}
         resp.media = self.suppressions.page(self.domain(req, domain), self.kind, params)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:

@@ -183,3 +183,25 @@ def test_complained_event_adds_a_complaint(services, account, domain, db):
     with services.db.transaction() as conn:
         assert services.suppressions.blocked(conn, [(account["id"], domain["id"], "ANGRY@dest.test", [])]) == [
             "suppress-complaint"]
+
+
+def test_term_lists_only_values_starting_with_it_and_pages_within_them(client, services, domain, api_key):
+    services.suppressions.add_batch(domain, "complaints", [{"address": a} for a in
+                                                           ("ann@x.test", "anna@x.test", "annie@x.test", "bob@x.test")])
+    base = f"/v3/{domain['name']}/complaints"
+    first = client.simulate_get(base, params={"term": "ANN", "limit": "2"}, headers=basic(api_key)).json
+    assert [i["address"] for i in first["items"]] == ["ann@x.test", "anna@x.test"]
+    assert "term=ann" in first["paging"]["next"]  # the paging URLs keep the search
+    query = first["paging"]["next"].split("?", 1)[1]
+    second = client.simulate_get(base, query_string=query, headers=basic(api_key)).json
+    assert [i["address"] for i in second["items"]] == ["annie@x.test"]
+    none = client.simulate_get(base, params={"term": "%"}, headers=basic(api_key)).json
+    assert none["items"] == []  # a literal prefix, not a pattern
+
+
+def test_export_reads_the_whole_list_in_pages(services, domain):
+    services.suppressions.add_batch(domain, "whitelists", [{"address": f"w{n}@x.test"} for n in range(7)]
+                                    + [{"domain": "partner.test"}])
+    items = list(services.suppressions.export(domain, "whitelists", chunk=3))  # 3 + 3 + 2
+    assert [i["value"] for i in items] == ["partner.test", *(f"w{n}@x.test" for n in range(7))]
+    assert items[0] == services.suppressions.get(domain, "whitelists", "partner.test")  # the API's item shape
