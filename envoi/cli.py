@@ -282,11 +282,9 @@ def accounts_close(account_id: int, yes: bool) -> None:
     once and its mail still waiting is cancelled. Its data is kept until the purge (issue 15)."""
     if not yes:
         raise click.UsageError("closing an account is final: pass --yes")
-    services = _services()
-    row = services.accounts.close(account_id, actor="cli")
-    cancelled = services.storage.cancel_account_queue(account_id)
+    row = _services().privacy.close_account(account_id, actor="cli")
     click.echo(json.dumps({"id": row["id"], "state": row["state"], "closed_at": row["closed_at"].isoformat(),
-                           "cancelled_recipients": cancelled}))
+                           "cancelled_recipients": row["cancelled_recipients"]}))
 
 
 @main.group()

@@ -116,11 +116,12 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     throttle = LoginThrottle(redis, f"envoi:{settings.region}:login-failures", max_per_email=settings.login_max_failures,
                              max_per_ip=settings.login_max_failures_ip, window=settings.login_window)
     users = Users(db, sealer, sessions, audit, throttle)
+    storage = StoredMessages(db, sealer, events)
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, ips=ips, intake=intake,
-        storage=StoredMessages(db, sealer, events), privacy=Privacy(db),
+        storage=storage, privacy=Privacy(db, accounts, storage),
         audit=audit, sessions=sessions, users=users,
         queue=Queue(db),
     )

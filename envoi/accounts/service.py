@@ -89,14 +89,18 @@ class Accounts:
         with self.db.transaction() as conn:
             return store.insert_account(conn, name, self.region, plan)
 
-    def list_accounts(self, state: str | None = None) -> list[dict]:
+    def list_accounts(self, state: str | None = None, *, limit: int | None = None, skip: int = 0) -> list[dict]:
         """Every account of the region (or those in `state`), oldest first, with its state, state_reason,
         state_changed_at, closed_at and the counts an operator page shows: domains, users, accepted_30d
         (recipients accepted in the last 30 days)."""
         if state is not None and state not in ACCOUNT_STATES:
             raise InvalidInput(f"state must be one of {', '.join(ACCOUNT_STATES)}")
         with self.db.transaction() as conn:
-            return store.list_accounts(conn, state)
+            return store.list_accounts(conn, state, limit, skip)
+
+    def count_accounts(self, state: str | None = None) -> int:
+        with self.db.transaction() as conn:
+            return store.count_accounts(conn, state)
 
     # account state ----------------------------------------------------------------------------
     # Suspending, reinstating and closing take effect at once in every process: the change bumps the
@@ -170,12 +174,6 @@ class Accounts:
                                    " its users can see why in the dashboard")
         if principal.account_state == "closed":
             raise AccountClosed()
-
-    def overview(self, limit: int = 100, skip: int = 0) -> tuple[int, list[dict]]:
-        """For the operator: (number of accounts, a page of them by id, each with `domain_count` and
-        `user_count`)."""
-        with self.db.transaction() as conn:
-            return store.account_overview(conn, limit, skip)
 
     def get_account(self, account_id: int) -> dict:
         with self.db.transaction() as conn:

@@ -23,7 +23,7 @@ def get_account(conn: Connection, account_id: int) -> dict | None:
     return conn.execute("SELECT * FROM accounts WHERE id = %s", (account_id,)).fetchone()
 
 
-def list_accounts(conn: Connection, state: str | None = None) -> list[dict]:
+def list_accounts(conn: Connection, state: str | None = None, limit: int | None = None, skip: int = 0) -> list[dict]:
     """Every account (or those in `state`) with what an operator's page shows beside it: its domains,
     its dashboard users and the recipients it had accepted in the last 30 days (from the stats rollup
     and its few seconds of counts not yet folded, as the stats API reads them: a few hundred rows per
@@ -38,7 +38,12 @@ def list_accounts(conn: Connection, state: str | None = None) -> list[dict]:
         "   AND s.hour >= now() - interval '30 days')"
         "  + (SELECT coalesce(sum(p.count), 0) FROM event_stats_pending p"
         "   WHERE p.account_id = a.id AND p.tag = '' AND p.event = 'accepted'))::bigint AS accepted_30d"
-        f" FROM accounts a {where} ORDER BY a.id", args).fetchall()
+        f" FROM accounts a {where} ORDER BY a.id LIMIT %s OFFSET %s", (*args, limit, skip)).fetchall()
+
+
+def count_accounts(conn: Connection, state: str | None = None) -> int:
+    where, args = ("WHERE state = %s", (state,)) if state else ("", ())
+    return conn.execute(f"SELECT count(*) AS n FROM accounts {where}", args).fetchone()["n"]
 
 
 def set_account_state(conn: Connection, account_id: int, state: str, reason: str) -> dict | None:
@@ -62,16 +67,6 @@ def end_account_sessions(conn: Connection, account_id: int) -> int:
 
 def account_state(conn: Connection, account_id: int) -> dict | None:
     return conn.execute("SELECT state, state_reason FROM accounts WHERE id = %s", (account_id,)).fetchone()
-
-
-def account_overview(conn: Connection, limit: int, skip: int) -> tuple[int, list[dict]]:
-    """(number of accounts, a page of them by id with their counts of domains and users)."""
-    total = conn.execute("SELECT count(*) AS n FROM accounts").fetchone()["n"]
-    rows = conn.execute(
-        "SELECT a.*, (SELECT count(*) FROM domains d WHERE d.account_id = a.id) AS domain_count,"
-        " (SELECT count(*) FROM users u WHERE u.account_id = a.id) AS user_count"
-        " FROM accounts a ORDER BY a.id LIMIT %s OFFSET %s", (limit, skip)).fetchall()
-    return total, rows
 
 
 def insert_domain(conn: Connection, **row) -> dict:

@@ -26,8 +26,17 @@ from envoi.webhooks.service import Webhooks
 
 
 class Privacy:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, accounts=None, storage: StoredMessages | None = None):
         self.db = db
+        self.accounts = accounts
+        self.storage = storage
+
+    def close_account(self, account_id: int, *, actor: str, ip: str | None = None) -> dict:
+        """The customer deleted the account: its keys, SMTP logins and users stop at once (Accounts.close)
+        and its mail still waiting is cancelled. Its data stays until the purge (docs/account-state.md).
+        Returns the closed account with `cancelled_recipients`."""
+        row = self.accounts.close(account_id, actor=actor, ip=ip)
+        return dict(row, cancelled_recipients=self.storage.cancel_account_queue(account_id))
 
     def export(self, account_id: int, address: str) -> dict:
         address = _canonical(address)

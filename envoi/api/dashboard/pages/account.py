@@ -129,9 +129,6 @@ class AccountDelete(_Page):
         if (req.context.form.get("confirm_name") or "").strip() != account["name"]:
             self.page(req, resp, status=400, delete_error="Type the account's name exactly to confirm; nothing was deleted.")
             return
-        close = getattr(self.accounts, "close", None)  # Accounts.close comes with the `lifecycle` branch
-        if close is None:
-            raise ApiError(501, "Deleting an account is not available on this server yet; nothing was deleted.")
-        close(account["id"], actor=page_actor(req), ip=self.client_address(req))
+        self.privacy.close_account(account["id"], actor=page_actor(req), ip=self.client_address(req))
         resp.append_header("Set-Cookie", sessions.clearing_cookie())
         raise falcon.HTTPSeeOther(f"{PREFIX}/login")

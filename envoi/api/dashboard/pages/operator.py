@@ -9,7 +9,6 @@ import falcon
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import OPERATOR, PREFIX
 from envoi.api.dashboard.templating import render
-from envoi.api.errors import ApiError
 from envoi.infra.errors import EnvoiError
 
 PAGE_SIZE = 100
@@ -39,16 +38,11 @@ class OperatorAccounts:
 
     def show(self, req: falcon.Request, resp: falcon.Response, *, error: str | None = None, status: int = 200) -> None:
         page = req.get_param_as_int("page", min_value=1) or 1
-        total, rows = self.accounts.overview(limit=PAGE_SIZE, skip=(page - 1) * PAGE_SIZE)
+        total = self.accounts.count_accounts()
+        rows = self.accounts.list_accounts(limit=PAGE_SIZE, skip=(page - 1) * PAGE_SIZE)
         render(req, resp, "operator_accounts.html", status=status, accounts=rows, total=total, page=page,
-               pages=max(1, -(-total // PAGE_SIZE)), can_change_state=_can_change_state(self.accounts),
+               pages=max(1, -(-total // PAGE_SIZE)),
                error=error, notice=done_notice(req, DONE))
-
-
-def _can_change_state(accounts) -> bool:
-    """Suspension arrives with the account lifecycle (Accounts.suspend / reinstate); until the service
-    has it, the page shows no buttons and the form answers 501."""
-    return hasattr(accounts, "suspend") and hasattr(accounts, "reinstate")
 
 
 class AccountState:
@@ -69,8 +63,6 @@ class AccountState:
             account_id, actor=actor(req), ip=self.client_address(req)))
 
     def _change(self, req: falcon.Request, resp: falcon.Response, done: str, change) -> None:
-        if not _can_change_state(self.accounts):
-            raise ApiError(501, "Suspending and reinstating accounts is not available in this version of Envoi")
         try:
             change()
         except EnvoiError as ex:

@@ -1,6 +1,6 @@
 """My account: every signed-in person (customers and operators); two-factor set-up with a real code,
 recovery codes once, turning it off, signing out everywhere; for account admins the data export (no
-secrets) and the deletion form (Accounts.close is the lifecycle branch's: 501 until it is wired)."""
+secrets) and the deletion form (closing stops keys, sessions and waiting mail at once)."""
 
 from __future__ import annotations
 
@@ -182,22 +182,37 @@ def test_an_operator_has_no_account_to_export_or_delete(client, services, accoun
     assert page.post("/dashboard/account/delete", {"confirm_name": account["name"]}).status_code == 403
 
 
-def test_deleting_needs_the_typed_name_and_answers_501_until_accounts_close_exists(
-        client, services, account, page_as, monkeypatch):
+def test_deleting_the_account_needs_its_typed_name_then_stops_everything_at_once(
+        client, services, account, api_key, domain, page_as, db):
+    from tests.conftest import basic
+    from tests.support.api import send_form
+
     page = page_as("admin")
+    colleague = page_as("developer")
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    later = format_datetime(datetime.now(UTC) + timedelta(days=1))
+    scheduled = send_form(client, api_key, domain, **{"o:deliverytime": later})
+    assert scheduled.status_code == 200
     assert 'action="/dashboard/account/delete"' in page.get("/dashboard/account").text
     resp = page.post("/dashboard/account/delete", {"confirm_name": account["name"] + "x"})
     assert resp.status_code == 400 and "nothing was deleted" in resp.text
-    if not hasattr(services.accounts, "close"):
-        resp = page.post("/dashboard/account/delete", {"confirm_name": account["name"]})
-        assert resp.status_code == 501 and "not available on this server yet" in resp.text
-        assert services.sessions.resolve(page.token) is not None
-    calls = []
-    monkeypatch.setattr(services.accounts, "close", lambda account_id, **who: calls.append((account_id, who)),
-                        raising=False)
+    assert db.execute("SELECT state FROM accounts WHERE id = %s", (account["id"],)).fetchone()["state"] == "active"
+
     resp = page.post("/dashboard/account/delete", {"confirm_name": account["name"]})
     assert resp.status_code == 303 and resp.headers["location"] == "/dashboard/login"
-    assert calls and calls[0][0] == account["id"] and calls[0][1]["actor"].startswith("user:")
+    assert "Max-Age=0" in resp.headers["set-cookie"]
+    row = db.execute("SELECT state, closed_at FROM accounts WHERE id = %s", (account["id"],)).fetchone()
+    assert row["state"] == "closed" and row["closed_at"] is not None
+    # At once: sessions of every user end, the API key stops, the waiting mail is cancelled.
+    assert services.sessions.resolve(page.token) is None and services.sessions.resolve(colleague.token) is None
+    assert client.simulate_get(f"/v3/{domain['name']}/events", headers=basic(api_key)).status_code == 401
+    statuses = db.execute("SELECT status FROM recipients WHERE account_id = %s", (account["id"],)).fetchall()
+    assert [r["status"] for r in statuses] == ["failed"]  # the scheduled message was cancelled
+    audit = db.execute("SELECT actor FROM audit_log WHERE account_id = %s AND action = 'account.closed'",
+                       (account["id"],)).fetchone()
+    assert audit["actor"].startswith("user:")
 
 
 def test_the_people_pages_carry_the_strict_policy_and_no_inline_code(client, services, account, domain, page_as):

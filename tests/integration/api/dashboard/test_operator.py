@@ -72,21 +72,14 @@ def test_accounts_page_lists_each_account_with_its_region_plan_domains_and_users
     assert resp.status_code == 200
     row = row_of(resp.text, "data-account", str(account["id"]))
     assert account["name"] in row and ">eu<" in row and ">free<" in row
-    assert re.findall(r'class="num">(\d+)</td>', row) == [str(account["id"]), "2", "1"]  # id, domains, users
+    assert re.findall(r'class="num">(\d+)</td>', row) == [str(account["id"]), "2", "1", "0"]  # id, domains, users, 30d
     other_row = row_of(resp.text, "data-account", str(other["id"]))
-    assert ">pro<" in other_row and re.findall(r'class="num">(\d+)</td>', other_row)[1:] == ["0", "0"]
+    assert ">pro<" in other_row and re.findall(r'class="num">(\d+)</td>', other_row)[1:] == ["0", "0", "0"]
     assert resp.headers["content-security-policy"] == security.PAGE_POLICY
 
 
-def test_suspend_and_reinstate_use_the_accounts_service_when_it_has_them(operator, services, account, db):
+def test_suspend_and_reinstate_from_the_accounts_page(operator, services, account, db):
     resp = operator.get("/dashboard/operator")
-    if not hasattr(services.accounts, "suspend"):
-        # Until the account lifecycle is merged: no buttons, and the forms say so with a 501 page.
-        assert "/suspend" not in resp.text
-        for action in ("suspend", "reinstate"):
-            r = operator.post(f"/dashboard/operator/accounts/{account['id']}/{action}", {"reason": "abuse"})
-            assert r.status_code == 501 and "not available" in r.text
-        return
     assert f'/dashboard/operator/accounts/{account["id"]}/suspend' in resp.text
     r = operator.post(f"/dashboard/operator/accounts/{account['id']}/suspend", {"reason": ""})
     assert r.status_code == 400 and "reason" in error_of(r.text)
