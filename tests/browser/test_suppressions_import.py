@@ -3,36 +3,19 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.support.dashboard import user_of
-
-playwright = pytest.importorskip("playwright.sync_api")
+from tests.support.dashboard import sign_in, user_of
 
 
-@pytest.fixture
-def browser():
-    runner = playwright.sync_playwright().start()
-    chromium = runner.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-    yield chromium
-    chromium.close()
-    runner.stop()
-
-
-def test_importing_a_csv_shows_progress_then_the_rows(browser, live_url, services, account, domain, tmp_path, db):
+def test_importing_a_csv_shows_progress_then_the_rows(page, live_url, services, account, domain, tmp_path, db):
     email, password = user_of(services, account, "support")
     addresses = [f"imported{n:02}@dest.test" for n in range(12)]
     csv_file = tmp_path / "bounces.csv"
     csv_file.write_text("address,code,error\n" + "".join(f"{a},550,gone\n" for a in addresses))
-    page = browser.new_page()
     errors = []
     page.on("pageerror", lambda ex: errors.append(str(ex)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
 
-    page.goto(f"{live_url}/dashboard/login?next=/dashboard/suppressions")
-    page.fill("#email", email)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
+    sign_in(page, live_url, email, password, then="/dashboard/suppressions")
     page.wait_for_url("**/dashboard/suppressions")
     assert page.locator("#entries tr[data-entry]").count() == 0
 
