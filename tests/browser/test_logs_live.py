@@ -31,6 +31,13 @@ def browser():
         playwright.stop()
 
 
+def critical(page) -> list[str]:
+    """axe-core's critical accessibility violations on the page."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    return [v["id"] for v in Axe().run(page).response["violations"] if v["impact"] == "critical"]
+
+
 def send(live_url: str, api_key: str, domain: str, subject: str) -> None:
     body = urllib.parse.urlencode({"from": f"s@{domain}", "to": "live@dest.test", "subject": subject,
                                    "text": "hello"}).encode()
@@ -64,8 +71,13 @@ def test_a_sent_message_appears_in_the_live_tail_without_a_reload(browser, live_
         link = row.locator("a").first.get_attribute("href")
         assert link.startswith(f"/dashboard/domains/{domain['name']}/messages/")
         assert page.evaluate("window.__notReloaded") is True
+        assert critical(page) == []
         page.click("#live-toggle")  # off: the stream is closed
         assert page.get_attribute("#live-toggle", "aria-pressed") == "false"
+        row.locator("a").first.click()  # the message page: its trace, its content
+        page.wait_for_selector("h2:has-text('Delivery')")
+        assert "live@dest.test" in page.inner_text("section.recipient")
+        assert critical(page) == []
     except Exception:
         SHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{request.node.name}.png"))

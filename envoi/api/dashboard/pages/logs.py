@@ -123,7 +123,7 @@ class Logs:
         try:
             result = self.events.page(domain, token) if token else self.events.search(domain, params)
         except EventQueryError as ex:
-            render(req, resp, "logs.html", status=400, **dict(context, error=ex.message))
+            render(req, resp, "logs.html", status=400, **dict(context, error=ex.message, live_url=""))
             return
         # Page links keep the form's boxes filled; the token alone decides what the page holds.
         keep = {"domain": domain["name"], **{k: v for k, v in query_params(req).items()

@@ -155,6 +155,7 @@ def test_a_bad_filter_gets_the_apis_message_and_a_400_page(client, api_key, doma
     error = re.search(r'<p class="error" role="alert">(.*?)</p>', resp.text, re.S).group(1)
     assert html.unescape(error) == api.json["message"]
     assert 'id="f-event"' in resp.text and "Sign out" in resp.text  # the page still works around it
+    assert 'id="live-toggle"' not in resp.text  # no live tail of a query that does not parse
 
 
 def test_a_forged_page_token_is_a_400_with_the_apis_message(domain, page_as):
