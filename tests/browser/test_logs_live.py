@@ -15,6 +15,7 @@ from tests.support.dashboard import user_of
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
+MAIL_HTML = "<p>Hello <b>framed</b></p><script>document.body.textContent = 'script ran'</script>"
 SHOTS = Path(tempfile.gettempdir()) / "envoi-browser-screenshots"  # kept on failure
 
 
@@ -40,7 +41,7 @@ def critical(page) -> list[str]:
 
 def send(live_url: str, api_key: str, domain: str, subject: str) -> None:
     body = urllib.parse.urlencode({"from": f"s@{domain}", "to": "live@dest.test", "subject": subject,
-                                   "text": "hello"}).encode()
+                                   "text": "hello", "html": MAIL_HTML}).encode()
     request = urllib.request.Request(f"{live_url}/v3/{domain}/messages", data=body, headers={
         "Authorization": "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode(),
         "Content-Type": "application/x-www-form-urlencoded"})
@@ -77,6 +78,9 @@ def test_a_sent_message_appears_in_the_live_tail_without_a_reload(browser, live_
         row.locator("a").first.click()  # the message page: its trace, its content
         page.wait_for_selector("h2:has-text('Delivery')")
         assert "live@dest.test" in page.inner_text("section.recipient")
+        frame = page.frame_locator("iframe.mail")
+        assert frame.locator("b").inner_text(timeout=5_000) == "framed"  # shown, in its sandbox
+        assert "script ran" not in frame.locator("body").inner_text()  # its script did not run
         assert critical(page) == []
     except Exception:
         SHOTS.mkdir(exist_ok=True)
