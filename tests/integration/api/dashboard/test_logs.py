@@ -14,6 +14,7 @@ import pytest
 
 from envoi.api.dashboard import security
 from envoi.api.dashboard.pages.logs import message_path
+from envoi.events.errors import TooManyStreams
 from tests.conftest import basic
 from tests.support.api import accepted, multipart, send_form
 from tests.support.events import record
@@ -337,3 +338,21 @@ def test_the_live_route_applies_the_filters_and_serves_every_domain_of_the_accou
 def test_a_bad_live_filter_is_a_400_with_the_apis_message(domain, page_as):
     resp = page_as("analyst").get("/dashboard/logs/live", domain=domain["name"], event="(x")
     assert resp.status_code == 400 and "invalid filter expression for &#39;event&#39;" in resp.text
+
+
+def test_the_live_tail_counts_against_the_servers_stream_cap(services, account, domain, page_as):
+    page = page_as("analyst")
+    held = []
+    try:
+        while True:  # take every slot this process has, as API clients would
+            try:
+                held.append(services.stream.open(account["id"], domain_id=None, matches=lambda data: True,
+                                                 last_event_id=None, max_seconds=1))
+            except TooManyStreams:
+                break
+        resp = page.get("/dashboard/logs/live", domain=domain["name"], timeout="1")
+        assert resp.status_code == 429 and "live streams" in resp.text
+    finally:
+        for body in held:
+            body.close()
+    assert page.get("/dashboard/logs/live", domain=domain["name"], timeout="0.5").status_code == 200
