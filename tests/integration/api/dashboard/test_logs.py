@@ -191,6 +191,18 @@ def test_the_message_page_shows_the_trace_with_mx_tls_and_reply(client, api_key,
     assert re.search(r"<td class=\"mono\">Subject</td><td class=\"mono\">Traced</td>", resp.text)  # headers
 
 
+def test_a_retried_delivery_shows_both_attempts_in_order(client, api_key, domain, db, sink, relay, page_as):
+    sink.set_script({"data": ["451 4.3.0 Try again later"]})  # once, then accepted
+    sent = accepted(send_form(client, api_key, domain, subject="Second time lucky"))
+    delivered(db, sent.message_id)
+    resp = page_as("analyst").get(message_path(domain["name"], sent.message_id))
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", resp.text)).split())
+    failed_at, delivered_at = text.index("failed (temporary), attempt 1"), text.index("delivered, attempt 2")
+    assert failed_at < delivered_at
+    assert "Reply451 4.3.0 Try again later" in text[failed_at:delivered_at]  # <dt>Reply</dt><dd>451 …
+    assert "Reply250" in text[delivered_at:]
+
+
 def test_mail_html_only_in_a_sandboxed_frame_under_the_sandbox_policy(client, api_key, domain, page_as):
     sent = accepted(send_form(client, api_key, domain, subject="Has HTML", html=MAIL_HTML))
     page = page_as("analyst")
