@@ -329,6 +329,7 @@ def build_trace(domain: dict, message_id: str, rows: list[dict]) -> dict:
     headers = first["message"]["headers"]
     accepted_at: dict[str, float] = {}
     recipients: dict[str, dict] = {}
+    storage = None
     for row in rows:
         data = row["data"]
         rcpt = row["recipient"] or ""
@@ -337,6 +338,7 @@ def build_trace(domain: dict, message_id: str, rows: list[dict]) -> dict:
         ts = data["timestamp"]
         if row["event"] == "accepted":
             entry["accepted-at"] = accepted_at[rcpt] = ts
+            storage = storage or data.get("storage")
             continue
         if row["event"] not in ("delivered", "failed"):
             continue  # opens, clicks, ... are not attempts
@@ -377,6 +379,9 @@ def build_trace(domain: dict, message_id: str, rows: list[dict]) -> dict:
         "tags": first.get("tags") or [],
         "method": first.get("method"),
         "accepted-at": min(accepted_at.values()) if accepted_at else None,
+        # Where the body is kept (while retention keeps it): the first copy's; copies per recipient
+        # (recipient variables) differ only in what was substituted.
+        "storage": storage,
         "recipients": sorted(recipients.values(), key=lambda r: r["recipient"]),
     }
 

@@ -149,3 +149,13 @@ def parsed(row: dict, mime: bytes) -> dict:
         "content-id-map": content_ids,
         "message-headers": [[k, str(v)] for k, v in msg.items()],
     }
+
+
+def attachment(mime: bytes, index: int) -> tuple[str | None, str, bytes] | None:
+    """The attachment at INDEX in parsed()'s "attachments" list: (file name, content type, bytes);
+    None when there is no such attachment."""
+    msg = email.message_from_bytes(mime, policy=email.policy.default)
+    for number, part in enumerate(msg.iter_attachments()):
+        if number == index:
+            return part.get_filename(), part.get_content_type(), part.get_payload(decode=True) or b""
+    return None

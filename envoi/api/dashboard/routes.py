@@ -18,6 +18,7 @@ from envoi.api.dashboard.pages.audit import AuditExport, AuditPage
 from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
 from envoi.api.dashboard.pages.domains import DomainList, DomainPage
 from envoi.api.dashboard.pages.keys import ApiKey, ApiKeys
+from envoi.api.dashboard.pages.logs import LiveTail, Logs, Message, MessageAttachment, MessageHtml
 from envoi.api.dashboard.pages.operator import AccountState, OperatorAccounts
 from envoi.api.dashboard.pages.operator_ips import OperatorIp, OperatorIps
 from envoi.api.dashboard.pages.operator_queues import OperatorQueues
@@ -34,6 +35,7 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
     webhooks = WebhooksPage(accounts, services.webhooks)
     suppressions = SuppressionsPage(accounts, services.suppressions)
     domain_page = DomainPage(accounts, services.tracking, dns_targets(settings.region), settings.dns_resolver)
+    message = (accounts, services.events, services.storage)
     return [
         (PREFIX, Home(), None),
         (f"{PREFIX}/static/{{name}}", StaticFiles(), None),
@@ -43,6 +45,13 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         (f"{PREFIX}/join", Join(users, client_address), None),
         # customer pages
         (f"{PREFIX}/overview", Overview(accounts, services.stats), None),
+        # delivery logs: the search, its live tail, one message
+        (f"{PREFIX}/logs", Logs(accounts, services.events), None),
+        (f"{PREFIX}/logs/live", LiveTail(accounts, services.stream), None),
+        (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}", Message(*message), None),
+        (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}/html", MessageHtml(*message), None),
+        (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}/attachments/{{index}}", MessageAttachment(*message),
+         None),
         # domains: records, verification, SMTP credentials, tracking
         (f"{PREFIX}/domains", DomainList(accounts), None),
         (f"{PREFIX}/domains/{{domain}}", domain_page, None),

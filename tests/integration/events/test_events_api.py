@@ -192,6 +192,7 @@ def test_trace_shows_every_attempt(client, services, account, domain, api_key, d
     assert resp.status_code == 200, resp.text
     trace = resp.json
     assert trace["message-id"] == message_id and trace["subject"] == "Hi" and trace["method"] == "http"
+    assert services.storage.get(domain["id"], trace["storage"]["key"]) is not None  # where its body is kept
     [rcpt] = trace["recipients"]
     assert rcpt["recipient"] == "t@trace.test" and rcpt["status"] == "delivered"
     first, second = rcpt["attempts"]
