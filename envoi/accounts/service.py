@@ -165,6 +165,11 @@ class Accounts:
         state = self.account_state(principal.account_id)
         return principal if state == principal.account_state else replace(principal, account_state=state)
 
+    def principal_of_user(self, account_id: int) -> Principal:
+        """A dashboard user acting for their account (resending a stored message): the account's rights
+        of a developer key, with its current state, so a suspended account cannot send this way either."""
+        return Principal(None, account_id, "developer", account_state=self.account_state(account_id))
+
     @staticmethod
     def ensure_may_send(principal: Principal, domain_name: str) -> None:
         """Refuse a send from a suspended or closed account (in Mailgun's words for a domain that may not

@@ -35,7 +35,8 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
     webhooks = WebhooksPage(accounts, services.webhooks)
     suppressions = SuppressionsPage(accounts, services.suppressions)
     domain_page = DomainPage(accounts, services.tracking, dns_targets(settings.region), settings.dns_resolver)
-    message = (accounts, services.events, services.storage)
+    message = (accounts, services.events, services.storage, services.intake)  # the message page and its parts
+    message_page = Message(*message)
     return [
         (PREFIX, Home(), None),
         (f"{PREFIX}/static/{{name}}", StaticFiles(), None),
@@ -48,7 +49,9 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         # delivery logs: the search, its live tail, one message
         (f"{PREFIX}/logs", Logs(accounts, services.events), None),
         (f"{PREFIX}/logs/live", LiveTail(accounts, services.stream), None),
-        (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}", Message(*message), None),
+        (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}", message_page, None),
+        (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}/resend", message_page, "resend"),
+        (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}/cancel", message_page, "cancel"),
         (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}/html", MessageHtml(*message), None),
         (f"{PREFIX}/domains/{{domain}}/messages/{{message_id}}/attachments/{{index}}", MessageAttachment(*message),
          None),

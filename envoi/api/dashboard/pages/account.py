@@ -10,6 +10,7 @@ from envoi.accounts import sessions, totp
 from envoi.accounts.errors import AccountsError, InvalidLogin
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX, SIGNED_IN
+from envoi.api.dashboard.pages.common import done_notice
 from envoi.api.dashboard.pages.keys import page_actor
 from envoi.api.dashboard.qr import qr_svg
 from envoi.api.dashboard.templating import render
@@ -49,7 +50,7 @@ class AccountPage(_Page):
     """/dashboard/account."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.page(req, resp, notice=DONE.get(req.get_param("done") or "", ""))
+        self.page(req, resp, notice=done_notice(req, DONE))
 
 
 class TotpStart(_Page):

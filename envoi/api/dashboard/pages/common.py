@@ -32,3 +32,8 @@ def params(req: falcon.Request) -> dict[str, list[str]]:
     dropped, so an unfilled filter box means no filter."""
     return {k: [x for x in v if x.strip()] for k, v in query_params(req).items()
             if k not in ("domain",) and any(x.strip() for x in v)}
+
+
+def done_notice(req: falcon.Request, texts: dict[str, str]) -> str:
+    """The fixed confirmation a page shows after a redirect, chosen by ?done=<code> (never text from the URL)."""
+    return texts.get(req.get_param("done") or "", "")

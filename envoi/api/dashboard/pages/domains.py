@@ -12,6 +12,7 @@ from envoi.accounts.errors import AccountsError
 from envoi.accounts.service import dns_records
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX
+from envoi.api.dashboard.pages.common import done_notice
 from envoi.api.dashboard.templating import render
 from envoi.infra.dkim_keys import RSA_KEY_SIZES
 from envoi.mta.errors import TrackingSettingsError
@@ -25,10 +26,6 @@ DONE = {  # ?done= codes -> the fixed confirmation shown (never free text from t
     "rotation": "A new DKIM key was made. Publish its record, then Verify now: signing moves to it once found.",
 }
 TRACKING_KINDS = ("open", "click", "unsubscribe")
-
-
-def _done(req: falcon.Request) -> str:
-    return DONE.get(req.get_param("done") or "", "")
 
 
 def _password(form: dict) -> str:
@@ -46,7 +43,7 @@ class DomainList:
     def _render(self, req, resp, *, status: int = 200, error: str | None = None, name: str = "") -> None:
         total, rows = self.accounts.list_domains(req.context.user.account_id, limit=MAX_LISTED)
         render(req, resp, "domains.html", status=status, domains=rows, total=total, error=error, name=name,
-               key_sizes=RSA_KEY_SIZES, notice=_done(req))
+               key_sizes=RSA_KEY_SIZES, notice=done_notice(req, DONE))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._render(req, resp)
@@ -90,7 +87,7 @@ class DomainPage:
         pending = next((r for r in keys if r.get("pending")), None)
         render(req, resp, "domain.html", status=status, domain=row, records=records, checked=checked,
                credentials=credentials, tracking=tracking, dkim=dkim, pending_dkim=pending, error=error, secret=secret,
-               notice=notice or _done(req))
+               notice=notice or done_notice(req, DONE))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         self._render(req, resp, self._domain(req, domain))

@@ -9,7 +9,7 @@ from envoi.accounts.errors import AccountsError
 from envoi.accounts.users import actor_of
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX
-from envoi.api.dashboard.pages.common import domain_names
+from envoi.api.dashboard.pages.common import domain_names, done_notice
 from envoi.api.dashboard.templating import render
 from envoi.api.resources.keys import CREATABLE_ROLES, key_json
 
@@ -38,7 +38,7 @@ class ApiKeys:
         self.client_address = client_address
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._page(req, resp, notice=DONE.get(req.get_param("done") or "", ""))
+        self._page(req, resp, notice=done_notice(req, DONE))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         form = req.context.form

@@ -14,12 +14,14 @@ import falcon
 from envoi.accounts.errors import NotFound
 from envoi.api.auth import SESSION
 from envoi.api.dashboard import security
-from envoi.api.dashboard.pages.common import chosen_domain
+from envoi.api.dashboard.pages.common import chosen_domain, done_notice
 from envoi.api.dashboard.templating import render
 from envoi.api.resources.events import LiveEvents
 from envoi.api.scope import query_params
 from envoi.events.errors import EventQueryError
 from envoi.events.service import FILTER_FIELDS
+from envoi.infra.errors import EnvoiError
+from envoi.mta.errors import InvalidMessage
 from envoi.mta.stored_messages import attachment, parsed
 
 #: The search form's own parameters besides the filters (the API's names).
@@ -147,10 +149,11 @@ class LiveTail(LiveEvents):
 class _MessageBase:
     auth, reads = SESSION, "read_logs"
 
-    def __init__(self, accounts, events, storage):
+    def __init__(self, accounts, events, storage, intake):
         self.accounts = accounts
         self.events = events
         self.storage = storage
+        self.intake = intake
 
     def trace(self, req: falcon.Request, domain: str, message_id: str) -> tuple[dict, dict]:
         """(domain row, trace); another account's domain or an unknown message is a 404."""
@@ -167,16 +170,56 @@ class _MessageBase:
 
 
 class Message(_MessageBase):
-    """/dashboard/domains/{domain}/messages/{message_id}"""
+    """/dashboard/domains/{domain}/messages/{message_id}, and its actions: .../resend (the stored message
+    again, to the recipients given: Mailgun's resend) and .../cancel (what still waits: scheduled or
+    retrying recipients), through the same services as the API's POST / DELETE on the storage URL."""
+    writes = "send"
+    DONE = {"resent": "Resent: this is the new message.", "cancelled": "What was still waiting is cancelled."}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str, message_id: str) -> None:
+        self.show(req, resp, domain, message_id)
+
+    def show(self, req: falcon.Request, resp: falcon.Response, domain: str, message_id: str, *,
+             error: str | None = None, status: int = 200) -> None:
         row, trace = self.trace(req, domain, message_id)
         found = self.stored(row, trace)
         body = parsed(*found) if found else None
         base = message_path(row["name"], trace["message-id"])
         images = req.get_param_as_bool("images") or False
-        render(req, resp, "message.html", domain=row["name"], trace=trace, body=body, base=base, images=images,
-               html_src=base + "/html" + ("?images=1" if images else ""))
+        waiting = any(r["status"] == "queued" for r in trace["recipients"])
+        render(req, resp, "message.html", status=status, domain=row["name"], trace=trace, body=body, base=base,
+               images=images, html_src=base + "/html" + ("?images=1" if images else ""), waiting=waiting,
+               stored=found is not None, error=error, notice=done_notice(req, self.DONE),
+               may_send=req.context.user.may("send"))
+
+    def on_post_resend(self, req: falcon.Request, resp: falcon.Response, domain: str, message_id: str) -> None:
+        row, trace = self.trace(req, domain, message_id)
+        key = (trace.get("storage") or {}).get("key")
+        to = [a.strip() for a in (req.context.form.get("to") or "").replace(";", ",").split(",") if a.strip()]
+        try:
+            if not key:
+                raise NotFound("The message's body is no longer kept, so it cannot be resent")
+            if not to:
+                raise InvalidMessage("Give at least one recipient")
+            principal = self.accounts.principal_of_user(req.context.user.account_id)
+            sending = self.intake.domain_for(principal, row["name"])
+            new_id = self.intake.accept(principal, sending, self.storage.resend_draft(sending, key, to))
+        except EnvoiError as ex:
+            self.show(req, resp, domain, message_id, error=ex.message, status=ex.http_status)
+            return
+        raise falcon.HTTPSeeOther(message_path(row["name"], new_id) + "?done=resent")
+
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, domain: str, message_id: str) -> None:
+        row, trace = self.trace(req, domain, message_id)
+        key = (trace.get("storage") or {}).get("key")
+        try:
+            if not key:
+                raise NotFound("Message not found")
+            self.storage.cancel(row, key)
+        except EnvoiError as ex:
+            self.show(req, resp, domain, message_id, error=ex.message, status=ex.http_status)
+            return
+        raise falcon.HTTPSeeOther(message_path(row["name"], trace["message-id"]) + "?done=cancelled")
 
 
 class MessageHtml(_MessageBase):

@@ -8,6 +8,7 @@ import falcon
 
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import OPERATOR, PREFIX
+from envoi.api.dashboard.pages.common import done_notice
 from envoi.api.dashboard.templating import render
 from envoi.infra.errors import EnvoiError
 
@@ -19,11 +20,6 @@ DONE = {"suspended": "The account is suspended: it cannot send until it is reins
 def actor(req: falcon.Request) -> str:
     """The audit actor of an operator's change, as envoi.accounts.users.actor_of names it."""
     return f"operator:{req.context.user.id}"
-
-
-def done_notice(req: falcon.Request, texts: dict[str, str]) -> str:
-    """A fixed confirmation chosen by ?done=<code> (never text from the URL)."""
-    return texts.get(req.get_param("done") or "", "")
 
 
 class OperatorAccounts:

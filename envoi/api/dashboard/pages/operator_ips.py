@@ -10,7 +10,8 @@ import falcon
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.charts import line_chart
 from envoi.api.dashboard.gate import OPERATOR, PREFIX
-from envoi.api.dashboard.pages.operator import actor, done_notice
+from envoi.api.dashboard.pages.common import done_notice
+from envoi.api.dashboard.pages.operator import actor
 from envoi.api.dashboard.templating import render
 from envoi.infra.errors import EnvoiError
 

@@ -13,7 +13,7 @@ import falcon
 
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX
-from envoi.api.dashboard.pages.common import domain_names
+from envoi.api.dashboard.pages.common import domain_names, done_notice
 from envoi.api.dashboard.templating import render
 from envoi.suppression.errors import InvalidInput, SuppressionError
 from envoi.suppression.service import KINDS
@@ -91,7 +91,7 @@ class _Base:
         render(req, resp, "suppressions.html", status=status, domains=names,
                domain=row["name"] if row else "", kind=kind, kinds=KINDS, term=term,
                rows=[row_of(kind, i) for i in items], columns=COLUMNS[kind], links=links,
-               error=error, notice=notice or DONE.get(req.get_param("done") or "", ""), imported=imported)
+               error=error, notice=notice or done_notice(req, DONE), imported=imported)
 
     @staticmethod
     def _links(domain: str, kind: str, term: str, which: str, items: list[dict]) -> dict:

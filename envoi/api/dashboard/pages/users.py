@@ -10,6 +10,7 @@ from envoi.accounts import roles
 from envoi.accounts.errors import AccountsError
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX
+from envoi.api.dashboard.pages.common import done_notice
 from envoi.api.dashboard.pages.keys import page_actor
 from envoi.api.dashboard.templating import render
 
@@ -38,7 +39,7 @@ class UserList:
         self.public_url = public_url  # the link's base: the configured address, never the request's Host
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._page(req, resp, notice=DONE.get(req.get_param("done") or "", ""))
+        self._page(req, resp, notice=done_notice(req, DONE))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         form, user = req.context.form, req.context.user

@@ -10,7 +10,7 @@ import falcon
 
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX
-from envoi.api.dashboard.pages.common import domain_names
+from envoi.api.dashboard.pages.common import domain_names, done_notice
 from envoi.api.dashboard.templating import render
 from envoi.webhooks.errors import WebhooksError
 from envoi.webhooks.service import EVENT_TYPES, MAX_URLS
@@ -42,7 +42,7 @@ class WebhooksPage:
         render(req, resp, "webhooks.html", status=status, domains=names, domain=row["name"] if row else "",
                event_types=EVENT_TYPES, hooks={t: hooks.get(t, {}).get("urls", []) for t in EVENT_TYPES},
                max_urls=MAX_URLS, attempts=attempts, signing_key=self.webhooks.signing_key(req.context.user.account_id),
-               error=error, notice=notice or DONE.get(req.get_param("done") or "", ""), tested=tested)
+               error=error, notice=notice or done_notice(req, DONE), tested=tested)
 
     def _back(self, row: dict, done: str) -> falcon.HTTPSeeOther:
         return falcon.HTTPSeeOther(f"{PREFIX}/webhooks?" + urlencode({"domain": row["name"], "done": done}))
