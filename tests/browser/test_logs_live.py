@@ -4,39 +4,17 @@ top of the table within seconds, without reloading the page."""
 from __future__ import annotations
 
 import base64
-import tempfile
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
-import pytest
+from tests.support.browser import axe_violations
+from tests.support.dashboard import sign_in, user_of
 
-from tests.support.dashboard import user_of
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
 MAIL_HTML = "<p>Hello <b>framed</b></p><script>document.body.textContent = 'script ran'</script>"
-SHOTS = Path(tempfile.gettempdir()) / "envoi-browser-screenshots"  # kept on failure
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    playwright = playwright_api.sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-    try:
-        yield chromium
-    finally:
-        chromium.close()
-        playwright.stop()
 
 
 def critical(page) -> list[str]:
-    """axe-core's critical accessibility violations on the page."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    return [v["id"] for v in Axe().run(page).response["violations"] if v["impact"] == "critical"]
+    return [v["id"] for v in axe_violations(page)]
 
 
 def send(live_url: str, api_key: str, domain: str, subject: str) -> None:
@@ -49,42 +27,30 @@ def send(live_url: str, api_key: str, domain: str, subject: str) -> None:
         assert resp.status == 200
 
 
-def test_a_sent_message_appears_in_the_live_tail_without_a_reload(browser, live_url, services, account, domain,
-                                                                  api_key, request):
-    email, password = user_of(services, account, "analyst")
-    page = browser.new_page()
-    try:
-        page.goto(f"{live_url}/dashboard/login")
-        page.fill("#email", email)
-        page.fill("#password", password)
-        page.click("button[type=submit]")
-        page.click("nav.side >> text=Logs")  # the account's only domain is the one shown
-        page.wait_for_selector(f"#domain option[selected]:has-text('{domain['name']}')", state="attached")
-        page.evaluate("window.__notReloaded = true")
-        page.click("#live-toggle")
-        page.wait_for_selector("#live-status:has-text('Live')", timeout=10_000)
-        send(live_url, api_key, domain["name"], "Seen live <b>not bold</b>")
-        row = page.locator("#events tbody tr.live").first
-        row.wait_for(timeout=8_000)
-        assert "Seen live <b>not bold</b>" in row.inner_text()  # text, never markup
-        assert row.locator("b").count() == 0
-        assert "accepted" in row.locator(".badge").first.inner_text()
-        link = row.locator("a").first.get_attribute("href")
-        assert link.startswith(f"/dashboard/domains/{domain['name']}/messages/")
-        assert page.evaluate("window.__notReloaded") is True
-        assert critical(page) == []
-        page.click("#live-toggle")  # off: the stream is closed
-        assert page.get_attribute("#live-toggle", "aria-pressed") == "false"
-        row.locator("a").first.click()  # the message page: its trace, its content
-        page.wait_for_selector("h2:has-text('Delivery')")
-        assert "live@dest.test" in page.inner_text("section.recipient")
-        frame = page.frame_locator("iframe.mail")
-        assert frame.locator("b").inner_text(timeout=5_000) == "framed"  # shown, in its sandbox
-        assert "script ran" not in frame.locator("body").inner_text()  # its script did not run
-        assert critical(page) == []
-    except Exception:
-        SHOTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"{request.node.name}.png"))
-        raise
-    finally:
-        page.close()
+def test_a_sent_message_appears_in_the_live_tail_without_a_reload(page, live_url, services, account, domain,
+                                                                  api_key):
+    sign_in(page, live_url, *user_of(services, account, "analyst"))
+    page.click("nav.side >> text=Logs")  # the account's only domain is the one shown
+    page.wait_for_selector(f"#domain option[selected]:has-text('{domain['name']}')", state="attached")
+    page.evaluate("window.__notReloaded = true")
+    page.click("#live-toggle")
+    page.wait_for_selector("#live-status:has-text('Live')", timeout=10_000)
+    send(live_url, api_key, domain["name"], "Seen live <b>not bold</b>")
+    row = page.locator("#events tbody tr.live").first
+    row.wait_for(timeout=8_000)
+    assert "Seen live <b>not bold</b>" in row.inner_text()  # text, never markup
+    assert row.locator("b").count() == 0
+    assert "accepted" in row.locator(".badge").first.inner_text()
+    link = row.locator("a").first.get_attribute("href")
+    assert link.startswith(f"/dashboard/domains/{domain['name']}/messages/")
+    assert page.evaluate("window.__notReloaded") is True
+    assert critical(page) == []
+    page.click("#live-toggle")  # off: the stream is closed
+    assert page.get_attribute("#live-toggle", "aria-pressed") == "false"
+    row.locator("a").first.click()  # the message page: its trace, its content
+    page.wait_for_selector("h2:has-text('Delivery')")
+    assert "live@dest.test" in page.inner_text("section.recipient")
+    frame = page.frame_locator("iframe.mail")
+    assert frame.locator("b").inner_text(timeout=5_000) == "framed"  # shown, in its sandbox
+    assert "script ran" not in frame.locator("body").inner_text()  # its script did not run
+    assert critical(page) == []
