@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import requests
 
-from tests.support.browser import axe_violations
+from tests.support.browser import critical_violations as critical
 from tests.support.dashboard import sign_in, user_of
-
-
-def critical(page) -> list[str]:
-    return [v["id"] for v in axe_violations(page)]
 
 
 def test_a_key_made_in_the_browser_works_until_it_is_deleted(page, live_url, services, account, domain):

@@ -7,14 +7,10 @@ import base64
 import urllib.parse
 import urllib.request
 
-from tests.support.browser import axe_violations
+from tests.support.browser import critical_violations as critical
 from tests.support.dashboard import sign_in, user_of
 
 MAIL_HTML = "<p>Hello <b>framed</b></p><script>document.body.textContent = 'script ran'</script>"
-
-
-def critical(page) -> list[str]:
-    return [v["id"] for v in axe_violations(page)]
 
 
 def send(live_url: str, api_key: str, domain: str, subject: str) -> None:

@@ -73,3 +73,8 @@ def axe_violations(page, impact: tuple[str, ...] = ("critical",)) -> list[dict[s
 
     results = Axe().run(page)
     return [v for v in results.response["violations"] if v.get("impact") in impact]
+
+
+def critical_violations(page) -> list[str]:
+    """The ids of axe-core's critical violations on the page (what every page test asserts is empty)."""
+    return [v["id"] for v in axe_violations(page)]
