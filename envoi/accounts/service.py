@@ -89,18 +89,20 @@ class Accounts:
         with self.db.transaction() as conn:
             return store.insert_account(conn, name, self.region, plan)
 
-    def list_accounts(self, state: str | None = None, *, limit: int | None = None, skip: int = 0) -> list[dict]:
-        """Every account of the region (or those in `state`), oldest first, with its state, state_reason,
-        state_changed_at, closed_at and the counts an operator page shows: domains, users, accepted_30d
-        (recipients accepted in the last 30 days)."""
+    def list_accounts(self, state: str | None = None, *, limit: int | None = None, skip: int = 0,
+                      search: str | None = None, newest_first: bool = False) -> list[dict]:
+        """Every account of the region (or those in `state`; or whose name starts with `search`, or whose
+        id it is), oldest first unless `newest_first`, with its state, state_reason, state_changed_at,
+        closed_at and the counts an operator page shows: domains, users, accepted_30d (recipients
+        accepted in the last 30 days)."""
         if state is not None and state not in ACCOUNT_STATES:
             raise InvalidInput(f"state must be one of {', '.join(ACCOUNT_STATES)}")
         with self.db.transaction() as conn:
-            return store.list_accounts(conn, state, limit, skip)
+            return store.list_accounts(conn, state, limit, skip, search=search, newest_first=newest_first)
 
-    def count_accounts(self, state: str | None = None) -> int:
+    def count_accounts(self, state: str | None = None, *, search: str | None = None) -> int:
         with self.db.transaction() as conn:
-            return store.count_accounts(conn, state)
+            return store.count_accounts(conn, state, search=search)
 
     # account state ----------------------------------------------------------------------------
     # Suspending, reinstating and closing take effect at once in every process: the change bumps the

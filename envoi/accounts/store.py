@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from envoi.infra.db import Connection
+from envoi.infra.db import Connection, like_escape
 
 DOMAIN_COLUMNS = (
     "d.id, d.account_id, d.name, d.state, d.type, d.dkim_selector, d.dkim_private_key, d.dkim_public_key,"
@@ -23,12 +23,26 @@ def get_account(conn: Connection, account_id: int) -> dict | None:
     return conn.execute("SELECT * FROM accounts WHERE id = %s", (account_id,)).fetchone()
 
 
-def list_accounts(conn: Connection, state: str | None = None, limit: int | None = None, skip: int = 0) -> list[dict]:
-    """Every account (or those in `state`) with what an operator's page shows beside it: its domains,
-    its dashboard users and the recipients it had accepted in the last 30 days (from the stats rollup
-    and its few seconds of counts not yet folded, as the stats API reads them: a few hundred rows per
-    domain at most, never the messages table)."""
-    where, args = ("WHERE a.state = %s", (state,)) if state else ("", ())
+def _account_filter(state: str | None, search: str | None) -> tuple[str, tuple]:
+    """WHERE for accounts in `state` whose name starts with `search` (any case) or whose id it is."""
+    where, args = [], []
+    if state:
+        where.append("a.state = %s")
+        args.append(state)
+    if search:
+        where.append("(a.name ILIKE %s OR a.id::text = %s)")
+        args += [like_escape(search) + "%", search]
+    return ("WHERE " + " AND ".join(where)) if where else "", tuple(args)
+
+
+def list_accounts(conn: Connection, state: str | None = None, limit: int | None = None, skip: int = 0, *,
+                  search: str | None = None, newest_first: bool = False) -> list[dict]:
+    """Every account (or those in `state`, or matching `search`) with what an operator's page shows beside
+    it: its domains, its dashboard users and the recipients it had accepted in the last 30 days (from the
+    stats rollup and its few seconds of counts not yet folded, as the stats API reads them: a few hundred
+    rows per domain at most, never the messages table)."""
+    where, args = _account_filter(state, search)
+    order = "DESC" if newest_first else "ASC"
     return conn.execute(
         "SELECT a.*,"
         " (SELECT count(*) FROM domains d WHERE d.account_id = a.id) AS domains,"
@@ -38,12 +52,12 @@ def list_accounts(conn: Connection, state: str | None = None, limit: int | None 
         "   AND s.hour >= now() - interval '30 days')"
         "  + (SELECT coalesce(sum(p.count), 0) FROM event_stats_pending p"
         "   WHERE p.account_id = a.id AND p.tag = '' AND p.event = 'accepted'))::bigint AS accepted_30d"
-        f" FROM accounts a {where} ORDER BY a.id LIMIT %s OFFSET %s", (*args, limit, skip)).fetchall()
+        f" FROM accounts a {where} ORDER BY a.id {order} LIMIT %s OFFSET %s", (*args, limit, skip)).fetchall()
 
 
-def count_accounts(conn: Connection, state: str | None = None) -> int:
-    where, args = ("WHERE state = %s", (state,)) if state else ("", ())
-    return conn.execute(f"SELECT count(*) AS n FROM accounts {where}", args).fetchone()["n"]
+def count_accounts(conn: Connection, state: str | None = None, *, search: str | None = None) -> int:
+    where, args = _account_filter(state, search)
+    return conn.execute(f"SELECT count(*) AS n FROM accounts a {where}", args).fetchone()["n"]
 
 
 def set_account_state(conn: Connection, account_id: int, state: str, reason: str) -> dict | None:

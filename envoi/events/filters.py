@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from envoi.infra.db import like_escape
+
 MAX_EXPRESSION = 1000
 MAX_TERMS = 50
 MAX_DEPTH = 20
@@ -207,10 +209,6 @@ def parse_values(name: str, values: list[str]):
 _CMP = {"=": "=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 
-def _like_escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _word_regex_pg(value: str) -> str:
     escaped = re.sub(r"(\W)", r"\\\1", value)
     return f"(^|[^[:alnum:]_]){escaped}($|[^[:alnum:]_])"
@@ -237,7 +235,7 @@ def to_sql(name: str, node) -> tuple[str, list]:
     if field.kind == "tags":
         return f"{col} @> ARRAY[%s]::text[]", [node.value]
     if node.phrase:
-        return f"{col} ILIKE %s", [f"%{_like_escape(node.value)}%"]
+        return f"{col} ILIKE %s", [f"%{like_escape(node.value)}%"]
     return f"{col} ~* %s", [_word_regex_pg(node.value)]
 
 

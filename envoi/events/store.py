@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from psycopg import sql
 
-from envoi.infra.db import Connection, insert_columns
+from envoi.infra.db import Connection, insert_columns, like_escape
 
 _EVENT_COLUMNS = (("event_id", "text"), ("account_id", "bigint"), ("domain_id", "bigint"), ("message_pk", "bigint"),
                   ("event", "text"), ("severity", "text"), ("recipient", "text"), ("message_id", "text"),
@@ -268,7 +268,7 @@ def list_tags(conn: Connection, domain_id: int, *, prefix: str, after: str | Non
     args: list = [domain_id]
     if prefix:
         where.append("tag LIKE %s")
-        args.append(prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        args.append(like_escape(prefix) + "%")
     if after is not None:
         where.append("tag > %s")
         args.append(after)

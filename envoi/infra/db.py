@@ -152,6 +152,11 @@ class Database:
         self.pool.close()
 
 
+def like_escape(value: str) -> str:
+    """VALUE matched literally inside a LIKE / ILIKE pattern (its %, _ and backslashes escaped)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple],
                    *, expressions: Mapping[str, str] | None = None, returning: str | None = None) -> psycopg.Cursor:
     """INSERT many rows as one statement with one array parameter per column (`unnest`).

@@ -34,10 +34,12 @@ class OperatorAccounts:
 
     def show(self, req: falcon.Request, resp: falcon.Response, *, error: str | None = None, status: int = 200) -> None:
         page = req.get_param_as_int("page", min_value=1) or 1
-        total = self.accounts.count_accounts()
-        rows = self.accounts.list_accounts(limit=PAGE_SIZE, skip=(page - 1) * PAGE_SIZE)
+        search = (req.get_param("q") or "").strip()[:200] or None
+        total = self.accounts.count_accounts(search=search)
+        rows = self.accounts.list_accounts(limit=PAGE_SIZE, skip=(page - 1) * PAGE_SIZE, search=search,
+                                           newest_first=True)  # the accounts an operator looks at most
         render(req, resp, "operator_accounts.html", status=status, accounts=rows, total=total, page=page,
-               pages=max(1, -(-total // PAGE_SIZE)),
+               pages=max(1, -(-total // PAGE_SIZE)), q=search or "",
                error=error, notice=done_notice(req, DONE))
 
 

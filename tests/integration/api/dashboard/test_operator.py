@@ -68,7 +68,7 @@ def test_accounts_page_lists_each_account_with_its_region_plan_domains_and_users
     new_domain(services, account)
     page_as("analyst")
     other = services.accounts.create_account(f"acct-{uuid.uuid4().hex[:6]}", plan="pro")
-    resp = operator.get("/dashboard/operator")
+    resp = operator.get("/dashboard/operator")  # newest first: both are on the first page
     assert resp.status_code == 200
     row = row_of(resp.text, "data-account", str(account["id"]))
     assert account["name"] in row and ">eu<" in row and ">free<" in row
@@ -79,7 +79,7 @@ def test_accounts_page_lists_each_account_with_its_region_plan_domains_and_users
 
 
 def test_suspend_and_reinstate_from_the_accounts_page(operator, services, account, db):
-    resp = operator.get("/dashboard/operator")
+    resp = operator.get("/dashboard/operator", q=account["name"])
     assert f'/dashboard/operator/accounts/{account["id"]}/suspend' in resp.text
     r = operator.post(f"/dashboard/operator/accounts/{account['id']}/suspend", {"reason": ""})
     assert r.status_code == 400 and "reason" in error_of(r.text)
@@ -87,11 +87,24 @@ def test_suspend_and_reinstate_from_the_accounts_page(operator, services, accoun
     r = operator.post(f"/dashboard/operator/accounts/{account['id']}/suspend", {"reason": "spam complaints"})
     assert r.status_code == 303 and r.headers["location"] == "/dashboard/operator?done=suspended"
     assert db.execute("SELECT state FROM accounts WHERE id = %s", (account["id"],)).fetchone()["state"] == "suspended"
-    assert "spam complaints" in operator.get("/dashboard/operator").text
+    assert "spam complaints" in operator.get("/dashboard/operator", q=str(account["id"])).text
     r = operator.post(f"/dashboard/operator/accounts/{account['id']}/reinstate")
     assert r.status_code == 303
     assert db.execute("SELECT state FROM accounts WHERE id = %s", (account["id"],)).fetchone()["state"] == "active"
     assert operator.post("/dashboard/operator/accounts/999999999/reinstate").status_code == 404
+
+
+def test_the_accounts_page_finds_an_account_by_name_prefix_or_id_among_many(operator, services):
+    tag = uuid.uuid4().hex[:6]
+    wanted = services.accounts.create_account(f"Acme_{tag} GmbH")
+    services.accounts.create_account(f"AcmeX{tag}")  # _ is literal in the search, not LIKE's any-character
+    for _ in range(3):
+        services.accounts.create_account(f"filler-{uuid.uuid4().hex[:6]}")
+    for query in (f"acme_{tag}", str(wanted["id"])):
+        html = operator.get("/dashboard/operator", q=query).text
+        assert re.findall(r'data-account="(\d+)"', html) == [str(wanted["id"])], query
+        assert "1 account matching" in html
+    assert re.findall(r'data-account="(\d+)"', operator.get("/dashboard/operator", q="no-such-%").text) == []
 
 
 # IPs and pools ----------------------------------------------------------------------------------
