@@ -10,4 +10,5 @@ class BillingError(EnvoiError):
 class PlansInvalid(BillingError):
     """The plans file cannot be used (a setting error: the process refuses to start)."""
     http_status = 500
+    smtp_code, smtp_enhanced = 451, "4.3.0"  # the server's fault: the client may try again
     logged = True
