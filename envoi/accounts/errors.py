@@ -58,6 +58,7 @@ class AccountSuspended(AccountsError):
 
     http_status = 403
     smtp_code, smtp_enhanced = 550, "5.7.1"
+    account_state = "suspended"  # what the refusal tells a caller holding an older state
 
 
 class AccountClosed(AccountsError):
@@ -68,3 +69,4 @@ class AccountClosed(AccountsError):
     http_status = 403
     smtp_code, smtp_enhanced = 550, "5.7.1"
     message = "This account is closed"
+    account_state = "closed"

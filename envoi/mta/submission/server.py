@@ -24,9 +24,10 @@ Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 1
 * The sending domain is the credential's domain. MAIL FROM and the From header must be at that
   domain or one of its subdomains (553/550 5.7.1) unless foreign senders are allowed by setting: the
   same rule as the HTTP API's (envoi.mta.senders, applied to the From header by intake).
-* A closed account's logins fail AUTH like a wrong password (535 5.7.8). A suspended (or, since AUTH,
-  closed) account is refused at each MAIL with 550 5.7.1, its state read as the HTTP API reads it
-  (Accounts.refresh: cached under the generation a state change bumps, so it holds at once).
+* A closed account's logins fail AUTH like a wrong password (535 5.7.8). A suspended account is refused
+  with 550 5.7.1 at MAIL as the session knows it, and at the end of DATA when the change came during the
+  session: the commit stage reads the state as the HTTP API does (Accounts.refresh: cached under the
+  generation a state change bumps, so it holds at once), before anything is stored.
 * X-Mailgun-* headers are read as send options and removed from the stored message.
 * SMTPUTF8 (RFC 6531) is offered. MAIL FROM and RCPT TO addresses are checked by the same
   compose.normalize_address as the API's; a non-ASCII one needs SMTPUTF8 on MAIL FROM (553 5.6.7).
@@ -194,6 +195,7 @@ class Submission:
     def submit(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> str:
         """Check, read options, strip them, and commit through intake; return the Message-ID."""
         draft = self.compose(principal, data, recipients, helo)
+        principal = self.accounts.refresh(principal)
         return self.intake.accept(principal, self.intake.domain_for(principal, principal.domain or ""), draft)
 
     def compose(self, principal: Principal, data: bytes, recipients: list[str], helo: str = "") -> compose.Draft:
@@ -228,6 +230,9 @@ class Submission:
         return CommitStage(self._checked_draft, self.intake.commit, max_batch=self.intake.settings.intake_batch)
 
     def _checked_draft(self, principal: Principal, draft: compose.Draft) -> Accepted:
+        # On the commit stage's thread, where I/O belongs: the account's current state (one Redis GET
+        # while cached; a suspension or closing made during the session refuses this message).
+        principal = self.accounts.refresh(principal)
         return self.intake.prepare(self.intake.domain_for(principal, principal.domain or ""), draft)
 
 
@@ -258,11 +263,10 @@ class _Handler:
 
     async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]) -> str:
         principal: Principal = session.auth_data
-        # The login's account may have been suspended or closed since AUTH: its current state (cached
-        # under the generation a change bumps; a worker thread, as it may read Redis) before each
-        # message. The commit stage checks the principal again (Intake.domain_for).
+        # The account's state as the session last knew it (at AUTH, or refreshed by its previous message in
+        # the commit stage): no I/O on the event loop per MAIL. A suspension made since is caught when the
+        # message is committed (_checked_draft reads the current state), before anything is stored.
         try:
-            principal = session.auth_data = await self.submission.run(self.submission.accounts.refresh, principal)
             self.submission.accounts.ensure_may_send(principal, principal.domain or "")
         except EnvoiError as ex:
             return ex.smtp_reply()
@@ -304,6 +308,8 @@ class _Handler:
                 draft = await self.submission.run(self.submission.compose, *args)
             message_id = await self.submission.stage.submit(principal, draft)
         except EnvoiError as ex:  # mapped by class: each says its own reply (a database outage: 451 4.3.0)
+            if (state := getattr(ex, "account_state", None)) is not None:  # learnt at commit: later MAILs refuse
+                session.auth_data = dataclasses.replace(principal, account_state=state)
             reply = ex.smtp_reply()
             log.log(logging.WARNING if ex.logged else logging.INFO, "submission: refused from %s: %s (%s)",
                     principal.domain, reply[:9], ex)

@@ -80,13 +80,17 @@ def test_suspension_reaches_another_process_with_a_warm_cache_at_once(services, 
     assert len(messages_of(db, domain)) == 2
 
 
-def test_suspended_account_is_refused_at_mail_even_in_a_session_opened_before(server, client_ctx, login, services,
-                                                                              account, domain, db):
+def test_suspended_account_is_refused_even_in_a_session_opened_before(server, client_ctx, login, services,
+                                                                      account, domain, db):
     with starttls_client(server, client_ctx, login) as c:  # authenticated while active
         services.accounts.suspend(account["id"], "dunning: card declined")
-        code, reply = c.mail(f"app@{domain['name']}")
+        # The session learns it when its message is committed (no I/O per MAIL): refused, nothing stored.
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail(f"app@{domain['name']}", ["rcpt@dest.test"], mime(domain))
+        assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (550, b"5.7.1")
+        assert b"suspended" in refused.value.smtp_error
+        code, reply = c.mail(f"app@{domain['name']}")  # the session knows now: refused at MAIL
         assert (code, reply[:5]) == (550, b"5.7.1"), reply
-        assert b"suspended" in reply
     with starttls_client(server, client_ctx, login) as c:  # a new session: AUTH works, MAIL does not
         with pytest.raises(smtplib.SMTPSenderRefused) as refused:
             c.sendmail(f"app@{domain['name']}", ["rcpt@dest.test"], mime(domain))
@@ -108,8 +112,9 @@ def test_closed_account_keys_logins_and_users_stop_working(client, server, clien
     with starttls_client(server, client_ctx, login) as open_session:
         closed = services.accounts.close(account["id"], actor="user:7", ip="192.0.2.8")
         assert closed["state"] == "closed" and closed["closed_at"] is not None
-        code, reply = open_session.mail(f"app@{domain['name']}")  # a session opened before the closing
-        assert (code, reply) == (550, b"5.7.1 This account is closed")
+        with pytest.raises(smtplib.SMTPDataError) as refused:  # a session opened before the closing
+            open_session.sendmail(f"app@{domain['name']}", ["rcpt@dest.test"], mime(domain))
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (550, b"5.7.1 This account is closed")
 
     assert client.simulate_get("/v4/domains", headers=basic(api_key)).status_code == 401
     assert send_form(client, api_key, domain).status_code == 401
