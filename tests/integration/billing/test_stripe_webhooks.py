@@ -158,3 +158,14 @@ def test_subscription_deleted_returns_the_account_to_the_free_plan(client, billi
     assert _deliver(client, hook).json["result"] == "applied"
     stored = _account(db, account["id"])
     assert (stored["plan"], stored["stripe_subscription_id"], stored["billing_status"]) == ("free", None, "none")
+
+
+def test_the_scheduler_runs_the_dunning_sweep_only_when_stripe_is_configured(services, billing):
+    from envoi import runtime
+
+    def names(secret_key):
+        settings = dataclasses.replace(services.settings, stripe_secret_key=secret_key)
+        return [t.name for t in runtime.periodic_tasks(dataclasses.replace(services, settings=settings))]
+
+    assert not any(name.startswith("billing:") for name in names(""))
+    assert "billing: suspend past payment grace, reinstate when paid" in names("sk_test_x")
