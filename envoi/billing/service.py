@@ -36,6 +36,16 @@ def overage_key(account_id: int, period_start: datetime, cumulative: int) -> str
     return f"envoi-overage-{account_id}-{int(period_start.timestamp())}-{cumulative}"
 
 
+def _invoice_view(invoice: dict) -> dict:
+    """The fields of a Stripe invoice a page shows (no customer data beyond the amounts)."""
+    return {"id": invoice.get("id"), "number": invoice.get("number"), "status": invoice.get("status"),
+            "total": invoice.get("total") or 0, "currency": invoice.get("currency", ""),
+            "created": _ts(invoice.get("created") or invoice.get("date")),
+            "period_start": _ts(invoice.get("period_start")), "period_end": _ts(invoice.get("period_end")),
+            "lines": [{"description": line.get("description") or "", "amount": line.get("amount") or 0}
+                      for line in (invoice.get("lines") or {}).get("data", [])]}
+
+
 class Billing:
     def __init__(self, db: Database, accounts: Accounts, plans: Plans, gateway: StripeGateway,
                  grace_seconds: float):
@@ -236,6 +246,34 @@ class Billing:
                 "envoi_pushed_units": sum(p["units"] for p in pushes if p["stripe_item_id"]),
                 "envoi_unconfirmed_units": sum(p["units"] for p in pushes if not p["stripe_item_id"]),
                 "stripe_units": stripe_units, "stripe_amount": stripe_amount}
+
+    # the account's view ------------------------------------------------------------------------------
+    def summary(self, account_id: int) -> dict:
+        """What the account's billing page shows: its plan (and a pending downgrade), status and grace,
+        this period's usage against the included volume, the upcoming invoice and the past ones (amounts in
+        cents, from Stripe). Stripe is asked only when the account has a customer there."""
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+            start, end = account["billing_period_start"], account["billing_period_end"]
+            now = datetime.now(UTC)
+            if start is None:  # no subscription: the calendar month, as the quotas count it
+                start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+                end = (start + timedelta(days=32)).replace(day=1)
+            used = store.accepted_in_period(conn, account_id, start, end)
+        plan = self.plans.get(account["plan"])
+        upcoming, invoices = None, []
+        if account["stripe_customer_id"] and self.gateway.configured:
+            if account["stripe_subscription_id"]:
+                upcoming = self.gateway.upcoming_invoice(account["stripe_customer_id"],
+                                                         account["stripe_subscription_id"])
+            invoices = self.gateway.invoices(account["stripe_customer_id"])
+        return {"plan": plan, "pending_plan": account["pending_plan"] and self.plans.get(account["pending_plan"]),
+                "status": account["billing_status"], "grace_until": account["grace_until"],
+                "subscribed": bool(account["stripe_subscription_id"]), "period_start": start, "period_end": end,
+                "used": used, "included": plan.included_per_month,
+                "overage_units": max(0, used - plan.included_per_month) if plan.overage_per_1000 is not None else 0,
+                "upcoming": upcoming and _invoice_view(upcoming), "invoices": [_invoice_view(i) for i in invoices],
+                "plans": list(self.plans), "currency": self.plans.currency}
 
     # webhooks ----------------------------------------------------------------------------------------
     def handle_webhook(self, payload: bytes, signature: str | None) -> str:

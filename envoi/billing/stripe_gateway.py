@@ -116,6 +116,16 @@ class StripeGateway:
             params["subscription"] = subscription
         return self._call(self._client.v1.invoices.create, params)
 
+    def upcoming_invoice(self, customer: str, subscription: str) -> dict | None:
+        """A preview of the subscription's next invoice (pending items included); None if there is none."""
+        try:
+            return self._call(self._client.v1.invoices.create_preview,
+                              {"customer": customer, "subscription": subscription})
+        except StripeFailed as ex:
+            if isinstance(ex.__cause__, stripe.InvalidRequestError):
+                return None
+            raise
+
     def pay_invoice(self, invoice_id: str) -> dict:
         return self._call(self._client.v1.invoices.pay, invoice_id)
 
