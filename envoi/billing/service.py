@@ -299,8 +299,12 @@ class Billing:
             self._apply_downgrade(account["id"])  # the period a downgrade waited for has ended
         elif follow_up == "overage":
             # Stripe finalises a subscription's invoice about an hour after invoice.created: the period's
-            # overage must be on it by then.
-            self.push_overage(account["id"])
+            # overage must be on it by then. The event is recorded; if Stripe fails now, the hourly sweep
+            # pushes it (the event is acknowledged either way, or Stripe would redeliver a duplicate).
+            try:
+                self.push_overage(account["id"])
+            except BillingError:
+                log.exception("overage push on invoice.created failed for account %s", account["id"])
         return result
 
     def _apply(self, conn, account: dict, type_: str, obj: dict, created: int) -> tuple[str, str | None]:

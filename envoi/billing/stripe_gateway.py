@@ -18,6 +18,8 @@ ID_PREFIX = "envoi-"  # Stripe Product and Plan ids are "envoi-<plan name>": syn
 
 class StripeFailed(BillingError):
     """Stripe refused or could not be reached; the message is Stripe's, without keys."""
+    http_status = 502
+    logged = True
 
 
 class BadSignature(BillingError):

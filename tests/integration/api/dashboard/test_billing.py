@@ -77,3 +77,9 @@ def test_another_account_sees_only_its_own_billing(page_as, services, subscribed
     assert page.post("/dashboard/billing/plan", {"plan": "scale"}).status_code == 400
     assert _plan(db, subscribed["id"]) == {"plan": "basic", "pending_plan": None}
     assert _plan(db, other["id"]) == {"plan": "free", "pending_plan": None}
+
+
+def test_a_billing_user_lands_on_the_billing_page(page_as):
+    page = page_as("billing")
+    assert page.get("/dashboard").headers["location"] == "/dashboard/billing"
+    assert 'href="/dashboard/billing" aria-current="page"' in page.get("/dashboard/billing").text
