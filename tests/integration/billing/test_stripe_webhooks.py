@@ -169,3 +169,24 @@ def test_the_scheduler_runs_the_dunning_sweep_only_when_stripe_is_configured(ser
 
     assert not any(name.startswith("billing:") for name in names(""))
     assert "billing: suspend past payment grace, reinstate when paid" in names("sk_test_x")
+
+
+def test_without_a_webhook_secret_every_event_is_refused(services, billing, localstripe, account, db):
+    from falcon import testing
+
+    from envoi.api.app import create_app
+
+    row = billing.start_subscription(account["id"], "basic", card_payment_method(billing))
+    hook = localstripe.webhooks.wait_for("invoice.payment_succeeded", _of(row["stripe_customer_id"]))
+    unconfigured = testing.TestClient(create_app(services.settings, services))  # the session's: no secret
+    resp = _deliver(unconfigured, hook)
+    assert resp.status_code == 400 and "ENVOI_STRIPE_WEBHOOK_SECRET" in resp.json["message"]
+    assert _events(db, account["id"]) == []
+
+
+def test_an_oversized_body_is_refused_unread(client, db):
+    before = db.execute("SELECT count(*) AS n FROM stripe_events").fetchone()["n"]
+    resp = client.simulate_post(URL, body=b"{" + b" " * (600 * 1024) + b"}",
+                                headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"})
+    assert resp.status_code == 413 and resp.json == {"message": "Stripe event too large"}
+    assert db.execute("SELECT count(*) AS n FROM stripe_events").fetchone()["n"] == before
