@@ -190,3 +190,19 @@ def test_an_oversized_body_is_refused_unread(client, db):
                                 headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"})
     assert resp.status_code == 413 and resp.json == {"message": "Stripe event too large"}
     assert db.execute("SELECT count(*) AS n FROM stripe_events").fetchone()["n"] == before
+
+
+def test_the_renewal_applies_a_pending_downgrade(client, billing, localstripe, account, db):
+    row = billing.start_subscription(account["id"], "scale", card_payment_method(billing))
+    assert billing.change_plan(account["id"], "basic")["pending_plan"] == "basic"
+    # drive the clock: the stored period ends where Stripe's next invoice starts
+    db.execute("UPDATE accounts SET billing_period_end = billing_period_start WHERE id = %s", (account["id"],))
+    invoice = billing.gateway.create_invoice(row["stripe_customer_id"], row["stripe_subscription_id"])
+    billing.gateway.pay_invoice(invoice["id"])
+    hook = localstripe.webhooks.wait_for("invoice.payment_succeeded",
+                                         lambda e: e["data"]["object"]["id"] == invoice["id"])
+    assert _deliver(client, hook).json["result"] == "applied"
+    stored = db.execute("SELECT plan, pending_plan FROM accounts WHERE id = %s", (account["id"],)).fetchone()
+    assert stored == {"plan": "basic", "pending_plan": None}
+    sub = billing.gateway.subscription(row["stripe_subscription_id"])
+    assert sub["items"]["data"][0]["plan"]["id"] == "envoi-basic"
