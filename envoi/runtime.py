@@ -18,6 +18,9 @@ from envoi.accounts.service import Accounts
 from envoi.accounts.sessions import Sessions
 from envoi.accounts.throttle import LoginThrottle
 from envoi.accounts.users import Users
+from envoi.billing import plans as billing_plans
+from envoi.billing.service import Billing
+from envoi.billing.stripe_gateway import StripeGateway
 from envoi.events.service import PLAN_RETENTION, Events, Retention
 from envoi.events.stats import Stats
 from envoi.events.stream import LiveStream
@@ -66,6 +69,7 @@ class Services:
     audit: Audit
     sessions: Sessions
     users: Users
+    billing: Billing
 
     def close(self) -> None:
         self.db.close()
@@ -117,12 +121,17 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                              max_per_ip=settings.login_max_failures_ip, window=settings.login_window)
     users = Users(db, sealer, sessions, audit, throttle)
     storage = StoredMessages(db, sealer, events)
+    # Billing with Stripe (off, refusing with a clear error, while ENVOI_STRIPE_SECRET_KEY is unset).
+    # The plans are the packaged file until ENVOI_BILLING_PLANS (the quota work) is wired here.
+    gateway = StripeGateway(settings.stripe_secret_key, api_base=settings.stripe_api_base,
+                            webhook_secret=settings.stripe_webhook_secret)
+    billing = Billing(db, accounts, billing_plans.load(), gateway, grace_seconds=settings.billing_grace)
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, ips=ips, intake=intake,
         storage=storage, privacy=Privacy(db, accounts, storage),
-        audit=audit, sessions=sessions, users=users,
+        audit=audit, sessions=sessions, users=users, billing=billing,
         queue=Queue(db),
     )
 
@@ -198,4 +207,16 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("stats: hourly buckets into days, daily into months", 86400, services.stats.coarsen),
         PeriodicTask("purge expired webhook deliveries", 3600, services.webhooks.purge_expired),
         PeriodicTask("purge expired dashboard sessions", 3600, services.sessions.purge_expired),
+        *(billing_tasks(services) if services.settings.stripe_secret_key else []),
+    ]
+
+
+def billing_tasks(services: Services) -> list[PeriodicTask]:
+    """Stripe billing's sweeps: suspend past the payment grace (and lift it once paid), apply downgrades
+    at their period's end, push overage to the coming invoice."""
+    billing = services.billing
+    return [
+        PeriodicTask("billing: suspend past payment grace, reinstate when paid", 300, billing.sweep_dunning),
+        PeriodicTask("billing: apply downgrades at period end", 600, billing.apply_due_downgrades),
+        PeriodicTask("billing: push overage to Stripe", 3600, billing.push_all_overage),
     ]

@@ -13,6 +13,7 @@ from envoi.api.dashboard import routes as dashboard
 from envoi.api.dashboard.gate import PageGate
 from envoi.api.openapi import OpenApiDocument
 from envoi.api.resources.audit import AuditLog
+from envoi.api.resources.billing import StripeWebhook
 from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
@@ -125,6 +126,8 @@ def routes(settings, services) -> list[Route]:
         ("/v3/privacy/addresses/{address}", AddressData(services.privacy), None),
         # the account's audit log
         ("/v3/audit-log", AuditLog(services.audit), None),
+        # billing: Stripe's webhooks (public; Stripe's signature is the credential)
+        ("/v1/billing/stripe/webhook", StripeWebhook(services.billing), None),
         # the process itself
         ("/healthz", Health(), None),
         ("/metrics", MetricsEndpoint(services.metrics), None),

@@ -343,6 +343,16 @@ def _paths() -> dict:
         params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}), _q("before", {"type": "integer", "minimum": 1}),
                 _q("action"), _q("actor"), _q("format", {"type": "string", "enum": ["json", "csv", "jsonl"]})],
         tag="accounts"))
+    # billing
+    add("/v1/billing/stripe/webhook", "post", op(
+        "Stripe's webhook events (public: verified by the Stripe-Signature header; each event applied once)",
+        _json({"type": "object", "required": ["received", "result"], "properties": {
+            "received": {"type": "boolean"},
+            "result": {"type": "string", "enum": ["applied", "duplicate", "stale", "ignored"]}}}),
+        params=[{"name": "Stripe-Signature", "in": "header", "required": True, "schema": STR}],
+        body={"required": True, "content": {"application/json": {"schema": OBJ}}}, public=True,
+        responses={"400": _json(ERROR, "Missing or invalid signature: nothing changed"),
+                   "413": _json(ERROR, "Too large")}, tag="billing"))
     # system
     add("/healthz", "get", op("Health", _json({"type": "object", "required": ["status"]}), public=True, tag="system"))
     add("/metrics", "get", op("Prometheus metrics", {"description": "text exposition format", "content": {

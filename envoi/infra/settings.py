@@ -194,6 +194,18 @@ class Settings:
     smtp_auth_max_failures_ip: int = 20
     #: ENVOI_SMTP_AUTH_WINDOW: the failed-AUTH counting window (15m).
     smtp_auth_window: float = 900.0
+    #: ENVOI_STRIPE_SECRET_KEY: Stripe's secret API key (sk_...); unset, billing with Stripe is off.
+    stripe_secret_key: str = field(default="", repr=False)
+    #: ENVOI_STRIPE_PUBLISHABLE_KEY: Stripe's publishable key (pk_...), for Stripe.js in the dashboard.
+    stripe_publishable_key: str = ""
+    #: ENVOI_STRIPE_WEBHOOK_SECRET: the signing secret (whsec_...) of the Stripe webhook endpoint
+    #: POST /v1/billing/stripe/webhook; unset, every Stripe webhook is refused.
+    stripe_webhook_secret: str = field(default="", repr=False)
+    #: ENVOI_STRIPE_API_BASE: Stripe's API address; only for a Stripe stand-in such as localstripe in tests.
+    stripe_api_base: str | None = None
+    #: ENVOI_BILLING_GRACE: after a failed payment, how long an account keeps sending before it is
+    #: suspended (7d).
+    billing_grace: float = 7 * 86400.0
     #: ENVOI_SESSION_IDLE: a dashboard session ends after this long without a request (30m).
     session_idle: float = 1800.0
     #: ENVOI_SESSION_MAX: a dashboard session ends this long after sign-in, however busy (12h).
@@ -353,6 +365,16 @@ class Settings:
             values["smtp_auth_max_failures_ip"] = int(v)
         if v := env.get("ENVOI_SMTP_AUTH_WINDOW"):
             values["smtp_auth_window"] = _seconds(v)
+        if v := env.get("ENVOI_STRIPE_SECRET_KEY"):
+            values["stripe_secret_key"] = v
+        if v := env.get("ENVOI_STRIPE_PUBLISHABLE_KEY"):
+            values["stripe_publishable_key"] = v
+        if v := env.get("ENVOI_STRIPE_WEBHOOK_SECRET"):
+            values["stripe_webhook_secret"] = v
+        if v := env.get("ENVOI_STRIPE_API_BASE"):
+            values["stripe_api_base"] = v
+        if v := env.get("ENVOI_BILLING_GRACE"):
+            values["billing_grace"] = _seconds(v)
         if v := env.get("ENVOI_SESSION_IDLE"):
             values["session_idle"] = _seconds(v)
         if v := env.get("ENVOI_SESSION_MAX"):

@@ -16,6 +16,7 @@ from envoi.api.dashboard.pages.account import (
 )
 from envoi.api.dashboard.pages.audit import AuditExport, AuditPage
 from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
+from envoi.api.dashboard.pages.billing import BillingPage
 from envoi.api.dashboard.pages.domains import DomainList, DomainPage
 from envoi.api.dashboard.pages.keys import ApiKey, ApiKeys
 from envoi.api.dashboard.pages.logs import LiveTail, Logs, Message, MessageAttachment, MessageHtml
@@ -71,6 +72,9 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         *((f"{PREFIX}/webhooks/{path}", webhooks, path.replace("-", "_"))
           for path in ("set", "delete", "test", "signing-key")),
         # people and access
+        # billing: plan, usage, invoices (Stripe), change of plan
+        (f"{PREFIX}/billing", billing_page := BillingPage(services.billing), None),
+        (f"{PREFIX}/billing/plan", billing_page, "plan"),
         (f"{PREFIX}/keys", ApiKeys(accounts, client_address), None),
         (f"{PREFIX}/keys/{{key_id}}/delete", ApiKey(accounts, client_address), None),
         (f"{PREFIX}/users", UserList(users, client_address, settings.public_url), None),

@@ -28,7 +28,7 @@ class Home:
         if user.is_operator:
             raise falcon.HTTPSeeOther(f"{PREFIX}/operator")
         first = next((page for page, action in (("overview", "read_stats"), ("logs", "read_logs"),
-                                                ("account", None)) if action is None or user.may(action)))
+                                                ("billing", "manage_billing"), ("account", None)) if action is None or user.may(action)))
         raise falcon.HTTPSeeOther(f"{PREFIX}/{first}")
 
 

@@ -1,0 +1,357 @@
+"""Billing: accounts' Stripe customers and subscriptions, plan changes, metered overage and Stripe's
+webhooks. Postgres keeps only Stripe's ids and what Envoi needs to act (status, grace, pending plan);
+Stripe is the record of money. docs/billing-stripe.md describes the flows."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from envoi.accounts.errors import InvalidInput, NotFound
+from envoi.accounts.service import Accounts
+from envoi.billing import store
+from envoi.billing.errors import BillingError
+from envoi.billing.plans import Plan, Plans
+from envoi.billing.stripe_gateway import StripeGateway
+from envoi.infra.db import Database
+
+log = logging.getLogger(__name__)
+
+PAYMENT_FAILED = "payment failed"  # the suspension reason's prefix: only these are lifted by a payment
+ACTOR = "billing"
+PAID_EVENTS = ("invoice.paid", "invoice.payment_succeeded")  # localstripe sends the latter only
+
+
+def _ts(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(int(value), UTC)
+
+
+def overage_cost(units: int, per_1000: int) -> int:
+    """Cents for UNITS messages beyond the included volume, rounded up to the cent."""
+    return -(-units * per_1000 // 1000)
+
+
+def overage_key(account_id: int, period_start: datetime, cumulative: int) -> str:
+    """One key per (account, period, cumulative units billed): a retry of the same push reuses it."""
+    return f"envoi-overage-{account_id}-{int(period_start.timestamp())}-{cumulative}"
+
+
+def _invoice_view(invoice: dict) -> dict:
+    """The fields of a Stripe invoice a page shows (no customer data beyond the amounts)."""
+    return {"id": invoice.get("id"), "number": invoice.get("number"), "status": invoice.get("status"),
+            "total": invoice.get("total") or 0, "currency": invoice.get("currency", ""),
+            "created": _ts(invoice.get("created") or invoice.get("date")),
+            "period_start": _ts(invoice.get("period_start")), "period_end": _ts(invoice.get("period_end")),
+            "lines": [{"description": line.get("description") or "", "amount": line.get("amount") or 0}
+                      for line in (invoice.get("lines") or {}).get("data", [])]}
+
+
+class Billing:
+    def __init__(self, db: Database, accounts: Accounts, plans: Plans, gateway: StripeGateway,
+                 grace_seconds: float):
+        self.db = db
+        self.accounts = accounts
+        self.plans = plans
+        self.gateway = gateway
+        self.grace = timedelta(seconds=grace_seconds)
+
+    def _plan(self, name: str) -> Plan:
+        if name not in self.plans.plans:
+            raise InvalidInput(f"no such plan: {name!r} (plans: {', '.join(self.plans.plans)})")
+        return self.plans.plans[name]
+
+    def _account(self, conn, account_id: int) -> dict:
+        row = store.account_for_update(conn, account_id)
+        if row is None:
+            raise NotFound(f"Account not found: {account_id}")
+        return row
+
+    # catalogue ---------------------------------------------------------------------------------------
+    def sync_plans(self) -> list[tuple[str, str, bool]]:
+        """Create the Stripe Product and Plan of every plan that lacks them: (name, Stripe id, created)."""
+        return [(plan.name, *self.gateway.ensure_plan(plan, self.plans.currency)) for plan in self.plans]
+
+    # subscriptions -----------------------------------------------------------------------------------
+    def start_subscription(self, account_id: int, plan: str, payment_method: str | None = None) -> dict:
+        """Subscribe the account to a paid PLAN, creating its Stripe customer (with the PaymentMethod id
+        Stripe.js made, if given) the first time. The plan applies at once. Returns the account row."""
+        target = self._plan(plan)
+        if not target.paid:
+            raise InvalidInput(f"{plan} is not a paid plan: nothing to subscribe to")
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+        if account["stripe_subscription_id"]:
+            raise InvalidInput("the account already has a subscription: change its plan instead")
+        customer = account["stripe_customer_id"]
+        if not customer:
+            customer = self.gateway.create_customer(account_id, account["name"], payment_method)
+            with self.db.transaction() as conn:
+                store.update_account(conn, account_id, stripe_customer_id=customer)
+        elif payment_method:
+            self.gateway.set_payment_method(customer, payment_method)
+        sub = self.gateway.create_subscription(customer, plan, account_id)
+        with self.db.transaction() as conn:
+            store.update_account(
+                conn, account_id, stripe_subscription_id=sub["id"], plan=plan, pending_plan=None,
+                billing_status="active" if sub["status"] in ("active", "trialing") else "past_due",
+                billing_period_start=_ts(sub["current_period_start"]),
+                billing_period_end=_ts(sub["current_period_end"]))
+            if sub["status"] not in ("active", "trialing"):
+                store.update_account(conn, account_id, grace_until=datetime.now(UTC) + self.grace)
+            return self._account(conn, account_id)
+
+    def change_plan(self, account_id: int, plan: str) -> dict:
+        """An upgrade (a dearer plan) applies at once, Stripe prorating the rest of the period; a downgrade
+        waits for the period's end (pending_plan), when the renewal or the scheduler applies it."""
+        target = self._plan(plan)
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+        if not account["stripe_subscription_id"]:
+            if target.paid:
+                return self.start_subscription(account_id, plan)
+            with self.db.transaction() as conn:
+                store.update_account(conn, account_id, plan=plan, pending_plan=None)
+                return self._account(conn, account_id)
+        current = self.plans.get(account["plan"])
+        if plan == current.name:
+            with self.db.transaction() as conn:  # changing back cancels a pending downgrade
+                store.update_account(conn, account_id, pending_plan=None)
+                return self._account(conn, account_id)
+        if target.price_per_month > current.price_per_month:
+            self.push_overage(account_id)  # usage so far is billed at the old plan's terms
+            sub = self.gateway.change_subscription_plan(account["stripe_subscription_id"], plan)
+            with self.db.transaction() as conn:
+                store.update_account(conn, account_id, plan=plan, pending_plan=None,
+                                     billing_period_end=_ts(sub["current_period_end"]))
+                return self._account(conn, account_id)
+        with self.db.transaction() as conn:
+            store.update_account(conn, account_id, pending_plan=plan)
+            return self._account(conn, account_id)
+
+    def apply_due_downgrades(self, now: datetime | None = None) -> int:
+        """Scheduler: apply each pending downgrade whose period has ended. Returns how many."""
+        now = now or datetime.now(UTC)
+        with self.db.transaction() as conn:
+            due = [r["id"] for r in store.accounts_with_due_downgrade(conn, now)]
+        for account_id in due:
+            self._apply_downgrade(account_id)
+        return len(due)
+
+    def _apply_downgrade(self, account_id: int) -> None:
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+        plan = account["pending_plan"]
+        if not plan:
+            return
+        sub_id = account["stripe_subscription_id"]
+        if self.plans.get(plan).paid and sub_id:
+            sub = self.gateway.change_subscription_plan(sub_id, plan)
+            columns = {"billing_period_start": _ts(sub["current_period_start"]),
+                       "billing_period_end": _ts(sub["current_period_end"])}
+        else:
+            if sub_id:
+                self.gateway.cancel_subscription(sub_id)
+            columns = {"stripe_subscription_id": None, "billing_status": "none", "grace_until": None}
+        with self.db.transaction() as conn:
+            store.update_account(conn, account_id, plan=plan, pending_plan=None, **columns)
+
+    # overage -----------------------------------------------------------------------------------------
+    def push_overage(self, account_id: int, now: datetime | None = None) -> int:
+        """Bill the account's usage beyond its plan's included volume this period as a Stripe invoice
+        item, for what was not billed yet. Safe to repeat and to crash anywhere: the intent is recorded
+        first under a deterministic key, and an unconfirmed intent is looked up at Stripe (by the key in
+        the item's metadata) before it is created. Returns the units pushed now."""
+        self._settle_unconfirmed(account_id)
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+            plan = self.plans.get(account["plan"])
+            start, end = account["billing_period_start"], account["billing_period_end"]
+            if (not account["stripe_subscription_id"] or plan.overage_per_1000 is None or not plan.paid
+                    or start is None):
+                return 0
+            used = store.accepted_in_period(conn, account_id, start, end or now or datetime.now(UTC))
+            over = max(0, used - plan.included_per_month)
+            billed = max((p["cumulative_units"] for p in store.overage_pushes(conn, account_id, start)), default=0)
+            if over <= billed:
+                return 0
+            amount = overage_cost(over, plan.overage_per_1000) - overage_cost(billed, plan.overage_per_1000)
+            key = overage_key(account_id, start, over)
+            store.insert_overage_intent(conn, key, account_id, start, over, over - billed, amount)
+        self._push(account, key, start, over, over - billed, amount)
+        return over - billed
+
+    def _push(self, account: dict, key: str, start: datetime, cumulative: int, units: int, amount: int) -> None:
+        metadata = {"envoi_key": key, "envoi_kind": "overage", "envoi_account": str(account["id"]),
+                    "envoi_period_start": str(int(start.timestamp())), "envoi_units": str(units),
+                    "envoi_cumulative": str(cumulative)}
+        item = self.gateway.create_invoice_item(
+            account["stripe_customer_id"], amount, self.plans.currency,
+            f"{units:,} messages beyond the plan's included volume", metadata, key)
+        with self.db.transaction() as conn:
+            store.confirm_overage(conn, key, item)
+
+    def _settle_unconfirmed(self, account_id: int) -> None:
+        with self.db.transaction() as conn:
+            pending = store.unconfirmed_overage(conn, account_id)
+            account = self._account(conn, account_id) if pending else None
+        if not pending:
+            return
+        at_stripe = {i["metadata"].get("envoi_key"): i["id"]
+                     for i in self.gateway.pending_invoice_items(account["stripe_customer_id"])}
+        for row in pending:
+            key = row["idempotency_key"]
+            if key in at_stripe:
+                with self.db.transaction() as conn:
+                    store.confirm_overage(conn, key, at_stripe[key])
+            else:
+                self._push(account, key, row["period_start"], row["cumulative_units"], row["units"], row["amount"])
+
+    def push_all_overage(self) -> int:
+        """Scheduler: push_overage for every subscribed account on a plan that sells overage."""
+        names = [p.name for p in self.plans if p.overage_per_1000 is not None and p.paid]
+        with self.db.transaction() as conn:
+            ids = [r["id"] for r in store.accounts_with_overage_plans(conn, names)]
+        pushed = 0
+        for account_id in ids:
+            try:
+                pushed += self.push_overage(account_id)
+            except BillingError:
+                log.exception("overage push failed for account %s", account_id)
+        return pushed
+
+    def billed_accounts(self) -> list[int]:
+        """The accounts that have a Stripe customer."""
+        with self.db.transaction() as conn:
+            return store.stripe_customers(conn)
+
+    def reconcile(self, account_id: int) -> dict:
+        """Envoi's count of this period's usage and overage beside what Stripe holds for it."""
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+            plan = self.plans.get(account["plan"])
+            start, end = account["billing_period_start"], account["billing_period_end"]
+            used = store.accepted_in_period(conn, account_id, start, end) if start and end else 0
+            pushes = store.overage_pushes(conn, account_id, start) if start else []
+        over = max(0, used - plan.included_per_month) if plan.overage_per_1000 is not None else 0
+        stripe_units = stripe_amount = 0
+        if account["stripe_customer_id"] and start:
+            for item in self.gateway.pending_invoice_items(account["stripe_customer_id"]):
+                meta = item.get("metadata") or {}
+                if meta.get("envoi_kind") == "overage" and meta.get("envoi_period_start") == str(
+                        int(start.timestamp())):
+                    stripe_units += int(meta.get("envoi_units", 0))
+                    stripe_amount += item["amount"]
+        return {"account": account_id, "plan": plan.name, "period_start": start, "period_end": end,
+                "accepted": used, "overage_units": over,
+                "envoi_pushed_units": sum(p["units"] for p in pushes if p["stripe_item_id"]),
+                "envoi_unconfirmed_units": sum(p["units"] for p in pushes if not p["stripe_item_id"]),
+                "stripe_units": stripe_units, "stripe_amount": stripe_amount}
+
+    # the account's view ------------------------------------------------------------------------------
+    def summary(self, account_id: int) -> dict:
+        """What the account's billing page shows: its plan (and a pending downgrade), status and grace,
+        this period's usage against the included volume, the upcoming invoice and the past ones (amounts in
+        cents, from Stripe). Stripe is asked only when the account has a customer there."""
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+            start, end = account["billing_period_start"], account["billing_period_end"]
+            now = datetime.now(UTC)
+            if start is None:  # no subscription: the calendar month, as the quotas count it
+                start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+                end = (start + timedelta(days=32)).replace(day=1)
+            used = store.accepted_in_period(conn, account_id, start, end)
+        plan = self.plans.get(account["plan"])
+        upcoming, invoices = None, []
+        if account["stripe_customer_id"] and self.gateway.configured:
+            if account["stripe_subscription_id"]:
+                upcoming = self.gateway.upcoming_invoice(account["stripe_customer_id"],
+                                                         account["stripe_subscription_id"])
+            invoices = self.gateway.invoices(account["stripe_customer_id"])
+        return {"plan": plan, "pending_plan": account["pending_plan"] and self.plans.get(account["pending_plan"]),
+                "status": account["billing_status"], "grace_until": account["grace_until"],
+                "subscribed": bool(account["stripe_subscription_id"]), "period_start": start, "period_end": end,
+                "used": used, "included": plan.included_per_month,
+                "overage_units": max(0, used - plan.included_per_month) if plan.overage_per_1000 is not None else 0,
+                "upcoming": upcoming and _invoice_view(upcoming), "invoices": [_invoice_view(i) for i in invoices],
+                "plans": list(self.plans), "currency": self.plans.currency}
+
+    # webhooks ----------------------------------------------------------------------------------------
+    def handle_webhook(self, payload: bytes, signature: str | None) -> str:
+        """Verify and apply one Stripe event, once. Returns what was done ("applied", "duplicate",
+        "stale", "ignored"); BadSignature (400) changes nothing."""
+        event = self.gateway.verify_event(payload, signature)
+        obj = event["data"]["object"]
+        created = int(event["created"])
+        customer = obj.get("customer") if obj.get("object") != "customer" else obj.get("id")
+        follow_up = None
+        with self.db.transaction() as conn:
+            account = store.account_by_customer(conn, customer) if isinstance(customer, str) else None
+            if not store.record_event(conn, event["id"], event["type"], created, account and account["id"]):
+                return "duplicate"
+            if account is None:
+                return "ignored"
+            if created < account["billing_synced_at"]:
+                return "stale"  # a newer event already set the state this one would overwrite
+            result, follow_up = self._apply(conn, account, event["type"], obj, created)
+        if follow_up in ("reinstate", "renewed"):
+            self._reinstate_if_suspended_for_payment(account["id"])
+        if follow_up == "renewed":
+            self._apply_downgrade(account["id"])  # the period a downgrade waited for has ended
+        elif follow_up == "overage":
+            # Stripe finalises a subscription's invoice about an hour after invoice.created: the period's
+            # overage must be on it by then. The event is recorded; if Stripe fails now, the hourly sweep
+            # pushes it (the event is acknowledged either way, or Stripe would redeliver a duplicate).
+            try:
+                self.push_overage(account["id"])
+            except BillingError:
+                log.exception("overage push on invoice.created failed for account %s", account["id"])
+        return result
+
+    def _apply(self, conn, account: dict, type_: str, obj: dict, created: int) -> tuple[str, str | None]:
+        aid = account["id"]
+        if type_ == "invoice.payment_failed":
+            grace = account["grace_until"] or datetime.now(UTC) + self.grace  # retries do not extend it
+            store.update_account(conn, aid, billing_status="past_due", grace_until=grace, billing_synced_at=created)
+            return "applied", None
+        if type_ in PAID_EVENTS:
+            columns = {"billing_status": "active", "grace_until": None, "billing_synced_at": created}
+            start, end = _ts(obj.get("period_start")), _ts(obj.get("period_end"))
+            this_subscription = obj.get("subscription") == account["stripe_subscription_id"]
+            newer = account["billing_period_start"] is None or (start and start >= account["billing_period_start"])
+            if start and end and this_subscription and newer:
+                columns.update(billing_period_start=start, billing_period_end=end)
+            store.update_account(conn, aid, **columns)
+            renewed = start and account["billing_period_end"] and start >= account["billing_period_end"]
+            return "applied", "renewed" if renewed and account["pending_plan"] else "reinstate"
+        if type_ == "customer.subscription.deleted":
+            if obj.get("id") != account["stripe_subscription_id"]:
+                return "ignored", None  # an older subscription's end
+            store.update_account(conn, aid, plan=self.plans.default, stripe_subscription_id=None,
+                                 billing_status="none", grace_until=None, pending_plan=None,
+                                 billing_synced_at=created)
+            return "applied", None
+        if type_ == "invoice.created" and account["stripe_subscription_id"]:
+            return "applied", "overage"
+        return "ignored", None
+
+    def _reinstate_if_suspended_for_payment(self, account_id: int) -> None:
+        row = self.accounts.get_account(account_id)
+        if row["state"] == "suspended" and row["state_reason"].startswith(PAYMENT_FAILED):
+            self.accounts.reinstate(account_id, actor=ACTOR)
+
+    # dunning -----------------------------------------------------------------------------------------
+    def sweep_dunning(self, now: datetime | None = None) -> tuple[int, int]:
+        """Scheduler: suspend accounts whose payment grace has passed; reinstate those suspended for
+        payment that are paid again (in case a webhook's reinstatement was interrupted).
+        Returns (suspended, reinstated)."""
+        now = now or datetime.now(UTC)
+        with self.db.transaction() as conn:
+            overdue = store.accounts_past_grace(conn, now)
+            paid = store.accounts_paid_but_suspended(conn, PAYMENT_FAILED)
+        for row in overdue:
+            self.accounts.suspend(row["id"], f"{PAYMENT_FAILED}: the invoice was not paid within the grace"
+                                  f" period (ended {row['grace_until']:%Y-%m-%d %H:%M} UTC); pay it to send again",
+                                  actor=ACTOR)
+        for row in paid:
+            self.accounts.reinstate(row["id"], actor=ACTOR)
+        return len(overdue), len(paid)

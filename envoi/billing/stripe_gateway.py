@@ -1,0 +1,143 @@
+"""Stripe, through its official SDK: the only module that imports `stripe` (an import-linter contract).
+
+Everything Envoi asks of Stripe is a method here, taking and returning plain dicts of Stripe's ids and
+amounts; no card data ever passes through (a card is a PaymentMethod id made by Stripe.js). The design
+uses Plans and InvoiceItems only (not Prices, usage records or meters), which is also what localstripe,
+the tests' Stripe, implements.
+"""
+
+from __future__ import annotations
+
+import stripe
+
+from envoi.billing.errors import BillingError
+from envoi.billing.plans import Plan
+
+ID_PREFIX = "envoi-"  # Stripe Product and Plan ids are "envoi-<plan name>": sync-plans is idempotent
+
+
+class StripeFailed(BillingError):
+    """Stripe refused or could not be reached; the message is Stripe's, without keys."""
+    http_status = 502
+    logged = True
+
+
+class BadSignature(BillingError):
+    """A webhook whose Stripe-Signature does not verify with the endpoint secret."""
+
+
+def stripe_plan_id(plan_name: str) -> str:
+    return ID_PREFIX + plan_name
+
+
+class StripeGateway:
+    def __init__(self, secret_key: str, *, api_base: str | None = None, webhook_secret: str = ""):
+        self.configured = bool(secret_key)
+        self.webhook_secret = webhook_secret
+        base = {"api": api_base.rstrip("/")} if api_base else None
+        self._client = stripe.StripeClient(secret_key or "sk_unset", base_addresses=base, max_network_retries=0)
+
+    def _call(self, fn, *args, **kwargs) -> dict:
+        if not self.configured:
+            raise BillingError("Stripe is not configured: set ENVOI_STRIPE_SECRET_KEY")
+        try:
+            return fn(*args, **kwargs).to_dict()
+        except stripe.StripeError as ex:
+            raise StripeFailed(f"Stripe: {ex.user_message or type(ex).__name__}") from ex
+
+    # catalogue --------------------------------------------------------------------------------------
+    def ensure_plan(self, plan: Plan, currency: str) -> tuple[str, bool]:
+        """The Stripe Product and monthly Plan for PLAN, created if missing. Returns (plan id, created)."""
+        v1 = self._client.v1
+        pid = stripe_plan_id(plan.name)
+        try:
+            self._call(v1.plans.retrieve, pid)
+            return pid, False
+        except StripeFailed as ex:
+            if not isinstance(ex.__cause__, stripe.InvalidRequestError):
+                raise
+        try:
+            self._call(v1.products.retrieve, pid)
+        except StripeFailed:
+            self._call(v1.products.create, {"id": pid, "name": f"Envoi {plan.title}"})
+        self._call(v1.plans.create, {"id": pid, "product": pid, "amount": plan.price_per_month,
+                                     "currency": currency, "interval": "month", "nickname": plan.title})
+        return pid, True
+
+    # customers and subscriptions ------------------------------------------------------------------
+    def create_customer(self, account_id: int, name: str, payment_method: str | None) -> str:
+        params: dict = {"name": name, "metadata": {"envoi_account": str(account_id)}}
+        if payment_method:
+            params["payment_method"] = payment_method
+            params["invoice_settings"] = {"default_payment_method": payment_method}
+        return self._call(self._client.v1.customers.create, params,
+                          {"idempotency_key": f"envoi-customer-{account_id}"})["id"]
+
+    def set_payment_method(self, customer: str, payment_method: str) -> None:
+        self._call(self._client.v1.payment_methods.attach, payment_method, {"customer": customer})
+        self._call(self._client.v1.customers.update, customer,
+                   {"invoice_settings": {"default_payment_method": payment_method}})
+
+    def create_subscription(self, customer: str, plan_name: str, account_id: int) -> dict:
+        return self._call(self._client.v1.subscriptions.create, {
+            "customer": customer, "items": [{"plan": stripe_plan_id(plan_name)}],
+            "metadata": {"envoi_account": str(account_id)}})
+
+    def subscription(self, subscription_id: str) -> dict:
+        return self._call(self._client.v1.subscriptions.retrieve, subscription_id)
+
+    def change_subscription_plan(self, subscription_id: str, plan_name: str) -> dict:
+        """Move the subscription's one item to PLAN now, prorated as Stripe does (its default,
+        create_prorations; not sent, since localstripe does not know the parameter)."""
+        sub = self.subscription(subscription_id)
+        item = sub["items"]["data"][0]["id"]
+        return self._call(self._client.v1.subscriptions.update, subscription_id, {
+            "items": [{"id": item, "plan": stripe_plan_id(plan_name)}]})
+
+    def cancel_subscription(self, subscription_id: str) -> dict:
+        return self._call(self._client.v1.subscriptions.cancel, subscription_id)
+
+    # invoices -----------------------------------------------------------------------------------------
+    def create_invoice_item(self, customer: str, amount: int, currency: str, description: str,
+                            metadata: dict, idempotency_key: str) -> str:
+        return self._call(self._client.v1.invoice_items.create, {
+            "customer": customer, "amount": amount, "currency": currency, "description": description,
+            "metadata": metadata}, {"idempotency_key": idempotency_key})["id"]
+
+    def pending_invoice_items(self, customer: str) -> list[dict]:
+        """The customer's invoice items not yet on an invoice (what the next invoice will bill)."""
+        out = self._call(self._client.v1.invoice_items.list, {"customer": customer, "limit": 100})
+        return out["data"]
+
+    def invoices(self, customer: str, limit: int = 12) -> list[dict]:
+        return self._call(self._client.v1.invoices.list, {"customer": customer, "limit": limit})["data"]
+
+    def create_invoice(self, customer: str, subscription: str | None = None) -> dict:
+        params = {"customer": customer}
+        if subscription:
+            params["subscription"] = subscription
+        return self._call(self._client.v1.invoices.create, params)
+
+    def upcoming_invoice(self, customer: str, subscription: str) -> dict | None:
+        """A preview of the subscription's next invoice (pending items included); None if there is none."""
+        try:
+            return self._call(self._client.v1.invoices.create_preview,
+                              {"customer": customer, "subscription": subscription})
+        except StripeFailed as ex:
+            if isinstance(ex.__cause__, stripe.InvalidRequestError):
+                return None
+            raise
+
+    def pay_invoice(self, invoice_id: str) -> dict:
+        return self._call(self._client.v1.invoices.pay, invoice_id)
+
+    # webhooks ------------------------------------------------------------------------------------------
+    def verify_event(self, payload: bytes, signature: str | None) -> dict:
+        """The event of a webhook request, verified with the endpoint secret (BadSignature if not)."""
+        if not self.webhook_secret:
+            raise BadSignature("Stripe webhooks are not configured: set ENVOI_STRIPE_WEBHOOK_SECRET")
+        try:
+            event = stripe.Webhook.construct_event(payload, signature or "", self.webhook_secret)
+        except (stripe.SignatureVerificationError, ValueError) as ex:
+            raise BadSignature("invalid Stripe-Signature") from ex
+        return event.to_dict()

@@ -1,0 +1,67 @@
+"""`envoi billing sync-plans|reconcile` against a real localstripe, as an operator runs them."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from click.testing import CliRunner
+
+from envoi.billing.stripe_gateway import stripe_plan_id
+from tests.support.api import accepted, send_form
+from tests.support.localstripe import TEST_INCLUDED, card_payment_method
+
+
+@pytest.fixture
+def cli_env(settings, localstripe, monkeypatch):
+    monkeypatch.setenv("ENVOI_REGION", settings.region)
+    monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
+    monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
+    monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
+    monkeypatch.setenv("ENVOI_STRIPE_SECRET_KEY", localstripe.secret_key)
+    monkeypatch.setenv("ENVOI_STRIPE_API_BASE", localstripe.api_base)
+    return monkeypatch
+
+
+def _invoke(*args):
+    from envoi.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_sync_plans_twice_creates_nothing_the_second_time(cli_env, billing):
+    result = _invoke("billing", "sync-plans")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"basic\t{stripe_plan_id('basic')}\texists" in lines and len(lines) == len(billing.plans.plans)
+
+
+def test_without_a_stripe_key_the_error_is_one_line(cli_env):
+    cli_env.delenv("ENVOI_STRIPE_SECRET_KEY")
+    result = _invoke("billing", "sync-plans")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "Error: Stripe is not configured: set ENVOI_STRIPE_SECRET_KEY" in result.output
+
+
+def test_reconcile_shows_both_sides_and_fails_when_stripe_holds_more(cli_env, billing, account, domain, api_key,
+                                                                    client, db):
+    row = billing.start_subscription(account["id"], "basic", card_payment_method(billing))
+    for _ in range(TEST_INCLUDED + 2):
+        accepted(send_form(client, api_key, domain))
+    db.execute("UPDATE recipients SET status = 'failed' WHERE domain_id = %s AND status = 'queued'", (domain["id"],))
+    billing.push_overage(account["id"])
+
+    result = _invoke("billing", "reconcile", str(account["id"]))
+    assert result.exit_code == 0, result.output
+    header, line = result.output.splitlines()
+    fields = dict(zip(header.split("\t"), line.split("\t"), strict=True))
+    assert (fields["envoi_pushed"], fields["envoi_unconfirmed"], fields["stripe_units"]) == ("2", "0", "2")
+
+    # an overage item Envoi did not push (billed twice, by hand or by a bug) makes the sides differ
+    start = int(row["billing_period_start"].timestamp())
+    billing.gateway._client.v1.invoice_items.create({
+        "customer": row["stripe_customer_id"], "amount": 1, "currency": "usd",
+        "metadata": {"envoi_kind": "overage", "envoi_period_start": str(start), "envoi_units": "2"}})
+    result = _invoke("billing", "reconcile", str(account["id"]))
+    assert result.exit_code == 1
+    assert result.output.splitlines()[1].split("\t")[6] == "4"
