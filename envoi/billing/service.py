@@ -7,10 +7,9 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from envoi.accounts.errors import InvalidInput, NotFound
 from envoi.accounts.service import Accounts
 from envoi.billing import store
-from envoi.billing.errors import BillingError
+from envoi.billing.errors import BillingError, BillingInvalid, BillingNotFound
 from envoi.billing.plans import Plan, Plans
 from envoi.billing.stripe_gateway import StripeGateway
 from envoi.infra.db import Database
@@ -57,13 +56,13 @@ class Billing:
 
     def _plan(self, name: str) -> Plan:
         if name not in self.plans.plans:
-            raise InvalidInput(f"no such plan: {name!r} (plans: {', '.join(self.plans.plans)})")
+            raise BillingInvalid(f"no such plan: {name!r} (plans: {', '.join(self.plans.plans)})")
         return self.plans.plans[name]
 
     def _account(self, conn, account_id: int) -> dict:
         row = store.account_for_update(conn, account_id)
         if row is None:
-            raise NotFound(f"Account not found: {account_id}")
+            raise BillingNotFound(f"Account not found: {account_id}")
         return row
 
     # catalogue ---------------------------------------------------------------------------------------
@@ -77,11 +76,11 @@ class Billing:
         Stripe.js made, if given) the first time. The plan applies at once. Returns the account row."""
         target = self._plan(plan)
         if not target.paid:
-            raise InvalidInput(f"{plan} is not a paid plan: nothing to subscribe to")
+            raise BillingInvalid(f"{plan} is not a paid plan: nothing to subscribe to")
         with self.db.transaction() as conn:
             account = self._account(conn, account_id)
         if account["stripe_subscription_id"]:
-            raise InvalidInput("the account already has a subscription: change its plan instead")
+            raise BillingInvalid("the account already has a subscription: change its plan instead")
         customer = account["stripe_customer_id"]
         if not customer:
             customer = self.gateway.create_customer(account_id, account["name"], payment_method)

@@ -10,20 +10,10 @@ from __future__ import annotations
 
 import stripe
 
-from envoi.billing.errors import BillingError
+from envoi.billing.errors import BadSignature, BillingError, StripeFailed
 from envoi.billing.plans import Plan
 
 ID_PREFIX = "envoi-"  # Stripe Product and Plan ids are "envoi-<plan name>": sync-plans is idempotent
-
-
-class StripeFailed(BillingError):
-    """Stripe refused or could not be reached; the message is Stripe's, without keys."""
-    http_status = 502
-    logged = True
-
-
-class BadSignature(BillingError):
-    """A webhook whose Stripe-Signature does not verify with the endpoint secret."""
 
 
 def stripe_plan_id(plan_name: str) -> str:

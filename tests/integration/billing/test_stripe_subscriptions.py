@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from envoi.accounts.errors import InvalidInput
+from envoi.billing.errors import BillingInvalid
 from envoi.billing.stripe_gateway import stripe_plan_id
 from tests.support.localstripe import card_payment_method
 
@@ -41,15 +41,15 @@ def test_subscription_with_a_test_card_stores_only_stripe_ids(billing, account, 
 
 
 def test_bad_plan_and_second_subscription_are_refused_and_change_nothing(billing, account, db):
-    with pytest.raises(InvalidInput, match="no such plan"):
+    with pytest.raises(BillingInvalid, match="no such plan"):
         billing.start_subscription(account["id"], "platinum", card_payment_method(billing))
-    with pytest.raises(InvalidInput, match="not a paid plan"):
+    with pytest.raises(BillingInvalid, match="not a paid plan"):
         billing.start_subscription(account["id"], "free", card_payment_method(billing))
     row = db.execute("SELECT plan, stripe_customer_id FROM accounts WHERE id = %s", (account["id"],)).fetchone()
     assert row == {"plan": "free", "stripe_customer_id": None}
 
     first = billing.start_subscription(account["id"], "basic", card_payment_method(billing))
-    with pytest.raises(InvalidInput, match="already has a subscription"):
+    with pytest.raises(BillingInvalid, match="already has a subscription"):
         billing.start_subscription(account["id"], "scale")
     row = db.execute("SELECT plan, stripe_subscription_id FROM accounts WHERE id = %s", (account["id"],)).fetchone()
     assert row == {"plan": "basic", "stripe_subscription_id": first["stripe_subscription_id"]}
