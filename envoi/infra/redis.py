@@ -84,3 +84,48 @@ class Generation:
             self.conn.incr(self.key)
         except redis.RedisError as ex:
             log.warning("generation %s: %s (other processes' caches expire on their own)", self.key, ex)
+
+
+# KEYS: the counters; ARGV: n, then per key its limit (-1: none) and its lifetime in seconds. Adds n to
+# every counter only when none would pass its limit; returns 0, or the 1-based index of the first
+# counter that refused (nothing added).
+_ADD_WITHIN = """
+local n = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i])
+  if limit >= 0 and tonumber(redis.call('GET', KEYS[i]) or '0') + n > limit then return i end
+end
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], n)
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]))
+end
+return 0
+"""
+
+
+class BoundedCounters:
+    """Counters several processes add to with an atomic check-and-add: n is added to all of a set of
+    counters, or to none when one of them would pass its limit (a quota per day and per month)."""
+
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+        self._add_within = conn.register_script(_ADD_WITHIN)
+
+    def add_within(self, counters: list[tuple[str, int | None, int]], n: int) -> int | None:
+        """counters: (key, limit or None, lifetime in seconds). None when n was added to every counter,
+        else the index of the first one whose limit refused it. Raises RedisError."""
+        args: list[int] = [n]
+        for _, limit, ttl in counters:
+            args += [-1 if limit is None else limit, int(ttl)]
+        refused = int(self._add_within(keys=[key for key, _, _ in counters], args=args))
+        return None if refused == 0 else refused - 1
+
+    def subtract(self, keys: list[str], n: int) -> None:
+        """Give n back to each counter (an accept that failed to commit). Raises RedisError."""
+        pipe = self.conn.pipeline(transaction=False)
+        for key in keys:
+            pipe.decrby(key, n)
+        pipe.execute()
+
+    def get(self, key: str) -> int:
+        return int(self.conn.get(key) or 0)
