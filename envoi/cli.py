@@ -26,7 +26,8 @@ def _settings() -> Settings:
 #: the operator's administration commands (one group per noun). A command in neither shows under
 #: "Other commands" (a test keeps that section empty).
 PROCESSES = ("api", "relay", "smtp", "inbound", "worker", "scheduler", "up", "sink")
-ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users")
+ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users",
+                  "billing")
 
 
 def _user_error(ex: Exception) -> str | None:
@@ -449,9 +450,9 @@ def privacy_erase(account_id: int, address: str) -> None:
 
 
 def _register_commands() -> None:
-    from envoi.commands import bounces, dkim, ips, logs, smtp, users, webhooks
+    from envoi.commands import billing, bounces, dkim, ips, logs, smtp, users, webhooks
 
-    for module in (smtp, bounces, webhooks, ips, logs, users):
+    for module in (smtp, bounces, webhooks, ips, logs, users, billing):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:
