@@ -43,10 +43,24 @@ class Quota:
         self.clock = clock
         # Keys name their day or month, so one long window serves both.
         self.local = LocalCounters(window=32 * DAY)
+        self._period: tuple[int, tuple] = (-1, ())  # PERF: the current second's day, month and resets
+
+    def _periods(self) -> tuple[datetime, str, str, datetime, datetime, int, int]:
+        """(now, day, month, next midnight, next month, their lifetimes): worked out once a second."""
+        second = int(self.clock())
+        if self._period[0] != second:
+            now = datetime.fromtimestamp(second, UTC)
+            ends = next_day(now), next_month(now)
+            ttls = [int((end - now).total_seconds()) + DAY for end in ends]  # a day's grace, for the CLI
+            self._period = (second, (now, f"{now:%Y%m%d}", f"{now:%Y%m}", *ends, *ttls))
+        return self._period[1]
 
     def keys(self, account_id: int, now: datetime) -> tuple[str, str]:
         """The account's counters of the UTC day and month of `now`."""
-        return (f"{self.prefix}:{account_id}:day:{now:%Y%m%d}", f"{self.prefix}:{account_id}:month:{now:%Y%m}")
+        return self._keys(account_id, f"{now:%Y%m%d}", f"{now:%Y%m}")
+
+    def _keys(self, account_id: int, day: str, month: str) -> tuple[str, str]:
+        return f"{self.prefix}:{account_id}:day:{day}", f"{self.prefix}:{account_id}:month:{month}"
 
     def reserve(self, account_id: int, plan_name: str | None, n: int, domain_name: str) -> Callable[[], None]:
         """Count n recipients against the account's caps, or raise QuotaExceeded (nothing counted).
@@ -54,11 +68,10 @@ class Quota:
         plan = self.plans.get(plan_name)
         if plan.daily_cap is None and plan.monthly_cap is None:
             return _nothing
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        day_key, month_key = self.keys(account_id, now)
-        ends = (next_day(now), next_month(now))
-        ttls = [int((end - now).total_seconds()) + DAY for end in ends]  # a day's grace, for the CLI
-        counters = [(day_key, plan.daily_cap, ttls[0]), (month_key, plan.monthly_cap, ttls[1])]
+        now, day, month, day_ends, month_ends, day_ttl, month_ttl = self._periods()
+        day_key, month_key = self._keys(account_id, day, month)
+        ends = (day_ends, month_ends)
+        counters = [(day_key, plan.daily_cap, day_ttl), (month_key, plan.monthly_cap, month_ttl)]
         try:
             refused = self.counters.add_within(counters, n)
             local = False
