@@ -62,3 +62,16 @@ def test_set_plan_refuses_an_unknown_plan_or_account_and_changes_nothing(cli_env
     result = CliRunner().invoke(main, ["billing", "set-plan", "999999", "basic"])
     assert result.exit_code == 1 and "Error: Account not found: 999999" in result.output
     assert db.execute("SELECT plan FROM accounts WHERE id = %s", (account["id"],)).fetchone()["plan"] == "free"
+
+
+def test_a_bad_plans_file_stops_a_process_at_start_with_one_line(cli_env, tmp_path):
+    bad = tmp_path / "plans.toml"
+    bad.write_text('[plans.free]\ntitle = "Free"\n')  # no included_per_month
+    cli_env.setenv("ENVOI_BILLING_PLANS", str(bad))
+    for command in (["billing", "plans"], ["accounts", "list"], ["api"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert f"Error: {bad}: plan 'free' needs included_per_month" in result.output
+    cli_env.setenv("ENVOI_BILLING_PLANS", str(tmp_path / "missing.toml"))
+    result = CliRunner().invoke(main, ["billing", "plans"])
+    assert result.exit_code == 1 and "Error: cannot read the plans file" in result.output
