@@ -44,6 +44,9 @@ class Quota:
         # Keys name their day or month, so one long window serves both.
         self.local = LocalCounters(window=32 * DAY)
         self._period: tuple[int, tuple] = (-1, ())  # PERF: the current second's day, month and resets
+        # After a Redis error, count locally for a while rather than make every accept wait out a timeout.
+        self.retry_redis_after = 5.0
+        self._redis_down_until = 0.0
 
     def _periods(self) -> tuple[datetime, str, str, datetime, datetime, int, int]:
         """(now, day, month, next midnight, next month, their lifetimes): worked out once a second."""
@@ -72,13 +75,16 @@ class Quota:
         day_key, month_key = self._keys(account_id, day, month)
         ends = (day_ends, month_ends)
         counters = [(day_key, plan.daily_cap, day_ttl), (month_key, plan.monthly_cap, month_ttl)]
-        try:
-            refused = self.counters.add_within(counters, n)
-            local = False
-        except RedisError as ex:
-            log.warning("quota: %s (counting in this process)", ex)
+        local = time.monotonic() < self._redis_down_until
+        if not local:
+            try:
+                refused = self.counters.add_within(counters, n)
+            except RedisError as ex:
+                log.warning("quota: %s (counting in this process for %.0f s)", ex, self.retry_redis_after)
+                self._redis_down_until = time.monotonic() + self.retry_redis_after
+                local = True
+        if local:
             refused = self.local.add_within([(k, limit) for k, limit, _ in counters], n)
-            local = True
         if refused is not None:
             raise self._exceeded(plan, refused, n, domain_name, now, ends[refused])
         return lambda: self._release([day_key, month_key], n, local)

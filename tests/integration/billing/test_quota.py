@@ -41,6 +41,7 @@ def real_clock(services):
     services.quota.clock = time.time
     services.quota.counters = redis_infra.BoundedCounters(services.redis)
     services.quota.local.forget()
+    services.quota._redis_down_until = 0.0
 
 
 @pytest.fixture
@@ -183,6 +184,10 @@ def test_with_redis_down_each_process_still_counts(client, services, account, do
     accepted(send_form(client, api_key, domain, to=recipients(1)))
     assert send_form(client, api_key, domain, to=recipients(1)).status_code == 420
     assert len(messages_of(db, domain)) == 2
+    services.quota.counters = redis_infra.BoundedCounters(services.redis)  # Redis back, and its pause over:
+    services.quota._redis_down_until = 0.0
+    accepted(send_form(client, api_key, domain, to=recipients(1)))
+    assert used(services, account)[0] == 1  # Redis knows only what it counted
 
 
 # SMTP submission ---------------------------------------------------------------------------------
