@@ -214,3 +214,14 @@ def test_smtp_monthly_cap_is_a_permanent_550(server, client_ctx, services, accou
     assert refused.value.smtp_code == 550
     assert refused.value.smtp_error.decode().startswith("5.7.1 Domain ")
     assert messages_of(db, domain) == []
+
+
+def test_a_plan_change_reaches_an_open_smtp_session(server, client_ctx, services, account, domain, login, db):
+    set_used(services, account, day=100)
+    with starttls_client(server, client_ctx, login) as c:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail(f"app@{domain['name']}", recipients(1), mime(domain))
+        assert refused.value.smtp_code == 451
+        services.accounts.set_plan(account["id"], "foundation")
+        c.sendmail(f"app@{domain['name']}", recipients(1), mime(domain))  # the same login, read at AUTH
+    assert len(messages_of(db, domain)) == 1
