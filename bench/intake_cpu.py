@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/intake_cpu.py --edge smtp [--n 3000] [--processes 1]
     .venv/bin/python bench/intake_cpu.py --edge http [--n 3000] [--api-workers 2 --api-threads 8]
+    .venv/bin/python bench/intake_cpu.py --edge http --billing capped  # with plans' quotas at accept
 
 A private region (own database and Redis db) with only that edge running (no relay: accepted mail
 just queues), the same ~5 KB messages as bench/relay_vs_postfix.py, 300 messages of warm-up, then
@@ -14,6 +15,7 @@ benchmark mixes in the relay and is noisier.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -31,7 +33,17 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="envoi smtp --processes")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--billing", choices=["off", "capped", "overage"], default="off",
+                        help="ENVOI_BILLING on, every account on a plan with caps too high to reach (capped: each"
+                             " accept pays the quota check, one Redis script call) or on a plan that sells overage"
+                             " (no cap: the check returns at once)")
     args = parser.parse_args()
+    os.environ["ENVOI_BILLING"] = "off" if args.billing == "off" else "on"  # the edge processes inherit it
+    if args.billing != "off":
+        plans = Path(tempfile.mkdtemp(prefix="envoi-plans-")) / "plans.toml"
+        plans.write_text("[plans.free]\nincluded_per_month = 1000000000\n" + (
+            "daily_cap = 1000000000\n" if args.billing == "capped" else "overage_per_1000 = 100\n"))
+        os.environ["ENVOI_BILLING_PLANS"] = str(plans)
     name = "smtp" if args.edge == "smtp" else "api"
     envoi = EnvoiStack(Path(tempfile.mkdtemp(prefix="envoi-intake-")), sink_port=9, processes=(name,),
                        smtp_processes=args.processes, api_workers=args.api_workers, api_threads=args.api_threads)
@@ -52,7 +64,7 @@ def main() -> None:
         cpu0, pg0, injector0 = cpu_seconds(pids), envoi.postgres_cpu(), time.process_time()
         seconds = inject(make_messages(args.n, "cpu" + uuid.uuid4().hex[:6]))
         per = 1000 / args.n
-        print(f"{args.edge}: {args.n} messages accepted at {args.n / seconds:.0f} msg/s;"
+        print(f"{args.edge} (billing {args.billing}): {args.n} messages accepted at {args.n / seconds:.0f} msg/s;"
               f" cpu ms/msg: {name} {(cpu_seconds(pids) - cpu0) * per:.2f},"
               f" postgres {(envoi.postgres_cpu() - pg0) * per:.2f}, injector {(time.process_time() - injector0) * per:.2f}")
     finally:

@@ -128,7 +128,11 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
     import shutil
     import tempfile
 
-    _settings()  # refuse to start (one line, exit 1) before gunicorn's workers would fail one by one
+    from envoi.billing import plans
+
+    # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings,
+    # or a plans file that cannot be used.
+    plans.load(_settings().billing_plans)
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
     # (the library reads the variable itself, so it must be set before the workers start).
     from envoi.gunicorn_conf import OWNED_METRICS_DIR
@@ -450,9 +454,9 @@ def privacy_erase(account_id: int, address: str) -> None:
 
 
 def _register_commands() -> None:
-    from envoi.commands import bounces, dkim, ips, logs, smtp, stripe_billing, users, webhooks
+    from envoi.commands import billing, bounces, dkim, ips, logs, smtp, stripe_billing, users, webhooks
 
-    for module in (smtp, bounces, webhooks, ips, logs, users, stripe_billing):
+    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:

@@ -19,8 +19,11 @@ from envoi.accounts.sessions import Sessions
 from envoi.accounts.throttle import LoginThrottle
 from envoi.accounts.users import Users
 from envoi.billing import plans as billing_plans
+from envoi.billing.plans import Plans
+from envoi.billing.quota import Quota, QuotaCheck
 from envoi.billing.service import Billing
 from envoi.billing.stripe_gateway import StripeGateway
+from envoi.billing.usage import Usage
 from envoi.events.service import PLAN_RETENTION, Events, Retention
 from envoi.events.stats import Stats
 from envoi.events.stream import LiveStream
@@ -70,6 +73,9 @@ class Services:
     sessions: Sessions
     users: Users
     billing: Billing
+    plans: Plans
+    quota: Quota  # its check runs at accept only with billing on (ENVOI_BILLING)
+    usage: Usage
 
     def close(self) -> None:
         self.db.close()
@@ -78,6 +84,8 @@ class Services:
 def build(settings: Settings, *, pool_size: int = 10) -> Services:
     if len(settings.secret_key) != 32:  # Settings made in code without one (from_env already refuses)
         raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes)")
+    # The plans, once: a file that cannot be used stops the process here (PlansInvalid says why).
+    plans = billing_plans.load(settings.billing_plans)
     # Infrastructure.
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
@@ -98,7 +106,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                         max_seconds=settings.stream_max_seconds)
     events = Events(
         db, settings.public_url,
-        retention=Retention(settings.event_retention, {**PLAN_RETENTION, **dict(settings.event_retention_plans)}),
+        retention=Retention(settings.event_retention, plan_retention(settings, plans)),
         # In the events' transaction: hourly rollup counts, webhook outbox rows, complaint suppressions.
         writers=[stats.rollup, webhooks.events_writer, suppressions.events_writer],
         # After commit: fold pending counts (every 2 s), publish to the live stream, wake the dispatcher.
@@ -107,9 +115,11 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
 
     tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions)
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host)
+    # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
+    quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
     intake = Intake(
         settings, db, accounts, events, sealer,
-        checks=[SendingIpCheck(ips)],
+        checks=[SendingIpCheck(ips), *([QuotaCheck(quota)] if settings.billing else [])],
         renderers=[tracking.render],
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
@@ -122,18 +132,25 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     users = Users(db, sealer, sessions, audit, throttle)
     storage = StoredMessages(db, sealer, events)
     # Billing with Stripe (off, refusing with a clear error, while ENVOI_STRIPE_SECRET_KEY is unset).
-    # The plans are the packaged file until ENVOI_BILLING_PLANS (the quota work) is wired here.
     gateway = StripeGateway(settings.stripe_secret_key, api_base=settings.stripe_api_base,
                             webhook_secret=settings.stripe_webhook_secret)
-    billing = Billing(db, accounts, billing_plans.load(), gateway, grace_seconds=settings.billing_grace)
+    billing = Billing(db, accounts, plans, gateway, grace_seconds=settings.billing_grace)
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, ips=ips, intake=intake,
         storage=storage, privacy=Privacy(db, accounts, storage),
         audit=audit, sessions=sessions, users=users, billing=billing,
-        queue=Queue(db),
+        queue=Queue(db), plans=plans, quota=quota, usage=Usage(db),
     )
+
+
+def plan_retention(settings: Settings, plans: Plans) -> dict[str, float]:
+    """Event retention per plan: with billing on, each plan's log_retention_days (the plans file is the
+    source); ENVOI_EVENT_RETENTION_PLANS overrides either way. Billing off (self-hosting, every account
+    on the default plan) keeps the built-in table, so a free plan's one day of logs does not apply."""
+    from_plans = {plan.name: plan.log_retention_days * 86400.0 for plan in plans} if settings.billing else {}
+    return {**PLAN_RETENTION, **from_plans, **dict(settings.event_retention_plans)}
 
 
 def build_relay(services: Services) -> Relay:

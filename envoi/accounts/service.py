@@ -34,6 +34,7 @@ class Principal:
     role: str  # one of ROLES
     domain: str | None = None  # set for domain sending keys and SMTP logins
     account_state: str = "active"  # as read with the key or login (see Accounts.refresh)
+    plan: str | None = None  # the account's plan (envoi.billing), read and kept current with the state
 
     @property
     def is_operator(self) -> bool:
@@ -67,7 +68,7 @@ class Accounts:
         # revoking a key bumps it, so every process reads Postgres again on its next request (a
         # revocation takes effect at once everywhere). Expiry takes effect within 3 s.
         self._keys = TTLCache(ttl=3.0)
-        self._states = TTLCache(ttl=3.0)  # account id -> state, filed under the same generation
+        self._states = TTLCache(ttl=3.0)  # account id -> (state, plan), filed under the same generation
 
     def sending_domain(self, name: str, account_id: int) -> dict | None:
         """get_domain() for the send path, cached briefly; None if the account has no such domain
@@ -150,27 +151,50 @@ class Accounts:
         """The account's state ('active', 'suspended', 'closed'; a missing account reads as closed),
         cached under the generation a state change bumps: current in every process, with no Postgres
         round trip while it holds."""
+        return self._state_and_plan(account_id)[0]
+
+    def _state_and_plan(self, account_id: int) -> tuple[str, str | None]:
         generation = self.key_revocations.current()
         if generation is None:  # Redis cannot say: trust only Postgres
             return self._read_state(account_id)
         return self._states.get((generation, account_id), lambda: self._read_state(account_id))
 
-    def _read_state(self, account_id: int) -> str:
+    def _read_state(self, account_id: int) -> tuple[str, str | None]:
         with self.db.transaction() as conn:
             row = store.account_state(conn, account_id)
-        return row["state"] if row else "closed"
+        return (row["state"], row["plan"]) if row else ("closed", None)
 
     def refresh(self, principal: Principal) -> Principal:
-        """The principal with its account's current state (a long SMTP session's login was read once)."""
+        """The principal with its account's current state and plan (a long SMTP session's login was read
+        once)."""
         if principal.account_id is None:
             return principal
-        state = self.account_state(principal.account_id)
-        return principal if state == principal.account_state else replace(principal, account_state=state)
+        state, plan = self._state_and_plan(principal.account_id)
+        if state == principal.account_state and plan == principal.plan:
+            return principal
+        return replace(principal, account_state=state, plan=plan)
 
     def principal_of_user(self, account_id: int) -> Principal:
         """A dashboard user acting for their account (resending a stored message): the account's rights
-        of a developer key, with its current state, so a suspended account cannot send this way either."""
-        return Principal(None, account_id, "developer", account_state=self.account_state(account_id))
+        of a developer key, with its current state and plan, so a suspended account cannot send this way
+        either and a capped one is counted."""
+        state, plan = self._state_and_plan(account_id)
+        return Principal(None, account_id, "developer", account_state=state, plan=plan)
+
+    # account plan -----------------------------------------------------------------------------
+    def set_plan(self, account_id: int, plan: str, *, actor: str = "cli", ip: str | None = None) -> dict:
+        """Move the account to `plan` (a name the caller checked against the plans file): audited, and
+        in force at once in every process (the generation cached principals are filed under is bumped,
+        as for a state change). Returns the account row."""
+        with self.db.transaction() as conn:
+            before = store.set_account_plan(conn, account_id, plan)
+            if before is None:
+                raise NotFound(f"Account not found: {account_id}")
+            self.audit.record(account_id, actor, "account.plan", str(account_id), ip=ip, conn=conn,
+                              details={"from": before["plan"], "to": plan})
+            row = store.get_account(conn, account_id)
+        self._keys_changed()
+        return row
 
     @staticmethod
     def ensure_may_send(principal: Principal, domain_name: str) -> None:
@@ -425,7 +449,8 @@ class Accounts:
             row = store.find_api_key(conn, digest)
         if not row:
             return None
-        return Principal(row["id"], row["account_id"], row["role"], row["domain_name"], row["account_state"])
+        return Principal(row["id"], row["account_id"], row["role"], row["domain_name"], row["account_state"],
+                         row["account_plan"])
 
     def list_keys(self, account_id: int | None) -> list[dict]:
         """An account's keys (None: the operator's); the rows hold only hashes of the secrets."""
@@ -492,7 +517,8 @@ class Accounts:
         stored = row["password_hash"] if row else _DUMMY_HASH
         if not crypto.verify_password(stored, password) or not row:
             return None
-        return Principal(None, row["account_id"], "sending", row["domain_name"], row["account_state"])
+        return Principal(None, row["account_id"], "sending", row["domain_name"], row["account_state"],
+                         row["account_plan"])
 
     @staticmethod
     def _account(conn: Connection, account_id: int) -> dict:

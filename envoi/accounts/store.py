@@ -80,7 +80,14 @@ def end_account_sessions(conn: Connection, account_id: int) -> int:
 
 
 def account_state(conn: Connection, account_id: int) -> dict | None:
-    return conn.execute("SELECT state, state_reason FROM accounts WHERE id = %s", (account_id,)).fetchone()
+    return conn.execute("SELECT state, state_reason, plan FROM accounts WHERE id = %s", (account_id,)).fetchone()
+
+
+def set_account_plan(conn: Connection, account_id: int, plan: str) -> dict | None:
+    """The account's plan before the change (None: no such account)."""
+    return conn.execute(
+        "UPDATE accounts a SET plan = %s FROM (SELECT id, plan FROM accounts WHERE id = %s FOR UPDATE) b"
+        " WHERE a.id = b.id RETURNING b.plan", (plan, account_id)).fetchone()
 
 
 def insert_domain(conn: Connection, **row) -> dict:
@@ -204,7 +211,7 @@ def insert_api_key(conn: Connection, **row) -> dict:
 
 def find_api_key(conn: Connection, secret_hash: bytes) -> dict | None:
     return conn.execute(
-        "SELECT k.*, d.name AS domain_name, coalesce(a.state, 'active') AS account_state"
+        "SELECT k.*, d.name AS domain_name, coalesce(a.state, 'active') AS account_state, a.plan AS account_plan"
         " FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id LEFT JOIN accounts a ON a.id = k.account_id"
         " WHERE k.secret_hash = %s AND NOT k.is_disabled AND (k.expires_at IS NULL OR k.expires_at > now())"
         " AND a.state IS DISTINCT FROM 'closed'",
@@ -236,7 +243,8 @@ def insert_credential(conn: Connection, domain_id: int, login: str, password_has
 
 def find_credential(conn: Connection, login: str) -> dict | None:
     return conn.execute(
-        "SELECT c.*, d.name AS domain_name, d.account_id, a.state AS account_state FROM smtp_credentials c"
+        "SELECT c.*, d.name AS domain_name, d.account_id, a.state AS account_state, a.plan AS account_plan"
+        " FROM smtp_credentials c"
         " JOIN domains d ON d.id = c.domain_id JOIN accounts a ON a.id = d.account_id"
         " WHERE c.login = %s AND a.state <> 'closed'",
         (login.lower(),),

@@ -129,13 +129,16 @@ def _paths() -> dict:
         paths.setdefault(path, {})[method] = operation
 
     # messages
+    over_quota = {"420": _json(ERROR, "The plan's daily or monthly recipient limit (billing on): nothing of the"
+                                      " message was accepted; Retry-After and the message say when it resets")}
     add("/v3/{domain}/messages", "post", op(
         "Send a message built from form fields (h:* headers, v:* variables, o:* options)", _json(QUEUED),
-        params=[d], body=_form(SEND_FIELDS, ("from", "to"), files=("attachment", "inline")), tag="messages"))
+        params=[d], body=_form(SEND_FIELDS, ("from", "to"), files=("attachment", "inline")), tag="messages",
+        responses=over_quota))
     add("/v3/{domain}/messages.mime", "post", op(
         "Send a caller-built MIME message to the `to` recipients", _json(QUEUED), params=[d],
         body=_form({"to": {"type": "array", "items": SHORT, "maxItems": 5}, "message": {"type": "string", "maxLength": 4000},
-                    **SEND_OPTIONS}, ("to", "message")), tag="messages"))
+                    **SEND_OPTIONS}, ("to", "message")), tag="messages", responses=over_quota))
     # events and logs
     filters = [_q(f, description="filter expression") for f in EVENT_FILTERS]
     query = [_q("begin"), _q("end"), _q("ascending", YESNO), _q("limit", {"type": "integer"}), *filters]

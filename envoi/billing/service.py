@@ -12,6 +12,7 @@ from envoi.billing import store
 from envoi.billing.errors import BillingError, BillingInvalid, BillingNotFound
 from envoi.billing.plans import Plan, Plans
 from envoi.billing.stripe_gateway import StripeGateway
+from envoi.billing.usage import accepted_in_period
 from envoi.infra.db import Database
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class Billing:
             if (not account["stripe_subscription_id"] or plan.overage_per_1000 is None or not plan.paid
                     or start is None):
                 return 0
-            used = store.accepted_in_period(conn, account_id, start, end or now or datetime.now(UTC))
+            used = accepted_in_period(conn, account_id, start, end or now or datetime.now(UTC))
             over = max(0, used - plan.included_per_month)
             billed = max((p["cumulative_units"] for p in store.overage_pushes(conn, account_id, start)), default=0)
             if over <= billed:
@@ -229,7 +230,7 @@ class Billing:
             account = self._account(conn, account_id)
             plan = self.plans.get(account["plan"])
             start, end = account["billing_period_start"], account["billing_period_end"]
-            used = store.accepted_in_period(conn, account_id, start, end) if start and end else 0
+            used = accepted_in_period(conn, account_id, start, end) if start and end else 0
             pushes = store.overage_pushes(conn, account_id, start) if start else []
         over = max(0, used - plan.included_per_month) if plan.overage_per_1000 is not None else 0
         stripe_units = stripe_amount = 0
@@ -258,7 +259,7 @@ class Billing:
             if start is None:  # no subscription: the calendar month, as the quotas count it
                 start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
                 end = (start + timedelta(days=32)).replace(day=1)
-            used = store.accepted_in_period(conn, account_id, start, end)
+            used = accepted_in_period(conn, account_id, start, end)
         plan = self.plans.get(account["plan"])
         upcoming, invoices = None, []
         if account["stripe_customer_id"] and self.gateway.configured:

@@ -25,24 +25,6 @@ def record_event(conn, event_id: str, type_: str, created: int, account_id: int 
     return row is not None
 
 
-def accepted_in_period(conn, account_id: int, start: datetime, end: datetime) -> int:
-    """Recipients the account had accepted in the period [start, end), from the stats rollups (folded and
-    pending). Rollups are hourly: an hour belongs to the period its end falls in, so each hour is counted
-    in exactly one period and the hour a subscription starts in counts in its first period.
-
-    The Usage service (envoi/billing/usage.py) is the general answer to this question; the overage push
-    keeps its own one query until it is pointed there."""
-    row = conn.execute(
-        "SELECT coalesce(sum(count), 0) AS n FROM ("
-        " SELECT count FROM event_stats_hourly WHERE account_id = %(a)s AND event = 'accepted' AND tag = ''"
-        "   AND hour > %(s)s - interval '1 hour' AND hour <= %(e)s - interval '1 hour'"
-        " UNION ALL"
-        " SELECT count FROM event_stats_pending WHERE account_id = %(a)s AND event = 'accepted' AND tag = ''"
-        "   AND hour > %(s)s - interval '1 hour' AND hour <= %(e)s - interval '1 hour') AS c",
-        {"a": account_id, "s": start, "e": end}).fetchone()
-    return int(row["n"])
-
-
 def overage_pushes(conn, account_id: int, period_start: datetime) -> list[dict]:
     return conn.execute("SELECT * FROM billing_overage_pushes WHERE account_id = %s AND period_start = %s"
                         " ORDER BY cumulative_units", (account_id, period_start)).fetchall()

@@ -27,6 +27,28 @@ class LocalCounters:
             self._counts[key] = (count + 1, until)
             return count + 1
 
+    def add_within(self, counters: list[tuple[str, int | None]], n: int) -> int | None:
+        """Add n to every counter, or to none when one would pass its limit (None: no limit): None when
+        added, else the index of the first counter that refused (BoundedCounters' rule, in-process)."""
+        now = time.monotonic()
+        with self._lock:
+            counts = [self._counts.get(key, (0, 0.0)) for key, _ in counters]
+            counts = [(c, u) if u > now else (0, now + self.window) for c, u in counts]
+            for i, ((_, limit), (count, _)) in enumerate(zip(counters, counts, strict=True)):
+                if limit is not None and count + n > limit:
+                    return i
+            if len(self._counts) >= self.max_keys:
+                self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            for (key, _), (count, until) in zip(counters, counts, strict=True):
+                self._counts[key] = (count + n, until)
+            return None
+
+    def subtract(self, key: str, n: int) -> None:
+        with self._lock:
+            count, until = self._counts.get(key, (0, 0.0))
+            if until > time.monotonic():
+                self._counts[key] = (max(0, count - n), until)
+
     def get(self, key: str) -> int:
         with self._lock:
             count, until = self._counts.get(key, (0, 0.0))

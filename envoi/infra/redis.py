@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 
@@ -84,3 +85,54 @@ class Generation:
             self.conn.incr(self.key)
         except redis.RedisError as ex:
             log.warning("generation %s: %s (other processes' caches expire on their own)", self.key, ex)
+
+
+# KEYS: the counters; ARGV: n, then per key its limit (-1: none) and its lifetime in seconds. Adds n to
+# every counter only when none would pass its limit; returns 0, or the 1-based index of the first
+# counter that refused (nothing added).
+_ADD_WITHIN = """
+local n = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i])
+  if limit >= 0 and tonumber(redis.call('GET', KEYS[i]) or '0') + n > limit then return i end
+end
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], n)
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]))
+end
+return 0
+"""
+
+
+class BoundedCounters:
+    """Counters several processes add to with an atomic check-and-add: n is added to all of a set of
+    counters, or to none when one of them would pass its limit (a quota per day and per month)."""
+
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+        self._sha = hashlib.sha1(_ADD_WITHIN.encode()).hexdigest()
+
+    def add_within(self, counters: list[tuple[str, int | None, int]], n: int) -> int | None:
+        """counters: (key, limit or None, lifetime in seconds). None when n was added to every counter,
+        else the index of the first one whose limit refused it. Raises RedisError."""
+        args: list = [n]
+        for _, limit, ttl in counters:
+            args += [-1 if limit is None else limit, ttl]
+        keys = [key for key, _, _ in counters]
+        # PERF: EVALSHA straight through execute_command (redis-py's Script object doubled the CPU of a
+        # call, ~85 µs against ~45 µs: it runs on every accept with billing on).
+        try:
+            refused = self.conn.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it once more
+            refused = self.conn.execute_command("EVAL", _ADD_WITHIN, len(keys), *keys, *args)
+        return None if refused == 0 else int(refused) - 1
+
+    def subtract(self, keys: list[str], n: int) -> None:
+        """Give n back to each counter (an accept that failed to commit). Raises RedisError."""
+        pipe = self.conn.pipeline(transaction=False)
+        for key in keys:
+            pipe.decrby(key, n)
+        pipe.execute()
+
+    def get(self, key: str) -> int:
+        return int(self.conn.get(key) or 0)

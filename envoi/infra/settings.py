@@ -138,6 +138,15 @@ class Settings:
     #: ENVOI_EVENT_RETENTION_PLANS: per-plan event retention "plan=30d,..." over the built-in
     #: trial=3d, scale=60d, enterprise=90d; other plans keep ENVOI_EVENT_RETENTION.
     event_retention_plans: Mapping[str, float] = field(default_factory=dict)
+    #: ENVOI_STRIPE_SECRET_KEY: the Stripe secret API key (sk_…); never logged. Setting it turns billing on
+    #: (unless ENVOI_BILLING says otherwise). Unset: no Stripe.
+    stripe_secret_key: str = field(default="", repr=False)
+    #: ENVOI_BILLING: on/off: plans' quotas at accept and billing. Default: on exactly when
+    #: ENVOI_STRIPE_SECRET_KEY is set; off (a single-tenant self-hosted region) there are no quotas.
+    billing: bool = False
+    #: ENVOI_BILLING_PLANS: path of the plans TOML (default: the packaged envoi/billing/plans.toml); see
+    #: docs/billing.md. A file that cannot be used stops the process at start.
+    billing_plans: str | None = None
     #: ENVOI_TRUSTED_PROXIES: comma list of CIDRs of this region's reverse proxies; a request from one of them is
     #: taken to come from the right-most untrusted address of its X-Forwarded-For (tracking links' rate
     #: limit and recorded IP). Empty (default): X-Forwarded-For is ignored.
@@ -194,8 +203,6 @@ class Settings:
     smtp_auth_max_failures_ip: int = 20
     #: ENVOI_SMTP_AUTH_WINDOW: the failed-AUTH counting window (15m).
     smtp_auth_window: float = 900.0
-    #: ENVOI_STRIPE_SECRET_KEY: Stripe's secret API key (sk_...); unset, billing with Stripe is off.
-    stripe_secret_key: str = field(default="", repr=False)
     #: ENVOI_STRIPE_PUBLISHABLE_KEY: Stripe's publishable key (pk_...), for Stripe.js in the dashboard.
     stripe_publishable_key: str = ""
     #: ENVOI_STRIPE_WEBHOOK_SECRET: the signing secret (whsec_...) of the Stripe webhook endpoint
@@ -365,8 +372,6 @@ class Settings:
             values["smtp_auth_max_failures_ip"] = int(v)
         if v := env.get("ENVOI_SMTP_AUTH_WINDOW"):
             values["smtp_auth_window"] = _seconds(v)
-        if v := env.get("ENVOI_STRIPE_SECRET_KEY"):
-            values["stripe_secret_key"] = v
         if v := env.get("ENVOI_STRIPE_PUBLISHABLE_KEY"):
             values["stripe_publishable_key"] = v
         if v := env.get("ENVOI_STRIPE_WEBHOOK_SECRET"):
@@ -405,6 +410,11 @@ class Settings:
             values["bounce_domain"] = v.strip().lower()
         if v := env.get("ENVOI_INBOUND_MAX_BYTES"):
             values["inbound_max_bytes"] = int(v)
+        values["stripe_secret_key"] = env.get("ENVOI_STRIPE_SECRET_KEY", "").strip()
+        v = env.get("ENVOI_BILLING", "").strip()
+        values["billing"] = _bool(v) if v else bool(values["stripe_secret_key"])
+        if v := env.get("ENVOI_BILLING_PLANS", "").strip():
+            values["billing_plans"] = v
         return cls(**values)
 
     def replace(self, **changes) -> Settings:

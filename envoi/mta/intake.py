@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -34,9 +34,10 @@ MESSAGE_ID_BLOCK = 256  # message ids reserved per round trip
 
 class AcceptCheck(Protocol):
     """Refuses a draft before anything is stored by raising an IntakeError (e.g. o:sending-ip naming
-    another account's IP)."""
+    another account's IP). A check that takes something (a quota's count) returns what gives it back,
+    called if the accept then fails before or at its commit."""
 
-    def __call__(self, domain: dict, draft: Draft, /) -> None: ...
+    def __call__(self, domain: dict, draft: Draft, /) -> Callable[[], None] | None: ...
 
 
 class Renderer(Protocol):
@@ -88,7 +89,9 @@ class Intake:
         self.accounts.ensure_may_send(principal, domain_name)  # suspended or closed (no I/O)
         if domain["state"] == "disabled":
             raise NotAllowed(f"Domain {domain_name} is not allowed to send: domain is disabled")
-        return domain
+        # The account's plan comes with the principal (read and kept current with its state): the
+        # quota check reads it from the domain, with no round trip.
+        return domain if domain.get("plan") == principal.plan else {**domain, "plan": principal.plan}
 
     def accept(self, principal: Principal, domain: dict, draft: Draft) -> str:
         """Commit the draft to the queue; return its Message-ID in angle brackets.
@@ -96,7 +99,11 @@ class Intake:
         Concurrent accepts share a transaction (group commit); each returns only after the commit
         that holds its message."""
         accepted = self.prepare(domain, draft)
-        self._commits.submit(accepted.stored)
+        try:
+            self._commits.submit(accepted.stored)
+        except BaseException:
+            accepted.undo()
+            raise
         self._count(accepted)
         return accepted.message_id
 
@@ -109,11 +116,17 @@ class Intake:
             senders.check(domain["name"], draft.from_addresses or [draft.mail_from])
         if domain["state"] == "unverified":
             self._check_test_recipients(domain, draft)
-        for check in self.checks:
-            check(domain, draft)
-        for render in () if draft.rendered else self.renderers:
-            draft = render(domain, draft)
-        return Accepted(f"<{draft.message_id}>", draft.method, self._rows_for(domain, draft))
+        undo: list[Callable[[], None]] = []
+        try:
+            for check in self.checks:
+                if (give_back := check(domain, draft)) is not None:
+                    undo.append(give_back)
+            for render in () if draft.rendered else self.renderers:
+                draft = render(domain, draft)
+            return Accepted(f"<{draft.message_id}>", draft.method, self._rows_for(domain, draft), undo)
+        except BaseException:
+            Accepted.undo_all(undo)
+            raise
 
     @staticmethod
     def _check_test_recipients(domain: dict, draft: Draft) -> None:
@@ -133,10 +146,17 @@ class Intake:
         """The second half of accept() for a caller that batches accepts itself (the SMTP server's
         commit stage): one transaction now; None per accept committed, or what refused it (a value
         the database refused fails only its own accept). Raises if the transaction failed as a whole."""
-        outcomes = write_isolated(self._write, [accepted.stored for accepted in batch], is_data_error)
+        try:
+            outcomes = write_isolated(self._write, [accepted.stored for accepted in batch], is_data_error)
+        except BaseException:
+            for accepted in batch:
+                accepted.undo()
+            raise
         for accepted, (_, error) in zip(batch, outcomes, strict=True):
             if error is None:
                 self._count(accepted)
+            else:
+                accepted.undo()
         return [error for _, error in outcomes]
 
     def _count(self, accepted: Accepted) -> None:
@@ -206,6 +226,20 @@ class Accepted:
     message_id: str
     method: str
     stored: list[_Stored]
+    give_back: list[Callable[[], None]] = field(default_factory=list)  # the checks' undos (quota)
+
+    def undo(self) -> None:
+        """The accept failed: give back what its checks took (once)."""
+        undo, self.give_back = self.give_back, []
+        self.undo_all(undo)
+
+    @staticmethod
+    def undo_all(undo: list[Callable[[], None]]) -> None:
+        for give_back in undo:
+            try:
+                give_back()
+            except Exception:
+                log.exception("giving back what a check took failed")
 
 
 @dataclass

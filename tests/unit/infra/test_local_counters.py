@@ -29,3 +29,17 @@ def test_expired_counts_are_dropped_once_the_table_is_full(monkeypatch):
     now[0] += 61  # every window has run out
     counters.incr("d")
     assert set(counters._counts) == {"d"} and counters.get("a") == 0
+
+
+def test_add_within_adds_to_every_counter_or_to_none():
+    counters = LocalCounters(window=60)
+    assert counters.add_within([("day", 5), ("month", 8)], 3) is None
+    assert counters.add_within([("day", 5), ("month", 8)], 3) == 0  # 6 > 5: the day refuses
+    assert (counters.get("day"), counters.get("month")) == (3, 3)  # nothing added
+    assert counters.add_within([("day", None), ("month", 8)], 6) == 1  # the month refuses
+    assert counters.add_within([("day", 5), ("month", 8)], 2) is None
+    assert (counters.get("day"), counters.get("month")) == (5, 5)
+    counters.subtract("day", 2)
+    assert counters.get("day") == 3
+    counters.subtract("day", 10)
+    assert counters.get("day") == 0  # never below zero
