@@ -367,5 +367,8 @@ def test_outcomes_arriving_under_load_share_writes(services, settings, account, 
         wait_until(lambda: sum(writes) == len(rows) and db.execute(
             "SELECT count(*) AS n FROM recipients WHERE id = ANY(%s) AND status = 'delivered'",
             ([r["id"] for r in rows],)).fetchone()["n"] == len(rows), timeout=10)
-    assert writes[0] == 1  # the quiet relay's first outcome did not wait for company
+    # The quiet relay's first outcome did not wait for company: written at once, alone or with the one or
+    # two that arrived (every 2 ms) while a loaded machine scheduled the write; waiting the flush delay
+    # (0.5 s) would have gathered them all.
+    assert writes[0] <= 3, writes
     assert len(writes) <= 4, writes
