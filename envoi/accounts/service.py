@@ -437,6 +437,10 @@ class Accounts:
         return self._keys.get((generation, digest), lambda: self._find_key(digest),
                               keep=lambda found: found is not None)
 
+    def plan_changed(self) -> None:
+        """An account's plan was changed outside set_plan (billing): cached principals reread it."""
+        self._keys_changed()
+
     def _keys_changed(self) -> None:
         """Keys were revoked (deleted, or their domain went) or an account changed state: every process
         rereads keys and states from Postgres on its next request."""

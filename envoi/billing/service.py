@@ -90,15 +90,12 @@ class Billing:
         elif payment_method:
             self.gateway.set_payment_method(customer, payment_method)
         sub = self.gateway.create_subscription(customer, plan, account_id)
-        with self.db.transaction() as conn:
-            store.update_account(
-                conn, account_id, stripe_subscription_id=sub["id"], plan=plan, pending_plan=None,
-                billing_status="active" if sub["status"] in ("active", "trialing") else "past_due",
-                billing_period_start=_ts(sub["current_period_start"]),
-                billing_period_end=_ts(sub["current_period_end"]))
-            if sub["status"] not in ("active", "trialing"):
-                store.update_account(conn, account_id, grace_until=datetime.now(UTC) + self.grace)
-            return self._account(conn, account_id)
+        paying = sub["status"] in ("active", "trialing")
+        return self._set_plan(account_id, plan, stripe_subscription_id=sub["id"],
+                              billing_status="active" if paying else "past_due",
+                              billing_period_start=_ts(sub["current_period_start"]),
+                              billing_period_end=_ts(sub["current_period_end"]),
+                              **({} if paying else {"grace_until": datetime.now(UTC) + self.grace}))
 
     def change_plan(self, account_id: int, plan: str) -> dict:
         """An upgrade (a dearer plan) applies at once, Stripe prorating the rest of the period; a downgrade
@@ -109,9 +106,7 @@ class Billing:
         if not account["stripe_subscription_id"]:
             if target.paid:
                 return self.start_subscription(account_id, plan)
-            with self.db.transaction() as conn:
-                store.update_account(conn, account_id, plan=plan, pending_plan=None)
-                return self._account(conn, account_id)
+            return self._set_plan(account_id, plan)
         current = self.plans.get(account["plan"])
         if plan == current.name:
             with self.db.transaction() as conn:  # changing back cancels a pending downgrade
@@ -120,10 +115,7 @@ class Billing:
         if target.price_per_month > current.price_per_month:
             self.push_overage(account_id)  # usage so far is billed at the old plan's terms
             sub = self.gateway.change_subscription_plan(account["stripe_subscription_id"], plan)
-            with self.db.transaction() as conn:
-                store.update_account(conn, account_id, plan=plan, pending_plan=None,
-                                     billing_period_end=_ts(sub["current_period_end"]))
-                return self._account(conn, account_id)
+            return self._set_plan(account_id, plan, billing_period_end=_ts(sub["current_period_end"]))
         with self.db.transaction() as conn:
             store.update_account(conn, account_id, pending_plan=plan)
             return self._account(conn, account_id)
@@ -152,8 +144,23 @@ class Billing:
             if sub_id:
                 self.gateway.cancel_subscription(sub_id)
             columns = {"stripe_subscription_id": None, "billing_status": "none", "grace_until": None}
+        self._set_plan(account_id, plan, **columns)
+
+    def _set_plan(self, account_id: int, plan: str, **columns) -> dict:
+        """Put the account on PLAN (and set COLUMNS) in one transaction, audited, then bump the generation
+        cached principals are filed under, so quotas use the new plan at once in every process."""
         with self.db.transaction() as conn:
+            before = self._account(conn, account_id)
             store.update_account(conn, account_id, plan=plan, pending_plan=None, **columns)
+            self._audit_plan(conn, account_id, before["plan"], plan)
+            row = self._account(conn, account_id)
+        self.accounts.plan_changed()
+        return row
+
+    def _audit_plan(self, conn, account_id: int, before: str, plan: str) -> None:
+        if before != plan:
+            self.accounts.audit.record(account_id, "billing", "account.plan", str(account_id), conn=conn,
+                                       details={"from": before, "to": plan})
 
     # overage -----------------------------------------------------------------------------------------
     def push_overage(self, account_id: int, now: datetime | None = None) -> int:
@@ -293,6 +300,8 @@ class Billing:
             if created < account["billing_synced_at"]:
                 return "stale"  # a newer event already set the state this one would overwrite
             result, follow_up = self._apply(conn, account, event["type"], obj, created)
+        if follow_up == "plan":
+            self.accounts.plan_changed()  # after the commit: no process caches the old plan under the new count
         if follow_up in ("reinstate", "renewed"):
             self._reinstate_if_suspended_for_payment(account["id"])
         if follow_up == "renewed":
@@ -329,7 +338,8 @@ class Billing:
             store.update_account(conn, aid, plan=self.plans.default, stripe_subscription_id=None,
                                  billing_status="none", grace_until=None, pending_plan=None,
                                  billing_synced_at=created)
-            return "applied", None
+            self._audit_plan(conn, aid, account["plan"], self.plans.default)
+            return "applied", "plan"
         if type_ == "invoice.created" and account["stripe_subscription_id"]:
             return "applied", "overage"
         return "ignored", None

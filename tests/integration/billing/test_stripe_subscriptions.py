@@ -92,3 +92,22 @@ def test_downgrade_to_free_cancels_the_subscription_at_the_period_end(billing, a
                         (account["id"],)).fetchone()
     assert stored == {"plan": "free", "stripe_subscription_id": None, "billing_status": "none"}
     assert _stripe(billing).subscriptions.retrieve(row["stripe_subscription_id"]).status == "canceled"
+
+
+def test_a_subscription_reaches_every_processs_cached_plan_at_once(services, billing, account, api_key, db):
+    """Billing changes plans outside Accounts.set_plan: it must bump the same generation, or a process
+    with a warm cache would hold the account to its old plan's quota."""
+    from envoi.accounts.service import Accounts
+    from envoi.infra import redis as redis_infra
+
+    other = Accounts(services.db, services.sealer, services.settings.region, audit=services.audit,
+                     key_revocations=redis_infra.Generation(services.redis,
+                                                            f"envoi:{services.settings.region}:keys:revoked"))
+    assert other.authenticate_key(api_key).plan == "free"  # warm
+    billing.start_subscription(account["id"], "basic", card_payment_method(billing))
+    assert other.authenticate_key(api_key).plan == "basic"
+    billing.change_plan(account["id"], "scale")  # an upgrade applies at once
+    assert other.authenticate_key(api_key).plan == "scale"
+    audit = db.execute("SELECT actor, details FROM audit_log WHERE account_id = %s AND action = 'account.plan'"
+                       " ORDER BY id", (account["id"],)).fetchall()
+    assert [(a["actor"], a["details"]["to"]) for a in audit] == [("billing", "basic"), ("billing", "scale")]
