@@ -3,28 +3,13 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 
 import click
 
 from envoi.billing.usage import overage
-
-
-def _services():
-    from envoi import runtime
-    from envoi.infra.settings import Settings
-
-    services = runtime.build(Settings.from_env(), pool_size=1)
-    click.get_current_context().call_on_close(services.close)
-    return services
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no login name (containers)
-        return "cli:unknown"
+from envoi.commands import region
+from envoi.commands.region import actor
 
 
 def _cap(value: int | None) -> str:
@@ -43,7 +28,7 @@ def billing() -> None:
 @billing.command("plans")
 def billing_plans() -> None:
     """The plans of this region's plans file: price, included volume, caps, overage, log retention."""
-    services = _services()
+    services = region.services(pool_size=1)
     plans = services.plans
     click.echo("plan\ttitle\tprice/month\tincluded/month\tdaily cap\tmonthly cap\toverage/1,000\tlog days")
     for plan in plans:
@@ -60,7 +45,7 @@ def billing_plans() -> None:
 def billing_usage(account_id: int) -> None:
     """ACCOUNT_ID's recipients accepted today (UTC) and this calendar month against its plan's caps and
     included volume, and the overage so far (JSON)."""
-    services = _services()
+    services = region.services(pool_size=1)
     account = services.accounts.get_account(account_id)
     plan = services.plans.get(account["plan"])
     today, month = services.usage.day(account_id), services.usage.month(account_id)
@@ -78,11 +63,11 @@ def billing_usage(account_id: int) -> None:
 @click.argument("plan")
 def billing_set_plan(account_id: int, plan: str) -> None:
     """Move ACCOUNT_ID to PLAN (a plan of the plans file): audited, in force at once in every process."""
-    services = _services()
+    services = region.services(pool_size=1)
     if plan not in services.plans.plans:
         raise click.BadParameter(f"no plan {plan!r}; the plans are: {', '.join(services.plans.plans)}",
                                  param_hint="PLAN")
-    row = services.accounts.set_plan(account_id, plan, actor=_actor())
+    row = services.accounts.set_plan(account_id, plan, actor=actor())
     click.echo(json.dumps({"id": row["id"], "plan": row["plan"]}))
 
 

@@ -5,44 +5,13 @@ Every change is audited with the actor "cli:<login user>".
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import getpass
 import json
 import sys
 
 import click
 
+from envoi.commands.region import actor, with_services
 from envoi.ips.service import SHARED, ip_json
-
-
-def _services():
-    from envoi import runtime
-    from envoi.infra.settings import Settings
-
-    return runtime.build(Settings.from_env(), pool_size=2)
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no login name (containers)
-        return "cli:unknown"
-
-
-def _run(fn):
-    """Give the command the region's services (its errors become one line at the CLI edge, envoi.cli)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        services = _services()
-        try:
-            return fn(services, *args, **kwargs)
-        finally:
-            with contextlib.suppress(Exception):
-                services.close()
-
-    return wrapper
 
 
 def _echo(value) -> None:
@@ -57,7 +26,7 @@ def ips() -> None:
 @ips.command("list")
 @click.option("--account", "account_id", type=int, default=None, help="Only this account's dedicated IPs.")
 @click.option("--dedicated/--shared", default=None, help="Only dedicated or only shared IPs.")
-@_run
+@with_services
 def ips_list(services, account_id, dedicated) -> None:
     """List the region's IPs."""
     for row in services.ips.list_ips(account_id, dedicated):
@@ -70,7 +39,7 @@ def ips_list(services, account_id, dedicated) -> None:
 
 @ips.command("show")
 @click.argument("ip")
-@_run
+@with_services
 def ips_show(services, ip) -> None:
     """Show one IP: its names, state, account and pools (JSON)."""
     row = services.ips.get_ip(ip)
@@ -84,10 +53,10 @@ def ips_show(services, ip) -> None:
 @click.option("--host", default=None, help="Relay host the IP lives on (default: ENVOI_RELAY_HOST).")
 @click.option("--dedicated", is_flag=True, help="A dedicated IP (default: shared pool).")
 @click.option("--disabled", is_flag=True, help="Add it disabled: no mail goes out over it yet.")
-@_run
+@with_services
 def ips_add(services, ip, helo, ptr, host, dedicated, disabled) -> None:
     """Add an IP to the inventory."""
-    row = services.ips.add_ip(_actor(), ip, host=host, helo=helo, ptr=ptr, dedicated=dedicated,
+    row = services.ips.add_ip(actor(), ip, host=host, helo=helo, ptr=ptr, dedicated=dedicated,
                               enabled=not disabled)
     _echo(ip_json(row, admin=True))
 
@@ -99,45 +68,45 @@ def ips_add(services, ip, helo, ptr, host, dedicated, disabled) -> None:
 @click.option("--host", default=None, help="New relay host the IP lives on.")
 @click.option("--enable/--disable", "enabled", default=None, help="Send over it, or not.")
 @click.option("--dedicated/--shared", default=None, help="Make it dedicated, or return it to the shared pool.")
-@_run
+@with_services
 def ips_update(services, ip, helo, ptr, host, enabled, dedicated) -> None:
     """Change an IP's names, host, state or kind (only the options given)."""
-    row = services.ips.update_ip(_actor(), ip, helo=helo, ptr=ptr, host=host, enabled=enabled, dedicated=dedicated)
+    row = services.ips.update_ip(actor(), ip, helo=helo, ptr=ptr, host=host, enabled=enabled, dedicated=dedicated)
     _echo(ip_json(row, admin=True))
 
 
 @ips.command("remove")
 @click.argument("ip")
-@_run
+@with_services
 def ips_remove(services, ip) -> None:
     """Remove an (unassigned) IP from the inventory."""
-    services.ips.delete_ip(_actor(), ip)
+    services.ips.delete_ip(actor(), ip)
     click.echo(f"removed {ip}")
 
 
 @ips.command("assign")
 @click.argument("ip")
 @click.argument("account_id", type=int)
-@_run
+@with_services
 def ips_assign(services, ip, account_id) -> None:
     """Make a dedicated IP an account's own."""
-    services.ips.assign_ip(_actor(), ip, account_id)
+    services.ips.assign_ip(actor(), ip, account_id)
     click.echo(f"{ip} assigned to account {account_id}")
 
 
 @ips.command("unassign")
 @click.argument("ip")
-@_run
+@with_services
 def ips_unassign(services, ip) -> None:
     """Take a dedicated IP back (also off the account's domains and pools)."""
-    services.ips.unassign_ip(_actor(), ip)
+    services.ips.unassign_ip(actor(), ip)
     click.echo(f"{ip} unassigned")
 
 
 @ips.command("export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to this file (default: stdout).")
-@_run
+@with_services
 def ips_export(services, output) -> None:
     """CSV of dedicated IP assignments (IP, customer, assigned since) for the IP registry."""
     text = services.ips.export_csv()
@@ -152,7 +121,7 @@ def ips_export(services, output) -> None:
 @ips.command("audit")
 @click.option("--ip", default=None, help="Only changes to this IP.")
 @click.option("--limit", default=50, show_default=True, type=int, help="Newest entries shown.")
-@_run
+@with_services
 def ips_audit(services, ip, limit) -> None:
     """Who changed which assignment, when."""
     for row in services.ips.audit_log(ip, limit):
@@ -163,7 +132,7 @@ def ips_audit(services, ip, limit) -> None:
 
 @ips.command("check")
 @click.argument("ip", required=False)
-@_run
+@with_services
 def ips_check(services, ip) -> None:
     """Check each IP's reverse DNS (PTR) and that its HELO name resolves back to it."""
     bad = 0
@@ -184,7 +153,7 @@ def domain_group() -> None:
 
 @domain_group.command("list")
 @click.argument("domain")
-@_run
+@with_services
 def domain_list(services, domain) -> None:
     """Show the domain's dedicated IPs and linked pool (JSON)."""
     _echo(services.ips.domain_ips(services.accounts.get_domain(domain)))
@@ -193,39 +162,39 @@ def domain_list(services, domain) -> None:
 @domain_group.command("add")
 @click.argument("domain")
 @click.argument("ip")
-@_run
+@with_services
 def domain_add(services, domain, ip) -> None:
     """Send the domain's mail over this dedicated IP (assigns it to the domain's account)."""
-    services.ips.add_domain_ip(_actor(), services.accounts.get_domain(domain), ip)
+    services.ips.add_domain_ip(actor(), services.accounts.get_domain(domain), ip)
     click.echo(f"{ip} added to {domain}")
 
 
 @domain_group.command("remove")
 @click.argument("domain")
 @click.argument("ip")
-@_run
+@with_services
 def domain_remove(services, domain, ip) -> None:
     """Stop sending the domain's mail over this dedicated IP."""
-    services.ips.remove_domain_ip(_actor(), services.accounts.get_domain(domain), ip)
+    services.ips.remove_domain_ip(actor(), services.accounts.get_domain(domain), ip)
     click.echo(f"{ip} removed from {domain}")
 
 
 @domain_group.command("link")
 @click.argument("domain")
 @click.argument("pool_id")
-@_run
+@with_services
 def domain_link(services, domain, pool_id) -> None:
     """Send the domain's mail over an IP pool."""
-    services.ips.link_pool(_actor(), services.accounts.get_domain(domain), pool_id)
+    services.ips.link_pool(actor(), services.accounts.get_domain(domain), pool_id)
     click.echo(f"{domain} linked to pool {pool_id}")
 
 
 @domain_group.command("unlink")
 @click.argument("domain")
-@_run
+@with_services
 def domain_unlink(services, domain) -> None:
     """Stop sending the domain's mail over its linked pool."""
-    services.ips.unlink_pool(_actor(), services.accounts.get_domain(domain))
+    services.ips.unlink_pool(actor(), services.accounts.get_domain(domain))
     click.echo(f"{domain} unlinked from its pool")
 
 
@@ -240,16 +209,16 @@ def pool_group() -> None:
 @click.option("--description", default="", help="A note about the pool.")
 @click.option("--ip", "addresses", multiple=True, help="A dedicated IP to put in the pool (repeatable).")
 @click.option("--account", "account_id", type=int, default=None, help="The account that owns the pool.")
-@_run
+@with_services
 def pool_create(services, name, description, addresses, account_id) -> None:
     """Create an IP pool called NAME (prints it as JSON)."""
-    pool = services.ips.create_pool(_actor(), name, description, list(addresses), account_id)
+    pool = services.ips.create_pool(actor(), name, description, list(addresses), account_id)
     click.echo(json.dumps({"pool_id": pool["id"]}))
 
 
 @pool_group.command("list")
 @click.option("--account", "account_id", type=int, default=None, help="Only this account's pools.")
-@_run
+@with_services
 def pool_list(services, account_id) -> None:
     """List the IP pools: id, name, IPs, owner, whether linked."""
     for pool in services.ips.list_pools(account_id):
@@ -261,20 +230,20 @@ def pool_list(services, account_id) -> None:
 @pool_group.command("add")
 @click.argument("pool_id")
 @click.argument("ip")
-@_run
+@with_services
 def pool_add(services, pool_id, ip) -> None:
     """Put a dedicated IP in the pool."""
-    services.ips.update_pool(_actor(), pool_id, add_ips=[ip])
+    services.ips.update_pool(actor(), pool_id, add_ips=[ip])
     click.echo(f"{ip} added to pool {pool_id}")
 
 
 @pool_group.command("remove")
 @click.argument("pool_id")
 @click.argument("ip")
-@_run
+@with_services
 def pool_remove(services, pool_id, ip) -> None:
     """Take an IP out of the pool."""
-    services.ips.update_pool(_actor(), pool_id, remove_ips=[ip])
+    services.ips.update_pool(actor(), pool_id, remove_ips=[ip])
     click.echo(f"{ip} removed from pool {pool_id}")
 
 
@@ -282,10 +251,10 @@ def pool_remove(services, pool_id, ip) -> None:
 @click.argument("pool_id")
 @click.option("--replacement-ip", default=None, help=f"Dedicated IP (or '{SHARED}') for the linked domains.")
 @click.option("--replacement-pool", default=None, help="Pool for the linked domains.")
-@_run
+@with_services
 def pool_delete(services, pool_id, replacement_ip, replacement_pool) -> None:
     """Delete a pool; its linked domains move to the replacement given."""
-    services.ips.delete_pool(_actor(), pool_id, ip=replacement_ip, replacement_pool=replacement_pool)
+    services.ips.delete_pool(actor(), pool_id, ip=replacement_ip, replacement_pool=replacement_pool)
     click.echo(f"pool {pool_id} deleted")
 
 
@@ -298,25 +267,25 @@ def warmup_group() -> None:
 @warmup_group.command("start")
 @click.argument("ip")
 @click.option("--plan", default=None, help="DAYSxCAP,… (default: ENVOI_WARMUP_PLAN).")
-@_run
+@with_services
 def warmup_start(services, ip, plan) -> None:
     """Start warming IP up: its daily cap rises stage by stage."""
-    services.ips.start_warmup(_actor(), ip, plan)
+    services.ips.start_warmup(actor(), ip, plan)
     click.echo(f"warm-up of {ip} started")
 
 
 @warmup_group.command("stop")
 @click.argument("ip")
-@_run
+@with_services
 def warmup_stop(services, ip) -> None:
     """Stop the IP's warm-up (no cap from now on)."""
-    services.ips.stop_warmup(_actor(), ip)
+    services.ips.stop_warmup(actor(), ip)
     click.echo(f"warm-up of {ip} stopped")
 
 
 @warmup_group.command("show")
 @click.argument("ip", required=False)
-@_run
+@with_services
 def warmup_show(services, ip) -> None:
     """Progress of one IP's warm-up (or all)."""
     _echo(services.ips.warmup(ip) if ip else services.ips.warmups())

@@ -4,36 +4,16 @@ The quota work's `envoi billing plans|usage|set-plan` join the same group (one `
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 
 import click
 
 from envoi.commands.billing import billing  # one `billing` group: these commands join plans|usage|set-plan
-
-
-def _run(fn):
-    """Give the command the region's services (errors become one line at the CLI edge, envoi.cli)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from envoi import runtime
-        from envoi.infra.settings import Settings
-
-        services = runtime.build(Settings.from_env(), pool_size=2)
-        try:
-            return fn(services, *args, **kwargs)
-        finally:
-            with contextlib.suppress(Exception):
-                services.close()
-
-    return wrapper
-
+from envoi.commands.region import with_services
 
 
 @billing.command("sync-plans")
-@_run
+@with_services
 def sync_plans(services) -> None:
     """Create the Stripe Product and Plan of each plan in the plans file that lacks them (idempotent)."""
     for name, stripe_id, created in services.billing.sync_plans():
@@ -44,7 +24,7 @@ def sync_plans(services) -> None:
 @click.argument("account_id", type=int)
 @click.argument("plan")
 @click.option("--payment-method", default=None, help="A Stripe PaymentMethod id (pm_...), made by Stripe.js.")
-@_run
+@with_services
 def subscribe(services, account_id: int, plan: str, payment_method: str | None) -> None:
     """Subscribe ACCOUNT_ID to the paid PLAN (creating its Stripe customer)."""
     row = services.billing.start_subscription(account_id, plan, payment_method)
@@ -55,7 +35,7 @@ def subscribe(services, account_id: int, plan: str, payment_method: str | None) 
 @billing.command("change-plan")
 @click.argument("account_id", type=int)
 @click.argument("plan")
-@_run
+@with_services
 def change_plan(services, account_id: int, plan: str) -> None:
     """Upgrade ACCOUNT_ID to PLAN at once, or downgrade it at the end of the period."""
     row = services.billing.change_plan(account_id, plan)
@@ -65,7 +45,7 @@ def change_plan(services, account_id: int, plan: str) -> None:
 
 @billing.command("reconcile")
 @click.argument("account_id", type=int, required=False)
-@_run
+@with_services
 def reconcile(services, account_id: int | None) -> None:
     """Envoi's count of this period's overage beside Stripe's invoice items, for ACCOUNT_ID or every
     subscribed account. Exits 1 when they differ."""
@@ -82,7 +62,7 @@ def reconcile(services, account_id: int | None) -> None:
 
 
 @billing.command("sweep")
-@_run
+@with_services
 def sweep(services) -> None:
     """Run the billing sweeps now: dunning, due downgrades, overage pushes (the scheduler runs them)."""
     suspended, reinstated = services.billing.sweep_dunning()

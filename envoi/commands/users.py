@@ -10,17 +10,9 @@ import sys
 import click
 
 from envoi.accounts.roles import ROLES
+from envoi.commands import region
 
 ACTOR = "cli"  # how the audit log names what an operator did from the command line
-
-
-def _services():
-    from envoi import runtime
-    from envoi.infra.settings import Settings
-
-    services = runtime.build(Settings.from_env(), pool_size=1)
-    click.get_current_context().call_on_close(services.close)
-    return services
 
 
 @click.group()
@@ -36,7 +28,7 @@ def users() -> None:
                    "analyst: read-only logs and stats; billing: billing only.")
 def users_invite(email: str, account_id: int, role: str) -> None:
     """Invite EMAIL into an account; prints the invitation token once (valid 7 days, single use)."""
-    invitation, token = _services().users.invite(account_id, email, role, actor=ACTOR)
+    invitation, token = region.services(pool_size=1).users.invite(account_id, email, role, actor=ACTOR)
     click.echo(json.dumps({"id": invitation["id"], "email": invitation["email"], "role": invitation["role"],
                            "expires_at": invitation["expires_at"].isoformat(), "token": token}))
 
@@ -45,7 +37,7 @@ def users_invite(email: str, account_id: int, role: str) -> None:
 @click.option("--account-id", type=int, default=None, help="The account whose users to list (default: operators).")
 def users_list(account_id: int | None) -> None:
     """List an account's users (or the operators): id, email, role, second factor."""
-    for row in _services().users.list_users(account_id):
+    for row in region.services(pool_size=1).users.list_users(account_id):
         click.echo(f"{row['id']}\t{row['email']}\t{row['role']}\t{'totp' if row['totp_enabled'] else '-'}")
 
 
@@ -55,7 +47,7 @@ def users_list(account_id: int | None) -> None:
 @click.option("--account-id", type=int, required=True, help="The account the user belongs to.")
 def users_set_role(user_id: int, role: str, account_id: int) -> None:
     """Give USER_ID of the account another ROLE (the account's last admin stays admin)."""
-    user = _services().users.change_role(account_id, user_id, role, actor=ACTOR)
+    user = region.services(pool_size=1).users.change_role(account_id, user_id, role, actor=ACTOR)
     click.echo(json.dumps({"id": user["id"], "email": user["email"], "role": user["role"]}))
 
 
@@ -64,7 +56,7 @@ def users_set_role(user_id: int, role: str, account_id: int) -> None:
 @click.option("--account-id", type=int, required=True, help="The account the user belongs to.")
 def users_remove(user_id: int, account_id: int) -> None:
     """Remove USER_ID from the account; their sessions end (the account's last admin stays)."""
-    _services().users.remove(account_id, user_id, actor=ACTOR)
+    region.services(pool_size=1).users.remove(account_id, user_id, actor=ACTOR)
     click.echo(json.dumps({"id": user_id, "removed": True}))
 
 
@@ -76,7 +68,7 @@ def users_create_operator(email: str, password_stdin: bool) -> None:
     """Create a platform admin EMAIL (no account); prints a generated one-time password unless one is read
     from stdin."""
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else secrets.token_urlsafe(18)
-    user = _services().users.create_operator(email, password, actor=ACTOR)
+    user = region.services(pool_size=1).users.create_operator(email, password, actor=ACTOR)
     out = {"id": user["id"], "email": user["email"], "role": user["role"]}
     if not password_stdin:
         out["password"] = password

@@ -3,12 +3,10 @@ and a user error as one `Error: ...` line with a non-zero exit (never a tracebac
 
 from __future__ import annotations
 
-import base64
 import logging
 from importlib.metadata import version
 
 import click
-import pytest
 from click.testing import CliRunner
 
 from envoi.cli import ADMINISTRATION, PROCESSES, main
@@ -19,16 +17,6 @@ def _walk(command: click.Command, path: str = "envoi"):
     if isinstance(command, click.Group):
         for name, sub in command.commands.items():
             yield from _walk(sub, f"{path} {name}")
-
-
-@pytest.fixture
-def cli_env(settings, monkeypatch):
-    """The region's settings as the CLI reads them: from ENVOI_* variables."""
-    monkeypatch.setenv("ENVOI_REGION", settings.region)
-    monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
-    monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
-    monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
-    return monkeypatch
 
 
 def _assert_one_line_error(result, *fragments: str) -> None:

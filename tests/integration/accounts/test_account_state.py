@@ -170,18 +170,6 @@ def test_bad_state_changes_change_nothing(services, account, db):
                       (account["id"],)).fetchone()["n"] == 0
 
 
-@pytest.fixture
-def cli_env(settings, monkeypatch):
-    """The region's settings as the CLI reads them: from ENVOI_* variables."""
-    import base64
-
-    monkeypatch.setenv("ENVOI_REGION", settings.region)
-    monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
-    monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
-    monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
-    return monkeypatch
-
-
 def test_cli_suspends_lists_reinstates_and_closes(cli_env, client, services, account, domain, api_key, db):
     from click.testing import CliRunner
 

@@ -3,7 +3,6 @@ set-plan (audited, refused for an unknown plan or account with one line)."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -11,15 +10,6 @@ from click.testing import CliRunner
 
 from envoi.cli import main
 from tests.support.api import accepted, send_form
-
-
-@pytest.fixture
-def cli_env(settings, monkeypatch):
-    monkeypatch.setenv("ENVOI_REGION", settings.region)
-    monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
-    monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
-    monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
-    return monkeypatch
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 from click.testing import CliRunner
 
@@ -13,14 +11,11 @@ from tests.support.localstripe import TEST_INCLUDED, card_payment_method
 
 
 @pytest.fixture
-def cli_env(settings, localstripe, monkeypatch):
-    monkeypatch.setenv("ENVOI_REGION", settings.region)
-    monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
-    monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
-    monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
-    monkeypatch.setenv("ENVOI_STRIPE_SECRET_KEY", localstripe.secret_key)
-    monkeypatch.setenv("ENVOI_STRIPE_API_BASE", localstripe.api_base)
-    return monkeypatch
+def stripe_cli_env(cli_env, localstripe):
+    """The CLI's environment with Stripe's settings pointing at localstripe."""
+    cli_env.setenv("ENVOI_STRIPE_SECRET_KEY", localstripe.secret_key)
+    cli_env.setenv("ENVOI_STRIPE_API_BASE", localstripe.api_base)
+    return cli_env
 
 
 def _invoke(*args):
@@ -29,21 +24,21 @@ def _invoke(*args):
     return CliRunner().invoke(main, list(args))
 
 
-def test_sync_plans_twice_creates_nothing_the_second_time(cli_env, billing):
+def test_sync_plans_twice_creates_nothing_the_second_time(stripe_cli_env, billing):
     result = _invoke("billing", "sync-plans")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert f"basic\t{stripe_plan_id('basic')}\texists" in lines and len(lines) == len(billing.plans.plans)
 
 
-def test_without_a_stripe_key_the_error_is_one_line(cli_env):
-    cli_env.delenv("ENVOI_STRIPE_SECRET_KEY")
+def test_without_a_stripe_key_the_error_is_one_line(stripe_cli_env):
+    stripe_cli_env.delenv("ENVOI_STRIPE_SECRET_KEY")
     result = _invoke("billing", "sync-plans")
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "Error: Stripe is not configured: set ENVOI_STRIPE_SECRET_KEY" in result.output
 
 
-def test_reconcile_shows_both_sides_and_fails_when_stripe_holds_more(cli_env, billing, account, domain, api_key,
+def test_reconcile_shows_both_sides_and_fails_when_stripe_holds_more(stripe_cli_env, billing, account, domain, api_key,
                                                                     client, db):
     row = billing.start_subscription(account["id"], "basic", card_payment_method(billing))
     for _ in range(TEST_INCLUDED + 2):
