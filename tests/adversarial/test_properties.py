@@ -192,12 +192,13 @@ def test_events_page_token_is_400_never_500(http, token):
 
 @bounded
 @example(page="next", address="a\x00b", limit="10")
+@example(page="", address="\ud800", limit="")  # a lone surrogate reaches the server as %ED%A0%80 (CI found it)
 @given(page=st.one_of(st.sampled_from(["first", "next", "previous", "last"]), nasty_text),
        address=nasty_text, limit=st.one_of(st.integers(-5, 2000).map(str), nasty_text))
 def test_suppressions_page_params_are_400_never_500(http, page, address, limit):
     client, domain, headers = http
     for kind in ("bounces", "unsubscribes", "complaints", "whitelists"):
-        query = urlencode({"page": page, "address": address, "limit": limit})
+        query = urlencode({"page": page, "address": address, "limit": limit}, encoding="utf-8", errors="surrogatepass")
         resp = client.simulate_get(f"/v3/{domain}/{kind}", query_string=query, headers=headers)
         assert resp.status_code in (200, 400), (kind, resp.status_code, resp.text)
 
@@ -207,7 +208,7 @@ def test_suppressions_page_params_are_400_never_500(http, page, address, limit):
        address=nasty_text.filter(lambda s: "\x00" not in s), limit=st.one_of(st.integers(-5, 2000).map(str), nasty_text))
 def test_suppressions_page_params_without_nul_are_400_never_500(http, page, address, limit):
     client, domain, headers = http
-    query = urlencode({"page": page, "address": address, "limit": limit})
+    query = urlencode({"page": page, "address": address, "limit": limit}, encoding="utf-8", errors="surrogatepass")
     resp = client.simulate_get(f"/v3/{domain}/bounces", query_string=query, headers=headers)
     assert resp.status_code in (200, 400), (resp.status_code, resp.text)
 
