@@ -49,6 +49,3 @@ def render(req: falcon.Request, resp: falcon.Response, template: str, *, status:
     resp.text = _env.get_template(template).render(
         user=user, csrf_token=getattr(req.context, "csrf_token", ""), path=req.path, **context)
 
-
-def render_string(template: str, **context) -> str:
-    return _env.get_template(template).render(**context)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import falcon
 
-from envoi.api.scope import query_params
-
 MAX_DOMAINS_LISTED = 1000
 
 
@@ -25,13 +23,6 @@ def chosen_domain(accounts, req: falcon.Request, *, default_first: bool = True) 
             return names, None
         name = names[0]
     return names, accounts.get_domain(name, req.context.user.account_id)
-
-
-def params(req: falcon.Request) -> dict[str, list[str]]:
-    """Query parameters as the services take them (lists), without the page's own ones; empty values
-    dropped, so an unfilled filter box means no filter."""
-    return {k: [x for x in v if x.strip()] for k, v in query_params(req).items()
-            if k not in ("domain",) and any(x.strip() for x in v)}
 
 
 def done_notice(req: falcon.Request, texts: dict[str, str]) -> str:
