@@ -91,7 +91,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
-    sealer = Sealer(settings.secret_key)
+    sealer = Sealer(settings.secret_key, key_id=settings.secret_key_id, previous=settings.previous_secret_keys)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
     audit = Audit(db)  # the account audit log: key, user and session actions
     accounts = Accounts(db, sealer, settings.region,
