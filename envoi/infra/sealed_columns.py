@@ -110,12 +110,11 @@ def rotate(db: Database, sealer: Sealer, col: SealedColumn, *, batch: int = 200,
                 updates.append((sealer.reseal(row["v"], row["c"].encode()), row["k"], bytes(row["v"][:_PREFIX])))
             except CannotOpen:  # counted and reported; the rest goes on
                 outcome.failed += 1
-        with db.transaction() as conn:  # one short write per batch
-            with conn.cursor() as cur:
-                for params_ in updates:
-                    cur.execute(update, params_)
-                    if cur.rowcount:
-                        outcome.resealed += 1
-                    else:
-                        outcome.skipped += 1
+        with db.transaction() as conn, conn.cursor() as cur:  # one short write per batch
+            for params_ in updates:
+                cur.execute(update, params_)
+                if cur.rowcount:
+                    outcome.resealed += 1
+                else:
+                    outcome.skipped += 1
         progress(len(rows))

@@ -1,0 +1,223 @@
+"""Key rotation under load: `envoi encryption rotate` re-seals every sealed column under the new key
+while messages are accepted and delivered through the real relay to the sink; nothing is lost, DKIM
+signatures still verify, nothing is left under the old key, and without the old key everything opens.
+
+A database of its own: the session's services keep the session key, this test moves its data to another.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import os
+import threading
+import time
+import uuid
+
+import dkim
+import psycopg
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from envoi import runtime
+from envoi.accounts import totp
+from envoi.cli import main
+from envoi.infra import dkim_keys, sealed_columns
+from envoi.infra.crypto import sealed_key_id
+from envoi.infra.migrate import ensure_database, migrate
+from envoi.infra.sealed_columns import SEALED
+from envoi.mta import store
+from tests.support.delivery import route, send
+from tests.support.dns_server import DnsServer
+from tests.support.relay import RelayThread, relay_settings, wait_until
+
+OLD, NEW = os.urandom(32), os.urandom(32)
+
+# bytea columns that hold hashes, not sealed values (each sealed column is in sealed_columns.SEALED).
+NOT_SEALED = {"api_keys.secret_hash", "user_recovery_codes.code_hash", "user_sessions.token_hash",
+              "user_invitations.token_hash"}
+
+
+@pytest.fixture
+def own_database(settings):
+    dsn = psycopg.conninfo.make_conninfo(settings.database_url, dbname=f"envoi_test_rot_{uuid.uuid4().hex[:8]}")
+    ensure_database(dsn)
+    migrate(dsn)
+    yield dsn
+    with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]}" WITH (FORCE)')
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def _v1(key: bytes, plaintext: bytes, context: bytes) -> bytes:
+    """A value as sealed before key ids existed (version 1)."""
+    nonce = os.urandom(12)
+    return b"\x01" + nonce + AESGCM(key).encrypt(nonce, plaintext, context or None)
+
+
+def _every_sealed_value(db) -> list[tuple[str, bytes, bytes]]:
+    out = []
+    with db.transaction() as conn:
+        for col in SEALED:
+            rows = conn.execute(f"SELECT {col.column} AS v, ({col.context}) AS c FROM {col.table}"
+                                f" WHERE {col.column} IS NOT NULL").fetchall()
+            out += [(col.name, bytes(r["v"]), r["c"].encode()) for r in rows]
+    return out
+
+
+def _text_of(raw: str) -> tuple[str, str]:
+    msg = email.message_from_string(raw, policy=email.policy.default)
+    return msg["Subject"], msg.get_body(("plain",)).get_content().strip()
+
+
+def test_every_bytea_column_is_registered_as_sealed_or_known_not_to_be(db):
+    rows = db.execute("SELECT table_name || '.' || column_name AS name FROM information_schema.columns"
+                      " WHERE table_schema = 'public' AND data_type = 'bytea'").fetchall()
+    columns = {r["name"] for r in rows}
+    assert columns - {c.name for c in SEALED} - NOT_SEALED == set(), "a new bytea column: add it to SEALED?"
+    assert {c.name for c in SEALED} <= columns
+
+
+def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, sink):
+    old_settings = settings.replace(database_url=own_database, secret_key=OLD, secret_key_id="old",
+                                   webhook_allow=("127.0.0.1/32",))
+    new_settings = old_settings.replace(secret_key=NEW, secret_key_id="new", previous_secret_keys=(("old", OLD),))
+    only_new = new_settings.replace(previous_secret_keys=())
+
+    # Before: a region on the old key, with a value in every sealed column.
+    old = runtime.build(old_settings, pool_size=4)
+    try:
+        account = old.accounts.create_account("rotation")
+        domain = old.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test",
+                                         dkim_key_size=1024, verified=True)
+        old.accounts.rotate_dkim_key(account["id"], domain["name"])  # a pending key, sealed too
+        ed_private, ed_public = dkim_keys.generate_ed25519()
+        with old.db.transaction() as conn:
+            store.set_domain_ed25519(conn, domain["id"], "ed", dkim_keys.seal_ed25519(old.sealer, domain["name"],
+                                                                                       ed_private), ed_public)
+        old.webhooks.create(domain, "delivered", ["https://user:s3cret@127.0.0.1:9/in"])
+        old.webhooks.signing_key(account["id"])
+        operator = old.users.create_operator(f"op-{uuid.uuid4().hex[:6]}@example.test", "a long password 1")
+        secret = totp.new_secret()
+        old.users.enable_totp(operator, secret, totp.code(secret))
+        sent: dict[str, tuple[str, str]] = {}  # message id -> (subject, text)
+
+        def send_one(services, n: int, phase: str) -> None:
+            subject, text = f"{phase} {n}", f"{phase} body {n} {uuid.uuid4().hex}"
+            mid = send(services, account["id"], domain, f"r{n}@dest.test", subject=subject, text=text)
+            sent[mid] = (subject, text)
+
+        for n in range(150):  # queued, not delivered yet: the relay opens them while rotation runs
+            send_one(old, n, "before")
+        # Some values as written before key ids (version 1), under the old key.
+        with old.db.transaction() as conn:
+            for row in conn.execute("SELECT id, storage_key, body FROM messages ORDER BY id LIMIT 20").fetchall():
+                plain = old.sealer.open(row["body"], row["storage_key"].encode())
+                conn.execute("UPDATE messages SET body = %s WHERE id = %s",
+                             (_v1(OLD, plain, row["storage_key"].encode()), row["id"]))
+            row = conn.execute("SELECT dkim_private_key FROM domains WHERE id = %s", (domain["id"],)).fetchone()
+            pem = old.sealer.open(row["dkim_private_key"], f"dkim:{domain['name']}".encode())
+            conn.execute("UPDATE domains SET dkim_private_key = %s WHERE id = %s",
+                         (_v1(OLD, pem, f"dkim:{domain['name']}".encode()), domain["id"]))
+        before = sealed_columns.counts(old.db)
+        # (webhook_deliveries fill as messages are delivered, during the rotation, under the new key.)
+        assert {name for name, per_key in before.items() if per_key} == {c.name for c in SEALED} - {
+            "webhook_deliveries.url_sealed"}
+    finally:
+        old.close()
+
+    # The operator's step 1: every process restarts with the new key current, the old one previous.
+    monkeypatch.setenv("ENVOI_REGION", "eu")
+    monkeypatch.setenv("ENVOI_DATABASE_URL_EU", own_database)
+    monkeypatch.setenv("ENVOI_REDIS_URL_EU", settings.redis_url)
+    monkeypatch.setenv("ENVOI_SECRET_KEY", f"new:{_b64(NEW)}")
+    monkeypatch.setenv("ENVOI_PREVIOUS_SECRET_KEYS", f"old:{_b64(OLD)}")
+    new = runtime.build(new_settings, pool_size=6)
+    stop = threading.Event()
+    try:
+        with DnsServer() as dns:
+            route(dns, "dest.test")
+            with RelayThread(new, relay_settings(new_settings, sink, dns), suppressions=new.suppressions):
+                def load() -> None:
+                    n = 1000
+                    while not stop.is_set():
+                        send_one(new, n, "during")
+                        n += 1
+                        time.sleep(0.005)
+
+                sender = threading.Thread(target=load, daemon=True)
+                sender.start()
+                try:
+                    wait_until(lambda: sink.stats()["messages"] >= 5, 20)  # delivering while we rotate
+                    delivered_at_start = sink.stats()["messages"]
+                    # Step 2: rotate, in small batches so it runs alongside the load.
+                    result = CliRunner().invoke(main, ["encryption", "rotate", "--batch", "7"])
+                    assert result.exit_code == 0, result.output
+                    assert "could not open 0" in result.output
+                    during = sink.stats()["messages"] - delivered_at_start
+                    assert during > 0, "the relay delivered nothing while the rotation ran"
+                finally:
+                    stop.set()
+                    sender.join(10)
+                assert sum(1 for s in sent.values() if s[0].startswith("during")) > 0
+                wait_until(lambda: sink.stats()["messages"] >= len(sent), 60)
+        # Every message arrived once, intact, and DKIM-signed with a signature that verifies.
+        arrived = {}
+        for m in sink.messages():
+            msg = email.message_from_string(m["data"], policy=email.policy.default)
+            arrived[msg["Message-ID"].strip("<>")] = m["data"]
+        assert set(arrived) == set(sent)
+        records = {f"{domain['dkim_selector']}._domainkey.{domain['name']}.": f"k=rsa; p={domain['dkim_public_key']}",
+                   f"ed._domainkey.{domain['name']}.": f"k=ed25519; p={ed_public}"}
+
+        def dnsfunc(name, timeout=5):
+            return f"v=DKIM1; {records[name.decode()]}".encode()
+
+        def signed(raw: str) -> bool:
+            """Both signatures (RSA and ed25519) are there and verify."""
+            n = raw.count("\nDKIM-Signature:") + raw.startswith("DKIM-Signature:")
+            verifier = dkim.DKIM(raw.encode())
+            return n == 2 and all(verifier.verify(idx=i, dnsfunc=dnsfunc) for i in range(n))
+
+        for mid, (subject, text) in sent.items():
+            assert _text_of(arrived[mid]) == (subject, text), mid
+            assert signed(arrived[mid]), mid
+
+        # Step 3: nothing under the old key any more; status says it can go.
+        after = sealed_columns.counts(new.db)
+        assert {kid for per_key in after.values() for kid in per_key} == {"new"}, after
+        status = CliRunner().invoke(main, ["encryption", "status"])
+        assert status.exit_code == 0, status.output
+        assert "old\t0\tprevious: seals nothing any more" in status.output
+    finally:
+        stop.set()
+        new.close()
+
+    # Step 4: the old key removed from the settings; every sealed value opens, and a new message is
+    # signed with the re-sealed DKIM key and delivered.
+    monkeypatch.delenv("ENVOI_PREVIOUS_SECRET_KEYS")
+    final = runtime.build(only_new, pool_size=4)
+    try:
+        values = _every_sealed_value(final.db)
+        assert {name for name, _, _ in values} == {c.name for c in SEALED}
+        for _, sealed, context in values:
+            assert sealed_key_id(sealed) == "new"
+            final.sealer.open(sealed, context)  # raises if it does not open
+        assert len(final.webhooks.signing_key(account["id"])) == 32  # through the code that uses it
+        status = CliRunner().invoke(main, ["encryption", "status"])
+        assert status.exit_code == 0 and "old" not in status.output, status.output
+        sink.clear()
+        with DnsServer() as dns:
+            route(dns, "dest.test")
+            with RelayThread(final, relay_settings(only_new, sink, dns)):
+                mid = send(final, account["id"], domain, "last@dest.test", subject="after", text="after body")
+                raw = sink.wait_for(1, 20)[0]["data"]
+        assert _text_of(raw) == ("after", "after body") and mid in raw
+        assert signed(raw)
+    finally:
+        final.close()
