@@ -113,7 +113,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         listeners=[stats.fold_soon, stream.publish, webhooks.events_listener],
     )
 
-    tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions)
+    tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions,
+                        previous_keys=[key for _, key in settings.previous_secret_keys])
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host)
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
@@ -200,6 +201,7 @@ def build_inbound(services: Services, host: str | None = None, port: int | None 
 
     settings = services.settings
     bounces = Bounces(services.db, services.events, verp_key=verp.key_from_secret(settings.secret_key),
+                      previous_verp_keys=tuple(verp.key_from_secret(key) for _, key in settings.previous_secret_keys),
                       fbl_addresses=settings.fbl_addresses, bounce_domain=settings.bounce_domain,
                       suppressions=services.suppressions)
     return InboundServer(bounces, settings.inbound_bind if host is None else host,

@@ -221,3 +221,24 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
         assert signed(raw)
     finally:
         final.close()
+
+
+def test_links_and_return_paths_signed_before_a_rotation_work_while_the_old_key_is_listed(settings):
+    from envoi.mta.bounces import verp
+    from envoi.mta.tracking import ForgedToken
+
+    before = runtime.build(settings.replace(secret_key=OLD, secret_key_id="old"), pool_size=1)
+    rotated = runtime.build(settings.replace(secret_key=NEW, secret_key_id="new", previous_secret_keys=(("old", OLD),)),
+                            pool_size=1)
+    retired = runtime.build(settings.replace(secret_key=NEW, secret_key_id="new"), pool_size=1)
+    try:
+        token = before.tracking.sign("c", 1, 2, "m@x", "r@dest.test", "https://example.test/")
+        assert rotated.tracking.verify("c", token)["recipient"] == "r@dest.test"
+        with pytest.raises(ForgedToken):
+            retired.tracking.verify("c", token)
+        bounce = verp.return_path("example.test", 41, 42, verp.key_from_secret(OLD))
+        assert runtime.build_inbound(rotated).bounces.check_recipient(bounce) is None  # accepted: ours
+        assert runtime.build_inbound(retired).bounces.check_recipient(bounce) == "550 5.1.1 No such user here"
+    finally:
+        for built in (before, rotated, retired):
+            built.close()
