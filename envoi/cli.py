@@ -128,11 +128,13 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
     import shutil
     import tempfile
 
+    from envoi import runtime
     from envoi.billing import plans
 
     # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings,
     # or a plans file that cannot be used.
     plans.load(_settings().billing_plans)
+    runtime.check_sealing_keys(_settings())
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
     # (the library reads the variable itself, so it must be set before the workers start).
     from envoi.gunicorn_conf import OWNED_METRICS_DIR
@@ -159,6 +161,7 @@ def relay(metrics_port: int) -> None:
     from envoi import runtime
     from envoi.infra import aio
 
+    runtime.check_sealing_keys(_settings())
     services = _services(pool_size=6)
     if metrics_port:
         services.metrics.serve(metrics_port)
@@ -185,6 +188,7 @@ def scheduler(once: bool) -> None:
 
     from envoi import runtime
 
+    runtime.check_sealing_keys(_settings())
     services = _services(pool_size=2)
     tasks = runtime.periodic_tasks(services)
     due = {task.name: 0.0 for task in tasks}

@@ -78,6 +78,10 @@ def encryption_rotate(batch: int) -> None:
                    f"\tcould not open {outcome.failed}")
     left = sum(sealed_columns.stale(db, sealer, col) for col in SEALED)
     click.echo(f"values not under key {sealer.current_id}: {left}")
+    if not left and not failed:
+        retired = sealed_columns.retire_others(db, sealer)
+        if retired:
+            click.echo(f"retired key id(s) {', '.join(retired)}: processes may now start without them")
     if failed:
         raise click.ClickException(f"{failed} values could not be opened with this process's keys: see "
                                    "`envoi encryption status`")

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 
 from envoi.infra.crypto import CannotOpen, Sealer
 from envoi.infra.db import Database
+from envoi.infra.settings import SettingsError
+
+
+class MissingKey(SettingsError):
+    """Data may be sealed under a key id this process was not given: it refuses to start."""
 
 
 @dataclass(frozen=True)
@@ -118,3 +123,26 @@ def rotate(db: Database, sealer: Sealer, col: SealedColumn, *, batch: int = 200,
                 else:
                     outcome.skipped += 1
         progress(len(rows))
+
+
+# the key ledger (sealing_keys) ----------------------------------------------------------------
+def check_keys(conn, sealer: Sealer) -> None:
+    """At a process's start: record its current key id, and refuse (MissingKey) if a key id that may
+    still seal data is not one of its keys. A cheap guard, not a scan: `envoi encryption status`
+    counts the values themselves. conn: autocommit."""
+    conn.execute("INSERT INTO sealing_keys (key_id) VALUES (%s)"
+                 " ON CONFLICT (key_id) DO UPDATE SET retired_at = NULL", (sealer.current_id,))
+    live = [r["key_id"] for r in conn.execute(
+        "SELECT key_id FROM sealing_keys WHERE retired_at IS NULL ORDER BY first_used_at").fetchall()]
+    missing = [kid for kid in live if kid not in sealer.key_ids]
+    if missing:
+        raise MissingKey(f"data may be sealed under key id(s) {', '.join(missing)}, which this process was not "
+                         "given: add them to ENVOI_PREVIOUS_SECRET_KEYS (see `envoi encryption status`)")
+
+
+def retire_others(db: Database, sealer: Sealer) -> list[str]:
+    """Mark every key id but the current one retired (call only once nothing is sealed under them)."""
+    with db.transaction() as conn:
+        rows = conn.execute("UPDATE sealing_keys SET retired_at = now() WHERE key_id <> %s AND retired_at IS NULL"
+                            " RETURNING key_id", (sealer.current_id,)).fetchall()
+    return [r["key_id"] for r in rows]

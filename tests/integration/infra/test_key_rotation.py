@@ -11,6 +11,8 @@ import base64
 import email
 import email.policy
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +29,7 @@ from envoi.cli import main
 from envoi.infra import dkim_keys, sealed_columns
 from envoi.infra.crypto import sealed_key_id
 from envoi.infra.migrate import ensure_database, migrate
-from envoi.infra.sealed_columns import SEALED
+from envoi.infra.sealed_columns import SEALED, MissingKey
 from envoi.mta import store
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
@@ -60,6 +62,13 @@ def _v1(key: bytes, plaintext: bytes, context: bytes) -> bytes:
     return b"\x01" + nonce + AESGCM(key).encrypt(nonce, plaintext, context or None)
 
 
+def _envoi(args: list[str], database_url: str, redis_url: str, key: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVOI_")} | {
+        "ENVOI_DATABASE_URL_EU": database_url, "ENVOI_REDIS_URL_EU": redis_url, "ENVOI_SECRET_KEY": key}
+    return subprocess.run([sys.executable, "-m", "envoi.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
 def _every_sealed_value(db) -> list[tuple[str, bytes, bytes]]:
     out = []
     with db.transaction() as conn:
@@ -90,6 +99,7 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
     only_new = new_settings.replace(previous_secret_keys=())
 
     # Before: a region on the old key, with a value in every sealed column.
+    runtime.check_sealing_keys(old_settings)  # what its processes did at start
     old = runtime.build(old_settings, pool_size=4)
     try:
         account = old.accounts.create_account("rotation")
@@ -137,6 +147,14 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
     monkeypatch.setenv("ENVOI_REDIS_URL_EU", settings.redis_url)
     monkeypatch.setenv("ENVOI_SECRET_KEY", f"new:{_b64(NEW)}")
     monkeypatch.setenv("ENVOI_PREVIOUS_SECRET_KEYS", f"old:{_b64(OLD)}")
+    runtime.check_sealing_keys(new_settings)
+    # A process given only the new key refuses to start: the old one still seals data.
+    with pytest.raises(MissingKey, match="old"):
+        runtime.check_sealing_keys(only_new)
+    refused = _envoi(["relay", "--metrics-port", "0"], own_database, settings.redis_url, f"new:{_b64(NEW)}")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        "Error: data may be sealed under key id(s) old, which this process was not given: add them to "
+        "ENVOI_PREVIOUS_SECRET_KEYS (see `envoi encryption status`)"], refused.stderr
     new = runtime.build(new_settings, pool_size=6)
     stop = threading.Event()
     try:
@@ -158,7 +176,7 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
                     # Step 2: rotate, in small batches so it runs alongside the load.
                     result = CliRunner().invoke(main, ["encryption", "rotate", "--batch", "7"])
                     assert result.exit_code == 0, result.output
-                    assert "could not open 0" in result.output
+                    assert "could not open 0" in result.output and "retired key id(s) old" in result.output
                     during = sink.stats()["messages"] - delivered_at_start
                     assert during > 0, "the relay delivered nothing while the rotation ran"
                 finally:
@@ -201,6 +219,7 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
     # Step 4: the old key removed from the settings; every sealed value opens, and a new message is
     # signed with the re-sealed DKIM key and delivered.
     monkeypatch.delenv("ENVOI_PREVIOUS_SECRET_KEYS")
+    runtime.check_sealing_keys(only_new)  # processes start again
     final = runtime.build(only_new, pool_size=4)
     try:
         values = _every_sealed_value(final.db)
