@@ -41,6 +41,8 @@ class SealedColumn:
         return f"{self.table}.{self.column}"
 
 
+# Rotated in this order: a column whose values are copied from another in SQL comes after it
+# (webhook_deliveries.url_sealed is copied from webhooks.url_sealed when an event is queued).
 SEALED: tuple[SealedColumn, ...] = (
     SealedColumn("messages", "id", "body", "storage_key"),  # envoi.mta.intake
     SealedColumn("domains", "id", "dkim_private_key", "'dkim:' || name"),  # envoi.infra.dkim_keys
