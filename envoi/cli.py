@@ -112,7 +112,8 @@ def migrate() -> None:
 
     settings = _settings()
     ensure_database(settings.database_url)
-    applied = run(settings.database_url, settings.secret_key)
+    applied = run(settings.database_url, settings.secret_key, key_id=settings.secret_key_id,
+                  previous_keys=settings.previous_secret_keys)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
 

@@ -27,7 +27,7 @@ from envoi import runtime
 from envoi.accounts import totp
 from envoi.cli import main
 from envoi.infra import dkim_keys, sealed_columns
-from envoi.infra.crypto import sealed_key_id
+from envoi.infra.crypto import Sealer, sealed_key_id
 from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.sealed_columns import SEALED, MissingKey
 from envoi.mta import store
@@ -155,6 +155,8 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
         "Error: data may be sealed under key id(s) old, which this process was not given: add them to "
         "ENVOI_PREVIOUS_SECRET_KEYS (see `envoi encryption status`)"], refused.stderr
+    unknown = CliRunner().invoke(main, ["encryption", "status"], env={"ENVOI_PREVIOUS_SECRET_KEYS": ""})
+    assert unknown.exit_code == 1 and "old\t" in unknown.output and "UNKNOWN" in unknown.output, unknown.output
     new = runtime.build(new_settings, pool_size=6)
     stop = threading.Event()
     try:
@@ -261,3 +263,39 @@ def test_links_and_return_paths_signed_before_a_rotation_work_while_the_old_key_
     finally:
         for built in (before, rotated, retired):
             built.close()
+
+
+def test_a_value_a_writer_replaces_during_rotation_is_left_to_the_writer(settings, own_database):
+    old_settings = settings.replace(database_url=own_database, secret_key=OLD, secret_key_id="old")
+    old = runtime.build(old_settings, pool_size=2)
+    try:
+        account = old.accounts.create_account("cas")
+        domains = [old.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test", dkim_key_size=1024,
+                                           verified=True) for _ in range(3)]
+    finally:
+        old.close()
+    new = runtime.build(old_settings.replace(secret_key=NEW, secret_key_id="new", previous_secret_keys=(("old", OLD),)),
+                        pool_size=2)
+    written = []
+
+    class RacingSealer(Sealer):
+        def reseal(self, sealed: bytes, context: bytes = b"") -> bytes:
+            if not written:  # a writer (a DKIM key rotation) replaces the first value between read and write
+                pem, _ = dkim_keys.generate_rsa(1024)
+                written.append(dkim_keys.seal_rsa(new.sealer, domains[0]["name"], pem))
+                with psycopg.connect(own_database, autocommit=True) as conn:
+                    conn.execute("UPDATE domains SET dkim_private_key = %s WHERE id = %s", (written[0], domains[0]["id"]))
+            return super().reseal(sealed, context)
+
+    try:
+        column = next(c for c in SEALED if c.name == "domains.dkim_private_key")
+        outcome = sealed_columns.rotate(new.db, RacingSealer(NEW, key_id="new", previous=[("old", OLD)]), column)
+        assert (outcome.resealed, outcome.skipped, outcome.failed) == (2, 1, 0)
+        with new.db.transaction() as conn:
+            rows = conn.execute("SELECT id, name, dkim_private_key FROM domains ORDER BY id").fetchall()
+        assert bytes(rows[0]["dkim_private_key"]) == written[0]  # the writer's value, not overwritten
+        for row in rows:
+            assert sealed_key_id(bytes(row["dkim_private_key"])) == "new"
+            dkim_keys.load_rsa(dkim_keys.open_rsa(Sealer(NEW, key_id="new"), row["name"], row["dkim_private_key"]))
+    finally:
+        new.close()
