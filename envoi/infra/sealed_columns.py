@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg
+
 from envoi.infra.crypto import CannotOpen, Sealer
 from envoi.infra.db import Database
 from envoi.infra.settings import SettingsError
@@ -132,8 +134,11 @@ def check_keys(conn, sealer: Sealer) -> None:
     """At a process's start: record its current key id, and refuse (MissingKey) if a key id that may
     still seal data is not one of its keys. A cheap guard, not a scan: `envoi encryption status`
     counts the values themselves. conn: autocommit."""
-    conn.execute("INSERT INTO sealing_keys (key_id) VALUES (%s)"
-                 " ON CONFLICT (key_id) DO UPDATE SET retired_at = NULL", (sealer.current_id,))
+    try:
+        conn.execute("INSERT INTO sealing_keys (key_id) VALUES (%s)"
+                     " ON CONFLICT (key_id) DO UPDATE SET retired_at = NULL", (sealer.current_id,))
+    except psycopg.errors.UndefinedTable:
+        raise SettingsError("the database is not migrated (no sealing_keys table): run `envoi migrate`") from None
     live = [r["key_id"] for r in conn.execute(
         "SELECT key_id FROM sealing_keys WHERE retired_at IS NULL ORDER BY first_used_at").fetchall()]
     missing = [kid for kid in live if kid not in sealer.key_ids]
