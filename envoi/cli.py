@@ -27,7 +27,7 @@ def _settings() -> Settings:
 #: "Other commands" (a test keeps that section empty).
 PROCESSES = ("api", "relay", "smtp", "inbound", "worker", "scheduler", "up", "sink")
 ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users",
-                  "billing")
+                  "billing", "encryption")
 
 
 def _user_error(ex: Exception) -> str | None:
@@ -112,7 +112,8 @@ def migrate() -> None:
 
     settings = _settings()
     ensure_database(settings.database_url)
-    applied = run(settings.database_url, settings.secret_key)
+    applied = run(settings.database_url, settings.secret_key, key_id=settings.secret_key_id,
+                  previous_keys=settings.previous_secret_keys)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
 
@@ -128,11 +129,13 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
     import shutil
     import tempfile
 
+    from envoi import runtime
     from envoi.billing import plans
 
     # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings,
     # or a plans file that cannot be used.
     plans.load(_settings().billing_plans)
+    runtime.check_sealing_keys(_settings())
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
     # (the library reads the variable itself, so it must be set before the workers start).
     from envoi.gunicorn_conf import OWNED_METRICS_DIR
@@ -159,6 +162,7 @@ def relay(metrics_port: int) -> None:
     from envoi import runtime
     from envoi.infra import aio
 
+    runtime.check_sealing_keys(_settings())
     services = _services(pool_size=6)
     if metrics_port:
         services.metrics.serve(metrics_port)
@@ -185,6 +189,7 @@ def scheduler(once: bool) -> None:
 
     from envoi import runtime
 
+    runtime.check_sealing_keys(_settings())
     services = _services(pool_size=2)
     tasks = runtime.periodic_tasks(services)
     due = {task.name: 0.0 for task in tasks}
@@ -454,9 +459,20 @@ def privacy_erase(account_id: int, address: str) -> None:
 
 
 def _register_commands() -> None:
-    from envoi.commands import billing, bounces, dkim, ips, logs, smtp, stripe_billing, users, webhooks
+    from envoi.commands import (
+        billing,
+        bounces,
+        dkim,
+        encryption,
+        ips,
+        logs,
+        smtp,
+        stripe_billing,
+        users,
+        webhooks,
+    )
 
-    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing):
+    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, encryption):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:

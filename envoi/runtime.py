@@ -8,6 +8,7 @@ build_submission() and build_inbound() add what one process (the relay, `envoi s
 from __future__ import annotations
 
 import atexit
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,8 +29,9 @@ from envoi.events.service import PLAN_RETENTION, Events, Retention
 from envoi.events.stats import Stats
 from envoi.events.stream import LiveStream
 from envoi.infra import redis as redis_infra
+from envoi.infra import sealed_columns
 from envoi.infra.crypto import Sealer
-from envoi.infra.db import Database
+from envoi.infra.db import Database, connect, is_unavailable
 from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
@@ -41,6 +43,8 @@ from envoi.mta.tracking import Tracking
 from envoi.privacy.service import Privacy
 from envoi.suppression.service import Suppressions
 from envoi.webhooks.service import Webhooks
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # process-specific parts, imported when a process builds them
     from envoi.mta.bounces.inbound import InboundServer
@@ -81,6 +85,23 @@ class Services:
         self.db.close()
 
 
+def sealer_for(settings: Settings) -> Sealer:
+    return Sealer(settings.secret_key, key_id=settings.secret_key_id, previous=settings.previous_secret_keys)
+
+
+def check_sealing_keys(settings: Settings) -> None:
+    """Before a long-running process starts: record its current key id and refuse to start
+    (MissingKey, a SettingsError) if data may be sealed under a key it was not given. With the
+    database unreachable the check is skipped (the process starts as it always did, and waits)."""
+    try:
+        with connect(settings.database_url, timeout=5) as conn:
+            sealed_columns.check_keys(conn, sealer_for(settings))
+    except Exception as ex:
+        if not is_unavailable(ex):
+            raise
+        log.warning("sealing keys not checked, the database is unavailable: %s", ex)
+
+
 def build(settings: Settings, *, pool_size: int = 10) -> Services:
     if len(settings.secret_key) != 32:  # Settings made in code without one (from_env already refuses)
         raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes)")
@@ -91,7 +112,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
-    sealer = Sealer(settings.secret_key)
+    sealer = sealer_for(settings)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
     audit = Audit(db)  # the account audit log: key, user and session actions
     accounts = Accounts(db, sealer, settings.region,
@@ -113,7 +134,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         listeners=[stats.fold_soon, stream.publish, webhooks.events_listener],
     )
 
-    tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions)
+    tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions,
+                        previous_keys=[key for _, key in settings.previous_secret_keys])
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host)
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
@@ -200,6 +222,7 @@ def build_inbound(services: Services, host: str | None = None, port: int | None 
 
     settings = services.settings
     bounces = Bounces(services.db, services.events, verp_key=verp.key_from_secret(settings.secret_key),
+                      previous_verp_keys=tuple(verp.key_from_secret(key) for _, key in settings.previous_secret_keys),
                       fbl_addresses=settings.fbl_addresses, bounce_domain=settings.bounce_domain,
                       suppressions=services.suppressions)
     return InboundServer(bounces, settings.inbound_bind if host is None else host,

@@ -21,6 +21,7 @@ def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     settings = Settings.from_env()
+    runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=6)
     server = runtime.build_inbound(services, host=bind, port=port)
     if metrics_port:

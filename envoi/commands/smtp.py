@@ -28,6 +28,7 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processe
     import signal
     import sys
 
+    from envoi import runtime
     from envoi.infra.settings import Settings
     from envoi.mta.submission.tls import dev_certificate
 
@@ -43,6 +44,7 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processe
     port = port if port is not None else (2587 if dev else settings.smtp_submission_port)
     smtps_port = smtps_port if smtps_port is not None else (2465 if dev else settings.smtps_port)
     bind = bind or settings.smtp_bind
+    runtime.check_sealing_keys(settings)  # a connection opened and closed: nothing left across the fork
     if processes <= 1:
         _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_port, reuse_port=False)
         return

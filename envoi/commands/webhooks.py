@@ -29,6 +29,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
     from envoi.webhooks import jobs
 
     settings = Settings.from_env()
+    runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=3)
     connection = jobs.worker_connection(settings.redis_url)
     if metrics_port:

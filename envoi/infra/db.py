@@ -203,6 +203,7 @@ def _chunks(rows: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
     yield rows[start:]
 
 
-def connect(dsn: str, autocommit: bool = True) -> psycopg.Connection:
-    """A single connection outside the pool, for migrations and admin tools."""
-    return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row)
+def connect(dsn: str, autocommit: bool = True, timeout: int | None = None) -> psycopg.Connection:
+    """A single connection outside the pool, for migrations and admin tools (timeout: seconds to connect)."""
+    extra = {} if timeout is None else {"connect_timeout": timeout}
+    return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **extra)

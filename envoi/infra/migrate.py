@@ -37,10 +37,12 @@ def ensure_database(dsn: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def migrate(dsn: str, secret_key: bytes | None = None) -> list[str]:
+def migrate(dsn: str, secret_key: bytes | None = None, *, key_id: str = "",
+            previous_keys: tuple[tuple[str, bytes], ...] = ()) -> list[str]:
     """Apply every migration not yet recorded; return the names applied. Idempotent.
 
-    secret_key (ENVOI_SECRET_KEY) is needed only by migrations that seal existing data."""
+    secret_key (ENVOI_SECRET_KEY) is needed only by migrations that seal existing data; key_id and
+    previous_keys as in Settings, so what they seal names the region's current key."""
     applied_now = []
     with connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
@@ -55,7 +57,7 @@ def migrate(dsn: str, secret_key: bytes | None = None) -> list[str]:
                     continue
                 with conn.transaction():
                     if kind == "py":
-                        _apply_python(conn, version, sql, Sealer(secret_key) if secret_key else None)
+                        _apply_python(conn, version, sql, Sealer(secret_key, key_id=key_id, previous=previous_keys) if secret_key else None)
                     else:
                         conn.execute(sql)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,13 +43,24 @@ def _secret_key(value: str | None) -> bytes:
     if not value:
         raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes, "
                             "e.g. `openssl rand -base64 32`, the same for every process of the region)")
+    return _keyed("ENVOI_SECRET_KEY", value)[1]
+
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")  # the same rule as envoi.infra.crypto.KEY_ID
+
+
+def _keyed(name: str, value: str) -> tuple[str, bytes]:
+    """'id:base64' or 'base64' (base64 has no colon) -> (id or '' for the derived one, 32-byte key)."""
+    kid, _, material = value.strip().rpartition(":")
+    if kid and not _KEY_ID.match(kid):
+        raise SettingsError(f"{name}: key id {kid!r} must be 1 to 32 of A-Z a-z 0-9 . _ -")
     try:
-        key = base64.b64decode(value, validate=True)
+        key = base64.b64decode(material, validate=True)
     except ValueError:
         key = b""
     if len(key) != 32:
-        raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
-    return key
+        raise SettingsError(f"{name} must be base64 of exactly 32 bytes (optionally as id:base64)")
+    return kid, key
 
 
 def _networks(name: str, value: str) -> tuple[str, ...]:
@@ -84,10 +96,18 @@ class Settings:
     db_pool_timeout: float = 10.0
     #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: ENVOI_SECRET_KEY: base64 of 32 bytes (`openssl rand -base64 32`); seals message bodies, DKIM keys and
-    #: webhook URL passwords, signs tracking links and VERP addresses. Required: processes refuse to start
-    #: without it (`envoi up` makes one under var/ and keeps it).
+    #: ENVOI_SECRET_KEY: the current key, base64 of 32 bytes (`openssl rand -base64 32`), optionally
+    #: named `id:base64` (id: 1-32 of A-Z a-z 0-9 . _ -; without one the id is a digest of the key). Seals
+    #: message bodies, DKIM keys, webhook URL passwords and signing keys, TOTP secrets (each value records
+    #: its key id), signs tracking links and VERP addresses. Required: processes refuse to start without
+    #: it (`envoi up` makes one under var/ and keeps it). Rotation: docs/operations.md.
     secret_key: bytes = field(default=b"", repr=False)
+    #: ENVOI_SECRET_KEY, the id before its colon: the current key's id, recorded in what it seals (empty = derived from the key).
+    secret_key_id: str = ""
+    #: ENVOI_PREVIOUS_SECRET_KEYS: comma list of earlier keys (`id:base64` or `base64`, as above) that
+    #: still open what they sealed; nothing is sealed with them. Remove one once `envoi encryption
+    #: status` shows it seals nothing (unset).
+    previous_secret_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
     public_url: str = "http://127.0.0.1:8025"
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
@@ -277,6 +297,10 @@ class Settings:
         if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
             values["redis_url"] = v
         values["secret_key"] = _secret_key(env.get("ENVOI_SECRET_KEY"))
+        values["secret_key_id"] = _keyed("ENVOI_SECRET_KEY", env["ENVOI_SECRET_KEY"])[0]
+        if v := env.get("ENVOI_PREVIOUS_SECRET_KEYS"):
+            values["previous_secret_keys"] = tuple(_keyed("ENVOI_PREVIOUS_SECRET_KEYS", item)
+                                                   for item in v.split(",") if item.strip())
         if v := env.get("ENVOI_PUBLIC_URL"):
             values["public_url"] = v.rstrip("/")
         if v := env.get("ENVOI_OTHER_REGION_URLS"):

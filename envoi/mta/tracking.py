@@ -25,11 +25,13 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from email.parser import BytesParser
 from urllib.parse import quote, urlsplit
 
 import user_agents
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from envoi.events.service import Events, NewEvent, item
@@ -88,12 +90,17 @@ def client_info(user_agent: str) -> dict:
 
 
 class Tracking:
-    def __init__(self, db: Database, events: Events, secret_key: bytes, public_url: str, suppressions=None):
+    def __init__(self, db: Database, events: Events, secret_key: bytes, public_url: str, suppressions=None,
+                 previous_keys: Sequence[bytes] = ()):
         self.db = db
         self.events = events
         self.public_url = public_url.rstrip("/")
         self.suppressions = suppressions
-        self._aead = AESGCMSIV(hmac.new(secret_key, b"envoi:tracking-token:v2", hashlib.sha256).digest())
+        # Tokens are made under the current key; those in mail sent before a key rotation still verify
+        # while their key is listed among the previous ones (ENVOI_PREVIOUS_SECRET_KEYS).
+        self._aeads = [AESGCMSIV(hmac.new(key, b"envoi:tracking-token:v2", hashlib.sha256).digest())
+                       for key in (secret_key, *previous_keys)]
+        self._aead = self._aeads[0]
         self._settings_cache = TTLCache(ttl=5.0)
 
     # settings ---------------------------------------------------------------------------------
@@ -171,7 +178,7 @@ class Tracking:
             raw = _unb64(token)
             if raw[:1] != TOKEN_VERSION or len(raw) < 1 + 12 + 16:
                 raise ForgedToken("unknown token version")
-            payload = self._aead.decrypt(raw[1:13], raw[13:], b"envoi-tracking:" + kind.encode())
+            payload = self._open(raw, b"envoi-tracking:" + kind.encode())
             account_id, domain_id, message_id, recipient, extra = json.loads(payload)
         except ForgedToken:
             raise
@@ -179,6 +186,14 @@ class Tracking:
             raise ForgedToken("invalid token") from ex
         return {"account_id": account_id, "domain_id": domain_id, "message_id": message_id,
                 "recipient": recipient, "extra": extra}
+
+    def _open(self, raw: bytes, associated: bytes) -> bytes:
+        for aead in self._aeads[:-1]:
+            try:
+                return aead.decrypt(raw[1:13], raw[13:], associated)
+            except InvalidTag:
+                continue
+        return self._aeads[-1].decrypt(raw[1:13], raw[13:], associated)
 
     def url(self, kind: str, token: str) -> str:
         return f"{self.public_url}/{kind}/{token}"

@@ -77,10 +77,12 @@ def dsn_outcome(block: dsn.DsnRecipient) -> Outcome:
 class Bounces:
     def __init__(self, db: Database, events: Events, *, verp_key: bytes, fbl_addresses: tuple[str, ...] = ("fbl",),
                  bounce_domain: str | None = None, suppressions=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, previous_verp_keys: tuple[bytes, ...] = ()):
         self.db = db
         self.events = events
         self.verp_key = verp_key
+        # Return paths of mail sent before a key rotation still match while their key is listed.
+        self.verp_keys = (verp_key, *previous_verp_keys)
         self.fbl_full = {a.lower() for a in fbl_addresses if "@" in a}
         self.fbl_local = {a.lower() for a in fbl_addresses if "@" not in a} | {"postmaster"}
         self.bounce_domain = (bounce_domain or "").lower()
@@ -103,13 +105,16 @@ class Bounces:
         if not at or not local or not domain or len(address) > 320:
             return None
         if verp.looks_like_verp(address):
-            parsed = verp.parse(address, self.verp_key)
+            parsed = self._verp(address)
             return _Target(verp=parsed) if parsed else None  # a forged or mangled VERP: refused
         if address in self.fbl_full:
             return _Target(domain=domain, platform=True)
         if local in self.fbl_local and (domain == self.bounce_domain or self._domain(domain) is not None):
             return _Target(domain=domain, platform=domain == self.bounce_domain)
         return None
+
+    def _verp(self, address: str) -> tuple[int, int | None] | None:
+        return next((parsed for key in self.verp_keys if (parsed := verp.parse(address, key))), None)
 
     def _domain(self, name: str) -> dict | None:
         now = self._clock()
@@ -140,7 +145,7 @@ class Bounces:
             if target.verp:
                 return target.verp
         for address in extra:
-            parsed = verp.parse(address, self.verp_key) if address else None
+            parsed = self._verp(address) if address else None
             if parsed:
                 return parsed
         return None
