@@ -132,8 +132,11 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     users = Users(db, sealer, sessions, audit, throttle)
     storage = StoredMessages(db, sealer, events)
     # Billing with Stripe (off, refusing with a clear error, while ENVOI_STRIPE_SECRET_KEY is unset).
+    # Card entry (Stripe.js on the billing page) only with billing on and a publishable key.
     gateway = StripeGateway(settings.stripe_secret_key, api_base=settings.stripe_api_base,
-                            webhook_secret=settings.stripe_webhook_secret)
+                            webhook_secret=settings.stripe_webhook_secret,
+                            publishable_key=settings.stripe_publishable_key if settings.billing else "",
+                            js_url=settings.stripe_js_url)
     billing = Billing(db, accounts, plans, gateway, grace_seconds=settings.billing_grace)
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
