@@ -284,7 +284,9 @@ class Billing:
             return store.stripe_customers(conn)
 
     def reconcile(self, account_id: int) -> dict:
-        """Envoi's count of this period's usage and overage beside what Stripe holds for it."""
+        """Envoi's count of this period's usage and overage beside what Stripe holds for it: the overage
+        items still pending plus those already on the period's invoices (draft, finalised or paid; not
+        void), matched by the metadata Envoi gave them."""
         with self.db.transaction() as conn:
             account = self._account(conn, account_id)
             plan = self.plans.get(account["plan"])
@@ -292,19 +294,25 @@ class Billing:
             used = accepted_in_period(conn, account_id, start, end) if start and end else 0
             pushes = store.overage_pushes(conn, account_id, start) if start else []
         over = max(0, used - plan.included_per_month) if plan.overage_per_1000 is not None else 0
-        stripe_units = stripe_amount = 0
+        sides = {"pending": [0, 0], "invoiced": [0, 0]}  # [units, amount]
         if account["stripe_customer_id"] and start:
-            for item in self.gateway.pending_invoice_items(account["stripe_customer_id"]):
-                meta = item.get("metadata") or {}
-                if meta.get("envoi_kind") == "overage" and meta.get("envoi_period_start") == str(
-                        int(start.timestamp())):
-                    stripe_units += int(meta.get("envoi_units", 0))
-                    stripe_amount += item["amount"]
+            customer = account["stripe_customer_id"]
+            for side, items in (("pending", self.gateway.pending_invoice_items(customer)),
+                                ("invoiced", self.gateway.invoiced_items(customer))):
+                for item in items:
+                    meta = item.get("metadata") or {}
+                    if meta.get("envoi_kind") == "overage" and meta.get("envoi_period_start") == str(
+                            int(start.timestamp())):
+                        sides[side][0] += int(meta.get("envoi_units", 0))
+                        sides[side][1] += item["amount"]
+        stripe_units = sides["pending"][0] + sides["invoiced"][0]
+        stripe_amount = sides["pending"][1] + sides["invoiced"][1]
         return {"account": account_id, "plan": plan.name, "period_start": start, "period_end": end,
                 "accepted": used, "overage_units": over,
                 "envoi_pushed_units": sum(p["units"] for p in pushes if p["stripe_item_id"]),
                 "envoi_unconfirmed_units": sum(p["units"] for p in pushes if not p["stripe_item_id"]),
-                "stripe_units": stripe_units, "stripe_amount": stripe_amount}
+                "stripe_units": stripe_units, "stripe_amount": stripe_amount,
+                "stripe_pending_units": sides["pending"][0], "stripe_invoiced_units": sides["invoiced"][0]}
 
     # the account's view ------------------------------------------------------------------------------
     def summary(self, account_id: int) -> dict:

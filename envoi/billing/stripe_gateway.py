@@ -126,6 +126,21 @@ class StripeGateway:
         out = self._call(self._client.v1.invoice_items.list, {"customer": customer, "limit": 100})
         return out["data"]
 
+    def invoiced_items(self, customer: str) -> list[dict]:
+        """The lines of the customer's invoices that are not void (draft, open, paid, uncollectible): what
+        Stripe bills or billed, with each line's metadata (an invoice item's, copied onto its line) and
+        `invoice_status`. Items once pending move here when an invoice takes them."""
+        lines_of = []
+        for invoice in self._call(self._client.v1.invoices.list, {"customer": customer, "limit": 100})["data"]:
+            if invoice.get("status") == "void":
+                continue  # a voided invoice bills nothing
+            lines = invoice.get("lines") or {}
+            data = lines.get("data", [])
+            if lines.get("has_more"):
+                data = self._call(self._client.v1.invoices.line_items.list, invoice["id"], {"limit": 100})["data"]
+            lines_of += [{**line, "invoice_status": invoice.get("status")} for line in data]
+        return lines_of
+
     def invoices(self, customer: str, limit: int = 12) -> list[dict]:
         return self._call(self._client.v1.invoices.list, {"customer": customer, "limit": limit})["data"]
 
