@@ -17,8 +17,11 @@ MAIL_HTML_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-
 MAIL_HTML_POLICY_IMAGES = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: cid: https: http:;"
                            " frame-ancestors 'self'")
 
-#: What Stripe documents its own Stripe.js needs beyond its origin (its API, and 3-D Secure frames).
-STRIPE_EXTRA = {"connect-src": "https://api.stripe.com", "frame-src": "https://hooks.stripe.com"}
+#: What Stripe's security guide lists for its own Stripe.js beyond its origin: its subdomains' scripts and
+#: frames, its API, and 3-D Secure frames.
+STRIPE_EXTRA = {"script-src": ["https://*.js.stripe.com"], "frame-src": ["https://*.js.stripe.com",
+                                                                          "https://hooks.stripe.com"],
+                "connect-src": ["https://api.stripe.com"]}
 STRIPE_JS_ORIGIN = "https://js.stripe.com"
 
 
@@ -29,13 +32,13 @@ def origin_of(url: str) -> str:
 
 def with_stripe_js(js_url: str) -> str:
     """The page policy of the card page, the only one that loads Stripe.js: script-src, frame-src and
-    connect-src also allow Stripe.js's origin (with Stripe's own, the API and 3-D Secure origins Stripe
-    documents), everything else as strict as every page."""
+    connect-src also allow Stripe.js's origin (with Stripe's own, the other origins Stripe's guide lists),
+    everything else as strict as every page."""
     origin = origin_of(js_url)
     extra = {name: [origin] for name in ("script-src", "frame-src", "connect-src")}
     if origin == STRIPE_JS_ORIGIN:
-        for name, value in STRIPE_EXTRA.items():
-            extra[name].append(value)
+        for name, values in STRIPE_EXTRA.items():
+            extra[name] += values
     directives = []
     for directive in PAGE_POLICY.split(";"):
         name = directive.split()[0]

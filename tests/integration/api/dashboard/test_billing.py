@@ -125,6 +125,14 @@ def test_the_card_page_loads_stripe_js_under_a_policy_that_allows_only_its_origi
                       (account["id"],)).fetchone()["stripe_customer_id"].startswith("cus_")
 
 
+def test_with_stripes_own_stripe_js_the_policy_allows_what_stripe_documents():
+    assert security.with_stripe_js("https://js.stripe.com/v3/") == (
+        "default-src 'none'; script-src 'self' https://js.stripe.com https://*.js.stripe.com; style-src 'self';"
+        " img-src 'self' data:; connect-src 'self' https://js.stripe.com https://api.stripe.com;"
+        " frame-src 'self' https://js.stripe.com https://*.js.stripe.com https://hooks.stripe.com;"
+        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
 def test_a_confirmed_setup_intent_becomes_the_default_card(page_as, billing, account, db):
     page = page_as("admin")
     seti = _setup_intent(billing, account["id"])
