@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from envoi.accounts.service import Accounts
 from envoi.billing import store
-from envoi.billing.errors import BillingError, BillingInvalid, BillingNotFound, StripeFailed
+from envoi.billing.errors import BillingError, BillingInvalid, BillingNotFound
 from envoi.billing.plans import Plan, Plans
 from envoi.billing.stripe_gateway import StripeGateway
 from envoi.billing.usage import accepted_in_period
@@ -111,10 +111,7 @@ class Billing:
         with self.db.transaction() as conn:
             account = self._account(conn, account_id)
         customer = account["stripe_customer_id"]
-        try:
-            intent = self.gateway.setup_intent(setup_intent_id) if customer else None
-        except StripeFailed:
-            intent = None
+        intent = self.gateway.setup_intent(setup_intent_id) if customer else None
         if intent is None or intent.get("customer") != customer:
             # Another customer's (or an unknown) SetupIntent: say nothing about it.
             raise BillingNotFound(f"No card setup {setup_intent_id} for this account")

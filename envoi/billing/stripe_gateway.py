@@ -92,8 +92,14 @@ class StripeGateway:
             "customer": customer, "usage": "off_session", "payment_method_types": ["card"],
             "metadata": {"envoi_account": str(account_id)}})
 
-    def setup_intent(self, setup_intent_id: str) -> dict:
-        return self._call(self._client.v1.setup_intents.retrieve, setup_intent_id)
+    def setup_intent(self, setup_intent_id: str) -> dict | None:
+        """The SetupIntent, or None if Stripe has none by that id (StripeFailed if Stripe cannot answer)."""
+        try:
+            return self._call(self._client.v1.setup_intents.retrieve, setup_intent_id)
+        except StripeFailed as ex:
+            if isinstance(ex.__cause__, stripe.InvalidRequestError):
+                return None
+            raise
 
     def create_subscription(self, customer: str, plan_name: str, account_id: int) -> dict:
         return self._call(self._client.v1.subscriptions.create, {

@@ -195,3 +195,10 @@ def test_without_a_card_csrf_token_nothing_changes(page_as, billing, account, db
     resp = page_as("admin").post("/dashboard/billing/card/confirm", {"setup_intent": seti}, csrf=False)
     assert resp.status_code == 403
     assert _default_payment_method(billing, db, account["id"]) is None
+
+
+def test_an_unknown_setup_intent_is_refused_like_another_customers(page_as, billing, account, db):
+    _setup_intent(billing, account["id"])
+    resp = page_as("admin").post("/dashboard/billing/card/confirm", {"setup_intent": "seti_doesnotexist"})
+    assert resp.status_code == 404 and "No card setup seti_doesnotexist for this account" in resp.text
+    assert _default_payment_method(billing, db, account["id"]) is None
