@@ -20,6 +20,7 @@ from envoi.accounts.sessions import Sessions
 from envoi.accounts.throttle import LoginThrottle
 from envoi.accounts.users import Users
 from envoi.billing import plans as billing_plans
+from envoi.billing.limits import PlanFeatureLimits
 from envoi.billing.plans import Plans
 from envoi.billing.quota import Quota, QuotaCheck
 from envoi.billing.service import Billing
@@ -115,9 +116,11 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     sealer = sealer_for(settings)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
     audit = Audit(db)  # the account audit log: key, user and session actions
+    # Billing on: plans' max_domains, max_users and dedicated_ips, enforced where each is added.
+    limits = PlanFeatureLimits(plans) if settings.billing else None
     accounts = Accounts(db, sealer, settings.region,
                         key_revocations=redis_infra.Generation(redis, f"envoi:{settings.region}:keys:revoked"),
-                        audit=audit)
+                        audit=audit, limits=limits)
 
     # What recording an event feeds.
     suppressions = Suppressions(db, settings.public_url)
@@ -136,7 +139,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
 
     tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions,
                         previous_keys=[key for _, key in settings.previous_secret_keys])
-    ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host)
+    ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host, limits=limits)
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
     intake = Intake(
@@ -151,11 +154,14 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                         absolute=timedelta(seconds=settings.session_max))
     throttle = LoginThrottle(redis, f"envoi:{settings.region}:login-failures", max_per_email=settings.login_max_failures,
                              max_per_ip=settings.login_max_failures_ip, window=settings.login_window)
-    users = Users(db, sealer, sessions, audit, throttle)
+    users = Users(db, sealer, sessions, audit, throttle, limits=limits)
     storage = StoredMessages(db, sealer, events)
     # Billing with Stripe (off, refusing with a clear error, while ENVOI_STRIPE_SECRET_KEY is unset).
+    # Card entry (Stripe.js on the billing page) only with billing on and a publishable key.
     gateway = StripeGateway(settings.stripe_secret_key, api_base=settings.stripe_api_base,
-                            webhook_secret=settings.stripe_webhook_secret)
+                            webhook_secret=settings.stripe_webhook_secret,
+                            publishable_key=settings.stripe_publishable_key if settings.billing else "",
+                            js_url=settings.stripe_js_url)
     billing = Billing(db, accounts, plans, gateway, grace_seconds=settings.billing_grace)
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,

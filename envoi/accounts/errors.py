@@ -70,3 +70,11 @@ class AccountClosed(AccountsError):
     smtp_code, smtp_enhanced = 550, "5.7.1"
     message = "This account is closed"
     account_state = "closed"
+
+
+class PlanLimitReached(AccountsError):
+    """One more domain, user or dedicated IP than the account's plan allows (billing on). Mailgun answers
+    a feature its plan lacks with 403 and a {"message": ...} saying so; the message names the limit and
+    the plan. Nothing was changed."""
+
+    http_status = 403

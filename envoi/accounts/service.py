@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from envoi.accounts import dnscheck, store
 from envoi.accounts.audit import Audit
 from envoi.accounts.errors import AccountClosed, AccountSuspended, AlreadyExists, InvalidInput, NotFound
+from envoi.accounts.limits import DOMAINS, PlanLimits, enforce
 from envoi.infra import crypto, dkim_keys, ids
 from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database, IntegrityError
@@ -52,8 +53,9 @@ def key_region(secret: str) -> str | None:
 
 class Accounts:
     def __init__(self, db: Database, sealer: crypto.Sealer, region: str, key_revocations: Generation,
-                 audit: Audit):
+                 audit: Audit, limits: PlanLimits | None = None):
         self.db = db
+        self.limits = limits  # plans' max_domains, with billing on (envoi.accounts.limits)
         self.audit = audit  # key creation and revocation are account actions
         self.sealer = sealer
         self.region = region
@@ -251,6 +253,7 @@ class Accounts:
                 self._account(conn, account_id)
                 if store.active_elsewhere(conn, name, account_id):
                     raise AlreadyExists(f"Domain {name} already exists")
+                enforce(conn, self.limits, account_id, DOMAINS)
                 return store.insert_domain(
                     conn,
                     account_id=account_id,

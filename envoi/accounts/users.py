@@ -25,6 +25,7 @@ from envoi.accounts.errors import (
     NotFound,
     SecondFactorRequired,
 )
+from envoi.accounts.limits import USERS, PlanLimits, enforce
 from envoi.accounts.sessions import Sessions
 from envoi.accounts.throttle import LoginThrottle
 from envoi.infra import crypto
@@ -43,8 +44,10 @@ def actor_of(user: dict) -> str:
 
 class Users:
     def __init__(self, db: Database, sealer: crypto.Sealer, sessions: Sessions, audit: Audit,
-                 throttle: LoginThrottle, *, invitation_ttl: timedelta = INVITATION_TTL):
+                 throttle: LoginThrottle, *, invitation_ttl: timedelta = INVITATION_TTL,
+                 limits: PlanLimits | None = None):
         self.db = db
+        self.limits = limits  # plans' max_users (users and pending invitations), with billing on
         self.sealer = sealer
         self.sessions = sessions
         self.audit = audit
@@ -75,6 +78,7 @@ class Users:
             if conn.execute("SELECT 1 FROM users WHERE account_id = %s AND lower(email) = lower(%s)",
                             (account_id, email)).fetchone():
                 raise AlreadyExists(f"{email} is already a user of this account")
+            enforce(conn, self.limits, account_id, USERS)
             invitation = conn.execute(
                 "INSERT INTO user_invitations (account_id, email, role, token_hash, invited_by, expires_at)"
                 " VALUES (%s, %s, %s, %s, %s, now() + %s)"

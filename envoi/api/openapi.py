@@ -177,7 +177,9 @@ def _paths() -> dict:
                      "require_tls": YESNO, "skip_verification": YESNO, "smtp_password": SHORT}
     one_domain = {"type": "object", "required": ["domain"], "properties": {"domain": DOMAIN, **DNS_RECORDS}}
     add("/v4/domains", "post", op("Add a domain; returns its DNS records", _json(one_domain),
-                                  body=_form(domain_fields, ("name",)), tag="domains"))
+                                  body=_form(domain_fields, ("name",)), tag="domains",
+                                  responses={"403": _json(ERROR, "The plan's max_domains is reached (billing on):"
+                                                                 " nothing was added")}))
     for path in ("/v4/domains/{domain}", "/v3/domains/{domain}"):
         add(path, "get", op("A domain and its DNS records", _json(one_domain), params=[d], tag="domains"))
         add(path, "delete", op("Delete a domain", _json(MESSAGE), params=[d], tag="domains"))
@@ -309,13 +311,15 @@ def _paths() -> dict:
     add("/v3/ips/audit", "get", op("IP audit log (operator)", _json({"type": "object", "required": ["items"]}),
                                    params=[_q("ip"), _q("limit", INT)], tag="ips"))
     add("/v3/ips/{ip}", "get", op("An IP", _json(IP), params=[ip], tag="ips"))
+    no_dedicated = {"403": _json(ERROR, "The account's plan has no dedicated IPs (billing on): nothing changed")}
     add("/v3/ips/{ip}", "put", op("Change or assign an IP (operator)", _json(OBJ), params=[ip],
-                                  body=_form({**ip_fields, "account_id": SHORT}), tag="ips"))
+                                  body=_form({**ip_fields, "account_id": SHORT}), tag="ips", responses=no_dedicated))
     add("/v3/ips/{ip}", "delete", op("Remove an IP (operator)", _json(MESSAGE), params=[ip], tag="ips"))
     add("/v3/domains/{domain}/ips", "get", op("A domain's IPs", _json({"type": "object", "required": ["items"]}),
                                               params=[d], tag="ips"))
     add("/v3/domains/{domain}/ips", "post", op("Give a domain an IP or link a pool (operator)", _json(MESSAGE),
-                                               params=[d], body=_form({"ip": SHORT, "pool_id": SHORT}), tag="ips"))
+                                               params=[d], body=_form({"ip": SHORT, "pool_id": SHORT}), tag="ips",
+                                               responses=no_dedicated))
     add("/v3/domains/{domain}/ips/{ip}", "delete", op("Take an IP (or `ip_pool`) from a domain (operator)",
                                                       _json(MESSAGE), params=[d, ip], tag="ips"))
     pool_id = _p("pool_id")

@@ -5,6 +5,7 @@ Stripe is the record of money. docs/billing-stripe.md describes the flows."""
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 
 from envoi.accounts.service import Accounts
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 PAYMENT_FAILED = "payment failed"  # the suspension reason's prefix: only these are lifted by a payment
 ACTOR = "billing"
 PAID_EVENTS = ("invoice.paid", "invoice.payment_succeeded")  # localstripe sends the latter only
+SETUP_INTENT_ID = re.compile(r"seti_[A-Za-z0-9]{1,100}")  # Stripe's ids; anything else never reaches its URL
 
 
 def _ts(value: int | None) -> datetime | None:
@@ -71,6 +73,56 @@ class Billing:
         """Create the Stripe Product and Plan of every plan that lacks them: (name, Stripe id, created)."""
         return [(plan.name, *self.gateway.ensure_plan(plan, self.plans.currency)) for plan in self.plans]
 
+    # card entry ----------------------------------------------------------------------------------------
+    @property
+    def card_entry(self) -> bool:
+        """Whether the billing page may take a card (Stripe configured, billing on, a publishable key)."""
+        return self.gateway.configured and bool(self.gateway.publishable_key)
+
+    def _customer(self, account: dict, payment_method: str | None = None) -> str:
+        """The account's Stripe customer id, creating the customer (with PAYMENT_METHOD as its default) the
+        first time."""
+        if account["stripe_customer_id"]:
+            return account["stripe_customer_id"]
+        customer = self.gateway.create_customer(account["id"], account["name"], payment_method)
+        with self.db.transaction() as conn:
+            store.update_account(conn, account["id"], stripe_customer_id=customer)
+        return customer
+
+    def begin_card_setup(self, account_id: int) -> dict:
+        """A SetupIntent for the account's customer (made if needed), for Stripe.js to confirm in the
+        browser with the card it takes: Envoi sees only the SetupIntent's id and client secret (which it
+        never stores). Returns what the page needs: client_secret, publishable_key, js_url."""
+        if not self.card_entry:
+            raise BillingInvalid("This region takes no cards: billing with Stripe.js is not configured")
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+        customer = self._customer(account)
+        intent = self.gateway.create_setup_intent(customer, account_id)
+        return {"client_secret": intent["client_secret"], "publishable_key": self.gateway.publishable_key,
+                "js_url": self.gateway.js_url}
+
+    def confirm_card(self, account_id: int, setup_intent_id: str, actor: str = ACTOR) -> dict:
+        """After Stripe.js confirmed a SetupIntent in the browser: check at Stripe that it is this account's
+        customer's and succeeded, then make its card the customer's default (for the subscription's
+        invoices). Returns the card's brand and last four digits. Refused (nothing changed) otherwise."""
+        if not SETUP_INTENT_ID.fullmatch(setup_intent_id or ""):
+            raise BillingInvalid("setup_intent must be a Stripe SetupIntent id (seti_...)")
+        with self.db.transaction() as conn:
+            account = self._account(conn, account_id)
+        customer = account["stripe_customer_id"]
+        intent = self.gateway.setup_intent(setup_intent_id) if customer else None
+        if intent is None or intent.get("customer") != customer:
+            # Another customer's (or an unknown) SetupIntent: say nothing about it.
+            raise BillingNotFound(f"No card setup {setup_intent_id} for this account")
+        if intent.get("status") != "succeeded" or not intent.get("payment_method"):
+            raise BillingInvalid(f"The card setup is not complete (Stripe says {intent.get('status')}):"
+                                 " enter the card again")
+        self.gateway.set_payment_method(customer, intent["payment_method"])
+        self.accounts.audit.record(account_id, actor, "billing.card", customer,
+                                   details={"setup_intent": setup_intent_id})
+        return self.gateway.default_card(customer) or {}
+
     # subscriptions -----------------------------------------------------------------------------------
     def start_subscription(self, account_id: int, plan: str, payment_method: str | None = None) -> dict:
         """Subscribe the account to a paid PLAN, creating its Stripe customer (with the PaymentMethod id
@@ -82,12 +134,9 @@ class Billing:
             account = self._account(conn, account_id)
         if account["stripe_subscription_id"]:
             raise BillingInvalid("the account already has a subscription: change its plan instead")
-        customer = account["stripe_customer_id"]
-        if not customer:
-            customer = self.gateway.create_customer(account_id, account["name"], payment_method)
-            with self.db.transaction() as conn:
-                store.update_account(conn, account_id, stripe_customer_id=customer)
-        elif payment_method:
+        had_customer = bool(account["stripe_customer_id"])
+        customer = self._customer(account, payment_method)
+        if had_customer and payment_method:
             self.gateway.set_payment_method(customer, payment_method)
         sub = self.gateway.create_subscription(customer, plan, account_id)
         paying = sub["status"] in ("active", "trialing")
@@ -232,7 +281,9 @@ class Billing:
             return store.stripe_customers(conn)
 
     def reconcile(self, account_id: int) -> dict:
-        """Envoi's count of this period's usage and overage beside what Stripe holds for it."""
+        """Envoi's count of this period's usage and overage beside what Stripe holds for it: the overage
+        items still pending plus those already on the period's invoices (draft, finalised or paid; not
+        void), matched by the metadata Envoi gave them."""
         with self.db.transaction() as conn:
             account = self._account(conn, account_id)
             plan = self.plans.get(account["plan"])
@@ -240,19 +291,25 @@ class Billing:
             used = accepted_in_period(conn, account_id, start, end) if start and end else 0
             pushes = store.overage_pushes(conn, account_id, start) if start else []
         over = max(0, used - plan.included_per_month) if plan.overage_per_1000 is not None else 0
-        stripe_units = stripe_amount = 0
+        sides = {"pending": [0, 0], "invoiced": [0, 0]}  # [units, amount]
         if account["stripe_customer_id"] and start:
-            for item in self.gateway.pending_invoice_items(account["stripe_customer_id"]):
-                meta = item.get("metadata") or {}
-                if meta.get("envoi_kind") == "overage" and meta.get("envoi_period_start") == str(
-                        int(start.timestamp())):
-                    stripe_units += int(meta.get("envoi_units", 0))
-                    stripe_amount += item["amount"]
+            customer = account["stripe_customer_id"]
+            for side, items in (("pending", self.gateway.pending_invoice_items(customer)),
+                                ("invoiced", self.gateway.invoiced_items(customer))):
+                for item in items:
+                    meta = item.get("metadata") or {}
+                    if meta.get("envoi_kind") == "overage" and meta.get("envoi_period_start") == str(
+                            int(start.timestamp())):
+                        sides[side][0] += int(meta.get("envoi_units", 0))
+                        sides[side][1] += item["amount"]
+        stripe_units = sides["pending"][0] + sides["invoiced"][0]
+        stripe_amount = sides["pending"][1] + sides["invoiced"][1]
         return {"account": account_id, "plan": plan.name, "period_start": start, "period_end": end,
                 "accepted": used, "overage_units": over,
                 "envoi_pushed_units": sum(p["units"] for p in pushes if p["stripe_item_id"]),
                 "envoi_unconfirmed_units": sum(p["units"] for p in pushes if not p["stripe_item_id"]),
-                "stripe_units": stripe_units, "stripe_amount": stripe_amount}
+                "stripe_units": stripe_units, "stripe_amount": stripe_amount,
+                "stripe_pending_units": sides["pending"][0], "stripe_invoiced_units": sides["invoiced"][0]}
 
     # the account's view ------------------------------------------------------------------------------
     def summary(self, account_id: int) -> dict:
@@ -268,19 +325,21 @@ class Billing:
                 end = (start + timedelta(days=32)).replace(day=1)
             used = accepted_in_period(conn, account_id, start, end)
         plan = self.plans.get(account["plan"])
-        upcoming, invoices = None, []
+        upcoming, invoices, card = None, [], None
         if account["stripe_customer_id"] and self.gateway.configured:
             if account["stripe_subscription_id"]:
                 upcoming = self.gateway.upcoming_invoice(account["stripe_customer_id"],
                                                          account["stripe_subscription_id"])
             invoices = self.gateway.invoices(account["stripe_customer_id"])
+            card = self.gateway.default_card(account["stripe_customer_id"])
         return {"plan": plan, "pending_plan": account["pending_plan"] and self.plans.get(account["pending_plan"]),
                 "status": account["billing_status"], "grace_until": account["grace_until"],
                 "subscribed": bool(account["stripe_subscription_id"]), "period_start": start, "period_end": end,
                 "used": used, "included": plan.included_per_month,
                 "overage_units": max(0, used - plan.included_per_month) if plan.overage_per_1000 is not None else 0,
                 "upcoming": upcoming and _invoice_view(upcoming), "invoices": [_invoice_view(i) for i in invoices],
-                "plans": list(self.plans), "currency": self.plans.currency}
+                "plans": list(self.plans), "currency": self.plans.currency,
+                "card": card, "card_entry": self.card_entry}
 
     # webhooks ----------------------------------------------------------------------------------------
     def handle_webhook(self, payload: bytes, signature: str | None) -> str:

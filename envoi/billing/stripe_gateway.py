@@ -21,9 +21,13 @@ def stripe_plan_id(plan_name: str) -> str:
 
 
 class StripeGateway:
-    def __init__(self, secret_key: str, *, api_base: str | None = None, webhook_secret: str = ""):
+    def __init__(self, secret_key: str, *, api_base: str | None = None, webhook_secret: str = "",
+                 publishable_key: str = "", js_url: str = "https://js.stripe.com/v3/"):
         self.configured = bool(secret_key)
         self.webhook_secret = webhook_secret
+        # For Stripe.js in the browser (card entry); the page is offered only with both keys.
+        self.publishable_key = publishable_key
+        self.js_url = js_url
         base = {"api": api_base.rstrip("/")} if api_base else None
         self._client = stripe.StripeClient(secret_key or "sk_unset", base_addresses=base, max_network_retries=0)
 
@@ -64,9 +68,38 @@ class StripeGateway:
                           {"idempotency_key": f"envoi-customer-{account_id}"})["id"]
 
     def set_payment_method(self, customer: str, payment_method: str) -> None:
-        self._call(self._client.v1.payment_methods.attach, payment_method, {"customer": customer})
+        """Make PAYMENT_METHOD the customer's default for invoices, attaching it first unless it already is
+        (a SetupIntent made for the customer attaches its card in real Stripe)."""
+        pm = self._call(self._client.v1.payment_methods.retrieve, payment_method)
+        if pm.get("customer") != customer:
+            self._call(self._client.v1.payment_methods.attach, payment_method, {"customer": customer})
         self._call(self._client.v1.customers.update, customer,
                    {"invoice_settings": {"default_payment_method": payment_method}})
+
+    def default_card(self, customer: str) -> dict | None:
+        """The brand and last four digits of the customer's default card (what Stripe shows; never the
+        number), or None."""
+        settings = self._call(self._client.v1.customers.retrieve, customer).get("invoice_settings") or {}
+        pm_id = settings.get("default_payment_method")
+        if not pm_id:
+            return None
+        card = self._call(self._client.v1.payment_methods.retrieve, pm_id).get("card") or {}
+        return {"brand": card.get("brand") or "card", "last4": card.get("last4") or ""}
+
+    # card entry: SetupIntents, confirmed by Stripe.js in the browser ----------------------------------
+    def create_setup_intent(self, customer: str, account_id: int) -> dict:
+        return self._call(self._client.v1.setup_intents.create, {
+            "customer": customer, "usage": "off_session", "payment_method_types": ["card"],
+            "metadata": {"envoi_account": str(account_id)}})
+
+    def setup_intent(self, setup_intent_id: str) -> dict | None:
+        """The SetupIntent, or None if Stripe has none by that id (StripeFailed if Stripe cannot answer)."""
+        try:
+            return self._call(self._client.v1.setup_intents.retrieve, setup_intent_id)
+        except StripeFailed as ex:
+            if isinstance(ex.__cause__, stripe.InvalidRequestError):
+                return None
+            raise
 
     def create_subscription(self, customer: str, plan_name: str, account_id: int) -> dict:
         return self._call(self._client.v1.subscriptions.create, {
@@ -98,6 +131,21 @@ class StripeGateway:
         """The customer's invoice items not yet on an invoice (what the next invoice will bill)."""
         out = self._call(self._client.v1.invoice_items.list, {"customer": customer, "limit": 100})
         return out["data"]
+
+    def invoiced_items(self, customer: str) -> list[dict]:
+        """The lines of the customer's invoices that are not void (draft, open, paid, uncollectible): what
+        Stripe bills or billed, with each line's metadata (an invoice item's, copied onto its line) and
+        `invoice_status`. Items once pending move here when an invoice takes them."""
+        lines_of = []
+        for invoice in self._call(self._client.v1.invoices.list, {"customer": customer, "limit": 100})["data"]:
+            if invoice.get("status") == "void":
+                continue  # a voided invoice bills nothing
+            lines = invoice.get("lines") or {}
+            data = lines.get("data", [])
+            if lines.get("has_more"):
+                data = self._call(self._client.v1.invoices.line_items.list, invoice["id"], {"limit": 100})["data"]
+            lines_of += [{**line, "invoice_status": invoice.get("status")} for line in data]
+        return lines_of
 
     def invoices(self, customer: str, limit: int = 12) -> list[dict]:
         return self._call(self._client.v1.invoices.list, {"customer": customer, "limit": limit})["data"]

@@ -47,16 +47,18 @@ def change_plan(services, account_id: int, plan: str) -> None:
 @click.argument("account_id", type=int, required=False)
 @with_services
 def reconcile(services, account_id: int | None) -> None:
-    """Envoi's count of this period's overage beside Stripe's invoice items, for ACCOUNT_ID or every
-    subscribed account. Exits 1 when they differ."""
+    """Envoi's count of this period's overage beside Stripe's invoice items (pending, and already on the
+    period's invoices), for ACCOUNT_ID or every subscribed account. Exits 1 when they differ."""
     ids = [account_id] if account_id is not None else services.billing.billed_accounts()
-    click.echo("account\tplan\taccepted\toverage\tenvoi_pushed\tenvoi_unconfirmed\tstripe_units\tstripe_amount")
+    click.echo("account\tplan\taccepted\toverage\tenvoi_pushed\tenvoi_unconfirmed\tstripe_units\tstripe_amount"
+               "\tstripe_pending\tstripe_invoiced")
     differ = False
     for aid in ids:
         r = services.billing.reconcile(aid)
         differ |= r["envoi_pushed_units"] + r["envoi_unconfirmed_units"] != r["stripe_units"]
         click.echo("\t".join(str(r[k]) for k in ("account", "plan", "accepted", "overage_units", "envoi_pushed_units",
-                                                   "envoi_unconfirmed_units", "stripe_units", "stripe_amount")))
+                                                   "envoi_unconfirmed_units", "stripe_units", "stripe_amount",
+                                                   "stripe_pending_units", "stripe_invoiced_units")))
     if differ:
         raise SystemExit(1)
 

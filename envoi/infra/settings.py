@@ -225,6 +225,10 @@ class Settings:
     smtp_auth_window: float = 900.0
     #: ENVOI_STRIPE_PUBLISHABLE_KEY: Stripe's publishable key (pk_...), for Stripe.js in the dashboard.
     stripe_publishable_key: str = ""
+    #: ENVOI_STRIPE_JS_URL: where the billing page loads Stripe.js from, for card entry (Stripe's own
+    #: https://js.stripe.com/v3/; a stand-in such as localstripe's fake in tests). Only with billing on; the
+    #: card page's Content-Security-Policy allows this URL's origin.
+    stripe_js_url: str = "https://js.stripe.com/v3/"
     #: ENVOI_STRIPE_WEBHOOK_SECRET: the signing secret (whsec_...) of the Stripe webhook endpoint
     #: POST /v1/billing/stripe/webhook; unset, every Stripe webhook is refused.
     stripe_webhook_secret: str = field(default="", repr=False)
@@ -398,6 +402,8 @@ class Settings:
             values["smtp_auth_window"] = _seconds(v)
         if v := env.get("ENVOI_STRIPE_PUBLISHABLE_KEY"):
             values["stripe_publishable_key"] = v
+        if v := env.get("ENVOI_STRIPE_JS_URL", "").strip():
+            values["stripe_js_url"] = v
         if v := env.get("ENVOI_STRIPE_WEBHOOK_SECRET"):
             values["stripe_webhook_secret"] = v
         if v := env.get("ENVOI_STRIPE_API_BASE"):

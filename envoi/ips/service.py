@@ -11,6 +11,7 @@ import io
 import ipaddress
 from datetime import UTC, datetime
 
+from envoi.accounts.limits import DEDICATED_IPS, PlanLimits, enforce
 from envoi.infra import ids
 from envoi.infra.db import Database
 from envoi.ips import store, warmup
@@ -39,8 +40,9 @@ def ip_json(row: dict, *, admin: bool = False, pools: list[str] | None = None) -
 
 
 class Ips:
-    def __init__(self, db: Database, *, default_plan: str, relay_host: str):
+    def __init__(self, db: Database, *, default_plan: str, relay_host: str, limits: PlanLimits | None = None):
         self.db = db
+        self.limits = limits  # plans' dedicated_ips, with billing on (envoi.accounts.limits)
         self.default_plan = warmup.parse_plan(default_plan)
         self.relay_host = relay_host
 
@@ -141,6 +143,7 @@ class Ips:
             raise Conflict(f"IP {address} is assigned to another account")
         if not conn.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,)).fetchone():
             raise NotFound(f"Account not found: {account_id}")
+        enforce(conn, self.limits, account_id, DEDICATED_IPS)
         store.update_ip(conn, address, account_id=account_id, assigned_at=datetime.now(UTC))
         store.audit(conn, actor, "ip.assign", address=address, account_id=account_id)
 

@@ -28,6 +28,7 @@ from tests.support.processes import Proc, free_port
 
 WEBHOOK_SECRET = "whsec_envoi_tests"
 SECRET_KEY = "sk_test_envoi"
+PUBLISHABLE_KEY = "pk_test_envoi"
 
 
 @dataclass
@@ -63,6 +64,12 @@ class LocalStripe:
     webhooks: WebhookCapture
     secret_key: str = SECRET_KEY
     webhook_secret: str = WEBHOOK_SECRET
+    publishable_key: str = PUBLISHABLE_KEY
+
+    @property
+    def js_url(self) -> str:
+        """localstripe's fake Stripe.js (Elements, confirmCardSetup against its SetupIntents)."""
+        return f"{self.api_base}/js.stripe.com/v3/"
 
 
 def _serve_capture() -> tuple[ThreadingHTTPServer, WebhookCapture]:
@@ -132,7 +139,9 @@ def make_billing(services, localstripe, plans, gateway_class=None, grace_seconds
     from envoi.billing.stripe_gateway import StripeGateway
 
     gateway = (gateway_class or StripeGateway)(localstripe.secret_key, api_base=localstripe.api_base,
-                                               webhook_secret=localstripe.webhook_secret)
+                                               webhook_secret=localstripe.webhook_secret,
+                                               publishable_key=localstripe.publishable_key,
+                                               js_url=localstripe.js_url)
     return Billing(services.db, services.accounts, plans, gateway, grace_seconds=grace_seconds)
 
 

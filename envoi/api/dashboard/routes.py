@@ -72,9 +72,11 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         *((f"{PREFIX}/webhooks/{path}", webhooks, path.replace("-", "_"))
           for path in ("set", "delete", "test", "signing-key")),
         # people and access
-        # billing: plan, usage, invoices (Stripe), change of plan
+        # billing: plan, usage, invoices (Stripe), change of plan, card entry (Stripe.js)
         (f"{PREFIX}/billing", billing_page := BillingPage(services.billing), None),
         (f"{PREFIX}/billing/plan", billing_page, "plan"),
+        (f"{PREFIX}/billing/card", billing_page, "card"),
+        (f"{PREFIX}/billing/card/confirm", billing_page, "card_confirm"),
         (f"{PREFIX}/keys", ApiKeys(accounts, client_address), None),
         (f"{PREFIX}/keys/{{key_id}}/delete", ApiKey(accounts, client_address), None),
         (f"{PREFIX}/users", UserList(users, client_address, settings.public_url), None),
