@@ -27,7 +27,7 @@ def _settings() -> Settings:
 #: "Other commands" (a test keeps that section empty).
 PROCESSES = ("api", "relay", "smtp", "inbound", "worker", "scheduler", "up", "sink")
 ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users",
-                  "billing")
+                  "billing", "tls")
 
 
 def _user_error(ex: Exception) -> str | None:
@@ -454,9 +454,9 @@ def privacy_erase(account_id: int, address: str) -> None:
 
 
 def _register_commands() -> None:
-    from envoi.commands import billing, bounces, dkim, ips, logs, smtp, stripe_billing, users, webhooks
+    from envoi.commands import billing, bounces, dkim, ips, logs, smtp, stripe_billing, tls, users, webhooks
 
-    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing):
+    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, tls):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:
