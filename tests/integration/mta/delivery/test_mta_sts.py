@@ -205,10 +205,10 @@ def test_no_policy_keeps_todays_behaviour_at_one_cached_lookup_per_domain(servic
                                                                           dns, ca, ca_file):
     dns.add("plain.test", "MX", "10 mx.plain.test.")
     dns.add("mx.plain.test", "A", "127.0.0.1")
-    with PolicyServer(ca, ["mta-sts.plain.test"]) as web, Sink() as sink:
-        with RelayThread(services, sts_settings(settings, sink, dns, web, ca_file)):
-            ids = [send(services, account["id"], domain, f"{n}@plain.test") for n in range(5)]
-            assert all(last_event(db, mid)["event"] == "delivered" for mid in ids)
+    with PolicyServer(ca, ["mta-sts.plain.test"]) as web, Sink() as sink, \
+            RelayThread(services, sts_settings(settings, sink, dns, web, ca_file)):
+        ids = [send(services, account["id"], domain, f"{n}@plain.test") for n in range(5)]
+        assert all(last_event(db, mid)["event"] == "delivered" for mid in ids)
     assert len(sink.messages()) == 5 and web.requests == []
     assert dns.count("_mta-sts.plain.test", "TXT") == 1  # per domain, not per message
     body = report(services.db, "plain.test", today(), organization="Envoi")
