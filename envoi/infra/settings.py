@@ -129,7 +129,8 @@ class Settings:
     relay_signers: int = 2
     #: ENVOI_SHAPING_FILE: TOML of per-destination shaping rules (default: envoi/mta/delivery/shaping.toml).
     shaping_file: str | None = None
-    #: ENVOI_TLS_CA_FILE: CA bundle the relay verifies MX certificates against (default: system CAs).
+    #: ENVOI_TLS_CA_FILE: extra CA bundle the relay trusts, besides the system's CAs, when it verifies MX
+    #: and MTA-STS policy host certificates (a private CA; tests use trustme's).
     tls_ca_file: str | None = None
     #: ENVOI_MTA_STS: honour recipient domains' MTA-STS policies (RFC 8461) and collect TLS-RPT results
     #: (RFC 8460); "no" = opportunistic TLS only, as before. Not applied with ENVOI_SMTP_ROUTE.

@@ -24,7 +24,9 @@ class Egress:
 
 
 def _tls_context(verify: bool, cafile: str | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cafile)
+    context = ssl.create_default_context()  # the system's CAs
+    if cafile:
+        context.load_verify_locations(cafile=cafile)  # and the operator's, besides them
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -37,7 +39,8 @@ _VERIFYING_WITH: dict[str, ssl.SSLContext] = {}
 
 
 def verifying_context(cafile: str | None) -> ssl.SSLContext:
-    """The context that checks MX certificates: system CAs, or the bundle in ENVOI_TLS_CA_FILE."""
+    """The context that checks MX certificates (and MTA-STS policy hosts'): the system's CAs and the
+    bundle in ENVOI_TLS_CA_FILE."""
     if not cafile:
         return VERIFYING
     if cafile not in _VERIFYING_WITH:

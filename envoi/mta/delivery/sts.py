@@ -119,6 +119,8 @@ class MtaSts:
         except (FetchError, PolicyError) as ex:
             kind = ex.result_type if isinstance(ex, FetchError) else "sts-policy-invalid"
             self._fetched(kind)
+            if len(self._failed) >= self._max_cache:
+                self._failed.clear()
             self._failed[domain] = (record, time.monotonic() + FAILED_RETRY_SECONDS)
             self.results.record(domain, STS, kind, policy_id=record, mx=f"mta-sts.{domain}", detail=str(ex))
             log.info("MTA-STS policy of %s not fetched (%s): %s; %s", domain, kind, ex,

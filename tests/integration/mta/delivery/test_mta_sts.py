@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import trustme
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 
 from envoi.dev.sink import Sink
 from envoi.mta.delivery.mx import MxResolver
@@ -104,6 +105,26 @@ def test_enforce_with_a_valid_certificate_delivers_over_verified_tls(services, s
     assert successes(body) == 1 and not failures(body)
     stored = db.execute("SELECT policy_id, mode, mx FROM mta_sts_policies WHERE domain = 'good.test'").fetchone()
     assert stored == {"policy_id": "v1", "mode": "enforce", "mx": ["mx.good.test"]}
+    metrics = generate_latest(services.metrics.registry).decode()
+    assert 'envoi_tls_sessions_total{policy="sts",result="success"} 1.0' in metrics
+    assert 'envoi_mta_sts_fetches_total{result="fetched"} 1.0' in metrics
+
+
+def test_an_invalid_policy_is_reported_and_mail_goes_as_without_one(services, settings, account, domain, db, dns,
+                                                                    ca, ca_file):
+    with PolicyServer(ca, ["mta-sts.broken.test"]) as web, Sink() as sink:
+        sts_domain(dns, web, "broken.test", "version: STSv1\nmode: enforce\nmax_age: 86400\n")  # no mx
+        with RelayThread(services, sts_settings(settings, sink, dns, web, ca_file)):
+            event = last_event(db, send(services, account["id"], domain, "a@broken.test"))
+    assert event["event"] == "delivered" and len(sink.messages()) == 1
+    assert failures(report(services.db, "broken.test", today(), organization="Envoi"))[
+        ("sts-policy-invalid", "mta-sts.broken.test")] == 1
+    assert db.execute("SELECT 1 FROM mta_sts_policies WHERE domain = 'broken.test'").fetchone() is None
+
+
+def test_the_extra_ca_file_is_trusted_besides_the_system_cas(ca_file):
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert verifying_context(ca_file).cert_store_stats()["x509_ca"] == system + 1
 
 
 @pytest.mark.parametrize(("case", "result_type"), [
