@@ -24,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from envoi.infra.db import Database
+from envoi.mta import idn
 from envoi.mta.delivery import sts_store
 from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxResolver
 from envoi.mta.delivery.sts_fetch import FetchError, PolicyFetcher
@@ -64,7 +65,10 @@ class MtaSts:
 
     async def policy_for(self, domain: str) -> StsPolicy | None:
         """The policy to apply to mail for `domain`, or None (deliver as without MTA-STS)."""
-        domain = domain.lower().rstrip(".")
+        try:  # A-labels: "_mta-sts" is no valid IDNA label, so the name is built from the converted domain
+            domain = idn.ascii_domain(domain.rstrip(".")).lower()
+        except idn.AddressError:
+            return None
         try:
             texts = await self.resolver.txt(f"_mta-sts.{domain}")
         except (DnsTemporaryError, DnsPermanentError):

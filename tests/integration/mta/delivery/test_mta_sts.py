@@ -110,6 +110,18 @@ def test_enforce_with_a_valid_certificate_delivers_over_verified_tls(services, s
     assert 'envoi_mta_sts_fetches_total{result="fetched"} 1.0' in metrics
 
 
+def test_an_internationalised_domain_is_looked_up_by_its_a_labels(services, settings, account, domain, db, dns,
+                                                                  ca, ca_file):
+    ace = "xn--strae-oqa.sts.test"  # straße.sts.test
+    with PolicyServer(ca, [f"mta-sts.{ace}"]) as web, tls_sink(ca, "someone-else.test") as sink:
+        sts_domain(dns, web, ace, ENFORCE.format(mx=f"mx.{ace}"))
+        with RelayThread(services, sts_settings(settings, sink, dns, web, ca_file)):
+            event = last_event(db, send(services, account["id"], domain, "a@straße.sts.test"))
+    assert web.fetches(f"mta-sts.{ace}") == 1
+    assert event["event"] == "failed" and event["severity"] == "temporary"  # enforced: the certificate is wrong
+    assert sink.messages() == []
+
+
 def test_an_invalid_policy_is_reported_and_mail_goes_as_without_one(services, settings, account, domain, db, dns,
                                                                     ca, ca_file):
     with PolicyServer(ca, ["mta-sts.broken.test"]) as web, Sink() as sink:
