@@ -27,7 +27,7 @@ def _settings() -> Settings:
 #: "Other commands" (a test keeps that section empty).
 PROCESSES = ("api", "relay", "smtp", "inbound", "worker", "scheduler", "up", "sink")
 ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users",
-                  "billing", "encryption")
+                  "billing", "encryption", "tls")
 
 
 def _user_error(ex: Exception) -> str | None:
@@ -468,11 +468,12 @@ def _register_commands() -> None:
         logs,
         smtp,
         stripe_billing,
+        tls,
         users,
         webhooks,
     )
 
-    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, encryption):
+    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, encryption, tls):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:

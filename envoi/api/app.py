@@ -23,6 +23,7 @@ from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
+from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
 from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
 
@@ -60,6 +61,7 @@ def routes(settings, services) -> list[Route]:
     guard, client_address = Guard(services.redis, settings.region), ClientAddress(settings.trusted_proxies)
     ips = IpCollection(services.ips, accounts)
     domain_ips = DomainIps(services.ips, accounts)
+    tls_reports = TlsReports(services.db, settings.region)
     pools = Pools(services.ips, accounts)
     warmups = Warmups(services.ips, accounts)
     keys = Keys(accounts, client_address)
@@ -116,6 +118,9 @@ def routes(settings, services) -> list[Route]:
         ("/v3/ips/{ip}", IpItem(services.ips, accounts), None),
         ("/v3/domains/{domain}/ips", domain_ips, None),
         ("/v3/domains/{domain}/ips/{ip}", domain_ips, "item"),
+        # outbound TLS results, RFC 8460 reports (operator)
+        ("/v3/tls/reports", tls_reports, None),
+        ("/v3/tls/reports/{policy_domain}", tls_reports, "item"),
         ("/v1/ip_pools", pools, None),
         ("/v1/ip_pools/{pool_id}", pools, "item"),
         ("/v3/ip_pools", pools, None),

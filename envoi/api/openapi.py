@@ -299,6 +299,14 @@ def _paths() -> dict:
                                 responses=public_errors, tag="tracking"))
     add("/u/{token}", "post", op("Unsubscribe, RFC 8058 one-click (public)", page, params=[token], public=True,
                                  responses=public_errors, tag="tracking"))
+    # outbound TLS (MTA-STS) results as RFC 8460 reports
+    day = _q("day", {"type": "string", "format": "date"}, "UTC day, YYYY-MM-DD (default: today)")
+    add("/v3/tls/reports", "get", op("Recipient domains with outbound TLS results that day (operator)", _json(
+        {"type": "object", "required": ["day", "items", "total_count"]}), params=[day], tag="tls"))
+    add("/v3/tls/reports/{policy_domain}", "get", op(
+        "A recipient domain's day of outbound TLS results as an RFC 8460 (TLS-RPT) report (operator)",
+        _json({"type": "object", "required": ["organization-name", "date-range", "report-id", "policies"]}),
+        params=[_p("policy_domain"), day], tag="tls"))
     # IPs, pools, warm-ups
     ip = _p("ip")
     ip_fields = {"ip": SHORT, "host": SHORT, "helo": SHORT, "ptr": SHORT, "dedicated": YESNO, "enabled": YESNO}

@@ -54,6 +54,12 @@ class Metrics:
             "envoi_egress_deliveries_total", "Deliveries per egress IP and why that IP was chosen (sending-ip,"
             " sending-ip-pool, domain-ip, domain-pool, shared, overflow = past a warm-up cap, default = OS address)",
             ["ip", "via"], registry=r)
+        self.tls_sessions = Counter(
+            "envoi_tls_sessions_total", "Outbound SMTP sessions by TLS policy (sts | no-policy-found) and result"
+            " (success or an RFC 8460 result type: starttls-not-supported, certificate-host-mismatch, ...)",
+            ["policy", "result"], registry=r)
+        self.mta_sts_fetches = Counter("envoi_mta_sts_fetches_total", "MTA-STS policy fetches by result (fetched"
+                                       " or an RFC 8460 failure type)", ["result"], registry=r)
         self.egress_unavailable = Counter("envoi_egress_unavailable_total",
                                           "Deliveries for which no egress IP could send now", [], registry=r)
 

@@ -149,8 +149,19 @@ class Settings:
     relay_signers: int = 2
     #: ENVOI_SHAPING_FILE: TOML of per-destination shaping rules (default: envoi/mta/delivery/shaping.toml).
     shaping_file: str | None = None
-    #: ENVOI_TLS_CA_FILE: CA bundle the relay verifies MX certificates against (default: system CAs).
+    #: ENVOI_TLS_CA_FILE: extra CA bundle the relay trusts, besides the system's CAs, when it verifies MX
+    #: and MTA-STS policy host certificates (a private CA; tests use trustme's).
     tls_ca_file: str | None = None
+    #: ENVOI_MTA_STS: honour recipient domains' MTA-STS policies (RFC 8461) and collect TLS-RPT results
+    #: (RFC 8460); "no" = opportunistic TLS only, as before. Not applied with ENVOI_SMTP_ROUTE.
+    mta_sts: bool = True
+    #: ENVOI_MTA_STS_ALLOW: comma list of CIDRs/hosts an MTA-STS policy host may resolve to despite the
+    #: SSRF guard (none: private, loopback and reserved addresses are refused). Tests allow 127.0.0.0/8.
+    mta_sts_allow: tuple[str, ...] = ()
+    #: ENVOI_MTA_STS_PORT: the HTTPS port policies are fetched from (443; tests use their own).
+    mta_sts_port: int = 443
+    #: ENVOI_MTA_STS_FETCH_TIMEOUT: seconds one policy fetch may take, connection to last byte.
+    mta_sts_fetch_timeout: float = 10.0
     #: ENVOI_BODY_RETENTION: how long message bodies are kept (default 3 days).
     body_retention: float = 3 * 86400
     #: ENVOI_EVENT_RETENTION: how long events are kept (default 30 days).
@@ -341,6 +352,14 @@ class Settings:
             values["shaping_file"] = v
         if v := env.get("ENVOI_TLS_CA_FILE"):
             values["tls_ca_file"] = v
+        if v := env.get("ENVOI_MTA_STS"):
+            values["mta_sts"] = _bool(v)
+        if v := env.get("ENVOI_MTA_STS_ALLOW"):
+            values["mta_sts_allow"] = tuple(x.strip() for x in v.split(",") if x.strip())
+        if v := env.get("ENVOI_MTA_STS_PORT"):
+            values["mta_sts_port"] = int(v)
+        if v := env.get("ENVOI_MTA_STS_FETCH_TIMEOUT"):
+            values["mta_sts_fetch_timeout"] = _seconds(v)
         if v := env.get("ENVOI_BODY_RETENTION"):
             values["body_retention"] = _seconds(v)
         if v := env.get("ENVOI_EVENT_RETENTION"):

@@ -19,8 +19,10 @@ from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxHost, 
 from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome, internal_error
 from envoi.mta.delivery.prepare import prepared
 from envoi.mta.delivery.record import Recorder
-from envoi.mta.delivery.session import Egress, Session, SessionError, is_connection_failure
+from envoi.mta.delivery.session import Egress, Session, SessionError, is_connection_failure, sts_deferral
 from envoi.mta.delivery.shaping import RateLimiter, Rule, Shaping
+from envoi.mta.delivery.sts import MtaSts, StsPolicy
+from envoi.mta.delivery.tls_report import NO_POLICY, STS, SUCCESS, TlsResults
 
 log = logging.getLogger("envoi.relay")
 IDLE_SECONDS = 5.0
@@ -36,15 +38,18 @@ class Delivery:
     egress: Egress
     claimed_at: float = field(default_factory=time.monotonic)
     unrecorded: bool = False  # holds an `unrecorded` slot until its outcome is committed
+    sts: StsPolicy | None = None  # the recipient domain's MTA-STS policy in force (enforce or testing)
 
 
 @dataclass
 class Destination:
     """A ready queue: deliveries for one (egress address, MX site); workers hold reused sessions."""
 
-    key: tuple[str | None, tuple[str, ...]]  # (egress address, MX site = sorted MX host names)
+    # (egress address, MX site = sorted MX host names, "mta-sts" when only verified TLS sessions may be used)
+    key: tuple[str | None, tuple[str, ...], str]
     mx: list[MxHost] | None  # in preference order; None: settings.smtp_route
     rule: Rule
+    strict: bool = False  # MTA-STS enforce: STARTTLS with a certificate valid for the MX host, or nothing
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     workers: int = 0
     limiter: RateLimiter | None = None
@@ -56,7 +61,8 @@ class Destination:
 
 class Destinations:
     def __init__(self, settings: Settings, resolver: MxResolver, shaping: Shaping, recorder: Recorder, *,
-                 connections: asyncio.Semaphore, unrecorded: asyncio.Semaphore, metrics=None):
+                 connections: asyncio.Semaphore, unrecorded: asyncio.Semaphore, metrics=None,
+                 sts: MtaSts | None = None, tls_results: TlsResults | None = None):
         self.settings = settings
         self.resolver = resolver
         self.shaping = shaping
@@ -66,6 +72,8 @@ class Destinations:
         self.connections = connections  # open SMTP sessions, all destinations together
         self.unrecorded = unrecorded  # deliveries sent and not yet recorded
         self.metrics = metrics
+        self.sts = sts  # None: MTA-STS off (ENVOI_MTA_STS=no or ENVOI_SMTP_ROUTE)
+        self.tls_results = tls_results
         self.verp_key = verp.key_from_secret(settings.secret_key)
         self.by_key: dict[tuple, Destination] = {}
         self.paused: dict[tuple, float] = {}  # destination key -> monotonic time it may be tried again
@@ -107,10 +115,56 @@ class Destinations:
             log.exception("MX lookup crashed")
             self.recorder.result_each(delivery, dns_outcome(DnsTemporaryError(str(ex))))
             return
-        self._enqueue(delivery, tuple(sorted({h.host for h in hosts})), hosts)
+        strict = False
+        if self.sts is not None:
+            try:
+                delivery.sts = policy = await self.sts.policy_for(rcpt_domain)
+            except Exception as ex:  # the cache unreadable (Postgres down): a policy may exist, so wait
+                log.exception("MTA-STS lookup failed")
+                self.recorder.result_each(delivery, dns_outcome(DnsTemporaryError(f"MTA-STS lookup: {ex}")))
+                return
+            if policy is not None and policy.enforced:
+                # RFC 8461 4.1: an MX host the policy does not list is not used at all.
+                strict, allowed = True, [h for h in hosts if policy.policy.matches(h.host)]
+                if not allowed:
+                    why = f"no MX host ({', '.join(h.host for h in hosts)[:200]}) matches the policy's mx patterns"
+                    self._report(delivery, "validation-failure", detail=why)
+                    self.recorder.result_each(delivery, sts_deferral(policy.domain, why, {}))
+                    return
+                hosts = allowed
+        self._enqueue(delivery, tuple(sorted({h.host for h in hosts})), hosts, strict)
 
-    def _enqueue(self, delivery: Delivery, site: tuple[str, ...], mx: list[MxHost] | None) -> None:
-        key = (delivery.egress.address, site)
+    def _report(self, delivery: Delivery, result: str, session: Session | None = None, detail: str = "") -> None:
+        """Count one TLS result for the delivery's recipient domain (TLS-RPT, RFC 8460)."""
+        if self.tls_results is None:
+            return
+        policy = delivery.sts
+        domain = policy.domain if policy is not None else delivery.recipients[0]["rcpt_domain"]
+        self.tls_results.record(
+            domain, STS if policy is not None else NO_POLICY, result,
+            policy_id=policy.policy_id if policy is not None else "", detail=detail,
+            mx=session.host if session else "", ip=session.address if session else "",
+            sending_ip=delivery.egress.address or "")
+
+    def _report_session(self, delivery: Delivery, session: Session) -> None:
+        """A session was set up: what TLS came to, judged by the domain's policy (testing mode included)."""
+        policy = delivery.sts
+        if policy is None:  # opportunistic: an unverified certificate is no failure, plaintext is
+            if session.tls:
+                self._report(delivery, SUCCESS, session)
+            else:
+                self._report(delivery, session.tls_failure[0], session, session.tls_failure[1])
+        elif session.tls_failure is not None:
+            self._report(delivery, session.tls_failure[0], session, session.tls_failure[1])
+        elif not policy.policy.matches(session.host):
+            self._report(delivery, "validation-failure", session,
+                         f"{session.host} is not an mx of the policy of {policy.domain}")
+        else:
+            self._report(delivery, SUCCESS, session)
+
+    def _enqueue(self, delivery: Delivery, site: tuple[str, ...], mx: list[MxHost] | None,
+                 strict: bool = False) -> None:
+        key = (delivery.egress.address, site, "mta-sts" if strict else "")
         until = self.paused.get(key)
         if until is not None:
             if until > time.monotonic():
@@ -122,7 +176,7 @@ class Destinations:
         if dest is None:
             rule = self.shaping.for_site(site) if mx is not None else self.route_rule
             limiter = RateLimiter(rule.messages_per_minute) if rule.messages_per_minute else None
-            dest = self.by_key[key] = Destination(key, mx, rule, limiter=limiter)
+            dest = self.by_key[key] = Destination(key, mx, rule, strict=strict, limiter=limiter)
         dest.queue.put_nowait(delivery)
         if dest.workers < dest.rule.max_connections and dest.queue.qsize() > dest.workers - 1:
             dest.workers += 1
@@ -240,17 +294,22 @@ class Destinations:
                     continue
             for address in addresses:
                 session = Session(mx_host, address, port, delivery.egress, self.settings.smtp_timeout,
-                                  ca_file=self.settings.tls_ca_file)
+                                  ca_file=self.settings.tls_ca_file,
+                                  require_verified=delivery.sts.domain if dest.strict and delivery.sts else None)
                 try:
                     await session.open()
                 except SessionError as ex:
                     last = ex
+                    if dest.strict and session.tls_failure is not None:  # refused by the policy: next MX
+                        self._report(delivery, session.tls_failure[0], session, session.tls_failure[1])
                     if ex.outcome.kind is Kind.FAILED and ex.outcome.code >= 500 and ex.outcome.code != 554:
                         raise
                     continue
                 except BaseException:
                     session.abort()  # a bug or a cancellation while opening: never leave the socket behind
                     raise
+                if dest.mx is not None:
+                    self._report_session(delivery, session)
                 session.counted = True
                 if self.metrics:
                     self.metrics.connections.labels(dest.label).inc()
@@ -265,6 +324,9 @@ class Destinations:
         require_tls = bool(options.get("require_tls", delivery.domain.get("require_tls")))
         skip = options.get("skip_verification", delivery.domain.get("skip_verification"))
         refusal = session.policy_refusal(require_tls, not skip)
+        if refusal is None and delivery.sts is not None and delivery.sts.enforced and not (
+                session.require_verified and session.tls and session.certificate_verified):
+            refusal = sts_deferral(delivery.sts.domain, "the session is not a verified TLS session", {})
         if refusal is not None:
             self.recorder.result_each(delivery, refusal)
             return [refusal]

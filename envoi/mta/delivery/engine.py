@@ -32,13 +32,18 @@ from envoi.mta.delivery.mx import MxResolver
 from envoi.mta.delivery.outcome import suppressed
 from envoi.mta.delivery.prepare import Preparer
 from envoi.mta.delivery.record import Deferral, Recorder, Result
-from envoi.mta.delivery.session import Egress, connection_failure
+from envoi.mta.delivery.session import Egress, connection_failure, verifying_context
 from envoi.mta.delivery.shaping import Shaping
+from envoi.mta.delivery.sts import MtaSts
+from envoi.mta.delivery.sts_fetch import PolicyFetcher
+from envoi.mta.delivery.tls_report import TlsResults
 from envoi.mta.signing import DkimSigner
+from envoi.webhooks.ssrf import Allow
 
 log = logging.getLogger("envoi.relay")
 RENEW_SECONDS = 30
 GAUGE_SECONDS = 10.0
+TLS_RESULTS_SECONDS = 5.0  # how often TLS-RPT counts are added to Postgres
 # Deliveries sent and not yet recorded, per connection: one on the wire, one in the next group commit.
 # Sending waits only when recording falls behind.
 UNRECORDED_PER_CONNECTION = 2
@@ -79,9 +84,18 @@ class Relay:
                                  settled=self._settled, flush_delay=settings.relay_flush_delay,
                                  full_at=settings.relay_connections, suppressions=suppressions, metrics=metrics)
         self.unrecorded = asyncio.Semaphore(UNRECORDED_PER_CONNECTION * settings.relay_connections)
+        # MTA-STS and TLS-RPT apply to mail routed by MX, not to a smarthost (ENVOI_SMTP_ROUTE).
+        self.tls_results = TlsResults(db, metrics) if not settings.smtp_route else None
+        self.sts = None
+        if settings.mta_sts and self.tls_results is not None:
+            fetcher = PolicyFetcher(resolver, verifying_context(settings.tls_ca_file),
+                                    allow=Allow.parse(settings.mta_sts_allow), port=settings.mta_sts_port,
+                                    timeout=settings.mta_sts_fetch_timeout)
+            self.sts = MtaSts(db, resolver, fetcher, self.tls_results, metrics=metrics)
         self.destinations = Destinations(settings, resolver, shaping or Shaping.load(settings.shaping_file),
                                          self.recorder, connections=asyncio.Semaphore(settings.relay_connections),
-                                         unrecorded=self.unrecorded, metrics=metrics)
+                                         unrecorded=self.unrecorded, metrics=metrics, sts=self.sts,
+                                         tls_results=self.tls_results)
         # For the periodic "relay: ..." log line: where the time goes.
         self.stats = {"claims": 0, "claim_s": 0.0, "claimed": 0}
         self._stopping = asyncio.Event()
@@ -102,6 +116,7 @@ class Relay:
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
             await self.recorder.flush()
+            await self._flush_tls_results()
             self.preparer.close()
 
     def stop(self) -> None:
@@ -114,7 +129,7 @@ class Relay:
 
     async def _housekeeping(self) -> None:
         """Renew the leases this relay holds and refresh the queue gauges."""
-        renewed = gauged = logged = time.monotonic()
+        renewed = gauged = logged = reported = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
@@ -127,6 +142,9 @@ class Relay:
                 if now - renewed >= RENEW_SECONDS and self.claimer.leased:
                     await asyncio.to_thread(self.claimer.renew, list(self.claimer.leased))
                     renewed = now
+                if now - reported >= TLS_RESULTS_SECONDS:
+                    reported = now
+                    await self._flush_tls_results()
                 if self.metrics and now - gauged >= GAUGE_SECONDS:
                     gauged = now
                     depth = await asyncio.to_thread(self.claimer.depth)
@@ -134,6 +152,13 @@ class Relay:
                     self.metrics.queue_due.set(depth["due"])
             except Exception:
                 log.exception("relay housekeeping failed; retrying")
+
+    async def _flush_tls_results(self) -> None:
+        if self.tls_results is not None:
+            try:
+                await asyncio.to_thread(self.tls_results.flush)
+            except Exception:  # kept in memory for the next flush
+                log.exception("writing TLS-RPT results failed")
 
     def _log_stats(self, seconds: float) -> None:
         st, self.stats = self.stats, dict.fromkeys(self.stats, 0)

@@ -72,17 +72,30 @@ class MxResolver:
         self._max_cache = max_cache
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
-        # (name, type) -> (expires at, rdatas, or None for NXDOMAIN)
-        self._cache: OrderedDict[tuple[dns.name.Name, int], tuple[float, list | None]] = OrderedDict()
-        self._inflight: dict[tuple[dns.name.Name, int], asyncio.Task] = {}
+        # (name as text, type) -> (expires at, rdatas, or None for NXDOMAIN). Text keys: hashing a
+        # dns.name.Name costs more than the rest of a cache hit.
+        self._cache: OrderedDict[tuple[str, int], tuple[float, list | None]] = OrderedDict()
+        self._inflight: dict[tuple[str, int], asyncio.Task] = {}
+        # the names asked, as given -> (parsed, canonical text): parsing (IDNA) once per name, not per message
+        self._names: dict[str, tuple[dns.name.Name, str]] = {}
+
+    def _name(self, domain: str) -> tuple[dns.name.Name, str]:
+        parsed = self._names.get(domain)
+        if parsed is None:
+            name = _parse(domain)
+            if len(self._names) >= self._max_cache:
+                self._names.clear()
+            parsed = self._names[domain] = (name, _text(name))
+        return parsed
 
     async def mx(self, domain: str) -> list[MxHost]:
         """Mail hosts for domain, best first (equal preferences in random order).
 
         Without MX records a domain with an address is its own mail host (RFC 5321 5.1).
         """
-        name = _parse(domain)
-        records = await self._lookup(name, dns.rdatatype.MX)
+        parsed = self._name(domain)
+        name = parsed[0]
+        records = await self._lookup(parsed, dns.rdatatype.MX)
         if records is None:
             raise DnsPermanentError("5.1.2", f"{_text(name)}: no such domain")
         if records:
@@ -102,11 +115,11 @@ class MxResolver:
             return [str(ipaddress.ip_address(host))]
         except ValueError:
             pass
-        name = _parse(host)
+        parsed = self._name(host)
         # Ask both at once: a dropped query costs the timeout once, not twice.
         results = await asyncio.gather(
-            self._lookup(name, dns.rdatatype.A),
-            self._lookup(name, dns.rdatatype.AAAA),
+            self._lookup(parsed, dns.rdatatype.A),
+            self._lookup(parsed, dns.rdatatype.AAAA),
             return_exceptions=True,
         )
         found: list[str] = []
@@ -125,12 +138,12 @@ class MxResolver:
 
     async def txt(self, name: str) -> list[str]:
         """TXT records of name, each with its strings joined (a DKIM key is split into 255-byte strings)."""
-        records = await self._lookup(_parse(name), dns.rdatatype.TXT)
+        records = await self._lookup(self._name(name), dns.rdatatype.TXT)
         return [b"".join(r.strings).decode("utf-8", "replace") for r in records or ()]
 
-    async def _lookup(self, name: dns.name.Name, rdtype: int) -> list | None:
+    async def _lookup(self, parsed: tuple[dns.name.Name, str], rdtype: int) -> list | None:
         """Cached rdatas ([] for NODATA, None for NXDOMAIN); raises DnsTemporaryError."""
-        key = (name, rdtype)
+        key = (parsed[1], rdtype)
         entry = self._cache.get(key)
         if entry is not None:
             if entry[0] > time.monotonic():
@@ -140,23 +153,23 @@ class MxResolver:
 
         task = self._inflight.get(key)
         if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.ensure_future(self._query(name, rdtype))
+            task = asyncio.ensure_future(self._query(parsed[0], rdtype, key))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._done(key, t))
         # shield: one caller giving up must not cancel the query for the others
         return await asyncio.shield(task)
 
-    def _done(self, key: tuple[dns.name.Name, int], task: asyncio.Task) -> None:
+    def _done(self, key: tuple[str, int], task: asyncio.Task) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # mark as retrieved even if every waiter was cancelled
 
-    async def _query(self, name: dns.name.Name, rdtype: int) -> list | None:
+    async def _query(self, name: dns.name.Name, rdtype: int, key: tuple[str, int]) -> list | None:
         try:
             answer = await self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
-            self._store((name, rdtype), None, self._negative_ttl)
+            self._store(key, None, self._negative_ttl)
             return None
         except dns.resolver.LifetimeTimeout as e:
             raise DnsTemporaryError(f"{_text(name)} {dns.rdatatype.to_text(rdtype)}: DNS timeout") from e
@@ -167,14 +180,14 @@ class MxResolver:
         except dns.exception.DNSException as e:
             raise DnsTemporaryError(f"{_text(name)} {dns.rdatatype.to_text(rdtype)}: {e}") from e
         if answer.rrset is None:
-            self._store((name, rdtype), [], self._negative_ttl)
+            self._store(key, [], self._negative_ttl)
             return []
         records = list(answer.rrset)
         # answer.expiration is the smallest TTL along any CNAME chain
-        self._store((name, rdtype), records, min(answer.expiration - time.time(), self._max_ttl))
+        self._store(key, records, min(answer.expiration - time.time(), self._max_ttl))
         return records
 
-    def _store(self, key: tuple[dns.name.Name, int], value: list | None, ttl: float) -> None:
+    def _store(self, key: tuple[str, int], value: list | None, ttl: float) -> None:
         if ttl <= 0:
             return
         self._cache[key] = (time.monotonic() + ttl, value)

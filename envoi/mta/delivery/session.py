@@ -11,6 +11,7 @@ import aiosmtplib
 
 from envoi.mta import idn
 from envoi.mta.delivery.outcome import BounceClass, Kind, Outcome, from_reply
+from envoi.mta.delivery.tls_report import verify_result_type
 from envoi.mta.signing import normalize_crlf
 
 
@@ -23,7 +24,9 @@ class Egress:
 
 
 def _tls_context(verify: bool, cafile: str | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cafile)
+    context = ssl.create_default_context()  # the system's CAs
+    if cafile:
+        context.load_verify_locations(cafile=cafile)  # and the operator's, besides them
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -36,7 +39,8 @@ _VERIFYING_WITH: dict[str, ssl.SSLContext] = {}
 
 
 def verifying_context(cafile: str | None) -> ssl.SSLContext:
-    """The context that checks MX certificates: system CAs, or the bundle in ENVOI_TLS_CA_FILE."""
+    """The context that checks MX certificates (and MTA-STS policy hosts'): the system's CAs and the
+    bundle in ENVOI_TLS_CA_FILE."""
     if not cafile:
         return VERIFYING
     if cafile not in _VERIFYING_WITH:
@@ -54,7 +58,7 @@ class SessionError(Exception):
 
 class Session:
     def __init__(self, host: str, address: str, port: int, egress: Egress, timeout: float,
-                 ca_file: str | None = None):
+                 ca_file: str | None = None, require_verified: str | None = None):
         self.host = host  # the MX name, for delivery-status
         self.address = address
         self.port = port
@@ -66,6 +70,10 @@ class Session:
         self.smtp: aiosmtplib.SMTP | None = None
         self.opened_at = 0.0
         self.ca_file = ca_file
+        # The domain whose MTA-STS policy is enforced on this session: STARTTLS with a certificate valid
+        # for the MX host, or no session at all (RFC 8461 4.2); None: opportunistic TLS.
+        self.require_verified = require_verified
+        self.tls_failure: tuple[str, str] | None = None  # (RFC 8460 result type, detail) of the TLS setup
         self.counted = False  # counted in the open-connections gauge
         self.in_data = False  # DATA was accepted and the final reply not read yet: RSET would be data
 
@@ -91,6 +99,10 @@ class Session:
             await self.smtp.ehlo()
             if self.smtp.supports_extension("starttls"):
                 await self._starttls()
+            else:
+                self.tls_failure = ("starttls-not-supported", f"{self.host} does not offer STARTTLS")
+                if self.require_verified:
+                    raise SessionError(self.sts_refusal())
         except SessionError:
             await self.close()
             raise
@@ -108,6 +120,9 @@ class Session:
         except (ssl.SSLCertVerificationError, aiosmtplib.SMTPException) as ex:
             if not _is_verification_error(ex):
                 raise
+            self.tls_failure = _verification_failure(ex, self.host)
+            if self.require_verified:
+                raise SessionError(self.sts_refusal()) from ex
             # Opportunistic TLS: an unverifiable certificate still beats plaintext (Postfix "may").
             await self.close()
             self.smtp = self._client()
@@ -117,6 +132,11 @@ class Session:
             self.certificate_verified = False
         self.tls = True
         await self.smtp.ehlo()  # RFC 3207: the session starts over after STARTTLS
+
+    def sts_refusal(self) -> Outcome:
+        """The deferral of mail for a domain whose enforced MTA-STS policy this session cannot meet."""
+        kind, detail = self.tls_failure or ("validation-failure", "TLS not established")
+        return sts_deferral(self.require_verified or "", f"{kind}: {detail}", self._context())
 
     def policy_refusal(self, require_tls: bool, verify: bool) -> Outcome | None:
         """Why this session may not carry a message with these TLS requirements, or None."""
@@ -322,6 +342,24 @@ def connection_failure(message: str, context: dict) -> Outcome:
 def is_connection_failure(outcome: Outcome) -> bool:
     """True for our own "could not talk to it" outcome (421 by convention), not a remote's 421 reply."""
     return outcome.description == "connection failure" and outcome.enhanced_code == "4.4.2"
+
+
+def sts_deferral(domain: str, why: str, context: dict) -> Outcome:
+    """Mail for a domain in MTA-STS enforce mode that may not go this way: retried later, never sent."""
+    return Outcome(Kind.RETRY, 451, f"MTA-STS policy of {domain} (enforce) not met: {why}",
+                   enhanced_code="4.7.5", bounce_class=BounceClass.POLICY,
+                   description=f"mta-sts: deferred, the policy of {domain} requires a verified TLS session"
+                               " with an MX host it lists", **context)
+
+
+def _verification_failure(ex: BaseException, host: str) -> tuple[str, str]:
+    """(RFC 8460 result type, detail) of a failed certificate verification."""
+    seen = ex
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return verify_result_type(seen.verify_code), f"{host}: {seen.verify_message}"
+        seen = seen.__cause__ or seen.__context__
+    return "validation-failure", f"{host}: {ex}"
 
 
 def _is_verification_error(ex: BaseException) -> bool:

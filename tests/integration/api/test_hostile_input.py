@@ -60,7 +60,7 @@ READS = {
        for kind in ("bounces", "unsubscribes", "complaints", "whitelists") for item in ("", "/{address}")},
 }
 ALL_NAMES = sorted({name for names in READS.values() for name in names})
-OPERATOR_ROUTES = ("/v3/ips", "/v1/ip_pools", "/v3/ip_pools", "/v3/ip_warmups")
+OPERATOR_ROUTES = ("/v3/ips", "/v1/ip_pools", "/v3/ip_pools", "/v3/ip_warmups", "/v3/tls")
 
 
 def routes(app: falcon.App) -> list[tuple[str, set[str]]]:
