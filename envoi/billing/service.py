@@ -293,10 +293,14 @@ class Billing:
         follow_up = None
         with self.db.transaction() as conn:
             account = store.account_by_customer(conn, customer) if isinstance(customer, str) else None
-            if not store.record_event(conn, event["id"], event["type"], created, account and account["id"]):
-                return "duplicate"
             if account is None:
+                # Not a customer of this region: one Stripe account serves every region and sends each
+                # endpoint every event, so this may be another region's customer. Nothing of it is kept
+                # (regions never mix); an event that arrives before its customer is stored here is taken
+                # when Stripe sends it again.
                 return "ignored"
+            if not store.record_event(conn, event["id"], event["type"], created, account["id"]):
+                return "duplicate"
             if created < account["billing_synced_at"]:
                 return "stale"  # a newer event already set the state this one would overwrite
             result, follow_up = self._apply(conn, account, event["type"], obj, created)

@@ -36,6 +36,7 @@ from envoi.dev.sink import Sink
 from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
 from tests.conftest import PG_ADMIN, REDIS_BASE, _free_redis_db
+from tests.support.localstripe import LocalStripe
 from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
 from tests.support.webhook_receiver import Receiver
 
@@ -73,6 +74,8 @@ class Region:
         env = process_env(
             self.settings, **{f"ENVOI_DATABASE_URL_{up}": self.database_url, f"ENVOI_REDIS_URL_{up}": self.redis_url},
             ENVOI_PUBLIC_URL=self.api_url, ENVOI_BILLING="on", ENVOI_WEBHOOK_ALLOW="127.0.0.1/32",
+            ENVOI_STRIPE_SECRET_KEY=self.settings.stripe_secret_key, ENVOI_STRIPE_API_BASE=self.settings.stripe_api_base,
+            ENVOI_STRIPE_WEBHOOK_SECRET=self.settings.stripe_webhook_secret,
             ENVOI_OTHER_REGION_URLS=",".join(f"{k}={v}" for k, v in self.settings.region_urls.items()))
         # Nothing of the other region may be within reach of this one's processes.
         for name in (f"ENVOI_DATABASE_URL_{other}", f"ENVOI_REDIS_URL_{other}"):
@@ -153,14 +156,17 @@ class World:
     sink: Sink
     receiver: Receiver
     smtp_client_tls: ssl.SSLContext
+    stripe: LocalStripe
 
     def regions(self) -> tuple[Region, Region]:
         return self.eu, self.us
 
 
 @pytest.fixture(scope="module")
-def two_regions():
-    """The EU and US regions running at once, each on its own stores and processes; yields a World."""
+def two_regions(localstripe):
+    """The EU and US regions running at once, each on its own stores and processes; yields a World.
+    Both bill through one Stripe account (localstripe), as one company running two regions would: Stripe
+    is the outside world, and each region's webhook endpoint hears of every customer's events."""
     tmp = Path(tempfile.mkdtemp(prefix="envoi-regions-"))
     cert, key, client_tls = _certificate(tmp)
     urls = {"eu": "https://api.eu.envoi.test", "us": "https://api.us.envoi.test"}
@@ -171,17 +177,21 @@ def two_regions():
                 dsn, number = _make_database(name), _free_redis_db()
                 settings = Settings(region=name, database_url=dsn, redis_url=f"{REDIS_BASE}/{number}",
                                     secret_key=secrets.token_bytes(32), region_urls=urls, billing=True,
-                                    webhook_allow=("127.0.0.1/32",))
+                                    webhook_allow=("127.0.0.1/32",), stripe_secret_key=localstripe.secret_key,
+                                    stripe_api_base=localstripe.api_base,
+                                    stripe_webhook_secret=localstripe.webhook_secret)
                 region = Region(name, f"{name}mark{secrets.token_hex(3)}", settings,
                                 runtime.build(settings, pool_size=3))
                 made.append(region)
+                if name == "eu":
+                    region.services.billing.sync_plans()  # one Stripe catalogue for both regions
                 _start(region, sink, cert, key, tmp)
             for region in made:
                 try:
                     _wait_ready(region)
                 except RuntimeError as ex:
                     raise RuntimeError(f"{ex}\n{region.logs()}") from None
-            yield World(made[0], made[1], sink, receiver, client_tls)
+            yield World(made[0], made[1], sink, receiver, client_tls, localstripe)
         finally:
             for region in made:
                 for proc in reversed(region.procs):
@@ -195,12 +205,13 @@ def two_regions():
 # -- driving a region -------------------------------------------------------------------------------------
 
 def request(method: str, url: str, *, key: str | None = None, form: dict | list | None = None,
-            headers: dict | None = None, cookie: str | None = None) -> tuple[int, dict, bytes]:
+            raw: bytes | None = None, headers: dict | None = None, cookie: str | None = None,
+            ) -> tuple[int, dict, bytes]:
     """One HTTP request, redirects NOT followed; returns (status, headers lower-cased, body)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
     head = dict(headers or {})
-    body = None
+    body = raw
     if form is not None:
         body = urlencode(form, doseq=True).encode()
         head["Content-Type"] = "application/x-www-form-urlencoded"

@@ -27,6 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from envoi.cli import main as envoi_cli
+from tests.support.localstripe import card_payment_method
 from tests.support.regions import (
     Region,
     World,
@@ -48,6 +49,7 @@ OWN_TABLES = {
     "accounts", "domains", "api_keys", "smtp_credentials", "messages", "recipients", "events",
     "webhooks", "webhook_deliveries", "webhook_attempts", "suppress_bounces", "suppress_unsubscribes",
     "suppress_complaints", "users", "user_invitations", "user_sessions", "audit_log", "webhook_signing_keys",
+    "stripe_events",
 }
 
 
@@ -65,11 +67,12 @@ class Workload:
     subjects: list[str] = field(default_factory=list)
     bodies: list[str] = field(default_factory=list)
     user_email: str = ""
+    stripe: list[str] = field(default_factory=list)  # its Stripe customer, subscription and event ids
 
     def needles(self) -> list[str]:
         return [self.region.token, str(self.account_id), str(self.domain_id), self.domain,
                 *self.message_ids, *self.addresses.values(), *self.subjects, *self.bodies, self.user_email,
-                *self.hashed(), f"envoi:{self.region.name}:"]  # a Redis key of this region's
+                *self.stripe, *self.hashed(), f"envoi:{self.region.name}:"]  # a Redis key of this region's
 
     def hashed(self) -> list[str]:
         """The login throttles' keys name a person by a hash of the email or SMTP login: an identity too."""
@@ -252,6 +255,31 @@ def settle(world: World, w: Workload) -> None:
     assert len(actions) >= 3, actions
 
 
+def subscribe(world: World, w: Workload) -> None:
+    """A paid plan through the shared Stripe account: the region's customer, subscription and invoice."""
+    billing = w.region.services.billing
+    row = billing.start_subscription(w.account_id, "basic", card_payment_method(billing))
+    customer = row["stripe_customer_id"]
+    world.stripe.webhooks.wait_for("invoice.payment_succeeded", lambda e: e["data"]["object"].get("customer") == customer)
+    w.stripe = [customer, row["stripe_subscription_id"]]
+
+
+def deliver_stripe_webhooks(world: World, workloads: dict[str, Workload]) -> None:
+    """Stripe sends every event of the account to every endpoint: each region's hears of both customers."""
+    with world.stripe.webhooks.lock:
+        hooks = list(world.stripe.webhooks.received)
+    for w in workloads.values():
+        customer = w.stripe[0]
+        w.stripe += [h.event["id"] for h in hooks if customer in (h.event["data"]["object"].get("customer"),
+                                                                   h.event["data"]["object"].get("id"))]
+        assert len(w.stripe) > 3, w.stripe
+    for region in world.regions():
+        for hook in hooks:
+            status, _, body = request("POST", f"{region.api_url}/v1/billing/stripe/webhook", raw=hook.body, headers={
+                "Content-Type": "application/json", "Stripe-Signature": hook.signature})
+            assert status == 200, body
+
+
 def world_other(world: World, region: Region) -> Region:
     return world.us if region is world.eu else world.eu
 
@@ -268,6 +296,8 @@ def workloads(two_regions):
             raise
     for region in world.regions():
         settle(world, made[region.name])
+        subscribe(world, made[region.name])
+    deliver_stripe_webhooks(world, made)
     return made
 
 
