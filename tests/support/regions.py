@@ -193,9 +193,13 @@ def two_regions(localstripe):
                     raise RuntimeError(f"{ex}\n{region.logs()}") from None
             yield World(made[0], made[1], sink, receiver, client_tls, localstripe)
         finally:
-            for region in made:
-                for proc in reversed(region.procs):
-                    proc.stop()
+            # All at once: each may take seconds to finish its work in hand.
+            procs = [proc for region in made for proc in reversed(region.procs)]
+            for proc in procs:
+                if proc.popen.poll() is None:
+                    proc.popen.terminate()
+            for proc in procs:
+                proc.stop()
             for region in made:
                 region.services.close()
                 _drop_database(region.database_url)
