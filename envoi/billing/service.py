@@ -33,9 +33,11 @@ def overage_cost(units: int, per_1000: int) -> int:
     return -(-units * per_1000 // 1000)
 
 
-def overage_key(account_id: int, period_start: datetime, cumulative: int) -> str:
-    """One key per (account, period, cumulative units billed): a retry of the same push reuses it."""
-    return f"envoi-overage-{account_id}-{int(period_start.timestamp())}-{cumulative}"
+def overage_key(region: str, account_id: int, period_start: datetime, cumulative: int) -> str:
+    """One key per (region, account, period, cumulative units billed): a retry of the same push reuses it.
+    The region, because account ids are per region and one Stripe account may serve both (an intent
+    recorded before this key named it keeps its own key, stored with it)."""
+    return f"envoi-{region}-overage-{account_id}-{int(period_start.timestamp())}-{cumulative}"
 
 
 def _invoice_view(invoice: dict) -> dict:
@@ -84,7 +86,7 @@ class Billing:
         first time."""
         if account["stripe_customer_id"]:
             return account["stripe_customer_id"]
-        customer = self.gateway.create_customer(account["id"], account["name"], payment_method)
+        customer = self.gateway.create_customer(self.accounts.region, account["id"], account["name"], payment_method)
         with self.db.transaction() as conn:
             store.update_account(conn, account["id"], stripe_customer_id=customer)
         return customer
@@ -231,13 +233,14 @@ class Billing:
             if over <= billed:
                 return 0
             amount = overage_cost(over, plan.overage_per_1000) - overage_cost(billed, plan.overage_per_1000)
-            key = overage_key(account_id, start, over)
+            key = overage_key(self.accounts.region, account_id, start, over)
             store.insert_overage_intent(conn, key, account_id, start, over, over - billed, amount)
         self._push(account, key, start, over, over - billed, amount)
         return over - billed
 
     def _push(self, account: dict, key: str, start: datetime, cumulative: int, units: int, amount: int) -> None:
         metadata = {"envoi_key": key, "envoi_kind": "overage", "envoi_account": str(account["id"]),
+                    "envoi_region": self.accounts.region,
                     "envoi_period_start": str(int(start.timestamp())), "envoi_units": str(units),
                     "envoi_cumulative": str(cumulative)}
         item = self.gateway.create_invoice_item(
@@ -352,10 +355,14 @@ class Billing:
         follow_up = None
         with self.db.transaction() as conn:
             account = store.account_by_customer(conn, customer) if isinstance(customer, str) else None
-            if not store.record_event(conn, event["id"], event["type"], created, account and account["id"]):
-                return "duplicate"
             if account is None:
+                # Not a customer of this region: one Stripe account serves every region and sends each
+                # endpoint every event, so this may be another region's customer. Nothing of it is kept
+                # (regions never mix); an event that arrives before its customer is stored here is taken
+                # when Stripe sends it again.
                 return "ignored"
+            if not store.record_event(conn, event["id"], event["type"], created, account["id"]):
+                return "duplicate"
             if created < account["billing_synced_at"]:
                 return "stale"  # a newer event already set the state this one would overwrite
             result, follow_up = self._apply(conn, account, event["type"], obj, created)

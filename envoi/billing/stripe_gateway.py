@@ -59,13 +59,16 @@ class StripeGateway:
         return pid, True
 
     # customers and subscriptions ------------------------------------------------------------------
-    def create_customer(self, account_id: int, name: str, payment_method: str | None) -> str:
-        params: dict = {"name": name, "metadata": {"envoi_account": str(account_id)}}
+    def create_customer(self, region: str, account_id: int, name: str, payment_method: str | None) -> str:
+        """The account's Stripe customer. Ids are per region (both count from 1) and one Stripe account
+        may serve both regions: the idempotency key names the region, or the second region's account N
+        would be handed the first region's customer N."""
+        params: dict = {"name": name, "metadata": {"envoi_account": str(account_id), "envoi_region": region}}
         if payment_method:
             params["payment_method"] = payment_method
             params["invoice_settings"] = {"default_payment_method": payment_method}
         return self._call(self._client.v1.customers.create, params,
-                          {"idempotency_key": f"envoi-customer-{account_id}"})["id"]
+                          {"idempotency_key": f"envoi-{region}-customer-{account_id}"})["id"]
 
     def set_payment_method(self, customer: str, payment_method: str) -> None:
         """Make PAYMENT_METHOD the customer's default for invoices, attaching it first unless it already is
