@@ -28,6 +28,7 @@ from envoi.events.service import PLAN_RETENTION, Events, Retention
 from envoi.events.stats import Stats
 from envoi.events.stream import LiveStream
 from envoi.infra import redis as redis_infra
+from envoi.infra import region_stamp
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.metrics import Metrics
@@ -90,6 +91,14 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
+    # Refuse another region's stores before anything reads or writes them (stamping them on first use).
+    try:
+        with db.transaction() as conn:
+            region_stamp.claim_database(conn, settings.region, region_stamp.where(settings.database_url))
+        region_stamp.claim_redis(redis, settings.region, region_stamp.where(settings.redis_url))
+    except BaseException:
+        db.close()
+        raise
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = Sealer(settings.secret_key)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)

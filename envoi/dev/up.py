@@ -130,7 +130,7 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
         }
         settings = Settings.from_env(env)
         ensure_database(settings.database_url)
-        migrate(settings.database_url, settings.secret_key)
+        migrate(settings.database_url, settings.secret_key, settings.region)
         demo = _demo(settings, var)
 
         envoi = [sys.executable, "-m", "envoi.cli"]
