@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from envoi.accounts.audit import Audit
+from envoi.accounts.routing import RegionRouter
 from envoi.accounts.service import Accounts
 from envoi.accounts.sessions import Sessions
 from envoi.accounts.throttle import LoginThrottle
@@ -77,6 +78,7 @@ class Services:
     plans: Plans
     quota: Quota  # its check runs at accept only with billing on (ENVOI_BILLING)
     usage: Usage
+    router: RegionRouter  # which region a login unknown here belongs to (routing, never transfer)
 
     def close(self) -> None:
         self.db.close()
@@ -151,6 +153,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         storage=storage, privacy=Privacy(db, accounts, storage),
         audit=audit, sessions=sessions, users=users, billing=billing,
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db),
+        router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
+                            timeout=settings.routing_timeout),
     )
 
 
@@ -198,7 +202,7 @@ def build_submission(services: Services, **overrides) -> Submission:
     from envoi.mta.submission.server import Submission
 
     return Submission.from_settings(services.settings, services.intake, services.accounts, services.redis,
-                                    **overrides)
+                                    router=services.router, **overrides)
 
 
 def build_inbound(services: Services, host: str | None = None, port: int | None = None) -> InboundServer:

@@ -19,7 +19,8 @@ from envoi.infra.settings import Settings
 # module imports another.
 pytest_plugins = [
     "tests.support.api", "tests.support.browser", "tests.support.cli", "tests.support.dashboard",
-    "tests.support.delivery", "tests.support.ips", "tests.support.localstripe", "tests.support.submission",
+    "tests.support.delivery", "tests.support.ips", "tests.support.localstripe", "tests.support.regions",
+    "tests.support.submission",
 ]
 
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

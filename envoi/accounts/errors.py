@@ -70,3 +70,10 @@ class AccountClosed(AccountsError):
     smtp_code, smtp_enhanced = 550, "5.7.1"
     message = "This account is closed"
     account_state = "closed"
+
+
+class RoutingRequestInvalid(AccountsError):
+    """A region lookup whose signature, age or body is wrong (or this region answers none)."""
+
+    http_status = 401
+    message = "Invalid region lookup"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 import redis
@@ -12,18 +10,14 @@ from click.testing import CliRunner
 from envoi import runtime
 from envoi.cli import main
 from envoi.infra import region_stamp
-from envoi.infra.migrate import ensure_database, migrate
-from tests.conftest import PG_ADMIN
+from tests.support import regions
 
 
 @pytest.fixture
 def fresh_database():
-    dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=f"envoi_stamp_{uuid.uuid4().hex[:8]}")
-    ensure_database(dsn)
-    migrate(dsn)
+    dsn = regions.fresh_database("envoi_stamp")
     yield dsn
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]}" WITH (FORCE)')
+    regions.drop_database(dsn)
 
 
 def stamps(dsn: str, redis_url: str) -> tuple[list, bytes | None]:
