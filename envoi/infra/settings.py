@@ -96,7 +96,8 @@ class Settings:
     secret_key: bytes = field(default=b"", repr=False)
     #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
     public_url: str = "http://127.0.0.1:8025"
-    #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
+    #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", each region's API base URL: named in wrong-region
+    #: 401s, the dashboard's region switch and its answer to an email of another region (URL + /dashboard).
     region_urls: Mapping[str, str] = field(default_factory=dict)
     #: ENVOI_REGION_SMTP_HOSTS: "eu=smtp.eu.example:587,us=smtp.us.example:587", each region's SMTP
     #: submission host, named in the AUTH reply to a login of the other region.
