@@ -208,9 +208,10 @@ def _wait_ready(proc: _Child, ready: Callable[[], bool], timeout: float) -> None
         time.sleep(0.1)
 
 
-def _terminate(proc: subprocess.Popen, grace: float) -> None:
+def _terminate(proc: subprocess.Popen, grace: float, *, signalled: bool = False) -> None:
     if proc.poll() is None:
-        proc.send_signal(getattr(proc, "stop_signal", signal.SIGTERM))
+        if not signalled:
+            proc.send_signal(getattr(proc, "stop_signal", signal.SIGTERM))
         try:
             proc.wait(grace)
             return
@@ -410,8 +411,19 @@ class Supervisor:
         return code
 
     def stop(self) -> None:
-        children, self._children, self._adopted = self._children, [], 0
+        """The started children all at once (one grace period in all, not one each: a slow stopper must not
+        leave the next ones running when whoever stops us runs out of patience), then the adopted ones
+        (the databases the others use) in reverse order."""
+        children, adopted = self._children[self._adopted:], self._children[:self._adopted]
+        self._children, self._adopted = [], 0
         for name, proc in reversed(children):
+            if proc.poll() is None:
+                log.info("stopping %s (pid %d)", name, proc.pid)
+                proc.send_signal(getattr(proc, "stop_signal", signal.SIGTERM))
+        deadline = time.monotonic() + self.grace
+        for _, proc in reversed(children):
+            _terminate(proc, max(0.1, deadline - time.monotonic()), signalled=True)
+        for name, proc in reversed(adopted):
             if proc.poll() is None:
                 log.info("stopping %s (pid %d)", name, proc.pid)
             _terminate(proc, self.grace)
@@ -425,7 +437,10 @@ def region_database_url(url: str, region: str) -> str:
     region always used), US gets `<name>_us` beside it."""
     if region == "eu":
         return url
-    name = psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "envoi"
+    parts = urlsplit(url)
+    if parts.scheme.startswith("postgres"):
+        return urlunsplit(parts._replace(path=f"/{parts.path.strip('/') or 'envoi'}_{region}"))
+    name = psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "envoi"  # a key=value DSN
     return psycopg.conninfo.make_conninfo(url, dbname=f"{name}_{region}")
 
 

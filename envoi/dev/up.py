@@ -127,6 +127,7 @@ REGION_PORTS = {
     "us": Ports(api=8125, smtp=2687, smtps=2565, inbound=2626, relay_metrics=9225, sink_smtp=2625, sink_http=8126,
                 postgres=55532, redis=56479),
 }
+READY_TIMEOUT = 90  # seconds a process may take to listen: two regions booting on a busy laptop are slow
 STACK_ENV = "stack.env"  # what the CLI reads to reach a running stack (envoi.cli)
 _OLD_LAYOUT = ("pg", "redis", "secret.key", "demo.env", "smtp-dev-cert.pem", "smtp-dev-key.pem")
 
@@ -167,11 +168,14 @@ def running_stack_env(var_root: str | Path, region: str) -> dict:
 
 
 def run_regions(var_dir: str, regions: list[str]) -> int:
-    """`envoi up --regions eu,us`: one `envoi up --region R` per region, side by side, stopped together."""
-    sup = stack.Supervisor()
+    """`envoi up --regions eu,us`: one `envoi up --region R` per region, side by side, stopped together. One
+    after the other: starting both at once doubles the wait on a small machine, and the second learns the
+    first's addresses from its stack.env."""
+    sup = stack.Supervisor(grace=60)  # each region stops its own processes first
     try:
         for region in regions:
-            sup.start(f"up-{region}", [sys.executable, "-m", "envoi.cli", "up", "--region", region, "--var", var_dir])
+            sup.start(f"up-{region}", [sys.executable, "-m", "envoi.cli", "up", "--region", region, "--var", var_dir],
+                      ready=lambda r=region: bool(running_stack_env(var_dir, r)), timeout=300)
         return sup.wait()
     except KeyboardInterrupt:
         return 0
@@ -231,9 +235,9 @@ def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> i
         envoi = [sys.executable, "-m", "envoi.cli"]
         sup.start("sink", envoi + ["sink", "--smtp", f"127.0.0.1:{ports.sink_smtp}",
                                    "--http", f"127.0.0.1:{ports.sink_http}"],
-                  env=env, ready=lambda: _http_ok(f"{sink_url}/stats"))
+                  env=env, ready=lambda: _http_ok(f"{sink_url}/stats"), timeout=READY_TIMEOUT)
         sup.start("api", envoi + ["api", "--bind", f"127.0.0.1:{ports.api}", "--access-log"], env=env,
-                  ready=lambda: _http_ok(f"{api_url}/healthz"))
+                  ready=lambda: _http_ok(f"{api_url}/healthz"), timeout=READY_TIMEOUT)
         sup.start("relay", envoi + ["relay", "--metrics-port", str(ports.relay_metrics)], env=env)
         sup.start("scheduler", envoi + ["scheduler"], env=env)
         sup.start("worker", envoi + ["worker", "--processes", "2"], env=env)  # webhooks
@@ -241,7 +245,7 @@ def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> i
         # SMTP submission on the dev ports, with a self-signed certificate made under var/<region>/.
         sup.start("smtp", envoi + ["smtp", "--dev", "--bind", "127.0.0.1", "--port", str(ports.smtp),
                                    "--smtps-port", str(ports.smtps), "--var", str(var)], env=env,
-                  ready=lambda: _port_open(ports.smtp))
+                  ready=lambda: _port_open(ports.smtp), timeout=READY_TIMEOUT)
 
         values = {"ENVOI_API_URL": api_url, **demo, "ENVOI_SINK_URL": sink_url,
                   "ENVOI_SMTP_HOST": "127.0.0.1", "ENVOI_SMTP_PORT": str(ports.smtp)}

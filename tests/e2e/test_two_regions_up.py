@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -58,11 +61,28 @@ def stacks(tmp_path_factory):
         yield {"var": var, "stores": stores,
                "demo": {r: read_env(var / "var" / r / "demo.env") for r in REGIONS}}
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        left = [pid for proc in reversed(procs) for pid in stop_all(proc)]
         for dsn, redis_url in stores.values():
             redis.Redis.from_url(redis_url).flushdb()
             drop_database(dsn)
+    assert not left, f"envoi up left processes running after Ctrl-C: {left}"
+
+
+def stop_all(proc: Proc) -> list[str]:
+    """Stop an `envoi up` as Ctrl-C would; the processes it left behind (killed here), if any."""
+    children = subprocess.run(["pgrep", "-P", str(proc.popen.pid)], capture_output=True, text=True).stdout.split()
+    proc.popen.send_signal(signal.SIGINT)
+    proc.popen.wait(60)
+    time.sleep(0.5)
+    left = []
+    for pid in children:
+        try:
+            if b"envoi" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                left.append(pid)
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass  # gone
+    return left
 
 
 def send(demo: dict, subject: str) -> str:

@@ -21,7 +21,8 @@ def test_every_port_of_both_regions_is_distinct_and_eu_keeps_the_historical_ones
 
 def test_a_shared_server_gives_each_region_its_own_database_and_redis_db():
     assert stack.region_database_url("postgresql://postgres@db:5432/envoi", "eu") == "postgresql://postgres@db:5432/envoi"
-    assert "dbname=envoi_us" in stack.region_database_url("postgresql://postgres@db:5432/envoi", "us")
+    assert stack.region_database_url("postgresql://postgres@db:5432/envoi", "us") == "postgresql://postgres@db:5432/envoi_us"
+    assert "dbname=envoi_us" in stack.region_database_url("host=db dbname=envoi", "us")
     assert stack.region_redis_url("redis://cache:6379/0", "eu") == "redis://cache:6379/0"
     assert stack.region_redis_url("redis://cache:6379/0", "us") == "redis://cache:6379/1"
     assert stack.region_redis_url("redis://cache:6379", "us") == "redis://cache:6379/1"
