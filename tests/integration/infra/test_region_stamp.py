@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import psycopg
 import pytest
 import redis
@@ -11,6 +13,7 @@ from envoi import runtime
 from envoi.cli import main
 from envoi.infra import region_stamp
 from tests.support import regions
+from tests.support.processes import ROOT, envoi, free_port, process_env
 
 
 @pytest.fixture
@@ -61,3 +64,13 @@ def test_the_cli_and_migrate_refuse_a_database_of_the_other_region(settings, cli
         result = runner.invoke(main, argv)
         assert result.exit_code == 1, result.output
         assert "belongs to the EU region" in result.output and "Traceback" not in result.output
+
+
+def test_the_api_process_refuses_the_other_regions_stores_in_one_line(settings, fresh_database, redis_url):
+    runtime.build(settings.replace(database_url=fresh_database), pool_size=1).close()  # stamped EU
+    env = process_env(settings.replace(region="us", database_url=fresh_database))
+    done = subprocess.run(envoi("api", "--bind", f"127.0.0.1:{free_port()}"), env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: the Postgres database at")
+    assert "belongs to the EU region" in done.stderr and "Traceback" not in done.stderr
