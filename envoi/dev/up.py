@@ -190,6 +190,10 @@ def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> i
     _move_old_layout(var_root)
     var = region_dir(var_root, region)
     var.mkdir(parents=True, exist_ok=True)
+    if running := running_stack_env(var_root, region):
+        print(f"envoi up: the {region.upper()} region is already running here (pid {running['ENVOI_UP_PID']}, "
+              f"{running.get('ENVOI_PUBLIC_URL')}); start the other region with --region", file=sys.stderr)
+        return 1
     stack_env = var / STACK_ENV
     sup = stack.Supervisor()
     try:
