@@ -1,5 +1,5 @@
-"""A second region beside the session's EU one: its own Postgres database and Redis db number, and both
-regions' APIs on real loopback HTTP servers, for the routing tests (routing, never transfer).
+"""Two regions side by side, each with its own Postgres database and Redis db number, and both regions'
+APIs on real loopback HTTP servers, for the routing tests (routing, never transfer).
 
 Registered as a plugin in tests/conftest.py.
 """
@@ -76,27 +76,30 @@ class LiveApi:
 
 
 @pytest.fixture(scope="module")
-def two_regions(settings):
-    """(eu, us): each region's Services, with routing on between them over real HTTP. EU uses the session's
-    database and Redis; US its own. Each service's settings carry its peer's URL and SMTP host."""
-    eu_http, us_http = LiveApi(), LiveApi()
-    us_db, us_redis = fresh_database(), free_redis_url()
-    urls = {"eu": eu_http.url, "us": us_http.url}
-    smtp_hosts = {"eu": "smtp.eu.envoi.test:587", "us": "smtp.us.envoi.test:587"}
-    common = {"routing_secret": ROUTING_SECRET, "region_urls": urls, "region_smtp_hosts": smtp_hosts,
-              "routing_timeout": 2.0}
-    eu = runtime.build(settings.replace(**common, routing_peer_urls={"us": us_http.url}), pool_size=4)
-    us = runtime.build(Settings(region="us", database_url=us_db, redis_url=us_redis,
-                                secret_key=secrets.token_bytes(32), public_url=us_http.url,
-                                routing_peer_urls={"eu": eu_http.url}, **common), pool_size=4)
-    eu_http.app, us_http.app = create_app(eu.settings, eu), create_app(us.settings, us)
-    yield eu, us
-    for http in (eu_http, us_http):
-        http.close()
-    for services in (eu, us):
+def two_regions():
+    """(eu, us): each region's Services on its own fresh database and Redis db, with routing on between
+    them over real HTTP; each one's settings carry its peer's URL and both regions' SMTP hosts. Fresh
+    stores: nothing another test left pending (a stats fold, a doorbell) changes them behind a test's back."""
+    http = {region: LiveApi() for region in ("eu", "us")}
+    stores = {region: (fresh_database(), free_redis_url()) for region in http}
+    urls = {region: server.url for region, server in http.items()}
+    built = {}
+    for region, (dsn, redis_url) in stores.items():
+        built[region] = runtime.build(Settings(
+            region=region, database_url=dsn, redis_url=redis_url, secret_key=secrets.token_bytes(32),
+            public_url=urls[region], region_urls=urls, routing_secret=ROUTING_SECRET, routing_timeout=2.0,
+            region_smtp_hosts={"eu": "smtp.eu.envoi.test:587", "us": "smtp.us.envoi.test:587"},
+            routing_peer_urls={r: u for r, u in urls.items() if r != region}, retry_schedule=(1, 2, 4)),
+            pool_size=4)
+        http[region].app = create_app(built[region].settings, built[region])
+    yield built["eu"], built["us"]
+    for server in http.values():
+        server.close()
+    for services in built.values():
         services.close()
-    redis.Redis.from_url(us_redis).flushdb()
-    drop_database(us_db)
+    for dsn, redis_url in stores.values():
+        redis.Redis.from_url(redis_url).flushdb()
+        drop_database(dsn)
 
 
 def footprint(services) -> tuple[dict, set]:
