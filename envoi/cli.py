@@ -150,10 +150,13 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
     import tempfile
 
     from envoi import runtime
+    from envoi.billing import plans
 
     # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings, a
-    # plans file that cannot be used, stores stamped with another region (build checks them all).
-    runtime.build(_settings(), pool_size=1).close()
+    # plans file that cannot be used, stores stamped with another region.
+    settings = _settings()
+    plans.load(settings.billing_plans)
+    runtime.check_stores(settings)
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
     # (the library reads the variable itself, so it must be set before the workers start).
     from envoi.gunicorn_conf import OWNED_METRICS_DIR

@@ -93,11 +93,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
-    # Refuse another region's stores before anything reads or writes them (stamping them on first use).
     try:
-        with db.transaction() as conn:
-            region_stamp.claim_database(conn, settings.region, region_stamp.where(settings.database_url))
-        region_stamp.claim_redis(redis, settings.region, region_stamp.where(settings.redis_url))
+        claim_stores(settings, db, redis)
     except BaseException:
         db.close()
         raise
@@ -156,6 +153,26 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )
+
+
+def claim_stores(settings: Settings, db: Database, redis) -> None:
+    """Refuse another region's stores before anything reads or writes them, stamping them on first use
+    (envoi/infra/region_stamp.py): RegionMismatch."""
+    with db.transaction() as conn:
+        region_stamp.claim_database(conn, settings.region, region_stamp.where(settings.database_url))
+    region_stamp.claim_redis(redis, settings.region, region_stamp.where(settings.redis_url))
+
+
+def check_stores(settings: Settings) -> None:
+    """claim_stores for a process that builds its services later (gunicorn's workers), with a
+    connection of its own."""
+    db = Database(settings.database_url, min_size=1, max_size=1, pool_timeout=settings.db_pool_timeout)
+    redis = redis_infra.client(settings.redis_url)
+    try:
+        claim_stores(settings, db, redis)
+    finally:
+        redis.close()
+        db.close()
 
 
 def plan_retention(settings: Settings, plans: Plans) -> dict[str, float]:
