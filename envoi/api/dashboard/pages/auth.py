@@ -44,12 +44,12 @@ class Regions:
     def context(self) -> dict:
         return {"region": self.region.upper(), "other_regions": [(r.upper(), url) for r, url in self.others.items()]}
 
-    def elsewhere(self, email: str) -> tuple[str, str] | None:
-        """(region, its sign-in URL) of an email unknown here that a peer region knows."""
+    def elsewhere(self, email: str) -> tuple[str, str | None] | None:
+        """(region, its sign-in URL if configured) of an email unknown here that a peer region knows."""
         region = self.router.home_of("user", email) if email else None
         if region is None:
             return None
-        return region.upper(), self.others.get(region, f"the {region.upper()} region's dashboard")
+        return region.upper(), self.others.get(region)
 
 
 class Login:
