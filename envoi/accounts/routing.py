@@ -54,6 +54,17 @@ _BY_DIGEST = {
 }
 
 
+def _askable(identifier: str) -> bool:
+    """An identifier a login could have: bounded, no NUL, encodable (Postgres takes nothing else)."""
+    if not identifier or len(identifier) > 320 or "\x00" in identifier:
+        return False
+    try:
+        identifier.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
 def login_digest(secret: bytes, kind: str, normal: str) -> bytes:
     return hmac.new(secret, f"{kind}:{normal}".encode(), hashlib.sha256).digest()
 
@@ -80,7 +91,7 @@ class RegionRouter:
     def home_of(self, kind: str, identifier: str) -> str | None:
         """The other region that knows this login, or None (known here, unknown everywhere, or no peer
         answered in time)."""
-        if not self.enabled or not self.peers or not identifier or len(identifier) > 320:
+        if not self.enabled or not self.peers or not _askable(identifier):
             return None
         with self.db.transaction() as conn:
             row = conn.execute(_LOCAL[kind], {"id": identifier.strip()}).fetchone()

@@ -142,3 +142,9 @@ def test_the_lookup_answers_only_signed_fresh_questions_and_only_yes_or_no(two_r
                                  (now, "")):
         status, reply = lookup(url, body, timestamp, signature)
         assert status == 401 and reply == {"message": "Invalid region lookup"}
+
+
+def test_logins_no_region_could_hold_are_not_asked_about(two_regions):
+    eu, _ = two_regions
+    for hostile in ("", "a\x00b@x.test", "\ud800@x.test", "x" * 400 + "@x.test"):
+        assert eu.router.home_of("smtp", hostile) is None and eu.router.home_of("user", hostile) is None
