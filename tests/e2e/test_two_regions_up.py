@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import signal
+import smtplib
+import ssl
 import subprocess
 import sys
 import time
@@ -47,7 +49,7 @@ def stacks(tmp_path_factory):
               for r in REGIONS}
     procs = []
     try:
-        for region in REGIONS:
+        for region in ("us", "eu"):  # EU second: it learns the US stack's addresses from its stack.env
             dsn, redis_url = stores[region]
             ports = {name: free_port() for name in PORTS}
             argv = envoi("up", "--region", region, "--var", str(var / "var"),
@@ -133,3 +135,20 @@ def test_the_admin_cli_reaches_each_running_region_without_variables(stacks):
     assert "\tdemo\teu\t" in listed["eu"].stdout and "\tdemo\tus\t" in listed["us"].stdout
     default = cli(stacks, "accounts", "list")  # no --region, no ENVOI_REGION: EU
     assert default.returncode == 0 and default.stdout == listed["eu"].stdout
+
+
+def test_an_smtp_login_of_the_us_stack_is_sent_there_by_the_eu_stack(stacks):
+    demo = stacks["demo"]
+    login = f"us-only-{uuid.uuid4().hex[:6]}"
+    made = cli(stacks, "--region", "us", "credentials", "create", demo["us"]["ENVOI_ACCOUNT_ID"],
+               demo["us"]["ENVOI_DOMAIN"], login, "--password", "us-only-password")
+    assert made.returncode == 0, made.stderr
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the stacks' dev certificates
+    with smtplib.SMTP("127.0.0.1", int(demo["eu"]["ENVOI_SMTP_PORT"]), timeout=30) as client:
+        client.starttls(context=ctx)
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login(f"{login}@{demo['us']['ENVOI_DOMAIN']}", "us-only-password")
+    assert refused.value.smtp_code == 535
+    assert refused.value.smtp_error.decode() == (
+        f"5.7.8 This SMTP login belongs to the US region: connect to 127.0.0.1:{demo['us']['ENVOI_SMTP_PORT']} instead")
