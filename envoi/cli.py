@@ -6,6 +6,7 @@ Settings are read from the environment here, once, and passed down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ import sys
 
 import click
 
-from envoi.infra.settings import Settings, SettingsError
+from envoi.infra.settings import REGIONS, Settings, SettingsError
 
 
 def _settings() -> Settings:
@@ -80,6 +81,22 @@ class _Main(click.Group):
                     formatter.write_dl(rows)
 
 
+def _use_region(region: str | None) -> None:
+    """Choose the region (--region over ENVOI_REGION) and, when nothing names a database for it, reach the
+    region's running `envoi up` stack: it writes its settings to var/<region>/stack.env (ENVOI_DEV_VAR
+    overrides var) and removes them when it stops. Variables already set keep their value."""
+    from envoi.dev.up import running_stack_env
+
+    if region is not None:
+        os.environ["ENVOI_REGION"] = region
+    region = os.environ.get("ENVOI_REGION", "eu").lower()
+    if region not in REGIONS or os.environ.get(f"ENVOI_DATABASE_URL_{region.upper()}") \
+            or os.environ.get("DATABASE_URL"):
+        return
+    for name, value in running_stack_env(os.environ.get("ENVOI_DEV_VAR", "var"), region).items():
+        os.environ.setdefault(name, value)
+
+
 def _services(pool_size: int = 4):
     from envoi import runtime
 
@@ -92,9 +109,13 @@ def _services(pool_size: int = 4):
 @click.group(cls=_Main)
 @click.version_option(package_name="envoi", prog_name="envoi", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
+@click.option("--region", type=click.Choice(REGIONS), default=None,
+              help="The region to act on [ENVOI_REGION, eu]: its settings, or its running `envoi up` stack.")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbose: bool, region: str | None) -> None:
     """Envoi: a self-hosted transactional email platform with a Mailgun-compatible API."""
+    if ctx.invoked_subcommand not in ("up", "sink"):
+        _use_region(region)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ctx.invoked_subcommand in ADMINISTRATION and not verbose:
@@ -112,7 +133,7 @@ def migrate() -> None:
 
     settings = _settings()
     ensure_database(settings.database_url)
-    applied = run(settings.database_url, settings.secret_key, key_id=settings.secret_key_id,
+    applied = run(settings.database_url, settings.secret_key, settings.region, key_id=settings.secret_key_id,
                   previous_keys=settings.previous_secret_keys)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
@@ -132,10 +153,12 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
     from envoi import runtime
     from envoi.billing import plans
 
-    # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings,
-    # or a plans file that cannot be used.
-    plans.load(_settings().billing_plans)
-    runtime.check_sealing_keys(_settings())
+    # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings, a
+    # plans file that cannot be used, stores stamped with another region, data sealed under a key not given.
+    settings = _settings()
+    plans.load(settings.billing_plans)
+    runtime.check_stores(settings)
+    runtime.check_sealing_keys(settings)
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
     # (the library reads the variable itself, so it must be set before the workers start).
     from envoi.gunicorn_conf import OWNED_METRICS_DIR
@@ -228,16 +251,42 @@ def sink(smtp_addr: str, http_addr: str) -> None:
     serve(smtp_host, int(smtp_port), http_host, int(http_port))
 
 
-@main.command(short_help="Start a whole dev region, all mail routed to the dev sink.")
-@click.option("--var", "var_dir", default="var", show_default=True, help="Where private state lives.")
-@click.option("--api-port", default=8025, show_default=True, type=int, help="Port of the HTTP API.")
-@click.option("--sink-smtp-port", default=2525, show_default=True, type=int, help="SMTP port of the dev sink.")
-@click.option("--sink-http-port", default=8026, show_default=True, type=int, help="Web/JSON port of the dev sink.")
-def up(var_dir: str, api_port: int, sink_smtp_port: int, sink_http_port: int) -> None:
-    """Start a whole region for development, with all mail routed to the dev sink."""
-    from envoi.dev.up import run_up
+_PORT_OPTIONS = (("api", "the HTTP API"), ("smtp", "SMTP submission, STARTTLS"), ("smtps", "SMTP submission, implicit TLS"),
+                 ("inbound", "bounce/FBL listener"), ("relay-metrics", "the relay's /metrics"),
+                 ("sink-smtp", "the dev sink's SMTP"), ("sink-http", "the dev sink's web/JSON"),
+                 ("postgres", "the private Postgres"), ("redis", "the private Redis"))
 
-    sys.exit(run_up(var_dir, api_port=api_port, sink_smtp_port=sink_smtp_port, sink_http_port=sink_http_port))
+
+def _port_options(fn):
+    for name, what in reversed(_PORT_OPTIONS):
+        fn = click.option(f"--{name}-port", type=int, default=None, help=f"Port of {what} (default per region).")(fn)
+    return fn
+
+
+@main.command(short_help="Start a whole dev region (or two side by side), all mail routed to the dev sink.")
+@click.option("--var", "var_dir", default="var", show_default=True,
+              help="Where private state lives: one directory per region, var/eu and var/us.")
+@click.option("--region", type=click.Choice(REGIONS), default=None,
+              help="The region to start [ENVOI_REGION, eu]; a second `envoi up --region us` runs beside the first.")
+@click.option("--regions", default=None, help="Several regions side by side in one command, e.g. eu,us.")
+@_port_options
+def up(var_dir: str, region: str | None, regions: str | None, **ports) -> None:
+    """Start a whole region for development, with all mail routed to the dev sink. Each region has its own
+    Postgres database, Redis, ports and var/<region>/ files; the default ports never collide (EU: API 8025,
+    SMTP 2587/2465, sink 2525/8026, inbound 2526, metrics 9125, Postgres 55432, Redis 56379; US: each + 100)."""
+    from envoi.dev.up import REGION_PORTS, run_regions, run_up
+
+    given = {name.removesuffix("_port"): value for name, value in ports.items() if value is not None}
+    if regions is not None:
+        chosen = [r.strip().lower() for r in regions.split(",") if r.strip()]
+        if region or given or not chosen or any(r not in REGIONS for r in chosen) or len(set(chosen)) != len(chosen):
+            raise click.UsageError(f"--regions takes distinct regions among {', '.join(REGIONS)} (e.g. eu,us), "
+                                   "without --region or port options (each region uses its default ports)")
+        sys.exit(run_regions(var_dir, chosen))
+    region = region or os.environ.get("ENVOI_REGION", "eu").lower()
+    if region not in REGIONS:
+        raise click.UsageError(f"ENVOI_REGION must be one of {', '.join(REGIONS)}")
+    sys.exit(run_up(var_dir, region=region, ports=dataclasses.replace(REGION_PORTS[region], **given)))
 
 
 # administration -------------------------------------------------------------------------------

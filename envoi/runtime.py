@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from envoi.accounts.audit import Audit
+from envoi.accounts.routing import RegionRouter
 from envoi.accounts.service import Accounts
 from envoi.accounts.sessions import Sessions
 from envoi.accounts.throttle import LoginThrottle
@@ -30,7 +31,7 @@ from envoi.events.service import PLAN_RETENTION, Events, Retention
 from envoi.events.stats import Stats
 from envoi.events.stream import LiveStream
 from envoi.infra import redis as redis_infra
-from envoi.infra import sealed_columns
+from envoi.infra import region_stamp, sealed_columns
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database, connect, is_unavailable
 from envoi.infra.metrics import Metrics
@@ -81,6 +82,7 @@ class Services:
     plans: Plans
     quota: Quota  # its check runs at accept only with billing on (ENVOI_BILLING)
     usage: Usage
+    router: RegionRouter  # which region a login unknown here belongs to (routing, never transfer)
 
     def close(self) -> None:
         self.db.close()
@@ -112,6 +114,11 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
+    try:
+        claim_stores(settings, db, redis)
+    except BaseException:
+        db.close()
+        raise
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = sealer_for(settings)
     metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
@@ -170,7 +177,29 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         storage=storage, privacy=Privacy(db, accounts, storage),
         audit=audit, sessions=sessions, users=users, billing=billing,
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db),
+        router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
+                            timeout=settings.routing_timeout),
     )
+
+
+def claim_stores(settings: Settings, db: Database, redis) -> None:
+    """Refuse another region's stores before anything reads or writes them, stamping them on first use
+    (envoi/infra/region_stamp.py): RegionMismatch."""
+    with db.transaction() as conn:
+        region_stamp.claim_database(conn, settings.region, region_stamp.where(settings.database_url))
+    region_stamp.claim_redis(redis, settings.region, region_stamp.where(settings.redis_url))
+
+
+def check_stores(settings: Settings) -> None:
+    """claim_stores for a process that builds its services later (gunicorn's workers), with a
+    connection of its own."""
+    db = Database(settings.database_url, min_size=1, max_size=1, pool_timeout=settings.db_pool_timeout)
+    redis = redis_infra.client(settings.redis_url)
+    try:
+        claim_stores(settings, db, redis)
+    finally:
+        redis.close()
+        db.close()
 
 
 def plan_retention(settings: Settings, plans: Plans) -> dict[str, float]:
@@ -217,7 +246,7 @@ def build_submission(services: Services, **overrides) -> Submission:
     from envoi.mta.submission.server import Submission
 
     return Submission.from_settings(services.settings, services.intake, services.accounts, services.redis,
-                                    **overrides)
+                                    router=services.router, **overrides)
 
 
 def build_inbound(services: Services, host: str | None = None, port: int | None = None) -> InboundServer:

@@ -19,7 +19,7 @@ from envoi.infra.settings import Settings
 # module imports another.
 pytest_plugins = [
     "tests.support.api", "tests.support.browser", "tests.support.cli", "tests.support.dashboard",
-    "tests.support.delivery", "tests.support.ips", "tests.support.localstripe", "tests.support.regions",
+    "tests.support.delivery", "tests.support.ips", "tests.support.localstripe", "tests.support.region_routing", "tests.support.regions",
     "tests.support.submission",
 ]
 

@@ -78,3 +78,10 @@ class PlanLimitReached(AccountsError):
     the plan. Nothing was changed."""
 
     http_status = 403
+
+
+class RoutingRequestInvalid(AccountsError):
+    """A region lookup whose signature, age or body is wrong (or this region answers none)."""
+
+    http_status = 401
+    message = "Invalid region lookup"

@@ -20,6 +20,7 @@ from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warm
 from envoi.api.resources.keys import Keys
 from envoi.api.resources.messages import Envelopes, Messages, StoredMessage
 from envoi.api.resources.privacy import AddressData
+from envoi.api.resources.regions import RegionLookup
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
@@ -133,6 +134,8 @@ def routes(settings, services) -> list[Route]:
         ("/v3/audit-log", AuditLog(services.audit), None),
         # billing: Stripe's webhooks (public; Stripe's signature is the credential)
         ("/v1/billing/stripe/webhook", StripeWebhook(services.billing), None),
+        # regions: a peer region asks whether a login is ours (signed; routing, never transfer)
+        ("/v1/regions/lookup", RegionLookup(services.router), None),
         # the process itself
         ("/healthz", Health(), None),
         ("/metrics", MetricsEndpoint(services.metrics), None),

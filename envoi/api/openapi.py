@@ -368,6 +368,18 @@ def _paths() -> dict:
         body={"required": True, "content": {"application/json": {"schema": OBJ}}}, public=True,
         responses={"400": _json(ERROR, "Missing or invalid signature: nothing changed"),
                    "413": _json(ERROR, "Too large")}, tag="billing"))
+    # regions
+    add("/v1/regions/lookup", "post", op(
+        "A peer region asks whether a login is known here (public: signed with ENVOI_ROUTING_SECRET; only "
+        "a keyed hash of the login is sent, nothing is stored)",
+        _json({"type": "object", "required": ["known"], "properties": {"known": {"type": "boolean"}}}),
+        params=[{"name": "X-Envoi-Timestamp", "in": "header", "required": True, "schema": STR},
+                {"name": "X-Envoi-Signature", "in": "header", "required": True, "schema": STR}],
+        body={"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["kind", "digest"],
+            "properties": {"kind": {"type": "string", "enum": ["smtp", "user"]}, "digest": STR}}}}},
+        public=True, responses={"401": _json(ERROR, "Missing, stale or invalid signature, or routing off"),
+                                "413": _json(ERROR, "Too large")}, tag="regions"))
     # system
     add("/healthz", "get", op("Health", _json({"type": "object", "required": ["status"]}), public=True, tag="system"))
     add("/metrics", "get", op("Prometheus metrics", {"description": "text exposition format", "content": {

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import click
 
-DEMO_ENV = Path("var/demo.env")
+VAR = Path("var")  # `envoi up` writes each region's demo.env under var/<region>/
+
+
+def _demo_env() -> Path:
+    import os
+
+    return VAR / os.environ.get("ENVOI_REGION", "eu").lower() / "demo.env"
 
 COLOURS = {"accepted": "cyan", "delivered": "green", "opened": "magenta", "clicked": "magenta",
            "unsubscribed": "yellow", "complained": "red", "rejected": "red", "stored": "blue"}
@@ -152,11 +158,11 @@ def _read_env_file(path: Path) -> dict:
 
 
 def _connection(api_url: str | None, api_key: str | None) -> tuple[str, str]:
-    demo = _read_env_file(DEMO_ENV)
+    demo = _read_env_file(_demo_env())
     url = (api_url or demo.get("ENVOI_API_URL") or "http://127.0.0.1:8025").rstrip("/")
     key = api_key or demo.get("ENVOI_API_KEY")
     if not key:
-        raise click.UsageError("no API key: pass --api-key or set ENVOI_API_KEY (var/demo.env has one after `envoi up`)")
+        raise click.UsageError("no API key: pass --api-key or set ENVOI_API_KEY (var/<region>/demo.env has one after `envoi up`)")
     return url, key
 
 

@@ -208,9 +208,10 @@ def _wait_ready(proc: _Child, ready: Callable[[], bool], timeout: float) -> None
         time.sleep(0.1)
 
 
-def _terminate(proc: subprocess.Popen, grace: float) -> None:
+def _terminate(proc: subprocess.Popen, grace: float, *, signalled: bool = False) -> None:
     if proc.poll() is None:
-        proc.send_signal(getattr(proc, "stop_signal", signal.SIGTERM))
+        if not signalled:
+            proc.send_signal(getattr(proc, "stop_signal", signal.SIGTERM))
         try:
             proc.wait(grace)
             return
@@ -274,8 +275,9 @@ def _postgres_os_user() -> dict:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
-def start_postgres(var_dir: Path, port: int = 55432, timeout: float = 30) -> Service:
-    """Postgres under var_dir/pg (initialised once), as our child, listening on 127.0.0.1:port only."""
+def start_postgres(var_dir: Path, port: int = 55432, timeout: float = 30, dbname: str = "envoi") -> Service:
+    """Postgres under var_dir/pg (initialised once), as our child, listening on 127.0.0.1:port only, with
+    the database `dbname`."""
     ensure_packages(["postgresql"])
     bindir = _postgres_bindir()
     pg_dir = Path(var_dir).resolve() / "pg"
@@ -310,12 +312,12 @@ def start_postgres(var_dir: Path, port: int = 55432, timeout: float = 30) -> Ser
     _wait_ready(proc, lambda: reachable_postgres(admin, timeout=2), timeout)
     try:
         with psycopg.connect(admin, autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'envoi'").fetchone():
-                conn.execute("CREATE DATABASE envoi")
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{dbname}"')
     except BaseException:
         _terminate(proc, grace=10)
         raise
-    return Service("postgres", f"postgresql://postgres@127.0.0.1:{port}/envoi", proc)
+    return Service("postgres", f"postgresql://postgres@127.0.0.1:{port}/{dbname}", proc)
 
 
 def start_redis(var_dir: Path, port: int = 56379, timeout: float = 15) -> Service:
@@ -335,15 +337,15 @@ def start_redis(var_dir: Path, port: int = 56379, timeout: float = 15) -> Servic
     return Service("redis", url, proc)
 
 
-def postgres_service(var_dir: Path, env: Mapping[str, str], port: int = 55432) -> Service:
-    """DATABASE_URL if set and reachable, else a private Postgres."""
+def postgres_service(var_dir: Path, env: Mapping[str, str], port: int = 55432, dbname: str = "envoi") -> Service:
+    """DATABASE_URL if set and reachable, else a private Postgres (with the database `dbname`)."""
     url = env.get("DATABASE_URL")
     if url:
         error = _postgres_error(url, timeout=2)
         if error is None:
             return Service("postgres", url, None)
         log.warning("DATABASE_URL %s is unreachable (%s): starting a private Postgres instead", _redact(url), error)
-    return start_postgres(var_dir, port)
+    return start_postgres(var_dir, port, dbname=dbname)
 
 
 def redis_service(var_dir: Path, env: Mapping[str, str], port: int = 56379) -> Service:
@@ -409,8 +411,54 @@ class Supervisor:
         return code
 
     def stop(self) -> None:
-        children, self._children, self._adopted = self._children, [], 0
+        """The started children all at once (one grace period in all, not one each: a slow stopper must not
+        leave the next ones running when whoever stops us runs out of patience), then the adopted ones
+        (the databases the others use) in reverse order."""
+        children, adopted = self._children[self._adopted:], self._children[:self._adopted]
+        self._children, self._adopted = [], 0
         for name, proc in reversed(children):
             if proc.poll() is None:
                 log.info("stopping %s (pid %d)", name, proc.pid)
+                proc.send_signal(getattr(proc, "stop_signal", signal.SIGTERM))
+        deadline = time.monotonic() + self.grace
+        for _, proc in reversed(children):
+            _terminate(proc, max(0.1, deadline - time.monotonic()), signalled=True)
+        for name, proc in reversed(adopted):
+            if proc.poll() is None:
+                log.info("stopping %s (pid %d)", name, proc.pid)
             _terminate(proc, self.grace)
+
+
+# --- one machine, two regions -------------------------------------------------------------------------
+
+
+def region_database_url(url: str, region: str) -> str:
+    """The region's database on the server of a shared DATABASE_URL: EU keeps its database (what one
+    region always used), US gets `<name>_us` beside it."""
+    if region == "eu":
+        return url
+    parts = urlsplit(url)
+    if parts.scheme.startswith("postgres"):
+        return urlunsplit(parts._replace(path=f"/{parts.path.strip('/') or 'envoi'}_{region}"))
+    name = psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "envoi"  # a key=value DSN
+    return psycopg.conninfo.make_conninfo(url, dbname=f"{name}_{region}")
+
+
+def region_redis_url(url: str, region: str) -> str:
+    """The region's db number on the server of a shared REDIS_URL: EU keeps its db, US the next one."""
+    if region == "eu":
+        return url
+    parts = urlsplit(url)
+    number = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(number + 1) % 16}"))
+
+
+def create_database_if_reachable(url: str) -> None:
+    """Create the DSN's database when its server answers (postgres_service then finds it reachable)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    if not info.get("dbname") or not reachable_postgres(admin):
+        return
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (info["dbname"],)).fetchone():
+            conn.execute(f'CREATE DATABASE "{info["dbname"]}"')

@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from envoi.dev import stack
@@ -16,7 +17,6 @@ from envoi.infra.settings import Settings
 DEMO_DOMAIN = "demo.envoi.test"
 DEMO_ADMIN = f"admin@{DEMO_DOMAIN}"
 DEMO_OPERATOR = "operator@envoi.test"
-SMTP_DEV_PORT, SMTPS_DEV_PORT = 2587, 2465  # `envoi smtp --dev`
 
 
 def _secret_key(var: Path) -> str:
@@ -82,7 +82,7 @@ def _demo(settings: Settings, var: Path) -> dict:
 
 def _demo_people(services, account_id: int, previous: dict) -> dict:
     """The dashboard's demo sign-ins: an admin of the demo account and a platform operator. A password
-    kept in var/demo.env is reused; a lost one is replaced (the person stays, their sessions end)."""
+    kept in var/<region>/demo.env is reused; a lost one is replaced (the person stays, their sessions end)."""
     people = {}
     for prefix, email, account in (("ENVOI_DASHBOARD", DEMO_ADMIN, account_id), ("ENVOI_OPERATOR", DEMO_OPERATOR, None)):
         password = previous.get(f"{prefix}_PASSWORD") or secrets.token_urlsafe(12)
@@ -106,51 +106,76 @@ def _read_env(path: Path) -> dict:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: int) -> int:
-    var = Path(var_dir).resolve()
-    var.mkdir(parents=True, exist_ok=True)
-    sup = stack.Supervisor()
+@dataclass(frozen=True)
+class Ports:
+    """Every port one region's `envoi up` listens on (127.0.0.1), private Postgres and Redis included."""
+    api: int
+    smtp: int
+    smtps: int
+    inbound: int
+    relay_metrics: int
+    sink_smtp: int
+    sink_http: int
+    postgres: int
+    redis: int
+
+
+#: Each region's defaults: two regions side by side never collide (US is EU + 100; Postgres and Redis too).
+REGION_PORTS = {
+    "eu": Ports(api=8025, smtp=2587, smtps=2465, inbound=2526, relay_metrics=9125, sink_smtp=2525, sink_http=8026,
+                postgres=55432, redis=56379),
+    "us": Ports(api=8125, smtp=2687, smtps=2565, inbound=2626, relay_metrics=9225, sink_smtp=2625, sink_http=8126,
+                postgres=55532, redis=56479),
+}
+READY_TIMEOUT = 90  # seconds a process may take to listen: two regions booting on a busy laptop are slow
+STACK_ENV = "stack.env"  # what the CLI reads to reach a running stack (envoi.cli)
+_OLD_LAYOUT = ("pg", "redis", "secret.key", "demo.env", "smtp-dev-cert.pem", "smtp-dev-key.pem")
+
+
+def region_dir(var_root: str | Path, region: str) -> Path:
+    return Path(var_root).resolve() / region
+
+
+def _move_old_layout(var_root: Path) -> None:
+    """Before two regions, the one region's files sat in var/ itself: they are the EU region's."""
+    eu = var_root / "eu"
+    if eu.exists() or not any((var_root / name).exists() for name in _OLD_LAYOUT):
+        return
+    eu.mkdir(parents=True)
+    for name in _OLD_LAYOUT:
+        if (var_root / name).exists():
+            (var_root / name).rename(eu / name)
+    print(f"envoi up: moved the EU region's files from {var_root} to {eu}", flush=True)
+
+
+def _routing_secret(var_root: Path) -> str:
+    """Shared by the regions of this machine (the peer lookups of envoi.accounts.routing)."""
+    path = var_root / "routing.secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def running_stack_env(var_root: str | Path, region: str) -> dict:
+    """What `envoi up` of `region` wrote for the CLI under var/<region>/, while that stack runs ({} else)."""
+    values = _read_env(region_dir(var_root, region) / STACK_ENV)
     try:
-        pg = stack.postgres_service(var, os.environ)
-        rd = stack.redis_service(var, os.environ)
-        for service in (pg, rd):
-            if service.process is not None:
-                sup.adopt(service.name, service.process)
-        api_url = f"http://127.0.0.1:{api_port}"
-        sink_url = f"http://127.0.0.1:{sink_http_port}"
-        env = {
-            "ENVOI_REGION": os.environ.get("ENVOI_REGION", "eu"),
-            "DATABASE_URL": pg.url,
-            "REDIS_URL": rd.url,
-            "ENVOI_SECRET_KEY": _secret_key(var),
-            "ENVOI_PUBLIC_URL": api_url,
-            "ENVOI_SMTP_ROUTE": f"127.0.0.1:{sink_smtp_port}",
-            # Dev only: webhooks may reach receivers on this machine (the SSRF guard refuses loopback).
-            "ENVOI_WEBHOOK_ALLOW": os.environ.get("ENVOI_WEBHOOK_ALLOW", "127.0.0.0/8,::1/128"),
-        }
-        settings = Settings.from_env(env)
-        ensure_database(settings.database_url)
-        migrate(settings.database_url, settings.secret_key)
-        demo = _demo(settings, var)
+        os.kill(int(values.get("ENVOI_UP_PID", "")), 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return {}  # no stack, or one that died without cleaning up
+    return values
 
-        envoi = [sys.executable, "-m", "envoi.cli"]
-        sup.start("sink", envoi + ["sink", "--smtp", f"127.0.0.1:{sink_smtp_port}",
-                                   "--http", f"127.0.0.1:{sink_http_port}"],
-                  env=env, ready=lambda: _http_ok(f"{sink_url}/stats"))
-        sup.start("api", envoi + ["api", "--bind", f"127.0.0.1:{api_port}", "--access-log"], env=env,
-                  ready=lambda: _http_ok(f"{api_url}/healthz"))
-        sup.start("relay", envoi + ["relay"], env=env)
-        sup.start("scheduler", envoi + ["scheduler"], env=env)
-        sup.start("worker", envoi + ["worker", "--processes", "2"], env=env)  # webhooks
-        sup.start("inbound", envoi + ["inbound", "--port", "2526", "--metrics-port", "0"], env=env)  # DSN/ARF
-        # SMTP submission on the dev ports, with a self-signed certificate made under var/.
-        sup.start("smtp", envoi + ["smtp", "--dev", "--bind", "127.0.0.1", "--var", str(var)], env=env,
-                  ready=lambda: _port_open(SMTP_DEV_PORT))
 
-        values = {"ENVOI_API_URL": api_url, **demo, "ENVOI_SINK_URL": sink_url,
-                  "ENVOI_SMTP_HOST": "127.0.0.1", "ENVOI_SMTP_PORT": str(SMTP_DEV_PORT)}
-        (var / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        print(_banner(values), flush=True)
+def run_regions(var_dir: str, regions: list[str]) -> int:
+    """`envoi up --regions eu,us`: one `envoi up --region R` per region, side by side, stopped together. One
+    after the other: starting both at once doubles the wait on a small machine, and the second learns the
+    first's addresses from its stack.env."""
+    sup = stack.Supervisor(grace=60)  # each region stops its own processes first
+    try:
+        for region in regions:
+            sup.start(f"up-{region}", [sys.executable, "-m", "envoi.cli", "up", "--region", region, "--var", var_dir],
+                      ready=lambda r=region: bool(running_stack_env(var_dir, r)), timeout=300)
         return sup.wait()
     except KeyboardInterrupt:
         return 0
@@ -158,22 +183,113 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
         sup.stop()
 
 
-def _banner(v: dict) -> str:
+def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> int:
+    ports = ports or REGION_PORTS[region]
+    var_root = Path(var_dir).resolve()
+    var_root.mkdir(parents=True, exist_ok=True)
+    _move_old_layout(var_root)
+    var = region_dir(var_root, region)
+    var.mkdir(parents=True, exist_ok=True)
+    if running := running_stack_env(var_root, region):
+        print(f"envoi up: the {region.upper()} region is already running here (pid {running['ENVOI_UP_PID']}, "
+              f"{running.get('ENVOI_PUBLIC_URL')}); start the other region with --region", file=sys.stderr)
+        return 1
+    stack_env = var / STACK_ENV
+    sup = stack.Supervisor()
+    try:
+        up = region.upper()
+        database = os.environ.get(f"ENVOI_DATABASE_URL_{up}") or (
+            os.environ.get("DATABASE_URL") and stack.region_database_url(os.environ["DATABASE_URL"], region))
+        redis_url = os.environ.get(f"ENVOI_REDIS_URL_{up}") or (
+            os.environ.get("REDIS_URL") and stack.region_redis_url(os.environ["REDIS_URL"], region))
+        if database:
+            stack.create_database_if_reachable(database)  # US's database beside EU's on a shared server
+        pg = stack.postgres_service(var, {"DATABASE_URL": database} if database else {}, ports.postgres,
+                                    dbname="envoi" if region == "eu" else f"envoi_{region}")
+        rd = stack.redis_service(var, {"REDIS_URL": redis_url} if redis_url else {}, ports.redis)
+        for service in (pg, rd):
+            if service.process is not None:
+                sup.adopt(service.name, service.process)
+        api_url = f"http://127.0.0.1:{ports.api}"
+        sink_url = f"http://127.0.0.1:{ports.sink_http}"
+        urls, smtp_hosts = {}, {}
+        for other, defaults in REGION_PORTS.items():  # the other region: as its running stack wrote, or defaults
+            peer = {} if other == region else running_stack_env(var_root, other)
+            mine = ports if other == region else defaults
+            urls[other] = peer.get("ENVOI_PUBLIC_URL", f"http://127.0.0.1:{mine.api}")
+            smtp_hosts[other] = peer.get("ENVOI_SMTP_HOST_PORT", f"127.0.0.1:{mine.smtp}")
+        env = {
+            "ENVOI_REGION": region,
+            f"ENVOI_DATABASE_URL_{up}": pg.url,
+            f"ENVOI_REDIS_URL_{up}": rd.url,
+            "ENVOI_SECRET_KEY": _secret_key(var),
+            "ENVOI_PUBLIC_URL": api_url,
+            "ENVOI_OTHER_REGION_URLS": ",".join(f"{r}={u}" for r, u in urls.items()),
+            "ENVOI_REGION_SMTP_HOSTS": ",".join(f"{r}={h}" for r, h in smtp_hosts.items()),
+            "ENVOI_ROUTING_SECRET": _routing_secret(var_root),
+            "ENVOI_SMTP_ROUTE": f"127.0.0.1:{ports.sink_smtp}",
+            # Dev only: webhooks may reach receivers on this machine (the SSRF guard refuses loopback).
+            "ENVOI_WEBHOOK_ALLOW": os.environ.get("ENVOI_WEBHOOK_ALLOW", "127.0.0.0/8,::1/128"),
+        }
+        settings = Settings.from_env(env)
+        ensure_database(settings.database_url)
+        migrate(settings.database_url, settings.secret_key, settings.region)
+        demo = _demo(settings, var)
+
+        envoi = [sys.executable, "-m", "envoi.cli"]
+        sup.start("sink", envoi + ["sink", "--smtp", f"127.0.0.1:{ports.sink_smtp}",
+                                   "--http", f"127.0.0.1:{ports.sink_http}"],
+                  env=env, ready=lambda: _http_ok(f"{sink_url}/stats"), timeout=READY_TIMEOUT)
+        sup.start("api", envoi + ["api", "--bind", f"127.0.0.1:{ports.api}", "--access-log"], env=env,
+                  ready=lambda: _http_ok(f"{api_url}/healthz"), timeout=READY_TIMEOUT)
+        sup.start("relay", envoi + ["relay", "--metrics-port", str(ports.relay_metrics)], env=env)
+        sup.start("scheduler", envoi + ["scheduler"], env=env)
+        sup.start("worker", envoi + ["worker", "--processes", "2"], env=env)  # webhooks
+        sup.start("inbound", envoi + ["inbound", "--port", str(ports.inbound), "--metrics-port", "0"], env=env)
+        # SMTP submission on the dev ports, with a self-signed certificate made under var/<region>/.
+        sup.start("smtp", envoi + ["smtp", "--dev", "--bind", "127.0.0.1", "--port", str(ports.smtp),
+                                   "--smtps-port", str(ports.smtps), "--var", str(var)], env=env,
+                  ready=lambda: _port_open(ports.smtp), timeout=READY_TIMEOUT)
+
+        values = {"ENVOI_API_URL": api_url, **demo, "ENVOI_SINK_URL": sink_url,
+                  "ENVOI_SMTP_HOST": "127.0.0.1", "ENVOI_SMTP_PORT": str(ports.smtp)}
+        (var / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        # For the CLI (`envoi --region R accounts list`): this stack's stores and key, while it runs.
+        cli = {**env, "ENVOI_SMTP_HOST_PORT": f"127.0.0.1:{ports.smtp}", "ENVOI_UP_PID": str(os.getpid())}
+        stack_env.write_text("".join(f"{k}={v}\n" for k, v in cli.items()))
+        stack_env.chmod(0o600)
+        print(_banner(values, region, ports, var), flush=True)
+        return sup.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack_env.unlink(missing_ok=True)
+        sup.stop()
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _banner(v: dict, region: str = "eu", ports: Ports = REGION_PORTS["eu"], var: Path = Path("var/eu")) -> str:
     curl = (f"curl -s --user 'api:{v['ENVOI_API_KEY']}' {v['ENVOI_API_URL']}/v3/{v['ENVOI_DOMAIN']}/messages "
             f"-F from='Demo <hello@{v['ENVOI_DOMAIN']}>' -F to=someone@example.test "
             f"-F subject='Hello from Envoi' -F text='It works.'")
     return "\n".join([
         "",
-        f"Envoi is up (region {os.environ.get('ENVOI_REGION', 'eu')}). Everything it sends lands in the dev sink.",
+        f"Envoi is up (region {region.upper()}). Everything it sends lands in the dev sink.",
         f"  API       {v['ENVOI_API_URL']}   key {v['ENVOI_API_KEY']}",
         f"  domain    {v['ENVOI_DOMAIN']}",
         f"  dashboard {v['ENVOI_API_URL']}/dashboard   sign in as {v['ENVOI_DASHBOARD_EMAIL']}"
         f"  password {v['ENVOI_DASHBOARD_PASSWORD']}",
         f"            operator {v['ENVOI_OPERATOR_EMAIL']}  password {v['ENVOI_OPERATOR_PASSWORD']}",
         f"  dev sink  {v['ENVOI_SINK_URL']}  (received mail; JSON at /messages)",
-        f"  SMTP      {v['ENVOI_SMTP_HOST']}:{v['ENVOI_SMTP_PORT']} (STARTTLS), :{SMTPS_DEV_PORT} (TLS)"
+        f"  SMTP      {v['ENVOI_SMTP_HOST']}:{v['ENVOI_SMTP_PORT']} (STARTTLS), :{ports.smtps} (TLS)"
         f"   login {v['ENVOI_SMTP_USER']}  password {v['ENVOI_SMTP_PASSWORD']}",
-        "  settings  var/demo.env",
+        f"  settings  {_shown(var / 'demo.env')}   admin CLI: envoi --region {region} accounts list",
         "",
         "Send a message:",
         f"  {curl}",

@@ -11,6 +11,7 @@ from importlib import resources
 
 import psycopg
 
+from envoi.infra import region_stamp
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import connect
 
@@ -37,12 +38,13 @@ def ensure_database(dsn: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def migrate(dsn: str, secret_key: bytes | None = None, *, key_id: str = "",
+def migrate(dsn: str, secret_key: bytes | None = None, region: str | None = None, *, key_id: str = "",
             previous_keys: tuple[tuple[str, bytes], ...] = ()) -> list[str]:
     """Apply every migration not yet recorded; return the names applied. Idempotent.
 
     secret_key (ENVOI_SECRET_KEY) is needed only by migrations that seal existing data; key_id and
-    previous_keys as in Settings, so what they seal names the region's current key."""
+    previous_keys as in Settings, so what they seal names the region's current key. With `region`, the
+    database is stamped with it (or refused: RegionMismatch) before anything is applied."""
     applied_now = []
     with connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
@@ -51,6 +53,8 @@ def migrate(dsn: str, secret_key: bytes | None = None, *, key_id: str = "",
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
+            if region is not None and _has_stamp_table(conn):
+                region_stamp.claim_database(conn, region, region_stamp.where(dsn))
             done = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")}
             for version, sql, kind in available():
                 if version in done:
@@ -62,9 +66,15 @@ def migrate(dsn: str, secret_key: bytes | None = None, *, key_id: str = "",
                         conn.execute(sql)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 applied_now.append(version)
+            if region is not None:
+                region_stamp.claim_database(conn, region, region_stamp.where(dsn))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
     return applied_now
+
+
+def _has_stamp_table(conn) -> bool:
+    return conn.execute("SELECT to_regclass('region_stamp') IS NOT NULL AS present").fetchone()["present"]
 
 
 def _apply_python(conn, version: str, source: str, sealer: Sealer | None) -> None:

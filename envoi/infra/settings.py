@@ -74,6 +74,12 @@ def _networks(name: str, value: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _region_map(value: str) -> dict[str, str]:
+    """ "eu=a,us=b" -> {"eu": "a", "us": "b"} (unknown regions are ignored)."""
+    pairs = (item.split("=", 1) for item in value.split(",") if "=" in item)
+    return {k.strip().lower(): v.strip() for k, v in pairs if k.strip().lower() in REGIONS and v.strip()}
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -110,8 +116,22 @@ class Settings:
     previous_secret_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
     public_url: str = "http://127.0.0.1:8025"
-    #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
+    #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", each region's API base URL: named in wrong-region
+    #: 401s, the dashboard's region switch and its answer to an email of another region (URL + /dashboard).
     region_urls: Mapping[str, str] = field(default_factory=dict)
+    #: ENVOI_REGION_SMTP_HOSTS: "eu=smtp.eu.example:587,us=smtp.us.example:587", each region's SMTP
+    #: submission host, named in the AUTH reply to a login of the other region.
+    region_smtp_hosts: Mapping[str, str] = field(default_factory=dict)
+    #: ENVOI_ROUTING_SECRET: secret shared by every region (at least 32 characters), keying the hash of a
+    #: login that one region asks its peers about (an SMTP login or a dashboard email unknown here) and
+    #: signing those requests. Unset: no region asks or answers; such logins get a plain failure.
+    routing_secret: bytes = field(default=b"", repr=False)
+    #: ENVOI_ROUTING_PEER_URLS: "us=http://10.0.2.5:8025,...", the base URL this region asks each other
+    #: region's API at (private network); default: ENVOI_OTHER_REGION_URLS.
+    routing_peer_urls: Mapping[str, str] = field(default_factory=dict)
+    #: ENVOI_ROUTING_TIMEOUT: seconds to wait for a peer region's answer; a peer down or slow means a plain
+    #: authentication failure (2).
+    routing_timeout: float = 2.0
     #: ENVOI_DNS_RESOLVER: "host:port" of the resolver for MX lookups and domain verification; empty =
     #: system resolver.
     dns_resolver: tuple[str, int] | None = None
@@ -320,6 +340,17 @@ class Settings:
             values["public_url"] = v.rstrip("/")
         if v := env.get("ENVOI_OTHER_REGION_URLS"):
             values["region_urls"] = dict(item.split("=", 1) for item in v.split(",") if "=" in item)
+        if v := env.get("ENVOI_REGION_SMTP_HOSTS"):
+            values["region_smtp_hosts"] = _region_map(v)
+        if v := env.get("ENVOI_ROUTING_SECRET"):
+            if len(v) < 32:
+                raise SettingsError("ENVOI_ROUTING_SECRET must be at least 32 characters "
+                                    "(e.g. `openssl rand -base64 32`), the same in every region")
+            values["routing_secret"] = v.encode()
+        if v := pick("ENVOI_ROUTING_PEER_URLS", "ENVOI_OTHER_REGION_URLS"):
+            values["routing_peer_urls"] = {r: u.rstrip("/") for r, u in _region_map(v).items() if r != region}
+        if v := env.get("ENVOI_ROUTING_TIMEOUT"):
+            values["routing_timeout"] = _seconds(v)
         if v := env.get("ENVOI_DNS_RESOLVER"):
             values["dns_resolver"] = _host_port(v, 53)
         if v := env.get("ENVOI_SMTP_ROUTE"):

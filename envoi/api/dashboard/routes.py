@@ -15,7 +15,7 @@ from envoi.api.dashboard.pages.account import (
     TotpStart,
 )
 from envoi.api.dashboard.pages.audit import AuditExport, AuditPage
-from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout
+from envoi.api.dashboard.pages.auth import Home, Join, Login, Logout, Regions
 from envoi.api.dashboard.pages.billing import BillingPage
 from envoi.api.dashboard.pages.domains import DomainList, DomainPage
 from envoi.api.dashboard.pages.keys import ApiKey, ApiKeys
@@ -42,7 +42,8 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         (PREFIX, Home(), None),
         (f"{PREFIX}/static/{{name}}", StaticFiles(), None),
         # signing in and out
-        (f"{PREFIX}/login", Login(users, client_address), None),
+        (f"{PREFIX}/login", Login(users, client_address,
+                                  Regions(settings.region, dict(settings.region_urls), services.router)), None),
         (f"{PREFIX}/logout", Logout(users, client_address), None),
         (f"{PREFIX}/join", Join(users, client_address), None),
         # customer pages

@@ -28,6 +28,8 @@ Defences (see docs/smtp-submission.md and reference/reliability.md rows 12-15, 1
   with 550 5.7.1 at MAIL as the session knows it, and at the end of DATA when the change came during the
   session: the commit stage reads the state as the HTTP API does (Accounts.refresh: cached under the
   generation a state change bumps, so it holds at once), before anything is stored.
+* A login unknown here that a peer region knows (envoi.accounts.routing) gets 535 5.7.8 naming that
+  region and its SMTP host (ENVOI_REGION_SMTP_HOSTS); it is neither counted by the throttle nor logged.
 * X-Mailgun-* headers are read as send options and removed from the stored message.
 * SMTPUTF8 (RFC 6531) is offered. MAIL FROM and RCPT TO addresses are checked by the same
   compose.normalize_address as the API's; a non-ASCII one needs SMTPUTF8 on MAIL FROM (553 5.6.7).
@@ -44,11 +46,13 @@ import functools
 import logging
 import re
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import format_datetime
 
+from envoi.accounts.routing import RegionRouter
 from envoi.accounts.service import Accounts, Principal
 from envoi.infra.errors import EnvoiError, ServiceUnavailable
 from envoi.mta import compose, senders
@@ -80,6 +84,7 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
+AUTH_OTHER_REGION = "535 5.7.8 This SMTP login belongs to the {region} region: connect to {host} instead"
 TEMPFAIL = "451 4.3.0 Temporary server error, please try again later"
 DB_TEMPFAIL = ServiceUnavailable().smtp_reply()  # a database outage's reply
 # Per-connection budgets (aiosmtpd answers 421 4.7.0 and closes past them). Generous for MAIL/RCPT/
@@ -101,12 +106,15 @@ class SubmissionConfig:
     max_connections: int = 2000  # open connections per server process (0: no cap)
     max_connections_per_ip: int = 50  # open connections per client address (IPv6: per /64) (0: no cap)
     workers: int = 4  # threads checking AUTH (argon2, Postgres); messages go through the commit stage
+    region_smtp_hosts: Mapping[str, str] = field(default_factory=dict)  # named to a login of another region
 
 
 class Submission:
     """The submission service: checks, option headers, intake. SubmissionServer runs its listeners."""
 
-    def __init__(self, intake: Intake, accounts: Accounts, throttle: AuthThrottle, config: SubmissionConfig):
+    def __init__(self, intake: Intake, accounts: Accounts, throttle: AuthThrottle, config: SubmissionConfig,
+                 router: RegionRouter | None = None):
+        self.router = router
         self.intake = intake
         self.accounts = accounts
         self.throttle = throttle
@@ -115,7 +123,8 @@ class Submission:
         self.limit = ConnectionLimit(config.max_connections, config.max_connections_per_ip)
 
     @classmethod
-    def from_settings(cls, settings, intake: Intake, accounts: Accounts, redis, **overrides) -> Submission:
+    def from_settings(cls, settings, intake: Intake, accounts: Accounts, redis, router: RegionRouter | None = None,
+                      **overrides) -> Submission:
         throttle = AuthThrottle(redis, f"envoi:{settings.region}:smtp-auth-failures",
                                 max_per_login=settings.smtp_auth_max_failures,
                                 max_per_ip=settings.smtp_auth_max_failures_ip, window=settings.smtp_auth_window)
@@ -128,10 +137,11 @@ class Submission:
             preauth_timeout=settings.smtp_preauth_timeout,
             max_connections=settings.smtp_max_connections,
             max_connections_per_ip=settings.smtp_max_connections_per_ip,
+            region_smtp_hosts=dict(settings.region_smtp_hosts),
         )
         if overrides:
             config = dataclasses.replace(config, **overrides)
-        return cls(intake, accounts, throttle, config)
+        return cls(intake, accounts, throttle, config, router)
 
     def close(self) -> None:
         if "stage" in self.__dict__:
@@ -153,6 +163,9 @@ class Submission:
             log.info("submission: %s authenticated as %s", ip, login)
             return outcome, AUTH_OK
         reply, delay = outcome
+        if reply.startswith(AUTH_OTHER_REGION.partition("{")[0]):  # routing, never transfer: the login is not logged
+            log.info("submission: AUTH from %s refused: a login of another region", ip)
+            return None, reply
         log.info("submission: AUTH refused for %r from %s (%s)", login, ip, reply[:3])
         if delay:
             await asyncio.sleep(delay)
@@ -184,9 +197,19 @@ class Submission:
             return AUTH_THROTTLED, 0.0
         principal = self.accounts.authenticate_smtp(login, password)
         if principal is None:
+            if (home := self._home_region(login)) is not None:
+                return home, 0.0  # not counted: nothing of another region's login is kept here
             failures = self.throttle.failed(ip, login)
             return AUTH_INVALID, self.throttle.backoff(self.config.auth_failure_delay, failures)
         return principal
+
+    def _home_region(self, login: str) -> str | None:
+        """The reply naming the region (and its SMTP host) of a login unknown here that a peer knows."""
+        region = self.router.home_of("smtp", login) if self.router is not None else None
+        if region is None:
+            return None
+        host = self.config.region_smtp_hosts.get(region, f"the {region.upper()} region's SMTP host")
+        return AUTH_OTHER_REGION.format(region=region.upper(), host=host)
 
     def sender_allowed(self, principal: Principal, address: str) -> bool:
         """MAIL FROM: the rule intake applies to the From header (envoi.mta.senders)."""

@@ -54,3 +54,19 @@ def test_durations_and_bad_values():
         Settings.from_env({"ENVOI_SECRET_KEY": base64.b64encode(b"short").decode()})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.region = "us"
+
+
+def test_routing_between_regions():
+    env = {"ENVOI_SECRET_KEY": KEY, "ENVOI_REGION": "eu",
+           "ENVOI_OTHER_REGION_URLS": "eu=https://api.eu.test,us=https://api.us.test/",
+           "ENVOI_REGION_SMTP_HOSTS": "eu=smtp.eu.test:587, us=smtp.us.test:587, mars=x",
+           "ENVOI_ROUTING_SECRET": "s" * 32, "ENVOI_ROUTING_TIMEOUT": "0.5"}
+    settings = Settings.from_env(env)
+    assert settings.routing_peer_urls == {"us": "https://api.us.test"}  # the others' public URLs by default
+    assert settings.region_smtp_hosts == {"eu": "smtp.eu.test:587", "us": "smtp.us.test:587"}
+    assert settings.routing_secret == b"s" * 32 and settings.routing_timeout == 0.5
+    private = Settings.from_env({**env, "ENVOI_ROUTING_PEER_URLS": "us=http://10.0.2.5:8025"})
+    assert private.routing_peer_urls == {"us": "http://10.0.2.5:8025"}
+    with pytest.raises(SettingsError, match="ENVOI_ROUTING_SECRET must be at least 32 characters"):
+        Settings.from_env({**env, "ENVOI_ROUTING_SECRET": "short"})
+    assert Settings.from_env({"ENVOI_SECRET_KEY": KEY}).routing_secret == b""  # unset: routing off
