@@ -86,6 +86,9 @@ class Region:
         return "\n".join(f"--- {p.name} ---\n{p.output()}" for p in self.procs)
 
 
+ROUTING_SECRET = "a-routing-secret-both-regions-share-0123456789"
+
+
 def _make_database(region: str) -> str:
     dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=f"envoi_test_{region}_{secrets.token_hex(5)}")
     ensure_database(dsn)
@@ -115,10 +118,13 @@ def _certificate(tmp: Path) -> tuple[str, str, ssl.SSLContext]:
     return str(cert_path), str(key_path), client
 
 
-def _start(region: Region, sink: Sink, cert: str, key: str, tmp: Path) -> None:
-    region.api_url = f"http://127.0.0.1:{free_port()}"
+def _start(region: Region, sink: Sink, cert: str, key: str, tmp: Path, api_urls: dict[str, str]) -> None:
+    region.api_url = api_urls[region.name]
     region.smtp_port = free_port()
     env = region.env()
+    # Routing, never transfer: a login of the other region is looked up at the other region's real API.
+    env["ENVOI_ROUTING_SECRET"] = ROUTING_SECRET
+    env["ENVOI_ROUTING_PEER_URLS"] = ",".join(f"{k}={v}" for k, v in api_urls.items() if k != region.name)
     env["ENVOI_SMTP_ROUTE"] = f"127.0.0.1:{sink.smtp_port}"  # every recipient's MX is the sink
     env["ENVOI_HELO_NAME"] = f"relay.{region.name}.envoi.test"
     logs = tmp / region.name
@@ -170,6 +176,7 @@ def two_regions(localstripe):
     tmp = Path(tempfile.mkdtemp(prefix="envoi-regions-"))
     cert, key, client_tls = _certificate(tmp)
     urls = {"eu": "https://api.eu.envoi.test", "us": "https://api.us.envoi.test"}
+    api_urls = {name: f"http://127.0.0.1:{free_port()}" for name in urls}  # known before either starts
     made: list[Region] = []
     with Sink() as sink, Receiver() as receiver:
         try:
@@ -185,7 +192,7 @@ def two_regions(localstripe):
                 made.append(region)
                 if name == "eu":
                     region.services.billing.sync_plans()  # one Stripe catalogue for both regions
-                _start(region, sink, cert, key, tmp)
+                _start(region, sink, cert, key, tmp, api_urls)
             for region in made:
                 try:
                     _wait_ready(region)

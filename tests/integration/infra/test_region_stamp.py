@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from envoi import runtime
 from envoi.cli import main
 from envoi.infra import region_stamp
-from tests.support import regions
+from tests.support import region_routing as regions
 from tests.support.processes import ROOT, envoi, free_port, process_env
 
 

@@ -357,22 +357,20 @@ def test_no_row_or_key_of_one_region_is_in_the_other(two_regions, workloads, sou
     assert foreign == []
 
 
-
-@pytest.mark.xfail(strict=True, reason="issue 15 item 2 (routing) not built yet: a sign-in or SMTP AUTH of the other "
-                   "region is refused like a wrong password, and its failure is counted in this region's Redis "
-                   "under a hash of the email / login")
-def test_a_login_of_the_other_region_leaves_nothing(two_regions, workloads):
+def test_a_login_of_the_other_region_is_routed_and_leaves_nothing(two_regions, workloads):
     world: World = two_regions
     leaked = []
     for w in workloads.values():
         other = world_other(world, w.region)
-        status, _, _ = request("POST", f"{other.api_url}/dashboard/login",
-                               form={"email": w.user_email, "password": USER_PASSWORD})
+        status, _, body = request("POST", f"{other.api_url}/dashboard/login",
+                                  form={"email": w.user_email, "password": USER_PASSWORD})
         assert status == 401
+        assert f"in the {w.region.name.upper()} region" in body.decode()  # routed: the answer names the home region
         with smtplib.SMTP("127.0.0.1", other.smtp_port, timeout=15) as smtp:
             smtp.starttls(context=world.smtp_client_tls)
-            with pytest.raises(smtplib.SMTPAuthenticationError):
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
                 smtp.login(f"app@{w.domain}", PASSWORD)
+        assert f"belongs to the {w.region.name.upper()} region" in refused.value.smtp_error.decode()
         hits, _ = scan_redis(other.redis_url, w.hashed(), None)
         leaked += hits
         # Leave the other region as the scan test expects it, whatever the order the tests run in.
