@@ -56,6 +56,10 @@ class ForgedToken(InvalidToken):
     """A token that fails authentication: malformed, tampered with, another kind's, or not ours."""
 
 
+#: Account states whose tracking links neither record nor redirect (docs/account-state.md).
+NOT_PROCESSING = ("restricted", "closed")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -280,9 +284,12 @@ class Tracking:
             if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
                 raise InvalidToken("not a web link")
         with self.db.transaction() as conn:
-            domain = conn.execute("SELECT id, account_id FROM domains WHERE id = %s", (data["domain_id"],)).fetchone()
+            domain = conn.execute("SELECT d.id, d.account_id, a.state FROM domains d JOIN accounts a"
+                                  " ON a.id = d.account_id WHERE d.id = %s", (data["domain_id"],)).fetchone()
             if domain is None or domain["account_id"] != data["account_id"]:
                 raise InvalidToken("unknown domain")
+            if domain["state"] in NOT_PROCESSING:  # nothing recorded, no redirect with the account's data
+                raise InvalidToken("the account is closed or its processing restricted")
             message = conn.execute(
                 "SELECT m.* FROM messages m JOIN recipients r ON r.message_pk = m.id"
                 " WHERE m.domain_id = %s AND m.message_id = %s AND r.address = %s ORDER BY m.id LIMIT 1",
