@@ -103,6 +103,9 @@ def test_deleted_account_stops_at_once_and_is_purged_after_the_delay(client, ser
     token = services.tracking.sign("o", account_id, gone.domains[0]["id"], gone.message_ids[0],
                                    f"person0-{gone.tag}@far.test")
     assert client.simulate_get(f"/o/{token}").status_code == 200
+    click = services.tracking.sign("c", account_id, gone.domains[0]["id"], gone.message_ids[0],
+                                   f"person0-{gone.tag}@far.test", "https://shop.example/offer")
+    assert client.simulate_get(f"/c/{click}").headers["location"] == "https://shop.example/offer"
 
     closed_at = time.time()
     services.privacy.close_account(account_id, actor="test")
@@ -111,6 +114,8 @@ def test_deleted_account_stops_at_once_and_is_purged_after_the_delay(client, ser
     opens = db.execute("SELECT count(*) AS n FROM events WHERE account_id = %s AND event = 'opened'",
                        (account_id,)).fetchone()["n"]
     assert client.simulate_get(f"/o/{token}").status_code == 404
+    refused = client.simulate_get(f"/c/{click}")
+    assert refused.status_code == 404 and "location" not in refused.headers
     assert db.execute("SELECT count(*) AS n FROM events WHERE account_id = %s AND event = 'opened'",
                       (account_id,)).fetchone()["n"] == opens
     assert "closed" in NOT_PROCESSING
@@ -141,6 +146,7 @@ def test_deleted_account_stops_at_once_and_is_purged_after_the_delay(client, ser
     assert services.purge.run(now=closed_at + 31 * DAY) == []  # idempotent: nothing left to do
 
     # nothing of it anywhere: every table's text, JSON, arrays and bytes, its ids, and every Redis key
+    assert db.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,)).fetchone() is None
     assert scan_database(db, gone.needles, ids) == []
     assert scan_redis(redis_client, gone.needles, account_id) == []
     # ... but the operator's record that it was purged, without personal data
