@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from envoi.infra.db import Connection, Database, Jsonb
+from envoi.infra.db import Connection, Database, Jsonb, is_data_error
 from envoi.infra.errors import EnvoiError
 
 FORMAT = "envoi-account-archive"
@@ -247,8 +247,14 @@ def _insert(conn: Connection, section: Section | None, rows: list[dict], account
     sql = f"INSERT INTO {section.table} ({', '.join(names)}) VALUES ({', '.join(marks)})"
     values = [{**{c: (Jsonb(row[c]) if c in section.json_columns else row[c]) for c in columns},
                "account_id": account_id} for row in rows]
-    with conn.cursor() as cur:
-        cur.executemany(sql, values)
+    try:
+        with conn.cursor() as cur:
+            cur.executemany(sql, values)
+    except Exception as ex:  # an id, a domain name or a login already used here: nothing is restored
+        if not is_data_error(ex):
+            raise
+        raise ArchiveInvalid(f"the archive's {section.kind} rows do not fit this database (an id, name or login"
+                             " already in use, or a row whose parent is missing): nothing was restored", detail=str(ex)) from ex
 
 
 def _parse(text: str, number: int) -> dict:

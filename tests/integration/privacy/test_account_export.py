@@ -153,3 +153,12 @@ def test_import_refuses_a_cut_short_or_foreign_archive(services, full, empty_dat
             assert conn.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 0
     finally:
         target.close()
+    # into the database it came from, under a new account id: its domains' names are taken there
+    fresh = 10**9 + int(full.tag[:6], 16)
+    header, account_line = json.loads(lines[0]), json.loads(lines[1])
+    header["data"]["account_id"] = account_line["data"]["id"] = fresh
+    renumbered = [json.dumps(header), json.dumps(account_line), *lines[2:]]
+    with pytest.raises(archive.ArchiveInvalid) as caught:
+        archive.import_archive(services.db, renumbered, "eu")
+    assert caught.value.message.startswith("the archive's domain rows do not fit this database")
+    assert services.accounts.list_accounts(search=str(fresh)) == []
