@@ -38,8 +38,3 @@ class Activity:
                 self._marked[account_id] = today
         if due:
             touch(conn, due, today)
-
-    def forget(self, account_id: int) -> None:
-        """The next send is recorded again (a warning was just sent for the account)."""
-        with self._lock:
-            self._marked.pop(account_id, None)

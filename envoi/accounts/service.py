@@ -146,8 +146,8 @@ class Accounts:
 
     def close(self, account_id: int, *, actor: str = "cli", ip: str | None = None) -> dict:
         """The customer deleted the account: from now its API keys are unknown (401), its SMTP logins fail,
-        its users cannot sign in and their sessions end. Final. closed_at is recorded; purging the
-        account's data within 90 days of it is issue 15's (not done here: the rows stay until then)."""
+        its users cannot sign in and their sessions end. Final. closed_at is recorded; the account's data is
+        purged ENVOI_ACCOUNT_PURGE_DELAY later (envoi.privacy.purge)."""
         return self._change_state(account_id, "closed", "", "account.closed", actor, ip)
 
     def _change_state(self, account_id: int, state: str, reason: str, action: str, actor: str,
