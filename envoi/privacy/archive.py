@@ -32,7 +32,7 @@ FORMAT = "envoi-account-archive"
 VERSION = 1
 BATCH = 1000
 
-_OF_ACCOUNT = "account_id = %(account)s"
+OF_ACCOUNT = "account_id = %(account)s"
 _OF_DOMAINS = "domain_id IN (SELECT id FROM domains WHERE account_id = %(account)s)"
 
 
@@ -42,7 +42,7 @@ class Section:
     table: str
     columns: tuple[str, ...]  # exported and restored as they are
     key: tuple[str, ...]  # a unique ordering: keyset paging
-    scope: str = _OF_ACCOUNT
+    scope: str = OF_ACCOUNT
     json_columns: frozenset[str] = frozenset()
     #: restored columns the archive cannot hold (secrets): SQL expressions that make them unusable
     placeholders: dict[str, str] = field(default_factory=dict)
