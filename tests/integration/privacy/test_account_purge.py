@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from click.testing import CliRunner
 
-from envoi import runtime
+from envoi import cli, runtime
 from envoi.infra.settings import SettingsError
 from envoi.mta.tracking import NOT_PROCESSING
 from envoi.privacy import archive
@@ -182,3 +183,19 @@ def test_deleted_account_stops_at_once_and_is_purged_after_the_delay(client, ser
     assert kept_after == kept_before
     assert client.simulate_get("/v4/domains", headers=basic(kept.key_secret)).status_code == 200
     assert redis_client.exists(services.stream.key(kept.account["id"]))
+
+
+def test_cli_purges_a_closed_account_now_and_refuses_an_open_one(services, cli_env, db):
+    account = services.accounts.create_account("purge-me-now")
+    services.accounts.add_domain(account["id"], f"purge-{account['id']}.example.test", dkim_key_size=1024)
+    result = CliRunner().invoke(cli.main, ["accounts", "purge", "--account-id", str(account["id"])])
+    assert result.exit_code == 1 and "is not closed" in result.output
+    assert db.execute("SELECT 1 FROM accounts WHERE id = %s", (account["id"],)).fetchone()
+    assert CliRunner().invoke(cli.main, ["accounts", "close", str(account["id"]), "--yes"]).exit_code == 0
+    result = CliRunner().invoke(cli.main, ["accounts", "purge", "--account-id", str(account["id"])])
+    assert result.exit_code == 0, result.output
+    assert db.execute("SELECT 1 FROM accounts WHERE id = %s", (account["id"],)).fetchone() is None
+    assert db.execute("SELECT count(*) AS n FROM domains WHERE name = %s",
+                      (f"purge-{account['id']}.example.test",)).fetchone()["n"] == 0
+    assert db.execute("SELECT actor FROM audit_log WHERE action = 'account.purged' AND details->>'account_id' = %s",
+                      (str(account["id"]),)).fetchone()["actor"].startswith("cli:")
