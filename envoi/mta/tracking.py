@@ -270,6 +270,12 @@ class Tracking:
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return msg.as_bytes(policy=SMTP_POLICY)
 
+    def processing(self, account_id: int) -> bool:
+        """Whether the account's links still work: not once it is closed or its processing restricted."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT state FROM accounts WHERE id = %s", (account_id,)).fetchone()
+        return row is not None and row["state"] not in NOT_PROCESSING
+
     # hits -------------------------------------------------------------------------------------
     def hit(self, kind: str, token: str, *, user_agent: str = "", ip: str | None = None) -> dict:
         """Record an open ('o'), click ('c') or unsubscribe ('u'); return the verified payload.

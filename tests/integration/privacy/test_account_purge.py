@@ -139,6 +139,10 @@ def test_deleted_account_stops_at_once_and_is_purged_after_the_delay(client, ser
     assert client.simulate_get(f"/o/{token}").status_code == 404
     refused = client.simulate_get(f"/c/{click}")
     assert refused.status_code == 404 and "location" not in refused.headers
+    unsubscribe = services.tracking.sign("u", account_id, gone.domains[0]["id"], gone.message_ids[0],
+                                         f"person0-{gone.tag}@far.test", ["*"])
+    page = client.simulate_get(f"/u/{unsubscribe}")  # the confirmation page, which shows the address
+    assert page.status_code == 404 and gone.tag not in page.text
     assert db.execute("SELECT count(*) AS n FROM events WHERE account_id = %s AND event = 'opened'",
                       (account_id,)).fetchone()["n"] == opens
     assert "closed" in NOT_PROCESSING
