@@ -110,6 +110,10 @@ def test_cli_export_import_round_trip(services, full, cli_env, empty_database_ur
     result = CliRunner().invoke(cli.main, ["accounts", "export", str(account_id), "-o", str(first)])
     assert result.exit_code == 0, result.output
     assert "Exporting" in result.output  # the progress bar (on stderr, mixed in by CliRunner)
+    piped = CliRunner().invoke(cli.main, ["accounts", "export", str(account_id)])  # to stdout: the bare archive
+    assert piped.exit_code == 0 and "Exporting" not in piped.output
+    assert [json.loads(line)["type"] for line in piped.output.splitlines()][::len(piped.output.splitlines()) - 1] == [
+        "export", "end"]
     # restore into an empty database of the same region, through the CLI
     cli_env.setenv("ENVOI_DATABASE_URL_EU", empty_database_url)
     result = CliRunner().invoke(cli.main, ["accounts", "import", str(first)])
