@@ -48,6 +48,7 @@ class Section:
     placeholders: dict[str, str] = field(default_factory=dict)
     restore_account: bool = True  # the table has an account_id column, restored from the header
     sequence: str | None = None  # the id sequence to move past the restored ids
+    by_domain: bool = False  # read through the table's domain index (its key starts with domain_id)
 
     @property
     def select(self) -> str:
@@ -103,8 +104,8 @@ SECTIONS: tuple[Section, ...] = (
             restore_account=False),
     Section("event", "events",
             ("id", "event_id", "domain_id", "message_pk", "event", "severity", "recipient", "message_id", "ts",
-             "data", "sender", "subject", "tags"), ("id",), json_columns=frozenset({"data"}),
-            sequence="events_id_seq"),
+             "data", "sender", "subject", "tags"), ("domain_id", "ts", "id"), json_columns=frozenset({"data"}),
+            sequence="events_id_seq", by_domain=True),  # events_domain_ts: the partitions have no index on id
     Section("stats_hourly", "event_stats_hourly",
             ("domain_id", "tag", "hour", "event", "severity", "reason", "method", "count"),
             ("domain_id", "tag", "hour", "event", "severity", "reason", "method")),
@@ -160,18 +161,31 @@ def export_lines(db: Database, account_id: int, *, batch: int = BATCH,
 
 def section_rows(db: Database, section: Section, account_id: int, *, batch: int = BATCH) -> Iterator[dict]:
     """A section's rows in key order, read `batch` at a time (keyset paging, one transaction each)."""
+    if not section.by_domain:
+        yield from _paged(db, section, section.scope, {"account": account_id}, batch)
+        return
+    # The table is indexed by domain only: the account's domains through that index first, then whatever
+    # the account holds under a domain it removed earlier (usually nothing).
+    with db.transaction() as conn:
+        domain_ids = [r["id"] for r in conn.execute("SELECT id FROM domains WHERE account_id = %s ORDER BY id",
+                                                    (account_id,)).fetchall()]
+    params = {"account": account_id, "domain_ids": domain_ids}
+    yield from _paged(db, section, f"domain_id = ANY(%(domain_ids)s) AND {section.scope}", params, batch)
+    yield from _paged(db, section, f"NOT (domain_id = ANY(%(domain_ids)s)) AND {section.scope}", params, batch)
+
+
+def _paged(db: Database, section: Section, scope: str, params: dict, batch: int) -> Iterator[dict]:
     keys = ", ".join(section.key)
     after: tuple | None = None
     while True:
-        params: dict = {"account": account_id}
-        where = section.scope
+        where, args = scope, dict(params)
         if after is not None:
             marks = ", ".join(f"%(k{i})s" for i in range(len(after)))
             where += f" AND ({keys}) > ({marks})"
-            params.update({f"k{i}": value for i, value in enumerate(after)})
+            args.update({f"k{i}": value for i, value in enumerate(after)})
         with db.transaction() as conn:
             rows = conn.execute(f"SELECT {section.select} FROM {section.table} WHERE {where}"
-                                f" ORDER BY {keys} LIMIT {int(batch)}", params).fetchall()
+                                f" ORDER BY {keys} LIMIT {int(batch)}", args).fetchall()
         yield from rows
         if len(rows) < batch:
             return

@@ -68,7 +68,9 @@ def test_api_export_is_the_whole_account_without_secrets(client, services, full,
     assert got["end"] == [{"counts": {s.kind: len(got.get(s.kind, [])) for s in archive.SECTIONS}}]
     # what the issue lists is there
     assert {d["name"] for d in got["domain"]} == {d["name"] for d in full.domains}
-    assert len(got["message"]) == 3 and len(got["recipient"]) == 3 and len(got["event"]) >= 3
+    assert len(got["message"]) == 3 and len(got["recipient"]) == 3 and len(got["event"]) >= 4
+    # the events of a domain removed earlier are the account's too (read after the domains' own)
+    assert [e["domain_id"] for e in got["event"]][-1] == full.removed_domain["id"]
     assert {s: len(got[s]) for s in ("bounce", "unsubscribe", "complaint", "allowlist")} == dict.fromkeys(
         ("bounce", "unsubscribe", "complaint", "allowlist"), 1)
     assert got["webhook"] and got["webhook_delivery"] and got["webhook_attempt"][0]["status_code"] == 200

@@ -119,6 +119,9 @@ def test_deleted_account_stops_at_once_and_is_purged_after_the_delay(client, ser
     kept = workload.build(services)
     account_id = gone.account["id"]
     ids = ids_of(db, account_id)
+    ids["domain_id"].add(gone.removed_domain["id"])  # its events outlived it
+    assert db.execute("SELECT count(*) AS n FROM events WHERE domain_id = %s",
+                      (gone.removed_domain["id"],)).fetchone()["n"] >= 1
     kept_before = {t: db.execute(f"SELECT count(*) AS n FROM {t} WHERE account_id = %s", (kept.account["id"],))
                    .fetchone()["n"] for t in ("messages", "events", "webhook_deliveries", "users", "audit_log")}
     wait_until(lambda: redis_client.exists(services.stream.key(account_id)))  # its live stream holds its events

@@ -21,6 +21,7 @@ class Workload:
     message_ids: list[str] = field(default_factory=list)
     key_secret: str = ""
     admin_email: str = ""
+    removed_domain: dict | None = None
 
 
 def build(services, *, sink_domain: str = "dest.test") -> Workload:
@@ -30,7 +31,7 @@ def build(services, *, sink_domain: str = "dest.test") -> Workload:
                                             verified=True) for n in ("mail", "news")]
     domain = domains[0]
     w = Workload(account, domains, tag)
-    w.needles += [account["name"], *(d["name"] for d in domains)]
+    w.needles += [account["name"], *(d["name"] for d in domains)]  # the removed one's name too
     # users: an admin (by invitation, as in production), a pending invitation
     w.admin_email = f"admin-{tag}@{sink_domain}"
     _, token = services.users.invite(account["id"], w.admin_email, "admin", actor="test")
@@ -67,6 +68,13 @@ def build(services, *, sink_domain: str = "dest.test") -> Workload:
                                     (domain["id"],)).fetchone()
         assert hooks.deliver(delivery["id"]) == "delivered"
         assert receiver.got(f"/hook-{tag}")
+    # a domain the customer removed: its messages went with it, its events stay (until retention or purge)
+    removed = domains[1]
+    send(services, account["id"], removed, f"old-{tag}@far.test", subject=f"subject-{tag}")
+    services.accounts.delete_domain(account["id"], removed["name"])
+    w.domains = [domain]
+    w.removed_domain = removed
+    w.needles += [f"old-{tag}@far.test"]
     # what the relay finds due: mark the recipients failed so no relay of another test delivers them
     with services.db.transaction() as conn:
         conn.execute("UPDATE recipients SET status = 'failed' WHERE account_id = %s", (account["id"],))
