@@ -305,7 +305,7 @@ def accounts_create(name: str, plan: str) -> None:
 
 
 @accounts.command("list")
-@click.option("--state", type=click.Choice(["active", "suspended", "closed"]), default=None,
+@click.option("--state", type=click.Choice(["active", "suspended", "restricted", "closed"]), default=None,
               help="Only the accounts in this state.")
 def accounts_list(state: str | None) -> None:
     """List the region's accounts: id, name, region, plan, state, domains, users, recipients accepted in
@@ -338,7 +338,7 @@ def accounts_reinstate(account_id: int) -> None:
 @click.option("--yes", is_flag=True, help="Confirm: closing is final.")
 def accounts_close(account_id: int, yes: bool) -> None:
     """Close ACCOUNT_ID for good (the customer deleted it): its keys, SMTP logins and users stop working at
-    once and its mail still waiting is cancelled. Its data is kept until the purge (issue 15)."""
+    once and its mail still waiting is cancelled. Its data is purged ENVOI_ACCOUNT_PURGE_DELAY later."""
     if not yes:
         raise click.UsageError("closing an account is final: pass --yes")
     row = _services().privacy.close_account(account_id, actor="cli")
@@ -514,6 +514,7 @@ def _register_commands() -> None:
         dkim,
         encryption,
         ips,
+        lifecycle,
         logs,
         smtp,
         stripe_billing,
@@ -527,6 +528,8 @@ def _register_commands() -> None:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:
         domains.add_command(command)
+    for command in lifecycle.ACCOUNT_COMMANDS:
+        accounts.add_command(command)
 
 
 _register_commands()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from envoi.accounts.activity import Activity
 from envoi.accounts.audit import Audit
 from envoi.accounts.routing import RegionRouter
 from envoi.accounts.service import Accounts
@@ -42,6 +43,8 @@ from envoi.mta.queue import Queue
 from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
 from envoi.mta.tracking import Tracking
+from envoi.privacy.inactivity import Inactivity
+from envoi.privacy.purge import MAX_DELAY, Purge
 from envoi.privacy.service import Privacy
 from envoi.suppression.service import Suppressions
 from envoi.webhooks.service import Webhooks
@@ -83,6 +86,8 @@ class Services:
     quota: Quota  # its check runs at accept only with billing on (ENVOI_BILLING)
     usage: Usage
     router: RegionRouter  # which region a login unknown here belongs to (routing, never transfer)
+    purge: Purge  # deleted accounts' data, after ENVOI_ACCOUNT_PURGE_DELAY
+    inactivity: Inactivity  # inactive accounts: warned, then purged
 
     def close(self) -> None:
         self.db.close()
@@ -108,6 +113,9 @@ def check_sealing_keys(settings: Settings) -> None:
 def build(settings: Settings, *, pool_size: int = 10) -> Services:
     if len(settings.secret_key) != 32:  # Settings made in code without one (from_env already refuses)
         raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes)")
+    if not 0 <= settings.account_purge_delay <= MAX_DELAY:
+        raise SettingsError("ENVOI_ACCOUNT_PURGE_DELAY must be between 0 and 90 days (the privacy policy's"
+                            f" promise), not {settings.account_purge_delay / 86400:g} days")
     # The plans, once: a file that cannot be used stops the process here (PlansInvalid says why).
     plans = billing_plans.load(settings.billing_plans)
     # Infrastructure.
@@ -155,6 +163,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         renderers=[tracking.render],
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
+        activity=Activity(),  # a send marks its account active, once a day per process
     )
     # Dashboard users: their sessions, failed-login throttle and the account audit log.
     sessions = Sessions(db, idle=timedelta(seconds=settings.session_idle),
@@ -170,13 +179,18 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                             publishable_key=settings.stripe_publishable_key if settings.billing else "",
                             js_url=settings.stripe_js_url)
     billing = Billing(db, accounts, plans, gateway, grace_seconds=settings.billing_grace)
+    purge = Purge(db, redis, settings.region, delay=settings.account_purge_delay, accounts=accounts, audit=audit,
+                  throttle=throttle)
+    inactivity = Inactivity(db, accounts, intake, storage, purge, after=settings.inactive_account_after,
+                            notice=settings.inactive_account_notice, sender=settings.platform_sender,
+                            public_url=settings.public_url)
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, ips=ips, intake=intake,
         storage=storage, privacy=Privacy(db, accounts, storage),
         audit=audit, sessions=sessions, users=users, billing=billing,
-        queue=Queue(db), plans=plans, quota=quota, usage=Usage(db),
+        queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )
@@ -282,6 +296,8 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("stats: hourly buckets into days, daily into months", 86400, services.stats.coarsen),
         PeriodicTask("purge expired webhook deliveries", 3600, services.webhooks.purge_expired),
         PeriodicTask("purge expired dashboard sessions", 3600, services.sessions.purge_expired),
+        PeriodicTask("purge deleted accounts past the purge delay", 3600, services.purge.run),
+        PeriodicTask("inactive accounts: warn, then purge", 86400, services.inactivity.sweep),
         *(billing_tasks(services) if services.settings.stripe_secret_key else []),
     ]
 

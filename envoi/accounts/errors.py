@@ -61,6 +61,16 @@ class AccountSuspended(AccountsError):
     account_state = "suspended"  # what the refusal tells a caller holding an older state
 
 
+class AccountRestricted(AccountsError):
+    """Processing of the account's data is restricted at its owner's request (GDPR Art. 18): nothing is
+    sent, accepted or tracked until an operator lifts it; the data is kept and can be exported. Same
+    403 / 550 5.7.1 shapes as a suspension."""
+
+    http_status = 403
+    smtp_code, smtp_enhanced = 550, "5.7.1"
+    account_state = "restricted"
+
+
 class AccountClosed(AccountsError):
     """The account was closed (deleted by its customer): nothing it holds works any more. Its API keys
     are simply unknown (401); this is what a dashboard login or an SMTP session opened before the

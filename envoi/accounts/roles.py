@@ -7,14 +7,14 @@ from envoi.accounts.errors import Forbidden
 
 ACTIONS = frozenset({
     "send", "read_logs", "read_stats", "manage_domains", "manage_keys", "manage_users", "manage_billing",
-    "manage_webhooks", "manage_suppressions", "read_audit_log",
+    "manage_webhooks", "manage_suppressions", "read_audit_log", "export_account",
 })
 
 #: Mailgun's semantics: admin everything; developer everything but users and billing; support reads logs
 #: and manages suppressions; analyst reads logs and stats only; billing only billing.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": ACTIONS,
-    "developer": ACTIONS - {"manage_users", "manage_billing", "read_audit_log"},
+    "developer": ACTIONS - {"manage_users", "manage_billing", "read_audit_log", "export_account"},
     "support": frozenset({"read_logs", "read_stats", "manage_suppressions"}),
     "analyst": frozenset({"read_logs", "read_stats"}),
     "billing": frozenset({"manage_billing"}),

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 from envoi.accounts import dnscheck, store
 from envoi.accounts.audit import Audit
-from envoi.accounts.errors import AccountClosed, AccountSuspended, AlreadyExists, InvalidInput, NotFound
+from envoi.accounts.errors import (
+    AccountClosed,
+    AccountRestricted,
+    AccountSuspended,
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+)
 from envoi.accounts.limits import DOMAINS, PlanLimits, enforce
 from envoi.infra import crypto, dkim_keys, ids
 from envoi.infra.cache import TTLCache
@@ -22,7 +29,7 @@ ROLES = ("admin", "developer", "sending", "basic", "operator")  # what each may 
 ADDRESS_RE = re.compile(r"^[^@\s]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+$")
 MAX_AUTHORIZED_RECIPIENTS = 5  # Mailgun's limit
 MAX_KEY_LIFETIME = 10 * 365 * 86400  # seconds; beyond this `expiration` is surely a mistake
-ACCOUNT_STATES = ("active", "suspended", "closed")
+ACCOUNT_STATES = ("active", "suspended", "restricted", "closed")
 MAX_REASON = 500
 
 
@@ -124,10 +131,25 @@ class Accounts:
         """Let a suspended account send again. A closed account cannot be reinstated."""
         return self._change_state(account_id, "active", "", "account.reinstated", actor, ip)
 
+    def restrict(self, account_id: int, reason: str, *, actor: str = "cli", ip: str | None = None) -> dict:
+        """Restrict processing at the customer's request (GDPR Art. 18): nothing sent, accepted or tracked
+        (AccountRestricted), users still sign in and export; the data is kept. Lifted by an operator
+        (lift_restriction). A suspended account becomes restricted (the restriction is the stronger)."""
+        reason = " ".join((reason or "").split())
+        if not 0 < len(reason) <= MAX_REASON:
+            raise InvalidInput(f"a restriction needs a reason (at most {MAX_REASON} characters)")
+        return self._change_state(account_id, "restricted", reason, "account.restricted", actor, ip)
+
+    def lift_restriction(self, account_id: int, *, actor: str = "cli", ip: str | None = None) -> dict:
+        """An operator lifts the restriction: the account is active again."""
+        if self.get_account(account_id)["state"] != "restricted":
+            raise InvalidInput(f"Account {account_id} is not restricted")
+        return self._change_state(account_id, "active", "", "account.restriction_lifted", actor, ip)
+
     def close(self, account_id: int, *, actor: str = "cli", ip: str | None = None) -> dict:
         """The customer deleted the account: from now its API keys are unknown (401), its SMTP logins fail,
-        its users cannot sign in and their sessions end. Final. closed_at is recorded; purging the
-        account's data within 90 days of it is issue 15's (not done here: the rows stay until then)."""
+        its users cannot sign in and their sessions end. Final. closed_at is recorded; the account's data is
+        purged ENVOI_ACCOUNT_PURGE_DELAY later (envoi.privacy.purge)."""
         return self._change_state(account_id, "closed", "", "account.closed", actor, ip)
 
     def _change_state(self, account_id: int, state: str, reason: str, action: str, actor: str,
@@ -140,6 +162,10 @@ class Accounts:
                 raise InvalidInput(f"Account {account_id} is closed")
             if state == "active" and before["state"] == "active":
                 raise InvalidInput(f"Account {account_id} is not suspended")
+            if before["state"] == "restricted" and action not in ("account.restriction_lifted", "account.closed",
+                                                                  "account.restricted"):
+                # the customer's request outranks a suspension or its end: only an operator's lift ends it
+                raise InvalidInput(f"Account {account_id} is restricted: only lifting the restriction changes that")
             if state == "closed":
                 store.end_account_sessions(conn, account_id)
             self.audit.record(account_id, actor, action, str(account_id), ip=ip, conn=conn,
@@ -205,6 +231,9 @@ class Accounts:
         if principal.account_state == "suspended":
             raise AccountSuspended(f"Domain {domain_name} is not allowed to send: the account is suspended;"
                                    " its users can see why in the dashboard")
+        if principal.account_state == "restricted":
+            raise AccountRestricted(f"Domain {domain_name} is not allowed to send: processing of the account's"
+                                    " data is restricted at its owner's request")
         if principal.account_state == "closed":
             raise AccountClosed()
 
@@ -443,6 +472,12 @@ class Accounts:
     def plan_changed(self) -> None:
         """An account's plan was changed outside set_plan (billing): cached principals reread it."""
         self._keys_changed()
+
+    def forget_account(self, account_id: int) -> None:
+        """The account's rows were purged (envoi.privacy.purge): no process may keep a cached key, state or
+        domain of it."""
+        self._keys_changed()
+        self._sending_domains.forget()
 
     def _keys_changed(self) -> None:
         """Keys were revoked (deleted, or their domain went) or an account changed state: every process

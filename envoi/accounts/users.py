@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
-from envoi.accounts import roles, totp
+from envoi.accounts import activity, roles, totp
 from envoi.accounts.audit import Audit
 from envoi.accounts.errors import (
     AccountClosed,
@@ -229,6 +229,8 @@ class Users:
                 how = self._second_factor(conn, user, code) if code else None
             if how is not None:
                 token = self.sessions.start(user["id"], ip=ip, user_agent=user_agent, conn=conn)
+                if user["account_id"] is not None:  # a sign-in is activity (envoi.accounts.activity)
+                    activity.touch(conn, [user["account_id"]], datetime.now(UTC).date())
                 self.audit.record(user["account_id"], actor_of(user), "session.created", user["email"], ip=ip,
                                   details={"second_factor": how, "user_agent": user_agent[:200]}, conn=conn)
         if how is None:

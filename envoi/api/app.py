@@ -12,6 +12,7 @@ from envoi.api.client_address import ClientAddress
 from envoi.api.dashboard import routes as dashboard
 from envoi.api.dashboard.gate import PageGate
 from envoi.api.openapi import OpenApiDocument
+from envoi.api.resources.account_export import AccountExport
 from envoi.api.resources.audit import AuditLog
 from envoi.api.resources.billing import StripeWebhook
 from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
@@ -132,6 +133,8 @@ def routes(settings, services) -> list[Route]:
         ("/v3/privacy/addresses/{address}", AddressData(services.privacy), None),
         # the account's audit log
         ("/v3/audit-log", AuditLog(services.audit), None),
+        # the account's whole data, as a JSON-lines archive (admin keys)
+        ("/v1/account/export", AccountExport(services.privacy, services.audit, client_address), None),
         # billing: Stripe's webhooks (public; Stripe's signature is the credential)
         ("/v1/billing/stripe/webhook", StripeWebhook(services.billing), None),
         # regions: a peer region asks whether a login is ours (signed; routing, never transfer)

@@ -358,6 +358,11 @@ def _paths() -> dict:
         params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}), _q("before", {"type": "integer", "minimum": 1}),
                 _q("action"), _q("actor"), _q("format", {"type": "string", "enum": ["json", "csv", "jsonl"]})],
         tag="accounts"))
+    add("/v1/account/export", "get", op(
+        "The account's whole data without secrets or message bodies, as a streamed JSON-lines archive"
+        " (a header line, one line per row by section, an end line with the counts); admin keys only",
+        {"description": "the archive (docs/privacy.md, Account lifecycle)",
+         "content": {"application/x-ndjson": {"schema": STR}}}, tag="accounts"))
     # billing
     add("/v1/billing/stripe/webhook", "post", op(
         "Stripe's webhook events (public: verified by the Stripe-Signature header; each event applied once)",

@@ -268,6 +268,18 @@ class Settings:
     #: ENVOI_BILLING_GRACE: after a failed payment, how long an account keeps sending before it is
     #: suspended (7d).
     billing_grace: float = 7 * 86400.0
+    #: ENVOI_ACCOUNT_PURGE_DELAY: a closed (deleted) account's data is purged this long after it was closed
+    #: (30d); more than 90d is refused at startup (the privacy policy's promise).
+    account_purge_delay: float = 30 * 86400.0
+    #: ENVOI_INACTIVE_ACCOUNT_AFTER: an account with no sign-in and no send for this long is warned by mail
+    #: that it will be purged (3 years: 1095d).
+    inactive_account_after: float = 1095 * 86400.0
+    #: ENVOI_INACTIVE_ACCOUNT_NOTICE: how long after that warning an account still inactive is purged (30d).
+    inactive_account_notice: float = 30 * 86400.0
+    #: ENVOI_PLATFORM_SENDER: the address platform notices (the inactive-account warning) are sent from,
+    #: through Envoi itself; its domain must be a verified domain of this region. Unset: no warning is sent
+    #: (logged), and so no inactive account is purged.
+    platform_sender: str = ""
     #: ENVOI_SESSION_IDLE: a dashboard session ends after this long without a request (30m).
     session_idle: float = 1800.0
     #: ENVOI_SESSION_MAX: a dashboard session ends this long after sign-in, however busy (12h).
@@ -460,6 +472,14 @@ class Settings:
             values["stripe_api_base"] = v
         if v := env.get("ENVOI_BILLING_GRACE"):
             values["billing_grace"] = _seconds(v)
+        if v := env.get("ENVOI_ACCOUNT_PURGE_DELAY"):
+            values["account_purge_delay"] = _seconds(v)
+        if v := env.get("ENVOI_INACTIVE_ACCOUNT_AFTER"):
+            values["inactive_account_after"] = _seconds(v)
+        if v := env.get("ENVOI_INACTIVE_ACCOUNT_NOTICE"):
+            values["inactive_account_notice"] = _seconds(v)
+        if v := env.get("ENVOI_PLATFORM_SENDER", "").strip():
+            values["platform_sender"] = v.lower()
         if v := env.get("ENVOI_SESSION_IDLE"):
             values["session_idle"] = _seconds(v)
         if v := env.get("ENVOI_SESSION_MAX"):

@@ -59,6 +59,7 @@ class Intake:
         renderers: Sequence[Renderer] = (),
         on_commit: Callable[[], None] = lambda: None,
         on_accepted: Callable[[int, str], None] = lambda count, method: None,
+        activity=None,
     ):
         self.settings = settings
         self.db = db
@@ -70,6 +71,7 @@ class Intake:
         self.renderers = tuple(renderers)
         self.on_commit = on_commit  # rings the relay's doorbell; never fails the accept
         self.on_accepted = on_accepted
+        self.activity = activity  # envoi.accounts.activity.Activity: a send marks the account active (daily)
         self._message_ids: collections.deque[int] = collections.deque()
         self._message_ids_lock = threading.Lock()
         # A caller queued behind a writer waits at most for one writer (a pool connection, then the
@@ -202,6 +204,8 @@ class Intake:
             store.insert_messages(conn, [{**m.row, "id": pk} for pk, m in zip(pks, stored, strict=True)])
             store.insert_recipients(conn, recipients)
             self.events.record(conn, recorded)
+            if self.activity is not None:
+                self.activity.record(conn, {m.row["account_id"] for m in stored})
         # Committed: nothing below may fail the batch (a retry would store the messages twice).
         self.events.committed(recorded)
         try:

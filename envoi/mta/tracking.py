@@ -58,6 +58,10 @@ class ForgedToken(InvalidToken):
     """A token that fails authentication: malformed, tampered with, another kind's, or not ours."""
 
 
+#: Account states whose tracking links neither record nor redirect (docs/account-state.md).
+NOT_PROCESSING = ("restricted", "closed")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -281,6 +285,12 @@ class Tracking:
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return msg.as_bytes(policy=SMTP_POLICY)
 
+    def processing(self, account_id: int) -> bool:
+        """Whether the account's links still work: not once it is closed or its processing restricted."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT state FROM accounts WHERE id = %s", (account_id,)).fetchone()
+        return row is not None and row["state"] not in NOT_PROCESSING
+
     # hits -------------------------------------------------------------------------------------
     def hit(self, kind: str, token: str, *, user_agent: str = "", ip: str | None = None) -> dict:
         """Record an open ('o'), click ('c') or unsubscribe ('u'); return the verified payload.
@@ -295,9 +305,12 @@ class Tracking:
             if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
                 raise InvalidToken("not a web link")
         with self.db.transaction() as conn:
-            domain = conn.execute("SELECT id, account_id FROM domains WHERE id = %s", (data["domain_id"],)).fetchone()
+            domain = conn.execute("SELECT d.id, d.account_id, a.state FROM domains d JOIN accounts a"
+                                  " ON a.id = d.account_id WHERE d.id = %s", (data["domain_id"],)).fetchone()
             if domain is None or domain["account_id"] != data["account_id"]:
                 raise InvalidToken("unknown domain")
+            if domain["state"] in NOT_PROCESSING:  # nothing recorded, no redirect with the account's data
+                raise InvalidToken("the account is closed or its processing restricted")
             message = conn.execute(
                 "SELECT m.* FROM messages m JOIN recipients r ON r.message_pk = m.id"
                 " WHERE m.domain_id = %s AND m.message_id = %s AND r.address = %s ORDER BY m.id LIMIT 1",

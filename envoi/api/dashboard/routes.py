@@ -105,6 +105,8 @@ def operator_routes(services, client_address) -> list[tuple[str, object, str | N
         (op, OperatorAccounts(accounts), None),
         (f"{op}/accounts/{{account_id:int}}/suspend", state, "suspend"),
         (f"{op}/accounts/{{account_id:int}}/reinstate", state, "reinstate"),
+        (f"{op}/accounts/{{account_id:int}}/restrict", state, "restrict"),
+        (f"{op}/accounts/{{account_id:int}}/lift", state, "lift"),
         (f"{op}/ips", inventory, None),
         (f"{op}/ips/assign", inventory, "assign"),
         (f"{op}/ips/assign-domain", inventory, "assign_domain"),

@@ -90,9 +90,12 @@ class _TokenEndpoint:
 
     def _verify(self, req, kind: str, token: str) -> dict:
         try:
-            return self.tracking.verify(kind, token)
+            data = self.tracking.verify(kind, token)
         except ForgedToken:
             self.guard.bad(self.client_address(req))
+        if not self.tracking.processing(data["account_id"]):  # closed or restricted: nothing of it is shown
+            raise ApiError(404, "Not found")
+        return data
 
 
 class Open(_TokenEndpoint):

@@ -14,7 +14,9 @@ from envoi.infra.errors import EnvoiError
 
 PAGE_SIZE = 100
 DONE = {"suspended": "The account is suspended: it cannot send until it is reinstated.",
-        "reinstated": "The account is reinstated: it can send again."}
+        "reinstated": "The account is reinstated: it can send again.",
+        "restricted": "Processing of the account is restricted: nothing is sent, accepted or tracked; its data is kept.",
+        "lifted": "The restriction is lifted: the account is active again."}
 
 
 def actor(req: falcon.Request) -> str:
@@ -44,7 +46,8 @@ class OperatorAccounts:
 
 
 class AccountState:
-    """POST /dashboard/operator/accounts/{id}/suspend (with a reason) and .../reinstate."""
+    """POST /dashboard/operator/accounts/{id}/suspend (with a reason) and .../reinstate; .../restrict (the
+    customer's request, as the reason) and .../lift (docs/account-state.md)."""
     auth, audience = SESSION, OPERATOR
 
     def __init__(self, accounts, client_address):
@@ -58,6 +61,14 @@ class AccountState:
 
     def on_post_reinstate(self, req: falcon.Request, resp: falcon.Response, account_id: int) -> None:
         self._change(req, resp, "reinstated", lambda: self.accounts.reinstate(
+            account_id, actor=actor(req), ip=self.client_address(req)))
+
+    def on_post_restrict(self, req: falcon.Request, resp: falcon.Response, account_id: int) -> None:
+        self._change(req, resp, "restricted", lambda: self.accounts.restrict(
+            account_id, req.context.form.get("reason", ""), actor=actor(req), ip=self.client_address(req)))
+
+    def on_post_lift(self, req: falcon.Request, resp: falcon.Response, account_id: int) -> None:
+        self._change(req, resp, "lifted", lambda: self.accounts.lift_restriction(
             account_id, actor=actor(req), ip=self.client_address(req)))
 
     def _change(self, req: falcon.Request, resp: falcon.Response, done: str, change) -> None:

@@ -94,6 +94,23 @@ def test_suspend_and_reinstate_from_the_accounts_page(operator, services, accoun
     assert operator.post("/dashboard/operator/accounts/999999999/reinstate").status_code == 404
 
 
+def test_restrict_and_lift_from_the_accounts_page(operator, services, account, db):
+    resp = operator.get("/dashboard/operator", q=str(account["id"]))
+    assert f'/dashboard/operator/accounts/{account["id"]}/restrict' in resp.text
+    r = operator.post(f"/dashboard/operator/accounts/{account['id']}/restrict", {"reason": ""})
+    assert r.status_code == 400 and "reason" in error_of(r.text)
+    r = operator.post(f"/dashboard/operator/accounts/{account['id']}/restrict", {"reason": "ticket 7: Art. 18"})
+    assert r.status_code == 303 and r.headers["location"] == "/dashboard/operator?done=restricted"
+    assert db.execute("SELECT state FROM accounts WHERE id = %s", (account["id"],)).fetchone()["state"] == "restricted"
+    resp = operator.get("/dashboard/operator", q=str(account["id"]))
+    assert "ticket 7: Art. 18" in resp.text and f'/dashboard/operator/accounts/{account["id"]}/lift' in resp.text
+    r = operator.post(f"/dashboard/operator/accounts/{account['id']}/reinstate")  # not how a restriction ends
+    assert r.status_code == 400
+    r = operator.post(f"/dashboard/operator/accounts/{account['id']}/lift")
+    assert r.status_code == 303 and r.headers["location"] == "/dashboard/operator?done=lifted"
+    assert db.execute("SELECT state FROM accounts WHERE id = %s", (account["id"],)).fetchone()["state"] == "active"
+
+
 def test_the_accounts_page_finds_an_account_by_name_prefix_or_id_among_many(operator, services):
     tag = uuid.uuid4().hex[:6]
     wanted = services.accounts.create_account(f"Acme_{tag} GmbH")
@@ -326,6 +343,8 @@ def test_a_customer_admin_gets_a_404_on_every_operator_page_and_form_and_nothing
     posts = [
         (f"/dashboard/operator/accounts/{account['id']}/suspend", {"reason": "x"}),
         (f"/dashboard/operator/accounts/{account['id']}/reinstate", {}),
+        (f"/dashboard/operator/accounts/{account['id']}/restrict", {"reason": "x"}),
+        (f"/dashboard/operator/accounts/{account['id']}/lift", {}),
         ("/dashboard/operator/ips/assign", {"ip": "127.0.0.2", "account_id": str(account["id"])}),
         ("/dashboard/operator/ips/assign-domain", {"ip": "127.0.0.2", "domain": domain["name"]}),
         ("/dashboard/operator/pools", {"name": "mine", "ips": "127.0.0.2"}),
