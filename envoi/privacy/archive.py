@@ -26,7 +26,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from envoi.infra.db import Connection, Database, Jsonb, is_data_error
-from envoi.infra.errors import EnvoiError
+from envoi.privacy.errors import ArchiveInvalid
 
 FORMAT = "envoi-account-archive"
 VERSION = 1
@@ -125,13 +125,6 @@ SECTIONS: tuple[Section, ...] = (
             json_columns=frozenset({"details"}), sequence="audit_log_id_seq"),
 )
 BY_KIND = {section.kind: section for section in SECTIONS}
-
-
-class ArchiveInvalid(EnvoiError):
-    """The file is not a complete archive this region can restore (the message says why); nothing was
-    restored."""
-
-    http_status = 400
 
 
 def count_rows(db: Database, account_id: int) -> dict[str, int]:
