@@ -112,7 +112,7 @@ def migrate() -> None:
 
     settings = _settings()
     ensure_database(settings.database_url)
-    applied = run(settings.database_url, settings.secret_key)
+    applied = run(settings.database_url, settings.secret_key, settings.lookup_key)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
 

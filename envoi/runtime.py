@@ -39,6 +39,7 @@ from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
 from envoi.mta.tracking import Tracking
 from envoi.privacy.service import Privacy
+from envoi.suppression.sealed_address import AddressVault
 from envoi.suppression.service import Suppressions
 from envoi.webhooks.service import Webhooks
 
@@ -84,6 +85,8 @@ class Services:
 def build(settings: Settings, *, pool_size: int = 10) -> Services:
     if len(settings.secret_key) != 32:  # Settings made in code without one (from_env already refuses)
         raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes)")
+    if len(settings.lookup_key) != 32:
+        raise SettingsError("ENVOI_LOOKUP_KEY is not set: give this region's lookup key (base64 of 32 bytes)")
     # The plans, once: a file that cannot be used stops the process here (PlansInvalid says why).
     plans = billing_plans.load(settings.billing_plans)
     # Infrastructure.
@@ -99,7 +102,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                         audit=audit)
 
     # What recording an event feeds.
-    suppressions = Suppressions(db, settings.public_url)
+    suppressions = Suppressions(db, settings.public_url, AddressVault(sealer, settings.lookup_key))
     webhooks = Webhooks(settings, db, sealer, redis, metrics)
     stats = Stats(db)
     stream = LiveStream(redis, settings.region, max_clients=settings.stream_max_clients,
@@ -139,7 +142,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, ips=ips, intake=intake,
-        storage=storage, privacy=Privacy(db, accounts, storage),
+        storage=storage, privacy=Privacy(db, accounts, storage, suppressions, stream),
         audit=audit, sessions=sessions, users=users, billing=billing,
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db),
     )

@@ -19,8 +19,8 @@ DEMO_OPERATOR = "operator@envoi.test"
 SMTP_DEV_PORT, SMTPS_DEV_PORT = 2587, 2465  # `envoi smtp --dev`
 
 
-def _secret_key(var: Path) -> str:
-    path = var / "secret.key"
+def _secret_key(var: Path, name: str = "secret.key") -> str:
+    path = var / name
     if not path.exists():
         path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
         path.chmod(0o600)
@@ -123,6 +123,7 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
             "DATABASE_URL": pg.url,
             "REDIS_URL": rd.url,
             "ENVOI_SECRET_KEY": _secret_key(var),
+            "ENVOI_LOOKUP_KEY": _secret_key(var, "lookup.key"),
             "ENVOI_PUBLIC_URL": api_url,
             "ENVOI_SMTP_ROUTE": f"127.0.0.1:{sink_smtp_port}",
             # Dev only: webhooks may reach receivers on this machine (the SSRF guard refuses loopback).
@@ -130,7 +131,7 @@ def run_up(var_dir: str, *, api_port: int, sink_smtp_port: int, sink_http_port: 
         }
         settings = Settings.from_env(env)
         ensure_database(settings.database_url)
-        migrate(settings.database_url, settings.secret_key)
+        migrate(settings.database_url, settings.secret_key, settings.lookup_key)
         demo = _demo(settings, var)
 
         envoi = [sys.executable, "-m", "envoi.cli"]

@@ -1,12 +1,14 @@
 """Versioned migrations: files NNNN_name.sql applied in order, each recorded once.
 
 A migration that must change data with the region key (seal what was stored in the clear) is a
-NNNN_name.py defining `apply(conn, sealer)`; `sealer` is None when the caller has no key, and the
-migration must then refuse if it has anything to seal (a fresh database never has).
+NNNN_name.py defining `apply(conn, sealer)` (or `apply(conn, sealer, lookup_key)` when it also needs
+ENVOI_LOOKUP_KEY); `sealer` / `lookup_key` is None when the caller has no key, and the migration must
+then refuse if it has anything to seal (a fresh database never has).
 """
 
 from __future__ import annotations
 
+import inspect
 from importlib import resources
 
 import psycopg
@@ -37,10 +39,11 @@ def ensure_database(dsn: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def migrate(dsn: str, secret_key: bytes | None = None) -> list[str]:
+def migrate(dsn: str, secret_key: bytes | None = None, lookup_key: bytes | None = None) -> list[str]:
     """Apply every migration not yet recorded; return the names applied. Idempotent.
 
-    secret_key (ENVOI_SECRET_KEY) is needed only by migrations that seal existing data."""
+    secret_key (ENVOI_SECRET_KEY) and lookup_key (ENVOI_LOOKUP_KEY) are needed only by migrations that
+    seal existing data."""
     applied_now = []
     with connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
@@ -55,7 +58,7 @@ def migrate(dsn: str, secret_key: bytes | None = None) -> list[str]:
                     continue
                 with conn.transaction():
                     if kind == "py":
-                        _apply_python(conn, version, sql, Sealer(secret_key) if secret_key else None)
+                        _apply_python(conn, version, sql, Sealer(secret_key) if secret_key else None, lookup_key)
                     else:
                         conn.execute(sql)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
@@ -65,7 +68,11 @@ def migrate(dsn: str, secret_key: bytes | None = None) -> list[str]:
     return applied_now
 
 
-def _apply_python(conn, version: str, source: str, sealer: Sealer | None) -> None:
+def _apply_python(conn, version: str, source: str, sealer: Sealer | None, lookup_key: bytes | None) -> None:
     namespace: dict = {"__name__": f"envoi.infra.migrations.m{version}"}
     exec(compile(source, f"{version}.py", "exec"), namespace)  # our own package file, like the .sql ones
-    namespace["apply"](conn, sealer)
+    apply = namespace["apply"]
+    if "lookup_key" in inspect.signature(apply).parameters:
+        apply(conn, sealer, lookup_key or None)
+    else:
+        apply(conn, sealer)

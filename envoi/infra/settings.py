@@ -36,18 +36,18 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
-def _secret_key(value: str | None) -> bytes:
+def _secret_key(value: str | None, name: str = "ENVOI_SECRET_KEY") -> bytes:
     # No default: a well-known key would make every sealed body, DKIM key and signed link readable or
-    # forgeable by anyone who has read this code.
+    # forgeable (and every suppressed address's lookup hash guessable) by anyone who has read this code.
     if not value:
-        raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes, "
+        raise SettingsError(f"{name} is not set: give this region's key (base64 of 32 bytes, "
                             "e.g. `openssl rand -base64 32`, the same for every process of the region)")
     try:
         key = base64.b64decode(value, validate=True)
     except ValueError:
         key = b""
     if len(key) != 32:
-        raise SettingsError("ENVOI_SECRET_KEY must be base64 of exactly 32 bytes")
+        raise SettingsError(f"{name} must be base64 of exactly 32 bytes")
     return key
 
 
@@ -88,6 +88,11 @@ class Settings:
     #: webhook URL passwords, signs tracking links and VERP addresses. Required: processes refuse to start
     #: without it (`envoi up` makes one under var/ and keeps it).
     secret_key: bytes = field(default=b"", repr=False)
+    #: ENVOI_LOOKUP_KEY: base64 of 32 bytes; the HMAC key of the suppression lists' address hashes (how an
+    #: address is found once it is sealed, and after it is erased). Its own key so that rotating
+    #: ENVOI_SECRET_KEY leaves every lookup working; changing it makes every suppression entry unfindable.
+    #: Required like ENVOI_SECRET_KEY (`envoi up` makes one under var/ and keeps it).
+    lookup_key: bytes = field(default=b"", repr=False)
     #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
     public_url: str = "http://127.0.0.1:8025"
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", named in wrong-region 401s.
@@ -277,6 +282,7 @@ class Settings:
         if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
             values["redis_url"] = v
         values["secret_key"] = _secret_key(env.get("ENVOI_SECRET_KEY"))
+        values["lookup_key"] = _secret_key(env.get("ENVOI_LOOKUP_KEY"), "ENVOI_LOOKUP_KEY")
         if v := env.get("ENVOI_PUBLIC_URL"):
             values["public_url"] = v.rstrip("/")
         if v := env.get("ENVOI_OTHER_REGION_URLS"):
