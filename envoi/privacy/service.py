@@ -164,7 +164,8 @@ def _plain(value):
 
 
 def _plain_row(row: dict, drop: tuple = ()) -> dict:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if k not in drop}
+    """A row as JSON values (dates as ISO 8601, nested ones too)."""
+    return json.loads(json.dumps({k: v for k, v in row.items() if k not in drop}, default=_plain))
 
 
 def _canonical(address: str) -> str:

@@ -130,7 +130,7 @@ class Suppressions:
                   for message, address, _ in failures]
         allowed = store.matches(conn, list(set(probes)))["whitelists"]
         rows = {}
-        for (message, address, outcome), (domain_id, h, _) in zip(failures, probes, strict=True):
+        for (_, address, outcome), (domain_id, h, _) in zip(failures, probes, strict=True):
             if (domain_id, h) in allowed:
                 continue  # the whitelist wins: never listed as a bounce
             rows[(domain_id, h)] = (domain_id, h, self.vault.seal("suppress_bounces", domain_id, address),
