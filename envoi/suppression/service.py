@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -32,6 +31,8 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_BATCH = 1000
 MAX_CSV_BYTES = 25 * 1024 * 1024
+SCAN_CHUNK = 500  # entries read at a time while a `term` search scans a list
+HASH_PIVOT = re.compile(r"^[0-9a-f]{64}$")  # an opaque page pivot; no address or domain looks like it
 ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}$")
 DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+$")
 TABLE_NAMES = {"bounces": "bounces", "unsubscribes": "unsubscribes", "complaints": "complaints",
@@ -155,17 +156,11 @@ class Suppressions:
                                           sorted(set(tags)) or ["*"], None)])
 
     # API --------------------------------------------------------------------------------------
-    def _opened(self, conn: Connection, kind: str, domain_id: int) -> list[dict]:
-        """The list's readable entries with their values opened, alphabetically. The values are sealed,
-        so the order exists only here: a page costs a read and an open of the whole list (see
-        docs/privacy.md, "Recipients' rights", for the figures)."""
-        table = store.TABLES[kind][0]
-        rows = [dict(r, value=self.vault.open(table, domain_id, r["sealed"]))
-                for r in store.readable(conn, kind, domain_id)]
-        rows.sort(key=lambda r: r["value"])
-        return rows
-
     def page(self, domain: dict, kind: str, params: dict[str, str]) -> dict:
+        """Mailgun's list page. Values are sealed, so the order is that of their keyed hashes: stable, and
+        revealing nothing about the addresses. The `address` pivot of the paging URLs is the hash (hex,
+        opaque); an address given instead (older URLs, the dashboard's links) is hashed. `term` keeps the
+        entries starting with it, opened and checked as the scan goes."""
         try:
             limit = int(params.get("limit") or DEFAULT_LIMIT)
         except ValueError as ex:
@@ -173,52 +168,74 @@ class Suppressions:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
         which = (params.get("page") or "first").lower()
-        pivot = (params.get("address") or "").lower() or None
+        pivot = self._pivot(params.get("address"))
         term = (params.get("term") or "").strip().lower() or None  # Mailgun's `term`: values starting with it
         if which not in ("first", "next", "previous", "prev", "last"):
             raise InvalidInput("page must be first, next, previous or last")
         if term is not None and len(term) > 320:
             raise InvalidInput("term is too long")
-        with self.db.transaction() as conn:
-            entries = self._opened(conn, kind, domain["id"])
-        if term is not None:
-            entries = [r for r in entries if r["value"].startswith(term)]
-        values = [r["value"] for r in entries]
-        if which == "first":
-            rows = entries[:limit]
-        elif which == "next":
-            start = bisect_right(values, pivot) if pivot is not None else 0
-            rows = entries[start:start + limit]
-        elif which in ("previous", "prev"):
-            end = bisect_left(values, pivot) if pivot is not None else len(entries)
-            rows = entries[max(0, end - limit):end]
-        else:
-            rows = entries[-limit:]
+        if which in ("first", "last"):
+            pivot = None
+        ascending = which in ("first", "next")
+        rows = self._scan(domain["id"], kind, pivot, ascending, limit, term)
+        if not ascending:
+            rows.reverse()
         base = f"{self.public_url}/v3/{domain['name']}/{kind}"
 
-        def url(page: str, address: str | None = None) -> str:
+        def url(page: str, pivot: bytes | None = None) -> str:
             query = {"page": page, "limit": limit}
-            if address is not None:
-                query["address"] = address
+            if pivot is not None:
+                query["address"] = pivot.hex()
             if term is not None:
                 query["term"] = term
             return f"{base}?{urlencode(query)}"
 
-        first_key = rows[0]["value"] if rows else (pivot or "")
-        last_key = rows[-1]["value"] if rows else (pivot or "")
+        first_key = rows[0]["hash"] if rows else pivot
+        last_key = rows[-1]["hash"] if rows else pivot
         return {
             "items": [item_json(kind, r) for r in rows],
-            "paging": {"first": url("first"), "next": url("next", last_key),
-                       "previous": url("previous", first_key), "last": url("last")},
+            "paging": {"first": url("first"), "next": url("next", last_key or b""),
+                       "previous": url("previous", first_key or b""), "last": url("last")},
         }
 
-    def export(self, domain: dict, kind: str, chunk: int = MAX_LIMIT) -> Iterator[dict]:
-        """Every readable entry of the list in the API's item shape, alphabetically (erased entries have
-        nothing to show). Read in one short transaction, then yielded a chunk at a time."""
+    def _pivot(self, value: str | None) -> bytes | None:
+        value = (value or "").strip().lower()
+        if not value:
+            return None
+        if HASH_PIVOT.match(value):
+            return bytes.fromhex(value)
+        return self.vault.lookup(value)
+
+    def _scan(self, domain_id: int, kind: str, pivot: bytes | None, ascending: bool, limit: int,
+              term: str | None) -> list[dict]:
+        """Up to `limit` readable entries from the pivot on, opened (row["value"], row["hash"])."""
+        table = store.TABLES[kind][0]
+        found: list[dict] = []
+        chunk = limit if term is None else max(limit, SCAN_CHUNK)
         with self.db.transaction() as conn:
-            entries = self._opened(conn, kind, domain["id"])
-        for start in range(0, len(entries), chunk):
-            yield from (item_json(kind, r) for r in entries[start:start + chunk])
+            while True:
+                rows = store.page(conn, kind, domain_id, pivot=pivot, ascending=ascending, limit=chunk)
+                for row in rows:
+                    value = self.vault.open(table, domain_id, row["sealed"])
+                    if term is None or value.startswith(term):
+                        found.append(dict(row, value=value, hash=bytes(row["hash"])))
+                        if len(found) == limit:
+                            return found
+                if len(rows) < chunk:
+                    return found
+                pivot = bytes(rows[-1]["hash"])
+
+    def export(self, domain: dict, kind: str, chunk: int = MAX_LIMIT) -> Iterator[dict]:
+        """Every readable entry of the list in the API's item shape (erased entries have nothing to
+        show), in the pages' order, read a page at a time (one short transaction each) so a long list
+        streams without holding a connection."""
+        pivot = None
+        while True:
+            rows = self._scan(domain["id"], kind, pivot, True, chunk, None)
+            yield from (item_json(kind, r) for r in rows)
+            if len(rows) < chunk:
+                return
+            pivot = rows[-1]["hash"]
 
     def get(self, domain: dict, kind: str, value: str) -> dict:
         """One entry, found by its hash. An erased person's entry is still found by the address the

@@ -22,12 +22,20 @@ def _cols(kind: str) -> tuple[str, str, str]:
     return table, f"{prefix}_hash", f"{prefix}_sealed"
 
 
-def readable(conn: Connection, kind: str, domain_id: int) -> list[dict]:
-    """Every entry of the list that still has its sealed value (erased ones have none), unordered:
-    the order of a page is the values', known only once they are opened."""
-    table, _, sealed = _cols(kind)
-    return conn.execute(f"SELECT *, {sealed} AS sealed FROM {table} WHERE domain_id = %s AND {sealed} IS NOT NULL",
-                        (domain_id,)).fetchall()
+def page(conn: Connection, kind: str, domain_id: int, *, pivot: bytes | None, ascending: bool,
+         limit: int) -> list[dict]:
+    """Readable entries (erased ones have nothing to show) in the order of their hashes: after `pivot`
+    (ascending) or before it (descending). A range scan of the primary key: a page costs its own size,
+    whatever the list's."""
+    table, key, sealed = _cols(kind)
+    where, args = [f"domain_id = %s AND {sealed} IS NOT NULL"], [domain_id]
+    if pivot is not None:
+        where.append(f"{key} > %s" if ascending else f"{key} < %s")
+        args.append(pivot)
+    order = "ASC" if ascending else "DESC"
+    args.append(limit)
+    return conn.execute(f"SELECT *, {key} AS hash, {sealed} AS sealed FROM {table} WHERE {' AND '.join(where)}"
+                        f" ORDER BY {key} {order} LIMIT %s", args).fetchall()
 
 
 def get(conn: Connection, kind: str, domain_id: int, lookup: bytes) -> dict | None:
