@@ -119,17 +119,20 @@ def matches(conn: Connection, probes: list[tuple[int, bytes, bytes]]) -> dict[st
     hashes = [h for _, h, _ in probes]
     rcpt_domains = [d for _, _, d in probes]
     found: dict[str, dict] = {"bounces": {}, "unsubscribes": {}, "complaints": {}, "whitelists": {}}
+    # LATERAL ... LIMIT 1 (the key is unique; the LIMIT keeps the planner from flattening it into a
+    # hash join that reads the whole table): each probe is one primary-key lookup, whatever the size
+    # of the lists.
     rows = conn.execute(
         "WITH p AS (SELECT * FROM unnest(%s::bigint[], %s::bytea[], %s::bytea[]) AS p(domain_id, h, d))"
-        " SELECT 'bounces' AS kind, t.domain_id, t.address_hash AS h, NULL::text[] AS tags"
-        "  FROM suppress_bounces t JOIN p ON p.domain_id = t.domain_id AND p.h = t.address_hash"
-        " UNION ALL SELECT 'unsubscribes', t.domain_id, t.address_hash, t.tags"
-        "  FROM suppress_unsubscribes t JOIN p ON p.domain_id = t.domain_id AND p.h = t.address_hash"
-        " UNION ALL SELECT 'complaints', t.domain_id, t.address_hash, NULL"
-        "  FROM suppress_complaints t JOIN p ON p.domain_id = t.domain_id AND p.h = t.address_hash"
-        " UNION ALL SELECT 'whitelists', p.domain_id, p.h, NULL FROM p JOIN suppress_whitelists w"
-        "  ON w.domain_id = p.domain_id AND ((w.type = 'address' AND w.value_hash = p.h)"
-        "   OR (w.type = 'domain' AND w.value_hash = p.d))",
+        " SELECT 'bounces' AS kind, p.domain_id, p.h, NULL::text[] AS tags FROM p, LATERAL (SELECT 1 FROM"
+        "  suppress_bounces t WHERE t.domain_id = p.domain_id AND t.address_hash = p.h LIMIT 1) t"
+        " UNION ALL SELECT 'unsubscribes', p.domain_id, p.h, t.tags FROM p, LATERAL (SELECT tags FROM"
+        "  suppress_unsubscribes t WHERE t.domain_id = p.domain_id AND t.address_hash = p.h LIMIT 1) t"
+        " UNION ALL SELECT 'complaints', p.domain_id, p.h, NULL FROM p, LATERAL (SELECT 1 FROM"
+        "  suppress_complaints t WHERE t.domain_id = p.domain_id AND t.address_hash = p.h LIMIT 1) t"
+        " UNION ALL SELECT 'whitelists', p.domain_id, p.h, NULL FROM p, LATERAL (SELECT 1 FROM suppress_whitelists w"
+        "  WHERE w.domain_id = p.domain_id AND w.value_hash IN (p.h, p.d) AND w.type ="
+        "   CASE WHEN w.value_hash = p.h THEN 'address' ELSE 'domain' END LIMIT 1) w",
         (domain_ids, hashes, rcpt_domains),
     )
     for row in rows:

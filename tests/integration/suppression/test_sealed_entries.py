@@ -70,9 +70,14 @@ def test_tables_hold_no_plaintext_and_the_api_reads_as_before(client, services, 
     assert got["address"] == ADDRESS.lower() and got["error"] == "mailbox unknown"
     items = client.simulate_get(f"/v3/{domain['name']}/whitelists", headers=basic(api_key)).json["items"]
     assert sorted((i["value"], i["type"]) for i in items) == [(ADDRESS.lower(), "address"), ("partner.test", "domain")]
-    with services.db.transaction() as conn:  # the allowlist's domain entry matches through its hash too
-        assert services.suppressions.blocked(conn, [(domain["account_id"], domain["id"], "x@Partner.test", [])]) == [
-            None]
+    # The allowlist's domain entry matches through its hash too: it beats a bounce, until removed.
+    services.suppressions.add(domain, "bounces", {"address": ["x@partner.test"]})
+    check = [(domain["account_id"], domain["id"], "x@Partner.test", [])]
+    with services.db.transaction() as conn:
+        assert services.suppressions.blocked(conn, check) == [None]
+    services.suppressions.delete(domain, "whitelists", "partner.test")
+    with services.db.transaction() as conn:
+        assert services.suppressions.blocked(conn, check) == ["suppress-bounce"]
 
 
 def test_lookups_survive_a_new_sealing_key(services, settings, domain):
