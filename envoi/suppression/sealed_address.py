@@ -27,7 +27,7 @@ class AddressVault:
     def lookup(self, value: str) -> bytes:
         """The keyed hash an entry is found by (32 bytes)."""
         mac = self._lookup.copy()  # the key schedule is computed once
-        mac.update(value.lower().encode())
+        mac.update(value.lower().encode("utf-8", "surrogatepass"))  # a hostile pivot cannot make it raise
         return mac.digest()
 
     def seal(self, table: str, domain_id: int, value: str) -> bytes:
