@@ -75,7 +75,7 @@ def _server(dsn_url: str, redis_url: str, secret: bytes, count: int, conn, stop)
     from envoi.mta.bounces import verp
     from envoi.mta.compose import compose
 
-    settings = Settings(database_url=dsn_url, redis_url=redis_url, secret_key=secret)
+    settings = Settings(database_url=dsn_url, redis_url=redis_url, secret_key=secret, lookup_key=secret)
     services = runtime.build(settings, pool_size=10)
     account = services.accounts.create_account("bench")
     domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024, verified=True)

@@ -42,6 +42,7 @@ def main() -> None:
     migrate(dsn)
     redis_url = free_redis()
     settings = Settings(database_url=dsn, redis_url=redis_url, secret_key=secrets.token_bytes(32),
+                        lookup_key=secrets.token_bytes(32),
                         webhook_allow=("127.0.0.1/32",), webhook_per_endpoint=50, webhook_per_account=50)
     svc = runtime.build(settings, pool_size=4)
     try:

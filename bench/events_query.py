@@ -170,7 +170,7 @@ def main() -> None:
               f"indexes {info['index_s']:.0f} s, vacuum analyze {info['vacuum_s']:.0f} s, size {info['size']}")
     # Only queries run here: nothing is written to Redis.
     settings = Settings(database_url=DSN, redis_url=os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
-                        secret_key=secrets.token_bytes(32))  # reads no sealed data
+                        secret_key=secrets.token_bytes(32), lookup_key=secrets.token_bytes(32))  # reads no sealed data
     services = runtime.build(settings, pool_size=2)
     with services.db.transaction() as conn:
         domains = conn.execute("SELECT id, account_id, name FROM domains WHERE name LIKE 'd%%.bench' ORDER BY id"

@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
     # A throwaway database: any key will do when none is given.
-    base = Settings.from_env({"ENVOI_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(), **os.environ})
+    base = Settings.from_env({"ENVOI_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+                              "ENVOI_LOOKUP_KEY": base64.b64encode(secrets.token_bytes(32)).decode(), **os.environ})
     name = f"envoi_bench_{uuid.uuid4().hex[:8]}"
     dsn = psycopg.conninfo.make_conninfo(base.database_url, dbname=name)
     ensure_database(dsn)

@@ -79,7 +79,8 @@ def main() -> None:
               f" size {info['size']}", flush=True)
 
     settings = Settings(database_url=DSN, redis_url=os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
-                        secret_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
+                        secret_key=secrets.token_bytes(32), lookup_key=secrets.token_bytes(32),
+                        public_url="http://127.0.0.1:8025")
     services = runtime.build(settings, pool_size=4)
     with services.db.transaction() as conn:
         total = conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"]

@@ -313,6 +313,7 @@ class EnvoiStack:
         env.update({
             "ENVOI_REGION": "eu", "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
             "ENVOI_SECRET_KEY": base64.b64encode(self.secret_key).decode(),
+            "ENVOI_LOOKUP_KEY": base64.b64encode(self.secret_key).decode(),  # throwaway data: one key for both
             "ENVOI_SMTP_ROUTE": f"127.0.0.1:{self.sink_port}",
             "ENVOI_RELAY_CONNECTIONS": str(self.relay_connections),
             "ENVOI_PUBLIC_URL": f"http://127.0.0.1:{self.api_port}", "PYTHONUNBUFFERED": "1",
@@ -326,7 +327,7 @@ class EnvoiStack:
         from envoi.infra.settings import Settings
 
         return Settings(region="eu", database_url=self.database_url, redis_url=self.redis_url,
-                        secret_key=self.secret_key)
+                        secret_key=self.secret_key, lookup_key=self.secret_key)
 
     def setup(self) -> EnvoiStack:
         """Database, account, verified domain (RSA-2048), API key and SMTP login, made by the region's
@@ -436,7 +437,8 @@ def _setup_region(database_url: str, redis_url: str, secret: str) -> dict:
     ensure_database(database_url)
     migrate(database_url)
     services = runtime.build(Settings(region="eu", database_url=database_url, redis_url=redis_url,
-                                      secret_key=base64.b64decode(secret)), pool_size=2)
+                                      secret_key=base64.b64decode(secret), lookup_key=base64.b64decode(secret)),
+                             pool_size=2)
     try:
         accounts = services.accounts
         account = accounts.create_account("bench")

@@ -69,14 +69,14 @@ def main() -> None:
     key = secrets.token_bytes(32)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = Settings(database_url=DSN, redis_url=redis_url, secret_key=key, public_url=url)
+    settings = Settings(database_url=DSN, redis_url=redis_url, secret_key=key, lookup_key=key, public_url=url)
     services = runtime.build(settings, pool_size=2)
     account = services.accounts.create_account("stream-bench")
     domain = services.accounts.add_domain(account["id"], f"s{time.time_ns()}.bench", dkim_key_size=1024, verified=True)
     _, api_key = services.accounts.create_key(account["id"], "admin")
 
     env = dict(os.environ, ENVOI_DATABASE_URL_EU=DSN, REDIS_URL=redis_url, ENVOI_PUBLIC_URL=url,
-               ENVOI_SECRET_KEY=base64.b64encode(key).decode())
+               ENVOI_SECRET_KEY=base64.b64encode(key).decode(), ENVOI_LOOKUP_KEY=base64.b64encode(key).decode())
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "16",
          "--worker-class", "gthread", "--log-level", "warning", "envoi.wsgi:get_app()"], env=env)

@@ -51,7 +51,7 @@ def _setup(dsn: str, redis_url: str, secret: bytes) -> str:
     from envoi import runtime
     from envoi.infra.settings import Settings
 
-    services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret), pool_size=1)
+    services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret, lookup_key=secret), pool_size=1)
     account = services.accounts.create_account("bench")
     domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024, verified=True)
     services.accounts.create_credential(account["id"], domain["name"], "bench", PASSWORD)
@@ -66,7 +66,7 @@ def _server(dsn: str, redis_url: str, secret: bytes, cert: str, key: str, port: 
     from envoi.mta.submission.server import SubmissionServer
     from envoi.mta.submission.tls import server_context
 
-    services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret), pool_size=10)
+    services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret, lookup_key=secret), pool_size=10)
     submission = runtime.build_submission(services)
     if not intake:  # measure the SMTP layer alone: answer 250 without committing anything
         submission.submit = lambda *args: "<bench@bench.example.test>"

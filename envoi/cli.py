@@ -134,7 +134,7 @@ def migrate() -> None:
     settings = _settings()
     ensure_database(settings.database_url)
     applied = run(settings.database_url, settings.secret_key, settings.region, key_id=settings.secret_key_id,
-                  previous_keys=settings.previous_secret_keys)
+                  previous_keys=settings.previous_secret_keys, lookup_key=settings.lookup_key)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
 

@@ -46,6 +46,7 @@ from envoi.mta.tracking import Tracking
 from envoi.privacy.inactivity import Inactivity
 from envoi.privacy.purge import MAX_DELAY, Purge
 from envoi.privacy.service import Privacy
+from envoi.suppression.sealed_address import AddressVault
 from envoi.suppression.service import Suppressions
 from envoi.webhooks.service import Webhooks
 
@@ -116,6 +117,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     if not 0 <= settings.account_purge_delay <= MAX_DELAY:
         raise SettingsError("ENVOI_ACCOUNT_PURGE_DELAY must be between 0 and 90 days (the privacy policy's"
                             f" promise), not {settings.account_purge_delay / 86400:g} days")
+    if len(settings.lookup_key) != 32:
+        raise SettingsError("ENVOI_LOOKUP_KEY is not set: give this region's lookup key (base64 of 32 bytes)")
     # The plans, once: a file that cannot be used stops the process here (PlansInvalid says why).
     plans = billing_plans.load(settings.billing_plans)
     # Infrastructure.
@@ -138,7 +141,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                         audit=audit, limits=limits)
 
     # What recording an event feeds.
-    suppressions = Suppressions(db, settings.public_url)
+    suppressions = Suppressions(db, settings.public_url, AddressVault(sealer, settings.lookup_key))
     webhooks = Webhooks(settings, db, sealer, redis, metrics)
     stats = Stats(db)
     stream = LiveStream(redis, settings.region, max_clients=settings.stream_max_clients,
@@ -188,7 +191,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, ips=ips, intake=intake,
-        storage=storage, privacy=Privacy(db, accounts, storage),
+        storage=storage, privacy=Privacy(db, accounts, storage, suppressions, stream),
         audit=audit, sessions=sessions, users=users, billing=billing,
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,

@@ -77,6 +77,7 @@ def settings(database_url, redis_url) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         secret_key=secrets.token_bytes(32),
+        lookup_key=secrets.token_bytes(32),
         public_url="http://127.0.0.1:8025",
         region_urls={"us": "https://api.us.envoi.test", "eu": "https://api.eu.envoi.test"},
         retry_schedule=(1, 2, 4),

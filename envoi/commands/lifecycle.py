@@ -21,7 +21,7 @@ def accounts_export(account_id: int, output: str | None) -> None:
     services = region.services(pool_size=1)
     services.accounts.get_account(account_id)  # NotFound: one clear line
     services.audit.record(account_id, region.actor(), "account.exported")
-    lines = archive.export_lines(services.db, account_id)
+    lines = archive.export_lines(services.db, account_id, services.suppressions.vault)
     if output is None:
         for line in lines:
             sys.stdout.write(line)
@@ -54,7 +54,8 @@ def _restore(services, file) -> dict:
     total = sum(1 for _ in file)  # a first pass for the bar's length (the archive is a file, not a pipe)
     file.seek(0)
     with click.progressbar(length=max(total - 2, 1), label="Importing", file=sys.stderr) as bar:
-        return archive.import_archive(services.db, file, services.settings.region, progress=bar.update)
+        return archive.import_archive(services.db, file, services.settings.region, services.suppressions.vault,
+                                      progress=bar.update)
 
 
 @click.command("restrict")

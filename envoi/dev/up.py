@@ -19,8 +19,8 @@ DEMO_ADMIN = f"admin@{DEMO_DOMAIN}"
 DEMO_OPERATOR = "operator@envoi.test"
 
 
-def _secret_key(var: Path) -> str:
-    path = var / "secret.key"
+def _secret_key(var: Path, name: str = "secret.key") -> str:
+    path = var / name
     if not path.exists():
         path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
         path.chmod(0o600)
@@ -223,6 +223,7 @@ def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> i
             f"ENVOI_DATABASE_URL_{up}": pg.url,
             f"ENVOI_REDIS_URL_{up}": rd.url,
             "ENVOI_SECRET_KEY": _secret_key(var),
+            "ENVOI_LOOKUP_KEY": _secret_key(var, "lookup.key"),
             "ENVOI_PUBLIC_URL": api_url,
             "ENVOI_OTHER_REGION_URLS": ",".join(f"{r}={u}" for r, u in urls.items()),
             "ENVOI_REGION_SMTP_HOSTS": ",".join(f"{r}={h}" for r, h in smtp_hosts.items()),
@@ -233,7 +234,8 @@ def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> i
         }
         settings = Settings.from_env(env)
         ensure_database(settings.database_url)
-        migrate(settings.database_url, settings.secret_key, settings.region)
+        migrate(settings.database_url, settings.secret_key, settings.region, key_id=settings.secret_key_id,
+                previous_keys=settings.previous_secret_keys, lookup_key=settings.lookup_key)
         demo = _demo(settings, var)
 
         envoi = [sys.executable, "-m", "envoi.cli"]

@@ -95,6 +95,34 @@ class LiveStream:
             log.warning("live stream: %s (events are in Postgres; live readers miss them)", ex)
             return False
 
+    # a person's data (export, erasure) ------------------------------------------------------------
+    def entries_about(self, account_id: int, needle: str) -> list[tuple[str, dict]]:
+        """The account's stream entries whose event mentions `needle` (compared lower-cased, as it
+        appears in the event's JSON), oldest first: a data-subject export's view of the live stream."""
+        return [(entry_id, json.loads(raw)) for entry_id, raw in self._scan(account_id, needle)]
+
+    def erase_about(self, account_id: int, needle: str) -> int:
+        """XDEL every entry of the account's stream that mentions `needle` (an erased person's events,
+        and those of a message they shared with others: the stream is only the fast path, the events
+        API keeps the scrubbed copies). Returns how many went."""
+        ids = [entry_id for entry_id, _ in self._scan(account_id, needle)]
+        for start in range(0, len(ids), 500):
+            self.redis.xdel(self.key(account_id), *ids[start:start + 500])
+        return len(ids)
+
+    def _scan(self, account_id: int, needle: str) -> Iterator[tuple[str, str]]:
+        needle = json.dumps(needle.lower())[1:-1]
+        key, last = self.key(account_id), "-"
+        while True:
+            entries = self.redis.xrange(key, last, "+", count=1000)
+            for entry_id, fields in entries:
+                raw = _text(fields.get(b"e", fields.get("e", b"")))
+                if needle in raw.lower():
+                    yield _text(entry_id), raw
+            if len(entries) < 1000:
+                return
+            last = "(" + _text(entries[-1][0])
+
     # reading --------------------------------------------------------------------------------------
     def gap(self, account_id: int, last_id: str) -> dict | None:
         """When a client resumes from an id that was trimmed off the stream (MAXLEN), the events it

@@ -1,12 +1,14 @@
 """Versioned migrations: files NNNN_name.sql applied in order, each recorded once.
 
 A migration that must change data with the region key (seal what was stored in the clear) is a
-NNNN_name.py defining `apply(conn, sealer)`; `sealer` is None when the caller has no key, and the
-migration must then refuse if it has anything to seal (a fresh database never has).
+NNNN_name.py defining `apply(conn, sealer)` (or `apply(conn, sealer, lookup_key)` when it also needs
+ENVOI_LOOKUP_KEY); `sealer` / `lookup_key` is None when the caller has no key, and the migration must
+then refuse if it has anything to seal (a fresh database never has).
 """
 
 from __future__ import annotations
 
+import inspect
 from importlib import resources
 
 import psycopg
@@ -39,12 +41,13 @@ def ensure_database(dsn: str) -> None:
 
 
 def migrate(dsn: str, secret_key: bytes | None = None, region: str | None = None, *, key_id: str = "",
-            previous_keys: tuple[tuple[str, bytes], ...] = ()) -> list[str]:
+            previous_keys: tuple[tuple[str, bytes], ...] = (), lookup_key: bytes | None = None) -> list[str]:
     """Apply every migration not yet recorded; return the names applied. Idempotent.
 
-    secret_key (ENVOI_SECRET_KEY) is needed only by migrations that seal existing data; key_id and
-    previous_keys as in Settings, so what they seal names the region's current key. With `region`, the
-    database is stamped with it (or refused: RegionMismatch) before anything is applied."""
+    secret_key (ENVOI_SECRET_KEY) and lookup_key (ENVOI_LOOKUP_KEY) are needed only by migrations that
+    seal existing data; key_id and previous_keys as in Settings, so what they seal names the region's
+    current key. With `region`, the database is stamped with it (or refused: RegionMismatch) before
+    anything is applied."""
     applied_now = []
     with connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
@@ -61,7 +64,8 @@ def migrate(dsn: str, secret_key: bytes | None = None, region: str | None = None
                     continue
                 with conn.transaction():
                     if kind == "py":
-                        _apply_python(conn, version, sql, Sealer(secret_key, key_id=key_id, previous=previous_keys) if secret_key else None)
+                        sealer = Sealer(secret_key, key_id=key_id, previous=previous_keys) if secret_key else None
+                        _apply_python(conn, version, sql, sealer, lookup_key)
                     else:
                         conn.execute(sql)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
@@ -77,7 +81,11 @@ def _has_stamp_table(conn) -> bool:
     return conn.execute("SELECT to_regclass('region_stamp') IS NOT NULL AS present").fetchone()["present"]
 
 
-def _apply_python(conn, version: str, source: str, sealer: Sealer | None) -> None:
+def _apply_python(conn, version: str, source: str, sealer: Sealer | None, lookup_key: bytes | None) -> None:
     namespace: dict = {"__name__": f"envoi.infra.migrations.m{version}"}
     exec(compile(source, f"{version}.py", "exec"), namespace)  # our own package file, like the .sql ones
-    namespace["apply"](conn, sealer)
+    apply = namespace["apply"]
+    if "lookup_key" in inspect.signature(apply).parameters:
+        apply(conn, sealer, lookup_key or None)
+    else:
+        apply(conn, sealer)

@@ -34,13 +34,17 @@ class MissingKey(SettingsError):
 @dataclass(frozen=True)
 class SealedColumn:
     table: str
-    key: str  # a unique, ordered column of the table (its primary key)
+    key: str  # the table's primary key: one column, or several separated by commas
     column: str  # bytea: NULL or a sealed value
     context: str  # SQL expression over the row: the sealing context, as text
 
     @property
     def name(self) -> str:
         return f"{self.table}.{self.column}"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.key.split(","))
 
 
 # Rotated in this order: a column whose values are copied from another in SQL comes after it
@@ -55,6 +59,13 @@ SEALED: tuple[SealedColumn, ...] = (
     SealedColumn("webhook_signing_keys", "account_id", "key_sealed",  # envoi.webhooks.service
                  "'webhook-signing-key:' || account_id"),
     SealedColumn("users", "id", "totp_secret", "'totp:' || id"),  # envoi.accounts.users
+    # envoi.suppression.sealed_address (their *_hash columns are keyed hashes, not sealed)
+    SealedColumn("suppress_bounces", "domain_id, address_hash", "address_sealed", "'suppress_bounces:' || domain_id"),
+    SealedColumn("suppress_unsubscribes", "domain_id, address_hash", "address_sealed",
+                 "'suppress_unsubscribes:' || domain_id"),
+    SealedColumn("suppress_complaints", "domain_id, address_hash", "address_sealed",
+                 "'suppress_complaints:' || domain_id"),
+    SealedColumn("suppress_whitelists", "domain_id, value_hash", "value_sealed", "'suppress_whitelists:' || domain_id"),
 )
 
 #: The key id reported for values sealed before key ids existed (sealed-data version 1).
@@ -98,25 +109,30 @@ def rotate(db: Database, sealer: Sealer, col: SealedColumn, *, batch: int = 200,
            progress: Callable[[int], None] = lambda n: None) -> Outcome:
     """Re-seal every value of the column not under the current key; progress(n) after each batch."""
     outcome = Outcome()
-    select = (f"SELECT {col.key} AS k, {col.column} AS v, ({col.context}) AS c FROM {col.table}"
+    keys = col.keys
+    row_key = f"({', '.join(keys)})"
+    select = (f"SELECT {', '.join(f'{k} AS k{i}' for i, k in enumerate(keys))}, {col.column} AS v,"
+              f" ({col.context}) AS c FROM {col.table}"
               f" WHERE {col.column} IS NOT NULL AND substring({col.column} from 1 for %s) <> %s")
     # Compare-and-set on the value's first bytes: they hold its random nonce, so they tell one sealed
     # value from any other without sending a whole body back.
     update = (f"UPDATE {col.table} SET {col.column} = %s"
-              f" WHERE {col.key} = %s AND substring({col.column} from 1 for {_PREFIX}) = %s")
-    last = None
+              f" WHERE {' AND '.join(f'{k} = %s' for k in keys)} AND substring({col.column} from 1 for {_PREFIX}) = %s")
+    marks = f"({', '.join(['%s'] * len(keys))})"
+    last: tuple | None = None
     while True:
         with db.transaction() as conn:  # a read: no row locks
-            after, params = ("", ()) if last is None else (f" AND {col.key} > %s", (last,))
-            rows = conn.execute(select + after + f" ORDER BY {col.key} LIMIT %s",
+            after, params = ("", ()) if last is None else (f" AND {row_key} > {marks}", last)
+            rows = conn.execute(select + after + f" ORDER BY {', '.join(keys)} LIMIT %s",
                                 (len(sealer.header), sealer.header, *params, batch)).fetchall()
         if not rows:
             return outcome
-        last = rows[-1]["k"]
+        last = tuple(rows[-1][f"k{i}"] for i in range(len(keys)))
         updates = []
         for row in rows:
             try:
-                updates.append((sealer.reseal(row["v"], row["c"].encode()), row["k"], bytes(row["v"][:_PREFIX])))
+                updates.append((sealer.reseal(row["v"], row["c"].encode()),
+                                *(row[f"k{i}"] for i in range(len(keys))), bytes(row["v"][:_PREFIX])))
             except CannotOpen:  # counted and reported; the rest goes on
                 outcome.failed += 1
         with db.transaction() as conn, conn.cursor() as cur:  # one short write per batch

@@ -37,13 +37,13 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
-def _secret_key(value: str | None) -> bytes:
+def _secret_key(value: str | None, name: str = "ENVOI_SECRET_KEY") -> bytes:
     # No default: a well-known key would make every sealed body, DKIM key and signed link readable or
-    # forgeable by anyone who has read this code.
+    # forgeable (and every suppressed address's lookup hash guessable) by anyone who has read this code.
     if not value:
-        raise SettingsError("ENVOI_SECRET_KEY is not set: give this region's key (base64 of 32 bytes, "
+        raise SettingsError(f"{name} is not set: give this region's key (base64 of 32 bytes, "
                             "e.g. `openssl rand -base64 32`, the same for every process of the region)")
-    return _keyed("ENVOI_SECRET_KEY", value)[1]
+    return _keyed(name, value)[1]
 
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")  # the same rule as envoi.infra.crypto.KEY_ID
@@ -114,6 +114,11 @@ class Settings:
     #: still open what they sealed; nothing is sealed with them. Remove one once `envoi encryption
     #: status` shows it seals nothing (unset).
     previous_secret_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    #: ENVOI_LOOKUP_KEY: base64 of 32 bytes; the HMAC key of the suppression lists' address hashes (how an
+    #: address is found once it is sealed, and after it is erased). Its own key so that rotating
+    #: ENVOI_SECRET_KEY leaves every lookup working; changing it makes every suppression entry unfindable.
+    #: Required like ENVOI_SECRET_KEY (`envoi up` makes one under var/ and keeps it).
+    lookup_key: bytes = field(default=b"", repr=False)
     #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
     public_url: str = "http://127.0.0.1:8025"
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", each region's API base URL: named in wrong-region
@@ -348,6 +353,7 @@ class Settings:
         if v := env.get("ENVOI_PREVIOUS_SECRET_KEYS"):
             values["previous_secret_keys"] = tuple(_keyed("ENVOI_PREVIOUS_SECRET_KEYS", item)
                                                    for item in v.split(",") if item.strip())
+        values["lookup_key"] = _secret_key(env.get("ENVOI_LOOKUP_KEY"), "ENVOI_LOOKUP_KEY")
         if v := env.get("ENVOI_PUBLIC_URL"):
             values["public_url"] = v.rstrip("/")
         if v := env.get("ENVOI_OTHER_REGION_URLS"):

@@ -27,6 +27,7 @@ from decimal import Decimal
 
 from envoi.infra.db import Connection, Database, Jsonb, is_data_error
 from envoi.privacy.errors import ArchiveInvalid
+from envoi.suppression.sealed_address import AddressVault
 
 FORMAT = "envoi-account-archive"
 VERSION = 1
@@ -49,10 +50,41 @@ class Section:
     restore_account: bool = True  # the table has an account_id column, restored from the header
     sequence: str | None = None  # the id sequence to move past the restored ids
     by_domain: bool = False  # read through the table's domain index (its key starts with domain_id)
+    #: a suppression list's value ("address" or "value"), kept sealed with a keyed hash beside it
+    #: (envoi.suppression.sealed_address): exported opened (null once its person was erased) and with
+    #: its hash in hex, so a restored entry still suppresses; sealed again on restore.
+    sealed: str | None = None
 
     @property
     def select(self) -> str:
-        return ", ".join(self.columns)
+        return ", ".join(self._selected(c) for c in self.columns)
+
+    def _selected(self, column: str) -> str:
+        if self.sealed and column == self.sealed:
+            return f"{column}_sealed AS {column}"
+        if self.sealed and column == f"{self.sealed}_hash":
+            return f"encode({column}, 'hex') AS {column}"
+        return column
+
+    def key_value(self, column: str, value):
+        """A row's key value as the database compares it (keyset paging)."""
+        return bytes.fromhex(value) if self.sealed and column == f"{self.sealed}_hash" else value
+
+    def exported(self, row: dict, vault: AddressVault) -> dict:
+        """A row as the archive holds it."""
+        if self.sealed:
+            row = {**row, self.sealed: vault.open(self.table, row["domain_id"], row[self.sealed])}
+        return row
+
+    def stored(self, row: dict, vault: AddressVault) -> dict:
+        """An archive row as the database holds it (names and values)."""
+        if not self.sealed:
+            return row
+        value, hashed = row[self.sealed], f"{self.sealed}_hash"
+        out = {k: v for k, v in row.items() if k != self.sealed}
+        out[f"{self.sealed}_sealed"] = vault.seal(self.table, row["domain_id"], value) if value else None
+        out[hashed] = bytes.fromhex(row[hashed])
+        return out
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -83,14 +115,14 @@ SECTIONS: tuple[Section, ...] = (
             ("domain_id",), scope=_OF_DOMAINS, restore_account=False),
     Section("webhook", "webhooks", ("id", "domain_id", "event_type", "url", "endpoint", "created_at"), ("id",),
             sequence="webhooks_id_seq"),  # url: its password masked (user:***@)
-    Section("bounce", "suppress_bounces", ("domain_id", "address", "code", "error", "created_at"),
-            ("domain_id", "address"), scope=_OF_DOMAINS, restore_account=False),
-    Section("unsubscribe", "suppress_unsubscribes", ("domain_id", "address", "tags", "created_at"),
-            ("domain_id", "address"), scope=_OF_DOMAINS, restore_account=False),
-    Section("complaint", "suppress_complaints", ("domain_id", "address", "created_at"),
-            ("domain_id", "address"), scope=_OF_DOMAINS, restore_account=False),
-    Section("allowlist", "suppress_whitelists", ("domain_id", "value", "type", "reason", "created_at"),
-            ("domain_id", "value"), scope=_OF_DOMAINS, restore_account=False),
+    Section("bounce", "suppress_bounces", ("domain_id", "address", "address_hash", "code", "error", "created_at"),
+            ("domain_id", "address_hash"), scope=_OF_DOMAINS, restore_account=False, sealed="address"),
+    Section("unsubscribe", "suppress_unsubscribes", ("domain_id", "address", "address_hash", "tags", "created_at"),
+            ("domain_id", "address_hash"), scope=_OF_DOMAINS, restore_account=False, sealed="address"),
+    Section("complaint", "suppress_complaints", ("domain_id", "address", "address_hash", "created_at"),
+            ("domain_id", "address_hash"), scope=_OF_DOMAINS, restore_account=False, sealed="address"),
+    Section("allowlist", "suppress_whitelists", ("domain_id", "value", "value_hash", "type", "reason", "created_at"),
+            ("domain_id", "value_hash"), scope=_OF_DOMAINS, restore_account=False, sealed="value"),
     Section("message", "messages",
             ("id", "domain_id", "message_id", "storage_key", "mail_from", "headers", "tags", "user_variables",
              "options", "attachments", "method", "size", "dkim_signature", "created_at", "body_expires_at"),
@@ -134,7 +166,7 @@ def count_rows(db: Database, account_id: int) -> dict[str, int]:
                                      {"account": account_id}).fetchone()["n"] for s in SECTIONS}
 
 
-def export_lines(db: Database, account_id: int, *, batch: int = BATCH,
+def export_lines(db: Database, account_id: int, vault: AddressVault, *, batch: int = BATCH,
                  now: Callable[[], float] = time.time) -> Iterator[str]:
     """The archive's lines. The caller checks the account exists (an unknown one yields the header and an
     empty trailer)."""
@@ -148,7 +180,7 @@ def export_lines(db: Database, account_id: int, *, batch: int = BATCH,
         counts[section.kind] = 0
         for row in section_rows(db, section, account_id, batch=batch):
             counts[section.kind] += 1
-            yield _line(section.kind, row)
+            yield _line(section.kind, section.exported(row, vault))
     yield _line("end", {"counts": counts})
 
 
@@ -183,10 +215,10 @@ def _paged(db: Database, section: Section, scope: str, params: dict, batch: int)
         if len(rows) < batch:
             return
         last = rows[-1]
-        after = tuple(last[k] for k in section.key)
+        after = tuple(section.key_value(k, last[k]) for k in section.key)
 
 
-def import_archive(db: Database, lines: Iterable[str], region: str, *, batch: int = BATCH,
+def import_archive(db: Database, lines: Iterable[str], region: str, vault: AddressVault, *, batch: int = BATCH,
                    progress: Callable[[int], None] = lambda n: None) -> dict:
     """Restore an archive into this region's database, in one transaction (all or nothing). Refuses an
     archive of another region, of an account that exists here, or one that is cut short or altered
@@ -219,12 +251,12 @@ def import_archive(db: Database, lines: Iterable[str], region: str, *, batch: in
             if section is None:
                 raise ArchiveInvalid(f"line {number}: unknown section {line['type']!r}")
             if section is not current or len(pending) >= batch:
-                _insert(conn, current, pending, account_id)
+                _insert(conn, current, pending, account_id, vault)
                 progress(len(pending))
                 pending, current = [], section
             pending.append(line["data"])
             restored[section.kind] += 1
-        _insert(conn, current, pending, account_id)
+        _insert(conn, current, pending, account_id, vault)
         progress(len(pending))
         if trailer is None:
             raise ArchiveInvalid("the archive is cut short (no end line): nothing was restored")
@@ -239,15 +271,20 @@ def import_archive(db: Database, lines: Iterable[str], region: str, *, batch: in
     return {**header["data"], "restored": restored}
 
 
-def _insert(conn: Connection, section: Section | None, rows: list[dict], account_id: int) -> None:
+def _insert(conn: Connection, section: Section | None, rows: list[dict], account_id: int,
+            vault: AddressVault) -> None:
     if section is None or not rows:
         return
-    columns = list(section.columns)
     for row in rows:
         if section.kind == "account" and row.get("id") != account_id:
             raise ArchiveInvalid("the archive's account row is not the account its header names")
-        if set(row) != set(columns):
-            raise ArchiveInvalid(f"a {section.kind} row has columns {sorted(row)}, expected {sorted(columns)}")
+        if set(row) != set(section.columns):
+            raise ArchiveInvalid(f"a {section.kind} row has columns {sorted(row)}, expected {sorted(section.columns)}")
+    try:
+        rows = [section.stored(row, vault) for row in rows]
+    except (ValueError, TypeError, KeyError) as ex:
+        raise ArchiveInvalid(f"a {section.kind} row holds a value this region cannot restore") from ex
+    columns = list(rows[0])
     names = columns + list(section.placeholders) + (["account_id"] if section.restore_account else [])
     marks = ([f"%({c})s" for c in columns] + list(section.placeholders.values())
              + (["%(account_id)s"] if section.restore_account else []))

@@ -4,6 +4,10 @@ Enforced by the relay at delivery time through `blocked()`; fed by the relay (`r
 recipient-class hard bounces), by `complained` events (ARF reports, through an events writer), by the
 unsubscribe endpoints and by the API. The whitelist wins over bounces: a whitelisted address never
 enters the bounce list automatically, and a bounce entry does not block it.
+
+Every entry's address is sealed and found by a keyed hash (sealed_address); erasing a person keeps
+the hash, so their entries still suppress, and drops the sealed copy. Erased entries are left out of
+lists and exports (nothing to show) but are still found, and deleted, by the address.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from envoi.events.service import NewEvent
 from envoi.infra.db import Connection, Database
 from envoi.suppression import store
 from envoi.suppression.errors import InvalidInput, NotFound
+from envoi.suppression.sealed_address import AddressVault
 
 KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_BATCH = 1000
 MAX_CSV_BYTES = 25 * 1024 * 1024
+SCAN_CHUNK = 500  # entries read at a time while a `term` search scans a list
+HASH_PIVOT = re.compile(r"^[0-9a-f]{64}$")  # an opaque page pivot; no address or domain looks like it
 ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}$")
 DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+$")
 TABLE_NAMES = {"bounces": "bounces", "unsubscribes": "unsubscribes", "complaints": "complaints",
@@ -61,35 +68,50 @@ def _created_at(value) -> datetime | None:
 
 
 def item_json(kind: str, row: dict) -> dict:
+    """The API's item; row["value"] is the opened address (the allowlist's address or domain)."""
     if kind == "bounces":
-        return {"address": row["address"], "code": row["code"], "error": row["error"],
+        return {"address": row["value"], "code": row["code"], "error": row["error"],
                 "created_at": rfc2822(row["created_at"])}
     if kind == "unsubscribes":
-        return {"address": row["address"], "tags": list(row["tags"]), "created_at": rfc2822(row["created_at"])}
+        return {"address": row["value"], "tags": list(row["tags"]), "created_at": rfc2822(row["created_at"])}
     if kind == "complaints":
-        return {"address": row["address"], "created_at": rfc2822(row["created_at"])}
+        return {"address": row["value"], "created_at": rfc2822(row["created_at"])}
     return {"value": row["value"], "reason": row["reason"], "type": row["type"],
             "createdAt": rfc2822(row["created_at"])}
 
 
 class Suppressions:
-    def __init__(self, db: Database, public_url: str):
+    def __init__(self, db: Database, public_url: str, vault: AddressVault):
         self.db = db
         self.public_url = public_url
+        self.vault = vault
 
     # the relay's hooks --------------------------------------------------------------------------
-    @staticmethod
-    def entries_for(conn: Connection, account_id: int, address: str) -> list[dict]:
-        return store.entries_for(conn, account_id, address)
+    def entries_for(self, conn: Connection, account_id: int, address: str) -> list[dict]:
+        """Every entry of the account's domains for this address, opened (`address` is None once erased)."""
+        rows = store.entries_for(conn, account_id, self.vault.lookup(address))
+        out = []
+        for row in rows:
+            value = self.vault.open(row["table"], row["domain_id"], row["sealed"])
+            out.append({k: v for k, v in row.items() if k not in ("table", "sealed") and not k.endswith(
+                ("_hash", "_sealed"))} | {"address": value, "erased": value is None})
+        return out
+
+    def erase(self, conn: Connection, account_id: int, address: str) -> int:
+        """A person's erasure: their entries keep suppressing (by hash) but hold nothing readable."""
+        return store.erase(conn, account_id, self.vault.lookup(address))
 
     def blocked(self, conn: Connection, checks: list[tuple]) -> list[str | None]:
         """[(account_id, domain_id, address, tags)] -> suppress-* reason or None, in order."""
         if not checks:
             return []
-        pairs = [(domain_id, address.lower()) for _, domain_id, address, _ in checks]
-        found = store.matches(conn, list(set(pairs)))
+        lookup = self.vault.lookup
+        probes = [(domain_id, lookup(address), lookup(address.rpartition("@")[2]))
+                  for _, domain_id, address, _ in checks]
+        found = store.matches(conn, list(set(probes)))
         reasons: list[str | None] = []
-        for (_, _, _, tags), key in zip(checks, pairs, strict=True):
+        for (_, _, _, tags), (domain_id, h, _) in zip(checks, probes, strict=True):
+            key = (domain_id, h)
             reason = None
             if key in found["complaints"]:
                 reason = "suppress-complaint"
@@ -104,29 +126,41 @@ class Suppressions:
         """Recipient-class hard bounces [(message_row, address, outcome)] join the domain's bounce list."""
         if not failures:
             return
-        pairs = [(message["domain_id"], address.lower()) for message, address, _ in failures]
-        allowed = store.matches(conn, list(set(pairs)))["whitelists"]
+        lookup = self.vault.lookup
+        probes = [(message["domain_id"], lookup(address), lookup(address.rpartition("@")[2]))
+                  for message, address, _ in failures]
+        allowed = store.matches(conn, list(set(probes)))["whitelists"]
         rows = {}
-        for (_, _, outcome), key in zip(failures, pairs, strict=True):
-            if key in allowed:
+        for (_, address, outcome), (domain_id, h, _) in zip(failures, probes, strict=True):
+            if (domain_id, h) in allowed:
                 continue  # the whitelist wins: never listed as a bounce
-            rows[key] = (key[0], key[1], str(outcome.code), (outcome.message or "")[:1000], None)
+            rows[(domain_id, h)] = (domain_id, h, self.vault.seal("suppress_bounces", domain_id, address),
+                                    str(outcome.code), (outcome.message or "")[:1000], None)
         if rows:
-            store.upsert_bounces(conn, sorted(rows.values(), key=lambda r: (r[0], r[1])))
+            store.upsert_bounces(conn, [rows[k] for k in sorted(rows)])
 
     def events_writer(self, conn: Connection, events: list[NewEvent]) -> None:
         """Inside the events' transaction: a `complained` event (ARF report) suppresses the address."""
-        rows = {(ev.domain_id, ev.data["recipient"].lower()) for ev in events
-                if ev.data.get("event") == "complained" and ev.data.get("recipient")}
-        if rows:
-            store.upsert_complaints(conn, [(d, a, None) for d, a in sorted(rows)])
+        pairs = {(ev.domain_id, ev.data["recipient"].lower()) for ev in events
+                 if ev.data.get("event") == "complained" and ev.data.get("recipient")}
+        if pairs:
+            rows = {(d, self.vault.lookup(a)): (d, self.vault.lookup(a),
+                                                self.vault.seal("suppress_complaints", d, a), None)
+                    for d, a in pairs}
+            store.upsert_complaints(conn, [rows[k] for k in sorted(rows)])
 
     def add_unsubscribe(self, conn: Connection, domain_id: int, address: str, tags: list[str]) -> None:
         """Called by the unsubscribe endpoints in the transaction that records the event."""
-        store.upsert_unsubscribes(conn, [(domain_id, address.lower(), sorted(set(tags)) or ["*"], None)])
+        store.upsert_unsubscribes(conn, [(domain_id, self.vault.lookup(address),
+                                          self.vault.seal("suppress_unsubscribes", domain_id, address),
+                                          sorted(set(tags)) or ["*"], None)])
 
     # API --------------------------------------------------------------------------------------
     def page(self, domain: dict, kind: str, params: dict[str, str]) -> dict:
+        """Mailgun's list page. Values are sealed, so the order is that of their keyed hashes: stable, and
+        revealing nothing about the addresses. The `address` pivot of the paging URLs is the hash (hex,
+        opaque); an address given instead (older URLs, the dashboard's links) is hashed. `term` keeps the
+        entries starting with it, opened and checked as the scan goes."""
         try:
             limit = int(params.get("limit") or DEFAULT_LIMIT)
         except ValueError as ex:
@@ -134,62 +168,84 @@ class Suppressions:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
         which = (params.get("page") or "first").lower()
-        pivot = (params.get("address") or "").lower() or None
+        pivot = self._pivot(params.get("address"))
         term = (params.get("term") or "").strip().lower() or None  # Mailgun's `term`: values starting with it
         if which not in ("first", "next", "previous", "prev", "last"):
             raise InvalidInput("page must be first, next, previous or last")
         if term is not None and len(term) > 320:
             raise InvalidInput("term is too long")
-        with self.db.transaction() as conn:
-            def rows_of(pivot, ascending):
-                return store.page(conn, kind, domain["id"], pivot=pivot, ascending=ascending, limit=limit,
-                                  prefix=term)
-            if which == "first":
-                rows = rows_of(None, True)
-            elif which == "next":
-                rows = rows_of(pivot, True)
-            elif which in ("previous", "prev"):
-                rows = rows_of(pivot, False)[::-1]
-            else:
-                rows = rows_of(None, False)[::-1]
-        key = store.TABLES[kind][1]
+        if which in ("first", "last"):
+            pivot = None
+        ascending = which in ("first", "next")
+        rows = self._scan(domain["id"], kind, pivot, ascending, limit, term)
+        if not ascending:
+            rows.reverse()
         base = f"{self.public_url}/v3/{domain['name']}/{kind}"
 
-        def url(page: str, address: str | None = None) -> str:
+        def url(page: str, pivot: bytes | None = None) -> str:
             query = {"page": page, "limit": limit}
-            if address is not None:
-                query["address"] = address
+            if pivot is not None:
+                query["address"] = pivot.hex()
             if term is not None:
                 query["term"] = term
             return f"{base}?{urlencode(query)}"
 
-        first_key = rows[0][key] if rows else (pivot or "")
-        last_key = rows[-1][key] if rows else (pivot or "")
+        first_key = rows[0]["hash"] if rows else pivot
+        last_key = rows[-1]["hash"] if rows else pivot
         return {
             "items": [item_json(kind, r) for r in rows],
-            "paging": {"first": url("first"), "next": url("next", last_key),
-                       "previous": url("previous", first_key), "last": url("last")},
+            "paging": {"first": url("first"), "next": url("next", last_key or b""),
+                       "previous": url("previous", first_key or b""), "last": url("last")},
         }
 
+    def _pivot(self, value: str | None) -> bytes | None:
+        value = (value or "").strip().lower()
+        if not value:
+            return None
+        if HASH_PIVOT.match(value):
+            return bytes.fromhex(value)
+        return self.vault.lookup(value)
+
+    def _scan(self, domain_id: int, kind: str, pivot: bytes | None, ascending: bool, limit: int,
+              term: str | None) -> list[dict]:
+        """Up to `limit` readable entries from the pivot on, opened (row["value"], row["hash"])."""
+        table = store.TABLES[kind][0]
+        found: list[dict] = []
+        chunk = limit if term is None else max(limit, SCAN_CHUNK)
+        with self.db.transaction() as conn:
+            while True:
+                rows = store.page(conn, kind, domain_id, pivot=pivot, ascending=ascending, limit=chunk)
+                for row in rows:
+                    value = self.vault.open(table, domain_id, row["sealed"])
+                    if term is None or value.startswith(term):
+                        found.append(dict(row, value=value, hash=bytes(row["hash"])))
+                        if len(found) == limit:
+                            return found
+                if len(rows) < chunk:
+                    return found
+                pivot = bytes(rows[-1]["hash"])
+
     def export(self, domain: dict, kind: str, chunk: int = MAX_LIMIT) -> Iterator[dict]:
-        """Every entry of the list in the API's item shape, alphabetically, read a page at a time (one
-        short transaction each) so a long list streams without holding a connection."""
-        key = store.TABLES[kind][1]
+        """Every readable entry of the list in the API's item shape (erased entries have nothing to
+        show), in the pages' order, read a page at a time (one short transaction each) so a long list
+        streams without holding a connection."""
         pivot = None
         while True:
-            with self.db.transaction() as conn:
-                rows = store.page(conn, kind, domain["id"], pivot=pivot, ascending=True, limit=chunk)
+            rows = self._scan(domain["id"], kind, pivot, True, chunk, None)
             yield from (item_json(kind, r) for r in rows)
             if len(rows) < chunk:
                 return
-            pivot = rows[-1][key]
+            pivot = rows[-1]["hash"]
 
     def get(self, domain: dict, kind: str, value: str) -> dict:
+        """One entry, found by its hash. An erased person's entry is still found by the address the
+        caller gives: it shows that address (which the caller already knows) and keeps suppressing."""
+        value = value.strip().lower()
         with self.db.transaction() as conn:
-            row = store.get(conn, kind, domain["id"], value.strip().lower())
+            row = store.get(conn, kind, domain["id"], self.vault.lookup(value))
         if row is None:
             raise NotFound(f"Address not found in {TABLE_NAMES[kind]} table")
-        return item_json(kind, row)
+        return item_json(kind, dict(row, value=value))
 
     def add(self, domain: dict, kind: str, fields: dict) -> dict:
         """One entry from form fields (a value may be a list: the last one counts, except tags)."""
@@ -248,11 +304,12 @@ class Suppressions:
 
     def delete(self, domain: dict, kind: str, value: str, tag: str | None = None) -> dict:
         value = value.strip().lower()
+        lookup = self.vault.lookup(value)
         with self.db.transaction() as conn:
             if kind == "unsubscribes" and tag:
-                done = store.remove_unsubscribe_tag(conn, domain["id"], value, tag)
+                done = store.remove_unsubscribe_tag(conn, domain["id"], lookup, tag)
             else:
-                done = store.delete(conn, kind, domain["id"], value)
+                done = store.delete(conn, kind, domain["id"], lookup)
         if not done:
             raise NotFound(f"Address not found in {TABLE_NAMES[kind]} table")
         key = "value" if kind == "whitelists" else "address"
@@ -264,8 +321,8 @@ class Suppressions:
         return {"message": CLEARED[kind]}
 
     # helpers ----------------------------------------------------------------------------------
-    @staticmethod
-    def _rows(domain_id: int, kind: str, entries: list[dict], *, form: bool) -> list[tuple]:
+    def _rows(self, domain_id: int, kind: str, entries: list[dict], *, form: bool) -> list[tuple]:
+        """Checked entries as (domain_id, value, ...fields); _write seals them."""
         def one(entry: dict, name: str):
             value = entry.get(name)
             if form and isinstance(value, list):
@@ -314,10 +371,12 @@ class Suppressions:
                 raise InvalidInput(str(ex) if form or len(entries) == 1 else f"entry {n}: {ex}") from ex
         return list(rows.values())
 
-    @staticmethod
-    def _write(conn: Connection, kind: str, rows: list[tuple]) -> None:
+    def _write(self, conn: Connection, kind: str, rows: list[tuple]) -> None:
         if not rows:
             return
+        table = store.TABLES[kind][0]
+        rows = [(domain_id, self.vault.lookup(value), self.vault.seal(table, domain_id, value), *rest)
+                for domain_id, value, *rest in rows]
         {"bounces": store.upsert_bounces, "unsubscribes": store.upsert_unsubscribes,
          "complaints": store.upsert_complaints, "whitelists": store.upsert_whitelists}[kind](conn, rows)
 

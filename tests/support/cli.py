@@ -15,4 +15,5 @@ def cli_env(settings, monkeypatch):
     monkeypatch.setenv(f"ENVOI_DATABASE_URL_{settings.region.upper()}", settings.database_url)
     monkeypatch.setenv(f"ENVOI_REDIS_URL_{settings.region.upper()}", settings.redis_url)
     monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
+    monkeypatch.setenv("ENVOI_LOOKUP_KEY", base64.b64encode(settings.lookup_key).decode())
     return monkeypatch

@@ -27,6 +27,7 @@ def process_env(settings, **extra) -> dict:
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "ENVOI_SECRET_KEY": base64.b64encode(settings.secret_key).decode(),
+        "ENVOI_LOOKUP_KEY": base64.b64encode(settings.lookup_key).decode(),
         "PYTHONUNBUFFERED": "1",
     })
     env.update({k: str(v) for k, v in extra.items()})

@@ -39,7 +39,8 @@ OLD, NEW = os.urandom(32), os.urandom(32)
 
 # bytea columns that hold hashes, not sealed values (each sealed column is in sealed_columns.SEALED).
 NOT_SEALED = {"api_keys.secret_hash", "user_recovery_codes.code_hash", "user_sessions.token_hash",
-              "user_invitations.token_hash"}
+              "user_invitations.token_hash", "suppress_bounces.address_hash", "suppress_unsubscribes.address_hash",
+              "suppress_complaints.address_hash", "suppress_whitelists.value_hash"}
 
 
 @pytest.fixture
@@ -112,6 +113,8 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
                                                                                        ed_private), ed_public)
         old.webhooks.create(domain, "delivered", ["https://user:s3cret@127.0.0.1:9/in"])
         old.webhooks.signing_key(account["id"])
+        for kind in ("bounces", "unsubscribes", "complaints", "whitelists"):  # sealed suppression addresses
+            old.suppressions.add(domain, kind, {"address": f"{kind}@dest.test"})
         operator = old.users.create_operator(f"op-{uuid.uuid4().hex[:6]}@example.test", "a long password 1")
         secret = totp.new_secret()
         old.users.enable_totp(operator, secret, totp.code(secret))
@@ -230,6 +233,8 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
             assert sealed_key_id(sealed) == "new"
             final.sealer.open(sealed, context)  # raises if it does not open
         assert len(final.webhooks.signing_key(account["id"])) == 32  # through the code that uses it
+        for kind in ("bounces", "unsubscribes", "complaints", "whitelists"):  # found by hash, opened under "new"
+            assert final.suppressions.get(domain, kind, f"{kind}@dest.test")["address"] == f"{kind}@dest.test"
         status = CliRunner().invoke(main, ["encryption", "status"])
         assert status.exit_code == 0 and "old" not in status.output, status.output
         sink.clear()

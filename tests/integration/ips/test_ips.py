@@ -229,6 +229,7 @@ def test_cli_assigns_exports_and_audits(services, settings, account, domain, db,
     monkeypatch.setenv("ENVOI_REDIS_URL_EU", settings.redis_url)
     monkeypatch.setenv("ENVOI_RELAY_HOST", "relay-a")
     monkeypatch.setenv("ENVOI_SECRET_KEY", base64.b64encode(settings.secret_key).decode())
+    monkeypatch.setenv("ENVOI_LOOKUP_KEY", base64.b64encode(settings.lookup_key).decode())
     runner = CliRunner()
     r = runner.invoke(main, ["ips", "add", "127.0.0.2", "--helo", "o2.mta.test", "--dedicated"])
     assert r.exit_code == 0, r.output

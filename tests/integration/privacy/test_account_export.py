@@ -63,8 +63,8 @@ def test_api_export_is_the_whole_account_without_secrets(client, services, full,
             continue  # the export itself was audited after the archive's audit section was read
         rows = db.execute(f"SELECT {section.select} FROM {section.table} WHERE {section.scope}"
                           f" ORDER BY {', '.join(section.key)}", {"account": account_id}).fetchall()
-        assert [json.loads(archive._line(section.kind, r))["data"] for r in rows] == got.get(section.kind, []), \
-            section.kind
+        assert [json.loads(archive._line(section.kind, section.exported(r, services.suppressions.vault)))["data"]
+                for r in rows] == got.get(section.kind, []), section.kind
     assert got["end"] == [{"counts": {s.kind: len(got.get(s.kind, [])) for s in archive.SECTIONS}}]
     # what the issue lists is there
     assert {d["name"] for d in got["domain"]} == {d["name"] for d in full.domains}
@@ -95,7 +95,7 @@ def test_api_export_is_the_whole_account_without_secrets(client, services, full,
 def test_export_reads_in_batches_without_holding_a_connection(services, full):
     one = Database(services.settings.database_url, max_size=1, pool_timeout=2)  # a pool of one connection
     try:
-        lines = archive.export_lines(one, full.account["id"], batch=2)
+        lines = archive.export_lines(one, full.account["id"], services.suppressions.vault, batch=2)
         for _ in range(6):  # mid-stream, between batches, as while a client is reading
             next(lines)
         with one.transaction() as conn:  # the only connection is free: the export does not hold it
@@ -149,16 +149,16 @@ def test_cli_export_import_round_trip(services, full, cli_env, empty_database_ur
 
 
 def test_import_refuses_a_cut_short_or_foreign_archive(services, full, empty_database_url, tmp_path):
-    lines = list(archive.export_lines(services.db, full.account["id"]))
+    lines = list(archive.export_lines(services.db, full.account["id"], services.suppressions.vault))
     target = Database(empty_database_url, max_size=1)
     try:
         with pytest.raises(archive.ArchiveInvalid, match="this is us"):
-            archive.import_archive(target, lines, "us")
+            archive.import_archive(target, lines, "us", services.suppressions.vault)
         with pytest.raises(archive.ArchiveInvalid, match="cut short"):
-            archive.import_archive(target, lines[:-1], "eu")
+            archive.import_archive(target, lines[:-1], "eu", services.suppressions.vault)
         altered = [*lines[:-1], lines[-1].replace('"message": 3', '"message": 2')]
         with pytest.raises(archive.ArchiveInvalid, match="do not match"):
-            archive.import_archive(target, altered, "eu")
+            archive.import_archive(target, altered, "eu", services.suppressions.vault)
         with target.transaction() as conn:  # all or nothing
             assert conn.execute("SELECT count(*) AS n FROM accounts").fetchone()["n"] == 0
             assert conn.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 0
@@ -170,6 +170,6 @@ def test_import_refuses_a_cut_short_or_foreign_archive(services, full, empty_dat
     header["data"]["account_id"] = account_line["data"]["id"] = fresh
     renumbered = [json.dumps(header), json.dumps(account_line), *lines[2:]]
     with pytest.raises(archive.ArchiveInvalid) as caught:
-        archive.import_archive(services.db, renumbered, "eu")
+        archive.import_archive(services.db, renumbered, "eu", services.suppressions.vault)
     assert caught.value.message.startswith("the archive's domain rows do not fit this database")
     assert services.accounts.list_accounts(search=str(fresh)) == []

@@ -42,19 +42,27 @@ def test_bounces_api_add_get_page_delete(client, domain, api_key, db):
     assert resp.json == {"message": "4 addresses have been added to the bounces table"}
     assert count(db, "suppress_bounces", domain) == 5
 
-    # Alphabetical paging with first / next / previous / last.
+    # Paging with first / next / previous / last, in the stable order of the addresses' keyed hashes
+    # (the addresses are sealed); the pivots in the URLs are opaque.
+    everyone = {"zed@example.com", *(f"a{n}@example.com" for n in range(4))}
     page1 = client.simulate_get(base, params={"limit": 2}, headers=basic(api_key)).json
-    assert [i["address"] for i in page1["items"]] == ["a0@example.com", "a1@example.com"]
     assert set(page1["paging"]) == {"first", "next", "previous", "last"}
+    assert not any("example.com" in url.split("?", 1)[1] for url in page1["paging"].values())
     path2 = page1["paging"]["next"].split("8025", 1)[1]
     page2 = client.simulate_get(path2, headers=basic(api_key)).json
-    assert [i["address"] for i in page2["items"]] == ["a2@example.com", "a3@example.com"]
+    page3 = client.simulate_get(page2["paging"]["next"].split("8025", 1)[1], headers=basic(api_key)).json
+    order = [i["address"] for p in (page1, page2, page3) for i in p["items"]]
+    assert len(order) == 5 and set(order) == everyone  # every entry once
+    assert client.simulate_get(path2, headers=basic(api_key)).json == page2  # stable
     back = client.simulate_get(page2["paging"]["previous"].split("8025", 1)[1], headers=basic(api_key)).json
-    assert [i["address"] for i in back["items"]] == ["a0@example.com", "a1@example.com"]
+    assert [i["address"] for i in back["items"]] == order[:2]
     last = client.simulate_get(page1["paging"]["last"].split("8025", 1)[1], headers=basic(api_key)).json
-    assert [i["address"] for i in last["items"]] == ["a3@example.com", "zed@example.com"]
+    assert [i["address"] for i in last["items"]] == order[-2:]
     end = client.simulate_get(last["paging"]["next"].split("8025", 1)[1], headers=basic(api_key)).json
     assert end["items"] == []
+    # An address as the pivot (Mailgun's older URLs, the dashboard's links) pages from its entry.
+    after = client.simulate_get(base, params={"page": "next", "address": order[1], "limit": 2}, headers=basic(api_key)).json
+    assert [i["address"] for i in after["items"]] == order[2:4]
 
     resp = client.simulate_delete(f"{base}/a0@example.com", headers=basic(api_key))
     assert resp.json == {"message": "Bounced address has been removed", "address": "a0@example.com"}
@@ -97,22 +105,24 @@ def _multipart(data: bytes) -> bytes:
             b"Content-Type: text/csv\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
 
 
-def test_csv_import_unsubscribes_tags_whitelists_complaints(client, domain, api_key, db):
+def test_csv_import_unsubscribes_tags_whitelists_complaints(client, domain, api_key, db, services):
     csv = b'address,tags,created_at\nu1@example.com,,\nu2@example.com,news;promo,"Thu, 13 Oct 2011 18:02:00 +0000"\n'
     resp = client.simulate_post(f"/v3/{domain['name']}/unsubscribes/import", body=_multipart(csv),
                                 headers={"Content-Type": "multipart/form-data; boundary=XyZ", **basic(api_key)})
     assert resp.status_code == 200, resp.text
     items = client.simulate_get(f"/v3/{domain['name']}/unsubscribes", headers=basic(api_key)).json["items"]
-    assert [(i["address"], i["tags"]) for i in items] == [("u1@example.com", ["*"]), ("u2@example.com", ["news", "promo"])]
-    assert items[1]["created_at"] == "Thu, 13 Oct 2011 18:02:00 UTC"
+    by_address = {i["address"]: i for i in items}
+    assert {a: i["tags"] for a, i in by_address.items()} == {"u1@example.com": ["*"], "u2@example.com": ["news", "promo"]}
+    assert by_address["u2@example.com"]["created_at"] == "Thu, 13 Oct 2011 18:02:00 UTC"
     post(client, f"/v3/{domain['name']}/unsubscribes", api_key, address="u2@example.com", tag="weekly")
     got = client.simulate_get(f"/v3/{domain['name']}/unsubscribes/u2@example.com", headers=basic(api_key)).json
     assert got["tags"] == ["news", "promo", "weekly"]
     resp = client.simulate_delete(f"/v3/{domain['name']}/unsubscribes/u2@example.com", params={"tag": "news"},
                                   headers=basic(api_key))
     assert resp.status_code == 200
-    assert db.execute("SELECT tags FROM suppress_unsubscribes WHERE domain_id = %s AND address = 'u2@example.com'",
-                      (domain["id"],)).fetchone()["tags"] == ["promo", "weekly"]
+    assert db.execute("SELECT tags FROM suppress_unsubscribes WHERE domain_id = %s AND address_hash = %s",
+                      (domain["id"], services.suppressions.vault.lookup("u2@example.com"))).fetchone()["tags"] == [
+        "promo", "weekly"]
 
     resp = post(client, f"/v3/{domain['name']}/whitelists", api_key, domain="partner.example", reason="vip")
     assert resp.json == {"message": "Address/Domain has been added to the whitelists table", "type": "domain",
@@ -161,8 +171,7 @@ def test_hard_bounces_join_the_list_unless_whitelisted(services, account, domain
         send(services, account["id"], domain, rcpt)
     wait_until(lambda: db.execute("SELECT count(*) AS n FROM events WHERE domain_id = %s AND event = 'failed'",
                                   (domain["id"],)).fetchone()["n"] == 3)
-    rows = db.execute("SELECT address, code, error FROM suppress_bounces WHERE domain_id = %s",
-                      (domain["id"],)).fetchall()
+    rows = list(services.suppressions.export(domain, "bounces"))
     assert [(r["address"], r["code"]) for r in rows] == [("gone@dest.test", "550")]  # not vip, not a full box
     # The next message to the bounced address is not sent at all.
     sink.reset_script()
@@ -178,8 +187,7 @@ def test_complained_event_adds_a_complaint(services, account, domain, db):
     with services.db.transaction() as conn:
         services.events.record(conn, [NewEvent(account["id"], domain["id"], message["id"],
                                                item("complained", message=message, recipient="Angry@dest.test"))])
-    assert db.execute("SELECT address FROM suppress_complaints WHERE domain_id = %s",
-                      (domain["id"],)).fetchone() == {"address": "angry@dest.test"}
+    assert [i["address"] for i in services.suppressions.export(domain, "complaints")] == ["angry@dest.test"]
     with services.db.transaction() as conn:
         assert services.suppressions.blocked(conn, [(account["id"], domain["id"], "ANGRY@dest.test", [])]) == [
             "suppress-complaint"]
@@ -190,11 +198,13 @@ def test_term_lists_only_values_starting_with_it_and_pages_within_them(client, s
                                                            ("ann@x.test", "anna@x.test", "annie@x.test", "bob@x.test")])
     base = f"/v3/{domain['name']}/complaints"
     first = client.simulate_get(base, params={"term": "ANN", "limit": "2"}, headers=basic(api_key)).json
-    assert [i["address"] for i in first["items"]] == ["ann@x.test", "anna@x.test"]
+    assert len(first["items"]) == 2
     assert "term=ann" in first["paging"]["next"]  # the paging URLs keep the search
     query = first["paging"]["next"].split("?", 1)[1]
     second = client.simulate_get(base, query_string=query, headers=basic(api_key)).json
-    assert [i["address"] for i in second["items"]] == ["annie@x.test"]
+    assert len(second["items"]) == 1
+    assert sorted(i["address"] for i in first["items"] + second["items"]) == ["ann@x.test", "anna@x.test",
+                                                                             "annie@x.test"]
     none = client.simulate_get(base, params={"term": "%"}, headers=basic(api_key)).json
     assert none["items"] == []  # a literal prefix, not a pattern
 
@@ -203,5 +213,8 @@ def test_export_reads_the_whole_list_in_pages(services, domain):
     services.suppressions.add_batch(domain, "whitelists", [{"address": f"w{n}@x.test"} for n in range(7)]
                                     + [{"domain": "partner.test"}])
     items = list(services.suppressions.export(domain, "whitelists", chunk=3))  # 3 + 3 + 2
-    assert [i["value"] for i in items] == ["partner.test", *(f"w{n}@x.test" for n in range(7))]
-    assert items[0] == services.suppressions.get(domain, "whitelists", "partner.test")  # the API's item shape
+    assert sorted(i["value"] for i in items) == ["partner.test", *(f"w{n}@x.test" for n in range(7))]
+    pages = [i["value"] for i in services.suppressions.page(domain, "whitelists", {"limit": "8"})["items"]]
+    assert [i["value"] for i in items] == pages  # the API's order
+    [partner] = [i for i in items if i["value"] == "partner.test"]
+    assert partner == services.suppressions.get(domain, "whitelists", "partner.test")  # the API's item shape

@@ -8,7 +8,7 @@ from envoi.billing.plans import load
 from envoi.events.service import PLAN_RETENTION
 from envoi.infra.settings import Settings
 
-KEY = {"ENVOI_SECRET_KEY": base64.b64encode(b"k" * 32).decode()}
+KEY = {"ENVOI_SECRET_KEY": base64.b64encode(b"k" * 32).decode(), "ENVOI_LOOKUP_KEY": base64.b64encode(b"l" * 32).decode()}
 DAY = 86400.0
 
 

@@ -34,22 +34,22 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 
 
 def test_region_selects_its_own_stores():
-    env = {"ENVOI_SECRET_KEY": KEY, "ENVOI_REGION": "us", "ENVOI_DATABASE_URL_EU": "postgresql://eu/db",
+    env = {"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_REGION": "us", "ENVOI_DATABASE_URL_EU": "postgresql://eu/db",
            "ENVOI_DATABASE_URL_US": "postgresql://us/db", "DATABASE_URL": "postgresql://fallback/db",
            "ENVOI_REDIS_URL_US": "redis://us:6379/0"}
     settings = Settings.from_env(env)
     assert settings.region == "us"
     assert settings.database_url == "postgresql://us/db" and settings.redis_url == "redis://us:6379/0"
-    assert Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_REGION": "eu",
+    assert Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_REGION": "eu",
                               "DATABASE_URL": "postgresql://x/y"}).database_url == \
         "postgresql://x/y"
 
 
 def test_durations_and_bad_values():
-    settings = Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_MESSAGE_LIFETIME": "2d", "ENVOI_RETRY_SCHEDULE": "30s,5m,1h"})
+    settings = Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_MESSAGE_LIFETIME": "2d", "ENVOI_RETRY_SCHEDULE": "30s,5m,1h"})
     assert settings.message_lifetime == 2 * 86400 and settings.retry_schedule == (30, 300, 3600)
     with pytest.raises(SettingsError):
-        Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_REGION": "mars"})
+        Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_REGION": "mars"})
     with pytest.raises(SettingsError):
         Settings.from_env({"ENVOI_SECRET_KEY": base64.b64encode(b"short").decode()})
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -201,7 +201,8 @@ def test_domains_ed25519_command_stores_a_sealed_key(settings, services, domain,
 
     for name, value in {"ENVOI_REGION": settings.region, "DATABASE_URL": settings.database_url,
                         "REDIS_URL": settings.redis_url,
-                        "ENVOI_SECRET_KEY": base64.b64encode(settings.secret_key).decode()}.items():
+                        "ENVOI_SECRET_KEY": base64.b64encode(settings.secret_key).decode(),
+                        "ENVOI_LOOKUP_KEY": base64.b64encode(settings.lookup_key).decode()}.items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(main, ["domains", "ed25519", domain["name"], "--selector", "ed1"])
     assert result.exit_code == 0, result.output
