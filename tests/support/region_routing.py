@@ -86,7 +86,7 @@ def routed_regions():
     built = {}
     for region, (dsn, redis_url) in stores.items():
         built[region] = runtime.build(Settings(
-            region=region, database_url=dsn, redis_url=redis_url, secret_key=secrets.token_bytes(32),
+            region=region, database_url=dsn, redis_url=redis_url, secret_key=secrets.token_bytes(32), lookup_key=secrets.token_bytes(32),
             public_url=urls[region], region_urls=urls, routing_secret=ROUTING_SECRET, routing_timeout=2.0,
             region_smtp_hosts={"eu": "smtp.eu.envoi.test:587", "us": "smtp.us.envoi.test:587"},
             routing_peer_urls={r: u for r, u in urls.items() if r != region}, retry_schedule=(1, 2, 4)),

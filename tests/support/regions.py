@@ -183,7 +183,8 @@ def two_regions(localstripe):
             for name in ("eu", "us"):
                 dsn, number = _make_database(name), _free_redis_db()
                 settings = Settings(region=name, database_url=dsn, redis_url=f"{REDIS_BASE}/{number}",
-                                    secret_key=secrets.token_bytes(32), region_urls=urls, billing=True,
+                                    secret_key=secrets.token_bytes(32), lookup_key=secrets.token_bytes(32),
+                                    region_urls=urls, billing=True,
                                     webhook_allow=("127.0.0.1/32",), stripe_secret_key=localstripe.secret_key,
                                     stripe_api_base=localstripe.api_base,
                                     stripe_webhook_secret=localstripe.webhook_secret)
@@ -292,6 +293,25 @@ def scan_postgres(dsn: str, needles: list[str], ids: re.Pattern | None) -> tuple
                     if value is not None:
                         hits += find(value, f"{table}.{column}", needles, ids)
     return hits, len(tables)
+
+
+def scan_postgres_bytes(dsn: str, hex_needles: list[str]) -> list[Hit]:
+    """Every bytea value of every table, in hex, for byte strings given in hex (keyed hashes). Apart from
+    scan_postgres: ids are not looked for in hex, where random ciphertext would match them by chance."""
+    hits: list[Hit] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for qualified, columns in postgres_columns(dsn).items():
+            schema, table = qualified.split(".", 1)
+            binary = [c for c, kind in columns if kind == "bytea"]
+            if not binary:
+                continue
+            exprs = [sql.SQL("encode({}, 'hex')").format(sql.Identifier(c)) for c in binary]
+            query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(exprs), sql.Identifier(schema, table))
+            for row in conn.execute(query):
+                for column, value in zip(binary, row, strict=True):
+                    if value is not None:
+                        hits += find(value, f"{table}.{column}", hex_needles, None)
+    return hits
 
 
 def _texts(raw: bytes) -> list[str]:

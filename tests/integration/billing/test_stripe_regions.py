@@ -13,12 +13,14 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+import redis
 
 from envoi import runtime
 from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
 from tests.conftest import PG_ADMIN
 from tests.support.localstripe import LocalStripe, card_payment_method, make_billing
+from tests.support.region_routing import free_redis_url
 
 HOP_HEADERS = {"connection", "transfer-encoding", "content-length", "keep-alive"}
 
@@ -90,10 +92,13 @@ def us_services(settings):
     dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=name)
     ensure_database(dsn)
     migrate(dsn)
-    services = runtime.build(Settings(region="us", database_url=dsn, redis_url=settings.redis_url,
-                                      secret_key=secrets.token_bytes(32)), pool_size=2)
+    redis_url = free_redis_url()  # a region's Redis is stamped with its region: the US needs its own
+    services = runtime.build(Settings(region="us", database_url=dsn, redis_url=redis_url,
+                                      secret_key=secrets.token_bytes(32),
+                                      lookup_key=secrets.token_bytes(32)), pool_size=2)
     yield services
     services.close()
+    redis.Redis.from_url(redis_url).flushdb()
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -67,13 +67,13 @@ def test_ids_are_derived_when_not_given():
 
 def test_settings_read_the_current_and_previous_keys():
     b64 = base64.b64encode
-    s = Settings.from_env({"ENVOI_SECRET_KEY": f"2026-12:{b64(NEW).decode()}",
+    s = Settings.from_env({"ENVOI_LOOKUP_KEY": b64(NEW).decode(), "ENVOI_SECRET_KEY": f"2026-12:{b64(NEW).decode()}",
                            "ENVOI_PREVIOUS_SECRET_KEYS": f"old:{b64(OLD).decode()}, {b64(NEW[::-1]).decode()}"})
     assert (s.secret_key, s.secret_key_id) == (NEW, "2026-12")
     assert s.previous_secret_keys == (("old", OLD), ("", NEW[::-1]))
-    assert Settings.from_env({"ENVOI_SECRET_KEY": b64(NEW).decode()}).secret_key_id == ""
-    for bad in ({"ENVOI_SECRET_KEY": f"bad id!:{b64(NEW).decode()}"},
-                {"ENVOI_SECRET_KEY": b64(NEW).decode(), "ENVOI_PREVIOUS_SECRET_KEYS": "x:c2hvcnQ="}):
+    assert Settings.from_env({"ENVOI_LOOKUP_KEY": b64(NEW).decode(), "ENVOI_SECRET_KEY": b64(NEW).decode()}).secret_key_id == ""
+    for bad in ({"ENVOI_LOOKUP_KEY": b64(NEW).decode(), "ENVOI_SECRET_KEY": f"bad id!:{b64(NEW).decode()}"},
+                {"ENVOI_LOOKUP_KEY": b64(NEW).decode(), "ENVOI_SECRET_KEY": b64(NEW).decode(), "ENVOI_PREVIOUS_SECRET_KEYS": "x:c2hvcnQ="}):
         with pytest.raises(SettingsError):
             Settings.from_env(bad)
     with pytest.raises(ValueError, match="twice"):

@@ -57,7 +57,7 @@ def test_durations_and_bad_values():
 
 
 def test_routing_between_regions():
-    env = {"ENVOI_SECRET_KEY": KEY, "ENVOI_REGION": "eu",
+    env = {"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_REGION": "eu",
            "ENVOI_OTHER_REGION_URLS": "eu=https://api.eu.test,us=https://api.us.test/",
            "ENVOI_REGION_SMTP_HOSTS": "eu=smtp.eu.test:587, us=smtp.us.test:587, mars=x",
            "ENVOI_ROUTING_SECRET": "s" * 32, "ENVOI_ROUTING_TIMEOUT": "0.5"}
@@ -69,4 +69,4 @@ def test_routing_between_regions():
     assert private.routing_peer_urls == {"us": "http://10.0.2.5:8025"}
     with pytest.raises(SettingsError, match="ENVOI_ROUTING_SECRET must be at least 32 characters"):
         Settings.from_env({**env, "ENVOI_ROUTING_SECRET": "short"})
-    assert Settings.from_env({"ENVOI_SECRET_KEY": KEY}).routing_secret == b""  # unset: routing off
+    assert Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY}).routing_secret == b""  # unset: routing off
