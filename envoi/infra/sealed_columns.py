@@ -55,6 +55,7 @@ SEALED: tuple[SealedColumn, ...] = (
     SealedColumn("webhook_signing_keys", "account_id", "key_sealed",  # envoi.webhooks.service
                  "'webhook-signing-key:' || account_id"),
     SealedColumn("users", "id", "totp_secret", "'totp:' || id"),  # envoi.accounts.users
+    SealedColumn("inbound_messages", "id", "raw", "storage_key"),  # envoi.mta.routes
 )
 
 #: The key id reported for values sealed before key ids existed (sealed-data version 1).

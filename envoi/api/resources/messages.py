@@ -110,20 +110,33 @@ class StoredMessage(DomainScoped):
     """/v3/domains/{d}/messages/{storage_key}: GET a stored message (while retention keeps it), POST to
     resend it (Mailgun's resend, `to` required), DELETE to cancel it while it waits (an Envoi extension)."""
 
-    def __init__(self, accounts, storage, intake):
+    def __init__(self, accounts, storage, intake, routes):
         super().__init__(accounts)
         self.storage = storage
         self.intake = intake
+        self.routes = routes  # messages received and kept by a route's store()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
-        found = self.storage.get(self.domain(req, domain)["id"], storage_key)
+        domain_row = self.domain(req, domain)
+        found = self.storage.get(domain_row["id"], storage_key)
         if found is None:
-            raise ApiError(404, "Message not found")
+            self._received(req, resp, domain_row, storage_key)
+            return
         row, mime = found
         if "message/rfc2822" in (req.get_header("Accept") or ""):
             resp.media = {"body-mime": mime.decode("utf-8", "replace"), "recipients": ",".join(row["recipients"])}
             return
         resp.media = parsed(row, mime)
+
+    def _received(self, req: falcon.Request, resp: falcon.Response, domain_row: dict, storage_key: str) -> None:
+        kept = self.routes.stored(domain_row, storage_key)
+        if kept is None:
+            raise ApiError(404, "Message not found")
+        if "message/rfc2822" in (req.get_header("Accept") or ""):
+            row, raw = kept
+            resp.media = {"body-mime": raw.decode("utf-8", "replace"), "recipients": row["recipient"]}
+            return
+        resp.media = self.routes.stored_json(domain_row, storage_key)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
         fields, _ = read_form(req)

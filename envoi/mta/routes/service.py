@@ -1,0 +1,367 @@
+"""Inbound routes: Mailgun's /v3/routes (per account) and what the inbound MX does with mail for the
+account's receiving domains.
+
+`Routes` manages routes. `Receiving` is the inbound MX's side:
+
+* `check_recipient()` at RCPT: an address at a domain of this region whose account has a route that
+  may match it is accepted; a domain we do not serve gets 550 5.7.1 (never an open relay), an address
+  no route can take 550 5.1.1.
+* `receive()` at DATA, for each routed recipient in ONE transaction: the message (sealed, kept 3 days
+  like Mailgun's store()), one outbox row per forward(url) / store(notify=url), and the events
+  (`accepted` with flags.is-routed, `stored` for store()). Then forward(address) is sent as the
+  account's own mail through Intake (counted, quota-checked; the From header is the original's, the
+  envelope the receiving domain's), and the outbox is posted by `post_due()` (the listener's poster
+  thread), signed with the account's webhook signing key, through the webhooks' SSRF guard, retried on
+  Mailgun's schedule (10 min, 15 min, 30 min, 1 h, 2 h, 4 h; 2xx done, 406 stops).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.policy
+import json
+import logging
+import secrets
+import threading
+import time
+from datetime import timezone
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime
+
+from envoi.accounts.service import Accounts
+from envoi.events.service import Events, NewEvent, item
+from envoi.infra import ids
+from envoi.infra.crypto import Sealer
+from envoi.infra.db import Database
+from envoi.mta.compose import from_mime
+from envoi.mta.errors import InvalidRoute, RouteNotFound
+from envoi.mta.routes import expressions, parsed
+from envoi.mta.routes import store as rstore
+from envoi.webhooks import secret_url, ssrf
+from envoi.webhooks.service import Webhooks, signature
+
+log = logging.getLogger("envoi.routes")
+MAILGUN_RETRY_SCHEDULE = (600, 900, 1800, 3600, 7200, 14400)
+RETRY_FOR = 8 * 3600.0  # Mailgun retries route POSTs for 8 hours
+KEEP_SECONDS = 3 * 86400.0  # store(): Mailgun keeps messages up to 3 days
+MAX_LIMIT = 1000
+MAX_FORWARD_HOPS = 5  # an X-Envoi-Forwarded header per forward(address): more is a loop
+ROUTE_CACHE_SECONDS = 2.0
+
+
+def route_json(row: dict) -> dict:
+    return {"id": row["id"], "priority": row["priority"], "description": row["description"],
+            "expression": row["expression"], "actions": list(row["actions"]),
+            "created_at": format_datetime(row["created_at"].astimezone(timezone.utc), usegmt=True)}
+
+
+class Routes:
+    def __init__(self, db: Database, sealer: Sealer, webhooks: Webhooks, public_url: str):
+        self.db = db
+        self.sealer = sealer
+        self.allow = webhooks.allow
+        self.public_url = public_url.rstrip("/")
+
+    # checks ---------------------------------------------------------------------------------
+    def _check(self, expression: str | None, actions: list[str] | None) -> None:
+        try:
+            if expression is not None:
+                expressions.parse_filter(expression)
+            for text in actions or ():
+                action = expressions.parse_action(text)
+                for url in [*action.urls(), *([action.notify] if action.notify else [])]:
+                    try:
+                        ssrf.check(url, self.allow)
+                    except ssrf.UnsafeURL as ex:
+                        raise InvalidRoute(f"Invalid url {url!r}: {ex}") from ex
+        except expressions.InvalidExpression as ex:
+            raise InvalidRoute(str(ex)) from ex
+
+    @staticmethod
+    def _priority(value: str | None) -> int:
+        try:
+            priority = int(value if value not in (None, "") else 0)
+        except ValueError as ex:
+            raise InvalidRoute("priority must be an integer") from ex
+        if not 0 <= priority <= 2**31 - 1:
+            raise InvalidRoute("priority must be between 0 and 2147483647")
+        return priority
+
+    # API ------------------------------------------------------------------------------------
+    def create(self, account_id: int, *, priority: str | None, description: str | None, expression: str | None,
+               actions: list[str]) -> dict:
+        if not expression:
+            raise InvalidRoute("expression parameter is missing")
+        actions = [a for a in actions if a.strip()]
+        if not actions:
+            raise InvalidRoute("action parameter is missing")
+        self._check(expression, actions)
+        with self.db.transaction() as conn:
+            row = rstore.insert_route(conn, secrets.token_hex(12), account_id, self._priority(priority),
+                                      description or "", expression, actions)
+        return {"message": "Route has been created", "route": route_json(row)}
+
+    def list(self, account_id: int, skip: str | None, limit: str | None) -> dict:
+        try:
+            skip_n, limit_n = int(skip or 0), int(limit or 100)
+        except ValueError as ex:
+            raise InvalidRoute("skip and limit must be integers") from ex
+        if skip_n < 0 or not 1 <= limit_n <= MAX_LIMIT:
+            raise InvalidRoute(f"skip must be 0 or more and limit between 1 and {MAX_LIMIT}")
+        with self.db.transaction() as conn:
+            total, rows = rstore.list_routes(conn, account_id, skip_n, limit_n)
+        return {"total_count": total, "items": [route_json(r) for r in rows]}
+
+    def get(self, account_id: int, route_id: str) -> dict:
+        with self.db.transaction() as conn:
+            row = rstore.get_route(conn, account_id, route_id)
+        if row is None:
+            raise RouteNotFound()
+        return {"route": route_json(row)}
+
+    def update(self, account_id: int, route_id: str, *, priority: str | None, description: str | None,
+               expression: str | None, actions: list[str]) -> dict:
+        changes: dict = {}
+        if priority not in (None, ""):
+            changes["priority"] = self._priority(priority)
+        if description is not None:
+            changes["description"] = description
+        if expression:
+            changes["expression"] = expression
+        actions = [a for a in actions if a.strip()]
+        if actions:
+            changes["actions"] = actions
+        self._check(expression or None, actions)
+        with self.db.transaction() as conn:
+            row = (rstore.update_route(conn, account_id, route_id, changes) if changes
+                   else rstore.get_route(conn, account_id, route_id))
+        if row is None:
+            raise RouteNotFound()
+        return {**route_json(row), "message": "Route has been updated"}
+
+    def delete(self, account_id: int, route_id: str) -> dict:
+        with self.db.transaction() as conn:
+            if not rstore.delete_route(conn, account_id, route_id):
+                raise RouteNotFound()
+        return {"message": "Route has been deleted", "id": route_id}
+
+
+    # stored messages --------------------------------------------------------------------------
+    def stored(self, domain: dict, storage_key: str) -> tuple[dict, bytes] | None:
+        """(row, raw) of a message a store() action kept, while it is kept; None otherwise."""
+        with self.db.transaction() as conn:
+            row = rstore.stored_message(conn, domain["id"], storage_key)
+        if row is None:
+            return None
+        return row, self.sealer.open(row["raw"], storage_key.encode())
+
+    def stored_json(self, domain: dict, storage_key: str) -> dict | None:
+        found = self.stored(domain, storage_key)
+        if found is None:
+            return None
+        row, raw = found
+        url = f"{self.public_url}/v3/domains/{domain['name']}/messages/{storage_key}"
+        return parsed.stored_json(raw, recipient=row["recipient"], sender=row["sender"], domain=domain["name"],
+                                  message_url=url)
+
+    def purge_expired(self, batch: int = 1000) -> int:
+        total = 0
+        while True:
+            with self.db.transaction() as conn:
+                done = rstore.purge_expired(conn, batch)
+            total += done
+            if done < batch:
+                return total
+
+
+@dataclasses.dataclass
+class Received:
+    """What one inbound message came to (logs, tests)."""
+
+    routed: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # (recipient, route ids)
+    dropped: list[str] = dataclasses.field(default_factory=list)  # recipients no route matched
+    message_ids: list[int] = dataclasses.field(default_factory=list)  # inbound_messages rows
+    forwarded: list[str] = dataclasses.field(default_factory=list)  # Message-IDs of forward(address) sends
+
+
+class Receiving:
+    def __init__(self, db: Database, sealer: Sealer, events: Events, accounts: Accounts, intake, webhooks: Webhooks,
+                 *, public_url: str, timeout: float = 10.0, retry_schedule: tuple = MAILGUN_RETRY_SCHEDULE,
+                 retry_for: float = RETRY_FOR, keep_seconds: float = KEEP_SECONDS):
+        self.db, self.sealer, self.events, self.accounts, self.intake = db, sealer, events, accounts, intake
+        self.webhooks = webhooks
+        self.allow = webhooks.allow
+        self.public_url = public_url.rstrip("/")
+        self.timeout, self.retry_schedule, self.retry_for = timeout, retry_schedule, retry_for
+        self.keep_seconds = keep_seconds
+        self._cache: dict[int, tuple[float, list]] = {}
+        self._lock = threading.Lock()
+
+    # routes of an account, parsed, briefly cached (every RCPT reads them) ---------------------
+    def _routes(self, account_id: int) -> list[tuple[str, expressions.Filter, list[expressions.Action]]]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(account_id)
+        if hit is not None and now - hit[0] < ROUTE_CACHE_SECONDS:
+            return hit[1]
+        with self.db.transaction() as conn:
+            rows = rstore.all_routes(conn, account_id)
+        parsed_routes = []
+        for row in rows:
+            try:
+                parsed_routes.append((row["id"], expressions.parse_filter(row["expression"]),
+                                      [expressions.parse_action(a) for a in row["actions"]]))
+            except expressions.InvalidExpression:
+                log.warning("route %s of account %s no longer parses; skipped", row["id"], account_id)
+        with self._lock:
+            self._cache[account_id] = (now, parsed_routes)
+        return parsed_routes
+
+    def _domain(self, address: str) -> tuple[str, dict | None]:
+        address = (address or "").strip().strip("<>")
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain or len(address) > 320:
+            return address, None
+        with self.db.transaction() as conn:
+            row = rstore.receiving_domain(conn, domain.lower().rstrip("."))
+        return f"{local}@{domain.lower()}", row
+
+    # RCPT -----------------------------------------------------------------------------------
+    def check_recipient(self, address: str) -> str | None:
+        """None to accept; else the SMTP reply refusing the address."""
+        address, domain = self._domain(address)
+        if domain is None or domain["account_state"] not in ("active",):
+            return "550 5.7.1 Relaying denied: we do not receive mail for this domain"
+        if not any(f.match(address.lower()) is not None for _, f, _ in self._routes(domain["account_id"])):
+            return "550 5.1.1 No such user here"
+        return None
+
+    # DATA -----------------------------------------------------------------------------------
+    def receive(self, sender: str, recipients: list[str], raw: bytes) -> Received:
+        head = BytesHeaderParser(policy=email.policy.default).parsebytes(raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+        result = Received()
+        if len(head.get_all("X-Envoi-Forwarded", [])) >= MAX_FORWARD_HOPS:
+            log.warning("inbound message from %r dropped: forwarding loop (%s hops)", sender, MAX_FORWARD_HOPS)
+            result.dropped.extend(recipients)
+            return result
+        new_events: list[NewEvent] = []
+        forwards: list[tuple[dict, str, list[str]]] = []
+        with self.db.transaction() as conn:
+            for rcpt in recipients:
+                address, domain = self._domain(rcpt)
+                if domain is None:
+                    result.dropped.append(rcpt)
+                    continue
+                plan = expressions.plan(self._routes(domain["account_id"]), address.lower(), head)
+                if not plan.route_ids:
+                    result.dropped.append(address)
+                    continue
+                key = ids.storage_key()
+                sealed = self.sealer.seal(raw, key.encode())
+                message_pk = rstore.insert_message(conn, domain["account_id"], domain["id"], key, address, sender,
+                                                   plan.store, sealed, self.keep_seconds)
+                rstore.insert_posts(conn, domain["account_id"], message_pk,
+                                    [("forward", u) for u in plan.urls] + [("notify", u) for u in plan.notify])
+                new_events.extend(self._events(domain, address, head, len(raw), key, plan))
+                result.routed.append((address, plan.route_ids))
+                result.message_ids.append(message_pk)
+                if plan.addresses:
+                    forwards.append((domain, address, plan.addresses))
+            self.events.record(conn, new_events)
+        self.events.committed(new_events)
+        for domain, address, targets in forwards:
+            result.forwarded.extend(self._forward(domain, address, targets, raw))
+        return result
+
+    def _events(self, domain: dict, address: str, head, size: int, key: str, plan) -> list[NewEvent]:
+        message = {"headers": {"to": str(head.get("To", "")), "from": str(head.get("From", "")),
+                               "subject": str(head.get("Subject", "")),
+                               "message-id": str(head.get("Message-ID", "")).strip().strip("<>")},
+                   "size": size}
+        storage = {"url": f"{self.public_url}/v3/domains/{domain['name']}/messages/{key}", "key": key}
+        accepted = item("accepted", message=message, recipient=address, method="smtp",
+                        routes=[{"id": r} for r in plan.route_ids])
+        accepted["flags"].update({"is-routed": True, "is-authenticated": False})
+        out = [NewEvent(domain["account_id"], domain["id"], None, accepted)]
+        if plan.store:
+            stored = item("stored", message=message, recipient=address, storage=storage)
+            stored["flags"]["is-authenticated"] = False
+            out.append(NewEvent(domain["account_id"], domain["id"], None, stored))
+        return out
+
+    def _forward(self, domain: dict, address: str, targets: list[str], raw: bytes) -> list[str]:
+        """forward(address): the message, as the account's own mail from the receiving domain (the
+        route's owner named every target; the original From is kept, the envelope is ours)."""
+        sent = []
+        try:
+            principal = self.accounts.principal_of_user(domain["account_id"])
+            domain_row = self.intake.domain_for(principal, domain["name"])
+            mime = f"X-Envoi-Forwarded: {address}\r\n".encode() + raw
+            draft = from_mime(domain["name"], mime, targets, {}, method="smtp")
+            own = f"postmaster@{domain['name']}"
+            draft = dataclasses.replace(draft, mail_from=own, from_addresses=[own])
+            sent.append(self.intake.accept(principal, domain_row, draft))
+        except Exception as ex:  # the routed message is kept and its events recorded; the forward is logged
+            log.warning("forward of a message to %s failed: %s", address, ex)
+        return sent
+
+    # the outbox: forward(url) and store(notify=url) POSTs ------------------------------------
+    def post_due(self, limit: int = 50, only: list[int] | None = None) -> int:
+        """Post what is due (leased first, so several posters never post one row twice). Returns the
+        number of posts attempted."""
+        with self.db.transaction() as conn:
+            rows = rstore.claim_posts(conn, limit, self.timeout * 2 + 5, only)
+        for row in rows:
+            self._post(row)
+        return len(rows)
+
+    def _payload(self, row: dict) -> tuple[bytes, str] | None:
+        if row["raw"] is None:
+            return None
+        raw = self.sealer.open(row["raw"], row["storage_key"].encode())
+        timestamp, token = str(int(time.time())), secrets.token_hex(25)
+        signed = {"timestamp": timestamp, "token": token,
+                  "signature": signature(self.webhooks.signing_key(row["account_id"]), timestamp, token)}
+        if row["kind"] == "notify":
+            url = f"{self.public_url}/v3/domains/{row['domain']}/messages/{row['storage_key']}"
+            form = parsed.stored_json(raw, recipient=row["recipient"], sender=row["sender"], domain=row["domain"],
+                                      message_url=url)
+            fields = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in form.items()}
+            return parsed.encode({**fields, **signed}, [])
+        mime = row["url"].split("?", 1)[0].rstrip("/").endswith("mime")
+        form, files = parsed.fields(raw, recipient=row["recipient"], sender=row["sender"], mime=mime)
+        form.update(signed)
+        return parsed.encode(form, files)
+
+    def _post(self, row: dict) -> str:
+        payload = self._payload(row)
+        attempt = row["attempts"] + 1
+        if payload is None:
+            status, error = None, "message expired before it could be posted"
+            outcome = "failed"
+        else:
+            body, content_type = payload
+            response = ssrf.post(row["url"], body, self.allow, self.timeout,
+                                 headers={"Content-Type": content_type, "User-Agent": "envoi-routes/1"})
+            status, error = response.status, response.error
+            if status is not None and 200 <= status < 300:
+                outcome = "delivered"
+            elif status == 406:
+                outcome = "rejected"  # Mailgun: 406 means do not retry
+            elif time.time() - row["created_at"].timestamp() >= self.retry_for:
+                outcome = "failed"
+            else:
+                outcome = "pending"
+        next_in = self.retry_schedule[min(attempt - 1, len(self.retry_schedule) - 1)] if outcome == "pending" else 0
+        with self.db.transaction() as conn:
+            rstore.finish_post(conn, row["id"], status=outcome, attempts=attempt, last_status=status,
+                               error=error, next_in=next_in)
+        if outcome != "delivered":
+            log.info("route post %s to %s: %s (%s)", row["id"], ssrf_safe(row["url"]), outcome, status or error)
+        return outcome
+
+
+def ssrf_safe(url: str) -> str:
+    """A URL for logs: without any password."""
+    return secret_url.redact(url)
+
