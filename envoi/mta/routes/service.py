@@ -24,7 +24,7 @@ import logging
 import secrets
 import threading
 import time
-from datetime import timezone
+from datetime import UTC
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 
@@ -52,7 +52,7 @@ ROUTE_CACHE_SECONDS = 2.0
 def route_json(row: dict) -> dict:
     return {"id": row["id"], "priority": row["priority"], "description": row["description"],
             "expression": row["expression"], "actions": list(row["actions"]),
-            "created_at": format_datetime(row["created_at"].astimezone(timezone.utc), usegmt=True)}
+            "created_at": format_datetime(row["created_at"].astimezone(UTC), usegmt=True)}
 
 
 class Routes:
