@@ -49,7 +49,7 @@ def create_app(settings, services) -> falcon.App:
 def routes(settings, services) -> list[Route]:
     """Every route of the API, grouped by what it serves."""
     accounts = services.accounts
-    dns = dns_targets(settings.region)
+    dns = dns_targets(settings.region, settings.inbound_mx_hosts)
     messages = Messages(services.intake)
     suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
                     for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}

@@ -4,6 +4,7 @@ route of one account seen or changed by another."""
 from __future__ import annotations
 
 import pytest
+from falcon import testing
 from mailgun.client import Client
 
 from envoi.api.app import create_app
@@ -76,3 +77,11 @@ def test_paging_limits_are_checked(client, api_key):
     assert client.simulate_get("/v3/routes", params={"limit": "0"}, headers=basic(api_key)).status_code == 400
     assert client.simulate_get("/v3/routes", params={"limit": "1001"}, headers=basic(api_key)).status_code == 400
     assert client.simulate_get("/v3/routes", params={"skip": "x"}, headers=basic(api_key)).status_code == 400
+
+
+def test_receiving_records_point_at_the_configured_inbound_mx(services, api_key, domain):
+    settings = services.settings.replace(inbound_mx_hosts=("mxa.eu.envoi.example", "mxb.eu.envoi.example"))
+    client = testing.TestClient(create_app(settings, services))
+    r = client.simulate_get(f"/v3/domains/{domain['name']}", headers=basic(api_key))
+    assert [(x["record_type"], x["name"], x["value"], x["priority"]) for x in r.json["receiving_dns_records"]] == [
+        ("MX", domain["name"], "mxa.eu.envoi.example", "10"), ("MX", domain["name"], "mxb.eu.envoi.example", "10")]
