@@ -24,6 +24,7 @@ import logging
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
@@ -46,7 +47,9 @@ RETRY_FOR = 8 * 3600.0  # Mailgun retries route POSTs for 8 hours
 KEEP_SECONDS = 3 * 86400.0  # store(): Mailgun keeps messages up to 3 days
 MAX_LIMIT = 1000
 MAX_FORWARD_HOPS = 5  # an X-Envoi-Forwarded header per forward(address): more is a loop
-ROUTE_CACHE_SECONDS = 2.0
+ROUTE_CACHE_SECONDS = 2.0  # a route or domain change reaches the inbound MX within this
+KEY_CACHE_SECONDS = 10.0  # a regenerated signing key signs route posts within this
+POST_CONCURRENCY = 8
 
 
 def route_json(row: dict) -> dict:
@@ -195,7 +198,10 @@ class Receiving:
         self.timeout, self.retry_schedule, self.retry_for = timeout, retry_schedule, retry_for
         self.keep_seconds = keep_seconds
         self._cache: dict[int, tuple[float, list]] = {}
+        self._domains: dict[str, tuple[float, dict | None]] = {}
+        self._keys: dict[int, tuple[float, str]] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(POST_CONCURRENCY, thread_name_prefix="envoi-route-post")
 
     # routes of an account, parsed, briefly cached (every RCPT reads them) ---------------------
     def _routes(self, account_id: int) -> list[tuple[str, expressions.Filter, list[expressions.Action]]]:
@@ -222,9 +228,28 @@ class Receiving:
         local, at, domain = address.rpartition("@")
         if not at or not local or not domain or len(address) > 320:
             return address, None
-        with self.db.transaction() as conn:
-            row = rstore.receiving_domain(conn, domain.lower().rstrip("."))
-        return f"{local}@{domain.lower()}", row
+        name = domain.lower().rstrip(".")
+        now = time.monotonic()
+        with self._lock:
+            hit = self._domains.get(name)
+        if hit is None or now - hit[0] >= ROUTE_CACHE_SECONDS:
+            with self.db.transaction() as conn:
+                hit = (now, rstore.receiving_domain(conn, name))
+            with self._lock:
+                if len(self._domains) > 10_000:  # bounded: random domains at RCPT must not grow it
+                    self._domains.clear()
+                self._domains[name] = hit
+        return f"{local}@{domain.lower()}", hit[1]
+
+    def _signing_key(self, account_id: int) -> str:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._keys.get(account_id)
+        if hit is None or now - hit[0] >= KEY_CACHE_SECONDS:
+            hit = (now, self.webhooks.signing_key(account_id))
+            with self._lock:
+                self._keys[account_id] = hit
+        return hit[1]
 
     # RCPT -----------------------------------------------------------------------------------
     def check_recipient(self, address: str) -> str | None:
@@ -311,8 +336,7 @@ class Receiving:
         number of posts attempted."""
         with self.db.transaction() as conn:
             rows = rstore.claim_posts(conn, limit, self.timeout * 2 + 5, only)
-        for row in rows:
-            self._post(row)
+        list(self._pool.map(self._post, rows))  # a few at once: one slow receiver does not hold the rest
         return len(rows)
 
     def _payload(self, row: dict) -> tuple[bytes, str] | None:
@@ -321,7 +345,7 @@ class Receiving:
         raw = self.sealer.open(row["raw"], row["storage_key"].encode())
         timestamp, token = str(int(time.time())), secrets.token_hex(25)
         signed = {"timestamp": timestamp, "token": token,
-                  "signature": signature(self.webhooks.signing_key(row["account_id"]), timestamp, token)}
+                  "signature": signature(self._signing_key(row["account_id"]), timestamp, token)}
         if row["kind"] == "notify":
             url = f"{self.public_url}/v3/domains/{row['domain']}/messages/{row['storage_key']}"
             form = parsed.stored_json(raw, recipient=row["recipient"], sender=row["sender"], domain=row["domain"],

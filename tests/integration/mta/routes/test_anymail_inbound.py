@@ -81,7 +81,7 @@ def test_anymail_inbound_view_parses_what_envoi_forwards(services, mx, anymail_s
     msg.set_content("There is a moth in relay 70.\n")
     msg.add_attachment(b"moth photo", maintype="image", subtype="jpeg", filename="moth.jpg")
     with smtplib.SMTP("127.0.0.1", mx.port, timeout=10) as smtp:
-        smtp.sendmail("grace@outside.test", [to], msg.as_bytes())
+        smtp.sendmail("grace@outside.test", [to], msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
 
     got, arrived = received
     assert arrived.wait(15), "anymail's inbound signal never fired"

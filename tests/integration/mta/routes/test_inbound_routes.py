@@ -75,9 +75,13 @@ def message(domain_name, to, *, subject="Hello", text="Reply here.\n\nOn Mon, Bo
     return msg
 
 
+def crlf(msg: EmailMessage) -> bytes:
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
 def smtp_send(mx, sender, rcpts, msg) -> None:
     with smtplib.SMTP("127.0.0.1", mx.port, timeout=10) as smtp:
-        smtp.sendmail(sender, rcpts, msg.as_bytes())
+        smtp.sendmail(sender, rcpts, crlf(msg))
 
 
 def test_forward_to_url_posts_mailguns_parsed_form_signed_with_the_accounts_key(services, routes, mx, web,
@@ -196,7 +200,7 @@ def test_refusals_unknown_domain_unrouted_address_and_oversize(routes, mx, accou
         code, text = smtp.rcpt(f"nobody@{d}")  # ours, but no route takes it
         assert (code, text[:5]) == (550, b"5.1.1")
         assert smtp.rcpt(f"only@{d}")[0] == 250
-        code, _ = smtp.data(message(d, f"only@{d}", attachment=b"x" * (MAX_BYTES + 1000)).as_bytes())
+        code, _ = smtp.data(crlf(message(d, f"only@{d}", attachment=b"x" * (MAX_BYTES + 1000))))
         assert code == 552
     with routes.db.transaction() as conn:
         assert conn.execute("SELECT count(*) AS n FROM inbound_messages WHERE domain_id = %s",
@@ -215,7 +219,7 @@ def test_a_forward_url_to_a_private_address_is_refused(services, client, api_key
     with services.db.transaction() as conn:
         rstore.insert_route(conn, "f" * 24, account["id"], 0, "", "catch_all()", [f'forward("{web.url("/ssrf")}")'])
     to = f"x@{domain['name']}"
-    received = strict.receive("a@outside.test", [to], message(domain["name"], to).as_bytes().replace(b"\n", b"\r\n"))
+    received = strict.receive("a@outside.test", [to], crlf(message(domain["name"], to)))
     assert strict.post_due(only=received.message_ids) == 1
     with services.db.transaction() as conn:
         post = conn.execute("SELECT status, last_error FROM inbound_posts WHERE message_id = %s",
