@@ -166,6 +166,8 @@ def test_store_keeps_the_message_retrievable_and_notifies(services, routes, mx, 
         stored = conn.execute("SELECT data FROM events WHERE recipient = %s AND event = 'stored'",
                               (f"keep@{d}",)).fetchone()
     assert stored["data"]["storage"]["url"] == url
+    logged = client.simulate_get(f"/v3/{d}/events", params={"event": "stored"}, headers=basic(api_key)).json
+    assert [(e["recipient"], e["storage"]["url"]) for e in logged["items"]] == [(f"keep@{d}", url)]
 
 
 def test_retries_until_2xx_and_406_stops(services, routes, mx, web, account, domain):
