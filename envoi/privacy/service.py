@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from envoi.events.service import Events
 from envoi.infra.db import Database
 from envoi.mta.compose import normalize_address
+from envoi.mta.routes.service import Routes
 from envoi.mta.stored_messages import StoredMessages
 from envoi.privacy import archive
 from envoi.suppression.service import Suppressions
@@ -43,6 +44,7 @@ class Privacy:
             messages = StoredMessages.messages_to(conn, account_id, address)
             events = Events.for_recipient(conn, account_id, address)
             suppressions = Suppressions.entries_for(conn, account_id, address)
+            received = Routes.received_about(conn, account_id, address)
         return {
             "address": address,
             "exported_at": time.time(),
@@ -50,6 +52,8 @@ class Privacy:
             "events": events,
             "suppressions": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()
                               if k != "domain_id"} for row in suppressions],
+            "received": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+                         for row in received],  # inbound mail routed for or from the address
         }
 
     def export_account(self, account_id: int) -> Iterator[str]:
@@ -66,6 +70,7 @@ class Privacy:
             removed = StoredMessages.erase_recipient(conn, account_id, address)
             removed["events"] = Events.erase_recipient(conn, account_id, address)
             removed["webhook_deliveries"] = Webhooks.erase_recipient(conn, account_id, address)
+            removed["received"] = Routes.erase_address(conn, account_id, address)
         return {"address": address, "erased": removed,
                 "kept": "suppression entries (so the address is never mailed again); delete them through"
                         " the suppressions API if asked"}

@@ -167,6 +167,17 @@ class Routes:
         return parsed.stored_json(raw, recipient=row["recipient"], sender=row["sender"], domain=domain["name"],
                                   message_url=url)
 
+    @staticmethod
+    def received_about(conn, account_id: int, address: str) -> list[dict]:
+        """A data subject's export: the messages received for or from ADDRESS (lower case), without
+        their content (the storage URL serves that while it is kept)."""
+        return rstore.inbound_about(conn, account_id, address)
+
+    @staticmethod
+    def erase_address(conn, account_id: int, address: str) -> int:
+        """Erasure: the messages received for or from ADDRESS (lower case) and their pending posts."""
+        return rstore.erase_address(conn, account_id, address)
+
     def purge_expired(self, batch: int = 1000) -> int:
         total = 0
         while True:

@@ -99,3 +99,14 @@ def purge_expired(conn: Connection, batch: int) -> int:
     conn.execute("DELETE FROM inbound_messages m WHERE raw IS NULL AND NOT EXISTS"
                  " (SELECT 1 FROM inbound_posts p WHERE p.message_id = m.id AND p.status = 'pending')")
     return n
+
+
+def inbound_about(conn: Connection, account_id: int, address: str) -> list[dict]:
+    return conn.execute("SELECT storage_key, recipient, sender, stored, received_at, expires_at FROM inbound_messages"
+                        " WHERE account_id = %s AND (lower(recipient) = %s OR lower(sender) = %s) ORDER BY id",
+                        (account_id, address, address)).fetchall()
+
+
+def erase_address(conn: Connection, account_id: int, address: str) -> int:
+    return conn.execute("DELETE FROM inbound_messages WHERE account_id = %s AND (lower(recipient) = %s"
+                        " OR lower(sender) = %s)", (account_id, address, address)).rowcount
