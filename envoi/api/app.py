@@ -51,6 +51,7 @@ def routes(settings, services) -> list[Route]:
     accounts = services.accounts
     dns = dns_targets(settings.region, settings.inbound_mx_hosts)
     messages = Messages(services.intake)
+    stored = StoredMessage(accounts, services.storage, services.intake, services.routes)
     suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
                     for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}
     events = EventList(accounts, services.events)
@@ -72,9 +73,9 @@ def routes(settings, services) -> list[Route]:
         # sending and stored messages
         ("/v3/{domain}/messages", messages, None),
         ("/v3/{domain}/messages.mime", messages, "mime"),
-        ("/v3/domains/{domain}/messages/{storage_key}",
-         StoredMessage(accounts, services.storage, services.intake, services.routes),
-         None),  # GET (sent, or received and kept by a route's store()), POST (resend), DELETE (cancel)
+        # GET (sent, or received and kept by a route's store()), POST (resend), DELETE (cancel)
+        ("/v3/domains/{domain}/messages/{storage_key}", stored, None),
+        ("/v3/domains/{domain}/messages/{storage_key}/attachments/{index}", stored, "attachment"),
         ("/v3/{domain}/envelopes", Envelopes(accounts, services.storage), None),  # DELETE: clear the queue
         # events: the log and its paging URLs, the live stream, message trace
         ("/v3/{domain}/events", events, None),

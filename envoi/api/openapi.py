@@ -201,6 +201,11 @@ def _paths() -> dict:
     add("/v3/domains/{domain}/messages/{storage_key}", "get", op(
         "A stored message (the storage.url of its events); Accept: message/rfc2822 for the MIME",
         _json(OBJ), params=[d, _p("storage_key")], tag="messages"))
+    add("/v3/domains/{domain}/messages/{storage_key}/attachments/{index}", "get", op(
+        "One attachment of a stored message (the `url` in its `attachments`), as a download",
+        {"description": "the attachment's bytes",
+         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        params=[d, _p("storage_key"), _p("index")], tag="messages"))
     cancelled = {"type": "object", "required": ["message", "cancelled_recipients"],
                  "properties": {"message": STR, "cancelled_recipients": INT}}
     add("/v3/domains/{domain}/messages/{storage_key}", "post", op(

@@ -156,6 +156,10 @@ def test_store_keeps_the_message_retrievable_and_notifies(services, routes, mx, 
     assert got.json["subject"] == "Keep me" and got.json["recipients"] == f"keep@{d}"
     assert got.json["stripped-text"] == "Reply here."
     assert got.json["attachments"][0]["size"] == len(b"PDFDATA")
+    file = client.simulate_get(got.json["attachments"][0]["url"][len(services.settings.public_url):],
+                               headers=basic(api_key))
+    assert file.status_code == 200 and file.content == b"PDFDATA"
+    assert file.headers["content-disposition"] == 'attachment; filename="invoice.pdf"'
     mime = client.simulate_get(path, headers={**basic(api_key), "Accept": "message/rfc2822"})
     assert "Subject: Keep me" in mime.json["body-mime"]
     # Another account's key sees nothing of it.
@@ -251,3 +255,21 @@ def test_forward_to_an_address_is_sent_as_the_accounts_mail(services, routes, mx
     with services.db.transaction() as conn:  # counted as the account's own sending
         sent = conn.execute("SELECT count(*) AS n FROM messages WHERE account_id = %s", (account["id"],)).fetchone()
     assert sent["n"] == 1
+
+
+def test_kept_messages_expire_and_a_forwarding_loop_is_cut(services, routes, client, api_key, account, domain):
+    d = domain["name"]
+    route(routes, account, "catch_all()", "store()")
+    brief = Receiving(services.db, services.sealer, services.events, services.accounts, services.intake,
+                      services.webhooks, public_url=services.settings.public_url, keep_seconds=0)
+    [pk] = brief.receive("a@outside.test", [f"kept@{d}"], crlf(message(d, f"kept@{d}"))).message_ids
+    with services.db.transaction() as conn:
+        key = conn.execute("SELECT storage_key FROM inbound_messages WHERE id = %s", (pk,)).fetchone()["storage_key"]
+    assert services.routes.purge_expired() >= 1
+    assert client.simulate_get(f"/v3/domains/{d}/messages/{key}", headers=basic(api_key)).status_code == 404
+    with services.db.transaction() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM inbound_messages WHERE id = %s", (pk,)).fetchone()["n"] == 0
+    # A message that has been forwarded five times already is not routed again.
+    looped = b"".join(f"X-Envoi-Forwarded: hop{n}@{d}\r\n".encode() for n in range(5)) + crlf(message(d, f"l@{d}"))
+    received = brief.receive("a@outside.test", [f"l@{d}"], looped)
+    assert received.routed == [] and received.dropped == [f"l@{d}"]
