@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import smtplib
 import uuid
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import pytest
 
 from envoi import runtime
+from envoi.billing.usage import accepted_in_period
 from envoi.dev.sink import Sink
 from envoi.mta.routes import store as rstore
 from envoi.mta.routes.service import Receiving, Routes
@@ -84,8 +86,8 @@ def smtp_send(mx, sender, rcpts, msg) -> None:
         smtp.sendmail(sender, rcpts, crlf(msg))
 
 
-def test_forward_to_url_posts_mailguns_parsed_form_signed_with_the_accounts_key(services, routes, mx, web,
-                                                                                   account, domain):
+def test_forward_to_url_posts_mailguns_parsed_form_signed_with_the_accounts_key(services, routes, mx, web, client,
+                                                                                   api_key, account, domain):
     route(routes, account, rf'match_recipient("support-(?P<team>[a-z]+)@{domain["name"]}")',
           rf'forward("{web.url("/in/")}\g<team>")')
     to = f"support-billing@{domain['name']}"
@@ -111,6 +113,15 @@ def test_forward_to_url_posts_mailguns_parsed_form_signed_with_the_accounts_key(
         rows = conn.execute("SELECT account_id, data FROM events WHERE recipient = %s", (to,)).fetchall()
     assert [(r["account_id"], r["data"]["event"], r["data"]["flags"]["is-routed"]) for r in rows] == [
         (account["id"], "accepted", True)]
+    # Stats count it as Mailgun's accepted.incoming; billing does not count it as the account's sending.
+    services.stats.fold()
+    stats = client.simulate_get(f"/v3/{domain['name']}/stats/total", params={"event": "accepted"},
+                                headers=basic(api_key)).json
+    assert sum(s["accepted"]["incoming"] for s in stats["stats"]) == 1
+    assert sum(s["accepted"]["outgoing"] for s in stats["stats"]) == 0
+    with services.db.transaction() as conn:
+        now = datetime.now(UTC)
+        assert accepted_in_period(conn, account["id"], now - timedelta(days=1), now + timedelta(days=1)) == 0
 
 
 def test_a_url_ending_in_mime_gets_body_mime(routes, mx, web, account, domain):
