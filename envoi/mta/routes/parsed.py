@@ -97,9 +97,10 @@ def encode(form: dict[str, str], files: list[tuple]) -> tuple[bytes, str]:
         chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
                       f"Content-Type: text/plain; charset=utf-8\r\n\r\n".encode() + value.encode() + b"\r\n")
     for name, filename, content_type, data in files:
-        safe = re.sub(r'["\\\r\n]', "_", filename)
+        safe = re.sub(r'["\\\x00-\x1f\x7f]', "_", filename)  # the sender's file name: no header injection
+        ctype = re.sub(r"[^A-Za-z0-9!#$&^_.+/-]", "", content_type) or "application/octet-stream"
         chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{safe}"\r\n'
-                      f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n")
+                      f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 

@@ -67,3 +67,11 @@ def test_bad_actions_are_refused(text):
 
 def test_quoted_text_and_signature_are_stripped():
     assert strip_text("Yes.\n\nOn Tue, Bob wrote:\n> Ok?\n> ...\n-- \nAlice\n") == ("Yes.", "Alice")
+
+
+def test_a_hostile_file_name_cannot_add_form_headers():
+    from envoi.mta.routes.parsed import encode
+    body, content_type = encode({"a": "b"}, [("attachment-1", 'x"\r\nContent-Type: text/html\r\n\r\n<script>',
+                                              "image/png\r\nX-Evil: 1", b"data")])
+    assert b"\r\nX-Evil" not in body and b'filename="x___Content-Type: text/html____<script>"' in body
+    assert b"Content-Type: image/pngX-Evil1\r\n" in body
