@@ -124,7 +124,7 @@ SECTIONS: tuple[Section, ...] = (
             ("id", "domain_id", "storage_key", "recipient", "sender", "stored", "received_at", "expires_at"), ("id",),
             sequence="inbound_messages_id_seq"),
     Section("inbound_post", "inbound_posts",
-            ("id", "message_id", "kind", "url", "status", "attempts", "last_status", "last_error",
+            ("id", "message_id", "kind", "target", "status", "attempts", "last_status", "last_error",
              "next_attempt_at", "created_at"), ("id",), sequence="inbound_posts_id_seq"),
     Section("billing_overage", "billing_overage_pushes",
             ("idempotency_key", "period_start", "cumulative_units", "units", "amount", "stripe_item_id",

@@ -29,14 +29,16 @@ CREATE TABLE inbound_messages (
 CREATE INDEX inbound_messages_expiry ON inbound_messages (expires_at) WHERE raw IS NOT NULL;
 CREATE INDEX inbound_messages_domain ON inbound_messages (domain_id, storage_key);
 
--- The HTTP POSTs a message's routes asked for: forward(url) and store(notify=url). The outbox of the
--- inbound MX: written with the message, posted after commit, retried on Mailgun's schedule.
+-- What a message's routes asked for, done after commit: 'forward' and 'notify' POST to the URL in
+-- `target` (forward(url), store(notify=url)); 'mail' sends the message to the addresses in `target`
+-- (forward(address), comma-separated) as the account's mail. The outbox of the inbound MX: written with
+-- the message, done after commit, retried (Mailgun's schedule) until done or 8 hours old.
 CREATE TABLE inbound_posts (
     id               bigserial PRIMARY KEY,
     account_id       bigint NOT NULL REFERENCES accounts ON DELETE CASCADE,
     message_id       bigint NOT NULL REFERENCES inbound_messages ON DELETE CASCADE,
-    kind             text NOT NULL CHECK (kind IN ('forward', 'notify')),
-    url              text NOT NULL,
+    kind             text NOT NULL CHECK (kind IN ('forward', 'notify', 'mail')),
+    target           text NOT NULL,
     status           text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'rejected', 'failed')),
     attempts         integer NOT NULL DEFAULT 0,
     last_status      integer,

@@ -7,12 +7,13 @@ account's receiving domains.
   may match it is accepted; a domain we do not serve gets 550 5.7.1 (never an open relay), an address
   no route can take 550 5.1.1.
 * `receive()` at DATA, for each routed recipient in ONE transaction: the message (sealed, kept 3 days
-  like Mailgun's store()), one outbox row per forward(url) / store(notify=url), and the events
-  (`accepted` with flags.is-routed, `stored` for store()). Then forward(address) is sent as the
-  account's own mail through Intake (counted, quota-checked; the From header is the original's, the
-  envelope the receiving domain's), and the outbox is posted by `post_due()` (the listener's poster
-  thread), signed with the account's webhook signing key, through the webhooks' SSRF guard, retried on
-  Mailgun's schedule (10 min, 15 min, 30 min, 1 h, 2 h, 4 h; 2xx done, 406 stops).
+  like Mailgun's store()), one outbox row per forward(url) / store(notify=url) and one for the
+  forward(address) targets, and the events (`accepted` with flags.is-routed, `stored` for store()).
+* `post_due()` (the listener's poster thread) does the outbox after commit: POSTs signed with the
+  account's webhook signing key, through the webhooks' SSRF guard; forward(address) as the account's
+  own mail through Intake (counted, quota-checked; the From header is the original's, the envelope the
+  receiving domain's). Retried on Mailgun's schedule (10 min, 15 min, 30 min, 1 h, 2 h, 4 h) for 8
+  hours; a 2xx is done, a 406 stops, a refusal of the forward (quota, sandbox) is final.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from envoi.events.service import Events, NewEvent, item
 from envoi.infra import ids
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
+from envoi.infra.errors import EnvoiError, TemporaryFailure
 from envoi.mta.compose import from_mime
 from envoi.mta.errors import InvalidRoute, RouteNotFound
 from envoi.mta.routes import expressions, parsed
@@ -195,7 +197,6 @@ class Received:
     routed: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # (recipient, route ids)
     dropped: list[str] = dataclasses.field(default_factory=list)  # recipients no route matched
     message_ids: list[int] = dataclasses.field(default_factory=list)  # inbound_messages rows
-    forwarded: list[str] = dataclasses.field(default_factory=list)  # Message-IDs of forward(address) sends
 
 
 class Receiving:
@@ -281,7 +282,6 @@ class Receiving:
             result.dropped.extend(recipients)
             return result
         new_events: list[NewEvent] = []
-        forwards: list[tuple[dict, str, list[str]]] = []
         with self.db.transaction() as conn:
             for rcpt in recipients:
                 address, domain = self._domain(rcpt)
@@ -297,16 +297,13 @@ class Receiving:
                 message_pk = rstore.insert_message(conn, domain["account_id"], domain["id"], key, address, sender,
                                                    plan.store, sealed, self.keep_seconds)
                 rstore.insert_posts(conn, domain["account_id"], message_pk,
-                                    [("forward", u) for u in plan.urls] + [("notify", u) for u in plan.notify])
+                                    [("forward", u) for u in plan.urls] + [("notify", u) for u in plan.notify]
+                                    + ([("mail", ",".join(plan.addresses))] if plan.addresses else []))
                 new_events.extend(self._events(domain, address, head, len(raw), key, plan))
                 result.routed.append((address, plan.route_ids))
                 result.message_ids.append(message_pk)
-                if plan.addresses:
-                    forwards.append((domain, address, plan.addresses))
             self.events.record(conn, new_events)
         self.events.committed(new_events)
-        for domain, address, targets in forwards:
-            result.forwarded.extend(self._forward(domain, address, targets, raw))
         return result
 
     def _events(self, domain: dict, address: str, head, size: int, key: str, plan) -> list[NewEvent]:
@@ -325,21 +322,26 @@ class Receiving:
             out.append(NewEvent(domain["account_id"], domain["id"], None, stored))
         return out
 
-    def _forward(self, domain: dict, address: str, targets: list[str], raw: bytes) -> list[str]:
+    def _mail(self, row: dict, raw: bytes) -> tuple[str, str | None]:
         """forward(address): the message, as the account's own mail from the receiving domain (the
-        route's owner named every target; the original From is kept, the envelope is ours)."""
-        sent = []
+        route's owner named every target; the original From is kept, the envelope is ours). Returns
+        (delivered | pending | failed, error): an outage is retried, a refusal (quota, a suspended
+        account, an unverified domain's sandbox) is final."""
         try:
-            principal = self.accounts.principal_of_user(domain["account_id"])
-            domain_row = self.intake.domain_for(principal, domain["name"])
-            mime = f"X-Envoi-Forwarded: {address}\r\n".encode() + raw
-            draft = from_mime(domain["name"], mime, targets, {}, method="smtp")
-            own = f"postmaster@{domain['name']}"
-            draft = dataclasses.replace(draft, mail_from=own, from_addresses=[own])
-            sent.append(self.intake.accept(principal, domain_row, draft))
-        except Exception as ex:  # the routed message is kept and its events recorded; the forward is logged
-            log.warning("forward of a message to %s failed: %s", address, ex)
-        return sent
+            principal = self.accounts.principal_of_user(row["account_id"])
+            domain_row = self.intake.domain_for(principal, row["domain"])
+            mime = f"X-Envoi-Forwarded: {row['recipient']}\r\n".encode() + raw
+            draft = from_mime(row["domain"], mime, row["target"].split(","), {}, method="smtp")
+            own = f"postmaster@{row['domain']}"
+            self.intake.accept(principal, domain_row, dataclasses.replace(draft, mail_from=own, from_addresses=[own]))
+            return "delivered", None
+        except TemporaryFailure as ex:
+            return "pending", ex.message
+        except EnvoiError as ex:
+            return "failed", ex.message
+        except Exception as ex:  # anything else is retried (and logged)
+            log.exception("forward of inbound message %s failed", row["storage_key"])
+            return "pending", type(ex).__name__
 
     # the outbox: forward(url) and store(notify=url) POSTs ------------------------------------
     def post_due(self, limit: int = 50, only: list[int] | None = None) -> int:
@@ -350,9 +352,7 @@ class Receiving:
         list(self._pool.map(self._post, rows))  # a few at once: one slow receiver does not hold the rest
         return len(rows)
 
-    def _payload(self, row: dict) -> tuple[bytes, str] | None:
-        if row["raw"] is None:
-            return None
+    def _payload(self, row: dict) -> tuple[bytes, str]:
         raw = self.sealer.open(row["raw"], row["storage_key"].encode())
         timestamp, token = str(int(time.time())), secrets.token_hex(25)
         signed = {"timestamp": timestamp, "token": token,
@@ -363,36 +363,38 @@ class Receiving:
                                       message_url=url)
             fields = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in form.items()}
             return parsed.encode({**fields, **signed}, [])
-        mime = row["url"].split("?", 1)[0].rstrip("/").endswith("mime")
+        mime = row["target"].split("?", 1)[0].rstrip("/").endswith("mime")
         form, files = parsed.fields(raw, recipient=row["recipient"], sender=row["sender"], mime=mime)
         form.update(signed)
         return parsed.encode(form, files)
 
     def _post(self, row: dict) -> str:
-        payload = self._payload(row)
         attempt = row["attempts"] + 1
-        if payload is None:
-            status, error = None, "message expired before it could be posted"
-            outcome = "failed"
+        status = None
+        if row["raw"] is None:
+            outcome, error = "failed", "message expired before its route's action was done"
+        elif row["kind"] == "mail":
+            outcome, error = self._mail(row, self.sealer.open(row["raw"], row["storage_key"].encode()))
         else:
-            body, content_type = payload
-            response = ssrf.post(row["url"], body, self.allow, self.timeout,
+            body, content_type = self._payload(row)
+            response = ssrf.post(row["target"], body, self.allow, self.timeout,
                                  headers={"Content-Type": content_type, "User-Agent": "envoi-routes/1"})
             status, error = response.status, response.error
             if status is not None and 200 <= status < 300:
                 outcome = "delivered"
             elif status == 406:
                 outcome = "rejected"  # Mailgun: 406 means do not retry
-            elif time.time() - row["created_at"].timestamp() >= self.retry_for:
-                outcome = "failed"
             else:
                 outcome = "pending"
+        if outcome == "pending" and time.time() - row["created_at"].timestamp() >= self.retry_for:
+            outcome = "failed"
         next_in = self.retry_schedule[min(attempt - 1, len(self.retry_schedule) - 1)] if outcome == "pending" else 0
         with self.db.transaction() as conn:
             rstore.finish_post(conn, row["id"], status=outcome, attempts=attempt, last_status=status,
                                error=error, next_in=next_in)
         if outcome != "delivered":
-            log.info("route post %s to %s: %s (%s)", row["id"], ssrf_safe(row["url"]), outcome, status or error)
+            shown = ssrf_safe(row["target"]) if row["kind"] != "mail" else "its forward() addresses"
+            log.info("route action %s (%s) to %s: %s (%s)", row["id"], row["kind"], shown, outcome, status or error)
         return outcome
 
 

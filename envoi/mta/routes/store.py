@@ -61,8 +61,8 @@ def insert_message(conn: Connection, account_id: int, domain_id: int, storage_ke
 def insert_posts(conn: Connection, account_id: int, message_id: int, posts: list[tuple[str, str]]) -> None:
     if posts:
         conn.cursor().executemany(
-            "INSERT INTO inbound_posts (account_id, message_id, kind, url) VALUES (%s, %s, %s, %s)",
-            [(account_id, message_id, kind, url) for kind, url in posts])
+            "INSERT INTO inbound_posts (account_id, message_id, kind, target) VALUES (%s, %s, %s, %s)",
+            [(account_id, message_id, kind, target) for kind, target in posts])
 
 
 def stored_message(conn: Connection, domain_id: int, storage_key: str) -> dict | None:
@@ -80,7 +80,7 @@ def claim_posts(conn: Connection, limit: int, lease_seconds: float, only: list[i
             FROM (SELECT id FROM inbound_posts p WHERE status = 'pending' AND next_attempt_at <= now() {scope}
                   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) due, inbound_messages m, domains d
             WHERE p.id = due.id AND m.id = p.message_id AND d.id = m.domain_id
-            RETURNING p.id, p.account_id, p.kind, p.url, p.attempts, p.created_at, m.storage_key, m.recipient,
+            RETURNING p.id, p.account_id, p.kind, p.target, p.attempts, p.created_at, m.storage_key, m.recipient,
                       m.sender, m.raw, m.domain_id, d.name AS domain""",
         (lease_seconds, *args, limit)).fetchall()
 

@@ -197,10 +197,10 @@ def test_retries_until_2xx_and_406_stops(services, routes, mx, web, account, dom
 
     def posts():
         with services.db.transaction() as conn:
-            rows = conn.execute("SELECT p.url, p.status, p.attempts FROM inbound_posts p JOIN inbound_messages m"
-                                " ON m.id = p.message_id WHERE m.domain_id = %s ORDER BY p.url",
+            rows = conn.execute("SELECT p.target, p.status, p.attempts FROM inbound_posts p JOIN inbound_messages m"
+                                " ON m.id = p.message_id WHERE m.domain_id = %s ORDER BY p.target",
                                 (domain["id"],)).fetchall()
-        return [(r["url"].rsplit("/", 1)[1], r["status"], r["attempts"]) for r in rows]
+        return [(r["target"].rsplit("/", 1)[1], r["status"], r["attempts"]) for r in rows]
 
     wait_until(lambda: posts() == [("flaky", "delivered", 2), ("no", "rejected", 1)], 10)
     assert len(web.got("/no")) == 1  # 406: never again
@@ -284,3 +284,23 @@ def test_kept_messages_expire_and_a_forwarding_loop_is_cut(services, routes, cli
     looped = b"".join(f"X-Envoi-Forwarded: hop{n}@{d}\r\n".encode() for n in range(5)) + crlf(message(d, f"l@{d}"))
     received = brief.receive("a@outside.test", [f"l@{d}"], looped)
     assert received.routed == [] and received.dropped == [f"l@{d}"]
+
+
+def test_a_refused_forward_to_an_address_is_final_and_recorded(services, routes, account):
+    # An unverified domain sends only to the account's authorised recipients: the forward is refused.
+    sandbox = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test", dkim_key_size=1024)
+    route(routes, account, "catch_all()", 'forward("stranger@elsewhere.test")')
+    receiving = Receiving(services.db, services.sealer, services.events, services.accounts, services.intake,
+                          services.webhooks, public_url=services.settings.public_url)
+    to = f"in@{sandbox['name']}"
+    [pk] = receiving.receive("a@outside.test", [to], crlf(message(sandbox["name"], to))).message_ids
+    with services.db.transaction() as conn:
+        [row] = conn.execute("SELECT kind, target, status FROM inbound_posts WHERE message_id = %s", (pk,)).fetchall()
+    assert (row["kind"], row["target"], row["status"]) == ("mail", "stranger@elsewhere.test", "pending")
+    assert receiving.post_due(only=[pk]) == 1
+    with services.db.transaction() as conn:
+        row = conn.execute("SELECT status, attempts, last_error FROM inbound_posts WHERE message_id = %s",
+                           (pk,)).fetchone()
+        sent = conn.execute("SELECT count(*) AS n FROM messages WHERE domain_id = %s", (sandbox["id"],)).fetchone()
+    assert (row["status"], row["attempts"]) == ("failed", 1) and row["last_error"]
+    assert sent["n"] == 0
