@@ -410,7 +410,7 @@ def domains_remove(name: str, account_id: int) -> None:
 def _domain_records(services, row: dict) -> dict:
     from envoi.accounts.service import dns_records, dns_targets
 
-    return dns_records(row, **dns_targets(services.settings.region))
+    return dns_records(row, **dns_targets(services.settings.region, services.settings.inbound_mx_hosts))
 
 
 @main.group()

@@ -40,6 +40,7 @@ from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
 from envoi.mta.intake import Intake
 from envoi.mta.queue import Queue
+from envoi.mta.routes.service import Receiving, Routes
 from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
 from envoi.mta.tracking import Tracking
@@ -89,6 +90,7 @@ class Services:
     router: RegionRouter  # which region a login unknown here belongs to (routing, never transfer)
     purge: Purge  # deleted accounts' data, after ENVOI_ACCOUNT_PURGE_DELAY
     inactivity: Inactivity  # inactive accounts: warned, then purged
+    routes: Routes  # inbound routes (/v3/routes) and the messages their store() kept
 
     def close(self) -> None:
         self.db.close()
@@ -193,6 +195,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         events=events, tracking=tracking, ips=ips, intake=intake,
         storage=storage, privacy=Privacy(db, accounts, storage, suppressions, stream),
         audit=audit, sessions=sessions, users=users, billing=billing,
+        routes=Routes(db, sealer, webhooks, settings.public_url),
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
@@ -266,8 +269,19 @@ def build_submission(services: Services, **overrides) -> Submission:
                                     router=services.router, **overrides)
 
 
-def build_inbound(services: Services, host: str | None = None, port: int | None = None) -> InboundServer:
-    """The listener for bounces (DSN) and complaints (ARF) of `envoi inbound`."""
+def build_receiving(services: Services, **overrides) -> Receiving:
+    """What the inbound MX does with mail for the receiving domains: their routes' actions.
+    `overrides` replace Receiving's options (timeout, retry_schedule, retry_for, keep_seconds)."""
+    settings = services.settings
+    return Receiving(services.db, services.sealer, services.events, services.accounts, services.intake,
+                     services.webhooks, public_url=settings.public_url,
+                     **{"timeout": settings.webhook_timeout, **overrides})
+
+
+def build_inbound(services: Services, host: str | None = None, port: int | None = None,
+                  receiving: Receiving | None = None, max_bytes: int | None = None) -> InboundServer:
+    """The listener of `envoi inbound`: bounces (DSN), complaints (ARF), and mail for the receiving
+    domains handed to their routes (`receiving`; build_receiving's when None)."""
     from envoi.mta.bounces import verp
     from envoi.mta.bounces.inbound import InboundServer
     from envoi.mta.bounces.service import Bounces
@@ -280,7 +294,9 @@ def build_inbound(services: Services, host: str | None = None, port: int | None 
     return InboundServer(bounces, settings.inbound_bind if host is None else host,
                          settings.inbound_port if port is None else port,
                          hostname=settings.smtp_hostname or settings.helo_name,
-                         max_bytes=settings.inbound_max_bytes, metrics=services.metrics)
+                         max_bytes=settings.inbound_max_bytes if max_bytes is None else max_bytes,
+                         metrics=services.metrics,
+                         receiving=build_receiving(services) if receiving is None else receiving)
 
 
 @dataclass(frozen=True)
@@ -294,6 +310,7 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
     """What `envoi scheduler` runs: retention purges, partition upkeep, stats folding."""
     return [
         PeriodicTask("purge expired message bodies", 600, services.storage.purge_expired),
+        PeriodicTask("purge expired inbound messages", 600, services.routes.purge_expired),
         PeriodicTask("events: partitions and retention", 3600, services.events.maintain),
         PeriodicTask("stats: fold pending rollups", 60, services.stats.fold),
         PeriodicTask("stats: hourly buckets into days, daily into months", 86400, services.stats.coarsen),

@@ -573,10 +573,11 @@ class Accounts:
 _DUMMY_HASH = crypto.hash_password("not-a-real-password")
 
 
-def dns_targets(region: str) -> dict:
+def dns_targets(region: str, mx_hosts: tuple[str, ...] = ()) -> dict:
     """What a region's domains point their records at: dns_records()' keyword arguments, the one
-    place they are made (the API and the dashboard show the same records)."""
-    return {"spf_include": f"{region}.envoi.local", "mx_hosts": (f"mx.{region}.envoi.local",),
+    place they are made (the API and the dashboard show the same records). mx_hosts: the inbound MX
+    (ENVOI_INBOUND_MX_HOSTS), the receiving records' targets."""
+    return {"spf_include": f"{region}.envoi.local", "mx_hosts": tuple(mx_hosts) or (f"mx.{region}.envoi.local",),
             "tracking_target": f"track.{region}.envoi.local"}
 
 

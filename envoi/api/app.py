@@ -22,6 +22,7 @@ from envoi.api.resources.keys import Keys
 from envoi.api.resources.messages import Envelopes, Messages, StoredMessage
 from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.regions import RegionLookup
+from envoi.api.resources.routes import RouteCollection
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
@@ -48,8 +49,9 @@ def create_app(settings, services) -> falcon.App:
 def routes(settings, services) -> list[Route]:
     """Every route of the API, grouped by what it serves."""
     accounts = services.accounts
-    dns = dns_targets(settings.region)
+    dns = dns_targets(settings.region, settings.inbound_mx_hosts)
     messages = Messages(services.intake)
+    stored = StoredMessage(accounts, services.storage, services.intake, services.routes)
     suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
                     for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}
     events = EventList(accounts, services.events)
@@ -71,8 +73,9 @@ def routes(settings, services) -> list[Route]:
         # sending and stored messages
         ("/v3/{domain}/messages", messages, None),
         ("/v3/{domain}/messages.mime", messages, "mime"),
-        ("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(accounts, services.storage, services.intake),
-         None),  # GET, POST (resend), DELETE (cancel while it waits)
+        # GET (sent, or received and kept by a route's store()), POST (resend), DELETE (cancel)
+        ("/v3/domains/{domain}/messages/{storage_key}", stored, None),
+        ("/v3/domains/{domain}/messages/{storage_key}/attachments/{index}", stored, "attachment"),
         ("/v3/{domain}/envelopes", Envelopes(accounts, services.storage), None),  # DELETE: clear the queue
         # events: the log and its paging URLs, the live stream, message trace
         ("/v3/{domain}/events", events, None),
@@ -80,6 +83,9 @@ def routes(settings, services) -> list[Route]:
         ("/v3/{domain}/events/live", live, None),
         ("/v3/events/live", live, None),  # every domain of the caller's account
         ("/v3/{domain}/messages/{message_id}/trace", MessageTrace(accounts, services.events), None),
+        # inbound routes (the inbound MX applies them to mail for the receiving domains)
+        ("/v3/routes", RouteCollection(services.routes), None),
+        ("/v3/routes/{route_id}", RouteCollection(services.routes), "item"),
         # stats and tags
         ("/v3/{domain}/stats/total", StatsTotal(accounts, services.stats), None),
         ("/v3/stats/total", AccountStatsTotal(services.stats), None),

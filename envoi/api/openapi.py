@@ -201,6 +201,11 @@ def _paths() -> dict:
     add("/v3/domains/{domain}/messages/{storage_key}", "get", op(
         "A stored message (the storage.url of its events); Accept: message/rfc2822 for the MIME",
         _json(OBJ), params=[d, _p("storage_key")], tag="messages"))
+    add("/v3/domains/{domain}/messages/{storage_key}/attachments/{index}", "get", op(
+        "One attachment of a stored message (the `url` in its `attachments`), as a download",
+        {"description": "the attachment's bytes",
+         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        params=[d, _p("storage_key"), _p("index")], tag="messages"))
     cancelled = {"type": "object", "required": ["message", "cancelled_recipients"],
                  "properties": {"message": STR, "cancelled_recipients": INT}}
     add("/v3/domains/{domain}/messages/{storage_key}", "post", op(
@@ -392,6 +397,31 @@ def _paths() -> dict:
     add("/openapi.json", "get", op("This description", _json({"type": "object", "required": ["openapi", "paths"]}),
                                    public=True, tag="system"))
     # API keys (admin keys only)
+    # inbound routes
+    route = {"type": "object", "required": ["id", "priority", "expression", "actions", "created_at"],
+             "properties": {"id": STR, "priority": INT, "description": STR, "expression": STR,
+                            "actions": {"type": "array", "items": STR}, "created_at": STR}}
+    route_fields = {"priority": INT, "description": {"type": "string", "maxLength": 4096},
+                    "expression": {"type": "string", "maxLength": 4096},
+                    "action": {"type": "array", "items": {"type": "string", "maxLength": 4096}, "maxItems": 20}}
+    add("/v3/routes", "get", op("The account's inbound routes, by priority (lower first)", _json(
+        {"type": "object", "required": ["total_count", "items"],
+         "properties": {"total_count": INT, "items": {"type": "array", "items": route}}}),
+        params=[_q("skip", INT), _q("limit", INT)], tag="routes"))
+    add("/v3/routes", "post", op(
+        "Create a route: a filter (match_recipient, match_header, catch_all) and its actions (forward, store,"
+        " stop)", _json({"type": "object", "required": ["message", "route"],
+                         "properties": {"message": STR, "route": route}}),
+        body=_form(route_fields, ("expression", "action")), tag="routes"))
+    add("/v3/routes/{route_id}", "get", op("One route", _json(
+        {"type": "object", "required": ["route"], "properties": {"route": route}}),
+        params=[_p("route_id")], tag="routes"))
+    add("/v3/routes/{route_id}", "put", op("Change a route's priority, description, expression or actions",
+                                           _json({**route, "properties": {**route["properties"], "message": STR}}),
+                                           params=[_p("route_id")], body=_form(route_fields), tag="routes"))
+    add("/v3/routes/{route_id}", "delete", op("Delete a route", _json(
+        {"type": "object", "required": ["message", "id"], "properties": {"message": STR, "id": STR}}),
+        params=[_p("route_id")], tag="routes"))
     add("/v1/keys", "get", op("List the account's API keys (never their secrets)", _json(
         {"type": "object", "required": ["total_count", "items"],
          "properties": {"total_count": INT, "items": {"type": "array", "items": KEY}}}),

@@ -51,17 +51,17 @@ class Usage:
 
 
 def accepted_in_period(conn, account_id: int, start: datetime, end: datetime) -> int:
-    """Recipients the account had accepted in the period [start, end), from the stats rollups (folded and
-    pending). Rollups are hourly: an hour belongs to the period its end falls in, so each hour is counted
-    in exactly one period and the hour a subscription starts in counts in its first period.
+    """Recipients the account had accepted for sending in the period [start, end), from the stats rollups
+    (folded and pending); mail received for its routes (method 'incoming') is not sending. Rollups are
+    hourly: an hour belongs to the period its end falls in, so each hour is counted in exactly one period and the hour a subscription starts in counts in its first period.
     Aligned periods (UTC days and months) read the same as [start, end) by hour; a Stripe period may
     start mid-hour."""
     row = conn.execute(
         "SELECT coalesce(sum(count), 0) AS n FROM ("
         " SELECT count FROM event_stats_hourly WHERE account_id = %(a)s AND event = 'accepted' AND tag = ''"
-        "   AND hour > %(s)s - interval '1 hour' AND hour <= %(e)s - interval '1 hour'"
+        "   AND method <> 'incoming' AND hour > %(s)s - interval '1 hour' AND hour <= %(e)s - interval '1 hour'"
         " UNION ALL"
         " SELECT count FROM event_stats_pending WHERE account_id = %(a)s AND event = 'accepted' AND tag = ''"
-        "   AND hour > %(s)s - interval '1 hour' AND hour <= %(e)s - interval '1 hour') AS c",
+        "   AND method <> 'incoming' AND hour > %(s)s - interval '1 hour' AND hour <= %(e)s - interval '1 hour') AS c",
         {"a": account_id, "s": start, "e": end}).fetchone()
     return int(row["n"])

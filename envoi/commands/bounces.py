@@ -1,16 +1,18 @@
-"""`envoi inbound`: the listener for asynchronous bounces (DSN) and feedback-loop complaints (ARF)."""
+"""`envoi inbound`: the inbound MX: asynchronous bounces (DSN), feedback-loop complaints (ARF), and mail
+for the accounts' receiving domains, handed to their routes."""
 
 from __future__ import annotations
 
 import click
 
 
-@click.command("inbound", short_help="Receive bounces (DSNs) and complaints (ARF reports).")
+@click.command("inbound", short_help="The inbound MX: bounces, complaints, and mail for routes.")
 @click.option("--bind", default=None, help="Listen address [ENVOI_INBOUND_BIND, 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Listen port [ENVOI_INBOUND_PORT, 2526; 25 in production].")
 @click.option("--metrics-port", default=0, type=int, help="Serve /metrics on 127.0.0.1:PORT (0: off).")
 def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
-    """Receive DSNs at VERP bounce addresses and ARF reports at the FBL addresses; record events."""
+    """Receive DSNs at VERP bounce addresses and ARF reports at the FBL addresses (recording events), and
+    mail for the receiving domains, applying their account's routes (/v3/routes)."""
     import asyncio
     import logging
     import signal
@@ -34,7 +36,7 @@ def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
             loop.add_signal_handler(sig, stop.set)
         await server.serve(stop, on_ready=lambda: click.echo(
             f"inbound: region {settings.region}, listening on {server.host}:{server.port} "
-            f"(VERP bounce+…@, FBL {', '.join(settings.fbl_addresses)}, postmaster@)"))
+            f"(VERP bounce+…@, FBL {', '.join(settings.fbl_addresses)}, postmaster@, routed receiving domains)"))
 
     try:
         asyncio.run(run())

@@ -42,6 +42,9 @@ def _hour(ts: float) -> datetime:
     return datetime.fromtimestamp(ts - ts % 3600, UTC)
 
 
+INCOMING = "incoming"  # the rollup's method of accepted events of received (routed) mail
+
+
 def dimensions(data: dict) -> tuple[str, str, str, str]:
     """(event, severity, reason, method) of one event as counted by the rollup."""
     event = data["event"]
@@ -52,6 +55,8 @@ def dimensions(data: dict) -> tuple[str, str, str, str]:
         if severity == "temporary":
             bounce_class = (data.get("delivery-status") or {}).get("bounce-class")
             reason = "espblock" if bounce_class in ESP_BLOCK else ""
+    elif event == "accepted" and (data.get("flags") or {}).get("is-routed"):
+        method = INCOMING  # received by the inbound MX for a route: Mailgun's accepted.incoming
     elif event in ("accepted", "delivered"):
         method = data.get("method") or ""
     return event, severity, reason, method
@@ -240,7 +245,8 @@ def _shape(event: str, rows: list[dict]) -> dict:
     """Mailgun's per-event stats object."""
     total = sum(r["count"] for r in rows)
     if event == "accepted":
-        return {"incoming": 0, "outgoing": total, "total": total}
+        incoming = sum(r["count"] for r in rows if r["method"] == INCOMING)
+        return {"incoming": incoming, "outgoing": total - incoming, "total": total}
     if event == "delivered":
         by = Counter()
         for r in rows:

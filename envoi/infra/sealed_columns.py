@@ -59,6 +59,7 @@ SEALED: tuple[SealedColumn, ...] = (
     SealedColumn("webhook_signing_keys", "account_id", "key_sealed",  # envoi.webhooks.service
                  "'webhook-signing-key:' || account_id"),
     SealedColumn("users", "id", "totp_secret", "'totp:' || id"),  # envoi.accounts.users
+    SealedColumn("inbound_messages", "id", "raw", "storage_key"),  # envoi.mta.routes
     # envoi.suppression.sealed_address (their *_hash columns are keyed hashes, not sealed)
     SealedColumn("suppress_bounces", "domain_id, address_hash", "address_sealed", "'suppress_bounces:' || domain_id"),
     SealedColumn("suppress_unsubscribes", "domain_id, address_hash", "address_sealed",

@@ -307,17 +307,22 @@ class Settings:
     smtp_preauth_timeout: float = 30.0
     #: ENVOI_SMTP_IDLE_TIMEOUT: idle seconds before an authenticated connection is closed (300, RFC 5321 4.5.3.2.7).
     smtp_idle_timeout: float = 300.0
-    #: ENVOI_INBOUND_BIND: address `envoi inbound` (DSN/ARF listener) listens on (127.0.0.1; 0.0.0.0 in prod).
+    #: ENVOI_INBOUND_BIND: address `envoi inbound` (the inbound MX: DSN/ARF reports and mail for the
+    #: receiving domains' routes) listens on (127.0.0.1; 0.0.0.0 in prod).
     inbound_bind: str = "127.0.0.1"
-    #: ENVOI_INBOUND_PORT: port of the inbound bounce/FBL listener (2526; 25 behind the domains' MX).
+    #: ENVOI_INBOUND_PORT: port of the inbound MX (2526; 25 behind the domains' MX records).
     inbound_port: int = 2526
     #: ENVOI_FBL_ADDRESSES: comma list where ARF reports arrive: "fbl" = fbl@ any of our domains, or full
     #: addresses (fbl@envoi.example) (default "fbl").
     fbl_addresses: tuple[str, ...] = ("fbl",)
     #: ENVOI_BOUNCE_DOMAIN: domain of VERP return paths instead of each sending domain (unset).
     bounce_domain: str | None = None
-    #: ENVOI_INBOUND_MAX_BYTES: largest DSN/ARF accepted by the inbound listener (32 MB).
+    #: ENVOI_INBOUND_MAX_BYTES: largest message the inbound MX accepts, reports and routed mail alike
+    #: (32 MB); larger gets 552 5.3.4 at DATA (and is announced in EHLO SIZE).
     inbound_max_bytes: int = 32 * 1024 * 1024
+    #: ENVOI_INBOUND_MX_HOSTS: comma list of the inbound MX host names customers' receiving domains point
+    #: their MX records at (shown in each domain's receiving_dns_records; default mx.<region>.envoi.local).
+    inbound_mx_hosts: tuple[str, ...] = ()
 
     @property
     def redis_wakeup_key(self) -> str:
@@ -516,6 +521,8 @@ class Settings:
             values["bounce_domain"] = v.strip().lower()
         if v := env.get("ENVOI_INBOUND_MAX_BYTES"):
             values["inbound_max_bytes"] = int(v)
+        if v := env.get("ENVOI_INBOUND_MX_HOSTS"):
+            values["inbound_mx_hosts"] = tuple(x.strip().lower().rstrip(".") for x in v.split(",") if x.strip())
         values["stripe_secret_key"] = env.get("ENVOI_STRIPE_SECRET_KEY", "").strip()
         v = env.get("ENVOI_BILLING", "").strip()
         values["billing"] = _bool(v) if v else bool(values["stripe_secret_key"])

@@ -56,3 +56,14 @@ class NotCancellable(IntakeError):
 
     http_status = 409
     smtp_code, smtp_enhanced = 550, "5.7.1"
+
+
+class InvalidRoute(IntakeError):
+    """A route's expression, action, priority or paging is not one Mailgun allows (nothing changed)."""
+
+    http_status = 400
+
+
+class RouteNotFound(IntakeError):
+    http_status = 404
+    message = "Route not found"

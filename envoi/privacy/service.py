@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from envoi.events.service import Events
 from envoi.infra.db import Database
 from envoi.mta.compose import normalize_address
+from envoi.mta.routes.service import Routes
 from envoi.mta.stored_messages import StoredMessages
 from envoi.privacy import archive, person
 from envoi.suppression.service import Suppressions
@@ -57,6 +58,7 @@ class Privacy:
             webhooks = person.webhook_deliveries(conn, account_id, address)
             suppressions = self.suppressions.entries_for(conn, account_id, address)
             authorized = person.authorized_recipient(conn, account_id, address)
+            received = Routes.received_about(conn, account_id, address)
         live = self.stream.entries_about(account_id, address) if self.stream is not None else []
         return {
             "address": address,
@@ -69,6 +71,7 @@ class Privacy:
             "suppressions": [_plain_row(row, drop=("domain_id",)) for row in suppressions],
             "authorized_recipients": [_plain_row(r) for r in authorized],
             "live_stream": [{"id": entry_id, "event": data} for entry_id, data in live],
+            "received": [_plain_row(row) for row in received],  # inbound mail routed for or from the address
             "validations": [],  # Envoi keeps no address-validation results
         }
 
@@ -90,6 +93,7 @@ class Privacy:
             removed["events"] = Events.erase_recipient(conn, account_id, address)
             removed["webhook_deliveries"] = Webhooks.erase_recipient(conn, account_id, address)
             removed["suppression_entries"] = self.suppressions.erase(conn, account_id, address)
+            removed["received"] = Routes.erase_address(conn, account_id, address)
             removed |= person.scrub(conn, account_id, address)
         if self.stream is not None:
             removed["live_stream_entries"] = self.stream.erase_about(account_id, address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 
 import falcon
@@ -14,7 +15,7 @@ from envoi.api.scope import DomainScoped
 from envoi.infra.errors import EnvoiError
 from envoi.mta.compose import compose, from_mime, parse_addresses
 from envoi.mta.errors import MessageTooLarge
-from envoi.mta.stored_messages import parsed
+from envoi.mta.stored_messages import attachment, parsed
 
 QUEUED = "Queued. Thank you."
 LARGE_BYTES = 4 * 1024 * 1024  # a request this large composes into several copies of tens of MB
@@ -110,20 +111,48 @@ class StoredMessage(DomainScoped):
     """/v3/domains/{d}/messages/{storage_key}: GET a stored message (while retention keeps it), POST to
     resend it (Mailgun's resend, `to` required), DELETE to cancel it while it waits (an Envoi extension)."""
 
-    def __init__(self, accounts, storage, intake):
+    def __init__(self, accounts, storage, intake, routes):
         super().__init__(accounts)
         self.storage = storage
         self.intake = intake
+        self.routes = routes  # messages received and kept by a route's store()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
-        found = self.storage.get(self.domain(req, domain)["id"], storage_key)
+        domain_row = self.domain(req, domain)
+        found = self.storage.get(domain_row["id"], storage_key)
         if found is None:
-            raise ApiError(404, "Message not found")
+            self._received(req, resp, domain_row, storage_key)
+            return
         row, mime = found
         if "message/rfc2822" in (req.get_header("Accept") or ""):
             resp.media = {"body-mime": mime.decode("utf-8", "replace"), "recipients": ",".join(row["recipients"])}
             return
         resp.media = parsed(row, mime)
+
+    def _received(self, req: falcon.Request, resp: falcon.Response, domain_row: dict, storage_key: str) -> None:
+        kept = self.routes.stored(domain_row, storage_key)
+        if kept is None:
+            raise ApiError(404, "Message not found")
+        if "message/rfc2822" in (req.get_header("Accept") or ""):
+            row, raw = kept
+            resp.media = {"body-mime": raw.decode("utf-8", "replace"), "recipients": row["recipient"]}
+            return
+        resp.media = self.routes.stored_json(domain_row, storage_key)
+
+    def on_get_attachment(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str,
+                          index: str) -> None:
+        """One attachment of a stored message (the `url` of its `attachments` entries), as a download."""
+        domain_row = self.domain(req, domain)
+        found = self.storage.get(domain_row["id"], storage_key) or self.routes.stored(domain_row, storage_key)
+        part = attachment(found[1], int(index)) if found and index.isdigit() and len(index) < 6 else None
+        if part is None:
+            raise ApiError(404, "Attachment not found")
+        name, _, data = part
+        ascii_name = re.sub(r"[^A-Za-z0-9._ -]", "_", name or f"attachment-{index}")[:200] or "attachment"
+        resp.content_type = "application/octet-stream"  # never rendered by a browser from our origin
+        resp.set_header("Content-Disposition", f'attachment; filename="{ascii_name}"')
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.data = data
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str, storage_key: str) -> None:
         fields, _ = read_form(req)

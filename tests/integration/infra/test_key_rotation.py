@@ -120,6 +120,9 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
         operator = old.users.create_operator(f"op-{uuid.uuid4().hex[:6]}@example.test", "a long password 1")
         secret = totp.new_secret()
         old.users.enable_totp(operator, secret, totp.code(secret))
+        old.routes.create(account["id"], priority="0", description="", expression="catch_all()", actions=["store()"])
+        runtime.build_receiving(old).receive("a@outside.test", [f"in@{domain['name']}"],
+                                             b"From: a@outside.test\r\nSubject: kept\r\n\r\nhello\r\n")
         sent: dict[str, tuple[str, str]] = {}  # message id -> (subject, text)
 
         def send_one(services, n: int, phase: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from envoi import runtime
 from tests.conftest import basic
 
 
@@ -54,3 +55,18 @@ def test_erasure_is_scoped_to_the_callers_account(client, send, services, api_ke
 def test_bad_address_is_a_400(client, api_key):
     resp = client.simulate_get("/v3/privacy/addresses/not-an-address", headers=basic(api_key))
     assert resp.status_code == 400 and "not a valid address" in resp.json["message"]
+
+
+def test_inbound_mail_for_or_from_the_address_is_exported_and_erased(client, services, api_key, account, domain, db):
+    services.routes.create(account["id"], priority="0", description="", expression="catch_all()", actions=["store()"])
+    receiving = runtime.build_receiving(services)
+    raw = b"From: Writer <Writer@outside.test>\r\nSubject: about me\r\n\r\nhello\r\n"
+    receiving.receive("writer@outside.test", [f"desk@{domain['name']}"], raw)
+    receiving.receive("someone@else.test", [f"desk@{domain['name']}"], raw.replace(b"Writer@", b"someone@"))
+    export = client.simulate_get("/v3/privacy/addresses/writer@outside.test", headers=basic(api_key)).json
+    assert [(m["sender"], m["recipient"], m["stored"]) for m in export["received"]] == [
+        ("writer@outside.test", f"desk@{domain['name']}", True)]
+    resp = client.simulate_delete("/v3/privacy/addresses/Writer@outside.test", headers=basic(api_key))
+    assert resp.json["erased"]["received"] == 1
+    left = db.execute("SELECT sender FROM inbound_messages WHERE domain_id = %s", (domain["id"],)).fetchall()
+    assert [r["sender"] for r in left] == ["someone@else.test"]  # another sender's message stays

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from envoi.mta.routes.service import Receiving, Routes
 from envoi.webhooks.service import Webhooks
 from tests.support.dashboard import PASSWORD
 from tests.support.delivery import send
@@ -68,6 +69,15 @@ def build(services, *, sink_domain: str = "dest.test") -> Workload:
                                     (domain["id"],)).fetchone()
         assert hooks.deliver(delivery["id"]) == "delivered"
         assert receiver.got(f"/hook-{tag}")
+        # an inbound route, and a message it stored (its notification left pending)
+        Routes(services.db, services.sealer, hooks, services.settings.public_url).create(
+            account["id"], priority="1", description=f"route-{tag}", expression=f'match_recipient("inbox@{domain["name"]}")',
+            actions=[f'store(notify="{receiver.url(f"/stored-{tag}")}")'])
+        Receiving(services.db, services.sealer, services.events, services.accounts, services.intake, hooks,
+                  public_url=services.settings.public_url).receive(
+            f"writer-{tag}@far.test", [f"inbox@{domain['name']}"],
+            f"From: writer-{tag}@far.test\r\nSubject: inbound-{tag}\r\n\r\nhello\r\n".encode())
+        w.needles += [f"route-{tag}", f"writer-{tag}@far.test"]
     # a domain the customer removed: its messages went with it, its events stay (until retention or purge)
     removed = domains[1]
     send(services, account["id"], removed, f"old-{tag}@far.test", subject=f"subject-{tag}")
