@@ -102,8 +102,8 @@ def test_paging_over_lists_and_members(client, api_key, domain, services, accoun
 def test_csv_upload_adds_members_with_names_and_vars(client, api_key, domain, services, account):
     address = f"csv@{domain['name']}"
     services.lists.create(account["id"], {"address": address})
-    csv_text = ('address,name,vars\r\nann@example.com,Ann,"{""city"": ""Oslo""}"\r\n'
-                "ben@example.com,Ben,\r\n").encode()
+    csv_text = (b'address,name,vars\r\nann@example.com,Ann,"{""city"": ""Oslo""}"\r\n'
+                b"ben@example.com,Ben,\r\n")
     body, ctype = multipart([("upsert", "yes"), ("subscribed", "yes")],
                             [("members", "members.csv", "text/csv", csv_text)])
     resp = client.simulate_post(f"/v3/lists/{address}/members.csv", body=body,
