@@ -340,10 +340,17 @@ def compose(
     copies = []
     for name, addr in to:
         if (expansion := expansions.get(addr)) is not None:  # a mailing list: one copy per subscribed member
+            # PERF: built once with its placeholders, then filled in per member in its raw bytes (as SMTP
+            # batch sending is), where that gives the very bytes building each copy would; else built.
+            template = build([(name, addr)], substitution.Unchanged(), expansion.reply_to)
+            placeholders = _placeholder_count(fields, extra_headers)
+            fill = placeholders == _placeholder_count_raw(template) and b"quoted-printable" not in template.lower()
             for member in expansion.members:
                 sub = expansion.substituter(message_id, member)
-                copies.append(Composed([member["address"]], build([(name, addr)], sub, expansion.reply_to),
-                                       dict(headers, to=_format(name, addr))))
+                mime = _fill_raw(template, sub) if fill else None
+                if mime is None:
+                    mime = build([(name, addr)], sub, expansion.reply_to)
+                copies.append(Composed([member["address"]], mime, dict(headers, to=_format(name, addr))))
     plain_to = [(name, addr) for name, addr in to if addr not in expansions]
     if recipient_variables is None:
         rest = [a for a in envelope if a not in expansions]
@@ -380,6 +387,38 @@ def compose(
 _PLACEHOLDER = re.compile(r"%recipient[^%\s]{0,200}%")
 #: All of a mailing list send's copies together, in bytes: what one accept may hold in memory at once.
 MAX_EXPANDED_BYTES = 512 * 1024 * 1024
+
+
+_ANY_PLACEHOLDER = re.compile(r"%recipient(?:\.[A-Za-z0-9_\-:]+)?%|%mailing_list_unsubscribe_url%")
+_ANY_PLACEHOLDER_BYTES = re.compile(rb"%recipient(?:\.[A-Za-z0-9_\-:]+)?%|%mailing_list_unsubscribe_url%")
+
+
+def _placeholder_count(fields: dict[str, list[str]], extra_headers: list[tuple[str, str]]) -> int:
+    texts = [values[-1] for name in ("subject", "text", "html", "amp-html") if (values := fields.get(name))]
+    return sum(len(_ANY_PLACEHOLDER.findall(t)) for t in texts + [v for _, v in extra_headers])
+
+
+def _placeholder_count_raw(mime: bytes) -> int:
+    return len(_ANY_PLACEHOLDER_BYTES.findall(mime))
+
+
+def _fill_raw(template: bytes, sub: substitution.MemberSubstituter) -> bytes | None:
+    """A member's copy from the template's raw bytes, or None where only building it is right: a value
+    that is not ASCII (an encoded word in a header, an 8bit body), or a line that would grow too long.
+    Every placeholder of the template is visible in its bytes (none inside an encoded word, base64 or
+    quoted-printable), which the caller checked."""
+    if not (sub.address.isascii() and all(substitution.render(v).isascii() for v in sub.variables.values())):
+        return None
+    filled = template.replace(substitution.LIST_UNSUBSCRIBE.encode(), sub.unsubscribe_url.encode())
+    try:
+        filled = substitution.substitute_mime(filled, sub.address, sub.variables)
+    except InvalidMessage:
+        return None  # building says why (a control character in a header) or folds what it can
+    if len(filled) > len(template) and max(map(len, filled.split(b"\r\n"))) > substitution.MAX_LINE:
+        return None
+    if filled.count(b"\r\n--") != template.count(b"\r\n--"):
+        return None  # a value that could read as a MIME boundary line: building picks a boundary it avoids
+    return filled
 
 
 def _check_expanded_size(fields: dict[str, list[str]], attachments: list[Upload], inlines: list[Upload],
