@@ -32,7 +32,8 @@ MAX_CSV_BYTES = 25 * 1024 * 1024
 MAX_VARS_BYTES = 16 * 1024  # a member's vars, as JSON (Mailgun is silent; bounds what one send holds)
 MAX_TEXT = 1024  # list name and description, member name
 ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 YES = {"yes", "true", "1", "on"}
 NO = {"no", "false", "0", "off"}
 
@@ -101,8 +102,11 @@ def vars_field(value) -> dict:
             raise InvalidInput("vars is not a valid JSON object") from ex
     if not isinstance(value, dict):
         raise InvalidInput("vars must be a JSON object")
-    if len(json.dumps(value, ensure_ascii=False)) > MAX_VARS_BYTES:
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_VARS_BYTES:
         raise InvalidInput(f"vars is too large (at most {MAX_VARS_BYTES} bytes as JSON)")
+    if "\\u0000" in text or _SURROGATE.search(text):  # Postgres cannot store either in jsonb
+        raise InvalidInput("vars contains a NUL character or an invalid (surrogate) code point")
     return value
 
 

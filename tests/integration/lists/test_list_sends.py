@@ -71,6 +71,16 @@ def test_smtp_send_to_a_list_reaches_each_member_filled_in(server, client_ctx, l
     assert "Hi Ben, from Lima. Leave: http://127.0.0.1:8025/l/" in got["ben@dest.test"].get_content()
 
 
+def test_a_mime_message_to_a_list_through_the_api_is_expanded(client, api_key, domain, team, sink, relay):
+    raw = mime(domain, subject="Dear %recipient.name%", to=team, body=BODY + "\r\n").decode()
+    resp = post_form(client, f"/v3/{domain['name']}/messages.mime", api_key, {"to": team, "message": raw})
+    assert resp.status_code == 200, resp.text
+    got = arrived(sink, resp.json["id"].strip("<>"), 2)
+    assert set(got) == {"ann@dest.test", "ben@dest.test"}
+    assert got["ann@dest.test"]["Subject"] == "Dear Ann" and got["ann@dest.test"]["Reply-To"] == team
+    assert "Hi Ann, from Oslo. Leave: http://127.0.0.1:8025/l/" in got["ann@dest.test"].get_content()
+
+
 def test_the_unsubscribe_link_takes_the_member_off_that_list_only(client, api_key, services, account, domain, team,
                                                                    sink, relay, db):
     other = f"other@{domain['name']}"

@@ -125,7 +125,9 @@ def test_bulk_limits_and_bad_input_change_nothing(client, api_key, domain, servi
     assert resp.status_code == 400 and "not-an-address" in resp.json["message"]
     for fields, needle in (({"address": "evil@example.com", "name": "Eve\r\nBcc: victim@example.com"}, "control"),
                            ({"address": "v@example.com", "vars": "[1, 2]"}, "JSON object"),
-                           ({"address": "v@example.com", "vars": "{not json"}, "JSON")):
+                           ({"address": "v@example.com", "vars": "{not json"}, "JSON"),
+                           ({"address": "v@example.com", "vars": '{"a": "\\u0000"}'}, "NUL"),
+                           ({"address": "v@example.com", "vars": '{"a": "\\ud800"}'}, "surrogate")):
         resp = post_form(client, f"/v3/lists/{address}/members", api_key, fields)
         assert resp.status_code == 400 and needle in resp.json["message"], resp.text
     assert db.execute("SELECT count(*) AS n FROM mailing_list_members m JOIN mailing_lists l ON l.id = m.list_id"
