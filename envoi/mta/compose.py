@@ -302,7 +302,8 @@ def compose(
     for upload in kept_attachments + inlines:
         check_header_value("attachment filename", upload.filename or "")
 
-    def build(to_pairs: list[tuple[str, str]], sub: substitution.Substituter, reply_to: str | None = None) -> bytes:
+    def build(to_pairs: list[tuple[str, str]], sub: substitution.Substituter, reply_to: str | None = None,
+              member: bool = False) -> bytes:
         # PERF: the header block is written directly (values were checked above); building it through
         # EmailMessage re-parses every value with the header registry, which was most of compose's time.
         head = [
@@ -318,6 +319,10 @@ def compose(
             head.append(_header(name, sub.header(name, value)))
         if reply_to and not any(name.lower() == "reply-to" for name, _ in extra_headers):
             head.append(_header("Reply-To", reply_to))  # a list's reply_preference "list"
+        if member and not any(name.lower() == "list-unsubscribe" for name, _ in extra_headers):
+            # A list member's copy: its own one-click unsubscribe from the list (RFC 2369, RFC 8058).
+            head.append(_header("List-Unsubscribe", sub.header("List-Unsubscribe", LIST_UNSUBSCRIBE_HEADER)))
+            head.append(_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         if tags:
             head.append(_header("X-Mailgun-Tag", ", ".join(tags)))
         if variables:
@@ -342,14 +347,15 @@ def compose(
         if (expansion := expansions.get(addr)) is not None:  # a mailing list: one copy per subscribed member
             # PERF: built once with its placeholders, then filled in per member in its raw bytes (as SMTP
             # batch sending is), where that gives the very bytes building each copy would; else built.
-            template = build([(name, addr)], substitution.Unchanged(), expansion.reply_to)
-            placeholders = _placeholder_count(fields, extra_headers)
+            template = build([(name, addr)], substitution.Unchanged(), expansion.reply_to, member=True)
+            theirs = any(name.lower() == "list-unsubscribe" for name, _ in extra_headers)
+            placeholders = _placeholder_count(fields, extra_headers) + (0 if theirs else 1)  # + List-Unsubscribe
             fill = placeholders == _placeholder_count_raw(template) and b"quoted-printable" not in template.lower()
             for member in expansion.members:
                 sub = expansion.substituter(message_id, member)
                 mime = _fill_raw(template, sub) if fill else None
                 if mime is None:
-                    mime = build([(name, addr)], sub, expansion.reply_to)
+                    mime = build([(name, addr)], sub, expansion.reply_to, member=True)
                 copies.append(Composed([member["address"]], mime, dict(headers, to=_format(name, addr))))
     plain_to = [(name, addr) for name, addr in to if addr not in expansions]
     if recipient_variables is None:
@@ -389,6 +395,7 @@ _PLACEHOLDER = re.compile(r"%recipient[^%\s]{0,200}%")
 MAX_EXPANDED_BYTES = 512 * 1024 * 1024
 
 
+LIST_UNSUBSCRIBE_HEADER = f"<{substitution.LIST_UNSUBSCRIBE}>"
 _ANY_PLACEHOLDER = re.compile(r"%recipient(?:\.[A-Za-z0-9_\-:]+)?%|%mailing_list_unsubscribe_url%")
 _ANY_PLACEHOLDER_BYTES = re.compile(rb"%recipient(?:\.[A-Za-z0-9_\-:]+)?%|%mailing_list_unsubscribe_url%")
 

@@ -61,7 +61,7 @@ class ListExpander:
                 expansion = expansions.get(rcpt.lower())
                 if expansion is None:
                     continue
-                mime = _with_reply_to(copy.mime, expansion.reply_to)
+                mime = _with_list_headers(copy.mime, expansion.reply_to)
                 if len(mime) * len(expansion.members) + total > MAX_EXPANDED_BYTES:
                     raise MessageTooLarge(f"the message times the {len(expansion.members)} members of {rcpt} exceeds"
                                           f" {MAX_EXPANDED_BYTES} bytes; send a smaller message")
@@ -76,12 +76,15 @@ class ListExpander:
         return replace(draft, copies=copies, expanded=True)
 
 
-def _with_reply_to(mime: bytes, reply_to: str | None) -> bytes:
-    """Reply-To: the list (reply_preference "list"), unless the message has its own."""
-    if not reply_to:
-        return mime
+def _with_list_headers(mime: bytes, reply_to: str | None) -> bytes:
+    """Reply-To: the list (reply_preference "list"), and the member's one-click List-Unsubscribe (filled in
+    per member), unless the message has its own."""
     end = mime.find(b"\r\n\r\n")
-    head = mime[: end + 2].lower() if end >= 0 else mime.lower()
-    if head.startswith(b"reply-to:") or b"\r\nreply-to:" in head:
-        return mime
-    return f"Reply-To: {reply_to}\r\n".encode() + mime
+    head = b"\r\n" + (mime[: end + 2] if end >= 0 else mime).lower()
+    added = b""
+    if reply_to and b"\r\nreply-to:" not in head:
+        added += f"Reply-To: {reply_to}\r\n".encode()
+    if b"\r\nlist-unsubscribe:" not in head:
+        added += (f"List-Unsubscribe: <{substitution.LIST_UNSUBSCRIBE}>\r\n"
+                  "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").encode()
+    return added + mime

@@ -53,6 +53,7 @@ def test_api_send_to_a_list_reaches_each_subscribed_member_filled_in(client, api
         text = msg.get_body(("plain",)).get_content()
         assert f"Hi {name}, from {city}." in text and "%mailing_list" not in text
         assert re.search(r"http://127\.0\.0\.1:8025/l/[A-Za-z0-9_-]+", text)
+        assert msg["List-Unsubscribe"].startswith("<http://127.0.0.1:8025/l/")
     time.sleep(0.5)
     assert not any("gone@dest.test" in m["rcpt_tos"] for m in sink.messages())
 
@@ -68,6 +69,8 @@ def test_smtp_send_to_a_list_reaches_each_member_filled_in(server, client_ctx, l
         time.sleep(0.2)
     assert set(got) == {"ann@dest.test", "ben@dest.test"}
     assert got["ann@dest.test"]["Subject"] == "Hello Ann" and got["ben@dest.test"]["Subject"] == "Hello Ben"
+    assert got["ann@dest.test"]["List-Unsubscribe"].startswith("<http://127.0.0.1:8025/l/")
+    assert got["ann@dest.test"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert "Hi Ben, from Lima. Leave: http://127.0.0.1:8025/l/" in got["ben@dest.test"].get_content()
 
 

@@ -51,6 +51,8 @@ def test_each_member_gets_its_own_filled_in_copy_and_the_others_one_copy():
     assert set(by_rcpt) == {("ann@dest.test",), ("zoe@dest.test",), ("ml@dest.test",), ("plain@dest.test",)}
     ann = by_rcpt[("ann@dest.test",)]
     assert ann["Subject"] == "Hi Ann" and ann["To"] == f"News <{LIST}>" and ann["Reply-To"] == LIST
+    assert ann["List-Unsubscribe"] == "<https://t.example/l/ann@dest.test>"
+    assert ann["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert "Dear Ann of Oslo\nLeave: https://t.example/l/ann@dest.test" in body(ann, "plain")
     assert "href='https://t.example/l/ann@dest.test'" in body(ann, "html")
     zoe = by_rcpt[("zoe@dest.test",)]
@@ -58,6 +60,7 @@ def test_each_member_gets_its_own_filled_in_copy_and_the_others_one_copy():
     assert "line one\nline two" in body(by_rcpt[("ml@dest.test",)], "plain")
     plain = by_rcpt[("plain@dest.test",)]  # not a member: placeholders as written, no Reply-To
     assert plain["Subject"] == "Hi %recipient.name%" and plain["Reply-To"] is None
+    assert plain["List-Unsubscribe"] is None
     assert draft.expanded
 
 
@@ -70,7 +73,7 @@ def test_raw_fill_gives_what_building_gives(monkeypatch, extra):
     for rcpt, msg in fast.items():
         other = built[rcpt]
         assert msg.get_content_type() == other.get_content_type()
-        for name in ("Subject", "To", "Reply-To", "X-Member"):
+        for name in ("Subject", "To", "Reply-To", "X-Member", "List-Unsubscribe", "List-Unsubscribe-Post"):
             assert msg[name] == other[name], (rcpt, name)
         for kind in ("plain", "html"):
             assert body(msg, kind) == body(other, kind)
@@ -84,6 +87,14 @@ def test_a_value_carrying_a_mime_boundary_cannot_split_its_copy():
     msg = parsed(draft.copies[0])
     assert [p.get_content_type() for p in msg.walk()] == ["multipart/alternative", "text/plain", "text/html"]
     assert "===============0==" in body(msg, "plain")
+
+
+def test_the_fast_path_is_taken_for_ascii_members(monkeypatch):
+    calls = []
+    real = compose_module._fill_raw
+    monkeypatch.setattr(compose_module, "_fill_raw", lambda t, sub: calls.append(real(t, sub)) or calls[-1])
+    send()
+    assert [c is not None for c in calls] == [True, False, True]  # Zoë is built whole
 
 
 def test_a_control_character_in_a_header_value_refuses_the_send():
