@@ -69,6 +69,11 @@ def test_sdk_manages_members_and_bulk_json(sdk, domain):
                                                        "carol@example.com"]
     only_subscribed = sdk.lists_members.get(address=address, filters={"subscribed": "yes"}).json()
     assert only_subscribed["total_count"] == 3
+    paged = sdk.lists_members_pages.get(address=address, filters={"limit": 2})
+    assert paged.status_code == 200, paged.text
+    assert [m["address"] for m in paged.json()["items"]] == ["alice@example.com", "bar@example.com"]
+    lists_page = sdk.lists_pages.get()
+    assert lists_page.status_code == 200 and [i["address"] for i in lists_page.json()["items"]] == [address]
     deleted = sdk.lists_members.delete(address=address, member_address="carol@example.com").json()
     assert deleted == {"member": {"address": "carol@example.com"}, "message": "Mailing list member has been deleted"}
     assert sdk.lists_members.get(address=address, member_address="carol@example.com").status_code == 404
