@@ -38,7 +38,9 @@ from envoi.infra.db import Database, connect, is_unavailable
 from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
+from envoi.lists.service import MailingLists
 from envoi.mta.intake import Intake
+from envoi.mta.list_expansion import ListExpander
 from envoi.mta.queue import Queue
 from envoi.mta.routes.service import Receiving, Routes
 from envoi.mta.sending_ip import SendingIpCheck
@@ -75,6 +77,8 @@ class Services:
     stream: LiveStream
     events: Events
     tracking: Tracking
+    lists: MailingLists
+    list_expander: ListExpander  # a send to a list: its subscribed members, one copy each
     ips: Ips
     intake: Intake
     queue: Queue
@@ -157,8 +161,10 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         listeners=[stats.fold_soon, stream.publish, webhooks.events_listener],
     )
 
+    lists = MailingLists(db, settings.public_url)
     tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions,
-                        previous_keys=[key for _, key in settings.previous_secret_keys])
+                        previous_keys=[key for _, key in settings.previous_secret_keys], lists=lists)
+    list_expander = ListExpander(lists, tracking)
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host, limits=limits)
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
@@ -169,6 +175,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
         activity=Activity(),  # a send marks its account active, once a day per process
+        expand_lists=list_expander.expand_mime,
     )
     # Dashboard users: their sessions, failed-login throttle and the account audit log.
     sessions = Sessions(db, idle=timedelta(seconds=settings.session_idle),
@@ -192,7 +199,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
-        events=events, tracking=tracking, ips=ips, intake=intake,
+        events=events, tracking=tracking, lists=lists, list_expander=list_expander, ips=ips, intake=intake,
         storage=storage, privacy=Privacy(db, accounts, storage, suppressions, stream),
         audit=audit, sessions=sessions, users=users, billing=billing,
         routes=Routes(db, sealer, webhooks, settings.public_url),

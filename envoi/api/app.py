@@ -19,6 +19,7 @@ from envoi.api.resources.domains import AuthorizedRecipients, Credentials, Domai
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
 from envoi.api.resources.keys import Keys
+from envoi.api.resources.lists import ListMembers, MailingLists
 from envoi.api.resources.messages import Envelopes, Messages, StoredMessage
 from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.regions import RegionLookup
@@ -50,7 +51,7 @@ def routes(settings, services) -> list[Route]:
     """Every route of the API, grouped by what it serves."""
     accounts = services.accounts
     dns = dns_targets(settings.region, settings.inbound_mx_hosts)
-    messages = Messages(services.intake)
+    messages = Messages(services.intake, services.list_expander)
     stored = StoredMessage(accounts, services.storage, services.intake, services.routes)
     suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
                     for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}
@@ -69,6 +70,7 @@ def routes(settings, services) -> list[Route]:
     pools = Pools(services.ips, accounts)
     warmups = Warmups(services.ips, accounts)
     keys = Keys(accounts, client_address)
+    mailing_lists, list_members = MailingLists(services.lists), ListMembers(services.lists)
     return [
         # sending and stored messages
         ("/v3/{domain}/messages", messages, None),
@@ -106,6 +108,15 @@ def routes(settings, services) -> list[Route]:
         *((f"/v3/{{domain}}/{kind}{path}", resource, suffix)
           for kind, resource in suppressions.items()
           for path, suffix in (("", None), ("/import", "import"), ("/{address}", "item"))),
+        # mailing lists (account-wide) and their members
+        ("/v3/lists", mailing_lists, None),
+        ("/v3/lists/pages", mailing_lists, "pages"),
+        ("/v3/lists/{address}", mailing_lists, "item"),
+        ("/v3/lists/{address}/members", list_members, None),
+        ("/v3/lists/{address}/members/pages", list_members, "pages"),
+        ("/v3/lists/{address}/members.json", list_members, "json"),
+        ("/v3/lists/{address}/members.csv", list_members, "csv"),
+        ("/v3/lists/{address}/members/{member}", list_members, "item"),
         # webhooks
         ("/v3/domains/{domain}/webhooks", webhooks_v3, None),
         ("/v3/domains/{domain}/webhooks/attempts", webhooks_v3, "attempts"),
@@ -119,6 +130,7 @@ def routes(settings, services) -> list[Route]:
         ("/o/{token}", Open(services.tracking, guard, client_address), None),
         ("/c/{token}", Click(services.tracking, guard, client_address), None),
         ("/u/{token}", Unsubscribe(services.tracking, guard, client_address), None),
+        ("/l/{token}", Unsubscribe(services.tracking, guard, client_address, kind="l"), None),  # a list's
         # IPs, domain IPs, IP pools (Mailgun documents /v1/ip_pools; its Python SDK maps v3), warm-ups
         ("/v3/ips", ips, None),
         ("/v3/ips/export", ips, "export"),  # CSV of dedicated assignments

@@ -121,6 +121,65 @@ SEND_FIELDS = {
 }
 
 
+MAILING_LIST = {"type": "object", "required": ["address", "access_level", "reply_preference", "members_count"],
+                "properties": {"address": STR, "name": STR, "description": STR, "access_level": STR,
+                               "reply_preference": STR, "created_at": STR, "members_count": INT}}
+LIST_MEMBER = {"type": "object", "required": ["address", "subscribed"],
+               "properties": {"address": STR, "name": STR, "vars": OBJ, "subscribed": BOOL}}
+COUNTED = {"type": "object", "required": ["total_count", "items"],
+           "properties": {"total_count": INT, "items": {"type": "array", "items": OBJ}}}
+
+
+def _lists(add) -> None:
+    """/v3/lists and members (account-wide; Mailgun's shapes)."""
+    address, member = _p("address"), _p("member")
+    one_list = {"type": "object", "required": ["list"], "properties": {"list": MAILING_LIST, "message": STR}}
+    one_member = {"type": "object", "required": ["member"], "properties": {"member": LIST_MEMBER, "message": STR}}
+    list_fields = {"address": SHORT, "name": SHORT, "description": SHORT,
+                   "access_level": {"type": "string", "enum": ["readonly", "members", "everyone"]},
+                   "reply_preference": {"type": "string", "enum": ["list", "sender"]}}
+    member_fields = {"address": SHORT, "name": SHORT, "vars": SHORT, "subscribed": YESNO, "upsert": YESNO}
+    paging = [_q("limit", INT), _q("page", {"type": "string", "enum": ["first", "last", "next", "prev"]}),
+              _q("address")]
+    add("/v3/lists", "get", op("Mailing lists of the account (limit, skip, address)", _json(COUNTED),
+                               params=[_q("limit", INT), _q("skip", INT), _q("address")], tag="lists"))
+    add("/v3/lists", "post", op("Create a mailing list (its address on one of the account's domains)",
+                                _json(one_list), body=_form(list_fields, ("address",)), tag="lists"))
+    add("/v3/lists/pages", "get", op("Mailing lists by page (address is the pivot)", _json(PAGED), params=paging,
+                                     tag="lists"))
+    add("/v3/lists/{address}", "get", op("One mailing list", _json(one_list), params=[address], tag="lists"))
+    add("/v3/lists/{address}", "put", op("Update a mailing list", _json(one_list), params=[address],
+                                         body=_form(list_fields), tag="lists"))
+    add("/v3/lists/{address}", "delete", op("Delete a mailing list and its members", _json(
+        {"type": "object", "required": ["address", "message"], "properties": {"address": STR, "message": STR}}),
+        params=[address], tag="lists"))
+    add("/v3/lists/{address}/members", "get", op("Members (subscribed, limit up to 100, skip)", _json(COUNTED),
+                                                 params=[address, _q("subscribed", YESNO), _q("limit", INT),
+                                                         _q("skip", INT)], tag="lists"))
+    add("/v3/lists/{address}/members", "post", op("Add a member (upsert: update it if present)", _json(one_member),
+                                                  params=[address], body=_form(member_fields, ("address",)),
+                                                  tag="lists"))
+    add("/v3/lists/{address}/members/pages", "get", op("Members by page (address is the pivot)", _json(PAGED),
+                                                       params=[address, _q("subscribed", YESNO), *paging],
+                                                       tag="lists"))
+    add("/v3/lists/{address}/members.json", "post", op(
+        "Add up to 1,000 members: `members` a JSON array of addresses or member objects", _json(one_list),
+        params=[address], body=_form({"members": SHORT, "upsert": YESNO}, ("members",)), tag="lists"))
+    add("/v3/lists/{address}/members.csv", "post", op(
+        "Add up to 1,000 members from a CSV file (`members`; header row with address, name, vars, subscribed)",
+        _json(one_list), params=[address], body=_form({"subscribed": YESNO, "upsert": YESNO}, files=("members",)),
+        tag="lists"))
+    add("/v3/lists/{address}/members/{member}", "get", op("One member", _json(one_member), params=[address, member],
+                                                          tag="lists"))
+    add("/v3/lists/{address}/members/{member}", "put", op("Update a member", _json(one_member),
+                                                          params=[address, member],
+                                                          body=_form({k: v for k, v in member_fields.items()
+                                                                      if k != "upsert"}), tag="lists"))
+    add("/v3/lists/{address}/members/{member}", "delete", op("Remove a member", _json(
+        {"type": "object", "required": ["member", "message"], "properties": {"member": OBJ, "message": STR}}),
+        params=[address, member], tag="lists"))
+
+
 def _paths() -> dict:
     d, token = _p("domain"), _p("token")
     paths: dict[str, dict] = {}
@@ -256,6 +315,8 @@ def _paths() -> dict:
                                              tag="suppressions"))
         add(f"{base}/{{address}}", "delete", op(f"Remove an address from {kind}", _json(MESSAGE),
                                                 params=[d, address, _q("tag")], tag="suppressions"))
+    # mailing lists
+    _lists(add)
     # webhooks
     hooks = "/v3/domains/{domain}/webhooks"
     name = _p("name")
@@ -304,6 +365,10 @@ def _paths() -> dict:
                                 responses=public_errors, tag="tracking"))
     add("/u/{token}", "post", op("Unsubscribe, RFC 8058 one-click (public)", page, params=[token], public=True,
                                  responses=public_errors, tag="tracking"))
+    add("/l/{token}", "get", op("Mailing list unsubscribe confirmation page (public)", page, params=[token],
+                                public=True, responses=public_errors, tag="tracking"))
+    add("/l/{token}", "post", op("Unsubscribe a member from one mailing list (public; %mailing_list_unsubscribe_url%)",
+                                 page, params=[token], public=True, responses=public_errors, tag="tracking"))
     # outbound TLS (MTA-STS) results as RFC 8460 reports
     day = _q("day", {"type": "string", "format": "date"}, "UTC day, YYYY-MM-DD (default: today)")
     add("/v3/tls/reports", "get", op("Recipient domains with outbound TLS results that day (operator)", _json(

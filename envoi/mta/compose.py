@@ -21,6 +21,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -99,10 +100,22 @@ class Draft:
     deliver_at: float | None = None
     from_addresses: list[str] = field(default_factory=list)  # checked against the sending domain
     rendered: bool = False  # already rendered once (a resent stored copy): intake skips the renderers
+    expanded: bool = False  # a mailing list's copies: the size limit is per copy, not for them all
 
     @property
     def size(self) -> int:
         return sum(len(c.mime) for c in self.copies)
+
+
+@dataclass
+class ListExpansion:
+    """A mailing list named in `to`: its subscribed members (address, name, vars), where replies go, and
+    how a member's copy is filled in (%recipient.*%, %mailing_list_unsubscribe_url%)."""
+
+    address: str
+    members: list[dict]
+    reply_to: str | None
+    substituter: Callable[[str, dict], substitution.Substituter]  # (message_id, member)
 
 
 def check_header_value(name: str, value: str) -> str:
@@ -238,8 +251,12 @@ def compose(
     attachments: list[Upload],
     inlines: list[Upload],
     max_bytes: int | None = None,
+    lists: Callable[[list[str]], dict[str, ListExpansion]] | None = None,
 ) -> Draft:
-    """Build the message(s) for POST /v3/{domain}/messages (refused unbuilt if they must exceed max_bytes)."""
+    """Build the message(s) for POST /v3/{domain}/messages (refused unbuilt if they must exceed max_bytes).
+
+    lists: which `to` addresses are mailing lists, with their members (envoi.mta.list_expansion); each
+    subscribed member gets its own copy, To showing the list, placeholders filled from the member."""
     froms = parse_addresses("from", fields.get("from", []))
     if not fields.get("from"):
         raise InvalidMessage("from parameter is missing")
@@ -277,12 +294,16 @@ def compose(
 
     tags, variables, options, deliver_at = read_options(fields)
     recipient_variables = _recipient_variables(fields)
+    expansions = lists([addr for _, addr in to]) if lists is not None else {}
+    if expansions:
+        _check_expanded_size(fields, attachments, inlines, sum(len(e.members) for e in expansions.values()))
     message_id = ids.message_id(domain)
     kept_attachments = [a for a in attachments if a.filename]  # Mailgun drops unnamed attachments
     for upload in kept_attachments + inlines:
         check_header_value("attachment filename", upload.filename or "")
 
-    def build(to_pairs: list[tuple[str, str]], sub: substitution.Substituter) -> bytes:
+    def build(to_pairs: list[tuple[str, str]], sub: substitution.Substituter, reply_to: str | None = None,
+              member: bool = False) -> bytes:
         # PERF: the header block is written directly (values were checked above); building it through
         # EmailMessage re-parses every value with the header registry, which was most of compose's time.
         head = [
@@ -296,6 +317,12 @@ def compose(
         head.append(_header("Message-ID", f"<{message_id}>"))
         for name, value in extra_headers:
             head.append(_header(name, sub.header(name, value)))
+        if reply_to and not any(name.lower() == "reply-to" for name, _ in extra_headers):
+            head.append(_header("Reply-To", reply_to))  # a list's reply_preference "list"
+        if member and not any(name.lower() == "list-unsubscribe" for name, _ in extra_headers):
+            # A list member's copy: its own one-click unsubscribe from the list (RFC 2369, RFC 8058).
+            head.append(_header("List-Unsubscribe", sub.header("List-Unsubscribe", LIST_UNSUBSCRIBE_HEADER)))
+            head.append(_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         if tags:
             head.append(_header("X-Mailgun-Tag", ", ".join(tags)))
         if variables:
@@ -315,18 +342,37 @@ def compose(
         "subject": subject,
         "message-id": message_id,
     }
+    copies = []
+    for name, addr in to:
+        if (expansion := expansions.get(addr)) is not None:  # a mailing list: one copy per subscribed member
+            # PERF: built once with its placeholders, then filled in per member in its raw bytes (as SMTP
+            # batch sending is), where that gives the very bytes building each copy would; else built.
+            template = build([(name, addr)], substitution.Unchanged(), expansion.reply_to, member=True)
+            theirs = any(name.lower() == "list-unsubscribe" for name, _ in extra_headers)
+            placeholders = _placeholder_count(fields, extra_headers) + (0 if theirs else 1)  # + List-Unsubscribe
+            fill = placeholders == _placeholder_count_raw(template) and b"quoted-printable" not in template.lower()
+            for member in expansion.members:
+                sub = expansion.substituter(message_id, member)
+                mime = _fill_raw(template, sub) if fill else None
+                if mime is None:
+                    mime = build([(name, addr)], sub, expansion.reply_to, member=True)
+                copies.append(Composed([member["address"]], mime, dict(headers, to=_format(name, addr))))
+    plain_to = [(name, addr) for name, addr in to if addr not in expansions]
     if recipient_variables is None:
-        copies = [Composed(envelope, build(to, substitution.Unchanged()), headers)]
+        rest = [a for a in envelope if a not in expansions]
+        if rest:
+            copies.append(Composed(rest, build(to, substitution.Unchanged()), headers))
     else:
         # Batch send: each To recipient gets its own copy showing only itself (Mailgun semantics).
-        copies = []
-        for name, addr in to:
+        for name, addr in plain_to:
             rv = recipient_variables.get(addr, {})
             copies.append(Composed([addr], build([(name, addr)], substitution.Substituter(addr, rv)),
                                    dict(headers, to=_format(name, addr))))
         extras = _unique([a for _, a in cc + bcc if a not in {x for _, x in to}])
         if extras:
             copies.append(Composed(extras, build(to, substitution.Substituter(None, {})), headers))
+    if not copies:
+        raise InvalidMessage("the mailing list has no subscribed members: nothing to send")
 
     return Draft(
         domain=domain,
@@ -340,10 +386,56 @@ def compose(
                      for a in kept_attachments],
         deliver_at=deliver_at,
         from_addresses=[addr for _, addr in froms],
+        expanded=bool(expansions),
     )
 
 
 _PLACEHOLDER = re.compile(r"%recipient[^%\s]{0,200}%")
+#: All of a mailing list send's copies together, in bytes: what one accept may hold in memory at once.
+MAX_EXPANDED_BYTES = 512 * 1024 * 1024
+
+
+LIST_UNSUBSCRIBE_HEADER = f"<{substitution.LIST_UNSUBSCRIBE}>"
+_ANY_PLACEHOLDER = re.compile(r"%recipient(?:\.[A-Za-z0-9_\-:]+)?%|%mailing_list_unsubscribe_url%")
+_ANY_PLACEHOLDER_BYTES = re.compile(rb"%recipient(?:\.[A-Za-z0-9_\-:]+)?%|%mailing_list_unsubscribe_url%")
+
+
+def _placeholder_count(fields: dict[str, list[str]], extra_headers: list[tuple[str, str]]) -> int:
+    texts = [values[-1] for name in ("subject", "text", "html", "amp-html") if (values := fields.get(name))]
+    return sum(len(_ANY_PLACEHOLDER.findall(t)) for t in texts + [v for _, v in extra_headers])
+
+
+def _placeholder_count_raw(mime: bytes) -> int:
+    return len(_ANY_PLACEHOLDER_BYTES.findall(mime))
+
+
+def _fill_raw(template: bytes, sub: substitution.MemberSubstituter) -> bytes | None:
+    """A member's copy from the template's raw bytes, or None where only building it is right: a value
+    that is not ASCII (an encoded word in a header, an 8bit body), or a line that would grow too long.
+    Every placeholder of the template is visible in its bytes (none inside an encoded word, base64 or
+    quoted-printable), which the caller checked."""
+    if not (sub.address.isascii() and all(substitution.render(v).isascii() for v in sub.variables.values())):
+        return None
+    filled = template.replace(substitution.LIST_UNSUBSCRIBE.encode(), sub.unsubscribe_url.encode())
+    try:
+        filled = substitution.substitute_mime(filled, sub.address, sub.variables)
+    except InvalidMessage:
+        return None  # building says why (a control character in a header) or folds what it can
+    if len(filled) > len(template) and max(map(len, filled.split(b"\r\n"))) > substitution.MAX_LINE:
+        return None
+    if filled.count(b"\r\n--") != template.count(b"\r\n--"):
+        return None  # a value that could read as a MIME boundary line: building picks a boundary it avoids
+    return filled
+
+
+def _check_expanded_size(fields: dict[str, list[str]], attachments: list[Upload], inlines: list[Upload],
+                         members: int) -> None:
+    """Refuse, before building a copy per member, a list send whose copies cannot fit in memory."""
+    body = sum(len(values[-1]) for name in ("text", "html", "amp-html") if (values := fields.get(name)))
+    body += sum(4 * -(-max(u.size, 0) // 3) for u in [a for a in attachments if a.filename] + inlines)
+    if body * members > MAX_EXPANDED_BYTES:
+        raise MessageTooLarge(f"the message times the list's {members} members is at least {body * members} bytes,"
+                              f" over the limit of {MAX_EXPANDED_BYTES} bytes for one send")
 
 
 def check_size(fields: dict[str, list[str]], to_count: int, attachments: list[Upload], inlines: list[Upload],

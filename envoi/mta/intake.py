@@ -60,6 +60,7 @@ class Intake:
         on_commit: Callable[[], None] = lambda: None,
         on_accepted: Callable[[int, str], None] = lambda count, method: None,
         activity=None,
+        expand_lists: Callable[[dict, Draft], Draft] | None = None,
     ):
         self.settings = settings
         self.db = db
@@ -72,6 +73,9 @@ class Intake:
         self.on_commit = on_commit  # rings the relay's doorbell; never fails the accept
         self.on_accepted = on_accepted
         self.activity = activity  # envoi.accounts.activity.Activity: a send marks the account active (daily)
+        # envoi.mta.list_expansion.ListExpander.expand_mime: a mailing list among the recipients becomes
+        # one copy per subscribed member (the API's compose expands `to` itself and marks the draft).
+        self.expand_lists = expand_lists
         self._message_ids: collections.deque[int] = collections.deque()
         self._message_ids_lock = threading.Lock()
         # A caller queued behind a writer waits at most for one writer (a pool connection, then the
@@ -110,10 +114,15 @@ class Intake:
         return accepted.message_id
 
     def prepare(self, domain: dict, draft: Draft) -> Accepted:
-        """The first half of accept(): checks and renders the draft and builds its rows (no I/O)."""
-        if draft.size > self.settings.max_message_bytes:
+        """The first half of accept(): checks and renders the draft and builds its rows (no I/O but a
+        mailing list's members, read when a recipient is one)."""
+        if self.expand_lists is not None and not (draft.expanded or draft.rendered):
+            draft = self.expand_lists(domain, draft)
+        # A mailing list's copies are each a message of its own: the limit holds for each.
+        size = max(len(c.mime) for c in draft.copies) if draft.expanded else draft.size
+        if size > self.settings.max_message_bytes:
             raise MessageTooLarge(
-                f"message size {draft.size} bytes exceeds the limit of {self.settings.max_message_bytes} bytes")
+                f"message size {size} bytes exceeds the limit of {self.settings.max_message_bytes} bytes")
         if not self.settings.allow_foreign_from:
             senders.check(domain["name"], draft.from_addresses or [draft.mail_from])
         if domain["state"] == "unverified":

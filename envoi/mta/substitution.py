@@ -81,6 +81,33 @@ class Substituter:
         return value
 
 
+LIST_UNSUBSCRIBE = "%mailing_list_unsubscribe_url%"
+
+
+class MemberSubstituter(Substituter):
+    """A mailing list member's copy: %recipient% is the member, %recipient.KEY% its vars (and
+    %recipient.name% its name), %mailing_list_unsubscribe_url% its own link for this list."""
+
+    def __init__(self, address: str, variables: dict, unsubscribe_url: str):
+        super().__init__(address, variables)
+        self.unsubscribe_url = unsubscribe_url
+
+    def header(self, name: str, text: str) -> str:
+        if text and LIST_UNSUBSCRIBE in text:
+            text = text.replace(LIST_UNSUBSCRIBE, self.unsubscribe_url)
+        return super().header(name, text)
+
+    def body(self, text: str) -> str:
+        if text and LIST_UNSUBSCRIBE in text:
+            text = text.replace(LIST_UNSUBSCRIBE, self.unsubscribe_url)
+        return super().body(text)
+
+
+def member_variables(member: dict) -> dict:
+    """A member's %recipient.*% values: its vars, and its name unless the vars name one."""
+    return {"name": member.get("name") or "", **(member.get("vars") or {})}
+
+
 class Unchanged(Substituter):
     """No recipient-variables: placeholders stay as written (Mailgun substitutes only in batch sends)."""
 

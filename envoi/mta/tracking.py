@@ -40,7 +40,7 @@ from envoi.infra.db import Connection, Database
 from envoi.mta.compose import SMTP_POLICY, Composed, Draft
 from envoi.mta.errors import TrackingSettingsError
 
-KINDS = {"o": "opened", "c": "clicked", "u": "unsubscribed"}
+KINDS = {"o": "opened", "c": "clicked", "u": "unsubscribed", "l": "unsubscribed"}  # l: from a mailing list
 HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
 TEXT_URL = re.compile(r"""https?://[^\s<>"'\])]+""")
 PLACEHOLDERS = ("%unsubscribe_url%", "%tag_unsubscribe_url%")
@@ -95,8 +95,9 @@ def client_info(user_agent: str) -> dict:
 
 class Tracking:
     def __init__(self, db: Database, events: Events, secret_key: bytes, public_url: str, suppressions=None,
-                 previous_keys: Sequence[bytes] = ()):
+                 previous_keys: Sequence[bytes] = (), lists=None):
         self.db = db
+        self.lists = lists  # envoi.lists.service.MailingLists: a list unsubscribe ("l") marks its member
         self.events = events
         self.public_url = public_url.rstrip("/")
         self.suppressions = suppressions
@@ -201,6 +202,11 @@ class Tracking:
 
     def url(self, kind: str, token: str) -> str:
         return f"{self.public_url}/{kind}/{token}"
+
+    def list_unsubscribe_url(self, account_id: int, domain_id: int, message_id: str, member: str,
+                             list_address: str) -> str:
+        """%mailing_list_unsubscribe_url%: unsubscribes this member from this list only (not the domain)."""
+        return self.url("l", self.sign("l", account_id, domain_id, message_id, member, list_address))
 
     # rendering (an intake renderer) -----------------------------------------------------------
     def render(self, domain: dict, draft: Draft) -> Draft:
@@ -321,10 +327,14 @@ class Tracking:
                       {"country": "Unknown", "region": "Unknown", "city": "Unknown"}}
             if kind == "c":
                 fields["url"] = data["extra"]
+            if kind == "l":
+                fields["mailing-list"] = {"address": data["extra"]}
             event = NewEvent(message["account_id"], message["domain_id"], message["id"],
                              item(KINDS[kind], message=message, recipient=data["recipient"], ts=time.time(),
                                   **fields))
             self.events.record(conn, [event])
+            if kind == "l" and self.lists is not None:
+                self.lists.unsubscribe(conn, data["account_id"], data["extra"], data["recipient"])
             if kind == "u" and self.suppressions is not None:
                 self.suppressions.add_unsubscribe(conn, message["domain_id"], data["recipient"],
                                                   data["extra"] or ["*"])

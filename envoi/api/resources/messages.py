@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 
@@ -48,8 +49,9 @@ class LargeSlots:
 class Messages:
     key_access = roles.SENDING
 
-    def __init__(self, intake):
+    def __init__(self, intake, list_expander=None):
         self.intake = intake
+        self.list_expander = list_expander  # a mailing list in `to`: one composed copy per member
         self.large = LargeSlots()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
@@ -69,8 +71,10 @@ class Messages:
 
     def _send(self, req: falcon.Request, resp: falcon.Response, domain: str, fields: dict, files: dict) -> None:
         domain_row = self.intake.domain_for(req.context.principal, domain)
+        lists = (functools.partial(self.list_expander.expansions, domain_row)
+                 if self.list_expander is not None else None)
         draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
-                        max_bytes=self.intake.settings.max_message_bytes)
+                        max_bytes=self.intake.settings.max_message_bytes, lists=lists)
         draft.method = "http"
         message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}

@@ -119,19 +119,26 @@ class Unsubscribe(_TokenEndpoint):
     """GET shows a confirmation form (link scanners must not unsubscribe anyone); POST unsubscribes.
 
     POST is also the RFC 8058 one-click endpoint: no cookie, no auth, the token is the credential.
+    kind "u": the domain's unsubscribes; kind "l" (/l/): one member of one mailing list
+    (%mailing_list_unsubscribe_url%).
     """
 
+    def __init__(self, tracking, guard: Guard, client_address: ClientAddress, kind: str = "u"):
+        super().__init__(tracking, guard, client_address)
+        self.kind = kind
+
     def on_get(self, req, resp, token: str) -> None:
-        data = self._verify(req, "u", token)
+        data = self._verify(req, self.kind, token)
+        what = f"the mailing list {data['extra']}" if self.kind == "l" else "these emails"
         resp.content_type = falcon.MEDIA_HTML
         resp.text = PAGE.format(title="Unsubscribe", body=(
-            f"<p>Unsubscribe <b>{html.escape(data['recipient'])}</b> from these emails?</p>"
+            f"<p>Unsubscribe <b>{html.escape(data['recipient'])}</b> from {html.escape(str(what))}?</p>"
             f'<form method="post" action="{html.escape(req.path)}">'
             '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
             '<button type="submit">Unsubscribe</button></form>'))
 
     def on_post(self, req, resp, token: str) -> None:
-        data = self._hit(req, "u", token)
+        data = self._hit(req, self.kind, token)
         resp.content_type = falcon.MEDIA_HTML
         resp.text = PAGE.format(title="Unsubscribed", body=(
             f"<p><b>{html.escape(data['recipient'])}</b> has been unsubscribed.</p>"))

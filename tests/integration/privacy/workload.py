@@ -53,6 +53,11 @@ def build(services, *, sink_domain: str = "dest.test") -> Workload:
     services.suppressions.add(domain, "whitelists", {"address": f"allowed-{tag}@far.test"})
     w.needles += [f"bounced-{tag}@far.test", f"unsub-{tag}@far.test", f"complained-{tag}@far.test",
                   f"allowed-{tag}@far.test"]
+    # a mailing list and a member with vars
+    services.lists.create(account["id"], {"address": f"list-{tag}@{domain['name']}", "name": f"List {tag}"})
+    services.lists.add_member(account["id"], f"list-{tag}@{domain['name']}",
+                              {"address": f"member-{tag}@far.test", "vars": '{"city": "Oslo"}'})
+    w.needles += [f"list-{tag}@{domain['name']}", f"member-{tag}@far.test"]
     # a webhook, its deliveries and one real attempt (to a receiver on loopback)
     with Receiver() as receiver:
         hooks = Webhooks(services.settings.replace(webhook_allow=("127.0.0.1/32",)), services.db,
