@@ -47,6 +47,8 @@ from envoi.privacy.inactivity import Inactivity
 from envoi.privacy.purge import MAX_DELAY, Purge
 from envoi.privacy.service import Privacy
 from envoi.suppression.service import Suppressions
+from envoi.templates.sending import TemplateSending
+from envoi.templates.service import Templates
 from envoi.webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class Services:
     router: RegionRouter  # which region a login unknown here belongs to (routing, never transfer)
     purge: Purge  # deleted accounts' data, after ENVOI_ACCOUNT_PURGE_DELAY
     inactivity: Inactivity  # inactive accounts: warned, then purged
+    templates: Templates  # stored templates (the templates API)
+    template_sending: TemplateSending  # a send's stored template, rendered at accept (both edges)
 
     def close(self) -> None:
         self.db.close()
@@ -157,10 +161,12 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host, limits=limits)
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
+    templates = Templates(db)
+    template_sending = TemplateSending(templates)
     intake = Intake(
         settings, db, accounts, events, sealer,
         checks=[SendingIpCheck(ips), *([QuotaCheck(quota)] if settings.billing else [])],
-        renderers=[tracking.render],
+        renderers=[template_sending.render_submitted, tracking.render],  # templates first: links get tracked
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
         activity=Activity(),  # a send marks its account active, once a day per process
@@ -191,6 +197,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         storage=storage, privacy=Privacy(db, accounts, storage),
         audit=audit, sessions=sessions, users=users, billing=billing,
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
+        templates=templates, template_sending=template_sending,
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )

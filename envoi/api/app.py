@@ -25,6 +25,7 @@ from envoi.api.resources.regions import RegionLookup
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
+from envoi.api.resources.templates import TemplateResource
 from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
 from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
@@ -49,7 +50,8 @@ def routes(settings, services) -> list[Route]:
     """Every route of the API, grouped by what it serves."""
     accounts = services.accounts
     dns = dns_targets(settings.region)
-    messages = Messages(services.intake)
+    messages = Messages(services.intake, services.template_sending)
+    templates = TemplateResource(accounts, services.templates)
     suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
                     for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}
     events = EventList(accounts, services.events)
@@ -74,6 +76,12 @@ def routes(settings, services) -> list[Route]:
         ("/v3/domains/{domain}/messages/{storage_key}", StoredMessage(accounts, services.storage, services.intake),
          None),  # GET, POST (resend), DELETE (cancel while it waits)
         ("/v3/{domain}/envelopes", Envelopes(accounts, services.storage), None),  # DELETE: clear the queue
+        # stored templates: the domain's (v3) and the account's (v4), with their versions
+        *((f"{base}{path}", templates, suffix)
+          for base in ("/v3/{domain}/templates", "/v4/templates")
+          for path, suffix in (("", None), ("/{name}", "item"), ("/{name}/versions", "versions"),
+                               ("/{name}/versions/{tag}", "version"),
+                               ("/{name}/versions/{tag}/copy/{new_tag}", "copy"))),
         # events: the log and its paging URLs, the live stream, message trace
         ("/v3/{domain}/events", events, None),
         ("/v3/{domain}/events/{token}", events, "page"),

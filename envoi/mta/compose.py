@@ -99,6 +99,9 @@ class Draft:
     deliver_at: float | None = None
     from_addresses: list[str] = field(default_factory=list)  # checked against the sending domain
     rendered: bool = False  # already rendered once (a resent stored copy): intake skips the renderers
+    # SMTP's X-Mailgun-Template-* request ({"fields", "recipient_variables"}), rendered by intake
+    # (envoi.templates.sending); None once rendered, and for the send API (rendered in compose()).
+    template: dict | None = None
 
     @property
     def size(self) -> int:
@@ -238,8 +241,12 @@ def compose(
     attachments: list[Upload],
     inlines: list[Upload],
     max_bytes: int | None = None,
+    template=None,
 ) -> Draft:
-    """Build the message(s) for POST /v3/{domain}/messages (refused unbuilt if they must exceed max_bytes)."""
+    """Build the message(s) for POST /v3/{domain}/messages (refused unbuilt if they must exceed max_bytes).
+
+    template: a stored template to render per copy (envoi.templates.sending.SendTemplate: its
+    bodies(substituter) gives the copy's text, or None for the `text` field's, and its html)."""
     froms = parse_addresses("from", fields.get("from", []))
     if not fields.get("from"):
         raise InvalidMessage("from parameter is missing")
@@ -253,7 +260,7 @@ def compose(
     if not to:
         raise InvalidRecipient("to parameter is not a valid address. please check documentation")
     text, html, amp = (fields.get(k, [None])[-1] for k in ("text", "html", "amp-html"))
-    if not (text or html or amp):
+    if not (text or html or amp or template):
         raise InvalidMessage("Need at least one of 'text' or 'html' parameters specified")
     for name, body_text in (("text", text), ("html", html), ("amp-html", amp)):
         if body_text:
@@ -301,8 +308,11 @@ def compose(
         if variables:
             head.append(_header("X-Mailgun-Variables", json.dumps(variables)))
         body = EmailMessage(policy=SMTP_POLICY)
-        _set_body(body, sub.body(text) if text else None, sub.body(html) if html else None,
-                  sub.body(amp) if amp else None, inlines)
+        copy_text, copy_html = sub.body(text) if text else None, sub.body(html) if html else None
+        if template is not None:
+            rendered_text, copy_html = template.bodies(sub)
+            copy_text = rendered_text if rendered_text is not None else copy_text
+        _set_body(body, copy_text, copy_html, sub.body(amp) if amp else None, inlines)
         for upload in kept_attachments:
             maintype, _, subtype = _content_type(upload)
             body.add_attachment(upload.data, maintype=maintype, subtype=subtype or "octet-stream",

@@ -47,8 +47,9 @@ class LargeSlots:
 class Messages:
     key_access = roles.SENDING
 
-    def __init__(self, intake):
+    def __init__(self, intake, template_sending=None):
         self.intake = intake
+        self.template_sending = template_sending  # envoi.templates.sending: `template` on send
         self.large = LargeSlots()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
@@ -68,8 +69,9 @@ class Messages:
 
     def _send(self, req: falcon.Request, resp: falcon.Response, domain: str, fields: dict, files: dict) -> None:
         domain_row = self.intake.domain_for(req.context.principal, domain)
+        template = self.template_sending.for_fields(domain_row, fields) if self.template_sending else None
         draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
-                        max_bytes=self.intake.settings.max_message_bytes)
+                        max_bytes=self.intake.settings.max_message_bytes, template=template)
         draft.method = "http"
         message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}

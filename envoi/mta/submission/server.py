@@ -245,6 +245,8 @@ class Submission:
                                  copy.headers)
                 for copy in draft.copies for rcpt in copy.recipients
             ]
+        if fields.get("template"):  # rendered by intake, where the template can be looked up
+            draft.template = {"fields": fields, "recipient_variables": recipient_variables}
         return draft
 
     @functools.cached_property

@@ -1,0 +1,54 @@
+"""Handlebars rendering with pybars3 (the only module that imports it), as Mailgun renders templates:
+`{{var}}` (HTML-escaped), `{{{var}}}`, `{{#if}}`, `{{#unless}}`, `{{#each}}`, `{{#with}}` and Mailgun's
+`{{#equal a b}}...{{else}}...{{/equal}}` helper.
+
+Compiling is the costly step (pybars builds Python code from the source), so compiled templates are
+cached by their source; rendering one per recipient is then a plain function call.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import pybars
+
+from envoi.templates.errors import InvalidInput, RenderFailed
+
+_compiler = pybars.Compiler()
+_compile_lock = threading.Lock()  # pybars' compiler keeps state while it compiles
+
+
+def _equal(this, options, left, right):
+    """Mailgun's equal helper: the block when both sides are equal (compared as text, so 1 equals "1")."""
+    same = left == right or (left is not None and right is not None and str(left) == str(right))
+    return options["fn"](this) if same else options["inverse"](this)
+
+
+HELPERS = {"equal": _equal}
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(source: str):
+    with _compile_lock:
+        return _compiler.compile(source)
+
+
+def check(source: str) -> None:
+    """InvalidInput if the source is not a template pybars can compile (refused when it is stored)."""
+    try:
+        _compiled(source)
+    except Exception as ex:  # pybars raises PybarsError, PyMeta's ParseError and others
+        raise InvalidInput(f"template is not valid handlebars: {_short(ex)}") from ex
+
+
+def render(source: str, data: dict) -> str:
+    """The template filled with data; RenderFailed (400 at accept) if it cannot be."""
+    try:
+        return str(_compiled(source)(data, helpers=HELPERS))
+    except Exception as ex:
+        raise RenderFailed(f"template rendering failed: {_short(ex)}") from ex
+
+
+def _short(ex: Exception) -> str:
+    return " ".join(str(ex).split())[:200] or type(ex).__name__
