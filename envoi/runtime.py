@@ -42,12 +42,12 @@ from envoi.mta.intake import Intake
 from envoi.mta.queue import Queue
 from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
+from envoi.mta.templated import TemplateSending
 from envoi.mta.tracking import Tracking
 from envoi.privacy.inactivity import Inactivity
 from envoi.privacy.purge import MAX_DELAY, Purge
 from envoi.privacy.service import Privacy
 from envoi.suppression.service import Suppressions
-from envoi.templates.sending import TemplateSending
 from envoi.templates.service import Templates
 from envoi.webhooks.service import Webhooks
 

@@ -100,7 +100,7 @@ class Draft:
     from_addresses: list[str] = field(default_factory=list)  # checked against the sending domain
     rendered: bool = False  # already rendered once (a resent stored copy): intake skips the renderers
     # SMTP's X-Mailgun-Template-* request ({"fields", "recipient_variables"}), rendered by intake
-    # (envoi.templates.sending); None once rendered, and for the send API (rendered in compose()).
+    # (envoi.mta.templated); None once rendered, and for the send API (rendered in compose()).
     template: dict | None = None
 
     @property
@@ -245,7 +245,7 @@ def compose(
 ) -> Draft:
     """Build the message(s) for POST /v3/{domain}/messages (refused unbuilt if they must exceed max_bytes).
 
-    template: a stored template to render per copy (envoi.templates.sending.SendTemplate: its
+    template: a stored template to render per copy (envoi.mta.templated.SendTemplate: its
     bodies(substituter) gives the copy's text, or None for the `text` field's, and its html)."""
     froms = parse_addresses("from", fields.get("from", []))
     if not fields.get("from"):

@@ -49,7 +49,7 @@ class Messages:
 
     def __init__(self, intake, template_sending=None):
         self.intake = intake
-        self.template_sending = template_sending  # envoi.templates.sending: `template` on send
+        self.template_sending = template_sending  # envoi.mta.templated: `template` on send
         self.large = LargeSlots()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:

@@ -30,7 +30,7 @@ OPTION_FIELDS = {
     "sending-ip-pool": "o:sending-ip-pool",
     "require-tls": "o:require-tls",
     "skip-verification": "o:skip-verification",
-    # A stored template (envoi.templates.sending renders it at accept).
+    # A stored template (envoi.mta.templated renders it at accept).
     "template-name": "template",
     "template-version": "t:version",
     "template-variables": "t:variables",

@@ -19,6 +19,7 @@ from envoi.mta.compose import Composed, Draft
 from envoi.mta.submission.headers import header_fields, split_head
 from envoi.templates import render
 from envoi.templates.errors import RenderFailed
+from envoi.templates.service import Templates
 
 SMTP_POLICY = email.policy.SMTP.clone(max_line_length=998)
 YES = {"yes", "true", "1", "on"}
@@ -70,7 +71,10 @@ def _v_fields(fields: dict[str, list[str]]) -> dict:
 
 
 class TemplateSending:
-    def __init__(self, templates):
+    """The send path's side of stored templates: the API's compose() gets a SendTemplate, intake runs
+    render_submitted as a Renderer (SMTP). Templates (envoi.templates) only stores and renders."""
+
+    def __init__(self, templates: Templates):
         self.templates = templates
 
     def _source(self, domain: dict, name: str, tag: str | None) -> dict:
