@@ -27,11 +27,23 @@ YES = {"yes", "true", "1", "on"}
 _BODY_HEADERS = {b"content-type", b"content-transfer-encoding", b"mime-version"}
 
 
+# A version's stored headers -> the send field each fills in when the message has none (Mailgun:
+# the message's own headers win over the template's).
+HEADER_FIELDS = {"from": "from", "subject": "subject", "reply-to": "h:Reply-To"}
+
+
 @dataclass
 class SendTemplate:
     source: str
     text: bool  # t:text=yes: render a text part too
     data: dict
+    headers: dict | None = None  # the version's From/Subject/Reply-To, if it stores any
+
+    def with_headers(self, fields: dict[str, list[str]]) -> dict[str, list[str]]:
+        """The send fields with the version's headers filled in where the message gives none."""
+        added = {HEADER_FIELDS[name.lower()]: [value] for name, value in (self.headers or {}).items()
+                 if name.lower() in HEADER_FIELDS and value and not _last(fields, HEADER_FIELDS[name.lower()])}
+        return {**fields, **added} if added else fields
 
     def data_for(self, sub: substitution.Substituter) -> dict:
         data = {k: sub.body(v) if isinstance(v, str) else v for k, v in self.data.items()}
@@ -93,7 +105,7 @@ class TemplateSending:
             raise RenderFailed("Cannot specify both 'html' and 'template' parameters")
         found = self._source(domain, name, _last(fields, "t:version"))
         text = (_last(fields, "t:text") or "").strip().lower() in YES
-        return SendTemplate(found["template"], text, _data(fields, _v_fields(fields)))
+        return SendTemplate(found["template"], text, _data(fields, _v_fields(fields)), found["headers"])
 
     def render_submitted(self, domain: dict, draft: Draft) -> Draft:
         """Intake renderer for SMTP: a draft naming a template gets each copy's body rendered."""

@@ -25,6 +25,7 @@ DEFAULT_TAG = "initial"
 ENGINE = "handlebars"
 NAME = re.compile(r"^[a-z0-9._~-]{1,255}$")  # Mailgun: alphanumerics and .-_~, stored lower case
 PAGES = ("first", "last", "next", "prev")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # never in a header (TAB is white space)
 Scope = tuple[int, int | None]  # (account_id, domain_id or None for account templates)
 
 
@@ -55,6 +56,11 @@ def _text(value: str | None, what: str, limit: int) -> str:
     return value
 
 
+def _engine(value: str | None) -> None:
+    if value and value.strip().lower() != ENGINE:
+        raise InvalidInput(f"engine '{value.strip()[:50]}' is not supported: use {ENGINE}")
+
+
 def _content(value: str | None) -> str:
     if value is None or value == "":
         raise InvalidInput("Missing mandatory parameter: template")
@@ -72,6 +78,8 @@ def _headers(value: str | None) -> dict | None:
         raise InvalidInput("headers is not valid JSON") from ex
     if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
         raise InvalidInput("headers must be a JSON object of strings (From, Subject, Reply-To)")
+    if any(_CONTROL.search(f"{k}{v}") for k, v in parsed.items()):
+        raise InvalidInput("headers must not contain control characters (CR, LF, NUL)")
     return parsed
 
 
@@ -124,6 +132,7 @@ class Templates:
         name = _name(_last(fields, "name"))
         description = _text(_last(fields, "description"), "description", MAX_DESCRIPTION)
         content = _last(fields, "template")
+        _engine(_last(fields, "engine"))
         version = None
         if content is not None:
             version = (_content(content), _name(_last(fields, "tag") or DEFAULT_TAG, "tag"),
@@ -186,6 +195,7 @@ class Templates:
     # versions -------------------------------------------------------------------------------------
     def create_version(self, scope: Scope, name: str, fields: dict[str, list[str]]) -> dict:
         content = _content(_last(fields, "template"))
+        _engine(_last(fields, "engine"))
         tag = _name(_last(fields, "tag"), "tag")
         comment = _text(_last(fields, "comment"), "comment", MAX_COMMENT)
         headers = _headers(_last(fields, "headers"))

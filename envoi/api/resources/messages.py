@@ -70,6 +70,8 @@ class Messages:
     def _send(self, req: falcon.Request, resp: falcon.Response, domain: str, fields: dict, files: dict) -> None:
         domain_row = self.intake.domain_for(req.context.principal, domain)
         template = self.template_sending.for_fields(domain_row, fields) if self.template_sending else None
+        if template is not None:
+            fields = template.with_headers(fields)  # the version's From/Subject/Reply-To, where not given
         draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
                         max_bytes=self.intake.settings.max_message_bytes, template=template)
         draft.method = "http"

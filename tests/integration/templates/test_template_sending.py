@@ -64,6 +64,24 @@ def test_version_and_v_variables(client, api_key, domain, sink, relay):
     assert "<p>v2 Bo gold</p>" in part(parsed(received), "html")
 
 
+def test_the_versions_headers_fill_what_the_message_leaves_out(client, api_key, domain, sink, relay):
+    resp = post_form(client, f"/v3/{domain['name']}/templates", api_key, {
+        "name": "with-headers", "template": "<p>{{n}}</p>",
+        "headers": json.dumps({"From": f"Shop <shop@{domain['name']}>", "Subject": "From the template",
+                               "Reply-To": "help@dest.test"})})
+    assert resp.status_code == 200, resp.json
+    for subject in (None, "The message's own"):
+        fields = {"to": "a@dest.test", "template": "with-headers", "t:variables": '{"n": 1}'}
+        if subject:
+            fields["subject"] = subject
+        sent = post_form(client, f"/v3/{domain['name']}/messages", api_key, fields)
+        assert sent.status_code == 200, sent.json
+    got = {msg["Subject"]: msg for msg in (parsed(m) for m in sink.wait_for(2))}
+    assert set(got) == {"From the template", "The message's own"}  # the message's headers win over the template's
+    filled = got["From the template"]
+    assert filled["From"] == f"Shop <shop@{domain['name']}>" and filled["Reply-To"] == "help@dest.test"
+
+
 def test_batch_renders_each_recipient_with_its_own_variables(client, api_key, domain, sink, relay):
     """recipient-variables: each copy is rendered with its recipient's values (directly, and through
     v: values holding %recipient.KEY%, as django-anymail sends merge_data)."""

@@ -103,6 +103,8 @@ def test_sdk_pages_templates_and_manages_account_templates(sdk, domain, account,
     ({"name": "x", "template": "{{oops}"}, 400, "template is not valid handlebars"),
     ({"name": "x", "template": "a" * (service.MAX_CONTENT + 1)}, 400, "template is too long"),
     ({"name": "x", "template": "ok", "headers": "[1]"}, 400, "headers must be a JSON object"),
+    ({"name": "x", "template": "ok", "headers": '{"Subject": "a\\r\\nBcc: e@x.test"}'}, 400, "control characters"),
+    ({"name": "x", "template": "ok", "engine": "mustache"}, 400, "engine 'mustache' is not supported"),
 ])
 def test_bad_input_is_refused_and_nothing_is_stored(client, api_key, domain, db, fields, status, message):
     resp = post_form(client, f"/v3/{domain['name']}/templates", api_key, fields)
