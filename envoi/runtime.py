@@ -162,7 +162,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
     templates = Templates(db)
-    template_sending = TemplateSending(templates)
+    template_sending = TemplateSending(templates, max_bytes=settings.max_message_bytes)
     intake = Intake(
         settings, db, accounts, events, sealer,
         checks=[SendingIpCheck(ips), *([QuotaCheck(quota)] if settings.billing else [])],

@@ -16,6 +16,7 @@ from email.message import EmailMessage
 
 from envoi.mta import jsonvalues, substitution
 from envoi.mta.compose import Composed, Draft
+from envoi.mta.errors import MessageTooLarge
 from envoi.mta.submission.headers import header_fields, split_head
 from envoi.templates import render
 from envoi.templates.errors import RenderFailed
@@ -86,8 +87,9 @@ class TemplateSending:
     """The send path's side of stored templates: the API's compose() gets a SendTemplate, intake runs
     render_submitted as a Renderer (SMTP). Templates (envoi.templates) only stores and renders."""
 
-    def __init__(self, templates: Templates):
+    def __init__(self, templates: Templates, max_bytes: int | None = None):
         self.templates = templates
+        self.max_bytes = max_bytes  # the message size limit: SMTP's rendered copies are checked again
 
     def _source(self, domain: dict, name: str, tag: str | None) -> dict:
         found = self.templates.for_send(domain["account_id"], domain["id"], name, tag)
@@ -125,6 +127,10 @@ class TemplateSending:
             else:
                 sub = substitution.Unchanged()
             copies.append(Composed(copy.recipients, _with_body(copy.mime, *template.bodies(sub)), copy.headers))
+        size = sum(len(c.mime) for c in copies)
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise MessageTooLarge(f"message size {size} bytes once the template is rendered exceeds the limit"
+                                  f" of {self.max_bytes} bytes")
         draft.copies = copies
         draft.template = None
         return draft

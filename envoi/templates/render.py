@@ -9,6 +9,7 @@ cached by their source; rendering one per recipient is then a plain function cal
 from __future__ import annotations
 
 import functools
+import re
 import threading
 
 import pybars
@@ -26,9 +27,11 @@ def _equal(this, options, left, right):
 
 
 HELPERS = {"equal": _equal}
+_COMMENT = re.compile(r"\{\{!--.*?--\}\}|\{\{![^}]*\}\}", re.S)
+_BLOCK = re.compile(r"\{\{~?\s*([#^/])\s*([^\s}~]+)")
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=128)
 def _compiled(source: str):
     with _compile_lock:
         return _compiler.compile(source)
@@ -40,6 +43,15 @@ def check(source: str) -> None:
         _compiled(source)
     except Exception as ex:  # pybars raises PybarsError, PyMeta's ParseError and others
         raise InvalidInput(f"template is not valid handlebars: {_short(ex)}") from ex
+    # pybars renders an unclosed block as nothing at all: refused here, as Handlebars.js refuses it.
+    opened: list[str] = []
+    for kind, name in _BLOCK.findall(_COMMENT.sub("", source)):
+        if kind != "/":
+            opened.append(name)
+        elif not opened or opened.pop() != name:
+            raise InvalidInput(f"template is not valid handlebars: {{{{/{name[:50]}}}}} does not close an open block")
+    if opened:
+        raise InvalidInput(f"template is not valid handlebars: {{{{#{opened[-1][:50]}}}}} is not closed")
 
 
 def render(source: str, data: dict) -> str:

@@ -156,3 +156,22 @@ def test_smtp_unknown_template_is_refused_at_data(server, client_ctx, login, dom
         code, reply = c.data(mime(domain, extra="X-Mailgun-Template-Name: missing\r\n"))
     assert code == 550 and b"template 'missing' not found" in reply
     assert db.execute("SELECT count(*) AS n FROM messages WHERE domain_id = %s", (domain["id"],)).fetchone()["n"] == 0
+
+
+def test_smtp_rendered_copies_over_the_size_limit_are_refused(server, login, domain, client, api_key, services):
+    """The size limit is checked on the rendered copies, not only on what was submitted (a 200 KB limit
+    here: the services' own is 25 MB)."""
+    from envoi.accounts.service import Principal
+    from envoi.mta.errors import MessageTooLarge
+    from envoi.mta.templated import TemplateSending
+
+    store(client, api_key, domain, "big", "<p>" + "x" * 90_000 + "{{n}}</p>")
+    extra = 'X-Mailgun-Template-Name: big\r\nX-Mailgun-Recipient-Variables: {"r0@dest.test": {"n": 1}}\r\n'
+    principal = Principal(None, domain["account_id"], "admin", domain=domain["name"])
+    recipients = [f"r{i}@dest.test" for i in range(3)]  # 3 copies of ~90 KB
+    draft = server.submission.compose(principal, mime(domain, extra=extra), recipients)
+    assert draft.size < 10_000  # what was submitted is small
+    with pytest.raises(MessageTooLarge, match="once the template is rendered"):
+        TemplateSending(services.templates, max_bytes=200_000).render_submitted(domain, draft)
+    rendered = TemplateSending(services.templates, max_bytes=400_000).render_submitted(domain, draft)
+    assert len(rendered.copies) == 3 and rendered.size > 270_000
