@@ -39,6 +39,13 @@ class SendTemplate:
     text: bool  # t:text=yes: render a text part too
     data: dict
     headers: dict | None = None  # the version's From/Subject/Reply-To, if it stores any
+    name: str = ""
+    version: str = ""
+
+    def stamp(self, draft: Draft) -> Draft:
+        """Name the template in the message's options: its events carry `template` {name, version}."""
+        draft.options["template"] = {"name": self.name, "version": self.version}
+        return draft
 
     def with_headers(self, fields: dict[str, list[str]]) -> dict[str, list[str]]:
         """The send fields with the version's headers filled in where the message gives none."""
@@ -107,7 +114,8 @@ class TemplateSending:
             raise RenderFailed("Cannot specify both 'html' and 'template' parameters")
         found = self._source(domain, name, _last(fields, "t:version"))
         text = (_last(fields, "t:text") or "").strip().lower() in YES
-        return SendTemplate(found["template"], text, _data(fields, _v_fields(fields)), found["headers"])
+        return SendTemplate(found["template"], text, _data(fields, _v_fields(fields)), found["headers"],
+                            found["name"], found["tag"])
 
     def render_submitted(self, domain: dict, draft: Draft) -> Draft:
         """Intake renderer for SMTP: a draft naming a template gets each copy's body rendered."""
@@ -117,7 +125,8 @@ class TemplateSending:
         fields = request["fields"]
         found = self._source(domain, _last(fields, "template") or "", _last(fields, "t:version"))
         text = (_last(fields, "t:text") or "").strip().lower() in YES
-        template = SendTemplate(found["template"], text, _data(fields, draft.user_variables))
+        template = SendTemplate(found["template"], text, _data(fields, draft.user_variables), None,
+                                found["name"], found["tag"])
         recipient_variables = request.get("recipient_variables")
         copies = []
         for copy in draft.copies:
@@ -133,7 +142,7 @@ class TemplateSending:
                                   f" of {self.max_bytes} bytes")
         draft.copies = copies
         draft.template = None
-        return draft
+        return template.stamp(draft)
 
 
 def _with_body(mime: bytes, text: str | None, html: str) -> bytes:

@@ -74,6 +74,8 @@ class Messages:
             fields = template.with_headers(fields)  # the version's From/Subject/Reply-To, where not given
         draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
                         max_bytes=self.intake.settings.max_message_bytes, template=template)
+        if template is not None:
+            template.stamp(draft)
         draft.method = "http"
         message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}

@@ -52,7 +52,7 @@ def test_sdk_send_renders_the_stored_template(settings, services, api_key, domai
     assert msg["Subject"] == "Your order"
 
 
-def test_version_and_v_variables(client, api_key, domain, sink, relay):
+def test_version_and_v_variables(client, api_key, domain, sink, relay, db):
     store(client, api_key, domain, "greet", "<p>v1 {{name}}</p>")
     assert post_form(client, f"/v3/{domain['name']}/templates/greet/versions", api_key,
                      {"tag": "v2", "template": "<p>v2 {{name}} {{plan}}</p>"}).status_code == 200
@@ -62,6 +62,9 @@ def test_version_and_v_variables(client, api_key, domain, sink, relay):
     assert resp.status_code == 200, resp.json
     [received] = sink.wait_for(1)
     assert "<p>v2 Bo gold</p>" in part(parsed(received), "html")
+    event = db.execute("SELECT data FROM events WHERE message_id = %s AND event = 'accepted'",
+                       (resp.json["id"].strip("<>"),)).fetchone()["data"]
+    assert event["template"] == {"name": "greet", "version": "v2"}  # as Mailgun's events name it
 
 
 def test_the_versions_headers_fill_what_the_message_leaves_out(client, api_key, domain, sink, relay):
@@ -146,6 +149,7 @@ def test_smtp_template_headers_render_and_are_removed(server, client_ctx, login,
     assert "x-mailgun-template" not in received["data"].lower()
     msg = parsed(received)
     assert "<p>Hi Sam, two</p>" in part(msg, "html") and msg["Subject"] == "Over SMTP"
+    assert msg["X-Mailgun-Template-Variables"] is None and msg["X-Mailgun-Template-Name"] is None
     assert "ignored" not in received["data"]
 
 
