@@ -179,3 +179,17 @@ def test_smtp_rendered_copies_over_the_size_limit_are_refused(server, login, dom
         TemplateSending(services.templates, max_bytes=200_000).render_submitted(domain, draft)
     rendered = TemplateSending(services.templates, max_bytes=400_000).render_submitted(domain, draft)
     assert len(rendered.copies) == 3 and rendered.size > 270_000
+
+
+def test_account_template_serves_every_domain_and_a_domain_template_wins(client, api_key, domain, sink, relay):
+    assert post_form(client, "/v4/templates", api_key, {"name": "shared", "template": "<p>account {{x}}</p>"}
+                     ).status_code == 200
+    fields = {"from": f"s@{domain['name']}", "to": "a@dest.test", "subject": "x", "template": "shared",
+              "t:variables": '{"x": 1}'}
+    assert post_form(client, f"/v3/{domain['name']}/messages", api_key, fields).status_code == 200
+    [first] = sink.wait_for(1)
+    assert "<p>account 1</p>" in part(parsed(first), "html")
+    store(client, api_key, domain, "shared", "<p>domain {{x}}</p>")
+    assert post_form(client, f"/v3/{domain['name']}/messages", api_key, fields).status_code == 200
+    second = [m for m in sink.wait_for(2) if m["id"] != first["id"]][0]
+    assert "<p>domain 1</p>" in part(parsed(second), "html")
