@@ -33,8 +33,13 @@ _BLOCK = re.compile(r"\{\{~?\s*([#^/])\s*([^\s}~]+)")
 
 @functools.lru_cache(maxsize=128)
 def _compiled(source: str):
+    # precompile (Python source) and exec it here rather than Compiler.compile(), which registers
+    # every template as a module in sys.modules for good: evicted templates would never be freed.
     with _compile_lock:
-        return _compiler.compile(source)
+        container = _compiler._generate_code(source)
+    namespace: dict = {}
+    exec(compile(container.full_code, "<envoi template>", "exec", dont_inherit=True), namespace)  # noqa: S102
+    return namespace[container.name]
 
 
 def check(source: str) -> None:

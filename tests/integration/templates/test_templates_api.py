@@ -150,3 +150,16 @@ def test_tenant_isolation(client, services, api_key, domain, db):
     assert sent.status_code == 400 and sent.json["message"] == "template 'acct-secret' not found"
     assert db.execute("SELECT count(*) AS n FROM templates WHERE account_id = %s",
                       (domain["account_id"],)).fetchone()["n"] == 2
+
+
+def test_compiled_templates_are_not_kept_as_modules():
+    """pybars' Compiler.compile() registers each template in sys.modules for good; Envoi's cache must be
+    the only thing holding a compiled template, so an evicted one is freed."""
+    import sys
+
+    from envoi.templates import render
+
+    before = len(sys.modules)
+    for i in range(20):
+        assert render.render(f"<p>{{{{x}}}} {i}</p>", {"x": "<b>"}) == f"<p>&lt;b&gt; {i}</p>"
+    assert len(sys.modules) == before
