@@ -267,7 +267,7 @@ def build_submission(services: Services, **overrides) -> Submission:
     from envoi.mta.submission.server import Submission
 
     return Submission.from_settings(services.settings, services.intake, services.accounts, services.redis,
-                                    router=services.router, **overrides)
+                                    router=services.router, template_sending=services.template_sending, **overrides)
 
 
 def build_inbound(services: Services, host: str | None = None, port: int | None = None) -> InboundServer:

@@ -193,3 +193,24 @@ def test_account_template_serves_every_domain_and_a_domain_template_wins(client,
     assert post_form(client, f"/v3/{domain['name']}/messages", api_key, fields).status_code == 200
     second = [m for m in sink.wait_for(2) if m["id"] != first["id"]][0]
     assert "<p>domain 1</p>" in part(parsed(second), "html")
+
+
+def test_intake_renders_a_submitted_template_when_submission_does_not(settings, services, login, domain, client,
+                                                                       api_key, db):
+    """Intake's renderer is the backstop: a Submission built without template_sending still renders."""
+    from envoi.accounts.service import Principal
+    from envoi.mta.submission.server import Submission
+    from tests.support.submission import messages_of, stored
+
+    store(client, api_key, domain, "backstop", "<p>rendered by intake {{n}}</p>")
+    submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis, workers=1)
+    try:
+        principal = Principal(None, domain["account_id"], "admin", domain=domain["name"])
+        extra = 'X-Mailgun-Template-Name: backstop\r\nX-Mailgun-Template-Variables: {"n": 7}\r\n'
+        submission.submit(principal, mime(domain, extra=extra), ["z@dest.test"])
+    finally:
+        submission.close()
+    [row] = messages_of(db, domain)
+    body = stored(services, row).decode()
+    assert "<p>rendered by intake 7</p>" in body and "X-Mailgun-Template" not in body
+    assert row["options"]["template"] == {"name": "backstop", "version": "v1"}
