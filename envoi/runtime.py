@@ -45,12 +45,14 @@ from envoi.mta.queue import Queue
 from envoi.mta.routes.service import Receiving, Routes
 from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
+from envoi.mta.templated import TemplateSending
 from envoi.mta.tracking import Tracking
 from envoi.privacy.inactivity import Inactivity
 from envoi.privacy.purge import MAX_DELAY, Purge
 from envoi.privacy.service import Privacy
 from envoi.suppression.sealed_address import AddressVault
 from envoi.suppression.service import Suppressions
+from envoi.templates.service import Templates
 from envoi.webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class Services:
     purge: Purge  # deleted accounts' data, after ENVOI_ACCOUNT_PURGE_DELAY
     inactivity: Inactivity  # inactive accounts: warned, then purged
     routes: Routes  # inbound routes (/v3/routes) and the messages their store() kept
+    templates: Templates  # stored templates (the templates API)
+    template_sending: TemplateSending  # a send's stored template, rendered at accept (both edges)
 
     def close(self) -> None:
         self.db.close()
@@ -168,10 +172,12 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host, limits=limits)
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
+    templates = Templates(db)
+    template_sending = TemplateSending(templates, max_bytes=settings.max_message_bytes)
     intake = Intake(
         settings, db, accounts, events, sealer,
         checks=[SendingIpCheck(ips), *([QuotaCheck(quota)] if settings.billing else [])],
-        renderers=[tracking.render],
+        renderers=[template_sending.render_submitted, tracking.render],  # templates first: links get tracked
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
         activity=Activity(),  # a send marks its account active, once a day per process
@@ -204,6 +210,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         audit=audit, sessions=sessions, users=users, billing=billing,
         routes=Routes(db, sealer, webhooks, settings.public_url),
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
+        templates=templates, template_sending=template_sending,
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )
@@ -273,7 +280,7 @@ def build_submission(services: Services, **overrides) -> Submission:
     from envoi.mta.submission.server import Submission
 
     return Submission.from_settings(services.settings, services.intake, services.accounts, services.redis,
-                                    router=services.router, **overrides)
+                                    router=services.router, template_sending=services.template_sending, **overrides)
 
 
 def build_receiving(services: Services, **overrides) -> Receiving:

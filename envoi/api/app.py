@@ -27,6 +27,7 @@ from envoi.api.resources.routes import RouteCollection
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health, MetricsEndpoint
+from envoi.api.resources.templates import TemplateResource
 from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
 from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
@@ -51,8 +52,9 @@ def routes(settings, services) -> list[Route]:
     """Every route of the API, grouped by what it serves."""
     accounts = services.accounts
     dns = dns_targets(settings.region, settings.inbound_mx_hosts)
-    messages = Messages(services.intake, services.list_expander)
+    messages = Messages(services.intake, services.list_expander, services.template_sending)
     stored = StoredMessage(accounts, services.storage, services.intake, services.routes)
+    templates = TemplateResource(accounts, services.templates)
     suppressions = {kind: SuppressionList(accounts, services.suppressions, kind)
                     for kind in ("bounces", "unsubscribes", "complaints", "whitelists")}
     events = EventList(accounts, services.events)
@@ -79,6 +81,12 @@ def routes(settings, services) -> list[Route]:
         ("/v3/domains/{domain}/messages/{storage_key}", stored, None),
         ("/v3/domains/{domain}/messages/{storage_key}/attachments/{index}", stored, "attachment"),
         ("/v3/{domain}/envelopes", Envelopes(accounts, services.storage), None),  # DELETE: clear the queue
+        # stored templates: the domain's (v3) and the account's (v4), with their versions
+        *((f"{base}{path}", templates, suffix)
+          for base in ("/v3/{domain}/templates", "/v4/templates")
+          for path, suffix in (("", None), ("/{name}", "item"), ("/{name}/versions", "versions"),
+                               ("/{name}/versions/{tag}", "version"),
+                               ("/{name}/versions/{tag}/copy/{new_tag}", "copy"))),
         # events: the log and its paging URLs, the live stream, message trace
         ("/v3/{domain}/events", events, None),
         ("/v3/{domain}/events/{token}", events, "page"),

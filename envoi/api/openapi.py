@@ -117,8 +117,45 @@ SEND_OPTIONS = {
 SEND_FIELDS = {
     "from": SHORT, "to": {"type": "array", "items": SHORT, "maxItems": 5}, "cc": SHORT, "bcc": SHORT,
     "subject": SHORT, "text": {"type": "string", "maxLength": 2000}, "html": {"type": "string", "maxLength": 2000},
-    "amp-html": SHORT, "recipient-variables": SHORT, "h:Reply-To": SHORT, "v:my-var": SHORT, **SEND_OPTIONS,
+    "amp-html": SHORT, "recipient-variables": SHORT, "h:Reply-To": SHORT, "v:my-var": SHORT,
+    "template": SHORT, "t:version": SHORT, "t:text": YESNO, "t:variables": SHORT, **SEND_OPTIONS,
 }
+TEMPLATE = {"type": "object", "required": ["template"], "properties": {"template": OBJ}}
+TEMPLATE_FIELDS = {"name": SHORT, "description": SHORT, "template": {"type": "string", "maxLength": 2000},
+                   "tag": SHORT, "engine": SHORT, "comment": SHORT, "headers": SHORT}
+VERSION_FIELDS = {"template": {"type": "string", "maxLength": 2000}, "tag": SHORT, "engine": SHORT,
+                  "comment": SHORT, "active": YESNO, "headers": SHORT}
+
+
+def _templates(add, base: str, scope: list, what: str) -> None:
+    """The templates API under base (/v3/{domain}/templates or /v4/templates)."""
+    name, tag, new_tag = _p("name"), _p("tag"), _p("new_tag")
+    paging = [_q("limit", INT), _q("page", {"type": "string", "enum": ["first", "last", "next", "prev"]}), _q("p")]
+    add(base, "get", op(f"List {what} (paging: limit, page, p)", _json(PAGED), params=[*scope, *paging],
+                        tag="templates"))
+    add(base, "post", op(f"Store a template of {what}; with `template`, its first (active) version",
+                         _json(TEMPLATE), params=scope, body=_form(TEMPLATE_FIELDS, ("name",)), tag="templates"))
+    add(base, "delete", op(f"Delete all {what} and their versions", _json(MESSAGE), params=scope, tag="templates"))
+    item = f"{base}/{{name}}"
+    add(item, "get", op("A template (active=yes: with its active version's content)", _json(TEMPLATE),
+                        params=[*scope, name, _q("active", YESNO)], tag="templates"))
+    add(item, "put", op("Update a template's description", _json(MESSAGE), params=[*scope, name],
+                        body=_form({"description": SHORT}, ("description",)), tag="templates"))
+    add(item, "delete", op("Delete a template and its versions", _json(MESSAGE), params=[*scope, name],
+                           tag="templates"))
+    versions = f"{item}/versions"
+    add(versions, "get", op("A template's versions (paging: limit, page, p)", _json(TEMPLATE),
+                            params=[*scope, name, *paging], tag="templates"))
+    add(versions, "post", op("Store a new version (active=yes makes it the active one)", _json(TEMPLATE),
+                             params=[*scope, name], body=_form(VERSION_FIELDS, ("template", "tag")), tag="templates"))
+    version = f"{versions}/{{tag}}"
+    add(version, "get", op("A version with its content", _json(TEMPLATE), params=[*scope, name, tag], tag="templates"))
+    add(version, "put", op("Update a version's content or comment, or make it active", _json(MESSAGE),
+                           params=[*scope, name, tag], body=_form(VERSION_FIELDS), tag="templates"))
+    add(version, "delete", op("Delete a version", _json(MESSAGE), params=[*scope, name, tag], tag="templates"))
+    add(f"{version}/copy/{{new_tag}}", "put", op("Copy a version to a new tag", _json(MESSAGE),
+                                                 params=[*scope, name, tag, new_tag],
+                                                 body=_form({"comment": SHORT}), tag="templates"))
 
 
 MAILING_LIST = {"type": "object", "required": ["address", "access_level", "reply_preference", "members_count"],
@@ -298,6 +335,9 @@ def _paths() -> dict:
                                                      params=[address], tag="privacy"))
     add("/v3/privacy/addresses/{address}", "delete", op("Erase what is held on an address", _json(MESSAGE),
                                                         params=[address], tag="privacy"))
+    # stored templates
+    _templates(add, "/v3/{domain}/templates", [d], "the domain's templates")
+    _templates(add, "/v4/templates", [], "the account's templates")
     # suppressions
     for kind in SUPPRESSION_KINDS:
         base = f"/v3/{{domain}}/{kind}"

@@ -68,6 +68,8 @@ def item(event: str, *, message: dict, recipient: str | None, ts: float | None =
             "is-test-mode": bool((message.get("options") or {}).get("testmode")),
         },
     }
+    if template := (message.get("options") or {}).get("template"):
+        data["template"] = template  # a stored template's {name, version} (Mailgun's field)
     if recipient is not None:
         data["recipient"] = recipient
         data["recipient-domain"] = recipient.rpartition("@")[2]

@@ -101,6 +101,9 @@ class Draft:
     from_addresses: list[str] = field(default_factory=list)  # checked against the sending domain
     rendered: bool = False  # already rendered once (a resent stored copy): intake skips the renderers
     expanded: bool = False  # a mailing list's copies: the size limit is per copy, not for them all
+    # SMTP's X-Mailgun-Template-* request ({"fields", "recipient_variables"}), rendered by intake
+    # (envoi.mta.templated); None once rendered, and for the send API (rendered in compose()).
+    template: dict | None = None
 
     @property
     def size(self) -> int:
@@ -252,11 +255,14 @@ def compose(
     inlines: list[Upload],
     max_bytes: int | None = None,
     lists: Callable[[list[str]], dict[str, ListExpansion]] | None = None,
+    template=None,
 ) -> Draft:
     """Build the message(s) for POST /v3/{domain}/messages (refused unbuilt if they must exceed max_bytes).
 
     lists: which `to` addresses are mailing lists, with their members (envoi.mta.list_expansion); each
-    subscribed member gets its own copy, To showing the list, placeholders filled from the member."""
+    subscribed member gets its own copy, To showing the list, placeholders filled from the member.
+    template: a stored template to render per copy (envoi.mta.templated.SendTemplate: its
+    bodies(substituter) gives the copy's text, or None for the `text` field's, and its html)."""
     froms = parse_addresses("from", fields.get("from", []))
     if not fields.get("from"):
         raise InvalidMessage("from parameter is missing")
@@ -270,7 +276,7 @@ def compose(
     if not to:
         raise InvalidRecipient("to parameter is not a valid address. please check documentation")
     text, html, amp = (fields.get(k, [None])[-1] for k in ("text", "html", "amp-html"))
-    if not (text or html or amp):
+    if not (text or html or amp or template):
         raise InvalidMessage("Need at least one of 'text' or 'html' parameters specified")
     for name, body_text in (("text", text), ("html", html), ("amp-html", amp)):
         if body_text:
@@ -328,8 +334,11 @@ def compose(
         if variables:
             head.append(_header("X-Mailgun-Variables", json.dumps(variables)))
         body = EmailMessage(policy=SMTP_POLICY)
-        _set_body(body, sub.body(text) if text else None, sub.body(html) if html else None,
-                  sub.body(amp) if amp else None, inlines)
+        copy_text, copy_html = sub.body(text) if text else None, sub.body(html) if html else None
+        if template is not None:
+            rendered_text, copy_html = template.bodies(sub)
+            copy_text = rendered_text if rendered_text is not None else copy_text
+        _set_body(body, copy_text, copy_html, sub.body(amp) if amp else None, inlines)
         for upload in kept_attachments:
             maintype, _, subtype = _content_type(upload)
             body.add_attachment(upload.data, maintype=maintype, subtype=subtype or "octet-stream",
@@ -347,13 +356,15 @@ def compose(
         if (expansion := expansions.get(addr)) is not None:  # a mailing list: one copy per subscribed member
             # PERF: built once with its placeholders, then filled in per member in its raw bytes (as SMTP
             # batch sending is), where that gives the very bytes building each copy would; else built.
-            template = build([(name, addr)], substitution.Unchanged(), expansion.reply_to, member=True)
+            prebuilt = build([(name, addr)], substitution.Unchanged(), expansion.reply_to, member=True)
             theirs = any(name.lower() == "list-unsubscribe" for name, _ in extra_headers)
             placeholders = _placeholder_count(fields, extra_headers) + (0 if theirs else 1)  # + List-Unsubscribe
-            fill = placeholders == _placeholder_count_raw(template) and b"quoted-printable" not in template.lower()
+            # (A stored template renders each member's copy from its own values: built, never filled.)
+            fill = (template is None and placeholders == _placeholder_count_raw(prebuilt)
+                    and b"quoted-printable" not in prebuilt.lower())
             for member in expansion.members:
                 sub = expansion.substituter(message_id, member)
-                mime = _fill_raw(template, sub) if fill else None
+                mime = _fill_raw(prebuilt, sub) if fill else None
                 if mime is None:
                     mime = build([(name, addr)], sub, expansion.reply_to, member=True)
                 copies.append(Composed([member["address"]], mime, dict(headers, to=_format(name, addr))))

@@ -167,6 +167,11 @@ SECTIONS: tuple[Section, ...] = (
     Section("billing_overage", "billing_overage_pushes",
             ("idempotency_key", "period_start", "cumulative_units", "units", "amount", "stripe_item_id",
              "created_at"), ("idempotency_key",)),
+    Section("template", "templates", ("id", "domain_id", "name", "description", "created_by", "created_at"), ("id",),
+            sequence="templates_id_seq"),
+    Section("template_version", "template_versions",
+            ("id", "template_id", "tag", "engine", "template", "comment", "headers", "active", "created_at"), ("id",),
+            json_columns=frozenset({"headers"}), sequence="template_versions_id_seq"),
     Section("audit", "audit_log", ("id", "at", "actor", "action", "target", "ip", "details"), ("id",),
             json_columns=frozenset({"details"}), sequence="audit_log_id_seq"),
 )

@@ -35,6 +35,7 @@ def server(services, settings, ca):
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
     submission = Submission.from_settings(settings, services.intake, services.accounts, services.redis,
+                                          template_sending=services.template_sending,
                                           auth_failure_delay=0, max_message_bytes=SMALL_LIMIT, workers=4)
     with SubmissionServer(submission, ctx) as srv:
         yield srv

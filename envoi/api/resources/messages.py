@@ -49,9 +49,10 @@ class LargeSlots:
 class Messages:
     key_access = roles.SENDING
 
-    def __init__(self, intake, list_expander=None):
+    def __init__(self, intake, list_expander=None, template_sending=None):
         self.intake = intake
         self.list_expander = list_expander  # a mailing list in `to`: one composed copy per member
+        self.template_sending = template_sending  # envoi.mta.templated: `template` on send
         self.large = LargeSlots()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
@@ -73,8 +74,13 @@ class Messages:
         domain_row = self.intake.domain_for(req.context.principal, domain)
         lists = (functools.partial(self.list_expander.expansions, domain_row)
                  if self.list_expander is not None else None)
+        template = self.template_sending.for_fields(domain_row, fields) if self.template_sending else None
+        if template is not None:
+            fields = template.with_headers(fields)  # the version's From/Subject/Reply-To, where not given
         draft = compose(domain_row["name"], fields, files.get("attachment", []), files.get("inline", []),
-                        max_bytes=self.intake.settings.max_message_bytes, lists=lists)
+                        max_bytes=self.intake.settings.max_message_bytes, lists=lists, template=template)
+        if template is not None:
+            template.stamp(draft)
         draft.method = "http"
         message_id = self.intake.accept(req.context.principal, domain_row, draft)
         resp.media = {"id": message_id, "message": QUEUED}

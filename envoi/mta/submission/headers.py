@@ -30,6 +30,10 @@ OPTION_FIELDS = {
     "sending-ip-pool": "o:sending-ip-pool",
     "require-tls": "o:require-tls",
     "skip-verification": "o:skip-verification",
+    # A stored template (envoi.mta.templated renders it at accept).
+    "template-name": "template",
+    "template-version": "t:version",
+    "template-variables": "t:variables",
 }
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 
@@ -95,7 +99,7 @@ def extract(mime: bytes) -> tuple[bytes, dict[str, list[str]], dict | None]:
             fields.setdefault("o:tag", []).extend(t.strip() for t in value.split(",") if t.strip())
         elif option in OPTION_FIELDS:
             fields.setdefault(OPTION_FIELDS[option], []).append(value)
-        # Any other X-Mailgun-* header (Template-Variables, Deliver-Within, ...) is dropped unread.
+        # Any other X-Mailgun-* header (Deliver-Within, ...) is dropped unread.
     stripped = b"".join(f + b"\r\n" for f in kept) + rest
     return stripped, fields, recipient_variables
 

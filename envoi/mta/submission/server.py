@@ -64,6 +64,7 @@ from envoi.mta.submission.limits import ConnectionLimit
 from envoi.mta.submission.stage import CommitStage
 from envoi.mta.submission.throttle import AuthThrottle
 from envoi.mta.substitution import substitute_mime
+from envoi.mta.templated import TemplateSending
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,11 @@ class Submission:
     """The submission service: checks, option headers, intake. SubmissionServer runs its listeners."""
 
     def __init__(self, intake: Intake, accounts: Accounts, throttle: AuthThrottle, config: SubmissionConfig,
-                 router: RegionRouter | None = None):
+                 router: RegionRouter | None = None, template_sending: TemplateSending | None = None):
         self.router = router
+        # Stored templates are looked up and rendered on the worker threads, not on the commit stage's
+        # thread (a first compile of a large template takes seconds); without it intake renders them.
+        self.template_sending = template_sending
         self.intake = intake
         self.accounts = accounts
         self.throttle = throttle
@@ -124,7 +128,7 @@ class Submission:
 
     @classmethod
     def from_settings(cls, settings, intake: Intake, accounts: Accounts, redis, router: RegionRouter | None = None,
-                      **overrides) -> Submission:
+                      template_sending: TemplateSending | None = None, **overrides) -> Submission:
         throttle = AuthThrottle(redis, f"envoi:{settings.region}:smtp-auth-failures",
                                 max_per_login=settings.smtp_auth_max_failures,
                                 max_per_ip=settings.smtp_auth_max_failures_ip, window=settings.smtp_auth_window)
@@ -141,7 +145,7 @@ class Submission:
         )
         if overrides:
             config = dataclasses.replace(config, **overrides)
-        return cls(intake, accounts, throttle, config, router)
+        return cls(intake, accounts, throttle, config, router, template_sending)
 
     def close(self) -> None:
         if "stage" in self.__dict__:
@@ -245,7 +249,14 @@ class Submission:
                                  copy.headers)
                 for copy in draft.copies for rcpt in copy.recipients
             ]
+        if fields.get("template"):  # rendered by intake, where the template can be looked up
+            draft.template = {"fields": fields, "recipient_variables": recipient_variables}
         return draft
+
+    def render_template(self, principal: Principal, draft: compose.Draft) -> compose.Draft:
+        """The draft's stored template rendered into its copies (on a worker thread: I/O, maybe a compile)."""
+        principal = self.accounts.refresh(principal)
+        return self.template_sending.render_submitted(self.intake.domain_for(principal, principal.domain or ""), draft)
 
     @functools.cached_property
     def stage(self) -> CommitStage:
@@ -329,6 +340,8 @@ class _Handler:
                 draft = self.submission.compose(*args)
             else:  # big, or possibly one copy per recipient (recipient-variables): keep the loop free
                 draft = await self.submission.run(self.submission.compose, *args)
+            if draft.template is not None and self.submission.template_sending is not None:
+                draft = await self.submission.run(self.submission.render_template, principal, draft)
             message_id = await self.submission.stage.submit(principal, draft)
         except EnvoiError as ex:  # mapped by class: each says its own reply (a database outage: 451 4.3.0)
             if (state := getattr(ex, "account_state", None)) is not None:  # learnt at commit: later MAILs refuse

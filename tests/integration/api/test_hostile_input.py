@@ -56,6 +56,11 @@ READS = {
     "/v1/ip_pools": ["name", "description", "ips", "ip", "account_id"],
     "/v1/ip_pools/{pool_id}": ["name", "description", "add_ip", "remove_ip", "ip", "pool_id"],
     "/v3/ip_warmups/{ip}": ["plan"],
+    **{f"{base}{path}": names for base in ("/v3/{domain}/templates", "/v4/templates") for path, names in (
+        ("", ["limit", "page", "p", "name", "description", "template", "tag", "comment", "headers"]),
+        ("/{name}", ["active", "description"]),
+        ("/{name}/versions", ["limit", "page", "p", "template", "tag", "comment", "active", "headers"]),
+        ("/{name}/versions/{tag}", ["template", "comment", "active", "headers"]))},
     **{f"/v3/{{domain}}/{kind}{item}": (["limit", "page", "address"] if not item else []) + SUPPRESSION
        for kind in ("bounces", "unsubscribes", "complaints", "whitelists") for item in ("", "/{address}")},
 }

@@ -58,6 +58,10 @@ def build(services, *, sink_domain: str = "dest.test") -> Workload:
     services.lists.add_member(account["id"], f"list-{tag}@{domain['name']}",
                               {"address": f"member-{tag}@far.test", "vars": '{"city": "Oslo"}'})
     w.needles += [f"list-{tag}@{domain['name']}", f"member-{tag}@far.test"]
+    # stored templates: the domain's (with a version) and the account's own
+    services.templates.create((account["id"], domain["id"]), {"name": [f"tpl-{tag}"], "template": [f"<p>tpl words {tag}</p>"]})
+    services.templates.create((account["id"], None), {"name": [f"acct-tpl-{tag}"], "description": [f"about {tag}"]})
+    w.needles += [f"tpl-{tag}", f"tpl words {tag}", f"about {tag}"]
     # a webhook, its deliveries and one real attempt (to a receiver on loopback)
     with Receiver() as receiver:
         hooks = Webhooks(services.settings.replace(webhook_allow=("127.0.0.1/32",)), services.db,

@@ -27,7 +27,8 @@ def test_options_are_read_and_every_x_mailgun_header_is_removed_with_its_folds()
     assert stripped == b"From: a@b.test\r\nSubject: s\r\nX-Keep: yes\r\n" + BODY
     assert fields == {"o:tag": ["one", "two", "three"], "v:a": ["1"], "v:b": ["x y"],
                       "o:tracking-clicks": ["htmlonly"], "o:deliverytime": ["Tue, 24 Nov 2026 10:00:00 +0000"],
-                      "o:sending-ip-pool": ["pool1"], "o:dkim": ["no"]}
+                      "o:sending-ip-pool": ["pool1"], "o:dkim": ["no"],
+                      "t:variables": ["{}"]}  # read (a stored template's data; docs/templates.md) and removed
     assert rv is None
 
 

@@ -1,0 +1,1 @@
+"""Stored templates (Mailgun's templates API) and their rendering on send: see docs/templates.md."""
