@@ -16,10 +16,9 @@ from email.message import EmailMessage
 
 from envoi.mta import jsonvalues, substitution
 from envoi.mta.compose import Composed, Draft
-from envoi.mta.errors import MessageTooLarge
+from envoi.mta.errors import InvalidMessage, MessageTooLarge
 from envoi.mta.submission.headers import header_fields, split_head
 from envoi.templates import render
-from envoi.templates.errors import RenderFailed
 from envoi.templates.service import Templates
 
 SMTP_POLICY = email.policy.SMTP.clone(max_line_length=998)
@@ -102,7 +101,7 @@ class TemplateSending:
         found = self.templates.for_send(domain["account_id"], domain["id"], name, tag)
         if found is None:
             what = f"template '{name.strip()[:255]}'" + (f" version '{tag.strip()[:255]}'" if tag else "")
-            raise RenderFailed(f"{what} not found")
+            raise InvalidMessage(f"{what} not found")
         return found
 
     def for_fields(self, domain: dict, fields: dict[str, list[str]]) -> SendTemplate | None:
@@ -111,7 +110,7 @@ class TemplateSending:
         if not name:
             return None
         if _last(fields, "html"):
-            raise RenderFailed("Cannot specify both 'html' and 'template' parameters")
+            raise InvalidMessage("Cannot specify both 'html' and 'template' parameters")
         found = self._source(domain, name, _last(fields, "t:version"))
         text = (_last(fields, "t:text") or "").strip().lower() in YES
         return SendTemplate(found["template"], text, _data(fields, _v_fields(fields)), found["headers"],
