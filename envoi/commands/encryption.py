@@ -68,9 +68,10 @@ def encryption_rotate(batch: int) -> None:
     click.echo(f"re-sealing {total} values under key {sealer.current_id}")
     outcomes = {}
     with click.progressbar(length=total, label="re-sealing", show_pos=True, file=sys.stderr) as bar:
-        for col, n in todo.items():
-            if n:
-                outcomes[col.name] = sealed_columns.rotate(db, sealer, col, batch=batch, progress=bar.update)
+        # Every column, even one with nothing stale at the start: a column copied from another in SQL
+        # (webhook_deliveries from webhooks) gains old-key values until the one it copies is re-sealed.
+        for col in todo:
+            outcomes[col.name] = sealed_columns.rotate(db, sealer, col, batch=batch, progress=bar.update)
     failed = 0
     for name, outcome in outcomes.items():
         failed += outcome.failed
