@@ -39,6 +39,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
 from envoi.mta.intake import Intake
+from envoi.mta.mail_domains import MailDomains
 from envoi.mta.queue import Queue
 from envoi.mta.sending_ip import SendingIpCheck
 from envoi.mta.stored_messages import StoredMessages
@@ -47,6 +48,8 @@ from envoi.privacy.inactivity import Inactivity
 from envoi.privacy.purge import MAX_DELAY, Purge
 from envoi.privacy.service import Privacy
 from envoi.suppression.service import Suppressions
+from envoi.validation import jobs as validation_jobs
+from envoi.validation.service import Validation
 from envoi.webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class Services:
     router: RegionRouter  # which region a login unknown here belongs to (routing, never transfer)
     purge: Purge  # deleted accounts' data, after ENVOI_ACCOUNT_PURGE_DELAY
     inactivity: Inactivity  # inactive accounts: warned, then purged
+    validation: Validation  # /v4/address/validate: single addresses and bulk jobs (run by `envoi worker`)
 
     def close(self) -> None:
         self.db.close()
@@ -184,6 +188,12 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     inactivity = Inactivity(db, accounts, intake, storage, purge, after=settings.inactive_account_after,
                             notice=settings.inactive_account_notice, sender=settings.platform_sender,
                             public_url=settings.public_url)
+    # Address validation: the region's resolver with a deadline; bulk batches go to RQ workers.
+    validation = Validation(db, MailDomains(settings.dns_resolver, timeout=settings.validation_dns_timeout),
+                            download_key=settings.secret_key, public_url=settings.public_url,
+                            results_ttl=settings.validation_results_ttl, batch=settings.validation_batch,
+                            concurrency=settings.validation_concurrency,
+                            enqueue=validation_jobs.enqueuer(redis))
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
@@ -191,6 +201,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         storage=storage, privacy=Privacy(db, accounts, storage),
         audit=audit, sessions=sessions, users=users, billing=billing,
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
+        validation=validation,
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )
@@ -298,6 +309,8 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("purge expired dashboard sessions", 3600, services.sessions.purge_expired),
         PeriodicTask("purge deleted accounts past the purge delay", 3600, services.purge.run),
         PeriodicTask("inactive accounts: warn, then purge", 86400, services.inactivity.sweep),
+        PeriodicTask("bulk validation: purge expired results", 600, services.validation.purge_expired),
+        PeriodicTask("bulk validation: enqueue stalled jobs again", 300, services.validation.requeue_stalled),
         *(billing_tasks(services) if services.settings.stripe_secret_key else []),
     ]
 

@@ -121,6 +121,11 @@ SECTIONS: tuple[Section, ...] = (
     Section("billing_overage", "billing_overage_pushes",
             ("idempotency_key", "period_start", "cumulative_units", "units", "amount", "stripe_item_id",
              "created_at"), ("idempotency_key",)),
+    Section("validation_job", "validation_jobs",
+            ("id", "list_id", "status", "quantity", "records_processed", "created_at", "updated_at", "expires_at"),
+            ("id",), sequence="validation_jobs_id_seq"),
+    Section("validation_item", "validation_items", ("job_id", "position", "address", "result"),
+            ("job_id", "position"), json_columns=frozenset({"result"})),
     Section("audit", "audit_log", ("id", "at", "actor", "action", "target", "ip", "details"), ("id",),
             json_columns=frozenset({"details"}), sequence="audit_log_id_seq"),
 )

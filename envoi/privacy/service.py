@@ -1,8 +1,8 @@
 """Export (GDPR Art. 20) and erasure (Art. 17) of one address's data within one account.
 
 Erasure runs in one transaction across the stores that hold the address: the delivery schedule
-(queued mail to it is cancelled), messages sent to it alone (bodies included), its events, and the
-webhook payloads about it. Suppression entries are kept on purpose: they are what guarantees the
+(queued mail to it is cancelled), messages sent to it alone (bodies included), its events, the
+webhook payloads about it, and its bulk validation results. Suppression entries are kept on purpose: they are what guarantees the
 address is never mailed again after an unsubscribe or complaint; the suppressions API deletes them
 if the person asks for that too. Aggregated stats hold no address and are kept.
 
@@ -21,6 +21,7 @@ from envoi.mta.compose import normalize_address
 from envoi.mta.stored_messages import StoredMessages
 from envoi.privacy import archive
 from envoi.suppression.service import Suppressions
+from envoi.validation.service import Validation
 from envoi.webhooks.service import Webhooks
 
 
@@ -43,6 +44,7 @@ class Privacy:
             messages = StoredMessages.messages_to(conn, account_id, address)
             events = Events.for_recipient(conn, account_id, address)
             suppressions = Suppressions.entries_for(conn, account_id, address)
+            validations = Validation.export_address(conn, account_id, address)
         return {
             "address": address,
             "exported_at": time.time(),
@@ -50,6 +52,7 @@ class Privacy:
             "events": events,
             "suppressions": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()
                               if k != "domain_id"} for row in suppressions],
+            "validations": validations,  # bulk validation results holding the address
         }
 
     def export_account(self, account_id: int) -> Iterator[str]:
@@ -66,6 +69,7 @@ class Privacy:
             removed = StoredMessages.erase_recipient(conn, account_id, address)
             removed["events"] = Events.erase_recipient(conn, account_id, address)
             removed["webhook_deliveries"] = Webhooks.erase_recipient(conn, account_id, address)
+            removed["validation_results"] = Validation.erase_address(conn, account_id, address)
         return {"address": address, "erased": removed,
                 "kept": "suppression entries (so the address is never mailed again); delete them through"
                         " the suppressions API if asked"}

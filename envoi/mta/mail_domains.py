@@ -1,0 +1,65 @@
+"""Can a domain receive mail? The relay's MX logic (implicit MX, null MX) asked synchronously, for callers
+outside an event loop (address validation in the API and in RQ workers).
+
+One private event loop on a daemon thread owns the MxResolver (it is used from one loop only), so its TTL
+cache is shared by every caller in the process. Each question waits at most `timeout` seconds, whatever
+the DNS server does: an answer that does not come in time is UNKNOWN, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from enum import Enum
+
+from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxResolver
+
+
+class MailDomain(Enum):
+    MX = "mx"  # MX records name mail hosts
+    IMPLICIT = "implicit"  # no MX, but A/AAAA records: the domain is its own mail host (RFC 5321 5.1)
+    NULL_MX = "null_mx"  # "MX 0 ." (RFC 7505): the domain says it accepts no mail
+    NONE = "none"  # no such domain, or neither MX nor address records
+    UNKNOWN = "unknown"  # no answer in time, or the DNS server failed
+
+
+class MailDomains:
+    def __init__(self, nameserver: tuple[str, int] | None = None, timeout: float = 5.0):
+        self.timeout = timeout
+        # The resolver gives up a little before the caller does, so a timeout is its own clean answer.
+        self._resolver = MxResolver(nameserver, timeout=max(0.1, timeout * 0.9))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Started on first use: every process builds this, few ever validate.
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="mail-domains-dns", daemon=True).start()
+            return self._loop
+
+    def check(self, domain: str) -> MailDomain:
+        future = asyncio.run_coroutine_threadsafe(self._check(domain), self._running_loop())
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return MailDomain.UNKNOWN
+
+    async def _check(self, domain: str) -> MailDomain:
+        try:
+            hosts = await self._resolver.mx(domain)
+        except DnsPermanentError as ex:
+            return MailDomain.NULL_MX if ex.enhanced_code == "5.1.10" else MailDomain.NONE
+        except DnsTemporaryError:
+            return MailDomain.UNKNOWN
+        implicit = len(hosts) == 1 and hosts[0].preference == 0 and hosts[0].host == domain.lower().rstrip(".")
+        return MailDomain.IMPLICIT if implicit else MailDomain.MX
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._loop = None
