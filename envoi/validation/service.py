@@ -160,7 +160,9 @@ class Validation:
         """The account's jobs, newest first, with Mailgun's paging URLs (`limit`, `page`, `pivot`)."""
         limit = max(1, min(limit, 500))
         after = before = None
-        if pivot is not None and pivot.isdigit():
+        if page == "last":
+            before = 0  # the oldest jobs, shown newest first like every page
+        elif pivot is not None and pivot.isdigit():
             after, before = (int(pivot), None) if page != "prev" else (None, int(pivot))
         with self.db.transaction() as conn:
             rows = store.jobs_page(conn, account_id, limit, after, before)
