@@ -179,3 +179,25 @@ def test_an_address_export_and_erasure_include_its_validation_results(client, ap
     left = db.execute("SELECT address FROM validation_items i JOIN validation_jobs j ON j.id = i.job_id"
                       " WHERE j.list_id = 'people'").fetchall()
     assert [r["address"] for r in left] == ["keep@good.test"]
+
+
+def test_envoi_worker_runs_bulk_jobs(client, api_key, validation_services, dns):
+    """The `envoi worker` process (as operators run it) takes the validation queue too."""
+    import base64
+    import os
+    import subprocess
+    import sys
+
+    settings = validation_services.settings
+    assert upload(client, api_key, "by-the-cli", csv_of(ADDRESSES)).status_code == 202
+    region = settings.region.upper()
+    env = {**os.environ, "ENVOI_REGION": settings.region, f"ENVOI_DATABASE_URL_{region}": settings.database_url,
+           f"ENVOI_REDIS_URL_{region}": settings.redis_url,
+           "ENVOI_SECRET_KEY": base64.b64encode(settings.secret_key).decode(),
+           "ENVOI_DNS_RESOLVER": f"127.0.0.1:{dns.port}", "ENVOI_VALIDATION_BATCH": "2"}
+    done = subprocess.run([sys.executable, "-m", "envoi.cli", "worker", "--burst", "--processes", "1", "--no-dispatch"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job = status(client, api_key, "by-the-cli")
+    assert (job["status"], job["records_processed"]) == ("uploaded", 7)
+    assert job["summary"]["result"]["deliverable"] == 3
