@@ -2,8 +2,9 @@
 outside an event loop (address validation in the API and in RQ workers).
 
 One private event loop on a daemon thread owns the MxResolver (it is used from one loop only), so its TTL
-cache is shared by every caller in the process. Each question waits at most `timeout` seconds, whatever
-the DNS server does: an answer that does not come in time is UNKNOWN, never a hang.
+cache is shared by every caller in the process. A question (or a set of them, asked concurrently) waits
+about `timeout` seconds, whatever the DNS server does: an answer that does not come in time is UNKNOWN,
+never a hang.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+from collections.abc import Iterable
 from enum import Enum
 
 from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxResolver
@@ -41,12 +43,27 @@ class MailDomains:
             return self._loop
 
     def check(self, domain: str) -> MailDomain:
-        future = asyncio.run_coroutine_threadsafe(self._check(domain), self._running_loop())
+        return self.check_many([domain])[domain]
+
+    def check_many(self, domains: Iterable[str]) -> dict[str, MailDomain]:
+        """check() for many domains at once (concurrent queries): the whole set waits about `timeout`;
+        a domain still unanswered then is UNKNOWN, the others keep their answers."""
+        wanted = list(dict.fromkeys(domains))
+        if not wanted:
+            return {}
+        future = asyncio.run_coroutine_threadsafe(self._check_all(wanted), self._running_loop())
         try:
-            return future.result(self.timeout)
+            return future.result(self.timeout + 1.0)  # the loop's own deadline comes first
         except concurrent.futures.TimeoutError:
             future.cancel()
-            return MailDomain.UNKNOWN
+            return dict.fromkeys(wanted, MailDomain.UNKNOWN)
+
+    async def _check_all(self, domains: list[str]) -> dict[str, MailDomain]:
+        tasks = {domain: asyncio.ensure_future(self._check(domain)) for domain in domains}
+        done, pending = await asyncio.wait(tasks.values(), timeout=self.timeout)
+        for task in pending:
+            task.cancel()
+        return {domain: task.result() if task in done else MailDomain.UNKNOWN for domain, task in tasks.items()}
 
     async def _check(self, domain: str) -> MailDomain:
         try:
@@ -54,6 +71,8 @@ class MailDomains:
         except DnsPermanentError as ex:
             return MailDomain.NULL_MX if ex.enhanced_code == "5.1.10" else MailDomain.NONE
         except DnsTemporaryError:
+            return MailDomain.UNKNOWN
+        except Exception:  # an answer dnspython cannot use: as good as none, for this question
             return MailDomain.UNKNOWN
         implicit = len(hosts) == 1 and hosts[0].preference == 0 and hosts[0].host == domain.lower().rstrip(".")
         return MailDomain.IMPLICIT if implicit else MailDomain.MX

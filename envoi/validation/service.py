@@ -103,36 +103,14 @@ class Validation:
 
     def validate(self, address: str) -> dict:
         """Mailgun's validation response for one address (never raises for the address's content)."""
-        reasons: list[str] = []
-        try:
-            normalized = normalize_address(address, "address")
-        except EnvoiError:
-            return _answer(address, "undeliverable", "high", ["failed_syntax_check"], disposable=False,
-                           role=False)
-        local, _, domain = normalized.rpartition("@")
-        role, disposable = checks.is_role(local), checks.is_disposable(domain)
-        suggestion = checks.suggest_domain(domain)
-        if role:
-            reasons.append("mailbox_is_role_address")
-        if disposable:
-            reasons.append("mailbox_is_disposable_address")
-            result, risk = "do_not_send", "high"  # throwaway inboxes: no DNS lookup needed to say so
-        else:
-            mail = self.domains.check(domain)
-            if mail in (MailDomain.NONE, MailDomain.NULL_MX):
-                reasons.append("no_mx")
-                result, risk = "undeliverable", "high"
-            elif mail is MailDomain.UNKNOWN:
-                reasons.append("no_data")
-                result, risk = "unknown", "unknown"
-            else:
-                result, risk = "deliverable", ("medium" if role else "low")
-        return _answer(address, result, risk, reasons, disposable=disposable, role=role,
-                       did_you_mean=f"{local}@{suggestion}" if suggestion else None)
+        return self.validate_many([address])[0]
 
     def validate_many(self, addresses: Iterable[str]) -> list[dict]:
-        """validate() for each address, in order (DNS answers are cached, so a domain is looked up once)."""
-        return [self.validate(address) for address in addresses]
+        """validate() for each address, in order. The domains still needing DNS are asked concurrently
+        (and cached by TTL), so a batch waits at most one DNS deadline, however many domains it has."""
+        parsed = [_parse(address) for address in addresses]
+        mail = self.domains.check_many(p.domain for p in parsed if p.needs_dns)
+        return [p.answer(mail.get(p.domain)) for p in parsed]
 
     # -- bulk jobs -----------------------------------------------------------------------------
 
@@ -193,7 +171,8 @@ class Validation:
                 return False
             items = store.pending(conn, job_id, self.batch)
             store.touch(conn, job_id)
-        results = [(item["position"], self.validate(item["address"])) for item in items]
+        answers = self.validate_many(item["address"] for item in items)
+        results = [(item["position"], answer) for item, answer in zip(items, answers, strict=True)]
         with self.db.transaction() as conn:
             store.save_results(conn, job_id, results)
             if len(items) < self.batch:
@@ -297,6 +276,48 @@ class Validation:
             return int(job_id), fmt
         except (ValueError, TypeError) as ex:
             raise DownloadNotFound() from ex
+
+
+class _Parsed:
+    """What an address says without the network; answer() adds what DNS said about its domain."""
+
+    def __init__(self, address: str, local: str = "", domain: str = "", valid: bool = True):
+        self.address, self.local, self.domain, self.valid = address, local, domain, valid
+        self.role = valid and checks.is_role(local)
+        self.disposable = valid and checks.is_disposable(domain)
+        self.suggestion = checks.suggest_domain(domain) if valid else None
+
+    @property
+    def needs_dns(self) -> bool:
+        return self.valid and not self.disposable  # throwaway inboxes: no lookup needed to say so
+
+    def answer(self, mail: MailDomain | None) -> dict:
+        if not self.valid:
+            return _answer(self.address, "undeliverable", "high", ["failed_syntax_check"], disposable=False,
+                           role=False)
+        reasons = ["mailbox_is_role_address"] if self.role else []
+        if self.disposable:
+            reasons.append("mailbox_is_disposable_address")
+            result, risk = "do_not_send", "high"
+        elif mail in (MailDomain.NONE, MailDomain.NULL_MX):
+            reasons.append("no_mx")
+            result, risk = "undeliverable", "high"
+        elif mail in (MailDomain.MX, MailDomain.IMPLICIT):
+            result, risk = "deliverable", ("medium" if self.role else "low")
+        else:  # no answer in time, or a DNS failure
+            reasons.append("no_data")
+            result, risk = "unknown", "unknown"
+        return _answer(self.address, result, risk, reasons, disposable=self.disposable, role=self.role,
+                       did_you_mean=f"{self.local}@{self.suggestion}" if self.suggestion else None)
+
+
+def _parse(address: str) -> _Parsed:
+    try:
+        normalized = normalize_address(address, "address")
+    except EnvoiError:
+        return _Parsed(address, valid=False)
+    local, _, domain = normalized.rpartition("@")
+    return _Parsed(address, local, domain)
 
 
 def _answer(address: str, result: str, risk: str, reasons: list[str], *, disposable: bool, role: bool,

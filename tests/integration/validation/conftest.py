@@ -19,7 +19,8 @@ def dns():
         server.add("mx.good.test", "A", "127.0.0.1")
         server.add("nullmx.test", "MX", "0 .")
         server.add("aonly.test", "A", "127.0.0.2")
-        server.drop("slow.test")  # never answers
+        for name in ("slow.test", "slow1.test", "slow2.test", "slow3.test", "slow4.test"):
+            server.drop(name)  # never answers
         yield server
 
 

@@ -78,6 +78,13 @@ def test_a_dns_server_that_never_answers_gives_unknown_without_hanging(client, a
     assert (answer["result"], answer["risk"], answer["reason"]) == ("unknown", "unknown", ["no_data"])
 
 
+def test_many_silent_domains_cost_one_deadline_not_one_each(validation_services):
+    started = time.monotonic()
+    answers = validation_services.validation.validate_many([f"x@slow{n}.test" for n in range(1, 5)] + ["y@good.test"])
+    assert time.monotonic() - started < DNS_TIMEOUT + 1.0
+    assert [a["result"] for a in answers] == ["unknown"] * 4 + ["deliverable"]
+
+
 def test_missing_or_too_long_address_is_a_400(client, api_key):
     resp = client.simulate_get("/v4/address/validate", headers=basic(api_key))
     assert resp.status_code == 400 and resp.json == {"message": "address parameter is missing"}
