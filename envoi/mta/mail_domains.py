@@ -12,10 +12,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Iterable
 from enum import Enum
 
 from envoi.mta.delivery.mx import DnsPermanentError, DnsTemporaryError, MxResolver
+
+#: How long an answer is reused without asking the resolver again (its own cache follows the records'
+#: TTLs; this one only saves the hop to its thread), and how many are kept.
+ANSWER_SECONDS = 60.0
+MAX_ANSWERS = 100_000
 
 
 class MailDomain(Enum):
@@ -33,6 +39,9 @@ class MailDomains:
         self._resolver = MxResolver(nameserver, timeout=max(0.1, timeout * 0.9))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        # domain -> (monotonic expiry, answer): a repeated domain is answered without the hop to the
+        # loop's thread (which costs more than the rest of a validation). UNKNOWN is never kept.
+        self._answers: dict[str, tuple[float, MailDomain]] = {}
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         # Started on first use: every process builds this, few ever validate.
@@ -48,15 +57,28 @@ class MailDomains:
     def check_many(self, domains: Iterable[str]) -> dict[str, MailDomain]:
         """check() for many domains at once (concurrent queries): the whole set waits about `timeout`;
         a domain still unanswered then is UNKNOWN, the others keep their answers."""
-        wanted = list(dict.fromkeys(domains))
+        now = time.monotonic()
+        known: dict[str, MailDomain] = {}
+        wanted: list[str] = []
+        for domain in dict.fromkeys(domains):
+            entry = self._answers.get(domain)
+            if entry is not None and entry[0] > now:
+                known[domain] = entry[1]
+            else:
+                wanted.append(domain)
         if not wanted:
-            return {}
+            return known
         future = asyncio.run_coroutine_threadsafe(self._check_all(wanted), self._running_loop())
         try:
-            return future.result(self.timeout + 1.0)  # the loop's own deadline comes first
+            answers = future.result(self.timeout + 1.0)  # the loop's own deadline comes first
         except concurrent.futures.TimeoutError:
             future.cancel()
-            return dict.fromkeys(wanted, MailDomain.UNKNOWN)
+            answers = dict.fromkeys(wanted, MailDomain.UNKNOWN)
+        if len(self._answers) > MAX_ANSWERS:
+            self._answers.clear()
+        expires = time.monotonic() + ANSWER_SECONDS
+        self._answers.update((d, (expires, a)) for d, a in answers.items() if a is not MailDomain.UNKNOWN)
+        return {**known, **answers}
 
     async def _check_all(self, domains: list[str]) -> dict[str, MailDomain]:
         tasks = {domain: asyncio.ensure_future(self._check(domain)) for domain in domains}
