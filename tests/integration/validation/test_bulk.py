@@ -201,3 +201,22 @@ def test_envoi_worker_runs_bulk_jobs(client, api_key, validation_services, dns):
     job = status(client, api_key, "by-the-cli")
     assert (job["status"], job["records_processed"]) == ("uploaded", 7)
     assert job["summary"]["result"]["deliverable"] == 3
+
+
+def test_official_mailgun_sdk_lists_bulk_jobs(validation_services, api_key, client, worker):
+    """mailgun-python 1.10 reaches bulk validation only for the list: its own example's
+    `addressvalidate_bulk` route does not exist, and `address_bulk` drops `list_name`, so a job is created
+    over plain HTTP here (docs/validation.md)."""
+    from mailgun.client import Client
+
+    from envoi.api.app import create_app
+    from tests.support.events import AppServer
+
+    assert upload(client, api_key, "sdk_list", csv_of(["jane@good.test", "x@nullmx.test"])).status_code == 202
+    worker.work(burst=True)
+    with AppServer(create_app(validation_services.settings, validation_services)) as srv:
+        sdk = Client(auth=("api", api_key), api_url=srv.url)
+        listed = sdk.address_bulk.get()
+        assert listed.status_code == 200, listed.text
+        job = next(j for j in listed.json()["jobs"] if j["id"] == "sdk_list")
+        assert (job["status"], job["records_processed"], job["summary"]["result"]["undeliverable"]) == ("uploaded", 2, 1)
