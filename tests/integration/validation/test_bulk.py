@@ -36,7 +36,12 @@ def csv_of(addresses, column="email") -> bytes:
 def worker(validation_services):
     validation_jobs.configure(validation_services.validation)
     connection = webhook_jobs.worker_connection(validation_services.settings.redis_url)
-    return webhook_jobs.worker(validation_services.webhooks, connection, (validation_jobs.QUEUE,))
+    rq_worker = webhook_jobs.worker(validation_services.webhooks, connection, (validation_jobs.QUEUE,))
+    # rq's command channel (pubsub: "stop", "kill-horse") is not what these tests are about, and redis-py's
+    # pubsub thread sometimes waits its 60 s poll before a burst worker can exit (seen here, stack in
+    # redis/client.py PubSubWorkerThread.stop): the job queue itself is untouched.
+    rq_worker.subscribe = rq_worker.unsubscribe = lambda: None
+    return rq_worker
 
 
 def status(client, key, list_id):
@@ -220,3 +225,21 @@ def test_official_mailgun_sdk_lists_bulk_jobs(validation_services, api_key, clie
         assert listed.status_code == 200, listed.text
         job = next(j for j in listed.json()["jobs"] if j["id"] == "sdk_list")
         assert (job["status"], job["records_processed"], job["summary"]["result"]["undeliverable"]) == ("uploaded", 2, 1)
+
+
+def test_a_job_whose_rq_job_was_lost_is_enqueued_again_by_the_scheduler(client, api_key, validation_services,
+                                                                         worker, db):
+    from rq import Queue
+
+    from envoi import runtime
+
+    assert upload(client, api_key, "lost", csv_of(["jane@good.test"])).status_code == 202
+    Queue(validation_jobs.QUEUE, connection=worker.connection).empty()  # as if Redis had been flushed
+    worker.work(burst=True)
+    assert status(client, api_key, "lost")["status"] == "created"  # nothing ran it
+    db.execute("UPDATE validation_jobs SET updated_at = now() - interval '11 minutes' WHERE list_id = 'lost'")
+    tasks = {t.name: t for t in runtime.periodic_tasks(validation_services)}
+    assert tasks["bulk validation: enqueue stalled jobs again"].run() >= 1
+    worker.work(burst=True)
+    assert status(client, api_key, "lost")["status"] == "uploaded"
+    assert tasks["bulk validation: purge expired results"].run == validation_services.validation.purge_expired
