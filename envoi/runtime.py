@@ -41,6 +41,7 @@ from envoi.ips.service import Ips
 from envoi.lists.service import MailingLists
 from envoi.mta.intake import Intake
 from envoi.mta.list_expansion import ListExpander
+from envoi.mta.mail_domains import MailDomains
 from envoi.mta.queue import Queue
 from envoi.mta.routes.service import Receiving, Routes
 from envoi.mta.sending_ip import SendingIpCheck
@@ -53,6 +54,8 @@ from envoi.privacy.service import Privacy
 from envoi.suppression.sealed_address import AddressVault
 from envoi.suppression.service import Suppressions
 from envoi.templates.service import Templates
+from envoi.validation import jobs as validation_jobs
+from envoi.validation.service import Validation
 from envoi.webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ class Services:
     routes: Routes  # inbound routes (/v3/routes) and the messages their store() kept
     templates: Templates  # stored templates (the templates API)
     template_sending: TemplateSending  # a send's stored template, rendered at accept (both edges)
+    validation: Validation  # /v4/address/validate: single addresses and bulk jobs (run by `envoi worker`)
 
     def close(self) -> None:
         self.db.close()
@@ -202,6 +206,12 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     inactivity = Inactivity(db, accounts, intake, storage, purge, after=settings.inactive_account_after,
                             notice=settings.inactive_account_notice, sender=settings.platform_sender,
                             public_url=settings.public_url)
+    # Address validation: the region's resolver with a deadline; bulk batches go to RQ workers.
+    validation = Validation(db, MailDomains(settings.dns_resolver, timeout=settings.validation_dns_timeout),
+                            download_key=settings.secret_key, public_url=settings.public_url,
+                            results_ttl=settings.validation_results_ttl, batch=settings.validation_batch,
+                            concurrency=settings.validation_concurrency,
+                            enqueue=validation_jobs.enqueuer(redis))
     return Services(
         settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
@@ -210,7 +220,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         audit=audit, sessions=sessions, users=users, billing=billing,
         routes=Routes(db, sealer, webhooks, settings.public_url),
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
-        templates=templates, template_sending=template_sending,
+        templates=templates, template_sending=template_sending, validation=validation,
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )
@@ -332,6 +342,8 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("purge expired dashboard sessions", 3600, services.sessions.purge_expired),
         PeriodicTask("purge deleted accounts past the purge delay", 3600, services.purge.run),
         PeriodicTask("inactive accounts: warn, then purge", 86400, services.inactivity.sweep),
+        PeriodicTask("bulk validation: purge expired results", 600, services.validation.purge_expired),
+        PeriodicTask("bulk validation: enqueue stalled jobs again", 300, services.validation.requeue_stalled),
         *(billing_tasks(services) if services.settings.stripe_secret_key else []),
     ]
 

@@ -30,6 +30,7 @@ from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.resources.templates import TemplateResource
 from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
+from envoi.api.resources.validation import AddressValidate, BulkValidation, ValidationDownload
 from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
 
 #: (URI template, resource, suffix): the suffix picks the resource's on_<method>_<suffix> responders.
@@ -73,6 +74,7 @@ def routes(settings, services) -> list[Route]:
     warmups = Warmups(services.ips, accounts)
     keys = Keys(accounts, client_address)
     mailing_lists, list_members = MailingLists(services.lists), ListMembers(services.lists)
+    bulk_validation = BulkValidation(services.validation)
     return [
         # sending and stored messages
         ("/v3/{domain}/messages", messages, None),
@@ -155,6 +157,11 @@ def routes(settings, services) -> list[Route]:
         ("/v3/ip_pools/{pool_id}", pools, "item"),
         ("/v3/ip_warmups", warmups, None),
         ("/v3/ip_warmups/{ip}", warmups, "item"),
+        # address validation: single addresses, bulk jobs, their results by signed link
+        ("/v4/address/validate", AddressValidate(services.validation), None),
+        ("/v4/address/validate/bulk", bulk_validation, None),
+        ("/v4/address/validate/bulk/{list_id}", bulk_validation, "item"),
+        ("/v4/address/validate/download/{token}", ValidationDownload(services.validation), None),
         # privacy: a data subject's export and erasure
         ("/v3/privacy/addresses/{address}", AddressData(services.privacy), None),
         # the account's audit log

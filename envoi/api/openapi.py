@@ -338,6 +338,49 @@ def _paths() -> dict:
     # stored templates
     _templates(add, "/v3/{domain}/templates", [d], "the domain's templates")
     _templates(add, "/v4/templates", [], "the account's templates")
+    # address validation
+    validation = {"type": "object", "required": ["address", "is_disposable_address", "is_role_address", "reason",
+                                                 "result", "risk"],
+                  "properties": {"address": STR, "is_disposable_address": BOOL, "is_role_address": BOOL,
+                                 "reason": {"type": "array", "items": STR},
+                                 "result": {"type": "string", "enum": ["deliverable", "undeliverable", "do_not_send",
+                                                                       "catch_all", "unknown"]},
+                                 "risk": {"type": "string", "enum": ["high", "medium", "low", "unknown"]},
+                                 "did_you_mean": STR}}
+    address_field = {"type": "string", "minLength": 1, "maxLength": 512}
+    busy = {"429": _json(ERROR, "Too many validations of the account running at once")}
+    add("/v4/address/validate", "get", op(
+        "Validate an address: syntax, DNS (MX, null MX), disposable, role, did_you_mean", _json(validation),
+        params=[_q("address", address_field, required=True), _q("provider_lookup", YESNO)], tag="validation",
+        responses=busy))
+    add("/v4/address/validate", "post", op(
+        "Validate an address (form)", _json(validation),
+        body=_form({"address": address_field, "provider_lookup": YESNO}, required=("address",)), tag="validation",
+        responses=busy))
+    job = {"type": "object", "required": ["id", "status", "quantity", "records_processed", "summary"],
+           "properties": {"id": STR, "created_at": INT, "status": STR, "quantity": INT, "records_processed": INT,
+                          "summary": OBJ, "download_url": OBJ}}
+    list_id = _p("list_id")
+    add("/v4/address/validate/bulk", "get", op(
+        "List bulk validation jobs, newest first", _json({"type": "object", "required": ["jobs", "paging"],
+                                                          "properties": {"jobs": {"type": "array", "items": job},
+                                                                         "total": INT, "paging": OBJ}}),
+        params=[_q("limit", INT), _q("page"), _q("pivot")], tag="validation"))
+    add("/v4/address/validate/bulk/{list_id}", "post", op(
+        "Create a bulk validation job from a CSV (or gzipped CSV) upload with an email column", None,
+        params=[list_id], body=_form({}, files=("file",)), tag="validation",
+        responses={"202": _json({"type": "object", "required": ["id", "message"],
+                                 "properties": {"id": STR, "message": STR}}, "Accepted: workers validate it")}))
+    add("/v4/address/validate/bulk/{list_id}", "get", op("A bulk validation job's status, progress and summary",
+                                                          _json(job), params=[list_id], tag="validation"))
+    add("/v4/address/validate/bulk/{list_id}", "delete", op("Cancel a bulk validation job, or delete its results",
+                                                             _json(MESSAGE), params=[list_id], tag="validation"))
+    add("/v4/address/validate/download/{token}", "get", op(
+        "A finished job's results by its signed download_url (public; CSV or JSON)",
+        {"description": "the results", "content": {"text/csv": {"schema": STR},
+                                                   "application/json": {"schema": {"type": "array", "items": validation}}}},
+        params=[token], public=True, responses={"404": _json(ERROR, "Unknown, forged or expired link")},
+        tag="validation"))
     # suppressions
     for kind in SUPPRESSION_KINDS:
         base = f"/v3/{{domain}}/{kind}"

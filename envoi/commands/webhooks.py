@@ -1,11 +1,11 @@
-"""`envoi worker`: webhook delivery (RQ workers and the outbox dispatcher)."""
+"""`envoi worker`: webhook delivery (RQ workers and the outbox dispatcher) and bulk address validation."""
 
 from __future__ import annotations
 
 import click
 
 
-@click.command("worker", short_help="Deliver webhooks: RQ workers and the outbox dispatcher.")
+@click.command("worker", short_help="Deliver webhooks and run bulk address validations (RQ workers).")
 @click.option("--processes", default=6, show_default=True, type=int,
               help="RQ worker processes for the webhook queue (keep above ENVOI_WEBHOOK_PER_ACCOUNT "
                    "so one slow tenant can never hold every worker).")
@@ -19,6 +19,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
     The dispatcher leases due outbox rows (at most ENVOI_WEBHOOK_PER_ENDPOINT in flight per host and
     ENVOI_WEBHOOK_PER_ACCOUNT per account) and
     enqueues one job each; it also re-enqueues rows whose job was lost (Redis flushed, worker killed).
+    The same workers run bulk address validation batches (queue envoi-validation).
     """
     import subprocess
     import sys
@@ -26,12 +27,15 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
 
     from envoi import runtime
     from envoi.infra.settings import Settings
+    from envoi.validation import jobs as validation_jobs
     from envoi.webhooks import jobs
 
     settings = Settings.from_env()
     runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=3)
     connection = jobs.worker_connection(settings.redis_url)
+    validation_jobs.configure(services.validation)
+    queues = (validation_jobs.QUEUE,)
     if metrics_port:
         services.metrics.serve(metrics_port)
     children = []
@@ -53,11 +57,11 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
             # Until nothing is due: dispatch a round (fairness caps apply), run it, repeat.
             while True:
                 dispatched = dispatcher.run_once() if dispatcher is not None else 0
-                jobs.worker(services.webhooks, connection).work(burst=True, logging_level="WARNING")
+                jobs.worker(services.webhooks, connection, queues).work(burst=True, logging_level="WARNING")
                 if not dispatched:
                     break
         else:
-            jobs.worker(services.webhooks, connection).work(logging_level="INFO", with_scheduler=False)
+            jobs.worker(services.webhooks, connection, queues).work(logging_level="INFO", with_scheduler=False)
     finally:
         if dispatcher is not None:
             dispatcher.stop()

@@ -237,6 +237,18 @@ class Settings:
     webhook_per_endpoint: int = 2
     #: ENVOI_WEBHOOK_PER_ACCOUNT: webhook deliveries in flight at once per account, all hosts (4).
     webhook_per_account: int = 4
+    #: ENVOI_VALIDATION_DNS_TIMEOUT: seconds an address validation waits for DNS (MX, then A/AAAA) before it
+    #: answers `unknown` (5).
+    validation_dns_timeout: float = 5.0
+    #: ENVOI_VALIDATION_CONCURRENCY: single validations one account may have running at once in one API
+    #: process; more get Mailgun's 429 (10).
+    validation_concurrency: int = 10
+    #: ENVOI_VALIDATION_RESULTS_TTL: bulk validation jobs and their results (personal data) are deleted
+    #: this long after the job was created (30d).
+    validation_results_ttl: float = 30 * 86400.0
+    #: ENVOI_VALIDATION_BATCH: addresses a worker validates per RQ job of a bulk validation; progress is
+    #: committed after each batch (200).
+    validation_batch: int = 200
     #: ENVOI_SMTP_BIND: address `envoi smtp` listens on for submission (127.0.0.1; 0.0.0.0 in production).
     smtp_bind: str = "127.0.0.1"
     #: ENVOI_SMTP_SUBMISSION_PORT: SMTP submission port with STARTTLS (587; 0 disables).
@@ -453,6 +465,14 @@ class Settings:
             values["webhook_per_endpoint"] = int(v)
         if v := env.get("ENVOI_WEBHOOK_PER_ACCOUNT"):
             values["webhook_per_account"] = int(v)
+        if v := env.get("ENVOI_VALIDATION_DNS_TIMEOUT"):
+            values["validation_dns_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_VALIDATION_CONCURRENCY"):
+            values["validation_concurrency"] = int(v)
+        if v := env.get("ENVOI_VALIDATION_RESULTS_TTL"):
+            values["validation_results_ttl"] = _seconds(v)
+        if v := env.get("ENVOI_VALIDATION_BATCH"):
+            values["validation_batch"] = int(v)
         if v := env.get("ENVOI_SMTP_BIND"):
             values["smtp_bind"] = v
         if v := env.get("ENVOI_SMTP_SUBMISSION_PORT"):

@@ -172,6 +172,11 @@ SECTIONS: tuple[Section, ...] = (
     Section("template_version", "template_versions",
             ("id", "template_id", "tag", "engine", "template", "comment", "headers", "active", "created_at"), ("id",),
             json_columns=frozenset({"headers"}), sequence="template_versions_id_seq"),
+    Section("validation_job", "validation_jobs",
+            ("id", "list_id", "status", "quantity", "records_processed", "created_at", "updated_at", "expires_at"),
+            ("id",), sequence="validation_jobs_id_seq"),
+    Section("validation_item", "validation_items", ("job_id", "position", "address", "result"),
+            ("job_id", "position"), json_columns=frozenset({"result"})),
     Section("audit", "audit_log", ("id", "at", "actor", "action", "target", "ip", "details"), ("id",),
             json_columns=frozenset({"details"}), sequence="audit_log_id_seq"),
 )

@@ -3,7 +3,8 @@
 The stores that hold a person's address: the delivery schedule and the messages (metadata and sealed
 bodies), the events (delivery and tracking: opens, clicks, unsubscribes), the webhook outbox (payloads
 and the attempts' answers), the suppression lists (sealed, with a keyed hash), the sandbox's authorised
-recipients, and the live stream in Redis. Envoi keeps no address-validation results. Export reads each;
+recipients, the live stream in Redis, inbound mail routed for or from it, and bulk validation results.
+Export reads each;
 erasure, in one transaction, deletes what is about the address alone, scrubs it from what others share
 (a message sent to several people; see envoi.privacy.person), and drops the sealed copy of its
 suppression entries while keeping their hash, so an unsubscribe, bounce or complaint still holds and
@@ -27,6 +28,7 @@ from envoi.mta.routes.service import Routes
 from envoi.mta.stored_messages import StoredMessages
 from envoi.privacy import archive, person
 from envoi.suppression.service import Suppressions
+from envoi.validation.service import Validation
 from envoi.webhooks.service import Webhooks
 
 TRACKING_EVENTS = ("opened", "clicked", "unsubscribed")
@@ -59,6 +61,7 @@ class Privacy:
             suppressions = self.suppressions.entries_for(conn, account_id, address)
             authorized = person.authorized_recipient(conn, account_id, address)
             received = Routes.received_about(conn, account_id, address)
+            validations = Validation.export_address(conn, account_id, address)
         live = self.stream.entries_about(account_id, address) if self.stream is not None else []
         return {
             "address": address,
@@ -72,7 +75,7 @@ class Privacy:
             "authorized_recipients": [_plain_row(r) for r in authorized],
             "live_stream": [{"id": entry_id, "event": data} for entry_id, data in live],
             "received": [_plain_row(row) for row in received],  # inbound mail routed for or from the address
-            "validations": [],  # Envoi keeps no address-validation results
+            "validations": validations,  # bulk validation results holding the address
         }
 
     def _open_body(self, row: dict) -> str:
@@ -94,6 +97,7 @@ class Privacy:
             removed["webhook_deliveries"] = Webhooks.erase_recipient(conn, account_id, address)
             removed["suppression_entries"] = self.suppressions.erase(conn, account_id, address)
             removed["received"] = Routes.erase_address(conn, account_id, address)
+            removed["validation_results"] = Validation.erase_address(conn, account_id, address)
             removed |= person.scrub(conn, account_id, address)
         if self.stream is not None:
             removed["live_stream_entries"] = self.stream.erase_about(account_id, address)

@@ -83,7 +83,9 @@ class Dispatcher:
         self._stop.set()
 
 
-def worker(service: Webhooks, connection: redis.Redis) -> SimpleWorker:
-    """An RQ worker for the webhook queue that runs jobs in its own process (no fork per job)."""
+def worker(service: Webhooks, connection: redis.Redis, also: tuple[str, ...] = ()) -> SimpleWorker:
+    """An RQ worker for the webhook queue, then the queues named in `also` (bulk address validation),
+    that runs jobs in its own process (no fork per job)."""
     configure(service)
-    return SimpleWorker([Queue(service.queue_name, connection=connection)], connection=connection)
+    names = (service.queue_name, *also)
+    return SimpleWorker([Queue(name, connection=connection) for name in names], connection=connection)

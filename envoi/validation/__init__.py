@@ -1,0 +1,1 @@
+"""Address validation, Mailgun's /v4/address/validate: single addresses and bulk jobs (docs/validation.md)."""
