@@ -30,7 +30,7 @@ from envoi.api.resources.system import Health, MetricsEndpoint
 from envoi.api.resources.templates import TemplateResource
 from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
-from envoi.api.resources.validation import AddressValidate, BulkValidation, ValidationDownload
+from envoi.api.resources.validation import AddressValidate, BulkValidation, ListValidation, ValidationDownload
 from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
 
 #: (URI template, resource, suffix): the suffix picks the resource's on_<method>_<suffix> responders.
@@ -127,6 +127,7 @@ def routes(settings, services) -> list[Route]:
         ("/v3/lists/{address}/members.json", list_members, "json"),
         ("/v3/lists/{address}/members.csv", list_members, "csv"),
         ("/v3/lists/{address}/members/{member}", list_members, "item"),
+        ("/v3/lists/{address}/validate", ListValidation(services.lists, services.validation), None),
         # webhooks
         ("/v3/domains/{domain}/webhooks", webhooks_v3, None),
         ("/v3/domains/{domain}/webhooks/attempts", webhooks_v3, "attempts"),

@@ -215,6 +215,17 @@ def _lists(add) -> None:
     add("/v3/lists/{address}/members/{member}", "delete", op("Remove a member", _json(
         {"type": "object", "required": ["member", "message"], "properties": {"member": OBJ, "message": STR}}),
         params=[address, member], tag="lists"))
+    list_job = {"type": "object", "required": ["id", "status", "quantity", "records_processed", "summary"],
+                "properties": {"id": STR, "created_at": INT, "status": STR, "quantity": INT,
+                               "records_processed": INT, "summary": OBJ, "download_url": OBJ}}
+    add("/v3/lists/{address}/validate", "post", op(
+        "Validate the list's members (a bulk validation job named by the list's address)", None, params=[address],
+        tag="lists", responses={"202": _json({"type": "object", "required": ["id", "message"],
+                                              "properties": {"id": STR, "message": STR}}, "Accepted: workers validate it")}))
+    add("/v3/lists/{address}/validate", "get", op("The list validation's status, progress, summary and results",
+                                                   _json(list_job), params=[address], tag="lists"))
+    add("/v3/lists/{address}/validate", "delete", op("Cancel the list's validation, or delete its results",
+                                                      _json(MESSAGE), params=[address], tag="lists"))
 
 
 def _paths() -> dict:

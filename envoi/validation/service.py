@@ -116,7 +116,14 @@ class Validation:
 
     def create_job(self, account_id: int, list_id: str, data: bytes) -> dict:
         _check_list_id(list_id)
-        addresses = parse_upload(data)
+        return self._create(account_id, list_id, parse_upload(data))
+
+    def create_list_job(self, account_id: int, list_address: str, members: list[str]) -> dict:
+        """A mailing list's validation (`POST /v3/lists/{address}/validate`): a bulk job over its members,
+        named by the list's address (an uploaded job's id never holds '@', so the two cannot collide)."""
+        return self._create(account_id, list_address, members)
+
+    def _create(self, account_id: int, list_id: str, addresses: list[str]) -> dict:
         expires = datetime.fromtimestamp(self.clock() + self.results_ttl, UTC)
         with self.db.transaction() as conn:
             if store.running_count(conn, account_id) >= MAX_PARALLEL_JOBS:

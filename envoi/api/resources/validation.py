@@ -57,6 +57,27 @@ class BulkValidation:
         resp.media = self.validation.delete_job(req.context.principal.account_id, list_id)
 
 
+class ListValidation:
+    """`/v3/lists/{address}/validate`: a mailing list's members validated as a bulk job (Mailgun's list
+    validation), read and cancelled like one."""
+
+    def __init__(self, lists, validation):
+        self.lists = lists
+        self.validation = validation
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, address: str) -> None:
+        account_id = req.context.principal.account_id
+        members = self.lists.member_addresses(account_id, address)  # an unknown list: 404
+        resp.media = self.validation.create_list_job(account_id, address.strip().lower(), members)
+        resp.status = falcon.HTTP_202
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, address: str) -> None:
+        resp.media = self.validation.job(req.context.principal.account_id, address.strip().lower())
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, address: str) -> None:
+        resp.media = self.validation.delete_job(req.context.principal.account_id, address.strip().lower())
+
+
 class ValidationDownload:
     """A job's results by the signed link in its `download_url` (no API key, like Mailgun's links)."""
 
