@@ -294,12 +294,13 @@ def build_submission(services: Services, **overrides) -> Submission:
 
 
 def build_receiving(services: Services, **overrides) -> Receiving:
-    """What the inbound MX does with mail for the receiving domains: their routes' actions.
-    `overrides` replace Receiving's options (timeout, retry_schedule, retry_for, keep_seconds)."""
+    """What the inbound MX does with mail for the receiving domains: their routes' actions, and posts
+    to their accounts' mailing lists. `overrides` replace Receiving's options (timeout, retry_schedule,
+    retry_for, keep_seconds, lists)."""
     settings = services.settings
     return Receiving(services.db, services.sealer, services.events, services.accounts, services.intake,
                      services.webhooks, public_url=settings.public_url,
-                     **{"timeout": settings.webhook_timeout, **overrides})
+                     **{"timeout": settings.webhook_timeout, "lists": services.lists, **overrides})
 
 
 def build_inbound(services: Services, host: str | None = None, port: int | None = None,

@@ -55,8 +55,10 @@ def dimensions(data: dict) -> tuple[str, str, str, str]:
         if severity == "temporary":
             bounce_class = (data.get("delivery-status") or {}).get("bounce-class")
             reason = "espblock" if bounce_class in ESP_BLOCK else ""
-    elif event == "accepted" and (data.get("flags") or {}).get("is-routed"):
-        method = INCOMING  # received by the inbound MX for a route: Mailgun's accepted.incoming
+    elif event == "accepted" and ((data.get("flags") or {}).get("is-routed") or "mailing-list" in data):
+        # received by the inbound MX for a route or a mailing list: Mailgun's accepted.incoming (a list's
+        # members' copies are the account's sending, counted by their own accepted events)
+        method = INCOMING
     elif event in ("accepted", "delivered"):
         method = data.get("method") or ""
     return event, severity, reason, method

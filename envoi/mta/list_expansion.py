@@ -7,8 +7,9 @@ a cache and each list's members in one query; the copies are committed in the ac
 transaction, so a 200 or 250 means every member's copy is queued. Suppressions still apply: the relay
 checks them per recipient, so a suppressed member's copy fails as any suppressed recipient's does.
 
-Access levels govern mail arriving from outside (inbound); sends through the API or SMTP submission
-are the account's own and always allowed, as Mailgun documents for the API key owner.
+Access levels govern mail arriving from outside (inbound: envoi.mta.routes.service.Receiving checks
+them at RCPT and re-submits an accepted post here through Intake); sends through the API or SMTP
+submission are the account's own and always allowed, as Mailgun documents for the API key owner.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ sending domains, the receiving domains, or ENVOI_BOUNCE_DOMAIN). Replies:
 
 * RCPT: 250 for a valid VERP address, an FBL address or postmaster@ one of our domains; else, with
   routes wired, what `Receiving.check_recipient` says: 250 for an address a route of the domain's
-  account may take, 550 5.1.1 for one no route takes, 550 5.7.1 for a domain we do not receive for
-  (no open relay). Without routes: 550 5.1.1, including for a forged VERP address.
+  account may take, or a mailing list of that account the MAIL FROM sender may post to (550 5.7.1 if
+  not); 550 5.1.1 for one neither takes, 550 5.7.1 for a domain we do not receive for (no open relay). Without routes: 550 5.1.1, including for a forged VERP address.
 * DATA: 250 once the report is recorded, or dropped because it matched nothing / was not a
   permanent failure or a complaint (logged); 451 4.3.0 if Postgres is unavailable, so the sender
   retries; 552 above ENVOI_INBOUND_MAX_BYTES (aiosmtpd's SIZE limit).
@@ -49,7 +49,7 @@ class _Handler:
             refusal = await asyncio.to_thread(self.bounces.check_recipient, address)
             routed = False
             if refusal and self.receiving is not None and not looks_like_verp(address):
-                refusal = await asyncio.to_thread(self.receiving.check_recipient, address)
+                refusal = await asyncio.to_thread(self.receiving.check_recipient, address, envelope.mail_from or "")
                 routed = refusal is None
         except Exception:
             log.exception("checking recipient %r failed", address)
@@ -76,8 +76,8 @@ class _Handler:
                 return "451 4.3.0 Temporary failure, please try again later"
             if self.poster is not None:
                 self.poster.wake()
-            log.info("received from %s: routed %s, dropped %s", session.peer,
-                     [address for address, _ in received.routed], received.dropped)
+            log.info("received from %s: routed %s, to lists %s, dropped %s", session.peer,
+                     [address for address, _ in received.routed], received.listed, received.dropped)
             if len(routed) == len(envelope.rcpt_tos):
                 return "250 2.0.0 OK"
         try:

@@ -14,6 +14,11 @@ account's receiving domains.
   own mail through Intake (counted, quota-checked; the From header is the original's, the envelope the
   receiving domain's). Retried on Mailgun's schedule (10 min, 15 min, 30 min, 1 h, 2 h, 4 h) for 8
   hours; a 2xx is done, a 406 stops, a refusal of the forward (quota, sandbox) is final.
+
+A mailing list's address (docs/mailing-lists.md) that no route may take is the list's: accepted at RCPT
+when the envelope sender may post (its access level), stored like a routed message and queued as a
+"mail" post to the list address, so the forward goes through Intake, which expands it to the members.
+A route that may match the address wins over the list: the account chose to handle that address itself.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from envoi.infra import ids
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.errors import EnvoiError, TemporaryFailure
+from envoi.lists.errors import ListNotFound
+from envoi.lists.service import MailingLists
 from envoi.mta.compose import from_mime
 from envoi.mta.errors import InvalidRoute, RouteNotFound
 from envoi.mta.routes import expressions, parsed
@@ -48,6 +55,7 @@ MAILGUN_RETRY_SCHEDULE = (600, 900, 1800, 3600, 7200, 14400)
 RETRY_FOR = 8 * 3600.0  # Mailgun retries route POSTs for 8 hours
 KEEP_SECONDS = 3 * 86400.0  # store(): Mailgun keeps messages up to 3 days
 MAX_LIMIT = 1000
+NOT_A_POSTER = "550 5.7.1 Not allowed to post to this mailing list"
 MAX_FORWARD_HOPS = 5  # an X-Envoi-Forwarded header per forward(address): more is a loop
 ROUTE_CACHE_SECONDS = 2.0  # a route or domain change reaches the inbound MX within this
 KEY_CACHE_SECONDS = 10.0  # a regenerated signing key signs route posts within this
@@ -197,13 +205,16 @@ class Received:
     routed: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # (recipient, route ids)
     dropped: list[str] = dataclasses.field(default_factory=list)  # recipients no route matched
     message_ids: list[int] = dataclasses.field(default_factory=list)  # inbound_messages rows
+    listed: list[str] = dataclasses.field(default_factory=list)  # mailing list addresses posted to
 
 
 class Receiving:
     def __init__(self, db: Database, sealer: Sealer, events: Events, accounts: Accounts, intake, webhooks: Webhooks,
                  *, public_url: str, timeout: float = 10.0, retry_schedule: tuple = MAILGUN_RETRY_SCHEDULE,
-                 retry_for: float = RETRY_FOR, keep_seconds: float = KEEP_SECONDS):
+                 retry_for: float = RETRY_FOR, keep_seconds: float = KEEP_SECONDS,
+                 lists: MailingLists | None = None):
         self.db, self.sealer, self.events, self.accounts, self.intake = db, sealer, events, accounts, intake
+        self.lists = lists  # None: list addresses are not received (only routes)
         self.webhooks = webhooks
         self.allow = webhooks.allow
         self.public_url = public_url.rstrip("/")
@@ -264,14 +275,31 @@ class Receiving:
         return hit[1]
 
     # RCPT -----------------------------------------------------------------------------------
-    def check_recipient(self, address: str) -> str | None:
-        """None to accept; else the SMTP reply refusing the address."""
+    def check_recipient(self, address: str, sender: str = "") -> str | None:
+        """None to accept; else the SMTP reply refusing the address. SENDER (MAIL FROM) decides whether
+        a mailing list's address is accepted."""
         address, domain = self._domain(address)
         if domain is None or domain["account_state"] not in ("active",):
             return "550 5.7.1 Relaying denied: we do not receive mail for this domain"
-        if not any(f.match(address.lower()) is not None for _, f, _ in self._routes(domain["account_id"])):
-            return "550 5.1.1 No such user here"
-        return None
+        if any(f.match(address.lower()) is not None for _, f, _ in self._routes(domain["account_id"])):
+            return None
+        if self._is_list(domain, address):
+            return None if self._may_post(domain, address, sender) else NOT_A_POSTER
+        return "550 5.1.1 No such user here"
+
+    def _is_list(self, domain: dict, address: str) -> bool:
+        return self.lists is not None and bool(self.lists.lists_among(domain["account_id"], [address]))
+
+    def _may_post(self, domain: dict, address: str, sender: str) -> bool:
+        """The list's access level for this envelope sender. A null sender (a DSN, an auto-reply) never
+        posts: members would get backscatter."""
+        sender = (sender or "").strip().strip("<>")
+        if not sender:
+            return False
+        try:
+            return self.lists.may_post(domain["account_id"], address, sender)
+        except ListNotFound:  # deleted since the cached addresses were read
+            return False
 
     # DATA -----------------------------------------------------------------------------------
     def receive(self, sender: str, recipients: list[str], raw: bytes) -> Received:
@@ -290,7 +318,12 @@ class Receiving:
                     continue
                 plan = expressions.plan(self._routes(domain["account_id"]), address.lower(), head)
                 if not plan.route_ids:
-                    result.dropped.append(address)
+                    # Checked again here: RCPT may have let the address through for a route whose
+                    # header filter did not match at DATA.
+                    if self._is_list(domain, address) and self._may_post(domain, address, sender):
+                        self._to_list(conn, domain, address.lower(), sender, raw, head, result, new_events)
+                    else:
+                        result.dropped.append(address)
                     continue
                 key = ids.storage_key()
                 sealed = self.sealer.seal(raw, key.encode())
@@ -306,11 +339,23 @@ class Receiving:
         self.events.committed(new_events)
         return result
 
+    def _to_list(self, conn, domain: dict, address: str, sender: str, raw: bytes, head, result: Received,
+                 new_events: list[NewEvent]) -> None:
+        """A post to a mailing list: kept (sealed, not store()d for the API) until its "mail" post to the
+        list address has gone through Intake, which expands it to the subscribed members."""
+        key = ids.storage_key()
+        message_pk = rstore.insert_message(conn, domain["account_id"], domain["id"], key, address, sender, False,
+                                           self.sealer.seal(raw, key.encode()), self.keep_seconds)
+        rstore.insert_posts(conn, domain["account_id"], message_pk, [("mail", address)])
+        accepted = item("accepted", message=_message(head, len(raw)), recipient=address, method="smtp",
+                        **{"mailing-list": {"address": address}})
+        accepted["flags"].update({"is-routed": False, "is-authenticated": False})
+        new_events.append(NewEvent(domain["account_id"], domain["id"], None, accepted))
+        result.listed.append(address)
+        result.message_ids.append(message_pk)
+
     def _events(self, domain: dict, address: str, head, size: int, key: str, plan) -> list[NewEvent]:
-        message = {"headers": {"to": str(head.get("To", "")), "from": str(head.get("From", "")),
-                               "subject": str(head.get("Subject", "")),
-                               "message-id": str(head.get("Message-ID", "")).strip().strip("<>")},
-                   "size": size}
+        message = _message(head, size)
         storage = {"url": f"{self.public_url}/v3/domains/{domain['name']}/messages/{key}", "key": key}
         accepted = item("accepted", message=message, recipient=address, method="smtp",
                         routes=[{"id": r} for r in plan.route_ids])
@@ -396,6 +441,14 @@ class Receiving:
             shown = ssrf_safe(row["target"]) if row["kind"] != "mail" else "its forward() addresses"
             log.info("route action %s (%s) to %s: %s (%s)", row["id"], row["kind"], shown, outcome, status or error)
         return outcome
+
+
+def _message(head, size: int) -> dict:
+    """The message part of an inbound message's events."""
+    return {"headers": {"to": str(head.get("To", "")), "from": str(head.get("From", "")),
+                        "subject": str(head.get("Subject", "")),
+                        "message-id": str(head.get("Message-ID", "")).strip().strip("<>")},
+            "size": size}
 
 
 def ssrf_safe(url: str) -> str:
