@@ -199,6 +199,7 @@ def test_envoi_worker_runs_bulk_jobs(client, api_key, validation_services, dns):
     env = {**os.environ, "ENVOI_REGION": settings.region, f"ENVOI_DATABASE_URL_{region}": settings.database_url,
            f"ENVOI_REDIS_URL_{region}": settings.redis_url,
            "ENVOI_SECRET_KEY": base64.b64encode(settings.secret_key).decode(),
+           "ENVOI_LOOKUP_KEY": base64.b64encode(settings.lookup_key).decode(),
            "ENVOI_DNS_RESOLVER": f"127.0.0.1:{dns.port}", "ENVOI_VALIDATION_BATCH": "2"}
     done = subprocess.run([sys.executable, "-m", "envoi.cli", "worker", "--burst", "--processes", "1", "--no-dispatch"],
                           env=env, capture_output=True, text=True, timeout=120)
