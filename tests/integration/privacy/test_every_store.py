@@ -14,12 +14,12 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import psycopg
 import pytest
-import redis
 
 from envoi import runtime
 from envoi.webhooks import jobs
 from tests.conftest import basic
 from tests.support.delivery import events_of, send
+from tests.support.regions import redis_entries
 from tests.support.relay import wait_until
 from tests.support.webhook_receiver import Receiver
 
@@ -91,28 +91,8 @@ def database_hits(dsn: str) -> list[str]:
 
 def redis_hits(url: str) -> list[str]:
     """Every key of the region's Redis whose name or value holds the address (any type, any case)."""
-    r = redis.Redis.from_url(url)
-    hits = []
-    for key in r.scan_iter(count=1000):
-        kind = r.type(key).decode()
-        if kind == "string":
-            values = [r.get(key) or b""]
-        elif kind == "hash":
-            values = [b for kv in r.hgetall(key).items() for b in kv]
-        elif kind == "list":
-            values = r.lrange(key, 0, -1)
-        elif kind == "set":
-            values = list(r.smembers(key))
-        elif kind == "zset":
-            values = r.zrange(key, 0, -1)
-        elif kind == "stream":
-            values = [b for _, fields in r.xrange(key) for kv in fields.items() for b in kv]
-        else:
-            values = []
-        blob = b"\x00".join([key, *values]).lower()
-        if PERSON.lower().encode() in blob:
-            hits.append(key.decode(errors="replace"))
-    return hits
+    needle = PERSON.lower().encode()
+    return [key for key, parts in redis_entries(url) if needle in b"\x00".join([key.encode(), *parts]).lower()]
 
 
 def test_export_then_erasure_reach_every_store(client, services, hook_services, account, domain, api_key, db,
