@@ -393,9 +393,11 @@ class MailingLists:
     def may_post(self, account_id: int, list_address: str, sender: str) -> bool:
         """Access level for mail arriving from outside (inbound): readonly lists take none, members
         lists only their members', everyone lists anyone's. API and SMTP sends by the account itself
-        are always allowed (Mailgun: the API key owner may always send)."""
+        are always allowed (Mailgun: the API key owner may always send). No such list: nobody."""
         with self.db.transaction() as conn:
-            row = self._list(conn, account_id, list_address)
+            row = store.get_list(conn, account_id, (list_address or "").strip().lower())
+            if row is None:
+                return False
             if row["access_level"] == "everyone":
                 return True
             if row["access_level"] == "readonly":

@@ -8,8 +8,8 @@ import uuid
 from tests.support.browser import axe_violations
 
 
-def test_the_sign_in_page_switches_region_and_sends_the_other_regions_people_there(page, two_regions):
-    eu, us = two_regions
+def test_the_sign_in_page_switches_region_and_sends_the_other_regions_people_there(page, routed_regions):
+    eu, us = routed_regions
     account = us.accounts.create_account(f"us-{uuid.uuid4().hex[:6]}")
     email = f"owner-{uuid.uuid4().hex[:6]}@people.test"
     _, token = us.users.invite(account["id"], email, "admin", actor="test")

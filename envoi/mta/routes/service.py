@@ -41,7 +41,6 @@ from envoi.infra import ids
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import Database
 from envoi.infra.errors import EnvoiError, TemporaryFailure
-from envoi.lists.errors import ListNotFound
 from envoi.lists.service import MailingLists
 from envoi.mta.compose import from_mime
 from envoi.mta.errors import InvalidRoute, RouteNotFound
@@ -296,10 +295,7 @@ class Receiving:
         sender = (sender or "").strip().strip("<>")
         if not sender:
             return False
-        try:
-            return self.lists.may_post(domain["account_id"], address, sender)
-        except ListNotFound:  # deleted since the cached addresses were read
-            return False
+        return self.lists.may_post(domain["account_id"], address, sender)  # a list deleted meanwhile: False
 
     # DATA -----------------------------------------------------------------------------------
     def receive(self, sender: str, recipients: list[str], raw: bytes) -> Received:
