@@ -42,7 +42,8 @@ def _fields(req: falcon.Request) -> dict[str, str]:
     """The last value of each parameter, from the query string and the form (the form wins): Mailgun's
     docs and SDKs send domain settings either way."""
     merged = {k: v[-1] for k, v in query_params(req).items() if v}
-    merged.update({k: v[-1] for k, v in read_form(req)[0].items() if v})
+    if req.content_length or req.get_header("Transfer-Encoding"):  # an empty body has no form to read
+        merged.update({k: v[-1] for k, v in read_form(req)[0].items() if v})
     return merged
 
 
