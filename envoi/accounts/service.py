@@ -415,8 +415,11 @@ class Accounts:
             broken = [r for r in found if not r.get("pending") and r["valid"] == "invalid"
                       and before.get(record_key(r), {}).get("valid") == "valid"]
             lost = row["state"] == "active" and any(_required(r) for r in broken)
-            store.save_dns_checks(conn, row["id"], {record_key(r): {"valid": r["valid"], "cached": r["cached"]}
-                                                    for r in found})
+            # No answer tells nothing: the last definite finding stands (a record that was valid, went
+            # unanswered, then missing, is still a broken record).
+            store.save_dns_checks(conn, row["id"], {
+                record_key(r): before[record_key(r)] if r["valid"] == "unknown" and record_key(r) in before
+                else {"valid": r["valid"], "cached": r["cached"]} for r in found})
             if lost:
                 store.set_domain_state(conn, row["id"], "unverified")
             if broken:
