@@ -8,6 +8,7 @@ import falcon
 
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
+from envoi.api.params import check_json
 from envoi.api.scope import DomainScoped, query_params
 
 TRUE = {"true", "yes", "1"}
@@ -39,11 +40,27 @@ def domain_json(row: dict) -> dict:
 
 
 def _fields(req: falcon.Request) -> dict[str, str]:
-    """The last value of each parameter, from the query string and the form (the form wins): Mailgun's
-    docs and SDKs send domain settings either way."""
+    """The last value of each parameter, from the query string and the body (the body wins): Mailgun's
+    SDKs send domain settings every way: a form (the Python SDK), a query string or a JSON object
+    (mailgun.js's updateConnection sends `{"require_tls": true}`, its updateWebPrefix `{}` and a query)."""
     merged = {k: v[-1] for k, v in query_params(req).items() if v}
-    if req.content_length or req.get_header("Transfer-Encoding"):  # an empty body has no form to read
-        merged.update({k: v[-1] for k, v in read_form(req)[0].items() if v})
+    if not (req.content_length or req.get_header("Transfer-Encoding")):  # an empty body has nothing to read
+        return merged
+    if (req.content_type or "").lower().startswith("application/json"):
+        try:
+            body = req.get_media()
+        except falcon.MediaMalformedError as ex:
+            raise ApiError(400, "request body is not valid JSON") from ex
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        check_json(body)
+        for key, value in body.items():
+            if isinstance(value, bool):
+                merged[key] = "true" if value else "false"
+            elif isinstance(value, str | int | float):
+                merged[key] = str(value)
+        return merged
+    merged.update({k: v[-1] for k, v in read_form(req)[0].items() if v})
     return merged
 
 
