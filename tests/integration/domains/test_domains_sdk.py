@@ -178,9 +178,9 @@ def test_tenants_never_see_each_others_domains(tenant, services, server, db):
 
 def test_mailgun_js_request_shapes(tenant, server, db):
     """mailgun.js (its npm package is not part of the test run; run by hand, see docs/domains.md) sends
-    what these requests send: create and
-    update as multipart at v4, get with its h:extended/h:with_dns query, updateConnection as a JSON
-    object with real booleans, updateWebPrefix as a query string with an empty JSON body."""
+    what these requests send: create and update as multipart at v4, get with its h:extended/h:with_dns
+    query, updateConnection as a JSON object with real booleans, updateWebPrefix as a query string with
+    an empty JSON body."""
     account, key, _ = tenant
     name, auth = new_name("js"), ("api", key)
     resp = requests.post(f"{server.url}/v4/domains", auth=auth, timeout=10,
