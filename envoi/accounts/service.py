@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -360,25 +361,28 @@ class Accounts:
                 rec["valid"], rec["cached"] = found["valid"], found["cached"]
         return records
 
-    def recheck_domains(self, targets: dict, nameserver: tuple[str, int] | None, every: float,
-                        limit: int = 50) -> dict:
-        """`envoi scheduler`'s periodic re-check: look up the records of up to `limit` domains not checked
-        for `every` seconds, as PUT .../verify does: a record that was valid and is now missing is
-        recorded in the audit log (and a missing SPF or DKIM record makes the domain unverified); an
-        unverified domain whose records appeared becomes active."""
-        with self.db.transaction() as conn:
-            rows = store.claim_dns_rechecks(conn, every, limit)
+    def recheck_domains(self, targets: dict, nameserver: tuple[str, int] | None, every: float, *,
+                        batch: int = 5, budget: float = 30.0) -> dict:
+        """`envoi scheduler`'s periodic re-check: look up the records of the domains not checked for
+        `every` seconds, longest first, as PUT .../verify does: a record that was valid and is now
+        missing is recorded in the audit log (and a missing SPF or DKIM record makes the domain
+        unverified); an unverified domain whose records appeared becomes active. Batches of `batch`
+        until `budget` seconds are spent (lookups time out, and the scheduler's other tasks wait)."""
         counts = {"checked": 0, "broken": 0}
-        for row in rows:
-            before = row["state"]
-            try:
-                after, _ = self.verify_domain(row["account_id"], row["name"], self.domain_records(row, targets),
-                                              nameserver)
-            except (AlreadyExists, NotFound):  # verified elsewhere meanwhile, or deleted: nothing to do
-                continue
-            counts["checked"] += 1
-            counts["broken"] += before == "active" and after["state"] == "unverified"
-        return counts
+        started = time.monotonic()
+        while True:
+            with self.db.transaction() as conn:
+                rows = store.claim_dns_rechecks(conn, every, batch)
+            for row in rows:
+                try:
+                    after, _ = self.verify_domain(row["account_id"], row["name"], self.domain_records(row, targets),
+                                                  nameserver)
+                except (AlreadyExists, NotFound):  # verified elsewhere meanwhile, or deleted: nothing to do
+                    continue
+                counts["checked"] += 1
+                counts["broken"] += row["state"] == "active" and after["state"] == "unverified"
+            if len(rows) < batch or time.monotonic() - started >= budget:
+                return counts
 
     def delete_domain(self, account_id: int, name: str) -> None:
         with self.db.transaction() as conn:

@@ -211,13 +211,13 @@ def save_dns_checks(conn: Connection, domain_id: int, checks: dict) -> None:
 
 
 def claim_dns_rechecks(conn: Connection, older_than: float, limit: int) -> list[dict]:
-    """Up to `limit` domains not checked for `older_than` seconds (oldest first), marked checked now so
-    that a second scheduler takes others."""
+    """Up to `limit` domains not checked for `older_than` seconds (never checked: counted from their
+    creation), longest first, marked checked now so that a second scheduler takes others."""
     return conn.execute(
         "UPDATE domains d SET dns_checked_at = now() FROM ("
         " SELECT id FROM domains WHERE state <> 'disabled'"
-        "  AND (dns_checked_at IS NULL OR dns_checked_at < now() - make_interval(secs => %s))"
-        "  ORDER BY dns_checked_at NULLS FIRST LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        "  AND coalesce(dns_checked_at, created_at) < now() - make_interval(secs => %s)"
+        "  ORDER BY coalesce(dns_checked_at, created_at) LIMIT %s FOR UPDATE SKIP LOCKED) due"
         f" WHERE d.id = due.id RETURNING {DOMAIN_COLUMNS}", (older_than, limit)).fetchall()
 
 

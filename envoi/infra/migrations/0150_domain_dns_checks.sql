@@ -4,5 +4,5 @@
 -- in the audit log, and a broken SPF or DKIM record makes the domain unverified again.
 ALTER TABLE domains ADD COLUMN dns_checks jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE domains ADD COLUMN dns_checked_at timestamptz;
--- The re-check takes the domains checked longest ago first.
-CREATE INDEX domains_dns_checked_at ON domains (dns_checked_at NULLS FIRST) WHERE state <> 'disabled';
+-- The re-check takes the domains checked longest ago first (never checked: since their creation).
+CREATE INDEX domains_dns_due ON domains ((coalesce(dns_checked_at, created_at))) WHERE state <> 'disabled';
