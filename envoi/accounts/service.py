@@ -418,14 +418,12 @@ class Accounts:
             before = (store.dns_state(conn, row["id"]) or {}).get("dns_checks") or {}
             broken = [r for r in found if not r.get("pending") and r["valid"] == "invalid"
                       and before.get(record_key(r), {}).get("valid") == "valid"]
-            lost = row["state"] == "active" and any(_required(r) for r in broken)
+            lost = any(_required(r) for r in broken) and store.unverify_domain(conn, row["id"])
             # No answer tells nothing: the last definite finding stands (a record that was valid, went
             # unanswered, then missing, is still a broken record).
             store.save_dns_checks(conn, row["id"], {
                 record_key(r): before[record_key(r)] if r["valid"] == "unknown" and record_key(r) in before
                 else {"valid": r["valid"], "cached": r["cached"]} for r in found})
-            if lost:
-                store.set_domain_state(conn, row["id"], "unverified")
             if broken:
                 self.audit.record(row["account_id"], DNS_CHECKER, "domain.dns_record_broken", row["name"], conn=conn,
                                   details={"state": "unverified" if lost else row["state"],

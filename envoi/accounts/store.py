@@ -242,6 +242,12 @@ def set_domain_state(conn: Connection, domain_id: int, state: str) -> None:
     conn.execute("UPDATE domains SET state = %s WHERE id = %s", (state, domain_id))
 
 
+def unverify_domain(conn: Connection, domain_id: int) -> bool:
+    """Active -> unverified (its records broke); False when it was no longer active."""
+    return conn.execute("UPDATE domains SET state = 'unverified' WHERE id = %s AND state = 'active'",
+                        (domain_id,)).rowcount > 0
+
+
 def delete_domain(conn: Connection, domain_id: int) -> None:
     conn.execute("DELETE FROM domains WHERE id = %s", (domain_id,))
 
