@@ -20,7 +20,7 @@ def records_by_type(body: dict) -> dict:
     return {(r["record_type"], r["name"]): r for r in body["sending_dns_records"] + body["receiving_dns_records"]}
 
 
-def test_create_get_update_and_delete_through_the_sdk(tenant, db):
+def test_create_get_update_and_delete_through_the_sdk(tenant, services, db):
     account, _, sdk = tenant
     name = new_name()
     resp = sdk.domains.create(data={"name": name, "spam_action": "tag", "wildcard": "true", "web_scheme": "https",
@@ -56,6 +56,11 @@ def test_create_get_update_and_delete_through_the_sdk(tenant, db):
     assert (row["spam_action"], row["wildcard"], row["web_scheme"]) == ("block", False, "https")
     resp = sdk.domains.put(domain=name, data={"web_scheme": "http"})
     assert row_of(db, account["id"], name)["web_scheme"] == "http"
+    # smtp_password: the postmaster login's password, made on first use and changed after
+    for password in ("first-secret-1", "second-secret-2"):
+        assert sdk.domains.put(domain=name, data={"smtp_password": password}).status_code == 200
+        assert services.accounts.authenticate_smtp(f"postmaster@{name}", password) is not None
+    assert services.accounts.authenticate_smtp(f"postmaster@{name}", "first-secret-1") is None
 
     # the tracking host's label: the CNAME asked for follows it
     resp = sdk.domains_webprefix.put(domain=name, data={"web_prefix": "Links"})
