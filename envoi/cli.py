@@ -408,9 +408,9 @@ def domains_remove(name: str, account_id: int) -> None:
 
 
 def _domain_records(services, row: dict) -> dict:
-    from envoi.accounts.service import dns_records, dns_targets
+    from envoi.accounts.service import dns_targets
 
-    return dns_records(row, **dns_targets(services.settings.region, services.settings.inbound_mx_hosts))
+    return services.accounts.domain_records(row, dns_targets(services.settings))
 
 
 @main.group()

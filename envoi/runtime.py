@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from envoi.accounts.activity import Activity
 from envoi.accounts.audit import Audit
 from envoi.accounts.routing import RegionRouter
-from envoi.accounts.service import Accounts
+from envoi.accounts.service import Accounts, dns_targets
 from envoi.accounts.sessions import Sessions
 from envoi.accounts.throttle import LoginThrottle
 from envoi.accounts.users import Users
@@ -345,6 +345,8 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("inactive accounts: warn, then purge", 86400, services.inactivity.sweep),
         PeriodicTask("bulk validation: purge expired results", 600, services.validation.purge_expired),
         PeriodicTask("bulk validation: enqueue stalled jobs again", 300, services.validation.requeue_stalled),
+        PeriodicTask("domains: re-check DNS records", 60, lambda: services.accounts.recheck_domains(
+            dns_targets(services.settings), services.settings.dns_resolver, services.settings.domain_recheck_interval)),
         *(billing_tasks(services) if services.settings.stripe_secret_key else []),
     ]
 

@@ -81,6 +81,7 @@ def settings(database_url, redis_url) -> Settings:
         public_url="http://127.0.0.1:8025",
         region_urls={"us": "https://api.us.envoi.test", "eu": "https://api.eu.envoi.test"},
         retry_schedule=(1, 2, 4),
+        spf_include="spf.eu.envoi.test",  # what domains' SPF records include (ENVOI_SPF_INCLUDE)
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 from envoi.accounts import dnscheck, store
 from envoi.accounts.audit import Audit
@@ -30,6 +33,11 @@ ADDRESS_RE = re.compile(r"^[^@\s]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+$")
 MAX_AUTHORIZED_RECIPIENTS = 5  # Mailgun's limit
 MAX_KEY_LIFETIME = 10 * 365 * 86400  # seconds; beyond this `expiration` is surely a mistake
 ACCOUNT_STATES = ("active", "suspended", "restricted", "closed")
+DOMAIN_STATES = ("active", "unverified", "disabled")
+SPAM_ACTIONS = ("disabled", "block", "tag")
+WEB_SCHEMES = ("http", "https")
+WEB_PREFIX_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")  # one DNS label: <web_prefix>.<domain>
+DNS_CHECKER = "dns-check"  # the audit log's actor for what a DNS check found
 MAX_REASON = 500
 
 
@@ -269,10 +277,7 @@ class Accounts:
             raise InvalidInput(f"'{name}' is not a valid domain name")
         if dkim_key_size not in dkim_keys.RSA_KEY_SIZES:
             raise InvalidInput("dkim_key_size must be 1024, 2048 or 4096")
-        if web_scheme not in ("http", "https"):
-            raise InvalidInput("web_scheme must be http or https")
-        if spam_action not in ("disabled", "block", "tag"):
-            raise InvalidInput("spam_action must be disabled, block or tag")
+        _check_domain_settings(spam_action=spam_action, web_scheme=web_scheme, web_prefix=web_prefix)
         selector = dkim_selector or "envoi"
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", selector):
             raise InvalidInput("dkim_selector is not valid")
@@ -316,9 +321,68 @@ class Accounts:
             raise NotFound(f"Domain not found: {domain_id}")
         return row
 
-    def list_domains(self, account_id: int, state: str | None = None, limit: int = 100, skip: int = 0):
+    def list_domains(self, account_id: int, state: str | None = None, limit: int = 100, skip: int = 0,
+                     *, search: str | None = None, sort: str | None = None):
+        """(total, rows) of an account's domains; Mailgun's filters: state, search (a part of the name),
+        sort (name, name:asc, name:desc; default newest first)."""
+        if state is not None and state not in DOMAIN_STATES:
+            raise InvalidInput("state must be one of: active, unverified, disabled")
+        if sort not in store.DOMAIN_ORDERS:
+            raise InvalidInput("sort must be one of: name, name:asc, name:desc")
         with self.db.transaction() as conn:
-            return store.list_domains(conn, account_id, state, limit, skip)
+            return store.list_domains(conn, account_id, state, limit, skip, search or None, sort)
+
+    def update_domain(self, account_id: int, name: str, **changes) -> dict:
+        """Change a domain's settings (Mailgun's PUT /v4/domains/{d}, /connection, /web_prefix): any of
+        spam_action, wildcard, web_scheme, web_prefix, require_tls, skip_verification; None = unchanged.
+        All are checked before any is written. Returns the domain row."""
+        allowed = {"spam_action", "wildcard", "web_scheme", "web_prefix", "require_tls", "skip_verification"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidInput(f"unknown domain setting: {sorted(unknown)[0]}")
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "web_prefix" in changes:
+            changes["web_prefix"] = changes["web_prefix"].strip().lower()
+        _check_domain_settings(**{k: changes[k] for k in ("spam_action", "web_scheme", "web_prefix") if k in changes})
+        row = self.get_domain(name, account_id)
+        with self.db.transaction() as conn:
+            store.update_domain(conn, row["id"], changes)
+        self._sending_domains.forget()  # the send path reads require_tls, skip_verification, web_*
+        return self.get_domain_by_id(row["id"])
+
+    def domain_records(self, row: dict, targets: dict) -> dict:
+        """The records the domain must publish (dns_records), each with what the last DNS check found
+        (`valid`, `cached`; "unknown" before any check). Receiving records only for a receiving domain."""
+        with self.db.transaction() as conn:
+            state = store.dns_state(conn, row["id"]) or {"dns_checks": {}, "receiving": False}
+        records = dns_records(row, **targets, receiving=state["receiving"])
+        for rec in records["sending_dns_records"] + records["receiving_dns_records"]:
+            if found := state["dns_checks"].get(record_key(rec)):
+                rec["valid"], rec["cached"] = found["valid"], found["cached"]
+        return records
+
+    def recheck_domains(self, targets: dict, nameserver: tuple[str, int] | None, every: float, *,
+                        batch: int = 5, budget: float = 30.0) -> dict:
+        """`envoi scheduler`'s periodic re-check: look up the records of the domains not checked for
+        `every` seconds, longest first, as PUT .../verify does: a record that was valid and is now
+        missing is recorded in the audit log (and a missing SPF or DKIM record makes the domain
+        unverified); an unverified domain whose records appeared becomes active. Batches of `batch`
+        until `budget` seconds are spent (lookups time out, and the scheduler's other tasks wait)."""
+        counts = {"checked": 0, "broken": 0}
+        started = time.monotonic()
+        while True:
+            with self.db.transaction() as conn:
+                rows = store.claim_dns_rechecks(conn, every, batch)
+            for row in rows:
+                try:
+                    after, _ = self.verify_domain(row["account_id"], row["name"], self.domain_records(row, targets),
+                                                  nameserver)
+                except (AlreadyExists, NotFound):  # verified elsewhere meanwhile, or deleted: nothing to do
+                    continue
+                counts["checked"] += 1
+                counts["broken"] += row["state"] == "active" and after["state"] == "unverified"
+            if len(rows) < batch or time.monotonic() - started >= budget:
+                return counts
 
     def delete_domain(self, account_id: int, name: str) -> None:
         with self.db.transaction() as conn:
@@ -338,28 +402,55 @@ class Accounts:
                       nameserver: tuple[str, int] | None = None, *, trust: bool = False) -> tuple[dict, dict]:
         """Look the domain's records up in DNS (Mailgun's PUT /v4/domains/{d}/verify); when its SPF and
         DKIM records are there, the domain becomes active and the same name held unverified by other
-        accounts is released. Returns (domain row, records with `valid` filled in).
+        accounts is released. What was found is kept (domain_records shows it). A record found valid
+        before and missing now is broken: an audit entry `domain.dns_record_broken`, and when it is the
+        SPF or DKIM record of an active domain, the domain is unverified again (as Mailgun does). A lookup
+        without an answer ("unknown") breaks nothing. Returns (domain row, records with `valid`).
 
         records: dns_records(row, ...) for this row. account_id None: an operator, by name.
         trust: the operator vouches for the domain without a lookup (`envoi domains verify --trust`)."""
         row = self.get_domain(name, account_id)
-        checked = {key: (rows if trust else dnscheck.check(rows, nameserver)) for key, rows in records.items()}
-        proven = trust or all(r["valid"] == "valid" for r in checked["sending_dns_records"]
-                              if r["record_type"] == "TXT" and not r.get("pending"))
-        if proven and row["state"] == "unverified":
-            try:
-                with self.db.transaction() as conn:
-                    if store.active_elsewhere(conn, row["name"], row["account_id"]):
-                        raise AlreadyExists(f"Domain {row['name']} is already verified by another account")
-                    store.activate_domain(conn, row["id"])
-            except IntegrityError as ex:  # verified elsewhere at the same moment
-                raise AlreadyExists(f"Domain {row['name']} is already verified by another account") from ex
+        if trust:
+            return self._activate(row), records
+        checked = {key: dnscheck.check(rows, nameserver) for key, rows in records.items()}
+        found = checked["sending_dns_records"] + checked["receiving_dns_records"]
+        with self.db.transaction() as conn:
+            before = (store.dns_state(conn, row["id"]) or {}).get("dns_checks") or {}
+            broken = [r for r in found if not r.get("pending") and r["valid"] == "invalid"
+                      and before.get(record_key(r), {}).get("valid") == "valid"]
+            lost = any(_required(r) for r in broken) and store.unverify_domain(conn, row["id"])
+            # No answer tells nothing: the last definite finding stands (a record that was valid, went
+            # unanswered, then missing, is still a broken record).
+            store.save_dns_checks(conn, row["id"], {
+                record_key(r): before[record_key(r)] if r["valid"] == "unknown" and record_key(r) in before
+                else {"valid": r["valid"], "cached": r["cached"]} for r in found})
+            if broken:
+                self.audit.record(row["account_id"], DNS_CHECKER, "domain.dns_record_broken", row["name"], conn=conn,
+                                  details={"state": "unverified" if lost else row["state"],
+                                           "records": [{k: r[k] for k in ("record_type", "name", "value")}
+                                                       for r in broken]})
+        if lost:
             self._sending_domains.forget()
             self._keys_changed()
             row = self.get_domain_by_id(row["id"])
-        if not trust:
-            row = self._promote_dkim(row, checked)
-        return row, checked
+        elif all(r["valid"] == "valid" for r in found if _required(r)):
+            row = self._activate(row)
+        return self._promote_dkim(row, checked), checked
+
+    def _activate(self, row: dict) -> dict:
+        """An unverified domain proven (or vouched for): active, the name released elsewhere."""
+        if row["state"] != "unverified":
+            return row
+        try:
+            with self.db.transaction() as conn:
+                if store.active_elsewhere(conn, row["name"], row["account_id"]):
+                    raise AlreadyExists(f"Domain {row['name']} is already verified by another account")
+                store.activate_domain(conn, row["id"])
+        except IntegrityError as ex:  # verified elsewhere at the same moment
+            raise AlreadyExists(f"Domain {row['name']} is already verified by another account") from ex
+        self._sending_domains.forget()
+        self._keys_changed()
+        return self.get_domain_by_id(row["id"])
 
     def rotate_dkim_key(self, account_id: int | None, name: str, key_size: int | None = None) -> dict:
         """Make the domain's next DKIM key, under a new selector, and keep it pending: the relay goes
@@ -573,16 +664,31 @@ class Accounts:
 _DUMMY_HASH = crypto.hash_password("not-a-real-password")
 
 
-def dns_targets(region: str, mx_hosts: tuple[str, ...] = ()) -> dict:
-    """What a region's domains point their records at: dns_records()' keyword arguments, the one
-    place they are made (the API and the dashboard show the same records). mx_hosts: the inbound MX
-    (ENVOI_INBOUND_MX_HOSTS), the receiving records' targets."""
-    return {"spf_include": f"{region}.envoi.local", "mx_hosts": tuple(mx_hosts) or (f"mx.{region}.envoi.local",),
-            "tracking_target": f"track.{region}.envoi.local"}
+def dns_targets(settings) -> dict:
+    """What this region's domains point their records at, from the operator's settings: dns_records()'
+    keyword arguments, the one place they are made (the API, the dashboard, the CLI and the re-check
+    show and check the same records). Nothing unset is made up: its record is not asked for."""
+    return {"spf_include": settings.spf_include, "mx_hosts": tuple(settings.inbound_mx_hosts),
+            "tracking_target": settings.tracking_host or _named_host(settings.public_url),
+            "dmarc_rua": settings.dmarc_rua}
 
 
-def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tracking_target: str) -> dict:
-    """The records a customer publishes, in Mailgun's sending/receiving_dns_records shape."""
+def _named_host(url: str) -> str | None:
+    """The host of `url` when a CNAME can point at it (a name, not an address or localhost)."""
+    host = (urlsplit(url).hostname or "").lower()
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    return host if "." in host and not host.endswith(".localhost") else None
+
+
+def dns_records(domain: dict, *, spf_include: str | None, mx_hosts: tuple[str, ...], tracking_target: str | None,
+                dmarc_rua: str | None = None, receiving: bool = False) -> dict:
+    """The records a customer publishes, in Mailgun's sending/receiving_dns_records shape: SPF (with the
+    platform's include), DKIM, the tracking CNAME (<web_prefix>.<domain>), a suggested DMARC policy, and
+    the MX records of a receiving domain (one that receives mail: inbound routes or a mailing list)."""
     name = domain["name"]
 
     def record(rtype: str, rname: str, value: str, priority: str | None = None) -> dict:
@@ -592,13 +698,39 @@ def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tr
             item["priority"] = priority
         return item
 
-    sending = [
-        record("TXT", name, f"v=spf1 include:{spf_include} ~all"),
-        record("TXT", f"{domain['dkim_selector']}._domainkey.{name}", f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"),
-        record("CNAME", f"{domain['web_prefix']}.{name}", tracking_target),
-    ]
+    sending = []
+    if spf_include:
+        sending.append(record("TXT", name, f"v=spf1 include:{spf_include} ~all"))
+    sending.append(record("TXT", f"{domain['dkim_selector']}._domainkey.{name}",
+                          f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"))
+    if tracking_target:
+        sending.append(record("CNAME", f"{domain['web_prefix']}.{name}", tracking_target))
+    # A suggestion: monitoring only (p=none), so publishing it never loses mail; the customer's own
+    # DMARC policy, whatever it says, counts as valid.
+    sending.append(record("TXT", f"_dmarc.{name}", "v=DMARC1; p=none" + (f"; rua={dmarc_rua}" if dmarc_rua else "")))
     if domain.get("dkim_pending_selector"):  # a rotation: the next key, to publish before signing moves to it
         sending.append({**record("TXT", f"{domain['dkim_pending_selector']}._domainkey.{name}",
                                  f"v=DKIM1; k=rsa; p={domain['dkim_pending_public_key']}"), "pending": True})
-    receiving = [record("MX", name, host, "10") for host in mx_hosts]
-    return {"sending_dns_records": sending, "receiving_dns_records": receiving}
+    receiving_records = [record("MX", name, host, "10") for host in mx_hosts] if receiving else []
+    return {"sending_dns_records": sending, "receiving_dns_records": receiving_records}
+
+
+def record_key(record: dict) -> str:
+    """How a record's last check is filed: a changed value (a new key, another prefix) is a new record."""
+    return f"{record['record_type']} {record['name']} {record['value']}"
+
+
+def _required(record: dict) -> bool:
+    """The records that prove control of the domain: SPF and the current DKIM key."""
+    return record["record_type"] == "TXT" and not record.get("pending") and (
+        record["value"].startswith("v=spf1") or "._domainkey." in record["name"])
+
+
+def _check_domain_settings(*, spam_action: str | None = None, web_scheme: str | None = None,
+                           web_prefix: str | None = None) -> None:
+    if spam_action is not None and spam_action not in SPAM_ACTIONS:
+        raise InvalidInput("spam_action must be disabled, block or tag")
+    if web_scheme is not None and web_scheme not in WEB_SCHEMES:
+        raise InvalidInput("web_scheme must be http or https")
+    if web_prefix is not None and not WEB_PREFIX_RE.match(web_prefix):
+        raise InvalidInput("web_prefix must be one DNS label (letters, digits and hyphens)")

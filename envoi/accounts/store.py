@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from envoi.infra.db import Connection, like_escape
+from envoi.infra.db import Connection, Jsonb, like_escape
 
 DOMAIN_COLUMNS = (
     "d.id, d.account_id, d.name, d.state, d.type, d.dkim_selector, d.dkim_private_key, d.dkim_public_key,"
@@ -165,15 +165,60 @@ def get_domain_by_id(conn: Connection, domain_id: int) -> dict | None:
     return conn.execute(f"SELECT {DOMAIN_COLUMNS} FROM domains d WHERE d.id = %s", (domain_id,)).fetchone()
 
 
-def list_domains(conn: Connection, account_id: int, state: str | None, limit: int, skip: int) -> tuple[int, list]:
-    where = "d.account_id = %s" + (" AND d.state = %s" if state else "")
-    args: tuple = (account_id, state) if state else (account_id,)
-    total = conn.execute(f"SELECT count(*) AS n FROM domains d WHERE {where}", args).fetchone()["n"]
+#: Mailgun's `sort` values for GET /v4/domains; without one, newest first.
+DOMAIN_ORDERS = {None: "d.created_at DESC, d.id DESC", "name": "d.name, d.id", "name:asc": "d.name, d.id",
+                 "name:desc": "d.name DESC, d.id DESC"}
+
+
+def list_domains(conn: Connection, account_id: int, state: str | None, limit: int, skip: int,
+                 search: str | None = None, sort: str | None = None) -> tuple[int, list]:
+    where, args = ["d.account_id = %s"], [account_id]
+    if state:
+        where.append("d.state = %s")
+        args.append(state)
+    if search:  # a part of the name, taken literally (Mailgun: "does not support wildcards")
+        where.append("d.name LIKE %s")
+        args.append(f"%{like_escape(search.lower())}%")
+    cond = " AND ".join(where)
+    total = conn.execute(f"SELECT count(*) AS n FROM domains d WHERE {cond}", args).fetchone()["n"]
     rows = conn.execute(
-        f"SELECT {DOMAIN_COLUMNS} FROM domains d WHERE {where} ORDER BY d.created_at, d.id LIMIT %s OFFSET %s",
-        args + (limit, skip),
+        f"SELECT {DOMAIN_COLUMNS} FROM domains d WHERE {cond} ORDER BY {DOMAIN_ORDERS[sort]} LIMIT %s OFFSET %s",
+        (*args, limit, skip),
     ).fetchall()
     return total, rows
+
+
+def update_domain(conn: Connection, domain_id: int, changes: dict) -> None:
+    """Set some of a domain's settings (the caller names only columns it has checked)."""
+    if changes:
+        cols = ", ".join(f"{name} = %s" for name in changes)
+        conn.execute(f"UPDATE domains SET {cols} WHERE id = %s", (*changes.values(), domain_id))
+
+
+def dns_state(conn: Connection, domain_id: int) -> dict | None:
+    """The last DNS check's findings, and whether the domain receives mail: its account has inbound
+    routes (Mailgun's routes take any of the account's domains) or a mailing list lives at it."""
+    return conn.execute(
+        "SELECT d.dns_checks, d.dns_checked_at,"
+        " (EXISTS (SELECT 1 FROM routes r WHERE r.account_id = d.account_id)"
+        "  OR EXISTS (SELECT 1 FROM mailing_lists l WHERE l.domain_id = d.id)) AS receiving"
+        " FROM domains d WHERE d.id = %s", (domain_id,)).fetchone()
+
+
+def save_dns_checks(conn: Connection, domain_id: int, checks: dict) -> None:
+    conn.execute("UPDATE domains SET dns_checks = %s, dns_checked_at = now() WHERE id = %s",
+                 (Jsonb(checks), domain_id))
+
+
+def claim_dns_rechecks(conn: Connection, older_than: float, limit: int) -> list[dict]:
+    """Up to `limit` domains not checked for `older_than` seconds (never checked: counted from their
+    creation), longest first, marked checked now so that a second scheduler takes others."""
+    return conn.execute(
+        "UPDATE domains d SET dns_checked_at = now() FROM ("
+        " SELECT id FROM domains WHERE state <> 'disabled'"
+        "  AND coalesce(dns_checked_at, created_at) < now() - make_interval(secs => %s)"
+        "  ORDER BY coalesce(dns_checked_at, created_at) LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        f" WHERE d.id = due.id RETURNING {DOMAIN_COLUMNS}", (older_than, limit)).fetchall()
 
 
 def set_pending_dkim(conn: Connection, domain_id: int, selector: str, sealed: bytes, public: str,
@@ -195,6 +240,12 @@ def promote_pending_dkim(conn: Connection, domain_id: int, selector: str) -> boo
 
 def set_domain_state(conn: Connection, domain_id: int, state: str) -> None:
     conn.execute("UPDATE domains SET state = %s WHERE id = %s", (state, domain_id))
+
+
+def unverify_domain(conn: Connection, domain_id: int) -> bool:
+    """Active -> unverified (its records broke); False when it was no longer active."""
+    return conn.execute("UPDATE domains SET state = 'unverified' WHERE id = %s AND state = 'active'",
+                        (domain_id,)).rowcount > 0
 
 
 def delete_domain(conn: Connection, domain_id: int) -> None:

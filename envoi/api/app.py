@@ -52,7 +52,7 @@ def create_app(settings, services) -> falcon.App:
 def routes(settings, services) -> list[Route]:
     """Every route of the API, grouped by what it serves."""
     accounts = services.accounts
-    dns = dns_targets(settings.region, settings.inbound_mx_hosts)
+    dns = dns_targets(settings)
     messages = Messages(services.intake, services.list_expander, services.template_sending)
     stored = StoredMessage(accounts, services.storage, services.intake, services.routes)
     templates = TemplateResource(accounts, services.templates)
@@ -105,11 +105,11 @@ def routes(settings, services) -> list[Route]:
         ("/v3/{domain}/tags/{tag}", tags, "item"),
         ("/v3/{domain}/tags/{tag}/stats", tags, "stats"),
         # domains, their SMTP credentials, the sandbox's authorised recipients
-        ("/v4/domains", DomainCollection(accounts, dns), None),
-        ("/v4/domains/{domain}", domain_item, None),
-        ("/v3/domains/{domain}", domain_item, None),
-        ("/v4/domains/{domain}/verify", domain_item, "verify"),
-        ("/v3/domains/{domain}/verify", domain_item, "verify"),
+        *((f"/{v}/domains", DomainCollection(accounts, dns, v), None) for v in ("v3", "v4")),
+        *((f"/{v}/domains/{{domain}}{path}", domain_item, suffix) for v in ("v3", "v4")
+          for path, suffix in (("", None), ("/verify", "verify"))),
+        ("/v3/domains/{domain}/connection", domain_item, "connection"),
+        ("/v3/domains/{domain}/web_prefix", domain_item, "web_prefix"),
         ("/v3/domains/{domain}/credentials", credentials, None),
         ("/v3/domains/{domain}/credentials/{login}", credentials, "item"),
         ("/v5/sandbox/auth_recipients", recipients, None),

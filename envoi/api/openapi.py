@@ -28,7 +28,8 @@ PAGED = {"type": "object", "required": ["items", "paging"],
          "properties": {"items": {"type": "array", "items": OBJ}, "paging": OBJ}}
 DOMAIN = {"type": "object", "required": ["id", "name", "state"],
           "properties": {"id": STR, "name": STR, "state": STR, "type": STR, "is_disabled": BOOL,
-                         "created_at": STR, "smtp_login": STR, "require_tls": BOOL, "skip_verification": BOOL}}
+                         "created_at": STR, "smtp_login": STR, "spam_action": STR, "wildcard": BOOL,
+                         "web_prefix": STR, "web_scheme": STR, "require_tls": BOOL, "skip_verification": BOOL}}
 DNS_RECORDS = {"sending_dns_records": {"type": "array", "items": OBJ},
                "receiving_dns_records": {"type": "array", "items": OBJ}}
 QUEUED = {"type": "object", "required": ["id", "message"], "properties": {"id": STR, "message": STR}}
@@ -276,24 +277,48 @@ def _paths() -> dict:
     add("/v3/{domain}/tags/{tag}/stats", "get", op("Totals of a tag", _json(STATS), params=[d, tag_p, *stats_q],
                                                    tag="stats"))
     # domains and credentials
-    add("/v4/domains", "get", op("List domains", _json({"type": "object", "required": ["total_count", "items"],
-                                                        "properties": {"total_count": INT, "items": {"type": "array", "items": DOMAIN}}}),
-                                 params=[_q("limit", INT), _q("skip", INT), _q("state")], tag="domains"))
+    domain_list = _json({"type": "object", "required": ["total_count", "items"],
+                         "properties": {"total_count": INT, "items": {"type": "array", "items": DOMAIN}}})
+    list_params = [_q("limit", INT), _q("skip", INT),
+                   _q("state", {"type": "string", "enum": ["active", "unverified", "disabled"]}),
+                   _q("search", SHORT, "A part of the name, taken literally"),
+                   _q("sort", {"type": "string", "enum": ["name", "name:asc", "name:desc"]},
+                      "Default: newest first")]
+    settings_fields = {"spam_action": {"type": "string", "enum": ["disabled", "block", "tag"]}, "wildcard": YESNO,
+                       "web_prefix": SHORT, "web_scheme": {"type": "string", "enum": ["http", "https"]},
+                       "require_tls": YESNO, "skip_verification": YESNO, "smtp_password": SHORT}
     domain_fields = {"name": SHORT, "dkim_selector": SHORT, "dkim_key_size": {"type": "string", "enum": ["1024", "2048"]},
-                     "spam_action": SHORT, "wildcard": YESNO, "web_prefix": SHORT, "web_scheme": SHORT,
-                     "require_tls": YESNO, "skip_verification": YESNO, "smtp_password": SHORT}
+                     **settings_fields}
     one_domain = {"type": "object", "required": ["domain"], "properties": {"domain": DOMAIN, **DNS_RECORDS}}
-    add("/v4/domains", "post", op("Add a domain; returns its DNS records", _json(one_domain),
-                                  body=_form(domain_fields, ("name",)), tag="domains",
-                                  responses={"403": _json(ERROR, "The plan's max_domains is reached (billing on):"
-                                                                 " nothing was added")}))
-    for path in ("/v4/domains/{domain}", "/v3/domains/{domain}"):
-        add(path, "get", op("A domain and its DNS records", _json(one_domain), params=[d], tag="domains"))
+    for version in ("v3", "v4"):  # Mailgun's SDKs use both (the Python SDK creates at v3, lists at v4)
+        add(f"/{version}/domains", "get", op("List the account's domains (paging, state, search, sort)", domain_list,
+                                             params=list_params, tag="domains"))
+        add(f"/{version}/domains", "post", op(
+            "Add a domain; returns the DNS records to publish (from the operator's settings)", _json(one_domain),
+            body=_form(domain_fields, ("name",)), tag="domains",
+            responses={"403": _json(ERROR, "The plan's max_domains is reached (billing on): nothing was added")}))
+        path = f"/{version}/domains/{{domain}}"
+        add(path, "get", op("A domain and its DNS records, each with what the last check found", _json(one_domain),
+                            params=[d], tag="domains"))
+        add(path, "put", op("Change a domain's settings (only those named)", _json(one_domain), params=[d],
+                            body=_form(settings_fields), tag="domains"))
         add(path, "delete", op("Delete a domain", _json(MESSAGE), params=[d], tag="domains"))
         add(f"{path}/verify", "put", op(
-            "Look the domain's DNS records up now; found SPF and DKIM make it active (each record's `valid`)",
+            "Look the domain's DNS records up now (SPF, DKIM, tracking CNAME, DMARC, MX); found SPF and DKIM make"
+            " it active, a broken one unverified (each record's `valid`)",
             _json({"type": "object", "required": ["message", "domain"],
                    "properties": {"message": STR, "domain": DOMAIN, **DNS_RECORDS}}), params=[d], tag="domains"))
+    connection = {"require_tls": BOOL, "skip_verification": BOOL}
+    add("/v3/domains/{domain}/connection", "get", op(
+        "The domain's delivery TLS defaults", _json({"type": "object", "required": ["connection"], "properties": {
+            "connection": {"type": "object", "properties": connection}}}), params=[d], tag="domains"))
+    add("/v3/domains/{domain}/connection", "put", op(
+        "Set the domain's delivery TLS defaults (a message's o:require-tls / o:skip-verification overrides them)",
+        _json({"type": "object", "required": ["message"], "properties": {"message": STR, **connection}}),
+        params=[d], body=_form({"require_tls": YESNO, "skip_verification": YESNO}), tag="domains"))
+    add("/v3/domains/{domain}/web_prefix", "put", op(
+        "Set the tracking host's label (<web_prefix>.<domain>, whose CNAME the records ask for)", _json(MESSAGE),
+        params=[d], body=_form({"web_prefix": SHORT}, ("web_prefix",)), tag="domains"))
     recipient = {"type": "object", "required": ["email", "activated"], "properties": {"email": STR, "activated": BOOL}}
     add("/v5/sandbox/auth_recipients", "get", op(
         "Authorised recipients: the only addresses unverified domains may send to", _json(

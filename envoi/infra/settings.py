@@ -333,8 +333,24 @@ class Settings:
     #: (32 MB); larger gets 552 5.3.4 at DATA (and is announced in EHLO SIZE).
     inbound_max_bytes: int = 32 * 1024 * 1024
     #: ENVOI_INBOUND_MX_HOSTS: comma list of the inbound MX host names customers' receiving domains point
-    #: their MX records at (shown in each domain's receiving_dns_records; default mx.<region>.envoi.local).
+    #: their MX records at (each receiving domain's receiving_dns_records; unset: this region receives no
+    #: mail, and no domain is asked for MX records).
     inbound_mx_hosts: tuple[str, ...] = ()
+    #: ENVOI_SPF_INCLUDE: the host name customers' SPF records include (`v=spf1 include:<it> ~all`): a TXT
+    #: record the operator publishes listing this region's egress IPs. Unset: no SPF record is asked for
+    #: and verification rests on the DKIM record alone.
+    spf_include: str | None = None
+    #: ENVOI_TRACKING_HOST: the host each domain's tracking CNAME (`<web_prefix>.<domain>`) points at, one
+    #: serving this region's open/click/unsubscribe links (default: the host of ENVOI_PUBLIC_URL when it
+    #: is a name; none for an IP address or localhost, and then no CNAME is asked for).
+    tracking_host: str | None = None
+    #: ENVOI_DMARC_RUA: mailto: address for aggregate reports named in the DMARC record suggested to every
+    #: domain (`v=DMARC1; p=none; rua=...`; unset: the suggestion has no rua).
+    dmarc_rua: str | None = None
+    #: ENVOI_DOMAIN_RECHECK_INTERVAL: seconds between DNS re-checks of each domain by `envoi scheduler`
+    #: (3600); a verified record found missing is recorded in the audit log, and a missing SPF or DKIM
+    #: record makes the domain unverified again.
+    domain_recheck_interval: float = 3600.0
 
     @property
     def redis_wakeup_key(self) -> str:
@@ -543,6 +559,14 @@ class Settings:
             values["inbound_max_bytes"] = int(v)
         if v := env.get("ENVOI_INBOUND_MX_HOSTS"):
             values["inbound_mx_hosts"] = tuple(x.strip().lower().rstrip(".") for x in v.split(",") if x.strip())
+        if v := env.get("ENVOI_SPF_INCLUDE"):
+            values["spf_include"] = v.strip().lower().rstrip(".")
+        if v := env.get("ENVOI_TRACKING_HOST"):
+            values["tracking_host"] = v.strip().lower().rstrip(".")
+        if v := env.get("ENVOI_DMARC_RUA"):
+            values["dmarc_rua"] = v.strip() if v.strip().startswith("mailto:") else f"mailto:{v.strip()}"
+        if v := env.get("ENVOI_DOMAIN_RECHECK_INTERVAL"):
+            values["domain_recheck_interval"] = _seconds(v)
         values["stripe_secret_key"] = env.get("ENVOI_STRIPE_SECRET_KEY", "").strip()
         v = env.get("ENVOI_BILLING", "").strip()
         values["billing"] = _bool(v) if v else bool(values["stripe_secret_key"])

@@ -35,7 +35,7 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
     client_address = ClientAddress(settings.trusted_proxies)
     webhooks = WebhooksPage(accounts, services.webhooks)
     suppressions = SuppressionsPage(accounts, services.suppressions)
-    domain_page = DomainPage(accounts, services.tracking, dns_targets(settings.region, settings.inbound_mx_hosts), settings.dns_resolver)
+    domain_page = DomainPage(accounts, services.tracking, dns_targets(settings), settings.dns_resolver)
     message = (accounts, services.events, services.storage, services.intake)  # the message page and its parts
     message_page = Message(*message)
     return [

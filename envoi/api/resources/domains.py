@@ -1,16 +1,20 @@
-"""Domains (/v4/domains) and SMTP credentials (/v3/domains/{d}/credentials)."""
+"""Domains (/v3 and /v4/domains, their connection settings and web prefix) and SMTP credentials
+(/v3/domains/{d}/credentials). Mailgun's SDKs use both versions (the Python SDK creates, updates and
+deletes at v3, lists at v4): each route answers at both."""
 
 from __future__ import annotations
 
 import falcon
 
-from envoi.accounts.service import dns_records
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
-from envoi.api.scope import DomainScoped
+from envoi.api.params import check_json
+from envoi.api.scope import DomainScoped, query_params
 
 TRUE = {"true", "yes", "1"}
+FALSE = {"false", "no", "0"}
 MAX_SKIP = 2**31 - 1  # Postgres takes OFFSET as bigint; no account has more domains than this
+CONNECTION_UPDATED = "Domain connection settings have been updated, may take 10 minutes to fully propagate"
 
 
 def rfc2822(dt) -> str:
@@ -35,69 +39,149 @@ def domain_json(row: dict) -> dict:
     }
 
 
+def _fields(req: falcon.Request) -> dict[str, str]:
+    """The last value of each parameter, from the query string and the body (the body wins): Mailgun's
+    SDKs send domain settings every way: a form (the Python SDK), a query string or a JSON object
+    (mailgun.js's updateConnection sends `{"require_tls": true}`, its updateWebPrefix `{}` and a query)."""
+    merged = {k: v[-1] for k, v in query_params(req).items() if v}
+    if not (req.content_length or req.get_header("Transfer-Encoding")):  # an empty body has nothing to read
+        return merged
+    if (req.content_type or "").lower().startswith("application/json"):
+        try:
+            body = req.get_media()
+        except falcon.MediaMalformedError as ex:
+            raise ApiError(400, "request body is not valid JSON") from ex
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        check_json(body)
+        for key, value in body.items():
+            if isinstance(value, bool):
+                merged[key] = "true" if value else "false"
+            elif isinstance(value, str | int | float):
+                merged[key] = str(value)
+        return merged
+    merged.update({k: v[-1] for k, v in read_form(req)[0].items() if v})
+    return merged
+
+
+def _flag(fields: dict[str, str], name: str, default: bool | None = None) -> bool | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in TRUE:
+        return True
+    if value.lower() in FALSE:
+        return False
+    raise ApiError(400, f"{name} must be true or false")
+
+
+def _settings(fields: dict[str, str]) -> dict:
+    """The domain settings a create or an update names (None: not named)."""
+    return {"spam_action": fields.get("spam_action"), "wildcard": _flag(fields, "wildcard"),
+            "web_scheme": fields.get("web_scheme"), "web_prefix": fields.get("web_prefix"),
+            "require_tls": _flag(fields, "require_tls"), "skip_verification": _flag(fields, "skip_verification")}
+
+
 class DomainCollection:
-    def __init__(self, accounts, dns_settings: dict):
+    """GET (list) and POST (create) at /v3/domains and /v4/domains."""
+
+    def __init__(self, accounts, dns_settings: dict, version: str = "v4"):
         self.accounts = accounts
         self.dns_settings = dns_settings
+        self.version = version
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000) or 100
         skip = req.get_param_as_int("skip", min_value=0, max_value=MAX_SKIP) or 0
-        total, rows = self.accounts.list_domains(req.context.principal.account_id, req.get_param("state"),
-                                                 limit, skip)
+        total, rows = self.accounts.list_domains(req.context.principal.account_id, req.get_param("state") or None,
+                                                 limit, skip, search=req.get_param("search"),
+                                                 sort=req.get_param("sort") or None)
         resp.media = {"total_count": total, "items": [domain_json(r) for r in rows]}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        fields, _ = read_form(req)
-
-        def one(name, default=None):
-            values = fields.get(name)
-            return values[-1] if values else default
-
-        if not one("name"):
+        fields = _fields(req)
+        if not fields.get("name"):
             raise ApiError(400, "name parameter is missing")
         try:
-            key_size = int(one("dkim_key_size", "2048"))
+            key_size = int(fields.get("dkim_key_size") or "2048")
         except ValueError as ex:
             raise ApiError(400, "dkim_key_size must be 1024 or 2048") from ex
-        row = self.accounts.add_domain(
-            req.context.principal.account_id,
-            one("name"),
-            dkim_selector=one("dkim_selector"),
-            dkim_key_size=key_size,
-            spam_action=one("spam_action", "disabled"),
-            wildcard=one("wildcard", "false").lower() in TRUE,
-            web_prefix=one("web_prefix", "email"),
-            web_scheme=one("web_scheme", "http"),
-            require_tls=one("require_tls", "false").lower() in TRUE,
-            skip_verification=one("skip_verification", "false").lower() in TRUE,
-        )
-        if password := one("smtp_password"):
+        settings = {k: v for k, v in _settings(fields).items() if v is not None}
+        row = self.accounts.add_domain(req.context.principal.account_id, fields["name"],
+                                       dkim_selector=fields.get("dkim_selector"), dkim_key_size=key_size, **settings)
+        if password := fields.get("smtp_password"):
             self.accounts.create_credential(row["account_id"], row["name"], f"postmaster@{row['name']}", password)
-        resp.media = {"message": "Domain DNS records have been created", "domain": domain_json(row),
-                      **dns_records(row, **self.dns_settings)}
+        message = "Domain DNS records have been created" if self.version == "v4" else "Domain has been created"
+        resp.media = {"message": message, "domain": domain_json(row),
+                      **self.accounts.domain_records(row, self.dns_settings)}
 
 
 class DomainItem(DomainScoped):
+    """/v3|v4/domains/{d}: get, update, delete; verify; connection settings; web prefix."""
+
     def __init__(self, accounts, dns_settings: dict, nameserver: tuple[str, int] | None = None):
         super().__init__(accounts)
         self.dns_settings = dns_settings
         self.nameserver = nameserver  # ENVOI_DNS_RESOLVER, for verification lookups
 
+    def _answer(self, resp: falcon.Response, row: dict, message: str | None = None) -> None:
+        resp.media = {**({"message": message} if message else {}), "domain": domain_json(row),
+                      **self.accounts.domain_records(row, self.dns_settings)}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        self._answer(resp, self.domain(req, domain))
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        """PUT /v4|v3/domains/{d}: spam_action, wildcard, web_scheme, web_prefix, require_tls,
+        skip_verification, smtp_password (the postmaster login's). Unnamed settings stay as they are."""
         row = self.domain(req, domain)
-        resp.media = {"domain": domain_json(row), **dns_records(row, **self.dns_settings)}
+        fields = _fields(req)
+        row = self.accounts.update_domain(row["account_id"], row["name"], **_settings(fields))
+        if password := fields.get("smtp_password"):
+            self._set_postmaster_password(row, password)
+        self._answer(resp, row, "Domain has been updated")
+
+    def _set_postmaster_password(self, row: dict, password: str) -> None:
+        login = f"postmaster@{row['name']}"
+        if any(c["login"] == login for c in self.accounts.list_credentials(row["account_id"], row["name"])):
+            self.accounts.change_credential_password(row["account_id"], row["name"], login, password)
+        else:
+            self.accounts.create_credential(row["account_id"], row["name"], login, password)
 
     def on_put_verify(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         """PUT /v4|v3/domains/{d}/verify: look the records up now; found SPF and DKIM make it active."""
         row = self.domain(req, domain)
         row, records = self.accounts.verify_domain(row["account_id"], row["name"],
-                                                   dns_records(row, **self.dns_settings), self.nameserver)
+                                                   self.accounts.domain_records(row, self.dns_settings),
+                                                   self.nameserver)
         resp.media = {"message": "Domain DNS records have been updated", "domain": domain_json(row), **records}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         self.accounts.delete_domain(req.context.principal.account_id, domain)
         resp.media = {"message": "Domain has been deleted"}
+
+    def on_get_connection(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        row = self.domain(req, domain)
+        resp.media = {"connection": {"require_tls": row["require_tls"], "skip_verification": row["skip_verification"]}}
+
+    def on_put_connection(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        """The domain's delivery defaults; a message's o:require-tls / o:skip-verification overrides them."""
+        row = self.domain(req, domain)
+        fields = _fields(req)
+        row = self.accounts.update_domain(row["account_id"], row["name"],
+                                          require_tls=_flag(fields, "require_tls"),
+                                          skip_verification=_flag(fields, "skip_verification"))
+        resp.media = {"message": CONNECTION_UPDATED, "require_tls": row["require_tls"],
+                      "skip_verification": row["skip_verification"]}
+
+    def on_put_web_prefix(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        """The tracking host's label: links go to <web_prefix>.<domain>, whose CNAME the records ask for."""
+        row = self.domain(req, domain)
+        prefix = _fields(req).get("web_prefix")
+        if not prefix:
+            raise ApiError(400, "web_prefix parameter is missing")
+        self.accounts.update_domain(row["account_id"], row["name"], web_prefix=prefix.strip().lower())
+        resp.media = {"message": "Domain web prefix updated"}
 
 
 class Credentials(DomainScoped):

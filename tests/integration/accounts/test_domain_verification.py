@@ -81,7 +81,7 @@ def smtp_send(smtp, login, to, sender) -> tuple[int, bytes]:
         return c.data(f"From: {sender}\r\nTo: {to}\r\nSubject: smtp\r\n\r\nbody\r\n".encode())
 
 
-def publish(dns, row: dict, spf: str = "v=spf1 include:eu.envoi.local ~all") -> None:
+def publish(dns, row: dict, spf: str = "v=spf1 include:spf.eu.envoi.test ~all") -> None:
     dns.add(row["name"], "TXT", spf)
     dns.add(f"{row['dkim_selector']}._domainkey.{row['name']}", "TXT", f"v=DKIM1; k=rsa; p={row['dkim_public_key']}")
 
@@ -163,7 +163,7 @@ def test_verification_finds_the_records_in_dns_and_the_domain_then_sends(client,
     # another key in the zone is not this row's proof
     other = services.accounts.add_domain(services.accounts.create_account("x")["id"], f"o{name}", dkim_key_size=1024)
     dns.add(f"envoi._domainkey.{name}", "TXT", f"v=DKIM1; k=rsa; p={other['dkim_public_key']}")
-    dns.add(name, "TXT", "v=spf1 include:eu.envoi.local ~all")
+    dns.add(name, "TXT", "v=spf1 include:spf.eu.envoi.test ~all")
     resp = form(client, "PUT", f"/v4/domains/{name}/verify", key)
     assert valid_of(resp)[("TXT", f"envoi._domainkey.{name}")] == "invalid"
     assert resp.json["domain"]["state"] == "unverified"
@@ -172,7 +172,7 @@ def test_verification_finds_the_records_in_dns_and_the_domain_then_sends(client,
     for rcpt_domain in ("dest.test",):
         dns.add(rcpt_domain, "MX", f"10 mx.{rcpt_domain}.")
         dns.add(f"mx.{rcpt_domain}", "A", "127.0.0.1")
-    publish(dns, row, spf="v=spf1 ip4:192.0.2.1 include:eu.envoi.local ~all")  # the customer's own SPF, ours in it
+    publish(dns, row, spf="v=spf1 ip4:192.0.2.1 include:spf.eu.envoi.test ~all")  # the customer's own SPF, ours in it
     resp = form(client, "PUT", f"/v3/domains/{name}/verify", key)
     assert resp.status_code == 200, resp.text
     assert resp.json["message"] == "Domain DNS records have been updated"

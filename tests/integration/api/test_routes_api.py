@@ -83,5 +83,8 @@ def test_receiving_records_point_at_the_configured_inbound_mx(services, api_key,
     settings = services.settings.replace(inbound_mx_hosts=("mxa.eu.envoi.example", "mxb.eu.envoi.example"))
     client = testing.TestClient(create_app(settings, services))
     r = client.simulate_get(f"/v3/domains/{domain['name']}", headers=basic(api_key))
+    assert r.json["receiving_dns_records"] == []  # a sending-only domain is not asked to move its MX
+    assert post_form(client, "/v3/routes", api_key, {"expression": "catch_all()", "action": "stop()"}).status_code == 200
+    r = client.simulate_get(f"/v3/domains/{domain['name']}", headers=basic(api_key))
     assert [(x["record_type"], x["name"], x["value"], x["priority"]) for x in r.json["receiving_dns_records"]] == [
         ("MX", domain["name"], "mxa.eu.envoi.example", "10"), ("MX", domain["name"], "mxb.eu.envoi.example", "10")]

@@ -9,7 +9,6 @@ import secrets
 import falcon
 
 from envoi.accounts.errors import AccountsError
-from envoi.accounts.service import dns_records
 from envoi.api.auth import SESSION
 from envoi.api.dashboard.gate import PREFIX
 from envoi.api.dashboard.pages.common import done_notice
@@ -79,7 +78,7 @@ class DomainPage:
     def _render(self, req, resp, row: dict, *, status: int = 200, records: dict | None = None,
                 checked: bool = False, error: str | None = None, secret: dict | None = None,
                 notice: str = "") -> None:
-        records = records or dns_records(row, **self.dns_settings)
+        records = records or self.accounts.domain_records(row, self.dns_settings)
         credentials = self.accounts.list_credentials(row["account_id"], row["name"])
         tracking = self.tracking.settings_json(row)["tracking"]
         keys = [r for r in records["sending_dns_records"] if "._domainkey." in r["name"]]
@@ -97,7 +96,8 @@ class DomainPage:
         row = self._domain(req, domain)
         try:
             row, records = self.accounts.verify_domain(row["account_id"], row["name"],
-                                                       dns_records(row, **self.dns_settings), self.nameserver)
+                                                       self.accounts.domain_records(row, self.dns_settings),
+                                                       self.nameserver)
         except AccountsError as ex:
             self._render(req, resp, row, status=ex.http_status, error=ex.message)
             return

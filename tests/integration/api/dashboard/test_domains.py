@@ -25,7 +25,7 @@ def dns():
 @pytest.fixture
 def api_settings(settings, dns):
     """The dashboard's verification looks records up on this module's DNS server."""
-    return settings.replace(dns_resolver=("127.0.0.1", dns.port))
+    return settings.replace(dns_resolver=("127.0.0.1", dns.port), tracking_host="track.eu.envoi.test")
 
 
 def new_name() -> str:
@@ -56,7 +56,7 @@ def test_adding_a_domain_creates_it_unverified_and_shows_its_records(page_as, ac
     row = db.execute("SELECT * FROM domains WHERE name = %s AND account_id = %s", (name, account["id"])).fetchone()
     assert row["state"] == "unverified" and row["dkim_key_size"] == 1024
     html = page.get(f"/dashboard/domains/{name}", done="added").text
-    expected = dns_records(row, **dns_targets(settings.region, settings.inbound_mx_hosts))  # exactly what the API's GET returns
+    expected = dns_records(row, **dns_targets(settings))  # exactly what the API's GET returns
     for record in expected["sending_dns_records"] + expected["receiving_dns_records"]:
         assert record["value"] in html.replace("&#34;", '"')
     assert "Publish its DNS records" in html
@@ -86,10 +86,10 @@ def test_verify_now_shows_each_record_as_the_dns_server_has_it_and_activates(pag
     page = page_as("admin")
     html = page.get(f"/dashboard/domains/{name}").text
     assert valid_of(html, "TXT", dkim_name) == "unknown"  # not looked up on a plain GET
-    dns.add(name, "TXT", "v=spf1 include:eu.envoi.local ~all")  # SPF published, DKIM not yet
+    dns.add(name, "TXT", "v=spf1 include:spf.eu.envoi.test ~all")  # SPF published, DKIM not yet
     html = page.post(f"/dashboard/domains/{name}/verify").text
     assert valid_of(html, "TXT", name) == "valid" and valid_of(html, "TXT", dkim_name) == "invalid"
-    assert valid_of(html, "MX", name) == "invalid"
+    assert valid_of(html, "TXT", f"_dmarc.{name}") == "invalid"  # the suggested DMARC record
     assert db.execute("SELECT state FROM domains WHERE id = %s", (row["id"],)).fetchone()["state"] == "unverified"
     dns.servfail(f"email.{name}")  # the tracking CNAME cannot be looked up now
     dns.add(dkim_name, "TXT", f"v=DKIM1; k=rsa; p={row['dkim_public_key']}")
