@@ -680,7 +680,8 @@ def _display(dim: str, row: dict, domains: dict[int, str]) -> str:
     if dim == "recipient_provider":
         return provider(row.get("recipient_domain"))
     value = row.get(DIMENSIONS[dim])
-    return str(value) if value not in (None, "") else UNKNOWN
+    # no value, or tracking's "Unknown" (no GeoIP source): one "unknown" group
+    return str(value) if value not in (None, "") and str(value).lower() != UNKNOWN else UNKNOWN
 
 
 def _time_value(dt: datetime) -> str:

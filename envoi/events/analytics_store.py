@@ -77,13 +77,13 @@ def event_groups(conn: Connection, domain_ids: list[int], dims: list[str], resol
         args.append(events)
     for comparator, values in tag_filters:
         if comparator in ("=", "!="):
-            cond = "e.tags ?| %s"
+            cond = "e.tags && %s::text[]"
             args.append(values)
         else:
-            cond = "EXISTS (SELECT 1 FROM jsonb_array_elements_text(e.tags) x WHERE x ILIKE ANY(%s))"
+            cond = "EXISTS (SELECT 1 FROM unnest(e.tags) x WHERE x ILIKE ANY(%s))"
             args.append([f"%{like_escape(v)}%" for v in values])
         where.append(cond if comparator in ("=", "contains") else f"NOT ({cond})")
-    lateral = " CROSS JOIN LATERAL jsonb_array_elements_text(e.tags) AS t(tag)" if "tag" in dims else ""
+    lateral = " CROSS JOIN LATERAL unnest(e.tags) AS t(tag)" if "tag" in dims else ""
     return conn.execute(
         f"SELECT {', '.join(cols)} FROM events e{lateral} WHERE {' AND '.join(where)}"
         f" GROUP BY {', '.join(str(i) for i in range(1, ngroup + 1))}", args).fetchall()

@@ -59,9 +59,9 @@ def _condition(f: Filter) -> tuple[str, list]:
     if folded:
         values = [v.lower() for v in values]
     if f.attribute == "tag" and f.comparator in ("=", "!="):
-        cond, args = "tags ?| %s", [values]
+        cond, args = "tags && %s::text[]", [values]
     elif f.attribute == "tag":
-        cond, args = "EXISTS (SELECT 1 FROM jsonb_array_elements_text(tags) x WHERE x ILIKE ANY(%s))", [
+        cond, args = "EXISTS (SELECT 1 FROM unnest(tags) x WHERE x ILIKE ANY(%s))", [
             [f"%{like_escape(v)}%" for v in values]]
     elif f.comparator in ("=", "!="):
         cond, args = f"{expr} = ANY(%s)", [values]
