@@ -20,6 +20,7 @@ account's domain matches nothing. Subaccounts will add themselves there (`_domai
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -689,6 +690,7 @@ def _time_value(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
 
 
+@functools.lru_cache(maxsize=4096)  # strptime is most of a small query's Python time
 def _sort_time(value: str) -> datetime:
     return datetime.strptime(value, "%a, %d %b %Y %H:%M:%S %z")
 
