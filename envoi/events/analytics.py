@@ -208,6 +208,8 @@ def _time(body: dict, name: str) -> datetime | None:
     value = _text(body, name)
     if value is None:
         return None
+    if value.rstrip().endswith("-0000"):  # mailgun.js's logs dates; RFC 2822's "unknown zone" is UTC here
+        value = value.rstrip()[:-5] + "+0000"
     try:
         return datetime.fromtimestamp(parse_time(value), UTC)
     except EventQueryError as ex:

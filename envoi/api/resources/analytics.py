@@ -9,6 +9,7 @@ import json
 import falcon
 
 from envoi.api.errors import ApiError
+from envoi.api.forms import read_form
 from envoi.api.params import check_json
 from envoi.api.scope import DomainScoped, query_params
 
@@ -71,6 +72,18 @@ class AccountTags:
         resp.media = self.analytics.list_tags(_account(req), json_body(req))
 
     @staticmethod
+    def _fields(req: falcon.Request) -> dict:
+        """The SDKs send JSON; a form body or a `tag` query parameter (curl) is read too."""
+        if (req.content_type or "").lower().startswith(("application/x-www-form-urlencoded", "multipart/")):
+            fields, _ = read_form(req)
+            body = {k: v[-1] for k, v in fields.items() if v}
+        else:
+            body = json_body(req)
+        if "tag" not in body and req.get_param("tag"):
+            body["tag"] = req.get_param("tag")
+        return body
+
+    @staticmethod
     def _tag(body: dict) -> str:
         tag = body.get("tag")
         if not isinstance(tag, str) or not tag.strip():
@@ -78,7 +91,7 @@ class AccountTags:
         return tag
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = json_body(req)
+        body = self._fields(req)
         tag, description = self._tag(body), body.get("description", "")
         if not isinstance(description, str):
             raise ApiError(400, "description must be a string")
@@ -87,7 +100,7 @@ class AccountTags:
         resp.media = {"message": "Tag updated"}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self.analytics.delete_tag(_account(req), self._tag(json_body(req))):
+        if not self.analytics.delete_tag(_account(req), self._tag(self._fields(req))):
             raise ApiError(404, "tag not found")
         resp.media = {"message": "Tag deleted"}
 

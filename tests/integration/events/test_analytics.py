@@ -252,6 +252,11 @@ def test_logs_api_reads_the_events_store_with_filters_and_pages(sdk, services, a
     assert [i["id"] for i in mine["items"]] == [i["id"] for i in v3["items"]] == ids[0::2]
     tagged = logs(filter={"AND": [{"attribute": "tag", "comparator": "=", "values": [{"value": "t"}]}]})
     assert sorted(i["id"] for i in tagged["items"]) == sorted([ids[1], ids[3]])
+    # mailgun.js sends its dates as 'Wed, 03 Dec 2025 00:00:00 -0000' and an absent end as ''
+    js = client.analytics_logs.create(data={
+        "start": datetime.fromtimestamp(base - 1, UTC).strftime("%a, %d %b %Y %H:%M:%S -0000"), "end": "",
+        "events": ["delivered"], "pagination": {"sort": "timestamp:asc"}})
+    assert [i["id"] for i in js.json()["items"]] == ids
     failed = logs(metric_events=["permanent_failed_count"])
     assert [i["event"] for i in failed["items"]] == ["failed"]
     bad = client.analytics_logs.create(data={"filter": {"AND": [{"attribute": "planet", "comparator": "=",
@@ -295,12 +300,19 @@ def test_account_tags_through_the_sdk_match_the_domain_tags(sdk, services, accou
     assert client.analytics_tags_limits.get().json() == {"limit": 5000, "count": 2, "limit_reached": False}
     assert client.analytics_tags.update(data={"tag": "nope", "description": "x"}).status_code == 404
 
+    # curl's form body and query parameter are read too
+    resp = requests.put(f"{srv.url}/v1/analytics/tags", data={"tag": "beta", "description": "B"},
+                        headers=basic(api_key), timeout=10)
+    assert resp.status_code == 200 and client.tags.get(domain=domain["name"], tag_name="beta").json()[
+        "description"] == "B"
     resp = client.analytics_tags.delete(data={"tag": "alpha"})
     assert resp.status_code == 200 and resp.json() == {"message": "Tag deleted"}
     assert db.execute("SELECT count(*) AS n FROM event_tags WHERE account_id = %s AND tag = 'alpha'",
                       (account["id"],)).fetchone()["n"] == 0
     assert client.tags.get(domain=second["name"], tag_name="alpha").status_code == 404
     assert client.analytics_tags.delete(data={"tag": "alpha"}).status_code == 404
+    assert requests.delete(f"{srv.url}/v1/analytics/tags?tag=nope", headers=basic(api_key),
+                           timeout=10).status_code == 404
     # another account never sees or changes these
     stranger = services.accounts.create_account("stranger")
     _, key = services.accounts.create_key(stranger["id"], "admin")
