@@ -5,19 +5,20 @@ The v1 APIs take a JSON body (what the official SDKs send); errors are Mailgun's
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs
 
 import falcon
 
 from envoi.api.errors import ApiError
-from envoi.api.forms import read_form
 from envoi.api.params import check_json
 from envoi.api.scope import DomainScoped, query_params
 
 MAX_BODY = 256 * 1024
 
 
-def json_body(req: falcon.Request) -> dict:
-    """The request's JSON object ({} when empty)."""
+def json_body(req: falcon.Request, *, form: bool = False) -> dict:
+    """The request's JSON object ({} when empty). With `form`, an urlencoded body is read too (curl);
+    mailgun.js sends its DELETE's JSON labelled as urlencoded, so a body that looks like JSON is JSON."""
     if (req.content_length or 0) > MAX_BODY:
         raise ApiError(413, "request body too large")
     raw = req.bounded_stream.read(MAX_BODY + 1)
@@ -25,10 +26,18 @@ def json_body(req: falcon.Request) -> dict:
         raise ApiError(413, "request body too large")
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as ex:
-        raise ApiError(400, "request body is not valid JSON") from ex
+    if form and not raw.lstrip().startswith(b"{") and (req.content_type or "").lower().startswith(
+            "application/x-www-form-urlencoded"):
+        try:
+            fields = parse_qs(raw.decode(), keep_blank_values=True, strict_parsing=True)
+        except (ValueError, UnicodeDecodeError) as ex:
+            raise ApiError(400, "request body is not a valid form") from ex
+        body = {k: v[-1] for k, v in fields.items()}
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as ex:
+            raise ApiError(400, "request body is not valid JSON") from ex
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     check_json(body)
@@ -74,11 +83,7 @@ class AccountTags:
     @staticmethod
     def _fields(req: falcon.Request) -> dict:
         """The SDKs send JSON; a form body or a `tag` query parameter (curl) is read too."""
-        if (req.content_type or "").lower().startswith(("application/x-www-form-urlencoded", "multipart/")):
-            fields, _ = read_form(req)
-            body = {k: v[-1] for k, v in fields.items() if v}
-        else:
-            body = json_body(req)
+        body = json_body(req, form=True)
         if "tag" not in body and req.get_param("tag"):
             body["tag"] = req.get_param("tag")
         return body
