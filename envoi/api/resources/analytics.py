@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 import falcon
 
+from envoi.api import roles
 from envoi.api.errors import ApiError
 from envoi.api.params import check_json
 from envoi.api.scope import DomainScoped, query_params
@@ -51,6 +52,8 @@ def _account(req: falcon.Request) -> int:
 class Metrics:
     """POST /v1/analytics/metrics and POST /v1/analytics/usage/metrics."""
 
+    key_access = roles.QUERY  # POST is a query (a basic key may); PUT/DELETE edit
+
     def __init__(self, analytics):
         self.analytics = analytics
 
@@ -64,6 +67,8 @@ class Metrics:
 class Logs:
     """POST /v1/analytics/logs."""
 
+    key_access = roles.QUERY  # POST is a query (a basic key may); PUT/DELETE edit
+
     def __init__(self, logs):
         self.logs = logs
 
@@ -73,6 +78,8 @@ class Logs:
 
 class AccountTags:
     """/v1/analytics/tags: POST lists (or searches by prefix), PUT describes, DELETE deletes; /limits."""
+
+    key_access = roles.QUERY  # POST is a query (a basic key may); PUT/DELETE edit
 
     def __init__(self, analytics):
         self.analytics = analytics

@@ -376,3 +376,21 @@ def test_aggregates_of_tracking_data(sdk, services, domain, api_key):
                                              "unique_opened": 1, "unsubscribed": 0}}, "tag": "promo"}
     assert requests.get(f"{srv.url}/v3/{domain['name']}/aggregates/planets", headers=basic(api_key),
                         timeout=10).status_code == 404
+
+
+def test_a_read_only_key_may_query_but_not_edit_tags(client, services, account, domain):
+    record(services, domain, "accepted", method="http", tags=["ro"])
+    _, basic_key = services.accounts.create_key(account["id"], "basic")
+    _, sending_key = services.accounts.create_key(account["id"], "sending", domain=domain["name"])
+    body = {"duration": "1d", "metrics": ["accepted_count"], "include_aggregates": True}
+    resp = client.simulate_post("/v1/analytics/metrics", json=body, headers=basic(basic_key))
+    assert resp.status_code == 200 and resp.json["aggregates"]["metrics"]["accepted_count"] == 1
+    assert client.simulate_post("/v1/analytics/logs", json={}, headers=basic(basic_key)).status_code == 200
+    listed = client.simulate_post("/v1/analytics/tags", json={}, headers=basic(basic_key))
+    assert [t["tag"] for t in listed.json["items"]] == ["ro"]
+    for method in (client.simulate_put, client.simulate_delete):
+        assert method("/v1/analytics/tags", json={"tag": "ro", "description": "x"},
+                      headers=basic(basic_key)).status_code in (401, 403)
+    assert client.simulate_post("/v1/analytics/metrics", json=body, headers=basic(sending_key)).status_code in (
+        401, 403)
+    assert services.analytics.tag_limits(account["id"])["count"] == 1  # nothing was deleted
