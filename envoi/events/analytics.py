@@ -310,7 +310,8 @@ def parse_metrics_query(body: dict) -> tuple[Query, dict]:
     if not metrics:
         raise EventQueryError("metrics is required: name at least one metric, e.g. delivered_count")
     start, end = time_range(body, resolution, timedelta(days=7))
-    query = Query(start, end, resolution, dims, list(dict.fromkeys(metrics)), parse_filter(body, DIMENSIONS))
+    filters = parse_filter(body, {k: v for k, v in DIMENSIONS.items() if k != "time"})  # time: start/end
+    query = Query(start, end, resolution, dims, list(dict.fromkeys(metrics)), filters)
     return query, _pagination(body, [*dims, *metrics], DEFAULT_LIMIT, MAX_LIMIT)
 
 
@@ -619,7 +620,8 @@ class Analytics:
         metrics: dict[str, dict] = {}
         if include_metrics and rows:
             first = min(r["first_seen"] for r in rows)
-            query = Query(floor(first, "hour"), datetime.now(UTC), "hour", ["tag"], [],
+            # from the month's start: rollup rows older than 2 months are day or month buckets
+            query = Query(floor(first, "month"), datetime.now(UTC), "hour", ["tag"], [],
                           [Filter("tag", "=", tuple(r["tag"] for r in rows))])
             groups, _, _ = self.groups(account_id, query)
             names = ("accepted_count", "delivered_count", "failed_count", "opened_count", "clicked_count",
