@@ -394,3 +394,36 @@ def test_a_read_only_key_may_query_but_not_edit_tags(client, services, account, 
     assert client.simulate_post("/v1/analytics/metrics", json=body, headers=basic(sending_key)).status_code in (
         401, 403)
     assert services.analytics.tag_limits(account["id"])["count"] == 1  # nothing was deleted
+
+
+def test_filter_comparators_on_both_sources(client, services, account, domain, api_key):
+    now = time.time()
+    for rcpt, tags, ip in (("a@gmail.com", ["news"], "127.0.0.2"), ("b@yahoo.com", ["promo"], "127.0.0.3"),
+                           ("c@dest.test", ["news", "promo"], "127.0.0.2"), ("d@dest.test", [], "127.0.0.3")):
+        record(services, domain, "delivered", method="smtp", recipient=rcpt, tags=tags, ts=now,
+               envelope={"sending-ip": ip})
+
+    def total(*predicates, dimensions=()):
+        body = {"duration": "1d", "metrics": ["delivered_count"], "include_aggregates": True,
+                "dimensions": list(dimensions),
+                "filter": {"AND": [{"attribute": a, "comparator": c, "values": [{"label": v, "value": v} for v in vs]}
+                                   for a, c, vs in predicates]}}
+        resp = client.simulate_post("/v1/analytics/metrics", json=body, headers=basic(api_key))
+        assert resp.status_code == 200, resp.text
+        return resp.json["aggregates"]["metrics"]["delivered_count"], {
+            i["dimensions"][0]["value"]: i["metrics"]["delivered_count"] for i in resp.json["items"]} if dimensions else {}
+
+    assert total(("ip", "=", ["127.0.0.2"]))[0] == 2
+    assert total(("ip", "!=", ["127.0.0.2"]))[0] == 2
+    assert total(("recipient_domain", "contains", ["mail"]))[0] == 1  # gmail.com
+    assert total(("recipient_provider", "=", ["Gmail", "Yahoo"]))[0] == 2
+    assert total(("recipient_domain", "not contains", ["dest"]), ("ip", "=", ["127.0.0.3"]))[0] == 1
+    # tags: one tag from the rollups, several or a negation from the events; each message once
+    assert total(("tag", "=", ["news"]))[0] == 2
+    assert total(("tag", "=", ["news", "promo"]))[0] == 3
+    assert total(("tag", "!=", ["news"]))[0] == 2  # b (promo) and d (untagged)
+    assert total(("tag", "contains", ["pro"]))[0] == 2
+    # with tag as a dimension, a filter keeps only the tags it names
+    assert total(("tag", "!=", ["news"]), dimensions=["tag"])[1] == {"promo": 2}
+    assert total(("domain", "contains", [domain["name"][:5]]), dimensions=["ip"])[1] == {
+        "127.0.0.2": 2, "127.0.0.3": 2}
