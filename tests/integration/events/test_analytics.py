@@ -76,7 +76,8 @@ def test_metrics_through_the_sdk_agree_with_the_events_both_ways(sdk, services, 
                "suppressed_bounces_count", "bounced_count", "delivered_http_count", "delivered_smtp_count"]
 
     def query(**extra):
-        body = {"duration": "2d", "resolution": "day", "metrics": metrics, "include_aggregates": True, **extra}
+        body = {"duration": "2d", "resolution": "day", "metrics": metrics, "include_aggregates": True,
+                "end": datetime.fromtimestamp(now, UTC).strftime("%a, %d %b %Y %H:%M:%S +0000"), **extra}
         resp = client.analytics_metrics.create(data=body)
         assert resp.status_code == 200, resp.text
         return resp.json()
