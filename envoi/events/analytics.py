@@ -188,7 +188,7 @@ def _text(body: dict, name: str) -> str | None:
     return str(value)
 
 
-def _strings(body: dict, name: str) -> list[str]:
+def strings(body: dict, name: str) -> list[str]:
     value = body.get(name)
     if value is None:
         return []
@@ -197,14 +197,14 @@ def _strings(body: dict, name: str) -> list[str]:
     return [v.strip() for v in value if v.strip()]
 
 
-def _flag(body: dict, name: str) -> bool:
+def flag(body: dict, name: str) -> bool:
     value = body.get(name, False)
     if not isinstance(value, bool):
         raise EventQueryError(f"'{name}' must be true or false")
     return value
 
 
-def _time(body: dict, name: str) -> datetime | None:
+def body_time(body: dict, name: str) -> datetime | None:
     value = _text(body, name)
     if value is None:
         return None
@@ -218,11 +218,11 @@ def _time(body: dict, name: str) -> datetime | None:
 
 def time_range(body: dict, resolution: str, default: timedelta) -> tuple[datetime, datetime]:
     """(start floored to the resolution, end) from Mailgun's start / end / duration."""
-    end = _time(body, "end") or datetime.now(UTC)
+    end = body_time(body, "end") or datetime.now(UTC)
     if duration := _text(body, "duration"):
         start = minus_duration(end, duration)  # the stats API's grammar: 24h, 7d, 2m
     else:
-        start = _time(body, "start") or end - default
+        start = body_time(body, "start") or end - default
     if start > end:
         raise EventQueryError("start must be before end")
     return floor(start, resolution), end
@@ -292,7 +292,7 @@ def parse_metrics_query(body: dict) -> tuple[Query, dict]:
     resolution = (_text(body, "resolution") or "day").lower()
     if resolution not in RESOLUTIONS:
         raise EventQueryError("resolution must be one of hour, day, month")
-    dims = _strings(body, "dimensions")
+    dims = strings(body, "dimensions")
     for d in dims:
         if d not in DIMENSIONS:
             raise EventQueryError(f"'{d}' is not a valid dimension; use one of {', '.join(DIMENSIONS)}")
@@ -300,7 +300,7 @@ def parse_metrics_query(body: dict) -> tuple[Query, dict]:
             raise EventQueryError(f"dimension '{d}' is not available: {UNRECORDED[d]}")
     if len(set(dims)) != len(dims):
         raise EventQueryError("a dimension is listed twice")
-    metrics = _strings(body, "metrics")
+    metrics = strings(body, "metrics")
     for m in metrics:
         if m in NOT_COMPUTED:
             raise EventQueryError(f"metric '{m}' is not computed by Envoi (it needs per-attempt data the events "
@@ -425,7 +425,7 @@ class Analytics:
         items = [{"dims": key, "counters": c} for key, c in groups.items()]
         result = self._page(query, items, page)
         aggregate: Counter = Counter()
-        if _flag(body, "include_aggregates"):
+        if flag(body, "include_aggregates"):
             if unique and query.dims:  # a unique recipient may appear in several groups: count once
                 totals, _, _ = self.groups(account_id, Query(query.start, query.end, query.resolution, [],
                                                              query.metrics, query.filters), unique=True)
@@ -469,11 +469,11 @@ class Analytics:
         resolution = (_text(body, "resolution") or "day").lower()
         if resolution not in RESOLUTIONS:
             raise EventQueryError("resolution must be one of hour, day, month")
-        dims = _strings(body, "dimensions")
+        dims = strings(body, "dimensions")
         for d in dims:
             if d not in USAGE_DIMENSIONS:
                 raise EventQueryError(f"'{d}' is not a valid usage dimension; use time")
-        metrics = _strings(body, "metrics")
+        metrics = strings(body, "metrics")
         for m in metrics:
             if m in USAGE_NOT_METERED:
                 raise EventQueryError(f"usage metric '{m}' is not metered by Envoi yet")
@@ -502,7 +502,7 @@ class Analytics:
             "items": [{"dimensions": [{"dimension": d, "value": v, "display_value": v} for d, v in zip(dims, k,
                                                                                                       strict=True)],
                        "metrics": values(c)} for k, c in shown],
-            "aggregates": {"metrics": values(total) if _flag(body, "include_aggregates") else {}},
+            "aggregates": {"metrics": values(total) if flag(body, "include_aggregates") else {}},
             "pagination": {"sort": page["sort"] or ("time:asc" if dims else ""), "skip": page["skip"],
                            "limit": page["limit"], "total": len(items)},
         }
@@ -608,7 +608,7 @@ class Analytics:
         raw = body.get("pagination") or {}
         if not isinstance(raw, dict):
             raise EventQueryError("pagination must be an object {sort, skip, limit}")
-        include_metrics = _flag(body, "include_metrics")
+        include_metrics = flag(body, "include_metrics")
         page = _pagination(body, ["tag", "lastseen", "firstseen"], 10, 20 if include_metrics else MAX_TAGS_PAGE)
         name, _, direction = (page["sort"] or "tag:asc").partition(":")
         order = {"tag": "tag", "lastseen": "last_seen", "firstseen": "first_seen"}[name]

@@ -13,7 +13,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from envoi.events import analytics_store as sql
-from envoi.events.analytics import Filter, _flag, _strings, _time, decode_token, encode_token, parse_filter
+from envoi.events.analytics import Filter, body_time, decode_token, encode_token, flag, parse_filter, strings
 from envoi.events.errors import EventQueryError
 from envoi.events.service import Retention
 from envoi.infra.db import Database, like_escape
@@ -78,22 +78,22 @@ class Logs:
     def search(self, account_id: int, body: dict) -> dict:
         if not isinstance(body, dict):
             raise EventQueryError("the request body must be a JSON object")
-        end = _time(body, "end") or datetime.now(UTC)
-        start = _time(body, "start") or end - timedelta(days=1)
+        end = body_time(body, "end") or datetime.now(UTC)
+        start = body_time(body, "start") or end - timedelta(days=1)
         if start > end:
             raise EventQueryError("start must be before end")
         pairs: list[tuple[str, str | None]] = []
-        for name in _strings(body, "events"):
+        for name in strings(body, "events"):
             if name not in EVENTS:
                 raise EventQueryError(f"'{name}' is not a valid event; use one of {', '.join(EVENTS)}")
             pairs.append((name, None))
-        for name in _strings(body, "metric_events"):
+        for name in strings(body, "metric_events"):
             if name not in METRIC_EVENTS:
                 raise EventQueryError(f"'{name}' is not a valid metric event; use one of {', '.join(METRIC_EVENTS)}")
             pairs.append(METRIC_EVENTS[name])
         filters = parse_filter(body, {a: a for a in ATTRIBUTES})
-        _flag(body, "include_subaccounts")  # accepted; an account without subaccounts reads its own logs
-        include_totals = _flag(body, "include_totals")
+        flag(body, "include_subaccounts")  # accepted; an account without subaccounts reads its own logs
+        include_totals = flag(body, "include_totals")
         raw = body.get("pagination") or {}
         if not isinstance(raw, dict):
             raise EventQueryError("pagination must be an object {sort, token, limit}")
