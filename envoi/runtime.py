@@ -28,6 +28,8 @@ from envoi.billing.quota import Quota, QuotaCheck
 from envoi.billing.service import Billing
 from envoi.billing.stripe_gateway import StripeGateway
 from envoi.billing.usage import Usage
+from envoi.events.analytics import Analytics
+from envoi.events.logs import Logs
 from envoi.events.service import PLAN_RETENTION, Events, Retention
 from envoi.events.stats import Stats
 from envoi.events.stream import LiveStream
@@ -103,6 +105,8 @@ class Services:
     templates: Templates  # stored templates (the templates API)
     template_sending: TemplateSending  # a send's stored template, rendered at accept (both edges)
     validation: Validation  # /v4/address/validate: single addresses and bulk jobs (run by `envoi worker`)
+    analytics: Analytics  # /v1/analytics/metrics, usage, account tags, /v3/stats/filter, aggregates
+    logs: Logs  # /v1/analytics/logs: the events store, account-wide
 
     def close(self) -> None:
         self.db.close()
@@ -221,6 +225,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         routes=Routes(db, sealer, webhooks, settings.public_url),
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
         templates=templates, template_sending=template_sending, validation=validation,
+        analytics=Analytics(db), logs=Logs(db, events.retention),
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )

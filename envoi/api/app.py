@@ -13,6 +13,8 @@ from envoi.api.dashboard import routes as dashboard
 from envoi.api.dashboard.gate import PageGate
 from envoi.api.openapi import OpenApiDocument
 from envoi.api.resources.account_export import AccountExport
+from envoi.api.resources.analytics import AccountTags, Aggregates, Metrics, StatsFilter
+from envoi.api.resources.analytics import Logs as AnalyticsLogs
 from envoi.api.resources.audit import AuditLog
 from envoi.api.resources.billing import StripeWebhook
 from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
@@ -61,6 +63,8 @@ def routes(settings, services) -> list[Route]:
     events = EventList(accounts, services.events)
     live = LiveEvents(accounts, services.stream)
     tags = Tags(accounts, services.stats, settings.public_url)
+    metrics, account_tags = Metrics(services.analytics), AccountTags(services.analytics)
+    aggregates = Aggregates(accounts, services.analytics, services.stats)
     domain_item = DomainItem(accounts, dns, settings.dns_resolver)
     recipients = AuthorizedRecipients(accounts)
     credentials = Credentials(accounts)
@@ -104,6 +108,16 @@ def routes(settings, services) -> list[Route]:
         ("/v3/{domain}/tags", tags, None),
         ("/v3/{domain}/tags/{tag}", tags, "item"),
         ("/v3/{domain}/tags/{tag}/stats", tags, "stats"),
+        # analytics: Mailgun's metrics, usage, logs and account tags APIs; account stats filtered and
+        # grouped; provider/device/country aggregates of a domain or a tag (envoi/events/analytics.py)
+        ("/v1/analytics/metrics", metrics, None),
+        ("/v1/analytics/usage/metrics", metrics, "usage"),
+        ("/v1/analytics/logs", AnalyticsLogs(services.logs), None),
+        ("/v1/analytics/tags", account_tags, None),
+        ("/v1/analytics/tags/limits", account_tags, "limits"),
+        ("/v3/stats/filter", StatsFilter(services.analytics), None),
+        ("/v3/{domain}/aggregates/{kind}", aggregates, None),
+        ("/v3/{domain}/tags/{tag}/stats/aggregates/{kind}", aggregates, "tag"),
         # domains, their SMTP credentials, the sandbox's authorised recipients
         *((f"/{v}/domains", DomainCollection(accounts, dns, v), None) for v in ("v3", "v4")),
         *((f"/{v}/domains/{{domain}}{path}", domain_item, suffix) for v in ("v3", "v4")

@@ -40,6 +40,32 @@ POOL = {"type": "object", "required": ["pool_id", "name"],
 STATS = {"type": "object", "required": ["stats"], "properties": {"stats": {"type": "array", "items": OBJ},
                                                                    "start": STR, "end": STR, "resolution": STR}}
 NULLABLE = {"type": ["string", "null"]}
+_FILTER = {"type": "object", "properties": {"AND": {"type": "array", "maxItems": 3, "items": {
+    "type": "object", "required": ["attribute", "comparator", "values"],
+    "properties": {"attribute": STR, "comparator": STR,
+                   "values": {"type": "array", "maxItems": 3, "items": {"type": "object", "properties": {
+                       "label": STR, "value": STR}}}}}}}}
+_STRINGS = {"type": "array", "maxItems": 5, "items": STR}
+METRICS_QUERY = {"type": "object", "properties": {
+    "start": STR, "end": STR, "resolution": STR, "duration": STR, "dimensions": _STRINGS, "metrics": _STRINGS,
+    "filter": _FILTER, "include_subaccounts": BOOL, "include_aggregates": BOOL,
+    "pagination": {"type": "object", "properties": {"sort": STR, "skip": INT, "limit": INT}}}}
+METRICS_RESULT = {"type": "object", "required": ["start", "end", "resolution", "dimensions", "items", "pagination"],
+                  "properties": {"start": STR, "end": STR, "resolution": STR, "dimensions": _STRINGS,
+                                 "items": {"type": "array", "items": OBJ}, "aggregates": OBJ, "pagination": OBJ}}
+LOGS_QUERY = {"type": "object", "properties": {
+    "start": STR, "end": STR, "events": _STRINGS, "metric_events": _STRINGS, "filter": _FILTER,
+    "include_subaccounts": BOOL, "include_totals": BOOL,
+    "pagination": {"type": "object", "properties": {"sort": STR, "token": STR, "limit": INT}}}}
+LOGS_RESULT = {"type": "object", "required": ["start", "end", "items", "pagination"],
+               "properties": {"start": STR, "end": STR, "items": {"type": "array", "items": OBJ}, "pagination": OBJ,
+                              "aggregates": OBJ}}
+TAGS_QUERY = {"type": "object", "properties": {
+    "tag": STR, "include_subaccounts": BOOL, "include_metrics": BOOL,
+    "pagination": {"type": "object", "properties": {"sort": STR, "skip": INT, "limit": INT, "include_total": BOOL}}}}
+TAGS_RESULT = {"type": "object", "required": ["items", "pagination"],
+               "properties": {"items": {"type": "array", "items": OBJ}, "pagination": OBJ}}
+TAG_BODY = {"type": "object", "properties": {"tag": STR, "description": STR}}
 KEY = {"type": "object", "required": ["id", "kind", "role", "created_at"],
        "properties": {"id": STR, "description": STR, "kind": STR, "role": STR, "domain_name": NULLABLE,
                       "requestor": NULLABLE, "user_name": NULLABLE, "user_id": NULLABLE, "is_disabled": BOOL,
@@ -76,6 +102,11 @@ def _form(fields: dict, required: tuple = (), files: tuple = (), json_body: dict
     if json_body is not None:
         content["application/json"] = {"schema": json_body}
     return {"required": bool(required) or "file" in files, "content": content}
+
+
+def _json_body(schema: dict, required: tuple = ()) -> dict:
+    body = dict(schema, required=list(required)) if required else schema
+    return {"required": bool(required), "content": {"application/json": {"schema": body}}}
 
 
 def _json(schema: dict, description: str = "OK") -> dict:
@@ -276,6 +307,38 @@ def _paths() -> dict:
     add("/v3/{domain}/tags/{tag}", "delete", op("Delete a tag", _json(MESSAGE), params=[d, tag_p], tag="stats"))
     add("/v3/{domain}/tags/{tag}/stats", "get", op("Totals of a tag", _json(STATS), params=[d, tag_p, *stats_q],
                                                    tag="stats"))
+    # analytics (envoi/events/analytics.py, docs/analytics.md): Mailgun's JSON query APIs
+    add("/v1/analytics/metrics", "post", op(
+        "Metrics by dimensions (time, domain, tag, ip, recipient_domain, recipient_provider, country, device,"
+        " bot), filtered (filter.AND of attribute/comparator/values), paged", _json(METRICS_RESULT),
+        body=_json_body(METRICS_QUERY), tag="analytics"))
+    add("/v1/analytics/usage/metrics", "post", op(
+        "Usage metrics (processed_count; Mailgun products Envoi lacks are 0)", _json(METRICS_RESULT),
+        body=_json_body(METRICS_QUERY), tag="analytics"))
+    add("/v1/analytics/logs", "post", op(
+        "Logs: the events of every domain of the account (events, metric_events, filter, pagination token)",
+        _json(LOGS_RESULT), body=_json_body(LOGS_QUERY), tag="analytics"))
+    add("/v1/analytics/tags", "post", op("The account's tags (prefix `tag`, pagination sort/skip/limit,"
+                                         " include_metrics)", _json(TAGS_RESULT), body=_json_body(TAGS_QUERY),
+                                         tag="analytics"))
+    add("/v1/analytics/tags", "put", op("Describe a tag on every domain of the account", _json(MESSAGE),
+                                        body=_json_body(TAG_BODY, ("tag",)), tag="analytics"))
+    add("/v1/analytics/tags", "delete", op("Delete a tag (and its rollup counts) from every domain of the account",
+                                           _json(MESSAGE), body=_json_body(TAG_BODY, ("tag",)), tag="analytics"))
+    add("/v1/analytics/tags/limits", "get", op("The account's tag count and limit", _json(
+        {"type": "object", "required": ["limit", "count", "limit_reached"],
+         "properties": {"limit": INT, "count": INT, "limit_reached": BOOL}}), tag="analytics"))
+    add("/v3/stats/filter", "get", op(
+        "Account totals filtered (filter=domain:…, tag:…, ip:…, provider:…, country:…) and grouped (group=total,"
+        " time, day, month, domain, ip, provider, tag, country)", _json(STATS),
+        params=[*stats_q, _q("filter"), _q("group")], tag="stats"))
+    kind_p = _p("kind")
+    add("/v3/{domain}/aggregates/{kind}", "get", op(
+        "Engagement by provider (recipient domain), device or country (kind: providers, devices, countries)",
+        _json(OBJ), params=[d, kind_p, _q("start"), _q("end"), _q("duration")], tag="stats"))
+    add("/v3/{domain}/tags/{tag}/stats/aggregates/{kind}", "get", op(
+        "A tag's engagement by provider, device or country", _json(OBJ),
+        params=[d, tag_p, kind_p, _q("start"), _q("end"), _q("duration")], tag="stats"))
     # domains and credentials
     domain_list = _json({"type": "object", "required": ["total_count", "items"],
                          "properties": {"total_count": INT, "items": {"type": "array", "items": DOMAIN}}})

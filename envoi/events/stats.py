@@ -158,7 +158,7 @@ class Stats:
             raise EventQueryError("resolution must be one of hour, day, month")
         end = datetime.fromtimestamp(parse_time(v), UTC) if (v := one("end")) else datetime.now(UTC)
         if v := one("duration"):
-            start = _minus_duration(end, v)
+            start = minus_duration(end, v)
         elif v := one("start"):
             start = datetime.fromtimestamp(parse_time(v), UTC)
         else:
@@ -176,7 +176,7 @@ class Stats:
         for bucket in buckets:
             entry = {"time": rfc2822(bucket)}
             for event in events:
-                entry[event] = _shape(event, [r for r in by_bucket.get(bucket, []) if r["event"] == event])
+                entry[event] = shape(event, [r for r in by_bucket.get(bucket, []) if r["event"] == event])
             stats.append(entry)
         return {"start": rfc2822(start), "end": rfc2822(end), "resolution": resolution, "stats": stats}
 
@@ -243,7 +243,7 @@ def _tag(row: dict) -> dict:
             "last-seen": row["last_seen"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def _shape(event: str, rows: list[dict]) -> dict:
+def shape(event: str, rows: list[dict]) -> dict:
     """Mailgun's per-event stats object."""
     total = sum(r["count"] for r in rows)
     if event == "accepted":
@@ -304,7 +304,7 @@ def _buckets(start: datetime, end: datetime, resolution: str) -> list[datetime]:
     return out
 
 
-def _minus_duration(end: datetime, value: str) -> datetime:
+def minus_duration(end: datetime, value: str) -> datetime:
     """Mailgun's duration: '24h', '7d', '2m' (months)."""
     value = value.strip().lower()
     try:
