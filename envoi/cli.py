@@ -31,6 +31,10 @@ ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips"
                   "billing", "encryption", "tls")
 
 
+METRICS_BIND_HELP = ("Serve /metrics on HOST:PORT (e.g. a private address Prometheus scrapes); "
+                     "replaces --metrics-port.")
+
+
 def _user_error(ex: Exception) -> str | None:
     """The one line to print for an error the operator can act on (bad input, something missing, the
     database down), or None for a bug (which keeps its traceback). The CLI's only translation."""
@@ -145,9 +149,11 @@ def migrate() -> None:
               help="Threads per worker; a live event stream holds one (at most ENVOI_STREAM_MAX_CLIENTS).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="Log every request (client address, path with the domain) to stdout.")
-@click.option("--metrics-bind", default="", help="Serve /metrics (all workers summed) on HOST:PORT, a private "
-              "listener apart from --bind (which never serves it); empty: off.")
-def api(bind: str, workers: int, threads: int, access_log: bool, metrics_bind: str) -> None:
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics (all workers summed) on ENVOI_METRICS_HOST:PORT, a private listener apart "
+                   "from --bind (which never serves it); 0: off.")
+@click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
+def api(bind: str, workers: int, threads: int, access_log: bool, metrics_port: int, metrics_bind: str) -> None:
     """Serve the HTTP API with gunicorn."""
     from envoi.infra import metrics_dir
 
@@ -164,7 +170,7 @@ def api(bind: str, workers: int, threads: int, access_log: bool, metrics_bind: s
     plans.load(settings.billing_plans)
     runtime.check_stores(settings)
     runtime.check_sealing_keys(settings)
-    os.environ[METRICS_BIND] = metrics_bind  # served by gunicorn's master (envoi.gunicorn_conf)
+    os.environ[METRICS_BIND] = settings.metrics_address(metrics_bind, metrics_port)  # served by gunicorn's master (envoi.gunicorn_conf)
     # Off by default: a request log is personal data (addresses, customers' domains) kept wherever
     # stdout goes, and formatting it was ~6% of the API's CPU per send. Events are the audit trail.
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads",
@@ -173,13 +179,9 @@ def api(bind: str, workers: int, threads: int, access_log: bool, metrics_bind: s
     os.execv(sys.executable, argv)
 
 
-METRICS_BIND_HELP = ("Serve /metrics on HOST:PORT (e.g. a private address Prometheus scrapes); "
-                     "replaces --metrics-port.")
-
-
 @main.command()
 @click.option("--metrics-port", default=9125, show_default=True, type=int,
-              help="Serve /metrics on 127.0.0.1:PORT; 0 disables it.")
+              help="Serve /metrics on ENVOI_METRICS_HOST:PORT (127.0.0.1); 0 disables it.")
 @click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
 def relay(metrics_port: int, metrics_bind: str) -> None:
     """Run the delivery engine: due recipients -> DKIM -> MX -> SMTP."""
@@ -188,8 +190,8 @@ def relay(metrics_port: int, metrics_bind: str) -> None:
 
     runtime.check_sealing_keys(_settings())
     services = _services(pool_size=6)
-    if metrics_bind or metrics_port:
-        services.metrics.serve(metrics_bind or metrics_port)
+    if address := services.settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
     engine = runtime.build_relay(services)
 
     async def run() -> None:
@@ -207,8 +209,10 @@ def relay(metrics_port: int, metrics_bind: str) -> None:
 
 @main.command(short_help="Run periodic jobs: purges, partition upkeep, sweepers.")
 @click.option("--once", is_flag=True, help="Run every task once and exit.")
-@click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (task runs, last successes).")
-def scheduler(once: bool, metrics_bind: str) -> None:
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics (task runs, last successes) on ENVOI_METRICS_HOST:PORT; 0: off.")
+@click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
+def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
     """Run periodic jobs: retention purges, partition upkeep, sweepers."""
     import time
 
@@ -216,8 +220,8 @@ def scheduler(once: bool, metrics_bind: str) -> None:
 
     runtime.check_sealing_keys(_settings())
     services = _services(pool_size=2)
-    if metrics_bind:
-        services.metrics.serve(metrics_bind)
+    if address := services.settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
     tasks = runtime.periodic_tasks(services)
     due = {task.name: 0.0 for task in tasks}
     log = logging.getLogger("envoi.scheduler")

@@ -17,7 +17,7 @@ import click
 @click.option("--var", "var_dir", default="var", show_default=True,
               help="Where a self-signed dev certificate is kept when no certificate is configured.")
 @click.option("--metrics-port", default=0, type=int,
-              help="Serve /metrics on 127.0.0.1:PORT (0: off); with --processes N, all of them summed.")
+              help="Serve /metrics on ENVOI_METRICS_HOST:PORT (0: off); with --processes N, all of them summed.")
 @click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (replaces --metrics-port).")
 @click.option("--processes", default=1, show_default=True, type=int,
               help="Server processes sharing the ports (SO_REUSEPORT), e.g. one per core.")
@@ -31,7 +31,6 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
 
     from envoi.infra import metrics_dir
 
-    metrics_at = metrics_bind or metrics_port
     if processes > 1:  # each server process writes its metrics where the parent sums them
         metrics_dir.use()
     from envoi import runtime
@@ -42,6 +41,7 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command (addresses) at INFO
     settings = Settings.from_env()
+    metrics_at = settings.metrics_address(metrics_bind, metrics_port)
     cert, key = cert or settings.tls_cert, key or settings.tls_key
     if bool(cert) != bool(key):
         raise click.UsageError("set both a certificate and its key (--cert/--key or ENVOI_TLS_CERT/ENVOI_TLS_KEY)")

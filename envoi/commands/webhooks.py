@@ -12,7 +12,7 @@ import click
 @click.option("--no-dispatch", is_flag=True, help="Only run jobs; another process runs the dispatcher.")
 @click.option("--burst", is_flag=True, help="Exit when nothing is due (dispatch and run rounds until then).")
 @click.option("--metrics-port", default=0, type=int,
-              help="Serve /metrics of all the processes (summed) on 127.0.0.1:PORT; 0: off.")
+              help="Serve /metrics of all the processes (summed) on ENVOI_METRICS_HOST:PORT; 0: off.")
 @click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (replaces --metrics-port).")
 def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, metrics_bind: str) -> None:
     """Run RQ workers delivering webhooks, plus the dispatcher that feeds them from the Postgres outbox.
@@ -42,8 +42,8 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     connection = jobs.worker_connection(settings.redis_url)
     validation_jobs.configure(services.validation)
     queues = (validation_jobs.QUEUE,)
-    if metrics_bind or metrics_port:
-        services.metrics.serve(metrics_bind or metrics_port)
+    if address := settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
     children = []
     for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1", "--no-dispatch"]

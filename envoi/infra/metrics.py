@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -154,7 +155,8 @@ def serve(bind: str | int, render) -> ThreadingHTTPServer:
         def log_message(self, format, *args) -> None:  # one line per scrape is noise
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server_class = _Server6 if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
@@ -164,6 +166,10 @@ def serve_directory(bind: str | int, directory: str) -> ThreadingHTTPServer:
     """/metrics summing every process's files under `directory` (gunicorn's master, the parent of
     `--processes N`), without registering metrics of its own."""
     return serve(bind, lambda: render_directory(directory))
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def parse_bind(bind: str | int) -> tuple[str, int]:

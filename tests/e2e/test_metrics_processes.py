@@ -39,7 +39,7 @@ def test_api_metrics_sum_every_worker_on_the_metrics_bind_only(tmp_path, setting
     port, metrics_port = free_port(), free_port()
     directory = tmp_path / "api-metrics"
     api = Proc("api", envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "3", "--threads", "2",
-                            "--metrics-bind", f"127.0.0.1:{metrics_port}"),
+                            "--metrics-port", str(metrics_port)),
                process_env(settings, PROMETHEUS_MULTIPROC_DIR=directory), tmp_path)
     try:
         api.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"))
@@ -66,7 +66,7 @@ def test_smtp_processes_metrics_sum_every_server_process(tmp_path, settings, ser
     port, metrics_port = free_port(), free_port()
     directory = tmp_path / "smtp-metrics"
     smtp = Proc("smtp", envoi("smtp", "--bind", "127.0.0.1", "--port", str(port), "--smtps-port", "0",
-                              "--processes", "3", "--var", str(tmp_path), "--metrics-bind", f"127.0.0.1:{metrics_port}"),
+                              "--processes", "3", "--var", str(tmp_path), "--metrics-port", str(metrics_port)),
                 process_env(settings, PROMETHEUS_MULTIPROC_DIR=directory), tmp_path)
     try:
         smtp.wait_ready(lambda: smtp.output().count("smtp: region") >= 3)
