@@ -76,7 +76,8 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
             child.wait(timeout=30)
             forget_process(child.pid)
         services.close()
-        metrics_dir.release()
+        if processes > 1:  # the group's parent; its children (--processes 1) leave the directory alone
+            metrics_dir.release()
 
 
 COMMANDS: list = [worker]  # click commands/groups added to `envoi`
