@@ -31,6 +31,10 @@ pytestmark = pytest.mark.e2e
 DASHBOARD = DEPLOY / "grafana" / "envoi.json"
 
 
+def metric(text: str, sample: str) -> float:
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)
+
+
 def panel_queries() -> list[tuple[str, str]]:
     panels = json.loads(DASHBOARD.read_text())["panels"]
     return [(panel["title"], target["expr"]) for panel in panels for target in panel["targets"]]
@@ -118,7 +122,12 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
             with smtplib.SMTP("127.0.0.1", ports["inbound"], timeout=10) as conn:  # a report to postmaster@
                 conn.sendmail("mailer-daemon@inbox.test", [f"postmaster@{domain['name']}"],
                               "From: mailer-daemon@inbox.test\r\nSubject: hello postmaster\r\n\r\nnot a DSN\r\n")
-            wait_until(lambda: len(receiver.got("/hook")) >= 1, timeout=60)
+            # three deliveries (a@, b@ by HTTP, e@ by SMTP), each posted once by one of the worker's processes:
+            # the worker's one /metrics counts them all
+            wait_until(lambda: len(receiver.got("/hook")) >= 3, timeout=60)
+            worker_metrics = f"http://127.0.0.1:{ports['worker_m']}/metrics"
+            wait_until(lambda: metric(urllib.request.urlopen(worker_metrics, timeout=5).read().decode(),
+                                      'envoi_webhook_attempts_total{outcome="delivered"}') == 3, timeout=10)
 
         def every_target_up() -> bool:
             health = prometheus.targets_up()
