@@ -95,16 +95,16 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
         for name, argv in commands.items():
             procs.append(Proc(name, argv, env, tmp_path))
         sink = procs[1]
-        sink.wait_ready(lambda: http_ok(f"http://127.0.0.1:{ports['sink_http']}/stats"))
+        sink.wait_ready(lambda: http_ok(f"http://127.0.0.1:{ports['sink_http']}/stats"), timeout=90)
         script = json.dumps({"rcpt": {"*@bounce.test": "550 5.1.1 No such user",
                                       "*@later.test": "451 4.3.0 Try again later"}}).encode()
         urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{ports['sink_http']}/script", data=script,
                                                       headers={"Content-Type": "application/json"}), timeout=5)
         for proc, name in zip(procs[2:], ("api", "relay", "smtp", "inbound", "worker", "scheduler"), strict=True):
-            proc.wait_ready(lambda name=name: http_ok(f"http://127.0.0.1:{ports[name + '_m']}/metrics"))
+            proc.wait_ready(lambda name=name: http_ok(f"http://127.0.0.1:{ports[name + '_m']}/metrics"), timeout=90)
         (tmp_path / "prometheus").mkdir()
         prometheus = Prometheus(tmp_path / "prometheus", targets)
-        prometheus.wait_ready()
+        prometheus.wait_ready(timeout=60)
 
         with Receiver() as receiver:
             # a webhook on deliveries, posted by the worker to the loopback receiver
@@ -115,25 +115,25 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
                     "from": f"app@{domain['name']}", "to": to, "subject": "monitoring", "text": "hello"})
                 assert resp.status_code == 200, resp.text
             login = f"app@{domain['name']}"
-            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as conn:
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=60) as conn:
                 conn.starttls(context=ssl._create_unverified_context())
                 conn.login(login, "monitoring-pass-1")
                 conn.sendmail(login, ["e@inbox.test"], f"From: {login}\r\nTo: e@inbox.test\r\nSubject: s\r\n\r\nhi\r\n")
-            with smtplib.SMTP("127.0.0.1", ports["inbound"], timeout=10) as conn:  # a report to postmaster@
+            with smtplib.SMTP("127.0.0.1", ports["inbound"], timeout=60) as conn:  # a report to postmaster@
                 conn.sendmail("mailer-daemon@inbox.test", [f"postmaster@{domain['name']}"],
                               "From: mailer-daemon@inbox.test\r\nSubject: hello postmaster\r\n\r\nnot a DSN\r\n")
             # three deliveries (a@, b@ by HTTP, e@ by SMTP), each posted once by one of the worker's processes:
             # the worker's one /metrics counts them all
-            wait_until(lambda: len(receiver.got("/hook")) >= 3, timeout=60)
+            wait_until(lambda: len(receiver.got("/hook")) >= 3, timeout=120)
             worker_metrics = f"http://127.0.0.1:{ports['worker_m']}/metrics"
             wait_until(lambda: metric(urllib.request.urlopen(worker_metrics, timeout=5).read().decode(),
-                                      'envoi_webhook_attempts_total{outcome="delivered"}') == 3, timeout=10)
+                                      'envoi_webhook_attempts_total{outcome="delivered"}') == 3, timeout=30)
 
         def every_target_up() -> bool:
             health = prometheus.targets_up()
             return len(health) == len(targets) and set(health.values()) == {"up"}
 
-        wait_until(every_target_up, timeout=30)
+        wait_until(every_target_up, timeout=60)
         empty: list[tuple[str, str]] = []
 
         def every_panel_has_data() -> bool:
@@ -141,7 +141,7 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
             return not empty
 
         with contextlib.suppress(AssertionError):  # `empty` names the panels, below
-            wait_until(every_panel_has_data, timeout=60, interval=1.0)
+            wait_until(every_panel_has_data, timeout=90, interval=1.0)
     except Exception:
         for proc in procs:
             print(f"--- {proc.name}\n{proc.output()}")
