@@ -31,6 +31,10 @@ ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips"
                   "billing", "encryption", "tls")
 
 
+METRICS_BIND_HELP = ("Serve /metrics on HOST:PORT (e.g. a private address Prometheus scrapes); "
+                     "replaces --metrics-port.")
+
+
 def _user_error(ex: Exception) -> str | None:
     """The one line to print for an error the operator can act on (bad input, something missing, the
     database down), or None for a bug (which keeps its traceback). The CLI's only translation."""
@@ -145,13 +149,20 @@ def migrate() -> None:
               help="Threads per worker; a live event stream holds one (at most ENVOI_STREAM_MAX_CLIENTS).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="Log every request (client address, path with the domain) to stdout.")
-def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics (all workers summed) on ENVOI_METRICS_HOST:PORT, a private listener apart "
+                   "from --bind (which never serves it); 0: off.")
+@click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
+def api(bind: str, workers: int, threads: int, access_log: bool, metrics_port: int, metrics_bind: str) -> None:
     """Serve the HTTP API with gunicorn."""
-    import shutil
-    import tempfile
+    from envoi.infra import metrics_dir
 
+    # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
+    # (the library reads the variable when first imported, so it is chosen before anything imports it).
+    metrics_dir.use()
     from envoi import runtime
     from envoi.billing import plans
+    from envoi.gunicorn_conf import METRICS_BIND
 
     # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings, a
     # plans file that cannot be used, stores stamped with another region, data sealed under a key not given.
@@ -159,17 +170,7 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
     plans.load(settings.billing_plans)
     runtime.check_stores(settings)
     runtime.check_sealing_keys(settings)
-    # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
-    # (the library reads the variable itself, so it must be set before the workers start).
-    from envoi.gunicorn_conf import OWNED_METRICS_DIR
-
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not metrics_dir:  # ours alone: gunicorn removes it when it exits (envoi.gunicorn_conf)
-        metrics_dir = tempfile.mkdtemp(prefix="envoi-metrics-")
-        os.environ[OWNED_METRICS_DIR] = "1"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    os.makedirs(metrics_dir, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[METRICS_BIND] = settings.metrics_address(metrics_bind, metrics_port)  # served by gunicorn's master (envoi.gunicorn_conf)
     # Off by default: a request log is personal data (addresses, customers' domains) kept wherever
     # stdout goes, and formatting it was ~6% of the API's CPU per send. Events are the audit trail.
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads",
@@ -179,16 +180,18 @@ def api(bind: str, workers: int, threads: int, access_log: bool) -> None:
 
 
 @main.command()
-@click.option("--metrics-port", default=9125, show_default=True, type=int, help="0 disables /metrics.")
-def relay(metrics_port: int) -> None:
+@click.option("--metrics-port", default=9125, show_default=True, type=int,
+              help="Serve /metrics on ENVOI_METRICS_HOST:PORT (127.0.0.1); 0 disables it.")
+@click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
+def relay(metrics_port: int, metrics_bind: str) -> None:
     """Run the delivery engine: due recipients -> DKIM -> MX -> SMTP."""
     from envoi import runtime
     from envoi.infra import aio
 
     runtime.check_sealing_keys(_settings())
     services = _services(pool_size=6)
-    if metrics_port:
-        services.metrics.serve(metrics_port)
+    if address := services.settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
     engine = runtime.build_relay(services)
 
     async def run() -> None:
@@ -206,7 +209,10 @@ def relay(metrics_port: int) -> None:
 
 @main.command(short_help="Run periodic jobs: purges, partition upkeep, sweepers.")
 @click.option("--once", is_flag=True, help="Run every task once and exit.")
-def scheduler(once: bool) -> None:
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics (task runs, last successes) on ENVOI_METRICS_HOST:PORT; 0: off.")
+@click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
+def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
     """Run periodic jobs: retention purges, partition upkeep, sweepers."""
     import time
 
@@ -214,6 +220,8 @@ def scheduler(once: bool) -> None:
 
     runtime.check_sealing_keys(_settings())
     services = _services(pool_size=2)
+    if address := services.settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
     tasks = runtime.periodic_tasks(services)
     due = {task.name: 0.0 for task in tasks}
     log = logging.getLogger("envoi.scheduler")
@@ -227,8 +235,11 @@ def scheduler(once: bool) -> None:
                     try:
                         result = task.run()
                         log.info("%s: %s", task.name, result)
+                        services.metrics.task_runs.labels(task.name, "success").inc()
+                        services.metrics.task_last_success.labels(task.name).set(time.time())
                     except Exception:  # one failing job must not stop the others
                         log.exception("%s failed", task.name)
+                        services.metrics.task_runs.labels(task.name, "error").inc()
                     due[task.name] = now + task.every_seconds
             if once:
                 break

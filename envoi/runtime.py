@@ -140,9 +140,12 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     # The plans, once: a file that cannot be used stops the process here (PlansInvalid says why).
     plans = billing_plans.load(settings.billing_plans)
     # Infrastructure.
+    metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
+    store_errors = metrics.store_errors
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
-                  statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
-    redis = redis_infra.client(settings.redis_url)
+                  statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout,
+                  on_unavailable=store_errors.labels("postgres").inc)
+    redis = redis_infra.client(settings.redis_url, on_unavailable=store_errors.labels("redis").inc)
     try:
         claim_stores(settings, db, redis)
     except BaseException:
@@ -150,7 +153,6 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         raise
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = sealer_for(settings)
-    metrics = Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
     audit = Audit(db)  # the account audit log: key, user and session actions
     # Billing on: plans' max_domains, max_users and dedicated_ips, enforced where each is added.
     limits = PlanFeatureLimits(plans) if settings.billing else None

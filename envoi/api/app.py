@@ -28,7 +28,7 @@ from envoi.api.resources.regions import RegionLookup
 from envoi.api.resources.routes import RouteCollection
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.suppressions import SuppressionList
-from envoi.api.resources.system import Health, MetricsEndpoint
+from envoi.api.resources.system import Health
 from envoi.api.resources.templates import TemplateResource
 from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
@@ -189,7 +189,7 @@ def routes(settings, services) -> list[Route]:
         ("/v1/regions/lookup", RegionLookup(services.router), None),
         # the process itself
         ("/healthz", Health(), None),
-        ("/metrics", MetricsEndpoint(services.metrics), None),
+        # (no /metrics: the public listener never serves it; `envoi api --metrics-bind` does)
         ("/openapi.json", OpenApiDocument(), None),
         # API keys (Mailgun's /v1/keys)
         ("/v1/keys", keys, None),

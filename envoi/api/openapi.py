@@ -639,8 +639,6 @@ def _paths() -> dict:
                                 "413": _json(ERROR, "Too large")}, tag="regions"))
     # system
     add("/healthz", "get", op("Health", _json({"type": "object", "required": ["status"]}), public=True, tag="system"))
-    add("/metrics", "get", op("Prometheus metrics", {"description": "text exposition format", "content": {
-        "text/plain": {"schema": STR}}}, public=True, tag="system"))
     add("/openapi.json", "get", op("This description", _json({"type": "object", "required": ["openapi", "paths"]}),
                                    public=True, tag="system"))
     # API keys (admin keys only)

@@ -9,8 +9,9 @@ import click
 @click.command("inbound", short_help="The inbound MX: bounces, complaints, and mail for routes.")
 @click.option("--bind", default=None, help="Listen address [ENVOI_INBOUND_BIND, 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Listen port [ENVOI_INBOUND_PORT, 2526; 25 in production].")
-@click.option("--metrics-port", default=0, type=int, help="Serve /metrics on 127.0.0.1:PORT (0: off).")
-def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
+@click.option("--metrics-port", default=0, type=int, help="Serve /metrics on ENVOI_METRICS_HOST:PORT (0: off).")
+@click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (replaces --metrics-port).")
+def inbound(bind: str | None, port: int | None, metrics_port: int, metrics_bind: str) -> None:
     """Receive DSNs at VERP bounce addresses and ARF reports at the FBL addresses (recording events), and
     mail for the receiving domains, applying their account's routes (/v3/routes)."""
     import asyncio
@@ -26,8 +27,8 @@ def inbound(bind: str | None, port: int | None, metrics_port: int) -> None:
     runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=6)
     server = runtime.build_inbound(services, host=bind, port=port)
-    if metrics_port:
-        services.metrics.serve(metrics_port)
+    if address := settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
 
     async def run() -> None:
         stop = asyncio.Event()

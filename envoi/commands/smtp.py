@@ -17,10 +17,11 @@ import click
 @click.option("--var", "var_dir", default="var", show_default=True,
               help="Where a self-signed dev certificate is kept when no certificate is configured.")
 @click.option("--metrics-port", default=0, type=int,
-              help="Serve /metrics on 127.0.0.1:PORT (0: off); with --processes N, PORT..PORT+N-1.")
+              help="Serve /metrics on ENVOI_METRICS_HOST:PORT (0: off); with --processes N, all of them summed.")
+@click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (replaces --metrics-port).")
 @click.option("--processes", default=1, show_default=True, type=int,
               help="Server processes sharing the ports (SO_REUSEPORT), e.g. one per core.")
-def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processes) -> None:
+def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_bind, processes) -> None:
     """Run SMTP submission: 587 with STARTTLS and 465 with implicit TLS, AUTH with domain credentials."""
     import contextlib
     import logging
@@ -28,13 +29,19 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processe
     import signal
     import sys
 
+    from envoi.infra import metrics_dir
+
+    if processes > 1:  # each server process writes its metrics where the parent sums them
+        metrics_dir.use()
     from envoi import runtime
+    from envoi.infra.metrics import forget_process, serve_directory
     from envoi.infra.settings import Settings
     from envoi.mta.submission.tls import dev_certificate
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command (addresses) at INFO
     settings = Settings.from_env()
+    metrics_at = settings.metrics_address(metrics_bind, metrics_port)
     cert, key = cert or settings.tls_cert, key or settings.tls_key
     if bool(cert) != bool(key):
         raise click.UsageError("set both a certificate and its key (--cert/--key or ENVOI_TLS_CERT/ENVOI_TLS_KEY)")
@@ -46,17 +53,16 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processe
     bind = bind or settings.smtp_bind
     runtime.check_sealing_keys(settings)  # a connection opened and closed: nothing left across the fork
     if processes <= 1:
-        _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_port, reuse_port=False)
+        _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_at, reuse_port=False)
         return
     # Fork before anything opens a pool, a socket or a thread; each child is a whole server.
     children = []
-    for n in range(processes):
+    for _ in range(processes):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_port + n if metrics_port else 0,
-                            reuse_port=True)
+                _serve_smtp(settings, bind, port, smtps_port, cert, key, 0, reuse_port=True)
             except BaseException:
                 logging.getLogger("envoi.smtp").exception("smtp: server process failed")
                 code = 1
@@ -64,6 +70,8 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processe
                 sys.stdout.flush()
                 os._exit(code)
         children.append(pid)
+    if metrics_at:  # after the forks: no thread is copied into a child
+        serve_directory(metrics_at, os.environ[metrics_dir.VARIABLE])
 
     def forward(signum, frame) -> None:
         for child in children:
@@ -75,25 +83,29 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, processe
     failed = 0
     for child in children:
         _, status = os.waitpid(child, 0)
+        forget_process(child)
         failed |= os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM)
+    metrics_dir.release()
     sys.exit(1 if failed else 0)
 
 
-def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key: str, metrics_port: int, *,
+def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key: str, metrics_at: str | int, *,
                 reuse_port: bool) -> None:
     import asyncio
     import signal
 
     from envoi import runtime
     from envoi.infra import aio
+    from envoi.infra.crypto import certificate_expiry
     from envoi.mta.submission.server import SubmissionServer
     from envoi.mta.submission.tls import server_context
 
     services = runtime.build(settings, pool_size=10)  # the commit stage, AUTH threads, stats folding
     submission = runtime.build_submission(services)
     _raise_fd_limit(settings.smtp_max_connections + 256)  # each connection is a descriptor; leave room
-    if metrics_port:
-        services.metrics.serve(metrics_port)
+    services.metrics.certificate_expiry.labels("smtp").set(certificate_expiry(cert))
+    if metrics_at:
+        services.metrics.serve(metrics_at)
     server = SubmissionServer(submission, server_context(cert, key), host=bind,
                               port=port or None, smtps_port=smtps_port or None, reuse_port=reuse_port)
 

@@ -12,8 +12,9 @@ import click
 @click.option("--no-dispatch", is_flag=True, help="Only run jobs; another process runs the dispatcher.")
 @click.option("--burst", is_flag=True, help="Exit when nothing is due (dispatch and run rounds until then).")
 @click.option("--metrics-port", default=0, type=int,
-              help="Serve /metrics on 127.0.0.1:PORT (each extra process on the next port); 0: off.")
-def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) -> None:
+              help="Serve /metrics of all the processes (summed) on ENVOI_METRICS_HOST:PORT; 0: off.")
+@click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (replaces --metrics-port).")
+def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, metrics_bind: str) -> None:
     """Run RQ workers delivering webhooks, plus the dispatcher that feeds them from the Postgres outbox.
 
     The dispatcher leases due outbox rows (at most ENVOI_WEBHOOK_PER_ENDPOINT in flight per host and
@@ -25,7 +26,12 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
     import sys
     import threading
 
+    from envoi.infra import metrics_dir
+
+    if processes > 1:  # the extra processes write their metrics where this one sums them
+        metrics_dir.use()
     from envoi import runtime
+    from envoi.infra.metrics import forget_process
     from envoi.infra.settings import Settings
     from envoi.validation import jobs as validation_jobs
     from envoi.webhooks import jobs
@@ -36,14 +42,13 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
     connection = jobs.worker_connection(settings.redis_url)
     validation_jobs.configure(services.validation)
     queues = (validation_jobs.QUEUE,)
-    if metrics_port:
-        services.metrics.serve(metrics_port)
+    if address := settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
     children = []
-    for n in range(1, processes):
+    for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1", "--no-dispatch"]
         argv += ["--burst"] if burst else []
-        argv += ["--metrics-port", str(metrics_port + n)] if metrics_port else []
-        children.append(subprocess.Popen(argv))
+        children.append(subprocess.Popen([*argv, "--metrics-port", "0"]))
     dispatcher = None
     if not no_dispatch:
         dispatcher = jobs.Dispatcher(services.webhooks, connection)
@@ -69,7 +74,10 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int) ->
             child.terminate()
         for child in children:
             child.wait(timeout=30)
+            forget_process(child.pid)
         services.close()
+        if processes > 1:  # the group's parent; its children (--processes 1) leave the directory alone
+            metrics_dir.release()
 
 
 COMMANDS: list = [worker]  # click commands/groups added to `envoi`

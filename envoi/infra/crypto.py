@@ -136,3 +136,11 @@ def hmac_sha256_hex(key: bytes, message: bytes) -> str:
 
 def constant_time_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def certificate_expiry(cert_file: str | os.PathLike) -> float:
+    """When the first certificate of a PEM chain file expires (Unix time): the expiry alert's gauge."""
+    from cryptography import x509
+
+    with open(cert_file, "rb") as f:
+        return x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()

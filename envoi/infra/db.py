@@ -7,7 +7,7 @@ commit together (intake writes the message, its recipients and its events in one
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import psycopg
 from psycopg.generators import send
@@ -61,15 +61,24 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _ours() -> Iterator[None]:
-    """Raise the driver's unavailable and data errors as this package's (same text, the driver's as cause)."""
+def _ours(on_unavailable: Callable[[], None] | None = None) -> Iterator[None]:
+    """Raise the driver's unavailable and data errors as this package's (same text, the driver's as cause);
+    on_unavailable counts the former (the store-errors metric)."""
     try:
         yield
+    except DatabaseUnavailable:
+        if on_unavailable:
+            on_unavailable()
+        raise
     except EnvoiError:
         raise
     except PoolTimeout as ex:
+        if on_unavailable:
+            on_unavailable()
         raise NoConnection(str(ex)) from ex
     except psycopg.OperationalError as ex:
+        if on_unavailable:
+            on_unavailable()
         raise DatabaseUnavailable(str(ex)) from ex
     except psycopg.DataError as ex:
         raise DataError(str(ex)) from ex
@@ -79,8 +88,10 @@ class Database:
     """A region's Postgres: a small pool, handing out connections that return dict rows."""
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, write_deadline: float = 0.0,
-                 statement_timeout: float = 0.0, pool_timeout: float = 30.0):
+                 statement_timeout: float = 0.0, pool_timeout: float = 30.0,
+                 on_unavailable: Callable[[], None] | None = None):
         self.dsn = dsn
+        self.on_unavailable = on_unavailable
         self.write_deadline = write_deadline  # seconds; 0 = none (see bounded())
         kwargs: dict = {"row_factory": dict_row, "autocommit": False}
         if statement_timeout:
@@ -110,7 +121,7 @@ class Database:
     def transaction(self, *, bounded: bool = False) -> Iterator[psycopg.Connection]:
         """Yield a connection inside a transaction; commit on success, roll back on error.
         bounded: fail with Unavailable past the write deadline (see bounded())."""
-        with _ours(), self.pool.connection() as conn, self.bounded(conn, bounded):
+        with _ours(self.on_unavailable), self.pool.connection() as conn, self.bounded(conn, bounded):
             yield conn
 
     @contextlib.contextmanager
@@ -118,7 +129,7 @@ class Database:
         """transaction() in pipeline mode: statements go out without waiting for each other's results,
         so a batch waits on Postgres only where it reads a result, and once more at commit. COPY is not
         available inside (insert_columns is). Always bounded by the write deadline."""
-        with _ours(), self.pool.connection() as conn, self.bounded(conn), conn.pipeline():
+        with _ours(self.on_unavailable), self.pool.connection() as conn, self.bounded(conn), conn.pipeline():
             yield conn
             # psycopg's commit in a pipeline sends what it can without blocking, then only waits to
             # read: a statement bigger than the socket buffers (~10 MB on loopback) stays half sent

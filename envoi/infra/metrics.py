@@ -1,9 +1,18 @@
-"""Prometheus metrics: one registry per process, names ending in _total or _seconds."""
+"""Prometheus metrics: one registry per process, names ending in _total or _seconds.
+
+A process group (gunicorn's workers, `envoi smtp --processes N`, `envoi worker --processes N`) uses
+prometheus-client's multiprocess mode: every process writes its values under PROMETHEUS_MULTIPROC_DIR
+(see envoi.infra.metrics_dir, which must run before this module is imported) and the one /metrics of
+the group sums them. /metrics is only served on a metrics bind of its own (serve()), never on a public
+listener."""
 
 from __future__ import annotations
 
 import glob
 import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
 from prometheus_client import (
@@ -13,7 +22,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
-    start_http_server,
 )
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
@@ -36,11 +44,14 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.dkim_seconds = Histogram("envoi_dkim_sign_seconds", "Time to DKIM-sign one message",
                                       buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1), registry=r)
-        self.queue_scheduled = Gauge("envoi_queue_scheduled", "Recipients queued (due or not)", registry=r)
-        self.queue_due = Gauge("envoi_queue_due", "Recipients due for an attempt now", registry=r)
-        self.queue_ready = Gauge("envoi_queue_ready", "Deliveries waiting in the relay's ready queues", registry=r)
+        self.queue_scheduled = Gauge("envoi_queue_scheduled", "Recipients queued (due or not)",
+                                     multiprocess_mode="livesum", registry=r)
+        self.queue_due = Gauge("envoi_queue_due", "Recipients due for an attempt now",
+                               multiprocess_mode="livesum", registry=r)
+        self.queue_ready = Gauge("envoi_queue_ready", "Deliveries waiting in the relay's ready queues",
+                                 multiprocess_mode="livesum", registry=r)
         self.connections = Gauge("envoi_smtp_connections", "Open outbound SMTP sessions", ["destination"],
-                                 registry=r)
+                                 multiprocess_mode="livesum", registry=r)
         self.inbound_reports = Counter("envoi_inbound_reports_total", "Inbound DSN/ARF reports by kind"
                                        " (dsn|arf|other) and result (recorded|dropped|error)",
                                        ["kind", "result"], registry=r)
@@ -49,7 +60,7 @@ class Metrics:
         self.webhook_seconds = Histogram("envoi_webhook_attempt_seconds", "Time of one webhook POST",
                                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r)
         self.webhook_backlog = Gauge("envoi_webhook_backlog", "Webhook deliveries due and not in flight",
-                                     registry=r)
+                                     multiprocess_mode="livesum", registry=r)
         self.egress_deliveries = Counter(
             "envoi_egress_deliveries_total", "Deliveries per egress IP and why that IP was chosen (sending-ip,"
             " sending-ip-pool, domain-ip, domain-pool, shared, overflow = past a warm-up cap, default = OS address)",
@@ -62,6 +73,20 @@ class Metrics:
                                        " or an RFC 8460 failure type)", ["result"], registry=r)
         self.egress_unavailable = Counter("envoi_egress_unavailable_total",
                                           "Deliveries for which no egress IP could send now", [], registry=r)
+        # For the alert rules (infra/deploy/prometheus/alerts.yml).
+        self.queue_oldest_due = Gauge("envoi_queue_oldest_due_seconds", "How long the longest-waiting due"
+                                      " recipient has been due (0: none due)", multiprocess_mode="livemax",
+                                      registry=r)
+        self.store_errors = Counter("envoi_store_errors_total", "Operations that failed because Postgres or Redis"
+                                    " was unavailable (store = postgres | redis)", ["store"], registry=r)
+        self.certificate_expiry = Gauge("envoi_tls_certificate_expiry_timestamp_seconds", "When the listener's"
+                                        " TLS certificate expires (Unix time)", ["listener"],
+                                        multiprocess_mode="livemin", registry=r)
+        self.task_runs = Counter("envoi_scheduler_task_runs_total", "Periodic task runs by task and result"
+                                 " (success | error)", ["task", "result"], registry=r)
+        self.task_last_success = Gauge("envoi_scheduler_task_last_success_timestamp_seconds", "When the task last"
+                                       " ran without error (Unix time)", ["task"], multiprocess_mode="livemax",
+                                       registry=r)
 
     def observe_delivered(self, seconds: float) -> None:
         self.delivered.inc()
@@ -71,16 +96,22 @@ class Metrics:
         self.webhook_attempts.labels(outcome).inc()
         self.webhook_seconds.observe(seconds)
 
-    def serve(self, port: int) -> None:
-        """This process's /metrics on 127.0.0.1:`port` (a scrape target beside the relay, smtp and worker)."""
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, bind: str | int) -> ThreadingHTTPServer:
+        """/metrics on `bind` (HOST:PORT, or a port on 127.0.0.1): a private listener of its own, never
+        the public API's. In multiprocess mode it answers for the whole process group."""
+        return serve(bind, self.render)
 
     def render(self) -> bytes:
         if self.multiprocess_dir:
-            registry = CollectorRegistry()
-            StartedWorkersCollector(registry, path=self.multiprocess_dir)
-            return generate_latest(registry)
+            return render_directory(self.multiprocess_dir)
         return generate_latest(self.registry)
+
+
+def render_directory(directory: str) -> bytes:
+    """The exposition of every process's values under `directory`, summed."""
+    registry = CollectorRegistry()
+    StartedWorkersCollector(registry, path=directory)
+    return generate_latest(registry)
 
 
 class StartedWorkersCollector(multiprocess.MultiProcessCollector):
@@ -103,6 +134,51 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except FileNotFoundError:  # a dead worker's live gauges, removed by forget_process()
         return 0
+
+
+def serve(bind: str | int, render) -> ThreadingHTTPServer:
+    """Answer GET /metrics with render() on `bind` from a daemon thread; anything else is a 404."""
+    host, port = parse_bind(bind)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = render()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args) -> None:  # one line per scrape is noise
+            pass
+
+    server_class = _Server6 if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def serve_directory(bind: str | int, directory: str) -> ThreadingHTTPServer:
+    """/metrics summing every process's files under `directory` (gunicorn's master, the parent of
+    `--processes N`), without registering metrics of its own."""
+    return serve(bind, lambda: render_directory(directory))
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def parse_bind(bind: str | int) -> tuple[str, int]:
+    """"HOST:PORT", "[V6]:PORT" or a bare port (on 127.0.0.1)."""
+    text = str(bind).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return "127.0.0.1", int(text)
+    return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
 def forget_process(pid: int) -> None:

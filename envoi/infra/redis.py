@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 
 import redis
 
@@ -15,8 +16,23 @@ RedisError = redis.RedisError
 Redis = redis.Redis  # the client type, for annotations outside infra
 
 
-def client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+def client(url: str, on_unavailable: Callable[[], None] | None = None) -> redis.Redis:
+    """on_unavailable: called when a command fails for want of Redis (the store-errors metric)."""
+    conn = _Counted.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+    conn.on_unavailable = on_unavailable
+    return conn
+
+
+class _Counted(redis.Redis):
+    on_unavailable: Callable[[], None] | None = None
+
+    def execute_command(self, *args, **options):
+        try:
+            return super().execute_command(*args, **options)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if self.on_unavailable:
+                self.on_unavailable()
+            raise
 
 
 class Doorbell:

@@ -215,8 +215,12 @@ class Settings:
     max_message_bytes: int = 25 * 1024 * 1024
     #: ENVOI_METRICS: expose /metrics (default on).
     metrics_enabled: bool = True
-    #: PROMETHEUS_MULTIPROC_DIR: set by `envoi api` so gunicorn workers share their metrics.
+    #: PROMETHEUS_MULTIPROC_DIR: where a process group (gunicorn's workers, `--processes N`) keeps its metrics
+    #: files, one directory per group, emptied at its start (unset: a temporary one, removed at exit).
     metrics_multiprocess_dir: str | None = None
+    #: ENVOI_METRICS_HOST: address each process's `--metrics-port` listens on (127.0.0.1): a private address
+    #: Prometheus reaches, never the public one. /metrics is only ever served there (or on `--metrics-bind`).
+    metrics_host: str = "127.0.0.1"
     #: ENVOI_RELAY_HOST: the host this relay runs on; it only binds egress IPs of this host (hostname).
     relay_host: str = field(default_factory=socket.gethostname)
     #: ENVOI_WARMUP_POLICY: when every warming IP is at its daily cap: overflow (to the shared pool) or wait.
@@ -356,6 +360,13 @@ class Settings:
     def redis_wakeup_key(self) -> str:
         return f"envoi:{self.region}:relay:wakeup"
 
+    def metrics_address(self, bind: str, port: int) -> str:
+        """Where a process serves /metrics: --metrics-bind, else --metrics-port on ENVOI_METRICS_HOST ("": off)."""
+        if bind:
+            return bind
+        host = f"[{self.metrics_host}]" if ":" in self.metrics_host else self.metrics_host
+        return f"{host}:{port}" if port else ""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -461,6 +472,8 @@ class Settings:
             values["metrics_enabled"] = _bool(v)
         if v := env.get("PROMETHEUS_MULTIPROC_DIR"):
             values["metrics_multiprocess_dir"] = v
+        if v := env.get("ENVOI_METRICS_HOST"):
+            values["metrics_host"] = v
         if v := env.get("ENVOI_RELAY_HOST"):
             values["relay_host"] = v
         if v := env.get("ENVOI_WARMUP_POLICY"):

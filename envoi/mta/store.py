@@ -149,7 +149,9 @@ def reschedule(conn: Connection, rows: list[tuple]) -> None:
 def queue_depth(conn: Connection) -> dict:
     row = conn.execute(
         "SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,"
-        " count(*) AS scheduled FROM recipients WHERE status = 'queued'"
+        " count(*) AS scheduled, coalesce(extract(epoch FROM now() - min(next_attempt_at)"
+        " FILTER (WHERE next_attempt_at <= now())), 0)::float8 AS oldest_due_seconds"
+        " FROM recipients WHERE status = 'queued'"
     ).fetchone()
     return dict(row)
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def stack(tmp_path, settings, services, account, domain, api_key, db):
-    api_port, sink_smtp, sink_http, dns_port, relay_metrics = (free_port() for _ in range(5))
+    api_port, sink_smtp, sink_http, dns_port, relay_metrics, api_metrics = (free_port() for _ in range(6))
     zone = [
         ["inbox.test", "MX", "10 mx.inbox.test."],
         ["mx.inbox.test", "A", "127.0.0.1"],
@@ -43,7 +43,8 @@ def stack(tmp_path, settings, services, account, domain, api_key, db):
         sink = Proc("sink", envoi("sink", "--smtp", f"127.0.0.1:{sink_smtp}", "--http", f"127.0.0.1:{sink_http}"),
                     env, tmp_path)
         procs.append(sink)
-        api = Proc("api", envoi("api", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"), env, tmp_path)
+        api = Proc("api", envoi("api", "--bind", f"127.0.0.1:{api_port}", "--workers", "2",
+                                "--metrics-bind", f"127.0.0.1:{api_metrics}"), env, tmp_path)
         procs.append(api)
         relay = Proc("relay", envoi("relay", "--metrics-port", str(relay_metrics)), env, tmp_path)
         procs.append(relay)
@@ -52,7 +53,8 @@ def stack(tmp_path, settings, services, account, domain, api_key, db):
         dns.wait_ready(lambda: "listening" in dns.output())
         yield {"api_url": api_url, "sink_url": f"http://127.0.0.1:{sink_http}", "domain": domain,
                "key": api_key, "dkim_txt": zone[2][2], "procs": procs, "first_event": first_event,
-               "relay_metrics": f"http://127.0.0.1:{relay_metrics}/metrics"}
+               "relay_metrics": f"http://127.0.0.1:{relay_metrics}/metrics",
+               "api_metrics": f"http://127.0.0.1:{api_metrics}/metrics"}
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -118,7 +120,7 @@ def test_mailgun_sdk_send_is_delivered_signed_and_logged(stack, db):
     assert delivered["recipient"] == "reader@inbox.test" and delivered["tags"] == ["e2e"]
 
     # metrics: the API counted the accept (whichever gunicorn worker answers), the relay the delivery
-    api_metrics = urllib.request.urlopen(f"{stack['api_url']}/metrics").read().decode()
+    api_metrics = urllib.request.urlopen(stack["api_metrics"]).read().decode()
     assert 'envoi_messages_accepted_total{method="http"} 1.0' in api_metrics
     # The fresh relay also delivers whatever earlier tests left queued (to inbox.test, say), so its counters
     # must equal the deliveries recorded since it started, not 1.
@@ -137,14 +139,16 @@ def test_api_removes_the_metrics_directory_it_made_and_keeps_a_given_one(tmp_pat
     port = free_port()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
+    metrics_port = free_port()
     given = tmp_path / "given-metrics"
     for name, extra in (("own", {"TMPDIR": str(scratch)}),
                         ("given", {"TMPDIR": str(scratch), "PROMETHEUS_MULTIPROC_DIR": str(given)})):
-        api = Proc(f"api-{name}", envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "2"),
+        api = Proc(f"api-{name}", envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                                        "--metrics-bind", f"127.0.0.1:{metrics_port}"),
                    process_env(settings, **extra), tmp_path)
         try:
             api.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"))
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read()
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read()
             made = given if name == "given" else next(scratch.glob("envoi-metrics-*"))
             assert any(made.glob("*.db"))  # the workers write their values there
         finally:

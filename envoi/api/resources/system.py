@@ -1,11 +1,10 @@
-"""Process endpoints: health and Prometheus metrics."""
+"""Process endpoints: health. (/metrics is served on a private metrics bind, not here.)"""
 
 from __future__ import annotations
 
 import falcon
 
 from envoi.api.auth import PUBLIC
-from envoi.infra.metrics import CONTENT_TYPE
 
 
 class Health:
@@ -13,14 +12,3 @@ class Health:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
-
-
-class MetricsEndpoint:
-    auth = PUBLIC
-
-    def __init__(self, metrics):
-        self.metrics = metrics
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.content_type = CONTENT_TYPE
-        resp.data = self.metrics.render()

@@ -150,6 +150,7 @@ class Relay:
                     depth = await asyncio.to_thread(self.claimer.depth)
                     self.metrics.queue_scheduled.set(depth["scheduled"])
                     self.metrics.queue_due.set(depth["due"])
+                    self.metrics.queue_oldest_due.set(depth["oldest_due_seconds"])
             except Exception:
                 log.exception("relay housekeeping failed; retrying")
 

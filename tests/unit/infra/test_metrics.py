@@ -37,3 +37,26 @@ def test_serve_exposes_the_process_metrics_on_loopback():
     metrics.serve(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'envoi_messages_accepted_total{method="smtp"} 3.0' in body.splitlines()
+
+
+def test_serve_takes_a_host_port_bind_and_answers_only_metrics():
+    import socket
+    import urllib.error
+    import urllib.request
+
+    import pytest
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics = Metrics()
+    metrics.store_errors.labels("redis").inc()
+    server = metrics.serve(f"127.0.0.1:{port}")
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'envoi_store_errors_total{store="redis"} 1.0' in body.splitlines()
+        with pytest.raises(urllib.error.HTTPError) as other:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        assert other.value.code == 404
+    finally:
+        server.shutdown()

@@ -70,3 +70,13 @@ def test_routing_between_regions():
     with pytest.raises(SettingsError, match="ENVOI_ROUTING_SECRET must be at least 32 characters"):
         Settings.from_env({**env, "ENVOI_ROUTING_SECRET": "short"})
     assert Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY}).routing_secret == b""  # unset: routing off
+
+
+def test_metrics_listen_on_the_metrics_host_or_the_explicit_bind():
+    base = {"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY}
+    assert Settings.from_env(base).metrics_address("", 9125) == "127.0.0.1:9125"
+    private = Settings.from_env({**base, "ENVOI_METRICS_HOST": "10.0.0.11"})
+    assert private.metrics_address("", 9120) == "10.0.0.11:9120"
+    assert private.metrics_address("", 0) == ""  # off
+    assert private.metrics_address("10.0.0.12:9999", 9120) == "10.0.0.12:9999"
+    assert Settings.from_env({**base, "ENVOI_METRICS_HOST": "fd00::5"}).metrics_address("", 9121) == "[fd00::5]:9121"
