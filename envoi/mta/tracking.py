@@ -369,7 +369,10 @@ class _TextPart:
         if data.isascii() and max(map(len, data.split(b"\r\n"))) <= MAX_LINE:
             return self.head + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data
         # (Encoding the literals once and only the values per recipient measured no faster: b2a_qp is C.)
-        return self.head + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + binascii.b2a_qp(data, istext=True)
+        encoded = binascii.b2a_qp(data, istext=True)
+        if b"\r\n" not in data:  # one line: b2a_qp would break it with bare LFs
+            encoded = encoded.replace(b"=\n", b"=\r\n")
+        return self.head + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded
 
 
 class _Template:
