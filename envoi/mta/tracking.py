@@ -275,7 +275,10 @@ class Tracking:
         data = self.verify(kind, token)
         if kind == "c":
             target = data["extra"]
-            parts = urlsplit(target) if isinstance(target, str) else None
+            try:
+                parts = urlsplit(target) if isinstance(target, str) else None
+            except ValueError:
+                parts = None
             if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
                 raise InvalidToken("not a web link")
         with self.db.transaction() as conn:
@@ -576,6 +579,11 @@ class _Plan:
         slot of its own inside)."""
         if not _WEB_URL.match(url) or "\x00" in url or url.startswith(self.own):
             return None
+        if "[" in url:  # an IPv6 host: only a well-formed one (the click endpoint parses it again)
+            try:
+                urlsplit(url)
+            except ValueError:
+                return None
         return f"\x00c{url}\x00"
 
     def _href(self, m: re.Match) -> str:
