@@ -134,7 +134,7 @@ class Settings:
     tracking_tls_key: str = ""
     #: ENVOI_TRACKING_TLS_DIR: optional directory of per-host certificates for `envoi tracking`:
     #: `<host>.pem` (chain then key, e.g. email.example.com.pem), chosen by the client's SNI; a host
-    #: without a file gets ENVOI_TRACKING_TLS_CERT. Files are read when a host is first asked for.
+    #: without a file gets ENVOI_TRACKING_TLS_CERT. Read once per worker: `kill -HUP` gunicorn after a renewal.
     tracking_tls_dir: str = ""
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", each region's API base URL: named in wrong-region
     #: 401s, the dashboard's region switch and its answer to an email of another region (URL + /dashboard).
