@@ -5,7 +5,11 @@ click URLs, an open pixel is added, `%unsubscribe_url%` / `%tag_unsubscribe_url%
 domain's unsubscribe footer is appended, and `List-Unsubscribe` (https + mailto) with
 `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058) is added to the header, so the relay's
 DKIM signature covers both. Tracking URLs are per recipient, so a copy addressed to several
-recipients is split into one copy per recipient (as batch sends are).
+recipients is split into one copy per recipient (as batch sends are). Links point at the domain's
+tracking host ({web_scheme}://{web_prefix}.{domain}) or, in public_url mode, at ENVOI_PUBLIC_URL.
+
+PERF: a copy is parsed once into a template (raw MIME, see _Plan) and only the tokens are made per
+recipient: the email package's parse and re-serialisation cost 3-8 ms per recipient.
 
 Tokens are opaque: base64url(version + nonce + AES-GCM-SIV(payload)) under a key derived from the
 region's secret key, with the kind (o/c/u) as associated data. The payload binds account, domain,
@@ -201,9 +205,6 @@ class Tracking:
             except InvalidTag:
                 continue
         return self._aeads[-1].decrypt(raw[1:13], raw[13:], associated)
-
-    def url(self, kind: str, token: str) -> str:
-        return f"{self.public_url}/{kind}/{token}"
 
     def list_unsubscribe_url(self, domain: dict, message_id: str, member: str, list_address: str) -> str:
         """%mailing_list_unsubscribe_url%: unsubscribes this member from this list only (not the domain)."""
