@@ -339,11 +339,14 @@ def _name(field: bytes) -> bytes:
     return field.split(b":", 1)[0].strip().lower()
 
 
-def _value(fields: list[bytes], name: bytes) -> str | None:
+def _content_fields(fields: list[bytes]) -> dict[bytes, str]:
+    """The first value of each Content-* field, unfolded (the only ones rendering reads)."""
+    found: dict[bytes, str] = {}
     for f in fields:
-        if _name(f) == name:
-            return f.split(b":", 1)[1].replace(b"\r\n", b"").decode("latin-1").strip()
-    return None
+        if f[:8].lower() == b"content-":
+            name, _, value = f.partition(b":")
+            found.setdefault(name.strip().lower(), value.replace(b"\r\n", b"").decode("latin-1").strip())
+    return found
 
 
 def _content_type(value: str | None, default: str) -> tuple[str, dict[str, str]]:
@@ -497,8 +500,9 @@ class _Plan:
                 return []
             head, body = raw[:end + 2], raw[end + 4:]
         fields = _fields(head)
-        ctype, params = _content_type(_value(fields, b"content-type"), default)
-        cte = (_value(fields, b"content-transfer-encoding") or "").lower()
+        content = _content_fields(fields)
+        ctype, params = _content_type(content.get(b"content-type"), default)
+        cte = content.get(b"content-transfer-encoding", "").lower()
         if ctype.startswith("multipart/") and params.get("boundary"):
             out.extend([head, _LIST_SLOT, b"\r\n"] if top else [head, b"\r\n"])
             self._multipart(body, params["boundary"].encode("latin-1"), out, keys, flags,
@@ -510,12 +514,12 @@ class _Plan:
             return fields
         part = None
         if ctype in ("text/html", "text/plain") and not (
-                _value(fields, b"content-disposition") or "").lower().startswith("attachment"):
+                content.get(b"content-disposition", "")).lower().startswith("attachment"):
             part = self._text(fields, ctype[5:], params, cte, body, keys, flags, top=top)
         if part is None:
             out.extend([head, _LIST_SLOT, b"\r\n" + body] if top else [head + b"\r\n" + body])
         elif top:  # the message is this one part: its List-Unsubscribe goes before the part's own fields
-            kept = b"".join(f + b"\r\n" for f in fields if _name(f) not in _REWRITTEN)
+            kept = b"".join(f + b"\r\n" for f in fields if f[:8].lower() != b"content-" or _name(f) not in _REWRITTEN)
             out.extend([kept, _LIST_SLOT, part])
         else:
             out.append(part)
@@ -572,7 +576,7 @@ class _Plan:
         keys.update(pieces[1::2])
         head = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode()
         if not top:
-            head = b"".join(f + b"\r\n" for f in fields if _name(f) not in _REWRITTEN) + head
+            head = b"".join(f + b"\r\n" for f in fields if f[:8].lower() != b"content-" or _name(f) not in _REWRITTEN) + head
         return _TextPart(head, pieces)
 
     def _slot(self, url: str) -> str | None:
