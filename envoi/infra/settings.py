@@ -131,6 +131,7 @@ class Settings:
     #: `envoi tracking` presents (HTTPS on its --bind); a certificate naming the tracking hosts (SANs or
     #: a wildcard). Unset: it serves plain HTTP (TLS ended by a reverse proxy, or web_scheme http).
     tracking_tls_cert: str = ""
+    #: ENVOI_TRACKING_TLS_KEY: see ENVOI_TRACKING_TLS_CERT (the same file may hold both).
     tracking_tls_key: str = ""
     #: ENVOI_TRACKING_TLS_DIR: optional directory of per-host certificates for `envoi tracking`:
     #: `<host>.pem` (chain then key, e.g. email.example.com.pem), chosen by the client's SNI; a host

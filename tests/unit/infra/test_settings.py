@@ -70,3 +70,16 @@ def test_routing_between_regions():
     with pytest.raises(SettingsError, match="ENVOI_ROUTING_SECRET must be at least 32 characters"):
         Settings.from_env({**env, "ENVOI_ROUTING_SECRET": "short"})
     assert Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY}).routing_secret == b""  # unset: routing off
+
+
+def test_tracking_host_mode_and_tls_files():
+    base = {"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY}
+    assert Settings.from_env(base).tracking_host_mode == "domain"  # Mailgun's: links on email.<domain>
+    dev = Settings.from_env({**base, "ENVOI_TRACKING_HOST_MODE": "public_url", "ENVOI_TRACKING_TLS_CERT": "/c.pem",
+                             "ENVOI_TRACKING_TLS_KEY": "/k.pem", "ENVOI_TRACKING_TLS_DIR": "/certs"})
+    assert (dev.tracking_host_mode, dev.tracking_tls_cert, dev.tracking_tls_key, dev.tracking_tls_dir) == (
+        "public_url", "/c.pem", "/k.pem", "/certs")
+    with pytest.raises(SettingsError, match="ENVOI_TRACKING_HOST_MODE"):
+        Settings.from_env({**base, "ENVOI_TRACKING_HOST_MODE": "api"})
+    with pytest.raises(SettingsError, match="go together"):
+        Settings.from_env({**base, "ENVOI_TRACKING_TLS_CERT": "/c.pem"})
