@@ -155,6 +155,34 @@ def migrate() -> None:
 @click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
 def api(bind: str, workers: int, threads: int, access_log: bool, metrics_port: int, metrics_bind: str) -> None:
     """Serve the HTTP API with gunicorn."""
+    _gunicorn(bind, workers, threads, access_log, "envoi.wsgi:get_app()", [], metrics_bind, metrics_port)
+
+
+@main.command()
+@click.option("--bind", default="0.0.0.0:443", show_default=True, help="Listen host:port.")
+@click.option("--workers", default=2, show_default=True, type=int, help="Gunicorn worker processes.")
+@click.option("--threads", default=16, show_default=True, type=int, help="Threads per worker.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics (all workers summed) on ENVOI_METRICS_HOST:PORT; 0: off.")
+@click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
+def tracking(bind: str, workers: int, threads: int, access_log: bool, metrics_port: int, metrics_bind: str) -> None:
+    """Serve the tracking links (/o /c /u /l) on the domains' tracking hosts (email.<domain> CNAMEs).
+
+    HTTPS with ENVOI_TRACKING_TLS_CERT/KEY (and per-host certificates from ENVOI_TRACKING_TLS_DIR,
+    chosen by SNI), plain HTTP without. Which account a hit belongs to is decided by its signed token,
+    never by the Host it came in on."""
+    settings = _settings()
+    tls = ["--certfile", settings.tracking_tls_cert, "--keyfile", settings.tracking_tls_key] \
+        if settings.tracking_tls_cert else []
+    for path in filter(None, (settings.tracking_tls_cert, settings.tracking_tls_key)):
+        if not os.path.isfile(path):
+            raise click.ClickException(f"tracking TLS file {path} does not exist")
+    _gunicorn(bind, workers, threads, access_log, "envoi.wsgi:get_tracking_app()", tls, metrics_bind, metrics_port)
+
+
+def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str, extra: list[str],
+              metrics_bind: str, metrics_port: int) -> None:
     from envoi.infra import metrics_dir
 
     # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
@@ -175,7 +203,7 @@ def api(bind: str, workers: int, threads: int, access_log: bool, metrics_port: i
     # stdout goes, and formatting it was ~6% of the API's CPU per send. Events are the audit trail.
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads",
             str(threads), "--worker-class", "gthread", "--log-level", "warning", "-c", "python:envoi.gunicorn_conf",
-            *(["--access-logfile", "-"] if access_log else []), "envoi.wsgi:get_app()"]
+            *(["--access-logfile", "-"] if access_log else []), *extra, app]
     os.execv(sys.executable, argv)
 
 

@@ -8,6 +8,7 @@ when gunicorn exits (it only ever holds this server's files)."""
 from __future__ import annotations
 
 import os
+import ssl
 
 from envoi.infra import metrics_dir
 from envoi.infra.metrics import forget_process, serve_directory
@@ -26,3 +27,34 @@ def child_exit(server, worker) -> None:
 
 def on_exit(server) -> None:
     metrics_dir.release()
+
+
+def ssl_context(conf, default_ssl_context_factory) -> ssl.SSLContext:
+    """`envoi tracking` with TLS: the certificate of ENVOI_TRACKING_TLS_CERT, or the one of the host the
+    client names (SNI) from ENVOI_TRACKING_TLS_DIR/<host>.pem, so each tracking host has its own."""
+    context = default_ssl_context_factory()
+    folder = os.environ.get("ENVOI_TRACKING_TLS_DIR")
+    if folder:
+        context.sni_callback = _HostCertificates(folder, default_ssl_context_factory)
+    return context
+
+
+class _HostCertificates:
+    def __init__(self, folder: str, factory):
+        self.folder = folder
+        self.factory = factory
+        self.contexts: dict[str, ssl.SSLContext | None] = {}
+
+    def __call__(self, sock: ssl.SSLObject, host: str | None, _context) -> None:
+        if not host:
+            return
+        host = host.lower().rstrip(".")
+        if host not in self.contexts:
+            path = os.path.join(self.folder, f"{host}.pem")
+            context = None
+            if "/" not in host and not host.startswith(".") and os.path.isfile(path):
+                context = self.factory()
+                context.load_cert_chain(path)
+            self.contexts[host] = context
+        if self.contexts[host] is not None:
+            sock.context = self.contexts[host]

@@ -177,7 +177,8 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
 
     lists = MailingLists(db, settings.public_url)
     tracking = Tracking(db, events, settings.secret_key, settings.public_url, suppressions=suppressions,
-                        previous_keys=[key for _, key in settings.previous_secret_keys], lists=lists)
+                        previous_keys=[key for _, key in settings.previous_secret_keys], lists=lists,
+                        host_mode=settings.tracking_host_mode)
     list_expander = ListExpander(lists, tracking)
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host, limits=limits)
     # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).

@@ -12,3 +12,10 @@ def get_app():
     memory.release_large_buffers()  # each worker loads the app itself (no preload)
     settings = Settings.from_env()
     return create_app(settings, runtime.build(settings))
+
+
+def get_tracking_app():
+    """`envoi tracking`: only the open/click/unsubscribe links, for the domains' tracking hosts."""
+    memory.release_large_buffers()
+    settings = Settings.from_env()
+    return create_app(settings, runtime.build(settings), tracking_only=True)

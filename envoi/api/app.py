@@ -39,7 +39,12 @@ from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
 Route = tuple[str, object, str | None]
 
 
-def create_app(settings, services) -> falcon.App:
+#: What `envoi tracking` serves on the domains' tracking hosts: the public links, and its health check.
+TRACKING_ROUTES = ("/o/{token}", "/c/{token}", "/u/{token}", "/l/{token}", "/healthz")
+
+
+def create_app(settings, services, tracking_only: bool = False) -> falcon.App:
+    """The API; tracking_only: just the tracking links (`envoi tracking`, on the tracking hosts)."""
     # PageGate first: a dashboard request refused by any later middleware still gets an HTML page.
     app = falcon.App(middleware=[PageGate(services.sessions), params.InputGuard(), forms.ReleaseMemory(),
                                  AuthMiddleware(services.accounts, settings.region, dict(settings.region_urls))])
@@ -47,6 +52,8 @@ def create_app(settings, services) -> falcon.App:
     forms.configure(app)
     errors.install(app)
     for template, resource, suffix in routes(settings, services):
+        if tracking_only and template not in TRACKING_ROUTES:
+            continue
         app.add_route(template, resource, suffix=suffix)
     return app
 

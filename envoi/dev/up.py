@@ -225,6 +225,8 @@ def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> i
             "ENVOI_SECRET_KEY": _secret_key(var),
             "ENVOI_LOOKUP_KEY": _secret_key(var, "lookup.key"),
             "ENVOI_PUBLIC_URL": api_url,
+            # No tracking CNAMEs on a laptop: links clicked in the dev sink reach this stack's API.
+            "ENVOI_TRACKING_HOST_MODE": "public_url",
             "ENVOI_OTHER_REGION_URLS": ",".join(f"{r}={u}" for r, u in urls.items()),
             "ENVOI_REGION_SMTP_HOSTS": ",".join(f"{r}={h}" for r, h in smtp_hosts.items()),
             "ENVOI_ROUTING_SECRET": _routing_secret(var_root),

@@ -119,8 +119,24 @@ class Settings:
     #: ENVOI_SECRET_KEY leaves every lookup working; changing it makes every suppression entry unfindable.
     #: Required like ENVOI_SECRET_KEY (`envoi up` makes one under var/ and keeps it).
     lookup_key: bytes = field(default=b"", repr=False)
-    #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging and tracking links.
+    #: ENVOI_PUBLIC_URL: base URL of this region's API, used in paging links (and tracking links in
+    #: ENVOI_TRACKING_HOST_MODE=public_url).
     public_url: str = "http://127.0.0.1:8025"
+    #: ENVOI_TRACKING_HOST_MODE: where open, click and unsubscribe links point. `domain` (Mailgun's way):
+    #: each sending domain's tracking host `{web_scheme}://{web_prefix}.{domain}` (default
+    #: http://email.<domain>), a CNAME to this platform answered by `envoi tracking` (or `envoi api`).
+    #: `public_url`: ENVOI_PUBLIC_URL for every domain, where no such CNAME exists (`envoi up` uses it).
+    tracking_host_mode: str = "domain"
+    #: ENVOI_TRACKING_TLS_CERT / ENVOI_TRACKING_TLS_KEY: PEM certificate chain and private key that
+    #: `envoi tracking` presents (HTTPS on its --bind); a certificate naming the tracking hosts (SANs or
+    #: a wildcard). Unset: it serves plain HTTP (TLS ended by a reverse proxy, or web_scheme http).
+    tracking_tls_cert: str = ""
+    #: ENVOI_TRACKING_TLS_KEY: see ENVOI_TRACKING_TLS_CERT (the same file may hold both).
+    tracking_tls_key: str = ""
+    #: ENVOI_TRACKING_TLS_DIR: optional directory of per-host certificates for `envoi tracking`:
+    #: `<host>.pem` (chain then key, e.g. email.example.com.pem), chosen by the client's SNI; a host
+    #: without a file gets ENVOI_TRACKING_TLS_CERT. Read once per worker: `kill -HUP` gunicorn after a renewal.
+    tracking_tls_dir: str = ""
     #: ENVOI_OTHER_REGION_URLS: "eu=https://…,us=https://…", each region's API base URL: named in wrong-region
     #: 401s, the dashboard's region switch and its answer to an email of another region (URL + /dashboard).
     region_urls: Mapping[str, str] = field(default_factory=dict)
@@ -400,6 +416,15 @@ class Settings:
         values["lookup_key"] = _secret_key(env.get("ENVOI_LOOKUP_KEY"), "ENVOI_LOOKUP_KEY")
         if v := env.get("ENVOI_PUBLIC_URL"):
             values["public_url"] = v.rstrip("/")
+        if v := env.get("ENVOI_TRACKING_HOST_MODE"):
+            if v not in ("domain", "public_url"):
+                raise SettingsError(f"ENVOI_TRACKING_HOST_MODE must be domain or public_url, not {v!r}")
+            values["tracking_host_mode"] = v
+        for name in ("cert", "key", "dir"):
+            if v := env.get(f"ENVOI_TRACKING_TLS_{name.upper()}"):
+                values[f"tracking_tls_{name}"] = v
+        if bool(values.get("tracking_tls_cert")) != bool(values.get("tracking_tls_key")):
+            raise SettingsError("ENVOI_TRACKING_TLS_CERT and ENVOI_TRACKING_TLS_KEY go together: set both or neither")
         if v := env.get("ENVOI_OTHER_REGION_URLS"):
             values["region_urls"] = dict(item.split("=", 1) for item in v.split(",") if "=" in item)
         if v := env.get("ENVOI_REGION_SMTP_HOSTS"):

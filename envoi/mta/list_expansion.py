@@ -42,8 +42,7 @@ class ListExpander:
         return out
 
     def _substituter(self, domain: dict, list_address: str, message_id: str, member: dict) -> substitution.Substituter:
-        url = self.tracking.list_unsubscribe_url(domain["account_id"], domain["id"], message_id, member["address"],
-                                                 list_address)
+        url = self.tracking.list_unsubscribe_url(domain, message_id, member["address"], list_address)
         return substitution.MemberSubstituter(member["address"], substitution.member_variables(member), url)
 
     def expand_mime(self, domain: dict, draft: Draft) -> Draft:

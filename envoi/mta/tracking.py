@@ -5,7 +5,11 @@ click URLs, an open pixel is added, `%unsubscribe_url%` / `%tag_unsubscribe_url%
 domain's unsubscribe footer is appended, and `List-Unsubscribe` (https + mailto) with
 `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058) is added to the header, so the relay's
 DKIM signature covers both. Tracking URLs are per recipient, so a copy addressed to several
-recipients is split into one copy per recipient (as batch sends are).
+recipients is split into one copy per recipient (as batch sends are). Links point at the domain's
+tracking host ({web_scheme}://{web_prefix}.{domain}) or, in public_url mode, at ENVOI_PUBLIC_URL.
+
+PERF: a copy is parsed once into a template (raw MIME, see _Plan) and only the tokens are made per
+recipient: the email package's parse and re-serialisation cost 3-8 ms per recipient.
 
 Tokens are opaque: base64url(version + nonce + AES-GCM-SIV(payload)) under a key derived from the
 region's secret key, with the kind (o/c/u) as associated data. The payload binds account, domain,
@@ -17,7 +21,7 @@ and no address or URL can be read from a link.
 from __future__ import annotations
 
 import base64
-import email.policy
+import binascii
 import hashlib
 import hmac
 import html
@@ -27,8 +31,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from email.parser import BytesParser
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import user_agents
 from cryptography.exceptions import InvalidTag
@@ -37,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra.cache import TTLCache
 from envoi.infra.db import Connection, Database
-from envoi.mta.compose import SMTP_POLICY, Composed, Draft
+from envoi.mta.compose import Composed, Draft
 from envoi.mta.errors import TrackingSettingsError
 
 KINDS = {"o": "opened", "c": "clicked", "u": "unsubscribed", "l": "unsubscribed"}  # l: from a mailing list
@@ -46,7 +49,6 @@ TEXT_URL = re.compile(r"""https?://[^\s<>"'\])]+""")
 PLACEHOLDERS = ("%unsubscribe_url%", "%tag_unsubscribe_url%")
 DEFAULT_HTML_FOOTER = '<p style="font-size:small">To unsubscribe click: <a href="%unsubscribe_url%">here</a></p>'
 DEFAULT_TEXT_FOOTER = "\n\nTo unsubscribe click: <%unsubscribe_url%>\n"
-PARSE_POLICY = email.policy.default.clone(linesep="\r\n")
 TOKEN_VERSION = b"\x02"
 
 
@@ -63,7 +65,10 @@ NOT_PROCESSING = ("restricted", "closed")
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).decode().rstrip("=")
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _unb64(text: str) -> bytes:
@@ -95,8 +100,9 @@ def client_info(user_agent: str) -> dict:
 
 class Tracking:
     def __init__(self, db: Database, events: Events, secret_key: bytes, public_url: str, suppressions=None,
-                 previous_keys: Sequence[bytes] = (), lists=None):
+                 previous_keys: Sequence[bytes] = (), lists=None, host_mode: str = "domain"):
         self.db = db
+        self.host_mode = host_mode  # "domain": links on each domain's tracking host; "public_url": on ours
         self.lists = lists  # envoi.lists.service.MailingLists: a list unsubscribe ("l") marks its member
         self.events = events
         self.public_url = public_url.rstrip("/")
@@ -200,15 +206,20 @@ class Tracking:
                 continue
         return self._aeads[-1].decrypt(raw[1:13], raw[13:], associated)
 
-    def url(self, kind: str, token: str) -> str:
-        return f"{self.public_url}/{kind}/{token}"
-
-    def list_unsubscribe_url(self, account_id: int, domain_id: int, message_id: str, member: str,
-                             list_address: str) -> str:
+    def list_unsubscribe_url(self, domain: dict, message_id: str, member: str, list_address: str) -> str:
         """%mailing_list_unsubscribe_url%: unsubscribes this member from this list only (not the domain)."""
-        return self.url("l", self.sign("l", account_id, domain_id, message_id, member, list_address))
+        token = self.sign("l", domain["account_id"], domain["id"], message_id, member, list_address)
+        return f"{self.base_url(domain)}/l/{token}"
 
     # rendering (an intake renderer) -----------------------------------------------------------
+    def base_url(self, domain: dict) -> str:
+        """Where a domain's links point: its tracking host `{web_scheme}://{web_prefix}.{name}` (a CNAME to
+        this platform, as Mailgun's email.<domain>), or ENVOI_PUBLIC_URL in `public_url` mode (dev stacks,
+        deployments without tracking CNAMEs)."""
+        if self.host_mode == "public_url":
+            return self.public_url
+        return f"{domain.get('web_scheme') or 'http'}://{domain.get('web_prefix') or 'email'}.{domain['name']}"
+
     def render(self, domain: dict, draft: Draft) -> Draft:
         options = draft.options or {}
         settings = None
@@ -231,65 +242,23 @@ class Tracking:
             b"%unsub" in c.mime or b"be_url%" in c.mime for c in draft.copies
         ):
             return draft  # nothing to track and no placeholder: the message is stored as composed
+        base = self.base_url(domain)
+        # PERF: each distinct copy (and each distinct body part) is parsed and its links found once, into a
+        # template with slots; per recipient only its tokens are made and the changed parts re-encoded.
+        plan = _Plan(opens=bool(opens), clicks=clicks,
+                     html_footer=(domain_settings()["html_footer"] or DEFAULT_HTML_FOOTER) if footer else None,
+                     text_footer=(domain_settings()["text_footer"] or DEFAULT_TEXT_FOOTER) if footer else None,
+                     own=(base + "/", self.public_url + "/"))
+        signer = _Signer(self._aead, base, domain, draft)
+        templates: dict[bytes, _Template] = {}
         copies: list[Composed] = []
         for copy in draft.copies:
-            # Parse once per copy; per recipient only the text parts are re-encoded.
-            msg = BytesParser(policy=PARSE_POLICY).parsebytes(copy.mime)
-            parts = _text_parts(msg)
-            theirs = "List-Unsubscribe" in msg  # a caller-set header is kept as it is
+            template = templates.get(copy.mime)
+            if template is None:
+                template = templates[copy.mime] = plan.template(copy.mime)
             for rcpt in copy.recipients:
-                mime = self._render_one(domain, draft, msg, parts, theirs, rcpt, opens=bool(opens), clicks=clicks,
-                                        footer=footer, settings=domain_settings() if footer else None)
-                copies.append(Composed([rcpt], mime, copy.headers))
+                copies.append(Composed([rcpt], template.fill(signer, rcpt), copy.headers))
         return replace(draft, copies=copies)
-
-    def _render_one(self, domain: dict, draft: Draft, msg, parts: list, theirs: bool, rcpt: str, *, opens: bool,
-                    clicks: str, footer: bool, settings: dict | None) -> bytes:
-        ids = (domain["account_id"], domain["id"], draft.message_id, rcpt)
-        unsub_all = self.url("u", self.sign("u", *ids, ["*"]))
-        unsub_tag = self.url("u", self.sign("u", *ids, sorted(draft.tags))) if draft.tags else unsub_all
-
-        def substitute(text: str) -> str:
-            return text.replace("%tag_unsubscribe_url%", unsub_tag).replace("%unsubscribe_url%", unsub_all)
-
-        def click(url: str) -> str:
-            parts = urlsplit(url)
-            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-                return url
-            if url.startswith(self.public_url + "/"):
-                return url  # our own (unsubscribe) links
-            return self.url("c", self.sign("c", *ids, url))
-
-        uses_placeholder = False
-        for part, subtype, original, other, had_version in parts:
-            text = original
-            if any(p in text for p in PLACEHOLDERS):
-                uses_placeholder = True
-            if subtype == "html":
-                if footer:
-                    text = _before_body_end(text, settings["html_footer"] or DEFAULT_HTML_FOOTER)
-                text = substitute(text)
-                if clicks != "no":
-                    text = HREF.sub(lambda m: m.group(1) + m.group(2) + html.escape(
-                        click(html.unescape(m.group(3))), quote=True) + m.group(2), text)
-                if opens:
-                    pixel = (f'<img src="{html.escape(self.url("o", self.sign("o", *ids)))}" width="1" height="1"'
-                             ' alt="" style="display:none !important" />')
-                    text = _before_body_end(text, pixel)
-            else:
-                if footer:
-                    text = text + (settings["text_footer"] or DEFAULT_TEXT_FOOTER)
-                text = substitute(text)
-                if clicks == "yes":
-                    text = TEXT_URL.sub(lambda m: click(m.group(0)), text)
-            if text != original:
-                _set_text(part, text, subtype, other, had_version)
-        if (footer or uses_placeholder) and not theirs:
-            mailto = f"mailto:unsubscribe@{domain['name']}?subject={quote('unsubscribe ' + unsub_all.rsplit('/', 1)[1])}"
-            del msg["List-Unsubscribe"], msg["List-Unsubscribe-Post"]
-            msg["List-Unsubscribe"] = f"<{unsub_all}>, <{mailto}>"
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        return msg.as_bytes(policy=SMTP_POLICY)
 
     def processing(self, account_id: int) -> bool:
         """Whether the account's links still work: not once it is closed or its processing restricted."""
@@ -307,7 +276,10 @@ class Tracking:
         data = self.verify(kind, token)
         if kind == "c":
             target = data["extra"]
-            parts = urlsplit(target) if isinstance(target, str) else None
+            try:
+                parts = urlsplit(target) if isinstance(target, str) else None
+            except ValueError:
+                parts = None
             if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
                 raise InvalidToken("not a web link")
         with self.db.transaction() as conn:
@@ -342,35 +314,314 @@ class Tracking:
         return data
 
 
-def _before_body_end(text: str, snippet: str) -> str:
-    index = text.lower().rfind("</body>")
-    return text + snippet if index < 0 else text[:index] + snippet + text[index:]
+# Rendering: a copy's MIME as a template ------------------------------------------------------------
+# The copy's raw bytes are split into parts without the email package (whose header parsing and
+# re-serialisation cost milliseconds per copy): headers and parts left alone are copied byte for byte;
+# each changed text part becomes literal text with slots (\x00key\x00: "o" pixel, "u" / "t" unsubscribe,
+# "c<url>" a click) and is quoted-printable encoded per recipient once its slots are filled.
+
+_FIELD_SPLIT = re.compile(rb"\r\n(?![ \t])")
+_PARAM = re.compile(r""";\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)""")
+_TEXT_URL_SLOTS = re.compile(r"""https?://[^\s<>"'\])\x00]+""")
+_WEB_URL = re.compile(r"[\x00-\x20]*https?://[^/?#\s]", re.I)  # http(s) with a host, as urlsplit sees it
+_REWRITTEN = (b"content-type", b"content-transfer-encoding")  # a changed text part's own, written anew
+MAX_LINE = 998  # RFC 5322 line limit, in octets without CRLF
+_LIST_SLOT = None  # where the List-Unsubscribe header of a recipient goes in a template's pieces
+_PIXEL = '<img src="\x00o\x00" width="1" height="1" alt="" style="display:none !important" />'
 
 
-def _text_parts(msg) -> list[tuple]:
-    """The text/html and text/plain body parts: (part, subtype, decoded text, other headers, had MIME-Version)."""
-    found = []
-    for part in msg.walk():
-        if part.is_multipart() or part.is_attachment():
-            continue
-        ctype = part.get_content_type()
-        if ctype not in ("text/html", "text/plain"):
-            continue
-        try:
-            text = part.get_content()
-        except (LookupError, UnicodeError):
-            continue
-        # Names first: parsing every header's value (items()) costs ~40 ms for a 5 KB variables header,
-        # per copy, and only the Content-* ones are needed.
-        other = [(k, v) for k in dict.fromkeys(part.keys()) if k.lower().startswith("content-")
-                 and k.lower() not in ("content-type", "content-transfer-encoding") for v in part.get_all(k)]
-        found.append((part, ctype.split("/")[1], text, other, "MIME-Version" in part))
+def _fields(head: bytes) -> list[bytes]:
+    """A header block (ending in CRLF) as its fields, each with its folded lines, without the final CRLF."""
+    return _FIELD_SPLIT.split(head[:-2]) if head else []
+
+
+def _name(field: bytes) -> bytes:
+    return field.split(b":", 1)[0].strip().lower()
+
+
+def _content_fields(fields: list[bytes]) -> dict[bytes, str]:
+    """The first value of each Content-* field, unfolded (the only ones rendering reads)."""
+    found: dict[bytes, str] = {}
+    for f in fields:
+        if f[:8].lower() == b"content-":
+            name, _, value = f.partition(b":")
+            found.setdefault(name.strip().lower(), value.replace(b"\r\n", b"").decode("latin-1").strip())
     return found
 
 
-def _set_text(part, text: str, subtype: str, other: list, had_version: bool) -> None:
-    part.set_content(text, subtype=subtype, charset="utf-8")  # drops every Content-* header
-    for name, value in other:  # Content-Disposition, Content-ID, ... come back
-        part[name] = value
-    if not had_version:  # set_content adds one; a subpart doesn't need it
-        del part["MIME-Version"]
+def _content_type(value: str | None, default: str) -> tuple[str, dict[str, str]]:
+    if not value:
+        return default, {}
+    main, _, rest = value.partition(";")
+    params = {k.lower(): v[1:-1].replace('\\"', '"').replace("\\\\", "\\") if v.startswith('"') else v
+              for k, v in _PARAM.findall(";" + rest)}
+    return main.strip().lower() or default, params
+
+
+class _TextPart:
+    """A changed text part: its new header block (less its encoding) and body text with slots (literals at
+    even indices). Filled in, it is sent 7bit where it can be (ASCII, lines within 998 octets, as compose()
+    writes bodies), else quoted-printable."""
+
+    __slots__ = ("head", "pieces")
+
+    def __init__(self, head: bytes, pieces: list[str]):
+        self.head = head
+        self.pieces = pieces
+
+    def fill(self, values: dict[str, str]) -> bytes:
+        text = self.pieces[:]
+        text[1::2] = [values[k] for k in self.pieces[1::2]]
+        data = "".join(text).encode("utf-8")
+        if data.isascii() and max(map(len, data.split(b"\r\n"))) <= MAX_LINE:
+            return self.head + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data
+        # (Encoding the literals once and only the values per recipient measured no faster: b2a_qp is C.)
+        encoded = binascii.b2a_qp(data, istext=True)
+        if b"\r\n" not in data:  # one line: b2a_qp would break it with bare LFs
+            encoded = encoded.replace(b"=\n", b"=\r\n")
+        return self.head + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded
+
+
+class _Template:
+    def __init__(self, pieces: list, keys: set[str], list_header: bool):
+        self.pieces = pieces  # bytes, _TextPart, or _LIST_SLOT
+        self.keys = keys
+        self.list_header = list_header
+
+    def fill(self, signer: _Signer, rcpt: str) -> bytes:
+        values, header = signer.values(rcpt, self.keys, self.list_header)
+        return b"".join(p if p.__class__ is bytes else header if p is _LIST_SLOT else p.fill(values)
+                        for p in self.pieces)
+
+
+class _Signer:
+    """Per recipient: the tokens its template's slots need, made under the current key (the v2 format)."""
+
+    def __init__(self, aead: AESGCMSIV, base: str, domain: dict, draft: Draft):
+        self.aead = aead
+        self.base = base
+        self.domain_name = domain["name"]
+        self.prefix = json.dumps([domain["account_id"], domain["id"], draft.message_id],
+                                 separators=(",", ":"))[:-1]
+        self.tags = json.dumps(sorted(draft.tags), separators=(",", ":")) if draft.tags else None
+        self.extras: dict[str, str] = {}  # slot key -> its URL as JSON, encoded once per message
+
+    def _token(self, kind: str, head: str, extra: str, nonce: bytes) -> str:
+        payload = f"{head},{extra}]".encode()
+        return _b64(TOKEN_VERSION + nonce + self.aead.encrypt(nonce, payload, b"envoi-tracking:" + kind.encode()))
+
+    def values(self, rcpt: str, keys: set[str], list_header: bool) -> tuple[dict[str, str], bytes]:
+        head = f"{self.prefix},{json.dumps(rcpt)}"
+        nonces = os.urandom(12 * (len(keys) + 2))
+        unsub = self._token("u", head, '["*"]', nonces[:12])
+        values = {"u": f"{self.base}/u/{unsub}"}
+        at = 12
+        for key in keys:
+            at += 12
+            if key[0] == "c":
+                extra = self.extras.get(key)
+                if extra is None:
+                    extra = self.extras[key] = json.dumps(key[1:], separators=(",", ":"))
+                values[key] = f"{self.base}/c/{self._token('c', head, extra, nonces[at - 12:at])}"
+            elif key == "o":
+                values[key] = f"{self.base}/o/{self._token('o', head, 'null', nonces[at - 12:at])}"
+            elif key == "t":
+                values[key] = (f"{self.base}/u/{self._token('u', head, self.tags, nonces[at - 12:at])}"
+                               if self.tags else values["u"])
+        header = b""
+        if list_header:
+            mailto = f"mailto:unsubscribe@{self.domain_name}?subject=unsubscribe%20{unsub}"  # base64url: no quoting
+            header = (f"List-Unsubscribe: <{values['u']}>,\r\n <{mailto}>\r\n"
+                      "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").encode()
+        return values, header
+
+
+class _Plan:
+    """What to do to each text part of one message; builds (and caches, per distinct part) the templates."""
+
+    def __init__(self, *, opens: bool, clicks: str, html_footer: str | None, text_footer: str | None,
+                 own: tuple[str, ...]):
+        self.opens = opens
+        self.clicks = clicks
+        self.html_footer = html_footer
+        self.text_footer = text_footer
+        self.own = own
+        self._parts: dict[bytes, tuple[list, set[str], bool]] = {}
+
+    def template(self, mime: bytes) -> _Template:
+        pieces: list = []
+        keys: set[str] = set()
+        flags = {"placeholder": False}
+        top_fields = self._node(mime, pieces, keys, flags, top=True, default="text/plain")
+        theirs = any(_name(f) == b"list-unsubscribe" for f in top_fields)
+        list_header = (self.html_footer is not None or flags["placeholder"]) and not theirs \
+            and not flags.get("bodiless")
+        if list_header:  # ours replaces a caller's lone List-Unsubscribe-Post
+            head = pieces[0]
+            kept = [f for f in _fields(head) if _name(f) != b"list-unsubscribe-post"]
+            pieces[0] = b"".join(f + b"\r\n" for f in kept)
+        elif pieces[1] is _LIST_SLOT:
+            pieces[1] = b""
+        merged: list = []
+        for p in pieces:  # adjacent literals joined: fewer pieces to join per recipient
+            if p.__class__ is bytes and merged and merged[-1].__class__ is bytes:
+                merged[-1] += p
+            else:
+                merged.append(p)
+        return _Template(merged, keys, list_header)
+
+    def _node(self, raw: bytes, out: list, keys: set[str], flags: dict, *, top: bool, default: str) -> list[bytes]:
+        """Append the pieces of one MIME entity (headers, blank line, body); return its header fields."""
+        if not top and (cached := self._parts.get(raw)) is not None:
+            pieces, part_keys, placeholder = cached
+            out.extend(pieces)
+            keys |= part_keys
+            flags["placeholder"] = flags["placeholder"] or placeholder
+            return []
+        mine: list = []
+        my_keys: set[str] = set()
+        my_flags = {"placeholder": False}
+        fields = self._entity(raw, mine, my_keys, my_flags, top=top, default=default)
+        if not top:
+            self._parts[raw] = (mine, my_keys, my_flags["placeholder"])
+        out.extend(mine)
+        keys |= my_keys
+        flags["placeholder"] = flags["placeholder"] or my_flags["placeholder"]
+        return fields
+
+    def _entity(self, raw: bytes, out: list, keys: set[str], flags: dict, *, top: bool, default: str) -> list[bytes]:
+        if raw.startswith(b"\r\n"):
+            head, body = b"", raw[2:]
+        else:
+            end = raw.find(b"\r\n\r\n")
+            if end < 0:  # no body: nothing to rewrite (and no header block to add to)
+                out.extend([raw, _LIST_SLOT] if top else [raw])
+                flags["bodiless"] = True
+                return []
+            head, body = raw[:end + 2], raw[end + 4:]
+        fields = _fields(head)
+        content = _content_fields(fields)
+        ctype, params = _content_type(content.get(b"content-type"), default)
+        cte = content.get(b"content-transfer-encoding", "").lower()
+        if ctype.startswith("multipart/") and params.get("boundary"):
+            out.extend([head, _LIST_SLOT, b"\r\n"] if top else [head, b"\r\n"])
+            self._multipart(body, params["boundary"].encode("latin-1"), out, keys, flags,
+                            default="message/rfc822" if ctype == "multipart/digest" else "text/plain")
+            return fields
+        if ctype == "message/rfc822" and cte in ("", "7bit", "8bit", "binary"):
+            out.extend([head, _LIST_SLOT, b"\r\n"] if top else [head, b"\r\n"])
+            self._node(body, out, keys, flags, top=False, default="text/plain")
+            return fields
+        part = None
+        if ctype in ("text/html", "text/plain") and not (
+                content.get(b"content-disposition", "")).lower().startswith("attachment"):
+            part = self._text(fields, ctype[5:], params, cte, body, keys, flags, top=top)
+        if part is None:
+            out.extend([head, _LIST_SLOT, b"\r\n" + body] if top else [head + b"\r\n" + body])
+        elif top:  # the message is this one part: its List-Unsubscribe goes before the part's own fields
+            kept = b"".join(f + b"\r\n" for f in fields if f[:8].lower() != b"content-" or _name(f) not in _REWRITTEN)
+            out.extend([kept, _LIST_SLOT, part])
+        else:
+            out.append(part)
+        return fields
+
+    def _multipart(self, body: bytes, boundary: bytes, out: list, keys: set[str], flags: dict, *,
+                   default: str) -> None:
+        delimiters = _delimiters(body, boundary)
+        if len(delimiters) < 2 or not delimiters[-1][2]:
+            out.append(body)  # not a well-formed multipart: left as it is
+            return
+        out.append(body[:delimiters[0][1] + 2])
+        for (_, end, _), (after_start, after_end, closing) in zip(delimiters, delimiters[1:], strict=False):
+            self._node(body[end + 2:after_start], out, keys, flags, top=False, default=default)
+            out.append(body[after_start:] if closing else body[after_start:after_end + 2])
+
+    def _text(self, fields: list[bytes], subtype: str, params: dict, cte: str, body: bytes, keys: set[str],
+              flags: dict, *, top: bool) -> _TextPart | None:
+        try:
+            if cte in ("", "7bit", "8bit", "binary"):
+                data = body
+            elif cte == "quoted-printable":
+                data = binascii.a2b_qp(body)
+            elif cte == "base64":
+                data = binascii.a2b_base64(body)
+            else:
+                return None
+            text = data.decode(params.get("charset") or "us-ascii", "replace")
+        except (LookupError, binascii.Error, ValueError):
+            return None
+        if "\x00" in text:  # not mail text (RFC 5322 has no NUL); also our slot marker
+            return None
+        original = text = text.replace("\r\n", "\n")
+        if any(p in text for p in PLACEHOLDERS):
+            flags["placeholder"] = True
+        if subtype == "html":
+            if self.html_footer is not None:
+                text = _before_body_end(text, self.html_footer)
+            text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
+            if self.clicks != "no":
+                text = HREF.sub(self._href, text)
+            if self.opens:
+                text = _before_body_end(text, _PIXEL)
+        else:
+            if self.text_footer is not None:
+                text = text + self.text_footer
+            text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
+            if self.clicks == "yes":
+                text = _TEXT_URL_SLOTS.sub(lambda m: self._slot(m.group(0)) or m.group(0), text)
+        if text == original:
+            return None
+        pieces = text.split("\x00")
+        pieces[::2] = [p.replace("\n", "\r\n") for p in pieces[::2]]
+        keys.update(pieces[1::2])
+        head = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode()
+        if not top:
+            head = b"".join(f + b"\r\n" for f in fields if f[:8].lower() != b"content-" or _name(f) not in _REWRITTEN) + head
+        return _TextPart(head, pieces)
+
+    def _slot(self, url: str) -> str | None:
+        """The click slot for a link, or None for one left alone (not http(s) with a host, ours, or with a
+        slot of its own inside)."""
+        if not _WEB_URL.match(url) or "\x00" in url or url.startswith(self.own):
+            return None
+        if "[" in url:  # an IPv6 host: only a well-formed one (the click endpoint parses it again)
+            try:
+                urlsplit(url)
+            except ValueError:
+                return None
+        return f"\x00c{url}\x00"
+
+    def _href(self, m: re.Match) -> str:
+        value = m.group(3)
+        slot = self._slot(html.unescape(value) if "&" in value else value)
+        return m.group(0) if slot is None else m.group(1) + m.group(2) + slot + m.group(2)
+
+
+def _delimiters(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
+    """The boundary delimiter lines of a multipart body up to its closing one: (start, end, closing), where
+    start includes the CRLF before the line (it belongs to the delimiter) and end excludes the CRLF after."""
+    found = []
+    marker = b"--" + boundary
+    at = 0
+    while (at := body.find(marker, at)) >= 0:
+        start = at
+        at += len(marker)
+        if start and body[start - 2:start] != b"\r\n":
+            continue
+        closing = body[at:at + 2] == b"--"
+        end = at + 2 if closing else at
+        while body[end:end + 1] in (b" ", b"\t"):
+            end += 1
+        if end != len(body) and body[end:end + 2] != b"\r\n":
+            continue
+        found.append((start - 2 if start else 0, end, closing))
+        if closing:
+            break
+    return found
+
+
+def _before_body_end(text: str, snippet: str) -> str:
+    index = text.rfind("</body>")
+    if index < 0 or "</body>" in text[index + 7:].lower():  # PERF: lower-casing the whole body only if needed
+        index = text.lower().rfind("</body>")
+    return text + snippet if index < 0 else text[:index] + snippet + text[index:]

@@ -74,6 +74,7 @@ class Region:
         env = process_env(
             self.settings, **{f"ENVOI_DATABASE_URL_{up}": self.database_url, f"ENVOI_REDIS_URL_{up}": self.redis_url},
             ENVOI_PUBLIC_URL=self.api_url, ENVOI_BILLING="on", ENVOI_WEBHOOK_ALLOW="127.0.0.1/32",
+            ENVOI_TRACKING_HOST_MODE="public_url",  # no tracking CNAMEs here: links reach the region's API
             ENVOI_STRIPE_SECRET_KEY=self.settings.stripe_secret_key, ENVOI_STRIPE_API_BASE=self.settings.stripe_api_base,
             ENVOI_STRIPE_WEBHOOK_SECRET=self.settings.stripe_webhook_secret,
             ENVOI_OTHER_REGION_URLS=",".join(f"{k}={v}" for k, v in self.settings.region_urls.items()))

@@ -81,19 +81,24 @@ def test_tracked_mail_end_to_end(client, services, account, domain, api_key, db,
     assert "list-unsubscribe" in h and "list-unsubscribe-post" in h
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     https_unsub, mailto_unsub = re.findall(r"<([^>]+)>", msg["List-Unsubscribe"])
-    assert https_unsub.startswith("http://127.0.0.1:8025/u/") and mailto_unsub.startswith("mailto:")
+    # Every link is on the domain's tracking host (web_prefix "email", web_scheme "http"), not the API's.
+    host = f"email.{domain['name']}"
+    assert https_unsub.startswith(f"http://{host}/u/") and mailto_unsub.startswith("mailto:")
 
     body = html_of(msg)
-    [click_url] = re.findall(r'href="(http://127\.0\.0\.1:8025/c/[^"]+)"', body)
-    [pixel_url] = re.findall(r'src="(http://127\.0\.0\.1:8025/o/[^"]+)"', body)
+    links = re.findall(r'(?:href|src)="([^"]+)"', body)
+    assert len(links) == 3 and all(link.startswith(f"http://{host}/") for link in links), links
+    [click_url] = re.findall(rf'href="(http://{re.escape(host)}/c/[^"]+)"', body)
+    [pixel_url] = re.findall(rf'src="(http://{re.escape(host)}/o/[^"]+)"', body)
     assert "shop.example" not in body.split("To unsubscribe")[0]  # the link is rewritten
     text = msg.get_body(("plain",)).get_content()
-    assert "http://127.0.0.1:8025/c/" in text and "http://127.0.0.1:8025/u/" in text
+    assert f"http://{host}/c/" in text and f"http://{host}/u/" in text and "127.0.0.1" not in text
 
-    # Click: redirect to the original URL and a `clicked` event with the url and client-info.
-    resp = client.simulate_get(path_of(click_url), headers={"User-Agent": IPHONE})
+    # Click, as the browser sends it to the tracking host: redirect to the original URL and a `clicked`
+    # event with the url and client-info.
+    resp = client.simulate_get(path_of(click_url), headers={"User-Agent": IPHONE}, host=host)
     assert resp.status_code == 302 and resp.headers["location"] == "https://shop.example/item?id=7&ref=mail"
-    resp = client.simulate_get(path_of(pixel_url), headers={"User-Agent": IPHONE})
+    resp = client.simulate_get(path_of(pixel_url), headers={"User-Agent": IPHONE}, host=host)
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/gif"
     events = {e["event"]: e["data"] for e in events_of(db, message_id) if e["data"].get("recipient") == "ann@dest.test"}
     assert events["clicked"]["url"] == "https://shop.example/item?id=7&ref=mail"
@@ -102,12 +107,12 @@ def test_tracked_mail_end_to_end(client, services, account, domain, api_key, db,
     assert events["opened"]["client-info"]["client-name"] == "Mobile Safari"
 
     # The unsubscribe page asks first (a link scanner's GET changes nothing) ...
-    page = client.simulate_get(path_of(https_unsub))
+    page = client.simulate_get(path_of(https_unsub), host=host)
     assert page.status_code == 200 and "<form" in page.text
     assert db.execute("SELECT count(*) AS n FROM suppress_unsubscribes WHERE domain_id = %s",
                       (domain["id"],)).fetchone()["n"] == 0
     # ... and the RFC 8058 one-click POST (no cookie, no auth) suppresses before answering.
-    resp = client.simulate_post(path_of(https_unsub), body="List-Unsubscribe=One-Click", headers=FORM)
+    resp = client.simulate_post(path_of(https_unsub), body="List-Unsubscribe=One-Click", headers=FORM, host=host)
     assert resp.status_code == 200
     assert [(i["address"], i["tags"]) for i in services.suppressions.export(domain, "unsubscribes")] == [
         ("ann@dest.test", ["*"])]
@@ -158,7 +163,7 @@ def test_per_message_options_and_placeholders(client, services, account, domain,
     msg = stored(services, db, message_id)["pat@dest.test"]
     body = html_of(msg)
     assert 'href="https://shop.example/item?id=7&amp;ref=mail"' in body and "/c/" not in body
-    [unsub] = re.findall(r'href="(http://127\.0\.0\.1:8025/u/[^"]+)"', body)
+    [unsub] = re.findall(rf'href="(http://email\.{re.escape(domain["name"])}/u/[^"]+)"', body)
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     client.simulate_post(path_of(unsub), body="List-Unsubscribe=One-Click", headers=FORM)
     with services.db.transaction() as conn:

@@ -80,3 +80,16 @@ def test_metrics_listen_on_the_metrics_host_or_the_explicit_bind():
     assert private.metrics_address("", 0) == ""  # off
     assert private.metrics_address("10.0.0.12:9999", 9120) == "10.0.0.12:9999"
     assert Settings.from_env({**base, "ENVOI_METRICS_HOST": "fd00::5"}).metrics_address("", 9121) == "[fd00::5]:9121"
+
+
+def test_tracking_host_mode_and_tls_files():
+    base = {"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY}
+    assert Settings.from_env(base).tracking_host_mode == "domain"  # Mailgun's: links on email.<domain>
+    dev = Settings.from_env({**base, "ENVOI_TRACKING_HOST_MODE": "public_url", "ENVOI_TRACKING_TLS_CERT": "/c.pem",
+                             "ENVOI_TRACKING_TLS_KEY": "/k.pem", "ENVOI_TRACKING_TLS_DIR": "/certs"})
+    assert (dev.tracking_host_mode, dev.tracking_tls_cert, dev.tracking_tls_key, dev.tracking_tls_dir) == (
+        "public_url", "/c.pem", "/k.pem", "/certs")
+    with pytest.raises(SettingsError, match="ENVOI_TRACKING_HOST_MODE"):
+        Settings.from_env({**base, "ENVOI_TRACKING_HOST_MODE": "api"})
+    with pytest.raises(SettingsError, match="go together"):
+        Settings.from_env({**base, "ENVOI_TRACKING_TLS_CERT": "/c.pem"})

@@ -1,0 +1,175 @@
+"""Tracking render cost per recipient at accept: this checkout's envoi.mta.tracking against a reference
+commit's, in the same process, on the same drafts.
+
+    .venv/bin/python bench/tracking_render.py [--reference c87224b] [--rounds 5] [--recipients 1000]
+    .venv/bin/python bench/tracking_render.py --http [--rounds 3]   # POST /v3/{domain}/messages, time to 200
+
+Two 1,000-recipient sends of a 10-link HTML body (+ a text part with a link) with open, click and
+unsubscribe tracking on (footer, List-Unsubscribe, %unsubscribe_url% in the body):
+  batch  — recipient-variables: compose() makes one copy per recipient (%recipient.name% filled in);
+  shared — one copy addressed to all 1,000 (tracking splits it into one copy per recipient).
+The reference module is read with `git show REF:envoi/mta/tracking.py` and imported beside the current
+one; rounds alternate between the two so machine noise hits both alike. No database: the domain's
+tracking settings come from a stub of settings_for() (both versions read them through it). Times are
+CPU time of this process (time.process_time): the machine is shared, and wall time mostly measures others.
+
+--http: the batch send as a request to the API app in process (falcon's test client: form parsing,
+compose, tracking, the accept transaction in a throwaway Postgres database, no network), wall time to
+the 200, with the reference module's renderer and the current one in turn, and with tracking off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from envoi.mta import tracking as current  # noqa: E402
+from envoi.mta.compose import compose  # noqa: E402
+
+SETTINGS = {"domain_id": 1, "open": True, "click": "yes", "unsubscribe": True, "html_footer": "", "text_footer": ""}
+DOMAIN = {"id": 1, "account_id": 1, "name": "bench.example.test", "web_prefix": "email", "web_scheme": "https"}
+
+
+def load_reference(ref: str):
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:envoi/mta/tracking.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "tracking_reference.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("tracking_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tracker(module, key: bytes):
+    class Bench(module.Tracking):
+        def settings_for(self, domain_id, conn=None):
+            return SETTINGS
+
+    kwargs = {"host_mode": "domain"} if "host_mode" in module.Tracking.__init__.__code__.co_varnames else {}
+    return Bench(None, None, key, "http://127.0.0.1:8025", **kwargs)
+
+
+def html_body() -> str:
+    links = "".join(f'<p>Item {i}: <a href="https://shop.example/products/{i}?utm_source=mail&amp;ref=%recipient.id%">'
+                    f"product {i}</a> — a short description of the product goes here.</p>" for i in range(9))
+    return (f"<html><head><title>News</title></head><body><h1>Hello %recipient.name%</h1>{links}"
+            '<p><a href="mailto:help@shop.example">mail us</a> or <a href="#top">back up</a></p>'
+            '<p><a href="%unsubscribe_url%">unsubscribe</a></p></body></html>')
+
+
+def drafts(n: int) -> dict:
+    to = [f"person{i}@dest.test" for i in range(n)]
+    fields = {"from": ["shop@bench.example.test"], "to": [", ".join(to)], "subject": ["News for %recipient.name%"],
+              "text": ["Hello %recipient.name%, see https://shop.example/news today."], "html": [html_body()]}
+    batch = compose("bench.example.test", {**fields, "recipient-variables": [json.dumps(
+        {a: {"name": f"Person {i}", "id": i} for i, a in enumerate(to)})]}, [], [])
+    shared = compose("bench.example.test", fields, [], [])
+    return {"batch": batch, "shared": shared}
+
+
+def http(args, key: bytes) -> None:
+    import base64
+    import uuid
+    from urllib.parse import urlencode
+
+    import psycopg
+    import redis
+    from falcon import testing
+
+    from envoi import runtime
+    from envoi.api.app import create_app
+    from envoi.infra.migrate import ensure_database, migrate
+    from envoi.infra.settings import Settings
+
+    pg = "postgresql://postgres@127.0.0.1:5432/postgres"
+    name = f"envoi_bench_{uuid.uuid4().hex[:8]}"
+    dsn = psycopg.conninfo.make_conninfo(pg, dbname=name)
+    ensure_database(dsn)
+    migrate(dsn)
+    redis_url = next(f"redis://127.0.0.1:6379/{n}" for n in range(15, 0, -1)
+                     if redis.Redis(db=n).set("envoi:test:claim", "1", nx=True, ex=3600))
+    settings = Settings(database_url=dsn, redis_url=redis_url, secret_key=key, lookup_key=secrets.token_bytes(32))
+    svc = runtime.build(settings, pool_size=4)
+    try:
+        acct = svc.accounts.create_account("bench")
+        dom = svc.accounts.add_domain(acct["id"], "bench.example.test", dkim_key_size=1024, verified=True)
+        _, secret = svc.accounts.create_key(acct["id"], "admin")
+        for kind in ("open", "click", "unsubscribe"):
+            svc.tracking.update_settings(dom, kind, {"active": "yes"})
+        client = testing.TestClient(create_app(settings, svc))
+        auth = {"Authorization": "Basic " + base64.b64encode(f"api:{secret}".encode()).decode(),
+                "Content-Type": "application/x-www-form-urlencoded"}
+        to = [f"person{i}@dest.test" for i in range(args.recipients)]
+        form = {"from": f"shop@{dom['name']}", "to": ", ".join(to), "subject": "News for %recipient.name%",
+                "text": "Hello %recipient.name%, see https://shop.example/news today.", "html": html_body(),
+                "recipient-variables": json.dumps({a: {"name": f"Person {i}", "id": i} for i, a in enumerate(to)})}
+        reference = tracker(load_reference(args.reference), key)
+        reference.settings_for = svc.tracking.settings_for
+        renderers = svc.intake.renderers
+        variants = {"reference": (renderers[0], reference.render), "current": renderers,
+                    "tracking off": renderers}
+        times: dict = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for variant, chain in variants.items():
+                svc.intake.renderers = tuple(chain)
+                body = urlencode(dict(form, **({"o:tracking": "no"} if variant == "tracking off" else {})))
+                start = time.perf_counter()
+                resp = client.simulate_post(f"/v3/{dom['name']}/messages", body=body, headers=auth)
+                times[variant].append(time.perf_counter() - start)
+                assert resp.status_code == 200, resp.text
+        print(f"POST /v3/{{domain}}/messages, {args.recipients}-recipient batch (recipient-variables), 10-link HTML,"
+              f" open + click + unsubscribe on: wall time to 200, best / median of {args.rounds}:")
+        for variant, values in times.items():
+            print(f"  {variant:12}  {min(values):.2f} s / {statistics.median(values):.2f} s")
+    finally:
+        svc.close()
+        redis.Redis.from_url(redis_url).flushdb()
+        with psycopg.connect(pg, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", default="c87224b", help="git revision of the module to compare against")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--recipients", type=int, default=1000)
+    parser.add_argument("--http", action="store_true", help="time the send API end to end instead")
+    args = parser.parse_args()
+    key = secrets.token_bytes(32)
+    if args.http:
+        http(args, key)
+        return
+    modules = {"reference": tracker(load_reference(args.reference), key), "current": tracker(current, key)}
+    sends = drafts(args.recipients)
+    times: dict = {(name, kind): [] for name in modules for kind in sends}
+    for _ in range(args.rounds):
+        for kind, draft in sends.items():
+            for name, t in modules.items():
+                start = time.process_time()
+                out = t.render(DOMAIN, draft)
+                times[(name, kind)].append(time.process_time() - start)
+                assert len(out.copies) == args.recipients, (name, kind, len(out.copies))
+    print(f"tracking render, {args.recipients} recipients, 10 links (9 tracked + mailto + #anchor), open + click +"
+          f" unsubscribe on; best / median of {args.rounds} rounds, ms per recipient:")
+    for kind in sends:
+        ref = [s * 1000 / args.recipients for s in times[("reference", kind)]]
+        cur = [s * 1000 / args.recipients for s in times[("current", kind)]]
+        print(f"  {kind:6}  reference {args.reference}: {min(ref):.3f} / {statistics.median(ref):.3f}   "
+              f"current: {min(cur):.3f} / {statistics.median(cur):.3f}   "
+              f"ratio {statistics.median(ref) / statistics.median(cur):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
