@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from envoi.accounts.activity import Activity
 from envoi.accounts.audit import Audit
+from envoi.accounts.dkim import DkimKeys
 from envoi.accounts.routing import RegionRouter
 from envoi.accounts.service import Accounts
 from envoi.accounts.sessions import Sessions
@@ -39,6 +40,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
 from envoi.lists.service import MailingLists
+from envoi.mta.dkim_rotation import DkimRotation
 from envoi.mta.intake import Intake
 from envoi.mta.list_expansion import ListExpander
 from envoi.mta.mail_domains import MailDomains
@@ -103,6 +105,7 @@ class Services:
     templates: Templates  # stored templates (the templates API)
     template_sending: TemplateSending  # a send's stored template, rendered at accept (both edges)
     validation: Validation  # /v4/address/validate: single addresses and bulk jobs (run by `envoi worker`)
+    dkim: DkimKeys  # DKIM keys, activation, rotation settings, selector and authority (/v1/dkim/keys)
 
     def close(self) -> None:
         self.db.close()
@@ -221,6 +224,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         routes=Routes(db, sealer, webhooks, settings.public_url),
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
         templates=templates, template_sending=template_sending, validation=validation,
+        dkim=DkimKeys(db, sealer, accounts, settings.dns_resolver),
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )
@@ -345,6 +349,8 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("inactive accounts: warn, then purge", 86400, services.inactivity.sweep),
         PeriodicTask("bulk validation: purge expired results", 600, services.validation.purge_expired),
         PeriodicTask("bulk validation: enqueue stalled jobs again", 300, services.validation.requeue_stalled),
+        PeriodicTask("dkim: rotate keys, sign with found ones, retire drained ones", 300,
+                     DkimRotation(services.db, services.accounts, services.dkim).run),
         *(billing_tasks(services) if services.settings.stripe_secret_key else []),
     ]
 

@@ -345,7 +345,7 @@ class Accounts:
         row = self.get_domain(name, account_id)
         checked = {key: (rows if trust else dnscheck.check(rows, nameserver)) for key, rows in records.items()}
         proven = trust or all(r["valid"] == "valid" for r in checked["sending_dns_records"]
-                              if r["record_type"] == "TXT" and not r.get("pending"))
+                              if r["record_type"] == "TXT" and not r.get("pending") and not r.get("retiring"))
         if proven and row["state"] == "unverified":
             try:
                 with self.db.transaction() as conn:
@@ -407,6 +407,10 @@ class Accounts:
         with self.db.transaction() as conn:
             if not store.delete_authorized_recipient(conn, account_id, (address or "").strip().lower()):
                 raise NotFound("Authorized recipient not found")
+        self._sending_domains.forget()
+
+    def forget_domains(self) -> None:
+        """A domain's signing setup changed (envoi.accounts.dkim): this process rereads its domains."""
         self._sending_domains.forget()
 
     def dkim_private_key(self, domain: dict) -> bytes:
@@ -581,6 +585,22 @@ def dns_targets(region: str, mx_hosts: tuple[str, ...] = ()) -> dict:
             "tracking_target": f"track.{region}.envoi.local"}
 
 
+def dkim_signing_records(domain: dict) -> list[tuple[str, str]]:
+    """(name, TXT value) of the keys that sign the domain's mail: its own, or with a DKIM authority
+    (envoi.accounts.dkim) its parent's, published in the parent's zone (d= the parent)."""
+    authority = domain.get("dkim_authority")
+    if authority:
+        signer, rsa_sel, rsa_pub = authority["name"], authority["selector"], authority["public_key"]
+        ed_sel, ed_pub = authority.get("ed25519_selector"), authority.get("ed25519_public_key")
+    else:
+        signer, rsa_sel, rsa_pub = domain["name"], domain["dkim_selector"], domain["dkim_public_key"]
+        ed_sel, ed_pub = domain.get("dkim_ed25519_selector"), domain.get("dkim_ed25519_public_key")
+    out = [(f"{rsa_sel}._domainkey.{signer}", dkim_keys.record_value("rsa", rsa_pub))]
+    if ed_sel and ed_pub:
+        out.append((f"{ed_sel}._domainkey.{signer}", dkim_keys.record_value("ed25519", ed_pub)))
+    return out
+
+
 def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tracking_target: str) -> dict:
     """The records a customer publishes, in Mailgun's sending/receiving_dns_records shape."""
     name = domain["name"]
@@ -594,11 +614,15 @@ def dns_records(domain: dict, *, spf_include: str, mx_hosts: tuple[str, ...], tr
 
     sending = [
         record("TXT", name, f"v=spf1 include:{spf_include} ~all"),
-        record("TXT", f"{domain['dkim_selector']}._domainkey.{name}", f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"),
+        *(record("TXT", rname, value) for rname, value in dkim_signing_records(domain)),
         record("CNAME", f"{domain['web_prefix']}.{name}", tracking_target),
     ]
-    if domain.get("dkim_pending_selector"):  # a rotation: the next key, to publish before signing moves to it
+    if domain.get("dkim_pending_selector") and not domain.get("dkim_authority"):
+        # a rotation: the next key, to publish before signing moves to it
         sending.append({**record("TXT", f"{domain['dkim_pending_selector']}._domainkey.{name}",
                                  f"v=DKIM1; k=rsa; p={domain['dkim_pending_public_key']}"), "pending": True})
+    for key in domain.get("dkim_retiring") or ():  # replaced keys, kept while mail they signed is queued
+        sending.append({**record("TXT", f"{key['selector']}._domainkey.{key['signing_domain']}",
+                                 dkim_keys.record_value(key["algorithm"], key["public_key"])), "retiring": True})
     receiving = [record("MX", name, host, "10") for host in mx_hosts]
     return {"sending_dns_records": sending, "receiving_dns_records": receiving}
