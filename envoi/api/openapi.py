@@ -150,7 +150,7 @@ def _dkim(add, d: dict) -> None:
         "The account's DKIM keys (signing, pending, inactive, retiring), each with its DNS record", _json(PAGED),
         params=[_q("signing_domain"), _q("selector"), _q("limit", INT), _q("page")], tag="dkim"))
     add("/v1/dkim/keys", "post", op(
-        "Create a DKIM key (RSA `bits` 1024|2048, Envoi also 4096; Envoi's `algorithm=ed25519`) or import one"
+        "Create a DKIM key (RSA `bits` 1024 or 2048, Envoi also 4096; Envoi's `algorithm=ed25519`) or import one"
         " (`pem`, RSA or Ed25519); it signs once activated", _json(
             {"type": "object", "required": ["signing_domain", "selector", "dns_record"],
              "properties": {"signing_domain": STR, "selector": STR, "dns_record": DKIM_RECORD}}),
