@@ -221,6 +221,22 @@ class DkimKeys:
         self.accounts.forget_domains()
         return Key(current.signing_domain, selector, current.algorithm, current.bits, current.public_key, "active")
 
+    def switch_if_published(self, domain_id: int) -> bool:
+        """The rotation job's step: the domain's pending key signs from now on if its record is found in
+        DNS (the key it replaces is kept retiring). False: not found yet (or the lookup failed)."""
+        domain = self.accounts.get_domain_by_id(domain_id)
+        selector = domain.get("dkim_pending_selector")
+        if not selector:
+            return False
+        pending = Key(domain["name"], selector, "rsa", domain["dkim_pending_key_size"],
+                      domain["dkim_pending_public_key"], "pending")
+        if dnscheck.check([pending.dns_record], self.nameserver)[0]["valid"] != "valid":
+            return False
+        with self.db.transaction() as conn:
+            switched = domain_store.promote_pending_dkim(conn, domain_id, selector)
+        self.accounts.forget_domains()
+        return switched
+
     def deactivate(self, account_id: int, authority: str, selector: str) -> Key:
         """Stop signing with this key. The domain always signs with one RSA key, so only its ed25519 key
         can be deactivated (it is kept, inactive, and can be activated again); an RSA key is replaced by

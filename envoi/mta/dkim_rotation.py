@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from envoi.accounts import dkim_store
 from envoi.accounts.dkim import DEFAULT_ROTATION, DkimKeys
-from envoi.accounts.errors import AccountsError
 from envoi.accounts.service import Accounts
 from envoi.infra.db import Database
 from envoi.mta import store
@@ -53,14 +52,8 @@ class DkimRotation:
             out.rotated.append(domain["name"])
         with self.db.transaction() as conn:
             pending = dkim_store.with_pending(conn)
-        for domain in pending:
-            row = self.accounts.get_domain_by_id(domain["id"])
-            try:
-                self.dkim.activate(row["account_id"], row["name"], row["dkim_pending_selector"])
-                out.switched.append(row["name"])
-            except AccountsError as ex:  # not found in DNS yet (or a lookup failed): the next run tries again
-                log.info("DKIM rotation of %s waits: %s", row["name"], ex)
-                out.waiting.append(row["name"])
+        for domain in pending:  # not found in DNS yet (or the lookup failed): the next run looks again
+            (out.switched if self.dkim.switch_if_published(domain["id"]) else out.waiting).append(domain["name"])
         with self.db.transaction() as conn:
             for key in dkim_store.retiring(conn, self.grace):
                 name = f"{key['selector']}._domainkey.{key['signing_domain']}"
