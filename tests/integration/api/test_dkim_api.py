@@ -95,6 +95,11 @@ def test_sdk_lists_creates_imports_and_deletes_keys(sdk, services, domain, db):
         ("k2048", "ed1", "imported"), "inactive")
     assert by_selector["k2048"]["dns_record"] == {**made["k2048"], "is_active": False}
     assert "paging" in listed and by_selector["imported"]["bits"] == 2048
+    everything = client.dkim_keys.get(filters={"limit": 2}).json()  # every domain of the account, paged
+    assert len(everything["items"]) == 2 and everything["paging"]["next"].endswith("limit=2&page=2")
+    second = client.dkim_keys.get(filters={"limit": 2, "page": 2}).json()["items"]
+    assert {(k["signing_domain"], k["selector"]) for k in everything["items"]}.isdisjoint(
+        {(k["signing_domain"], k["selector"]) for k in second})
     one = client.dkim_keys.get(filters={"signing_domain": name, "selector": "k2048"}).json()["items"]
     assert [k["selector"] for k in one] == ["k2048"]
 
@@ -153,8 +158,13 @@ def test_another_tenants_domain_is_not_found(sdk, services, domain, db):
     assert client.domains_dkimselector.put(domain=theirs["name"], data={"dkim_selector": "x"}).status_code == 404
     assert client.domains_dkimauthority.put(domain=theirs["name"], data={"self": "false"}).status_code == 404
     assert client.dkim_management_rotate.create(domain=theirs["name"]).status_code == 404
+    _, url, key = sdk
+    resp = requests.put(f"{url}/v4/domains/{theirs['name']}/keys/{theirs['dkim_selector']}/activate",
+                        auth=("api", key), timeout=10)
+    assert resp.status_code == 404 and resp.json() == {"message": f"Domain not found: {theirs['name']}"}
     assert key_rows(db, theirs["id"]) == []
     assert services.accounts.get_domain_by_id(theirs["id"])["dkim_selector"] == theirs["dkim_selector"]
+    assert services.accounts.get_domain_by_id(theirs["id"])["dkim_pending_selector"] is None
 
 
 def test_activation_needs_the_record_in_dns_and_keeps_the_old_key_retiring(sdk, services, domain, dns, db):

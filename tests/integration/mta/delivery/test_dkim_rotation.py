@@ -13,6 +13,7 @@ import dkim
 import dns.resolver
 import pytest
 
+from envoi import runtime
 from envoi.accounts.dkim import DkimKeys
 from envoi.accounts.service import dns_records, dns_targets
 from envoi.dev.sink import Sink
@@ -168,3 +169,8 @@ def test_a_subdomain_with_dkim_authority_signs_as_its_parent(services, settings,
     assert b"From: Sender <s@mail." in raw
     assert [(s["d"], s["s"]) for s in signatures(raw)] == [(parent["name"], parent["dkim_selector"])]
     assert verified(raw, dns_server) == [True]
+
+
+def test_the_scheduler_runs_the_rotation_job(services):
+    task = {t.name: t for t in runtime.periodic_tasks(services)}["dkim: rotate keys, sign with found ones, retire drained ones"]
+    assert task.every_seconds == 300 and task.run.__self__.dkim is services.dkim
