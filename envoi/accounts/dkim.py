@@ -334,6 +334,9 @@ class DkimKeys:
         if domain["state"] != "active":
             raise InvalidInput(f"only domains in enabled can rotate their keys. Current state: wait_verify"
                                f" ({domain['name']} is {domain['state']})")
+        if domain.get("dkim_authority"):
+            raise InvalidInput(f"{domain['name']} signs with the keys of its DKIM authority"
+                               f" {domain['dkim_authority']['name']}: rotate that domain's key")
         return self.accounts.rotate_dkim_key(account_id, domain["name"])
 
 

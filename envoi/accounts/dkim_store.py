@@ -92,6 +92,7 @@ def due_for_rotation(conn: Connection, default_interval: float) -> list[dict]:
     """Active domains with rotation on whose key is older than their interval, and no rotation waiting."""
     return conn.execute(
         "SELECT id, account_id, name FROM domains WHERE dkim_rotation_enabled AND state = 'active'"
+        " AND dkim_authority_id IS NULL"  # signs with its authority's keys: that domain's rotation applies
         " AND dkim_pending_selector IS NULL AND coalesce(dkim_rotated_at, created_at)"
         " + coalesce(dkim_rotation_interval, make_interval(secs => %s)) <= now() ORDER BY id",
         (default_interval,)).fetchall()

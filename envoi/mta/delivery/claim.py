@@ -28,8 +28,8 @@ class DomainKeys:
     domain: dict
     rsa_pem: bytes
     ed25519: tuple[str, bytes] | None  # (selector, key) for a second signature
-    signing_domain: str = ""  # d=: the domain itself, or its DKIM authority (a parent domain)
-    selector: str = ""  # s= of the RSA signature
+    signing_domain: str  # d=: the domain itself, or its DKIM authority (a parent domain)
+    selector: str  # s= of the RSA signature
 
 
 @dataclass

@@ -273,6 +273,9 @@ def test_dkim_authority_signs_as_the_parent(sdk, services, account):
     assert services.accounts.get_domain_by_id(sub["id"])["dkim_authority_id"] == parent["id"]
     again = client.domains_dkimauthority.put(domain=sub["name"], data={"self": "false"}).json()
     assert again["changed"] is False
+    resp = client.dkim_management_rotate.create(domain=sub["name"])  # the parent's rotation applies
+    assert resp.status_code == 400 and "rotate that domain's key" in resp.json()["message"]
+    assert services.accounts.get_domain_by_id(sub["id"])["dkim_pending_selector"] is None
     # a domain with no parent in the account cannot delegate; a bad value is refused
     resp = client.domains_dkimauthority.put(domain=parent["name"], data={"self": "false"})
     assert resp.status_code == 400 and "No parent domain" in resp.json()["message"]
