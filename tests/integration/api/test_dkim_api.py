@@ -229,6 +229,10 @@ def test_rotation_settings_and_rotate_now(sdk, services, domain, db):
     pending = [k for k in client.dkim_keys.get(filters={"signing_domain": name}).json()["items"]
                if k["state"] == "pending"]
     assert [k["selector"] for k in pending] == [row["dkim_pending_selector"]]
+    # deleting the pending key calls the rotation off (and leaves no lookup for the scheduler to make)
+    resp = client.dkim_keys.delete(filters={"signing_domain": name, "selector": row["dkim_pending_selector"]})
+    assert resp.status_code == 200
+    assert services.accounts.get_domain_by_id(domain["id"])["dkim_pending_selector"] is None
 
 
 def test_dkim_selector_changes_with_validation(sdk, services, account, db):
@@ -256,6 +260,7 @@ def test_dkim_selector_of_a_verified_domain_waits_for_its_record(sdk, services, 
     # the same key under the new name, pending: the old selector signs until the record is found
     assert (row["dkim_selector"], row["dkim_pending_selector"]) == (domain["dkim_selector"], "renamed")
     assert row["dkim_pending_public_key"] == domain["dkim_public_key"]
+    assert client.dkim_keys.delete(filters={"signing_domain": domain["name"], "selector": "renamed"}).status_code == 200
 
 
 def test_dkim_authority_signs_as_the_parent(sdk, services, account):
