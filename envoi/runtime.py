@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from envoi.accounts.activity import Activity
 from envoi.accounts.audit import Audit
+from envoi.accounts.dkim import DkimKeys
 from envoi.accounts.routing import RegionRouter
 from envoi.accounts.service import Accounts, dns_targets
 from envoi.accounts.sessions import Sessions
@@ -41,6 +42,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.settings import Settings, SettingsError
 from envoi.ips.service import Ips
 from envoi.lists.service import MailingLists
+from envoi.mta.dkim_rotation import DkimRotation
 from envoi.mta.intake import Intake
 from envoi.mta.list_expansion import ListExpander
 from envoi.mta.mail_domains import MailDomains
@@ -107,6 +109,7 @@ class Services:
     validation: Validation  # /v4/address/validate: single addresses and bulk jobs (run by `envoi worker`)
     analytics: Analytics  # /v1/analytics/metrics, usage, account tags, /v3/stats/filter, aggregates
     logs: Logs  # /v1/analytics/logs: the events store, account-wide
+    dkim: DkimKeys  # DKIM keys, activation, rotation settings, selector and authority (/v1/dkim/keys)
 
     def close(self) -> None:
         self.db.close()
@@ -229,6 +232,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
         templates=templates, template_sending=template_sending, validation=validation,
         analytics=Analytics(db), logs=Logs(db, events.retention),
+        dkim=DkimKeys(db, sealer, accounts, settings.dns_resolver),
         router=RegionRouter(db, settings.region, settings.routing_secret, settings.routing_peer_urls,
                             timeout=settings.routing_timeout),
     )
@@ -355,6 +359,8 @@ def periodic_tasks(services: Services) -> list[PeriodicTask]:
         PeriodicTask("bulk validation: enqueue stalled jobs again", 300, services.validation.requeue_stalled),
         PeriodicTask("domains: re-check DNS records", 60, lambda: services.accounts.recheck_domains(
             dns_targets(services.settings), services.settings.dns_resolver, services.settings.domain_recheck_interval)),
+        PeriodicTask("dkim: rotate keys, sign with found ones, retire drained ones", 300,
+                     DkimRotation(services.db, services.accounts, services.dkim).run),
         *(billing_tasks(services) if services.settings.stripe_secret_key else []),
     ]
 

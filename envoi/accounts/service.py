@@ -416,7 +416,7 @@ class Accounts:
         found = checked["sending_dns_records"] + checked["receiving_dns_records"]
         with self.db.transaction() as conn:
             before = (store.dns_state(conn, row["id"]) or {}).get("dns_checks") or {}
-            broken = [r for r in found if not r.get("pending") and r["valid"] == "invalid"
+            broken = [r for r in found if not r.get("pending") and not r.get("retiring") and r["valid"] == "invalid"
                       and before.get(record_key(r), {}).get("valid") == "valid"]
             lost = any(_required(r) for r in broken) and store.unverify_domain(conn, row["id"])
             # No answer tells nothing: the last definite finding stands (a record that was valid, went
@@ -498,6 +498,10 @@ class Accounts:
         with self.db.transaction() as conn:
             if not store.delete_authorized_recipient(conn, account_id, (address or "").strip().lower()):
                 raise NotFound("Authorized recipient not found")
+        self._sending_domains.forget()
+
+    def forget_domains(self) -> None:
+        """A domain's signing setup changed (envoi.accounts.dkim): this process rereads its domains."""
         self._sending_domains.forget()
 
     def dkim_private_key(self, domain: dict) -> bytes:
@@ -684,6 +688,22 @@ def _named_host(url: str) -> str | None:
     return host if "." in host and not host.endswith(".localhost") else None
 
 
+def dkim_signing_records(domain: dict) -> list[tuple[str, str]]:
+    """(name, TXT value) of the keys that sign the domain's mail: its own, or with a DKIM authority
+    (envoi.accounts.dkim) its parent's, published in the parent's zone (d= the parent)."""
+    authority = domain.get("dkim_authority")
+    if authority:
+        signer, rsa_sel, rsa_pub = authority["name"], authority["selector"], authority["public_key"]
+        ed_sel, ed_pub = authority.get("ed25519_selector"), authority.get("ed25519_public_key")
+    else:
+        signer, rsa_sel, rsa_pub = domain["name"], domain["dkim_selector"], domain["dkim_public_key"]
+        ed_sel, ed_pub = domain.get("dkim_ed25519_selector"), domain.get("dkim_ed25519_public_key")
+    out = [(f"{rsa_sel}._domainkey.{signer}", dkim_keys.record_value("rsa", rsa_pub))]
+    if ed_sel and ed_pub:
+        out.append((f"{ed_sel}._domainkey.{signer}", dkim_keys.record_value("ed25519", ed_pub)))
+    return out
+
+
 def dns_records(domain: dict, *, spf_include: str | None, mx_hosts: tuple[str, ...], tracking_target: str | None,
                 dmarc_rua: str | None = None, receiving: bool = False) -> dict:
     """The records a customer publishes, in Mailgun's sending/receiving_dns_records shape: SPF (with the
@@ -701,16 +721,19 @@ def dns_records(domain: dict, *, spf_include: str | None, mx_hosts: tuple[str, .
     sending = []
     if spf_include:
         sending.append(record("TXT", name, f"v=spf1 include:{spf_include} ~all"))
-    sending.append(record("TXT", f"{domain['dkim_selector']}._domainkey.{name}",
-                          f"v=DKIM1; k=rsa; p={domain['dkim_public_key']}"))
+    sending += [record("TXT", rname, value) for rname, value in dkim_signing_records(domain)]
     if tracking_target:
         sending.append(record("CNAME", f"{domain['web_prefix']}.{name}", tracking_target))
     # A suggestion: monitoring only (p=none), so publishing it never loses mail; the customer's own
     # DMARC policy, whatever it says, counts as valid.
     sending.append(record("TXT", f"_dmarc.{name}", "v=DMARC1; p=none" + (f"; rua={dmarc_rua}" if dmarc_rua else "")))
-    if domain.get("dkim_pending_selector"):  # a rotation: the next key, to publish before signing moves to it
+    if domain.get("dkim_pending_selector") and not domain.get("dkim_authority"):
+        # a rotation: the next key, to publish before signing moves to it
         sending.append({**record("TXT", f"{domain['dkim_pending_selector']}._domainkey.{name}",
                                  f"v=DKIM1; k=rsa; p={domain['dkim_pending_public_key']}"), "pending": True})
+    for key in domain.get("dkim_retiring") or ():  # replaced keys, kept while mail they signed is queued
+        sending.append({**record("TXT", f"{key['selector']}._domainkey.{key['signing_domain']}",
+                                 dkim_keys.record_value(key["algorithm"], key["public_key"])), "retiring": True})
     receiving_records = [record("MX", name, host, "10") for host in mx_hosts] if receiving else []
     return {"sending_dns_records": sending, "receiving_dns_records": receiving_records}
 
@@ -722,7 +745,7 @@ def record_key(record: dict) -> str:
 
 def _required(record: dict) -> bool:
     """The records that prove control of the domain: SPF and the current DKIM key."""
-    return record["record_type"] == "TXT" and not record.get("pending") and (
+    return record["record_type"] == "TXT" and not record.get("pending") and not record.get("retiring") and (
         record["value"].startswith("v=spf1") or "._domainkey." in record["name"])
 
 

@@ -9,7 +9,16 @@ DOMAIN_COLUMNS = (
     " d.dkim_key_size, d.spam_action, d.wildcard, d.web_prefix, d.web_scheme, d.require_tls,"
     " d.skip_verification, extract(epoch from d.message_ttl) AS message_ttl, d.created_at,"
     " d.dkim_pending_selector, d.dkim_pending_private_key, d.dkim_pending_public_key, d.dkim_pending_key_size,"
-    " d.dkim_rotated_at"
+    " d.dkim_rotated_at, d.dkim_ed25519_selector, d.dkim_ed25519_public_key, d.dkim_authority_id,"
+    " d.dkim_rotation_enabled, extract(epoch from d.dkim_rotation_interval) AS dkim_rotation_interval,"
+    # DKIM authority (envoi.accounts.dkim): the parent domain this one signs as, and the keys retired from
+    # signing whose records must stay published while mail signed with them is queued.
+    " (SELECT json_build_object('name', a.name, 'selector', a.dkim_selector, 'public_key', a.dkim_public_key,"
+    "  'ed25519_selector', a.dkim_ed25519_selector, 'ed25519_public_key', a.dkim_ed25519_public_key)"
+    "  FROM domains a WHERE a.id = d.dkim_authority_id) AS dkim_authority,"
+    " (SELECT coalesce(json_agg(json_build_object('signing_domain', k.signing_domain, 'selector', k.selector,"
+    "  'algorithm', k.algorithm, 'public_key', k.public_key) ORDER BY k.id), '[]'::json) FROM dkim_keys k"
+    "  WHERE k.domain_id = coalesce(d.dkim_authority_id, d.id) AND k.state = 'retiring') AS dkim_retiring"
 )
 
 
@@ -229,13 +238,27 @@ def set_pending_dkim(conn: Connection, domain_id: int, selector: str, sealed: by
 
 
 def promote_pending_dkim(conn: Connection, domain_id: int, selector: str) -> bool:
-    """The pending key (if it is still the one with SELECTOR) becomes the signing key, in one update."""
+    """The pending key (if it is still the one with SELECTOR) becomes the signing key, in one update; the
+    key it replaces is kept retiring (its record stays published while mail it signed is queued)."""
+    if conn.execute("SELECT 1 FROM domains WHERE id = %s AND dkim_pending_selector = %s FOR UPDATE",
+                    (domain_id, selector)).fetchone() is None:
+        return False
+    retire_rsa(conn, domain_id)
     return conn.execute(
         "UPDATE domains SET dkim_selector = dkim_pending_selector, dkim_private_key = dkim_pending_private_key,"
         " dkim_public_key = dkim_pending_public_key, dkim_key_size = dkim_pending_key_size,"
         " dkim_pending_selector = NULL, dkim_pending_private_key = NULL, dkim_pending_public_key = NULL,"
         " dkim_pending_key_size = NULL, dkim_rotated_at = now() WHERE id = %s AND dkim_pending_selector = %s",
         (domain_id, selector)).rowcount > 0
+
+
+def retire_rsa(conn: Connection, domain_id: int) -> None:
+    """The domain's signing RSA key is about to be replaced: keep its public half as a retiring key."""
+    conn.execute(
+        "INSERT INTO dkim_keys (domain_id, signing_domain, selector, algorithm, bits, public_key, state,"
+        " retiring_since) SELECT id, name, dkim_selector, 'rsa', dkim_key_size, dkim_public_key, 'retiring', now()"
+        " FROM domains WHERE id = %s ON CONFLICT (domain_id, selector) DO UPDATE SET state = 'retiring',"
+        " private_key = NULL, public_key = EXCLUDED.public_key, retiring_since = now()", (domain_id,))
 
 
 def set_domain_state(conn: Connection, domain_id: int, state: str) -> None:

@@ -17,6 +17,7 @@ from envoi.api.resources.analytics import AccountTags, Aggregates, Metrics, Stat
 from envoi.api.resources.analytics import Logs as AnalyticsLogs
 from envoi.api.resources.audit import AuditLog
 from envoi.api.resources.billing import StripeWebhook
+from envoi.api.resources.dkim import DkimKeyActivation, DkimKeyCollection, DkimManagement, DomainDkimSettings
 from envoi.api.resources.domains import AuthorizedRecipients, Credentials, DomainCollection, DomainItem
 from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
@@ -133,6 +134,14 @@ def routes(settings, services) -> list[Route]:
         ("/v3/domains/{domain}/web_prefix", domain_item, "web_prefix"),
         ("/v3/domains/{domain}/credentials", credentials, None),
         ("/v3/domains/{domain}/credentials/{login}", credentials, "item"),
+        # DKIM: keys, their activation, rotation, a domain's selector and authority (envoi.api.resources.dkim)
+        ("/v1/dkim/keys", DkimKeyCollection(services.dkim), None),
+        ("/v4/domains/{domain}/keys/{selector}/activate", DkimKeyActivation(services.dkim), "activate"),
+        ("/v4/domains/{domain}/keys/{selector}/deactivate", DkimKeyActivation(services.dkim), "deactivate"),
+        ("/v1/dkim_management/domains/{domain}/rotation", DkimManagement(services.dkim, accounts), "rotation"),
+        ("/v1/dkim_management/domains/{domain}/rotate", DkimManagement(services.dkim, accounts), "rotate"),
+        ("/v3/domains/{domain}/dkim_selector", DomainDkimSettings(services.dkim, dns), "selector"),
+        ("/v3/domains/{domain}/dkim_authority", DomainDkimSettings(services.dkim, dns), "authority"),
         ("/v5/sandbox/auth_recipients", recipients, None),
         ("/v5/sandbox/auth_recipients/{email}", recipients, "item"),
         # suppression lists

@@ -159,6 +159,65 @@ VERSION_FIELDS = {"template": {"type": "string", "maxLength": 2000}, "tag": SHOR
                   "comment": SHORT, "active": YESNO, "headers": SHORT}
 
 
+DKIM_RECORD = {"type": "object", "required": ["record_type", "name", "value"],
+               "properties": {"record_type": STR, "name": STR, "value": STR, "valid": STR, "is_active": BOOL,
+                              "cached": {"type": "array"}}}
+DKIM_KEY = {"type": "object", "required": ["signing_domain", "selector", "dns_record"],
+            "properties": {"signing_domain": STR, "selector": STR, "dns_record": DKIM_RECORD, "active": BOOL,
+                           "state": {"type": "string", "enum": ["active", "pending", "inactive", "retiring"]},
+                           "algorithm": {"type": "string", "enum": ["rsa", "ed25519"]},
+                           "bits": {"type": ["integer", "null"]}}}
+DKIM_MANAGED = {"type": "object", "required": ["domain"], "properties": {"domain": {
+    "type": "object", "required": ["name", "rotation_enabled", "rotation_interval"],
+    "properties": {"id": STR, "account_id": STR, "sid": STR, "name": STR, "state": STR, "active_selector": STR,
+                   "rotation_enabled": STR, "rotation_interval": STR, "records": {"type": "array", "items": OBJ}}}}}
+KEY_ACTIVATION = {"type": "object", "required": ["message", "authority", "selector", "active"],
+                  "properties": {"message": STR, "authority": STR, "selector": STR, "active": BOOL}}
+
+
+def _dkim(add, d: dict) -> None:
+    """DKIM keys (envoi.api.resources.dkim)."""
+    authority, selector = _p("domain"), _p("selector")
+    add("/v1/dkim/keys", "get", op(
+        "The account's DKIM keys (signing, pending, inactive, retiring), each with its DNS record", _json(PAGED),
+        params=[_q("signing_domain"), _q("selector"), _q("limit", INT), _q("page")], tag="dkim"))
+    add("/v1/dkim/keys", "post", op(
+        "Create a DKIM key (RSA `bits` 1024 or 2048, Envoi also 4096; Envoi's `algorithm=ed25519`) or import one"
+        " (`pem`, RSA or Ed25519); it signs once activated", _json(
+            {"type": "object", "required": ["signing_domain", "selector", "dns_record"],
+             "properties": {"signing_domain": STR, "selector": STR, "dns_record": DKIM_RECORD}}),
+        body=_form({"signing_domain": SHORT, "selector": SHORT, "bits": SHORT,
+                    "algorithm": {"type": "string", "enum": ["rsa", "ed25519"]}, "pem": SHORT},
+                   ("signing_domain", "selector"), files=("pem",)), tag="dkim"))
+    add("/v1/dkim/keys", "delete", op(
+        "Delete a DKIM key that does not sign (or call off a rotation's next key)", _json(MESSAGE),
+        params=[_q("signing_domain", required=True), _q("selector", required=True)], tag="dkim"))
+    add("/v4/domains/{domain}/keys/{selector}/activate", "put", op(
+        "Sign with this key, once its record is found in DNS; the key it replaces is kept retiring",
+        _json(KEY_ACTIVATION), params=[authority, selector], tag="dkim"))
+    add("/v4/domains/{domain}/keys/{selector}/deactivate", "put", op(
+        "Stop signing with this key (the ed25519 one; the RSA key is replaced by activating another)",
+        _json(KEY_ACTIVATION), params=[authority, selector], tag="dkim"))
+    add("/v1/dkim_management/domains/{domain}/rotation", "get", op(
+        "The domain's automatic DKIM rotation settings and DKIM records", _json(DKIM_MANAGED), params=[d],
+        tag="dkim"))
+    add("/v1/dkim_management/domains/{domain}/rotation", "put", op(
+        "Turn automatic DKIM rotation on or off (`rotation_interval` like 30d, at least 5d)", _json(DKIM_MANAGED),
+        params=[d], body=_form({"rotation_enabled": YESNO, "rotation_interval": SHORT}, ("rotation_enabled",)),
+        tag="dkim"))
+    add("/v1/dkim_management/domains/{domain}/rotate", "post", op(
+        "Rotate now: a new key under a new selector, signing once its record is found in DNS", _json(MESSAGE),
+        params=[d], tag="dkim"))
+    add("/v3/domains/{domain}/dkim_selector", "put", op(
+        "Change the selector of the domain's RSA key (once verified: signing moves once the new record is found)",
+        _json(MESSAGE), params=[d], body=_form({"dkim_selector": SHORT}), tag="dkim"))
+    add("/v3/domains/{domain}/dkim_authority", "put", op(
+        "self=false: sign as the nearest parent domain of the account, with its keys; self=true: as itself",
+        _json({"type": "object", "required": ["message", "changed", "sending_dns_records"],
+               "properties": {"message": STR, "changed": BOOL, "sending_dns_records": {"type": "array", "items": OBJ}}}),
+        params=[d], body=_form({"self": YESNO}, ("self",)), tag="dkim"))
+
+
 def _templates(add, base: str, scope: list, what: str) -> None:
     """The templates API under base (/v3/{domain}/templates or /v4/templates)."""
     name, tag, new_tag = _p("name"), _p("tag"), _p("new_tag")
@@ -679,6 +738,7 @@ def _paths() -> dict:
                     "description": SHORT, "expiration": SHORT}, ("role",)), tag="keys"))
     add("/v1/keys/{key_id}", "delete", op("Delete an API key: it stops working at once", _json(MESSAGE),
                                           params=[_p("key_id")], tag="keys"))
+    _dkim(add, d)
     return paths
 
 

@@ -10,8 +10,10 @@ import click
 @click.option("--selector", default="ed", show_default=True, help="DKIM selector of the ed25519 key.")
 def domains_ed25519(domain: str, selector: str) -> None:
     """Give DOMAIN an ed25519 DKIM key: the relay adds a second signature (ed25519-sha256, RFC 8463)
-    next to the RSA one, within a minute. Prints the TXT record to publish. Re-running replaces it."""
+    next to the RSA one, within a minute. Prints the TXT record to publish. Re-running replaces it (the
+    old key is kept retiring, docs/dkim.md); `/v1/dkim/keys` with `algorithm=ed25519` waits for the record."""
     from envoi import runtime
+    from envoi.accounts import dkim_store
     from envoi.infra import dkim_keys
     from envoi.infra.settings import Settings
     from envoi.mta import store
@@ -21,6 +23,7 @@ def domains_ed25519(domain: str, selector: str) -> None:
         row = services.accounts.get_domain(domain)
         private, public = dkim_keys.generate_ed25519()
         with services.db.transaction() as conn:
+            dkim_store.retire_ed25519(conn, row["id"])  # its record stays listed while its mail is queued
             store.set_domain_ed25519(conn, row["id"], selector,
                                      dkim_keys.seal_ed25519(services.sealer, row["name"], private), public)
     finally:

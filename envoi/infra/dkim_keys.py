@@ -40,6 +40,41 @@ def generate_ed25519() -> tuple[bytes, str]:
     return _pem(key), base64.b64encode(raw).decode("ascii")
 
 
+def import_pem(data: bytes) -> tuple[str, int | None, bytes, str]:
+    """A private key a customer imports (POST /v1/dkim/keys `pem`): PEM (PKCS#1 or PKCS#8) or DER, RSA
+    of 1024 bits or more, or Ed25519. Returns (algorithm "rsa" | "ed25519", RSA bits or None, the key as
+    PKCS#8 PEM, base64 public key for the record's p=). ValueError for anything else."""
+    data = data.strip()
+    try:
+        if data.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError) as ex:  # TypeError: encrypted with a password
+        raise ValueError("pem is not an unencrypted private key") from ex
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 1024:  # RFC 8301
+            raise ValueError(f"RSA key of {key.key_size} bits is too short for DKIM")
+        der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        return "rsa", key.key_size, _pem(key), base64.b64encode(der).decode("ascii")
+    if isinstance(key, Ed25519PrivateKey):
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return "ed25519", None, _pem(key), base64.b64encode(raw).decode("ascii")
+    raise ValueError("pem must hold an RSA or Ed25519 private key")
+
+
+def record_value(algorithm: str, public_b64: str) -> str:
+    """The TXT record of a key: what receivers look up at <selector>._domainkey.<signing domain>."""
+    return f"v=DKIM1; k={algorithm}; p={public_b64}"
+
+
+def context(algorithm: str, domain_name: str) -> bytes:
+    """The sealing context of a key of this algorithm: the same as the domain row's own keys, so a key
+    moves between dkim_keys and the domain row without being opened."""
+    return ed25519_context(domain_name) if algorithm == "ed25519" else rsa_context(domain_name)
+
+
 def _pem(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())

@@ -54,6 +54,8 @@ SEALED: tuple[SealedColumn, ...] = (
     SealedColumn("domains", "id", "dkim_private_key", "'dkim:' || name"),  # envoi.infra.dkim_keys
     SealedColumn("domains", "id", "dkim_pending_private_key", "'dkim:' || name"),
     SealedColumn("domains", "id", "dkim_ed25519_key", "'dkim-ed25519:' || name"),
+    SealedColumn("dkim_keys", "id", "private_key",  # envoi.accounts.dkim: keys not signing yet
+                 "CASE algorithm WHEN 'ed25519' THEN 'dkim-ed25519:' ELSE 'dkim:' END || signing_domain"),
     SealedColumn("webhooks", "id", "url_sealed", "'webhook-url:' || domain_id"),  # envoi.webhooks.secret_url
     SealedColumn("webhook_deliveries", "id", "url_sealed", "'webhook-url:' || domain_id"),
     SealedColumn("webhook_signing_keys", "account_id", "key_sealed",  # envoi.webhooks.service

@@ -75,6 +75,19 @@ def renew_leases(conn: Connection, ids: list[int], owner: str, lease_seconds: fl
     )
 
 
+def signed_and_waiting(conn: Connection, domain_ids: list[int], signing_domain: str, selector: str) -> bool:
+    """Is mail of these domains signed with (signing_domain, selector) still queued, or may it be: a
+    waiting recipient whose message's stored DKIM-Signature names the key, or one in flight whose
+    message's signature is not stored (the relay keeps it in memory until the outcome)? The signer
+    writes each tag after a space or a fold (envoi.mta.signing), so " s=<selector>;" finds it."""
+    return conn.execute(
+        "SELECT 1 FROM recipients r JOIN messages m ON m.id = r.message_pk"
+        " WHERE r.domain_id = ANY(%s) AND r.status = 'queued' AND ("
+        "  (strpos(m.dkim_signature, ' s=' || %s || ';') > 0 AND strpos(m.dkim_signature, ' d=' || %s || ';') > 0)"
+        "  OR (m.dkim_signature IS NULL AND r.leased_until > now())) LIMIT 1",
+        (domain_ids, selector, signing_domain)).fetchone() is not None
+
+
 def domain_ed25519(conn: Connection, domain_id: int) -> dict | None:
     return conn.execute(
         "SELECT dkim_ed25519_selector AS selector, dkim_ed25519_key AS key, dkim_ed25519_public_key AS public_key"

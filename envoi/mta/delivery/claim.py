@@ -28,6 +28,8 @@ class DomainKeys:
     domain: dict
     rsa_pem: bytes
     ed25519: tuple[str, bytes] | None  # (selector, key) for a second signature
+    signing_domain: str  # d=: the domain itself, or its DKIM authority (a parent domain)
+    selector: str  # s= of the RSA signature
 
 
 @dataclass
@@ -80,12 +82,16 @@ class Claimer:
 
     def _load_keys(self, domain_id: int) -> DomainKeys:
         domain = self.accounts.get_domain_by_id(domain_id)
+        # With a DKIM authority (envoi.accounts.dkim) the parent domain's keys sign, as the parent.
+        signer = self.accounts.get_domain_by_id(domain["dkim_authority_id"]) if domain.get("dkim_authority_id") \
+            else domain
         with self.db.transaction() as conn:
-            ed = store.domain_ed25519(conn, domain_id)
+            ed = store.domain_ed25519(conn, signer["id"])
         ed25519 = None
         if ed is not None:
-            ed25519 = (ed["selector"], dkim_keys.open_ed25519(self.sealer, domain["name"], ed["key"]))
-        return DomainKeys(domain, self.accounts.dkim_private_key(domain), ed25519)
+            ed25519 = (ed["selector"], dkim_keys.open_ed25519(self.sealer, signer["name"], ed["key"]))
+        return DomainKeys(domain, self.accounts.dkim_private_key(signer), ed25519, signer["name"],
+                          signer["dkim_selector"])
 
     def keys(self, domain_id: int) -> DomainKeys:
         """The domain of a claimed message (loaded by claim)."""

@@ -88,9 +88,8 @@ class Preparer:
         return signed
 
     def _sign(self, body: bytes, keys: DomainKeys) -> str:
-        domain = keys.domain
         started = time.perf_counter()
-        signature = self.signer.sign(body, domain=domain["name"], selector=domain["dkim_selector"],
+        signature = self.signer.sign(body, domain=keys.signing_domain, selector=keys.selector,
                                      private_key_pem=keys.rsa_pem, ed25519=keys.ed25519)
         if self.metrics:
             self.metrics.dkim_seconds.observe(time.perf_counter() - started)

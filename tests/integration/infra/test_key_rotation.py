@@ -109,6 +109,7 @@ def test_rotation_under_load_loses_nothing(settings, own_database, monkeypatch, 
         domain = old.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test",
                                          dkim_key_size=1024, verified=True)
         old.accounts.rotate_dkim_key(account["id"], domain["name"])  # a pending key, sealed too
+        old.dkim.create(account["id"], domain["name"], "spare", bits="1024")  # a key not signing yet (dkim_keys)
         ed_private, ed_public = dkim_keys.generate_ed25519()
         with old.db.transaction() as conn:
             store.set_domain_ed25519(conn, domain["id"], "ed", dkim_keys.seal_ed25519(old.sealer, domain["name"],

@@ -205,6 +205,8 @@ def test_a_dkim_rotation_signs_with_the_new_key_only_once_its_record_is_found(pa
     assert base64.b64encode(der).decode() == switched["dkim_public_key"]
     html = page.get(f"/dashboard/domains/{name}").text
     assert f'<dd class="mono" id="dkim-selector">{new_selector}</dd>' in html and 'id="pending-dkim"' not in html
+    # the replaced key's record is still asked for while mail it signed may be queued (docs/dkim.md)
+    assert f"{old_selector}._domainkey.{name}" in html and "retiring: keep while its mail is queued" in html
 
 
 def test_another_account_cannot_rotate_the_key(page_as, services, domain, account):
