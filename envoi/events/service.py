@@ -68,6 +68,8 @@ def item(event: str, *, message: dict, recipient: str | None, ts: float | None =
             "is-test-mode": bool((message.get("options") or {}).get("testmode")),
         },
     }
+    if (scheduled := message.get("scheduled-for")) is not None:
+        data["message"]["scheduled-for"] = scheduled  # an accepted event of o:deliverytime mail (epoch seconds)
     if template := (message.get("options") or {}).get("template"):
         data["template"] = template  # a stored template's {name, version} (Mailgun's field)
     if recipient is not None:
@@ -450,7 +452,17 @@ def matches(compiled: list[tuple[str, object]], data: dict) -> bool:
     return all(filters.matches(name, node, data) for name, node in compiled)
 
 
+#: The events API's parameters besides the filter fields (Mailgun's query options; `pretty` is accepted and
+#: has no effect: the JSON is the same).
+QUERY_OPTIONS = ("begin", "end", "ascending", "limit", "pretty")
+
+
 def _parse_query(params: dict[str, list[str]]) -> dict:
+    for name in params:
+        if name not in filters.FIELDS and name not in QUERY_OPTIONS:  # a misspelt filter must not match everything
+            raise EventQueryError(f"'{name[:100]}' is not a valid filter or query option: use one of"
+                                  f" {', '.join((*QUERY_OPTIONS, *filters.FIELDS))}")
+
     def one(name: str) -> str | None:
         values = params.get(name)
         return values[-1] if values else None
