@@ -173,7 +173,7 @@ def test_sending_queues_of_another_tenants_domain_is_a_404(client, services, dom
 # attachments ------------------------------------------------------------------------------------------
 def test_sdk_attachments_are_reported_with_the_types_of_their_parts(sdk, client, api_key, domain, db, sink, relay):
     to = rcpt("files")
-    pdf, png, csv = b"%PDF-1.4 fake", b"\x89PNG\r\n\x1a\n" + bytes(range(200)), "a,b\n1,2\n".encode()
+    pdf, png, csv = b"%PDF-1.4 fake", b"\x89PNG\r\n\x1a\n" + bytes(range(200)), b"a,b\n1,2\n"
     resp = sdk.messages.create(domain=domain["name"], data={
         "from": f"s@{domain['name']}", "to": to, "subject": "Files", "text": "see attached"},
         files=[("attachment", ("report.pdf", pdf)),  # no type given: typed by its name, as Mailgun does
@@ -310,3 +310,35 @@ def test_django_anymail_sends_with_its_options(settings, services, api_key, doma
                      (message_id,)).fetchone()
     assert row["tags"] == ["one", "two"] and row["user_variables"] == {"order": "7"}
     assert row["attachments"] == [{"filename": "notes.txt", "content-type": "text/plain", "size": 5}]
+
+
+def test_mime_sends_report_their_attachments_as_their_parts_say(client, api_key, domain, db):
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = f"s@{domain['name']}", "rcpt@dest.test", "mime files"
+    msg.set_content("plain")
+    msg.add_alternative("<p>html</p>", subtype="html")
+    blob = bytes(range(256)) * 40 + b"xy"  # base64, with padding
+    msg.add_attachment(blob, maintype="application", subtype="x-custom", filename="blob.dat")
+    msg.add_attachment("caf\u00e9 \u2713 line\n" * 50, subtype="plain", filename="notes.txt", cte="quoted-printable")
+    msg.add_attachment(b"7bit text\r\n", maintype="text", subtype="csv", filename="t.csv", cte="7bit")
+    inline = EmailMessage()
+    inline.set_content(b"\x89PNG", maintype="image", subtype="png", disposition="inline", filename="logo.png")
+    msg.attach(inline)  # inline parts are not attachments, as with the send API
+    raw = msg.as_bytes(policy=email.policy.SMTP).decode()
+    body, ctype = multipart([("to", "rcpt@dest.test")], [("message", "message.mime", "message/rfc822", raw.encode())])
+    resp = client.simulate_post(f"/v3/{domain['name']}/messages.mime", body=body,
+                                headers={"Content-Type": ctype, **basic(api_key)})
+    assert resp.status_code == 200, resp.text
+    sent = email.message_from_string(raw, policy=email.policy.default)
+    expected = [{"filename": p.get_filename(), "content-type": p.get_content_type(),
+                 "size": len(p.get_payload(decode=True))} for p in sent.iter_attachments()
+                if p.get_content_disposition() == "attachment"]
+    assert [a["filename"] for a in expected] == ["blob.dat", "notes.txt", "t.csv"]
+    assert expected[0]["size"] == len(blob)
+    [row] = rows(db, domain)
+    assert row["attachments"] == expected
+    [event] = events(client, api_key, domain).json["items"]
+    assert event["message"]["attachments"] == expected
+
