@@ -342,3 +342,20 @@ def test_mime_sends_report_their_attachments_as_their_parts_say(client, api_key,
     [event] = events(client, api_key, domain).json["items"]
     assert event["message"]["attachments"] == expected
 
+
+
+def test_smtp_submissions_report_their_attachments(server, client_ctx, login, domain, db, clean_throttle):
+    from email.message import EmailMessage
+
+    from tests.support.submission import starttls_client
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = login, "rcpt@dest.test", "smtp files"
+    msg.set_content("see attached")
+    msg.add_attachment(b"%PDF-1.7 " + bytes(300), maintype="application", subtype="pdf", filename="invoice.pdf")
+    with starttls_client(server, client_ctx, login) as c:
+        c.sendmail(login, ["rcpt@dest.test"], msg.as_bytes(policy=email.policy.SMTP))
+    [row] = rows(db, domain)
+    assert row["attachments"] == [{"filename": "invoice.pdf", "content-type": "application/pdf", "size": 309}]
+    [event] = events_of(db, row["message_id"])
+    assert event["data"]["message"]["attachments"] == row["attachments"]
