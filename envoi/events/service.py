@@ -457,11 +457,17 @@ def matches(compiled: list[tuple[str, object]], data: dict) -> bool:
 QUERY_OPTIONS = ("begin", "end", "ascending", "limit", "pretty")
 
 
-def _parse_query(params: dict[str, list[str]]) -> dict:
+def check_parameter_names(params: dict[str, list[str]], options: Sequence[str] = QUERY_OPTIONS) -> None:
+    """A misspelt filter must not answer with every event: a name that is neither a filter field nor
+    one of `options` is an EventQueryError (400) naming it."""
     for name in params:
-        if name not in filters.FIELDS and name not in QUERY_OPTIONS:  # a misspelt filter must not match everything
+        if name not in filters.FIELDS and name not in options:
             raise EventQueryError(f"'{name[:100]}' is not a valid filter or query option: use one of"
-                                  f" {', '.join((*QUERY_OPTIONS, *filters.FIELDS))}")
+                                  f" {', '.join((*options, *filters.FIELDS))}")
+
+
+def _parse_query(params: dict[str, list[str]]) -> dict:
+    check_parameter_names(params)
 
     def one(name: str) -> str | None:
         values = params.get(name)

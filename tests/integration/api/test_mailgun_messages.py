@@ -359,3 +359,12 @@ def test_smtp_submissions_report_their_attachments(server, client_ctx, login, do
     assert row["attachments"] == [{"filename": "invoice.pdf", "content-type": "application/pdf", "size": 309}]
     [event] = events_of(db, row["message_id"])
     assert event["data"]["message"]["attachments"] == row["attachments"]
+
+
+def test_the_live_stream_refuses_an_unknown_filter_too(client, api_key, domain):
+    resp = client.simulate_get(f"/v3/{domain['name']}/events/live", params={"recipent": "x@dest.test"},
+                               headers=basic(api_key))
+    assert resp.status_code == 400 and resp.json["message"].startswith("'recipent' is not a valid filter")
+    resp = client.simulate_get(f"/v3/{domain['name']}/events/live", params={"recipient": "x@dest.test",
+                                                                          "timeout": "0.2"}, headers=basic(api_key))
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
