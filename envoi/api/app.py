@@ -23,7 +23,7 @@ from envoi.api.resources.events import EventList, LiveEvents, MessageTrace
 from envoi.api.resources.ips import DomainIps, IpCollection, IpItem, Pools, Warmups
 from envoi.api.resources.keys import Keys
 from envoi.api.resources.lists import ListMembers, MailingLists
-from envoi.api.resources.messages import Envelopes, Messages, StoredMessage
+from envoi.api.resources.messages import Envelopes, Messages, SendingQueues, StoredMessage
 from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.regions import RegionLookup
 from envoi.api.resources.routes import RouteCollection
@@ -95,6 +95,7 @@ def routes(settings, services) -> list[Route]:
         ("/v3/domains/{domain}/messages/{storage_key}", stored, None),
         ("/v3/domains/{domain}/messages/{storage_key}/attachments/{index}", stored, "attachment"),
         ("/v3/{domain}/envelopes", Envelopes(accounts, services.storage), None),  # DELETE: clear the queue
+        ("/v3/domains/{domain}/sending_queues", SendingQueues(accounts), None),
         # stored templates: the domain's (v3) and the account's (v4), with their versions
         *((f"{base}{path}", templates, suffix)
           for base in ("/v3/{domain}/templates", "/v4/templates")

@@ -79,6 +79,16 @@ def _chunked(req: falcon.Request) -> bool:
     return req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
 
 
+def _declared_type(part) -> str:
+    """The part's own Content-Type, or "" when it has none: falcon then reports RFC 7578's default
+    text/plain, and compose types the attachment from its file name instead (as Mailgun does; an SDK
+    uploading a file often sends no type)."""
+    headers = getattr(part, "_headers", None)  # falcon keeps the raw part headers only here
+    if isinstance(headers, dict) and b"content-type" not in headers:
+        return ""
+    return part.content_type or ""
+
+
 def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list[Upload]]]:
     """Return (fields, files by field name). Repeated fields keep every value, in order."""
     if req.content_length and req.content_length > MAX_REQUEST_BYTES:
@@ -96,9 +106,7 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
             for part in form:
                 if part.filename is not None or part.name in ("attachment", "inline", "message", "file"):
                     spooled, size = _spool(part.stream)
-                    files.setdefault(part.name, []).append(
-                        Upload(part.filename or None, part.content_type or "application/octet-stream", spooled, size)
-                    )
+                    files.setdefault(part.name, []).append(Upload(part.filename or None, _declared_type(part), spooled, size))
                 else:
                     fields.setdefault(part.name, []).append(part.get_text() or "")
         except falcon.MediaMalformedError as ex:

@@ -71,7 +71,8 @@ KEY = {"type": "object", "required": ["id", "kind", "role", "created_at"],
                       "requestor": NULLABLE, "user_name": NULLABLE, "user_id": NULLABLE, "is_disabled": BOOL,
                       "expires_at": NULLABLE, "created_at": STR, "updated_at": STR, "hint": STR}}
 SUPPRESSION_KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
-EVENT_FILTERS = ("event", "recipient", "message-id", "severity", "tags", "from", "subject", "size")
+EVENT_FILTERS = ("event", "recipient", "recipients", "message-id", "severity", "tags", "from", "to", "list", "subject",
+                 "attachment", "size")  # Mailgun's documented filters: any other parameter is a 400
 # Bounded so a fuzzer's inputs stay the size real callers send (the API's own limits are far larger).
 SHORT = {"type": "string", "maxLength": 200}
 
@@ -150,6 +151,8 @@ SEND_FIELDS = {
     "from": SHORT, "to": {"type": "array", "items": SHORT, "maxItems": 5}, "cc": SHORT, "bcc": SHORT,
     "subject": SHORT, "text": {"type": "string", "maxLength": 2000}, "html": {"type": "string", "maxLength": 2000},
     "amp-html": SHORT, "recipient-variables": SHORT, "h:Reply-To": SHORT, "v:my-var": SHORT,
+    "h:Message-Id": {**SHORT, "description": "the message's Message-ID, <left@right> (brackets optional); unique"
+                                             " per domain: a second message with it is a 400"},
     "template": SHORT, "t:version": SHORT, "t:text": YESNO, "t:variables": SHORT, **SEND_OPTIONS,
 }
 TEMPLATE = {"type": "object", "required": ["template"], "properties": {"template": OBJ}}
@@ -339,8 +342,10 @@ def _paths() -> dict:
                     **SEND_OPTIONS}, ("to", "message")), tag="messages", responses=over_quota))
     # events and logs
     filters = [_q(f, description="filter expression") for f in EVENT_FILTERS]
-    query = [_q("begin"), _q("end"), _q("ascending", YESNO), _q("limit", {"type": "integer"}), *filters]
-    add("/v3/{domain}/events", "get", op("Query events", _json(PAGED), params=[d, *query], tag="events"))
+    query = [_q("begin"), _q("end"), _q("ascending", YESNO), _q("limit", {"type": "integer"}), _q("pretty", YESNO),
+             *filters]
+    add("/v3/{domain}/events", "get", op("Query events; a parameter that is neither a filter nor a query option"
+                                         " is a 400 naming it", _json(PAGED), params=[d, *query], tag="events"))
     add("/v3/{domain}/events/{token}", "get", op("A page of a previous events query (opaque token)",
                                                   _json(PAGED), params=[d, token], tag="events"))
     live = [_q("timeout", description="seconds"), _q("last_event_id"), *filters]
@@ -472,6 +477,13 @@ def _paths() -> dict:
         " it was already delivered or failed, or a relay is delivering it right now",
         _json(cancelled), params=[d, _p("storage_key")], tag="messages",
         responses={"409": _json(ERROR, "Nothing of the message is waiting any more")}))
+    queue = {"type": "object", "required": ["is_disabled", "disabled"],
+             "properties": {"is_disabled": BOOL, "disabled": {"type": "object", "properties": {"until": STR, "reason": STR}}}}
+    add("/v3/domains/{domain}/sending_queues", "get", op(
+        "Queue status: `regular` and `scheduled` are disabled (with the reason a send would get) while the domain"
+        " is disabled or its account may not send", _json({"type": "object", "required": ["regular", "scheduled"],
+                                                            "properties": {"regular": queue, "scheduled": queue}}),
+        params=[d], tag="messages"))
     add("/v3/{domain}/envelopes", "delete", op(
         "Delete the domain's scheduled and undelivered mail (each waiting recipient gets a permanent"
         " `failed` event with reason `cancelled`; what a relay is delivering right now goes on)",

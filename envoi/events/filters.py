@@ -9,7 +9,12 @@ How a term matches depends on the field:
 - tags: the event carries the tag;
 - text fields (from, subject): the value contains the term as a whole word, or the phrase as a
   substring; case-insensitive;
-- size: equals the number, or compares with `>`, `>=`, `<`, `<=`.
+- size: equals the number, or compares with `>`, `>=`, `<`, `<=`;
+- to, list: the To header, as a text field (a mailing list's address is the To of each member's copy);
+- attachment: the message has an attachment of that file name;
+- recipients: the event's message.recipients (stored events of received mail) holds the address.
+
+Those are Mailgun's documented filter fields; any other parameter name is refused by the events API.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ class FilterError(ValueError):
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # keyword | tags | text | number
+    kind: str  # keyword | tags | text | number | attachment | member
     column: str  # SQL expression
 
 
@@ -45,6 +50,10 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("from", "text", "sender"),
     Field("subject", "text", "subject"),
     Field("size", "number", "((data #>> '{message,size}')::bigint)"),
+    Field("to", "text", "(data #>> '{message,headers,to}')"),
+    Field("list", "text", "(data #>> '{message,headers,to}')"),
+    Field("attachment", "attachment", "(data #> '{message,attachments}')"),
+    Field("recipients", "member", "(data #> '{message,recipients}')"),
 )}
 
 
@@ -234,6 +243,10 @@ def to_sql(name: str, node) -> tuple[str, list]:
         return f"{col} = %s", [node.value]
     if field.kind == "tags":
         return f"{col} @> ARRAY[%s]::text[]", [node.value]
+    if field.kind == "attachment":
+        return f"{col} @> jsonb_build_array(jsonb_build_object('filename', %s::text))", [node.value]
+    if field.kind == "member":
+        return f"{col} @> jsonb_build_array(%s::text)", [node.value]
     if node.phrase:
         return f"{col} ILIKE %s", [f"%{like_escape(node.value)}%"]
     return f"{col} ~* %s", [_word_regex_pg(node.value)]
@@ -252,6 +265,12 @@ def _value(name: str, data: dict):
         return data.get("tags") or []
     if name == "size":
         return (data.get("message") or {}).get("size")
+    if name in ("to", "list"):
+        return headers.get("to") or ""
+    if name == "attachment":
+        return [a.get("filename") for a in (data.get("message") or {}).get("attachments") or [] if isinstance(a, dict)]
+    if name == "recipients":
+        return (data.get("message") or {}).get("recipients") or []
     return data.get(name)
 
 
@@ -273,7 +292,7 @@ def matches(name: str, node, data: dict) -> bool:
                 "<": v < node.number, "<=": v <= node.number}[node.op]
     if field.kind == "keyword":
         return value == node.value
-    if field.kind == "tags":
+    if field.kind in ("tags", "attachment", "member"):
         return node.value in value
     text = (value or "").lower()
     if node.phrase:

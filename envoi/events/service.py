@@ -68,6 +68,8 @@ def item(event: str, *, message: dict, recipient: str | None, ts: float | None =
             "is-test-mode": bool((message.get("options") or {}).get("testmode")),
         },
     }
+    if (scheduled := message.get("scheduled-for")) is not None:
+        data["message"]["scheduled-for"] = scheduled  # an accepted event of o:deliverytime mail (epoch seconds)
     if template := (message.get("options") or {}).get("template"):
         data["template"] = template  # a stored template's {name, version} (Mailgun's field)
     if recipient is not None:
@@ -450,7 +452,23 @@ def matches(compiled: list[tuple[str, object]], data: dict) -> bool:
     return all(filters.matches(name, node, data) for name, node in compiled)
 
 
+#: The events API's parameters besides the filter fields (Mailgun's query options; `pretty` is accepted and
+#: has no effect: the JSON is the same).
+QUERY_OPTIONS = ("begin", "end", "ascending", "limit", "pretty")
+
+
+def check_parameter_names(params: dict[str, list[str]], options: Sequence[str] = QUERY_OPTIONS) -> None:
+    """A misspelt filter must not answer with every event: a name that is neither a filter field nor
+    one of `options` is an EventQueryError (400) naming it."""
+    for name in params:
+        if name not in filters.FIELDS and name not in options:
+            raise EventQueryError(f"'{name[:100]}' is not a valid filter or query option: use one of"
+                                  f" {', '.join((*options, *filters.FIELDS))}")
+
+
 def _parse_query(params: dict[str, list[str]]) -> dict:
+    check_parameter_names(params)
+
     def one(name: str) -> str | None:
         values = params.get(name)
         return values[-1] if values else None

@@ -14,11 +14,13 @@ surrogates, which Postgres cannot store and no mail may carry, are refused in ev
 from __future__ import annotations
 
 import base64
+import binascii
 import email.header
 import email.policy
 import functools
 import json
 import math
+import mimetypes
 import re
 import time
 from collections.abc import Callable
@@ -99,6 +101,8 @@ class Draft:
     method: str = "http"
     deliver_at: float | None = None
     from_addresses: list[str] = field(default_factory=list)  # checked against the sending domain
+    # The caller chose the Message-ID (h:Message-Id): unique per domain, which the insert enforces.
+    message_id_given: bool = False
     rendered: bool = False  # already rendered once (a resent stored copy): intake skips the renderers
     expanded: bool = False  # a mailing list's copies: the size limit is per copy, not for them all
     # SMTP's X-Mailgun-Template-* request ({"fields", "recipient_variables"}), rendered by intake
@@ -119,6 +123,28 @@ class ListExpansion:
     members: list[dict]
     reply_to: str | None
     substituter: Callable[[str, dict], substitution.Substituter]  # (message_id, member)
+
+
+_MSG_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_MSG_DOT_ATOM = rf"{_MSG_ATOM}(?:\.{_MSG_ATOM})*"
+# RFC 5322 3.6.4 msg-id without its angle brackets: dot-atom-text "@" (dot-atom-text / no-fold-literal).
+_MSG_ID = re.compile(rf"{_MSG_DOT_ATOM}@(?:{_MSG_DOT_ATOM}|\[[!-Z^-~]*\])")
+MAX_MESSAGE_ID = 250  # characters, without the brackets: the header stays on one line
+
+
+def given_message_id(fields: dict[str, list[str]]) -> str | None:
+    """The caller's h:Message-Id (any case of the name), without its angle brackets (Mailgun takes it
+    with or without them); None when not given. A value that is not one msg-id is refused."""
+    values = next((v for k, v in fields.items() if k.lower() == "h:message-id" and v), None)
+    if values is None:
+        return None
+    value = check_header_value("h:Message-Id", values[-1]).strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1]
+    if len(value) > MAX_MESSAGE_ID or _MSG_ID.fullmatch(value) is None:
+        raise InvalidMessage("h:Message-Id is not a valid Message-ID: use <left-part@right-part> (RFC 5322),"
+                             f" at most {MAX_MESSAGE_ID} characters")
+    return value
 
 
 def check_header_value(name: str, value: str) -> str:
@@ -207,8 +233,29 @@ def parse_delivery_time(value: str) -> float:
     return when
 
 
+#: The o: options Envoi applies.
+OPTIONS_USED = frozenset({"tag", "testmode", "tracking", "tracking-clicks", "tracking-opens", "require-tls",
+                          "skip-verification", "dkim", "sending-ip", "sending-ip-pool", "deliverytime"})
+#: Documented by Mailgun and accepted, but without effect in Envoi (README "Sending options").
+OPTIONS_IGNORED = frozenset({"archive-to", "deliver-within", "deliverytime-optimize-period", "time-zone-localize",
+                             "suppress-headers", "tracking-pixel-location-top", "secondary-dkim",
+                             "secondary-dkim-public"})
+TEMPLATE_OPTIONS = frozenset({"version", "text", "variables"})  # t:
+
+
+def check_option_names(fields: dict[str, list[str]]) -> None:
+    """A misspelt option must not be dropped silently: an o: or t: name Mailgun does not document is a 400."""
+    for key in fields:
+        prefix, _, name = key.partition(":")
+        if prefix == "o" and name not in OPTIONS_USED | OPTIONS_IGNORED or \
+                prefix == "t" and name not in TEMPLATE_OPTIONS:
+            raise InvalidMessage(f"'{key[:100]}' is not a valid option; see the documentation for the"
+                                 f" {prefix}: options")
+
+
 def read_options(fields: dict[str, list[str]]) -> tuple[list[str], dict, dict, float | None]:
-    """The o:, v: and tag fields shared by /messages and /messages.mime."""
+    """The o:, v: and tag fields shared by /messages and /messages.mime (an unknown o:/t: name is refused)."""
+    check_option_names(fields)
     tags = []
     for tag in fields.get("o:tag", []):
         check_header_value("o:tag", tag)
@@ -303,7 +350,8 @@ def compose(
     expansions = lists([addr for _, addr in to]) if lists is not None else {}
     if expansions:
         _check_expanded_size(fields, attachments, inlines, sum(len(e.members) for e in expansions.values()))
-    message_id = ids.message_id(domain)
+    given_id = given_message_id(fields)
+    message_id = given_id or ids.message_id(domain)
     kept_attachments = [a for a in attachments if a.filename]  # Mailgun drops unnamed attachments
     for upload in kept_attachments + inlines:
         check_header_value("attachment filename", upload.filename or "")
@@ -340,9 +388,8 @@ def compose(
             copy_text = rendered_text if rendered_text is not None else copy_text
         _set_body(body, copy_text, copy_html, sub.body(amp) if amp else None, inlines)
         for upload in kept_attachments:
-            maintype, _, subtype = _content_type(upload)
-            body.add_attachment(upload.data, maintype=maintype, subtype=subtype or "octet-stream",
-                                filename=upload.filename)
+            maintype, subtype = _content_type(upload)
+            body.add_attachment(upload.data, maintype=maintype, subtype=subtype, filename=upload.filename)
         return b"".join(head) + body.as_bytes(policy=SMTP_POLICY)
 
     headers = {
@@ -393,11 +440,13 @@ def compose(
         tags=tags,
         user_variables=variables,
         options=options,
-        attachments=[{"filename": a.filename, "content-type": a.content_type, "size": a.size}
+        # As the message's parts say (the type written into each, not the upload's raw header).
+        attachments=[{"filename": a.filename, "content-type": "/".join(_content_type(a)), "size": a.size}
                      for a in kept_attachments],
         deliver_at=deliver_at,
         from_addresses=[addr for _, addr in froms],
         expanded=bool(expansions),
+        message_id_given=given_id is not None,
     )
 
 
@@ -509,7 +558,74 @@ def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str,
     tags, variables, options, deliver_at = read_options(fields)
     return Draft(domain=domain, mail_from=mail_from, copies=[Composed(envelope, mime, headers)],
                  message_id=message_id, tags=tags, user_variables=variables, options=options,
-                 method=method, deliver_at=deliver_at, from_addresses=from_addresses)
+                 method=method, deliver_at=deliver_at, from_addresses=from_addresses,
+                 attachments=mime_attachments(mime, parsed))
+
+
+MAX_PART_HEAD = 16 * 1024
+_UNFOLD = re.compile(rb"\r\n[ \t]+")
+_PART_HEADERS = (b"content-type", b"content-disposition", b"content-transfer-encoding")
+
+
+def mime_attachments(mime: bytes, head: Message) -> list[dict]:
+    """Mailgun's message.attachments of a caller-built (CRLF) message: each part with Content-Disposition
+    attachment, as {"filename", "content-type", "size" (decoded bytes)}.
+
+    PERF: this is on the SMTP hot path, so not email.parser over the whole message (a parse of every line
+    of every attachment): a message that never says "attachment" costs two byte searches; otherwise
+    only the lines starting with "--" are looked at (memchr-speed finds: base64 has no "-") and only
+    the parts' three MIME headers are read; sizes are counted from the encoded bytes."""
+    if b"ttachment" not in mime and b"TTACHMENT" not in mime:  # first: cheaper than reading one header
+        return []
+    if head.get_content_maintype() != "multipart" or not (boundary := head.get_param("boundary")):
+        return []
+    boundaries = {str(boundary).encode("ascii", "replace")}
+    found = []
+    pos = mime.find(b"\r\n\r\n")
+    while (pos := mime.find(b"\r\n--", pos)) >= 0:
+        line_end = mime.find(b"\r\n", pos + 4, pos + 4 + 202)
+        line = mime[pos + 4:line_end].rstrip(b" \t") if line_end > 0 else b""
+        pos += 4
+        if line not in boundaries:
+            continue  # a closing "--b--" line, or text that only looks like a boundary
+        head_end = mime.find(b"\r\n\r\n", line_end, line_end + MAX_PART_HEAD)
+        if head_end < 0:
+            continue
+        part = _part_headers(mime[line_end + 2:head_end + 2])
+        if part.get_content_maintype() == "multipart" and (inner := part.get_param("boundary")):
+            boundaries.add(str(inner).encode("ascii", "replace"))
+            continue
+        if part.get_content_disposition() != "attachment":
+            continue
+        start = head_end + 4
+        end = mime.find(b"\r\n--" + line, start)
+        end = len(mime) if end < 0 else end
+        found.append({"filename": _decode(part.get_filename() or "") or None,
+                      "content-type": part.get_content_type(), "size": _decoded_size(mime, start, end, part)})
+        pos = end
+    return found
+
+
+def _part_headers(block: bytes) -> Message:
+    """A part's Content-Type, -Disposition and -Transfer-Encoding as a (compat32) Message, read without
+    the parser (its cost per part was most of this module's time for small messages)."""
+    part = Message()
+    for line in _UNFOLD.sub(b" ", block).split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() in _PART_HEADERS:
+            part[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+    return part
+
+
+def _decoded_size(mime: bytes, start: int, end: int, part: Message) -> int:
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if encoding == "base64":
+        chars = (end - start) - 2 * mime.count(b"\n", start, end)  # CRLF throughout (_crlf); one byte counts fastest
+        tail = mime[max(start, end - 8):end].rstrip()
+        return max(0, chars * 3 // 4 - (len(tail) - len(tail.rstrip(b"="))))
+    if encoding == "quoted-printable":
+        return len(binascii.a2b_qp(mime[start:end]))
+    return end - start
 
 
 def _crlf(data: bytes) -> bytes:
@@ -574,12 +690,19 @@ def _check_subject(subject: str) -> str:
     return subject
 
 
-def _content_type(upload: Upload) -> tuple[str, str, str]:
-    """The upload's declared type, or application/octet-stream when it could not be a header value."""
-    value = upload.content_type or ""
-    if not value.isascii() or "/" not in value or _HEADER_REFUSED.search(value):
-        value = "application/octet-stream"
-    return value.partition("/")
+_MIME_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,127}")
+
+
+def _content_type(upload: Upload) -> tuple[str, str]:
+    """(maintype, subtype) of the upload's declared type without its parameters; a form part that
+    declared none (or one that could not be a header value) is typed by its file name's extension, as
+    Mailgun does, else application/octet-stream."""
+    value = (upload.content_type or "").split(";", 1)[0].strip().lower()
+    maintype, _, subtype = value.partition("/")
+    if not (_MIME_TOKEN.fullmatch(maintype) and _MIME_TOKEN.fullmatch(subtype)):
+        guessed = mimetypes.guess_type(upload.filename or "", strict=False)[0] if upload.filename else None
+        maintype, _, subtype = (guessed or "application/octet-stream").partition("/")
+    return maintype, subtype
 
 
 def _address_list(pairs: list[tuple[str, str]]) -> str:
@@ -644,10 +767,10 @@ def _set_body(msg: EmailMessage, text, html, amp, inlines: list[Upload]) -> None
         html_part = msg.get_body(("html",)) if html is not None else None
         target = html_part if html_part is not None else msg
         for upload in inlines:
-            maintype, _, subtype = _content_type(upload)
+            maintype, subtype = _content_type(upload)
             name = upload.filename or ids.token(6)
             # The filename doubles as the Content-ID, as in Mailgun: <img src="cid:logo.png">.
-            target.add_related(upload.data, maintype=maintype, subtype=subtype or "octet-stream",
+            target.add_related(upload.data, maintype=maintype, subtype=subtype,
                                cid=f"<{name}>", filename=name, disposition="inline")
 
 

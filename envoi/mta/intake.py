@@ -21,12 +21,12 @@ from envoi.accounts.service import Accounts, Principal
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra import ids
 from envoi.infra.crypto import Sealer
-from envoi.infra.db import Database, is_data_error
+from envoi.infra.db import Database, IntegrityError, is_data_error
 from envoi.infra.group_commit import GroupCommit, write_isolated
 from envoi.infra.settings import Settings
 from envoi.mta import senders, store
 from envoi.mta.compose import Draft
-from envoi.mta.errors import DomainNotFound, MessageTooLarge, NotAllowed
+from envoi.mta.errors import DomainNotFound, InvalidMessage, MessageTooLarge, NotAllowed
 
 log = logging.getLogger(__name__)
 MESSAGE_ID_BLOCK = 256  # message ids reserved per round trip
@@ -107,6 +107,11 @@ class Intake:
         accepted = self.prepare(domain, draft)
         try:
             self._commits.submit(accepted.stored)
+        except IntegrityError as ex:
+            accepted.undo()
+            if (refusal := _duplicate_message_id(ex, domain, draft)) is not None:
+                raise refusal from ex
+            raise
         except BaseException:
             accepted.undo()
             raise
@@ -181,16 +186,20 @@ class Intake:
         expires = due + timedelta(seconds=float(lifetime))
         body_expires = datetime.fromtimestamp(now, UTC) + timedelta(seconds=self.settings.body_retention)
         stored = []
-        for copy in draft.copies:
+        for number, copy in enumerate(draft.copies):
             message = {"headers": copy.headers, "tags": draft.tags, "user_variables": draft.user_variables,
                        "options": draft.options, "attachments": draft.attachments, "size": len(copy.mime)}
             key = ids.storage_key()
             row = dict(account_id=domain["account_id"], domain_id=domain["id"], message_id=draft.message_id,
                        storage_key=key, mail_from=draft.mail_from, method=draft.method,
-                       body=self.sealer.seal(copy.mime, key.encode()), body_expires_at=body_expires, **message)
+                       body=self.sealer.seal(copy.mime, key.encode()), body_expires_at=body_expires,
+                       message_id_given=draft.message_id_given and number == 0, **message)
             storage = {"url": f"{self.settings.public_url}/v3/domains/{domain['name']}/messages/{key}",
                        "key": key, "region": self.settings.region}
-            events = [item("accepted", message=message, recipient=rcpt, ts=now, method=draft.method,
+            # Mailgun's accepted event of scheduled mail (o:deliverytime) says when it leaves, in epoch seconds.
+            shown = {**message, "scheduled-for": int(draft.deliver_at)} if draft.deliver_at and draft.deliver_at > now \
+                else message
+            events = [item("accepted", message=shown, recipient=rcpt, ts=now, method=draft.method,
                            envelope={"sender": draft.mail_from, "targets": rcpt, "transport": "smtp"},
                            storage=storage)
                       for rcpt in copy.recipients]
@@ -230,6 +239,15 @@ class Intake:
                 with self.db.transaction(bounded=True) as conn:
                     self._message_ids.extend(store.reserve_message_ids(conn, max(n, MESSAGE_ID_BLOCK)))
             return [self._message_ids.popleft() for _ in range(n)]
+
+
+def _duplicate_message_id(error: IntegrityError, domain: dict, draft: Draft) -> InvalidMessage | None:
+    """The insert refused a caller-given Message-ID the domain already used: a 400 (nothing was stored),
+    as any other bad value; None for another unique violation."""
+    if getattr(error.diag, "constraint_name", None) != store.GIVEN_MESSAGE_ID_INDEX:
+        return None
+    return InvalidMessage(f"Message-Id <{draft.message_id}> is already used by another message of domain"
+                          f" {domain['name']}; a Message-Id must be unique per domain")
 
 
 @dataclass

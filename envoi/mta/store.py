@@ -10,10 +10,14 @@ from envoi.infra.db import Connection, insert_columns
 MESSAGE_COLUMNS = (("id", "bigint"), ("account_id", "bigint"), ("domain_id", "bigint"), ("message_id", "text"), ("storage_key", "text"),
                    ("mail_from", "text"), ("method", "text"), ("body", "bytea"), ("body_expires_at", "timestamptz"),
                    ("headers", "text"), ("tags", "jsonb"), ("user_variables", "text"), ("options", "text"),
-                   ("attachments", "text"), ("size", "int"))
+                   ("attachments", "text"), ("size", "int"), ("message_id_given", "boolean"))
 _JSON_TEXT = ("headers", "user_variables", "options", "attachments")
 _MESSAGE_EXPRESSIONS = {**{name: f"u.{name}::jsonb" for name in _JSON_TEXT},
                         "tags": "ARRAY(SELECT jsonb_array_elements_text(u.tags))"}
+
+
+#: The index that keeps a caller-given Message-ID (h:Message-Id) unique per domain (0165_given_message_id).
+GIVEN_MESSAGE_ID_INDEX = "messages_given_message_id"
 
 
 def reserve_message_ids(conn: Connection, n: int) -> list[int]:

@@ -9,7 +9,9 @@ import falcon
 from envoi.accounts.errors import NotFound
 from envoi.api.errors import ApiError
 from envoi.api.scope import DomainScoped, query_params
-from envoi.events.service import compile_filters, matches, parse_filters
+from envoi.events.service import check_parameter_names, compile_filters, matches, parse_filters
+
+LIVE_OPTIONS = ("timeout", "last_event_id")
 
 
 class EventList(DomainScoped):
@@ -43,6 +45,7 @@ class LiveEvents(DomainScoped):
         principal = req.context.principal
         domain_id = self.domain(req, domain)["id"] if domain is not None else None
         params = query_params(req)
+        check_parameter_names(params, LIVE_OPTIONS)
         compiled = compile_filters(parse_filters(params))
         last_event_id = req.get_header("Last-Event-ID") or req.get_param("last_event_id") or None
         timeout = None

@@ -189,3 +189,22 @@ class Envelopes(DomainScoped):
     def on_delete(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         cancelled = self.storage.cancel_queue(self.domain(req, domain))
         resp.media = {"message": "done", "cancelled_recipients": cancelled}
+
+
+class SendingQueues(DomainScoped):
+    """GET /v3/domains/{d}/sending_queues: Mailgun's queue status of a domain, as sending is right now.
+    Both queues (regular and scheduled) are closed to new mail when the domain is disabled or its account
+    may not send (suspended, restricted, closed): a send would be refused with the same reason."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
+        row = self.domain(req, domain)
+        reason = ""
+        try:
+            self.accounts.ensure_may_send(req.context.principal, row["name"])
+        except EnvoiError as ex:
+            reason = ex.message
+        if not reason and row.get("state") == "disabled":
+            reason = f"Domain {row['name']} is not allowed to send: domain is disabled"
+        # No refusal of Envoi's ends at a known time: `until` stays empty (Mailgun's field, a date when set).
+        queue = {"is_disabled": bool(reason), "disabled": {"until": "", "reason": reason}}
+        resp.media = {"regular": queue, "scheduled": dict(queue)}
