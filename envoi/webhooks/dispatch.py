@@ -55,7 +55,7 @@ class Dispatcher:
     async def _send(self, http: Client, row: dict, key: str) -> None:
         try:
             target = self._target(row)
-            body = self.service.body(key, row["payload"])
+            body = self.service.body_of_json(key, row["payload"])
             response = await http.post(target, body)
             response.error = secret_url.scrub(response.error, target)
         except Exception as ex:  # a row that cannot even be prepared is an attempt that failed, not a crash

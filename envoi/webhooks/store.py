@@ -131,7 +131,8 @@ def last_attempts(conn: Connection, delivery_ids: list[int]) -> list[dict]:
 
 
 # The columns the dispatcher needs to send a claimed delivery.
-_CLAIMED = "id, account_id, domain_id, event_type, url, url_sealed, endpoint, payload, attempts, created_at"
+# payload as JSON text: the dispatcher puts it into the body as it is (no parse and dump per delivery).
+_CLAIMED = "id, account_id, domain_id, event_type, url, url_sealed, endpoint, payload::text AS payload, attempts, created_at"
 
 
 def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[dict]:
@@ -156,13 +157,18 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
             SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
         ), busy_account AS (
             SELECT account_id, count(*) AS n FROM inflight GROUP BY account_id
-        ), due AS (
-            SELECT id, endpoint, account_id,
-                   row_number() OVER (PARTITION BY endpoint ORDER BY next_attempt_at, id) AS endpoint_rank
+        ), waiting AS (
+            SELECT id, endpoint, account_id, next_attempt_at,
+                   row_number() OVER (PARTITION BY endpoint, account_id ORDER BY next_attempt_at, id) AS turn
             FROM webhook_deliveries
             WHERE status = 'pending' AND next_attempt_at <= now()
               AND (leased_until IS NULL OR leased_until <= now())
               AND (running_until IS NULL OR running_until <= now())
+        ), due AS (
+            -- An endpoint host shared by several accounts serves them in turns too.
+            SELECT id, endpoint, account_id,
+                   row_number() OVER (PARTITION BY endpoint ORDER BY turn, next_attempt_at, id) AS endpoint_rank
+            FROM waiting
         ), endpoint_ok AS (
             SELECT due.id, due.account_id, due.endpoint_rank,
                    row_number() OVER (PARTITION BY due.account_id ORDER BY due.endpoint_rank, due.id) AS account_rank
