@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--rq-n", type=int, default=600)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--per-endpoint", type=int, default=128)
+    parser.add_argument("--per-endpoint", type=int, default=512)
     parser.add_argument("--per-account", type=int, default=256)
     args = parser.parse_args()
 

@@ -8,7 +8,7 @@ concurrently over keep-alive pools (webhooks.client) and writes the results in b
   at most ENVOI_WEBHOOK_TIMEOUT, and the rest of its backlog waits in Postgres, not here.
 * Results: each attempt's outcome (store.record_results: attempts row, then delivered / rejected on
   406 and 410 / retry with the backoff schedule / failed after ENVOI_WEBHOOK_RETRY_FOR) is written with
-  the others that finished within ~50 ms, in one transaction, with the endpoints' health.
+  the others that finished within ~20 ms, in one transaction, with the endpoints' health.
 * Crashes: a row is leased (ENVOI_WEBHOOK_LEASE) until its result is written; a killed process's rows
   are claimed again when their lease runs out. A delivery is sent twice only if the process died
   after its POST and before that batch's commit, so duplicates are bounded by the rows in flight.
@@ -30,7 +30,7 @@ from envoi.webhooks.client import Client
 from envoi.webhooks.service import Webhooks
 
 log = logging.getLogger("envoi.webhooks.dispatch")
-FLUSH_SECONDS = 0.05  # results wait at most this long to be written with others
+FLUSH_SECONDS = 0.02  # results wait at most this long to be written with others
 FLUSH_BATCH = 500
 MIN_CLAIM_GAP = 0.02  # a process claims at most ~50 times a second, however fast rows finish
 

@@ -160,10 +160,14 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
         ), waiting AS (
             SELECT id, endpoint, account_id, next_attempt_at,
                    row_number() OVER (PARTITION BY endpoint, account_id ORDER BY next_attempt_at, id) AS turn
-            FROM webhook_deliveries
+            FROM webhook_deliveries w
             WHERE status = 'pending' AND next_attempt_at <= now()
               AND (leased_until IS NULL OR leased_until <= now())
               AND (running_until IS NULL OR running_until <= now())
+              -- The backlog of an endpoint or account at its cap (a dead endpoint's) is left out before
+              -- any sorting: it costs the claim a scan, not a sort.
+              AND NOT EXISTS (SELECT 1 FROM busy_endpoint b WHERE b.endpoint = w.endpoint AND b.n >= %(per_endpoint)s)
+              AND NOT EXISTS (SELECT 1 FROM busy_account b WHERE b.account_id = w.account_id AND b.n >= %(per_account)s)
         ), due AS (
             -- An endpoint host shared by several accounts serves them in turns too.
             SELECT id, endpoint, account_id,
@@ -173,13 +177,13 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
             SELECT due.id, due.account_id, due.endpoint_rank,
                    row_number() OVER (PARTITION BY due.account_id ORDER BY due.endpoint_rank, due.id) AS account_rank
             FROM due LEFT JOIN busy_endpoint b USING (endpoint)
-            WHERE due.endpoint_rank <= %s - coalesce(b.n, 0)
+            WHERE due.endpoint_rank <= %(per_endpoint)s - coalesce(b.n, 0)
         )
         SELECT e.id FROM endpoint_ok e LEFT JOIN busy_account b USING (account_id)
-        WHERE e.account_rank <= %s - coalesce(b.n, 0)
+        WHERE e.account_rank <= %(per_account)s - coalesce(b.n, 0)
         ORDER BY e.account_rank, e.id
-        LIMIT %s
-        """, (per_endpoint, per_account, limit)).fetchall()
+        LIMIT %(limit)s
+        """, {"per_endpoint": per_endpoint, "per_account": per_account, "limit": limit}).fetchall()
     if not rows:
         return []
     return conn.execute(
