@@ -307,7 +307,7 @@ class Webhooks:
         return outcome
 
     def send_test(self, domain: dict, name: str) -> list[dict]:
-        """POST a sample event of type NAME to each of the domain's URLs for it, now, through the worker's
+        """POST a sample event of type NAME to each of the domain's URLs for it, now, through the delivery's
         own path (signed with the account's key, the SSRF guard, recorded in the attempts log), once.
         Returns per URL: {url, outcome, status, error, response, latency_ms}."""
         self._check_type(name)

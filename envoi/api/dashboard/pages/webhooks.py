@@ -1,5 +1,5 @@
 """Webhooks: each domain's URLs per event type (set, change, delete), a signed test POST through the
-worker's own delivery path, the attempts log, and the account's HTTP signing key. The same service as
+delivery path (signing, SSRF guard, attempt record), the attempts log, and the account's HTTP signing key. The same service as
 /v3/domains/{d}/webhooks and /v5/accounts/http_signing_key."""
 
 from __future__ import annotations
