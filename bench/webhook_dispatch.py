@@ -217,7 +217,10 @@ def main() -> None:
         rq_rate = args.rq_n / (t1 - t0)
         rq_cpu = (cpu_seconds([workers.pid]) - cpu0) * 1000 / args.rq_n
         workers.terminate()
-        workers.wait(30)
+        try:
+            workers.wait(30)
+        except subprocess.TimeoutExpired:
+            workers.kill()  # RQ's warm shutdown may wait on its children; the figure is taken already
         with svc.db.transaction() as conn:
             rq_ok = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE id = ANY(%s)"
                                  " AND status = 'delivered'", (ids,)).fetchone()["n"]
