@@ -138,9 +138,9 @@ _CLAIMED = "id, account_id, domain_id, event_type, url, url_sealed, endpoint, pa
 def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[dict]:
     """Lease up to `limit` due deliveries fairly and return them (the _CLAIMED columns).
 
-    A row is in flight while its lease runs (a dispatcher is sending it) or, for a job of the RQ
-    worker of old, while running. At most `per_endpoint` rows per endpoint host and `per_account`
-    rows per account are in flight at once, over all dispatcher processes, and due rows are handed
+    A row is in flight while its lease runs (a dispatcher is sending it). At most `per_endpoint` rows
+    per endpoint host and `per_account` rows per account are in flight at once, over all dispatcher
+    processes, and due rows are handed
     out round-robin (first each account's oldest, then their second, ...), so one tenant's backlog
     never queues in front of another's. Rows whose lease ran out (a dispatcher was killed) are due
     again: this is also the sweeper. Claimers take turns (an advisory lock for the transaction), so
@@ -151,8 +151,10 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
     rows = conn.execute(
         """
         WITH inflight AS (
+            -- Leased rows only (the webhook_deliveries_inflight index): a test sent from the API is leased
+            -- too; a job of the RQ worker of old counts through its lease as well.
             SELECT endpoint, account_id FROM webhook_deliveries
-            WHERE status = 'pending' AND (leased_until > now() OR running_until > now())
+            WHERE status = 'pending' AND leased_until > now()
         ), busy_endpoint AS (
             SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
         ), busy_account AS (
@@ -202,12 +204,15 @@ def record_results(conn: Connection, results: list[tuple]) -> None:
     """A batch of attempts, in one statement each: results are (delivery_id, domain_id, attempt_no, status_code,
     error, latency_ms, response, outcome, new state, seconds to the next attempt or None). Only a row
     still pending is changed (a result that comes after another dispatcher's, once a lease ran out,
-    is recorded as an attempt but changes nothing done)."""
+    is recorded as an attempt but changes nothing done); a row deleted meanwhile is skipped."""
     columns = list(zip(*results, strict=True))
     conn.execute(
         "INSERT INTO webhook_attempts (delivery_id, domain_id, attempt_no, status_code, error, latency_ms, response,"
-        " outcome) SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::text[], %s::int[],"
-        " %s::text[], %s::text[])", [list(c) for c in columns[:8]])
+        " outcome) SELECT u.* FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::text[], %s::int[],"
+        " %s::text[], %s::text[]) AS u(id, domain_id, attempt_no, status_code, error, latency_ms, response, outcome)"
+        # A delivery deleted while in flight (erasure, purge, a deleted account) has no attempts to keep;
+        # its result must not fail the batch of everyone else's.
+        " WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = u.id)", [list(c) for c in columns[:8]])
     conn.execute(
         "UPDATE webhook_deliveries d SET status = u.state, attempts = u.attempt_no, last_status = u.status_code,"
         " leased_until = NULL, running_until = NULL,"

@@ -182,3 +182,25 @@ def test_a_failing_endpoint_is_shown_with_its_backlog_and_measured(hook_services
         db.execute("UPDATE webhook_deliveries SET next_attempt_at = now() WHERE domain_id = %s", (domain["id"],))
         asyncio.run(Dispatcher(hook_services.webhooks).drain())
         assert hook_services.webhooks.failing_endpoints(account["id"]) == []
+
+
+def test_a_delivery_deleted_while_in_flight_does_not_block_the_others_results(hook_services, db):
+    settle(hook_services)
+    _, domain = tenant(hook_services, "erased")
+    with Receiver() as receiver:
+        receiver.delay = {"/e": 0.5}
+        outbox(hook_services, domain, receiver.url("/e"), 3, "e")
+
+        async def main():
+            dispatcher = Dispatcher(hook_services.webhooks)
+            task = asyncio.create_task(dispatcher.drain())
+            await asyncio.sleep(0.25)  # the three POSTs are in flight; an erasure deletes one row meanwhile
+            db.execute("DELETE FROM webhook_deliveries WHERE id = (SELECT min(id) FROM webhook_deliveries"
+                       " WHERE domain_id = %s)", (domain["id"],))
+            await asyncio.wait_for(task, timeout=20)
+
+        asyncio.run(main())
+    rows = db.execute("SELECT d.status, count(a.id) AS attempts FROM webhook_deliveries d LEFT JOIN webhook_attempts a"
+                      " ON a.delivery_id = d.id WHERE d.domain_id = %s GROUP BY d.id ORDER BY d.id",
+                      (domain["id"],)).fetchall()
+    assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 1), ("delivered", 1)]
