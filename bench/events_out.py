@@ -5,6 +5,7 @@ Run: .venv/bin/python bench/events_out.py   (uses a throwaway database and a fre
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sys
 import time
@@ -21,7 +22,8 @@ from envoi.accounts.service import Principal  # noqa: E402
 from envoi.infra.migrate import ensure_database, migrate  # noqa: E402
 from envoi.infra.settings import Settings  # noqa: E402
 from envoi.mta.compose import compose  # noqa: E402
-from envoi.webhooks import jobs, store  # noqa: E402
+from envoi.webhooks import store  # noqa: E402
+from envoi.webhooks.dispatch import Dispatcher  # noqa: E402
 from tests.support.webhook_receiver import Receiver  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -49,9 +51,9 @@ def main() -> None:
         acct = svc.accounts.create_account("bench")
         dom = svc.accounts.add_domain(acct["id"], "bench.example.test", dkim_key_size=1024, verified=True)
         principal = Principal(None, acct["id"], "admin")
-        conn = jobs.worker_connection(redis_url)
 
-        # 1. Webhook delivery: outbox -> dispatcher -> one in-process RQ worker -> local receiver.
+        # 1. Webhook delivery: outbox -> the asyncio dispatcher, in this process -> local receiver.
+        #    (bench/webhook_dispatch.py measures the dispatcher processes at volume.)
         n = 300
         with Receiver(svc.webhooks.signing_key(acct["id"])) as receiver:
             svc.webhooks.create(dom, "accepted", [receiver.url("/hook")])
@@ -60,15 +62,14 @@ def main() -> None:
                                               "subject": ["s"], "text": ["t"], "o:testmode": ["yes"]}, [], [])
                 svc.intake.accept(principal, dom, draft)
             started = time.perf_counter()
-            while jobs.Dispatcher(svc.webhooks, conn).run_once():
-                jobs.worker(svc.webhooks, conn).work(burst=True, logging_level="WARNING")
+            asyncio.run(Dispatcher(svc.webhooks).drain())
             elapsed = time.perf_counter() - started
             with svc.db.transaction() as c:
                 states = c.execute("SELECT status, attempts, count(*) AS n FROM webhook_deliveries"
                                    " GROUP BY 1, 2").fetchall()
                 errors = c.execute("SELECT error, count(*) AS n FROM webhook_attempts GROUP BY 1").fetchall()
             assert len(receiver.requests) == n and all(r["valid"] for r in receiver.requests), (states, errors)
-        print(f"webhooks: {n} signed deliveries by 1 worker process in {elapsed:.2f} s = {n / elapsed:.0f}/s")
+        print(f"webhooks: {n} signed deliveries by the dispatcher (1 process) in {elapsed:.2f} s = {n / elapsed:.0f}/s")
 
         # 2. Fair claim with a backlog: 20,000 due rows over 200 endpoints of 50 accounts.
         with svc.db.transaction() as c:
@@ -79,10 +80,10 @@ def main() -> None:
         for _ in range(5):
             with svc.db.transaction() as c:
                 t = time.perf_counter()
-                ids = store.claim_due(c, 2, 4, 500, 300)
+                ids = store.claim(c, 2, 4, 500, 300)
                 timings.append(time.perf_counter() - t)
                 c.rollback()
-        print(f"claim_due: {len(ids)} rows leased out of a 20,000-row backlog in "
+        print(f"claim: {len(ids)} rows leased out of a 20,000-row backlog in "
               f"{min(timings) * 1000:.0f} ms (best of 5)")
 
         # 3. Tracking render: one message to 100 recipients with open + click + unsubscribe on.

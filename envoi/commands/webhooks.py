@@ -1,30 +1,23 @@
-"""`envoi worker`: webhook delivery (RQ workers and the outbox dispatcher) and bulk address validation."""
+"""`envoi webhooks dispatch`: the asyncio webhook dispatcher; `envoi worker`: RQ workers (bulk address
+validation, and any webhook job left queued by a version before the dispatcher)."""
 
 from __future__ import annotations
 
 import click
 
 
-@click.command("worker", short_help="Deliver webhooks and run bulk address validations (RQ workers).")
-@click.option("--processes", default=6, show_default=True, type=int,
-              help="RQ worker processes for the webhook queue (keep above ENVOI_WEBHOOK_PER_ACCOUNT "
-                   "so one slow tenant can never hold every worker).")
-@click.option("--no-dispatch", is_flag=True, help="Only run jobs; another process runs the dispatcher.")
-@click.option("--burst", is_flag=True, help="Exit when nothing is due (dispatch and run rounds until then).")
+@click.command("worker", short_help="Run RQ jobs: bulk address validations (webhooks: `envoi webhooks dispatch`).")
+@click.option("--processes", default=2, show_default=True, type=int, help="RQ worker processes.")
+@click.option("--no-dispatch", is_flag=True, hidden=True, help="Ignored (webhooks have their own dispatcher now).")
+@click.option("--burst", is_flag=True, help="Exit when no job is queued.")
 @click.option("--metrics-port", default=0, type=int,
               help="Serve /metrics of all the processes (summed) on ENVOI_METRICS_HOST:PORT; 0: off.")
 @click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (replaces --metrics-port).")
 def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, metrics_bind: str) -> None:
-    """Run RQ workers delivering webhooks, plus the dispatcher that feeds them from the Postgres outbox.
-
-    The dispatcher leases due outbox rows (at most ENVOI_WEBHOOK_PER_ENDPOINT in flight per host and
-    ENVOI_WEBHOOK_PER_ACCOUNT per account) and
-    enqueues one job each; it also re-enqueues rows whose job was lost (Redis flushed, worker killed).
-    The same workers run bulk address validation batches (queue envoi-validation).
-    """
+    """Run RQ workers: bulk address validation batches (queue envoi-validation). They also drain the
+    webhook RQ queue of versions before `envoi webhooks dispatch` (each such job re-checks its row)."""
     import subprocess
     import sys
-    import threading
 
     from envoi.infra import metrics_dir
 
@@ -46,30 +39,14 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
         services.metrics.serve(address)
     children = []
     for _ in range(1, processes):
-        argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1", "--no-dispatch"]
+        argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1"]
         argv += ["--burst"] if burst else []
         children.append(subprocess.Popen([*argv, "--metrics-port", "0"]))
-    dispatcher = None
-    if not no_dispatch:
-        dispatcher = jobs.Dispatcher(services.webhooks, connection)
-        if not burst:
-            threading.Thread(target=dispatcher.run, kwargs={"on_backlog": services.metrics.webhook_backlog.set},
-                             name="webhook-dispatcher", daemon=True).start()
-    click.echo(f"worker: region {settings.region}, queue {services.webhooks.queue_name}, "
-               f"{processes} process(es){'' if no_dispatch else ' + dispatcher'}")
+    click.echo(f"worker: region {settings.region}, RQ queues {', '.join(queues)}, {processes} process(es)")
     try:
-        if burst:
-            # Until nothing is due: dispatch a round (fairness caps apply), run it, repeat.
-            while True:
-                dispatched = dispatcher.run_once() if dispatcher is not None else 0
-                jobs.worker(services.webhooks, connection, queues).work(burst=True, logging_level="WARNING")
-                if not dispatched:
-                    break
-        else:
-            jobs.worker(services.webhooks, connection, queues).work(logging_level="INFO", with_scheduler=False)
+        jobs.worker(services.webhooks, connection, queues).work(burst=burst, logging_level="WARNING" if burst
+                                                                  else "INFO", with_scheduler=False)
     finally:
-        if dispatcher is not None:
-            dispatcher.stop()
         for child in children:
             child.terminate()
         for child in children:
@@ -80,4 +57,75 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
             metrics_dir.release()
 
 
-COMMANDS: list = [worker]  # click commands/groups added to `envoi`
+@click.group("webhooks", short_help="Webhook delivery: the dispatcher.")
+def webhooks() -> None:
+    """Webhook delivery."""
+
+
+@webhooks.command("dispatch")
+@click.option("--processes", default=2, show_default=True, type=int,
+              help="Dispatcher processes (each an asyncio loop with up to ENVOI_WEBHOOK_INFLIGHT requests in flight).")
+@click.option("--burst", is_flag=True, help="Exit when nothing is due (and nothing in flight).")
+@click.option("--metrics-port", default=0, type=int,
+              help="Serve /metrics of all the processes (summed) on ENVOI_METRICS_HOST:PORT; 0: off.")
+@click.option("--metrics-bind", default="", help="Serve /metrics on HOST:PORT (replaces --metrics-port).")
+@click.option("--child", is_flag=True, hidden=True, help="A process started by another (does not measure the backlog).")
+def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, child: bool) -> None:
+    """Deliver webhooks from the Postgres outbox: claim due rows in batches (fair across accounts, at most
+    ENVOI_WEBHOOK_PER_ENDPOINT in flight per endpoint host and ENVOI_WEBHOOK_PER_ACCOUNT per account, over all
+    processes), POST them concurrently over keep-alive connections, write the results in batches. A killed
+    process's rows are taken again when their lease (ENVOI_WEBHOOK_LEASE) runs out."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from envoi.infra import metrics_dir
+
+    if processes > 1:  # the extra processes write their metrics where this one sums them
+        metrics_dir.use()
+    from envoi import runtime
+    from envoi.infra import aio
+    from envoi.infra.metrics import forget_process
+    from envoi.infra.settings import Settings
+    from envoi.webhooks.dispatch import Dispatcher
+
+    settings = Settings.from_env()
+    runtime.check_sealing_keys(settings)
+    services = runtime.build(settings, pool_size=3)
+    if address := settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address)
+    children = []
+    for _ in range(1, processes):
+        argv = [sys.executable, "-m", "envoi.cli", "webhooks", "dispatch", "--processes", "1", "--child"]
+        argv += ["--burst"] if burst else []
+        children.append(subprocess.Popen([*argv, "--metrics-port", "0"]))
+    dispatcher = Dispatcher(services.webhooks, services.metrics, stats=not child)
+    if not child:
+        click.echo(f"webhooks dispatch: region {settings.region}, {processes} process(es), up to "
+                   f"{dispatcher.inflight_max} in flight each")
+
+    async def main() -> None:
+        if burst:
+            await dispatcher.drain()
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await dispatcher.run(stop)
+
+    try:
+        aio.run(main())
+    finally:
+        for process in children:
+            process.terminate()
+        for process in children:
+            process.wait(timeout=30)
+            forget_process(process.pid)
+        services.close()
+        if processes > 1:
+            metrics_dir.release()
+
+
+COMMANDS: list = [worker, webhooks]  # click commands/groups added to `envoi`

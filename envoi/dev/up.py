@@ -248,7 +248,8 @@ def run_up(var_dir: str, *, region: str = "eu", ports: Ports | None = None) -> i
                   ready=lambda: _http_ok(f"{api_url}/healthz"), timeout=READY_TIMEOUT)
         sup.start("relay", envoi + ["relay", "--metrics-port", str(ports.relay_metrics)], env=env)
         sup.start("scheduler", envoi + ["scheduler"], env=env)
-        sup.start("worker", envoi + ["worker", "--processes", "2"], env=env)  # webhooks
+        sup.start("worker", envoi + ["worker", "--processes", "1"], env=env)  # RQ: bulk address validation
+        sup.start("webhooks", envoi + ["webhooks", "dispatch", "--processes", "1"], env=env)
         sup.start("inbound", envoi + ["inbound", "--port", str(ports.inbound), "--metrics-port", "0"], env=env)
         # SMTP submission on the dev ports, with a self-signed certificate made under var/<region>/.
         sup.start("smtp", envoi + ["smtp", "--dev", "--bind", "127.0.0.1", "--port", str(ports.smtp),

@@ -61,6 +61,21 @@ class Metrics:
                                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r)
         self.webhook_backlog = Gauge("envoi_webhook_backlog", "Webhook deliveries due and not in flight",
                                      multiprocess_mode="livesum", registry=r)
+        self.webhook_inflight = Gauge("envoi_webhook_inflight", "Webhook deliveries this dispatcher process holds"
+                                      " (claimed, being sent, or their result being written)",
+                                      multiprocess_mode="livesum", registry=r)
+        self.webhook_account_backlog = Gauge(
+            "envoi_webhook_account_backlog", "Webhook deliveries due and not in flight, per account (the accounts"
+            " with the most, over the deliveries due soonest)", ["account"], multiprocess_mode="livemax", registry=r)
+        self.webhook_account_lag = Gauge(
+            "envoi_webhook_account_lag_seconds", "How long the account's oldest due webhook delivery has been due",
+            ["account"], multiprocess_mode="livemax", registry=r)
+        self.webhook_endpoints_failing = Gauge("envoi_webhook_endpoints_failing", "Webhook endpoints (per account)"
+                                               " whose attempts fail since their last success",
+                                               multiprocess_mode="livemax", registry=r)
+        self.webhook_endpoint_failing = Gauge(
+            "envoi_webhook_endpoint_failing_seconds", "How long a failing webhook endpoint has been failing (the"
+            " longest failing ones)", ["account", "endpoint"], multiprocess_mode="livemax", registry=r)
         self.egress_deliveries = Counter(
             "envoi_egress_deliveries_total", "Deliveries per egress IP and why that IP was chosen (sending-ip,"
             " sending-ip-pool, domain-ip, domain-pool, shared, overflow = past a warm-up cap, default = OS address)",

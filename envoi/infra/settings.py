@@ -253,10 +253,17 @@ class Settings:
     webhook_retry_for: float = 8 * 3600
     #: ENVOI_WEBHOOK_TIMEOUT: seconds to wait for a webhook endpoint (connect + response) (10).
     webhook_timeout: float = 10.0
-    #: ENVOI_WEBHOOK_PER_ENDPOINT: webhook deliveries in flight at once per endpoint host (2).
-    webhook_per_endpoint: int = 2
-    #: ENVOI_WEBHOOK_PER_ACCOUNT: webhook deliveries in flight at once per account, all hosts (4).
-    webhook_per_account: int = 4
+    #: ENVOI_WEBHOOK_PER_ENDPOINT: webhook deliveries in flight at once per endpoint host, over all
+    #: dispatcher processes (32: an endpoint answering in 30 ms takes ~1,000/s; a dead one holds 32 slots).
+    webhook_per_endpoint: int = 32
+    #: ENVOI_WEBHOOK_PER_ACCOUNT: webhook deliveries in flight at once per account, all hosts (64).
+    webhook_per_account: int = 64
+    #: ENVOI_WEBHOOK_LEASE: seconds a dispatcher owns the deliveries it claimed; a killed dispatcher's
+    #: rows are taken again after this (60; keep above twice ENVOI_WEBHOOK_TIMEOUT).
+    webhook_lease: float = 60.0
+    #: ENVOI_WEBHOOK_INFLIGHT: webhook deliveries one dispatcher process holds in memory at most (claimed,
+    #: being sent or their result being written); the rest of any backlog waits in Postgres (512).
+    webhook_inflight: int = 512
     #: ENVOI_VALIDATION_DNS_TIMEOUT: seconds an address validation waits for DNS (MX, then A/AAAA) before it
     #: answers `unknown` (5).
     validation_dns_timeout: float = 5.0
@@ -519,6 +526,10 @@ class Settings:
             values["webhook_per_endpoint"] = int(v)
         if v := env.get("ENVOI_WEBHOOK_PER_ACCOUNT"):
             values["webhook_per_account"] = int(v)
+        if v := env.get("ENVOI_WEBHOOK_LEASE"):
+            values["webhook_lease"] = _seconds(v)
+        if v := env.get("ENVOI_WEBHOOK_INFLIGHT"):
+            values["webhook_inflight"] = int(v)
         if v := env.get("ENVOI_VALIDATION_DNS_TIMEOUT"):
             values["validation_dns_timeout"] = _seconds(v)
         if v := env.get("ENVOI_VALIDATION_CONCURRENCY"):

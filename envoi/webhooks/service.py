@@ -2,9 +2,10 @@
 
 Flow: an events writer inserts one outbox row per (event, subscribed URL) inside the transaction that
 records the events, so a webhook exists exactly when its event was committed. After commit a listener
-rings a Redis doorbell; the dispatcher (`envoi worker`) leases due rows from Postgres and enqueues one
-RQ job per row; a job makes one signed POST and stores the attempt. Postgres is the truth: a lost RQ
-job or a lost ring only delays a delivery until its lease runs out and the dispatcher takes it again.
+rings a Redis doorbell; the dispatcher (`envoi webhooks dispatch`, webhooks.dispatch) leases due rows
+from Postgres in batches, POSTs them concurrently and writes the attempts in batches. Postgres is the
+truth: a killed dispatcher or a lost ring only delays a delivery until its lease runs out and a
+dispatcher takes it again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ log = logging.getLogger("envoi.webhooks")
 EVENT_TYPES = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained",
                "permanent_fail", "temporary_fail")
 MAX_URLS = 3
-LEASE_SECONDS = 300.0
 BACKLOG_SCAN = 20_000  # pending deliveries the operator's per-account backlog looks at (the soonest due)
 
 
@@ -66,7 +66,6 @@ class Webhooks:
         self._outboxes: dict[int, Cursor] = {}
         self._lock = threading.Lock()
         self.metrics = metrics  # attempts by outcome and their duration
-        self.lease_seconds = LEASE_SECONDS  # how long a queued job owns its row before the sweeper retakes it
 
     # management (v3: per event type) ----------------------------------------------------------
     @staticmethod
@@ -213,10 +212,67 @@ class Webhooks:
         if outbox is not None and outbox.rowcount > 0 and self.doorbell is not None:
             self.doorbell.ring()
 
-    def claim_due(self, limit: int = 500) -> list[int]:
+    def claim(self, limit: int) -> tuple[list[dict], dict[int, str]]:
+        """Lease up to `limit` due deliveries fairly (store.claim) for a dispatcher; returns them and the
+        signing keys of their accounts."""
         with self.db.transaction() as conn:
-            return store.claim_due(conn, self.settings.webhook_per_endpoint, self.settings.webhook_per_account, limit,
-                                   self.lease_seconds)
+            rows = store.claim(conn, self.settings.webhook_per_endpoint, self.settings.webhook_per_account, limit,
+                               self.settings.webhook_lease)
+            sealed = store.signing_keys(conn, list({r["account_id"] for r in rows})) if rows else {}
+        keys = {}
+        for account_id in {r["account_id"] for r in rows}:
+            keys[account_id] = (self.sealer.open(sealed[account_id], self._context(account_id)).decode()
+                                if account_id in sealed else self.signing_key(account_id))
+        return rows, keys
+
+    def target(self, row: dict) -> str:
+        """The URL to POST to: row["url"] has any password masked; the full URL is sealed beside it."""
+        if row["url_sealed"] is None:
+            return row["url"]
+        return self.sealer.open(row["url_sealed"], secret_url.context(row["domain_id"])).decode()
+
+    @staticmethod
+    def body(key: str, payload: dict) -> bytes:
+        """Mailgun's webhook body: a fresh signature (timestamp, token) and the event-data."""
+        timestamp, token = str(int(time.time())), secrets.token_hex(25)
+        return json.dumps({"signature": {"timestamp": timestamp, "token": token,
+                                         "signature": signature(key, timestamp, token)},
+                           "event-data": payload}, separators=(",", ":")).encode()
+
+    @staticmethod
+    def body_of_json(key: str, payload_json: str) -> bytes:
+        """body(), with the event-data already as JSON text (as the dispatcher claims it)."""
+        timestamp, token = str(int(time.time())), secrets.token_hex(25)
+        return (f'{{"signature":{{"timestamp":"{timestamp}","token":"{token}","signature":'
+                f'"{signature(key, timestamp, token)}"}},"event-data":{payload_json}}}').encode()
+
+    def judge(self, row: dict, status: int | None, *, retry: bool = True) -> tuple[str, str, float | None]:
+        """(outcome, new state, seconds to the next attempt) of an attempt that got `status`."""
+        if status is not None and 200 <= status < 300:
+            return "delivered", "delivered", None
+        if status in (406, 410):
+            return "rejected", "rejected", None  # Mailgun: 406 means "stop retrying"; 410 Gone says the same
+        if not retry or time.time() - row["created_at"].timestamp() >= self.settings.webhook_retry_for:
+            return "failed", "failed", None
+        schedule = self.settings.webhook_retry_schedule or (300,)
+        return "retry", "pending", schedule[min(row["attempts"], len(schedule) - 1)]
+
+    def record(self, results: list[tuple], health: list[tuple]) -> None:
+        """Write a batch of attempts (store.record_results) and endpoint health in one transaction."""
+        with self.db.transaction() as conn:
+            store.record_results(conn, results)
+            if health:
+                store.record_health(conn, health)
+
+    def failing_endpoints(self, account_id: int | None = None, limit: int = 50) -> list[dict]:
+        """Endpoints failing now, oldest failure first, each with its pending backlog (for the dashboard)."""
+        with self.db.transaction() as conn:
+            return store.failing_endpoints(conn, account_id, limit)
+
+    def backlog_by_account(self, limit: int = 50, scan: int = BACKLOG_SCAN) -> list[dict]:
+        """The accounts with the most due deliveries (over the `scan` due soonest): for the metrics."""
+        with self.db.transaction() as conn:
+            return store.backlog_head(conn, limit, scan)["accounts"]
 
     # one attempt ------------------------------------------------------------------------------
     def deliver(self, delivery_id: int, *, retry: bool = True) -> str:
@@ -232,28 +288,13 @@ class Webhooks:
             key = self.signing_key(row["account_id"])
         else:
             key = self.sealer.open(sealed, self._context(row["account_id"])).decode()
-        timestamp, token = str(int(time.time())), secrets.token_hex(25)
-        body = json.dumps({"signature": {"timestamp": timestamp, "token": token,
-                                         "signature": signature(key, timestamp, token)},
-                           "event-data": row["payload"]}, separators=(",", ":")).encode()
-        # row["url"] has any password masked; the full URL is sealed beside it.
-        target = row["url"] if row["url_sealed"] is None else self.sealer.open(
-            row["url_sealed"], secret_url.context(row["domain_id"])).decode()
+        body = self.body(key, row["payload"])
+        target = self.target(row)
         response = ssrf.post(target, body, self.allow, timeout)
         response.error = secret_url.scrub(response.error, target)
         attempt_no = row["attempts"] + 1
         status = response.status
-        next_in = None
-        if status is not None and 200 <= status < 300:
-            outcome = state = "delivered"
-        elif status in (406, 410):
-            outcome = state = "rejected"  # Mailgun: 406 means "stop retrying"; 410 Gone says the same
-        elif not retry or time.time() - row["created_at"].timestamp() >= self.settings.webhook_retry_for:
-            outcome = state = "failed"
-        else:
-            outcome, state = "retry", "pending"
-            schedule = self.settings.webhook_retry_schedule or (300,)
-            next_in = schedule[min(attempt_no - 1, len(schedule) - 1)]
+        outcome, state, next_in = self.judge(row, status, retry=retry)
         with self.db.transaction() as conn:
             store.insert_attempt(conn, delivery_id, row["domain_id"], attempt_no, status, response.error,
                                  response.latency_ms, response.excerpt, outcome)
@@ -266,7 +307,7 @@ class Webhooks:
         return outcome
 
     def send_test(self, domain: dict, name: str) -> list[dict]:
-        """POST a sample event of type NAME to each of the domain's URLs for it, now, through the worker's
+        """POST a sample event of type NAME to each of the domain's URLs for it, now, through the delivery's
         own path (signed with the account's key, the SSRF guard, recorded in the attempts log), once.
         Returns per URL: {url, outcome, status, error, response, latency_ms}."""
         self._check_type(name)

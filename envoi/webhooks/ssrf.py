@@ -91,18 +91,29 @@ def parse(url: str) -> tuple[str, str, int, str, str | None]:
 
 def vet(host: str, port: int, allow: Allow) -> list[str]:
     """Resolve `host` and return its addresses if all of them may be dialled; else UnsafeURL."""
-    try:
-        literal = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = [literal]
+    named = literal(host)
+    if named is not None:
+        addresses = [named]
     else:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as ex:
             raise UnsafeURL(f"url host {host} does not resolve") from ex
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+    return judge(host, addresses, allow)
+
+
+def literal(host: str):
+    """The IP address `host` names literally, or None for a host name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def judge(host: str, addresses: list, allow: Allow) -> list[str]:
+    """The policy, given what `host` resolved to (ip_address objects): all of them may be dialled, or
+    UnsafeURL. The synchronous client (vet) and the dispatcher's resolver (webhooks.client) share it."""
     if not addresses:
         raise UnsafeURL(f"url host {host} does not resolve")
     if host in allow.hosts:

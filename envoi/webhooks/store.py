@@ -130,49 +130,136 @@ def last_attempts(conn: Connection, delivery_ids: list[int]) -> list[dict]:
         " WHERE d.id = ANY(%s) ORDER BY d.id, a.id DESC", (delivery_ids,)).fetchall()
 
 
-def claim_due(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[int]:
-    """Lease due deliveries fairly; return their ids.
+# The columns the dispatcher needs to send a claimed delivery.
+# payload as JSON text: the dispatcher puts it into the body as it is (no parse and dump per delivery).
+_CLAIMED = "id, account_id, domain_id, event_type, url, url_sealed, endpoint, payload::text AS payload, attempts, created_at"
 
-    A row is in flight while leased (queued in RQ) or running. At most `per_endpoint` rows per endpoint
-    host and `per_account` rows per account are in flight at once, and due rows are handed out
-    round-robin (first each account's oldest, then their second, ...), so a backlog never queues in
-    front of another tenant. Rows whose lease ran out (Redis lost the job, a worker died) are due
-    again: this is also the sweeper.
+
+def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[dict]:
+    """Lease up to `limit` due deliveries fairly and return them (the _CLAIMED columns).
+
+    A row is in flight while its lease runs (a dispatcher is sending it). At most `per_endpoint` rows
+    per endpoint host and `per_account` rows per account are in flight at once, over all dispatcher
+    processes, and due rows are handed
+    out round-robin (first each account's oldest, then their second, ...), so one tenant's backlog
+    never queues in front of another's. Rows whose lease ran out (a dispatcher was killed) are due
+    again: this is also the sweeper. Claimers take turns (an advisory lock for the transaction), so
+    two never count the same free slots; the rows are locked with SKIP LOCKED so a claim never waits
+    behind a batch of results being written.
     """
-    if not conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (CLAIM_LOCK,)).fetchone()["ok"]:
-        return []
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
     rows = conn.execute(
         """
         WITH inflight AS (
+            -- Leased rows only (the webhook_deliveries_inflight index): a test sent from the API is leased
+            -- too; a job of the RQ worker of old counts through its lease as well.
             SELECT endpoint, account_id FROM webhook_deliveries
-            WHERE status = 'pending' AND (leased_until > now() OR running_until > now())
+            WHERE status = 'pending' AND leased_until > now()
         ), busy_endpoint AS (
             SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
         ), busy_account AS (
             SELECT account_id, count(*) AS n FROM inflight GROUP BY account_id
-        ), due AS (
-            SELECT id, endpoint, account_id,
-                   row_number() OVER (PARTITION BY endpoint ORDER BY next_attempt_at, id) AS endpoint_rank
-            FROM webhook_deliveries
+        ), waiting AS (
+            SELECT id, endpoint, account_id, next_attempt_at,
+                   row_number() OVER (PARTITION BY endpoint, account_id ORDER BY next_attempt_at, id) AS turn
+            FROM webhook_deliveries w
             WHERE status = 'pending' AND next_attempt_at <= now()
               AND (leased_until IS NULL OR leased_until <= now())
               AND (running_until IS NULL OR running_until <= now())
+              -- The backlog of an endpoint or account at its cap (a dead endpoint's) is left out before
+              -- any sorting: it costs the claim a scan, not a sort.
+              AND NOT EXISTS (SELECT 1 FROM busy_endpoint b WHERE b.endpoint = w.endpoint AND b.n >= %(per_endpoint)s)
+              AND NOT EXISTS (SELECT 1 FROM busy_account b WHERE b.account_id = w.account_id AND b.n >= %(per_account)s)
+        ), due AS (
+            -- An endpoint host shared by several accounts serves them in turns too.
+            SELECT id, endpoint, account_id,
+                   row_number() OVER (PARTITION BY endpoint ORDER BY turn, next_attempt_at, id) AS endpoint_rank
+            FROM waiting
         ), endpoint_ok AS (
             SELECT due.id, due.account_id, due.endpoint_rank,
                    row_number() OVER (PARTITION BY due.account_id ORDER BY due.endpoint_rank, due.id) AS account_rank
             FROM due LEFT JOIN busy_endpoint b USING (endpoint)
-            WHERE due.endpoint_rank <= %s - coalesce(b.n, 0)
+            WHERE due.endpoint_rank <= %(per_endpoint)s - coalesce(b.n, 0)
         )
         SELECT e.id FROM endpoint_ok e LEFT JOIN busy_account b USING (account_id)
-        WHERE e.account_rank <= %s - coalesce(b.n, 0)
+        WHERE e.account_rank <= %(per_account)s - coalesce(b.n, 0)
         ORDER BY e.account_rank, e.id
-        LIMIT %s
-        """, (per_endpoint, per_account, limit)).fetchall()
-    ids = [r["id"] for r in rows]
-    if ids:
-        conn.execute("UPDATE webhook_deliveries SET leased_until = now() + make_interval(secs => %s)"
-                     " WHERE id = ANY(%s)", (lease_seconds, ids))
-    return ids
+        LIMIT %(limit)s
+        """, {"per_endpoint": per_endpoint, "per_account": per_account, "limit": limit}).fetchall()
+    if not rows:
+        return []
+    return conn.execute(
+        f"UPDATE webhook_deliveries SET leased_until = now() + make_interval(secs => %s), running_until = NULL"
+        f" WHERE id IN (SELECT id FROM webhook_deliveries WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)"
+        f" RETURNING {_CLAIMED}", (lease_seconds, [r["id"] for r in rows])).fetchall()
+
+
+def signing_keys(conn: Connection, account_ids: list[int]) -> dict[int, bytes]:
+    rows = conn.execute("SELECT account_id, key_sealed FROM webhook_signing_keys WHERE account_id = ANY(%s)",
+                        (account_ids,)).fetchall()
+    return {r["account_id"]: bytes(r["key_sealed"]) for r in rows}
+
+
+def record_results(conn: Connection, results: list[tuple]) -> None:
+    """A batch of attempts, in one statement each: results are (delivery_id, domain_id, attempt_no, status_code,
+    error, latency_ms, response, outcome, new state, seconds to the next attempt or None). Only a row
+    still pending is changed (a result that comes after another dispatcher's, once a lease ran out,
+    is recorded as an attempt but changes nothing done); a row deleted meanwhile is skipped."""
+    columns = list(zip(*results, strict=True))
+    conn.execute(
+        "INSERT INTO webhook_attempts (delivery_id, domain_id, attempt_no, status_code, error, latency_ms, response,"
+        " outcome) SELECT u.* FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::text[], %s::int[],"
+        " %s::text[], %s::text[]) AS u(id, domain_id, attempt_no, status_code, error, latency_ms, response, outcome)"
+        # A delivery deleted while in flight (erasure, purge, a deleted account) has no attempts to keep;
+        # its result must not fail the batch of everyone else's.
+        " WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = u.id)", [list(c) for c in columns[:8]])
+    conn.execute(
+        "UPDATE webhook_deliveries d SET status = u.state, attempts = u.attempt_no, last_status = u.status_code,"
+        " leased_until = NULL, running_until = NULL,"
+        " next_attempt_at = CASE WHEN u.state = 'pending' THEN now() + make_interval(secs => u.next_in)"
+        "                        ELSE d.next_attempt_at END,"
+        " finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE now() END"
+        " FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::text[], %s::float8[])"
+        " AS u(id, attempt_no, status_code, state, next_in)"
+        " WHERE d.id = u.id AND d.status = 'pending'",
+        [list(columns[0]), list(columns[2]), list(columns[3]), list(columns[8]), list(columns[9])])
+
+
+def record_health(conn: Connection, health: list[tuple]) -> None:
+    """health: (account_id, endpoint, successes, failures, last error) of a batch of results. A success
+    clears the endpoint's failing state; failures alone start it (or keep it)."""
+    conn.execute(
+        """
+        INSERT INTO webhook_endpoint_health AS h (account_id, endpoint, failing_since, failures, last_error,
+                                                  last_failure_at, last_success_at)
+        SELECT u.account_id, u.endpoint,
+               CASE WHEN u.ok > 0 THEN NULL ELSE now() END, CASE WHEN u.ok > 0 THEN 0 ELSE u.bad END,
+               u.error, CASE WHEN u.bad > 0 THEN now() END, CASE WHEN u.ok > 0 THEN now() END
+        FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::text[]) AS u(account_id, endpoint, ok, bad, error)
+        ORDER BY 1, 2
+        ON CONFLICT (account_id, endpoint) DO UPDATE SET
+            failing_since = CASE WHEN EXCLUDED.last_success_at IS NOT NULL THEN NULL
+                                 ELSE coalesce(h.failing_since, EXCLUDED.failing_since) END,
+            failures = CASE WHEN EXCLUDED.last_success_at IS NOT NULL THEN 0 ELSE h.failures + EXCLUDED.failures END,
+            last_error = coalesce(EXCLUDED.last_error, h.last_error),
+            last_failure_at = coalesce(EXCLUDED.last_failure_at, h.last_failure_at),
+            last_success_at = coalesce(EXCLUDED.last_success_at, h.last_success_at)
+        """, [list(c) for c in zip(*health, strict=True)])
+
+
+def failing_endpoints(conn: Connection, account_id: int | None, limit: int = 50, count_up_to: int = 100_000) -> list[dict]:
+    """Endpoints failing now (oldest failure first), of one account or all, each with its pending
+    backlog (counted up to `count_up_to`)."""
+    scope, args = ("AND h.account_id = %s", [account_id]) if account_id is not None else ("", [])
+    return conn.execute(
+        f"""
+        SELECT h.*, a.name AS account_name,
+               (SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries d WHERE d.account_id = h.account_id
+                 AND d.endpoint = h.endpoint AND d.status = 'pending' LIMIT %s) x) AS backlog
+        FROM webhook_endpoint_health h LEFT JOIN accounts a ON a.id = h.account_id
+        WHERE h.failing_since IS NOT NULL {scope}
+        ORDER BY h.failing_since, h.account_id, h.endpoint LIMIT %s
+        """, [count_up_to, *args, limit]).fetchall()
 
 
 def start(conn: Connection, delivery_id: int, run_seconds: float) -> dict | None:

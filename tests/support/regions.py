@@ -137,15 +137,17 @@ def _start(region: Region, sink: Sink, cert: str, key: str, tmp: Path, api_urls:
         Proc("smtp", envoi("smtp", "--port", str(region.smtp_port), "--smtps-port", "0", "--cert", cert,
                            "--key", key, "--var", str(logs)), env, logs),
         Proc("worker", envoi("worker", "--processes", "1"), env, logs),
+        Proc("webhooks", envoi("webhooks", "dispatch", "--processes", "1"), env, logs),
     ]
 
 
 def _wait_ready(region: Region) -> None:
-    api, relay, smtp, worker = region.procs
+    api, relay, smtp, worker, dispatcher = region.procs
     api.wait_ready(lambda: http_ok(f"{region.api_url}/healthz"), timeout=45)
     smtp.wait_ready(lambda: _smtp_greets(region.smtp_port), timeout=45)
     relay.wait_ready(lambda: "relay: region" in relay.output(), timeout=45)
     worker.wait_ready(lambda: "worker: region" in worker.output(), timeout=45)
+    dispatcher.wait_ready(lambda: "webhooks dispatch: region" in dispatcher.output(), timeout=45)
 
 
 def _smtp_greets(port: int) -> bool:

@@ -97,7 +97,7 @@ def ids_of(db, account_id: int) -> dict[str, set[int]]:
 #: parent it deletes, or (ips) by ON DELETE SET NULL. A new table must be added to archive.SECTIONS
 #: (exported, restored and purged) or, if it cannot be, to purge._EXTRA and here.
 REACHED_OTHERWISE = {"event_stats_pending", "ip_audit", "stripe_events", "ips", "ip_pools", "domain_ips",
-                     "domain_ip_pools", "webhook_signing_keys"}
+                     "domain_ip_pools", "webhook_signing_keys", "webhook_endpoint_health"}
 
 
 def test_every_table_of_an_account_is_exported_and_purged(db):

@@ -7,6 +7,7 @@ suppressed."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from envoi import runtime
-from envoi.webhooks import jobs
+from envoi.webhooks.dispatch import Dispatcher
 from tests.conftest import basic
 from tests.support.delivery import events_of, send
 from tests.support.regions import redis_entries
@@ -55,9 +56,7 @@ def post(client, path, key, method="post", **params):
 
 
 def pump_webhooks(services):
-    conn = jobs.worker_connection(services.settings.redis_url)
-    jobs.Dispatcher(services.webhooks, conn).run_once()
-    jobs.worker(services.webhooks, conn).work(burst=True)
+    asyncio.run(Dispatcher(services.webhooks).drain())
 
 
 def needles() -> list[str]:

@@ -38,4 +38,5 @@ class OperatorQueues:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         now = datetime.now(UTC)
         render(req, resp, "operator_queues.html", queue=self.queue.overview(),
-               backlog=self.webhooks.backlog_overview(), age=lambda then: age(then, now))
+               backlog=self.webhooks.backlog_overview(), failing=self.webhooks.failing_endpoints(limit=50),
+               age=lambda then: age(then, now))

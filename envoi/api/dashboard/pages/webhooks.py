@@ -1,5 +1,5 @@
 """Webhooks: each domain's URLs per event type (set, change, delete), a signed test POST through the
-worker's own delivery path, the attempts log, and the account's HTTP signing key. The same service as
+delivery path (signing, SSRF guard, attempt record), the attempts log, and the account's HTTP signing key. The same service as
 /v3/domains/{d}/webhooks and /v5/accounts/http_signing_key."""
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class WebhooksPage:
         render(req, resp, "webhooks.html", status=status, domains=names, domain=row["name"] if row else "",
                event_types=EVENT_TYPES, hooks={t: hooks.get(t, {}).get("urls", []) for t in EVENT_TYPES},
                max_urls=MAX_URLS, attempts=attempts, signing_key=self.webhooks.signing_key(req.context.user.account_id),
+               failing=self.webhooks.failing_endpoints(req.context.user.account_id),
                error=error, notice=notice or done_notice(req, DONE), tested=tested)
 
     def _back(self, row: dict, done: str) -> falcon.HTTPSeeOther:

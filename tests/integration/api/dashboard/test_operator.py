@@ -330,6 +330,23 @@ def test_webhook_backlog_counts_due_deliveries_per_account(operator, services, a
     db.execute("DELETE FROM webhook_deliveries WHERE account_id = ANY(%s)", ([account["id"], other["id"]],))
 
 
+def test_failing_webhook_endpoints_are_listed_with_their_backlog(operator, account, domain, db):
+    endpoint = f"https://down{domain['id']}.example"
+    db.execute("INSERT INTO webhook_endpoint_health (account_id, endpoint, failing_since, failures, last_error)"
+               " VALUES (%s, %s, now() - interval '3 hours', 7, 'timeout after 10 s')", (account["id"], endpoint))
+    db.execute("INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, endpoint, event_id, payload)"
+               " SELECT %s, %s, 'delivered', %s || '/x', %s, 'e' || g, '{}' FROM generate_series(1, 3) g",
+               (account["id"], domain["id"], endpoint, endpoint))
+    try:
+        html = operator.get("/dashboard/operator/queues").text
+        row = re.search(rf'<tr data-endpoint="{re.escape(endpoint)}" data-failing-account="{account["id"]}">(.*?)</tr>',
+                        html, re.S).group(1)
+        assert cell(row, "backlog") == 3 and "3 h" in row and "timeout after 10 s" in row
+    finally:
+        db.execute("DELETE FROM webhook_deliveries WHERE endpoint = %s", (endpoint,))
+        db.execute("DELETE FROM webhook_endpoint_health WHERE endpoint = %s", (endpoint,))
+
+
 # who may see them -------------------------------------------------------------------------------
 def test_a_customer_admin_gets_a_404_on_every_operator_page_and_form_and_nothing_changes(
         page_as, services, account, domain, db):

@@ -131,3 +131,29 @@ def test_another_accounts_user_gets_404_everywhere_and_changes_nothing(page_as, 
         assert other.post(f"/dashboard/webhooks/{action}", {"domain": name, **fields}).status_code == 404, action
     assert urls_of(db, domain["id"], "delivered") == [receiver.url("/owner")]
     assert receiver.got("/owner") == [] and api_services.webhooks.signing_key(account["id"]) == key
+
+
+def failing_endpoint(db, domain: dict, endpoint: str, waiting: int) -> None:
+    """An endpoint of the domain's account failing for 3 hours (as the dispatcher records it), with
+    `waiting` deliveries pending."""
+    db.execute("INSERT INTO webhook_endpoint_health (account_id, endpoint, failing_since, failures, last_error,"
+               " last_failure_at) VALUES (%s, %s, now() - interval '3 hours', 7, 'HTTP 503', now())",
+               (domain["account_id"], endpoint))
+    db.execute("INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, endpoint, event_id, payload)"
+               " SELECT %s, %s, 'delivered', %s || '/hook', %s, 'e' || g, '{}' FROM generate_series(1, %s) g",
+               (domain["account_id"], domain["id"], endpoint, endpoint, waiting))
+
+
+def test_a_failing_endpoint_is_shown_since_when_with_its_backlog(page_as, domain, db):
+    endpoint = f"https://down{domain['id']}.example"
+    failing_endpoint(db, domain, endpoint, 4)
+    try:
+        html = page_as("developer").get("/dashboard/webhooks", domain=domain["name"]).text
+        row = re.search(rf'<tr data-endpoint="{re.escape(endpoint)}">(.*?)</tr>', html, re.S).group(1)
+        since = db.execute("SELECT failing_since FROM webhook_endpoint_health WHERE account_id = %s AND endpoint = %s",
+                           (domain["account_id"], endpoint)).fetchone()["failing_since"]
+        assert since.strftime("%Y-%m-%d %H:%M:%S UTC") in row
+        assert re.search(r'data-field="backlog">4<', row) and "HTTP 503" in row
+    finally:
+        db.execute("DELETE FROM webhook_deliveries WHERE endpoint = %s", (endpoint,))
+        db.execute("DELETE FROM webhook_endpoint_health WHERE endpoint = %s", (endpoint,))

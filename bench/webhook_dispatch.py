@@ -1,0 +1,297 @@
+"""Webhook dispatch figures: deliveries per second, commit->received latency, fairness, CPU per delivery.
+
+    .venv/bin/python bench/webhook_dispatch.py [--n 20000] [--rq-n 600] [--processes 2] [--seconds 20]
+
+Throwaway database and Redis db; the receiver (bench/webhook_receiver.py, aiohttp) runs in its own
+process and verifies every signature. Phases, in one run:
+
+1. reference: the RQ design (one job per delivery, one synchronous POST at a time): `--rq-n` rows
+   leased and enqueued, `envoi worker --processes P` (already started) runs them;
+2. throughput: `--n` outbox rows of `delivered` events over 10 accounts, committed at once, then
+   `envoi webhooks dispatch --processes P` (already started) delivers them: deliveries/s from the
+   commit to the last one received, and CPU per delivery (dispatcher processes; their Postgres
+   backends separately);
+3. latency: rows committed at half the measured rate for `--seconds` (a batch every 20 ms, doorbell
+   rung after each commit): commit->received p50/p99 at the receiver;
+4. fairness: the same again while an 11th tenant has a 5 s endpoint and a dead one (accepts TCP,
+   never answers: each attempt times out), 2,000 rows due on each: the other tenants' p99 against 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from relay_vs_postfix_lib import cpu_seconds  # noqa: E402
+
+from envoi import runtime  # noqa: E402
+from envoi.infra.migrate import ensure_database, migrate  # noqa: E402
+from envoi.infra.settings import Settings  # noqa: E402
+from envoi.webhooks import jobs, store  # noqa: E402
+
+PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+HERE = Path(__file__).resolve().parent
+ACCOUNTS = 10
+
+
+def free_redis() -> str:
+    for n in range(15, 0, -1):
+        conn = redis.Redis(db=n)
+        if conn.dbsize() == 0 and conn.set("envoi:test:claim", "1", nx=True, ex=3600):
+            return f"redis://127.0.0.1:6379/{n}"
+    raise SystemExit("no free Redis db")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def reset(port: int) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reset", method="POST"), timeout=10)
+
+
+def wait_received(port: int, total: int, timeout: float = 600) -> float:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if stats(port)["received"] >= total:
+            return time.time()
+        time.sleep(0.02)
+    raise SystemExit(f"receiver got {stats(port)['received']} of {total}")
+
+
+def wait_attempted(svc, ids: list[int], timeout: float = 600) -> float:
+    """When every one of these deliveries has had its attempt (whatever its outcome)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with svc.db.transaction() as conn:
+            if conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE id = ANY(%s) AND attempts > 0",
+                            (ids,)).fetchone()["n"] == len(ids):
+                return time.time()
+        time.sleep(0.05)
+    raise SystemExit("the RQ workers did not finish")
+
+
+def insert(conn, domains: list[dict], url: str, n: int, tag: str) -> None:
+    """n `delivered` outbox rows for `url`, round-robin over the domains, committed by the caller."""
+    rows = [(domains[i % len(domains)], f"{tag}-{i}") for i in range(n)]
+    now = time.time()
+    conn.execute(
+        "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, endpoint, event_id, payload)"
+        " SELECT a, d, 'delivered', %s, %s, e, p::jsonb FROM unnest(%s::bigint[], %s::bigint[], %s::text[],"
+        " %s::text[]) AS u(a, d, e, p)",
+        (url, store.endpoint_of(url), [d["account_id"] for d, _ in rows], [d["id"] for d, _ in rows],
+         [e for _, e in rows],
+         [json.dumps({"id": e, "event": "delivered", "timestamp": now, "account": d["account_id"],
+                      "recipient": f"{e}@bench.test", "message": {"headers": {"message-id": f"{e}@bench"}}})
+          for d, e in rows]))
+
+
+def backends(dsn: str, dbname: str) -> list[int]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return [r[0] for r in c.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                                        (dbname,)).fetchall()]
+
+
+def start(argv: list[str], env: dict, ready: str, logfile: Path) -> subprocess.Popen:
+    out = logfile.open("wb")
+    proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while ready not in logfile.read_text(errors="replace"):
+        if proc.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"{argv} did not start:\n{logfile.read_text()[-2000:]}")
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return proc
+
+
+def latency_phase(svc, domains, url, port, rate: float, seconds: float) -> dict:
+    """Commit rows at `rate`/s for `seconds` (a batch every 20 ms); the receiver's p50/p99 for them."""
+    reset(port)
+    base = stats(port)["received"]
+    total, tick, t0 = 0, 0.02, time.time()
+    while time.time() - t0 < seconds:
+        due = int(rate * (time.time() - t0)) - total
+        if due > 0:
+            with svc.db.transaction() as conn:
+                insert(conn, domains, url, due, f"lat{uuid.uuid4().hex[:6]}")
+            svc.webhooks.doorbell.ring()
+            total += due
+        time.sleep(tick)
+    wait_received(port, base + total, timeout=120)
+    s = stats(port)
+    return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--rq-n", type=int, default=600)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--per-endpoint", type=int, default=512)
+    parser.add_argument("--per-account", type=int, default=256)
+    args = parser.parse_args()
+
+    dbname = f"envoi_bench_{uuid.uuid4().hex[:8]}"
+    dsn = psycopg.conninfo.make_conninfo(PG, dbname=dbname)
+    ensure_database(dsn)
+    migrate(dsn)
+    redis_url = free_redis()
+    key = secrets.token_bytes(32)
+    settings = Settings(database_url=dsn, redis_url=redis_url, secret_key=key, lookup_key=key,
+                        webhook_allow=("127.0.0.1/32",))
+    svc = runtime.build(settings, pool_size=4)
+    work = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
+    procs: list[subprocess.Popen] = []
+    dead = socket.socket()
+    env = {**os.environ, "ENVOI_REGION": "eu", "DATABASE_URL": dsn, "REDIS_URL": redis_url,
+           "ENVOI_SECRET_KEY": base64.b64encode(key).decode(), "ENVOI_LOOKUP_KEY": base64.b64encode(key).decode(),
+           "ENVOI_WEBHOOK_ALLOW": "127.0.0.1/32", "ENVOI_WEBHOOK_PER_ENDPOINT": str(args.per_endpoint),
+           "ENVOI_WEBHOOK_PER_ACCOUNT": str(args.per_account), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(HERE.parent)}
+    try:
+        domains, keys = [], {}
+        for i in range(ACCOUNTS + 1):
+            acct = svc.accounts.create_account(f"bench{i}")
+            domains.append(svc.accounts.add_domain(acct["id"], f"b{i}.bench.test", dkim_key_size=1024, verified=True))
+            keys[str(acct["id"])] = svc.webhooks.signing_key(acct["id"])
+        noisy, domains = domains[-1], domains[:-1]
+        (work / "keys.json").write_text(json.dumps(keys))
+        port, slow_port = free_port(), free_port()
+        procs.append(start([sys.executable, str(HERE / "webhook_receiver.py"), str(port), str(slow_port),
+                            str(work / "keys.json")],
+                           env, "", work / "receiver.log"))
+        deadline = time.time() + 30
+        while True:
+            try:
+                stats(port)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/hook"
+        envoi = [sys.executable, "-m", "envoi.cli"]
+
+        # 1. The RQ design, same run: rows leased and enqueued, then run by P worker processes.
+        workers = start(envoi + ["worker", "--processes", str(args.processes)], env, "worker: region",
+                        work / "worker.log")
+        procs.append(workers)
+        with svc.db.transaction() as conn:
+            insert(conn, domains, url, args.rq_n, "rq")
+        with svc.db.transaction() as conn:
+            ids = [r["id"] for r in store.claim(conn, 10**6, 10**6, args.rq_n, 3600)]
+        queue = jobs.Queue(svc.webhooks.queue_name, connection=jobs.worker_connection(redis_url))
+        cpu0, t0 = cpu_seconds([workers.pid]), time.time()
+        for delivery_id in ids:
+            queue.enqueue(jobs.deliver, delivery_id, result_ttl=0)
+        t1 = wait_attempted(svc, ids)
+        rq_rate = args.rq_n / (t1 - t0)
+        rq_cpu = (cpu_seconds([workers.pid]) - cpu0) * 1000 / args.rq_n
+        workers.terminate()
+        try:
+            workers.wait(30)
+        except subprocess.TimeoutExpired:
+            workers.kill()  # RQ's warm shutdown may wait on its children; the figure is taken already
+        with svc.db.transaction() as conn:
+            rq_ok = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE id = ANY(%s)"
+                                 " AND status = 'delivered'", (ids,)).fetchone()["n"]
+        log(f"RQ reference: {args.rq_n} attempts ({rq_ok} delivered) by {args.processes} worker processes in"
+            f" {t1 - t0:.1f} s = {rq_rate:.0f}/s, {rq_cpu:.2f} ms CPU per delivery")
+
+        # 2. The dispatcher: N rows committed at once.
+        dispatch = start(envoi + ["webhooks", "dispatch", "--processes", str(args.processes)], env,
+                         "webhooks dispatch: region", work / "dispatch.log")
+        procs.append(dispatch)
+        base = stats(port)["received"]
+        with svc.db.transaction() as conn:
+            insert(conn, domains, url, args.n, "tp")
+        svc.webhooks.doorbell.ring()
+        pg = backends(dsn, dbname)
+        cpu0, pg0, t0 = cpu_seconds([dispatch.pid]), cpu_seconds(pg), time.time()
+        t1 = wait_received(port, base + args.n)
+        rate = args.n / (t1 - t0)
+        cpu = (cpu_seconds([dispatch.pid]) - cpu0) * 1000 / args.n
+        pg_cpu = (cpu_seconds(pg) - pg0) * 1000 / args.n
+        s = stats(port)
+        log(f"dispatcher: {args.n} deliveries by {args.processes} processes in {t1 - t0:.1f} s = {rate:.0f}/s"
+            f" ({rate / rq_rate:.0f}x the RQ design), {cpu:.2f} ms CPU per delivery (+ {pg_cpu:.2f} ms in Postgres"
+            f" backends); invalid signatures {s['invalid']}, duplicates {s['received'] - s['distinct']}")
+
+        # 3 and 4. Latency at half that rate, without and with another tenant's 5 s endpoint and dead endpoint
+        # (2,000 rows due on each), interleaved A B A B (this machine drifts): the bad endpoints' rows are
+        # deleted after each B and their requests in flight given 12 s to end before the next A.
+        dead.bind(("127.0.0.1", 0))
+        dead.listen(4096)
+        phases = {"A": [], "B": []}
+        for kind in "ABAB":
+            if kind == "B":
+                with svc.db.transaction() as conn:
+                    insert(conn, [noisy], f"http://127.0.0.1:{slow_port}/slow", 2000, f"slow{uuid.uuid4().hex[:4]}")
+                    insert(conn, [noisy], f"http://127.0.0.1:{dead.getsockname()[1]}/dead", 2000,
+                           f"dead{uuid.uuid4().hex[:4]}")
+                svc.webhooks.doorbell.ring()
+                time.sleep(1)
+            result = latency_phase(svc, domains, url, port, rate / 2, args.seconds)
+            phases[kind].append(result)
+            log(f"{kind}: latency at {rate / 2:.0f}/s{' with the bad endpoints' if kind == 'B' else ''}: {result['n']}"
+                f" deliveries, commit->received p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms,"
+                f" max {result['max'] * 1000:.0f} ms")
+            if kind == "B":
+                with svc.db.transaction() as conn:
+                    conn.execute("DELETE FROM webhook_deliveries WHERE account_id = %s AND status = 'pending'",
+                                 (noisy["account_id"],))
+                time.sleep(12)
+        lat, unfair = phases["A"], phases["B"]
+        ratio = max(b["p99"] for b in unfair) / max(a["p99"] for a in lat)
+        without = ", ".join(f"{a['p99'] * 1000:.0f}" for a in lat)
+        with_bad = ", ".join(f"{b['p99'] * 1000:.0f}" for b in unfair)
+        log(f"p99 without the bad endpoints {without} ms; with them {with_bad} ms: worst B / worst A = x{ratio:.2f};"
+            f" slow endpoint reached {stats(port)['slow']} times")
+        print(json.dumps({"rq_rate": rq_rate, "rq_cpu_ms": rq_cpu, "rate": rate, "cpu_ms": cpu, "pg_cpu_ms": pg_cpu,
+                          "latency": lat, "latency_with_bad_endpoints": unfair, "ratio": ratio}))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        dead.close()
+        svc.close()
+        redis.Redis.from_url(redis_url).flushdb()
+        with psycopg.connect(PG, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The webhook dispatcher: an asyncio loop that claims due outbox rows in batches, POSTs them
+concurrently over keep-alive pools (webhooks.client) and writes the results in batches.
+
+* Claiming: Webhooks.claim leases up to the free room of this process (ENVOI_WEBHOOK_INFLIGHT minus
+  what it holds) in one transaction, fairly (per-endpoint and per-account caps over all processes,
+  round-robin across accounts: store.claim). Every claimed row is sent at once, so no tenant's rows
+  wait in memory behind another's; a slow or dead endpoint holds at most its cap of slots, each for
+  at most ENVOI_WEBHOOK_TIMEOUT, and the rest of its backlog waits in Postgres, not here.
+* Results: each attempt's outcome (store.record_results: attempts row, then delivered / rejected on
+  406 and 410 / retry with the backoff schedule / failed after ENVOI_WEBHOOK_RETRY_FOR) is written with
+  the others that finished within ~20 ms, in one transaction, with the endpoints' health.
+* Crashes: a row is leased (ENVOI_WEBHOOK_LEASE) until its result is written; a killed process's rows
+  are claimed again when their lease runs out. A delivery is sent twice only if the process died
+  after its POST and before that batch's commit, so duplicates are bounded by the rows in flight.
+* Waking: the events listener's Redis doorbell (read in a thread), a finished delivery that freed
+  room, or the poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+
+from envoi.infra.metrics import Metrics
+from envoi.webhooks import secret_url, ssrf
+from envoi.webhooks.client import Client
+from envoi.webhooks.service import Webhooks
+
+log = logging.getLogger("envoi.webhooks.dispatch")
+FLUSH_SECONDS = 0.02  # results wait at most this long to be written with others
+FLUSH_BATCH = 500
+# A process claims at most 20 times a second, however fast rows finish: each claim has a fixed cost in
+# Postgres (the fair ranking), which at a claim per few rows would cost more than the rows.
+MIN_CLAIM_GAP = 0.05
+
+
+class Dispatcher:
+    def __init__(self, service: Webhooks, metrics: Metrics | None = None, *, inflight: int | None = None,
+                 poll: float = 1.0, stats: bool = False):
+        self.service = service
+        self.metrics = metrics
+        self.inflight_max = inflight or service.settings.webhook_inflight
+        self.poll = poll
+        self.stats = stats  # this process also measures the backlog for the metrics (one process should)
+        self.held = 0  # claimed, not yet written
+        self.sent = 0  # attempts written by this process
+        self._results: list[tuple] = []
+        self._health: dict[tuple[int, str], list] = {}
+        self._wake: asyncio.Event | None = None
+        self._flushed: asyncio.Event | None = None
+        self._targets: dict[bytes, str] = {}
+
+    # one attempt ---------------------------------------------------------------------------------
+    async def _send(self, http: Client, row: dict, key: str) -> None:
+        try:
+            target = self._target(row)
+            body = self.service.body_of_json(key, row["payload"])
+            response = await http.post(target, body)
+            response.error = secret_url.scrub(response.error, target)
+        except Exception as ex:  # a row that cannot even be prepared is an attempt that failed, not a crash
+            log.exception("webhook %s could not be sent", row["id"])
+            response = ssrf.Response(None, "", 0, f"not sent: {type(ex).__name__}")
+        outcome, state, next_in = self.service.judge(row, response.status)
+        self._results.append((row["id"], row["domain_id"], row["attempts"] + 1, response.status, response.error,
+                              response.latency_ms, response.excerpt, outcome, state, next_in))
+        ok = outcome == "delivered"
+        health = self._health.setdefault((row["account_id"], row["endpoint"]), [0, 0, None])
+        health[0 if ok else 1] += 1
+        if not ok and outcome != "rejected":
+            health[2] = response.error or f"HTTP {response.status}"
+        if self.metrics is not None:
+            self.metrics.observe_webhook(outcome, response.latency_ms / 1000)
+        if outcome != "delivered":
+            log.info("webhook %s to %s: %s (%s)", row["id"], row["url"], outcome, response.status or response.error)
+
+    def _target(self, row: dict) -> str:
+        if row["url_sealed"] is None:
+            return row["url"]
+        sealed = bytes(row["url_sealed"])
+        target = self._targets.get(sealed)
+        if target is None:
+            if len(self._targets) > 10_000:
+                self._targets.clear()
+            target = self._targets[sealed] = self.service.target(row)
+        return target
+
+    # results -------------------------------------------------------------------------------------
+    def _write(self, results: list[tuple], health: dict) -> None:
+        rows = [(account_id, endpoint, ok, bad, error) for (account_id, endpoint), (ok, bad, error) in health.items()
+                if ok or error is not None]
+        self.service.record(results, rows)
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        results, health = self._results, self._health
+        self._results, self._health = [], {}
+        try:
+            await asyncio.to_thread(self._write, results, health)
+        except Exception:
+            # Kept for the next round; if this process dies first, the leases run out and the rows
+            # are sent again (duplicates, never a loss).
+            log.exception("writing %d webhook results failed", len(results))
+            self._results = results + self._results
+            for k, v in health.items():
+                mine = self._health.setdefault(k, [0, 0, None])
+                mine[0] += v[0]
+                mine[1] += v[1]
+                mine[2] = mine[2] or v[2]
+            await asyncio.sleep(1.0)
+            return
+        self.held -= len(results)
+        self.sent += len(results)
+        if self.metrics is not None:
+            self.metrics.webhook_inflight.set(self.held)
+        self._flushed.set()
+        self._wake.set()
+
+    async def _writer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set() or self._results:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self._flush()
+
+    # claiming ------------------------------------------------------------------------------------
+    async def _claim_round(self, http: Client, tasks: set) -> int:
+        room = self.inflight_max - self.held
+        if room <= 0:
+            return 0
+        rows, keys = await asyncio.to_thread(self.service.claim, room)
+        self.held += len(rows)
+        if self.metrics is not None:
+            self.metrics.webhook_inflight.set(self.held)
+        for row in rows:
+            task = asyncio.create_task(self._send(http, row, keys[row["account_id"]]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return len(rows)
+
+    def _doorbell(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        bell = self.service.doorbell
+        while not stop.is_set():
+            if bell.wait(min(self.poll, 1.0)):
+                loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until `stop` is set; then finish what is in flight and write it."""
+        self._wake, self._flushed = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        bell_stop = threading.Event()
+        if self.service.doorbell is not None:
+            threading.Thread(target=self._doorbell, args=(loop, bell_stop), name="webhook-doorbell", daemon=True).start()
+        tasks: set = set()
+        writer_stop = asyncio.Event()
+        settings = self.service.settings
+        async with Client(self.service.allow, settings.webhook_timeout, self.inflight_max) as http:
+            writer = asyncio.create_task(self._writer(writer_stop))
+            stats = asyncio.create_task(self._stats(stop)) if self.stats else None
+            try:
+                while not stop.is_set():
+                    self._wake.clear()
+                    started = time.monotonic()
+                    try:
+                        await self._claim_round(http, tasks)
+                    except Exception:
+                        log.exception("claiming webhook deliveries failed")
+                        await asyncio.sleep(1.0)
+                    # Claim again when woken (a ring, room freed by written results) or at the poll.
+                    waker = asyncio.create_task(self._wake.wait())
+                    stopper = asyncio.create_task(stop.wait())
+                    await asyncio.wait({waker, stopper}, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
+                    waker.cancel()
+                    stopper.cancel()
+                    await asyncio.sleep(max(0.0, MIN_CLAIM_GAP - (time.monotonic() - started)))
+                if tasks:
+                    await asyncio.wait(set(tasks), timeout=settings.webhook_timeout + 5)
+            finally:
+                bell_stop.set()
+                writer_stop.set()
+                await writer
+                if stats is not None:
+                    stats.cancel()
+
+    async def drain(self, *, settle: float = 0.0) -> int:
+        """Claim and send until nothing is due (tests, `--burst`): returns the attempts made. `settle`:
+        also wait that long for retries that come due meanwhile."""
+        self._wake, self._flushed = asyncio.Event(), asyncio.Event()
+        tasks: set = set()
+        before = self.sent
+        writer_stop = asyncio.Event()
+        async with Client(self.service.allow, self.service.settings.webhook_timeout, self.inflight_max) as http:
+            writer = asyncio.create_task(self._writer(writer_stop))
+            quiet_since = time.monotonic()
+            while True:
+                claimed = await self._claim_round(http, tasks)
+                if claimed:
+                    quiet_since = time.monotonic()
+                if not claimed and not tasks and not self._results and self.held == 0:
+                    if time.monotonic() - quiet_since >= settle:
+                        break
+                    await asyncio.sleep(0.05)
+                    continue
+                self._flushed.clear()
+                if tasks or self._results:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._flushed.wait(), timeout=self.service.settings.webhook_timeout + 5)
+            writer_stop.set()
+            await writer
+        return self.sent - before
+
+    # metrics -------------------------------------------------------------------------------------
+    async def _stats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.measure)
+            except Exception:
+                log.exception("measuring the webhook backlog failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=10)
+
+    def measure(self) -> None:
+        """Set the backlog gauges: total, per account (backlog and lag), failing endpoints."""
+        if self.metrics is None:
+            return
+        m = self.metrics
+        m.webhook_backlog.set(self.service.backlog())
+        now = time.time()
+        accounts = self.service.backlog_by_account()
+        m.webhook_account_backlog.clear()
+        m.webhook_account_lag.clear()
+        for a in accounts:
+            m.webhook_account_backlog.labels(str(a["account_id"])).set(a["due"])
+            m.webhook_account_lag.labels(str(a["account_id"])).set(max(0.0, now - a["first_due_at"].timestamp()))
+        failing = self.service.failing_endpoints(limit=1000)
+        m.webhook_endpoints_failing.set(len(failing))
+        m.webhook_endpoint_failing.clear()
+        for f in failing[:20]:  # bounded label set: the longest failing
+            m.webhook_endpoint_failing.labels(str(f["account_id"]), f["endpoint"]).set(
+                max(0.0, now - f["failing_since"].timestamp()))

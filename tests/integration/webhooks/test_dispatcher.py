@@ -1,0 +1,206 @@
+"""The asyncio dispatcher's guarantees, independent of throughput: fairness when one tenant's endpoints
+are slow (5 s) or dead, nothing lost when `envoi webhooks dispatch` is killed with SIGKILL mid-batch
+(duplicates counted and bounded), endpoint health and the backlog metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from envoi import runtime
+from envoi.webhooks import store
+from envoi.webhooks.dispatch import Dispatcher
+from tests.support.processes import envoi, process_env
+from tests.support.relay import wait_until
+from tests.support.webhook_receiver import Receiver
+
+
+@pytest.fixture(scope="module")
+def hook_settings(settings):
+    return settings.replace(webhook_allow=("127.0.0.1/32",), webhook_retry_schedule=(30,), webhook_retry_for=3600,
+                            webhook_timeout=6, webhook_per_endpoint=4, webhook_per_account=8, webhook_lease=3)
+
+
+@pytest.fixture(scope="module")
+def hook_services(hook_settings):
+    svc = runtime.build(hook_settings, pool_size=3)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_due(db):
+    first = db.execute("SELECT coalesce(max(id), 0) AS id FROM webhook_deliveries").fetchone()["id"]
+    yield
+    db.execute("DELETE FROM webhook_deliveries WHERE id > %s", (first,))
+
+
+def tenant(services, name: str) -> tuple[dict, dict]:
+    account = services.accounts.create_account(name)
+    domain = services.accounts.add_domain(account["id"], f"{name}{time.monotonic_ns()}.example.test",
+                                          dkim_key_size=1024, verified=True)
+    return account, domain
+
+
+def outbox(services, domain: dict, url: str, n: int, tag: str) -> list[str]:
+    """n `delivered` outbox rows for `url`, as the events writer makes them; returns their event ids."""
+    ids = [f"{tag}-{i}-{time.monotonic_ns()}" for i in range(n)]
+    with services.db.transaction() as conn:
+        store.insert_deliveries(conn, [(domain["account_id"], domain["id"], "delivered", url, e,
+                                        {"id": e, "event": "delivered", "timestamp": time.time()}) for e in ids])
+    return ids
+
+
+def settle(services) -> None:
+    """Deliver what other tests left due first: the dispatcher serves every tenant of the shared database."""
+    asyncio.run(Dispatcher(services.webhooks).drain())
+
+
+class Running:
+    """A dispatcher's run() in a thread of this process, stopped on exit."""
+
+    def __init__(self, services):
+        self.dispatcher = Dispatcher(services.webhooks, services.metrics, poll=0.2)
+        self.loop = asyncio.new_event_loop()
+        self.stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def _main(self):
+        self.stop = asyncio.Event()
+        await self.dispatcher.run(self.stop)
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wait_until(lambda: self.stop is not None, timeout=5)
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(timeout=30)
+
+
+def test_a_5_second_endpoint_and_a_dead_one_do_not_delay_another_tenant(hook_services):
+    settle(hook_services)
+    _, slow_domain = tenant(hook_services, "slowtenant")
+    _, fast_domain = tenant(hook_services, "fasttenant")
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead.listen(1000)  # accepts connections into its backlog, never answers: each attempt times out (6 s)
+    with Receiver() as slow, Receiver() as fast, dead:
+        slow.delay = {"/slow": 5.0}
+        dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}/dead"
+        outbox(hook_services, slow_domain, slow.url("/slow"), 40, "slow")
+        outbox(hook_services, slow_domain, dead_url, 40, "dead")
+        ids = outbox(hook_services, fast_domain, fast.url("/fast"), 30, "fast")  # queued after both
+        with Running(hook_services):
+            started = time.monotonic()
+            wait_until(lambda: len(fast.got("/fast")) == 30, timeout=10)
+            took = max(r["at"] for r in fast.got("/fast")) - started
+            with hook_services.db.transaction() as conn:
+                held = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s"
+                                    " AND leased_until > now()", (slow_domain["id"],)).fetchone()["n"]
+        assert {r["payload"]["event-data"]["id"] for r in fast.got("/fast")} == set(ids)
+        # Each fast delivery waits only for its own endpoint's cap (4 in flight): well under one slow reply.
+        assert took < 2.0, took
+        # The slow tenant holds its per-account cap at most (8), not its 80 rows: the rest waits in Postgres.
+        assert held <= 8
+        assert len(slow.got("/slow")) <= 4
+
+
+def test_sigkill_mid_batch_loses_nothing(hook_services, hook_settings, tmp_path):
+    settle(hook_services)
+    _, domain = tenant(hook_services, "killed")
+    with Receiver() as receiver:
+        receiver.delay = {"/k": 0.05}
+        ids = outbox(hook_services, domain, receiver.url("/k"), 200, "k")
+        env = process_env(hook_settings, ENVOI_WEBHOOK_ALLOW="127.0.0.1/32", ENVOI_WEBHOOK_LEASE="3",
+                          ENVOI_WEBHOOK_PER_ENDPOINT="4", ENVOI_WEBHOOK_PER_ACCOUNT="8", ENVOI_WEBHOOK_TIMEOUT="6")
+        log = (tmp_path / "dispatch.log").open("wb")
+        proc = subprocess.Popen(envoi("webhooks", "dispatch", "--processes", "1"), env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: len(receiver.got("/k")) >= 40, timeout=60)
+            os.kill(proc.pid, signal.SIGKILL)  # mid-batch: requests in flight, results not yet written
+            proc.wait(timeout=10)
+            received_at_kill = len(receiver.got("/k"))
+            with hook_services.db.transaction() as conn:
+                pending = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s"
+                                       " AND status = 'pending'", (domain["id"],)).fetchone()["n"]
+            assert 0 < pending < 200
+            # Another dispatcher takes the rest, and the killed one's leased rows once the lease (3 s) runs out.
+            proc = subprocess.Popen(envoi("webhooks", "dispatch", "--processes", "1"), env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+
+            def all_done() -> bool:
+                with hook_services.db.transaction() as conn:
+                    return conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s"
+                                        " AND status = 'delivered'", (domain["id"],)).fetchone()["n"] == 200
+
+            wait_until(all_done, timeout=60)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        got = [r["payload"]["event-data"]["id"] for r in receiver.got("/k")]
+    assert set(got) == set(ids)  # every row delivered at least once
+    duplicates = len(got) - len(set(got))
+    # Only what was in flight when the process died can come twice: at most its per-account cap (8).
+    assert duplicates <= 8, (duplicates, received_at_kill)
+    print(f"kill -9: {received_at_kill} received before the kill, {duplicates} duplicates")
+
+
+def test_a_failing_endpoint_is_shown_with_its_backlog_and_measured(hook_services, hook_settings, db):
+    settle(hook_services)
+    account, domain = tenant(hook_services, "failing")
+    with Receiver() as receiver:
+        receiver.script = {"/down": [503]}
+        outbox(hook_services, domain, receiver.url("/down"), 3, "down")
+        asyncio.run(Dispatcher(hook_services.webhooks, hook_services.metrics).drain())
+        [failing] = hook_services.webhooks.failing_endpoints(account["id"])
+        assert failing["endpoint"] == receiver.url("/down").rsplit("/", 1)[0]
+        assert failing["failing_since"] is not None and failing["failures"] == 3
+        assert failing["backlog"] == 3 and "503" in failing["last_error"]
+        # Due rows not in flight count in the account's backlog and lag.
+        outbox(hook_services, domain, receiver.url("/later"), 5, "later")
+        db.execute("UPDATE webhook_deliveries SET next_attempt_at = now() - interval '90 seconds'"
+                   " WHERE domain_id = %s AND url = %s", (domain["id"], receiver.url("/later")))
+        dispatcher = Dispatcher(hook_services.webhooks, hook_services.metrics)
+        dispatcher.measure()
+        registry = hook_services.metrics.registry
+        label = {"account": str(account["id"])}
+        assert registry.get_sample_value("envoi_webhook_account_backlog", label) == 5
+        assert registry.get_sample_value("envoi_webhook_account_lag_seconds", label) >= 90
+        assert registry.get_sample_value("envoi_webhook_endpoints_failing") >= 1
+        # A success clears the failing state.
+        receiver.script = {"/down": [200]}
+        db.execute("UPDATE webhook_deliveries SET next_attempt_at = now() WHERE domain_id = %s", (domain["id"],))
+        asyncio.run(Dispatcher(hook_services.webhooks).drain())
+        assert hook_services.webhooks.failing_endpoints(account["id"]) == []
+
+
+def test_a_delivery_deleted_while_in_flight_does_not_block_the_others_results(hook_services, db):
+    settle(hook_services)
+    _, domain = tenant(hook_services, "erased")
+    with Receiver() as receiver:
+        receiver.delay = {"/e": 0.5}
+        outbox(hook_services, domain, receiver.url("/e"), 3, "e")
+
+        async def main():
+            dispatcher = Dispatcher(hook_services.webhooks)
+            task = asyncio.create_task(dispatcher.drain())
+            await asyncio.sleep(0.25)  # the three POSTs are in flight; an erasure deletes one row meanwhile
+            db.execute("DELETE FROM webhook_deliveries WHERE id = (SELECT min(id) FROM webhook_deliveries"
+                       " WHERE domain_id = %s)", (domain["id"],))
+            await asyncio.wait_for(task, timeout=20)
+
+        asyncio.run(main())
+    rows = db.execute("SELECT d.status, count(a.id) AS attempts FROM webhook_deliveries d LEFT JOIN webhook_attempts a"
+                      " ON a.delivery_id = d.id WHERE d.domain_id = %s GROUP BY d.id ORDER BY d.id",
+                      (domain["id"],)).fetchall()
+    assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 1), ("delivered", 1)]

@@ -1,0 +1,77 @@
+"""The dispatcher's HTTP client against a real local server: keep-alive reuse, the SSRF guard at dial
+for host names (its resolver) and literal addresses, redirects not followed, the reply excerpt."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from envoi.webhooks import ssrf
+from envoi.webhooks.client import Client
+
+LOOPBACK = ssrf.Allow.parse(["127.0.0.0/8", "::1/128"])
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
+def app_counting(peers: set, seen: list) -> web.Application:
+    async def ok(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername"))
+        seen.append(await request.read())
+        return web.Response(text="x" * 3000)
+
+    async def moved(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        raise web.HTTPFound("/ok")
+
+    app = web.Application()
+    app.add_routes([web.post("/ok", ok), web.post("/moved", moved)])
+    return app
+
+
+def test_requests_reuse_keep_alive_connections_and_redirects_are_not_followed():
+    async def main():
+        peers, seen = set(), []
+        runner, port = await serve(app_counting(peers, seen))
+        try:
+            async with Client(LOOPBACK, 5, 100) as http:
+                for _ in range(20):
+                    response = await http.post(f"http://127.0.0.1:{port}/ok", b"{}")
+                    assert response.status == 200 and response.excerpt == "x" * 1024
+                assert len(peers) == 1  # one connection for 20 sequential requests
+                results = await asyncio.gather(*(http.post(f"http://127.0.0.1:{port}/ok", b"{}") for _ in range(30)))
+                assert {r.status for r in results} == {200} and len(peers) <= 31
+                moved = await http.post(f"http://127.0.0.1:{port}/moved", b"{}")
+                assert moved.status == 302 and len(seen) == 51  # the target of the redirect was not asked
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_host_names_are_vetted_by_the_resolver_and_literals_before_the_request():
+    async def main():
+        peers, seen = set(), []
+        runner, port = await serve(app_counting(peers, seen))
+        try:
+            async with Client(LOOPBACK, 5, 10) as allowed:
+                assert (await allowed.post(f"http://localhost:{port}/ok", b"{}")).status == 200
+            async with Client(ssrf.Allow.parse([]), 5, 10) as strict:
+                named = await strict.post(f"http://localhost:{port}/ok", b"{}")
+                literal = await strict.post(f"http://127.0.0.1:{port}/ok", b"{}")
+                mapped = await strict.post(f"http://[::ffff:127.0.0.1]:{port}/ok", b"{}")
+            assert named.status is None and named.error.startswith("refused: url host localhost resolves to a private")
+            assert literal.status is None and literal.error.startswith("refused")
+            assert mapped.status is None and mapped.error.startswith("refused")
+            assert len(seen) == 1  # only the allowed request arrived
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
