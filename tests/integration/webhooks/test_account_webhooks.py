@@ -11,9 +11,13 @@ from mailgun.client import Client
 
 from envoi import runtime
 from envoi.api.app import create_app
+from envoi.dev.sink import Sink
 from envoi.webhooks import jobs
 from tests.integration.webhooks.test_webhooks import pump
+from tests.support.delivery import events_of, route
+from tests.support.dns_server import DnsServer
 from tests.support.events import AppServer
+from tests.support.relay import RelayThread, relay_settings, wait_until
 from tests.support.webhook_receiver import Receiver
 
 
@@ -106,6 +110,28 @@ def test_account_webhook_fires_for_every_domain_of_its_account_only(hook_service
                       (receiver.url("/acct"),)).fetchall()
     assert [(r["domain_id"], r["status"], r["status_code"]) for r in rows] == [
         (d1["id"], "delivered", 200), (d2["id"], "delivered", 200)]
+
+
+def test_messages_delivered_to_the_sink_reach_the_account_webhook(hook_services, server, rq_conn, receiver, db):
+    """Real sends through the API, delivered by the relay to the sink MX: the `delivered` events of both
+    domains of the account reach its account webhook."""
+    account, (d1, d2), sdk = tenant(hook_services, server, domains=2)
+    receiver.signing_key = hook_services.webhooks.signing_key(account["id"])
+    assert sdk.account_webhooks.create(data={"url": receiver.url("/delivered"), "event_types": "delivered"}
+                                       ).status_code == 200
+    with Sink() as sink, DnsServer() as dns:
+        route(dns, "sink-dest.test")
+        sent = [sdk_send(sdk, d, to=f"{d['name'].split('.')[0]}@sink-dest.test") for d in (d1, d2)]
+        with RelayThread(hook_services, relay_settings(hook_services.settings, sink, dns)):
+            arrived = sink.wait_for(2, timeout=30)
+            for message_id in sent:  # the relay recorded the outcome before it stops
+                wait_until(lambda m=message_id: any(e["event"] == "delivered" for e in events_of(db, m)), timeout=30)
+        assert sorted(m["rcpt_tos"][0] for m in arrived) == sorted(f"{d['name'].split('.')[0]}@sink-dest.test"
+                                                                    for d in (d1, d2))
+    pump(hook_services, rq_conn, rounds=2)
+    got = wait_until(lambda: receiver.got("/delivered") if len(receiver.got("/delivered")) == 2 else None)
+    assert message_ids(got) == sorted(sent) and all(r["valid"] for r in got)
+    assert {r["payload"]["event-data"]["event"] for r in got} == {"delivered"}
 
 
 def test_update_replaces_and_delete_removes(hook_services, server, rq_conn, receiver, db):
