@@ -137,20 +137,21 @@ def enqueue_for_events(conn: Connection, events: list[tuple]) -> Cursor:
     rowcount is the number of rows made (in pipeline mode, once the transaction has synced)."""
     cur = conn.cursor()
     cur.execute(
-        "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, url_sealed, endpoint, event_id,"
+        # Two index joins (domain URLs; account-level URLs not also set on the domain) rather than one
+        # LATERAL union deduplicated by a sort: bench/webhook_fanout.py measured 1.2x the domain-only
+        # statement this way, against 2x.
+        "WITH u AS MATERIALIZED (SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[])"
+        " WITH ORDINALITY AS u(account_id, domain_id, event_type, event_id, payload, n))"
+        " INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, url_sealed, endpoint, event_id,"
         " payload)"
         " SELECT account_id, domain_id, event_type, url, url_sealed, endpoint, event_id, payload::jsonb FROM ("
-        "  SELECT DISTINCT ON (u.n, w.url) u.account_id, u.domain_id, u.event_type, w.url, w.url_sealed,"
-        "   w.endpoint, u.event_id, u.payload, u.n, w.level, w.id"
-        "  FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY"
-        "  AS u(account_id, domain_id, event_type, event_id, payload, n)"
-        "  CROSS JOIN LATERAL ("
-        "   SELECT 0 AS level, id, url, url_sealed, endpoint FROM webhooks"
-        "   WHERE domain_id = u.domain_id AND event_type = u.event_type"
-        "   UNION ALL"
-        "   SELECT 1, id, url, url_sealed, endpoint FROM webhooks"
-        "   WHERE domain_id IS NULL AND account_id = u.account_id AND event_type = u.event_type) w"
-        "  ORDER BY u.n, w.url, w.level) s"
+        "  SELECT u.*, w.url, w.url_sealed, w.endpoint, 0 AS level, w.id FROM u"
+        "  JOIN webhooks w ON w.domain_id = u.domain_id AND w.event_type = u.event_type"
+        "  UNION ALL"
+        "  SELECT u.*, w.url, w.url_sealed, w.endpoint, 1, w.id FROM u"
+        "  JOIN webhooks w ON w.domain_id IS NULL AND w.account_id = u.account_id AND w.event_type = u.event_type"
+        "  WHERE NOT EXISTS (SELECT 1 FROM webhooks d WHERE d.domain_id = u.domain_id"
+        "   AND d.event_type = u.event_type AND d.url = w.url)) s"
         " ORDER BY n, level, id",  # outbox ids in event order, then domain URLs, then account ones, as set
         [list(column) for column in zip(*events, strict=True)],
     )
