@@ -20,6 +20,7 @@ from envoi.accounts.dkim import DkimKeys
 from envoi.accounts.routing import RegionRouter
 from envoi.accounts.service import Accounts, dns_targets
 from envoi.accounts.sessions import Sessions
+from envoi.accounts.subaccounts import Subaccounts
 from envoi.accounts.throttle import LoginThrottle
 from envoi.accounts.users import Users
 from envoi.billing import plans as billing_plans
@@ -98,7 +99,8 @@ class Services:
     users: Users
     billing: Billing
     plans: Plans
-    quota: Quota  # its check runs at accept only with billing on (ENVOI_BILLING)
+    quota: Quota  # plans' caps at accept only with billing on (ENVOI_BILLING); custom monthly limits always
+    subaccounts: Subaccounts  # /v5/accounts/subaccounts and custom monthly sending limits
     usage: Usage
     router: RegionRouter  # which region a login unknown here belongs to (routing, never transfer)
     purge: Purge  # deleted accounts' data, after ENVOI_ACCOUNT_PURGE_DELAY
@@ -184,13 +186,14 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                         host_mode=settings.tracking_host_mode)
     list_expander = ListExpander(lists, tracking)
     ips = Ips(db, default_plan=settings.warmup_plan, relay_host=settings.relay_host, limits=limits)
-    # Billing on: plans' caps at accept (an atomic Redis count per message, the plan read with the key).
+    # Plans' caps at accept with billing on, and custom monthly limits (an atomic Redis count per message,
+    # the plan and limit read with the key; nothing at all for an account with neither).
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
     templates = Templates(db)
     template_sending = TemplateSending(templates, max_bytes=settings.max_message_bytes)
     intake = Intake(
         settings, db, accounts, events, sealer,
-        checks=[SendingIpCheck(ips), *([QuotaCheck(quota)] if settings.billing else [])],
+        checks=[SendingIpCheck(ips), QuotaCheck(quota, plan_caps=settings.billing)],  # custom limits: always
         renderers=[template_sending.render_submitted, tracking.render],  # templates first: links get tracked
         on_commit=doorbell.ring,
         on_accepted=lambda count, method: metrics.accepted.labels(method).inc(count),
@@ -230,6 +233,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         audit=audit, sessions=sessions, users=users, billing=billing,
         routes=Routes(db, sealer, webhooks, settings.public_url),
         queue=Queue(db), plans=plans, quota=quota, usage=Usage(db), purge=purge, inactivity=inactivity,
+        subaccounts=Subaccounts(db, accounts, audit),
         templates=templates, template_sending=template_sending, validation=validation,
         analytics=Analytics(db), logs=Logs(db, events.retention),
         dkim=DkimKeys(db, sealer, accounts, settings.dns_resolver),

@@ -82,6 +82,15 @@ class AccountClosed(AccountsError):
     account_state = "closed"
 
 
+class AccountDisabled(AccountsError):
+    """A subaccount its parent disabled (/v5/accounts/subaccounts/{id}/disable): it may not send until
+    enabled again; everything else works. Same 403 / 550 5.7.1 shapes as a suspension."""
+
+    http_status = 403
+    smtp_code, smtp_enhanced = 550, "5.7.1"
+    account_state = "disabled"
+
+
 class PlanLimitReached(AccountsError):
     """One more domain, user or dedicated IP than the account's plan allows (billing on). Mailgun answers
     a feature its plan lacks with 403 and a {"message": ...} saying so; the message names the limit and

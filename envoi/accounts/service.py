@@ -14,9 +14,11 @@ from envoi.accounts import dnscheck, store
 from envoi.accounts.audit import Audit
 from envoi.accounts.errors import (
     AccountClosed,
+    AccountDisabled,
     AccountRestricted,
     AccountSuspended,
     AlreadyExists,
+    Forbidden,
     InvalidInput,
     NotFound,
 )
@@ -51,6 +53,8 @@ class Principal:
     domain: str | None = None  # set for domain sending keys and SMTP logins
     account_state: str = "active"  # as read with the key or login (see Accounts.refresh)
     plan: str | None = None  # the account's plan (envoi.billing), read and kept current with the state
+    monthly_limit: int | None = None  # Mailgun's custom monthly sending limit, kept current with the plan
+    acting_for_parent: int | None = None  # set when a parent's key acts for this subaccount (On-Behalf-Of)
 
     @property
     def is_operator(self) -> bool:
@@ -85,7 +89,8 @@ class Accounts:
         # revoking a key bumps it, so every process reads Postgres again on its next request (a
         # revocation takes effect at once everywhere). Expiry takes effect within 3 s.
         self._keys = TTLCache(ttl=3.0)
-        self._states = TTLCache(ttl=3.0)  # account id -> (state, plan), filed under the same generation
+        self._states = TTLCache(ttl=3.0)  # account id -> (state, plan, limit), filed under the same generation
+        self._subaccounts = TTLCache(ttl=3.0)  # (parent, subaccount) -> its state, for On-Behalf-Of
 
     def sending_domain(self, name: str, account_id: int) -> dict | None:
         """get_domain() for the send path, cached briefly; None if the account has no such domain
@@ -189,33 +194,60 @@ class Accounts:
         round trip while it holds."""
         return self._state_and_plan(account_id)[0]
 
-    def _state_and_plan(self, account_id: int) -> tuple[str, str | None]:
+    def _state_and_plan(self, account_id: int) -> tuple[str, str | None, int | None]:
+        """(state as sending sees it, plan, custom monthly limit), cached under the key generation."""
         generation = self.key_revocations.current()
         if generation is None:  # Redis cannot say: trust only Postgres
             return self._read_state(account_id)
         return self._states.get((generation, account_id), lambda: self._read_state(account_id))
 
-    def _read_state(self, account_id: int) -> tuple[str, str | None]:
+    def _read_state(self, account_id: int) -> tuple[str, str | None, int | None]:
         with self.db.transaction() as conn:
             row = store.account_state(conn, account_id)
-        return (row["state"], row["plan"]) if row else ("closed", None)
+        return (row["state"], row["plan"], row["monthly_limit"]) if row else ("closed", None, None)
 
     def refresh(self, principal: Principal) -> Principal:
-        """The principal with its account's current state and plan (a long SMTP session's login was read
-        once)."""
+        """The principal with its account's current state, plan and limit (a long SMTP session's login
+        was read once)."""
         if principal.account_id is None:
             return principal
-        state, plan = self._state_and_plan(principal.account_id)
-        if state == principal.account_state and plan == principal.plan:
+        state, plan, limit = self._state_and_plan(principal.account_id)
+        if state == principal.account_state and plan == principal.plan and limit == principal.monthly_limit:
             return principal
-        return replace(principal, account_state=state, plan=plan)
+        return replace(principal, account_state=state, plan=plan, monthly_limit=limit)
+
+    def act_for(self, principal: Principal, subaccount_id: str) -> Principal:
+        """A parent's key acting for one of its own subaccounts (X-Mailgun-On-Behalf-Of): the subaccount's
+        principal with the key's role. Anything else (another account's subaccount, no such account, a
+        subaccount acting up, a domain key) is Forbidden, in the same words. Cached like a key."""
+        if principal.account_id is None or principal.domain is not None or not subaccount_id.isdigit():
+            raise Forbidden("Forbidden")
+        sub_id, parent_id = int(subaccount_id), principal.account_id
+        generation = self.key_revocations.current()
+        if generation is None:
+            found = self._find_subaccount(parent_id, sub_id)
+        else:
+            found = self._subaccounts.get((generation, parent_id, sub_id),
+                                          lambda: self._find_subaccount(parent_id, sub_id))
+        if found is None:
+            raise Forbidden("Forbidden")
+        state, plan, limit = found
+        return replace(principal, account_id=sub_id, account_state=state, plan=plan, monthly_limit=limit,
+                       acting_for_parent=parent_id)
+
+    def _find_subaccount(self, parent_id: int, sub_id: int) -> tuple[str, str | None, int | None] | None:
+        with self.db.transaction() as conn:
+            row = store.subaccount(conn, parent_id, sub_id)
+        if row is None or row["state"] == "closed":
+            return None
+        return row["sending_state"], row["plan"], row["monthly_limit"]
 
     def principal_of_user(self, account_id: int) -> Principal:
         """A dashboard user acting for their account (resending a stored message): the account's rights
         of a developer key, with its current state and plan, so a suspended account cannot send this way
         either and a capped one is counted."""
-        state, plan = self._state_and_plan(account_id)
-        return Principal(None, account_id, "developer", account_state=state, plan=plan)
+        state, plan, limit = self._state_and_plan(account_id)
+        return Principal(None, account_id, "developer", account_state=state, plan=plan, monthly_limit=limit)
 
     # account plan -----------------------------------------------------------------------------
     def set_plan(self, account_id: int, plan: str, *, actor: str = "cli", ip: str | None = None) -> dict:
@@ -244,6 +276,8 @@ class Accounts:
                                     " data is restricted at its owner's request")
         if principal.account_state == "closed":
             raise AccountClosed()
+        if principal.account_state == "disabled":
+            raise AccountDisabled(f"Domain {domain_name} is not allowed to send: the subaccount is disabled")
 
     def get_account(self, account_id: int) -> dict:
         with self.db.transaction() as conn:
@@ -568,6 +602,11 @@ class Accounts:
         """An account's plan was changed outside set_plan (billing): cached principals reread it."""
         self._keys_changed()
 
+    def account_changed(self) -> None:
+        """An account's sending state or limit changed (a subaccount disabled, a custom limit set): cached
+        principals reread it, in every process."""
+        self._keys_changed()
+
     def forget_account(self, account_id: int) -> None:
         """The account's rows were purged (envoi.privacy.purge): no process may keep a cached key, state or
         domain of it."""
@@ -580,6 +619,7 @@ class Accounts:
         self.key_revocations.bump()
         self._keys.forget()
         self._states.forget()
+        self._subaccounts.forget()
 
     def _find_key(self, digest: str) -> Principal | None:
         with self.db.transaction() as conn:
@@ -587,7 +627,7 @@ class Accounts:
         if not row:
             return None
         return Principal(row["id"], row["account_id"], row["role"], row["domain_name"], row["account_state"],
-                         row["account_plan"])
+                         row["account_plan"], row["account_monthly_limit"])
 
     def list_keys(self, account_id: int | None) -> list[dict]:
         """An account's keys (None: the operator's); the rows hold only hashes of the secrets."""
@@ -655,7 +695,7 @@ class Accounts:
         if not crypto.verify_password(stored, password) or not row:
             return None
         return Principal(None, row["account_id"], "sending", row["domain_name"], row["account_state"],
-                         row["account_plan"])
+                         row["account_plan"], row["account_monthly_limit"])
 
     @staticmethod
     def _account(conn: Connection, account_id: int) -> dict:

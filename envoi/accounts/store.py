@@ -88,8 +88,13 @@ def end_account_sessions(conn: Connection, account_id: int) -> int:
                         (account_id,)).rowcount
 
 
+#: The account's state as sending sees it: an active subaccount its parent disabled reads 'disabled'.
+SENDING_STATE = "CASE WHEN a.state = 'active' AND a.disabled_at IS NOT NULL THEN 'disabled' ELSE a.state END"
+
+
 def account_state(conn: Connection, account_id: int) -> dict | None:
-    return conn.execute("SELECT state, state_reason, plan FROM accounts WHERE id = %s", (account_id,)).fetchone()
+    return conn.execute(f"SELECT {SENDING_STATE} AS state, a.state_reason, a.plan, a.monthly_limit FROM accounts a"
+                        " WHERE a.id = %s", (account_id,)).fetchone()
 
 
 def set_account_plan(conn: Connection, account_id: int, plan: str) -> dict | None:
@@ -285,8 +290,8 @@ def insert_api_key(conn: Connection, **row) -> dict:
 
 def find_api_key(conn: Connection, secret_hash: bytes) -> dict | None:
     return conn.execute(
-        "SELECT k.*, d.name AS domain_name, coalesce(a.state, 'active') AS account_state, a.plan AS account_plan"
-        " FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id LEFT JOIN accounts a ON a.id = k.account_id"
+        f"SELECT k.*, d.name AS domain_name, coalesce({SENDING_STATE}, 'active') AS account_state,"
+        " a.plan AS account_plan, a.monthly_limit AS account_monthly_limit FROM api_keys k LEFT JOIN domains d ON d.id = k.domain_id LEFT JOIN accounts a ON a.id = k.account_id"
         " WHERE k.secret_hash = %s AND NOT k.is_disabled AND (k.expires_at IS NULL OR k.expires_at > now())"
         " AND a.state IS DISTINCT FROM 'closed'",
         (secret_hash,),
@@ -317,8 +322,8 @@ def insert_credential(conn: Connection, domain_id: int, login: str, password_has
 
 def find_credential(conn: Connection, login: str) -> dict | None:
     return conn.execute(
-        "SELECT c.*, d.name AS domain_name, d.account_id, a.state AS account_state, a.plan AS account_plan"
-        " FROM smtp_credentials c"
+        f"SELECT c.*, d.name AS domain_name, d.account_id, {SENDING_STATE} AS account_state,"
+        " a.plan AS account_plan, a.monthly_limit AS account_monthly_limit FROM smtp_credentials c"
         " JOIN domains d ON d.id = c.domain_id JOIN accounts a ON a.id = d.account_id"
         " WHERE c.login = %s AND a.state <> 'closed'",
         (login.lower(),),
@@ -344,3 +349,45 @@ def delete_credential(conn: Connection, domain_id: int, login: str) -> bool:
         "DELETE FROM smtp_credentials WHERE domain_id = %s AND login = %s", (domain_id, login.lower())
     )
     return cur.rowcount > 0
+
+
+# subaccounts --------------------------------------------------------------------------------------
+def insert_subaccount(conn: Connection, parent_id: int, name: str) -> dict:
+    """A subaccount in its parent's region and on its parent's plan."""
+    return conn.execute(
+        "INSERT INTO accounts (name, region, plan, parent_id) SELECT %s, region, plan, id FROM accounts"
+        " WHERE id = %s RETURNING *", (name, parent_id)).fetchone()
+
+
+def subaccount(conn: Connection, parent_id: int, sub_id: int) -> dict | None:
+    """The parent's subaccount with this id (None: there is none, or it is another account's)."""
+    return conn.execute(f"SELECT a.*, {SENDING_STATE} AS sending_state FROM accounts a"
+                        " WHERE a.id = %s AND a.parent_id = %s", (sub_id, parent_id)).fetchone()
+
+
+def list_subaccounts(conn: Connection, parent_id: int, *, name: str | None, enabled: bool | None,
+                     closed: bool | None, descending: bool, limit: int, skip: int) -> tuple[int, list[dict]]:
+    where, args = ["a.parent_id = %s"], [parent_id]
+    if name:
+        where.append("a.name ILIKE %s")
+        args.append("%" + like_escape(name) + "%")
+    if enabled is not None:
+        where.append("a.disabled_at IS NULL" if enabled else "a.disabled_at IS NOT NULL")
+    if closed is not None:
+        where.append("a.state = 'closed'" if closed else "a.state <> 'closed'")
+    sql = " AND ".join(where)
+    total = conn.execute(f"SELECT count(*) AS n FROM accounts a WHERE {sql}", args).fetchone()["n"]
+    rows = conn.execute(f"SELECT a.* FROM accounts a WHERE {sql} ORDER BY a.name {'DESC' if descending else 'ASC'},"
+                        " a.id LIMIT %s OFFSET %s", [*args, limit, skip]).fetchall()
+    return total, rows
+
+
+def set_disabled(conn: Connection, parent_id: int, sub_id: int, disabled: bool) -> dict | None:
+    return conn.execute(
+        "UPDATE accounts SET disabled_at = CASE WHEN %s THEN coalesce(disabled_at, now()) END"
+        " WHERE id = %s AND parent_id = %s RETURNING *", (disabled, sub_id, parent_id)).fetchone()
+
+
+def set_monthly_limit(conn: Connection, account_id: int, limit: int | None) -> dict | None:
+    return conn.execute("UPDATE accounts SET monthly_limit = %s WHERE id = %s RETURNING *",
+                        (limit, account_id)).fetchone()

@@ -28,13 +28,14 @@ from envoi.api.resources.privacy import AddressData
 from envoi.api.resources.regions import RegionLookup
 from envoi.api.resources.routes import RouteCollection
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
+from envoi.api.resources.subaccounts import MonthlyLimit, SubaccountCollection
 from envoi.api.resources.suppressions import SuppressionList
 from envoi.api.resources.system import Health
 from envoi.api.resources.templates import TemplateResource
 from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
 from envoi.api.resources.validation import AddressValidate, BulkValidation, ListValidation, ValidationDownload
-from envoi.api.resources.webhooks import SigningKey, WebhooksV3, WebhooksV4
+from envoi.api.resources.webhooks import AccountWebhooks, SigningKey, WebhooksV3, WebhooksV4
 
 #: (URI template, resource, suffix): the suffix picks the resource's on_<method>_<suffix> responders.
 Route = tuple[str, object, str | None]
@@ -77,6 +78,7 @@ def routes(settings, services) -> list[Route]:
     recipients = AuthorizedRecipients(accounts)
     credentials = Credentials(accounts)
     webhooks_v3 = WebhooksV3(accounts, services.webhooks)
+    account_webhooks = AccountWebhooks(services.webhooks)
     tracking_settings = TrackingSettings(accounts, services.tracking)
     guard, client_address = Guard(services.redis, settings.region), ClientAddress(settings.trusted_proxies)
     ips = IpCollection(services.ips, accounts)
@@ -85,6 +87,8 @@ def routes(settings, services) -> list[Route]:
     pools = Pools(services.ips, accounts)
     warmups = Warmups(services.ips, accounts)
     keys = Keys(accounts, client_address)
+    subaccounts = SubaccountCollection(services.subaccounts, client_address)
+    monthly_limit = MonthlyLimit(services.subaccounts, services.quota, client_address)
     mailing_lists, list_members = MailingLists(services.lists), ListMembers(services.lists)
     bulk_validation = BulkValidation(services.validation)
     return [
@@ -166,6 +170,8 @@ def routes(settings, services) -> list[Route]:
         ("/v3/domains/{domain}/webhooks/{name}/attempts", webhooks_v3, "attempts"),
         ("/v4/domains/{domain}/webhooks", WebhooksV4(accounts, services.webhooks), None),
         ("/v5/accounts/http_signing_key", SigningKey(services.webhooks), None),
+        ("/v1/webhooks", account_webhooks, None),  # account-level: every domain of the account
+        ("/v1/webhooks/{webhook_id}", account_webhooks, "item"),
         # tracking: per-domain settings and the public open/click/unsubscribe links
         ("/v3/domains/{domain}/tracking", tracking_settings, None),
         ("/v3/domains/{domain}/tracking/{kind}", tracking_settings, "item"),
@@ -208,6 +214,13 @@ def routes(settings, services) -> list[Route]:
         ("/healthz", Health(), None),
         # (no /metrics: the public listener never serves it; `envoi api --metrics-bind` does)
         ("/openapi.json", OpenApiDocument(), None),
+        # subaccounts (X-Mailgun-On-Behalf-Of: a parent's key acts for one) and custom sending limits
+        ("/v5/accounts/subaccounts", subaccounts, None),
+        ("/v5/accounts/subaccounts/{subaccount_id}", subaccounts, "item"),
+        ("/v5/accounts/subaccounts/{subaccount_id}/disable", subaccounts, "disable"),
+        ("/v5/accounts/subaccounts/{subaccount_id}/enable", subaccounts, "enable"),
+        ("/v5/accounts/subaccounts/{subaccount_id}/limit/custom/monthly", monthly_limit, None),
+        ("/v5/accounts/limit/custom/monthly", monthly_limit, None),
         # API keys (Mailgun's /v1/keys)
         ("/v1/keys", keys, None),
         ("/v1/keys/{key_id}", keys, "item"),

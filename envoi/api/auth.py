@@ -15,6 +15,7 @@ PUBLIC = "public"
 SESSION = "session"  # a dashboard page: envoi.api.dashboard.gate signs it in with the session cookie
 OPERATOR = "operator"
 CUSTOMER = "customer"  # any customer key, within what its role allows (envoi/api/roles.py)
+ON_BEHALF_OF = "X-Mailgun-On-Behalf-Of"  # Mailgun's header: a parent account's key acts for a subaccount
 
 
 class AuthMiddleware:
@@ -45,6 +46,11 @@ class AuthMiddleware:
             raise unauthorized()
         if needs == CUSTOMER and principal.is_operator and not getattr(resource, "operator_too", False):
             raise unauthorized("Operator keys cannot act for a customer")
+        behalf = req.get_header(ON_BEHALF_OF)
+        if behalf is not None:
+            # A parent's key acting for one of its own subaccounts, with the key's role: from here on the
+            # request is the subaccount's (its domains, events, keys...). Anyone else's id: 403 Forbidden.
+            principal = self.accounts.act_for(principal, behalf.strip())
         if not principal.is_operator:
             if not roles.allows(principal.role, resource, req.method):
                 raise unauthorized()

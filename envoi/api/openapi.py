@@ -599,6 +599,60 @@ def _paths() -> dict:
     key = _json({"type": "object", "required": ["http_signing_key"], "properties": {"http_signing_key": STR}})
     add("/v5/accounts/http_signing_key", "get", op("The account's webhook signing key", key, tag="webhooks"))
     add("/v5/accounts/http_signing_key", "post", op("Regenerate the webhook signing key", key, tag="webhooks"))
+    # account-level webhooks: one URL for some event types, fired for every domain of the account
+    account_hook = {"type": "object", "required": ["webhook_id", "url", "event_types"],
+                    "properties": {"webhook_id": STR, "url": STR, "description": STR, "created_at": STR,
+                                   "event_types": {"type": "array", "items": STR}}}
+    hook_fields = {"url": SHORT, "event_types": {"type": "array", "items": SHORT, "maxItems": 8},
+                   "description": SHORT}
+    no_content = {"204": {"description": "Done (no body)"}}
+    webhook_id = _p("webhook_id")
+    add("/v1/webhooks", "get", op("Account-level webhooks", _json(
+        {"type": "object", "required": ["webhooks"], "properties": {"webhooks": {"type": "array", "items": account_hook}}}),
+        params=[_q("webhook_ids", description="comma-separated ids")], tag="webhooks"))
+    add("/v1/webhooks", "post", op("Create an account-level webhook (every domain of the account)", _json(
+        {"type": "object", "required": ["webhook_id"], "properties": {"webhook_id": STR}}),
+        body=_form(hook_fields, ("url", "event_types")), tag="webhooks"))
+    add("/v1/webhooks", "delete", op("Delete account-level webhooks (webhook_ids, or all=true)", None,
+                                     params=[_q("webhook_ids"), _q("all", YESNO)], responses=no_content,
+                                     tag="webhooks"))
+    add("/v1/webhooks/{webhook_id}", "get", op("An account-level webhook", _json(account_hook), params=[webhook_id],
+                                                tag="webhooks"))
+    add("/v1/webhooks/{webhook_id}", "put", op("Replace an account-level webhook", None, params=[webhook_id],
+                                                body=_form(hook_fields, ("url", "event_types")), responses=no_content,
+                                                tag="webhooks"))
+    add("/v1/webhooks/{webhook_id}", "delete", op("Delete an account-level webhook", None, params=[webhook_id],
+                                                   responses=no_content, tag="webhooks"))
+    # subaccounts and custom monthly sending limits
+    sub = {"type": "object", "required": ["subaccount"], "properties": {"subaccount": {
+        "type": "object", "required": ["id", "name", "status"],
+        "properties": {"id": STR, "name": STR, "status": {"type": "string", "enum": ["open", "disabled", "closed"]},
+                       "created_at": STR}}}}
+    sub_id = _p("subaccount_id")
+    subs = "/v5/accounts/subaccounts"
+    add(subs, "get", op("The account's subaccounts", _json(
+        {"type": "object", "required": ["subaccounts", "total"],
+         "properties": {"subaccounts": {"type": "array", "items": OBJ}, "total": INT}}),
+        params=[_q("sort", {"type": "string", "enum": ["asc", "desc"]}), _q("filter"), _q("limit", INT),
+                _q("skip", INT), _q("enabled", YESNO), _q("closed", YESNO)], tag="subaccounts"))
+    add(subs, "post", op("Create a subaccount (an account of its own, linked to this one)", _json(sub),
+                         params=[_q("name")], body=_form({"name": SHORT}), tag="subaccounts"))
+    add(f"{subs}/{{subaccount_id}}", "get", op("A subaccount", _json(sub), params=[sub_id], tag="subaccounts"))
+    add(f"{subs}/{{subaccount_id}}/disable", "post", op("Disable a subaccount: it cannot send", _json(sub),
+                                                        params=[sub_id], tag="subaccounts"))
+    add(f"{subs}/{{subaccount_id}}/enable", "post", op("Enable a subaccount", _json(sub), params=[sub_id],
+                                                       tag="subaccounts"))
+    limit_ok = _json({"type": "object", "required": ["limit", "current", "period"],
+                      "properties": {"limit": INT, "current": INT, "period": STR}})
+    success = _json({"type": "object", "required": ["success"], "properties": {"success": BOOL}})
+    for path, scope, whose in ((f"{subs}/{{subaccount_id}}/limit/custom/monthly", [sub_id], "A subaccount's"),
+                               ("/v5/accounts/limit/custom/monthly", [], "The account's")):
+        add(path, "get", op(f"{whose} custom monthly sending limit and this month's count", limit_ok, params=scope,
+                            tag="subaccounts"))
+        add(path, "put", op(f"Set {whose.lower()} custom monthly sending limit (enforced at accept)", success,
+                            params=[*scope, _q("limit", INT)], body=_form({"limit": SHORT}), tag="subaccounts"))
+        add(path, "delete", op(f"Remove {whose.lower()} custom monthly sending limit", success, params=scope,
+                               tag="subaccounts"))
     # tracking
     add("/v3/domains/{domain}/tracking", "get", op("Tracking settings", _json({"type": "object", "required": ["tracking"]}),
                                                    params=[d], tag="tracking"))
@@ -763,7 +817,8 @@ _DOCUMENT = {
     "openapi": "3.1.0",
     "info": {"title": "Envoi HTTP API", "version": "3",
              "description": "Mailgun-compatible transactional email API. Basic auth `api:KEY`; every error "
-                            "is `{\"message\": \"...\"}`."},
+                            "is `{\"message\": \"...\"}`. A parent account's key acts for one of its "
+                            "subaccounts on any call with `X-Mailgun-On-Behalf-Of: <subaccount id>`."},
     "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
                    "schemas": {"Error": ERROR}},
     "security": [{"basic": []}],

@@ -65,16 +65,23 @@ class Quota:
     def _keys(self, account_id: int, day: str, month: str) -> tuple[str, str]:
         return f"{self.prefix}:{account_id}:day:{day}", f"{self.prefix}:{account_id}:month:{month}"
 
-    def reserve(self, account_id: int, plan_name: str | None, n: int, domain_name: str) -> Callable[[], None]:
+    def reserve(self, account_id: int, plan_name: str | None, n: int, domain_name: str, *,
+                monthly_limit: int | None = None, plan_caps: bool = True) -> Callable[[], None]:
         """Count n recipients against the account's caps, or raise QuotaExceeded (nothing counted).
-        Returns what gives them back. A plan with no caps costs nothing (no Redis)."""
+        Returns what gives them back. monthly_limit: the account's custom monthly sending limit
+        (Mailgun's, set by itself or its parent), held with the plan's monthly cap in one counter;
+        plan_caps=False: the plan's caps do not apply (billing off). No cap at all costs nothing (no Redis)."""
         plan = self.plans.get(plan_name)
-        if plan.daily_cap is None and plan.monthly_cap is None:
+        daily_cap, monthly_cap = (plan.daily_cap, plan.monthly_cap) if plan_caps else (None, None)
+        custom = monthly_limit is not None and (monthly_cap is None or monthly_limit < monthly_cap)
+        if custom:
+            monthly_cap = monthly_limit
+        if daily_cap is None and monthly_cap is None:
             return _nothing
         now, day, month, day_ends, month_ends, day_ttl, month_ttl = self._periods()
         day_key, month_key = self._keys(account_id, day, month)
         ends = (day_ends, month_ends)
-        counters = [(day_key, plan.daily_cap, day_ttl), (month_key, plan.monthly_cap, month_ttl)]
+        counters = [(day_key, daily_cap, day_ttl), (month_key, monthly_cap, month_ttl)]
         local = time.monotonic() < self._redis_down_until
         if not local:
             try:
@@ -86,6 +93,8 @@ class Quota:
         if local:
             refused = self.local.add_within([(k, limit) for k, limit, _ in counters], n)
         if refused is not None:
+            if refused == 1 and custom:
+                raise self._limit_reached(monthly_cap, n, domain_name, now, ends[1])
             raise self._exceeded(plan, refused, n, domain_name, now, ends[refused])
         return lambda: self._release([day_key, month_key], n, local)
 
@@ -119,13 +128,26 @@ class Quota:
         return error(message, retry_after=max(1, int((resets - now).total_seconds())))
 
 
-class QuotaCheck:
-    """The intake AcceptCheck for quotas: the plan comes with the domain Intake.domain_for returned (from
-    the caller's principal), so the check reads no database. Returns what gives the count back."""
+    @staticmethod
+    def _limit_reached(limit: int, n: int, domain_name: str, now: datetime, resets: datetime) -> QuotaExceeded:
+        recipients = "recipient" if n == 1 else "recipients"
+        message = (f"Domain {domain_name} is not allowed to send: the account's custom monthly sending limit of"
+                   f" {limit:,} messages is reached (this message has {n:,} {recipients} and nothing of it was"
+                   f" accepted), try again after {resets:%a, %d %b %Y %H:%M:%S} UTC")
+        return MonthlyQuotaExceeded(message, retry_after=max(1, int((resets - now).total_seconds())))
 
-    def __init__(self, quota: Quota):
+
+class QuotaCheck:
+    """The intake AcceptCheck for quotas: the plan and the custom monthly limit come with the domain
+    Intake.domain_for returned (from the caller's principal), so the check reads no database. Returns
+    what gives the count back. plan_caps: whether plans' caps apply (billing on); a custom monthly limit
+    always does."""
+
+    def __init__(self, quota: Quota, *, plan_caps: bool = True):
         self.quota = quota
+        self.plan_caps = plan_caps
 
     def __call__(self, domain: dict, draft) -> Callable[[], None]:
         n = sum(len(copy.recipients) for copy in draft.copies)
-        return self.quota.reserve(domain["account_id"], domain.get("plan"), n, domain["name"])
+        return self.quota.reserve(domain["account_id"], domain.get("plan"), n, domain["name"],
+                                  monthly_limit=domain.get("monthly_limit"), plan_caps=self.plan_caps)

@@ -95,9 +95,11 @@ class Intake:
         self.accounts.ensure_may_send(principal, domain_name)  # suspended or closed (no I/O)
         if domain["state"] == "disabled":
             raise NotAllowed(f"Domain {domain_name} is not allowed to send: domain is disabled")
-        # The account's plan comes with the principal (read and kept current with its state): the
-        # quota check reads it from the domain, with no round trip.
-        return domain if domain.get("plan") == principal.plan else {**domain, "plan": principal.plan}
+        # The account's plan and custom monthly limit come with the principal (read and kept current with
+        # its state): the quota check reads them from the domain, with no round trip.
+        if domain.get("plan") == principal.plan and domain.get("monthly_limit") == principal.monthly_limit:
+            return domain
+        return {**domain, "plan": principal.plan, "monthly_limit": principal.monthly_limit}
 
     def accept(self, principal: Principal, domain: dict, draft: Draft) -> str:
         """Commit the draft to the queue; return its Message-ID in angle brackets.

@@ -91,7 +91,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("account", "accounts",
             ("id", "name", "region", "plan", "state", "state_reason", "state_changed_at", "closed_at",
              "billing_status", "pending_plan", "billing_period_start", "billing_period_end",
-             "last_active_on", "inactivity_warned_at", "created_at"),
+             "last_active_on", "inactivity_warned_at", "disabled_at", "monthly_limit", "created_at"),
             ("id",), scope="id = %(account)s", restore_account=False, sequence="accounts_id_seq"),
     Section("domain", "domains",
             ("id", "name", "state", "type", "dkim_selector", "dkim_public_key", "dkim_key_size", "spam_action",
@@ -118,8 +118,9 @@ SECTIONS: tuple[Section, ...] = (
     Section("tracking_settings", "tracking_settings",
             ("domain_id", "open", "click", "unsubscribe", "html_footer", "text_footer", "updated_at"),
             ("domain_id",), scope=_OF_DOMAINS, restore_account=False),
-    Section("webhook", "webhooks", ("id", "domain_id", "event_type", "url", "endpoint", "created_at"), ("id",),
-            sequence="webhooks_id_seq"),  # url: its password masked (user:***@)
+    # An account-level webhook has no domain_id and a hook_id. url: its password masked (user:***@)
+    Section("webhook", "webhooks", ("id", "domain_id", "hook_id", "description", "event_type", "url", "endpoint",
+                                    "created_at"), ("id",), sequence="webhooks_id_seq"),
     Section("bounce", "suppress_bounces", ("domain_id", "address", "address_hash", "code", "error", "created_at"),
             ("domain_id", "address_hash"), scope=_OF_DOMAINS, restore_account=False, sealed="address"),
     Section("unsubscribe", "suppress_unsubscribes", ("domain_id", "address", "address_hash", "tags", "created_at"),

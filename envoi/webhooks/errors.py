@@ -13,3 +13,9 @@ class NotFound(WebhooksError):
 
 class InvalidInput(WebhooksError):
     http_status = 400
+
+
+class Conflict(WebhooksError):
+    """Mailgun's 409 for a fourth URL on an event type of the account-level webhooks."""
+
+    http_status = 409

@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 import time
+from datetime import UTC
 
 from envoi.events.service import NewEvent
 from envoi.infra.crypto import Sealer, hmac_sha256_hex
@@ -23,7 +24,7 @@ from envoi.infra.metrics import Metrics
 from envoi.infra.redis import Doorbell
 from envoi.infra.settings import Settings
 from envoi.webhooks import secret_url, ssrf, store
-from envoi.webhooks.errors import InvalidInput, NotFound
+from envoi.webhooks.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger("envoi.webhooks")
 EVENT_TYPES = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained",
@@ -51,6 +52,13 @@ def sample_event(name: str, domain: str) -> dict:
             "recipient": "alice@example.com", "tags": [], "user-variables": {}, "test": True,
             "message": {"headers": {"to": "alice@example.com", "from": f"test@{domain}",
                                     "subject": "Envoi test webhook", "message-id": f"test@{domain}"}}}
+
+
+def _account_hook(row: dict) -> dict:
+    """An account-level webhook as Mailgun's /v1/webhooks shows it."""
+    return {"webhook_id": row["hook_id"], "description": row["description"] or "", "url": row["url"],
+            "event_types": list(row["event_types"]),
+            "created_at": row["created_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 class Webhooks:
@@ -172,6 +180,76 @@ class Webhooks:
             store.lock_domain(conn, domain["id"])
             store.delete_urls(conn, domain["id"], urls)
         return self.all(domain)
+
+    # account level (Mailgun's /v1/webhooks): one URL, several event types, every domain ------------
+    def account_list(self, account_id: int, hook_ids: list[str] | None = None) -> dict:
+        with self.db.transaction() as conn:
+            rows = store.account_hooks(conn, account_id, hook_ids)
+        return {"webhooks": [_account_hook(r) for r in rows]}
+
+    def account_get(self, account_id: int, hook_id: str) -> dict:
+        with self.db.transaction() as conn:
+            rows = store.account_hooks(conn, account_id, [hook_id])
+        if not rows:
+            raise NotFound(f"webhook_id not found: {hook_id}")
+        return _account_hook(rows[0])
+
+    def account_create(self, account_id: int, url: str, event_types: list[str], description: str) -> dict:
+        url, types = self._check_account_hook(url, event_types)
+        hook_id = secrets.token_hex(12)  # Mailgun's ids are 24 hex digits
+        with self.db.transaction() as conn:
+            store.lock_account(conn, account_id)
+            self._check_room(store.account_urls_by_type(conn, account_id), url, types)
+            store.insert_account_hook(conn, account_id, hook_id, url, description, types)
+        return {"webhook_id": hook_id}
+
+    def account_update(self, account_id: int, hook_id: str, url: str, event_types: list[str],
+                       description: str) -> None:
+        """Replace the webhook's URL, event types and description (Mailgun's PUT replaces it whole)."""
+        url, types = self._check_account_hook(url, event_types)
+        with self.db.transaction() as conn:
+            store.lock_account(conn, account_id)
+            [old] = store.account_hooks(conn, account_id, [hook_id]) or [None]
+            if old is None:
+                raise NotFound(f"webhook_id not found: {hook_id}")
+            self._check_room(store.account_urls_by_type(conn, account_id, except_hook=hook_id), url, types)
+            store.delete_account_hooks(conn, account_id, [hook_id])
+            store.insert_account_hook(conn, account_id, hook_id, url, description, types, old["created_at"])
+
+    def account_delete(self, account_id: int, hook_ids: list[str] | None) -> None:
+        """Delete these account-level webhooks (None: all of them); NotFound when none was there."""
+        with self.db.transaction() as conn:
+            store.lock_account(conn, account_id)
+            deleted = store.delete_account_hooks(conn, account_id, hook_ids)
+        if not deleted:
+            raise NotFound("no webhooks found for account" if hook_ids is None
+                           else f"webhook_id not found: {', '.join(hook_ids)}")
+
+    def _check_account_hook(self, url: str, event_types: list[str]) -> tuple[str, list[str]]:
+        types = [t.strip() for t in event_types if t.strip()]
+        if not types:
+            raise InvalidInput("event_types parameter is missing")
+        if len(set(types)) != len(types):
+            dupes = sorted({t for t in types if types.count(t) > 1})
+            raise InvalidInput(f"duplicate event types: {', '.join(repr(t) for t in dupes)}")
+        for name in types:
+            self._check_type(name)
+        [url] = self._check_urls([url or ""])
+        if secret_url.split(url)[1] is not None:
+            # The outbox opens a sealed URL under its event's domain (secret_url.context): an account-level
+            # URL has no domain to be sealed under, so it may not carry a password.
+            raise InvalidInput("an account-level webhook url cannot carry a password: put a secret in its path"
+                               " or query, or use a domain webhook")
+        return url, types
+
+    @staticmethod
+    def _check_room(current: dict[str, list[str]], url: str, types: list[str]) -> None:
+        for name in types:
+            urls = current.get(name, [])
+            if url in urls:
+                raise InvalidInput(f"url {url} is already an account-level webhook for event type {name}")
+            if len(urls) >= MAX_URLS:
+                raise Conflict(f"unable to add more than {MAX_URLS} urls for event type {name}")
 
     # signing key ------------------------------------------------------------------------------
     def _context(self, account_id: int) -> bytes:

@@ -34,9 +34,11 @@ def test_a_key_made_in_the_browser_works_until_it_is_deleted(page, live_url, ser
     assert page.locator("tr", has_text="browser flow").count() == 0
     assert requests.get(api, auth=("api", secret), timeout=10).status_code == 401
 
+    services.subaccounts.create(account["id"], "browser sub")  # the account page lists it (a table)
     for path in ("/dashboard/users", "/dashboard/audit", "/dashboard/account"):
         page.goto(live_url + path)
         assert critical(page) == [], path
+    assert page.locator("table", has_text="browser sub").is_visible()
     page.click("button:has-text('Set up two-factor')")
     assert page.locator(".qr svg.qr-code").is_visible()
     assert critical(page) == []

@@ -88,7 +88,8 @@ def routes(settings, services) -> list[tuple[str, object, str | None]]:
         (f"{PREFIX}/audit", AuditPage(services.audit), None),
         (f"{PREFIX}/audit/export", AuditExport(services.audit), None),
         # my account (customers and operators)
-        *((f"{PREFIX}/account{path}", page(users, accounts, services.privacy, services.audit, client_address), None)
+        *((f"{PREFIX}/account{path}", page(users, accounts, services.privacy, services.audit, client_address,
+                                           services.subaccounts), None)
           for path, page in (("", AccountPage), ("/totp/start", TotpStart), ("/totp/confirm", TotpConfirm),
                              ("/totp/disable", TotpDisable), ("/sessions", SignOutEverywhere),
                              ("/export", AccountExport), ("/delete", AccountDelete))),

@@ -82,3 +82,54 @@ class SigningKey:
     def on_post(self, req, resp) -> None:
         key = self.webhooks.regenerate_signing_key(req.context.principal.account_id)
         resp.media = {"message": "success", "http_signing_key": key}
+
+
+def _ids(raw: str | None) -> list[str] | None:
+    """webhook_ids=a,b as a list (None when absent); an empty item is Mailgun's 400."""
+    if raw is None:
+        return None
+    ids = [i.strip() for i in raw.split(",")]
+    if not all(ids):
+        raise ApiError(400, "Invalid parameter: webhook_ids malformed webhook_ids parameter: empty values not allowed")
+    return ids
+
+
+class AccountWebhooks:
+    """Mailgun's account-level webhooks, /v1/webhooks: each one URL for some event types, fired for every
+    domain of the caller's account."""
+
+    def __init__(self, webhooks):
+        self.webhooks = webhooks
+
+    @staticmethod
+    def _fields(req) -> tuple[str, list[str], str]:
+        fields, _ = read_form(req)
+        types = [t for v in fields.get("event_types", []) for t in v.split(",")]
+        return (fields.get("url") or [""])[-1], types, (fields.get("description") or [""])[-1]
+
+    def on_get(self, req, resp) -> None:
+        ids = _ids(req.get_param("webhook_ids"))
+        resp.media = self.webhooks.account_list(req.context.principal.account_id, ids)
+
+    def on_post(self, req, resp) -> None:
+        url, types, description = self._fields(req)
+        resp.media = self.webhooks.account_create(req.context.principal.account_id, url, types, description)
+
+    def on_delete(self, req, resp) -> None:
+        ids = _ids(req.get_param("webhook_ids"))
+        if ids is None and not req.get_param_as_bool("all", default=False):
+            raise ApiError(400, "Invalid parameter: give webhook_ids, or all=true to delete every account webhook")
+        self.webhooks.account_delete(req.context.principal.account_id, ids)
+        resp.status = 204
+
+    def on_get_item(self, req, resp, webhook_id: str) -> None:
+        resp.media = self.webhooks.account_get(req.context.principal.account_id, webhook_id)
+
+    def on_put_item(self, req, resp, webhook_id: str) -> None:
+        url, types, description = self._fields(req)
+        self.webhooks.account_update(req.context.principal.account_id, webhook_id, url, types, description)
+        resp.status = 204
+
+    def on_delete_item(self, req, resp, webhook_id: str) -> None:
+        self.webhooks.account_delete(req.context.principal.account_id, [webhook_id])
+        resp.status = 204

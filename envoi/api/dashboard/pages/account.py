@@ -27,12 +27,13 @@ def _is_account_admin(req: falcon.Request) -> bool:
 class _Page:
     auth, audience = SESSION, SIGNED_IN
 
-    def __init__(self, users, accounts, privacy, audit, client_address):
+    def __init__(self, users, accounts, privacy, audit, client_address, subaccounts=None):
         self.users = users
         self.accounts = accounts
         self.privacy = privacy
         self.audit = audit
         self.client_address = client_address
+        self.subaccounts = subaccounts  # envoi.accounts.subaccounts: the account page lists them
 
     def me(self, req: falcon.Request) -> dict:
         user = req.context.user
@@ -42,7 +43,10 @@ class _Page:
              delete_error: str | None = None) -> None:
         user = req.context.user
         account = None if user.is_operator else self.accounts.get_account(user.account_id)
-        render(req, resp, "account.html", status=status, me=self.me(req), account=account,
+        subs = None  # a subaccount has none; the API manages them (/v5/accounts/subaccounts)
+        if account is not None and account.get("parent_id") is None and self.subaccounts is not None:
+            subs = self.subaccounts.list(account["id"], {"limit": 1000})
+        render(req, resp, "account.html", status=status, me=self.me(req), account=account, subaccounts=subs,
                admin=_is_account_admin(req), error=error, notice=notice, delete_error=delete_error)
 
 

@@ -230,3 +230,19 @@ def test_the_people_pages_carry_the_strict_policy_and_no_inline_code(client, ser
         assert resp.headers["cache-control"] == "no-store"  # a secret shown once is not kept by the browser
         assert not re.search(r"<script(?![^>]*\bsrc=)", resp.text) and " style=" not in resp.text
         assert not re.search(r"\son[a-z]+=", resp.text)
+
+
+def test_the_account_page_lists_the_accounts_own_subaccounts_only(client, services, account):
+    mine = services.subaccounts.create(account["id"], "shop <eu>")["subaccount"]
+    services.subaccounts.set_enabled(account["id"], mine["id"], False)
+    other = services.accounts.create_account("someone else")
+    theirs = services.subaccounts.create(other["id"], "not-mine-at-all")["subaccount"]
+    page = signed_in(client, services, *user_of(services, account, "analyst"))
+    text = page.get("/dashboard/account").text
+    assert "shop &lt;eu&gt;" in text and "shop <eu>" not in text  # escaped
+    assert f"<code>{mine['id']}</code>" in text and "disabled" in text
+    assert "not-mine-at-all" not in text and f"<code>{theirs['id']}</code>" not in text
+    # A subaccount's own page says whose it is and lists none.
+    sub_page = signed_in(client, services, *user_of(services, services.accounts.get_account(int(mine["id"])), "admin"))
+    text = sub_page.get("/dashboard/account").text
+    assert f"subaccount of account {account['id']}" in text and "<h2>Subaccounts</h2>" not in text
