@@ -12,7 +12,6 @@ from mailgun.client import Client
 from envoi import runtime
 from envoi.api.app import create_app
 from envoi.dev.sink import Sink
-from envoi.webhooks import jobs
 from tests.integration.webhooks.test_webhooks import pump
 from tests.support.delivery import events_of, route
 from tests.support.dns_server import DnsServer
@@ -27,11 +26,6 @@ def hook_services(settings):
                                          webhook_retry_for=3600, webhook_timeout=10), pool_size=3)
     yield svc
     svc.close()
-
-
-@pytest.fixture(scope="module")
-def rq_conn(hook_services):
-    return jobs.worker_connection(hook_services.settings.redis_url)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +68,7 @@ def message_ids(requests) -> list[str]:
     return sorted(r["payload"]["event-data"]["message"]["headers"]["message-id"] for r in requests)
 
 
-def test_account_webhook_fires_for_every_domain_of_its_account_only(hook_services, server, rq_conn, receiver, db):
+def test_account_webhook_fires_for_every_domain_of_its_account_only(hook_services, server, receiver, db):
     account, (d1, d2), sdk = tenant(hook_services, server, domains=2)
     other, (d3,), other_sdk = tenant(hook_services, server)
     receiver.signing_key = hook_services.webhooks.signing_key(account["id"])
@@ -98,8 +92,8 @@ def test_account_webhook_fires_for_every_domain_of_its_account_only(hook_service
     sent = [sdk_send(sdk, d1), sdk_send(sdk, d2)]
     other_sent = sdk_send(other_sdk, d3)
     # At most 2 deliveries in flight per endpoint host (the receiver's): a few rounds.
-    wait_until(lambda: pump(hook_services, rq_conn) or len(receiver.got("/acct")) >= 2)
-    pump(hook_services, rq_conn)  # and nothing more comes
+    wait_until(lambda: pump(hook_services) or len(receiver.got("/acct")) >= 2)
+    pump(hook_services)  # and nothing more comes
 
     got = receiver.got("/acct")
     assert message_ids(got) == sorted(sent)  # both domains, once each, nothing of the other account
@@ -117,7 +111,7 @@ def test_account_webhook_fires_for_every_domain_of_its_account_only(hook_service
         (d1["id"], "delivered", 200), (d2["id"], "delivered", 200)]
 
 
-def test_messages_delivered_to_the_sink_reach_the_account_webhook(hook_services, server, rq_conn, receiver, db):
+def test_messages_delivered_to_the_sink_reach_the_account_webhook(hook_services, server, receiver, db):
     """Real sends through the API, delivered by the relay to the sink MX: the `delivered` events of both
     domains of the account reach its account webhook."""
     account, (d1, d2), sdk = tenant(hook_services, server, domains=2)
@@ -133,13 +127,13 @@ def test_messages_delivered_to_the_sink_reach_the_account_webhook(hook_services,
                 wait_until(lambda m=message_id: any(e["event"] == "delivered" for e in events_of(db, m)), timeout=30)
         assert sorted(m["rcpt_tos"][0] for m in arrived) == sorted(f"{d['name'].split('.')[0]}@sink-dest.test"
                                                                     for d in (d1, d2))
-    pump(hook_services, rq_conn, rounds=2)
+    pump(hook_services, rounds=2)
     got = wait_until(lambda: receiver.got("/delivered") if len(receiver.got("/delivered")) == 2 else None)
     assert message_ids(got) == sorted(sent) and all(r["valid"] for r in got)
     assert {r["payload"]["event-data"]["event"] for r in got} == {"delivered"}
 
 
-def test_update_replaces_and_delete_removes(hook_services, server, rq_conn, receiver, db):
+def test_update_replaces_and_delete_removes(hook_services, server, receiver, db):
     account, (d1,), sdk = tenant(hook_services, server)
     hook_id = sdk.account_webhooks.create(data={"url": receiver.url("/a"), "event_types": "accepted"}).json()["webhook_id"]
 
@@ -150,7 +144,7 @@ def test_update_replaces_and_delete_removes(hook_services, server, rq_conn, rece
         "webhook_id": hook_id, "url": receiver.url("/b"), "event_types": ["delivered"], "description": "moved",
         "created_at": None}
     sdk_send(sdk, d1)
-    pump(hook_services, rq_conn)
+    pump(hook_services)
     assert receiver.got("/a") == [] and receiver.got("/b") == []  # accepted is no longer subscribed
 
     assert sdk.account_webhooks.delete(webhook_id=hook_id).status_code == 204
