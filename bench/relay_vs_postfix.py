@@ -1,22 +1,26 @@
-"""End-to-end relay throughput: Postfix + OpenDKIM against Envoi (SMTP submission and HTTP API).
+"""End-to-end relay throughput: Postfix + OpenDKIM against every Envoi send path, in the same run.
 
-    sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 1] [--sessions 20] [--skip-postfix]
-        [--baseline CHECKOUT]
+    sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 3] [--paths urlencoded,...]
+        [--sessions 20] [--http-concurrency 16] [--skip-postfix] [--skip-latency] [--baseline CHECKOUT]
 
-Self-contained: installs Debian's postfix and opendkim if missing; starts Postfix's `smtp-sink`
+Self-contained: installs Debian's postfix, opendkim and wrk if missing; starts Postfix's `smtp-sink`
 (counting) as the one sink; configures Postfix (relayhost = the sink) with an OpenDKIM milter
 (RSA-2048, unix socket); starts a private Envoi region (own database and Redis db; `envoi relay`
-with ENVOI_SMTP_ROUTE = the sink, `envoi smtp`, `envoi api`; domain key RSA-2048). The same N
-messages (~5 KB, 1,000 recipient domains) go (a) into Postfix over SMTP, (b) into Envoi over SMTP
-submission (STARTTLS + AUTH), (c) into Envoi's HTTP API (/messages.mime); each phase is timed from
-the first injection until the sink has counted every message. Prints msg/s and the ratios, then
-the accept->delivered p50/p99 of (c) at half its measured rate. With --rounds N the three phases
-run N times (Postfix restarted each round, Envoi kept running) and the median ratios are printed:
-this machine drifts, so one round is one sample. Envoi is warmed with 1,000 messages (and its queue
-tables analyzed, as before every phase) before the first measurement. With --baseline CHECKOUT (a
-checkout of another revision, e.g. `git worktree add /tmp/envoi-base HEAD~1`) a second region runs that
-revision's code (its processes and its setup import that tree) through the same phases in every round,
-the two taking turns going first, and its ratios against the same Postfix phase are printed too.
+with ENVOI_SMTP_ROUTE = the sink, `envoi smtp`, `envoi api`; domain key RSA-2048). Each round sends
+N messages (~5 KB, 1,000 recipient domains) into Postfix over SMTP, then through each Envoi path of
+--paths: `urlencoded`, `multipart`, `attachment` (form fields to /messages, as urlencoded, as
+multipart, multipart plus a ~2 KB attachment) and `mime` (/messages.mime), all posted by wrk (a C
+load generator; bench/wrk_messages.lua builds the bodies); `smtp` (submission, STARTTLS + AUTH, the
+in-process aiosmtplib injector); `batch` (N / 1000 POSTs of 1,000 recipients with
+recipient-variables). Each phase is timed from the first injection until the sink has counted every
+accepted message; the injector's own CPU per message is printed next to the system's. Ratios against
+the round's Postfix phase are printed per round and as medians over the rounds (this machine drifts:
+one round is one sample). Then the accept latency (request -> 200, which comes after the commit)
+p50/p99 of the first wrk path, paced at half its median end-to-end rate. Envoi is warmed with 1,000
+messages (and its queue tables analyzed, as before every phase) before the first measurement. With
+--baseline CHECKOUT (a checkout of another revision, e.g. `git worktree add --detach /tmp/envoi-base
+HEAD~1`) a second region runs that revision's code through the same paths in every round, the two
+taking turns going first: the A/B of a change in one run.
 """
 
 from __future__ import annotations
@@ -177,12 +181,13 @@ def main() -> None:
                              " default_destination_concurrency_limit)")
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-smtp", action="store_true", help="leave out Envoi's SMTP submission path")
     parser.add_argument("--baseline", metavar="CHECKOUT",
                         help="also run Envoi from this checkout of another revision (e.g. a git worktree of the"
                              " previous commit) in every round, against the same Postfix phase; the two take"
                              " turns going first, and both sets of ratios are printed")
     args = parser.parse_args()
-    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip() and not (args.skip_smtp and p.strip() == "smtp")]
     unknown = set(args.paths) - set(PATHS)
     if unknown:
         parser.error(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
