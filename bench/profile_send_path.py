@@ -22,7 +22,15 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relay_vs_postfix_lib import EnvoiStack, SmtpSink, inject_http, inject_wrk, log, make_messages  # noqa: E402
+from relay_vs_postfix_lib import (  # noqa: E402
+    EnvoiStack,
+    SmtpSink,
+    inject_batch,
+    inject_http,
+    inject_wrk,
+    log,
+    make_messages,
+)
 
 # stage -> substrings of a frame ("function (file)") any of which puts a sample in that stage; the
 # first stage that matches a stack (innermost frame outwards) wins.
@@ -73,7 +81,7 @@ def summarize(raw: Path, stages: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", default="urlencoded", help="wrk_messages.lua kind")
+    parser.add_argument("--kind", default="urlencoded", help="a wrk_messages.lua kind, or batch (n / 1000 POSTs of 1,000 recipients)")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -93,8 +101,12 @@ def main() -> None:
                                          "-r", "200", "-f", "raw", "-o", str(out / f"{name}-{args.kind}.txt")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name in ("api", "relay")}
-        res = inject_wrk(envoi.api_port, envoi.api_key, args.kind, args.n, f"prof-{uuid.uuid4().hex[:6]}")
-        log(f"{args.kind}: {args.n / res.seconds:.0f} msg/s accepted, p99 {res.p99_ms:.0f} ms")
+        if args.kind == "batch":
+            seconds, _, _ = inject_batch(envoi.api_port, envoi.api_key, max(1, args.n // 1000), "prof-batch")
+            log(f"batch: {args.n / seconds:.0f} recipients/s accepted")
+        else:
+            res = inject_wrk(envoi.api_port, envoi.api_key, args.kind, args.n, f"prof-{uuid.uuid4().hex[:6]}")
+            log(f"{args.kind}: {args.n / res.seconds:.0f} msg/s accepted, p99 {res.p99_ms:.0f} ms")
         for spy in spies.values():
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
