@@ -1,22 +1,26 @@
-"""End-to-end relay throughput: Postfix + OpenDKIM against Envoi (SMTP submission and HTTP API).
+"""End-to-end relay throughput: Postfix + OpenDKIM against every Envoi send path, in the same run.
 
-    sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 1] [--sessions 20] [--skip-postfix]
-        [--baseline CHECKOUT]
+    sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 3] [--paths urlencoded,...]
+        [--sessions 20] [--http-concurrency 16] [--skip-postfix] [--skip-latency] [--baseline CHECKOUT]
 
-Self-contained: installs Debian's postfix and opendkim if missing; starts Postfix's `smtp-sink`
+Self-contained: installs Debian's postfix, opendkim and wrk if missing; starts Postfix's `smtp-sink`
 (counting) as the one sink; configures Postfix (relayhost = the sink) with an OpenDKIM milter
 (RSA-2048, unix socket); starts a private Envoi region (own database and Redis db; `envoi relay`
-with ENVOI_SMTP_ROUTE = the sink, `envoi smtp`, `envoi api`; domain key RSA-2048). The same N
-messages (~5 KB, 1,000 recipient domains) go (a) into Postfix over SMTP, (b) into Envoi over SMTP
-submission (STARTTLS + AUTH), (c) into Envoi's HTTP API (/messages.mime); each phase is timed from
-the first injection until the sink has counted every message. Prints msg/s and the ratios, then
-the accept->delivered p50/p99 of (c) at half its measured rate. With --rounds N the three phases
-run N times (Postfix restarted each round, Envoi kept running) and the median ratios are printed:
-this machine drifts, so one round is one sample. Envoi is warmed with 1,000 messages (and its queue
-tables analyzed, as before every phase) before the first measurement. With --baseline CHECKOUT (a
-checkout of another revision, e.g. `git worktree add /tmp/envoi-base HEAD~1`) a second region runs that
-revision's code (its processes and its setup import that tree) through the same phases in every round,
-the two taking turns going first, and its ratios against the same Postfix phase are printed too.
+with ENVOI_SMTP_ROUTE = the sink, `envoi smtp`, `envoi api`; domain key RSA-2048). Each round sends
+N messages (~5 KB, 1,000 recipient domains) into Postfix over SMTP, then through each Envoi path of
+--paths: `urlencoded`, `multipart`, `attachment` (form fields to /messages, as urlencoded, as
+multipart, multipart plus a ~2 KB attachment) and `mime` (/messages.mime), all posted by wrk (a C
+load generator; bench/wrk_messages.lua builds the bodies); `smtp` (submission, STARTTLS + AUTH, the
+in-process aiosmtplib injector); `batch` (N / 1000 POSTs of 1,000 recipients with
+recipient-variables). Each phase is timed from the first injection until the sink has counted every
+accepted message; the injector's own CPU per message is printed next to the system's. Ratios against
+the round's Postfix phase are printed per round and as medians over the rounds (this machine drifts:
+one round is one sample). Then the accept latency (request -> 200, which comes after the commit)
+p50/p99 of the first wrk path, paced at half its median end-to-end rate. Envoi is warmed with 1,000
+messages (and its queue tables analyzed, as before every phase) before the first measurement. With
+--baseline CHECKOUT (a checkout of another revision, e.g. `git worktree add --detach /tmp/envoi-base
+HEAD~1`) a second region runs that revision's code through the same paths in every round, the two
+taking turns going first: the A/B of a change in one run.
 """
 
 from __future__ import annotations
@@ -34,31 +38,47 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relay_vs_postfix_lib import (  # noqa: E402
     ROOT,
+    WRK_KINDS,
     EnvoiStack,
     PostfixStack,
     SmtpSink,
     cpu_seconds,
+    ensure_wrk,
+    inject_batch,
     inject_http,
     inject_smtp,
+    inject_wrk,
     log,
     make_messages,
-    percentile,
 )
 
+PATHS = ("urlencoded", "multipart", "attachment", "mime", "smtp", "batch")
+LABELS = {"urlencoded": "/messages urlencoded", "multipart": "/messages multipart",
+          "attachment": "/messages multipart+attachment", "mime": "/messages.mime", "smtp": "smtp submission",
+          "batch": "batch 1,000 rcpts + recipient-variables"}
 
-def phase(name: str, sink: SmtpSink, n: int, inject) -> dict:
+
+def phase(name: str, sink: SmtpSink, n: int, inject, accepted=None) -> dict:
+    """Time one injection until the sink has every message. inject() returns its seconds, or a dict with
+    "inject_s" and, for an out-of-process injector, "injector_cpu_s" (plus any figures to keep);
+    accepted() says how many messages were accepted (default n)."""
     base = sink.count()
     log(f"{name}: injecting {n} messages")
     t0 = time.time()
-    injector0 = time.process_time()  # the injector runs in this process: its CPU competes too
-    inject_seconds = inject()
-    injector_ms = (time.process_time() - injector0) * 1000 / n
-    t1 = sink.wait_count(base + n)
+    injector0 = time.process_time()  # an in-process injector's CPU competes too
+    out = inject()
+    out = out if isinstance(out, dict) else {"inject_s": out}
+    injector_s = out.pop("injector_cpu_s", None)
+    if injector_s is None:
+        injector_s = time.process_time() - injector0
+    count = accepted() if accepted else n
+    t1 = sink.wait_count(base + count)
     e2e = t1 - t0
-    result = {"name": name, "n": n, "inject_s": inject_seconds, "e2e_s": e2e, "rate": n / e2e,
-              "accept_rate": n / inject_seconds, "injector_ms": injector_ms}
-    log(f"{name}: accepted in {inject_seconds:.1f}s ({n / inject_seconds:.0f} msg/s), "
-        f"end to end {e2e:.1f}s ({n / e2e:.0f} msg/s)")
+    inject_seconds = out.pop("inject_s")
+    result = {"name": name, "n": count, "inject_s": inject_seconds, "e2e_s": e2e, "rate": count / e2e,
+              "accept_rate": count / inject_seconds, "injector_ms": injector_s * 1000 / count, **out}
+    log(f"{name}: accepted {count} in {inject_seconds:.1f}s ({count / inject_seconds:.0f} msg/s), "
+        f"end to end {e2e:.1f}s ({count / e2e:.0f} msg/s)")
     return result
 
 
@@ -74,19 +94,33 @@ def postfix_phase(args, workdir: Path, sink: SmtpSink, name: str) -> dict:
         postfix.stop()
 
 
-def envoi_phase(envoi: EnvoiStack, sink: SmtpSink, name: str, n: int, inject) -> dict:
-    """phase() plus the CPU per message of each Envoi process and of its Postgres backends."""
+def envoi_phase(envoi: EnvoiStack, sink: SmtpSink, name: str, n: int, inject, counted: bool = False) -> dict:
+    """phase() plus the CPU per message of each Envoi process and of its Postgres backends. counted: the
+    sink waits for the recipients the region accepted (wrk may send a few beyond n)."""
     envoi.vacuum()
     pids = [p.pid for p in envoi.procs.values()]
     split0 = {proc: cpu_seconds([p.pid]) for proc, p in envoi.procs.items()}
     xacts0 = envoi.transactions()
     cpu0, pg0 = cpu_seconds(pids), envoi.postgres_cpu()
-    result = phase(name, sink, n, inject)
+    accepted0 = envoi.accepted() if counted else 0
+    result = phase(name, sink, n, inject, (lambda: envoi.accepted() - accepted0) if counted else None)
+    n = result["n"]
     result["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / n
     result["pg_ms"] = (envoi.postgres_cpu() - pg0) * 1000 / n
     result["xacts"] = (envoi.transactions() - xacts0) / n
     result["split"] = {proc: (cpu_seconds([p.pid]) - split0[proc]) * 1000 / n for proc, p in envoi.procs.items()}
     return result
+
+
+def wrk_inject(envoi: EnvoiStack, kind: str, n: int, args, rate: float | None = None):
+    def inject() -> dict:
+        res = inject_wrk(envoi.api_port, envoi.api_key, kind, n, f"{kind}-{uuid.uuid4().hex[:6]}",
+                         connections=args.http_concurrency, threads=args.wrk_threads, rate=rate)
+        if res.non2xx or res.socket_errors:
+            log(f"{kind}: {res.non2xx} non-2xx answers, {res.socket_errors} socket errors")
+        return {"inject_s": res.seconds, "injector_cpu_s": res.injector_cpu_s, "p50_ms": res.p50_ms,
+                "p99_ms": res.p99_ms, "errors": res.non2xx + res.socket_errors}
+    return inject
 
 
 def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
@@ -104,30 +138,41 @@ def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
 
 
 def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: str) -> dict:
-    """The SMTP submission and HTTP API phases of one region; keys "smtp"/"http", "baseline smtp"/…"""
+    """Every path of --paths through one region; keys are the path names ("smtp", "urlencoded", ...),
+    prefixed "baseline " for the --baseline region."""
     key = "" if system == "envoi" else f"{system} "
     this = {}
-    if not args.skip_smtp:
-        messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}")
-        this[f"{key}smtp"] = envoi_phase(envoi, sink, f"{label} (smtp submission)", args.n, functools.partial(
-            inject_smtp, envoi.smtp_port, messages, args.sessions,
-            auth=(envoi.smtp_login, envoi.smtp_password), starttls=True))
-    run = f"http-{uuid.uuid4().hex[:6]}"
-    messages = make_messages(args.n, run)
-    this[f"{key}http"] = result = envoi_phase(envoi, sink, f"{label} (http api)", args.n, lambda: inject_http(
-        envoi.api_port, envoi.api_key, messages, args.http_concurrency)[0])
-    lat = envoi.latencies(run)
-    result["p50"], result["p99"] = percentile(lat, 50), percentile(lat, 99)
+    for path in args.paths:
+        name = f"{label}{system} ({LABELS[path]})"
+        if path == "smtp":
+            messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}")
+            this[f"{key}smtp"] = envoi_phase(envoi, sink, name, args.n, functools.partial(
+                inject_smtp, envoi.smtp_port, messages, args.sessions,
+                auth=(envoi.smtp_login, envoi.smtp_password), starttls=True))
+        elif path == "batch":
+            batches = max(1, args.n // 1000)
+
+            def inject(batches: int = batches) -> dict:
+                seconds, errors, cpu = inject_batch(envoi.api_port, envoi.api_key, batches,
+                                                    f"batch-{uuid.uuid4().hex[:6]}")
+                return {"inject_s": seconds, "injector_cpu_s": cpu, "errors": errors}
+            this[f"{key}batch"] = envoi_phase(envoi, sink, name, batches * 1000, inject, counted=True)
+        else:
+            this[f"{key}{path}"] = envoi_phase(envoi, sink, name, args.n, wrk_inject(envoi, path, args.n, args),
+                                               counted=True)
     return this
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat the three phases; ratios are per round, and their medians are printed")
+    parser.add_argument("--n", type=int, default=20000, help="messages per phase (batch: n // 1000 batches)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="repeat the phases; ratios are per round, and their medians are printed")
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help=f"Envoi paths to measure, comma-separated, of {','.join(PATHS)}")
     parser.add_argument("--sessions", type=int, default=20, help="SMTP injection sessions")
-    parser.add_argument("--http-concurrency", type=int, default=16)
+    parser.add_argument("--http-concurrency", type=int, default=16, help="wrk connections")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (one is enough to saturate)")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
     parser.add_argument("--smtp-processes", type=int, default=1, help="envoi smtp --processes")
@@ -136,12 +181,18 @@ def main() -> None:
                              " default_destination_concurrency_limit)")
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--skip-smtp", action="store_true", help="leave out Envoi's SMTP submission phase")
+    parser.add_argument("--skip-smtp", action="store_true", help="leave out Envoi's SMTP submission path")
     parser.add_argument("--baseline", metavar="CHECKOUT",
                         help="also run Envoi from this checkout of another revision (e.g. a git worktree of the"
                              " previous commit) in every round, against the same Postfix phase; the two take"
                              " turns going first, and both sets of ratios are printed")
     args = parser.parse_args()
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip() and not (args.skip_smtp and p.strip() == "smtp")]
+    unknown = set(args.paths) - set(PATHS)
+    if unknown:
+        parser.error(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
+    if any(p in WRK_KINDS for p in args.paths):
+        ensure_wrk()  # fail (or install) before anything starts
     # Envoi's CPU per message depends on how many messages share a transaction, which depends on how
     # fast commits return: say what machine, and how busy, this run had.
     log(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -162,52 +213,58 @@ def main() -> None:
             # With a baseline, the two take turns going first, round by round (the machine drifts).
             order = list(stacks) if number % 2 else list(reversed(stacks))
             for system in order:
-                this.update(envoi_phases(args, stacks[system], sink, f"{label}{system}", system))
+                this.update(envoi_phases(args, stacks[system], sink, label, system))
             results += list(this.values())
             rounds.append(this)
         envoi = stacks["envoi"]
-        if not args.skip_latency:
-            rate = statistics.median(r["http"]["rate"] for r in rounds) / 2
-            n = min(args.n, max(2000, int(rate * 20)))
-            envoi.vacuum()
-            run = f"half-{uuid.uuid4().hex[:6]}"
-            messages = make_messages(n, run)
-            log(f"latency at half the maximum rate: {n} messages at {rate:.0f} msg/s")
-            res = phase(f"envoi (http api) paced at {rate:.0f} msg/s", sink, n, lambda: inject_http(
-                envoi.api_port, envoi.api_key, messages, args.http_concurrency, rate=rate)[0])
-            lat = envoi.latencies(run)
-            res["p50"], res["p99"] = percentile(lat, 50), percentile(lat, 99)
-            results.append(res)
+        kind = next((p for p in args.paths if p in WRK_KINDS), None)
+        if not args.skip_latency and kind:
+            # Accept latency (request sent -> 200, which comes after the commit) at half the path's
+            # median end-to-end rate: wrk paces each connection.
+            rate = statistics.median(r[kind]["rate"] for r in rounds) / 2
+            n = min(args.n, max(1000, int(rate * 20)))
+            log(f"accept latency at half the maximum rate: {n} messages ({kind}) at {rate:.0f} msg/s")
+            results.append(envoi_phase(envoi, sink, f"envoi ({LABELS[kind]}) paced at {rate:.0f} msg/s", n,
+                                       wrk_inject(envoi, kind, n, args, rate=rate), counted=True))
     finally:
         for stack in stacks.values():
             stack.stop()
         sink.stop()
-    print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} injection sessions, "
-          f"{args.connections} relay sessions, "
-          f"http concurrency {args.http_concurrency}, DKIM RSA-2048 everywhere")
-    print("(cpu ms/msg: the system's own processes; pg: its Postgres backends; injector and sink not counted)")
+    print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} SMTP injection "
+          f"sessions, {args.http_concurrency} wrk connections, {args.connections} relay sessions, "
+          f"DKIM RSA-2048 everywhere")
+    print("(cpu ms/msg: the system's own processes; pg: its Postgres backends; inj: the injector's own CPU"
+          " (wrk for HTTP, this process for SMTP and batch); accept p50/p99: HTTP request -> 200)")
     print(f"machine: {os.cpu_count()} cores, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'system':45} {'accept msg/s':>12} {'e2e msg/s':>10} {'cpu ms/msg':>10} {'pg ms/msg':>9} "
-          f"{'p50 s':>7} {'p99 s':>7}")
+    print(f"{'system':62} {'accept/s':>8} {'e2e/s':>6} {'cpu ms':>6} {'pg ms':>6} {'inj ms':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
     nan = float("nan")
     for r in results:
-        print(f"{r['name']:45} {r['accept_rate']:12.0f} {r['rate']:10.0f} {r.get('cpu_ms', nan):10.2f} "
-              f"{r.get('pg_ms', nan):9.2f} {r.get('p50', nan):7.3f} {r.get('p99', nan):7.3f}")
+        print(f"{r['name']:62} {r['accept_rate']:8.0f} {r['rate']:6.0f} {r.get('cpu_ms', nan):6.2f} "
+              f"{r.get('pg_ms', nan):6.2f} {r['injector_ms']:6.3f} {r.get('p50_ms', nan):7.1f} "
+              f"{r.get('p99_ms', nan):7.1f} {r.get('errors', 0):6d}")
     for r in results:
         if "split" in r:
             print(f"cpu ms/msg by process, {r['name']}: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()) + f", postgres {r['pg_ms']:.2f}"
                   + f"; postgres transactions/msg {r['xacts']:.3f}")
-    for r in results:
-        print(f"injector cpu ms/msg, {r['name']}: {r['injector_ms']:.2f}")
-    if not args.skip_postfix:
-        for kind in [f"{system}{kind}" for system in ("", "baseline ") for kind in ("smtp", "http")]:
-            ratios = [r[kind]["rate"] / r["postfix"]["rate"] for r in rounds if kind in r]
-            for r, ratio in zip((r for r in rounds if kind in r), ratios, strict=True):
-                print(f"RATIO {r[kind]['name']} / postfix+opendkim = {ratio:.2f}")
-            if len(ratios) > 1:
-                print(f"MEDIAN RATIO {kind} / postfix+opendkim = {statistics.median(ratios):.2f}"
-                      f" over {len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
+    for path in args.paths:
+        for key in (path, f"baseline {path}"):
+            samples = [r for r in rounds if key in r]
+            if not samples:
+                continue
+            if len(samples) > 1 or args.skip_postfix:
+                print(f"MEDIAN {key}: accepted {statistics.median(r[key]['accept_rate'] for r in samples):.0f}/s, "
+                      f"end to end {statistics.median(r[key]['rate'] for r in samples):.0f}/s, injector "
+                      f"{statistics.median(r[key]['injector_ms'] for r in samples):.3f} ms/msg against the system's "
+                      f"{statistics.median(r[key]['cpu_ms'] + r[key]['pg_ms'] for r in samples):.2f}")
+            if args.skip_postfix:
+                continue
+            ratios = [r[key]["rate"] / r["postfix"]["rate"] for r in samples]
+            for r, ratio in zip(samples, ratios, strict=True):
+                print(f"RATIO {r[key]['name']} / postfix+opendkim = {ratio:.2f}")
+            print(f"MEDIAN RATIO {key} / postfix+opendkim = {statistics.median(ratios):.2f}"
+                  f" over {len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 if __name__ == "__main__":

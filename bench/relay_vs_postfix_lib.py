@@ -22,8 +22,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -410,6 +412,12 @@ class EnvoiStack:
             return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
                                 (self.dbname,)).fetchone()["xact_commit"]
 
+    def accepted(self) -> int:
+        """Recipients accepted so far (a wrk phase may send a few requests beyond its count when its
+        threads stop: the sink waits for what was accepted)."""
+        with self.connect() as conn:
+            return conn.execute("SELECT count(*) AS n FROM recipients").fetchone()["n"]
+
     def postgres_cpu(self) -> float:
         """CPU seconds used so far by the Postgres backends serving this region's database."""
         with self.connect() as conn:
@@ -552,6 +560,115 @@ def inject_http(port: int, api_key: str, messages: list, concurrency: int = 16,
     for t in threads:
         t.join()
     return time.monotonic() - started, state["errors"]
+
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_messages.lua"
+WRK_KINDS = ("urlencoded", "multipart", "attachment", "mime")
+
+
+def ensure_wrk() -> str:
+    """Debian's wrk (a C load generator: its CPU per request is a small fraction of the server's)."""
+    if not shutil.which("wrk"):
+        log("installing Debian's wrk (apt-get)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=False)
+    binary = shutil.which("wrk")
+    if not binary:
+        raise RuntimeError("wrk is needed for the HTTP phases: apt-get install wrk (Debian/Ubuntu)")
+    return binary
+
+
+@dataclass
+class WrkResult:
+    seconds: float  # from starting wrk until every thread's share was answered
+    requests: int
+    non2xx: int
+    socket_errors: int
+    p50_ms: float  # accept latency: request sent -> HTTP response (the 200 comes after the commit)
+    p99_ms: float
+    injector_cpu_s: float  # wrk's own user+system CPU
+
+
+def inject_wrk(port: int, api_key: str, kind: str, n: int, run: str, connections: int = 16, threads: int = 2,
+               rate: float | None = None) -> WrkResult:
+    """POST n distinct ~5 KB messages with wrk and bench/wrk_messages.lua. kind: urlencoded (form fields
+    to /messages), multipart (the same fields as multipart/form-data), attachment (multipart plus a ~2 KB
+    attachment), mime (/messages.mime). rate paces each connection (connections / rate seconds apart)."""
+    assert kind in WRK_KINDS
+    binary = ensure_wrk()
+    done = Path(tempfile.gettempdir()) / f"wrk-{run}"
+    done.mkdir(parents=True)
+    auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
+    env = dict(os.environ, BENCH_KIND=kind, BENCH_DOMAIN=DOMAIN, BENCH_AUTH=auth, BENCH_N=str(n),
+               BENCH_THREADS=str(threads), BENCH_RUN=run, BENCH_DONE=str(done),
+               BENCH_DELAY_MS=f"{connections / rate * 1000:.3f}" if rate else "0")
+    connections = max(connections, threads)
+    started = time.monotonic()
+    proc = subprocess.Popen([binary, "-t", str(threads), "-c", str(connections), "-d", "3600s", "--timeout", "120s",
+                             "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # wrk runs for its -d; the script stops each thread after its share and drops a marker: then SIGINT
+    # makes wrk print its summary at once.
+    while len(list(done.iterdir())) < min(threads, n) and proc.poll() is None:
+        time.sleep(0.01)
+    seconds = time.monotonic() - started
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(2)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    shutil.rmtree(done, ignore_errors=True)
+    found = re.search(r"ENVOI_WRK (\{.*\})", out)
+    if not found:
+        raise RuntimeError(f"wrk printed no summary (exit {proc.returncode}):\n{out[-2000:]}")
+    stats = json.loads(found.group(1))
+    return WrkResult(seconds=seconds, requests=stats["requests"], non2xx=stats["non2xx"],
+                     socket_errors=stats["socket_errors"], p50_ms=stats["p50_ms"], p99_ms=stats["p99_ms"],
+                     injector_cpu_s=usage.ru_utime + usage.ru_stime)
+
+
+def inject_batch(port: int, api_key: str, batches: int, run: str, size: int = 1000, concurrency: int = 4
+                 ) -> tuple[float, int, float]:
+    """POST `batches` batch sends to /messages: `size` recipients each (one per domain of the 1,000) with
+    recipient-variables, ~5 KB text with %recipient.name%; return (seconds, errors, injector CPU s)."""
+    auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
+    line = "Hello %recipient.name%, thank you for your order. Your parcel is on its way.\r\n"
+    text = line * (5000 // len(line) + 1)
+    bodies = []
+    for b in range(batches):
+        rcpts = [f"b{b}r{i}@d{i % NDOMAINS:03d}.example.net" for i in range(size)]
+        variables = {r: {"name": f"Customer {i}", "id": i} for i, r in enumerate(rcpts)}
+        bodies.append(urllib.parse.urlencode({
+            "from": f"Bench <bench@{DOMAIN}>", "to": ",".join(rcpts), "subject": "Your order, %recipient.name%",
+            "text": text, "o:tag": run, "recipient-variables": json.dumps(variables)}).encode())
+    lock = threading.Lock()
+    state = {"next": 0, "errors": 0}
+    cpu0 = time.process_time()
+    started = time.monotonic()
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        while True:
+            with lock:
+                i = state["next"]
+                state["next"] += 1
+            if i >= len(bodies):
+                break
+            conn.request("POST", f"/v3/{DOMAIN}/messages", body=bodies[i], headers={
+                "Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                with lock:
+                    state["errors"] += 1
+        conn.close()
+
+    workers = [threading.Thread(target=worker) for _ in range(min(concurrency, batches))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return time.monotonic() - started, state["errors"], time.process_time() - cpu0
 
 
 def cpu_seconds(pids: list[int]) -> float:

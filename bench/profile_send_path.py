@@ -1,0 +1,122 @@
+"""Where the send path's time goes: py-spy on Envoi's API workers and relay while wrk posts form fields.
+
+    sudo .venv/bin/python bench/profile_send_path.py [--kind urlencoded] [--n 6000] [--out /tmp/prof]
+
+Starts a private region (as bench/relay_vs_postfix.py does: own database, Redis db, `envoi api` and
+`envoi relay` relaying to Postfix's smtp-sink), warms it, then records `py-spy record -f raw`
+(--subprocesses --gil: samples of the thread holding the GIL, i.e. Python CPU) of the API's gunicorn and of the relay while wrk sends n messages. Prints
+each process's top frames by own time and a per-stage table (samples whose stack passes through a
+stage's function); the raw folded stacks stay in --out for flame graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relay_vs_postfix_lib import (  # noqa: E402
+    EnvoiStack,
+    SmtpSink,
+    inject_batch,
+    inject_http,
+    inject_wrk,
+    log,
+    make_messages,
+)
+
+# stage -> substrings of a frame ("function (file)") any of which puts a sample in that stage; the
+# first stage that matches a stack (innermost frame outwards) wins.
+STAGES = {
+    "api": [
+        ("form parsing", ("envoi/api/forms.py", "multipart", "falcon/media", "get_media", "parse_qs")),
+        ("auth", ("envoi/api/auth.py",)),
+        ("compose", ("envoi/mta/compose.py", "email/", "envoi/mta/mime")),
+        ("intake commit", ("envoi/mta/intake.py", "group_commit", "psycopg")),
+        ("events", ("events",)),
+        ("http/gunicorn", ("gunicorn", "falcon")),
+    ],
+    "relay": [
+        ("sign (DKIM)", ("dkim", "cryptography", "rsa")),
+        ("claim", ("claim",)),
+        ("outcome write", ("outcome", "record_")),
+        ("events", ("events",)),
+        ("SMTP", ("smtp", "asyncio", "uvloop")),
+        ("postgres", ("psycopg",)),
+    ],
+}
+
+
+def summarize(raw: Path, stages: list) -> None:
+    own, by_stage, total = collections.Counter(), collections.Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in reversed(frames):
+            stage = next((name for name, keys in stages if any(k in frame for k in keys)), None)
+            if stage:
+                by_stage[stage] += n
+                break
+        else:
+            by_stage["other"] += n
+    print(f"\n## {raw.name}: {total} samples")
+    for stage, n in by_stage.most_common():
+        print(f"  {stage:20} {100 * n / total:5.1f}%")
+    print("  top frames by own time:")
+    for frame, n in own.most_common(15):
+        print(f"    {100 * n / total:5.1f}%  {frame[:150]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", default="urlencoded", help="a wrk_messages.lua kind, or batch (n / 1000 POSTs of 1,000 recipients)")
+    parser.add_argument("--n", type=int, default=6000)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = Path(args.out or tempfile.mkdtemp(prefix="envoi-prof-"))
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="envoi-prof-"))
+    sink = SmtpSink(workdir).start()
+    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"))
+    try:
+        envoi.setup().start()
+        base = sink.count()
+        inject_http(envoi.api_port, envoi.api_key, make_messages(1000, f"warm-{uuid.uuid4().hex[:6]}"), 16)
+        sink.wait_count(base + 1000)
+        envoi.vacuum()
+        spies = {name: subprocess.Popen([pyspy, "record", "--pid", str(envoi.procs[name].pid), "--subprocesses", "--gil",
+                                         "-r", "200", "-f", "raw", "-o", str(out / f"{name}-{args.kind}.txt")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name in ("api", "relay")}
+        if args.kind == "batch":
+            seconds, _, _ = inject_batch(envoi.api_port, envoi.api_key, max(1, args.n // 1000), "prof-batch")
+            log(f"batch: {args.n / seconds:.0f} recipients/s accepted")
+        else:
+            res = inject_wrk(envoi.api_port, envoi.api_key, args.kind, args.n, f"prof-{uuid.uuid4().hex[:6]}")
+            log(f"{args.kind}: {args.n / res.seconds:.0f} msg/s accepted, p99 {res.p99_ms:.0f} ms")
+        for spy in spies.values():
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+    finally:
+        envoi.stop()
+        sink.stop()
+    for name in ("api", "relay"):
+        summarize(out / f"{name}-{args.kind}.txt", STAGES[name])
+    print(f"\nraw folded stacks: {out}")
+
+
+if __name__ == "__main__":
+    main()
