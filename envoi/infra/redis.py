@@ -65,7 +65,7 @@ class SentinelUrl:
         credentials = ""
         if self.password or self.username:
             credentials = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
-        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinels)
         query = f"?sentinel_password={quote(self.sentinel_password, safe='')}" if self.sentinel_password else ""
         return f"{SENTINEL_SCHEME}://{credentials}{hosts}/{quote(self.service, safe='')}/{self.db}{query}"
 
