@@ -103,9 +103,12 @@ class Services:
     templates: Templates  # stored templates (the templates API)
     template_sending: TemplateSending  # a send's stored template, rendered at accept (both edges)
     validation: Validation  # /v4/address/validate: single addresses and bulk jobs (run by `envoi worker`)
+    direct_db: Database | None = None  # ENVOI_DATABASE_DIRECT_URL's, when the pool goes through a pooler
 
     def close(self) -> None:
         self.db.close()
+        if self.direct_db is not None:
+            self.direct_db.close()
 
 
 def sealer_for(settings: Settings) -> Sealer:
@@ -117,7 +120,7 @@ def check_sealing_keys(settings: Settings) -> None:
     (MissingKey, a SettingsError) if data may be sealed under a key it was not given. With the
     database unreachable the check is skipped (the process starts as it always did, and waits)."""
     try:
-        with connect(settings.database_url, timeout=5) as conn:
+        with connect(settings.database_url, timeout=5, transaction_pooler=settings.db_transaction_pooler) as conn:
             sealed_columns.check_keys(conn, sealer_for(settings))
     except Exception as ex:
         if not is_unavailable(ex):
@@ -137,12 +140,20 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     plans = billing_plans.load(settings.billing_plans)
     # Infrastructure.
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
-                  statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
+                  statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout,
+                  transaction_pooler=settings.db_transaction_pooler)
+    # Behind a transaction pooler, what holds a session (the events upkeep's lock) goes straight to Postgres.
+    direct_db = None
+    if settings.database_direct_url and settings.database_direct_url != settings.database_url:
+        direct_db = Database(settings.database_direct_url, min_size=0, max_size=1,
+                             statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout)
     redis = redis_infra.client(settings.redis_url)
     try:
         claim_stores(settings, db, redis)
     except BaseException:
         db.close()
+        if direct_db is not None:
+            direct_db.close()
         raise
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = sealer_for(settings)
@@ -162,7 +173,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                         max_seconds=settings.stream_max_seconds)
     events = Events(
         db, settings.public_url,
-        retention=Retention(settings.event_retention, plan_retention(settings, plans)),
+        retention=Retention(settings.event_retention, plan_retention(settings, plans)), maintenance_db=direct_db,
         # In the events' transaction: hourly rollup counts, webhook outbox rows, complaint suppressions.
         writers=[stats.rollup, webhooks.events_writer, suppressions.events_writer],
         # After commit: fold pending counts (every 2 s), publish to the live stream, wake the dispatcher.
@@ -213,7 +224,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                             concurrency=settings.validation_concurrency,
                             enqueue=validation_jobs.enqueuer(redis))
     return Services(
-        settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
+        settings=settings, db=db, direct_db=direct_db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, lists=lists, list_expander=list_expander, ips=ips, intake=intake,
         storage=storage, privacy=Privacy(db, accounts, storage, suppressions, stream),
@@ -237,7 +248,8 @@ def claim_stores(settings: Settings, db: Database, redis) -> None:
 def check_stores(settings: Settings) -> None:
     """claim_stores for a process that builds its services later (gunicorn's workers), with a
     connection of its own."""
-    db = Database(settings.database_url, min_size=1, max_size=1, pool_timeout=settings.db_pool_timeout)
+    db = Database(settings.database_url, min_size=1, max_size=1, pool_timeout=settings.db_pool_timeout,
+                  transaction_pooler=settings.db_transaction_pooler)
     redis = redis_infra.client(settings.redis_url)
     try:
         claim_stores(settings, db, redis)

@@ -102,6 +102,16 @@ class Settings:
     #: ENVOI_DB_POOL_TIMEOUT: seconds a request waits for a pooled connection (e.g. while Postgres
     #: restarts) before it fails with a 503 / 451.
     db_pool_timeout: float = 10.0
+    #: ENVOI_DB_TRANSACTION_POOLER: 1 when ENVOI_DATABASE_URL goes through a transaction-mode pooler
+    #: (pgbouncer `pool_mode = transaction`): no prepared statements (pgbouncer before 1.21 cannot route
+    #: them), no startup `options` (set statement_timeout on the role instead:
+    #: `ALTER ROLE envoi SET statement_timeout = '60s'`), no session SET. docs/operations.md.
+    db_transaction_pooler: bool = False
+    #: ENVOI_DATABASE_DIRECT_URL_EU / _US, falling back to ENVOI_DATABASE_DIRECT_URL: a connection straight
+    #: to Postgres, bypassing a transaction pooler, for what needs a session: `envoi migrate` and the events
+    #: partition upkeep (both hold a session-level advisory lock across transactions). Default: the
+    #: database URL.
+    database_direct_url: str = ""
     #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region. Behind Sentinel:
     #: `redis+sentinel://[:password@]host:port,host:port/SERVICE[/db][?sentinel_password=...]` (every
     #: client then asks the sentinels for SERVICE's primary and follows a failover), or set
@@ -369,6 +379,10 @@ class Settings:
             values["db_statement_timeout"] = _seconds(v)
         if v := env.get("ENVOI_DB_POOL_TIMEOUT"):
             values["db_pool_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_DB_TRANSACTION_POOLER"):
+            values["db_transaction_pooler"] = _bool(v)
+        if v := pick(f"ENVOI_DATABASE_DIRECT_URL_{up}", "ENVOI_DATABASE_DIRECT_URL"):
+            values["database_direct_url"] = v
         if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
             values["redis_url"] = v
         if v := pick(f"ENVOI_REDIS_SENTINELS_{up}", "ENVOI_REDIS_SENTINELS"):
