@@ -101,6 +101,10 @@ class Database:
             # Session SETs would land on whichever server connection the pooler lent, not on ours.
             configure=self._configure if write_deadline and not transaction_pooler else None,
             timeout=pool_timeout,
+            # The pool retries a failed connect with doubling delays (1, 2, 4, 8, 16 s...) for this long,
+            # then drops the attempt and the next request starts afresh. Left at psycopg's 5 minutes, a
+            # process would keep answering 503 for up to half its outage after Postgres came back.
+            reconnect_timeout=max(5.0, pool_timeout),
             open=True,
         )
         self._deadlines = Deadlines()
