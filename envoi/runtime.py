@@ -103,12 +103,11 @@ class Services:
     templates: Templates  # stored templates (the templates API)
     template_sending: TemplateSending  # a send's stored template, rendered at accept (both edges)
     validation: Validation  # /v4/address/validate: single addresses and bulk jobs (run by `envoi worker`)
-    direct_db: Database | None = None  # ENVOI_DATABASE_DIRECT_URL's, when the pool goes through a pooler
 
     def close(self) -> None:
         self.db.close()
-        if self.direct_db is not None:
-            self.direct_db.close()
+        if self.events.maintenance_db is not self.db:  # ENVOI_DATABASE_DIRECT_URL's (behind a pooler)
+            self.events.maintenance_db.close()
 
 
 def sealer_for(settings: Settings) -> Sealer:
@@ -224,7 +223,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                             concurrency=settings.validation_concurrency,
                             enqueue=validation_jobs.enqueuer(redis))
     return Services(
-        settings=settings, db=db, direct_db=direct_db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
+        settings=settings, db=db, redis=redis, doorbell=doorbell, sealer=sealer, metrics=metrics,
         accounts=accounts, suppressions=suppressions, webhooks=webhooks, stats=stats, stream=stream,
         events=events, tracking=tracking, lists=lists, list_expander=list_expander, ips=ips, intake=intake,
         storage=storage, privacy=Privacy(db, accounts, storage, suppressions, stream),

@@ -356,7 +356,7 @@ def test_events_upkeep_takes_its_session_lock_on_the_direct_connection(settings,
     svc = runtime.build(settings.replace(database_url=pgbouncer.dsn(), db_transaction_pooler=True,
                                          database_direct_url=settings.database_url), pool_size=2)
     try:
-        assert svc.direct_db is not None and svc.events.maintenance_db is svc.direct_db
+        assert svc.events.maintenance_db is not svc.db and svc.events.maintenance_db.dsn == settings.database_url
         for _ in range(3):
             assert svc.events.maintain(wait=False) is not None  # not refused: the last run let go of it
     finally:
