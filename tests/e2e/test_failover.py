@@ -172,8 +172,11 @@ def sink():
         yield s
 
 
-def test_redis_primary_killed_mid_load_fails_over_through_sentinel(settings, services, account, domain, api_key,
-                                                                   sentinels, sink, tmp_path):
+@pytest.mark.parametrize("how", ["sigkill", "switch-over"])
+def test_redis_primary_fails_over_mid_load_through_sentinel(how, settings, services, account, domain, api_key,
+                                                            sentinels, sink, tmp_path):
+    """sigkill: the primary dies; switch-over: SENTINEL FAILOVER demotes it (it stays up, read-only, and
+    clients still connected to it must notice and ask the sentinels again)."""
     (tmp_path / "procs").mkdir()
     # The processes know Redis only through the sentinels: REDIS_URL gives the db number, its host and
     # port lead nowhere.
@@ -204,10 +207,10 @@ def test_redis_primary_killed_mid_load_fails_over_through_sentinel(settings, ser
             load = Load(stack.base, name, api_key, 240, "sentinel")
             load.start()
             wait_until(lambda: len(load.accepted) >= 60, timeout=120, interval=0.05)
-            old = sentinels.kill_primary()
+            old = sentinels.kill_primary() if how == "sigkill" else sentinels.switch_over()
             started = time.monotonic()
             new = sentinels.wait_failover(old)
-            print(f"\nRedis primary :{old} killed; Sentinel promoted :{new} after {time.monotonic() - started:.1f} s")
+            print(f"\nRedis primary :{old} {how}; Sentinel promoted :{new} after {time.monotonic() - started:.1f} s")
 
             # After the failover: a new message is delivered, its webhook arrives, the live stream shows it
             # (the same SSE client: it reconnected, or its stream carried on, without a gap).

@@ -99,14 +99,27 @@ class SentinelCluster:
         proc.wait(10)
         return port
 
+    def switch_over(self) -> int:
+        """SENTINEL FAILOVER: a planned switch, the old primary stays up and becomes a replica; its port."""
+        port = self.primary_port()
+        self._sentinel(self.sentinel_ports[0]).execute_command("SENTINEL FAILOVER", SERVICE)
+        return port
+
     def wait_failover(self, old_port: int, timeout: float = 60) -> int:
-        """Until every sentinel names another primary and that one says it is a master; its port."""
+        """Until every sentinel names another primary, that one says it is a master and the old one, if it
+        is still up, has been turned into a replica (until then, clients still connected to it write there:
+        Sentinel's split-brain window); the new primary's port."""
         def done():
             ports = {self._sentinel(p).sentinel_get_master_addr_by_name(SERVICE)[1] for p in self.sentinel_ports}
             if len(ports) != 1 or int(next(iter(ports))) == old_port:
                 return None
             port = int(next(iter(ports)))
-            return port if redis.Redis(port=port).info("replication")["role"] == "master" else None
+            if redis.Redis(port=port).info("replication")["role"] != "master":
+                return None
+            old_alive = self.procs[f"redis-{old_port}"].poll() is None
+            if old_alive and redis.Redis(port=old_port, socket_timeout=2).info("replication")["role"] != "slave":
+                return None
+            return port
         return self._wait(done, timeout)
 
     def output(self) -> str:
