@@ -136,8 +136,10 @@ def migrate() -> None:
     from envoi.infra.migrate import migrate as run
 
     settings = _settings()
-    ensure_database(settings.database_url)
-    applied = run(settings.database_url, settings.secret_key, settings.region, key_id=settings.secret_key_id,
+    # Straight to Postgres: the migration lock is a session-level advisory lock (not through a pooler).
+    dsn = settings.database_direct_url or settings.database_url
+    ensure_database(dsn)
+    applied = run(dsn, settings.secret_key, settings.region, key_id=settings.secret_key_id,
                   previous_keys=settings.previous_secret_keys, lookup_key=settings.lookup_key)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 

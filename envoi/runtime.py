@@ -115,6 +115,8 @@ class Services:
 
     def close(self) -> None:
         self.db.close()
+        if self.events.maintenance_db is not self.db:  # ENVOI_DATABASE_DIRECT_URL's (behind a pooler)
+            self.events.maintenance_db.close()
 
 
 def sealer_for(settings: Settings) -> Sealer:
@@ -126,7 +128,7 @@ def check_sealing_keys(settings: Settings) -> None:
     (MissingKey, a SettingsError) if data may be sealed under a key it was not given. With the
     database unreachable the check is skipped (the process starts as it always did, and waits)."""
     try:
-        with connect(settings.database_url, timeout=5) as conn:
+        with connect(settings.database_url, timeout=5, transaction_pooler=settings.db_transaction_pooler) as conn:
             sealed_columns.check_keys(conn, sealer_for(settings))
     except Exception as ex:
         if not is_unavailable(ex):
@@ -149,12 +151,20 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     store_errors = metrics.store_errors
     db = Database(settings.database_url, max_size=pool_size, write_deadline=settings.db_write_deadline,
                   statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout,
-                  on_unavailable=store_errors.labels("postgres").inc)
+                  on_unavailable=store_errors.labels("postgres").inc, transaction_pooler=settings.db_transaction_pooler)
+    # Behind a transaction pooler, what holds a session (the events upkeep's lock) goes straight to Postgres.
+    direct_db = None
+    if settings.database_direct_url and settings.database_direct_url != settings.database_url:
+        direct_db = Database(settings.database_direct_url, min_size=0, max_size=1,
+                             statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout,
+                             on_unavailable=store_errors.labels("postgres").inc)
     redis = redis_infra.client(settings.redis_url, on_unavailable=store_errors.labels("redis").inc)
     try:
         claim_stores(settings, db, redis)
     except BaseException:
         db.close()
+        if direct_db is not None:
+            direct_db.close()
         raise
     doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
     sealer = sealer_for(settings)
@@ -173,7 +183,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
                         max_seconds=settings.stream_max_seconds)
     events = Events(
         db, settings.public_url,
-        retention=Retention(settings.event_retention, plan_retention(settings, plans)),
+        retention=Retention(settings.event_retention, plan_retention(settings, plans)), maintenance_db=direct_db,
         # In the events' transaction: hourly rollup counts, webhook outbox rows, complaint suppressions.
         writers=[stats.rollup, webhooks.events_writer, suppressions.events_writer],
         # After commit: fold pending counts (every 2 s), publish to the live stream, wake the dispatcher.
@@ -253,7 +263,8 @@ def claim_stores(settings: Settings, db: Database, redis) -> None:
 def check_stores(settings: Settings) -> None:
     """claim_stores for a process that builds its services later (gunicorn's workers), with a
     connection of its own."""
-    db = Database(settings.database_url, min_size=1, max_size=1, pool_timeout=settings.db_pool_timeout)
+    db = Database(settings.database_url, min_size=1, max_size=1, pool_timeout=settings.db_pool_timeout,
+                  transaction_pooler=settings.db_transaction_pooler)
     redis = redis_infra.client(settings.redis_url)
     try:
         claim_stores(settings, db, redis)

@@ -24,6 +24,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     if processes > 1:  # the extra processes write their metrics where this one sums them
         metrics_dir.use()
     from envoi import runtime
+    from envoi.infra import redis as redis_infra
     from envoi.infra.metrics import forget_process
     from envoi.infra.settings import Settings
     from envoi.validation import jobs as validation_jobs
@@ -32,7 +33,9 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     settings = Settings.from_env()
     runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=3)
-    connection = jobs.worker_connection(settings.redis_url)
+    # No socket timeout: RQ blocks on BLPOP for longer than the API client's 5 s. redis+sentinel:// URLs
+    # follow a failover like every other client (infra.redis.client).
+    connection = redis_infra.client(settings.redis_url, socket_timeout=None)
     validation_jobs.configure(services.validation)
     queues = (validation_jobs.QUEUE,)
     if address := settings.metrics_address(metrics_bind, metrics_port):

@@ -114,8 +114,11 @@ class EventListener(Protocol):
 
 class Events:
     def __init__(self, db: Database, public_url: str, *, retention: Retention | None = None,
-                 writers: Sequence[EventWriter] = (), listeners: Sequence[EventListener] = ()):
+                 writers: Sequence[EventWriter] = (), listeners: Sequence[EventListener] = (),
+                 maintenance_db: Database | None = None):
         self.db = db
+        # maintain() holds a session-level lock across transactions: not through a transaction pooler.
+        self.maintenance_db = maintenance_db or db
         self.public_url = public_url
         self.writers = tuple(writers)
         # Then partition upkeep: create a missing day's partition (its rows wait in the default
@@ -247,7 +250,7 @@ class Events:
         """
         now_dt = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
         report = {"created": [], "dropped": [], "deleted": 0}
-        with self.db.transaction() as conn:
+        with self.maintenance_db.transaction() as conn:
             conn.commit()
             got = store.maintenance_lock(conn, wait)
             conn.commit()

@@ -89,12 +89,20 @@ class Database:
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, write_deadline: float = 0.0,
                  statement_timeout: float = 0.0, pool_timeout: float = 30.0,
-                 on_unavailable: Callable[[], None] | None = None):
+                 on_unavailable: Callable[[], None] | None = None, transaction_pooler: bool = False):
+        """on_unavailable: called when Postgres cannot be reached (the store-errors metric).
+        transaction_pooler: `dsn` leads to a transaction-mode pooler (pgbouncer), where consecutive
+        transactions of one connection may run on different server connections: nothing may outlive a
+        transaction (prepared statements, session SET, startup options, session advisory locks)."""
         self.dsn = dsn
         self.on_unavailable = on_unavailable
         self.write_deadline = write_deadline  # seconds; 0 = none (see bounded())
         kwargs: dict = {"row_factory": dict_row, "autocommit": False}
-        if statement_timeout:
+        if transaction_pooler:
+            # psycopg prepares a statement run 5 times on a connection; through the pooler the next
+            # EXECUTE may reach a server connection that never saw the PREPARE.
+            kwargs["prepare_threshold"] = None
+        elif statement_timeout:  # a pooler refuses startup options (set it on the role instead)
             # Set at connect (startup packet): no statement, no round trip per transaction.
             kwargs["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
         self.pool = ConnectionPool(
@@ -102,8 +110,13 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             kwargs=kwargs,
-            configure=self._configure if write_deadline else None,
+            # Session SETs would land on whichever server connection the pooler lent, not on ours.
+            configure=self._configure if write_deadline and not transaction_pooler else None,
             timeout=pool_timeout,
+            # The pool retries a failed connect with doubling delays (1, 2, 4, 8, 16 s...) for this long,
+            # then drops the attempt and the next request starts afresh. Left at psycopg's 5 minutes, a
+            # process would keep answering 503 for up to half its outage after Postgres came back.
+            reconnect_timeout=max(5.0, pool_timeout),
             open=True,
         )
         self._deadlines = Deadlines()
@@ -214,7 +227,10 @@ def _chunks(rows: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
     yield rows[start:]
 
 
-def connect(dsn: str, autocommit: bool = True, timeout: int | None = None) -> psycopg.Connection:
+def connect(dsn: str, autocommit: bool = True, timeout: int | None = None,
+            transaction_pooler: bool = False) -> psycopg.Connection:
     """A single connection outside the pool, for migrations and admin tools (timeout: seconds to connect)."""
-    extra = {} if timeout is None else {"connect_timeout": timeout}
+    extra: dict = {} if timeout is None else {"connect_timeout": timeout}
+    if transaction_pooler:
+        extra["prepare_threshold"] = None
     return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **extra)

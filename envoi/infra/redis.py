@@ -6,8 +6,10 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
+from redis.sentinel import Sentinel
 
 from envoi.infra.threads import kept_alive
 
@@ -16,9 +18,31 @@ RedisError = redis.RedisError
 Redis = redis.Redis  # the client type, for annotations outside infra
 
 
-def client(url: str, on_unavailable: Callable[[], None] | None = None) -> redis.Redis:
-    """on_unavailable: called when a command fails for want of Redis (the store-errors metric)."""
-    conn = _Counted.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+def client(url: str, *, socket_timeout: float | None = 5,
+           on_unavailable: Callable[[], None] | None = None) -> redis.Redis:
+    """A client for `url`: redis:// (rediss://, unix://) as redis-py reads it, or
+    redis+sentinel://[user:password@]host:port,host:port/service[/db][?sentinel_password=...], whose
+    client asks the sentinels for the service's primary at each (re)connect, so it follows a failover.
+    socket_timeout: None for a client that blocks longer (RQ's workers wait in BLPOP).
+    on_unavailable: called when a command fails for want of Redis (the store-errors metric)."""
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": 2, "health_check_interval": 30}
+    if urlsplit(url).scheme != SENTINEL_SCHEME:
+        conn = _Counted.from_url(url, **options)
+        conn.on_unavailable = on_unavailable
+        return conn
+    target = SentinelUrl.parse(url)
+    sentinel_options = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    if target.sentinel_password:
+        sentinel_options["password"] = target.sentinel_password
+    sentinels = Sentinel(target.sentinels, sentinel_kwargs=sentinel_options)
+    # A write that reaches a demoted primary (ReadOnlyError) drops the connection and rediscovers: redis-py's
+    # SentinelManagedConnection; Sentinel also disconnects the clients of an instance it reconfigures.
+    conn = sentinels.master_for(target.service, redis_class=_Counted, db=target.db, username=target.username,
+                                password=target.password, **options)
     conn.on_unavailable = on_unavailable
     return conn
 
@@ -33,6 +57,64 @@ class _Counted(redis.Redis):
             if self.on_unavailable:
                 self.on_unavailable()
             raise
+
+
+class SentinelUrl:
+    """A redis+sentinel:// URL: the sentinels to ask, the service (Sentinel's master name) and the db."""
+
+    def __init__(self, sentinels: list[tuple[str, int]], service: str, db: int = 0, username: str | None = None,
+                 password: str | None = None, sentinel_password: str | None = None):
+        self.sentinels, self.service, self.db = sentinels, service, db
+        self.username, self.password, self.sentinel_password = username, password, sentinel_password
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        parts = urlsplit(url)
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":")
+        sentinels = [hostport(item) for item in hosts.split(",") if item.strip()]
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if not sentinels or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError(f"not a redis+sentinel://host:port[,host:port]/service[/db] URL: {where(url)}")
+        query = parse_qs(parts.query)
+        return cls(sentinels, path[0], int(path[1]) if len(path) == 2 else 0, unquote(username) or None,
+                   unquote(password) or None, (query.get("sentinel_password") or [None])[0])
+
+    def url(self) -> str:
+        credentials = ""
+        if self.password or self.username:
+            credentials = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinels)
+        query = f"?sentinel_password={quote(self.sentinel_password, safe='')}" if self.sentinel_password else ""
+        return f"{SENTINEL_SCHEME}://{credentials}{hosts}/{quote(self.service, safe='')}/{self.db}{query}"
+
+
+def hostport(item: str) -> tuple[str, int]:
+    """host:port ([v6]:port; the port defaults to Sentinel's 26379)."""
+    item = item.strip()
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        return host, int(rest.lstrip(":") or SENTINEL_PORT)
+    host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+    return host, int(port or SENTINEL_PORT)
+
+
+def sentinel_url(sentinels: str, service: str, base_url: str = "") -> str:
+    """The redis+sentinel:// URL of ENVOI_REDIS_SENTINELS ("host:port,host:port") and its service, with the
+    db and credentials of `base_url` (a redis:// URL) if it has them."""
+    base = urlsplit(base_url) if base_url else None
+    db = 0
+    if base is not None and base.path.strip("/").isdigit():
+        db = int(base.path.strip("/"))
+    return SentinelUrl([hostport(item) for item in sentinels.split(",") if item.strip()], service, db,
+                       unquote(base.username) if base and base.username else None,
+                       unquote(base.password) if base and base.password else None).url()
+
+
+def where(url: str) -> str:
+    """host:port/path of a Redis URL (several hosts for Sentinel's), without its credentials."""
+    parts = urlsplit(url)
+    return f"{parts.netloc.rpartition('@')[2] or 'localhost'}{parts.path}"
 
 
 class Doorbell:

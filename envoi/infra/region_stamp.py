@@ -26,8 +26,8 @@ def _refuse(store: str, where: str, stamped: str, region: str) -> RegionMismatch
 
 def where(url: str) -> str:
     """host:port/path of a store's URL, without its credentials (for the error)."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or ''}{parts.path}"
+    parts = urlsplit(url)  # netloc, not hostname/port: a Sentinel URL names several hosts
+    return f"{parts.netloc.rpartition('@')[2] or 'localhost'}{parts.path}"
 
 
 def claim_database(conn, region: str, where: str = "this URL") -> None:

@@ -14,6 +14,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from envoi.infra.redis import sentinel_url
+
 REGIONS = ("eu", "us")
 
 
@@ -100,7 +102,21 @@ class Settings:
     #: ENVOI_DB_POOL_TIMEOUT: seconds a request waits for a pooled connection (e.g. while Postgres
     #: restarts) before it fails with a 503 / 451.
     db_pool_timeout: float = 10.0
-    #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region.
+    #: ENVOI_DB_TRANSACTION_POOLER: 1 when ENVOI_DATABASE_URL goes through a transaction-mode pooler
+    #: (pgbouncer `pool_mode = transaction`): no prepared statements (pgbouncer before 1.21 cannot route
+    #: them), no startup `options` (set statement_timeout on the role instead:
+    #: `ALTER ROLE envoi SET statement_timeout = '60s'`), no session SET. docs/operations.md.
+    db_transaction_pooler: bool = False
+    #: ENVOI_DATABASE_DIRECT_URL_EU / _US, falling back to ENVOI_DATABASE_DIRECT_URL: a connection straight
+    #: to Postgres, bypassing a transaction pooler, for what needs a session: `envoi migrate` and the events
+    #: partition upkeep (both hold a session-level advisory lock across transactions). Default: the
+    #: database URL.
+    database_direct_url: str = ""
+    #: ENVOI_REDIS_URL_EU / _US, falling back to REDIS_URL: Redis of this region. Behind Sentinel:
+    #: `redis+sentinel://[:password@]host:port,host:port/SERVICE[/db][?sentinel_password=...]` (every
+    #: client then asks the sentinels for SERVICE's primary and follows a failover), or set
+    #: ENVOI_REDIS_SENTINELS (_EU / _US) "host:port,host:port" and ENVOI_REDIS_SENTINEL_SERVICE (Sentinel's
+    #: master name), which build that URL with the db and password of this one. docs/operations.md.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: ENVOI_SECRET_KEY: the current key, base64 of 32 bytes (`openssl rand -base64 32`), optionally
     #: named `id:base64` (id: 1-32 of A-Z a-z 0-9 . _ -; without one the id is a digest of the key). Seals
@@ -413,8 +429,21 @@ class Settings:
             values["db_statement_timeout"] = _seconds(v)
         if v := env.get("ENVOI_DB_POOL_TIMEOUT"):
             values["db_pool_timeout"] = _seconds(v)
+        if v := env.get("ENVOI_DB_TRANSACTION_POOLER"):
+            values["db_transaction_pooler"] = _bool(v)
+        if v := pick(f"ENVOI_DATABASE_DIRECT_URL_{up}", "ENVOI_DATABASE_DIRECT_URL"):
+            values["database_direct_url"] = v
         if v := pick(f"ENVOI_REDIS_URL_{up}", "REDIS_URL"):
             values["redis_url"] = v
+        if v := pick(f"ENVOI_REDIS_SENTINELS_{up}", "ENVOI_REDIS_SENTINELS"):
+            service = env.get("ENVOI_REDIS_SENTINEL_SERVICE", "").strip()
+            if not service:
+                raise SettingsError("ENVOI_REDIS_SENTINELS is set but ENVOI_REDIS_SENTINEL_SERVICE is not:"
+                                    " give Sentinel's master name (e.g. mymaster)")
+            try:
+                values["redis_url"] = sentinel_url(v, service, values.get("redis_url", ""))
+            except ValueError as ex:
+                raise SettingsError(f"ENVOI_REDIS_SENTINELS must be host:port,host:port, not {v!r}") from ex
         values["secret_key"] = _secret_key(env.get("ENVOI_SECRET_KEY"))
         values["secret_key_id"] = _keyed("ENVOI_SECRET_KEY", env["ENVOI_SECRET_KEY"])[0]
         if v := env.get("ENVOI_PREVIOUS_SECRET_KEYS"):
