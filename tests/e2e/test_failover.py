@@ -1,5 +1,5 @@
 """Failover of the stores under a running stack of real processes (`envoi api` under gunicorn, `envoi relay`,
-`envoi worker`): nothing accepted is lost, nothing hangs, and everything resumes without a restart.
+`envoi webhooks dispatch`): nothing accepted is lost, nothing hangs, and everything resumes without a restart.
 
 Redis: a private primary + replica with three `redis-sentinel`s (tests/support/redis_sentinel.py); the
 processes reach it with ENVOI_REDIS_SENTINELS / ENVOI_REDIS_SENTINEL_SERVICE. Mid-load the primary is
@@ -40,7 +40,7 @@ REQUEST_TIMEOUT = 30  # a request without an answer by then counts as a hang (th
 
 
 class Stack:
-    """api + relay + worker on their own ports, delivering to `sink`, with extra env."""
+    """api + relay + webhook dispatcher (or RQ worker) on their own ports, delivering to `sink`, with extra env."""
 
     def __init__(self, settings, sink: Sink, tmp, **env):
         self.tmp, self.api_port = tmp, free_port()
@@ -52,13 +52,15 @@ class Stack:
     def start(self, *names: str) -> Stack:
         argv = {"api": envoi("api", "--bind", f"127.0.0.1:{self.api_port}", "--workers", "2", "--threads", "4"),
                 "relay": envoi("relay", "--metrics-port", "0"),
-                "worker": envoi("worker", "--processes", "2")}
+                "worker": envoi("worker", "--processes", "2"),
+                "webhooks": envoi("webhooks", "dispatch", "--processes", "1")}
         for name in names:
             proc = Proc(name, argv[name], self.env, self.tmp)
             self.procs.append(proc)
             ready = {"api": lambda: http_ok(f"{self.base}/healthz"),
                      "relay": lambda p=proc: "delivering via" in p.output(),
-                     "worker": lambda p=proc: "process(es)" in p.output()}[name]
+                     "worker": lambda p=proc: "process(es)" in p.output(),
+                     "webhooks": lambda p=proc: "webhooks dispatch:" in p.output()}[name]
             proc.wait_ready(ready, timeout=90)
         return self
 
@@ -187,7 +189,7 @@ def test_redis_primary_fails_over_mid_load_through_sentinel(how, settings, servi
     hooked = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.example.test",
                                           dkim_key_size=1024, verified=True)["name"]
     try:
-        stack.start("api", "relay", "worker")
+        stack.start("api", "relay", "webhooks")
         name = domain["name"]
         with Receiver() as hooks:
             resp = requests.post(f"{stack.base}/v3/domains/{hooked}/webhooks", auth=("api", api_key), timeout=30,
@@ -330,7 +332,7 @@ def test_the_stack_runs_through_pgbouncer_in_transaction_mode(settings, account,
     stack = Stack(settings, sink, tmp_path / "procs", DATABASE_URL=pgbouncer.dsn(), ENVOI_DB_TRANSACTION_POOLER=1,
                   ENVOI_DATABASE_DIRECT_URL=settings.database_url)
     try:
-        stack.start("api", "relay", "worker")
+        stack.start("api", "relay", "webhooks")
         # Two senders at once over 2 server connections: each process's transactions hop between them.
         loads = [Load(stack.base, name, api_key, 40, f"bouncer{i}", pause=0) for i in range(2)]
         for load in loads:
