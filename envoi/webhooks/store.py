@@ -425,6 +425,9 @@ def backlog_head(conn: Connection, limit: int, scan: int) -> dict:
 
 
 def erase_recipient(conn: Connection, account_id: int, address: str) -> int:
-    """Webhook deliveries (and their attempts) whose event is about this address."""
-    return conn.execute("DELETE FROM webhook_deliveries WHERE account_id = %s AND lower(payload->>'recipient') = %s",
-                        (account_id, address)).rowcount
+    """Webhook deliveries (and their attempts) whose event is about this address: the account's own, and
+    its parent's copies of its events (the parent's account-level webhooks), which are under its domains."""
+    return conn.execute(
+        "DELETE FROM webhook_deliveries WHERE lower(payload->>'recipient') = %s AND (account_id = %s"
+        " OR domain_id IN (SELECT id FROM domains WHERE account_id = %s))",
+        (address, account_id, account_id)).rowcount

@@ -272,3 +272,9 @@ def test_a_parents_account_webhook_gets_its_subaccounts_events_signed_with_its_k
     attempts = sub_sdk.domains_webhooks_attempts.get(domain=sub_domain["name"])
     assert attempts.status_code == 200, attempts.text
     assert {a["url"] for a in attempts.json()["items"]} == {sub_receiver.url("/sub")}
+
+    # Erasing the recipient in the subaccount removes its parent's copies too (they are under its domain).
+    erased = hook_services.privacy.erase(int(sub_id), "rcpt@acct-hooks.test")
+    assert erased["erased"]["webhook_deliveries"] == 4  # 2 events x (its own URL + its parent's)
+    rows = db.execute("SELECT domain_id FROM webhook_deliveries WHERE url = %s", (receiver.url("/parent"),)).fetchall()
+    assert [r["domain_id"] for r in rows] == [parent_domain["id"]]  # the parent's own event stays
