@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import falcon
 
+from envoi.accounts.dkim import check_selector
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.api.params import check_json
@@ -114,8 +115,10 @@ class DomainCollection:
             raise ApiError(400, "dkim_key_size must be 1024 or 2048") from ex
         settings = {k: v for k, v in _settings(fields).items() if v is not None}
         own_authority = _flag(fields, "force_dkim_authority")
+        # the same rule as every other selector (one DNS label, any case taken as lower case)
+        selector = check_selector(fields["dkim_selector"]) if fields.get("dkim_selector") else None
         row = self.accounts.add_domain(req.context.principal.account_id, fields["name"],
-                                       dkim_selector=fields.get("dkim_selector"), dkim_key_size=key_size, **settings)
+                                       dkim_selector=selector, dkim_key_size=key_size, **settings)
         if own_authority is False and self.dkim is not None:
             # Mailgun's force_dkim_authority=false: the same DKIM authority as the account's root domain
             # (dkim_authority self=false); with none in the account the domain stays its own (the default).

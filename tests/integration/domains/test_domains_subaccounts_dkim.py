@@ -19,7 +19,11 @@ def dkim_records(body: dict) -> list[tuple[str, str]]:
 def test_create_with_dkim_selector_key_size_and_authority(tenant, services, server, db):
     account, _, sdk = tenant
     root = new_name("root")
-    resp = sdk.domains.create(data={"name": root, "dkim_selector": "mg2024", "dkim_key_size": "1024"})
+    # A selector is one DNS label (as for /v1/dkim/keys and PUT …/dkim_selector): a dot is a 400, nothing made.
+    resp = sdk.domains.create(data={"name": root, "dkim_selector": "mg.2024", "dkim_key_size": "1024"})
+    assert resp.status_code == 400 and "selector" in resp.json()["message"]
+    assert db.execute("SELECT count(*) AS n FROM domains WHERE name = %s", (root,)).fetchone()["n"] == 0
+    resp = sdk.domains.create(data={"name": root, "dkim_selector": "MG2024", "dkim_key_size": "1024"})
     assert resp.status_code == 200, resp.text
     row = services.accounts.get_domain(root, account["id"])
     assert (row["dkim_selector"], row["dkim_key_size"]) == ("mg2024", 1024)
