@@ -3,7 +3,7 @@
 replaced, interleaved in the same run on the same database (the machine is shared and noisy: only the
 ratio means something).
 
-Run: .venv/bin/python bench/webhook_fanout.py   (a throwaway database on 127.0.0.1)
+Run: PYTHONPATH=. .venv/bin/python bench/webhook_fanout.py   (a throwaway database on 127.0.0.1)
 """
 
 from __future__ import annotations
@@ -36,6 +36,22 @@ DOMAIN_ONLY = (
     " JOIN webhooks w ON w.domain_id = u.domain_id AND w.event_type = u.event_type"
     " ORDER BY u.n, w.id")
 
+# The statement of account-level webhooks before subaccounts reached their parents' URLs (two levels).
+TWO_LEVELS = (
+    "WITH u AS MATERIALIZED (SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[])"
+    " WITH ORDINALITY AS u(account_id, domain_id, event_type, event_id, payload, n))"
+    " INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, url_sealed, endpoint, event_id,"
+    " payload)"
+    " SELECT account_id, domain_id, event_type, url, url_sealed, endpoint, event_id, payload::jsonb FROM ("
+    "  SELECT u.*, w.url, w.url_sealed, w.endpoint, 0 AS level, w.id FROM u"
+    "  JOIN webhooks w ON w.domain_id = u.domain_id AND w.event_type = u.event_type"
+    "  UNION ALL"
+    "  SELECT u.*, w.url, w.url_sealed, w.endpoint, 1, w.id FROM u"
+    "  JOIN webhooks w ON w.domain_id IS NULL AND w.account_id = u.account_id AND w.event_type = u.event_type"
+    "  WHERE NOT EXISTS (SELECT 1 FROM webhooks d WHERE d.domain_id = u.domain_id"
+    "   AND d.event_type = u.event_type AND d.url = w.url)) s"
+    " ORDER BY n, level, id")
+
 
 def setup(conn) -> list[tuple]:
     """200 accounts with a domain each and one domain webhook URL for `accepted`; a batch of events."""
@@ -59,6 +75,12 @@ def timed(conn, run) -> float:
     return time.perf_counter() - start
 
 
+def timed_rows(conn, run) -> int:
+    with conn.transaction(force_rollback=True):
+        cur = run()
+        return cur.rowcount
+
+
 def main() -> None:
     name = f"envoi_bench_{uuid.uuid4().hex[:8]}"
     dsn = psycopg.conninfo.make_conninfo(PG, dbname=name)
@@ -72,16 +94,20 @@ def main() -> None:
             columns = [list(c) for c in zip(*events, strict=True)]
             old = lambda: conn.execute(DOMAIN_ONLY, columns)  # noqa: E731
             new = lambda: store.enqueue_for_events(conn, events)  # noqa: E731
-            for _ in range(5):  # warm both plans
-                timed(conn, old), timed(conn, new)
-            a, b = [], []
-            for _ in range(ROUNDS):  # interleaved: the same noise for both
+            two = lambda: conn.execute(TWO_LEVELS, columns)  # noqa: E731
+            for _ in range(5):  # warm the plans
+                timed(conn, old), timed(conn, two), timed(conn, new)
+            a, b, t = [], [], []
+            for _ in range(ROUNDS):  # interleaved: the same noise for each
                 a.append(timed(conn, old))
+                t.append(timed(conn, two))
                 b.append(timed(conn, new))
-            ma, mb = statistics.median(a), statistics.median(b)
+            ma, mb, mt = statistics.median(a), statistics.median(b), statistics.median(t)
             print(f"fan-out of {BATCH} events (each with 1 domain URL, no account-level URL), median of {ROUNDS}:")
             print(f"  domain-only statement (before): {ma * 1000:.2f} ms")
-            print(f"  both levels, deduplicated (now): {mb * 1000:.2f} ms   ratio {mb / ma:.2f}")
+            print(f"  domain and account levels, no parents' (before subaccounts): {mt * 1000:.2f} ms"
+                  f"   ratio {mt / ma:.2f}")
+            print(f"  both levels and parents', deduplicated (now): {mb * 1000:.2f} ms   ratio {mb / ma:.2f}")
             # With an account-level URL on each account too (twice the outbox rows).
             with conn.transaction():
                 for account, _domain, *_ in events:
@@ -90,6 +116,20 @@ def main() -> None:
             conn.execute("ANALYZE")
             c = [timed(conn, new) for _ in range(ROUNDS)]
             print(f"  both levels, 1 domain + 1 account URL each (2x rows): {statistics.median(c) * 1000:.2f} ms")
+            # Every account a subaccount of one of 20 parents, each parent with an account-level URL:
+            # each event also reaches its parent's URL (3x rows).
+            with conn.transaction():
+                for p in range(20):
+                    parent = conn.execute("INSERT INTO accounts (name, region) VALUES (%s, 'eu') RETURNING id",
+                                          (f"bench-parent-{p}",)).fetchone()[0]
+                    store.insert_account_hook(conn, parent, uuid.uuid4().hex[:24], f"https://parent{p}.bench.test/",
+                                              "", ["accepted"])
+                    conn.execute("UPDATE accounts SET parent_id = %s WHERE id = ANY(%s)",
+                                 (parent, [a for a, *_ in events[p::20]]))
+            conn.execute("ANALYZE")
+            rows = timed_rows(conn, new)
+            d = [timed(conn, new) for _ in range(ROUNDS)]
+            print(f"  subaccounts, + their parent's account URL ({rows} rows): {statistics.median(d) * 1000:.2f} ms")
     finally:
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

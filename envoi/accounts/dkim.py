@@ -306,6 +306,13 @@ class DkimKeys:
         self.accounts.forget_domains()
         return self.accounts.get_domain_by_id(domain["id"]), True
 
+    def authority_at_create(self, domain: dict) -> dict:
+        """A new domain created with force_dkim_authority=false signs as its nearest parent domain of the
+        same account when there is one; else it stays its own authority. Returns the domain row."""
+        if self._parent(domain) is None:
+            return domain
+        return self.set_authority(domain["account_id"], domain["name"], False)[0]
+
     def _parent(self, domain: dict) -> dict | None:
         labels = domain["name"].split(".")
         for i in range(1, len(labels) - 1):

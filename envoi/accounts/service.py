@@ -356,15 +356,17 @@ class Accounts:
         return row
 
     def list_domains(self, account_id: int, state: str | None = None, limit: int = 100, skip: int = 0,
-                     *, search: str | None = None, sort: str | None = None):
+                     *, search: str | None = None, sort: str | None = None, include_subaccounts: bool = False):
         """(total, rows) of an account's domains; Mailgun's filters: state, search (a part of the name),
-        sort (name, name:asc, name:desc; default newest first)."""
+        sort (name, name:asc, name:desc; default newest first), include_subaccounts (its subaccounts'
+        domains too)."""
         if state is not None and state not in DOMAIN_STATES:
             raise InvalidInput("state must be one of: active, unverified, disabled")
         if sort not in store.DOMAIN_ORDERS:
             raise InvalidInput("sort must be one of: name, name:asc, name:desc")
         with self.db.transaction() as conn:
-            return store.list_domains(conn, account_id, state, limit, skip, search or None, sort)
+            return store.list_domains(conn, account_id, state, limit, skip, search or None, sort,
+                                      include_subaccounts)
 
     def update_domain(self, account_id: int, name: str, **changes) -> dict:
         """Change a domain's settings (Mailgun's PUT /v4/domains/{d}, /connection, /web_prefix): any of

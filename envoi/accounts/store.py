@@ -185,8 +185,13 @@ DOMAIN_ORDERS = {None: "d.created_at DESC, d.id DESC", "name": "d.name, d.id", "
 
 
 def list_domains(conn: Connection, account_id: int, state: str | None, limit: int, skip: int,
-                 search: str | None = None, sort: str | None = None) -> tuple[int, list]:
-    where, args = ["d.account_id = %s"], [account_id]
+                 search: str | None = None, sort: str | None = None,
+                 include_subaccounts: bool = False) -> tuple[int, list]:
+    if include_subaccounts:  # the account's and its subaccounts' (accounts_parent index)
+        where, args = ["d.account_id IN (SELECT %s UNION ALL SELECT id FROM accounts WHERE parent_id = %s)"], [
+            account_id, account_id]
+    else:
+        where, args = ["d.account_id = %s"], [account_id]
     if state:
         where.append("d.state = %s")
         args.append(state)

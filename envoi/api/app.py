@@ -132,7 +132,7 @@ def routes(settings, services) -> list[Route]:
         ("/v3/{domain}/aggregates/{kind}", aggregates, None),
         ("/v3/{domain}/tags/{tag}/stats/aggregates/{kind}", aggregates, "tag"),
         # domains, their SMTP credentials, the sandbox's authorised recipients
-        *((f"/{v}/domains", DomainCollection(accounts, dns, v), None) for v in ("v3", "v4")),
+        *((f"/{v}/domains", DomainCollection(accounts, dns, v, services.dkim), None) for v in ("v3", "v4")),
         *((f"/{v}/domains/{{domain}}{path}", domain_item, suffix) for v in ("v3", "v4")
           for path, suffix in (("", None), ("/verify", "verify"))),
         ("/v3/domains/{domain}/connection", domain_item, "connection"),

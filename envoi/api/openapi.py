@@ -410,12 +410,13 @@ def _paths() -> dict:
                    _q("state", {"type": "string", "enum": ["active", "unverified", "disabled"]}),
                    _q("search", SHORT, "A part of the name, taken literally"),
                    _q("sort", {"type": "string", "enum": ["name", "name:asc", "name:desc"]},
-                      "Default: newest first")]
+                      "Default: newest first"),
+                   _q("include_subaccounts", YESNO, "The subaccounts' domains too (each with its subaccount_id)")]
     settings_fields = {"spam_action": {"type": "string", "enum": ["disabled", "block", "tag"]}, "wildcard": YESNO,
                        "web_prefix": SHORT, "web_scheme": {"type": "string", "enum": ["http", "https"]},
                        "require_tls": YESNO, "skip_verification": YESNO, "smtp_password": SHORT}
     domain_fields = {"name": SHORT, "dkim_selector": SHORT, "dkim_key_size": {"type": "string", "enum": ["1024", "2048"]},
-                     **settings_fields}
+                     "force_dkim_authority": YESNO, **settings_fields}
     one_domain = {"type": "object", "required": ["domain"], "properties": {"domain": DOMAIN, **DNS_RECORDS}}
     for version in ("v3", "v4"):  # Mailgun's SDKs use both (the Python SDK creates at v3, lists at v4)
         add(f"/{version}/domains", "get", op("List the account's domains (paging, state, search, sort)", domain_list,

@@ -46,11 +46,13 @@ from envoi.infra.db import Database
 DIMENSIONS: dict[str, str | None] = {
     "time": "time", "domain": "domain", "tag": "tag", "ip": "ip", "recipient_domain": "recipient_domain",
     "recipient_provider": "recipient_domain", "country": "country", "device": "device", "bot": "bot",
-    "ip_pool": None, "subaccount": None,
+    # a domain belongs to one account: the subaccount is read off the domain (rollups answer it too)
+    "subaccount": "domain", "ip_pool": None,
 }
-UNRECORDED = {"ip_pool": "events do not record the sending IP pool (use the ip dimension)",
-              "subaccount": "Envoi has no subaccounts yet"}
-ROLLUP_DIMENSIONS = {"time", "domain", "tag"}
+UNRECORDED = {"ip_pool": "events do not record the sending IP pool (use the ip dimension)"}
+ROLLUP_DIMENSIONS = {"time", "domain", "tag", "subaccount"}
+# filters applied to the list of domains read, before any SQL
+DOMAIN_FILTERS = ("domain", "subaccount")
 COMPARATORS = ("=", "!=", "contains", "not contains")
 UNKNOWN = "unknown"
 TAG_LIMIT = 5000  # reported by /v1/analytics/tags/limits (Mailgun's default); Envoi does not refuse tags past it
@@ -172,6 +174,7 @@ class Query:
     metrics: list[str]
     filters: list[Filter] = field(default_factory=list)
     events: tuple[str, ...] = ()  # which events to read; () = every event a metric needs
+    include_subaccounts: bool = False  # Mailgun's: the subaccounts' domains are read too
 
     @property
     def end_exclusive(self) -> datetime:
@@ -311,7 +314,8 @@ def parse_metrics_query(body: dict) -> tuple[Query, dict]:
         raise EventQueryError("metrics is required: name at least one metric, e.g. delivered_count")
     start, end = time_range(body, resolution, timedelta(days=7))
     filters = parse_filter(body, {k: v for k, v in DIMENSIONS.items() if k != "time"})  # time: start/end
-    query = Query(start, end, resolution, dims, list(dict.fromkeys(metrics)), filters)
+    query = Query(start, end, resolution, dims, list(dict.fromkeys(metrics)), filters,
+                  include_subaccounts=flag(body, "include_subaccounts"))
     return query, _pagination(body, [*dims, *metrics], DEFAULT_LIMIT, MAX_LIMIT)
 
 
@@ -369,23 +373,27 @@ class Analytics:
         """Counters per combination of the query's dimension values (filters applied), the account's
         domain names by id, and which source answered ('rollup' or 'events')."""
         with self.db.transaction() as conn:
-            domains = sql.account_domains(conn, account_id)
+            owned = sql.domain_owners(conn, account_id, include_subaccounts=query.include_subaccounts)
+            domains = {r["id"]: r["name"] for r in owned}
+            owners = {r["id"]: str(r["account_id"]) for r in owned}  # the subaccount dimension's value
             domain_ids = list(domains)
             for f in query.filters:
                 if f.attribute == "domain":
                     domain_ids = [i for i in domain_ids if f.matches(domains[i])]
+                elif f.attribute == "subaccount":
+                    domain_ids = [i for i in domain_ids if f.matches(owners[i])]
             tag_filters = [f for f in query.filters if f.attribute == "tag"]
             rollup = (not unique and set(query.dims) <= ROLLUP_DIMENSIONS
-                      and all(f.attribute in ("domain", "tag") for f in query.filters)
+                      and all(f.attribute in (*DOMAIN_FILTERS, "tag") for f in query.filters)
                       and ("tag" in query.dims or not tag_filters
                            or (len(tag_filters) == 1 and tag_filters[0].comparator == "="
                                and len(tag_filters[0].values) == 1)))
             source = source or ("rollup" if rollup else "events")
             if not domain_ids:
                 return {}, domains, source
-            raw_dims = [DIMENSIONS[d] for d in query.dims]
+            raw_dims = list(dict.fromkeys(DIMENSIONS[d] for d in query.dims))
             # filtered attributes are grouped on too (and checked below), except those done in SQL
-            sql_done = {"domain"} | ({"tag"} if "tag" not in query.dims else set())
+            sql_done = set(DOMAIN_FILTERS) | ({"tag"} if "tag" not in query.dims else set())
             for f in query.filters:
                 if f.attribute not in sql_done and DIMENSIONS[f.attribute] not in raw_dims:
                     raw_dims.append(DIMENSIONS[f.attribute])
@@ -403,8 +411,8 @@ class Analytics:
                                         events=list(query.events) or None)
         out: dict[tuple, Counter] = {}
         for row in rows:
-            values = {d: _display(d, row, domains) for d in set(query.dims) | {f.attribute for f in query.filters}
-                      if d != "domain" or "domain" in query.dims}
+            values = {d: _display(d, row, domains, owners) for d in
+                      set(query.dims) | {f.attribute for f in query.filters if f.attribute not in sql_done}}
             if not all(f.matches(values[f.attribute]) for f in query.filters
                        if f.attribute not in sql_done):
                 continue
@@ -423,12 +431,19 @@ class Analytics:
             for bucket in buckets(query.start, query.end, query.resolution):
                 groups.setdefault((_time_value(bucket),), Counter())
         items = [{"dims": key, "counters": c} for key, c in groups.items()]
-        result = self._page(query, items, page)
+        labels = {}
+        if "subaccount" in query.dims:  # its display_value is the account's name, its value the id
+            index = query.dims.index("subaccount")
+            with self.db.transaction() as conn:
+                names = sql.account_names(conn, list({int(k[index]) for k in groups if k[index] != UNKNOWN}))
+            labels = {str(i): name for i, name in names.items()}
+        result = self._page(query, items, page, labels)
         aggregate: Counter = Counter()
         if flag(body, "include_aggregates"):
             if unique and query.dims:  # a unique recipient may appear in several groups: count once
-                totals, _, _ = self.groups(account_id, Query(query.start, query.end, query.resolution, [],
-                                                             query.metrics, query.filters), unique=True)
+                totals, _, _ = self.groups(account_id, Query(
+                    query.start, query.end, query.resolution, [], query.metrics, query.filters,
+                    include_subaccounts=query.include_subaccounts), unique=True)
                 aggregate = totals.get((), Counter())
             else:
                 for c in groups.values():
@@ -436,7 +451,7 @@ class Analytics:
         result["aggregates"] = {"metrics": {m: METRICS[m](aggregate) for m in query.metrics}}
         return result
 
-    def _page(self, query: Query, items: list[dict], page: dict) -> dict:
+    def _page(self, query: Query, items: list[dict], page: dict, labels: dict[str, str] | None = None) -> dict:
         sort = page["sort"] or (f"{query.dims[0]}:asc" if query.dims else "")
         if sort:
             name, _, direction = sort.partition(":")
@@ -456,7 +471,8 @@ class Analytics:
         return {
             "start": _time_value(query.start), "end": _time_value(query.end), "resolution": query.resolution,
             "dimensions": query.dims,
-            "items": [{"dimensions": [{"dimension": d, "value": v, "display_value": v}
+            "items": [{"dimensions": [{"dimension": d, "value": v,
+                                       "display_value": (labels or {}).get(v, v) if d == "subaccount" else v}
                                       for d, v in zip(query.dims, it["dims"], strict=True)],
                        "metrics": {m: METRICS[m](it["counters"]) for m in query.metrics}} for it in shown],
             "pagination": {"sort": sort, "skip": page["skip"], "limit": page["limit"], "total": total},
@@ -482,7 +498,8 @@ class Analytics:
         if not metrics:
             raise EventQueryError("metrics is required: name at least one usage metric, e.g. processed_count")
         start, end = time_range(body, resolution, timedelta(days=7))
-        query = Query(start, end, resolution, dims, ["processed_count"], events=("accepted",))
+        query = Query(start, end, resolution, dims, ["processed_count"], events=("accepted",),
+                      include_subaccounts=flag(body, "include_subaccounts"))
         groups, _, _ = self.groups(account_id, query)
         if dims == ["time"]:
             for bucket in buckets(start, end, resolution):
@@ -677,11 +694,13 @@ def _raw_event(row: dict) -> dict:
     return data
 
 
-def _display(dim: str, row: dict, domains: dict[int, str]) -> str:
+def _display(dim: str, row: dict, domains: dict[int, str], owners: dict[int, str]) -> str:
     if dim == "time":
         return _time_value(row["time"].replace(tzinfo=UTC))
     if dim == "domain":
         return domains.get(row["domain"], UNKNOWN)
+    if dim == "subaccount":
+        return owners.get(row["domain"], UNKNOWN)
     if dim == "recipient_provider":
         return provider(row.get("recipient_domain"))
     value = row.get(DIMENSIONS[dim])

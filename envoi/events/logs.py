@@ -92,7 +92,7 @@ class Logs:
                 raise EventQueryError(f"'{name}' is not a valid metric event; use one of {', '.join(METRIC_EVENTS)}")
             pairs.append(METRIC_EVENTS[name])
         filters = parse_filter(body, {a: a for a in ATTRIBUTES})
-        flag(body, "include_subaccounts")  # accepted; an account without subaccounts reads its own logs
+        include_subaccounts = flag(body, "include_subaccounts")  # Mailgun's: the subaccounts' logs too
         include_totals = flag(body, "include_totals")
         raw = body.get("pagination") or {}
         if not isinstance(raw, dict):
@@ -127,7 +127,7 @@ class Logs:
             if f.attribute != "domain":
                 conditions.append(_condition(f))
         with self.db.transaction() as conn:
-            domains = sql.account_domains(conn, account_id)
+            domains = sql.account_domains(conn, account_id, include_subaccounts=include_subaccounts)
             ids = [i for i in domains if all(f.matches(domains[i]) for f in filters if f.attribute == "domain")]
             keep = self.retention.seconds(sql.account_plan(conn, account_id))
             begin = max(start, datetime.now(UTC) - timedelta(seconds=keep))

@@ -35,6 +35,9 @@ BATCH = 1000
 
 OF_ACCOUNT = "account_id = %(account)s"
 _OF_DOMAINS = "domain_id IN (SELECT id FROM domains WHERE account_id = %(account)s)"
+# Webhook attempts go with their delivery's account: a parent's deliveries of its subaccounts' events
+# are under the subaccount's domains.
+_OF_DELIVERIES = "delivery_id IN (SELECT id FROM webhook_deliveries WHERE account_id = %(account)s)"
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ SECTIONS: tuple[Section, ...] = (
             json_columns=frozenset({"payload"}), sequence="webhook_deliveries_id_seq"),
     Section("webhook_attempt", "webhook_attempts",
             ("id", "delivery_id", "domain_id", "attempt_no", "status_code", "error", "latency_ms", "response",
-             "outcome", "attempted_at"), ("id",), scope=_OF_DOMAINS, restore_account=False,
+             "outcome", "attempted_at"), ("id",), scope=_OF_DELIVERIES, restore_account=False,
             sequence="webhook_attempts_id_seq"),
     Section("route", "routes", ("id", "priority", "description", "expression", "actions", "created_at"), ("id",),
             json_columns=frozenset({"actions"})),

@@ -50,18 +50,33 @@ def _rewrite(conn: Connection, table: str, column: str, account_id: int, address
     return len(rows)
 
 
+def _rewrite_parents_copies(conn: Connection, account_id: int, address: str) -> int:
+    """A parent's outbox rows of this subaccount's events (its account-level webhooks) are the parent's
+    but under this account's domains: they hold the address too."""
+    rows = conn.execute(
+        "SELECT id, payload FROM webhook_deliveries WHERE domain_id IN (SELECT id FROM domains WHERE account_id = %s)"
+        " AND account_id <> %s AND payload::text ILIKE %s", (account_id, account_id, _like(address))).fetchall()
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE webhook_deliveries SET payload = %s WHERE id = %s",
+                        [(Jsonb(scrubbed(r["payload"], address)), r["id"]) for r in rows])
+    return len(rows)
+
+
 def scrub(conn: Connection, account_id: int, address: str) -> dict:
     """After the rows about the address alone are gone: scrub it from what others' rows still hold."""
     done = {
         "shared_message_headers": _rewrite(conn, "messages", "headers", account_id, address),
         "other_events": _rewrite(conn, "events", "data", account_id, address),
-        "other_webhook_payloads": _rewrite(conn, "webhook_deliveries", "payload", account_id, address),
+        "other_webhook_payloads": _rewrite(conn, "webhook_deliveries", "payload", account_id, address)
+        + _rewrite_parents_copies(conn, account_id, address),
     }
     done["webhook_attempt_answers"] = conn.execute(
         "UPDATE webhook_attempts a SET response = regexp_replace(a.response, %s, %s, 'gi'),"
         " error = regexp_replace(a.error, %s, %s, 'gi') FROM webhook_deliveries d"
-        " WHERE d.id = a.delivery_id AND d.account_id = %s AND (a.response ILIKE %s OR a.error ILIKE %s)",
-        (_regex(address), ERASED, _regex(address), ERASED, account_id, _like(address), _like(address))).rowcount
+        " WHERE d.id = a.delivery_id AND (d.account_id = %s OR d.domain_id IN (SELECT id FROM domains"
+        " WHERE account_id = %s)) AND (a.response ILIKE %s OR a.error ILIKE %s)",
+        (_regex(address), ERASED, _regex(address), ERASED, account_id, account_id, _like(address),
+         _like(address))).rowcount
     done["authorized_recipients"] = conn.execute(
         "DELETE FROM authorized_recipients WHERE account_id = %s AND lower(address) = %s",
         (account_id, address)).rowcount

@@ -151,8 +151,18 @@ def enqueue_for_events(conn: Connection, events: list[tuple]) -> Cursor:
         "  SELECT u.*, w.url, w.url_sealed, w.endpoint, 1, w.id FROM u"
         "  JOIN webhooks w ON w.domain_id IS NULL AND w.account_id = u.account_id AND w.event_type = u.event_type"
         "  WHERE NOT EXISTS (SELECT 1 FROM webhooks d WHERE d.domain_id = u.domain_id"
-        "   AND d.event_type = u.event_type AND d.url = w.url)) s"
-        " ORDER BY n, level, id",  # outbox ids in event order, then domain URLs, then account ones, as set
+        "   AND d.event_type = u.event_type AND d.url = w.url)"
+        # A subaccount's events reach its parent's account-level URLs too (Mailgun's), as the parent's
+        # rows: signed with the parent's key, counted in its backlog. The accounts of the batch are
+        # looked up once each, not per event; an account with no parent costs one primary-key probe.
+        "  UNION ALL"
+        "  SELECT p.parent_id, u.domain_id, u.event_type, u.event_id, u.payload, u.n,"
+        "   w.url, w.url_sealed, w.endpoint, 2, w.id FROM u"
+        "  JOIN (SELECT a.id, a.parent_id FROM accounts a WHERE a.id IN (SELECT DISTINCT account_id FROM u)"
+        "   AND a.parent_id IS NOT NULL) p ON p.id = u.account_id"
+        "  JOIN webhooks w ON w.domain_id IS NULL AND w.account_id = p.parent_id AND w.event_type = u.event_type"
+        " ) s"
+        " ORDER BY n, level, id",  # outbox ids in event order: domain URLs, account ones, then the parent's
         [list(column) for column in zip(*events, strict=True)],
     )
     return cur
@@ -357,7 +367,10 @@ def insert_attempt(conn: Connection, delivery_id: int, domain_id: int, attempt_n
 
 def attempts(conn: Connection, domain_id: int, event_type: str | None, url: str | None, before: int | None,
              limit: int) -> list[dict]:
-    where, args = ["a.domain_id = %s"], [domain_id]
+    # The domain's account's own deliveries: a parent's rows for its subaccount's events carry the
+    # subaccount's domain but are the parent's (its URL, its endpoint's answers).
+    where, args = ["a.domain_id = %s", "d.account_id = (SELECT account_id FROM domains WHERE id = %s)"], [domain_id,
+                                                                                                       domain_id]
     if event_type:
         where.append("d.event_type = %s")
         args.append(event_type)
@@ -412,6 +425,9 @@ def backlog_head(conn: Connection, limit: int, scan: int) -> dict:
 
 
 def erase_recipient(conn: Connection, account_id: int, address: str) -> int:
-    """Webhook deliveries (and their attempts) whose event is about this address."""
-    return conn.execute("DELETE FROM webhook_deliveries WHERE account_id = %s AND lower(payload->>'recipient') = %s",
-                        (account_id, address)).rowcount
+    """Webhook deliveries (and their attempts) whose event is about this address: the account's own, and
+    its parent's copies of its events (the parent's account-level webhooks), which are under its domains."""
+    return conn.execute(
+        "DELETE FROM webhook_deliveries WHERE lower(payload->>'recipient') = %s AND (account_id = %s"
+        " OR domain_id IN (SELECT id FROM domains WHERE account_id = %s))",
+        (address, account_id, account_id)).rowcount

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import falcon
 
+from envoi.accounts.dkim import check_selector
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
 from envoi.api.params import check_json
@@ -85,18 +86,24 @@ def _settings(fields: dict[str, str]) -> dict:
 class DomainCollection:
     """GET (list) and POST (create) at /v3/domains and /v4/domains."""
 
-    def __init__(self, accounts, dns_settings: dict, version: str = "v4"):
+    def __init__(self, accounts, dns_settings: dict, version: str = "v4", dkim=None):
         self.accounts = accounts
         self.dns_settings = dns_settings
         self.version = version
+        self.dkim = dkim  # envoi.accounts.dkim.DkimKeys: force_dkim_authority=false at create
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000) or 100
         skip = req.get_param_as_int("skip", min_value=0, max_value=MAX_SKIP) or 0
-        total, rows = self.accounts.list_domains(req.context.principal.account_id, req.get_param("state") or None,
+        account_id = req.context.principal.account_id
+        include = _flag({"include_subaccounts": req.get_param("include_subaccounts") or ""}, "include_subaccounts")
+        total, rows = self.accounts.list_domains(account_id, req.get_param("state") or None,
                                                  limit, skip, search=req.get_param("search"),
-                                                 sort=req.get_param("sort") or None)
-        resp.media = {"total_count": total, "items": [domain_json(r) for r in rows]}
+                                                 sort=req.get_param("sort") or None, include_subaccounts=bool(include))
+        # A subaccount's domain says whose it is (the parent acts on it with X-Mailgun-On-Behalf-Of).
+        resp.media = {"total_count": total, "items": [
+            domain_json(r) | ({"subaccount_id": str(r["account_id"])} if r["account_id"] != account_id else {})
+            for r in rows]}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         fields = _fields(req)
@@ -107,8 +114,15 @@ class DomainCollection:
         except ValueError as ex:
             raise ApiError(400, "dkim_key_size must be 1024 or 2048") from ex
         settings = {k: v for k, v in _settings(fields).items() if v is not None}
+        own_authority = _flag(fields, "force_dkim_authority")
+        # the same rule as every other selector (one DNS label, any case taken as lower case)
+        selector = check_selector(fields["dkim_selector"]) if fields.get("dkim_selector") else None
         row = self.accounts.add_domain(req.context.principal.account_id, fields["name"],
-                                       dkim_selector=fields.get("dkim_selector"), dkim_key_size=key_size, **settings)
+                                       dkim_selector=selector, dkim_key_size=key_size, **settings)
+        if own_authority is False and self.dkim is not None:
+            # Mailgun's force_dkim_authority=false: the same DKIM authority as the account's root domain
+            # (dkim_authority self=false); with none in the account the domain stays its own (the default).
+            row = self.dkim.authority_at_create(row)
         if password := fields.get("smtp_password"):
             self.accounts.create_credential(row["account_id"], row["name"], f"postmaster@{row['name']}", password)
         message = "Domain DNS records have been created" if self.version == "v4" else "Domain has been created"

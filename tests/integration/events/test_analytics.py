@@ -166,7 +166,7 @@ def test_metrics_paging_sorting_and_rates(sdk, services, domain):
     ({"metrics": ["bogus_count"]}, "'bogus_count' is not a valid metric"),
     ({"metrics": []}, "metrics is required"),
     ({"metrics": ["delivered_count"], "dimensions": ["planet"]}, "'planet' is not a valid dimension"),
-    ({"metrics": ["delivered_count"], "dimensions": ["subaccount"]}, "no subaccounts"),
+    ({"metrics": ["delivered_count"], "dimensions": ["ip_pool"]}, "do not record the sending IP pool"),
     ({"metrics": ["rate_limit_count"]}, "not computed by Envoi"),
     ({"metrics": ["delivered_count"], "resolution": "week"}, "resolution must be one of"),
     ({"metrics": ["delivered_count"], "start": "yesterday"}, "Invalid format for parameter start"),

@@ -200,3 +200,81 @@ def test_bad_input_and_other_tenants_change_nothing(hook_services, server, recei
     assert other_sdk.account_webhooks.delete(webhook_id=hook_id).status_code == 404
     assert other_sdk.account_webhooks.get().json() == {"webhooks": []}
     assert stored() == full
+
+
+@pytest.fixture
+def sub_receiver():
+    with Receiver() as r:
+        yield r
+
+
+def test_a_parents_account_webhook_gets_its_subaccounts_events_signed_with_its_key(hook_services, server, receiver,
+                                                                                   sub_receiver, db):
+    """Mailgun's: a parent's account-level webhooks fire for its subaccounts' events too. A real send from
+    a subaccount (the parent's key with X-Mailgun-On-Behalf-Of, and the subaccount's own key) reaches the
+    parent's account webhook, signed with the parent's key; the subaccount's own webhook gets it signed
+    with its key; another account's subaccount reaches neither, and the subaccount never sees the parent's
+    deliveries."""
+    parent, (parent_domain,), sdk = tenant(hook_services, server)
+    other, _, other_sdk = tenant(hook_services, server)
+    resp = sdk.accounts_subaccounts.create(filters={"name": "shop"})
+    assert resp.status_code == 200, resp.text
+    sub_id = resp.json()["subaccount"]["id"]
+    sub_domain = hook_services.accounts.add_domain(int(sub_id), f"{uuid.uuid4().hex[:8]}.example.test",
+                                                   dkim_key_size=1024, verified=True)
+    _, sub_secret = hook_services.accounts.create_key(int(sub_id), "admin")
+    sub_sdk = Client(auth=("api", sub_secret), api_url=server.url)
+    other_sub_id = other_sdk.accounts_subaccounts.create(filters={"name": "x"}).json()["subaccount"]["id"]
+    other_sub_domain = hook_services.accounts.add_domain(int(other_sub_id), f"{uuid.uuid4().hex[:8]}.example.test",
+                                                         dkim_key_size=1024, verified=True)
+    behalf = {"headers": {"X-Mailgun-On-Behalf-Of": sub_id}}
+    parent_key = hook_services.webhooks.signing_key(parent["id"])
+    sub_key = hook_services.webhooks.signing_key(int(sub_id))
+    assert parent_key != sub_key
+    receiver.signing_key = parent_key  # each receiver checks the signature with the key of its account
+    sub_receiver.signing_key = sub_key
+
+    assert sdk.account_webhooks.create(data={"url": receiver.url("/parent"), "event_types": "accepted"}
+                                       ).status_code == 200
+    # The subaccount's own account webhook, set by its parent acting for it.
+    assert sdk.account_webhooks.create(data={"url": sub_receiver.url("/sub"), "event_types": "accepted"},
+                                       **behalf).status_code == 200
+    assert [w["url"] for w in sdk.account_webhooks.get().json()["webhooks"]] == [receiver.url("/parent")]
+
+    resp = sdk.messages.create(domain=sub_domain["name"], data={"from": f"s@{sub_domain['name']}",
+                                                                "to": "rcpt@acct-hooks.test", "subject": "hi",
+                                                                "text": "body"}, **behalf)
+    assert resp.status_code == 200, resp.text
+    sent = [resp.json()["id"].strip("<>"), sdk_send(sub_sdk, sub_domain)]
+    own = sdk_send(sdk, parent_domain)
+    other_sent = other_sdk.messages.create(
+        domain=other_sub_domain["name"], data={"from": f"s@{other_sub_domain['name']}", "to": "rcpt@acct-hooks.test",
+                                               "subject": "hi", "text": "body"},
+        headers={"X-Mailgun-On-Behalf-Of": other_sub_id})
+    assert other_sent.status_code == 200, other_sent.text
+
+    wait_until(lambda: pump(hook_services) or (len(receiver.got("/parent")) >= 3 and len(sub_receiver.got("/sub")) >= 2))
+    pump(hook_services)  # and nothing more comes
+
+    got = receiver.got("/parent")
+    assert message_ids(got) == sorted([*sent, own])  # the subaccount's two and its own; not the other's
+    assert all(r["valid"] for r in got)  # signed with the parent's key
+    assert {r["payload"]["event-data"]["event"] for r in got} == {"accepted"}
+    sub_got = sub_receiver.got("/sub")
+    assert message_ids(sub_got) == sorted(sent) and all(r["valid"] for r in sub_got)
+
+    # The parent's outbox rows are the parent's (its key, its backlog), under the subaccount's domain.
+    rows = db.execute("SELECT account_id, domain_id, status FROM webhook_deliveries WHERE url = %s ORDER BY id",
+                      (receiver.url("/parent"),)).fetchall()
+    assert sorted((r["account_id"], r["domain_id"], r["status"]) for r in rows) == sorted(
+        [(parent["id"], sub_domain["id"], "delivered")] * 2 + [(parent["id"], parent_domain["id"], "delivered")])
+    # The subaccount's attempts list shows its own URL only, never its parent's.
+    attempts = sub_sdk.domains_webhooks_attempts.get(domain=sub_domain["name"])
+    assert attempts.status_code == 200, attempts.text
+    assert {a["url"] for a in attempts.json()["items"]} == {sub_receiver.url("/sub")}
+
+    # Erasing the recipient in the subaccount removes its parent's copies too (they are under its domain).
+    erased = hook_services.privacy.erase(int(sub_id), "rcpt@acct-hooks.test")
+    assert erased["erased"]["webhook_deliveries"] == 4  # 2 events x (its own URL + its parent's)
+    rows = db.execute("SELECT domain_id FROM webhook_deliveries WHERE url = %s", (receiver.url("/parent"),)).fetchall()
+    assert [r["domain_id"] for r in rows] == [parent_domain["id"]]  # the parent's own event stays
