@@ -32,10 +32,11 @@ from envoi.events.errors import EventQueryError
 from envoi.events.service import parse_time
 from envoi.events.stats import (
     INCOMING,
-    MAX_BUCKETS,
     RESOLUTIONS,
     STAT_EVENTS,
+    buckets,
     dimensions,
+    floor,
     minus_duration,
     rfc2822,
     shape,
@@ -229,33 +230,6 @@ def time_range(body: dict, resolution: str, default: timedelta) -> tuple[datetim
     if start > end:
         raise EventQueryError("start must be before end")
     return floor(start, resolution), end
-
-
-def floor(dt: datetime, resolution: str) -> datetime:
-    dt = dt.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    if resolution in ("day", "month"):
-        dt = dt.replace(hour=0)
-    if resolution == "month":
-        dt = dt.replace(day=1)
-    return dt
-
-
-def next_bucket(dt: datetime, resolution: str) -> datetime:
-    if resolution == "hour":
-        return dt + timedelta(hours=1)
-    if resolution == "day":
-        return dt + timedelta(days=1)
-    return dt.replace(year=dt.year + dt.month // 12, month=dt.month % 12 + 1)
-
-
-def buckets(start: datetime, end: datetime, resolution: str) -> list[datetime]:
-    out, bucket = [], start
-    while bucket <= end:
-        out.append(bucket)
-        if len(out) > MAX_BUCKETS:
-            raise EventQueryError(f"the range covers more than {MAX_BUCKETS} {resolution}s; use a coarser resolution")
-        bucket = next_bucket(bucket, resolution)
-    return out
 
 
 def parse_filter(body: dict, known: dict) -> list[Filter]:

@@ -165,15 +165,15 @@ class Stats:
             start = end - timedelta(days=7)
         if start > end:
             raise EventQueryError("start must be before end")
-        start = _floor(start, resolution)
-        buckets = _buckets(start, end, resolution)
+        start = floor(start, resolution)
+        periods = buckets(start, end, resolution)
         with self.db.transaction() as conn:
             rows = store.stats(conn, domain_ids, tag, events, start, end + timedelta(microseconds=1), resolution)
         by_bucket: dict[datetime, list[dict]] = {}
         for row in rows:
             by_bucket.setdefault(row["bucket"].replace(tzinfo=UTC), []).append(row)
         stats = []
-        for bucket in buckets:
+        for bucket in periods:
             entry = {"time": rfc2822(bucket)}
             for event in events:
                 entry[event] = shape(event, [r for r in by_bucket.get(bucket, []) if r["event"] == event])
@@ -276,7 +276,7 @@ def rfc2822(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
 
 
-def _floor(dt: datetime, resolution: str) -> datetime:
+def floor(dt: datetime, resolution: str) -> datetime:
     dt = dt.astimezone(UTC)
     if resolution == "hour":
         return dt.replace(minute=0, second=0, microsecond=0)
@@ -285,7 +285,7 @@ def _floor(dt: datetime, resolution: str) -> datetime:
     return dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def _next(dt: datetime, resolution: str) -> datetime:
+def next_bucket(dt: datetime, resolution: str) -> datetime:
     if resolution == "hour":
         return dt + timedelta(hours=1)
     if resolution == "day":
@@ -293,14 +293,14 @@ def _next(dt: datetime, resolution: str) -> datetime:
     return dt.replace(year=dt.year + dt.month // 12, month=dt.month % 12 + 1)
 
 
-def _buckets(start: datetime, end: datetime, resolution: str) -> list[datetime]:
+def buckets(start: datetime, end: datetime, resolution: str) -> list[datetime]:
     out = []
     bucket = start
     while bucket <= end:
         out.append(bucket)
         if len(out) > MAX_BUCKETS:
             raise EventQueryError(f"the range covers more than {MAX_BUCKETS} {resolution}s; use a coarser resolution")
-        bucket = _next(bucket, resolution)
+        bucket = next_bucket(bucket, resolution)
     return out
 
 
