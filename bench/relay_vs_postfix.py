@@ -17,17 +17,25 @@ tables analyzed, as before every phase) before the first measurement. With --bas
 checkout of another revision, e.g. `git worktree add /tmp/envoi-base HEAD~1`) a second region runs that
 revision's code (its processes and its setup import that tree) through the same phases in every round,
 the two taking turns going first, and its ratios against the same Postfix phase are printed too.
+With --webhooks a second region of this checkout runs beside the first, with open and click tracking
+on, `delivered` subscribed to a local receiver (bench/webhook_receiver.py, its own process, checking
+every signature) and `envoi webhooks dispatch` running: same phases, taking turns, and its delivery
+rate is printed against the plain region's of the same round, with the delivered -> webhook received
+p50/p99 while the relay runs at its maximum (each such phase also waits for every webhook to arrive).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -38,6 +46,7 @@ from relay_vs_postfix_lib import (  # noqa: E402
     PostfixStack,
     SmtpSink,
     cpu_seconds,
+    free_port,
     inject_http,
     inject_smtp,
     log,
@@ -89,10 +98,61 @@ def envoi_phase(envoi: EnvoiStack, sink: SmtpSink, name: str, n: int, inject) ->
     return result
 
 
-def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
+class Receiver:
+    """bench/webhook_receiver.py in its own process: counts webhooks, checks signatures, latency."""
+
+    def __init__(self, workdir: Path, key: str, port: int):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "keys.json").write_text(json.dumps({"*": key}))
+        self.port, slow = port, free_port()
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "webhook_receiver.py"),
+                                      str(self.port), str(slow), str(workdir / "keys.json")],
+                                     stdout=(workdir / "receiver.log").open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while True:
+            try:
+                self.stats()
+                return
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{self.port}/reset", method="POST"),
+                               timeout=10)
+
+    def wait(self, total: int, timeout: float = 600) -> float:
+        deadline = time.time() + timeout
+        while self.stats()["received"] < total:
+            if time.time() > deadline:
+                raise SystemExit(f"the receiver got {self.stats()['received']} webhooks of {total}")
+            time.sleep(0.05)
+        return time.time()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path, webhooks: bool = False) -> EnvoiStack:
     envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
                        api_threads=args.api_threads, smtp_processes=args.smtp_processes, root=root)
-    envoi.setup().start()
+    if webhooks:
+        # The receiver needs the signing key the setup makes, the setup the receiver's URL: a port first.
+        port = free_port()
+        envoi.webhook_url = f"http://127.0.0.1:{port}/hook"
+        envoi.processes = (*envoi.processes, "dispatch")
+        envoi.extra_env = {"ENVOI_WEBHOOK_ALLOW": "127.0.0.1/32"}
+        envoi.setup()
+        envoi.receiver = Receiver(workdir / "receiver", envoi.signing_key, port)
+        envoi.start()
+    else:
+        envoi.setup().start()
     # Warm-up: a fresh database's first plans are made for empty tables (a sequential scan of messages
     # per foreign-key check); in production autovacuum's ANALYZE replaces them within a minute, but
     # this machine runs Postgres with autovacuum off, so fill and analyze first.
@@ -100,6 +160,8 @@ def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
     inject_http(envoi.api_port, envoi.api_key, make_messages(1000, f"warm-{uuid.uuid4().hex[:6]}"),
                 args.http_concurrency)
     sink.wait_count(base + 1000)
+    if webhooks:
+        envoi.receiver.wait(1000)
     return envoi
 
 
@@ -114,10 +176,23 @@ def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: st
             auth=(envoi.smtp_login, envoi.smtp_password), starttls=True))
     run = f"http-{uuid.uuid4().hex[:6]}"
     messages = make_messages(args.n, run)
+    receiver = getattr(envoi, "receiver", None)
+    if receiver is not None:
+        receiver.reset()
+        base = receiver.stats()["received"]
     this[f"{key}http"] = result = envoi_phase(envoi, sink, f"{label} (http api)", args.n, lambda: inject_http(
         envoi.api_port, envoi.api_key, messages, args.http_concurrency)[0])
     lat = envoi.latencies(run)
     result["p50"], result["p99"] = percentile(lat, 50), percentile(lat, 99)
+    if receiver is not None:  # every webhook in before the next phase (no work carried into it)
+        done = time.time()
+        caught_up = receiver.wait(base + args.n)
+        got = receiver.stats()
+        result["webhooks"] = {"p50": got["p50"], "p99": got["p99"], "max": got["max"], "invalid": got["invalid"],
+                              "duplicates": got["received"] - got["distinct"], "after_s": caught_up - done}
+        log(f"{label} (http api): delivered -> webhook received p50 {got['p50'] * 1000:.0f} ms, p99"
+            f" {got['p99'] * 1000:.0f} ms, max {got['max'] * 1000:.0f} ms; the last webhook"
+            f" {caught_up - done:.1f} s after the last message; invalid signatures {got['invalid']}")
     return this
 
 
@@ -141,6 +216,9 @@ def main() -> None:
                         help="also run Envoi from this checkout of another revision (e.g. a git worktree of the"
                              " previous commit) in every round, against the same Postfix phase; the two take"
                              " turns going first, and both sets of ratios are printed")
+    parser.add_argument("--webhooks", action="store_true",
+                        help="also run a region with tracking on, `delivered` webhooks to a local receiver and the"
+                             " dispatcher, taking turns with the plain one; its rate against the plain one's")
     args = parser.parse_args()
     # Envoi's CPU per message depends on how many messages share a transaction, which depends on how
     # fast commits return: say what machine, and how busy, this run had.
@@ -157,8 +235,9 @@ def main() -> None:
                 this["postfix"] = postfix_phase(args, workdir, sink, f"{label}postfix+opendkim (smtp)")
             if not stacks:  # started after the first Postfix phase, as it always was
                 roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+                roots |= {"webhooks": ROOT} if args.webhooks else {}
                 for system, root in roots.items():
-                    stacks[system] = start_envoi(args, workdir / system, sink, root)
+                    stacks[system] = start_envoi(args, workdir / system, sink, root, webhooks=system == "webhooks")
             # With a baseline, the two take turns going first, round by round (the machine drifts).
             order = list(stacks) if number % 2 else list(reversed(stacks))
             for system in order:
@@ -181,6 +260,8 @@ def main() -> None:
     finally:
         for stack in stacks.values():
             stack.stop()
+            if getattr(stack, "receiver", None) is not None:
+                stack.receiver.stop()
         sink.stop()
     print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} injection sessions, "
           f"{args.connections} relay sessions, "
@@ -200,6 +281,20 @@ def main() -> None:
                   + f"; postgres transactions/msg {r['xacts']:.3f}")
     for r in results:
         print(f"injector cpu ms/msg, {r['name']}: {r['injector_ms']:.2f}")
+    if args.webhooks:
+        for kind in ("smtp", "http"):
+            ratios = [r[f"webhooks {kind}"]["rate"] / r[kind]["rate"] for r in rounds if kind in r]
+            for r in (r for r in rounds if kind in r):
+                w = r[f"webhooks {kind}"]
+                line = f"RATIO {w['name']} / {r[kind]['name']} = {w['rate'] / r[kind]['rate']:.2f}"
+                if "webhooks" in w:
+                    h = w["webhooks"]
+                    line += (f"; delivered -> webhook received p50 {h['p50'] * 1000:.0f} ms, p99 {h['p99'] * 1000:.0f}"
+                             f" ms, last {h['after_s']:.1f} s after the last message, invalid {h['invalid']},"
+                             f" duplicates {h['duplicates']}")
+                print(line)
+            if len(ratios) > 1:
+                print(f"MEDIAN RATIO webhooks {kind} / {kind} = {statistics.median(ratios):.2f} over {len(ratios)} rounds")
     if not args.skip_postfix:
         for kind in [f"{system}{kind}" for system in ("", "baseline ") for kind in ("smtp", "http")]:
             ratios = [r[kind]["rate"] / r["postfix"]["rate"] for r in rounds if kind in r]
