@@ -297,6 +297,9 @@ class EnvoiStack:
     processes: tuple[str, ...] = ("relay", "smtp", "api")
     extra_env: dict = field(default_factory=dict)
     root: Path = ROOT  # the checkout whose envoi this region runs (another revision for an A/B run)
+    # With a URL: open and click tracking on for the domain, `delivered` subscribed to this URL, and
+    # `envoi webhooks dispatch` among the processes (add "dispatch" to `processes`).
+    webhook_url: str = ""
     dbname: str = field(default_factory=lambda: f"envoi_bench_{uuid.uuid4().hex[:8]}")
     procs: dict = field(default_factory=dict)
 
@@ -336,13 +339,14 @@ class EnvoiStack:
         own code: in this process, or for another checkout in a child process importing that one."""
         secret = base64.b64encode(self.secret_key).decode()
         if self.root == ROOT:
-            made = _setup_region(self.database_url, self.redis_url, secret)
+            made = _setup_region(self.database_url, self.redis_url, secret, self.webhook_url)
         else:
             out = subprocess.run([sys.executable, __file__, "--setup", self.database_url, self.redis_url, secret],
                                  env=self.env(), cwd=self.root, capture_output=True, text=True, check=True)
             made = json.loads(out.stdout.strip().splitlines()[-1])
         self.domain, self.api_key, self.account = made["domain"], made["api_key"], made["account"]
         self.smtp_login, self.smtp_password = made["smtp_login"], made["smtp_password"]
+        self.signing_key = made.get("signing_key")
         return self
 
     def start(self) -> EnvoiStack:
@@ -355,6 +359,7 @@ class EnvoiStack:
                      str(self.smtp_processes)],
             "api": [py, "-m", "envoi.cli", "api", "--bind", f"127.0.0.1:{self.api_port}", "--workers",
                     str(self.api_workers), "--threads", str(self.api_threads)],
+            "dispatch": [py, "-m", "envoi.cli", "webhooks", "dispatch", "--processes", "1"],
         }
         for name in self.processes:
             self.procs[name] = subprocess.Popen(commands[name], env=self.env(), cwd=self.root,
@@ -437,7 +442,7 @@ class EnvoiStack:
         return [float(r["s"]) for r in rows]
 
 
-def _setup_region(database_url: str, redis_url: str, secret: str) -> dict:
+def _setup_region(database_url: str, redis_url: str, secret: str, webhook_url: str = "") -> dict:
     from envoi import runtime
     from envoi.infra.migrate import ensure_database, migrate
     from envoi.infra.settings import Settings
@@ -445,7 +450,8 @@ def _setup_region(database_url: str, redis_url: str, secret: str) -> dict:
     ensure_database(database_url)
     migrate(database_url)
     services = runtime.build(Settings(region="eu", database_url=database_url, redis_url=redis_url,
-                                      secret_key=base64.b64decode(secret), lookup_key=base64.b64decode(secret)),
+                                      secret_key=base64.b64decode(secret), lookup_key=base64.b64decode(secret),
+                                      webhook_allow=("127.0.0.1/32",) if webhook_url else ()),
                              pool_size=2)
     try:
         accounts = services.accounts
@@ -458,10 +464,16 @@ def _setup_region(database_url: str, redis_url: str, secret: str) -> dict:
         _, api_key = accounts.create_key(account["id"], "admin")
         password = secrets.token_urlsafe(16)
         accounts.create_credential(account["id"], DOMAIN, "bench", password)
+        signing_key = None
+        if webhook_url:
+            for kind in ("open", "click"):
+                services.tracking.update_settings(domain, kind, {"active": "yes"})
+            services.webhooks.create(domain, "delivered", [webhook_url])
+            signing_key = services.webhooks.signing_key(account["id"])
     finally:
         services.close()
     return {"domain": domain, "account": account, "api_key": api_key, "smtp_login": f"bench@{DOMAIN}",
-            "smtp_password": password}
+            "smtp_password": password, "signing_key": signing_key}
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -202,6 +202,63 @@ def last_attempts(conn: Connection, delivery_ids: list[int]) -> list[dict]:
 _CLAIMED = "id, account_id, domain_id, event_type, url, url_sealed, endpoint, payload::text AS payload, attempts, created_at"
 
 
+# The fair ranking of store.claim (its parameters: per_endpoint, per_account, limit).
+CLAIM_SQL = """
+WITH RECURSIVE pairs AS (
+    -- Each (account, endpoint) with pending rows, by a skip scan of webhook_deliveries_pair_due:
+    -- one index probe per pair, whatever its backlog.
+    (SELECT account_id, endpoint FROM webhook_deliveries WHERE status = 'pending'
+     ORDER BY account_id, endpoint LIMIT 1)
+    UNION ALL
+    SELECT n.account_id, n.endpoint FROM pairs p CROSS JOIN LATERAL (
+        SELECT account_id, endpoint FROM webhook_deliveries
+        WHERE status = 'pending' AND (account_id, endpoint) > (p.account_id, p.endpoint)
+        ORDER BY account_id, endpoint LIMIT 1) n
+), inflight AS (
+    -- Leased rows only (the webhook_deliveries_inflight index): a test sent from the API is leased
+    -- too; a job of the RQ worker of old counts through its lease as well.
+    SELECT endpoint, account_id FROM webhook_deliveries
+    WHERE status = 'pending' AND leased_until > now()
+), busy_endpoint AS (
+    SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
+), busy_account AS (
+    SELECT account_id, count(*) AS n FROM inflight GROUP BY account_id
+), room AS (
+    SELECT p.account_id, p.endpoint,
+           least(%(per_endpoint)s - coalesce(be.n, 0), %(per_account)s - coalesce(ba.n, 0), %(limit)s) AS n
+    FROM pairs p LEFT JOIN busy_endpoint be USING (endpoint) LEFT JOIN busy_account ba USING (account_id)
+), waiting AS (
+    -- A pair's oldest due rows, at most its free room: a row further back could not be claimed
+    -- this round (its turn would exceed the room), so an endpoint or account at its cap (a dead
+    -- endpoint's backlog) costs the claim one probe, not a scan and a sort.
+    SELECT w.id, r.endpoint, r.account_id, w.next_attempt_at,
+           row_number() OVER (PARTITION BY r.endpoint, r.account_id ORDER BY w.next_attempt_at, w.id) AS turn
+    FROM room r CROSS JOIN LATERAL (
+        SELECT id, next_attempt_at FROM webhook_deliveries d
+        WHERE d.status = 'pending' AND d.account_id = r.account_id AND d.endpoint = r.endpoint
+          AND d.next_attempt_at <= now()
+          AND (d.leased_until IS NULL OR d.leased_until <= now())
+          AND (d.running_until IS NULL OR d.running_until <= now())
+        ORDER BY d.next_attempt_at, d.id LIMIT r.n) w
+    WHERE r.n > 0
+), due AS (
+    -- An endpoint host shared by several accounts serves them in turns too.
+    SELECT id, endpoint, account_id,
+           row_number() OVER (PARTITION BY endpoint ORDER BY turn, next_attempt_at, id) AS endpoint_rank
+    FROM waiting
+), endpoint_ok AS (
+    SELECT due.id, due.account_id, due.endpoint_rank,
+           row_number() OVER (PARTITION BY due.account_id ORDER BY due.endpoint_rank, due.id) AS account_rank
+    FROM due LEFT JOIN busy_endpoint b USING (endpoint)
+    WHERE due.endpoint_rank <= %(per_endpoint)s - coalesce(b.n, 0)
+)
+SELECT e.id FROM endpoint_ok e LEFT JOIN busy_account b USING (account_id)
+WHERE e.account_rank <= %(per_account)s - coalesce(b.n, 0)
+ORDER BY e.account_rank, e.id
+LIMIT %(limit)s
+"""
+
+
 def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[dict]:
     """Lease up to `limit` due deliveries fairly and return them (the _CLAIMED columns).
 
@@ -212,47 +269,14 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
     never queues in front of another's. Rows whose lease ran out (a dispatcher was killed) are due
     again: this is also the sweeper. Claimers take turns (an advisory lock for the transaction), so
     two never count the same free slots; the rows are locked with SKIP LOCKED so a claim never waits
-    behind a batch of results being written.
+    behind a batch of results being written. Each (account, endpoint)'s due rows are read in order up
+    to its free room only (webhook_deliveries_pair_due, migration 0205): a claim costs the same with a
+    dead endpoint's backlog of 100,000 rows as without it, so the claim lock, which every dispatcher
+    takes turns on, never becomes the other tenants' bottleneck.
     """
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
-    rows = conn.execute(
-        """
-        WITH inflight AS (
-            -- Leased rows only (the webhook_deliveries_inflight index): a test sent from the API is leased
-            -- too; a job of the RQ worker of old counts through its lease as well.
-            SELECT endpoint, account_id FROM webhook_deliveries
-            WHERE status = 'pending' AND leased_until > now()
-        ), busy_endpoint AS (
-            SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
-        ), busy_account AS (
-            SELECT account_id, count(*) AS n FROM inflight GROUP BY account_id
-        ), waiting AS (
-            SELECT id, endpoint, account_id, next_attempt_at,
-                   row_number() OVER (PARTITION BY endpoint, account_id ORDER BY next_attempt_at, id) AS turn
-            FROM webhook_deliveries w
-            WHERE status = 'pending' AND next_attempt_at <= now()
-              AND (leased_until IS NULL OR leased_until <= now())
-              AND (running_until IS NULL OR running_until <= now())
-              -- The backlog of an endpoint or account at its cap (a dead endpoint's) is left out before
-              -- any sorting: it costs the claim a scan, not a sort.
-              AND NOT EXISTS (SELECT 1 FROM busy_endpoint b WHERE b.endpoint = w.endpoint AND b.n >= %(per_endpoint)s)
-              AND NOT EXISTS (SELECT 1 FROM busy_account b WHERE b.account_id = w.account_id AND b.n >= %(per_account)s)
-        ), due AS (
-            -- An endpoint host shared by several accounts serves them in turns too.
-            SELECT id, endpoint, account_id,
-                   row_number() OVER (PARTITION BY endpoint ORDER BY turn, next_attempt_at, id) AS endpoint_rank
-            FROM waiting
-        ), endpoint_ok AS (
-            SELECT due.id, due.account_id, due.endpoint_rank,
-                   row_number() OVER (PARTITION BY due.account_id ORDER BY due.endpoint_rank, due.id) AS account_rank
-            FROM due LEFT JOIN busy_endpoint b USING (endpoint)
-            WHERE due.endpoint_rank <= %(per_endpoint)s - coalesce(b.n, 0)
-        )
-        SELECT e.id FROM endpoint_ok e LEFT JOIN busy_account b USING (account_id)
-        WHERE e.account_rank <= %(per_account)s - coalesce(b.n, 0)
-        ORDER BY e.account_rank, e.id
-        LIMIT %(limit)s
-        """, {"per_endpoint": per_endpoint, "per_account": per_account, "limit": limit}).fetchall()
+    rows = conn.execute(CLAIM_SQL, {"per_endpoint": per_endpoint, "per_account": per_account,
+                                    "limit": limit}).fetchall()
     if not rows:
         return []
     return conn.execute(
