@@ -57,8 +57,7 @@ async function refused(name, status, fn) {
 }
 
 (async () => {
-  const now = new Date();
-  const dayAgo = new Date(now.getTime() - 86400e3);
+  const dayAgo = new Date(Date.now() - 86400e3);
   const onDomain = {AND: [{attribute: 'domain', comparator: '=', values: [{label: domain, value: domain}]}]};
 
   // messages and events
@@ -93,17 +92,18 @@ async function refused(name, status, fn) {
   await call('domains.destroy', () => mg.domains.destroy(gone));
   await refused('domains.get(deleted)', 404, () => mg.domains.get(gone));
 
-  // tags and analytics
+  // tags and analytics (the SDK sends whole seconds: end a minute ahead so the message above is inside)
+  const later = new Date(Date.now() + 60e3);
   await call('domains.domainTags.list', () => mg.domains.domainTags.list(domain, {limit: 10}));
   await call('tags.list', () => mg.tags.list({pagination: {sort: 'tag:asc', limit: 10}}));
   await call('tags.limits', () => mg.tags.limits());
-  await call('metrics.getAccount', () => mg.metrics.getAccount({start: dayAgo, end: now, resolution: 'day',
+  await call('metrics.getAccount', () => mg.metrics.getAccount({start: dayAgo, end: later, resolution: 'day',
     dimensions: ['time'], metrics: ['accepted_count', 'delivered_count'], include_aggregates: true,
     filter: onDomain}));
   await call('metrics.getAccountUsage', () => mg.metrics.getAccountUsage({dimensions: ['time'],
     metrics: ['processed_count'], duration: '1d'}));
   await refused('metrics.getAccount(unknown metric)', 400, () => mg.metrics.getAccount({metrics: ['nope_count']}));
-  await call('logs.list', () => mg.logs.list({start: dayAgo, end: now, events: ['accepted'],
+  await call('logs.list', () => mg.logs.list({start: dayAgo, end: later, events: ['accepted'],
     pagination: {sort: 'timestamp:asc', limit: 10}, filter: onDomain}));
   await call('stats.getDomain', () => mg.stats.getDomain(domain, {event: ['accepted'], duration: '1d'}));
 
