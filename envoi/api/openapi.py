@@ -212,10 +212,12 @@ def _dkim(add, d: dict) -> None:
         "Rotate now: a new key under a new selector, signing once its record is found in DNS", _json(MESSAGE),
         params=[d], tag="dkim"))
     add("/v3/domains/{domain}/dkim_selector", "put", op(
-        "Change the selector of the domain's RSA key (once verified: signing moves once the new record is found)",
+        "Change the selector of the domain's RSA key (once verified: signing moves once the new record is found);"
+        " dkim_selector in the form or, as Mailgun documents and mailgun.js sends it, the query string",
         _json(MESSAGE), params=[d], body=_form({"dkim_selector": SHORT}), tag="dkim"))
     add("/v3/domains/{domain}/dkim_authority", "put", op(
-        "self=false: sign as the nearest parent domain of the account, with its keys; self=true: as itself",
+        "self=false: sign as the nearest parent domain of the account, with its keys; self=true: as itself (self in"
+        " the form or the query string)",
         _json({"type": "object", "required": ["message", "changed", "sending_dns_records"],
                "properties": {"message": STR, "changed": BOOL, "sending_dns_records": {"type": "array", "items": OBJ}}}),
         params=[d], body=_form({"self": YESNO}, ("self",)), tag="dkim"))

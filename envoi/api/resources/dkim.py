@@ -19,6 +19,7 @@ from envoi.accounts.dkim import DkimKeys, Key, format_interval
 from envoi.accounts.service import dns_records
 from envoi.api.errors import ApiError
 from envoi.api.forms import read_form
+from envoi.api.scope import query_params
 
 TRUE, FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 MAX_LIMIT = 100
@@ -27,6 +28,12 @@ MAX_LIMIT = 100
 def _one(fields: dict, name: str) -> str | None:
     values = fields.get(name)
     return values[-1] if values else None
+
+
+def _query_and_form(req: falcon.Request) -> dict[str, list[str]]:
+    """Mailgun documents dkim_selector and self as query parameters (mailgun.js sends them so, with an
+    empty body); the Python SDK sends a form. Both are read; the body wins."""
+    return {**query_params(req), **read_form(req)[0]}
 
 
 def key_json(key: Key) -> dict:
@@ -137,7 +144,7 @@ class DomainDkimSettings:
         self.dns_settings = dns_settings
 
     def on_put_selector(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        fields, _ = read_form(req)
+        fields = _query_and_form(req)
         selector = _one(fields, "dkim_selector")
         if selector is None:  # Mailgun: "If omitted no change is committed"
             self.dkim.accounts.get_domain(domain, req.context.principal.account_id)
@@ -146,7 +153,7 @@ class DomainDkimSettings:
         resp.media = {"message": "Domain DKIM selector updated"}
 
     def on_put_authority(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
-        fields, _ = read_form(req)
+        fields = _query_and_form(req)
         own = (_one(fields, "self") or "").lower()
         if own not in TRUE | FALSE:
             raise ApiError(400, "self must be true or false")
