@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 
 def _ip(*args: str, ns: str | None = None) -> None:
@@ -26,6 +28,12 @@ def available() -> bool:
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("socat"):
         return False
     return subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Hosts:
@@ -43,6 +51,7 @@ class Hosts:
         self.ns = {name: f"envoi-{self.tag}-{name}" for name in hosts}
         self._procs: list[subprocess.Popen] = []
         self._links: list[str] = []
+        self._urls: tuple[str, str] | None = None
 
     def __enter__(self) -> Hosts:
         try:
@@ -85,6 +94,21 @@ class Hosts:
                 return port
             time.sleep(0.05)
         raise RuntimeError(f"socat on {self.gateway}:{port} did not start")
+
+    def reach(self, database_url: str, redis_url: str) -> tuple[str, str]:
+        """The region's Postgres and Redis URLs as seen from inside a namespace: via socat on the gateway
+        (started on first use)."""
+        if self._urls is None:
+            from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+            pg = conninfo_to_dict(database_url)
+            pg_port = self.forward(_free_port(), (pg.get("host") or "127.0.0.1", int(pg.get("port") or 5432)))
+            parts = urlsplit(redis_url)
+            rd_port = self.forward(_free_port(), (parts.hostname or "127.0.0.1", parts.port or 6379))
+            self._urls = (make_conninfo(database_url, host=self.gateway, port=pg_port),
+                          urlunsplit(parts._replace(netloc=re.sub(r"[^@]*$", f"{self.gateway}:{rd_port}",
+                                                                  parts.netloc))))
+        return self._urls
 
     def exec_argv(self, host: str, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns[host], *argv]

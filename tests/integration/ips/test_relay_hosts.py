@@ -18,7 +18,7 @@ from envoi.dev.sink import Sink
 from tests.support import netns
 from tests.support.api import accepted, send_form
 from tests.support.dns_server import DnsServer
-from tests.support.processes import Proc, envoi, free_port, process_env
+from tests.support.processes import Proc, envoi, process_env
 
 pytestmark = pytest.mark.skipif(not netns.available(), reason="needs root, iproute2 and socat (network namespaces)")
 
@@ -26,6 +26,7 @@ HOSTS = {"a": ["{net}.11", "{net}.21", "{net}.22"], "b": ["{net}.12", "{net}.31"
          "c": ["{net}.13", "{net}.41"]}
 PINNED, PLAIN = 60, 240
 METRICS_PORT = 9109
+LEASE = 6
 
 
 def unavailable(url: str) -> float:
@@ -36,6 +37,32 @@ def unavailable(url: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def start_relay(net, h, settings, dns, sink, relay_host, log_dir, policy="wait", name=None) -> Proc:
+    """`envoi relay` inside host h's namespace, reaching Postgres and Redis through the gateway."""
+    database_url, redis_url = net.reach(settings.database_url, settings.redis_url)
+    env = process_env(settings, DATABASE_URL=database_url, REDIS_URL=redis_url,
+                      ENVOI_RELAY_HOST=relay_host, ENVOI_DNS_RESOLVER=f"{net.gateway}:{dns.port}",
+                      ENVOI_MX_PORT=sink.smtp_port, ENVOI_SMTP_TIMEOUT=5, ENVOI_RELAY_LEASE=LEASE,
+                      ENVOI_IPS_REFRESH=0.5, ENVOI_WARMUP_POLICY=policy, ENVOI_RELAY_BATCH=20,
+                      ENVOI_RELAY_CONNECTIONS=4, ENVOI_RELAY_SIGNERS=0)
+    argv = envoi("relay", "--metrics-bind", f"{net.hosts[h][0]}:{METRICS_PORT}")
+    return Proc(name or f"relay-{h}", net.exec_argv(h, argv), env, log_dir)
+
+
+def register(services, net, own, tag, dedicated) -> None:
+    for h, addresses in own.items():
+        for address in addresses:
+            services.ips.add_ip("test", address, host=f"{h}-{tag}", helo=f"{h}.mta.test",
+                                dedicated=address == dedicated)
+
+
+def route(net, dns) -> str:
+    rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
+    dns.add(rcpt_domain, "MX", f"10 mx.{rcpt_domain}.")
+    dns.add(f"mx.{rcpt_domain}", "A", net.gateway)
+    return rcpt_domain
+
+
 def test_relays_on_three_hosts_send_from_their_own_ips_and_a_dead_hosts_mail_is_delivered(
         services, settings, account, domain, client, api_key, db, clean_ips, tmp_path):
     plain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.plain.test",
@@ -44,32 +71,12 @@ def test_relays_on_three_hosts_send_from_their_own_ips_and_a_dead_hosts_mail_is_
     with netns.Hosts(HOSTS) as net, Sink(smtp_host=net.gateway) as sink, DnsServer(host=net.gateway) as dns:
         own = {h: net.hosts[h][1:] for h in HOSTS}  # each host's egress IPs
         dedicated = own["a"][0]
-        for h, addresses in own.items():
-            for address in addresses:
-                services.ips.add_ip("test", address, host=f"{h}-{tag}", helo=f"{h}.mta.test",
-                                    dedicated=address == dedicated)
+        register(services, net, own, tag, dedicated)
         services.ips.add_domain_ip("test", domain, dedicated)
         shared = {a for addresses in own.values() for a in addresses} - {dedicated}
 
-        rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
-        dns.add(rcpt_domain, "MX", f"10 mx.{rcpt_domain}.")
-        dns.add(f"mx.{rcpt_domain}", "A", net.gateway)
-        pg = net.forward(free_port(), ("127.0.0.1", 5432))
-        rd = net.forward(free_port(), ("127.0.0.1", 6379))
-        from psycopg.conninfo import make_conninfo
-        database_url = make_conninfo(settings.database_url, host=net.gateway, port=pg)
-        redis_url = re.sub(r"//[^/]+", f"//{net.gateway}:{rd}", settings.redis_url, count=1)
-
-        relays: dict[str, Proc] = {}
-        for h in HOSTS:
-            env = process_env(settings, DATABASE_URL=database_url, REDIS_URL=redis_url,
-                              ENVOI_RELAY_HOST=f"{h}-{tag}", ENVOI_DNS_RESOLVER=f"{net.gateway}:{dns.port}",
-                              ENVOI_MX_PORT=sink.smtp_port, ENVOI_SMTP_TIMEOUT=5, ENVOI_RELAY_LEASE=6,
-                              ENVOI_IPS_REFRESH=0.5, ENVOI_WARMUP_POLICY="wait", ENVOI_RELAY_BATCH=20,
-                              ENVOI_RELAY_CONNECTIONS=4, ENVOI_RELAY_SIGNERS=0)
-            relays[h] = Proc(f"relay-{h}", net.exec_argv(h, envoi("relay", "--metrics-bind",
-                                                                  f"{net.hosts[h][0]}:{METRICS_PORT}")),
-                             env, tmp_path)
+        rcpt_domain = route(net, dns)
+        relays = {h: start_relay(net, h, settings, dns, sink, f"{h}-{tag}", tmp_path) for h in HOSTS}
         metrics = {h: f"http://{net.hosts[h][0]}:{METRICS_PORT}/metrics" for h in HOSTS}
         for h, proc in relays.items():
             proc.wait_ready(lambda h=h: unavailable(metrics[h]) >= 0, timeout=60)
@@ -122,3 +129,41 @@ def test_relays_on_three_hosts_send_from_their_own_ips_and_a_dead_hosts_mail_is_
     rows = db.execute("SELECT count(*) AS n FROM recipients WHERE address = ANY(%s) AND status <> 'queued'",
                       (list(expected),)).fetchone()
     assert rows["n"] == len(expected)
+
+
+def test_mail_pinned_to_a_dead_host_waits_for_it_or_overflows_when_the_policy_allows(
+        services, settings, account, domain, client, api_key, db, clean_ips, tmp_path):
+    """Host A (the domain's dedicated IP) is down. Under "wait" host B leaves its mail queued, unclaimed
+    and unattempted; under "overflow" B takes it once it has been due a whole lease, over its shared IP."""
+    tag = uuid.uuid4().hex[:6]
+    hosts = {"a": HOSTS["a"], "b": HOSTS["b"]}
+    with netns.Hosts(hosts) as net, Sink(smtp_host=net.gateway) as sink, DnsServer(host=net.gateway) as dns:
+        own = {h: net.hosts[h][1:] for h in hosts}
+        dedicated = own["a"][0]
+        register(services, net, own, tag, dedicated)
+        services.ips.add_domain_ip("test", domain, dedicated)
+        rcpt_domain = route(net, dns)
+        metrics = f"http://{net.hosts['b'][0]}:{METRICS_PORT}/metrics"
+        pinned = [accepted(send_form(client, api_key, domain, to=f"p{n}@{rcpt_domain}")).message_id
+                  for n in range(5)]
+
+        waiting = start_relay(net, "b", settings, dns, sink, f"b-{tag}", tmp_path, policy="wait", name="b-wait")
+        try:
+            waiting.wait_ready(lambda: unavailable(metrics) >= 0, timeout=60)
+            time.sleep(2 * LEASE)  # long past the lease: "wait" never overflows
+            rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
+                              " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
+            assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 5
+            assert unavailable(metrics) == 0  # not claimed and put back either
+            assert sink.messages() == []
+        finally:
+            waiting.stop(signal.SIGTERM)
+
+        overflowing = start_relay(net, "b", settings, dns, sink, f"b-{tag}", tmp_path, policy="overflow",
+                                  name="b-overflow")
+        try:
+            received = sink.wait_for(5, timeout=30)
+        finally:
+            overflowing.stop(signal.SIGTERM)
+    assert sorted(r for m in received for r in m["rcpt_tos"]) == sorted(f"p{n}@{rcpt_domain}" for n in range(5))
+    assert {m["peer"] for m in received} <= set(own["b"])  # B's shared pool, never an address of A
