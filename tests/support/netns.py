@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -106,8 +105,9 @@ class Hosts:
             parts = urlsplit(redis_url)
             rd_port = self.forward(_free_port(), (parts.hostname or "127.0.0.1", parts.port or 6379))
             self._urls = (make_conninfo(database_url, host=self.gateway, port=pg_port),
-                          urlunsplit(parts._replace(netloc=re.sub(r"[^@]*$", f"{self.gateway}:{rd_port}",
-                                                                  parts.netloc))))
+                          urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[0]
+                                                    + ("@" if "@" in parts.netloc else "")
+                                                    + f"{self.gateway}:{rd_port}")))
         return self._urls
 
     def exec_argv(self, host: str, argv: list[str]) -> list[str]:
