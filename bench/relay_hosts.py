@@ -8,6 +8,8 @@ Per round (k hosts):
    destination domains) are queued with SQL, due in an hour; VACUUM.
 2. k relays start, each in namespace h<i> with its own egress IP registered for its host in the
    IP inventory (shared pool), ENVOI_SMTP_ROUTE to Postfix's `smtp-sink` in the root namespace.
+   Round 0 (the reference, same run): one relay in the root namespace, Postgres and Redis on
+   127.0.0.1 without socat, sending from the bridge's root-side address.
 3. Once they are up, the queue is made due (one UPDATE of N rows) and the drain is timed until the
    sink has counted N messages.
 
@@ -78,14 +80,21 @@ def one_round(envoi: EnvoiStack, net: netns.Hosts, sink: GatewaySink, k: int, n:
     with envoi.connect() as conn:
         conn.execute("UPDATE recipients SET next_attempt_at = now() + interval '1 hour' WHERE status = 'queued'")
     envoi.vacuum()
-    database_url, redis_url = net.reach(envoi.database_url, envoi.redis_url)
+    # k = 0: the reference, one relay in the root namespace reaching Postgres and Redis on 127.0.0.1
+    # directly (no socat), sending from host h0's egress IP all the same.
+    reference = k == 0
+    database_url, redis_url = (envoi.database_url, envoi.redis_url) if reference else \
+        net.reach(envoi.database_url, envoi.redis_url)
     relays = []
-    for i in range(k):
+    for i in range(max(k, 1)):
+        argv = [sys.executable, "-m", "envoi.cli", "relay"]
         env = envoi.env() | {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ENVOI_RELAY_HOST": f"h{i}",
                              "ENVOI_SMTP_ROUTE": f"{net.gateway}:{sink.port}",
                              "ENVOI_RELAY_CONNECTIONS": str(connections), "ENVOI_IPS_REFRESH": "1"}
         log_path = workdir / f"relay-{k}-{i}.log"
-        relays.append((subprocess.Popen(net.exec_argv(f"h{i}", [sys.executable, "-m", "envoi.cli", "relay"]),
+        if reference:
+            env["ENVOI_RELAY_HOST"] = "root"  # its own inventory row, added below
+        relays.append((subprocess.Popen(argv if reference else net.exec_argv(f"h{i}", argv),
                                         env=env, cwd=Path(__file__).resolve().parent.parent,
                                         stdout=log_path.open("wb"), stderr=subprocess.STDOUT), log_path))
     deadline = time.monotonic() + 60
@@ -129,14 +138,14 @@ def one_round(envoi: EnvoiStack, net: netns.Hosts, sink: GatewaySink, k: int, n:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--hosts", default="1,2,3")
+    parser.add_argument("--hosts", default="0,1,2,3", help="0: the reference (one relay, root namespace)")
     parser.add_argument("--connections", type=int, default=50, help="ENVOI_RELAY_CONNECTIONS per relay")
     args = parser.parse_args()
     if not netns.available():
         sys.exit("needs root, iproute2 and socat")
     counts = [int(x) for x in args.hosts.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="envoi-relay-hosts-"))
-    hosts = {f"h{i}": ["{net}." + str(11 + i), "{net}." + str(21 + i)] for i in range(max(counts))}
+    hosts = {f"h{i}": ["{net}." + str(11 + i), "{net}." + str(21 + i)] for i in range(max(max(counts), 1))}
     log(f"load before: {os.getloadavg()}")
     with netns.Hosts(hosts) as net:
         sink = GatewaySink(workdir, net.gateway).start()
@@ -149,6 +158,7 @@ def main() -> None:
             try:
                 for i in range(max(counts)):
                     services.ips.add_ip("bench", net.hosts[f"h{i}"][1], host=f"h{i}", helo=f"h{i}.bench.test")
+                services.ips.add_ip("bench", net.gateway, host="root", helo="root.bench.test")
             finally:
                 services.close()
             results = []
@@ -165,7 +175,8 @@ def main() -> None:
           " | PG rows fetched/msg | egress IPs seen | load (1 min) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['hosts']} | {r['n']} | {r['seconds']:.1f} | {r['rate']:.0f} | {r['cpu_ms']:.2f} |"
+        label = "1 (reference: root namespace, no socat)" if r["hosts"] == 0 else r["hosts"]
+        print(f"| {label} | {r['n']} | {r['seconds']:.1f} | {r['rate']:.0f} | {r['cpu_ms']:.2f} |"
               f" {r['xacts']:.3f} | {r['rows_written']:.2f} | {r['rows_fetched']:.1f} |"
               f" {', '.join(f'{ip}: {c}' for ip, c in r['egress'].items())} | {r['load']:.1f} |")
 
