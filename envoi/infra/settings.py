@@ -183,7 +183,7 @@ class Settings:
     #: 2 x ENVOI_RELAY_CONNECTIONS messages. 0 = write whenever the writer is free.
     relay_flush_delay: float = 0.02
     #: ENVOI_RELAY_LEASE: seconds a relay's claim on a recipient lasts without renewal (renewed every
-    #: quarter of it, at most every 30 s). A relay host that dies leaves its mail to the others after
+    #: quarter of it, at most every 30 s; checked once a second, so keep it >= 4 s). A relay host that dies leaves its mail to the others after
     #: this long; mail pinned to a dead host's IPs overflows to other hosts after it too (policy overflow).
     relay_lease: float = 120.0
     #: ENVOI_RELAY_CONNECTIONS: concurrent outbound SMTP sessions per relay.
