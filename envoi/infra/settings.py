@@ -198,6 +198,10 @@ class Settings:
     #: written at once). Longer: fewer, larger transactions; a crash still re-sends at most
     #: 2 x ENVOI_RELAY_CONNECTIONS messages. 0 = write whenever the writer is free.
     relay_flush_delay: float = 0.02
+    #: ENVOI_RELAY_LEASE: seconds a relay's claim on a recipient lasts without renewal (renewed every
+    #: quarter of it, at most every 30 s; checked once a second, so keep it >= 4 s). A relay host that dies leaves its mail to the others after
+    #: this long; mail pinned to a dead host's IPs overflows to other hosts after it too (policy overflow).
+    relay_lease: float = 120.0
     #: ENVOI_RELAY_CONNECTIONS: concurrent outbound SMTP sessions per relay.
     relay_connections: int = 50
     #: ENVOI_SMTP_TIMEOUT: seconds to wait on a remote SMTP server per command.
@@ -494,6 +498,8 @@ class Settings:
             values["relay_batch"] = int(v)
         if v := env.get("ENVOI_RELAY_CLAIM_INTERVAL"):
             values["relay_claim_interval"] = _seconds(v)
+        if v := env.get("ENVOI_RELAY_LEASE"):
+            values["relay_lease"] = _seconds(v)
         if v := env.get("ENVOI_RELAY_FLUSH_DELAY"):
             values["relay_flush_delay"] = _seconds(v)
         if v := env.get("ENVOI_RELAY_CONNECTIONS"):

@@ -64,6 +64,8 @@ class Inventory:
     pools: dict[str, tuple[int | None, list[str]]] = field(default_factory=dict)
     warm: dict[str, tuple[float, list[list[int]]]] = field(default_factory=dict)  # address -> (start, plan)
     clock_skew: float = 0.0  # database now() - local time.time()
+    # Domains whose own IPs (or linked pool) are enabled only on other relay hosts: pinned elsewhere.
+    elsewhere: frozenset[int] = frozenset()
 
     @classmethod
     def build(cls, data: dict, host: str) -> Inventory:
@@ -75,15 +77,23 @@ class Inventory:
         members: dict[str, list[str]] = defaultdict(list)
         for r in data["members"]:
             members[r["pool_id"]].append(r["address"])
+        pool_of = {r["domain_id"]: r["pool_id"] for r in data["domain_pools"]}
+        elsewhere = set()
+        for domain_id in set(domain_ips) | set(pool_of):
+            enabled = [a for a in domain_ips.get(domain_id) or members.get(pool_of.get(domain_id), [])
+                       if a in ips and ips[a]["enabled"]]
+            if enabled and not any(ips[a]["host"] == host for a in enabled):
+                elsewhere.add(domain_id)
         return cls(
             ips=ips,
             local=local,
             shared=sorted(a for a in local if not ips[a]["dedicated"]),
             domain_ips=dict(domain_ips),
-            domain_pool={r["domain_id"]: r["pool_id"] for r in data["domain_pools"]},
+            domain_pool=pool_of,
             pools={r["id"]: (r["account_id"], members.get(r["id"], [])) for r in data["pools"]},
             warm={r["address"]: (r["started_at"].timestamp(), r["plan"]) for r in data["warmups"]},
             clock_skew=data["now"].timestamp() - time.time(),
+            elsewhere=frozenset(elsewhere),
         )
 
 

@@ -41,14 +41,25 @@ def insert_recipients(conn: Connection, rows: list[tuple]) -> None:
                                         ("next_attempt_at", "timestamptz"), ("expires_at", "timestamptz")), rows)
 
 
-def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None) -> list[dict]:
-    """Lease up to `limit` due recipients. A crashed relay's lease simply runs out, so nothing is lost."""
+def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None,
+              elsewhere: list[int] | None = None, overflow_after: float | None = None) -> list[dict]:
+    """Lease up to `limit` due recipients. A crashed relay's lease simply runs out, so nothing is lost.
+
+    `elsewhere`: domains whose egress IPs all live on other relay hosts. Their mail is left to those
+    hosts (host-affine claiming), unless `overflow_after` is given and it has been due that long
+    (its host is down or behind): then this relay may take it and send it over its shared pool."""
+    affinity = ""
+    args: list = [limit]
+    if elsewhere:
+        affinity = " AND (domain_id <> ALL(%s)" + (" OR next_attempt_at < now() - make_interval(secs => %s))"
+                                                   if overflow_after is not None else ")")
+        args = [elsewhere] + ([overflow_after] if overflow_after is not None else []) + args
     return conn.execute(
-        """
+        f"""
         WITH due AS (
             SELECT id FROM recipients
             WHERE status = 'queued' AND next_attempt_at <= now()
-              AND (leased_until IS NULL OR leased_until < now())
+              AND (leased_until IS NULL OR leased_until < now()){affinity}
             ORDER BY next_attempt_at
             LIMIT %s
             FOR UPDATE SKIP LOCKED
@@ -58,7 +69,7 @@ def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | N
         RETURNING r.id, r.message_pk, r.account_id, r.domain_id, r.address, r.rcpt_domain, r.attempts,
                   r.expires_at
         """,
-        (limit, lease_seconds, owner),
+        (*args, lease_seconds, owner),
     ).fetchall()
 
 

@@ -15,8 +15,8 @@ from envoi.mta import store
 
 log = logging.getLogger("envoi.relay")
 # A lease is renewed while the relay holds the recipient, so a live relay never loses one; a relay
-# killed on another host leaves leases that run out after LEASE_SECONDS. A relay restarted on the
-# same host releases its own host's leases at once (one relay per host: DESIGN.md).
+# killed on another host leaves leases that run out after ENVOI_RELAY_LEASE seconds. A relay restarted
+# on the same host releases its own host's leases at once (one relay per host: DESIGN.md).
 LEASE_SECONDS = 120
 KEYS_SECONDS = 60
 
@@ -43,8 +43,13 @@ class Claimer:
     """Leases: taken (claim), kept (renew) and, at start, released from a previous run on this host.
     Blocking calls: the engine runs them in a thread."""
 
-    def __init__(self, db: Database, accounts: Accounts, sealer: Sealer, owner: str, suppressions=None):
+    def __init__(self, db: Database, accounts: Accounts, sealer: Sealer, owner: str, suppressions=None, *,
+                 lease: float = LEASE_SECONDS, affinity=None):
         self.db = db
+        self.lease = lease
+        # affinity() -> (domain ids whose IPs all live on other hosts, may their mail overflow here?):
+        # host-affine claiming, so mail pinned to another host's IPs is not claimed and deferred here.
+        self.affinity = affinity
         self.accounts = accounts
         self.sealer = sealer
         self.owner = owner  # lease owner: this host's relay
@@ -61,8 +66,11 @@ class Claimer:
 
     def claim(self, limit: int) -> Claim:
         blocked: dict[int, str] = {}
+        elsewhere, overflow = self.affinity() if self.affinity is not None else ([], False)
         with self.db.transaction() as conn:
-            rows = store.claim_due(conn, limit, LEASE_SECONDS, self.owner)
+            # Pinned mail overflows here once due for a whole lease: its host is down (or far behind).
+            rows = store.claim_due(conn, limit, self.lease, self.owner, elsewhere,
+                                   self.lease if overflow else None)
             if not rows:
                 return Claim([], {}, {})
             messages = {m["id"]: m for m in store.load_messages(conn, list({r["message_pk"] for r in rows}))}
@@ -100,7 +108,7 @@ class Claimer:
     def renew(self, ids: list[int]) -> None:
         """Renew these leases (a copy of `leased` taken on the event loop, which changes it)."""
         with self.db.transaction() as conn:
-            store.renew_leases(conn, ids, self.owner, LEASE_SECONDS)
+            store.renew_leases(conn, ids, self.owner, self.lease)
 
     def done(self, recipient_ids) -> None:
         """Outcomes committed: the leases are no longer this relay's to renew."""

@@ -28,6 +28,11 @@ class IpEgress:
             self.metrics.egress_deliveries.labels(choice.address or "", choice.via).inc()
         return Egress(choice.address, choice.helo), choice.recipients
 
+    def pinned_elsewhere(self) -> tuple[list[int], bool]:
+        """Domains whose IPs all live on other relay hosts (this relay leaves their mail to those hosts),
+        and whether the policy lets their mail overflow to this host's shared pool when it waits too long."""
+        return sorted(self.view.inventory.elsewhere), self.view.policy == "overflow"
+
     def stop(self) -> None:
         """Record usage and hand back unspent warm-up quota (the relay is exiting)."""
         self.view.stop()

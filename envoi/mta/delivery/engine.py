@@ -77,7 +77,9 @@ class Relay:
         self.inflight = 0
         self.capacity = max(settings.relay_batch * 2, 100)
         # suppressions: blocked(...) before sending (claim), record_failures(...) for hard bounces (record)
-        self.claimer = Claimer(db, accounts, sealer, settings.relay_host, suppressions)
+        self.claimer = Claimer(db, accounts, sealer, settings.relay_host, suppressions, lease=settings.relay_lease,
+                               affinity=getattr(egress, "pinned_elsewhere", None))
+        self.renew_seconds = min(RENEW_SECONDS, settings.relay_lease / 4)
         self.preparer = Preparer(sealer, self.claimer.keys, signers=settings.relay_signers, signer=signer,
                                  metrics=metrics)
         self.recorder = Recorder(db, events, settings.retry_schedule, signatures=self.preparer.signatures,
@@ -139,7 +141,7 @@ class Relay:
             if self.metrics:
                 self.metrics.queue_ready.set(self.destinations.ready())
             try:
-                if now - renewed >= RENEW_SECONDS and self.claimer.leased:
+                if now - renewed >= self.renew_seconds and self.claimer.leased:
                     await asyncio.to_thread(self.claimer.renew, list(self.claimer.leased))
                     renewed = now
                 if now - reported >= TLS_RESULTS_SECONDS:

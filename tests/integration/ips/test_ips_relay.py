@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 
@@ -134,3 +135,34 @@ def test_warmup_quota_counts_recipients_and_splits_a_transaction_at_the_cap(serv
     assert all(r["attempts"] == 0 for r in held)
     assert db.execute("SELECT used FROM ip_warmup_usage WHERE address = '127.0.0.2'").fetchone()["used"] == 2
     db.execute("DELETE FROM messages WHERE message_id = %s", (message_id,))  # leave no queued mail behind
+
+
+def test_mail_pinned_to_another_hosts_ip_is_not_claimed_here(services, settings, account, domain, db, clean_ips):
+    """Host-affine claiming on loopback (the namespaced test, test_relay_hosts.py, needs root): this
+    relay's host has a shared IP; the domain's dedicated IP is on another host. Under "wait" this relay
+    never leases the pinned mail (no claim-and-put-back), while mail of other domains leaves at once."""
+    other = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.other.test", dkim_key_size=1024,
+                                         verified=True)
+    add_ip(services, "127.0.0.5")
+    services.ips.add_ip("test", "127.0.0.2", host="elsewhere", helo=HELO["127.0.0.2"], dedicated=True)
+    services.ips.add_domain_ip("test", domain, "127.0.0.2")
+    with Sink() as sink, DnsServer() as dns:
+        rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
+        route(dns, rcpt_domain)
+        before = services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0
+        egress = runtime.start_egress(services, refresh=0.2, policy="wait")
+        try:
+            with RelayThread(services, relay_settings(settings, sink, dns, relay_lease=4.0), egress=egress):
+                pinned = [send(services, account["id"], domain, f"p{n}@{rcpt_domain}") for n in range(3)]
+                for n in range(3):
+                    send(services, account["id"], other, f"o{n}@{rcpt_domain}")
+                received = sink.wait_for(3, timeout=15)
+                time.sleep(2.0)  # many claim rounds: none takes the pinned mail
+        finally:
+            egress.view.stop()
+    assert sorted(m["rcpt_tos"][0] for m in sink.messages()) == [f"o{n}@{rcpt_domain}" for n in range(3)]
+    assert {m["peer"] for m in received} == {"127.0.0.5"}
+    rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
+                      " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
+    assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 3
+    assert (services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0) == before
