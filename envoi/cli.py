@@ -217,15 +217,24 @@ def relay(metrics_port: int, metrics_bind: str) -> None:
     from envoi.infra import aio
 
     runtime.check_sealing_keys(_settings())
+    from envoi.infra import health as health_infra
+
     services = _services(pool_size=6)
+    health = health_infra.for_settings(services.settings)
     if address := services.settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address)
+        services.metrics.serve(address, health)
     engine = runtime.build_relay(services)
+
+    def stop() -> None:
+        health.mark_stopping()
+        engine.stop()
+        services.doorbell.ring_now()  # ends the idle wait on Redis now rather than at its timeout
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, engine.stop)
+            loop.add_signal_handler(sig, stop)
+        health.mark_started()
         await engine.run()
 
     click.echo(f"relay: region {services.settings.region}, delivering"
@@ -247,14 +256,30 @@ def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
     from envoi import runtime
 
     runtime.check_sealing_keys(_settings())
+    from envoi.infra import health as health_infra
+
     services = _services(pool_size=2)
+    health = health_infra.for_settings(services.settings)
     if address := services.settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address)
+        services.metrics.serve(address, health)
     tasks = runtime.periodic_tasks(services)
     due = {task.name: 0.0 for task in tasks}
     log = logging.getLogger("envoi.scheduler")
     stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+
+    def on_term(*_) -> None:
+        # A task still running 1.5 s later is interrupted (its transaction rolls back; every task is
+        # idempotent and runs again at the next start), so the scheduler is gone within 2 s.
+        stopping.append(1)
+        health.mark_stopping()
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+
+    def on_alarm(*_) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+    health.mark_started()
     try:
         while not stopping:
             now = time.monotonic()
@@ -275,6 +300,7 @@ def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         services.close()
 
 

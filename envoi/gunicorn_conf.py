@@ -14,11 +14,17 @@ from envoi.infra import metrics_dir
 from envoi.infra.metrics import forget_process, serve_directory
 
 METRICS_BIND = "ENVOI_API_METRICS_BIND"  # set by `envoi api --metrics-bind`
+# SIGTERM: a request in flight gets this long to finish before its worker is killed, so the server is
+# gone within 2 s (gunicorn's default is 30). Long event streams end with their worker; clients reconnect.
+graceful_timeout = 1
 
 
 def when_ready(server) -> None:
     if bind := os.environ.get(METRICS_BIND):
-        serve_directory(bind, os.environ[metrics_dir.VARIABLE])
+        from envoi.infra import health
+        from envoi.infra.settings import Settings
+
+        serve_directory(bind, os.environ[metrics_dir.VARIABLE], health.for_settings(Settings.from_env(), started=True))
 
 
 def child_exit(server, worker) -> None:

@@ -44,6 +44,7 @@ log = logging.getLogger("envoi.relay")
 RENEW_SECONDS = 30
 GAUGE_SECONDS = 10.0
 TLS_RESULTS_SECONDS = 5.0  # how often TLS-RPT counts are added to Postgres
+STOP_DRAIN_SECONDS = 1.0  # SIGTERM: deliveries in flight get this long to finish; the rest are handed back
 # Deliveries sent and not yet recorded, per connection: one on the wire, one in the next group commit.
 # Sending waits only when recording falls behind.
 UNRECORDED_PER_CONNECTION = 2
@@ -116,13 +117,16 @@ class Relay:
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
             await self.recorder.flush()
+            # What did not finish in the drain is handed back now, not when its lease runs out.
+            if handed := await asyncio.to_thread(self.claimer.hand_back):
+                log.warning("relay stopping: %d unfinished deliveries handed back to the queue", handed)
             await self._flush_tls_results()
             self.preparer.close()
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _drain(self, timeout: float = 10.0) -> None:
+    async def _drain(self, timeout: float = STOP_DRAIN_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
