@@ -68,6 +68,10 @@ def test_sigterm_stops_the_idle_process_within_2s_and_it_answers_health_and_read
         assert status == 200 and body["status"] == "ok"
         status, body = get(f"http://127.0.0.1:{metrics}/readyz")
         assert status == 200 and body["checks"]["postgres"] == "ok" and body["checks"]["redis"] == "ok"
+        if name in ("api", "tracking"):  # and on the public listener, for a load balancer
+            proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90)  # workers loaded
+            status, body = get(f"http://127.0.0.1:{port}/readyz")
+            assert status == 200 and body["checks"]["postgres"] == "ok"
         time.sleep(1)  # past start-up: the loops are running
         assert stop_seconds(proc) <= STOP_WITHIN, proc.output()
     finally:
