@@ -234,6 +234,7 @@ def relay(metrics_port: int, metrics_bind: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(signal.SIGHUP, engine.reload_shaping)  # sessions open stay open
         health.mark_started()
         await engine.run()
 

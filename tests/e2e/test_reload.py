@@ -5,11 +5,15 @@ from __future__ import annotations
 import signal
 import socket
 import ssl
+import uuid
 
 import pytest
 import trustme
 
-from tests.support.processes import Proc, envoi, free_port, process_env
+from envoi.dev.sink import Sink
+from tests.support.delivery import route, send
+from tests.support.dns_server import DnsServer
+from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
 from tests.support.relay import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -59,3 +63,47 @@ def test_smtp_sighup_serves_the_new_certificate_and_keeps_open_sessions(tmp_path
         assert proc.popen.poll() is None
     finally:
         proc.stop()
+
+
+SHAPING = """
+[default]
+max_connections = 2
+
+[[rule]]
+name = "test-site"
+mx_suffixes = ["{domain}"]
+max_connections = 1
+messages_per_connection = {per_connection}
+"""
+
+
+def test_relay_sighup_reloads_shaping_rules(tmp_path, settings, services, domain):
+    """A rule's messages_per_connection, changed in the shaping file: after SIGHUP the relay's (already
+    open) destination follows the new value — one message per session before, one session for many after."""
+    rcpt_domain = f"shape-{uuid.uuid4().hex[:8]}.test"
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text(SHAPING.format(domain=rcpt_domain, per_connection=1))
+    with Sink() as sink, DnsServer() as dns:
+        route(dns, rcpt_domain)
+        env = process_env(settings, ENVOI_DNS_RESOLVER=f"127.0.0.1:{dns.port}", ENVOI_MX_PORT=sink.smtp_port,
+                          ENVOI_RELAY_HOST=f"relay-shape-{uuid.uuid4().hex[:6]}", ENVOI_SHAPING_FILE=shaping)
+        metrics = free_port()
+        proc = Proc("relay-shape", envoi("relay", "--metrics-port", str(metrics)), env, tmp_path)
+        try:
+            proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{metrics}/readyz"), timeout=90)
+
+            def sessions_for(n: int, tag: str) -> set[float]:
+                addresses = [f"{tag}{i}@{rcpt_domain}" for i in range(n)]
+                for address in addresses:  # one after the other: each waits for the one before
+                    send(services, domain["account_id"], domain, address)
+                    wait_until(lambda a=address: sink.messages(to=a), timeout=30)
+                return {sink.messages(to=a)[0]["connected_at"] for a in addresses}
+
+            assert len(sessions_for(3, "before")) == 3  # messages_per_connection = 1
+            shaping.write_text(SHAPING.format(domain=rcpt_domain, per_connection=100))
+            proc.popen.send_signal(signal.SIGHUP)
+            wait_until(lambda: "shaping rules reloaded" in proc.output(), timeout=15)
+            assert len(sessions_for(3, "after")) == 1  # one session carries them all now
+            assert proc.popen.poll() is None
+        finally:
+            proc.stop()

@@ -33,7 +33,7 @@ from envoi.mta.delivery.outcome import suppressed
 from envoi.mta.delivery.prepare import Preparer
 from envoi.mta.delivery.record import Deferral, Recorder, Result
 from envoi.mta.delivery.session import Egress, connection_failure, verifying_context
-from envoi.mta.delivery.shaping import Shaping
+from envoi.mta.delivery.shaping import Shaping, ShapingError
 from envoi.mta.delivery.sts import MtaSts
 from envoi.mta.delivery.sts_fetch import PolicyFetcher
 from envoi.mta.delivery.tls_report import TlsResults
@@ -125,6 +125,17 @@ class Relay:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def reload_shaping(self) -> bool:
+        """SIGHUP: read the shaping file again; a file that does not parse leaves the rules as they were."""
+        try:
+            shaping = Shaping.load(self.settings.shaping_file)
+        except ShapingError as ex:
+            log.error("shaping rules not reloaded, the previous ones stay: %s", ex)
+            return False
+        self.destinations.use_shaping(shaping)
+        log.warning("shaping rules reloaded: %d rules besides the default", len(shaping.rules))
+        return True
 
     async def _drain(self, timeout: float = STOP_DRAIN_SECONDS) -> None:
         deadline = time.monotonic() + timeout
