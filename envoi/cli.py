@@ -120,8 +120,15 @@ def main(ctx: click.Context, verbose: bool, region: str | None) -> None:
     """Envoi: a self-hosted transactional email platform with a Mailgun-compatible API."""
     if ctx.invoked_subcommand not in ("up", "sink"):
         _use_region(region)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from envoi.infra import log_format
+    from envoi.infra.settings import SettingsError
+    from envoi.infra.settings import log_format as chosen_format
+
+    try:
+        fmt = chosen_format(os.environ)
+    except SettingsError as ex:
+        raise click.ClickException(str(ex)) from None
+    log_format.configure(logging.DEBUG if verbose else logging.INFO, fmt, ctx.invoked_subcommand or "envoi")
     if ctx.invoked_subcommand in ADMINISTRATION and not verbose:
         # The pool logs every failed connection attempt: an admin command reports the outage once.
         pool_log = logging.getLogger("psycopg.pool")
@@ -190,7 +197,7 @@ def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str,
     metrics_dir.use()
     from envoi import runtime
     from envoi.billing import plans
-    from envoi.gunicorn_conf import METRICS_BIND
+    from envoi.gunicorn_conf import METRICS_BIND, PROCESS
 
     # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings, a
     # plans file that cannot be used, stores stamped with another region, data sealed under a key not given.
@@ -198,6 +205,7 @@ def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str,
     plans.load(settings.billing_plans)
     runtime.check_stores(settings)
     runtime.check_sealing_keys(settings)
+    os.environ[PROCESS] = "tracking" if "tracking" in app else "api"
     os.environ[METRICS_BIND] = settings.metrics_address(metrics_bind, metrics_port)  # served by gunicorn's master (envoi.gunicorn_conf)
     # Off by default: a request log is personal data (addresses, customers' domains) kept wherever
     # stdout goes, and formatting it was ~6% of the API's CPU per send. Events are the audit trail.

@@ -265,7 +265,8 @@ class Destinations:
                         recorder.result_each(delivery, ex.outcome)
                         continue
                     except Exception as ex:  # a bug or a message that cannot be sent; Session.send left
-                        log.exception("delivery crashed")  # the session clean (reset or closed)
+                        log.exception("delivery crashed",  # the session clean (reset or closed)
+                                      extra={"message_id": delivery.message.get("message_id")})
                         for rcpt in delivery.recipients:
                             recorder.result(delivery, rcpt, internal_error(ex, rcpt["attempts"] + 1, session.host))
                         continue
