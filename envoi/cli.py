@@ -28,7 +28,7 @@ def _settings() -> Settings:
 #: "Other commands" (a test keeps that section empty).
 PROCESSES = ("api", "relay", "smtp", "inbound", "webhooks", "worker", "scheduler", "up", "sink")
 ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users",
-                  "billing", "encryption", "tls")
+                  "billing", "encryption", "tls", "doctor")
 
 
 METRICS_BIND_HELP = ("Serve /metrics on HOST:PORT (e.g. a private address Prometheus scrapes); "
@@ -586,6 +586,7 @@ def _register_commands() -> None:
         billing,
         bounces,
         dkim,
+        doctor,
         encryption,
         ips,
         lifecycle,
@@ -597,7 +598,7 @@ def _register_commands() -> None:
         webhooks,
     )
 
-    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, encryption, tls):
+    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, encryption, tls, doctor):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:
