@@ -26,7 +26,7 @@ def _settings() -> Settings:
 #: `envoi --help` lists the commands in two sections: the long-running processes a region runs, and
 #: the operator's administration commands (one group per noun). A command in neither shows under
 #: "Other commands" (a test keeps that section empty).
-PROCESSES = ("api", "relay", "smtp", "inbound", "webhooks", "worker", "scheduler", "up", "sink")
+PROCESSES = ("api", "tracking", "relay", "smtp", "inbound", "webhooks", "worker", "scheduler", "up", "sink")
 ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users",
                   "billing", "encryption", "tls", "doctor")
 
