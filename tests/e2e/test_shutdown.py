@@ -73,7 +73,9 @@ def test_sigterm_stops_the_idle_process_within_2s_and_it_answers_health_and_read
             status, body = get(f"http://127.0.0.1:{port}/readyz")
             assert status == 200 and body["checks"]["postgres"] == "ok"
         time.sleep(1)  # past start-up: the loops are running
-        assert stop_seconds(proc) <= STOP_WITHIN, proc.output()
+        took = stop_seconds(proc)
+        print(f"{name} stopped in {took:.2f}s")
+        assert took <= STOP_WITHIN, proc.output()
     finally:
         proc.stop()
 
