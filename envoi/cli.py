@@ -28,7 +28,7 @@ def _settings() -> Settings:
 #: "Other commands" (a test keeps that section empty).
 PROCESSES = ("api", "tracking", "relay", "smtp", "inbound", "webhooks", "worker", "scheduler", "up", "sink")
 ADMINISTRATION = ("migrate", "accounts", "domains", "keys", "credentials", "ips", "privacy", "logs", "users",
-                  "billing", "encryption", "tls")
+                  "billing", "encryption", "tls", "doctor")
 
 
 METRICS_BIND_HELP = ("Serve /metrics on HOST:PORT (e.g. a private address Prometheus scrapes); "
@@ -120,8 +120,15 @@ def main(ctx: click.Context, verbose: bool, region: str | None) -> None:
     """Envoi: a self-hosted transactional email platform with a Mailgun-compatible API."""
     if ctx.invoked_subcommand not in ("up", "sink"):
         _use_region(region)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from envoi.infra import log_format
+    from envoi.infra.settings import SettingsError
+    from envoi.infra.settings import log_format as chosen_format
+
+    try:
+        fmt = chosen_format(os.environ)
+    except SettingsError as ex:
+        raise click.ClickException(str(ex)) from None
+    log_format.configure(logging.DEBUG if verbose else logging.INFO, fmt, ctx.invoked_subcommand or "envoi")
     if ctx.invoked_subcommand in ADMINISTRATION and not verbose:
         # The pool logs every failed connection attempt: an admin command reports the outage once.
         pool_log = logging.getLogger("psycopg.pool")
@@ -192,7 +199,7 @@ def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str,
     metrics_dir.use()
     from envoi import runtime
     from envoi.billing import plans
-    from envoi.gunicorn_conf import METRICS_BIND
+    from envoi.gunicorn_conf import METRICS_BIND, PROCESS
 
     # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings, a
     # plans file that cannot be used, stores stamped with another region, data sealed under a key not given.
@@ -200,6 +207,7 @@ def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str,
     plans.load(settings.billing_plans)
     runtime.check_stores(settings)
     runtime.check_sealing_keys(settings)
+    os.environ[PROCESS] = "tracking" if "tracking" in app else "api"
     os.environ[METRICS_BIND] = settings.metrics_address(metrics_bind, metrics_port)  # served by gunicorn's master (envoi.gunicorn_conf)
     # Off by default: a request log is personal data (addresses, customers' domains) kept wherever
     # stdout goes, and formatting it was ~6% of the API's CPU per send. Events are the audit trail.
@@ -219,15 +227,25 @@ def relay(metrics_port: int, metrics_bind: str) -> None:
     from envoi.infra import aio
 
     runtime.check_sealing_keys(_settings())
+    from envoi.infra import health as health_infra
+
     services = _services(pool_size=6)
+    health = health_infra.for_settings(services.settings)
     if address := services.settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address)
+        services.metrics.serve(address, health)
     engine = runtime.build_relay(services)
+
+    def stop() -> None:
+        health.mark_stopping()
+        engine.stop()
+        services.doorbell.ring_now()  # ends the idle wait on Redis now rather than at its timeout
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, engine.stop)
+            loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(signal.SIGHUP, engine.reload_shaping)  # sessions open stay open
+        health.mark_started()
         await engine.run()
 
     click.echo(f"relay: region {services.settings.region}, delivering"
@@ -249,14 +267,30 @@ def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
     from envoi import runtime
 
     runtime.check_sealing_keys(_settings())
+    from envoi.infra import health as health_infra
+
     services = _services(pool_size=2)
+    health = health_infra.for_settings(services.settings)
     if address := services.settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address)
+        services.metrics.serve(address, health)
     tasks = runtime.periodic_tasks(services)
     due = {task.name: 0.0 for task in tasks}
     log = logging.getLogger("envoi.scheduler")
     stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+
+    def on_term(*_) -> None:
+        # A task still running 1.5 s later is interrupted (its transaction rolls back; every task is
+        # idempotent and runs again at the next start), so the scheduler is gone within 2 s.
+        stopping.append(1)
+        health.mark_stopping()
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+
+    def on_alarm(*_) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+    health.mark_started()
     try:
         while not stopping:
             now = time.monotonic()
@@ -277,6 +311,7 @@ def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         services.close()
 
 
@@ -553,6 +588,7 @@ def _register_commands() -> None:
         billing,
         bounces,
         dkim,
+        doctor,
         encryption,
         ips,
         lifecycle,
@@ -564,7 +600,7 @@ def _register_commands() -> None:
         webhooks,
     )
 
-    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, encryption, tls):
+    for module in (smtp, bounces, webhooks, ips, logs, users, billing, stripe_billing, encryption, tls, doctor):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in dkim.DOMAIN_COMMANDS:

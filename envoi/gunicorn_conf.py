@@ -14,11 +14,28 @@ from envoi.infra import metrics_dir
 from envoi.infra.metrics import forget_process, serve_directory
 
 METRICS_BIND = "ENVOI_API_METRICS_BIND"  # set by `envoi api --metrics-bind`
+PROCESS = "ENVOI_GUNICORN_PROCESS"  # api | tracking, for the logs' "process"
+# SIGTERM: a request in flight gets this long to finish before its worker is killed, so the server is
+# gone within 2 s (gunicorn's default is 30). Long event streams end with their worker; clients reconnect.
+graceful_timeout = 1
+
+
+def post_fork(server, worker) -> None:
+    """A worker's own logs (the app's, not gunicorn's) as ENVOI_LOG_FORMAT says."""
+    import logging
+
+    from envoi.infra import log_format
+    from envoi.infra.settings import log_format as chosen_format
+
+    log_format.configure(logging.INFO, chosen_format(os.environ), os.environ.get(PROCESS, "api"))
 
 
 def when_ready(server) -> None:
     if bind := os.environ.get(METRICS_BIND):
-        serve_directory(bind, os.environ[metrics_dir.VARIABLE])
+        from envoi.infra import health
+        from envoi.infra.settings import Settings
+
+        serve_directory(bind, os.environ[metrics_dir.VARIABLE], health.for_settings(Settings.from_env(), started=True))
 
 
 def child_exit(server, worker) -> None:

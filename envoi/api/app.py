@@ -30,19 +30,20 @@ from envoi.api.resources.routes import RouteCollection
 from envoi.api.resources.stats import AccountStatsTotal, StatsTotal, Tags
 from envoi.api.resources.subaccounts import MonthlyLimit, SubaccountCollection
 from envoi.api.resources.suppressions import SuppressionList
-from envoi.api.resources.system import Health
+from envoi.api.resources.system import Health, Ready
 from envoi.api.resources.templates import TemplateResource
 from envoi.api.resources.tls import TlsReports
 from envoi.api.resources.tracking import Click, Guard, Open, TrackingSettings, Unsubscribe
 from envoi.api.resources.validation import AddressValidate, BulkValidation, ListValidation, ValidationDownload
 from envoi.api.resources.webhooks import AccountWebhooks, SigningKey, WebhooksV3, WebhooksV4
+from envoi.infra import health
 
 #: (URI template, resource, suffix): the suffix picks the resource's on_<method>_<suffix> responders.
 Route = tuple[str, object, str | None]
 
 
 #: What `envoi tracking` serves on the domains' tracking hosts: the public links, and its health check.
-TRACKING_ROUTES = ("/o/{token}", "/c/{token}", "/u/{token}", "/l/{token}", "/healthz")
+TRACKING_ROUTES = ("/o/{token}", "/c/{token}", "/u/{token}", "/l/{token}", "/healthz", "/readyz")
 
 
 def create_app(settings, services, tracking_only: bool = False) -> falcon.App:
@@ -212,6 +213,7 @@ def routes(settings, services) -> list[Route]:
         ("/v1/regions/lookup", RegionLookup(services.router), None),
         # the process itself
         ("/healthz", Health(), None),
+        ("/readyz", Ready(health.for_settings(settings, started=True)), None),
         # (no /metrics: the public listener never serves it; `envoi api --metrics-bind` does)
         ("/openapi.json", OpenApiDocument(), None),
         # subaccounts (X-Mailgun-On-Behalf-Of: a parent's key acts for one) and custom sending limits

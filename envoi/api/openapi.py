@@ -767,6 +767,11 @@ def _paths() -> dict:
                                 "413": _json(ERROR, "Too large")}, tag="regions"))
     # system
     add("/healthz", "get", op("Health", _json({"type": "object", "required": ["status"]}), public=True, tag="system"))
+    add("/readyz", "get", op("Readiness: Postgres and Redis answer", _json({
+        "type": "object", "required": ["status", "checks"],
+        "properties": {"status": {"type": "string", "enum": ["ok"]}, "checks": {"type": "object"}}}),
+        public=True, responses={"503": _json({"type": "object", "required": ["status", "checks"]},
+                                             "A store does not answer (checks say which)")}, tag="system"))
     add("/openapi.json", "get", op("This description", _json({"type": "object", "required": ["openapi", "paths"]}),
                                    public=True, tag="system"))
     # API keys (admin keys only)

@@ -19,6 +19,7 @@ def inbound(bind: str | None, port: int | None, metrics_port: int, metrics_bind:
     import signal
 
     from envoi import runtime
+    from envoi.infra import health as health_infra
     from envoi.infra.settings import Settings
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
@@ -27,17 +28,26 @@ def inbound(bind: str | None, port: int | None, metrics_port: int, metrics_bind:
     runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=6)
     server = runtime.build_inbound(services, host=bind, port=port)
+    health = health_infra.for_settings(settings)
     if address := settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address)
+        services.metrics.serve(address, health)
+
+    def ready() -> None:
+        health.mark_started()
+        click.echo(f"inbound: region {settings.region}, listening on {server.host}:{server.port} "
+                   f"(VERP bounce+…@, FBL {', '.join(settings.fbl_addresses)}, postmaster@, routed receiving domains)")
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping() -> None:
+            health.mark_stopping()
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await server.serve(stop, on_ready=lambda: click.echo(
-            f"inbound: region {settings.region}, listening on {server.host}:{server.port} "
-            f"(VERP bounce+…@, FBL {', '.join(settings.fbl_addresses)}, postmaster@, routed receiving domains)"))
+            loop.add_signal_handler(sig, stopping)
+        await server.serve(stop, on_ready=ready)
 
     try:
         asyncio.run(run())

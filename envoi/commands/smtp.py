@@ -71,14 +71,16 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
                 os._exit(code)
         children.append(pid)
     if metrics_at:  # after the forks: no thread is copied into a child
-        serve_directory(metrics_at, os.environ[metrics_dir.VARIABLE])
+        from envoi.infra import health
+
+        serve_directory(metrics_at, os.environ[metrics_dir.VARIABLE], health.for_settings(settings, started=True))
 
     def forward(signum, frame) -> None:
         for child in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
+                os.kill(child, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
     failed = 0
     for child in children:
@@ -92,30 +94,55 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
 def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key: str, metrics_at: str | int, *,
                 reuse_port: bool) -> None:
     import asyncio
+    import logging
     import signal
+    import ssl
 
     from envoi import runtime
     from envoi.infra import aio
+    from envoi.infra import health as health_infra
     from envoi.infra.crypto import certificate_expiry
     from envoi.mta.submission.server import SubmissionServer
     from envoi.mta.submission.tls import server_context
 
+    log = logging.getLogger("envoi.smtp")
     services = runtime.build(settings, pool_size=10)  # the commit stage, AUTH threads, stats folding
     submission = runtime.build_submission(services)
     _raise_fd_limit(settings.smtp_max_connections + 256)  # each connection is a descriptor; leave room
     services.metrics.certificate_expiry.labels("smtp").set(certificate_expiry(cert))
+    health = health_infra.for_settings(settings)
     if metrics_at:
-        services.metrics.serve(metrics_at)
-    server = SubmissionServer(submission, server_context(cert, key), host=bind,
+        services.metrics.serve(metrics_at, health)
+    context = server_context(cert, key)
+    server = SubmissionServer(submission, context, host=bind,
                               port=port or None, smtps_port=smtps_port or None, reuse_port=reuse_port)
+
+    def reload_certificate() -> None:
+        """SIGHUP: the certificate files are read again into the same context, so new TLS sessions get
+        the new certificate and sessions already open keep theirs (nothing is dropped)."""
+        try:
+            context.load_cert_chain(str(cert), str(key))
+            services.metrics.certificate_expiry.labels("smtp").set(certificate_expiry(cert))
+        except (OSError, ssl.SSLError, ValueError) as ex:
+            log.error("smtp: reloading the TLS certificate %s failed, the previous one stays: %s", cert, ex)
+        else:
+            log.warning("smtp: TLS certificate reloaded from %s", cert)
+
+    def stop() -> None:
+        health.mark_stopping()
+        server.request_stop()
+
+    def ready() -> None:
+        health.mark_started()
+        click.echo(f"smtp: region {settings.region}, listening: "
+                   + ", ".join(f"{name} {bind}:{p}" for name, p in server.ports.items()))
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, server.request_stop)
-        await server.serve(on_ready=lambda: click.echo(
-            f"smtp: region {settings.region}, listening: "
-            + ", ".join(f"{name} {bind}:{p}" for name, p in server.ports.items())))
+            loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(signal.SIGHUP, reload_certificate)
+        await server.serve(on_ready=ready)
 
     try:
         aio.run(run())

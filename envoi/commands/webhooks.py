@@ -24,6 +24,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     if processes > 1:  # the extra processes write their metrics where this one sums them
         metrics_dir.use()
     from envoi import runtime
+    from envoi.infra import health
     from envoi.infra import redis as redis_infra
     from envoi.infra.metrics import forget_process
     from envoi.infra.settings import Settings
@@ -39,7 +40,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     validation_jobs.configure(services.validation)
     queues = (validation_jobs.QUEUE,)
     if address := settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address)
+        services.metrics.serve(address, health.for_settings(settings, started=True))
     children = []
     for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1"]
@@ -88,7 +89,7 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     if processes > 1:  # the extra processes write their metrics where this one sums them
         metrics_dir.use()
     from envoi import runtime
-    from envoi.infra import aio
+    from envoi.infra import aio, health
     from envoi.infra.metrics import forget_process
     from envoi.infra.settings import Settings
     from envoi.webhooks.dispatch import Dispatcher
@@ -96,8 +97,9 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     settings = Settings.from_env()
     runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=3)
+    readiness = health.for_settings(settings)
     if address := settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address)
+        services.metrics.serve(address, readiness)
     children = []
     for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "webhooks", "dispatch", "--processes", "1", "--child"]
@@ -114,8 +116,14 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping() -> None:
+            readiness.mark_stopping()
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping)
+        readiness.mark_started()
         await dispatcher.run(stop)
 
     try:

@@ -9,6 +9,7 @@ listener."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import socket
 import threading
@@ -111,10 +112,11 @@ class Metrics:
         self.webhook_attempts.labels(outcome).inc()
         self.webhook_seconds.observe(seconds)
 
-    def serve(self, bind: str | int) -> ThreadingHTTPServer:
+    def serve(self, bind: str | int, health=None) -> ThreadingHTTPServer:
         """/metrics on `bind` (HOST:PORT, or a port on 127.0.0.1): a private listener of its own, never
-        the public API's. In multiprocess mode it answers for the whole process group."""
-        return serve(bind, self.render)
+        the public API's. In multiprocess mode it answers for the whole process group. With `health`
+        (envoi.infra.health.Health), /healthz and /readyz too."""
+        return serve(bind, self.render, health)
 
     def render(self) -> bytes:
         if self.multiprocess_dir:
@@ -151,18 +153,29 @@ def _size(path: str) -> int:
         return 0
 
 
-def serve(bind: str | int, render) -> ThreadingHTTPServer:
-    """Answer GET /metrics with render() on `bind` from a daemon thread; anything else is a 404."""
+def serve(bind: str | int, render, health=None) -> ThreadingHTTPServer:
+    """Answer GET /metrics with render() on `bind` from a daemon thread, and with `health` GET /healthz
+    (200 while the process answers) and GET /readyz (200 or 503, each check's result as JSON);
+    anything else is a 404."""
     host, port = parse_bind(bind)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/metrics":
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                self._answer(200, CONTENT_TYPE, render())
+            elif path == "/healthz" and health is not None:
+                self._answer(200, "application/json", b'{"status": "ok"}')
+            elif path == "/readyz" and health is not None:
+                ready, checks = health.readiness()
+                body = json.dumps({"status": "ok" if ready else "unavailable", "checks": checks}).encode()
+                self._answer(200 if ready else 503, "application/json", body)
+            else:
                 self.send_error(404)
-                return
-            body = render()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE)
+
+        def _answer(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -177,10 +190,10 @@ def serve(bind: str | int, render) -> ThreadingHTTPServer:
     return server
 
 
-def serve_directory(bind: str | int, directory: str) -> ThreadingHTTPServer:
+def serve_directory(bind: str | int, directory: str, health=None) -> ThreadingHTTPServer:
     """/metrics summing every process's files under `directory` (gunicorn's master, the parent of
     `--processes N`), without registering metrics of its own."""
-    return serve(bind, lambda: render_directory(directory))
+    return serve(bind, lambda: render_directory(directory), health)
 
 
 class _Server6(ThreadingHTTPServer):

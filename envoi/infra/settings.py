@@ -19,6 +19,14 @@ from envoi.infra.redis import sentinel_url
 REGIONS = ("eu", "us")
 
 
+def log_format(env: Mapping[str, str]) -> str:
+    """ENVOI_LOG_FORMAT alone: logging is set up before the rest of the settings can be read."""
+    value = (env.get("ENVOI_LOG_FORMAT") or "text").strip().lower()
+    if value not in ("text", "json"):
+        raise SettingsError(f"ENVOI_LOG_FORMAT must be text or json, not {value!r}")
+    return value
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed."""
 
@@ -257,6 +265,9 @@ class Settings:
     #: ENVOI_METRICS_HOST: address each process's `--metrics-port` listens on (127.0.0.1): a private address
     #: Prometheus reaches, never the public one. /metrics is only ever served there (or on `--metrics-bind`).
     metrics_host: str = "127.0.0.1"
+    #: ENVOI_LOG_FORMAT: "text" (one human line per record) or "json" (one JSON object per line: ts, level,
+    #: process, region, logger, message, and message_id when the record is about one message).
+    log_format: str = "text"
     #: ENVOI_RELAY_HOST: the host this relay runs on; it only binds egress IPs of this host (hostname).
     relay_host: str = field(default_factory=socket.gethostname)
     #: ENVOI_WARMUP_POLICY: when every warming IP is at its daily cap: overflow (to the shared pool) or wait.
@@ -541,6 +552,7 @@ class Settings:
             values["metrics_multiprocess_dir"] = v
         if v := env.get("ENVOI_METRICS_HOST"):
             values["metrics_host"] = v
+        values["log_format"] = log_format(env)
         if v := env.get("ENVOI_RELAY_HOST"):
             values["relay_host"] = v
         if v := env.get("ENVOI_WARMUP_POLICY"):

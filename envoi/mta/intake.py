@@ -118,6 +118,8 @@ class Intake:
             accepted.undo()
             raise
         self._count(accepted)
+        if log.isEnabledFor(logging.DEBUG):  # to follow one message across processes (ENVOI_LOG_FORMAT=json)
+            log.debug("message accepted", extra={"message_id": accepted.message_id})
         return accepted.message_id
 
     def prepare(self, domain: dict, draft: Draft) -> Accepted:

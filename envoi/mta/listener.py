@@ -32,6 +32,8 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLS
 log = logging.getLogger(__name__)
 
 _DATA_CHUNK = 256 * 1024
+STOP_GRACE = 1.2  # seconds a session in a transaction gets to finish it when the server stops
+SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # "<local@domain> params" with dot-atom parts only: what real senders use, and what needs no parser.
 _PLAIN_ADDR = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>([^()]*)")
@@ -406,9 +408,11 @@ class Listener:
             self._servers.append(server)
             self.ports[name] = server.sockets[0].getsockname()[1]
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
         for server in self._servers:
             server.close()
+        if grace > 0:
+            await self._wind_down(grace)
         # Abort live sessions (a client may keep one open) so no task outlives the loop. A session
         # waiting on its handler keeps its thread: the handler's work happened or did not; no reply is sent.
         for conn in list(self.connections):
@@ -417,8 +421,32 @@ class Listener:
         await asyncio.sleep(0)
         self._servers.clear()
 
+    async def _wind_down(self, grace: float) -> None:
+        """Stopping (SIGTERM): a session between transactions is told 421 and closed at once; one in a
+        transaction (MAIL given, DATA being read or committed) gets up to `grace` seconds to finish it,
+        then its 421. A client told 421 retries elsewhere (RFC 5321 3.8); the process is gone within 2 s."""
+        deadline = asyncio.get_running_loop().time() + grace
+        while True:
+            busy = False
+            for conn in list(self.connections):
+                transport = conn.transport
+                if transport is None or transport.is_closing():
+                    continue
+                envelope = getattr(conn, "envelope", None)
+                if envelope is not None and envelope.mail_from is not None \
+                        and asyncio.get_running_loop().time() < deadline:
+                    busy = True
+                    continue
+                transport.write(SHUTTING_DOWN)
+                transport.close()
+            if not busy:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # let the 421s be written before what is left is aborted
+
     async def serve(self, stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
-        """Listen until `stop` is set or request_stop() is called (e.g. from a signal handler)."""
+        """Listen until `stop` is set or request_stop() is called (e.g. from a signal handler); then
+        sessions in a transaction get STOP_GRACE seconds to finish it (see _wind_down)."""
         self._stopped = stop or asyncio.Event()
         await self.open()
         if on_ready is not None:
@@ -426,7 +454,7 @@ class Listener:
         try:
             await self._stopped.wait()
         finally:
-            await self.close()
+            await self.close(grace=STOP_GRACE)
 
     def request_stop(self) -> None:
         if self._stopped is not None:

@@ -82,6 +82,16 @@ def release_leases(conn: Connection, owner: str) -> int:
     ).rowcount
 
 
+def hand_back_leases(conn: Connection, ids: list[int], owner: str) -> int:
+    """Give back these leases now (the relay is stopping with them unfinished): another relay may take
+    them at once instead of after the lease runs out."""
+    return conn.execute(
+        "UPDATE recipients SET leased_until = NULL, lease_owner = NULL"
+        " WHERE id = ANY(%s) AND status = 'queued' AND lease_owner = %s",
+        (ids, owner),
+    ).rowcount
+
+
 def renew_leases(conn: Connection, ids: list[int], owner: str, lease_seconds: float) -> None:
     conn.execute(
         "UPDATE recipients SET leased_until = now() + make_interval(secs => %s)"

@@ -110,6 +110,16 @@ class Claimer:
         with self.db.transaction() as conn:
             store.renew_leases(conn, ids, self.owner, self.lease)
 
+    def hand_back(self) -> int:
+        """Stopping: the leases still held (deliveries not finished) go back to the queue at once."""
+        ids = list(self.leased)
+        if not ids:
+            return 0
+        with self.db.transaction() as conn:
+            released = store.hand_back_leases(conn, ids, self.owner)
+        self.leased.clear()
+        return released
+
     def done(self, recipient_ids) -> None:
         """Outcomes committed: the leases are no longer this relay's to renew."""
         self.leased.difference_update(recipient_ids)

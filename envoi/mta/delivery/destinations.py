@@ -80,6 +80,17 @@ class Destinations:
         self._workers: set[asyncio.Task] = set()
         self._tasks: set[asyncio.Task] = set()
 
+    def use_shaping(self, shaping: Shaping) -> None:
+        """New shaping rules (SIGHUP): every destination, open or not, follows them from now on; sessions
+        already open stay open (a lower max_connections is reached as workers finish)."""
+        self.shaping = shaping
+        self.route_rule = replace(shaping.default, name="route", max_connections=self.settings.relay_connections)
+        for dest in self.by_key.values():
+            rule = shaping.for_site(dest.key[1]) if dest.mx is not None else self.route_rule
+            if rule.messages_per_minute != dest.rule.messages_per_minute:
+                dest.limiter = RateLimiter(rule.messages_per_minute) if rule.messages_per_minute else None
+            dest.rule = rule
+
     def ready(self) -> int:
         """Deliveries waiting in ready queues."""
         return sum(d.queue.qsize() for d in self.by_key.values())
@@ -254,7 +265,8 @@ class Destinations:
                         recorder.result_each(delivery, ex.outcome)
                         continue
                     except Exception as ex:  # a bug or a message that cannot be sent; Session.send left
-                        log.exception("delivery crashed")  # the session clean (reset or closed)
+                        log.exception("delivery crashed",  # the session clean (reset or closed)
+                                      extra={"message_id": delivery.message.get("message_id")})
                         for rcpt in delivery.recipients:
                             recorder.result(delivery, rcpt, internal_error(ex, rcpt["attempts"] + 1, session.host))
                         continue

@@ -33,7 +33,7 @@ from envoi.mta.delivery.outcome import suppressed
 from envoi.mta.delivery.prepare import Preparer
 from envoi.mta.delivery.record import Deferral, Recorder, Result
 from envoi.mta.delivery.session import Egress, connection_failure, verifying_context
-from envoi.mta.delivery.shaping import Shaping
+from envoi.mta.delivery.shaping import Shaping, ShapingError
 from envoi.mta.delivery.sts import MtaSts
 from envoi.mta.delivery.sts_fetch import PolicyFetcher
 from envoi.mta.delivery.tls_report import TlsResults
@@ -44,6 +44,7 @@ log = logging.getLogger("envoi.relay")
 RENEW_SECONDS = 30
 GAUGE_SECONDS = 10.0
 TLS_RESULTS_SECONDS = 5.0  # how often TLS-RPT counts are added to Postgres
+STOP_DRAIN_SECONDS = 1.0  # SIGTERM: deliveries in flight get this long to finish; the rest are handed back
 # Deliveries sent and not yet recorded, per connection: one on the wire, one in the next group commit.
 # Sending waits only when recording falls behind.
 UNRECORDED_PER_CONNECTION = 2
@@ -118,13 +119,27 @@ class Relay:
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
             await self.recorder.flush()
+            # What did not finish in the drain is handed back now, not when its lease runs out.
+            if handed := await asyncio.to_thread(self.claimer.hand_back):
+                log.warning("relay stopping: %d unfinished deliveries handed back to the queue", handed)
             await self._flush_tls_results()
             self.preparer.close()
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _drain(self, timeout: float = 10.0) -> None:
+    def reload_shaping(self) -> bool:
+        """SIGHUP: read the shaping file again; a file that does not parse leaves the rules as they were."""
+        try:
+            shaping = Shaping.load(self.settings.shaping_file)
+        except ShapingError as ex:
+            log.error("shaping rules not reloaded, the previous ones stay: %s", ex)
+            return False
+        self.destinations.use_shaping(shaping)
+        log.warning("shaping rules reloaded: %d rules besides the default", len(shaping.rules))
+        return True
+
+    async def _drain(self, timeout: float = STOP_DRAIN_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

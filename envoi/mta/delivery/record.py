@@ -154,6 +154,9 @@ class Recorder:
 
     def result(self, delivery: Attempted, rcpt: dict, outcome: Outcome) -> None:
         self.results.append((delivery, rcpt, outcome))
+        if log.isEnabledFor(logging.DEBUG):  # to follow one message across processes (ENVOI_LOG_FORMAT=json)
+            log.debug("outcome %s %s", outcome.kind.value, outcome.code,
+                      extra={"message_id": delivery.message.get("message_id")})
         self._waiting()
 
     def _waiting(self) -> None:

@@ -86,6 +86,8 @@ class CommitStage:
                 errors = [ex] * len(ready)
             for item, error in zip(ready, errors, strict=True):
                 item.outcome = error if error is not None else item.accepted.message_id
+                if error is None and log.isEnabledFor(logging.DEBUG):  # to follow it (ENVOI_LOG_FORMAT=json)
+                    log.debug("message accepted", extra={"message_id": item.accepted.message_id})
         by_loop: dict[asyncio.AbstractEventLoop, list[_Submitted]] = {}
         for item in batch:
             by_loop.setdefault(item.loop, []).append(item)

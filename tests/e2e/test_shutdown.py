@@ -1,0 +1,188 @@
+"""SIGTERM stops every long-running process within 2 s; /healthz and /readyz on each one's metrics bind."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from envoi.dev.sink import Sink
+from tests.support.delivery import route, send
+from tests.support.dns_server import DnsServer
+from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
+from tests.support.relay import wait_until
+
+pytestmark = pytest.mark.e2e
+STOP_WITHIN = 2.0
+
+
+def stop_seconds(proc: Proc) -> float:
+    """Seconds from SIGTERM to the process's exit (the test fails if it is still running after 10 s)."""
+    started = time.monotonic()
+    proc.popen.send_signal(signal.SIGTERM)
+    proc.popen.wait(10)
+    return time.monotonic() - started
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as ex:
+        return ex.code, json.loads(ex.read())
+
+
+def commands(tmp_path, port: int, metrics: int) -> dict[str, list[str]]:
+    m = ["--metrics-port", str(metrics)]
+    return {
+        "api": envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "2", *m),
+        "tracking": envoi("tracking", "--bind", f"127.0.0.1:{port}", "--workers", "2", *m),
+        "relay": envoi("relay", *m),
+        "smtp": envoi("smtp", "--bind", "127.0.0.1", "--port", str(port), "--smtps-port", "0",
+                      "--var", str(tmp_path), *m),
+        "smtp-processes": envoi("smtp", "--bind", "127.0.0.1", "--port", str(port), "--smtps-port", "0",
+                                "--processes", "2", "--var", str(tmp_path), *m),
+        "inbound": envoi("inbound", "--bind", "127.0.0.1", "--port", str(port), *m),
+        "worker": envoi("worker", "--processes", "2", *m),
+        "dispatch": envoi("webhooks", "dispatch", "--processes", "2", *m),
+        "scheduler": envoi("scheduler", *m),
+    }
+
+
+@pytest.mark.parametrize("name", ["api", "tracking", "relay", "smtp", "smtp-processes", "inbound", "worker",
+                                  "dispatch", "scheduler"])
+def test_sigterm_stops_the_idle_process_within_2s_and_it_answers_health_and_readiness(tmp_path, settings, name):
+    port, metrics = free_port(), free_port()
+    proc = Proc(name, commands(tmp_path, port, metrics)[name], process_env(settings), tmp_path)
+    try:
+        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{metrics}/readyz"), timeout=90)
+        status, body = get(f"http://127.0.0.1:{metrics}/healthz")
+        assert status == 200 and body["status"] == "ok"
+        status, body = get(f"http://127.0.0.1:{metrics}/readyz")
+        assert status == 200 and body["checks"]["postgres"] == "ok" and body["checks"]["redis"] == "ok"
+        if name in ("api", "tracking"):  # and on the public listener, for a load balancer
+            proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90)  # workers loaded
+            status, body = get(f"http://127.0.0.1:{port}/readyz")
+            assert status == 200 and body["checks"]["postgres"] == "ok"
+        time.sleep(1)  # past start-up: the loops are running
+        took = stop_seconds(proc)
+        print(f"{name} stopped in {took:.2f}s")
+        assert took <= STOP_WITHIN, proc.output()
+    finally:
+        proc.stop()
+
+
+# -- in-flight work ---------------------------------------------------------------------------------
+
+def recipient(db, message_id: str) -> dict:
+    return db.execute("SELECT r.status, r.lease_owner, r.leased_until FROM recipients r JOIN messages m"
+                      " ON m.id = r.message_pk WHERE m.message_id = %s", (message_id,)).fetchone()
+
+
+def delivered_events(db, message_id: str) -> int:
+    return db.execute("SELECT count(*) AS n FROM events WHERE message_id = %s AND event = 'delivered'",
+                      (message_id,)).fetchone()["n"]
+
+
+def relay_proc(tmp_path, settings, name: str, sink, dns) -> Proc:
+    env = process_env(settings, ENVOI_DNS_RESOLVER=f"127.0.0.1:{dns.port}", ENVOI_MX_PORT=sink.smtp_port,
+                      ENVOI_RELAY_HOST=name, ENVOI_SMTP_TIMEOUT=30)
+    metrics = free_port()
+    proc = Proc(name, envoi("relay", "--metrics-port", str(metrics)), env, tmp_path)
+    proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{metrics}/readyz"), timeout=90)
+    return proc
+
+
+@pytest.mark.parametrize("data_delay", [0.6, 8.0])
+def test_relay_sigterm_finishes_a_delivery_in_flight_or_hands_its_lease_back(tmp_path, settings, services, db,
+                                                                             domain, data_delay):
+    """A slow MX: a delivery that can finish within the drain is delivered; one that cannot is handed back
+    at once (no lease left to run out), and another relay delivers it right away. Either way it is
+    delivered once, and the relay is gone within 2 s."""
+    rcpt_domain = f"slow-{uuid.uuid4().hex[:8]}.test"
+    with Sink() as sink, DnsServer() as dns:
+        route(dns, rcpt_domain)
+        sink.set_script({"data_delay": data_delay})
+        first = relay_proc(tmp_path, settings, f"relay-a-{uuid.uuid4().hex[:6]}", sink, dns)
+        try:
+            message_id = send(services, domain["account_id"], domain, f"x@{rcpt_domain}")
+            wait_until(lambda: (recipient(db, message_id) or {}).get("lease_owner"), timeout=30)
+            time.sleep(0.3)  # the session is open and waiting on the sink's DATA reply
+            assert stop_seconds(first) <= STOP_WITHIN, first.output()
+        finally:
+            first.stop()
+        row = recipient(db, message_id)
+        if data_delay < 1:  # finished within the drain
+            assert row["status"] == "delivered"
+            assert delivered_events(db, message_id) == 1
+            return
+        assert row["status"] == "queued" and row["lease_owner"] is None, row  # handed back, not left leased
+        assert "handed back to the queue" in first.output()
+        sink.set_script({"data_delay": 0})
+        second = relay_proc(tmp_path, settings, f"relay-b-{uuid.uuid4().hex[:6]}", sink, dns)
+        try:
+            wait_until(lambda: recipient(db, message_id)["status"] == "delivered", timeout=15)
+        finally:
+            second.stop()
+        assert delivered_events(db, message_id) == 1
+
+
+def smtp_command(sock_file, sock, line: bytes) -> bytes:
+    sock.sendall(line + b"\r\n")
+    return reply(sock_file)
+
+
+def reply(sock_file) -> bytes:
+    lines = []
+    while True:
+        line = sock_file.readline()
+        lines.append(line)
+        if len(line) < 4 or line[3:4] != b"-":
+            return b"".join(lines)
+
+
+def test_smtp_sigterm_lets_a_session_in_data_finish_and_tells_idle_ones_421(tmp_path, settings, services, domain,
+                                                                            account, db):
+    """SIGTERM with two sessions open: the one sending DATA finishes its message (250, stored); the idle
+    one is told 421 4.3.2; the server is gone within 2 s."""
+    login = f"stop-{uuid.uuid4().hex[:6]}@{domain['name']}"
+    services.accounts.create_credential(account["id"], domain["name"], login.split("@")[0], "stop-pass-1")
+    port = free_port()
+    proc = Proc("smtp-stop", envoi("smtp", "--bind", "127.0.0.1", "--port", "0", "--smtps-port", str(port),
+                                   "--var", str(tmp_path)), process_env(settings), tmp_path)
+    proc.wait_ready(lambda: "smtp: region" in proc.output(), timeout=90)
+    ctx = ssl._create_unverified_context()
+    try:
+        busy = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        idle = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        busy_file, idle_file = busy.makefile("rb"), idle.makefile("rb")
+        for sock, f in ((busy, busy_file), (idle, idle_file)):
+            assert reply(f).startswith(b"220")
+            assert smtp_command(f, sock, b"EHLO client.test").startswith(b"250")
+            auth = base64.b64encode(f"\0{login}\0stop-pass-1".encode())
+            assert smtp_command(f, sock, b"AUTH PLAIN " + auth).startswith(b"235")
+        assert smtp_command(busy_file, busy, f"MAIL FROM:<{login}>".encode()).startswith(b"250")
+        rcpt = f"finish-{uuid.uuid4().hex[:8]}@inbox.test"
+        assert smtp_command(busy_file, busy, f"RCPT TO:<{rcpt}>".encode()).startswith(b"250")
+        assert smtp_command(busy_file, busy, b"DATA").startswith(b"354")
+        busy.sendall(f"From: {login}\r\nTo: {rcpt}\r\nSubject: in flight\r\n\r\n".encode())
+        started = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.4)  # the server is stopping while this message is still being sent
+        assert idle_file.readline().startswith(b"421 4.3.2")
+        busy.sendall(b"the rest of the body\r\n.\r\n")
+        assert reply(busy_file).startswith(b"250"), "the message in DATA was not finished"
+        proc.popen.wait(10)
+        assert time.monotonic() - started <= STOP_WITHIN, proc.output()
+        stored = db.execute("SELECT count(*) AS n FROM recipients WHERE address = %s", (rcpt,)).fetchone()
+        assert stored["n"] == 1
+    finally:
+        proc.stop()
