@@ -66,7 +66,7 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
     _, api_key = services.accounts.create_key(account["id"], "admin")
     services.accounts.create_credential(account["id"], domain["name"], "app", "monitoring-pass-1")
     ports = {name: free_port() for name in ("api", "smtp", "inbound", "sink_smtp", "sink_http", "dns", "api_m",
-                                            "smtp_m", "inbound_m", "worker_m", "scheduler_m", "relay_m")}
+                                            "smtp_m", "inbound_m", "worker_m", "webhooks_m", "scheduler_m", "relay_m")}
     zone = [["inbox.test", "MX", "10 mx.inbox.test."], ["bounce.test", "MX", "10 mx.inbox.test."],
             ["later.test", "MX", "10 mx.inbox.test."], ["mx.inbox.test", "A", "127.0.0.1"],
             [f"{domain['dkim_selector']}._domainkey.{domain['name']}", "TXT",
@@ -86,10 +86,11 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
                       "2", "--var", str(tmp_path), "--metrics-port", str(ports["smtp_m"])),
         "inbound": envoi("inbound", "--port", str(ports["inbound"]), "--metrics-port", str(ports["inbound_m"])),
         "worker": envoi("worker", "--processes", "2", "--metrics-port", str(ports["worker_m"])),
+        "webhooks": envoi("webhooks", "dispatch", "--processes", "2", "--metrics-port", str(ports["webhooks_m"])),
         "scheduler": envoi("scheduler", "--metrics-port", str(ports["scheduler_m"])),
     }
     targets = {f"envoi-{name}": [f"127.0.0.1:{ports[name + '_m']}"]
-               for name in ("api", "relay", "smtp", "inbound", "worker", "scheduler")}
+               for name in ("api", "relay", "smtp", "inbound", "worker", "webhooks", "scheduler")}
     procs, prometheus = [], None
     try:
         for name, argv in commands.items():
@@ -100,14 +101,14 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
                                       "*@later.test": "451 4.3.0 Try again later"}}).encode()
         urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{ports['sink_http']}/script", data=script,
                                                       headers={"Content-Type": "application/json"}), timeout=5)
-        for proc, name in zip(procs[2:], ("api", "relay", "smtp", "inbound", "worker", "scheduler"), strict=True):
+        for proc, name in zip(procs[2:], ("api", "relay", "smtp", "inbound", "worker", "webhooks", "scheduler"), strict=True):
             proc.wait_ready(lambda name=name: http_ok(f"http://127.0.0.1:{ports[name + '_m']}/metrics"), timeout=90)
         (tmp_path / "prometheus").mkdir()
         prometheus = Prometheus(tmp_path / "prometheus", targets)
         prometheus.wait_ready(timeout=60)
 
         with Receiver() as receiver:
-            # a webhook on deliveries, posted by the worker to the loopback receiver
+            # a webhook on deliveries, posted by the dispatcher to the loopback receiver
             services.webhooks.create(domain, "delivered", [receiver.url("/hook")])
             client = Client(auth=("api", api_key), api_url=f"{api_url}/v3/")
             for to in ("a@inbox.test", "b@inbox.test", "c@bounce.test", "d@later.test"):
@@ -122,10 +123,10 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
             with smtplib.SMTP("127.0.0.1", ports["inbound"], timeout=60) as conn:  # a report to postmaster@
                 conn.sendmail("mailer-daemon@inbox.test", [f"postmaster@{domain['name']}"],
                               "From: mailer-daemon@inbox.test\r\nSubject: hello postmaster\r\n\r\nnot a DSN\r\n")
-            # three deliveries (a@, b@ by HTTP, e@ by SMTP), each posted once by one of the worker's processes:
-            # the worker's one /metrics counts them all
+            # three deliveries (a@, b@ by HTTP, e@ by SMTP), each posted once by one of the dispatcher's
+            # processes: the dispatcher's one /metrics counts them all
             wait_until(lambda: len(receiver.got("/hook")) >= 3, timeout=120)
-            worker_metrics = f"http://127.0.0.1:{ports['worker_m']}/metrics"
+            worker_metrics = f"http://127.0.0.1:{ports['webhooks_m']}/metrics"
             wait_until(lambda: metric(urllib.request.urlopen(worker_metrics, timeout=5).read().decode(),
                                       'envoi_webhook_attempts_total{outcome="delivered"}') == 3, timeout=30)
 
