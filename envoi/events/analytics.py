@@ -33,13 +33,13 @@ from envoi.events.service import parse_time
 from envoi.events.stats import (
     INCOMING,
     RESOLUTIONS,
-    STAT_EVENTS,
     buckets,
     dimensions,
     floor,
     minus_duration,
     rfc2822,
     shape,
+    stat_events,
 )
 from envoi.infra.db import Database
 
@@ -263,12 +263,18 @@ def parse_filter(body: dict, known: dict) -> list[Filter]:
     return out
 
 
-def parse_metrics_query(body: dict) -> tuple[Query, dict]:
+def body_resolution(body: dict) -> str:
+    """A JSON query body's `resolution` (hour, day or month; day by default), the body checked first."""
     if not isinstance(body, dict):
         raise EventQueryError("the request body must be a JSON object")
     resolution = (_text(body, "resolution") or "day").lower()
     if resolution not in RESOLUTIONS:
         raise EventQueryError("resolution must be one of hour, day, month")
+    return resolution
+
+
+def parse_metrics_query(body: dict) -> tuple[Query, dict]:
+    resolution = body_resolution(body)
     dims = strings(body, "dimensions")
     for d in dims:
         if d not in DIMENSIONS:
@@ -454,11 +460,7 @@ class Analytics:
 
     # POST /v1/analytics/usage/metrics ----------------------------------------------------------------
     def usage(self, account_id: int, body: dict) -> dict:
-        if not isinstance(body, dict):
-            raise EventQueryError("the request body must be a JSON object")
-        resolution = (_text(body, "resolution") or "day").lower()
-        if resolution not in RESOLUTIONS:
-            raise EventQueryError("resolution must be one of hour, day, month")
+        resolution = body_resolution(body)
         dims = strings(body, "dimensions")
         for d in dims:
             if d not in USAGE_DIMENSIONS:
@@ -534,16 +536,7 @@ class Analytics:
             values = [v for v in params.get(name) or [] if v.strip()]
             return values[-1].strip() if values else None
 
-        events = []
-        for value in params.get("event") or []:
-            for name in value.split(","):
-                name = name.strip().lower()
-                if name and name not in STAT_EVENTS:
-                    raise EventQueryError(f"'{name}' is not a valid event type; use one of {', '.join(STAT_EVENTS)}")
-                if name and name not in events:
-                    events.append(name)
-        if not events:
-            raise EventQueryError("event is required")
+        events = stat_events(params)
         group = (one("group") or "total").lower()
         if group not in self.GROUPS:
             raise EventQueryError(f"group must be one of {', '.join(self.GROUPS)}")

@@ -141,18 +141,7 @@ class Stats:
             values = [v for v in params.get(name) or [] if v.strip()]
             return values[-1].strip() if values else None
 
-        events = []
-        for value in params.get("event") or []:
-            for name in value.split(","):
-                name = name.strip().lower()
-                if not name:
-                    continue
-                if name not in STAT_EVENTS:
-                    raise EventQueryError(f"'{name}' is not a valid event type; use one of {', '.join(STAT_EVENTS)}")
-                if name not in events:
-                    events.append(name)
-        if not events:
-            raise EventQueryError("event is required")
+        events = stat_events(params)
         resolution = (one("resolution") or "day").lower()
         if resolution not in RESOLUTIONS:
             raise EventQueryError("resolution must be one of hour, day, month")
@@ -274,6 +263,21 @@ def shape(event: str, rows: list[dict]) -> dict:
 def rfc2822(dt: datetime) -> str:
     """Mailgun's stats time format: 'Mon, 02 Jan 2006 15:04:05 UTC'."""
     return dt.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
+
+
+def stat_events(params: dict[str, list[str]]) -> list[str]:
+    """The stats APIs' `event` parameter (repeated or comma-separated), each a stats event, in order."""
+    events: list[str] = []
+    for value in params.get("event") or []:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name and name not in STAT_EVENTS:
+                raise EventQueryError(f"'{name}' is not a valid event type; use one of {', '.join(STAT_EVENTS)}")
+            if name and name not in events:
+                events.append(name)
+    if not events:
+        raise EventQueryError("event is required")
+    return events
 
 
 def floor(dt: datetime, resolution: str) -> datetime:
