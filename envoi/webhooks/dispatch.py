@@ -30,6 +30,7 @@ from envoi.webhooks.client import Client
 from envoi.webhooks.service import Webhooks
 
 log = logging.getLogger("envoi.webhooks.dispatch")
+STOP_GRACE = 1.0  # seconds a stopping dispatcher gives requests in flight before handing them back
 FLUSH_SECONDS = 0.02  # results wait at most this long to be written with others
 FLUSH_BATCH = 500
 # A process claims at most 20 times a second, however fast rows finish: each claim has a fixed cost in
@@ -52,6 +53,7 @@ class Dispatcher:
         self._wake: asyncio.Event | None = None
         self._flushed: asyncio.Event | None = None
         self._targets: dict[bytes, str] = {}
+        self._sending: dict[asyncio.Task, int] = {}  # request in flight -> its delivery's id
 
     # one attempt ---------------------------------------------------------------------------------
     async def _send(self, http: Client, row: dict, key: str) -> None:
@@ -136,7 +138,9 @@ class Dispatcher:
         for row in rows:
             task = asyncio.create_task(self._send(http, row, keys[row["account_id"]]))
             tasks.add(task)
+            self._sending[task] = row["id"]
             task.add_done_callback(tasks.discard)
+            task.add_done_callback(self._sending.pop)
         return len(rows)
 
     def _doorbell(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
@@ -175,13 +179,30 @@ class Dispatcher:
                     stopper.cancel()
                     await asyncio.sleep(max(0.0, MIN_CLAIM_GAP - (time.monotonic() - started)))
                 if tasks:
-                    await asyncio.wait(set(tasks), timeout=settings.webhook_timeout + 5)
+                    await self._hand_back(tasks)
             finally:
                 bell_stop.set()
                 writer_stop.set()
                 await writer
                 if stats is not None:
                     stats.cancel()
+
+    async def _hand_back(self, tasks: set) -> None:
+        """Stopping (SIGTERM): what answers within STOP_GRACE is written as usual; the rest is cancelled
+        and its leases given back at once, so another dispatcher sends it now rather than after the lease
+        (a request cancelled after the endpoint got it is sent again: at least once, as after a crash)."""
+        _, pending = await asyncio.wait(set(tasks), timeout=STOP_GRACE)
+        if not pending:
+            return
+        ids = [self._sending[task] for task in pending if task in self._sending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self.service.release, ids)
+        except Exception:  # the leases then run out as after a crash: later, never lost
+            log.exception("handing %d webhook deliveries back failed", len(ids))
+        self.held -= len(ids)
 
     async def drain(self, *, settle: float = 0.0) -> int:
         """Claim and send until nothing is due (tests, `--burst`): returns the attempts made. `settle`:

@@ -290,6 +290,13 @@ class Webhooks:
         if outbox is not None and outbox.rowcount > 0 and self.doorbell is not None:
             self.doorbell.ring()
 
+    def release(self, ids: list[int]) -> None:
+        """Give leased deliveries back (a stopping dispatcher): due again at once, for any dispatcher."""
+        with self.db.transaction() as conn:
+            released = store.release(conn, ids)
+        if released and self.doorbell is not None:
+            self.doorbell.ring()
+
     def claim(self, limit: int) -> tuple[list[dict], dict[int, str]]:
         """Lease up to `limit` due deliveries fairly (store.claim) for a dispatcher; returns them and the
         signing keys of their accounts."""

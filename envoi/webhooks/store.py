@@ -259,6 +259,12 @@ LIMIT %(limit)s
 """
 
 
+def release(conn: Connection, ids: list[int]) -> int:
+    """End the leases of these pending deliveries (their dispatcher stops without a result)."""
+    return conn.execute("UPDATE webhook_deliveries SET leased_until = NULL WHERE id = ANY(%s) AND status = 'pending'"
+                        " AND leased_until IS NOT NULL", (ids,)).rowcount
+
+
 def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[dict]:
     """Lease up to `limit` due deliveries fairly and return them (the _CLAIMED columns).
 

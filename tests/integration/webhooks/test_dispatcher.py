@@ -183,6 +183,49 @@ def test_sigkill_mid_batch_loses_nothing(hook_services, hook_settings, tmp_path)
     print(f"kill -9: {received_at_kill} received before the kill, {duplicates} duplicates")
 
 
+def test_sigterm_hands_requests_in_flight_back_at_once(hook_services, hook_settings, tmp_path):
+    """`envoi webhooks dispatch` stops within 2 s on SIGTERM although its endpoint takes 5 s: what is in
+    flight is cancelled and its leases given back, so the next dispatcher sends it at once."""
+    settle(hook_services)
+    _, domain = tenant(hook_services, "stopping")
+    with Receiver() as receiver:
+        receiver.delay = {"/slow": 5.0}
+        ids = outbox(hook_services, domain, receiver.url("/slow"), 3, "stop")
+        env = process_env(hook_settings, ENVOI_WEBHOOK_ALLOW="127.0.0.1/32", ENVOI_WEBHOOK_LEASE="60",
+                          ENVOI_WEBHOOK_TIMEOUT="30")
+        log = (tmp_path / "dispatch.log").open("wb")
+        proc = subprocess.Popen(envoi("webhooks", "dispatch", "--processes", "1"), env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+        def leased() -> int:
+            with hook_services.db.transaction() as conn:
+                return conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s"
+                                    " AND leased_until > now()", (domain["id"],)).fetchone()["n"]
+
+        try:
+            wait_until(lambda: leased() == 3, timeout=60)
+            time.sleep(0.5)  # the requests are on the wire, the endpoint sleeping
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert took <= 2.0, (tmp_path / "dispatch.log").read_text()
+        with hook_services.db.transaction() as conn:
+            rows = conn.execute("SELECT status, attempts, leased_until FROM webhook_deliveries WHERE domain_id = %s",
+                                (domain["id"],)).fetchall()
+        # Handed back: pending, no attempt counted, no lease left to wait out (it was 60 s).
+        assert [(r["status"], r["attempts"], r["leased_until"]) for r in rows] == [("pending", 0, None)] * 3
+        receiver.delay = {}
+        asyncio.run(Dispatcher(hook_services.webhooks).drain())
+        with hook_services.db.transaction() as conn:
+            assert conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s AND status ="
+                                " 'delivered'", (domain["id"],)).fetchone()["n"] == 3
+        assert set(ids) <= {r["payload"]["event-data"]["id"] for r in receiver.got("/slow")}
+
+
 def test_a_failing_endpoint_is_shown_with_its_backlog_and_measured(hook_services, hook_settings, db):
     settle(hook_services)
     account, domain = tenant(hook_services, "failing")
