@@ -66,9 +66,12 @@ class Inventory:
     clock_skew: float = 0.0  # database now() - local time.time()
     # Domains whose own IPs (or linked pool) are enabled only on other relay hosts: pinned elsewhere.
     elsewhere: frozenset[int] = frozenset()
+    # Those of them whose mail other hosts may take when it waits too long (the domain's ip_overflow,
+    # else the relay's policy); the rest wait for their host.
+    overflow: frozenset[int] = frozenset()
 
     @classmethod
-    def build(cls, data: dict, host: str) -> Inventory:
+    def build(cls, data: dict, host: str, policy: str = "overflow") -> Inventory:
         ips = {r["address"]: r for r in data["ips"]}
         local = frozenset(a for a, r in ips.items() if r["enabled"] and r["host"] == host)
         domain_ips: dict[int, list[str]] = defaultdict(list)
@@ -84,6 +87,8 @@ class Inventory:
                        if a in ips and ips[a]["enabled"]]
             if enabled and not any(ips[a]["host"] == host for a in enabled):
                 elsewhere.add(domain_id)
+        own = {r["domain_id"]: r["ip_overflow"] for r in data.get("overflow", [])}
+        overflow = {d for d in elsewhere if own.get(d, policy) == "overflow"}
         return cls(
             ips=ips,
             local=local,
@@ -94,6 +99,7 @@ class Inventory:
             warm={r["address"]: (r["started_at"].timestamp(), r["plan"]) for r in data["warmups"]},
             clock_skew=data["now"].timestamp() - time.time(),
             elsewhere=frozenset(elsewhere),
+            overflow=frozenset(overflow),
         )
 
 
@@ -260,7 +266,7 @@ class EgressView:
     def sync(self) -> None:
         with self.db.transaction() as conn:
             data = store.snapshot(conn)
-        inv = Inventory.build(data, self.host)
+        inv = Inventory.build(data, self.host, self.policy)
         restarted = {a for a, started in self._started.items() if inv.warm.get(a, (None,))[0] != started}
         self._started = {a: started for a, (started, _) in inv.warm.items()}
         if restarted:  # a warm-up was stopped or started again: its old quota and counts are void
