@@ -8,7 +8,8 @@ thread reserved in Postgres beforehand.
 Order: o:sending-ip / o:sending-ip-pool (only when the account owns it) -> the domain's dedicated IPs
 or its linked pool -> the shared pool (enabled, non-dedicated IPs). Within a set, IPs take turns
 (round robin) and an IP whose warm-up quota is spent is skipped. When a whole set is spent the
-policy decides: "overflow" moves on to the shared pool, "wait" raises NoEgressAvailable.
+policy decides (the domain's ip_overflow, else the relay's): "overflow" moves on to the shared pool,
+"wait" raises NoEgressAvailable.
 
 Warm-up caps ("never exceeds"): quota is reserved from ip_warmup_usage in blocks by an UPDATE that
 never lets `reserved` pass the day's cap (a CHECK constraint backs it). A relay only sends what it
@@ -69,6 +70,7 @@ class Inventory:
     # Those of them whose mail other hosts may take when it waits too long (the domain's ip_overflow,
     # else the relay's policy); the rest wait for their host.
     overflow: frozenset[int] = frozenset()
+    policies: dict[int, str] = field(default_factory=dict)  # domains' own ip_overflow (else the relay's)
 
     @classmethod
     def build(cls, data: dict, host: str, policy: str = "overflow") -> Inventory:
@@ -100,6 +102,7 @@ class Inventory:
             clock_skew=data["now"].timestamp() - time.time(),
             elsewhere=frozenset(elsewhere),
             overflow=frozenset(overflow),
+            policies=own,
         )
 
 
@@ -194,7 +197,7 @@ class EgressView:
             if address is not None:
                 return Choice(address, inv.ips[address]["helo"], via, granted)
             via = "overflow"
-            if self.policy == "wait":
+            if inv.policies.get(domain["id"], self.policy) == "wait":
                 raise NoEgressAvailable(self._retry_after(inv, usable, now),
                                         "the domain's IPs are at their warm-up cap" if usable
                                         else "the domain's IPs are disabled or not on this relay's host")
