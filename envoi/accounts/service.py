@@ -370,16 +370,21 @@ class Accounts:
 
     def update_domain(self, account_id: int, name: str, **changes) -> dict:
         """Change a domain's settings (Mailgun's PUT /v4/domains/{d}, /connection, /web_prefix): any of
-        spam_action, wildcard, web_scheme, web_prefix, require_tls, skip_verification; None = unchanged.
+        spam_action, wildcard, web_scheme, web_prefix, require_tls, skip_verification, and Envoi's
+        ip_overflow (overflow | wait | default: the relay's ENVOI_WARMUP_POLICY); None = unchanged.
         All are checked before any is written. Returns the domain row."""
-        allowed = {"spam_action", "wildcard", "web_scheme", "web_prefix", "require_tls", "skip_verification"}
+        allowed = {"spam_action", "wildcard", "web_scheme", "web_prefix", "require_tls", "skip_verification",
+                   "ip_overflow"}
         unknown = set(changes) - allowed
         if unknown:
             raise InvalidInput(f"unknown domain setting: {sorted(unknown)[0]}")
         changes = {k: v for k, v in changes.items() if v is not None}
         if "web_prefix" in changes:
             changes["web_prefix"] = changes["web_prefix"].strip().lower()
-        _check_domain_settings(**{k: changes[k] for k in ("spam_action", "web_scheme", "web_prefix") if k in changes})
+        _check_domain_settings(**{k: changes[k] for k in ("spam_action", "web_scheme", "web_prefix", "ip_overflow")
+                                  if k in changes})
+        if changes.get("ip_overflow") == "default":
+            changes["ip_overflow"] = None  # NULL: the relay's policy
         row = self.get_domain(name, account_id)
         with self.db.transaction() as conn:
             store.update_domain(conn, row["id"], changes)
@@ -792,7 +797,9 @@ def _required(record: dict) -> bool:
 
 
 def _check_domain_settings(*, spam_action: str | None = None, web_scheme: str | None = None,
-                           web_prefix: str | None = None) -> None:
+                           web_prefix: str | None = None, ip_overflow: str | None = None) -> None:
+    if ip_overflow is not None and ip_overflow not in ("overflow", "wait", "default"):
+        raise InvalidInput("ip_overflow must be overflow, wait or default")
     if spam_action is not None and spam_action not in SPAM_ACTIONS:
         raise InvalidInput("spam_action must be disabled, block or tag")
     if web_scheme is not None and web_scheme not in WEB_SCHEMES:

@@ -431,7 +431,11 @@ def _paths() -> dict:
         add(path, "get", op("A domain and its DNS records, each with what the last check found", _json(one_domain),
                             params=[d], tag="domains"))
         add(path, "put", op("Change a domain's settings (only those named)", _json(one_domain), params=[d],
-                            body=_form(settings_fields), tag="domains"))
+                            body=_form({**settings_fields, "ip_overflow": {
+                                "type": "string", "enum": ["overflow", "wait", "default"],
+                                "description": "Envoi extension: mail pinned to another relay host's dedicated IPs"
+                                               " (or capped by warm-up) overflows to the shared pool or waits;"
+                                               " default = the relay's ENVOI_WARMUP_POLICY"}}), tag="domains"))
         add(path, "delete", op("Delete a domain", _json(MESSAGE), params=[d], tag="domains"))
         add(f"{path}/verify", "put", op(
             "Look the domain's DNS records up now (SPF, DKIM, tracking CNAME, DMARC, MX); found SPF and DKIM make"

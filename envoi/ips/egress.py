@@ -8,7 +8,8 @@ thread reserved in Postgres beforehand.
 Order: o:sending-ip / o:sending-ip-pool (only when the account owns it) -> the domain's dedicated IPs
 or its linked pool -> the shared pool (enabled, non-dedicated IPs). Within a set, IPs take turns
 (round robin) and an IP whose warm-up quota is spent is skipped. When a whole set is spent the
-policy decides: "overflow" moves on to the shared pool, "wait" raises NoEgressAvailable.
+policy decides (the domain's ip_overflow, else the relay's): "overflow" moves on to the shared pool,
+"wait" raises NoEgressAvailable.
 
 Warm-up caps ("never exceeds"): quota is reserved from ip_warmup_usage in blocks by an UPDATE that
 never lets `reserved` pass the day's cap (a CHECK constraint backs it). A relay only sends what it
@@ -66,9 +67,13 @@ class Inventory:
     clock_skew: float = 0.0  # database now() - local time.time()
     # Domains whose own IPs (or linked pool) are enabled only on other relay hosts: pinned elsewhere.
     elsewhere: frozenset[int] = frozenset()
+    # Those of them whose mail other hosts may take when it waits too long (the domain's ip_overflow,
+    # else the relay's policy); the rest wait for their host.
+    overflow: frozenset[int] = frozenset()
+    policies: dict[int, str] = field(default_factory=dict)  # domains' own ip_overflow (else the relay's)
 
     @classmethod
-    def build(cls, data: dict, host: str) -> Inventory:
+    def build(cls, data: dict, host: str, policy: str = "overflow") -> Inventory:
         ips = {r["address"]: r for r in data["ips"]}
         local = frozenset(a for a, r in ips.items() if r["enabled"] and r["host"] == host)
         domain_ips: dict[int, list[str]] = defaultdict(list)
@@ -84,6 +89,8 @@ class Inventory:
                        if a in ips and ips[a]["enabled"]]
             if enabled and not any(ips[a]["host"] == host for a in enabled):
                 elsewhere.add(domain_id)
+        own = {r["domain_id"]: r["ip_overflow"] for r in data.get("overflow", [])}
+        overflow = {d for d in elsewhere if own.get(d, policy) == "overflow"}
         return cls(
             ips=ips,
             local=local,
@@ -94,6 +101,8 @@ class Inventory:
             warm={r["address"]: (r["started_at"].timestamp(), r["plan"]) for r in data["warmups"]},
             clock_skew=data["now"].timestamp() - time.time(),
             elsewhere=frozenset(elsewhere),
+            overflow=frozenset(overflow),
+            policies=own,
         )
 
 
@@ -188,7 +197,7 @@ class EgressView:
             if address is not None:
                 return Choice(address, inv.ips[address]["helo"], via, granted)
             via = "overflow"
-            if self.policy == "wait":
+            if inv.policies.get(domain["id"], self.policy) == "wait":
                 raise NoEgressAvailable(self._retry_after(inv, usable, now),
                                         "the domain's IPs are at their warm-up cap" if usable
                                         else "the domain's IPs are disabled or not on this relay's host")
@@ -260,7 +269,7 @@ class EgressView:
     def sync(self) -> None:
         with self.db.transaction() as conn:
             data = store.snapshot(conn)
-        inv = Inventory.build(data, self.host)
+        inv = Inventory.build(data, self.host, self.policy)
         restarted = {a for a, started in self._started.items() if inv.warm.get(a, (None,))[0] != started}
         self._started = {a: started for a, (started, _) in inv.warm.items()}
         if restarted:  # a warm-up was stopped or started again: its old quota and counts are void

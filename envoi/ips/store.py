@@ -154,6 +154,8 @@ def snapshot(conn: Connection) -> dict:
         "domain_pools": conn.execute("SELECT domain_id, pool_id FROM domain_ip_pools").fetchall(),
         "pools": conn.execute("SELECT id, account_id FROM ip_pools").fetchall(),
         "members": conn.execute("SELECT pool_id, address FROM ip_pool_members ORDER BY address").fetchall(),
+        "overflow": conn.execute("SELECT id AS domain_id, ip_overflow FROM domains"
+                                 " WHERE ip_overflow IS NOT NULL").fetchall(),
         "warmups": conn.execute("SELECT address, plan, started_at FROM ip_warmups").fetchall(),
         "now": conn.execute("SELECT now() AS now").fetchone()["now"],
     }

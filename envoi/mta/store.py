@@ -42,18 +42,27 @@ def insert_recipients(conn: Connection, rows: list[tuple]) -> None:
 
 
 def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None,
-              elsewhere: list[int] | None = None, overflow_after: float | None = None) -> list[dict]:
+              elsewhere: list[int] | None = None, overflow_after: float | None = None,
+              overflowing: list[int] | None = None) -> list[dict]:
     """Lease up to `limit` due recipients. A crashed relay's lease simply runs out, so nothing is lost.
 
     `elsewhere`: domains whose egress IPs all live on other relay hosts. Their mail is left to those
     hosts (host-affine claiming), unless `overflow_after` is given and it has been due that long
-    (its host is down or behind): then this relay may take it and send it over its shared pool."""
+    (its host is down or behind): then this relay may take it and send it over its shared pool.
+    `overflowing` limits that to those domains (None: all of `elsewhere`); the others always wait."""
     affinity = ""
     args: list = [limit]
     if elsewhere:
-        affinity = " AND (domain_id <> ALL(%s)" + (" OR next_attempt_at < now() - make_interval(secs => %s))"
-                                                   if overflow_after is not None else ")")
-        args = [elsewhere] + ([overflow_after] if overflow_after is not None else []) + args
+        if overflow_after is None or overflowing == []:
+            affinity = " AND domain_id <> ALL(%s)"
+            args = [elsewhere, *args]
+        elif overflowing is None:
+            affinity = " AND (domain_id <> ALL(%s) OR next_attempt_at < now() - make_interval(secs => %s))"
+            args = [elsewhere, overflow_after, *args]
+        else:
+            affinity = (" AND (domain_id <> ALL(%s) OR (domain_id = ANY(%s)"
+                        " AND next_attempt_at < now() - make_interval(secs => %s)))")
+            args = [elsewhere, overflowing, overflow_after, *args]
     return conn.execute(
         f"""
         WITH due AS (

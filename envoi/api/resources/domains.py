@@ -147,10 +147,11 @@ class DomainItem(DomainScoped):
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, domain: str) -> None:
         """PUT /v4|v3/domains/{d}: spam_action, wildcard, web_scheme, web_prefix, require_tls,
-        skip_verification, smtp_password (the postmaster login's). Unnamed settings stay as they are."""
+        skip_verification, smtp_password (the postmaster login's), Envoi's ip_overflow. Unnamed settings stay as they are."""
         row = self.domain(req, domain)
         fields = _fields(req)
-        row = self.accounts.update_domain(row["account_id"], row["name"], **_settings(fields))
+        row = self.accounts.update_domain(row["account_id"], row["name"], **_settings(fields),
+                                          ip_overflow=fields.get("ip_overflow"))
         if password := fields.get("smtp_password"):
             self._set_postmaster_password(row, password)
         self._answer(resp, row, "Domain has been updated")

@@ -47,7 +47,7 @@ class Claimer:
                  lease: float = LEASE_SECONDS, affinity=None):
         self.db = db
         self.lease = lease
-        # affinity() -> (domain ids whose IPs all live on other hosts, may their mail overflow here?):
+        # affinity() -> (domain ids whose IPs all live on other hosts, those whose mail may overflow here):
         # host-affine claiming, so mail pinned to another host's IPs is not claimed and deferred here.
         self.affinity = affinity
         self.accounts = accounts
@@ -66,11 +66,11 @@ class Claimer:
 
     def claim(self, limit: int) -> Claim:
         blocked: dict[int, str] = {}
-        elsewhere, overflow = self.affinity() if self.affinity is not None else ([], False)
+        elsewhere, overflow = self.affinity() if self.affinity is not None else ([], [])
         with self.db.transaction() as conn:
             # Pinned mail overflows here once due for a whole lease: its host is down (or far behind).
             rows = store.claim_due(conn, limit, self.lease, self.owner, elsewhere,
-                                   self.lease if overflow else None)
+                                   self.lease if overflow else None, overflow)
             if not rows:
                 return Claim([], {}, {})
             messages = {m["id"]: m for m in store.load_messages(conn, list({r["message_pk"] for r in rows}))}

@@ -28,10 +28,12 @@ class IpEgress:
             self.metrics.egress_deliveries.labels(choice.address or "", choice.via).inc()
         return Egress(choice.address, choice.helo), choice.recipients
 
-    def pinned_elsewhere(self) -> tuple[list[int], bool]:
+    def pinned_elsewhere(self) -> tuple[list[int], list[int]]:
         """Domains whose IPs all live on other relay hosts (this relay leaves their mail to those hosts),
-        and whether the policy lets their mail overflow to this host's shared pool when it waits too long."""
-        return sorted(self.view.inventory.elsewhere), self.view.policy == "overflow"
+        and those of them whose policy (the domain's ip_overflow, else the relay's) lets their mail
+        overflow to this host's shared pool when it waits too long."""
+        inv = self.view.inventory
+        return sorted(inv.elsewhere), sorted(inv.overflow)
 
     def stop(self) -> None:
         """Record usage and hand back unspent warm-up quota (the relay is exiting)."""

@@ -448,3 +448,29 @@ def test_put_assigns_and_unassigns_taking_the_ip_off_domains_and_pools(client, s
                       (pool["id"],)).fetchone()["n"] == 0
     tail = [r["action"] for r in db.execute("SELECT action FROM ip_audit ORDER BY id DESC LIMIT 3").fetchall()]
     assert tail == ["ip.unassign", "pool.ip.remove", "domain.ip.remove"]
+
+
+def test_domain_ip_overflow_is_set_per_domain_through_put(client, services, db, account, domain, api_key):
+    """PUT /v3|v4/domains/{d} ip_overflow=overflow|wait|default (Envoi extension): stored, NULL for
+    default; a bad value is a 400 that changes nothing; another tenant's domain is a 404."""
+    def stored(d):
+        return db.execute("SELECT ip_overflow FROM domains WHERE id = %s", (d["id"],)).fetchone()["ip_overflow"]
+
+    path = f"/v3/domains/{domain['name']}"
+    assert client.simulate_put(path, headers={**basic(api_key), **FORM}, body="ip_overflow=wait").status_code == 200
+    assert stored(domain) == "wait"
+    r = client.simulate_put(f"/v4/domains/{domain['name']}", headers={**basic(api_key), **FORM},
+                            body="ip_overflow=overflow")
+    assert r.status_code == 200 and stored(domain) == "overflow"
+    r = client.simulate_put(path, headers={**basic(api_key), **FORM}, body="ip_overflow=sometimes&spam_action=tag")
+    assert r.status_code == 400 and r.json == {"message": "ip_overflow must be overflow, wait or default"}
+    row = db.execute("SELECT ip_overflow, spam_action FROM domains WHERE id = %s", (domain["id"],)).fetchone()
+    assert (row["ip_overflow"], row["spam_action"]) == ("overflow", domain["spam_action"])
+    assert client.simulate_put(path, headers={**basic(api_key), **FORM}, body="spam_action=tag").status_code == 200
+    assert stored(domain) == "overflow"  # not named: unchanged
+    assert client.simulate_put(path, headers={**basic(api_key), **FORM}, body="ip_overflow=default").status_code == 200
+    assert stored(domain) is None
+    _, theirs, _ = other_customer(services)
+    r = client.simulate_put(f"/v3/domains/{theirs['name']}", headers={**basic(api_key), **FORM},
+                            body="ip_overflow=wait")
+    assert r.status_code == 404 and stored(theirs) is None

@@ -166,3 +166,45 @@ def test_mail_pinned_to_another_hosts_ip_is_not_claimed_here(services, settings,
                       " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
     assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 3
     assert (services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0) == before
+
+
+def _pinned_elsewhere_domains(services, account):
+    """Two domains pinned to another host's dedicated IP: one `wait`, one `overflow`."""
+    made = {}
+    for n, policy in ((3, "wait"), (4, "overflow")):
+        d = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.{policy}.test", dkim_key_size=1024,
+                                         verified=True)
+        services.accounts.update_domain(account["id"], d["name"], ip_overflow=policy)
+        services.ips.add_ip("test", f"127.0.0.{n}", host="elsewhere", helo=HELO[f"127.0.0.{n}"], dedicated=True)
+        services.ips.add_domain_ip("test", d, f"127.0.0.{n}")
+        made[policy] = d
+    return made
+
+
+def test_each_pinned_domain_follows_its_own_overflow_policy(services, settings, account, db, clean_ips):
+    """Per-domain ip_overflow against the relay default (ENVOI_WARMUP_POLICY): under either default,
+    the `overflow` domain's mail pinned to a down host is taken here after a whole lease and leaves from
+    this host's shared IP; the `wait` domain's stays queued, unattempted and unleased."""
+    add_ip(services, "127.0.0.5")
+    made = _pinned_elsewhere_domains(services, account)
+    for default in ("wait", "overflow"):  # the relay default opposite to one domain each time
+        with Sink() as sink, DnsServer() as dns:
+            rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
+            route(dns, rcpt_domain)
+            egress = runtime.start_egress(services, refresh=0.2, policy=default)
+            try:
+                with RelayThread(services, relay_settings(settings, sink, dns, relay_lease=1.5), egress=egress):
+                    waiting = [send(services, account["id"], made["wait"], f"w{n}@{rcpt_domain}") for n in range(2)]
+                    for n in range(2):
+                        send(services, account["id"], made["overflow"], f"v{n}@{rcpt_domain}")
+                    received = sink.wait_for(2, timeout=20)
+                    time.sleep(3.5)  # two more leases: the `wait` mail is still not taken
+            finally:
+                egress.view.stop()
+        assert sorted(m["rcpt_tos"][0] for m in sink.messages()) == [f"v{n}@{rcpt_domain}" for n in range(2)], default
+        assert {m["peer"] for m in received} == {"127.0.0.5"}
+        rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
+                          " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (waiting,)).fetchall()
+        assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 2, default
+        db.execute("UPDATE recipients SET status = 'failed' FROM messages m WHERE m.id = recipients.message_pk"
+                   " AND m.message_id = ANY(%s)", (waiting,))  # out of the next round's way
