@@ -7,7 +7,7 @@ from envoi.infra.db import Connection, Jsonb, like_escape
 DOMAIN_COLUMNS = (
     "d.id, d.account_id, d.name, d.state, d.type, d.dkim_selector, d.dkim_private_key, d.dkim_public_key,"
     " d.dkim_key_size, d.spam_action, d.wildcard, d.web_prefix, d.web_scheme, d.require_tls,"
-    " d.skip_verification, extract(epoch from d.message_ttl) AS message_ttl, d.created_at,"
+    " d.skip_verification, d.ip_overflow, extract(epoch from d.message_ttl) AS message_ttl, d.created_at,"
     " d.dkim_pending_selector, d.dkim_pending_private_key, d.dkim_pending_public_key, d.dkim_pending_key_size,"
     " d.dkim_rotated_at, d.dkim_ed25519_selector, d.dkim_ed25519_public_key, d.dkim_authority_id,"
     " d.dkim_rotation_enabled, extract(epoch from d.dkim_rotation_interval) AS dkim_rotation_interval,"

@@ -37,6 +37,7 @@ def domain_json(row: dict) -> dict:
         "web_scheme": row["web_scheme"],
         "require_tls": row["require_tls"],
         "skip_verification": row["skip_verification"],
+        "ip_overflow": row.get("ip_overflow") or "default",  # Envoi's: pinned mail when its host is away
     }
 
 

@@ -462,6 +462,7 @@ def test_domain_ip_overflow_is_set_per_domain_through_put(client, services, db, 
     r = client.simulate_put(f"/v4/domains/{domain['name']}", headers={**basic(api_key), **FORM},
                             body="ip_overflow=overflow")
     assert r.status_code == 200 and stored(domain) == "overflow"
+    assert client.simulate_get(path, headers=basic(api_key)).json["domain"]["ip_overflow"] == "overflow"
     r = client.simulate_put(path, headers={**basic(api_key), **FORM}, body="ip_overflow=sometimes&spam_action=tag")
     assert r.status_code == 400 and r.json == {"message": "ip_overflow must be overflow, wait or default"}
     row = db.execute("SELECT ip_overflow, spam_action FROM domains WHERE id = %s", (domain["id"],)).fetchone()
@@ -470,6 +471,7 @@ def test_domain_ip_overflow_is_set_per_domain_through_put(client, services, db, 
     assert stored(domain) == "overflow"  # not named: unchanged
     assert client.simulate_put(path, headers={**basic(api_key), **FORM}, body="ip_overflow=default").status_code == 200
     assert stored(domain) is None
+    assert client.simulate_get(path, headers=basic(api_key)).json["domain"]["ip_overflow"] == "default"
     _, theirs, _ = other_customer(services)
     r = client.simulate_put(f"/v3/domains/{theirs['name']}", headers={**basic(api_key), **FORM},
                             body="ip_overflow=wait")
