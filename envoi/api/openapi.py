@@ -29,7 +29,8 @@ PAGED = {"type": "object", "required": ["items", "paging"],
 DOMAIN = {"type": "object", "required": ["id", "name", "state"],
           "properties": {"id": STR, "name": STR, "state": STR, "type": STR, "is_disabled": BOOL,
                          "created_at": STR, "smtp_login": STR, "spam_action": STR, "wildcard": BOOL,
-                         "web_prefix": STR, "web_scheme": STR, "require_tls": BOOL, "skip_verification": BOOL}}
+                         "web_prefix": STR, "web_scheme": STR, "require_tls": BOOL, "skip_verification": BOOL,
+                         "ip_overflow": {"type": "string", "enum": ["overflow", "wait", "default"]}}}
 DNS_RECORDS = {"sending_dns_records": {"type": "array", "items": OBJ},
                "receiving_dns_records": {"type": "array", "items": OBJ}}
 QUEUED = {"type": "object", "required": ["id", "message"], "properties": {"id": STR, "message": STR}}
