@@ -68,11 +68,18 @@ class HandingBackWorker(SimpleWorker):
             self._handing_back = True
             raise HandBack("SIGTERM: job handed back")
 
+    def request_force_stop(self, signum, frame) -> None:
+        # A second SIGTERM (RQ's cold shutdown: SystemExit in the job) hands the job back too; RQ ignores
+        # one within 1 s of the first, and returns.
+        before, self._handing_back = self._handing_back, self.get_state() == WorkerStatus.BUSY
+        super().request_force_stop(signum, frame)
+        self._handing_back = before
+
     def perform_job(self, job, queue, execution) -> bool:
         done = super().perform_job(job, queue, execution)
         if self._timer is not None:
             self._timer.cancel()
-        if self._handing_back:  # RQ recorded it as failed: move it back to its queue, at the front
+        if self._handing_back and not done:  # RQ recorded it as failed: back to the front of its queue
             job.failed_job_registry.requeue(job, at_front=True)
             self.log.warning("Worker %s: job %s handed back to %s", self.name, job.id, queue.name)
         return done
