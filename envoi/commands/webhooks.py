@@ -47,9 +47,14 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
         argv += ["--burst"] if burst else []
         children.append(subprocess.Popen([*argv, "--metrics-port", "0"]))
     click.echo(f"worker: region {settings.region}, RQ queues {', '.join(queues)}, {processes} process(es)")
+    rq_worker = jobs.worker(services.webhooks, connection, queues)
+
+    def forward_stop() -> None:  # children stop (and hand their jobs back) alongside this process
+        for child in children:
+            child.terminate()
+    rq_worker.on_stop = forward_stop
     try:
-        jobs.worker(services.webhooks, connection, queues).work(burst=burst, logging_level="WARNING" if burst
-                                                                  else "INFO", with_scheduler=False)
+        rq_worker.work(burst=burst, logging_level="WARNING" if burst else "INFO", with_scheduler=False)
     finally:
         for child in children:
             child.terminate()

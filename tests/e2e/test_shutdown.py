@@ -186,3 +186,58 @@ def test_smtp_sigterm_lets_a_session_in_data_finish_and_tells_idle_ones_421(tmp_
         assert stored["n"] == 1
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_worker_sigterm_hands_a_running_bulk_validation_batch_back_and_the_next_worker_finishes_it(
+        tmp_path, settings, services, account, db, processes):
+    """A batch waiting on a DNS server that never answers (8 s deadline) is interrupted ~1 s after SIGTERM
+    and put back on its queue; the group (parent forwarding SIGTERM to its child) is gone within 2 s, and
+    a second worker validates the whole list once."""
+    import redis
+    from rq import Queue
+
+    from envoi.validation import jobs as validation_jobs
+
+    addresses = [f"user{i}@good.test" for i in range(5)] + ["who@slow.test", "bad address"]
+    list_id = f"shutdown-{uuid.uuid4().hex[:8]}"
+    with DnsServer() as dns:
+        dns.add("good.test", "MX", "10 mx.good.test.")
+        dns.add("mx.good.test", "A", "127.0.0.1")
+        dns.drop("slow.test")  # never answers
+        env = process_env(settings, ENVOI_DNS_RESOLVER=f"127.0.0.1:{dns.port}", ENVOI_VALIDATION_BATCH=50,
+                          ENVOI_VALIDATION_DNS_TIMEOUT=8)
+        metrics = free_port()
+        proc = Proc("worker", envoi("worker", "--processes", str(processes), "--metrics-port", str(metrics)),
+                    env, tmp_path)
+        try:
+            proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{metrics}/readyz"), timeout=90)
+            data = ("email\n" + "\n".join(addresses) + "\n").encode()
+            services.validation.create_job(account["id"], list_id, data)
+            job_id = db.execute("SELECT id FROM validation_jobs WHERE list_id = %s AND account_id = %s",
+                                (list_id, account["id"])).fetchone()["id"]
+            wait_until(lambda: dns.count("slow.test") > 0, timeout=30)  # the batch is waiting on DNS
+            time.sleep(0.3)
+            took = stop_seconds(proc)
+            print(f"worker --processes {processes} with a job running stopped in {took:.2f}s")
+            assert took <= STOP_WITHIN, proc.output()
+        finally:
+            proc.stop()
+        assert "handed back" in proc.output()
+        queued = Queue(validation_jobs.QUEUE, connection=redis.Redis.from_url(settings.redis_url)).get_jobs()
+        assert [j.args for j in queued if j.args == (job_id,)] == [(job_id,)]  # back on the queue, once
+        row = db.execute("SELECT status, records_processed FROM validation_jobs WHERE id = %s", (job_id,)).fetchone()
+        assert row["records_processed"] == 0 and row["status"] != "uploaded"
+
+        second = Proc("worker2", envoi("worker", "--processes", "1", "--burst"),
+                      {**env, "ENVOI_VALIDATION_DNS_TIMEOUT": "0.5"}, tmp_path)
+        try:
+            assert second.popen.wait(120) == 0, second.output()
+        finally:
+            second.stop()
+    row = db.execute("SELECT status, records_processed FROM validation_jobs WHERE id = %s", (job_id,)).fetchone()
+    assert (row["status"], row["records_processed"]) == ("uploaded", len(addresses))
+    items = db.execute("SELECT position, result FROM validation_items WHERE job_id = %s ORDER BY position",
+                       (job_id,)).fetchall()
+    assert len(items) == len(addresses) and all(item["result"] is not None for item in items)
+    assert [item["result"]["address"] for item in items] == addresses
