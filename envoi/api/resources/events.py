@@ -36,6 +36,8 @@ class LiveEvents(DomainScoped):
     the server's maximum); the client reconnects when it ends.
     """
 
+    options = LIVE_OPTIONS  # parameters besides the events filters
+
     def __init__(self, accounts, stream):
         super().__init__(accounts)
         self.stream = stream
@@ -45,7 +47,7 @@ class LiveEvents(DomainScoped):
         principal = req.context.principal
         domain_id = self.domain(req, domain)["id"] if domain is not None else None
         params = query_params(req)
-        check_parameter_names(params, LIVE_OPTIONS)
+        check_parameter_names(params, self.options)
         compiled = compile_filters(parse_filters(params))
         last_event_id = req.get_header("Last-Event-ID") or req.get_param("last_event_id") or None
         timeout = None

@@ -141,6 +141,7 @@ class LiveTail(LiveEvents):
     when no domain is named) for the logs page's EventSource, exactly as /v3/events/live serves it:
     same filters, Last-Event-ID resume, the stream's maximum duration and the server's client cap."""
     auth, reads = SESSION, "read_logs"
+    options = (*LiveEvents.options, "domain")  # the page names its domain in the query
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, domain: str | None = None) -> None:
         super().on_get(req, resp, (req.get_param("domain") or "").strip() or None)
