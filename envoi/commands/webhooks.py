@@ -18,6 +18,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     webhook RQ queue of versions before `envoi webhooks dispatch` (each such job re-checks its row)."""
     import subprocess
     import sys
+    import time
 
     from envoi.infra import metrics_dir
 
@@ -58,8 +59,15 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     finally:
         for child in children:
             child.terminate()
+        # Each child hands its job back within ~1 s; one that does not answer is killed, so the group
+        # is gone within 2 s (a killed child's job is queued again by the scheduler's stalled-job sweep).
+        deadline = time.monotonic() + 1.8
         for child in children:
-            child.wait(timeout=30)
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
             forget_process(child.pid)
         services.close()
         if processes > 1:  # the group's parent; its children (--processes 1) leave the directory alone

@@ -76,6 +76,7 @@ def test_sigterm_stops_the_idle_process_within_2s_and_it_answers_health_and_read
         took = stop_seconds(proc)
         print(f"{name} stopped in {took:.2f}s")
         assert took <= STOP_WITHIN, proc.output()
+        assert proc.popen.returncode == 0, proc.output()  # a clean stop, not a crash on the way out
     finally:
         proc.stop()
 

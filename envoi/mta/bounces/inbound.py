@@ -127,8 +127,8 @@ class InboundServer(Listener):
         if self.poster is not None:
             self.poster.start()
 
-    async def close(self) -> None:
-        await super().close()
+    async def close(self, grace: float = 0.0) -> None:
+        await super().close(grace=grace)
         if self.poster is not None:
             await asyncio.to_thread(self.poster.stop)
 
