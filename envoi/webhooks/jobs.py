@@ -51,6 +51,14 @@ class HandingBackWorker(SimpleWorker):
     _handing_back = False
     _timer: threading.Timer | None = None
 
+    def subscribe(self) -> None:
+        # RQ's command channel, as RQ subscribes to it but polled every 0.5 s instead of 60: stopping
+        # joins this thread, which otherwise held an idle worker's exit for up to a minute.
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=0.5, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
+
     def handle_warm_shutdown_request(self) -> None:
         super().handle_warm_shutdown_request()
         if self.on_stop is not None:
