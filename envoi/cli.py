@@ -192,19 +192,19 @@ def tracking(bind: str, workers: int, threads: int, access_log: bool, metrics_po
 
 def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str, extra: list[str],
               metrics_bind: str, metrics_port: int) -> None:
-    from envoi.infra import metrics_dir
-
-    # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
-    # (the library reads the variable when first imported, so it is chosen before anything imports it).
-    metrics_dir.use()
-    from envoi import runtime
     from envoi.billing import plans
-    from envoi.gunicorn_conf import METRICS_BIND, PROCESS
+    from envoi.infra import metrics_dir
 
     # Refuse to start (one line, exit 1) before gunicorn's workers would fail one by one: bad settings, a
     # plans file that cannot be used, stores stamped with another region, data sealed under a key not given.
     settings = _settings()
     plans.load(settings.billing_plans)
+    # prometheus-client's multiprocess mode: every worker writes its metrics under this directory
+    # (the library reads the variable when first imported, so it is chosen before anything imports it).
+    metrics_dir.use()
+    from envoi import runtime
+    from envoi.gunicorn_conf import METRICS_BIND, PROCESS
+
     runtime.check_stores(settings)
     runtime.check_sealing_keys(settings)
     os.environ[PROCESS] = "tracking" if "tracking" in app else "api"
