@@ -278,8 +278,19 @@ def test_postgres_down_mid_load_answers_503_then_recovers_without_restart(settin
             recovered_in = load.last_ok - up_at
             load.join(600)
             assert not load.is_alive()
-            # Back without restarting anything: the same processes accept and deliver.
-            after = send_one(stack.base, name, api_key, "after@late.pgdown.test")
+            # Back without restarting anything: the same processes accept and deliver. Each gunicorn worker
+            # has its own pool: one still reconnecting answers 503 with Retry-After, as a client retries.
+            deadline = time.monotonic() + 30
+            while True:
+                resp = requests.post(f"{stack.base}/v3/{name}/messages", auth=("api", api_key),
+                                     timeout=REQUEST_TIMEOUT, data={"from": f"s@{name}", "to": "after@late.pgdown.test",
+                                                                    "subject": "after", "text": "after the failover"})
+                if resp.status_code != 503 or time.monotonic() > deadline:
+                    break
+                assert resp.headers.get("Retry-After"), resp.headers
+                time.sleep(1)
+            assert resp.status_code == 200, resp.text
+            after = resp.json()["id"].strip("<>")
             assert all(proc.popen.poll() is None for proc in stack.procs), stack.output()
             with contextlib.suppress(AssertionError):  # reported below
                 wait_until(lambda: load.accepted | {(after, "after@late.pgdown.test")} <= set(delivered(sink)),
