@@ -16,6 +16,7 @@ class IpEgress:
     def __init__(self, view: EgressView, metrics: Metrics | None = None):
         self.view = view
         self.metrics = metrics
+        self._counters: dict[tuple[str, str], object] = {}  # PERF: .labels() per delivery was ~3 % of the relay
 
     def __call__(self, message: dict, domain: dict, recipients: int = 1) -> tuple[Egress, int]:
         try:
@@ -25,7 +26,11 @@ class IpEgress:
                 self.metrics.egress_unavailable.inc()
             raise
         if self.metrics is not None:
-            self.metrics.egress_deliveries.labels(choice.address or "", choice.via).inc()
+            key = (choice.address or "", choice.via)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = self.metrics.egress_deliveries.labels(*key)
+            counter.inc()
         return Egress(choice.address, choice.helo), choice.recipients
 
     def pinned_elsewhere(self) -> tuple[list[int], list[int]]:
