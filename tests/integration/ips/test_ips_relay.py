@@ -10,6 +10,7 @@ from envoi import runtime
 from envoi.dev.sink import Sink
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
+from tests.support.ips import UNTOUCHED, recipient_states
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
 HELO = {f"127.0.0.{n}": f"o{n}.mta.test" for n in range(2, 10)}
@@ -162,9 +163,7 @@ def test_mail_pinned_to_another_hosts_ip_is_not_claimed_here(services, settings,
             egress.view.stop()
     assert sorted(m["rcpt_tos"][0] for m in sink.messages()) == [f"o{n}@{rcpt_domain}" for n in range(3)]
     assert {m["peer"] for m in received} == {"127.0.0.5"}
-    rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
-                      " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
-    assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 3
+    assert recipient_states(db, pinned) == [UNTOUCHED] * 3
     assert (services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0) == before
 
 
@@ -203,9 +202,7 @@ def test_each_pinned_domain_follows_its_own_overflow_policy(services, settings, 
                 egress.view.stop()
         assert sorted(m["rcpt_tos"][0] for m in sink.messages()) == [f"v{n}@{rcpt_domain}" for n in range(2)], default
         assert {m["peer"] for m in received} == {"127.0.0.5"}
-        rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
-                          " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (waiting,)).fetchall()
-        assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 2, default
+        assert recipient_states(db, waiting) == [UNTOUCHED] * 2, default
         db.execute("UPDATE recipients SET status = 'failed' FROM messages m WHERE m.id = recipients.message_pk"
                    " AND m.message_id = ANY(%s)", (waiting,))  # out of the next round's way
 
@@ -236,11 +233,10 @@ def test_mail_naming_another_hosts_ip_waits_for_it_unless_its_domain_overflows(s
                 send(services, account["id"], domain, f"plain@{rcpt_domain}")
                 assert [m["rcpt_tos"] for m in sink.wait_for(1, timeout=15)] == [[f"plain@{rcpt_domain}"]]
                 time.sleep(4.0)  # more than two leases: not taken, under the relay's "overflow" default
-                rows = db.execute("SELECT r.status, r.attempts, r.lease_owner, r.egress_pin FROM recipients r"
-                                  " JOIN messages m ON m.id = r.message_pk WHERE m.message_id = ANY(%s)"
-                                  " ORDER BY r.address", (pinned,)).fetchall()
-                assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 3
-                assert [r["egress_pin"] for r in rows] == ["ip:127.0.0.3", "ip:127.0.0.3", f"pool:{pool['id']}"]
+                assert recipient_states(db, pinned) == [UNTOUCHED] * 3
+                pins = db.execute("SELECT r.egress_pin FROM recipients r JOIN messages m ON m.id = r.message_pk"
+                                  " WHERE m.message_id = ANY(%s) ORDER BY r.address", (pinned,)).fetchall()
+                assert [r["egress_pin"] for r in pins] == ["ip:127.0.0.3", "ip:127.0.0.3", f"pool:{pool['id']}"]
                 assert len(sink.messages()) == 1
                 assert (services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0) == before
                 # The domain opts in: its pinned mail overflows here, from this host's shared IP.

@@ -18,6 +18,7 @@ from envoi.dev.sink import Sink
 from tests.support import netns
 from tests.support.api import accepted, send_form
 from tests.support.dns_server import DnsServer
+from tests.support.ips import UNTOUCHED, recipient_states
 from tests.support.processes import Proc, envoi, process_env
 
 pytestmark = pytest.mark.skipif(not netns.available(), reason="needs root, iproute2 and socat (network namespaces)")
@@ -157,9 +158,7 @@ def test_mail_pinned_to_a_dead_host_waits_for_it_or_overflows_when_the_policy_al
         try:
             waiting.wait_ready(lambda: unavailable(metrics) >= 0, timeout=60)
             time.sleep(2 * LEASE)  # long past the lease: "wait" never overflows
-            rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
-                              " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
-            assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 5
+            assert recipient_states(db, pinned) == [UNTOUCHED] * 5
             assert unavailable(metrics) == 0  # not claimed and put back either
             assert sink.messages() == []
         finally:
@@ -198,9 +197,7 @@ def test_mail_naming_another_hosts_ip_is_left_to_that_host(
             accepted(send_form(client, api_key, domain, to=f"plain@{rcpt_domain}"))
             [plain] = sink.wait_for(1, timeout=30)
             time.sleep(LEASE * 1.5)  # past a whole lease: overflow would have taken it by now
-            rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
-                              " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
-            assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 3
+            assert recipient_states(db, pinned) == [UNTOUCHED] * 3
             assert unavailable(metrics) == 0  # never claimed and put back either
             assert len(sink.messages()) == 1
 
