@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import ssl
 
-from envoi.infra import metrics_dir
+from envoi.infra import metrics_dir, process_group
 from envoi.infra.metrics import forget_process, serve_directory
 
 METRICS_BIND = "ENVOI_API_METRICS_BIND"  # set by `envoi api --metrics-bind`
@@ -30,20 +30,39 @@ def post_fork(server, worker) -> None:
     log_format.configure(logging.INFO, chosen_format(os.environ), os.environ.get(PROCESS, "api"))
 
 
+_ready: process_group.ReadyDir | None = None  # the master's: where each worker says it is ready
+
+
+def on_starting(server) -> None:
+    global _ready
+    _ready = process_group.ReadyDir()  # before any worker is forked: they inherit the variable
+
+
 def when_ready(server) -> None:
     if bind := os.environ.get(METRICS_BIND):
         from envoi.infra import health
         from envoi.infra.settings import Settings
 
-        serve_directory(bind, os.environ[metrics_dir.VARIABLE], health.for_settings(Settings.from_env(), started=True))
+        # The group is ready when its stores answer and all its workers run and have loaded the app
+        # (a worker's app marks it ready: envoi.api.app's /readyz Health); a dead one counts until
+        # the master has replaced it.
+        def workers() -> None:
+            process_group.check_children(_ready.path, list(server.WORKERS), server.num_workers)
+
+        serve_directory(bind, os.environ[metrics_dir.VARIABLE],
+                        health.for_settings(Settings.from_env(), started=True, children=workers))
 
 
 def child_exit(server, worker) -> None:
     forget_process(worker.pid)
+    if _ready is not None:
+        _ready.forget(worker.pid)
 
 
 def on_exit(server) -> None:
     metrics_dir.release()
+    if _ready is not None:
+        _ready.close()
 
 
 def ssl_context(conf, default_ssl_context_factory) -> ssl.SSLContext:

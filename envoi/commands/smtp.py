@@ -23,7 +23,6 @@ import click
               help="Server processes sharing the ports (SO_REUSEPORT), e.g. one per core.")
 def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_bind, processes) -> None:
     """Run SMTP submission: 587 with STARTTLS and 465 with implicit TLS, AUTH with domain credentials."""
-    import contextlib
     import logging
     import os
     import signal
@@ -34,7 +33,7 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
     if processes > 1:  # each server process writes its metrics where the parent sums them
         metrics_dir.use()
     from envoi import runtime
-    from envoi.infra.metrics import forget_process, serve_directory
+    from envoi.infra.metrics import serve_directory
     from envoi.infra.settings import Settings
     from envoi.mta.submission.tls import dev_certificate
 
@@ -56,37 +55,30 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
         _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_at, reuse_port=False)
         return
     # Fork before anything opens a pool, a socket or a thread; each child is a whole server.
-    children = []
+    from envoi.infra import process_group
+
+    group = process_group.Group()
+
+    def child() -> int:
+        try:
+            _serve_smtp(settings, bind, port, smtps_port, cert, key, 0, reuse_port=True)
+            return 0
+        except BaseException:
+            logging.getLogger("envoi.smtp").exception("smtp: server process failed")
+            return 1
+        finally:
+            sys.stdout.flush()
+
     for _ in range(processes):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                _serve_smtp(settings, bind, port, smtps_port, cert, key, 0, reuse_port=True)
-            except BaseException:
-                logging.getLogger("envoi.smtp").exception("smtp: server process failed")
-                code = 1
-            finally:
-                sys.stdout.flush()
-                os._exit(code)
-        children.append(pid)
+        group.fork(child)
     if metrics_at:  # after the forks: no thread is copied into a child
         from envoi.infra import health
 
-        serve_directory(metrics_at, os.environ[metrics_dir.VARIABLE], health.for_settings(settings, started=True))
-
-    def forward(signum, frame) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    failed = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        forget_process(child)
-        failed |= os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM)
+        serve_directory(metrics_at, os.environ[metrics_dir.VARIABLE],
+                        health.for_settings(settings, started=True, children=group.check))
+    group.forward_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, mapping={signal.SIGINT: signal.SIGTERM})
+    failed = group.wait_forked()
+    group.close()
     metrics_dir.release()
     sys.exit(1 if failed else 0)
 

@@ -16,18 +16,16 @@ import click
 def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, metrics_bind: str) -> None:
     """Run RQ workers: bulk address validation batches (queue envoi-validation). They also drain the
     webhook RQ queue of versions before `envoi webhooks dispatch` (each such job re-checks its row)."""
-    import subprocess
+    import signal
     import sys
-    import time
 
     from envoi.infra import metrics_dir
 
     if processes > 1:  # the extra processes write their metrics where this one sums them
         metrics_dir.use()
     from envoi import runtime
-    from envoi.infra import health
+    from envoi.infra import health, process_group
     from envoi.infra import redis as redis_infra
-    from envoi.infra.metrics import forget_process
     from envoi.infra.settings import Settings
     from envoi.validation import jobs as validation_jobs
     from envoi.webhooks import jobs
@@ -40,35 +38,29 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     connection = redis_infra.client(settings.redis_url, socket_timeout=None)
     validation_jobs.configure(services.validation)
     queues = (validation_jobs.QUEUE,)
-    if address := settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address, health.for_settings(settings, started=True))
-    children = []
+    group = process_group.Group()
     for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1"]
         argv += ["--burst"] if burst else []
-        children.append(subprocess.Popen([*argv, "--metrics-port", "0"]))
+        group.start([*argv, "--metrics-port", "0"])
+    readiness = health.for_settings(settings, children=group.check if processes > 1 else None)
+    if address := settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address, readiness)
     click.echo(f"worker: region {settings.region}, RQ queues {', '.join(queues)}, {processes} process(es)")
     rq_worker = jobs.worker(services.webhooks, connection, queues)
 
     def forward_stop() -> None:  # children stop (and hand their jobs back) alongside this process
-        for child in children:
-            child.terminate()
+        readiness.mark_stopping()
+        group.signal(signal.SIGTERM)
     rq_worker.on_stop = forward_stop
+    readiness.mark_started()
     try:
         rq_worker.work(burst=burst, logging_level="WARNING" if burst else "INFO", with_scheduler=False)
     finally:
-        for child in children:
-            child.terminate()
         # Each child hands its job back within ~1 s; one that does not answer is killed, so the group
         # is gone within 2 s (a killed child's job is queued again by the scheduler's stalled-job sweep).
-        deadline = time.monotonic() + 1.8
-        for child in children:
-            try:
-                child.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-            forget_process(child.pid)
+        group.stop(timeout=1.8)
+        group.close()
         services.close()
         if processes > 1:  # the group's parent; its children (--processes 1) leave the directory alone
             metrics_dir.release()
@@ -94,7 +86,6 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     process's rows are taken again when their lease (ENVOI_WEBHOOK_LEASE) runs out."""
     import asyncio
     import signal
-    import subprocess
     import sys
 
     from envoi.infra import metrics_dir
@@ -102,22 +93,21 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     if processes > 1:  # the extra processes write their metrics where this one sums them
         metrics_dir.use()
     from envoi import runtime
-    from envoi.infra import aio, health
-    from envoi.infra.metrics import forget_process
+    from envoi.infra import aio, health, process_group
     from envoi.infra.settings import Settings
     from envoi.webhooks.dispatch import Dispatcher
 
     settings = Settings.from_env()
     runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=3)
-    readiness = health.for_settings(settings)
-    if address := settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address, readiness)
-    children = []
+    group = process_group.Group()
     for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "webhooks", "dispatch", "--processes", "1", "--child"]
         argv += ["--burst"] if burst else []
-        children.append(subprocess.Popen([*argv, "--metrics-port", "0"]))
+        group.start([*argv, "--metrics-port", "0"])
+    readiness = health.for_settings(settings, children=group.check if processes > 1 else None)
+    if address := settings.metrics_address(metrics_bind, metrics_port):
+        services.metrics.serve(address, readiness)
     dispatcher = Dispatcher(services.webhooks, services.metrics, stats=not child)
     if not child:
         click.echo(f"webhooks dispatch: region {settings.region}, {processes} process(es), up to "
@@ -142,11 +132,8 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     try:
         aio.run(main())
     finally:
-        for process in children:
-            process.terminate()
-        for process in children:
-            process.wait(timeout=30)
-            forget_process(process.pid)
+        group.stop(timeout=30)
+        group.close()
         services.close()
         if processes > 1:
             metrics_dir.release()

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 
 from envoi.infra import db as db_infra
+from envoi.infra import process_group
 from envoi.infra import redis as redis_infra
 
 Check = Callable[[], None]  # raises when the thing it checks is not usable
@@ -21,14 +22,16 @@ class Health:
         self._started = threading.Event()
         self._stopping = threading.Event()
         if started:
-            self._started.set()
+            self.mark_started()
 
     def mark_started(self) -> None:
         self._started.set()
+        process_group.mark(True)  # a child of a group: its parent's /readyz counts it
 
     def mark_stopping(self) -> None:
         """SIGTERM received: readiness fails at once so a balancer stops sending work here."""
         self._stopping.set()
+        process_group.mark(False)
 
     def readiness(self) -> tuple[bool, dict]:
         results = {"process": "stopping" if self._stopping.is_set() else
@@ -58,5 +61,10 @@ def store_checks(database_url: str, redis_url: str) -> dict[str, Check]:
     return {"postgres": postgres, "redis": redis}
 
 
-def for_settings(settings, *, started: bool = False) -> Health:
-    return Health(store_checks(settings.database_url, settings.redis_url), started=started)
+def for_settings(settings, *, started: bool = False, children: Check | None = None) -> Health:
+    """Postgres and Redis; with `children` (a process group's parent: process_group.Group.check), the
+    group's children too: the group is ready only when every one of them is."""
+    checks = store_checks(settings.database_url, settings.redis_url)
+    if children is not None:
+        checks["children"] = children
+    return Health(checks, started=started)

@@ -8,8 +8,8 @@ thread reserved in Postgres beforehand.
 Order: o:sending-ip / o:sending-ip-pool (only when the account owns it) -> the domain's dedicated IPs
 or its linked pool -> the shared pool (enabled, non-dedicated IPs). Within a set, IPs take turns
 (round robin) and an IP whose warm-up quota is spent is skipped. When a whole set is spent the
-policy decides (the domain's ip_overflow, else the relay's): "overflow" moves on to the shared pool,
-"wait" raises NoEgressAvailable.
+policy decides (the domain's ip_overflow, else the relay's; "wait" for an explicit o:sending-ip(-pool)
+whose domain set none): "overflow" moves on to the shared pool, "wait" raises NoEgressAvailable.
 
 Warm-up caps ("never exceeds"): quota is reserved from ip_warmup_usage in blocks by an UPDATE that
 never lets `reserved` pass the day's cap (a CHECK constraint backs it). A relay only sends what it
@@ -71,6 +71,9 @@ class Inventory:
     # else the relay's policy); the rest wait for their host.
     overflow: frozenset[int] = frozenset()
     policies: dict[int, str] = field(default_factory=dict)  # domains' own ip_overflow (else the relay's)
+    # "<account id>/ip:<address>" and "<account id>/pool:<id>" of owned dedicated IPs and pools (what an
+    # o:sending-ip / o:sending-ip-pool may name) whose enabled IPs are all on other relay hosts.
+    pins_elsewhere: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, data: dict, host: str, policy: str = "overflow") -> Inventory:
@@ -91,6 +94,12 @@ class Inventory:
                 elsewhere.add(domain_id)
         own = {r["domain_id"]: r["ip_overflow"] for r in data.get("overflow", [])}
         overflow = {d for d in elsewhere if own.get(d, policy) == "overflow"}
+        pins = {f"{r['account_id']}/ip:{a}" for a, r in ips.items()
+                if r["dedicated"] and r["account_id"] is not None and r["enabled"] and r["host"] != host}
+        for r in data["pools"]:
+            enabled = [a for a in members.get(r["id"], []) if a in ips and ips[a]["enabled"]]
+            if r["account_id"] is not None and enabled and not any(ips[a]["host"] == host for a in enabled):
+                pins.add(f"{r['account_id']}/pool:{r['id']}")
         return cls(
             ips=ips,
             local=local,
@@ -103,6 +112,7 @@ class Inventory:
             elsewhere=frozenset(elsewhere),
             overflow=frozenset(overflow),
             policies=own,
+            pins_elsewhere=frozenset(pins),
         )
 
 
@@ -196,11 +206,13 @@ class EgressView:
             address, granted = self._pick(inv, usable, key, now, recipients)
             if address is not None:
                 return Choice(address, inv.ips[address]["helo"], via, granted)
+            explicit = via in ("sending-ip", "sending-ip-pool")
             via = "overflow"
-            if inv.policies.get(domain["id"], self.policy) == "wait":
+            if self.policy_for(domain["id"], explicit) == "wait":
+                what = "the message's o:sending-ip(-pool)" if explicit else "the domain's IPs"
                 raise NoEgressAvailable(self._retry_after(inv, usable, now),
-                                        "the domain's IPs are at their warm-up cap" if usable
-                                        else "the domain's IPs are disabled or not on this relay's host")
+                                        f"{what} are at their warm-up cap" if usable
+                                        else f"{what} are disabled or not on this relay's host")
             if not usable:
                 self._warn_once(f"domain:{domain['id']}", "domain %s: its IPs are disabled or not on host %s;"
                                 " using the shared pool", domain.get("name"), self.host)
@@ -212,6 +224,13 @@ class EgressView:
                                     "every IP that may carry this message is at its warm-up cap")
         self._warn_once("no-shared", "no shared IPs on host %s: sending from the OS default address", self.host)
         return Choice(None, self.default_helo, recipients=recipients)
+
+    def policy_for(self, domain_id: int, explicit: bool = False) -> str:
+        """What happens to mail whose IPs cannot carry it here (at their cap, or on another host): the
+        domain's own ip_overflow, else the relay's policy; mail that named its IP itself (o:sending-ip /
+        o:sending-ip-pool) overflows only when its domain says so: the sender asked for that address."""
+        own = self.inventory.policies.get(domain_id)
+        return own or ("wait" if explicit else self.policy)
 
     def _pick(self, inv: Inventory, addresses: list[str], key: object, now: float,
               units: int = 1) -> tuple[str | None, int]:

@@ -190,6 +190,7 @@ class Intake:
         expires = due + timedelta(seconds=float(lifetime))
         body_expires = datetime.fromtimestamp(now, UTC) + timedelta(seconds=self.settings.body_retention)
         stored = []
+        pin = store.egress_pin(draft.options or {})  # the claim leaves mail pinned to another host's IP to it
         for number, copy in enumerate(draft.copies):
             message = {"headers": copy.headers, "tags": draft.tags, "user_variables": draft.user_variables,
                        "options": draft.options, "attachments": draft.attachments, "size": len(copy.mime)}
@@ -207,7 +208,7 @@ class Intake:
                            envelope={"sender": draft.mail_from, "targets": rcpt, "transport": "smtp"},
                            storage=storage)
                       for rcpt in copy.recipients]
-            stored.append(_Stored(row, [(r, r.rpartition("@")[2], due, expires) for r in copy.recipients], events))
+            stored.append(_Stored(row, [(r, r.rpartition("@")[2], due, expires, pin) for r in copy.recipients], events))
         return stored
 
     def _write(self, batch: list[list[_Stored]]) -> list[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 
 from envoi.infra.db import Connection, insert_columns
@@ -35,40 +36,57 @@ def insert_messages(conn: Connection, rows: list[dict]) -> None:
 
 
 def insert_recipients(conn: Connection, rows: list[tuple]) -> None:
-    """rows: (message_pk, account_id, domain_id, address, rcpt_domain, next_attempt_at, expires_at)."""
+    """rows: (message_pk, account_id, domain_id, address, rcpt_domain, next_attempt_at, expires_at,
+    egress_pin): egress_pin from egress_pin(options), None for most mail."""
     insert_columns(conn, "recipients", (("message_pk", "bigint"), ("account_id", "bigint"), ("domain_id", "bigint"),
                                         ("address", "text"), ("rcpt_domain", "text"),
-                                        ("next_attempt_at", "timestamptz"), ("expires_at", "timestamptz")), rows)
+                                        ("next_attempt_at", "timestamptz"), ("expires_at", "timestamptz"),
+                                        ("egress_pin", "text")), rows)
+
+
+def egress_pin(options: dict) -> str | None:
+    """The egress a message asks for itself, as the relay's claim matches it (HostAffinity.pins_elsewhere
+    holds "<account id>/<pin>"): 'ip:<address>' (o:sending-ip), 'pool:<id>' (o:sending-ip-pool) or None."""
+    if ip := options.get("sending_ip"):
+        return f"ip:{ip}"
+    if pool := options.get("sending_ip_pool"):
+        return f"pool:{pool}"
+    return None
+
+
+@dataclass(frozen=True)
+class HostAffinity:
+    """What a relay leaves to other relay hosts at claim (host-affine claiming).
+
+    elsewhere: domains whose own IPs (or linked pool) are enabled only on other hosts; overflow: those
+    of them whose mail this relay may take once it has been due a whole lease (their host is down).
+    pins_elsewhere: "<account id>/<egress_pin>" of o:sending-ip / o:sending-ip-pool the account owns
+    whose enabled IPs are all on other hosts; pin_overflow: domains whose mail with such a pin may be
+    taken after a lease (their own ip_overflow is 'overflow': an explicit pin never overflows by the
+    relay's default). A recipient with a pin follows the pin rule, never its domain's."""
+
+    elsewhere: tuple[int, ...] = ()
+    overflow: tuple[int, ...] = ()
+    pins_elsewhere: tuple[str, ...] = ()
+    pin_overflow: tuple[int, ...] = ()
 
 
 def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | None = None,
-              elsewhere: list[int] | None = None, overflow_after: float | None = None,
-              overflowing: list[int] | None = None) -> list[dict]:
+              affinity: HostAffinity | None = None, overflow_after: float | None = None) -> list[dict]:
     """Lease up to `limit` due recipients. A crashed relay's lease simply runs out, so nothing is lost.
 
-    `elsewhere`: domains whose egress IPs all live on other relay hosts. Their mail is left to those
-    hosts (host-affine claiming), unless `overflow_after` is given and it has been due that long
-    (its host is down or behind): then this relay may take it and send it over its shared pool.
-    `overflowing` limits that to those domains (None: all of `elsewhere`); the others always wait."""
-    affinity = ""
-    args: list = [limit]
-    if elsewhere:
-        if overflow_after is None or overflowing == []:
-            affinity = " AND domain_id <> ALL(%s)"
-            args = [elsewhere, *args]
-        elif overflowing is None:
-            affinity = " AND (domain_id <> ALL(%s) OR next_attempt_at < now() - make_interval(secs => %s))"
-            args = [elsewhere, overflow_after, *args]
-        else:
-            affinity = (" AND (domain_id <> ALL(%s) OR (domain_id = ANY(%s)"
-                        " AND next_attempt_at < now() - make_interval(secs => %s)))")
-            args = [elsewhere, overflowing, overflow_after, *args]
+    `affinity`: mail pinned to other relay hosts' IPs (by its domain, or by its own o:sending-ip /
+    o:sending-ip-pool) is left to those hosts, unless `overflow_after` is given, its policy lets it
+    overflow, and it has been due that long (its host is down or behind): then this relay may take it
+    and send it over its shared pool."""
+    affinity_sql, args = _affinity(affinity, overflow_after)
+    args = [*args, limit]
     return conn.execute(
         f"""
         WITH due AS (
             SELECT id FROM recipients
             WHERE status = 'queued' AND next_attempt_at <= now()
-              AND (leased_until IS NULL OR leased_until < now()){affinity}
+              AND (leased_until IS NULL OR leased_until < now()){affinity_sql}
             ORDER BY next_attempt_at
             LIMIT %s
             FOR UPDATE SKIP LOCKED
@@ -80,6 +98,26 @@ def claim_due(conn: Connection, limit: int, lease_seconds: float, owner: str | N
         """,
         (*args, lease_seconds, owner),
     ).fetchall()
+
+
+def _affinity(affinity: HostAffinity | None, overflow_after: float | None) -> tuple[str, list]:
+    """The claim's host-affinity filter and its parameters (empty for a single-host region)."""
+    if affinity is None or not (affinity.elsewhere or affinity.pins_elsewhere):
+        return "", []
+    late = "next_attempt_at < now() - make_interval(secs => %s)"
+    domain, domain_args = "TRUE", []
+    if affinity.elsewhere:
+        domain, domain_args = "domain_id <> ALL(%s)", [list(affinity.elsewhere)]
+        if overflow_after is not None and affinity.overflow:
+            domain = f"({domain} OR (domain_id = ANY(%s) AND {late}))"
+            domain_args += [list(affinity.overflow), overflow_after]
+    if not affinity.pins_elsewhere:
+        return f" AND (egress_pin IS NOT NULL OR {domain})", domain_args
+    pin, pin_args = "NOT (account_id::text || '/' || egress_pin = ANY(%s))", [list(affinity.pins_elsewhere)]
+    if overflow_after is not None and affinity.pin_overflow:
+        pin = f"({pin} OR (domain_id = ANY(%s) AND {late}))"
+        pin_args += [list(affinity.pin_overflow), overflow_after]
+    return f" AND CASE WHEN egress_pin IS NULL THEN {domain} ELSE {pin} END", [*domain_args, *pin_args]
 
 
 def release_leases(conn: Connection, owner: str) -> int:

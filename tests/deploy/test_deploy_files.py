@@ -173,3 +173,51 @@ def test_systemd_analyze_verifies_the_units(tmp_path):
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr  # unknown keys are only warnings: none allowed
+
+
+def compose_tool() -> list[str] | None:
+    """Docker's compose plugin (`docker compose`), else the standalone `docker-compose` (Debian's package,
+    which ./dev installs): `config` needs neither a daemon nor an image."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_docker_compose_reads_the_compose_file(tmp_path):
+    """The compose file as Compose itself resolves it (anchors, merges, schema): every service there, with
+    the command this file's test reads. Images are not pulled or built: `config` only parses."""
+    tool = compose_tool()
+    if tool is None:
+        pytest.fail("neither `docker compose` nor `docker-compose` is installed (./dev test installs Debian's"
+                    " docker-compose)", pytrace=False)
+    deploy = tmp_path / "infra" / "deploy"
+    shutil.copytree(DEPLOY, deploy)
+    shutil.copy(deploy / "envoi.env.example", deploy / "envoi.env")  # env_file: must exist to be read
+    result = subprocess.run([*tool, "-f", str(deploy / "compose.yaml"), "config"], capture_output=True, text=True,
+                            cwd=deploy, timeout=120)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert {process_of(svc["command"]): svc["command"] for svc in resolved.values()} == {
+        name: found["args"] for name, found in compose().items()}
+
+
+def test_kubernetes_manifests_validate_against_the_api_schemas():
+    """Every manifest against the Kubernetes OpenAPI schemas that kubernetes-validate carries (offline),
+    strictly: an unknown or misplaced field fails."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.utils.latest_version()
+    checked = 0
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is None:
+                continue
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as ex:
+                pytest.fail(f"{path.name}: {doc['kind']} {doc['metadata'].get('name')}: {ex.message} at"
+                            f" {'.'.join(map(str, ex.path))}", pytrace=False)
+            checked += 1
+    assert checked >= len(PROCESSES)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -242,3 +244,116 @@ def test_worker_sigterm_hands_a_running_bulk_validation_batch_back_and_the_next_
                        (job_id,)).fetchall()
     assert len(items) == len(addresses) and all(item["result"] is not None for item in items)
     assert [item["result"]["address"] for item in items] == addresses
+
+
+# -- a process group's readiness ----------------------------------------------------------------------
+
+def children_of(pid: int) -> list[int]:
+    """The live children of a process (from /proc: each one's parent pid)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("name", ["smtp-processes", "worker", "dispatch", "api"])
+def test_a_groups_readiness_is_false_while_one_of_its_children_is_dead(tmp_path, settings, name):
+    """`--processes 2` (and gunicorn's 2 workers): /readyz on the group's metrics bind counts the children.
+    One SIGKILLed: 503 naming the children. gunicorn replaces its worker: ready again once the new one
+    has loaded the app; the other groups do not restart children: they stay unready (an alert, or the
+    orchestrator's restart)."""
+    port, metrics = free_port(), free_port()
+    proc = Proc(name, commands(tmp_path, port, metrics)[name], process_env(settings), tmp_path)
+    readyz = f"http://127.0.0.1:{metrics}/readyz"
+    try:
+        proc.wait_ready(lambda: http_ok(readyz), timeout=90)
+        status, body = get(readyz)
+        assert status == 200 and body["checks"]["children"] == "ok", body
+        children = [pid for pid in children_of(proc.popen.pid) if pid != proc.popen.pid]
+        expected = 1 if name in ("worker", "dispatch") else 2  # those parents are themselves one of the group
+        assert len(children) == expected, children
+        os.kill(children[0], signal.SIGKILL)
+        seen = wait_until(lambda: (answer := get(readyz))[0] == 503 and answer, timeout=10, interval=0.02)
+        assert seen[1]["status"] == "unavailable" and seen[1]["checks"]["children"] != "ok", seen
+        assert seen[1]["checks"]["postgres"] == "ok"
+        if name == "api":
+            wait_until(lambda: get(readyz)[0] == 200, timeout=60)
+            assert children[0] not in children_of(proc.popen.pid)
+        else:
+            time.sleep(1)
+            assert get(readyz)[0] == 503
+    finally:
+        proc.stop()
+
+
+# -- the API with a request in flight ------------------------------------------------------------------
+
+@pytest.mark.parametrize("rest_after", [0.2, 2.5])
+def test_api_sigterm_with_a_post_in_flight_answers_it_with_its_row_or_not_at_all(tmp_path, settings, domain, api_key,
+                                                                                 db, relay, sink, rest_after):
+    """A large /messages POST is half sent when the API is told to stop. Its body's rest comes 0.2 s later:
+    the request gets its 200, its message is stored and delivered, and the group is gone within 2 s of the
+    answer. Or 2.5 s later, past gunicorn's graceful timeout (1 s): the worker is gone before the commit, so
+    no 200 and nothing stored. Never a 200 without a row."""
+    import urllib.parse
+
+    port = free_port()
+    proc = Proc("api-inflight", envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"),
+                process_env(settings), tmp_path)
+    subject = f"in flight {uuid.uuid4().hex[:8]}"
+    body = urllib.parse.urlencode({"from": f"s@{domain['name']}", "to": "inflight@dest.test", "subject": subject,
+                                   "text": "x" * 600_000}).encode()
+    auth = base64.b64encode(f"api:{api_key}".encode()).decode()
+    head = (f"POST /v3/{domain['name']}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    try:
+        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(head + body[: len(body) // 2])
+        time.sleep(0.3)  # a worker thread is reading the body
+        stopped = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        exit_seen: list[float] = []  # when the group exited, seen as it happens
+        watcher = threading.Thread(target=lambda: (proc.popen.wait(10), exit_seen.append(time.monotonic())),
+                                   daemon=True)
+        watcher.start()
+        time.sleep(rest_after)
+        answer = b""
+        try:
+            sock.sendall(body[len(body) // 2:])
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass  # reset: the worker was stopped with the request unfinished
+        answered = time.monotonic()
+        watcher.join(10)
+        exited = exit_seen[0]
+        sock.close()
+    finally:
+        proc.stop()
+    rows = db.execute("SELECT m.message_id, (SELECT count(*) FROM recipients r WHERE r.message_pk = m.id) AS rcpts"
+                      " FROM messages m WHERE m.domain_id = %s", (domain["id"],)).fetchall()  # the test's own domain
+    status = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/1.1 ") else b""
+    print(f"rest after {rest_after}s: answer {status or 'none'} {answered - stopped:.2f}s after SIGTERM, group exited"
+          f" {exited - stopped:.2f}s after SIGTERM; rows {rows}")
+    if status == b"200":
+        message_id = json.loads(answer.partition(b"\r\n\r\n")[2])["id"].strip("<>")
+        assert [(r["message_id"], r["rcpts"]) for r in rows] == [(message_id, 1)]
+        delivered = sink.wait_for(1, timeout=30)
+        assert any(f"Subject: {subject}" in m["data"] for m in delivered)
+        assert exited - answered <= STOP_WITHIN, proc.output()
+    else:
+        assert rows == [], "stored without a 200"
+        assert exited - stopped <= STOP_WITHIN, proc.output()
+    if rest_after < 1:
+        assert status == b"200", (answer[:300], proc.output())
+    else:
+        assert status != b"200"

@@ -17,3 +17,14 @@ def clean_ips(db):
     wipe()
     yield
     wipe()
+
+
+
+UNTOUCHED = ("queued", 0, None)  # a recipient still queued, never attempted, not leased
+
+
+def recipient_states(db, message_ids) -> list[tuple]:
+    """(status, attempts, lease owner) of each recipient of these messages: UNTOUCHED when left alone."""
+    rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
+                      " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (list(message_ids),)).fetchall()
+    return [(r["status"], r["attempts"], r["lease_owner"]) for r in rows]

@@ -47,8 +47,9 @@ class Claimer:
                  lease: float = LEASE_SECONDS, affinity=None):
         self.db = db
         self.lease = lease
-        # affinity() -> (domain ids whose IPs all live on other hosts, those whose mail may overflow here):
-        # host-affine claiming, so mail pinned to another host's IPs is not claimed and deferred here.
+        # affinity() -> store.HostAffinity (domains and o:sending-ip pins whose IPs all live on other hosts,
+        # and whose mail may overflow here): host-affine claiming, so mail pinned to another host's IPs is
+        # not claimed and deferred here.
         self.affinity = affinity
         self.accounts = accounts
         self.sealer = sealer
@@ -66,11 +67,10 @@ class Claimer:
 
     def claim(self, limit: int) -> Claim:
         blocked: dict[int, str] = {}
-        elsewhere, overflow = self.affinity() if self.affinity is not None else ([], [])
+        affinity = self.affinity() if self.affinity is not None else None
         with self.db.transaction() as conn:
             # Pinned mail overflows here once due for a whole lease: its host is down (or far behind).
-            rows = store.claim_due(conn, limit, self.lease, self.owner, elsewhere,
-                                   self.lease if overflow else None, overflow)
+            rows = store.claim_due(conn, limit, self.lease, self.owner, affinity, self.lease)
             if not rows:
                 return Claim([], {}, {})
             messages = {m["id"]: m for m in store.load_messages(conn, list({r["message_pk"] for r in rows}))}

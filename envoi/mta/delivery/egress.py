@@ -5,6 +5,7 @@ from __future__ import annotations
 from envoi.infra.metrics import Metrics
 from envoi.ips.egress import EgressView, NoEgressAvailable
 from envoi.mta.delivery.session import Egress
+from envoi.mta.store import HostAffinity
 
 
 class IpEgress:
@@ -33,12 +34,15 @@ class IpEgress:
             counter.inc()
         return Egress(choice.address, choice.helo), choice.recipients
 
-    def pinned_elsewhere(self) -> tuple[list[int], list[int]]:
-        """Domains whose IPs all live on other relay hosts (this relay leaves their mail to those hosts),
-        and those of them whose policy (the domain's ip_overflow, else the relay's) lets their mail
-        overflow to this host's shared pool when it waits too long."""
+    def pinned_elsewhere(self) -> HostAffinity:
+        """What this relay leaves to other relay hosts at claim: domains whose IPs all live elsewhere, and
+        owned o:sending-ip / o:sending-ip-pool whose IPs all live elsewhere, each with the domains whose
+        policy lets that mail overflow to this host's shared pool when it waits too long (for an
+        explicit pin only the domain's own ip_overflow: EgressView.policy_for)."""
         inv = self.view.inventory
-        return sorted(inv.elsewhere), sorted(inv.overflow)
+        return HostAffinity(tuple(sorted(inv.elsewhere)), tuple(sorted(inv.overflow)),
+                            tuple(sorted(inv.pins_elsewhere)),
+                            tuple(sorted(d for d, policy in inv.policies.items() if policy == "overflow")))
 
     def stop(self) -> None:
         """Record usage and hand back unspent warm-up quota (the relay is exiting)."""

@@ -10,6 +10,7 @@ from envoi import runtime
 from envoi.dev.sink import Sink
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
+from tests.support.ips import UNTOUCHED, recipient_states
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
 HELO = {f"127.0.0.{n}": f"o{n}.mta.test" for n in range(2, 10)}
@@ -162,9 +163,7 @@ def test_mail_pinned_to_another_hosts_ip_is_not_claimed_here(services, settings,
             egress.view.stop()
     assert sorted(m["rcpt_tos"][0] for m in sink.messages()) == [f"o{n}@{rcpt_domain}" for n in range(3)]
     assert {m["peer"] for m in received} == {"127.0.0.5"}
-    rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
-                      " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
-    assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 3
+    assert recipient_states(db, pinned) == [UNTOUCHED] * 3
     assert (services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0) == before
 
 
@@ -203,8 +202,48 @@ def test_each_pinned_domain_follows_its_own_overflow_policy(services, settings, 
                 egress.view.stop()
         assert sorted(m["rcpt_tos"][0] for m in sink.messages()) == [f"v{n}@{rcpt_domain}" for n in range(2)], default
         assert {m["peer"] for m in received} == {"127.0.0.5"}
-        rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
-                          " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (waiting,)).fetchall()
-        assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 2, default
+        assert recipient_states(db, waiting) == [UNTOUCHED] * 2, default
         db.execute("UPDATE recipients SET status = 'failed' FROM messages m WHERE m.id = recipients.message_pk"
                    " AND m.message_id = ANY(%s)", (waiting,))  # out of the next round's way
+
+
+def test_mail_naming_another_hosts_ip_waits_for_it_unless_its_domain_overflows(services, settings, account, domain,
+                                                                              db, clean_ips):
+    """o:sending-ip / o:sending-ip-pool naming IPs that live only on another host: this relay never leases
+    that mail, even under the relay default "overflow" (the sender asked for that address: only the
+    domain's own ip_overflow=overflow lets it leave from here); once the domain says so, it leaves from
+    this host's shared IP after a whole lease. Mail of the same domain without the option leaves at once."""
+    add_ip(services, "127.0.0.5")
+    services.ips.add_ip("test", "127.0.0.3", host="elsewhere", helo=HELO["127.0.0.3"], dedicated=True)
+    services.ips.add_ip("test", "127.0.0.4", host="elsewhere", helo=HELO["127.0.0.4"], dedicated=True)
+    for address in ("127.0.0.3", "127.0.0.4"):
+        services.ips.assign_ip("test", address, account["id"])
+    pool = services.ips.create_pool("test", "away", ips=["127.0.0.4"], account_id=account["id"])
+    with Sink() as sink, DnsServer() as dns:
+        rcpt_domain = f"{uuid.uuid4().hex[:8]}.dest.test"
+        route(dns, rcpt_domain)
+        before = services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0
+        egress = runtime.start_egress(services, refresh=0.2, policy="overflow")
+        try:
+            with RelayThread(services, relay_settings(settings, sink, dns, relay_lease=1.5), egress=egress):
+                pinned = [send(services, account["id"], domain, f"p{n}@{rcpt_domain}", **{"o:sending-ip": "127.0.0.3"})
+                          for n in range(2)]
+                pinned.append(send(services, account["id"], domain, f"p2@{rcpt_domain}",
+                                   **{"o:sending-ip-pool": pool["id"]}))
+                send(services, account["id"], domain, f"plain@{rcpt_domain}")
+                assert [m["rcpt_tos"] for m in sink.wait_for(1, timeout=15)] == [[f"plain@{rcpt_domain}"]]
+                time.sleep(4.0)  # more than two leases: not taken, under the relay's "overflow" default
+                assert recipient_states(db, pinned) == [UNTOUCHED] * 3
+                pins = db.execute("SELECT r.egress_pin FROM recipients r JOIN messages m ON m.id = r.message_pk"
+                                  " WHERE m.message_id = ANY(%s) ORDER BY r.address", (pinned,)).fetchall()
+                assert [r["egress_pin"] for r in pins] == ["ip:127.0.0.3", "ip:127.0.0.3", f"pool:{pool['id']}"]
+                assert len(sink.messages()) == 1
+                assert (services.metrics.registry.get_sample_value("envoi_egress_unavailable_total") or 0) == before
+                # The domain opts in: its pinned mail overflows here, from this host's shared IP.
+                services.accounts.update_domain(account["id"], domain["name"], ip_overflow="overflow")
+                received = sink.wait_for(4, timeout=20)
+        finally:
+            egress.view.stop()
+    assert sorted(r for m in received for r in m["rcpt_tos"]) == sorted(
+        [f"p{n}@{rcpt_domain}" for n in range(3)] + [f"plain@{rcpt_domain}"])
+    assert {m["peer"] for m in received} == {"127.0.0.5"}

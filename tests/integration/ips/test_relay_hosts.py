@@ -18,6 +18,7 @@ from envoi.dev.sink import Sink
 from tests.support import netns
 from tests.support.api import accepted, send_form
 from tests.support.dns_server import DnsServer
+from tests.support.ips import UNTOUCHED, recipient_states
 from tests.support.processes import Proc, envoi, process_env
 
 pytestmark = pytest.mark.skipif(not netns.available(), reason="needs root, iproute2 and socat (network namespaces)")
@@ -157,9 +158,7 @@ def test_mail_pinned_to_a_dead_host_waits_for_it_or_overflows_when_the_policy_al
         try:
             waiting.wait_ready(lambda: unavailable(metrics) >= 0, timeout=60)
             time.sleep(2 * LEASE)  # long past the lease: "wait" never overflows
-            rows = db.execute("SELECT r.status, r.attempts, r.lease_owner FROM recipients r JOIN messages m"
-                              " ON m.id = r.message_pk WHERE m.message_id = ANY(%s)", (pinned,)).fetchall()
-            assert [(r["status"], r["attempts"], r["lease_owner"]) for r in rows] == [("queued", 0, None)] * 5
+            assert recipient_states(db, pinned) == [UNTOUCHED] * 5
             assert unavailable(metrics) == 0  # not claimed and put back either
             assert sink.messages() == []
         finally:
@@ -173,3 +172,42 @@ def test_mail_pinned_to_a_dead_host_waits_for_it_or_overflows_when_the_policy_al
             overflowing.stop(signal.SIGTERM)
     assert sorted(r for m in received for r in m["rcpt_tos"]) == sorted(f"p{n}@{rcpt_domain}" for n in range(5))
     assert {m["peer"] for m in received} <= set(own["b"])  # B's shared pool, never an address of A
+
+
+def test_mail_naming_another_hosts_ip_is_left_to_that_host(
+        services, settings, account, domain, client, api_key, db, clean_ips, tmp_path):
+    """o:sending-ip = host A's dedicated IP, submitted while only host B runs (relay default "overflow",
+    the domain has no policy of its own): B sends the domain's other mail at once but never claims the
+    pinned message, past a whole lease; once A's relay runs, it leaves from A's dedicated address."""
+    tag = uuid.uuid4().hex[:6]
+    hosts = {"a": HOSTS["a"], "b": HOSTS["b"]}
+    with netns.Hosts(hosts) as net, Sink(smtp_host=net.gateway) as sink, DnsServer(host=net.gateway) as dns:
+        own = {h: net.hosts[h][1:] for h in hosts}
+        dedicated = own["a"][0]
+        register(services, net, own, tag, dedicated)
+        services.ips.assign_ip("test", dedicated, account["id"])  # the account's, not the domain's
+        rcpt_domain = route(net, dns)
+        metrics = f"http://{net.hosts['b'][0]}:{METRICS_PORT}/metrics"
+        relay_b = start_relay(net, "b", settings, dns, sink, f"b-{tag}", tmp_path, policy="overflow")
+        relay_a = None
+        try:
+            relay_b.wait_ready(lambda: unavailable(metrics) >= 0, timeout=60)
+            pinned = [accepted(send_form(client, api_key, domain, to=f"p{n}@{rcpt_domain}",
+                                         **{"o:sending-ip": dedicated})).message_id for n in range(3)]
+            accepted(send_form(client, api_key, domain, to=f"plain@{rcpt_domain}"))
+            [plain] = sink.wait_for(1, timeout=30)
+            time.sleep(LEASE * 1.5)  # past a whole lease: overflow would have taken it by now
+            assert recipient_states(db, pinned) == [UNTOUCHED] * 3
+            assert unavailable(metrics) == 0  # never claimed and put back either
+            assert len(sink.messages()) == 1
+
+            relay_a = start_relay(net, "a", settings, dns, sink, f"a-{tag}", tmp_path, policy="overflow")
+            received = sink.wait_for(4, timeout=60)
+        finally:
+            for proc in (relay_a, relay_b):
+                if proc is not None:
+                    proc.stop(signal.SIGTERM)
+    assert plain["rcpt_tos"] == [f"plain@{rcpt_domain}"] and plain["peer"] in own["b"]
+    by_rcpt = {m["rcpt_tos"][0]: m["peer"] for m in received}
+    assert {to: by_rcpt[to] for to in (f"p{n}@{rcpt_domain}" for n in range(3))} == {
+        f"p{n}@{rcpt_domain}": dedicated for n in range(3)}
