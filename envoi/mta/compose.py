@@ -160,11 +160,16 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
     pairs: list[tuple[str, str]] = []
     for raw in values:
         check_header_value(field_name, raw)
-        for name, addr in getaddresses([raw]):
+        for name, addr in _getaddresses(raw) if len(raw) <= 1024 else getaddresses([raw]):
             if not addr and not name:
                 continue
             pairs.append((name, normalize_address(addr, field_name)))
     return pairs
+
+
+@functools.lru_cache(maxsize=4096)  # a sender's From repeats on every message: parsed once
+def _getaddresses(raw: str) -> tuple[tuple[str, str], ...]:
+    return tuple(getaddresses([raw]))
 
 
 def normalize_address(addr: str, field_name: str = "to") -> str:
