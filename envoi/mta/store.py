@@ -22,8 +22,9 @@ GIVEN_MESSAGE_ID_INDEX = "messages_given_message_id"
 
 def reserve_message_ids(conn: Connection, n: int) -> list[int]:
     """n ids from the messages sequence, for rows inserted later with insert_messages."""
-    return [r["id"] for r in conn.execute("SELECT nextval('messages_id_seq') AS id FROM generate_series(1, %s)",
-                                          (n,)).fetchall()]
+    # One row holding an array: a batch send reserves a thousand, and a row each cost ~40 us in Python.
+    return conn.execute("SELECT ARRAY(SELECT nextval('messages_id_seq') FROM generate_series(1, %s)) AS ids",
+                        (n,)).fetchone()["ids"]
 
 
 class JsonText(str):
