@@ -35,7 +35,7 @@ from typing import BinaryIO
 from email_validator import EmailNotValidError, validate_email
 
 from envoi.infra import ids
-from envoi.mta import idn, jsonvalues, substitution
+from envoi.mta import idn, jsonvalues, mime_body, substitution
 from envoi.mta.errors import InvalidMessage, InvalidRecipient, MessageTooLarge
 from envoi.mta.senders import from_addresses as read_from_addresses
 
@@ -160,11 +160,16 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
     pairs: list[tuple[str, str]] = []
     for raw in values:
         check_header_value(field_name, raw)
-        for name, addr in getaddresses([raw]):
+        for name, addr in _getaddresses(raw) if len(raw) <= 1024 else getaddresses([raw]):
             if not addr and not name:
                 continue
             pairs.append((name, normalize_address(addr, field_name)))
     return pairs
+
+
+@functools.lru_cache(maxsize=4096)  # a sender's From repeats on every message: parsed once
+def _getaddresses(raw: str) -> tuple[tuple[str, str], ...]:
+    return tuple(getaddresses([raw]))
 
 
 def normalize_address(addr: str, field_name: str = "to") -> str:
@@ -381,16 +386,14 @@ def compose(
             head.append(_header("X-Mailgun-Tag", ", ".join(tags)))
         if variables:
             head.append(_header("X-Mailgun-Variables", json.dumps(variables)))
-        body = EmailMessage(policy=SMTP_POLICY)
         copy_text, copy_html = sub.body(text) if text else None, sub.body(html) if html else None
         if template is not None:
             rendered_text, copy_html = template.bodies(sub)
             copy_text = rendered_text if rendered_text is not None else copy_text
-        _set_body(body, copy_text, copy_html, sub.body(amp) if amp else None, inlines)
-        for upload in kept_attachments:
-            maintype, subtype = _content_type(upload)
-            body.add_attachment(upload.data, maintype=maintype, subtype=subtype, filename=upload.filename)
-        return b"".join(head) + body.as_bytes(policy=SMTP_POLICY)
+        # The filename doubles as the Content-ID, as in Mailgun: <img src="cid:logo.png">.
+        inline_parts = [(*_content_type(u), u.filename or ids.token(6), u.data) for u in inlines]
+        attached = [(*_content_type(u), u.filename, u.data) for u in kept_attachments]
+        return b"".join(head) + body_bytes(copy_text, copy_html, sub.body(amp) if amp else None, inline_parts, attached)
 
     headers = {
         "from": ", ".join(_format(n, a) for n, a in froms),
@@ -495,12 +498,14 @@ def _fill_raw(template: bytes, sub: substitution.MemberSubstituter) -> bytes | N
 
 @dataclass
 class _BatchTemplate:
-    """A batch send's copy built once with its placeholders: `mime` holds the first recipient's To line
-    (`to_line`, at offset `at`), which each recipient's own replaces before its placeholders are filled."""
+    """A batch send's copy built once with its placeholders: `before` + the first recipient's To line +
+    `after` is its header block, which each recipient's own To line goes into before its placeholders
+    are filled; `body` (from the blank line on) is split at its placeholders once."""
 
-    mime: bytes
-    at: int
-    to_line: bytes
+    before: bytes
+    after: bytes
+    body: substitution.BodyTemplate
+    body_dashes: int  # b"\r\n--" in the body: a value must not add a line that reads as a boundary
 
     @classmethod
     def make(cls, build, froms, plain_to, fields, extra_headers) -> _BatchTemplate | None:
@@ -514,25 +519,32 @@ class _BatchTemplate:
         if (mime[at:at + len(to_line)] != to_line or b"quoted-printable" in mime.lower()
                 or _placeholder_count(fields, extra_headers) != _placeholder_count_raw(mime)):
             return None
-        return cls(mime, at, to_line)
+        end = mime.find(b"\r\n\r\n") + 2  # the header block's end (its last CRLF); the body is the rest
+        body = mime[end:]
+        return cls(mime[:at], mime[at + len(to_line):end], substitution.BodyTemplate(body), body.count(b"\r\n--"))
 
     def fill(self, name: str, addr: str, variables: dict, subject: str | None) -> bytes | None:
-        """This recipient's copy, or None where only building it is right (as _fill_raw)."""
+        """This recipient's copy, or None where only building it is right (as _fill_raw): the bytes
+        substitution.substitute_mime gives for the whole copy (its two halves, one split once)."""
         if not (addr.isascii() and all(substitution.render(v).isascii() for v in variables.values())):
             return None
         to_line = _address_header("To", [(name, addr)])
         if b"%" in to_line:
             return None  # building never fills placeholders in the To line
+        sub = substitution.Substituter(addr, variables)
         if subject and "%recipient" in subject:  # building checks the filled subject's length
-            _check_subject(substitution.Substituter(addr, variables).header("Subject", subject))
-        copy = self.mime[:self.at] + to_line + self.mime[self.at + len(self.to_line):]
+            _check_subject(sub.header("Subject", subject))
+        head = self.before + to_line + self.after
         try:
-            filled = substitution.substitute_mime(copy, addr, variables)
+            filled_head = substitution.fill_head(head, sub)
+            filled_body = self.body.fill(sub)
         except InvalidMessage:
             return None  # building says why (a control character in a header) or folds what it can
-        if len(filled) > len(copy) and max(map(len, filled.split(b"\r\n"))) > substitution.MAX_LINE:
+        filled = filled_head + filled_body
+        if len(filled) > len(head) + len(self.body.body) and max(map(len, filled.split(b"\r\n"))) > substitution.MAX_LINE:
             return None
-        if filled.count(b"\r\n--") != copy.count(b"\r\n--"):
+        # (No b"\r\n--" spans the halves: the head ends, and the body starts, with CRLF.)
+        if filled.count(b"\r\n--") != head.count(b"\r\n--") + self.body_dashes:
             return None  # a value that could read as a MIME boundary line: building picks a boundary it avoids
         return filled
 
@@ -799,7 +811,25 @@ def _now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def _set_body(msg: EmailMessage, text, html, amp, inlines: list[Upload]) -> None:
+def body_bytes(text: str | None, html: str | None, amp: str | None, inlines: list[tuple[str, str, str, bytes]],
+               attachments: list[tuple[str, str, str, bytes]]) -> bytes:
+    """The MIME body (its header fields, a blank line, the parts) of a composed copy: written directly
+    (envoi.mta.mime_body) where that gives the email package's very bytes, else by the email package.
+
+    inlines, attachments: (maintype, subtype, file name, data)."""
+    if FAST_BODY and (written := mime_body.build(text, html, amp, inlines, attachments)) is not None:
+        return written
+    return email_body(text, html, amp, inlines, attachments)
+
+
+#: False makes body_bytes() use only the email package (the equality tests compare both writers).
+FAST_BODY = True
+
+
+def email_body(text: str | None, html: str | None, amp: str | None, inlines: list[tuple[str, str, str, bytes]],
+               attachments: list[tuple[str, str, str, bytes]]) -> bytes:
+    """body_bytes() by the email package: every shape, every value."""
+    msg = EmailMessage(policy=SMTP_POLICY)
     if text is not None:
         msg.set_content(text)
         if amp is not None:
@@ -815,12 +845,12 @@ def _set_body(msg: EmailMessage, text, html, amp, inlines: list[Upload]) -> None
     if inlines:
         html_part = msg.get_body(("html",)) if html is not None else None
         target = html_part if html_part is not None else msg
-        for upload in inlines:
-            maintype, subtype = _content_type(upload)
-            name = upload.filename or ids.token(6)
-            # The filename doubles as the Content-ID, as in Mailgun: <img src="cid:logo.png">.
-            target.add_related(upload.data, maintype=maintype, subtype=subtype,
-                               cid=f"<{name}>", filename=name, disposition="inline")
+        for maintype, subtype, name, data in inlines:
+            target.add_related(data, maintype=maintype, subtype=subtype, cid=f"<{name}>", filename=name,
+                               disposition="inline")
+    for maintype, subtype, name, data in attachments:
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes(policy=SMTP_POLICY)
 
 
 def _recipient_variables(fields: dict[str, list[str]]) -> dict | None:

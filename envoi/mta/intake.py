@@ -191,24 +191,29 @@ class Intake:
         body_expires = datetime.fromtimestamp(now, UTC) + timedelta(seconds=self.settings.body_retention)
         stored = []
         pin = store.egress_pin(draft.options or {})  # the claim leaves mail pinned to another host's IP to it
+        # What every copy shares is encoded once (a batch send has a copy per recipient).
+        shared = {"tags": store.json_text(draft.tags), "user_variables": store.json_text(draft.user_variables),
+                  "options": store.json_text(draft.options), "attachments": store.json_text(draft.attachments)}
+        storage_url = f"{self.settings.public_url}/v3/domains/{domain['name']}/messages/"
+        scheduled = int(draft.deliver_at) if draft.deliver_at and draft.deliver_at > now else None
         for number, copy in enumerate(draft.copies):
             message = {"headers": copy.headers, "tags": draft.tags, "user_variables": draft.user_variables,
                        "options": draft.options, "attachments": draft.attachments, "size": len(copy.mime)}
             key = ids.storage_key()
-            row = dict(account_id=domain["account_id"], domain_id=domain["id"], message_id=draft.message_id,
-                       storage_key=key, mail_from=draft.mail_from, method=draft.method,
-                       body=self.sealer.seal(copy.mime, key.encode()), body_expires_at=body_expires,
-                       message_id_given=draft.message_id_given and number == 0, **message)
-            storage = {"url": f"{self.settings.public_url}/v3/domains/{domain['name']}/messages/{key}",
-                       "key": key, "region": self.settings.region}
+            row = store.message_row(account_id=domain["account_id"], domain_id=domain["id"],
+                                    message_id=draft.message_id, storage_key=key, mail_from=draft.mail_from,
+                                    method=draft.method, body=self.sealer.seal(copy.mime, key.encode()),
+                                    body_expires_at=body_expires, headers=copy.headers, size=len(copy.mime),
+                                    message_id_given=draft.message_id_given and number == 0, **shared)
+            storage = {"url": storage_url + key, "key": key, "region": self.settings.region}
             # Mailgun's accepted event of scheduled mail (o:deliverytime) says when it leaves, in epoch seconds.
-            shown = {**message, "scheduled-for": int(draft.deliver_at)} if draft.deliver_at and draft.deliver_at > now \
-                else message
+            shown = message if scheduled is None else {**message, "scheduled-for": scheduled}
             events = [item("accepted", message=shown, recipient=rcpt, ts=now, method=draft.method,
                            envelope={"sender": draft.mail_from, "targets": rcpt, "transport": "smtp"},
                            storage=storage)
                       for rcpt in copy.recipients]
-            stored.append(_Stored(row, [(r, r.rpartition("@")[2], due, expires, pin) for r in copy.recipients], events))
+            stored.append(_Stored(domain["account_id"], domain["id"], row,
+                                  [(r, r.rpartition("@")[2], due, expires, pin) for r in copy.recipients], events))
         return stored
 
     def _write(self, batch: list[list[_Stored]]) -> list[None]:
@@ -218,17 +223,17 @@ class Intake:
         recorded: list[NewEvent] = []
         recipients = []
         for pk, m in zip(pks, stored, strict=True):
-            account_id, domain_id = m.row["account_id"], m.row["domain_id"]
+            account_id, domain_id = m.account_id, m.domain_id
             recipients += [(pk, account_id, domain_id, *r) for r in m.recipients]
             recorded += [NewEvent(account_id, domain_id, pk, data) for data in m.events]
         # Pipelined, with the message ids known beforehand: the transaction waits on the database once,
         # at commit, instead of once per statement.
         with self.db.pipelined() as conn:
-            store.insert_messages(conn, [{**m.row, "id": pk} for pk, m in zip(pks, stored, strict=True)])
+            store.insert_messages(conn, [(pk, *m.row) for pk, m in zip(pks, stored, strict=True)])
             store.insert_recipients(conn, recipients)
             self.events.record(conn, recorded)
             if self.activity is not None:
-                self.activity.record(conn, {m.row["account_id"] for m in stored})
+                self.activity.record(conn, {m.account_id for m in stored})
         # Committed: nothing below may fail the batch (a retry would store the messages twice).
         self.events.committed(recorded)
         try:
@@ -280,8 +285,11 @@ class Accepted:
 
 @dataclass
 class _Stored:
-    """One stored copy of a message: its row, (address, domain, due, expires) per recipient, its events."""
+    """One stored copy of a message: its account and domain, its row (store.message_row), (address,
+    domain, due, expires) per recipient, its events."""
 
-    row: dict
+    account_id: int
+    domain_id: int
+    row: tuple
     recipients: list[tuple]
     events: list[dict]

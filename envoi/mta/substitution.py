@@ -154,6 +154,42 @@ def substitute_mime(mime: bytes, address: str, variables: dict) -> bytes:
     return head + body
 
 
+def fill_head(head: bytes, sub: Substituter) -> bytes:
+    """substitute_mime's header half: head is a header block ending in CRLF (without the blank line)."""
+    if b"%recipient" not in head:
+        return head
+    return b"".join(_header_field(sub, field) + b"\r\n" for field in _fields(head))
+
+
+class BodyTemplate:
+    """substitute_mime's body half for one body filled in for many recipients (a batch send): the body
+    is split at its placeholders once; each recipient's copy is then a join of the same bytes that
+    substitute_mime writes (each distinct placeholder's value rendered once per copy)."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.parts = _PLACEHOLDER_BYTES.split(body)  # static, key (None: %recipient%), static, ...
+        self.lengths = [len(m.group()) for m in _PLACEHOLDER_BYTES.finditer(body)]
+
+    def fill(self, sub: Substituter) -> bytes:
+        if len(self.parts) == 1:
+            return self.body
+        out = list(self.parts)
+        values: dict[bytes | None, bytes] = {}
+        grew = False
+        for i, length in enumerate(self.lengths):
+            key = out[2 * i + 1]
+            if (value := values.get(key)) is None:
+                value = values[key] = _NEWLINES.sub("\r\n", sub.value(None if key is None else key.decode())).encode()
+            grew = grew or len(value) > length
+            out[2 * i + 1] = value
+        body = b"".join(out)
+        if grew and max(map(len, body.split(b"\r\n"))) > MAX_LINE:
+            raise InvalidMessage(f"a body line is longer than {MAX_LINE} octets once recipient-variables are"
+                                 " filled in; keep placeholders on short lines")
+        return body
+
+
 def _fields(head: bytes) -> list[bytes]:
     """Raw header fields, each with its folded continuation lines, without the final CRLF."""
     fields: list[bytes] = []

@@ -10,7 +10,17 @@ from hypothesis import strategies as st
 
 from envoi.mta import jsonvalues
 from envoi.mta.errors import InvalidMessage
-from envoi.mta.substitution import MAX_LINE, Substituter, Unchanged, fold, load, render, substitute_mime
+from envoi.mta.substitution import (
+    MAX_LINE,
+    BodyTemplate,
+    Substituter,
+    Unchanged,
+    fill_head,
+    fold,
+    load,
+    render,
+    substitute_mime,
+)
 
 
 @pytest.mark.parametrize(("value", "text"), [
@@ -138,3 +148,30 @@ def test_fold_is_exact_and_within_the_line_limit(value, name_len):
     lines = folded.split(b"\r\n")
     assert all(len(x) <= MAX_LINE for x in lines)
     assert all(x[:1] in (b" ", b"\t") and x.strip(b" \t") for x in lines[1:])  # continuation, never blank
+
+
+_BODY_PIECES = ["%recipient%", "%recipient.a%", "%recipient.b%", "%recipient.zz%", "%recipient.a", "%%", "\r\n", "x" * 990,
+                "--", "\r\n--", "é", " "]
+_VALUES = st.one_of(st.text(max_size=12), st.sampled_from(["", "\n--b", "y" * 40, "x" * 1000, "a\r\nb"]), st.integers(),
+                    st.none(), st.dictionaries(st.sampled_from(["k"]), st.integers(), max_size=1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.lists(st.one_of(st.sampled_from(_BODY_PIECES), st.text(max_size=8)), max_size=10).map("".join),
+       head=st.sampled_from(["Subject: hi\r\n", "Subject: %recipient.a%\r\n", "X-A: %recipient%\r\n"]),
+       variables=st.dictionaries(st.sampled_from(["a", "b"]), _VALUES, max_size=2))
+def test_split_body_template_fills_as_substitute_mime_does(body, head, variables):
+    """A batch send's body split once (BodyTemplate) and the head filled alone (fill_head) give
+    substitute_mime's bytes for the whole message, or refuse it as it does."""
+    mime = (head + "\r\n" + body).encode()
+    end = mime.find(b"\r\n\r\n") + 2
+    sub = Substituter("ann@x.test", variables)
+    try:
+        want = substitute_mime(mime, "ann@x.test", variables)
+    except InvalidMessage:
+        want = None
+    try:
+        got = fill_head(mime[:end], sub) + BodyTemplate(mime[end:]).fill(sub)
+    except InvalidMessage:
+        got = None
+    assert got == want

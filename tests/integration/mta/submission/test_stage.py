@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from envoi.accounts.service import Principal
+from envoi.mta import store as mta_store
 from envoi.mta.compose import compose
 from envoi.mta.errors import DomainNotFound
 from envoi.mta.submission.stage import CommitStage
@@ -34,7 +35,10 @@ def queued_away(db, domain):
 def test_commit_isolates_a_value_postgres_refuses(services, domain, db, queued_away):
     intake = services.intake
     good, bad, other = (intake.prepare(domain, draft(domain, s)) for s in ("good", "bad", "other"))
-    bad.stored[0].row["mail_from"] = "nul\x00byte@example.test"  # text cannot hold NUL: a DataError
+    at = [name for name, _ in mta_store.MESSAGE_COLUMNS[1:]].index("mail_from")
+    row = list(bad.stored[0].row)
+    row[at] = "nul\x00byte@example.test"  # text cannot hold NUL: a DataError
+    bad.stored[0].row = tuple(row)
     errors = intake.commit([good, bad, other])
     assert errors[0] is None and errors[2] is None
     assert isinstance(errors[1], psycopg.DataError)
