@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from envoi import runtime
-from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
+from tests.support.databases import drop_database, migrated_database
 
 # Fixtures shared by several test modules live in tests/support and are registered here, so that no test
 # module imports another.
@@ -48,13 +48,9 @@ def _free_redis_db() -> int:
 
 @pytest.fixture(scope="session")
 def database_url():
-    name = f"envoi_test_{uuid.uuid4().hex[:10]}"
-    dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=name)
-    ensure_database(dsn)
-    migrate(dsn)
+    dsn = migrated_database("envoi_test")
     yield dsn
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(dsn)
 
 
 def flush_redis(url: str) -> None:

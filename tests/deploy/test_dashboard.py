@@ -14,13 +14,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 from mailgun.client import Client
 
 from envoi import runtime
-from envoi.infra.migrate import ensure_database, migrate
+from tests.support.databases import drop_database, migrated_database
 from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
 from tests.support.prometheus import DEPLOY, Prometheus
 from tests.support.region_routing import free_redis_url
@@ -43,9 +42,7 @@ def panel_queries() -> list[tuple[str, str]]:
 @pytest.fixture
 def region(settings):
     """A region of its own (database and Redis db): the scheduler's sweeps touch no other test's rows."""
-    dsn = psycopg.conninfo.make_conninfo(settings.database_url, dbname=f"envoi_test_mon_{uuid.uuid4().hex[:8]}")
-    ensure_database(dsn)
-    migrate(dsn)
+    dsn = migrated_database("envoi_test_mon")
     redis_url = free_redis_url()
     own = settings.replace(database_url=dsn, redis_url=redis_url, webhook_allow=("127.0.0.1/32",))
     services = runtime.build(own, pool_size=2)
@@ -54,8 +51,7 @@ def region(settings):
     finally:
         services.close()
         redis.Redis.from_url(redis_url).flushdb()
-        with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]}" WITH (FORCE)')
+        drop_database(dsn)
 
 
 def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path, region):

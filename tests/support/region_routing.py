@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-import uuid
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -19,8 +18,8 @@ import redis
 
 from envoi import runtime
 from envoi.api.app import create_app
-from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
+from tests.support.databases import migrated_database
 
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -30,10 +29,7 @@ ROUTING_SECRET = b"routing-secret-shared-by-both-regions-0123456789"
 
 def fresh_database(prefix: str = "envoi_region") -> str:
     """A new migrated database; drop it with drop_database."""
-    dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=f"{prefix}_{uuid.uuid4().hex[:8]}")
-    ensure_database(dsn)
-    migrate(dsn)
-    return dsn
+    return migrated_database(prefix)
 
 
 def drop_database(dsn: str) -> None:

@@ -33,9 +33,9 @@ from psycopg import sql
 
 from envoi import runtime
 from envoi.dev.sink import Sink
-from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
 from tests.conftest import PG_ADMIN, REDIS_BASE, _free_redis_db
+from tests.support.databases import migrated_database
 from tests.support.localstripe import LocalStripe
 from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
 from tests.support.webhook_receiver import Receiver
@@ -91,9 +91,7 @@ ROUTING_SECRET = "a-routing-secret-both-regions-share-0123456789"
 
 
 def _make_database(region: str) -> str:
-    dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=f"envoi_test_{region}_{secrets.token_hex(5)}")
-    ensure_database(dsn)
-    migrate(dsn)
+    dsn = migrated_database(f"envoi_test_{region}")
     with psycopg.connect(dsn, autocommit=True) as conn:
         # Every sequence (bigserial and identity columns alike) continues from the region's offset.
         for (schema, name) in conn.execute("SELECT schemaname, sequencename FROM pg_sequences").fetchall():

@@ -11,14 +11,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 import redis
 
 from envoi import runtime
-from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.settings import Settings
-from tests.conftest import PG_ADMIN
+from tests.support.databases import drop_database, migrated_database
 from tests.support.localstripe import LocalStripe, card_payment_method, make_billing
 from tests.support.region_routing import free_redis_url
 
@@ -88,10 +86,7 @@ def stripe_account(localstripe):
 @pytest.fixture
 def us_services(settings):
     """A US region on its own database (the session's Redis db is not written to by billing)."""
-    name = f"envoi_test_us_{secrets.token_hex(5)}"
-    dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=name)
-    ensure_database(dsn)
-    migrate(dsn)
+    dsn = migrated_database("envoi_test_us")
     redis_url = free_redis_url()  # a region's Redis is stamped with its region: the US needs its own
     services = runtime.build(Settings(region="us", database_url=dsn, redis_url=redis_url,
                                       secret_key=secrets.token_bytes(32),
@@ -99,8 +94,7 @@ def us_services(settings):
     yield services
     services.close()
     redis.Redis.from_url(redis_url).flushdb()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(dsn)
 
 
 def test_the_same_account_id_in_two_regions_gets_two_customers(services, us_services, stripe_account, test_plans):

@@ -28,9 +28,9 @@ from envoi.accounts import totp
 from envoi.cli import main
 from envoi.infra import dkim_keys, sealed_columns
 from envoi.infra.crypto import Sealer, sealed_key_id
-from envoi.infra.migrate import ensure_database, migrate
 from envoi.infra.sealed_columns import SEALED, MissingKey
 from envoi.mta import store
+from tests.support.databases import drop_database, migrated_database
 from tests.support.delivery import route, send
 from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
@@ -46,12 +46,9 @@ NOT_SEALED = {"api_keys.secret_hash", "user_recovery_codes.code_hash", "user_ses
 
 @pytest.fixture
 def own_database(settings):
-    dsn = psycopg.conninfo.make_conninfo(settings.database_url, dbname=f"envoi_test_rot_{uuid.uuid4().hex[:8]}")
-    ensure_database(dsn)
-    migrate(dsn)
+    dsn = migrated_database("envoi_test_rot")
     yield dsn
-    with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]}" WITH (FORCE)')
+    drop_database(dsn)
 
 
 def _b64(key: bytes) -> str:

@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import json
-import uuid
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 
 from envoi import cli
 from envoi.infra.db import Database
-from envoi.infra.migrate import ensure_database, migrate
 from envoi.privacy import archive
-from tests.conftest import PG_ADMIN, basic
+from tests.conftest import basic
 from tests.integration.privacy import workload
+from tests.support.databases import drop_database, migrated_database
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +24,9 @@ def full(services):
 @pytest.fixture
 def empty_database_url():
     """A second, empty database of the same region: where the archive is restored."""
-    name = f"envoi_restore_{uuid.uuid4().hex[:10]}"
-    dsn = psycopg.conninfo.make_conninfo(PG_ADMIN, dbname=name)
-    ensure_database(dsn)
-    migrate(dsn)
+    dsn = migrated_database("envoi_restore")
     yield dsn
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(dsn)
 
 
 def sections(text: str) -> dict[str, list[dict]]:

@@ -15,6 +15,7 @@ from envoi.privacy import archive
 from tests.conftest import basic
 from tests.integration.privacy import workload
 from tests.support.dashboard import PASSWORD
+from tests.support.databases import drop_database, migrated_database
 from tests.support.relay import wait_until
 
 DAY = 86400.0
@@ -23,6 +24,23 @@ SCANNED_TYPES = ("text", "character varying", "jsonb", "json", "bytea", "ARRAY")
 
 class Crash(Exception):
     pass
+
+
+@pytest.fixture(scope="module")
+def settings(settings):
+    """This module's own database: the scans below read every row of every text column, and the session's
+    database holds every earlier test's rows by now (a 10,000-member list, its 10,000 recipients: a minute
+    of scanning). Both accounts of the test and everything of theirs are here, as in any region."""
+    dsn = migrated_database("envoi_test_purge")
+    yield settings.replace(database_url=dsn)
+    drop_database(dsn)
+
+
+@pytest.fixture(scope="module")
+def services(settings):
+    svc = runtime.build(settings)
+    yield svc
+    svc.close()
 
 
 def scan_database(db, needles: list[str], ids: dict[str, set[int]]) -> list[str]:
