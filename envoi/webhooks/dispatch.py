@@ -61,7 +61,8 @@ class Dispatcher:
             target = self._target(row)
             body = self.service.body_of_json(key, row["payload"])
             response = await http.post(target, body)
-            response.error = secret_url.scrub(response.error, target)
+            if response.error:
+                response.error = secret_url.scrub(response.error, target)
         except Exception as ex:  # a row that cannot even be prepared is an attempt that failed, not a crash
             log.exception("webhook %s could not be sent", row["id"])
             response = ssrf.Response(None, "", 0, f"not sent: {type(ex).__name__}")
