@@ -283,7 +283,7 @@ def main() -> None:
             sets["baseline"] = baseline
         spy = None
         if args.py_spy:
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(dispatch.pid), "--subprocesses", "--gil",
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(dispatch.pid), "--subprocesses", "--gil",
                                     "--nonblocking", "-f", "raw", "-o", args.py_spy, "-r", "200"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2)

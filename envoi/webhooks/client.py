@@ -85,16 +85,17 @@ class Client:
         if parsed is None:
             scheme, host, port, path, auth = ssrf.parse(url)
             named = ssrf.literal(host)
+            if named is not None:
+                # aiohttp dials literal addresses without the resolver: judged here. The verdict depends on
+                # the address and this client's allow list only, so it is cached with the URL (a refused
+                # one is not cached: it is judged, and refused, again).
+                ssrf.vet(host, port, self.allow)
             bracketed = f"[{host}]" if named is not None and named.version == 6 else host
-            parsed = (URL(f"{scheme}://{bracketed}:{port}{path}"),
-                      {"Authorization": auth} if auth else None, named is not None, host, port)
+            parsed = (URL(f"{scheme}://{bracketed}:{port}{path}"), {"Authorization": auth} if auth else None)
             if len(self._parsed) > 10_000:
                 self._parsed.clear()
             self._parsed[url] = parsed
-        target, auth, is_literal, host, port = parsed
-        if is_literal:
-            ssrf.vet(host, port, self.allow)  # aiohttp dials literal addresses without the resolver
-        return target, auth
+        return parsed
 
     async def post(self, url: str, body: bytes) -> ssrf.Response:
         """POST through the guard; never raises for network trouble, never follows redirects."""
