@@ -194,9 +194,25 @@ def throughput_phase(svc, domains, url, port, n: int, dispatch: subprocess.Popen
             "duplicates": s["received"] - s["distinct"]}
 
 
-def pause(proc: subprocess.Popen, stop: bool) -> None:
-    """SIGSTOP / SIGCONT a dispatcher set (its process group: the parent and its children)."""
-    os.killpg(proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+def pause(proc: subprocess.Popen, stop: bool, dsn: str = "") -> None:
+    """SIGSTOP / SIGCONT a dispatcher set (its process group: the parent and its children). A set is
+    never left stopped inside a transaction (a claim holds the claim lock every dispatcher takes turns
+    on): stopped, then, if one of its backends is idle in a transaction, let go and stopped again."""
+    if not stop:
+        os.killpg(proc.pid, signal.SIGCONT)
+        return
+    for _ in range(200):
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(0.2)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            stuck = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                              " AND state LIKE 'idle in transaction%%' OR (datname = current_database()"
+                              " AND state = 'active' AND pid <> pg_backend_pid())").fetchone()[0]
+        if not stuck:
+            return
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise SystemExit("could not pause a dispatcher set outside a transaction")
 
 
 def spread(values: list[float]) -> str:
@@ -293,7 +309,7 @@ def main() -> None:
             for name in order:
                 for other, proc in sets.items():
                     if other != name:
-                        pause(proc, True)
+                        pause(proc, True, dsn)
                 time.sleep(0.5)
                 result = throughput_phase(svc, domains, url, port, args.n, sets[name], dsn, dbname,
                                           f"tp{number}{name[0]}")
@@ -309,7 +325,7 @@ def main() -> None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         if args.baseline:
-            pause(sets["baseline"], True)  # the latency phases measure this checkout only
+            pause(sets["baseline"], True, dsn)  # the latency phases measure this checkout only
             ratios = [t["cpu_ms"] / b["cpu_ms"] for t, b in zip(tp["this"], tp["baseline"], strict=True)]
             rates = [t["rate"] / b["rate"] for t, b in zip(tp["this"], tp["baseline"], strict=True)]
             log(f"A/B: CPU per delivery this / baseline per round {', '.join(f'{r:.2f}' for r in ratios)}, median"
