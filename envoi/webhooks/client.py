@@ -63,11 +63,6 @@ class Client:
         self.limit = limit
         self._parsed: dict[str, tuple] = {}
         self.session: aiohttp.ClientSession | None = None
-        # PERF: one reaper enforces ENVOI_WEBHOOK_TIMEOUT for every request (cancelling the overdue), in
-        # place of aiohttp's per-request timeout objects and timer handles (~5 % of the dispatcher's CPU).
-        self._deadlines: dict[asyncio.Task, float] = {}  # request -> its deadline, oldest first
-        self._expired: set[asyncio.Task] = set()
-        self._reaper: asyncio.Task | None = None
 
     async def __aenter__(self) -> Client:
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.allow), limit=self.limit, limit_per_host=0,
@@ -75,30 +70,13 @@ class Client:
         # PERF: the fixed headers are the session's (merged in C-backed multidicts, not rebuilt per request);
         # no cookie jar: an endpoint's cookies are never kept or sent on (and filtering them cost each request).
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
-                                             timeout=aiohttp.ClientTimeout(total=None),
+                                             timeout=aiohttp.ClientTimeout(total=self.timeout),
                                              skip_auto_headers=("Accept-Encoding",),
                                              cookie_jar=aiohttp.DummyCookieJar(), headers=HEADERS)
-        self._reaper = asyncio.create_task(self._reap())
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self._reaper.cancel()
         await self.session.close()
-
-    async def _reap(self) -> None:
-        """Cancel requests past their deadline (post() turns that into a timeout), checked every tick:
-        a request times out after ENVOI_WEBHOOK_TIMEOUT plus at most a tick."""
-        tick = max(0.01, min(0.1, self.timeout / 20))
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            for task, deadline in self._deadlines.items():  # in start order: stop at the first not due
-                if deadline > now:
-                    break
-                if task not in self._expired:
-                    self._expired.add(task)
-                    task.cancel()
 
     def _target(self, url: str) -> tuple[URL, dict | None]:
         """(URL without credentials, as yarl's URL, parsed once; {"Authorization": ...} or None); UnsafeURL
@@ -120,8 +98,7 @@ class Client:
         return parsed
 
     async def post(self, url: str, body: bytes) -> ssrf.Response:
-        """POST through the guard; never raises for network trouble (nor for its own timeout), never
-        follows redirects. Called from a task of its own (the reaper cancels the task when overdue)."""
+        """POST through the guard; never raises for network trouble, never follows redirects."""
         started = time.monotonic()
 
         def done(status, excerpt="", error=None) -> ssrf.Response:
@@ -131,8 +108,6 @@ class Client:
             target, auth = self._target(url)
         except ssrf.UnsafeURL as ex:
             return done(None, error=f"refused: {ex}")
-        task = asyncio.current_task()
-        self._deadlines[task] = asyncio.get_running_loop().time() + self.timeout
         try:
             async with self.session.post(target, data=body, headers=auth, allow_redirects=False) as resp:
                 if resp.content_length is not None and resp.content_length <= DRAIN:
@@ -145,15 +120,7 @@ class Client:
             if isinstance(ex.os_error, Refused):
                 return done(None, error=f"refused: {ex.os_error}")
             return done(None, error=f"{type(ex).__name__}: {ex}"[:500])
-        except asyncio.CancelledError:
-            if task not in self._expired:
-                raise  # cancelled by the caller (a stopping dispatcher), not timed out
-            task.uncancel()
-            return done(None, error=f"timeout after {self.timeout:g} s")
         except TimeoutError:
             return done(None, error=f"timeout after {self.timeout:g} s")
         except (aiohttp.ClientError, OSError, ValueError) as ex:
             return done(None, error=f"{type(ex).__name__}: {ex}"[:500])
-        finally:
-            self._deadlines.pop(task, None)
-            self._expired.discard(task)
