@@ -37,6 +37,7 @@ FLUSH_BATCH = 500
 # A process claims at most 20 times a second, however fast rows finish: each claim has a fixed cost in
 # Postgres (the fair ranking), which at a claim per few rows would cost more than the rows.
 MIN_CLAIM_GAP = 0.05
+SLOW_CLAIM = 0.25  # seconds: a claim this slow is logged (it holds back every dispatcher's next one)
 
 
 class Dispatcher:
@@ -146,7 +147,10 @@ class Dispatcher:
             return 0
         # Rows whose requests ended (results waiting for their write) hold no endpoint slot any more.
         finished = [r[0] for r in self._results] + self._writing
+        started = time.monotonic()
         rows, keys = await asyncio.to_thread(self.service.claim, room, finished)
+        if (took := time.monotonic() - started) > SLOW_CLAIM:  # every dispatcher waits on the claim lock
+            log.warning("claiming %d webhook deliveries took %.0f ms", len(rows), took * 1000)
         self.held += len(rows)
         if self.metrics is not None:
             self.metrics.webhook_inflight.set(self.held)
