@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 3] [--paths urlencoded,...]
         [--sessions 20] [--http-concurrency 16] [--skip-postfix] [--skip-latency] [--baseline CHECKOUT]
+        [--webhooks]
 
 Self-contained: installs Debian's postfix, opendkim and wrk if missing; starts Postfix's `smtp-sink`
 (counting) as the one sink; configures Postfix (relayhost = the sink) with an OpenDKIM milter
@@ -21,6 +22,15 @@ messages (and its queue tables analyzed, as before every phase) before the first
 --baseline CHECKOUT (a checkout of another revision, e.g. `git worktree add --detach /tmp/envoi-base
 HEAD~1`) a second region runs that revision's code through the same paths in every round, the two
 taking turns going first: the A/B of a change in one run.
+
+With --webhooks (issue 18) every message carries a 10-link HTML body beside its text, and a second
+region of this checkout runs each path too, taking turns with the plain one: open, click and
+unsubscribe tracking on, a `delivered` webhook subscribed to a local receiver in its own process
+(bench/webhook_receiver.py, checking every signature) and `envoi webhooks dispatch` running. Its
+end-to-end rate (the sink's count, as for every phase) is printed against the plain region's of the
+same round, per round and as the median; each such phase then waits for every webhook to arrive (no
+work carried into the next phase) and prints delivered -> webhook received p50/p99 and how long after
+the last message the last webhook came.
 """
 
 from __future__ import annotations
@@ -41,15 +51,18 @@ from relay_vs_postfix_lib import (  # noqa: E402
     WRK_KINDS,
     EnvoiStack,
     PostfixStack,
+    Receiver,
     SmtpSink,
     cpu_seconds,
     ensure_wrk,
+    free_port,
     inject_batch,
     inject_http,
     inject_smtp,
     inject_wrk,
     log,
     make_messages,
+    percentile,
 )
 
 PATHS = ("urlencoded", "multipart", "attachment", "mime", "smtp", "batch")
@@ -115,7 +128,7 @@ def envoi_phase(envoi: EnvoiStack, sink: SmtpSink, name: str, n: int, inject, co
 def wrk_inject(envoi: EnvoiStack, kind: str, n: int, args, rate: float | None = None):
     def inject() -> dict:
         res = inject_wrk(envoi.api_port, envoi.api_key, kind, n, f"{kind}-{uuid.uuid4().hex[:6]}",
-                         connections=args.http_concurrency, threads=args.wrk_threads, rate=rate)
+                         connections=args.http_concurrency, threads=args.wrk_threads, rate=rate, html=args.webhooks)
         if res.non2xx or res.socket_errors:
             log(f"{kind}: {res.non2xx} non-2xx answers, {res.socket_errors} socket errors")
         return {"inject_s": res.seconds, "injector_cpu_s": res.injector_cpu_s, "p50_ms": res.p50_ms,
@@ -123,10 +136,21 @@ def wrk_inject(envoi: EnvoiStack, kind: str, n: int, args, rate: float | None = 
     return inject
 
 
-def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
+def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path, webhooks: bool = False) -> EnvoiStack:
     envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
                        api_threads=args.api_threads, smtp_processes=args.smtp_processes, root=root)
-    envoi.setup().start()
+    envoi.receiver = None
+    if webhooks:
+        # The receiver needs the signing key the setup makes, the setup the receiver's URL: a port first.
+        port = free_port()
+        envoi.webhook_url = f"http://127.0.0.1:{port}/hook"
+        envoi.processes = (*envoi.processes, "dispatch")
+        envoi.extra_env = {"ENVOI_WEBHOOK_ALLOW": "127.0.0.1/32"}
+        envoi.setup()
+        envoi.receiver = Receiver(workdir / "receiver", envoi.signing_key, port)
+        envoi.start()
+    else:
+        envoi.setup().start()
     # Warm-up: a fresh database's first plans are made for empty tables (a sequential scan of messages
     # per foreign-key check); in production autovacuum's ANALYZE replaces them within a minute, but
     # this machine runs Postgres with autovacuum off, so fill and analyze first.
@@ -134,7 +158,53 @@ def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
     inject_http(envoi.api_port, envoi.api_key, make_messages(1000, f"warm-{uuid.uuid4().hex[:6]}"),
                 args.http_concurrency)
     sink.wait_count(base + 1000)
+    if envoi.receiver is not None:
+        envoi.receiver.wait(1000)
     return envoi
+
+
+def with_webhooks(envoi: EnvoiStack, phase_fn):
+    """Run a phase of the --webhooks region, then wait for every webhook of it (so the next phase
+    carries none of its work) and add the receiver's figures to its result."""
+    receiver = envoi.receiver
+    if receiver is None:
+        return phase_fn()
+    receiver.reset()
+    base = receiver.stats()["received"]
+    with envoi.connect() as conn:
+        first = conn.execute("SELECT coalesce(max(id), 0) AS id FROM webhook_deliveries").fetchone()["id"]
+    result = phase_fn()
+    done = time.time()
+    caught_up = receiver.wait(base + result["n"])
+    got = receiver.stats()
+    result["webhooks"] = h = {"p50": got["p50"], "p99": got["p99"], "max": got["max"], "invalid": got["invalid"],
+                              "duplicates": got["received"] - got["distinct"], "after_s": caught_up - done,
+                              **breakdown(envoi, first)}
+    log(f"{result['name']}: delivered -> webhook received p50 {h['p50'] * 1000:.0f} ms, p99 {h['p99'] * 1000:.0f} ms,"
+        f" max {h['max'] * 1000:.0f} ms; the last webhook {h['after_s']:.1f} s after the last message;"
+        f" invalid signatures {h['invalid']}, duplicates {h['duplicates']}; {h['where']}")
+    return result
+
+
+def breakdown(envoi: EnvoiStack, after_id: int) -> dict:
+    """Where the delivered -> received time goes, per webhook of a phase (p50 / p99 of each stage, ms):
+    relay: the event's timestamp (the sink's reply) -> its outbox row's transaction start (the relay's
+    group commit); outbox: that -> the request's start (commit, doorbell, the dispatcher's wake-up and
+    claim, plus the <= 20 ms the result waits to be written, which is counted here: attempted_at is the
+    result write's time); http: the request itself (the receiver's answer)."""
+    with envoi.connect() as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM d.created_at) - (d.payload->>'timestamp')::float8 AS relay,"
+            " extract(epoch FROM a.attempted_at - d.created_at) - a.latency_ms / 1000.0 AS outbox,"
+            " a.latency_ms / 1000.0 AS http FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id"
+            " WHERE d.id > %s AND a.outcome = 'delivered'", (after_id,)).fetchall()
+    out = {}
+    for stage in ("relay", "outbox", "http"):
+        values = [float(r[stage]) for r in rows]
+        out[stage] = (percentile(values, 50), percentile(values, 99))
+    out["where"] = ", ".join(f"{k} p50/p99 {out[k][0] * 1000:.0f}/{out[k][1] * 1000:.0f} ms"
+                             for k in ("relay", "outbox", "http"))
+    return out
 
 
 def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: str) -> dict:
@@ -145,21 +215,23 @@ def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: st
     for path in args.paths:
         name = f"{label}{system} ({LABELS[path]})"
         if path == "smtp":
-            messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}")
-            this[f"{key}smtp"] = envoi_phase(envoi, sink, name, args.n, functools.partial(
-                inject_smtp, envoi.smtp_port, messages, args.sessions,
-                auth=(envoi.smtp_login, envoi.smtp_password), starttls=True))
+            messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}", html=args.webhooks)
+            this[f"{key}smtp"] = with_webhooks(envoi, lambda name=name, messages=messages: envoi_phase(
+                envoi, sink, name, args.n, functools.partial(
+                    inject_smtp, envoi.smtp_port, messages, args.sessions,
+                    auth=(envoi.smtp_login, envoi.smtp_password), starttls=True)))
         elif path == "batch":
             batches = max(1, args.n // 1000)
 
             def inject(batches: int = batches) -> dict:
                 seconds, errors, cpu = inject_batch(envoi.api_port, envoi.api_key, batches,
-                                                    f"batch-{uuid.uuid4().hex[:6]}")
+                                                    f"batch-{uuid.uuid4().hex[:6]}", html=args.webhooks)
                 return {"inject_s": seconds, "injector_cpu_s": cpu, "errors": errors}
-            this[f"{key}batch"] = envoi_phase(envoi, sink, name, batches * 1000, inject, counted=True)
+            this[f"{key}batch"] = with_webhooks(envoi, lambda name=name, inject=inject, batches=batches: envoi_phase(
+                envoi, sink, name, batches * 1000, inject, counted=True))
         else:
-            this[f"{key}{path}"] = envoi_phase(envoi, sink, name, args.n, wrk_inject(envoi, path, args.n, args),
-                                               counted=True)
+            this[f"{key}{path}"] = with_webhooks(envoi, lambda name=name, path=path: envoi_phase(
+                envoi, sink, name, args.n, wrk_inject(envoi, path, args.n, args), counted=True))
     return this
 
 
@@ -186,6 +258,10 @@ def main() -> None:
                         help="also run Envoi from this checkout of another revision (e.g. a git worktree of the"
                              " previous commit) in every round, against the same Postfix phase; the two take"
                              " turns going first, and both sets of ratios are printed")
+    parser.add_argument("--webhooks", action="store_true",
+                        help="HTML bodies with 10 links, and a second region of this checkout with open/click/"
+                             "unsubscribe tracking, `delivered` webhooks to a local receiver and the dispatcher,"
+                             " taking turns with the plain one: its rate against the plain one's per round")
     args = parser.parse_args()
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip() and not (args.skip_smtp and p.strip() == "smtp")]
     unknown = set(args.paths) - set(PATHS)
@@ -208,9 +284,11 @@ def main() -> None:
                 this["postfix"] = postfix_phase(args, workdir, sink, f"{label}postfix+opendkim (smtp)")
             if not stacks:  # started after the first Postfix phase, as it always was
                 roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+                roots |= {"webhooks": ROOT} if args.webhooks else {}
                 for system, root in roots.items():
-                    stacks[system] = start_envoi(args, workdir / system, sink, root)
-            # With a baseline, the two take turns going first, round by round (the machine drifts).
+                    stacks[system] = start_envoi(args, workdir / system, sink, root, webhooks=system == "webhooks")
+            # With a baseline or --webhooks, the regions take turns going first, round by round (the
+            # machine drifts).
             order = list(stacks) if number % 2 else list(reversed(stacks))
             for system in order:
                 this.update(envoi_phases(args, stacks[system], sink, label, system))
@@ -229,6 +307,8 @@ def main() -> None:
     finally:
         for stack in stacks.values():
             stack.stop()
+            if stack.receiver is not None:
+                stack.receiver.stop()
         sink.stop()
     print(f"\n# relay_vs_postfix: n={args.n} x ~5 KB, 1,000 recipient domains, {args.sessions} SMTP injection "
           f"sessions, {args.http_concurrency} wrk connections, {args.connections} relay sessions, "
@@ -249,7 +329,7 @@ def main() -> None:
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()) + f", postgres {r['pg_ms']:.2f}"
                   + f"; postgres transactions/msg {r['xacts']:.3f}")
     for path in args.paths:
-        for key in (path, f"baseline {path}"):
+        for key in (path, f"baseline {path}", f"webhooks {path}"):
             samples = [r for r in rounds if key in r]
             if not samples:
                 continue
@@ -265,6 +345,21 @@ def main() -> None:
                 print(f"RATIO {r[key]['name']} / postfix+opendkim = {ratio:.2f}")
             print(f"MEDIAN RATIO {key} / postfix+opendkim = {statistics.median(ratios):.2f}"
                   f" over {len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
+    if args.webhooks:
+        print("\n# --webhooks: tracking (open/click/unsubscribe) + `delivered` webhooks + dispatcher against the"
+              " same paths without, same run (end-to-end rate: the sink's count)")
+        for path in args.paths:
+            samples = [r for r in rounds if path in r and f"webhooks {path}" in r]
+            ratios = [r[f"webhooks {path}"]["rate"] / r[path]["rate"] for r in samples]
+            for r, ratio in zip(samples, ratios, strict=True):
+                h = r[f"webhooks {path}"]["webhooks"]
+                print(f"RATIO {r[f'webhooks {path}']['name']} / {r[path]['name']} = {ratio:.2f}; delivered -> webhook"
+                      f" received p50 {h['p50'] * 1000:.0f} ms, p99 {h['p99'] * 1000:.0f} ms ({h['where']}); last"
+                      f" webhook {h['after_s']:.1f} s after the last message; invalid {h['invalid']}, duplicates"
+                      f" {h['duplicates']}")
+            if ratios:
+                print(f"MEDIAN RATIO webhooks {path} / {path} = {statistics.median(ratios):.2f} over {len(ratios)}"
+                      f" rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -60,20 +61,37 @@ def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = 
 
 
 # messages ------------------------------------------------------------------------------------
-def make_messages(n: int, run: str, size: int = 5000) -> list[tuple[str, str, bytes]]:
-    """n (mail_from, rcpt, raw MIME) of ~size bytes to 1,000 recipient domains."""
+def html_body(name: str = "") -> str:
+    """A ~5 KB HTML body with 10 links (what click tracking rewrites; --webhooks phases send it)."""
+    links = "".join(f'<p><a href="https://shop.example.com/orders/item-{k}?ref=mail">Item {k}: see your order</a></p>\r\n'
+                    for k in range(10))
+    para = "<p>Thank you for your order. Your parcel is on its way and will arrive soon.</p>\r\n"
+    return f"<html><body><p>Hello {name}</p>\r\n{links}{para * 50}</body></html>\r\n"
+
+
+def make_messages(n: int, run: str, size: int = 5000, html: bool = False) -> list[tuple[str, str, bytes]]:
+    """n (mail_from, rcpt, raw MIME) of ~size bytes to 1,000 recipient domains; html: a text/html part
+    with 10 links (html_body) after a short text part, as multipart/alternative."""
     line = b"Thank you for your order. Your parcel is on its way and will arrive soon.\r\n"
     out = []
     date = formatdate(localtime=False).encode()
+    alternative = html_body().encode() if html else b""
     for i in range(n):
         rcpt = f"rcpt{i}@d{i % NDOMAINS:03d}.example.net"
+        ctype = ('multipart/alternative; boundary="alt-bench"' if html else "text/plain; charset=utf-8")
         head = (
             f"From: Bench <bench@{DOMAIN}>\r\nTo: <{rcpt}>\r\nSubject: Bench message {i}\r\n"
             f"Message-ID: <{run}.{i}@{DOMAIN}>\r\nMIME-Version: 1.0\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Type: {ctype}\r\n"
             f"List-Unsubscribe: <https://{DOMAIN}/u/{i}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
         ).encode() + b"Date: " + date + b"\r\n\r\n"
-        out.append((f"bench@{DOMAIN}", rcpt, head + line * ((size - len(head)) // len(line) + 1)))
+        if html:
+            body = (b"--alt-bench\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + line * 5
+                    + b"--alt-bench\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + alternative
+                    + b"--alt-bench--\r\n")
+            out.append((f"bench@{DOMAIN}", rcpt, head + body))
+        else:
+            out.append((f"bench@{DOMAIN}", rcpt, head + line * ((size - len(head)) // len(line) + 1)))
     return out
 
 
@@ -274,6 +292,48 @@ RequireSafeKeys false
 
 
 # Envoi ---------------------------------------------------------------------------------------
+class Receiver:
+    """bench/webhook_receiver.py in its own process: counts webhooks, checks every signature (the key
+    under "*"), and the event -> received latency (now minus the event-data's timestamp)."""
+
+    def __init__(self, workdir: Path, key: str, port: int):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "keys.json").write_text(json.dumps({"*": key}))
+        self.port, slow = port, free_port()
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "webhook_receiver.py"),
+                                      str(self.port), str(slow), str(workdir / "keys.json")],
+                                     stdout=(workdir / "receiver.log").open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while True:
+            try:
+                self.stats()
+                return
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{self.port}/reset", method="POST"),
+                               timeout=10)
+
+    def wait(self, total: int, timeout: float = 600) -> float:
+        deadline = time.time() + timeout
+        while self.stats()["received"] < total:
+            if time.time() > deadline:
+                raise RuntimeError(f"the receiver got {self.stats()['received']} webhooks of {total}")
+            time.sleep(0.05)
+        return time.time()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def _free_redis_db() -> int:
     import redis
 
@@ -297,7 +357,7 @@ class EnvoiStack:
     processes: tuple[str, ...] = ("relay", "smtp", "api")
     extra_env: dict = field(default_factory=dict)
     root: Path = ROOT  # the checkout whose envoi this region runs (another revision for an A/B run)
-    # With a URL: open and click tracking on for the domain, `delivered` subscribed to this URL, and
+    # With a URL: open, click and unsubscribe tracking on for the domain, `delivered` subscribed to this URL, and
     # `envoi webhooks dispatch` among the processes (add "dispatch" to `processes`).
     webhook_url: str = ""
     dbname: str = field(default_factory=lambda: f"envoi_bench_{uuid.uuid4().hex[:8]}")
@@ -466,7 +526,7 @@ def _setup_region(database_url: str, redis_url: str, secret: str, webhook_url: s
         accounts.create_credential(account["id"], DOMAIN, "bench", password)
         signing_key = None
         if webhook_url:
-            for kind in ("open", "click"):
+            for kind in ("open", "click", "unsubscribe"):
                 services.tracking.update_settings(domain, kind, {"active": "yes"})
             services.webhooks.create(domain, "delivered", [webhook_url])
             signing_key = services.webhooks.signing_key(account["id"])
@@ -602,10 +662,11 @@ class WrkResult:
 
 
 def inject_wrk(port: int, api_key: str, kind: str, n: int, run: str, connections: int = 16, threads: int = 2,
-               rate: float | None = None) -> WrkResult:
+               rate: float | None = None, html: bool = False) -> WrkResult:
     """POST n distinct ~5 KB messages with wrk and bench/wrk_messages.lua. kind: urlencoded (form fields
     to /messages), multipart (the same fields as multipart/form-data), attachment (multipart plus a ~2 KB
-    attachment), mime (/messages.mime). rate paces each connection (connections / rate seconds apart)."""
+    attachment), mime (/messages.mime). rate paces each connection (connections / rate seconds apart).
+    html: the messages carry a 10-link HTML body (html_body) as well as the text."""
     assert kind in WRK_KINDS
     binary = ensure_wrk()
     done = Path(tempfile.gettempdir()) / f"wrk-{run}"
@@ -613,7 +674,8 @@ def inject_wrk(port: int, api_key: str, kind: str, n: int, run: str, connections
     auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
     env = dict(os.environ, BENCH_KIND=kind, BENCH_DOMAIN=DOMAIN, BENCH_AUTH=auth, BENCH_N=str(n),
                BENCH_THREADS=str(threads), BENCH_RUN=run, BENCH_DONE=str(done),
-               BENCH_DELAY_MS=f"{connections / rate * 1000:.3f}" if rate else "0")
+               BENCH_DELAY_MS=f"{connections / rate * 1000:.3f}" if rate else "0",
+               BENCH_HTML=html_body() if html else "")
     connections = max(connections, threads)
     started = time.monotonic()
     proc = subprocess.Popen([binary, "-t", str(threads), "-c", str(connections), "-d", "3600s", "--timeout", "120s",
@@ -639,10 +701,11 @@ def inject_wrk(port: int, api_key: str, kind: str, n: int, run: str, connections
                      injector_cpu_s=usage.ru_utime + usage.ru_stime)
 
 
-def inject_batch(port: int, api_key: str, batches: int, run: str, size: int = 1000, concurrency: int = 4
-                 ) -> tuple[float, int, float]:
+def inject_batch(port: int, api_key: str, batches: int, run: str, size: int = 1000, concurrency: int = 4,
+                 html: bool = False) -> tuple[float, int, float]:
     """POST `batches` batch sends to /messages: `size` recipients each (one per domain of the 1,000) with
-    recipient-variables, ~5 KB text with %recipient.name%; return (seconds, errors, injector CPU s)."""
+    recipient-variables, ~5 KB text with %recipient.name% (html: plus html_body with it); return (seconds,
+    errors, injector CPU s)."""
     auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
     line = "Hello %recipient.name%, thank you for your order. Your parcel is on its way.\r\n"
     text = line * (5000 // len(line) + 1)
@@ -650,9 +713,11 @@ def inject_batch(port: int, api_key: str, batches: int, run: str, size: int = 10
     for b in range(batches):
         rcpts = [f"b{b}r{i}@d{i % NDOMAINS:03d}.example.net" for i in range(size)]
         variables = {r: {"name": f"Customer {i}", "id": i} for i, r in enumerate(rcpts)}
-        bodies.append(urllib.parse.urlencode({
-            "from": f"Bench <bench@{DOMAIN}>", "to": ",".join(rcpts), "subject": "Your order, %recipient.name%",
-            "text": text, "o:tag": run, "recipient-variables": json.dumps(variables)}).encode())
+        fields = {"from": f"Bench <bench@{DOMAIN}>", "to": ",".join(rcpts), "subject": "Your order, %recipient.name%",
+                  "text": text, "o:tag": run, "recipient-variables": json.dumps(variables)}
+        if html:
+            fields["html"] = html_body("%recipient.name%")
+        bodies.append(urllib.parse.urlencode(fields).encode())
     lock = threading.Lock()
     state = {"next": 0, "errors": 0}
     cpu0 = time.process_time()

@@ -1,6 +1,7 @@
 """Webhook dispatch figures: deliveries per second, commit->received latency, fairness, CPU per delivery.
 
     .venv/bin/python bench/webhook_dispatch.py [--n 20000] [--rq-n 600] [--processes 2] [--seconds 20]
+        [--pairs 3] [--skip-rq] [--skip-latency] [--baseline CHECKOUT --tp-rounds 3] [--py-spy FILE]
 
 Throwaway database and Redis db; the receiver (bench/webhook_receiver.py, aiohttp) runs in its own
 process and verifies every signature. Phases, in one run:
@@ -15,16 +16,29 @@ process and verifies every signature. Phases, in one run:
    rung after each commit): commit->received p50/p99 at the receiver;
 4. fairness: the same again while an 11th tenant has a 5 s endpoint and a dead one (accepts TCP,
    never answers: each attempt times out), 2,000 rows due on each: the other tenants' p99 against 3.
+   The 5 s endpoint is a receiver process of its own (another server, as it would be).
+   Phases 3 and 4 are interleaved --pairs times (A B A B ...; this machine drifts more between two
+   phases than the effect): the medians of the p99s with their spread, and the median of the
+   per-pair ratios B/A.
+
+--baseline CHECKOUT (a checkout of another revision, e.g. `git worktree add --detach /tmp/envoi-base
+HEAD~1`): phase 2 is run --tp-rounds times by this checkout's dispatchers and that one's in turn (the
+idle set is SIGSTOPped), the same-run A/B of a dispatcher change: rate and CPU per delivery of each,
+and the median of the per-round CPU ratios. --py-spy FILE: `py-spy record --gil -f raw` of this
+checkout's dispatchers (and their children) during phase 2 (root needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,9 +134,9 @@ def backends(dsn: str, dbname: str) -> list[int]:
                                         (dbname,)).fetchall()]
 
 
-def start(argv: list[str], env: dict, ready: str, logfile: Path) -> subprocess.Popen:
+def start(argv: list[str], env: dict, ready: str, logfile: Path, cwd: Path | None = None) -> subprocess.Popen:
     out = logfile.open("wb")
-    proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
     deadline = time.time() + 60
     while ready not in logfile.read_text(errors="replace"):
         if proc.poll() is not None or time.time() > deadline:
@@ -165,6 +179,48 @@ def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids
     return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"], "cpu_ms": cpu_ms}
 
 
+def throughput_phase(svc, domains, url, port, n: int, dispatch: subprocess.Popen, dsn: str, dbname: str,
+                     tag: str) -> dict:
+    """n rows committed at once, delivered by this (running) dispatcher set: rate and CPU per delivery."""
+    base = stats(port)["received"]
+    with svc.db.transaction() as conn:
+        insert(conn, domains, url, n, tag)
+    svc.webhooks.doorbell.ring()
+    pg = backends(dsn, dbname)
+    cpu0, pg0, t0 = cpu_seconds([dispatch.pid]), cpu_seconds(pg), time.time()
+    t1 = wait_received(port, base + n)
+    s = stats(port)
+    return {"rate": n / (t1 - t0), "cpu_ms": (cpu_seconds([dispatch.pid]) - cpu0) * 1000 / n,
+            "pg_cpu_ms": (cpu_seconds(pg) - pg0) * 1000 / n, "invalid": s["invalid"],
+            "duplicates": s["received"] - s["distinct"]}
+
+
+def pause(proc: subprocess.Popen, stop: bool, dsn: str = "") -> None:
+    """SIGSTOP / SIGCONT a dispatcher set (its process group: the parent and its children). A set is
+    never left stopped inside a transaction (a claim holds the claim lock every dispatcher takes turns
+    on): stopped, then, if one of its backends is idle in a transaction, let go and stopped again."""
+    if not stop:
+        os.killpg(proc.pid, signal.SIGCONT)
+        return
+    for _ in range(200):
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(0.2)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            stuck = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                              " AND state LIKE 'idle in transaction%%' OR (datname = current_database()"
+                              " AND state = 'active' AND pid <> pg_backend_pid())").fetchone()[0]
+        if not stuck:
+            return
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise SystemExit("could not pause a dispatcher set outside a transaction")
+
+
+def spread(values: list[float]) -> str:
+    return (f"median {statistics.median(values) * 1000:.0f} ms (min {min(values) * 1000:.0f}, max"
+            f" {max(values) * 1000:.0f}; {', '.join(f'{v * 1000:.0f}' for v in values)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20000)
@@ -173,7 +229,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--per-endpoint", type=int, default=512)
     parser.add_argument("--per-account", type=int, default=256)
+    parser.add_argument("--pairs", type=int, default=3, help="A B latency phase pairs (interleaved)")
+    parser.add_argument("--skip-rq", action="store_true", help="leave out the RQ reference phase")
+    parser.add_argument("--skip-latency", action="store_true", help="leave out phases 3 and 4")
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="A/B phase 2 against this checkout's dispatcher")
+    parser.add_argument("--tp-rounds", type=int, default=0, help="phase 2 repetitions (default 1, 3 with --baseline)")
+    parser.add_argument("--py-spy", metavar="FILE", help="py-spy record --gil -f raw of the dispatchers in phase 2")
     args = parser.parse_args()
+    args.tp_rounds = args.tp_rounds or (3 if args.baseline else 1)
 
     dbname = f"envoi_bench_{uuid.uuid4().hex[:8]}"
     dsn = psycopg.conninfo.make_conninfo(PG, dbname=dbname)
@@ -204,10 +267,16 @@ def main() -> None:
         procs.append(start([sys.executable, str(HERE / "webhook_receiver.py"), str(port), str(slow_port),
                             str(work / "keys.json")],
                            env, "", work / "receiver.log"))
+        # The 5 s endpoint is another receiver process (another server, as it would be): sharing the fast
+        # endpoint's process, its bursts of answers were measured as the other tenants' latency.
+        slow_port = free_port()
+        procs.append(start([sys.executable, str(HERE / "webhook_receiver.py"), str(slow_port), str(free_port()),
+                            str(work / "keys.json")], env, "", work / "slow-receiver.log"))
         deadline = time.time() + 30
         while True:
             try:
                 stats(port)
+                stats(slow_port)
                 break
             except OSError:
                 if time.time() > deadline:
@@ -217,50 +286,65 @@ def main() -> None:
         envoi = [sys.executable, "-m", "envoi.cli"]
 
         # 1. The RQ design, same run: rows leased and enqueued, then run by P worker processes.
-        workers = start(envoi + ["worker", "--processes", str(args.processes)], env, "worker: region",
-                        work / "worker.log")
-        procs.append(workers)
-        with svc.db.transaction() as conn:
-            insert(conn, domains, url, args.rq_n, "rq")
-        with svc.db.transaction() as conn:
-            ids = [r["id"] for r in store.claim(conn, 10**6, 10**6, args.rq_n, 3600)]
-        queue = jobs.Queue(svc.webhooks.queue_name, connection=jobs.worker_connection(redis_url))
-        cpu0, t0 = cpu_seconds([workers.pid]), time.time()
-        for delivery_id in ids:
-            queue.enqueue(jobs.deliver, delivery_id, result_ttl=0)
-        t1 = wait_attempted(svc, ids)
-        rq_rate = args.rq_n / (t1 - t0)
-        rq_cpu = (cpu_seconds([workers.pid]) - cpu0) * 1000 / args.rq_n
-        workers.terminate()
-        try:
-            workers.wait(30)
-        except subprocess.TimeoutExpired:
-            workers.kill()  # RQ's warm shutdown may wait on its children; the figure is taken already
-        with svc.db.transaction() as conn:
-            rq_ok = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE id = ANY(%s)"
-                                 " AND status = 'delivered'", (ids,)).fetchone()["n"]
-        log(f"RQ reference: {args.rq_n} attempts ({rq_ok} delivered) by {args.processes} worker processes in"
-            f" {t1 - t0:.1f} s = {rq_rate:.0f}/s, {rq_cpu:.2f} ms CPU per delivery")
+        rq_rate = rq_cpu = float("nan")
+        if not args.skip_rq:
+            rq_rate, rq_cpu = rq_phase(args, svc, domains, url, env, work, envoi, redis_url)
 
         # 2. The dispatcher: N rows committed at once.
         dispatch = start(envoi + ["webhooks", "dispatch", "--processes", str(args.processes)], env,
                          "webhooks dispatch: region", work / "dispatch.log")
         procs.append(dispatch)
         settle([dispatch.pid])
-        base = stats(port)["received"]
-        with svc.db.transaction() as conn:
-            insert(conn, domains, url, args.n, "tp")
-        svc.webhooks.doorbell.ring()
-        pg = backends(dsn, dbname)
-        cpu0, pg0, t0 = cpu_seconds([dispatch.pid]), cpu_seconds(pg), time.time()
-        t1 = wait_received(port, base + args.n)
-        rate = args.n / (t1 - t0)
-        cpu = (cpu_seconds([dispatch.pid]) - cpu0) * 1000 / args.n
-        pg_cpu = (cpu_seconds(pg) - pg0) * 1000 / args.n
-        s = stats(port)
-        log(f"dispatcher: {args.n} deliveries by {args.processes} processes in {t1 - t0:.1f} s = {rate:.0f}/s"
-            f" ({rate / rq_rate:.0f}x the RQ design), {cpu:.2f} ms CPU per delivery (+ {pg_cpu:.2f} ms in Postgres"
-            f" backends); invalid signatures {s['invalid']}, duplicates {s['received'] - s['distinct']}")
+        sets = {"this": dispatch}
+        if args.baseline:
+            root = Path(args.baseline).resolve()
+            baseline = start(envoi + ["webhooks", "dispatch", "--processes", str(args.processes)],
+                             {**env, "PYTHONPATH": str(root)}, "webhooks dispatch: region", work / "baseline.log",
+                             cwd=root)
+            procs.append(baseline)
+            settle([baseline.pid])
+            sets["baseline"] = baseline
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(dispatch.pid), "--subprocesses", "--gil",
+                                    "--nonblocking", "-f", "raw", "-o", args.py_spy, "-r", "200"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)
+        tp: dict[str, list[dict]] = {name: [] for name in sets}
+        for number in range(args.tp_rounds):
+            order = list(sets) if number % 2 == 0 else list(reversed(sets))
+            for name in order:
+                for other, proc in sets.items():
+                    if other != name:
+                        pause(proc, True, dsn)
+                time.sleep(0.5)
+                result = throughput_phase(svc, domains, url, port, args.n, sets[name], dsn, dbname,
+                                          f"tp{number}{name[0]}")
+                tp[name].append(result)
+                for other, proc in sets.items():
+                    if other != name:
+                        pause(proc, False)
+                log(f"dispatcher ({name}): {args.n} deliveries by {args.processes} processes = {result['rate']:.0f}/s"
+                    f" ({result['rate'] / rq_rate:.0f}x the RQ design), {result['cpu_ms']:.3f} ms CPU per delivery"
+                    f" (+ {result['pg_cpu_ms']:.2f} ms in Postgres backends); invalid signatures {result['invalid']},"
+                    f" duplicates {result['duplicates']}")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        if args.baseline:
+            pause(sets["baseline"], True, dsn)  # the latency phases measure this checkout only
+            ratios = [t["cpu_ms"] / b["cpu_ms"] for t, b in zip(tp["this"], tp["baseline"], strict=True)]
+            rates = [t["rate"] / b["rate"] for t, b in zip(tp["this"], tp["baseline"], strict=True)]
+            log(f"A/B: CPU per delivery this / baseline per round {', '.join(f'{r:.2f}' for r in ratios)}, median"
+                f" {statistics.median(ratios):.2f}; rate this / baseline {', '.join(f'{r:.2f}' for r in rates)},"
+                f" median {statistics.median(rates):.2f}; medians this {statistics.median(t['cpu_ms'] for t in tp['this']):.3f}"
+                f" ms, baseline {statistics.median(b['cpu_ms'] for b in tp['baseline']):.3f} ms")
+        rate = statistics.median(t["rate"] for t in tp["this"])
+        cpu = statistics.median(t["cpu_ms"] for t in tp["this"])
+        pg_cpu = statistics.median(t["pg_cpu_ms"] for t in tp["this"])
+        if args.skip_latency:
+            print(json.dumps({"rq_rate": rq_rate, "rq_cpu_ms": rq_cpu, "throughput": tp}))
+            return
 
         # 3 and 4. Latency at half that rate, without and with another tenant's 5 s endpoint and dead endpoint
         # (2,000 rows due on each), interleaved A B A B (this machine drifts): the bad endpoints' rows are
@@ -268,7 +352,7 @@ def main() -> None:
         dead.bind(("127.0.0.1", 0))
         dead.listen(4096)
         phases = {"A": [], "B": []}
-        for kind in "ABAB":
+        for kind in "AB" * args.pairs:
             if kind == "B":
                 with svc.db.transaction() as conn:
                     insert(conn, [noisy], f"http://127.0.0.1:{slow_port}/slow", 2000, f"slow{uuid.uuid4().hex[:4]}")
@@ -287,15 +371,20 @@ def main() -> None:
                                  (noisy["account_id"],))
                 time.sleep(12)
         lat, unfair = phases["A"], phases["B"]
-        ratio = max(b["p99"] for b in unfair) / max(a["p99"] for a in lat)
-        without = ", ".join(f"{a['p99'] * 1000:.0f}" for a in lat)
-        with_bad = ", ".join(f"{b['p99'] * 1000:.0f}" for b in unfair)
-        log(f"p99 without the bad endpoints {without} ms; with them {with_bad} ms: worst B / worst A = x{ratio:.2f};"
-            f" slow endpoint reached {stats(port)['slow']} times")
+        pair_ratios = [b["p99"] / a["p99"] for a, b in zip(lat, unfair, strict=True)]
+        ratio = statistics.median(b["p99"] for b in unfair) / statistics.median(a["p99"] for a in lat)
+        log(f"p50 without the bad endpoints: {spread([a['p50'] for a in lat])}; with them: {spread([b['p50'] for b in unfair])}")
+        log(f"p99 without the bad endpoints: {spread([a['p99'] for a in lat])}; with them: {spread([b['p99'] for b in unfair])}")
+        log(f"others' p99 with / without: ratio of medians x{ratio:.2f}; per pair (B after A)"
+            f" {', '.join(f'x{r:.2f}' for r in pair_ratios)}, median x{statistics.median(pair_ratios):.2f};"
+            f" slow endpoint reached {stats(slow_port)['slow']} times")
         print(json.dumps({"rq_rate": rq_rate, "rq_cpu_ms": rq_cpu, "rate": rate, "cpu_ms": cpu, "pg_cpu_ms": pg_cpu,
-                          "latency": lat, "latency_with_bad_endpoints": unfair, "ratio": ratio}))
+                          "throughput": tp, "latency": lat, "latency_with_bad_endpoints": unfair, "ratio": ratio,
+                          "pair_ratios": pair_ratios}))
     finally:
         for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)
             proc.terminate()
         for proc in procs:
             try:
@@ -307,6 +396,34 @@ def main() -> None:
         redis.Redis.from_url(redis_url).flushdb()
         with psycopg.connect(PG, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def rq_phase(args, svc, domains, url, env, work, envoi, redis_url) -> tuple[float, float]:
+    """The RQ design, same run: --rq-n rows leased and enqueued, run by P `envoi worker` processes."""
+    workers = start(envoi + ["worker", "--processes", str(args.processes)], env, "worker: region",
+                    work / "worker.log")
+    with svc.db.transaction() as conn:
+        insert(conn, domains, url, args.rq_n, "rq")
+    with svc.db.transaction() as conn:
+        ids = [r["id"] for r in store.claim(conn, 10**6, 10**6, args.rq_n, 3600)]
+    queue = jobs.Queue(svc.webhooks.queue_name, connection=jobs.worker_connection(redis_url))
+    cpu0, t0 = cpu_seconds([workers.pid]), time.time()
+    for delivery_id in ids:
+        queue.enqueue(jobs.deliver, delivery_id, result_ttl=0)
+    t1 = wait_attempted(svc, ids)
+    rq_rate = args.rq_n / (t1 - t0)
+    rq_cpu = (cpu_seconds([workers.pid]) - cpu0) * 1000 / args.rq_n
+    workers.terminate()
+    try:
+        workers.wait(30)
+    except subprocess.TimeoutExpired:
+        workers.kill()  # RQ's warm shutdown may wait on its children; the figure is taken already
+    with svc.db.transaction() as conn:
+        rq_ok = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE id = ANY(%s)"
+                             " AND status = 'delivered'", (ids,)).fetchone()["n"]
+    log(f"RQ reference: {args.rq_n} attempts ({rq_ok} delivered) by {args.processes} worker processes in"
+        f" {t1 - t0:.1f} s = {rq_rate:.0f}/s, {rq_cpu:.2f} ms CPU per delivery")
+    return rq_rate, rq_cpu
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 --   BENCH_RUN      tag / Message-ID prefix of this run
 --   BENCH_DONE     directory where each thread drops a marker file when its share is answered
 --   BENCH_DELAY_MS optional delay before each request of a connection (pacing: connections / rate)
+--   BENCH_HTML     optional HTML body sent beside the text (mime: as multipart/alternative)
 -- Recipients go to 1,000 domains (rcpt<i>@d<i mod 1000>.example.net), as in make_messages().
 
 local kind = os.getenv("BENCH_KIND") or "urlencoded"
@@ -19,6 +20,7 @@ local nthreads = tonumber(os.getenv("BENCH_THREADS"))
 local run = os.getenv("BENCH_RUN")
 local donedir = os.getenv("BENCH_DONE")
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+local html = os.getenv("BENCH_HTML") or ""
 
 local counter = 0
 
@@ -39,6 +41,7 @@ end
 local text_enc = urlencode(text)
 local tag_enc = urlencode(run)
 local from_enc = urlencode("Bench <bench@" .. domain .. ">")
+local html_enc = (html ~= "") and ("&html=" .. urlencode(html)) or ""
 
 local function part(name, value)
   return "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"" .. name .. "\"\r\n\r\n" .. value .. "\r\n"
@@ -62,18 +65,27 @@ local function body(i)
   local subject = "Bench message " .. i
   if kind == "urlencoded" then
     return "from=" .. from_enc .. "&to=" .. urlencode(rcpt) .. "&subject=" .. urlencode(subject)
-      .. "&text=" .. text_enc .. "&o%3Atag=" .. tag_enc
+      .. "&text=" .. text_enc .. "&o%3Atag=" .. tag_enc .. html_enc
   end
   if kind == "mime" then
     local raw = "From: Bench <bench@" .. domain .. ">\r\nTo: <" .. rcpt .. ">\r\nSubject: " .. subject
       .. "\r\nMessage-ID: <" .. run .. "." .. i .. "@" .. domain .. ">\r\nMIME-Version: 1.0\r\n"
-      .. "Content-Type: text/plain; charset=utf-8\r\n\r\n" .. text
+    if html ~= "" then
+      raw = raw .. "Content-Type: multipart/alternative; boundary=\"alt-wrk\"\r\n\r\n"
+        .. "--alt-wrk\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" .. text
+        .. "--alt-wrk\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" .. html .. "--alt-wrk--\r\n"
+    else
+      raw = raw .. "Content-Type: text/plain; charset=utf-8\r\n\r\n" .. text
+    end
     return part("to", rcpt)
       .. "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"message\"; filename=\"m.eml\"\r\n"
       .. "Content-Type: message/rfc822\r\n\r\n" .. raw .. "\r\n--" .. boundary .. "--\r\n"
   end
   local b = part("from", "Bench <bench@" .. domain .. ">") .. part("to", rcpt) .. part("subject", subject)
     .. part("text", text) .. part("o:tag", run)
+  if html ~= "" then
+    b = b .. part("html", html)
+  end
   if kind == "attachment" then
     b = b .. "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"invoice.pdf\"\r\n"
       .. "Content-Type: application/pdf\r\n\r\n" .. attachment .. "\r\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import html
@@ -31,6 +32,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from json.encoder import encode_basestring_ascii as _json_str
 from urllib.parse import urlsplit
 
 import user_agents
@@ -349,6 +351,7 @@ def _content_fields(fields: list[bytes]) -> dict[bytes, str]:
     return found
 
 
+@functools.lru_cache(maxsize=512)  # a batch's copies repeat the same few Content-Type values (params are read only)
 def _content_type(value: str | None, default: str) -> tuple[str, dict[str, str]]:
     if not value:
         return default, {}
@@ -394,6 +397,10 @@ class _Template:
                         for p in self.pieces)
 
 
+_ASSOCIATED = {kind: b"envoi-tracking:" + kind.encode() for kind in ("c", "o", "u")}  # as sign() binds them
+# _json_str(s) is what json.dumps(s) returns for a str (its C encoder), without json.dumps's set-up per call.
+
+
 class _Signer:
     """Per recipient: the tokens its template's slots need, made under the current key (the v2 format)."""
 
@@ -408,10 +415,10 @@ class _Signer:
 
     def _token(self, kind: str, head: str, extra: str, nonce: bytes) -> str:
         payload = f"{head},{extra}]".encode()
-        return _b64(TOKEN_VERSION + nonce + self.aead.encrypt(nonce, payload, b"envoi-tracking:" + kind.encode()))
+        return _b64(TOKEN_VERSION + nonce + self.aead.encrypt(nonce, payload, _ASSOCIATED[kind]))
 
     def values(self, rcpt: str, keys: set[str], list_header: bool) -> tuple[dict[str, str], bytes]:
-        head = f"{self.prefix},{json.dumps(rcpt)}"
+        head = f"{self.prefix},{_json_str(rcpt)}"
         nonces = os.urandom(12 * (len(keys) + 2))
         unsub = self._token("u", head, '["*"]', nonces[:12])
         values = {"u": f"{self.base}/u/{unsub}"}
@@ -421,7 +428,7 @@ class _Signer:
             if key[0] == "c":
                 extra = self.extras.get(key)
                 if extra is None:
-                    extra = self.extras[key] = json.dumps(key[1:], separators=(",", ":"))
+                    extra = self.extras[key] = _json_str(key[1:])
                 values[key] = f"{self.base}/c/{self._token('c', head, extra, nonces[at - 12:at])}"
             elif key == "o":
                 values[key] = f"{self.base}/o/{self._token('o', head, 'null', nonces[at - 12:at])}"

@@ -297,12 +297,12 @@ class Webhooks:
         if released and self.doorbell is not None:
             self.doorbell.ring()
 
-    def claim(self, limit: int) -> tuple[list[dict], dict[int, str]]:
+    def claim(self, limit: int, finished: list[int] = ()) -> tuple[list[dict], dict[int, str]]:
         """Lease up to `limit` due deliveries fairly (store.claim) for a dispatcher; returns them and the
-        signing keys of their accounts."""
+        signing keys of their accounts. `finished`: its leased rows whose requests have ended."""
         with self.db.transaction() as conn:
             rows = store.claim(conn, self.settings.webhook_per_endpoint, self.settings.webhook_per_account, limit,
-                               self.settings.webhook_lease)
+                               self.settings.webhook_lease, finished)
             sealed = store.signing_keys(conn, list({r["account_id"] for r in rows})) if rows else {}
         keys = {}
         for account_id in {r["account_id"] for r in rows}:

@@ -216,9 +216,10 @@ WITH RECURSIVE pairs AS (
         ORDER BY account_id, endpoint LIMIT 1) n
 ), inflight AS (
     -- Leased rows only (the webhook_deliveries_inflight index): a test sent from the API is leased
-    -- too; a job of the RQ worker of old counts through its lease as well.
+    -- too; a job of the RQ worker of old counts through its lease as well. The claimer's own rows
+    -- whose requests have ended (results not written yet) are not in flight any more.
     SELECT endpoint, account_id FROM webhook_deliveries
-    WHERE status = 'pending' AND leased_until > now()
+    WHERE status = 'pending' AND leased_until > now() AND id <> ALL(%(finished)s::bigint[])
 ), busy_endpoint AS (
     SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
 ), busy_account AS (
@@ -265,7 +266,8 @@ def release(conn: Connection, ids: list[int]) -> int:
                         " AND leased_until IS NOT NULL", (ids,)).rowcount
 
 
-def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float) -> list[dict]:
+def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float,
+          finished: list[int] = ()) -> list[dict]:
     """Lease up to `limit` due deliveries fairly and return them (the _CLAIMED columns).
 
     A row is in flight while its lease runs (a dispatcher is sending it). At most `per_endpoint` rows
@@ -279,10 +281,15 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
     to its free room only (webhook_deliveries_pair_due, migration 0205): a claim costs the same with a
     dead endpoint's backlog of 100,000 rows as without it, so the claim lock, which every dispatcher
     takes turns on, never becomes the other tenants' bottleneck.
+
+    `finished`: the claimer's leased rows whose requests have ended, results not yet written: they do
+    not count against the caps (their slots are free), and stay leased, so no one claims them again.
+    Without it an endpoint's slot stayed taken for the result's write and the next claim too, which
+    bounded one endpoint to about per_endpoint / 0.1 s deliveries per second.
     """
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
     rows = conn.execute(CLAIM_SQL, {"per_endpoint": per_endpoint, "per_account": per_account,
-                                    "limit": limit}).fetchall()
+                                    "limit": limit, "finished": list(finished)}).fetchall()
     if not rows:
         return []
     return conn.execute(

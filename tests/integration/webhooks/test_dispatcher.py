@@ -130,7 +130,7 @@ def test_a_dead_endpoints_backlog_costs_the_claim_no_scan(hook_services, db):
     db.execute("UPDATE webhook_deliveries SET leased_until = now() + interval '1 minute' WHERE id IN"
                " (SELECT id FROM webhook_deliveries WHERE domain_id = %s ORDER BY id LIMIT 4)", (dead_domain["id"],))
     db.execute("ANALYZE webhook_deliveries")
-    caps = {"per_endpoint": 4, "per_account": 8, "limit": 500}
+    caps = {"per_endpoint": 4, "per_account": 8, "limit": 500, "finished": []}
     with hook_services.db.transaction() as conn:
         plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + store.CLAIM_SQL, caps).fetchone()["QUERY PLAN"]
         claimed = store.claim(conn, 4, 8, 500, 60)
@@ -140,6 +140,23 @@ def test_a_dead_endpoints_backlog_costs_the_claim_no_scan(hook_services, db):
     assert _rows_read(plan[0]["Plan"], "webhook_deliveries") < 300
     mine = [r for r in claimed if r["domain_id"] in (dead_domain["id"], other_domain["id"])]
     assert sorted(r["domain_id"] for r in mine) == [other_domain["id"]] * 3
+
+
+def test_a_request_that_ended_frees_its_endpoint_slot_before_its_result_is_written(hook_services):
+    """The claimer's leased rows whose requests ended (results not yet written) do not count against the
+    endpoint's cap, and are not handed out again."""
+    _, domain = tenant(hook_services, "slots")
+    outbox(hook_services, domain, "http://127.0.0.1:9/capped", 10, "slots")
+    with hook_services.db.transaction() as conn:  # rolled back: other tests' rows are claimed only in here
+        def mine(rows):
+            return [r["id"] for r in rows if r["domain_id"] == domain["id"]]
+        first = mine(store.claim(conn, 4, 8, 500, 60))
+        assert len(first) == 4  # the endpoint's cap
+        assert mine(store.claim(conn, 4, 8, 500, 60)) == []
+        second = mine(store.claim(conn, 4, 8, 500, 60, finished=first[:2]))
+        assert len(second) == 2 and not set(second) & set(first)
+        assert mine(store.claim(conn, 4, 8, 500, 60, finished=first[:2])) == []
+        conn.rollback()
 
 
 def test_sigkill_mid_batch_loses_nothing(hook_services, hook_settings, tmp_path):

@@ -75,3 +75,39 @@ def test_host_names_are_vetted_by_the_resolver_and_literals_before_the_request()
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def test_a_silent_endpoint_times_out_and_a_callers_cancel_still_cancels():
+    """A request to an endpoint that accepts and never answers ends as a timeout result after about the
+    timeout, the others meanwhile answered at once; a request the caller cancels (a stopping dispatcher)
+    raises CancelledError rather than becoming a result."""
+    async def main():
+        peers, seen = set(), []
+        runner, port = await serve(app_counting(peers, seen))
+        silent = await asyncio.start_server(lambda r, w: asyncio.sleep(30), "127.0.0.1", 0)
+        dead = silent.sockets[0].getsockname()[1]
+        try:
+            async with Client(LOOPBACK, 0.4, 10) as http:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                slow = [asyncio.create_task(http.post(f"http://127.0.0.1:{dead}/hook", b"{}")) for _ in range(3)]
+                fast = await http.post(f"http://127.0.0.1:{port}/ok", b"{}")
+                assert fast.status == 200 and loop.time() - started < 0.3
+                for response in await asyncio.gather(*slow):
+                    assert response.status is None and response.error == "timeout after 0.4 s"
+                assert 0.35 <= loop.time() - started < 1.5
+                cancelled = asyncio.create_task(http.post(f"http://127.0.0.1:{dead}/hook", b"{}"))
+                await asyncio.sleep(0.1)
+                cancelled.cancel()
+                try:
+                    await cancelled
+                    raise AssertionError("a caller's cancel was swallowed")
+                except asyncio.CancelledError:
+                    pass
+                again = await http.post(f"http://127.0.0.1:{port}/ok", b"{}")  # nothing left behind
+                assert again.status == 200
+        finally:
+            silent.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
