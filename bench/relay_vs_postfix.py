@@ -125,7 +125,8 @@ def wrk_inject(envoi: EnvoiStack, kind: str, n: int, args, rate: float | None = 
 
 def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path) -> EnvoiStack:
     envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
-                       api_threads=args.api_threads, smtp_processes=args.smtp_processes, root=root)
+                       api_threads=args.api_threads, smtp_processes=args.smtp_processes, root=root,
+                       extra_env={"ENVOI_API_SERVER": args.api_server} if args.api_server and root == ROOT else {})
     envoi.setup().start()
     # Warm-up: a fresh database's first plans are made for empty tables (a sequential scan of messages
     # per foreign-key check); in production autovacuum's ANALYZE replaces them within a minute, but
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (one is enough to saturate)")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--api-server", default="", choices=("", "gunicorn", "granian"),
+                        help="ENVOI_API_SERVER of this checkout's region (not the --baseline's); default: its default")
     parser.add_argument("--smtp-processes", type=int, default=1, help="envoi smtp --processes")
     parser.add_argument("--connections", type=int, default=50,
                         help="sessions to the sink for both relays (Envoi ENVOI_RELAY_CONNECTIONS; Postfix"
