@@ -153,7 +153,7 @@ def migrate() -> None:
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:8025", show_default=True, help="Listen host:port.")
-@click.option("--workers", default=2, show_default=True, type=int, help="Gunicorn worker processes.")
+@click.option("--workers", default=2, show_default=True, type=int, help="Worker processes.")
 @click.option("--threads", default=16, show_default=True, type=int,
               help="Threads per worker; a live event stream holds one (at most ENVOI_STREAM_MAX_CLIENTS).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
@@ -163,13 +163,13 @@ def migrate() -> None:
                    "from --bind (which never serves it); 0: off.")
 @click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
 def api(bind: str, workers: int, threads: int, access_log: bool, metrics_port: int, metrics_bind: str) -> None:
-    """Serve the HTTP API with gunicorn."""
+    """Serve the HTTP API with gunicorn (or granian: ENVOI_API_SERVER)."""
     _gunicorn(bind, workers, threads, access_log, "envoi.wsgi:get_app()", [], metrics_bind, metrics_port)
 
 
 @main.command()
 @click.option("--bind", default="0.0.0.0:443", show_default=True, help="Listen host:port.")
-@click.option("--workers", default=2, show_default=True, type=int, help="Gunicorn worker processes.")
+@click.option("--workers", default=2, show_default=True, type=int, help="Worker processes.")
 @click.option("--threads", default=16, show_default=True, type=int, help="Threads per worker.")
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
 @click.option("--metrics-port", default=0, type=int,
