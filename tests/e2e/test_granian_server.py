@@ -1,6 +1,7 @@
 """ENVOI_API_SERVER=granian: `envoi api` served by granian keeps what gunicorn gives (metrics on the
 metrics bind summed over the workers, a chunked body, the client address, SIGHUP replacing the workers,
-SIGTERM finishing a request in flight within 2 s), and `envoi tracking` refuses SNI certificates."""
+SIGTERM finishing a request in flight within 2 s, logs as ENVOI_LOG_FORMAT says), and `envoi tracking`
+refuses SNI certificates."""
 
 from __future__ import annotations
 
@@ -153,3 +154,21 @@ def test_dead_workers_live_gauges_are_dropped(tmp_path, monkeypatch):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_granian_logs_follow_envoi_log_format(tmp_path, settings):
+    """granian's own records (here its access log) come out as Envoi's JSON lines, like the app's."""
+    port = free_port()
+    proc = Proc("api-json", envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--access-log"),
+                process_env(settings, ENVOI_API_SERVER="granian", ENVOI_LOG_FORMAT="json"), tmp_path)
+    try:
+        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "/healthz" not in proc.log.read_text():
+            time.sleep(0.1)
+    finally:
+        proc.stop()
+    lines = [json.loads(line) for line in proc.log.read_text().splitlines() if line.startswith("{")]
+    access = [entry for entry in lines if entry["logger"] == "granian.access" and "/healthz" in entry["message"]]
+    assert access and access[0]["process"] == "api" and access[0]["level"] == "info", proc.output()
+    assert all(line.startswith("{") for line in proc.log.read_text().splitlines() if line.strip()), proc.output()
