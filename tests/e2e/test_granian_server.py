@@ -172,3 +172,16 @@ def test_granian_logs_follow_envoi_log_format(tmp_path, settings):
     access = [entry for entry in lines if entry["logger"] == "granian.access" and "/healthz" in entry["message"]]
     assert access and access[0]["process"] == "api" and access[0]["level"] == "info", proc.output()
     assert all(line.startswith("{") for line in proc.log.read_text().splitlines() if line.strip()), proc.output()
+
+
+def test_granian_refuses_an_oversized_body_before_reading_it(api, domain, api_key, db):
+    _, port, _ = api
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", f"/v3/{domain['name']}/messages")
+    for name, value in headers(api_key, **{"Content-Length": str(60 * 1024 * 1024)}).items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    conn.send(form(domain, "too big")[:100])  # the rest never comes: the answer must not wait for it
+    resp = conn.getresponse()
+    assert resp.status == 413 and b"52.4MiB" in resp.read()
+    assert stored(db, domain) == 0
