@@ -27,6 +27,7 @@ from relay_vs_postfix_lib import (  # noqa: E402
     SmtpSink,
     inject_batch,
     inject_http,
+    inject_smtp,
     inject_wrk,
     log,
     make_messages,
@@ -42,6 +43,15 @@ STAGES = {
         ("intake commit", ("envoi/mta/intake.py", "group_commit", "psycopg")),
         ("events", ("events",)),
         ("http/gunicorn", ("gunicorn", "falcon")),
+    ],
+    "smtp": [
+        ("TLS", ("ssl.py", "sslproto", "_ssl")),
+        ("auth", ("authenticate", "argon2")),
+        ("compose", ("envoi/mta/compose.py", "email/", "envoi/mta/mime")),
+        ("intake commit", ("envoi/mta/intake.py", "group_commit", "psycopg", "stage.py")),
+        ("submission checks", ("envoi/mta/submission",)),
+        ("aiosmtpd", ("aiosmtpd", "envoi/mta/listener")),
+        ("event loop", ("asyncio", "uvloop")),
     ],
     "relay": [
         ("sign (DKIM)", ("dkim", "cryptography", "rsa")),
@@ -81,7 +91,8 @@ def summarize(raw: Path, stages: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", default="urlencoded", help="a wrk_messages.lua kind, or batch (n / 1000 POSTs of 1,000 recipients)")
+    parser.add_argument("--kind", default="urlencoded", help="a wrk_messages.lua kind, batch (n / 1000 POSTs of "
+                        "1,000 recipients), or smtp (SMTP submission: STARTTLS + AUTH, 20 sessions; profiles `envoi smtp`)")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -90,18 +101,27 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="envoi-prof-"))
     sink = SmtpSink(workdir).start()
-    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"))
+    front = "smtp" if args.kind == "smtp" else "api"
+    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", front))
     try:
         envoi.setup().start()
         base = sink.count()
-        inject_http(envoi.api_port, envoi.api_key, make_messages(1000, f"warm-{uuid.uuid4().hex[:6]}"), 16)
+        warm = make_messages(1000, f"warm-{uuid.uuid4().hex[:6]}")
+        if front == "smtp":
+            inject_smtp(envoi.smtp_port, warm, 20, auth=(envoi.smtp_login, envoi.smtp_password), starttls=True)
+        else:
+            inject_http(envoi.api_port, envoi.api_key, warm, 16)
         sink.wait_count(base + 1000)
         envoi.vacuum()
         spies = {name: subprocess.Popen([pyspy, "record", "--pid", str(envoi.procs[name].pid), "--subprocesses", "--gil",
                                          "-r", "200", "-f", "raw", "-o", str(out / f"{name}-{args.kind}.txt")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for name in ("api", "relay")}
-        if args.kind == "batch":
+                 for name in (front, "relay")}
+        if args.kind == "smtp":
+            seconds = inject_smtp(envoi.smtp_port, make_messages(args.n, f"prof-{uuid.uuid4().hex[:6]}"), 20,
+                                  auth=(envoi.smtp_login, envoi.smtp_password), starttls=True)
+            log(f"smtp: {args.n / seconds:.0f} msg/s accepted")
+        elif args.kind == "batch":
             seconds, _, _ = inject_batch(envoi.api_port, envoi.api_key, max(1, args.n // 1000), "prof-batch")
             log(f"batch: {args.n / seconds:.0f} recipients/s accepted")
         else:
@@ -113,7 +133,7 @@ def main() -> None:
     finally:
         envoi.stop()
         sink.stop()
-    for name in ("api", "relay"):
+    for name in (front, "relay"):
         summarize(out / f"{name}-{args.kind}.txt", STAGES[name])
     print(f"\nraw folded stacks: {out}")
 

@@ -138,14 +138,15 @@ def wrk_inject(envoi: EnvoiStack, kind: str, n: int, args, rate: float | None = 
 
 def start_envoi(args, workdir: Path, sink: SmtpSink, root: Path, webhooks: bool = False) -> EnvoiStack:
     envoi = EnvoiStack(workdir, sink.port, relay_connections=args.connections, api_workers=args.api_workers,
-                       api_threads=args.api_threads, smtp_processes=args.smtp_processes, root=root)
+                       api_threads=args.api_threads, smtp_processes=args.smtp_processes, root=root,
+                       extra_env={"ENVOI_API_SERVER": args.api_server} if args.api_server and root == ROOT else {})
     envoi.receiver = None
     if webhooks:
         # The receiver needs the signing key the setup makes, the setup the receiver's URL: a port first.
         port = free_port()
         envoi.webhook_url = f"http://127.0.0.1:{port}/hook"
         envoi.processes = (*envoi.processes, "dispatch")
-        envoi.extra_env = {"ENVOI_WEBHOOK_ALLOW": "127.0.0.1/32"}
+        envoi.extra_env = {**envoi.extra_env, "ENVOI_WEBHOOK_ALLOW": "127.0.0.1/32"}
         envoi.setup()
         envoi.receiver = Receiver(workdir / "receiver", envoi.signing_key, port)
         envoi.start()
@@ -247,6 +248,8 @@ def main() -> None:
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (one is enough to saturate)")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--api-server", default="", choices=("", "gunicorn", "granian"),
+                        help="ENVOI_API_SERVER of this checkout's region (not the --baseline's); default: its default")
     parser.add_argument("--smtp-processes", type=int, default=1, help="envoi smtp --processes")
     parser.add_argument("--connections", type=int, default=50,
                         help="sessions to the sink for both relays (Envoi ENVOI_RELAY_CONNECTIONS; Postfix"

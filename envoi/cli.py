@@ -153,7 +153,7 @@ def migrate() -> None:
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:8025", show_default=True, help="Listen host:port.")
-@click.option("--workers", default=2, show_default=True, type=int, help="Gunicorn worker processes.")
+@click.option("--workers", default=2, show_default=True, type=int, help="Worker processes.")
 @click.option("--threads", default=16, show_default=True, type=int,
               help="Threads per worker; a live event stream holds one (at most ENVOI_STREAM_MAX_CLIENTS).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
@@ -163,13 +163,13 @@ def migrate() -> None:
                    "from --bind (which never serves it); 0: off.")
 @click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
 def api(bind: str, workers: int, threads: int, access_log: bool, metrics_port: int, metrics_bind: str) -> None:
-    """Serve the HTTP API with gunicorn."""
+    """Serve the HTTP API with gunicorn (or granian: ENVOI_API_SERVER)."""
     _gunicorn(bind, workers, threads, access_log, "envoi.wsgi:get_app()", [], metrics_bind, metrics_port)
 
 
 @main.command()
 @click.option("--bind", default="0.0.0.0:443", show_default=True, help="Listen host:port.")
-@click.option("--workers", default=2, show_default=True, type=int, help="Gunicorn worker processes.")
+@click.option("--workers", default=2, show_default=True, type=int, help="Worker processes.")
 @click.option("--threads", default=16, show_default=True, type=int, help="Threads per worker.")
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
 @click.option("--metrics-port", default=0, type=int,
@@ -192,6 +192,7 @@ def tracking(bind: str, workers: int, threads: int, access_log: bool, metrics_po
 
 def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str, extra: list[str],
               metrics_bind: str, metrics_port: int) -> None:
+    """Serve `app` with the HTTP server ENVOI_API_SERVER names (gunicorn unless granian)."""
     from envoi.billing import plans
     from envoi.infra import metrics_dir
 
@@ -207,14 +208,35 @@ def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str,
 
     runtime.check_stores(settings)
     runtime.check_sealing_keys(settings)
-    os.environ[PROCESS] = "tracking" if "tracking" in app else "api"
-    os.environ[METRICS_BIND] = settings.metrics_address(metrics_bind, metrics_port)  # served by gunicorn's master (envoi.gunicorn_conf)
+    process = "tracking" if "tracking" in app else "api"
+    os.environ[PROCESS] = process
+    metrics_address = settings.metrics_address(metrics_bind, metrics_port)
+    if settings.api_server == "granian":
+        _granian(settings, bind, workers, threads, access_log, app, extra, metrics_address)
+        return
+    os.environ[METRICS_BIND] = metrics_address  # served by gunicorn's master (envoi.gunicorn_conf)
     # Off by default: a request log is personal data (addresses, customers' domains) kept wherever
     # stdout goes, and formatting it was ~6% of the API's CPU per send. Events are the audit trail.
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads",
             str(threads), "--worker-class", "gthread", "--log-level", "warning", "-c", "python:envoi.gunicorn_conf",
             *(["--access-logfile", "-"] if access_log else []), *extra, app]
     os.execv(sys.executable, argv)
+
+
+def _granian(settings, bind: str, workers: int, threads: int, access_log: bool, app: str, extra: list[str],
+             metrics_address: str) -> None:
+    if settings.tracking_tls_dir and "--certfile" in extra:
+        raise click.ClickException("ENVOI_API_SERVER=granian cannot choose a certificate by SNI "
+                                   "(ENVOI_TRACKING_TLS_DIR): unset one of them")
+    from envoi.granian_server import serve_app
+    from envoi.infra import health
+    from envoi.infra.metrics import parse_bind
+
+    host, port = parse_bind(bind)
+    tls = (settings.tracking_tls_cert, settings.tracking_tls_key or settings.tracking_tls_cert) if extra else None
+    target = "envoi.granian_server:tracking" if "tracking" in app else "envoi.granian_server:api"
+    serve_app(target, host, port, workers, threads, access_log, metrics_address,
+              health.for_settings(settings, started=True) if metrics_address else None, tls)
 
 
 @main.command()

@@ -265,6 +265,11 @@ class Settings:
     #: ENVOI_METRICS_HOST: address each process's `--metrics-port` listens on (127.0.0.1): a private address
     #: Prometheus reaches, never the public one. /metrics is only ever served there (or on `--metrics-bind`).
     metrics_host: str = "127.0.0.1"
+    #: ENVOI_API_SERVER: the HTTP server of `envoi api` and `envoi tracking`: "gunicorn" (gthread workers, the
+    #: default) or "granian" (a Rust HTTP server calling the same WSGI app from its threads: about a fifth of
+    #: gthread's CPU per request). Granian cannot choose a certificate by SNI: `envoi tracking` refuses it
+    #: with ENVOI_TRACKING_TLS_DIR. docs/benchmarks.md (issue 20) has the figures.
+    api_server: str = "gunicorn"
     #: ENVOI_LOG_FORMAT: "text" (one human line per record) or "json" (one JSON object per line: ts, level,
     #: process, region, logger, message, and message_id when the record is about one message).
     log_format: str = "text"
@@ -553,6 +558,10 @@ class Settings:
         if v := env.get("ENVOI_METRICS_HOST"):
             values["metrics_host"] = v
         values["log_format"] = log_format(env)
+        if v := env.get("ENVOI_API_SERVER"):
+            values["api_server"] = v.strip().lower()
+            if values["api_server"] not in ("gunicorn", "granian"):
+                raise SettingsError(f"ENVOI_API_SERVER must be gunicorn or granian, not {v!r}")
         if v := env.get("ENVOI_RELAY_HOST"):
             values["relay_host"] = v
         if v := env.get("ENVOI_WARMUP_POLICY"):

@@ -46,6 +46,7 @@ import functools
 import logging
 import re
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,6 +81,21 @@ def has_bare_cr_or_lf(data: bytes) -> bool:
     the server's CPU per message."""
     crlf = data.count(b"\r\n")
     return data.count(b"\r") != crlf or data.count(b"\n") != crlf
+
+
+_date: tuple[int, str] = (0, "")
+
+
+def _received_date() -> str:
+    """The Received header's date (RFC 5322, to the second). PERF: formatted once a second: email.utils'
+    format_datetime was ~5% of the submission server's CPU per message."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, format_datetime(datetime.fromtimestamp(now, UTC)))
+    return _date[1]
+
+
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
@@ -237,7 +253,7 @@ class Submission:
         # recipients need not learn where the sending application runs.
         helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
         mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
-                f"\t{format_datetime(datetime.now(UTC))}\r\n").encode() + mime
+                f"\t{_received_date()}\r\n").encode() + mime
         head = _parse_head(mime)  # once, for the From addresses and for composing
         # from_mime reads the From addresses (refusing a missing or ambiguous From); intake checks
         # them against the sending domain, as for the HTTP API.
