@@ -75,9 +75,8 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
 
     for _ in range(processes):
         group.fork(child)
-    if metrics_at:  # after the forks: no thread is copied into a child
+    if metrics_at:  # after the first forks: no thread is copied into those
         from envoi.infra import health
-
         from envoi.infra.metrics import GroupCollector
 
         # A dead child is forked again while this thread runs: the fork waits until it is not answering.
