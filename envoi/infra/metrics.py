@@ -141,7 +141,8 @@ class GroupCollector:
     """A process group's children, as its parent sees them at scrape time: envoi_process_group_children
     {state="ready"|"expected"} and envoi_process_group_child_restarts_total (children replaced after
     dying; left out where the parent does not count them, gunicorn's master). `status` gives
-    (ready, expected, restarts or None)."""
+    (ready, expected, restarts or None). Children only: a parent that is itself one of the group's
+    processes (worker, webhooks dispatch) is not counted (its own /readyz says whether it is ready)."""
 
     def __init__(self, name: str, status):
         self.name = name

@@ -126,13 +126,15 @@ class Group:
         self.children.append(child)
         return self._fork(child)
 
-    def _fork(self, child: _Child) -> int:
+    def _fork(self, child: _Child, mask: set[int] | None = None) -> int:
         self.ready  # noqa: B018 (exported before the fork)
         with self.fork_lock:
             pid = os.fork()
         if pid == 0:
             for signum in self._forwarded:  # the child's own handlers come with its server
                 signal.signal(signum, signal.SIG_DFL)
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             code = 1
             try:
                 code = child.run()
@@ -185,7 +187,7 @@ class Group:
     def wait_forked(self) -> bool:
         """Reap the forked children as they exit and replace the ones that died while the group was not
         stopping, until none is left; True if any failed while stopping (SIGTERM is not a failure). A
-        child's exit is seen at once (its readiness goes with it)."""
+        child's exit is seen within 50 ms (its readiness goes with it)."""
         failed = False
         while True:
             pending = [c for c in self.children if c.due is not None and not self.stopping]
@@ -199,8 +201,7 @@ class Group:
                 now = time.monotonic()
                 for child in pending:
                     if child.due <= now:
-                        self.restarts += 1
-                        self._fork(child)
+                        self._replace_forked(child)
                 time.sleep(0.05)
                 continue
             child = next((c for c in self.children if c.pid == pid), None)
@@ -213,6 +214,17 @@ class Group:
                 failed |= code not in (0, -signal.SIGTERM)
             else:
                 self._died(child, pid, code)
+
+    def _replace_forked(self, child: _Child) -> None:
+        # The forwarded signals wait until the fork is done: a SIGTERM in between would otherwise reach
+        # every child but the new one, which the group would then wait for forever.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._forwarded)
+        try:
+            if not self.stopping:
+                self.restarts += 1
+                self._fork(child, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def supervise(self) -> None:
         """Replace the started children that die while the group is not stopping, from a thread."""
