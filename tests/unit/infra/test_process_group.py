@@ -140,3 +140,21 @@ def test_a_started_child_killed_is_replaced_by_the_supervisor_until_the_group_st
         group.close()
     time.sleep(0.5)  # the supervisor does not replace a child the group stopped
     assert group.live() == [] and group.restarts == 1
+
+
+def test_a_child_dying_as_the_group_stops_is_not_replaced(monkeypatch):
+    monkeypatch.delenv(process_group.VARIABLE, raising=False)
+    group = process_group.Group("test")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        pids = [group.fork(ready_child) for _ in range(2)]
+        reaper = threading.Thread(target=group.wait_forked, daemon=True)
+        reaper.start()
+        until(group, None)
+        os.kill(pids[0], signal.SIGKILL)  # its replacement would be due 0.5 s later
+        group.signal(signal.SIGTERM)
+        reaper.join(10)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        group.close()
+    assert not reaper.is_alive() and group.restarts == 0 and group.live() == []
