@@ -11,7 +11,7 @@ import os
 import ssl
 
 from envoi.infra import metrics_dir, process_group
-from envoi.infra.metrics import forget_process, serve_directory
+from envoi.infra.metrics import GroupCollector, forget_process, serve_directory
 
 METRICS_BIND = "ENVOI_API_METRICS_BIND"  # set by `envoi api --metrics-bind`
 PROCESS = "ENVOI_GUNICORN_PROCESS"  # api | tracking, for the logs' "process"
@@ -49,8 +49,12 @@ def when_ready(server) -> None:
         def workers() -> None:
             process_group.check_children(_ready.path, list(server.WORKERS), server.num_workers)
 
+        def status() -> tuple[int, int, None]:  # gunicorn replaces its workers; it is not counted here
+            return process_group.count_ready(_ready.path, list(server.WORKERS)), server.num_workers, None
+
         serve_directory(bind, os.environ[metrics_dir.VARIABLE],
-                        health.for_settings(Settings.from_env(), started=True, children=workers))
+                        health.for_settings(Settings.from_env(), started=True, children=workers),
+                        group=GroupCollector(os.environ.get(PROCESS, "api"), status))
 
 
 def child_exit(server, worker) -> None:

@@ -54,12 +54,16 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
     if processes <= 1:
         _serve_smtp(settings, bind, port, smtps_port, cert, key, metrics_at, reuse_port=False)
         return
-    # Fork before anything opens a pool, a socket or a thread; each child is a whole server.
+    # Fork before anything opens a pool, a socket or a thread; each child is a whole server, binding its
+    # own SO_REUSEPORT sockets on the same ports, so a replacement for a dead one binds them as it did.
     from envoi.infra import process_group
 
-    group = process_group.Group()
+    group = process_group.Group("smtp")
+    served: list = []  # the parent's metrics listener, which a replacement child inherits: closed there
 
     def child() -> int:
+        for server in served:
+            server.socket.close()
         try:
             _serve_smtp(settings, bind, port, smtps_port, cert, key, 0, reuse_port=True)
             return 0
@@ -71,11 +75,14 @@ def smtp(bind, port, smtps_port, dev, cert, key, var_dir, metrics_port, metrics_
 
     for _ in range(processes):
         group.fork(child)
-    if metrics_at:  # after the forks: no thread is copied into a child
+    if metrics_at:  # after the first forks: no thread is copied into those
         from envoi.infra import health
+        from envoi.infra.metrics import GroupCollector
 
-        serve_directory(metrics_at, os.environ[metrics_dir.VARIABLE],
-                        health.for_settings(settings, started=True, children=group.check))
+        # A dead child is forked again while this thread runs: the fork waits until it is not answering.
+        served.append(serve_directory(metrics_at, os.environ[metrics_dir.VARIABLE],
+                                      health.for_settings(settings, started=True, children=group.check),
+                                      group=GroupCollector("smtp", group.status), guard=group.fork_lock))
     group.forward_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, mapping={signal.SIGINT: signal.SIGTERM})
     failed = group.wait_forked()
     group.close()

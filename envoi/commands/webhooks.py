@@ -38,14 +38,15 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     connection = redis_infra.client(settings.redis_url, socket_timeout=None)
     validation_jobs.configure(services.validation)
     queues = (validation_jobs.QUEUE,)
-    group = process_group.Group()
+    group = process_group.Group("worker", restart=not burst)  # --burst: children end on their own
     for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "worker", "--processes", "1"]
         argv += ["--burst"] if burst else []
         group.start([*argv, "--metrics-port", "0"])
+    group.supervise()
     readiness = health.for_settings(settings, children=group.check if processes > 1 else None)
     if address := settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address, readiness)
+        services.metrics.serve(address, readiness, _collector(group) if processes > 1 else None)
     click.echo(f"worker: region {settings.region}, RQ queues {', '.join(queues)}, {processes} process(es)")
     rq_worker = jobs.worker(services.webhooks, connection, queues)
 
@@ -100,14 +101,15 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     settings = Settings.from_env()
     runtime.check_sealing_keys(settings)
     services = runtime.build(settings, pool_size=3)
-    group = process_group.Group()
+    group = process_group.Group("webhooks-dispatch", restart=not burst)
     for _ in range(1, processes):
         argv = [sys.executable, "-m", "envoi.cli", "webhooks", "dispatch", "--processes", "1", "--child"]
         argv += ["--burst"] if burst else []
         group.start([*argv, "--metrics-port", "0"])
+    group.supervise()
     readiness = health.for_settings(settings, children=group.check if processes > 1 else None)
     if address := settings.metrics_address(metrics_bind, metrics_port):
-        services.metrics.serve(address, readiness)
+        services.metrics.serve(address, readiness, _collector(group) if processes > 1 else None)
     dispatcher = Dispatcher(services.webhooks, services.metrics, stats=not child)
     if not child:
         click.echo(f"webhooks dispatch: region {settings.region}, {processes} process(es), up to "
@@ -122,6 +124,7 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
 
         def stopping() -> None:
             readiness.mark_stopping()
+            group.mark_stopping()  # a child that exits now (its own SIGTERM) is not replaced
             stop.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,6 +140,13 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
         services.close()
         if processes > 1:
             metrics_dir.release()
+
+
+def _collector(group):
+    """The group's children metrics, on its parent's /metrics."""
+    from envoi.infra.metrics import GroupCollector
+
+    return GroupCollector(group.name, group.status)
 
 
 COMMANDS: list = [worker, webhooks]  # click commands/groups added to `envoi`

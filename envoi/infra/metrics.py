@@ -8,6 +8,7 @@ listener."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -24,6 +25,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
@@ -112,23 +114,53 @@ class Metrics:
         self.webhook_attempts.labels(outcome).inc()
         self.webhook_seconds.observe(seconds)
 
-    def serve(self, bind: str | int, health=None) -> ThreadingHTTPServer:
+    def serve(self, bind: str | int, health=None, group=None) -> ThreadingHTTPServer:
         """/metrics on `bind` (HOST:PORT, or a port on 127.0.0.1): a private listener of its own, never
         the public API's. In multiprocess mode it answers for the whole process group. With `health`
-        (envoi.infra.health.Health), /healthz and /readyz too."""
-        return serve(bind, self.render, health)
+        (envoi.infra.health.Health), /healthz and /readyz too; with `group` (a GroupCollector: this is
+        the group's parent), the group's children metrics."""
+        return serve(bind, lambda: self.render(group), health)
 
-    def render(self) -> bytes:
+    def render(self, group=None) -> bytes:
         if self.multiprocess_dir:
-            return render_directory(self.multiprocess_dir)
+            return render_directory(self.multiprocess_dir, group)
         return generate_latest(self.registry)
 
 
-def render_directory(directory: str) -> bytes:
-    """The exposition of every process's values under `directory`, summed."""
+def render_directory(directory: str, group=None) -> bytes:
+    """The exposition of every process's values under `directory`, summed (and the group's own, which
+    only its parent knows: never in the files, so never summed)."""
     registry = CollectorRegistry()
     StartedWorkersCollector(registry, path=directory)
+    if group is not None:
+        registry.register(group)
     return generate_latest(registry)
+
+
+class GroupCollector:
+    """A process group's children, as its parent sees them at scrape time: envoi_process_group_children
+    {state="ready"|"expected"} and envoi_process_group_child_restarts_total (children replaced after
+    dying; left out where the parent does not count them, gunicorn's master). `status` gives
+    (ready, expected, restarts or None). Children only: a parent that is itself one of the group's
+    processes (worker, webhooks dispatch) is not counted (its own /readyz says whether it is ready)."""
+
+    def __init__(self, name: str, status):
+        self.name = name
+        self.status = status
+
+    def collect(self):
+        ready, expected, restarts = self.status()
+        children = GaugeMetricFamily("envoi_process_group_children", "A process group's children: expected"
+                                     " (--processes), and alive and ready", labels=["group", "state"])
+        children.add_metric([self.name, "ready"], ready)
+        children.add_metric([self.name, "expected"], expected)
+        yield children
+        if restarts is not None:
+            restarted = CounterMetricFamily("envoi_process_group_child_restarts", "Children of a process group"
+                                            " replaced after dying while the group was not stopping",
+                                            labels=["group"])
+            restarted.add_metric([self.name], restarts)
+            yield restarted
 
 
 class StartedWorkersCollector(multiprocess.MultiProcessCollector):
@@ -153,21 +185,26 @@ def _size(path: str) -> int:
         return 0
 
 
-def serve(bind: str | int, render, health=None) -> ThreadingHTTPServer:
+def serve(bind: str | int, render, health=None, guard=None) -> ThreadingHTTPServer:
     """Answer GET /metrics with render() on `bind` from a daemon thread, and with `health` GET /healthz
     (200 while the process answers) and GET /readyz (200 or 503, each check's result as JSON);
-    anything else is a 404."""
+    anything else is a 404. `guard` (a lock) is held while answering: a process that forks while this
+    thread runs takes it first, so a child never inherits a lock this thread held mid-answer."""
     host, port = parse_bind(bind)
+    guard = guard or contextlib.nullcontext()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             if path == "/metrics":
-                self._answer(200, CONTENT_TYPE, render())
+                with guard:
+                    body = render()
+                self._answer(200, CONTENT_TYPE, body)
             elif path == "/healthz" and health is not None:
                 self._answer(200, "application/json", b'{"status": "ok"}')
             elif path == "/readyz" and health is not None:
-                ready, checks = health.readiness()
+                with guard:
+                    ready, checks = health.readiness()
                 body = json.dumps({"status": "ok" if ready else "unavailable", "checks": checks}).encode()
                 self._answer(200 if ready else 503, "application/json", body)
             else:
@@ -190,10 +227,10 @@ def serve(bind: str | int, render, health=None) -> ThreadingHTTPServer:
     return server
 
 
-def serve_directory(bind: str | int, directory: str, health=None) -> ThreadingHTTPServer:
+def serve_directory(bind: str | int, directory: str, health=None, group=None, guard=None) -> ThreadingHTTPServer:
     """/metrics summing every process's files under `directory` (gunicorn's master, the parent of
-    `--processes N`), without registering metrics of its own."""
-    return serve(bind, lambda: render_directory(directory), health)
+    `--processes N`), without registering metrics of its own (`group`: a GroupCollector)."""
+    return serve(bind, lambda: render_directory(directory, group), health, guard)
 
 
 class _Server6(ThreadingHTTPServer):

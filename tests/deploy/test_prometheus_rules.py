@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from envoi.infra.metrics import Metrics
+from envoi.infra.metrics import GroupCollector, Metrics
 from tests.support.prometheus import DEPLOY, binary
 
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -21,7 +21,8 @@ PROMQL_WORDS = {"sum", "rate", "increase", "max", "min", "by", "without", "clamp
 def exported_names() -> set[str]:
     """Every series name Envoi's registry exposes (counters' _total, histograms' _bucket/_sum/_count)."""
     names = set()
-    for family in Metrics().registry.collect():
+    group = GroupCollector("smtp", lambda: (2, 2, 0))  # a process group's parent's own
+    for family in [*Metrics().registry.collect(), *group.collect()]:
         names.add(family.name)
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
         names.update(family.name + s for s in suffixes)
@@ -32,7 +33,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"[^"]*"', '""', expr)  # label values
     expr = re.sub(r"\{[^}]*\}", "", expr)  # matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
-    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)  # grouping labels
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
     expr = re.sub(r"\b\d+(\.\d+)?(e[-+]?\d+)?", "", expr)  # numbers (1e-9)
     return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr)
             if w not in PROMQL_WORDS}

@@ -263,15 +263,30 @@ def children_of(pid: int) -> list[int]:
     return sorted(found)
 
 
+def metric(url: str, name: str, **labels) -> float | None:
+    """One sample's value on a /metrics page (None: not there)."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return None
+
+
 @pytest.mark.parametrize("name", ["smtp-processes", "worker", "dispatch", "api"])
-def test_a_groups_readiness_is_false_while_one_of_its_children_is_dead(tmp_path, settings, name):
+def test_a_groups_dead_child_makes_it_unready_until_its_replacement_is_ready(tmp_path, settings, services, domain,
+                                                                             account, db, name):
     """`--processes 2` (and gunicorn's 2 workers): /readyz on the group's metrics bind counts the children.
-    One SIGKILLed: 503 naming the children. gunicorn replaces its worker: ready again once the new one
-    has loaded the app; the other groups do not restart children: they stay unready (an alert, or the
-    orchestrator's restart)."""
+    One SIGKILLed: 503 naming the children. The parent replaces it (gunicorn's master its worker): ready
+    again once the new one has started, the replacement logged and counted on /metrics; smtp's new child
+    binds the shared port (SO_REUSEPORT) and a message sent over SMTP after that is accepted and stored."""
+    import smtplib
+
     port, metrics = free_port(), free_port()
     proc = Proc(name, commands(tmp_path, port, metrics)[name], process_env(settings), tmp_path)
-    readyz = f"http://127.0.0.1:{metrics}/readyz"
+    readyz, metrics_url = f"http://127.0.0.1:{metrics}/readyz", f"http://127.0.0.1:{metrics}/metrics"
+    group = {"smtp-processes": "smtp", "worker": "worker", "dispatch": "webhooks-dispatch", "api": "api"}[name]
     try:
         proc.wait_ready(lambda: http_ok(readyz), timeout=90)
         status, body = get(readyz)
@@ -279,16 +294,28 @@ def test_a_groups_readiness_is_false_while_one_of_its_children_is_dead(tmp_path,
         children = [pid for pid in children_of(proc.popen.pid) if pid != proc.popen.pid]
         expected = 1 if name in ("worker", "dispatch") else 2  # those parents are themselves one of the group
         assert len(children) == expected, children
+        assert metric(metrics_url, "envoi_process_group_children", group=group, state="expected") == expected
         os.kill(children[0], signal.SIGKILL)
         seen = wait_until(lambda: (answer := get(readyz))[0] == 503 and answer, timeout=10, interval=0.02)
         assert seen[1]["status"] == "unavailable" and seen[1]["checks"]["children"] != "ok", seen
         assert seen[1]["checks"]["postgres"] == "ok"
-        if name == "api":
-            wait_until(lambda: get(readyz)[0] == 200, timeout=60)
-            assert children[0] not in children_of(proc.popen.pid)
-        else:
-            time.sleep(1)
-            assert get(readyz)[0] == 503
+        wait_until(lambda: get(readyz)[0] == 200, timeout=60)
+        now = [pid for pid in children_of(proc.popen.pid) if pid != proc.popen.pid]
+        assert children[0] not in now and len(now) == expected, (children, now)
+        assert metric(metrics_url, "envoi_process_group_children", group=group, state="ready") == expected
+        if name != "api":  # gunicorn's master replaces its workers itself, uncounted
+            assert metric(metrics_url, "envoi_process_group_child_restarts_total", group=group) == 1
+            assert f"(pid {children[0]}) died (signal SIGKILL)" in proc.log.read_text(errors="replace")
+        if name == "smtp-processes":
+            login = f"group-{uuid.uuid4().hex[:6]}@{domain['name']}"
+            services.accounts.create_credential(account["id"], domain["name"], login.split("@")[0], "group-pass-1")
+            rcpt = f"after-restart-{uuid.uuid4().hex[:8]}@inbox.test"
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.starttls(context=ssl._create_unverified_context())
+                client.login(login, "group-pass-1")
+                client.sendmail(login, [rcpt], f"From: {login}\r\nTo: {rcpt}\r\nSubject: after a restart\r\n\r\nhi\r\n")
+            stored = db.execute("SELECT count(*) AS n FROM recipients WHERE address = %s", (rcpt,)).fetchone()
+            assert stored["n"] == 1
     finally:
         proc.stop()
 
