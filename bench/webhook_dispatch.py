@@ -159,6 +159,20 @@ def settle(pids: list[int], timeout: float = 60) -> None:
         last = now
 
 
+def traced(logfile: Path, since: int, limit: int = 12, ignore: tuple[str, ...] = ()) -> int:
+    """Print the dispatchers' ENVOI_WEBHOOK_TRACE lines written to `logfile` after byte `since` (the
+    first `limit`, and how many), leaving out requests to the `ignore` endpoints (host:port); returns
+    the file's size now."""
+    data = logfile.read_bytes()
+    lines = [line for line in data[since:].decode(errors="replace").splitlines()
+             if "WARNING" in line and not any(f"request to {i} " in line for i in ignore)]
+    for line in lines[:limit]:
+        print(f"    {line[:300]}", flush=True)
+    if len(lines) > limit:
+        print(f"    ... {len(lines) - limit} more", flush=True)
+    return len(data)
+
+
 def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids: list[int] = ()) -> dict:
     """Commit rows at `rate`/s for `seconds` (a batch every 20 ms); the receiver's p50/p99 for them."""
     reset(port)
@@ -352,6 +366,8 @@ def main() -> None:
         dead.bind(("127.0.0.1", 0))
         dead.listen(4096)
         phases = {"A": [], "B": []}
+        log(f"dispatchers' log: {work / 'dispatch.log'}")
+        seen = traced(work / "dispatch.log", 0, 0)
         for kind in "AB" * args.pairs:
             if kind == "B":
                 with svc.db.transaction() as conn:
@@ -365,6 +381,8 @@ def main() -> None:
             log(f"{kind}: latency at {rate / 2:.0f}/s{' with the bad endpoints' if kind == 'B' else ''}: {result['n']}"
                 f" deliveries, commit->received p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms,"
                 f" max {result['max'] * 1000:.0f} ms; dispatchers' CPU {result['cpu_ms']:.2f} ms per fast delivery")
+            # ENVOI_WEBHOOK_TRACE=SECONDS: what was slow (but the bad endpoints' own requests)
+            seen = traced(work / "dispatch.log", seen, ignore=(f"127.0.0.1:{slow_port}", f"127.0.0.1:{dead.getsockname()[1]}"))
             if kind == "B":
                 with svc.db.transaction() as conn:
                     conn.execute("DELETE FROM webhook_deliveries WHERE account_id = %s AND status = 'pending'",
