@@ -5,8 +5,9 @@ synchronous client) to the answer and hands aiohttp only vetted addresses: the c
 address that was checked, so DNS rebinding cannot redirect it. aiohttp dials literal IP hosts without
 asking a resolver, so those are judged before the request. Redirects are never followed; proxies
 from the environment are ignored; a reply is read up to 64 KB (to keep the connection for the next
-request) and only its first 1 KB kept, a longer one closes the connection. aiohttp is used nowhere
-else (import contract in pyproject.toml).
+request) and only its first 1 KB kept, a longer one closes the connection. New connections to one
+endpoint open at most OPENING at a time (PacedConnector): a burst of claimed rows otherwise overflowed
+the endpoint's listen queue. aiohttp is used nowhere else (import contract in pyproject.toml).
 """
 
 from __future__ import annotations
