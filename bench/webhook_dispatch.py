@@ -159,10 +159,36 @@ def settle(pids: list[int], timeout: float = 60) -> None:
         last = now
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all sockets): a
+    dropped SYN is retried after 1 s, then 3 s, which is what a burst of new connections costs."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
+
+
+def traced(logfile: Path, since: int, limit: int = 12, ignore: tuple[str, ...] = ()) -> int:
+    """Print the dispatchers' ENVOI_WEBHOOK_TRACE lines written to `logfile` after byte `since` (the
+    first `limit`, and how many), leaving out requests to the `ignore` endpoints (host:port); returns
+    the file's size now."""
+    data = logfile.read_bytes()
+    lines = [line for line in data[since:].decode(errors="replace").splitlines()
+             if "WARNING" in line and not any(f"request to {i} " in line for i in ignore)]
+    for line in lines[:limit]:
+        print(f"    {line[:300]}", flush=True)
+    if len(lines) > limit:
+        print(f"    ... {len(lines) - limit} more", flush=True)
+    return len(data)
+
+
 def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids: list[int] = ()) -> dict:
     """Commit rows at `rate`/s for `seconds` (a batch every 20 ms); the receiver's p50/p99 for them."""
     reset(port)
     base = stats(port)["received"]
+    overflows = listen_overflows()
     cpu0 = cpu_seconds(list(cpu_pids))
     total, tick, t0 = 0, 0.02, time.time()
     while time.time() - t0 < seconds:
@@ -176,7 +202,8 @@ def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids
     wait_received(port, base + total, timeout=120)
     cpu_ms = (cpu_seconds(list(cpu_pids)) - cpu0) * 1000 / max(total, 1)
     s = stats(port)
-    return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"], "cpu_ms": cpu_ms}
+    return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"], "cpu_ms": cpu_ms,
+            "overflows": listen_overflows() - overflows}
 
 
 def throughput_phase(svc, domains, url, port, n: int, dispatch: subprocess.Popen, dsn: str, dbname: str,
@@ -187,11 +214,13 @@ def throughput_phase(svc, domains, url, port, n: int, dispatch: subprocess.Popen
         insert(conn, domains, url, n, tag)
     svc.webhooks.doorbell.ring()
     pg = backends(dsn, dbname)
+    overflows = listen_overflows()
     cpu0, pg0, t0 = cpu_seconds([dispatch.pid]), cpu_seconds(pg), time.time()
     t1 = wait_received(port, base + n)
     s = stats(port)
     return {"rate": n / (t1 - t0), "cpu_ms": (cpu_seconds([dispatch.pid]) - cpu0) * 1000 / n,
-            "pg_cpu_ms": (cpu_seconds(pg) - pg0) * 1000 / n, "invalid": s["invalid"],
+            "pg_cpu_ms": (cpu_seconds(pg) - pg0) * 1000 / n, "overflows": listen_overflows() - overflows,
+            "invalid": s["invalid"],
             "duplicates": s["received"] - s["distinct"]}
 
 
@@ -327,7 +356,7 @@ def main() -> None:
                 log(f"dispatcher ({name}): {args.n} deliveries by {args.processes} processes = {result['rate']:.0f}/s"
                     f" ({result['rate'] / rq_rate:.0f}x the RQ design), {result['cpu_ms']:.3f} ms CPU per delivery"
                     f" (+ {result['pg_cpu_ms']:.2f} ms in Postgres backends); invalid signatures {result['invalid']},"
-                    f" duplicates {result['duplicates']}")
+                    f" duplicates {result['duplicates']}; listen queue overflows (machine-wide) +{result['overflows']}")
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -352,6 +381,8 @@ def main() -> None:
         dead.bind(("127.0.0.1", 0))
         dead.listen(4096)
         phases = {"A": [], "B": []}
+        log(f"dispatchers' log: {work / 'dispatch.log'}")
+        seen = traced(work / "dispatch.log", 0, 0)
         for kind in "AB" * args.pairs:
             if kind == "B":
                 with svc.db.transaction() as conn:
@@ -364,7 +395,10 @@ def main() -> None:
             phases[kind].append(result)
             log(f"{kind}: latency at {rate / 2:.0f}/s{' with the bad endpoints' if kind == 'B' else ''}: {result['n']}"
                 f" deliveries, commit->received p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms,"
-                f" max {result['max'] * 1000:.0f} ms; dispatchers' CPU {result['cpu_ms']:.2f} ms per fast delivery")
+                f" max {result['max'] * 1000:.0f} ms; dispatchers' CPU {result['cpu_ms']:.2f} ms per fast delivery;"
+                f" listen queue overflows (machine-wide) +{result['overflows']}")
+            # ENVOI_WEBHOOK_TRACE=SECONDS: what was slow (but the bad endpoints' own requests)
+            seen = traced(work / "dispatch.log", seen, ignore=(f"127.0.0.1:{slow_port}", f"127.0.0.1:{dead.getsockname()[1]}"))
             if kind == "B":
                 with svc.db.transaction() as conn:
                     conn.execute("DELETE FROM webhook_deliveries WHERE account_id = %s AND status = 'pending'",

@@ -300,6 +300,10 @@ class Settings:
     #: ENVOI_WEBHOOK_INFLIGHT: webhook deliveries one dispatcher process holds in memory at most (claimed,
     #: being sent or their result being written); the rest of any backlog waits in Postgres (512).
     webhook_inflight: int = 512
+    #: ENVOI_WEBHOOK_TRACE: seconds; > 0: the dispatcher logs each request slower than this with its stages
+    #: (wait for a connection slot, connect, send, answer), claims and result writes slower than this, rows
+    #: claimed this long after their commit, rounds with no room, and event-loop stalls (0: off; costs CPU).
+    webhook_trace: float = 0.0
     #: ENVOI_VALIDATION_DNS_TIMEOUT: seconds an address validation waits for DNS (MX, then A/AAAA) before it
     #: answers `unknown` (5).
     validation_dns_timeout: float = 5.0
@@ -586,6 +590,8 @@ class Settings:
             values["webhook_lease"] = _seconds(v)
         if v := env.get("ENVOI_WEBHOOK_INFLIGHT"):
             values["webhook_inflight"] = int(v)
+        if v := env.get("ENVOI_WEBHOOK_TRACE"):
+            values["webhook_trace"] = _seconds(v)
         if v := env.get("ENVOI_VALIDATION_DNS_TIMEOUT"):
             values["validation_dns_timeout"] = _seconds(v)
         if v := env.get("ENVOI_VALIDATION_CONCURRENCY"):

@@ -48,6 +48,7 @@ class Dispatcher:
         self.inflight_max = inflight or service.settings.webhook_inflight
         self.poll = poll
         self.stats = stats  # this process also measures the backlog for the metrics (one process should)
+        self.trace = service.settings.webhook_trace  # > 0: log what is slower than this (ENVOI_WEBHOOK_TRACE)
         self.held = 0  # claimed, not yet written
         self.sent = 0  # attempts written by this process
         self._results: list[tuple] = []
@@ -109,8 +110,11 @@ class Dispatcher:
         results, health = self._results, self._health
         self._results, self._health = [], {}
         self._writing = [r[0] for r in results]
+        started = time.monotonic()
         try:
             await asyncio.to_thread(self._write, results, health)
+            if self.trace and (took := time.monotonic() - started) > self.trace:
+                log.warning("writing %d webhook results took %.0f ms (held %d)", len(results), took * 1000, self.held)
         except Exception:
             self._writing = []
             # Kept for the next round; if this process dies first, the leases run out and the rows
@@ -144,13 +148,18 @@ class Dispatcher:
     async def _claim_round(self, http: Client, tasks: set) -> int:
         room = self.inflight_max - self.held
         if room <= 0:
+            if self.trace:
+                log.warning("no room to claim: %d held (%d results waiting, %d being written)", self.held,
+                            len(self._results), len(self._writing))
             return 0
         # Rows whose requests ended (results waiting for their write) hold no endpoint slot any more.
         finished = [r[0] for r in self._results] + self._writing
         started = time.monotonic()
         rows, keys = await asyncio.to_thread(self.service.claim, room, finished)
-        if (took := time.monotonic() - started) > SLOW_CLAIM:  # every dispatcher waits on the claim lock
-            log.warning("claiming %d webhook deliveries took %.0f ms", len(rows), took * 1000)
+        if (took := time.monotonic() - started) > (min(SLOW_CLAIM, self.trace) if self.trace else SLOW_CLAIM):
+            log.warning("claiming %d webhook deliveries took %.0f ms", len(rows), took * 1000)  # the lock waits
+        if self.trace and rows:
+            self._trace_claim(rows, room, took)
         self.held += len(rows)
         if self.metrics is not None:
             self.metrics.webhook_inflight.set(self.held)
@@ -161,6 +170,22 @@ class Dispatcher:
             task.add_done_callback(tasks.discard)
             task.add_done_callback(self._sending.pop)
         return len(rows)
+
+    def _trace_claim(self, rows: list[dict], room: int, took: float) -> None:
+        now = time.time()
+        first = [now - r["created_at"].timestamp() for r in rows if r["attempts"] == 0]
+        if first and max(first) > self.trace:
+            log.warning("claimed %d of room %d in %.0f ms; first attempts claimed up to %.0f ms after their"
+                        " commit (median %.0f); %d held", len(rows), room, took * 1000, max(first) * 1000,
+                        sorted(first)[len(first) // 2] * 1000, self.held)
+
+    async def _lag(self, stop: asyncio.Event) -> None:
+        """ENVOI_WEBHOOK_TRACE: log the event loop's stalls (a blocking call holds every request)."""
+        while not stop.is_set():
+            started = time.monotonic()
+            await asyncio.sleep(0.05)
+            if (late := time.monotonic() - started - 0.05) > self.trace:
+                log.warning("event loop stalled %.0f ms", late * 1000)
 
     def _doorbell(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         bell = self.service.doorbell
@@ -178,9 +203,10 @@ class Dispatcher:
         tasks: set = set()
         writer_stop = asyncio.Event()
         settings = self.service.settings
-        async with Client(self.service.allow, settings.webhook_timeout, self.inflight_max) as http:
+        async with Client(self.service.allow, settings.webhook_timeout, self.inflight_max, self.trace) as http:
             writer = asyncio.create_task(self._writer(writer_stop))
             stats = asyncio.create_task(self._stats(stop)) if self.stats else None
+            lag = asyncio.create_task(self._lag(stop)) if self.trace else None
             try:
                 while not stop.is_set():
                     self._wake.clear()
@@ -203,8 +229,9 @@ class Dispatcher:
                 bell_stop.set()
                 writer_stop.set()
                 await writer
-                if stats is not None:
-                    stats.cancel()
+                for task in (stats, lag):
+                    if task is not None:
+                        task.cancel()
 
     async def _hand_back(self, tasks: set) -> None:
         """Stopping (SIGTERM): what answers within STOP_GRACE is written as usual; the rest is cancelled

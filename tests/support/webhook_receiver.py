@@ -19,7 +19,7 @@ def mailgun_verify(signing_key: str, timestamp: str, token: str, signature: str)
 class Receiver:
     """script: {path: [status, status, ...]} consumed in order; the last status repeats (default 200)."""
 
-    def __init__(self, signing_key: str | None = None):
+    def __init__(self, signing_key: str | None = None, backlog: int = 5):
         self.signing_key = signing_key
         self.script: dict[str, list[int]] = {}
         self.delay: dict[str, float] = {}
@@ -55,7 +55,8 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(f"reply {status} ".encode() * 200)  # > 1 KB: the stored excerpt is capped
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": backlog})  # listen backlog
+        self.server = server_class(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
