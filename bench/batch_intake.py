@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--body-storage", choices=["extended", "external", "main"],
                         help="set messages.body's storage in every tree's database (default: as migrated)")
+    parser.add_argument("--baseline-body-storage", choices=["extended", "external", "main"],
+                        help="the same for the baseline's databases only (with --baseline . : storage alone A/B)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -133,7 +135,8 @@ def main() -> None:
         order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
         for label, tree in order:
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            storage = ["--body-storage", args.body_storage] if args.body_storage else []
+            chosen = args.baseline_body_storage if label == "old" and args.baseline_body_storage else args.body_storage
+            storage = ["--body-storage", chosen] if chosen else []
             out = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches), "--size",
                                   str(args.size), *storage], env=env, cwd=tree, check=True, capture_output=True,
                                  text=True)
