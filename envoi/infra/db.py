@@ -230,6 +230,7 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
 
 
 SMALL_INSERT = 32  # rows at most that insert_columns sends row by row (executemany) rather than as arrays
+STATEMENT_BYTES = 16 << 20  # text and bytes per insert_columns statement (one row may carry more)
 COPY_ROWS = 64  # rows above which insert_columns COPYs (outside pipeline mode): two round trips, then C
 _TYPE_NAMES = {"int": "integer"}  # SQL's names psycopg's type registry does not know
 _JSONB_VERSION = b"\x01"  # jsonb's binary input: a version byte, then the JSON text
@@ -241,16 +242,18 @@ def _copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[tuple[str
     the statements take (a value shared by many rows, as a draft's options, is converted once)."""
     types, converters = [], {}
     for i, (name, kind) in enumerate(columns):
-        real = copy_as.get(name, kind)
-        if real == "jsonb":
+        real = copy_as.get(name)
+        if real is None:
+            types.append(_TYPE_NAMES.get(kind, kind))
+        elif real == "jsonb":
             # Binary jsonb is the version byte and the text: sent as bytea's bytes, read as the column's jsonb.
             types.append("bytea")
             converters[i] = lambda text: None if text is None else _JSONB_VERSION + text.encode()
-        elif real == "text[]" and name in copy_as:
+        elif real == "text[]":
             types.append("text[]")
             converters[i] = lambda text: None if text is None else [str(v) for v in json.loads(text)]
         else:
-            types.append(_TYPE_NAMES.get(real, real))
+            raise ValueError(f"copy_as[{name!r}]: {real!r} is neither 'jsonb' nor 'text[]'")
     cur = conn.cursor()
     with cur.copy(f"COPY {table} ({', '.join(name for name, _ in columns)}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
@@ -270,7 +273,6 @@ def _copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[tuple[str
                     row[i] = seen[value] = convert(value)
             copy.write_row(row)
     return cur
-STATEMENT_BYTES = 16 << 20  # text and bytes per insert_columns statement (one row may carry more)
 
 
 def _chunks(rows: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
