@@ -190,3 +190,10 @@ def test_a_value_postgres_refuses_in_a_copy_is_a_data_error_and_nothing_is_store
         insert_columns(conn, table, COLUMNS, rows, expressions=EXPRESSIONS, copy_as=COPY_AS)
     assert is_data_error(failure.value) and "json" in str(failure.value).lower()
     assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+
+
+def test_a_copy_type_insert_columns_cannot_convert_is_refused(db, table):
+    with pytest.raises(ValueError, match="neither 'jsonb' nor 'text\\[\\]'"):
+        insert_columns(db, table, COLUMNS, _many_rows(db_module.COPY_ROWS + 1), expressions=EXPRESSIONS,
+                       copy_as={**COPY_AS, "doc": "json"})
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
