@@ -14,6 +14,7 @@ _EVENT_COLUMNS = (("event_id", "text"), ("account_id", "bigint"), ("domain_id", 
                   ("event", "text"), ("severity", "text"), ("recipient", "text"), ("message_id", "text"),
                   ("ts", "timestamptz"), ("data", "text"), ("sender", "text"), ("subject", "text"), ("tags", "jsonb"))
 _EVENT_EXPRESSIONS = {"data": "u.data::jsonb", "tags": "ARRAY(SELECT jsonb_array_elements_text(u.tags))"}
+_EVENT_COPY = {"data": "jsonb", "tags": "text[]"}  # the expressions' types, for COPY (insert_columns)
 PARTITION = re.compile(r"^events_p(\d{8})$")
 MAINTENANCE_LOCK = 0x656E766F6C6F67  # "envolog": one partition maintainer at a time
 
@@ -30,7 +31,7 @@ def insert_many(conn: Connection, rows: list[tuple]) -> None:
         headers = (data.get("message") or {}).get("headers") or {}
         params.append(row[:9] + (row[10], headers.get("from"), headers.get("subject"),
                                  json.dumps([str(t) for t in data.get("tags") or []])))
-    insert_columns(conn, "events", _EVENT_COLUMNS, params, expressions=_EVENT_EXPRESSIONS)
+    insert_columns(conn, "events", _EVENT_COLUMNS, params, expressions=_EVENT_EXPRESSIONS, copy_as=_EVENT_COPY)
 
 
 def query(

@@ -7,6 +7,7 @@ commit together (intake writes the message, its recipients and its events in one
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import psycopg
@@ -182,7 +183,8 @@ def like_escape(value: str) -> str:
 
 
 def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple],
-                   *, expressions: Mapping[str, str] | None = None, returning: str | None = None) -> psycopg.Cursor:
+                   *, expressions: Mapping[str, str] | None = None, returning: str | None = None,
+                   copy_as: Mapping[str, str] | None = None) -> psycopg.Cursor:
     """INSERT many rows as one statement with one array parameter per column (`unnest`).
 
     columns: (name, Postgres type) pairs. expressions: SQL computing a column from the unnested
@@ -196,8 +198,18 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     Without `returning`, rows carrying more than STATEMENT_BYTES of text and bytes go in several
     statements: a backend holds a statement's arrays whole (and refuses one over 1 GB), so a batch
     of big messages must not become one giant statement.
+
+    More than COPY_ROWS rows without `returning`, outside pipeline mode, go as one binary COPY
+    instead, if every column with an expression has its real type in `copy_as`: 'jsonb' for JSON
+    text cast to jsonb, 'text[]' for a JSON array of strings unpacked into text[] (the two expressions
+    the stores use). psycopg formats COPY rows in C, where it dumps arrays of values in Python, and
+    Postgres inserts COPY rows several to a WAL record without unnesting arrays or running the
+    expressions per row.
     """
     expressions = expressions or {}
+    if (not returning and len(rows) > COPY_ROWS and conn.pgconn.pipeline_status == 0
+            and set(expressions) <= set(copy_as or ())):
+        return _copy_rows(conn, table, columns, rows, copy_as or {})
     names = [name for name, _ in columns]
     values = ", ".join(expressions.get(name, f"u.{name}") for name in names)
     cur = conn.cursor()
@@ -219,6 +231,48 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
 
 SMALL_INSERT = 32  # rows at most that insert_columns sends row by row (executemany) rather than as arrays
 STATEMENT_BYTES = 16 << 20  # text and bytes per insert_columns statement (one row may carry more)
+COPY_ROWS = 64  # rows above which insert_columns COPYs (outside pipeline mode): two round trips, then C
+_TYPE_NAMES = {"int": "integer"}  # SQL's names psycopg's type registry does not know
+_JSONB_VERSION = b"\x01"  # jsonb's binary input: a version byte, then the JSON text
+
+
+def _copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple],
+               copy_as: Mapping[str, str]) -> psycopg.Cursor:
+    """insert_columns' COPY: rows in binary, converting the columns named in copy_as from the JSON text
+    the statements take (a value shared by many rows, as a draft's options, is converted once)."""
+    types, converters = [], {}
+    for i, (name, kind) in enumerate(columns):
+        real = copy_as.get(name)
+        if real is None:
+            types.append(_TYPE_NAMES.get(kind, kind))
+        elif real == "jsonb":
+            # Binary jsonb is the version byte and the text: sent as bytea's bytes, read as the column's jsonb.
+            types.append("bytea")
+            converters[i] = lambda text: None if text is None else _JSONB_VERSION + text.encode()
+        elif real == "text[]":
+            types.append("text[]")
+            converters[i] = lambda text: None if text is None else [str(v) for v in json.loads(text)]
+        else:
+            raise ValueError(f"copy_as[{name!r}]: {real!r} is neither 'jsonb' nor 'text[]'")
+    cur = conn.cursor()
+    with cur.copy(f"COPY {table} ({', '.join(name for name, _ in columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        if not converters:
+            for row in rows:
+                copy.write_row(row)
+            return cur
+        memo: dict[int, dict] = {i: {} for i in converters}
+        for row in rows:
+            row = list(row)
+            for i, convert in converters.items():
+                seen = memo[i]
+                value = row[i]
+                try:
+                    row[i] = seen[value]
+                except KeyError:
+                    row[i] = seen[value] = convert(value)
+            copy.write_row(row)
+    return cur
 
 
 def _chunks(rows: Sequence[tuple]) -> Iterator[Sequence[tuple]]:

@@ -21,7 +21,7 @@ from envoi.accounts.service import Accounts, Principal
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra import ids
 from envoi.infra.crypto import Sealer
-from envoi.infra.db import Database, IntegrityError, is_data_error
+from envoi.infra.db import COPY_ROWS, Database, IntegrityError, is_data_error
 from envoi.infra.group_commit import GroupCommit, write_isolated
 from envoi.infra.settings import Settings
 from envoi.mta import senders, store
@@ -30,6 +30,7 @@ from envoi.mta.errors import DomainNotFound, InvalidMessage, MessageTooLarge, No
 
 log = logging.getLogger(__name__)
 MESSAGE_ID_BLOCK = 256  # message ids reserved per round trip
+COPY_FROM = COPY_ROWS  # messages or recipients in one commit above which it COPYs instead of pipelining
 
 
 class AcceptCheck(Protocol):
@@ -227,8 +228,11 @@ class Intake:
             recipients += [(pk, account_id, domain_id, *r) for r in m.recipients]
             recorded += [NewEvent(account_id, domain_id, pk, data) for data in m.events]
         # Pipelined, with the message ids known beforehand: the transaction waits on the database once,
-        # at commit, instead of once per statement.
-        with self.db.pipelined() as conn:
+        # at commit, instead of once per statement. A batch send's hundreds of rows rather go as COPYs
+        # (not possible in a pipeline; insert_columns): a few round trips, against a much cheaper
+        # encoding of the rows and cheaper inserts in Postgres.
+        copies = len(stored) > COPY_FROM or len(recipients) > COPY_FROM
+        with self.db.transaction(bounded=True) if copies else self.db.pipelined() as conn:
             store.insert_messages(conn, [(pk, *m.row) for pk, m in zip(pks, stored, strict=True)])
             store.insert_recipients(conn, recipients)
             self.events.record(conn, recorded)

@@ -15,6 +15,7 @@ MESSAGE_COLUMNS = (("id", "bigint"), ("account_id", "bigint"), ("domain_id", "bi
 _JSON_TEXT = ("headers", "user_variables", "options", "attachments")
 _MESSAGE_EXPRESSIONS = {**{name: f"u.{name}::jsonb" for name in _JSON_TEXT},
                         "tags": "ARRAY(SELECT jsonb_array_elements_text(u.tags))"}
+_MESSAGE_COPY = {**{name: "jsonb" for name in _JSON_TEXT}, "tags": "text[]"}  # the expressions' types, for COPY
 
 
 #: The index that keeps a caller-given Message-ID (h:Message-Id) unique per domain (0165_given_message_id).
@@ -47,8 +48,8 @@ def message_row(**values) -> tuple:
 
 def insert_messages(conn: Connection, rows: list[tuple]) -> None:
     """Insert message rows ((id, *message_row(...)), ids from reserve_message_ids) in one statement
-    that needs no reply: it can be pipelined."""
-    insert_columns(conn, "messages", MESSAGE_COLUMNS, rows, expressions=_MESSAGE_EXPRESSIONS)
+    that needs no reply: it can be pipelined (or, many rows outside a pipeline, one COPY)."""
+    insert_columns(conn, "messages", MESSAGE_COLUMNS, rows, expressions=_MESSAGE_EXPRESSIONS, copy_as=_MESSAGE_COPY)
 
 
 def insert_recipients(conn: Connection, rows: list[tuple]) -> None:

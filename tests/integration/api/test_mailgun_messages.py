@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 from mailgun.client import Client
 
 from envoi.api.app import create_app
+from envoi.mta import intake
 from tests.conftest import basic
 from tests.support.api import accepted, multipart, send_form
 from tests.support.delivery import events_of
@@ -106,6 +108,58 @@ def test_a_batch_send_with_a_given_id_is_one_message_and_its_id_is_then_taken(cl
     assert [(r["message_id"], r["message_id_given"]) for r in rows(db, domain)] == [(given, True), (given, False)]
     assert send_form(client, api_key, domain, **{"h:Message-Id": given}).status_code == 400
     assert len(rows(db, domain)) == 2
+
+
+def _batch(client, api_key, domain, n: int, given: str) -> list[str]:
+    to = [rcpt(f"b{i}") for i in range(n)]
+    accepted(send_form(client, api_key, domain, to=", ".join(to), subject="Hi %recipient.n%", text="hello %recipient.n%",
+                       **{"recipient-variables": json.dumps({a: {"n": i} for i, a in enumerate(to)}),
+                          "o:tag": ["t1", "t,2"], "v:order": '{"id": 7}', "h:Message-Id": given}))
+    return to
+
+
+def test_a_batch_send_over_the_copy_threshold_stores_what_a_small_one_stores(client, services, api_key, domain, db):
+    # Over COPY_FROM copies the intake commit COPYs its rows instead of pipelining INSERTs: the same rows.
+    small, big = f"small-{uuid.uuid4().hex}@client.example", f"big-{uuid.uuid4().hex}@client.example"
+    n = intake.COPY_FROM + 6
+    _batch(client, api_key, domain, 2, small)
+    to = _batch(client, api_key, domain, n, big)
+
+    def stored(message_id: str) -> list[dict]:
+        return db.execute(
+            "SELECT m.id, m.storage_key, m.headers, m.tags, m.user_variables, m.options, m.attachments, m.method,"
+            " m.size, m.body, m.message_id_given, r.address, r.rcpt_domain, r.status, r.egress_pin,"
+            " r.account_id = m.account_id AND r.domain_id = m.domain_id AS same_owner,"
+            " e.data, e.event, e.recipient, e.sender, e.subject, e.tags AS event_tags, e.message_pk = m.id AS same_pk"
+            " FROM messages m JOIN recipients r ON r.message_pk = m.id"
+            " JOIN events e ON e.message_pk = m.id AND e.recipient = r.address"
+            " WHERE m.domain_id = %s AND m.message_id = %s ORDER BY m.id", (domain["id"], message_id)).fetchall()
+
+    def shape(row: dict) -> dict:  # what a copy's rows hold besides its recipient, ids and times
+        data = {k: v for k, v in row["data"].items() if k not in ("id", "timestamp", "recipient", "recipient-domain",
+                                                                 "envelope", "storage")}
+        data["message"] = {**data["message"], "headers": {**data["message"]["headers"], "to": None, "message-id": None},
+                           "size": None}
+        return {**{k: row[k] for k in ("tags", "user_variables", "options", "attachments", "method", "status",
+                                       "egress_pin", "same_owner", "event", "sender", "subject", "event_tags",
+                                       "same_pk")},
+                "headers": {**row["headers"], "to": None, "message-id": None}, "data": data}
+
+    small_rows, big_rows = stored(small), stored(big)
+    assert len(small_rows) == 2 and len(big_rows) == n
+    assert [r["address"] for r in big_rows] == to and [r["recipient"] for r in big_rows] == to
+    assert {r["rcpt_domain"] for r in big_rows} == {"dest.test"}
+    assert [r["message_id_given"] for r in big_rows] == [True] + [False] * (n - 1)
+    assert all(shape(r) == shape(small_rows[0]) for r in big_rows)
+    assert big_rows[0]["tags"] == ["t1", "t,2"] and big_rows[0]["event_tags"] == ["t1", "t,2"]
+    for i, row in enumerate(big_rows):
+        mime = services.sealer.open(row["body"], row["storage_key"].encode())
+        assert row["size"] == len(mime) and f"hello {i}".encode() in mime and f"To: {to[i]}".encode() in mime
+        assert row["headers"]["to"] == to[i] and row["data"]["envelope"]["targets"] == to[i]
+        assert row["data"]["storage"]["key"] == row["storage_key"]
+    # The given Message-ID is taken: the COPY's unique violation is the same 400.
+    assert send_form(client, api_key, domain, **{"h:Message-Id": big}).status_code == 400
+    assert len(stored(big)) == n
 
 
 @pytest.mark.parametrize("value", [

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from envoi.infra import db as db_module
-from envoi.infra.db import Database, Unavailable, insert_columns
+from envoi.infra.db import Database, DataError, Unavailable, insert_columns, is_data_error
 from tests.support.relay import wait_until
 
 COLUMNS = (("n", "bigint"), ("label", "text"), ("at", "timestamptz"), ("body", "bytea"), ("doc", "text"),
@@ -136,3 +136,64 @@ def test_statement_timeout_is_set_on_pooled_connections(services):
             assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "1500ms"
     finally:
         database.close()
+
+
+COPY_AS = {"doc": "jsonb", "tags": "text[]"}
+
+
+def _many_rows(n: int) -> list[tuple]:
+    at = datetime(2026, 11, 23, 12, 0, 1, 500, tzinfo=UTC)
+    shared_doc = json.dumps({"k": "v\"\\", "é": [1, None]})  # one value in many rows (converted once)
+    kinds = [
+        lambda i: (i, "quotes \" ' and \\ backslash, {braces}", at, b"\x00\x01\xff\r\n" * i, shared_doc,
+                   json.dumps(["t1", "t,2", "t\"3", "NULL"]), 5),
+        lambda i: (None, None, at, None, "{}", "[]", None),  # NULLs in every nullable column
+        lambda i: (2**40 + i, "é ü 漢\x01", at + timedelta(microseconds=i), b"", "[1, 2.5]", json.dumps(["漢"]), 2**31 - 1),
+    ]
+    return [kinds[i % 3](i) for i in range(n)]
+
+
+def _stored(db, table) -> list[tuple]:
+    return [tuple(r.values()) for r in db.execute(f"SELECT n, label, at, body, doc, tags, small FROM {table}"
+                                                  " ORDER BY id").fetchall()]
+
+
+def test_insert_columns_copies_many_rows_and_stores_what_the_statement_stores(db, table, monkeypatch):
+    copied = []
+    real_copy = db_module._copy_rows
+    monkeypatch.setattr(db_module, "_copy_rows", lambda *a: copied.append(a) or real_copy(*a))
+    rows = _many_rows(db_module.COPY_ROWS + 7)
+    insert_columns(db, table, COLUMNS, rows, expressions=EXPRESSIONS)  # no copy_as: the unnest statement
+    assert copied == []
+    by_statement = _stored(db, table)
+    db.execute(f"TRUNCATE {table}")
+    insert_columns(db, table, COLUMNS, rows, expressions=EXPRESSIONS, copy_as=COPY_AS)
+    assert len(copied) == 1
+    assert _stored(db, table) == by_statement
+    assert by_statement[0][4] == {"k": "v\"\\", "é": [1, None]} and by_statement[0][5] == ["t1", "t,2", "t\"3", "NULL"]
+    assert by_statement[1] == (None, None, rows[1][2], None, {}, [], None)
+
+
+def test_insert_columns_does_not_copy_a_few_rows_nor_inside_a_pipeline(database, db, table, monkeypatch):
+    monkeypatch.setattr(db_module, "_copy_rows", lambda *a: pytest.fail("copied"))
+    insert_columns(db, table, COLUMNS, _many_rows(db_module.COPY_ROWS), expressions=EXPRESSIONS, copy_as=COPY_AS)
+    with database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, _many_rows(db_module.COPY_ROWS + 1), expressions=EXPRESSIONS,
+                       copy_as=COPY_AS)
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 2 * db_module.COPY_ROWS + 1
+
+
+def test_a_value_postgres_refuses_in_a_copy_is_a_data_error_and_nothing_is_stored(database, db, table):
+    rows = _many_rows(db_module.COPY_ROWS + 1)
+    rows[-1] = (*rows[-1][:4], "not json", *rows[-1][5:])
+    with pytest.raises(DataError) as failure, database.transaction() as conn:
+        insert_columns(conn, table, COLUMNS, rows, expressions=EXPRESSIONS, copy_as=COPY_AS)
+    assert is_data_error(failure.value) and "json" in str(failure.value).lower()
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+
+
+def test_a_copy_type_insert_columns_cannot_convert_is_refused(db, table):
+    with pytest.raises(ValueError, match="neither 'jsonb' nor 'text\\[\\]'"):
+        insert_columns(db, table, COLUMNS, _many_rows(db_module.COPY_ROWS + 1), expressions=EXPRESSIONS,
+                       copy_as={**COPY_AS, "doc": "json"})
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0

@@ -1,0 +1,152 @@
+"""CPU per recipient of a batch send's compose + accept, in one process, against another checkout.
+
+    .venv/bin/python bench/batch_intake.py [--baseline /tmp/envoi-base] [--rounds 6] [--batches 5] [--size 1000]
+
+Each round runs a child process per code tree (this checkout, then the baseline's, alternating which
+goes first): a fresh migrated database (the tree's own migrations), runtime.build(), one verified
+domain, then `batches` batch sends of `size` recipients (1,000 domains, recipient-variables, ~5 KB text
+with %recipient.name%, as bench/relay_vs_postfix.py's `batch` path posts them) composed and accepted
+one after another, after one batch of warm-up. It prints, per recipient: the process's CPU for
+compose and for accept (all threads: the live-stream publisher included), the CPU of the database's
+Postgres backends, and the database's WAL bytes. No HTTP and no relay: only what a batch costs the
+API process and Postgres, so intake changes compare without the end-to-end run's noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child(batches: int, size: int, body_storage: str | None) -> dict:
+    import psycopg
+
+    from envoi import runtime
+    from envoi.infra.migrate import ensure_database, migrate
+    from envoi.infra.settings import Settings
+    from envoi.mta.compose import compose
+
+    name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
+    dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
+    ensure_database(dsn)
+    try:
+        migrate(dsn)
+        if body_storage:  # to tell the storage's share from the rest's
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE messages ALTER COLUMN body SET STORAGE {body_storage}")
+        settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
+                            lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
+        svc = runtime.build(settings)
+        account = svc.accounts.create_account(f"bench-{uuid.uuid4().hex[:6]}")
+        domain_name = f"{uuid.uuid4().hex[:8]}.example.test"
+        svc.accounts.add_domain(account["id"], domain_name, dkim_key_size=1024, verified=True)
+        domain = svc.accounts.sending_domain(domain_name, account["id"])
+        line = "Hello %recipient.name%, thank you for your order. Your parcel is on its way.\r\n"
+        text = line * (5000 // len(line) + 1)
+
+        def fields(b: int) -> dict:
+            rcpts = [f"b{b}r{i}@d{i:03d}.example.net" for i in range(size)]
+            variables = {r: {"name": f"Customer {i}", "id": i} for i, r in enumerate(rcpts)}
+            return {"from": [f"Bench <bench@{domain_name}>"], "to": [",".join(rcpts)],
+                    "subject": ["Your order, %recipient.name%"], "text": [text], "o:tag": ["bench"],
+                    "recipient-variables": [json.dumps(variables)]}
+
+        def send(b: int) -> tuple[float, float]:
+            f = fields(b)
+            c0 = time.process_time()
+            draft = compose(domain_name, f, [], [], max_bytes=settings.max_message_bytes)
+            draft.method = "http"
+            c1 = time.process_time()
+            svc.intake.accept(_Principal(account["id"]), domain, draft)
+            return c1 - c0, time.process_time() - c1
+
+        send(0)  # warm-up: prepared statements, caches, the first partition's pages
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            def backends() -> float:
+                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
+                return sum(_cpu(p) for p in pids if os.path.exists(f"/proc/{p}"))
+
+            def wal() -> int:
+                return admin.execute("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").fetchone()[0]
+
+            time.sleep(0.5)
+            pg0, wal0, started = backends(), wal(), time.monotonic()
+            compose_cpu = accept_cpu = 0.0
+            for b in range(1, batches + 1):
+                c, a = send(b)
+                compose_cpu += c
+                accept_cpu += a
+            elapsed = time.monotonic() - started
+            time.sleep(0.3)  # the live-stream publisher's last batch
+            n = batches * size
+            # WAL of the whole cluster (other engineers' work included): a rough figure on a shared machine.
+            return {"compose_us": compose_cpu / n * 1e6, "accept_us": accept_cpu / n * 1e6,
+                    "postgres_us": (backends() - pg0) / n * 1e6, "wal_bytes": (wal() - wal0) / n,
+                    "rate": n / elapsed}
+    finally:
+        with contextlib.suppress(Exception):  # svc is unbound if the migration failed
+            svc.close()
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class _Principal:
+    def __init__(self, account_id: int):
+        self.account_id = account_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", help="another checkout (its envoi package) to compare against")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--body-storage", choices=["extended", "external", "main"],
+                        help="set messages.body's storage in every tree's database (default: as migrated)")
+    parser.add_argument("--baseline-body-storage", choices=["extended", "external", "main"],
+                        help="the same for the baseline's databases only (with --baseline . : storage alone A/B)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.batches, args.size, args.body_storage)))
+        return
+    trees = {"new": HERE} | ({"old": Path(args.baseline).resolve()} if args.baseline else {})
+    results: dict[str, list[dict]] = {label: [] for label in trees}
+    for r in range(args.rounds):
+        order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
+        for label, tree in order:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            chosen = args.baseline_body_storage if label == "old" and args.baseline_body_storage else args.body_storage
+            storage = ["--body-storage", chosen] if chosen else []
+            out = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches), "--size",
+                                  str(args.size), *storage], env=env, cwd=tree, check=True, capture_output=True,
+                                 text=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            results[label].append(row)
+            print(f"round {r + 1} {label}: " + ", ".join(f"{k} {v:,.1f}" for k, v in row.items()), flush=True)
+    print(f"\nmedians over {args.rounds} rounds, per recipient (load average {os.getloadavg()[0]:.1f}):")
+    for label, rows in results.items():
+        print(f"  {label}: " + ", ".join(f"{k} {statistics.median(r[k] for r in rows):,.1f}" for k in rows[0]))
+
+
+if __name__ == "__main__":
+    main()
