@@ -236,7 +236,7 @@ def _granian(settings, bind: str, workers: int, threads: int, access_log: bool, 
     tls = (settings.tracking_tls_cert, settings.tracking_tls_key or settings.tracking_tls_cert) if extra else None
     target = "envoi.granian_server:tracking" if "tracking" in app else "envoi.granian_server:api"
     serve_app(target, host, port, workers, threads, access_log, metrics_address,
-              health.for_settings(settings, started=True) if metrics_address else None, tls)
+              lambda children: health.for_settings(settings, started=True, children=children), tls)
 
 
 @main.command()
