@@ -13,7 +13,8 @@ What gunicorn's settings (envoi.gunicorn_conf) give, kept here:
 * a worker that dies is started again; workers' and granian's own logs as ENVOI_LOG_FORMAT says;
 * TLS from one certificate (`envoi tracking`); granian cannot pick one by SNI, so the caller refuses
   ENVOI_TRACKING_TLS_DIR;
-* a request's environ holds only the request (granian adds the process's environment variables).
+* a request's environ holds only the request (granian adds the process's environment variables);
+* a cut body is never read as a whole one: a urlencoded form must come with its Content-Length.
 """
 
 from __future__ import annotations
@@ -91,7 +92,28 @@ def _app(factory: str):
     from envoi.infra.settings import log_format as chosen_format
 
     log_format.configure(logging.INFO, chosen_format(os.environ), os.environ.get(PROCESS, "api"))
-    return without_process_environment(getattr(wsgi, factory)())
+    return without_process_environment(forms_with_a_length(getattr(wsgi, factory)()))
+
+
+_LENGTH_REQUIRED = b'{"message": "send a urlencoded form with its Content-Length (not chunked)"}'
+
+
+def forms_with_a_length(app):
+    """Refuse (411) a urlencoded form sent chunked. granian ends a chunked body cut off mid-way (the client
+    gone) or badly framed as if it were whole, and a form has no end marker: what came would be read as a
+    shorter message and sent (gunicorn raises instead). A Content-Length lets the app see the cut
+    (envoi.api.forms); a multipart body ends with its closing boundary and JSON with its syntax, so those
+    may come chunked."""
+    def application(environ, start_response):
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            ctype = environ.get("CONTENT_TYPE", "").lower()
+            if not ctype or ctype.startswith("application/x-www-form-urlencoded"):
+                start_response("411 Length Required", [("Content-Type", "application/json"),
+                                                       ("Content-Length", str(len(_LENGTH_REQUIRED)))])
+                return [_LENGTH_REQUIRED]
+        return app(environ, start_response)
+
+    return application
 
 
 # What a WSGI server itself puts in a request's environ: a variable of the process by one of these names

@@ -86,7 +86,7 @@ def _unquote(raw: bytes) -> str:
 
 
 def _chunked(req: falcon.Request) -> bool:
-    """A body sent with Transfer-Encoding: chunked has no Content-Length; the server (gunicorn)
+    """A body sent with Transfer-Encoding: chunked has no Content-Length; the server (granian or gunicorn)
     de-chunks it, and falcon's bounded stream would read it as empty."""
     return req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
 
