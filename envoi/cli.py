@@ -163,7 +163,7 @@ def migrate() -> None:
                    "from --bind (which never serves it); 0: off.")
 @click.option("--metrics-bind", default="", help=METRICS_BIND_HELP)
 def api(bind: str, workers: int, threads: int, access_log: bool, metrics_port: int, metrics_bind: str) -> None:
-    """Serve the HTTP API with gunicorn (or granian: ENVOI_API_SERVER)."""
+    """Serve the HTTP API with granian (or gunicorn: ENVOI_API_SERVER=gunicorn)."""
     _gunicorn(bind, workers, threads, access_log, "envoi.wsgi:get_app()", [], metrics_bind, metrics_port)
 
 
@@ -192,7 +192,8 @@ def tracking(bind: str, workers: int, threads: int, access_log: bool, metrics_po
 
 def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str, extra: list[str],
               metrics_bind: str, metrics_port: int) -> None:
-    """Serve `app` with the HTTP server ENVOI_API_SERVER names (gunicorn unless granian)."""
+    """Serve `app` with the HTTP server ENVOI_API_SERVER names (granian unless gunicorn; gunicorn for
+    `envoi tracking` with per-host certificates)."""
     from envoi.billing import plans
     from envoi.infra import metrics_dir
 
@@ -211,7 +212,9 @@ def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str,
     process = "tracking" if "tracking" in app else "api"
     os.environ[PROCESS] = process
     metrics_address = settings.metrics_address(metrics_bind, metrics_port)
-    if settings.api_server == "granian":
+    # Granian cannot choose a certificate by SNI: per-host certificates keep `envoi tracking` on gunicorn.
+    sni = bool(settings.tracking_tls_dir) and "--certfile" in extra
+    if settings.api_server == "granian" and not sni:
         _granian(settings, bind, workers, threads, access_log, app, extra, metrics_address)
         return
     os.environ[METRICS_BIND] = metrics_address  # served by gunicorn's master (envoi.gunicorn_conf)
@@ -225,9 +228,6 @@ def _gunicorn(bind: str, workers: int, threads: int, access_log: bool, app: str,
 
 def _granian(settings, bind: str, workers: int, threads: int, access_log: bool, app: str, extra: list[str],
              metrics_address: str) -> None:
-    if settings.tracking_tls_dir and "--certfile" in extra:
-        raise click.ClickException("ENVOI_API_SERVER=granian cannot choose a certificate by SNI "
-                                   "(ENVOI_TRACKING_TLS_DIR): unset one of them")
     from envoi.granian_server import serve_app
     from envoi.infra import health
     from envoi.infra.metrics import parse_bind
@@ -236,7 +236,7 @@ def _granian(settings, bind: str, workers: int, threads: int, access_log: bool, 
     tls = (settings.tracking_tls_cert, settings.tracking_tls_key or settings.tracking_tls_cert) if extra else None
     target = "envoi.granian_server:tracking" if "tracking" in app else "envoi.granian_server:api"
     serve_app(target, host, port, workers, threads, access_log, metrics_address,
-              health.for_settings(settings, started=True) if metrics_address else None, tls)
+              lambda children: health.for_settings(settings, started=True, children=children), tls)
 
 
 @main.command()

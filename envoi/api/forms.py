@@ -86,7 +86,7 @@ def _unquote(raw: bytes) -> str:
 
 
 def _chunked(req: falcon.Request) -> bool:
-    """A body sent with Transfer-Encoding: chunked has no Content-Length; the server (gunicorn)
+    """A body sent with Transfer-Encoding: chunked has no Content-Length; the server (granian or gunicorn)
     de-chunks it, and falcon's bounded stream would read it as empty."""
     return req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
 
@@ -129,6 +129,11 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
             raise ApiError(400, ex.description or ex.title) from ex
     elif content_type.startswith("application/x-www-form-urlencoded") or not content_type:
         body = _read_all(req.stream if _chunked(req) else req.bounded_stream)
+        if req.content_length is not None and len(body) < req.content_length:
+            # The client went away mid-body: both servers hand over what came and then the end. A form has
+            # no terminator, so what came would parse as a shorter message (its text cut) and be sent.
+            # (A multipart body ends with its closing boundary; JSON does not parse when cut.)
+            raise ApiError(400, "the request body ended before its Content-Length")
         pairs = body.split(b"&")
         del body  # one copy of a large body at a time
         fields = _parse_urlencoded(pairs)

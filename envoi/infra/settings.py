@@ -265,11 +265,12 @@ class Settings:
     #: ENVOI_METRICS_HOST: address each process's `--metrics-port` listens on (127.0.0.1): a private address
     #: Prometheus reaches, never the public one. /metrics is only ever served there (or on `--metrics-bind`).
     metrics_host: str = "127.0.0.1"
-    #: ENVOI_API_SERVER: the HTTP server of `envoi api` and `envoi tracking`: "gunicorn" (gthread workers, the
-    #: default) or "granian" (a Rust HTTP server calling the same WSGI app from its threads: about a fifth of
-    #: gthread's CPU per request). Granian cannot choose a certificate by SNI: `envoi tracking` refuses it
-    #: with ENVOI_TRACKING_TLS_DIR. docs/benchmarks.md (issue 20) has the figures.
-    api_server: str = "gunicorn"
+    #: ENVOI_API_SERVER: the HTTP server of `envoi api` and `envoi tracking`: "granian" (the default: a Rust
+    #: HTTP server calling the WSGI app from its threads, about a fifth of gunicorn's CPU per request) or
+    #: "gunicorn" (gthread workers, the server before). Granian cannot choose a certificate by SNI: `envoi
+    #: tracking` with ENVOI_TRACKING_TLS_DIR runs under gunicorn whatever this says. docs/benchmarks.md
+    #: (issue 20) has the figures and the differences on the wire.
+    api_server: str = "granian"
     #: ENVOI_LOG_FORMAT: "text" (one human line per record) or "json" (one JSON object per line: ts, level,
     #: process, region, logger, message, and message_id when the record is about one message).
     log_format: str = "text"
