@@ -31,6 +31,29 @@ class SettingsError(ValueError):
     """A setting is missing or malformed."""
 
 
+class _Reading(Mapping):
+    """The environment, remembering the variable read last: each setting is converted right after its
+    read, so a value that does not convert is that variable's."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.last = "a setting"
+
+    def __getitem__(self, key: str) -> str:
+        self.last = key
+        return self.env[key]
+
+    def get(self, key, default=None):
+        self.last = key
+        return self.env.get(key, default)
+
+    def __iter__(self):
+        return iter(self.env)
+
+    def __len__(self) -> int:
+        return len(self.env)
+
+
 def _seconds(value: str) -> float:
     """Parse '300', '300s', '5m', '2h', '5d' into seconds."""
     value = value.strip().lower()
@@ -433,7 +456,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        reading = _Reading(os.environ if env is None else env)
+        try:
+            return cls._from_env(reading)
+        except SettingsError:
+            raise
+        except ValueError as ex:  # a number or duration that is not one: name the variable, no traceback
+            raise SettingsError(f"{reading.last}: {ex}") from ex
+
+    @classmethod
+    def _from_env(cls, env: Mapping[str, str]) -> Settings:
         region = env.get("ENVOI_REGION", "eu").lower()
         if region not in REGIONS:
             raise SettingsError(f"ENVOI_REGION must be one of {REGIONS}, not {region!r}")

@@ -327,8 +327,8 @@ def test_api_sigterm_with_a_post_in_flight_answers_it_with_its_row_or_not_at_all
                                                                                  db, relay, sink, rest_after):
     """A large /messages POST is half sent when the API is told to stop. Its body's rest comes 0.2 s later:
     the request gets its 200, its message is stored and delivered, and the group is gone within 2 s of the
-    answer. Or 2.5 s later, past gunicorn's graceful timeout (1 s): the worker is gone before the commit, so
-    no 200 and nothing stored. Never a 200 without a row."""
+    answer. Or 2.5 s later, past the server's graceful timeout (1 s, granian's or gunicorn's): the worker is
+    gone before the commit, so no 200 and nothing stored. Never a 200 without a row."""
     import urllib.parse
 
     port = free_port()

@@ -56,6 +56,14 @@ def test_durations_and_bad_values():
         settings.region = "us"
 
 
+@pytest.mark.parametrize("name, value", [("ENVOI_WEBHOOK_TRACE", "abc"), ("ENVOI_RELAY_LEASE", "5x"),
+                                         ("ENVOI_RETRY_SCHEDULE", "30s,soon")])
+def test_a_value_that_does_not_convert_names_its_variable(name, value):
+    """A bad number or duration is a SettingsError naming the variable (one line at start), not a traceback."""
+    with pytest.raises(SettingsError, match=f"^{name}: "):
+        Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, name: value})
+
+
 def test_routing_between_regions():
     env = {"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_REGION": "eu",
            "ENVOI_OTHER_REGION_URLS": "eu=https://api.eu.test,us=https://api.us.test/",
