@@ -98,7 +98,9 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
         urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{ports['sink_http']}/script", data=script,
                                                       headers={"Content-Type": "application/json"}), timeout=5)
         for proc, name in zip(procs[2:], ("api", "relay", "smtp", "inbound", "worker", "webhooks", "scheduler"), strict=True):
-            proc.wait_ready(lambda name=name: http_ok(f"http://127.0.0.1:{ports[name + '_m']}/metrics"), timeout=90)
+            proc.wait_ready(lambda name=name: http_ok(f"http://127.0.0.1:{ports[name + '_m']}/readyz"), timeout=90)
+        # a group is ready once its children are; the API port is checked too, as a client sees it
+        procs[2].wait_ready(lambda: http_ok(f"{api_url}/healthz"), timeout=90)
         (tmp_path / "prometheus").mkdir()
         prometheus = Prometheus(tmp_path / "prometheus", targets)
         prometheus.wait_ready(timeout=60)
