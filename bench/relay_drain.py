@@ -9,7 +9,8 @@ smtp-sink) is warmed with 500 messages, the relay is paused (SIGSTOP), n message
 the API (wrk), the queue tables are vacuumed, and the relay is resumed (SIGCONT) until the sink has
 them all. Measured over that drain only, with the API idle: the relay's CPU (its threads included),
 the CPU of the region's Postgres backends (the API's do nothing meanwhile) and transactions, per
-message, and the drain rate. The relay holds no lease while paused between deliveries (it was idle).
+message, and the drain rate. `--baseline . --baseline-env ENVOI_RELAY_SIGNERS=1` compares a setting
+instead of a revision. The relay holds no lease while paused between deliveries (it was idle).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from relay_vs_postfix_lib import (  # noqa: E402
 )
 
 
-def drain(root: Path, name: str, n: int, kind: str) -> dict:
+def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str]) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="envoi-drain-"))
     sink = SmtpSink(workdir).start()
-    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"), root=root)
+    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"), root=root, extra_env=env)
     try:
         envoi.setup().start()
         base = sink.count()
@@ -79,14 +80,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kind", default="urlencoded", help="a wrk_messages.lua kind (how the queue is filled)")
     parser.add_argument("--baseline", metavar="CHECKOUT", help="another checkout, drained in the same run")
+    parser.add_argument("--baseline-env", metavar="KEY=VALUE", action="append", default=[],
+                        help="a setting of the baseline region only (with --baseline . : a setting A/B)")
     args = parser.parse_args()
+    envs = {"envoi": {}, "baseline": dict(kv.split("=", 1) for kv in args.baseline_env)}
     roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
     log(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results: dict[str, list[dict]] = {name: [] for name in roots}
     for r in range(1, args.rounds + 1):
         order = list(roots) if r % 2 else list(reversed(roots))
         for name in order:
-            results[name].append(drain(roots[name], f"r{r} {name}", args.n, args.kind))
+            results[name].append(drain(roots[name], f"r{r} {name}", args.n, args.kind, envs[name]))
     print(f"\n# relay_drain: n={args.n} ({args.kind}), load average at the end "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'region':10} {'relay ms/msg per round':32} {'postgres ms/msg per round':32} {'xacts/msg':16} msg/s")
