@@ -371,8 +371,11 @@ class Session:
         """End a transaction that sends no message. A pipelined DATA that was accepted anyway (no
         recipient was) gets the bare "." RFC 2920 3.1 asks for, which delivers nothing; then RSET."""
         if data_reply is not None and data_reply.code == 354:
-            self.smtp.protocol.write(b".\r\n")
-            await self.smtp.protocol.read_response(timeout=None)
+            protocol = self.smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(b".\r\n")
+            await protocol.read_response(timeout=None)
             self.in_data = False
         await self._reset()
 

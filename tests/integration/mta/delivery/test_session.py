@@ -190,3 +190,39 @@ def test_an_exception_after_a_pipelined_envelope_leaves_the_session_clean(monkey
     assert usable is kept
     assert outcomes["next@example.org"].kind is Kind.DELIVERED, outcomes
     assert [m["rcpt_tos"] for m in received] == [["next@example.org"]]  # the broken one never arrived
+
+
+def test_a_pipelined_data_accepted_with_no_recipient_gets_a_bare_dot_then_rset():
+    """RFC 2920 3.1: a server that answers 354 although it refused every RCPT gets an empty message
+    (a lone "."), which delivers nothing, then RSET; the session stays usable."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-raw.test\r\n250 PIPELINING\r\n")
+        while line := await reader.readline():
+            seen.append(line)
+            reply = {b"MAIL": b"250 Ok", b"RCPT": b"550 5.1.1 No such user", b"DATA": b"354 Go ahead",
+                     b".\r\n": b"554 5.5.1 No valid recipients", b"RSET": b"250 Ok", b"QUIT": b"221 Bye"}
+            writer.write(reply[line[:4] if line != b".\r\n" else line] + b"\r\n")
+            if line.startswith(b"QUIT"):
+                writer.close()
+                return
+
+    async def scenario():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        session = Session("raw.test", "127.0.0.1", server.sockets[0].getsockname()[1], Egress(None, "relay.test"),
+                          timeout=2)
+        await session.open()
+        outcomes = await session.send("a@example.com", ["x@example.org"], MESSAGE)
+        usable = session.usable
+        await session.close()
+        server.close()
+        return outcomes, usable
+
+    outcomes, usable = asyncio.run(scenario())
+    assert outcomes["x@example.org"].kind is Kind.FAILED and outcomes["x@example.org"].code == 550
+    assert usable
+    assert [line.split(b":")[0].strip() for line in seen] == [b"MAIL FROM", b"RCPT TO", b"DATA", b".", b"RSET",
+                                                              b"QUIT"]
