@@ -226,3 +226,37 @@ def test_a_pipelined_data_accepted_with_no_recipient_gets_a_bare_dot_then_rset()
     assert usable
     assert [line.split(b":")[0].strip() for line in seen] == [b"MAIL FROM", b"RCPT TO", b"DATA", b".", b"RSET",
                                                               b"QUIT"]
+
+
+def test_pipelining_after_starttls(tmp_path):
+    """The pipelined envelope and its replies over the TLS transport STARTTLS puts in place (the
+    protocol object carries on under it): EHLO's PIPELINING is read again after STARTTLS."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mx.tls.test").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def scenario(port: int):
+        session = Session("mx.tls.test", "127.0.0.1", port, Egress(None, "relay.test"), timeout=5,
+                          ca_file=str(ca_file))
+        await session.open()
+        try:
+            sent = [await session.send("a@example.com", to, MESSAGE)
+                    for to in (["x@example.org", "bad@example.org"], ["y@example.org"])]
+            return session.tls, session.certificate_verified, session.pipelining, sent
+        finally:
+            await session.close()
+
+    with Sink(tls_context=context, pipelining=True) as sink:
+        sink.set_script({"rcpt": {"bad@example.org": "550 5.1.1 No such user"}})
+        tls, verified, pipelining, sent = asyncio.run(scenario(sink.smtp_port))
+        received = sink.messages()
+    assert tls and verified and pipelining
+    assert [{rcpt: o.code for rcpt, o in outcomes.items()} for outcomes in sent] == [
+        {"x@example.org": 250, "bad@example.org": 550}, {"y@example.org": 250}]
+    assert [(m["rcpt_tos"], m["tls"]) for m in received] == [(["x@example.org"], True), (["y@example.org"], True)]
