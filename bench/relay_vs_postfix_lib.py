@@ -460,7 +460,15 @@ class EnvoiStack:
         import psycopg
         from psycopg.rows import dict_row
 
-        return psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row)
+        # On a shared machine other engineers' regions may hold every Postgres connection for a moment:
+        # the harness's own look-ups wait for one (up to a minute) rather than end the run.
+        for attempt in range(60):
+            try:
+                return psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row)
+            except psycopg.OperationalError as ex:
+                if "too many clients" not in str(ex) or attempt == 59:
+                    raise
+                time.sleep(1.0)
 
     def vacuum(self) -> None:
         """VACUUM ANALYZE the queue tables, as autovacuum would in production (this machine's Postgres

@@ -20,7 +20,7 @@ client process sent it even when the sink reads a message some time after it was
 `smtputf8` is whether MAIL FROM carried the SMTPUTF8 parameter (RFC 6531).
 
 SMTPUTF8 is offered unless ``Sink(smtputf8=False)`` (a server without it: non-ASCII commands are
-refused). Like a real server, the sink refuses a non-ASCII address in a transaction whose MAIL FROM
+refused). PIPELINING (RFC 2920) is offered with ``Sink(pipelining=True)``. Like a real server, the sink refuses a non-ASCII address in a transaction whose MAIL FROM
 did not ask for SMTPUTF8 (553 5.6.7).
 
 Counters (`stats()`, GET /stats): messages and recipients accepted, DATA attempts (including
@@ -134,6 +134,12 @@ class _Handler:
         if getattr(session, "after_data", False):
             self._sink._cut_after_data()
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname  # what the listener does without this hook
+        if self._sink._pipelining:  # aiosmtpd reads commands one by one: pipelined ones just queue
+            return responses[:-1] + ["250-PIPELINING", responses[-1]]
+        return responses
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         session.after_data = False
         envelope.mail_from = address  # what the listener does without this hook
@@ -178,9 +184,10 @@ class Sink:
     def __init__(self, smtp_host: str = "127.0.0.1", smtp_port: int = 0, http_host: str = "127.0.0.1",
                  http_port: int = 0, *, store: bool = True, max_messages: int = 10_000,
                  tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
-                 hostname: str = "sink.envoi.test", smtputf8: bool = True):
+                 hostname: str = "sink.envoi.test", smtputf8: bool = True, pipelining: bool = False):
         self.smtp_host, self.smtp_port = smtp_host, smtp_port
         self._smtputf8 = smtputf8
+        self._pipelining = pipelining
         self.http_host, self.http_port = http_host, http_port
         self._store = store
         self._tls_context = tls_context

@@ -60,13 +60,29 @@ def normalize_crlf(message: bytes) -> bytes:
     return message if message.endswith(b"\r\n") else message + b"\r\n"
 
 
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # printable ASCII but the colon: dkimpy's name rule
+
+
 def _split(message: bytes) -> tuple[list, bytes]:
-    """dkimpy's rfc822_parse, but only the head goes through its line split (it splits and rejoins
-    the whole body otherwise); the body is everything after the first empty line, as there."""
+    """dkimpy's rfc822_parse for a CRLF message, the same (name, value) lists, in one pass over the
+    head's lines with no regex per line (its re.split and re.match were ~7% of the relay's signing
+    time); the body is everything after the first empty line, as there. A head it would treat
+    differently (a continuation first, a line that is no field) goes through rfc822_parse itself."""
     end = message.find(b"\r\n\r\n")
     if end < 0:
         return rfc822_parse(message)
-    headers, _ = rfc822_parse(message[: end + 4])
+    headers: list[list[bytes]] = []
+    for line in message[:end].split(b"\r\n"):
+        first = line[:1]
+        if (first == b" " or first == b"\t") and headers:
+            headers[-1][1] += line + b"\r\n"
+            continue
+        colon = line.find(b":")
+        if colon > 0 and _FIELD_NAME.fullmatch(line, 0, colon):
+            headers.append([line[:colon], line[colon + 1 :] + b"\r\n"])
+        elif not line.startswith(b"From "):  # rfc822_parse skips an mbox From line; anything else: its way
+            headers, _ = rfc822_parse(message[: end + 4])
+            break
     return headers, message[end + 4 :]
 
 

@@ -14,6 +14,7 @@ from envoi.mta.signing import (
     OVERSIGNED_HEADERS,
     SIGNED_HEADERS,
     DkimSigner,
+    _split,
     normalize_crlf,
     relaxed_body,
     relaxed_headers,
@@ -223,6 +224,28 @@ def test_relaxed_headers_match_dkimpy():
                     b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 12))) + b"\r\n"]
                    for _ in range(rng.randrange(1, 5))]
         assert relaxed_headers(headers) == dkim.canonicalization.Relaxed.canonicalize_headers(headers), headers
+
+
+def test_head_split_matches_dkimpy_rfc822_parse():
+    """_split parses the head itself: the same fields as dkimpy's rfc822_parse (on the head, as before)
+    for well-formed and odd heads (mbox From lines, folds, colons, spaces and 8-bit bytes in names,
+    a fold first, an empty first line), and the same error where that raises."""
+    import random
+
+    rng = random.Random(2920)
+    lines = [b"From: a@example.com", b"Subject: x", b"To:b", b" folded", b"\tfolded", b"From bob 2024", b"A::b",
+             b"Sub ject: x", b"X-\x80: y", b": empty name", b"no colon", b"", b"List-Id: <l.example>", b"B:"]
+    for _ in range(3000):
+        head = b"\r\n".join(rng.choice(lines) for _ in range(rng.randrange(1, 7)))
+        message = head + b"\r\n\r\nbody\r\n.\r\n"
+        end = message.find(b"\r\n\r\n")
+        try:
+            expected = (dkim.rfc822_parse(message[: end + 4])[0], message[end + 4:])
+        except Exception as ex:  # noqa: BLE001 - whatever dkimpy raises, _split must raise too
+            with pytest.raises(type(ex)):
+                _split(message)
+            continue
+        assert _split(message) == expected, message
 
 
 def test_header_hash_matches_dkimpy_with_repeated_and_oversigned_names():

@@ -13,9 +13,11 @@ from tests.support.dns_server import DnsServer
 from tests.support.relay import RelayThread, relay_settings, wait_until
 
 
-@pytest.fixture
-def sink():
-    with Sink() as s:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def sink(request):
+    """Every relay test against a sink that takes commands one at a time and one that offers
+    PIPELINING (as most MX hosts do), where MAIL, RCPTs and DATA go in one write."""
+    with Sink(pipelining=request.param) as s:
         yield s
 
 

@@ -1,0 +1,106 @@
+"""The relay alone: its CPU and its Postgres backends' CPU per message while it drains a queue.
+
+    .venv/bin/python bench/relay_drain.py [--n 4000] [--rounds 3] [--kind urlencoded] [--baseline CHECKOUT]
+
+In the send-path benchmark (bench/relay_vs_postfix.py) the relay delivers while the API accepts, so
+its Postgres share cannot be told from the API's. Here, per round and region (this checkout, and
+--baseline's, taking turns going first): a private region (`envoi api` + `envoi relay` to Postfix's
+smtp-sink) is warmed with 500 messages, the relay is paused (SIGSTOP), n messages are accepted through
+the API (wrk), the queue tables are vacuumed, and the relay is resumed (SIGCONT) until the sink has
+them all. Measured over that drain only, with the API idle: the relay's CPU (its threads included),
+the CPU of the region's Postgres backends (the API's do nothing meanwhile) and transactions, per
+message, and the drain rate. `--baseline . --baseline-env ENVOI_RELAY_SIGNERS=1` compares a setting
+instead of a revision. The relay holds no lease while paused between deliveries (it was idle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relay_vs_postfix_lib import (  # noqa: E402
+    ROOT,
+    EnvoiStack,
+    SmtpSink,
+    cpu_seconds,
+    inject_http,
+    inject_wrk,
+    log,
+    make_messages,
+)
+
+
+def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str]) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="envoi-drain-"))
+    sink = SmtpSink(workdir).start()
+    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"), root=root, extra_env=env)
+    try:
+        envoi.setup().start()
+        base = sink.count()
+        inject_http(envoi.api_port, envoi.api_key, make_messages(500, f"warm-{uuid.uuid4().hex[:6]}"), 16)
+        sink.wait_count(base + 500)
+        relay = envoi.procs["relay"].pid
+        os.kill(relay, signal.SIGSTOP)
+        try:
+            accepted0 = envoi.accepted()
+            inject_wrk(envoi.api_port, envoi.api_key, kind, n, f"drain-{uuid.uuid4().hex[:6]}")
+            count = envoi.accepted() - accepted0
+            envoi.vacuum()
+            base = sink.count()
+            xacts0 = envoi.transactions()
+            cpu0, pg0 = cpu_seconds([relay]), envoi.postgres_cpu()
+        finally:
+            os.kill(relay, signal.SIGCONT)
+        t0 = time.time()
+        t1 = sink.wait_count(base + count)
+        relay_ms = (cpu_seconds([relay]) - cpu0) * 1000 / count
+        pg_ms = (envoi.postgres_cpu() - pg0) * 1000 / count
+        xacts = (envoi.transactions() - xacts0) / count
+        result = {"name": name, "n": count, "rate": count / (t1 - t0), "relay_ms": relay_ms, "pg_ms": pg_ms,
+                  "xacts": xacts}
+        log(f"{name}: drained {count} in {t1 - t0:.1f}s ({result['rate']:.0f} msg/s): relay {relay_ms:.3f} ms/msg,"
+            f" postgres {pg_ms:.3f} ms/msg, {xacts:.3f} transactions/msg")
+        return result
+    finally:
+        envoi.stop()
+        sink.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kind", default="urlencoded", help="a wrk_messages.lua kind (how the queue is filled)")
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="another checkout, drained in the same run")
+    parser.add_argument("--baseline-env", metavar="KEY=VALUE", action="append", default=[],
+                        help="a setting of the baseline region only (with --baseline . : a setting A/B)")
+    args = parser.parse_args()
+    envs = {"envoi": {}, "baseline": dict(kv.split("=", 1) for kv in args.baseline_env)}
+    roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+    log(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results: dict[str, list[dict]] = {name: [] for name in roots}
+    for r in range(1, args.rounds + 1):
+        order = list(roots) if r % 2 else list(reversed(roots))
+        for name in order:
+            results[name].append(drain(roots[name], f"r{r} {name}", args.n, args.kind, envs[name]))
+    print(f"\n# relay_drain: n={args.n} ({args.kind}), load average at the end "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'region':10} {'relay ms/msg per round':32} {'postgres ms/msg per round':32} {'xacts/msg':16} msg/s")
+    for name, rows in results.items():
+        cols = [", ".join(format(x[key], fmt) for x in rows)
+                for key, fmt in (("relay_ms", ".3f"), ("pg_ms", ".3f"), ("xacts", ".3f"), ("rate", ".0f"))]
+        print(f"{name:10} {cols[0]:32} {cols[1]:32} {cols[2]:16} {cols[3]}")
+        relay = statistics.median(x["relay_ms"] for x in rows)
+        pg = statistics.median(x["pg_ms"] for x in rows)
+        print(f"{'':10} median relay {relay:.3f}, postgres {pg:.3f}")
+
+if __name__ == "__main__":
+    main()
