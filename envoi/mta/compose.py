@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.utils import format_datetime, formataddr, getaddresses, parsedate_to_datetime
 from typing import BinaryIO
 
 from email_validator import EmailNotValidError, validate_email
 
 from envoi.infra import ids
-from envoi.mta import idn, jsonvalues, mime_body, substitution
+from envoi.mta import idn, jsonvalues, mime_body, mime_head, substitution
 from envoi.mta.errors import InvalidMessage, InvalidRecipient, MessageTooLarge
 from envoi.mta.senders import from_addresses as read_from_addresses
 
@@ -260,6 +260,8 @@ def check_option_names(fields: dict[str, list[str]]) -> None:
 
 def read_options(fields: dict[str, list[str]]) -> tuple[list[str], dict, dict, float | None]:
     """The o:, v: and tag fields shared by /messages and /messages.mime (an unknown o:/t: name is refused)."""
+    if not fields:  # a message given as MIME with no options (most SMTP messages)
+        return [], {}, {}, None
     check_option_names(fields)
     tags = []
     for tag in fields.get("o:tag", []):
@@ -576,30 +578,57 @@ def check_size(fields: dict[str, list[str]], to_count: int, attachments: list[Up
         raise MessageTooLarge(f"message size at least {body * copies} bytes exceeds the limit of {max_bytes} bytes")
 
 
-def parse_head(mime: bytes) -> Message:
-    """The header block of a CRLF message, parsed (compat32: the raw field values)."""
+def parse_head(mime: bytes, utf8: bool = False) -> Message:
+    """The header block of a CRLF message, parsed (compat32: the raw field values).
+
+    utf8: read UTF-8 in header fields (RFC 6532, sent under SMTPUTF8) as text, as SMTP does; otherwise
+    non-ASCII bytes are the parser's undecodable escapes. Read by envoi.mta.mime_head where it gives
+    the parser's very Message, else by email's HeaderParser."""
     head_end = mime.find(b"\r\n\r\n")
     if head_end < 0:
         raise InvalidMessage("message has no header/body separator")
-    return BytesHeaderParser(policy=email.policy.compat32).parsebytes(mime[: head_end + 4])
+    head = mime[: head_end + 2]
+    encoding = "utf-8" if utf8 else "ascii"
+    if FAST_HEAD:
+        try:
+            parsed = mime_head.parse(head.decode(encoding))
+        except UnicodeDecodeError:  # undecodable bytes: the parser's escapes and Header values, below
+            parsed = None
+        if parsed is not None:
+            return parsed
+    try:  # BytesHeaderParser is HeaderParser on the bytes decoded so
+        return HeaderParser(policy=email.policy.compat32).parsestr(head.decode(encoding, "surrogateescape") + "\r\n")
+    except UnicodeError as ex:  # a Content-Type of UTF-8 and undecodable bytes mixed: refused, not a server error
+        raise InvalidMessage("the message header has bytes that are not text") from ex
+
+
+#: False makes parse_head() use only the email package (the equality tests compare both readers).
+FAST_HEAD = True
 
 
 def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str, list[str]], method: str,
-              head: Message | None = None) -> Draft:
+              head: Message | None = None, crlf: bool = False) -> Draft:
     """Prepare a caller-built MIME message (messages.mime and SMTP): add Message-ID/Date if absent.
 
-    head: parse_head(mime) when the caller already has it (SMTP reads From from it first)."""
-    mime = _crlf(mime)
+    head: parse_head(mime) when the caller already has it (SMTP reads From from it first).
+    crlf: the caller has refused any line end but CRLF (SMTP), so there is nothing to normalise."""
+    if not crlf:
+        mime = _crlf(mime)
     parsed = head if head is not None else parse_head(mime)
-    if not parsed.keys():
+    if not len(parsed):
         raise InvalidMessage("message has no headers")
     from_addresses = read_from_addresses(parsed)
+    first = _first_values(parsed, _READ_HEADERS)
     prepend = []
-    message_id = (parsed.get("Message-ID") or "").strip().strip("<>")
+    message_id = first.get("message-id") or ""
+    if not isinstance(message_id, str):  # a Header: bytes that are not text (compat32 makes one of them)
+        raise InvalidMessage("the Message-ID header is not text: it has bytes that are not ASCII (or UTF-8 over"
+                             " SMTPUTF8)")
+    message_id = message_id.strip().strip("<>")
     if not message_id:
         message_id = ids.message_id(domain)
         prepend.append(f"Message-ID: <{message_id}>\r\n".encode())
-    if not parsed.get("Date"):
+    if not first.get("date"):
         prepend.append(f"Date: {format_datetime(_now_utc())}\r\n".encode())
     mime = b"".join(prepend) + mime
     envelope = _unique([normalize_address(r) for r in recipients])
@@ -607,11 +636,11 @@ def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str,
         raise InvalidMessage("to parameter is missing")
     if len(envelope) > MAX_RECIPIENTS:
         raise InvalidMessage(f"Too many recipients, max is {MAX_RECIPIENTS}")
-    from_header = _decode(parsed.get("From", ""))
-    senders = getaddresses([from_header])
+    from_header = _decode(first.get("from", ""))
+    senders = _getaddresses(from_header) if len(from_header) <= 1024 else getaddresses([from_header])
     mail_from = senders[0][1] if senders and senders[0][1] else f"postmaster@{domain}"
-    headers = {"from": from_header, "to": _decode(parsed.get("To", "")),
-               "subject": _decode(parsed.get("Subject", "")), "message-id": message_id}
+    headers = {"from": from_header, "to": _decode(first.get("to", "")),
+               "subject": _decode(first.get("subject", "")), "message-id": message_id}
     for key, value in headers.items():
         # Metadata for events only (the message itself is the caller's): what Postgres cannot store
         # (an encoded NUL, a UTF-7 surrogate) is replaced rather than failing the accept.
@@ -621,6 +650,20 @@ def from_mime(domain: str, mime: bytes, recipients: list[str], fields: dict[str,
                  message_id=message_id, tags=tags, user_variables=variables, options=options,
                  method=method, deliver_at=deliver_at, from_addresses=from_addresses,
                  attachments=mime_attachments(mime, parsed))
+
+
+_READ_HEADERS = frozenset({"message-id", "date", "from", "to", "subject"})
+
+
+def _first_values(head: Message, names: frozenset[str]) -> dict:
+    """head.get(name) for each of names (lower case) that head has, in one pass over its fields
+    (PERF: get() is a pass with a lower() per field, each time)."""
+    found: dict = {}
+    for name, value in head.raw_items():
+        key = name.lower()
+        if key in names and key not in found:
+            found[key] = head.policy.header_fetch_parse(name, value)
+    return found
 
 
 MAX_PART_HEAD = 16 * 1024

@@ -80,6 +80,8 @@ def extract(mime: bytes) -> tuple[bytes, dict[str, list[str]], dict | None]:
     Raises InvalidMessage for option values that cannot be honoured (bad JSON, control characters).
     """
     head, rest = split_head(mime)
+    if head and PREFIX not in head.lower():  # no option header (most messages): one C-speed scan, nothing rebuilt
+        return head + rest, {}, None
     kept: list[bytes] = []
     fields: dict[str, list[str]] = {}
     recipient_variables: dict | None = None

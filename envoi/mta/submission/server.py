@@ -40,8 +40,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import email.parser
-import email.policy
 import functools
 import logging
 import re
@@ -50,7 +48,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import Message
 from email.utils import format_datetime
 
 from envoi.accounts.routing import RegionRouter
@@ -254,11 +251,13 @@ class Submission:
         helo = _HELO_UNSAFE.sub("", helo)[:100] or "unknown"
         mime = (f"Received: from {helo} by {self.config.hostname} (Envoi) with ESMTPSA;\r\n"
                 f"\t{_received_date()}\r\n").encode() + mime
-        head = _parse_head(mime)  # once, for the From addresses and for composing
+        # Once, for the From addresses and for composing; UTF-8 in header fields (RFC 6532, sent under
+        # SMTPUTF8) read as text: as escapes the two From parsers would read it differently.
+        head = compose.parse_head(mime, utf8=True)
         # from_mime reads the From addresses (refusing a missing or ambiguous From); intake checks
         # them against the sending domain, as for the HTTP API.
         draft = compose.from_mime((principal.domain or "").lower(), mime, recipients, fields, method="smtp",
-                                  head=head)
+                                  head=head, crlf=True)
         if recipient_variables is not None:
             draft.copies = [
                 compose.Composed([rcpt], substitute_mime(copy.mime, rcpt, recipient_variables.get(rcpt, {})),
@@ -284,19 +283,6 @@ class Submission:
         # while cached; a suspension or closing made during the session refuses this message).
         principal = self.accounts.refresh(principal)
         return self.intake.prepare(self.intake.domain_for(principal, principal.domain or ""), draft)
-
-
-def _parse_head(mime: bytes) -> Message:
-    """compose.parse_head, reading UTF-8 in header fields (RFC 6532, sent under SMTPUTF8) as text:
-    parsed as bytes it would be undecodable escapes, which the From parsers read differently."""
-    head = compose.parse_head(mime)
-    if mime.isascii():  # the usual case: one C-speed scan
-        return head
-    end = mime.find(b"\r\n\r\n")
-    if mime[:end].isascii():
-        return head
-    return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(
-        mime[: end + 4].decode("utf-8", "surrogateescape"))
 
 
 # RFC 6531 3.4: a non-ASCII address (UTF-8 local part or U-labels) only in a SMTPUTF8 transaction.
