@@ -49,7 +49,10 @@ def from_addresses(head: Message) -> list[str]:
 
 @functools.lru_cache(maxsize=4096)  # an application sends from the same few From fields; ~150 µs each
 def _agreed_from(raw_values: tuple[str, ...]) -> tuple[str, ...]:
-    legacy = [str(email.policy.compat32.header_fetch_parse("From", value)) for value in raw_values]
+    try:  # UTF-8 mixed with undecodable bytes (SMTPUTF8) fails compat32's str() with UnicodeEncodeError
+        legacy = [str(email.policy.compat32.header_fetch_parse("From", value)) for value in raw_values]
+    except ValueError as ex:
+        raise InvalidMessage("From header could not be parsed") from ex
     addresses = tuple(addr for _, addr in getaddresses(legacy) if addr)
     if not addresses:
         raise InvalidMessage("Message has no From header")

@@ -334,6 +334,19 @@ def test_nul_byte_in_data_is_refused_and_nothing_stored(server, client_ctx, logi
     assert messages_of(db, domain) == []
 
 
+def test_from_mixing_utf8_with_undecodable_bytes_is_refused_under_smtputf8(server, client_ctx, login, domain, db):
+    """Was a 451 and a traceback (compat32 cannot str() such a header): a 5.6.0 refusal, nothing stored."""
+    head = f"From: Jos\u00e9 \\xe9 <{login}>\r\nTo: rcpt@dest.test\r\nSubject: s\r\n\r\nhi\r\n"
+    data = head.encode("utf-8").replace(b"\\xe9", b"\xe9")
+    with starttls_client(server, client_ctx, login) as c:
+        assert c.mail(login, ["SMTPUTF8"])[0] == 250
+        c.rcpt("rcpt@dest.test")
+        code, reply = c.data(data)
+        assert code == 550 and reply.startswith(b"5.6.0") and b"From" in reply, (code, reply)
+        assert c.noop()[0] == 250  # the session goes on
+    assert messages_of(db, domain) == []
+
+
 def test_foreign_sender_is_refused_subdomain_allowed(server, client_ctx, login, domain, db):
     with starttls_client(server, client_ctx, login) as c:
         code, reply = c.mail("ceo@bank.test")
