@@ -106,15 +106,32 @@ class Dispatcher:
 
     # results -------------------------------------------------------------------------------------
     def _write(self, results: list[tuple], health: dict) -> None:
-        rows = [(account_id, endpoint, ok, bad, error) for (account_id, endpoint), (ok, bad, error) in health.items()
+        self.service.record(results, self._health_rows(health))
+
+    @staticmethod
+    def _health_rows(health: dict) -> list[tuple]:
+        return [(account_id, endpoint, ok, bad, error) for (account_id, endpoint), (ok, bad, error) in health.items()
                 if ok or error is not None]
-        self.service.record(results, rows)
+
+    def _take_results(self) -> tuple[list[tuple], dict]:
+        results, health = self._results, self._health
+        self._results, self._health = [], {}
+        return results, health
+
+    def _keep_results(self, results: list[tuple], health: dict) -> None:
+        """A write failed: its results go with the next one; if this process dies first, the leases run
+        out and the rows are sent again (duplicates, never a loss)."""
+        self._results = results + self._results
+        for k, v in health.items():
+            mine = self._health.setdefault(k, [0, 0, None])
+            mine[0] += v[0]
+            mine[1] += v[1]
+            mine[2] = mine[2] or v[2]
 
     async def _flush(self) -> None:
         if not self._results:
             return
-        results, health = self._results, self._health
-        self._results, self._health = [], {}
+        results, health = self._take_results()
         self._writing = [r[0] for r in results]
         started = time.monotonic()
         try:
@@ -123,18 +140,17 @@ class Dispatcher:
                 log.warning("writing %d webhook results took %.0f ms (held %d)", len(results), took * 1000, self.held)
         except Exception:
             self._writing = []
-            # Kept for the next round; if this process dies first, the leases run out and the rows
-            # are sent again (duplicates, never a loss).
             log.exception("writing %d webhook results failed", len(results))
-            self._results = results + self._results
-            for k, v in health.items():
-                mine = self._health.setdefault(k, [0, 0, None])
-                mine[0] += v[0]
-                mine[1] += v[1]
-                mine[2] = mine[2] or v[2]
+            self._keep_results(results, health)
             await asyncio.sleep(1.0)
             return
         self._writing = []
+        self._written(results)
+        self._wake.set()  # room was freed: claim again soon
+
+    def _written(self, results: list[tuple]) -> None:
+        if not results:
+            return
         self.held -= len(results)
         self.sent += len(results)
         if self.metrics is not None:
@@ -143,7 +159,6 @@ class Dispatcher:
             for outcome, n in outcomes.items():
                 self.metrics.webhook_attempts.labels(outcome).inc(n)
         self._flushed.set()
-        self._wake.set()
 
     async def _writer(self, stop: asyncio.Event) -> None:
         while not stop.is_set() or self._results:
@@ -152,16 +167,25 @@ class Dispatcher:
 
     # claiming ------------------------------------------------------------------------------------
     async def _claim_round(self, http: Client, tasks: set) -> int:
-        room = self.inflight_max - self.held
+        room = self.inflight_max - self.held + len(self._results)  # results waiting are written first
         if room <= 0:
             if self.trace:
                 log.warning("no room to claim: %d held (%d results waiting, %d being written)", self.held,
                             len(self._results), len(self._writing))
             return 0
-        # Rows whose requests ended (results waiting for their write) hold no endpoint slot any more.
-        finished = [r[0] for r in self._results] + self._writing
+        # The results waiting are written in the claim's transaction, before its ranking (one transaction
+        # where there were two: at a relay's rates most of a delivery's cost in Postgres was per
+        # transaction). Rows whose results are being written by the writer meanwhile hold no endpoint
+        # slot any more either (store.claim's `finished`).
+        results, health = self._take_results()
         started = time.monotonic()
-        rows, keys = await asyncio.to_thread(self.service.claim, room, finished)
+        try:
+            rows, keys = await asyncio.to_thread(self.service.claim, room, self._writing, results,
+                                                 self._health_rows(health))
+        except Exception:
+            self._keep_results(results, health)
+            raise
+        self._written(results)
         if (took := time.monotonic() - started) > (min(SLOW_CLAIM, self.trace) if self.trace else SLOW_CLAIM):
             log.warning("claiming %d webhook deliveries took %.0f ms", len(rows), took * 1000)  # the lock waits
         if self.trace and rows:
