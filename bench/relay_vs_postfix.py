@@ -191,7 +191,7 @@ def breakdown(envoi: EnvoiStack, after_id: int) -> dict:
     """Where the delivered -> received time goes, per webhook of a phase (p50 / p99 of each stage, ms):
     relay: the event's timestamp (the sink's reply) -> its outbox row's transaction start (the relay's
     group commit); outbox: that -> the request's start (commit, doorbell, the dispatcher's wake-up and
-    claim, plus the <= 20 ms the result waits to be written, which is counted here: attempted_at is the
+    claim, plus the <= 100 ms the result waits to be written, which is counted here: attempted_at is the
     result write's time); http: the request itself (the receiver's answer)."""
     with envoi.connect() as conn:
         rows = conn.execute(

@@ -8,7 +8,8 @@ concurrently over keep-alive pools (webhooks.client) and writes the results in b
   at most ENVOI_WEBHOOK_TIMEOUT, and the rest of its backlog waits in Postgres, not here.
 * Results: each attempt's outcome (store.record_results: attempts row, then delivered / rejected on
   406 and 410 / retry with the backoff schedule / failed after ENVOI_WEBHOOK_RETRY_FOR) is written with
-  the others that finished within ~20 ms, in one transaction, with the endpoints' health.
+  the others waiting and the endpoints' health, in one statement: by the next claim, in its transaction
+  (up to 20 a second while rows keep coming), or by the writer once one has waited FLUSH_SECONDS.
 * Crashes: a row is leased (ENVOI_WEBHOOK_LEASE) until its result is written; a killed process's rows
   are claimed again when their lease runs out. A delivery is sent twice only if the process died
   after its POST and before that batch's commit, so duplicates are bounded by the rows in flight.
@@ -58,6 +59,7 @@ class Dispatcher:
         self.held = 0  # claimed, not yet written
         self.sent = 0  # attempts written by this process
         self._results: list[tuple] = []
+        self._waiting_since = 0.0  # monotonic time of the oldest result waiting to be written
         self._writing: list[int] = []  # ids of the results being written now
         self._outcomes: dict[str, int] = {}  # attempts by outcome not yet added to the metrics
         self._health: dict[tuple[int, str], list] = {}
@@ -78,6 +80,8 @@ class Dispatcher:
             log.exception("webhook %s could not be sent", row["id"])
             response = ssrf.Response(None, "", 0, f"not sent: {type(ex).__name__}")
         outcome, state, next_in = self.service.judge(row, response.status)
+        if not self._results:
+            self._waiting_since = time.monotonic()
         self._results.append((row["id"], row["domain_id"], row["attempts"] + 1, response.status, response.error,
                               response.latency_ms, response.excerpt, outcome, state, next_in))
         self._wake.set()  # its endpoint slot is free now (store.claim's `finished`): claim again soon
@@ -121,6 +125,8 @@ class Dispatcher:
     def _keep_results(self, results: list[tuple], health: dict) -> None:
         """A write failed: its results go with the next one; if this process dies first, the leases run
         out and the rows are sent again (duplicates, never a loss)."""
+        if results and not self._results:
+            self._waiting_since = time.monotonic()
         self._results = results + self._results
         for k, v in health.items():
             mine = self._health.setdefault(k, [0, 0, None])
@@ -161,9 +167,12 @@ class Dispatcher:
         self._flushed.set()
 
     async def _writer(self, stop: asyncio.Event) -> None:
+        """Write the results no claim took within FLUSH_SECONDS (while rows keep coming, the claims,
+        up to 20 a second, write them all and this writes nothing)."""
         while not stop.is_set() or self._results:
-            await asyncio.sleep(FLUSH_SECONDS)
-            await self._flush()
+            await asyncio.sleep(FLUSH_SECONDS / 4)
+            if stop.is_set() or time.monotonic() - self._waiting_since >= FLUSH_SECONDS:
+                await self._flush()
 
     # claiming ------------------------------------------------------------------------------------
     async def _claim_round(self, http: Client, tasks: set) -> int:
