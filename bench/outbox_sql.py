@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,15 +57,17 @@ def main() -> None:
     parser.add_argument("--claim", type=int, default=200, help="rows per claim")
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     args = parser.parse_args()
+    redis_url = f"{REDIS_BASE}/{_free_redis_db()}"
     dbname = f"envoi_outbox_{uuid.uuid4().hex[:8]}"
     url = psycopg.conninfo.make_conninfo(PG, dbname=dbname)
-    ensure_database(url)
-    migrate(url)
-    key = secrets.token_bytes(32)
-    settings = Settings(region="eu", database_url=url, redis_url=f"{REDIS_BASE}/{_free_redis_db()}", secret_key=key, lookup_key=key,
-                        webhook_allow=("127.0.0.1/32",))
-    services = runtime.build(settings, pool_size=1)
+    services = None
     try:
+        ensure_database(url)
+        migrate(url)
+        key = secrets.token_bytes(32)
+        settings = Settings(region="eu", database_url=url, redis_url=redis_url, secret_key=key, lookup_key=key,
+                            webhook_allow=("127.0.0.1/32",))
+        services = runtime.build(settings, pool_size=1)
         accounts, webhooks, events = services.accounts, services.webhooks, services.events
         account = accounts.create_account("bench")
         domain = accounts.add_domain(account["id"], "bench.example", dkim_key_size=1024, verified=True)
@@ -126,7 +129,9 @@ def main() -> None:
                 " WHERE c.relname LIKE 'webhook_%%' AND c.relkind IN ('r', 'i') ORDER BY 1").fetchall()
         print("sizes: " + ", ".join(f"{r['relname']} {r['bytes'] // 1024} kB" for r in sizes))
     finally:
-        services.close()
+        if services is not None:
+            services.close()
+        redis.Redis.from_url(redis_url).flushdb()  # gives the Redis database back (its claim key too)
         print(f"database {dbname}" + (" kept" if args.keep else " dropped"))
         if not args.keep:
             with psycopg.connect(PG, autocommit=True) as conn:
