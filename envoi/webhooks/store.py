@@ -261,8 +261,7 @@ LIMIT %(limit)s
 
 
 # The claim: the fair ranking, the rows leased and returned with their accounts' sealed signing keys,
-# in one statement (it was three: ranking, lease, keys; each statement's fixed cost in Postgres counted at
-# the claim sizes of a dispatcher beside the relay, 5-50 rows). A row locked by a results write in
+# in one statement (it was three round trips: ranking, lease, keys). A row locked by a results write in
 # progress is skipped; one whose result was committed since the ranking's snapshot is re-checked (the
 # FOR UPDATE's condition holds for pending rows only) rather than leased again.
 LEASE_SQL = f"""
@@ -321,8 +320,8 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
 
 
 # A batch of results in one statement: the attempts, the outbox rows' new state and the endpoints'
-# health (data-modifying CTEs). At the dispatcher's batch sizes (a few to a few dozen results every
-# flush) each statement's fixed cost in Postgres was most of the write: one statement instead of three.
+# health (data-modifying CTEs), one round trip instead of three; the dispatcher sends it in the next
+# claim's transaction (webhooks.dispatch).
 RESULTS_SQL = """
 WITH u AS MATERIALIZED (
     SELECT * FROM unnest(%(id)s::bigint[], %(domain_id)s::bigint[], %(attempt_no)s::int[], %(status_code)s::int[],
