@@ -191,7 +191,7 @@ def breakdown(envoi: EnvoiStack, after_id: int) -> dict:
     """Where the delivered -> received time goes, per webhook of a phase (p50 / p99 of each stage, ms):
     relay: the event's timestamp (the sink's reply) -> its outbox row's transaction start (the relay's
     group commit); outbox: that -> the request's start (commit, doorbell, the dispatcher's wake-up and
-    claim, plus the <= 20 ms the result waits to be written, which is counted here: attempted_at is the
+    claim, plus the <= 100 ms the result waits to be written, which is counted here: attempted_at is the
     result write's time); http: the request itself (the receiver's answer)."""
     with envoi.connect() as conn:
         rows = conn.execute(
@@ -288,8 +288,12 @@ def main() -> None:
             if not stacks:  # started after the first Postfix phase, as it always was
                 roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
                 roots |= {"webhooks": ROOT} if args.webhooks else {}
+                # --baseline with --webhooks: the baseline's tracked + webhooks region too (the A/B of
+                # what the webhooks add, in one run).
+                roots |= {"baseline webhooks": roots["baseline"]} if args.webhooks and args.baseline else {}
                 for system, root in roots.items():
-                    stacks[system] = start_envoi(args, workdir / system, sink, root, webhooks=system == "webhooks")
+                    stacks[system] = start_envoi(args, workdir / system.replace(" ", "-"), sink, root,
+                                                 webhooks=system.endswith("webhooks"))
             # With a baseline or --webhooks, the regions take turns going first, round by round (the
             # machine drifts).
             order = list(stacks) if number % 2 else list(reversed(stacks))
@@ -332,7 +336,7 @@ def main() -> None:
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()) + f", postgres {r['pg_ms']:.2f}"
                   + f"; postgres transactions/msg {r['xacts']:.3f}")
     for path in args.paths:
-        for key in (path, f"baseline {path}", f"webhooks {path}"):
+        for key in (path, f"baseline {path}", f"webhooks {path}", f"baseline webhooks {path}"):
             samples = [r for r in rounds if key in r]
             if not samples:
                 continue
@@ -351,18 +355,27 @@ def main() -> None:
     if args.webhooks:
         print("\n# --webhooks: tracking (open/click/unsubscribe) + `delivered` webhooks + dispatcher against the"
               " same paths without, same run (end-to-end rate: the sink's count)")
-        for path in args.paths:
-            samples = [r for r in rounds if path in r and f"webhooks {path}" in r]
-            ratios = [r[f"webhooks {path}"]["rate"] / r[path]["rate"] for r in samples]
-            for r, ratio in zip(samples, ratios, strict=True):
-                h = r[f"webhooks {path}"]["webhooks"]
-                print(f"RATIO {r[f'webhooks {path}']['name']} / {r[path]['name']} = {ratio:.2f}; delivered -> webhook"
-                      f" received p50 {h['p50'] * 1000:.0f} ms, p99 {h['p99'] * 1000:.0f} ms ({h['where']}); last"
-                      f" webhook {h['after_s']:.1f} s after the last message; invalid {h['invalid']}, duplicates"
-                      f" {h['duplicates']}")
-            if ratios:
-                print(f"MEDIAN RATIO webhooks {path} / {path} = {statistics.median(ratios):.2f} over {len(ratios)}"
-                      f" rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
+        for prefix in ("", "baseline "):
+            for path in args.paths:
+                plain, hooked = f"{prefix}{path}", f"{prefix}webhooks {path}"
+                samples = [r for r in rounds if plain in r and hooked in r]
+                ratios = [r[hooked]["rate"] / r[plain]["rate"] for r in samples]
+                for r, ratio in zip(samples, ratios, strict=True):
+                    h = r[hooked]["webhooks"]
+                    print(f"RATIO {r[hooked]['name']} / {r[plain]['name']} = {ratio:.2f}; delivered -> webhook"
+                          f" received p50 {h['p50'] * 1000:.0f} ms, p99 {h['p99'] * 1000:.0f} ms ({h['where']}); last"
+                          f" webhook {h['after_s']:.1f} s after the last message; invalid {h['invalid']}, duplicates"
+                          f" {h['duplicates']}")
+                    # What tracking + webhooks add per message, process by process (CPU is what a shared
+                    # machine disturbs least).
+                    added = {proc: r[hooked]["split"][proc] - r[plain]["split"].get(proc, 0.0)
+                             for proc in r[hooked]["split"]}
+                    added["postgres"] = r[hooked]["pg_ms"] - r[plain]["pg_ms"]
+                    print(f"ADDED cpu ms/msg {r[hooked]['name']}: " + ", ".join(f"{k} {v:+.2f}" for k, v in added.items())
+                          + f"; total {sum(added.values()):+.2f} on {r[plain]['cpu_ms'] + r[plain]['pg_ms']:.2f}")
+                if ratios:
+                    print(f"MEDIAN RATIO {hooked} / {plain} = {statistics.median(ratios):.2f} over {len(ratios)}"
+                          f" rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 if __name__ == "__main__":

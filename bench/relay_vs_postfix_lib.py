@@ -401,7 +401,8 @@ class EnvoiStack:
         if self.root == ROOT:
             made = _setup_region(self.database_url, self.redis_url, secret, self.webhook_url)
         else:
-            out = subprocess.run([sys.executable, __file__, "--setup", self.database_url, self.redis_url, secret],
+            out = subprocess.run([sys.executable, __file__, "--setup", self.database_url, self.redis_url, secret,
+                                  self.webhook_url],
                                  env=self.env(), cwd=self.root, capture_output=True, text=True, check=True)
             made = json.loads(out.stdout.strip().splitlines()[-1])
         self.domain, self.api_key, self.account = made["domain"], made["api_key"], made["account"]
@@ -781,4 +782,4 @@ def rss_mb(pid: int) -> float:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--setup"]:  # EnvoiStack.setup() for another checkout
-    print(json.dumps(_setup_region(*sys.argv[2:5]), default=str))
+    print(json.dumps(_setup_region(*sys.argv[2:6]), default=str))

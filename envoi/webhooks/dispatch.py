@@ -8,7 +8,8 @@ concurrently over keep-alive pools (webhooks.client) and writes the results in b
   at most ENVOI_WEBHOOK_TIMEOUT, and the rest of its backlog waits in Postgres, not here.
 * Results: each attempt's outcome (store.record_results: attempts row, then delivered / rejected on
   406 and 410 / retry with the backoff schedule / failed after ENVOI_WEBHOOK_RETRY_FOR) is written with
-  the others that finished within ~20 ms, in one transaction, with the endpoints' health.
+  the others waiting and the endpoints' health, in one statement: by the next claim, in its transaction
+  (up to 20 a second while rows keep coming), or by the writer once one has waited FLUSH_SECONDS.
 * Crashes: a row is leased (ENVOI_WEBHOOK_LEASE) until its result is written; a killed process's rows
   are claimed again when their lease runs out. A delivery is sent twice only if the process died
   after its POST and before that batch's commit, so duplicates are bounded by the rows in flight.
@@ -32,7 +33,13 @@ from envoi.webhooks.service import Webhooks
 
 log = logging.getLogger("envoi.webhooks.dispatch")
 STOP_GRACE = 1.0  # seconds a stopping dispatcher gives requests in flight before handing them back
-FLUSH_SECONDS = 0.02  # results wait at most this long to be written with others
+# Results no claim took wait at most this long to be written on their own. Written every 20 ms, they
+# made ~50 transactions a second (a thread hop, round trips, a commit each) of a few rows, whatever the
+# rate: beside a relay at 300-600 msg/s, +0.1-0.16 Postgres transactions per message
+# (bench/relay_vs_postfix.py --webhooks). An endpoint's slot is free when its request ends
+# (store.claim's `finished`), so waiting longer delays only the attempts' record, and a kill -9
+# re-sends at most what is unwritten (at least once, as before).
+FLUSH_SECONDS = 0.1
 FLUSH_BATCH = 500
 # A process claims at most 20 times a second, however fast rows finish: each claim has a fixed cost in
 # Postgres (the fair ranking), which at a claim per few rows would cost more than the rows.
@@ -52,6 +59,7 @@ class Dispatcher:
         self.held = 0  # claimed, not yet written
         self.sent = 0  # attempts written by this process
         self._results: list[tuple] = []
+        self._waiting_since = 0.0  # monotonic time of the oldest result waiting to be written
         self._writing: list[int] = []  # ids of the results being written now
         self._outcomes: dict[str, int] = {}  # attempts by outcome not yet added to the metrics
         self._health: dict[tuple[int, str], list] = {}
@@ -72,6 +80,8 @@ class Dispatcher:
             log.exception("webhook %s could not be sent", row["id"])
             response = ssrf.Response(None, "", 0, f"not sent: {type(ex).__name__}")
         outcome, state, next_in = self.service.judge(row, response.status)
+        if not self._results:
+            self._waiting_since = time.monotonic()
         self._results.append((row["id"], row["domain_id"], row["attempts"] + 1, response.status, response.error,
                               response.latency_ms, response.excerpt, outcome, state, next_in))
         self._wake.set()  # its endpoint slot is free now (store.claim's `finished`): claim again soon
@@ -100,15 +110,34 @@ class Dispatcher:
 
     # results -------------------------------------------------------------------------------------
     def _write(self, results: list[tuple], health: dict) -> None:
-        rows = [(account_id, endpoint, ok, bad, error) for (account_id, endpoint), (ok, bad, error) in health.items()
+        self.service.record(results, self._health_rows(health))
+
+    @staticmethod
+    def _health_rows(health: dict) -> list[tuple]:
+        return [(account_id, endpoint, ok, bad, error) for (account_id, endpoint), (ok, bad, error) in health.items()
                 if ok or error is not None]
-        self.service.record(results, rows)
+
+    def _take_results(self) -> tuple[list[tuple], dict]:
+        results, health = self._results, self._health
+        self._results, self._health = [], {}
+        return results, health
+
+    def _keep_results(self, results: list[tuple], health: dict) -> None:
+        """A write failed: its results go with the next one; if this process dies first, the leases run
+        out and the rows are sent again (duplicates, never a loss)."""
+        if results and not self._results:
+            self._waiting_since = time.monotonic()
+        self._results = results + self._results
+        for k, v in health.items():
+            mine = self._health.setdefault(k, [0, 0, None])
+            mine[0] += v[0]
+            mine[1] += v[1]
+            mine[2] = mine[2] or v[2]
 
     async def _flush(self) -> None:
         if not self._results:
             return
-        results, health = self._results, self._health
-        self._results, self._health = [], {}
+        results, health = self._take_results()
         self._writing = [r[0] for r in results]
         started = time.monotonic()
         try:
@@ -117,18 +146,17 @@ class Dispatcher:
                 log.warning("writing %d webhook results took %.0f ms (held %d)", len(results), took * 1000, self.held)
         except Exception:
             self._writing = []
-            # Kept for the next round; if this process dies first, the leases run out and the rows
-            # are sent again (duplicates, never a loss).
             log.exception("writing %d webhook results failed", len(results))
-            self._results = results + self._results
-            for k, v in health.items():
-                mine = self._health.setdefault(k, [0, 0, None])
-                mine[0] += v[0]
-                mine[1] += v[1]
-                mine[2] = mine[2] or v[2]
+            self._keep_results(results, health)
             await asyncio.sleep(1.0)
             return
         self._writing = []
+        self._written(results)
+        self._wake.set()  # room was freed: claim again soon
+
+    def _written(self, results: list[tuple]) -> None:
+        if not results:
+            return
         self.held -= len(results)
         self.sent += len(results)
         if self.metrics is not None:
@@ -137,25 +165,35 @@ class Dispatcher:
             for outcome, n in outcomes.items():
                 self.metrics.webhook_attempts.labels(outcome).inc(n)
         self._flushed.set()
-        self._wake.set()
 
     async def _writer(self, stop: asyncio.Event) -> None:
+        """Write the results no claim took within FLUSH_SECONDS (while rows keep coming, the claims,
+        up to 20 a second, write them all and this writes nothing)."""
         while not stop.is_set() or self._results:
-            await asyncio.sleep(FLUSH_SECONDS)
-            await self._flush()
+            await asyncio.sleep(FLUSH_SECONDS / 4)
+            if stop.is_set() or time.monotonic() - self._waiting_since >= FLUSH_SECONDS:
+                await self._flush()
 
     # claiming ------------------------------------------------------------------------------------
     async def _claim_round(self, http: Client, tasks: set) -> int:
-        room = self.inflight_max - self.held
+        room = self.inflight_max - self.held + len(self._results)  # results waiting are written first
         if room <= 0:
             if self.trace:
                 log.warning("no room to claim: %d held (%d results waiting, %d being written)", self.held,
                             len(self._results), len(self._writing))
             return 0
-        # Rows whose requests ended (results waiting for their write) hold no endpoint slot any more.
-        finished = [r[0] for r in self._results] + self._writing
+        # The results waiting are written in the claim's transaction, before its ranking (one transaction
+        # where there were two). Rows whose results the writer is writing meanwhile hold no endpoint
+        # slot any more either (store.claim's `finished`).
+        results, health = self._take_results()
         started = time.monotonic()
-        rows, keys = await asyncio.to_thread(self.service.claim, room, finished)
+        try:
+            rows, keys = await asyncio.to_thread(self.service.claim, room, self._writing, results,
+                                                 self._health_rows(health))
+        except Exception:
+            self._keep_results(results, health)
+            raise
+        self._written(results)
         if (took := time.monotonic() - started) > (min(SLOW_CLAIM, self.trace) if self.trace else SLOW_CLAIM):
             log.warning("claiming %d webhook deliveries took %.0f ms", len(rows), took * 1000)  # the lock waits
         if self.trace and rows:

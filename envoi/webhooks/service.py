@@ -74,6 +74,7 @@ class Webhooks:
         self._outboxes: dict[int, Cursor] = {}
         self._lock = threading.Lock()
         self.metrics = metrics  # attempts by outcome and their duration
+        self._opened: dict[tuple[int, bytes], str] = {}  # (account, sealed signing key) -> the key
 
     # management (v3: per event type) ----------------------------------------------------------
     @staticmethod
@@ -297,18 +298,35 @@ class Webhooks:
         if released and self.doorbell is not None:
             self.doorbell.ring()
 
-    def claim(self, limit: int, finished: list[int] = ()) -> tuple[list[dict], dict[int, str]]:
+    def claim(self, limit: int, finished: list[int] = (), results: list[tuple] = (),
+              health: list[tuple] = ()) -> tuple[list[dict], dict[int, str]]:
         """Lease up to `limit` due deliveries fairly (store.claim) for a dispatcher; returns them and the
-        signing keys of their accounts. `finished`: its leased rows whose requests have ended."""
-        with self.db.transaction() as conn:
+        signing keys of their accounts. `finished`: its leased rows whose requests have ended, results
+        not yet written. `results`, `health`: a batch of results written first, in the same transaction
+        (store.record_results), so the claim counts their rows as done."""
+        with self.db.pipelined() as conn:  # the results, the lock and the claim in one round trip
+            if results or health:
+                store.record_results(conn, list(results), list(health))
             rows = store.claim(conn, self.settings.webhook_per_endpoint, self.settings.webhook_per_account, limit,
                                self.settings.webhook_lease, finished)
-            sealed = store.signing_keys(conn, list({r["account_id"] for r in rows})) if rows else {}
         keys = {}
-        for account_id in {r["account_id"] for r in rows}:
-            keys[account_id] = (self.sealer.open(sealed[account_id], self._context(account_id)).decode()
-                                if account_id in sealed else self.signing_key(account_id))
+        for row in rows:
+            account_id = row["account_id"]
+            if account_id not in keys:
+                sealed = row["key_sealed"]
+                keys[account_id] = self.signing_key(account_id) if sealed is None else self._open_key(account_id,
+                                                                                                     bytes(sealed))
         return rows, keys
+
+    def _open_key(self, account_id: int, sealed: bytes) -> str:
+        """A signing key as stored now (each claim reads it), opened once per sealed value: a key
+        regenerated is a new sealed value, so it is used from the next claim on."""
+        key = self._opened.get((account_id, sealed))
+        if key is None:
+            if len(self._opened) > 10_000:
+                self._opened.clear()
+            key = self._opened[(account_id, sealed)] = self.sealer.open(sealed, self._context(account_id)).decode()
+        return key
 
     def target(self, row: dict) -> str:
         """The URL to POST to: row["url"] has any password masked; the full URL is sealed beside it."""
@@ -343,11 +361,9 @@ class Webhooks:
         return "retry", "pending", schedule[min(row["attempts"], len(schedule) - 1)]
 
     def record(self, results: list[tuple], health: list[tuple]) -> None:
-        """Write a batch of attempts (store.record_results) and endpoint health in one transaction."""
+        """Write a batch of attempts and endpoint health (store.record_results: one statement)."""
         with self.db.transaction() as conn:
-            store.record_results(conn, results)
-            if health:
-                store.record_health(conn, health)
+            store.record_results(conn, results, health)
 
     def failing_endpoints(self, account_id: int | None = None, limit: int = 50) -> list[dict]:
         """Endpoints failing now, oldest failure first, each with its pending backlog (for the dashboard)."""

@@ -196,6 +196,38 @@ def test_a_request_that_ended_frees_its_endpoint_slot_before_its_result_is_writt
         conn.rollback()
 
 
+def test_results_written_before_the_claim_in_its_transaction_are_recorded_and_free_their_slots(hook_services):
+    """The dispatcher writes the results waiting in the next claim's transaction (Webhooks.claim's
+    `results`): attempts, the rows' new state and the endpoint's health in one statement, then a
+    ranking that counts those rows as done, so the endpoint's next rows are claimed at once."""
+    account, domain = tenant(hook_services, "withclaim")
+    outbox(hook_services, domain, "http://127.0.0.1:9/withclaim", 10, "withclaim")
+    with hook_services.db.transaction() as conn:  # rolled back: other tests' rows are claimed only in here
+        def mine(rows):
+            return [r["id"] for r in rows if r["domain_id"] == domain["id"]]
+        first = mine(store.claim(conn, 4, 8, 500, 60))
+        assert len(first) == 4  # the endpoint's cap
+        answers = [(200, "delivered", "delivered", None)] * 2 + [(410, "rejected", "rejected", None),
+                                                                 (500, "retry", "pending", 30.0)]
+        store.record_results(conn, [(row_id, domain["id"], 1, code, None, 5, "ok", outcome, state, next_in)
+                                    for row_id, (code, outcome, state, next_in) in zip(first, answers, strict=True)],
+                             [(account["id"], "http://127.0.0.1:9", 2, 2, "HTTP 500")])
+        second = mine(store.claim(conn, 4, 8, 500, 60))
+        assert len(second) == 4 and not set(second) & set(first)
+        rows = conn.execute(
+            "SELECT d.status, d.attempts, d.leased_until, d.next_attempt_at > now() AS later, a.status_code, a.outcome"
+            " FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id WHERE d.id = ANY(%s)"
+            " ORDER BY d.id", (first,)).fetchall()
+        assert [(r["status"], r["status_code"], r["outcome"]) for r in rows] == [
+            ("delivered", 200, "delivered"), ("delivered", 200, "delivered"), ("rejected", 410, "rejected"),
+            ("pending", 500, "retry")]
+        assert all(r["attempts"] == 1 and r["leased_until"] is None for r in rows) and rows[3]["later"]
+        health = conn.execute("SELECT failing_since, failures, last_success_at FROM webhook_endpoint_health"
+                              " WHERE account_id = %s", (account["id"],)).fetchone()
+        assert health["failing_since"] is None and health["failures"] == 0 and health["last_success_at"]
+        conn.rollback()
+
+
 def test_sigkill_mid_batch_loses_nothing(hook_services, hook_settings, tmp_path):
     settle(hook_services)
     _, domain = tenant(hook_services, "killed")
