@@ -29,6 +29,7 @@ from envoi.infra.metrics import Metrics
 from envoi.webhooks import secret_url, ssrf
 from envoi.webhooks.client import Client
 from envoi.webhooks.service import Webhooks
+from envoi.webhooks.stalls import Stalls
 
 log = logging.getLogger("envoi.webhooks.dispatch")
 STOP_GRACE = 1.0  # seconds a stopping dispatcher gives requests in flight before handing them back
@@ -179,14 +180,6 @@ class Dispatcher:
                         " commit (median %.0f); %d held", len(rows), room, took * 1000, max(first) * 1000,
                         sorted(first)[len(first) // 2] * 1000, self.held)
 
-    async def _lag(self, stop: asyncio.Event) -> None:
-        """ENVOI_WEBHOOK_TRACE: log the event loop's stalls (a blocking call holds every request)."""
-        while not stop.is_set():
-            started = time.monotonic()
-            await asyncio.sleep(0.05)
-            if (late := time.monotonic() - started - 0.05) > self.trace:
-                log.warning("event loop stalled %.0f ms", late * 1000)
-
     def _doorbell(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         bell = self.service.doorbell
         while not stop.is_set():
@@ -206,7 +199,7 @@ class Dispatcher:
         async with Client(self.service.allow, settings.webhook_timeout, self.inflight_max, self.trace) as http:
             writer = asyncio.create_task(self._writer(writer_stop))
             stats = asyncio.create_task(self._stats(stop)) if self.stats else None
-            lag = asyncio.create_task(self._lag(stop)) if self.trace else None
+            lag = asyncio.create_task(Stalls(self.trace).probe(stop)) if self.trace else None
             try:
                 while not stop.is_set():
                     self._wake.clear()
