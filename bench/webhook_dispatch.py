@@ -203,7 +203,7 @@ def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids
     cpu_ms = (cpu_seconds(list(cpu_pids)) - cpu0) * 1000 / max(total, 1)
     s = stats(port)
     return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"], "cpu_ms": cpu_ms,
-            "overflows": listen_overflows() - overflows}
+            "overflows": listen_overflows() - overflows, "receiver_stalls": s.get("stalls", [])}
 
 
 def throughput_phase(svc, domains, url, port, n: int, dispatch: subprocess.Popen, dsn: str, dbname: str,
@@ -399,7 +399,8 @@ def main() -> None:
             log(f"{kind}: latency at {pace:.0f}/s{' with the bad endpoints' if kind == 'B' else ''}: {result['n']}"
                 f" deliveries, commit->received p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms,"
                 f" max {result['max'] * 1000:.0f} ms; dispatchers' CPU {result['cpu_ms']:.2f} ms per fast delivery;"
-                f" listen queue overflows (machine-wide) +{result['overflows']}")
+                f" listen queue overflows (machine-wide) +{result['overflows']}; the receiver's own loop stalls > 50"
+                f" ms (longest): {', '.join(f'{x * 1000:.0f}' for x in result['receiver_stalls']) or 'none'}")
             # ENVOI_WEBHOOK_TRACE=SECONDS: what was slow (but the bad endpoints' own requests)
             seen = traced(work / "dispatch.log", seen, ignore=(f"127.0.0.1:{slow_port}", f"127.0.0.1:{dead.getsockname()[1]}"))
             if kind == "B":

@@ -2,10 +2,11 @@
 
 `Stalls.probe` ticks on the loop; a watcher thread samples the loop thread's stack while a tick is
 overdue, and gc.callbacks time the collector. A stall is logged with the loop thread's own CPU time over
-it (≈ the stall: Python work on the loop; ≈ 0: the process waited for a CPU or blocked in a call that
-released the GIL), the collector's time over it, and the stacks the watcher caught (none: the loop
-thread held the GIL throughout, e.g. in a C call or a collection). Off by default: the thread and the
-callbacks cost every process.
+it (≈ the stall: Python work on the loop; ≈ 0: the process waited for a CPU, or another of its threads
+held the GIL: then the process's CPU over it is the larger), the collector's time over it, and the
+stacks the watcher caught (none: the loop thread held the GIL throughout, e.g. in a C call or a
+collection). Off by default: the thread and the
+callbacks cost every process. Every SUMMARY seconds the collector's passes are logged too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 log = logging.getLogger("envoi.webhooks.stalls")
 TICK = 0.01  # seconds between the probe's ticks
 SAMPLE = 0.005  # seconds between the watcher's looks
+SUMMARY = 10.0  # seconds between the collector's summaries
 
 
 class Stalls:
@@ -29,6 +31,9 @@ class Stalls:
         self.beat = time.monotonic()
         self.gc_seconds = 0.0  # total, by the callbacks
         self.gc_worst = (0.0, -1, 0)  # (seconds, generation, collected) of the longest pass since the last read
+        self._passes = [0, 0, 0]  # collections by generation since the last summary
+        self._passes_seconds = 0.0
+        self._passes_longest = 0.0
         self._gc_started = 0.0
         self._stacks: collections.Counter = collections.Counter()
         self._samples = 0
@@ -41,6 +46,9 @@ class Stalls:
             return
         took = time.perf_counter() - self._gc_started
         self.gc_seconds += took
+        self._passes[min(info.get("generation", 0), 2)] += 1
+        self._passes_seconds += took
+        self._passes_longest = max(self._passes_longest, took)
         if took > self.gc_worst[0]:
             self.gc_worst = (took, info.get("generation", -1), info.get("collected", 0))
 
@@ -63,30 +71,41 @@ class Stalls:
         halt = threading.Event()
         threading.Thread(target=self._watch, args=(halt,), name="webhook-stall-watch", daemon=True).start()
         gc.callbacks.append(self._gc)
+        summary = time.monotonic()
         try:
             while not stop.is_set():
                 self.beat = started = time.monotonic()
-                cpu, gc_before = time.thread_time(), self.gc_seconds
+                cpu, process, gc_before = time.thread_time(), time.process_time(), self.gc_seconds
                 await asyncio.sleep(TICK)
                 late = time.monotonic() - started - TICK
                 if late > self.threshold:
-                    self._report(late, time.thread_time() - cpu, self.gc_seconds - gc_before)
+                    self._report(late, time.thread_time() - cpu, time.process_time() - process,
+                                 self.gc_seconds - gc_before)
                 else:
                     with self._lock:
                         self._stacks.clear()
                         self._samples = 0
                 self.gc_worst = (0.0, -1, 0)
+                if started - summary >= SUMMARY:
+                    self._summary(started - summary)
+                    summary = started
         finally:
             halt.set()
             gc.callbacks.remove(self._gc)
 
-    def _report(self, late: float, cpu: float, gc_took: float) -> None:
+    def _summary(self, seconds: float) -> None:
+        log.warning("GC over %.0f s: %d / %d / %d passes of generation 0 / 1 / 2, %.0f ms, longest %.0f ms", seconds,
+                    *self._passes, self._passes_seconds * 1000, self._passes_longest * 1000)
+        self._passes, self._passes_seconds, self._passes_longest = [0, 0, 0], 0.0, 0.0
+
+    def _report(self, late: float, cpu: float, process: float, gc_took: float) -> None:
         with self._lock:
             stacks, samples = self._stacks.most_common(3), self._samples
             self._stacks.clear()
             self._samples = 0
         worst, generation, collected = self.gc_worst
-        log.warning("event loop stalled %.0f ms: loop thread CPU %.0f ms, GC %.0f ms (longest pass %.0f ms, gen %d,"
-                    " %d collected), %d stack samples%s", late * 1000, cpu * 1000, gc_took * 1000, worst * 1000,
+        log.warning("event loop stalled %.0f ms: loop thread CPU %.0f ms (process %.0f ms), GC %.0f ms (longest pass"
+                    " %.0f ms, gen %d, %d collected), %d stack samples%s", late * 1000, cpu * 1000, process * 1000,
+                    gc_took * 1000, worst * 1000,
                     generation, collected, samples,
                     "".join(f" | {n}x {stack}" for stack, n in stacks))
