@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python bench/relay_vs_postfix.py [--n 20000] [--rounds 3] [--paths urlencoded,...]
         [--sessions 20] [--http-concurrency 16] [--skip-postfix] [--skip-latency] [--baseline CHECKOUT]
-        [--webhooks]
+        [--webhooks [--webhook-rate R]]
 
 Self-contained: installs Debian's postfix, opendkim and wrk if missing; starts Postfix's `smtp-sink`
 (counting) as the one sink; configures Postfix (relayhost = the sink) with an OpenDKIM milter
@@ -31,16 +31,24 @@ end-to-end rate (the sink's count, as for every phase) is printed against the pl
 same round, per round and as the median; each such phase then waits for every webhook to arrive (no
 work carried into the next phase) and prints delivered -> webhook received p50/p99 and how long after
 the last message the last webhook came.
+
+With --webhook-rate R as well (issue 18: "commit -> webhook received p99 < 1 s at 500 webhooks/s while
+the relay runs at its maximum"), each phase of the plain region (its relay at its maximum) runs while
+`delivered` outbox rows are committed at R/s into the --webhooks region (a batch every 20 ms, its
+doorbell rung; the event-data's timestamp is the commit's), which its dispatcher sends to its receiver:
+commit -> received p50/p99 of those, per phase, beside the relay's rate of that phase.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -187,6 +195,64 @@ def with_webhooks(envoi: EnvoiStack, phase_fn):
     return result
 
 
+def paced_webhooks(hooks: EnvoiStack, rate: float, phase_fn) -> dict:
+    """--webhook-rate: run a phase of the plain region (its relay at its maximum) while `delivered` outbox
+    rows are committed at `rate`/s into the --webhooks region, whose dispatcher sends them to its receiver;
+    then wait for all of them and add commit -> received p50/p99 to the phase's result."""
+    receiver = hooks.receiver
+    receiver.reset()
+    base = receiver.stats()["received"]
+    stop, sent = threading.Event(), []
+    pacer = threading.Thread(target=_pace_outbox, args=(hooks, rate, stop, sent), name="paced-webhooks")
+    pacer.start()
+    try:
+        result = phase_fn()
+    finally:
+        stop.set()
+        pacer.join()
+    receiver.wait(base + sum(sent))
+    got = receiver.stats()
+    seconds = result["e2e_s"]
+    result["paced"] = h = {"rate": rate, "n": sum(sent), "p50": got["p50"], "p99": got["p99"], "max": got["max"],
+                           "invalid": got["invalid"], "duplicates": got["received"] - got["distinct"]}
+    log(f"{result['name']}: beside it (relay at {result['rate']:.0f} msg/s over {seconds:.1f} s), {h['n']}"
+        f" webhooks committed at {rate:.0f}/s -> received p50 {h['p50'] * 1000:.0f} ms, p99 {h['p99'] * 1000:.0f} ms,"
+        f" max {h['max'] * 1000:.0f} ms; invalid signatures {h['invalid']}, duplicates {h['duplicates']}")
+    return result
+
+
+def _pace_outbox(hooks: EnvoiStack, rate: float, stop: threading.Event, sent: list) -> None:
+    """Commit `delivered` outbox rows for the --webhooks region's subscribed URL at `rate`/s (a batch every
+    20 ms, the dispatcher's doorbell rung after each commit) until `stop`; appends each batch's size."""
+    import redis
+
+    from envoi.webhooks import store
+
+    bell = redis.Redis.from_url(hooks.redis_url)
+    tag = uuid.uuid4().hex[:6]
+    with hooks.connect() as conn:
+        hook = conn.execute("SELECT account_id, domain_id, url FROM webhooks WHERE event_type = 'delivered'"
+                            " ORDER BY id LIMIT 1").fetchone()
+        t0, total = time.time(), 0
+        while not stop.is_set():
+            now = time.time()
+            due = int(rate * (now - t0)) - total
+            if due > 0:
+                ids = [f"paced-{tag}-{total + i}" for i in range(due)]
+                conn.execute(
+                    "INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, endpoint, event_id,"
+                    " payload) SELECT %s, %s, 'delivered', %s, %s, e, p::jsonb FROM unnest(%s::text[], %s::text[])"
+                    " AS u(e, p)",
+                    (hook["account_id"], hook["domain_id"], hook["url"], store.endpoint_of(hook["url"]), ids,
+                     [json.dumps({"id": e, "event": "delivered", "timestamp": now, "recipient": f"{e}@paced.test",
+                                  "message": {"headers": {"message-id": f"{e}@paced"}}}) for e in ids]))
+                bell.lpush("envoi:eu:webhooks:wakeup", 1)  # the dispatcher's doorbell (webhooks.service)
+                bell.ltrim("envoi:eu:webhooks:wakeup", 0, 0)
+                total += due
+                sent.append(due)
+            time.sleep(0.02)
+
+
 def breakdown(envoi: EnvoiStack, after_id: int) -> dict:
     """Where the delivered -> received time goes, per webhook of a phase (p50 / p99 of each stage, ms):
     relay: the event's timestamp (the sink's reply) -> its outbox row's transaction start (the relay's
@@ -208,16 +274,23 @@ def breakdown(envoi: EnvoiStack, after_id: int) -> dict:
     return out
 
 
-def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: str) -> dict:
+def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: str,
+                 paced: EnvoiStack | None = None) -> dict:
     """Every path of --paths through one region; keys are the path names ("smtp", "urlencoded", ...),
-    prefixed "baseline " for the --baseline region."""
+    prefixed "baseline " for the --baseline region. paced: the --webhooks region, which gets webhooks at
+    --webhook-rate during each phase (paced_webhooks)."""
     key = "" if system == "envoi" else f"{system} "
     this = {}
+
+    def wrap(phase_fn):
+        if paced is not None:
+            return paced_webhooks(paced, args.webhook_rate, phase_fn)
+        return with_webhooks(envoi, phase_fn)
     for path in args.paths:
         name = f"{label}{system} ({LABELS[path]})"
         if path == "smtp":
             messages = make_messages(args.n, f"smtp-{uuid.uuid4().hex[:6]}", html=args.webhooks)
-            this[f"{key}smtp"] = with_webhooks(envoi, lambda name=name, messages=messages: envoi_phase(
+            this[f"{key}smtp"] = wrap(lambda name=name, messages=messages: envoi_phase(
                 envoi, sink, name, args.n, functools.partial(
                     inject_smtp, envoi.smtp_port, messages, args.sessions,
                     auth=(envoi.smtp_login, envoi.smtp_password), starttls=True)))
@@ -228,10 +301,10 @@ def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: st
                 seconds, errors, cpu = inject_batch(envoi.api_port, envoi.api_key, batches,
                                                     f"batch-{uuid.uuid4().hex[:6]}", html=args.webhooks)
                 return {"inject_s": seconds, "injector_cpu_s": cpu, "errors": errors}
-            this[f"{key}batch"] = with_webhooks(envoi, lambda name=name, inject=inject, batches=batches: envoi_phase(
+            this[f"{key}batch"] = wrap(lambda name=name, inject=inject, batches=batches: envoi_phase(
                 envoi, sink, name, batches * 1000, inject, counted=True))
         else:
-            this[f"{key}{path}"] = with_webhooks(envoi, lambda name=name, path=path: envoi_phase(
+            this[f"{key}{path}"] = wrap(lambda name=name, path=path: envoi_phase(
                 envoi, sink, name, args.n, wrk_inject(envoi, path, args.n, args), counted=True))
     return this
 
@@ -265,7 +338,13 @@ def main() -> None:
                         help="HTML bodies with 10 links, and a second region of this checkout with open/click/"
                              "unsubscribe tracking, `delivered` webhooks to a local receiver and the dispatcher,"
                              " taking turns with the plain one: its rate against the plain one's per round")
+    parser.add_argument("--webhook-rate", type=float, default=0,
+                        help="with --webhooks: during each plain-region phase (the relay at its maximum), commit"
+                             " `delivered` outbox rows at this rate/s into the --webhooks region (its dispatcher"
+                             " and receiver): commit -> received p50/p99 per phase")
     args = parser.parse_args()
+    if args.webhook_rate and not args.webhooks:
+        parser.error("--webhook-rate needs --webhooks (its region's dispatcher and receiver)")
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip() and not (args.skip_smtp and p.strip() == "smtp")]
     unknown = set(args.paths) - set(PATHS)
     if unknown:
@@ -298,7 +377,8 @@ def main() -> None:
             # machine drifts).
             order = list(stacks) if number % 2 else list(reversed(stacks))
             for system in order:
-                this.update(envoi_phases(args, stacks[system], sink, label, system))
+                paced = stacks["webhooks"] if args.webhook_rate and system == "envoi" else None
+                this.update(envoi_phases(args, stacks[system], sink, label, system, paced))
             results += list(this.values())
             rounds.append(this)
         envoi = stacks["envoi"]
@@ -376,6 +456,13 @@ def main() -> None:
                 if ratios:
                     print(f"MEDIAN RATIO {hooked} / {plain} = {statistics.median(ratios):.2f} over {len(ratios)}"
                           f" rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
+                for r in rounds:
+                    if plain in r and "paced" in r[plain]:
+                        h = r[plain]["paced"]
+                        print(f"PACED webhooks at {h['rate']:.0f}/s beside {r[plain]['name']} (relay at {r[plain]['rate']:.0f}"
+                              f" msg/s): commit -> received p50 {h['p50'] * 1000:.0f} ms, p99 {h['p99'] * 1000:.0f} ms,"
+                              f" max {h['max'] * 1000:.0f} ms over {h['n']}; invalid {h['invalid']}, duplicates"
+                              f" {h['duplicates']}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Webhook dispatch figures: deliveries per second, commit->received latency, fairness, CPU per delivery.
 
     .venv/bin/python bench/webhook_dispatch.py [--n 20000] [--rq-n 600] [--processes 2] [--seconds 20]
-        [--pairs 3] [--skip-rq] [--skip-latency] [--baseline CHECKOUT --tp-rounds 3] [--py-spy FILE]
+        [--pairs 3] [--rate R] [--skip-rq] [--skip-latency] [--baseline CHECKOUT --tp-rounds 3] [--py-spy FILE]
 
 Throwaway database and Redis db; the receiver (bench/webhook_receiver.py, aiohttp) runs in its own
 process and verifies every signature. Phases, in one run:
@@ -12,7 +12,7 @@ process and verifies every signature. Phases, in one run:
    `envoi webhooks dispatch --processes P` (already started) delivers them: deliveries/s from the
    commit to the last one received, and CPU per delivery (dispatcher processes; their Postgres
    backends separately);
-3. latency: rows committed at half the measured rate for `--seconds` (a batch every 20 ms, doorbell
+3. latency: rows committed at half the measured rate (or `--rate`) for `--seconds` (a batch every 20 ms, doorbell
    rung after each commit): commit->received p50/p99 at the receiver;
 4. fairness: the same again while an 11th tenant has a 5 s endpoint and a dead one (accepts TCP,
    never answers: each attempt times out), 2,000 rows due on each: the other tenants' p99 against 3.
@@ -203,7 +203,7 @@ def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids
     cpu_ms = (cpu_seconds(list(cpu_pids)) - cpu0) * 1000 / max(total, 1)
     s = stats(port)
     return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"], "cpu_ms": cpu_ms,
-            "overflows": listen_overflows() - overflows}
+            "overflows": listen_overflows() - overflows, "receiver_stalls": s.get("stalls", [])}
 
 
 def throughput_phase(svc, domains, url, port, n: int, dispatch: subprocess.Popen, dsn: str, dbname: str,
@@ -259,6 +259,8 @@ def main() -> None:
     parser.add_argument("--per-endpoint", type=int, default=512)
     parser.add_argument("--per-account", type=int, default=256)
     parser.add_argument("--pairs", type=int, default=3, help="A B latency phase pairs (interleaved)")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="latency phases at this rate/s (default: half the measured phase-2 rate)")
     parser.add_argument("--skip-rq", action="store_true", help="leave out the RQ reference phase")
     parser.add_argument("--skip-latency", action="store_true", help="leave out phases 3 and 4")
     parser.add_argument("--baseline", metavar="CHECKOUT", help="A/B phase 2 against this checkout's dispatcher")
@@ -381,6 +383,7 @@ def main() -> None:
         dead.bind(("127.0.0.1", 0))
         dead.listen(4096)
         phases = {"A": [], "B": []}
+        pace = args.rate or rate / 2
         log(f"dispatchers' log: {work / 'dispatch.log'}")
         seen = traced(work / "dispatch.log", 0, 0)
         for kind in "AB" * args.pairs:
@@ -391,12 +394,13 @@ def main() -> None:
                            f"dead{uuid.uuid4().hex[:4]}")
                 svc.webhooks.doorbell.ring()
                 time.sleep(1)
-            result = latency_phase(svc, domains, url, port, rate / 2, args.seconds, [dispatch.pid])
+            result = latency_phase(svc, domains, url, port, pace, args.seconds, [dispatch.pid])
             phases[kind].append(result)
-            log(f"{kind}: latency at {rate / 2:.0f}/s{' with the bad endpoints' if kind == 'B' else ''}: {result['n']}"
+            log(f"{kind}: latency at {pace:.0f}/s{' with the bad endpoints' if kind == 'B' else ''}: {result['n']}"
                 f" deliveries, commit->received p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms,"
                 f" max {result['max'] * 1000:.0f} ms; dispatchers' CPU {result['cpu_ms']:.2f} ms per fast delivery;"
-                f" listen queue overflows (machine-wide) +{result['overflows']}")
+                f" listen queue overflows (machine-wide) +{result['overflows']}; the receiver's own loop stalls > 50"
+                f" ms (longest): {', '.join(f'{x * 1000:.0f}' for x in result['receiver_stalls']) or 'none'}")
             # ENVOI_WEBHOOK_TRACE=SECONDS: what was slow (but the bad endpoints' own requests)
             seen = traced(work / "dispatch.log", seen, ignore=(f"127.0.0.1:{slow_port}", f"127.0.0.1:{dead.getsockname()[1]}"))
             if kind == "B":

@@ -96,7 +96,7 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     from envoi import runtime
     from envoi.infra import aio, health, process_group
     from envoi.infra.settings import Settings
-    from envoi.webhooks.dispatch import Dispatcher
+    from envoi.webhooks.dispatch import Dispatcher, settle_heap
 
     settings = Settings.from_env()
     runtime.check_sealing_keys(settings)
@@ -132,6 +132,7 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
         readiness.mark_started()
         await dispatcher.run(stop)
 
+    settle_heap()
     try:
         aio.run(main())
     finally:

@@ -326,7 +326,9 @@ class Settings:
     webhook_inflight: int = 512
     #: ENVOI_WEBHOOK_TRACE: seconds; > 0: the dispatcher logs each request slower than this with its stages
     #: (wait for a connection slot, connect, send, answer), claims and result writes slower than this, rows
-    #: claimed this long after their commit, rounds with no room, and event-loop stalls (0: off; costs CPU).
+    #: claimed this long after their commit, rounds with no room, and event-loop stalls with their cause (the
+    #: loop thread's and the process's CPU over the stall, the garbage collector's time, the loop's stack
+    #: sampled during it), plus a summary of the collector's passes every 10 s (0: off; costs CPU).
     webhook_trace: float = 0.0
     #: ENVOI_VALIDATION_DNS_TIMEOUT: seconds an address validation waits for DNS (MX, then A/AAAA) before it
     #: answers `unknown` (5).

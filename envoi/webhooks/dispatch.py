@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from envoi.infra.metrics import Metrics
 from envoi.webhooks import secret_url, ssrf
 from envoi.webhooks.client import Client
 from envoi.webhooks.service import Webhooks
+from envoi.webhooks.stalls import Stalls
 
 log = logging.getLogger("envoi.webhooks.dispatch")
 STOP_GRACE = 1.0  # seconds a stopping dispatcher gives requests in flight before handing them back
@@ -45,6 +47,21 @@ FLUSH_BATCH = 500
 # Postgres (the fair ranking), which at a claim per few rows would cost more than the rows.
 MIN_CLAIM_GAP = 0.05
 SLOW_CLAIM = 0.25  # seconds: a claim this slow is logged (it holds back every dispatcher's next one)
+GC_YOUNG = 10_000  # the cyclic collector's young-generation threshold in a dispatcher (CPython's: 700)
+
+
+def settle_heap() -> None:
+    """Once a dispatcher process has started (imports, runtime, pools): its start-up objects (~130,000)
+    are frozen out of the cyclic collector, and young collections run less often.
+
+    Every full collection walked them all, 40-100 ms of CPU with the GIL held, and under load several
+    ran a second (requests in flight for seconds, a slow endpoint's, reach the old generation and
+    trigger them): each one an event-loop stall of 0.15-0.6 s on a loaded machine, during which every
+    tenant's answers waited (ENVOI_WEBHOOK_TRACE, docs/benchmarks.md). Nothing collectable is frozen
+    (collected first); a request's objects die by reference count, its cycles in the young passes."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 class Dispatcher:
@@ -217,14 +234,6 @@ class Dispatcher:
                         " commit (median %.0f); %d held", len(rows), room, took * 1000, max(first) * 1000,
                         sorted(first)[len(first) // 2] * 1000, self.held)
 
-    async def _lag(self, stop: asyncio.Event) -> None:
-        """ENVOI_WEBHOOK_TRACE: log the event loop's stalls (a blocking call holds every request)."""
-        while not stop.is_set():
-            started = time.monotonic()
-            await asyncio.sleep(0.05)
-            if (late := time.monotonic() - started - 0.05) > self.trace:
-                log.warning("event loop stalled %.0f ms", late * 1000)
-
     def _doorbell(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         bell = self.service.doorbell
         while not stop.is_set():
@@ -244,7 +253,7 @@ class Dispatcher:
         async with Client(self.service.allow, settings.webhook_timeout, self.inflight_max, self.trace) as http:
             writer = asyncio.create_task(self._writer(writer_stop))
             stats = asyncio.create_task(self._stats(stop)) if self.stats else None
-            lag = asyncio.create_task(self._lag(stop)) if self.trace else None
+            lag = asyncio.create_task(Stalls(self.trace).probe(stop)) if self.trace else None
             try:
                 while not stop.is_set():
                     self._wake.clear()
