@@ -117,13 +117,13 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
                         if not todo:
                             return
                         env = todo.pop()
-                    status = []
-                    chunks = app(env, lambda s, h, exc_info=None: status.append(s))
-                    b"".join(chunks)
+                    status: list[str] = []
+                    chunks = app(env, lambda s, h, exc_info=None, status=status: status.append(s))
+                    answer = b"".join(chunks)
                     if hasattr(chunks, "close"):
                         chunks.close()
                     if not status[0].startswith("200"):
-                        failures.append((status[0], b"".join(chunks)[:200]))
+                        failures.append((status[0], answer[:200]))
 
             workers = [threading.Thread(target=worker) for _ in range(threads)]
             for t in workers:
