@@ -159,6 +159,8 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
     finally:
         if svc is not None:
             with contextlib.suppress(Exception):
+                svc.redis.delete(svc.stream.key(account["id"]))  # the run's live stream
+            with contextlib.suppress(Exception):
                 svc.close()
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
