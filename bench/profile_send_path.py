@@ -4,7 +4,11 @@
 
 Starts a private region (as bench/relay_vs_postfix.py does: own database, Redis db, `envoi api` and
 `envoi relay` relaying to Postfix's smtp-sink), warms it, then records `py-spy record -f raw`
-(--subprocesses --gil: samples of the thread holding the GIL, i.e. Python CPU) of the API's gunicorn and of the relay while wrk sends n messages. Prints
+(--subprocesses --gil: samples of the thread holding the GIL, i.e. Python CPU) of `envoi api` (granian by
+default, its worker processes followed; ENVOI_API_SERVER=gunicorn for gunicorn's) and of the relay while wrk
+sends n messages. Under granian only the Python side is sampled (connections, HTTP parsing and writing the
+response happen in its Rust threads without the GIL); bench/api_accept_cpu.py --profile samples the app
+alone in one process at a higher rate. Prints
 each process's top frames by own time and a per-stage table (samples whose stack passes through a
 stage's function); the raw folded stacks stay in --out for flame graphs.
 """
@@ -42,7 +46,7 @@ STAGES = {
         ("compose", ("envoi/mta/compose.py", "email/", "envoi/mta/mime")),
         ("intake commit", ("envoi/mta/intake.py", "group_commit", "psycopg")),
         ("events", ("events",)),
-        ("http/gunicorn", ("gunicorn", "falcon")),
+        ("http server/falcon", ("gunicorn", "granian", "falcon")),
     ],
     "smtp": [
         ("TLS", ("ssl.py", "sslproto", "_ssl")),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import binascii
-import re
 import tempfile
 from urllib.parse import unquote_to_bytes
 
@@ -18,7 +17,9 @@ MAX_REQUEST_BYTES = int(52.4 * 1024 * 1024)
 SPOOL_BYTES = 256 * 1024  # an upload past this waits on disk, not in the worker's memory, until composed
 LARGE_REQUEST_BYTES = 1024 * 1024
 CHUNK = 64 * 1024
-_INVALID_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# Each byte's shape for _invalid_escape: "h" a hex digit, "%" itself, "x" anything else.
+_ESCAPE_SHAPE = bytes(ord("h") if chr(c) in "0123456789abcdefABCDEF" else c if c == ord("%") else ord("x")
+                      for c in range(256))
 
 
 def _spool(stream, limit: int | None = None) -> tuple[tempfile.SpooledTemporaryFile, int]:
@@ -63,9 +64,16 @@ def _unquote_bytes(raw: bytes) -> bytes:
     """unquote_to_bytes in C: with every escape valid, %XX is quoted-printable's =XX once literal '='
     is escaped, and binascii decodes that ~6x faster than unquote_to_bytes' Python loop (a 5 KB text
     with its spaces as %20: 1.1 ms -> 0.18 ms). An invalid escape (kept as is) takes the slow path."""
-    if _INVALID_ESCAPE.search(raw):
+    if _invalid_escape(raw):
         return unquote_to_bytes(raw)  # it looks escapes up in a dict: bytes, not bytearray
     return binascii.a2b_qp(raw.replace(b"=", b"=3D").replace(b"%", b"="))
+
+
+def _invalid_escape(raw: bytes) -> bool:
+    """Is there a % not followed by two hex digits? PERF: counted in C (each % against each %hh of the
+    bytes' shapes; two %hh cannot overlap) rather than a regex's lookahead tried at every % (~2x)."""
+    shape = raw.translate(_ESCAPE_SHAPE)
+    return shape.count(b"%") != shape.count(b"%hh")
 
 
 def _unquote(raw: bytes) -> str:

@@ -17,6 +17,9 @@ _BAD = re.compile("[\x00\ud800-\udfff]")
 
 
 def is_clean(value: str) -> bool:
+    # PERF: an ASCII string (isascii() is a flag) holds no surrogate: memchr for NUL, not the regex's scan.
+    if value.isascii():
+        return "\x00" not in value
     return _BAD.search(value) is None
 
 

@@ -23,6 +23,13 @@ from envoi.infra.threads import kept_alive
 
 log = logging.getLogger(__name__)
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# KEYS: each event's stream; ARGV: maxlen, "~" (approximate) or "=", then (domain id, event JSON) per event.
+_XADD_ALL = """
+for i, key in ipairs(KEYS) do
+  redis.call('XADD', key, 'MAXLEN', ARGV[2], ARGV[1], '*', 'd', ARGV[2 * i + 1], 'e', ARGV[2 * i + 2])
+end
+return #KEYS
+"""
 
 
 class LiveStream:
@@ -83,13 +90,20 @@ class LiveStream:
             self.publish_now(batch)
 
     def publish_now(self, events: list) -> bool:
-        """XADD events to their accounts' streams in one round trip; False if Redis failed."""
+        """XADD events to their accounts' streams in one round trip; False if Redis failed.
+
+        PERF: one script call for the whole batch (its XADDs run in Redis) rather than a pipeline of
+        one XADD each: redis-py's per-command Python (arguments, packing, a reply parsed per command)
+        was ~5 % of the API's CPU per accepted message."""
+        if not events:
+            return True
+        keys, args = [], [self.maxlen, "=" if self.trim_exact else "~"]
+        for ev in events:
+            keys.append(self.key(ev.account_id))
+            args += (ev.domain_id, ev.json)
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for ev in events:
-                pipe.xadd(self.key(ev.account_id), {"d": ev.domain_id, "e": ev.json},
-                          maxlen=self.maxlen, approximate=not self.trim_exact)
-            pipe.execute()
+            # EVAL with the script's text: Redis keeps it compiled by its hash, and there is no NOSCRIPT case.
+            self.redis.execute_command("EVAL", _XADD_ALL, len(keys), *keys, *args)
             return True
         except RedisError as ex:
             log.warning("live stream: %s (events are in Postgres; live readers miss them)", ex)

@@ -23,6 +23,7 @@ bounds) up to `timeout` more.
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,12 +40,44 @@ class CommitTimeout(ServiceUnavailable, TimeoutError):
     or not answering (503 / 451, as for DatabaseUnavailable)."""
 
 
+class _Done:
+    """A one-shot signal for the one thread that waits on it: threading.Event's set/wait/is_set on a
+    bare lock, held until set (set releases it; the first wait that gets it notes it and keeps it).
+
+    PERF: a waiter is woken once per accept; Event.set goes through a Condition (a Python-level waiter
+    list, a lock allocated per wait): ~5 % of the API's GIL time was group commit's wake-ups."""
+
+    __slots__ = ("_lock", "_got")
+
+    def __init__(self):
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._got = False
+
+    def set(self) -> None:
+        try:  # noqa: SIM105 (contextlib.suppress costs more than the release: this runs once per accept)
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def is_set(self) -> bool:
+        return self._got or not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._got:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+            self._got = True
+            return True
+        return False
+
+
 class _Waiter(Generic[T]):
     __slots__ = ("item", "done", "lead", "result", "error")
 
     def __init__(self, item: T):
         self.item = item
-        self.done = threading.Event()
+        self.done = _Done()
         self.lead = False  # promoted: write the next batch
         self.result = None
         self.error: BaseException | None = None

@@ -27,3 +27,16 @@ def test_a_form_body_with_a_5kb_text_decodes_to_its_fields():
         body = f"from=a%40b.test&text={quoting(text, safe='')}&o%3Atag=t+1".encode()
         fields = _parse_urlencoded(body.split(b"&"))
         assert fields == {"from": ["a@b.test"], "text": [text], "o:tag": ["t 1"]}
+
+
+def test_invalid_escape_is_found_as_the_regex_finds_it():
+    import re
+
+    from envoi.api.forms import _invalid_escape
+
+    lookahead = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+    rnd = random.Random(21)
+    alphabet = b"%%%aAfFgG09z\r\n"
+    for _ in range(100000):
+        raw = bytes(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+        assert _invalid_escape(raw) == bool(lookahead.search(raw)), raw

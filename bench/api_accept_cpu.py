@@ -1,0 +1,201 @@
+"""CPU per accepted message of the HTTP API's app (no HTTP server), in one process, against another checkout.
+
+    .venv/bin/python bench/api_accept_cpu.py [--baseline /tmp/envoi-base] [--kind urlencoded] [--rounds 4] [--n 3000]
+
+Each round runs a child process per code tree (this checkout, then the baseline's, alternating which
+goes first): a fresh migrated database (the tree's own migrations), runtime.build() and create_app()
+as `envoi api` builds them, one verified domain and an API key, then `n` POSTs of the
+bench/wrk_messages.lua bodies (urlencoded, multipart or mime: ~5 KB text, one recipient each) called
+on the WSGI app from `threads` threads (as granian's blocking threads call it; accepts share group
+commits), after 300 of warm-up. Printed per message: the process's CPU (all threads: the live-stream
+publisher included), the CPU of the database's Postgres backends, and the rate. The request
+environs are built before the clock starts: what is measured is the app (falcon, auth, form parsing,
+compose, intake, events), not the server nor the client, so the relay is not running either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+HERE = Path(__file__).resolve().parent.parent
+ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
+TEXT = "Thank you for your order. Your parcel is on its way and will arrive soon.\r\n" * 66
+BOUNDARY = "envoiwrkbench"
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _part(name: str, value: str) -> str:
+    return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+
+
+def body(kind: str, domain: str, run: str, i: int) -> tuple[str, str, bytes]:
+    """(path, content type, body) of request i, as bench/wrk_messages.lua builds it."""
+    rcpt = f"rcpt{i}@d{i % 1000:03d}.example.net"
+    subject = f"Bench message {i}"
+    sender = f"Bench <bench@{domain}>"
+    if kind == "urlencoded":
+        fields = [("from", sender), ("to", rcpt), ("subject", subject), ("text", TEXT), ("o:tag", run)]
+        data = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in fields)
+        return f"/v3/{domain}/messages", "application/x-www-form-urlencoded", data.encode()
+    ctype = f"multipart/form-data; boundary={BOUNDARY}"
+    if kind == "mime":
+        raw = (f"From: {sender}\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\nMessage-ID: <{run}.{i}@{domain}>\r\n"
+               f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{TEXT}")
+        data = (_part("to", rcpt) + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="message"; '
+                f'filename="m.eml"\r\nContent-Type: message/rfc822\r\n\r\n{raw}\r\n--{BOUNDARY}--\r\n')
+        return f"/v3/{domain}/messages.mime", ctype, data.encode()
+    data = (_part("from", sender) + _part("to", rcpt) + _part("subject", subject) + _part("text", TEXT)
+            + _part("o:tag", run) + f"--{BOUNDARY}--\r\n")
+    return f"/v3/{domain}/messages", ctype, data.encode()
+
+
+def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
+    import psycopg
+
+    from envoi import runtime
+    from envoi.api.app import create_app
+    from envoi.infra.migrate import ensure_database, migrate
+    from envoi.infra.settings import Settings
+
+    name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
+    dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
+    ensure_database(dsn)
+    svc = None
+    try:
+        migrate(dsn)
+        settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
+                            lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
+        svc = runtime.build(settings)
+        app = create_app(settings, svc)
+        account = svc.accounts.create_account(f"bench-{uuid.uuid4().hex[:6]}")
+        domain = f"{uuid.uuid4().hex[:8]}.example.test"
+        svc.accounts.add_domain(account["id"], domain, dkim_key_size=1024, verified=True)
+        _, api_key = svc.accounts.create_key(account["id"], "admin")
+        auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
+        run = uuid.uuid4().hex[:8]
+
+        def environs(first: int, count: int) -> list[dict]:
+            out = []
+            for i in range(first, first + count):
+                path, ctype, data = body(kind, domain, run, i)
+                out.append({"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+                            "SERVER_PORT": "8025", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+                            "CONTENT_TYPE": ctype, "CONTENT_LENGTH": str(len(data)), "HTTP_AUTHORIZATION": auth,
+                            "HTTP_HOST": "127.0.0.1:8025", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(data),
+                            "wsgi.errors": sys.stderr, "wsgi.version": (1, 0), "wsgi.multithread": True,
+                            "wsgi.multiprocess": True, "wsgi.run_once": False})
+            return out
+
+        failures = []
+
+        def drive(todo: list[dict]) -> None:
+            lock = threading.Lock()
+
+            def worker() -> None:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        env = todo.pop()
+                    status: list[str] = []
+                    chunks = app(env, lambda s, h, exc_info=None, status=status: status.append(s))
+                    answer = b"".join(chunks)
+                    if hasattr(chunks, "close"):
+                        chunks.close()
+                    if not status[0].startswith("200"):
+                        failures.append((status[0], answer[:200]))
+
+            workers = [threading.Thread(target=worker) for _ in range(threads)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+
+        drive(environs(0, 300))  # warm-up: prepared statements, caches, the first partition's pages
+        todo = environs(300, n)
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            def backends() -> float:
+                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
+                return sum(_cpu(p) for p in pids if os.path.exists(f"/proc/{p}"))
+
+            time.sleep(0.5)
+            spy = None
+            if profile:
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--gil", "--nonblocking", "-r", "500", "-f", "raw",
+                                        "-o", profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+            pg0, cpu0, started = backends(), time.process_time(), time.monotonic()
+            drive(todo)
+            elapsed = time.monotonic() - started
+            time.sleep(0.3)  # the live-stream publisher's last batch
+            cpu = time.process_time() - cpu0
+            pg = backends() - pg0
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(60)
+            if failures:
+                raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
+            return {"api_us": cpu / n * 1e6, "postgres_us": pg / n * 1e6, "rate": n / elapsed}
+    finally:
+        if svc is not None:
+            with contextlib.suppress(Exception):
+                svc.redis.delete(svc.stream.key(account["id"]))  # the run's live stream
+            with contextlib.suppress(Exception):
+                svc.close()
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", help="another checkout (its envoi package) to compare against")
+    parser.add_argument("--kind", default="urlencoded", choices=["urlencoded", "multipart", "mime"])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--profile", help="py-spy the (first round's) new child into this raw file")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.kind, args.n, args.threads, args.profile)))
+        return
+    trees = {"new": HERE} | ({"old": Path(args.baseline).resolve()} if args.baseline else {})
+    results: dict[str, list[dict]] = {label: [] for label in trees}
+    for r in range(args.rounds):
+        order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
+        for label, tree in order:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            extra = ["--profile", args.profile] if args.profile and label == "new" and r == 0 else []
+            out = subprocess.run([sys.executable, __file__, "--child", "--kind", args.kind, "--n", str(args.n),
+                                  "--threads", str(args.threads), *extra], env=env, cwd=tree, check=True,
+                                 capture_output=True, text=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            results[label].append(row)
+            print(f"round {r + 1} {label}: " + ", ".join(f"{k} {v:,.1f}" for k, v in row.items()), flush=True)
+    print(f"\n{args.kind}: medians over {args.rounds} rounds, per message (load average {os.getloadavg()[0]:.1f}):")
+    for label, rows in results.items():
+        print(f"  {label}: " + ", ".join(f"{k} {statistics.median(r[k] for r in rows):,.1f}" for k in rows[0]))
+
+
+if __name__ == "__main__":
+    main()
