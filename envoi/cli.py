@@ -246,7 +246,7 @@ def _granian(settings, bind: str, workers: int, threads: int, access_log: bool, 
 def relay(metrics_port: int, metrics_bind: str) -> None:
     """Run the delivery engine: due recipients -> DKIM -> MX -> SMTP."""
     from envoi import runtime
-    from envoi.infra import aio
+    from envoi.infra import aio, heap
 
     runtime.check_sealing_keys(_settings())
     from envoi.infra import health as health_infra
@@ -273,6 +273,7 @@ def relay(metrics_port: int, metrics_bind: str) -> None:
     click.echo(f"relay: region {services.settings.region}, delivering"
                + (f" via {services.settings.smtp_route[0]}:{services.settings.smtp_route[1]}"
                   if services.settings.smtp_route else " to MX hosts"))
+    heap.settle_heap()  # started: the heap out of the cyclic collector (envoi.infra.heap)
     aio.run(run())
     services.close()
 
@@ -287,6 +288,7 @@ def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
     import time
 
     from envoi import runtime
+    from envoi.infra import heap
 
     runtime.check_sealing_keys(_settings())
     from envoi.infra import health as health_infra
@@ -312,6 +314,7 @@ def scheduler(once: bool, metrics_port: int, metrics_bind: str) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGALRM, on_alarm)
+    heap.settle_heap()
     health.mark_started()
     try:
         while not stopping:

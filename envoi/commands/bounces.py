@@ -20,6 +20,7 @@ def inbound(bind: str | None, port: int | None, metrics_port: int, metrics_bind:
 
     from envoi import runtime
     from envoi.infra import health as health_infra
+    from envoi.infra import heap
     from envoi.infra.settings import Settings
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
@@ -49,6 +50,7 @@ def inbound(bind: str | None, port: int | None, metrics_port: int, metrics_bind:
             loop.add_signal_handler(sig, stopping)
         await server.serve(stop, on_ready=ready)
 
+    heap.settle_heap()  # started: the heap out of the cyclic collector (envoi.infra.heap)
     try:
         asyncio.run(run())
     finally:

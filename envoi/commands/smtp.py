@@ -98,7 +98,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
     import ssl
 
     from envoi import runtime
-    from envoi.infra import aio
+    from envoi.infra import aio, heap
     from envoi.infra import health as health_infra
     from envoi.infra.crypto import certificate_expiry
     from envoi.mta.submission.server import SubmissionServer
@@ -143,6 +143,7 @@ def _serve_smtp(settings, bind: str, port: int, smtps_port: int, cert: str, key:
         loop.add_signal_handler(signal.SIGHUP, reload_certificate)
         await server.serve(on_ready=ready)
 
+    heap.settle_heap()  # started: the heap out of the cyclic collector (envoi.infra.heap)
     try:
         aio.run(run())
     finally:

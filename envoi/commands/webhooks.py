@@ -24,7 +24,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
     if processes > 1:  # the extra processes write their metrics where this one sums them
         metrics_dir.use()
     from envoi import runtime
-    from envoi.infra import health, process_group
+    from envoi.infra import health, heap, process_group
     from envoi.infra import redis as redis_infra
     from envoi.infra.settings import Settings
     from envoi.validation import jobs as validation_jobs
@@ -54,6 +54,7 @@ def worker(processes: int, no_dispatch: bool, burst: bool, metrics_port: int, me
         readiness.mark_stopping()
         group.signal(signal.SIGTERM)
     rq_worker.on_stop = forward_stop
+    heap.settle_heap()  # started: the heap out of the cyclic collector (envoi.infra.heap)
     readiness.mark_started()
     try:
         rq_worker.work(burst=burst, logging_level="WARNING" if burst else "INFO", with_scheduler=False)
