@@ -95,9 +95,9 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
     if processes > 1:  # the extra processes write their metrics where this one sums them
         metrics_dir.use()
     from envoi import runtime
-    from envoi.infra import aio, health, process_group
+    from envoi.infra import aio, health, heap, process_group
     from envoi.infra.settings import Settings
-    from envoi.webhooks.dispatch import Dispatcher, settle_heap
+    from envoi.webhooks.dispatch import Dispatcher
 
     settings = Settings.from_env()
     runtime.check_sealing_keys(settings)
@@ -133,7 +133,7 @@ def dispatch(processes: int, burst: bool, metrics_port: int, metrics_bind: str, 
         readiness.mark_started()
         await dispatcher.run(stop)
 
-    settle_heap()
+    heap.settle_heap()  # its stalls were full collections of this heap (envoi.infra.heap)
     try:
         aio.run(main())
     finally:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import threading
 import time
@@ -47,21 +46,6 @@ FLUSH_BATCH = 500
 # Postgres (the fair ranking), which at a claim per few rows would cost more than the rows.
 MIN_CLAIM_GAP = 0.05
 SLOW_CLAIM = 0.25  # seconds: a claim this slow is logged (it holds back every dispatcher's next one)
-GC_YOUNG = 10_000  # the cyclic collector's young-generation threshold in a dispatcher (CPython's: 700)
-
-
-def settle_heap() -> None:
-    """Once a dispatcher process has started (imports, runtime, pools): its start-up objects (~130,000)
-    are frozen out of the cyclic collector, and young collections run less often.
-
-    Every full collection walked them all, 40-100 ms of CPU with the GIL held, and under load several
-    ran a second (requests in flight for seconds, a slow endpoint's, reach the old generation and
-    trigger them): each one an event-loop stall of 0.15-0.6 s on a loaded machine, during which every
-    tenant's answers waited (ENVOI_WEBHOOK_TRACE, docs/benchmarks.md). Nothing collectable is frozen
-    (collected first); a request's objects die by reference count, its cycles in the young passes."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 class Dispatcher:

@@ -43,6 +43,7 @@ COMMANDS = {
     "inbound": (["inbound", "--bind", "127.0.0.1"], False),
     "worker": (["worker", "--processes", "1"], False),
     "scheduler": (["scheduler"], False),
+    "webhooks-dispatch": (["webhooks", "dispatch", "--processes", "1", "--metrics-port", "0"], False),
 }
 
 

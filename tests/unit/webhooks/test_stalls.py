@@ -1,14 +1,12 @@
-"""The dispatcher's event-loop stall diagnosis (ENVOI_WEBHOOK_TRACE: webhooks.stalls) and its collector
-settings (dispatch.settle_heap): the stalls found were full collections walking the start-up heap."""
+"""The dispatcher's event-loop stall diagnosis (ENVOI_WEBHOOK_TRACE: webhooks.stalls); the stalls found were full
+collections walking the start-up heap, now frozen (envoi.infra.heap, tests/unit/infra/test_heap.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 
-from envoi.webhooks.dispatch import GC_YOUNG, settle_heap
 from envoi.webhooks.stalls import Stalls
 
 
@@ -47,18 +45,3 @@ def test_python_work_on_the_loop_is_logged_with_its_cpu(caplog):
 
     line = stalled(caplog, busy_on_the_loop)
     assert int(line.split("loop thread CPU ")[1].split(" ms")[0]) >= 250
-
-
-def test_settle_heap_takes_the_start_up_objects_out_of_every_collection():
-    started_with = {"a": [1, 2]}  # a container the collector tracks, alive from "start-up" on
-    threshold = gc.get_threshold()
-    try:
-        settle_heap()
-        assert gc.get_threshold()[0] == GC_YOUNG
-        assert gc.get_freeze_count() > 0
-        assert not any(o is started_with for o in gc.get_objects())  # no collection walks it any more
-        later = {"b": [3]}
-        assert any(o is later for o in gc.get_objects())  # what comes after is collected as usual
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
