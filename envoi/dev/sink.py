@@ -136,6 +136,8 @@ class _Handler:
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname  # what the listener does without this hook
+        with self._sink._cond:
+            self._sink._n_sessions += 1
         if self._sink._pipelining:  # aiosmtpd reads commands one by one: pipelined ones just queue
             return responses[:-1] + ["250-PIPELINING", responses[-1]]
         return responses
@@ -251,6 +253,7 @@ class Sink:
 
     def _reset_counters(self) -> None:
         self._n_messages = self._n_recipients = self._n_attempts = self._n_cut_after_data = 0
+        self._n_sessions = 0  # EHLOs: a client's sessions, whether or not they carried mail
         self._per_peer: dict[str, int] = {}
 
     def _record(self, session, envelope) -> None:
@@ -312,7 +315,7 @@ class Sink:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             return {"messages": self._n_messages, "recipients": self._n_recipients,
-                    "attempts": self._n_attempts, "stored": len(self._messages),
+                    "attempts": self._n_attempts, "sessions": self._n_sessions, "stored": len(self._messages),
                     "per_peer": dict(self._per_peer)}
 
     def cut_after_data(self) -> int:

@@ -47,7 +47,7 @@ def test_stores_envelope_raw_data_and_peer(sink):
     assert msg["tls"] is False
     assert abs(msg["received_at"] - time.time()) < 10
     assert 0 < msg["connected_at"] <= msg["received_at"]
-    assert sink.stats() == {"messages": 1, "recipients": 2, "attempts": 1, "stored": 1,
+    assert sink.stats() == {"messages": 1, "recipients": 2, "attempts": 1, "sessions": 1, "stored": 1,
                             "per_peer": {"127.0.0.1": 1}}
 
 
@@ -160,7 +160,8 @@ def test_http_json_api(sink):
     assert requests.get(f"{sink.url}/nope", timeout=5).status_code == 404
 
     stats = requests.get(f"{sink.url}/stats", timeout=5).json()
-    assert stats == {"messages": 2, "recipients": 2, "attempts": 2, "stored": 2, "per_peer": {"127.0.0.1": 2}}
+    assert stats == {"messages": 2, "recipients": 2, "attempts": 2, "sessions": 2, "stored": 2,
+                     "per_peer": {"127.0.0.1": 2}}
 
     assert requests.delete(f"{sink.url}/messages", timeout=5).json() == {"deleted": 2}
     assert requests.get(f"{sink.url}/messages", timeout=5).json() == {"items": [], "total": 0}
@@ -234,7 +235,7 @@ def test_store_false_keeps_only_counters():
         for _ in range(3):
             asend(sink)
         assert sink.wait_for(3) == []
-        assert sink.stats() == {"messages": 3, "recipients": 3, "attempts": 3, "stored": 0,
+        assert sink.stats() == {"messages": 3, "recipients": 3, "attempts": 3, "sessions": 3, "stored": 0,
                                 "per_peer": {"127.0.0.1": 3}}
 
 

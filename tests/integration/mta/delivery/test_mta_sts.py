@@ -246,10 +246,11 @@ def test_no_policy_keeps_todays_behaviour_at_one_cached_lookup_per_domain(servic
     assert dns.count("_mta-sts.plain.test", "TXT") == 1  # per domain, not per message
     body = report(services.db, "plain.test", today(), organization="Envoi")
     assert body["policies"][0]["policy"] == {"policy-type": "no-policy-found", "policy-domain": "plain.test"}
-    # Counted per session (the sink offers no STARTTLS), not per message: the sessions carried all five.
+    # Counted per session (the sink offers no STARTTLS), not per message: one per EHLO the sink answered
+    # (the relay may open a session a message then does not need, so not necessarily <= 5).
     sessions = failures(body)
     assert set(sessions) == {("starttls-not-supported", "mx.plain.test")}
-    assert 1 <= sessions[("starttls-not-supported", "mx.plain.test")] <= 5
+    assert sessions[("starttls-not-supported", "mx.plain.test")] == sink.stats()["sessions"] >= 1
 
 
 def test_cost_of_a_domain_without_mta_sts_is_one_cached_lookup(services, dns, ca_file):
