@@ -460,13 +460,15 @@ class _Plan:
         keys: set[str] = set()
         flags = {"placeholder": False}
         top_fields = self._node(mime, pieces, keys, flags, top=True, default="text/plain")
-        theirs = any(_name(f) == b"list-unsubscribe" for f in top_fields)
+        # PERF: the fields' names are read only if one may be List-Unsubscribe(-Post) (rarely: ours is added).
+        listed = not top_fields or b"list-unsubscribe" in pieces[0].lower()
+        theirs = listed and any(_name(f) == b"list-unsubscribe" for f in top_fields)
         list_header = (self.html_footer is not None or flags["placeholder"]) and not theirs \
             and not flags.get("bodiless")
-        if list_header:  # ours replaces a caller's lone List-Unsubscribe-Post
-            head = pieces[0]
-            kept = [f for f in _fields(head) if _name(f) != b"list-unsubscribe-post"]
-            pieces[0] = b"".join(f + b"\r\n" for f in kept)
+        if list_header:
+            if listed:  # ours replaces a caller's lone List-Unsubscribe-Post
+                kept = [f for f in _fields(pieces[0]) if _name(f) != b"list-unsubscribe-post"]
+                pieces[0] = b"".join(f + b"\r\n" for f in kept)
         elif pieces[1] is _LIST_SLOT:
             pieces[1] = b""
         merged: list = []
@@ -559,27 +561,33 @@ class _Plan:
             return None
         if "\x00" in text:  # not mail text (RFC 5322 has no NUL); also our slot marker
             return None
-        original = text = text.replace("\r\n", "\n")
-        if any(p in text for p in PLACEHOLDERS):
+        # Lines are written CRLF: a bare LF becomes CRLF (in the text and in what is added), a CRLF stays.
+        # PERF: the text is brought to CRLF only if it has a bare LF (a composed body never has): converting
+        # every line of both parts measured ≈ 30 µs of a single message's ≈ 150 µs render.
+        if text.count("\n") != text.count("\r\n"):
+            text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+        original = text
+        if "_url%" in text and any(p in text for p in PLACEHOLDERS):
             flags["placeholder"] = True
         if subtype == "html":
             if self.html_footer is not None:
-                text = _before_body_end(text, self.html_footer)
-            text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
+                text = _before_body_end(text, _crlf(self.html_footer))
+            if "_url%" in text:
+                text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
             if self.clicks != "no":
                 text = HREF.sub(self._href, text)
             if self.opens:
                 text = _before_body_end(text, _PIXEL)
         else:
             if self.text_footer is not None:
-                text = text + self.text_footer
-            text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
+                text = text + _crlf(self.text_footer)
+            if "_url%" in text:
+                text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
             if self.clicks == "yes":
                 text = _TEXT_URL_SLOTS.sub(lambda m: self._slot(m.group(0)) or m.group(0), text)
         if text == original:
             return None
         pieces = text.split("\x00")
-        pieces[::2] = [p.replace("\n", "\r\n") for p in pieces[::2]]
         keys.update(pieces[1::2])
         head = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode()
         if not top:
@@ -600,6 +608,8 @@ class _Plan:
 
     def _href(self, m: re.Match) -> str:
         value = m.group(3)
+        if "\r" in value:  # the link as it was read with LF line ends (the text is now CRLF), as tokens seal it
+            value = value.replace("\r\n", "\n")
         slot = self._slot(html.unescape(value) if "&" in value else value)
         return m.group(0) if slot is None else m.group(1) + m.group(2) + slot + m.group(2)
 
@@ -625,6 +635,12 @@ def _delimiters(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
         if closing:
             break
     return found
+
+
+@functools.lru_cache(maxsize=64)  # a domain's footers, a few
+def _crlf(text: str) -> str:
+    """A footer as added to a CRLF text: its LFs (even one of a CRLF, as before the text was kept CRLF) made CRLF."""
+    return text.replace("\n", "\r\n")
 
 
 def _before_body_end(text: str, snippet: str) -> str:
