@@ -510,6 +510,8 @@ class _Plan:
         my_keys: set[str] = set()
         my_flags = {"placeholder": False}
         fields = self._entity(raw, mine, my_keys, my_flags, top=top, default=default)
+        if my_flags.get("bodiless"):  # (was left in my_flags: a message without a body lost 2 octets)
+            flags["bodiless"] = True
         if not top:
             self._parts[raw] = (mine, my_keys, my_flags["placeholder"])
         out.extend(mine)
@@ -524,7 +526,8 @@ class _Plan:
             end = raw.find(b"\r\n\r\n")
             if end < 0:  # no body: nothing to rewrite (and no header block to add to)
                 out.extend([raw, _LIST_SLOT] if top else [raw])
-                flags["bodiless"] = True
+                if top:  # stored as it came: no List-Unsubscribe after a last field without its line end
+                    flags["bodiless"] = True
                 return []
             head, body = raw[:end + 2], raw[end + 4:]
         fields = _fields(head)
