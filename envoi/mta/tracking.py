@@ -589,12 +589,16 @@ class _Plan:
         if text.count("\n") != text.count("\r\n"):
             text = text.replace("\r\n", "\n").replace("\n", "\r\n")
         original = text
-        if "_url%" in text and any(p in text for p in PLACEHOLDERS):
+        # PERF: whether the text may hold a placeholder is decided by one scan, then by the footer added
+        # (which may hold one, or complete one begun at the end of the text before it).
+        marked = "_url%" in text
+        if marked and any(p in text for p in PLACEHOLDERS):
             flags["placeholder"] = True
         if subtype == "html":
             if self.html_footer is not None:
-                text = _before_body_end(text, _crlf(self.html_footer))
-            if "_url%" in text:
+                text = _before_body_end(text, _crlf(self.html_footer))  # (before "</body>": nothing to complete)
+                marked = marked or _may_mark(self.html_footer)
+            if marked:
                 text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
             if self.clicks != "no":
                 text = HREF.sub(self._href, text)
@@ -603,7 +607,8 @@ class _Plan:
         else:
             if self.text_footer is not None:
                 text = text + _crlf(self.text_footer)
-            if "_url%" in text:
+                marked = marked or _may_mark(self.text_footer)
+            if marked:
                 text = text.replace("%tag_unsubscribe_url%", "\x00t\x00").replace("%unsubscribe_url%", "\x00u\x00")
             if self.clicks == "yes":
                 text = _TEXT_URL_SLOTS.sub(lambda m: self._slot(m.group(0)) or m.group(0), text)
@@ -665,6 +670,14 @@ def _delimiters(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
 def _crlf(text: str) -> str:
     """A footer as added to a CRLF text: its LFs (even one of a CRLF, as before the text was kept CRLF) made CRLF."""
     return text.replace("\n", "\r\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _may_mark(footer: str) -> bool:
+    """Whether a text with no "_url%" may have one once this footer is added: the footer has one, or
+    begins with the rest of one ("url%", "rl%", "l%" or "%" after the text's "_", "_u", ...)."""
+    footer = _crlf(footer)
+    return "_url%" in footer or footer[:1] in ("", "u", "r", "l", "%")
 
 
 def _before_body_end(text: str, snippet: str) -> str:

@@ -187,3 +187,15 @@ def test_a_message_without_a_body_is_stored_as_it_came(services, tracked):
                   copies=[Composed(["bob@dest.test"], mime, {})], method="smtp")
     [copy] = services.tracking.render(tracked, draft).copies
     assert copy.mime == mime
+
+
+def test_a_footer_completing_a_placeholder(services, tracked):
+    """The text is scanned for placeholders once; one the footer completes is still substituted."""
+    host = f"email.{tracked['name']}"
+    services.tracking.update_settings(tracked, "unsubscribe", {"active": "yes", "text_footer": "l% bye"})
+    mime = f"From: a@{tracked['name']}\r\nTo: ann@dest.test\r\nContent-Type: text/plain\r\n\r\ngo to %unsubscribe_ur".encode()
+    draft = Draft(domain=tracked["name"], mail_from=f"a@{tracked['name']}", message_id=f"m4@{tracked['name']}",
+                  copies=[Composed(["ann@dest.test"], mime, {})], method="smtp")
+    [copy] = services.tracking.render(tracked, draft).copies
+    text = parse(copy.mime).get_body(("plain",)).get_content()
+    assert "%unsubscribe" not in text and f"go to http://{host}/u/" in text and text.rstrip().endswith(" bye")
