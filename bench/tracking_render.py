@@ -3,6 +3,7 @@ commit's, in the same process, on the same drafts.
 
     .venv/bin/python bench/tracking_render.py [--reference c87224b] [--rounds 5] [--recipients 1000]
     .venv/bin/python bench/tracking_render.py --http [--rounds 3]   # POST /v3/{domain}/messages, time to 200
+    .venv/bin/python bench/tracking_render.py --single [--rounds 7] [--messages 2000]   # µs per message
 
 Two 1,000-recipient sends of a 10-link HTML body (+ a text part with a link) with open, click and
 unsubscribe tracking on (footer, List-Unsubscribe, %unsubscribe_url% in the body):
@@ -12,6 +13,11 @@ The reference module is read with `git show REF:envoi/mta/tracking.py` and impor
 one; rounds alternate between the two so machine noise hits both alike. No database: the domain's
 tracking settings come from a stub of settings_for() (both versions read them through it). Times are
 CPU time of this process (time.process_time): the machine is shared, and wall time mostly measures others.
+
+--single: what the end-to-end benchmark's urlencoded path sends with --webhooks (bench/relay_vs_postfix.py):
+single-recipient messages, each its own Message-ID, a ~5 KB text part and the 10-link HTML body of
+relay_vs_postfix_lib.html_body(), a tag; open, click and unsubscribe on. Each message is composed once and
+rendered by both modules (rounds interleaved), CPU µs per message: the tracking share of one accept.
 
 --http: the batch send as a request to the API app in process (falcon's test client: form parsing,
 compose, tracking, the accept transaction in a throwaway Postgres database, no network), wall time to
@@ -33,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from envoi.mta import tracking as current  # noqa: E402
 from envoi.mta.compose import compose  # noqa: E402
@@ -77,6 +84,29 @@ def drafts(n: int) -> dict:
         {a: {"name": f"Person {i}", "id": i} for i, a in enumerate(to)})]}, [], [])
     shared = compose("bench.example.test", fields, [], [])
     return {"batch": batch, "shared": shared}
+
+
+def single(args, key: bytes) -> None:
+    from relay_vs_postfix_lib import html_body as bench_html  # the end-to-end benchmark's own body
+
+    text = "Thank you for your order. Your parcel is on its way and will arrive soon.\r\n" * 66  # as wrk_messages.lua
+    fields = {"from": ["Bench <bench@bench.example.test>"], "to": ["someone@dest.test"], "subject": ["Your order"],
+              "text": [text], "html": [bench_html()], "o:tag": ["bench"]}
+    messages = [compose("bench.example.test", fields, [], []) for _ in range(args.messages)]
+    modules = {"reference": tracker(load_reference(args.reference), key), "current": tracker(current, key)}
+    times: dict = {name: [] for name in modules}
+    for _ in range(args.rounds):
+        for name, t in modules.items():
+            start = time.process_time()
+            for draft in messages:
+                t.render(DOMAIN, draft)
+            times[name].append((time.process_time() - start) * 1e6 / args.messages)
+    print(f"tracking render of one single-recipient message (the urlencoded path of relay_vs_postfix.py --webhooks:"
+          f" ~5 KB text + 10-link HTML, open + click + unsubscribe on), {args.messages} messages; best / median of"
+          f" {args.rounds} rounds, CPU µs per message:")
+    ref, cur = times["reference"], times["current"]
+    print(f"  reference {args.reference}: {min(ref):.1f} / {statistics.median(ref):.1f}   current: {min(cur):.1f} /"
+          f" {statistics.median(cur):.1f}   ratio {statistics.median(ref) / statistics.median(cur):.2f}x")
 
 
 def http(args, key: bytes) -> None:
@@ -146,10 +176,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--recipients", type=int, default=1000)
     parser.add_argument("--http", action="store_true", help="time the send API end to end instead")
+    parser.add_argument("--single", action="store_true", help="single-recipient messages, µs per message")
+    parser.add_argument("--messages", type=int, default=2000, help="--single: messages per round")
     args = parser.parse_args()
     key = secrets.token_bytes(32)
     if args.http:
         http(args, key)
+        return
+    if args.single:
+        single(args, key)
         return
     modules = {"reference": tracker(load_reference(args.reference), key), "current": tracker(current, key)}
     sends = drafts(args.recipients)

@@ -154,3 +154,48 @@ def test_public_url_mode_and_web_prefix_scheme(services, tracked, settings):
     dev = Tracking(services.db, services.events, settings.secret_key, settings.public_url, host_mode="public_url")
     [copy] = dev.render(tracked, dc_replace(draft)).copies
     assert all(u.startswith("http://127.0.0.1:8025/") for u in links(parse(copy.mime).get_body(("html",)).get_content()))
+
+
+def test_line_ends_of_a_caller_built_part(services, tracked):
+    """A part with bare LFs comes out CRLF throughout (and so does a footer written with LFs); a link whose
+    quoted href spans a line is sealed as read with LF line ends; a CRLF body is left CRLF."""
+    host = f"email.{tracked['name']}"
+    services.tracking.update_settings(tracked, "unsubscribe", {"active": "yes", "text_footer": "\nbye\n%unsubscribe_url%\n"})
+    mime = (
+        "From: a@{d}\r\nTo: bob@dest.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/alternative; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nline one\nsee https://t.example/p\r\nend\n\r\n"
+        '--B\r\nContent-Type: text/html\r\n\r\n<p><a href="https://a.example/x\r\ny">a</a></p>\r\n</body>\r\n--B--\r\n'
+    ).format(d=tracked["name"]).encode()
+    draft = Draft(domain=tracked["name"], mail_from=f"a@{tracked['name']}", message_id=f"m2@{tracked['name']}",
+                  copies=[Composed(["bob@dest.test"], mime, {})], method="smtp")
+    [copy] = services.tracking.render(tracked, draft).copies
+    assert copy.mime.count(b"\n") == copy.mime.count(b"\r\n")  # no bare LF left
+    msg = parse(copy.mime)
+    plain, html = (p for p in msg.walk() if not p.is_multipart())
+    text = plain.get_content().replace("\r\n", "\n")
+    assert text.startswith("line one\nsee http://" + host + "/c/") and "\nend\n\nbye\nhttp://" + host + "/u/" in text
+    [click] = [u for u in links(html.get_content()) if "/c/" in u]
+    assert token(services, "c", click, host)["extra"] == "https://a.example/x\ny"
+
+
+def test_a_message_without_a_body_is_stored_as_it_came(services, tracked):
+    """Header fields and no blank line (SMTP lets a client send that): nothing to track, nothing cut off,
+    no List-Unsubscribe added after a field without its line end."""
+    mime = f"From: a@{tracked['name']}\r\nTo: bob@dest.test\r\nSubject: headers only".encode()
+    draft = Draft(domain=tracked["name"], mail_from=f"a@{tracked['name']}", message_id=f"m3@{tracked['name']}",
+                  copies=[Composed(["bob@dest.test"], mime, {})], method="smtp")
+    [copy] = services.tracking.render(tracked, draft).copies
+    assert copy.mime == mime
+
+
+def test_a_footer_completing_a_placeholder(services, tracked):
+    """The text is scanned for placeholders once; one the footer completes is still substituted."""
+    host = f"email.{tracked['name']}"
+    services.tracking.update_settings(tracked, "unsubscribe", {"active": "yes", "text_footer": "l% bye"})
+    mime = f"From: a@{tracked['name']}\r\nTo: ann@dest.test\r\nContent-Type: text/plain\r\n\r\ngo to %unsubscribe_ur".encode()
+    draft = Draft(domain=tracked["name"], mail_from=f"a@{tracked['name']}", message_id=f"m4@{tracked['name']}",
+                  copies=[Composed(["ann@dest.test"], mime, {})], method="smtp")
+    [copy] = services.tracking.render(tracked, draft).copies
+    text = parse(copy.mime).get_body(("plain",)).get_content()
+    assert "%unsubscribe" not in text and f"go to http://{host}/u/" in text and text.rstrip().endswith(" bye")
