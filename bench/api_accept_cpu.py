@@ -22,7 +22,6 @@ import io
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import threading
@@ -31,7 +30,9 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
-HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ab_children  # noqa: E402
+
 ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 TEXT = "Thank you for your order. Your parcel is on its way and will arrive soon.\r\n" * 66
@@ -179,23 +180,14 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.kind, args.n, args.threads, args.profile)))
         return
-    trees = {"new": HERE} | ({"old": Path(args.baseline).resolve()} if args.baseline else {})
-    results: dict[str, list[dict]] = {label: [] for label in trees}
-    for r in range(args.rounds):
-        order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
-        for label, tree in order:
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            extra = ["--profile", args.profile] if args.profile and label == "new" and r == 0 else []
-            out = subprocess.run([sys.executable, __file__, "--child", "--kind", args.kind, "--n", str(args.n),
-                                  "--threads", str(args.threads), *extra], env=env, cwd=tree, check=True,
-                                 capture_output=True, text=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            results[label].append(row)
-            print(f"round {r + 1} {label}: " + ", ".join(f"{k} {v:,.1f}" for k, v in row.items()), flush=True)
-    print(f"\n{args.kind}: medians over {args.rounds} rounds, per message (load average {os.getloadavg()[0]:.1f}):")
-    for label, rows in results.items():
-        print(f"  {label}: " + ", ".join(f"{k} {statistics.median(r[k] for r in rows):,.1f}" for k in rows[0]))
+    trees = ab_children.checkouts(args.baseline)
 
+    def child_args(label: str, r: int) -> list[str]:
+        extra = ["--profile", args.profile] if args.profile and label == "new" and r == 0 else []
+        return ["--kind", args.kind, "--n", str(args.n), "--threads", str(args.threads), *extra]
+
+    results = ab_children.run_rounds(__file__, trees, args.rounds, child_args)
+    ab_children.print_medians(results, f"{args.kind}: medians over {args.rounds} rounds, per message")
 
 if __name__ == "__main__":
     main()

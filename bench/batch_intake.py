@@ -19,14 +19,14 @@ import contextlib
 import json
 import os
 import secrets
-import statistics
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ab_children  # noqa: E402
+
 ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 
@@ -129,24 +129,15 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.batches, args.size, args.body_storage)))
         return
-    trees = {"new": HERE} | ({"old": Path(args.baseline).resolve()} if args.baseline else {})
-    results: dict[str, list[dict]] = {label: [] for label in trees}
-    for r in range(args.rounds):
-        order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
-        for label, tree in order:
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            chosen = args.baseline_body_storage if label == "old" and args.baseline_body_storage else args.body_storage
-            storage = ["--body-storage", chosen] if chosen else []
-            out = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches), "--size",
-                                  str(args.size), *storage], env=env, cwd=tree, check=True, capture_output=True,
-                                 text=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            results[label].append(row)
-            print(f"round {r + 1} {label}: " + ", ".join(f"{k} {v:,.1f}" for k, v in row.items()), flush=True)
-    print(f"\nmedians over {args.rounds} rounds, per recipient (load average {os.getloadavg()[0]:.1f}):")
-    for label, rows in results.items():
-        print(f"  {label}: " + ", ".join(f"{k} {statistics.median(r[k] for r in rows):,.1f}" for k in rows[0]))
+    trees = ab_children.checkouts(args.baseline)
 
+    def child_args(label: str, r: int) -> list[str]:
+        chosen = args.baseline_body_storage if label == "old" and args.baseline_body_storage else args.body_storage
+        return ["--batches", str(args.batches), "--size", str(args.size),
+                *(["--body-storage", chosen] if chosen else [])]
+
+    results = ab_children.run_rounds(__file__, trees, args.rounds, child_args)
+    ab_children.print_medians(results, f"medians over {args.rounds} rounds, per recipient")
 
 if __name__ == "__main__":
     main()
