@@ -668,8 +668,8 @@ def _delimiters(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
 
 @functools.lru_cache(maxsize=64)  # a domain's footers, a few
 def _crlf(text: str) -> str:
-    """A footer as added to a CRLF text: its LFs (even one of a CRLF, as before the text was kept CRLF) made CRLF."""
-    return text.replace("\n", "\r\n")
+    """A footer as added to a CRLF text: its line ends, LF or CRLF (a browser's textarea sends CRLF), made CRLF."""
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 
 @functools.lru_cache(maxsize=64)

@@ -199,3 +199,15 @@ def test_a_footer_completing_a_placeholder(services, tracked):
     [copy] = services.tracking.render(tracked, draft).copies
     text = parse(copy.mime).get_body(("plain",)).get_content()
     assert "%unsubscribe" not in text and f"go to http://{host}/u/" in text and text.rstrip().endswith(" bye")
+
+
+@pytest.mark.parametrize("kind", ["text", "html"])
+def test_a_footer_written_with_crlf_adds_no_bare_cr(services, tracked, kind):
+    """A footer set from a form's textarea comes with CRLF line ends: each stays one CRLF (was CR CR LF)."""
+    footer = "\r\nbye\r\n%unsubscribe_url%\r\n" if kind == "text" else "<p>bye</p>\r\n<p>%unsubscribe_url%</p>\r\n"
+    services.tracking.update_settings(tracked, "unsubscribe", {"active": "yes", f"{kind}_footer": footer})
+    draft = compose(tracked["name"], {"from": [f"a@{tracked['name']}"], "to": ["ann@dest.test"], "subject": ["s"],
+                                      kind: ["hello\r\nthere" if kind == "text" else "<p>hello</p></body>"]}, [], [])
+    [copy] = services.tracking.render(tracked, draft).copies
+    assert b"\r\r" not in copy.mime and copy.mime.count(b"\r") == copy.mime.count(b"\r\n")
+    assert b"bye" in copy.mime
