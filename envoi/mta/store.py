@@ -194,13 +194,15 @@ def set_domain_ed25519(conn: Connection, domain_id: int, selector: str, sealed_k
 
 
 def load_messages(conn: Connection, message_pks: list[int]) -> list[dict]:
+    # PERF: binary results: the sealed body comes as its bytes, not as hex text twice its size that
+    # Postgres encodes and psycopg decodes (~5 us of Postgres and ~9 us of the relay per 5 KB message).
     return conn.execute(
         "SELECT id, account_id, domain_id, message_id, storage_key, mail_from, headers, tags,"
         " user_variables, options, attachments, method, size, body, dkim_signature,"
         " extract(epoch from created_at) AS created_ts,"
         " (SELECT count(*) FROM recipients r WHERE r.message_pk = m.id) AS recipient_count"
         " FROM messages m WHERE id = ANY(%s)",
-        (message_pks,),
+        (message_pks,), binary=True,
     ).fetchall()
 
 

@@ -1,0 +1,56 @@
+"""How the send path's rows are stored (0305_send_path_storage): what Postgres does per message."""
+
+from __future__ import annotations
+
+from envoi.mta import store
+from tests.support.delivery import send
+
+TEXT = "Thank you for your order. Your parcel is on its way and will arrive soon.\r\n"
+
+
+def _toast_rows(db) -> int:
+    toast = db.execute("SELECT reltoastrelid::regclass::text AS t FROM pg_class WHERE oid = 'messages'::regclass"
+                       ).fetchone()["t"]
+    return db.execute(f"SELECT count(*) AS n FROM {toast}").fetchone()["n"]
+
+
+def test_a_sealed_body_is_kept_in_its_row_and_a_big_one_out_of_line(services, account, domain, db):
+    """A ~5 KB sealed body stays in its row (no TOAST chunks to write and read back); a body bigger than a
+    page still goes out of line. Neither is compressed (ciphertext does not compress) and both read back."""
+    before = _toast_rows(db)
+    small = send(services, account["id"], domain, "a@inline.test", text=TEXT * 66)
+    assert _toast_rows(db) == before
+    big = send(services, account["id"], domain, "a@outofline.test", text=TEXT * 400)
+    assert _toast_rows(db) > before
+    rows = {r["message_id"]: r for r in db.execute(
+        "SELECT message_id, storage_key, body, pg_column_compression(body) AS compression FROM messages"
+        " WHERE message_id = ANY(%s)", ([small, big],))}
+    assert [rows[m]["compression"] for m in (small, big)] == [None, None]
+    for message_id, size in ((small, 66), (big, 400)):
+        row = rows[message_id]
+        mime = services.sealer.open(row["body"], row["storage_key"].encode())
+        assert mime.count(b"Your parcel is on its way") == size
+
+
+def test_the_relays_claim_is_a_hot_update(services, account, domain, db):
+    """Leasing a recipient changes no indexed column: its new version goes on the same page without new
+    index entries when the page has room, which fillfactor 50 leaves (at 100 the claim of a few pages' rows
+    found room for those of the last page only). A claimed version is a little bigger (the lease's time and
+    owner), so a page claimed whole may lack room for its last few. The messages load whole."""
+    n = 120  # about four pages of recipients at fillfactor 50
+    ids = [send(services, account["id"], domain, f"r{i}@hot.test", text=TEXT * 66) for i in range(n)]
+    others = [r["id"] for r in db.execute("SELECT id FROM domains WHERE id <> %s", (domain["id"],))]
+    with services.db.transaction() as conn:
+        # Other domains' mail is "on other hosts": this claim takes this test's recipients only.
+        rows = store.claim_due(conn, 1000, 120, "hot-test", store.HostAffinity(elsewhere=tuple(others)))
+        hot = conn.execute("SELECT pg_stat_get_xact_tuples_hot_updated('recipients'::regclass) AS n,"
+                           " pg_stat_get_xact_tuples_updated('recipients'::regclass) AS updated").fetchone()
+        messages = store.load_messages(conn, [r["message_pk"] for r in rows])
+    assert sorted(r["address"] for r in rows) == sorted(f"r{i}@hot.test" for i in range(n))
+    assert hot["updated"] == n and hot["n"] >= 0.85 * n, hot
+    assert sorted(m["message_id"] for m in messages) == sorted(ids)
+    for m in messages:
+        assert type(m["body"]) is bytes and services.sealer.open(m["body"], m["storage_key"].encode()).count(
+            b"Your parcel is on its way") == 66
+        assert m["tags"] == [] and m["headers"]["subject"] == "Hi" and m["recipient_count"] == 1
+        assert float(m["created_ts"]) > 0
