@@ -449,12 +449,12 @@ class Session:
         if data.startswith(b"."):
             data = b"." + data
         protocol = self.smtp.protocol
-        data = data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+        data = data.replace(b"\r\n.", b"\r\n..")  # the same object when no line starts with a dot
         if after is None:
-            protocol.write(data)
+            protocol.write(data + b".\r\n")
             response = await protocol.read_response(timeout=None)
         else:
-            (response,) = await protocol.replies(data + after.commands, 1, more=True)
+            (response,) = await protocol.replies(b"".join((data, b".\r\n", after.commands)), 1, more=True)
             self._chained = after  # its replies come next, whatever this one says
         self.in_data = False
         if response.code != 250:
