@@ -16,9 +16,12 @@ instead of a revision. The relay holds no lease while paused between deliveries 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +41,35 @@ from relay_vs_postfix_lib import (  # noqa: E402
 )
 
 
-def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str]) -> dict:
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name without its number (py-spy dump), {} if py-spy is missing."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        dump = subprocess.run([pyspy, "dump", "--json", "--nonblocking", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=30).stdout
+        return {t["os_thread_id"]: (t.get("thread_name") or "?").rstrip("0123456789_")
+                for t in json.loads(dump) if t.get("os_thread_id")}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+
+
+def thread_cpu(pid: int, names: dict[int, str]) -> dict[str, float]:
+    """CPU seconds of a process's live threads so far, summed by thread name (the event loop, the DKIM
+    signers, asyncio's to_thread pool ...)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = names.get(int(task.name)) or "thread " + task.name
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + sum(int(x) for x in fields[11:13]) / tick
+    return out
+
+
+def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str], profile: str | None = None,
+          native: bool = False) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="envoi-drain-"))
     sink = SmtpSink(workdir).start()
     envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"), root=root, extra_env=env)
@@ -56,18 +87,31 @@ def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str]) -> dict
             envoi.vacuum()
             base = sink.count()
             xacts0 = envoi.transactions()
-            cpu0, pg0 = cpu_seconds([relay]), envoi.postgres_cpu()
+            names = thread_names(relay)
+            cpu0, pg0, threads0 = cpu_seconds([relay]), envoi.postgres_cpu(), thread_cpu(relay, names)
+            spy = None
+            if profile:  # py-spy on the relay for the drain only: the thread holding the GIL (Python CPU)
+                pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+                spy = subprocess.Popen([pyspy, "record", "--pid", str(relay), "-r", "250", "-f", "raw", "--gil",
+                                        "--nonblocking", "-o", profile] + (["--native"] if native else []),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
         finally:
             os.kill(relay, signal.SIGCONT)
         t0 = time.time()
         t1 = sink.wait_count(base + count)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         relay_ms = (cpu_seconds([relay]) - cpu0) * 1000 / count
+        threads = {k: (v - threads0.get(k, 0.0)) * 1000 / count for k, v in thread_cpu(relay, names).items()}
         pg_ms = (envoi.postgres_cpu() - pg0) * 1000 / count
         xacts = (envoi.transactions() - xacts0) / count
         result = {"name": name, "n": count, "rate": count / (t1 - t0), "relay_ms": relay_ms, "pg_ms": pg_ms,
                   "xacts": xacts}
         log(f"{name}: drained {count} in {t1 - t0:.1f}s ({result['rate']:.0f} msg/s): relay {relay_ms:.3f} ms/msg,"
-            f" postgres {pg_ms:.3f} ms/msg, {xacts:.3f} transactions/msg")
+            f" postgres {pg_ms:.3f} ms/msg, {xacts:.3f} transactions/msg; relay threads ms/msg: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.005))
         return result
     finally:
         envoi.stop()
@@ -82,6 +126,9 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="CHECKOUT", help="another checkout, drained in the same run")
     parser.add_argument("--baseline-env", metavar="KEY=VALUE", action="append", default=[],
                         help="a setting of the baseline region only (with --baseline . : a setting A/B)")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy record (raw, folded stacks) of this checkout's"
+                        " relay during its drains (--gil: Python CPU; the last round's is kept)")
+    parser.add_argument("--profile-native", action="store_true", help="--profile with native frames (C, Cython)")
     args = parser.parse_args()
     envs = {"envoi": {}, "baseline": dict(kv.split("=", 1) for kv in args.baseline_env)}
     roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
@@ -90,7 +137,8 @@ def main() -> None:
     for r in range(1, args.rounds + 1):
         order = list(roots) if r % 2 else list(reversed(roots))
         for name in order:
-            results[name].append(drain(roots[name], f"r{r} {name}", args.n, args.kind, envs[name]))
+            results[name].append(drain(roots[name], f"r{r} {name}", args.n, args.kind, envs[name],
+                                       args.profile if name == "envoi" else None, args.profile_native))
     print(f"\n# relay_drain: n={args.n} ({args.kind}), load average at the end "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'region':10} {'relay ms/msg per round':32} {'postgres ms/msg per round':32} {'xacts/msg':16} msg/s")

@@ -15,6 +15,7 @@ The signature covers `normalize_crlf(message)`: the caller must send exactly
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import time
@@ -91,7 +92,8 @@ def relaxed_headers(headers: list) -> list[tuple[bytes, bytes]]:
     (which runs two regex substitutions per field even when nothing changes)."""
     out = []
     for name, value in headers:
-        if b"\n" in value:
+        # A field's own line end needs no substitution (strip() below removes it): only a fold does.
+        if value.find(b"\n", 0, len(value) - 1) >= 0:
             value = _UNFOLD.sub(b"", value)
         if b"\t" in value or b"  " in value:
             value = _WSP_TO_COLLAPSE.sub(b" ", value)
@@ -105,9 +107,10 @@ def relaxed_body(body: bytes) -> bytes:
     dkimpy rewrites every single space with a regex (a substitution per word); here the
     substitutions run only where something changes, which made signing a 5 KB message ~3x cheaper.
     """
-    if b" \r\n" in body or b"\t\r\n" in body:
+    tab = b"\t" in body  # one memchr; a tab is rare in mail bodies
+    if tab or b" \r\n" in body:
         body = _TRAILING_WSP.sub(b"\r\n", body)
-    if b"\t" in body or b"  " in body:
+    if tab or b"  " in body:
         body = _WSP_TO_COLLAPSE.sub(b" ", body)
     return correct_empty_body(strip_trailing_lines(body))
 
@@ -169,13 +172,19 @@ class DkimSigner:
 class _Common(NamedTuple):
     domain: bytes
     timestamp: bytes
-    include: list[bytes]
+    include: tuple[bytes, ...]
     body_hash: bytes
     headers: list[tuple[bytes, bytes]]
 
 
-def _include_headers(canonical: list[tuple[bytes, bytes]]) -> list[bytes]:
-    counts = Counter(name for name, _ in canonical)  # names are lower-case after canonicalisation
+def _include_headers(canonical: list[tuple[bytes, bytes]]) -> tuple[bytes, ...]:
+    return _include_for(tuple(name for name, _ in canonical))
+
+
+@functools.lru_cache(maxsize=256)
+def _include_for(names: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """h= for a head with these field names, in order (most messages share a handful of heads)."""
+    counts = Counter(names)  # names are lower-case after canonicalisation
     if not counts[b"from"]:
         raise ValueError("message has no From header; DKIM requires signing it")
     include = []
@@ -183,28 +192,17 @@ def _include_headers(canonical: list[tuple[bytes, bytes]]) -> list[bytes]:
         n = counts[name.encode("ascii")]
         if n:
             include += [name.encode("ascii")] * (n + (name in OVERSIGNED_HEADERS))
-    return include
+    return tuple(include)
 
 
 def _signature(common: _Common, algorithm: bytes, selector: str, sign: Callable[[bytes], bytes]) -> bytes:
     """Build one DKIM-Signature field: hash it with an empty b=, then append the folded b= value."""
-    pieces = [
-        (b" ", b"v=1;"),
-        (b" ", b"a=" + algorithm + b";"),
-        (b" ", b"c=relaxed/relaxed;"),
-        (b" ", b"d=" + common.domain + b";"),
-        (b" ", b"s=" + selector.encode("ascii") + b";"),
-        (b" ", b"t=" + common.timestamp + b";"),
-    ]
-    names = [b"h=" + common.include[0]] + [b":" + name for name in common.include[1:]]
-    names[-1] += b";"
-    pieces += [(b" ", names[0])] + [(b"", name) for name in names[1:]]
-    pieces += [(b" ", b"bh=" + common.body_hash + b";"), (b" ", b"b=")]
-
     # Folding only ever adds whitespace where the grammar allows it (between tags, before a colon
     # in h=, inside b=). Since b= comes last, the unsigned field folds exactly like the signed
     # one up to "b=", which is all that the verifier hashes of it.
-    unsigned, column = _fold(pieces)
+    head, column = _folded_head(algorithm, common.domain, selector, common.timestamp, common.include)
+    tail, column = _fold([(b" ", b"bh=" + common.body_hash + b";"), (b" ", b"b=")], column)
+    unsigned = head + tail
     hasher = hashlib.sha256()
     _hash_header_fields(hasher, common.headers, common.include, unsigned)
     b64 = base64.b64encode(sign(hasher.digest()))
@@ -214,7 +212,7 @@ def _signature(common: _Common, algorithm: bytes, selector: str, sign: Callable[
     return _NAME + b":" + unsigned + b"\r\n ".join(lines) + b"\r\n"
 
 
-def _hash_header_fields(hasher, canonical: list[tuple[bytes, bytes]], include: list[bytes],
+def _hash_header_fields(hasher, canonical: list[tuple[bytes, bytes]], include: tuple[bytes, ...],
                         unsigned: bytes) -> None:
     """dkimpy's hash_headers for relaxed fields, without its per-call regexes (~4% of the relay's
     CPU): each name in h= takes the next field of that name from the bottom up (RFC 6376 5.4.2; an
@@ -233,13 +231,32 @@ def _hash_header_fields(hasher, canonical: list[tuple[bytes, bytes]], include: l
     hasher.update(name + b":" + value.rstrip())
 
 
-def _fold(pieces: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
-    """Join (separator, text) pieces, breaking lines between pieces to stay within 78 columns.
+@functools.lru_cache(maxsize=64)
+def _folded_head(algorithm: bytes, domain: bytes, selector: str, timestamp: bytes,
+                 include: tuple[bytes, ...]) -> tuple[bytes, int]:
+    """The field's tags up to h=, folded, and the column where they end: the same for every message
+    signed with one key and head within a second (folding h= piece by piece was ~2% of the relay)."""
+    pieces = [
+        (b" ", b"v=1;"),
+        (b" ", b"a=" + algorithm + b";"),
+        (b" ", b"c=relaxed/relaxed;"),
+        (b" ", b"d=" + domain + b";"),
+        (b" ", b"s=" + selector.encode("ascii") + b";"),
+        (b" ", b"t=" + timestamp + b";"),
+    ]
+    names = [b"h=" + include[0]] + [b":" + name for name in include[1:]]
+    names[-1] += b";"
+    pieces += [(b" ", names[0])] + [(b"", name) for name in names[1:]]
+    return _fold(pieces)
+
+
+def _fold(pieces: list[tuple[bytes, bytes]], column: int = len(_NAME) + 1) -> tuple[bytes, int]:
+    """Join (separator, text) pieces, breaking lines between pieces to stay within 78 columns,
+    starting at `column` (after "DKIM-Signature:" by default).
 
     Returns the folded bytes and the column where the last line ends.
     """
     out = []
-    column = len(_NAME) + 1
     for separator, text in pieces:
         if column > 1 and column + len(separator) + len(text) > _MAX_LINE:
             out.append(b"\r\n ")

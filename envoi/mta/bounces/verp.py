@@ -39,9 +39,24 @@ def key_from_secret(secret_key: bytes) -> bytes:
     return hmac.new(secret_key, b"envoi/verp/v1", hashlib.sha256).digest()
 
 
+# Two base32 characters per 10 bits, as base64.b32encode's own table: a number of up to 5 bytes is
+# encoded with four lookups instead of b32encode's Python loop (3 calls per delivery on the event loop).
+_PAIRS = [a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567"]
+
+
 def _b32(number: int) -> str:
-    raw = number.to_bytes(max(1, (number.bit_length() + 7) // 8), "big")
-    return base64.b32encode(raw).decode().rstrip("=").lower()
+    """Lower-case unpadded base32 of the number's big-endian bytes (at least one byte)."""
+    size = max(1, (number.bit_length() + 7) // 8)
+    if size > 5:
+        return base64.b32encode(number.to_bytes(size, "big")).decode().rstrip("=").lower()
+    return _b32_40(number << (40 - 8 * size), (8 * size + 4) // 5)
+
+
+def _b32_40(value: int, chars: int) -> str:
+    """The first `chars` characters of the base32 of a 40-bit value (5 bytes, big-endian)."""
+    pairs = _PAIRS
+    return (pairs[value >> 30] + pairs[(value >> 20) & 0x3FF] + pairs[(value >> 10) & 0x3FF]
+            + pairs[value & 0x3FF])[:chars]
 
 
 def _unb32(text: str) -> int | None:
@@ -64,7 +79,7 @@ def _mac(key: bytes, domain: str, message_pk: int, recipient_id: int | None) -> 
     # DKIM threads to hand the GIL back: ~0.3 ms per delivery in a profile of the relay under load.
     mac = _keyed(key).copy()
     mac.update(payload)
-    return base64.b32encode(mac.digest()[:5]).decode().lower()
+    return _b32_40(int.from_bytes(mac.digest()[:5], "big"), 8)
 
 
 def return_path(domain: str, message_pk: int, recipient_id: int | None, key: bytes) -> str:

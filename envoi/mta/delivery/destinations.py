@@ -39,6 +39,7 @@ class Delivery:
     claimed_at: float = field(default_factory=time.monotonic)
     unrecorded: bool = False  # holds an `unrecorded` slot until its outcome is committed
     sts: StsPolicy | None = None  # the recipient domain's MTA-STS policy in force (enforce or testing)
+    wire: tuple[str, list[str], bytes] | None = None  # (MAIL FROM, RCPTs, data) once worked out for sending
 
 
 @dataclass
@@ -210,16 +211,25 @@ class Destinations:
     async def _worker(self, dest: Destination) -> None:
         session: Session | None = None
         recorder = self.recorder
+        # The delivery taken from the queue while the previous one was sent, so that its envelope could
+        # go behind that message's final dot on this session (Session.send's `following`).
+        carried: Delivery | None = None
         try:
             async with self.connections:
                 while True:
-                    try:  # PERF: under load the queue is never empty; wait_for costs a task per call
-                        delivery = dest.queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        try:
-                            delivery = await asyncio.wait_for(dest.queue.get(), IDLE_SECONDS)
-                        except TimeoutError:
-                            return
+                    if carried is not None:
+                        delivery, carried = carried, None
+                    else:
+                        if session is not None and session.chained:  # never: the chained one is carried
+                            await self._close(dest, session)
+                            session = None
+                        try:  # PERF: under load the queue is never empty; wait_for costs a task per call
+                            delivery = dest.queue.get_nowait()
+                        except asyncio.QueueEmpty:
+                            try:
+                                delivery = await asyncio.wait_for(dest.queue.get(), IDLE_SECONDS)
+                            except TimeoutError:
+                                return
                     until = self.paused.get(dest.key)
                     if until is not None and until > time.monotonic():
                         recorder.defer(delivery.recipients, until - time.monotonic())
@@ -257,8 +267,10 @@ class Destinations:
                     if not delivery.unrecorded:
                         await self.unrecorded.acquire()
                         delivery.unrecorded = True
+                    # Its sending slot is taken at its own turn: an envelope is no message (no final dot).
+                    carried = self._follower(dest, session)
                     try:
-                        outcomes = await self._send(session, delivery)
+                        outcomes = await self._send(session, delivery, carried)
                     except SessionError as ex:  # the session broke mid-transaction: only this one retries
                         await self._close(dest, session)
                         session = None
@@ -277,10 +289,21 @@ class Destinations:
                         self._pause(dest, throttled)
         finally:
             dest.workers -= 1
+            if carried is not None:  # a worker that ends (crashed, cancelled) leaves it to the others
+                dest.queue.put_nowait(carried)
             if session is not None:
                 await self._close(dest, session)
             if dest.workers == 0 and dest.queue.empty():
                 self.by_key.pop(dest.key, None)
+
+    def _follower(self, dest: Destination, session: Session) -> Delivery | None:
+        """The next delivery of this destination, taken now so its envelope can go behind the current
+        message's final dot, when this session will carry it right after the current one anyway: the
+        server offers PIPELINING, no rate to keep, room left on the connection."""
+        if (not session.pipelining or dest.limiter is not None or dest.queue.empty()
+                or session.messages_sent + 1 >= dest.rule.messages_per_connection):
+            return None
+        return dest.queue.get_nowait()
 
     async def _close(self, dest: Destination, session: Session) -> None:
         if session.counted:
@@ -330,25 +353,44 @@ class Destinations:
             raise DnsTemporaryError(f"no address found for any MX of {dest.label}")
         raise last
 
-    async def _send(self, session: Session, delivery: Delivery) -> list[Outcome]:
-        message = delivery.message
-        options = message["options"] or {}
+    async def _send(self, session: Session, delivery: Delivery, following: Delivery | None = None) -> list[Outcome]:
+        """Send a delivery and record its outcomes; `following`, the one this session sends next, has
+        its envelope go behind this message's dot when it may go on this session."""
+        refusal = self._refusal(session, delivery)
+        if refusal is not None:
+            self.recorder.result_each(delivery, refusal)
+            return [refusal]
+        mail_from, addresses, data = self._wire(delivery)
+        after = None
+        if following is not None and self._refusal(session, following) is None:
+            try:
+                after = self._wire(following)
+            except Exception:  # it cannot be prepared: its own turn records why
+                after = None
+        outcomes = await session.send(mail_from, addresses, data, after)
+        result = self.recorder.result
+        for rcpt in delivery.recipients:
+            result(delivery, rcpt, outcomes[rcpt["address"]])
+        return list(outcomes.values())
+
+    def _refusal(self, session: Session, delivery: Delivery) -> Outcome | None:
+        """Why this session may not carry this delivery (its TLS requirements, MTA-STS), or None."""
+        options = delivery.message["options"] or {}
         require_tls = bool(options.get("require_tls", delivery.domain.get("require_tls")))
         skip = options.get("skip_verification", delivery.domain.get("skip_verification"))
         refusal = session.policy_refusal(require_tls, not skip)
         if refusal is None and delivery.sts is not None and delivery.sts.enforced and not (
                 session.require_verified and session.tls and session.certificate_verified):
             refusal = sts_deferral(delivery.sts.domain, "the session is not a verified TLS session", {})
-        if refusal is not None:
-            self.recorder.result_each(delivery, refusal)
-            return [refusal]
-        data = prepared(message)
-        addresses = [r["address"] for r in delivery.recipients]
-        outcomes = await session.send(self._mail_from(delivery), addresses, data)
-        result = self.recorder.result
-        for rcpt in delivery.recipients:
-            result(delivery, rcpt, outcomes[rcpt["address"]])
-        return list(outcomes.values())
+        return refusal
+
+    def _wire(self, delivery: Delivery) -> tuple[str, list[str], bytes]:
+        """(MAIL FROM, RCPT addresses, data), worked out once: a chained envelope and the send of its
+        message must agree exactly."""
+        if delivery.wire is None:
+            data = prepared(delivery.message)
+            delivery.wire = (self._mail_from(delivery), [r["address"] for r in delivery.recipients], data)
+        return delivery.wire
 
     def _mail_from(self, delivery: Delivery) -> str:
         """The envelope sender: a VERP return path naming the message (and the recipient if alone)."""

@@ -59,34 +59,48 @@ class _Protocol(SMTPProtocol):
 
     aiosmtplib drops bytes that arrive while a parsed reply waits to be read (so unsolicited data is
     never paired with a later command); after a pipelined write the next replies arrive just then.
-    `_expecting` is set only while a pipeline's replies are read: data is buffered, never dropped,
-    and `replies` parses what is buffered before waiting for more. Everything else is aiosmtplib's."""
+    `_expecting` is set only while a pipeline's replies are due (read, or written behind a message's
+    final dot and to be read by the next transaction): data is buffered, never dropped, and
+    `read_replies` parses what is buffered before waiting for more. Everything else is aiosmtplib's."""
 
     _expecting = False
 
     def data_received(self, data: bytes) -> None:
         if self._expecting and self._response_waiter is not None and self._response_waiter.done():
-            self._buffer.extend(data)  # the next replies: parsed by replies() once this one is read
+            self._buffer.extend(data)  # the next replies: parsed by read_replies() once this one is read
             if len(self._buffer) > _MAX_BUFFERED and self.transport is not None:
                 self.transport.close()  # a server streaming junk: the next read finds the connection lost
             return
         super().data_received(data)
 
-    async def replies(self, commands: bytes, n: int) -> list[aiosmtplib.SMTPResponse]:
-        """Write pipelined commands (CRLF-terminated) at once; return their n replies in order."""
+    async def replies(self, commands: bytes, n: int, *, more: bool = False) -> list[aiosmtplib.SMTPResponse]:
+        """Write pipelined commands (CRLF-terminated) at once; return the first n replies in order
+        (more: further replies are due after them, see read_replies)."""
+        self._expecting = True
+        self._response_pending = True
+        self.write(commands)
+        return await self.read_replies(n, more=more)
+
+    async def read_replies(self, n: int, *, more: bool = False) -> list[aiosmtplib.SMTPResponse]:
+        """The next n replies to commands already written, in order. more: replies to further commands
+        written are still due after these, so what arrives meanwhile is kept for the next call."""
         self._expecting = True
         try:
-            self._response_pending = True
-            self.write(commands)
             replies = []
             while len(replies) < n:
-                reply = self._read_response_from_buffer() if replies else None
+                waiter = self._response_waiter
+                # A reply parsed into the waiter came first; else one already buffered behind the last read.
+                reply = self._read_response_from_buffer() if waiter is not None and not waiter.done() else None
                 replies.append(reply if reply is not None else await self.read_response(timeout=None))
-                if len(replies) < n:
-                    self._response_pending = True  # read_response cleared it: more replies are due
+                self._response_pending = True  # read_response cleared it: more replies may be due
             return replies
+        except BaseException:
+            more = False
+            raise
         finally:
-            self._expecting = False
+            if not more:
+                self._expecting = False
+                self._response_pending = False
 
 
 class _Client(aiosmtplib.SMTP):
@@ -145,6 +159,9 @@ class Session:
         self.counted = False  # counted in the open-connections gauge
         self.in_data = False  # DATA was accepted and the final reply not read yet: RSET would be data
         self.pipelining = False  # the server offers PIPELINING: MAIL, RCPTs and DATA go in one write
+        # The next transaction's envelope, written behind the last message's final dot (RFC 2920): its
+        # replies are still due, so until `send` reads them nothing else may be written (RSET, QUIT).
+        self._chained: _Chained | None = None
 
     def _context(self) -> dict:
         return {"mx_host": self.host, "tls": self.tls, "certificate_verified": self.certificate_verified,
@@ -223,23 +240,44 @@ class Session:
                            extra={"reason": "generic"}, **self._context())
         return None
 
-    async def send(self, mail_from: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
+    @property
+    def chained(self) -> bool:
+        """The next transaction's envelope is on the wire: only `send` of that very message may follow."""
+        return self._chained is not None
+
+    async def send(self, mail_from: str, recipients: list[str], data: bytes,
+                   following: tuple[str, list[str], bytes] | None = None) -> dict[str, Outcome]:
         """One transaction; return an outcome per recipient. Raises SessionError if the session broke.
+
+        following: the (mail_from, recipients, data) this session will carry next. With PIPELINING its
+        envelope goes in the same write as this message's final dot (RFC 2920 3.1 allows it), and the
+        next `send`, which must be of exactly that message, reads its replies: one write and one
+        wake-up per message. This message's outcome comes from the reply to its dot alone; if the
+        session breaks before that reply, the next message was never sent (only its envelope).
 
         Whatever else raises inside the transaction (a bug, a hook) leaves the session clean: reset
         (RSET) before DATA, closed after it, so it can never turn the next message's MAIL into a
         "503 nested MAIL". The exception then goes to the caller, which decides that message's fate."""
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
-        envelope = self._envelope(mail_from, recipients, data, outcomes)
-        if envelope is None:
-            return outcomes
+        chained, self._chained = self._chained, None
+        if chained is not None:
+            if chained.message != (mail_from, recipients, data):  # a caller's bug: never mis-pair replies
+                self.abort()
+                raise SessionError(connection_failure("internal error: another message's envelope was chained",
+                                                      self._context()))
+            outcomes, envelope = chained.outcomes, chained.envelope
+        else:
+            envelope = self._envelope(mail_from, recipients, data, outcomes)
+            if envelope is None:
+                return outcomes
+        after = self._chain(following) if following is not None and self.pipelining else None
         try:
             # One deadline for the transaction (each step's allowance summed) instead of aiosmtplib's
             # wait_for per reply: a timer per transaction rather than a future, a timer and an extra
             # wake-up per reply (~4% of the relay's CPU). A timeout is an OSError: handled below.
             async with asyncio.timeout(self.timeout * (3 + len(recipients))):
-                return await self._transaction(*envelope, data, started, outcomes)
+                return await self._transaction(*envelope, data, started, outcomes, chained is not None, after)
         except (aiosmtplib.SMTPException, OSError) as ex:
             if isinstance(ex, TimeoutError) or self.in_data:
                 # A reply may still come (never pair it with a later command), or the server is
@@ -296,6 +334,16 @@ class Session:
             utf8 = not (data[:end] if end >= 0 else data).isascii()
         return b"FROM:" + _path(sender) + (b" SMTPUTF8" if utf8 and smtputf8 else b""), paths
 
+    def _chain(self, following: tuple[str, list[str], bytes]) -> _Chained | None:
+        """The next message's envelope, to go behind this one's dot; None: it goes in its own write
+        (nobody to send to here, or anything odd: its own send() then deals with it)."""
+        outcomes: dict[str, Outcome] = {}
+        try:
+            envelope = self._envelope(*following, outcomes)
+            return _Chained(following, envelope, _pipeline(*envelope), outcomes) if envelope else None
+        except Exception:
+            return None
+
     def _no_smtputf8(self, which: str) -> Outcome:
         return Outcome(Kind.FAILED, 553, "SMTPUTF8 not supported by the receiving server", enhanced_code="5.6.7",
                        bounce_class=BounceClass.MESSAGE,
@@ -311,7 +359,7 @@ class Session:
     async def _recover(self) -> None:
         """After an unexpected exception inside a transaction: RSET if the server is still in the
         envelope, close if it may be reading message data (there RSET would be taken as text)."""
-        if self.in_data or self.smtp is None:
+        if self.in_data or self._chained is not None or self.smtp is None:
             self.in_data = False
             self.abort()
             return
@@ -321,18 +369,20 @@ class Session:
             self.abort()
 
     async def _transaction(self, mail_from: bytes, recipients: list[tuple[str, bytes]], data: bytes,
-                           started: float, outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
+                           started: float, outcomes: dict[str, Outcome], written: bool = False,
+                           after: _Chained | None = None) -> dict[str, Outcome]:
         smtp = self.smtp
         if self.pipelining:
             # RFC 2920: MAIL, the RCPTs and DATA in one write, their replies read in order; then the
-            # message. Two round trips, two writes and two wake-ups per message instead of 3 + RCPTs.
+            # message. Two round trips, two writes and two wake-ups per message instead of 3 + RCPTs
+            # (one and one when the envelope went behind the previous message's dot: `written`).
             # From this write on the server may be reading message data (DATA may be accepted).
-            commands = [b"MAIL " + mail_from] + [b"RCPT TO:" + path for _, path in recipients] + [b"DATA"]
-            pipeline = b"\r\n".join(commands) + b"\r\n"
-            if _CONTROL.search(b"".join(commands)):  # as execute_command refuses them
-                raise ValueError("Command arg contains a prohibited control character")
+            pipeline = b"" if written else _pipeline(mail_from, recipients)
             self.in_data = True
-            mail, *rcpts, data_reply = await smtp.protocol.replies(pipeline, len(commands))
+            if written:
+                mail, *rcpts, data_reply = await smtp.protocol.read_replies(len(recipients) + 2)
+            else:
+                mail, *rcpts, data_reply = await smtp.protocol.replies(pipeline, len(recipients) + 2)
             if data_reply.code != 354:
                 self.in_data = False
         else:
@@ -357,7 +407,7 @@ class Session:
             await self._abandon(data_reply)
             return outcomes
         try:
-            response = await self._data(data, data_reply)
+            response = await self._data(data, data_reply, after)
             result = from_reply(response.code, response.message, **self._context())
         except aiosmtplib.SMTPResponseException as ex:
             result = from_reply(ex.code, ex.message, **self._context())
@@ -379,11 +429,13 @@ class Session:
             self.in_data = False
         await self._reset()
 
-    async def _data(self, data: bytes, response: aiosmtplib.SMTPResponse | None) -> aiosmtplib.SMTPResponse:
-        """DATA (unless pipelined: `response` is its reply) and the message. aiosmtplib's data() runs
-        two regex passes over every message (line endings, dot-stuffing) — ~8% of the relay's CPU; the
-        message is normally CRLF already (intake stored it so, and the signature covers exactly that),
-        so here both are C-speed bytes checks."""
+    async def _data(self, data: bytes, response: aiosmtplib.SMTPResponse | None,
+                    after: _Chained | None = None) -> aiosmtplib.SMTPResponse:
+        """DATA (unless pipelined: `response` is its reply) and the message, then (after) the next
+        transaction's envelope in the same write. aiosmtplib's data() runs two regex passes over every
+        message (line endings, dot-stuffing) — ~8% of the relay's CPU; the message is normally CRLF
+        already (intake stored it so, and the signature covers exactly that), so here both are
+        C-speed bytes checks."""
         if response is None:
             self.in_data = True
             response = await self.smtp.execute_command(b"DATA", timeout=None)
@@ -397,8 +449,13 @@ class Session:
         if data.startswith(b"."):
             data = b"." + data
         protocol = self.smtp.protocol
-        protocol.write(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
-        response = await protocol.read_response(timeout=None)
+        data = data.replace(b"\r\n.", b"\r\n..")  # the same object when no line starts with a dot
+        if after is None:
+            protocol.write(data + b".\r\n")
+            response = await protocol.read_response(timeout=None)
+        else:
+            (response,) = await protocol.replies(b"".join((data, b".\r\n", after.commands)), 1, more=True)
+            self._chained = after  # its replies come next, whatever this one says
         self.in_data = False
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -415,11 +472,15 @@ class Session:
         return self.smtp is not None and self.smtp.is_connected
 
     def abort(self) -> None:
+        self._chained = None
         smtp, self.smtp = self.smtp, None
         if smtp is not None:
             smtp.close()
 
     async def close(self) -> None:
+        if self._chained is not None:  # replies to a written envelope are due: QUIT would be mis-paired
+            self.abort()
+            return
         smtp, self.smtp = self.smtp, None
         if smtp is None:
             return
@@ -428,6 +489,24 @@ class Session:
                 await smtp.quit(timeout=5)
         except (aiosmtplib.SMTPException, OSError):
             smtp.close()
+
+
+@dataclass(frozen=True)
+class _Chained:
+    """The next transaction, its envelope written behind a message's final dot."""
+
+    message: tuple[str, list[str], bytes]  # (mail_from, recipients, data) as given to send()
+    envelope: tuple[bytes, list[tuple[str, bytes]]]  # the MAIL FROM argument and the RCPT paths
+    commands: bytes  # MAIL, RCPTs and DATA, pipelined
+    outcomes: dict[str, Outcome]  # recipients refused before any command (IDN, SMTPUTF8)
+
+
+def _pipeline(mail_from: bytes, recipients: list[tuple[str, bytes]]) -> bytes:
+    """MAIL, the RCPTs and DATA as one pipelined write (RFC 2920)."""
+    commands = [b"MAIL " + mail_from] + [b"RCPT TO:" + path for _, path in recipients] + [b"DATA"]
+    if _CONTROL.search(b"".join(commands)):  # as execute_command refuses them
+        raise ValueError("Command arg contains a prohibited control character")
+    return b"\r\n".join(commands) + b"\r\n"
 
 
 def _path(address: str) -> bytes:
