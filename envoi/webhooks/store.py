@@ -269,14 +269,26 @@ CLAIM_SQL = f"WITH RECURSIVE {_CLAIM_CTES}{_CLAIM_PICK}"
 # in one statement (it was three round trips: ranking, lease, keys). A row locked by a results write in
 # progress is skipped; one whose result was committed since the ranking's snapshot is re-checked (the
 # FOR UPDATE's condition holds for pending rows only) rather than leased again.
+_LEASE = f"""
+UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => %(lease)s), running_until = NULL
+FROM locked WHERE d.id = locked.id
+RETURNING {", ".join(f"d.{c.strip()}" for c in _CLAIMED.split(","))},
+    (SELECT k.key_sealed FROM webhook_signing_keys k WHERE k.account_id = d.account_id) AS key_sealed"""
 LEASE_SQL = f"""
-WITH RECURSIVE {_CLAIM_CTES}, picked AS ({_CLAIM_PICK}),
--- Rows leased ahead (claim()'s `ahead`): a pair's next due rows after those picked, for pairs no other
--- account's rows share an endpoint with and whose account has no other endpoint with pending rows.
--- They are in flight for every other claimer; their dispatcher starts each only when one of the same
--- pair's requests ends, so each pair's (and each endpoint's and account's) requests stay within what
--- the fair ranking granted it.
-asked AS (
+WITH RECURSIVE {_CLAIM_CTES}, picked AS ({_CLAIM_PICK}), locked AS (
+    SELECT id FROM webhook_deliveries
+    WHERE id IN (SELECT id FROM picked) AND status = 'pending'
+    FOR UPDATE SKIP LOCKED
+){_LEASE}, false AS ahead
+"""
+# The claim with rows leased ahead too (claim()'s `ahead`; a statement of its own, so a claim without
+# them costs what it did): a pair's next due rows after those picked, for pairs no other account's rows
+# share an endpoint with and whose account has no other endpoint with pending rows. They are in flight
+# for every other claimer; their dispatcher starts each only when one of the same pair's requests ends
+# (or a later claim picks it), so each pair's (and each endpoint's and account's) requests stay within
+# what the fair ranking granted it.
+LEASE_AHEAD_SQL = f"""
+WITH RECURSIVE {_CLAIM_CTES}, picked AS ({_CLAIM_PICK}), asked AS (
     SELECT * FROM unnest(%(a_account)s::bigint[], %(a_endpoint)s::text[], %(a_n)s::int[]) AS a(account_id, endpoint, n)
     WHERE NOT EXISTS (SELECT 1 FROM pairs p WHERE p.endpoint = a.endpoint AND p.account_id <> a.account_id)
       AND NOT EXISTS (SELECT 1 FROM pairs p WHERE p.account_id = a.account_id AND p.endpoint <> a.endpoint)
@@ -295,12 +307,7 @@ asked AS (
     SELECT id FROM webhook_deliveries
     WHERE id IN (SELECT id FROM picked UNION ALL SELECT id FROM ahead) AND status = 'pending'
     FOR UPDATE SKIP LOCKED
-)
-UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => %(lease)s), running_until = NULL
-FROM locked WHERE d.id = locked.id
-RETURNING {", ".join(f"d.{c.strip()}" for c in _CLAIMED.split(","))},
-    (SELECT k.key_sealed FROM webhook_signing_keys k WHERE k.account_id = d.account_id) AS key_sealed,
-    d.id IN (SELECT id FROM ahead) AS ahead
+){_LEASE}, d.id IN (SELECT id FROM ahead) AS ahead
 """
 
 
@@ -350,11 +357,13 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
     # instead), an index scan marks them dead the first time (kill_prior_tuple) and skips them after:
     # the whole claim 0.6 ms.
     conn.execute("SET LOCAL enable_bitmapscan = off")
-    columns = list(zip(*ahead, strict=True)) if ahead else [(), (), ()]
-    return conn.execute(LEASE_SQL, {"per_endpoint": per_endpoint, "per_account": per_account, "limit": limit,
-                                    "finished": list(finished), "queued": list(queued), "lease": lease_seconds,
-                                    "a_account": list(columns[0]), "a_endpoint": list(columns[1]),
-                                    "a_n": list(columns[2])}).fetchall()
+    params = {"per_endpoint": per_endpoint, "per_account": per_account, "limit": limit, "finished": list(finished),
+              "queued": list(queued), "lease": lease_seconds}
+    if not ahead:
+        return conn.execute(LEASE_SQL, params).fetchall()
+    account_ids, endpoints, counts = zip(*ahead, strict=True)
+    return conn.execute(LEASE_AHEAD_SQL, {**params, "a_account": list(account_ids), "a_endpoint": list(endpoints),
+                                          "a_n": list(counts)}).fetchall()
 
 
 # A batch of results in one statement: the attempts, the outbox rows' new state and the endpoints'
