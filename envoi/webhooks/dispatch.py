@@ -60,7 +60,7 @@ SLOW_CLAIM = 0.25  # seconds: a claim this slow is logged (it holds back every d
 # its endpoint cap; a queued row is started only while at least ENVOI_WEBHOOK_TIMEOUT + START_MARGIN of its
 # lease is left (the request, then its result's write), so leasing ahead needs a lease longer than that.
 FAST_ANSWER_MS = 1000
-AHEAD = 2
+AHEAD = 4
 START_MARGIN = 2.0
 
 
