@@ -433,3 +433,23 @@ def test_a_fast_endpoint_is_sent_rows_leased_ahead_within_its_cap(ahead_services
     assert sorted(got) == sorted(ids)
     assert receiver.most["/a"] <= 4
     assert sum(claimed) > 0  # rows were leased ahead
+
+
+def test_stopping_hands_back_the_rows_leased_ahead(ahead_services):
+    """A dispatcher that stops gives back the leases of the rows it queued ahead, with those in flight:
+    another one sends them at once, not a lease (60 s) later; nothing is lost."""
+    settle(ahead_services)
+    _, domain = tenant(ahead_services, "aheadstop")
+    with Receiver() as receiver:
+        receiver.delay = {"/s": 0.05}
+        ids = outbox(ahead_services, domain, receiver.url("/s"), 400, "s")
+        with Running(ahead_services):
+            wait_until(lambda: leased(ahead_services, domain) > 4, timeout=20)  # queued ahead of the 4 slots
+        assert leased(ahead_services, domain) == 0
+        with ahead_services.db.transaction() as conn:
+            left = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s AND status = 'pending'"
+                                " AND next_attempt_at <= now()", (domain["id"],)).fetchone()["n"]
+        assert 0 < left < len(ids)
+        settle(ahead_services)
+        got = {r["payload"]["event-data"]["id"] for r in receiver.got("/s")}
+    assert got == set(ids)
