@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="events per relay outcome commit")
     parser.add_argument("--claim", type=int, default=200, help="rows per claim")
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
+    parser.add_argument("--alter", action="append", default=[], metavar="SQL",
+                        help="run this statement after the migrations (a schema variant to compare); repeatable")
     args = parser.parse_args()
     redis_url = f"{REDIS_BASE}/{_free_redis_db()}"
     dbname = f"envoi_outbox_{uuid.uuid4().hex[:8]}"
@@ -64,6 +66,9 @@ def main() -> None:
     try:
         ensure_database(url)
         migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in args.alter:
+                conn.execute(statement)
         key = secrets.token_bytes(32)
         settings = Settings(region="eu", database_url=url, redis_url=redis_url, secret_key=key, lookup_key=key,
                             webhook_allow=("127.0.0.1/32",))
@@ -118,7 +123,7 @@ def main() -> None:
                     timed("claim + results", lambda results=results, health=health: webhooks.record(results, health))
                 sent += len(rows)
         print(f"# outbox_sql: {args.n} delivered events in commits of {args.batch}, claims of {args.claim};"
-              f" load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+              f" load {' '.join(f'{x:.2f}' for x in os.getloadavg())}" + "".join(f"; {a}" for a in args.alter))
         for stage in cpu:
             print(f"{stage:18} backend CPU {cpu[stage] * 1e6 / args.n:6.1f} us/delivery,"
                   f" wall {wall[stage] * 1e6 / args.n:6.1f} us/delivery")

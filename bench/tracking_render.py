@@ -5,10 +5,12 @@ commit's, in the same process, on the same drafts.
     .venv/bin/python bench/tracking_render.py --http [--rounds 3]   # POST /v3/{domain}/messages, time to 200
     .venv/bin/python bench/tracking_render.py --single [--rounds 7] [--messages 2000]   # µs per message
 
-Two 1,000-recipient sends of a 10-link HTML body (+ a text part with a link) with open, click and
+Three 1,000-recipient sends of a 10-link HTML body (+ a text part with a link) with open, click and
 unsubscribe tracking on (footer, List-Unsubscribe, %unsubscribe_url% in the body):
   batch  — recipient-variables: compose() makes one copy per recipient (%recipient.name% filled in);
-  shared — one copy addressed to all 1,000 (tracking splits it into one copy per recipient).
+  shared — one copy addressed to all 1,000 (tracking splits it into one copy per recipient);
+  e2e    — the batch of bench/relay_vs_postfix.py --webhooks (~5 KB text + its 10-link HTML, %recipient.name%
+           in both; every copy filled in by compose from one template, which tracking renders once).
 The reference module is read with `git show REF:envoi/mta/tracking.py` and imported beside the current
 one; rounds alternate between the two so machine noise hits both alike. No database: the domain's
 tracking settings come from a stub of settings_for() (both versions read them through it). Times are
@@ -83,7 +85,17 @@ def drafts(n: int) -> dict:
     batch = compose("bench.example.test", {**fields, "recipient-variables": [json.dumps(
         {a: {"name": f"Person {i}", "id": i} for i, a in enumerate(to)})]}, [], [])
     shared = compose("bench.example.test", fields, [], [])
-    return {"batch": batch, "shared": shared}
+    # The end-to-end benchmark's batch (relay_vs_postfix_lib.inject_batch with --webhooks): ~5 KB of text and
+    # its 10-link HTML body, %recipient.name% in both (compose fills each copy from one template of its body).
+    from relay_vs_postfix_lib import html_body as bench_html
+
+    line = "Hello %recipient.name%, thank you for your order. Your parcel is on its way.\r\n"
+    e2e = compose("bench.example.test", {
+        "from": ["Bench <bench@bench.example.test>"], "to": [",".join(to)], "subject": ["Your order, %recipient.name%"],
+        "text": [line * (5000 // len(line) + 1)], "html": [bench_html("%recipient.name%")], "o:tag": ["bench"],
+        "recipient-variables": [json.dumps({a: {"name": f"Customer {i}", "id": i} for i, a in enumerate(to)})]},
+        [], [])
+    return {"batch": batch, "shared": shared, "e2e": e2e}
 
 
 def single(args, key: bytes) -> None:

@@ -84,6 +84,10 @@ class Composed:
     recipients: list[str]
     mime: bytes
     headers: dict
+    # A batch send's copy as compose filled it in: (the batch's substitution.BodyTemplate, this recipient's
+    # Substituter), so a renderer can do its per-body work once per batch (envoi.mta.tracking); None for
+    # any other copy. A renderer that makes a new mime makes a new Composed (without it).
+    filled: tuple | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -433,9 +437,10 @@ def compose(
         for name, addr in plain_to:
             rv = recipient_variables.get(addr, {})
             mime = batch.fill(name, addr, rv, subject) if batch is not None else None
+            filled = None if mime is None else (batch.body, substitution.Substituter(addr, rv))
             if mime is None:
                 mime = build([(name, addr)], substitution.Substituter(addr, rv))
-            copies.append(Composed([addr], mime, dict(headers, to=_format(name, addr))))
+            copies.append(Composed([addr], mime, dict(headers, to=_format(name, addr)), filled))
         extras = _unique([a for _, a in cc + bcc if a not in {x for _, x in to}])
         if extras:
             copies.append(Composed(extras, build(to, substitution.Substituter(None, {})), headers))

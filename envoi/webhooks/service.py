@@ -299,16 +299,18 @@ class Webhooks:
             self.doorbell.ring()
 
     def claim(self, limit: int, finished: list[int] = (), results: list[tuple] = (),
-              health: list[tuple] = ()) -> tuple[list[dict], dict[int, str]]:
+              health: list[tuple] = (), queued: list[int] = (),
+              ahead: list[tuple[int, str, int]] = ()) -> tuple[list[dict], dict[int, str]]:
         """Lease up to `limit` due deliveries fairly (store.claim) for a dispatcher; returns them and the
         signing keys of their accounts. `finished`: its leased rows whose requests have ended, results
         not yet written. `results`, `health`: a batch of results written first, in the same transaction
-        (store.record_results), so the claim counts their rows as done."""
+        (store.record_results), so the claim counts their rows as done. `queued`, `ahead`: its rows
+        leased ahead and not started, and the pairs to lease ahead for (store.claim)."""
         with self.db.pipelined() as conn:  # the results, the lock and the claim in one round trip
             if results or health:
                 store.record_results(conn, list(results), list(health))
             rows = store.claim(conn, self.settings.webhook_per_endpoint, self.settings.webhook_per_account, limit,
-                               self.settings.webhook_lease, finished)
+                               self.settings.webhook_lease, finished, queued, ahead)
         keys = {}
         for row in rows:
             account_id = row["account_id"]

@@ -202,9 +202,9 @@ def last_attempts(conn: Connection, delivery_ids: list[int]) -> list[dict]:
 _CLAIMED = "id, account_id, domain_id, event_type, url, url_sealed, endpoint, payload::text AS payload, attempts, created_at"
 
 
-# The fair ranking of store.claim (its parameters: per_endpoint, per_account, limit).
-CLAIM_SQL = """
-WITH RECURSIVE pairs AS (
+# The fair ranking of store.claim (its parameters: per_endpoint, per_account, limit, finished, queued).
+_CLAIM_CTES = """
+pairs AS (
     -- Each (account, endpoint) with pending rows, by a skip scan of webhook_deliveries_pair_due:
     -- one index probe per pair, whatever its backlog.
     (SELECT account_id, endpoint FROM webhook_deliveries WHERE status = 'pending'
@@ -218,8 +218,10 @@ WITH RECURSIVE pairs AS (
     -- Leased rows only (the webhook_deliveries_inflight index): a test sent from the API is leased
     -- too; a job of the RQ worker of old counts through its lease as well. The claimer's own rows
     -- whose requests have ended (results not written yet) are not in flight any more.
+    -- Nor are its rows leased ahead and not started yet (`queued`, claim()).
     SELECT endpoint, account_id FROM webhook_deliveries
     WHERE status = 'pending' AND leased_until > now() AND id <> ALL(%(finished)s::bigint[])
+      AND id <> ALL(%(queued)s::bigint[])
 ), busy_endpoint AS (
     SELECT endpoint, count(*) AS n FROM inflight GROUP BY endpoint
 ), busy_account AS (
@@ -238,7 +240,8 @@ WITH RECURSIVE pairs AS (
         SELECT id, next_attempt_at FROM webhook_deliveries d
         WHERE d.status = 'pending' AND d.account_id = r.account_id AND d.endpoint = r.endpoint
           AND d.next_attempt_at <= now()
-          AND (d.leased_until IS NULL OR d.leased_until <= now())
+          -- the claimer's own rows leased ahead compete for the slots as if due (they are its oldest)
+          AND (d.leased_until IS NULL OR d.leased_until <= now() OR d.id = ANY(%(queued)s::bigint[]))
           AND (d.running_until IS NULL OR d.running_until <= now())
         ORDER BY d.next_attempt_at, d.id LIMIT r.n) w
     WHERE r.n > 0
@@ -252,28 +255,59 @@ WITH RECURSIVE pairs AS (
            row_number() OVER (PARTITION BY due.account_id ORDER BY due.endpoint_rank, due.id) AS account_rank
     FROM due LEFT JOIN busy_endpoint b USING (endpoint)
     WHERE due.endpoint_rank <= %(per_endpoint)s - coalesce(b.n, 0)
-)
+)"""
+_CLAIM_PICK = """
 SELECT e.id FROM endpoint_ok e LEFT JOIN busy_account b USING (account_id)
 WHERE e.account_rank <= %(per_account)s - coalesce(b.n, 0)
 ORDER BY e.account_rank, e.id
 LIMIT %(limit)s
 """
+CLAIM_SQL = f"WITH RECURSIVE {_CLAIM_CTES}{_CLAIM_PICK}"
 
 
 # The claim: the fair ranking, the rows leased and returned with their accounts' sealed signing keys,
 # in one statement (it was three round trips: ranking, lease, keys). A row locked by a results write in
 # progress is skipped; one whose result was committed since the ranking's snapshot is re-checked (the
 # FOR UPDATE's condition holds for pending rows only) rather than leased again.
-LEASE_SQL = f"""
-WITH picked AS ({CLAIM_SQL}), locked AS (
-    SELECT id FROM webhook_deliveries
-    WHERE id IN (SELECT id FROM picked) AND status = 'pending'
-    FOR UPDATE SKIP LOCKED
-)
+_LEASE = f"""
 UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => %(lease)s), running_until = NULL
 FROM locked WHERE d.id = locked.id
 RETURNING {", ".join(f"d.{c.strip()}" for c in _CLAIMED.split(","))},
-    (SELECT k.key_sealed FROM webhook_signing_keys k WHERE k.account_id = d.account_id) AS key_sealed
+    (SELECT k.key_sealed FROM webhook_signing_keys k WHERE k.account_id = d.account_id) AS key_sealed"""
+LEASE_SQL = f"""
+WITH RECURSIVE {_CLAIM_CTES}, picked AS ({_CLAIM_PICK}), locked AS (
+    SELECT id FROM webhook_deliveries
+    WHERE id IN (SELECT id FROM picked) AND status = 'pending'
+    FOR UPDATE SKIP LOCKED
+){_LEASE}, false AS ahead
+"""
+# The claim with rows leased ahead too (claim()'s `ahead`; a statement of its own, so a claim without
+# them costs what it did): a pair's next due rows after those picked, for pairs no other account's rows
+# share an endpoint with and whose account has no other endpoint with pending rows. They are in flight
+# for every other claimer; their dispatcher starts each only when one of the same pair's requests ends
+# (or a later claim picks it), so each pair's (and each endpoint's and account's) requests stay within
+# what the fair ranking granted it.
+LEASE_AHEAD_SQL = f"""
+WITH RECURSIVE {_CLAIM_CTES}, picked AS ({_CLAIM_PICK}), asked AS (
+    SELECT * FROM unnest(%(a_account)s::bigint[], %(a_endpoint)s::text[], %(a_n)s::int[]) AS a(account_id, endpoint, n)
+    WHERE NOT EXISTS (SELECT 1 FROM pairs p WHERE p.endpoint = a.endpoint AND p.account_id <> a.account_id)
+      AND NOT EXISTS (SELECT 1 FROM pairs p WHERE p.account_id = a.account_id AND p.endpoint <> a.endpoint)
+), ahead AS (
+    SELECT w.id FROM asked a CROSS JOIN LATERAL (
+        SELECT id, next_attempt_at FROM webhook_deliveries d
+        WHERE d.status = 'pending' AND d.account_id = a.account_id AND d.endpoint = a.endpoint
+          AND d.next_attempt_at <= now()
+          AND (d.leased_until IS NULL OR d.leased_until <= now())
+          AND (d.running_until IS NULL OR d.running_until <= now())
+          AND d.id NOT IN (SELECT id FROM picked)
+        ORDER BY d.next_attempt_at, d.id LIMIT a.n) w
+    ORDER BY w.next_attempt_at, w.id
+    LIMIT greatest(0, %(limit)s - (SELECT count(*) FROM picked))
+), locked AS (
+    SELECT id FROM webhook_deliveries
+    WHERE id IN (SELECT id FROM picked UNION ALL SELECT id FROM ahead) AND status = 'pending'
+    FOR UPDATE SKIP LOCKED
+){_LEASE}, d.id IN (SELECT id FROM ahead) AS ahead
 """
 
 
@@ -284,7 +318,7 @@ def release(conn: Connection, ids: list[int]) -> int:
 
 
 def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lease_seconds: float,
-          finished: list[int] = ()) -> list[dict]:
+          finished: list[int] = (), queued: list[int] = (), ahead: list[tuple[int, str, int]] = ()) -> list[dict]:
     """Lease up to `limit` due deliveries fairly and return them (the _CLAIMED columns).
 
     A row is in flight while its lease runs (a dispatcher is sending it). At most `per_endpoint` rows
@@ -303,6 +337,14 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
     not count against the caps (their slots are free), and stay leased, so no one claims them again.
     Without it an endpoint's slot stayed taken for the result's write and the next claim too, which
     bounded one endpoint to about per_endpoint / 0.1 s deliveries per second.
+
+    `queued`: the claimer's rows leased ahead and not started (not in flight: they wait for a slot of
+    their own pair, and are picked again like due rows, to be started now, when the ranking gives them one). `ahead`: (account_id, endpoint, n): also lease up to n of that pair's next due rows,
+    marked `ahead` (the claimer starts one as a request of the same pair ends, so a fast endpoint's
+    slots do not wait for the next claim: at most 20 claims a second bounded one endpoint to
+    per_endpoint x 20 deliveries a second per process). Only for a pair alone on its endpoint and in its
+    account (others' rows compete for those slots in the fair ranking of every claim); within `limit`
+    with the rows picked to start now, after them.
     """
     # The lock is a statement of its own: the claim's snapshot must be taken after it is held (it then
     # sees the previous claimer's leases). In a pipeline both go in one round trip.
@@ -315,8 +357,13 @@ def claim(conn: Connection, per_endpoint: int, per_account: int, limit: int, lea
     # instead), an index scan marks them dead the first time (kill_prior_tuple) and skips them after:
     # the whole claim 0.6 ms.
     conn.execute("SET LOCAL enable_bitmapscan = off")
-    return conn.execute(LEASE_SQL, {"per_endpoint": per_endpoint, "per_account": per_account, "limit": limit,
-                                    "finished": list(finished), "lease": lease_seconds}).fetchall()
+    params = {"per_endpoint": per_endpoint, "per_account": per_account, "limit": limit, "finished": list(finished),
+              "queued": list(queued), "lease": lease_seconds}
+    if not ahead:
+        return conn.execute(LEASE_SQL, params).fetchall()
+    account_ids, endpoints, counts = zip(*ahead, strict=True)
+    return conn.execute(LEASE_AHEAD_SQL, {**params, "a_account": list(account_ids), "a_endpoint": list(endpoints),
+                                          "a_n": list(counts)}).fetchall()
 
 
 # A batch of results in one statement: the attempts, the outbox rows' new state and the endpoints'

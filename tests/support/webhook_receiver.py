@@ -24,6 +24,8 @@ class Receiver:
         self.script: dict[str, list[int]] = {}
         self.delay: dict[str, float] = {}
         self.requests: list[dict] = []
+        self.active: dict[str, int] = {}  # path -> requests being answered now
+        self.most: dict[str, int] = {}  # path -> the most answered at once
         self.lock = threading.Lock()
         receiver = self
 
@@ -34,6 +36,8 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
+                    receiver.active[self.path] = now = receiver.active.get(self.path, 0) + 1
+                    receiver.most[self.path] = max(now, receiver.most.get(self.path, 0))
                     replies = receiver.script.get(self.path, [200])
                     status = replies.pop(0) if len(replies) > 1 else replies[0]
                     delay = receiver.delay.get(self.path, 0)
@@ -50,6 +54,7 @@ class Receiver:
                     receiver.requests.append({"path": self.path, "at": time.monotonic(), "payload": payload, "valid": valid,
                                               "status": status, "content_type": self.headers.get("Content-Type"),
                                               "authorization": self.headers.get("Authorization")})
+                    receiver.active[self.path] -= 1
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()

@@ -167,7 +167,7 @@ def test_a_dead_endpoints_backlog_costs_the_claim_no_scan(hook_services, db):
     db.execute("UPDATE webhook_deliveries SET leased_until = now() + interval '1 minute' WHERE id IN"
                " (SELECT id FROM webhook_deliveries WHERE domain_id = %s ORDER BY id LIMIT 4)", (dead_domain["id"],))
     db.execute("ANALYZE webhook_deliveries")
-    caps = {"per_endpoint": 4, "per_account": 8, "limit": 500, "finished": []}
+    caps = {"per_endpoint": 4, "per_account": 8, "limit": 500, "finished": [], "queued": []}
     with hook_services.db.transaction() as conn:
         plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + store.CLAIM_SQL, caps).fetchone()["QUERY PLAN"]
         claimed = store.claim(conn, 4, 8, 500, 60)
@@ -228,19 +228,30 @@ def test_results_written_before_the_claim_in_its_transaction_are_recorded_and_fr
         conn.rollback()
 
 
-def test_sigkill_mid_batch_loses_nothing(hook_services, hook_settings, tmp_path):
+def leased(services, domain: dict) -> int:
+    with services.db.transaction() as conn:
+        return conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s AND status = 'pending'"
+                            " AND leased_until > now()", (domain["id"],)).fetchone()["n"]
+
+
+@pytest.mark.parametrize(("lease", "timeout"), [("3", "6"), ("4", "1")], ids=["in-flight", "leased-ahead"])
+def test_sigkill_mid_batch_loses_nothing(hook_services, hook_settings, tmp_path, lease, timeout):
+    """leased-ahead: a 4 s lease holds a 1 s request and two before it, so rows are leased ahead too
+    (more leased than the endpoint's 4 slots when the process dies)."""
     settle(hook_services)
     _, domain = tenant(hook_services, "killed")
     with Receiver() as receiver:
         receiver.delay = {"/k": 0.05}
         ids = outbox(hook_services, domain, receiver.url("/k"), 200, "k")
-        env = process_env(hook_settings, ENVOI_WEBHOOK_ALLOW="127.0.0.1/32", ENVOI_WEBHOOK_LEASE="3",
-                          ENVOI_WEBHOOK_PER_ENDPOINT="4", ENVOI_WEBHOOK_PER_ACCOUNT="8", ENVOI_WEBHOOK_TIMEOUT="6")
+        env = process_env(hook_settings, ENVOI_WEBHOOK_ALLOW="127.0.0.1/32", ENVOI_WEBHOOK_LEASE=lease,
+                          ENVOI_WEBHOOK_PER_ENDPOINT="4", ENVOI_WEBHOOK_PER_ACCOUNT="8", ENVOI_WEBHOOK_TIMEOUT=timeout)
         log = (tmp_path / "dispatch.log").open("wb")
         proc = subprocess.Popen(envoi("webhooks", "dispatch", "--processes", "1"), env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: len(receiver.got("/k")) >= 40, timeout=60)
+            if lease == "4":
+                wait_until(lambda: leased(hook_services, domain) > 4, timeout=10)
             os.kill(proc.pid, signal.SIGKILL)  # mid-batch: requests in flight, results not yet written
             proc.wait(timeout=10)
             received_at_kill = len(receiver.got("/k"))
@@ -264,8 +275,10 @@ def test_sigkill_mid_batch_loses_nothing(hook_services, hook_settings, tmp_path)
         got = [r["payload"]["event-data"]["id"] for r in receiver.got("/k")]
     assert set(got) == set(ids)  # every row delivered at least once
     duplicates = len(got) - len(set(got))
-    # Only what was in flight when the process died can come twice: at most its per-account cap (8).
+    # Only what was in flight when the process died can come twice: at most its per-account cap (8); rows
+    # leased ahead were not sent yet.
     assert duplicates <= 8, (duplicates, received_at_kill)
+    assert receiver.most["/k"] <= 4
     print(f"kill -9: {received_at_kill} received before the kill, {duplicates} duplicates")
 
 
@@ -361,3 +374,82 @@ def test_a_delivery_deleted_while_in_flight_does_not_block_the_others_results(ho
                       " ON a.delivery_id = d.id WHERE d.domain_id = %s GROUP BY d.id ORDER BY d.id",
                       (domain["id"],)).fetchall()
     assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 1), ("delivered", 1)]
+
+
+@pytest.fixture(scope="module")
+def ahead_services(hook_settings):
+    """A 60 s lease over 2 s requests: rows are leased ahead (dispatch.AHEAD_DEPTH per request in flight)."""
+    svc = runtime.build(hook_settings.replace(webhook_timeout=2, webhook_lease=60), pool_size=3)
+    yield svc
+    svc.close()
+
+
+def test_rows_leased_ahead_count_for_other_claimers_and_only_alone_on_an_endpoint(hook_services):
+    account, domain = tenant(hook_services, "aheadsql")
+    _, other = tenant(hook_services, "aheadshared")
+    outbox(hook_services, domain, "http://127.0.0.1:9/alone", 20, "alone")
+    with hook_services.db.transaction() as conn:  # rolled back: other tests' rows are claimed only in here
+        def mine(rows):
+            return [r for r in rows if r["domain_id"] == domain["id"]]
+        first = mine(store.claim(conn, 4, 8, 500, 60))
+        assert len(first) == 4 and not any(r["ahead"] for r in first)
+        pair = [(account["id"], "http://127.0.0.1:9", 8)]
+        ahead = mine(store.claim(conn, 4, 8, 500, 60, ahead=pair))
+        assert len(ahead) == 8 and all(r["ahead"] for r in ahead)  # its cap is full: leased ahead only
+        queued = [r["id"] for r in ahead]
+        # In flight for another claimer (the endpoint at its cap) ...
+        assert mine(store.claim(conn, 4, 8, 500, 60, finished=[first[0]["id"]])) == []
+        # ... not for its own: a slot freed goes to the oldest row it leased ahead, started now.
+        again = mine(store.claim(conn, 4, 8, 500, 60, finished=[first[0]["id"]], queued=queued))
+        assert [(r["id"], r["ahead"]) for r in again] == [(queued[0], False)]
+        # Another tenant's rows on the same endpoint: nothing leased ahead there (fair turns at each claim).
+        outbox(hook_services, other, "http://127.0.0.1:9/shared", 5, "shared")
+        assert mine(store.claim(conn, 4, 8, 500, 60, queued=queued[1:], ahead=pair)) == []
+        conn.rollback()
+
+
+def test_a_fast_endpoint_is_sent_rows_leased_ahead_within_its_cap(ahead_services, monkeypatch):
+    """A request that ends starts the next row its pair leased ahead, without waiting for a claim: a claim
+    hands out more than the endpoint's 4 slots, while the endpoint never has more than 4 requests at once
+    and every row is delivered once."""
+    settle(ahead_services)
+    _, domain = tenant(ahead_services, "ahead")
+    claimed: list[int] = []
+    claim = ahead_services.webhooks.claim
+
+    def counted(*args):
+        rows, keys = claim(*args)
+        claimed.append(sum(r["domain_id"] == domain["id"] and r["ahead"] for r in rows))
+        return rows, keys
+
+    monkeypatch.setattr(ahead_services.webhooks, "claim", counted)
+    with Receiver() as receiver:
+        receiver.delay = {"/a": 0.01}
+        ids = outbox(ahead_services, domain, receiver.url("/a"), 300, "a")
+        with Running(ahead_services):
+            wait_until(lambda: len(receiver.got("/a")) >= 300, timeout=60)
+            time.sleep(0.3)
+        got = [r["payload"]["event-data"]["id"] for r in receiver.got("/a")]
+    assert sorted(got) == sorted(ids)
+    assert receiver.most["/a"] <= 4
+    assert sum(claimed) > 0  # rows were leased ahead
+
+
+def test_stopping_hands_back_the_rows_leased_ahead(ahead_services):
+    """A dispatcher that stops gives back the leases of the rows it queued ahead, with those in flight:
+    another one sends them at once, not a lease (60 s) later; nothing is lost."""
+    settle(ahead_services)
+    _, domain = tenant(ahead_services, "aheadstop")
+    with Receiver() as receiver:
+        receiver.delay = {"/s": 0.05}
+        ids = outbox(ahead_services, domain, receiver.url("/s"), 400, "s")
+        with Running(ahead_services):
+            wait_until(lambda: leased(ahead_services, domain) > 4, timeout=20)  # queued ahead of the 4 slots
+        assert leased(ahead_services, domain) == 0
+        with ahead_services.db.transaction() as conn:
+            left = conn.execute("SELECT count(*) AS n FROM webhook_deliveries WHERE domain_id = %s AND status = 'pending'"
+                                " AND next_attempt_at <= now()", (domain["id"],)).fetchone()["n"]
+        assert 0 < left < len(ids)
+        settle(ahead_services)
+        got = {r["payload"]["event-data"]["id"] for r in receiver.got("/s")}
+    assert got == set(ids)
