@@ -55,6 +55,9 @@ class Metrics:
                                  multiprocess_mode="livesum", registry=r)
         self.connections = Gauge("envoi_smtp_connections", "Open outbound SMTP sessions", ["destination"],
                                  multiprocess_mode="livesum", registry=r)
+        self.chained_envelopes = Counter("envoi_smtp_chained_envelopes_total", "Envelopes sent behind the"
+                                         " previous message's final dot on a pipelining session (RFC 2920)",
+                                         registry=r)
         self.inbound_reports = Counter("envoi_inbound_reports_total", "Inbound DSN/ARF reports by kind"
                                        " (dsn|arf|other) and result (recorded|dropped|error)",
                                        ["kind", "result"], registry=r)

@@ -207,11 +207,15 @@ def _relay(services, settings, server, dns):
 def test_the_relay_chains_envelopes_to_one_destination(services, settings, account, domain, db, dns):
     with ChainServer() as server:
         ids = [send(services, account["id"], domain, f"u{i}@chain.test") for i in range(6)]
+        counted = services.metrics.registry.get_sample_value
+        before = counted("envoi_smtp_chained_envelopes_total")
         with _relay(services, settings, server, dns):
             for mid in ids:
                 wait_until(lambda mid=mid: events_of(db, mid)[-1]["event"] == "delivered")
+        chained = counted("envoi_smtp_chained_envelopes_total") - before
     assert len(server.messages) == 6 and server.connections == 1
     assert [behind for _, behind in server.mails] == [False] + [True] * 5
+    assert chained == 5  # envoi_smtp_chained_envelopes_total counts each envelope that went behind a dot
 
 
 def test_a_421_to_a_dot_defers_the_chained_message_without_an_attempt(services, settings, account, domain, db,
