@@ -228,11 +228,13 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
         raw = None
         for chunk in _chunks(rows) if rows else ():
             params = [value for r in chunk for value in r]
+            # Prepared at first use (as executemany does), not after psycopg's five: each row count is a
+            # statement of its own, and a fresh connection would send each one's text unprepared five times.
             if len(params) <= _PARSED_PARAMS:
-                cur.execute(_values_insert(*key, len(chunk), raw=False), params)
+                cur.execute(_values_insert(*key, len(chunk), raw=False), params, prepare=True)
             else:
                 raw = raw or psycopg.RawCursor(conn)
-                raw.execute(_values_insert(*key, len(chunk), raw=True), params)
+                raw.execute(_values_insert(*key, len(chunk), raw=True), params, prepare=True)
         return cur
     arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
     query = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {values} FROM unnest({arrays}) AS u({', '.join(names)})"
