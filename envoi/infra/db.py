@@ -7,6 +7,7 @@ commit together (intake writes the message, its recipients and its events in one
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -191,8 +192,8 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     values (`u.<name>`), for what cannot travel as an array of arrays (tags) or is derived server
     side. The statement text depends only on the table and columns, so psycopg prepares it once per
     connection; arrays go in binary, bodies unescaped; and unlike COPY it needs one round trip and
-    runs inside a pipeline. Up to SMALL_INSERT rows without `returning` go as the same INSERT once per
-    row instead (executemany, prepared, pipelined): cheaper in Python for a few rows. Returns the
+    runs inside a pipeline. Up to SMALL_INSERT rows without `returning` go as scalars in one multi-row
+    VALUES instead ($n placeholders, prepared per row count): cheaper in Python for a few rows. Returns the
     cursor: its RETURNING rows are there once fetched (in a pipeline, after the next sync). Match them to `rows` by a key: SQL does not promise their order.
 
     Without `returning`, rows carrying more than STATEMENT_BYTES of text and bytes go in several
@@ -214,11 +215,26 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     values = ", ".join(expressions.get(name, f"u.{name}") for name in names)
     cur = conn.cursor()
     if not returning and len(rows) <= SMALL_INSERT:
-        # PERF: a few rows (a group commit's usual size) go as one prepared INSERT per row: psycopg dumps
-        # scalars in C but arrays element by element in Python, ~60 us more per statement (measured).
-        scalars = ", ".join(f"%b::{kind}" for _, kind in columns)
-        cur.executemany(f"INSERT INTO {table} ({', '.join(names)}) SELECT {values}"
-                        f" FROM (VALUES ({scalars})) AS u({', '.join(names)})", rows)
+        # PERF: a few rows (a group commit's usual size) go as scalars, which psycopg dumps in C (arrays it
+        # dumps element by element in Python, ~60 us more per statement), all in one multi-row VALUES: in
+        # a pipeline psycopg polls and flushes the socket once per statement, which one INSERT per row
+        # (executemany) paid per row. The text is made once per table and row count (_values_insert).
+        if len(rows) == 1:  # a lone accept's row: exactly as before (no gain to have there)
+            one = ", ".join(f"%b::{kind}" for _, kind in columns)
+            cur.executemany(f"INSERT INTO {table} ({', '.join(names)}) SELECT {values}"
+                            f" FROM (VALUES ({one})) AS u({', '.join(names)})", rows)
+            return cur
+        key = (table, tuple(columns), tuple(sorted(expressions.items())))
+        raw = None
+        for chunk in _chunks(rows) if rows else ():
+            params = [value for r in chunk for value in r]
+            # Prepared at first use (as executemany does), not after psycopg's five: each row count is a
+            # statement of its own, and a fresh connection would send each one's text unprepared five times.
+            if len(params) <= _PARSED_PARAMS:
+                cur.execute(_values_insert(*key, len(chunk), raw=False), params, prepare=True)
+            else:
+                raw = raw or psycopg.RawCursor(conn)
+                raw.execute(_values_insert(*key, len(chunk), raw=True), params, prepare=True)
         return cur
     arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
     query = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {values} FROM unnest({arrays}) AS u({', '.join(names)})"
@@ -229,7 +245,7 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     return cur
 
 
-SMALL_INSERT = 32  # rows at most that insert_columns sends row by row (executemany) rather than as arrays
+SMALL_INSERT = 32  # rows at most that insert_columns sends as scalars (one multi-row VALUES) rather than as arrays
 STATEMENT_BYTES = 16 << 20  # text and bytes per insert_columns statement (one row may carry more)
 COPY_ROWS = 64  # rows above which insert_columns COPYs (outside pipeline mode): two round trips, then C
 _TYPE_NAMES = {"int": "integer"}  # SQL's names psycopg's type registry does not know
@@ -273,6 +289,26 @@ def _copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[tuple[str
                     row[i] = seen[value] = convert(value)
             copy.write_row(row)
     return cur
+
+
+@functools.lru_cache(maxsize=256)
+def _values_insert(table: str, columns: tuple[tuple[str, str], ...], expressions: tuple[tuple[str, str], ...],
+                   count: int, raw: bool) -> str:
+    """insert_columns' INSERT of `count` rows of scalars: VALUES ($1::type, ...), ... with $n placeholders
+    (raw) or %b ones."""
+    names = ", ".join(name for name, _ in columns)
+    given = dict(expressions)
+    values = ", ".join(given.get(name, f"u.{name}") for name, _ in columns)
+    width = len(columns)
+    rows = ", ".join("(" + ", ".join((f"${r * width + i + 1}" if raw else "%b") + f"::{kind}"
+                                     for i, (_, kind) in enumerate(columns)) + ")" for r in range(count))
+    return f"INSERT INTO {table} ({names}) SELECT {values} FROM (VALUES {rows}) AS u({names})"
+
+
+# psycopg keeps the parse of a %-query of at most this many parameters (psycopg._queries'
+# MAX_CACHED_STATEMENT_PARAMS) and parses a larger one again on every execute: those go with $n placeholders
+# (RawCursor), which it does not parse. Below it, the %b form measured a few us cheaper per statement.
+_PARSED_PARAMS = 50
 
 
 def _chunks(rows: Sequence[tuple]) -> Iterator[Sequence[tuple]]:

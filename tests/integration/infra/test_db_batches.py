@@ -52,6 +52,24 @@ def test_insert_columns_stores_every_value_as_given(db, table):
     ]
 
 
+@pytest.mark.parametrize("count", [1, 2, 7, 8, db_module.SMALL_INSERT])
+def test_a_few_rows_in_a_pipeline_are_stored_as_given(database, db, table, count):
+    # Up to SMALL_INSERT rows go as one multi-row VALUES: %b placeholders up to 50 parameters (7 columns: 7
+    # rows), $n ones past that (8 and 32 rows). Every kind of value, NULLs included, lands as given.
+    at = datetime(2026, 11, 23, 12, 0, 1, 500, tzinfo=UTC)
+    kinds = [(1, "quotes \" ' and \\ backslash, $1 %s %b {braces}", at, b"\x00\x01\xff\r\n",
+              json.dumps({"k": "v\"\\"}), json.dumps(["t1", "t,2", "t\"3"]), 5),
+             (None, None, at, None, "{}", "[]", None),
+             (2**40, "é ü 漢", at + timedelta(days=1), b"", "[1, 2]", "[]", 2**31 - 1)]
+    rows = [(i,) + kinds[i % 3][1:] if kinds[i % 3][0] is not None else kinds[i % 3] for i in range(count)]
+    with database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, rows, expressions=EXPRESSIONS)
+    stored = db.execute(f"SELECT n, label, at, body, doc, tags, small FROM {table} ORDER BY id").fetchall()
+    assert [tuple(r.values()) for r in stored] == [
+        (n, label, when, body, json.loads(doc), json.loads(tags), small)
+        for n, label, when, body, doc, tags, small in rows]
+
+
 def test_insert_columns_with_no_rows_inserts_nothing(db, table):
     insert_columns(db, table, COLUMNS, [], expressions=EXPRESSIONS)
     assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0

@@ -70,3 +70,16 @@ def test_batch_send_gives_each_recipient_its_own_copy():
 def test_bad_header_names_are_refused(name):
     with pytest.raises(InvalidMessage):
         compose("x.test", {"from": ["a@x.test"], "to": ["b@y.test"], "text": ["t"], f"h:{name}": ["v"]}, [], [])
+
+
+def test_date_header_is_the_current_second(monkeypatch):
+    # The Date value is formatted once a second: each message still carries the second it was composed in.
+    from datetime import UTC, datetime
+    from email.utils import format_datetime
+
+    import envoi.mta.compose as module
+
+    for now in (1_800_000_000.25, 1_800_000_000.75, 1_800_000_001.5, 1_800_086_400.0):
+        monkeypatch.setattr(module.time, "time", lambda now=now: now)
+        raw = compose("x.test", {"from": ["a@x.test"], "to": ["b@y.test"], "text": ["t"]}, [], []).copies[0].mime
+        assert f"\r\nDate: {format_datetime(datetime.fromtimestamp(int(now), UTC))}\r\n".encode() in raw

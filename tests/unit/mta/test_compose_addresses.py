@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from email.utils import getaddresses
 
 import pytest
 from email_validator import EmailNotValidError, validate_email
@@ -79,3 +80,31 @@ def test_fast_path_agrees_with_email_validator_on_edge_cases(addr):
 ])
 def test_quoted_local_part_is_the_unquoted_mailbox_or_refused(addr, normalized):
     assert _ours(addr) == normalized
+
+
+def _parsed_the_slow_way(raw: str) -> list[tuple[str, str]] | None:
+    """parse_addresses before its bare-address fast path: every value through email.utils.getaddresses."""
+    try:
+        return [(name, compose.normalize_address(addr)) for name, addr in getaddresses([raw]) if addr or name]
+    except InvalidRecipient:
+        return None
+
+
+def _parsed(raw: str) -> list[tuple[str, str]] | None:
+    try:
+        return compose.parse_addresses("to", [raw])
+    except InvalidRecipient:
+        return None
+
+
+def test_bare_address_fast_path_agrees_with_getaddresses_on_generated_addresses():
+    rng = random.Random(4321)
+    fast = 0
+    for _ in range(20000):
+        raw = _random_address(rng)
+        if rng.random() < 0.1:  # a display name, brackets, a list: never the fast path
+            raw = rng.choice([f"Name <{raw}>", f"{raw}, b@example.com", f" {raw}", f"<{raw}>", f'"x" <{raw}>'])
+        if compose._EVERYDAY_ADDRESS.fullmatch(raw):
+            fast += 1
+        assert _parsed(raw) == _parsed_the_slow_way(raw), raw
+    assert fast > 1000  # the comparison really exercised the fast path

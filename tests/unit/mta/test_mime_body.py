@@ -181,8 +181,7 @@ def test_compose_writes_the_same_message_either_way(from_name, to_names, subject
     def run(fast: bool):
         random.seed(seed)
         with mock.patch.object(compose_module, "FAST_BODY", fast), \
-                mock.patch.object(compose_module, "_now_utc", return_value=compose_module.datetime(2026, 1, 2,
-                                                                                                   tzinfo=compose_module.UTC)), \
+                mock.patch.object(compose_module, "_date_now", return_value="Fri, 02 Jan 2026 00:00:00 +0000"), \
                 mock.patch.object(compose_module.ids, "message_id", return_value="20260102.abc@x.test"), \
                 mock.patch.object(compose_module.ids, "token", return_value="tok123"):
             try:

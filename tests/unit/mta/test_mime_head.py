@@ -141,8 +141,7 @@ BODIES = [b"text\r\n", b"--b\r\nContent-Disposition: attachment; filename=\"a.tx
 
 def draft_reading(mime: bytes, smtp: bool, fast: bool):
     with mock.patch.object(compose_module, "FAST_HEAD", fast), \
-            mock.patch.object(compose_module, "_now_utc", return_value=compose_module.datetime(2026, 1, 2,
-                                                                                             tzinfo=compose_module.UTC)), \
+            mock.patch.object(compose_module, "_date_now", return_value="Fri, 02 Jan 2026 00:00:00 +0000"), \
             mock.patch.object(compose_module.ids, "message_id", return_value="20260102.abc@x.test"):
         try:
             if smtp:
