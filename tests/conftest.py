@@ -14,6 +14,7 @@ import redis
 from envoi import runtime
 from envoi.infra.settings import Settings
 from tests.support.databases import drop_database, migrated_database
+from tests.support.passwords import use_test_cost
 
 # Fixtures shared by several test modules live in tests/support and are registered here, so that no test
 # module imports another.
@@ -22,6 +23,9 @@ pytest_plugins = [
     "tests.support.delivery", "tests.support.ips", "tests.support.localstripe", "tests.support.region_routing", "tests.support.regions",
     "tests.support.submission",
 ]
+
+# argon2 at its lowest cost in this process (why, and what still runs at the full cost: tests/support/passwords.py)
+use_test_cost()
 
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")

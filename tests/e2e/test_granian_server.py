@@ -62,7 +62,8 @@ def chunked_post(port: int, path: str, body: bytes, api_key: str, *, pause=None,
     conn.send(b"%x\r\n%s\r\n" % (half, body[:half]))
     if pause:
         pause()
-    conn.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body) - half, body[half:]))
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused on the headers: the answer waits
+        conn.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body) - half, body[half:]))
     return conn
 
 
@@ -214,32 +215,30 @@ def test_granian_logs_follow_envoi_log_format(tmp_path, settings):
     assert all(line.startswith("{") for line in proc.log.read_text().splitlines() if line.strip()), proc.output()
 
 
-def test_an_oversized_body_is_refused_before_it_is_read(api, domain, api_key, db):
-    _, port, _ = api
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.putrequest("POST", f"/v3/{domain['name']}/messages")
-    for name, value in headers(api_key, **{"Content-Length": str(60 * 1024 * 1024)}).items():
-        conn.putheader(name, value)
-    conn.endheaders()
-    conn.send(form(domain, "too big")[:100])  # the rest never comes: the answer must not wait for it
-    resp = conn.getresponse()
-    assert resp.status == 413 and b"52.4MiB" in resp.read()
-    assert stored(db, domain) == 0
-
-
 # -- the same wire behaviour under either server --------------------------------------------------------
 
-@pytest.fixture(params=["gunicorn", "granian"])
-def served(request, tmp_path, settings):
-    """`envoi api` under each HTTP server (ENVOI_API_SERVER), one worker."""
+@pytest.fixture(scope="module", params=["gunicorn", "granian"])
+def api_server(request, tmp_path_factory, settings):
+    """`envoi api` under each HTTP server (ENVOI_API_SERVER), one worker. One per server for the module, not
+    per test (a start-up takes seconds on a loaded machine, and ~28 tests use it): no test here changes the
+    server's state, and each sends as its own domain and counts only its own rows."""
     port = free_port()
     proc = Proc(f"api-{request.param}", envoi("api", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"),
-                process_env(settings, ENVOI_API_SERVER=request.param), tmp_path)
+                process_env(settings, ENVOI_API_SERVER=request.param), tmp_path_factory.mktemp(f"api-{request.param}"))
     try:
         proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=90)
-        yield port
+        yield proc, port
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def served(api_server):
+    """The shared server's port; checked after the test, so that a request that killed or wedged the server
+    fails the test that sent it, not the next one."""
+    proc, port = api_server
+    yield port
+    proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=30)
 
 
 def raw_exchange(port: int, data: bytes, *, half_close: bool = False) -> bytes:
@@ -266,6 +265,20 @@ def curl_send(port: int, domain: dict, api_key: str, attachment, subject: str) -
                            "-F", "text=hi", "-F", f"attachment=@{attachment}"], capture_output=True, text=True, timeout=60)
     code, uploaded = done.stdout.split()
     return int(code), done.stderr, {"uploaded": int(uploaded)}
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(served, domain, api_key, db):
+    port = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", f"/v3/{domain['name']}/messages")
+    for name, value in headers(api_key, **{"Content-Length": str(60 * 1024 * 1024)}).items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    conn.send(form(domain, "too big")[:100])  # the rest never comes: the answer must not wait for it
+    resp = conn.getresponse()
+    assert resp.status == 413 and b"52.4MiB" in resp.read()
+    conn.close()  # the server is shared with the next tests: nothing of this request left on it
+    assert stored(db, domain) == 0
 
 
 def test_curl_upload_with_expect_100_continue(served, domain, api_key, db, tmp_path):
