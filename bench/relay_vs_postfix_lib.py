@@ -555,25 +555,55 @@ def percentile(values: list[float], p: float) -> float:
 # injectors -----------------------------------------------------------------------------------
 def inject_smtp(port: int, messages: list, sessions: int = 20, *, auth: tuple[str, str] | None = None,
                 starttls: bool = False) -> float:
-    """Send every message over `sessions` reused SMTP connections; return the seconds it took."""
-    import aiosmtplib
+    """Send every message over `sessions` reused SMTP connections; return the seconds it took.
+
+    The conversation is the one aiosmtplib (or smtplib) holds, a command and its reply at a time, no
+    PIPELINING: what the server does per message is what an ordinary client makes it do. The client is
+    lean (asyncio streams on uvloop, bytes prepared before the clock starts) because it runs on the
+    machine it measures: aiosmtplib's per-command machinery cost ~0.35 ms of CPU per message, ~0.3 of a
+    core at Envoi's rate, against wrk's ~0.04 for the HTTP paths (the issue asks a light injector)."""
+    queue = [(b"MAIL FROM:<%s>\r\n" % f.encode(), b"RCPT TO:<%s>\r\n" % r.encode(), _dot_stuffed(raw))
+             for f, r, raw in reversed(messages)]
+    login = b"AUTH PLAIN " + base64.b64encode(b"\0%s\0%s" % (auth[0].encode(), auth[1].encode())) + b"\r\n" \
+        if auth else b""
 
     async def main() -> None:
-        queue = list(reversed(messages))
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
 
+        async def reply(reader: asyncio.StreamReader, expect: bytes) -> None:
+            while True:  # a multiline reply ends with the line whose 4th octet is a space
+                line = await reader.readuntil(b"\r\n")
+                if line[3:4] != b"-":
+                    break
+            if not line.startswith(expect):
+                raise RuntimeError(f"SMTP injector: expected {expect!r}, got {line!r}")
+
+        async def command(reader, writer, line: bytes, expect: bytes) -> None:
+            writer.write(line)
+            await reply(reader, expect)
+
         async def worker() -> None:
-            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=starttls, tls_context=context,
-                                   timeout=120)
-            await smtp.connect()
-            if auth:
-                await smtp.login(*auth)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            await reply(reader, b"220")
+            await command(reader, writer, b"EHLO injector.bench\r\n", b"250")
+            if starttls:
+                await command(reader, writer, b"STARTTLS\r\n", b"220")
+                await writer.start_tls(context)
+                await command(reader, writer, b"EHLO injector.bench\r\n", b"250")
+            if login:
+                await command(reader, writer, login, b"235")
             while queue:
-                mail_from, rcpt, raw = queue.pop()
-                await smtp.sendmail(mail_from, [rcpt], raw)
-            await smtp.quit()
+                mail, rcpt, data = queue.pop()
+                await command(reader, writer, mail, b"250")
+                await command(reader, writer, rcpt, b"250")
+                await command(reader, writer, b"DATA\r\n", b"354")
+                await command(reader, writer, data, b"250")
+            writer.write(b"QUIT\r\n")
+            with contextlib.suppress(Exception):
+                await reply(reader, b"221")
+            writer.close()
 
         await asyncio.gather(*(worker() for _ in range(sessions)))
 
@@ -585,6 +615,16 @@ def inject_smtp(port: int, messages: list, sessions: int = 20, *, auth: tuple[st
     except ImportError:
         asyncio.run(main())
     return time.monotonic() - started
+
+
+def _dot_stuffed(raw: bytes) -> bytes:
+    """A message as DATA carries it: CRLF line ends, leading dots doubled, the final dot line."""
+    data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 def _multipart(domain_rcpt: str, raw: bytes, boundary: str) -> bytes:
