@@ -32,7 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relay_vs_postfix_lib import EnvoiStack, SmtpSink, inject_http, inject_wrk, make_messages  # noqa: E402
+from relay_vs_postfix_lib import EnvoiStack, SmtpSink, inject_wrk, warm_then_pause_relay  # noqa: E402
 
 ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5499/postgres")
 
@@ -92,12 +92,8 @@ def main() -> None:
     sink = SmtpSink(workdir).start()
     stack = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"), root=Path(args.root).resolve())
     try:
-        stack.setup().start()
-        base = sink.count()
-        inject_http(stack.api_port, stack.api_key, make_messages(500, f"warm-{uuid.uuid4().hex[:6]}"), 16)
-        sink.wait_count(base + 500)
-        relay = stack.procs["relay"].pid
-        os.kill(relay, signal.SIGSTOP)
+        relay = warm_then_pause_relay(stack.setup(), sink)
+        warmed = stack.accepted()
         inject_wrk(stack.api_port, stack.api_key, "urlencoded", 2000, f"warm2-{uuid.uuid4().hex[:6]}")
         before = reset(stack)
         accepted = stack.accepted()
@@ -105,7 +101,7 @@ def main() -> None:
         count = stack.accepted() - accepted
         report("ACCEPT", stack, before, count)
         before = reset(stack)
-        queued = stack.accepted() - base - 500
+        queued = stack.accepted() - warmed
         base = sink.count()
         os.kill(relay, signal.SIGCONT)
         sink.wait_count(base + queued)

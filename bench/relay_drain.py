@@ -34,10 +34,9 @@ from relay_vs_postfix_lib import (  # noqa: E402
     EnvoiStack,
     SmtpSink,
     cpu_seconds,
-    inject_http,
     inject_wrk,
     log,
-    make_messages,
+    warm_then_pause_relay,
 )
 
 
@@ -74,12 +73,7 @@ def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str], profile
     sink = SmtpSink(workdir).start()
     envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"), root=root, extra_env=env)
     try:
-        envoi.setup().start()
-        base = sink.count()
-        inject_http(envoi.api_port, envoi.api_key, make_messages(500, f"warm-{uuid.uuid4().hex[:6]}"), 16)
-        sink.wait_count(base + 500)
-        relay = envoi.procs["relay"].pid
-        os.kill(relay, signal.SIGSTOP)
+        relay = warm_then_pause_relay(envoi.setup(), sink)
         try:
             accepted0 = envoi.accepted()
             inject_wrk(envoi.api_port, envoi.api_key, kind, n, f"drain-{uuid.uuid4().hex[:6]}")

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -550,6 +551,18 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def warm_then_pause_relay(stack: EnvoiStack, sink: SmtpSink, warm: int = 500) -> int:
+    """Start a set-up region, deliver `warm` messages through it, then SIGSTOP its relay (a queue builds
+    up for a measured drain); return the relay's pid (SIGCONT resumes it)."""
+    stack.start()
+    base = sink.count()
+    inject_http(stack.api_port, stack.api_key, make_messages(warm, f"warm-{uuid.uuid4().hex[:6]}"), 16)
+    sink.wait_count(base + warm)
+    relay = stack.procs["relay"].pid
+    os.kill(relay, signal.SIGSTOP)
+    return relay
 
 
 # injectors -----------------------------------------------------------------------------------
