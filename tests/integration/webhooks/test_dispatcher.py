@@ -385,15 +385,18 @@ def ahead_services(hook_settings):
 
 
 def test_rows_leased_ahead_count_for_other_claimers_and_only_alone_on_an_endpoint(hook_services):
+    # An endpoint of its own: other tests leave rows due on http://127.0.0.1:9 (a dead port), and an
+    # endpoint with another tenant's rows is not "alone", so nothing would be leased ahead there.
+    endpoint = "http://127.0.0.1:17"
     account, domain = tenant(hook_services, "aheadsql")
     _, other = tenant(hook_services, "aheadshared")
-    outbox(hook_services, domain, "http://127.0.0.1:9/alone", 20, "alone")
+    outbox(hook_services, domain, f"{endpoint}/alone", 20, "alone")
     with hook_services.db.transaction() as conn:  # rolled back: other tests' rows are claimed only in here
         def mine(rows):
             return [r for r in rows if r["domain_id"] == domain["id"]]
         first = mine(store.claim(conn, 4, 8, 500, 60))
         assert len(first) == 4 and not any(r["ahead"] for r in first)
-        pair = [(account["id"], "http://127.0.0.1:9", 8)]
+        pair = [(account["id"], endpoint, 8)]
         ahead = mine(store.claim(conn, 4, 8, 500, 60, ahead=pair))
         assert len(ahead) == 8 and all(r["ahead"] for r in ahead)  # its cap is full: leased ahead only
         queued = [r["id"] for r in ahead]
@@ -403,7 +406,7 @@ def test_rows_leased_ahead_count_for_other_claimers_and_only_alone_on_an_endpoin
         again = mine(store.claim(conn, 4, 8, 500, 60, finished=[first[0]["id"]], queued=queued))
         assert [(r["id"], r["ahead"]) for r in again] == [(queued[0], False)]
         # Another tenant's rows on the same endpoint: nothing leased ahead there (fair turns at each claim).
-        outbox(hook_services, other, "http://127.0.0.1:9/shared", 5, "shared")
+        outbox(hook_services, other, f"{endpoint}/shared", 5, "shared")
         assert mine(store.claim(conn, 4, 8, 500, 60, queued=queued[1:], ahead=pair)) == []
         conn.rollback()
 
