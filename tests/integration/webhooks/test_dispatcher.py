@@ -399,7 +399,7 @@ def test_rows_leased_ahead_count_for_other_claimers_and_only_alone_on_an_endpoin
         pair = [(account["id"], endpoint, 8)]
         ahead = mine(store.claim(conn, 4, 8, 500, 60, ahead=pair))
         assert len(ahead) == 8 and all(r["ahead"] for r in ahead)  # its cap is full: leased ahead only
-        queued = [r["id"] for r in ahead]
+        queued = sorted(r["id"] for r in ahead)  # oldest first (RETURNING has no order): due in id order
         # In flight for another claimer (the endpoint at its cap) ...
         assert mine(store.claim(conn, 4, 8, 500, 60, finished=[first[0]["id"]])) == []
         # ... not for its own: a slot freed goes to the oldest row it leased ahead, started now.
