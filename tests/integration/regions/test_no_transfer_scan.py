@@ -187,7 +187,7 @@ def drive(world: World, region: Region) -> Workload:
     assert status == 401
     # A second key, revoked with the CLI (every process of the region hears of it through Redis).
     spare = json.loads(cli(region, "keys", "create", str(w.account_id), "--description", f"spare {tok}"))["id"]
-    cli(region, "keys", "revoke", spare)
+    cli(region, "keys", "revoke", "--", spare)  # "--": a random key id may begin with "-"
     return w
 
 
