@@ -9,7 +9,9 @@ recipients is split into one copy per recipient (as batch sends are). Links poin
 tracking host ({web_scheme}://{web_prefix}.{domain}) or, in public_url mode, at ENVOI_PUBLIC_URL.
 
 PERF: a copy is parsed once into a template (raw MIME, see _Plan) and only the tokens are made per
-recipient: the email package's parse and re-serialisation cost 3-8 ms per recipient.
+recipient: the email package's parse and re-serialisation cost 3-8 ms per recipient. A text part seen
+again (the same HTML in request after request) is taken as rendered before, per domain and settings
+(_SharedParts): only the message's own header and boundaries are read and its tokens made.
 
 Tokens are opaque: base64url(version + nonce + AES-GCM-SIV(payload)) under a key derived from the
 region's secret key, with the kind (o/c/u) as associated data. The payload binds account, domain,
