@@ -378,7 +378,7 @@ def _content_type(value: str | None, default: str) -> tuple[str, dict[str, str]]
 
 
 class _SharedParts:
-    """Rendered leaf parts (a text part as _TextPart, any other as its bytes) kept across messages, per
+    """Rendered text parts (as _TextPart, or as their bytes if unchanged) kept across messages, per
     domain and plan: the API's single-recipient sends repeat the same HTML and text parts request after
     request, each in a message of its own (own Message-ID and boundary), and a part's render (decode,
     scans, the link regex) was ≈ 40 % of such a message's. Only a part seen before is kept (a one-off
@@ -429,7 +429,7 @@ class _TextPart:
     def __init__(self, head: bytes, pieces: list[str]):
         self.head = head
         self.pieces = pieces
-        self._lines: tuple[int, int, int] | None = None  # _slot_lines(pieces), made on the first fill
+        self._lines: tuple[int, int, int] | None = None  # _measure(), made on the first fill
 
     def fill(self, values: dict[str, str]) -> bytes:
         text = self.pieces[:]
@@ -634,7 +634,7 @@ class _Plan:
             flags["bodiless"] = True
         if not top:
             self._parts[raw] = (mine, my_keys, my_flags["placeholder"])
-            if shared is not None and not my_flags.get("nested"):
+            if shared is not None and my_flags.get("text") and not my_flags.get("nested"):
                 _SHARED_PARTS.put(shared, (mine, my_keys, my_flags["placeholder"], part_decoded),
                                   3 * len(raw))
         out.extend(mine)
@@ -671,6 +671,7 @@ class _Plan:
         part = None
         if ctype in ("text/html", "text/plain") and not (
                 content.get(b"content-disposition", "")).lower().startswith("attachment"):
+            flags["text"] = True  # worth keeping (_node): its text was decoded and scanned
             part = self._text(fields, ctype[5:], params, cte, body, keys, flags, top=top)
         if part is None:
             out.extend([head, _LIST_SLOT, b"\r\n" + body] if top else [head + b"\r\n" + body])
