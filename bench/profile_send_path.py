@@ -1,6 +1,12 @@
 """Where the send path's time goes: py-spy on Envoi's API workers and relay while wrk posts form fields.
 
     sudo .venv/bin/python bench/profile_send_path.py [--kind urlencoded] [--n 6000] [--out /tmp/prof]
+    sudo .venv/bin/python bench/profile_send_path.py --html [--tracking] ...   # issue 18's tracked send
+
+--html sends relay_vs_postfix_lib's 10-link HTML body beside the text (API kinds); --tracking (implies --html)
+sets the region up as relay_vs_postfix.py --webhooks does (open, click and unsubscribe on, `delivered`
+subscribed, to a URL nothing answers: no dispatcher runs, the outbox rows wait), so the API's and the relay's
+share of tracking is seen against the same run with --html alone.
 
 Starts a private region (as bench/relay_vs_postfix.py does: own database, Redis db, `envoi api` and
 `envoi relay` relaying to Postfix's smtp-sink), warms it, then records `py-spy record -f raw`
@@ -43,6 +49,7 @@ STAGES = {
     "api": [
         ("form parsing", ("envoi/api/forms.py", "multipart", "falcon/media", "get_media", "parse_qs")),
         ("auth", ("envoi/api/auth.py",)),
+        ("tracking render", ("envoi/mta/tracking.py",)),
         ("compose", ("envoi/mta/compose.py", "email/", "envoi/mta/mime")),
         ("intake commit", ("envoi/mta/intake.py", "group_commit", "psycopg")),
         ("events", ("events",)),
@@ -99,14 +106,20 @@ def main() -> None:
                         "1,000 recipients), or smtp (SMTP submission: STARTTLS + AUTH, 20 sessions; profiles `envoi smtp`)")
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--html", action="store_true", help="a 10-link HTML body beside the text (API kinds)")
+    parser.add_argument("--tracking", action="store_true", help="open/click/unsubscribe on, `delivered` "
+                        "subscribed (as relay_vs_postfix.py --webhooks; implies --html)")
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = Path(args.out or tempfile.mkdtemp(prefix="envoi-prof-"))
     out.mkdir(parents=True, exist_ok=True)
+    tag = args.kind + ("-tracking" if args.tracking else "-html" if args.html else "")
     workdir = Path(tempfile.mkdtemp(prefix="envoi-prof-"))
     sink = SmtpSink(workdir).start()
     front = "smtp" if args.kind == "smtp" else "api"
-    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", front))
+    html = args.html or args.tracking
+    envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", front),
+                       webhook_url="http://127.0.0.1:9/hook" if args.tracking else "")
     try:
         envoi.setup().start()
         base = sink.count()
@@ -118,7 +131,7 @@ def main() -> None:
         sink.wait_count(base + 1000)
         envoi.vacuum()
         spies = {name: subprocess.Popen([pyspy, "record", "--pid", str(envoi.procs[name].pid), "--subprocesses", "--gil",
-                                         "-r", "200", "-f", "raw", "-o", str(out / f"{name}-{args.kind}.txt")],
+                                         "-r", "200", "-f", "raw", "-o", str(out / f"{name}-{tag}.txt")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name in (front, "relay")}
         if args.kind == "smtp":
@@ -126,10 +139,12 @@ def main() -> None:
                                   auth=(envoi.smtp_login, envoi.smtp_password), starttls=True)
             log(f"smtp: {args.n / seconds:.0f} msg/s accepted")
         elif args.kind == "batch":
-            seconds, _, _ = inject_batch(envoi.api_port, envoi.api_key, max(1, args.n // 1000), "prof-batch")
+            seconds, _, _ = inject_batch(envoi.api_port, envoi.api_key, max(1, args.n // 1000), "prof-batch",
+                                         html=html)
             log(f"batch: {args.n / seconds:.0f} recipients/s accepted")
         else:
-            res = inject_wrk(envoi.api_port, envoi.api_key, args.kind, args.n, f"prof-{uuid.uuid4().hex[:6]}")
+            res = inject_wrk(envoi.api_port, envoi.api_key, args.kind, args.n, f"prof-{uuid.uuid4().hex[:6]}",
+                             html=html)
             log(f"{args.kind}: {args.n / res.seconds:.0f} msg/s accepted, p99 {res.p99_ms:.0f} ms")
         for spy in spies.values():
             spy.send_signal(signal.SIGINT)
@@ -138,7 +153,7 @@ def main() -> None:
         envoi.stop()
         sink.stop()
     for name in (front, "relay"):
-        summarize(out / f"{name}-{args.kind}.txt", STAGES[name])
+        summarize(out / f"{name}-{tag}.txt", STAGES[name])
     print(f"\nraw folded stacks: {out}")
 
 

@@ -9,7 +9,9 @@ recipients is split into one copy per recipient (as batch sends are). Links poin
 tracking host ({web_scheme}://{web_prefix}.{domain}) or, in public_url mode, at ENVOI_PUBLIC_URL.
 
 PERF: a copy is parsed once into a template (raw MIME, see _Plan) and only the tokens are made per
-recipient: the email package's parse and re-serialisation cost 3-8 ms per recipient.
+recipient: the email package's parse and re-serialisation cost 3-8 ms per recipient. A text part seen
+again (the same HTML in request after request) is taken as rendered before, per domain and settings
+(_SharedParts): only the message's own header and boundaries are read and its tokens made.
 
 Tokens are opaque: base64url(version + nonce + AES-GCM-SIV(payload)) under a key derived from the
 region's secret key, with the kind (o/c/u) as associated data. The payload binds account, domain,
@@ -29,6 +31,7 @@ import html
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -252,7 +255,7 @@ class Tracking:
         plan = _Plan(opens=bool(opens), clicks=clicks,
                      html_footer=(domain_settings()["html_footer"] or DEFAULT_HTML_FOOTER) if footer else None,
                      text_footer=(domain_settings()["text_footer"] or DEFAULT_TEXT_FOOTER) if footer else None,
-                     own=(base + "/", self.public_url + "/"))
+                     own=(base + "/", self.public_url + "/"), domain_id=domain["id"])
         signer = _Signer(self._aead, base, domain, draft)
         templates: dict[bytes, _Template] = {}
         batches: dict[int, _Batch | None] = {}
@@ -374,28 +377,100 @@ def _content_type(value: str | None, default: str) -> tuple[str, dict[str, str]]
     return main.strip().lower() or default, params
 
 
+class _SharedParts:
+    """Rendered text parts (as _TextPart, or as their bytes if unchanged) kept across messages, per
+    domain and plan: the API's single-recipient sends repeat the same HTML and text parts request after
+    request, each in a message of its own (own Message-ID and boundary), and a part's render (decode,
+    scans, the link regex) was ≈ 40 % of such a message's. Only a part seen before is kept (a one-off
+    body is not), and at most `budget` bytes of them (each counted at 3× its raw size: the raw key and
+    the text of its pieces), dropped oldest first. Lookups take no lock (a dict's get is atomic)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.size = 0
+        self._parts: dict[tuple, tuple] = {}
+        self._sizes: dict[tuple, int] = {}
+        self._seen: set[int] = set()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple | None:
+        return self._parts.get(key)
+
+    def put(self, key: tuple, value: tuple, size: int) -> None:
+        mark = hash(key)
+        with self._lock:
+            if mark not in self._seen:
+                if len(self._seen) >= 4096:
+                    self._seen.clear()
+                self._seen.add(mark)
+                return
+            if size > self.budget or key in self._parts:
+                return
+            while self.size + size > self.budget:
+                oldest = next(iter(self._parts))  # (under the lock: no put beside it changes the order)
+                del self._parts[oldest]
+                self.size -= self._sizes.pop(oldest)
+            self._parts[key] = value
+            self._sizes[key] = size
+            self.size += size
+
+
+_SHARED_PART_MAX = 64 * 1024  # bigger parts are rendered per message (and not kept)
+_SHARED_PARTS = _SharedParts(budget=8 * 1024 * 1024)
+
+
 class _TextPart:
     """A changed text part: its new header block (less its encoding) and body text with slots (literals at
     even indices). Filled in, it is sent 7bit where it can be (ASCII, lines within 998 octets, as compose()
     writes bodies), else quoted-printable."""
 
-    __slots__ = ("head", "pieces")
+    __slots__ = ("head", "pieces", "_lines")
 
     def __init__(self, head: bytes, pieces: list[str]):
         self.head = head
         self.pieces = pieces
+        self._lines: tuple[int, int, int] | None = None  # _measure(), made on the first fill
 
     def fill(self, values: dict[str, str]) -> bytes:
         text = self.pieces[:]
-        text[1::2] = [values[k] for k in self.pieces[1::2]]
+        filled = text[1::2] = [values[k] for k in self.pieces[1::2]]
         data = "".join(text).encode("utf-8")
-        if data.isascii() and _lines_fit(data):
+        if data.isascii() and self._fits(filled, data):
             return self.head + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data
         # (Encoding the literals once and only the values per recipient measured no faster: b2a_qp is C.)
         encoded = binascii.b2a_qp(data, istext=True)
         if b"\r\n" not in data:  # one line: b2a_qp would break it with bare LFs
             encoded = encoded.replace(b"=\n", b"=\r\n")
         return self.head + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded
+
+    def _fits(self, filled: list[str], data: bytes) -> bool:
+        """_lines_fit(data) for this ASCII part filled with these values. PERF: the literals' lines are
+        measured once per template; per fill, if no line can exceed MAX_LINE (the longest line without a
+        slot, or the longest with slots plus as many of the longest value as a line has slots), the part
+        is not split into its lines (≈ 6 % of a single message's render)."""
+        lines = self._lines or self._measure()
+        plain, slotted, most = lines
+        if filled:
+            values = "".join(filled)
+            if "\n" in values:
+                return _lines_fit(data)
+            bound = max(plain, slotted + most * max(map(len, filled)))
+        else:
+            bound = plain
+        return bound <= MAX_LINE or _lines_fit(data)
+
+    def _measure(self) -> tuple[int, int, int]:
+        """The longest LF-split line of the literals without a slot; of those with one or more, the longest
+        less its slots; the most slots on a line (literals hold no NUL: a slot is marked by one here)."""
+        plain = slotted = most = 0
+        for line in "\x00".join(self.pieces[::2]).split("\n"):
+            if (slots := line.count("\x00")) == 0:
+                plain = max(plain, len(line))
+            else:
+                slotted = max(slotted, len(line) - slots)
+                most = max(most, slots)
+        self._lines = (plain, slotted, most)
+        return self._lines
 
 
 def _lines_fit(data: bytes) -> bool:
@@ -423,6 +498,16 @@ _ASSOCIATED = {kind: b"envoi-tracking:" + kind.encode() for kind in ("c", "o", "
 # _json_str(s) is what json.dumps(s) returns for a str (its C encoder), without json.dumps's set-up per call.
 
 
+def _make_click_slot(base: str, key: str) -> tuple[bytes, bytes, str]:
+    """A click slot's associated data, the end of its token's payload (the link's URL) and its URL's start."""
+    return _ASSOCIATED["c"], f",{_json_str(key[1:])}]".encode(), f"{base}/c/"
+
+
+# PERF: a link's slot was made anew in every message; the same links recur message after message (a few µs
+# each of a 10-link message's render). Long URLs are not kept.
+_click_slot = functools.lru_cache(maxsize=4096)(_make_click_slot)
+
+
 class _Signer:
     """Per recipient: the tokens its template's slots need, made under the current key (the v2 format)."""
 
@@ -445,7 +530,7 @@ class _Signer:
     def _click(self, key: str) -> tuple[bytes, bytes, str]:
         if key[0] != "c":
             raise KeyError(key)
-        slot = self.slots[key] = (_ASSOCIATED["c"], f",{_json_str(key[1:])}]".encode(), f"{self.base}/c/")
+        slot = self.slots[key] = _click_slot(self.base, key) if len(key) <= 512 else _make_click_slot(self.base, key)
         return slot
 
     def values(self, rcpt: str, keys: set[str], list_header: bool) -> tuple[dict[str, str], bytes]:
@@ -477,7 +562,11 @@ class _Plan:
     """What to do to each text part of one message; builds (and caches, per distinct part) the templates."""
 
     def __init__(self, *, opens: bool, clicks: str, html_footer: str | None, text_footer: str | None,
-                 own: tuple[str, ...]):
+                 own: tuple[str, ...], domain_id: int | None = None):
+        # The key of this plan's parts in _SHARED_PARTS (None: not shared): what a part renders to depends
+        # on the part, its default type and all of these. The domain is in it so that no tenant's render
+        # time says whether another one sent a part.
+        self.scope = None if domain_id is None else (domain_id, opens, clicks, html_footer, text_footer, own)
         self.opens = opens
         self.clicks = clicks
         self.html_footer = html_footer
@@ -490,7 +579,7 @@ class _Plan:
 
     def batch_plan(self) -> _Plan:
         return _Plan(opens=self.opens, clicks=self.clicks, html_footer=self.html_footer,
-                     text_footer=self.text_footer, own=self.own)
+                     text_footer=self.text_footer, own=self.own, domain_id=self.scope and self.scope[0])
 
     def template(self, mime: bytes) -> _Template:
         pieces: list = []
@@ -524,14 +613,30 @@ class _Plan:
             keys |= part_keys
             flags["placeholder"] = flags["placeholder"] or placeholder
             return []
+        shared = None
+        if not top and self.scope is not None and len(raw) <= _SHARED_PART_MAX:
+            shared = (self.scope, default, raw)
+            if (found := _SHARED_PARTS.get(shared)) is not None:
+                pieces, part_keys, placeholder, decoded = found
+                self._parts[raw] = (pieces, part_keys, placeholder)
+                self.decoded = self.decoded or decoded
+                out.extend(pieces)
+                keys |= part_keys
+                flags["placeholder"] = flags["placeholder"] or placeholder
+                return []
         mine: list = []
         my_keys: set[str] = set()
         my_flags = {"placeholder": False}
+        decoded, self.decoded = self.decoded, False
         fields = self._entity(raw, mine, my_keys, my_flags, top=top, default=default)
+        part_decoded, self.decoded = self.decoded, decoded or self.decoded
         if my_flags.get("bodiless"):  # (was left in my_flags: a message without a body lost 2 octets)
             flags["bodiless"] = True
         if not top:
             self._parts[raw] = (mine, my_keys, my_flags["placeholder"])
+            if shared is not None and my_flags.get("text") and not my_flags.get("nested"):
+                _SHARED_PARTS.put(shared, (mine, my_keys, my_flags["placeholder"], part_decoded),
+                                  3 * len(raw))
         out.extend(mine)
         keys |= my_keys
         flags["placeholder"] = flags["placeholder"] or my_flags["placeholder"]
@@ -553,17 +658,20 @@ class _Plan:
         ctype, params = _content_type(content.get(b"content-type"), default)
         cte = content.get(b"content-transfer-encoding", "").lower()
         if ctype.startswith("multipart/") and params.get("boundary"):
+            flags["nested"] = True  # what it renders to depends on this plan's parts (not shared: _node)
             out.extend([head, _LIST_SLOT, b"\r\n"] if top else [head, b"\r\n"])
             self._multipart(body, params["boundary"].encode("latin-1"), out, keys, flags,
                             default="message/rfc822" if ctype == "multipart/digest" else "text/plain")
             return fields
         if ctype == "message/rfc822" and cte in ("", "7bit", "8bit", "binary"):
+            flags["nested"] = True
             out.extend([head, _LIST_SLOT, b"\r\n"] if top else [head, b"\r\n"])
             self._node(body, out, keys, flags, top=False, default="text/plain")
             return fields
         part = None
         if ctype in ("text/html", "text/plain") and not (
                 content.get(b"content-disposition", "")).lower().startswith("attachment"):
+            flags["text"] = True  # worth keeping (_node): its text was decoded and scanned
             part = self._text(fields, ctype[5:], params, cte, body, keys, flags, top=top)
         if part is None:
             out.extend([head, _LIST_SLOT, b"\r\n" + body] if top else [head + b"\r\n" + body])
