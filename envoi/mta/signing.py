@@ -46,7 +46,6 @@ OVERSIGNED_HEADERS: frozenset[str] = frozenset({
 })  # fmt: skip
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # the same rule as aiosmtplib's
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP_TO_COLLAPSE = re.compile(rb"[\t ]{2,}|\t")  # runs that relaxed canonicalisation changes
 _UNFOLD = re.compile(rb"\r?\n")
 _MAX_LINE = 78
@@ -139,12 +138,20 @@ def relaxed_body(body: bytes) -> bytes:
 
     dkimpy rewrites every single space with a regex (a substitution per word); here the
     substitutions run only where something changes, which made signing a 5 KB message ~3x cheaper.
+    Where something does (white space ending lines, as format=flowed text has; runs of blanks), it is
+    done with bytes methods: a regex tries a match at every blank (~50 us for 5 KB of prose).
     """
     tab = b"\t" in body  # one memchr; a tab is rare in mail bodies
     if tab or b" \r\n" in body:
-        body = _TRAILING_WSP.sub(b"\r\n", body)
+        # [\t ]+ before each CRLF; what follows the last CRLF ends no line and keeps its blanks.
+        lines = body.split(b"\r\n")
+        last = lines.pop()
+        body = b"\r\n".join([line.rstrip(b" \t") for line in lines] + [last])
     if tab or b"  " in body:
-        body = _WSP_TO_COLLAPSE.sub(b" ", body)
+        # Every run of blanks (a tab alone included) to one space: tabs to spaces, then halve the runs.
+        body = body.replace(b"\t", b" ")
+        while b"  " in body:
+            body = body.replace(b"  ", b" ")
     return correct_empty_body(strip_trailing_lines(body))
 
 
