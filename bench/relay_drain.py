@@ -68,7 +68,7 @@ def thread_cpu(pid: int, names: dict[int, str]) -> dict[str, float]:
 
 
 def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str], profile: str | None = None,
-          native: bool = False) -> dict:
+          native: bool = False, threads: bool = False) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="envoi-drain-"))
     sink = SmtpSink(workdir).start()
     envoi = EnvoiStack(workdir / "envoi", sink.port, processes=("relay", "api"), root=root, extra_env=env)
@@ -86,8 +86,11 @@ def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str], profile
             spy = None
             if profile:  # py-spy on the relay for the drain only: the thread holding the GIL (Python CPU)
                 pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                spy = subprocess.Popen([pyspy, "record", "--pid", str(relay), "-r", "250", "-f", "raw", "--gil",
-                                        "--nonblocking", "-o", profile] + (["--native"] if native else []),
+                # --gil: the thread holding the GIL; threads: every thread on a CPU (the RSA signatures, which
+                # release the GIL, included), named by thread id (--threads)
+                spy = subprocess.Popen([pyspy, "record", "--pid", str(relay), "-r", "250", "-f", "raw",
+                                        "--nonblocking", "-o", profile] + (["--threads"] if threads else ["--gil"])
+                                       + (["--native"] if native else []),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
         finally:
@@ -123,6 +126,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="py-spy record (raw, folded stacks) of this checkout's"
                         " relay during its drains (--gil: Python CPU; the last round's is kept)")
     parser.add_argument("--profile-native", action="store_true", help="--profile with native frames (C, Cython)")
+    parser.add_argument("--profile-threads", action="store_true", help="--profile of every thread on a CPU, not"
+                        " only the one holding the GIL (the threads' own CPU: the RSA signatures in the signers)")
     args = parser.parse_args()
     envs = {"envoi": {}, "baseline": dict(kv.split("=", 1) for kv in args.baseline_env)}
     roots = {"envoi": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
@@ -132,7 +137,8 @@ def main() -> None:
         order = list(roots) if r % 2 else list(reversed(roots))
         for name in order:
             results[name].append(drain(roots[name], f"r{r} {name}", args.n, args.kind, envs[name],
-                                       args.profile if name == "envoi" else None, args.profile_native))
+                                       args.profile if name == "envoi" else None, args.profile_native,
+                                       args.profile_threads))
     print(f"\n# relay_drain: n={args.n} ({args.kind}), load average at the end "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'region':10} {'relay ms/msg per round':32} {'postgres ms/msg per round':32} {'xacts/msg':16} msg/s")

@@ -46,7 +46,6 @@ OVERSIGNED_HEADERS: frozenset[str] = frozenset({
 })  # fmt: skip
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # the same rule as aiosmtplib's
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP_TO_COLLAPSE = re.compile(rb"[\t ]{2,}|\t")  # runs that relaxed canonicalisation changes
 _UNFOLD = re.compile(rb"\r?\n")
 _MAX_LINE = 78
@@ -87,6 +86,39 @@ def _split(message: bytes) -> tuple[list, bytes]:
     return headers, message[end + 4 :]
 
 
+#: Field names seen (as written) -> their relaxed form: a dict lookup instead of a regex match, lower() and
+#: rstrip() per field; bounded (a head's names are few and repeat from message to message).
+_RELAXED_NAMES: dict[bytes, bytes] = {}
+
+
+def _canonical_head(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """relaxed_headers(_split(message)[0]) and the body, for a CRLF message. The usual head (no folded
+    field, every line a field) in one pass without the intermediate lists (~40% of the two); any
+    other goes through _split and relaxed_headers."""
+    end = message.find(b"\r\n\r\n")
+    head = message[:end]
+    if end > 0 and b"\r\n " not in head and b"\r\n\t" not in head:
+        canonical = []
+        names = _RELAXED_NAMES
+        for line in head.split(b"\r\n"):
+            colon = line.find(b":")
+            name = names.get(line[:colon]) if colon > 0 else None
+            if name is None:
+                if colon <= 0 or not _FIELD_NAME.fullmatch(line, 0, colon):
+                    break  # an mbox From line, no field at all (or a fold first): _split's way
+                name = line[:colon].lower().rstrip()
+                if len(names) < 512:
+                    names[line[:colon]] = name
+            value = line[colon + 1 :]
+            if b"\t" in value or b"  " in value:
+                value = _WSP_TO_COLLAPSE.sub(b" ", value)
+            canonical.append((name, value.strip() + b"\r\n"))
+        else:
+            return canonical, message[end + 4 :]
+    headers, body = _split(message)
+    return relaxed_headers(headers), body
+
+
 def relaxed_headers(headers: list) -> list[tuple[bytes, bytes]]:
     """RFC 6376 relaxed header canonicalisation, byte for byte dkimpy's Relaxed.canonicalize_headers
     (which runs two regex substitutions per field even when nothing changes)."""
@@ -106,12 +138,20 @@ def relaxed_body(body: bytes) -> bytes:
 
     dkimpy rewrites every single space with a regex (a substitution per word); here the
     substitutions run only where something changes, which made signing a 5 KB message ~3x cheaper.
+    Where something does (white space ending lines, as format=flowed text has; runs of blanks), it is
+    done with bytes methods: a regex tries a match at every blank (~50 us for 5 KB of prose).
     """
     tab = b"\t" in body  # one memchr; a tab is rare in mail bodies
     if tab or b" \r\n" in body:
-        body = _TRAILING_WSP.sub(b"\r\n", body)
+        # [\t ]+ before each CRLF; what follows the last CRLF ends no line and keeps its blanks.
+        lines = body.split(b"\r\n")
+        last = lines.pop()
+        body = b"\r\n".join([line.rstrip(b" \t") for line in lines] + [last])
     if tab or b"  " in body:
-        body = _WSP_TO_COLLAPSE.sub(b" ", body)
+        # Every run of blanks (a tab alone included) to one space: tabs to spaces, then halve the runs.
+        body = body.replace(b"\t", b" ")
+        while b"  " in body:
+            body = body.replace(b"  ", b" ")
     return correct_empty_body(strip_trailing_lines(body))
 
 
@@ -129,15 +169,16 @@ class DkimSigner:
         selector: str,
         private_key_pem: bytes,
         ed25519: tuple[str, bytes] | None = None,
+        crlf: bool = False,
     ) -> bytes:
         """Return the DKIM-Signature header field(s) (bytes, each ending CRLF) to prepend to message.
 
         ed25519 = optional (selector, raw-or-PEM ed25519 private key) for a second signature
         (RFC 8463); the RSA one comes first. The signatures cover normalize_crlf(message), which
-        is what must be sent. Raises ValueError for a message without From or an unusable key.
+        is what must be sent (crlf: message is that already). Raises ValueError for a message without
+        From or an unusable key.
         """
-        headers, body = _split(normalize_crlf(message))
-        canonical = relaxed_headers(headers)
+        canonical, body = _canonical_head(message if crlf else normalize_crlf(message))
         include = _include_headers(canonical)
         # Both signatures use relaxed body canonicalisation and SHA-256: hash the body once.
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())

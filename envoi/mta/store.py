@@ -196,14 +196,20 @@ def set_domain_ed25519(conn: Connection, domain_id: int, selector: str, sealed_k
 def load_messages(conn: Connection, message_pks: list[int]) -> list[dict]:
     # PERF: binary results: the sealed body comes as its bytes, not as hex text twice its size that
     # Postgres encodes and psycopg decodes (~5 us of Postgres and ~9 us of the relay per 5 KB message).
-    return conn.execute(
-        "SELECT id, account_id, domain_id, message_id, storage_key, mail_from, headers, tags,"
-        " user_variables, options, attachments, method, size, body, dkim_signature,"
-        " extract(epoch from created_at) AS created_ts,"
+    # The five JSON columns come as one array, decoded in one call (psycopg's loader per column, its
+    # bytes copy and json.loads' encoding detection were ~2 us each), and the epoch as a float rather
+    # than a Decimal: 23 -> 13 us of the relay per row.
+    rows = conn.execute(
+        "SELECT id, account_id, domain_id, message_id, storage_key, mail_from,"
+        " json_build_array(headers, tags, user_variables, options, attachments) AS json,"
+        " method, size, body, dkim_signature, extract(epoch from created_at)::float8 AS created_ts,"
         " (SELECT count(*) FROM recipients r WHERE r.message_pk = m.id) AS recipient_count"
         " FROM messages m WHERE id = ANY(%s)",
         (message_pks,), binary=True,
     ).fetchall()
+    for row in rows:
+        row["headers"], row["tags"], row["user_variables"], row["options"], row["attachments"] = row.pop("json")
+    return rows
 
 
 def save_dkim_signature(conn: Connection, message_pk: int, signature: str) -> None:

@@ -20,12 +20,14 @@ def raise_in_rcpt(monkeypatch, marker: bytes = b"boom") -> None:
 
 
 def raise_in_data(monkeypatch, marker: bytes = b"BOOM") -> None:
-    """A message containing `marker` raises after the server's 354, while the body is being sent."""
-    original = session_module.normalize_crlf
+    """A message containing `marker` raises after the server's 354, as its body is written (the relay's
+    messages come ready for the wire, so the write is the one step every message takes there)."""
+    original = session_module._Protocol.write
+    commands = (b"MAIL ", b"RCPT ", b"DATA", b"RSET", b"QUIT", b"EHLO", b"HELO", b"STARTTLS", b"NOOP")
 
-    def normalize_crlf(data: bytes) -> bytes:
-        if marker in data:
+    def write(self, data: bytes) -> None:
+        if marker in data and not bytes(data).startswith(commands):
             raise RuntimeError("injected failure while sending the message")
-        return original(data)
+        return original(self, data)
 
-    monkeypatch.setattr(session_module, "normalize_crlf", normalize_crlf)
+    monkeypatch.setattr(session_module._Protocol, "write", write)

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from envoi.infra.crypto import Sealer
 from envoi.mta.delivery.claim import DomainKeys
-from envoi.mta.signing import DkimSigner
+from envoi.mta.delivery.session import wire_message
+from envoi.mta.signing import DkimSigner, normalize_crlf
 
 
 class Preparer:
@@ -73,16 +74,18 @@ class Preparer:
         signed = {}
         for message in messages:
             try:
-                body = self.sealer.open(message["body"], message["storage_key"].encode())
+                # Line ends made CRLF once, here: the signature covers these bytes and they are sent.
+                body = normalize_crlf(self.sealer.open(message["body"], message["storage_key"].encode()))
                 message["body"] = None  # the sealed copy is not needed any more
                 if (message["options"] or {}).get("dkim") is False:
-                    message["data"] = body
+                    message["data"] = wire_message(body, crlf=True)
                     continue
                 signature = message["dkim_signature"] or self.signatures.get(message["id"])
                 if signature is None:
                     signature = signed[message["id"]] = self._sign(body, self.keys(message["domain_id"]))
                     message["dkim_signature"] = signature
-                message["data"] = signature.encode() + body
+                # As it goes on the wire (dot-stuffed), made here rather than on the event loop.
+                message["data"] = wire_message(signature.encode() + body, crlf=True)
             except Exception as ex:
                 message["data"] = ex
         return signed
@@ -90,14 +93,14 @@ class Preparer:
     def _sign(self, body: bytes, keys: DomainKeys) -> str:
         started = time.perf_counter()
         signature = self.signer.sign(body, domain=keys.signing_domain, selector=keys.selector,
-                                     private_key_pem=keys.rsa_pem, ed25519=keys.ed25519)
+                                     private_key_pem=keys.rsa_pem, ed25519=keys.ed25519, crlf=True)
         if self.metrics:
             self.metrics.dkim_seconds.observe(time.perf_counter() - started)
         return signature.decode()
 
 
 def prepared(message: dict) -> bytes:
-    """The bytes to send for a prepared message; raises what went wrong preparing it."""
+    """The bytes to send for a prepared message (a WireMessage); raises what went wrong preparing it."""
     data = message["data"]
     if isinstance(data, Exception):
         raise data
