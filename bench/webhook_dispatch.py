@@ -212,7 +212,7 @@ def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids
         due = int(rate * (time.time() - t0)) - total
         if due > 0:
             with svc.db.transaction() as conn:
-                insert(conn, domains, url, due, f"lat{uuid.uuid4().hex[:6]}")
+                insert(conn, domains, url, due, f"lat{uuid.uuid4().hex[:16]}")
             svc.webhooks.doorbell.ring()
             total += due
         time.sleep(tick)
