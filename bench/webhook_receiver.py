@@ -30,8 +30,22 @@ import hmac
 import json
 import sys
 import time
+from email.utils import formatdate
 
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n\r\nok"
+# The answer aiohttp's server gave (the same headers: the dispatcher parses the same reply), its Date
+# formatted once a second.
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\nDate: "
+OK_TAIL = b"\r\nServer: Python/3.11 aiohttp/3.14.5\r\n\r\nok"
+_ok = [0, b""]
+
+
+def ok() -> bytes:
+    now = int(time.time())
+    if _ok[0] != now:
+        _ok[0], _ok[1] = now, OK_HEAD + formatdate(now, usegmt=True).encode() + OK_TAIL
+    return _ok[1]
+
+
 BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 MAX_HEAD = 16384
 
@@ -138,7 +152,7 @@ class Http(asyncio.Protocol):
             state.pending.append((time.time(), body, hook))
             if hook:
                 state.received += 1
-                self._answer(OK, close)
+                self._answer(ok(), close)
             else:
                 state.slow += 1
                 self.busy = True
@@ -149,7 +163,7 @@ class Http(asyncio.Protocol):
                          % (len(payload), payload), close)
         elif method == b"POST" and path == b"/reset":
             state.reset()
-            self._answer(OK, close)
+            self._answer(ok(), close)
         else:
             self._answer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", close)
 
@@ -157,7 +171,7 @@ class Http(asyncio.Protocol):
         self.busy = False
         if self.transport is None or self.transport.is_closing():
             return
-        self._answer(OK, close)
+        self._answer(ok(), close)
         self._serve()
 
     def _answer(self, response: bytes, close: bool) -> None:
