@@ -183,25 +183,47 @@ def traced(logfile: Path, since: int, limit: int = 12, ignore: tuple[str, ...] =
     return len(data)
 
 
-def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids: list[int] = ()) -> dict:
-    """Commit rows at `rate`/s for `seconds` (a batch every 20 ms); the receiver's p50/p99 for them."""
+def app_backends(dsn: str, app: str) -> list[int]:
+    """The Postgres backends of one dispatcher set (PGAPPNAME, set in its environment)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return [r[0] for r in c.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,))]
+
+
+def commits(dsn: str) -> int:
+    """Transactions committed in the bench's database so far (the committing rows' own included)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SELECT pg_stat_clear_snapshot()")
+        return c.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+def latency_phase(svc, domains, url, port, rate: float, seconds: float, cpu_pids: list[int] = (),
+                  receiver: int | None = None, dsn: str = "", app: str = "") -> dict:
+    """Commit rows at `rate`/s for `seconds` (a batch every 20 ms); the receiver's p50/p99 for them, the
+    dispatchers' CPU per delivery, and (given) the receiver's and the dispatchers' Postgres backends'."""
     reset(port)
     base = stats(port)["received"]
     overflows = listen_overflows()
     cpu0 = cpu_seconds(list(cpu_pids))
+    pg = app_backends(dsn, app) if app else []
+    pg0, tx0 = cpu_seconds(pg), commits(dsn) if dsn else 0
+    rx0 = cpu_seconds([receiver]) if receiver else 0.0
     total, tick, t0 = 0, 0.02, time.time()
     while time.time() - t0 < seconds:
         due = int(rate * (time.time() - t0)) - total
         if due > 0:
             with svc.db.transaction() as conn:
-                insert(conn, domains, url, due, f"lat{uuid.uuid4().hex[:6]}")
+                insert(conn, domains, url, due, f"lat{uuid.uuid4().hex[:16]}")
             svc.webhooks.doorbell.ring()
             total += due
         time.sleep(tick)
     wait_received(port, base + total, timeout=120)
     cpu_ms = (cpu_seconds(list(cpu_pids)) - cpu0) * 1000 / max(total, 1)
+    pg_ms = (cpu_seconds(pg) - pg0) * 1000 / max(total, 1)
+    tx = ((commits(dsn) - tx0) / max(total, 1)) if dsn else float("nan")
+    rx_ms = ((cpu_seconds([receiver]) - rx0) * 1000 / max(total, 1)) if receiver else float("nan")
     s = stats(port)
-    return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"], "cpu_ms": cpu_ms,
+    return {"n": total, "p50": s["p50"], "p99": s["p99"], "max": s["max"], "cpu_ms": cpu_ms, "pg_cpu_ms": pg_ms,
+            "receiver_cpu_ms": rx_ms, "tx": tx, "invalid": s["invalid"], "duplicates": s["received"] - s["distinct"],
             "overflows": listen_overflows() - overflows, "receiver_stalls": s.get("stalls", [])}
 
 
@@ -277,6 +299,11 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true", help="leave out phases 3 and 4")
     parser.add_argument("--baseline", metavar="CHECKOUT", help="A/B phase 2 against this checkout's dispatcher")
     parser.add_argument("--tp-rounds", type=int, default=0, help="phase 2 repetitions (default 1, 3 with --baseline)")
+    parser.add_argument("--receiver", default=str(HERE / "webhook_receiver.py"),
+                        help="the receiver script (e.g. an older one, to compare instruments)")
+    parser.add_argument("--ab-latency", type=int, default=0, metavar="K",
+                        help="with --baseline: K rounds of a latency phase at --rate by each set in turn (the other"
+                             " paused): dispatcher, its Postgres backends' and the receiver's CPU per delivery")
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy record --gil -f raw of the dispatchers in phase 2")
     args = parser.parse_args()
     args.tp_rounds = args.tp_rounds or (3 if args.baseline else 1)
@@ -307,7 +334,7 @@ def main() -> None:
         noisy, domains = domains[-1], domains[:-1]
         (work / "keys.json").write_text(json.dumps(keys))
         port, slow_port = free_port(), free_port()
-        procs.append(start([sys.executable, str(HERE / "webhook_receiver.py"), str(port), str(slow_port),
+        procs.append(start([sys.executable, args.receiver, str(port), str(slow_port),
                             str(work / "keys.json")],
                            env, "", work / "receiver.log"))
         # The 5 s endpoint is another receiver process (another server, as it would be): sharing the fast
@@ -334,15 +361,16 @@ def main() -> None:
             rq_rate, rq_cpu = rq_phase(args, svc, domains, url, env, work, envoi, redis_url)
 
         # 2. The dispatcher: N rows committed at once.
-        dispatch = start(envoi + ["webhooks", "dispatch", "--processes", str(args.processes)], env,
-                         "webhooks dispatch: region", work / "dispatch.log")
+        dispatch = start(envoi + ["webhooks", "dispatch", "--processes", str(args.processes)],
+                         {**env, "PGAPPNAME": "hookbench-this"}, "webhooks dispatch: region", work / "dispatch.log")
         procs.append(dispatch)
         settle([dispatch.pid])
         sets = {"this": dispatch}
         if args.baseline:
             root = Path(args.baseline).resolve()
             baseline = start(envoi + ["webhooks", "dispatch", "--processes", str(args.processes)],
-                             {**env, "PYTHONPATH": str(root)}, "webhooks dispatch: region", work / "baseline.log",
+                             {**env, "PYTHONPATH": str(root), "PGAPPNAME": "hookbench-baseline"},
+                             "webhooks dispatch: region", work / "baseline.log",
                              cwd=root)
             procs.append(baseline)
             settle([baseline.pid])
@@ -371,7 +399,9 @@ def main() -> None:
                     f" ({result['rate'] / rq_rate:.0f}x the RQ design), {result['cpu_ms']:.3f} ms CPU per delivery"
                     f" (+ {result['pg_cpu_ms']:.2f} ms in Postgres backends); invalid signatures {result['invalid']},"
                     f" duplicates {result['duplicates']}; listen queue overflows (machine-wide) +{result['overflows']}")
-        if spy is not None:
+        if args.baseline and args.ab_latency:
+            ab_latency(args, svc, domains, url, port, sets, dsn, procs[0].pid)
+        if spy is not None:  # (with --ab-latency: its phases by this checkout too)
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         if args.baseline:
@@ -446,6 +476,37 @@ def main() -> None:
         redis.Redis.from_url(redis_url).flushdb()
         with psycopg.connect(PG, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def ab_latency(args, svc, domains, url, port, sets: dict, dsn: str, receiver: int) -> None:
+    """--ab-latency K: latency phases at --rate by this checkout's dispatchers and the baseline's in turn
+    (the other set paused), K rounds: the CPU per delivery at a moderate rate, where batches are small."""
+    rate = args.rate or 800
+    got: dict[str, list[dict]] = {name: [] for name in sets}
+    for number in range(args.ab_latency):
+        order = list(sets) if number % 2 == 0 else list(reversed(sets))
+        for name in order:
+            for other, proc in sets.items():
+                if other != name:
+                    pause(proc, True, dsn)
+            time.sleep(0.5)
+            r = latency_phase(svc, domains, url, port, rate, args.seconds, [sets[name].pid], receiver, dsn,
+                              f"hookbench-{name}")
+            got[name].append(r)
+            for other, proc in sets.items():
+                if other != name:
+                    pause(proc, False)
+            log(f"A/B latency ({name}) at {rate:.0f}/s: {r['n']} deliveries, p50 {r['p50'] * 1000:.0f} ms, p99"
+                f" {r['p99'] * 1000:.0f} ms; CPU ms per delivery: dispatchers {r['cpu_ms']:.3f}, their Postgres"
+                f" backends {r['pg_cpu_ms']:.3f}, receiver {r['receiver_cpu_ms']:.3f}; database transactions per"
+                f" delivery {r['tx']:.3f} (the bench's commits of the rows included); invalid signatures"
+                f" {r['invalid']}, duplicates {r['duplicates']}")
+    for key in ("cpu_ms", "pg_cpu_ms", "receiver_cpu_ms", "tx", "p99"):
+        this = statistics.median(r[key] for r in got["this"])
+        base = statistics.median(r[key] for r in got["baseline"])
+        ratios = [t[key] / b[key] for t, b in zip(got["this"], got["baseline"], strict=True)]
+        log(f"A/B latency {key}: this {this:.3f}, baseline {base:.3f} (medians); per round this / baseline"
+            f" {', '.join(f'{x:.2f}' for x in ratios)}, median {statistics.median(ratios):.2f}")
 
 
 def rq_phase(args, svc, domains, url, env, work, envoi, redis_url) -> tuple[float, float]:
