@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import binascii
+import io
 import tempfile
 from urllib.parse import unquote_to_bytes
 
 import falcon
 
+from envoi.api import form_parts
 from envoi.api.errors import ApiError
 from envoi.api.params import check_fields
 from envoi.infra import memory
@@ -16,6 +18,11 @@ from envoi.mta.compose import Upload
 MAX_REQUEST_BYTES = int(52.4 * 1024 * 1024)
 SPOOL_BYTES = 256 * 1024  # an upload past this waits on disk, not in the worker's memory, until composed
 LARGE_REQUEST_BYTES = 1024 * 1024
+# A multipart body up to this size is read whole and split in memory (envoi.api.form_parts); its
+# uploads stay in memory, as a spooled file under SPOOL_BYTES does.
+SPLIT_BYTES = SPOOL_BYTES
+#: False makes read_form() parse every multipart body with falcon (the equality tests compare both).
+FAST_MULTIPART = True
 CHUNK = 64 * 1024
 # Each byte's shape for _invalid_escape: "h" a hex digit, "%" itself, "x" anything else.
 _ESCAPE_SHAPE = bytes(ord("h") if chr(c) in "0123456789abcdefABCDEF" else c if c == ord("%") else ord("x")
@@ -109,6 +116,16 @@ def _declared_type(part) -> str:
     return part.content_type or ""
 
 
+def _read_parts(parts: list, fields: dict[str, list[str]], files: dict[str, list[Upload]]) -> None:
+    """read_form's loop for parts split in memory: an upload keeps its bytes (no spooled file)."""
+    for part in parts:
+        if part.filename is not None or part.name in ("attachment", "inline", "message", "file"):
+            data = part.stream.getvalue()
+            files.setdefault(part.name, []).append(Upload(part.filename or None, _declared_type(part), data, len(data)))
+        else:
+            fields.setdefault(part.name, []).append(part.get_text() or "")
+
+
 def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list[Upload]]]:
     """Return (fields, files by field name). Repeated fields keep every value, in order."""
     if req.content_length and req.content_length > MAX_REQUEST_BYTES:
@@ -118,9 +135,18 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
     files: dict[str, list[Upload]] = {}
     if content_type.startswith("multipart/form-data"):
         try:
+            handler = req.options.media_handlers[falcon.MEDIA_MULTIPART]
             if _chunked(req):  # falcon's multipart parser needs the length: spool the body first
                 body, size = _spool(req.stream, MAX_REQUEST_BYTES)
-                form = req.options.media_handlers[falcon.MEDIA_MULTIPART].deserialize(body, req.content_type, size)
+                form = handler.deserialize(body, req.content_type, size)
+            elif FAST_MULTIPART and req.content_length is not None and req.content_length <= SPLIT_BYTES:
+                whole = bytes(_read_all(req.bounded_stream))
+                form = handler.deserialize(io.BytesIO(whole), req.content_type, len(whole))  # checks the boundary
+                boundary = getattr(form, "_boundary", None)
+                parts = form_parts.split(whole, boundary, handler.parse_options) if isinstance(boundary, bytes) else None
+                if parts is not None:
+                    _read_parts(parts, fields, files)
+                    form = ()
             else:
                 form = req.get_media()
             for part in form:
