@@ -123,7 +123,19 @@ def _read_parts(parts: list, fields: dict[str, list[str]], files: dict[str, list
             data = part.stream.getvalue()
             files.setdefault(part.name, []).append(Upload(part.filename or None, _declared_type(part), data, len(data)))
         else:
-            fields.setdefault(part.name, []).append(part.get_text() or "")
+            fields.setdefault(part.name, []).append(_text(part) or "")
+
+
+def _text(part) -> str | None:
+    """part.get_text(): a part without a Content-Type is text/plain in the default charset (RFC 7578), which
+    falcon decodes after parsing its default type's header; decoded directly here, falcon's call otherwise
+    (or when the bytes do not decode: it raises its own refusal)."""
+    if b"content-type" not in part._headers and part._parse_options.default_charset == "utf-8":
+        try:
+            return part.stream.getvalue().decode()
+        except UnicodeDecodeError:
+            pass
+    return part.get_text()
 
 
 def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list[Upload]]]:
