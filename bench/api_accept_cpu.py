@@ -5,7 +5,7 @@
 Each round runs a child process per code tree (this checkout, then the baseline's, alternating which
 goes first): a fresh migrated database (the tree's own migrations), runtime.build() and create_app()
 as `envoi api` builds them, one verified domain and an API key, then `n` POSTs of the
-bench/wrk_messages.lua bodies (urlencoded, multipart or mime: ~5 KB text, one recipient each) called
+bench/wrk_messages.lua bodies (urlencoded, multipart, attachment or mime: ~5 KB text, one recipient each) called
 on the WSGI app from `threads` threads (as granian's blocking threads call it; accepts share group
 commits), after 300 of warm-up. Printed per message: the process's CPU (all threads: the live-stream
 publisher included), the CPU of the database's Postgres backends, and the rate. The request
@@ -37,6 +37,7 @@ ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/po
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 TEXT = "Thank you for your order. Your parcel is on its way and will arrive soon.\r\n" * 66
 BOUNDARY = "envoiwrkbench"
+ATTACHMENT = "%PDF-1.4 invoice bytes 0123456789abcdef\n" * 50  # ~2 KB, as bench/wrk_messages.lua's
 
 
 def _cpu(pid: int) -> float:
@@ -66,7 +67,11 @@ def body(kind: str, domain: str, run: str, i: int) -> tuple[str, str, bytes]:
                 f'filename="m.eml"\r\nContent-Type: message/rfc822\r\n\r\n{raw}\r\n--{BOUNDARY}--\r\n')
         return f"/v3/{domain}/messages.mime", ctype, data.encode()
     data = (_part("from", sender) + _part("to", rcpt) + _part("subject", subject) + _part("text", TEXT)
-            + _part("o:tag", run) + f"--{BOUNDARY}--\r\n")
+            + _part("o:tag", run))
+    if kind == "attachment":
+        data += (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="attachment"; filename="invoice.pdf"\r\n'
+                 f"Content-Type: application/pdf\r\n\r\n{ATTACHMENT}\r\n")
+    data += f"--{BOUNDARY}--\r\n"
     return f"/v3/{domain}/messages", ctype, data.encode()
 
 
@@ -170,7 +175,7 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="another checkout (its envoi package) to compare against")
-    parser.add_argument("--kind", default="urlencoded", choices=["urlencoded", "multipart", "mime"])
+    parser.add_argument("--kind", default="urlencoded", choices=["urlencoded", "multipart", "attachment", "mime"])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=8)

@@ -371,6 +371,7 @@ def compose(
     kept_attachments = [a for a in attachments if a.filename]  # Mailgun drops unnamed attachments
     for upload in kept_attachments + inlines:
         check_header_value("attachment filename", upload.filename or "")
+    attachment_types = [_content_type(a) for a in kept_attachments]  # for every copy and the draft: typed once
 
     def build(to_pairs: list[tuple[str, str]], sub: substitution.Substituter, reply_to: str | None = None,
               member: bool = False) -> bytes:
@@ -403,7 +404,7 @@ def compose(
             copy_text = rendered_text if rendered_text is not None else copy_text
         # The filename doubles as the Content-ID, as in Mailgun: <img src="cid:logo.png">.
         inline_parts = [(*_content_type(u), u.filename or ids.token(6), u.data) for u in inlines]
-        attached = [(*_content_type(u), u.filename, u.data) for u in kept_attachments]
+        attached = [(*t, u.filename, u.data) for t, u in zip(attachment_types, kept_attachments, strict=True)]
         return b"".join(head) + body_bytes(copy_text, copy_html, sub.body(amp) if amp else None, inline_parts, attached)
 
     headers = {
@@ -461,8 +462,8 @@ def compose(
         user_variables=variables,
         options=options,
         # As the message's parts say (the type written into each, not the upload's raw header).
-        attachments=[{"filename": a.filename, "content-type": "/".join(_content_type(a)), "size": a.size}
-                     for a in kept_attachments],
+        attachments=[{"filename": a.filename, "content-type": "/".join(t), "size": a.size}
+                     for t, a in zip(attachment_types, kept_attachments, strict=True)],
         deliver_at=deliver_at,
         from_addresses=[addr for _, addr in froms],
         expanded=bool(expansions),
