@@ -89,7 +89,8 @@ def _serve_capture() -> tuple[ThreadingHTTPServer, WebhookCapture]:
             self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for serve_forever's next poll: 0.05 s rather than the default 0.5 s
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     capture.url = f"http://127.0.0.1:{server.server_address[1]}/stripe"
     return server, capture
 
