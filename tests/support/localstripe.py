@@ -72,6 +72,14 @@ class LocalStripe:
         return f"{self.api_base}/js.stripe.com/v3/"
 
 
+def past_the_second_of(hook: Captured) -> None:
+    """Return once the clock is past the second of HOOK's event: Stripe's `created` counts whole seconds,
+    so an event localstripe makes after this is strictly newer (what a 1.1 s sleep waited for, without
+    sleeping out the rest of a second already passed; localstripe runs on this machine's clock)."""
+    while time.time() < hook.event["created"] + 1:
+        time.sleep(0.02)
+
+
 def _serve_capture() -> tuple[ThreadingHTTPServer, WebhookCapture]:
     capture = WebhookCapture()
 
