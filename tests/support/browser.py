@@ -2,7 +2,8 @@
 
 Fixtures (registered in tests/conftest.py):
 
-* ``browser``: a headless Chromium, one per test module (see below why not per session).
+* ``browser``: a headless Chromium, one per test module (see below why not per session); tests/browser/
+  conftest.py makes it one for that whole package, whose modules all run with it.
 * ``page``: a fresh browser context and page per test; when the test fails, a full-page screenshot is
   saved to ``test-screenshots/<test name>.png`` (or $ENVOI_TEST_SCREENSHOTS) and its path is shown
   with the failure.
@@ -12,7 +13,7 @@ violations of those impacts (each a dict with "id", "impact", "help", "nodes").
 
 Playwright's sync API keeps an asyncio loop marked as running in the main thread while it is started,
 so ``asyncio.run()`` (aiosmtplib clients in many tests) fails until it is stopped. Stopping it at the
-end of each module keeps the rest of the suite unaffected; inside a browser test module, send mail
+end of each module (of the package, for tests/browser) keeps the rest of the suite unaffected; inside a browser test module, send mail
 with smtplib rather than asyncio.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,8 @@ CHROMIUM = os.environ.get("ENVOI_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("ENVOI_TEST_SCREENSHOTS", ROOT / "test-screenshots"))
 
 
-@pytest.fixture(scope="module")
-def browser():
+def launched_chromium() -> Iterator[Any]:
+    """Playwright and a headless Chromium, closed when the generator is."""
     if not os.access(CHROMIUM, os.X_OK):
         # Fail, not skip: a CI run without a browser must not pass silently. `./dev test` installs it.
         pytest.fail(f"Chromium not found at {CHROMIUM}: run ./dev test (installs it) or "
@@ -43,6 +45,11 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launched_chromium()
 
 
 @pytest.fixture

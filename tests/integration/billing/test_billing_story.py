@@ -5,7 +5,6 @@ grace → card fixed, invoice paid → sending again."""
 
 from __future__ import annotations
 
-import time
 import urllib.request
 import uuid
 from urllib.parse import urlencode
@@ -17,7 +16,7 @@ from envoi import runtime
 from envoi.api.app import create_app
 from envoi.billing.stripe_gateway import StripeGateway
 from tests.support.api import accepted, send_form
-from tests.support.localstripe import card_payment_method, make_billing
+from tests.support.localstripe import card_payment_method, make_billing, past_the_second_of
 
 NEEDS_3DS = "4000002500003155"  # its charges wait for 3-D Secure, which the story then fails
 PLANS = """
@@ -106,9 +105,9 @@ def test_sign_up_to_overage_to_dunning_and_back(region, localstripe, db):
         assert lines.count(f"{overage} messages beyond the plan's included volume") == 1
 
         # The renewal's payment fails (the bank refuses 3-D Secure): past due, then suspended after the grace.
-        localstripe.webhooks.wait_for("invoice.payment_succeeded",
-                                      lambda e: e["data"]["object"].get("customer") == customer)
-        time.sleep(1.1)  # the failure is a newer event than the first invoice's payment
+        first = localstripe.webhooks.wait_for("invoice.payment_succeeded",
+                                              lambda e: e["data"]["object"].get("customer") == customer)
+        past_the_second_of(first)  # the failure is a newer event than the first invoice's payment
         region.billing.gateway.set_payment_method(customer, card_payment_method(region.billing, NEEDS_3DS))
         invoice = region.billing.gateway.pay_invoice(region.billing.gateway.create_invoice(customer, subscription)["id"])
         assert invoice["status"] == "open"
@@ -123,7 +122,7 @@ def test_sign_up_to_overage_to_dunning_and_back(region, localstripe, db):
         assert refused.status_code == 403 and "suspended" in refused.json["message"]
 
         # The card is fixed and the invoice paid: reinstated, sending again.
-        time.sleep(1.1)
+        past_the_second_of(failed)
         region.billing.gateway.set_payment_method(customer, card_payment_method(region.billing))
         assert region.billing.gateway.pay_invoice(invoice["id"])["status"] == "paid"
         paid = localstripe.webhooks.wait_for(

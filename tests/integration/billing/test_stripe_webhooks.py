@@ -6,7 +6,6 @@ payment suspends the account after its grace, and paying reinstates it so that i
 from __future__ import annotations
 
 import dataclasses
-import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -14,7 +13,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.support.api import accepted, send_form
-from tests.support.localstripe import card_payment_method
+from tests.support.localstripe import card_payment_method, past_the_second_of
 
 URL = "/v1/billing/stripe/webhook"
 NEEDS_3DS = "4000002500003155"  # every charge waits for 3-D Secure, which the test then fails
@@ -64,8 +63,8 @@ def failed_then_paid(billing, localstripe, account):
     Returns (row, failed hook, paid hook); the paid event is at least a second newer than the failure."""
     row = billing.start_subscription(account["id"], "basic", card_payment_method(billing))
     customer = row["stripe_customer_id"]
-    localstripe.webhooks.wait_for("invoice.payment_succeeded", _of(customer))  # the first invoice
-    time.sleep(1.1)
+    first = localstripe.webhooks.wait_for("invoice.payment_succeeded", _of(customer))  # the first invoice
+    past_the_second_of(first)
     # localstripe sends invoice.payment_failed for a failed 3-D Secure authentication (not for a card
     # declined at once): the cardholder fails the challenge, as in a renewal the bank refuses.
     billing.gateway.set_payment_method(customer, card_payment_method(billing, NEEDS_3DS))
@@ -74,7 +73,7 @@ def failed_then_paid(billing, localstripe, account):
     assert invoice["status"] == "open"
     _fail_authentication(localstripe, billing, invoice["payment_intent"])
     failed = localstripe.webhooks.wait_for("invoice.payment_failed", _of(customer))
-    time.sleep(1.1)
+    past_the_second_of(failed)
     billing.gateway.set_payment_method(customer, card_payment_method(billing))
     assert billing.gateway.pay_invoice(invoice["id"])["status"] == "paid"
     paid = localstripe.webhooks.wait_for(
