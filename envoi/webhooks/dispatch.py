@@ -58,8 +58,7 @@ FLUSH_BATCH = 500
 # Postgres (the fair ranking), which at a claim per few rows would cost more than the rows.
 MIN_CLAIM_GAP = 0.05
 # ... and at most ~7 times a second while it is not busy (the last claim got everything that was due and
-# room was left: no pair near its cap, none given all the rows it asked to lease ahead, no request in flight
-# for over FAST_ANSWER_MS: Dispatcher._left_behind): at a moderate rate
+# room was left: no pair near its cap, none given all the rows it asked to lease ahead): at a moderate rate
 # (~800/s) a claim every 50 ms got ~40 rows, and the claims' fixed cost (a thread hop, the ranking, a
 # commit; the results ride with them) was ~0.04 ms of dispatcher and ~0.03 ms of Postgres CPU per
 # delivery (bench/webhook_dispatch.py --ab-latency). It delays a row by at most this much more.
@@ -92,7 +91,7 @@ class Dispatcher:
         self._wake: asyncio.Event | None = None
         self._flushed: asyncio.Event | None = None
         self._targets: dict[bytes, str] = {}
-        self._sending: dict[asyncio.Task, tuple[int, float]] = {}  # request in flight -> (its delivery's id, start)
+        self._sending: dict[asyncio.Task, int] = {}  # request in flight -> its delivery's id
         settings = service.settings
         # seconds after its claim a row leased ahead may still be started (none if the lease is too short)
         self.start_within = settings.webhook_lease - settings.webhook_timeout - START_MARGIN
@@ -110,7 +109,7 @@ class Dispatcher:
     def _start(self, row: dict, key: str) -> None:
         task = asyncio.create_task(self._send(self._http, row, key))
         self._tasks.add(task)
-        self._sending[task] = (row["id"], time.monotonic())
+        self._sending[task] = row["id"]
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(self._sending.pop)
         pair = (row["account_id"], row["endpoint"])
@@ -304,17 +303,11 @@ class Dispatcher:
 
     def _left_behind(self, rows: list[dict], room: int, ahead: list[tuple[int, str, int]]) -> bool:
         """Whether the claim (its rows started) may have left due rows behind: then the next claim comes
-        after MIN_CLAIM_GAP, else after IDLE_CLAIM_GAP. It may if it filled its room; or if a request in
-        flight is slow; or if a pair leasing ahead got all the rows it asked for; or if, counting the pairs
-        not leasing ahead, this process now holds half an endpoint's or an account's cap (two processes at
-        half a cap each may be what stopped the claims; a slot freed then waits for the next claim)."""
+        after MIN_CLAIM_GAP, else after IDLE_CLAIM_GAP. It may if it filled its room; or if a pair leasing
+        ahead got all the rows it asked for; or if, counting the pairs not leasing ahead, this process now
+        holds half an endpoint's or an account's cap (two processes at half a cap each may be what
+        stopped the claims; a slot freed then waits for the next claim)."""
         if len(rows) >= room:
-            return True
-        # A request in flight for over FAST_ANSWER_MS (a slow or dead endpoint): claim as before. Measured
-        # (bench/webhook_dispatch.py --pairs 3 --rate 500, 14:31-14:39) with the longer gap beside another
-        # tenant's 5 s and dead endpoints, the other tenants' p99 rose several-fold (not isolated why).
-        oldest = time.monotonic() - FAST_ANSWER_MS / 1000
-        if any(started < oldest for _, started in self._sending.values()):
             return True
         leasing: dict[tuple[int, str], int] = {}
         for row in rows:
@@ -426,7 +419,7 @@ class Dispatcher:
         queued = [entry[0]["id"] for queue in self._queues.values() for entry in queue]
         self._queues.clear()
         _, pending = await asyncio.wait(set(tasks), timeout=STOP_GRACE) if tasks else (set(), set())
-        ids = queued + [self._sending[task][0] for task in pending if task in self._sending]
+        ids = queued + [self._sending[task] for task in pending if task in self._sending]
         if not ids:
             return
         for task in pending:

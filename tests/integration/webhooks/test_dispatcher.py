@@ -459,7 +459,7 @@ def test_stopping_hands_back_the_rows_leased_ahead(ahead_services):
     assert got == set(ids)
 
 
-def test_a_claim_that_took_everything_due_far_from_the_caps_and_slow_requests_lets_the_next_one_wait(hook_services):
+def test_a_claim_that_took_everything_due_far_from_the_caps_lets_the_next_one_wait(hook_services):
     """The claim cadence (dispatch.IDLE_CLAIM_GAP): after a claim that got every due row with this
     process far from the endpoint's and account's caps (4 and 8 here), the next may wait longer (a
     moderate rate then costs fewer claims); after one that stopped at half a cap or more, it may not
@@ -485,27 +485,6 @@ def test_a_claim_that_took_everything_due_far_from_the_caps_and_slow_requests_le
         assert asyncio.run(claim_once()) == (2, True)  # half the endpoint's cap
         outbox(hook_services, domain, receiver.url("/ten"), 10, "cadence10")
         assert asyncio.run(claim_once()) == (4, True)  # stopped at the cap: 6 rows left due
-        settle(hook_services)
-        assert (len(receiver.got("/one")), len(receiver.got("/two")), len(receiver.got("/ten"))) == (1, 2, 10)
-
-    async def beside_a_slow_request(slow_url: str, fast_url: str) -> bool:
-        dispatcher = Dispatcher(hook_services.webhooks)
-        dispatcher._wake, dispatcher._flushed = asyncio.Event(), asyncio.Event()
-        tasks: set = set()
-        async with Client(hook_services.webhooks.allow, 6, 64) as http:
-            outbox(hook_services, domain, slow_url, 1, "cadence-slow")
-            assert await dispatcher._claim_round(http, tasks) == 1
-            await asyncio.sleep(1.2)  # its request is still in flight, past FAST_ANSWER_MS
-            outbox(hook_services, domain, fast_url, 1, "cadence-fast")
-            assert await dispatcher._claim_round(http, tasks) == 1
-            busy = dispatcher._busy
-            await asyncio.gather(*tasks)
-            await dispatcher._flush()
-        return busy
-
-    with Receiver() as slow, Receiver() as fast:
-        slow.delay = {"/slow": 2.0}
-        # one row in flight on each endpoint (1 of 4 slots; 2 of the account's 8): far from the caps, but
-        # one request has been in flight for over a second
-        assert asyncio.run(beside_a_slow_request(slow.url("/slow"), fast.url("/fast"))) is True
-        assert len(slow.got("/slow")) == 1 and len(fast.got("/fast")) == 1
+        wait_until(lambda: len(receiver.got("/one")) + len(receiver.got("/two")) + len(receiver.got("/ten")) == 7,
+                   timeout=10)
+    settle(hook_services)
