@@ -50,19 +50,11 @@ STOP_GRACE = 1.0  # seconds a stopping dispatcher gives requests in flight befor
 # (bench/relay_vs_postfix.py --webhooks). An endpoint's slot is free when its request ends
 # (store.claim's `finished`), so waiting longer delays only the attempts' record, and a kill -9
 # re-sends at most what is unwritten (at least once, as before).
-# It is above IDLE_CLAIM_GAP, so that the results go with the next claim rather than in a transaction
-# of their own.
-FLUSH_SECONDS = 0.2
+FLUSH_SECONDS = 0.1
 FLUSH_BATCH = 500
 # A process claims at most 20 times a second, however fast rows finish: each claim has a fixed cost in
 # Postgres (the fair ranking), which at a claim per few rows would cost more than the rows.
 MIN_CLAIM_GAP = 0.05
-# ... and at most ~7 times a second while it is not busy (the last claim got everything that was due and
-# room was left: no pair near its cap, none given all the rows it asked to lease ahead): at a moderate rate
-# (~800/s) a claim every 50 ms got ~40 rows, and the claims' fixed cost (a thread hop, the ranking, a
-# commit; the results ride with them) was ~0.04 ms of dispatcher and ~0.03 ms of Postgres CPU per
-# delivery (bench/webhook_dispatch.py --ab-latency). It delays a row by at most this much more.
-IDLE_CLAIM_GAP = 0.15
 SLOW_CLAIM = 0.25  # seconds: a claim this slow is logged (it holds back every dispatcher's next one)
 # Leasing ahead: a pair leases ahead only after an answer this fast since the last claim, up to AHEAD times
 # its endpoint cap; a queued row is started only while at least ENVOI_WEBHOOK_TIMEOUT + START_MARGIN of its
@@ -100,7 +92,6 @@ class Dispatcher:
         # (account, endpoint) -> its (row, key, start by: monotonic) leased ahead, oldest first
         self._queues: dict[tuple[int, str], deque] = {}
         self._quick: set[tuple[int, str]] = set()  # pairs with a fast answer since the last claim
-        self._busy = True  # the last claim may have left due rows behind (claim again after MIN_CLAIM_GAP)
         self._http: Client | None = None
         self._tasks: set | None = None
         self._stopping = False
@@ -298,35 +289,7 @@ class Dispatcher:
                 self._queues.setdefault((row["account_id"], row["endpoint"]), deque()).append((row, key, start_by))
             else:
                 self._start(row, key)
-        self._busy = self._left_behind(rows, room, ahead)
         return len(rows)
-
-    def _left_behind(self, rows: list[dict], room: int, ahead: list[tuple[int, str, int]]) -> bool:
-        """Whether the claim (its rows started) may have left due rows behind: then the next claim comes
-        after MIN_CLAIM_GAP, else after IDLE_CLAIM_GAP. It may if it filled its room; or if a pair leasing
-        ahead got all the rows it asked for; or if, counting the pairs not leasing ahead, this process now
-        holds half an endpoint's or an account's cap (two processes at half a cap each may be what
-        stopped the claims; a slot freed then waits for the next claim)."""
-        if len(rows) >= room:
-            return True
-        leasing: dict[tuple[int, str], int] = {}
-        for row in rows:
-            if row["ahead"]:
-                pair = (row["account_id"], row["endpoint"])
-                leasing[pair] = leasing.get(pair, 0) + 1
-        if leasing:
-            asked = {(account_id, endpoint): n for account_id, endpoint, n in ahead}
-            if any(n >= asked.get(pair, 0) for pair, n in leasing.items()):
-                return True
-        settings = self.service.settings
-        endpoints: dict[str, int] = {}
-        accounts: dict[int, int] = {}
-        for pair, n in self._running.items():
-            if pair not in leasing:
-                endpoints[pair[1]] = endpoints.get(pair[1], 0) + n
-                accounts[pair[0]] = accounts.get(pair[0], 0) + n
-        return (any(2 * n >= settings.webhook_per_endpoint for n in endpoints.values())
-                or any(2 * n >= settings.webhook_per_account for n in accounts.values()))
 
     def _queued(self) -> list[int]:
         """The ids of the rows leased ahead whose leases surely still hold (so no one else has them: the
@@ -399,8 +362,7 @@ class Dispatcher:
                     await asyncio.wait({waker, stopper}, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
                     waker.cancel()
                     stopper.cancel()
-                    gap = MIN_CLAIM_GAP if self._busy else IDLE_CLAIM_GAP
-                    await asyncio.sleep(max(0.0, gap - (time.monotonic() - started)))
+                    await asyncio.sleep(max(0.0, MIN_CLAIM_GAP - (time.monotonic() - started)))
                 if tasks or self._queues:
                     await self._hand_back(tasks)
             finally:

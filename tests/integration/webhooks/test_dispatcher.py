@@ -16,7 +16,6 @@ import pytest
 
 from envoi import runtime
 from envoi.webhooks import store
-from envoi.webhooks.client import Client
 from envoi.webhooks.dispatch import Dispatcher
 from tests.support.processes import envoi, process_env
 from tests.support.relay import wait_until
@@ -457,34 +456,3 @@ def test_stopping_hands_back_the_rows_leased_ahead(ahead_services):
         settle(ahead_services)
         got = {r["payload"]["event-data"]["id"] for r in receiver.got("/s")}
     assert got == set(ids)
-
-
-def test_a_claim_that_took_everything_due_far_from_the_caps_lets_the_next_one_wait(hook_services):
-    """The claim cadence (dispatch.IDLE_CLAIM_GAP): after a claim that got every due row with this
-    process far from the endpoint's and account's caps (4 and 8 here), the next may wait longer (a
-    moderate rate then costs fewer claims); after one that stopped at half a cap or more, it may not
-    (a slot freed then waits for the next claim)."""
-    settle(hook_services)
-    _, domain = tenant(hook_services, "cadence")
-
-    async def claim_once() -> tuple[int, bool]:
-        dispatcher = Dispatcher(hook_services.webhooks)
-        dispatcher._wake, dispatcher._flushed = asyncio.Event(), asyncio.Event()
-        tasks: set = set()
-        async with Client(hook_services.webhooks.allow, 6, 64) as http:
-            claimed = await dispatcher._claim_round(http, tasks)
-            busy = dispatcher._busy
-            await asyncio.gather(*tasks)
-            await dispatcher._flush()
-        return claimed, busy
-
-    with Receiver() as receiver:
-        outbox(hook_services, domain, receiver.url("/one"), 1, "cadence1")
-        assert asyncio.run(claim_once()) == (1, False)  # all that was due, 1 of 4 slots: wait longer
-        outbox(hook_services, domain, receiver.url("/two"), 2, "cadence2")
-        assert asyncio.run(claim_once()) == (2, True)  # half the endpoint's cap
-        outbox(hook_services, domain, receiver.url("/ten"), 10, "cadence10")
-        assert asyncio.run(claim_once()) == (4, True)  # stopped at the cap: 6 rows left due
-        wait_until(lambda: len(receiver.got("/one")) + len(receiver.got("/two")) + len(receiver.got("/ten")) == 7,
-                   timeout=10)
-    settle(hook_services)
