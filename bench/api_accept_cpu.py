@@ -75,7 +75,11 @@ def body(kind: str, domain: str, run: str, i: int) -> tuple[str, str, bytes]:
     return f"/v3/{domain}/messages", ctype, data.encode()
 
 
-def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
+@contextlib.contextmanager
+def app_under_test(kind: str):
+    """A fresh migrated database, runtime.build() and create_app() as `envoi api` builds them, a verified
+    domain and an API key; yields (app, the database's name, environs(first, count) -> request environs of
+    `kind`). Drops the database (and the run's live stream) on the way out."""
     import psycopg
 
     from envoi import runtime
@@ -86,7 +90,7 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
     name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
     dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
     ensure_database(dsn)
-    svc = None
+    svc = account = None
     try:
         migrate(dsn)
         settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
@@ -112,6 +116,22 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
                             "wsgi.multiprocess": True, "wsgi.run_once": False})
             return out
 
+        yield app, name, environs
+    finally:
+        if svc is not None:
+            if account is not None:
+                with contextlib.suppress(Exception):
+                    svc.redis.delete(svc.stream.key(account["id"]))  # the run's live stream
+            with contextlib.suppress(Exception):
+                svc.close()
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
+    import psycopg
+
+    with app_under_test(kind) as (app, name, environs):
         failures = []
 
         def drive(todo: list[dict]) -> None:
@@ -162,15 +182,6 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
             if failures:
                 raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
             return {"api_us": cpu / n * 1e6, "postgres_us": pg / n * 1e6, "rate": n / elapsed}
-    finally:
-        if svc is not None:
-            with contextlib.suppress(Exception):
-                svc.redis.delete(svc.stream.key(account["id"]))  # the run's live stream
-            with contextlib.suppress(Exception):
-                svc.close()
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
