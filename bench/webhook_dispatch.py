@@ -245,6 +245,23 @@ def throughput_phase(svc, domains, url, port, n: int, dispatch: subprocess.Popen
             "duplicates": s["received"] - s["distinct"]}
 
 
+def taking_turns(sets: dict, rounds: int, dsn: str):
+    """(round, name) for each set in turn, `rounds` times, the order reversed every other round; while a
+    set's turn runs, the other sets are paused."""
+    for number in range(rounds):
+        for name in (list(sets) if number % 2 == 0 else list(reversed(sets))):
+            for other, proc in sets.items():
+                if other != name:
+                    pause(proc, True, dsn)
+            time.sleep(0.5)
+            try:
+                yield number, name
+            finally:
+                for other, proc in sets.items():
+                    if other != name:
+                        pause(proc, False)
+
+
 def pause(proc: subprocess.Popen, stop: bool, dsn: str = "") -> None:
     """SIGSTOP / SIGCONT a dispatcher set (its process group: the parent and its children). A set is
     never left stopped inside a transaction (a claim holds the claim lock every dispatcher takes turns
@@ -382,23 +399,14 @@ def main() -> None:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2)
         tp: dict[str, list[dict]] = {name: [] for name in sets}
-        for number in range(args.tp_rounds):
-            order = list(sets) if number % 2 == 0 else list(reversed(sets))
-            for name in order:
-                for other, proc in sets.items():
-                    if other != name:
-                        pause(proc, True, dsn)
-                time.sleep(0.5)
-                result = throughput_phase(svc, domains, url, port, args.n, sets[name], dsn, dbname,
-                                          f"tp{number}{name[0]}")
-                tp[name].append(result)
-                for other, proc in sets.items():
-                    if other != name:
-                        pause(proc, False)
-                log(f"dispatcher ({name}): {args.n} deliveries by {args.processes} processes = {result['rate']:.0f}/s"
-                    f" ({result['rate'] / rq_rate:.0f}x the RQ design), {result['cpu_ms']:.3f} ms CPU per delivery"
-                    f" (+ {result['pg_cpu_ms']:.2f} ms in Postgres backends); invalid signatures {result['invalid']},"
-                    f" duplicates {result['duplicates']}; listen queue overflows (machine-wide) +{result['overflows']}")
+        for number, name in taking_turns(sets, args.tp_rounds, dsn):
+            result = throughput_phase(svc, domains, url, port, args.n, sets[name], dsn, dbname,
+                                      f"tp{number}{name[0]}")
+            tp[name].append(result)
+            log(f"dispatcher ({name}): {args.n} deliveries by {args.processes} processes = {result['rate']:.0f}/s"
+                f" ({result['rate'] / rq_rate:.0f}x the RQ design), {result['cpu_ms']:.3f} ms CPU per delivery"
+                f" (+ {result['pg_cpu_ms']:.2f} ms in Postgres backends); invalid signatures {result['invalid']},"
+                f" duplicates {result['duplicates']}; listen queue overflows (machine-wide) +{result['overflows']}")
         if args.baseline and args.ab_latency:
             ab_latency(args, svc, domains, url, port, sets, dsn, procs[0].pid)
         if spy is not None:  # (with --ab-latency: its phases by this checkout too)
@@ -483,24 +491,15 @@ def ab_latency(args, svc, domains, url, port, sets: dict, dsn: str, receiver: in
     (the other set paused), K rounds: the CPU per delivery at a moderate rate, where batches are small."""
     rate = args.rate or 800
     got: dict[str, list[dict]] = {name: [] for name in sets}
-    for number in range(args.ab_latency):
-        order = list(sets) if number % 2 == 0 else list(reversed(sets))
-        for name in order:
-            for other, proc in sets.items():
-                if other != name:
-                    pause(proc, True, dsn)
-            time.sleep(0.5)
-            r = latency_phase(svc, domains, url, port, rate, args.seconds, [sets[name].pid], receiver, dsn,
-                              f"hookbench-{name}")
-            got[name].append(r)
-            for other, proc in sets.items():
-                if other != name:
-                    pause(proc, False)
-            log(f"A/B latency ({name}) at {rate:.0f}/s: {r['n']} deliveries, p50 {r['p50'] * 1000:.0f} ms, p99"
-                f" {r['p99'] * 1000:.0f} ms; CPU ms per delivery: dispatchers {r['cpu_ms']:.3f}, their Postgres"
-                f" backends {r['pg_cpu_ms']:.3f}, receiver {r['receiver_cpu_ms']:.3f}; database transactions per"
-                f" delivery {r['tx']:.3f} (the bench's commits of the rows included); invalid signatures"
-                f" {r['invalid']}, duplicates {r['duplicates']}")
+    for _, name in taking_turns(sets, args.ab_latency, dsn):
+        r = latency_phase(svc, domains, url, port, rate, args.seconds, [sets[name].pid], receiver, dsn,
+                          f"hookbench-{name}")
+        got[name].append(r)
+        log(f"A/B latency ({name}) at {rate:.0f}/s: {r['n']} deliveries, p50 {r['p50'] * 1000:.0f} ms, p99"
+            f" {r['p99'] * 1000:.0f} ms; CPU ms per delivery: dispatchers {r['cpu_ms']:.3f}, their Postgres"
+            f" backends {r['pg_cpu_ms']:.3f}, receiver {r['receiver_cpu_ms']:.3f}; database transactions per"
+            f" delivery {r['tx']:.3f} (the bench's commits of the rows included); invalid signatures"
+            f" {r['invalid']}, duplicates {r['duplicates']}")
     for key in ("cpu_ms", "pg_cpu_ms", "receiver_cpu_ms", "tx", "p99"):
         this = statistics.median(r[key] for r in got["this"])
         base = statistics.median(r[key] for r in got["baseline"])
