@@ -111,10 +111,15 @@ def _declared_type(part) -> str:
     return part.content_type or ""
 
 
+def _is_upload(part) -> bool:
+    """A file part: it has a file name, or its field is one Mailgun reads as a file even without one."""
+    return part.filename is not None or part.name in ("attachment", "inline", "message", "file")
+
+
 def _read_parts(parts: list, fields: dict[str, list[str]], files: dict[str, list[Upload]]) -> None:
     """read_form's loop for parts split in memory: an upload keeps its bytes (no spooled file)."""
     for part in parts:
-        if part.filename is not None or part.name in ("attachment", "inline", "message", "file"):
+        if _is_upload(part):
             data = part.stream.getvalue()
             files.setdefault(part.name, []).append(Upload(part.filename or None, _declared_type(part), data, len(data)))
         else:
@@ -157,7 +162,7 @@ def read_form(req: falcon.Request) -> tuple[dict[str, list[str]], dict[str, list
             else:
                 form = req.get_media()
             for part in form:
-                if part.filename is not None or part.name in ("attachment", "inline", "message", "file"):
+                if _is_upload(part):
                     spooled, size = _spool(part.stream)
                     files.setdefault(part.name, []).append(Upload(part.filename or None, _declared_type(part), spooled, size))
                 else:
