@@ -383,18 +383,26 @@ class _SharedParts:
     request, each in a message of its own (own Message-ID and boundary), and a part's render (decode,
     scans, the link regex) was ≈ 40 % of such a message's. Only a part seen before is kept (a one-off
     body is not), and at most `budget` bytes of them (each counted at 3× its raw size: the raw key and
-    the text of its pieces), dropped oldest first. Lookups take no lock (a dict's get is atomic)."""
+    the text of its pieces), dropped oldest first. Lookups take no lock (a dict's get is atomic).
 
-    def __init__(self, budget: int):
+    They are message content in plaintext, so none is kept longer than `ttl` seconds after it was
+    rendered (data kept only as long as needed): an older one is not used, and a timer running while
+    anything is kept drops them within another `ttl`, traffic or not."""
+
+    def __init__(self, budget: int, ttl: float = 300.0):
         self.budget = budget
+        self.ttl = ttl
         self.size = 0
-        self._parts: dict[tuple, tuple] = {}
+        self._parts: dict[tuple, tuple] = {}  # key -> (value, monotonic time kept); oldest first
         self._sizes: dict[tuple, int] = {}
         self._seen: set[int] = set()
         self._lock = threading.Lock()
+        self._purging: threading.Timer | None = None
 
     def get(self, key: tuple) -> tuple | None:
-        return self._parts.get(key)
+        if (kept := self._parts.get(key)) is None or time.monotonic() - kept[1] > self.ttl:
+            return None
+        return kept[0]
 
     def put(self, key: tuple, value: tuple, size: int) -> None:
         mark = hash(key)
@@ -404,15 +412,41 @@ class _SharedParts:
                     self._seen.clear()
                 self._seen.add(mark)
                 return
+            self._drop_expired()
             if size > self.budget or key in self._parts:
                 return
             while self.size + size > self.budget:
-                oldest = next(iter(self._parts))  # (under the lock: no put beside it changes the order)
-                del self._parts[oldest]
-                self.size -= self._sizes.pop(oldest)
-            self._parts[key] = value
+                self._drop(next(iter(self._parts)))  # (under the lock: no put beside it changes the order)
+            self._parts[key] = (value, time.monotonic())
             self._sizes[key] = size
             self.size += size
+            if self._purging is None:
+                self._purge_later()
+
+    def purge(self) -> None:
+        """Drop what has expired; keep the timer running while anything is kept."""
+        with self._lock:
+            self._purging = None
+            self._drop_expired()
+            if self._parts:
+                self._purge_later()
+
+    def _purge_later(self) -> None:
+        self._purging = threading.Timer(self.ttl, self.purge)
+        self._purging.daemon = True
+        self._purging.start()
+
+    def _drop_expired(self) -> None:
+        expired = time.monotonic() - self.ttl
+        while self._parts:
+            oldest = next(iter(self._parts))  # kept oldest first: the first one not expired ends it
+            if self._parts[oldest][1] >= expired:
+                return
+            self._drop(oldest)
+
+    def _drop(self, key: tuple) -> None:
+        del self._parts[key]
+        self.size -= self._sizes.pop(key)
 
 
 _SHARED_PART_MAX = 64 * 1024  # bigger parts are rendered per message (and not kept)

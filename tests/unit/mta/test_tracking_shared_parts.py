@@ -11,6 +11,7 @@ import binascii
 import json
 import random
 import secrets
+import time
 
 import pytest
 
@@ -226,3 +227,28 @@ def test_text_part_fill_is_the_old_fill():
         values = {"k": "v" * 10}
         assert part.fill(values) == old_fill(part, values)
     assert json.dumps(checked)
+
+
+def test_kept_parts_are_not_used_after_their_time_and_are_dropped_without_traffic():
+    """Kept parts are message content in plaintext: none is used past the ttl, and the purge timer drops them
+    all within another ttl even if no message comes."""
+    kept = tracking._SharedParts(budget=1 << 20, ttl=0.2)
+    for key in ("a", "b"):
+        kept.put((key,), ("part " + key,), 10)  # seen
+        kept.put((key,), ("part " + key,), 10)  # kept
+    assert kept.get(("a",)) == ("part a",) and kept.size == 20
+    time.sleep(0.25)
+    assert kept.get(("a",)) is None and kept.get(("b",)) is None  # expired: rendered again, not used
+    deadline = time.monotonic() + 2
+    while kept._parts and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert kept._parts == {} and kept.size == 0 and kept._purging is None  # dropped, and the timer stopped
+
+
+def test_a_part_kept_again_after_it_expired_is_used():
+    kept = tracking._SharedParts(budget=1 << 20, ttl=0.1)
+    kept.put(("a",), ("old",), 10)
+    kept.put(("a",), ("old",), 10)
+    time.sleep(0.15)
+    kept.put(("a",), ("new",), 10)  # the expired one is dropped first, then this one kept
+    assert kept.get(("a",)) == ("new",) and kept.size == 10
