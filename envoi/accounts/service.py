@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -96,6 +97,8 @@ class Accounts:
         # PERF: (stored hash, keyed digest of a password) pairs argon2 found matching (_password_matches).
         self._matched = TTLCache(ttl=3600.0)
         self._password_key = secrets.token_bytes(32)  # per process: the digests are worthless elsewhere
+        self._verifying: dict[tuple[str, bytes], threading.Event] = {}  # pairs argon2 is checking now
+        self._verifying_lock = threading.Lock()
 
     def sending_domain(self, name: str, account_id: int) -> dict | None:
         """get_domain() for the send path, cached briefly; None if the account has no such domain
@@ -718,10 +721,28 @@ class Accounts:
         password has a new hash, a deleted or released login no row (read above on every AUTH), an
         account's state comes with the row. Only matches are kept, for an existing login, so a wrong
         password or an unknown login still costs the same argon2 work every time (no timing oracle);
-        the password is kept only as an HMAC under a key of this process."""
+        the password is kept only as an HMAC under a key of this process. Checks of the same pair made
+        at once wait for the first and share its match (a wrong password is still hashed by each)."""
         digest = hmac.new(self._password_key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
-        return self._matched.get((stored, digest), lambda: crypto.verify_password(stored, password),
-                                 keep=lambda matched: matched)
+        key = (stored, digest)
+        with self._verifying_lock:
+            running = self._verifying.get(key)
+            if running is None:
+                self._verifying[key] = mine = threading.Event()
+        if running is not None:
+            # PERF: the same pair is being checked on another thread (a client's pool of connections logs
+            # in at once: 20 sessions made 4 argon2 runs, one per worker, ~0.15 s of CPU each). Its match
+            # is ours; if it did not match, this attempt pays its own argon2 as every wrong one does.
+            running.wait()
+            return self._matched.get(key, lambda: crypto.verify_password(stored, password),
+                                     keep=lambda matched: matched)
+        try:
+            return self._matched.get(key, lambda: crypto.verify_password(stored, password),
+                                     keep=lambda matched: matched)
+        finally:
+            with self._verifying_lock:
+                del self._verifying[key]
+            mine.set()
 
     @staticmethod
     def _account(conn: Connection, account_id: int) -> dict:

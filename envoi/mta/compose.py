@@ -687,12 +687,15 @@ def mime_attachments(mime: bytes, head: Message) -> list[dict]:
     attachment, as {"filename", "content-type", "size" (decoded bytes)}.
 
     PERF: this is on the SMTP hot path, so not email.parser over the whole message (a parse of every line
-    of every attachment): a message that never says "attachment" costs two byte searches; otherwise
-    only the lines starting with "--" are looked at (memchr-speed finds: base64 has no "-") and only
-    the parts' three MIME headers are read; sizes are counted from the encoded bytes."""
-    if b"ttachment" not in mime and b"TTACHMENT" not in mime:  # first: cheaper than reading one header
+    of every attachment): a message that is not multipart costs its Content-Type (~1 µs, read before
+    the two byte searches of the whole message, ~7 µs for 5 KB), one that never says "attachment" those
+    searches; otherwise only the lines starting with "--" are looked at (memchr-speed finds: base64 has
+    no "-") and only the parts' three MIME headers are read; sizes are counted from the encoded bytes."""
+    if head.get_content_maintype() != "multipart":
         return []
-    if head.get_content_maintype() != "multipart" or not (boundary := head.get_param("boundary")):
+    if b"ttachment" not in mime and b"TTACHMENT" not in mime:
+        return []
+    if not (boundary := head.get_param("boundary")):
         return []
     boundaries = {str(boundary).encode("ascii", "replace")}
     found = []

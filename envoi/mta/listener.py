@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, TLSSetupException, syntax
 
 log = logging.getLogger(__name__)
+_wire_log = logging.getLogger("mail.log")  # aiosmtpd's logger, where its push logged each reply at DEBUG
 
 _DATA_CHUNK = 256 * 1024
 STOP_GRACE = 1.2  # seconds a session in a transaction gets to finish it when the server stops
@@ -69,6 +70,21 @@ class SessionOptions:
     enhanced_status_codes: bool = False  # rewrite aiosmtpd's own replies (for ENHANCEDSTATUSCODES)
     check_login: CheckLogin | None = None  # AUTH PLAIN/LOGIN, required before MAIL, only over TLS
     limit: Limit | None = None
+
+
+def has_line_over(body: bytes, limit: int) -> bool:
+    """Whether a line of `body` (the octets between two CRLFs) is longer than `limit` octets.
+
+    PERF: splitting a 5 KB body into its lines was ~3 % of the submission loop's time. A line of
+    limit + 1 octets holds a whole aligned block of (limit + 2) // 2 octets, and a line holds no CRLF;
+    so when every whole block holds a CRLF no line is too long, found with one find per block (~1.4 µs
+    against ~5.5 µs for 5 KB). Otherwise the lines are measured."""
+    block = (limit + 2) // 2
+    find = body.find
+    for start in range(0, len(body) - block + 1, block):
+        if find(b"\r\n", start, start + block) < 0:
+            return max(map(len, body.split(b"\r\n"))) > limit
+    return False
 
 
 class _Session(Session):
@@ -175,6 +191,20 @@ class Connection(SMTP):
             self._on_disconnect(self.session)
         super().connection_lost(error)
 
+    async def push(self, status) -> None:
+        """aiosmtpd's push (the reply and CRLF, in UTF-8 under SMTPUTF8), awaiting the writer's drain only
+        when it has something to do: a paused transport (flow control), a closing one, a reader's error
+        (drain raises them as before). PERF: drain's coroutines on every reply, four per message."""
+        if isinstance(status, str):
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        writer = self._writer
+        writer.write(status + b"\r\n")
+        if _wire_log.isEnabledFor(logging.DEBUG):
+            _wire_log.debug("%r << %r", self.session.peer, status)
+        if self._paused or self._connection_lost or writer.transport.is_closing() \
+                or self._reader.exception() is not None:
+            await writer.drain()
+
     def data_received(self, data: bytes) -> None:
         if not self._refused:
             super().data_received(data)
@@ -224,8 +254,8 @@ class Connection(SMTP):
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
             return
-        body = bytes(data[2:])
-        if body and max(map(len, body.split(b"\r\n"))) > self.line_length_limit - 2:
+        body = bytes(memoryview(data)[2:])
+        if has_line_over(body, self.line_length_limit - 2):
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             self._set_post_data_state()
             return

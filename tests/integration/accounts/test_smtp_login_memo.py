@@ -48,3 +48,31 @@ def test_a_changed_password_and_a_deleted_login_take_effect_at_once(services, ac
     assert accounts.authenticate_smtp(login, "memo-secret-2") is not None
     accounts.delete_credential(account["id"], domain["name"], login)
     assert accounts.authenticate_smtp(login, "memo-secret-2") is None
+
+
+def _at_once(calls):
+    """Run the calls on threads started together; their results in order."""
+    import threading
+
+    results = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(i, call):
+        start.wait()
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_logins_at_once_share_one_argon2_run_wrong_ones_do_not(services, login, argon2_calls):
+    accounts = services.accounts
+    results = _at_once([lambda: accounts.authenticate_smtp(login, PASSWORD)] * 4)
+    assert all(r is not None for r in results) and len(set(results)) == 1
+    assert argon2_calls.call_count == 1  # a pool of connections logging in at once: one argon2
+    assert _at_once([lambda: accounts.authenticate_smtp(login, "wrong-pass")] * 3) == [None] * 3
+    assert argon2_calls.call_count == 4  # each wrong attempt pays its own

@@ -44,7 +44,8 @@ COPIED = {
     "auth_PLAIN": ("71fe14c537cc5039", "Connection.auth_PLAIN/_check: the AuthResult it returns"),
     "auth_LOGIN": ("f121f6cb809cc2ad", "Connection.auth_LOGIN/_check: the AuthResult it returns"),
     "_create_session": ("22b243e82ff1c7a4", "_Session (login_data without a deprecation warning)"),
-    "push": ("15f4f1de5e30c337", "EnhancedConnection.push rewrites the status before it"),
+    "push": ("15f4f1de5e30c337", "Connection.push is a copy that drains only when needed; EnhancedConnection.push "
+                                 "rewrites the status before it"),
     "_cb_client_connected": ("a73e95bb7f362ab9", "Connection reads self._reader/_writer (set here) and "
                                                  "self._reader._buffer"),
 }
@@ -56,6 +57,7 @@ PRIVATE_USED = {
     "_timeout_cb": ["self"],
     "_timeout_duration": None, "_timeout_handle": None, "_original_transport": None, "_tls_protocol": None,
     "_reader": None, "_writer": None,  # set by _cb_client_connected
+    "_paused": None, "_connection_lost": None,  # asyncio's FlowControlMixin: when push must await drain
 }
 SET_BY_CB = {"_reader", "_writer"}
 
