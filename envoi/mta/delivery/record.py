@@ -60,7 +60,7 @@ def plan(results: Sequence[Result], deferrals: Sequence[Deferral], *, now: float
         message = delivery.message
         attempt_no = rcpt["attempts"] + 1
         status = delivery_status(outcome, attempt_no)
-        common = {"message": _event_message(message), "recipient": rcpt["address"], "ts": now,
+        common = {"message": message, "recipient": rcpt["address"], "ts": now,
                   "envelope": {"sender": message["mail_from"], "targets": rcpt["address"],
                                "transport": "smtp", "sending-ip": outcome.sending_ip},
                   "method": message["method"]}  # known here: spares Events.record a lookup
@@ -120,11 +120,6 @@ def failure_reason(outcome: Outcome) -> str:
     if reason := outcome.extra.get("reason"):
         return reason
     return "bounce" if outcome.code >= 500 else "generic"
-
-
-def _event_message(message: dict) -> dict:
-    return {"headers": message["headers"], "tags": message["tags"], "user_variables": message["user_variables"],
-            "options": message["options"], "attachments": message["attachments"], "size": message["size"]}
 
 
 class Recorder:

@@ -174,6 +174,10 @@ def test_verp_mac_is_the_truncated_hmac_of_domain_message_and_recipient():
             payload = f"{domain.lower()}\0{message_pk}\0{'' if rcpt is None else rcpt}".encode()
             expected = base64.b32encode(hmac.digest(key, payload, "sha256")[:5]).decode().lower()
             assert verp.return_path(domain, message_pk, rcpt, key).split("@")[0].rsplit(".", 1)[1] == expected
+            # The whole address, as the relay has always written it (domain lower-cased once).
+            ids = [verp._b32(message_pk)] + ([] if rcpt is None else [verp._b32(rcpt)])
+            assert verp.return_path(domain, message_pk, rcpt, key) == (
+                f"bounce+{'.'.join(ids + [expected])}@{domain.lower()}")
 
 
 def test_verp_base32_of_ids_is_b32encode_of_their_bytes():
