@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from envoi.infra import db as db_module
@@ -93,6 +94,36 @@ def test_pipelined_rolls_back_everything_when_a_statement_fails(database, db, ta
         insert_columns(conn, table, COLUMNS, [(2, "bad", at, b"x", "not json", "[]", 1)], expressions=EXPRESSIONS)
     assert "json" in str(failure.value).lower()
     assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+
+
+def _lent_as_usual(database: Database) -> None:
+    """The pool's one connection is idle and not in autocommit: a transaction() on it still is one."""
+    with database.transaction() as conn:
+        assert not conn.autocommit
+        conn.execute("SELECT 1")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_pipelined_commits_nothing_when_the_block_raises_midway(database, db, table):
+    # The statements before the error went out and ran; their transaction must not be committed.
+    at = datetime.now(UTC)
+    with pytest.raises(RuntimeError, match="midway"), database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, [(1, "sent", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+        conn.execute("SELECT 1").fetchone()  # read back: the insert before it has run
+        raise RuntimeError("midway")
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+    _lent_as_usual(database)
+
+
+def test_pipelined_leaves_its_connection_as_the_pool_lent_it(database, db, table):
+    at = datetime.now(UTC)
+    with database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, [(1, "a", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+    _lent_as_usual(database)
+    with pytest.raises(psycopg.Error), database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, [(2, "bad", at, b"x", "not json", "[]", 1)], expressions=EXPRESSIONS)
+    _lent_as_usual(database)
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 1
 
 
 @pytest.mark.timeout(60)
