@@ -301,10 +301,13 @@ class _Joined:
             return
         shape = tuple(key for key, _ in self.parts)
         params = [value for _, rows in self.parts for row in rows for value in row]
+        # Prepared after psycopg's five executions of a shape (not at once, as insert_columns' own): the
+        # shapes (rows per table) are many more than one table's row counts, and psycopg keeps at most
+        # 100 prepared statements per connection (evicting one means preparing it again).
         if len(params) <= _PARSED_PARAMS:
-            self.conn.cursor().execute(_joined_insert(shape, raw=False), params, prepare=True)
+            self.conn.cursor().execute(_joined_insert(shape, raw=False), params)
         else:
-            psycopg.RawCursor(self.conn).execute(_joined_insert(shape, raw=True), params, prepare=True)
+            psycopg.RawCursor(self.conn).execute(_joined_insert(shape, raw=True), params)
 
 
 _JOINED: contextvars.ContextVar[_Joined | None] = contextvars.ContextVar("envoi_joined_inserts", default=None)
