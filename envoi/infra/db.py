@@ -301,13 +301,14 @@ class _Joined:
             return
         shape = tuple(key for key, _ in self.parts)
         params = [value for _, rows in self.parts for row in rows for value in row]
-        # Prepared after psycopg's five executions of a shape (not at once, as insert_columns' own): the
-        # shapes (rows per table) are many more than one table's row counts, and psycopg keeps at most
-        # 100 prepared statements per connection (evicting one means preparing it again).
+        # Prepared at first use, as insert_columns' own: a shape unprepared is parsed and planned again
+        # at each of psycopg's first five executions on each connection (a large statement). The shapes
+        # (rows per table: mostly one count for all four with one recipient per message) are kept among
+        # psycopg's 100 prepared statements per connection, the least used evicted past that.
         if len(params) <= _PARSED_PARAMS:
-            self.conn.cursor().execute(_joined_insert(shape, raw=False), params)
+            self.conn.cursor().execute(_joined_insert(shape, raw=False), params, prepare=True)
         else:
-            psycopg.RawCursor(self.conn).execute(_joined_insert(shape, raw=True), params)
+            psycopg.RawCursor(self.conn).execute(_joined_insert(shape, raw=True), params, prepare=True)
 
 
 _JOINED: contextvars.ContextVar[_Joined | None] = contextvars.ContextVar("envoi_joined_inserts", default=None)
