@@ -9,6 +9,7 @@ for the whole group instead of a handful per message.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from envoi.accounts.service import Accounts, Principal
 from envoi.events.service import Events, NewEvent, item
 from envoi.infra import ids
 from envoi.infra.crypto import Sealer
-from envoi.infra.db import COPY_ROWS, Database, IntegrityError, is_data_error
+from envoi.infra.db import COPY_ROWS, Database, IntegrityError, is_data_error, one_statement
 from envoi.infra.group_commit import GroupCommit, write_isolated
 from envoi.infra.settings import Settings
 from envoi.mta import senders, store
@@ -233,9 +234,13 @@ class Intake:
         # encoding of the rows and cheaper inserts in Postgres.
         copies = len(stored) > COPY_FROM or len(recipients) > COPY_FROM
         with self.db.transaction(bounded=True) if copies else self.db.pipelined() as conn:
-            store.insert_messages(conn, [(pk, *m.row) for pk, m in zip(pks, stored, strict=True)])
-            store.insert_recipients(conn, recipients)
-            self.events.record(conn, recorded)
+            # Pipelined, the rows of messages, recipients, events and stats go as one statement (one_statement;
+            # the webhook outbox and tags statements go before it: they read none of them, nor does
+            # events.record here, its accepted events carrying their method).
+            with contextlib.nullcontext() if copies else one_statement(conn):
+                store.insert_messages(conn, [(pk, *m.row) for pk, m in zip(pks, stored, strict=True)])
+                store.insert_recipients(conn, recipients)
+                self.events.record(conn, recorded)
             if self.activity is not None:
                 self.activity.record(conn, {m.account_id for m in stored})
         # Committed: nothing below may fail the batch (a retry would store the messages twice).

@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from envoi.infra import db as db_module
@@ -93,6 +94,36 @@ def test_pipelined_rolls_back_everything_when_a_statement_fails(database, db, ta
         insert_columns(conn, table, COLUMNS, [(2, "bad", at, b"x", "not json", "[]", 1)], expressions=EXPRESSIONS)
     assert "json" in str(failure.value).lower()
     assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+
+
+def _lent_as_usual(database: Database) -> None:
+    """The pool's one connection is idle and not in autocommit: a transaction() on it still is one."""
+    with database.transaction() as conn:
+        assert not conn.autocommit
+        conn.execute("SELECT 1")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_pipelined_commits_nothing_when_the_block_raises_midway(database, db, table):
+    # The statements before the error went out and ran; their transaction must not be committed.
+    at = datetime.now(UTC)
+    with pytest.raises(RuntimeError, match="midway"), database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, [(1, "sent", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+        conn.execute("SELECT 1").fetchone()  # read back: the insert before it has run
+        raise RuntimeError("midway")
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+    _lent_as_usual(database)
+
+
+def test_pipelined_leaves_its_connection_as_the_pool_lent_it(database, db, table):
+    at = datetime.now(UTC)
+    with database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, [(1, "a", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+    _lent_as_usual(database)
+    with pytest.raises(psycopg.Error), database.pipelined() as conn:
+        insert_columns(conn, table, COLUMNS, [(2, "bad", at, b"x", "not json", "[]", 1)], expressions=EXPRESSIONS)
+    _lent_as_usual(database)
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 1
 
 
 @pytest.mark.timeout(60)
@@ -215,3 +246,58 @@ def test_a_copy_type_insert_columns_cannot_convert_is_refused(db, table):
         insert_columns(db, table, COLUMNS, _many_rows(db_module.COPY_ROWS + 1), expressions=EXPRESSIONS,
                        copy_as={**COPY_AS, "doc": "json"})
     assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+
+
+@pytest.fixture
+def child_table(db, table):
+    db.execute("ALTER TABLE batch_test ADD UNIQUE (n)")
+    db.execute("CREATE TABLE batch_child (id bigserial PRIMARY KEY, parent bigint NOT NULL REFERENCES batch_test (n),"
+               " note text)")
+    yield "batch_child"
+    db.execute("DROP TABLE batch_child")
+
+
+CHILD = (("parent", "bigint"), ("note", "text"))
+
+
+@pytest.mark.parametrize("count", [1, 2, 7])
+def test_one_statement_stores_every_table_as_given_and_checks_keys_at_its_end(database, db, table, child_table,
+                                                                              count):
+    # 1 and 2 rows: %b placeholders; 7 rows of each table: 63 parameters, numbered $n across the CTEs.
+    at = datetime(2026, 11, 23, 12, 0, 1, 500, tzinfo=UTC)
+    parents = [(1000 + i, f"p{i} $1 %s \"'", at, b"\x00b", json.dumps({"i": i}), json.dumps([f"t{i}"]), i)
+               for i in range(count)]
+    children = [(1000 + i, f"c{i}") for i in range(count)]
+    with database.pipelined() as conn, db_module.one_statement(conn):
+        insert_columns(conn, table, COLUMNS, parents, expressions=EXPRESSIONS)
+        insert_columns(conn, child_table, CHILD, children)  # refers to rows sent with it
+    stored = db.execute(f"SELECT n, label, at, body, doc, tags, small FROM {table} ORDER BY n").fetchall()
+    assert [tuple(r.values()) for r in stored] == [
+        (n, label, when, body, json.loads(doc), json.loads(tags), small)
+        for n, label, when, body, doc, tags, small in parents]
+    kept = db.execute(f"SELECT c.note, p.label FROM {child_table} c JOIN {table} p ON p.n = c.parent"
+                      " ORDER BY c.id").fetchall()
+    assert [(r["note"], r["label"]) for r in kept] == [(c[1], p[1]) for c, p in zip(children, parents, strict=True)]
+
+
+def test_one_statement_sends_nothing_when_its_block_fails(database, db, table, child_table):
+    at = datetime.now(UTC)
+    with pytest.raises(RuntimeError), database.pipelined() as conn, db_module.one_statement(conn):
+        insert_columns(conn, table, COLUMNS, [(1, "a", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+        raise RuntimeError("before the end")
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+    # A row refused by a foreign key fails the whole statement, and so the transaction.
+    with pytest.raises(psycopg.errors.ForeignKeyViolation), database.pipelined() as conn, \
+            db_module.one_statement(conn):
+        insert_columns(conn, table, COLUMNS, [(1, "a", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+        insert_columns(conn, child_table, CHILD, [(1, "ok"), (2, "no such parent")])
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
+
+
+def test_one_statement_leaves_big_rows_to_their_own_statements(database, db, table, monkeypatch):
+    monkeypatch.setattr(db_module, "STATEMENT_BYTES", 1000)
+    at = datetime.now(UTC)
+    with database.pipelined() as conn, db_module.one_statement(conn):
+        insert_columns(conn, table, COLUMNS, [(1, "small", at, b"x" * 600, "{}", "[]", 1)], expressions=EXPRESSIONS)
+        insert_columns(conn, table, COLUMNS, [(2, "big", at, b"y" * 600, "{}", "[]", 1)], expressions=EXPRESSIONS)
+    assert [r["n"] for r in db.execute(f"SELECT n FROM {table} ORDER BY id")] == [2, 1]  # the big one went first

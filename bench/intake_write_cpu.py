@@ -1,0 +1,110 @@
+"""CPU of one group commit's write (Intake._write) by batch size, in one process, against another checkout.
+
+    .venv/bin/python bench/intake_write_cpu.py [--baseline /tmp/envoi-base] [--rounds 4] [--n 2400] [--sizes 1,4,8]
+
+Each round runs a child process per code tree (this checkout, then the baseline's, alternating which goes
+first): a fresh migrated database, runtime.build() as `envoi api` builds it, one verified domain, and `n`
+messages of bench/api_accept_cpu.py's urlencoded fields composed and prepared (Intake.prepare) before the
+clock starts. Then, per batch size k, the messages are written k at a time by Intake._write from one
+thread (what the group commit's writer runs: the rows, events, stats, outbox, commit, the listeners and
+the doorbell). Printed per size and message: the process's CPU (all threads: the live-stream publisher,
+the doorbell), the writing thread's own, and its Postgres backends' CPU. The batch's fixed cost is what does not fall with k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ab_children  # noqa: E402
+from api_accept_cpu import ADMIN, REDIS, TEXT, _cpu  # noqa: E402
+
+
+def child(n: int, sizes: list[int]) -> dict:
+    import psycopg
+
+    from envoi import runtime
+    from envoi.infra.migrate import ensure_database, migrate
+    from envoi.infra.settings import Settings
+    from envoi.mta.compose import compose
+
+    name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
+    dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
+    ensure_database(dsn)
+    svc = None
+    out = {}
+    try:
+        migrate(dsn)
+        settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
+                            lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
+        svc = runtime.build(settings)
+        account = svc.accounts.create_account(f"bench-{uuid.uuid4().hex[:6]}")
+        domain = f"{uuid.uuid4().hex[:8]}.example.test"
+        svc.accounts.add_domain(account["id"], domain, dkim_key_size=1024, verified=True)
+        row = svc.accounts.sending_domain(domain, account["id"])
+        run = uuid.uuid4().hex[:8]
+
+        def prepared(first: int, count: int) -> list:
+            return [svc.intake.prepare(row, compose(domain, {
+                "from": [f"Bench <bench@{domain}>"], "to": [f"rcpt{i}@d{i % 1000:03d}.example.net"],
+                "subject": [f"Bench message {i}"], "text": [TEXT], "o:tag": [run]}, [], []))
+                for i in range(first, first + count)]
+
+        def write(accepts: list, k: int) -> None:
+            for at in range(0, len(accepts), k):
+                svc.intake._write([a.stored for a in accepts[at:at + k]])
+
+        write(prepared(0, 200), 4)  # warm-up: prepared statements, the partition's first pages
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            def backends() -> float:
+                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
+                return sum(_cpu(p) for p in pids if os.path.exists(f"/proc/{p}"))
+
+            for k in sizes:
+                todo = prepared(1000 + k * n, n)
+                write(prepared(500 + k * 100, 4 * k), k)  # this size's statements prepared
+                time.sleep(0.3)
+                pg0, cpu0, own0 = backends(), time.process_time(), time.thread_time()
+                write(todo, k)
+                own = time.thread_time() - own0
+                time.sleep(0.3)  # the live-stream publisher's last batch
+                cpu, pg = time.process_time() - cpu0, backends() - pg0
+                out[f"k{k} api_us"] = cpu / n * 1e6
+                out[f"k{k} writer_us"] = own / n * 1e6
+                out[f"k{k} pg_us"] = pg / n * 1e6
+    finally:
+        if svc is not None:
+            with contextlib.suppress(Exception):
+                svc.close()
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", help="another checkout (its envoi package) to compare against")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--n", type=int, default=2400)
+    parser.add_argument("--sizes", default="1,4,8")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child:
+        print(json.dumps(child(args.n, sizes)))
+        return
+    results = ab_children.run_rounds(__file__, ab_children.checkouts(args.baseline), args.rounds,
+                                     lambda label, r: ["--n", str(args.n), "--sizes", args.sizes])
+    ab_children.print_medians(results, f"Intake._write: medians over {args.rounds} rounds, per message")
+
+
+if __name__ == "__main__":
+    main()
