@@ -8,7 +8,6 @@ the Origin of the dashboard and the session's CSRF token on every form, as a bro
 
 from __future__ import annotations
 
-import threading
 import uuid
 from socketserver import ThreadingMixIn
 from urllib.parse import urlencode
@@ -18,6 +17,7 @@ import pytest
 
 from envoi.accounts import sessions
 from envoi.api.app import create_app
+from tests.support.servers import serve_in_background
 
 PASSWORD = "correct horse battery"
 HOST = "falconframework.org"  # falcon's TestClient's Host
@@ -93,10 +93,7 @@ def live_url(api_settings, api_services):
     """The API and dashboard on a real HTTP server on loopback; yields its base URL."""
     server = make_server("127.0.0.1", 0, create_app(api_settings, api_services),
                          server_class=_ThreadingServer, handler_class=_QuietHandler)
-    # shutdown() waits for serve_forever's next poll: 0.05 s rather than the default 0.5 s at every teardown
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="live-dashboard",
-                              daemon=True)
-    thread.start()
+    serve_in_background(server, name="live-dashboard")
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:

@@ -37,6 +37,8 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.rrset
 
+from tests.support.servers import serve_in_background
+
 
 def _name(name: str) -> dns.name.Name:
     return dns.name.from_text(name)  # absolute, even without the trailing dot
@@ -103,11 +105,7 @@ class DnsServer:
         self._servers = [udp, tcp]
         for server in self._servers:
             server.dns = self  # type: ignore[attr-defined]
-            thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._threads.append(serve_in_background(server))
         return self
 
     def stop(self) -> None:

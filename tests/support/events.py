@@ -9,6 +9,7 @@ import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from envoi.events.service import NewEvent, item
+from tests.support.servers import serve_in_background
 
 
 def record(services, domain, event="accepted", *, recipient=None, subject="Hello", sender=None, tags=(),
@@ -41,10 +42,9 @@ class AppServer:
     def __init__(self, app):
         self.server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
     def __enter__(self) -> AppServer:
-        self.thread.start()
+        serve_in_background(self.server)
         return self
 
     def __exit__(self, *exc) -> None:

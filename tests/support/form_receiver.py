@@ -9,6 +9,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
+from tests.support.servers import serve_in_background
+
 
 def parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tuple[str, str, bytes]]]:
     """(fields, files {name: (filename, content type, bytes)}) of a form body."""
@@ -59,8 +61,6 @@ class FormReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        # shutdown() waits for serve_forever's next poll: 0.05 s rather than the default 0.5 s at every teardown
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -77,7 +77,7 @@ class FormReceiver:
         return found
 
     def __enter__(self) -> FormReceiver:
-        self.thread.start()
+        serve_in_background(self.server)
         return self
 
     def __exit__(self, *exc) -> None:

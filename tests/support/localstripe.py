@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import Proc, free_port
+from tests.support.servers import serve_in_background
 
 WEBHOOK_SECRET = "whsec_envoi_tests"
 SECRET_KEY = "sk_test_envoi"
@@ -97,8 +98,7 @@ def _serve_capture() -> tuple[ThreadingHTTPServer, WebhookCapture]:
             self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    # shutdown() waits for serve_forever's next poll: 0.05 s rather than the default 0.5 s
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    serve_in_background(server)
     capture.url = f"http://127.0.0.1:{server.server_address[1]}/stripe"
     return server, capture
 

@@ -11,8 +11,9 @@ for a host (a redirect, another media type).
 from __future__ import annotations
 
 import ssl
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.servers import serve_in_background
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -48,14 +49,12 @@ class PolicyServer:
         self._server.owner = self  # type: ignore[attr-defined]
         self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
 
     def fetches(self, host: str) -> int:
         return sum(1 for h, _ in self.requests if h == host)
 
     def __enter__(self) -> PolicyServer:
-        self._thread.start()
+        self._thread = serve_in_background(self._server)
         return self
 
     def __exit__(self, *exc) -> None:

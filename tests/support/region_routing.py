@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -20,6 +19,7 @@ from envoi import runtime
 from envoi.api.app import create_app
 from envoi.infra.settings import Settings
 from tests.support.databases import migrated_database
+from tests.support.servers import serve_in_background
 
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -64,8 +64,7 @@ class LiveApi:
                                   server_class=_Threading, handler_class=_Quiet)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.app = None
-        # shutdown() waits for serve_forever's next poll: 0.05 s rather than the default 0.5 s
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        serve_in_background(self.server)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -9,6 +9,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.support.servers import serve_in_background
+
 
 def mailgun_verify(signing_key: str, timestamp: str, token: str, signature: str) -> bool:
     """Mailgun's documented check (user manual, "Securing Webhooks")."""
@@ -64,8 +66,6 @@ class Receiver:
         self.server = server_class(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        # shutdown() waits for serve_forever's next poll: 0.05 s rather than the default 0.5 s at every teardown
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -75,7 +75,7 @@ class Receiver:
             return [r for r in self.requests if r["path"] == path]
 
     def __enter__(self) -> Receiver:
-        self.thread.start()
+        serve_in_background(self.server)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,6 +19,7 @@ from envoi.infra.settings import Settings
 from tests.support.databases import drop_database, migrated_database
 from tests.support.localstripe import LocalStripe, card_payment_method, make_billing
 from tests.support.region_routing import free_redis_url
+from tests.support.servers import serve_in_background
 
 HOP_HEADERS = {"connection", "transfer-encoding", "content-length", "keep-alive"}
 
@@ -69,8 +70,7 @@ class IdempotentStripe:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        # shutdown() waits for serve_forever's next poll: 0.05 s rather than the default 0.5 s
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        serve_in_background(self.server)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -10,7 +10,6 @@ import os
 import re
 import smtplib
 import socket
-import threading
 from email import policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from playwright.sync_api import expect
 from envoi.dev import sink_pages
 from envoi.dev.sink import Sink
 from tests.support.browser import axe_violations
+from tests.support.servers import serve_in_background
 
 # A 1x1 transparent PNG: what the remote image server answers.
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -52,8 +52,7 @@ def image_server():
             self.wfile.write(PNG)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    serve_in_background(server)
     server.hits = hits
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server
