@@ -29,7 +29,7 @@ import requests
 
 from envoi.dev.sink import Sink
 from tests.conftest import flush_redis
-from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
+from tests.support.processes import Proc, envoi, free_port, http_ok, process_env, stop_all
 from tests.support.relay import wait_until
 
 pytestmark = pytest.mark.faults
@@ -67,8 +67,7 @@ class Stack:
         proc.popen.wait(10)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
+        stop_all(self.procs.values())
 
 
 @pytest.fixture(scope="module")

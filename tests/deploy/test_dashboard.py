@@ -20,7 +20,7 @@ from mailgun.client import Client
 
 from envoi import runtime
 from tests.support.databases import drop_database, migrated_database
-from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
+from tests.support.processes import Proc, envoi, free_port, http_ok, process_env, stop_all
 from tests.support.prometheus import DEPLOY, Prometheus
 from tests.support.region_routing import free_redis_url
 from tests.support.relay import wait_until
@@ -91,6 +91,9 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
     try:
         for name, argv in commands.items():
             procs.append(Proc(name, argv, env, tmp_path))
+        # Prometheus starts with them (a target not up yet is scraped again every second), not after them.
+        (tmp_path / "prometheus").mkdir()
+        prometheus = Prometheus(tmp_path / "prometheus", targets)
         sink = procs[1]
         sink.wait_ready(lambda: http_ok(f"http://127.0.0.1:{ports['sink_http']}/stats"), timeout=90)
         script = json.dumps({"rcpt": {"*@bounce.test": "550 5.1.1 No such user",
@@ -101,8 +104,6 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
             proc.wait_ready(lambda name=name: http_ok(f"http://127.0.0.1:{ports[name + '_m']}/readyz"), timeout=90)
         # a group is ready once its children are; the API port is checked too, as a client sees it
         procs[2].wait_ready(lambda: http_ok(f"{api_url}/healthz"), timeout=90)
-        (tmp_path / "prometheus").mkdir()
-        prometheus = Prometheus(tmp_path / "prometheus", targets)
         prometheus.wait_ready(timeout=60)
 
         with Receiver() as receiver:
@@ -148,6 +149,5 @@ def test_every_dashboard_panel_returns_data_from_a_running_region(tmp_path: Path
     finally:
         if prometheus is not None:
             prometheus.stop()
-        for proc in reversed(procs):
-            proc.stop()
+        stop_all(reversed(procs))
     assert not empty, f"panels whose query returns no data: {empty}"

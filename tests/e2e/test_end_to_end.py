@@ -14,7 +14,7 @@ import dkim
 import pytest
 from mailgun.client import Client
 
-from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
+from tests.support.processes import Proc, envoi, free_port, http_ok, process_env, stop_all
 from tests.support.relay import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -56,8 +56,7 @@ def stack(tmp_path, settings, services, account, domain, api_key, db):
                "relay_metrics": f"http://127.0.0.1:{relay_metrics}/metrics",
                "api_metrics": f"http://127.0.0.1:{api_metrics}/metrics"}
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        stop_all(reversed(procs))
 
 
 def sink_messages(sink_url: str) -> list[dict]:

@@ -34,7 +34,7 @@ from envoi.infra.migrate import ensure_database, migrate
 from tests.conftest import REDIS_BASE, _free_redis_db
 from tests.support.pgbouncer import PgBouncer
 from tests.support.postgres_cluster import PostgresCluster
-from tests.support.processes import Proc, envoi, free_port, http_ok, process_env
+from tests.support.processes import Proc, envoi, free_port, http_ok, process_env, stop_all
 from tests.support.redis_sentinel import SERVICE, SentinelCluster
 from tests.support.relay import wait_until
 from tests.support.tcp_proxy import TcpProxy
@@ -60,9 +60,9 @@ class Stack:
                 "relay": envoi("relay", "--metrics-port", "0"),
                 "worker": envoi("worker", "--processes", "2"),
                 "webhooks": envoi("webhooks", "dispatch", "--processes", "1")}
-        for name in names:
-            proc = Proc(name, argv[name], self.env, self.tmp)
-            self.procs.append(proc)
+        started = [Proc(name, argv[name], self.env, self.tmp) for name in names]  # start-ups overlap
+        self.procs.extend(started)
+        for name, proc in zip(names, started, strict=True):
             ready = {"api": lambda: http_ok(f"{self.base}/healthz"),
                      "relay": lambda p=proc: "delivering via" in p.output(),
                      "worker": lambda p=proc: "process(es)" in p.output(),
@@ -78,8 +78,7 @@ class Stack:
         return "\n".join(f"--- {p.name}\n{p.output()}" for p in self.procs)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.stop()
+        stop_all(self.procs)
 
 
 class Load(threading.Thread):
