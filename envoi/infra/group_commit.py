@@ -8,10 +8,7 @@ writes its own item at once, so the latency of a quiet system is unchanged.
 Under load, a leader first waits `delay` seconds for company (Postgres's commit_delay): a batch
 costs ~2 ms of client and database CPU whatever its size, so eight accepts in one batch cost about
 a quarter of what four batches of two do. It waits only while the previous batch had company, so
-a lone caller on a quiet system still writes at once, and only until the batch is as large as the
-largest of the last few: closed-loop clients (N connections, each waiting for its answer) arrive in
-waves of about the same size, and once the wave is in, the rest of the delay was time the process sat
-idle (~10 % of the machine's CPU unused at 16 connections, bench/relay_vs_postfix.py).
+a lone caller on a quiet system still writes at once.
 
 Nothing is acknowledged before its batch committed: a failed batch raises in every caller of it.
 A batch that fails because of its content (`isolate(error)` says so: a value the database refused)
@@ -27,8 +24,8 @@ bounds) up to `timeout` more.
 from __future__ import annotations
 
 import _thread
-import collections
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -36,9 +33,6 @@ from envoi.infra.errors import ServiceUnavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-RECENT_BATCHES = 4  # how many batch sizes a leader's target looks back on
 
 
 class CommitTimeout(ServiceUnavailable, TimeoutError):
@@ -98,9 +92,7 @@ class GroupCommit(Generic[T, R]):
         self.timeout = timeout  # seconds a caller waits behind other writers; None = no limit
         self.isolate = isolate
         self.delay = delay
-        self._recent = collections.deque([1], maxlen=RECENT_BATCHES)  # the last batches' sizes
-        self._enough = 1  # a leader stops waiting once this many wait (the largest recent batch)
-        self._gathering: _Done | None = None  # the leader waiting for company, woken at _enough
+        self._last_batch = 1
         self._lock = threading.Lock()
         self._waiting: list[_Waiter[T]] = []
         self._busy = False  # a leader is writing (or has been promoted)
@@ -114,18 +106,16 @@ class GroupCommit(Generic[T, R]):
             self._waiting.append(me)
             leading = not self._busy
             self._busy = True
-            if self._gathering is not None and len(self._waiting) >= self._enough:
-                self._gathering.set()
         if not leading:
             self._wait(me)
             if not me.lead:
                 return self._outcome(me)
-        if self.delay:
-            self._gather()
+        if self.delay and self._last_batch > 1 and len(self._waiting) < self.max_batch:
+            time.sleep(self.delay)  # under load: let the accepts being prepared now join this batch
         with self._lock:
             batch = self._waiting[: self.max_batch]
+            self._last_batch = len(batch)
             del self._waiting[: self.max_batch]
-            self._recent.append(len(batch))
         try:
             self._write(batch)
         finally:
@@ -137,20 +127,6 @@ class GroupCommit(Generic[T, R]):
                 else:
                     self._busy = False
         return self._outcome(me)
-
-    def _gather(self) -> None:
-        """The leader, under load (the last batch had company): wait at most `delay` for the batch to grow
-        to the largest recent batch's size."""
-        with self._lock:
-            self._enough = min(max(self._recent), self.max_batch)
-            if self._recent[-1] < 2 or len(self._waiting) >= self._enough:
-                return
-            gathering = self._gathering = _Done()
-        try:
-            gathering.wait(self.delay)
-        finally:
-            with self._lock:
-                self._gathering = None
 
     def _write(self, batch: list[_Waiter[T]]) -> None:
         try:
