@@ -386,12 +386,13 @@ class _SharedParts:
     the text of its pieces), dropped oldest first. Lookups take no lock (a dict's get is atomic).
 
     They are message content in plaintext, so none is kept longer than `ttl` seconds after it was
-    rendered (data kept only as long as needed): an older one is not used, and a timer running while
-    anything is kept drops them within another `ttl`, traffic or not."""
+    rendered (data kept only as long as needed): an older one is not used, and (`timer`: the process's
+    own instance) a timer running while anything is kept drops them within another `ttl`, traffic or not."""
 
-    def __init__(self, budget: int, ttl: float = 300.0):
+    def __init__(self, budget: int, ttl: float = 300.0, timer: bool = False):
         self.budget = budget
         self.ttl = ttl
+        self.timer = timer
         self.size = 0
         self._parts: dict[tuple, tuple] = {}  # key -> (value, monotonic time kept); oldest first
         self._sizes: dict[tuple, int] = {}
@@ -420,7 +421,7 @@ class _SharedParts:
             self._parts[key] = (value, time.monotonic())
             self._sizes[key] = size
             self.size += size
-            if self._purging is None:
+            if self.timer and self._purging is None:
                 self._purge_later()
 
     def purge(self) -> None:
@@ -450,7 +451,7 @@ class _SharedParts:
 
 
 _SHARED_PART_MAX = 64 * 1024  # bigger parts are rendered per message (and not kept)
-_SHARED_PARTS = _SharedParts(budget=8 * 1024 * 1024)
+_SHARED_PARTS = _SharedParts(budget=8 * 1024 * 1024, timer=True)
 
 
 class _TextPart:

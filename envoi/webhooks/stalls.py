@@ -25,6 +25,20 @@ SAMPLE = 0.005  # seconds between the watcher's looks
 SUMMARY = 10.0  # seconds between the collector's summaries
 
 
+def _current_frames() -> dict:
+    """sys._current_frames() with the collector off: on CPython 3.11 a collection started by its own
+    allocations (one frame object per thread) that frees a threading.local takes the runtime's thread-list
+    lock it already holds, and the process hangs (CPython gh-106883; seen here in a test process with
+    ~120 threads)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Stalls:
     def __init__(self, threshold: float):
         self.threshold = threshold
@@ -56,7 +70,7 @@ class Stalls:
         while not stop.wait(SAMPLE):
             if time.monotonic() - self.beat < max(TICK * 3, self.threshold / 2):
                 continue
-            frame = sys._current_frames().get(self._thread_id)
+            frame = _current_frames().get(self._thread_id)
             stack = []
             while frame is not None and len(stack) < 12:
                 code = frame.f_code

@@ -232,7 +232,8 @@ def test_text_part_fill_is_the_old_fill():
 def test_kept_parts_are_not_used_after_their_time_and_are_dropped_without_traffic():
     """Kept parts are message content in plaintext: none is used past the ttl, and the purge timer drops them
     all within another ttl even if no message comes."""
-    kept = tracking._SharedParts(budget=1 << 20, ttl=0.2)
+    assert tracking._SHARED_PARTS.timer  # the process's own parts are purged by the timer
+    kept = tracking._SharedParts(budget=1 << 20, ttl=0.2, timer=True)
     for key in ("a", "b"):
         kept.put((key,), ("part " + key,), 10)  # seen
         kept.put((key,), ("part " + key,), 10)  # kept
