@@ -237,12 +237,13 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     expressions per row.
     """
     expressions = expressions or {}
+    if (joined := _JOINED.get()) is not None and joined.conn is conn:
+        if not returning and rows and len(rows) <= SMALL_INSERT and joined.add(table, columns, expressions, rows):
+            return conn.cursor()  # sent with the others when the block ends
+        joined.send()  # what is held goes first: this statement's rows may refer to them (a foreign key)
     if (not returning and len(rows) > COPY_ROWS and conn.pgconn.pipeline_status == 0
             and set(expressions) <= set(copy_as or ())):
         return _copy_rows(conn, table, columns, rows, copy_as or {})
-    if (not returning and rows and len(rows) <= SMALL_INSERT and (joined := _JOINED.get()) is not None
-            and joined.conn is conn and joined.add(table, columns, expressions, rows)):
-        return conn.cursor()  # sent with the others when the block ends
     names = [name for name, _ in columns]
     values = ", ".join(expressions.get(name, f"u.{name}") for name in names)
     cur = conn.cursor()
@@ -297,10 +298,12 @@ class _Joined:
         return True
 
     def send(self) -> None:
+        """Send what is held, as one statement, and hold nothing."""
         if not self.parts:
             return
         shape = tuple(key for key, _ in self.parts)
         params = [value for _, rows in self.parts for row in rows for value in row]
+        self.parts, self.size = [], 0
         # Prepared at first use, as insert_columns' own: a shape unprepared is parsed and planned again
         # at each of psycopg's first five executions on each connection (a large statement). The shapes
         # (rows per table: mostly one count for all four with one recipient per message) are kept among
@@ -319,8 +322,10 @@ def one_statement(conn: psycopg.Connection) -> Iterator[None]:
     """insert_columns() calls on `conn` inside the block, of up to SMALL_INSERT rows each and no
     RETURNING, go out together as one statement when the block ends (data-modifying CTEs; the
     foreign keys are checked at the statement's end, so a row may refer to one inserted with it).
-    Nothing inside may read the rows back before the block ends; other statements inside go out
-    first. An error in the block sends none of them.
+    An insert_columns() call that cannot join (more rows, RETURNING, too big) first sends what is
+    held, so inserts keep their order (a batch send's recipients refer to its message). Nothing
+    inside may read the rows back before the block ends; other statements inside go out first. An
+    error in the block sends none of what is still held.
 
     PERF: in a pipeline each statement costs psycopg ~25-30 us of Python (a cursor, the query's
     conversion, a poll and a flush) and Postgres an executor start and end: a group commit's

@@ -300,4 +300,17 @@ def test_one_statement_leaves_big_rows_to_their_own_statements(database, db, tab
     with database.pipelined() as conn, db_module.one_statement(conn):
         insert_columns(conn, table, COLUMNS, [(1, "small", at, b"x" * 600, "{}", "[]", 1)], expressions=EXPRESSIONS)
         insert_columns(conn, table, COLUMNS, [(2, "big", at, b"y" * 600, "{}", "[]", 1)], expressions=EXPRESSIONS)
-    assert [r["n"] for r in db.execute(f"SELECT n FROM {table} ORDER BY id")] == [2, 1]  # the big one went first
+    assert [r["n"] for r in db.execute(f"SELECT n FROM {table} ORDER BY id")] == [1, 2]  # held one sent first
+
+
+def test_one_statement_keeps_the_order_of_inserts_that_cannot_join(database, db, table, child_table):
+    """A message held back, then its 40 recipients (more than SMALL_INSERT: their own statement) that refer
+    to it: the held row goes first (a 40-recipient send failed its foreign key when it did not)."""
+    at = datetime.now(UTC)
+    children = [(7, f"c{i}") for i in range(db_module.SMALL_INSERT + 8)]
+    with database.pipelined() as conn, db_module.one_statement(conn):
+        insert_columns(conn, table, COLUMNS, [(7, "parent", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+        insert_columns(conn, child_table, CHILD, children)
+        insert_columns(conn, child_table, CHILD, [(7, "after")])  # held again, sent at the end
+    notes = [r["note"] for r in db.execute(f"SELECT note FROM {child_table} ORDER BY id")]
+    assert notes == [c[1] for c in children] + ["after"]
