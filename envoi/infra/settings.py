@@ -215,9 +215,9 @@ class Settings:
     message_lifetime: float = 5 * 86400
     #: ENVOI_INTAKE_BATCH: most accepted messages that share one intake transaction (group commit).
     intake_batch: int = 64
-    #: ENVOI_INTAKE_COMMIT_DELAY: under load, seconds an API intake commit waits for more accepts to
-    #: join it (like Postgres's commit_delay; a quiet system commits at once). The SMTP server's commit
-    #: stage does not wait: it takes what gathered while its last batch committed.
+    #: ENVOI_INTAKE_COMMIT_DELAY: under load, seconds an intake commit (the API's group commit, the SMTP
+    #: server's commit stage) waits for more accepts to join it (like Postgres's commit_delay; a quiet
+    #: system commits at once).
     intake_commit_delay: float = 0.005
     #: ENVOI_RELAY_BATCH: recipients claimed from Postgres per relay round.
     relay_batch: int = 500

@@ -276,7 +276,9 @@ class Submission:
     @functools.cached_property
     def stage(self) -> CommitStage:
         """The commit stage of this process's SMTP sessions (started on first use)."""
-        return CommitStage(self._checked_draft, self.intake.commit, max_batch=self.intake.settings.intake_batch)
+        settings = self.intake.settings
+        return CommitStage(self._checked_draft, self.intake.commit, max_batch=settings.intake_batch,
+                           delay=settings.intake_commit_delay)
 
     def _checked_draft(self, principal: Principal, draft: compose.Draft) -> Accepted:
         # On the commit stage's thread, where I/O belongs: the account's current state (one Redis GET

@@ -5,6 +5,7 @@ transaction itself failed) without any message being reported as accepted."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import psycopg
 import pytest
@@ -109,3 +110,47 @@ def test_closing_the_stage_commits_what_is_waiting(services, domain, db, queued_
 async def _submit_after_close(stage, domain):
     return stage.submit(draft(domain, "late"))
 
+
+
+def test_under_load_the_stage_waits_for_company_and_a_lone_session_does_not(services, domain, db, queued_away):
+    intake = services.intake
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def prepare(d):
+        if d.copies[0].headers.get("subject") == "gate":
+            gate.wait(10)  # holds the stage while the pair queues up behind it
+        return intake.prepare(domain, d)
+
+    def commit(batch):
+        sizes.append(len(batch))
+        return intake.commit(batch)
+
+    stage = CommitStage(prepare, commit, delay=0.2)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        await stage.submit(draft(domain, "alone"))
+        started = loop.time()
+        await stage.submit(draft(domain, "alone-again"))  # the last batch was alone: no wait
+        alone = loop.time() - started
+        held = stage.submit(draft(domain, "gate"))
+        await asyncio.sleep(0.05)
+        pair = [stage.submit(draft(domain, f"pair{i}")) for i in range(2)]
+        gate.set()
+        await asyncio.gather(held, *pair)
+        # Under load (the last batch had company): six sessions' messages, 20 ms apart, share one batch.
+        spread = []
+        for i in range(6):
+            spread.append(stage.submit(draft(domain, f"spread{i}")))
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(asyncio.gather(*spread), 10)
+        return alone
+
+    try:
+        alone = asyncio.run(run())
+    finally:
+        stage.close()
+    assert alone < 0.2
+    assert sizes == [1, 1, 1, 2, 6]
+    assert len(stored_subjects(db, domain)) == 11
