@@ -86,3 +86,33 @@ def test_pending_stats_are_appended_without_an_index(services, account, domain, 
         " AND event = 'accepted') + (SELECT coalesce(sum(count), 0) FROM event_stats_hourly WHERE domain_id = %(d)s"
         " AND tag = %(t)s AND event = 'accepted') AS n", {"d": domain["id"], "t": "pending-test"}).fetchone()["n"]
     assert counted == 1  # pending, or folded already (a fold may run right after the commit)
+
+
+def test_concurrent_claims_by_ctid_share_the_queue(services, account, domain, db):
+    """Two relays claiming at once (SKIP LOCKED, rows updated by ctid): every recipient is leased once,
+    none twice, none left behind."""
+    import threading
+
+    n = 200
+    for i in range(n):
+        send(services, account["id"], domain, f"r{i}@race.test")
+    others = tuple(r["id"] for r in db.execute("SELECT id FROM domains WHERE id <> %s", (domain["id"],)))
+    claimed: dict[str, list[str]] = {"a": [], "b": []}
+
+    def relay(owner: str) -> None:
+        while True:
+            with services.db.transaction() as conn:
+                rows = store.claim_due(conn, 7, 120, f"race-{owner}", store.HostAffinity(elsewhere=others))
+            if not rows:
+                return
+            claimed[owner] += [r["address"] for r in rows]
+
+    threads = [threading.Thread(target=relay, args=(owner,)) for owner in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = claimed["a"] + claimed["b"]
+    assert sorted(every) == sorted(f"r{i}@race.test" for i in range(n))
+    assert db.execute("SELECT count(*) AS n FROM recipients WHERE address LIKE '%%@race.test'"
+                      " AND lease_owner LIKE 'race-%%' AND leased_until > now()").fetchone()["n"] == n
