@@ -56,3 +56,63 @@ def test_the_relays_claim_is_a_hot_update(services, account, domain, db):
             b"Your parcel is on its way") == 66
         assert m["tags"] == [] and m["headers"]["subject"] == "Hi" and m["recipient_count"] == 1
         assert float(m["created_ts"]) > 0
+
+
+def test_the_claim_updates_its_rows_by_ctid(services, account, domain, db):
+    """The claim's update finds the rows its scan locked by their ctid (a TID scan), not again through the
+    primary key: one index lookup a row fewer (0.4 us of the claim's ~5.5 per row, bench in docs)."""
+    n = 20
+    for i in range(n):
+        send(services, account["id"], domain, f"r{i}@ctid.test")
+    others = [r["id"] for r in db.execute("SELECT id FROM domains WHERE id <> %s", (domain["id"],))]
+    with services.db.transaction() as conn:
+        rows = store.claim_due(conn, 1000, 120, "ctid-test", store.HostAffinity(elsewhere=tuple(others)))
+        scans = conn.execute("SELECT pg_stat_get_xact_numscans('recipients_pkey'::regclass) AS n").fetchone()["n"]
+        leased = conn.execute("SELECT count(*) AS n FROM recipients WHERE lease_owner = 'ctid-test'"
+                              " AND leased_until > now()").fetchone()["n"]
+    assert sorted(r["address"] for r in rows) == sorted(f"r{i}@ctid.test" for i in range(n))
+    assert leased == n
+    assert scans == 0
+
+
+def test_pending_stats_are_appended_without_an_index(services, account, domain, db):
+    """The pending counts (a few rows per group commit, deleted whole by every fold) carry no index to
+    write for each row (0420); the accept still counts."""
+    assert db.execute("SELECT count(*) AS n FROM pg_indexes WHERE tablename = 'event_stats_pending'"
+                      ).fetchone()["n"] == 0
+    send(services, account["id"], domain, "a@pending.test", o_tag="pending-test")
+    counted = db.execute(
+        "SELECT (SELECT coalesce(sum(count), 0) FROM event_stats_pending WHERE domain_id = %(d)s AND tag = %(t)s"
+        " AND event = 'accepted') + (SELECT coalesce(sum(count), 0) FROM event_stats_hourly WHERE domain_id = %(d)s"
+        " AND tag = %(t)s AND event = 'accepted') AS n", {"d": domain["id"], "t": "pending-test"}).fetchone()["n"]
+    assert counted == 1  # pending, or folded already (a fold may run right after the commit)
+
+
+def test_concurrent_claims_by_ctid_share_the_queue(services, account, domain, db):
+    """Two relays claiming at once (SKIP LOCKED, rows updated by ctid): every recipient is leased once,
+    none twice, none left behind."""
+    import threading
+
+    n = 200
+    for i in range(n):
+        send(services, account["id"], domain, f"r{i}@race.test")
+    others = tuple(r["id"] for r in db.execute("SELECT id FROM domains WHERE id <> %s", (domain["id"],)))
+    claimed: dict[str, list[str]] = {"a": [], "b": []}
+
+    def relay(owner: str) -> None:
+        while True:
+            with services.db.transaction() as conn:
+                rows = store.claim_due(conn, 7, 120, f"race-{owner}", store.HostAffinity(elsewhere=others))
+            if not rows:
+                return
+            claimed[owner] += [r["address"] for r in rows]
+
+    threads = [threading.Thread(target=relay, args=(owner,)) for owner in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = claimed["a"] + claimed["b"]
+    assert sorted(every) == sorted(f"r{i}@race.test" for i in range(n))
+    assert db.execute("SELECT count(*) AS n FROM recipients WHERE address LIKE '%%@race.test'"
+                      " AND lease_owner LIKE 'race-%%' AND leased_until > now()").fetchone()["n"] == n
