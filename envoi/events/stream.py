@@ -38,6 +38,7 @@ end
 return n
 """
 
+
 class LiveStream:
     #: Seconds between keep-alive comments when no event flows (proxies close idle connections).
     heartbeat = 15.0
