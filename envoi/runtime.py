@@ -166,7 +166,10 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         if direct_db is not None:
             direct_db.close()
         raise
-    doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key)
+    stream = LiveStream(redis, settings.region, max_clients=settings.stream_max_clients,
+                        max_seconds=settings.stream_max_seconds)
+    # An intake commit's ring goes with the publish of its accepted events (one thread woken, one round trip).
+    doorbell = redis_infra.Doorbell(redis, settings.redis_wakeup_key, carrier=stream.carry_ring)
     sealer = sealer_for(settings)
     audit = Audit(db)  # the account audit log: key, user and session actions
     # Billing on: plans' max_domains, max_users and dedicated_ips, enforced where each is added.
@@ -179,8 +182,6 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     suppressions = Suppressions(db, settings.public_url, AddressVault(sealer, settings.lookup_key))
     webhooks = Webhooks(settings, db, sealer, redis, metrics)
     stats = Stats(db)
-    stream = LiveStream(redis, settings.region, max_clients=settings.stream_max_clients,
-                        max_seconds=settings.stream_max_seconds)
     events = Events(
         db, settings.public_url,
         retention=Retention(settings.event_retention, plan_retention(settings, plans)), maintenance_db=direct_db,

@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from envoi.events.errors import EventQueryError, StreamUnavailable, TooManyStreams
 from envoi.infra.redis import RedisError
@@ -23,12 +23,19 @@ from envoi.infra.threads import kept_alive
 
 log = logging.getLogger(__name__)
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-# KEYS: each event's stream; ARGV: maxlen, "~" (approximate) or "=", then (domain id, event JSON) per event.
+# KEYS: each event's stream, then the lists to ring; ARGV: maxlen, "~" (approximate) or "=", the number of
+# lists to ring, then (domain id, event JSON) per event. A ring is envoi.infra.redis.Doorbell's (LPUSH, LTRIM
+# to one pending), made in the same round trip (carry_ring).
 _XADD_ALL = """
-for i, key in ipairs(KEYS) do
-  redis.call('XADD', key, 'MAXLEN', ARGV[2], ARGV[1], '*', 'd', ARGV[2 * i + 1], 'e', ARGV[2 * i + 2])
+local n = #KEYS - tonumber(ARGV[3])
+for i = 1, n do
+  redis.call('XADD', KEYS[i], 'MAXLEN', ARGV[2], ARGV[1], '*', 'd', ARGV[2 * i + 2], 'e', ARGV[2 * i + 3])
 end
-return #KEYS
+for i = n + 1, #KEYS do
+  redis.call('LPUSH', KEYS[i], 1)
+  redis.call('LTRIM', KEYS[i], 0, 0)
+end
+return n
 """
 
 
@@ -55,6 +62,7 @@ class LiveStream:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._outbox: list = []
+        self._rings: set[str] = set()  # doorbells to ring with the next publish (carry_ring)
         self._dropped = 0
         self._publisher: threading.Thread | None = None
 
@@ -78,29 +86,44 @@ class LiveStream:
             self._publisher = kept_alive(self._publisher, self._publish_loop, "live-stream")
             self._wakeup.notify()
 
+    def carry_ring(self, key: str) -> bool:
+        """Ring the doorbell list `key` (envoi.infra.redis.Doorbell) in the round trip that publishes the events
+        waiting for the publisher thread; False (nothing done) when none wait.
+
+        PERF: an intake commit publishes its accepted events and rings the relay's doorbell right after. Each
+        woke a thread of its own and made a round trip of its own; carried, the ring costs neither."""
+        with self._lock:
+            if not self._outbox:
+                return False
+            self._rings.add(key)
+            return True
+
     def _publish_loop(self) -> None:
         while True:
             with self._lock:
                 while not self._outbox:
                     self._wakeup.wait()
                 batch, self._outbox = self._outbox[:500], self._outbox[500:]
+                rings, self._rings = self._rings, set()
                 dropped, self._dropped = self._dropped, 0
             if dropped:
                 log.warning("live stream: dropped %d events (publisher behind; they are in Postgres)", dropped)
-            self.publish_now(batch)
+            self.publish_now(batch, rings)
 
-    def publish_now(self, events: list) -> bool:
-        """XADD events to their accounts' streams in one round trip; False if Redis failed.
+    def publish_now(self, events: list, rings: Collection[str] = ()) -> bool:
+        """XADD events to their accounts' streams in one round trip, and ring the doorbell lists `rings`;
+        False if Redis failed (a lost ring only delays the relay until its next poll).
 
         PERF: one script call for the whole batch (its XADDs run in Redis) rather than a pipeline of
         one XADD each: redis-py's per-command Python (arguments, packing, a reply parsed per command)
         was ~5 % of the API's CPU per accepted message."""
-        if not events:
+        if not events and not rings:
             return True
-        keys, args = [], [self.maxlen, "=" if self.trim_exact else "~"]
+        keys, args = [], [self.maxlen, "=" if self.trim_exact else "~", len(rings)]
         for ev in events:
             keys.append(self.key(ev.account_id))
             args += (ev.domain_id, ev.json)
+        keys += rings
         try:
             # EVAL with the script's text: Redis keeps it compiled by its hash, and there is no NOSCRIPT case.
             self.redis.execute_command("EVAL", _XADD_ALL, len(keys), *keys, *args)

@@ -125,16 +125,23 @@ class Doorbell:
     """Tells the relay that new work is due. Losing a ring only delays work until the next poll.
 
     ring() never waits on Redis: a ringer thread does, and rings asked for while one is on its way
-    become one (under load, each intake commit used to pay a Redis round trip: ~4% of its CPU)."""
+    become one (under load, each intake commit used to pay a Redis round trip: ~4% of its CPU).
 
-    def __init__(self, conn: redis.Redis, key: str):
+    `carrier(key)`, when given, is asked first to make the ring in a round trip it makes anyway (the live
+    stream's publish of the same commit's events: envoi.events.stream.LiveStream.carry_ring); it returns
+    False when it has none coming, and the ringer thread rings."""
+
+    def __init__(self, conn: redis.Redis, key: str, carrier: Callable[[str], bool] | None = None):
         self.conn = conn
         self.key = key
+        self.carrier = carrier
         self._cond = threading.Condition()
         self._wanted = False
         self._ringer: threading.Thread | None = None
 
     def ring(self) -> None:
+        if self.carrier is not None and self.carrier(self.key):
+            return
         with self._cond:
             self._wanted = True
             self._ringer = kept_alive(self._ringer, self._ring_loop, "doorbell")
