@@ -185,8 +185,7 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
         db, settings.public_url,
         retention=Retention(settings.event_retention, plan_retention(settings, plans)), maintenance_db=direct_db,
         # In the events' transaction: hourly rollup counts, webhook outbox rows, complaint suppressions.
-        writers=[stats.rollup, suppressions.events_writer],
-        follower=webhooks,  # the webhook outbox rows, made by the events' own INSERT where it can
+        writers=[stats.rollup, webhooks.events_writer, suppressions.events_writer],
         # After commit: fold pending counts (every 2 s), publish to the live stream, wake the dispatcher.
         listeners=[stats.fold_soon, stream.publish, webhooks.events_listener],
     )

@@ -21,7 +21,7 @@ from typing import Protocol
 from envoi.events import filters, store
 from envoi.events.errors import EventQueryError
 from envoi.infra import ids
-from envoi.infra.db import Connection, Database, can_follow
+from envoi.infra.db import Connection, Database
 
 log = logging.getLogger(__name__)
 MAX_LIMIT = 300
@@ -122,23 +122,11 @@ class EventListener(Protocol):
     def __call__(self, events: list[NewEvent], /) -> None: ...
 
 
-class InsertFollower(Protocol):
-    """A writer whose statement goes as part of the events' INSERT (`inserted_sql`, reading the rows
-    inserted as store.insert_many's `then` does), so their JSON is not sent to Postgres again."""
-
-    inserted_sql: str
-
-    def inserted_written(self, conn: Connection, events: list[NewEvent], cursors: list | None, /) -> None:
-        """After the INSERT: `cursors` are the statements that ran inserted_sql, or None if it could
-        not go with the INSERT (db.can_follow): then the follower writes its rows itself."""
-
-
 class Events:
     def __init__(self, db: Database, public_url: str, *, retention: Retention | None = None,
                  writers: Sequence[EventWriter] = (), listeners: Sequence[EventListener] = (),
-                 maintenance_db: Database | None = None, follower: InsertFollower | None = None):
+                 maintenance_db: Database | None = None):
         self.db = db
-        self.follower = follower
         # maintain() holds a session-level lock across transactions: not through a transaction pooler.
         self.maintenance_db = maintenance_db or db
         self.public_url = public_url
@@ -159,11 +147,7 @@ class Events:
         if not events:
             return
         _add_methods(conn, events)
-        follower = self.follower
-        then = follower.inserted_sql if follower is not None and can_follow(conn, len(events)) else None
-        cursors = self._insert(conn, events, then)
-        if follower is not None:
-            follower.inserted_written(conn, events, cursors)
+        self._insert(conn, events)
         for writer in self.writers:
             writer(conn, events)
 
@@ -183,7 +167,7 @@ class Events:
         return store.erase_recipient(conn, account_id, address)
 
     @staticmethod
-    def _insert(conn: Connection, events: list[NewEvent], then: str | None) -> list | None:
+    def _insert(conn: Connection, events: list[NewEvent]) -> None:
         rows = []
         times: dict[float, datetime] = {}  # PERF: a batch's events mostly share their timestamp
         for ev in events:
@@ -197,7 +181,7 @@ class Events:
                 data.get("recipient"), (data["message"]["headers"].get("message-id") or "").strip("<>") or None,
                 ts, data, ev.json,
             ))
-        return store.insert_many(conn, rows, then)
+        store.insert_many(conn, rows)
 
     # query ------------------------------------------------------------------------------------
     def search(self, domain: dict, params: dict[str, list[str]]) -> dict:

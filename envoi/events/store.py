@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from psycopg import sql
 
-from envoi.infra.db import Connection, insert_columns, insert_then, like_escape
+from envoi.infra.db import Connection, insert_columns, like_escape
 
 _EVENT_COLUMNS = (("event_id", "text"), ("account_id", "bigint"), ("domain_id", "bigint"), ("message_pk", "bigint"),
                   ("event", "text"), ("severity", "text"), ("recipient", "text"), ("message_id", "text"),
@@ -19,17 +19,11 @@ PARTITION = re.compile(r"^events_p(\d{8})$")
 MAINTENANCE_LOCK = 0x656E766F6C6F67  # "envolog": one partition maintainer at a time
 
 
-#: What a statement run on the events just inserted (insert_many's `then`) reads of them, as `ins`.
-INSERTED = "id, event_id, account_id, domain_id, event, severity, data"
-
-
-def insert_many(conn: Connection, rows: list[tuple], then: str | None = None) -> list | None:
+def insert_many(conn: Connection, rows: list[tuple]) -> None:
     """rows: (event_id, account_id, domain_id, message_pk, event, severity, recipient, message_id, ts, data,
     data as JSON text).
 
-    sender, subject and tags are copied out of data into their own columns for filtering. `then`: a
-    statement on the rows inserted (their INSERTED columns as `ins`), run as part of the INSERT
-    (db.insert_then; the caller checked db.can_follow); returns its cursors.
+    sender, subject and tags are copied out of data into their own columns for filtering.
     """
     params = []
     tag_lists: dict[tuple, str] = {}  # PERF: a batch's events share a few tag lists: each one's JSON made once
@@ -41,11 +35,7 @@ def insert_many(conn: Connection, rows: list[tuple], then: str | None = None) ->
         if tags_json is None:
             tags_json = tag_lists[tags] = json.dumps(list(tags))
         params.append(row[:9] + (row[10], headers.get("from"), headers.get("subject"), tags_json))
-    if then is not None:
-        return insert_then(conn, "events", _EVENT_COLUMNS, params, expressions=_EVENT_EXPRESSIONS,
-                           returning=INSERTED, then=then)
     insert_columns(conn, "events", _EVENT_COLUMNS, params, expressions=_EVENT_EXPRESSIONS, copy_as=_EVENT_COPY)
-    return None
 
 
 def query(

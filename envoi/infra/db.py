@@ -278,44 +278,6 @@ def insert_columns(conn: psycopg.Connection, table: str, columns: Sequence[tuple
     return cur
 
 
-def can_follow(conn: psycopg.Connection, count: int) -> bool:
-    """Whether insert_then() of `count` rows on `conn` goes as insert_columns() would (no COPY, nothing
-    held by one_statement()): callers that may not change how their rows go check it first."""
-    joined = _JOINED.get()
-    if joined is not None and joined.conn is conn:
-        return False
-    return not (count > COPY_ROWS and conn.pgconn.pipeline_status == 0)
-
-
-def insert_then(conn: psycopg.Connection, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple],
-                *, expressions: Mapping[str, str] | None = None, returning: str, then: str) -> list[psycopg.Cursor]:
-    """insert_columns() (VALUES or unnest, never COPY) with a statement `then` run on the rows it
-    inserted, in the same statement: `WITH ins AS (INSERT ... RETURNING returning) then`. The
-    rows' values travel once, rather than again as the second statement's parameters. Returns a
-    cursor per statement sent (one per STATEMENT_BYTES of rows): their rowcounts are `then`'s."""
-    expressions = expressions or {}
-    if (joined := _JOINED.get()) is not None and joined.conn is conn:
-        joined.send()  # what is held goes first: these rows may refer to them
-    names = [name for name, _ in columns]
-    key = (table, tuple(columns), tuple(sorted(expressions.items())))
-    cursors = []
-    for chunk in _chunks(rows):
-        if len(chunk) <= SMALL_INSERT:  # scalars in one VALUES, as insert_columns (dumped in C)
-            params = [value for r in chunk for value in r]
-            raw = len(params) > _PARSED_PARAMS
-            cur = psycopg.RawCursor(conn) if raw else conn.cursor()
-            cur.execute(_then_insert(*key, len(chunk), raw, returning, then), params, prepare=True)
-        else:
-            values = ", ".join(expressions.get(name, f"u.{name}") for name in names)
-            arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
-            cur = conn.cursor()
-            cur.execute(f"WITH ins AS (INSERT INTO {table} ({', '.join(names)}) SELECT {values}"
-                        f" FROM unnest({arrays}) AS u({', '.join(names)}) RETURNING {returning}) {then}",
-                        [list(column) for column in zip(*chunk, strict=True)])
-        cursors.append(cur)
-    return cursors
-
-
 class _Joined:
     """The inserts one_statement() holds back: (table, columns, expressions, rows) each."""
 
@@ -447,13 +409,6 @@ def _values_insert(table: str, columns: tuple[tuple[str, str], ...], expressions
     rows = ", ".join("(" + ", ".join((f"${first + r * width + i}" if raw else "%b") + f"::{kind}"
                                      for i, (_, kind) in enumerate(columns)) + ")" for r in range(count))
     return f"INSERT INTO {table} ({names}) SELECT {values} FROM (VALUES {rows}) AS u({names})"
-
-
-@functools.lru_cache(maxsize=256)
-def _then_insert(table: str, columns: tuple[tuple[str, str], ...], expressions: tuple[tuple[str, str], ...],
-                 count: int, raw: bool, returning: str, then: str) -> str:
-    """insert_then()'s statement of `count` rows of scalars."""
-    return f"WITH ins AS ({_values_insert(table, columns, expressions, count, raw)} RETURNING {returning}) {then}"
 
 
 # psycopg keeps the parse of a %-query of at most this many parameters (psycopg._queries'

@@ -71,7 +71,7 @@ class Webhooks:
         self.queue_name = f"envoi-{settings.region}-webhooks"
         # The outbox statement of each events batch being written (by id of the batch's list, which
         # Events hands to the writers and, once committed, to the listeners), until the listener reads it.
-        self._outboxes: dict[int, Cursor | list[Cursor]] = {}
+        self._outboxes: dict[int, Cursor] = {}
         self._lock = threading.Lock()
         self.metrics = metrics  # attempts by outcome and their duration
         self._opened: dict[tuple[int, bytes], str] = {}  # (account, sealed signing key) -> the key
@@ -283,30 +283,12 @@ class Webhooks:
                     self._outboxes.clear()
                 self._outboxes[id(events)] = outbox
 
-    # The events' INSERT makes the outbox rows itself where it can (Events.record, the follower):
-    # each event's JSON goes to Postgres once.
-    inserted_sql = store.outbox_from_inserted(EVENT_TYPES)
-
-    def inserted_written(self, conn: Connection, events: list[NewEvent], cursors: list[Cursor] | None) -> None:
-        """Inside the events' transaction, after their INSERT: `cursors` are its statements, which made
-        the outbox rows (inserted_sql); None when it could not make them (COPY, one_statement): then
-        events_writer makes them."""
-        if cursors is None:
-            self.events_writer(conn, events)
-            return
-        with self._lock:
-            if len(self._outboxes) > 10_000:
-                self._outboxes.clear()
-            self._outboxes[id(events)] = cursors
-
     def events_listener(self, events: list[NewEvent]) -> None:
         """After commit: wake the dispatcher if this batch's outbox statement made rows (it has run by
         now: its row count is known, whichever thread asks)."""
         with self._lock:
             outbox = self._outboxes.pop(id(events), None)
-        if outbox is None or self.doorbell is None:
-            return
-        if any(cur.rowcount > 0 for cur in outbox) if isinstance(outbox, list) else outbox.rowcount > 0:
+        if outbox is not None and outbox.rowcount > 0 and self.doorbell is not None:
             self.doorbell.ring()
 
     def release(self, ids: list[int]) -> None:

@@ -168,39 +168,6 @@ def enqueue_for_events(conn: Connection, events: list[tuple]) -> Cursor:
     return cur
 
 
-def outbox_from_inserted(event_types: tuple[str, ...]) -> str:
-    """enqueue_for_events' statement as the tail of the events' own INSERT (events.store.insert_many's
-    `then`): the events are read back as the INSERT returns them (`ins`: id, event_id, account_id,
-    domain_id, event, severity, data), so each event's JSON travels to Postgres once, and is parsed
-    once (the outbox row takes the events row's jsonb), where the outbox statement had it sent again as
-    text. The webhook type of an event is service.event_type_of's, in SQL; the events table's id (taken
-    from its sequence in insert order) orders the outbox rows as the events."""
-    types = ", ".join(f"'{t}'" for t in event_types)  # our constants: no quoting needed
-    return (
-        # `u` as enqueue_for_events has it, from the rows inserted (`then` follows `WITH ins AS (...)`).
-        ", u AS (SELECT * FROM (SELECT account_id, domain_id, CASE WHEN event = 'failed' THEN CASE"
-        " WHEN severity = 'permanent' THEN 'permanent_fail' ELSE 'temporary_fail' END ELSE event END AS event_type,"
-        f" event_id, data AS payload, id AS n FROM ins) t WHERE event_type IN ({types}))"
-        " INSERT INTO webhook_deliveries (account_id, domain_id, event_type, url, url_sealed, endpoint, event_id,"
-        " payload)"
-        " SELECT account_id, domain_id, event_type, url, url_sealed, endpoint, event_id, payload FROM ("
-        "  SELECT u.*, w.url, w.url_sealed, w.endpoint, 0 AS level, w.id FROM u"
-        "  JOIN webhooks w ON w.domain_id = u.domain_id AND w.event_type = u.event_type"
-        "  UNION ALL"
-        "  SELECT u.*, w.url, w.url_sealed, w.endpoint, 1, w.id FROM u"
-        "  JOIN webhooks w ON w.domain_id IS NULL AND w.account_id = u.account_id AND w.event_type = u.event_type"
-        "  WHERE NOT EXISTS (SELECT 1 FROM webhooks d WHERE d.domain_id = u.domain_id"
-        "   AND d.event_type = u.event_type AND d.url = w.url)"
-        "  UNION ALL"
-        "  SELECT p.parent_id, u.domain_id, u.event_type, u.event_id, u.payload, u.n,"
-        "   w.url, w.url_sealed, w.endpoint, 2, w.id FROM u"
-        "  JOIN (SELECT a.id, a.parent_id FROM accounts a WHERE a.id IN (SELECT DISTINCT account_id FROM u)"
-        "   AND a.parent_id IS NOT NULL) p ON p.id = u.account_id"
-        "  JOIN webhooks w ON w.domain_id IS NULL AND w.account_id = p.parent_id AND w.event_type = u.event_type"
-        " ) s"
-        " ORDER BY n, level, id")
-
-
 def insert_deliveries(conn: Connection, rows: list[tuple]) -> None:
     """rows: (account_id, domain_id, event_type, url, event_id, payload dict)."""
     with conn.cursor() as cur:
