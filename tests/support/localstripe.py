@@ -55,7 +55,7 @@ class WebhookCapture:
                 for hook in self.received:
                     if hook.type == type_ and match(hook.event):
                         return hook
-            time.sleep(0.1)
+            time.sleep(0.02)  # the capture server appends as hooks arrive
         raise AssertionError(f"localstripe sent no {type_} webhook within {timeout}s")
 
 
