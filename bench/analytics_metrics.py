@@ -26,6 +26,7 @@ import time
 import uuid
 
 import psycopg
+from bench_domain import verified_domain
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -90,9 +91,7 @@ def main() -> None:
     settings = Settings(database_url=DSN, redis_url=os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
                         secret_key=secrets.token_bytes(32), lookup_key=secrets.token_bytes(32))
     services = runtime.build(settings, pool_size=2)
-    account = services.accounts.create_account("bench")
-    domain = services.accounts.add_domain(account["id"], f"{uuid.uuid4().hex[:8]}.bench.test", dkim_key_size=1024,
-                                          verified=True)
+    account, domain = verified_domain(services.accounts, f"{uuid.uuid4().hex[:8]}.bench.test")
     services.events.maintain()
     seconds = load(services, domain, args.events)
     print(f"loaded {args.events:,} events in {seconds:.1f} s (record() with the rollup writer)")

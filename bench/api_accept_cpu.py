@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ab_children  # noqa: E402
+from bench_domain import verified_domain  # noqa: E402
 
 ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
@@ -97,9 +98,8 @@ def app_under_test(kind: str):
                             lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
         svc = runtime.build(settings)
         app = create_app(settings, svc)
-        account = svc.accounts.create_account(f"bench-{uuid.uuid4().hex[:6]}")
         domain = f"{uuid.uuid4().hex[:8]}.example.test"
-        svc.accounts.add_domain(account["id"], domain, dkim_key_size=1024, verified=True)
+        account, _ = verified_domain(svc.accounts, domain, f"bench-{uuid.uuid4().hex[:6]}")
         _, api_key = svc.accounts.create_key(account["id"], "admin")
         auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
         run = uuid.uuid4().hex[:8]

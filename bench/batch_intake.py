@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ab_children  # noqa: E402
+from bench_domain import verified_domain  # noqa: E402
 
 ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
@@ -56,10 +57,8 @@ def child(batches: int, size: int, body_storage: str | None) -> dict:
         settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
                             lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
         svc = runtime.build(settings)
-        account = svc.accounts.create_account(f"bench-{uuid.uuid4().hex[:6]}")
         domain_name = f"{uuid.uuid4().hex[:8]}.example.test"
-        svc.accounts.add_domain(account["id"], domain_name, dkim_key_size=1024, verified=True)
-        domain = svc.accounts.sending_domain(domain_name, account["id"])
+        account, domain = verified_domain(svc.accounts, domain_name, f"bench-{uuid.uuid4().hex[:6]}")
         line = "Hello %recipient.name%, thank you for your order. Your parcel is on its way.\r\n"
         text = line * (5000 // len(line) + 1)
 

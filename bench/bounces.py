@@ -27,9 +27,11 @@ from pathlib import Path
 
 import psycopg
 import redis
+from bench_domain import verified_domain
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
 FIXTURES = ROOT / "tests" / "fixtures" / "bounces"
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -77,8 +79,7 @@ def _server(dsn_url: str, redis_url: str, secret: bytes, count: int, conn, stop)
 
     settings = Settings(database_url=dsn_url, redis_url=redis_url, secret_key=secret, lookup_key=secret)
     services = runtime.build(settings, pool_size=10)
-    account = services.accounts.create_account("bench")
-    domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024, verified=True)
+    account, domain = verified_domain(services.accounts, "bench.example.test")
     key = verp.key_from_secret(secret)
     targets = []
     for n in range(count):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import redis
+from bench_domain import verified_domain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,8 +49,7 @@ def main() -> None:
                         webhook_allow=("127.0.0.1/32",), webhook_per_endpoint=50, webhook_per_account=50)
     svc = runtime.build(settings, pool_size=4)
     try:
-        acct = svc.accounts.create_account("bench")
-        dom = svc.accounts.add_domain(acct["id"], "bench.example.test", dkim_key_size=1024, verified=True)
+        acct, dom = verified_domain(svc.accounts, "bench.example.test")
         principal = Principal(None, acct["id"], "admin")
 
         # 1. Webhook delivery: outbox -> the asyncio dispatcher, in this process -> local receiver.

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import psycopg
 import redis
+from bench_domain import verified_domain
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
 DOMAIN = "inbound.bench.test"
@@ -52,8 +54,7 @@ def _server(dsn_url: str, redis_url: str, secret: bytes, forward_url: str, conn,
     settings = Settings(database_url=dsn_url, redis_url=redis_url, secret_key=secret,
                         webhook_allow=("127.0.0.0/8",))
     services = runtime.build(settings, pool_size=10)
-    account = services.accounts.create_account("bench")
-    services.accounts.add_domain(account["id"], DOMAIN, dkim_key_size=1024, verified=True)
+    account, _ = verified_domain(services.accounts, DOMAIN)
     services.routes.create(account["id"], priority="0", description="bench", expression="catch_all()",
                            actions=[f'forward("{forward_url}")'])
     server = runtime.build_inbound(services, host="127.0.0.1", port=0).start()

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ab_children  # noqa: E402
 from api_accept_cpu import ADMIN, REDIS, TEXT, _cpu  # noqa: E402
+from bench_domain import verified_domain  # noqa: E402
 
 
 def child(n: int, sizes: list[int]) -> dict:
@@ -46,10 +47,8 @@ def child(n: int, sizes: list[int]) -> dict:
         settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
                             lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
         svc = runtime.build(settings)
-        account = svc.accounts.create_account(f"bench-{uuid.uuid4().hex[:6]}")
         domain = f"{uuid.uuid4().hex[:8]}.example.test"
-        svc.accounts.add_domain(account["id"], domain, dkim_key_size=1024, verified=True)
-        row = svc.accounts.sending_domain(domain, account["id"])
+        _, row = verified_domain(svc.accounts, domain, f"bench-{uuid.uuid4().hex[:6]}")
         run = uuid.uuid4().hex[:8]
 
         def prepared(first: int, count: int) -> list:

@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bench_domain import verified_domain
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from envoi import runtime  # noqa: E402
@@ -56,8 +58,7 @@ def main() -> None:
 
 
 def run(services, members: int, rounds: int) -> None:
-    account = services.accounts.create_account("bench")
-    domain = services.accounts.add_domain(account["id"], "lists.bench.test", dkim_key_size=1024, verified=True)
+    account, domain = verified_domain(services.accounts, "lists.bench.test")
     address = f"news@{domain['name']}"
     services.lists.create(account["id"], {"address": address})
     for start in range(0, members, 1000):

@@ -27,7 +27,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from bench_domain import verified_domain  # noqa: E402
 from relay_vs_postfix_lib import REDIS_BASE, _free_redis_db  # noqa: E402
 
 from envoi import runtime  # noqa: E402
@@ -74,8 +74,7 @@ def main() -> None:
                             webhook_allow=("127.0.0.1/32",))
         services = runtime.build(settings, pool_size=1)
         accounts, webhooks, events = services.accounts, services.webhooks, services.events
-        account = accounts.create_account("bench")
-        domain = accounts.add_domain(account["id"], "bench.example", dkim_key_size=1024, verified=True)
+        account, domain = verified_domain(accounts, "bench.example")
         webhooks.create(domain, "delivered", ["http://127.0.0.1:9/hook"])
         webhooks.signing_key(account["id"])
         db = services.db

@@ -22,6 +22,8 @@ import threading
 import time
 import urllib.request
 
+from bench_domain import verified_domain
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from envoi import runtime  # noqa: E402
@@ -71,8 +73,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     settings = Settings(database_url=DSN, redis_url=redis_url, secret_key=key, lookup_key=key, public_url=url)
     services = runtime.build(settings, pool_size=2)
-    account = services.accounts.create_account("stream-bench")
-    domain = services.accounts.add_domain(account["id"], f"s{time.time_ns()}.bench", dkim_key_size=1024, verified=True)
+    account, domain = verified_domain(services.accounts, f"s{time.time_ns()}.bench", "stream-bench")
     _, api_key = services.accounts.create_key(account["id"], "admin")
 
     env = dict(os.environ, ENVOI_DATABASE_URL_EU=DSN, REDIS_URL=redis_url, ENVOI_PUBLIC_URL=url,

@@ -26,6 +26,7 @@ import uuid
 import aiosmtplib
 import psycopg
 import redis
+from bench_domain import verified_domain
 
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -52,8 +53,7 @@ def _setup(dsn: str, redis_url: str, secret: bytes) -> str:
     from envoi.infra.settings import Settings
 
     services = runtime.build(Settings(database_url=dsn, redis_url=redis_url, secret_key=secret, lookup_key=secret), pool_size=1)
-    account = services.accounts.create_account("bench")
-    domain = services.accounts.add_domain(account["id"], "bench.example.test", dkim_key_size=1024, verified=True)
+    account, domain = verified_domain(services.accounts, "bench.example.test")
     services.accounts.create_credential(account["id"], domain["name"], "bench", PASSWORD)
     services.close()
     return domain["name"]

@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_domain import verified_domain  # noqa: E402
 
 from envoi.mta import tracking as current  # noqa: E402
 from envoi.mta.compose import compose  # noqa: E402
@@ -145,8 +146,7 @@ def http(args, key: bytes) -> None:
     settings = Settings(database_url=dsn, redis_url=redis_url, secret_key=key, lookup_key=secrets.token_bytes(32))
     svc = runtime.build(settings, pool_size=4)
     try:
-        acct = svc.accounts.create_account("bench")
-        dom = svc.accounts.add_domain(acct["id"], "bench.example.test", dkim_key_size=1024, verified=True)
+        acct, dom = verified_domain(svc.accounts, "bench.example.test")
         _, secret = svc.accounts.create_key(acct["id"], "admin")
         for kind in ("open", "click", "unsubscribe"):
             svc.tracking.update_settings(dom, kind, {"active": "yes"})

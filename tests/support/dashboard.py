@@ -17,7 +17,7 @@ import pytest
 
 from envoi.accounts import sessions
 from envoi.api.app import create_app
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 PASSWORD = "correct horse battery"
 HOST = "falconframework.org"  # falcon's TestClient's Host
@@ -97,7 +97,7 @@ def live_url(api_settings, api_services):
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
-        server.shutdown()
+        shutdown(server)
         server.server_close()
 
 

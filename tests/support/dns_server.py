@@ -37,7 +37,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.rrset
 
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 
 def _name(name: str) -> dns.name.Name:
@@ -109,8 +109,8 @@ class DnsServer:
         return self
 
     def stop(self) -> None:
+        shutdown(*self._servers)  # both at once
         for server in self._servers:
-            server.shutdown()
             server.server_close()
         for thread in self._threads:
             thread.join()

@@ -9,7 +9,7 @@ import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from envoi.events.service import NewEvent, item
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 
 def record(services, domain, event="accepted", *, recipient=None, subject="Hello", sender=None, tags=(),
@@ -48,7 +48,7 @@ class AppServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
+        shutdown(self.server)
         self.server.server_close()
 
 

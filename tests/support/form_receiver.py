@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 
 def parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tuple[str, str, bytes]]]:
@@ -81,5 +81,5 @@ class FormReceiver:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
+        shutdown(self.server)
         self.server.server_close()

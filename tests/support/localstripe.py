@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import Proc, free_port
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 WEBHOOK_SECRET = "whsec_envoi_tests"
 SECRET_KEY = "sk_test_envoi"
@@ -55,7 +55,7 @@ class WebhookCapture:
                 for hook in self.received:
                     if hook.type == type_ and match(hook.event):
                         return hook
-            time.sleep(0.1)
+            time.sleep(0.02)  # the capture server appends as hooks arrive
         raise AssertionError(f"localstripe sent no {type_} webhook within {timeout}s")
 
 
@@ -124,7 +124,7 @@ def localstripe():
         yield LocalStripe(api_base, capture)
     finally:
         proc.stop()
-        server.shutdown()
+        shutdown(server)
 
 
 #: The packaged plans, but Basic includes 3 messages a month so that a test reaches its overage.

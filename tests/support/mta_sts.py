@@ -13,7 +13,7 @@ from __future__ import annotations
 import ssl
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -58,6 +58,6 @@ class PolicyServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
+        shutdown(self._server)
         self._server.server_close()
         self._thread.join()

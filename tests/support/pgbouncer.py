@@ -76,7 +76,7 @@ stats_users = {user}
             except psycopg.OperationalError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"pgbouncer did not start:\n{self.log()}") from None
-                time.sleep(0.2)
+                time.sleep(0.05)
 
     def stats(self) -> dict:
         """SHOW STATS of the test database (pgbouncer's admin console: simple query protocol only)."""

@@ -63,7 +63,7 @@ class Prometheus:
                         return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise RuntimeError(f"prometheus not ready:\n{self.log.read_text()[-3000:]}")
 
     def query(self, expr: str) -> list:

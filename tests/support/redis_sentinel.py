@@ -137,5 +137,5 @@ class SentinelCluster:
                     return value
             except redis.RedisError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise RuntimeError(f"Redis/Sentinel not ready after {timeout}s:\n{self.output()}")

@@ -19,7 +19,7 @@ from envoi import runtime
 from envoi.api.app import create_app
 from envoi.infra.settings import Settings
 from tests.support.databases import migrated_database
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 PG_ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("ENVOI_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -67,7 +67,7 @@ class LiveApi:
         serve_in_background(self.server)
 
     def close(self) -> None:
-        self.server.shutdown()
+        shutdown(self.server)
         self.server.server_close()
 
 

@@ -9,7 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 
 def mailgun_verify(signing_key: str, timestamp: str, token: str, signature: str) -> bool:
@@ -79,5 +79,5 @@ class Receiver:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
+        shutdown(self.server)
         self.server.server_close()

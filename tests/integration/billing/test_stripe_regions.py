@@ -19,7 +19,7 @@ from envoi.infra.settings import Settings
 from tests.support.databases import drop_database, migrated_database
 from tests.support.localstripe import LocalStripe, card_payment_method, make_billing
 from tests.support.region_routing import free_redis_url
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 HOP_HEADERS = {"connection", "transfer-encoding", "content-length", "keep-alive"}
 
@@ -73,7 +73,7 @@ class IdempotentStripe:
         serve_in_background(self.server)
 
     def close(self) -> None:
-        self.server.shutdown()
+        shutdown(self.server)
         self.server.server_close()
 
 

@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 from envoi.dev import sink_pages
 from envoi.dev.sink import Sink
 from tests.support.browser import axe_violations
-from tests.support.servers import serve_in_background
+from tests.support.servers import serve_in_background, shutdown
 
 # A 1x1 transparent PNG: what the remote image server answers.
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -56,7 +56,7 @@ def image_server():
     server.hits = hits
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server
-    server.shutdown()
+    shutdown(server)
     server.server_close()
 
 

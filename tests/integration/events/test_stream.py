@@ -48,7 +48,7 @@ def items(results):
 
 
 def test_stream_delivers_new_events_and_resumes_with_last_event_id(server, services, domain, api_key):
-    url = f"{server.url}/v3/{domain['name']}/events/live?timeout=3"
+    url = f"{server.url}/v3/{domain['name']}/events/live?timeout=1.5"
     results, thread = start_reader(url, api_key)
     first = record(services, domain, "delivered", recipient="live@dest.test")
     wait_until(lambda: items(results), 5)
@@ -65,7 +65,7 @@ def test_stream_delivers_new_events_and_resumes_with_last_event_id(server, servi
 
 
 def test_stream_filters_and_tenant_isolation(server, services, account, domain, api_key):
-    url = f"{server.url}/v3/{domain['name']}/events/live?timeout=3&event=failed%20OR%20delivered"
+    url = f"{server.url}/v3/{domain['name']}/events/live?timeout=1.5&event=failed%20OR%20delivered"
     results, thread = start_reader(url, api_key)
     record(services, domain, "accepted")
     wanted = record(services, domain, "failed", severity="permanent")
@@ -89,7 +89,7 @@ def test_stream_filters_and_tenant_isolation(server, services, account, domain, 
 
 def test_account_wide_stream_names_the_domain(server, services, account, domain, api_key):
     second = services.accounts.add_domain(account["id"], f"y{time.time_ns()}.example.test", dkim_key_size=1024, verified=True)
-    results, thread = start_reader(f"{server.url}/v3/events/live?timeout=3", api_key)
+    results, thread = start_reader(f"{server.url}/v3/events/live?timeout=1.5", api_key)
     a = record(services, domain, "delivered")
     b = record(services, second, "delivered")
     other = services.accounts.create_account("other-wide")

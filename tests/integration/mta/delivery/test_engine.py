@@ -279,7 +279,8 @@ def test_no_egress_available_defers_without_an_attempt(services, settings, accou
 
 def test_dns_timeout_defers_never_bounces(services, settings, account, domain, db, dns):
     dns.drop("silent.test")  # the resolver never answers: a timeout
-    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns)):
+    # A 0.5 s resolver timeout (2 s for the other relay tests): the test waits it out once.
+    with Sink() as sink, RelayThread(services, relay_settings(settings, sink, dns), dns_timeout=0.5):
         message_id = send(services, account["id"], domain, "x@silent.test")
         events = wait_until(lambda: (e := events_of(db, message_id)) and len(e) >= 2 and e, 20)
     assert events[1]["event"] == "failed" and events[1]["severity"] == "temporary"
