@@ -102,11 +102,17 @@ def main() -> None:
 
         # 4. Suppression check: a 500-recipient relay batch against 30,000 list entries.
         with svc.db.transaction() as c:
-            store_rows = [(dom["id"], f"b{i}@bench.test", "550", "", None) for i in range(20_000)]
             from envoi.suppression import store as sstore
 
-            sstore.upsert_bounces(c, store_rows)
-            sstore.upsert_unsubscribes(c, [(dom["id"], f"u{i}@bench.test", ["*"], None) for i in range(10_000)])
+            vault = svc.suppressions.vault  # entries are stored as a keyed hash and a sealed address
+
+            def entry(table: str, address: str) -> tuple:
+                return dom["id"], vault.lookup(address), vault.seal(table, dom["id"], address)
+
+            sstore.upsert_bounces(c, [(*entry("suppress_bounces", f"b{i}@bench.test"), "550", "", None)
+                                      for i in range(20_000)])
+            sstore.upsert_unsubscribes(c, [(*entry("suppress_unsubscribes", f"u{i}@bench.test"), ["*"], None)
+                                           for i in range(10_000)])
         checks = [(acct["id"], dom["id"], f"{'bu'[i % 2]}{i * 7}@bench.test", []) for i in range(500)]
         timings = []
         for _ in range(5):
