@@ -278,7 +278,7 @@ class Submission:
         """The commit stage of this process's SMTP sessions (started on first use)."""
         settings = self.intake.settings
         return CommitStage(self._checked_draft, self.intake.commit, max_batch=settings.intake_batch,
-                           delay=settings.intake_commit_delay)
+                           delay=settings.smtp_commit_delay)
 
     def _checked_draft(self, principal: Principal, draft: compose.Draft) -> Accepted:
         # On the commit stage's thread, where I/O belongs: the account's current state (one Redis GET

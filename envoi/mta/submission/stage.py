@@ -42,7 +42,7 @@ class CommitStage:
         self.prepare = prepare  # (*args) -> Accepted, in the stage thread; may raise for that message alone
         self.commit = commit  # Intake.commit
         self.max_batch = max_batch
-        self.delay = delay  # under load, seconds to let more sessions join a batch (ENVOI_INTAKE_COMMIT_DELAY)
+        self.delay = delay  # under load, seconds to let more sessions join a batch (ENVOI_SMTP_COMMIT_DELAY)
         self._last_batch = 0
         self._cond = threading.Condition()
         self._waiting: list[_Submitted] = []
