@@ -48,7 +48,6 @@ def test_ringing_never_waits_on_a_stuck_redis():
         stuck.close()
 
 
-
 def test_a_ring_rides_with_the_live_stream_publish_of_the_same_commit(redis_url):
     """An intake commit publishes its events and then rings: the ring goes in the publish's own round trip
     (the doorbell's thread is never started), reaches the relay, and the events reach their stream."""

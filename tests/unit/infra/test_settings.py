@@ -48,6 +48,9 @@ def test_region_selects_its_own_stores():
 def test_durations_and_bad_values():
     settings = Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_MESSAGE_LIFETIME": "2d", "ENVOI_RETRY_SCHEDULE": "30s,5m,1h"})
     assert settings.message_lifetime == 2 * 86400 and settings.retry_schedule == (30, 300, 3600)
+    # The API's group commit and the SMTP server's commit stage wait under load each by its own setting.
+    waits = Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_SMTP_COMMIT_DELAY": "0.001"})
+    assert (waits.smtp_commit_delay, waits.intake_commit_delay) == (0.001, 0.005)
     with pytest.raises(SettingsError):
         Settings.from_env({"ENVOI_SECRET_KEY": KEY, "ENVOI_LOOKUP_KEY": KEY, "ENVOI_REGION": "mars"})
     with pytest.raises(SettingsError):
@@ -57,7 +60,8 @@ def test_durations_and_bad_values():
 
 
 @pytest.mark.parametrize("name, value", [("ENVOI_WEBHOOK_TRACE", "abc"), ("ENVOI_RELAY_LEASE", "5x"),
-                                         ("ENVOI_RETRY_SCHEDULE", "30s,soon")])
+                                         ("ENVOI_RETRY_SCHEDULE", "30s,soon"),
+                                         ("ENVOI_SMTP_COMMIT_DELAY", "2 ms")])
 def test_a_value_that_does_not_convert_names_its_variable(name, value):
     """A bad number or duration is a SettingsError naming the variable (one line at start), not a traceback."""
     with pytest.raises(SettingsError, match=f"^{name}: "):

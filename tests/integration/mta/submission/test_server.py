@@ -512,6 +512,8 @@ def test_default_limits_follow_settings(services, settings):
     assert submission.config.max_message_bytes == 25 * 1024 * 1024
     assert submission.config.max_recipients == 1000
     assert not submission.config.allow_foreign_from
+    # The commit stage waits ENVOI_SMTP_COMMIT_DELAY under load, not the API's ENVOI_INTAKE_COMMIT_DELAY.
+    assert submission.stage.delay == settings.smtp_commit_delay == 0.002 != settings.intake_commit_delay
     submission.close()
 
 

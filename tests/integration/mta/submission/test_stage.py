@@ -111,7 +111,6 @@ async def _submit_after_close(stage, domain):
     return stage.submit(draft(domain, "late"))
 
 
-
 def test_under_load_the_stage_waits_for_company_and_a_lone_session_does_not(services, domain, db, queued_away):
     intake = services.intake
     sizes: list[int] = []
