@@ -1,6 +1,6 @@
 """Syscalls, context switches and wake-ups per message, process by process, during a send phase.
 
-    sudo .venv/bin/python bench/syscalls_per_message.py [--window 5] [--delay 2] [--strace] -- \
+    sudo .venv/bin/python bench/syscalls_per_message.py [--window 5] [--delay 2] [--strace] [--checkout DIR] -- \
         --skip-postfix --skip-latency --paths urlencoded --n 8000 --rounds 1
 
 Runs bench/relay_vs_postfix.py with the arguments after `--`; once its first wrk phase has run for
@@ -171,9 +171,12 @@ def main() -> None:
     ap.add_argument("--stacks", default="", help="also record call stacks of this role's futex calls and"
                     " switches (perf record -g), reported by symbol")
     ap.add_argument("--python", default=str(ROOT / ".venv/bin/python"))
+    ap.add_argument("--checkout", default=str(ROOT), help="run this checkout's benchmark and region (another"
+                    " revision's, for a before/after)")
     args, rest = ap.parse_known_args()
     rest = [a for a in rest if a != "--"]
-    bench = subprocess.Popen([args.python, str(ROOT / "bench/relay_vs_postfix.py"), *rest], cwd=ROOT)
+    tree = Path(args.checkout)
+    bench = subprocess.Popen([args.python, str(tree / "bench/relay_vs_postfix.py"), *rest], cwd=tree)
     try:
         found = None
         while found is None:
