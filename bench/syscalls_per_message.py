@@ -243,6 +243,14 @@ def main() -> None:
             return
         sys_n, switch_n, wake_n = perf_tally(tmp / "perf.data", tid_role)
         thread_n, thread_sw, thread_wake = perf_tally(tmp / "perf.data", tid_thread)
+        # perf records for its `sleep` only, not for the seconds it takes to start and stop on a busy machine:
+        # its counts are divided by the requests wrk wrote meanwhile (one write each), and the relay's and
+        # the sink's by the messages delivered in the same proportion.
+        requests = sys_n["wrk"]["write"] or 1
+        per = {role: requests * (delivered / (accepted or 1) if role in ("relay", "smtp-sink") else 1) or 1
+               for role in roles}
+        print(f"\nperf window: {requests} requests written by wrk ({requests / (accepted or 1):.0%} of the window's)")
+        accepted = requests
         print("\nsyscalls per message (perf, raw_syscalls:sys_enter)")
         for role in roles:
             if sys_n[role]:
