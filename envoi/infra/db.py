@@ -14,7 +14,6 @@ import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import psycopg
-from psycopg.generators import send
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -156,15 +155,15 @@ class Database:
         with _ours(self.on_unavailable), self.pool.connection() as conn, self.bounded(conn):
             conn.autocommit = True  # idle here (a pool connection): no I/O
             try:
-                with conn.pipeline():
+                with conn.pipeline() as pipeline:
+                    _send_once(pipeline)
                     conn.execute(b"BEGIN", prepare=False)
                     yield conn
                     conn.execute(b"COMMIT", prepare=False)
-                    # psycopg sends what it can without blocking, then only waits to read: a statement
-                    # bigger than the socket buffers (~10 MB on loopback) would stay half sent and both
-                    # sides wait for ever (Postgres in ClientRead; psycopg issue #685). Send it all
-                    # first (a no-op when it went out already): no round trip.
-                    conn.wait(send(conn.pgconn))
+                    # Sent on leaving the pipeline: its Sync flushes libpq's buffer, and psycopg then sends
+                    # whatever did not fit the socket at once before it waits to read (a statement bigger
+                    # than the socket buffers, ~10 MB on loopback, half sent while both sides wait for ever:
+                    # psycopg issue #685; test_db_batches covers it).
             finally:
                 _leave_autocommit(conn)
 
@@ -191,6 +190,29 @@ class Database:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _send_once(pipeline: psycopg.Pipeline) -> None:
+    """Let the statements of `pipeline` (a fresh one: psycopg drops it when it ends) wait in libpq's output
+    buffer until it ends or a result is fetched: one send for the block, not a poll and a send per statement.
+
+    PERF: psycopg, after queueing each statement of a pipeline, polls the socket and flushes it: a pipelined
+    transaction of five statements made six poll/send pairs in the client (each poll releases the GIL) and
+    as many reads and wake-ups of its backend. Here a statement only goes into libpq's buffer (the commands
+    psycopg's own communication would run between its polls); the pipeline's Sync at the end flushes it
+    all, and results are read then, as before. libpq still flushes by itself past 64 KB, and a fetch inside
+    the block (RETURNING) flushes first (psycopg's send_flush_request), so nothing waits for a statement
+    that was never sent. Relies on psycopg's Pipeline.command_queue and _communicate_gen (3.1-3.3);
+    tests/integration/infra/test_db_batches.py checks the sends, results and failures."""
+    queue = pipeline.command_queue
+
+    def queue_only():  # Pipeline._communicate_gen for this pipeline: a generator that never waits
+        while queue:
+            queue.popleft()()
+        return
+        yield
+
+    pipeline._communicate_gen = queue_only
 
 
 def _leave_autocommit(conn: psycopg.Connection) -> None:

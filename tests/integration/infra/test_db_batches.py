@@ -87,6 +87,25 @@ def test_pipelined_commits_everything_and_reads_results_midway(database, db, tab
     assert [(r["n"], r["label"]) for r in rows] == [(1, "a"), (rows[0]["id"], "b")]
 
 
+def test_pipelined_sends_its_statements_together_when_the_block_ends(database, db, table):
+    # One send per transaction, not one per statement: until the block ends its backend has received nothing
+    # (not even the BEGIN), so it is idle, not busy with them; then everything is committed.
+    at = datetime.now(UTC)
+
+    def backend_state(pid: int) -> str:
+        return db.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()["state"]
+
+    with database.pipelined() as conn:
+        pid = conn.info.backend_pid
+        insert_columns(conn, table, COLUMNS, [(1, "a", at, b"x", "{}", "[]", 1)], expressions=EXPRESSIONS)
+        conn.execute(f"INSERT INTO {table} (n, label) VALUES (2, 'b')")
+        time.sleep(0.05)
+        assert backend_state(pid) == "idle"
+    assert backend_state(pid) == "idle"
+    rows = db.execute(f"SELECT n, label FROM {table} ORDER BY n").fetchall()
+    assert [(r["n"], r["label"]) for r in rows] == [(1, "a"), (2, "b")]
+
+
 def test_pipelined_rolls_back_everything_when_a_statement_fails(database, db, table):
     at = datetime.now(UTC)
     with pytest.raises(Exception) as failure, database.pipelined() as conn:
