@@ -82,8 +82,9 @@ class Preparer:
 
     def _prepare_chunk(self, messages: list[dict], signed: dict[int, str]) -> None:
         """Open, hash, sign and make ready for the wire a few messages, each step over all of them before
-        the next: the RSA signatures back to back, not between the Python steps of each message (an RSA
-        call in between left the next message's Python to run with cold caches, ~40 us more each)."""
+        the next: the RSA signatures back to back, not between the Python steps of each message. An RSA
+        call between them left each message's Python to run with cold caches and, with two signers, to
+        wait for the GIL in pieces: ~0.12 ms per message more (bench/prepare_cpu.py)."""
         timed = self.metrics is not None
         to_sign = []  # (message, body, pending signatures, seconds so far)
         for message in messages:
