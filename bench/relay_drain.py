@@ -67,6 +67,22 @@ def thread_cpu(pid: int, names: dict[int, str]) -> dict[str, float]:
     return out
 
 
+def thread_switches(pid: int, names: dict[int, str]) -> dict[str, int]:
+    """Context switches (voluntary + involuntary) of a process's live threads so far, summed by thread name:
+    each GIL hand-off or thread hop that sleeps is one."""
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = names.get(int(task.name)) or "thread " + task.name
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        n = sum(int(line.split()[1]) for line in status.splitlines() if line.endswith("ctxt_switches", 0,
+                                                                                     line.find(":")))
+        out[name] = out.get(name, 0) + n
+    return out
+
+
 def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str], profile: str | None = None,
           native: bool = False, threads: bool = False) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="envoi-drain-"))
@@ -83,14 +99,16 @@ def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str], profile
             xacts0 = envoi.transactions()
             names = thread_names(relay)
             cpu0, pg0, threads0 = cpu_seconds([relay]), envoi.postgres_cpu(), thread_cpu(relay, names)
+            switches0 = thread_switches(relay, names)
             spy = None
             if profile:  # py-spy on the relay for the drain only: the thread holding the GIL (Python CPU)
                 pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
                 # --gil: the thread holding the GIL; threads: every thread on a CPU (the RSA signatures, which
                 # release the GIL, included), named by thread id (--threads)
-                spy = subprocess.Popen([pyspy, "record", "--pid", str(relay), "-r", "250", "-f", "raw",
-                                        "--nonblocking", "-o", profile] + (["--threads"] if threads else ["--gil"])
-                                       + (["--native"] if native else []),
+                # (native frames need the process paused while sampled: py-spy refuses --native with --nonblocking)
+                spy = subprocess.Popen([pyspy, "record", "--pid", str(relay), "-r", "250", "-f", "raw", "-o", profile]
+                                       + (["--threads"] if threads else ["--gil"])
+                                       + (["--native"] if native else ["--nonblocking"]),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
         finally:
@@ -102,13 +120,18 @@ def drain(root: Path, name: str, n: int, kind: str, env: dict[str, str], profile
             spy.wait(60)
         relay_ms = (cpu_seconds([relay]) - cpu0) * 1000 / count
         threads = {k: (v - threads0.get(k, 0.0)) * 1000 / count for k, v in thread_cpu(relay, names).items()}
+        switches = {k: (v - switches0.get(k, 0)) / count for k, v in thread_switches(relay, names).items()}
         pg_ms = (envoi.postgres_cpu() - pg0) * 1000 / count
         xacts = (envoi.transactions() - xacts0) / count
         result = {"name": name, "n": count, "rate": count / (t1 - t0), "relay_ms": relay_ms, "pg_ms": pg_ms,
                   "xacts": xacts}
         log(f"{name}: drained {count} in {t1 - t0:.1f}s ({result['rate']:.0f} msg/s): relay {relay_ms:.3f} ms/msg,"
             f" postgres {pg_ms:.3f} ms/msg, {xacts:.3f} transactions/msg; relay threads ms/msg: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.005))
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+            + f"; context switches per message: {sum(switches.values()):.2f} ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(switches.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+            + ")")
+        result["switches"] = sum(switches.values())
         return result
     finally:
         envoi.stop()

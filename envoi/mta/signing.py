@@ -20,7 +20,6 @@ import hashlib
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
@@ -178,33 +177,43 @@ class DkimSigner:
         is what must be sent (crlf: message is that already). Raises ValueError for a message without
         From or an unusable key.
         """
+        pending = self.begin(message, domain=domain, selector=selector, private_key_pem=private_key_pem,
+                             ed25519=ed25519, crlf=crlf)
+        return finish(pending, [raw_signature(p) for p in pending])
+
+    def begin(
+        self,
+        message: bytes,
+        *,
+        domain: str,
+        selector: str,
+        private_key_pem: bytes,
+        ed25519: tuple[str, bytes] | None = None,
+        crlf: bool = False,
+    ) -> list[Pending]:
+        """sign() up to the private-key operations: what each signature signs, and with which key.
+        raw_signature() makes each, finish() builds the fields; the relay's signer threads run these
+        three steps over a batch of messages one after the other (the RSA calls back to back, the
+        Python of every message together), which keeps each step's code and data in the caches."""
         canonical, body = _canonical_head(message if crlf else normalize_crlf(message))
         include = _include_headers(canonical)
         # Both signatures use relaxed body canonicalisation and SHA-256: hash the body once.
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         common = _Common(
-            domain=domain.encode("idna").lower(),
+            domain=_domain_tag(domain),
             timestamp=str(int(time.time())).encode("ascii"),
             include=include,
             body_hash=body_hash,
             headers=canonical,
         )
-
         rsa_key = self.keys.rsa(domain, selector, private_key_pem)
-        fields = [
-            _signature(
-                common,
-                b"rsa-sha256",
-                selector,
-                lambda digest: rsa_key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256())),
-            )
-        ]
+        pending = [_pending(common, b"rsa-sha256", selector, rsa_key, True)]
         if ed25519 is not None:
             ed_selector, ed_key_data = ed25519
             ed_key = self.keys.ed25519(domain, ed_selector, ed_key_data)
             # RFC 8463: Ed25519 signs the SHA-256 digest of the header data.
-            fields.append(_signature(common, b"ed25519-sha256", ed_selector, ed_key.sign))
-        return b"".join(fields)
+            pending.append(_pending(common, b"ed25519-sha256", ed_selector, ed_key, False))
+        return pending
 
     def cache_info(self) -> CacheInfo:
         return self.keys.info()
@@ -236,8 +245,39 @@ def _include_for(names: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return tuple(include)
 
 
-def _signature(common: _Common, algorithm: bytes, selector: str, sign: Callable[[bytes], bytes]) -> bytes:
-    """Build one DKIM-Signature field: hash it with an empty b=, then append the folded b= value."""
+class Pending(NamedTuple):
+    """One signature to make: the digest of its header data, the key, and its field up to b=."""
+
+    key: object  # an RSA or Ed25519 private key
+    rsa: bool
+    digest: bytes
+    unsigned: bytes  # the field's value up to and including "b="
+    column: int  # where "b=" ends on its line
+
+
+def raw_signature(pending: Pending) -> bytes:
+    """The private-key operation of one signature (OpenSSL; it releases the GIL)."""
+    if pending.rsa:
+        return pending.key.sign(pending.digest, _PKCS1, _PREHASHED)
+    return pending.key.sign(pending.digest)
+
+
+def finish(pending: list[Pending], signatures: list[bytes]) -> bytes:
+    """The DKIM-Signature field(s) from begin()'s pending signatures and their raw_signature()s."""
+    return b"".join([_field(p, raw) for p, raw in zip(pending, signatures, strict=True)])
+
+
+_PKCS1 = padding.PKCS1v15()  # stateless: one of each serves every call and thread
+_PREHASHED = Prehashed(hashes.SHA256())
+
+
+@functools.lru_cache(maxsize=256)
+def _domain_tag(domain: str) -> bytes:
+    return domain.encode("idna").lower()
+
+
+def _pending(common: _Common, algorithm: bytes, selector: str, key, rsa: bool) -> Pending:
+    """One DKIM-Signature field hashed with an empty b= (its b= value is folded on in _field)."""
     # Folding only ever adds whitespace where the grammar allows it (between tags, before a colon
     # in h=, inside b=). Since b= comes last, the unsigned field folds exactly like the signed
     # one up to "b=", which is all that the verifier hashes of it.
@@ -246,11 +286,15 @@ def _signature(common: _Common, algorithm: bytes, selector: str, sign: Callable[
     unsigned = head + tail
     hasher = hashlib.sha256()
     _hash_header_fields(hasher, common.headers, common.include, unsigned)
-    b64 = base64.b64encode(sign(hasher.digest()))
+    return Pending(key, rsa, hasher.digest(), unsigned, column)
+
+
+def _field(pending: Pending, raw: bytes) -> bytes:
+    b64 = base64.b64encode(raw)
     # Fill the rest of the line, then whole continuation lines (" " + 77 characters).
-    first = max(0, _MAX_LINE - column)
+    first = max(0, _MAX_LINE - pending.column)
     lines = [b64[:first]] + [b64[i : i + _MAX_LINE - 1] for i in range(first, len(b64), _MAX_LINE - 1)]
-    return _NAME + b":" + unsigned + b"\r\n ".join(lines) + b"\r\n"
+    return _NAME + b":" + pending.unsigned + b"\r\n ".join(lines) + b"\r\n"
 
 
 def _hash_header_fields(hasher, canonical: list[tuple[bytes, bytes]], include: tuple[bytes, ...],

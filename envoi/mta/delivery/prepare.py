@@ -16,7 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from envoi.infra.crypto import Sealer
 from envoi.mta.delivery.claim import DomainKeys
 from envoi.mta.delivery.session import wire_message
-from envoi.mta.signing import DkimSigner, normalize_crlf
+from envoi.mta.signing import DkimSigner, finish, normalize_crlf, raw_signature
+
+#: Messages a signer thread takes through each step before the next (see _prepare_chunk): enough to
+#: keep the RSA calls together, few enough that their bodies stay in the CPU's cache between the steps.
+CHUNK = 16
 
 
 class Preparer:
@@ -71,7 +75,18 @@ class Preparer:
         self.signatures.update(signed)
 
     def _prepare(self, messages: list[dict]) -> dict[int, str]:
-        signed = {}
+        signed: dict[int, str] = {}
+        for i in range(0, len(messages), CHUNK):
+            self._prepare_chunk(messages[i : i + CHUNK], signed)
+        return signed
+
+    def _prepare_chunk(self, messages: list[dict], signed: dict[int, str]) -> None:
+        """Open, hash, sign and make ready for the wire a few messages, each step over all of them before
+        the next: the RSA signatures back to back, not between the Python steps of each message. An RSA
+        call between them left each message's Python to run with cold caches and, with two signers, to
+        wait for the GIL in pieces: ~0.12 ms per message more (bench/prepare_cpu.py)."""
+        timed = self.metrics is not None
+        to_sign = []  # (message, body, pending signatures, seconds so far)
         for message in messages:
             try:
                 # Line ends made CRLF once, here: the signature covers these bytes and they are sent.
@@ -81,22 +96,37 @@ class Preparer:
                     message["data"] = wire_message(body, crlf=True)
                     continue
                 signature = message["dkim_signature"] or self.signatures.get(message["id"])
-                if signature is None:
-                    signature = signed[message["id"]] = self._sign(body, self.keys(message["domain_id"]))
-                    message["dkim_signature"] = signature
+                if signature is not None:
+                    message["data"] = wire_message(signature.encode() + body, crlf=True)
+                    continue
+                started = time.perf_counter() if timed else 0.0
+                keys = self.keys(message["domain_id"])
+                pending = self.signer.begin(body, domain=keys.signing_domain, selector=keys.selector,
+                                            private_key_pem=keys.rsa_pem, ed25519=keys.ed25519, crlf=True)
+                to_sign.append((message, body, pending, time.perf_counter() - started if timed else 0.0))
+            except Exception as ex:
+                message["data"] = ex
+        made: list[tuple[list[bytes] | Exception, float]] = []  # (signatures or what went wrong, seconds)
+        for _, _, pending, _ in to_sign:
+            started = time.perf_counter() if timed else 0.0
+            try:
+                signatures = [raw_signature(p) for p in pending]
+            except Exception as ex:
+                signatures = ex
+            made.append((signatures, time.perf_counter() - started if timed else 0.0))
+        for (message, body, pending, seconds), (signatures, rsa_seconds) in zip(to_sign, made, strict=True):
+            try:
+                if isinstance(signatures, Exception):
+                    raise signatures
+                started = time.perf_counter() if timed else 0.0
+                signature = signed[message["id"]] = finish(pending, signatures).decode()
+                message["dkim_signature"] = signature
+                if timed:
+                    self.metrics.dkim_seconds.observe(seconds + rsa_seconds + time.perf_counter() - started)
                 # As it goes on the wire (dot-stuffed), made here rather than on the event loop.
                 message["data"] = wire_message(signature.encode() + body, crlf=True)
             except Exception as ex:
                 message["data"] = ex
-        return signed
-
-    def _sign(self, body: bytes, keys: DomainKeys) -> str:
-        started = time.perf_counter()
-        signature = self.signer.sign(body, domain=keys.signing_domain, selector=keys.selector,
-                                     private_key_pem=keys.rsa_pem, ed25519=keys.ed25519, crlf=True)
-        if self.metrics:
-            self.metrics.dkim_seconds.observe(time.perf_counter() - started)
-        return signature.decode()
 
 
 def prepared(message: dict) -> bytes:

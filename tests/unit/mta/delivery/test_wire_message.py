@@ -3,6 +3,8 @@ bytes Session._data made of them before, on the event loop."""
 
 import random
 
+import pytest
+
 from envoi.mta.delivery.session import WireMessage, wire_message
 from envoi.mta.signing import normalize_crlf
 
@@ -68,3 +70,63 @@ def test_the_preparer_sends_exactly_what_it_signed():
     records = {"s1._domainkey.example.com.": f"v=DKIM1; k=rsa; p={public}".encode()}
     assert dkim.verify(sent, dnsfunc=lambda name, timeout=5: records.get(name.decode() if isinstance(name, bytes)
                                                                           else name))
+
+
+def test_the_preparer_in_steps_makes_each_message_what_signing_it_alone_makes(monkeypatch):
+    """The signer threads take a claim's messages through each step (open, hash, RSA, fields) over a
+    chunk at a time: every message gets the bytes and signature that signing it alone gives, a message
+    that cannot be prepared carries its own error, and its neighbours are not affected."""
+    import asyncio
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from envoi.infra.crypto import CannotOpen, Sealer
+    from envoi.mta.delivery import prepare
+    from envoi.mta.delivery.claim import DomainKeys
+    from envoi.mta.delivery.prepare import Preparer, prepared
+    from envoi.mta.signing import DkimSigner
+
+    monkeypatch.setattr("envoi.mta.signing.time.time", lambda: 1_765_000_000.5)  # one t= for both ways
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    keys = {7: DomainKeys({"id": 7}, pem, None, "example.com", "s1"),
+            8: DomainKeys({"id": 8}, pem, None, "mail.example.org", "s2")}
+    sealer = Sealer(os.urandom(32))
+    rng = random.Random(21)
+    bodies, messages = {}, []
+    for i in range(2 * prepare.CHUNK + 5):
+        body = (f"From: a{i}@example.com\r\nTo: b@example.org\r\nSubject: n{i} {'x' * rng.randint(0, 90)}\r\n\r\n"
+                + "".join(rng.choice([".dot\r\n", "line  \r\n", "text\n", "\ttab\r\n"]) for _ in range(20))).encode()
+        if i == 3:
+            body = body.replace(b"From: ", b"Sender: ")  # no From: the signer refuses it
+        bodies[i] = body
+        messages.append({"id": i, "domain_id": 7 + i % 2, "body": sealer.seal(body, f"k{i}".encode()),
+                         "storage_key": "wrong" if i == 5 else f"k{i}", "options": {"dkim": False} if i == 6 else None,
+                         "dkim_signature": "DKIM-Signature: kept\r\n" if i == 9 else None})
+    preparer = Preparer(sealer, keys.__getitem__, signers=2)
+    asyncio.run(preparer.prepare(messages))
+    alone = DkimSigner()
+    for i, message in enumerate(messages):
+        if i == 3:
+            with pytest.raises(ValueError, match="no From"):
+                prepared(message)
+            continue
+        if i == 5:
+            with pytest.raises(CannotOpen):
+                prepared(message)
+            continue
+        body = normalize_crlf(bodies[i])
+        if i == 6:
+            assert prepared(message) == wire_message(body)
+            continue
+        if i == 9:
+            assert prepared(message) == wire_message(b"DKIM-Signature: kept\r\n" + body)
+            continue
+        k = keys[message["domain_id"]]
+        signature = alone.sign(body, domain=k.signing_domain, selector=k.selector, private_key_pem=pem).decode()
+        assert preparer.signatures[i] == message["dkim_signature"] == signature
+        assert prepared(message) == wire_message(signature.encode() + body)
+    assert set(preparer.signatures) == set(range(len(messages))) - {3, 5, 6, 9}
