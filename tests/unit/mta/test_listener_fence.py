@@ -44,16 +44,29 @@ COPIED = {
     "auth_PLAIN": ("71fe14c537cc5039", "Connection.auth_PLAIN/_check: the AuthResult it returns"),
     "auth_LOGIN": ("f121f6cb809cc2ad", "Connection.auth_LOGIN/_check: the AuthResult it returns"),
     "_create_session": ("22b243e82ff1c7a4", "_Session (login_data without a deprecation warning)"),
-    "push": ("15f4f1de5e30c337", "Connection.push is a copy that drains only when needed; EnhancedConnection.push "
-                                 "rewrites the status before it"),
+    "push": ("15f4f1de5e30c337", "Connection.push is a copy that drains only when needed and, on an "
+                                 "EnhancedConnection, rewrites the status first"),
+    "_handle_client": ("0e4d096403af6c74", "Connection._handle_client is a copy (logging only when enabled): "
+                                           "same replies, limits, order of checks, exception handling"),
+    "smtp_MAIL": ("80dd938e7791acfb", "Connection.smtp_MAIL is a copy calling the hook directly: same checks, "
+                                      "parameters, replies"),
+    "smtp_RCPT": ("a0d6605883c0e608", "Connection.smtp_RCPT is a copy calling the hook directly: same checks, "
+                                      "parameters, replies"),
+    "check_helo_needed": ("9829bb73251c983e", "Connection._not_ready inlines it (its reply)"),
+    "check_auth_needed": ("812bbc794078b1b0", "Connection._not_ready inlines it (its reply, its log line)"),
+    "_call_handler_hook": ("6ff23a6634ea0307", "smtp_MAIL/RCPT/DATA call self._handle_hooks' hook directly"),
     "_cb_client_connected": ("a73e95bb7f362ab9", "Connection reads self._reader/_writer (set here) and "
                                                  "self._reader._buffer"),
 }
 
 # Private upstream names the listener calls or reads, and the parameters of the methods among them.
 PRIVATE_USED = {
-    "_call_handler_hook": ["self", "command", "*args"],
     "_set_post_data_state": ["self"],
+    "_strip_command_keyword": ["self", "keyword", "arg"],
+    "_getparams": ["self", "params"],
+    "_handle_hooks": None, "_smtp_methods": None, "_auth_required": None, "_decode_data": None,
+    "_tls_handshake_okay": None, "_proxy_timeout": None,
+    "_enforce_call_limit": None, "_call_limit_default": None, "_call_limit_base": None,
     "_timeout_cb": ["self"],
     "_timeout_duration": None, "_timeout_handle": None, "_original_transport": None, "_tls_protocol": None,
     "_reader": None, "_writer": None,  # set by _cb_client_connected
@@ -64,7 +77,7 @@ SET_BY_CB = {"_reader", "_writer"}
 # Private names that are the listener's own (attributes of its classes and connections).
 OWN = {"_limit", "_check_login", "_on_connect", "_on_disconnect", "_slot", "_refused", "_idle_deadline",
        "_idle_check", "_check", "_login_data", "_extra", "_factory", "_servers", "_loop", "_thread", "_stopped",
-       "_close_all", "_wind_down"}
+       "_close_all", "_wind_down", "_not_ready"}
 
 # The parameters of every upstream method the listener overrides.
 SIGNATURES = {
@@ -72,7 +85,7 @@ SIGNATURES = {
     "_getaddr": ["self", "arg"], "connection_made": ["self", "transport"], "connection_lost": ["self", "error"],
     "eof_received": ["self"], "data_received": ["self", "data"], "_authenticate": ["self", "mechanism", "auth_data"],
     "auth_PLAIN": ["self", "_", "args"], "auth_LOGIN": ["self", "_", "args"], "_create_session": ["self"],
-    "push": ["self", "status"],
+    "push": ["self", "status"], "_handle_client": ["self"], "smtp_MAIL": ["self", "arg"], "smtp_RCPT": ["self", "arg"],
 }
 
 
@@ -92,7 +105,7 @@ def source_hash(fn) -> str:
 def instance():
     loop = asyncio.new_event_loop()
     try:
-        yield SMTP(object(), loop=loop)
+        yield SMTP(object(), loop=loop, command_call_limit={"MAIL": 1})  # as the listener's: _call_limit_* set
     finally:
         loop.close()
 
@@ -168,7 +181,7 @@ def test_the_replies_enhanced_connection_rewrites_are_still_aiosmtpd_s():
     stale = [reply for reply in listener._REWRITE
              if reply not in source and helo_template.sub("{helo}", reply) not in source]
     assert not stale, f"aiosmtpd no longer sends these replies; update listener._REWRITE: {stale}"
-    assert '500 Error: command "' in source  # EnhancedConnection.push rewrites these by prefix
+    assert '500 Error: command "' in source  # enhanced() rewrites these by prefix
 
 
 def test_no_envoi_module_but_the_listener_imports_aiosmtpd():
