@@ -169,11 +169,28 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
             # is what getaddresses gives back as is, ~17 us sooner (a test compares the two).
             pairs.append(("", normalize_address(raw, field_name)))
             continue
+        if (everyday := _everyday_list(raw)) is not None:
+            pairs += [("", normalize_address(addr, field_name)) for addr in everyday]
+            continue
         for name, addr in _getaddresses(raw) if len(raw) <= 1024 else getaddresses([raw]):
             if not addr and not name:
                 continue
             pairs.append((name, normalize_address(addr, field_name)))
     return pairs
+
+
+def _everyday_list(raw: str) -> list[str] | None:
+    """The addresses of a comma-separated list of bare everyday addresses (a batch send's `to` of up to
+    1,000), each as getaddresses gives it back; None for anything else (names, brackets, an empty item).
+
+    PERF: email's address-list parser walks such a `to` character by character in Python, ~25 us per
+    address (12 % of a batch send's accept); a test compares the two on generated lists."""
+    if "," not in raw:
+        return None
+    addresses = [item.strip(" \t") for item in raw.split(",")]
+    if all(map(_EVERYDAY_ADDRESS.fullmatch, addresses)):
+        return addresses
+    return None
 
 
 @functools.lru_cache(maxsize=4096)  # a sender's From repeats on every message: parsed once
