@@ -65,6 +65,16 @@ class ItemSeries:
     def __init__(self, sample: dict, varying: Sequence[tuple[str, ...]]):
         self.sample = sample
         self.varying = tuple(varying)
+        # The containers to copy, parents first, as (its parent's step, key); the leaves as (step, key, index).
+        index: dict[tuple, int] = {(): 0}
+        steps, leaves = [], []
+        for n, path in enumerate(self.varying):
+            for depth in range(1, len(path)):
+                if path[:depth] not in index:
+                    index[path[:depth]] = len(steps) + 1
+                    steps.append((index[path[:depth - 1]], path[depth - 1]))
+            leaves.append((index[path[:-1]], path[-1], n))
+        self._steps, self._leaves = tuple(steps), tuple(leaves)
         marked = self._with(tuple(f"\0envoi-slot-{i}\0" for i in range(len(self.varying))))
         text = _compact_json(marked)
         found = sorted((text.find(_json_value(f"\0envoi-slot-{i}\0")), i) for i in range(len(self.varying)))
@@ -79,24 +89,23 @@ class ItemSeries:
 
     def _with(self, values: Sequence) -> dict:
         """The sample with its varying leaves set to values (the containers on their paths copied)."""
-        data = dict(self.sample)
-        copied: dict[tuple, dict] = {(): data}
-        for path, value in zip(self.varying, values, strict=True):
-            node = data
-            for depth in range(1, len(path)):
-                inner = copied.get(path[:depth])
-                if inner is None:
-                    inner = copied[path[:depth]] = dict(node[path[depth - 1]])
-                    node[path[depth - 1]] = inner
-                node = inner
-            node[path[-1]] = value
-        return data
+        nodes = [dict(self.sample)]
+        for parent, key in self._steps:
+            inner = dict(nodes[parent][key])
+            nodes[parent][key] = inner
+            nodes.append(inner)
+        for node, key, n in self._leaves:
+            nodes[node][key] = values[n]
+        return nodes[0]
 
     def make(self, values: Sequence) -> tuple[dict, str]:
         """(the item with the varying leaves set to values, its JSON as _compact_json writes it)."""
-        parts = self.parts
-        return self._with(values), parts[0] + "".join(
-            _json_value(values[i]) + parts[n + 1] for n, i in enumerate(self.order))
+        out = [self.parts[0]]
+        for i, part in zip(self.order, self.parts[1:], strict=True):
+            value = values[i]
+            out.append(_encode_str(value) if type(value) is str else _json_value(value))
+            out.append(part)
+        return self._with(values), "".join(out)
 
 
 def _json_value(value) -> str:
