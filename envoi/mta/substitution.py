@@ -161,6 +161,33 @@ def fill_head(head: bytes, sub: Substituter) -> bytes:
     return b"".join(_header_field(sub, field) + b"\r\n" for field in _fields(head))
 
 
+class HeadTemplate:
+    """fill_head for one header block filled in for many recipients (the parts of a batch send's head around
+    its To line): split into fields once; per recipient only the fields with a placeholder are filled."""
+
+    def __init__(self, head: bytes):
+        self.head = head
+        self.pieces: list[bytes | tuple[bytes]] = []  # bytes as they are, (field,) to fill (each with its CRLF)
+        if b"%recipient" not in head:
+            return
+        for field in _fields(head):
+            colon = field.find(b":")
+            if colon < 0 or b"%recipient" not in field[colon:]:
+                if self.pieces and isinstance(self.pieces[-1], bytes):
+                    self.pieces[-1] += field + b"\r\n"
+                else:
+                    self.pieces.append(field + b"\r\n")
+            else:
+                self.pieces.append((field,))
+
+    def fill(self, sub: Substituter) -> bytes:
+        """fill_head(head, sub)."""
+        if not self.pieces:
+            return self.head
+        return b"".join(piece if isinstance(piece, bytes) else _header_field(sub, piece[0]) + b"\r\n"
+                        for piece in self.pieces)
+
+
 class BodyTemplate:
     """substitute_mime's body half for one body filled in for many recipients (a batch send): the body
     is split at its placeholders once; each recipient's copy is then a join of the same bytes that
