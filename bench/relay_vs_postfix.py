@@ -313,7 +313,7 @@ def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: st
                     if paused:
                         os.kill(relay, signal.SIGCONT)
                 return {"inject_s": seconds, "injector_cpu_s": cpu, "errors": errors}
-            this[f"{key}batch"] = wrap(lambda name=name, inject=inject, batches=batches: envoi_phase(
+            this[f"{key}{path}"] = wrap(lambda name=name, inject=inject, batches=batches: envoi_phase(
                 envoi, sink, name, batches * 1000, inject, counted=True))
         else:
             this[f"{key}{path}"] = wrap(lambda name=name, path=path: envoi_phase(
