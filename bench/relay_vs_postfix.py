@@ -45,6 +45,7 @@ import argparse
 import functools
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -74,9 +75,13 @@ from relay_vs_postfix_lib import (  # noqa: E402
 )
 
 PATHS = ("urlencoded", "multipart", "attachment", "mime", "smtp", "batch")
+# Not in the default run: the batch path with the relay stopped (SIGSTOP) while the POSTs are accepted, then
+# resumed to deliver them: the accept rate without the relay's concurrent deliveries (the contention's share).
+EXTRA_PATHS = ("batch-paused",)
 LABELS = {"urlencoded": "/messages urlencoded", "multipart": "/messages multipart",
           "attachment": "/messages multipart+attachment", "mime": "/messages.mime", "smtp": "smtp submission",
-          "batch": "batch 1,000 rcpts + recipient-variables"}
+          "batch": "batch 1,000 rcpts + recipient-variables",
+          "batch-paused": "batch 1,000 rcpts + recipient-variables, relay stopped while accepting"}
 
 
 def phase(name: str, sink: SmtpSink, n: int, inject, accepted=None) -> dict:
@@ -294,14 +299,21 @@ def envoi_phases(args, envoi: EnvoiStack, sink: SmtpSink, label: str, system: st
                 envoi, sink, name, args.n, functools.partial(
                     inject_smtp, envoi.smtp_port, messages, args.sessions,
                     auth=(envoi.smtp_login, envoi.smtp_password), starttls=True)))
-        elif path == "batch":
+        elif path in ("batch", "batch-paused"):
             batches = max(1, args.n // 1000)
 
-            def inject(batches: int = batches) -> dict:
-                seconds, errors, cpu = inject_batch(envoi.api_port, envoi.api_key, batches,
-                                                    f"batch-{uuid.uuid4().hex[:6]}", html=args.webhooks)
+            def inject(batches: int = batches, paused: bool = path == "batch-paused") -> dict:
+                relay = envoi.procs["relay"].pid
+                if paused:
+                    os.kill(relay, signal.SIGSTOP)
+                try:
+                    seconds, errors, cpu = inject_batch(envoi.api_port, envoi.api_key, batches,
+                                                        f"batch-{uuid.uuid4().hex[:6]}", html=args.webhooks)
+                finally:
+                    if paused:
+                        os.kill(relay, signal.SIGCONT)
                 return {"inject_s": seconds, "injector_cpu_s": cpu, "errors": errors}
-            this[f"{key}batch"] = wrap(lambda name=name, inject=inject, batches=batches: envoi_phase(
+            this[f"{key}{path}"] = wrap(lambda name=name, inject=inject, batches=batches: envoi_phase(
                 envoi, sink, name, batches * 1000, inject, counted=True))
         else:
             this[f"{key}{path}"] = wrap(lambda name=name, path=path: envoi_phase(
@@ -315,7 +327,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="repeat the phases; ratios are per round, and their medians are printed")
     parser.add_argument("--paths", default=",".join(PATHS),
-                        help=f"Envoi paths to measure, comma-separated, of {','.join(PATHS)}")
+                        help=f"Envoi paths to measure, comma-separated, of {','.join(PATHS)} (default: all), or"
+                             " batch-paused (the batch path with the relay stopped while the POSTs are accepted)")
     parser.add_argument("--sessions", type=int, default=20, help="SMTP injection sessions")
     parser.add_argument("--http-concurrency", type=int, default=16, help="wrk connections")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (one is enough to saturate)")
@@ -346,9 +359,9 @@ def main() -> None:
     if args.webhook_rate and not args.webhooks:
         parser.error("--webhook-rate needs --webhooks (its region's dispatcher and receiver)")
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip() and not (args.skip_smtp and p.strip() == "smtp")]
-    unknown = set(args.paths) - set(PATHS)
+    unknown = set(args.paths) - set(PATHS) - set(EXTRA_PATHS)
     if unknown:
-        parser.error(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
+        parser.error(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS + EXTRA_PATHS)}")
     if any(p in WRK_KINDS for p in args.paths):
         ensure_wrk()  # fail (or install) before anything starts
     # Envoi's CPU per message depends on how many messages share a transaction, which depends on how

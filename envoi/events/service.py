@@ -44,12 +44,80 @@ class NewEvent:
     domain_id: int
     message_pk: int | None
     data: dict
+    text: str | None = field(default=None, repr=False, compare=False)  # data's JSON, if made with it (ItemSeries)
 
     @functools.cached_property
     def json(self) -> str:
         """data serialised once, for Postgres and for the live stream alike (read it after recording:
         record() may still add fields)."""
-        return _compact_json(self.data)
+        return self.text if self.text is not None else _compact_json(self.data)
+
+
+class ItemSeries:
+    """Items that differ from one sample item only in a few leaves (the accepted events of a batch send's
+    copies: their ids, recipients, To headers, sizes, storage keys), each made with its JSON by filling
+    the sample's JSON, cut once at those leaves, rather than encoding each whole.
+
+    PERF: encoding a ~750-byte accepted event took ~9 us here, its item() ~4.5 us: ~9 % of a batch send's
+    accept. An item made here shares the sample's other containers (tags, flags, user-variables): nothing
+    mutates an item once made but record(), which only adds top-level fields the sample already has."""
+
+    def __init__(self, sample: dict, varying: Sequence[tuple[str, ...]]):
+        self.sample = sample
+        self.varying = tuple(varying)
+        # The containers to copy, parents first, as (its parent's step, key); the leaves as (step, key, index).
+        index: dict[tuple, int] = {(): 0}
+        steps, leaves = [], []
+        for n, path in enumerate(self.varying):
+            for depth in range(1, len(path)):
+                if path[:depth] not in index:
+                    index[path[:depth]] = len(steps) + 1
+                    steps.append((index[path[:depth - 1]], path[depth - 1]))
+            leaves.append((index[path[:-1]], path[-1], n))
+        self._steps, self._leaves = tuple(steps), tuple(leaves)
+        marked = self._with(tuple(f"\0envoi-slot-{i}\0" for i in range(len(self.varying))))
+        text = _compact_json(marked)
+        found = sorted((text.find(_json_value(f"\0envoi-slot-{i}\0")), i) for i in range(len(self.varying)))
+        self.order = tuple(i for _, i in found)  # the leaves in the JSON text's order
+        self.parts, at = [], 0
+        for start, i in found:
+            self.parts.append(text[at:start])
+            at = start + len(_json_value(f"\0envoi-slot-{i}\0"))
+        self.parts.append(text[at:])
+        if any(start < 0 for start, _ in found) or any("\\u0000envoi-slot-" in part for part in self.parts):
+            raise ValueError("a varying leaf is not in the sample, or the sample holds a marker itself")
+
+    def _with(self, values: Sequence) -> dict:
+        """The sample with its varying leaves set to values (the containers on their paths copied)."""
+        nodes = [dict(self.sample)]
+        for parent, key in self._steps:
+            inner = dict(nodes[parent][key])
+            nodes[parent][key] = inner
+            nodes.append(inner)
+        for node, key, n in self._leaves:
+            nodes[node][key] = values[n]
+        return nodes[0]
+
+    def make(self, values: Sequence) -> tuple[dict, str]:
+        """(the item with the varying leaves set to values, its JSON as _compact_json writes it)."""
+        out = [self.parts[0]]
+        for i, part in zip(self.order, self.parts[1:], strict=True):
+            value = values[i]
+            out.append(_encode_str(value) if type(value) is str else _json_value(value))
+            out.append(part)
+        return self._with(values), "".join(out)
+
+
+def _json_value(value) -> str:
+    """One JSON value as _compact_json writes it inside an item."""
+    if type(value) is str:
+        return _encode_str(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    return _compact_json(value)
+
+
+_encode_str = json.encoder.encode_basestring_ascii  # what the compact encoder uses (ensure_ascii)
 
 
 def item(event: str, *, message: dict, recipient: str | None, ts: float | None = None, **fields) -> dict:
@@ -344,6 +412,7 @@ def _add_methods(conn: Connection, events: list[NewEvent]) -> None:
     for ev in events:
         if "method" not in ev.data and ev.message_pk in methods:
             ev.data["method"] = methods[ev.message_pk]
+            object.__setattr__(ev, "text", None)  # the JSON it came with no longer says all
 
 
 def build_trace(domain: dict, message_id: str, rows: list[dict]) -> dict:

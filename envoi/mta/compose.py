@@ -169,11 +169,28 @@ def parse_addresses(field_name: str, values: list[str]) -> list[tuple[str, str]]
             # is what getaddresses gives back as is, ~17 us sooner (a test compares the two).
             pairs.append(("", normalize_address(raw, field_name)))
             continue
+        if (everyday := _everyday_list(raw)) is not None:
+            pairs += [("", normalize_address(addr, field_name)) for addr in everyday]
+            continue
         for name, addr in _getaddresses(raw) if len(raw) <= 1024 else getaddresses([raw]):
             if not addr and not name:
                 continue
             pairs.append((name, normalize_address(addr, field_name)))
     return pairs
+
+
+def _everyday_list(raw: str) -> list[str] | None:
+    """The addresses of a comma-separated list of bare everyday addresses (a batch send's `to` of up to
+    1,000), each as getaddresses gives it back; None for anything else (names, brackets, an empty item).
+
+    PERF: email's address-list parser walks such a `to` character by character in Python, ~25 us per
+    address (12 % of a batch send's accept); a test compares the two on generated lists."""
+    if "," not in raw:
+        return None
+    addresses = [item.strip(" \t") for item in raw.split(",")]
+    if all(map(_EVERYDAY_ADDRESS.fullmatch, addresses)):
+        return addresses
+    return None
 
 
 @functools.lru_cache(maxsize=4096)  # a sender's From repeats on every message: parsed once
@@ -515,8 +532,8 @@ class _BatchTemplate:
     `after` is its header block, which each recipient's own To line goes into before its placeholders
     are filled; `body` (from the blank line on) is split at its placeholders once."""
 
-    before: bytes
-    after: bytes
+    before: substitution.HeadTemplate
+    after: substitution.HeadTemplate
     body: substitution.BodyTemplate
     body_dashes: int  # b"\r\n--" in the body: a value must not add a line that reads as a boundary
 
@@ -534,7 +551,8 @@ class _BatchTemplate:
             return None
         end = mime.find(b"\r\n\r\n") + 2  # the header block's end (its last CRLF); the body is the rest
         body = mime[end:]
-        return cls(mime[:at], mime[at + len(to_line):end], substitution.BodyTemplate(body), body.count(b"\r\n--"))
+        return cls(substitution.HeadTemplate(mime[:at]), substitution.HeadTemplate(mime[at + len(to_line):end]),
+                   substitution.BodyTemplate(body), body.count(b"\r\n--"))
 
     def fill(self, name: str, addr: str, variables: dict, subject: str | None) -> bytes | None:
         """This recipient's copy, or None where only building it is right (as _fill_raw): the bytes
@@ -547,9 +565,11 @@ class _BatchTemplate:
         sub = substitution.Substituter(addr, variables)
         if subject and "%recipient" in subject:  # building checks the filled subject's length
             _check_subject(sub.header("Subject", subject))
-        head = self.before + to_line + self.after
+        head = self.before.head + to_line + self.after.head
         try:
-            filled_head = substitution.fill_head(head, sub)
+            # PERF: fill_head(head) field by field, the fields around the To line split once (it has no
+            # placeholder: checked above).
+            filled_head = self.before.fill(sub) + to_line + self.after.fill(sub)
             filled_body = self.body.fill(sub)
         except InvalidMessage:
             return None  # building says why (a control character in a header) or folds what it can

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from envoi.accounts.service import Accounts, Principal
-from envoi.events.service import Events, NewEvent, item
+from envoi.events.service import Events, ItemSeries, NewEvent, item
 from envoi.infra import ids
 from envoi.infra.crypto import Sealer
 from envoi.infra.db import COPY_ROWS, Database, IntegrityError, is_data_error, one_statement
@@ -32,6 +32,11 @@ from envoi.mta.errors import DomainNotFound, InvalidMessage, MessageTooLarge, No
 log = logging.getLogger(__name__)
 MESSAGE_ID_BLOCK = 256  # message ids reserved per round trip
 COPY_FROM = COPY_ROWS  # messages or recipients in one commit above which it COPYs instead of pipelining
+SERIES_FROM = 8  # copies of one draft above which their accepted events are filled in from the first's
+# What differs between the accepted events of one draft's copies whose From, Subject and Message-ID agree.
+_ACCEPTED_VARYING = (("id",), ("message", "headers", "to"), ("message", "size"), ("recipient",),
+                     ("recipient-domain",), ("envelope", "targets"), ("storage", "url"), ("storage", "key"))
+_SHARED = ("from", "subject", "message-id")
 
 
 class AcceptCheck(Protocol):
@@ -198,6 +203,7 @@ class Intake:
                   "options": store.json_text(draft.options), "attachments": store.json_text(draft.attachments)}
         storage_url = f"{self.settings.public_url}/v3/domains/{domain['name']}/messages/"
         scheduled = int(draft.deliver_at) if draft.deliver_at and draft.deliver_at > now else None
+        series = None  # a batch send's accepted events: the first copy's, filled in for the others (ItemSeries)
         for number, copy in enumerate(draft.copies):
             message = {"headers": copy.headers, "tags": draft.tags, "user_variables": draft.user_variables,
                        "options": draft.options, "attachments": draft.attachments, "size": len(copy.mime)}
@@ -210,12 +216,22 @@ class Intake:
             storage = {"url": storage_url + key, "key": key, "region": self.settings.region}
             # Mailgun's accepted event of scheduled mail (o:deliverytime) says when it leaves, in epoch seconds.
             shown = message if scheduled is None else {**message, "scheduled-for": scheduled}
-            events = [item("accepted", message=shown, recipient=rcpt, ts=now, method=draft.method,
-                           envelope={"sender": draft.mail_from, "targets": rcpt, "transport": "smtp"},
-                           storage=storage)
-                      for rcpt in copy.recipients]
+            texts = None
+            if series is not None and all(copy.headers.get(h) == series.sample["message"]["headers"][h] for h in _SHARED):
+                made = [series.make((ids.event_id(), copy.headers.get("to"), len(copy.mime), rcpt,
+                                     rcpt.rpartition("@")[2], rcpt, storage["url"], key)) for rcpt in copy.recipients]
+                events, texts = [data for data, _ in made], [text for _, text in made]
+            else:
+                events = [item("accepted", message=shown, recipient=rcpt, ts=now, method=draft.method,
+                               envelope={"sender": draft.mail_from, "targets": rcpt, "transport": "smtp"},
+                               storage=storage)
+                          for rcpt in copy.recipients]
+                if series is None and events and len(draft.copies) > SERIES_FROM and number == 0:
+                    with contextlib.suppress(ValueError):  # a value holding the series' own marker: item() each
+                        series = ItemSeries(events[0], _ACCEPTED_VARYING)
             stored.append(_Stored(domain["account_id"], domain["id"], row,
-                                  [(r, r.rpartition("@")[2], due, expires, pin) for r in copy.recipients], events))
+                                  [(r, r.rpartition("@")[2], due, expires, pin) for r in copy.recipients], events,
+                                  texts))
         return stored
 
     def _write(self, batch: list[list[_Stored]]) -> list[None]:
@@ -227,7 +243,8 @@ class Intake:
         for pk, m in zip(pks, stored, strict=True):
             account_id, domain_id = m.account_id, m.domain_id
             recipients += [(pk, account_id, domain_id, *r) for r in m.recipients]
-            recorded += [NewEvent(account_id, domain_id, pk, data) for data in m.events]
+            recorded += [NewEvent(account_id, domain_id, pk, data, text)
+                         for data, text in zip(m.events, m.texts or [None] * len(m.events), strict=True)]
         # Pipelined, with the message ids known beforehand: the transaction waits on the database once,
         # at commit, instead of once per statement. A batch send's hundreds of rows rather go as COPYs
         # (not possible in a pipeline; insert_columns): a few round trips, against a much cheaper
@@ -302,3 +319,4 @@ class _Stored:
     row: tuple
     recipients: list[tuple]
     events: list[dict]
+    texts: list[str] | None = None  # the events' JSON, where made with them (ItemSeries)

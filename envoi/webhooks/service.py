@@ -276,8 +276,7 @@ class Webhooks:
         """Inside the events' transaction: one outbox row per (event, subscribed URL), matched in SQL."""
         typed = [(ev.account_id, ev.domain_id, t, ev.data["id"], ev.json) for ev in events
                  if (t := event_type_of(ev.data))]
-        if typed:
-            outbox = store.enqueue_for_events(conn, typed)
+        if typed and (outbox := store.enqueue_for_events(conn, typed)) is not None:
             with self._lock:
                 if len(self._outboxes) > 10_000:  # rolled-back batches leave entries behind: stay bounded
                     self._outboxes.clear()

@@ -108,3 +108,29 @@ def test_bare_address_fast_path_agrees_with_getaddresses_on_generated_addresses(
             fast += 1
         assert _parsed(raw) == _parsed_the_slow_way(raw), raw
     assert fast > 1000  # the comparison really exercised the fast path
+
+
+def test_address_list_fast_path_agrees_with_getaddresses_on_generated_lists():
+    """A batch send's `to` (comma-separated bare addresses) skips email's list parser: the same pairs."""
+    rng = random.Random(2468)
+    fast = 0
+    def item() -> str:  # mostly clean (so that whole lists take the fast path), now and then perturbed
+        if rng.random() < 0.1:
+            return _random_address(rng)
+        return f"{rng.choice(['a', 'B.c', 'x+y', 'o`k', 'a' * 64, 'a' * 65])}@{rng.choice(['d.example.NET', 'e.io', 'ab--c.io', 'a.b'])}"
+    for _ in range(3000):
+        items = [item() for _ in range(rng.choice([2, 3, 10]))]
+        if rng.random() < 0.2:  # an odd item: a name, brackets, an empty item, other whitespace
+            items[rng.randrange(len(items))] = rng.choice(["Name <a@example.com>", "<a@example.com>", "", " ",
+                                                           "a@example.com\t", "\ta@example.com", '"x" <a@b.com>'])
+        raw = rng.choice([",", ", ", " ,", " , ", ",\t"]).join(items)
+        if compose._everyday_list(raw) is not None:
+            fast += 1
+        assert _parsed(raw) == _parsed_the_slow_way(raw), raw
+    assert fast > 500  # the comparison really exercised the fast path
+
+
+def test_a_thousand_address_to_parses_as_getaddresses_does():
+    raw = ",".join(f"b1r{i}@d{i % 1000:03d}.Example.NET" for i in range(1000))
+    assert compose._everyday_list(raw) is not None
+    assert compose.parse_addresses("to", [raw]) == _parsed_the_slow_way(raw)

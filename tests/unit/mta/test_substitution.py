@@ -13,6 +13,7 @@ from envoi.mta.errors import InvalidMessage
 from envoi.mta.substitution import (
     MAX_LINE,
     BodyTemplate,
+    HeadTemplate,
     Substituter,
     Unchanged,
     fill_head,
@@ -175,3 +176,29 @@ def test_split_body_template_fills_as_substitute_mime_does(body, head, variables
     except InvalidMessage:
         got = None
     assert got == want
+
+
+_HEAD_FIELDS = ["Subject: %recipient.a%", "Subject: hi", "X-A: %recipient%", "X-B: %recipient.b% and %recipient.a%",
+                " folded %recipient.a%", "\tfolded", "X-%recipient.a%: name", "no colon %recipient%", "X-L: " + "w " * 500,
+                "X-É: %recipient.b%", "Reply-To: %recipient%"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.sampled_from(_HEAD_FIELDS), min_size=1, max_size=6),
+       variables=st.dictionaries(st.sampled_from(["a", "b"]), _VALUES, max_size=2))
+def test_head_template_fills_as_fill_head_does(fields, variables):
+    """A batch send's head around its To line, split into fields once (HeadTemplate), gives fill_head's bytes,
+    or refuses as it does, for every recipient."""
+    head = "".join(f + "\r\n" for f in fields).encode()
+    template = HeadTemplate(head)
+    for address in ("ann@x.test", "bo@y.test"):
+        sub = Substituter(address, variables)
+        try:
+            want = fill_head(head, sub)
+        except InvalidMessage:
+            want = None
+        try:
+            got = template.fill(sub)
+        except InvalidMessage:
+            got = None
+        assert got == want
