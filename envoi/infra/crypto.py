@@ -22,8 +22,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from envoi.infra.entropy import random_bytes
-
 _NONCE = 12
 # Version 1 (before key ids): 0x01, nonce, ciphertext; the context alone is the associated data.
 _V1 = 0x01
@@ -73,7 +71,7 @@ class Sealer:
         return tuple(self._keys)
 
     def seal(self, plaintext: bytes, context: bytes = b"") -> bytes:
-        nonce = random_bytes(_NONCE)  # never the same twice (envoi.infra.entropy)
+        nonce = os.urandom(_NONCE)
         return self.header + nonce + self._current.encrypt(nonce, plaintext, self.header + context)
 
     def open(self, sealed: bytes, context: bytes = b"") -> bytes:
