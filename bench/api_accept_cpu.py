@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -45,6 +46,21 @@ def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of a process's threads (a Postgres backend: one)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/status") as f:
+            total += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+    return total
+
+
+def _own_switches() -> int:
+    """This process's context switches, its ended threads' included (getrusage sums them)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def _part(name: str, value: str) -> str:
@@ -170,18 +186,27 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--gil", "--nonblocking", "-r", "500", "-f", "raw",
                                         "-o", profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
+            def pg_switches() -> int:
+                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
+                return sum(_switches(p) for p in pids if os.path.exists(f"/proc/{p}"))
+
+            sw0, pgsw0 = _own_switches(), pg_switches()
+            sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
             pg0, cpu0, started = backends(), time.process_time(), time.monotonic()
             drive(todo)
             elapsed = time.monotonic() - started
             time.sleep(0.3)  # the live-stream publisher's last batch
             cpu = time.process_time() - cpu0
             pg = backends() - pg0
+            switches, pg_sw = _own_switches() - sw0, pg_switches() - pgsw0
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
             if failures:
                 raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
-            return {"api_us": cpu / n * 1e6, "postgres_us": pg / n * 1e6, "rate": n / elapsed}
+            return {"api_us": cpu / n * 1e6, "postgres_us": pg / n * 1e6, "rate": n / elapsed,
+                    "system_us": (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0) / n * 1e6,
+                    "switches": switches / n, "pg_switches": pg_sw / n}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
