@@ -1,6 +1,7 @@
 """CPU of one group commit's write (Intake._write) by batch size, in one process, against another checkout.
 
     .venv/bin/python bench/intake_write_cpu.py [--baseline /tmp/envoi-base] [--rounds 4] [--n 2400] [--sizes 1,4,8]
+        [--connections 10 --cold]
 
 Each round runs a child process per code tree (this checkout, then the baseline's, alternating which goes
 first): a fresh migrated database, runtime.build() as `envoi api` builds it, one verified domain, and `n`
@@ -29,7 +30,7 @@ from api_accept_cpu import ADMIN, REDIS, TEXT, _cpu  # noqa: E402
 from bench_domain import verified_domain  # noqa: E402
 
 
-def child(n: int, sizes: list[int]) -> dict:
+def child(n: int, sizes: list[int], connections: int = 0, cold: bool = False) -> dict:
     import psycopg
 
     from envoi import runtime
@@ -61,7 +62,11 @@ def child(n: int, sizes: list[int]) -> dict:
             for at in range(0, len(accepts), k):
                 svc.intake._write([a.stored for a in accepts[at:at + k]])
 
-        write(prepared(0, 200), 4)  # warm-up: prepared statements, the partition's first pages
+        if connections:  # the pool hands its connections out in turn: as many as an API process's
+            svc.db.pool.resize(connections, connections)
+            svc.db.pool.wait()
+        if not cold:
+            write(prepared(0, 200), 4)  # warm-up: prepared statements, the partition's first pages
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             def backends() -> float:
                 pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
@@ -69,7 +74,8 @@ def child(n: int, sizes: list[int]) -> dict:
 
             for k in sizes:
                 todo = prepared(1000 + k * n, n)
-                write(prepared(500 + k * 100, 4 * k), k)  # this size's statements prepared
+                if not cold:
+                    write(prepared(500 + k * 100, 4 * k), k)  # this size's statements prepared
                 time.sleep(0.3)
                 pg0, cpu0, own0 = backends(), time.process_time(), time.thread_time()
                 write(todo, k)
@@ -94,14 +100,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--n", type=int, default=2400)
     parser.add_argument("--sizes", default="1,4,8")
+    parser.add_argument("--connections", type=int, default=0,
+                        help="open the pool at this many connections (handed out in turn, as in a busy API)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up writes: the statements' parsing and planning on each connection count")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.child:
-        print(json.dumps(child(args.n, sizes)))
+        print(json.dumps(child(args.n, sizes, args.connections, args.cold)))
         return
     results = ab_children.run_rounds(__file__, ab_children.checkouts(args.baseline), args.rounds,
-                                     lambda label, r: ["--n", str(args.n), "--sizes", args.sizes])
+                                     lambda label, r: ["--n", str(args.n), "--sizes", args.sizes,
+                                                       "--connections", str(args.connections)]
+                                     + (["--cold"] if args.cold else []))
     ab_children.print_medians(results, f"Intake._write: medians over {args.rounds} rounds, per message")
 
 

@@ -72,13 +72,17 @@ def report(label: str, stack: EnvoiStack, before: tuple[dict, dict, float], coun
                   f" (HOT {d['n_tup_hot_upd']:.2f}) deleted {d['n_tup_del']:.2f}")
     with admin() as conn:
         dbid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (stack.dbname,)).fetchone()["oid"]
-        total = conn.execute("SELECT sum(total_exec_time) AS t, sum(calls) AS c FROM pg_stat_statements"
-                             " WHERE dbid = %s", (dbid,)).fetchone()
-        print(f"  statements: {float(total['t']) / count * 1000:.1f} us/msg executing, {float(total['c']) / count:.2f}"
-              " calls/msg")
-        for r in conn.execute("SELECT calls, total_exec_time, rows, wal_bytes, query FROM pg_stat_statements"
-                              " WHERE dbid = %s ORDER BY total_exec_time DESC LIMIT 12", (dbid,)).fetchall():
-            print(f"  {r['total_exec_time'] / count * 1000:7.1f} us/msg {r['calls'] / count:6.3f} calls/msg"
+        total = conn.execute("SELECT sum(total_exec_time) AS t, sum(total_plan_time) AS p, sum(calls) AS c,"
+                             " sum(plans) AS n FROM pg_stat_statements WHERE dbid = %s", (dbid,)).fetchone()
+        # total_plan_time is 0 unless pg_stat_statements.track_planning is on.
+        print(f"  statements: {float(total['t']) / count * 1000:.1f} us/msg executing,"
+              f" {float(total['p']) / count * 1000:.1f} planning ({float(total['n']) / count:.2f} plans/msg),"
+              f" {float(total['c']) / count:.2f} calls/msg")
+        for r in conn.execute("SELECT calls, plans, total_exec_time, total_plan_time, rows, wal_bytes, query"
+                              " FROM pg_stat_statements WHERE dbid = %s"
+                              " ORDER BY total_exec_time + total_plan_time DESC LIMIT 12", (dbid,)).fetchall():
+            print(f"  {r['total_exec_time'] / count * 1000:7.1f} us/msg (+{r['total_plan_time'] / count * 1000:5.1f}"
+                  f" planning, {r['plans'] / count:5.3f} plans/msg) {r['calls'] / count:6.3f} calls/msg"
                   f" {r['rows'] / count:5.2f} rows/msg {float(r['wal_bytes']) / count:6.0f} WAL B/msg"
                   f" | {' '.join(r['query'].split())[:110]}")
 

@@ -115,6 +115,8 @@ class Services:
 
     def close(self) -> None:
         self.db.close()
+        if self.intake.db is not self.db:
+            self.intake.db.close()
         if self.events.maintenance_db is not self.db:  # ENVOI_DATABASE_DIRECT_URL's (behind a pooler)
             self.events.maintenance_db.close()
 
@@ -202,8 +204,15 @@ def build(settings: Settings, *, pool_size: int = 10) -> Services:
     quota = Quota(plans, redis_infra.BoundedCounters(redis), settings.region)
     templates = Templates(db)
     template_sending = TemplateSending(templates, max_bytes=settings.max_message_bytes)
+    # The group commit writes one batch at a time: on a connection of its own it prepares and plans its
+    # statements (one per batch shape) on one backend, once each, instead of on each of the pool's
+    # connections in turn (psycopg's pool lends them round robin), five times each and once more.
+    intake_db = Database(settings.database_url, min_size=0, max_size=1, write_deadline=settings.db_write_deadline,
+                         statement_timeout=settings.db_statement_timeout, pool_timeout=settings.db_pool_timeout,
+                         on_unavailable=store_errors.labels("postgres").inc,
+                         transaction_pooler=settings.db_transaction_pooler, generic_plans=True)
     intake = Intake(
-        settings, db, accounts, events, sealer,
+        settings, intake_db, accounts, events, sealer,
         checks=[SendingIpCheck(ips), QuotaCheck(quota, plan_caps=settings.billing)],  # custom limits: always
         renderers=[template_sending.render_submitted, tracking.render],  # templates first: links get tracked
         on_commit=doorbell.ring,

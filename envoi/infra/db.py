@@ -92,11 +92,16 @@ class Database:
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10, write_deadline: float = 0.0,
                  statement_timeout: float = 0.0, pool_timeout: float = 30.0,
-                 on_unavailable: Callable[[], None] | None = None, transaction_pooler: bool = False):
+                 on_unavailable: Callable[[], None] | None = None, transaction_pooler: bool = False,
+                 generic_plans: bool = False):
         """on_unavailable: called when Postgres cannot be reached (the store-errors metric).
         transaction_pooler: `dsn` leads to a transaction-mode pooler (pgbouncer), where consecutive
         transactions of one connection may run on different server connections: nothing may outlive a
-        transaction (prepared statements, session SET, startup options, session advisory locks)."""
+        transaction (prepared statements, session SET, startup options, session advisory locks).
+        generic_plans: a prepared statement is planned once per connection (plan_cache_mode
+        force_generic_plan), not at each of its first five executions and once more; only for a pool
+        whose statements' plans do not depend on their values (inserts, look-ups by key): a read with a
+        LIMIT or a skewed filter may need the plan made for its values. Not behind a pooler."""
         self.dsn = dsn
         self.on_unavailable = on_unavailable
         self.write_deadline = write_deadline  # seconds; 0 = none (see bounded())
@@ -105,9 +110,13 @@ class Database:
             # psycopg prepares a statement run 5 times on a connection; through the pooler the next
             # EXECUTE may reach a server connection that never saw the PREPARE.
             kwargs["prepare_threshold"] = None
-        elif statement_timeout:  # a pooler refuses startup options (set it on the role instead)
+        else:  # a pooler refuses startup options (set them on the role instead)
             # Set at connect (startup packet): no statement, no round trip per transaction.
-            kwargs["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+            options = [f"-c statement_timeout={int(statement_timeout * 1000)}"] if statement_timeout else []
+            if generic_plans:
+                options.append("-c plan_cache_mode=force_generic_plan")
+            if options:
+                kwargs["options"] = " ".join(options)
         self.pool = ConnectionPool(
             dsn,
             min_size=min_size,

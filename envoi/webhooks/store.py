@@ -173,6 +173,9 @@ def enqueue_for_events(conn: Connection, events: list[tuple]) -> Cursor | None:
         " ) s"
         " ORDER BY n, level, id",  # outbox ids in event order: domain URLs, account ones, then the parent's
         [list(column) for column in zip(*events, strict=True)],
+        # PERF: prepared at first use: its plan (a three-way union of joins, ~0.5 ms to make) is made
+        # once or six times per connection, not five more times unnamed before psycopg prepares it.
+        prepare=True,
     )
     return cur
 

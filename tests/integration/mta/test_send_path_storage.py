@@ -116,3 +116,24 @@ def test_concurrent_claims_by_ctid_share_the_queue(services, account, domain, db
     assert sorted(every) == sorted(f"r{i}@race.test" for i in range(n))
     assert db.execute("SELECT count(*) AS n FROM recipients WHERE address LIKE '%%@race.test'"
                       " AND lease_owner LIKE 'race-%%' AND leased_until > now()").fetchone()["n"] == n
+
+
+def test_the_intake_plans_its_statements_once_on_a_connection_of_its_own(services, account, domain, db):
+    """The group commit writes on a connection of its own, whose prepared statements get their generic plan
+    at once: each batch shape is planned once per process, not five times then once more on each of the
+    pool's connections in turn. The rest of the process keeps Postgres's choice (a read with a LIMIT or a
+    skewed filter may need a plan made for its values); the rows are stored as before."""
+    ids = [send(services, account["id"], domain, f"p{i}@plans.test", text=TEXT) for i in range(8)]
+    assert services.intake.db is not services.db
+    with services.intake.db.transaction() as conn:
+        assert conn.execute("SHOW plan_cache_mode").fetchone()["plan_cache_mode"] == "force_generic_plan"
+        # One message a batch here: one shape, written 8 times, on this one connection.
+        plans = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                             " WHERE statement LIKE 'WITH i0 AS (INSERT INTO messages %'").fetchall()
+    assert plans and all(p["custom_plans"] == 0 for p in plans), plans
+    assert sum(p["generic_plans"] for p in plans) >= 8, plans
+    with services.db.transaction() as conn:
+        assert conn.execute("SHOW plan_cache_mode").fetchone()["plan_cache_mode"] == "auto"
+    stored = db.execute("SELECT r.address, e.event FROM messages m JOIN recipients r ON r.message_pk = m.id"
+                        " JOIN events e ON e.message_pk = m.id WHERE m.message_id = ANY(%s)", (ids,)).fetchall()
+    assert sorted((s["address"], s["event"]) for s in stored) == [(f"p{i}@plans.test", "accepted") for i in range(8)]
