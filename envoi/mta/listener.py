@@ -130,6 +130,11 @@ class _ImplicitTLS:
         return True
 
 
+def _syntax_error(command: str, extended: bool) -> str:
+    """aiosmtpd's 501 reply for MAIL or RCPT (`command` "MAIL FROM" or "RCPT TO")."""
+    return f"501 Syntax: {command}: <address>" + (" [SP <mail-parameters>]" if extended else "")
+
+
 class Connection(SMTP):
     """One SMTP connection: aiosmtpd's SMTP with Envoi's fast paths (see the module docstring)."""
 
@@ -359,6 +364,18 @@ class Connection(SMTP):
             return "530 5.7.0 Authentication required"
         return None
 
+    def _path_argument(self, keyword: str, arg: str | None, syntaxerr: str) -> tuple[str, str] | str:
+        """MAIL's and RCPT's argument as aiosmtpd checks it: (address, parameters), or the refusal to send
+        (the syntax reply, or 553 for a malformed address). Not a coroutine: one fewer per command."""
+        if arg is None or (arg := self._strip_command_keyword(keyword, arg)) is None:
+            return syntaxerr
+        address, params = self._getaddr(arg)
+        if address is None:
+            return "553 5.1.3 Error: malformed address"
+        if not address or (params and not self.session.extended_smtp):
+            return syntaxerr
+        return address, params
+
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         """aiosmtpd's MAIL, a copy with the same checks and replies that calls the handler's hook
@@ -366,27 +383,12 @@ class Connection(SMTP):
         if (refusal := self._not_ready("MAIL")) is not None:
             await self.push(refusal)
             return
-        syntaxerr = "501 Syntax: MAIL FROM: <address>"
         session = self.session
-        if session.extended_smtp:
-            syntaxerr += " [SP <mail-parameters>]"
-        if arg is None:
-            await self.push(syntaxerr)
+        syntaxerr = _syntax_error("MAIL FROM", session.extended_smtp)
+        if isinstance(path := self._path_argument("FROM:", arg, syntaxerr), str):
+            await self.push(path)
             return
-        arg = self._strip_command_keyword("FROM:", arg)
-        if arg is None:
-            await self.push(syntaxerr)
-            return
-        address, addrparams = self._getaddr(arg)
-        if address is None:
-            await self.push("553 5.1.3 Error: malformed address")
-            return
-        if not address:
-            await self.push(syntaxerr)
-            return
-        if not session.extended_smtp and addrparams:
-            await self.push(syntaxerr)
-            return
+        address, addrparams = path
         envelope = self.envelope
         if envelope.mail_from:
             await self.push("503 Error: nested MAIL command")
@@ -440,27 +442,12 @@ class Connection(SMTP):
         if not envelope.mail_from:
             await self.push("503 Error: need MAIL command")
             return
-        syntaxerr = "501 Syntax: RCPT TO: <address>"
         session = self.session
-        if session.extended_smtp:
-            syntaxerr += " [SP <mail-parameters>]"
-        if arg is None:
-            await self.push(syntaxerr)
+        syntaxerr = _syntax_error("RCPT TO", session.extended_smtp)
+        if isinstance(path := self._path_argument("TO:", arg, syntaxerr), str):
+            await self.push(path)
             return
-        arg = self._strip_command_keyword("TO:", arg)
-        if arg is None:
-            await self.push(syntaxerr)
-            return
-        address, params = self._getaddr(arg)
-        if address is None:
-            await self.push("553 5.1.3 Error: malformed address")
-            return
-        if not address:
-            await self.push(syntaxerr)
-            return
-        if not session.extended_smtp and params:
-            await self.push(syntaxerr)
-            return
+        address, params = path
         rcpt_options = params.upper().split()
         params_dict = self._getparams(rcpt_options)
         if params_dict is None:

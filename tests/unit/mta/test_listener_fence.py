@@ -77,7 +77,7 @@ SET_BY_CB = {"_reader", "_writer"}
 # Private names that are the listener's own (attributes of its classes and connections).
 OWN = {"_limit", "_check_login", "_on_connect", "_on_disconnect", "_slot", "_refused", "_idle_deadline",
        "_idle_check", "_check", "_login_data", "_extra", "_factory", "_servers", "_loop", "_thread", "_stopped",
-       "_close_all", "_wind_down", "_not_ready"}
+       "_close_all", "_wind_down", "_not_ready", "_path_argument"}
 
 # The parameters of every upstream method the listener overrides.
 SIGNATURES = {
