@@ -22,7 +22,6 @@ import io
 import json
 import os
 import resource
-import secrets
 import subprocess
 import sys
 import threading
@@ -33,19 +32,13 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ab_children  # noqa: E402
-from bench_domain import verified_domain  # noqa: E402
+from bench_domain import backends_cpu, scratch_services, verified_domain  # noqa: E402
 
 ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 TEXT = "Thank you for your order. Your parcel is on its way and will arrive soon.\r\n" * 66
 BOUNDARY = "envoiwrkbench"
 ATTACHMENT = "%PDF-1.4 invoice bytes 0123456789abcdef\n" * 50  # ~2 KB, as bench/wrk_messages.lua's
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _switches(pid: int) -> int:
@@ -97,22 +90,9 @@ def app_under_test(kind: str):
     """A fresh migrated database, runtime.build() and create_app() as `envoi api` builds them, a verified
     domain and an API key; yields (app, the database's name, environs(first, count) -> request environs of
     `kind`). Drops the database (and the run's live stream) on the way out."""
-    import psycopg
-
-    from envoi import runtime
     from envoi.api.app import create_app
-    from envoi.infra.migrate import ensure_database, migrate
-    from envoi.infra.settings import Settings
 
-    name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
-    dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
-    ensure_database(dsn)
-    svc = account = None
-    try:
-        migrate(dsn)
-        settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
-                            lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
-        svc = runtime.build(settings)
+    with scratch_services(ADMIN, REDIS) as (name, settings, svc):
         app = create_app(settings, svc)
         domain = f"{uuid.uuid4().hex[:8]}.example.test"
         account, _ = verified_domain(svc.accounts, domain, f"bench-{uuid.uuid4().hex[:6]}")
@@ -133,15 +113,6 @@ def app_under_test(kind: str):
             return out
 
         yield app, name, environs
-    finally:
-        if svc is not None:
-            if account is not None:
-                with contextlib.suppress(Exception):
-                    svc.redis.delete(svc.stream.key(account["id"]))  # the run's live stream
-            with contextlib.suppress(Exception):
-                svc.close()
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
@@ -177,8 +148,7 @@ def child(kind: str, n: int, threads: int, profile: str | None) -> dict:
         todo = environs(300, n)
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             def backends() -> float:
-                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
-                return sum(_cpu(p) for p in pids if os.path.exists(f"/proc/{p}"))
+                return backends_cpu(admin, name)
 
             time.sleep(0.5)
             spy = None

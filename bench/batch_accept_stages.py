@@ -19,11 +19,9 @@ backends' CPU over the batch, and its WAL bytes (the whole cluster's). No HTTP s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
-import secrets
 import sys
 import time
 import urllib.parse
@@ -32,17 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ab_children  # noqa: E402
-from bench_domain import verified_domain  # noqa: E402
+from bench_domain import backends_cpu, scratch_services, verified_domain, wal_position  # noqa: E402
 
 ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 STAGES = ("form", "rv_json", "compose", "prepare", "write")
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def post_body(domain: str, b: int, size: int) -> bytes:
@@ -60,23 +52,12 @@ def child(batches: int, size: int, profile: str | None, stub_bodies: bool = Fals
     import falcon
     import psycopg
 
-    from envoi import runtime
     from envoi.api.forms import read_form
     from envoi.infra.heap import settle_heap
-    from envoi.infra.migrate import ensure_database, migrate
-    from envoi.infra.settings import Settings
     from envoi.mta import substitution
     from envoi.mta.compose import compose
 
-    name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
-    dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
-    ensure_database(dsn)
-    svc = account = None
-    try:
-        migrate(dsn)
-        settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
-                            lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
-        svc = runtime.build(settings)
+    with scratch_services(ADMIN, REDIS) as (name, settings, svc):
         domain_name = f"{uuid.uuid4().hex[:8]}.example.test"
         account, domain = verified_domain(svc.accounts, domain_name, f"bench-{uuid.uuid4().hex[:6]}")
         principal = _Principal(account["id"])
@@ -122,11 +103,10 @@ def child(batches: int, size: int, profile: str | None, stub_bodies: bool = Fals
         send(bodies[0], {})  # warm-up: prepared statements, caches, the first partition's pages
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             def backends() -> float:
-                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
-                return sum(_cpu(p) for p in pids if os.path.exists(f"/proc/{p}"))
+                return backends_cpu(admin, name)
 
             def wal() -> int:
-                return admin.execute("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").fetchone()[0]
+                return wal_position(admin)
 
             time.sleep(0.5)
             spy = None
@@ -152,15 +132,6 @@ def child(batches: int, size: int, profile: str | None, stub_bodies: bool = Fals
             n = batches * size
             return {**{f"{s}_us": spent[s] / n * 1e6 for s in STAGES}, "others_us": others / n * 1e6,
                     "postgres_us": pg / n * 1e6, "wal_bytes": wal_bytes / n, "rate": n / elapsed}
-    finally:
-        if svc is not None:
-            if account is not None:
-                with contextlib.suppress(Exception):
-                    svc.redis.delete(svc.stream.key(account["id"]))  # the run's live stream
-            with contextlib.suppress(Exception):
-                svc.close()
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class _Principal:

@@ -15,10 +15,8 @@ API process and Postgres, so intake changes compare without the end-to-end run's
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import secrets
 import sys
 import time
 import uuid
@@ -26,37 +24,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ab_children  # noqa: E402
-from bench_domain import verified_domain  # noqa: E402
+from bench_domain import backends_cpu, scratch_services, verified_domain, wal_position  # noqa: E402
 
 ADMIN = os.environ.get("ENVOI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ENVOI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 
 
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def child(batches: int, size: int, body_storage: str | None) -> dict:
     import psycopg
 
-    from envoi import runtime
-    from envoi.infra.migrate import ensure_database, migrate
-    from envoi.infra.settings import Settings
     from envoi.mta.compose import compose
 
-    name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
-    dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
-    ensure_database(dsn)
-    try:
-        migrate(dsn)
-        if body_storage:  # to tell the storage's share from the rest's
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f"ALTER TABLE messages ALTER COLUMN body SET STORAGE {body_storage}")
-        settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
-                            lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
-        svc = runtime.build(settings)
+    def storage(dsn: str) -> None:  # to tell the storage's share from the rest's
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE messages ALTER COLUMN body SET STORAGE {body_storage}")
+
+    with scratch_services(ADMIN, REDIS, after_migrate=storage if body_storage else None) as (name, settings, svc):
         domain_name = f"{uuid.uuid4().hex[:8]}.example.test"
         account, domain = verified_domain(svc.accounts, domain_name, f"bench-{uuid.uuid4().hex[:6]}")
         line = "Hello %recipient.name%, thank you for your order. Your parcel is on its way.\r\n"
@@ -80,15 +63,8 @@ def child(batches: int, size: int, body_storage: str | None) -> dict:
 
         send(0)  # warm-up: prepared statements, caches, the first partition's pages
         with psycopg.connect(ADMIN, autocommit=True) as admin:
-            def backends() -> float:
-                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
-                return sum(_cpu(p) for p in pids if os.path.exists(f"/proc/{p}"))
-
-            def wal() -> int:
-                return admin.execute("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").fetchone()[0]
-
             time.sleep(0.5)
-            pg0, wal0, started = backends(), wal(), time.monotonic()
+            pg0, wal0, started = backends_cpu(admin, name), wal_position(admin), time.monotonic()
             compose_cpu = accept_cpu = 0.0
             for b in range(1, batches + 1):
                 c, a = send(b)
@@ -99,13 +75,8 @@ def child(batches: int, size: int, body_storage: str | None) -> dict:
             n = batches * size
             # WAL of the whole cluster (other engineers' work included): a rough figure on a shared machine.
             return {"compose_us": compose_cpu / n * 1e6, "accept_us": accept_cpu / n * 1e6,
-                    "postgres_us": (backends() - pg0) / n * 1e6, "wal_bytes": (wal() - wal0) / n,
-                    "rate": n / elapsed}
-    finally:
-        with contextlib.suppress(Exception):  # svc is unbound if the migration failed
-            svc.close()
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    "postgres_us": (backends_cpu(admin, name) - pg0) / n * 1e6,
+                    "wal_bytes": (wal_position(admin) - wal0) / n, "rate": n / elapsed}
 
 
 class _Principal:

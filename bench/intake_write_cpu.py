@@ -15,10 +15,7 @@ the doorbell), the writing thread's own, and its Postgres backends' CPU. The bat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import secrets
 import sys
 import time
 import uuid
@@ -26,28 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ab_children  # noqa: E402
-from api_accept_cpu import ADMIN, REDIS, TEXT, _cpu  # noqa: E402
-from bench_domain import verified_domain  # noqa: E402
+from api_accept_cpu import ADMIN, REDIS, TEXT  # noqa: E402
+from bench_domain import backends_cpu, scratch_services, verified_domain  # noqa: E402
 
 
 def child(n: int, sizes: list[int], connections: int = 0, cold: bool = False) -> dict:
     import psycopg
 
-    from envoi import runtime
-    from envoi.infra.migrate import ensure_database, migrate
-    from envoi.infra.settings import Settings
     from envoi.mta.compose import compose
 
-    name = f"envoi_bench_{uuid.uuid4().hex[:10]}"
-    dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=name)
-    ensure_database(dsn)
-    svc = None
     out = {}
-    try:
-        migrate(dsn)
-        settings = Settings(region="eu", database_url=dsn, redis_url=REDIS, secret_key=secrets.token_bytes(32),
-                            lookup_key=secrets.token_bytes(32), public_url="http://127.0.0.1:8025")
-        svc = runtime.build(settings)
+    with scratch_services(ADMIN, REDIS) as (name, _settings, svc):
         domain = f"{uuid.uuid4().hex[:8]}.example.test"
         _, row = verified_domain(svc.accounts, domain, f"bench-{uuid.uuid4().hex[:6]}")
         run = uuid.uuid4().hex[:8]
@@ -69,8 +55,7 @@ def child(n: int, sizes: list[int], connections: int = 0, cold: bool = False) ->
             write(prepared(0, 200), 4)  # warm-up: prepared statements, the partition's first pages
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             def backends() -> float:
-                pids = [r[0] for r in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
-                return sum(_cpu(p) for p in pids if os.path.exists(f"/proc/{p}"))
+                return backends_cpu(admin, name)
 
             for k in sizes:
                 todo = prepared(1000 + k * n, n)
@@ -85,12 +70,6 @@ def child(n: int, sizes: list[int], connections: int = 0, cold: bool = False) ->
                 out[f"k{k} api_us"] = cpu / n * 1e6
                 out[f"k{k} writer_us"] = own / n * 1e6
                 out[f"k{k} pg_us"] = pg / n * 1e6
-    finally:
-        if svc is not None:
-            with contextlib.suppress(Exception):
-                svc.close()
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return out
 
 
