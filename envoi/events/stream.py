@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 
 from envoi.events.errors import EventQueryError, StreamUnavailable, TooManyStreams
-from envoi.infra.redis import Direct, RedisError
+from envoi.infra.redis import RedisError
 from envoi.infra.threads import kept_alive
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ class LiveStream:
         self._rings: set[str] = set()  # doorbells to ring with the next publish (carry_ring)
         self._dropped = 0
         self._publisher: threading.Thread | None = None
-        self._direct = Direct(redis)  # the publisher's own connection: a send and a recv per publish
 
     def key(self, account_id: int) -> str:
         return f"envoi:{self.region}:events:live:{account_id}"
@@ -127,7 +126,7 @@ class LiveStream:
         keys += rings
         try:
             # EVAL with the script's text: Redis keeps it compiled by its hash, and there is no NOSCRIPT case.
-            self._direct.execute(("EVAL", _XADD_ALL, len(keys), *keys, *args))
+            self.redis.execute_command("EVAL", _XADD_ALL, len(keys), *keys, *args)
             return True
         except RedisError as ex:
             log.warning("live stream: %s (events are in Postgres; live readers miss them)", ex)

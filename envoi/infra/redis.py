@@ -7,8 +7,6 @@ import hashlib
 import logging
 import os
 import select
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -123,54 +121,6 @@ def where(url: str) -> str:
     return f"{parts.netloc.rpartition('@')[2] or 'localhost'}{parts.path}"
 
 
-class Direct:
-    """A connection of its own for one background thread's commands (the live stream's publisher, the
-    doorbell's ringer): each command is sent and its reply read on it directly, under a lock.
-
-    PERF: a command through the client's pool cost nine syscalls where two do the work: the pool checks each
-    connection it lends for stray data (a non-blocking recv between two ioctls), notes the process id twice,
-    and a socket with a timeout polls before its send and before its recv (each poll, like each recv,
-    releases the GIL to the request threads and takes it back). Here: a send and a recv. The socket blocks,
-    with the kernel's send and receive timeouts in place of Python's (the client's socket_timeout), so a
-    stuck Redis still fails a command within it (a RedisError); the connection is then dropped and the next
-    command connects again (through Sentinel too: the pool makes the connection). A forked child never uses
-    its parent's connection."""
-
-    def __init__(self, conn: redis.Redis):
-        self.pool = conn.connection_pool
-        self.timeout = self.pool.connection_kwargs.get("socket_timeout")  # None: the client never times out
-        self._lock = threading.Lock()
-        self._conn = None
-        self._pid = 0
-
-    def execute(self, *commands: tuple) -> list:
-        """The replies of `commands` (each a tuple of arguments), sent together. Raises RedisError."""
-        with self._lock:
-            conn = self._conn if self._pid == os.getpid() else None
-            try:
-                if conn is None:
-                    conn = self.pool.make_connection()
-                    conn.connect()  # (its handshake still under the client's socket timeout)
-                    if self.timeout:
-                        timeout = struct.pack("ll", int(self.timeout), int(self.timeout % 1 * 1e6))
-                        conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-                        conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
-                    conn.socket_timeout = None  # blocking from here: no poll before each send and recv
-                    conn._sock.settimeout(None)
-                    self._conn, self._pid = conn, os.getpid()
-                conn.send_packed_command(conn.pack_commands(commands) if len(commands) > 1
-                                         else conn.pack_command(*commands[0]))
-                return [conn.read_response() for _ in commands]
-            except (redis.RedisError, OSError) as ex:
-                self._conn = None
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.disconnect()
-                if isinstance(ex, redis.RedisError):
-                    raise
-                raise redis.ConnectionError(str(ex)) from ex
-
-
 class Doorbell:
     """Tells the relay that new work is due. Losing a ring only delays work until the next poll.
 
@@ -185,7 +135,6 @@ class Doorbell:
         self.conn = conn
         self.key = key
         self.carrier = carrier
-        self._direct = Direct(conn)
         self._cond = threading.Condition()
         self._wanted = False
         self._ringer: threading.Thread | None = None
@@ -208,7 +157,10 @@ class Doorbell:
 
     def ring_now(self) -> None:
         try:
-            self._direct.execute(("LPUSH", self.key, 1), ("LTRIM", self.key, 0, 0))  # one pending ring is enough
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.lpush(self.key, 1)
+            pipe.ltrim(self.key, 0, 0)  # one pending ring is enough
+            pipe.execute()
         except redis.RedisError as ex:
             log.warning("doorbell: %s (the relay will find the work on its next poll)", ex)
 
